@@ -36,6 +36,10 @@
 #include "lori/mask/grouping.hpp"
 #include "lori/mask/radix_select.hpp"
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -201,7 +205,7 @@ template <class Key>
 struct calibration_candidate {
   Key key;
   std::uint32_t tensor;  // index in the input list
-  index_t elem;          // row-major flat index within the tensor (i * cols + j)
+  index_t bit;           // bit position in the tensor's mask storage: (i * words_per_row + j / 64) * 64 + j % 64
 };
 
 /// Pass 1 of the CPU path for one tensor: writes every mask word with the entries certainly kept
@@ -222,7 +226,23 @@ index_t calibration_split_tensor(row_major_view<const T> v, const bitmask* ex, b
       const int n = static_cast<int>(cols - j0 < 64 ? cols - j0 : 64);
       std::uint64_t def = 0, cand = 0;
       const T* p = row + j0;
-      for (int b = 0; b < n; ++b) {
+      int b = 0;
+#if defined(__SSE2__)
+      if constexpr (std::is_same_v<T, float>) {
+        // Keys are < 2^31, so signed 32-bit compares order them correctly.
+        const __m128i absmask = _mm_set1_epi32(0x7fffffff), vmax = _mm_set1_epi32(static_cast<int>(bucket_max));
+        const __m128i vpm = _mm_set1_epi32(static_cast<int>(pmask)), vpre = _mm_set1_epi32(static_cast<int>(prefix));
+        for (; b + 4 <= n; b += 4) {
+          const __m128i key = _mm_and_si128(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + b)), absmask);
+          const auto d = static_cast<std::uint64_t>(_mm_movemask_ps(_mm_castsi128_ps(_mm_cmpgt_epi32(key, vmax))));
+          const auto c = static_cast<std::uint64_t>(
+              _mm_movemask_ps(_mm_castsi128_ps(_mm_cmpeq_epi32(_mm_and_si128(key, vpm), vpre))));
+          def |= d << b;
+          cand |= c << b;
+        }
+      }
+#endif
+      for (; b < n; ++b) {
         const Key key = magnitude_bits(p[b]);
         def |= static_cast<std::uint64_t>(key > bucket_max) << b;
         cand |= static_cast<std::uint64_t>((key & pmask) == prefix) << b;
@@ -237,7 +257,7 @@ index_t calibration_split_tensor(row_major_view<const T> v, const bitmask* ex, b
       while (cand != 0) {
         const int b = __builtin_ctzll(cand);
         cand &= cand - 1;
-        cands.push_back({magnitude_bits(p[b]), tensor, i * cols + j0 + b});
+        cands.push_back({magnitude_bits(p[b]), tensor, (i * wpr + w) * 64 + b});
       }
     }
   }
@@ -305,6 +325,7 @@ calibration_result calibrate_mask(const std::vector<calibration_tensor<T>>& tens
     const Key pmask = radix_prefix_mask<Key>(bits, 1);
     const Key bucket_max = static_cast<Key>(st.prefix | (~pmask & ((Key{1} << bits) - 1)));
     cands.clear();
+    cands.reserve(static_cast<std::size_t>(counts[static_cast<std::size_t>(st.prefix >> radix_shift(bits, 0))]));
     index_t excluded = 0;
     for (auto t : mem)
       excluded += detail::calibration_split_tensor<T>(tensors[t].values, tensors[t].exclude, res.masks[t], t, pmask, st.prefix,
@@ -332,9 +353,7 @@ calibration_result calibrate_mask(const std::vector<calibration_tensor<T>>& tens
         ++gr.ties_kept;
       }
       if (keep) {
-        bitmask& m = res.masks[c.tensor];
-        const index_t cc = m.cols(), i = c.elem / cc, j = c.elem % cc;
-        m.word_data()[i * m.words_per_row() + (j >> 6)] |= std::uint64_t{1} << (j & 63);
+        res.masks[c.tensor].word_data()[c.bit >> 6] |= std::uint64_t{1} << (c.bit & 63);
       }
     }
   }

@@ -207,12 +207,23 @@ void magnitude_histogram(row_major_view<const T> values, const bitmask* exclude,
   LORI_EXPECTS((prefix & ~pmask) == 0, "magnitude_histogram: prefix has bits below the fixed digits");
   const index_t rows = values.rows(), cols = values.cols();
   const index_t wpr = bitmask_words_per_row(cols);
+  std::uint32_t sub[radix_bins] = {};  // second sub-histogram of pass 0, flushed before it can overflow
+  index_t pending = 0;
   for (index_t i = 0; i < rows; ++i) {
     const T* row = values.row(i);
     const std::uint64_t* ex = exclude != nullptr ? exclude->word_data() + i * wpr : nullptr;
     Key bad = 0;
     if (ex == nullptr && pass == 0) {
-      for (index_t j = 0; j < cols; ++j) {
+      // Two interleaved halves of the row feed two sub-histograms (summed below), halving the chains of
+      // increments of one hot bin.
+      index_t j = 0;
+      for (; j + 2 <= cols; j += 2) {
+        const Key k0 = magnitude_bits(row[j]), k1 = magnitude_bits(row[j + 1]);
+        bad |= static_cast<Key>(k0 >= magnitude_key<T>::infinity) | static_cast<Key>(k1 >= magnitude_key<T>::infinity);
+        ++counts[k0 >> shift];
+        ++sub[k1 >> shift];
+      }
+      for (; j < cols; ++j) {
         const Key key = magnitude_bits(row[j]);
         bad |= static_cast<Key>(key >= magnitude_key<T>::infinity);
         ++counts[key >> shift];
@@ -223,6 +234,14 @@ void magnitude_histogram(row_major_view<const T> values, const bitmask* exclude,
         bad |= static_cast<Key>(key >= magnitude_key<T>::infinity);
         if (ex != nullptr && ((ex[j >> 6] >> (j & 63)) & 1u)) key = 0;
         if ((key & pmask) == prefix) ++counts[(key >> shift) & digit_mask];
+      }
+    }
+    pending += cols;
+    if (ex == nullptr && pass == 0 && (i + 1 == rows || pending + cols > (index_t{1} << 31))) {
+      pending = 0;
+      for (int b = 0; b < radix_bins; ++b) {
+        counts[b] += sub[b];
+        sub[b] = 0;
       }
     }
     if (bad != 0) {
