@@ -80,6 +80,4 @@ BENCHMARK(BM_calibrate_llama3_8b)->Args({0, 0})->Args({1, 0})->Args({0, 1})->Arg
 BENCHMARK(BM_calibrate_baseline_nth_element)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_calibrate_baseline_sort)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_calibrate_baseline_one_read)->Unit(benchmark::kMillisecond);
-#ifndef LORI_BENCH_MASK_HAS_GPU
 BENCHMARK_MAIN();
-#endif

@@ -260,17 +260,22 @@ __global__ void __launch_bounds__(calib_block) calib_select(calib_group_state<Ke
   const int rt = calib_block - 1 - static_cast<int>(threadIdx.x);  // thread 0 owns the top bins
   unsigned long long c[per];
   unsigned long long sum = 0;
-  const bool live = Mode == 0 ? (!gs->value.finished() && gs->value.pass == pass) : (!gs->tie.finished() && gs->tie.pass == pass);
+  // Every thread reads the state before the scan's barriers; only the one thread that finds the
+  // rank writes it afterwards, so no thread can see a half-updated state.
+  const radix_select_state<Key> vst = gs->value;
+  const radix_select_state<std::uint64_t> tst = gs->tie;
+  const bool live = Mode == 0 ? (!vst.finished() && vst.pass == pass) : (!tst.finished() && tst.pass == pass);
   for (int b = 0; b < per; ++b) {
     c[b] = h[rt * per + b];
     h[rt * per + b] = 0;
   }
-  if (Mode == 0 && pass > 0 && rt == 0 && gs->value.prefix == 0) c[0] += gs->excluded;
+  if (Mode == 0 && pass > 0 && rt == 0 && vst.prefix == 0) c[0] += gs->excluded;
   for (int b = 0; b < per; ++b) sum += c[b];
   unsigned long long above = 0;
   scan_t(tmp).ExclusiveSum(sum, above);
+  __syncthreads();
   if (!live) return;  // after the collective: every thread took part in the scan
-  const index_t remaining = Mode == 0 ? gs->value.remaining : gs->tie.remaining;
+  const index_t remaining = Mode == 0 ? vst.remaining : tst.remaining;
   if (static_cast<index_t>(above) < remaining && static_cast<index_t>(above + sum) >= remaining) {
     // This thread's bins hold the rank: hand its counts, zeros elsewhere, to the shared narrowing.
     unsigned long long local[radix_bins / calib_block];
@@ -283,26 +288,27 @@ __global__ void __launch_bounds__(calib_block) calib_select(calib_group_state<Ke
       const auto cnt = static_cast<index_t>(local[b]);
       if (acc + cnt >= remaining) {
         if (Mode == 0) {
-          auto& st = gs->value;
+          radix_select_state<Key> st = vst;
           st.greater += acc;
           st.remaining -= acc;
           st.prefix |= static_cast<Key>(static_cast<Key>(shift_bins + b) << radix_shift(st.key_bits, st.pass));
           ++st.pass;
           if (pass == 0) atomicAdd(&globals->cand_needed, static_cast<unsigned long long>(cnt));
+          gs->value = st;
           if (st.finished() && exact) {
-            gs->tie.k = st.remaining;
-            gs->tie.remaining = st.remaining;
-            gs->tie.greater = 0;
-            gs->tie.prefix = 0;
-            gs->tie.key_bits = static_cast<int>(position_bits);
-            gs->tie.pass = 0;
+            radix_select_state<std::uint64_t> t{};
+            t.k = st.remaining;
+            t.remaining = st.remaining;
+            t.key_bits = static_cast<int>(position_bits);
+            gs->tie = t;
           }
         } else {
-          auto& st = gs->tie;
+          radix_select_state<std::uint64_t> st = tst;
           st.greater += acc;
           st.remaining -= acc;
           st.prefix |= static_cast<std::uint64_t>(shift_bins + b) << radix_shift(st.key_bits, st.pass);
           ++st.pass;
+          gs->tie = st;
         }
         break;
       }
