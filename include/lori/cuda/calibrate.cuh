@@ -79,6 +79,8 @@ struct calib_tensor_desc {
   index_t group;
   index_t elem_offset;  // sum of rows * cols of the tensors before (NaN reports)
   index_t bit_offset;   // sum of rows * wpr * 64 of the tensors before (tie order: flat order)
+  int fast;             // float, packed, 16-byte aligned, cols in {4, 8, 16, 32} or a multiple of 64:
+                        // the split pass reads it with coalesced float4 loads (calib_split_fast)
 };
 
 struct calib_tile {
@@ -354,6 +356,70 @@ __device__ __forceinline__ void calib_word_bits(const calib_tensor_desc<T>& td, 
   }
 }
 
+// Pass 1 for a `fast` tensor (see calib_tensor_desc): thread v of the tile reads float4 v (elements
+// 4v..4v+3, coalesced); the W = min(cols, 64) elements of a mask word are held by L = W / 4
+// consecutive lanes (a power of two dividing 32), whose bits are OR-reduced with shuffles; the first
+// lane of each group writes the word. Candidates and the digit-1 histogram as in calib_split.
+template <class T, class Scan>
+__device__ __forceinline__ void calib_split_fast(const calib_params<T>& p, const calib_tile& tile, const calib_tensor_desc<T>& td,
+                                                 const radix_select_state<magnitude_key_t<T>>& vs, bool live, bool compact,
+                                                 typename Scan::TempStorage& tmp, unsigned int* sh, unsigned long long& sh_base) {
+  using Key = magnitude_key_t<T>;
+  constexpr int bits = magnitude_key<T>::bits;
+  const int shift0 = radix_shift(bits, 0), shift1 = radix_shift(bits, 1);
+  const Key pm = radix_prefix_mask<Key>(bits, 1);
+  const Key above = static_cast<Key>(vs.prefix | ((Key{1} << shift0) - 1));
+  const Key dmask = static_cast<Key>((Key{1} << radix_width(bits, 1)) - 1);
+  const int W = static_cast<int>(td.cols < 64 ? td.cols : 64);
+  const int L = W / 4;
+  const index_t n4 = (tile.row_end - tile.row_begin) * td.cols / 4;
+  const auto* base4 = reinterpret_cast<const float4*>(td.data + tile.row_begin * td.cols);
+  const index_t word0 = tile.row_begin * td.wpr;
+  const int lane = static_cast<int>(threadIdx.x & 31u);
+  for (index_t v0 = 0; v0 < n4; v0 += blockDim.x) {
+    const index_t v = v0 + threadIdx.x;
+    const bool in = v < n4;
+    unsigned int def4 = 0, cand4 = 0;
+    Key k[4] = {0, 0, 0, 0};
+    const index_t word = word0 + v / L;
+    const int bitpos = static_cast<int>((4 * v) & (W - 1));
+    if (in && live) {
+      const float4 x = base4[v];
+      k[0] = magnitude_bits(x.x);
+      k[1] = magnitude_bits(x.y);
+      k[2] = magnitude_bits(x.z);
+      k[3] = magnitude_bits(x.w);
+      for (int b = 0; b < 4; ++b) {
+        def4 |= static_cast<unsigned int>(k[b] > above) << b;
+        cand4 |= static_cast<unsigned int>((k[b] & pm) == vs.prefix) << b;
+      }
+      if (td.excl != nullptr) {
+        const auto e4 = static_cast<unsigned int>((td.excl[word] >> bitpos) & 0xfu);
+        def4 &= ~e4;
+        cand4 &= ~e4;
+      }
+    }
+    std::uint64_t w = static_cast<std::uint64_t>(def4) << bitpos;
+    for (int o = L / 2; o >= 1; o >>= 1) w |= __shfl_xor_sync(0xffffffffu, w, o);
+    if (compact && in && (lane & (L - 1)) == 0) td.out[word] = w;
+    const unsigned int cnt = static_cast<unsigned int>(__popc(cand4));
+    unsigned int off = 0, total = 0;
+    Scan(tmp).ExclusiveSum(cnt, off, total);
+    if (compact && threadIdx.x == 0 && total != 0) sh_base = atomicAdd(&p.globals->cand_count, static_cast<unsigned long long>(total));
+    __syncthreads();
+    unsigned int slot = off;
+    for (int b = 0; b < 4; ++b) {
+      if (((cand4 >> b) & 1u) == 0) continue;
+      atomicAdd(&sh[(k[b] >> shift1) & dmask], 1u);
+      if (compact)
+        p.cands[sh_base + slot] = calib_candidate<Key>{k[b], static_cast<std::uint32_t>(tile.tensor),
+                                                       static_cast<std::uint64_t>(word * 64 + bitpos + b)};
+      ++slot;
+    }
+    __syncthreads();  // sh_base and tmp are reused by the next chunk
+  }
+}
+
 // Pass 1 (second full read), one thread per mask word. Compact mode: writes every word with the bits
 // certainly kept and appends the candidates; both modes: histogram of digit 1 of the candidates.
 template <class T>
@@ -371,6 +437,13 @@ __global__ void __launch_bounds__(calib_block) calib_split(calib_params<T> p) {
   const bool live = vs.k > 0 && vs.pass == 1;  // k > 0 and more than one pass (always, for float/double)
   for (int b = threadIdx.x; b < radix_bins; b += blockDim.x) sh[b] = 0;
   __syncthreads();
+  if constexpr (sizeof(T) == 4) {
+    if (td.fast) {  // uniform over the block
+      calib_split_fast<T, scan_t>(p, tile, td, vs, live, compact, tmp, sh, sh_base);
+      calib_flush(sh, p.hist + td.group * radix_bins);
+      return;
+    }
+  }
   const int shift0 = radix_shift(bits, 0), shift1 = radix_shift(bits, 1);
   const Key pm = radix_prefix_mask<Key>(bits, 1);
   const Key above = static_cast<Key>(vs.prefix | ((Key{1} << shift0) - 1));
@@ -528,6 +601,8 @@ class calibration_plan {
       d.group = groups_.group_of[t];
       d.elem_offset = elem;
       d.bit_offset = bit;
+      d.fast = std::is_same_v<T, float> && d.ld == d.cols && (reinterpret_cast<std::uintptr_t>(d.data) & 15) == 0 &&
+               (d.cols == 4 || d.cols == 8 || d.cols == 16 || d.cols == 32 || d.cols % 64 == 0);
       elem += d.rows * d.cols;
       bit += d.rows * d.wpr * 64;
       descs_.push_back(d);
