@@ -16,8 +16,13 @@
 
 #include <Eigen/Core>
 
+#if defined(__SSE2__)
+#include <xmmintrin.h>
+#endif
+
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #if defined(__GNUC__) || defined(__clang__)
@@ -52,13 +57,18 @@ void ops_check_csr(const csr_view<T, Index>& B, bool need_values, const char* ms
   LORI_EXPECTS(!need_values || B.nnz() == 0 || B.values != nullptr, msg);
 }
 
-/// Yt-free sparse product for one token block:
+/// Token lanes kept in registers by the sparse product (16 floats = 4 SSE / 2 AVX registers).
+inline constexpr index_t kTileLanes = 16;
+
+/// Sparse product for one token block:
 ///   Y[t, j] += s * sum_{p in row j of B} val[p] * H[t, col[p]]       for t < tb, j < d
-/// Ht is the block's H transposed (r x tb, leading dimension tb). Y rows are at y0 with leading dim ldy.
+/// Hc is the block's H column-major (tb x r, leading dimension tb); Y rows start at y0 with leading
+/// dimension ldy. `Ht` is scratch of r * kTokenBlock elements. Each (t, j) sums its row's entries in
+/// ascending p, the same arithmetic for every t: results do not depend on tb or on the thread count.
 template <class T, class Index>
-void ops_sparse_times_tile(const T* LORI_RESTRICT Ht, index_t tb, const csr_view<const T, Index>& B, T s,
-                           T* LORI_RESTRICT y0, index_t ldy) {
-  const index_t d = B.rows;
+void ops_sparse_times_tile(const T* LORI_RESTRICT Hc, index_t tb, const csr_view<const T, Index>& B, T s,
+                           T* LORI_RESTRICT y0, index_t ldy, T* LORI_RESTRICT Ht) {
+  const index_t d = B.rows, r = B.cols;
   const Index* LORI_RESTRICT rp = B.row_ptr;
   const Index* LORI_RESTRICT ci = B.col_idx;
   const T* LORI_RESTRICT val = B.values;
@@ -70,23 +80,33 @@ void ops_sparse_times_tile(const T* LORI_RESTRICT Ht, index_t tb, const csr_view
         const index_t pb = rp[j], pe = rp[j + 1];
         if (pb == pe) continue;
         T acc = T{0};
-        for (index_t p = pb; p < pe; ++p) acc += val[p] * Ht[static_cast<index_t>(ci[p]) * tb + t];
+        for (index_t p = pb; p < pe; ++p) acc += val[p] * Hc[static_cast<index_t>(ci[p]) * tb + t];
         y[j] += s * acc;
       }
     }
     return;
+  }
+  // H transposed into whole lanes (r x kTokenBlock), zero-padded past tb.
+  const index_t tw_end = (tb + kTileLanes - 1) / kTileLanes * kTileLanes;
+  for (index_t c = 0; c < r; ++c) {
+    for (index_t t = 0; t < tb; ++t) Ht[c * kTokenBlock + t] = Hc[c * tb + t];
+    for (index_t t = tb; t < tw_end; ++t) Ht[c * kTokenBlock + t] = T{0};
   }
   alignas(64) T tile[kRowChunk * kTokenBlock];
   for (index_t j0 = 0; j0 < d; j0 += kRowChunk) {
     const index_t jc = std::min(kRowChunk, d - j0);
     if (rp[j0] == rp[j0 + jc]) continue;  // no kept entry in this chunk: Y unchanged
     for (index_t jj = 0; jj < jc; ++jj) {
-      T* LORI_RESTRICT acc = tile + jj * kTokenBlock;
-      for (index_t t = 0; t < tb; ++t) acc[t] = T{0};
-      for (index_t p = rp[j0 + jj], pe = rp[j0 + jj + 1]; p < pe; ++p) {
-        const T v = val[p];
-        const T* LORI_RESTRICT h = Ht + static_cast<index_t>(ci[p]) * tb;
-        for (index_t t = 0; t < tb; ++t) acc[t] += v * h[t];
+      const index_t pb = rp[j0 + jj], pe = rp[j0 + jj + 1];
+      for (index_t tw = 0; tw < tw_end; tw += kTileLanes) {
+        T a[kTileLanes];
+        for (index_t l = 0; l < kTileLanes; ++l) a[l] = T{0};
+        for (index_t p = pb; p < pe; ++p) {
+          const T v = val[p];
+          const T* LORI_RESTRICT h = Ht + static_cast<index_t>(ci[p]) * kTokenBlock + tw;
+          for (index_t l = 0; l < kTileLanes; ++l) a[l] += v * h[l];
+        }
+        for (index_t l = 0; l < kTileLanes; ++l) tile[jj * kTokenBlock + tw + l] = a[l];
       }
     }
     for (index_t t = 0; t < tb; ++t) {
@@ -123,13 +143,40 @@ void ops_store_h(const cm_matrix<T>& Hc, index_t i0, const row_major_view<T>& H_
 /// Rows of B per block of the SDDMM and of G * B (a block's transposed G tile is kGradRowBlock x 64).
 inline constexpr index_t kGradRowBlock = 256;
 
-/// Ht (r x tb, leading dimension kTokenBlock) = rows [i0, i0 + tb) of H (n x r) transposed.
+/// Out (nc x tb, leading dimension kTokenBlock) = columns [c0, c0 + nc) of rows [i0, i0 + tb) of M,
+/// transposed. Pure data movement (4 x 4 SSE transposes for float on x86-64): results never depend on it.
 template <class T>
-void ops_transpose_rows(const row_major_view<const T>& H, index_t i0, index_t tb, index_t c0, index_t nc,
-                        T* LORI_RESTRICT Ht) {
-  for (index_t t = 0; t < tb; ++t) {
-    const T* LORI_RESTRICT h = H.row(i0 + t) + c0;
-    for (index_t c = 0; c < nc; ++c) Ht[c * kTokenBlock + t] = h[c];
+void ops_transpose_rows(const row_major_view<const T>& M, index_t i0, index_t tb, index_t c0, index_t nc,
+                        T* LORI_RESTRICT out) {
+  index_t t = 0;
+#if defined(__SSE2__)
+  if constexpr (std::is_same_v<T, float>) {
+    for (; t + 4 <= tb; t += 4) {
+      const float* r0 = M.row(i0 + t) + c0;
+      const float* r1 = M.row(i0 + t + 1) + c0;
+      const float* r2 = M.row(i0 + t + 2) + c0;
+      const float* r3 = M.row(i0 + t + 3) + c0;
+      index_t c = 0;
+      for (; c + 4 <= nc; c += 4) {
+        __m128 a = _mm_loadu_ps(r0 + c), b = _mm_loadu_ps(r1 + c), e = _mm_loadu_ps(r2 + c), f = _mm_loadu_ps(r3 + c);
+        _MM_TRANSPOSE4_PS(a, b, e, f);
+        _mm_storeu_ps(out + (c + 0) * kTokenBlock + t, a);
+        _mm_storeu_ps(out + (c + 1) * kTokenBlock + t, b);
+        _mm_storeu_ps(out + (c + 2) * kTokenBlock + t, e);
+        _mm_storeu_ps(out + (c + 3) * kTokenBlock + t, f);
+      }
+      for (; c < nc; ++c) {
+        out[c * kTokenBlock + t] = r0[c];
+        out[c * kTokenBlock + t + 1] = r1[c];
+        out[c * kTokenBlock + t + 2] = r2[c];
+        out[c * kTokenBlock + t + 3] = r3[c];
+      }
+    }
+  }
+#endif
+  for (; t < tb; ++t) {
+    const T* LORI_RESTRICT h = M.row(i0 + t) + c0;
+    for (index_t c = 0; c < nc; ++c) out[c * kTokenBlock + t] = h[c];
   }
 }
 
@@ -146,6 +193,25 @@ void ops_sddmm_rows(const row_major_view<const T>& G, const row_major_view<const
   const index_t n = G.rows(), r = H.cols();
   const index_t pbeg = rp[j0], pend = rp[j0 + jb];
   if (pbeg == pend) return;
+  if (n < kLanes) {
+    // Fewer tokens than lanes: each lane holds at most one product and the lanes are added in order,
+    // which is exactly this sequential sum (adding the empty lanes' +0 changes nothing).
+    const T* hrow[kLanes];
+    for (index_t t = 0; t < n; ++t) hrow[t] = H.row(t);
+    for (index_t jj = 0; jj < jb; ++jj) {
+      const index_t pb = rp[j0 + jj], pe = rp[j0 + jj + 1];
+      if (pb == pe) continue;
+      T g[kLanes];
+      for (index_t t = 0; t < n; ++t) g[t] = G(t, j0 + jj);
+      for (index_t p = pb; p < pe; ++p) {
+        const index_t c = ci[p];
+        T sum = T{0};
+        for (index_t t = 0; t < n; ++t) sum += g[t] * hrow[t][c];
+        out[p] = s * sum;
+      }
+    }
+    return;
+  }
   lanes.assign(static_cast<std::size_t>((pend - pbeg) * kLanes), T{0});
   Gt.resize(static_cast<std::size_t>(jb * kTokenBlock));
   Ht.resize(static_cast<std::size_t>(r * kTokenBlock));

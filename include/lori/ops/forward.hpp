@@ -33,6 +33,7 @@
 #include "lori/detail/ops_parallel.hpp"
 
 #include <cstdint>
+#include <vector>
 
 namespace lori {
 
@@ -92,6 +93,7 @@ void ops_forward_sparse_impl(const row_major_view<const T>& X, const row_major_v
   const int t = ops_useful_threads(threads, work, kMinWorkPerThread);
   ops_parallel_blocks(nb, t, [&](index_t b0, index_t b1) {
     cm_matrix<T> Hc;
+    std::vector<T> Ht(static_cast<std::size_t>(r * kTokenBlock));
     for (index_t b = b0; b < b1; ++b) {
       const index_t i0 = b * kTokenBlock, tb = std::min(kTokenBlock, n - i0);
       auto Yb = as_eigen(Y.block(i0, 0, tb, d));
@@ -102,7 +104,7 @@ void ops_forward_sparse_impl(const row_major_view<const T>& X, const row_major_v
       }
       ops_project_block(X, i0, tb, A, Hc);
       ops_store_h(Hc, i0, H_out);
-      if (r > 0 && d > 0) ops_sparse_times_tile(Hc.data(), tb, B, s, Y.row(i0), Y.ld());
+      if (r > 0 && d > 0) ops_sparse_times_tile(Hc.data(), tb, B, s, Y.row(i0), Y.ld(), Ht.data());
     }
   });
 }
