@@ -82,7 +82,7 @@ inline index_t tokens_per_split(index_t n, index_t splits) {
 
 // Tensor-core SDDMM for 16-bit T. Block (x: 128 rows of B, y: token split). Writes
 // out[p] = value for its kept entries: T(s * acc) when final, else fp32 partials at split offset.
-template <class T>
+template <class T, int MaxFrags>
 __global__ void __launch_bounds__(sddmm_threads) sddmm_wmma_kernel(const T* __restrict__ G, index_t n, index_t d,
                                                                    index_t ldg, const float* __restrict__ H, index_t r,
                                                                    int frags, index_t tps, sparse_b_view<T> B, float s,
@@ -100,9 +100,9 @@ __global__ void __launch_bounds__(sddmm_threads) sddmm_wmma_kernel(const T* __re
   const index_t tb = static_cast<index_t>(blockIdx.y) * tps;
   const index_t te = tb + tps < n ? tb + tps : n;
 
-  wm::fragment<wm::accumulator, 16, 16, 16, float> acc[sddmm_max_frags];
+  wm::fragment<wm::accumulator, 16, 16, 16, float> acc[MaxFrags];
 #pragma unroll
-  for (int f = 0; f < sddmm_max_frags; ++f) wm::fill_fragment(acc[f], 0.0f);
+  for (int f = 0; f < MaxFrags; ++f) wm::fill_fragment(acc[f], 0.0f);
 
   for (index_t t0 = tb; t0 < te; t0 += sddmm_tokens) {
     __syncthreads();  // previous step's fragments loaded
@@ -130,7 +130,7 @@ __global__ void __launch_bounds__(sddmm_threads) sddmm_wmma_kernel(const T* __re
       wm::fragment<wm::matrix_a, 16, 16, 16, W, wm::col_major> a;
       wm::load_matrix_sync(a, reinterpret_cast<const W*>(Gs + kk * 16 * sddmm_cols + warp * 16), sddmm_cols);
 #pragma unroll
-      for (int f = 0; f < sddmm_max_frags; ++f) {
+      for (int f = 0; f < MaxFrags; ++f) {
         if (f < frags) {
           wm::fragment<wm::matrix_b, 16, 16, 16, W, wm::row_major> bm;
           wm::load_matrix_sync(bm, reinterpret_cast<const W*>(Hs + kk * 16 * rp + f * 16), rp);
@@ -144,7 +144,7 @@ __global__ void __launch_bounds__(sddmm_threads) sddmm_wmma_kernel(const T* __re
   float* wb = buf + warp * 256;
   const index_t crow = c0 + warp * 16 + (lane & 15);
 #pragma unroll
-  for (int f = 0; f < sddmm_max_frags; ++f) {
+  for (int f = 0; f < MaxFrags; ++f) {
     if (f < frags) {
       wm::store_matrix_sync(wb, acc[f], 16, wm::mem_row_major);
       __syncwarp();
@@ -273,8 +273,10 @@ void grad_b_sddmm(context& ctx, row_major_view<const T> G, const float* H, float
                              8 * 256 * sizeof(float);
     const bool vec = d % 8 == 0 && G.ld() % 8 == 0 && reinterpret_cast<std::uintptr_t>(G.data()) % 16 == 0;
     const dim3 grid(detail::grid_dim(detail::ceil_div(d, detail_bwd::sddmm_cols)), detail::grid_dim(grid_y, false));
-    detail_bwd::sddmm_wmma_kernel<T><<<grid, detail_bwd::sddmm_threads, smem, ctx.stream()>>>(
-        G.data(), n, d, G.ld(), H, r, frags, tps, B.view(), s, grad_values, partial, vec);
+    // Two instantiations: r <= 32 (2 accumulator fragments, fewer registers, more warps per SM) and r <= 128.
+    auto kernel = frags <= 2 ? detail_bwd::sddmm_wmma_kernel<T, 2> : detail_bwd::sddmm_wmma_kernel<T, detail_bwd::sddmm_max_frags>;
+    kernel<<<grid, detail_bwd::sddmm_threads, smem, ctx.stream()>>>(G.data(), n, d, G.ld(), H, r, frags, tps, B.view(), s,
+                                                                    grad_values, partial, vec);
     LORI_CUDA_CHECK_LAUNCH();
   } else {
     const std::size_t smem = static_cast<std::size_t>(detail_bwd::sddmm_tokens * r) * sizeof(float);
