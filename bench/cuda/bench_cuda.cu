@@ -203,6 +203,18 @@ void BM_gpu_layer_forward(benchmark::State& st) {
             layer_floor(f.n), layer_flops(f.n));
   st.SetLabel("target (n=4096): <= 1.10x BM_gpu_baseline_base_gemm");
 }
+// K widened by r: [X | s·H]·[W | B]ᵀ in one base GEMM (caller keeps X and W in (k + r)-wide buffers).
+void BM_gpu_layer_forward_widened(benchmark::State& st) {
+  const index_t n = st.range(0), kr = K + R;
+  auto Xe = random_bf16(n * kr, 1.0, 1), We = random_bf16(D * kr, 1.0 / 64, 3), A = random_bf16(R * K, 1.0 / 64, 2);
+  device_buffer<bf16> Y(n * D);
+  auto B = random_sparse_b(D, R, 5);
+  B.scatter_to_dense(We.data() + K, kr, ctx().stream());
+  run_timed(st, [&] {
+    lori::cuda::layer_forward_widened<bf16>(ctx(), {Xe.data(), n, kr}, {We.data(), D, kr}, {A.data(), R, K}, 0.5f, {Y.data(), n, D});
+  }, layer_floor(n), layer_flops(n));
+  st.SetLabel("target (n=4096): <= 1.10x BM_gpu_baseline_base_gemm");
+}
 void BM_gpu_baseline_base_gemm(benchmark::State& st) {
   fwd_data f(st.range(0));
   run_timed(st, [&] { gemm_rm(false, true, f.n, D, K, 1.0f, f.X.data(), K, f.W.data(), K, 0.0f, f.Y.data(), D); },
@@ -219,6 +231,7 @@ void BM_gpu_baseline_lora_layer(benchmark::State& st) {
   st.SetLabel("PEFT: 3 cuBLAS GEMMs");
 }
 BENCHMARK(BM_gpu_layer_forward)->Arg(1)->Arg(64)->Arg(4096)->Arg(16384)->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_gpu_layer_forward_widened)->Arg(1)->Arg(64)->Arg(4096)->Arg(16384)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_baseline_base_gemm)->Arg(1)->Arg(64)->Arg(4096)->Arg(16384)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_baseline_lora_layer)->Arg(1)->Arg(64)->Arg(4096)->Arg(16384)->UseManualTime()->Unit(benchmark::kMicrosecond);
 

@@ -5,6 +5,7 @@
 //   adapter_forward      Y += s·(X·Aᵀ)·Bᵀ                 (n <= 64: ONE cooperative kernel; else 2 launches)
 //   layer_forward        Y = X·Wᵀ + s·(X·Aᵀ)·Bᵀ           (adapter written into Y first, then the base
 //                                                        cuBLAS GEMM accumulates with beta = 1)
+//   layer_forward_widened  the same as ONE base GEMM with K = k + r over caller-widened X and W buffers
 // Shapes (row-major, PyTorch conventions): X n x k, W d x k, A r x k, B d x r (a sparse_b), Y n x d,
 // s = alpha / r. Storage T is float, lori::bfloat16 or lori::half; every product accumulates in fp32
 // and H stays fp32. Leading dimensions are free (>= the row length); there is no alignment
@@ -69,6 +70,16 @@ void adapter_forward_decode(context& ctx, row_major_view<const T> X, row_major_v
 template <class T>
 void layer_forward(context& ctx, row_major_view<const T> X, row_major_view<const T> W, row_major_view<const T> A,
                    const sparse_b<T>& B, float s, row_major_view<T> Y, void* workspace, std::size_t workspace_bytes);
+
+/// The whole layer with K widened by r, as ONE base GEMM: Y = [X | s·H]·[W | B]ᵀ, H = X·Aᵀ.
+/// The caller keeps X and W inside wider buffers: X_ext is n x (k + r) whose first k columns hold X
+/// (the last r are overwritten with s·H, rounded to T), W_ext is d x (k + r) = [W | B] with B dense in
+/// the last r columns (build once per B update with B.scatter_to_dense(W_ext.data() + k, k + r, stream)).
+/// Two cuBLAS calls: the thin H GEMM (reads X once) and the base GEMM with K = k + r (+r/k FLOPs). No
+/// workspace. 16-bit: s·H is rounded to T (relative 2^-8 of the adapter term, as PyTorch's bf16 LoRA).
+template <class T>
+void layer_forward_widened(context& ctx, row_major_view<T> X_ext, row_major_view<const T> W_ext,
+                           row_major_view<const T> A, float s, row_major_view<T> Y);
 
 // =====================================================================================================
 // Implementation
@@ -339,6 +350,24 @@ void layer_forward(context& ctx, row_major_view<const T> X, row_major_view<const
   adapter_expand(ctx, H, n, s, B, Y, false);
   detail::gemm_row_major(ctx.cublas(), false, true, n, d, X.cols(), 1.0f, X.data(), X.ld(), W.data(), W.ld(), 1.0f,
                          Y.data(), Y.ld(), t, t);
+}
+
+template <class T>
+void layer_forward_widened(context& ctx, row_major_view<T> X_ext, row_major_view<const T> W_ext,
+                           row_major_view<const T> A, float s, row_major_view<T> Y) {
+  static_assert(detail::is_cuda_storage_v<T>, "layer_forward_widened: T must be float, bfloat16 or half");
+  const index_t n = X_ext.rows(), r = A.rows(), k = A.cols(), d = W_ext.rows();
+  LORI_EXPECTS(r >= 1 && k >= 1 && d >= 1, "layer_forward_widened: r, k and d must be positive");
+  LORI_EXPECTS(X_ext.cols() == k + r, "layer_forward_widened: X_ext must be n x (k + r) with A r x k");
+  LORI_EXPECTS(W_ext.cols() == k + r, "layer_forward_widened: W_ext must be d x (k + r)");
+  LORI_EXPECTS(Y.rows() == n && Y.cols() == d, "layer_forward_widened: Y must be n x d");
+  if (n == 0) return;
+  const cudaDataType_t t = detail::cuda_data_type<T>();
+  // s·H into the last r columns of X_ext (row stride X_ext.ld()), then one GEMM with K = k + r.
+  detail::gemm_row_major(ctx.cublas(), false, true, n, r, k, s, X_ext.data(), X_ext.ld(), A.data(), A.ld(), 0.0f,
+                         X_ext.data() + k, X_ext.ld(), t, t);
+  detail::gemm_row_major(ctx.cublas(), false, true, n, d, k + r, 1.0f, X_ext.data(), X_ext.ld(), W_ext.data(),
+                         W_ext.ld(), 0.0f, Y.data(), Y.ld(), t, t);
 }
 
 }  // namespace lori::cuda
