@@ -131,6 +131,7 @@ inline constexpr int decode_threads = 256;
 inline constexpr int decode_kc = 32;        // k-chunk staged in shared memory
 inline constexpr int decode_max_outputs = 4096;  // n * r
 inline constexpr int decode_per_thread = decode_max_outputs / decode_threads;
+inline constexpr int decode_local_h = 512;  // n * r up to which every block reduces H itself
 
 template <class T>
 struct decode_params {
@@ -194,23 +195,47 @@ __global__ void __launch_bounds__(decode_threads) decode_kernel(decode_params<T>
   }
   grid.sync();
 
-  // Phase 2: H = s * sum over blocks of P, in block order (deterministic).
-  const index_t g = b * decode_threads + threadIdx.x, stride = nb * decode_threads;
-  for (index_t o = g; o < nr; o += stride) {
+  // Phase 2: H = s * sum over blocks of P. One warp per output: lane l sums blocks l, l + 32, ...,
+  // then a fixed shuffle tree whose lane-0 result is used, so H is bitwise the same wherever and
+  // however often it is computed (deterministic). A small H (n*r <= decode_local_h) is reduced by
+  // every block into its own shared memory (saves a grid barrier); a larger one is split over the
+  // grid into q.H, followed by a second barrier.
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  constexpr int warps = decode_threads / 32;
+  const bool local = nr <= decode_local_h;  // grid-uniform
+  float* Hs = Xs;                           // phase 1 is over (grid.sync is also a block barrier)
+  auto reduce = [&](index_t o) {
     float h = 0.0f;
-    for (index_t bb = 0; bb < nb; ++bb) h += __ldcg(q.P + bb * nr + o);
-    q.H[o] = q.s * h;
+    for (index_t bb = lane; bb < nb; bb += 32) h += __ldcg(q.P + bb * nr + o);
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) h += __shfl_down_sync(0xffffffffu, h, off);
+    return q.s * h;  // valid in lane 0
+  };
+  if (local) {
+    for (index_t o = warp; o < nr; o += warps) {
+      const float h = reduce(o);
+      if (lane == 0) Hs[o] = h;
+    }
+    __syncthreads();
+  } else {
+    for (index_t o = b * warps + warp; o < nr; o += nb * warps) {
+      const float h = reduce(o);
+      if (lane == 0) q.H[o] = h;
+    }
+    grid.sync();
   }
-  grid.sync();
 
   // Phase 3: one thread per (token, output column): Y(t, c) += sum over kept j of H(t, j) B(c, j).
   const index_t d = q.B.rows;
+  const index_t g = b * decode_threads + threadIdx.x, stride = nb * decode_threads;
   for (index_t e = g; e < q.n * d; e += stride) {
     const index_t t = e / d, c = e - t * d;
     float y = 0.0f;
-    const float* hrow = q.H + t * q.r;
-    for (std::int32_t p = q.B.row_ptr[c]; p < q.B.row_ptr[c + 1]; ++p)
-      y = fmaf(__ldcg(hrow + q.B.col_idx[p]), ::lori::to_float(q.B.values[p]), y);
+    for (std::int32_t p = q.B.row_ptr[c]; p < q.B.row_ptr[c + 1]; ++p) {
+      const index_t hi = t * q.r + q.B.col_idx[p];
+      const float h = local ? Hs[hi] : __ldcg(q.H + hi);
+      y = fmaf(h, ::lori::to_float(q.B.values[p]), y);
+    }
     T* yp = q.Y + t * q.ldy + c;
     detail::st_f(yp, detail::ld_f(yp) + y);
   }
