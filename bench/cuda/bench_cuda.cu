@@ -31,6 +31,7 @@
 #include <functional>
 #include <memory>
 #include <random>
+#include <exception>
 #include <string>
 #include <vector>
 
@@ -43,9 +44,10 @@ using lori::cuda::device_buffer;
 constexpr index_t D = 4096, K = 4096, R = 32;  // merge also uses d = 14336 (Llama-3-8B MLP)
 constexpr double density = 0.1;
 
+// Process-lifetime objects, deliberately never destroyed (no CUDA calls from static destructors).
 lori::cuda::context& ctx() {
-  static lori::cuda::context c;
-  return c;
+  static auto* c = new lori::cuda::context();
+  return *c;
 }
 
 // Random bf16 device data (never zeros): normal values times `scale`.
@@ -77,15 +79,20 @@ lori::cuda::sparse_b<bf16> random_sparse_b(index_t d, index_t r, std::uint64_t s
 }
 
 device_buffer<unsigned char>& flush_buffer() {
-  static device_buffer<unsigned char> b(index_t{256} << 20);
-  return b;
+  static auto* b = new device_buffer<unsigned char>(index_t{256} << 20);
+  return *b;
 }
 
 // Times f() with CUDA events per iteration; flushes L2 before each (outside the timed region).
 void run_timed(benchmark::State& st, const std::function<void()>& f, double floor_bytes, double flops = 0.0) {
   cudaStream_t s = ctx().stream();
-  f();  // warm-up (also surfaces errors before timing)
-  LORI_CUDA_CHECK(cudaStreamSynchronize(s));
+  try {
+    f();  // warm-up; an unsupported library path is reported here, before the timing loop
+    LORI_CUDA_CHECK(cudaStreamSynchronize(s));
+  } catch (const std::exception& e) {
+    st.SkipWithError(e.what());
+    return;
+  }
   cudaEvent_t a, b;
   LORI_CUDA_CHECK(cudaEventCreate(&a));
   LORI_CUDA_CHECK(cudaEventCreate(&b));
@@ -313,9 +320,10 @@ void BM_gpu_baseline_cusparse_sddmm(benchmark::State& st) {
     st.SkipWithError((std::string("cusparseSDDMM_bufferSize: ") + cusparseGetErrorName(q)).c_str());
   } else {
     device_buffer<unsigned char> buf(static_cast<index_t>(bytes) + 1);
-    LORI_CUSPARSE_CHECK(cusparseSDDMM_preprocess(h, CUSPARSE_OPERATION_NON_TRANSPOSE, CUSPARSE_OPERATION_NON_TRANSPOSE, &alpha, a,
-                                                 b, &beta, c, CUDA_R_32F, CUSPARSE_SDDMM_ALG_DEFAULT, buf.data()));
-    run_timed(st, [&] {
+    const cusparseStatus_t pre = cusparseSDDMM_preprocess(h, CUSPARSE_OPERATION_NON_TRANSPOSE, CUSPARSE_OPERATION_NON_TRANSPOSE,
+                                                          &alpha, a, b, &beta, c, CUDA_R_32F, CUSPARSE_SDDMM_ALG_DEFAULT, buf.data());
+    if (pre != CUSPARSE_STATUS_SUCCESS) st.SkipWithError((std::string("cusparseSDDMM_preprocess: ") + cusparseGetErrorName(pre)).c_str());
+    else run_timed(st, [&] {
       LORI_CUSPARSE_CHECK(cusparseSDDMM(h, CUSPARSE_OPERATION_NON_TRANSPOSE, CUSPARSE_OPERATION_NON_TRANSPOSE, &alpha, a, b, &beta, c,
                                         CUDA_R_32F, CUSPARSE_SDDMM_ALG_DEFAULT, buf.data()));
     }, sddmm_floor(f.n, f.B.nnz()));

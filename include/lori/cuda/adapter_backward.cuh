@@ -80,6 +80,29 @@ inline index_t tokens_per_split(index_t n, index_t splits) {
   return detail::ceil_div(detail::ceil_div(n, splits), sddmm_tokens) * sddmm_tokens;
 }
 
+// 8 consecutive elements of G's row t (columns c .. c+7) as 16 bytes, zeros outside the matrix.
+// vec: one 16-byte load (caller guarantees alignment and d % 8 == 0); else 8 checked 2-byte loads.
+template <class T>
+__device__ __forceinline__ uint4 load_piece(const T* G, index_t ldg, index_t d, bool row_ok, index_t t, index_t c,
+                                            bool vec) {
+  uint4 v = make_uint4(0u, 0u, 0u, 0u);
+  if (!row_ok) return v;
+  const T* p = G + t * ldg + c;
+  if (vec) {
+    if (c < d) v = *reinterpret_cast<const uint4*>(p);
+    return v;
+  }
+  std::uint32_t w[4] = {0u, 0u, 0u, 0u};
+#pragma unroll
+  for (int i = 0; i < 8; ++i)
+    if (c + i < d) w[i >> 1] |= static_cast<std::uint32_t>(p[i].bits) << (16 * (i & 1));
+  v.x = w[0];
+  v.y = w[1];
+  v.z = w[2];
+  v.w = w[3];
+  return v;
+}
+
 // Tensor-core SDDMM for 16-bit T. Block (x: 128 rows of B, y: token split). Writes
 // out[p] = value for its kept entries: T(s * acc) when final, else fp32 partials at split offset.
 template <class T, int MaxFrags>
@@ -104,27 +127,42 @@ __global__ void __launch_bounds__(sddmm_threads) sddmm_wmma_kernel(const T* __re
 #pragma unroll
   for (int f = 0; f < MaxFrags; ++f) wm::fill_fragment(acc[f], 0.0f);
 
-  for (index_t t0 = tb; t0 < te; t0 += sddmm_tokens) {
-    __syncthreads();  // previous step's fragments loaded
-    if (vec) {
-      // 16-byte pieces: 8 elements; d % 8 == 0 so a piece is entirely inside or outside the matrix.
-      for (int e = threadIdx.x; e < sddmm_tokens * sddmm_cols / 8; e += sddmm_threads) {
-        const int t = e / (sddmm_cols / 8), c = (e - t * (sddmm_cols / 8)) * 8;
-        uint4 v = make_uint4(0u, 0u, 0u, 0u);
-        if (t0 + t < te && c0 + c < d) v = *reinterpret_cast<const uint4*>(G + (t0 + t) * ldg + c0 + c);
-        *reinterpret_cast<uint4*>(Gs + t * sddmm_cols + c) = v;
-      }
-    } else {
-      for (int e = threadIdx.x; e < sddmm_tokens * sddmm_cols; e += sddmm_threads) {
-        const int t = e / sddmm_cols, c = e - t * sddmm_cols;
-        Gs[t * sddmm_cols + c] = (t0 + t < te && c0 + c < d) ? G[(t0 + t) * ldg + c0 + c] : ::lori::from_float<T>(0.0f);
-      }
+  // Software pipeline: the next step's G pieces (16 bytes = 8 elements each) and H values are
+  // fetched into registers while the tensor cores work on the current step in shared memory.
+  constexpr int g_pieces = sddmm_tokens * sddmm_cols / 8 / sddmm_threads;  // 2 per thread
+  constexpr int h_per = sddmm_tokens * 16 * MaxFrags / sddmm_threads;      // 2 * MaxFrags per thread
+  uint4 gpre[g_pieces];
+  float hpre[h_per];
+  auto fetch = [&](index_t t0) {
+#pragma unroll
+    for (int u = 0; u < g_pieces; ++u) {
+      const int e = threadIdx.x + u * sddmm_threads;
+      const int t = e / (sddmm_cols / 8), c = (e % (sddmm_cols / 8)) * 8;
+      gpre[u] = load_piece(G, ldg, d, t0 + t < te, t0 + t, c0 + c, vec);
     }
-    for (int e = threadIdx.x; e < sddmm_tokens * rp; e += sddmm_threads) {
+#pragma unroll
+    for (int u = 0; u < h_per; ++u) {
+      const int e = threadIdx.x + u * sddmm_threads;
       const int t = e / rp, j = e - t * rp;
-      Hs[e] = ::lori::from_float<T>((t0 + t < te && j < r) ? H[(t0 + t) * r + j] : 0.0f);
+      hpre[u] = (e < sddmm_tokens * rp && t0 + t < te && j < r) ? H[(t0 + t) * r + j] : 0.0f;
+    }
+  };
+  if (tb < te) fetch(tb);
+  for (index_t t0 = tb; t0 < te; t0 += sddmm_tokens) {
+    __syncthreads();  // the previous step's fragments are loaded: shared memory may be overwritten
+#pragma unroll
+    for (int u = 0; u < g_pieces; ++u) {
+      const int e = threadIdx.x + u * sddmm_threads;
+      const int t = e / (sddmm_cols / 8), c = (e % (sddmm_cols / 8)) * 8;
+      *reinterpret_cast<uint4*>(Gs + t * sddmm_cols + c) = gpre[u];
+    }
+#pragma unroll
+    for (int u = 0; u < h_per; ++u) {
+      const int e = threadIdx.x + u * sddmm_threads;
+      if (e < sddmm_tokens * rp) Hs[e] = ::lori::from_float<T>(hpre[u]);
     }
     __syncthreads();
+    if (t0 + sddmm_tokens < te) fetch(t0 + sddmm_tokens);
 #pragma unroll
     for (int kk = 0; kk < sddmm_tokens / 16; ++kk) {
       wm::fragment<wm::matrix_a, 16, 16, 16, W, wm::col_major> a;
