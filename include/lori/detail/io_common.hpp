@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <limits>
 #include <memory>
@@ -32,6 +33,11 @@
 namespace lori::detail {
 
 [[noreturn]] inline void io_fail(const std::string& what) { throw ::lori::error(what); }
+
+/// Refuses an unsupported PEFT feature with a message naming it.
+[[noreturn]] inline void peft_refuse(const std::string& where, const std::string& what) {
+  io_fail(where + ": " + what + " is not supported by lori (refusing rather than mishandling the adapter)");
+}
 
 /// Bytes of a file or of a memory buffer, kept alive by shared ownership. A file is memory-mapped
 /// read-only (no copy) where the platform has mmap, else read into a vector.
@@ -160,6 +166,15 @@ void write_file_atomic(const std::string& path, Writer&& write_body) {
     std::remove(tmp.c_str());
     io_fail(path + ": cannot rename " + tmp + " into place: " + std::strerror(e));
   }
+}
+
+/// Creates directory `dir` (and parents) if missing; throws lori::error when that fails or when
+/// `dir` exists and is not a directory.
+inline void make_directory(const std::string& dir) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(dir, ec)) return;
+  std::filesystem::create_directories(dir, ec);
+  if (ec || !std::filesystem::is_directory(dir)) io_fail(dir + ": cannot create directory" + (ec ? ": " + ec.message() : std::string()));
 }
 
 /// Whether s is valid UTF-8 (no overlongs, no surrogates, <= U+10FFFF).
