@@ -204,8 +204,14 @@ inline compact_stats pack_adapter(const peft_adapter& adapter, const std::string
 
 /// Reads a compact LoRI file back into a PEFT adapter (bit-exact inverse of pack_adapter). Modules
 /// whose A was stored as a generator need `a_gen` with a matching generator name.
+inline peft_adapter unpack_adapter(const safetensors_file& f, const compact_a_generator* a_gen = nullptr);
 inline peft_adapter unpack_adapter(const std::string& path, const compact_a_generator* a_gen = nullptr) {
-  const auto f = safetensors_file::open(path);
+  return unpack_adapter(safetensors_file::open(path), a_gen);
+}
+
+/// The same, from an already opened (or in-memory) file.
+inline peft_adapter unpack_adapter(const safetensors_file& f, const compact_a_generator* a_gen) {
+  const std::string& path = f.source();
   const auto& md = f.metadata();
   auto meta = [&](const char* key) -> const std::string& {
     auto it = md.find(key);

@@ -22,8 +22,8 @@ using module_masks = std::map<std::string, bitmask>;
 
 /// Reads a mask file. Every tensor must be a 2-D U8 or BOOL tensor of 0/1 values under a key
 /// "base_model.model.<module>.lora_B.weight"; anything else is a lori::error naming the tensor.
-inline module_masks load_masks(const std::string& path) {
-  const auto f = safetensors_file::open(path);
+inline module_masks load_masks(const safetensors_file& f) {
+  const std::string& path = f.source();
   module_masks out;
   static const std::string prefix = "base_model.model.", suffix = ".lora_B.weight";
   for (const auto& t : f.tensors()) {
@@ -47,6 +47,9 @@ inline module_masks load_masks(const std::string& path) {
   }
   return out;
 }
+
+/// Opens and reads the mask file at `path`.
+inline module_masks load_masks(const std::string& path) { return load_masks(safetensors_file::open(path)); }
 
 /// Writes masks as a safetensors file of `type` (U8 or BOOL) tensors, atomically. `metadata` goes
 /// to "__metadata__" (e.g. sparsity, granularity, the tool that made it).
