@@ -37,7 +37,7 @@ head -c 1000 "$A/nlu/adapter_model.safetensors" >"$WORK/corrupt/adapter_model.sa
 mkdir -p "$WORK/rank4"; cp "$A/nlu/adapter_model.safetensors" "$WORK/rank4/"
 sed 's/"r": 8/"r": 4/' "$A/nlu/adapter_config.json" >"$WORK/rank4/adapter_config.json"
 
-for c in inspect calibrate sparsify apply pack unpack; do
+for c in inspect calibrate sparsify merge apply pack unpack; do
   [ "$c" = "$sub" ] || [ "$sub" = "help" ] || continue
   ok "$c --help" -- "$LORI" "$c" --help; has "$c --help shows usage" "usage: lori $c"
 done
@@ -90,15 +90,49 @@ sparsify)
   err "sparsify: mask is not a mask" "mask keys must look like\|must be U8" "$WORK/bad3" -- "$LORI" sparsify "$A/nlu" --mask "$A/nlu/adapter_model.safetensors" -o "$WORK/bad3"
   err "sparsify: missing --mask" "missing required option --mask" "$WORK/bad4" -- "$LORI" sparsify "$A/nlu" -o "$WORK/bad4"
   ;;
+merge)
+  "$HELPER" make-base "$WORK/base.safetensors" F32
+  # cat is exact: B'A' = sum_i w_i s_i B_i A_i. Applying the merged adapter must equal applying the
+  # three with their weights; A' = w s A is rounded to float once (2^-24 relative), summed over
+  # r = 24 terms: 1e-5 of the largest delta bounds it with a wide margin.
+  ok "merge cat" -- "$LORI" merge "$A/nlu" "$A/math" "$A/code" --method cat --weights 1 0.5 -2 -o "$WORK/cat"
+  ok "cat folder loads" -- "$LORI" inspect "$WORK/cat"
+  has "cat rank is the sum" "r 24  lora_alpha 24"
+  ok "apply cat" -- "$LORI" apply "$WORK/base.safetensors" "$WORK/cat" -o "$WORK/cat.safetensors"
+  ok "cat delta = weighted sum of deltas" -- "$HELPER" check-apply "$WORK/base.safetensors" "$WORK/cat.safetensors" 1e-5 1 "$A/nlu" 0.5 "$A/math" -2 "$A/code"
+  # linear with one adapter collapses to w s B A (PEFT does the same).
+  ok "merge linear (one adapter)" -- "$LORI" merge "$A/math" --method linear --weights 0.7 -o "$WORK/lin1"
+  ok "apply linear" -- "$LORI" apply "$WORK/base.safetensors" "$WORK/lin1" -o "$WORK/lin1.safetensors"
+  ok "single-adapter linear = 0.7 s B A" -- "$HELPER" check-apply "$WORK/base.safetensors" "$WORK/lin1.safetensors" 1e-5 0.7 "$A/math"
+  # svd of two adapters at rank 16 = sum of ranks: exact up to float storage.
+  ok "merge svd (full rank)" -- "$LORI" merge "$A/nlu" "$A/math" --method svd --weights 1 1 --svd-rank 16 -o "$WORK/svd"
+  ok "apply svd" -- "$LORI" apply "$WORK/base.safetensors" "$WORK/svd" -o "$WORK/svd.safetensors"
+  ok "full-rank svd delta = sum of deltas" -- "$HELPER" check-apply "$WORK/base.safetensors" "$WORK/svd.safetensors" 1e-5 1 "$A/nlu" 1 "$A/math"
+  for m in linear ties dare_linear dare_ties magnitude_prune ties_svd dare_linear_svd dare_ties_svd magnitude_prune_svd; do
+    ok "merge $m" -- "$LORI" merge "$A/nlu" "$A/math" "$A/code" --method $m --weights 0.4 0.3 0.3 --density 0.5 --seed 7 -o "$WORK/$m"
+    ok "$m folder loads" -- "$LORI" inspect "$WORK/$m"
+  done
+  ok "merge with --majority-sign frequency --svd-clamp" -- "$LORI" merge "$A/nlu" "$A/math" --method ties_svd --weights 1 1 --density 0.3 --majority-sign frequency --svd-rank 4 --svd-clamp 0.99 -o "$WORK/tsf"
+  has "svd rank honoured" "output\|merged"
+  err "merge: unknown method" "unknown method 'average'" "$WORK/bad1" -- "$LORI" merge "$A/nlu" "$A/math" --method average --weights 1 1 -o "$WORK/bad1"
+  err "merge: density missing" "needs --density" "$WORK/bad2" -- "$LORI" merge "$A/nlu" "$A/math" --method ties --weights 1 1 -o "$WORK/bad2"
+  err "merge: weights count" "--weights has 1 values for 2 adapters" "$WORK/bad3" -- "$LORI" merge "$A/nlu" "$A/math" --method cat --weights 1 -o "$WORK/bad3"
+  err "merge: bad density" "bad number 'half'" "$WORK/bad4" -- "$LORI" merge "$A/nlu" "$A/math" --method ties --weights 1 1 --density half -o "$WORK/bad4"
+  err "merge: density out of range" "must be in \[0, 1\]" "$WORK/bad5" -- "$LORI" merge "$A/nlu" "$A/math" --method ties --weights 1 1 --density 2 -o "$WORK/bad5"
+  err "merge: missing weights" "missing required option --weights" "$WORK/bad6" -- "$LORI" merge "$A/nlu" "$A/math" --method cat -o "$WORK/bad6"
+  err "merge: bad majority sign" "total or frequency" "$WORK/bad7" -- "$LORI" merge "$A/nlu" "$A/math" --method ties --weights 1 1 --density 0.5 --majority-sign most -o "$WORK/bad7"
+  err "merge: rank mismatch" "gives r = 4" "$WORK/bad8" -- "$LORI" merge "$A/nlu" "$WORK/rank4" --method cat --weights 1 1 -o "$WORK/bad8"
+  err "merge: bad svd rank" "--svd-rank must be positive" "$WORK/bad9" -- "$LORI" merge "$A/nlu" "$A/math" --method svd --weights 1 1 --svd-rank 0 -o "$WORK/bad9"
+  ;;
 apply)
   ok "make base F32" -- "$HELPER" make-base "$WORK/base.safetensors" F32
   ok "make base BF16" -- "$HELPER" make-base "$WORK/base16.safetensors" BF16
   ok "apply one adapter" -- "$LORI" apply "$WORK/base.safetensors" "$A/nlu" -o "$WORK/out1.safetensors"
-  ok "apply result = W + s B A (double reference)" -- "$HELPER" check-apply "$WORK/base.safetensors" "$WORK/out1.safetensors" 1 "$A/nlu"
+  ok "apply result = W + s B A (double reference)" -- "$HELPER" check-apply "$WORK/base.safetensors" "$WORK/out1.safetensors" 0 1 "$A/nlu"
   ok "apply two adapters with weights" -- "$LORI" apply "$WORK/base.safetensors" "$A/nlu" "$A/math" --weights 0.5 -1.25 -o "$WORK/out2.safetensors"
-  ok "weighted apply matches reference" -- "$HELPER" check-apply "$WORK/base.safetensors" "$WORK/out2.safetensors" 0.5 "$A/nlu" -1.25 "$A/math"
+  ok "weighted apply matches reference" -- "$HELPER" check-apply "$WORK/base.safetensors" "$WORK/out2.safetensors" 0 0.5 "$A/nlu" -1.25 "$A/math"
   ok "apply on a BF16 base" -- "$LORI" apply "$WORK/base16.safetensors" "$A/code" -o "$WORK/out3.safetensors"
-  ok "BF16 apply matches reference to one rounding" -- "$HELPER" check-apply "$WORK/base16.safetensors" "$WORK/out3.safetensors" 1 "$A/code"
+  ok "BF16 apply matches reference to one rounding" -- "$HELPER" check-apply "$WORK/base16.safetensors" "$WORK/out3.safetensors" 0 1 "$A/code"
   err "apply: weights count" "--weights has 1 values for 2 adapters" "$WORK/bad1" -- "$LORI" apply "$WORK/base.safetensors" "$A/nlu" "$A/math" --weights 1 -o "$WORK/bad1"
   err "apply: bad weight" "bad number 'x'" "$WORK/bad2" -- "$LORI" apply "$WORK/base.safetensors" "$A/nlu" --weights x -o "$WORK/bad2"
   err "apply: base lacks module" "no tensor 'model.layers.0.mlp.down_proj.weight'" "$WORK/bad3" -- "$LORI" apply "$A/nlu/adapter_model.safetensors" "$A/nlu" -o "$WORK/bad3"

@@ -17,6 +17,7 @@
 #include "lori/io/peft_adapter.hpp"
 #include "lori/io/safetensors.hpp"
 #include "lori/mask/calibrate.hpp"
+#include "lori/merge/weighted_adapter.hpp"
 
 #include <cerrno>
 #include <cmath>
@@ -414,6 +415,102 @@ int cmd_apply(const args& a) {
   return 0;
 }
 
+lori::adapter_model<double> to_model(const lori::io::peft_adapter& ad) {
+  lori::adapter_model<double> m;
+  for (const auto& mod : ad.modules) {
+    lori::adapter_module<double> x;
+    x.A.resize(mod.rank, mod.in_features);
+    x.B.resize(mod.out_features, mod.rank);
+    for (std::size_t i = 0; i < mod.A.size(); ++i) x.A.data()[i] = mod.A[i];
+    for (std::size_t i = 0; i < mod.B.size(); ++i) x.B.data()[i] = mod.B[i];
+    x.scaling = mod.scaling;
+    m.emplace(mod.name, std::move(x));
+  }
+  return m;
+}
+
+int cmd_merge(const args& a) {
+  if (a.positional.empty()) throw usage_error("expects at least one adapter");
+  const std::string out = a.required("--output");
+  lori::merge_options opt;
+  const std::string method = a.required("--method");
+  bool known = false;
+  for (int i = 0; i <= static_cast<int>(lori::combination_type::magnitude_prune_svd); ++i)
+    if (method == lori::to_string(static_cast<lori::combination_type>(i))) {
+      opt.type = static_cast<lori::combination_type>(i);
+      known = true;
+    }
+  if (!known) throw usage_error("unknown method '" + method + "' (cat, linear, svd, ties, ties_svd, dare_linear, dare_ties, dare_linear_svd, dare_ties_svd, magnitude_prune, magnitude_prune_svd)");
+  const auto weights = weights_for(a, a.positional.size(), true);
+  if (const std::string* d = a.one("--density")) {
+    opt.density = parse_number(*d, "--density");
+    if (!(*opt.density >= 0.0 && *opt.density <= 1.0)) throw usage_error("--density must be in [0, 1], got " + *d);
+  } else if (lori::combination_needs_density(opt.type)) {
+    throw usage_error("method '" + method + "' needs --density");
+  }
+  if (const std::string* ms = a.one("--majority-sign")) {
+    if (*ms == "total") opt.sign_method = lori::majority_sign_method::total;
+    else if (*ms == "frequency") opt.sign_method = lori::majority_sign_method::frequency;
+    else throw usage_error("--majority-sign must be total or frequency, got '" + *ms + "'");
+  }
+  if (const std::string* r = a.one("--svd-rank")) {
+    const long long v = parse_integer(*r, "--svd-rank");
+    if (v <= 0) throw usage_error("--svd-rank must be positive, got " + *r);
+    opt.svd_rank = v;
+  }
+  if (const std::string* q = a.one("--svd-clamp")) {
+    opt.svd_clamp = parse_number(*q, "--svd-clamp");
+    if (!(*opt.svd_clamp >= 0.0 && *opt.svd_clamp <= 1.0)) throw usage_error("--svd-clamp must be in [0, 1], got " + *q);
+  }
+  if (const std::string* sd = a.one("--seed")) {
+    const long long v = parse_integer(*sd, "--seed");
+    if (v < 0) throw usage_error("--seed must be non-negative, got " + *sd);
+    opt.seed = static_cast<std::uint64_t>(v);
+  }
+  std::vector<lori::io::peft_adapter> ads;
+  for (const auto& p : a.positional) ads.push_back(load_adapter(p));
+  for (std::size_t i = 1; i < ads.size(); ++i) {
+    if (ads[i].config.fan_in_fan_out != ads[0].config.fan_in_fan_out)
+      throw lori::error(a.positional[i] + ": fan_in_fan_out differs from " + a.positional[0] + "'s");
+    for (const auto& m : ads[i].modules)
+      if (const auto* m0 = ads[0].find(m.name))
+        if (m0->out_features != m.out_features || m0->in_features != m.in_features)
+          throw lori::error(a.positional[i] + ": module '" + m.name + "' is " + std::to_string(m.out_features) + "x" + std::to_string(m.in_features) +
+                            " but " + std::to_string(m0->out_features) + "x" + std::to_string(m0->in_features) + " in " + a.positional[0]);
+  }
+  std::vector<lori::adapter_model<double>> models;
+  for (const auto& ad : ads) models.push_back(to_model(ad));
+  std::vector<const lori::adapter_model<double>*> ptrs;
+  for (const auto& m : models) ptrs.push_back(&m);
+  const auto merged = lori::merge_models(ptrs, weights, opt);
+  // PEFT writes the merged adapter with r = lora_alpha = its rank (scaling 1), use_rslora false.
+  lori::io::peft_adapter res;
+  res.config = ads[0].config;
+  res.config.use_rslora = false;
+  res.config.rank_pattern.clear();
+  res.config.alpha_pattern.clear();
+  for (const auto& [name, m] : merged) {
+    lori::io::lora_module mod;
+    mod.name = name;
+    mod.rank = m.rank();
+    mod.in_features = m.in_features();
+    mod.out_features = m.out_features();
+    const auto* src = ads[0].find(name);
+    mod.stored_type = src ? src->stored_type : lori::io::dtype::F32;
+    // Fold any scaling other than 1 into B so that the written adapter has alpha = r.
+    mod.alpha = static_cast<double>(mod.rank);
+    mod.scaling = 1.0;
+    mod.A.resize(static_cast<std::size_t>(m.A.size()));
+    mod.B.resize(static_cast<std::size_t>(m.B.size()));
+    for (std::size_t i = 0; i < mod.A.size(); ++i) mod.A[i] = static_cast<float>(m.A.data()[i]);
+    for (std::size_t i = 0; i < mod.B.size(); ++i) mod.B[i] = static_cast<float>(m.B.data()[i] * m.scaling);
+    res.modules.push_back(std::move(mod));
+  }
+  write_peft_dir(res, out);
+  std::printf("merged %zu adapters (%s) into %zu modules; wrote %s\n", ads.size(), method.c_str(), res.modules.size(), out.c_str());
+  return 0;
+}
+
 int cmd_pack(const args& a) {
   if (a.positional.size() != 1) throw usage_error("expects exactly one adapter folder");
   const std::string out = a.required("--output");
@@ -463,6 +560,15 @@ std::vector<command> commands() {
                cmd_calibrate});
   c.push_back({"sparsify", "Zero B outside the mask (LoRI-S) and write the result as a PEFT folder.", "lori sparsify DIR --mask MASK -o OUTDIR",
                {{"--mask", 1}, {"--output", 1}}, cmd_sparsify});
+  c.push_back({"merge",
+               "Merge adapters as PEFT 0.21's add_weighted_adapter does (same formulas; DARE draws use lori's\n"
+               "counter-based generator keyed by --seed, so they are reproducible but not torch's). Writes a PEFT folder\n"
+               "with r = lora_alpha = the merged rank (scaling 1). --density is required by the pruning methods.",
+               "lori merge DIR... --method cat|linear|svd|ties|ties_svd|dare_linear|dare_ties|dare_linear_svd|dare_ties_svd|"
+               "magnitude_prune|magnitude_prune_svd --weights W... [--density D] [--majority-sign total|frequency] "
+               "[--svd-rank R] [--svd-clamp Q] [--seed N] -o OUTDIR",
+               {{"--method", 1}, {"--weights", -1}, {"--density", 1}, {"--majority-sign", 1}, {"--svd-rank", 1}, {"--svd-clamp", 1}, {"--seed", 1}, {"--output", 1}},
+               cmd_merge});
   c.push_back({"apply",
                "Merge adapters into base weights: W + sum_i w_i s_i B_i A_i for every base tensor '<module>.weight'\n"
                "that an adapter adapts (accumulated in double, stored in the tensor's dtype); other tensors are copied.",
