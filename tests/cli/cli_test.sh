@@ -113,7 +113,8 @@ merge)
     ok "$m folder loads" -- "$LORI" inspect "$WORK/$m"
   done
   ok "merge with --majority-sign frequency --svd-clamp" -- "$LORI" merge "$A/nlu" "$A/math" --method ties_svd --weights 1 1 --density 0.3 --majority-sign frequency --svd-rank 4 --svd-clamp 0.99 -o "$WORK/tsf"
-  has "svd rank honoured" "output\|merged"
+  ok "clamped svd folder loads" -- "$LORI" inspect "$WORK/tsf"
+  has "--svd-rank honoured" "r 4  lora_alpha 4"
   err "merge: unknown method" "unknown method 'average'" "$WORK/bad1" -- "$LORI" merge "$A/nlu" "$A/math" --method average --weights 1 1 -o "$WORK/bad1"
   err "merge: density missing" "needs --density" "$WORK/bad2" -- "$LORI" merge "$A/nlu" "$A/math" --method ties --weights 1 1 -o "$WORK/bad2"
   err "merge: weights count" "--weights has 1 values for 2 adapters" "$WORK/bad3" -- "$LORI" merge "$A/nlu" "$A/math" --method cat --weights 1 -o "$WORK/bad3"
