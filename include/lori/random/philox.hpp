@@ -45,6 +45,9 @@ LORI_HOST_DEVICE LORI_FORCEINLINE constexpr philox_block philox4x32_10_block(std
                                                                              std::uint32_t k1) noexcept {
   constexpr std::uint32_t m0 = 0xD2511F53u, m1 = 0xCD9E8D57u;  // multipliers
   constexpr std::uint32_t w0 = 0x9E3779B9u, w1 = 0xBB67AE85u;  // Weyl key increments (golden ratio, sqrt(3)-1)
+#if defined(__CUDA_ARCH__)
+#pragma unroll
+#endif
   for (int round = 0; round < 10; ++round) {
     if (round > 0) {
       k0 += w0;

@@ -66,11 +66,11 @@ LORI_FORCEINLINE void box_muller_arrays(const std::uint32_t* a, const std::uint3
 }
 
 /// Values of quads q0 .. q0+n-1 (n <= projection_batch_quads) of row `row` into out[0 .. 4n).
-template <distribution D, class BoxMuller>
+template <distribution D, class Words, class BoxMuller>
 LORI_FORCEINLINE void projection_quads(const projection_params& p, const counter_rng& g, std::uint64_t row, std::uint64_t q0, int n,
-                                       float* out, BoxMuller&& bm) noexcept {
+                                       float* out, Words&& words, BoxMuller&& bm) noexcept {
   alignas(32) std::uint32_t w[4][projection_batch_quads] = {};
-  projection_words(g, row, q0, n, w);
+  words(g, row, q0, n, w);
   if constexpr (D == distribution::gaussian) {
     alignas(32) float z[4][projection_batch_quads];
     bm(w[0], w[1], n, p.scale, z[0], z[1]);
@@ -97,9 +97,14 @@ LORI_FORCEINLINE void projection_quads(const projection_params& p, const counter
 template <distribution D>
 inline void projection_quads_generic(const projection_params& p, const counter_rng& g, std::uint64_t row, std::uint64_t q0, int n,
                                      float* out) noexcept {
-  projection_quads<D>(p, g, row, q0, n, out, [](const std::uint32_t* a, const std::uint32_t* b, int m, float sigma, float* z0, float* z1) {
-    box_muller_arrays(a, b, m, sigma, z0, z1);
-  });
+  projection_quads<D>(
+      p, g, row, q0, n, out,
+      [](const counter_rng& gg, std::uint64_t r, std::uint64_t q, int m, std::uint32_t(&w)[4][projection_batch_quads]) {
+        projection_words(gg, r, q, m, w);
+      },
+      [](const std::uint32_t* a, const std::uint32_t* b, int m, float sigma, float* z0, float* z1) {
+        box_muller_arrays(a, b, m, sigma, z0, z1);
+      });
 }
 
 #if LORI_RANDOM_X86_DISPATCH
@@ -179,12 +184,63 @@ LORI_RANDOM_AVX2_ATTRIBUTES inline void box_muller_avx2(const std::uint32_t* a, 
   box_muller_arrays(a + t, b + t, n - t, sigma, z0 + t, z1 + t);
 }
 
+/// Philox4x32-10 of 8 consecutive blocks per step with AVX2 (32x32->64 multiplies of even / odd lanes,
+/// then the hi/lo halves re-interleaved); the same function as philox4x32_10_block, lane by lane.
+LORI_RANDOM_AVX2_ATTRIBUTES inline void projection_words_avx2(const counter_rng& g, std::uint64_t row, std::uint64_t q0, int n,
+                                                              std::uint32_t (&w)[4][projection_batch_quads]) noexcept {
+  const __m256i m0 = _mm256_set1_epi64x(0xD2511F53);
+  const __m256i m1 = _mm256_set1_epi64x(0xCD9E8D57);
+  const __m256i w0 = _mm256_set1_epi32(static_cast<int>(0x9E3779B9u));
+  const __m256i w1 = _mm256_set1_epi32(static_cast<int>(0xBB67AE85u));
+  const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  int t = 0;
+  for (; t + 8 <= n; t += 8) {
+    __m256i c0 = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(static_cast<std::uint32_t>(q0 + static_cast<std::uint64_t>(t)))), lanes);
+    __m256i c1 = _mm256_set1_epi32(static_cast<int>(static_cast<std::uint32_t>(row)));
+    __m256i c2 = _mm256_set1_epi32(static_cast<int>(g.stream0));
+    __m256i c3 = _mm256_set1_epi32(static_cast<int>(g.stream1));
+    __m256i k0 = _mm256_set1_epi32(static_cast<int>(g.key0));
+    __m256i k1 = _mm256_set1_epi32(static_cast<int>(g.key1));
+    for (int round = 0; round < 10; ++round) {
+      if (round > 0) {
+        k0 = _mm256_add_epi32(k0, w0);
+        k1 = _mm256_add_epi32(k1, w1);
+      }
+      const __m256i pe0 = _mm256_mul_epu32(c0, m0), po0 = _mm256_mul_epu32(_mm256_srli_epi64(c0, 32), m0);
+      const __m256i pe1 = _mm256_mul_epu32(c2, m1), po1 = _mm256_mul_epu32(_mm256_srli_epi64(c2, 32), m1);
+      const __m256i hi0 = _mm256_blend_epi32(_mm256_srli_epi64(pe0, 32), po0, 0xAA);
+      const __m256i lo0 = _mm256_blend_epi32(pe0, _mm256_slli_epi64(po0, 32), 0xAA);
+      const __m256i hi1 = _mm256_blend_epi32(_mm256_srli_epi64(pe1, 32), po1, 0xAA);
+      const __m256i lo1 = _mm256_blend_epi32(pe1, _mm256_slli_epi64(po1, 32), 0xAA);
+      c0 = _mm256_xor_si256(_mm256_xor_si256(hi1, c1), k0);
+      c1 = lo1;
+      c2 = _mm256_xor_si256(_mm256_xor_si256(hi0, c3), k1);
+      c3 = lo0;
+    }
+    _mm256_store_si256(reinterpret_cast<__m256i*>(&w[0][t]), c0);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(&w[1][t]), c1);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(&w[2][t]), c2);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(&w[3][t]), c3);
+  }
+  for (; t < n; ++t) {
+    const std::uint64_t q = q0 + static_cast<std::uint64_t>(t);
+    const philox_block b = philox4x32_10_block(static_cast<std::uint32_t>(q), static_cast<std::uint32_t>(row), g.stream0, g.stream1, g.key0, g.key1);
+    w[0][t] = b.v[0];
+    w[1][t] = b.v[1];
+    w[2][t] = b.v[2];
+    w[3][t] = b.v[3];
+  }
+}
+
 template <distribution D>
 LORI_RANDOM_AVX2_ATTRIBUTES inline void projection_quads_avx2(const projection_params& p, const counter_rng& g, std::uint64_t row,
                                                               std::uint64_t q0, int n, float* out) noexcept {
-  projection_quads<D>(p, g, row, q0, n, out,
-                      [](const std::uint32_t* a, const std::uint32_t* b, int m, float sigma, float* z0, float* z1)
-                          LORI_RANDOM_AVX2_ATTRIBUTES { box_muller_avx2(a, b, m, sigma, z0, z1); });
+  projection_quads<D>(
+      p, g, row, q0, n, out,
+      [](const counter_rng& gg, std::uint64_t r, std::uint64_t q, int m, std::uint32_t(&w)[4][projection_batch_quads])
+          LORI_RANDOM_AVX2_ATTRIBUTES { projection_words_avx2(gg, r, q, m, w); },
+      [](const std::uint32_t* a, const std::uint32_t* b, int m, float sigma, float* z0, float* z1)
+          LORI_RANDOM_AVX2_ATTRIBUTES { box_muller_avx2(a, b, m, sigma, z0, z1); });
 }
 
 inline bool cpu_has_avx2_fma() noexcept {
