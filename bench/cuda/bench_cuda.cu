@@ -1,0 +1,465 @@
+// lori_bench_cuda: lori's GPU kernels next to what a user would otherwise run (cuBLAS two-GEMM LoRA as
+// PEFT does, cuSPARSE SpMM / SDDMM, cuBLAS GEMM + mask, one addmm per adapter), and a device-to-device
+// copy that measures the card's bandwidth in the same run.
+//
+// Reading the output: every benchmark sets bytes_per_second from the bytes its operation MUST move
+// (the byte floor of docs/cuda.md: inputs read once, outputs written once), so
+//     time / floor time = BM_gpu_baseline_d2d_copy's bytes_per_second / this benchmark's bytes_per_second.
+// Counters: floor_MB (those bytes), TFLOPS (GEMM-like work only). Timing: CUDA events around each
+// iteration (UseManualTime), L2 flushed (a 256 MB memset) before every timed iteration; use
+// --benchmark_repetitions=5 --benchmark_report_aggregates_only=true for medians.
+// Shapes: bf16, d = k = 4096, r = 32, B 90% sparse (random mask), n in {1, 64, 4096, 16384}; merge into
+// 14336 x 4096; AdamW over a Llama-3-8B-shaped LoRI-S adapter (224 tensors, 4.4 M kept values).
+#include <benchmark/benchmark.h>
+
+#include "lori/core/float16.hpp"
+#include "lori/cuda/adapter_backward.cuh"
+#include "lori/cuda/adapter_forward.cuh"
+#include "lori/cuda/context.cuh"
+#include "lori/cuda/device_buffer.cuh"
+#include "lori/cuda/merge.cuh"
+#include "lori/cuda/optim.cuh"
+#include "lori/cuda/sparse_b.cuh"
+#include "lori/mask/bitmask.hpp"
+
+#include <cublas_v2.h>
+#include <cusparse.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <functional>
+#include <memory>
+#include <random>
+#include <exception>
+#include <string>
+#include <vector>
+
+namespace {
+
+using lori::index_t;
+using bf16 = lori::bfloat16;
+using lori::cuda::device_buffer;
+
+constexpr index_t D = 4096, K = 4096, R = 32;  // merge also uses d = 14336 (Llama-3-8B MLP)
+constexpr double density = 0.1;
+
+// Process-lifetime objects, deliberately never destroyed (no CUDA calls from static destructors).
+lori::cuda::context& ctx() {
+  static auto* c = new lori::cuda::context();
+  return *c;
+}
+
+// Random bf16 device data (never zeros): normal values times `scale`.
+device_buffer<bf16> random_bf16(index_t count, double scale, std::uint64_t seed) {
+  std::mt19937_64 g(seed);
+  std::normal_distribution<float> nd(0.0f, static_cast<float>(scale));
+  std::vector<bf16> h(static_cast<std::size_t>(count));
+  for (auto& x : h) x = bf16(nd(g));
+  return device_buffer<bf16>(h);
+}
+
+lori::bitmask random_mask(index_t rows, index_t cols, std::uint64_t seed) {
+  std::mt19937_64 g(seed);
+  std::bernoulli_distribution keep(density);
+  lori::bitmask m(rows, cols);
+  for (index_t i = 0; i < rows; ++i)
+    for (index_t j = 0; j < cols; ++j)
+      if (keep(g)) m.set(i, j);
+  return m;
+}
+
+lori::cuda::sparse_b<bf16> random_sparse_b(index_t d, index_t r, std::uint64_t seed) {
+  const auto mask = random_mask(d, r, seed);
+  std::mt19937_64 g(seed + 1);
+  std::normal_distribution<float> nd(0.0f, 0.02f);
+  std::vector<bf16> vals(static_cast<std::size_t>(mask.count()));
+  for (auto& v : vals) v = bf16(nd(g));
+  return lori::cuda::sparse_b<bf16>::from_host(mask, vals);
+}
+
+device_buffer<unsigned char>& flush_buffer() {
+  static auto* b = new device_buffer<unsigned char>(index_t{256} << 20);
+  return *b;
+}
+
+// Times f() with CUDA events per iteration; flushes L2 before each (outside the timed region).
+void run_timed(benchmark::State& st, const std::function<void()>& f, double floor_bytes, double flops = 0.0) {
+  cudaStream_t s = ctx().stream();
+  try {
+    f();  // warm-up; an unsupported library path is reported here, before the timing loop
+    LORI_CUDA_CHECK(cudaStreamSynchronize(s));
+  } catch (const std::exception& e) {
+    st.SkipWithError(e.what());
+    return;
+  }
+  cudaEvent_t a, b;
+  LORI_CUDA_CHECK(cudaEventCreate(&a));
+  LORI_CUDA_CHECK(cudaEventCreate(&b));
+  for (auto _ : st) {
+    flush_buffer().fill_bytes(static_cast<int>(st.iterations() & 0xff), s);
+    LORI_CUDA_CHECK(cudaEventRecord(a, s));
+    f();
+    LORI_CUDA_CHECK(cudaEventRecord(b, s));
+    LORI_CUDA_CHECK(cudaEventSynchronize(b));
+    float ms = 0.0f;
+    LORI_CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
+    st.SetIterationTime(static_cast<double>(ms) * 1e-3);
+  }
+  LORI_CUDA_CHECK(cudaEventDestroy(a));
+  LORI_CUDA_CHECK(cudaEventDestroy(b));
+  st.SetBytesProcessed(static_cast<std::int64_t>(floor_bytes * static_cast<double>(st.iterations())));
+  st.counters["floor_MB"] = floor_bytes / 1e6;
+  if (flops > 0) st.counters["TFLOPS"] = benchmark::Counter(flops * 1e-12 * static_cast<double>(st.iterations()),
+                                                            benchmark::Counter::kIsRate);
+}
+
+void gemm_rm(bool tp, bool tq, index_t M, index_t N, index_t Kd, float alpha, const void* P, index_t ldp, const void* Q,
+             index_t ldq, float beta, void* C, index_t ldc, cudaDataType_t ab = CUDA_R_16BF,
+             cudaDataType_t c = CUDA_R_16BF) {
+  lori::detail::gemm_row_major(ctx().cublas(), tp, tq, M, N, Kd, alpha, P, ldp, Q, ldq, beta, C, ldc, ab, c);
+}
+
+// ---- bandwidth -------------------------------------------------------------------------------------
+void BM_gpu_baseline_d2d_copy(benchmark::State& st) {
+  const index_t bytes = st.range(0) << 20;
+  device_buffer<unsigned char> src(bytes), dst(bytes);
+  src.fill_bytes(1);
+  run_timed(st, [&] { LORI_CUDA_CHECK(cudaMemcpyAsync(dst.data(), src.data(), static_cast<std::size_t>(bytes), cudaMemcpyDeviceToDevice, ctx().stream())); },
+            2.0 * static_cast<double>(bytes));
+  st.SetLabel("bytes counted: read + write");
+}
+BENCHMARK(BM_gpu_baseline_d2d_copy)->Arg(64)->Arg(234)->Arg(512)->UseManualTime()->Unit(benchmark::kMicrosecond);
+
+// ---- adapter-only forward: Y += s·(X·Aᵀ)·Bᵀ ----------------------------------------------------------
+struct fwd_data {
+  index_t n;
+  device_buffer<bf16> X, A, W, Y, Bd, H16;
+  lori::cuda::sparse_b<bf16> B;
+  device_buffer<unsigned char> ws;
+  explicit fwd_data(index_t n_)
+      : n(n_), X(random_bf16(n_ * K, 1.0, 1)), A(random_bf16(R * K, 1.0 / 64, 2)), W(random_bf16(D * K, 1.0 / 64, 3)),
+        Y(random_bf16(n_ * D, 1.0, 4)), Bd(D * R), H16(n_ * R), B(random_sparse_b(D, R, 5)),
+        ws(static_cast<index_t>(lori::cuda::adapter_forward_workspace_bytes(ctx(), n_, R))) {
+    B.scatter_to_dense(Bd.data(), R, ctx().stream());
+  }
+  lori::row_major_view<const bf16> xv() const { return {X.data(), n, K}; }
+  lori::row_major_view<const bf16> av() const { return {A.data(), R, K}; }
+  lori::row_major_view<const bf16> wv() const { return {W.data(), D, K}; }
+  lori::row_major_view<bf16> yv() { return {Y.data(), n, D}; }
+};
+
+double adapter_floor(index_t n) {  // X read, Y read + write, A, B values + indices
+  return 2.0 * static_cast<double>(n * K) + 4.0 * static_cast<double>(n * D) + 2.0 * R * K + 0.1 * D * R * 6.0 + 4.0 * D;
+}
+
+void BM_gpu_adapter_forward(benchmark::State& st) {
+  fwd_data f(st.range(0));
+  run_timed(st, [&] { lori::cuda::adapter_forward<bf16>(ctx(), f.xv(), f.av(), f.B, 0.5f, f.yv(), f.ws.data(), f.ws.bytes()); },
+            adapter_floor(f.n));
+  st.SetLabel(lori::cuda::detail_fwd::decode_applies(ctx(), f.n, R) ? "decode: 1 cooperative kernel" : "cuBLAS X·Aᵀ + expand kernel");
+}
+// PEFT: H = X·Aᵀ (bf16), Y += s·H·Bᵀ with B dense (two cuBLAS GEMMs).
+void BM_gpu_baseline_lora_two_gemm(benchmark::State& st) {
+  fwd_data f(st.range(0));
+  run_timed(st, [&] {
+    gemm_rm(false, true, f.n, R, K, 1.0f, f.X.data(), K, f.A.data(), K, 0.0f, f.H16.data(), R);
+    gemm_rm(false, true, f.n, D, R, 0.5f, f.H16.data(), R, f.Bd.data(), R, 1.0f, f.Y.data(), D);
+  }, adapter_floor(f.n));
+}
+// cuSPARSE SpMM with CSR B for the second product: Yᵀ (d x n) += s·B (d x r, CSR)·Hᵀ.
+void BM_gpu_baseline_cusparse_spmm(benchmark::State& st) {
+  fwd_data f(st.range(0));
+  cusparseHandle_t h = ctx().cusparse();
+  cusparseSpMatDescr_t b;
+  cusparseDnMatDescr_t ht, yt;
+  LORI_CUSPARSE_CHECK(cusparseCreateCsr(&b, D, R, f.B.nnz(), const_cast<std::int32_t*>(f.B.row_ptr()),
+                                        const_cast<std::int32_t*>(f.B.col_idx()), f.B.values(), CUSPARSE_INDEX_32I,
+                                        CUSPARSE_INDEX_32I, CUSPARSE_INDEX_BASE_ZERO, CUDA_R_16BF));
+  LORI_CUSPARSE_CHECK(cusparseCreateDnMat(&ht, R, f.n, R, f.H16.data(), CUDA_R_16BF, CUSPARSE_ORDER_COL));
+  LORI_CUSPARSE_CHECK(cusparseCreateDnMat(&yt, D, f.n, D, f.Y.data(), CUDA_R_16BF, CUSPARSE_ORDER_COL));
+  const float alpha = 0.5f, beta = 1.0f;
+  std::size_t bytes = 0;
+  const cusparseStatus_t q = cusparseSpMM_bufferSize(h, CUSPARSE_OPERATION_NON_TRANSPOSE, CUSPARSE_OPERATION_NON_TRANSPOSE,
+                                                     &alpha, b, ht, &beta, yt, CUDA_R_32F, CUSPARSE_SPMM_ALG_DEFAULT, &bytes);
+  if (q != CUSPARSE_STATUS_SUCCESS) {
+    st.SkipWithError((std::string("cusparseSpMM_bufferSize: ") + cusparseGetErrorName(q)).c_str());
+  } else {
+    device_buffer<unsigned char> buf(static_cast<index_t>(bytes) + 1);
+    run_timed(st, [&] {
+      gemm_rm(false, true, f.n, R, K, 1.0f, f.X.data(), K, f.A.data(), K, 0.0f, f.H16.data(), R);
+      LORI_CUSPARSE_CHECK(cusparseSpMM(h, CUSPARSE_OPERATION_NON_TRANSPOSE, CUSPARSE_OPERATION_NON_TRANSPOSE, &alpha, b, ht,
+                                       &beta, yt, CUDA_R_32F, CUSPARSE_SPMM_ALG_DEFAULT, buf.data()));
+    }, adapter_floor(f.n));
+  }
+  cusparseDestroySpMat(b);
+  cusparseDestroyDnMat(ht);
+  cusparseDestroyDnMat(yt);
+}
+BENCHMARK(BM_gpu_adapter_forward)->Arg(1)->Arg(64)->Arg(4096)->Arg(16384)->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_gpu_baseline_lora_two_gemm)->Arg(1)->Arg(64)->Arg(4096)->Arg(16384)->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_gpu_baseline_cusparse_spmm)->Arg(1)->Arg(64)->Arg(4096)->Arg(16384)->UseManualTime()->Unit(benchmark::kMicrosecond);
+
+// ---- whole layer: Y = X·Wᵀ + s·(X·Aᵀ)·Bᵀ ----------------------------------------------------------------
+double layer_floor(index_t n) { return 2.0 * static_cast<double>(n * K + D * K + n * D) + 2.0 * R * K + 0.1 * D * R * 6.0; }
+double layer_flops(index_t n) { return 2.0 * static_cast<double>(n) * D * K; }
+
+void BM_gpu_layer_forward(benchmark::State& st) {
+  fwd_data f(st.range(0));
+  run_timed(st, [&] { lori::cuda::layer_forward<bf16>(ctx(), f.xv(), f.wv(), f.av(), f.B, 0.5f, f.yv(), f.ws.data(), f.ws.bytes()); },
+            layer_floor(f.n), layer_flops(f.n));
+  st.SetLabel("target (n=4096): <= 1.10x BM_gpu_baseline_base_gemm");
+}
+// K widened by r: [X | s·H]·[W | B]ᵀ in one base GEMM (caller keeps X and W in (k + r)-wide buffers).
+void BM_gpu_layer_forward_widened(benchmark::State& st) {
+  const index_t n = st.range(0), kr = K + R;
+  auto Xe = random_bf16(n * kr, 1.0, 1), We = random_bf16(D * kr, 1.0 / 64, 3), A = random_bf16(R * K, 1.0 / 64, 2);
+  device_buffer<bf16> Y(n * D);
+  auto B = random_sparse_b(D, R, 5);
+  B.scatter_to_dense(We.data() + K, kr, ctx().stream());
+  run_timed(st, [&] {
+    lori::cuda::layer_forward_widened<bf16>(ctx(), {Xe.data(), n, kr}, {We.data(), D, kr}, {A.data(), R, K}, 0.5f, {Y.data(), n, D});
+  }, layer_floor(n), layer_flops(n));
+  st.SetLabel("target (n=4096): <= 1.10x BM_gpu_baseline_base_gemm");
+}
+void BM_gpu_baseline_base_gemm(benchmark::State& st) {
+  fwd_data f(st.range(0));
+  run_timed(st, [&] { gemm_rm(false, true, f.n, D, K, 1.0f, f.X.data(), K, f.W.data(), K, 0.0f, f.Y.data(), D); },
+            layer_floor(f.n), layer_flops(f.n));
+  st.SetLabel("X·Wᵀ alone (cuBLAS)");
+}
+void BM_gpu_baseline_lora_layer(benchmark::State& st) {
+  fwd_data f(st.range(0));
+  run_timed(st, [&] {
+    gemm_rm(false, true, f.n, D, K, 1.0f, f.X.data(), K, f.W.data(), K, 0.0f, f.Y.data(), D);
+    gemm_rm(false, true, f.n, R, K, 1.0f, f.X.data(), K, f.A.data(), K, 0.0f, f.H16.data(), R);
+    gemm_rm(false, true, f.n, D, R, 0.5f, f.H16.data(), R, f.Bd.data(), R, 1.0f, f.Y.data(), D);
+  }, layer_floor(f.n), layer_flops(f.n));
+  st.SetLabel("PEFT: 3 cuBLAS GEMMs");
+}
+BENCHMARK(BM_gpu_layer_forward)->Arg(1)->Arg(64)->Arg(4096)->Arg(16384)->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_gpu_layer_forward_widened)->Arg(1)->Arg(64)->Arg(4096)->Arg(16384)->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_gpu_baseline_base_gemm)->Arg(1)->Arg(64)->Arg(4096)->Arg(16384)->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_gpu_baseline_lora_layer)->Arg(1)->Arg(64)->Arg(4096)->Arg(16384)->UseManualTime()->Unit(benchmark::kMicrosecond);
+
+// ---- masked gradient ∂L/∂B (SDDMM) -------------------------------------------------------------------------
+struct grad_data {
+  index_t n;
+  device_buffer<bf16> G, H16, dBd, out;
+  device_buffer<float> H;
+  lori::cuda::sparse_b<bf16> B;
+  device_buffer<unsigned char> ws;
+  explicit grad_data(index_t n_)
+      : n(n_), G(random_bf16(n_ * D, 1.0, 11)), H16(random_bf16(n_ * R, 1.0, 12)), dBd(D * R), out(0), H(n_ * R),
+        B(random_sparse_b(D, R, 13)), ws(0) {
+    out = device_buffer<bf16>(B.nnz());
+    ws = device_buffer<unsigned char>(static_cast<index_t>(lori::cuda::grad_b_workspace_bytes(ctx(), n, D, R, B.nnz())) + 1);
+    std::vector<float> h(static_cast<std::size_t>(n * R));
+    std::mt19937_64 g(14);
+    std::normal_distribution<float> nd;
+    for (auto& x : h) x = nd(g);
+    H.upload(h);
+  }
+};
+double sddmm_floor(index_t n, index_t nnz) { return 2.0 * static_cast<double>(n * D) + 4.0 * static_cast<double>(n * R) + 2.0 * static_cast<double>(nnz); }
+
+void BM_gpu_grad_b_sddmm(benchmark::State& st) {
+  grad_data f(st.range(0));
+  run_timed(st, [&] {
+    lori::cuda::grad_b_sddmm<bf16>(ctx(), {f.G.data(), f.n, D}, f.H.data(), 0.5f, f.B, f.out.data(), f.ws.data(), f.ws.bytes());
+  }, sddmm_floor(f.n, f.B.nnz()));
+  st.SetLabel("target (n=4096): <= 1.3x one read of G at copy bandwidth");
+}
+void BM_gpu_baseline_gemm_mask(benchmark::State& st) {
+  grad_data f(st.range(0));
+  run_timed(st, [&] {
+    gemm_rm(true, false, D, R, f.n, 0.5f, f.G.data(), D, f.H16.data(), R, 0.0f, f.dBd.data(), R);
+    f.B.gather_from_dense(f.dBd.data(), R, ctx().stream());
+  }, sddmm_floor(f.n, f.B.nnz()));
+  st.SetLabel("cuBLAS Gᵀ·H dense, then gather the kept entries");
+}
+void BM_gpu_baseline_cusparse_sddmm(benchmark::State& st) {
+  grad_data f(st.range(0));
+  cusparseHandle_t h = ctx().cusparse();
+  // Try bf16 first; if this cuSPARSE has no bf16 SDDMM, run it in fp32 (inputs converted untimed).
+  device_buffer<float> G32(0), C32(0);
+  cudaDataType_t type = CUDA_R_16BF;
+  void* gp = f.G.data();
+  void* hp = f.H16.data();
+  void* cp = f.out.data();
+  const float alpha = 0.5f, beta = 0.0f;
+  std::size_t bytes = 0;
+  auto make = [&](cusparseDnMatDescr_t& a, cusparseDnMatDescr_t& b, cusparseSpMatDescr_t& c) {
+    LORI_CUSPARSE_CHECK(cusparseCreateDnMat(&a, D, f.n, D, gp, type, CUSPARSE_ORDER_COL));  // Gᵀ, d x n
+    LORI_CUSPARSE_CHECK(cusparseCreateDnMat(&b, f.n, R, R, hp, type, CUSPARSE_ORDER_ROW));  // H, n x r
+    LORI_CUSPARSE_CHECK(cusparseCreateCsr(&c, D, R, f.B.nnz(), const_cast<std::int32_t*>(f.B.row_ptr()),
+                                          const_cast<std::int32_t*>(f.B.col_idx()), cp, CUSPARSE_INDEX_32I, CUSPARSE_INDEX_32I,
+                                          CUSPARSE_INDEX_BASE_ZERO, type));
+    return cusparseSDDMM_bufferSize(h, CUSPARSE_OPERATION_NON_TRANSPOSE, CUSPARSE_OPERATION_NON_TRANSPOSE, &alpha, a, b, &beta, c,
+                                    CUDA_R_32F, CUSPARSE_SDDMM_ALG_DEFAULT, &bytes);
+  };
+  cusparseDnMatDescr_t a, b;
+  cusparseSpMatDescr_t c;
+  cusparseStatus_t q = make(a, b, c);
+  std::string label = "cuSPARSE SDDMM, bf16";
+  if (q != CUSPARSE_STATUS_SUCCESS) {
+    cusparseDestroyDnMat(a);
+    cusparseDestroyDnMat(b);
+    cusparseDestroySpMat(c);
+    G32 = device_buffer<float>(f.n * D);
+    C32 = device_buffer<float>(f.B.nnz());
+    G32.fill_bytes(0x3c);  // ~0.011: random-enough non-zero data; the kernel's speed does not depend on it
+    type = CUDA_R_32F;
+    gp = G32.data();
+    hp = f.H.data();
+    cp = C32.data();
+    q = make(a, b, c);
+    label = std::string("cuSPARSE SDDMM, fp32 (bf16 unsupported: ") + cusparseGetErrorName(q) + ")";
+  }
+  if (q != CUSPARSE_STATUS_SUCCESS) {
+    st.SkipWithError((std::string("cusparseSDDMM_bufferSize: ") + cusparseGetErrorName(q)).c_str());
+  } else {
+    device_buffer<unsigned char> buf(static_cast<index_t>(bytes) + 1);
+    const cusparseStatus_t pre = cusparseSDDMM_preprocess(h, CUSPARSE_OPERATION_NON_TRANSPOSE, CUSPARSE_OPERATION_NON_TRANSPOSE,
+                                                          &alpha, a, b, &beta, c, CUDA_R_32F, CUSPARSE_SDDMM_ALG_DEFAULT, buf.data());
+    if (pre != CUSPARSE_STATUS_SUCCESS) st.SkipWithError((std::string("cusparseSDDMM_preprocess: ") + cusparseGetErrorName(pre)).c_str());
+    else run_timed(st, [&] {
+      LORI_CUSPARSE_CHECK(cusparseSDDMM(h, CUSPARSE_OPERATION_NON_TRANSPOSE, CUSPARSE_OPERATION_NON_TRANSPOSE, &alpha, a, b, &beta, c,
+                                        CUDA_R_32F, CUSPARSE_SDDMM_ALG_DEFAULT, buf.data()));
+    }, sddmm_floor(f.n, f.B.nnz()));
+    st.SetLabel(label);
+  }
+  cusparseDestroyDnMat(a);
+  cusparseDestroyDnMat(b);
+  cusparseDestroySpMat(c);
+}
+BENCHMARK(BM_gpu_grad_b_sddmm)->Arg(64)->Arg(4096)->Arg(16384)->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_gpu_baseline_gemm_mask)->Arg(64)->Arg(4096)->Arg(16384)->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_gpu_baseline_cusparse_sddmm)->Arg(4096)->UseManualTime()->Unit(benchmark::kMicrosecond);
+
+// ---- ∂L/∂X -----------------------------------------------------------------------------------------------
+void BM_gpu_grad_x(benchmark::State& st) {
+  const index_t n = st.range(0);
+  auto G = random_bf16(n * D, 1.0, 21), W = random_bf16(D * K, 1.0 / 64, 22), A = random_bf16(R * K, 1.0, 23);
+  device_buffer<bf16> dX(n * K);
+  auto B = random_sparse_b(D, R, 24);
+  device_buffer<unsigned char> ws(static_cast<index_t>(lori::cuda::grad_x_workspace_bytes<bf16>(n, D, R)));
+  run_timed(st, [&] {
+    lori::cuda::grad_x<bf16>(ctx(), {G.data(), n, D}, {W.data(), D, K}, {A.data(), R, K}, B, 0.5f, {dX.data(), n, K}, ws.data(), ws.bytes());
+  }, 2.0 * static_cast<double>(n * D + D * K + n * K), 2.0 * static_cast<double>(n) * D * K);
+  st.SetLabel("compare BM_gpu_baseline_base_gemm (G·W alone costs the same)");
+}
+BENCHMARK(BM_gpu_grad_x)->Arg(4096)->UseManualTime()->Unit(benchmark::kMicrosecond);
+
+// ---- masked AdamW over a Llama-3-8B-shaped LoRI-S adapter ---------------------------------------------
+struct adam_data {
+  std::vector<device_buffer<bf16>> p, g;
+  std::vector<device_buffer<float>> m, v;
+  std::vector<lori::cuda::optim_tensor<bf16>> tensors;
+  index_t total = 0;
+  adam_data() {
+    const index_t rows[] = {4096, 1024, 1024, 4096, 14336, 14336, 4096};  // q k v o gate up down (B is rows x r)
+    std::uint64_t seed = 100;
+    for (int layer = 0; layer < 32; ++layer)
+      for (const index_t d : rows) {
+        const index_t n = static_cast<index_t>(static_cast<double>(d * R) * density);
+        p.push_back(random_bf16(n, 0.02, seed++));
+        g.push_back(random_bf16(n, 1e-3, seed++));
+        m.emplace_back(n);
+        v.emplace_back(n);
+        m.back().fill_bytes(0);
+        v.back().fill_bytes(0);
+        total += n;
+      }
+    for (std::size_t i = 0; i < p.size(); ++i) tensors.push_back({p[i].data(), g[i].data(), m[i].data(), v[i].data(), p[i].size()});
+  }
+};
+void BM_gpu_adamw_fused(benchmark::State& st) {
+  adam_data f;
+  const lori::cuda::multi_tensor_plan<bf16> plan(f.tensors);
+  std::int64_t step = 1;
+  run_timed(st, [&] { lori::cuda::adamw_step<bf16>(ctx(), plan, {}, step++); }, 22.0 * static_cast<double>(f.total));
+  st.counters["values"] = static_cast<double>(f.total);
+  st.counters["tensors"] = static_cast<double>(f.tensors.size());
+  st.SetLabel("1 launch; 22 B/value (p rw bf16, g bf16, m rw, v rw fp32); target >= 80% of copy bandwidth");
+}
+void BM_gpu_baseline_adamw_per_tensor(benchmark::State& st) {
+  adam_data f;
+  std::vector<std::unique_ptr<lori::cuda::multi_tensor_plan<bf16>>> plans;
+  for (const auto& t : f.tensors) plans.push_back(std::make_unique<lori::cuda::multi_tensor_plan<bf16>>(std::vector<lori::cuda::optim_tensor<bf16>>{t}));
+  std::int64_t step = 1;
+  run_timed(st, [&] {
+    for (const auto& pl : plans) lori::cuda::adamw_step<bf16>(ctx(), *pl, {}, step);
+    ++step;
+  }, 22.0 * static_cast<double>(f.total));
+  st.SetLabel("same kernel, one launch per tensor (224 launches, as a per-parameter loop does)");
+}
+void BM_gpu_sgd_fused(benchmark::State& st) {
+  adam_data f;
+  const lori::cuda::multi_tensor_plan<bf16> plan(f.tensors, false);
+  run_timed(st, [&] { lori::cuda::sgd_step<bf16>(ctx(), plan, 1e-3f, 0.0f); }, 6.0 * static_cast<double>(f.total));
+  st.SetLabel("6 B/value");
+}
+BENCHMARK(BM_gpu_adamw_fused)->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_gpu_baseline_adamw_per_tensor)->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_gpu_sgd_fused)->UseManualTime()->Unit(benchmark::kMicrosecond);
+
+// ---- merge T adapters into a d x k bf16 W ---------------------------------------------------------------
+void BM_gpu_merge(benchmark::State& st) {
+  const index_t T = st.range(0), d = st.range(1);
+  const bool sparse = st.range(2) != 0;
+  auto W = random_bf16(d * K, 1.0, 31);
+  std::vector<device_buffer<bf16>> As, Bs;
+  std::vector<lori::cuda::sparse_b<bf16>> Ss;
+  Ss.reserve(static_cast<std::size_t>(T));
+  std::vector<lori::cuda::merge_source<bf16>> src;
+  for (index_t t = 0; t < T; ++t) {
+    As.push_back(random_bf16(R * K, 1.0, 40 + static_cast<std::uint64_t>(t)));
+    Bs.push_back(random_bf16(d * R, 0.02, 50 + static_cast<std::uint64_t>(t)));
+    Ss.push_back(random_sparse_b(d, R, 60 + static_cast<std::uint64_t>(t)));
+  }
+  for (index_t t = 0; t < T; ++t) {
+    lori::cuda::merge_source<bf16> m;
+    m.scale = 0.5f + 0.25f * static_cast<float>(t);
+    m.A = {As[static_cast<std::size_t>(t)].data(), R, K};
+    if (sparse) m.B_sparse = &Ss[static_cast<std::size_t>(t)];
+    else m.B_dense = {Bs[static_cast<std::size_t>(t)].data(), d, R};
+    src.push_back(m);
+  }
+  device_buffer<unsigned char> ws(static_cast<index_t>(lori::cuda::merge_workspace_bytes<bf16>(d, K, src)));
+  run_timed(st, [&] { lori::cuda::merge_into<bf16>(ctx(), {W.data(), d, K}, src, ws.data(), ws.bytes()); },
+            4.0 * static_cast<double>(d * K), 2.0 * static_cast<double>(T * R) * static_cast<double>(d * K));
+  st.SetLabel(std::string(sparse ? "sparse" : "dense") + " B; floor = one copy of W; target (4 adapters, 14336): <= 1.15x");
+}
+// One cuBLAS GEMM (addmm) per adapter: W += s_t·B_t·A_t, reading and writing W T times.
+void BM_gpu_baseline_addmm_per_adapter(benchmark::State& st) {
+  const index_t T = st.range(0), d = st.range(1);
+  auto W = random_bf16(d * K, 1.0, 31);
+  std::vector<device_buffer<bf16>> As, Bs;
+  for (index_t t = 0; t < T; ++t) {
+    As.push_back(random_bf16(R * K, 1.0, 40 + static_cast<std::uint64_t>(t)));
+    Bs.push_back(random_bf16(d * R, 0.02, 50 + static_cast<std::uint64_t>(t)));
+  }
+  run_timed(st, [&] {
+    for (index_t t = 0; t < T; ++t)
+      gemm_rm(false, false, d, K, R, 0.5f + 0.25f * static_cast<float>(t), Bs[static_cast<std::size_t>(t)].data(), R,
+              As[static_cast<std::size_t>(t)].data(), K, 1.0f, W.data(), K);
+  }, 4.0 * static_cast<double>(d * K), 2.0 * static_cast<double>(T * R) * static_cast<double>(d * K));
+}
+BENCHMARK(BM_gpu_merge)->Args({1, 14336, 1})->Args({4, 14336, 1})->Args({4, 14336, 0})->Args({4, 4096, 1})->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_gpu_baseline_addmm_per_adapter)->Args({1, 14336})->Args({4, 14336})->Args({4, 4096})->UseManualTime()->Unit(benchmark::kMicrosecond);
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int devices = 0;
+  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
+    std::printf("lori_bench_cuda: no CUDA device; nothing to measure\n");
+    return 0;
+  }
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

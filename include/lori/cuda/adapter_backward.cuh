@@ -1,0 +1,367 @@
+// lori/cuda/adapter_backward.cuh - the LoRI backward pass on the device.
+//
+//   grad_b_sddmm   ∂L/∂B at B's kept positions, into compact values (same order as B's values):
+//                  gB[p] = s · Σ_t G(t, i) · H(t, j)   for the p-th kept (i, j), H = X·Aᵀ (n x r fp32,
+//                  e.g. from adapter_project in the forward pass). Sampled dense-dense product: G is
+//                  read once; bf16/fp16 use tensor cores (wmma, H rounded to T in shared memory),
+//                  fp32 uses fp32 FMAs. Token range split over blocks for parallelism; partial sums
+//                  reduced in a fixed order (deterministic).
+//   grad_x         ∂L/∂X = G·W + s·(G·B)·A   (cuBLAS; B made dense in workspace)
+// G is ∂L/∂Y, n x d row-major. Shapes as in adapter_forward.cuh. No alignment requirement beyond the
+// element's (a 16-byte vector path is taken when G's rows allow it).
+#ifndef LORI_CUDA_ADAPTER_BACKWARD_CUH
+#define LORI_CUDA_ADAPTER_BACKWARD_CUH
+
+#include "lori/config.hpp"
+#include "lori/core/float16.hpp"
+#include "lori/core/matrix_view.hpp"
+#include "lori/cuda/context.cuh"
+#include "lori/cuda/sparse_b.cuh"
+#include "lori/error.hpp"
+
+#include "lori/detail/cuda_common.cuh"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime_api.h>
+#include <mma.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <type_traits>
+
+namespace lori::cuda {
+
+/// Workspace bytes grad_b_sddmm needs for G n x d, rank r, on ctx's device (0 when no split).
+inline std::size_t grad_b_workspace_bytes(const context& ctx, index_t n, index_t d, index_t r, index_t nnz);
+
+/// grad_values[p] = s · (Gᵀ·H)(i, j) for the p-th kept (i, j) of B (nnz values of T, in B's order).
+/// G n x d (T), H n x r fp32 row-major with leading dimension r. Requires 1 <= r <= 128.
+template <class T>
+void grad_b_sddmm(context& ctx, row_major_view<const T> G, const float* H, float s, const sparse_b<T>& B,
+                  T* grad_values, void* workspace, std::size_t workspace_bytes);
+
+/// Workspace bytes grad_x needs: B dense (d x r) and G·B (n x r), both of T, 256-byte aligned parts.
+template <class T>
+std::size_t grad_x_workspace_bytes(index_t n, index_t d, index_t r);
+
+/// dX (n x k) = G·W + s·(G·B)·A. G n x d, W d x k, A r x k, B d x r sparse. Three cuBLAS GEMMs and
+/// one small kernel; G·B is rounded to T before the last GEMM (16-bit: relative 2^-8 of that term).
+template <class T>
+void grad_x(context& ctx, row_major_view<const T> G, row_major_view<const T> W, row_major_view<const T> A,
+            const sparse_b<T>& B, float s, row_major_view<T> dX, void* workspace, std::size_t workspace_bytes);
+
+// =====================================================================================================
+// Implementation
+// =====================================================================================================
+namespace detail_bwd {
+
+inline constexpr int sddmm_cols = 128;    // columns of G (rows of B) per block
+inline constexpr int sddmm_tokens = 32;   // tokens staged per step
+inline constexpr int sddmm_threads = 256;  // 8 warps x 16 columns
+inline constexpr int sddmm_max_frags = 8;  // r <= 128
+
+template <class T>
+struct wmma_type {
+  using type = std::conditional_t<std::is_same_v<T, ::lori::bfloat16>, __nv_bfloat16, __half>;
+};
+
+// Splits: enough blocks to fill the device about twice, each split at least 4 token steps.
+inline index_t sddmm_splits(const context& ctx, index_t n, index_t d) {
+  const index_t tiles = detail::ceil_div(d, sddmm_cols);
+  index_t want = detail::ceil_div(2 * static_cast<index_t>(ctx.sm_count()), tiles);
+  const index_t most = detail::ceil_div(n, 4 * sddmm_tokens);
+  if (want > most) want = most;
+  if (want > 64) want = 64;
+  return want < 1 ? 1 : want;
+}
+
+inline index_t tokens_per_split(index_t n, index_t splits) {
+  return detail::ceil_div(detail::ceil_div(n, splits), sddmm_tokens) * sddmm_tokens;
+}
+
+// 8 consecutive elements of G's row t (columns c .. c+7) as 16 bytes, zeros outside the matrix.
+// vec: one 16-byte load (caller guarantees alignment and d % 8 == 0); else 8 checked 2-byte loads.
+template <class T>
+__device__ __forceinline__ uint4 load_piece(const T* G, index_t ldg, index_t d, bool row_ok, index_t t, index_t c,
+                                            bool vec) {
+  uint4 v = make_uint4(0u, 0u, 0u, 0u);
+  if (!row_ok) return v;
+  const T* p = G + t * ldg + c;
+  if (vec) {
+    if (c < d) v = *reinterpret_cast<const uint4*>(p);
+    return v;
+  }
+  std::uint32_t w[4] = {0u, 0u, 0u, 0u};
+#pragma unroll
+  for (int i = 0; i < 8; ++i)
+    if (c + i < d) w[i >> 1] |= static_cast<std::uint32_t>(p[i].bits) << (16 * (i & 1));
+  v.x = w[0];
+  v.y = w[1];
+  v.z = w[2];
+  v.w = w[3];
+  return v;
+}
+
+// Tensor-core SDDMM for 16-bit T. Block (x: 128 rows of B, y: token split). Writes
+// out[p] = value for its kept entries: T(s * acc) when final, else fp32 partials at split offset.
+template <class T, int MaxFrags>
+__global__ void __launch_bounds__(sddmm_threads) sddmm_wmma_kernel(const T* __restrict__ G, index_t n, index_t d,
+                                                                   index_t ldg, const float* __restrict__ H, index_t r,
+                                                                   int frags, index_t tps, sparse_b_view<T> B, float s,
+                                                                   T* __restrict__ out, float* __restrict__ partial,
+                                                                   bool vec) {
+  namespace wm = nvcuda::wmma;
+  using W = typename wmma_type<T>::type;
+  const int rp = frags * 16;
+  unsigned char* smem = detail::dynamic_smem();
+  T* Gs = reinterpret_cast<T*>(smem);                                    // tokens x cols
+  T* Hs = Gs + sddmm_tokens * sddmm_cols;                                // tokens x rp
+  float* buf = reinterpret_cast<float*>(Hs + sddmm_tokens * rp);         // 8 warps x 16 x 16
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const index_t c0 = static_cast<index_t>(blockIdx.x) * sddmm_cols;
+  const index_t tb = static_cast<index_t>(blockIdx.y) * tps;
+  const index_t te = tb + tps < n ? tb + tps : n;
+
+  wm::fragment<wm::accumulator, 16, 16, 16, float> acc[MaxFrags];
+#pragma unroll
+  for (int f = 0; f < MaxFrags; ++f) wm::fill_fragment(acc[f], 0.0f);
+
+  // Software pipeline: the next step's G pieces (16 bytes = 8 elements each) and H values are
+  // fetched into registers while the tensor cores work on the current step in shared memory.
+  constexpr int g_pieces = sddmm_tokens * sddmm_cols / 8 / sddmm_threads;  // 2 per thread
+  constexpr int h_per = sddmm_tokens * 16 * MaxFrags / sddmm_threads;      // 2 * MaxFrags per thread
+  uint4 gpre[g_pieces];
+  float hpre[h_per];
+  auto fetch = [&](index_t t0) {
+#pragma unroll
+    for (int u = 0; u < g_pieces; ++u) {
+      const int e = threadIdx.x + u * sddmm_threads;
+      const int t = e / (sddmm_cols / 8), c = (e % (sddmm_cols / 8)) * 8;
+      gpre[u] = load_piece(G, ldg, d, t0 + t < te, t0 + t, c0 + c, vec);
+    }
+#pragma unroll
+    for (int u = 0; u < h_per; ++u) {
+      const int e = threadIdx.x + u * sddmm_threads;
+      const int t = e / rp, j = e - t * rp;
+      hpre[u] = (e < sddmm_tokens * rp && t0 + t < te && j < r) ? H[(t0 + t) * r + j] : 0.0f;
+    }
+  };
+  if (tb < te) fetch(tb);
+  for (index_t t0 = tb; t0 < te; t0 += sddmm_tokens) {
+    __syncthreads();  // the previous step's fragments are loaded: shared memory may be overwritten
+#pragma unroll
+    for (int u = 0; u < g_pieces; ++u) {
+      const int e = threadIdx.x + u * sddmm_threads;
+      const int t = e / (sddmm_cols / 8), c = (e % (sddmm_cols / 8)) * 8;
+      *reinterpret_cast<uint4*>(Gs + t * sddmm_cols + c) = gpre[u];
+    }
+#pragma unroll
+    for (int u = 0; u < h_per; ++u) {
+      const int e = threadIdx.x + u * sddmm_threads;
+      if (e < sddmm_tokens * rp) Hs[e] = ::lori::from_float<T>(hpre[u]);
+    }
+    __syncthreads();
+    if (t0 + sddmm_tokens < te) fetch(t0 + sddmm_tokens);
+#pragma unroll
+    for (int kk = 0; kk < sddmm_tokens / 16; ++kk) {
+      wm::fragment<wm::matrix_a, 16, 16, 16, W, wm::col_major> a;
+      wm::load_matrix_sync(a, reinterpret_cast<const W*>(Gs + kk * 16 * sddmm_cols + warp * 16), sddmm_cols);
+#pragma unroll
+      for (int f = 0; f < MaxFrags; ++f) {
+        if (f < frags) {
+          wm::fragment<wm::matrix_b, 16, 16, 16, W, wm::row_major> bm;
+          wm::load_matrix_sync(bm, reinterpret_cast<const W*>(Hs + kk * 16 * rp + f * 16), rp);
+          wm::mma_sync(acc[f], a, bm, acc[f]);
+        }
+      }
+    }
+  }
+
+  // Extract kept entries: the warp owns rows c0 + warp*16 .. +16 of B.
+  float* wb = buf + warp * 256;
+  const index_t crow = c0 + warp * 16 + (lane & 15);
+#pragma unroll
+  for (int f = 0; f < MaxFrags; ++f) {
+    if (f < frags) {
+      wm::store_matrix_sync(wb, acc[f], 16, wm::mem_row_major);
+      __syncwarp();
+      if (lane < 16 && crow < d) {
+        for (std::int32_t p = B.row_ptr[crow]; p < B.row_ptr[crow + 1]; ++p) {
+          const int j = B.col_idx[p] - f * 16;
+          if (j >= 0 && j < 16) {
+            const float x = wb[(lane & 15) * 16 + j];
+            if (partial != nullptr) partial[static_cast<index_t>(blockIdx.y) * B.nnz + p] = x;
+            else out[p] = ::lori::from_float<T>(s * x);
+          }
+        }
+      }
+      __syncwarp();
+    }
+  }
+}
+
+// fp32 (and general) SDDMM: one thread per row i of B, its kept entries in passes of 8 registers.
+inline constexpr int sddmm_f32_threads = 128;
+inline constexpr int sddmm_f32_regs = 8;
+
+template <class T>
+__global__ void __launch_bounds__(sddmm_f32_threads) sddmm_scalar_kernel(const T* __restrict__ G, index_t n, index_t d,
+                                                                         index_t ldg, const float* __restrict__ H,
+                                                                         index_t r, index_t tps, sparse_b_view<T> B,
+                                                                         float s, T* __restrict__ out,
+                                                                         float* __restrict__ partial) {
+  float* Hs = reinterpret_cast<float*>(detail::dynamic_smem());  // tokens x r
+  __shared__ int max_count;
+  const index_t c = static_cast<index_t>(blockIdx.x) * sddmm_f32_threads + threadIdx.x;
+  const index_t tb = static_cast<index_t>(blockIdx.y) * tps;
+  const index_t te = tb + tps < n ? tb + tps : n;
+  const std::int32_t p0 = c < d ? B.row_ptr[c] : 0, cnt = c < d ? B.row_ptr[c + 1] - p0 : 0;
+  if (threadIdx.x == 0) max_count = 0;
+  __syncthreads();
+  atomicMax(&max_count, cnt);
+  __syncthreads();
+  const int passes = (max_count + sddmm_f32_regs - 1) / sddmm_f32_regs;  // block-uniform
+  for (int pass = 0; pass < passes; ++pass) {
+    float acc[sddmm_f32_regs];
+    int col[sddmm_f32_regs];
+#pragma unroll
+    for (int q = 0; q < sddmm_f32_regs; ++q) {
+      const int pq = pass * sddmm_f32_regs + q;
+      acc[q] = 0.0f;
+      col[q] = pq < cnt ? B.col_idx[p0 + pq] : 0;
+    }
+    for (index_t t0 = tb; t0 < te; t0 += sddmm_tokens) {
+      __syncthreads();
+      for (index_t e = threadIdx.x; e < sddmm_tokens * r; e += sddmm_f32_threads) {
+        const index_t t = e / r;
+        Hs[e] = t0 + t < te ? H[t0 * r + e] : 0.0f;
+      }
+      __syncthreads();
+      if (c < d) {
+        const index_t tn = te - t0 < sddmm_tokens ? te - t0 : sddmm_tokens;
+        for (index_t t = 0; t < tn; ++t) {
+          const float g = detail::ld_f(G + (t0 + t) * ldg + c);
+#pragma unroll
+          for (int q = 0; q < sddmm_f32_regs; ++q) acc[q] = fmaf(g, Hs[t * r + col[q]], acc[q]);
+        }
+      }
+    }
+#pragma unroll
+    for (int q = 0; q < sddmm_f32_regs; ++q) {
+      const int pq = pass * sddmm_f32_regs + q;
+      if (pq < cnt) {
+        if (partial != nullptr) partial[static_cast<index_t>(blockIdx.y) * B.nnz + p0 + pq] = acc[q];
+        else out[p0 + pq] = ::lori::from_float<T>(s * acc[q]);
+      }
+    }
+  }
+}
+
+template <class T>
+__global__ void reduce_splits_kernel(const float* __restrict__ partial, index_t splits, index_t nnz, float s,
+                                     T* __restrict__ out) {
+  const index_t p = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x;
+  if (p >= nnz) return;
+  float x = 0.0f;
+  for (index_t q = 0; q < splits; ++q) x += partial[q * nnz + p];
+  out[p] = ::lori::from_float<T>(s * x);
+}
+
+inline std::size_t align256(std::size_t b) { return (b + 255) / 256 * 256; }
+
+}  // namespace detail_bwd
+
+inline std::size_t grad_b_workspace_bytes(const context& ctx, index_t n, index_t d, index_t r, index_t nnz) {
+  LORI_EXPECTS(n >= 0 && d >= 0 && r >= 0 && nnz >= 0, "grad_b_workspace_bytes: negative size");
+  if (n == 0 || d == 0) return 0;
+  const index_t splits = detail_bwd::sddmm_splits(ctx, n, d);
+  return splits > 1 ? static_cast<std::size_t>(splits * nnz) * sizeof(float) : 0;
+}
+
+template <class T>
+void grad_b_sddmm(context& ctx, row_major_view<const T> G, const float* H, float s, const sparse_b<T>& B,
+                  T* grad_values, void* workspace, std::size_t workspace_bytes) {
+  static_assert(detail::is_cuda_storage_v<T>, "grad_b_sddmm: T must be float, bfloat16 or half");
+  const index_t n = G.rows(), d = G.cols(), r = B.cols(), nnz = B.nnz();
+  LORI_EXPECTS(B.rows() == d, "grad_b_sddmm: G must be n x d with d = B.rows()");
+  LORI_EXPECTS(r >= 1 && r <= 128, "grad_b_sddmm: rank r must be in [1, 128]");
+  LORI_EXPECTS(H != nullptr || n == 0, "grad_b_sddmm: null H");
+  LORI_EXPECTS(grad_values != nullptr || nnz == 0, "grad_b_sddmm: null output");
+  if (nnz == 0) return;
+  if (n == 0) {
+    LORI_CUDA_CHECK(cudaMemsetAsync(grad_values, 0, static_cast<std::size_t>(nnz) * sizeof(T), ctx.stream()));
+    return;
+  }
+  const index_t splits = detail_bwd::sddmm_splits(ctx, n, d);
+  const index_t tps = detail_bwd::tokens_per_split(n, splits);
+  const index_t grid_y = detail::ceil_div(n, tps);  // <= splits
+  float* partial = nullptr;
+  if (grid_y > 1) {
+    LORI_EXPECTS(workspace != nullptr && workspace_bytes >= grad_b_workspace_bytes(ctx, n, d, r, nnz),
+                 "grad_b_sddmm: workspace missing or smaller than grad_b_workspace_bytes()");
+    LORI_EXPECTS(reinterpret_cast<std::uintptr_t>(workspace) % alignof(float) == 0,
+                 "grad_b_sddmm: workspace must be 4-byte aligned");
+    partial = static_cast<float*>(workspace);
+  }
+  if constexpr (detail::is_16bit_v<T>) {
+    const int frags = static_cast<int>(detail::ceil_div(r, 16));
+    const std::size_t smem = static_cast<std::size_t>(detail_bwd::sddmm_tokens * detail_bwd::sddmm_cols) * sizeof(T) +
+                             static_cast<std::size_t>(detail_bwd::sddmm_tokens * frags * 16) * sizeof(T) +
+                             8 * 256 * sizeof(float);
+    const bool vec = d % 8 == 0 && G.ld() % 8 == 0 && reinterpret_cast<std::uintptr_t>(G.data()) % 16 == 0;
+    const dim3 grid(detail::grid_dim(detail::ceil_div(d, detail_bwd::sddmm_cols)), detail::grid_dim(grid_y, false));
+    // Two instantiations: r <= 32 (2 accumulator fragments, fewer registers, more warps per SM) and r <= 128.
+    auto kernel = frags <= 2 ? detail_bwd::sddmm_wmma_kernel<T, 2> : detail_bwd::sddmm_wmma_kernel<T, detail_bwd::sddmm_max_frags>;
+    kernel<<<grid, detail_bwd::sddmm_threads, smem, ctx.stream()>>>(G.data(), n, d, G.ld(), H, r, frags, tps, B.view(), s,
+                                                                    grad_values, partial, vec);
+    LORI_CUDA_CHECK_LAUNCH();
+  } else {
+    const std::size_t smem = static_cast<std::size_t>(detail_bwd::sddmm_tokens * r) * sizeof(float);
+    const dim3 grid(detail::grid_dim(detail::ceil_div(d, detail_bwd::sddmm_f32_threads)), detail::grid_dim(grid_y, false));
+    detail_bwd::sddmm_scalar_kernel<T><<<grid, detail_bwd::sddmm_f32_threads, smem, ctx.stream()>>>(
+        G.data(), n, d, G.ld(), H, r, tps, B.view(), s, grad_values, partial);
+    LORI_CUDA_CHECK_LAUNCH();
+  }
+  if (partial != nullptr) {
+    detail_bwd::reduce_splits_kernel<T><<<detail::grid_dim(detail::ceil_div(nnz, 256)), 256, 0, ctx.stream()>>>(
+        partial, grid_y, nnz, s, grad_values);
+    LORI_CUDA_CHECK_LAUNCH();
+  }
+}
+
+template <class T>
+std::size_t grad_x_workspace_bytes(index_t n, index_t d, index_t r) {
+  LORI_EXPECTS(n >= 0 && d >= 0 && r >= 0, "grad_x_workspace_bytes: negative size");
+  return detail_bwd::align256(static_cast<std::size_t>(d * r) * sizeof(T)) +
+         detail_bwd::align256(static_cast<std::size_t>(n * r) * sizeof(T));
+}
+
+template <class T>
+void grad_x(context& ctx, row_major_view<const T> G, row_major_view<const T> W, row_major_view<const T> A,
+            const sparse_b<T>& B, float s, row_major_view<T> dX, void* workspace, std::size_t workspace_bytes) {
+  static_assert(detail::is_cuda_storage_v<T>, "grad_x: T must be float, bfloat16 or half");
+  const index_t n = G.rows(), d = G.cols(), k = W.cols(), r = B.cols();
+  LORI_EXPECTS(B.rows() == d && W.rows() == d, "grad_x: G is n x d, W is d x k and B is d x r");
+  LORI_EXPECTS(A.rows() == r && A.cols() == k, "grad_x: A must be r x k");
+  LORI_EXPECTS(dX.rows() == n && dX.cols() == k, "grad_x: dX must be n x k");
+  LORI_EXPECTS(d >= 1 && r >= 1 && k >= 1, "grad_x: d, r and k must be positive");
+  if (n == 0) return;
+  LORI_EXPECTS(workspace != nullptr && workspace_bytes >= grad_x_workspace_bytes<T>(n, d, r),
+               "grad_x: workspace missing or smaller than grad_x_workspace_bytes()");
+  LORI_EXPECTS(reinterpret_cast<std::uintptr_t>(workspace) % 256 == 0, "grad_x: workspace must be 256-byte aligned");
+  T* Bd = static_cast<T*>(workspace);
+  T* U = reinterpret_cast<T*>(static_cast<unsigned char*>(workspace) +
+                              detail_bwd::align256(static_cast<std::size_t>(d * r) * sizeof(T)));
+  const cudaDataType_t t = detail::cuda_data_type<T>();
+  B.scatter_to_dense(Bd, r, ctx.stream());
+  // U = G·B (n x r), dX = G·W, dX += s·U·A.
+  detail::gemm_row_major(ctx.cublas(), false, false, n, r, d, 1.0f, G.data(), G.ld(), Bd, r, 0.0f, U, r, t, t);
+  detail::gemm_row_major(ctx.cublas(), false, false, n, k, d, 1.0f, G.data(), G.ld(), W.data(), W.ld(), 0.0f, dX.data(),
+                         dX.ld(), t, t);
+  detail::gemm_row_major(ctx.cublas(), false, false, n, k, r, s, U, r, A.data(), A.ld(), 1.0f, dX.data(), dX.ld(), t, t);
+}
+
+}  // namespace lori::cuda
+
+#endif  // LORI_CUDA_ADAPTER_BACKWARD_CUH

@@ -1,0 +1,400 @@
+// lori/cuda/adapter_forward.cuh - the LoRI forward pass on the device.
+//
+//   adapter_project      H = X·Aᵀ                        (n x r, fp32; one cuBLAS GEMM)
+//   adapter_expand       Y (+)= s·H·Bᵀ, B sparse          (one kernel; reads H and B, reads/writes Y)
+//   adapter_forward      Y += s·(X·Aᵀ)·Bᵀ                 (n <= 64: ONE cooperative kernel; else 2 launches)
+//   layer_forward        Y = X·Wᵀ + s·(X·Aᵀ)·Bᵀ           (adapter written into Y first, then the base
+//                                                        cuBLAS GEMM accumulates with beta = 1)
+//   layer_forward_widened  the same as ONE base GEMM with K = k + r over caller-widened X and W buffers
+// Shapes (row-major, PyTorch conventions): X n x k, W d x k, A r x k, B d x r (a sparse_b), Y n x d,
+// s = alpha / r. Storage T is float, lori::bfloat16 or lori::half; every product accumulates in fp32
+// and H stays fp32. Leading dimensions are free (>= the row length); there is no alignment
+// requirement beyond the element's own (kernels use element accesses; cuBLAS handles any ld).
+// Limits: 1 <= r <= 256; k, d >= 1; n >= 0 (n = 0 does nothing).
+// Everything runs on ctx.stream(); workspace is caller memory of at least the queried size.
+#ifndef LORI_CUDA_ADAPTER_FORWARD_CUH
+#define LORI_CUDA_ADAPTER_FORWARD_CUH
+
+#include "lori/config.hpp"
+#include "lori/core/float16.hpp"
+#include "lori/core/matrix_view.hpp"
+#include "lori/cuda/context.cuh"
+#include "lori/cuda/sparse_b.cuh"
+#include "lori/error.hpp"
+
+#include "lori/detail/cuda_common.cuh"
+
+#include <cooperative_groups.h>
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <cstdint>
+
+namespace lori::cuda {
+
+/// Largest n the single-kernel decode path takes (it also needs n * r <= 4096).
+inline constexpr index_t decode_max_tokens = 64;
+
+/// Bytes of workspace adapter_forward / layer_forward need for n tokens and rank r on ctx's device.
+inline std::size_t adapter_forward_workspace_bytes(const context& ctx, index_t n, index_t r);
+
+/// H (n x r, row-major fp32, leading dimension r) = X·Aᵀ on cuBLAS. X n x k, A r x k.
+template <class T>
+void adapter_project(context& ctx, row_major_view<const T> X, row_major_view<const T> A, float* H);
+
+/// Y = (accumulate ? Y : 0) + s·H·Bᵀ where H is n x r fp32 (leading dimension r) and B a d x r
+/// sparse_b. One kernel; cost: n·d reads (when accumulating) and writes of Y, n·r reads of H per
+/// 128 columns of Y (from L2), B's values and indices once per 32 tokens.
+template <class T>
+void adapter_expand(context& ctx, const float* H, index_t n, float s, const sparse_b<T>& B, row_major_view<T> Y,
+                    bool accumulate);
+
+/// Y += s·(X·Aᵀ)·Bᵀ. For n <= decode_max_tokens (and n·r <= 4096) on a device with cooperative
+/// launch this is one kernel (adapter_forward_decode); otherwise adapter_project + adapter_expand.
+template <class T>
+void adapter_forward(context& ctx, row_major_view<const T> X, row_major_view<const T> A, const sparse_b<T>& B, float s,
+                     row_major_view<T> Y, void* workspace, std::size_t workspace_bytes);
+
+/// The decode path alone: ONE cooperative kernel computing Y += s·(X·Aᵀ)·Bᵀ (phases: split-k partial
+/// H, deterministic reduction, expansion; two grid-wide barriers). Requires n <= 64, n·r <= 4096
+/// and ctx.cooperative_launch().
+template <class T>
+void adapter_forward_decode(context& ctx, row_major_view<const T> X, row_major_view<const T> A, const sparse_b<T>& B,
+                            float s, row_major_view<T> Y, void* workspace, std::size_t workspace_bytes);
+
+/// The whole layer: Y = X·Wᵀ + s·(X·Aᵀ)·Bᵀ. For n > decode_max_tokens: H = X·Aᵀ (cuBLAS), Y = s·H·Bᵀ
+/// (write-only kernel), then Y = X·Wᵀ + 1·Y (cuBLAS, beta = 1): the adapter costs one read of X,
+/// one write of Y and the GEMM's read of Y in its epilogue. For small n: base GEMM, then the decode
+/// kernel. Y's adapter part is rounded to T once before the base GEMM adds it (16-bit storage:
+/// an extra rounding of the adapter term, relative 2^-8 of it).
+template <class T>
+void layer_forward(context& ctx, row_major_view<const T> X, row_major_view<const T> W, row_major_view<const T> A,
+                   const sparse_b<T>& B, float s, row_major_view<T> Y, void* workspace, std::size_t workspace_bytes);
+
+/// The whole layer with K widened by r, as ONE base GEMM: Y = [X | s·H]·[W | B]ᵀ, H = X·Aᵀ.
+/// The caller keeps X and W inside wider buffers: X_ext is n x (k + r) whose first k columns hold X
+/// (the last r are overwritten with s·H, rounded to T), W_ext is d x (k + r) = [W | B] with B dense in
+/// the last r columns (build once per B update with B.scatter_to_dense(W_ext.data() + k, k + r, stream)).
+/// Two cuBLAS calls: the thin H GEMM (reads X once) and the base GEMM with K = k + r (+r/k FLOPs). No
+/// workspace. 16-bit: s·H is rounded to T (relative 2^-8 of the adapter term, as PyTorch's bf16 LoRA).
+template <class T>
+void layer_forward_widened(context& ctx, row_major_view<T> X_ext, row_major_view<const T> W_ext,
+                           row_major_view<const T> A, float s, row_major_view<T> Y);
+
+// =====================================================================================================
+// Implementation
+// =====================================================================================================
+namespace detail_fwd {
+
+inline constexpr int expand_threads = 128;  // columns of Y per block
+inline constexpr int expand_tokens = 32;    // tokens per block (H tile in shared memory)
+inline constexpr int expand_unroll = 16;    // tokens held in registers at once
+
+template <class T>
+__global__ void __launch_bounds__(expand_threads) expand_kernel(const float* __restrict__ H, index_t n, index_t r,
+                                                                sparse_b_view<T> B, float s, T* __restrict__ Y,
+                                                                index_t ldy, bool accumulate) {
+  float* Hs = reinterpret_cast<float*>(detail::dynamic_smem());  // expand_tokens x r, pre-scaled by s
+  const index_t t0 = static_cast<index_t>(blockIdx.y) * expand_tokens;
+  for (index_t e = threadIdx.x; e < expand_tokens * r; e += expand_threads) {
+    const index_t t = e / r, j = e - t * r;
+    Hs[e] = (t0 + t < n) ? s * H[(t0 + t) * r + j] : 0.0f;
+  }
+  __syncthreads();
+  const index_t c = static_cast<index_t>(blockIdx.x) * expand_threads + threadIdx.x;
+  if (c >= B.rows) return;
+  const std::int32_t p0 = B.row_ptr[c], p1 = B.row_ptr[c + 1];
+  for (int tc = 0; tc < expand_tokens; tc += expand_unroll) {
+    if (t0 + tc >= n) break;
+    float y[expand_unroll];
+#pragma unroll
+    for (int u = 0; u < expand_unroll; ++u) {
+      const index_t t = t0 + tc + u;
+      y[u] = (accumulate && t < n) ? detail::ld_f(Y + t * ldy + c) : 0.0f;
+    }
+    for (std::int32_t p = p0; p < p1; ++p) {
+      const index_t j = B.col_idx[p];
+      const float v = ::lori::to_float(B.values[p]);
+      const float* hcol = Hs + static_cast<index_t>(tc) * r + j;
+#pragma unroll
+      for (int u = 0; u < expand_unroll; ++u) y[u] = fmaf(hcol[u * r], v, y[u]);
+    }
+#pragma unroll
+    for (int u = 0; u < expand_unroll; ++u) {
+      const index_t t = t0 + tc + u;
+      if (t < n) detail::st_f(Y + t * ldy + c, y[u]);
+    }
+  }
+}
+
+inline constexpr int decode_threads = 256;
+inline constexpr int decode_kc = 32;        // k-chunk staged in shared memory
+inline constexpr int decode_max_outputs = 4096;  // n * r
+inline constexpr int decode_per_thread = decode_max_outputs / decode_threads;
+inline constexpr int decode_local_h = 512;  // n * r up to which every block reduces H itself
+
+template <class T>
+struct decode_params {
+  const T* X;
+  index_t ldx;
+  const T* A;
+  index_t lda;
+  sparse_b_view<T> B;
+  float s;
+  T* Y;
+  index_t ldy;
+  index_t n, k, r;
+  float* P;  // gridDim.x x n x r partial sums
+  float* H;  // n x r
+};
+
+template <class T>
+__global__ void __launch_bounds__(decode_threads) decode_kernel(decode_params<T> q) {
+  namespace cg = cooperative_groups;
+  cg::grid_group grid = cg::this_grid();
+  float* Xs = reinterpret_cast<float*>(detail::dynamic_smem());  // n x (kc + 1)
+  float* As = Xs + q.n * (decode_kc + 1);                        // r x (kc + 1)
+  const index_t nb = gridDim.x, b = blockIdx.x, nr = q.n * q.r;
+
+  // Phase 1: block b sums X·Aᵀ over its slice of k into P[b].
+  const index_t kper = (q.k + nb - 1) / nb;
+  const index_t kb = b * kper < q.k ? b * kper : q.k, ke = kb + kper < q.k ? kb + kper : q.k;
+  float acc[decode_per_thread];
+#pragma unroll
+  for (int u = 0; u < decode_per_thread; ++u) acc[u] = 0.0f;
+  for (index_t k0 = kb; k0 < ke; k0 += decode_kc) {
+    const index_t len = ke - k0 < decode_kc ? ke - k0 : decode_kc;
+    __syncthreads();  // previous chunk fully consumed
+    for (index_t e = threadIdx.x; e < q.n * decode_kc; e += decode_threads) {
+      const index_t t = e / decode_kc, kk = e - t * decode_kc;
+      Xs[t * (decode_kc + 1) + kk] = kk < len ? detail::ld_f(q.X + t * q.ldx + k0 + kk) : 0.0f;
+    }
+    for (index_t e = threadIdx.x; e < q.r * decode_kc; e += decode_threads) {
+      const index_t j = e / decode_kc, kk = e - j * decode_kc;
+      As[j * (decode_kc + 1) + kk] = kk < len ? detail::ld_f(q.A + j * q.lda + k0 + kk) : 0.0f;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int u = 0; u < decode_per_thread; ++u) {
+      const index_t o = threadIdx.x + static_cast<index_t>(u) * decode_threads;
+      if (o < nr) {
+        const index_t t = o / q.r, j = o - t * q.r;
+        const float* xr = Xs + t * (decode_kc + 1);
+        const float* ar = As + j * (decode_kc + 1);
+        float a = acc[u];
+#pragma unroll 8
+        for (int kk = 0; kk < decode_kc; ++kk) a = fmaf(xr[kk], ar[kk], a);
+        acc[u] = a;
+      }
+    }
+  }
+#pragma unroll
+  for (int u = 0; u < decode_per_thread; ++u) {
+    const index_t o = threadIdx.x + static_cast<index_t>(u) * decode_threads;
+    if (o < nr) q.P[b * nr + o] = acc[u];
+  }
+  grid.sync();
+
+  // Phase 2: H = s * sum over blocks of P. One warp per output: lane l sums blocks l, l + 32, ...,
+  // then a fixed shuffle tree whose lane-0 result is used, so H is bitwise the same wherever and
+  // however often it is computed (deterministic). A small H (n*r <= decode_local_h) is reduced by
+  // every block into its own shared memory (saves a grid barrier); a larger one is split over the
+  // grid into q.H, followed by a second barrier.
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  constexpr int warps = decode_threads / 32;
+  const bool local = nr <= decode_local_h;  // grid-uniform
+  float* Hs = Xs;                           // phase 1 is over (grid.sync is also a block barrier)
+  auto reduce = [&](index_t o) {
+    float h = 0.0f;
+    for (index_t bb = lane; bb < nb; bb += 32) h += __ldcg(q.P + bb * nr + o);
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) h += __shfl_down_sync(0xffffffffu, h, off);
+    return q.s * h;  // valid in lane 0
+  };
+  if (local) {
+    for (index_t o = warp; o < nr; o += warps) {
+      const float h = reduce(o);
+      if (lane == 0) Hs[o] = h;
+    }
+    __syncthreads();
+  } else {
+    for (index_t o = b * warps + warp; o < nr; o += nb * warps) {
+      const float h = reduce(o);
+      if (lane == 0) q.H[o] = h;
+    }
+    grid.sync();
+  }
+
+  // Phase 3: one thread per (token, output column): Y(t, c) += sum over kept j of H(t, j) B(c, j).
+  const index_t d = q.B.rows;
+  const index_t g = b * decode_threads + threadIdx.x, stride = nb * decode_threads;
+  for (index_t e = g; e < q.n * d; e += stride) {
+    const index_t t = e / d, c = e - t * d;
+    float y = 0.0f;
+    for (std::int32_t p = q.B.row_ptr[c]; p < q.B.row_ptr[c + 1]; ++p) {
+      const index_t hi = t * q.r + q.B.col_idx[p];
+      const float h = local ? Hs[hi] : __ldcg(q.H + hi);
+      y = fmaf(h, ::lori::to_float(q.B.values[p]), y);
+    }
+    T* yp = q.Y + t * q.ldy + c;
+    detail::st_f(yp, detail::ld_f(yp) + y);
+  }
+}
+
+inline std::size_t decode_smem_bytes(index_t n, index_t r) {
+  return static_cast<std::size_t>((n + r) * (decode_kc + 1)) * sizeof(float);
+}
+
+inline bool decode_applies(const context& ctx, index_t n, index_t r) {
+  return ctx.cooperative_launch() && n >= 1 && n <= decode_max_tokens && n * r <= decode_max_outputs;
+}
+
+template <class T>
+void check_adapter_shapes(const char* fn, row_major_view<const T> X, row_major_view<const T> A, index_t d, index_t r,
+                          row_major_view<T> Y) {
+  (void)fn;
+  LORI_EXPECTS(r >= 1 && r <= 256, "lori::cuda adapter: rank r must be in [1, 256]");
+  LORI_EXPECTS(A.rows() == r, "lori::cuda adapter: A must have r rows (A is r x k, B is d x r)");
+  LORI_EXPECTS(X.cols() == A.cols(), "lori::cuda adapter: X and A must have the same number of columns k");
+  LORI_EXPECTS(A.cols() >= 1 && d >= 1, "lori::cuda adapter: k and d must be positive");
+  LORI_EXPECTS(Y.rows() == X.rows() && Y.cols() == d, "lori::cuda adapter: Y must be n x d");
+  LORI_EXPECTS(X.rows() <= index_t{65535} * expand_tokens, "lori::cuda adapter: too many tokens for one call");
+}
+
+}  // namespace detail_fwd
+
+inline std::size_t adapter_forward_workspace_bytes(const context& ctx, index_t n, index_t r) {
+  LORI_EXPECTS(n >= 0 && r >= 0, "adapter_forward_workspace_bytes: negative size");
+  const std::size_t h = static_cast<std::size_t>(n * r) * sizeof(float);
+  if (detail_fwd::decode_applies(ctx, n, r))
+    return h + static_cast<std::size_t>(ctx.sm_count()) * static_cast<std::size_t>(n * r) * sizeof(float);
+  return h;
+}
+
+template <class T>
+void adapter_project(context& ctx, row_major_view<const T> X, row_major_view<const T> A, float* H) {
+  static_assert(detail::is_cuda_storage_v<T>, "adapter_project: T must be float, bfloat16 or half");
+  LORI_EXPECTS(X.cols() == A.cols(), "adapter_project: X and A must have the same number of columns k");
+  LORI_EXPECTS(A.rows() >= 1 && A.cols() >= 1, "adapter_project: A must be non-empty");
+  LORI_EXPECTS(H != nullptr || X.rows() == 0, "adapter_project: null H");
+  detail::gemm_row_major(ctx.cublas(), false, true, X.rows(), A.rows(), X.cols(), 1.0f, X.data(), X.ld(), A.data(),
+                         A.ld(), 0.0f, H, A.rows(), detail::cuda_data_type<T>(), CUDA_R_32F);
+}
+
+template <class T>
+void adapter_expand(context& ctx, const float* H, index_t n, float s, const sparse_b<T>& B, row_major_view<T> Y,
+                    bool accumulate) {
+  static_assert(detail::is_cuda_storage_v<T>, "adapter_expand: T must be float, bfloat16 or half");
+  const index_t d = B.rows(), r = B.cols();
+  LORI_EXPECTS(r >= 1 && r <= 256, "adapter_expand: rank r must be in [1, 256]");
+  LORI_EXPECTS(Y.rows() == n && Y.cols() == d, "adapter_expand: Y must be n x d");
+  LORI_EXPECTS(H != nullptr || n == 0, "adapter_expand: null H");
+  LORI_EXPECTS(n <= index_t{65535} * detail_fwd::expand_tokens, "adapter_expand: too many tokens for one call");
+  if (n == 0 || d == 0) return;
+  const dim3 grid(detail::grid_dim(detail::ceil_div(d, detail_fwd::expand_threads)),
+                  detail::grid_dim(detail::ceil_div(n, detail_fwd::expand_tokens), false));
+  const std::size_t smem = static_cast<std::size_t>(detail_fwd::expand_tokens * r) * sizeof(float);
+  detail_fwd::expand_kernel<T>
+      <<<grid, detail_fwd::expand_threads, smem, ctx.stream()>>>(H, n, r, B.view(), s, Y.data(), Y.ld(), accumulate);
+  LORI_CUDA_CHECK_LAUNCH();
+}
+
+template <class T>
+void adapter_forward_decode(context& ctx, row_major_view<const T> X, row_major_view<const T> A, const sparse_b<T>& B,
+                            float s, row_major_view<T> Y, void* workspace, std::size_t workspace_bytes) {
+  static_assert(detail::is_cuda_storage_v<T>, "adapter_forward_decode: T must be float, bfloat16 or half");
+  const index_t n = X.rows(), r = B.cols(), d = B.rows();
+  detail_fwd::check_adapter_shapes("adapter_forward_decode", X, A, d, r, Y);
+  LORI_EXPECTS(n <= decode_max_tokens && n * r <= detail_fwd::decode_max_outputs,
+               "adapter_forward_decode: needs n <= 64 and n * r <= 4096");
+  LORI_EXPECTS(ctx.cooperative_launch(), "adapter_forward_decode: the device does not support cooperative launch");
+  if (n == 0) return;
+  LORI_EXPECTS(workspace != nullptr && workspace_bytes >= adapter_forward_workspace_bytes(ctx, n, r),
+               "adapter_forward_decode: workspace missing or smaller than adapter_forward_workspace_bytes()");
+  LORI_EXPECTS(reinterpret_cast<std::uintptr_t>(workspace) % alignof(float) == 0,
+               "adapter_forward_decode: workspace must be 4-byte aligned");
+  const std::size_t smem = detail_fwd::decode_smem_bytes(n, r);
+  auto kernel = detail_fwd::decode_kernel<T>;
+  if (smem > 48 * 1024)
+    LORI_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  int per_sm = 0;
+  LORI_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, detail_fwd::decode_threads, smem));
+  LORI_EXPECTS(per_sm >= 1, "adapter_forward_decode: kernel does not fit on an SM");
+  const int blocks = ctx.sm_count();  // one block per SM: co-resident, as cooperative launch requires
+  detail_fwd::decode_params<T> q{X.data(), X.ld(), A.data(), A.ld(), B.view(), s, Y.data(), Y.ld(), n, X.cols(), r,
+                                 nullptr, nullptr};
+  q.H = static_cast<float*>(workspace);
+  q.P = q.H + n * r;
+  void* args[] = {&q};
+  LORI_CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), dim3(static_cast<unsigned>(blocks)),
+                                              dim3(detail_fwd::decode_threads), args, smem, ctx.stream()));
+  LORI_CUDA_CHECK_LAUNCH();
+}
+
+template <class T>
+void adapter_forward(context& ctx, row_major_view<const T> X, row_major_view<const T> A, const sparse_b<T>& B, float s,
+                     row_major_view<T> Y, void* workspace, std::size_t workspace_bytes) {
+  static_assert(detail::is_cuda_storage_v<T>, "adapter_forward: T must be float, bfloat16 or half");
+  const index_t n = X.rows(), r = B.cols(), d = B.rows();
+  detail_fwd::check_adapter_shapes("adapter_forward", X, A, d, r, Y);
+  if (n == 0) return;
+  if (detail_fwd::decode_applies(ctx, n, r)) {
+    adapter_forward_decode(ctx, X, A, B, s, Y, workspace, workspace_bytes);
+    return;
+  }
+  LORI_EXPECTS(workspace != nullptr && workspace_bytes >= adapter_forward_workspace_bytes(ctx, n, r),
+               "adapter_forward: workspace missing or smaller than adapter_forward_workspace_bytes()");
+  LORI_EXPECTS(reinterpret_cast<std::uintptr_t>(workspace) % alignof(float) == 0,
+               "adapter_forward: workspace must be 4-byte aligned");
+  float* H = static_cast<float*>(workspace);
+  adapter_project(ctx, X, A, H);
+  adapter_expand(ctx, H, n, s, B, Y, true);
+}
+
+template <class T>
+void layer_forward(context& ctx, row_major_view<const T> X, row_major_view<const T> W, row_major_view<const T> A,
+                   const sparse_b<T>& B, float s, row_major_view<T> Y, void* workspace, std::size_t workspace_bytes) {
+  static_assert(detail::is_cuda_storage_v<T>, "layer_forward: T must be float, bfloat16 or half");
+  const index_t n = X.rows(), r = B.cols(), d = B.rows();
+  detail_fwd::check_adapter_shapes("layer_forward", X, A, d, r, Y);
+  LORI_EXPECTS(W.rows() == d && W.cols() == X.cols(), "layer_forward: W must be d x k (B's rows x X's columns)");
+  if (n == 0) return;
+  LORI_EXPECTS(workspace != nullptr && workspace_bytes >= adapter_forward_workspace_bytes(ctx, n, r),
+               "layer_forward: workspace missing or smaller than adapter_forward_workspace_bytes()");
+  const cudaDataType_t t = detail::cuda_data_type<T>();
+  if (detail_fwd::decode_applies(ctx, n, r)) {
+    detail::gemm_row_major(ctx.cublas(), false, true, n, d, X.cols(), 1.0f, X.data(), X.ld(), W.data(), W.ld(), 0.0f,
+                           Y.data(), Y.ld(), t, t);
+    adapter_forward_decode(ctx, X, A, B, s, Y, workspace, workspace_bytes);
+    return;
+  }
+  LORI_EXPECTS(reinterpret_cast<std::uintptr_t>(workspace) % alignof(float) == 0,
+               "layer_forward: workspace must be 4-byte aligned");
+  float* H = static_cast<float*>(workspace);
+  adapter_project(ctx, X, A, H);
+  adapter_expand(ctx, H, n, s, B, Y, false);
+  detail::gemm_row_major(ctx.cublas(), false, true, n, d, X.cols(), 1.0f, X.data(), X.ld(), W.data(), W.ld(), 1.0f,
+                         Y.data(), Y.ld(), t, t);
+}
+
+template <class T>
+void layer_forward_widened(context& ctx, row_major_view<T> X_ext, row_major_view<const T> W_ext,
+                           row_major_view<const T> A, float s, row_major_view<T> Y) {
+  static_assert(detail::is_cuda_storage_v<T>, "layer_forward_widened: T must be float, bfloat16 or half");
+  const index_t n = X_ext.rows(), r = A.rows(), k = A.cols(), d = W_ext.rows();
+  LORI_EXPECTS(r >= 1 && k >= 1 && d >= 1, "layer_forward_widened: r, k and d must be positive");
+  LORI_EXPECTS(X_ext.cols() == k + r, "layer_forward_widened: X_ext must be n x (k + r) with A r x k");
+  LORI_EXPECTS(W_ext.cols() == k + r, "layer_forward_widened: W_ext must be d x (k + r)");
+  LORI_EXPECTS(Y.rows() == n && Y.cols() == d, "layer_forward_widened: Y must be n x d");
+  if (n == 0) return;
+  const cudaDataType_t t = detail::cuda_data_type<T>();
+  // s·H into the last r columns of X_ext (row stride X_ext.ld()), then one GEMM with K = k + r.
+  detail::gemm_row_major(ctx.cublas(), false, true, n, r, k, s, X_ext.data(), X_ext.ld(), A.data(), A.ld(), 0.0f,
+                         X_ext.data() + k, X_ext.ld(), t, t);
+  detail::gemm_row_major(ctx.cublas(), false, true, n, d, k + r, 1.0f, X_ext.data(), X_ext.ld(), W_ext.data(),
+                         W_ext.ld(), 0.0f, Y.data(), Y.ld(), t, t);
+}
+
+}  // namespace lori::cuda
+
+#endif  // LORI_CUDA_ADAPTER_FORWARD_CUH

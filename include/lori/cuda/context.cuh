@@ -1,0 +1,80 @@
+// lori/cuda/context.cuh - the owner of lori's library handles (cuBLAS, cuBLASLt, cuSPARSE) and the
+// stream every lori GPU call is ordered on.
+//
+// Create one context per stream, once (handle creation costs milliseconds); pass it by reference to
+// lori::cuda functions. It is not thread-safe: one host thread uses a context at a time (as with the
+// underlying handles). The context never allocates device memory for lori's kernels: functions take
+// caller memory and report workspace sizes first.
+#ifndef LORI_CUDA_CONTEXT_CUH
+#define LORI_CUDA_CONTEXT_CUH
+
+#include "lori/config.hpp"
+#include "lori/error.hpp"
+
+#include <cublasLt.h>
+#include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+#include <cusparse.h>
+
+namespace lori::cuda {
+
+/// Library handles bound to one stream, plus the device properties kernels size their grids with.
+class context {
+ public:
+  /// Creates the handles on the current device and binds them to `stream` (nullptr: the legacy
+  /// default stream). Throws lori::error when a handle cannot be created.
+  explicit context(cudaStream_t stream = nullptr) : stream_(stream) {
+    LORI_CUDA_CHECK(cudaGetDevice(&device_));
+    LORI_CUDA_CHECK(cudaDeviceGetAttribute(&sm_count_, cudaDevAttrMultiProcessorCount, device_));
+    LORI_CUDA_CHECK(cudaDeviceGetAttribute(&cooperative_, cudaDevAttrCooperativeLaunch, device_));
+    try {
+      LORI_CUBLAS_CHECK(cublasCreate(&cublas_));
+      LORI_CUBLAS_CHECK(cublasLtCreate(&cublaslt_));
+      LORI_CUSPARSE_CHECK(cusparseCreate(&cusparse_));
+      set_stream(stream);
+    } catch (...) {
+      release();
+      throw;
+    }
+  }
+  context(const context&) = delete;
+  context& operator=(const context&) = delete;
+  ~context() { release(); }
+
+  /// Rebinds every handle to `stream`.
+  void set_stream(cudaStream_t stream) {
+    stream_ = stream;
+    LORI_CUBLAS_CHECK(cublasSetStream(cublas_, stream));
+    LORI_CUSPARSE_CHECK(cusparseSetStream(cusparse_, stream));
+  }
+
+  cudaStream_t stream() const noexcept { return stream_; }
+  cublasHandle_t cublas() const noexcept { return cublas_; }
+  cublasLtHandle_t cublaslt() const noexcept { return cublaslt_; }
+  cusparseHandle_t cusparse() const noexcept { return cusparse_; }
+  /// The device the handles were created on, its SM count, and whether it supports cooperative launch.
+  int device() const noexcept { return device_; }
+  int sm_count() const noexcept { return sm_count_; }
+  bool cooperative_launch() const noexcept { return cooperative_ != 0; }
+
+ private:
+  void release() noexcept {
+    if (cusparse_ != nullptr) cusparseDestroy(cusparse_);
+    if (cublaslt_ != nullptr) cublasLtDestroy(cublaslt_);
+    if (cublas_ != nullptr) cublasDestroy(cublas_);
+    cusparse_ = nullptr;
+    cublaslt_ = nullptr;
+    cublas_ = nullptr;
+  }
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t cublas_ = nullptr;
+  cublasLtHandle_t cublaslt_ = nullptr;
+  cusparseHandle_t cusparse_ = nullptr;
+  int device_ = 0;
+  int sm_count_ = 1;
+  int cooperative_ = 0;
+};
+
+}  // namespace lori::cuda
+
+#endif  // LORI_CUDA_CONTEXT_CUH

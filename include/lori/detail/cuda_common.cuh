@@ -1,0 +1,86 @@
+// lori/detail/cuda_common.cuh - private helpers shared by lori's CUDA kernels: element loads/stores
+// in fp32, the cudaDataType of each storage type, launch arithmetic, and a row-major GEMM wrapper
+// over cublasGemmEx (fp32 accumulation).
+#ifndef LORI_DETAIL_CUDA_COMMON_CUH
+#define LORI_DETAIL_CUDA_COMMON_CUH
+
+#include "lori/config.hpp"
+#include "lori/detail/internal_header_check.hpp"
+
+#include "lori/core/float16.hpp"
+#include "lori/error.hpp"
+
+#include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+#include <library_types.h>
+
+#include <cstdint>
+#include <limits>
+#include <type_traits>
+
+namespace lori::detail {
+
+/// Storage types the CUDA kernels accept.
+template <class T>
+inline constexpr bool is_cuda_storage_v =
+    std::is_same_v<T, float> || std::is_same_v<T, ::lori::bfloat16> || std::is_same_v<T, ::lori::half>;
+
+template <class T>
+inline constexpr bool is_16bit_v = std::is_same_v<T, ::lori::bfloat16> || std::is_same_v<T, ::lori::half>;
+
+/// Load one element as fp32 (exact widening).
+template <class T>
+__device__ __forceinline__ float ld_f(const T* p) {
+  return ::lori::to_float(*p);
+}
+/// Store an fp32 value rounded to nearest even into storage type T.
+template <class T>
+__device__ __forceinline__ void st_f(T* p, float x) {
+  *p = ::lori::from_float<T>(x);
+}
+
+template <class T>
+constexpr cudaDataType_t cuda_data_type() {
+  if constexpr (std::is_same_v<T, float>) return CUDA_R_32F;
+  else if constexpr (std::is_same_v<T, ::lori::bfloat16>) return CUDA_R_16BF;
+  else return CUDA_R_16F;
+}
+
+constexpr index_t ceil_div(index_t a, index_t b) { return (a + b - 1) / b; }
+
+/// Grid dimension from a 64-bit count, checked against CUDA's limit for that dimension.
+inline unsigned grid_dim(index_t blocks, bool x_dimension = true) {
+  const index_t lim = x_dimension ? index_t{2147483647} : index_t{65535};
+  LORI_EXPECTS(blocks >= 0 && blocks <= lim, "lori::cuda: problem too large for one launch (grid dimension limit)");
+  return static_cast<unsigned>(blocks < 1 ? 1 : blocks);
+}
+
+inline int to_int(index_t v, const char* what) {
+  if (!(v >= 0 && v <= std::numeric_limits<int>::max())) throw_expects(what, "value fits a 32-bit int (cuBLAS dimension)");
+  return static_cast<int>(v);
+}
+
+/// Row-major GEMM on cuBLAS: C (M x N, ldc) = alpha * op(P) * op(Q) + beta * C, with
+/// op(P) M x K (P stored K x M row-major when trans_p) and op(Q) K x N (Q stored N x K when trans_q).
+/// P and Q share storage type ab; C has type c; fp32 accumulation (CUBLAS_COMPUTE_32F, no TF32).
+/// A row-major matrix is the column-major transpose, so this runs C^T = op(Q)^T op(P)^T.
+inline void gemm_row_major(cublasHandle_t h, bool trans_p, bool trans_q, index_t M, index_t N, index_t K, float alpha,
+                           const void* P, index_t ldp, const void* Q, index_t ldq, float beta, void* C, index_t ldc,
+                           cudaDataType_t ab, cudaDataType_t c) {
+  if (M == 0 || N == 0) return;
+  LORI_CUBLAS_CHECK(cublasGemmEx(h, trans_q ? CUBLAS_OP_T : CUBLAS_OP_N, trans_p ? CUBLAS_OP_T : CUBLAS_OP_N,
+                                 to_int(N, "gemm: N too large"), to_int(M, "gemm: M too large"),
+                                 to_int(K, "gemm: K too large"), &alpha, Q, ab, to_int(ldq, "gemm: ld too large"), P, ab,
+                                 to_int(ldp, "gemm: ld too large"), &beta, C, c, to_int(ldc, "gemm: ld too large"),
+                                 CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
+/// The dynamic shared memory of the running kernel, 128-byte aligned (one declaration for all kernels).
+__device__ __forceinline__ unsigned char* dynamic_smem() {
+  extern __shared__ __align__(128) unsigned char lori_dynamic_smem[];
+  return lori_dynamic_smem;
+}
+
+}  // namespace lori::detail
+
+#endif  // LORI_DETAIL_CUDA_COMMON_CUH

@@ -1,0 +1,274 @@
+// Private: the inner kernels of lori/ops (sparse-times-dense tiles, SDDMM tiles, checks).
+//
+// Tiles are "tokens in lanes": a block of up to kTokenBlock tokens is held transposed (r x tb or
+// rows-of-B x tb) so that the innermost loops are elementwise over tokens (axpy form). They vectorize
+// without reassociating any sum, so every result has a fixed summation order that depends only on the
+// problem, never on the thread count or on memory alignment.
+#ifndef LORI_DETAIL_OPS_KERNELS_HPP
+#define LORI_DETAIL_OPS_KERNELS_HPP
+
+#include "lori/config.hpp"
+#include "lori/detail/internal_header_check.hpp"
+#include "lori/core/eigen.hpp"
+#include "lori/core/matrix_view.hpp"
+#include "lori/error.hpp"
+#include "lori/sparse/csr_matrix.hpp"
+
+#include <Eigen/Core>
+
+#if defined(__SSE2__)
+#include <xmmintrin.h>
+#endif
+
+#include <algorithm>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+#if defined(__GNUC__) || defined(__clang__)
+#define LORI_RESTRICT __restrict__
+#else
+#define LORI_RESTRICT
+#endif
+
+namespace lori::detail {
+
+/// Tokens per block: the fixed unit of the token partition (and of the transposed tiles).
+inline constexpr index_t kTokenBlock = 64;
+/// Rows of B per chunk in the tiled sparse kernels (a chunk's tile is kRowChunk x kTokenBlock).
+inline constexpr index_t kRowChunk = 32;
+/// Lanes of the explicit partial sums in the SDDMM (summed in lane order at the end).
+inline constexpr index_t kLanes = 8;
+
+template <class T>
+using rm_matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+template <class T>
+using cm_matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::ColMajor>;
+
+inline index_t ops_num_blocks(index_t n, index_t block) { return (n + block - 1) / block; }
+
+/// Basic validity of a CSR view used as B (d x r): pointers present where needed.
+template <class T, class Index>
+void ops_check_csr(const csr_view<T, Index>& B, bool need_values, const char* msg) {
+  LORI_EXPECTS(B.rows >= 0 && B.cols >= 0, msg);
+  LORI_EXPECTS(B.rows == 0 || B.row_ptr != nullptr, msg);
+  LORI_EXPECTS(B.rows == 0 || B.row_ptr[0] == 0, msg);
+  LORI_EXPECTS(B.nnz() == 0 || B.col_idx != nullptr, msg);
+  LORI_EXPECTS(!need_values || B.nnz() == 0 || B.values != nullptr, msg);
+}
+
+/// Token lanes kept in registers by the sparse product (16 floats = 4 SSE / 2 AVX registers).
+inline constexpr index_t kTileLanes = 16;
+
+/// Sparse product for one token block:
+///   Y[t, j] += s * sum_{p in row j of B} val[p] * H[t, col[p]]       for t < tb, j < d
+/// Hc is the block's H column-major (tb x r, leading dimension tb); Y rows start at y0 with leading
+/// dimension ldy. `Ht` is scratch of r * kTokenBlock elements. Each (t, j) sums its row's entries in
+/// ascending p, the same arithmetic for every t: results do not depend on tb or on the thread count.
+template <class T, class Index>
+void ops_sparse_times_tile(const T* LORI_RESTRICT Hc, index_t tb, const csr_view<const T, Index>& B, T s,
+                           T* LORI_RESTRICT y0, index_t ldy, T* LORI_RESTRICT Ht) {
+  const index_t d = B.rows, r = B.cols;
+  const Index* LORI_RESTRICT rp = B.row_ptr;
+  const Index* LORI_RESTRICT ci = B.col_idx;
+  const T* LORI_RESTRICT val = B.values;
+  if (tb < 4) {
+    // Few tokens: one row of H at a time, a short gather per row of B.
+    for (index_t t = 0; t < tb; ++t) {
+      T* LORI_RESTRICT y = y0 + t * ldy;
+      for (index_t j = 0; j < d; ++j) {
+        const index_t pb = rp[j], pe = rp[j + 1];
+        if (pb == pe) continue;
+        T acc = T{0};
+        for (index_t p = pb; p < pe; ++p) acc += val[p] * Hc[static_cast<index_t>(ci[p]) * tb + t];
+        y[j] += s * acc;
+      }
+    }
+    return;
+  }
+  // H transposed into whole lanes (r x kTokenBlock), zero-padded past tb.
+  const index_t tw_end = (tb + kTileLanes - 1) / kTileLanes * kTileLanes;
+  for (index_t c = 0; c < r; ++c) {
+    for (index_t t = 0; t < tb; ++t) Ht[c * kTokenBlock + t] = Hc[c * tb + t];
+    for (index_t t = tb; t < tw_end; ++t) Ht[c * kTokenBlock + t] = T{0};
+  }
+  alignas(64) T tile[kRowChunk * kTokenBlock];
+  for (index_t j0 = 0; j0 < d; j0 += kRowChunk) {
+    const index_t jc = std::min(kRowChunk, d - j0);
+    if (rp[j0] == rp[j0 + jc]) continue;  // no kept entry in this chunk: Y unchanged
+    for (index_t jj = 0; jj < jc; ++jj) {
+      const index_t pb = rp[j0 + jj], pe = rp[j0 + jj + 1];
+      for (index_t tw = 0; tw < tw_end; tw += kTileLanes) {
+        T a[kTileLanes];
+        for (index_t l = 0; l < kTileLanes; ++l) a[l] = T{0};
+        for (index_t p = pb; p < pe; ++p) {
+          const T v = val[p];
+          const T* LORI_RESTRICT h = Ht + static_cast<index_t>(ci[p]) * kTokenBlock + tw;
+          for (index_t l = 0; l < kTileLanes; ++l) a[l] += v * h[l];
+        }
+        for (index_t l = 0; l < kTileLanes; ++l) tile[jj * kTokenBlock + tw + l] = a[l];
+      }
+    }
+    for (index_t t = 0; t < tb; ++t) {
+      T* LORI_RESTRICT y = y0 + t * ldy + j0;
+      for (index_t jj = 0; jj < jc; ++jj) y[jj] += s * tile[jj * kTokenBlock + t];
+    }
+  }
+}
+
+/// H block (tb x r) = X block * A^T into a column-major tb x r buffer (= Ht, r x tb row-major).
+template <class T>
+void ops_project_block(const row_major_view<const T>& X, index_t i0, index_t tb, const row_major_view<const T>& A,
+                       cm_matrix<T>& Hc) {
+  Hc.resize(tb, A.rows());
+  if (A.rows() == 0 || tb == 0) return;
+  if (A.cols() == 0) {
+    Hc.setZero();
+    return;
+  }
+  const auto Xb = as_eigen(X.block(i0, 0, tb, X.cols()));
+  const auto Am = as_eigen(A);
+  Hc.noalias() = Xb * Am.transpose();
+}
+
+/// Copies a column-major tb x r block into rows [i0, i0 + tb) of a row-major n x r output.
+template <class T>
+void ops_store_h(const cm_matrix<T>& Hc, index_t i0, const row_major_view<T>& H_out) {
+  if (H_out.data() == nullptr) return;
+  for (index_t t = 0; t < Hc.rows(); ++t)
+    for (index_t c = 0; c < Hc.cols(); ++c) H_out(i0 + t, c) = Hc(t, c);
+}
+
+
+/// Rows of B per block of the SDDMM and of G * B (a block's transposed G tile is kGradRowBlock x 64).
+inline constexpr index_t kGradRowBlock = 256;
+
+/// Out (nc x tb, leading dimension kTokenBlock) = columns [c0, c0 + nc) of rows [i0, i0 + tb) of M,
+/// transposed. Pure data movement (4 x 4 SSE transposes for float on x86-64): results never depend on it.
+template <class T>
+void ops_transpose_rows(const row_major_view<const T>& M, index_t i0, index_t tb, index_t c0, index_t nc,
+                        T* LORI_RESTRICT out) {
+  index_t t = 0;
+#if defined(__SSE2__)
+  if constexpr (std::is_same_v<T, float>) {
+    for (; t + 4 <= tb; t += 4) {
+      const float* r0 = M.row(i0 + t) + c0;
+      const float* r1 = M.row(i0 + t + 1) + c0;
+      const float* r2 = M.row(i0 + t + 2) + c0;
+      const float* r3 = M.row(i0 + t + 3) + c0;
+      index_t c = 0;
+      for (; c + 4 <= nc; c += 4) {
+        __m128 a = _mm_loadu_ps(r0 + c), b = _mm_loadu_ps(r1 + c), e = _mm_loadu_ps(r2 + c), f = _mm_loadu_ps(r3 + c);
+        _MM_TRANSPOSE4_PS(a, b, e, f);
+        _mm_storeu_ps(out + (c + 0) * kTokenBlock + t, a);
+        _mm_storeu_ps(out + (c + 1) * kTokenBlock + t, b);
+        _mm_storeu_ps(out + (c + 2) * kTokenBlock + t, e);
+        _mm_storeu_ps(out + (c + 3) * kTokenBlock + t, f);
+      }
+      for (; c < nc; ++c) {
+        out[c * kTokenBlock + t] = r0[c];
+        out[c * kTokenBlock + t + 1] = r1[c];
+        out[c * kTokenBlock + t + 2] = r2[c];
+        out[c * kTokenBlock + t + 3] = r3[c];
+      }
+    }
+  }
+#endif
+  for (; t < tb; ++t) {
+    const T* LORI_RESTRICT h = M.row(i0 + t) + c0;
+    for (index_t c = 0; c < nc; ++c) out[c * kTokenBlock + t] = h[c];
+  }
+}
+
+/// SDDMM over rows [j0, j0 + jb) of B, all n tokens:
+///   out[p] = s * sum_t G[t, j] * H[t, col[p]]     for every stored p of those rows
+/// Partial sums are kept in kLanes lanes per entry (lane = token index mod kLanes within 64-token
+/// chunks that start at token 0) and added in lane order at the end: a fixed order of summation.
+template <class T, class Index>
+void ops_sddmm_rows(const row_major_view<const T>& G, const row_major_view<const T>& H,
+                    const csr_view<const T, Index>& B, index_t j0, index_t jb, T s, T* LORI_RESTRICT out,
+                    std::vector<T>& lanes, std::vector<T>& Gt, std::vector<T>& Ht) {
+  const Index* LORI_RESTRICT rp = B.row_ptr;
+  const Index* LORI_RESTRICT ci = B.col_idx;
+  const index_t n = G.rows(), r = H.cols();
+  const index_t pbeg = rp[j0], pend = rp[j0 + jb];
+  if (pbeg == pend) return;
+  if (n < kLanes) {
+    // Fewer tokens than lanes: each lane holds at most one product and the lanes are added in order,
+    // which is exactly this sequential sum (adding the empty lanes' +0 changes nothing).
+    const T* hrow[kLanes];
+    for (index_t t = 0; t < n; ++t) hrow[t] = H.row(t);
+    for (index_t jj = 0; jj < jb; ++jj) {
+      const index_t pb = rp[j0 + jj], pe = rp[j0 + jj + 1];
+      if (pb == pe) continue;
+      T g[kLanes];
+      for (index_t t = 0; t < n; ++t) g[t] = G(t, j0 + jj);
+      for (index_t p = pb; p < pe; ++p) {
+        const index_t c = ci[p];
+        T sum = T{0};
+        for (index_t t = 0; t < n; ++t) sum += g[t] * hrow[t][c];
+        out[p] = s * sum;
+      }
+    }
+    return;
+  }
+  lanes.assign(static_cast<std::size_t>((pend - pbeg) * kLanes), T{0});
+  Gt.resize(static_cast<std::size_t>(jb * kTokenBlock));
+  Ht.resize(static_cast<std::size_t>(r * kTokenBlock));
+  for (index_t i0 = 0; i0 < n; i0 += kTokenBlock) {
+    const index_t tb = std::min(kTokenBlock, n - i0);
+    ops_transpose_rows(G, i0, tb, j0, jb, Gt.data());
+    ops_transpose_rows(H, i0, tb, 0, r, Ht.data());
+    const index_t tfull = tb - tb % kLanes;
+    for (index_t jj = 0; jj < jb; ++jj) {
+      const T* LORI_RESTRICT g = Gt.data() + jj * kTokenBlock;
+      for (index_t p = rp[j0 + jj], pe = rp[j0 + jj + 1]; p < pe; ++p) {
+        const T* LORI_RESTRICT h = Ht.data() + static_cast<index_t>(ci[p]) * kTokenBlock;
+        T acc[kLanes];
+        T* LORI_RESTRICT lp = lanes.data() + (p - pbeg) * kLanes;
+        for (index_t l = 0; l < kLanes; ++l) acc[l] = lp[l];
+        for (index_t t = 0; t < tfull; t += kLanes)
+          for (index_t l = 0; l < kLanes; ++l) acc[l] += g[t + l] * h[t + l];
+        for (index_t t = tfull; t < tb; ++t) acc[t - tfull] += g[t] * h[t];
+        for (index_t l = 0; l < kLanes; ++l) lp[l] = acc[l];
+      }
+    }
+  }
+  for (index_t p = pbeg; p < pend; ++p) {
+    const T* lp = lanes.data() + (p - pbeg) * kLanes;
+    T sum = lp[0];
+    for (index_t l = 1; l < kLanes; ++l) sum += lp[l];
+    out[p] = s * sum;
+  }
+}
+
+/// GBt (r x tb, leading dimension kTokenBlock) = (G block * B)^T for tokens [i0, i0 + tb):
+///   GBt[c, t] = sum_j G[i0 + t, j] * B[j, c], accumulated over j ascending, then p ascending.
+template <class T, class Index>
+void ops_grad_times_sparse(const row_major_view<const T>& G, index_t i0, index_t tb, const csr_view<const T, Index>& B,
+                           T* LORI_RESTRICT GBt, std::vector<T>& Gt) {
+  const Index* LORI_RESTRICT rp = B.row_ptr;
+  const Index* LORI_RESTRICT ci = B.col_idx;
+  const T* LORI_RESTRICT val = B.values;
+  const index_t d = B.rows, r = B.cols;
+  for (index_t c = 0; c < r; ++c)
+    for (index_t t = 0; t < tb; ++t) GBt[c * kTokenBlock + t] = T{0};
+  Gt.resize(static_cast<std::size_t>(kGradRowBlock * kTokenBlock));
+  for (index_t j0 = 0; j0 < d; j0 += kGradRowBlock) {
+    const index_t jb = std::min(kGradRowBlock, d - j0);
+    if (rp[j0] == rp[j0 + jb]) continue;
+    ops_transpose_rows(G, i0, tb, j0, jb, Gt.data());
+    for (index_t jj = 0; jj < jb; ++jj) {
+      const T* LORI_RESTRICT g = Gt.data() + jj * kTokenBlock;
+      for (index_t p = rp[j0 + jj], pe = rp[j0 + jj + 1]; p < pe; ++p) {
+        const T v = val[p];
+        T* LORI_RESTRICT o = GBt + static_cast<index_t>(ci[p]) * kTokenBlock;
+        for (index_t t = 0; t < tb; ++t) o[t] += v * g[t];
+      }
+    }
+  }
+}
+
+}  // namespace lori::detail
+
+#endif  // LORI_DETAIL_OPS_KERNELS_HPP

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs lori_test_gpu_ops under compute-sanitizer: memcheck, racecheck, synccheck and initcheck.
+# Usage: tests/gpu/run_sanitizer.sh [build-dir] [tool ...]   (default: build, all four tools)
+# Each tool must report 0 errors (--error-exitcode makes ctest-style failure explicit). Test sizes are
+# modest so one tool finishes in about a minute on an H100. LORI_TEST_SEED replays a seed.
+set -euo pipefail
+build=${1:-build}
+shift || true
+tools=("$@")
+[ ${#tools[@]} -eq 0 ] && tools=(memcheck racecheck synccheck initcheck)
+exe="$build/tests/gpu/lori_test_gpu_ops"
+[ -x "$exe" ] || { echo "no $exe: build target lori_test_gpu_ops first" >&2; exit 2; }
+status=0
+for tool in "${tools[@]}"; do
+  echo "== compute-sanitizer --tool $tool"
+  extra=()
+  [ "$tool" = memcheck ] && extra=(--leak-check full)
+  if ! compute-sanitizer --tool "$tool" "${extra[@]}" --error-exitcode 99 "$exe"; then
+    echo "== $tool: FAILED" >&2
+    status=1
+  fi
+done
+exit $status

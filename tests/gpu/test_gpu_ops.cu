@@ -1,0 +1,774 @@
+// GPU kernels of lori/cuda/ against plain double-precision references computed on the host from the
+// same (rounded) inputs.
+//
+// Tolerances. Inputs are exactly representable in the storage type T (they are rounded to T before
+// both the device and the reference see them), accumulation is fp32, and the only other roundings
+// are (a) the final store to T, relative u_T (u = 2^-24 fp32, 2^-8 bf16, 2^-11 fp16), and (b) named
+// intermediate roundings to T (H in the tensor-core SDDMM, G·B in grad_x, the adapter part of Y in
+// layer_forward, s·B in a merge with unequal scales), each a relative u_T of the terms it feeds.
+// For an element that sums terms τ_i (nested sums included, see each reference), with
+// L2 = sqrt(Σ τ_i²), random-sign rounding errors add like a random walk, so
+//     |got − ref| <= 4·u_T·|ref| + 8·(u_I + sqrt(K)·2^-24)·L2
+// holds with a wide margin (8 standard deviations and more), where u_I is u_T when the path has an
+// intermediate rounding (0 otherwise) and K the longest fp32 accumulation. A missing or doubled term
+// (an unwritten element, a wrong index, a transposed operand) errs by about L2 and fails it.
+// Outputs are poisoned with 0xff bytes (NaN in every type) before each kernel; NaN fails every check.
+#include <doctest/doctest.h>
+
+#include "lori/core/float16.hpp"
+#include "lori/core/matrix_view.hpp"
+#include "lori/cuda/adapter_backward.cuh"
+#include "lori/cuda/adapter_forward.cuh"
+#include "lori/cuda/context.cuh"
+#include "lori/cuda/device_buffer.cuh"
+#include "lori/cuda/merge.cuh"
+#include "lori/cuda/optim.cuh"
+#include "lori/cuda/sparse_b.cuh"
+#include "lori/mask/bitmask.hpp"
+
+#include "test_util.hpp"
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <random>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+namespace {
+
+using lori::index_t;
+using lori::cuda::device_buffer;
+
+template <class T>
+double unit_roundoff() {
+  if constexpr (std::is_same_v<T, float>) return std::ldexp(1.0, -24);
+  else if constexpr (std::is_same_v<T, lori::bfloat16>) return std::ldexp(1.0, -8);
+  else return std::ldexp(1.0, -11);
+}
+template <class T>
+const char* type_name() {
+  if constexpr (std::is_same_v<T, float>) return "fp32";
+  else if constexpr (std::is_same_v<T, lori::bfloat16>) return "bf16";
+  else return "fp16";
+}
+
+// cuBLAS runs 16-bit GEMMs on tensor cores, whose fp32 accumulation may truncate instead of rounding
+// (Fasi, Higham, Mikaitis, Pranesh 2021): errors then grow linearly, not as a random walk. A 2^-16
+// relative slack of L2 covers that for K <= 16384 and is still far below a missing term (about L2).
+template <class T>
+double tc_slack() {
+  return std::is_same_v<T, float> ? 0.0 : std::ldexp(1.0, -16);
+}
+
+// Random values rounded to T; returned both as storage and as the exact doubles they represent.
+template <class T>
+struct host_mat {
+  std::vector<T> s;
+  std::vector<double> d;
+  index_t rows = 0, cols = 0, ld = 0;
+  double operator()(index_t i, index_t j) const { return d[static_cast<std::size_t>(i * ld + j)]; }
+};
+
+template <class T>
+host_mat<T> random_mat(index_t rows, index_t cols, double scale, std::mt19937_64& g, index_t ld = -1) {
+  host_mat<T> m;
+  m.rows = rows;
+  m.cols = cols;
+  m.ld = ld < 0 ? cols : ld;
+  std::normal_distribution<double> nd(0.0, 1.0);
+  const auto count = static_cast<std::size_t>(rows * m.ld);
+  m.s.resize(count);
+  m.d.resize(count);
+  for (std::size_t i = 0; i < count; ++i) {
+    m.s[i] = lori::from_float<T>(static_cast<float>(scale * nd(g)));
+    m.d[i] = static_cast<double>(lori::to_float(m.s[i]));
+  }
+  return m;
+}
+
+lori::bitmask random_mask(index_t rows, index_t cols, double density, std::mt19937_64& g) {
+  lori::bitmask m(rows, cols);
+  std::bernoulli_distribution keep(density);
+  for (index_t i = 0; i < rows; ++i)
+    for (index_t j = 0; j < cols; ++j)
+      if (keep(g)) m.set(i, j);
+  if (rows > 2) {  // an empty row and a full row, always
+    for (index_t j = 0; j < cols; ++j) m.set(0, j, false);
+    for (index_t j = 0; j < cols; ++j) m.set(rows - 1, j, true);
+  }
+  return m;
+}
+
+// Packed values of a random B under `mask`, and B dense (zeros elsewhere) as doubles.
+template <class T>
+struct host_sparse {
+  lori::bitmask mask;
+  std::vector<T> packed;
+  std::vector<double> dense;  // rows x cols
+  index_t rows = 0, cols = 0;
+  double operator()(index_t i, index_t j) const { return dense[static_cast<std::size_t>(i * cols + j)]; }
+};
+
+template <class T>
+host_sparse<T> random_sparse(index_t d, index_t r, double density, double scale, std::mt19937_64& g) {
+  host_sparse<T> b;
+  b.mask = random_mask(d, r, density, g);
+  b.rows = d;
+  b.cols = r;
+  b.dense.assign(static_cast<std::size_t>(d * r), 0.0);
+  std::normal_distribution<double> nd(0.0, 1.0);
+  for (index_t i = 0; i < d; ++i)
+    for (index_t j = 0; j < r; ++j)
+      if (b.mask.test(i, j)) {
+        const T v = lori::from_float<T>(static_cast<float>(scale * nd(g)));
+        b.packed.push_back(v);
+        b.dense[static_cast<std::size_t>(i * r + j)] = static_cast<double>(lori::to_float(v));
+      }
+  return b;
+}
+
+struct check_result {
+  index_t bad = 0;
+  index_t first_bad = -1;
+  double worst_ratio = 0.0;
+  double got_at_first = 0.0, ref_at_first = 0.0;
+};
+
+// The documented bound: |got - ref| <= 4 u_T |ref| + 8 (u_I + sqrt(K) 2^-24) L2. NaN fails.
+template <class T>
+check_result check_close(const std::vector<T>& got, const std::vector<double>& ref, const std::vector<double>& l2,
+                         double u_i, double K) {
+  check_result res;
+  const double ut = unit_roundoff<T>();
+  const double acc = u_i + std::sqrt(K) * std::ldexp(1.0, -24);
+  for (std::size_t i = 0; i < ref.size(); ++i) {
+    const double g = static_cast<double>(lori::to_float(got[i]));
+    // fp16 results below 2^-14 are subnormal: their rounding error is up to 2^-25 absolute.
+    const double bound = 4.0 * ut * std::fabs(ref[i]) + 8.0 * acc * l2[i] + (std::is_same_v<T, lori::half> ? std::ldexp(1.0, -25) : 1e-300);
+    const double err = std::fabs(g - ref[i]);
+    const double ratio = err / bound;
+    if (!(err <= bound)) {
+      if (res.bad == 0) {
+        res.first_bad = static_cast<index_t>(i);
+        res.got_at_first = g;
+        res.ref_at_first = ref[i];
+      }
+      ++res.bad;
+    }
+    if (ratio > res.worst_ratio || std::isnan(ratio)) res.worst_ratio = ratio;
+  }
+  return res;
+}
+
+#define LORI_CHECK_CLOSE(res)                                                                                         \
+  do {                                                                                                                \
+    const check_result& r_ = (res);                                                                                   \
+    INFO("bad elements: " << r_.bad << ", first at " << r_.first_bad << " (got " << r_.got_at_first << ", ref "      \
+                          << r_.ref_at_first << "), worst err/bound " << r_.worst_ratio);                              \
+    CHECK(r_.bad == 0);                                                                                               \
+  } while (false)
+
+// Extract the n x cols block of a row-major buffer with leading dimension ld.
+template <class T>
+std::vector<T> compact(const std::vector<T>& buf, index_t n, index_t cols, index_t ld) {
+  std::vector<T> out(static_cast<std::size_t>(n * cols));
+  for (index_t i = 0; i < n; ++i)
+    for (index_t j = 0; j < cols; ++j) out[static_cast<std::size_t>(i * cols + j)] = buf[static_cast<std::size_t>(i * ld + j)];
+  return out;
+}
+
+template <class T>
+lori::row_major_view<const T> cview(const device_buffer<T>& b, index_t rows, index_t cols, index_t ld = -1) {
+  return lori::row_major_view<const T>(b.data(), rows, cols, ld);
+}
+template <class T>
+lori::row_major_view<T> mview(device_buffer<T>& b, index_t rows, index_t cols, index_t ld = -1) {
+  return lori::row_major_view<T>(b.data(), rows, cols, ld);
+}
+
+template <class T>
+bool is_poison(T x) {
+  if constexpr (std::is_same_v<T, float>) {
+    std::uint32_t u;
+    std::memcpy(&u, &x, 4);
+    return u == 0xffffffffu;
+  } else {
+    return x.bits == 0xffffu;
+  }
+}
+
+// ---- references ------------------------------------------------------------------------------------
+// H(t, j) = Σ_kk X(t, kk) A(j, kk), with hl2(t, j)² = Σ (X A)².
+template <class T>
+void ref_project(const host_mat<T>& X, const host_mat<T>& A, std::vector<double>& H, std::vector<double>& hl2) {
+  const index_t n = X.rows, k = X.cols, r = A.rows;
+  H.assign(static_cast<std::size_t>(n * r), 0.0);
+  hl2.assign(static_cast<std::size_t>(n * r), 0.0);
+  for (index_t t = 0; t < n; ++t)
+    for (index_t j = 0; j < r; ++j) {
+      double s = 0, q = 0;
+      for (index_t kk = 0; kk < k; ++kk) {
+        const double v = X(t, kk) * A(j, kk);
+        s += v;
+        q += v * v;
+      }
+      H[static_cast<std::size_t>(t * r + j)] = s;
+      hl2[static_cast<std::size_t>(t * r + j)] = q;  // squared
+    }
+}
+
+// Y(t, c) = Y0(t, c) [+ Σ X W] + s Σ_j H(t, j) B(c, j); L2² also carries the nested H terms.
+template <class T>
+void ref_layer(const host_mat<T>* X, const host_mat<T>* W, const std::vector<double>& H, const std::vector<double>& hl2,
+               const host_sparse<T>& B, double s, const std::vector<double>* Y0, index_t n, std::vector<double>& Y,
+               std::vector<double>& l2) {
+  const index_t d = B.rows, r = B.cols;
+  Y.assign(static_cast<std::size_t>(n * d), 0.0);
+  l2.assign(static_cast<std::size_t>(n * d), 0.0);
+  for (index_t t = 0; t < n; ++t)
+    for (index_t c = 0; c < d; ++c) {
+      double y = Y0 ? (*Y0)[static_cast<std::size_t>(t * d + c)] : 0.0, q = y * y;
+      if (W != nullptr)
+        for (index_t kk = 0; kk < X->cols; ++kk) {
+          const double v = (*X)(t, kk) * (*W)(c, kk);
+          y += v;
+          q += v * v;
+        }
+      for (index_t j = 0; j < r; ++j) {
+        const double b = B(c, j);
+        if (b == 0.0) continue;
+        const double h = H[static_cast<std::size_t>(t * r + j)];
+        y += s * h * b;
+        q += (s * h * b) * (s * h * b) + (s * b) * (s * b) * hl2[static_cast<std::size_t>(t * r + j)];
+      }
+      Y[static_cast<std::size_t>(t * d + c)] = y;
+      l2[static_cast<std::size_t>(t * d + c)] = std::sqrt(q);
+    }
+}
+
+template <class T>
+struct fwd_case {
+  index_t n, k, d, r;
+};
+
+}  // namespace
+
+// =====================================================================================================
+TEST_CASE_TEMPLATE("sparse_b: host and device-mask construction agree with lori::bitmask", T, float, lori::bfloat16,
+                   lori::half) {
+  LORI_TEST_SEED_INFO();
+  auto g = lori_test::rng(101);
+  lori::cuda::context ctx;
+  for (const auto& shape : {std::pair<index_t, index_t>{1, 1}, {5, 3}, {300, 32}, {77, 65}, {2000, 130}, {0, 8}}) {
+    const index_t d = shape.first, r = shape.second;
+    CAPTURE(d);
+    CAPTURE(r);
+    const auto hb = random_sparse<T>(d, r, 0.1, 1.0, g);
+    const auto dev = lori::cuda::sparse_b<T>::from_host(hb.mask, hb.packed);
+    CHECK(dev.nnz() == hb.mask.count());
+    CHECK(dev.mask_to_host() == hb.mask);
+
+    // Dense scatter (poisoned first) equals the host dense B.
+    device_buffer<T> dense(d * r);
+    dense.fill_bytes(0xff);
+    dev.scatter_to_dense(dense.data(), r, nullptr);
+    const auto back = dense.download();
+    index_t wrong = 0;
+    for (std::size_t i = 0; i < back.size(); ++i) wrong += static_cast<double>(lori::to_float(back[i])) != hb.dense[i];
+    CHECK(wrong == 0);
+
+    // From the device mask: same CSR; gather from the dense B gives back the packed values.
+    device_buffer<std::uint64_t> words(hb.mask.words());
+    auto dev2 = lori::cuda::sparse_b<T>::from_device_mask(words.data(), d, r, nullptr);
+    CHECK(dev2.nnz() == dev.nnz());
+    const auto csr = hb.mask.template to_csr<std::int32_t>();
+    std::vector<std::int32_t> rp(static_cast<std::size_t>(d + 1)), ci(static_cast<std::size_t>(dev2.nnz()));
+    LORI_CUDA_CHECK(cudaMemcpy(rp.data(), dev2.row_ptr(), rp.size() * 4, cudaMemcpyDeviceToHost));
+    if (!ci.empty()) LORI_CUDA_CHECK(cudaMemcpy(ci.data(), dev2.col_idx(), ci.size() * 4, cudaMemcpyDeviceToHost));
+    CHECK(rp == csr.row_ptr);
+    CHECK(ci == csr.col_idx);
+    dev2.value_buffer().fill_bytes(0xff);
+    dev2.gather_from_dense(dense.data(), r, nullptr);
+    const auto vals = dev2.value_buffer().download();
+    index_t vwrong = 0;
+    for (std::size_t p = 0; p < vals.size(); ++p) vwrong += std::memcmp(&vals[p], &hb.packed[p], sizeof(T)) != 0;
+    CHECK(vwrong == 0);
+  }
+}
+
+// =====================================================================================================
+namespace {
+template <class T>
+void forward_case(lori::cuda::context& ctx, index_t n, index_t k, index_t d, index_t r, index_t pad,
+                  std::mt19937_64& g) {
+  CAPTURE(n);
+  CAPTURE(k);
+  CAPTURE(d);
+  CAPTURE(r);
+  CAPTURE(pad);
+  INFO("type " << type_name<T>());
+  const double s = 0.5;
+  const index_t ldx = k + pad, ldy = d + pad;
+  const auto X = random_mat<T>(n, k, 1.0, g, ldx);
+  const auto A = random_mat<T>(r, k, 1.0 / std::sqrt(static_cast<double>(k)), g);
+  const auto W = random_mat<T>(d, k, 1.0 / std::sqrt(static_cast<double>(k)), g);
+  const auto hb = random_sparse<T>(d, r, 0.1, 1.0, g);
+  const auto Y0 = random_mat<T>(n, d, 1.0, g, ldy);
+  const auto B = lori::cuda::sparse_b<T>::from_host(hb.mask, hb.packed);
+  device_buffer<T> dX(X.s), dA(A.s), dW(W.s), dY(static_cast<index_t>(Y0.s.size()));
+  device_buffer<unsigned char> ws(static_cast<index_t>(lori::cuda::adapter_forward_workspace_bytes(ctx, n, r)) + 1);
+
+  std::vector<double> H, hl2, Yref, l2, Y0c(static_cast<std::size_t>(n * d));
+  ref_project(X, A, H, hl2);
+  for (index_t t = 0; t < n; ++t)
+    for (index_t c = 0; c < d; ++c) Y0c[static_cast<std::size_t>(t * d + c)] = Y0(t, c);
+  const auto xv = cview(dX, n, k, ldx);
+  const auto av = cview(dA, r, k);
+
+  // adapter_project: H in fp32.
+  {
+    device_buffer<float> dH(n * r);
+    dH.fill_bytes(0xff);
+    lori::cuda::adapter_project<T>(ctx, xv, av, dH.data());
+    std::vector<double> hl(hl2.size());
+    for (std::size_t i = 0; i < hl.size(); ++i) hl[i] = std::sqrt(hl2[i]);
+    INFO("adapter_project");
+    LORI_CHECK_CLOSE(check_close<float>(dH.download(), H, hl, tc_slack<T>(), static_cast<double>(k)));
+  }
+  ref_layer<T>(nullptr, nullptr, H, hl2, hb, s, &Y0c, n, Yref, l2);
+  const double K = static_cast<double>(k > r ? k : r);
+
+  // adapter_forward (decode kernel when n <= 64, else project + expand): Y = Y0 + adapter.
+  {
+    dY.upload(Y0.s);
+    ws.fill_bytes(0xff);
+    lori::cuda::adapter_forward<T>(ctx, xv, av, B, static_cast<float>(s), mview(dY, n, d, ldy), ws.data(), ws.bytes());
+    const auto got = dY.download();
+    INFO("adapter_forward");
+    LORI_CHECK_CLOSE(check_close<T>(compact(got, n, d, ldy), Yref, l2, tc_slack<T>(), K));
+    index_t pad_changed = 0;  // padding columns must be untouched
+    for (index_t t = 0; t < n; ++t)
+      for (index_t c = d; c < ldy; ++c)
+        pad_changed += std::memcmp(&got[static_cast<std::size_t>(t * ldy + c)], &Y0.s[static_cast<std::size_t>(t * ldy + c)], sizeof(T)) != 0;
+    CHECK(pad_changed == 0);
+  }
+  // The two-launch path explicitly (also for small n).
+  {
+    dY.upload(Y0.s);
+    device_buffer<float> dH(n * r);
+    dH.fill_bytes(0xff);
+    lori::cuda::adapter_project<T>(ctx, xv, av, dH.data());
+    lori::cuda::adapter_expand<T>(ctx, dH.data(), n, static_cast<float>(s), B, mview(dY, n, d, ldy), true);
+    INFO("adapter_project + adapter_expand");
+    LORI_CHECK_CLOSE(check_close<T>(compact(dY.download(), n, d, ldy), Yref, l2, tc_slack<T>(), K));
+  }
+  // The decode kernel explicitly where it applies.
+  if (n >= 1 && n <= lori::cuda::decode_max_tokens && n * r <= 4096 && ctx.cooperative_launch()) {
+    dY.upload(Y0.s);
+    ws.fill_bytes(0xff);
+    lori::cuda::adapter_forward_decode<T>(ctx, xv, av, B, static_cast<float>(s), mview(dY, n, d, ldy), ws.data(),
+                                          ws.bytes());
+    INFO("adapter_forward_decode");
+    LORI_CHECK_CLOSE(check_close<T>(compact(dY.download(), n, d, ldy), Yref, l2, tc_slack<T>(), K));
+  }
+  // layer_forward: Y poisoned (padding too); base + adapter, one intermediate rounding of a part.
+  {
+    std::vector<double> Yl, l2l;
+    ref_layer<T>(&X, &W, H, hl2, hb, s, nullptr, n, Yl, l2l);
+    dY.fill_bytes(0xff);
+    ws.fill_bytes(0xff);
+    lori::cuda::layer_forward<T>(ctx, xv, cview(dW, d, k), av, B, static_cast<float>(s), mview(dY, n, d, ldy), ws.data(),
+                                 ws.bytes());
+    const auto got = dY.download();
+    INFO("layer_forward");
+    LORI_CHECK_CLOSE(check_close<T>(compact(got, n, d, ldy), Yl, l2l, unit_roundoff<T>(), K));
+    index_t pad_changed = 0;
+    for (index_t t = 0; t < n; ++t)
+      for (index_t c = d; c < ldy; ++c) pad_changed += !is_poison(got[static_cast<std::size_t>(t * ldy + c)]);
+    CHECK(pad_changed == 0);
+
+    // layer_forward_widened: X_ext = [X | poison], W_ext = [W | B dense] built with scatter_to_dense.
+    const index_t kr = k + r;
+    std::vector<T> xe(static_cast<std::size_t>(n * kr)), we(static_cast<std::size_t>(d * kr));
+    std::memset(static_cast<void*>(xe.data()), 0xff, xe.size() * sizeof(T));
+    std::memset(static_cast<void*>(we.data()), 0xff, we.size() * sizeof(T));
+    for (index_t t = 0; t < n; ++t)
+      for (index_t kk = 0; kk < k; ++kk) xe[static_cast<std::size_t>(t * kr + kk)] = X.s[static_cast<std::size_t>(t * ldx + kk)];
+    for (index_t c = 0; c < d; ++c)
+      for (index_t kk = 0; kk < k; ++kk) we[static_cast<std::size_t>(c * kr + kk)] = W.s[static_cast<std::size_t>(c * k + kk)];
+    device_buffer<T> dXe(xe), dWe(we);
+    B.scatter_to_dense(dWe.data() + k, kr, nullptr);
+    dY.fill_bytes(0xff);
+    lori::cuda::layer_forward_widened<T>(ctx, mview(dXe, n, kr), cview(dWe, d, kr), av, static_cast<float>(s),
+                                         mview(dY, n, d, ldy));
+    INFO("layer_forward_widened");
+    LORI_CHECK_CLOSE(check_close<T>(compact(dY.download(), n, d, ldy), Yl, l2l, unit_roundoff<T>(), K));
+  }
+}
+}  // namespace
+
+TEST_CASE_TEMPLATE("adapter forward (decode, two-launch, whole layer) matches the double reference", T, float,
+                   lori::bfloat16, lori::half) {
+  LORI_TEST_SEED_INFO();
+  auto g = lori_test::rng(202);
+  lori::cuda::context ctx;
+  // n: decode sizes (1, 3, 64), odd and large; k, d not multiples of 8; r from 1 to 256.
+  forward_case<T>(ctx, 1, 256, 256, 32, 0, g);
+  forward_case<T>(ctx, 3, 129, 77, 8, 3, g);
+  forward_case<T>(ctx, 64, 256, 300, 32, 0, g);
+  forward_case<T>(ctx, 16, 100, 130, 256, 1, g);  // n * r = 4096: decode at its limit
+  forward_case<T>(ctx, 65, 131, 203, 32, 5, g);
+  forward_case<T>(ctx, 33, 64, 96, 128, 0, g);    // n * r > 4096: two-launch path at small n
+  forward_case<T>(ctx, 300, 256, 512, 16, 0, g);
+  forward_case<T>(ctx, 70, 64, 100, 1, 2, g);
+  forward_case<T>(ctx, 0, 64, 100, 16, 0, g);     // no tokens: nothing happens, nothing throws
+}
+
+TEST_CASE("adapter forward rejects bad shapes and missing workspace") {
+  lori::cuda::context ctx;
+  using T = lori::bfloat16;
+  auto g = lori_test::rng(203);
+  const auto hb = random_sparse<T>(40, 8, 0.2, 1.0, g);
+  const auto B = lori::cuda::sparse_b<T>::from_host(hb.mask, hb.packed);
+  device_buffer<T> X(100 * 64), A(8 * 64), Y(100 * 40), W(40 * 64);
+  device_buffer<unsigned char> ws(static_cast<index_t>(lori::cuda::adapter_forward_workspace_bytes(ctx, 100, 8)));
+  for (auto* b : {&X, &A, &Y, &W}) b->fill_bytes(0);
+  auto xv = cview(X, 100, 64);
+  CHECK_THROWS_AS(lori::cuda::adapter_forward<T>(ctx, xv, cview(A, 8, 60), B, 1.0f, mview(Y, 100, 40), ws.data(), ws.bytes()),
+                  lori::error);  // k mismatch
+  CHECK_THROWS_AS(lori::cuda::adapter_forward<T>(ctx, xv, cview(A, 4, 64), B, 1.0f, mview(Y, 100, 40), ws.data(), ws.bytes()),
+                  lori::error);  // r mismatch
+  CHECK_THROWS_AS(lori::cuda::adapter_forward<T>(ctx, xv, cview(A, 8, 64), B, 1.0f, mview(Y, 100, 39), ws.data(), ws.bytes()),
+                  lori::error);  // Y shape
+  CHECK_THROWS_AS(lori::cuda::adapter_forward<T>(ctx, xv, cview(A, 8, 64), B, 1.0f, mview(Y, 100, 40), ws.data(), 3),
+                  lori::error);  // workspace too small
+  CHECK_THROWS_AS(lori::cuda::layer_forward<T>(ctx, xv, cview(W, 40, 63), cview(A, 8, 64), B, 1.0f, mview(Y, 100, 40),
+                                               ws.data(), ws.bytes()),
+                  lori::error);  // W shape
+  CHECK_THROWS_AS(lori::cuda::adapter_forward_decode<T>(ctx, cview(X, 100, 64), cview(A, 8, 64), B, 1.0f,
+                                                        mview(Y, 100, 40), ws.data(), ws.bytes()),
+                  lori::error);  // decode: n > 64
+  CHECK_NOTHROW(lori::cuda::adapter_forward<T>(ctx, xv, cview(A, 8, 64), B, 1.0f, mview(Y, 100, 40), ws.data(), ws.bytes()));
+  LORI_CUDA_CHECK(cudaDeviceSynchronize());
+}
+
+// =====================================================================================================
+namespace {
+template <class T>
+void sddmm_case(lori::cuda::context& ctx, index_t n, index_t d, index_t r, index_t pad, std::mt19937_64& g) {
+  CAPTURE(n);
+  CAPTURE(d);
+  CAPTURE(r);
+  CAPTURE(pad);
+  INFO("type " << type_name<T>());
+  const double s = 0.75;
+  const index_t ldg = d + pad;
+  const auto G = random_mat<T>(n, d, 1.0, g, ldg);
+  std::vector<float> H(static_cast<std::size_t>(n * r));  // fp32, generally not representable in T
+  std::normal_distribution<double> nd;
+  for (auto& h : H) h = static_cast<float>(nd(g));
+  const auto hb = random_sparse<T>(d, r, 0.1, 1.0, g);
+  const auto B = lori::cuda::sparse_b<T>::from_host(hb.mask, hb.packed);
+  const auto csr = hb.mask.template to_csr<std::int32_t>();
+  std::vector<double> ref(static_cast<std::size_t>(B.nnz())), l2(ref.size());
+  for (index_t i = 0; i < d; ++i)
+    for (std::int32_t p = csr.row_ptr[static_cast<std::size_t>(i)]; p < csr.row_ptr[static_cast<std::size_t>(i + 1)]; ++p) {
+      const index_t j = csr.col_idx[static_cast<std::size_t>(p)];
+      double acc = 0, q = 0;
+      for (index_t t = 0; t < n; ++t) {
+        const double v = s * G(t, i) * static_cast<double>(H[static_cast<std::size_t>(t * r + j)]);
+        acc += v;
+        q += v * v;
+      }
+      ref[static_cast<std::size_t>(p)] = acc;
+      l2[static_cast<std::size_t>(p)] = std::sqrt(q);
+    }
+  device_buffer<T> dG(G.s), out(B.nnz());
+  device_buffer<float> dH(H);
+  device_buffer<unsigned char> ws(static_cast<index_t>(lori::cuda::grad_b_workspace_bytes(ctx, n, d, r, B.nnz())) + 1);
+  out.fill_bytes(0xff);
+  ws.fill_bytes(0xff);
+  lori::cuda::grad_b_sddmm<T>(ctx, cview(dG, n, d, ldg), dH.data(), static_cast<float>(s), B, out.data(), ws.data(),
+                              ws.bytes());
+  // 16-bit types round H to T for the tensor cores: an intermediate rounding.
+  const double ui = std::is_same_v<T, float> ? 0.0 : unit_roundoff<T>();
+  LORI_CHECK_CLOSE(check_close<T>(out.download(), ref, l2, ui, static_cast<double>(n)));
+}
+
+template <class T>
+void grad_x_case(lori::cuda::context& ctx, index_t n, index_t k, index_t d, index_t r, std::mt19937_64& g) {
+  CAPTURE(n);
+  CAPTURE(k);
+  CAPTURE(d);
+  CAPTURE(r);
+  INFO("type " << type_name<T>());
+  const double s = 0.5;
+  const auto G = random_mat<T>(n, d, 1.0, g);
+  const auto W = random_mat<T>(d, k, 1.0 / std::sqrt(static_cast<double>(d)), g);
+  const auto A = random_mat<T>(r, k, 1.0, g);
+  const auto hb = random_sparse<T>(d, r, 0.1, 1.0 / std::sqrt(static_cast<double>(d)), g);
+  const auto B = lori::cuda::sparse_b<T>::from_host(hb.mask, hb.packed);
+  std::vector<double> ref(static_cast<std::size_t>(n * k)), l2(ref.size());
+  std::vector<double> U(static_cast<std::size_t>(r)), Uq(static_cast<std::size_t>(r));
+  for (index_t t = 0; t < n; ++t) {
+    for (index_t j = 0; j < r; ++j) {
+      double u = 0, q = 0;
+      for (index_t c = 0; c < d; ++c) {
+        const double v = G(t, c) * hb(c, j);
+        u += v;
+        q += v * v;
+      }
+      U[static_cast<std::size_t>(j)] = u;
+      Uq[static_cast<std::size_t>(j)] = q;
+    }
+    for (index_t kk = 0; kk < k; ++kk) {
+      double x = 0, q = 0;
+      for (index_t c = 0; c < d; ++c) {
+        const double v = G(t, c) * W(c, kk);
+        x += v;
+        q += v * v;
+      }
+      for (index_t j = 0; j < r; ++j) {
+        const double v = s * U[static_cast<std::size_t>(j)] * A(j, kk);
+        x += v;
+        q += v * v + (s * A(j, kk)) * (s * A(j, kk)) * Uq[static_cast<std::size_t>(j)];
+      }
+      ref[static_cast<std::size_t>(t * k + kk)] = x;
+      l2[static_cast<std::size_t>(t * k + kk)] = std::sqrt(q);
+    }
+  }
+  device_buffer<T> dG(G.s), dW(W.s), dA(A.s), dX(n * k);
+  device_buffer<unsigned char> ws(static_cast<index_t>(lori::cuda::grad_x_workspace_bytes<T>(n, d, r)) + 1);
+  dX.fill_bytes(0xff);
+  ws.fill_bytes(0xff);
+  lori::cuda::grad_x<T>(ctx, cview(dG, n, d), cview(dW, d, k), cview(dA, r, k), B, static_cast<float>(s), mview(dX, n, k),
+                        ws.data(), ws.bytes());
+  const double ui = std::is_same_v<T, float> ? 0.0 : unit_roundoff<T>();  // G·B and G·W rounded to T
+  LORI_CHECK_CLOSE(check_close<T>(dX.download(), ref, l2, ui, static_cast<double>(d)));
+}
+}  // namespace
+
+TEST_CASE_TEMPLATE("grad_b_sddmm: masked dB into compact values matches the double reference", T, float,
+                   lori::bfloat16, lori::half) {
+  LORI_TEST_SEED_INFO();
+  auto g = lori_test::rng(303);
+  lori::cuda::context ctx;
+  sddmm_case<T>(ctx, 1, 256, 32, 0, g);
+  sddmm_case<T>(ctx, 3, 77, 8, 1, g);      // d odd, ld odd: scalar staging path
+  sddmm_case<T>(ctx, 65, 300, 32, 0, g);
+  sddmm_case<T>(ctx, 2048, 512, 32, 0, g);  // several token splits + deterministic reduction
+  sddmm_case<T>(ctx, 1000, 203, 17, 3, g);  // r not a multiple of 16
+  sddmm_case<T>(ctx, 700, 136, 128, 8, g);  // r at its limit, vector staging with ld padding
+  sddmm_case<T>(ctx, 0, 64, 16, 0, g);      // no tokens: zeros
+}
+
+TEST_CASE("grad_b_sddmm is deterministic and rejects bad arguments") {
+  lori::cuda::context ctx;
+  using T = lori::bfloat16;
+  auto g = lori_test::rng(304);
+  const index_t n = 4096, d = 256, r = 32;
+  const auto G = random_mat<T>(n, d, 1.0, g);
+  std::vector<float> H(static_cast<std::size_t>(n * r), 0.25f);
+  const auto hb = random_sparse<T>(d, r, 0.1, 1.0, g);
+  const auto B = lori::cuda::sparse_b<T>::from_host(hb.mask, hb.packed);
+  device_buffer<T> dG(G.s), o1(B.nnz()), o2(B.nnz());
+  device_buffer<float> dH(H);
+  device_buffer<unsigned char> ws(static_cast<index_t>(lori::cuda::grad_b_workspace_bytes(ctx, n, d, r, B.nnz())) + 1);
+  lori::cuda::grad_b_sddmm<T>(ctx, cview(dG, n, d), dH.data(), 1.0f, B, o1.data(), ws.data(), ws.bytes());
+  lori::cuda::grad_b_sddmm<T>(ctx, cview(dG, n, d), dH.data(), 1.0f, B, o2.data(), ws.data(), ws.bytes());
+  const auto a = o1.download(), b = o2.download();
+  CHECK(std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0);
+  CHECK_THROWS_AS(lori::cuda::grad_b_sddmm<T>(ctx, cview(dG, n, d - 1), dH.data(), 1.0f, B, o1.data(), ws.data(), ws.bytes()),
+                  lori::error);
+  if (lori::cuda::grad_b_workspace_bytes(ctx, n, d, r, B.nnz()) > 0) {
+    CHECK_THROWS_AS(lori::cuda::grad_b_sddmm<T>(ctx, cview(dG, n, d), dH.data(), 1.0f, B, o1.data(), nullptr, 0),
+                    lori::error);
+  }
+}
+
+TEST_CASE_TEMPLATE("grad_x = G·W + s·(G·B)·A matches the double reference", T, float, lori::bfloat16, lori::half) {
+  LORI_TEST_SEED_INFO();
+  auto g = lori_test::rng(404);
+  lori::cuda::context ctx;
+  grad_x_case<T>(ctx, 1, 64, 96, 16, g);
+  grad_x_case<T>(ctx, 3, 129, 77, 8, g);
+  grad_x_case<T>(ctx, 65, 100, 203, 32, g);
+  grad_x_case<T>(ctx, 256, 256, 256, 32, g);
+  lori::cuda::device_buffer<T> z(4);
+  const auto hb = random_sparse<T>(4, 2, 0.5, 1.0, g);
+  const auto B = lori::cuda::sparse_b<T>::from_host(hb.mask, hb.packed);
+  CHECK_THROWS_AS(lori::cuda::grad_x<T>(ctx, cview(z, 1, 4), cview(z, 4, 1), cview(z, 2, 2), B, 1.0f, mview(z, 1, 1),
+                                        nullptr, 0),
+                  lori::error);  // A is 2 x 2 but must be r x k = 2 x 1
+}
+
+// =====================================================================================================
+TEST_CASE_TEMPLATE("adamw_step and sgd_step: one fused launch over many tensors matches torch's rule", T, float,
+                   lori::bfloat16, lori::half) {
+  LORI_TEST_SEED_INFO();
+  INFO("type " << type_name<T>());
+  auto g = lori_test::rng(505);
+  lori::cuda::context ctx;
+  // Sizes: empty, tiny, odd, exactly one chunk, more than one chunk.
+  const std::vector<index_t> sizes = {0, 1, 3, 4095, 4096, 4097, 10000, 257};
+  std::normal_distribution<double> nd;
+  std::vector<host_mat<T>> P, Gr;
+  std::vector<std::vector<float>> M, V;
+  std::vector<device_buffer<T>> dP, dG;
+  std::vector<device_buffer<float>> dM, dV;
+  std::vector<lori::cuda::optim_tensor<T>> tensors;
+  for (const index_t n : sizes) {
+    P.push_back(random_mat<T>(1, n, 1.0, g));
+    Gr.push_back(random_mat<T>(1, n, 0.1, g));
+    std::vector<float> m(static_cast<std::size_t>(n)), v(static_cast<std::size_t>(n));
+    for (auto& x : m) x = static_cast<float>(0.05 * nd(g));
+    for (auto& x : v) x = static_cast<float>(0.01 * std::fabs(nd(g)));
+    M.push_back(m);
+    V.push_back(v);
+  }
+  for (std::size_t i = 0; i < sizes.size(); ++i) {
+    dP.emplace_back(P[i].s);
+    dG.emplace_back(Gr[i].s);
+    dM.emplace_back(M[i]);
+    dV.emplace_back(V[i]);
+  }
+  for (std::size_t i = 0; i < sizes.size(); ++i)
+    tensors.push_back({dP[i].data(), dG[i].data(), dM[i].data(), dV[i].data(), sizes[i]});
+  const lori::cuda::multi_tensor_plan<T> plan(tensors);
+  index_t expect_chunks = 0;
+  for (const index_t n : sizes) expect_chunks += (n + 4095) / 4096;
+  CHECK(plan.chunks() == expect_chunks);
+
+  const double u = unit_roundoff<T>(), u32 = std::ldexp(1.0, -24);
+  // fp16 values below 2^-14 are subnormal: rounding error up to half their spacing, 2^-25, absolute.
+  const double sub = std::is_same_v<T, lori::half> ? std::ldexp(1.0, -25) : 0.0;
+  for (const std::int64_t step : {std::int64_t{1}, std::int64_t{7}, std::int64_t{1000}}) {
+    CAPTURE(step);
+    lori::cuda::adamw_params hp;
+    hp.lr = 1e-2f;
+    hp.weight_decay = 0.1f;
+    for (std::size_t i = 0; i < sizes.size(); ++i) {
+      dP[i].upload(P[i].s);
+      dM[i].upload(M[i]);
+      dV[i].upload(V[i]);
+    }
+    lori::cuda::adamw_step<T>(ctx, plan, hp, step);
+    index_t bad = 0;
+    for (std::size_t i = 0; i < sizes.size(); ++i) {
+      const auto p = dP[i].download();
+      const auto m = dM[i].download();
+      const auto v = dV[i].download();
+      const double b1 = hp.beta1, b2 = hp.beta2, lr = hp.lr, wd = hp.weight_decay, eps = hp.eps;
+      const double bc1 = 1 - std::pow(b1, static_cast<double>(step)), bc2 = 1 - std::pow(b2, static_cast<double>(step));
+      for (index_t e = 0; e < sizes[i]; ++e) {
+        const auto ei = static_cast<std::size_t>(e);
+        const double gg = Gr[i].d[ei], p0 = P[i].d[ei] * (1 - lr * wd);
+        const double mr = b1 * M[i][ei] + (1 - b1) * gg;
+        const double vr = b2 * V[i][ei] + (1 - b2) * gg * gg;
+        const double upd = (lr / bc1) * mr / (std::sqrt(vr) / std::sqrt(bc2) + eps);
+        const double pr = p0 - upd;
+        // p: final rounding to T plus a few fp32 roundings of each part; m, v: fp32 roundings.
+        bad += !(std::fabs(lori::to_float(p[ei]) - pr) <= 2 * u * std::fabs(pr) + 16 * u32 * (std::fabs(p0) + std::fabs(upd)) + sub);
+        bad += !(std::fabs(m[ei] - mr) <= 4 * u32 * (std::fabs(b1 * M[i][ei]) + std::fabs((1 - b1) * gg)));
+        bad += !(std::fabs(v[ei] - vr) <= 4 * u32 * (b2 * V[i][ei] + (1 - b2) * gg * gg));
+      }
+    }
+    CHECK(bad == 0);
+  }
+  // SGD with weight decay on the same plan.
+  for (std::size_t i = 0; i < sizes.size(); ++i) dP[i].upload(P[i].s);
+  const double lr = 0.05, wd = 0.01;
+  lori::cuda::sgd_step<T>(ctx, plan, static_cast<float>(lr), static_cast<float>(wd));
+  index_t bad = 0;
+  for (std::size_t i = 0; i < sizes.size(); ++i) {
+    const auto p = dP[i].download();
+    for (index_t e = 0; e < sizes[i]; ++e) {
+      const auto ei = static_cast<std::size_t>(e);
+      const double p0 = P[i].d[ei], gg = Gr[i].d[ei];
+      const double pr = p0 - lr * (gg + wd * p0);
+      bad += !(std::fabs(lori::to_float(p[ei]) - pr) <= 2 * u * std::fabs(pr) + 8 * u32 * (std::fabs(p0) + lr * std::fabs(gg)) + sub);
+    }
+  }
+  CHECK(bad == 0);
+  CHECK_THROWS_AS(lori::cuda::adamw_step<T>(ctx, plan, lori::cuda::adamw_params{}, 0), lori::error);
+  const lori::cuda::multi_tensor_plan<T> sgd_only({{dP[1].data(), dG[1].data(), nullptr, nullptr, 1}}, false);
+  CHECK_THROWS_AS(lori::cuda::adamw_step<T>(ctx, sgd_only, lori::cuda::adamw_params{}, 1), lori::error);
+  CHECK_THROWS_AS(lori::cuda::multi_tensor_plan<T>({{dP[1].data(), dG[1].data(), nullptr, nullptr, 1}}), lori::error);
+}
+
+// =====================================================================================================
+namespace {
+template <class T>
+void merge_case(lori::cuda::context& ctx, index_t d, index_t k, const std::vector<index_t>& ranks,
+                const std::vector<bool>& sparse, const std::vector<double>& scales, std::mt19937_64& g) {
+  CAPTURE(d);
+  CAPTURE(k);
+  INFO("type " << type_name<T>() << ", adapters " << ranks.size());
+  const auto W = random_mat<T>(d, k, 1.0, g);
+  std::vector<host_mat<T>> As, Bd;
+  std::vector<host_sparse<T>> Bs;
+  std::vector<device_buffer<T>> dA, dB;
+  std::vector<lori::cuda::sparse_b<T>> sB;
+  sB.reserve(ranks.size());
+  for (std::size_t t = 0; t < ranks.size(); ++t) {
+    const index_t r = ranks[t];
+    As.push_back(random_mat<T>(r, k, 1.0 / std::sqrt(static_cast<double>(r)), g));
+    Bd.push_back(random_mat<T>(d, r, 1.0, g));
+    Bs.push_back(random_sparse<T>(d, r, 0.1, 1.0, g));
+    dA.emplace_back(As.back().s);
+    dB.emplace_back(Bd.back().s);
+    sB.push_back(lori::cuda::sparse_b<T>::from_host(Bs.back().mask, Bs.back().packed));
+  }
+  bool same = true;
+  for (const double s : scales) same = same && s == scales.front();
+  std::vector<lori::cuda::merge_source<T>> src;
+  for (std::size_t t = 0; t < ranks.size(); ++t) {
+    lori::cuda::merge_source<T> m;
+    m.scale = static_cast<float>(scales[t]);
+    m.A = cview(dA[t], ranks[t], k);
+    if (sparse[t]) m.B_sparse = &sB[t];
+    else m.B_dense = cview(dB[t], d, ranks[t]);
+    src.push_back(m);
+  }
+  std::vector<double> ref(static_cast<std::size_t>(d * k)), l2(ref.size());
+  for (index_t i = 0; i < d; ++i)
+    for (index_t c = 0; c < k; ++c) {
+      double w = W(i, c), q = w * w;
+      for (std::size_t t = 0; t < ranks.size(); ++t)
+        for (index_t j = 0; j < ranks[t]; ++j) {
+          const double b = sparse[t] ? Bs[t](i, j) : Bd[t](i, j);
+          const double v = static_cast<double>(static_cast<float>(scales[t])) * b * As[t](j, c);
+          w += v;
+          q += v * v;
+        }
+      ref[static_cast<std::size_t>(i * k + c)] = w;
+      l2[static_cast<std::size_t>(i * k + c)] = std::sqrt(q);
+    }
+  device_buffer<T> dW(W.s);
+  device_buffer<unsigned char> ws(static_cast<index_t>(lori::cuda::merge_workspace_bytes<T>(d, k, src)) + 1);
+  ws.fill_bytes(0xff);
+  lori::cuda::merge_into<T>(ctx, mview(dW, d, k), src, ws.data(), ws.bytes());
+  index_t R = 0;
+  for (const index_t r : ranks) R += r;
+  const double ui = same || std::is_same_v<T, float> ? tc_slack<T>() : unit_roundoff<T>();  // s·B rounded when scales differ
+  LORI_CHECK_CLOSE(check_close<T>(dW.download(), ref, l2, ui, static_cast<double>(R)));
+}
+}  // namespace
+
+TEST_CASE_TEMPLATE("merge_into: W += Σ s·B·A in one GEMM, dense and sparse B, matches the double reference", T, float,
+                   lori::bfloat16, lori::half) {
+  LORI_TEST_SEED_INFO();
+  auto g = lori_test::rng(606);
+  lori::cuda::context ctx;
+  merge_case<T>(ctx, 448, 256, {32, 32, 32, 32}, {true, true, false, true}, {0.5, 0.5, 0.5, 0.5}, g);
+  merge_case<T>(ctx, 77, 129, {8, 16}, {false, true}, {0.3, -1.7}, g);
+  merge_case<T>(ctx, 1, 1, {1}, {false}, {2.0}, g);
+  merge_case<T>(ctx, 300, 203, {32}, {true}, {1.0}, g);
+  lori::cuda::device_buffer<T> z(16);
+  std::vector<lori::cuda::merge_source<T>> bad(1);
+  bad[0].A = cview(z, 2, 4);
+  bad[0].B_dense = cview(z, 4, 3);  // rank 3 but A has 2 rows
+  CHECK_THROWS_AS(lori::cuda::merge_into<T>(ctx, mview(z, 4, 4), bad, nullptr, 0), lori::error);
+}

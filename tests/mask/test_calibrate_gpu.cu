@@ -1,0 +1,196 @@
+// GPU mask calibration (lori::cuda::calibration_plan) against the CPU path, bit for bit: every
+// granularity, both semantics, float and double, ties, exclusions, padded views, odd shapes, the
+// compact (candidate) path and the forced full-data fallback, with every output word poisoned first.
+#include <doctest/doctest.h>
+
+#include "calibrate_reference.hpp"
+#include "lori/cuda/calibrate.cuh"
+#include "lori/cuda/device_buffer.cuh"
+#include "lori/mask/calibrate.hpp"
+#include "test_util.hpp"
+
+#include <cstddef>
+#include <limits>
+#include <string>
+#include <vector>
+
+namespace {
+
+const lori::mask_granularity all_granularities[] = {lori::mask_granularity::model, lori::mask_granularity::layer,
+                                                    lori::mask_granularity::module, lori::mask_granularity::projection,
+                                                    lori::mask_granularity::matrix};
+const lori::mask_semantics all_semantics[] = {lori::mask_semantics::reference, lori::mask_semantics::exact};
+
+// Device copies of a host adapter: values (with their leading dimension), exclusion words, outputs.
+template <class T>
+struct device_adapter {
+  std::vector<lori::cuda::device_buffer<T>> values;
+  std::vector<lori::cuda::device_buffer<std::uint64_t>> excl, out;
+  std::vector<lori::cuda::device_calibration_tensor<T>> tensors;
+
+  explicit device_adapter(const std::vector<lori::calibration_tensor<T>>& ts) {
+    for (const auto& t : ts) {
+      const lori::index_t r = t.values.rows(), c = t.values.cols(), ld = t.values.ld();
+      std::vector<T> host(static_cast<std::size_t>(r * ld));
+      for (lori::index_t i = 0; i < r; ++i)
+        for (lori::index_t j = 0; j < ld; ++j) host[static_cast<std::size_t>(i * ld + j)] = j < c ? t.values(i, j) : T(7);
+      values.emplace_back(host);
+      excl.emplace_back(t.exclude != nullptr ? t.exclude->words() : std::vector<std::uint64_t>{});
+      out.emplace_back(r * lori::bitmask_words_per_row(c));
+    }
+    for (std::size_t k = 0; k < ts.size(); ++k) {
+      const auto& t = ts[k];
+      const lori::index_t r = t.values.rows(), c = t.values.cols(), wpr = lori::bitmask_words_per_row(c);
+      lori::cuda::device_calibration_tensor<T> d;
+      d.name = t.name;
+      d.values = lori::row_major_view<const T>(values[k].data(), r, c, t.values.ld());
+      if (t.exclude != nullptr) d.exclude = lori::bitmask_view{excl[k].data(), r, c, wpr};
+      d.mask = lori::mutable_bitmask_view{out[k].data(), r, c, wpr};
+      tensors.push_back(d);
+    }
+  }
+  void poison() {
+    for (auto& o : out) o.fill_bytes(0xff);
+  }
+};
+
+template <class T>
+void compare_gpu_cpu(const std::vector<lori::calibration_tensor<T>>& ts, const lori::calibration_options& opt, lori::index_t capacity) {
+  const auto cpu = lori::calibrate_mask(ts, opt);
+  device_adapter<T> dev(ts);
+  lori::cuda::calibration_plan<T> plan(dev.tensors, opt, capacity);
+  lori::cuda::device_buffer<std::byte> ws(static_cast<lori::index_t>(plan.workspace_bytes()));
+  for (int rep = 0; rep < 3; ++rep) {  // a plan runs again with the same workspace
+    INFO("repetition " << rep);
+    dev.poison();
+    if (rep != 1) ws.fill_bytes(rep == 0 ? 0xff : 0x5a);  // the workspace needs no initialisation
+    plan.run(ws.data(), ws.bytes(), nullptr, rep == 1);    // rep 1 reuses the uploaded descriptors
+    const auto r = plan.report(ws.data(), nullptr);
+    REQUIRE(r.groups.size() == cpu.report.groups.size());
+    for (std::size_t g = 0; g < r.groups.size(); ++g) {
+      INFO("group " << r.groups[g].label);
+      CHECK(r.groups[g].k == cpu.report.groups[g].k);
+      CHECK(r.groups[g].threshold == cpu.report.groups[g].threshold);
+      CHECK(r.groups[g].threshold_bits == cpu.report.groups[g].threshold_bits);
+      CHECK(r.groups[g].kept == cpu.report.groups[g].kept);
+      CHECK(r.groups[g].ties_kept == cpu.report.groups[g].ties_kept);
+    }
+    std::size_t wrong_tensors = 0;
+    for (std::size_t t = 0; t < ts.size(); ++t) {
+      const auto words = dev.out[t].download();  // padding bits included: must be zero, as on the CPU
+      if (words != cpu.masks[t].words()) {
+        ++wrong_tensors;
+        MESSAGE("mask differs: " << ts[t].name << " " << ts[t].values.rows() << "x" << ts[t].values.cols());
+      }
+      CHECK(r.tensors[t].kept == cpu.report.tensors[t].kept);
+    }
+    CHECK(wrong_tensors == 0);
+    CHECK(r.total_kept == cpu.report.total_kept);
+  }
+}
+
+template <class T>
+void sweep(const lori_test::random_adapter_spec& spec, std::uint64_t salt, const std::vector<double>& sparsities) {
+  LORI_TEST_SEED_INFO();
+  auto g = lori_test::rng(salt);
+  const auto a = lori_test::make_random_adapter<T>(spec, g);
+  for (double s : sparsities)
+    for (auto gran : all_granularities)
+      for (auto sem : all_semantics)
+        for (lori::index_t cap : {lori::index_t{-1}, lori::index_t{0}, lori::index_t{37}}) {
+          INFO("s=" << s << " granularity=" << lori::to_string(gran) << " exact=" << (sem == lori::mask_semantics::exact)
+                    << " capacity=" << cap);
+          lori::calibration_options opt;
+          opt.sparsity = s;
+          opt.granularity = gran;
+          opt.semantics = sem;
+          compare_gpu_cpu(a.tensors, opt, cap);
+        }
+}
+
+}  // namespace
+
+TEST_CASE("GPU calibration equals the CPU path: normal values") {
+  lori_test::random_adapter_spec spec;
+  sweep<float>(spec, 101, {0.0, 0.9, 1.0});
+  sweep<double>(spec, 102, {0.5, 0.97});
+}
+
+TEST_CASE("GPU calibration equals the CPU path: padded views, exclusions, odd shapes") {
+  lori_test::random_adapter_spec spec;
+  spec.padded_ld = true;
+  spec.exclude_prob = 0.6;
+  sweep<float>(spec, 103, {0.0, 0.5, 0.9});
+  spec.odd_shapes = true;
+  sweep<float>(spec, 104, {0.3, 0.9});
+  sweep<double>(spec, 105, {0.9});
+}
+
+TEST_CASE("GPU calibration equals the CPU path: heavy ties and signed zeros") {
+  lori_test::random_adapter_spec spec;
+  spec.ties = true;
+  sweep<float>(spec, 106, {0.2, 0.5, 0.9});
+  spec.exclude_prob = 0.5;
+  sweep<float>(spec, 107, {0.1, 0.6});
+  sweep<double>(spec, 108, {0.6});
+}
+
+TEST_CASE("GPU calibration equals the CPU path on tensors spanning many tiles") {
+  LORI_TEST_SEED_INFO();
+  auto g = lori_test::rng(109);
+  // 3 layers of 7 tensors with up to 2048 x 64 rows: several 16384-element tiles per tensor.
+  std::vector<std::vector<float>> store;
+  std::vector<lori::bitmask> ex;
+  std::vector<lori::calibration_tensor<float>> ts;
+  const char* projs[] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"};
+  const lori::index_t rows[] = {1024, 256, 256, 1024, 2048, 2048, 1024};
+  std::normal_distribution<float> nd(0.0f, 0.02f);
+  store.reserve(21);
+  ex.reserve(21);
+  for (int l = 0; l < 3; ++l)
+    for (int p = 0; p < 7; ++p) {
+      const lori::index_t r = rows[p], c = (p % 2 == 0) ? 32 : 64;
+      store.emplace_back(static_cast<std::size_t>(r * c));
+      for (auto& x : store.back()) x = nd(g);
+      ex.emplace_back(r, c);
+      if (l == 1)
+        for (lori::index_t i = 0; i < r; i += 3) ex.back().set(i, i % c);
+      ts.push_back({"model.layers." + std::to_string(l) + "." + projs[p] + ".lora_B.weight",
+                    lori::row_major_view<const float>(store.back().data(), r, c), l == 1 ? &ex.back() : nullptr});
+    }
+  for (auto gran : {lori::mask_granularity::model, lori::mask_granularity::projection})
+    for (auto sem : all_semantics)
+      for (lori::index_t cap : {lori::index_t{-1}, lori::index_t{0}}) {
+        lori::calibration_options opt;
+        opt.sparsity = 0.9;
+        opt.granularity = gran;
+        opt.semantics = sem;
+        compare_gpu_cpu(ts, opt, cap);
+      }
+}
+
+TEST_CASE("GPU calibration reports NaN/Inf with the tensor's name and index; checks its arguments") {
+  std::vector<float> a(40, 0.5f), b(64, 0.25f);
+  b[37] = std::numeric_limits<float>::quiet_NaN();
+  std::vector<lori::calibration_tensor<float>> ts = {{"layers.0.self_attn.q_proj", lori::row_major_view<const float>(a.data(), 5, 8), nullptr},
+                                                     {"layers.0.mlp.up_proj", lori::row_major_view<const float>(b.data(), 8, 8), nullptr}};
+  device_adapter<float> dev(ts);
+  for (double s : {0.5, 1.0}) {
+    lori::calibration_options opt;
+    opt.sparsity = s;
+    lori::cuda::calibration_plan<float> plan(dev.tensors, opt);
+    lori::cuda::device_buffer<std::byte> ws(static_cast<lori::index_t>(plan.workspace_bytes()));
+    plan.run(ws.data(), ws.bytes(), nullptr);
+    CHECK_THROWS_WITH_AS(plan.report(ws.data(), nullptr), doctest::Contains("layers.0.mlp.up_proj"), lori::error);
+    plan.run(ws.data(), ws.bytes(), nullptr);
+    CHECK_THROWS_WITH_AS(plan.report(ws.data(), nullptr), doctest::Contains("flat index 37"), lori::error);
+    CHECK_THROWS_AS(plan.run(ws.data(), ws.bytes() - 1, nullptr), lori::error);
+  }
+  lori::calibration_options bad;
+  bad.sparsity = 2.0;
+  CHECK_THROWS_AS(lori::cuda::calibration_plan<float>(dev.tensors, bad), lori::error);
+  CHECK_THROWS_AS(lori::cuda::calibration_plan<float>({}, lori::calibration_options{}), lori::error);
+  auto wrong = dev.tensors;
+  wrong[0].mask.cols = 9;
+  CHECK_THROWS_AS(lori::cuda::calibration_plan<float>(wrong, lori::calibration_options{}), lori::error);
+}
