@@ -612,7 +612,10 @@ TEST_CASE_TEMPLATE("adamw_step and sgd_step: one fused launch over many tensors 
   auto g = lori_test::rng(505);
   lori::cuda::context ctx;
   // Sizes: empty, tiny, odd, exactly one chunk, more than one chunk.
-  const std::vector<index_t> sizes = {0, 1, 3, 4095, 4096, 4097, 10000, 257};
+  // The last tensor starts one element into its buffers: misaligned for the 2-element vector path,
+  // so the kernel's scalar path runs too (and element 0 must stay untouched).
+  const std::vector<index_t> sizes = {0, 1, 3, 4095, 4096, 4097, 10000, 257, 1001};
+  const std::vector<index_t> offs = {0, 0, 0, 0, 0, 0, 0, 0, 1};
   std::normal_distribution<double> nd;
   std::vector<host_mat<T>> P, Gr;
   std::vector<std::vector<float>> M, V;
@@ -634,11 +637,13 @@ TEST_CASE_TEMPLATE("adamw_step and sgd_step: one fused launch over many tensors 
     dM.emplace_back(M[i]);
     dV.emplace_back(V[i]);
   }
-  for (std::size_t i = 0; i < sizes.size(); ++i)
-    tensors.push_back({dP[i].data(), dG[i].data(), dM[i].data(), dV[i].data(), sizes[i]});
+  for (std::size_t i = 0; i < sizes.size(); ++i) {
+    const index_t o = offs[i];
+    tensors.push_back({dP[i].data() + o, dG[i].data() + o, dM[i].data() + o, dV[i].data() + o, sizes[i] - o});
+  }
   const lori::cuda::multi_tensor_plan<T> plan(tensors);
   index_t expect_chunks = 0;
-  for (const index_t n : sizes) expect_chunks += (n + 4095) / 4096;
+  for (std::size_t i = 0; i < sizes.size(); ++i) expect_chunks += (sizes[i] - offs[i] + 4095) / 4096;
   CHECK(plan.chunks() == expect_chunks);
 
   const double u = unit_roundoff<T>(), u32 = std::ldexp(1.0, -24);
@@ -662,7 +667,11 @@ TEST_CASE_TEMPLATE("adamw_step and sgd_step: one fused launch over many tensors 
       const auto v = dV[i].download();
       const double b1 = hp.beta1, b2 = hp.beta2, lr = hp.lr, wd = hp.weight_decay, eps = hp.eps;
       const double bc1 = 1 - std::pow(b1, static_cast<double>(step)), bc2 = 1 - std::pow(b2, static_cast<double>(step));
-      for (index_t e = 0; e < sizes[i]; ++e) {
+      for (index_t e = 0; e < offs[i]; ++e) {  // outside the tensor: untouched
+        const auto ei = static_cast<std::size_t>(e);
+        bad += std::memcmp(&p[ei], &P[i].s[ei], sizeof(T)) != 0 || m[ei] != M[i][ei] || v[ei] != V[i][ei];
+      }
+      for (index_t e = offs[i]; e < sizes[i]; ++e) {
         const auto ei = static_cast<std::size_t>(e);
         const double gg = Gr[i].d[ei], p0 = P[i].d[ei] * (1 - lr * wd);
         const double mr = b1 * M[i][ei] + (1 - b1) * gg;
@@ -684,7 +693,8 @@ TEST_CASE_TEMPLATE("adamw_step and sgd_step: one fused launch over many tensors 
   index_t bad = 0;
   for (std::size_t i = 0; i < sizes.size(); ++i) {
     const auto p = dP[i].download();
-    for (index_t e = 0; e < sizes[i]; ++e) {
+    for (index_t e = 0; e < offs[i]; ++e) bad += std::memcmp(&p[static_cast<std::size_t>(e)], &P[i].s[static_cast<std::size_t>(e)], sizeof(T)) != 0;
+    for (index_t e = offs[i]; e < sizes[i]; ++e) {
       const auto ei = static_cast<std::size_t>(e);
       const double p0 = P[i].d[ei], gg = Gr[i].d[ei];
       const double pr = p0 - lr * (gg + wd * p0);
