@@ -132,6 +132,7 @@ inline constexpr int decode_kc = 32;        // k-chunk staged in shared memory
 inline constexpr int decode_max_outputs = 4096;  // n * r
 inline constexpr int decode_per_thread = decode_max_outputs / decode_threads;
 inline constexpr int decode_local_h = 512;  // n * r up to which every block reduces H itself
+inline constexpr int decode_group = 8;      // tokens per thread in phase 3
 
 template <class T>
 struct decode_params {
@@ -199,7 +200,8 @@ __global__ void __launch_bounds__(decode_threads) decode_kernel(decode_params<T>
   // then a fixed shuffle tree whose lane-0 result is used, so H is bitwise the same wherever and
   // however often it is computed (deterministic). A small H (n*r <= decode_local_h) is reduced by
   // every block into its own shared memory (saves a grid barrier); a larger one is split over the
-  // grid into q.H, followed by a second barrier.
+  // grid into q.H, followed by a second barrier, then copied into every block's shared memory.
+  // Shared memory holds (n + r)(kc + 1) >= n*r floats whenever n*r <= 4096, so H fits where X and A were.
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   constexpr int warps = decode_threads / 32;
   const bool local = nr <= decode_local_h;  // grid-uniform
@@ -216,28 +218,41 @@ __global__ void __launch_bounds__(decode_threads) decode_kernel(decode_params<T>
       const float h = reduce(o);
       if (lane == 0) Hs[o] = h;
     }
-    __syncthreads();
   } else {
     for (index_t o = b * warps + warp; o < nr; o += nb * warps) {
       const float h = reduce(o);
       if (lane == 0) q.H[o] = h;
     }
     grid.sync();
+    for (index_t o = threadIdx.x; o < nr; o += decode_threads) Hs[o] = __ldcg(q.H + o);  // n*r <= 4096 floats
   }
+  __syncthreads();
 
-  // Phase 3: one thread per (token, output column): Y(t, c) += sum over kept j of H(t, j) B(c, j).
+  // Phase 3: one thread per (group of 8 tokens, output column c): Y(t, c) += Σ_j H(t, j) B(c, j)
+  // over c's kept entries, H from shared memory. Consecutive threads take consecutive columns.
   const index_t d = q.B.rows;
+  const index_t groups = (q.n + decode_group - 1) / decode_group;
   const index_t g = b * decode_threads + threadIdx.x, stride = nb * decode_threads;
-  for (index_t e = g; e < q.n * d; e += stride) {
-    const index_t t = e / d, c = e - t * d;
-    float y = 0.0f;
-    for (std::int32_t p = q.B.row_ptr[c]; p < q.B.row_ptr[c + 1]; ++p) {
-      const index_t hi = t * q.r + q.B.col_idx[p];
-      const float h = local ? Hs[hi] : __ldcg(q.H + hi);
-      y = fmaf(h, ::lori::to_float(q.B.values[p]), y);
+  for (index_t e = g; e < groups * d; e += stride) {
+    const index_t grp = e / d, c = e - grp * d, t0 = grp * decode_group;
+    float y[decode_group];
+#pragma unroll
+    for (int u = 0; u < decode_group; ++u) y[u] = 0.0f;
+    const std::int32_t p1 = q.B.row_ptr[c + 1];
+    for (std::int32_t p = q.B.row_ptr[c]; p < p1; ++p) {
+      const float* hcol = Hs + t0 * q.r + q.B.col_idx[p];
+      const float v = ::lori::to_float(q.B.values[p]);
+#pragma unroll
+      for (int u = 0; u < decode_group; ++u)
+        if (t0 + u < q.n) y[u] = fmaf(hcol[u * q.r], v, y[u]);
     }
-    T* yp = q.Y + t * q.ldy + c;
-    detail::st_f(yp, detail::ld_f(yp) + y);
+#pragma unroll
+    for (int u = 0; u < decode_group; ++u) {
+      if (t0 + u < q.n) {
+        T* yp = q.Y + (t0 + u) * q.ldy + c;
+        detail::st_f(yp, detail::ld_f(yp) + y[u]);
+      }
+    }
   }
 }
 
