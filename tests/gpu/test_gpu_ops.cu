@@ -776,6 +776,17 @@ TEST_CASE_TEMPLATE("merge_into: W += Σ s·B·A in one GEMM, dense and sparse B,
   merge_case<T>(ctx, 77, 129, {8, 16}, {false, true}, {0.3, -1.7}, g);
   merge_case<T>(ctx, 1, 1, {1}, {false}, {2.0}, g);
   merge_case<T>(ctx, 300, 203, {32}, {true}, {1.0}, g);
+  {  // 17 adapters: more than one pack launch (16 per launch), mixed dense/sparse, unequal scales
+    std::vector<index_t> ranks;
+    std::vector<bool> sparse;
+    std::vector<double> scales;
+    for (int t = 0; t < 17; ++t) {
+      ranks.push_back(1 + t % 3);
+      sparse.push_back(t % 2 == 0);
+      scales.push_back(0.25 * (t + 1));
+    }
+    merge_case<T>(ctx, 40, 24, ranks, sparse, scales, g);
+  }
   lori::cuda::device_buffer<T> z(16);
   std::vector<lori::cuda::merge_source<T>> bad(1);
   bad[0].A = cview(z, 2, 4);
