@@ -328,13 +328,16 @@ void adapter_forward_decode(context& ctx, row_major_view<const T> X, row_major_v
                "adapter_forward_decode: workspace missing or smaller than adapter_forward_workspace_bytes()");
   LORI_EXPECTS(reinterpret_cast<std::uintptr_t>(workspace) % alignof(float) == 0,
                "adapter_forward_decode: workspace must be 4-byte aligned");
-  const std::size_t smem = detail_fwd::decode_smem_bytes(n, r);
+  const std::size_t smem = detail_fwd::decode_smem_bytes(n, r);  // <= 36 KB for n*r <= 4096, n <= 64, r <= 256
   auto kernel = detail_fwd::decode_kernel<T>;
-  if (smem > 48 * 1024)
-    LORI_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-  int per_sm = 0;
-  LORI_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, detail_fwd::decode_threads, smem));
-  LORI_EXPECTS(per_sm >= 1, "adapter_forward_decode: kernel does not fit on an SM");
+  // Co-residency of one block per SM (cooperative launch) checked once, at the largest shared memory
+  // any call uses (48 KB), so the per-call host cost stays a launch (decode is latency-bound).
+  static const int per_sm = [kernel] {
+    int v = 0;
+    LORI_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&v, kernel, detail_fwd::decode_threads, 48 * 1024));
+    return v;
+  }();
+  LORI_EXPECTS(per_sm >= 1 && smem <= 48 * 1024, "adapter_forward_decode: kernel does not fit on an SM");
   const int blocks = ctx.sm_count();  // one block per SM: co-resident, as cooperative launch requires
   detail_fwd::decode_params<T> q{X.data(), X.ld(), A.data(), A.ld(), B.view(), s, Y.data(), Y.ld(), n, X.cols(), r,
                                  nullptr, nullptr};
