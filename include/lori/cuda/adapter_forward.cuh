@@ -96,21 +96,30 @@ __global__ void __launch_bounds__(expand_threads) expand_kernel(const float* __r
                                                                 index_t ldy, bool accumulate) {
   float* Hs = reinterpret_cast<float*>(detail::dynamic_smem());  // expand_tokens x r, pre-scaled by s
   const index_t t0 = static_cast<index_t>(blockIdx.y) * expand_tokens;
+  const index_t c = static_cast<index_t>(blockIdx.x) * expand_threads + threadIdx.x;
+  const bool active = c < B.rows;
+  // Issue the first group's Y loads before waiting for the H tile (overlaps the two latencies).
+  float y[expand_unroll];
+#pragma unroll
+  for (int u = 0; u < expand_unroll; ++u) {
+    const index_t t = t0 + u;
+    y[u] = (accumulate && active && t < n) ? detail::ld_f(Y + t * ldy + c) : 0.0f;
+  }
   for (index_t e = threadIdx.x; e < expand_tokens * r; e += expand_threads) {
     const index_t t = e / r, j = e - t * r;
     Hs[e] = (t0 + t < n) ? s * H[(t0 + t) * r + j] : 0.0f;
   }
   __syncthreads();
-  const index_t c = static_cast<index_t>(blockIdx.x) * expand_threads + threadIdx.x;
-  if (c >= B.rows) return;
+  if (!active) return;
   const std::int32_t p0 = B.row_ptr[c], p1 = B.row_ptr[c + 1];
   for (int tc = 0; tc < expand_tokens; tc += expand_unroll) {
     if (t0 + tc >= n) break;
-    float y[expand_unroll];
+    if (tc > 0) {
 #pragma unroll
-    for (int u = 0; u < expand_unroll; ++u) {
-      const index_t t = t0 + tc + u;
-      y[u] = (accumulate && t < n) ? detail::ld_f(Y + t * ldy + c) : 0.0f;
+      for (int u = 0; u < expand_unroll; ++u) {
+        const index_t t = t0 + tc + u;
+        y[u] = (accumulate && t < n) ? detail::ld_f(Y + t * ldy + c) : 0.0f;
+      }
     }
     for (std::int32_t p = p0; p < p1; ++p) {
       const index_t j = B.col_idx[p];
