@@ -6,7 +6,7 @@
 // (the byte floor of docs/cuda.md: inputs read once, outputs written once), so
 //     time / floor time = BM_gpu_baseline_d2d_copy's bytes_per_second / this benchmark's bytes_per_second.
 // Counters: floor_MB (those bytes), TFLOPS (GEMM-like work only). Timing: CUDA events around each
-// iteration (UseManualTime), L2 flushed (a 256 MB memset) before every timed iteration; use
+// iteration (UseManualTime), L2 flushed (a 128 MB memset) before every timed iteration; use
 // --benchmark_repetitions=5 --benchmark_report_aggregates_only=true for medians.
 // Shapes: bf16, d = k = 4096, r = 32, B 90% sparse (random mask), n in {1, 64, 4096, 16384}; merge into
 // 14336 x 4096; AdamW over a Llama-3-8B-shaped LoRI-S adapter (224 tensors, 4.4 M kept values).
@@ -79,7 +79,7 @@ lori::cuda::sparse_b<bf16> random_sparse_b(index_t d, index_t r, std::uint64_t s
 }
 
 device_buffer<unsigned char>& flush_buffer() {
-  static auto* b = new device_buffer<unsigned char>(index_t{256} << 20);
+  static auto* b = new device_buffer<unsigned char>(index_t{128} << 20);  // > 50 MB L2 of H100/H200
   return *b;
 }
 
@@ -129,7 +129,7 @@ void BM_gpu_baseline_d2d_copy(benchmark::State& st) {
             2.0 * static_cast<double>(bytes));
   st.SetLabel("bytes counted: read + write");
 }
-BENCHMARK(BM_gpu_baseline_d2d_copy)->Arg(64)->Arg(234)->Arg(512)->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_gpu_baseline_d2d_copy)->Arg(64)->Arg(234)->Arg(512)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 
 // ---- adapter-only forward: Y += s·(X·Aᵀ)·Bᵀ ----------------------------------------------------------
 struct fwd_data {
@@ -196,9 +196,9 @@ void BM_gpu_baseline_cusparse_spmm(benchmark::State& st) {
   cusparseDestroyDnMat(ht);
   cusparseDestroyDnMat(yt);
 }
-BENCHMARK(BM_gpu_adapter_forward)->Arg(1)->Arg(64)->Arg(4096)->Arg(16384)->UseManualTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_gpu_baseline_lora_two_gemm)->Arg(1)->Arg(64)->Arg(4096)->Arg(16384)->UseManualTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_gpu_baseline_cusparse_spmm)->Arg(1)->Arg(64)->Arg(4096)->Arg(16384)->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_gpu_adapter_forward)->Arg(1)->Arg(64)->Arg(4096)->Arg(16384)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
+BENCHMARK(BM_gpu_baseline_lora_two_gemm)->Arg(1)->Arg(64)->Arg(4096)->Arg(16384)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
+BENCHMARK(BM_gpu_baseline_cusparse_spmm)->Arg(1)->Arg(64)->Arg(4096)->Arg(16384)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 
 // ---- whole layer: Y = X·Wᵀ + s·(X·Aᵀ)·Bᵀ ----------------------------------------------------------------
 double layer_floor(index_t n) { return 2.0 * static_cast<double>(n * K + D * K + n * D) + 2.0 * R * K + 0.1 * D * R * 6.0; }
@@ -237,10 +237,10 @@ void BM_gpu_baseline_lora_layer(benchmark::State& st) {
   }, layer_floor(f.n), layer_flops(f.n));
   st.SetLabel("PEFT: 3 cuBLAS GEMMs");
 }
-BENCHMARK(BM_gpu_layer_forward)->Arg(1)->Arg(64)->Arg(4096)->Arg(16384)->UseManualTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_gpu_layer_forward_widened)->Arg(1)->Arg(64)->Arg(4096)->Arg(16384)->UseManualTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_gpu_baseline_base_gemm)->Arg(1)->Arg(64)->Arg(4096)->Arg(16384)->UseManualTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_gpu_baseline_lora_layer)->Arg(1)->Arg(64)->Arg(4096)->Arg(16384)->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_gpu_layer_forward)->Arg(1)->Arg(64)->Arg(4096)->Arg(16384)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
+BENCHMARK(BM_gpu_layer_forward_widened)->Arg(1)->Arg(64)->Arg(4096)->Arg(16384)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
+BENCHMARK(BM_gpu_baseline_base_gemm)->Arg(1)->Arg(64)->Arg(4096)->Arg(16384)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
+BENCHMARK(BM_gpu_baseline_lora_layer)->Arg(1)->Arg(64)->Arg(4096)->Arg(16384)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 
 // ---- masked gradient ∂L/∂B (SDDMM) -------------------------------------------------------------------------
 struct grad_data {
@@ -333,9 +333,9 @@ void BM_gpu_baseline_cusparse_sddmm(benchmark::State& st) {
   cusparseDestroyDnMat(b);
   cusparseDestroySpMat(c);
 }
-BENCHMARK(BM_gpu_grad_b_sddmm)->Arg(64)->Arg(4096)->Arg(16384)->UseManualTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_gpu_baseline_gemm_mask)->Arg(64)->Arg(4096)->Arg(16384)->UseManualTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_gpu_baseline_cusparse_sddmm)->Arg(4096)->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_gpu_grad_b_sddmm)->Arg(64)->Arg(4096)->Arg(16384)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
+BENCHMARK(BM_gpu_baseline_gemm_mask)->Arg(64)->Arg(4096)->Arg(16384)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
+BENCHMARK(BM_gpu_baseline_cusparse_sddmm)->Arg(4096)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 
 // ---- ∂L/∂X -----------------------------------------------------------------------------------------------
 void BM_gpu_grad_x(benchmark::State& st) {
@@ -349,7 +349,7 @@ void BM_gpu_grad_x(benchmark::State& st) {
   }, 2.0 * static_cast<double>(n * D + D * K + n * K), 2.0 * static_cast<double>(n) * D * K);
   st.SetLabel("compare BM_gpu_baseline_base_gemm (G·W alone costs the same)");
 }
-BENCHMARK(BM_gpu_grad_x)->Arg(4096)->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_gpu_grad_x)->Arg(4096)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 
 // ---- masked AdamW over a Llama-3-8B-shaped LoRI-S adapter ---------------------------------------------
 struct adam_data {
@@ -400,9 +400,9 @@ void BM_gpu_sgd_fused(benchmark::State& st) {
   run_timed(st, [&] { lori::cuda::sgd_step<bf16>(ctx(), plan, 1e-3f, 0.0f); }, 6.0 * static_cast<double>(f.total));
   st.SetLabel("6 B/value");
 }
-BENCHMARK(BM_gpu_adamw_fused)->UseManualTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_gpu_baseline_adamw_per_tensor)->UseManualTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_gpu_sgd_fused)->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_gpu_adamw_fused)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
+BENCHMARK(BM_gpu_baseline_adamw_per_tensor)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
+BENCHMARK(BM_gpu_sgd_fused)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 
 // ---- merge T adapters into a d x k bf16 W ---------------------------------------------------------------
 void BM_gpu_merge(benchmark::State& st) {
@@ -446,8 +446,8 @@ void BM_gpu_baseline_addmm_per_adapter(benchmark::State& st) {
               As[static_cast<std::size_t>(t)].data(), K, 1.0f, W.data(), K);
   }, 4.0 * static_cast<double>(d * K), 2.0 * static_cast<double>(T * R) * static_cast<double>(d * K));
 }
-BENCHMARK(BM_gpu_merge)->Args({1, 14336, 1})->Args({4, 14336, 1})->Args({4, 14336, 0})->Args({4, 4096, 1})->UseManualTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_gpu_baseline_addmm_per_adapter)->Args({1, 14336})->Args({4, 14336})->Args({4, 4096})->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_gpu_merge)->Args({1, 14336, 1})->Args({4, 14336, 1})->Args({4, 14336, 0})->Args({4, 4096, 1})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
+BENCHMARK(BM_gpu_baseline_addmm_per_adapter)->Args({1, 14336})->Args({4, 14336})->Args({4, 4096})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 
 }  // namespace
 
