@@ -216,6 +216,16 @@ void BM_gpu_baseline_cusparse_spmm(benchmark::State& st) {
   cusparseDestroyDnMat(ht);
   cusparseDestroyDnMat(yt);
 }
+// The thin GEMM H = X·Aᵀ alone (cuBLAS, fp32 out): the adapter's main extra cost in the whole-layer
+// paths; floor = one read of X (+ A, H).
+void BM_gpu_adapter_project(benchmark::State& st) {
+  fwd_data f(st.range(0));
+  device_buffer<float> H(f.n * R);
+  run_timed(st, [&] { lori::cuda::adapter_project<bf16>(ctx(), f.xv(), f.av(), H.data()); },
+            2.0 * static_cast<double>(f.n * K) + 2.0 * R * K + 4.0 * static_cast<double>(f.n * R));
+  st.SetLabel("cuBLAS X·Aᵀ (r = 32 columns), floor = one read of X");
+}
+BENCHMARK(BM_gpu_adapter_project)->Arg(4096)->Arg(16384)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 BENCHMARK(BM_gpu_adapter_forward)->Arg(1)->Arg(64)->Arg(4096)->Arg(16384)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 BENCHMARK(BM_gpu_baseline_lora_two_gemm)->Arg(1)->Arg(64)->Arg(4096)->Arg(16384)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 BENCHMARK(BM_gpu_baseline_cusparse_spmm)->Arg(1)->Arg(64)->Arg(4096)->Arg(16384)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
