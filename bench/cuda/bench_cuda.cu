@@ -153,20 +153,20 @@ BENCHMARK(BM_gpu_baseline_d2d_copy)->Arg(64)->Arg(234)->Arg(512)->UseManualTime(
 
 // ---- adapter-only forward: Y += s·(X·Aᵀ)·Bᵀ ----------------------------------------------------------
 struct fwd_data {
-  index_t n;
+  index_t n, d;
   device_buffer<bf16> X, A, W, Y, Bd, H16;
   lori::cuda::sparse_b<bf16> B;
   device_buffer<unsigned char> ws;
-  explicit fwd_data(index_t n_)
-      : n(n_), X(random_bf16(n_ * K, 1.0, 1)), A(random_bf16(R * K, 1.0 / 64, 2)), W(random_bf16(D * K, 1.0 / 64, 3)),
-        Y(random_bf16(n_ * D, 1.0, 4)), Bd(D * R), H16(n_ * R), B(random_sparse_b(D, R, 5)),
+  explicit fwd_data(index_t n_, index_t d_ = D)
+      : n(n_), d(d_), X(random_bf16(n_ * K, 1.0, 1)), A(random_bf16(R * K, 1.0 / 64, 2)), W(random_bf16(d_ * K, 1.0 / 64, 3)),
+        Y(random_bf16(n_ * d_, 1.0, 4)), Bd(d_ * R), H16(n_ * R), B(random_sparse_b(d_, R, 5)),
         ws(static_cast<index_t>(lori::cuda::adapter_forward_workspace_bytes(ctx(), n_, R))) {
     B.scatter_to_dense(Bd.data(), R, ctx().stream());
   }
   lori::row_major_view<const bf16> xv() const { return {X.data(), n, K}; }
   lori::row_major_view<const bf16> av() const { return {A.data(), R, K}; }
-  lori::row_major_view<const bf16> wv() const { return {W.data(), D, K}; }
-  lori::row_major_view<bf16> yv() { return {Y.data(), n, D}; }
+  lori::row_major_view<const bf16> wv() const { return {W.data(), d, K}; }
+  lori::row_major_view<bf16> yv() { return {Y.data(), n, d}; }
 };
 
 double adapter_floor(index_t n) {  // X read, Y read + write, A, B values + indices
@@ -231,46 +231,46 @@ BENCHMARK(BM_gpu_baseline_lora_two_gemm)->Arg(1)->Arg(64)->Arg(4096)->Arg(16384)
 BENCHMARK(BM_gpu_baseline_cusparse_spmm)->Arg(1)->Arg(64)->Arg(4096)->Arg(16384)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 
 // ---- whole layer: Y = X·Wᵀ + s·(X·Aᵀ)·Bᵀ ----------------------------------------------------------------
-double layer_floor(index_t n) { return 2.0 * static_cast<double>(n * K + D * K + n * D) + 2.0 * R * K + 0.1 * D * R * 6.0; }
-double layer_flops(index_t n) { return 2.0 * static_cast<double>(n) * D * K; }
+double layer_floor(index_t n, index_t d) { return 2.0 * static_cast<double>(n * K + d * K + n * d) + 2.0 * R * K + 0.1 * static_cast<double>(d) * R * 6.0; }
+double layer_flops(index_t n, index_t d) { return 2.0 * static_cast<double>(n) * static_cast<double>(d) * K; }
 
 void BM_gpu_layer_forward(benchmark::State& st) {
-  fwd_data f(st.range(0));
+  fwd_data f(st.range(0), st.range(1));
   run_timed(st, [&] { lori::cuda::layer_forward<bf16>(ctx(), f.xv(), f.wv(), f.av(), f.B, 0.5f, f.yv(), f.ws.data(), f.ws.bytes()); },
-            layer_floor(f.n), layer_flops(f.n));
+            layer_floor(f.n, f.d), layer_flops(f.n, f.d));
   st.SetLabel("target (n=4096): <= 1.10x BM_gpu_baseline_base_gemm");
 }
 // K widened by r: [X | s·H]·[W | B]ᵀ in one base GEMM (caller keeps X and W in (k + r)-wide buffers).
 void BM_gpu_layer_forward_widened(benchmark::State& st) {
-  const index_t n = st.range(0), kr = K + R;
-  auto Xe = random_bf16(n * kr, 1.0, 1), We = random_bf16(D * kr, 1.0 / 64, 3), A = random_bf16(R * K, 1.0 / 64, 2);
-  device_buffer<bf16> Y(n * D);
-  auto B = random_sparse_b(D, R, 5);
+  const index_t n = st.range(0), d = st.range(1), kr = K + R;
+  auto Xe = random_bf16(n * kr, 1.0, 1), We = random_bf16(d * kr, 1.0 / 64, 3), A = random_bf16(R * K, 1.0 / 64, 2);
+  device_buffer<bf16> Y(n * d);
+  auto B = random_sparse_b(d, R, 5);
   B.scatter_to_dense(We.data() + K, kr, ctx().stream());
   run_timed(st, [&] {
-    lori::cuda::layer_forward_widened<bf16>(ctx(), {Xe.data(), n, kr}, {We.data(), D, kr}, {A.data(), R, K}, 0.5f, {Y.data(), n, D});
-  }, layer_floor(n), layer_flops(n));
+    lori::cuda::layer_forward_widened<bf16>(ctx(), {Xe.data(), n, kr}, {We.data(), d, kr}, {A.data(), R, K}, 0.5f, {Y.data(), n, d});
+  }, layer_floor(n, d), layer_flops(n, d));
   st.SetLabel("target (n=4096): <= 1.10x BM_gpu_baseline_base_gemm");
 }
 void BM_gpu_baseline_base_gemm(benchmark::State& st) {
-  fwd_data f(st.range(0));
-  run_timed(st, [&] { gemm_rm(false, true, f.n, D, K, 1.0f, f.X.data(), K, f.W.data(), K, 0.0f, f.Y.data(), D); },
-            layer_floor(f.n), layer_flops(f.n));
+  fwd_data f(st.range(0), st.range(1));
+  run_timed(st, [&] { gemm_rm(false, true, f.n, f.d, K, 1.0f, f.X.data(), K, f.W.data(), K, 0.0f, f.Y.data(), f.d); },
+            layer_floor(f.n, f.d), layer_flops(f.n, f.d));
   st.SetLabel("X·Wᵀ alone (cuBLAS)");
 }
 void BM_gpu_baseline_lora_layer(benchmark::State& st) {
-  fwd_data f(st.range(0));
+  fwd_data f(st.range(0), st.range(1));
   run_timed(st, [&] {
-    gemm_rm(false, true, f.n, D, K, 1.0f, f.X.data(), K, f.W.data(), K, 0.0f, f.Y.data(), D);
+    gemm_rm(false, true, f.n, f.d, K, 1.0f, f.X.data(), K, f.W.data(), K, 0.0f, f.Y.data(), f.d);
     gemm_rm(false, true, f.n, R, K, 1.0f, f.X.data(), K, f.A.data(), K, 0.0f, f.H16.data(), R);
-    gemm_rm(false, true, f.n, D, R, 0.5f, f.H16.data(), R, f.Bd.data(), R, 1.0f, f.Y.data(), D);
-  }, layer_floor(f.n), layer_flops(f.n));
+    gemm_rm(false, true, f.n, f.d, R, 0.5f, f.H16.data(), R, f.Bd.data(), R, 1.0f, f.Y.data(), f.d);
+  }, layer_floor(f.n, f.d), layer_flops(f.n, f.d));
   st.SetLabel("PEFT: 3 cuBLAS GEMMs");
 }
-BENCHMARK(BM_gpu_layer_forward)->Arg(1)->Arg(64)->Arg(4096)->Arg(16384)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
-BENCHMARK(BM_gpu_layer_forward_widened)->Arg(1)->Arg(64)->Arg(4096)->Arg(16384)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
-BENCHMARK(BM_gpu_baseline_base_gemm)->Arg(1)->Arg(64)->Arg(4096)->Arg(16384)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
-BENCHMARK(BM_gpu_baseline_lora_layer)->Arg(1)->Arg(64)->Arg(4096)->Arg(16384)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
+BENCHMARK(BM_gpu_layer_forward)->Args({1, 4096})->Args({64, 4096})->Args({4096, 4096})->Args({16384, 4096})->Args({4096, 14336})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
+BENCHMARK(BM_gpu_layer_forward_widened)->Args({1, 4096})->Args({64, 4096})->Args({4096, 4096})->Args({16384, 4096})->Args({4096, 14336})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
+BENCHMARK(BM_gpu_baseline_base_gemm)->Args({1, 4096})->Args({64, 4096})->Args({4096, 4096})->Args({16384, 4096})->Args({4096, 14336})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
+BENCHMARK(BM_gpu_baseline_lora_layer)->Args({1, 4096})->Args({64, 4096})->Args({4096, 4096})->Args({16384, 4096})->Args({4096, 14336})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 
 // ---- masked gradient ∂L/∂B (SDDMM) -------------------------------------------------------------------------
 struct grad_data {
