@@ -269,6 +269,20 @@ TEST_CASE_TEMPLATE("sparse_b: host and device-mask construction agree with lori:
     const auto dev = lori::cuda::sparse_b<T>::from_host(hb.mask, hb.packed);
     CHECK(dev.nnz() == hb.mask.count());
     CHECK(dev.mask_to_host() == hb.mask);
+    {  // from a dense host B: the kept entries, in the same packed order
+      std::vector<T> dense_host(static_cast<std::size_t>(d * r));
+      std::normal_distribution<double> nd;
+      for (index_t i = 0; i < d; ++i)
+        for (index_t j = 0; j < r; ++j)
+          dense_host[static_cast<std::size_t>(i * r + j)] =
+              hb.mask.test(i, j) ? lori::from_float<T>(static_cast<float>(hb(i, j))) : lori::from_float<T>(static_cast<float>(nd(g)));
+      const auto dev3 = lori::cuda::sparse_b<T>::from_host_dense(hb.mask, lori::row_major_view<const T>(dense_host.data(), d, r));
+      const auto v3 = dev3.value_buffer().download();
+      CHECK(v3.size() == hb.packed.size());
+      index_t w3 = 0;
+      for (std::size_t p = 0; p < v3.size() && p < hb.packed.size(); ++p) w3 += std::memcmp(&v3[p], &hb.packed[p], sizeof(T)) != 0;
+      CHECK(w3 == 0);
+    }
 
     // Dense scatter (poisoned first) equals the host dense B.
     device_buffer<T> dense(d * r);
