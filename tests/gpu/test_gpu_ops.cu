@@ -419,6 +419,13 @@ void forward_case(lori::cuda::context& ctx, index_t n, index_t k, index_t d, ind
                                          mview(dY, n, d, ldy));
     INFO("layer_forward_widened");
     LORI_CHECK_CLOSE(check_close<T>(compact(dY.download(), n, d, ldy), Yl, l2l, unit_roundoff<T>(), K));
+    // Pipelined over 3 chunks (aux stream + events); fresh poison in the H columns and in Y.
+    dXe.upload(xe);
+    dY.fill_bytes(0xff);
+    lori::cuda::layer_forward_widened<T>(ctx, mview(dXe, n, kr), cview(dWe, d, kr), av, static_cast<float>(s),
+                                         mview(dY, n, d, ldy), 3);
+    INFO("layer_forward_widened, 3 chunks");
+    LORI_CHECK_CLOSE(check_close<T>(compact(dY.download(), n, d, ldy), Yl, l2l, unit_roundoff<T>(), K));
   }
 }
 }  // namespace

@@ -77,9 +77,12 @@ void layer_forward(context& ctx, row_major_view<const T> X, row_major_view<const
 /// the last r columns (build once per B update with B.scatter_to_dense(W_ext.data() + k, k + r, stream)).
 /// Two cuBLAS calls: the thin H GEMM (reads X once) and the base GEMM with K = k + r (+r/k FLOPs). No
 /// workspace. 16-bit: s·H is rounded to T (relative 2^-8 of the adapter term, as PyTorch's bf16 LoRA).
+/// chunks > 1 (at most 16): the token rows are split into that many chunks and the thin H GEMM of
+/// chunk c + 1 runs on ctx.aux_stream() while the base GEMM of chunk c runs on ctx.stream() (events
+/// order them), hiding the H GEMM under the compute-bound base GEMM except for the first chunk.
 template <class T>
 void layer_forward_widened(context& ctx, row_major_view<T> X_ext, row_major_view<const T> W_ext,
-                           row_major_view<const T> A, float s, row_major_view<T> Y);
+                           row_major_view<const T> A, float s, row_major_view<T> Y, index_t chunks = 1);
 
 // =====================================================================================================
 // Implementation
@@ -406,20 +409,49 @@ void layer_forward(context& ctx, row_major_view<const T> X, row_major_view<const
 
 template <class T>
 void layer_forward_widened(context& ctx, row_major_view<T> X_ext, row_major_view<const T> W_ext,
-                           row_major_view<const T> A, float s, row_major_view<T> Y) {
+                           row_major_view<const T> A, float s, row_major_view<T> Y, index_t chunks) {
   static_assert(detail::is_cuda_storage_v<T>, "layer_forward_widened: T must be float, bfloat16 or half");
   const index_t n = X_ext.rows(), r = A.rows(), k = A.cols(), d = W_ext.rows();
   LORI_EXPECTS(r >= 1 && k >= 1 && d >= 1, "layer_forward_widened: r, k and d must be positive");
   LORI_EXPECTS(X_ext.cols() == k + r, "layer_forward_widened: X_ext must be n x (k + r) with A r x k");
   LORI_EXPECTS(W_ext.cols() == k + r, "layer_forward_widened: W_ext must be d x (k + r)");
   LORI_EXPECTS(Y.rows() == n && Y.cols() == d, "layer_forward_widened: Y must be n x d");
+  LORI_EXPECTS(chunks >= 1 && chunks <= 16, "layer_forward_widened: chunks must be in [1, 16]");
   if (n == 0) return;
   const cudaDataType_t t = detail::cuda_data_type<T>();
-  // s·H into the last r columns of X_ext (row stride X_ext.ld()), then one GEMM with K = k + r.
-  detail::gemm_row_major(ctx.cublas(), false, true, n, r, k, s, X_ext.data(), X_ext.ld(), A.data(), A.ld(), 0.0f,
-                         X_ext.data() + k, X_ext.ld(), t, t);
-  detail::gemm_row_major(ctx.cublas(), false, true, n, d, k + r, 1.0f, X_ext.data(), X_ext.ld(), W_ext.data(),
-                         W_ext.ld(), 0.0f, Y.data(), Y.ld(), t, t);
+  // Rows [r0, r0 + m): s·H into the last r columns of X_ext (row stride X_ext.ld()), then the base
+  // GEMM with K = k + r.
+  auto h_gemm = [&](cublasHandle_t h, index_t r0, index_t m) {
+    detail::gemm_row_major(h, false, true, m, r, k, s, X_ext.data() + r0 * X_ext.ld(), X_ext.ld(), A.data(), A.ld(),
+                           0.0f, X_ext.data() + r0 * X_ext.ld() + k, X_ext.ld(), t, t);
+  };
+  auto base_gemm = [&](index_t r0, index_t m) {
+    detail::gemm_row_major(ctx.cublas(), false, true, m, d, k + r, 1.0f, X_ext.data() + r0 * X_ext.ld(), X_ext.ld(),
+                           W_ext.data(), W_ext.ld(), 0.0f, Y.data() + r0 * Y.ld(), Y.ld(), t, t);
+  };
+  const index_t m = detail::ceil_div(n, chunks);
+  const index_t count = detail::ceil_div(n, m);
+  if (count <= 1) {
+    h_gemm(ctx.cublas(), 0, n);
+    base_gemm(0, n);
+    return;
+  }
+  // Chunk 0's H on the main stream; chunk c+1's H on the aux stream while chunk c's base GEMM runs.
+  cudaStream_t aux = ctx.aux_stream();
+  cublasHandle_t aux_h = ctx.aux_cublas();
+  LORI_CUDA_CHECK(cudaEventRecord(ctx.event(0), ctx.stream()));  // X_ext written by earlier main-stream work
+  LORI_CUDA_CHECK(cudaStreamWaitEvent(aux, ctx.event(0), 0));
+  h_gemm(ctx.cublas(), 0, m);
+  for (index_t c = 0; c < count; ++c) {
+    const index_t r0 = c * m, rows = n - r0 < m ? n - r0 : m;
+    if (c + 1 < count) {
+      const index_t r1 = r0 + m, rows1 = n - r1 < m ? n - r1 : m;
+      h_gemm(aux_h, r1, rows1);
+      LORI_CUDA_CHECK(cudaEventRecord(ctx.event(static_cast<int>(c + 1)), aux));
+    }
+    if (c > 0) LORI_CUDA_CHECK(cudaStreamWaitEvent(ctx.stream(), ctx.event(static_cast<int>(c)), 0));
+    base_gemm(r0, rows);
+  }
 }
 
 }  // namespace lori::cuda
