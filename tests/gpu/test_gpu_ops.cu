@@ -402,6 +402,15 @@ void forward_case(lori::cuda::context& ctx, index_t n, index_t k, index_t d, ind
     for (index_t t = 0; t < n; ++t)
       for (index_t c = d; c < ldy; ++c) pad_changed += !is_poison(got[static_cast<std::size_t>(t * ldy + c)]);
     CHECK(pad_changed == 0);
+    // Pipelined over 3 chunks (aux stream + events) where the decode kernel does not take the call.
+    dY.fill_bytes(0xff);
+    ws.fill_bytes(0xff);
+    lori::cuda::layer_forward<T>(ctx, xv, cview(dW, d, k), av, B, static_cast<float>(s), mview(dY, n, d, ldy), ws.data(),
+                                 ws.bytes(), 3);
+    {
+      INFO("layer_forward, 3 chunks");
+      LORI_CHECK_CLOSE(check_close<T>(compact(dY.download(), n, d, ldy), Yl, l2l, unit_roundoff<T>(), K));
+    }
 
     // layer_forward_widened: X_ext = [X | poison], W_ext = [W | B dense] built with scatter_to_dense.
     const index_t kr = k + r;

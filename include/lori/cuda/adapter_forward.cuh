@@ -67,9 +67,13 @@ void adapter_forward_decode(context& ctx, row_major_view<const T> X, row_major_v
 /// one write of Y and the GEMM's read of Y in its epilogue. For small n: base GEMM, then the decode
 /// kernel. Y's adapter part is rounded to T once before the base GEMM adds it (16-bit storage:
 /// an extra rounding of the adapter term, relative 2^-8 of it).
+/// chunks > 1 (at most 16, n > 64 only): token rows split into chunks; chunk c+1's H GEMM and
+/// write-only expansion run on ctx.aux_stream() while chunk c's base GEMM runs on ctx.stream(), so
+/// only the first chunk's adapter work is exposed (events order the streams).
 template <class T>
 void layer_forward(context& ctx, row_major_view<const T> X, row_major_view<const T> W, row_major_view<const T> A,
-                   const sparse_b<T>& B, float s, row_major_view<T> Y, void* workspace, std::size_t workspace_bytes);
+                   const sparse_b<T>& B, float s, row_major_view<T> Y, void* workspace, std::size_t workspace_bytes,
+                   index_t chunks = 1);
 
 /// The whole layer with K widened by r, as ONE base GEMM: Y = [X | s·H]·[W | B]ᵀ, H = X·Aᵀ.
 /// The caller keeps X and W inside wider buffers: X_ext is n x (k + r) whose first k columns hold X
@@ -268,6 +272,18 @@ __global__ void __launch_bounds__(decode_threads) decode_kernel(decode_params<T>
   }
 }
 
+// Y rows [0, n) (Y points at the first) = (accumulate ? Y : 0) + s·H·Bᵀ on `stream`; checked by callers.
+template <class T>
+void launch_expand(cudaStream_t stream, const float* H, index_t n, float s, const sparse_b<T>& B, T* Y, index_t ldy,
+                   bool accumulate) {
+  const index_t d = B.rows(), r = B.cols();
+  const dim3 grid(detail::grid_dim(detail::ceil_div(d, expand_threads)),
+                  detail::grid_dim(detail::ceil_div(n, expand_tokens), false));
+  const std::size_t smem = static_cast<std::size_t>(expand_tokens * r) * sizeof(float);
+  expand_kernel<T><<<grid, expand_threads, smem, stream>>>(H, n, r, B.view(), s, Y, ldy, accumulate);
+  LORI_CUDA_CHECK_LAUNCH();
+}
+
 inline std::size_t decode_smem_bytes(index_t n, index_t r) {
   return static_cast<std::size_t>((n + r) * (decode_kc + 1)) * sizeof(float);
 }
@@ -318,12 +334,7 @@ void adapter_expand(context& ctx, const float* H, index_t n, float s, const spar
   LORI_EXPECTS(H != nullptr || n == 0, "adapter_expand: null H");
   LORI_EXPECTS(n <= index_t{65535} * detail_fwd::expand_tokens, "adapter_expand: too many tokens for one call");
   if (n == 0 || d == 0) return;
-  const dim3 grid(detail::grid_dim(detail::ceil_div(d, detail_fwd::expand_threads)),
-                  detail::grid_dim(detail::ceil_div(n, detail_fwd::expand_tokens), false));
-  const std::size_t smem = static_cast<std::size_t>(detail_fwd::expand_tokens * r) * sizeof(float);
-  detail_fwd::expand_kernel<T>
-      <<<grid, detail_fwd::expand_threads, smem, ctx.stream()>>>(H, n, r, B.view(), s, Y.data(), Y.ld(), accumulate);
-  LORI_CUDA_CHECK_LAUNCH();
+  detail_fwd::launch_expand(ctx.stream(), H, n, s, B, Y.data(), Y.ld(), accumulate);
 }
 
 template <class T>
@@ -383,7 +394,8 @@ void adapter_forward(context& ctx, row_major_view<const T> X, row_major_view<con
 
 template <class T>
 void layer_forward(context& ctx, row_major_view<const T> X, row_major_view<const T> W, row_major_view<const T> A,
-                   const sparse_b<T>& B, float s, row_major_view<T> Y, void* workspace, std::size_t workspace_bytes) {
+                   const sparse_b<T>& B, float s, row_major_view<T> Y, void* workspace, std::size_t workspace_bytes,
+                   index_t chunks) {
   static_assert(detail::is_cuda_storage_v<T>, "layer_forward: T must be float, bfloat16 or half");
   const index_t n = X.rows(), r = B.cols(), d = B.rows();
   detail_fwd::check_adapter_shapes("layer_forward", X, A, d, r, Y);
@@ -400,11 +412,41 @@ void layer_forward(context& ctx, row_major_view<const T> X, row_major_view<const
   }
   LORI_EXPECTS(reinterpret_cast<std::uintptr_t>(workspace) % alignof(float) == 0,
                "layer_forward: workspace must be 4-byte aligned");
+  LORI_EXPECTS(chunks >= 1 && chunks <= 16, "layer_forward: chunks must be in [1, 16]");
   float* H = static_cast<float*>(workspace);
-  adapter_project(ctx, X, A, H);
-  adapter_expand(ctx, H, n, s, B, Y, false);
-  detail::gemm_row_major(ctx.cublas(), false, true, n, d, X.cols(), 1.0f, X.data(), X.ld(), W.data(), W.ld(), 1.0f,
-                         Y.data(), Y.ld(), t, t);
+  const index_t k = X.cols();
+  // Rows [r0, r0 + m): H rows = X rows·Aᵀ; Y rows = s·H·Bᵀ (write-only); Y rows = X rows·Wᵀ + Y rows.
+  auto adapter_part = [&](cudaStream_t st, cublasHandle_t h, index_t r0, index_t m) {
+    detail::gemm_row_major(h, false, true, m, r, k, 1.0f, X.data() + r0 * X.ld(), X.ld(), A.data(), A.ld(), 0.0f,
+                           H + r0 * r, r, t, CUDA_R_32F);
+    detail_fwd::launch_expand(st, H + r0 * r, m, s, B, Y.data() + r0 * Y.ld(), Y.ld(), false);
+  };
+  auto base_gemm = [&](index_t r0, index_t m) {
+    detail::gemm_row_major(ctx.cublas(), false, true, m, d, k, 1.0f, X.data() + r0 * X.ld(), X.ld(), W.data(), W.ld(),
+                           1.0f, Y.data() + r0 * Y.ld(), Y.ld(), t, t);
+  };
+  const index_t m = detail::ceil_div(n, chunks);
+  const index_t count = detail::ceil_div(n, m);
+  if (count <= 1) {
+    adapter_part(ctx.stream(), ctx.cublas(), 0, n);
+    base_gemm(0, n);
+    return;
+  }
+  cudaStream_t aux = ctx.aux_stream();
+  cublasHandle_t aux_h = ctx.aux_cublas();
+  LORI_CUDA_CHECK(cudaEventRecord(ctx.event(0), ctx.stream()));  // inputs written by earlier main-stream work
+  LORI_CUDA_CHECK(cudaStreamWaitEvent(aux, ctx.event(0), 0));
+  adapter_part(ctx.stream(), ctx.cublas(), 0, m);
+  for (index_t c = 0; c < count; ++c) {
+    const index_t r0 = c * m, rows = n - r0 < m ? n - r0 : m;
+    if (c + 1 < count) {
+      const index_t r1 = r0 + m, rows1 = n - r1 < m ? n - r1 : m;
+      adapter_part(aux, aux_h, r1, rows1);
+      LORI_CUDA_CHECK(cudaEventRecord(ctx.event(static_cast<int>(c + 1)), aux));
+    }
+    if (c > 0) LORI_CUDA_CHECK(cudaStreamWaitEvent(ctx.stream(), ctx.event(static_cast<int>(c)), 0));
+    base_gemm(r0, rows);
+  }
 }
 
 template <class T>
