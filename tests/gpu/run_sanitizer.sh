@@ -15,7 +15,7 @@ for tool in "${tools[@]}"; do
   echo "== compute-sanitizer --tool $tool"
   extra=()
   [ "$tool" = memcheck ] && extra=(--leak-check full)
-  if ! compute-sanitizer --tool "$tool" "${extra[@]}" --error-exitcode 99 "$exe"; then
+  if ! compute-sanitizer --tool "$tool" ${extra[@]+"${extra[@]}"} --error-exitcode 99 "$exe"; then
     echo "== $tool: FAILED" >&2
     status=1
   fi
