@@ -95,9 +95,11 @@ void single_matrix_cases() {
   const index_t shapes[][2] = {{0, 0}, {0, 9}, {4, 0}, {1, 1}, {1, 3}, {3, 5}, {7, 13}, {17, 1001}, {32, 4096}, {5, 8200}, {300, 24}};
   for (const auto& sh : shapes) {
     for (const auto& spec : kAll) {
-      for (int variant = 0; variant < 3; ++variant) {  // 0: packed+aligned, 1: shifted by one element, 2: padded ld
+      // 0: packed (vector stores where k allows), 1: shifted by one element (element stores),
+      // 2: odd padding of ld (element stores), 3: ld padded to a multiple of 8 plus 8 (vector stores + padding).
+      for (int variant = 0; variant < 4; ++variant) {
         const index_t r = sh[0], k = sh[1];
-        const index_t ld = variant == 2 ? k + 3 : k;
+        const index_t ld = variant == 2 ? k + 3 : (variant == 3 ? (k + 7) / 8 * 8 + 8 : k);
         const index_t offset = variant == 1 ? 1 : 0;
         const index_t total = offset + r * ld + 8;
         CAPTURE(r);
