@@ -269,6 +269,20 @@ TEST_CASE_TEMPLATE("sparse_b: host and device-mask construction agree with lori:
     const auto dev = lori::cuda::sparse_b<T>::from_host(hb.mask, hb.packed);
     CHECK(dev.nnz() == hb.mask.count());
     CHECK(dev.mask_to_host() == hb.mask);
+    {  // from a dense host B: the kept entries, in the same packed order
+      std::vector<T> dense_host(static_cast<std::size_t>(d * r));
+      std::normal_distribution<double> nd;
+      for (index_t i = 0; i < d; ++i)
+        for (index_t j = 0; j < r; ++j)
+          dense_host[static_cast<std::size_t>(i * r + j)] =
+              hb.mask.test(i, j) ? lori::from_float<T>(static_cast<float>(hb(i, j))) : lori::from_float<T>(static_cast<float>(nd(g)));
+      const auto dev3 = lori::cuda::sparse_b<T>::from_host_dense(hb.mask, lori::row_major_view<const T>(dense_host.data(), d, r));
+      const auto v3 = dev3.value_buffer().download();
+      CHECK(v3.size() == hb.packed.size());
+      index_t w3 = 0;
+      for (std::size_t p = 0; p < v3.size() && p < hb.packed.size(); ++p) w3 += std::memcmp(&v3[p], &hb.packed[p], sizeof(T)) != 0;
+      CHECK(w3 == 0);
+    }
 
     // Dense scatter (poisoned first) equals the host dense B.
     device_buffer<T> dense(d * r);
@@ -388,6 +402,15 @@ void forward_case(lori::cuda::context& ctx, index_t n, index_t k, index_t d, ind
     for (index_t t = 0; t < n; ++t)
       for (index_t c = d; c < ldy; ++c) pad_changed += !is_poison(got[static_cast<std::size_t>(t * ldy + c)]);
     CHECK(pad_changed == 0);
+    // Pipelined over 3 chunks (aux stream + events) where the decode kernel does not take the call.
+    dY.fill_bytes(0xff);
+    ws.fill_bytes(0xff);
+    lori::cuda::layer_forward<T>(ctx, xv, cview(dW, d, k), av, B, static_cast<float>(s), mview(dY, n, d, ldy), ws.data(),
+                                 ws.bytes(), 3);
+    {
+      INFO("layer_forward, 3 chunks");
+      LORI_CHECK_CLOSE(check_close<T>(compact(dY.download(), n, d, ldy), Yl, l2l, unit_roundoff<T>(), K));
+    }
 
     // layer_forward_widened: X_ext = [X | poison], W_ext = [W | B dense] built with scatter_to_dense.
     const index_t kr = k + r;
@@ -404,6 +427,13 @@ void forward_case(lori::cuda::context& ctx, index_t n, index_t k, index_t d, ind
     lori::cuda::layer_forward_widened<T>(ctx, mview(dXe, n, kr), cview(dWe, d, kr), av, static_cast<float>(s),
                                          mview(dY, n, d, ldy));
     INFO("layer_forward_widened");
+    LORI_CHECK_CLOSE(check_close<T>(compact(dY.download(), n, d, ldy), Yl, l2l, unit_roundoff<T>(), K));
+    // Pipelined over 3 chunks (aux stream + events); fresh poison in the H columns and in Y.
+    dXe.upload(xe);
+    dY.fill_bytes(0xff);
+    lori::cuda::layer_forward_widened<T>(ctx, mview(dXe, n, kr), cview(dWe, d, kr), av, static_cast<float>(s),
+                                         mview(dY, n, d, ldy), 3);
+    INFO("layer_forward_widened, 3 chunks");
     LORI_CHECK_CLOSE(check_close<T>(compact(dY.download(), n, d, ldy), Yl, l2l, unit_roundoff<T>(), K));
   }
 }
@@ -612,7 +642,10 @@ TEST_CASE_TEMPLATE("adamw_step and sgd_step: one fused launch over many tensors 
   auto g = lori_test::rng(505);
   lori::cuda::context ctx;
   // Sizes: empty, tiny, odd, exactly one chunk, more than one chunk.
-  const std::vector<index_t> sizes = {0, 1, 3, 4095, 4096, 4097, 10000, 257};
+  // The last tensor starts one element into its buffers: misaligned for the 2-element vector path,
+  // so the kernel's scalar path runs too (and element 0 must stay untouched).
+  const std::vector<index_t> sizes = {0, 1, 3, 4095, 4096, 4097, 10000, 257, 1001};
+  const std::vector<index_t> offs = {0, 0, 0, 0, 0, 0, 0, 0, 1};
   std::normal_distribution<double> nd;
   std::vector<host_mat<T>> P, Gr;
   std::vector<std::vector<float>> M, V;
@@ -634,11 +667,13 @@ TEST_CASE_TEMPLATE("adamw_step and sgd_step: one fused launch over many tensors 
     dM.emplace_back(M[i]);
     dV.emplace_back(V[i]);
   }
-  for (std::size_t i = 0; i < sizes.size(); ++i)
-    tensors.push_back({dP[i].data(), dG[i].data(), dM[i].data(), dV[i].data(), sizes[i]});
+  for (std::size_t i = 0; i < sizes.size(); ++i) {
+    const index_t o = offs[i];
+    tensors.push_back({dP[i].data() + o, dG[i].data() + o, dM[i].data() + o, dV[i].data() + o, sizes[i] - o});
+  }
   const lori::cuda::multi_tensor_plan<T> plan(tensors);
   index_t expect_chunks = 0;
-  for (const index_t n : sizes) expect_chunks += (n + 4095) / 4096;
+  for (std::size_t i = 0; i < sizes.size(); ++i) expect_chunks += (sizes[i] - offs[i] + 4095) / 4096;
   CHECK(plan.chunks() == expect_chunks);
 
   const double u = unit_roundoff<T>(), u32 = std::ldexp(1.0, -24);
@@ -662,7 +697,11 @@ TEST_CASE_TEMPLATE("adamw_step and sgd_step: one fused launch over many tensors 
       const auto v = dV[i].download();
       const double b1 = hp.beta1, b2 = hp.beta2, lr = hp.lr, wd = hp.weight_decay, eps = hp.eps;
       const double bc1 = 1 - std::pow(b1, static_cast<double>(step)), bc2 = 1 - std::pow(b2, static_cast<double>(step));
-      for (index_t e = 0; e < sizes[i]; ++e) {
+      for (index_t e = 0; e < offs[i]; ++e) {  // outside the tensor: untouched
+        const auto ei = static_cast<std::size_t>(e);
+        bad += std::memcmp(&p[ei], &P[i].s[ei], sizeof(T)) != 0 || m[ei] != M[i][ei] || v[ei] != V[i][ei];
+      }
+      for (index_t e = offs[i]; e < sizes[i]; ++e) {
         const auto ei = static_cast<std::size_t>(e);
         const double gg = Gr[i].d[ei], p0 = P[i].d[ei] * (1 - lr * wd);
         const double mr = b1 * M[i][ei] + (1 - b1) * gg;
@@ -684,7 +723,8 @@ TEST_CASE_TEMPLATE("adamw_step and sgd_step: one fused launch over many tensors 
   index_t bad = 0;
   for (std::size_t i = 0; i < sizes.size(); ++i) {
     const auto p = dP[i].download();
-    for (index_t e = 0; e < sizes[i]; ++e) {
+    for (index_t e = 0; e < offs[i]; ++e) bad += std::memcmp(&p[static_cast<std::size_t>(e)], &P[i].s[static_cast<std::size_t>(e)], sizeof(T)) != 0;
+    for (index_t e = offs[i]; e < sizes[i]; ++e) {
       const auto ei = static_cast<std::size_t>(e);
       const double p0 = P[i].d[ei], gg = Gr[i].d[ei];
       const double pr = p0 - lr * (gg + wd * p0);
@@ -766,6 +806,17 @@ TEST_CASE_TEMPLATE("merge_into: W += Σ s·B·A in one GEMM, dense and sparse B,
   merge_case<T>(ctx, 77, 129, {8, 16}, {false, true}, {0.3, -1.7}, g);
   merge_case<T>(ctx, 1, 1, {1}, {false}, {2.0}, g);
   merge_case<T>(ctx, 300, 203, {32}, {true}, {1.0}, g);
+  {  // 17 adapters: more than one pack launch (16 per launch), mixed dense/sparse, unequal scales
+    std::vector<index_t> ranks;
+    std::vector<bool> sparse;
+    std::vector<double> scales;
+    for (int t = 0; t < 17; ++t) {
+      ranks.push_back(1 + t % 3);
+      sparse.push_back(t % 2 == 0);
+      scales.push_back(0.25 * (t + 1));
+    }
+    merge_case<T>(ctx, 40, 24, ranks, sparse, scales, g);
+  }
   lori::cuda::device_buffer<T> z(16);
   std::vector<lori::cuda::merge_source<T>> bad(1);
   bad[0].A = cview(z, 2, 4);

@@ -10,7 +10,6 @@
 #include <cstring>
 #include <fstream>
 #include <iterator>
-#include <regex>
 #include <string>
 #include <vector>
 
@@ -35,21 +34,44 @@ peft_bs read_lora_b(const std::string& path) {
   const std::string header(bytes.data() + 8, static_cast<std::size_t>(n));
   const char* data = bytes.data() + 8 + n;
   peft_bs out;
-  const std::regex entry("\"([^\"]*lora_B[^\"]*)\"\\s*:\\s*\\{([^}]*)\\}");
-  const std::regex shape("\"shape\"\\s*:\\s*\\[\\s*(\\d+)\\s*,\\s*(\\d+)\\s*\\]");
-  const std::regex offs("\"data_offsets\"\\s*:\\s*\\[\\s*(\\d+)\\s*,\\s*(\\d+)\\s*\\]");
-  for (std::sregex_iterator it(header.begin(), header.end(), entry), end; it != end; ++it) {
-    const std::string body = (*it)[2];
+  // Each entry: "<name>":{"dtype":"F32","shape":[r,c],"data_offsets":[b,e]} (no nested objects).
+  auto numbers_after = [](const std::string& body, const std::string& field) {
+    const std::size_t at = body.find("\"" + field + "\"");
+    REQUIRE(at != std::string::npos);
+    const std::size_t open = body.find('[', at), close = body.find(']', at);
+    REQUIRE((open != std::string::npos && close != std::string::npos && open < close));
+    std::vector<std::uint64_t> v;
+    std::uint64_t cur = 0;
+    bool any = false;
+    for (std::size_t i = open + 1; i <= close; ++i) {
+      const char ch = body[i];
+      if (ch >= '0' && ch <= '9') {
+        cur = cur * 10 + static_cast<std::uint64_t>(ch - '0');
+        any = true;
+      } else if (any) {
+        v.push_back(cur);
+        cur = 0;
+        any = false;
+      }
+    }
+    return v;
+  };
+  std::size_t pos = 0;
+  while ((pos = header.find("lora_B", pos)) != std::string::npos) {
+    const std::size_t name_begin = header.rfind('"', pos) + 1, name_end = header.find('"', pos);
+    const std::size_t ob = header.find('{', name_end), cb = header.find('}', ob);
+    REQUIRE((ob != std::string::npos && cb != std::string::npos));
+    const std::string name = header.substr(name_begin, name_end - name_begin), body = header.substr(ob, cb - ob + 1);
+    pos = cb;
     REQUIRE(body.find("\"F32\"") != std::string::npos);
-    std::smatch s, o;
-    REQUIRE(std::regex_search(body, s, shape));
-    REQUIRE(std::regex_search(body, o, offs));
-    const lori::index_t r = std::stoll(s[1]), c = std::stoll(s[2]);
-    const std::size_t b = std::stoull(o[1]), e = std::stoull(o[2]);
-    REQUIRE(e - b == static_cast<std::size_t>(r * c) * sizeof(float));
+    const auto shape = numbers_after(body, "shape"), offs = numbers_after(body, "data_offsets");
+    REQUIRE(shape.size() == 2);
+    REQUIRE(offs.size() == 2);
+    const auto r = static_cast<lori::index_t>(shape[0]), c = static_cast<lori::index_t>(shape[1]);
+    REQUIRE(offs[1] - offs[0] == static_cast<std::uint64_t>(r * c) * sizeof(float));
     std::vector<float> v(static_cast<std::size_t>(r * c));
-    std::memcpy(v.data(), data + b, e - b);
-    out.names.push_back((*it)[1]);
+    std::memcpy(v.data(), data + offs[0], static_cast<std::size_t>(offs[1] - offs[0]));
+    out.names.push_back(name);
     out.values.push_back(std::move(v));
     out.rows.push_back(r);
     out.cols.push_back(c);

@@ -2,13 +2,15 @@
 // bf16, fp16), for single matrices (aligned / unaligned / padded leading dimension / odd shapes) and for
 // batches in one launch (random mixes and the full Llama-3-8B r = 32 set), plus error paths.
 // Outputs are poisoned (0xff bytes) before every launch, so unwritten elements and writes into
-// padding are caught.
+// padding are caught. The CPU reference is lori::projection_values on the host (the scalar path of
+// lori/random/projection.hpp, which lori_test_random checks against golden bits and the AVX2 path);
+// this file stays Eigen-free.
 #include <doctest/doctest.h>
 
 #include "lori/core/float16.hpp"
 #include "lori/cuda/device_buffer.cuh"
 #include "lori/cuda/projection.cuh"
-#include "lori/random/projection.hpp"
+#include "lori/random/distributions.hpp"
 #include "lori/random/stream.hpp"
 
 #include <cstdint>
@@ -26,6 +28,19 @@ const projection_spec kAll[] = {projection_spec::kaiming_uniform(), projection_s
                                 projection_spec::sparse(17.5)};
 
 std::mt19937_64 test_rng(std::uint64_t salt) { return std::mt19937_64(0x5eed0000ull + salt); }
+
+// The CPU projection (rows x cols, row-major), element values as floats, computed on the host.
+std::vector<float> cpu_projection(index_t rows, index_t cols, std::uint64_t seed, std::uint64_t stream, const projection_spec& spec) {
+  const lori::projection_params p = lori::make_projection_params(spec, rows, cols);
+  std::vector<float> a(static_cast<std::size_t>(rows * cols));
+  for (index_t i = 0; i < rows; ++i) {
+    for (index_t q = 0; q * 4 < cols; ++q) {
+      const lori::float4_values v = lori::projection_values(p, lori::projection_block(seed, stream, i, q));
+      for (int t = 0; t < 4 && q * 4 + t < cols; ++t) a[static_cast<std::size_t>(i * cols + q * 4 + t)] = v.v[t];
+    }
+  }
+  return a;
+}
 
 // The CPU reference value of A(i, j), in the bit pattern of T.
 template <class T>
@@ -63,12 +78,12 @@ std::uint64_t poison_bits() {
 template <class T>
 std::size_t compare(const std::vector<T>& host, index_t offset, index_t rows, index_t cols, index_t ld, std::uint64_t seed,
                     std::uint64_t stream, const projection_spec& spec) {
-  const auto a = lori::projection_matrix<float>(rows, cols, seed, stream, spec);
+  const auto a = cpu_projection(rows, cols, seed, stream, spec);
   std::size_t bad = 0;
   for (index_t i = 0; i < rows; ++i) {
     for (index_t j = 0; j < ld; ++j) {
       const std::uint64_t got = bits_of(host[static_cast<std::size_t>(offset + i * ld + j)]);
-      bad += got != (j < cols ? expected_bits<T>(a(i, j)) : poison_bits<T>());
+      bad += got != (j < cols ? expected_bits<T>(a[static_cast<std::size_t>(i * cols + j)]) : poison_bits<T>());
     }
   }
   return bad;
@@ -80,9 +95,11 @@ void single_matrix_cases() {
   const index_t shapes[][2] = {{0, 0}, {0, 9}, {4, 0}, {1, 1}, {1, 3}, {3, 5}, {7, 13}, {17, 1001}, {32, 4096}, {5, 8200}, {300, 24}};
   for (const auto& sh : shapes) {
     for (const auto& spec : kAll) {
-      for (int variant = 0; variant < 3; ++variant) {  // 0: packed+aligned, 1: shifted by one element, 2: padded ld
+      // 0: packed (vector stores where k allows), 1: shifted by one element (element stores),
+      // 2: odd padding of ld (element stores), 3: ld padded to a multiple of 8 plus 8 (vector stores + padding).
+      for (int variant = 0; variant < 4; ++variant) {
         const index_t r = sh[0], k = sh[1];
-        const index_t ld = variant == 2 ? k + 3 : k;
+        const index_t ld = variant == 2 ? k + 3 : (variant == 3 ? (k + 7) / 8 * 8 + 8 : k);
         const index_t offset = variant == 1 ? 1 : 0;
         const index_t total = offset + r * ld + 8;
         CAPTURE(r);
@@ -199,9 +216,50 @@ TEST_CASE("Llama-3-8B r = 32: all 224 A's in one launch equal the CPU, per distr
     std::size_t bad = 0;
     off = 0;
     for (const auto& n : names) {
-      const auto a = lori::projection_matrix<float>(r, n.second, 2026, lori::stream_from_name(n.first), spec);
-      for (index_t t = 0; t < a.size(); ++t) bad += lori::float_bits(host[static_cast<std::size_t>(off + t)]) != lori::float_bits(a.data()[t]);
+      const auto a = cpu_projection(r, n.second, 2026, lori::stream_from_name(n.first), spec);
+      for (std::size_t t = 0; t < a.size(); ++t) bad += lori::float_bits(host[static_cast<std::size_t>(off) + t]) != lori::float_bits(a[t]);
       off += r * n.second;
+    }
+    CHECK(bad == 0);
+  }
+}
+
+namespace {
+__global__ void elements_kernel(lori::projection_params p, std::uint64_t seed, std::uint64_t stream, const index_t* ij, float* out,
+                                std::uint32_t* words, int n) {
+  const int t = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
+  if (t >= n) return;
+  out[t] = lori::projection_element(p, seed, stream, ij[2 * t], ij[2 * t + 1]);
+  const lori::counter_rng g(seed, stream);
+  words[t] = g.word(static_cast<std::uint64_t>(ij[2 * t + 1]));  // counter_rng on the device
+}
+}  // namespace
+
+TEST_CASE("projection_element and counter_rng in user kernels equal the host") {
+  auto g = test_rng(7);
+  const int n = 4096;
+  for (const auto& spec : kAll) {
+    const index_t r = 64, k = 100000;
+    const auto p = lori::make_projection_params(spec, r, k);
+    const std::uint64_t seed = g(), stream = g();
+    std::vector<index_t> ij(2 * n);
+    for (int t = 0; t < n; ++t) {
+      ij[2 * t] = static_cast<index_t>(g() % r);
+      ij[2 * t + 1] = static_cast<index_t>(g() % k);
+    }
+    lori::cuda::device_buffer<index_t> d_ij(ij);
+    lori::cuda::device_buffer<float> d_out(n);
+    lori::cuda::device_buffer<std::uint32_t> d_w(n);
+    d_out.fill_bytes(0xff);
+    elements_kernel<<<(n + 255) / 256, 256>>>(p, seed, stream, d_ij.data(), d_out.data(), d_w.data(), n);
+    LORI_CUDA_CHECK_LAUNCH();
+    const auto out = d_out.download();
+    const auto w = d_w.download();
+    std::size_t bad = 0;
+    const lori::counter_rng hg(seed, stream);
+    for (int t = 0; t < n; ++t) {
+      bad += lori::float_bits(out[t]) != lori::float_bits(lori::projection_element(p, seed, stream, ij[2 * t], ij[2 * t + 1]));
+      bad += w[t] != hg.word(static_cast<std::uint64_t>(ij[2 * t + 1]));
     }
     CHECK(bad == 0);
   }

@@ -45,8 +45,9 @@ void grad_b_sddmm(context& ctx, row_major_view<const T> G, const float* H, float
 template <class T>
 std::size_t grad_x_workspace_bytes(index_t n, index_t d, index_t r);
 
-/// dX (n x k) = G·W + s·(G·B)·A. G n x d, W d x k, A r x k, B d x r sparse. Three cuBLAS GEMMs and
-/// one small kernel; G·B is rounded to T before the last GEMM (16-bit: relative 2^-8 of that term).
+/// dX (n x k) = G·W + s·(G·B)·A. G n x d, W d x k, A r x k, B d x r sparse. One small kernel (B
+/// dense into workspace) and three cuBLAS GEMMs: U = G·B, dX = s·U·A, dX = G·W + dX. U and the
+/// low-rank part are rounded to T before the big GEMM adds them (16-bit: relative 2^-8 of that term).
 template <class T>
 void grad_x(context& ctx, row_major_view<const T> G, row_major_view<const T> W, row_major_view<const T> A,
             const sparse_b<T>& B, float s, row_major_view<T> dX, void* workspace, std::size_t workspace_bytes);
@@ -355,11 +356,12 @@ void grad_x(context& ctx, row_major_view<const T> G, row_major_view<const T> W, 
                               detail_bwd::align256(static_cast<std::size_t>(d * r) * sizeof(T)));
   const cudaDataType_t t = detail::cuda_data_type<T>();
   B.scatter_to_dense(Bd, r, ctx.stream());
-  // U = G·B (n x r), dX = G·W, dX += s·U·A.
+  // U = G·B (n x r); dX = s·U·A (thin, write-only); dX = G·W + 1·dX (the big GEMM reads dX in its
+  // epilogue, hidden under its math) - cheaper than adding the low-rank term after the big GEMM.
   detail::gemm_row_major(ctx.cublas(), false, false, n, r, d, 1.0f, G.data(), G.ld(), Bd, r, 0.0f, U, r, t, t);
-  detail::gemm_row_major(ctx.cublas(), false, false, n, k, d, 1.0f, G.data(), G.ld(), W.data(), W.ld(), 0.0f, dX.data(),
+  detail::gemm_row_major(ctx.cublas(), false, false, n, k, r, s, U, r, A.data(), A.ld(), 0.0f, dX.data(), dX.ld(), t, t);
+  detail::gemm_row_major(ctx.cublas(), false, false, n, k, d, 1.0f, G.data(), G.ld(), W.data(), W.ld(), 1.0f, dX.data(),
                          dX.ld(), t, t);
-  detail::gemm_row_major(ctx.cublas(), false, false, n, k, r, s, U, r, A.data(), A.ld(), 1.0f, dX.data(), dX.ld(), t, t);
 }
 
 }  // namespace lori::cuda

@@ -67,9 +67,13 @@ void adapter_forward_decode(context& ctx, row_major_view<const T> X, row_major_v
 /// one write of Y and the GEMM's read of Y in its epilogue. For small n: base GEMM, then the decode
 /// kernel. Y's adapter part is rounded to T once before the base GEMM adds it (16-bit storage:
 /// an extra rounding of the adapter term, relative 2^-8 of it).
+/// chunks > 1 (at most 16, n > 64 only): token rows split into chunks; chunk c+1's H GEMM and
+/// write-only expansion run on ctx.aux_stream() while chunk c's base GEMM runs on ctx.stream(), so
+/// only the first chunk's adapter work is exposed (events order the streams).
 template <class T>
 void layer_forward(context& ctx, row_major_view<const T> X, row_major_view<const T> W, row_major_view<const T> A,
-                   const sparse_b<T>& B, float s, row_major_view<T> Y, void* workspace, std::size_t workspace_bytes);
+                   const sparse_b<T>& B, float s, row_major_view<T> Y, void* workspace, std::size_t workspace_bytes,
+                   index_t chunks = 1);
 
 /// The whole layer with K widened by r, as ONE base GEMM: Y = [X | s·H]·[W | B]ᵀ, H = X·Aᵀ.
 /// The caller keeps X and W inside wider buffers: X_ext is n x (k + r) whose first k columns hold X
@@ -77,9 +81,12 @@ void layer_forward(context& ctx, row_major_view<const T> X, row_major_view<const
 /// the last r columns (build once per B update with B.scatter_to_dense(W_ext.data() + k, k + r, stream)).
 /// Two cuBLAS calls: the thin H GEMM (reads X once) and the base GEMM with K = k + r (+r/k FLOPs). No
 /// workspace. 16-bit: s·H is rounded to T (relative 2^-8 of the adapter term, as PyTorch's bf16 LoRA).
+/// chunks > 1 (at most 16): the token rows are split into that many chunks and the thin H GEMM of
+/// chunk c + 1 runs on ctx.aux_stream() while the base GEMM of chunk c runs on ctx.stream() (events
+/// order them), hiding the H GEMM under the compute-bound base GEMM except for the first chunk.
 template <class T>
 void layer_forward_widened(context& ctx, row_major_view<T> X_ext, row_major_view<const T> W_ext,
-                           row_major_view<const T> A, float s, row_major_view<T> Y);
+                           row_major_view<const T> A, float s, row_major_view<T> Y, index_t chunks = 1);
 
 // =====================================================================================================
 // Implementation
@@ -96,21 +103,30 @@ __global__ void __launch_bounds__(expand_threads) expand_kernel(const float* __r
                                                                 index_t ldy, bool accumulate) {
   float* Hs = reinterpret_cast<float*>(detail::dynamic_smem());  // expand_tokens x r, pre-scaled by s
   const index_t t0 = static_cast<index_t>(blockIdx.y) * expand_tokens;
+  const index_t c = static_cast<index_t>(blockIdx.x) * expand_threads + threadIdx.x;
+  const bool active = c < B.rows;
+  // Issue the first group's Y loads before waiting for the H tile (overlaps the two latencies).
+  float y[expand_unroll];
+#pragma unroll
+  for (int u = 0; u < expand_unroll; ++u) {
+    const index_t t = t0 + u;
+    y[u] = (accumulate && active && t < n) ? detail::ld_f(Y + t * ldy + c) : 0.0f;
+  }
   for (index_t e = threadIdx.x; e < expand_tokens * r; e += expand_threads) {
     const index_t t = e / r, j = e - t * r;
     Hs[e] = (t0 + t < n) ? s * H[(t0 + t) * r + j] : 0.0f;
   }
   __syncthreads();
-  const index_t c = static_cast<index_t>(blockIdx.x) * expand_threads + threadIdx.x;
-  if (c >= B.rows) return;
+  if (!active) return;
   const std::int32_t p0 = B.row_ptr[c], p1 = B.row_ptr[c + 1];
   for (int tc = 0; tc < expand_tokens; tc += expand_unroll) {
     if (t0 + tc >= n) break;
-    float y[expand_unroll];
+    if (tc > 0) {
 #pragma unroll
-    for (int u = 0; u < expand_unroll; ++u) {
-      const index_t t = t0 + tc + u;
-      y[u] = (accumulate && t < n) ? detail::ld_f(Y + t * ldy + c) : 0.0f;
+      for (int u = 0; u < expand_unroll; ++u) {
+        const index_t t = t0 + tc + u;
+        y[u] = (accumulate && t < n) ? detail::ld_f(Y + t * ldy + c) : 0.0f;
+      }
     }
     for (std::int32_t p = p0; p < p1; ++p) {
       const index_t j = B.col_idx[p];
@@ -132,6 +148,7 @@ inline constexpr int decode_kc = 32;        // k-chunk staged in shared memory
 inline constexpr int decode_max_outputs = 4096;  // n * r
 inline constexpr int decode_per_thread = decode_max_outputs / decode_threads;
 inline constexpr int decode_local_h = 512;  // n * r up to which every block reduces H itself
+inline constexpr int decode_group = 8;      // tokens per thread in phase 3
 
 template <class T>
 struct decode_params {
@@ -199,7 +216,8 @@ __global__ void __launch_bounds__(decode_threads) decode_kernel(decode_params<T>
   // then a fixed shuffle tree whose lane-0 result is used, so H is bitwise the same wherever and
   // however often it is computed (deterministic). A small H (n*r <= decode_local_h) is reduced by
   // every block into its own shared memory (saves a grid barrier); a larger one is split over the
-  // grid into q.H, followed by a second barrier.
+  // grid into q.H, followed by a second barrier, then copied into every block's shared memory.
+  // Shared memory holds (n + r)(kc + 1) >= n*r floats whenever n*r <= 4096, so H fits where X and A were.
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   constexpr int warps = decode_threads / 32;
   const bool local = nr <= decode_local_h;  // grid-uniform
@@ -216,29 +234,54 @@ __global__ void __launch_bounds__(decode_threads) decode_kernel(decode_params<T>
       const float h = reduce(o);
       if (lane == 0) Hs[o] = h;
     }
-    __syncthreads();
   } else {
     for (index_t o = b * warps + warp; o < nr; o += nb * warps) {
       const float h = reduce(o);
       if (lane == 0) q.H[o] = h;
     }
     grid.sync();
+    for (index_t o = threadIdx.x; o < nr; o += decode_threads) Hs[o] = __ldcg(q.H + o);  // n*r <= 4096 floats
   }
+  __syncthreads();
 
-  // Phase 3: one thread per (token, output column): Y(t, c) += sum over kept j of H(t, j) B(c, j).
+  // Phase 3: one thread per (group of 8 tokens, output column c): Y(t, c) += Σ_j H(t, j) B(c, j)
+  // over c's kept entries, H from shared memory. Consecutive threads take consecutive columns.
   const index_t d = q.B.rows;
+  const index_t groups = (q.n + decode_group - 1) / decode_group;
   const index_t g = b * decode_threads + threadIdx.x, stride = nb * decode_threads;
-  for (index_t e = g; e < q.n * d; e += stride) {
-    const index_t t = e / d, c = e - t * d;
-    float y = 0.0f;
-    for (std::int32_t p = q.B.row_ptr[c]; p < q.B.row_ptr[c + 1]; ++p) {
-      const index_t hi = t * q.r + q.B.col_idx[p];
-      const float h = local ? Hs[hi] : __ldcg(q.H + hi);
-      y = fmaf(h, ::lori::to_float(q.B.values[p]), y);
+  for (index_t e = g; e < groups * d; e += stride) {
+    const index_t grp = e / d, c = e - grp * d, t0 = grp * decode_group;
+    float y[decode_group];
+#pragma unroll
+    for (int u = 0; u < decode_group; ++u) y[u] = 0.0f;
+    const std::int32_t p1 = q.B.row_ptr[c + 1];
+    for (std::int32_t p = q.B.row_ptr[c]; p < p1; ++p) {
+      const float* hcol = Hs + t0 * q.r + q.B.col_idx[p];
+      const float v = ::lori::to_float(q.B.values[p]);
+#pragma unroll
+      for (int u = 0; u < decode_group; ++u)
+        if (t0 + u < q.n) y[u] = fmaf(hcol[u * q.r], v, y[u]);
     }
-    T* yp = q.Y + t * q.ldy + c;
-    detail::st_f(yp, detail::ld_f(yp) + y);
+#pragma unroll
+    for (int u = 0; u < decode_group; ++u) {
+      if (t0 + u < q.n) {
+        T* yp = q.Y + (t0 + u) * q.ldy + c;
+        detail::st_f(yp, detail::ld_f(yp) + y[u]);
+      }
+    }
   }
+}
+
+// Y rows [0, n) (Y points at the first) = (accumulate ? Y : 0) + s·H·Bᵀ on `stream`; checked by callers.
+template <class T>
+void launch_expand(cudaStream_t stream, const float* H, index_t n, float s, const sparse_b<T>& B, T* Y, index_t ldy,
+                   bool accumulate) {
+  const index_t d = B.rows(), r = B.cols();
+  const dim3 grid(detail::grid_dim(detail::ceil_div(d, expand_threads)),
+                  detail::grid_dim(detail::ceil_div(n, expand_tokens), false));
+  const std::size_t smem = static_cast<std::size_t>(expand_tokens * r) * sizeof(float);
+  expand_kernel<T><<<grid, expand_threads, smem, stream>>>(H, n, r, B.view(), s, Y, ldy, accumulate);
+  LORI_CUDA_CHECK_LAUNCH();
 }
 
 inline std::size_t decode_smem_bytes(index_t n, index_t r) {
@@ -291,12 +334,7 @@ void adapter_expand(context& ctx, const float* H, index_t n, float s, const spar
   LORI_EXPECTS(H != nullptr || n == 0, "adapter_expand: null H");
   LORI_EXPECTS(n <= index_t{65535} * detail_fwd::expand_tokens, "adapter_expand: too many tokens for one call");
   if (n == 0 || d == 0) return;
-  const dim3 grid(detail::grid_dim(detail::ceil_div(d, detail_fwd::expand_threads)),
-                  detail::grid_dim(detail::ceil_div(n, detail_fwd::expand_tokens), false));
-  const std::size_t smem = static_cast<std::size_t>(detail_fwd::expand_tokens * r) * sizeof(float);
-  detail_fwd::expand_kernel<T>
-      <<<grid, detail_fwd::expand_threads, smem, ctx.stream()>>>(H, n, r, B.view(), s, Y.data(), Y.ld(), accumulate);
-  LORI_CUDA_CHECK_LAUNCH();
+  detail_fwd::launch_expand(ctx.stream(), H, n, s, B, Y.data(), Y.ld(), accumulate);
 }
 
 template <class T>
@@ -313,13 +351,16 @@ void adapter_forward_decode(context& ctx, row_major_view<const T> X, row_major_v
                "adapter_forward_decode: workspace missing or smaller than adapter_forward_workspace_bytes()");
   LORI_EXPECTS(reinterpret_cast<std::uintptr_t>(workspace) % alignof(float) == 0,
                "adapter_forward_decode: workspace must be 4-byte aligned");
-  const std::size_t smem = detail_fwd::decode_smem_bytes(n, r);
+  const std::size_t smem = detail_fwd::decode_smem_bytes(n, r);  // <= 36 KB for n*r <= 4096, n <= 64, r <= 256
   auto kernel = detail_fwd::decode_kernel<T>;
-  if (smem > 48 * 1024)
-    LORI_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-  int per_sm = 0;
-  LORI_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, detail_fwd::decode_threads, smem));
-  LORI_EXPECTS(per_sm >= 1, "adapter_forward_decode: kernel does not fit on an SM");
+  // Co-residency of one block per SM (cooperative launch) checked once, at the largest shared memory
+  // any call uses (48 KB), so the per-call host cost stays a launch (decode is latency-bound).
+  static const int per_sm = [kernel] {
+    int v = 0;
+    LORI_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&v, kernel, detail_fwd::decode_threads, 48 * 1024));
+    return v;
+  }();
+  LORI_EXPECTS(per_sm >= 1 && smem <= 48 * 1024, "adapter_forward_decode: kernel does not fit on an SM");
   const int blocks = ctx.sm_count();  // one block per SM: co-resident, as cooperative launch requires
   detail_fwd::decode_params<T> q{X.data(), X.ld(), A.data(), A.ld(), B.view(), s, Y.data(), Y.ld(), n, X.cols(), r,
                                  nullptr, nullptr};
@@ -353,7 +394,8 @@ void adapter_forward(context& ctx, row_major_view<const T> X, row_major_view<con
 
 template <class T>
 void layer_forward(context& ctx, row_major_view<const T> X, row_major_view<const T> W, row_major_view<const T> A,
-                   const sparse_b<T>& B, float s, row_major_view<T> Y, void* workspace, std::size_t workspace_bytes) {
+                   const sparse_b<T>& B, float s, row_major_view<T> Y, void* workspace, std::size_t workspace_bytes,
+                   index_t chunks) {
   static_assert(detail::is_cuda_storage_v<T>, "layer_forward: T must be float, bfloat16 or half");
   const index_t n = X.rows(), r = B.cols(), d = B.rows();
   detail_fwd::check_adapter_shapes("layer_forward", X, A, d, r, Y);
@@ -370,29 +412,88 @@ void layer_forward(context& ctx, row_major_view<const T> X, row_major_view<const
   }
   LORI_EXPECTS(reinterpret_cast<std::uintptr_t>(workspace) % alignof(float) == 0,
                "layer_forward: workspace must be 4-byte aligned");
+  LORI_EXPECTS(chunks >= 1 && chunks <= 16, "layer_forward: chunks must be in [1, 16]");
   float* H = static_cast<float*>(workspace);
-  adapter_project(ctx, X, A, H);
-  adapter_expand(ctx, H, n, s, B, Y, false);
-  detail::gemm_row_major(ctx.cublas(), false, true, n, d, X.cols(), 1.0f, X.data(), X.ld(), W.data(), W.ld(), 1.0f,
-                         Y.data(), Y.ld(), t, t);
+  const index_t k = X.cols();
+  // Rows [r0, r0 + m): H rows = X rows·Aᵀ; Y rows = s·H·Bᵀ (write-only); Y rows = X rows·Wᵀ + Y rows.
+  auto adapter_part = [&](cudaStream_t st, cublasHandle_t h, index_t r0, index_t m) {
+    detail::gemm_row_major(h, false, true, m, r, k, 1.0f, X.data() + r0 * X.ld(), X.ld(), A.data(), A.ld(), 0.0f,
+                           H + r0 * r, r, t, CUDA_R_32F);
+    detail_fwd::launch_expand(st, H + r0 * r, m, s, B, Y.data() + r0 * Y.ld(), Y.ld(), false);
+  };
+  auto base_gemm = [&](index_t r0, index_t m) {
+    detail::gemm_row_major(ctx.cublas(), false, true, m, d, k, 1.0f, X.data() + r0 * X.ld(), X.ld(), W.data(), W.ld(),
+                           1.0f, Y.data() + r0 * Y.ld(), Y.ld(), t, t);
+  };
+  const index_t m = detail::ceil_div(n, chunks);
+  const index_t count = detail::ceil_div(n, m);
+  if (count <= 1) {
+    adapter_part(ctx.stream(), ctx.cublas(), 0, n);
+    base_gemm(0, n);
+    return;
+  }
+  cudaStream_t aux = ctx.aux_stream();
+  cublasHandle_t aux_h = ctx.aux_cublas();
+  LORI_CUDA_CHECK(cudaEventRecord(ctx.event(0), ctx.stream()));  // inputs written by earlier main-stream work
+  LORI_CUDA_CHECK(cudaStreamWaitEvent(aux, ctx.event(0), 0));
+  adapter_part(ctx.stream(), ctx.cublas(), 0, m);
+  for (index_t c = 0; c < count; ++c) {
+    const index_t r0 = c * m, rows = n - r0 < m ? n - r0 : m;
+    if (c + 1 < count) {
+      const index_t r1 = r0 + m, rows1 = n - r1 < m ? n - r1 : m;
+      adapter_part(aux, aux_h, r1, rows1);
+      LORI_CUDA_CHECK(cudaEventRecord(ctx.event(static_cast<int>(c + 1)), aux));
+    }
+    if (c > 0) LORI_CUDA_CHECK(cudaStreamWaitEvent(ctx.stream(), ctx.event(static_cast<int>(c)), 0));
+    base_gemm(r0, rows);
+  }
 }
 
 template <class T>
 void layer_forward_widened(context& ctx, row_major_view<T> X_ext, row_major_view<const T> W_ext,
-                           row_major_view<const T> A, float s, row_major_view<T> Y) {
+                           row_major_view<const T> A, float s, row_major_view<T> Y, index_t chunks) {
   static_assert(detail::is_cuda_storage_v<T>, "layer_forward_widened: T must be float, bfloat16 or half");
   const index_t n = X_ext.rows(), r = A.rows(), k = A.cols(), d = W_ext.rows();
   LORI_EXPECTS(r >= 1 && k >= 1 && d >= 1, "layer_forward_widened: r, k and d must be positive");
   LORI_EXPECTS(X_ext.cols() == k + r, "layer_forward_widened: X_ext must be n x (k + r) with A r x k");
   LORI_EXPECTS(W_ext.cols() == k + r, "layer_forward_widened: W_ext must be d x (k + r)");
   LORI_EXPECTS(Y.rows() == n && Y.cols() == d, "layer_forward_widened: Y must be n x d");
+  LORI_EXPECTS(chunks >= 1 && chunks <= 16, "layer_forward_widened: chunks must be in [1, 16]");
   if (n == 0) return;
   const cudaDataType_t t = detail::cuda_data_type<T>();
-  // s·H into the last r columns of X_ext (row stride X_ext.ld()), then one GEMM with K = k + r.
-  detail::gemm_row_major(ctx.cublas(), false, true, n, r, k, s, X_ext.data(), X_ext.ld(), A.data(), A.ld(), 0.0f,
-                         X_ext.data() + k, X_ext.ld(), t, t);
-  detail::gemm_row_major(ctx.cublas(), false, true, n, d, k + r, 1.0f, X_ext.data(), X_ext.ld(), W_ext.data(),
-                         W_ext.ld(), 0.0f, Y.data(), Y.ld(), t, t);
+  // Rows [r0, r0 + m): s·H into the last r columns of X_ext (row stride X_ext.ld()), then the base
+  // GEMM with K = k + r.
+  auto h_gemm = [&](cublasHandle_t h, index_t r0, index_t m) {
+    detail::gemm_row_major(h, false, true, m, r, k, s, X_ext.data() + r0 * X_ext.ld(), X_ext.ld(), A.data(), A.ld(),
+                           0.0f, X_ext.data() + r0 * X_ext.ld() + k, X_ext.ld(), t, t);
+  };
+  auto base_gemm = [&](index_t r0, index_t m) {
+    detail::gemm_row_major(ctx.cublas(), false, true, m, d, k + r, 1.0f, X_ext.data() + r0 * X_ext.ld(), X_ext.ld(),
+                           W_ext.data(), W_ext.ld(), 0.0f, Y.data() + r0 * Y.ld(), Y.ld(), t, t);
+  };
+  const index_t m = detail::ceil_div(n, chunks);
+  const index_t count = detail::ceil_div(n, m);
+  if (count <= 1) {
+    h_gemm(ctx.cublas(), 0, n);
+    base_gemm(0, n);
+    return;
+  }
+  // Chunk 0's H on the main stream; chunk c+1's H on the aux stream while chunk c's base GEMM runs.
+  cudaStream_t aux = ctx.aux_stream();
+  cublasHandle_t aux_h = ctx.aux_cublas();
+  LORI_CUDA_CHECK(cudaEventRecord(ctx.event(0), ctx.stream()));  // X_ext written by earlier main-stream work
+  LORI_CUDA_CHECK(cudaStreamWaitEvent(aux, ctx.event(0), 0));
+  h_gemm(ctx.cublas(), 0, m);
+  for (index_t c = 0; c < count; ++c) {
+    const index_t r0 = c * m, rows = n - r0 < m ? n - r0 : m;
+    if (c + 1 < count) {
+      const index_t r1 = r0 + m, rows1 = n - r1 < m ? n - r1 : m;
+      h_gemm(aux_h, r1, rows1);
+      LORI_CUDA_CHECK(cudaEventRecord(ctx.event(static_cast<int>(c + 1)), aux));
+    }
+    if (c > 0) LORI_CUDA_CHECK(cudaStreamWaitEvent(ctx.stream(), ctx.event(static_cast<int>(c)), 0));
+    base_gemm(r0, rows);
+  }
 }
 
 }  // namespace lori::cuda

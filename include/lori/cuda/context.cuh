@@ -49,6 +49,24 @@ class context {
   }
 
   cudaStream_t stream() const noexcept { return stream_; }
+
+  /// A second stream and cuBLAS handle on which lori overlaps independent work with the main
+  /// stream (created on first use; lori orders them against stream() with events).
+  cudaStream_t aux_stream() {
+    ensure_aux();
+    return aux_stream_;
+  }
+  cublasHandle_t aux_cublas() {
+    ensure_aux();
+    return aux_cublas_;
+  }
+  /// Event i of a small pool (i < 32) for ordering stream() and aux_stream(); created on first use.
+  cudaEvent_t event(int i) {
+    LORI_EXPECTS(i >= 0 && i < max_events, "context::event: index out of range");
+    if (events_[i] == nullptr) LORI_CUDA_CHECK(cudaEventCreateWithFlags(&events_[i], cudaEventDisableTiming));
+    return events_[i];
+  }
+  static constexpr int max_events = 32;
   cublasHandle_t cublas() const noexcept { return cublas_; }
   cublasLtHandle_t cublaslt() const noexcept { return cublaslt_; }
   cusparseHandle_t cusparse() const noexcept { return cusparse_; }
@@ -58,7 +76,22 @@ class context {
   bool cooperative_launch() const noexcept { return cooperative_ != 0; }
 
  private:
+  void ensure_aux() {
+    if (aux_stream_ == nullptr) LORI_CUDA_CHECK(cudaStreamCreateWithFlags(&aux_stream_, cudaStreamNonBlocking));
+    if (aux_cublas_ == nullptr) {
+      LORI_CUBLAS_CHECK(cublasCreate(&aux_cublas_));
+      LORI_CUBLAS_CHECK(cublasSetStream(aux_cublas_, aux_stream_));
+    }
+  }
   void release() noexcept {
+    for (auto& e : events_) {
+      if (e != nullptr) cudaEventDestroy(e);
+      e = nullptr;
+    }
+    if (aux_cublas_ != nullptr) cublasDestroy(aux_cublas_);
+    if (aux_stream_ != nullptr) cudaStreamDestroy(aux_stream_);
+    aux_cublas_ = nullptr;
+    aux_stream_ = nullptr;
     if (cusparse_ != nullptr) cusparseDestroy(cusparse_);
     if (cublaslt_ != nullptr) cublasLtDestroy(cublaslt_);
     if (cublas_ != nullptr) cublasDestroy(cublas_);
@@ -70,6 +103,9 @@ class context {
   cublasHandle_t cublas_ = nullptr;
   cublasLtHandle_t cublaslt_ = nullptr;
   cusparseHandle_t cusparse_ = nullptr;
+  cudaStream_t aux_stream_ = nullptr;
+  cublasHandle_t aux_cublas_ = nullptr;
+  cudaEvent_t events_[max_events] = {};
   int device_ = 0;
   int sm_count_ = 1;
   int cooperative_ = 0;

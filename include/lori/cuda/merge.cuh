@@ -23,6 +23,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <vector>
@@ -53,13 +54,61 @@ void merge_into(context& ctx, row_major_view<T> W, const std::vector<merge_sourc
 // =====================================================================================================
 namespace detail_merge {
 
+// Up to pack_max sources packed by ONE kernel: Bcat (d x R) columns [off, off + r) = s·Bₜ and
+// Acat (R x k) rows [off, off + r) = Aₜ, for the sources' column range [c_begin, c_end).
+inline constexpr int pack_max = 16;
+
 template <class T>
-__global__ void pack_dense_b_kernel(const T* __restrict__ B, index_t d, index_t r, index_t ldb, float s,
-                                    T* __restrict__ out, index_t ldo) {
-  const index_t e = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x;
-  if (e >= d * r) return;
-  const index_t i = e / r, j = e - i * r;
-  out[i * ldo + j] = s == 1.0f ? B[i * ldb + j] : ::lori::from_float<T>(s * ::lori::to_float(B[i * ldb + j]));
+struct pack_source {
+  const T* A;
+  index_t lda;
+  const T* B;  // dense, or null: sparse
+  index_t ldb;
+  sparse_b_view<T> S;
+  float scale;
+  index_t off, r;
+};
+
+template <class T>
+struct pack_args {
+  pack_source<T> src[pack_max];
+  int count;
+  index_t d, k, R, c_begin, c_end;
+  T* Bcat;
+  T* Acat;
+};
+
+template <class T>
+__global__ void pack_kernel(pack_args<T> a) {
+  const index_t w = a.c_end - a.c_begin;
+  const index_t nb = a.d * w, total = nb + w * a.k;
+  for (index_t e = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; e < total;
+       e += static_cast<index_t>(gridDim.x) * blockDim.x) {
+    if (e < nb) {  // Bcat(i, col)
+      const index_t i = e / w, col = a.c_begin + (e - i * w);
+      int t = 0;
+      while (t + 1 < a.count && col >= a.src[t + 1].off) ++t;
+      const pack_source<T>& src = a.src[t];
+      const index_t j = col - src.off;
+      T v;
+      if (src.B != nullptr) {
+        const T b = src.B[i * src.ldb + j];
+        v = src.scale == 1.0f ? b : ::lori::from_float<T>(src.scale * ::lori::to_float(b));
+      } else {
+        float x = 0.0f;
+        if ((src.S.words[i * src.S.words_per_row + (j >> 6)] >> (j & 63)) & 1u)
+          x = src.scale * ::lori::to_float(src.S.values[detail_sparse::packed_index(src.S, i, j)]);
+        v = ::lori::from_float<T>(x);
+      }
+      a.Bcat[i * a.R + col] = v;
+    } else {  // Acat(row, c)
+      const index_t e2 = e - nb, rr = e2 / a.k, c = e2 - rr * a.k, row = a.c_begin + rr;
+      int t = 0;
+      while (t + 1 < a.count && row >= a.src[t + 1].off) ++t;
+      const pack_source<T>& src = a.src[t];
+      a.Acat[row * a.k + c] = src.A[(row - src.off) * src.lda + c];
+    }
+  }
 }
 
 template <class T>
@@ -106,22 +155,36 @@ void merge_into(context& ctx, row_major_view<T> W, const std::vector<merge_sourc
   T* Acat = reinterpret_cast<T*>(static_cast<unsigned char*>(workspace) +
                                  detail_merge::align256(static_cast<std::size_t>(d * R) * sizeof(T)));  // R x k
   const float alpha = same_scale ? sources.front().scale : 1.0f;
+  // Pack all sources with one kernel launch per pack_max sources (one launch for up to 16 adapters).
   index_t off = 0;
-  for (const auto& src : sources) {
-    const index_t r = detail_merge::source_rank(src);
-    const float s = same_scale ? 1.0f : src.scale;
-    if (src.B_dense.empty()) {
-      src.B_sparse->scatter_to_dense(Bcat + off, R, ctx.stream(), s);
-    } else {
-      detail_merge::pack_dense_b_kernel<T><<<detail::grid_dim(detail::ceil_div(d * r, 256)), 256, 0, ctx.stream()>>>(
-          src.B_dense.data(), d, r, src.B_dense.ld(), s, Bcat + off, R);
-      LORI_CUDA_CHECK_LAUNCH();
+  for (std::size_t first = 0; first < sources.size(); first += detail_merge::pack_max) {
+    detail_merge::pack_args<T> a{};
+    a.d = d;
+    a.k = k;
+    a.R = R;
+    a.Bcat = Bcat;
+    a.Acat = Acat;
+    a.c_begin = off;
+    a.count = 0;
+    for (std::size_t q = first; q < sources.size() && q < first + detail_merge::pack_max; ++q) {
+      const auto& src = sources[q];
+      auto& ps = a.src[a.count++];
+      ps.A = src.A.data();
+      ps.lda = src.A.ld();
+      const bool sparse = src.B_dense.empty();
+      ps.B = sparse ? nullptr : src.B_dense.data();
+      ps.ldb = sparse ? 0 : src.B_dense.ld();
+      if (sparse) ps.S = src.B_sparse->view();
+      ps.scale = same_scale ? 1.0f : src.scale;
+      ps.off = off;
+      ps.r = detail_merge::source_rank(src);
+      off += ps.r;
     }
-    LORI_CUDA_CHECK(cudaMemcpy2DAsync(Acat + off * k, static_cast<std::size_t>(k) * sizeof(T), src.A.data(),
-                                      static_cast<std::size_t>(src.A.ld()) * sizeof(T),
-                                      static_cast<std::size_t>(k) * sizeof(T), static_cast<std::size_t>(r),
-                                      cudaMemcpyDeviceToDevice, ctx.stream()));
-    off += r;
+    a.c_end = off;
+    const index_t total = (d + k) * (a.c_end - a.c_begin);
+    const index_t blocks = std::min<index_t>(detail::ceil_div(total, 256), index_t{8} * 1024);
+    detail_merge::pack_kernel<T><<<detail::grid_dim(blocks), 256, 0, ctx.stream()>>>(a);
+    LORI_CUDA_CHECK_LAUNCH();
   }
   const cudaDataType_t t = detail::cuda_data_type<T>();
   detail::gemm_row_major(ctx.cublas(), false, false, d, k, R, alpha, Bcat, R, Acat, k, 1.0f, W.data(), W.ld(), t, t);

@@ -342,10 +342,8 @@ projection_batch_plan<T> prepare_projection_batch(const projection_task<T>* task
   LORI_EXPECTS(reinterpret_cast<std::uintptr_t>(workspace) % 16 == 0, "prepare_projection_batch: workspace must be 16-byte aligned");
   LORI_EXPECTS(workspace_bytes >= projection_batch_workspace_bytes(count), "prepare_projection_batch: workspace too small");
   const auto n = static_cast<std::size_t>(count);
-  const std::size_t entry_bytes = detail::round_up16(n * sizeof(detail::projection_entry_storage<T>));
-  std::vector<unsigned char> host(projection_batch_workspace_bytes(count), 0);
-  auto* entries = reinterpret_cast<detail::projection_entry_storage<T>*>(host.data());
-  auto* starts = reinterpret_cast<index_t*>(host.data() + entry_bytes);
+  std::vector<detail::projection_entry_storage<T>> entries(n);
+  std::vector<index_t> starts(n + 1);
   index_t blocks = 0;
   for (std::size_t t = 0; t < n; ++t) {
     detail::validate_task(tasks[t]);
@@ -356,7 +354,10 @@ projection_batch_plan<T> prepare_projection_batch(const projection_task<T>* task
   }
   starts[n] = blocks;
   LORI_EXPECTS(blocks < (index_t{1} << 31), "prepare_projection_batch: batch too large for one launch");
-  LORI_CUDA_CHECK(cudaMemcpyAsync(workspace, host.data(), host.size(), cudaMemcpyHostToDevice, stream));
+  auto* base = static_cast<unsigned char*>(workspace);
+  const std::size_t entry_bytes = detail::round_up16(n * sizeof(detail::projection_entry_storage<T>));
+  LORI_CUDA_CHECK(cudaMemcpyAsync(base, entries.data(), n * sizeof(detail::projection_entry_storage<T>), cudaMemcpyHostToDevice, stream));
+  LORI_CUDA_CHECK(cudaMemcpyAsync(base + entry_bytes, starts.data(), (n + 1) * sizeof(index_t), cudaMemcpyHostToDevice, stream));
   plan.workspace = workspace;
   plan.blocks = blocks;
   return plan;

@@ -105,23 +105,36 @@ __global__ void fill_col_idx_kernel(const std::uint64_t* words, index_t rows, in
   }
 }
 
-// One thread per row: gather kept entries of a dense row-major B into the packed values.
+// Position of kept element (i, j) in the packed values, from the mask words: row_ptr[i] plus the
+// kept bits of row i before column j (one popcount per preceding word; r <= 64 is one word).
 template <class T>
-__global__ void gather_kernel(sparse_b_view<T> b, const T* dense, index_t ld) {
-  const index_t i = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x;
-  if (i >= b.rows) return;
-  for (std::int32_t p = b.row_ptr[i]; p < b.row_ptr[i + 1]; ++p) b.values[p] = dense[i * ld + b.col_idx[p]];
+__device__ __forceinline__ std::int32_t packed_index(const sparse_b_view<T>& b, index_t i, index_t j) {
+  const std::uint64_t* row = b.words + i * b.words_per_row;
+  std::int32_t p = b.row_ptr[i];
+  const index_t w = j >> 6;
+  for (index_t q = 0; q < w; ++q) p += __popcll(row[q]);
+  const int bit = static_cast<int>(j & 63);
+  return p + __popcll(row[w] & ((std::uint64_t{1} << bit) - 1u));
 }
 
-// One thread per row: write the dense row (zeros where not kept), scaled by s, as type U.
+// One thread per dense element (coalesced over the dense matrix): gather the kept ones.
+template <class T>
+__global__ void gather_kernel(sparse_b_view<T> b, const T* dense, index_t ld) {
+  const index_t e = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x;
+  if (e >= b.rows * b.cols) return;
+  const index_t i = e / b.cols, j = e - i * b.cols;
+  if ((b.words[i * b.words_per_row + (j >> 6)] >> (j & 63)) & 1u) b.values[packed_index(b, i, j)] = dense[i * ld + j];
+}
+
+// One thread per dense element: write s * B (zeros where not kept) as type U.
 template <class T, class U>
 __global__ void scatter_kernel(sparse_b_view<T> b, U* dense, index_t ld, float s) {
-  const index_t i = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x;
-  if (i >= b.rows) return;
-  U* row = dense + i * ld;
-  for (index_t j = 0; j < b.cols; ++j) row[j] = ::lori::from_float<U>(0.0f);
-  for (std::int32_t p = b.row_ptr[i]; p < b.row_ptr[i + 1]; ++p)
-    row[b.col_idx[p]] = ::lori::from_float<U>(s * ::lori::to_float(b.values[p]));
+  const index_t e = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x;
+  if (e >= b.rows * b.cols) return;
+  const index_t i = e / b.cols, j = e - i * b.cols;
+  float x = 0.0f;
+  if ((b.words[i * b.words_per_row + (j >> 6)] >> (j & 63)) & 1u) x = s * ::lori::to_float(b.values[packed_index(b, i, j)]);
+  dense[i * ld + j] = ::lori::from_float<U>(x);
 }
 }  // namespace detail_sparse
 
@@ -206,7 +219,7 @@ class sparse_b {
     LORI_EXPECTS(ld >= cols_, "sparse_b::gather_from_dense: ld < cols");
     LORI_EXPECTS(dense != nullptr || rows_ == 0, "sparse_b::gather_from_dense: null input");
     if (rows_ == 0 || nnz_ == 0) return;
-    detail_sparse::gather_kernel<T><<<detail::grid_dim(detail::ceil_div(rows_, 256)), 256, 0, stream>>>(view(), dense, ld);
+    detail_sparse::gather_kernel<T><<<detail::grid_dim(detail::ceil_div(rows_ * cols_, 256)), 256, 0, stream>>>(view(), dense, ld);
     LORI_CUDA_CHECK_LAUNCH();
   }
 
@@ -216,9 +229,9 @@ class sparse_b {
   void scatter_to_dense(U* dense, index_t ld, cudaStream_t stream, float s = 1.0f) const {
     LORI_EXPECTS(ld >= cols_, "sparse_b::scatter_to_dense: ld < cols");
     LORI_EXPECTS(dense != nullptr || rows_ == 0, "sparse_b::scatter_to_dense: null output");
-    if (rows_ == 0) return;
+    if (rows_ == 0 || cols_ == 0) return;
     detail_sparse::scatter_kernel<T, U>
-        <<<detail::grid_dim(detail::ceil_div(rows_, 256)), 256, 0, stream>>>(view(), dense, ld, s);
+        <<<detail::grid_dim(detail::ceil_div(rows_ * cols_, 256)), 256, 0, stream>>>(view(), dense, ld, s);
     LORI_CUDA_CHECK_LAUNCH();
   }
 
