@@ -26,6 +26,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 namespace lori::cuda {
@@ -74,6 +75,7 @@ struct pack_args {
   pack_source<T> src[pack_max];
   int count;
   index_t d, k, R, c_begin, c_end;
+  bool split;  // 16-bit T with per-adapter scales: Bcat = [hi | lo], Acat = [A; A] (see merge_into)
   T* Bcat;
   T* Acat;
 };
@@ -90,23 +92,26 @@ __global__ void pack_kernel(pack_args<T> a) {
       while (t + 1 < a.count && col >= a.src[t + 1].off) ++t;
       const pack_source<T>& src = a.src[t];
       const index_t j = col - src.off;
-      T v;
+      float x = 0.0f;
       if (src.B != nullptr) {
-        const T b = src.B[i * src.ldb + j];
-        v = src.scale == 1.0f ? b : ::lori::from_float<T>(src.scale * ::lori::to_float(b));
-      } else {
-        float x = 0.0f;
-        if ((src.S.words[i * src.S.words_per_row + (j >> 6)] >> (j & 63)) & 1u)
-          x = src.scale * ::lori::to_float(src.S.values[detail_sparse::packed_index(src.S, i, j)]);
-        v = ::lori::from_float<T>(x);
+        x = src.scale * ::lori::to_float(src.B[i * src.ldb + j]);
+      } else if ((src.S.words[i * src.S.words_per_row + (j >> 6)] >> (j & 63)) & 1u) {
+        x = src.scale * ::lori::to_float(src.S.values[detail_sparse::packed_index(src.S, i, j)]);
       }
-      a.Bcat[i * a.R + col] = v;
+      const T hi = ::lori::from_float<T>(x);
+      const index_t ldb = a.split ? 2 * a.R : a.R;
+      a.Bcat[i * ldb + col] = hi;
+      // x - hi is exact in float (the rounding residual of a float to a shorter format), so hi + lo
+      // carries s*b to ~2^-17 relative instead of the 2^-9 (bf16) a single 16-bit value would.
+      if (a.split) a.Bcat[i * ldb + a.R + col] = ::lori::from_float<T>(x - ::lori::to_float(hi));
     } else {  // Acat(row, c)
       const index_t e2 = e - nb, rr = e2 / a.k, c = e2 - rr * a.k, row = a.c_begin + rr;
       int t = 0;
       while (t + 1 < a.count && row >= a.src[t + 1].off) ++t;
       const pack_source<T>& src = a.src[t];
-      a.Acat[row * a.k + c] = src.A[(row - src.off) * src.lda + c];
+      const T v = src.A[(row - src.off) * src.lda + c];
+      a.Acat[row * a.k + c] = v;
+      if (a.split) a.Acat[(a.R + row) * a.k + c] = v;
     }
   }
 }
@@ -118,6 +123,16 @@ index_t source_rank(const merge_source<T>& src) {
 
 inline std::size_t align256(std::size_t b) { return (b + 255) / 256 * 256; }
 
+// With 16-bit storage and differing per-adapter scales, s_t*B_t cannot go into the GEMM's alpha and
+// rounding it to T would add a 2^-9 (bf16) relative error per term; the packed operand is then split
+// into hi + lo parts (doubling the GEMM's K), which keeps the product accurate to ~2^-17.
+template <class T>
+bool needs_split(const std::vector<merge_source<T>>& sources) {
+  bool differ = false;
+  for (const auto& s : sources) differ = differ || s.scale != sources.front().scale;
+  return differ && !std::is_same_v<T, float>;
+}
+
 }  // namespace detail_merge
 
 template <class T>
@@ -125,6 +140,7 @@ std::size_t merge_workspace_bytes(index_t d, index_t k, const std::vector<merge_
   LORI_EXPECTS(d >= 0 && k >= 0, "merge_workspace_bytes: negative size");
   index_t R = 0;
   for (const auto& s : sources) R += detail_merge::source_rank(s);
+  if (detail_merge::needs_split(sources)) R *= 2;
   return detail_merge::align256(static_cast<std::size_t>(d * R) * sizeof(T)) +
          detail_merge::align256(static_cast<std::size_t>(R * k) * sizeof(T));
 }
@@ -151,9 +167,11 @@ void merge_into(context& ctx, row_major_view<T> W, const std::vector<merge_sourc
   LORI_EXPECTS(workspace != nullptr && workspace_bytes >= merge_workspace_bytes(d, k, sources),
                "merge_into: workspace missing or smaller than merge_workspace_bytes()");
   LORI_EXPECTS(reinterpret_cast<std::uintptr_t>(workspace) % 256 == 0, "merge_into: workspace must be 256-byte aligned");
-  T* Bcat = static_cast<T*>(workspace);  // d x R
+  const bool split = detail_merge::needs_split(sources);
+  const index_t K = split ? 2 * R : R;   // GEMM depth
+  T* Bcat = static_cast<T*>(workspace);  // d x K
   T* Acat = reinterpret_cast<T*>(static_cast<unsigned char*>(workspace) +
-                                 detail_merge::align256(static_cast<std::size_t>(d * R) * sizeof(T)));  // R x k
+                                 detail_merge::align256(static_cast<std::size_t>(d * K) * sizeof(T)));  // K x k
   const float alpha = same_scale ? sources.front().scale : 1.0f;
   // Pack all sources with one kernel launch per pack_max sources (one launch for up to 16 adapters).
   index_t off = 0;
@@ -162,6 +180,7 @@ void merge_into(context& ctx, row_major_view<T> W, const std::vector<merge_sourc
     a.d = d;
     a.k = k;
     a.R = R;
+    a.split = split;
     a.Bcat = Bcat;
     a.Acat = Acat;
     a.c_begin = off;
@@ -187,7 +206,7 @@ void merge_into(context& ctx, row_major_view<T> W, const std::vector<merge_sourc
     LORI_CUDA_CHECK_LAUNCH();
   }
   const cudaDataType_t t = detail::cuda_data_type<T>();
-  detail::gemm_row_major(ctx.cublas(), false, false, d, k, R, alpha, Bcat, R, Acat, k, 1.0f, W.data(), W.ld(), t, t);
+  detail::gemm_row_major(ctx.cublas(), false, false, d, k, K, alpha, Bcat, K, Acat, k, 1.0f, W.data(), W.ld(), t, t);
 }
 
 }  // namespace lori::cuda
