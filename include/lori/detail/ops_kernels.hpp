@@ -25,10 +25,12 @@
 #include <type_traits>
 #include <vector>
 
+#ifndef LORI_RESTRICT
 #if defined(__GNUC__) || defined(__clang__)
 #define LORI_RESTRICT __restrict__
 #else
 #define LORI_RESTRICT
+#endif
 #endif
 
 namespace lori::detail {
