@@ -13,6 +13,8 @@
 
 #include <cmath>
 #include <random>
+#include <thread>
+#include <vector>
 
 namespace {
 using RM = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
@@ -238,6 +240,59 @@ void BM_input_grad_adapter_baseline_dense(benchmark::State& state) {
   state.SetItemsProcessed(state.iterations() * n);
 }
 
+
+// ---- decode across many layers: n = 1 token through kLayers adapters whose weights do not fit in the
+// caches (as in a real model, where each layer's A and B are streamed once per generated token).
+constexpr int kLayers = 96;  // 96 x (512 KiB A + 512 KiB dense B) = 96 MiB > the 32 MiB L3 here
+struct Layers {
+  std::vector<RM> A, B_dense;
+  std::vector<lori::csr_matrix<float>> B;
+  Layers() {
+    const auto& P = problem();
+    for (int l = 0; l < kLayers; ++l) {
+      A.push_back(P.A);
+      B_dense.push_back(P.B_dense);
+      B.push_back(P.B);
+    }
+  }
+};
+const Layers& layers() {
+  static const Layers L;
+  return L;
+}
+
+void BM_forward_adapter_decode_layers(benchmark::State& state) {
+  const auto& L = layers();
+  set_eigen_threads(1);
+  const RM X = randn(1, kK, 1);
+  RM Y = RM::Zero(1, kD), H(1, kR);
+  for (auto _ : state) {
+    for (int l = 0; l < kLayers; ++l)
+      lori::adapter_forward(lori::view(X), lori::view(L.A[static_cast<std::size_t>(l)]), L.B[static_cast<std::size_t>(l)].view(), kScale,
+                            lori::view(Y), lori::view(H), static_cast<int>(state.range(1)));
+    benchmark::DoNotOptimize(Y.data());
+    benchmark::ClobberMemory();
+  }
+  state.SetItemsProcessed(state.iterations() * kLayers);
+}
+
+void BM_forward_adapter_decode_layers_baseline_dense(benchmark::State& state) {
+  const auto& L = layers();
+  set_eigen_threads(static_cast<int>(state.range(1)));
+  const RM X = randn(1, kK, 1);
+  RM Y = RM::Zero(1, kD), H(1, kR);
+  for (auto _ : state) {
+    for (int l = 0; l < kLayers; ++l) {
+      H.noalias() = X * L.A[static_cast<std::size_t>(l)].transpose();
+      Y.noalias() += kScale * (H * L.B_dense[static_cast<std::size_t>(l)].transpose());
+    }
+    benchmark::DoNotOptimize(Y.data());
+    benchmark::ClobberMemory();
+  }
+  set_eigen_threads(1);
+  state.SetItemsProcessed(state.iterations() * kLayers);
+}
+
 void token_args(benchmark::internal::Benchmark* b) {
   for (int threads : {1, 2})
     for (int n : {1, 64, 512, 4096}) b->Args({n, threads});
@@ -250,6 +305,8 @@ void step_args(benchmark::internal::Benchmark* b) {
 
 BENCHMARK(BM_forward_adapter)->Apply(token_args);
 BENCHMARK(BM_forward_adapter_baseline_dense)->Apply(token_args);
+BENCHMARK(BM_forward_adapter_decode_layers)->Args({1, 1})->ArgNames({"n", "threads"})->Unit(benchmark::kMicrosecond)->UseRealTime();
+BENCHMARK(BM_forward_adapter_decode_layers_baseline_dense)->Args({1, 1})->ArgNames({"n", "threads"})->Unit(benchmark::kMicrosecond)->UseRealTime();
 BENCHMARK(BM_masked_grad_B)->Apply(token_args);
 BENCHMARK(BM_masked_grad_B_baseline_dense_then_mask)->Apply(token_args);
 BENCHMARK(BM_masked_grad_B_floor_read_G)->Apply(token_args);

@@ -7,7 +7,10 @@
 #include "lori/sparse/csr_matrix.hpp"
 #include "test_util.hpp"
 
+#include <cstring>
+#include <limits>
 #include <random>
+#include <vector>
 
 namespace ops_test {
 
@@ -65,6 +68,12 @@ bool bitwise_equal(const A& a, const B& b) {
     for (Eigen::Index j = 0; j < a.cols(); ++j)
       if (std::memcmp(&a(i, j), &b(i, j), sizeof(a(i, j))) != 0) return false;
   return true;
+}
+
+/// Bitwise equality of two arrays (safe for empty ones).
+template <class T>
+bool bitwise_equal_vec(const std::vector<T>& a, const std::vector<T>& b) {
+  return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0);
 }
 
 }  // namespace ops_test

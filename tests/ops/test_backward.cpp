@@ -52,7 +52,7 @@ TEST_CASE_TEMPLATE("masked_grad_B equals s (G^T H) sampled at the mask", T, floa
       CHECK_FALSE(got.hasNaN());
       CHECK(lori_test::rel_err(got, want) <= tol);
       if (threads == 1) first = vals;
-      else CHECK(std::memcmp(first.data(), vals.data(), vals.size() * sizeof(T)) == 0);
+      else CHECK(bitwise_equal_vec(first, vals));
     }
     // Structure-only view (values null) is enough.
     lori::csr_view<const T> structure(B.rows(), B.cols(), B.row_ptr().data(), B.col_idx().data(), nullptr);
@@ -198,7 +198,7 @@ TEST_CASE("backward results are bitwise identical for 1, 2 and 3 threads") {
   const auto one = all(1);
   for (int threads : {2, 3}) {
     const auto t = all(threads);
-    CHECK(std::memcmp(std::get<0>(t).data(), std::get<0>(one).data(), std::get<0>(one).size() * sizeof(float)) == 0);
+    CHECK(bitwise_equal_vec(std::get<0>(t), std::get<0>(one)));
     CHECK(bitwise_equal(std::get<1>(t), std::get<1>(one)));
     CHECK(bitwise_equal(std::get<2>(t), std::get<2>(one)));
     CHECK(bitwise_equal(std::get<3>(t), std::get<3>(one)));

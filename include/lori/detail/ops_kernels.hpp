@@ -25,18 +25,20 @@
 #include <type_traits>
 #include <vector>
 
+#ifndef LORI_RESTRICT
 #if defined(__GNUC__) || defined(__clang__)
 #define LORI_RESTRICT __restrict__
 #else
 #define LORI_RESTRICT
+#endif
 #endif
 
 namespace lori::detail {
 
 /// Tokens per block: the fixed unit of the token partition (and of the transposed tiles).
 inline constexpr index_t kTokenBlock = 64;
-/// Rows of B per chunk in the tiled sparse kernels (a chunk's tile is kRowChunk x kTokenBlock).
-inline constexpr index_t kRowChunk = 32;
+/// Rows of B per chunk in the forward's sparse tile (a chunk's tile is kRowChunk x kTileLanes).
+inline constexpr index_t kRowChunk = 64;
 /// Lanes of the explicit partial sums in the SDDMM (summed in lane order at the end).
 inline constexpr index_t kLanes = 8;
 
@@ -92,13 +94,17 @@ void ops_sparse_times_tile(const T* LORI_RESTRICT Hc, index_t tb, const csr_view
     for (index_t t = 0; t < tb; ++t) Ht[c * kTokenBlock + t] = Hc[c * tb + t];
     for (index_t t = tb; t < tw_end; ++t) Ht[c * kTokenBlock + t] = T{0};
   }
-  alignas(64) T tile[kRowChunk * kTokenBlock];
-  for (index_t j0 = 0; j0 < d; j0 += kRowChunk) {
-    const index_t jc = std::min(kRowChunk, d - j0);
-    if (rp[j0] == rp[j0 + jc]) continue;  // no kept entry in this chunk: Y unchanged
-    for (index_t jj = 0; jj < jc; ++jj) {
-      const index_t pb = rp[j0 + jj], pe = rp[j0 + jj + 1];
-      for (index_t tw = 0; tw < tw_end; tw += kTileLanes) {
+  // Outer loop over groups of 16 tokens so that the write-back touches 16 rows of Y at a time (few
+  // enough concurrent streams for the hardware prefetchers), inner over chunks of kRowChunk rows of B.
+  constexpr index_t JC = kRowChunk;
+  alignas(64) T tile[JC * kTileLanes];
+  for (index_t tw = 0; tw < tw_end; tw += kTileLanes) {
+    const index_t tn = std::min(kTileLanes, tb - tw);
+    for (index_t j0 = 0; j0 < d; j0 += JC) {
+      const index_t jc = std::min(JC, d - j0);
+      if (rp[j0] == rp[j0 + jc]) continue;
+      for (index_t jj = 0; jj < jc; ++jj) {
+        const index_t pb = rp[j0 + jj], pe = rp[j0 + jj + 1];
         T a[kTileLanes];
         for (index_t l = 0; l < kTileLanes; ++l) a[l] = T{0};
         for (index_t p = pb; p < pe; ++p) {
@@ -106,12 +112,12 @@ void ops_sparse_times_tile(const T* LORI_RESTRICT Hc, index_t tb, const csr_view
           const T* LORI_RESTRICT h = Ht + static_cast<index_t>(ci[p]) * kTokenBlock + tw;
           for (index_t l = 0; l < kTileLanes; ++l) a[l] += v * h[l];
         }
-        for (index_t l = 0; l < kTileLanes; ++l) tile[jj * kTokenBlock + tw + l] = a[l];
+        for (index_t l = 0; l < kTileLanes; ++l) tile[jj * kTileLanes + l] = a[l];
       }
-    }
-    for (index_t t = 0; t < tb; ++t) {
-      T* LORI_RESTRICT y = y0 + t * ldy + j0;
-      for (index_t jj = 0; jj < jc; ++jj) y[jj] += s * tile[jj * kTokenBlock + t];
+      for (index_t t = 0; t < tn; ++t) {
+        T* LORI_RESTRICT y = y0 + (tw + t) * ldy + j0;
+        for (index_t jj = 0; jj < jc; ++jj) y[jj] += s * tile[jj * kTileLanes + t];
+      }
     }
   }
 }

@@ -118,6 +118,21 @@ void input_grad(detail::cview<T> G, detail::cview<T> W, detail::cview<T> A, csr_
       if (has_w && d > 0 && k > 0) dXb.noalias() = as_eigen(G.block(i0, 0, tb, d)) * as_eigen(W);
       else dXb.setZero();
       if (r == 0 || k == 0) continue;
+      if (tb < 4) {
+        // Few tokens: GB rows accumulated directly (same order: j ascending, then p), contiguous.
+        for (index_t t = 0; t < tb; ++t) {
+          T* LORI_RESTRICT gb = GBt.data() + t * r;
+          for (index_t c = 0; c < r; ++c) gb[c] = T{0};
+          const T* LORI_RESTRICT grow = G.row(i0 + t);
+          for (index_t j = 0; j < d; ++j) {
+            const T g = grow[j];
+            for (index_t p = B.row_ptr[j], pe = B.row_ptr[j + 1]; p < pe; ++p) gb[B.col_idx[p]] += B.values[p] * g;
+          }
+        }
+        Eigen::Map<const detail::rm_matrix<T>> GBr(GBt.data(), tb, r);
+        dXb.noalias() += scale * (GBr * as_eigen(A));
+        continue;
+      }
       detail::ops_grad_times_sparse<T, Index>(G, i0, tb, B, GBt.data(), Gt);
       // GBt is r x tb row-major with leading dimension kTokenBlock = a tb x r column-major block.
       Eigen::Map<const detail::cm_matrix<T>, Eigen::Unaligned, Eigen::OuterStride<>> GB(

@@ -93,7 +93,8 @@ void ops_forward_sparse_impl(const row_major_view<const T>& X, const row_major_v
   const int t = ops_useful_threads(threads, work, kMinWorkPerThread);
   ops_parallel_blocks(nb, t, [&](index_t b0, index_t b1) {
     cm_matrix<T> Hc;
-    std::vector<T> Ht(static_cast<std::size_t>(r * kTokenBlock));
+    std::vector<T> Ht;  // transposed-H scratch, used by blocks of 4 tokens or more only
+    if (n >= 4) Ht.resize(static_cast<std::size_t>(r * kTokenBlock));
     for (index_t b = b0; b < b1; ++b) {
       const index_t i0 = b * kTokenBlock, tb = std::min(kTokenBlock, n - i0);
       auto Yb = as_eigen(Y.block(i0, 0, tb, d));

@@ -85,7 +85,7 @@ class csr_matrix {
                  "csr_matrix: row_ptr must start at 0 and end at nnz");
     for (index_t i = 0; i < rows; ++i) {
       const index_t b = row_ptr_[static_cast<std::size_t>(i)], e = row_ptr_[static_cast<std::size_t>(i + 1)];
-      LORI_EXPECTS(b <= e, "csr_matrix: row_ptr must be non-decreasing");
+      LORI_EXPECTS(b <= e && e <= static_cast<index_t>(col_idx_.size()), "csr_matrix: row_ptr must be non-decreasing");
       index_t prev = -1;
       for (index_t p = b; p < e; ++p) {
         const index_t j = col_idx_[static_cast<std::size_t>(p)];
