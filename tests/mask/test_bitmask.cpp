@@ -60,4 +60,12 @@ TEST_CASE("bitmask rejects bad input") {
   CHECK_THROWS_AS(lori::bitmask::from_csr(bad), lori::error);
   bad.col_idx = {1, 4};  // out of range
   CHECK_THROWS_AS(lori::bitmask::from_csr(bad), lori::error);
+  // Non-monotone row_ptr whose ends are consistent: must be rejected before col_idx is read
+  // (reading rows in order would run past col_idx's single element).
+  lori::csr_indices<int> dip;
+  dip.rows = 2;
+  dip.cols = 4;
+  dip.row_ptr = {0, 2, 1};
+  dip.col_idx = {3};
+  CHECK_THROWS_AS(lori::bitmask::from_csr(dip), lori::error);
 }

@@ -212,10 +212,14 @@ class bitmask {
     LORI_EXPECTS(static_cast<index_t>(csr.row_ptr.size()) == csr.rows + 1, "bitmask::from_csr: row_ptr must have rows + 1 entries");
     LORI_EXPECTS(csr.row_ptr.front() == 0 && static_cast<index_t>(csr.row_ptr.back()) == csr.nnz(),
                  "bitmask::from_csr: row_ptr must start at 0 and end at nnz");
+    // Validate the whole row_ptr before touching col_idx, so a non-monotone row_ptr can never index
+    // past the end of col_idx.
+    for (index_t i = 0; i < csr.rows; ++i)
+      LORI_EXPECTS(csr.row_ptr[static_cast<std::size_t>(i)] <= csr.row_ptr[static_cast<std::size_t>(i + 1)],
+                   "bitmask::from_csr: row_ptr must be non-decreasing");
     bitmask m(csr.rows, csr.cols);
     for (index_t i = 0; i < csr.rows; ++i) {
       const index_t b = csr.row_ptr[static_cast<std::size_t>(i)], e = csr.row_ptr[static_cast<std::size_t>(i + 1)];
-      LORI_EXPECTS(b <= e, "bitmask::from_csr: row_ptr must be non-decreasing");
       index_t prev = -1;
       for (index_t p = b; p < e; ++p) {
         const index_t j = csr.col_idx[static_cast<std::size_t>(p)];
