@@ -55,6 +55,7 @@ inspect)
     has "inspect $t: q_proj shape, rank, alpha, scaling" "model.layers.0.self_attn.q_proj *64 x 64 *8 *16 *2 "
     has "inspect $t: down_proj shape" "model.layers.1.mlp.down_proj *64 x 160"
     has "inspect $t: parameter count" "parameters 17920"
+    has "inspect $t: per-layer line" "layer 1    B sparsity 0.0000  parameters 8960"
   done
   err "inspect: missing folder" "no such adapter" "" -- "$LORI" inspect "$WORK/nope"
   err "inspect: corrupt file" "runs past the end\|truncated\|cover" "" -- "$LORI" inspect "$WORK/corrupt"
@@ -83,6 +84,7 @@ sparsify)
   ok "sparsify" -- "$LORI" sparsify "$A/nlu" --mask "$WORK/m.safetensors" -o "$WORK/s"
   ok "sparsified folder loads" -- "$LORI" inspect "$WORK/s"
   has "sparsified B is 90% zeros" "B sparsity 0.900"
+  has "per-layer sparsity" "layer 0    B sparsity 0\.89"
   ok "sparsify into an existing folder" -- "$LORI" sparsify "$A/nlu" --mask "$WORK/m.safetensors" -o "$WORK/s"
   "$LORI" calibrate "$A/nlu" --sparsity 0.5 --granularity matrix -o "$WORK/m5.safetensors" >/dev/null
   err "sparsify: mask of another shape (rank 4 adapter)" "rank 8 but adapter_config.json gives r = 4" "$WORK/bad1" -- "$LORI" sparsify "$WORK/rank4" --mask "$WORK/m.safetensors" -o "$WORK/bad1"

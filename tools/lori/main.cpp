@@ -266,6 +266,28 @@ int cmd_inspect(const args& a) {
                 m.scaling, m.B.empty() ? 0.0 : static_cast<double>(z) / static_cast<double>(m.B.size()), static_cast<long long>(m.parameter_count()),
                 lori::io::dtype_name(m.stored_type));
   }
+  // Per layer: the first all-digit component of the module name ("model.layers.3.mlp.up_proj" -> 3).
+  std::map<long long, std::pair<index_t, index_t>> layers;  // layer -> (zeros, entries)
+  std::map<long long, index_t> layer_params;
+  for (const auto& m : ad.modules) {
+    long long layer = -1;
+    std::size_t b = 0;
+    while (b <= m.name.size()) {
+      const std::size_t e = std::min(m.name.find('.', b), m.name.size());
+      const std::string part = m.name.substr(b, e - b);
+      if (!part.empty() && part.size() < 10 && part.find_first_not_of("0123456789") == std::string::npos) {
+        layer = std::stoll(part);
+        break;
+      }
+      b = e + 1;
+    }
+    layers[layer].first += zeros_of(m.B);
+    layers[layer].second += static_cast<index_t>(m.B.size());
+    layer_params[layer] += m.parameter_count();
+  }
+  for (const auto& [layer, zs] : layers)
+    std::printf("layer %-4s B sparsity %.4f  parameters %lld\n", layer < 0 ? "-" : std::to_string(layer).c_str(),
+                zs.second ? static_cast<double>(zs.first) / static_cast<double>(zs.second) : 0.0, static_cast<long long>(layer_params[layer]));
   std::printf("modules %zu  parameters %lld  B entries %lld  B zeros %lld  B sparsity %.4f\n", ad.modules.size(),
               static_cast<long long>(ad.parameter_count()), static_cast<long long>(b_total), static_cast<long long>(zeros),
               b_total ? static_cast<double>(zeros) / static_cast<double>(b_total) : 0.0);

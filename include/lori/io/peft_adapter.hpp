@@ -216,8 +216,7 @@ inline peft_config peft_config::parse(const std::string& text, const std::string
     if (v != nullptr && !(v->is_array() && v->empty()) && !(v->is_object() && v->empty())) detail::peft_refuse(where, std::string("'") + key + "'");
   }
   if (const auto* v = get("r")) c.r = positive_int(*v, "'r'");
-  if (const auto* v = get("lora_alpha")) c.lora_alpha = finite_number(*v, "'lora_alpha'");
-  else c.lora_alpha = static_cast<double>(c.r);
+  if (const auto* v = get("lora_alpha")) c.lora_alpha = finite_number(*v, "'lora_alpha'");  // absent: PEFT's default 8
   c.use_rslora = flag("use_rslora");
   c.fan_in_fan_out = flag("fan_in_fan_out");
   if (const auto* v = get("rank_pattern")) {
