@@ -182,3 +182,18 @@ TEST_CASE("compact: refuses files that are not compact LoRI") {
   CHECK_THROWS_WITH_AS(lori::io::unpack_adapter(path), doctest::Contains("not a compact LoRI file"), lori::error);
   std::filesystem::remove(path);
 }
+
+TEST_CASE("compact: a hostile module shape cannot force a huge allocation") {
+  const auto path = tmpfile("hostile.lori");
+  lori::io::safetensors_writer w;
+  w.add_bytes("m.B.mask", lori::io::dtype::U8, {0}, {});
+  w.add_bytes("m.B.values", lori::io::dtype::F32, {0}, {});
+  w.set_metadata("lori.format", "compact-lori");
+  w.set_metadata("lori.version", "1");
+  w.set_metadata("lori.peft_config", "{\"r\":8}");
+  w.set_metadata("lori.modules",
+                 R"({"m":{"rank":1,"in":1,"out":1099511627776,"alpha":1,"dtype":"F32","nnz":0,"mask":{"rice":0},"A":{"generator":"g","seed":0,"stream":0,"distribution":"d"}}})");
+  w.save(path);
+  CHECK_THROWS_WITH_AS(lori::io::unpack_adapter(path), doctest::Contains("implausibly large"), lori::error);
+  std::filesystem::remove(path);
+}

@@ -255,6 +255,16 @@ inline peft_adapter unpack_adapter(const safetensors_file& f, const compact_a_ge
     m.in_features = int_field("in");
     m.out_features = int_field("out");
     if (m.rank == 0) detail::io_fail(where + ": rank must be positive");
+    // Bound what a (possibly hostile) file can make us allocate: B and A are rebuilt densely, so their
+    // sizes must be plausible for the file's size (1024 entries a byte is far beyond any real coding).
+    {
+      const std::uint64_t cap = std::max<std::uint64_t>(std::uint64_t{1} << 24, static_cast<std::uint64_t>(f.file_bytes()) * 1024u);
+      std::uint64_t nb = 0, na = 0;
+      if (!detail::checked_mul(static_cast<std::uint64_t>(m.out_features), static_cast<std::uint64_t>(m.rank), nb) || nb > cap ||
+          !detail::checked_mul(static_cast<std::uint64_t>(m.in_features), static_cast<std::uint64_t>(m.rank), na) || na > cap)
+        detail::io_fail(where + ": shape out=" + std::to_string(m.out_features) + ", in=" + std::to_string(m.in_features) + ", rank=" +
+                        std::to_string(m.rank) + " is implausibly large for a " + std::to_string(f.file_bytes()) + "-byte file");
+    }
     if (!e.contains("alpha") || !e["alpha"].is_number()) detail::io_fail(where + ": field 'alpha' must be a number");
     m.alpha = e["alpha"].get<double>();
     m.scaling = ad.config.scaling_for(m.rank, m.alpha);
