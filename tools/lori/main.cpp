@@ -156,7 +156,8 @@ std::string temp_sibling(const std::string& path) { return path + ".lori-tmp-" +
 
 /// Writes a PEFT folder atomically: into a temporary sibling folder, then renamed into place (or its
 /// files renamed into an existing folder). On failure nothing is left behind.
-void write_peft_dir(const lori::io::peft_adapter& ad, const std::string& out) {
+void write_peft_dir(const lori::io::peft_adapter& ad, std::string out) {
+  while (out.size() > 1 && out.back() == '/') out.pop_back();
   if (fs::exists(out) && !fs::is_directory(out)) throw lori::error(out + ": exists and is not a directory");
   const std::string tmp = temp_sibling(out);
   std::error_code ec;
