@@ -75,7 +75,7 @@ void BM_merge_into_base(benchmark::State& state) {
   }
   state.SetBytesProcessed(state.iterations() * static_cast<std::int64_t>(2 * s.W.size() * sizeof(float)));
 }
-BENCHMARK(BM_merge_into_base)->Arg(1)->Arg(2)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_merge_into_base)->Arg(1)->Arg(2)->Arg(4)->Arg(8)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 void BM_merge_into_base_bf16(benchmark::State& state) {
   auto& s = big();
@@ -90,11 +90,11 @@ void BM_merge_into_base_bf16(benchmark::State& state) {
   }
   state.SetBytesProcessed(state.iterations() * static_cast<std::int64_t>(2 * Wb.size() * sizeof(lori::bfloat16)));
 }
-BENCHMARK(BM_merge_into_base_bf16)->Arg(1)->Arg(2)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_merge_into_base_bf16)->Arg(1)->Arg(4)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 void BM_merge_baseline_dense_eigen(benchmark::State& state) {
   auto& s = big();
-  MatF dW(kD, kK);
+  MatF dW = MatF::Zero(kD, kK);
   for (auto _ : state) {
     for (std::size_t i = 0; i < s.adapters.size(); ++i) {
       dW.noalias() = s.adapters[i].B * s.adapters[i].A;
@@ -108,7 +108,7 @@ BENCHMARK(BM_merge_baseline_dense_eigen)->Unit(benchmark::kMillisecond)->UseReal
 
 void BM_merge_baseline_copy(benchmark::State& state) {
   auto& s = big();
-  MatF dst(kD, kK);
+  MatF dst = MatF::Zero(kD, kK);  // touched once, so no page faults are timed
   for (auto _ : state) {
     std::memcpy(dst.data(), s.W.data(), static_cast<std::size_t>(s.W.size()) * sizeof(float));
     benchmark::ClobberMemory();
