@@ -1,0 +1,140 @@
+// lori_bench_random (GPU part): all A's of a Llama-3-8B-shaped model at r = 32 (224 matrices, 29.36 M
+// elements) generated in one launch, against cuRAND's Philox normal generator (host API) for the same
+// count and a device-to-device copy of the same number of floats (the bandwidth reference).
+// Timed with CUDA events (UseManualTime). Bytes: ours and cuRAND count bytes written; the copy counts
+// bytes read + written (its DRAM traffic), so "ours / copy" in bytes/s is the fraction of the copy
+// bandwidth achieved.
+#include <benchmark/benchmark.h>
+
+#include "lori/cuda/device_buffer.cuh"
+#include "lori/cuda/projection.cuh"
+#include "lori/random/stream.hpp"
+
+#include <cuda_runtime.h>
+#include <curand.h>
+
+#include <string>
+#include <vector>
+
+namespace {
+constexpr lori::index_t kRank = 32;
+
+struct llama_module {
+  const char* name;
+  lori::index_t in_features;
+};
+constexpr llama_module kModules[] = {{"self_attn.q_proj", 4096}, {"self_attn.k_proj", 4096}, {"self_attn.v_proj", 4096}, {"self_attn.o_proj", 4096},
+                                     {"mlp.gate_proj", 4096},    {"mlp.up_proj", 4096},      {"mlp.down_proj", 14336}};
+
+lori::index_t llama_total() {
+  lori::index_t n = 0;
+  for (int l = 0; l < 32; ++l)
+    for (const auto& m : kModules) n += kRank * m.in_features;
+  return n;  // 29,360,128
+}
+
+template <class T>
+std::vector<lori::cuda::projection_task<T>> llama_tasks(T* base, const lori::projection_spec& spec) {
+  std::vector<lori::cuda::projection_task<T>> tasks;
+  lori::index_t off = 0;
+  for (int l = 0; l < 32; ++l) {
+    for (const auto& m : kModules) {
+      const std::string name = "model.layers." + std::to_string(l) + "." + m.name;
+      tasks.push_back(lori::cuda::make_projection_task(base + off, kRank, m.in_features, 2026, lori::stream_from_name(name), spec));
+      off += kRank * m.in_features;
+    }
+  }
+  return tasks;
+}
+
+bool have_device(benchmark::State& state) {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
+    cudaGetLastError();
+    state.SkipWithError("no CUDA device");
+    return false;
+  }
+  return true;
+}
+
+template <class F>
+void time_events(benchmark::State& state, F&& launch) {
+  cudaEvent_t start, stop;
+  LORI_CUDA_CHECK(cudaEventCreate(&start));
+  LORI_CUDA_CHECK(cudaEventCreate(&stop));
+  launch();  // warm-up
+  LORI_CUDA_CHECK(cudaDeviceSynchronize());
+  for (auto _ : state) {
+    LORI_CUDA_CHECK(cudaEventRecord(start));
+    launch();
+    LORI_CUDA_CHECK(cudaEventRecord(stop));
+    LORI_CUDA_CHECK(cudaEventSynchronize(stop));
+    float ms = 0.0f;
+    LORI_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+    state.SetIterationTime(static_cast<double>(ms) * 1e-3);
+  }
+  LORI_CUDA_CHECK(cudaEventDestroy(start));
+  LORI_CUDA_CHECK(cudaEventDestroy(stop));
+}
+
+lori::projection_spec spec_of(int64_t d) {
+  switch (d) {
+    case 0: return lori::projection_spec::kaiming_uniform();
+    case 1: return lori::projection_spec::gaussian();
+    case 2: return lori::projection_spec::rademacher();
+    default: return lori::projection_spec::sparse(3.0);
+  }
+}
+
+template <class T>
+void generate_llama(benchmark::State& state) {
+  if (!have_device(state)) return;
+  const lori::index_t n = llama_total();
+  lori::cuda::device_buffer<T> out(n);
+  const auto tasks = llama_tasks(out.data(), spec_of(state.range(0)));
+  const std::size_t ws_bytes = lori::cuda::projection_batch_workspace_bytes(static_cast<lori::index_t>(tasks.size()));
+  lori::cuda::device_buffer<unsigned char> ws(static_cast<lori::index_t>(ws_bytes));
+  const auto plan = lori::cuda::prepare_projection_batch(tasks.data(), static_cast<lori::index_t>(tasks.size()), ws.data(), ws_bytes);
+  time_events(state, [&] { lori::cuda::generate_projection_batch(plan); });
+  state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * n);
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * n * static_cast<int64_t>(sizeof(T)));
+  state.SetLabel(state.range(0) == 0 ? "kaiming_uniform" : state.range(0) == 1 ? "gaussian" : state.range(0) == 2 ? "rademacher" : "sparse3");
+}
+
+void BM_gpu_generate_llama3_8b_r32(benchmark::State& state) { generate_llama<float>(state); }
+void BM_gpu_generate_llama3_8b_r32_bf16(benchmark::State& state) { generate_llama<lori::bfloat16>(state); }
+
+void BM_gpu_baseline_curand_normal(benchmark::State& state) {
+  if (!have_device(state)) return;
+  const lori::index_t n = llama_total();
+  lori::cuda::device_buffer<float> out(n);
+  curandGenerator_t gen;
+  if (curandCreateGenerator(&gen, CURAND_RNG_PSEUDO_PHILOX4_32_10) != CURAND_STATUS_SUCCESS) {
+    state.SkipWithError("curandCreateGenerator failed");
+    return;
+  }
+  curandSetPseudoRandomGeneratorSeed(gen, 2026);
+  time_events(state, [&] {
+    if (curandGenerateNormal(gen, out.data(), static_cast<std::size_t>(n), 0.0f, 1.0f) != CURAND_STATUS_SUCCESS)
+      state.SkipWithError("curandGenerateNormal failed");
+  });
+  curandDestroyGenerator(gen);
+  state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * n);
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * n * 4);
+}
+
+void BM_gpu_baseline_d2d_copy(benchmark::State& state) {
+  if (!have_device(state)) return;
+  const lori::index_t n = llama_total();
+  lori::cuda::device_buffer<float> src(n), dst(n);
+  src.fill_bytes(0);
+  time_events(state, [&] { LORI_CUDA_CHECK(cudaMemcpyAsync(dst.data(), src.data(), src.bytes(), cudaMemcpyDeviceToDevice)); });
+  state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * n);
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * n * 4 * 2);  // read + write
+}
+}  // namespace
+
+BENCHMARK(BM_gpu_baseline_d2d_copy)->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_gpu_generate_llama3_8b_r32)->DenseRange(0, 3)->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_gpu_generate_llama3_8b_r32_bf16)->Arg(0)->Arg(1)->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_gpu_baseline_curand_normal)->UseManualTime()->Unit(benchmark::kMicrosecond);

@@ -1,0 +1,361 @@
+// lori/random/projection.hpp - random projection matrices A = f(seed, stream, shape, distribution), CPU.
+//
+// LoRI's A (r x k, frozen) need not be stored: lori regenerates it from (seed, stream, r, k, spec),
+// element for element, on any CPU or GPU (lori/cuda/projection.cuh gives the same bits). Element (i, j)
+// depends only on (seed, stream, r, k, spec, i, j) - see lori/random/distributions.hpp for the exact
+// word layout and formulas - so a tile, a row or the whole matrix can be generated alone, in any order.
+//
+//   generate_projection(out, seed, stream, spec)        whole A into a row-major view (float or double)
+//   generate_projection_tile(out, r, k, i0, j0, ...)    out(i, j) = A(i0 + i, j0 + j) of the r x k A
+//   projection_matrix<T>(r, k, seed, stream, spec)      A as an Eigen row-major matrix
+//   orthonormalize_rows(a)                               rows of a (r <= k) made orthonormal (Householder QR)
+//
+// Values are defined in binary32; double output is the exact widening of those floats.
+// Cost: one Philox4x32-10 per 4 elements plus, for gaussians, one log/sin/cos per 2 elements; on x86-64
+// the inner loops are compiled a second time for AVX2+FMA and picked at run time (same bits either way).
+#ifndef LORI_RANDOM_PROJECTION_HPP
+#define LORI_RANDOM_PROJECTION_HPP
+
+#include "lori/config.hpp"
+#include "lori/core/matrix_view.hpp"
+#include "lori/error.hpp"
+#include "lori/random/distributions.hpp"
+#include "lori/random/philox.hpp"
+
+#include <Eigen/Core>
+#include <Eigen/QR>
+
+#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__)) && !LORI_COMPILING_CUDA
+#include <immintrin.h>
+#endif
+
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+
+#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__)) && !LORI_COMPILING_CUDA
+#define LORI_RANDOM_X86_DISPATCH 1
+#else
+#define LORI_RANDOM_X86_DISPATCH 0
+#endif
+
+namespace lori {
+
+namespace detail {
+
+/// Number of Philox blocks processed per inner batch (structure-of-arrays staging, vectorisable).
+constexpr int projection_batch_quads = 64;
+
+/// Philox blocks of quads q0 .. q0+n-1 of row `row`, as four word arrays (structure of arrays).
+LORI_FORCEINLINE void projection_words(const counter_rng& g, std::uint64_t row, std::uint64_t q0, int n,
+                                       std::uint32_t (&w)[4][projection_batch_quads]) noexcept {
+  const std::uint32_t hi = static_cast<std::uint32_t>(row);
+  for (int t = 0; t < n; ++t) {
+    const std::uint64_t q = q0 + static_cast<std::uint64_t>(t);
+    const philox_block b = philox4x32_10_block(static_cast<std::uint32_t>(q), hi, g.stream0, g.stream1, g.key0, g.key1);
+    w[0][t] = b.v[0];
+    w[1][t] = b.v[1];
+    w[2][t] = b.v[2];
+    w[3][t] = b.v[3];
+  }
+}
+
+/// Box-Muller over arrays: (z0[t], z1[t]) from (a[t], b[t]), t < n (scalar; vectorised below for AVX2).
+LORI_FORCEINLINE void box_muller_arrays(const std::uint32_t* a, const std::uint32_t* b, int n, float sigma, float* z0, float* z1) noexcept {
+  for (int t = 0; t < n; ++t) box_muller(a[t], b[t], sigma, z0[t], z1[t]);
+}
+
+/// Values of quads q0 .. q0+n-1 (n <= projection_batch_quads) of row `row` into out[0 .. 4n).
+template <distribution D, class Words, class BoxMuller>
+LORI_FORCEINLINE void projection_quads(const projection_params& p, const counter_rng& g, std::uint64_t row, std::uint64_t q0, int n,
+                                       float* out, Words&& words, BoxMuller&& bm) noexcept {
+  alignas(32) std::uint32_t w[4][projection_batch_quads] = {};
+  words(g, row, q0, n, w);
+  if constexpr (D == distribution::gaussian) {
+    alignas(32) float z[4][projection_batch_quads];
+    bm(w[0], w[1], n, p.scale, z[0], z[1]);
+    bm(w[2], w[3], n, p.scale, z[2], z[3]);
+    for (int t = 0; t < n; ++t) {
+      out[4 * t + 0] = z[0][t];
+      out[4 * t + 1] = z[1][t];
+      out[4 * t + 2] = z[2][t];
+      out[4 * t + 3] = z[3][t];
+    }
+  } else {
+    projection_params pd = p;
+    pd.kind = D;
+    for (int t = 0; t < n; ++t) {
+      const float4_values v = projection_values(pd, philox_block{{w[0][t], w[1][t], w[2][t], w[3][t]}});
+      out[4 * t + 0] = v.v[0];
+      out[4 * t + 1] = v.v[1];
+      out[4 * t + 2] = v.v[2];
+      out[4 * t + 3] = v.v[3];
+    }
+  }
+}
+
+template <distribution D>
+inline void projection_quads_generic(const projection_params& p, const counter_rng& g, std::uint64_t row, std::uint64_t q0, int n,
+                                     float* out) noexcept {
+  projection_quads<D>(
+      p, g, row, q0, n, out,
+      [](const counter_rng& gg, std::uint64_t r, std::uint64_t q, int m, std::uint32_t(&w)[4][projection_batch_quads]) {
+        projection_words(gg, r, q, m, w);
+      },
+      [](const std::uint32_t* a, const std::uint32_t* b, int m, float sigma, float* z0, float* z1) {
+        box_muller_arrays(a, b, m, sigma, z0, z1);
+      });
+}
+
+#if LORI_RANDOM_X86_DISPATCH
+// AVX2+FMA clone of the inner loops: fma instructions inline instead of libm fmaf calls, Philox and
+// the simple distributions auto-vectorised, and Box-Muller written with AVX2 intrinsics because
+// compilers will not vectorise calls to fmaf under -fmath-errno. box_muller_avx2 performs exactly the
+// operations of detail::box_muller (random_math.hpp) in the same order, lane by lane; tests compare
+// this path against the generic one bit for bit.
+#define LORI_RANDOM_AVX2_ATTRIBUTES __attribute__((target("avx2,fma")))
+
+LORI_RANDOM_AVX2_ATTRIBUTES inline void box_muller_avx2(const std::uint32_t* a, const std::uint32_t* b, int n, float sigma, float* z0,
+                                                        float* z1) noexcept {
+  const __m256i one = _mm256_set1_epi32(1);
+  const __m256 sign = _mm256_castsi256_ps(_mm256_set1_epi32(static_cast<int>(0x80000000u)));
+  const __m256 vsigma = _mm256_set1_ps(sigma);
+  int t = 0;
+  for (; t + 8 <= n; t += 8) {
+    const __m256i wa = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + t));
+    const __m256i wb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + t));
+    // u = uniform_float_open_closed(wa)
+    const __m256 u = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_srli_epi32(wa, 8), one)), _mm256_set1_ps(5.9604644775390625e-8f));
+    // log_unit(u)
+    const __m256i bits = _mm256_castps_si256(u);
+    const __m256i mant = _mm256_and_si256(bits, _mm256_set1_epi32(0x7fffff));
+    const __m256i big = _mm256_cmpgt_epi32(mant, _mm256_set1_epi32(0x3504f3));  // -1 where m is halved
+    const __m256i e = _mm256_sub_epi32(_mm256_sub_epi32(_mm256_srli_epi32(bits, 23), _mm256_set1_epi32(127)), big);
+    const __m256i expo = _mm256_blendv_epi8(_mm256_set1_epi32(0x3f800000), _mm256_set1_epi32(0x3f000000), big);
+    const __m256 m = _mm256_castsi256_ps(_mm256_or_si256(mant, expo));
+    const __m256 f = _mm256_sub_ps(m, _mm256_set1_ps(1.0f));
+    __m256 q = _mm256_set1_ps(-7.622104603e-02f);
+    q = _mm256_fmadd_ps(q, f, _mm256_set1_ps(1.290468707e-01f));
+    q = _mm256_fmadd_ps(q, f, _mm256_set1_ps(-1.324297613e-01f));
+    q = _mm256_fmadd_ps(q, f, _mm256_set1_ps(1.418177938e-01f));
+    q = _mm256_fmadd_ps(q, f, _mm256_set1_ps(-1.660907773e-01f));
+    q = _mm256_fmadd_ps(q, f, _mm256_set1_ps(2.000197654e-01f));
+    q = _mm256_fmadd_ps(q, f, _mm256_set1_ps(-2.500158334e-01f));
+    q = _mm256_fmadd_ps(q, f, _mm256_set1_ps(3.333332565e-01f));
+    q = _mm256_fmadd_ps(q, f, _mm256_set1_ps(-4.999998834e-01f));
+    const __m256 log1pf = _mm256_fmadd_ps(_mm256_mul_ps(f, f), q, f);
+    const __m256 ef = _mm256_cvtepi32_ps(e);
+    const __m256 lg = _mm256_fmadd_ps(ef, _mm256_set1_ps(0.693359375f), _mm256_fmadd_ps(ef, _mm256_set1_ps(-2.12194440e-4f), log1pf));
+    const __m256 x = _mm256_mul_ps(lg, _mm256_set1_ps(-2.0f));
+    // sqrt_nonneg(x)
+    const __m256 nh = _mm256_xor_ps(_mm256_mul_ps(x, _mm256_set1_ps(0.5f)), sign);
+    __m256 y = _mm256_castsi256_ps(_mm256_sub_epi32(_mm256_set1_epi32(0x5f375a86), _mm256_srli_epi32(_mm256_castps_si256(x), 1)));
+    for (int it = 0; it < 3; ++it) y = _mm256_mul_ps(y, _mm256_fmadd_ps(nh, _mm256_mul_ps(y, y), _mm256_set1_ps(1.5f)));
+    const __m256 s = _mm256_mul_ps(x, y);
+    const __m256 r = _mm256_fmadd_ps(_mm256_xor_ps(s, sign), s, x);
+    const __m256 root = _mm256_fmadd_ps(r, _mm256_mul_ps(y, _mm256_set1_ps(0.5f)), s);
+    const __m256 radius = _mm256_mul_ps(_mm256_and_ps(_mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_GT_OQ), root), vsigma);
+    // cos_sin_2pi_24(wb >> 8)
+    const __m256i mm = _mm256_and_si256(_mm256_add_epi32(_mm256_srli_epi32(wb, 8), _mm256_set1_epi32(1 << 21)), _mm256_set1_epi32(0xffffff));
+    const __m256i quad = _mm256_srli_epi32(mm, 22);
+    const __m256i fi = _mm256_sub_epi32(_mm256_and_si256(mm, _mm256_set1_epi32(0x3fffff)), _mm256_set1_epi32(1 << 21));
+    const __m256 av = _mm256_mul_ps(_mm256_cvtepi32_ps(fi), _mm256_set1_ps(2.384185791015625e-07f));
+    const __m256 a2 = _mm256_mul_ps(av, av);
+    __m256 sp = _mm256_set1_ps(1.582067437e-04f);
+    sp = _mm256_fmadd_ps(sp, a2, _mm256_set1_ps(-4.681266477e-03f));
+    sp = _mm256_fmadd_ps(sp, a2, _mm256_set1_ps(7.969258276e-02f));
+    sp = _mm256_fmadd_ps(sp, a2, _mm256_set1_ps(-6.459640961e-01f));
+    sp = _mm256_fmadd_ps(sp, a2, _mm256_set1_ps(1.570796327e+00f));
+    const __m256 sa = _mm256_mul_ps(av, sp);
+    __m256 cp = _mm256_set1_ps(-2.485101283e-05f);
+    cp = _mm256_fmadd_ps(cp, a2, _mm256_set1_ps(9.191617679e-04f));
+    cp = _mm256_fmadd_ps(cp, a2, _mm256_set1_ps(-2.086346801e-02f));
+    cp = _mm256_fmadd_ps(cp, a2, _mm256_set1_ps(2.536695072e-01f));
+    cp = _mm256_fmadd_ps(cp, a2, _mm256_set1_ps(-1.233700550e+00f));
+    const __m256 ca = _mm256_fmadd_ps(cp, a2, _mm256_set1_ps(1.0f));
+    const __m256 odd = _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(quad, one), one));
+    const __m256 c0 = _mm256_blendv_ps(ca, sa, odd);
+    const __m256 s0 = _mm256_blendv_ps(sa, ca, odd);
+    const __m256 csign = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_and_si256(_mm256_add_epi32(quad, one), _mm256_set1_epi32(2)), 30));
+    const __m256 ssign = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_and_si256(quad, _mm256_set1_epi32(2)), 30));
+    _mm256_storeu_ps(z0 + t, _mm256_mul_ps(radius, _mm256_xor_ps(c0, csign)));
+    _mm256_storeu_ps(z1 + t, _mm256_mul_ps(radius, _mm256_xor_ps(s0, ssign)));
+  }
+  box_muller_arrays(a + t, b + t, n - t, sigma, z0 + t, z1 + t);
+}
+
+/// Philox4x32-10 of 8 consecutive blocks per step with AVX2 (32x32->64 multiplies of even / odd lanes,
+/// then the hi/lo halves re-interleaved); the same function as philox4x32_10_block, lane by lane.
+LORI_RANDOM_AVX2_ATTRIBUTES inline void projection_words_avx2(const counter_rng& g, std::uint64_t row, std::uint64_t q0, int n,
+                                                              std::uint32_t (&w)[4][projection_batch_quads]) noexcept {
+  const __m256i m0 = _mm256_set1_epi64x(0xD2511F53);
+  const __m256i m1 = _mm256_set1_epi64x(0xCD9E8D57);
+  const __m256i w0 = _mm256_set1_epi32(static_cast<int>(0x9E3779B9u));
+  const __m256i w1 = _mm256_set1_epi32(static_cast<int>(0xBB67AE85u));
+  const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  int t = 0;
+  for (; t + 8 <= n; t += 8) {
+    __m256i c0 = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(static_cast<std::uint32_t>(q0 + static_cast<std::uint64_t>(t)))), lanes);
+    __m256i c1 = _mm256_set1_epi32(static_cast<int>(static_cast<std::uint32_t>(row)));
+    __m256i c2 = _mm256_set1_epi32(static_cast<int>(g.stream0));
+    __m256i c3 = _mm256_set1_epi32(static_cast<int>(g.stream1));
+    __m256i k0 = _mm256_set1_epi32(static_cast<int>(g.key0));
+    __m256i k1 = _mm256_set1_epi32(static_cast<int>(g.key1));
+    for (int round = 0; round < 10; ++round) {
+      if (round > 0) {
+        k0 = _mm256_add_epi32(k0, w0);
+        k1 = _mm256_add_epi32(k1, w1);
+      }
+      const __m256i pe0 = _mm256_mul_epu32(c0, m0), po0 = _mm256_mul_epu32(_mm256_srli_epi64(c0, 32), m0);
+      const __m256i pe1 = _mm256_mul_epu32(c2, m1), po1 = _mm256_mul_epu32(_mm256_srli_epi64(c2, 32), m1);
+      const __m256i hi0 = _mm256_blend_epi32(_mm256_srli_epi64(pe0, 32), po0, 0xAA);
+      const __m256i lo0 = _mm256_blend_epi32(pe0, _mm256_slli_epi64(po0, 32), 0xAA);
+      const __m256i hi1 = _mm256_blend_epi32(_mm256_srli_epi64(pe1, 32), po1, 0xAA);
+      const __m256i lo1 = _mm256_blend_epi32(pe1, _mm256_slli_epi64(po1, 32), 0xAA);
+      c0 = _mm256_xor_si256(_mm256_xor_si256(hi1, c1), k0);
+      c1 = lo1;
+      c2 = _mm256_xor_si256(_mm256_xor_si256(hi0, c3), k1);
+      c3 = lo0;
+    }
+    _mm256_store_si256(reinterpret_cast<__m256i*>(&w[0][t]), c0);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(&w[1][t]), c1);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(&w[2][t]), c2);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(&w[3][t]), c3);
+  }
+  for (; t < n; ++t) {
+    const std::uint64_t q = q0 + static_cast<std::uint64_t>(t);
+    const philox_block b = philox4x32_10_block(static_cast<std::uint32_t>(q), static_cast<std::uint32_t>(row), g.stream0, g.stream1, g.key0, g.key1);
+    w[0][t] = b.v[0];
+    w[1][t] = b.v[1];
+    w[2][t] = b.v[2];
+    w[3][t] = b.v[3];
+  }
+}
+
+template <distribution D>
+LORI_RANDOM_AVX2_ATTRIBUTES inline void projection_quads_avx2(const projection_params& p, const counter_rng& g, std::uint64_t row,
+                                                              std::uint64_t q0, int n, float* out) noexcept {
+  projection_quads<D>(
+      p, g, row, q0, n, out,
+      [](const counter_rng& gg, std::uint64_t r, std::uint64_t q, int m, std::uint32_t(&w)[4][projection_batch_quads])
+          LORI_RANDOM_AVX2_ATTRIBUTES { projection_words_avx2(gg, r, q, m, w); },
+      [](const std::uint32_t* a, const std::uint32_t* b, int m, float sigma, float* z0, float* z1)
+          LORI_RANDOM_AVX2_ATTRIBUTES { box_muller_avx2(a, b, m, sigma, z0, z1); });
+}
+
+inline bool cpu_has_avx2_fma() noexcept {
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return has;
+}
+#endif
+
+using projection_quads_fn = void (*)(const projection_params&, const counter_rng&, std::uint64_t, std::uint64_t, int, float*) noexcept;
+
+template <distribution D>
+inline projection_quads_fn select_projection_quads(bool allow_simd) noexcept {
+#if LORI_RANDOM_X86_DISPATCH
+  if (allow_simd && cpu_has_avx2_fma()) return &projection_quads_avx2<D>;
+#else
+  (void)allow_simd;
+#endif
+  return &projection_quads_generic<D>;
+}
+
+inline projection_quads_fn select_projection_quads(distribution d, bool allow_simd) noexcept {
+  switch (d) {
+    case distribution::kaiming_uniform: return select_projection_quads<distribution::kaiming_uniform>(allow_simd);
+    case distribution::gaussian: return select_projection_quads<distribution::gaussian>(allow_simd);
+    case distribution::rademacher: return select_projection_quads<distribution::rademacher>(allow_simd);
+    case distribution::sparse: return select_projection_quads<distribution::sparse>(allow_simd);
+  }
+  return &projection_quads_generic<distribution::kaiming_uniform>;
+}
+
+/// The tile [i0, i0 + out.rows()) x [j0, j0 + out.cols()) of the projection with params p.
+template <class T>
+void fill_projection_tile(matrix_view<T, layout::row_major> out, index_t i0, index_t j0, std::uint64_t seed, std::uint64_t stream,
+                          const projection_params& p, bool allow_simd) {
+  const counter_rng g(seed, stream);
+  const projection_quads_fn fn = select_projection_quads(p.kind, allow_simd);
+  alignas(64) float buf[4 * projection_batch_quads];
+  const index_t jend = j0 + out.cols();
+  for (index_t i = 0; i < out.rows(); ++i) {
+    T* row = out.row(i);
+    const auto gi = static_cast<std::uint64_t>(i0 + i);
+    index_t j = j0;
+    while (j < jend) {
+      const index_t q0 = j >> 2;
+      const index_t qend = std::min<index_t>((jend + 3) >> 2, q0 + projection_batch_quads);
+      fn(p, g, gi, static_cast<std::uint64_t>(q0), static_cast<int>(qend - q0), buf);
+      const index_t stop = std::min<index_t>(jend, qend * 4);
+      for (index_t jj = j; jj < stop; ++jj) row[jj - j0] = static_cast<T>(buf[jj - q0 * 4]);
+      j = stop;
+    }
+  }
+}
+
+}  // namespace detail
+
+/// Orthonormalises the rows of `a` (r x k, r <= k) in place: a <- Q^T where a^T = Q R is the thin
+/// Householder QR (computed in double), with the signs chosen so that diag(R) > 0 - i.e. the
+/// Gram-Schmidt basis of the row space, deterministic. Rows then have unit norm.
+/// Throws lori::error if r > k or a has a non-finite entry. O(r^2 k).
+template <class T>
+void orthonormalize_rows(matrix_view<T, layout::row_major> a) {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "orthonormalize_rows: T must be float or double");
+  LORI_EXPECTS(a.rows() <= a.cols(), "orthonormalize_rows: needs rows <= cols");
+  if (a.rows() == 0) return;
+  Eigen::MatrixXd at(a.cols(), a.rows());
+  for (index_t i = 0; i < a.rows(); ++i)
+    for (index_t j = 0; j < a.cols(); ++j) at(j, i) = static_cast<double>(a(i, j));
+  LORI_EXPECTS(at.allFinite(), "orthonormalize_rows: matrix has non-finite entries");
+  Eigen::HouseholderQR<Eigen::MatrixXd> qr(at);
+  Eigen::MatrixXd q = qr.householderQ() * Eigen::MatrixXd::Identity(a.cols(), a.rows());
+  const Eigen::MatrixXd& r = qr.matrixQR();
+  for (index_t i = 0; i < a.rows(); ++i) {
+    const double sign = r(i, i) < 0.0 ? -1.0 : 1.0;
+    for (index_t j = 0; j < a.cols(); ++j) a(i, j) = static_cast<T>(sign * q(j, i));
+  }
+}
+
+/// Fills `out` (r x k = out.rows() x out.cols(), row-major, any leading dimension) with the projection
+/// (seed, stream, spec): out(i, j) = A(i, j) as defined in lori/random/distributions.hpp, then, if
+/// spec.orthonormal_rows, orthonormalises the rows (orthonormalize_rows; needs r <= k).
+/// T: float or double (double = exact widening of the float values). Throws lori::error on invalid spec
+/// (sigma <= 0, s < 1), r > 2^32 or k > 2^34. O(r k), one thread.
+template <class T>
+void generate_projection(matrix_view<T, layout::row_major> out, std::uint64_t seed, std::uint64_t stream, const projection_spec& spec) {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "generate_projection: T must be float or double");
+  const projection_params p = make_projection_params(spec, out.rows(), out.cols());
+  detail::fill_projection_tile(out, 0, 0, seed, stream, p, true);
+  if (spec.orthonormal_rows) orthonormalize_rows(out);
+}
+
+/// Fills `out` with a tile of the r x k projection (seed, stream, spec): out(i, j) = A(i0 + i, j0 + j),
+/// bit-identical to the same elements of generate_projection (without orthonormalisation, which is a
+/// whole-matrix operation: spec.orthonormal_rows is an error here). Needs 0 <= i0, i0 + out.rows() <= r,
+/// 0 <= j0, j0 + out.cols() <= k.
+template <class T>
+void generate_projection_tile(matrix_view<T, layout::row_major> out, index_t rows, index_t cols, index_t i0, index_t j0, std::uint64_t seed,
+                              std::uint64_t stream, const projection_spec& spec) {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "generate_projection_tile: T must be float or double");
+  LORI_EXPECTS(!spec.orthonormal_rows, "generate_projection_tile: orthonormal_rows needs the whole matrix");
+  const projection_params p = make_projection_params(spec, rows, cols);
+  LORI_EXPECTS(i0 >= 0 && j0 >= 0 && out.rows() <= rows - i0 && out.cols() <= cols - j0,
+               "generate_projection_tile: tile lies outside the r x k projection");
+  detail::fill_projection_tile(out, i0, j0, seed, stream, p, true);
+}
+
+/// The r x k projection (seed, stream, spec) as a row-major Eigen matrix of T (float or double).
+template <class T = float>
+Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> projection_matrix(index_t rows, index_t cols, std::uint64_t seed,
+                                                                                    std::uint64_t stream, const projection_spec& spec) {
+  LORI_EXPECTS(rows >= 0 && cols >= 0, "projection_matrix: rows and cols must be >= 0");
+  Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> a(rows, cols);
+  generate_projection(matrix_view<T, layout::row_major>(a.data(), rows, cols), seed, stream, spec);
+  return a;
+}
+
+}  // namespace lori
+
+#endif  // LORI_RANDOM_PROJECTION_HPP

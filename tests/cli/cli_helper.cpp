@@ -1,0 +1,139 @@
+// Helper of the CLI tests.
+//   cli_helper make-base OUT DTYPE        a base model for the fixture adapters: "<module>.weight" for
+//                                         every adapted module (out x in) + "lm_head.weight" and
+//                                         "model.norm.weight" (not adapted), values from a fixed seed
+//   cli_helper check-apply BASE OUT TOL W1 DIR1 [W2 DIR2 ...]
+//                                         recomputes W + sum_i w_i s_i B_i A_i in double from the files
+//                                         and checks OUT: adapted tensors within one rounding of the
+//                                         dtype (+ TOL * max|delta| when TOL > 0), others bit-identical
+//   cli_helper check-mask MASK DIR S      the mask file keeps floor((1-S)*N) or more entries (ties)
+//                                         and every kept |B| >= every dropped |B| (global threshold)
+#include "lori/io/mask_file.hpp"
+#include "lori/io/peft_adapter.hpp"
+#include "lori/io/safetensors.hpp"
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+using lori::index_t;
+
+int main(int argc, char** argv) {
+  try {
+    const std::string mode = argc > 1 ? argv[1] : "";
+    if (mode == "make-base" && argc == 4) {
+      const auto ad = lori::io::load_peft_adapter(std::string(LORI_TEST_DATA_DIR) + "/peft_adapters/nlu");
+      const std::string dt = argv[3];
+      lori::io::safetensors_writer w;
+      std::mt19937_64 g(12345);
+      std::normal_distribution<double> nd(0, 0.02);
+      auto add = [&](const std::string& name, std::vector<index_t> shape) {
+        index_t n = 1;
+        for (auto d : shape) n *= d;
+        if (dt == "F32") {
+          std::vector<float> v(static_cast<std::size_t>(n));
+          for (auto& x : v) x = static_cast<float>(nd(g));
+          w.add(name, shape, v);
+        } else {
+          std::vector<lori::bfloat16> v(static_cast<std::size_t>(n));
+          for (auto& x : v) x = lori::bfloat16(static_cast<float>(nd(g)));
+          w.add(name, shape, v);
+        }
+      };
+      for (const auto& m : ad.modules) add(m.name + ".weight", {m.out_features, m.in_features});
+      add("lm_head.weight", {128, 64});
+      add("model.norm.weight", {64});
+      w.set_metadata("format", "pt");
+      w.save(argv[2]);
+      return 0;
+    }
+    if (mode == "check-apply" && argc >= 7 && (argc - 5) % 2 == 0) {
+      const double tol = std::stod(argv[4]);
+      const auto base = lori::io::safetensors_file::open(argv[2]);
+      const auto out = lori::io::safetensors_file::open(argv[3]);
+      std::vector<std::pair<double, lori::io::peft_adapter>> ads;
+      for (int i = 5; i + 1 < argc; i += 2) ads.emplace_back(std::stod(argv[i]), lori::io::load_peft_adapter(argv[i + 1]));
+      if (out.tensors().size() != base.tensors().size() || out.metadata() != base.metadata()) {
+        std::fprintf(stderr, "tensor list or metadata differs\n");
+        return 1;
+      }
+      int adapted = 0;
+      for (const auto& t : base.tensors()) {
+        const auto& o = out.at(t.name);
+        if (o.type != t.type || o.shape != t.shape) {
+          std::fprintf(stderr, "%s: dtype/shape changed\n", t.name.c_str());
+          return 1;
+        }
+        std::vector<double> ref = base.read<double>(t);
+        const std::vector<double> w0 = ref;
+        bool touched = false;
+        for (const auto& [wt, ad] : ads) {
+          const std::string suffix = ".weight";
+          const auto* m = ad.find(t.name.substr(0, t.name.size() - suffix.size()));
+          if (m == nullptr) continue;
+          touched = true;
+          for (index_t i = 0; i < m->out_features; ++i)
+            for (index_t j = 0; j < m->in_features; ++j) {
+              double s = 0;
+              for (index_t p = 0; p < m->rank; ++p) s += static_cast<double>(m->B[static_cast<std::size_t>(i * m->rank + p)]) * m->A[static_cast<std::size_t>(p * m->in_features + j)];
+              ref[static_cast<std::size_t>(i * m->in_features + j)] += wt * m->scaling * s;
+            }
+        }
+        if (!touched) {
+          if (std::memcmp(base.raw(t), out.raw(o), static_cast<std::size_t>(t.nbytes())) != 0) {
+            std::fprintf(stderr, "%s: unadapted tensor changed\n", t.name.c_str());
+            return 1;
+          }
+          continue;
+        }
+        ++adapted;
+        const auto got = out.read<double>(o);
+        double max_delta = 0;
+        for (std::size_t e = 0; e < ref.size(); ++e) max_delta = std::max(max_delta, std::fabs(ref[e] - w0[e]));
+        // The tool rounds its double result once to the dtype: half an ulp (2^-24 F32, 2^-8 BF16,
+        // relative). This reference sums in another order (difference ~r*2^-53 relative), which can
+        // move a value across a rounding boundary: allow one full ulp (2^-23, 2^-7).
+        const double rel = t.type == lori::io::dtype::F32 ? std::ldexp(1.0, -23) : std::ldexp(1.0, -7);
+        for (std::size_t e = 0; e < ref.size(); ++e)
+          if (std::fabs(got[e] - ref[e]) > rel * std::fabs(ref[e]) + tol * max_delta + 1e-30) {
+            std::fprintf(stderr, "%s[%zu]: got %.17g, reference %.17g\n", t.name.c_str(), e, got[e], ref[e]);
+            return 1;
+          }
+      }
+      std::printf("check-apply: %d adapted tensors match the double reference\n", adapted);
+      return adapted > 0 ? 0 : 1;
+    }
+    if (mode == "check-mask" && argc == 5) {
+      const auto masks = lori::io::load_masks(argv[2]);
+      const auto ad = lori::io::load_peft_adapter(argv[3]);
+      const double s = std::stod(argv[4]);
+      index_t n = 0, kept = 0;
+      double min_kept = INFINITY, max_dropped = 0;
+      for (const auto& m : ad.modules) {
+        const auto& mk = masks.at(m.name);
+        for (index_t i = 0; i < m.out_features; ++i)
+          for (index_t j = 0; j < m.rank; ++j) {
+            const double a = std::fabs(m.B[static_cast<std::size_t>(i * m.rank + j)]);
+            ++n;
+            if (mk.test(i, j)) {
+              ++kept;
+              min_kept = std::min(min_kept, a);
+            } else {
+              max_dropped = std::max(max_dropped, a);
+            }
+          }
+      }
+      const auto k = static_cast<index_t>(std::floor((1.0 - s) * static_cast<double>(n)));
+      std::printf("check-mask: kept %lld, k %lld, min kept %.9g, max dropped %.9g\n", static_cast<long long>(kept), static_cast<long long>(k), min_kept, max_dropped);
+      return (kept >= k && min_kept >= max_dropped) ? 0 : 1;
+    }
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "cli_helper: %s\n", e.what());
+    return 1;
+  }
+  std::fprintf(stderr, "cli_helper: bad arguments\n");
+  return 2;
+}

@@ -1,0 +1,274 @@
+// Projection matrices: element formulas against double-precision references, order independence
+// (tile / row / whole matrix), dtype consistency, the private math kernels' accuracy, stream hashing,
+// orthonormalisation, and error paths.
+#include <doctest/doctest.h>
+
+#include "lori/core/float16.hpp"
+#include "lori/random/distributions.hpp"
+#include "lori/random/projection.hpp"
+#include "lori/random/stream.hpp"
+#include "test_util.hpp"
+
+#include <Eigen/Dense>
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <random>
+#include <vector>
+
+namespace {
+using lori::index_t;
+using lori::projection_spec;
+
+const projection_spec kAll[] = {projection_spec::kaiming_uniform(), projection_spec::gaussian(), projection_spec::gaussian(0.37),
+                                projection_spec::rademacher(),      projection_spec::sparse(3.0), projection_spec::sparse(1.0),
+                                projection_spec::sparse(17.5)};
+
+// The word behind element (i, j), computed from the documented key/counter layout with the raw
+// Random123 function (not through counter_rng), so the layout itself is under test.
+std::uint32_t word_of(std::uint64_t seed, std::uint64_t stream, index_t i, index_t j) {
+  const auto q = static_cast<std::uint32_t>(j >> 2);
+  const auto out = lori::philox4x32_10(
+      {{q, static_cast<std::uint32_t>(i), static_cast<std::uint32_t>(stream), static_cast<std::uint32_t>(stream >> 32)}},
+      {{static_cast<std::uint32_t>(seed), static_cast<std::uint32_t>(seed >> 32)}});
+  return out[static_cast<std::size_t>(j & 3)];
+}
+
+double ulp_distance(float a, float b) {
+  if (a == b) return 0.0;
+  const double ulp = std::nextafter(std::fabs(static_cast<double>(b)), 1e300) - std::fabs(static_cast<double>(b));
+  return std::fabs(static_cast<double>(a) - static_cast<double>(b)) / std::max(ulp, std::ldexp(1.0, -149));
+}
+}  // namespace
+
+TEST_CASE("stream_from_name is FNV-1a 64 and pinned") {
+  static_assert(lori::fnv1a_64("") == 0xcbf29ce484222325ull, "FNV-1a offset basis");
+  CHECK(lori::fnv1a_64("a") == 0xaf63dc4c8601ec8cull);       // published FNV-1a test vector
+  CHECK(lori::fnv1a_64("foobar") == 0x85944171f73967e8ull);  // published FNV-1a test vector
+  CHECK(lori::stream_from_name("model.layers.3.self_attn.q_proj") == 0x1e721458d2ae4c18ull);
+  CHECK(lori::stream_from_name("model.layers.3.self_attn.k_proj") != lori::stream_from_name("model.layers.3.self_attn.q_proj"));
+}
+
+TEST_CASE("elements follow the documented formulas (double-precision references)") {
+  LORI_TEST_SEED_INFO();
+  auto g = lori_test::rng(11);
+  for (int trial = 0; trial < 4; ++trial) {
+    const index_t r = 1 + static_cast<index_t>(g() % 40), k = 1 + static_cast<index_t>(g() % 3000);
+    const std::uint64_t seed = g(), stream = g();
+    CAPTURE(r);
+    CAPTURE(k);
+    for (const auto& spec : kAll) {
+      CAPTURE(static_cast<int>(spec.kind));
+      const auto a = lori::projection_matrix<float>(r, k, seed, stream, spec);
+      std::size_t bad = 0;
+      for (index_t i = 0; i < r; ++i) {
+        for (index_t j = 0; j < k; ++j) {
+          const std::uint32_t w = word_of(seed, stream, i, j);
+          const double x = a(i, j);
+          switch (spec.kind) {
+            case lori::distribution::kaiming_uniform: {
+              // n * (b * 2^-24) with n = 2*(w >> 8) + 1 - 2^24: the product is exact in double, so
+              // the float result must be exactly that product rounded once.
+              const double n = 2.0 * static_cast<double>(w >> 8) + 1.0 - 16777216.0;
+              const double b = static_cast<double>(static_cast<float>(1.0 / std::sqrt(static_cast<double>(k))));
+              bad += x != static_cast<double>(static_cast<float>(n * b / 16777216.0));
+              bad += std::fabs(x) > b;
+              break;
+            }
+            case lori::distribution::rademacher:
+              bad += x != ((w >> 31) != 0u ? -1.0 : 1.0) * static_cast<double>(static_cast<float>(1.0 / std::sqrt(static_cast<double>(k))));
+              break;
+            case lori::distribution::sparse: {
+              const double t = std::round(2147483648.0 / spec.s);
+              const double sc = static_cast<double>(static_cast<float>(std::sqrt(spec.s / static_cast<double>(k))));
+              const double expect = w < t ? sc : (w < 2 * t ? -sc : 0.0);
+              bad += x != expect;
+              break;
+            }
+            case lori::distribution::gaussian: {
+              // Box-Muller in double on the same words: pair (w0, w1) -> elements 0 (cos), 1 (sin).
+              const index_t j0 = j & ~index_t{1};
+              const std::uint32_t w0 = word_of(seed, stream, i, j0), w1 = word_of(seed, stream, i, j0 + 1);
+              const double u = (static_cast<double>(w0 >> 8) + 1.0) / 16777216.0;
+              const double theta = 2.0 * M_PI * static_cast<double>(w1 >> 8) / 16777216.0;
+              const double sigma = spec.sigma ? *spec.sigma : 1.0 / std::sqrt(static_cast<double>(r));
+              const double ref = std::sqrt(-2.0 * std::log(u)) * ((j & 1) == 0 ? std::cos(theta) : std::sin(theta)) * sigma;
+              // float pipeline: log (rel. err <= ~4 ulp incl. the e*ln2 sum), sqrt (1 ulp), sin/cos
+              // (abs. err <= ~3e-7 after quadrant reduction), 3 multiplies; the radius is <= 5.8, so
+              // |error| <= 5.8 * 3e-7 + |ref| * 8 * 6e-8 < 3e-6 * sigma, allowing 2x margin.
+              bad += std::fabs(x - ref) > 3e-6 * sigma;
+              break;
+            }
+          }
+        }
+      }
+      CHECK(bad == 0);
+    }
+  }
+}
+
+TEST_CASE("tile, row and whole matrix give identical bits; double is the exact widening") {
+  LORI_TEST_SEED_INFO();
+  auto g = lori_test::rng(12);
+  const index_t shapes[][2] = {{0, 0}, {0, 5}, {3, 0}, {1, 1}, {5, 7}, {13, 129}, {32, 4097}};
+  for (const auto& sh : shapes) {
+    const index_t r = sh[0], k = sh[1];
+    for (const auto& spec : kAll) {
+      CAPTURE(r);
+      CAPTURE(k);
+      CAPTURE(static_cast<int>(spec.kind));
+      const std::uint64_t seed = g(), stream = g();
+      const auto whole = lori::projection_matrix<float>(r, k, seed, stream, spec);
+      const auto whole_d = lori::projection_matrix<double>(r, k, seed, stream, spec);
+      std::size_t bad = 0;
+      for (index_t i = 0; i < whole.size(); ++i) bad += static_cast<double>(whole.data()[i]) != whole_d.data()[i];
+      // Rows one at a time, bottom to top.
+      std::vector<float> row(static_cast<std::size_t>(k));
+      for (index_t i = r - 1; i >= 0; --i) {
+        lori::generate_projection_tile(lori::matrix_view<float>(row.data(), 1, k), r, k, i, 0, seed, stream, spec);
+        for (index_t j = 0; j < k; ++j) bad += lori::float_bits(row[static_cast<std::size_t>(j)]) != lori::float_bits(whole(i, j));
+      }
+      // Random tiles with unaligned offsets, written into a buffer with a larger leading dimension.
+      for (int t = 0; t < 5 && r > 0 && k > 0; ++t) {
+        const index_t i0 = static_cast<index_t>(g() % static_cast<std::uint64_t>(r)), j0 = static_cast<index_t>(g() % static_cast<std::uint64_t>(k));
+        const index_t tr = 1 + static_cast<index_t>(g() % static_cast<std::uint64_t>(r - i0));
+        const index_t tc = 1 + static_cast<index_t>(g() % static_cast<std::uint64_t>(k - j0));
+        std::vector<double> tile(static_cast<std::size_t>(tr * (tc + 3)), -7.0);
+        lori::generate_projection_tile(lori::matrix_view<double>(tile.data(), tr, tc, tc + 3), r, k, i0, j0, seed, stream, spec);
+        for (index_t i = 0; i < tr; ++i) {
+          for (index_t j = 0; j < tc; ++j) bad += tile[static_cast<std::size_t>(i * (tc + 3) + j)] != static_cast<double>(whole(i0 + i, j0 + j));
+          for (index_t j = tc; j < tc + 3; ++j) bad += tile[static_cast<std::size_t>(i * (tc + 3) + j)] != -7.0;  // padding untouched
+        }
+      }
+      // Single elements.
+      const auto p = lori::make_projection_params(spec, r, k);
+      for (int t = 0; t < 20 && r > 0 && k > 0; ++t) {
+        const index_t i = static_cast<index_t>(g() % static_cast<std::uint64_t>(r)), j = static_cast<index_t>(g() % static_cast<std::uint64_t>(k));
+        bad += lori::float_bits(lori::projection_element(p, seed, stream, i, j)) != lori::float_bits(whole(i, j));
+      }
+      CHECK(bad == 0);
+    }
+  }
+}
+
+TEST_CASE("the AVX2 path and the generic path agree bit for bit") {
+  LORI_TEST_SEED_INFO();
+  auto g = lori_test::rng(13);
+  const index_t r = 9, k = 1003;
+  for (const auto& spec : kAll) {
+    const std::uint64_t seed = g(), stream = g();
+    const auto p = lori::make_projection_params(spec, r, k);
+    std::vector<float> a(static_cast<std::size_t>(r * k)), b(a.size());
+    lori::detail::fill_projection_tile(lori::matrix_view<float>(a.data(), r, k), 0, 0, seed, stream, p, true);
+    lori::detail::fill_projection_tile(lori::matrix_view<float>(b.data(), r, k), 0, 0, seed, stream, p, false);
+    std::size_t bad = 0;
+    for (std::size_t i = 0; i < a.size(); ++i) bad += lori::float_bits(a[i]) != lori::float_bits(b[i]);
+    CHECK(bad == 0);
+  }
+}
+
+TEST_CASE("different seeds and streams give unrelated matrices") {
+  const auto a = lori::projection_matrix<float>(8, 256, 1, 2, projection_spec::gaussian());
+  const auto b = lori::projection_matrix<float>(8, 256, 1, 3, projection_spec::gaussian());
+  const auto c = lori::projection_matrix<float>(8, 256, 2, 2, projection_spec::gaussian());
+  // Correlation of independent N(0,1) samples over n = 2048 elements: |rho| < 5.3/sqrt(n) ~ 0.12.
+  auto corr = [](const auto& x, const auto& y) {
+    return x.template cast<double>().cwiseProduct(y.template cast<double>()).sum() / (x.template cast<double>().norm() * y.template cast<double>().norm());
+  };
+  CHECK(std::fabs(corr(a, b)) < 0.12);
+  CHECK(std::fabs(corr(a, c)) < 0.12);
+  CHECK(std::fabs(corr(b, c)) < 0.12);
+}
+
+TEST_CASE("private math kernels: log, sin/cos, sqrt accuracy") {
+  // log_unit on every 2^-24 multiple would be 16 M evaluations: take all 2^16 smallest (where the
+  // exponent varies most), and a strided sweep of the rest, against std::log in double.
+  double worst_log = 0.0;
+  auto check_log = [&](std::uint32_t n) {  // x = n * 2^-24, n in [1, 2^24]
+    const float x = static_cast<float>(n) * 5.9604644775390625e-8f;
+    const double ref = std::log(static_cast<double>(x));
+    const double got = lori::detail::log_unit(x);
+    // Relative error with an absolute floor of 2^-24 * 2^-24 (near x = 1, log x ~ x - 1 ~ 2^-24).
+    const double err = std::fabs(got - ref) / std::max(std::fabs(ref), 3.5e-15);
+    worst_log = std::max(worst_log, err);
+  };
+  for (std::uint32_t n = 1; n <= 65536; ++n) check_log(n);
+  for (std::uint32_t n = 65536; n <= (1u << 24); n += 97) check_log(n);
+  check_log(1u << 24);
+  check_log((1u << 24) - 1);
+  CHECK(lori::detail::log_unit(1.0f) == 0.0f);
+  // A few float ulps (2^-24 relative each): polynomial ~1e-8, plus e*ln2 + log1p rounding.
+  CHECK(worst_log < 4e-7);
+
+  double worst_trig = 0.0;
+  for (std::uint32_t n = 0; n < (1u << 24); n += 13) {
+    const auto cs = lori::detail::cos_sin_2pi_24(n);
+    const double th = 2.0 * M_PI * static_cast<double>(n) / 16777216.0;
+    worst_trig = std::max({worst_trig, std::fabs(cs.c - std::cos(th)), std::fabs(cs.s - std::sin(th))});
+  }
+  CHECK(worst_trig < 3e-7);  // |a| <= 1/2 reduced argument, degree-4/5 polynomials, ~2 ulp of 1
+
+  double worst_sqrt = 0.0;
+  auto g = lori_test::rng(14);
+  for (int t = 0; t < 200000; ++t) {
+    const float x = std::ldexp(static_cast<float>(g() >> 40) / 16777216.0f + 0.5f, static_cast<int>(g() % 20) - 12);
+    worst_sqrt = std::max(worst_sqrt, ulp_distance(lori::detail::sqrt_nonneg(x), std::sqrt(x)));
+  }
+  CHECK(worst_sqrt <= 1.0);
+  CHECK(lori::detail::sqrt_nonneg(0.0f) == 0.0f);
+  CHECK(lori::detail::sqrt_nonneg(-0.0f) == 0.0f);
+  CHECK(lori::detail::sqrt_nonneg(33.3f) == doctest::Approx(std::sqrt(33.3f)).epsilon(1e-7));
+}
+
+TEST_CASE("orthonormal rows: Q^T of the QR of A^T, same row space") {
+  LORI_TEST_SEED_INFO();
+  auto g = lori_test::rng(15);
+  const index_t shapes[][2] = {{1, 1}, {3, 7}, {16, 16}, {32, 513}};
+  for (const auto& sh : shapes) {
+    const index_t r = sh[0], k = sh[1];
+    const std::uint64_t seed = g();
+    for (const auto& base : {projection_spec::gaussian(), projection_spec::kaiming_uniform()}) {
+      const auto a = lori::projection_matrix<double>(r, k, seed, 5, base);
+      const auto q = lori::projection_matrix<double>(r, k, seed, 5, base.orthonormalized());
+      const auto qf = lori::projection_matrix<float>(r, k, seed, 5, base.orthonormalized());
+      // Orthonormal in double: Householder QR gives ||Q^T Q - I|| ~ k * eps.
+      CHECK((q * q.transpose() - Eigen::MatrixXd::Identity(r, r)).norm() < 1e-12 * static_cast<double>(k));
+      // Same row space: A = (A Q^T) Q, with relative error ~ cond(A) * eps (random A: well conditioned).
+      const Eigen::MatrixXd recon = (a * q.transpose()) * q;
+      CHECK(lori_test::rel_err(recon, a) < 1e-10);
+      // Gram-Schmidt sign convention: <a_0, q_0> > 0.
+      CHECK(a.row(0).dot(q.row(0)) > 0.0);
+      // float output = the double result rounded: |error| <= 2^-24 per element.
+      CHECK((qf.cast<double>() - q).cwiseAbs().maxCoeff() <= std::ldexp(1.0, -24));
+    }
+  }
+}
+
+TEST_CASE("invalid arguments throw lori::error") {
+  std::vector<float> buf(64);
+  const lori::matrix_view<float> v(buf.data(), 4, 16);
+  CHECK_THROWS_AS(lori::generate_projection(v, 1, 2, projection_spec::sparse(0.5)), lori::error);
+  CHECK_THROWS_AS(lori::generate_projection(v, 1, 2, projection_spec::sparse(std::numeric_limits<double>::quiet_NaN())), lori::error);
+  CHECK_THROWS_AS(lori::generate_projection(v, 1, 2, projection_spec::gaussian(0.0)), lori::error);
+  CHECK_THROWS_AS(lori::generate_projection(v, 1, 2, projection_spec::gaussian(-1.0)), lori::error);
+  CHECK_THROWS_AS(lori::generate_projection(v, 1, 2, projection_spec::gaussian(std::numeric_limits<double>::infinity())), lori::error);
+  CHECK_THROWS_AS(lori::generate_projection(v, 1, 2, projection_spec::gaussian(1e-300)), lori::error);  // underflows float
+  CHECK_THROWS_AS(lori::make_projection_params(projection_spec::gaussian(), -1, 4), lori::error);
+  CHECK_THROWS_AS(lori::make_projection_params(projection_spec::gaussian(), 4, -1), lori::error);
+  CHECK_THROWS_AS(lori::make_projection_params(projection_spec::gaussian(), index_t{1} << 33, 4), lori::error);
+  CHECK_THROWS_AS(lori::make_projection_params(projection_spec::gaussian(), 4, index_t{1} << 35), lori::error);
+  CHECK_THROWS_AS(lori::projection_matrix<float>(-1, 3, 1, 2, projection_spec::gaussian()), lori::error);
+  // Tiles outside the matrix.
+  CHECK_THROWS_AS(lori::generate_projection_tile(v, 4, 16, 1, 0, 1, 2, projection_spec::gaussian()), lori::error);
+  CHECK_THROWS_AS(lori::generate_projection_tile(v, 4, 16, 0, 1, 1, 2, projection_spec::gaussian()), lori::error);
+  CHECK_THROWS_AS(lori::generate_projection_tile(v, 4, 16, -1, 0, 1, 2, projection_spec::gaussian()), lori::error);
+  CHECK_THROWS_AS(lori::generate_projection_tile(v, 3, 16, 0, 0, 1, 2, projection_spec::gaussian()), lori::error);
+  CHECK_THROWS_AS(lori::generate_projection_tile(v, 4, 16, 0, 0, 1, 2, projection_spec::gaussian().orthonormalized()), lori::error);
+  CHECK_NOTHROW(lori::generate_projection_tile(v, 4, 16, 0, 0, 1, 2, projection_spec::gaussian()));
+  // Orthonormal rows need r <= k; null data is rejected by the view.
+  std::vector<float> tall(16 * 4);
+  CHECK_THROWS_AS(lori::generate_projection(lori::matrix_view<float>(tall.data(), 16, 4), 1, 2, projection_spec::gaussian().orthonormalized()),
+                  lori::error);
+  CHECK_THROWS_AS(lori::matrix_view<float>(nullptr, 2, 2), lori::error);
+}

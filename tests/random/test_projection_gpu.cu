@@ -1,0 +1,233 @@
+// GPU projections: bit-identical to the CPU for every distribution and element type (float, double,
+// bf16, fp16), for single matrices (aligned / unaligned / padded leading dimension / odd shapes) and for
+// batches in one launch (random mixes and the full Llama-3-8B r = 32 set), plus error paths.
+// Outputs are poisoned (0xff bytes) before every launch, so unwritten elements and writes into
+// padding are caught.
+#include <doctest/doctest.h>
+
+#include "lori/core/float16.hpp"
+#include "lori/cuda/device_buffer.cuh"
+#include "lori/cuda/projection.cuh"
+#include "lori/random/projection.hpp"
+#include "lori/random/stream.hpp"
+
+#include <cstdint>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace {
+using lori::index_t;
+using lori::projection_spec;
+
+const projection_spec kAll[] = {projection_spec::kaiming_uniform(), projection_spec::gaussian(), projection_spec::gaussian(0.37),
+                                projection_spec::rademacher(),      projection_spec::sparse(3.0), projection_spec::sparse(1.0),
+                                projection_spec::sparse(17.5)};
+
+std::mt19937_64 test_rng(std::uint64_t salt) { return std::mt19937_64(0x5eed0000ull + salt); }
+
+// The CPU reference value of A(i, j), in the bit pattern of T.
+template <class T>
+std::uint64_t expected_bits(float x) {
+  if constexpr (std::is_same_v<T, float>) {
+    return lori::float_bits(x);
+  } else if constexpr (std::is_same_v<T, double>) {
+    const double d = x;
+    std::uint64_t b;
+    std::memcpy(&b, &d, 8);
+    return b;
+  } else if constexpr (std::is_same_v<T, lori::bfloat16>) {
+    return lori::float_to_bf16_bits(x);
+  } else {
+    return lori::float_to_half_bits(x);
+  }
+}
+
+template <class T>
+std::uint64_t bits_of(const T& v) {
+  std::uint64_t b = 0;
+  std::memcpy(&b, &v, sizeof(T));
+  return b;
+}
+
+template <class T>
+std::uint64_t poison_bits() {
+  std::uint64_t b = 0;
+  std::memset(&b, 0xff, sizeof(T));
+  return b;
+}
+
+// Compares a downloaded rows x cols (leading dimension ld) region at `offset` of `host` with the CPU
+// projection; padding columns [cols, ld) and everything outside must still be poison. Returns mismatches.
+template <class T>
+std::size_t compare(const std::vector<T>& host, index_t offset, index_t rows, index_t cols, index_t ld, std::uint64_t seed,
+                    std::uint64_t stream, const projection_spec& spec) {
+  const auto a = lori::projection_matrix<float>(rows, cols, seed, stream, spec);
+  std::size_t bad = 0;
+  for (index_t i = 0; i < rows; ++i) {
+    for (index_t j = 0; j < ld; ++j) {
+      const std::uint64_t got = bits_of(host[static_cast<std::size_t>(offset + i * ld + j)]);
+      bad += got != (j < cols ? expected_bits<T>(a(i, j)) : poison_bits<T>());
+    }
+  }
+  return bad;
+}
+
+template <class T>
+void single_matrix_cases() {
+  auto g = test_rng(sizeof(T));
+  const index_t shapes[][2] = {{0, 0}, {0, 9}, {4, 0}, {1, 1}, {1, 3}, {3, 5}, {7, 13}, {17, 1001}, {32, 4096}, {5, 8200}, {300, 24}};
+  for (const auto& sh : shapes) {
+    for (const auto& spec : kAll) {
+      for (int variant = 0; variant < 3; ++variant) {  // 0: packed+aligned, 1: shifted by one element, 2: padded ld
+        const index_t r = sh[0], k = sh[1];
+        const index_t ld = variant == 2 ? k + 3 : k;
+        const index_t offset = variant == 1 ? 1 : 0;
+        const index_t total = offset + r * ld + 8;
+        CAPTURE(r);
+        CAPTURE(k);
+        CAPTURE(variant);
+        CAPTURE(static_cast<int>(spec.kind));
+        CAPTURE(sizeof(T));
+        lori::cuda::device_buffer<T> buf(total);
+        buf.fill_bytes(0xff);
+        const std::uint64_t seed = g(), stream = g();
+        lori::cuda::generate_projection(lori::row_major_view<T>(buf.data() + offset, r, k, ld), seed, stream, spec);
+        LORI_CUDA_CHECK(cudaDeviceSynchronize());
+        const auto host = buf.download();
+        CHECK(compare(host, offset, r, k, ld, seed, stream, spec) == 0);
+        std::size_t outside = 0;  // nothing before the matrix or after it was touched
+        for (index_t t = 0; t < offset; ++t) outside += bits_of(host[static_cast<std::size_t>(t)]) != poison_bits<T>();
+        for (index_t t = offset + r * ld; t < total; ++t) outside += bits_of(host[static_cast<std::size_t>(t)]) != poison_bits<T>();
+        CHECK(outside == 0);
+      }
+    }
+  }
+}
+
+template <class T>
+void batch_cases() {
+  auto g = test_rng(100 + sizeof(T));
+  // A random mix of shapes, distributions, alignments and paddings, including empty matrices.
+  struct placed {
+    index_t offset, rows, cols, ld;
+    std::uint64_t seed, stream;
+    projection_spec spec;
+  };
+  std::vector<placed> items;
+  index_t cursor = 0;
+  for (int t = 0; t < 60; ++t) {
+    placed p;
+    p.rows = static_cast<index_t>(g() % 40);
+    p.cols = static_cast<index_t>(g() % 700);
+    if (t % 7 == 0) p.rows = 0;
+    p.ld = p.cols + ((g() % 3 == 0) ? static_cast<index_t>(g() % 9) : 0);
+    p.offset = cursor + static_cast<index_t>(g() % 3);  // sometimes misaligned
+    p.seed = g();
+    p.stream = lori::stream_from_name("model.layers." + std::to_string(t) + ".mlp.up_proj");
+    p.spec = kAll[g() % (sizeof(kAll) / sizeof(kAll[0]))];
+    cursor = p.offset + p.rows * p.ld;
+    items.push_back(p);
+  }
+  const index_t total = cursor + 16;
+  lori::cuda::device_buffer<T> buf(total);
+  std::vector<lori::cuda::projection_task<T>> tasks;
+  for (const auto& p : items)
+    tasks.push_back(lori::cuda::make_projection_task(buf.data() + p.offset, p.rows, p.cols, p.seed, p.stream, p.spec, p.ld));
+  const std::size_t ws_bytes = lori::cuda::projection_batch_workspace_bytes(static_cast<index_t>(tasks.size()));
+  lori::cuda::device_buffer<unsigned char> ws(static_cast<index_t>(ws_bytes));
+  const auto plan = lori::cuda::prepare_projection_batch(tasks.data(), static_cast<index_t>(tasks.size()), ws.data(), ws_bytes);
+  for (int rep = 0; rep < 2; ++rep) {  // the plan is reusable
+    buf.fill_bytes(0xff);
+    lori::cuda::generate_projection_batch(plan);
+    LORI_CUDA_CHECK(cudaDeviceSynchronize());
+    const auto host = buf.download();
+    std::size_t bad = 0, touched_gaps = 0;
+    index_t prev_end = 0;
+    for (const auto& p : items) {
+      bad += compare(host, p.offset, p.rows, p.cols, p.ld, p.seed, p.stream, p.spec);
+      for (index_t t = prev_end; t < p.offset; ++t) touched_gaps += bits_of(host[static_cast<std::size_t>(t)]) != poison_bits<T>();
+      prev_end = p.offset + p.rows * p.ld;
+    }
+    CHECK(bad == 0);
+    CHECK(touched_gaps == 0);
+  }
+}
+}  // namespace
+
+TEST_CASE("single matrix: GPU == CPU bit for bit, float") { single_matrix_cases<float>(); }
+TEST_CASE("single matrix: GPU == CPU bit for bit, double") { single_matrix_cases<double>(); }
+TEST_CASE("single matrix: GPU == CPU bit for bit, bf16") { single_matrix_cases<lori::bfloat16>(); }
+TEST_CASE("single matrix: GPU == CPU bit for bit, fp16") { single_matrix_cases<lori::half>(); }
+TEST_CASE("batch in one launch: GPU == CPU bit for bit, float") { batch_cases<float>(); }
+TEST_CASE("batch in one launch: GPU == CPU bit for bit, double") { batch_cases<double>(); }
+TEST_CASE("batch in one launch: GPU == CPU bit for bit, bf16") { batch_cases<lori::bfloat16>(); }
+TEST_CASE("batch in one launch: GPU == CPU bit for bit, fp16") { batch_cases<lori::half>(); }
+
+TEST_CASE("Llama-3-8B r = 32: all 224 A's in one launch equal the CPU, per distribution") {
+  struct mod {
+    const char* name;
+    index_t in;
+  };
+  const mod mods[] = {{"self_attn.q_proj", 4096}, {"self_attn.k_proj", 4096}, {"self_attn.v_proj", 4096}, {"self_attn.o_proj", 4096},
+                      {"mlp.gate_proj", 4096},    {"mlp.up_proj", 4096},      {"mlp.down_proj", 14336}};
+  const index_t r = 32;
+  std::vector<std::pair<std::string, index_t>> names;
+  index_t total = 0;
+  for (int layer = 0; layer < 32; ++layer)
+    for (const auto& m : mods) {
+      names.emplace_back("model.layers." + std::to_string(layer) + "." + m.name, m.in);
+      total += r * m.in;
+    }
+  CHECK(names.size() == 224);
+  CHECK(total == 32 * 32 * (6 * 4096 + 14336));  // 29.36 M elements
+  lori::cuda::device_buffer<float> buf(total);
+  const std::size_t ws_bytes = lori::cuda::projection_batch_workspace_bytes(224);
+  lori::cuda::device_buffer<unsigned char> ws(static_cast<index_t>(ws_bytes));
+  for (const auto& spec : {projection_spec::kaiming_uniform(), projection_spec::gaussian()}) {
+    std::vector<lori::cuda::projection_task<float>> tasks;
+    index_t off = 0;
+    for (const auto& n : names) {
+      tasks.push_back(lori::cuda::make_projection_task(buf.data() + off, r, n.second, 2026, lori::stream_from_name(n.first), spec));
+      off += r * n.second;
+    }
+    buf.fill_bytes(0xff);
+    lori::cuda::generate_projection_batch(tasks.data(), 224, ws.data(), ws_bytes);
+    LORI_CUDA_CHECK(cudaDeviceSynchronize());
+    const auto host = buf.download();
+    std::size_t bad = 0;
+    off = 0;
+    for (const auto& n : names) {
+      const auto a = lori::projection_matrix<float>(r, n.second, 2026, lori::stream_from_name(n.first), spec);
+      for (index_t t = 0; t < a.size(); ++t) bad += lori::float_bits(host[static_cast<std::size_t>(off + t)]) != lori::float_bits(a.data()[t]);
+      off += r * n.second;
+    }
+    CHECK(bad == 0);
+  }
+}
+
+TEST_CASE("GPU projection errors are lori::error") {
+  lori::cuda::device_buffer<float> buf(64);
+  CHECK_THROWS_AS(lori::cuda::make_projection_task<float>(nullptr, 2, 2, 1, 2, projection_spec::gaussian()), lori::error);
+  CHECK_THROWS_AS(lori::cuda::make_projection_task(buf.data(), -1, 2, 1, 2, projection_spec::gaussian()), lori::error);
+  CHECK_THROWS_AS(lori::cuda::make_projection_task(buf.data(), 2, 8, 1, 2, projection_spec::gaussian(), 4), lori::error);  // ld < cols
+  CHECK_THROWS_AS(lori::cuda::make_projection_task(buf.data(), 2, 8, 1, 2, projection_spec::sparse(0.5)), lori::error);
+  CHECK_THROWS_AS(lori::cuda::make_projection_task(buf.data(), 2, 8, 1, 2, projection_spec::gaussian(-1.0)), lori::error);
+  CHECK_THROWS_AS(lori::cuda::make_projection_task(buf.data(), 2, 8, 1, 2, projection_spec::gaussian().orthonormalized()), lori::error);
+  CHECK_THROWS_AS(lori::cuda::generate_projection(buf.as_matrix(8, 8), 1, 2, projection_spec::sparse(0.0)), lori::error);
+  // Workspace checks.
+  auto task = lori::cuda::make_projection_task(buf.data(), 8, 8, 1, 2, projection_spec::rademacher());
+  lori::cuda::device_buffer<unsigned char> ws(static_cast<index_t>(lori::cuda::projection_batch_workspace_bytes(1)));
+  CHECK_THROWS_AS(lori::cuda::generate_projection_batch(&task, 1, nullptr, ws.bytes()), lori::error);
+  CHECK_THROWS_AS(lori::cuda::generate_projection_batch(&task, 1, ws.data(), ws.bytes() - 1), lori::error);
+  CHECK_THROWS_AS(lori::cuda::generate_projection_batch<float>(nullptr, 1, ws.data(), ws.bytes()), lori::error);
+  CHECK_THROWS_AS(lori::cuda::projection_batch_workspace_bytes(-1), lori::error);
+  // A hand-made task with unresolved params is rejected.
+  lori::cuda::projection_task<float> raw;
+  raw.out = buf.data();
+  raw.rows = raw.cols = raw.ld = 8;
+  CHECK_THROWS_AS(lori::cuda::generate_projection_batch(&raw, 1, ws.data(), ws.bytes()), lori::error);
+  // An empty batch is a no-op.
+  CHECK_NOTHROW(lori::cuda::generate_projection_batch<float>(nullptr, 0, nullptr, 0));
+}
