@@ -131,6 +131,7 @@ void BM_merge_svd_lowrank(benchmark::State& state) {
     auto out = lori::merge_adapters<float>(v, s.weights, opt);
     benchmark::DoNotOptimize(out.A.data());
   }
+  state.SetItemsProcessed(state.iterations());  // merges
 }
 BENCHMARK(BM_merge_svd_lowrank)->Unit(benchmark::kMillisecond);
 
@@ -147,6 +148,7 @@ void BM_merge_svd_baseline_dense(benchmark::State& state) {
     benchmark::DoNotOptimize(A.data());
     benchmark::DoNotOptimize(B.data());
   }
+  state.SetItemsProcessed(state.iterations());  // merges
 }
 BENCHMARK(BM_merge_svd_baseline_dense)->Unit(benchmark::kMillisecond);
 
