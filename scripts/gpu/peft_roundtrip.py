@@ -134,8 +134,11 @@ for name in ["nlu", "math", "code"]:
     change = (lp - base_logits).abs().max().item()
     record(f"{name}: fixture", "adapter changes the logits (max |diff|)", change, 0.0, ok=change > 0)
     la, asd = applied_logits([F(name)])
-    record(f"{name}: lori apply vs PEFT", "logits (max rel diff)", max_rel(la, lp), 1e-5)
-    cmp_deltas(f"{name}: lori apply vs PEFT", applied_deltas(asd, dp.keys()), dp, 1e-6)
+    # lori apply rounds W + s B A (double) once to float32; PEFT adds s (x A^T) B^T in float32: both
+    # ~1e-7 relative, so 1e-5 of the largest delta / 1e-4 of the largest logit are wide margins
+    # (a wrong key, scaling or transpose shows up as O(1)).
+    record(f"{name}: lori apply vs PEFT", "logits (max rel diff)", max_rel(la, lp), 1e-4)
+    cmp_deltas(f"{name}: lori apply vs PEFT", applied_deltas(asd, dp.keys()), dp, 1e-5)
     lori("pack", F(name), "-o", W(f"{name}.lori"))
     lori("unpack", W(f"{name}.lori"), "-o", W(f"{name}_unpacked"))
     pu = peft_load(W(f"{name}_unpacked"))
@@ -151,7 +154,7 @@ zeros = sum((m.lora_B["default"].weight == 0).sum().item() for _, m in ps.named_
 total = sum(m.lora_B["default"].weight.numel() for _, m in ps.named_modules() if isinstance(m, LoraLayer))
 record("math: sparsify 0.9", "PEFT sees B 90% zero (|zeros/total - 0.9|)", abs(zeros / total - 0.9), 0.002)
 la, asd = applied_logits([W("math_s")])
-record("math: sparsify 0.9", "lori apply vs PEFT logits", max_rel(la, logits(ps)), 1e-5)
+record("math: sparsify 0.9", "lori apply vs PEFT logits", max_rel(la, logits(ps)), 1e-4)
 lori("pack", W("math_s"), "-o", W("math_s.lori"))
 lori("unpack", W("math_s.lori"), "-o", W("math_s_unpacked"))
 record("math: unpack(pack(sparse))", "logits bit-identical", 0.0, 0.0,
@@ -190,7 +193,7 @@ for combo, names, weights, kw, tol in cases:
     cmp_deltas(case, deltas(lm, "default"), deltas(pm, "merged"), tol)
     record(case, "logits: PEFT(lori folder) vs PEFT merge", max_rel(logits(lm), logits(pm)), tol)
     la, _ = applied_logits([out])
-    record(case, "logits: lori apply vs PEFT(lori folder)", max_rel(la, logits(lm)), 1e-5)
+    record(case, "logits: lori apply vs PEFT(lori folder)", max_rel(la, logits(lm)), 1e-4)
 
 # DARE draws are random in both (torch vs lori's generator): only check that PEFT loads the folder and
 # that the delta's size is in the range of the linear merge's.

@@ -6,13 +6,25 @@
 //                                         recomputes W + sum_i w_i s_i B_i A_i in double from the files
 //                                         and checks OUT: adapted tensors within one rounding of the
 //                                         dtype (+ TOL * max|delta| when TOL > 0), others bit-identical
+//   cli_helper make-lori-adapter DIR SEED  the nlu fixture's shapes/config with A = lori's kaiming
+//                                         projection (seed, stream_from_name(module)) and a 90%-sparse B
+//   cli_helper check-interference CSV DIR0 DIR1
+//                                         recomputes, densely in double, the delta cosine and the
+//                                         principal-angle cosines (QR + SVD) of pair 0-1 of every module
 //   cli_helper check-mask MASK DIR S      the mask file keeps floor((1-S)*N) or more entries (ties)
 //                                         and every kept |B| >= every dropped |B| (global threshold)
 #include "lori/io/mask_file.hpp"
 #include "lori/io/peft_adapter.hpp"
 #include "lori/io/safetensors.hpp"
 
+#include "lori/random/projection.hpp"
+#include "lori/random/stream.hpp"
+
+#include <Eigen/Dense>
+
 #include <cmath>
+#include <fstream>
+#include <sstream>
 #include <cstdio>
 #include <cstring>
 #include <random>
@@ -105,6 +117,62 @@ int main(int argc, char** argv) {
       }
       std::printf("check-apply: %d adapted tensors match the double reference\n", adapted);
       return adapted > 0 ? 0 : 1;
+    }
+    if (mode == "make-lori-adapter" && argc == 4) {
+      auto ad = lori::io::load_peft_adapter(std::string(LORI_TEST_DATA_DIR) + "/peft_adapters/nlu");
+      const std::uint64_t seed = std::stoull(argv[3]);
+      std::mt19937_64 g(seed);
+      std::bernoulli_distribution keep(0.1);
+      for (auto& m : ad.modules) {
+        lori::generate_projection(lori::row_major_view<float>(m.A.data(), m.rank, m.in_features), seed, lori::stream_from_name(m.name),
+                                  lori::projection_spec::kaiming_uniform());
+        for (auto& b : m.B)
+          if (!keep(g)) b = 0.0f;
+      }
+      lori::io::save_peft_adapter(ad, argv[2]);
+      return 0;
+    }
+    if (mode == "check-interference" && argc == 5) {
+      const auto a0 = lori::io::load_peft_adapter(argv[3]);
+      const auto a1 = lori::io::load_peft_adapter(argv[4]);
+      std::ifstream in(argv[2]);
+      std::string line;
+      std::getline(in, line);
+      int checked = 0;
+      while (std::getline(in, line)) {
+        std::vector<std::string> f;
+        std::stringstream ss(line);
+        for (std::string x; std::getline(ss, x, ',');) f.push_back(x);
+        if (f.size() < 9 || f[0] == "overall" || f[4] != "0" || f[5] != "1") continue;
+        const auto* m0 = a0.find(f[0]);
+        const auto* m1 = a1.find(f[0]);
+        if (!m0 || !m1) return 1;
+        using M = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+        auto mat = [](const std::vector<float>& v, index_t r, index_t c) {
+          M x(r, c);
+          for (index_t t = 0; t < r * c; ++t) x.data()[t] = v[static_cast<std::size_t>(t)];
+          return x;
+        };
+        const M A0 = mat(m0->A, m0->rank, m0->in_features), B0 = mat(m0->B, m0->out_features, m0->rank);
+        const M A1 = mat(m1->A, m1->rank, m1->in_features), B1 = mat(m1->B, m1->out_features, m1->rank);
+        const M D0 = m0->scaling * B0 * A0, D1 = m1->scaling * B1 * A1;
+        const double dcos = (D0.array() * D1.array()).sum() / (D0.norm() * D1.norm());
+        const Eigen::MatrixXd Q0 = Eigen::HouseholderQR<Eigen::MatrixXd>(A0.transpose()).householderQ() * Eigen::MatrixXd::Identity(A0.cols(), A0.rows());
+        const Eigen::MatrixXd Q1 = Eigen::HouseholderQR<Eigen::MatrixXd>(A1.transpose()).householderQ() * Eigen::MatrixXd::Identity(A1.cols(), A1.rows());
+        const Eigen::VectorXd cs = Eigen::JacobiSVD<Eigen::MatrixXd>(Q0.transpose() * Q1).singularValues();
+        const double mean_cos2 = cs.squaredNorm() / static_cast<double>(std::min(A0.rows(), A1.rows()));
+        // Gram-based (lori) vs dense QR/SVD (here), both in double: cosines agree to ~eps * cond(A)^2
+        // (A's are well conditioned random matrices): 1e-9 is generous.
+        const double e1 = std::fabs(std::stod(f[8]) - dcos), e2 = std::fabs(std::stod(f[6]) - mean_cos2), e3 = std::fabs(std::stod(f[7]) - cs.maxCoeff());
+        if (e1 > 1e-9 || e2 > 1e-9 || e3 > 1e-9) {
+          std::fprintf(stderr, "%s: delta_cosine %s vs %.12g, mean_cos2 %s vs %.12g, max_cos %s vs %.12g\n", f[0].c_str(), f[8].c_str(), dcos,
+                       f[6].c_str(), mean_cos2, f[7].c_str(), cs.maxCoeff());
+          return 1;
+        }
+        ++checked;
+      }
+      std::printf("check-interference: %d modules match the dense reference\n", checked);
+      return checked > 0 ? 0 : 1;
     }
     if (mode == "check-mask" && argc == 5) {
       const auto masks = lori::io::load_masks(argv[2]);

@@ -37,7 +37,7 @@ head -c 1000 "$A/nlu/adapter_model.safetensors" >"$WORK/corrupt/adapter_model.sa
 mkdir -p "$WORK/rank4"; cp "$A/nlu/adapter_model.safetensors" "$WORK/rank4/"
 sed 's/"r": 8/"r": 4/' "$A/nlu/adapter_config.json" >"$WORK/rank4/adapter_config.json"
 
-for c in inspect calibrate sparsify merge apply pack unpack; do
+for c in inspect calibrate sparsify merge interference apply pack unpack; do
   [ "$c" = "$sub" ] || [ "$sub" = "help" ] || continue
   ok "$c --help" -- "$LORI" "$c" --help; has "$c --help shows usage" "usage: lori $c"
 done
@@ -55,6 +55,7 @@ inspect)
     has "inspect $t: q_proj shape, rank, alpha, scaling" "model.layers.0.self_attn.q_proj *64 x 64 *8 *16 *2 "
     has "inspect $t: down_proj shape" "model.layers.1.mlp.down_proj *64 x 160"
     has "inspect $t: parameter count" "parameters 17920"
+    has "inspect $t: per-layer line" "layer 1    B sparsity 0.0000  parameters 8960"
   done
   err "inspect: missing folder" "no such adapter" "" -- "$LORI" inspect "$WORK/nope"
   err "inspect: corrupt file" "runs past the end\|truncated\|cover" "" -- "$LORI" inspect "$WORK/corrupt"
@@ -83,6 +84,7 @@ sparsify)
   ok "sparsify" -- "$LORI" sparsify "$A/nlu" --mask "$WORK/m.safetensors" -o "$WORK/s"
   ok "sparsified folder loads" -- "$LORI" inspect "$WORK/s"
   has "sparsified B is 90% zeros" "B sparsity 0.900"
+  has "per-layer sparsity" "layer 0    B sparsity 0\.89"
   ok "sparsify into an existing folder" -- "$LORI" sparsify "$A/nlu" --mask "$WORK/m.safetensors" -o "$WORK/s"
   "$LORI" calibrate "$A/nlu" --sparsity 0.5 --granularity matrix -o "$WORK/m5.safetensors" >/dev/null
   err "sparsify: mask of another shape (rank 4 adapter)" "rank 8 but adapter_config.json gives r = 4" "$WORK/bad1" -- "$LORI" sparsify "$WORK/rank4" --mask "$WORK/m.safetensors" -o "$WORK/bad1"
@@ -125,6 +127,23 @@ merge)
   err "merge: rank mismatch" "gives r = 4" "$WORK/bad8" -- "$LORI" merge "$A/nlu" "$WORK/rank4" --method cat --weights 1 1 -o "$WORK/bad8"
   err "merge: bad svd rank" "--svd-rank must be positive" "$WORK/bad9" -- "$LORI" merge "$A/nlu" "$A/math" --method svd --weights 1 1 --svd-rank 0 -o "$WORK/bad9"
   ;;
+interference)
+  ok "interference of three adapters" -- "$LORI" interference "$A/nlu" "$A/math" "$A/code" --csv "$WORK/i.csv"
+  has "14 modules in common" "modules in common: 14"
+  has "overall pair rows" "overall  1-2"
+  has "per-layer rows" "layer 1  0-2"
+  has "cross-term energy" "cross-term energy of the linear merge"
+  [ "$(wc -l <"$WORK/i.csv")" -eq $((1 + 14 * 3 + 3)) ] && pass "csv has one row per module and pair + overall" || fail "csv rows: $(wc -l <"$WORK/i.csv")"
+  ok "interference numbers = dense double reference" -- "$HELPER" check-interference "$WORK/i.csv" "$A/nlu" "$A/math"
+  "$LORI" calibrate "$A/nlu" --sparsity 0.9 -o "$WORK/m1.safetensors" >/dev/null && "$LORI" sparsify "$A/nlu" --mask "$WORK/m1.safetensors" -o "$WORK/s1" >/dev/null
+  "$LORI" calibrate "$A/math" --sparsity 0.9 -o "$WORK/m2.safetensors" >/dev/null && "$LORI" sparsify "$A/math" --mask "$WORK/m2.safetensors" -o "$WORK/s2" >/dev/null
+  ok "interference of LoRI-S adapters" -- "$LORI" interference "$WORK/s1" "$WORK/s2"
+  if grep -q "^overall  0-1 .* 0\.[0-9]*$" "$WORK/out"; then pass "mask Jaccard reported"; else fail "mask Jaccard missing"; fi
+  err "interference: one adapter" "expects at least two adapters" "" -- "$LORI" interference "$A/nlu"
+  err "interference: corrupt adapter" "truncated\|runs past\|cover" "" -- "$LORI" interference "$A/nlu" "$WORK/corrupt"
+  err "interference: weights count" "--weights has 3 values for 2 adapters" "" -- "$LORI" interference "$A/nlu" "$A/math" --weights 1 1 1
+  err "interference: unwritable csv" "cannot create" "" -- "$LORI" interference "$A/nlu" "$A/math" --csv "$WORK/no/dir/x.csv"
+  ;;
 apply)
   ok "make base F32" -- "$HELPER" make-base "$WORK/base.safetensors" F32
   ok "make base BF16" -- "$HELPER" make-base "$WORK/base16.safetensors" BF16
@@ -149,6 +168,16 @@ pack)
   ok "pack a dense adapter" -- "$LORI" pack "$A/code" -o "$WORK/d.lori"
   ok "packed file inspects like the folder" -- "$LORI" inspect "$WORK/s.lori"
   has "packed B sparsity" "B sparsity 0.900"
+  ok "make an adapter whose A is lori's projection" -- "$HELPER" make-lori-adapter "$WORK/gen" 42
+  ok "pack --a-seed" -- "$LORI" pack "$WORK/gen" --a-seed 42 -o "$WORK/gen.lori"
+  has "every A regenerated from the seed" "A regenerated from its seed for 14 modules, stored for 0"
+  ok "unpack of a seed-packed file" -- "$LORI" unpack "$WORK/gen.lori" -o "$WORK/gen_u"
+  cmp -s "$WORK/gen/adapter_model.safetensors" "$WORK/gen_u/adapter_model.safetensors" && pass "seed-packed round trip byte-identical" || fail "seed-packed round trip differs"
+  ok "pack with the wrong seed stores A" -- "$LORI" pack "$WORK/gen" --a-seed 43 -o "$WORK/gen43.lori"
+  has "wrong seed: A stored" "for 0 modules, stored for 14"
+  [ "$(stat -c %s "$WORK/gen.lori")" -lt "$(( $(stat -c %s "$WORK/gen43.lori") / 3 ))" ] && pass "seed packing is > 3x smaller than dense A here" || fail "seed packing size"
+  err "pack: bad --a-seed" "bad integer 'x'" "$WORK/bad3" -- "$LORI" pack "$WORK/gen" --a-seed x -o "$WORK/bad3"
+  err "pack: bad distribution" "--a-distribution must be" "$WORK/bad4" -- "$LORI" pack "$WORK/gen" --a-seed 1 --a-distribution cauchy -o "$WORK/bad4"
   err "pack: missing -o" "missing required option --output" "" -- "$LORI" pack "$A/code"
   err "pack: missing folder" "no such adapter" "$WORK/bad1" -- "$LORI" pack "$WORK/nope" -o "$WORK/bad1"
   err "pack: rank mismatch" "gives r = 4" "$WORK/bad2" -- "$LORI" pack "$WORK/rank4" -o "$WORK/bad2"

@@ -128,9 +128,11 @@ TEST_CASE("compact: A stored as a generator when it regenerates exactly; >= 15x 
   gen.generator = "test.hash";
   gen.seed = 7;
   gen.distribution = "uniform";
-  gen.generate = [](const std::string& module, lori::index_t r, lori::index_t k, std::vector<float>& A) {
+  gen.stream_of = [](const std::string& module) { return static_cast<std::uint64_t>(std::hash<std::string>{}(module)); };
+  gen.generate = [](const std::string&, lori::index_t r, lori::index_t k, std::uint64_t seed, std::uint64_t stream, const std::string& dist,
+                    std::vector<float>& A) {
     A.resize(static_cast<std::size_t>(r * k));
-    std::mt19937_64 e(std::hash<std::string>{}(module));
+    std::mt19937_64 e(seed ^ stream ^ (dist == "uniform" ? 0u : 1u));
     for (auto& a : A) a = static_cast<float>(static_cast<double>(e() >> 11) * 0x1p-53 - 0.5);
   };
   lori::io::peft_adapter ad;
@@ -143,7 +145,7 @@ TEST_CASE("compact: A stored as a generator when it regenerates exactly; >= 15x 
     m.in_features = m.out_features = 1024;
     m.alpha = 64;
     m.scaling = 2;
-    gen.generate(m.name, 32, 1024, m.A);
+    gen.generate(m.name, 32, 1024, gen.seed, gen.stream_of(m.name), gen.distribution, m.A);
     m.B.assign(1024 * 32, 0.0f);
     std::bernoulli_distribution keep(0.1);
     std::normal_distribution<float> nd;
@@ -178,5 +180,20 @@ TEST_CASE("compact: refuses files that are not compact LoRI") {
   w.add<float>("x", {1}, {1});
   w.save(path);
   CHECK_THROWS_WITH_AS(lori::io::unpack_adapter(path), doctest::Contains("not a compact LoRI file"), lori::error);
+  std::filesystem::remove(path);
+}
+
+TEST_CASE("compact: a hostile module shape cannot force a huge allocation") {
+  const auto path = tmpfile("hostile.lori");
+  lori::io::safetensors_writer w;
+  w.add_bytes("m.B.mask", lori::io::dtype::U8, {0}, {});
+  w.add_bytes("m.B.values", lori::io::dtype::F32, {0}, {});
+  w.set_metadata("lori.format", "compact-lori");
+  w.set_metadata("lori.version", "1");
+  w.set_metadata("lori.peft_config", "{\"r\":8}");
+  w.set_metadata("lori.modules",
+                 R"({"m":{"rank":1,"in":1,"out":1099511627776,"alpha":1,"dtype":"F32","nnz":0,"mask":{"rice":0},"A":{"generator":"g","seed":0,"stream":0,"distribution":"d"}}})");
+  w.save(path);
+  CHECK_THROWS_WITH_AS(lori::io::unpack_adapter(path), doctest::Contains("implausibly large"), lori::error);
   std::filesystem::remove(path);
 }

@@ -220,3 +220,12 @@ TEST_CASE("peft: tensors that are not LoRA A/B pairs are refused") {
   }
   std::filesystem::remove_all(dir);
 }
+
+TEST_CASE("peft: absent r / lora_alpha take PEFT's defaults (8 and 8)") {
+  const auto c = lori::io::peft_config::parse("{}", "cfg");
+  CHECK(c.r == 8);
+  CHECK(c.lora_alpha == 8);
+  CHECK(!c.use_rslora);
+  const auto d = lori::io::peft_config::parse(R"({"r":16})", "cfg");
+  CHECK(d.scaling_for(16, d.lora_alpha) == 0.5);
+}

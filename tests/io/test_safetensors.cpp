@@ -71,7 +71,7 @@ TEST_CASE("safetensors: write -> read is bit-exact for every dtype, shapes incl.
       CHECK(info.type == dt);
       CHECK(info.shape == shapes[s]);
       REQUIRE(static_cast<std::size_t>(info.nbytes()) == payloads[s].size());
-      CHECK(std::memcmp(f.raw(info), payloads[s].data(), payloads[s].size()) == 0);
+      CHECK((payloads[s].empty() || std::memcmp(f.raw(info), payloads[s].data(), payloads[s].size()) == 0));
     }
   }
 }

@@ -209,3 +209,16 @@ TEST_CASE("TIES election: ties elect +1, zeros never vote, disjoint mean divides
   opt.density = -0.5;
   CHECK_THROWS_AS(lori::merge_task_tensors<double>(lori::task_combination::ties, v, w, lori::vector_view<double>(out.data(), 4), opt), lori::error);
 }
+
+TEST_CASE("DARE draws come from lori::philox4x32_10 with the 24-bit uniform conversion") {
+  // Random123 known answer: counter 0, key 0 -> 6627e8d5 e169c58d bc57ac4c 9b00dbd8.
+  const auto u = lori::detail::dare_uniform_block(0, 0, 0);
+  CHECK(u[0] == (0x6627e8d5u >> 8));
+  CHECK(u[1] == (0xe169c58du >> 8));
+  CHECK(u[2] == (0xbc57ac4cu >> 8));
+  CHECK(u[3] == (0x9b00dbd8u >> 8));
+  // Element e of (seed, stream) is kept iff u24 * 2^-24 < density.
+  std::vector<double> x(8, 1.0);
+  lori::dare_prune(lori::vector_view<double>(x.data(), 8), 0.5, false, 0, 0);
+  for (int e = 0; e < 4; ++e) CHECK(x[static_cast<std::size_t>(e)] == (u[static_cast<std::size_t>(e)] < (1u << 23) ? 1.0 : 0.0));
+}

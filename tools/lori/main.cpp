@@ -18,6 +18,9 @@
 #include "lori/io/safetensors.hpp"
 #include "lori/mask/calibrate.hpp"
 #include "lori/merge/weighted_adapter.hpp"
+#include "lori/metrics/interference_report.hpp"
+#include "lori/random/projection.hpp"
+#include "lori/random/stream.hpp"
 
 #include <cerrno>
 #include <cmath>
@@ -153,7 +156,8 @@ std::string temp_sibling(const std::string& path) { return path + ".lori-tmp-" +
 
 /// Writes a PEFT folder atomically: into a temporary sibling folder, then renamed into place (or its
 /// files renamed into an existing folder). On failure nothing is left behind.
-void write_peft_dir(const lori::io::peft_adapter& ad, const std::string& out) {
+void write_peft_dir(const lori::io::peft_adapter& ad, std::string out) {
+  while (out.size() > 1 && out.back() == '/') out.pop_back();
   if (fs::exists(out) && !fs::is_directory(out)) throw lori::error(out + ": exists and is not a directory");
   const std::string tmp = temp_sibling(out);
   std::error_code ec;
@@ -175,10 +179,35 @@ void write_peft_dir(const lori::io::peft_adapter& ad, const std::string& out) {
   }
 }
 
+/// lori's projection as a compact-format A generator: A = projection(seed, stream_from_name(module),
+/// r x k, distribution), in float.
+lori::io::compact_a_generator projection_generator(std::uint64_t seed, const std::string& distribution) {
+  lori::io::compact_a_generator g;
+  g.generator = "lori.random.projection";
+  g.seed = seed;
+  g.distribution = distribution;
+  g.stream_of = [](const std::string& module) { return lori::stream_from_name(module); };
+  g.generate = [](const std::string& module, index_t r, index_t k, std::uint64_t sd, std::uint64_t stream, const std::string& dist,
+                  std::vector<float>& A) {
+    lori::projection_spec spec;
+    if (dist == "kaiming_uniform") spec = lori::projection_spec::kaiming_uniform();
+    else if (dist == "gaussian") spec = lori::projection_spec::gaussian();
+    else if (dist == "rademacher") spec = lori::projection_spec::rademacher();
+    else if (dist == "sparse") spec = lori::projection_spec::sparse();
+    else throw lori::error("module '" + module + "': unknown projection distribution '" + dist + "'");
+    A.assign(static_cast<std::size_t>(r * k), 0.0f);
+    lori::generate_projection(lori::row_major_view<float>(A.data(), r, k), sd, stream, spec);
+  };
+  return g;
+}
+
 /// A PEFT folder or a compact LoRI file.
 lori::io::peft_adapter load_adapter(const std::string& path) {
   if (fs::is_directory(path)) return lori::io::load_peft_adapter(path);
-  if (fs::is_regular_file(path)) return lori::io::unpack_adapter(path);
+  if (fs::is_regular_file(path)) {
+    const auto gen = projection_generator(0, "kaiming_uniform");
+    return lori::io::unpack_adapter(path, &gen);
+  }
   throw lori::error(path + ": no such adapter folder or compact LoRI file");
 }
 
@@ -238,6 +267,28 @@ int cmd_inspect(const args& a) {
                 m.scaling, m.B.empty() ? 0.0 : static_cast<double>(z) / static_cast<double>(m.B.size()), static_cast<long long>(m.parameter_count()),
                 lori::io::dtype_name(m.stored_type));
   }
+  // Per layer: the first all-digit component of the module name ("model.layers.3.mlp.up_proj" -> 3).
+  std::map<long long, std::pair<index_t, index_t>> layers;  // layer -> (zeros, entries)
+  std::map<long long, index_t> layer_params;
+  for (const auto& m : ad.modules) {
+    long long layer = -1;
+    std::size_t b = 0;
+    while (b <= m.name.size()) {
+      const std::size_t e = std::min(m.name.find('.', b), m.name.size());
+      const std::string part = m.name.substr(b, e - b);
+      if (!part.empty() && part.size() < 10 && part.find_first_not_of("0123456789") == std::string::npos) {
+        layer = std::stoll(part);
+        break;
+      }
+      b = e + 1;
+    }
+    layers[layer].first += zeros_of(m.B);
+    layers[layer].second += static_cast<index_t>(m.B.size());
+    layer_params[layer] += m.parameter_count();
+  }
+  for (const auto& [layer, zs] : layers)
+    std::printf("layer %-4s B sparsity %.4f  parameters %lld\n", layer < 0 ? "-" : std::to_string(layer).c_str(),
+                zs.second ? static_cast<double>(zs.first) / static_cast<double>(zs.second) : 0.0, static_cast<long long>(layer_params[layer]));
   std::printf("modules %zu  parameters %lld  B entries %lld  B zeros %lld  B sparsity %.4f\n", ad.modules.size(),
               static_cast<long long>(ad.parameter_count()), static_cast<long long>(b_total), static_cast<long long>(zeros),
               b_total ? static_cast<double>(zeros) / static_cast<double>(b_total) : 0.0);
@@ -511,13 +562,86 @@ int cmd_merge(const args& a) {
   return 0;
 }
 
+int cmd_interference(const args& a) {
+  if (a.positional.size() < 2) throw usage_error("expects at least two adapters");
+  const auto weights = weights_for(a, a.positional.size(), false);
+  std::vector<lori::io::peft_adapter> ads;
+  for (const auto& p : a.positional) ads.push_back(load_adapter(p));
+  std::vector<lori::adapter_model<double>> models;
+  for (const auto& ad : ads) {
+    models.push_back(to_model(ad));
+    // LoRI-S adapters (B with zeros) carry their nonzero pattern as the mask.
+    for (auto& [name, m] : models.back()) {
+      bool has_zero = false;
+      for (Eigen::Index t = 0; t < m.B.size() && !has_zero; ++t) has_zero = m.B.data()[t] == 0.0;
+      if (has_zero) m.b_mask = lori::bitmask::from_dense(lori::row_major_view<const double>(m.B.data(), m.B.rows(), m.B.cols()));
+    }
+  }
+  std::vector<const lori::adapter_model<double>*> ptrs;
+  for (const auto& m : models) ptrs.push_back(&m);
+  const auto rep = lori::analyze_interference(ptrs, weights);
+  if (rep.modules.empty()) throw lori::error("the adapters have no module in common");
+  std::printf("adapters:\n");
+  for (std::size_t i = 0; i < a.positional.size(); ++i) std::printf("  [%zu] %s\n", i, a.positional[i].c_str());
+  std::printf("modules in common: %zu (aggregates weight each module by d*k)\n\n", rep.modules.size());
+  std::printf("%-8s %-7s %10s %9s %13s %14s %13s\n", "scope", "pair", "mean_cos2", "max_cos", "delta_cosine", "|delta_cosine|", "mask_jaccard");
+  auto rows = [&](const std::string& scope, const lori::group_summary& g) {
+    for (const auto& p : g.pairs) {
+      char pair[32];
+      std::snprintf(pair, sizeof pair, "%zu-%zu", p.i, p.j);
+      char jac[32];
+      if (p.mask_weight > 0) std::snprintf(jac, sizeof jac, "%.4f", p.mask_jaccard);
+      else std::snprintf(jac, sizeof jac, "-");
+      std::printf("%-8s %-7s %10.6f %9.6f %13.6f %14.6f %13s\n", scope.c_str(), pair, p.mean_cos2, p.max_cos, p.delta_cosine, p.abs_delta_cosine, jac);
+    }
+  };
+  rows("overall", rep.overall);
+  for (const auto& [layer, g] : rep.layers) rows("layer " + std::to_string(layer), g);
+  if (rep.overall.cross_weight > 0) std::printf("\ncross-term energy of the linear merge: %.6f\n", rep.overall.cross_term_energy);
+  if (const std::string* csv = a.one("--csv")) {
+    std::string text = "module,layer,out,in,i,j,mean_cos2,max_cos,delta_cosine,mask_jaccard,cross_term_energy\n";
+    char buf[512];
+    for (const auto& m : rep.modules)
+      for (const auto& p : m.metrics.pairs) {
+        std::snprintf(buf, sizeof buf, "%s,%lld,%lld,%lld,%zu,%zu,%.9g,%.9g,%.9g,%s,%.9g\n", m.name.c_str(), static_cast<long long>(m.layer),
+                      static_cast<long long>(m.out_features), static_cast<long long>(m.in_features), p.i, p.j, p.mean_cos2, p.max_cos, p.delta_cosine,
+                      p.has_masks ? std::to_string(p.masks.jaccard).c_str() : "", m.metrics.cross_term_energy);
+        text += buf;
+      }
+    for (const auto& p : rep.overall.pairs) {
+      std::snprintf(buf, sizeof buf, "overall,,,,%zu,%zu,%.9g,%.9g,%.9g,%s,%.9g\n", p.i, p.j, p.mean_cos2, p.max_cos, p.delta_cosine,
+                    p.mask_weight > 0 ? std::to_string(p.mask_jaccard).c_str() : "", rep.overall.cross_term_energy);
+      text += buf;
+    }
+    lori::detail::write_file_atomic(*csv, [&](auto& put) { put(text.data(), text.size()); });
+    std::printf("wrote %s\n", csv->c_str());
+  }
+  return 0;
+}
+
 int cmd_pack(const args& a) {
   if (a.positional.size() != 1) throw usage_error("expects exactly one adapter folder");
   const std::string out = a.required("--output");
+  std::optional<lori::io::compact_a_generator> gen;
+  if (const std::string* sd = a.one("--a-seed")) {
+    const long long v = parse_integer(*sd, "--a-seed");
+    if (v < 0) throw usage_error("--a-seed must be non-negative, got " + *sd);
+    std::string dist = "kaiming_uniform";
+    if (const std::string* d = a.one("--a-distribution")) dist = *d;
+    if (dist != "kaiming_uniform" && dist != "gaussian" && dist != "rademacher" && dist != "sparse")
+      throw usage_error("--a-distribution must be kaiming_uniform, gaussian, rademacher or sparse, got '" + dist + "'");
+    gen = projection_generator(static_cast<std::uint64_t>(v), dist);
+  } else if (a.has("--a-distribution")) {
+    throw usage_error("--a-distribution needs --a-seed");
+  }
   const auto ad = load_adapter(a.positional[0]);
-  const auto st = lori::io::pack_adapter(ad, out);
+  const auto st = lori::io::pack_adapter(ad, out, gen ? &*gen : nullptr);
+  const auto f = lori::io::safetensors_file::open(out);
+  std::size_t generated = 0;
+  for (const auto& m : ad.modules) generated += !f.contains(m.name + ".A");
   const index_t folder = fs::is_directory(a.positional[0]) ? folder_bytes(a.positional[0]) : 0;
-  std::printf("packed %zu modules: B kept %lld of %lld entries\n", ad.modules.size(), static_cast<long long>(st.kept), static_cast<long long>(st.b_entries));
+  std::printf("packed %zu modules: B kept %lld of %lld entries; A regenerated from its seed for %zu modules, stored for %zu\n", ad.modules.size(),
+              static_cast<long long>(st.kept), static_cast<long long>(st.b_entries), generated, ad.modules.size() - generated);
   std::printf("A+B tensor bytes %lld, compact file %lld bytes: %.2fx smaller\n", static_cast<long long>(st.peft_bytes), static_cast<long long>(st.compact_bytes), st.ratio());
   if (folder > 0)
     std::printf("PEFT folder %lld bytes: %.2fx smaller\n", static_cast<long long>(folder), static_cast<double>(folder) / static_cast<double>(st.compact_bytes));
@@ -529,7 +653,8 @@ int cmd_unpack(const args& a) {
   if (a.positional.size() != 1) throw usage_error("expects exactly one compact LoRI file");
   const std::string out = a.required("--output");
   if (!fs::is_regular_file(a.positional[0])) throw lori::error(a.positional[0] + ": no such file");
-  const auto ad = lori::io::unpack_adapter(a.positional[0]);
+  const auto gen = projection_generator(0, "kaiming_uniform");
+  const auto ad = lori::io::unpack_adapter(a.positional[0], &gen);
   write_peft_dir(ad, out);
   std::printf("unpacked %zu modules; wrote %s\n", ad.modules.size(), out.c_str());
   return 0;
@@ -569,12 +694,23 @@ std::vector<command> commands() {
                "[--svd-rank R] [--svd-clamp Q] [--seed N] -o OUTDIR",
                {{"--method", 1}, {"--weights", -1}, {"--density", 1}, {"--majority-sign", 1}, {"--svd-rank", 1}, {"--svd-clamp", 1}, {"--seed", 1}, {"--output", 1}},
                cmd_merge});
+  c.push_back({"interference",
+               "Pairwise interference of the adapters' updates (lori/metrics, low-rank form): mean squared and largest\n"
+               "principal-angle cosine between the A row spaces, cosine of the deltas s*B*A, Jaccard of LoRI-S masks (B's\n"
+               "nonzero pattern, for adapters whose B has zeros), per layer and overall (weighted by d*k); --weights\n"
+               "feed the cross-term energy of the linear merge. --csv writes per-module rows.",
+               "lori interference DIR... [--weights W...] [--csv FILE]", {{"--weights", -1}, {"--csv", 1}}, cmd_interference});
   c.push_back({"apply",
                "Merge adapters into base weights: W + sum_i w_i s_i B_i A_i for every base tensor '<module>.weight'\n"
                "that an adapter adapts (accumulated in double, stored in the tensor's dtype); other tensors are copied.",
                "lori apply BASE.safetensors DIR... [--weights W...] -o OUT.safetensors", {{"--weights", -1}, {"--output", 1}}, cmd_apply});
-  c.push_back({"pack", "Write the compact LoRI format (B as packed kept values + mask; A dense) and report the size ratio.", "lori pack DIR -o FILE",
-               {{"--output", 1}}, cmd_pack});
+  c.push_back({"pack",
+               "Write the compact LoRI format (B as its kept values + a bitmap or Rice-coded mask) and report the size\n"
+               "ratio. With --a-seed N, every module whose A equals lori's projection (seed N, stream = FNV-1a of the\n"
+               "module name, --a-distribution, default kaiming_uniform) bit for bit stores only (seed, stream,\n"
+               "distribution); other modules store A densely.",
+               "lori pack DIR -o FILE [--a-seed N [--a-distribution kaiming_uniform|gaussian|rademacher|sparse]]",
+               {{"--output", 1}, {"--a-seed", 1}, {"--a-distribution", 1}}, cmd_pack});
   c.push_back({"unpack", "Convert a compact LoRI file back into a PEFT folder (bit-exact).", "lori unpack FILE -o DIR", {{"--output", 1}}, cmd_unpack});
   return c;
 }

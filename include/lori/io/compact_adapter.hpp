@@ -40,14 +40,21 @@
 
 namespace lori::io {
 
-/// How a module's A can be regenerated instead of stored.
+/// How a module's A can be regenerated instead of stored: a named generator and its parameters.
+/// pack_adapter calls generate(module, rank, in, seed, stream_of(module), distribution, A) and stores
+/// only (generator, seed, stream, distribution) when the result equals the module's A bit for bit;
+/// unpack_adapter calls generate with the stored values.
 struct compact_a_generator {
   std::string generator;     ///< e.g. "lori.random.projection"
   std::uint64_t seed = 0;
-  std::uint64_t stream = 0;
-  std::string distribution;  ///< e.g. "uniform_kaiming", "normal"
-  /// Fills A (rank x in, row-major) for the module; used by unpack to regenerate it.
-  std::function<void(const std::string& module, index_t rank, index_t in, std::vector<float>& A)> generate;
+  std::uint64_t stream = 0;  ///< used when stream_of is empty
+  std::string distribution;  ///< e.g. "kaiming_uniform"
+  /// Per-module stream (e.g. lori::stream_from_name); empty: `stream` for every module.
+  std::function<std::uint64_t(const std::string& module)> stream_of;
+  /// Fills A (rank x in, row-major).
+  std::function<void(const std::string& module, index_t rank, index_t in, std::uint64_t seed, std::uint64_t stream,
+                     const std::string& distribution, std::vector<float>& A)>
+      generate;
 };
 
 /// Size report of a pack.
@@ -175,13 +182,14 @@ inline compact_stats pack_adapter(const peft_adapter& adapter, const std::string
     e["nnz"] = nnz;
     e["mask"] = mask_coding;
     bool generated = false;
+    const std::uint64_t a_stream = (a_gen != nullptr && a_gen->stream_of) ? a_gen->stream_of(m.name) : (a_gen ? a_gen->stream : 0);
     if (a_gen != nullptr && a_gen->generate) {
       std::vector<float> regen;
-      a_gen->generate(m.name, m.rank, m.in_features, regen);
+      a_gen->generate(m.name, m.rank, m.in_features, a_gen->seed, a_stream, a_gen->distribution, regen);
       generated = regen.size() == m.A.size() && (regen.empty() || std::memcmp(regen.data(), m.A.data(), regen.size() * sizeof(float)) == 0);
     }
     if (generated) {
-      e["A"] = {{"generator", a_gen->generator}, {"seed", a_gen->seed}, {"stream", a_gen->stream}, {"distribution", a_gen->distribution}};
+      e["A"] = {{"generator", a_gen->generator}, {"seed", a_gen->seed}, {"stream", a_stream}, {"distribution", a_gen->distribution}};
     } else {
       e["A"] = "dense";
       std::vector<std::uint8_t> abytes;
@@ -247,6 +255,16 @@ inline peft_adapter unpack_adapter(const safetensors_file& f, const compact_a_ge
     m.in_features = int_field("in");
     m.out_features = int_field("out");
     if (m.rank == 0) detail::io_fail(where + ": rank must be positive");
+    // Bound what a (possibly hostile) file can make us allocate: B and A are rebuilt densely, so their
+    // sizes must be plausible for the file's size (1024 entries a byte is far beyond any real coding).
+    {
+      const std::uint64_t cap = std::max<std::uint64_t>(std::uint64_t{1} << 24, static_cast<std::uint64_t>(f.file_bytes()) * 1024u);
+      std::uint64_t nb = 0, na = 0;
+      if (!detail::checked_mul(static_cast<std::uint64_t>(m.out_features), static_cast<std::uint64_t>(m.rank), nb) || nb > cap ||
+          !detail::checked_mul(static_cast<std::uint64_t>(m.in_features), static_cast<std::uint64_t>(m.rank), na) || na > cap)
+        detail::io_fail(where + ": shape out=" + std::to_string(m.out_features) + ", in=" + std::to_string(m.in_features) + ", rank=" +
+                        std::to_string(m.rank) + " is implausibly large for a " + std::to_string(f.file_bytes()) + "-byte file");
+    }
     if (!e.contains("alpha") || !e["alpha"].is_number()) detail::io_fail(where + ": field 'alpha' must be a number");
     m.alpha = e["alpha"].get<double>();
     m.scaling = ad.config.scaling_for(m.rank, m.alpha);
@@ -321,7 +339,12 @@ inline peft_adapter unpack_adapter(const safetensors_file& f, const compact_a_ge
       const std::string gen = g.contains("generator") && g["generator"].is_string() ? g["generator"].get<std::string>() : "";
       if (a_gen == nullptr || !a_gen->generate || a_gen->generator != gen)
         detail::io_fail(where + ": A is stored as generator '" + gen + "', which this build cannot regenerate");
-      a_gen->generate(name, m.rank, m.in_features, m.A);
+      auto u64 = [&](const char* k) -> std::uint64_t {
+        if (!g.contains(k) || !g[k].is_number_unsigned()) detail::io_fail(where + ": A generator field '" + k + "' must be a non-negative integer");
+        return g[k].get<std::uint64_t>();
+      };
+      if (!g.contains("distribution") || !g["distribution"].is_string()) detail::io_fail(where + ": A generator field 'distribution' must be a string");
+      a_gen->generate(name, m.rank, m.in_features, u64("seed"), u64("stream"), g["distribution"].get<std::string>(), m.A);
       if (static_cast<index_t>(m.A.size()) != m.rank * m.in_features) detail::io_fail(where + ": generator returned a wrong-sized A");
     } else {
       detail::io_fail(where + ": field 'A' must be \"dense\" or a generator object");

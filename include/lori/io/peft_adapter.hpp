@@ -5,7 +5,8 @@
 //     the module "<module>" (the base model's module path, e.g. "model.layers.0.self_attn.q_proj");
 //   * each module's rank and alpha come from rank_pattern / alpha_pattern when a key matches, exactly
 //     as peft.utils.other.get_pattern_key does: the FIRST key (in file order) for which
-//     re.match(r"(.*\.)?(" + key + r")$", module) matches wins, else r / lora_alpha;
+//     re.match(r"(.*\.)?(" + key + r")$", module) matches wins, else r / lora_alpha (keys matched as
+//     POSIX extended regexes, see peft_pattern_key);
 //   * scaling = alpha / r, or alpha / sqrt(r) with use_rslora (LoraLayer.update_layer).
 //   * fan_in_fan_out (GPT-2 Conv1D) does not change A and B; it means the base weight is stored
 //     transposed (in x out), so the delta added to it is (s B A)^T.
@@ -31,7 +32,13 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
+#if defined(__unix__) || defined(__APPLE__)
+#include <regex.h>
+#define LORI_IO_HAS_POSIX_REGEX 1
+#else
 #include <regex>
+#define LORI_IO_HAS_POSIX_REGEX 0
+#endif
 #include <string>
 #include <utility>
 #include <vector>
@@ -60,18 +67,36 @@ inline std::string peft_key(const std::string& module, char which) {
 }
 
 /// PEFT's get_pattern_key: the first key (in the given order) that matches `module` as
-/// re.match(r"(.*\.)?(key)$"), or an empty string when none does. Keys are regular expressions
-/// (ECMAScript syntax here, which agrees with Python's re for the patterns PEFT users write).
-/// Throws lori::error for an invalid or over-long (> 512 chars) pattern.
+/// re.match(r"(.*\.)?(key)$"), or an empty string when none does. Keys are regular expressions, matched
+/// as POSIX extended regular expressions (regcomp; std::regex ECMAScript where POSIX regex is not
+/// available), which agree with Python's re on the patterns PEFT users write (literals, '.', '\.',
+/// '*', '+', '?', '|', groups, classes); Python-only syntax such as (?:...) or \d is refused as
+/// invalid rather than matched differently. Throws lori::error for an invalid or over-long
+/// (> 512 chars) pattern.
 inline std::string peft_pattern_key(const std::vector<std::string>& keys, const std::string& module) {
   for (const auto& key : keys) {
     if (key.size() > 512 || module.size() > 4096) detail::io_fail("rank/alpha pattern '" + key.substr(0, 64) + "': pattern or module name too long");
+    if (key.find('\0') != std::string::npos) detail::io_fail("rank/alpha pattern contains a NUL byte");
+#if LORI_IO_HAS_POSIX_REGEX
+    regex_t re;
+    const std::string full = "^(.*\\.)?(" + key + ")$";
+    const int rc = ::regcomp(&re, full.c_str(), REG_EXTENDED | REG_NOSUB);
+    if (rc != 0) {
+      char buf[256];
+      ::regerror(rc, &re, buf, sizeof buf);
+      detail::io_fail("rank/alpha pattern '" + key + "' is not a valid regular expression: " + buf);
+    }
+    const bool hit = ::regexec(&re, module.c_str(), 0, nullptr, 0) == 0;
+    ::regfree(&re);
+    if (hit) return key;
+#else
     try {
       const std::regex re("(.*\\.)?(" + key + ")");
       if (std::regex_match(module, re)) return key;
     } catch (const std::regex_error& e) {
       detail::io_fail("rank/alpha pattern '" + key + "' is not a valid regular expression: " + e.what());
     }
+#endif
   }
   return {};
 }
@@ -191,8 +216,7 @@ inline peft_config peft_config::parse(const std::string& text, const std::string
     if (v != nullptr && !(v->is_array() && v->empty()) && !(v->is_object() && v->empty())) detail::peft_refuse(where, std::string("'") + key + "'");
   }
   if (const auto* v = get("r")) c.r = positive_int(*v, "'r'");
-  if (const auto* v = get("lora_alpha")) c.lora_alpha = finite_number(*v, "'lora_alpha'");
-  else c.lora_alpha = static_cast<double>(c.r);
+  if (const auto* v = get("lora_alpha")) c.lora_alpha = finite_number(*v, "'lora_alpha'");  // absent: PEFT's default 8
   c.use_rslora = flag("use_rslora");
   c.fan_in_fan_out = flag("fan_in_fan_out");
   if (const auto* v = get("rank_pattern")) {

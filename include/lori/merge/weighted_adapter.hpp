@@ -246,7 +246,11 @@ adapter_module<T> merge_adapters_impl(const std::vector<adapter_module_view<T>>&
   LORI_EXPECTS(opt.svd_rank >= 0, "merge_adapters: svd_rank must be >= 0 (0: largest source rank)");
   const index_t rank = opt.svd_rank > 0 ? opt.svd_rank : (default_svd_rank > 0 ? default_svd_rank : rmax);
   LORI_EXPECTS(rank >= 1 && rank <= std::min(d, k), "merge_adapters: svd rank must be in [1, min(d, k)]");
-  if (type == combination_type::svd && R <= std::min(d, k)) {
+  // Without pruning (density >= 1) dare_linear_svd and magnitude_prune_svd are the plain weighted sum,
+  // exactly svd: take the low-rank path too.
+  const bool plain = type == combination_type::svd ||
+                     (density >= 1.0 && (type == combination_type::dare_linear_svd || type == combination_type::magnitude_prune_svd));
+  if (plain && R <= std::min(d, k)) {
     merge_mat_c<T> Bc(d, R), AcT(k, R);
     index_t off = 0;
     for (std::size_t i = 0; i < n; ++i) {

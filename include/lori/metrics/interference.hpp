@@ -166,16 +166,13 @@ module_interference compute_module_interference(const std::vector<adapter_module
       p.i = i;
       p.j = j;
       if (Wh[i].rows() > 0 && Wh[j].rows() > 0) {
+        // cos_t = singular values of M: sum cos^2 = |M|_F^2, max cos^2 = largest eigenvalue of the
+        // smaller of M M^T, M^T M (eigenvalues only: cheaper than an SVD).
         const Eigen::MatrixXd M = Wh[i] * GA[i][j] * Wh[j].transpose();
-        const Eigen::VectorXd sv = Eigen::JacobiSVD<Eigen::MatrixXd>(M).singularValues();
-        double s2 = 0, mx = 0;
-        for (Eigen::Index t = 0; t < sv.size(); ++t) {
-          const double c = std::min(1.0, sv(t));
-          s2 += c * c;
-          mx = std::max(mx, c);
-        }
-        p.mean_cos2 = s2 / static_cast<double>(std::min(Wh[i].rows(), Wh[j].rows()));
-        p.max_cos = mx;
+        const Eigen::MatrixXd MM = M.rows() <= M.cols() ? Eigen::MatrixXd(M * M.transpose()) : Eigen::MatrixXd(M.transpose() * M);
+        const double lmax = Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd>(MM, Eigen::EigenvaluesOnly).eigenvalues().maxCoeff();
+        p.mean_cos2 = std::min(1.0, M.squaredNorm() / static_cast<double>(std::min(Wh[i].rows(), Wh[j].rows())));
+        p.max_cos = std::min(1.0, std::sqrt(std::max(0.0, lmax)));
       }
       const double inner = adapters[i].scaling * adapters[j].scaling * GB[i][j].cwiseProduct(GA[i][j]).sum();
       const double den = out.delta_norms[i] * out.delta_norms[j];
@@ -198,18 +195,24 @@ module_interference compute_module_interference(const std::vector<adapter_module
       b[i] = std::sqrt(std::abs(c[i]));
       a[i] = c[i] >= 0 ? b[i] : -b[i];
     }
-    // E[i][k][j][l] = <B_i A_j, B_k A_l> = <GB_ik, GA_jl>.
+    // |X|^2 = sum_{i,k} b_i b_k <GB_ik, sum_{j != i, l != k} a_j a_l GA_jl>, since
+    // <B_i A_j, B_k A_l> = <GB_ik, GA_jl>; the inner sum is H - a_i RA_i - a_k CA_k + a_i a_k GA_ik with
+    // H = sum_jl a_j a_l GA_jl, RA_i = sum_l a_l GA_il, CA_k = sum_j a_j GA_jk: O(n^2 r^2) in all.
+    const Eigen::Index r = static_cast<Eigen::Index>(adapters[0].rank());
+    Eigen::MatrixXd H = Eigen::MatrixXd::Zero(r, r);
+    std::vector<Eigen::MatrixXd> RA(n, Eigen::MatrixXd::Zero(r, r)), CA(n, Eigen::MatrixXd::Zero(r, r));
+    for (std::size_t j = 0; j < n; ++j)
+      for (std::size_t l = 0; l < n; ++l) {
+        RA[j] += a[l] * GA[j][l];
+        CA[l] += a[j] * GA[j][l];
+      }
+    for (std::size_t j = 0; j < n; ++j) H += a[j] * RA[j];
     double dd = 0, xx = 0;
     for (std::size_t i = 0; i < n; ++i)
       for (std::size_t kk = 0; kk < n; ++kk) {
         dd += c[i] * c[kk] * GB[i][kk].cwiseProduct(GA[i][kk]).sum();
-        for (std::size_t j = 0; j < n; ++j) {
-          if (j == i) continue;
-          for (std::size_t l = 0; l < n; ++l) {
-            if (l == kk) continue;
-            xx += b[i] * a[j] * b[kk] * a[l] * GB[i][kk].cwiseProduct(GA[j][l]).sum();
-          }
-        }
+        const Eigen::MatrixXd inner = H - a[i] * RA[i] - a[kk] * CA[kk] + (a[i] * a[kk]) * GA[i][kk];
+        xx += b[i] * b[kk] * GB[i][kk].cwiseProduct(inner).sum();
       }
     dd = std::max(0.0, dd);
     xx = std::max(0.0, xx);
