@@ -29,6 +29,7 @@ class context {
     LORI_CUDA_CHECK(cudaDeviceGetAttribute(&cooperative_, cudaDevAttrCooperativeLaunch, device_));
     try {
       LORI_CUBLAS_CHECK(cublasCreate(&cublas_));
+      disallow_reduced_precision_reduction(cublas_);
       LORI_CUBLAS_CHECK(cublasLtCreate(&cublaslt_));
       LORI_CUSPARSE_CHECK(cusparseCreate(&cusparse_));
       set_stream(stream);
@@ -76,10 +77,19 @@ class context {
   bool cooperative_launch() const noexcept { return cooperative_ != 0; }
 
  private:
+  // cuBLAS may split K and reduce the partial sums in the OUTPUT type (bf16/fp16) for 16-bit outputs;
+  // with beta = 1 (merge_into, the beta = 1 layer paths) that rounds W-sized intermediates and costs
+  // a bf16 ulp of |W| (first GPU run: merge_into off its fp32-accumulation bound by 17x). lori wants
+  // fp32 accumulation end to end, so every handle it owns forbids that reduction.
+  static void disallow_reduced_precision_reduction(cublasHandle_t h) {
+    LORI_CUBLAS_CHECK(cublasSetMathMode(
+        h, static_cast<cublasMath_t>(CUBLAS_DEFAULT_MATH | CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION)));
+  }
   void ensure_aux() {
     if (aux_stream_ == nullptr) LORI_CUDA_CHECK(cudaStreamCreateWithFlags(&aux_stream_, cudaStreamNonBlocking));
     if (aux_cublas_ == nullptr) {
       LORI_CUBLAS_CHECK(cublasCreate(&aux_cublas_));
+      disallow_reduced_precision_reduction(aux_cublas_);
       LORI_CUBLAS_CHECK(cublasSetStream(aux_cublas_, aux_stream_));
     }
   }
