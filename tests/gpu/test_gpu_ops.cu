@@ -761,8 +761,6 @@ void merge_case(lori::cuda::context& ctx, index_t d, index_t k, const std::vecto
     dB.emplace_back(Bd.back().s);
     sB.push_back(lori::cuda::sparse_b<T>::from_host(Bs.back().mask, Bs.back().packed));
   }
-  bool same = true;
-  for (const double s : scales) same = same && s == scales.front();
   std::vector<lori::cuda::merge_source<T>> src;
   for (std::size_t t = 0; t < ranks.size(); ++t) {
     lori::cuda::merge_source<T> m;
@@ -792,7 +790,12 @@ void merge_case(lori::cuda::context& ctx, index_t d, index_t k, const std::vecto
   lori::cuda::merge_into<T>(ctx, mview(dW, d, k), src, ws.data(), ws.bytes());
   index_t R = 0;
   for (const index_t r : ranks) R += r;
-  const double ui = same || std::is_same_v<T, float> ? tc_slack<T>() : unit_roundoff<T>();  // s·B rounded when scales differ
+  // Error model for 16-bit W: cuBLAS's 16-bit-output epilogue forms alpha*(B·A) in T before adding
+  // beta*W, i.e. one rounding of the delta in T (the same model the beta = 1 layer_forward checks use
+  // above). The first H100 run showed exactly that: 16-bit errors 17.9x (bf16) and 2.7x (fp16) over a
+  // bound that assumed fp32 accumulation end to end, i.e. ~u_T relative to L2, for equal scales too.
+  // fp32 keeps the tight bound.
+  const double ui = std::is_same_v<T, float> ? tc_slack<T>() : unit_roundoff<T>();
   LORI_CHECK_CLOSE(check_close<T>(dW.download(), ref, l2, ui, static_cast<double>(R)));
 }
 }  // namespace
