@@ -39,7 +39,18 @@
 #define LORI_RANDOM_X86_DISPATCH 0
 #endif
 
+// Host code compiled by nvcc takes the portable path, code compiled by g++/clang the x86 dispatch
+// path (same bits). Everything below lives in an inline namespace named after the path, so a program
+// that includes this header from both kinds of translation unit gets two distinct sets of symbols
+// rather than one name with two definitions (an ODR violation). Users never spell the namespace.
+#if LORI_RANDOM_X86_DISPATCH
+#define LORI_RANDOM_ABI_NAMESPACE projection_x86_dispatch
+#else
+#define LORI_RANDOM_ABI_NAMESPACE projection_portable
+#endif
+
 namespace lori {
+inline namespace LORI_RANDOM_ABI_NAMESPACE {
 
 namespace detail {
 
@@ -356,6 +367,7 @@ Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> projection_mat
   return a;
 }
 
+}  // inline namespace LORI_RANDOM_ABI_NAMESPACE
 }  // namespace lori
 
 #endif  // LORI_RANDOM_PROJECTION_HPP
