@@ -50,9 +50,9 @@
 #endif
 
 namespace lori {
-inline namespace LORI_RANDOM_ABI_NAMESPACE {
 
 namespace detail {
+inline namespace LORI_RANDOM_ABI_NAMESPACE {
 
 /// Number of Philox blocks processed per inner batch (structure-of-arrays staging, vectorisable).
 constexpr int projection_batch_quads = 64;
@@ -305,7 +305,10 @@ void fill_projection_tile(matrix_view<T, layout::row_major> out, index_t i0, ind
   }
 }
 
+}  // inline namespace LORI_RANDOM_ABI_NAMESPACE
 }  // namespace detail
+
+inline namespace LORI_RANDOM_ABI_NAMESPACE {
 
 /// Orthonormalises the rows of `a` (r x k, r <= k) in place: a <- Q^T where a^T = Q R is the thin
 /// Householder QR (computed in double), with the signs chosen so that diag(R) > 0 - i.e. the
