@@ -20,8 +20,8 @@
 // costs 2 k nnz(B) flops instead of 2 d k r (10% for a 90%-sparse B). The sweep is blocked over
 // columns of W (sparse_block_cols), outermost, so the slices of all A rows used for one column block
 // stay in L2 while every row of W is updated; each row slice is read and written once, accumulated in
-// registers 64 columns at a time (an AVX2+FMA clone of the inner loop is picked at run time on x86;
-// the portable loop is used elsewhere). Per element the terms are added in a fixed order (the dense
+// registers 64 or 128 columns at a time (AVX-512F and AVX2+FMA clones of the inner loop, same bits, are
+// picked at run time on x86 for float adapters; the portable loop is used elsewhere). Per element the terms are added in a fixed order (the dense
 // GEMM part of unmasked adapters first, then masked adapters in order, kept columns ascending), so the
 // result is bitwise independent of the thread count (and, with masked adapters only, of the block
 // sizes). B must be zero outside its
@@ -60,7 +60,7 @@ struct merge_into_base_options {
   index_t block_cols = 2048;    ///< columns per tile for storage types other than the adapters' type (>= 1)
   index_t sparse_block_cols = 1024;  ///< columns of W per sweep of the sparse (masked) path (>= 1); the
                                      ///< slices of all A rows for one block should fit in L2
-  bool allow_simd = true;       ///< use the AVX2+FMA clone of the sparse inner loop when the CPU has it
+  bool allow_simd = true;       ///< use the AVX-512F or AVX2+FMA clone of the sparse inner loop when the CPU has it
 };
 
 namespace detail {
@@ -85,7 +85,8 @@ LORI_FORCEINLINE TW merge_add(TW w, T acc) noexcept {
 /// One row slice of the sparse path (portable): w[c] = w[c] + (init[c] + sum_t coef[t] a[t][c]),
 /// c < cols, terms in order; init may be null (zero).
 template <class TW, class T>
-void sparse_merge_row(TW* w, const T* init, const T* const* a, const T* coef, index_t nt, index_t cols) noexcept {
+void sparse_merge_row(TW* w, const T* init, const T* const* a, const T* coef, index_t nt, index_t cols, const TW* pf) noexcept {
+  (void)pf;
   constexpr index_t cw = 16;
   T acc[cw];
   for (index_t c0 = 0; c0 < cols; c0 += cw) {
@@ -101,7 +102,7 @@ void sparse_merge_row(TW* w, const T* init, const T* const* a, const T* coef, in
 }
 
 template <class TW, class T>
-using sparse_merge_row_fn = void (*)(TW*, const T*, const T* const*, const T*, index_t, index_t) noexcept;
+using sparse_merge_row_fn = void (*)(TW*, const T*, const T* const*, const T*, index_t, index_t, const TW*) noexcept;
 
 #if LORI_MERGE_X86_DISPATCH
 #define LORI_MERGE_AVX2_ATTRIBUTES __attribute__((target("avx2,fma")))
@@ -139,9 +140,11 @@ LORI_MERGE_AVX2_ATTRIBUTES inline void merge_store8(TW* w, __m256 x) noexcept {
 /// differs from the portable loop only by the fused multiply-add's single rounding.
 template <class TW>
 LORI_MERGE_AVX2_ATTRIBUTES void sparse_merge_row_avx2(TW* w, const float* init, const float* const* a, const float* coef, index_t nt,
-                                                      index_t cols) noexcept {
+                                                      index_t cols, const TW* pf) noexcept {
   index_t c0 = 0;
   for (; c0 + 64 <= cols; c0 += 64) {
+    if (pf)
+      for (std::size_t q = 0; q < 64 * sizeof(TW); q += 64) _mm_prefetch(reinterpret_cast<const char*>(pf + c0) + q, _MM_HINT_T0);
     __m256 acc[8];
     for (int v = 0; v < 8; ++v) acc[v] = init ? _mm256_loadu_ps(init + c0 + 8 * v) : _mm256_setzero_ps();
     for (index_t t = 0; t < nt; ++t) {
@@ -167,14 +170,80 @@ inline bool merge_cpu_has_avx2_fma() noexcept {
   static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   return has;
 }
+
+#define LORI_MERGE_AVX512_ATTRIBUTES __attribute__((target("avx512f,avx2,fma")))
+
+/// 16 floats of W (float or bf16 storage) widened; stores with bf16 rounding as merge_store8.
+template <class TW>
+LORI_MERGE_AVX512_ATTRIBUTES inline __m512 merge_load16(const TW* p) noexcept {
+  if constexpr (std::is_same_v<TW, float>) {
+    return _mm512_loadu_ps(p);
+  } else {
+    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  }
+}
+template <class TW>
+LORI_MERGE_AVX512_ATTRIBUTES inline void merge_store16(TW* p, __m512 x) noexcept {
+  if constexpr (std::is_same_v<TW, float>) {
+    _mm512_storeu_ps(p, x);
+  } else {
+    const __m512i u = _mm512_castps_si512(x);
+    const __m512i hi = _mm512_srli_epi32(u, 16);
+    const __m512i rounded = _mm512_srli_epi32(
+        _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff), _mm512_and_si512(hi, _mm512_set1_epi32(1)))), 16);
+    const __mmask16 is_nan = _mm512_cmpgt_epi32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)), _mm512_set1_epi32(0x7f800000));
+    const __m512i r = _mm512_mask_blend_epi32(is_nan, rounded, _mm512_or_si512(hi, _mm512_set1_epi32(0x40)));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(r));
+  }
+}
+
+/// AVX-512F clone: 128 columns in 8 registers per pass, then 16-column and scalar tails. Per element
+/// the same fused multiply-adds in the same order as the AVX2 clone (the same bits).
+template <class TW>
+LORI_MERGE_AVX512_ATTRIBUTES void sparse_merge_row_avx512(TW* w, const float* init, const float* const* a, const float* coef,
+                                                          index_t nt, index_t cols, const TW* pf) noexcept {
+  index_t c0 = 0;
+  for (; c0 + 128 <= cols; c0 += 128) {
+    if (pf)
+      for (std::size_t q = 0; q < 128 * sizeof(TW); q += 64) _mm_prefetch(reinterpret_cast<const char*>(pf + c0) + q, _MM_HINT_T0);
+    __m512 acc[8];
+    for (int v = 0; v < 8; ++v) acc[v] = init ? _mm512_loadu_ps(init + c0 + 16 * v) : _mm512_setzero_ps();
+    for (index_t t = 0; t < nt; ++t) {
+      const float* ap = a[t] + c0;
+      const __m512 cf = _mm512_set1_ps(coef[t]);
+      for (int v = 0; v < 8; ++v) acc[v] = _mm512_fmadd_ps(cf, _mm512_loadu_ps(ap + 16 * v), acc[v]);
+    }
+    for (int v = 0; v < 8; ++v) merge_store16<TW>(w + c0 + 16 * v, _mm512_add_ps(merge_load16<TW>(w + c0 + 16 * v), acc[v]));
+  }
+  for (; c0 + 16 <= cols; c0 += 16) {
+    __m512 acc = init ? _mm512_loadu_ps(init + c0) : _mm512_setzero_ps();
+    for (index_t t = 0; t < nt; ++t) acc = _mm512_fmadd_ps(_mm512_set1_ps(coef[t]), _mm512_loadu_ps(a[t] + c0), acc);
+    merge_store16<TW>(w + c0, _mm512_add_ps(merge_load16<TW>(w + c0), acc));
+  }
+  for (; c0 < cols; ++c0) {
+    __m128 acc = _mm_set_ss(init ? init[c0] : 0.0f);
+    for (index_t t = 0; t < nt; ++t) acc = _mm_fmadd_ss(_mm_set_ss(coef[t]), _mm_set_ss(a[t][c0]), acc);
+    w[c0] = merge_add<TW, float>(w[c0], _mm_cvtss_f32(acc));
+  }
+}
+
+inline bool merge_cpu_has_avx512f() noexcept {
+  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return has;
+}
 #endif
 
-/// The row kernel for (TW, T): the AVX2+FMA clone when allowed and available, else the portable loop.
+/// The row kernel for (TW, T): the AVX-512F, else the AVX2+FMA clone when allowed and available, else
+/// the portable loop.
 template <class TW, class T>
 sparse_merge_row_fn<TW, T> pick_sparse_merge_row(bool allow_simd) noexcept {
 #if LORI_MERGE_X86_DISPATCH
   if constexpr (std::is_same_v<T, float> && (std::is_same_v<TW, float> || std::is_same_v<TW, bfloat16>))
-    if (allow_simd && merge_cpu_has_avx2_fma()) return &sparse_merge_row_avx2<TW>;
+    if (allow_simd) {
+      if (merge_cpu_has_avx512f()) return &sparse_merge_row_avx512<TW>;
+      if (merge_cpu_has_avx2_fma()) return &sparse_merge_row_avx2<TW>;
+    }
 #endif
   (void)allow_simd;
   return &sparse_merge_row<TW, T>;
@@ -328,7 +397,10 @@ void merge_into_base(row_major_view<TW> W, const std::vector<adapter_module_view
           if (R == 0 && p0 == p1) continue;
           ap.resize(static_cast<std::size_t>(p1 - p0));
           for (index_t p = p0; p < p1; ++p) ap[static_cast<std::size_t>(p - p0)] = term_a[static_cast<std::size_t>(p)] + j0;
-          kernel(W.row(i) + j0, R > 0 ? tile.data() + (i - i0) * cols : nullptr, ap.data(), term_coef.data() + p0, p1 - p0, cols);
+          // Prefetch hint: the same slice four rows ahead (rows are far apart in memory, so the hardware
+          // prefetcher, which stays within a page, cannot see the next slice coming).
+          const TW* pf = i + 4 < b1 * mb && i + 4 < d ? W.row(i + 4) + j0 : nullptr;
+          kernel(W.row(i) + j0, R > 0 ? tile.data() + (i - i0) * cols : nullptr, ap.data(), term_coef.data() + p0, p1 - p0, cols, pf);
         }
       }
     }
