@@ -2,6 +2,9 @@
 //   BM_merge_into_base/threads       W (fp32, 4096 x 14336) += sum of 4 adapters (r = 32), blocked, one
 //                                    pass over W (target: <= 1.3x BM_merge_baseline_copy)
 //   BM_merge_into_base_bf16/threads  the same with bf16 storage of W
+//   BM_merge_into_base_sparse/threads       the same W with 4 LoRI-S adapters (r = 32, B 90% sparse:
+//                                           random masks of density 0.1): the masked sparse path
+//   BM_merge_into_base_sparse_bf16/threads  the same with bf16 storage of W
 //   BM_merge_baseline_dense_eigen    what PEFT's merge_and_unload does: per adapter dW = B A (dense
 //                                    d x k temporary), W += c dW
 //   BM_merge_baseline_copy           memcpy of W (the bandwidth bound of any one-pass merge)
@@ -64,6 +67,38 @@ setup& big() {
   return s;
 }
 
+/// The big setup's adapters with random masks of density 0.1 (B zeroed outside), as LoRI-S.
+struct sparse_setup {
+  std::vector<lori::adapter_module<float>> adapters;
+  sparse_setup() {
+    std::uint64_t st = 7;
+    for (const auto& a : big().adapters) {
+      lori::adapter_module<float> m = a;
+      lori::bitmask mask(kD, kR);
+      for (int i = 0; i < kD; ++i)
+        for (int j = 0; j < kR; ++j) {
+          st ^= st << 13;
+          st ^= st >> 7;
+          st ^= st << 17;
+          if (st % 10 == 0) mask.set(i, j);
+          else m.B(i, j) = 0.0f;
+        }
+      m.b_mask = std::move(mask);
+      adapters.push_back(std::move(m));
+    }
+  }
+  std::vector<lori::adapter_module_view<float>> views() const {
+    std::vector<lori::adapter_module_view<float>> v;
+    for (const auto& a : adapters) v.push_back(a.view());
+    return v;
+  }
+};
+
+sparse_setup& big_sparse() {
+  static sparse_setup s;
+  return s;
+}
+
 void BM_merge_into_base(benchmark::State& state) {
   auto& s = big();
   lori::merge_into_base_options opt;
@@ -91,6 +126,34 @@ void BM_merge_into_base_bf16(benchmark::State& state) {
   state.SetBytesProcessed(state.iterations() * static_cast<std::int64_t>(2 * Wb.size() * sizeof(lori::bfloat16)));
 }
 BENCHMARK(BM_merge_into_base_bf16)->Arg(1)->Arg(4)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+void BM_merge_into_base_sparse(benchmark::State& state) {
+  auto& s = big();
+  lori::merge_into_base_options opt;
+  opt.num_threads = static_cast<int>(state.range(0));
+  const auto v = big_sparse().views();
+  for (auto _ : state) {
+    lori::merge_into_base<float, float>(lori::view(s.W), v, s.weights, opt);
+    benchmark::ClobberMemory();
+  }
+  state.SetBytesProcessed(state.iterations() * static_cast<std::int64_t>(2 * s.W.size() * sizeof(float)));
+}
+BENCHMARK(BM_merge_into_base_sparse)->Arg(1)->Arg(2)->Arg(4)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+void BM_merge_into_base_sparse_bf16(benchmark::State& state) {
+  auto& s = big();
+  std::vector<lori::bfloat16> Wb(static_cast<std::size_t>(s.W.size()));
+  for (std::size_t i = 0; i < Wb.size(); ++i) Wb[i] = lori::bfloat16(s.W.data()[i]);
+  lori::merge_into_base_options opt;
+  opt.num_threads = static_cast<int>(state.range(0));
+  const auto v = big_sparse().views();
+  for (auto _ : state) {
+    lori::merge_into_base<lori::bfloat16, float>(lori::row_major_view<lori::bfloat16>(Wb.data(), kD, kK), v, s.weights, opt);
+    benchmark::ClobberMemory();
+  }
+  state.SetBytesProcessed(state.iterations() * static_cast<std::int64_t>(2 * Wb.size() * sizeof(lori::bfloat16)));
+}
+BENCHMARK(BM_merge_into_base_sparse_bf16)->Arg(1)->Arg(2)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 void BM_merge_baseline_dense_eigen(benchmark::State& state) {
   auto& s = big();
