@@ -181,3 +181,70 @@ TEST_CASE("the sparse product gives a token the same bits alone or inside a bloc
   }
   CHECK(same);
 }
+
+TEST_CASE_TEMPLATE("dispatched (AVX2+FMA where available) and portable forward both match the double reference", T, float, double) {
+  LORI_TEST_SEED_INFO();
+  auto g = lori_test::rng(27);
+  // Calls the implementation directly with allow_simd = true (run-time dispatch: AVX2+FMA projection for
+  // float on CPUs that have it) and allow_simd = false (Eigen), so both paths are exercised on any CPU.
+  // Shapes cover k below, at and across the 8-lane width and the 256-element k-chunks (k = 7, 8, 300,
+  // 517), odd token counts (token pairs plus a leftover, tb < 4 blocks), r = 1 and r not a multiple of
+  // 4 or 8 (leftover rows of A).
+  const Shape shapes[] = {{1, 7, 9, 3, 0.5}, {1, 517, 40, 13, 0.3}, {2, 8, 17, 8, 0.5}, {3, 300, 33, 1, 1.0},
+                          {67, 517, 70, 32, 0.1}, {129, 300, 65, 9, 0.4}, {5, 0, 6, 2, 0.5}};
+  for (const Shape& sh : shapes) {
+    CAPTURE(sh.n);
+    CAPTURE(sh.k);
+    CAPTURE(sh.r);
+    RMd Bd;
+    const auto B = random_sparse<T>(random_mask(sh.d, sh.r, sh.keep, g), g, &Bd);
+    const RM<T> X = randn_t<T>(sh.n, sh.k, g), A = randn_t<T>(sh.r, sh.k, g), Y0 = randn_t<T>(sh.n, sh.d, g);
+    const RMd Href = X.template cast<double>() * A.template cast<double>().transpose();
+    const RMd Yref = Y0.template cast<double>() + 0.625 * Href * Bd.transpose();
+    // Same bound as above: k*r + r products summed in T (FMA only removes roundings).
+    const double tol = 4.0 * static_cast<double>(sh.k + sh.r + 1) * eps<T>();
+    RM<T> Yp[2], Hp[2];
+    for (int simd = 0; simd < 2; ++simd) {
+      for (int threads : {1, 2}) {
+        RM<T> Y = Y0, H = RM<T>::Constant(sh.n, sh.r, std::numeric_limits<T>::quiet_NaN());
+        lori::detail::ops_forward_sparse_impl<T, typename lori::csr_matrix<T>::index_type>(
+            lori::view(X), nullptr, {}, lori::view(A), B.view(), T(0.625), lori::view(Y), lori::view(H), threads, simd == 1);
+        CHECK_FALSE(H.hasNaN());
+        CHECK(lori_test::rel_err(Y, Yref) <= tol);
+        CHECK(lori_test::rel_err(H, Href) <= tol);
+        if (threads == 1) {
+          Yp[simd] = Y;
+          Hp[simd] = H;
+        } else {
+          CHECK(bitwise_equal(Y, Yp[simd]));
+          CHECK(bitwise_equal(H, Hp[simd]));
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("the dispatched projection gives a token the same bits alone or inside a block") {
+  LORI_TEST_SEED_INFO();
+  auto g = lori_test::rng(28);
+  // Each H[t, c] has one fixed order of summation whatever the tile (token pair or single token) and
+  // block size: a token computed alone (tb = 1) equals the same token inside a 64-token block.
+  const index_t n = 69, k = 523, d = 50, r = 11;
+  const auto B = random_sparse<float>(random_mask(d, r, 0.3, g), g);
+  const RM<float> X = randn_t<float>(n, k, g), A = randn_t<float>(r, k, g), Y0 = randn_t<float>(n, d, g);
+  RM<float> Yall = Y0, Hall(n, r);
+  lori::adapter_forward(lori::view(X), lori::view(A), B.view(), 0.3f, lori::view(Yall), lori::view(Hall));
+  const RMd Href = X.cast<double>() * A.cast<double>().transpose();
+  CHECK(lori_test::rel_err(Hall, Href) <= 4.0 * static_cast<double>(k + 1) * eps<float>());
+#if LORI_OPS_X86_DISPATCH
+  if (lori::detail::ops_cpu_has_avx2_fma()) {  // Eigen's GEMV and GEMM (the portable path) differ
+    bool same = true;
+    for (index_t i : {index_t{0}, index_t{1}, index_t{62}, index_t{63}, index_t{64}, index_t{68}}) {
+      RM<float> Xi = X.row(i), Yi = Y0.row(i), Hi(1, r);
+      lori::adapter_forward(lori::view(Xi), lori::view(A), B.view(), 0.3f, lori::view(Yi), lori::view(Hi));
+      same = same && bitwise_equal(Hi, RM<float>(Hall.row(i))) && bitwise_equal(Yi, RM<float>(Yall.row(i)));
+    }
+    CHECK(same);
+  }
+#endif
+}
