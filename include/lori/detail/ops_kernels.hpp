@@ -219,6 +219,10 @@ LORI_OPS_AVX2_ATTRIBUTES inline void ops_project_avx2(const float* X, index_t ld
     const float* Xb = X + k0;
     index_t t = 0;
     for (; t + 3 <= tb; t += 3) {
+      if (pack && k0 + chunk < k8)  // the next chunk of these tokens' rows of X, while this one computes
+        for (index_t tt = t; tt < t + 3; ++tt)
+          for (index_t kk = 0; kk < std::min(chunk, k8 - k0 - chunk); kk += 16)
+            _mm_prefetch(reinterpret_cast<const char*>(Xb + tt * ldx + chunk + kk), _MM_HINT_T0);
       index_t c = 0;
       for (; c + 4 <= r; c += 4) ops_project_tile_at_avx2<3, 4>(Xb, ldx, t, Ab, ldab, c, len, P, r);
       for (; c < r; ++c) ops_project_tile_at_avx2<3, 1>(Xb, ldx, t, Ab, ldab, c, len, P, r);
