@@ -20,6 +20,19 @@
 #include <xmmintrin.h>
 #endif
 
+// x86-64 builds by g++/clang compile the float projection a second time for AVX2+FMA and pick it at
+// run time; host code compiled by nvcc takes the portable (Eigen) path. The dispatch-dependent code
+// lives in an inline namespace named after the path (see lori/random/projection.hpp), so a program
+// with both kinds of translation unit gets distinct symbols instead of one name with two definitions.
+#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__)) && !LORI_COMPILING_CUDA
+#define LORI_OPS_X86_DISPATCH 1
+#include <immintrin.h>
+#define LORI_OPS_ABI_NAMESPACE ops_x86_dispatch
+#else
+#define LORI_OPS_X86_DISPATCH 0
+#define LORI_OPS_ABI_NAMESPACE ops_portable
+#endif
+
 #include <algorithm>
 #include <cstring>
 #include <type_traits>
@@ -122,20 +135,153 @@ void ops_sparse_times_tile(const T* LORI_RESTRICT Hc, index_t tb, const csr_view
   }
 }
 
+/// k-chunk of the AVX2 projection: a chunk of A (32 rows x kProjectChunk floats = 32 KiB) stays in L1
+/// while every token pair of the block streams past it. Chunking never changes results (the partial
+/// sums are stored and reloaded exactly).
+inline constexpr index_t kProjectChunk = 256;
+
+#if LORI_OPS_X86_DISPATCH
+#define LORI_OPS_AVX2_ATTRIBUTES __attribute__((target("avx2,fma")))
+
+inline bool ops_cpu_has_avx2_fma() noexcept {
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return has;
+}
+
+/// Sum of the 8 lanes of v in a fixed order: ((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7)).
+LORI_OPS_AVX2_ATTRIBUTES inline float ops_hsum8_avx2(__m256 v) noexcept {
+  const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  const __m128 s2 = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)));
+}
+
+/// MT tokens x MC rows of A over len (a multiple of 8) elements of k: P[t][c] holds the 8-lane partial
+/// sums of H[t, c] (lane l accumulates the products of k = l mod 8 with FMA, in ascending k). The
+/// arithmetic of one (t, c) does not depend on MT, MC, the chunking or the packing of A.
+template <int MT, int MC>
+LORI_OPS_AVX2_ATTRIBUTES inline void ops_project_tile_avx2(const float* const (&x)[MT], const float* const (&a)[MC], index_t len,
+                                                           float* const (&P)[MT][MC]) noexcept {
+  __m256 acc[MT][MC];
+  for (int t = 0; t < MT; ++t)
+    for (int c = 0; c < MC; ++c) acc[t][c] = _mm256_loadu_ps(P[t][c]);
+  for (index_t kk = 0; kk < len; kk += 8) {
+    __m256 xv[MT];
+    for (int t = 0; t < MT; ++t) xv[t] = _mm256_loadu_ps(x[t] + kk);
+    for (int c = 0; c < MC; ++c) {
+      const __m256 av = _mm256_loadu_ps(a[c] + kk);
+      for (int t = 0; t < MT; ++t) acc[t][c] = _mm256_fmadd_ps(xv[t], av, acc[t][c]);
+    }
+  }
+  for (int t = 0; t < MT; ++t)
+    for (int c = 0; c < MC; ++c) _mm256_storeu_ps(P[t][c], acc[t][c]);
+}
+
+/// Tile at tokens t0.., rows of A c0..: x rows start at X (already offset to the chunk), rows of A at
+/// A + c * lda (ditto); partial sums P[(t * r + c) * 8 ..].
+template <int MT, int MC>
+LORI_OPS_AVX2_ATTRIBUTES inline void ops_project_tile_at_avx2(const float* X, index_t ldx, index_t t0, const float* A, index_t lda,
+                                                              index_t c0, index_t len, float* P, index_t r) noexcept {
+  const float* x[MT];
+  const float* a[MC];
+  float* p[MT][MC];
+  for (int t = 0; t < MT; ++t) x[t] = X + (t0 + t) * ldx;
+  for (int c = 0; c < MC; ++c) a[c] = A + (c0 + c) * lda;
+  for (int t = 0; t < MT; ++t)
+    for (int c = 0; c < MC; ++c) p[t][c] = P + ((t0 + t) * r + c0 + c) * 8;
+  ops_project_tile_avx2<MT, MC>(x, a, len, p);
+}
+
+/// Scratch floats ops_project_avx2 needs for tb tokens and r rows of A.
+inline index_t ops_project_scratch(index_t tb, index_t r) noexcept { return tb * r * 8 + r * kProjectChunk; }
+
+/// Hc (tb x r, column-major, leading dimension tb) = X rows * A^T with AVX2+FMA. H[t, c] is, for every
+/// t, c, tb and thread count: 8 lane sums over k < k8 = k - k mod 8 (FMA, ascending k), added as in
+/// ops_hsum8_avx2, then the products of k8 <= k' < k added with FMA in ascending k'. Blocks of 4 tokens
+/// or more copy each k-chunk of A into a contiguous panel first (rows of A a multiple of 4 KiB apart
+/// would alias in L1). scratch: ops_project_scratch(tb, r) floats.
+LORI_OPS_AVX2_ATTRIBUTES inline void ops_project_avx2(const float* X, index_t ldx, index_t tb, const float* A, index_t lda, index_t r,
+                                                      index_t k, float* Hc, float* scratch) noexcept {
+  const index_t k8 = k - k % 8;
+  float* P = scratch;
+  float* Ap = scratch + tb * r * 8;
+  for (index_t i = 0; i < tb * r * 8; ++i) P[i] = 0.0f;
+  const bool pack = tb >= 4;
+  const index_t chunk = pack ? kProjectChunk : std::max<index_t>(k8, 8);
+  for (index_t k0 = 0; k0 < k8; k0 += chunk) {
+    const index_t len = std::min(k8 - k0, chunk);
+    const float* Ab = A + k0;
+    index_t ldab = lda;
+    if (pack) {
+      for (index_t c = 0; c < r; ++c) std::memcpy(Ap + c * kProjectChunk, A + c * lda + k0, static_cast<std::size_t>(len) * sizeof(float));
+      Ab = Ap;
+      ldab = kProjectChunk;
+    }
+    const float* Xb = X + k0;
+    index_t t = 0;
+    for (; t + 3 <= tb; t += 3) {
+      if (pack && k0 + chunk < k8)  // the next chunk of these tokens' rows of X, while this one computes
+        for (index_t tt = t; tt < t + 3; ++tt)
+          for (index_t kk = 0; kk < std::min(chunk, k8 - k0 - chunk); kk += 16)
+            _mm_prefetch(reinterpret_cast<const char*>(Xb + tt * ldx + chunk + kk), _MM_HINT_T0);
+      index_t c = 0;
+      for (; c + 4 <= r; c += 4) ops_project_tile_at_avx2<3, 4>(Xb, ldx, t, Ab, ldab, c, len, P, r);
+      for (; c < r; ++c) ops_project_tile_at_avx2<3, 1>(Xb, ldx, t, Ab, ldab, c, len, P, r);
+    }
+    for (; t + 2 <= tb; t += 2) {
+      index_t c = 0;
+      for (; c + 4 <= r; c += 4) ops_project_tile_at_avx2<2, 4>(Xb, ldx, t, Ab, ldab, c, len, P, r);
+      for (; c < r; ++c) ops_project_tile_at_avx2<2, 1>(Xb, ldx, t, Ab, ldab, c, len, P, r);
+    }
+    for (; t < tb; ++t) {
+      index_t c = 0;
+      for (; c + 4 <= r; c += 4) ops_project_tile_at_avx2<1, 4>(Xb, ldx, t, Ab, ldab, c, len, P, r);
+      for (; c < r; ++c) ops_project_tile_at_avx2<1, 1>(Xb, ldx, t, Ab, ldab, c, len, P, r);
+    }
+  }
+  for (index_t t = 0; t < tb; ++t) {
+    const float* x = X + t * ldx;
+    for (index_t c = 0; c < r; ++c) {
+      const float* a = A + c * lda;
+      __m128 s = _mm_set_ss(ops_hsum8_avx2(_mm256_loadu_ps(P + (t * r + c) * 8)));
+      for (index_t kk = k8; kk < k; ++kk) s = _mm_fmadd_ss(_mm_set_ss(x[kk]), _mm_set_ss(a[kk]), s);
+      Hc[c * tb + t] = _mm_cvtss_f32(s);
+    }
+  }
+}
+#endif
+
+inline namespace LORI_OPS_ABI_NAMESPACE {
+
 /// H block (tb x r) = X block * A^T into a column-major tb x r buffer (= Ht, r x tb row-major).
+/// float on x86-64 with AVX2+FMA (and allow_simd): ops_project_avx2, else Eigen's GEMM. `scratch`:
+/// reusable buffer for the AVX2 path. Either path is deterministic (independent of the thread count).
 template <class T>
 void ops_project_block(const row_major_view<const T>& X, index_t i0, index_t tb, const row_major_view<const T>& A,
-                       cm_matrix<T>& Hc) {
+                       cm_matrix<T>& Hc, std::vector<T>& scratch, bool allow_simd = true) {
   Hc.resize(tb, A.rows());
   if (A.rows() == 0 || tb == 0) return;
   if (A.cols() == 0) {
     Hc.setZero();
     return;
   }
+#if LORI_OPS_X86_DISPATCH
+  if constexpr (std::is_same_v<T, float>) {
+    if (allow_simd && ops_cpu_has_avx2_fma()) {
+      scratch.resize(static_cast<std::size_t>(ops_project_scratch(tb, A.rows())));
+      ops_project_avx2(X.row(i0), X.ld(), tb, A.data(), A.ld(), A.rows(), A.cols(), Hc.data(), scratch.data());
+      return;
+    }
+  }
+#else
+  (void)allow_simd;
+  (void)scratch;
+#endif
   const auto Xb = as_eigen(X.block(i0, 0, tb, X.cols()));
   const auto Am = as_eigen(A);
   Hc.noalias() = Xb * Am.transpose();
 }
+
+}  // inline namespace LORI_OPS_ABI_NAMESPACE
 
 /// Copies a column-major tb x r block into rows [i0, i0 + tb) of a row-major n x r output.
 template <class T>

@@ -11,7 +11,9 @@
 // Every function can also store H = X A^T (n x r) in `H_out`, which the backward pass reuses
 // (masked_grad_B needs it); pass an empty view (data() == nullptr) not to store it.
 //
-// Cost: X A^T is n*k*r multiply-adds (Eigen GEMM per token block of 64); the sparse second product is
+// Cost: X A^T is n*k*r multiply-adds per token block of 64 (float on x86-64 CPUs with AVX2+FMA: a
+// hand-written FMA kernel picked at run time, one summation order per element whatever the block; else
+// Eigen's GEMM); the sparse second product is
 // n*nnz(B) multiply-adds instead of n*d*r, computed on a transposed 64-token tile so its inner loops are
 // vectorized over tokens. Y is read and written once.
 //
@@ -36,6 +38,9 @@
 #include <vector>
 
 namespace lori {
+// The inline namespaces keep nvcc-compiled (portable) and g++-compiled (AVX2 dispatch) instances apart
+// (see lori/detail/ops_kernels.hpp).
+inline namespace LORI_OPS_ABI_NAMESPACE {
 
 /// Y (n x d) += s * (X A^T) B^T for a sparse B (d x r, CSR). Optionally stores H = X A^T into H_out
 /// (n x r; empty view = not stored). X: n x k, A: r x k. threads >= 1. Throws lori::error on shape
@@ -62,10 +67,13 @@ void layer_forward_dense(detail::cview<T> X, detail::cview<T> W, detail::cvec<T>
                          detail::cview<T> A, detail::cview<T> B, detail::nd<T> scale, row_major_view<T> Y,
                          detail::mview<T> H_out = {}, int threads = 1);
 
+}  // inline namespace LORI_OPS_ABI_NAMESPACE
+
 // ------------------------------------------------------------------------------------------------
 // Implementation
 // ------------------------------------------------------------------------------------------------
 namespace detail {
+inline namespace LORI_OPS_ABI_NAMESPACE {
 
 template <class T>
 void ops_check_forward(const row_major_view<const T>& X, const row_major_view<const T>& A, index_t d, index_t r,
@@ -86,13 +94,14 @@ template <class T, class Index>
 void ops_forward_sparse_impl(const row_major_view<const T>& X, const row_major_view<const T>* W,
                              const vector_view<const T>& bias, const row_major_view<const T>& A,
                              const csr_view<const T, Index>& B, T s, const row_major_view<T>& Y,
-                             const row_major_view<T>& H_out, int threads) {
+                             const row_major_view<T>& H_out, int threads, bool allow_simd = true) {
   const index_t n = X.rows(), k = X.cols(), d = B.rows, r = A.rows();
   const index_t nb = ops_num_blocks(n, kTokenBlock);
   const double work = static_cast<double>(n) * (static_cast<double>(k) * (r + (W ? d : 0)) + static_cast<double>(B.nnz()));
   const int t = ops_useful_threads(threads, work, kMinWorkPerThread);
   ops_parallel_blocks(nb, t, [&](index_t b0, index_t b1) {
     cm_matrix<T> Hc;
+    std::vector<T> scratch;
     std::vector<T> Ht;  // transposed-H scratch, used by blocks of 4 tokens or more only
     if (n >= 4) Ht.resize(static_cast<std::size_t>(r * kTokenBlock));
     for (index_t b = b0; b < b1; ++b) {
@@ -103,7 +112,7 @@ void ops_forward_sparse_impl(const row_major_view<const T>& X, const row_major_v
         else Yb.noalias() = as_eigen(X.block(i0, 0, tb, k)) * as_eigen(*W).transpose();
         if (!bias.empty()) Yb.rowwise() += as_eigen(bias).transpose();
       }
-      ops_project_block(X, i0, tb, A, Hc);
+      ops_project_block(X, i0, tb, A, Hc, scratch, allow_simd);
       ops_store_h(Hc, i0, H_out);
       if (r > 0 && d > 0) ops_sparse_times_tile(Hc.data(), tb, B, s, Y.row(i0), Y.ld(), Ht.data());
     }
@@ -114,13 +123,14 @@ template <class T>
 void ops_forward_dense_impl(const row_major_view<const T>& X, const row_major_view<const T>* W,
                             const vector_view<const T>& bias, const row_major_view<const T>& A,
                             const row_major_view<const T>& B, T s, const row_major_view<T>& Y,
-                            const row_major_view<T>& H_out, int threads) {
+                            const row_major_view<T>& H_out, int threads, bool allow_simd = true) {
   const index_t n = X.rows(), k = X.cols(), d = B.rows(), r = A.rows();
   const index_t nb = ops_num_blocks(n, kTokenBlock);
   const double work = static_cast<double>(n) * (static_cast<double>(k) * (r + (W ? d : 0)) + static_cast<double>(d * r));
   const int t = ops_useful_threads(threads, work, kMinWorkPerThread);
   ops_parallel_blocks(nb, t, [&](index_t b0, index_t b1) {
     cm_matrix<T> Hc;
+    std::vector<T> scratch;
     for (index_t b = b0; b < b1; ++b) {
       const index_t i0 = b * kTokenBlock, tb = std::min(kTokenBlock, n - i0);
       auto Yb = as_eigen(Y.block(i0, 0, tb, d));
@@ -129,14 +139,17 @@ void ops_forward_dense_impl(const row_major_view<const T>& X, const row_major_vi
         else Yb.noalias() = as_eigen(X.block(i0, 0, tb, k)) * as_eigen(*W).transpose();
         if (!bias.empty()) Yb.rowwise() += as_eigen(bias).transpose();
       }
-      ops_project_block(X, i0, tb, A, Hc);
+      ops_project_block(X, i0, tb, A, Hc, scratch, allow_simd);
       ops_store_h(Hc, i0, H_out);
       if (r > 0 && d > 0) Yb.noalias() += s * (Hc * as_eigen(B).transpose());
     }
   });
 }
 
+}  // inline namespace LORI_OPS_ABI_NAMESPACE
 }  // namespace detail
+
+inline namespace LORI_OPS_ABI_NAMESPACE {
 
 template <class T, class Index>
 void adapter_forward(detail::cview<T> X, detail::cview<T> A, csr_view<const detail::nd<T>, Index> B, detail::nd<T> scale,
@@ -174,6 +187,7 @@ void layer_forward_dense(detail::cview<T> X, detail::cview<T> W, detail::cvec<T>
   detail::ops_forward_dense_impl<T>(X, &W, bias, A, B, scale, Y, H_out, threads);
 }
 
+}  // inline namespace LORI_OPS_ABI_NAMESPACE
 }  // namespace lori
 
 #endif  // LORI_OPS_FORWARD_HPP
