@@ -90,6 +90,17 @@ void ops_check_forward(const row_major_view<const T>& X, const row_major_view<co
 /// Work units (multiply-adds) below which an extra thread is not worth starting.
 inline constexpr double kMinWorkPerThread = 2.0e5;
 
+/// Y rows [i0, i0 + tb) = X rows · Wᵀ (+ bias): the base product of the whole-layer forward, shared by
+/// the sparse and dense paths.
+template <class T, class YBlock>
+void ops_base_block(const row_major_view<const T>& X, const row_major_view<const T>& W, const vector_view<const T>& bias,
+                    index_t i0, index_t tb, YBlock& Yb) {
+  const index_t k = X.cols(), d = W.rows();
+  if (k == 0 || d == 0) Yb.setZero();
+  else Yb.noalias() = as_eigen(X.block(i0, 0, tb, k)) * as_eigen(W).transpose();
+  if (!bias.empty()) Yb.rowwise() += as_eigen(bias).transpose();
+}
+
 template <class T, class Index>
 void ops_forward_sparse_impl(const row_major_view<const T>& X, const row_major_view<const T>* W,
                              const vector_view<const T>& bias, const row_major_view<const T>& A,
@@ -107,11 +118,7 @@ void ops_forward_sparse_impl(const row_major_view<const T>& X, const row_major_v
     for (index_t b = b0; b < b1; ++b) {
       const index_t i0 = b * kTokenBlock, tb = std::min(kTokenBlock, n - i0);
       auto Yb = as_eigen(Y.block(i0, 0, tb, d));
-      if (W) {
-        if (k == 0 || d == 0) Yb.setZero();
-        else Yb.noalias() = as_eigen(X.block(i0, 0, tb, k)) * as_eigen(*W).transpose();
-        if (!bias.empty()) Yb.rowwise() += as_eigen(bias).transpose();
-      }
+      if (W) ops_base_block(X, *W, bias, i0, tb, Yb);
       ops_project_block(X, i0, tb, A, Hc, scratch, allow_simd);
       ops_store_h(Hc, i0, H_out);
       if (r > 0 && d > 0) ops_sparse_times_tile(Hc.data(), tb, B, s, Y.row(i0), Y.ld(), Ht.data());
@@ -134,11 +141,7 @@ void ops_forward_dense_impl(const row_major_view<const T>& X, const row_major_vi
     for (index_t b = b0; b < b1; ++b) {
       const index_t i0 = b * kTokenBlock, tb = std::min(kTokenBlock, n - i0);
       auto Yb = as_eigen(Y.block(i0, 0, tb, d));
-      if (W) {
-        if (k == 0 || d == 0) Yb.setZero();
-        else Yb.noalias() = as_eigen(X.block(i0, 0, tb, k)) * as_eigen(*W).transpose();
-        if (!bias.empty()) Yb.rowwise() += as_eigen(bias).transpose();
-      }
+      if (W) ops_base_block(X, *W, bias, i0, tb, Yb);
       ops_project_block(X, i0, tb, A, Hc, scratch, allow_simd);
       ops_store_h(Hc, i0, H_out);
       if (r > 0 && d > 0) Yb.noalias() += s * (Hc * as_eigen(B).transpose());
