@@ -117,6 +117,14 @@ inline std::vector<double> dare_keep(std::size_t n, double density, std::uint64_
   return ones;
 }
 
+/// Views of a list of owning modules, in order (what the merge functions take).
+template <class T>
+std::vector<lori::adapter_module_view<T>> views_of(const std::vector<lori::adapter_module<T>>& ms) {
+  std::vector<lori::adapter_module_view<T>> v;
+  for (const auto& m : ms) v.push_back(m.view());
+  return v;
+}
+
 }  // namespace merge_test
 
 #endif

@@ -20,12 +20,6 @@ std::vector<lori::adapter_module<T>> make_adapters(int d, int k, std::mt19937_64
   return {merge_test::random_module<T>(d, k, 3, 2.0, g), merge_test::random_module<T>(d, k, 1, 0.5, g),
           merge_test::random_module<T>(d, k, 5, 1.0, g)};
 }
-template <class T>
-std::vector<lori::adapter_module_view<T>> views_of(const std::vector<lori::adapter_module<T>>& ms) {
-  std::vector<lori::adapter_module_view<T>> v;
-  for (const auto& m : ms) v.push_back(m.view());
-  return v;
-}
 }  // namespace
 
 TEST_CASE_TEMPLATE("merge_into_base matches W + sum w_i s_i B_i A_i (float and double W)", T, float, double) {
@@ -44,7 +38,7 @@ TEST_CASE_TEMPLATE("merge_into_base matches W + sum w_i s_i B_i A_i (float and d
       opt.block_rows = rows;
       opt.block_cols = cols;
       opt.num_threads = threads;
-      lori::merge_into_base<T, T>(lori::view(Wm), views_of(ms), w, opt);
+      lori::merge_into_base<T, T>(lori::view(Wm), merge_test::views_of(ms), w, opt);
       // Per element: W + sum of R = 9 products in T, then one rounding: ~10 eps(T) relative to |W| + |dW|.
       const double tol = std::is_same_v<T, float> ? 2e-6 : 1e-14;
       INFO("d=" << d << " k=" << k << " block " << rows << "x" << cols << " threads " << threads);
@@ -68,7 +62,7 @@ TEST_CASE("merge_into_base: bf16 storage rounds once; double W with float adapte
   for (std::size_t i = 0; i < ms.size(); ++i) ref += w[i] * merge_test::delta(ms[i]);
   lori::merge_into_base_options opt;
   opt.block_cols = 8;
-  lori::merge_into_base<lori::bfloat16, float>(lori::row_major_view<lori::bfloat16>(Wb.data(), d, k), views_of(ms), w, opt);
+  lori::merge_into_base<lori::bfloat16, float>(lori::row_major_view<lori::bfloat16>(Wb.data(), d, k), merge_test::views_of(ms), w, opt);
   // Each element: float sum (error ~1e-6 relative) then one bf16 rounding: |err| <= 2^-8 |value| + tiny.
   int bad = 0;
   for (int i = 0; i < d; ++i)
@@ -81,7 +75,7 @@ TEST_CASE("merge_into_base: bf16 storage rounds once; double W with float adapte
   MatD Wd = W0.cast<double>();
   MatD refd = Wd;
   for (std::size_t i = 0; i < ms.size(); ++i) refd += w[i] * merge_test::delta(ms[i]);
-  lori::merge_into_base<double, float>(lori::view(Wd), views_of(ms), w, opt);
+  lori::merge_into_base<double, float>(lori::view(Wd), merge_test::views_of(ms), w, opt);
   CHECK(lori_test::rel_err(Wd, refd) <= 1e-6);
 }
 
@@ -95,9 +89,9 @@ TEST_CASE("merge_into_base is bitwise independent of the thread count") {
   auto W1 = W0, W4 = W0;
   lori::merge_into_base_options opt;
   opt.block_rows = 16;
-  lori::merge_into_base<float, float>(lori::view(W1), views_of(ms), w, opt);
+  lori::merge_into_base<float, float>(lori::view(W1), merge_test::views_of(ms), w, opt);
   opt.num_threads = 4;
-  lori::merge_into_base<float, float>(lori::view(W4), views_of(ms), w, opt);
+  lori::merge_into_base<float, float>(lori::view(W4), merge_test::views_of(ms), w, opt);
   CHECK(W1 == W4);
   CHECK(W1 != W0);
 }
@@ -108,12 +102,12 @@ TEST_CASE("merge_into_base reports bad arguments") {
   auto W = lori_test::randn<float>(6, 5, g);
   auto Wbad = lori_test::randn<float>(5, 6, g);
   const std::vector<double> w = {1, 1, 1};
-  CHECK_THROWS_AS((lori::merge_into_base<float, float>(lori::view(Wbad), views_of(ms), w)), lori::error);
-  CHECK_THROWS_AS((lori::merge_into_base<float, float>(lori::view(W), views_of(ms), {1.0})), lori::error);
-  CHECK_THROWS_AS((lori::merge_into_base<float, float>(lori::view(W), views_of(ms), {1.0, 1.0, INFINITY})), lori::error);
+  CHECK_THROWS_AS((lori::merge_into_base<float, float>(lori::view(Wbad), merge_test::views_of(ms), w)), lori::error);
+  CHECK_THROWS_AS((lori::merge_into_base<float, float>(lori::view(W), merge_test::views_of(ms), {1.0})), lori::error);
+  CHECK_THROWS_AS((lori::merge_into_base<float, float>(lori::view(W), merge_test::views_of(ms), {1.0, 1.0, INFINITY})), lori::error);
   lori::merge_into_base_options opt;
   opt.num_threads = 0;
-  CHECK_THROWS_AS((lori::merge_into_base<float, float>(lori::view(W), views_of(ms), w, opt)), lori::error);
+  CHECK_THROWS_AS((lori::merge_into_base<float, float>(lori::view(W), merge_test::views_of(ms), w, opt)), lori::error);
   const auto W0 = W;
   lori::merge_into_base<float, float>(lori::view(W), {}, {});  // nothing to add
   CHECK(W == W0);

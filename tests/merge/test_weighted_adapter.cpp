@@ -103,12 +103,6 @@ MatD best_rank(const MatD& M, Eigen::Index r) {
   return svd.matrixU().leftCols(r) * svd.singularValues().head(r).asDiagonal() * svd.matrixV().leftCols(r).transpose();
 }
 
-template <class T>
-std::vector<lori::adapter_module_view<T>> views_of(const std::vector<lori::adapter_module<T>>& ms) {
-  std::vector<lori::adapter_module_view<T>> v;
-  for (const auto& m : ms) v.push_back(m.view());
-  return v;
-}
 
 }  // namespace
 
@@ -122,7 +116,7 @@ TEST_CASE_TEMPLATE("cat merge concatenates w_i s_i A_i rows and B_i columns (mix
     const std::vector<double> w = {0.5, -0.3, 0.7};
     lori::merge_options opt;
     opt.type = lori::combination_type::cat;
-    const auto out = lori::merge_adapters<T>(views_of(ms), w, opt);
+    const auto out = lori::merge_adapters<T>(merge_test::views_of(ms), w, opt);
     CHECK(out.rank() == 8);
     CHECK(out.scaling == 1.0);
     CHECK_FALSE(out.b_mask.has_value());
@@ -164,12 +158,12 @@ TEST_CASE_TEMPLATE("linear, ties, dare_linear, dare_ties, magnitude_prune act on
         INFO(std::string(lori::to_string(type)) << " density=" << density << " d=" << dims.first << " k=" << dims.second);
         const bool dare = type == CT::dare_linear || type == CT::dare_ties;
         if (dare && density == 0.0) {
-          CHECK_THROWS_AS(lori::merge_adapters<T>(views_of(ms), w, opt), lori::error);
+          CHECK_THROWS_AS(lori::merge_adapters<T>(merge_test::views_of(ms), w, opt), lori::error);
           continue;
         }
         for (bool frequency : {false, true}) {
           opt.sign_method = frequency ? lori::majority_sign_method::frequency : lori::majority_sign_method::total;
-          const auto out = lori::merge_adapters<T>(views_of(ms), w, opt);
+          const auto out = lori::merge_adapters<T>(merge_test::views_of(ms), w, opt);
           const auto ref = ref_linear_family(type, ms, w, density, frequency, opt.seed, opt.stream);
           CHECK(out.rank() == r);
           CHECK(out.scaling == 1.0);
@@ -190,7 +184,7 @@ TEST_CASE_TEMPLATE("linear merge keeps the cross terms: B'A' = sum_ij b_i a_j B_
   const std::vector<double> w = {0.8, -0.4};
   lori::merge_options opt;
   opt.type = lori::combination_type::linear;
-  const auto out = lori::merge_adapters<T>(views_of(ms), w, opt);
+  const auto out = lori::merge_adapters<T>(merge_test::views_of(ms), w, opt);
   MatD expect = MatD::Zero(12, 10);
   for (int i = 0; i < 2; ++i)
     for (int j = 0; j < 2; ++j) {
@@ -224,10 +218,10 @@ TEST_CASE_TEMPLATE("svd family: truncated SVD of the merged full delta, orthonor
         INFO(std::string(lori::to_string(type)) << " density=" << density << " d=" << d << " k=" << k);
         const bool dare = type == CT::dare_linear_svd || type == CT::dare_ties_svd;
         if (dare && density == 0.0) {
-          CHECK_THROWS_AS(lori::merge_adapters<T>(views_of(ms), w, opt), lori::error);
+          CHECK_THROWS_AS(lori::merge_adapters<T>(merge_test::views_of(ms), w, opt), lori::error);
           continue;
         }
-        const auto out = lori::merge_adapters<T>(views_of(ms), w, opt);
+        const auto out = lori::merge_adapters<T>(merge_test::views_of(ms), w, opt);
         int rmax = 0;
         for (const auto& m : ms) rmax = std::max<int>(rmax, static_cast<int>(m.rank()));
         REQUIRE(out.rank() == rmax);
@@ -266,13 +260,13 @@ TEST_CASE_TEMPLATE("svd_rank and svd_clamp (torch.quantile with linear interpola
   lori::merge_options opt;
   opt.type = lori::combination_type::svd;
   opt.svd_rank = 6;
-  const auto full = lori::merge_adapters<T>(views_of(ms), w, opt);
+  const auto full = lori::merge_adapters<T>(merge_test::views_of(ms), w, opt);
   CHECK(full.rank() == 6);
   MatD dW = w[0] * merge_test::delta(ms[0]) + w[1] * merge_test::delta(ms[1]);
   CHECK(lori_test::rel_err(merge_test::to_d(full.B) * merge_test::to_d(full.A), best_rank(dW, 6)) <= (std::is_same_v<T, float> ? 2e-4 : 1e-10));
   for (double q : {0.0, 0.37, 0.9, 1.0}) {
     opt.svd_clamp = q;
-    const auto cl = lori::merge_adapters<T>(views_of(ms), w, opt);
+    const auto cl = lori::merge_adapters<T>(merge_test::views_of(ms), w, opt);
     std::vector<double> all = merge_test::flat(full.B);
     const auto fa = merge_test::flat(full.A);
     all.insert(all.end(), fa.begin(), fa.end());
@@ -301,7 +295,7 @@ TEST_CASE_TEMPLATE("LoRI-S masks: cat concatenates, the linear family takes the 
   const std::vector<double> w = {0.4, 0.4};
   lori::merge_options opt;
   opt.type = lori::combination_type::cat;
-  const auto c = lori::merge_adapters<T>(views_of(ms), w, opt);
+  const auto c = lori::merge_adapters<T>(merge_test::views_of(ms), w, opt);
   REQUIRE(c.b_mask.has_value());
   CHECK(c.b_mask->count() == ms[0].b_mask->count() + ms[1].b_mask->count());
   for (Eigen::Index i = 0; i < 30; ++i)
@@ -312,7 +306,7 @@ TEST_CASE_TEMPLATE("LoRI-S masks: cat concatenates, the linear family takes the 
   for (auto type : {lori::combination_type::linear, lori::combination_type::ties}) {
     opt.type = type;
     opt.density = 0.5;
-    const auto l = lori::merge_adapters<T>(views_of(ms), w, opt);
+    const auto l = lori::merge_adapters<T>(merge_test::views_of(ms), w, opt);
     REQUIRE(l.b_mask.has_value());
     lori::bitmask uni = *ms[0].b_mask;
     uni |= *ms[1].b_mask;
@@ -324,11 +318,11 @@ TEST_CASE_TEMPLATE("LoRI-S masks: cat concatenates, the linear family takes the 
     CHECK(zero_outside);
   }
   opt.type = lori::combination_type::svd;
-  CHECK_FALSE(lori::merge_adapters<T>(views_of(ms), w, opt).b_mask.has_value());
+  CHECK_FALSE(lori::merge_adapters<T>(merge_test::views_of(ms), w, opt).b_mask.has_value());
   // One masked, one dense: no mask on the result.
   ms[1].b_mask.reset();
   opt.type = lori::combination_type::cat;
-  CHECK_FALSE(lori::merge_adapters<T>(views_of(ms), w, opt).b_mask.has_value());
+  CHECK_FALSE(lori::merge_adapters<T>(merge_test::views_of(ms), w, opt).b_mask.has_value());
 }
 
 TEST_CASE("a single adapter is merged linearly whatever the type (as PEFT)") {
@@ -338,7 +332,7 @@ TEST_CASE("a single adapter is merged linearly whatever the type (as PEFT)") {
   for (auto type : {lori::combination_type::svd, lori::combination_type::cat, lori::combination_type::ties}) {
     lori::merge_options opt;
     opt.type = type;  // no density needed: it becomes linear
-    const auto out = lori::merge_adapters<double>(views_of(ms), {-0.5}, opt);
+    const auto out = lori::merge_adapters<double>(merge_test::views_of(ms), {-0.5}, opt);
     CHECK(lori_test::rel_err(out.A, merge_test::to_d(ms[0].A) * -1.0) <= 1e-15);  // sign(-1) sqrt(|-0.5 * 2|)
     CHECK(lori_test::rel_err(out.B, merge_test::to_d(ms[0].B) * 1.0) <= 1e-15);
   }
@@ -378,7 +372,7 @@ TEST_CASE("merge_adapters reports bad arguments") {
   auto g = lori_test::rng(29);
   std::vector<lori::adapter_module<double>> ms = {merge_test::random_module<double>(6, 5, 2, 2.0, g),
                                                   merge_test::random_module<double>(6, 5, 3, 2.0, g)};
-  auto v = views_of(ms);
+  auto v = merge_test::views_of(ms);
   lori::merge_options opt;
   opt.type = lori::combination_type::linear;
   CHECK_THROWS_AS(lori::merge_adapters<double>(v, {1.0, 1.0}, opt), lori::error);  // unequal ranks
@@ -402,7 +396,7 @@ TEST_CASE("merge_adapters reports bad arguments") {
   CHECK_THROWS_AS(lori::merge_adapters<double>(v, {1.0, 1.0}, opt), lori::error);
   opt.svd_clamp.reset();
   ms.push_back(merge_test::random_module<double>(7, 5, 2, 2.0, g));  // different d
-  CHECK_THROWS_AS(lori::merge_adapters<double>(views_of(ms), {1.0, 1.0, 1.0}, opt), lori::error);
+  CHECK_THROWS_AS(lori::merge_adapters<double>(merge_test::views_of(ms), {1.0, 1.0, 1.0}, opt), lori::error);
   lori::adapter_module<double> bad = ms[0];
   bad.b_mask = lori::bitmask(3, 3);
   CHECK_THROWS_AS(lori::merge_adapters<double>({bad.view(), ms[1].view()}, {1.0, 1.0}, opt), lori::error);
