@@ -4,8 +4,12 @@
 #include "lori/ops/forward.hpp"
 #include "ops_test_util.hpp"
 
+#include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <limits>
+#include <random>
+#include <vector>
 
 using namespace ops_test;
 
@@ -263,4 +267,89 @@ TEST_CASE("the dispatched projection gives a token the same bits alone or inside
     CHECK(same);
   }
 #endif
+}
+
+TEST_CASE("few-token sparse product: the AVX-512 path equals the scalar loop bit for bit and the double reference") {
+  LORI_TEST_SEED_INFO();
+  auto g = lori_test::rng(29);
+  // ops_sparse_times_tile for blocks of 1-3 tokens, allow_simd = true (AVX-512F rows-in-lanes kernel on
+  // CPUs that have it, float with 32-bit indices and r <= 32) against allow_simd = false (the scalar
+  // loop). Both must perform the same roundings, so they must agree bit for bit. Masks: d below, at and
+  // across the 16-row groups (tail rows take the scalar loop), r = 1, r not a multiple of 8, r = 32;
+  // empty and full masks; full rows of r = 4 (16 rows span exactly 64 entries: the widest group the
+  // kernel takes) and r = 5 (80 entries: the scalar fallback); and a hand-made mask with a few rows of
+  // 9-32 entries among empty rows (groups within 64 entries whose rows run past the 8 unrolled steps).
+  struct Case {
+    index_t d, r;
+    double keep;
+  };
+  const Case cases[] = {{0, 5, 0.5},  {1, 1, 1.0},  {15, 3, 0.5},  {16, 32, 0.1}, {17, 7, 0.3}, {33, 31, 0.1},
+                        {100, 32, 0.1}, {4096, 32, 0.1}, {64, 4, 1.0}, {64, 5, 1.0}, {48, 16, 0.0}, {40, 32, 1.0},
+                        {50, 11, 0.3}, {48, 32, -1.0}};
+  for (const Case& cs : cases) {
+    CAPTURE(cs.d);
+    CAPTURE(cs.r);
+    CAPTURE(cs.keep);
+    lori::bitmask mask(cs.d, cs.r);
+    if (cs.keep >= 0.0) {
+      mask = random_mask(cs.d, cs.r, cs.keep, g);
+    } else {  // long rows (9, 20, 32 entries) among empty ones
+      for (index_t c = 0; c < 9; ++c) mask.set(1, c);
+      for (index_t c = 0; c < 20; ++c) mask.set(18, c + 5);
+      for (index_t c = 0; c < 32; ++c) mask.set(40, c);
+      mask.set(41, 3);
+    }
+    RMd Bd;
+    const auto B = random_sparse<float>(mask, g, &Bd);
+    for (index_t tb = 1; tb <= 3; ++tb) {
+      CAPTURE(tb);
+      const RM<float> Hrm = randn_t<float>(tb, cs.r, g);
+      std::vector<float> Hc(static_cast<std::size_t>(tb * cs.r));  // column-major tb x r, as the forward holds it
+      for (index_t t = 0; t < tb; ++t)
+        for (index_t c = 0; c < cs.r; ++c) Hc[static_cast<std::size_t>(c * tb + t)] = Hrm(t, c);
+      const RM<float> Y0 = randn_t<float>(tb, cs.d + 3, g);  // 3 padding columns that must stay untouched
+      const float s = -0.75f;
+      RM<float> Y[2] = {Y0, Y0};
+      for (int simd = 0; simd < 2; ++simd)
+        lori::detail::ops_sparse_times_tile<float, std::int32_t>(Hc.data(), tb, B.view(), s, Y[simd].data(), cs.d + 3, nullptr, simd == 1);
+      CHECK(bitwise_equal(Y[0], Y[1]));
+      CHECK(bitwise_equal(RM<float>(Y[1].rightCols(3)), RM<float>(Y0.rightCols(3))));
+      // Reference: each entry adds at most r products to Y0; float error <= (r + 2) eps times the sum of
+      // absolute terms (sequential summation bound), with a factor 4 of margin.
+      const RMd Hd = Hrm.cast<double>();
+      const RMd ref = Y0.leftCols(cs.d).cast<double>() + static_cast<double>(s) * Hd * Bd.transpose();
+      const RMd abs = Y0.leftCols(cs.d).cast<double>().cwiseAbs() + 0.75 * Hd.cwiseAbs() * Bd.cwiseAbs().transpose();
+      CHECK(within(RM<float>(Y[1].leftCols(cs.d)), ref, abs, 4.0 * static_cast<double>(cs.r + 2) * eps<float>()));
+    }
+  }
+}
+
+TEST_CASE("few-token sparse product leaves rows of B without entries untouched on every path") {
+  LORI_TEST_SEED_INFO();
+  auto g = lori_test::rng(30);
+  // s = inf: any operation on a row without entries (y += s * 0) would turn it into NaN. Y holds -0.0
+  // there (y + 0 would turn it into +0).
+  const index_t d = 70, r = 32;
+  lori::bitmask mask(d, r);  // every 4th row empty, the others ~10 % kept
+  std::bernoulli_distribution keep(0.1);
+  for (index_t j = 0; j < d; ++j)
+    for (index_t c = 0; c < r; ++c)
+      if (j % 4 != 0 && keep(g)) mask.set(j, c);
+  const auto B = random_sparse<float>(mask, g);
+  const auto Bv = B.view();
+  const RM<float> H = randn_t<float>(1, r, g);
+  for (int simd = 0; simd < 2; ++simd) {
+    RM<float> Y = RM<float>::Constant(1, d, -0.0f);
+    lori::detail::ops_sparse_times_tile<float, std::int32_t>(H.data(), 1, Bv, std::numeric_limits<float>::infinity(), Y.data(), d, nullptr,
+                                                             simd == 1);
+    index_t empty = 0;
+    bool untouched = true;
+    for (index_t j = 0; j < d; ++j) {
+      if (Bv.row_ptr[j] != Bv.row_ptr[j + 1]) continue;
+      ++empty;
+      untouched = untouched && std::signbit(Y(0, j)) && Y(0, j) == 0.0f;
+    }
+    CHECK(empty > 0);
+    CHECK(untouched);
+  }
 }

@@ -34,6 +34,7 @@
 #endif
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <type_traits>
 #include <vector>
@@ -75,63 +76,17 @@ void ops_check_csr(const csr_view<T, Index>& B, bool need_values, const char* ms
 /// Token lanes kept in registers by the sparse product (16 floats = 4 SSE / 2 AVX registers).
 inline constexpr index_t kTileLanes = 16;
 
-/// Sparse product for one token block:
-///   Y[t, j] += s * sum_{p in row j of B} val[p] * H[t, col[p]]       for t < tb, j < d
-/// Hc is the block's H column-major (tb x r, leading dimension tb); Y rows start at y0 with leading
-/// dimension ldy. `Ht` is scratch of r * kTokenBlock elements. Each (t, j) sums its row's entries in
-/// ascending p, the same arithmetic for every t: results do not depend on tb or on the thread count.
+/// One token, rows [j_begin, j_end) of B, scalar: y[j] += s * (sum over row j's entries, ascending p, of
+/// val[p] * h[col[p] * hstride]); rows without entries are left untouched.
 template <class T, class Index>
-void ops_sparse_times_tile(const T* LORI_RESTRICT Hc, index_t tb, const csr_view<const T, Index>& B, T s,
-                           T* LORI_RESTRICT y0, index_t ldy, T* LORI_RESTRICT Ht) {
-  const index_t d = B.rows, r = B.cols;
-  const Index* LORI_RESTRICT rp = B.row_ptr;
-  const Index* LORI_RESTRICT ci = B.col_idx;
-  const T* LORI_RESTRICT val = B.values;
-  if (tb < 4) {
-    // Few tokens: one row of H at a time, a short gather per row of B.
-    for (index_t t = 0; t < tb; ++t) {
-      T* LORI_RESTRICT y = y0 + t * ldy;
-      for (index_t j = 0; j < d; ++j) {
-        const index_t pb = rp[j], pe = rp[j + 1];
-        if (pb == pe) continue;
-        T acc = T{0};
-        for (index_t p = pb; p < pe; ++p) acc += val[p] * Hc[static_cast<index_t>(ci[p]) * tb + t];
-        y[j] += s * acc;
-      }
-    }
-    return;
-  }
-  // H transposed into whole lanes (r x kTokenBlock), zero-padded past tb.
-  const index_t tw_end = (tb + kTileLanes - 1) / kTileLanes * kTileLanes;
-  for (index_t c = 0; c < r; ++c) {
-    for (index_t t = 0; t < tb; ++t) Ht[c * kTokenBlock + t] = Hc[c * tb + t];
-    for (index_t t = tb; t < tw_end; ++t) Ht[c * kTokenBlock + t] = T{0};
-  }
-  // Outer loop over groups of 16 tokens so that the write-back touches 16 rows of Y at a time (few
-  // enough concurrent streams for the hardware prefetchers), inner over chunks of kRowChunk rows of B.
-  constexpr index_t JC = kRowChunk;
-  alignas(64) T tile[JC * kTileLanes];
-  for (index_t tw = 0; tw < tw_end; tw += kTileLanes) {
-    const index_t tn = std::min(kTileLanes, tb - tw);
-    for (index_t j0 = 0; j0 < d; j0 += JC) {
-      const index_t jc = std::min(JC, d - j0);
-      if (rp[j0] == rp[j0 + jc]) continue;
-      for (index_t jj = 0; jj < jc; ++jj) {
-        const index_t pb = rp[j0 + jj], pe = rp[j0 + jj + 1];
-        T a[kTileLanes];
-        for (index_t l = 0; l < kTileLanes; ++l) a[l] = T{0};
-        for (index_t p = pb; p < pe; ++p) {
-          const T v = val[p];
-          const T* LORI_RESTRICT h = Ht + static_cast<index_t>(ci[p]) * kTokenBlock + tw;
-          for (index_t l = 0; l < kTileLanes; ++l) a[l] += v * h[l];
-        }
-        for (index_t l = 0; l < kTileLanes; ++l) tile[jj * kTileLanes + l] = a[l];
-      }
-      for (index_t t = 0; t < tn; ++t) {
-        T* LORI_RESTRICT y = y0 + (tw + t) * ldy + j0;
-        for (index_t jj = 0; jj < jc; ++jj) y[jj] += s * tile[jj * kTileLanes + t];
-      }
-    }
+void ops_sparse_rows_token(const T* LORI_RESTRICT h, index_t hstride, const Index* LORI_RESTRICT rp, const Index* LORI_RESTRICT ci,
+                           const T* LORI_RESTRICT val, index_t j_begin, index_t j_end, T s, T* LORI_RESTRICT y) {
+  for (index_t j = j_begin; j < j_end; ++j) {
+    const index_t pb = rp[j], pe = rp[j + 1];
+    if (pb == pe) continue;
+    T acc = T{0};
+    for (index_t p = pb; p < pe; ++p) acc += val[p] * h[static_cast<index_t>(ci[p]) * hstride];
+    y[j] += s * acc;
   }
 }
 
@@ -192,7 +147,8 @@ LORI_OPS_AVX2_ATTRIBUTES inline void ops_project_tile_at_avx2(const float* X, in
 }
 
 /// Scratch floats ops_project_avx2 needs for tb tokens and r rows of A.
-inline index_t ops_project_scratch(index_t tb, index_t r) noexcept { return tb * r * 8 + r * kProjectChunk; }
+/// (Blocks of fewer than 4 tokens read A in place and need no panel.)
+inline index_t ops_project_scratch(index_t tb, index_t r) noexcept { return tb * r * 8 + (tb >= 4 ? r * kProjectChunk : 0); }
 
 /// Hc (tb x r, column-major, leading dimension tb) = X rows * A^T with AVX2+FMA. H[t, c] is, for every
 /// t, c, tb and thread count: 8 lane sums over k < k8 = k - k mod 8 (FMA, ascending k), added as in
@@ -248,9 +204,174 @@ LORI_OPS_AVX2_ATTRIBUTES inline void ops_project_avx2(const float* X, index_t ld
     }
   }
 }
+
+/// ops_sparse_rows_token kept out of line, for the AVX-512 kernel's fallback rows: inlined into a function
+/// compiled for AVX-512 (which implies FMA), GCC would contract its multiply-add into an FMA
+/// (-ffp-contract=fast is its default) and round differently from the other paths.
+template <class T, class Index>
+__attribute__((noinline)) void ops_sparse_rows_token_outlined(const T* h, const Index* rp, const Index* ci, const T* val, index_t j_begin,
+                                                              index_t j_end, T s, T* y) {
+  ops_sparse_rows_token(h, index_t{1}, rp, ci, val, j_begin, j_end, s, y);
+}
+
+#define LORI_OPS_AVX512_ATTRIBUTES __attribute__((target("avx512f")))
+
+inline bool ops_cpu_has_avx512f() noexcept {
+  static const bool has = __builtin_cpu_supports("avx512f");
+  return has;
+}
+
+/// Mask of the first `count` lanes of 16 (count clamped to [0, 16]), without branches.
+inline __mmask16 ops_first_lanes16(index_t count) noexcept {
+  const unsigned c = static_cast<unsigned>(std::min<index_t>(std::max<index_t>(count, 0), 16));
+  return static_cast<__mmask16>((1u << c) - 1u);
+}
+
+/// Step e of ops_sparse_token_avx512: lanes with more than e entries (len > e) add the product at
+/// position off + e of the 64-entry table t.
+template <int E>
+LORI_OPS_AVX512_ATTRIBUTES __attribute__((always_inline)) inline void ops_sparse_step_avx512(const __m512 (&t)[4], __m512i off, __m512i len,
+                                                                                          __m512& acc) noexcept {
+  const __m512i e = _mm512_set1_epi32(E);
+  const __m512i idx = _mm512_add_epi32(off, e);
+  const __m512 lo = _mm512_permutex2var_ps(t[0], idx, t[1]);
+  const __m512 hi = _mm512_permutex2var_ps(t[2], idx, t[3]);
+  const __m512 v = _mm512_mask_blend_ps(_mm512_test_epi32_mask(idx, _mm512_set1_epi32(32)), lo, hi);
+  acc = _mm512_mask_add_ps(acc, _mm512_cmpgt_epi32_mask(len, e), acc, v);
+}
+
+/// One token's sparse product with AVX-512F, r <= 32 (h: r floats) and 32-bit CSR indices:
+///   y[j] += s * acc_j,   acc_j = ((+0 + val[p0] * h[col[p0]]) + val[p1] * h[col[p1]]) + ...
+/// over row j's entries in ascending p, each product and each sum rounded: the very operations of the
+/// scalar loop, so the bits are the same. 16 rows of B sit in the 16 lanes; their entries (at most 64
+/// positions for the group) are multiplied by h once into 4 registers (h looked up with vpermt2ps), then
+/// lane j adds its e-th product at step e (two vpermt2ps and a blend pick it, a masked add keeps rows
+/// that have ended), 8 steps unconditionally and more only if a row of the group is longer. No branch
+/// depends on a single row's length. Rows without entries are left untouched. A group whose entries
+/// span more than 64 positions (rows far denser than 10 % of 32) and the last d mod 16 rows take the
+/// scalar loop.
+LORI_OPS_AVX512_ATTRIBUTES inline void ops_sparse_token_avx512(const float* h, index_t r, const std::int32_t* rp, const std::int32_t* ci,
+                                                               const float* val, index_t d, float s, float* y) noexcept {
+  const __m512 hlo = _mm512_maskz_loadu_ps(ops_first_lanes16(r), h);
+  const __m512 hhi = _mm512_maskz_loadu_ps(ops_first_lanes16(r - 16), h + 16);
+  const __m512 sv = _mm512_set1_ps(s);
+  const __m512i zero = _mm512_setzero_si512();
+  index_t j0 = 0;
+  for (; j0 + 16 <= d; j0 += 16) {
+    const index_t base = rp[j0], span = static_cast<index_t>(rp[j0 + 16]) - base;
+    if (span == 0) continue;
+    if (span > 64) {
+      ops_sparse_rows_token_outlined(h, rp, ci, val, j0, j0 + 16, s, y);
+      continue;
+    }
+    __m512 t[4];
+    for (int q = 0; q < 4; ++q) {
+      const __mmask16 m = ops_first_lanes16(span - 16 * q);
+      const __m512i c = _mm512_maskz_loadu_epi32(m, ci + base + 16 * q);
+      t[q] = _mm512_maskz_mul_ps(m, _mm512_maskz_loadu_ps(m, val + base + 16 * q), _mm512_permutex2var_ps(hlo, c, hhi));
+    }
+    const __m512i o = _mm512_loadu_si512(rp + j0);
+    __m512i len = _mm512_sub_epi32(_mm512_loadu_si512(rp + j0 + 1), o);
+    __m512i off = _mm512_sub_epi32(o, _mm512_set1_epi32(static_cast<int>(base)));
+    const __mmask16 nonempty = _mm512_cmpgt_epi32_mask(len, zero);
+    __m512 acc = _mm512_setzero_ps();
+    ops_sparse_step_avx512<0>(t, off, len, acc);
+    ops_sparse_step_avx512<1>(t, off, len, acc);
+    ops_sparse_step_avx512<2>(t, off, len, acc);
+    ops_sparse_step_avx512<3>(t, off, len, acc);
+    ops_sparse_step_avx512<4>(t, off, len, acc);
+    ops_sparse_step_avx512<5>(t, off, len, acc);
+    ops_sparse_step_avx512<6>(t, off, len, acc);
+    ops_sparse_step_avx512<7>(t, off, len, acc);
+    // Rows longer than 8 (rare at 10 % of r = 32): continue 8 entries further along.
+    while (_mm512_cmpgt_epi32_mask(len, _mm512_set1_epi32(8)) != 0) {
+      off = _mm512_add_epi32(off, _mm512_set1_epi32(8));
+      len = _mm512_sub_epi32(len, _mm512_set1_epi32(8));
+      ops_sparse_step_avx512<0>(t, off, len, acc);
+      ops_sparse_step_avx512<1>(t, off, len, acc);
+      ops_sparse_step_avx512<2>(t, off, len, acc);
+      ops_sparse_step_avx512<3>(t, off, len, acc);
+      ops_sparse_step_avx512<4>(t, off, len, acc);
+      ops_sparse_step_avx512<5>(t, off, len, acc);
+      ops_sparse_step_avx512<6>(t, off, len, acc);
+      ops_sparse_step_avx512<7>(t, off, len, acc);
+    }
+    const __m512 yv = _mm512_loadu_ps(y + j0);
+    _mm512_storeu_ps(y + j0, _mm512_mask_add_ps(yv, nonempty, yv, _mm512_mul_ps(sv, acc)));
+  }
+  if (j0 < d) ops_sparse_rows_token_outlined(h, rp, ci, val, j0, d, s, y);
+}
 #endif
 
 inline namespace LORI_OPS_ABI_NAMESPACE {
+
+/// Sparse product for one token block:
+///   Y[t, j] += s * sum_{p in row j of B} val[p] * H[t, col[p]]       for t < tb, j < d
+/// Hc is the block's H column-major (tb x r, leading dimension tb); Y rows start at y0 with leading
+/// dimension ldy. `Ht` is scratch of r * kTokenBlock elements. Each (t, j) sums its row's entries in
+/// ascending p (acc = +0, then acc += val * h, product and sum each rounded), the same arithmetic for
+/// every t and on every path (scalar, 16-lane tile, AVX-512 rows-in-lanes for blocks of fewer than 4
+/// float tokens when allow_simd): results do not depend on tb, the path or the thread count.
+template <class T, class Index>
+void ops_sparse_times_tile(const T* LORI_RESTRICT Hc, index_t tb, const csr_view<const T, Index>& B, T s,
+                           T* LORI_RESTRICT y0, index_t ldy, T* LORI_RESTRICT Ht, bool allow_simd = true) {
+  const index_t d = B.rows, r = B.cols;
+  const Index* LORI_RESTRICT rp = B.row_ptr;
+  const Index* LORI_RESTRICT ci = B.col_idx;
+  const T* LORI_RESTRICT val = B.values;
+  if (tb < 4) {
+    // Few tokens: one row of H at a time.
+#if LORI_OPS_X86_DISPATCH
+    if constexpr (std::is_same_v<T, float> && std::is_same_v<Index, std::int32_t>) {
+      if (allow_simd && r <= 32 && ops_cpu_has_avx512f()) {
+        alignas(64) float h[32];
+        for (index_t t = 0; t < tb; ++t) {
+          for (index_t c = 0; c < r; ++c) h[c] = Hc[c * tb + t];
+          ops_sparse_token_avx512(h, r, rp, ci, val, d, s, y0 + t * ldy);
+        }
+        return;
+      }
+    }
+#else
+    (void)allow_simd;
+#endif
+    for (index_t t = 0; t < tb; ++t) ops_sparse_rows_token(Hc + t, tb, rp, ci, val, index_t{0}, d, s, y0 + t * ldy);
+    return;
+  }
+  // H transposed into whole lanes (r x kTokenBlock), zero-padded past tb.
+  const index_t tw_end = (tb + kTileLanes - 1) / kTileLanes * kTileLanes;
+  for (index_t c = 0; c < r; ++c) {
+    for (index_t t = 0; t < tb; ++t) Ht[c * kTokenBlock + t] = Hc[c * tb + t];
+    for (index_t t = tb; t < tw_end; ++t) Ht[c * kTokenBlock + t] = T{0};
+  }
+  // Outer loop over groups of 16 tokens so that the write-back touches 16 rows of Y at a time (few
+  // enough concurrent streams for the hardware prefetchers), inner over chunks of kRowChunk rows of B.
+  constexpr index_t JC = kRowChunk;
+  alignas(64) T tile[JC * kTileLanes];
+  for (index_t tw = 0; tw < tw_end; tw += kTileLanes) {
+    const index_t tn = std::min(kTileLanes, tb - tw);
+    for (index_t j0 = 0; j0 < d; j0 += JC) {
+      const index_t jc = std::min(JC, d - j0);
+      if (rp[j0] == rp[j0 + jc]) continue;
+      for (index_t jj = 0; jj < jc; ++jj) {
+        const index_t pb = rp[j0 + jj], pe = rp[j0 + jj + 1];
+        T a[kTileLanes];
+        for (index_t l = 0; l < kTileLanes; ++l) a[l] = T{0};
+        for (index_t p = pb; p < pe; ++p) {
+          const T v = val[p];
+          const T* LORI_RESTRICT h = Ht + static_cast<index_t>(ci[p]) * kTokenBlock + tw;
+          for (index_t l = 0; l < kTileLanes; ++l) a[l] += v * h[l];
+        }
+        for (index_t l = 0; l < kTileLanes; ++l) tile[jj * kTileLanes + l] = a[l];
+      }
+      for (index_t t = 0; t < tn; ++t) {
+        T* LORI_RESTRICT y = y0 + (tw + t) * ldy + j0;
+        for (index_t jj = 0; jj < jc; ++jj) y[jj] += s * tile[jj * kTileLanes + t];
+      }
+    }
+  }
+}
+
 
 /// H block (tb x r) = X block * A^T into a column-major tb x r buffer (= Ht, r x tb row-major).
 /// float on x86-64 with AVX2+FMA (and allow_simd): ops_project_avx2, else Eigen's GEMM. `scratch`:

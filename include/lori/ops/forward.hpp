@@ -121,7 +121,7 @@ void ops_forward_sparse_impl(const row_major_view<const T>& X, const row_major_v
       if (W) ops_base_block(X, *W, bias, i0, tb, Yb);
       ops_project_block(X, i0, tb, A, Hc, scratch, allow_simd);
       ops_store_h(Hc, i0, H_out);
-      if (r > 0 && d > 0) ops_sparse_times_tile(Hc.data(), tb, B, s, Y.row(i0), Y.ld(), Ht.data());
+      if (r > 0 && d > 0) ops_sparse_times_tile(Hc.data(), tb, B, s, Y.row(i0), Y.ld(), Ht.data(), allow_simd);
     }
   });
 }
