@@ -87,18 +87,24 @@ TEST_CASE_TEMPLATE("input_grad and dense gradients match double references", T, 
     const RMd dA_ref = 1.25 * GB.transpose() * X.template cast<double>();
     // Sums of d + d*r*... products: bound by (d + r + n) eps, relative.
     const double tol = 4.0 * static_cast<double>(sh.d + sh.r + sh.n + 1) * eps<T>();
+    // dX = G W + s (G B) A adds two products that can cancel (e.g. n = k = d = r = 1, where dX is one
+    // scalar g w + s g b a): the float error is bounded relative to the same sum of absolute terms, not
+    // to |dX|, so the whole-layer dX is checked against that (the same bound as the forward tests).
+    const RMd dX_abs = Gd.cwiseAbs() * W.template cast<double>().cwiseAbs() +
+                       1.25 * (Gd.cwiseAbs() * Bd.cwiseAbs()) * A.template cast<double>().cwiseAbs();
+    auto within_abs = [&](const RM<T>& M) { return (M.template cast<double>() - dX_full).norm() <= tol * dX_abs.norm(); };
     for (int threads : {1, 3}) {
       RM<T> dX = RM<T>::Constant(sh.n, sh.k, std::numeric_limits<T>::quiet_NaN());
       lori::input_grad(lori::view(G), lori::view(W), lori::view(A), B.view(), 1.25, lori::view(dX), threads);
       CHECK_FALSE(dX.hasNaN());
-      CHECK(lori_test::rel_err(dX, dX_full) <= tol);
+      CHECK(within_abs(dX));
       RM<T> dXa = RM<T>::Constant(sh.n, sh.k, std::numeric_limits<T>::quiet_NaN());
       lori::input_grad(lori::view(G), lori::row_major_view<const T>(), lori::view(A), B.view(), 1.25, lori::view(dXa), threads);
       CHECK_FALSE(dXa.hasNaN());
       CHECK(lori_test::rel_err(dXa, dX_adapter) <= tol);
       RM<T> dXd = RM<T>::Constant(sh.n, sh.k, std::numeric_limits<T>::quiet_NaN());
       lori::input_grad_dense(lori::view(G), lori::view(W), lori::view(A), lori::view(Bt), 1.25, lori::view(dXd), threads);
-      CHECK(lori_test::rel_err(dXd, dX_full) <= tol);
+      CHECK(within_abs(dXd));
       RM<T> dA = RM<T>::Constant(sh.r, sh.k, std::numeric_limits<T>::quiet_NaN());
       lori::dense_grad_A(lori::view(G), lori::view(X), lori::view(Bt), 1.25, lori::view(dA), threads);
       CHECK_FALSE(dA.hasNaN());
