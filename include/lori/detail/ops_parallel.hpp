@@ -1,11 +1,14 @@
 // Private: the static partitioning every lori CPU kernel uses for threads.
 //
 // Work is cut into a FIXED sequence of blocks whose boundaries depend only on the problem size (never
-// on the thread count); threads take contiguous runs of whole blocks. Every output element is computed
-// by exactly one block with the same arithmetic in the same order, so results are bitwise identical
-// for any thread count. Threads are std::thread, started per call and joined before returning (no
-// pool, no global state); the calling thread does the first share. Exceptions thrown by a worker are
-// re-thrown on the calling thread after all workers have joined.
+// on the thread count). Every output element is computed by exactly one block with the same arithmetic
+// in the same order, whichever thread runs it, so results are bitwise identical for any thread count
+// and any schedule. Threads are std::thread, started per call and joined before returning (no pool, no
+// global state); the calling thread works too. Blocks are handed out dynamically, in runs of a few
+// blocks from a shared atomic counter: a thread that is slowed down (a core shared with another
+// process, a vCPU descheduled by the hypervisor) simply takes fewer runs instead of holding everyone
+// up at the join, which a static split does. Exceptions thrown by a worker are re-thrown on the
+// calling thread after all workers have joined (the others stop taking new runs).
 #ifndef LORI_DETAIL_OPS_PARALLEL_HPP
 #define LORI_DETAIL_OPS_PARALLEL_HPP
 
@@ -14,6 +17,7 @@
 #include "lori/error.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <exception>
 #include <thread>
 #include <vector>
@@ -28,7 +32,9 @@ inline int ops_useful_threads(int threads, double work, double min_work) noexcep
   return cap < static_cast<double>(threads) ? static_cast<int>(cap) : threads;
 }
 
-/// Calls f(block_begin, block_end) over [0, nblocks) split into `threads` contiguous runs.
+/// Calls f(block_begin, block_end) on runs of consecutive blocks covering [0, nblocks) exactly once,
+/// on up to `threads` threads. Runs are ~nblocks / (8 threads) blocks long (at least 1), so f should keep
+/// its per-call setup small next to a run's work.
 template <class F>
 void ops_parallel_blocks(index_t nblocks, int threads, F&& f) {
   if (nblocks <= 0) return;
@@ -37,15 +43,22 @@ void ops_parallel_blocks(index_t nblocks, int threads, F&& f) {
     f(index_t{0}, nblocks);
     return;
   }
+  const index_t grain = std::max<index_t>(1, nblocks / (8 * t));
+  std::atomic<index_t> next{0};
+  std::atomic<bool> failed{false};
   std::vector<std::exception_ptr> errors(static_cast<std::size_t>(t));
   std::vector<std::thread> workers;
   workers.reserve(static_cast<std::size_t>(t - 1));
   auto run = [&](index_t w) {
-    const index_t b = nblocks * w / t, e = nblocks * (w + 1) / t;
     try {
-      if (b < e) f(b, e);
+      while (!failed.load(std::memory_order_relaxed)) {
+        const index_t b = next.fetch_add(grain, std::memory_order_relaxed);
+        if (b >= nblocks) break;
+        f(b, std::min(nblocks, b + grain));
+      }
     } catch (...) {
       errors[static_cast<std::size_t>(w)] = std::current_exception();
+      failed.store(true, std::memory_order_relaxed);
     }
   };
   for (index_t w = 1; w < t; ++w) workers.emplace_back(run, w);
