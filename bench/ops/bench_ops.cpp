@@ -95,6 +95,40 @@ void BM_forward_adapter_baseline_dense(benchmark::State& state) {
   state.SetBytesProcessed(state.iterations() * n * (kK + 2 * kD) * static_cast<int64_t>(sizeof(float)));
 }
 
+// The memory floor of any forward at large n: X (n x k) read once and Y (n x d) read and written once
+// (here: Y[i, :] += sum of X[i, :]). Rows split statically over `threads` std::threads.
+void BM_forward_adapter_floor_stream(benchmark::State& state) {
+  const auto n = state.range(0);
+  const int threads = static_cast<int>(state.range(1));
+  const RM X = randn(n, kK, 1);
+  RM Y = RM::Zero(n, kD);
+  auto body = [&](lori::index_t b, lori::index_t e) {
+    for (lori::index_t i = b; i < e; ++i) {
+      const float* x = X.data() + i * kK;
+      float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+      for (lori::index_t c = 0; c + 8 <= kK; c += 8)
+        for (int l = 0; l < 8; ++l) acc[l] += x[c + l];
+      const float sum = ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
+      float* y = Y.data() + i * kD;
+      for (lori::index_t j = 0; j < kD; ++j) y[j] += sum;
+    }
+  };
+  for (auto _ : state) {
+    if (threads <= 1) {
+      body(0, n);
+    } else {
+      std::vector<std::thread> th;
+      for (int w = 1; w < threads; ++w) th.emplace_back(body, n * w / threads, n * (w + 1) / threads);
+      body(0, n / threads);
+      for (auto& x : th) x.join();
+    }
+    benchmark::DoNotOptimize(Y.data());
+    benchmark::ClobberMemory();
+  }
+  state.SetItemsProcessed(state.iterations() * n);
+  state.SetBytesProcessed(state.iterations() * n * (kK + 2 * kD) * static_cast<int64_t>(sizeof(float)));
+}
+
 // ---- masked dL/dB: s (G^T H) at the mask -------------------------------------------------------
 void BM_masked_grad_B(benchmark::State& state) {
   const auto& P = problem();
@@ -305,6 +339,7 @@ void step_args(benchmark::internal::Benchmark* b) {
 
 BENCHMARK(BM_forward_adapter)->Apply(token_args);
 BENCHMARK(BM_forward_adapter_baseline_dense)->Apply(token_args);
+BENCHMARK(BM_forward_adapter_floor_stream)->Apply(token_args);
 BENCHMARK(BM_forward_adapter_decode_layers)->Args({1, 1})->ArgNames({"n", "threads"})->Unit(benchmark::kMicrosecond)->UseRealTime();
 BENCHMARK(BM_forward_adapter_decode_layers_baseline_dense)->Args({1, 1})->ArgNames({"n", "threads"})->Unit(benchmark::kMicrosecond)->UseRealTime();
 BENCHMARK(BM_masked_grad_B)->Apply(token_args);
