@@ -6,6 +6,7 @@
 #include "lori/sparse/convert.hpp"
 #include "ops_test_util.hpp"
 
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -255,4 +256,34 @@ TEST_CASE("optimizers reject bad hyperparameters and size mismatches") {
   CHECK_THROWS_AS(lori::clip_grad_norm(pv, -1.0), lori::error);
   CHECK_THROWS_AS(lori::clip_grad_norm(pv, std::nan("")), lori::error);
   CHECK_THROWS_AS(lori::clip_grad_norm(pv, 1.0, false, 0), lori::error);
+}
+
+TEST_CASE("ops_parallel_blocks runs every block exactly once and re-throws a worker's exception") {
+  // The dynamic hand-out (runs of ~nblocks / 8t blocks from an atomic counter) must cover [0, nblocks)
+  // exactly once for any thread count, including more threads than blocks.
+  for (index_t nblocks : {index_t{0}, index_t{1}, index_t{2}, index_t{7}, index_t{16}, index_t{64}, index_t{1001}}) {
+    for (int threads : {1, 2, 3, 8}) {
+      CAPTURE(nblocks);
+      CAPTURE(threads);
+      std::vector<std::atomic<int>> hits(static_cast<std::size_t>(nblocks));
+      for (auto& h : hits) h.store(0);
+      std::atomic<bool> bad_range{false};
+      lori::detail::ops_parallel_blocks(nblocks, threads, [&](index_t b0, index_t b1) {
+        if (!(0 <= b0 && b0 < b1 && b1 <= nblocks)) bad_range.store(true);
+        for (index_t b = b0; b < b1 && b < nblocks && b >= 0; ++b) hits[static_cast<std::size_t>(b)].fetch_add(1);
+      });
+      CHECK_FALSE(bad_range.load());
+      bool once = true;
+      for (auto& h : hits) once = once && h.load() == 1;
+      CHECK(once);
+    }
+  }
+  // An exception in any block reaches the caller after all threads have joined.
+  for (int threads : {1, 2, 3}) {
+    CHECK_THROWS_AS(lori::detail::ops_parallel_blocks(index_t{50}, threads,
+                                                      [&](index_t b0, index_t b1) {
+                                                        if (b0 <= 37 && 37 < b1) throw lori::error("block 37");
+                                                      }),
+                    lori::error);
+  }
 }
