@@ -15,10 +15,11 @@
 // hand-written FMA kernel picked at run time, one summation order per element whatever the block; else
 // Eigen's GEMM); the sparse second product is
 // n*nnz(B) multiply-adds instead of n*d*r, computed on a transposed 64-token tile so its inner loops are
-// vectorized over tokens. Y is read and written once.
+// vectorized over tokens (blocks of 1-3 float tokens on CPUs with AVX-512F: 16 rows of B per vector,
+// same roundings). Y is read and written once.
 //
-// Threads: `threads` >= 1 std::threads share the fixed 64-token blocks statically (no pool, no global
-// state); results are bitwise identical for every thread count. Eigen must run single-threaded inside
+// Threads: `threads` >= 1 std::threads take runs of the fixed 64-token blocks from a shared counter (no
+// pool, no global state); results are bitwise identical for every thread count. Eigen must run single-threaded inside
 // (it does unless the program is built with OpenMP and Eigen::nbThreads() > 1).
 // Outputs must not alias inputs. The element type T is deduced from the output Y alone (the inputs'
 // parameter types are non-deduced), so inputs may be mutable or const views and the scale any number.
