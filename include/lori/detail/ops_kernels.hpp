@@ -264,6 +264,13 @@ LORI_OPS_AVX512_ATTRIBUTES inline void ops_sparse_token_avx512(const float* h, i
       ops_sparse_rows_token_outlined(h, rp, ci, val, j0, j0 + 16, s, y);
       continue;
     }
+    // B streams from L3 or memory when many layers are decoded in turn: prefetch ~4 groups ahead (the
+    // table loads below depend on rp, which the hardware prefetchers do not look through).
+    for (int q = 0; q < 4; ++q) {
+      _mm_prefetch(reinterpret_cast<const char*>(ci + base + 256 + 16 * q), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(val + base + 256 + 16 * q), _MM_HINT_T0);
+    }
+    _mm_prefetch(reinterpret_cast<const char*>(rp + j0 + 80), _MM_HINT_T0);
     __m512 t[4];
     for (int q = 0; q < 4; ++q) {
       const __mmask16 m = ops_first_lanes16(span - 16 * q);
@@ -311,7 +318,9 @@ inline namespace LORI_OPS_ABI_NAMESPACE {
 /// dimension ldy. `Ht` is scratch of r * kTokenBlock elements. Each (t, j) sums its row's entries in
 /// ascending p (acc = +0, then acc += val * h, product and sum each rounded), the same arithmetic for
 /// every t and on every path (scalar, 16-lane tile, AVX-512 rows-in-lanes for blocks of fewer than 4
-/// float tokens when allow_simd): results do not depend on tb, the path or the thread count.
+/// float tokens when allow_simd): results do not depend on tb, the path or the thread count. (One
+/// exception: the tile adds s * 0 to rows without entries inside a 64-row chunk that has some, while
+/// the few-token paths leave them untouched; this differs only for y = -0 or a non-finite s.)
 template <class T, class Index>
 void ops_sparse_times_tile(const T* LORI_RESTRICT Hc, index_t tb, const csr_view<const T, Index>& B, T s,
                            T* LORI_RESTRICT y0, index_t ldy, T* LORI_RESTRICT Ht, bool allow_simd = true) {
