@@ -11,9 +11,10 @@ restarts from scratch): f(x) = exp(-x^2/2) on x >= 0, N = 256 layers of equal ar
   layer L >= 1:   [0, X_L] x [f(X_L), f(X_{L-1})], X_255 = r, X_0 = 0 (f(X_0) = 1), area v each:
                   f(X_{L-1}) = f(X_L) + v / X_L.
 r solves the closure f(X_1) + v / X_1 = 1 (bisection in 60-digit arithmetic).
-Every value is computed with mpmath at 60 significant digits, then rounded once to binary32 (round to
-nearest even, through Python's float -> struct 'f' packing of the correctly rounded double... which is
-double rounding; so we round directly from the mpmath value instead, see to_f32).
+Every value is computed with mpmath at 60 significant digits and rounded ONCE to binary32 (to nearest,
+ties to even) directly from the mpmath value (to_f32; going through a Python double would round twice).
+The fast thresholds K_L and the wedge constants are derived from the ROUNDED widths, so the float
+tables are self-consistent: bits(m) < k_L exactly when U23 * 2^-23 * W_L < W_{L-1} (layer 0: < r).
 """
 import struct
 import sys

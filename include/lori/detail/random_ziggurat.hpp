@@ -101,15 +101,11 @@ LORI_HOST_DEVICE LORI_FORCEINLINE void box_muller(std::uint32_t w0, std::uint32_
   z1 = rnd_mul(radius, cs.s);
 }
 
-/// The element whose main word w failed the fast test (see the header comment). i < 2^30, j < 2^32.
-/// Not inlined on the device: it is rare, and inlining it would raise the register count (occupancy)
-/// of every kernel that contains the fast path.
-#if LORI_COMPILING_CUDA
-__noinline__
-#endif
-LORI_HOST_DEVICE inline float gaussian_slow(std::uint32_t w, float sigma, counter_rng g, std::uint32_t i, std::uint64_t j) noexcept {
+/// The element whose main word w failed the fast test (see the header comment), given its slow block 0
+/// b0 = zig_slow_block(g, i, j, 0) (callers may compute several at once). i < 2^30, j < 2^32.
+LORI_HOST_DEVICE LORI_FORCEINLINE float gaussian_slow_from(std::uint32_t w, float sigma, const counter_rng& g, std::uint32_t i, std::uint64_t j,
+                                                          const philox_block& b0) noexcept {
   const zig_layer* tab = zig_layers();
-  const philox_block b0 = zig_slow_block(g, i, j, 0);
   std::uint32_t s1 = 0, s2 = 0;  // words s4, s5 (block 1), computed when first needed
   int pos = 0;                   // next unused word s_pos
   auto next = [&]() -> std::uint32_t {
@@ -157,6 +153,15 @@ LORI_HOST_DEVICE inline float gaussian_slow(std::uint32_t w, float sigma, counte
   float z0 = 0.0f, z1 = 0.0f;
   box_muller(b1.v[2], b1.v[3], sigma, z0, z1);
   return z0;
+}
+
+/// gaussian_slow_from with b0 computed here. Not inlined on the device: it is rare, and inlining it
+/// would raise the register count (occupancy) of every kernel that contains the fast path.
+#if LORI_COMPILING_CUDA
+__noinline__
+#endif
+LORI_HOST_DEVICE inline float gaussian_slow(std::uint32_t w, float sigma, counter_rng g, std::uint32_t i, std::uint64_t j) noexcept {
+  return gaussian_slow_from(w, sigma, g, i, j, zig_slow_block(g, i, j, 0));
 }
 
 /// Element value from its main word w (fast path inline, slow path called); ws_of(L) = rnd(W_L sigma).

@@ -113,19 +113,38 @@ LORI_FORCEINLINE int lowest_bit(std::uint64_t x) noexcept {
 }
 
 /// Values of quads q0 .. q0+n-1 (n <= projection_batch_quads) of row `row` into out[0 .. 4n).
-template <distribution D, class Words, class ZigFast>
+/// Slow block 0 of elements (row, js[s]), s < n, scalar (the AVX2 version computes 8 at a time).
+inline void zig_slow_blocks(const counter_rng& g, std::uint32_t row, const std::uint64_t* js, int n, philox_block* out) noexcept {
+  for (int s = 0; s < n; ++s) out[s] = zig_slow_block(g, row, js[s], 0);
+}
+
+template <distribution D, class Words, class ZigFast, class SlowBlocks>
 LORI_FORCEINLINE void projection_quads(const projection_params& p, const counter_rng& g, std::uint64_t row, std::uint64_t q0, int n,
-                                       float* out, const zig_scaled* zs, Words&& words, ZigFast&& zf) noexcept {
+                                       float* out, const zig_scaled* zs, Words&& words, ZigFast&& zf, SlowBlocks&& sb) noexcept {
   alignas(32) std::uint32_t w[4][projection_batch_quads] = {};
   words(g, row, q0, n, w);
   if constexpr (D == distribution::gaussian) {
     alignas(32) float z[4][projection_batch_quads];
+    // Fast path over the batch; then the ~1.5% slow elements together (their Philox blocks vectorise).
+    std::uint64_t js[4 * projection_batch_quads];
+    int at[4 * projection_batch_quads];
+    int ns = 0;
     for (int t4 = 0; t4 < 4; ++t4) {
       std::uint64_t rej = zf(w[t4], n, *zs, z[t4]);
-      while (rej != 0u) {  // ~1.5% of the elements
+      while (rej != 0u) {
         const int t = lowest_bit(rej);
         rej &= rej - 1u;
-        z[t4][t] = gaussian_slow(w[t4][t], p.scale, g, static_cast<std::uint32_t>(row), 4u * (q0 + static_cast<std::uint64_t>(t)) + static_cast<std::uint64_t>(t4));
+        js[ns] = 4u * (q0 + static_cast<std::uint64_t>(t)) + static_cast<std::uint64_t>(t4);
+        at[ns++] = t4 * projection_batch_quads + t;
+      }
+    }
+    if (ns > 0) {
+      alignas(32) philox_block b0[4 * projection_batch_quads];
+      const auto r32 = static_cast<std::uint32_t>(row);
+      sb(g, r32, js, ns, b0);
+      for (int s = 0; s < ns; ++s) {
+        const int t4 = at[s] / projection_batch_quads, t = at[s] % projection_batch_quads;
+        z[t4][t] = gaussian_slow_from(w[t4][t], p.scale, g, r32, js[s], b0[s]);
       }
     }
     for (int t = 0; t < n; ++t) {
@@ -155,7 +174,8 @@ inline void projection_quads_generic(const projection_params& p, const counter_r
       [](const counter_rng& gg, std::uint64_t r, std::uint64_t q, int m, std::uint32_t(&w)[4][projection_batch_quads]) {
         projection_words(gg, r, q, m, w);
       },
-      [](const std::uint32_t* w, int m, const zig_scaled& z, float* out_z) { return zig_fast_arrays(w, m, z, out_z); });
+      [](const std::uint32_t* w, int m, const zig_scaled& z, float* out_z) { return zig_fast_arrays(w, m, z, out_z); },
+      [](const counter_rng& gg, std::uint32_t r, const std::uint64_t* js, int m, philox_block* b) { zig_slow_blocks(gg, r, js, m, b); });
 }
 
 #if LORI_RANDOM_X86_DISPATCH
@@ -187,14 +207,63 @@ LORI_RANDOM_AVX2_ATTRIBUTES inline std::uint64_t zig_fast_avx2(const std::uint32
   return rej;
 }
 
-/// Philox4x32-10 of 8 consecutive blocks per step with AVX2 (32x32->64 multiplies of even / odd lanes,
-/// then the hi/lo halves re-interleaved); the same function as philox4x32_10_block, lane by lane.
-LORI_RANDOM_AVX2_ATTRIBUTES inline void projection_words_avx2(const counter_rng& g, std::uint64_t row, std::uint64_t q0, int n,
-                                                              std::uint32_t (&w)[4][projection_batch_quads]) noexcept {
+/// The 10 Philox4x32 rounds on 8 counters (c0..c3 lanes) with key g.key0/key1: 32x32->64 multiplies of
+/// even / odd lanes, then the hi/lo halves re-interleaved; the same function as philox4x32_10_block.
+LORI_RANDOM_AVX2_ATTRIBUTES LORI_FORCEINLINE void philox_rounds_avx2(__m256i& c0, __m256i& c1, __m256i& c2, __m256i& c3,
+                                                                    const counter_rng& g) noexcept {
   const __m256i m0 = _mm256_set1_epi64x(0xD2511F53);
   const __m256i m1 = _mm256_set1_epi64x(0xCD9E8D57);
   const __m256i w0 = _mm256_set1_epi32(static_cast<int>(0x9E3779B9u));
   const __m256i w1 = _mm256_set1_epi32(static_cast<int>(0xBB67AE85u));
+  __m256i k0 = _mm256_set1_epi32(static_cast<int>(g.key0));
+  __m256i k1 = _mm256_set1_epi32(static_cast<int>(g.key1));
+  for (int round = 0; round < 10; ++round) {
+    if (round > 0) {
+      k0 = _mm256_add_epi32(k0, w0);
+      k1 = _mm256_add_epi32(k1, w1);
+    }
+    const __m256i pe0 = _mm256_mul_epu32(c0, m0), po0 = _mm256_mul_epu32(_mm256_srli_epi64(c0, 32), m0);
+    const __m256i pe1 = _mm256_mul_epu32(c2, m1), po1 = _mm256_mul_epu32(_mm256_srli_epi64(c2, 32), m1);
+    const __m256i hi0 = _mm256_blend_epi32(_mm256_srli_epi64(pe0, 32), po0, 0xAA);
+    const __m256i lo0 = _mm256_blend_epi32(pe0, _mm256_slli_epi64(po0, 32), 0xAA);
+    const __m256i hi1 = _mm256_blend_epi32(_mm256_srli_epi64(pe1, 32), po1, 0xAA);
+    const __m256i lo1 = _mm256_blend_epi32(pe1, _mm256_slli_epi64(po1, 32), 0xAA);
+    c0 = _mm256_xor_si256(_mm256_xor_si256(hi1, c1), k0);
+    c1 = lo1;
+    c2 = _mm256_xor_si256(_mm256_xor_si256(hi0, c3), k1);
+    c3 = lo0;
+  }
+}
+
+/// Slow block 0 of elements (row, js[s]), s < n, 8 per step (counters as zig_slow_block).
+LORI_RANDOM_AVX2_ATTRIBUTES inline void zig_slow_blocks_avx2(const counter_rng& g, std::uint32_t row, const std::uint64_t* js, int n,
+                                                             philox_block* out) noexcept {
+  int s = 0;
+  for (; s + 8 <= n; s += 8) {
+    alignas(32) std::uint32_t a0[8], a1[8];
+    for (int l = 0; l < 8; ++l) {
+      a0[l] = 0x80000000u | static_cast<std::uint32_t>(js[s + l] >> 2);
+      a1[l] = (static_cast<std::uint32_t>(js[s + l] & 3u) << 30) | row;
+    }
+    __m256i c0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(a0));
+    __m256i c1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(a1));
+    __m256i c2 = _mm256_set1_epi32(static_cast<int>(g.stream0));
+    __m256i c3 = _mm256_set1_epi32(static_cast<int>(g.stream1));
+    philox_rounds_avx2(c0, c1, c2, c3, g);
+    alignas(32) std::uint32_t r[4][8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(r[0]), c0);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(r[1]), c1);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(r[2]), c2);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(r[3]), c3);
+    for (int l = 0; l < 8; ++l) out[s + l] = philox_block{{r[0][l], r[1][l], r[2][l], r[3][l]}};
+  }
+  zig_slow_blocks(g, row, js + s, n - s, out + s);
+}
+
+/// Philox4x32-10 of 8 consecutive blocks per step with AVX2 (32x32->64 multiplies of even / odd lanes,
+/// then the hi/lo halves re-interleaved); the same function as philox4x32_10_block, lane by lane.
+LORI_RANDOM_AVX2_ATTRIBUTES inline void projection_words_avx2(const counter_rng& g, std::uint64_t row, std::uint64_t q0, int n,
+                                                              std::uint32_t (&w)[4][projection_batch_quads]) noexcept {
   const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   int t = 0;
   for (; t + 8 <= n; t += 8) {
@@ -202,24 +271,7 @@ LORI_RANDOM_AVX2_ATTRIBUTES inline void projection_words_avx2(const counter_rng&
     __m256i c1 = _mm256_set1_epi32(static_cast<int>(static_cast<std::uint32_t>(row)));
     __m256i c2 = _mm256_set1_epi32(static_cast<int>(g.stream0));
     __m256i c3 = _mm256_set1_epi32(static_cast<int>(g.stream1));
-    __m256i k0 = _mm256_set1_epi32(static_cast<int>(g.key0));
-    __m256i k1 = _mm256_set1_epi32(static_cast<int>(g.key1));
-    for (int round = 0; round < 10; ++round) {
-      if (round > 0) {
-        k0 = _mm256_add_epi32(k0, w0);
-        k1 = _mm256_add_epi32(k1, w1);
-      }
-      const __m256i pe0 = _mm256_mul_epu32(c0, m0), po0 = _mm256_mul_epu32(_mm256_srli_epi64(c0, 32), m0);
-      const __m256i pe1 = _mm256_mul_epu32(c2, m1), po1 = _mm256_mul_epu32(_mm256_srli_epi64(c2, 32), m1);
-      const __m256i hi0 = _mm256_blend_epi32(_mm256_srli_epi64(pe0, 32), po0, 0xAA);
-      const __m256i lo0 = _mm256_blend_epi32(pe0, _mm256_slli_epi64(po0, 32), 0xAA);
-      const __m256i hi1 = _mm256_blend_epi32(_mm256_srli_epi64(pe1, 32), po1, 0xAA);
-      const __m256i lo1 = _mm256_blend_epi32(pe1, _mm256_slli_epi64(po1, 32), 0xAA);
-      c0 = _mm256_xor_si256(_mm256_xor_si256(hi1, c1), k0);
-      c1 = lo1;
-      c2 = _mm256_xor_si256(_mm256_xor_si256(hi0, c3), k1);
-      c3 = lo0;
-    }
+    philox_rounds_avx2(c0, c1, c2, c3, g);
     _mm256_store_si256(reinterpret_cast<__m256i*>(&w[0][t]), c0);
     _mm256_store_si256(reinterpret_cast<__m256i*>(&w[1][t]), c1);
     _mm256_store_si256(reinterpret_cast<__m256i*>(&w[2][t]), c2);
@@ -242,7 +294,9 @@ LORI_RANDOM_AVX2_ATTRIBUTES inline void projection_quads_avx2(const projection_p
       p, g, row, q0, n, out, zs,
       [](const counter_rng& gg, std::uint64_t r, std::uint64_t q, int m, std::uint32_t(&w)[4][projection_batch_quads])
           LORI_RANDOM_AVX2_ATTRIBUTES { projection_words_avx2(gg, r, q, m, w); },
-      [](const std::uint32_t* w, int m, const zig_scaled& z, float* out_z) LORI_RANDOM_AVX2_ATTRIBUTES { return zig_fast_avx2(w, m, z, out_z); });
+      [](const std::uint32_t* w, int m, const zig_scaled& z, float* out_z) LORI_RANDOM_AVX2_ATTRIBUTES { return zig_fast_avx2(w, m, z, out_z); },
+      [](const counter_rng& gg, std::uint32_t r, const std::uint64_t* js, int m, philox_block* b)
+          LORI_RANDOM_AVX2_ATTRIBUTES { zig_slow_blocks_avx2(gg, r, js, m, b); });
 }
 
 inline bool cpu_has_avx2_fma() noexcept {
