@@ -327,11 +327,16 @@ LORI_DEVICE LORI_FORCEINLINE void projection_chunk_gaussian(const projection_ent
   gk.key1 = e.key1;
   gk.stream0 = e.stream0;
   gk.stream1 = e.stream1;
+  if (threadIdx.x >= total) return;
+  // Unit u0 + x is (row i0 + (c0 + x) / upr, column (c0 + x) % upr): 32-bit arithmetic per element
+  // (c0 + x < upr + 1024 < 2^32 since cols < 2^31).
+  const index_t i0 = u0 / e.upr;
+  const auto c0 = static_cast<std::uint32_t>(u0 - i0 * e.upr);
   for (unsigned q = threadIdx.x; q < total; q += projection_threads) {
-    const int rel = queue_s[q];
-    const index_t u = u0 + rel / U;
-    const index_t i = u / e.upr;
-    const index_t j = (u - i * e.upr) * U + rel % U;
+    const unsigned rel = queue_s[q];
+    const std::uint32_t cc = c0 + rel / U;
+    const index_t i = i0 + cc / e.upr;
+    const index_t j = static_cast<index_t>(cc % e.upr) * U + rel % U;
     if (j >= e.cols) continue;  // beyond the row end of a partial unit: never stored
     const auto row = static_cast<std::uint32_t>(i);
     const philox_block b = philox4x32_10_block(static_cast<std::uint32_t>(j >> 2), row, e.stream0, e.stream1, e.key0, e.key1);
