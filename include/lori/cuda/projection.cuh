@@ -19,6 +19,10 @@
 // (pointer aligned and ld a multiple of the unit), element stores otherwise and at row ends.
 // Blocks of 256 threads take 1024 consecutive units of one matrix (row-major order), so one launch
 // covers any mix of shapes with no idle blocks beyond one partial block per matrix.
+// Gaussian blocks (ziggurat, lori/detail/random_ziggurat.hpp) read the layer table from shared memory
+// and defer the ~1.5% slow-path elements: they are compacted into a per-block queue and finished by all
+// threads after a barrier (see projection_chunk_gaussian). Launches without a gaussian task use a
+// kernel variant without that code (fewer registers, full occupancy).
 #ifndef LORI_CUDA_PROJECTION_CUH
 #define LORI_CUDA_PROJECTION_CUH
 
