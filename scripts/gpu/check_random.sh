@@ -28,8 +28,10 @@ F="$OUT/random.txt"
   if command -v compute-sanitizer > /dev/null; then
     gexe=$(find "$B" -type f -name lori_test_random_gpu -perm -u+x | head -1)
     echo "== compute-sanitizer racecheck, single-matrix float cases (shared-memory queue of the gaussian kernel) ($(date -u +%T))"
-    timeout 20 compute-sanitizer --tool racecheck --error-exitcode 9 "$gexe" -tc='single matrix: GPU == CPU bit for bit, float' 2>&1 | tail -3
-    echo "racecheck rc=$?"
+    timeout 20 compute-sanitizer --tool racecheck --error-exitcode 9 "$gexe" -tc='single matrix: GPU == CPU bit for bit, float' > "$OUT/racecheck.log" 2>&1
+    rc=$?
+    tail -3 "$OUT/racecheck.log"
+    echo "racecheck rc=$rc (124 = timed out)"
   fi
   echo "== done $(date -u +%FT%TZ)"
 } > "$F" 2>&1
