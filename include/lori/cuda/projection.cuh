@@ -266,7 +266,9 @@ LORI_DEVICE LORI_FORCEINLINE void projection_chunk(const projection_entry<T>& e,
 /// path costs ~2 warp-passes per block of 4096 elements instead of a divergent pass in nearly every
 /// warp. The queue holds every element of the chunk: it cannot overflow. Must be called by all
 /// threads of the block (barriers).
-template <class T>
+/// Diag (TEMPORARY, checkpoint diagnostics only; the library uses 0): bit 0 skips the slow path
+/// (phase 2), bit 1 replaces the table look-up by a fixed entry, bit 2 skips the scan/queue too.
+template <class T, int Diag = 0>
 LORI_DEVICE LORI_FORCEINLINE void projection_chunk_gaussian(const projection_entry<T>& e, index_t chunk) {
   constexpr int U = projection_traits<T>::unit;
   constexpr int queue_capacity = static_cast<int>(projection_units_per_block) * U;
@@ -293,13 +295,17 @@ LORI_DEVICE LORI_FORCEINLINE void projection_chunk_gaussian(const projection_ent
                                                  e.key0, e.key1);
       for (int t = 0; t < 4; ++t) {
         const std::uint32_t w = b.v[t];
-        const uint2 z = table_s[w & 0xffu];
+        const uint2 z = (Diag & 2) != 0 ? table_s[7] : table_s[w & 0xffu];
         v[4 * h + t] = lori::detail::zig_value(w, bits_float(z.y));
         if (lori::detail::zig_mbits(w) >= z.x) mask |= 1u << (k * U + 4 * h + t);
       }
     }
     store_unit<T, U>(e, e.out + i * e.ld + j0, j0, v);
   });
+  if constexpr ((Diag & 4) != 0) {
+    if (mask == 0xdeadbeefu) e.out[0] = T{};  // keep the mask alive
+    return;
+  }
   // Block-wide exclusive scan of popc(mask): warp scan by shuffles, then the warp totals.
   const unsigned lane = threadIdx.x & 31u, warp = threadIdx.x >> 5;
   const unsigned count = static_cast<unsigned>(__popc(mask));
@@ -331,7 +337,7 @@ LORI_DEVICE LORI_FORCEINLINE void projection_chunk_gaussian(const projection_ent
   gk.key1 = e.key1;
   gk.stream0 = e.stream0;
   gk.stream1 = e.stream1;
-  if (threadIdx.x >= total) return;
+  if ((Diag & 1) != 0 || threadIdx.x >= total) return;
   // Unit u0 + x is (row i0 + (c0 + x) / upr, column (c0 + x) % upr): 32-bit arithmetic per element
   // (c0 + x < upr + 1024 < 2^32 since cols < 2^31).
   const index_t i0 = u0 / e.upr;
