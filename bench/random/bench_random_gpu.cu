@@ -105,7 +105,8 @@ void BM_gpu_generate_llama3_8b_r32(benchmark::State& state) { generate_llama<flo
 void BM_gpu_generate_llama3_8b_r32_bf16(benchmark::State& state) { generate_llama<lori::bfloat16>(state); }
 
 // TEMPORARY checkpoint diagnostics of the gaussian kernel (one 32 x 1245184 matrix = the Llama count):
-// range(0) = Diag bits of projection_chunk_gaussian (1: no slow path, 2: no table look-up, 4: no scan).
+// range(0) = Diag bits of projection_chunk_gaussian (1: no slow path, 2: no table look-up, 4: no scan);
+// 8: Diag 0 at 8 blocks/SM; 9: slow path inline (Diag 8) - exact values, different schedule.
 template <int Diag>
 __global__ void __launch_bounds__(256, 6) diag_gaussian_kernel(lori::cuda::detail::projection_entry<float> e) {
   lori::cuda::detail::projection_chunk_gaussian<float, Diag>(e, static_cast<lori::index_t>(blockIdx.x));
@@ -128,6 +129,7 @@ void BM_gpu_diag_gaussian(benchmark::State& state) {
       case 2: diag_gaussian_kernel<2><<<blocks, 256>>>(e); break;
       case 3: diag_gaussian_kernel<3><<<blocks, 256>>>(e); break;
       case 8: diag_gaussian_kernel_occ8<<<blocks, 256>>>(e); break;  // Diag 0 with 8 blocks/SM (32 registers)
+      case 9: diag_gaussian_kernel<8><<<blocks, 256>>>(e); break;    // slow path inline, no queue
       default: diag_gaussian_kernel<7><<<blocks, 256>>>(e); break;
     }
     LORI_CUDA_CHECK_LAUNCH();
@@ -168,5 +170,5 @@ void BM_gpu_baseline_d2d_copy(benchmark::State& state) {
 BENCHMARK(BM_gpu_baseline_d2d_copy)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_generate_llama3_8b_r32)->DenseRange(0, 3)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_generate_llama3_8b_r32_bf16)->Arg(0)->Arg(1)->UseManualTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_gpu_diag_gaussian)->Arg(0)->Arg(1)->Arg(2)->Arg(3)->Arg(7)->Arg(8)->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_gpu_diag_gaussian)->Arg(0)->Arg(1)->Arg(2)->Arg(3)->Arg(7)->Arg(8)->Arg(9)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_baseline_curand_normal)->UseManualTime()->Unit(benchmark::kMicrosecond);

@@ -267,7 +267,8 @@ LORI_DEVICE LORI_FORCEINLINE void projection_chunk(const projection_entry<T>& e,
 /// warp. The queue holds every element of the chunk: it cannot overflow. Must be called by all
 /// threads of the block (barriers).
 /// Diag (TEMPORARY, checkpoint diagnostics only; the library uses 0): bit 0 skips the slow path
-/// (phase 2), bit 1 replaces the table look-up by a fixed entry, bit 2 skips the scan/queue too.
+/// (phase 2), bit 1 replaces the table look-up by a fixed entry, bit 2 skips the scan/queue too, bit 3
+/// runs the slow path inline in phase 1 (divergent) instead of deferring it.
 template <class T, int Diag = 0>
 LORI_DEVICE LORI_FORCEINLINE void projection_chunk_gaussian(const projection_entry<T>& e, index_t chunk) {
   constexpr int U = projection_traits<T>::unit;
@@ -297,12 +298,23 @@ LORI_DEVICE LORI_FORCEINLINE void projection_chunk_gaussian(const projection_ent
         const std::uint32_t w = b.v[t];
         const uint2 z = (Diag & 2) != 0 ? table_s[7] : table_s[w & 0xffu];
         v[4 * h + t] = lori::detail::zig_value(w, bits_float(z.y));
-        if (lori::detail::zig_mbits(w) >= z.x) mask |= 1u << (k * U + 4 * h + t);
+        if constexpr ((Diag & 8) != 0) {  // diagnostics: slow path inline (divergent), no queue
+          if (lori::detail::zig_mbits(w) >= z.x) {
+            counter_rng gd;
+            gd.key0 = e.key0;
+            gd.key1 = e.key1;
+            gd.stream0 = e.stream0;
+            gd.stream1 = e.stream1;
+            v[4 * h + t] = lori::detail::gaussian_slow(w, sigma, gd, row, static_cast<std::uint64_t>(j0 + 4 * h + t));
+          }
+        } else {
+          if (lori::detail::zig_mbits(w) >= z.x) mask |= 1u << (k * U + 4 * h + t);
+        }
       }
     }
     store_unit<T, U>(e, e.out + i * e.ld + j0, j0, v);
   });
-  if constexpr ((Diag & 4) != 0) {
+  if constexpr ((Diag & 12) != 0) {
     if (mask == 0xdeadbeefu) e.out[0] = T{};  // keep the mask alive
     return;
   }
