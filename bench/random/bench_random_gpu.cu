@@ -104,39 +104,6 @@ void generate_llama(benchmark::State& state) {
 void BM_gpu_generate_llama3_8b_r32(benchmark::State& state) { generate_llama<float>(state); }
 void BM_gpu_generate_llama3_8b_r32_bf16(benchmark::State& state) { generate_llama<lori::bfloat16>(state); }
 
-// TEMPORARY checkpoint diagnostics of the gaussian kernel (one 32 x 1245184 matrix = the Llama count):
-// range(0) = Diag bits of projection_chunk_gaussian (1: no slow path, 2: no table look-up, 4: no scan);
-// 8: Diag 0 at 8 blocks/SM; 9: slow path inline (Diag 8) - exact values, different schedule.
-template <int Diag>
-__global__ void __launch_bounds__(256, 6) diag_gaussian_kernel(lori::cuda::detail::projection_entry<float> e) {
-  lori::cuda::detail::projection_chunk_gaussian<float, Diag>(e, static_cast<lori::index_t>(blockIdx.x));
-}
-__global__ void __launch_bounds__(256, 8) diag_gaussian_kernel_occ8(lori::cuda::detail::projection_entry<float> e) {
-  lori::cuda::detail::projection_chunk_gaussian<float, 0>(e, static_cast<lori::index_t>(blockIdx.x));
-}
-void BM_gpu_diag_gaussian(benchmark::State& state) {
-  if (!have_device(state)) return;
-  const lori::index_t n = llama_total(), rows = 32, cols = n / 32;
-  lori::cuda::device_buffer<float> out(n);
-  const auto task = lori::cuda::make_projection_task(out.data(), rows, cols, 1, 2, lori::projection_spec::gaussian());
-  const auto e = lori::cuda::detail::make_entry(task);
-  const unsigned blocks = static_cast<unsigned>((rows * static_cast<lori::index_t>(e.upr) + 1023) / 1024);
-  const int d = static_cast<int>(state.range(0));
-  time_events(state, [&] {
-    switch (d) {
-      case 0: diag_gaussian_kernel<0><<<blocks, 256>>>(e); break;
-      case 1: diag_gaussian_kernel<1><<<blocks, 256>>>(e); break;
-      case 2: diag_gaussian_kernel<2><<<blocks, 256>>>(e); break;
-      case 3: diag_gaussian_kernel<3><<<blocks, 256>>>(e); break;
-      case 8: diag_gaussian_kernel_occ8<<<blocks, 256>>>(e); break;  // Diag 0 with 8 blocks/SM (32 registers)
-      case 9: diag_gaussian_kernel<8><<<blocks, 256>>>(e); break;    // slow path inline, no queue
-      default: diag_gaussian_kernel<7><<<blocks, 256>>>(e); break;
-    }
-    LORI_CUDA_CHECK_LAUNCH();
-  });
-  state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * n * 4);
-}
-
 void BM_gpu_baseline_curand_normal(benchmark::State& state) {
   if (!have_device(state)) return;
   const lori::index_t n = llama_total();
@@ -170,5 +137,4 @@ void BM_gpu_baseline_d2d_copy(benchmark::State& state) {
 BENCHMARK(BM_gpu_baseline_d2d_copy)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_generate_llama3_8b_r32)->DenseRange(0, 3)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_generate_llama3_8b_r32_bf16)->Arg(0)->Arg(1)->UseManualTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_gpu_diag_gaussian)->Arg(0)->Arg(1)->Arg(2)->Arg(3)->Arg(7)->Arg(8)->Arg(9)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_baseline_curand_normal)->UseManualTime()->Unit(benchmark::kMicrosecond);

@@ -20,7 +20,7 @@ F="$OUT/random.txt"
   echo "== torch.randn baseline ($(date -u +%T))"
   timeout 20 python3 bench/random/torch_randn.py 2>&1 | tail -3
   if command -v ncu > /dev/null; then
-    for spec in "diag_gaussian_kernel BM_gpu_diag_gaussian/0/" "projection_batch_kernel BM_gpu_generate_llama3_8b_r32/1/" "projection_batch_kernel BM_gpu_generate_llama3_8b_r32/0/"; do
+    for spec in "projection_batch_kernel BM_gpu_generate_llama3_8b_r32/1/" "projection_batch_kernel BM_gpu_generate_llama3_8b_r32/0/"; do
       set -- $spec
       echo "== ncu -k $1 ($2) ($(date -u +%T))"
       timeout 20 ncu --section SpeedOfLight --section Occupancy --section LaunchStats --section MemoryWorkloadAnalysis \

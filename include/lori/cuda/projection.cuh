@@ -266,11 +266,10 @@ LORI_DEVICE LORI_FORCEINLINE void projection_chunk(const projection_entry<T>& e,
 /// path costs ~2 warp-passes per block of 4096 elements instead of a divergent pass in nearly every
 /// warp. The queue holds every element of the chunk: it cannot overflow. Must be called by all
 /// threads of the block (barriers).
-/// Diag (TEMPORARY, checkpoint diagnostics only; the library uses 0): bit 0 skips the slow path
-/// (phase 2), bit 1 replaces the table look-up by a fixed entry, bit 2 skips the scan/queue too, bit 3
-/// runs the slow path inline in phase 1 (divergent) instead of deferring it.
-template <class T, int Diag = 0>
-LORI_DEVICE LORI_FORCEINLINE void projection_chunk_gaussian(const projection_entry<T>& e, index_t chunk) {
+/// `layer` = lori::detail::zig_layers()[threadIdx.x], loaded by the kernel before it knows its task
+/// (so that the load's latency overlaps the task search).
+template <class T>
+LORI_DEVICE LORI_FORCEINLINE void projection_chunk_gaussian(const projection_entry<T>& e, index_t chunk, const lori::detail::zig_layer& layer) {
   constexpr int U = projection_traits<T>::unit;
   constexpr int queue_capacity = static_cast<int>(projection_units_per_block) * U;
   constexpr int warps = projection_threads / 32;
@@ -281,10 +280,7 @@ LORI_DEVICE LORI_FORCEINLINE void projection_chunk_gaussian(const projection_ent
   __shared__ std::uint16_t queue_s[queue_capacity];
   __shared__ unsigned warp_total_s[warps];
   const float sigma = e.params.scale;
-  {
-    const lori::detail::zig_layer z = lori::detail::zig_layers()[threadIdx.x];
-    table_s[threadIdx.x] = make_uint2(z.k, float_bits(lori::detail::rnd_mul(z.w, sigma)));
-  }
+  table_s[threadIdx.x] = make_uint2(layer.k, float_bits(lori::detail::rnd_mul(layer.w, sigma)));
   __syncthreads();
   std::uint32_t mask = 0;
   for_each_unit(e, chunk, [&](index_t i, std::uint32_t c, int k) {
@@ -296,28 +292,13 @@ LORI_DEVICE LORI_FORCEINLINE void projection_chunk_gaussian(const projection_ent
                                                  e.key0, e.key1);
       for (int t = 0; t < 4; ++t) {
         const std::uint32_t w = b.v[t];
-        const uint2 z = (Diag & 2) != 0 ? table_s[7] : table_s[w & 0xffu];
+        const uint2 z = table_s[w & 0xffu];
         v[4 * h + t] = lori::detail::zig_value(w, bits_float(z.y));
-        if constexpr ((Diag & 8) != 0) {  // diagnostics: slow path inline (divergent), no queue
-          if (lori::detail::zig_mbits(w) >= z.x) {
-            counter_rng gd;
-            gd.key0 = e.key0;
-            gd.key1 = e.key1;
-            gd.stream0 = e.stream0;
-            gd.stream1 = e.stream1;
-            v[4 * h + t] = lori::detail::gaussian_slow(w, sigma, gd, row, static_cast<std::uint64_t>(j0 + 4 * h + t));
-          }
-        } else {
-          if (lori::detail::zig_mbits(w) >= z.x) mask |= 1u << (k * U + 4 * h + t);
-        }
+        if (lori::detail::zig_mbits(w) >= z.x) mask |= 1u << (k * U + 4 * h + t);
       }
     }
     store_unit<T, U>(e, e.out + i * e.ld + j0, j0, v);
   });
-  if constexpr ((Diag & 12) != 0) {
-    if (mask == 0xdeadbeefu) e.out[0] = T{};  // keep the mask alive
-    return;
-  }
   // Block-wide exclusive scan of popc(mask): warp scan by shuffles, then the warp totals.
   const unsigned lane = threadIdx.x & 31u, warp = threadIdx.x >> 5;
   const unsigned count = static_cast<unsigned>(__popc(mask));
@@ -349,7 +330,7 @@ LORI_DEVICE LORI_FORCEINLINE void projection_chunk_gaussian(const projection_ent
   gk.key1 = e.key1;
   gk.stream0 = e.stream0;
   gk.stream1 = e.stream1;
-  if ((Diag & 1) != 0 || threadIdx.x >= total) return;
+  if (threadIdx.x >= total) return;
   // Unit u0 + x is (row i0 + (c0 + x) / upr, column (c0 + x) % upr): 32-bit arithmetic per element
   // (c0 + x < upr + 1024 < 2^32 since cols < 2^31).
   const index_t i0 = u0 / e.upr;
@@ -371,11 +352,11 @@ LORI_DEVICE LORI_FORCEINLINE void projection_chunk_gaussian(const projection_ent
 /// WithGaussian: the kernel contains the gaussian path (shared memory, barriers, more registers); the
 /// host launches the variant without it when no task of the launch is gaussian.
 template <bool WithGaussian, class T>
-LORI_DEVICE LORI_FORCEINLINE void projection_chunk_dispatch(const projection_entry<T>& e, index_t chunk) {
+LORI_DEVICE LORI_FORCEINLINE void projection_chunk_dispatch(const projection_entry<T>& e, index_t chunk, const lori::detail::zig_layer& layer) {
   switch (e.params.kind) {
     case distribution::kaiming_uniform: projection_chunk<distribution::kaiming_uniform>(e, chunk); break;
     case distribution::gaussian:
-      if constexpr (WithGaussian) projection_chunk_gaussian(e, chunk);
+      if constexpr (WithGaussian) projection_chunk_gaussian(e, chunk, layer);
       break;
     case distribution::rademacher: projection_chunk<distribution::rademacher>(e, chunk); break;
     case distribution::sparse: projection_chunk<distribution::sparse>(e, chunk); break;
@@ -388,30 +369,42 @@ constexpr int projection_min_blocks = WithGaussian ? 6 : 8;
 
 template <class T, bool WithGaussian>
 __global__ void __launch_bounds__(projection_threads, projection_min_blocks<WithGaussian>) projection_single_kernel(projection_entry<T> e) {
-  projection_chunk_dispatch<WithGaussian>(e, static_cast<index_t>(blockIdx.x));
+  lori::detail::zig_layer layer{};
+  if constexpr (WithGaussian) layer = lori::detail::zig_layers()[threadIdx.x];
+  projection_chunk_dispatch<WithGaussian>(e, static_cast<index_t>(blockIdx.x), layer);
 }
 
 template <class T, bool WithGaussian>
 __global__ void __launch_bounds__(projection_threads, projection_min_blocks<WithGaussian>)
     projection_batch_kernel(const projection_entry_storage<T>* __restrict__ entries, const index_t* __restrict__ block_start, index_t count) {
   __shared__ index_t task_s;
+  // The gaussian's table entry, loaded first: its latency overlaps the search below.
+  lori::detail::zig_layer layer{};
+  if constexpr (WithGaussian) layer = lori::detail::zig_layers()[threadIdx.x];
   const auto b = static_cast<index_t>(blockIdx.x);
-  if (threadIdx.x == 0) {
-    // Last task whose first block is <= b (tasks with no blocks have equal starts and are skipped).
-    index_t lo = 0, hi = count - 1;
-    while (lo < hi) {
-      const index_t mid = (lo + hi + 1) / 2;
-      if (block_start[mid] <= b)
-        lo = mid;
-      else
-        hi = mid - 1;
+  if (threadIdx.x < 32) {
+    // Last task whose first block is <= b (tasks with no blocks have equal starts and are skipped):
+    // a 32-ary search by warp 0 (2 dependent loads for 224 tasks instead of 8). Invariant:
+    // block_start[lo] <= b (block_start[0] = 0) and the answer is < hi; the starts are non-decreasing,
+    // so the probes that pass form a prefix and the last one narrows the range 32-fold.
+    const auto lane = static_cast<index_t>(threadIdx.x);
+    index_t lo = 0, hi = count;
+    while (hi - lo > 1) {
+      const index_t step = (hi - lo + 31) / 32;
+      const index_t p = lo + lane * step;
+      const bool ok = p < hi && block_start[p] <= b;
+      const unsigned passed = __ballot_sync(0xffffffffu, ok);  // bit 0 (p = lo) is always set
+      const auto last = static_cast<index_t>(31 - __clz(static_cast<int>(passed)));
+      const index_t end = lo + (last + 1) * step;
+      lo += last * step;
+      hi = end < hi ? end : hi;
     }
-    task_s = lo;
+    if (threadIdx.x == 0) task_s = lo;
   }
   __syncthreads();
   const index_t t = task_s;
   const projection_entry<T> e = entries[t].e;
-  projection_chunk_dispatch<WithGaussian>(e, b - block_start[t]);
+  projection_chunk_dispatch<WithGaussian>(e, b - block_start[t], layer);
 }
 
 template <class T>
