@@ -35,7 +35,7 @@ std::vector<float> cpu_projection(index_t rows, index_t cols, std::uint64_t seed
   std::vector<float> a(static_cast<std::size_t>(rows * cols));
   for (index_t i = 0; i < rows; ++i) {
     for (index_t q = 0; q * 4 < cols; ++q) {
-      const lori::float4_values v = lori::projection_values(p, lori::projection_block(seed, stream, i, q));
+      const lori::float4_values v = lori::projection_values(p, seed, stream, i, q);
       for (int t = 0; t < 4 && q * 4 + t < cols; ++t) a[static_cast<std::size_t>(i * cols + q * 4 + t)] = v.v[t];
     }
   }
@@ -265,6 +265,67 @@ TEST_CASE("projection_element and counter_rng in user kernels equal the host") {
   }
 }
 
+TEST_CASE("gaussian slow path on the device: slow elements, tail, bounded-loop fallback") {
+  // 1. 4096 elements that all fail the ziggurat's fast test (chosen on the host), through
+  //    projection_element in a user kernel (the device gaussian_slow against the host's).
+  auto g = test_rng(8);
+  const index_t r = 4096, k = 4096;
+  const auto p = lori::make_projection_params(projection_spec::gaussian(1.0), r, k);
+  const std::uint64_t seed = 99, stream = 7;
+  std::vector<index_t> ij;
+  while (ij.size() < 2 * 4096) {
+    const auto i = static_cast<index_t>(g() % r), j = static_cast<index_t>(g() % k);
+    const std::uint32_t w = lori::projection_block(seed, stream, i, j >> 2).v[j & 3];
+    if (lori::detail::zig_mbits(w) >= lori::detail::zig_layers_host[w & 0xffu].k) {
+      ij.push_back(i);
+      ij.push_back(j);
+    }
+  }
+  // Known rare cases (lori_test_random pins their values): the fallback at (2552, 2193), a tail value at (0, 1716).
+  ij[0] = 2552;
+  ij[1] = 2193;
+  ij[2] = 0;
+  ij[3] = 1716;
+  const int n = static_cast<int>(ij.size() / 2);
+  lori::cuda::device_buffer<index_t> d_ij(ij);
+  lori::cuda::device_buffer<float> d_out(n);
+  lori::cuda::device_buffer<std::uint32_t> d_w(n);
+  d_out.fill_bytes(0xff);
+  elements_kernel<<<(n + 255) / 256, 256>>>(p, seed, stream, d_ij.data(), d_out.data(), d_w.data(), n);
+  LORI_CUDA_CHECK_LAUNCH();
+  const auto out = d_out.download();
+  std::size_t bad = 0;
+  for (int t = 0; t < n; ++t) bad += lori::float_bits(out[t]) != lori::float_bits(lori::projection_element(p, seed, stream, ij[2 * t], ij[2 * t + 1]));
+  CHECK(bad == 0);
+  CHECK(lori::float_bits(out[0]) == 0x3de1f7d4u);
+  CHECK(lori::float_bits(out[1]) == 0xc073a583u);
+  // 2. The generation kernels (deferred, block-compacted slow path) on a matrix that contains both
+  //    rare elements, as float and bf16 (different unit sizes and queue positions), rows 0..2552.
+  const index_t rows = 2553, cols = 2200;
+  const auto a = cpu_projection(rows, cols, seed, stream, projection_spec::gaussian(1.0));
+  CHECK(lori::float_bits(a[static_cast<std::size_t>(2552 * cols + 2193)]) == 0x3de1f7d4u);
+  {
+    lori::cuda::device_buffer<float> buf(rows * cols);
+    buf.fill_bytes(0xff);
+    lori::cuda::generate_projection(buf.as_matrix(rows, cols), seed, stream, projection_spec::gaussian(1.0));
+    LORI_CUDA_CHECK(cudaDeviceSynchronize());
+    const auto host = buf.download();
+    std::size_t mism = 0;
+    for (std::size_t t = 0; t < a.size(); ++t) mism += lori::float_bits(host[t]) != lori::float_bits(a[t]);
+    CHECK(mism == 0);
+  }
+  {
+    lori::cuda::device_buffer<lori::bfloat16> buf(rows * cols);
+    buf.fill_bytes(0xff);
+    lori::cuda::generate_projection(buf.as_matrix(rows, cols), seed, stream, projection_spec::gaussian(1.0));
+    LORI_CUDA_CHECK(cudaDeviceSynchronize());
+    const auto host = buf.download();
+    std::size_t mism = 0;
+    for (std::size_t t = 0; t < a.size(); ++t) mism += bits_of(host[t]) != lori::float_to_bf16_bits(a[t]);
+    CHECK(mism == 0);
+  }
+}
+
 TEST_CASE("GPU projection errors are lori::error") {
   lori::cuda::device_buffer<float> buf(64);
   CHECK_THROWS_AS(lori::cuda::make_projection_task<float>(nullptr, 2, 2, 1, 2, projection_spec::gaussian()), lori::error);
@@ -272,6 +333,8 @@ TEST_CASE("GPU projection errors are lori::error") {
   CHECK_THROWS_AS(lori::cuda::make_projection_task(buf.data(), 2, 8, 1, 2, projection_spec::gaussian(), 4), lori::error);  // ld < cols
   CHECK_THROWS_AS(lori::cuda::make_projection_task(buf.data(), 2, 8, 1, 2, projection_spec::sparse(0.5)), lori::error);
   CHECK_THROWS_AS(lori::cuda::make_projection_task(buf.data(), 2, 8, 1, 2, projection_spec::gaussian(-1.0)), lori::error);
+  // Gaussians: rows <= 2^30 (the slow path's counter layout).
+  CHECK_THROWS_AS(lori::cuda::make_projection_task(buf.data(), (index_t{1} << 30) + 1, 8, 1, 2, projection_spec::gaussian()), lori::error);
   CHECK_THROWS_AS(lori::cuda::make_projection_task(buf.data(), 2, 8, 1, 2, projection_spec::gaussian().orthonormalized()), lori::error);
   CHECK_THROWS_AS(lori::cuda::generate_projection(buf.as_matrix(8, 8), 1, 2, projection_spec::sparse(0.0)), lori::error);
   // Workspace checks.

@@ -95,17 +95,52 @@ TEST_CASE("gaussian: N(0, sigma^2), default sigma = 1/sqrt(r) and explicit sigma
     CAPTURE(sigma);
     const auto spec = sigma == 2.5 ? projection_spec::gaussian(2.5) : projection_spec::gaussian();
     const auto x = samples(r, k, spec, g(), g());
+    // Largest possible value: the tail's r + (-ln 2^-24) / r = 8.21 (Box-Muller fallback: 5.77).
+    const double xmax = (LORI_ZIGGURAT_R + 16.636 / LORI_ZIGGURAT_R) * sigma * (1.0 + 1e-5);
     std::size_t out = 0;
-    for (double v : x) out += std::fabs(v) > 5.8 * sigma;  // sqrt(-2 ln 2^-24) = 5.77
+    for (double v : x) out += std::fabs(v) > xmax;
     CHECK(out == 0);
     auto cdf = [sigma](double v) { return 0.5 * std::erfc(-v / (sigma * std::sqrt(2.0))); };
     check_moments_and_ks(x, 0.0, sigma, 3.0, cdf, cdf);
-    // Odd and even columns (cos and sin halves of Box-Muller) separately: each must be N(0, sigma^2).
+    // Odd and even columns separately: each must be N(0, sigma^2) too.
     for (int parity = 0; parity < 2; ++parity) {
       std::vector<double> half;
       for (std::size_t i = static_cast<std::size_t>(parity); i < x.size(); i += 2) half.push_back(x[i]);
       CHECK(ks_statistic(half, cdf, cdf) <= ks_bound(half.size()));
     }
+  }
+}
+
+TEST_CASE("gaussian tails: P(|x| > t) within binomial bounds, and the law beyond 3 and beyond r") {
+  // The ziggurat's rare paths (wedges near the tail, the tail envelope beyond r = 3.655, the fallback)
+  // are where bugs hide; KS over all samples barely sees them. n = 2^22 samples of N(0, 1):
+  //  * count(|x| > t) ~ Binomial(n, p_t), p_t = erfc(t / sqrt 2); bound 5.3 sd (+1 for the normal
+  //    approximation, accurate here since n p_t >= 250 for every t used);
+  //  * the conditional law of |x| given |x| > 3 (n ~ 11 300) and given |x| > r (n ~ 1 080, every one
+  //    from the tail envelope): KS against F(v) = 1 - erfc(v / sqrt 2) / erfc(t / sqrt 2), DKW bound.
+  LORI_TEST_SEED_INFO();
+  auto g = lori_test::rng(26);
+  const auto x = samples(1024, 4096, projection_spec::gaussian(1.0), g(), g());
+  const double n = static_cast<double>(x.size());
+  for (const double t : {1.0, 2.0, 3.0, static_cast<double>(LORI_ZIGGURAT_R), 4.0}) {
+    CAPTURE(t);
+    const double p = std::erfc(t / std::sqrt(2.0));
+    std::size_t c = 0;
+    for (double v : x) c += std::fabs(v) > t;
+    CAPTURE(c);
+    CHECK(std::fabs(static_cast<double>(c) - n * p) <= kZ * std::sqrt(n * p * (1.0 - p)) + 1.0);
+  }
+  for (const double t : {3.0, static_cast<double>(LORI_ZIGGURAT_R)}) {
+    CAPTURE(t);
+    std::vector<double> tail;
+    for (double v : x)
+      if (std::fabs(v) > t) tail.push_back(std::fabs(v));
+    const double pt = std::erfc(t / std::sqrt(2.0));
+    auto cdf = [pt](double v) { return 1.0 - std::erfc(v / std::sqrt(2.0)) / pt; };
+    REQUIRE(tail.size() > 500);
+    const double d = ks_statistic(tail, cdf, cdf);
+    CAPTURE(d);
+    CHECK(d <= ks_bound(tail.size()));
   }
 }
 

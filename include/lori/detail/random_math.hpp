@@ -1,5 +1,5 @@
 // lori/detail/random_math.hpp - private: the few floating-point kernels behind lori's Gaussians
-// (natural log on (0, 1], sin/cos of 2*pi*n/2^24), written so that host and device give the SAME bits.
+// (natural log on (0, 1], exp on [-80, 0], sin/cos of 2*pi*n/2^24, sqrt), written so that host and device give the SAME bits.
 //
 // How bit-identity is obtained (read this before editing anything here):
 //  * Only IEEE-754 binary32 operations that are correctly rounded on every target are used:
@@ -139,6 +139,27 @@ LORI_HOST_DEVICE LORI_FORCEINLINE cos_sin cos_sin_2pi_24(std::uint32_t n) noexce
   const std::uint32_t csign = ((q + 1u) & 2u) != 0u ? 0x80000000u : 0u;  // q = 1, 2
   const std::uint32_t ssign = (q & 2u) != 0u ? 0x80000000u : 0u;         // q = 2, 3
   return cos_sin{bits_float(float_bits(c0) ^ csign), bits_float(float_bits(s0) ^ ssign)};
+}
+
+/// exp(t) for t in [-80, 0] (the ziggurat's acceptance tests use t >= -12). Round t/ln2 to the nearest
+/// integer n with the 1.5*2^23 shifter (an explicit fma), reduce r = t - n*ln2 in two exact-product fmas
+/// (ln2_hi = 0x3f317200 has 16 significant bits), degree-6 Taylor polynomial on |r| <= ln2/2 (truncation
+/// < 1.3e-7 relative), then scale by 2^n through the exponent bits (the result stays normal: n >= -116).
+/// Within a few ulp of exp (checked in lori_test_random); only its determinism matters for the bits.
+LORI_HOST_DEVICE LORI_FORCEINLINE float exp_neg(float t) noexcept {
+  const float shifted = rnd_fma(t, 1.44269502e+00f, 12582912.0f);  // 1.5 * 2^23 + round(t / ln2)
+  const float kf = rnd_sub(shifted, 12582912.0f);                    // exact
+  const std::uint32_t n = float_bits(shifted) - 0x4b400000u;         // round(t / ln2) as two's complement
+  float r = rnd_fma(kf, -0.693145751953125f, t);                     // exact (Sterbenz + 16-bit ln2_hi)
+  r = rnd_fma(kf, -1.42860682030941723212e-06f, r);                  // ln2_lo = ln2 - ln2_hi
+  float p = 1.38888889e-03f;
+  p = rnd_fma(p, r, 8.33333377e-03f);
+  p = rnd_fma(p, r, 4.16666679e-02f);
+  p = rnd_fma(p, r, 1.66666672e-01f);
+  p = rnd_fma(p, r, 0.5f);
+  p = rnd_fma(p, r, 1.0f);
+  p = rnd_fma(p, r, 1.0f);
+  return bits_float(float_bits(p) + n * 0x800000u);
 }
 
 }  // namespace detail

@@ -11,7 +11,8 @@
 //   orthonormalize_rows(a)                               rows of a (r <= k) made orthonormal (Householder QR)
 //
 // Values are defined in binary32; double output is the exact widening of those floats.
-// Cost: one Philox4x32-10 per 4 elements plus, for gaussians, one log/sin/cos per 2 elements; on x86-64
+// Cost: one Philox4x32-10 per 4 elements plus, for gaussians, a ziggurat table look-up (and for ~1.5% of
+// them a slow path with up to two more Philox calls); on x86-64
 // the inner loops are compiled a second time for AVX2+FMA and picked at run time (same bits either way).
 #ifndef LORI_RANDOM_PROJECTION_HPP
 #define LORI_RANDOM_PROJECTION_HPP
@@ -71,21 +72,81 @@ LORI_FORCEINLINE void projection_words(const counter_rng& g, std::uint64_t row, 
   }
 }
 
-/// Box-Muller over arrays: (z0[t], z1[t]) from (a[t], b[t]), t < n (scalar; vectorised below for AVX2).
-LORI_FORCEINLINE void box_muller_arrays(const std::uint32_t* a, const std::uint32_t* b, int n, float sigma, float* z0, float* z1) noexcept {
-  for (int t = 0; t < n; ++t) box_muller(a[t], b[t], sigma, z0[t], z1[t]);
+/// The gaussian's fast-path table for one sigma: k_L (as int32, all < 2^30) and Ws_L = rnd(W_L * sigma).
+struct zig_scaled {
+  alignas(32) std::int32_t k[zig_layers_count];
+  alignas(32) float w[zig_layers_count];
+};
+
+inline void make_zig_scaled(float sigma, zig_scaled& z) noexcept {
+  for (int l = 0; l < zig_layers_count; ++l) {
+    z.k[l] = static_cast<std::int32_t>(zig_layers_host[l].k);
+    z.w[l] = rnd_mul(zig_layers_host[l].w, sigma);
+  }
+}
+
+/// Ziggurat fast path over an array of main words (scalar; AVX2 version below): z[t] = fast value,
+/// bit t of the result set where the element needs gaussian_slow instead. n <= 64.
+LORI_FORCEINLINE std::uint64_t zig_fast_arrays(const std::uint32_t* w, int n, const zig_scaled& zs, float* z) noexcept {
+  std::uint64_t rej = 0;
+  for (int t = 0; t < n; ++t) {
+    const std::uint32_t l = w[t] & 0xffu;
+    const std::uint32_t mb = zig_mbits(w[t]);
+    z[t] = zig_value(w[t], zs.w[l]);
+    if (mb >= static_cast<std::uint32_t>(zs.k[l])) rej |= std::uint64_t{1} << t;
+  }
+  return rej;
+}
+
+/// Index of the lowest set bit of x != 0.
+LORI_FORCEINLINE int lowest_bit(std::uint64_t x) noexcept {
+#if defined(__GNUC__) || defined(__clang__)
+  return __builtin_ctzll(x);
+#else
+  int i = 0;
+  while ((x & 1u) == 0u) {
+    x >>= 1;
+    ++i;
+  }
+  return i;
+#endif
 }
 
 /// Values of quads q0 .. q0+n-1 (n <= projection_batch_quads) of row `row` into out[0 .. 4n).
-template <distribution D, class Words, class BoxMuller>
+/// Slow block 0 of elements (row, js[s]), s < n, scalar (the AVX2 version computes 8 at a time).
+inline void zig_slow_blocks(const counter_rng& g, std::uint32_t row, const std::uint64_t* js, int n, philox_block* out) noexcept {
+  for (int s = 0; s < n; ++s) out[s] = zig_slow_block(g, row, js[s], 0);
+}
+
+template <distribution D, class Words, class ZigFast, class SlowBlocks>
 LORI_FORCEINLINE void projection_quads(const projection_params& p, const counter_rng& g, std::uint64_t row, std::uint64_t q0, int n,
-                                       float* out, Words&& words, BoxMuller&& bm) noexcept {
+                                       float* out, const zig_scaled* zs, Words&& words, ZigFast&& zf, SlowBlocks&& sb) noexcept {
   alignas(32) std::uint32_t w[4][projection_batch_quads] = {};
   words(g, row, q0, n, w);
   if constexpr (D == distribution::gaussian) {
     alignas(32) float z[4][projection_batch_quads];
-    bm(w[0], w[1], n, p.scale, z[0], z[1]);
-    bm(w[2], w[3], n, p.scale, z[2], z[3]);
+    // Fast path over the batch; then the ~1.5% slow elements together (their Philox blocks vectorise).
+    std::uint64_t js[4 * projection_batch_quads];
+    int at[4 * projection_batch_quads];
+    int ns = 0;
+    for (int t4 = 0; t4 < 4; ++t4) {
+      std::uint64_t rej = zf(w[t4], n, *zs, z[t4]);
+      while (rej != 0u) {
+        const int t = lowest_bit(rej);
+        rej &= rej - 1u;
+        js[ns] = 4u * (q0 + static_cast<std::uint64_t>(t)) + static_cast<std::uint64_t>(t4);
+        at[ns++] = t4 * projection_batch_quads + t;
+      }
+    }
+    if (ns > 0) {
+      alignas(32) philox_block b0[4 * projection_batch_quads];
+      const auto r32 = static_cast<std::uint32_t>(row);
+      sb(g, r32, js, ns, b0);
+      for (int s = 0; s < ns; ++s) {
+        const int t4 = at[s] / projection_batch_quads, t = at[s] % projection_batch_quads;
+        z[t4][t] = gaussian_slow_from(w[t4][t], p.scale, g, r32, js[s], b0[s]);
+      }
+    }
     for (int t = 0; t < n; ++t) {
       out[4 * t + 0] = z[0][t];
       out[4 * t + 1] = z[1][t];
@@ -96,7 +157,7 @@ LORI_FORCEINLINE void projection_quads(const projection_params& p, const counter
     projection_params pd = p;
     pd.kind = D;
     for (int t = 0; t < n; ++t) {
-      const float4_values v = projection_values(pd, philox_block{{w[0][t], w[1][t], w[2][t], w[3][t]}});
+      const float4_values v = projection_values_simple(pd, philox_block{{w[0][t], w[1][t], w[2][t], w[3][t]}});
       out[4 * t + 0] = v.v[0];
       out[4 * t + 1] = v.v[1];
       out[4 * t + 2] = v.v[2];
@@ -107,102 +168,102 @@ LORI_FORCEINLINE void projection_quads(const projection_params& p, const counter
 
 template <distribution D>
 inline void projection_quads_generic(const projection_params& p, const counter_rng& g, std::uint64_t row, std::uint64_t q0, int n,
-                                     float* out) noexcept {
+                                     float* out, const zig_scaled* zs) noexcept {
   projection_quads<D>(
-      p, g, row, q0, n, out,
+      p, g, row, q0, n, out, zs,
       [](const counter_rng& gg, std::uint64_t r, std::uint64_t q, int m, std::uint32_t(&w)[4][projection_batch_quads]) {
         projection_words(gg, r, q, m, w);
       },
-      [](const std::uint32_t* a, const std::uint32_t* b, int m, float sigma, float* z0, float* z1) {
-        box_muller_arrays(a, b, m, sigma, z0, z1);
-      });
+      [](const std::uint32_t* w, int m, const zig_scaled& z, float* out_z) { return zig_fast_arrays(w, m, z, out_z); },
+      [](const counter_rng& gg, std::uint32_t r, const std::uint64_t* js, int m, philox_block* b) { zig_slow_blocks(gg, r, js, m, b); });
 }
 
 #if LORI_RANDOM_X86_DISPATCH
-// AVX2+FMA clone of the inner loops: fma instructions inline instead of libm fmaf calls, Philox and
-// the simple distributions auto-vectorised, and Box-Muller written with AVX2 intrinsics because
-// compilers will not vectorise calls to fmaf under -fmath-errno. box_muller_avx2 performs exactly the
-// operations of detail::box_muller (random_math.hpp) in the same order, lane by lane; tests compare
-// this path against the generic one bit for bit.
+// AVX2+FMA clone of the inner loops: Philox written with AVX2 intrinsics (8 blocks per step), the
+// simple distributions auto-vectorised, and the ziggurat's fast path with gathers; zig_fast_avx2 performs
+// exactly the operations of zig_fast_arrays (fma(m, Ws, -Ws) = m*Ws - Ws rounded once = vfmsub) lane by
+// lane; tests compare this path against the generic one bit for bit.
 #define LORI_RANDOM_AVX2_ATTRIBUTES __attribute__((target("avx2,fma")))
 
-LORI_RANDOM_AVX2_ATTRIBUTES inline void box_muller_avx2(const std::uint32_t* a, const std::uint32_t* b, int n, float sigma, float* z0,
-                                                        float* z1) noexcept {
-  const __m256i one = _mm256_set1_epi32(1);
-  const __m256 sign = _mm256_castsi256_ps(_mm256_set1_epi32(static_cast<int>(0x80000000u)));
-  const __m256 vsigma = _mm256_set1_ps(sigma);
+LORI_RANDOM_AVX2_ATTRIBUTES inline std::uint64_t zig_fast_avx2(const std::uint32_t* w, int n, const zig_scaled& zs, float* z) noexcept {
+  const __m256i lmask = _mm256_set1_epi32(0xff);
+  const __m256i umask = _mm256_set1_epi32(0x7fffff);
+  const __m256i one = _mm256_set1_epi32(0x3f800000);
+  const __m256i sign = _mm256_set1_epi32(static_cast<int>(0x80000000u));
+  std::uint64_t rej = 0;
   int t = 0;
   for (; t + 8 <= n; t += 8) {
-    const __m256i wa = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + t));
-    const __m256i wb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + t));
-    // u = uniform_float_open_closed(wa)
-    const __m256 u = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_srli_epi32(wa, 8), one)), _mm256_set1_ps(5.9604644775390625e-8f));
-    // log_unit(u)
-    const __m256i bits = _mm256_castps_si256(u);
-    const __m256i mant = _mm256_and_si256(bits, _mm256_set1_epi32(0x7fffff));
-    const __m256i big = _mm256_cmpgt_epi32(mant, _mm256_set1_epi32(0x3504f3));  // -1 where m is halved
-    const __m256i e = _mm256_sub_epi32(_mm256_sub_epi32(_mm256_srli_epi32(bits, 23), _mm256_set1_epi32(127)), big);
-    const __m256i expo = _mm256_blendv_epi8(_mm256_set1_epi32(0x3f800000), _mm256_set1_epi32(0x3f000000), big);
-    const __m256 m = _mm256_castsi256_ps(_mm256_or_si256(mant, expo));
-    const __m256 f = _mm256_sub_ps(m, _mm256_set1_ps(1.0f));
-    __m256 q = _mm256_set1_ps(-7.622104603e-02f);
-    q = _mm256_fmadd_ps(q, f, _mm256_set1_ps(1.290468707e-01f));
-    q = _mm256_fmadd_ps(q, f, _mm256_set1_ps(-1.324297613e-01f));
-    q = _mm256_fmadd_ps(q, f, _mm256_set1_ps(1.418177938e-01f));
-    q = _mm256_fmadd_ps(q, f, _mm256_set1_ps(-1.660907773e-01f));
-    q = _mm256_fmadd_ps(q, f, _mm256_set1_ps(2.000197654e-01f));
-    q = _mm256_fmadd_ps(q, f, _mm256_set1_ps(-2.500158334e-01f));
-    q = _mm256_fmadd_ps(q, f, _mm256_set1_ps(3.333332565e-01f));
-    q = _mm256_fmadd_ps(q, f, _mm256_set1_ps(-4.999998834e-01f));
-    const __m256 log1pf = _mm256_fmadd_ps(_mm256_mul_ps(f, f), q, f);
-    const __m256 ef = _mm256_cvtepi32_ps(e);
-    const __m256 lg = _mm256_fmadd_ps(ef, _mm256_set1_ps(0.693359375f), _mm256_fmadd_ps(ef, _mm256_set1_ps(-2.12194440e-4f), log1pf));
-    const __m256 x = _mm256_mul_ps(lg, _mm256_set1_ps(-2.0f));
-    // sqrt_nonneg(x)
-    const __m256 nh = _mm256_xor_ps(_mm256_mul_ps(x, _mm256_set1_ps(0.5f)), sign);
-    __m256 y = _mm256_castsi256_ps(_mm256_sub_epi32(_mm256_set1_epi32(0x5f375a86), _mm256_srli_epi32(_mm256_castps_si256(x), 1)));
-    for (int it = 0; it < 3; ++it) y = _mm256_mul_ps(y, _mm256_fmadd_ps(nh, _mm256_mul_ps(y, y), _mm256_set1_ps(1.5f)));
-    const __m256 s = _mm256_mul_ps(x, y);
-    const __m256 r = _mm256_fmadd_ps(_mm256_xor_ps(s, sign), s, x);
-    const __m256 root = _mm256_fmadd_ps(r, _mm256_mul_ps(y, _mm256_set1_ps(0.5f)), s);
-    const __m256 radius = _mm256_mul_ps(_mm256_and_ps(_mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_GT_OQ), root), vsigma);
-    // cos_sin_2pi_24(wb >> 8)
-    const __m256i mm = _mm256_and_si256(_mm256_add_epi32(_mm256_srli_epi32(wb, 8), _mm256_set1_epi32(1 << 21)), _mm256_set1_epi32(0xffffff));
-    const __m256i quad = _mm256_srli_epi32(mm, 22);
-    const __m256i fi = _mm256_sub_epi32(_mm256_and_si256(mm, _mm256_set1_epi32(0x3fffff)), _mm256_set1_epi32(1 << 21));
-    const __m256 av = _mm256_mul_ps(_mm256_cvtepi32_ps(fi), _mm256_set1_ps(2.384185791015625e-07f));
-    const __m256 a2 = _mm256_mul_ps(av, av);
-    __m256 sp = _mm256_set1_ps(1.582067437e-04f);
-    sp = _mm256_fmadd_ps(sp, a2, _mm256_set1_ps(-4.681266477e-03f));
-    sp = _mm256_fmadd_ps(sp, a2, _mm256_set1_ps(7.969258276e-02f));
-    sp = _mm256_fmadd_ps(sp, a2, _mm256_set1_ps(-6.459640961e-01f));
-    sp = _mm256_fmadd_ps(sp, a2, _mm256_set1_ps(1.570796327e+00f));
-    const __m256 sa = _mm256_mul_ps(av, sp);
-    __m256 cp = _mm256_set1_ps(-2.485101283e-05f);
-    cp = _mm256_fmadd_ps(cp, a2, _mm256_set1_ps(9.191617679e-04f));
-    cp = _mm256_fmadd_ps(cp, a2, _mm256_set1_ps(-2.086346801e-02f));
-    cp = _mm256_fmadd_ps(cp, a2, _mm256_set1_ps(2.536695072e-01f));
-    cp = _mm256_fmadd_ps(cp, a2, _mm256_set1_ps(-1.233700550e+00f));
-    const __m256 ca = _mm256_fmadd_ps(cp, a2, _mm256_set1_ps(1.0f));
-    const __m256 odd = _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(quad, one), one));
-    const __m256 c0 = _mm256_blendv_ps(ca, sa, odd);
-    const __m256 s0 = _mm256_blendv_ps(sa, ca, odd);
-    const __m256 csign = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_and_si256(_mm256_add_epi32(quad, one), _mm256_set1_epi32(2)), 30));
-    const __m256 ssign = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_and_si256(quad, _mm256_set1_epi32(2)), 30));
-    _mm256_storeu_ps(z0 + t, _mm256_mul_ps(radius, _mm256_xor_ps(c0, csign)));
-    _mm256_storeu_ps(z1 + t, _mm256_mul_ps(radius, _mm256_xor_ps(s0, ssign)));
+    const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + t));
+    const __m256i l = _mm256_and_si256(wv, lmask);
+    const __m256i k = _mm256_i32gather_epi32(zs.k, l, 4);
+    const __m256 ws = _mm256_i32gather_ps(zs.w, l, 4);
+    const __m256i mb = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(wv, 8), umask), one);
+    const __m256 x = _mm256_fmsub_ps(_mm256_castsi256_ps(mb), ws, ws);
+    _mm256_storeu_ps(z + t, _mm256_or_ps(x, _mm256_castsi256_ps(_mm256_and_si256(wv, sign))));
+    const __m256i fast = _mm256_cmpgt_epi32(k, mb);
+    rej |= static_cast<std::uint64_t>(~static_cast<unsigned>(_mm256_movemask_ps(_mm256_castsi256_ps(fast))) & 0xffu) << t;
   }
-  box_muller_arrays(a + t, b + t, n - t, sigma, z0 + t, z1 + t);
+  if (t < n) rej |= zig_fast_arrays(w + t, n - t, zs, z + t) << t;
+  return rej;
+}
+
+/// The 10 Philox4x32 rounds on 8 counters (c0..c3 lanes) with key g.key0/key1: 32x32->64 multiplies of
+/// even / odd lanes, then the hi/lo halves re-interleaved; the same function as philox4x32_10_block.
+LORI_RANDOM_AVX2_ATTRIBUTES LORI_FORCEINLINE void philox_rounds_avx2(__m256i& c0, __m256i& c1, __m256i& c2, __m256i& c3,
+                                                                    const counter_rng& g) noexcept {
+  const __m256i m0 = _mm256_set1_epi64x(0xD2511F53);
+  const __m256i m1 = _mm256_set1_epi64x(0xCD9E8D57);
+  const __m256i w0 = _mm256_set1_epi32(static_cast<int>(0x9E3779B9u));
+  const __m256i w1 = _mm256_set1_epi32(static_cast<int>(0xBB67AE85u));
+  __m256i k0 = _mm256_set1_epi32(static_cast<int>(g.key0));
+  __m256i k1 = _mm256_set1_epi32(static_cast<int>(g.key1));
+  for (int round = 0; round < 10; ++round) {
+    if (round > 0) {
+      k0 = _mm256_add_epi32(k0, w0);
+      k1 = _mm256_add_epi32(k1, w1);
+    }
+    const __m256i pe0 = _mm256_mul_epu32(c0, m0), po0 = _mm256_mul_epu32(_mm256_srli_epi64(c0, 32), m0);
+    const __m256i pe1 = _mm256_mul_epu32(c2, m1), po1 = _mm256_mul_epu32(_mm256_srli_epi64(c2, 32), m1);
+    const __m256i hi0 = _mm256_blend_epi32(_mm256_srli_epi64(pe0, 32), po0, 0xAA);
+    const __m256i lo0 = _mm256_blend_epi32(pe0, _mm256_slli_epi64(po0, 32), 0xAA);
+    const __m256i hi1 = _mm256_blend_epi32(_mm256_srli_epi64(pe1, 32), po1, 0xAA);
+    const __m256i lo1 = _mm256_blend_epi32(pe1, _mm256_slli_epi64(po1, 32), 0xAA);
+    c0 = _mm256_xor_si256(_mm256_xor_si256(hi1, c1), k0);
+    c1 = lo1;
+    c2 = _mm256_xor_si256(_mm256_xor_si256(hi0, c3), k1);
+    c3 = lo0;
+  }
+}
+
+/// Slow block 0 of elements (row, js[s]), s < n, 8 per step (counters as zig_slow_block).
+LORI_RANDOM_AVX2_ATTRIBUTES inline void zig_slow_blocks_avx2(const counter_rng& g, std::uint32_t row, const std::uint64_t* js, int n,
+                                                             philox_block* out) noexcept {
+  int s = 0;
+  for (; s + 8 <= n; s += 8) {
+    alignas(32) std::uint32_t a0[8], a1[8];
+    for (int l = 0; l < 8; ++l) {
+      a0[l] = 0x80000000u | static_cast<std::uint32_t>(js[s + l] >> 2);
+      a1[l] = (static_cast<std::uint32_t>(js[s + l] & 3u) << 30) | row;
+    }
+    __m256i c0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(a0));
+    __m256i c1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(a1));
+    __m256i c2 = _mm256_set1_epi32(static_cast<int>(g.stream0));
+    __m256i c3 = _mm256_set1_epi32(static_cast<int>(g.stream1));
+    philox_rounds_avx2(c0, c1, c2, c3, g);
+    alignas(32) std::uint32_t r[4][8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(r[0]), c0);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(r[1]), c1);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(r[2]), c2);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(r[3]), c3);
+    for (int l = 0; l < 8; ++l) out[s + l] = philox_block{{r[0][l], r[1][l], r[2][l], r[3][l]}};
+  }
+  zig_slow_blocks(g, row, js + s, n - s, out + s);
 }
 
 /// Philox4x32-10 of 8 consecutive blocks per step with AVX2 (32x32->64 multiplies of even / odd lanes,
 /// then the hi/lo halves re-interleaved); the same function as philox4x32_10_block, lane by lane.
 LORI_RANDOM_AVX2_ATTRIBUTES inline void projection_words_avx2(const counter_rng& g, std::uint64_t row, std::uint64_t q0, int n,
                                                               std::uint32_t (&w)[4][projection_batch_quads]) noexcept {
-  const __m256i m0 = _mm256_set1_epi64x(0xD2511F53);
-  const __m256i m1 = _mm256_set1_epi64x(0xCD9E8D57);
-  const __m256i w0 = _mm256_set1_epi32(static_cast<int>(0x9E3779B9u));
-  const __m256i w1 = _mm256_set1_epi32(static_cast<int>(0xBB67AE85u));
   const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   int t = 0;
   for (; t + 8 <= n; t += 8) {
@@ -210,24 +271,7 @@ LORI_RANDOM_AVX2_ATTRIBUTES inline void projection_words_avx2(const counter_rng&
     __m256i c1 = _mm256_set1_epi32(static_cast<int>(static_cast<std::uint32_t>(row)));
     __m256i c2 = _mm256_set1_epi32(static_cast<int>(g.stream0));
     __m256i c3 = _mm256_set1_epi32(static_cast<int>(g.stream1));
-    __m256i k0 = _mm256_set1_epi32(static_cast<int>(g.key0));
-    __m256i k1 = _mm256_set1_epi32(static_cast<int>(g.key1));
-    for (int round = 0; round < 10; ++round) {
-      if (round > 0) {
-        k0 = _mm256_add_epi32(k0, w0);
-        k1 = _mm256_add_epi32(k1, w1);
-      }
-      const __m256i pe0 = _mm256_mul_epu32(c0, m0), po0 = _mm256_mul_epu32(_mm256_srli_epi64(c0, 32), m0);
-      const __m256i pe1 = _mm256_mul_epu32(c2, m1), po1 = _mm256_mul_epu32(_mm256_srli_epi64(c2, 32), m1);
-      const __m256i hi0 = _mm256_blend_epi32(_mm256_srli_epi64(pe0, 32), po0, 0xAA);
-      const __m256i lo0 = _mm256_blend_epi32(pe0, _mm256_slli_epi64(po0, 32), 0xAA);
-      const __m256i hi1 = _mm256_blend_epi32(_mm256_srli_epi64(pe1, 32), po1, 0xAA);
-      const __m256i lo1 = _mm256_blend_epi32(pe1, _mm256_slli_epi64(po1, 32), 0xAA);
-      c0 = _mm256_xor_si256(_mm256_xor_si256(hi1, c1), k0);
-      c1 = lo1;
-      c2 = _mm256_xor_si256(_mm256_xor_si256(hi0, c3), k1);
-      c3 = lo0;
-    }
+    philox_rounds_avx2(c0, c1, c2, c3, g);
     _mm256_store_si256(reinterpret_cast<__m256i*>(&w[0][t]), c0);
     _mm256_store_si256(reinterpret_cast<__m256i*>(&w[1][t]), c1);
     _mm256_store_si256(reinterpret_cast<__m256i*>(&w[2][t]), c2);
@@ -245,13 +289,14 @@ LORI_RANDOM_AVX2_ATTRIBUTES inline void projection_words_avx2(const counter_rng&
 
 template <distribution D>
 LORI_RANDOM_AVX2_ATTRIBUTES inline void projection_quads_avx2(const projection_params& p, const counter_rng& g, std::uint64_t row,
-                                                              std::uint64_t q0, int n, float* out) noexcept {
+                                                              std::uint64_t q0, int n, float* out, const zig_scaled* zs) noexcept {
   projection_quads<D>(
-      p, g, row, q0, n, out,
+      p, g, row, q0, n, out, zs,
       [](const counter_rng& gg, std::uint64_t r, std::uint64_t q, int m, std::uint32_t(&w)[4][projection_batch_quads])
           LORI_RANDOM_AVX2_ATTRIBUTES { projection_words_avx2(gg, r, q, m, w); },
-      [](const std::uint32_t* a, const std::uint32_t* b, int m, float sigma, float* z0, float* z1)
-          LORI_RANDOM_AVX2_ATTRIBUTES { box_muller_avx2(a, b, m, sigma, z0, z1); });
+      [](const std::uint32_t* w, int m, const zig_scaled& z, float* out_z) LORI_RANDOM_AVX2_ATTRIBUTES { return zig_fast_avx2(w, m, z, out_z); },
+      [](const counter_rng& gg, std::uint32_t r, const std::uint64_t* js, int m, philox_block* b)
+          LORI_RANDOM_AVX2_ATTRIBUTES { zig_slow_blocks_avx2(gg, r, js, m, b); });
 }
 
 inline bool cpu_has_avx2_fma() noexcept {
@@ -260,7 +305,8 @@ inline bool cpu_has_avx2_fma() noexcept {
 }
 #endif
 
-using projection_quads_fn = void (*)(const projection_params&, const counter_rng&, std::uint64_t, std::uint64_t, int, float*) noexcept;
+using projection_quads_fn = void (*)(const projection_params&, const counter_rng&, std::uint64_t, std::uint64_t, int, float*,
+                                     const zig_scaled*) noexcept;
 
 template <distribution D>
 inline projection_quads_fn select_projection_quads(bool allow_simd) noexcept {
@@ -289,6 +335,8 @@ void fill_projection_tile(matrix_view<T, layout::row_major> out, index_t i0, ind
   const counter_rng g(seed, stream);
   const projection_quads_fn fn = select_projection_quads(p.kind, allow_simd);
   alignas(64) float buf[4 * projection_batch_quads];
+  zig_scaled zs;
+  if (p.kind == distribution::gaussian) make_zig_scaled(p.scale, zs);
   const index_t jend = j0 + out.cols();
   for (index_t i = 0; i < out.rows(); ++i) {
     T* row = out.row(i);
@@ -297,7 +345,7 @@ void fill_projection_tile(matrix_view<T, layout::row_major> out, index_t i0, ind
     while (j < jend) {
       const index_t q0 = j >> 2;
       const index_t qend = std::min<index_t>((jend + 3) >> 2, q0 + projection_batch_quads);
-      fn(p, g, gi, static_cast<std::uint64_t>(q0), static_cast<int>(qend - q0), buf);
+      fn(p, g, gi, static_cast<std::uint64_t>(q0), static_cast<int>(qend - q0), buf, &zs);
       const index_t stop = std::min<index_t>(jend, qend * 4);
       for (index_t jj = j; jj < stop; ++jj) row[jj - j0] = static_cast<T>(buf[jj - q0 * 4]);
       j = stop;
