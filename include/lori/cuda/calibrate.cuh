@@ -71,7 +71,7 @@ namespace detail {
 
 inline constexpr int calib_block = 256;          // split, candidate and finishing kernels
 inline constexpr int calib_pass0_block = 512;    // pass 0 (full-data histogram)
-inline constexpr int calib_select_block = 1024;  // one block per group
+inline constexpr int calib_select_block = 256;   // one block per group, 32 bins per thread
 inline constexpr int calib_first_bits = 13;      // width of the first value digit on the GPU
 inline constexpr int calib_max_bins = 1 << calib_first_bits;
 inline constexpr int calib_split_unroll = 4;     // float4 loads in flight per thread in the split pass
@@ -223,7 +223,7 @@ __global__ void __launch_bounds__(calib_block) calib_init(calib_group_state<Key>
 // data in order, and the split pass, sweeping backwards, finds the last part still in L2); a block
 // accumulates in shared memory and flushes when the group changes.
 template <class T>
-__global__ void __launch_bounds__(calib_pass0_block, 3) calib_pass0(calib_params<T> p) {
+__global__ void __launch_bounds__(calib_pass0_block, 2) calib_pass0(calib_params<T> p) {
   using Key = magnitude_key_t<T>;
   constexpr int bits = magnitude_key<T>::bits;
   constexpr int shift = calib_vshift(bits, 0);
@@ -295,55 +295,24 @@ __global__ void __launch_bounds__(calib_pass0_block, 3) calib_pass0(calib_params
   if (cur >= 0) calib_flush(sh, bins, p.hist + cur * calib_max_bins);
 }
 
-// One block per group: narrows the group's state with its histogram, then clears the histogram
-// (the first radix_bins counters: later passes have at most radix_digit_bits-bit digits).
-// Mode 0 narrows the value selection (adding the excluded entries to bin 0 for passes >= 1 when the
-// prefix is 0), Mode 1 the tie selection. After the last value pass of an exact-semantics run it
-// starts the tie selection (k = ties needed), unless every non-excluded tie is needed (then all are
-// kept and no tie pass runs for the group).
-template <class Key, int Mode>
-__global__ void __launch_bounds__(calib_select_block) calib_select(calib_group_state<Key>* groups, unsigned long long* hist,
-                                                                   calib_globals* globals, int pass, int exact) {
-  constexpr int per = calib_max_bins / calib_select_block;  // 8 bins per thread
-  using scan_t = cub::BlockScan<unsigned long long, calib_select_block>;
-  __shared__ typename scan_t::TempStorage tmp;
-  calib_group_state<Key>* gs = groups + blockIdx.x;
-  unsigned long long* h = hist + blockIdx.x * static_cast<index_t>(calib_max_bins);
-  const int rt = calib_select_block - 1 - static_cast<int>(threadIdx.x);  // thread 0 owns the top bins
-  // Every thread reads the state before the scan's barriers; only the one thread that finds the
-  // rank writes it afterwards, so no thread can see a half-updated state.
-  const radix_select_state<Key> vst = gs->value;
-  const radix_select_state<std::uint64_t> tst = gs->tie;
-  const int kbits = Mode == 0 ? vst.key_bits : tst.key_bits;
-  const int bins = 1 << (calib_high<Mode>(kbits, pass) - calib_shift<Mode>(kbits, pass));
-  const bool live = Mode == 0 ? (!vst.finished() && vst.pass == pass) : (!tst.finished() && tst.pass == pass);
-  unsigned long long c[per];
-  unsigned long long sum = 0;
-  for (int b = 0; b < per; ++b) {
-    const int idx = rt * per + b;
-    c[b] = 0;
-    if (idx < bins) {
-      c[b] = h[idx];
-      if (idx < radix_bins) h[idx] = 0;  // bins >= radix_bins serve pass 0 only (zeroed by calib_init)
-    }
-  }
-  const unsigned long long excluded = gs->excluded;
-  if (Mode == 0 && pass > 0 && rt == 0 && vst.prefix == 0) c[0] += excluded;
-  for (int b = 0; b < per; ++b) sum += c[b];
-  unsigned long long above = 0;
-  scan_t(tmp).ExclusiveSum(sum, above);
-  if (!live) return;  // after the collective: every thread took part in the scan
-  const index_t remaining = Mode == 0 ? vst.remaining : tst.remaining;
-  if (!(static_cast<index_t>(above) < remaining && static_cast<index_t>(above + sum) >= remaining)) return;
-  // This thread's bins hold the rank: the bins above them hold `above` keys.
-  index_t acc = static_cast<index_t>(above);
+// The thread of calib_select whose bins [bin0, bin0 + per) hold the rank sought (`above` keys in
+// the bins above them) narrows the group's state.
+template <class Key, int Mode, class Count>
+__device__ __forceinline__ void calib_select_narrow(calib_group_state<Key>* gs, calib_globals* globals,
+                                                    const radix_select_state<Key> vst,
+                                                    const radix_select_state<std::uint64_t> tst, const Count count,
+                                                    int bin0, int bins, index_t above, index_t remaining,
+                                                    unsigned long long excluded, int pass, int exact) {
+  constexpr int per = calib_max_bins / calib_select_block;
+  index_t acc = above;
   for (int b = per - 1; b >= 0; --b) {
-    const auto cnt = static_cast<index_t>(c[b]);
+    if (bin0 + b >= bins) continue;
+    const auto cnt = static_cast<index_t>(count(bin0 + b));
     if (acc + cnt < remaining) {
       acc += cnt;
       continue;
     }
-    const int bin = rt * per + b;
+    const int bin = bin0 + b;
     if (Mode == 0) {
       radix_select_state<Key> st = vst;
       st.greater += acc;
@@ -377,6 +346,51 @@ __global__ void __launch_bounds__(calib_select_block) calib_select(calib_group_s
       if (st.finished()) atomicAdd(&globals->ties_live, ~0ull);  // - 1
     }
     break;
+  }
+}
+
+// One block per group: narrows the group's state with its histogram, then clears the histogram
+// (the first radix_bins counters: later passes have at most radix_digit_bits-bit digits).
+// Mode 0 narrows the value selection (adding the excluded entries to bin 0 for passes >= 1 when the
+// prefix is 0), Mode 1 the tie selection. After the last value pass of an exact-semantics run it
+// starts the tie selection (k = ties needed), unless every non-excluded tie is needed (then all are
+// kept and no tie pass runs for the group).
+template <class Key, int Mode>
+__global__ void __launch_bounds__(calib_select_block) calib_select(calib_group_state<Key>* groups, unsigned long long* hist,
+                                                                   calib_globals* globals, int pass, int exact) {
+  constexpr int per = calib_max_bins / calib_select_block;  // 32 bins per thread
+  using scan_t = cub::BlockScan<unsigned long long, calib_select_block>;
+  __shared__ typename scan_t::TempStorage tmp;
+  calib_group_state<Key>* gs = groups + blockIdx.x;
+  unsigned long long* h = hist + blockIdx.x * static_cast<index_t>(calib_max_bins);
+  const int rt = calib_select_block - 1 - static_cast<int>(threadIdx.x);  // thread 0 owns the top bins
+  // Every thread reads the state before the scan's barriers; only the one thread that finds the
+  // rank writes it afterwards, so no thread can see a half-updated state.
+  const radix_select_state<Key> vst = gs->value;
+  const radix_select_state<std::uint64_t> tst = gs->tie;
+  const int kbits = Mode == 0 ? vst.key_bits : tst.key_bits;
+  const int bins = 1 << (calib_high<Mode>(kbits, pass) - calib_shift<Mode>(kbits, pass));
+  const bool live = Mode == 0 ? (!vst.finished() && vst.pass == pass) : (!tst.finished() && tst.pass == pass);
+  const unsigned long long excluded = gs->excluded;
+  // Count of bin idx (< bins); excluded entries join bin 0 in value passes >= 1 when the prefix is 0.
+  const bool add_excluded = Mode == 0 && pass > 0 && vst.prefix == 0;
+  const auto count = [h, excluded, add_excluded](int idx) -> unsigned long long {
+    return h[idx] + (add_excluded && idx == 0 ? excluded : 0ull);
+  };
+  unsigned long long sum = 0;
+  for (int b = 0; b < per; ++b)
+    if (rt * per + b < bins) sum += count(rt * per + b);
+  unsigned long long above = 0;
+  scan_t(tmp).ExclusiveSum(sum, above);
+  const index_t remaining = Mode == 0 ? vst.remaining : tst.remaining;
+  if (live && static_cast<index_t>(above) < remaining && static_cast<index_t>(above + sum) >= remaining)
+    calib_select_narrow<Key, Mode>(gs, globals, vst, tst, count, rt * per, bins, static_cast<index_t>(above), remaining,
+                                   excluded, pass, exact);
+  // Each thread clears its own bins (after its own reads): bins >= radix_bins serve pass 0 only
+  // (zeroed by calib_init), the others are reused by the next pass.
+  for (int b = 0; b < per; ++b) {
+    const int idx = rt * per + b;
+    if (idx < bins && idx < radix_bins) h[idx] = 0;
   }
 }
 
