@@ -361,6 +361,9 @@ __global__ void __launch_bounds__(calib_select_block) calib_select(calib_group_s
   constexpr int per = calib_max_bins / calib_select_block;  // 32 bins per thread
   using scan_t = cub::BlockScan<unsigned long long, calib_select_block>;
   __shared__ typename scan_t::TempStorage tmp;
+  // No tie selection running: no tie histogram was built (calib_hist returned), nothing to clear.
+  // (Only a block whose group is live decrements ties_live, so 0 means none is live.)
+  if (Mode == 1 && globals->ties_live == 0) return;
   calib_group_state<Key>* gs = groups + blockIdx.x;
   unsigned long long* h = hist + blockIdx.x * static_cast<index_t>(calib_max_bins);
   const int rt = calib_select_block - 1 - static_cast<int>(threadIdx.x);  // thread 0 owns the top bins
