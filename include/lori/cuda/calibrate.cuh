@@ -75,7 +75,8 @@ inline constexpr int calib_select_block = 256;   // one block per group, 32 bins
 inline constexpr int calib_first_bits = 13;      // width of the first value digit on the GPU
 inline constexpr int calib_max_bins = 1 << calib_first_bits;
 inline constexpr int calib_split_unroll = 4;     // float4 loads in flight per thread in the split pass
-inline constexpr index_t calib_tile_elems = 16384;
+inline constexpr index_t calib_tile_elems = 16384;       // tiles of the split and full-data passes
+inline constexpr index_t calib_pass0_tile_elems = 8192;   // pass 0: one unrolled sweep of a block
 
 // Value digits on the GPU: a first digit of calib_first_bits bits (8192 bins: the selected bucket
 // holds ~1% of normal-like data, 4x fewer candidates than an 11-bit digit), then digits of
@@ -162,6 +163,8 @@ struct calib_params {
   unsigned long long* kept;  // per tensor
   index_t capacity;
   index_t num_tiles;
+  const calib_tile* tiles0;  // pass 0's finer tiles (better balance over the persistent blocks)
+  index_t num_tiles0;
   std::uint64_t pos_max;  // (1 << pos_bits) - 1: tie key of flat bit position q is pos_max - q
   int pos_bits;
   int exact;
@@ -233,8 +236,8 @@ __global__ void __launch_bounds__(calib_pass0_block, 2) calib_pass0(calib_params
   for (int b = threadIdx.x; b < bins; b += blockDim.x) sh[b] = 0;
   __syncthreads();
   index_t cur = -1, acc = 0;  // uniform over the block
-  for (index_t t = blockIdx.x; t < p.num_tiles; t += gridDim.x) {
-    const calib_tile tile = p.tiles[t];
+  for (index_t t = blockIdx.x; t < p.num_tiles0; t += gridDim.x) {
+    const calib_tile tile = p.tiles0[t];
     const calib_tensor_desc<T> td = p.tensors[tile.tensor];
     const index_t ne = (tile.row_end - tile.row_begin) * td.cols;  // < 2^31 (plan checks)
     if (cur >= 0 && (td.group != cur || acc + ne > (index_t{1} << 31))) {
@@ -784,6 +787,7 @@ class calibration_plan {
     LORI_EXPECTS(tensors_.size() < (std::size_t{1} << 32), "calibration_plan: too many tensors");
     groups_ = lori::detail::calibration_groups(names, opt_);
     index_t elem = 0, bit = 0;
+    std::vector<detail::calib_tile> tiles0;
     for (std::size_t t = 0; t < tensors_.size(); ++t) {
       const auto& in = tensors_[t];
       detail::calib_tensor_desc<T> d{};
@@ -806,11 +810,17 @@ class calibration_plan {
       const index_t rows_per_tile = std::max<index_t>(1, detail::calib_tile_elems / d.cols);
       for (index_t r0 = 0; r0 < d.rows; r0 += rows_per_tile)
         tiles_.push_back({static_cast<index_t>(t), r0, std::min(d.rows, r0 + rows_per_tile)});
+      const index_t rows_per_tile0 = std::max<index_t>(1, detail::calib_pass0_tile_elems / d.cols);
+      for (index_t r0 = 0; r0 < d.rows; r0 += rows_per_tile0)
+        tiles0.push_back({static_cast<index_t>(t), r0, std::min(d.rows, r0 + rows_per_tile0)});
     }
     LORI_EXPECTS(bit <= (index_t{1} << 62), "calibration_plan: too many elements");
     pos_bits_ = 1;  // tie keys: flat bit positions 0 .. bit - 1 need pos_bits_ bits
     while (pos_bits_ < 62 && (index_t{1} << pos_bits_) < bit) ++pos_bits_;
-    LORI_EXPECTS(tiles_.size() < (std::size_t{1} << 31), "calibration_plan: too many tiles");
+    LORI_EXPECTS(tiles0.size() < (std::size_t{1} << 31), "calibration_plan: too many tiles");
+    nt_ = static_cast<index_t>(tiles_.size());
+    nt0_ = static_cast<index_t>(tiles0.size());
+    tiles_.insert(tiles_.end(), tiles0.begin(), tiles0.end());  // one upload: split tiles, then pass 0's
     total_ = elem;
     group_init_.resize(static_cast<std::size_t>(groups_.count()));
     group_size_.assign(static_cast<std::size_t>(groups_.count()), 0);
@@ -846,9 +856,8 @@ class calibration_plan {
       per_sm = 4;
     }
     sms = std::max(sms, 1);
-    const auto nt = static_cast<index_t>(tiles_.size());
-    grid_pass0_ = static_cast<unsigned>(std::max<index_t>(1, std::min<index_t>(nt, static_cast<index_t>(sms) * std::max(per_sm, 1))));
-    grid_small_ = static_cast<unsigned>(std::max<index_t>(1, std::min<index_t>(std::max<index_t>(nt, capacity_ / detail::calib_block + 1),
+    grid_pass0_ = static_cast<unsigned>(std::max<index_t>(1, std::min<index_t>(nt0_, static_cast<index_t>(sms) * std::max(per_sm, 1))));
+    grid_small_ = static_cast<unsigned>(std::max<index_t>(1, std::min<index_t>(std::max<index_t>(nt_, capacity_ / detail::calib_block + 1),
                                                                              static_cast<index_t>(sms) * 4)));
   }
 
@@ -879,7 +888,7 @@ class calibration_plan {
       LORI_CUDA_CHECK(cudaMemcpyAsync(ws + off_init_, group_init_.data(), group_init_.size() * sizeof(group_init_[0]),
                                       cudaMemcpyHostToDevice, stream));
     }
-    const auto nt = static_cast<unsigned>(tiles_.size());
+    const auto nt = static_cast<unsigned>(nt_);
     if (nt == 0) return;  // no elements: every mask is empty, report() answers from the plan
     const auto ng = static_cast<unsigned>(groups_.count());
     constexpr int B = detail::calib_block;
@@ -933,7 +942,7 @@ class calibration_plan {
     LORI_CUDA_CHECK(cudaMemcpy(gs.data(), ws + off_groups_, gs.size() * sizeof(gs[0]), cudaMemcpyDeviceToHost));
     LORI_CUDA_CHECK(cudaMemcpy(kept.data(), ws + off_kept_, kept.size() * sizeof(kept[0]), cudaMemcpyDeviceToHost));
     LORI_CUDA_CHECK(cudaMemcpy(&glob, ws + off_globals_, sizeof(glob), cudaMemcpyDeviceToHost));
-    if (tiles_.empty()) {  // run() launched nothing
+    if (nt_ == 0) {  // run() launched nothing
       glob.bad_position = ~0ull;
       gs = group_init_;
       std::fill(kept.begin(), kept.end(), 0);
@@ -992,7 +1001,9 @@ class calibration_plan {
     p.cands = reinterpret_cast<detail::calib_candidate<key_type>*>(ws + off_cands_);
     p.kept = reinterpret_cast<unsigned long long*>(ws + off_kept_);
     p.capacity = capacity_;
-    p.num_tiles = static_cast<index_t>(tiles_.size());
+    p.num_tiles = nt_;
+    p.tiles0 = p.tiles + nt_;
+    p.num_tiles0 = nt0_;
     p.pos_bits = pos_bits_;
     p.pos_max = (std::uint64_t{1} << pos_bits_) - 1;
     p.exact = opt_.semantics == mask_semantics::exact ? 1 : 0;
@@ -1003,7 +1014,8 @@ class calibration_plan {
   calibration_options opt_;
   mask_groups groups_;
   std::vector<detail::calib_tensor_desc<T>> descs_;
-  std::vector<detail::calib_tile> tiles_;
+  std::vector<detail::calib_tile> tiles_;  // nt_ tiles of calib_tile_elems, then nt0_ of calib_pass0_tile_elems
+  index_t nt_ = 0, nt0_ = 0;
   std::vector<detail::calib_group_state<key_type>> group_init_;
   std::vector<index_t> group_size_;
   index_t total_ = 0;
