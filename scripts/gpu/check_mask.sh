@@ -22,7 +22,7 @@ for tool in memcheck racecheck; do
   [ $rc -eq 0 ] || grep -E "Error|Race|Invalid|at 0x|by thread" "$OUT/mask_sanitize_$tool.log" | head -15 | tee -a "$F"
 done
 bench=$(find "$B" -type f -name lori_bench_mask -perm -u+x | head -1)
-log "== lori_bench_mask BM_gpu (5 repetitions; median and min over repetitions)"
+log "== lori_bench_mask BM_gpu (5 repetitions: mean and median; real_time = CUDA-event time)"
 timeout 60 "$bench" --benchmark_filter='BM_gpu' --benchmark_repetitions=5 --benchmark_report_aggregates_only=true \
   --benchmark_min_time=0.2 > "$OUT/mask_bench.log" 2>&1
 log "bench rc=$?"
