@@ -20,17 +20,19 @@ timeout 45 "$bench" --benchmark_filter='BM_gpu' --benchmark_repetitions=5 --benc
   --benchmark_min_time=0.1 > "$OUT/mask_bench.log" 2>&1
 log "bench rc=$?"
 grep -E "^BM_|^Run|^-|Benchmark" "$OUT/mask_bench.log" | grep -v -E "_stddev|_cv" | head -60 | tee -a "$F"
-if command -v nsys > /dev/null; then
-  log "== nsys kernel summary, BM_gpu_calibrate_llama3_8b/0/0 and /1/0"
-  timeout 25 nsys profile -o "$OUT/mask_prof" --force-overwrite true -t cuda "$bench" --benchmark_filter='BM_gpu_calibrate_llama3_8b/(0/0|1/0)' \
-    --benchmark_min_time=0.05 > "$OUT/mask_nsys.log" 2>&1
-  timeout 15 nsys stats -q --report cuda_gpu_kern_sum --format csv "$OUT/mask_prof.nsys-rep" 2>/dev/null \
-    | cut -d, -f1-4,9 | head -20 | tee -a "$F"
+if command -v ncu > /dev/null; then
+  log "== ncu: the 8 kernels of one BM_gpu_calibrate_llama3_8b/0/0 run (serialised, caches flushed)"
+  timeout 40 ncu --section SpeedOfLight --section Occupancy --section LaunchStats --section MemoryWorkloadAnalysis \
+    -k regex:calib_ -c 8 "$bench" --benchmark_filter='BM_gpu_calibrate_llama3_8b/0/0$' --benchmark_min_time=0.01 \
+    > "$OUT/mask_ncu.log" 2>&1
+  log "ncu rc=$?"
+  grep -E "calib_[a-z0-9]+<|^ +Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Registers Per Thread|Grid Size|Block Size" \
+    "$OUT/mask_ncu.log" | sed -E 's/\(lori::cuda::detail::calib_params.*//; s/ +/ /g' | head -70 | tee -a "$F"
 fi
 exe=$(find "$B" -type f -name lori_test_mask_gpu -perm -u+x | head -1)
 for tool in memcheck racecheck; do
   s=$(date +%s)
-  LORI_MASK_GPU_QUICK=1 timeout 35 compute-sanitizer --tool $tool --report-api-errors no --error-exitcode 9 "$exe" > "$OUT/mask_sanitize_$tool.log" 2>&1
+  LORI_MASK_GPU_QUICK=1 timeout $([ $tool = racecheck ] && echo 60 || echo 30) compute-sanitizer --tool $tool --report-api-errors no --error-exitcode 9 "$exe" > "$OUT/mask_sanitize_$tool.log" 2>&1
   rc=$?
   log "compute-sanitizer $tool (LORI_MASK_GPU_QUICK=1): rc=$rc $(( $(date +%s) - s )) s; $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|test cases' "$OUT/mask_sanitize_$tool.log" | tr '\n' ' ')"
   [ $rc -eq 0 ] || grep -E "Error|Race|Invalid|at 0x|by thread" "$OUT/mask_sanitize_$tool.log" | head -15 | tee -a "$F"

@@ -75,7 +75,7 @@ void compare_gpu_cpu(const std::vector<lori::calibration_tensor<T>>& ts, const l
   device_adapter<T> dev(ts);
   lori::cuda::calibration_plan<T> plan(dev.tensors, opt, capacity);
   lori::cuda::device_buffer<std::byte> ws(static_cast<lori::index_t>(plan.workspace_bytes()));
-  for (int rep = 0; rep < 3; ++rep) {  // a plan runs again with the same workspace
+  for (int rep = 0; rep < (quick() ? 2 : 3); ++rep) {  // a plan runs again with the same workspace
     INFO("repetition " << rep);
     dev.poison();
     if (rep != 1) ws.fill_bytes(rep == 0 ? 0xff : 0x5a);  // the workspace needs no initialisation
@@ -114,6 +114,7 @@ void sweep(const lori_test::random_adapter_spec& spec, std::uint64_t salt, const
     if (q && s != sparsities.back()) continue;
     for (auto gran : all_granularities) {
       if (q && gran != lori::mask_granularity::model && gran != lori::mask_granularity::matrix) continue;
+      if (q && gran == lori::mask_granularity::matrix && salt % 2 == 0) continue;
       for (auto sem : all_semantics)
         for (lori::index_t cap : {lori::index_t{-1}, lori::index_t{0}, lori::index_t{37}}) {
           if (q && cap == 37) continue;

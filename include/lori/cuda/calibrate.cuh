@@ -17,10 +17,10 @@
 //      blocks over a (tensor, row range) tile table, shared-memory histograms flushed per group;
 //   3. select: one block per group narrows its radix_select_state (lori/mask/radix_select.hpp)
 //      to the bucket holding the k-th largest key (~1% of normal-like data) and clears the counts;
-//   4. split, the second and last full read (tiles in reverse order, so the part of the data pass 0
-//      read last is still in L2): every mask word is written with the entries certainly kept (top
+//   4. split, the second and last full read (tiles ordered so that the data pass 0 read last, still
+//      in L2, is read first): every mask word is written with the entries certainly kept (top
 //      digit above the bucket); the bucket's entries go to a candidate list (one block scan and one
-//      atomic per 4096 entries) and their next 11-bit digit to the group's histogram;
+//      atomic per 8192 entries) and their next 11-bit digit to the group's histogram;
 //   5. select, then the last digit (7 bits for float) histogrammed on the candidates only, select;
 //   6. exact semantics only, and only for groups that need fewer ties than they hold: a radix
 //      selection of the ties' flat positions on the candidates (bits = log2 of the total mask bits);
@@ -70,11 +70,12 @@ struct device_calibration_tensor {
 namespace detail {
 
 inline constexpr int calib_block = 256;          // split, candidate and finishing kernels
-inline constexpr int calib_pass0_block = 512;    // pass 0 (full-data histogram)
+inline constexpr int calib_pass0_block = 256;    // pass 0 (full-data histogram)
+inline constexpr int calib_pass0_unroll = 8;     // float4 loads in flight per thread in pass 0 (a whole tile)
 inline constexpr int calib_select_block = 256;   // one block per group, 32 bins per thread
 inline constexpr int calib_first_bits = 13;      // width of the first value digit on the GPU
 inline constexpr int calib_max_bins = 1 << calib_first_bits;
-inline constexpr int calib_split_unroll = 4;     // float4 loads in flight per thread in the split pass
+inline constexpr int calib_split_unroll = 8;     // float4 loads in flight per thread in the split pass (half a tile)
 inline constexpr index_t calib_tile_elems = 16384;       // tiles of the split and full-data passes
 inline constexpr index_t calib_pass0_tile_elems = 8192;   // pass 0: one unrolled sweep of a block
 
@@ -222,11 +223,11 @@ __global__ void __launch_bounds__(calib_block) calib_init(calib_group_state<Key>
 
 // Pass 0, the first full read: histogram of the first value digit of every element (excluded
 // entries count as key 0), per group; NaN/Inf detection (smallest flat position); excluded counts.
-// Persistent blocks take tiles blockIdx.x, blockIdx.x + gridDim.x, ... (so the grid sweeps the
-// data in order, and the split pass, sweeping backwards, finds the last part still in L2); a block
-// accumulates in shared memory and flushes when the group changes.
+// Persistent blocks take contiguous ranges of tiles (so a block flushes its shared histogram only
+// when the group changes); the plan orders the split's tiles so that it reads first what pass 0
+// read last (still in L2).
 template <class T>
-__global__ void __launch_bounds__(calib_pass0_block, 2) calib_pass0(calib_params<T> p) {
+__global__ void __launch_bounds__(calib_pass0_block, 3) calib_pass0(calib_params<T> p) {
   using Key = magnitude_key_t<T>;
   constexpr int bits = magnitude_key<T>::bits;
   constexpr int shift = calib_vshift(bits, 0);
@@ -236,7 +237,8 @@ __global__ void __launch_bounds__(calib_pass0_block, 2) calib_pass0(calib_params
   for (int b = threadIdx.x; b < bins; b += blockDim.x) sh[b] = 0;
   __syncthreads();
   index_t cur = -1, acc = 0;  // uniform over the block
-  for (index_t t = blockIdx.x; t < p.num_tiles0; t += gridDim.x) {
+  const index_t t_end = (static_cast<index_t>(blockIdx.x) + 1) * p.num_tiles0 / gridDim.x;
+  for (index_t t = static_cast<index_t>(blockIdx.x) * p.num_tiles0 / gridDim.x; t < t_end; ++t) {
     const calib_tile tile = p.tiles0[t];
     const calib_tensor_desc<T> td = p.tensors[tile.tensor];
     const index_t ne = (tile.row_end - tile.row_begin) * td.cols;  // < 2^31 (plan checks)
@@ -254,15 +256,16 @@ __global__ void __launch_bounds__(calib_pass0_block, 2) calib_pass0(calib_params
       if (td.fast && td.excl == nullptr) {  // packed rows, cols % 4 == 0, 16-byte aligned
         const auto* base4 = reinterpret_cast<const float4*>(td.data + tile.row_begin * td.cols);
         const index_t n4 = ne / 4;
-        for (index_t v0 = threadIdx.x; v0 < n4; v0 += 4 * static_cast<index_t>(blockDim.x)) {
-          float4 x[4];
+        constexpr int U = calib_pass0_unroll;
+        for (index_t v0 = threadIdx.x; v0 < n4; v0 += U * static_cast<index_t>(blockDim.x)) {
+          float4 x[U];
 #pragma unroll
-          for (int u = 0; u < 4; ++u) {
+          for (int u = 0; u < U; ++u) {
             const index_t v = v0 + u * static_cast<index_t>(blockDim.x);
             x[u] = v < n4 ? __ldg(base4 + v) : make_float4(0.f, 0.f, 0.f, 0.f);
           }
 #pragma unroll
-          for (int u = 0; u < 4; ++u) {
+          for (int u = 0; u < U; ++u) {
             const index_t v = v0 + u * static_cast<index_t>(blockDim.x);
             if (v >= n4) break;
             const float xs[4] = {x[u].x, x[u].y, x[u].z, x[u].w};
@@ -440,9 +443,9 @@ __device__ __forceinline__ void calib_word_bits(const calib_tensor_desc<T>& td, 
 // Split pass for a `fast` tensor (see calib_tensor_desc): thread v of the tile reads float4 v
 // (elements 4v..4v+3, coalesced), calib_split_unroll of them in flight; the W = min(cols, 64)
 // elements of a mask word are held by L = W / 4 consecutive lanes (a power of two dividing 32),
-// whose bits are OR-reduced with shuffles; the first lane of each group writes the word. One block
-// scan and one global atomic per chunk of calib_split_unroll * 1024 elements reserve the slots of
-// the chunk's candidates.
+// whose bits are OR-reduced with shuffles; the first lane of each group writes the word. A whole
+// tile (calib_split_unroll * 1024 elements) is loaded at once, so one block scan and one global
+// atomic per tile reserve the slots of its candidates.
 template <class T, class Scan>
 __device__ __forceinline__ void calib_split_fast(const calib_params<T>& p, const calib_tile& tile, const calib_tensor_desc<T>& td,
                                                  const radix_select_state<magnitude_key_t<T>>& vs, bool live, bool compact,
@@ -463,8 +466,7 @@ __device__ __forceinline__ void calib_split_fast(const calib_params<T>& p, const
   const int lane = static_cast<int>(threadIdx.x & 31u);
   const auto B = static_cast<index_t>(blockDim.x);
   for (index_t v0 = 0; v0 < n4; v0 += U * B) {
-    Key k[U][4];
-    unsigned int cbits = 0;  // candidate flags: bit 4u + b
+    std::uint64_t cbits = 0;  // candidate flags: bit 4u + b
     float4 x[U];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
@@ -477,16 +479,13 @@ __device__ __forceinline__ void calib_split_fast(const calib_params<T>& p, const
       const bool in = v < n4;
       const index_t word = word0 + v / L;
       const int bitpos = static_cast<int>((4 * v) & (W - 1));
-      k[u][0] = magnitude_bits(x[u].x);
-      k[u][1] = magnitude_bits(x[u].y);
-      k[u][2] = magnitude_bits(x[u].z);
-      k[u][3] = magnitude_bits(x[u].w);
+      const Key k[4] = {magnitude_bits(x[u].x), magnitude_bits(x[u].y), magnitude_bits(x[u].z), magnitude_bits(x[u].w)};
       unsigned int def4 = 0, cand4 = 0;
       if (in && live) {
 #pragma unroll
         for (int b = 0; b < 4; ++b) {
-          def4 |= static_cast<unsigned int>(k[u][b] > above) << b;
-          cand4 |= static_cast<unsigned int>((k[u][b] & pm) == vs.prefix) << b;
+          def4 |= static_cast<unsigned int>(k[b] > above) << b;
+          cand4 |= static_cast<unsigned int>((k[b] & pm) == vs.prefix) << b;
         }
         if (td.excl != nullptr) {
           const auto e4 = static_cast<unsigned int>((td.excl[word] >> bitpos) & 0xfu);
@@ -500,9 +499,9 @@ __device__ __forceinline__ void calib_split_fast(const calib_params<T>& p, const
         td.out[word] = w;
         kept += static_cast<unsigned int>(__popcll(w));
       }
-      cbits |= cand4 << (4 * u);
+      cbits |= static_cast<std::uint64_t>(cand4) << (4 * u);
     }
-    const auto cnt = static_cast<unsigned int>(__popc(cbits));
+    const auto cnt = static_cast<unsigned int>(__popcll(cbits));
     unsigned int off = 0, total = 0;
     Scan(tmp).ExclusiveSum(cnt, off, total);
     if (compact && threadIdx.x == 0 && total != 0) sh_base = atomicAdd(&p.globals->cand_count, static_cast<unsigned long long>(total));
@@ -510,10 +509,12 @@ __device__ __forceinline__ void calib_split_fast(const calib_params<T>& p, const
     unsigned int slot = off;
 #pragma unroll
     for (int u = 0; u < U; ++u) {
+      if (((cbits >> (4 * u)) & 0xfu) == 0) continue;
+      const Key k[4] = {magnitude_bits(x[u].x), magnitude_bits(x[u].y), magnitude_bits(x[u].z), magnitude_bits(x[u].w)};
 #pragma unroll
       for (int b = 0; b < 4; ++b) {
         if (((cbits >> (4 * u + b)) & 1u) == 0) continue;
-        const Key key = k[u][b];
+        const Key key = k[b];
         atomicAdd(&sh[(key >> shift1) & dmask], 1u);
         if (compact) {
           const index_t v = v0 + u * B + threadIdx.x;
@@ -529,12 +530,12 @@ __device__ __forceinline__ void calib_split_fast(const calib_params<T>& p, const
   }
 }
 
-// Split pass (second and last full read), one block per tile, tiles in reverse order. Compact mode:
+// Split pass (second and last full read), one block per tile (table order reversed). Compact mode:
 // writes every mask word with the bits certainly kept (first digit above the selected bucket; their
 // popcount goes to the tensor's kept count) and appends the bucket's entries to the candidate list;
 // both modes: histogram of digit 1 of the bucket's entries (shared memory, flushed at the end).
 template <class T>
-__global__ void __launch_bounds__(calib_block) calib_split(calib_params<T> p) {
+__global__ void __launch_bounds__(calib_block, 3) calib_split(calib_params<T> p) {
   using Key = magnitude_key_t<T>;
   constexpr int bits = magnitude_key<T>::bits;
   using scan_t = cub::BlockScan<unsigned int, calib_block>;
@@ -788,6 +789,7 @@ class calibration_plan {
     groups_ = lori::detail::calibration_groups(names, opt_);
     index_t elem = 0, bit = 0;
     std::vector<detail::calib_tile> tiles0;
+    std::vector<index_t> first0(tensors_.size(), 0), rows0(tensors_.size(), 1);  // pass 0 tiles of each tensor
     for (std::size_t t = 0; t < tensors_.size(); ++t) {
       const auto& in = tensors_[t];
       detail::calib_tensor_desc<T> d{};
@@ -811,6 +813,8 @@ class calibration_plan {
       for (index_t r0 = 0; r0 < d.rows; r0 += rows_per_tile)
         tiles_.push_back({static_cast<index_t>(t), r0, std::min(d.rows, r0 + rows_per_tile)});
       const index_t rows_per_tile0 = std::max<index_t>(1, detail::calib_pass0_tile_elems / d.cols);
+      first0[t] = static_cast<index_t>(tiles0.size());
+      rows0[t] = rows_per_tile0;
       for (index_t r0 = 0; r0 < d.rows; r0 += rows_per_tile0)
         tiles0.push_back({static_cast<index_t>(t), r0, std::min(d.rows, r0 + rows_per_tile0)});
     }
@@ -820,7 +824,6 @@ class calibration_plan {
     LORI_EXPECTS(tiles0.size() < (std::size_t{1} << 31), "calibration_plan: too many tiles");
     nt_ = static_cast<index_t>(tiles_.size());
     nt0_ = static_cast<index_t>(tiles0.size());
-    tiles_.insert(tiles_.end(), tiles0.begin(), tiles0.end());  // one upload: split tiles, then pass 0's
     total_ = elem;
     group_init_.resize(static_cast<std::size_t>(groups_.count()));
     group_size_.assign(static_cast<std::size_t>(groups_.count()), 0);
@@ -838,7 +841,7 @@ class calibration_plan {
     using G = detail::calib_group_state<key_type>;
     off_tensors_ = 0;
     off_tiles_ = off_tensors_ + detail::calib_align(descs_.size() * sizeof(detail::calib_tensor_desc<T>));
-    off_init_ = off_tiles_ + detail::calib_align(tiles_.size() * sizeof(detail::calib_tile));
+    off_init_ = off_tiles_ + detail::calib_align(static_cast<std::size_t>(nt_ + nt0_) * sizeof(detail::calib_tile));
     off_groups_ = off_init_ + detail::calib_align(group_init_.size() * sizeof(G));
     off_hist_ = off_groups_ + detail::calib_align(group_init_.size() * sizeof(G));
     off_globals_ = off_hist_ + detail::calib_align(group_init_.size() * detail::calib_max_bins * sizeof(unsigned long long));
@@ -859,6 +862,21 @@ class calibration_plan {
     grid_pass0_ = static_cast<unsigned>(std::max<index_t>(1, std::min<index_t>(nt0_, static_cast<index_t>(sms) * std::max(per_sm, 1))));
     grid_small_ = static_cast<unsigned>(std::max<index_t>(1, std::min<index_t>(std::max<index_t>(nt_, capacity_ / detail::calib_block + 1),
                                                                              static_cast<index_t>(sms) * 4)));
+    // Split tiles in ascending order of when pass 0 read them (its blocks run their contiguous tile
+    // ranges in lockstep: tile i of a range is read at step i); the split runs the table backwards,
+    // so it starts with the data pass 0 read last, still in L2. Any order is correct.
+    if (nt0_ > 0) {
+      std::vector<index_t> step(static_cast<std::size_t>(nt0_));
+      const auto G = static_cast<index_t>(grid_pass0_);
+      for (index_t b = 0; b < G; ++b)
+        for (index_t i = b * nt0_ / G; i < (b + 1) * nt0_ / G; ++i) step[static_cast<std::size_t>(i)] = i - b * nt0_ / G;
+      std::stable_sort(tiles_.begin(), tiles_.end(), [&](const detail::calib_tile& a, const detail::calib_tile& b) {
+        const auto ta = static_cast<std::size_t>(a.tensor), tb = static_cast<std::size_t>(b.tensor);
+        return step[static_cast<std::size_t>(first0[ta] + a.row_begin / rows0[ta])] <
+               step[static_cast<std::size_t>(first0[tb] + b.row_begin / rows0[tb])];
+      });
+    }
+    tiles_.insert(tiles_.end(), tiles0.begin(), tiles0.end());  // one upload: split tiles, then pass 0's
   }
 
   /// Bytes of device scratch run() needs (256-byte aligned regions).
