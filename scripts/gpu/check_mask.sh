@@ -23,7 +23,7 @@ grep -E "^BM_|^Run|^-|Benchmark" "$OUT/mask_bench.log" | grep -v -E "_stddev|_cv
 if command -v ncu > /dev/null; then
   log "== ncu: the 8 kernels of one BM_gpu_calibrate_llama3_8b/0/0 run (serialised, caches flushed)"
   timeout 40 ncu --section SpeedOfLight --section Occupancy --section LaunchStats --section MemoryWorkloadAnalysis \
-    -k regex:calib_ -c 8 "$bench" --benchmark_filter='BM_gpu_calibrate_llama3_8b/0/0$' --benchmark_min_time=0.01 \
+    -k regex:calib_ -c 8 "$bench" --benchmark_filter='BM_gpu_calibrate_llama3_8b/0/0/' --benchmark_min_time=0.01 \
     > "$OUT/mask_ncu.log" 2>&1
   log "ncu rc=$?"
   grep -E "calib_[a-z0-9]+<|^ +Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Registers Per Thread|Grid Size|Block Size" \
