@@ -130,6 +130,10 @@ void BM_gpu_baseline_d2d_copy(benchmark::State& state) {
 
 }  // namespace
 
-BENCHMARK(BM_gpu_calibrate_llama3_8b)->Args({0, 0})->Args({1, 0})->Args({0, 1})->Args({0, 4})->UseManualTime()->Unit(benchmark::kMicrosecond);
+// Args: {semantics (0 reference, 1 exact), granularity (0 model, 1 layer, 2 module, 3 projection, 4 matrix)}.
+BENCHMARK(BM_gpu_calibrate_llama3_8b)
+    ->Args({0, 0})->Args({0, 1})->Args({0, 2})->Args({0, 3})->Args({0, 4})
+    ->Args({1, 0})->Args({1, 1})->Args({1, 4})
+    ->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_calibrate_baseline_cub_radix_sort)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_baseline_d2d_copy)->UseManualTime()->Unit(benchmark::kMicrosecond);

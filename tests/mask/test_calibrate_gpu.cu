@@ -1,6 +1,10 @@
 // GPU mask calibration (lori::cuda::calibration_plan) against the CPU path, bit for bit: every
 // granularity, both semantics, float and double, ties, exclusions, padded views, odd shapes, the
 // compact (candidate) path and the forced full-data fallback, with every output word poisoned first.
+//
+// LORI_MASK_GPU_QUICK=1 in the environment runs a representative subset (model and matrix
+// granularity, default and zero candidate capacity, one sparsity per sweep): every kernel and both
+// modes, for compute-sanitizer runs (memcheck, racecheck) that must finish in well under a minute.
 #include <doctest/doctest.h>
 
 #include "calibrate_reference.hpp"
@@ -10,20 +14,29 @@
 #include "test_util.hpp"
 
 #include <cstddef>
+#include <cstdint>
+#include <cstdlib>
 #include <limits>
 #include <string>
 #include <vector>
 
 namespace {
 
+bool quick() {
+  const char* q = std::getenv("LORI_MASK_GPU_QUICK");
+  return q != nullptr && q[0] != '\0' && q[0] != '0';
+}
+
 const lori::mask_granularity all_granularities[] = {lori::mask_granularity::model, lori::mask_granularity::layer,
                                                     lori::mask_granularity::module, lori::mask_granularity::projection,
                                                     lori::mask_granularity::matrix};
 const lori::mask_semantics all_semantics[] = {lori::mask_semantics::reference, lori::mask_semantics::exact};
 
-// Device copies of a host adapter: values (with their leading dimension), exclusion words, outputs.
+// Device copies of a host adapter: values (with their leading dimension, and the host pointer's
+// misalignment to 16 bytes, so unaligned views stay unaligned), exclusion words, outputs.
 template <class T>
 struct device_adapter {
+  std::vector<std::size_t> shift;
   std::vector<lori::cuda::device_buffer<T>> values;
   std::vector<lori::cuda::device_buffer<std::uint64_t>> excl, out;
   std::vector<lori::cuda::device_calibration_tensor<T>> tensors;
@@ -31,9 +44,11 @@ struct device_adapter {
   explicit device_adapter(const std::vector<lori::calibration_tensor<T>>& ts) {
     for (const auto& t : ts) {
       const lori::index_t r = t.values.rows(), c = t.values.cols(), ld = t.values.ld();
-      std::vector<T> host(static_cast<std::size_t>(r * ld));
+      const std::size_t sh = (reinterpret_cast<std::uintptr_t>(t.values.data()) % 16) / sizeof(T);
+      shift.push_back(sh);
+      std::vector<T> host(static_cast<std::size_t>(r * ld) + sh, T(7));
       for (lori::index_t i = 0; i < r; ++i)
-        for (lori::index_t j = 0; j < ld; ++j) host[static_cast<std::size_t>(i * ld + j)] = j < c ? t.values(i, j) : T(7);
+        for (lori::index_t j = 0; j < ld; ++j) host[sh + static_cast<std::size_t>(i * ld + j)] = j < c ? t.values(i, j) : T(7);
       values.emplace_back(host);
       excl.emplace_back(t.exclude != nullptr ? t.exclude->words() : std::vector<std::uint64_t>{});
       out.emplace_back(r * lori::bitmask_words_per_row(c));
@@ -43,7 +58,7 @@ struct device_adapter {
       const lori::index_t r = t.values.rows(), c = t.values.cols(), wpr = lori::bitmask_words_per_row(c);
       lori::cuda::device_calibration_tensor<T> d;
       d.name = t.name;
-      d.values = lori::row_major_view<const T>(values[k].data(), r, c, t.values.ld());
+      d.values = lori::row_major_view<const T>(values[k].data() + shift[k], r, c, t.values.ld());
       if (t.exclude != nullptr) d.exclude = lori::bitmask_view{excl[k].data(), r, c, wpr};
       d.mask = lori::mutable_bitmask_view{out[k].data(), r, c, wpr};
       tensors.push_back(d);
@@ -60,7 +75,7 @@ void compare_gpu_cpu(const std::vector<lori::calibration_tensor<T>>& ts, const l
   device_adapter<T> dev(ts);
   lori::cuda::calibration_plan<T> plan(dev.tensors, opt, capacity);
   lori::cuda::device_buffer<std::byte> ws(static_cast<lori::index_t>(plan.workspace_bytes()));
-  for (int rep = 0; rep < 3; ++rep) {  // a plan runs again with the same workspace
+  for (int rep = 0; rep < (quick() ? 2 : 3); ++rep) {  // a plan runs again with the same workspace
     INFO("repetition " << rep);
     dev.poison();
     if (rep != 1) ws.fill_bytes(rep == 0 ? 0xff : 0x5a);  // the workspace needs no initialisation
@@ -94,10 +109,15 @@ void sweep(const lori_test::random_adapter_spec& spec, std::uint64_t salt, const
   LORI_TEST_SEED_INFO();
   auto g = lori_test::rng(salt);
   const auto a = lori_test::make_random_adapter<T>(spec, g);
-  for (double s : sparsities)
-    for (auto gran : all_granularities)
+  const bool q = quick();
+  for (double s : sparsities) {
+    if (q && s != sparsities.back()) continue;
+    for (auto gran : all_granularities) {
+      if (q && gran != lori::mask_granularity::model && gran != lori::mask_granularity::matrix) continue;
+      if (q && gran == lori::mask_granularity::matrix && salt % 2 == 0) continue;
       for (auto sem : all_semantics)
         for (lori::index_t cap : {lori::index_t{-1}, lori::index_t{0}, lori::index_t{37}}) {
+          if (q && cap == 37) continue;
           INFO("s=" << s << " granularity=" << lori::to_string(gran) << " exact=" << (sem == lori::mask_semantics::exact)
                     << " capacity=" << cap);
           lori::calibration_options opt;
@@ -106,6 +126,27 @@ void sweep(const lori_test::random_adapter_spec& spec, std::uint64_t salt, const
           opt.semantics = sem;
           compare_gpu_cpu(a.tensors, opt, cap);
         }
+    }
+  }
+}
+
+// Every granularity the names allow (all of them for PEFT names) x both semantics x the given
+// capacities, at sparsity s.
+template <class T>
+void compare_all(const std::vector<lori::calibration_tensor<T>>& ts, double s, const std::vector<lori::index_t>& caps) {
+  for (auto gran : all_granularities) {
+    if (quick() && gran != lori::mask_granularity::model && gran != lori::mask_granularity::matrix) continue;
+    for (auto sem : all_semantics)
+      for (lori::index_t cap : caps) {
+        INFO("s=" << s << " granularity=" << lori::to_string(gran) << " exact=" << (sem == lori::mask_semantics::exact)
+                  << " capacity=" << cap);
+        lori::calibration_options opt;
+        opt.sparsity = s;
+        opt.granularity = gran;
+        opt.semantics = sem;
+        compare_gpu_cpu(ts, opt, cap);
+      }
+  }
 }
 
 }  // namespace
@@ -158,15 +199,84 @@ TEST_CASE("GPU calibration equals the CPU path on tensors spanning many tiles") 
       ts.push_back({"model.layers." + std::to_string(l) + "." + projs[p] + ".lora_B.weight",
                     lori::row_major_view<const float>(store.back().data(), r, c), l == 1 ? &ex.back() : nullptr});
     }
-  for (auto gran : {lori::mask_granularity::model, lori::mask_granularity::projection})
+  for (auto gran : all_granularities)
     for (auto sem : all_semantics)
       for (lori::index_t cap : {lori::index_t{-1}, lori::index_t{0}}) {
+        if (quick() && (gran != lori::mask_granularity::model || sem != lori::mask_semantics::reference || cap != -1)) continue;
         lori::calibration_options opt;
         opt.sparsity = 0.9;
         opt.granularity = gran;
         opt.semantics = sem;
         compare_gpu_cpu(ts, opt, cap);
       }
+}
+
+TEST_CASE("GPU calibration equals the CPU path when one bucket holds all the data (all magnitudes equal)") {
+  // Every |B| is 0.5 (signs mixed; one tensor partly excluded): the first-digit bucket holds every
+  // entry, so the candidate list needs every non-excluded entry, tau =
+  // 0.5, reference semantics keep everything not excluded, exact semantics select k of the ties by
+  // flat position, across tiles (4100 x 32 = 131200 elements: 9 tiles) and tensors. Excluded
+  // entries rank as 0, outside the bucket: capacity N - excluded fits exactly, one less overflows.
+  LORI_TEST_SEED_INFO();
+  auto g = lori_test::rng(110);
+  std::uniform_int_distribution<int> coin(0, 1);
+  const lori::index_t rows[] = {4100, 33, 1, 257}, cols[] = {32, 5, 1, 64};
+  const char* names[] = {"model.layers.0.self_attn.q_proj.lora_B.weight", "model.layers.0.mlp.up_proj.lora_B.weight",
+                         "model.layers.1.self_attn.q_proj.lora_B.weight", "model.layers.1.mlp.up_proj.lora_B.weight"};
+  std::vector<std::vector<float>> store(4);
+  std::vector<lori::bitmask> ex;
+  ex.reserve(4);
+  std::vector<lori::calibration_tensor<float>> ts;
+  lori::index_t n = 0;
+  for (int t = 0; t < 4; ++t) {
+    store[t].resize(static_cast<std::size_t>(rows[t] * cols[t]));
+    for (auto& x : store[t]) x = coin(g) ? 0.5f : -0.5f;
+    ex.emplace_back(rows[t], cols[t]);
+    if (t == 3)
+      for (lori::index_t i = 0; i < rows[t]; i += 2) ex.back().set(i, (i * 7) % cols[t]);
+    ts.push_back({names[t], lori::row_major_view<const float>(store[t].data(), rows[t], cols[t]), t == 3 ? &ex.back() : nullptr});
+    n += rows[t] * cols[t];
+  }
+  const lori::index_t m = n - ex[3].count();  // entries in the bucket
+  if (quick()) {
+    compare_all(ts, 0.9, {m, 0});
+  } else {
+    for (double s : {0.3, 0.9}) compare_all(ts, s, {-1, m, m - 1, 0});
+  }
+}
+
+TEST_CASE("GPU calibration equals the CPU path: wide, narrow and unaligned shapes across tiles") {
+  // cols 128 and 256 (float4 path, two and four mask words per row), 1 and 3 (one thread per word),
+  // 100 (not a float4 shape), 32 in a view starting one element into its buffer (unaligned: one
+  // thread per word), several tiles each; a single-element tensor; double as well.
+  LORI_TEST_SEED_INFO();
+  auto g = lori_test::rng(111);
+  std::normal_distribution<double> nd(0.0, 0.02);
+  const lori::index_t rows[] = {300, 70, 20000, 6000, 200, 1, 129};
+  const lori::index_t cols[] = {128, 256, 1, 3, 100, 1, 32};
+  std::vector<std::vector<float>> sf(7);
+  std::vector<std::vector<double>> sd(7);
+  std::vector<lori::calibration_tensor<float>> tf;
+  std::vector<lori::calibration_tensor<double>> td;
+  for (int t = 0; t < 7; ++t) {
+    const std::size_t n = static_cast<std::size_t>(rows[t] * cols[t]) + 1;
+    sf[t].resize(n);
+    sd[t].resize(n);
+    for (std::size_t i = 0; i < n; ++i) sd[t][i] = nd(g), sf[t][i] = static_cast<float>(sd[t][i]);
+    const std::size_t off = t == 6 ? 1 : 0;  // unaligned view
+    const std::string name = "model.layers." + std::to_string(t % 2) + (t % 3 == 0 ? ".mlp.down_proj" : ".self_attn.o_proj") + ".lora_B." + std::to_string(t);
+    tf.push_back({name, lori::row_major_view<const float>(sf[t].data() + off, rows[t], cols[t]), nullptr});
+    td.push_back({name, lori::row_major_view<const double>(sd[t].data() + off, rows[t], cols[t]), nullptr});
+  }
+  compare_all(tf, 0.9, {-1, 0});
+  if (!quick()) {
+    compare_all(tf, 0.5, {-1});
+    compare_all(td, 0.9, {-1, 0});
+  }
+  // One element alone, every sparsity boundary (k = 0 for s > 0: floor((1 - s) * 1) = 0).
+  std::vector<lori::calibration_tensor<float>> one = {{"model.layers.0.mlp.up_proj.lora_B.weight",
+                                                       lori::row_major_view<const float>(sf[5].data(), 1, 1), nullptr}};
+  for (double s : {0.0, 0.5, 1.0}) compare_all(one, s, {-1, 0});
 }
 
 TEST_CASE("GPU calibration reports NaN/Inf with the tensor's name and index; checks its arguments") {
@@ -185,6 +295,17 @@ TEST_CASE("GPU calibration reports NaN/Inf with the tensor's name and index; che
     plan.run(ws.data(), ws.bytes(), nullptr);
     CHECK_THROWS_WITH_AS(plan.report(ws.data(), nullptr), doctest::Contains("flat index 37"), lori::error);
     CHECK_THROWS_AS(plan.run(ws.data(), ws.bytes() - 1, nullptr), lori::error);
+  }
+  {  // +Inf in a shape read one thread per word (cols = 3), and a second, later NaN: the first is named
+    std::vector<float> c(21, 0.125f);
+    c[14] = std::numeric_limits<float>::infinity();
+    c[20] = -std::numeric_limits<float>::quiet_NaN();
+    std::vector<lori::calibration_tensor<float>> ts2 = {ts[0], {"layers.1.mlp.down_proj", lori::row_major_view<const float>(c.data(), 7, 3), nullptr}};
+    device_adapter<float> dev2(ts2);
+    lori::cuda::calibration_plan<float> plan(dev2.tensors, lori::calibration_options{});
+    lori::cuda::device_buffer<std::byte> ws(static_cast<lori::index_t>(plan.workspace_bytes()));
+    plan.run(ws.data(), ws.bytes(), nullptr);
+    CHECK_THROWS_WITH_AS(plan.report(ws.data(), nullptr), doctest::Contains("'layers.1.mlp.down_proj' at (4, 2), flat index 14"), lori::error);
   }
   lori::calibration_options bad;
   bad.sparsity = 2.0;

@@ -9,21 +9,26 @@
 //   plan.run(ws.data(), ws.size(), stream);                      // enqueue only, no host sync
 //   lori::calibration_report rep = plan.report(ws.data(), stream); // syncs; throws on NaN/Inf
 //
-// Kernels (T = float: 3 digit passes of 11/11/9 bits; double: 6):
-//   1. histogram of the top digit of every element (one block per tile of rows of one tensor,
-//      shared-memory histogram flushed with global atomics; NaN/Inf detection; excluded counted);
-//   2. select: one block per group narrows its radix_select_state (lori/mask/radix_select.hpp) from
-//      the summed histogram and clears it for the next pass;
-//   3. split: the second and last full read. One thread per mask word writes the bits certainly kept
-//      (top digit above the selected bucket) and appends the bucket's entries to a candidate list
-//      (block scan + one atomic per block), histogramming their next digit;
-//   4. the remaining digits (and, for exact semantics, a radix selection of the flat positions of the
-//      ties: the first `ties_needed` in flat order are kept) run on the candidates only;
-//   5. fix: candidates that are kept get their bit (atomicOr); count: kept entries per tensor.
+// Kernels, all stream-ordered, no per-tensor or per-group launches (float: 8 launches, exact
+// semantics 2 more per tie digit):
+//   1. init: group states, histograms and counters reset (the workspace needs no initialisation);
+//   2. pass 0, the first full read: histogram of the top 13 key bits (8192 bins; excluded entries
+//      count as key 0), NaN/Inf detection (smallest flat position), excluded counts. Persistent
+//      blocks over a (tensor, row range) tile table, shared-memory histograms flushed per group;
+//   3. select: one block per group narrows its radix_select_state (lori/mask/radix_select.hpp)
+//      to the bucket holding the k-th largest key (~1% of normal-like data) and clears the counts;
+//   4. split, the second and last full read (tiles ordered so that the data pass 0 read last, still
+//      in L2, is read first): every mask word is written with the entries certainly kept (top
+//      digit above the bucket); the bucket's entries go to a candidate list (one block scan and one
+//      atomic per 8192 entries) and their next 11-bit digit to the group's histogram;
+//   5. select, then the last digit (7 bits for float) histogrammed on the candidates only, select;
+//   6. exact semantics only, and only for groups that need fewer ties than they hold: a radix
+//      selection of the ties' flat positions on the candidates (bits = log2 of the total mask bits);
+//   7. finish: the kept candidates get their bits (atomicOr); kept counts per tensor.
 // When the selected buckets hold more entries than the candidate capacity (degenerate data such as
-// mostly-equal values), the kernels see it on the device and fall back to passes over the full data
-// and a final full mask-writing pass: the same result, slower. Every mask word is written (no
-// memset needed by the caller).
+// mostly-equal values), the kernels see it on the device and run steps 5-7 over the full data
+// instead (shared-memory histograms, a full mask-writing pass): the same result, slower. Every mask
+// word is written (no memset needed by the caller).
 //
 // Histograms are summable: this is the step a multi-GPU calibration all-reduces (see docs/mask.md).
 #ifndef LORI_CUDA_CALIBRATE_CUH
@@ -64,10 +69,47 @@ struct device_calibration_tensor {
 
 namespace detail {
 
-inline constexpr int calib_block = 256;
-inline constexpr index_t calib_tile_elems = 16384;
-inline constexpr index_t position_bits = 63;
-inline constexpr std::uint64_t position_mask = (std::uint64_t{1} << position_bits) - 1;
+inline constexpr int calib_block = 256;          // split, candidate and finishing kernels
+inline constexpr int calib_pass0_block = 256;    // pass 0 (full-data histogram)
+inline constexpr int calib_pass0_unroll = 8;     // float4 loads in flight per thread in pass 0 (a whole tile)
+inline constexpr int calib_select_block = 256;   // one block per group, 32 bins per thread
+inline constexpr int calib_first_bits = 13;      // width of the first value digit on the GPU
+inline constexpr int calib_max_bins = 1 << calib_first_bits;
+inline constexpr int calib_split_unroll = 8;     // float4 loads in flight per thread in the split pass (half a tile)
+inline constexpr index_t calib_tile_elems = 16384;       // tiles of the split and full-data passes
+inline constexpr index_t calib_pass0_tile_elems = 8192;   // pass 0: one unrolled sweep of a block
+
+// Value digits on the GPU: a first digit of calib_first_bits bits (8192 bins: the selected bucket
+// holds ~1% of normal-like data, 4x fewer candidates than an 11-bit digit), then digits of
+// radix_digit_bits bits (float: 13 + 11 + 7 bits; double: 13 + 4 x 11 + 6). Same number of passes as
+// the CPU plan (radix_passes<T>), so radix_select_state::finished() holds for both. Tie keys (flat
+// positions) use the standard plan of lori/mask/radix_select.hpp.
+LORI_HOST_DEVICE constexpr int calib_vshift(int kbits, int pass) noexcept {
+  const int lo = kbits - calib_first_bits - radix_digit_bits * pass;
+  return lo > 0 ? lo : 0;
+}
+LORI_HOST_DEVICE constexpr int calib_vhigh(int kbits, int pass) noexcept { return pass == 0 ? kbits : calib_vshift(kbits, pass - 1); }
+static_assert(calib_vshift(31, 1) > 0 && calib_vshift(31, 2) == 0 && radix_passes<float> == 3, "float: 3 value passes");
+static_assert(calib_vshift(63, 4) > 0 && calib_vshift(63, 5) == 0 && radix_passes<double> == 6, "double: 6 value passes");
+
+// Digit `pass` of a Mode 0 (value) or Mode 1 (tie position) key: lowest bit, first bit above it.
+template <int Mode>
+LORI_HOST_DEVICE constexpr int calib_shift(int kbits, int pass) noexcept {
+  return Mode == 0 ? calib_vshift(kbits, pass) : radix_shift(kbits, pass);
+}
+template <int Mode>
+LORI_HOST_DEVICE constexpr int calib_high(int kbits, int pass) noexcept {
+  return Mode == 0 ? calib_vhigh(kbits, pass) : kbits - radix_digit_bits * pass;
+}
+// Key bits above digit `pass` (those fixed by the earlier passes).
+template <int Mode>
+LORI_HOST_DEVICE constexpr std::uint64_t calib_prefix_mask(int kbits, int pass) noexcept {
+  return ~((std::uint64_t{1} << calib_high<Mode>(kbits, pass)) - 1);
+}
+template <int Mode>
+LORI_HOST_DEVICE constexpr std::uint64_t calib_digit_mask(int kbits, int pass) noexcept {
+  return (std::uint64_t{1} << (calib_high<Mode>(kbits, pass) - calib_shift<Mode>(kbits, pass))) - 1;
+}
 
 template <class T>
 struct calib_tensor_desc {
@@ -80,7 +122,7 @@ struct calib_tensor_desc {
   index_t elem_offset;  // sum of rows * cols of the tensors before (NaN reports)
   index_t bit_offset;   // sum of rows * wpr * 64 of the tensors before (tie order: flat order)
   int fast;             // float, packed, 16-byte aligned, cols in {4, 8, 16, 32} or a multiple of 64:
-                        // the split pass reads it with coalesced float4 loads (calib_split_fast)
+                        // read with coalesced float4 loads (calib_pass0, calib_split_fast)
 };
 
 struct calib_tile {
@@ -107,6 +149,7 @@ struct calib_globals {
   unsigned long long bad_position;  // smallest flat position of a NaN/Inf (~0 when none)
   unsigned long long cand_needed;   // sum of the selected buckets' sizes after pass 0
   unsigned long long cand_count;    // candidates written
+  unsigned long long ties_live;     // groups whose tie selection is still running
 };
 
 template <class T>
@@ -115,16 +158,19 @@ struct calib_params {
   const calib_tensor_desc<T>* tensors;
   const calib_tile* tiles;
   calib_group_state<Key>* groups;
-  unsigned long long* hist;  // groups x radix_bins
+  unsigned long long* hist;  // groups x calib_max_bins
   calib_globals* globals;
   calib_candidate<Key>* cands;
   unsigned long long* kept;  // per tensor
   index_t capacity;
-  index_t num_groups;
+  index_t num_tiles;
+  const calib_tile* tiles0;  // pass 0's finer tiles (better balance over the persistent blocks)
+  index_t num_tiles0;
+  std::uint64_t pos_max;  // (1 << pos_bits) - 1: tie key of flat bit position q is pos_max - q
+  int pos_bits;
   int exact;
 };
 
-template <class Key>
 __device__ __forceinline__ bool calib_compact(const calib_globals* g, index_t capacity) {
   return static_cast<index_t>(g->cand_needed) <= capacity;
 }
@@ -145,198 +191,215 @@ __device__ __forceinline__ bool calib_excluded(const std::uint64_t* ex, index_t 
   return ex != nullptr && ((ex[r * wpr + (c >> 6)] >> (c & 63)) & 1u);
 }
 
-// Flushes a block's shared histogram into the group's global one; clears nothing.
-__device__ __forceinline__ void calib_flush(const unsigned int* sh, unsigned long long* gh) {
-  for (int b = threadIdx.x; b < radix_bins; b += blockDim.x)
-    if (sh[b] != 0) atomicAdd(gh + b, static_cast<unsigned long long>(sh[b]));
-}
-
-// Mode 0: value digits (pass 0 counts excluded as key 0 and checks finiteness; later passes skip
-// excluded entries, whose count the select kernel adds to bin 0 when the prefix is 0).
-// Mode 1: digits of the tie keys (position_mask - flat bit position) of the non-excluded entries
-// whose key equals tau.
-// Runs over full tiles; in compact mode (candidates available) only pass 0 uses it.
-template <class T, int Mode>
-__global__ void __launch_bounds__(calib_block) calib_hist_tiles(calib_params<T> p, int pass, int first) {
-  using Key = magnitude_key_t<T>;
-  constexpr int bits = magnitude_key<T>::bits;
-  if (!first && calib_compact<Key>(p.globals, p.capacity)) return;
-  const calib_tile tile = p.tiles[blockIdx.x];
-  const calib_tensor_desc<T> td = p.tensors[tile.tensor];
-  calib_group_state<Key>* gs = p.groups + td.group;
-  const radix_select_state<Key> vs = gs->value;
-  const radix_select_state<std::uint64_t> ts = gs->tie;
-  if (Mode == 0 ? vs.finished() && pass > 0 : ts.finished()) return;  // uniform over the block
-  __shared__ unsigned int sh[radix_bins];
-  __shared__ unsigned int sh_excl;
-  for (int b = threadIdx.x; b < radix_bins; b += blockDim.x) sh[b] = 0;
-  if (threadIdx.x == 0) sh_excl = 0;
-  __syncthreads();
-  const int kbits = Mode == 0 ? bits : static_cast<int>(position_bits);
-  const int shift = radix_shift(kbits, pass);
-  const std::uint64_t dmask = (std::uint64_t{1} << radix_width(kbits, pass)) - 1;
-  const std::uint64_t pm = radix_prefix_mask<std::uint64_t>(kbits, pass);
-  const index_t ne = (tile.row_end - tile.row_begin) * td.cols;
-  const bool flat = td.excl == nullptr && td.ld == td.cols;
-  const T* base = td.data + tile.row_begin * td.ld;
-  unsigned int excl_here = 0;
-  if constexpr (Mode == 0 && sizeof(T) == 4) {
-    if (pass == 0 && flat && td.fast) {  // packed, 16-byte aligned, cols % 4 == 0: float4 loads
-      const auto* base4 = reinterpret_cast<const float4*>(base);
-      for (index_t v = threadIdx.x; v < ne / 4; v += blockDim.x) {
-        const float4 x4 = base4[v];
-        const float xs[4] = {x4.x, x4.y, x4.z, x4.w};
-        for (int b = 0; b < 4; ++b) {
-          const Key key = magnitude_bits(xs[b]);
-          if (key >= magnitude_key<T>::infinity) {
-            index_t r = 0, c = 0;
-            calib_rc(4 * v + b, td.cols, tile.row_begin, r, c);
-            atomicMin(&p.globals->bad_position, static_cast<unsigned long long>(td.elem_offset + r * td.cols + c));
-          }
-          atomicAdd(&sh[key >> shift], 1u);
-        }
-      }
-      __syncthreads();
-      calib_flush(sh, p.hist + td.group * radix_bins);
-      return;
+// Adds a block's shared histogram (bins counters) into a group's global one, then clears it.
+// Callers synchronise before (all increments done) and after (before new increments).
+__device__ __forceinline__ void calib_flush(unsigned int* sh, int bins, unsigned long long* gh) {
+  for (int b = threadIdx.x; b < bins; b += blockDim.x) {
+    const unsigned int c = sh[b];
+    if (c != 0) {
+      atomicAdd(gh + b, static_cast<unsigned long long>(c));
+      sh[b] = 0;
     }
   }
-  for (index_t e = threadIdx.x; e < ne; e += blockDim.x) {
-    index_t r = 0, c = 0;
-    T x;
-    if (flat && Mode == 0 && pass == 0) {
-      x = base[e];
-    } else {
-      calib_rc(e, td.cols, tile.row_begin, r, c);
-      x = td.data[r * td.ld + c];
+}
+
+// Sums v over the warp into lane 0's return value (all 32 lanes must call).
+__device__ __forceinline__ unsigned int calib_warp_sum(unsigned int v) {
+  for (int o = 16; o >= 1; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// Resets the run's state: group states from their initial copies, histograms, globals and kept
+// counts to zero (bad_position to ~0). The workspace needs no initialisation by the caller.
+template <class Key>
+__global__ void __launch_bounds__(calib_block) calib_init(calib_group_state<Key>* groups, const calib_group_state<Key>* init,
+                                                          index_t num_groups, unsigned long long* zero, index_t zero_words,
+                                                          index_t bad_word) {
+  const index_t stride = static_cast<index_t>(gridDim.x) * blockDim.x;
+  const index_t i0 = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x;
+  for (index_t i = i0; i < zero_words; i += stride) zero[i] = i == bad_word ? ~0ull : 0ull;
+  for (index_t i = i0; i < num_groups; i += stride) groups[i] = init[i];
+}
+
+// Pass 0, the first full read: histogram of the first value digit of every element (excluded
+// entries count as key 0), per group; NaN/Inf detection (smallest flat position); excluded counts.
+// Persistent blocks take contiguous ranges of tiles (so a block flushes its shared histogram only
+// when the group changes); the plan orders the split's tiles so that it reads first what pass 0
+// read last (still in L2).
+template <class T>
+__global__ void __launch_bounds__(calib_pass0_block, 3) calib_pass0(calib_params<T> p) {
+  using Key = magnitude_key_t<T>;
+  constexpr int bits = magnitude_key<T>::bits;
+  constexpr int shift = calib_vshift(bits, 0);
+  constexpr int bins = 1 << (bits - shift);
+  static_assert(bins == calib_max_bins, "calib_pass0: first digit width");
+  __shared__ unsigned int sh[bins];
+  for (int b = threadIdx.x; b < bins; b += blockDim.x) sh[b] = 0;
+  __syncthreads();
+  index_t cur = -1, acc = 0;  // uniform over the block
+  const index_t t_end = (static_cast<index_t>(blockIdx.x) + 1) * p.num_tiles0 / gridDim.x;
+  for (index_t t = static_cast<index_t>(blockIdx.x) * p.num_tiles0 / gridDim.x; t < t_end; ++t) {
+    const calib_tile tile = p.tiles0[t];
+    const calib_tensor_desc<T> td = p.tensors[tile.tensor];
+    const index_t ne = (tile.row_end - tile.row_begin) * td.cols;  // < 2^31 (plan checks)
+    if (cur >= 0 && (td.group != cur || acc + ne > (index_t{1} << 31))) {
+      __syncthreads();
+      calib_flush(sh, bins, p.hist + cur * calib_max_bins);
+      __syncthreads();
+      acc = 0;
     }
-    Key key = magnitude_bits(x);
-    if (Mode == 0) {
-      if (pass == 0) {
-        if (key >= magnitude_key<T>::infinity) {
-          if (flat) calib_rc(e, td.cols, tile.row_begin, r, c);
-          atomicMin(&p.globals->bad_position, static_cast<unsigned long long>(td.elem_offset + r * td.cols + c));
+    cur = td.group;
+    acc += ne;
+    const index_t first = td.elem_offset + tile.row_begin * td.cols;  // flat position of the tile's element 0
+    bool done = false;
+    if constexpr (sizeof(T) == 4) {
+      if (td.fast && td.excl == nullptr) {  // packed rows, cols % 4 == 0, 16-byte aligned
+        const auto* base4 = reinterpret_cast<const float4*>(td.data + tile.row_begin * td.cols);
+        const index_t n4 = ne / 4;
+        constexpr int U = calib_pass0_unroll;
+        for (index_t v0 = threadIdx.x; v0 < n4; v0 += U * static_cast<index_t>(blockDim.x)) {
+          float4 x[U];
+#pragma unroll
+          for (int u = 0; u < U; ++u) {
+            const index_t v = v0 + u * static_cast<index_t>(blockDim.x);
+            x[u] = v < n4 ? __ldg(base4 + v) : make_float4(0.f, 0.f, 0.f, 0.f);
+          }
+#pragma unroll
+          for (int u = 0; u < U; ++u) {
+            const index_t v = v0 + u * static_cast<index_t>(blockDim.x);
+            if (v >= n4) break;
+            const float xs[4] = {x[u].x, x[u].y, x[u].z, x[u].w};
+#pragma unroll
+            for (int b = 0; b < 4; ++b) {
+              const Key key = magnitude_bits(xs[b]);
+              if (key >= magnitude_key<T>::infinity)
+                atomicMin(&p.globals->bad_position, static_cast<unsigned long long>(first + 4 * v + b));
+              atomicAdd(&sh[key >> shift], 1u);
+            }
+          }
         }
-        if (!flat && calib_excluded(td.excl, td.wpr, r, c)) {
+        done = true;
+      }
+    }
+    if (!done) {
+      unsigned int excl_here = 0;
+      for (index_t e = threadIdx.x; e < ne; e += blockDim.x) {
+        index_t r = 0, c = 0;
+        calib_rc(e, td.cols, tile.row_begin, r, c);
+        Key key = magnitude_bits(td.data[r * td.ld + c]);
+        if (key >= magnitude_key<T>::infinity) atomicMin(&p.globals->bad_position, static_cast<unsigned long long>(first + e));
+        if (calib_excluded(td.excl, td.wpr, r, c)) {
           key = 0;
           ++excl_here;
         }
-        atomicAdd(&sh[static_cast<std::uint64_t>(key) >> shift], 1u);
-      } else {
-        if (calib_excluded(td.excl, td.wpr, r, c)) continue;
-        if ((static_cast<std::uint64_t>(key) & pm) == static_cast<std::uint64_t>(vs.prefix))
-          atomicAdd(&sh[(static_cast<std::uint64_t>(key) >> shift) & dmask], 1u);
+        atomicAdd(&sh[key >> shift], 1u);
+      }
+      if (excl_here != 0) atomicAdd(&p.groups[td.group].excluded, static_cast<unsigned long long>(excl_here));
+    }
+  }
+  __syncthreads();
+  if (cur >= 0) calib_flush(sh, bins, p.hist + cur * calib_max_bins);
+}
+
+// The thread of calib_select whose bins [bin0, bin0 + per) hold the rank sought (`above` keys in
+// the bins above them) narrows the group's state.
+template <class Key, int Mode, class Count>
+__device__ __forceinline__ void calib_select_narrow(calib_group_state<Key>* gs, calib_globals* globals,
+                                                    const radix_select_state<Key> vst,
+                                                    const radix_select_state<std::uint64_t> tst, const Count count,
+                                                    int bin0, int bins, index_t above, index_t remaining,
+                                                    unsigned long long excluded, int pass, int exact) {
+  constexpr int per = calib_max_bins / calib_select_block;
+  index_t acc = above;
+  for (int b = per - 1; b >= 0; --b) {
+    if (bin0 + b >= bins) continue;
+    const auto cnt = static_cast<index_t>(count(bin0 + b));
+    if (acc + cnt < remaining) {
+      acc += cnt;
+      continue;
+    }
+    const int bin = bin0 + b;
+    if (Mode == 0) {
+      radix_select_state<Key> st = vst;
+      st.greater += acc;
+      st.remaining -= acc;
+      st.prefix |= static_cast<Key>(static_cast<Key>(bin) << calib_shift<0>(st.key_bits, st.pass));
+      ++st.pass;
+      if (pass == 0) atomicAdd(&globals->cand_needed, static_cast<unsigned long long>(cnt));
+      gs->value = st;
+      if (st.finished() && exact) {
+        // cnt keys equal tau; excluded entries are among them iff tau == 0 (they rank below all).
+        const index_t nonexcluded_ties = cnt - (st.prefix == 0 ? static_cast<index_t>(excluded) : 0);
+        if (st.remaining < nonexcluded_ties) {
+          radix_select_state<std::uint64_t> t = tst;  // key_bits set by the plan, k = 0
+          t.k = st.remaining;
+          t.remaining = st.remaining;
+          t.greater = 0;
+          t.prefix = 0;
+          t.pass = 0;
+          gs->tie = t;
+          atomicAdd(&globals->ties_live, 1ull);
+        }
+        // else: tie state stays finished with prefix 0: every non-excluded tie is kept.
       }
     } else {
-      if (key != vs.prefix || calib_excluded(td.excl, td.wpr, r, c)) continue;
-      const std::uint64_t pos = static_cast<std::uint64_t>(td.bit_offset + (r * td.wpr + (c >> 6)) * 64 + (c & 63));
-      const std::uint64_t tk = position_mask - pos;
-      if ((tk & pm) == ts.prefix) atomicAdd(&sh[(tk >> shift) & dmask], 1u);
+      radix_select_state<std::uint64_t> st = tst;
+      st.greater += acc;
+      st.remaining -= acc;
+      st.prefix |= static_cast<std::uint64_t>(bin) << calib_shift<1>(st.key_bits, st.pass);
+      ++st.pass;
+      gs->tie = st;
+      if (st.finished()) atomicAdd(&globals->ties_live, ~0ull);  // - 1
     }
-  }
-  if (Mode == 0 && pass == 0 && excl_here != 0) atomicAdd(&sh_excl, excl_here);
-  __syncthreads();
-  calib_flush(sh, p.hist + td.group * radix_bins);
-  if (Mode == 0 && pass == 0 && threadIdx.x == 0 && sh_excl != 0)
-    atomicAdd(&gs->excluded, static_cast<unsigned long long>(sh_excl));
-}
-
-// Same as calib_hist_tiles for passes >= 2 over the candidate list (compact mode only).
-template <class T, int Mode>
-__global__ void __launch_bounds__(calib_block) calib_hist_cands(calib_params<T> p, int pass) {
-  using Key = magnitude_key_t<T>;
-  constexpr int bits = magnitude_key<T>::bits;
-  if (!calib_compact<Key>(p.globals, p.capacity)) return;
-  const index_t n = static_cast<index_t>(p.globals->cand_count);
-  const int kbits = Mode == 0 ? bits : static_cast<int>(position_bits);
-  const int shift = radix_shift(kbits, pass);
-  const std::uint64_t dmask = (std::uint64_t{1} << radix_width(kbits, pass)) - 1;
-  const std::uint64_t pm = radix_prefix_mask<std::uint64_t>(kbits, pass);
-  for (index_t i = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; i < n; i += static_cast<index_t>(gridDim.x) * blockDim.x) {
-    const calib_candidate<Key> c = p.cands[i];
-    const calib_tensor_desc<T>& td = p.tensors[c.tensor];
-    const calib_group_state<Key>* gs = p.groups + td.group;
-    if (Mode == 0) {
-      if (gs->value.finished() || gs->value.pass != pass) continue;
-      if ((static_cast<std::uint64_t>(c.key) & pm) == static_cast<std::uint64_t>(gs->value.prefix))
-        atomicAdd(p.hist + td.group * radix_bins + ((static_cast<std::uint64_t>(c.key) >> shift) & dmask), 1ull);
-    } else {
-      if (gs->tie.finished() || gs->tie.pass != pass || c.key != gs->value.prefix) continue;
-      const std::uint64_t tk = position_mask - (static_cast<std::uint64_t>(td.bit_offset) + c.bit);
-      if ((tk & pm) == gs->tie.prefix) atomicAdd(p.hist + td.group * radix_bins + ((tk >> shift) & dmask), 1ull);
-    }
+    break;
   }
 }
 
-// One block per group: narrows the group's state with its histogram, then clears the histogram.
+// One block per group: narrows the group's state with its histogram, then clears the histogram
+// (the first radix_bins counters: later passes have at most radix_digit_bits-bit digits).
 // Mode 0 narrows the value selection (adding the excluded entries to bin 0 for passes >= 1 when the
 // prefix is 0), Mode 1 the tie selection. After the last value pass of an exact-semantics run it
-// starts the tie selection (k = ties needed).
+// starts the tie selection (k = ties needed), unless every non-excluded tie is needed (then all are
+// kept and no tie pass runs for the group).
 template <class Key, int Mode>
-__global__ void __launch_bounds__(calib_block) calib_select(calib_group_state<Key>* groups, unsigned long long* hist,
-                                                            calib_globals* globals, int pass, int exact) {
-  constexpr int per = radix_bins / calib_block;  // 8 bins per thread
-  using scan_t = cub::BlockScan<unsigned long long, calib_block>;
+__global__ void __launch_bounds__(calib_select_block) calib_select(calib_group_state<Key>* groups, unsigned long long* hist,
+                                                                   calib_globals* globals, int pass, int exact) {
+  constexpr int per = calib_max_bins / calib_select_block;  // 32 bins per thread
+  using scan_t = cub::BlockScan<unsigned long long, calib_select_block>;
   __shared__ typename scan_t::TempStorage tmp;
+  // No tie selection running: no tie histogram was built (calib_hist returned), nothing to clear.
+  // (Only a block whose group is live decrements ties_live, so 0 means none is live.)
+  if (Mode == 1 && globals->ties_live == 0) return;
   calib_group_state<Key>* gs = groups + blockIdx.x;
-  unsigned long long* h = hist + blockIdx.x * static_cast<index_t>(radix_bins);
-  const int rt = calib_block - 1 - static_cast<int>(threadIdx.x);  // thread 0 owns the top bins
-  unsigned long long c[per];
-  unsigned long long sum = 0;
+  unsigned long long* h = hist + blockIdx.x * static_cast<index_t>(calib_max_bins);
+  const int rt = calib_select_block - 1 - static_cast<int>(threadIdx.x);  // thread 0 owns the top bins
   // Every thread reads the state before the scan's barriers; only the one thread that finds the
   // rank writes it afterwards, so no thread can see a half-updated state.
   const radix_select_state<Key> vst = gs->value;
   const radix_select_state<std::uint64_t> tst = gs->tie;
+  const int kbits = Mode == 0 ? vst.key_bits : tst.key_bits;
+  const int bins = 1 << (calib_high<Mode>(kbits, pass) - calib_shift<Mode>(kbits, pass));
   const bool live = Mode == 0 ? (!vst.finished() && vst.pass == pass) : (!tst.finished() && tst.pass == pass);
-  for (int b = 0; b < per; ++b) {
-    c[b] = h[rt * per + b];
-    h[rt * per + b] = 0;
-  }
-  if (Mode == 0 && pass > 0 && rt == 0 && vst.prefix == 0) c[0] += gs->excluded;
-  for (int b = 0; b < per; ++b) sum += c[b];
+  const unsigned long long excluded = gs->excluded;
+  // Count of bin idx (< bins); excluded entries join bin 0 in value passes >= 1 when the prefix is 0.
+  const bool add_excluded = Mode == 0 && pass > 0 && vst.prefix == 0;
+  const auto count = [h, excluded, add_excluded](int idx) -> unsigned long long {
+    return h[idx] + (add_excluded && idx == 0 ? excluded : 0ull);
+  };
+  unsigned long long sum = 0;
+  for (int b = 0; b < per; ++b)
+    if (rt * per + b < bins) sum += count(rt * per + b);
   unsigned long long above = 0;
   scan_t(tmp).ExclusiveSum(sum, above);
-  __syncthreads();
-  if (!live) return;  // after the collective: every thread took part in the scan
   const index_t remaining = Mode == 0 ? vst.remaining : tst.remaining;
-  if (static_cast<index_t>(above) < remaining && static_cast<index_t>(above + sum) >= remaining) {
-    // This thread's bins hold the rank: hand its counts, zeros elsewhere, to the shared narrowing.
-    unsigned long long local[radix_bins / calib_block];
-    for (int b = 0; b < per; ++b) local[b] = c[b];
-    const int shift_bins = rt * per;
-    // Equivalent to radix_select_advance_unchecked on the full histogram: the bins above this
-    // thread's hold `above` keys.
-    index_t acc = static_cast<index_t>(above);
-    for (int b = per - 1; b >= 0; --b) {
-      const auto cnt = static_cast<index_t>(local[b]);
-      if (acc + cnt >= remaining) {
-        if (Mode == 0) {
-          radix_select_state<Key> st = vst;
-          st.greater += acc;
-          st.remaining -= acc;
-          st.prefix |= static_cast<Key>(static_cast<Key>(shift_bins + b) << radix_shift(st.key_bits, st.pass));
-          ++st.pass;
-          if (pass == 0) atomicAdd(&globals->cand_needed, static_cast<unsigned long long>(cnt));
-          gs->value = st;
-          if (st.finished() && exact) {
-            radix_select_state<std::uint64_t> t{};
-            t.k = st.remaining;
-            t.remaining = st.remaining;
-            t.key_bits = static_cast<int>(position_bits);
-            gs->tie = t;
-          }
-        } else {
-          radix_select_state<std::uint64_t> st = tst;
-          st.greater += acc;
-          st.remaining -= acc;
-          st.prefix |= static_cast<std::uint64_t>(shift_bins + b) << radix_shift(st.key_bits, st.pass);
-          ++st.pass;
-          gs->tie = st;
-        }
-        break;
-      }
-      acc += cnt;
-    }
+  if (live && static_cast<index_t>(above) < remaining && static_cast<index_t>(above + sum) >= remaining)
+    calib_select_narrow<Key, Mode>(gs, globals, vst, tst, count, rt * per, bins, static_cast<index_t>(above), remaining,
+                                   excluded, pass, exact);
+  // Each thread clears its own bins (after its own reads): bins >= radix_bins serve pass 0 only
+  // (zeroed by calib_init), the others are reused by the next pass.
+  for (int b = 0; b < per; ++b) {
+    const int idx = rt * per + b;
+    if (idx < bins && idx < radix_bins) h[idx] = 0;
   }
 }
 
@@ -377,200 +440,316 @@ __device__ __forceinline__ void calib_word_bits(const calib_tensor_desc<T>& td, 
   }
 }
 
-// Pass 1 for a `fast` tensor (see calib_tensor_desc): thread v of the tile reads float4 v (elements
-// 4v..4v+3, coalesced); the W = min(cols, 64) elements of a mask word are held by L = W / 4
-// consecutive lanes (a power of two dividing 32), whose bits are OR-reduced with shuffles; the first
-// lane of each group writes the word. Candidates and the digit-1 histogram as in calib_split.
+// Split pass for a `fast` tensor (see calib_tensor_desc): thread v of the tile reads float4 v
+// (elements 4v..4v+3, coalesced), calib_split_unroll of them in flight; the W = min(cols, 64)
+// elements of a mask word are held by L = W / 4 consecutive lanes (a power of two dividing 32),
+// whose bits are OR-reduced with shuffles; the first lane of each group writes the word. A whole
+// tile (calib_split_unroll * 1024 elements) is loaded at once, so one block scan and one global
+// atomic per tile reserve the slots of its candidates.
 template <class T, class Scan>
 __device__ __forceinline__ void calib_split_fast(const calib_params<T>& p, const calib_tile& tile, const calib_tensor_desc<T>& td,
                                                  const radix_select_state<magnitude_key_t<T>>& vs, bool live, bool compact,
-                                                 typename Scan::TempStorage& tmp, unsigned int* sh, unsigned long long& sh_base) {
+                                                 typename Scan::TempStorage& tmp, unsigned int* sh, unsigned long long& sh_base,
+                                                 unsigned int& kept) {
   using Key = magnitude_key_t<T>;
   constexpr int bits = magnitude_key<T>::bits;
-  const int shift0 = radix_shift(bits, 0), shift1 = radix_shift(bits, 1);
-  const Key pm = radix_prefix_mask<Key>(bits, 1);
+  constexpr int U = calib_split_unroll;
+  const int shift0 = calib_vshift(bits, 0), shift1 = calib_vshift(bits, 1);
+  const auto pm = static_cast<Key>(calib_prefix_mask<0>(bits, 1));
   const Key above = static_cast<Key>(vs.prefix | ((Key{1} << shift0) - 1));
-  const Key dmask = static_cast<Key>((Key{1} << radix_width(bits, 1)) - 1);
+  const auto dmask = static_cast<Key>(calib_digit_mask<0>(bits, 1));
   const int W = static_cast<int>(td.cols < 64 ? td.cols : 64);
   const int L = W / 4;
   const index_t n4 = (tile.row_end - tile.row_begin) * td.cols / 4;
   const auto* base4 = reinterpret_cast<const float4*>(td.data + tile.row_begin * td.cols);
   const index_t word0 = tile.row_begin * td.wpr;
   const int lane = static_cast<int>(threadIdx.x & 31u);
-  for (index_t v0 = 0; v0 < n4; v0 += blockDim.x) {
-    const index_t v = v0 + threadIdx.x;
-    const bool in = v < n4;
-    unsigned int def4 = 0, cand4 = 0;
-    Key k[4] = {0, 0, 0, 0};
-    const index_t word = word0 + v / L;
-    const int bitpos = static_cast<int>((4 * v) & (W - 1));
-    if (in && live) {
-      const float4 x = base4[v];
-      k[0] = magnitude_bits(x.x);
-      k[1] = magnitude_bits(x.y);
-      k[2] = magnitude_bits(x.z);
-      k[3] = magnitude_bits(x.w);
-      for (int b = 0; b < 4; ++b) {
-        def4 |= static_cast<unsigned int>(k[b] > above) << b;
-        cand4 |= static_cast<unsigned int>((k[b] & pm) == vs.prefix) << b;
-      }
-      if (td.excl != nullptr) {
-        const auto e4 = static_cast<unsigned int>((td.excl[word] >> bitpos) & 0xfu);
-        def4 &= ~e4;
-        cand4 &= ~e4;
-      }
+  const auto B = static_cast<index_t>(blockDim.x);
+  for (index_t v0 = 0; v0 < n4; v0 += U * B) {
+    std::uint64_t cbits = 0;  // candidate flags: bit 4u + b
+    float4 x[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const index_t v = v0 + u * B + threadIdx.x;
+      x[u] = (v < n4 && live) ? __ldg(base4 + v) : make_float4(0.f, 0.f, 0.f, 0.f);
     }
-    std::uint64_t w = static_cast<std::uint64_t>(def4) << bitpos;
-    for (int o = L / 2; o >= 1; o >>= 1) w |= __shfl_xor_sync(0xffffffffu, w, o);
-    if (compact && in && (lane & (L - 1)) == 0) td.out[word] = w;
-    const unsigned int cnt = static_cast<unsigned int>(__popc(cand4));
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const index_t v = v0 + u * B + threadIdx.x;
+      const bool in = v < n4;
+      const index_t word = word0 + v / L;
+      const int bitpos = static_cast<int>((4 * v) & (W - 1));
+      const Key k[4] = {magnitude_bits(x[u].x), magnitude_bits(x[u].y), magnitude_bits(x[u].z), magnitude_bits(x[u].w)};
+      unsigned int def4 = 0, cand4 = 0;
+      if (in && live) {
+#pragma unroll
+        for (int b = 0; b < 4; ++b) {
+          def4 |= static_cast<unsigned int>(k[b] > above) << b;
+          cand4 |= static_cast<unsigned int>((k[b] & pm) == vs.prefix) << b;
+        }
+        if (td.excl != nullptr) {
+          const auto e4 = static_cast<unsigned int>((td.excl[word] >> bitpos) & 0xfu);
+          def4 &= ~e4;
+          cand4 &= ~e4;
+        }
+      }
+      std::uint64_t w = static_cast<std::uint64_t>(def4) << bitpos;
+      for (int o = L / 2; o >= 1; o >>= 1) w |= __shfl_xor_sync(0xffffffffu, w, o);
+      if (compact && in && (lane & (L - 1)) == 0) {
+        td.out[word] = w;
+        kept += static_cast<unsigned int>(__popcll(w));
+      }
+      cbits |= static_cast<std::uint64_t>(cand4) << (4 * u);
+    }
+    const auto cnt = static_cast<unsigned int>(__popcll(cbits));
     unsigned int off = 0, total = 0;
     Scan(tmp).ExclusiveSum(cnt, off, total);
     if (compact && threadIdx.x == 0 && total != 0) sh_base = atomicAdd(&p.globals->cand_count, static_cast<unsigned long long>(total));
     __syncthreads();
     unsigned int slot = off;
-    for (int b = 0; b < 4; ++b) {
-      if (((cand4 >> b) & 1u) == 0) continue;
-      atomicAdd(&sh[(k[b] >> shift1) & dmask], 1u);
-      if (compact)
-        p.cands[sh_base + slot] = calib_candidate<Key>{k[b], static_cast<std::uint32_t>(tile.tensor),
-                                                       static_cast<std::uint64_t>(word * 64 + bitpos + b)};
-      ++slot;
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      if (((cbits >> (4 * u)) & 0xfu) == 0) continue;
+      const Key k[4] = {magnitude_bits(x[u].x), magnitude_bits(x[u].y), magnitude_bits(x[u].z), magnitude_bits(x[u].w)};
+#pragma unroll
+      for (int b = 0; b < 4; ++b) {
+        if (((cbits >> (4 * u + b)) & 1u) == 0) continue;
+        const Key key = k[b];
+        atomicAdd(&sh[(key >> shift1) & dmask], 1u);
+        if (compact) {
+          const index_t v = v0 + u * B + threadIdx.x;
+          const index_t word = word0 + v / L;
+          const int bitpos = static_cast<int>((4 * v) & (W - 1));
+          p.cands[sh_base + slot] = calib_candidate<Key>{key, static_cast<std::uint32_t>(tile.tensor),
+                                                         static_cast<std::uint64_t>(word * 64 + bitpos + b)};
+        }
+        ++slot;
+      }
     }
     __syncthreads();  // sh_base and tmp are reused by the next chunk
   }
 }
 
-// Pass 1 (second full read), one thread per mask word. Compact mode: writes every word with the bits
-// certainly kept and appends the candidates; both modes: histogram of digit 1 of the candidates.
+// Split pass (second and last full read), one block per tile (table order reversed). Compact mode:
+// writes every mask word with the bits certainly kept (first digit above the selected bucket; their
+// popcount goes to the tensor's kept count) and appends the bucket's entries to the candidate list;
+// both modes: histogram of digit 1 of the bucket's entries (shared memory, flushed at the end).
 template <class T>
-__global__ void __launch_bounds__(calib_block) calib_split(calib_params<T> p) {
+__global__ void __launch_bounds__(calib_block, 3) calib_split(calib_params<T> p) {
   using Key = magnitude_key_t<T>;
   constexpr int bits = magnitude_key<T>::bits;
   using scan_t = cub::BlockScan<unsigned int, calib_block>;
   __shared__ typename scan_t::TempStorage tmp;
-  __shared__ unsigned int sh[radix_bins];
   __shared__ unsigned long long sh_base;
-  const calib_tile tile = p.tiles[blockIdx.x];
+  __shared__ unsigned int sh_kept;
+  __shared__ unsigned int sh[radix_bins];
+  static_assert(calib_vhigh(bits, 1) - calib_vshift(bits, 1) <= radix_digit_bits, "calib_split: digit 1 fits radix_bins");
+  const calib_tile tile = p.tiles[p.num_tiles - 1 - static_cast<index_t>(blockIdx.x)];
   const calib_tensor_desc<T> td = p.tensors[tile.tensor];
   const radix_select_state<Key> vs = p.groups[td.group].value;
-  const bool compact = calib_compact<Key>(p.globals, p.capacity);
-  const bool live = vs.k > 0 && vs.pass == 1;  // k > 0 and more than one pass (always, for float/double)
+  const bool compact = calib_compact(p.globals, p.capacity);
+  const bool live = vs.k > 0 && vs.pass == 1;  // k > 0 (more than one pass: always, for float/double)
+  if (threadIdx.x == 0) sh_kept = 0;
   for (int b = threadIdx.x; b < radix_bins; b += blockDim.x) sh[b] = 0;
   __syncthreads();
+  unsigned int kept = 0;
+  bool done = false;
   if constexpr (sizeof(T) == 4) {
     if (td.fast) {  // uniform over the block
-      calib_split_fast<T, scan_t>(p, tile, td, vs, live, compact, tmp, sh, sh_base);
-      calib_flush(sh, p.hist + td.group * radix_bins);
-      return;
+      calib_split_fast<T, scan_t>(p, tile, td, vs, live, compact, tmp, sh, sh_base, kept);
+      done = true;
     }
   }
-  const int shift0 = radix_shift(bits, 0), shift1 = radix_shift(bits, 1);
-  const Key pm = radix_prefix_mask<Key>(bits, 1);
-  const Key above = static_cast<Key>(vs.prefix | ((Key{1} << shift0) - 1));
-  const Key dmask = static_cast<Key>((Key{1} << radix_width(bits, 1)) - 1);
-  const index_t nw = (tile.row_end - tile.row_begin) * td.wpr;
-  for (index_t q0 = 0; q0 < nw; q0 += blockDim.x) {
-    const index_t q = q0 + threadIdx.x;
-    std::uint64_t def = 0, cand = 0;
-    index_t r = 0, w = 0;
-    if (q < nw) {
-      r = tile.row_begin + q / td.wpr;
-      w = q % td.wpr;
-      if (live) calib_word_bits<T>(td, r, w, above, pm, vs.prefix, def, cand);
-      if (compact) td.out[r * td.wpr + w] = def;
+  if (!done) {
+    const int shift0 = calib_vshift(bits, 0), shift1 = calib_vshift(bits, 1);
+    const auto pm = static_cast<Key>(calib_prefix_mask<0>(bits, 1));
+    const Key above = static_cast<Key>(vs.prefix | ((Key{1} << shift0) - 1));
+    const auto dmask = static_cast<Key>(calib_digit_mask<0>(bits, 1));
+    const index_t nw = (tile.row_end - tile.row_begin) * td.wpr;
+    for (index_t q0 = 0; q0 < nw; q0 += blockDim.x) {
+      const index_t q = q0 + threadIdx.x;
+      std::uint64_t def = 0, cand = 0;
+      index_t r = 0, w = 0;
+      if (q < nw) {
+        r = tile.row_begin + q / td.wpr;
+        w = q % td.wpr;
+        if (live) calib_word_bits<T>(td, r, w, above, pm, vs.prefix, def, cand);
+        if (compact) {
+          td.out[r * td.wpr + w] = def;
+          kept += static_cast<unsigned int>(__popcll(def));
+        }
+      }
+      const auto cnt = static_cast<unsigned int>(__popcll(cand));
+      unsigned int off = 0, total = 0;
+      scan_t(tmp).ExclusiveSum(cnt, off, total);
+      if (compact && threadIdx.x == 0 && total != 0) sh_base = atomicAdd(&p.globals->cand_count, static_cast<unsigned long long>(total));
+      __syncthreads();
+      std::uint64_t cb = cand;
+      unsigned int slot = off;
+      while (cb != 0) {
+        const int b = __ffsll(static_cast<long long>(cb)) - 1;
+        cb &= cb - 1;
+        const index_t j = w * 64 + b;
+        const Key key = magnitude_bits(td.data[r * td.ld + j]);
+        atomicAdd(&sh[(key >> shift1) & dmask], 1u);
+        if (compact) p.cands[sh_base + slot] = calib_candidate<Key>{key, static_cast<std::uint32_t>(tile.tensor),
+                                                                     static_cast<std::uint64_t>((r * td.wpr + w) * 64 + b)};
+        ++slot;
+      }
+      __syncthreads();  // sh_base and tmp are reused by the next chunk
     }
-    const auto cnt = static_cast<unsigned int>(__popcll(cand));
-    unsigned int off = 0, total = 0;
-    scan_t(tmp).ExclusiveSum(cnt, off, total);
-    if (compact && threadIdx.x == 0 && total != 0) sh_base = atomicAdd(&p.globals->cand_count, static_cast<unsigned long long>(total));
+  }
+  const unsigned int ws = calib_warp_sum(kept);
+  if ((threadIdx.x & 31u) == 0 && ws != 0) atomicAdd(&sh_kept, ws);
+  __syncthreads();
+  if (threadIdx.x == 0 && sh_kept != 0) atomicAdd(p.kept + tile.tensor, static_cast<unsigned long long>(sh_kept));
+  calib_flush(sh, radix_bins, p.hist + td.group * calib_max_bins);
+}
+
+// Histogram of digit `pass` (>= 2 for values, >= 0 for tie positions): Mode 0 of the value keys
+// matching the group's prefix, Mode 1 of the tie keys (pos_max - flat bit position) of the
+// non-excluded entries equal to tau whose higher tie digits match. Compact mode: over the candidate
+// list, global atomics (few entries match); overflow mode: over the full data, tiles grid-strided,
+// shared-memory histograms (excluded entries skipped: the select kernel adds their count to bin 0).
+template <class T, int Mode>
+__global__ void __launch_bounds__(calib_block) calib_hist(calib_params<T> p, int pass) {
+  using Key = magnitude_key_t<T>;
+  constexpr int bits = magnitude_key<T>::bits;
+  if (Mode == 1 && p.globals->ties_live == 0) return;
+  const int kbits = Mode == 0 ? bits : p.pos_bits;
+  const int shift = calib_shift<Mode>(kbits, pass);
+  const std::uint64_t dmask = calib_digit_mask<Mode>(kbits, pass);
+  const std::uint64_t pm = calib_prefix_mask<Mode>(kbits, pass);
+  if (calib_compact(p.globals, p.capacity)) {
+    const index_t n = static_cast<index_t>(p.globals->cand_count);
+    const index_t stride = static_cast<index_t>(gridDim.x) * blockDim.x;
+    for (index_t i = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; i < n; i += stride) {
+      const calib_candidate<Key> c = p.cands[i];
+      const calib_tensor_desc<T>& td = p.tensors[c.tensor];
+      const calib_group_state<Key>* gs = p.groups + td.group;
+      if (Mode == 0) {
+        if (gs->value.finished() || gs->value.pass != pass) continue;
+        if ((static_cast<std::uint64_t>(c.key) & pm) == static_cast<std::uint64_t>(gs->value.prefix))
+          atomicAdd(p.hist + td.group * calib_max_bins + ((static_cast<std::uint64_t>(c.key) >> shift) & dmask), 1ull);
+      } else {
+        if (gs->tie.finished() || gs->tie.pass != pass || c.key != gs->value.prefix) continue;
+        const std::uint64_t tk = p.pos_max - (static_cast<std::uint64_t>(td.bit_offset) + c.bit);
+        if ((tk & pm) == gs->tie.prefix) atomicAdd(p.hist + td.group * calib_max_bins + ((tk >> shift) & dmask), 1ull);
+      }
+    }
+    return;
+  }
+  __shared__ unsigned int sh[radix_bins];
+  for (int b = threadIdx.x; b < radix_bins; b += blockDim.x) sh[b] = 0;
+  __syncthreads();
+  for (index_t t = blockIdx.x; t < p.num_tiles; t += gridDim.x) {
+    const calib_tile tile = p.tiles[t];
+    const calib_tensor_desc<T> td = p.tensors[tile.tensor];
+    const calib_group_state<Key>* gs = p.groups + td.group;
+    const radix_select_state<Key> vs = gs->value;
+    const radix_select_state<std::uint64_t> ts = gs->tie;
+    if (Mode == 0 ? (vs.finished() || vs.pass != pass) : (ts.finished() || ts.pass != pass)) continue;  // uniform
+    const index_t ne = (tile.row_end - tile.row_begin) * td.cols;
+    for (index_t e = threadIdx.x; e < ne; e += blockDim.x) {
+      index_t r = 0, c = 0;
+      calib_rc(e, td.cols, tile.row_begin, r, c);
+      const Key key = magnitude_bits(td.data[r * td.ld + c]);
+      if (Mode == 0) {
+        if ((static_cast<std::uint64_t>(key) & pm) != static_cast<std::uint64_t>(vs.prefix) || calib_excluded(td.excl, td.wpr, r, c)) continue;
+        atomicAdd(&sh[(static_cast<std::uint64_t>(key) >> shift) & dmask], 1u);
+      } else {
+        if (key != vs.prefix || calib_excluded(td.excl, td.wpr, r, c)) continue;
+        const std::uint64_t pos = static_cast<std::uint64_t>(td.bit_offset + (r * td.wpr + (c >> 6)) * 64 + (c & 63));
+        const std::uint64_t tk = p.pos_max - pos;
+        if ((tk & pm) == ts.prefix) atomicAdd(&sh[(tk >> shift) & dmask], 1u);
+      }
+    }
     __syncthreads();
-    std::uint64_t cb = cand;
-    unsigned int slot = off;
-    while (cb != 0) {
-      const int b = __ffsll(static_cast<long long>(cb)) - 1;
-      cb &= cb - 1;
-      const index_t j = w * 64 + b;
-      const Key key = magnitude_bits(td.data[r * td.ld + j]);
-      atomicAdd(&sh[(key >> shift1) & dmask], 1u);
-      if (compact) p.cands[sh_base + slot] = calib_candidate<Key>{key, static_cast<std::uint32_t>(tile.tensor),
-                                                                   static_cast<std::uint64_t>((r * td.wpr + w) * 64 + b)};
-      ++slot;
-    }
-    __syncthreads();  // sh_base and tmp are reused by the next chunk
+    calib_flush(sh, radix_bins, p.hist + td.group * calib_max_bins);
+    __syncthreads();
   }
-  calib_flush(sh, p.hist + td.group * radix_bins);
 }
 
 template <class T>
 __device__ __forceinline__ bool calib_keep_tie(const calib_params<T>& p, const calib_group_state<magnitude_key_t<T>>* gs,
                                                std::uint64_t pos) {
-  return !p.exact || (position_mask - pos) >= gs->tie.prefix;
+  return !p.exact || (p.pos_max - pos) >= gs->tie.prefix;
 }
 
-// Compact mode: sets the bits of the kept candidates.
+// Last kernel. Compact mode: sets the bits of the kept candidates (atomicOr) and adds them to the
+// kept counts. Overflow mode: writes every mask word from tau (and the tie cut) over the full data
+// and counts the kept entries. Both count the ties kept.
 template <class T>
-__global__ void __launch_bounds__(calib_block) calib_fix(calib_params<T> p) {
+__global__ void __launch_bounds__(calib_block) calib_finish(calib_params<T> p) {
   using Key = magnitude_key_t<T>;
-  if (!calib_compact<Key>(p.globals, p.capacity)) return;
-  const index_t n = static_cast<index_t>(p.globals->cand_count);
-  for (index_t i = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; i < n; i += static_cast<index_t>(gridDim.x) * blockDim.x) {
-    const calib_candidate<Key> c = p.cands[i];
-    const calib_tensor_desc<T>& td = p.tensors[c.tensor];
-    calib_group_state<Key>* gs = p.groups + td.group;
-    const Key tau = gs->value.prefix;
-    bool keep = c.key > tau;
-    if (c.key == tau && calib_keep_tie(p, gs, static_cast<std::uint64_t>(td.bit_offset) + c.bit)) {
-      keep = true;
-      atomicAdd(&gs->ties_kept, 1ull);
-    }
-    if (keep) atomicOr(reinterpret_cast<unsigned long long*>(td.out + (c.bit >> 6)), 1ull << (c.bit & 63));
-  }
-}
-
-// Overflow mode: writes every mask word from tau (and the tie cut) over the full data.
-template <class T>
-__global__ void __launch_bounds__(calib_block) calib_write(calib_params<T> p) {
-  using Key = magnitude_key_t<T>;
-  if (calib_compact<Key>(p.globals, p.capacity)) return;
-  const calib_tile tile = p.tiles[blockIdx.x];
-  const calib_tensor_desc<T> td = p.tensors[tile.tensor];
-  calib_group_state<Key>* gs = p.groups + td.group;
-  const bool live = gs->value.k > 0;
-  const Key tau = gs->value.prefix;
-  const index_t nw = (tile.row_end - tile.row_begin) * td.wpr;
-  for (index_t q = threadIdx.x; q < nw; q += blockDim.x) {
-    const index_t r = tile.row_begin + q / td.wpr, w = q % td.wpr;
-    std::uint64_t word = 0, ties = 0;
-    if (live) {
-      const index_t j0 = w * 64;
-      const int n = static_cast<int>(td.cols - j0 < 64 ? td.cols - j0 : 64);
-      const std::uint64_t ex = td.excl != nullptr ? td.excl[r * td.wpr + w] : 0;
-      for (int b = 0; b < n; ++b) {
-        if ((ex >> b) & 1u) continue;
-        const Key key = magnitude_bits(td.data[r * td.ld + j0 + b]);
-        if (key > tau) word |= std::uint64_t{1} << b;
-        else if (key == tau && calib_keep_tie(p, gs, static_cast<std::uint64_t>(td.bit_offset + (r * td.wpr + w) * 64 + b)))
-          ties |= std::uint64_t{1} << b;
+  const int lane = static_cast<int>(threadIdx.x & 31u);
+  if (calib_compact(p.globals, p.capacity)) {
+    const index_t n = static_cast<index_t>(p.globals->cand_count);
+    const index_t stride = static_cast<index_t>(gridDim.x) * blockDim.x;
+    // Warp-uniform loop: every lane runs every iteration (the shuffles below need the full warp).
+    for (index_t i0 = blockIdx.x * static_cast<index_t>(blockDim.x) + (threadIdx.x & ~31u); i0 < n; i0 += stride) {
+      const index_t i = i0 + lane;
+      bool keep = false;
+      std::uint32_t tensor = 0xffffffffu;
+      if (i < n) {
+        const calib_candidate<Key> c = p.cands[i];
+        tensor = c.tensor;
+        const calib_tensor_desc<T>& td = p.tensors[c.tensor];
+        calib_group_state<Key>* gs = p.groups + td.group;
+        const Key tau = gs->value.prefix;
+        keep = c.key > tau;
+        if (c.key == tau && calib_keep_tie(p, gs, static_cast<std::uint64_t>(td.bit_offset) + c.bit)) {
+          keep = true;
+          atomicAdd(&gs->ties_kept, 1ull);
+        }
+        if (keep) atomicOr(reinterpret_cast<unsigned long long*>(td.out + (c.bit >> 6)), 1ull << (c.bit & 63));
+      }
+      const unsigned int km = __ballot_sync(0xffffffffu, keep);
+      const std::uint32_t t0 = __shfl_sync(0xffffffffu, tensor, 0);
+      if (__all_sync(0xffffffffu, i >= n || tensor == t0)) {
+        if (lane == 0 && km != 0) atomicAdd(p.kept + t0, static_cast<unsigned long long>(__popc(km)));
+      } else if (keep) {
+        atomicAdd(p.kept + tensor, 1ull);
       }
     }
-    td.out[r * td.wpr + w] = word | ties;
-    if (ties != 0) atomicAdd(&gs->ties_kept, static_cast<unsigned long long>(__popcll(ties)));
+    return;
   }
-}
-
-// Kept entries per tensor (popcount of the finished masks).
-template <class T>
-__global__ void __launch_bounds__(calib_block) calib_count(calib_params<T> p) {
-  using reduce_t = cub::BlockReduce<unsigned long long, calib_block>;
-  __shared__ typename reduce_t::TempStorage tmp;
-  const calib_tile tile = p.tiles[blockIdx.x];
-  const calib_tensor_desc<T> td = p.tensors[tile.tensor];
-  const index_t w0 = tile.row_begin * td.wpr, w1 = tile.row_end * td.wpr;
-  unsigned long long c = 0;
-  for (index_t q = w0 + threadIdx.x; q < w1; q += blockDim.x) c += static_cast<unsigned long long>(__popcll(td.out[q]));
-  const unsigned long long total = reduce_t(tmp).Sum(c);
-  if (threadIdx.x == 0 && total != 0) atomicAdd(p.kept + tile.tensor, total);
+  __shared__ unsigned int sh_kept;
+  for (index_t t = blockIdx.x; t < p.num_tiles; t += gridDim.x) {
+    const calib_tile tile = p.tiles[t];
+    const calib_tensor_desc<T> td = p.tensors[tile.tensor];
+    calib_group_state<Key>* gs = p.groups + td.group;
+    const bool live = gs->value.k > 0;
+    const Key tau = gs->value.prefix;
+    if (threadIdx.x == 0) sh_kept = 0;
+    __syncthreads();
+    unsigned int kept = 0;
+    const index_t nw = (tile.row_end - tile.row_begin) * td.wpr;
+    for (index_t q = threadIdx.x; q < nw; q += blockDim.x) {
+      const index_t r = tile.row_begin + q / td.wpr, w = q % td.wpr;
+      std::uint64_t word = 0, ties = 0;
+      if (live) {
+        const index_t j0 = w * 64;
+        const int n = static_cast<int>(td.cols - j0 < 64 ? td.cols - j0 : 64);
+        const std::uint64_t ex = td.excl != nullptr ? td.excl[r * td.wpr + w] : 0;
+        for (int b = 0; b < n; ++b) {
+          if ((ex >> b) & 1u) continue;
+          const Key key = magnitude_bits(td.data[r * td.ld + j0 + b]);
+          if (key > tau) word |= std::uint64_t{1} << b;
+          else if (key == tau && calib_keep_tie(p, gs, static_cast<std::uint64_t>(td.bit_offset + (r * td.wpr + w) * 64 + b)))
+            ties |= std::uint64_t{1} << b;
+        }
+      }
+      td.out[r * td.wpr + w] = word | ties;
+      kept += static_cast<unsigned int>(__popcll(word | ties));
+      if (ties != 0) atomicAdd(&gs->ties_kept, static_cast<unsigned long long>(__popcll(ties)));
+    }
+    const unsigned int ws = calib_warp_sum(kept);
+    if (lane == 0 && ws != 0) atomicAdd(&sh_kept, ws);
+    __syncthreads();
+    if (threadIdx.x == 0 && sh_kept != 0) atomicAdd(p.kept + tile.tensor, static_cast<unsigned long long>(sh_kept));
+    __syncthreads();  // sh_kept is reset by the next tile
+  }
 }
 
 inline std::size_t calib_align(std::size_t x) { return (x + 255) & ~std::size_t{255}; }
@@ -609,6 +788,8 @@ class calibration_plan {
     LORI_EXPECTS(tensors_.size() < (std::size_t{1} << 32), "calibration_plan: too many tensors");
     groups_ = lori::detail::calibration_groups(names, opt_);
     index_t elem = 0, bit = 0;
+    std::vector<detail::calib_tile> tiles0;
+    std::vector<index_t> first0(tensors_.size(), 0), rows0(tensors_.size(), 1);  // pass 0 tiles of each tensor
     for (std::size_t t = 0; t < tensors_.size(); ++t) {
       const auto& in = tensors_[t];
       detail::calib_tensor_desc<T> d{};
@@ -631,9 +812,18 @@ class calibration_plan {
       const index_t rows_per_tile = std::max<index_t>(1, detail::calib_tile_elems / d.cols);
       for (index_t r0 = 0; r0 < d.rows; r0 += rows_per_tile)
         tiles_.push_back({static_cast<index_t>(t), r0, std::min(d.rows, r0 + rows_per_tile)});
+      const index_t rows_per_tile0 = std::max<index_t>(1, detail::calib_pass0_tile_elems / d.cols);
+      first0[t] = static_cast<index_t>(tiles0.size());
+      rows0[t] = rows_per_tile0;
+      for (index_t r0 = 0; r0 < d.rows; r0 += rows_per_tile0)
+        tiles0.push_back({static_cast<index_t>(t), r0, std::min(d.rows, r0 + rows_per_tile0)});
     }
-    LORI_EXPECTS(bit <= static_cast<index_t>(detail::position_mask), "calibration_plan: too many elements");
-    LORI_EXPECTS(tiles_.size() < (std::size_t{1} << 31), "calibration_plan: too many tiles");
+    LORI_EXPECTS(bit <= (index_t{1} << 62), "calibration_plan: too many elements");
+    pos_bits_ = 1;  // tie keys: flat bit positions 0 .. bit - 1 need pos_bits_ bits
+    while (pos_bits_ < 62 && (index_t{1} << pos_bits_) < bit) ++pos_bits_;
+    LORI_EXPECTS(tiles0.size() < (std::size_t{1} << 31), "calibration_plan: too many tiles");
+    nt_ = static_cast<index_t>(tiles_.size());
+    nt0_ = static_cast<index_t>(tiles0.size());
     total_ = elem;
     group_init_.resize(static_cast<std::size_t>(groups_.count()));
     group_size_.assign(static_cast<std::size_t>(groups_.count()), 0);
@@ -643,7 +833,7 @@ class calibration_plan {
       gs = {};
       const index_t k = calibration_keep_count(group_size_[g], opt_.sparsity);
       gs.value = radix_select_begin<key_type>(k, group_size_[g], magnitude_key<T>::bits);
-      gs.tie.key_bits = static_cast<int>(detail::position_bits);  // k = 0 (finished) until started
+      gs.tie.key_bits = pos_bits_;  // k = 0 (finished: every tie kept) until started
     }
     capacity_ = candidate_capacity >= 0 ? candidate_capacity : std::max<index_t>(65536, total_ / 16);
     capacity_ = std::min(capacity_, total_);
@@ -651,15 +841,42 @@ class calibration_plan {
     using G = detail::calib_group_state<key_type>;
     off_tensors_ = 0;
     off_tiles_ = off_tensors_ + detail::calib_align(descs_.size() * sizeof(detail::calib_tensor_desc<T>));
-    off_init_ = off_tiles_ + detail::calib_align(tiles_.size() * sizeof(detail::calib_tile));
+    off_init_ = off_tiles_ + detail::calib_align(static_cast<std::size_t>(nt_ + nt0_) * sizeof(detail::calib_tile));
     off_groups_ = off_init_ + detail::calib_align(group_init_.size() * sizeof(G));
     off_hist_ = off_groups_ + detail::calib_align(group_init_.size() * sizeof(G));
-    off_globals_ = off_hist_ + detail::calib_align(group_init_.size() * radix_bins * sizeof(unsigned long long));
+    off_globals_ = off_hist_ + detail::calib_align(group_init_.size() * detail::calib_max_bins * sizeof(unsigned long long));
     off_kept_ = off_globals_ + detail::calib_align(sizeof(detail::calib_globals));
     off_cands_ = off_kept_ + detail::calib_align(descs_.size() * sizeof(unsigned long long));
     bytes_ = off_cands_ + detail::calib_align(static_cast<std::size_t>(capacity_) * sizeof(detail::calib_candidate<key_type>));
     ws_zero_begin_ = off_hist_;  // histograms, globals and kept counts start at zero
     ws_zero_end_ = off_cands_;
+    // Grids: pass 0 and the candidate/finishing kernels run persistent blocks, a few per SM.
+    int dev = 0, sms = 0, per_sm = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess ||
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, detail::calib_pass0<T>, detail::calib_pass0_block, 0) != cudaSuccess) {
+      (void)cudaGetLastError();  // no device here: run() will report it
+      sms = 132;
+      per_sm = 4;
+    }
+    sms = std::max(sms, 1);
+    grid_pass0_ = static_cast<unsigned>(std::max<index_t>(1, std::min<index_t>(nt0_, static_cast<index_t>(sms) * std::max(per_sm, 1))));
+    grid_small_ = static_cast<unsigned>(std::max<index_t>(1, std::min<index_t>(std::max<index_t>(nt_, capacity_ / detail::calib_block + 1),
+                                                                             static_cast<index_t>(sms) * 4)));
+    // Split tiles in ascending order of when pass 0 read them (its blocks run their contiguous tile
+    // ranges in lockstep: tile i of a range is read at step i); the split runs the table backwards,
+    // so it starts with the data pass 0 read last, still in L2. Any order is correct.
+    if (nt0_ > 0) {
+      std::vector<index_t> step(static_cast<std::size_t>(nt0_));
+      const auto G = static_cast<index_t>(grid_pass0_);
+      for (index_t b = 0; b < G; ++b)
+        for (index_t i = b * nt0_ / G; i < (b + 1) * nt0_ / G; ++i) step[static_cast<std::size_t>(i)] = i - b * nt0_ / G;
+      std::stable_sort(tiles_.begin(), tiles_.end(), [&](const detail::calib_tile& a, const detail::calib_tile& b) {
+        const auto ta = static_cast<std::size_t>(a.tensor), tb = static_cast<std::size_t>(b.tensor);
+        return step[static_cast<std::size_t>(first0[ta] + a.row_begin / rows0[ta])] <
+               step[static_cast<std::size_t>(first0[tb] + b.row_begin / rows0[tb])];
+      });
+    }
+    tiles_.insert(tiles_.end(), tiles0.begin(), tiles0.end());  // one upload: split tiles, then pass 0's
   }
 
   /// Bytes of device scratch run() needs (256-byte aligned regions).
@@ -689,50 +906,45 @@ class calibration_plan {
       LORI_CUDA_CHECK(cudaMemcpyAsync(ws + off_init_, group_init_.data(), group_init_.size() * sizeof(group_init_[0]),
                                       cudaMemcpyHostToDevice, stream));
     }
-    LORI_CUDA_CHECK(cudaMemcpyAsync(ws + off_groups_, ws + off_init_, group_init_.size() * sizeof(group_init_[0]),
-                                    cudaMemcpyDeviceToDevice, stream));
-    LORI_CUDA_CHECK(cudaMemsetAsync(ws + ws_zero_begin_, 0, ws_zero_end_ - ws_zero_begin_, stream));
-    LORI_CUDA_CHECK(cudaMemsetAsync(ws + off_globals_, 0xff, sizeof(unsigned long long), stream));  // bad_position = ~0
-    const auto nt = static_cast<unsigned>(tiles_.size());
+    const auto nt = static_cast<unsigned>(nt_);
+    if (nt == 0) return;  // no elements: every mask is empty, report() answers from the plan
     const auto ng = static_cast<unsigned>(groups_.count());
-    const unsigned cand_grid = 264;  // 2 blocks per SM of an H100: candidate loops are grid-stride
     constexpr int B = detail::calib_block;
     constexpr int passes = radix_passes<T>;
     using Key = key_type;
+    using G = detail::calib_group_state<key_type>;
     const int exact = opt_.semantics == mask_semantics::exact ? 1 : 0;
-    if (nt == 0) return;  // no elements: every mask is empty, states already final
-    // Pass 0 over everything, then the split (pass 1), then the remaining passes.
-    detail::calib_hist_tiles<T, 0><<<nt, B, 0, stream>>>(p, 0, 1);
+    // 1. reset the state; 2. pass 0 (first full read); 3. select digit 0; 4. split (second full
+    // read); 5. select digit 1; 6. remaining digits on the candidates; 7. exact: tie positions;
+    // 8. finish (candidate bits, or the full-data write in overflow mode).
+    detail::calib_init<Key><<<grid_small_, B, 0, stream>>>(
+        reinterpret_cast<G*>(ws + off_groups_), reinterpret_cast<const G*>(ws + off_init_), groups_.count(),
+        reinterpret_cast<unsigned long long*>(ws + ws_zero_begin_), static_cast<index_t>((ws_zero_end_ - ws_zero_begin_) / 8),
+        static_cast<index_t>((off_globals_ + offsetof(detail::calib_globals, bad_position) - ws_zero_begin_) / 8));
     LORI_CUDA_CHECK_LAUNCH();
-    detail::calib_select<Key, 0><<<ng, B, 0, stream>>>(p.groups, p.hist, p.globals, 0, exact);
+    detail::calib_pass0<T><<<grid_pass0_, detail::calib_pass0_block, 0, stream>>>(p);
+    LORI_CUDA_CHECK_LAUNCH();
+    detail::calib_select<Key, 0><<<ng, detail::calib_select_block, 0, stream>>>(p.groups, p.hist, p.globals, 0, exact);
     LORI_CUDA_CHECK_LAUNCH();
     detail::calib_split<T><<<nt, B, 0, stream>>>(p);
     LORI_CUDA_CHECK_LAUNCH();
-    detail::calib_select<Key, 0><<<ng, B, 0, stream>>>(p.groups, p.hist, p.globals, 1, exact);
+    detail::calib_select<Key, 0><<<ng, detail::calib_select_block, 0, stream>>>(p.groups, p.hist, p.globals, 1, exact);
     LORI_CUDA_CHECK_LAUNCH();
     for (int pass = 2; pass < passes; ++pass) {
-      detail::calib_hist_cands<T, 0><<<cand_grid, B, 0, stream>>>(p, pass);
+      detail::calib_hist<T, 0><<<grid_small_, B, 0, stream>>>(p, pass);
       LORI_CUDA_CHECK_LAUNCH();
-      detail::calib_hist_tiles<T, 0><<<nt, B, 0, stream>>>(p, pass, 0);
-      LORI_CUDA_CHECK_LAUNCH();
-      detail::calib_select<Key, 0><<<ng, B, 0, stream>>>(p.groups, p.hist, p.globals, pass, exact);
+      detail::calib_select<Key, 0><<<ng, detail::calib_select_block, 0, stream>>>(p.groups, p.hist, p.globals, pass, exact);
       LORI_CUDA_CHECK_LAUNCH();
     }
     if (exact) {
-      for (int pass = 0; pass < radix_pass_count(static_cast<int>(detail::position_bits)); ++pass) {
-        detail::calib_hist_cands<T, 1><<<cand_grid, B, 0, stream>>>(p, pass);
+      for (int pass = 0; pass < radix_pass_count(pos_bits_); ++pass) {
+        detail::calib_hist<T, 1><<<grid_small_, B, 0, stream>>>(p, pass);
         LORI_CUDA_CHECK_LAUNCH();
-        detail::calib_hist_tiles<T, 1><<<nt, B, 0, stream>>>(p, pass, 0);
-        LORI_CUDA_CHECK_LAUNCH();
-        detail::calib_select<Key, 1><<<ng, B, 0, stream>>>(p.groups, p.hist, p.globals, pass, exact);
+        detail::calib_select<Key, 1><<<ng, detail::calib_select_block, 0, stream>>>(p.groups, p.hist, p.globals, pass, exact);
         LORI_CUDA_CHECK_LAUNCH();
       }
     }
-    detail::calib_fix<T><<<cand_grid, B, 0, stream>>>(p);
-    LORI_CUDA_CHECK_LAUNCH();
-    detail::calib_write<T><<<nt, B, 0, stream>>>(p);
-    LORI_CUDA_CHECK_LAUNCH();
-    detail::calib_count<T><<<nt, B, 0, stream>>>(p);
+    detail::calib_finish<T><<<grid_small_, B, 0, stream>>>(p);
     LORI_CUDA_CHECK_LAUNCH();
   }
 
@@ -748,7 +960,7 @@ class calibration_plan {
     LORI_CUDA_CHECK(cudaMemcpy(gs.data(), ws + off_groups_, gs.size() * sizeof(gs[0]), cudaMemcpyDeviceToHost));
     LORI_CUDA_CHECK(cudaMemcpy(kept.data(), ws + off_kept_, kept.size() * sizeof(kept[0]), cudaMemcpyDeviceToHost));
     LORI_CUDA_CHECK(cudaMemcpy(&glob, ws + off_globals_, sizeof(glob), cudaMemcpyDeviceToHost));
-    if (tiles_.empty()) {  // run() launched nothing
+    if (nt_ == 0) {  // run() launched nothing
       glob.bad_position = ~0ull;
       gs = group_init_;
       std::fill(kept.begin(), kept.end(), 0);
@@ -807,7 +1019,11 @@ class calibration_plan {
     p.cands = reinterpret_cast<detail::calib_candidate<key_type>*>(ws + off_cands_);
     p.kept = reinterpret_cast<unsigned long long*>(ws + off_kept_);
     p.capacity = capacity_;
-    p.num_groups = groups_.count();
+    p.num_tiles = nt_;
+    p.tiles0 = p.tiles + nt_;
+    p.num_tiles0 = nt0_;
+    p.pos_bits = pos_bits_;
+    p.pos_max = (std::uint64_t{1} << pos_bits_) - 1;
     p.exact = opt_.semantics == mask_semantics::exact ? 1 : 0;
     return p;
   }
@@ -816,11 +1032,14 @@ class calibration_plan {
   calibration_options opt_;
   mask_groups groups_;
   std::vector<detail::calib_tensor_desc<T>> descs_;
-  std::vector<detail::calib_tile> tiles_;
+  std::vector<detail::calib_tile> tiles_;  // nt_ tiles of calib_tile_elems, then nt0_ of calib_pass0_tile_elems
+  index_t nt_ = 0, nt0_ = 0;
   std::vector<detail::calib_group_state<key_type>> group_init_;
   std::vector<index_t> group_size_;
   index_t total_ = 0;
   index_t capacity_ = 0;
+  int pos_bits_ = 1;
+  unsigned grid_pass0_ = 1, grid_small_ = 1;
   std::size_t off_tensors_ = 0, off_tiles_ = 0, off_init_ = 0, off_groups_ = 0, off_hist_ = 0, off_globals_ = 0, off_kept_ = 0, off_cands_ = 0;
   std::size_t bytes_ = 0, ws_zero_begin_ = 0, ws_zero_end_ = 0;
 };
