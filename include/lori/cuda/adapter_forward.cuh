@@ -23,12 +23,17 @@
 #include "lori/error.hpp"
 
 #include "lori/detail/cuda_common.cuh"
+#include "lori/detail/cuda_pipeline.cuh"
 
 #include <cooperative_groups.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime_api.h>
+#include <mma.h>
 
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
 
 namespace lori::cuda {
 
@@ -143,12 +148,217 @@ __global__ void __launch_bounds__(expand_threads) expand_kernel(const float* __r
   }
 }
 
+// ---- U = X·Aᵀ on tensor cores (16-bit T, r <= 32) ---------------------------------------------------
+// The skinny product reads X once at streaming bandwidth. Grid (x: 128-token tiles, y: k splits);
+// the y blocks of one token tile form a thread-block cluster (at most 8). Each block streams its
+// k range of the X tile (128 tokens x 64 k per step) and of A (rp x 64) through a ring of
+// proj_stages shared buffers filled by cp.async, and accumulates on tensor cores (wmma 16x16x16,
+// fp32 accumulate): warp w owns tokens w*16 .. +16 and all r. Epilogue: fp32 tiles in shared memory,
+// a cluster barrier, then block q reduces its share of the tile over the cluster's blocks in rank
+// order (distributed shared memory; fixed order: deterministic) and writes O(scale·sum).
+inline constexpr int proj_rows = 128;          // tokens per block
+inline constexpr int proj_kc = 64;             // k per step
+inline constexpr int proj_stages = 4;
+inline constexpr int proj_ld = proj_kc + 8;    // shared row stride (rows 16 B apart mod 128 B)
+inline constexpr int proj_threads = 256;
+inline constexpr int proj_max_rank = 32;       // 2 accumulator fragments
+inline constexpr int proj_max_cluster = 8;
+
+template <class T>
+struct proj_wmma_type {
+  using type = std::conditional_t<std::is_same_v<T, ::lori::bfloat16>, __nv_bfloat16, __half>;
+};
+
+inline constexpr std::size_t proj_smem_bytes(std::size_t elem) {
+  return static_cast<std::size_t>(proj_stages) * (proj_rows + proj_max_rank) * proj_ld * elem;  // >= 128 x 32 fp32
+}
+
+template <class T, class O>
+struct proj_args {
+  const T* X;
+  index_t n, k, ldx;
+  const T* A;
+  index_t lda;
+  int r, frags;
+  index_t kps;  // k per split (multiple of proj_kc)
+  float scale;
+  O* out;
+  index_t ldo;
+  bool vec;  // 16-byte pieces: k, ldx, lda multiples of 8, X and A 16-byte aligned
+};
+
+template <class T, class O>
+__global__ void __launch_bounds__(proj_threads) project_tc_kernel(proj_args<T, O> a) {
+  namespace wm = nvcuda::wmma;
+  namespace cg = cooperative_groups;
+  using W = typename proj_wmma_type<T>::type;
+  constexpr int stage_elems = (proj_rows + proj_max_rank) * proj_ld;
+  const int r = a.r, rp = a.frags * 16;
+  T* S = reinterpret_cast<T*>(detail::dynamic_smem());  // ring: [X 128 x ld | A 32 x ld] per stage
+  float* Acc = reinterpret_cast<float*>(detail::dynamic_smem());  // epilogue: 128 x rp (aliases the ring)
+  const int warp = threadIdx.x >> 5;
+  const index_t t0 = static_cast<index_t>(blockIdx.x) * proj_rows;
+  const index_t kb = static_cast<index_t>(blockIdx.y) * a.kps;
+  const index_t ke = kb + a.kps < a.k ? kb + a.kps : a.k;
+  const index_t steps = ke > kb ? (ke - kb + proj_kc - 1) / proj_kc : 0;
+
+  auto issue = [&](index_t s) {
+    if (s < steps) {
+      const index_t k0 = kb + s * proj_kc;
+      T* xs = S + static_cast<index_t>(s % proj_stages) * stage_elems;
+      T* as = xs + proj_rows * proj_ld;
+      for (int e = threadIdx.x; e < (proj_rows + rp) * (proj_kc / 8); e += proj_threads) {
+        const int row = e / (proj_kc / 8), c = (e % (proj_kc / 8)) * 8;
+        const bool is_x = row < proj_rows;
+        const index_t gr = is_x ? t0 + row : row - proj_rows;  // token or rank index
+        const bool row_ok = is_x ? gr < a.n : gr < r;
+        const T* base = is_x ? a.X : a.A;
+        const index_t ld = is_x ? a.ldx : a.lda;
+        T* dst = (is_x ? xs + row * proj_ld : as + (row - proj_rows) * proj_ld) + c;
+        const index_t kk = k0 + c;
+        if (a.vec) {
+          const bool ok = row_ok && kk < ke;
+          detail::cp_async16(dst, ok ? base + gr * ld + kk : base, ok);
+        } else {
+          *reinterpret_cast<uint4*>(dst) = detail::load8_or_zero(base, ld, ke, row_ok, gr, kk);
+        }
+      }
+    }
+    detail::cp_async_commit();
+  };
+
+  wm::fragment<wm::accumulator, 16, 16, 16, float> acc[2];
+  wm::fill_fragment(acc[0], 0.0f);
+  wm::fill_fragment(acc[1], 0.0f);
+#pragma unroll
+  for (int s = 0; s < proj_stages - 1; ++s) issue(s);
+  for (index_t s = 0; s < steps; ++s) {
+    detail::cp_async_wait<proj_stages - 2>();
+    __syncthreads();
+    issue(s + proj_stages - 1);
+    const T* xs = S + static_cast<index_t>(s % proj_stages) * stage_elems;
+    const T* as = xs + proj_rows * proj_ld;
+#pragma unroll
+    for (int kk = 0; kk < proj_kc / 16; ++kk) {
+      wm::fragment<wm::matrix_a, 16, 16, 16, W, wm::row_major> fa;
+      wm::load_matrix_sync(fa, reinterpret_cast<const W*>(xs + warp * 16 * proj_ld + kk * 16), proj_ld);
+#pragma unroll
+      for (int f = 0; f < 2; ++f) {
+        if (f < a.frags) {
+          wm::fragment<wm::matrix_b, 16, 16, 16, W, wm::col_major> fb;
+          wm::load_matrix_sync(fb, reinterpret_cast<const W*>(as + f * 16 * proj_ld + kk * 16), proj_ld);
+          wm::mma_sync(acc[f], fa, fb, acc[f]);
+        }
+      }
+    }
+  }
+  detail::cp_async_wait<0>();
+  __syncthreads();
+#pragma unroll
+  for (int f = 0; f < 2; ++f)
+    if (f < a.frags) wm::store_matrix_sync(Acc + warp * 16 * rp + f * 16, acc[f], rp, wm::mem_row_major);
+
+  cg::cluster_group cluster = cg::this_cluster();
+  cluster.sync();
+  const int ns = static_cast<int>(cluster.num_blocks()), q = static_cast<int>(cluster.block_rank());
+  const float* parts[proj_max_cluster];
+#pragma unroll
+  for (int u = 0; u < proj_max_cluster; ++u) parts[u] = u < ns ? cluster.map_shared_rank(Acc, u) : Acc;
+  for (int e = q * proj_threads + static_cast<int>(threadIdx.x); e < proj_rows * r; e += ns * proj_threads) {
+    const int row = e / r, j = e - row * r;
+    const index_t t = t0 + row;
+    if (t < a.n) {
+      float v[proj_max_cluster];
+#pragma unroll
+      for (int u = 0; u < proj_max_cluster; ++u) v[u] = u < ns ? parts[u][row * rp + j] : 0.0f;
+      float x = 0.0f;
+#pragma unroll
+      for (int u = 0; u < proj_max_cluster; ++u)
+        if (u < ns) x += v[u];  // rank order: deterministic
+      if constexpr (std::is_same_v<O, float>) a.out[t * a.ldo + j] = a.scale * x;
+      else a.out[t * a.ldo + j] = ::lori::from_float<O>(a.scale * x);
+    }
+  }
+  cluster.sync();  // keep shared memory alive until the cluster has read it
+}
+
+template <class T>
+constexpr bool project_tc_applies(index_t r) {
+  return detail::is_16bit_v<T> && r >= 1 && r <= proj_max_rank;
+}
+
+// out (rows m, leading dimension ldo, type O: float or T) = scale · X·Aᵀ for X m x k (ldx), A r x k;
+// the tensor-core kernel (requires project_tc_applies<T>(r)) on `stream`.
+template <class T, class O>
+void launch_project_tc(cudaStream_t stream, int sm_count, const T* X, index_t m, index_t k, index_t ldx, const T* A,
+                       index_t lda, index_t r, float scale, O* out, index_t ldo) {
+  if (m == 0) return;
+  const index_t tiles = detail::ceil_div(m, proj_rows);
+  index_t splits = detail::ceil_div(2 * static_cast<index_t>(sm_count), tiles);
+  if (splits > proj_max_cluster) splits = proj_max_cluster;
+  if (splits > detail::ceil_div(k, proj_kc)) splits = detail::ceil_div(k, proj_kc);
+  if (splits < 1) splits = 1;
+  proj_args<T, O> a{};
+  a.X = X;
+  a.n = m;
+  a.k = k;
+  a.ldx = ldx;
+  a.A = A;
+  a.lda = lda;
+  a.r = static_cast<int>(r);
+  a.frags = static_cast<int>((r + 15) / 16);
+  a.kps = detail::ceil_div(detail::ceil_div(k, splits), proj_kc) * proj_kc;
+  a.scale = scale;
+  a.out = out;
+  a.ldo = ldo;
+  a.vec = k % 8 == 0 && ldx % 8 == 0 && lda % 8 == 0 && reinterpret_cast<std::uintptr_t>(X) % 16 == 0 &&
+          reinterpret_cast<std::uintptr_t>(A) % 16 == 0;
+  const std::size_t smem = proj_smem_bytes(sizeof(T));
+  static const bool opted = [smem] {
+    LORI_CUDA_CHECK(cudaFuncSetAttribute(project_tc_kernel<T, O>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+    return true;
+  }();
+  (void)opted;
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(detail::grid_dim(tiles), static_cast<unsigned>(splits), 1);
+  cfg.blockDim = dim3(proj_threads, 1, 1);
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = 1;
+  attr[0].val.clusterDim.y = static_cast<unsigned>(splits);
+  attr[0].val.clusterDim.z = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  LORI_CUDA_CHECK(cudaLaunchKernelEx(&cfg, project_tc_kernel<T, O>, a));
+  LORI_CUDA_CHECK_LAUNCH();
+}
+
+// H rows (fp32, ld r) = X rows·Aᵀ: the tensor-core kernel where it applies, else cuBLAS on handle h
+// (bound to `stream`).
+template <class T>
+void project_rows(cudaStream_t stream, cublasHandle_t h, int sm_count, const T* X, index_t m, index_t k, index_t ldx,
+                  const T* A, index_t lda, index_t r, float* H) {
+  if constexpr (detail::is_16bit_v<T>) {
+    if (project_tc_applies<T>(r)) {
+      launch_project_tc<T, float>(stream, sm_count, X, m, k, ldx, A, lda, r, 1.0f, H, r);
+      return;
+    }
+  }
+  detail::gemm_row_major(h, false, true, m, r, k, 1.0f, X, ldx, A, lda, 0.0f, H, r, detail::cuda_data_type<T>(), CUDA_R_32F);
+}
+
 inline constexpr int decode_threads = 256;
 inline constexpr int decode_kc = 32;        // k-chunk staged in shared memory
 inline constexpr int decode_max_outputs = 4096;  // n * r
 inline constexpr int decode_per_thread = decode_max_outputs / decode_threads;
 inline constexpr int decode_local_h = 512;  // n * r up to which every block reduces H itself
 inline constexpr int decode_group = 8;      // tokens per thread in phase 3
+inline constexpr int decode_max_rank = 256;  // r limit of the forward kernels
+inline constexpr int decode_prefetch = 8;   // kept entries of a row of B loaded before the barrier
+inline constexpr int decode_outs = 4;       // outputs of H a warp reduces at once (phase 2)
+inline constexpr int decode_red = 8;        // partials per lane in flight per output (256 blocks)
 
 template <class T>
 struct decode_params {
@@ -173,22 +383,70 @@ __global__ void __launch_bounds__(decode_threads) decode_kernel(decode_params<T>
   float* As = Xs + q.n * (decode_kc + 1);                        // r x (kc + 1)
   const index_t nb = gridDim.x, b = blockIdx.x, nr = q.n * q.r;
 
-  // Phase 1: block b sums X·Aᵀ over its slice of k into P[b].
+  // Phase 3's inputs do not depend on H: this thread's first (token group, column) element - its
+  // kept entries of B (up to decode_prefetch) and its Y values - are loaded now, so their memory
+  // latency overlaps phase 1 and the grid barrier instead of following them.
+  const index_t d = q.B.rows;
+  const index_t groups = (q.n + decode_group - 1) / decode_group;
+  const index_t total = groups * d;
+  const index_t g = b * decode_threads + threadIdx.x, stride = nb * decode_threads;
+  std::int32_t pb = 0, pe = 0;
+  int pcol[decode_prefetch];
+  float pval[decode_prefetch], yold[decode_group];
+#pragma unroll
+  for (int u = 0; u < decode_prefetch; ++u) {
+    pcol[u] = 0;
+    pval[u] = 0.0f;
+  }
+#pragma unroll
+  for (int u = 0; u < decode_group; ++u) yold[u] = 0.0f;
+  if (g < total) {
+    const index_t grp = g / d, c = g - grp * d, t0 = grp * decode_group;
+    pb = q.B.row_ptr[c];
+    pe = q.B.row_ptr[c + 1];
+#pragma unroll
+    for (int u = 0; u < decode_group; ++u)
+      if (t0 + u < q.n) yold[u] = detail::ld_f(q.Y + (t0 + u) * q.ldy + c);
+#pragma unroll
+    for (int u = 0; u < decode_prefetch; ++u)
+      if (pb + u < pe) {
+        pcol[u] = q.B.col_idx[pb + u];
+        pval[u] = ::lori::to_float(q.B.values[pb + u]);
+      }
+  }
+
+  // Phase 1: block b sums X·Aᵀ over its slice of k into P (layout: output o, then block: P[o * nb + b]).
+  // Each chunk's loads are all issued before any is used (one memory round trip per chunk).
   const index_t kper = (q.k + nb - 1) / nb;
   const index_t kb = b * kper < q.k ? b * kper : q.k, ke = kb + kper < q.k ? kb + kper : q.k;
   float acc[decode_per_thread];
 #pragma unroll
   for (int u = 0; u < decode_per_thread; ++u) acc[u] = 0.0f;
+  constexpr int xu = decode_max_tokens * decode_kc / decode_threads;  // X elements per thread and chunk
+  constexpr int au = decode_max_rank * decode_kc / decode_threads;    // A elements per thread and chunk
   for (index_t k0 = kb; k0 < ke; k0 += decode_kc) {
     const index_t len = ke - k0 < decode_kc ? ke - k0 : decode_kc;
-    __syncthreads();  // previous chunk fully consumed
-    for (index_t e = threadIdx.x; e < q.n * decode_kc; e += decode_threads) {
-      const index_t t = e / decode_kc, kk = e - t * decode_kc;
-      Xs[t * (decode_kc + 1) + kk] = kk < len ? detail::ld_f(q.X + t * q.ldx + k0 + kk) : 0.0f;
+    float xv[xu], av[au];
+#pragma unroll
+    for (int u = 0; u < xu; ++u) {
+      const int e = static_cast<int>(threadIdx.x) + u * decode_threads, t = e / decode_kc, kk = e % decode_kc;
+      xv[u] = (t < q.n && kk < len) ? detail::ld_f(q.X + t * q.ldx + k0 + kk) : 0.0f;
     }
-    for (index_t e = threadIdx.x; e < q.r * decode_kc; e += decode_threads) {
-      const index_t j = e / decode_kc, kk = e - j * decode_kc;
-      As[j * (decode_kc + 1) + kk] = kk < len ? detail::ld_f(q.A + j * q.lda + k0 + kk) : 0.0f;
+#pragma unroll
+    for (int u = 0; u < au; ++u) {
+      const int e = static_cast<int>(threadIdx.x) + u * decode_threads, j = e / decode_kc, kk = e % decode_kc;
+      av[u] = (j < q.r && kk < len) ? detail::ld_f(q.A + j * q.lda + k0 + kk) : 0.0f;
+    }
+    __syncthreads();  // previous chunk fully consumed
+#pragma unroll
+    for (int u = 0; u < xu; ++u) {
+      const int e = static_cast<int>(threadIdx.x) + u * decode_threads, t = e / decode_kc, kk = e % decode_kc;
+      if (t < q.n) Xs[t * (decode_kc + 1) + kk] = xv[u];
+    }
+#pragma unroll
+    for (int u = 0; u < au; ++u) {
+      const int e = static_cast<int>(threadIdx.x) + u * decode_threads, j = e / decode_kc, kk = e % decode_kc;
+      if (j < q.r) As[j * (decode_kc + 1) + kk] = av[u];
     }
     __syncthreads();
 #pragma unroll
@@ -208,54 +466,78 @@ __global__ void __launch_bounds__(decode_threads) decode_kernel(decode_params<T>
 #pragma unroll
   for (int u = 0; u < decode_per_thread; ++u) {
     const index_t o = threadIdx.x + static_cast<index_t>(u) * decode_threads;
-    if (o < nr) q.P[b * nr + o] = acc[u];
+    if (o < nr) q.P[o * nb + b] = acc[u];
   }
   grid.sync();
 
-  // Phase 2: H = s * sum over blocks of P. One warp per output: lane l sums blocks l, l + 32, ...,
-  // then a fixed shuffle tree whose lane-0 result is used, so H is bitwise the same wherever and
-  // however often it is computed (deterministic). A small H (n*r <= decode_local_h) is reduced by
-  // every block into its own shared memory (saves a grid barrier); a larger one is split over the
-  // grid into q.H, followed by a second barrier, then copied into every block's shared memory.
-  // Shared memory holds (n + r)(kc + 1) >= n*r floats whenever n*r <= 4096, so H fits where X and A were.
+  // Phase 2: H = s * sum over blocks of P. One warp per output, decode_outs outputs at a time with
+  // all their loads in flight: lane l sums blocks l, l + 32, ... in that order, then a fixed shuffle
+  // tree whose lane-0 result is used, so H is bitwise the same wherever and however often it is
+  // computed (deterministic). A small H (n*r <= decode_local_h) is reduced by every block into its
+  // own shared memory (saves a grid barrier); a larger one is split over the grid into q.H, then a
+  // second barrier, then copied into every block's shared memory. Shared memory holds
+  // (n + r)(kc + 1) >= n*r floats whenever n*r <= 4096, so H fits where X and A were.
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   constexpr int warps = decode_threads / 32;
   const bool local = nr <= decode_local_h;  // grid-uniform
   float* Hs = Xs;                           // phase 1 is over (grid.sync is also a block barrier)
-  auto reduce = [&](index_t o) {
-    float h = 0.0f;
-    for (index_t bb = lane; bb < nb; bb += 32) h += __ldcg(q.P + bb * nr + o);
+  auto reduce = [&](index_t ob, float* dst) {  // outputs ob .. ob + decode_outs - 1 (those < nr)
+    float h[decode_outs];
 #pragma unroll
-    for (int off = 16; off > 0; off >>= 1) h += __shfl_down_sync(0xffffffffu, h, off);
-    return q.s * h;  // valid in lane 0
+    for (int i = 0; i < decode_outs; ++i) h[i] = 0.0f;
+    for (index_t base = 0; base < nb; base += 32 * decode_red) {
+      float v[decode_outs][decode_red];
+#pragma unroll
+      for (int i = 0; i < decode_outs; ++i)
+#pragma unroll
+        for (int u = 0; u < decode_red; ++u) {
+          const index_t bb = base + lane + 32 * u, o = ob + i;
+          v[i][u] = (bb < nb && o < nr) ? __ldcg(q.P + o * nb + bb) : 0.0f;
+        }
+#pragma unroll
+      for (int i = 0; i < decode_outs; ++i)
+#pragma unroll
+        for (int u = 0; u < decode_red; ++u) h[i] += v[i][u];
+    }
+#pragma unroll
+    for (int i = 0; i < decode_outs; ++i) {
+#pragma unroll
+      for (int off = 16; off > 0; off >>= 1) h[i] += __shfl_down_sync(0xffffffffu, h[i], off);
+      if (lane == 0 && ob + i < nr) dst[ob + i] = q.s * h[i];
+    }
   };
   if (local) {
-    for (index_t o = warp; o < nr; o += warps) {
-      const float h = reduce(o);
-      if (lane == 0) Hs[o] = h;
-    }
+    for (index_t ob = static_cast<index_t>(warp) * decode_outs; ob < nr; ob += warps * decode_outs) reduce(ob, Hs);
   } else {
-    for (index_t o = b * warps + warp; o < nr; o += nb * warps) {
-      const float h = reduce(o);
-      if (lane == 0) q.H[o] = h;
-    }
+    for (index_t ob = (b * warps + warp) * decode_outs; ob < nr; ob += nb * warps * decode_outs) reduce(ob, q.H);
     grid.sync();
     for (index_t o = threadIdx.x; o < nr; o += decode_threads) Hs[o] = __ldcg(q.H + o);  // n*r <= 4096 floats
   }
   __syncthreads();
 
   // Phase 3: one thread per (group of 8 tokens, output column c): Y(t, c) += Σ_j H(t, j) B(c, j)
-  // over c's kept entries, H from shared memory. Consecutive threads take consecutive columns.
-  const index_t d = q.B.rows;
-  const index_t groups = (q.n + decode_group - 1) / decode_group;
-  const index_t g = b * decode_threads + threadIdx.x, stride = nb * decode_threads;
-  for (index_t e = g; e < groups * d; e += stride) {
+  // over c's kept entries, H from shared memory. Consecutive threads take consecutive columns. The
+  // first element uses what was prefetched above.
+  for (index_t e = g; e < total; e += stride) {
     const index_t grp = e / d, c = e - grp * d, t0 = grp * decode_group;
+    const bool first = e == g;
     float y[decode_group];
 #pragma unroll
     for (int u = 0; u < decode_group; ++u) y[u] = 0.0f;
-    const std::int32_t p1 = q.B.row_ptr[c + 1];
-    for (std::int32_t p = q.B.row_ptr[c]; p < p1; ++p) {
+    std::int32_t p = first ? pb : q.B.row_ptr[c];
+    const std::int32_t p1 = first ? pe : q.B.row_ptr[c + 1];
+    if (first) {
+#pragma unroll
+      for (int w = 0; w < decode_prefetch; ++w)
+        if (pb + w < pe) {
+          const float* hcol = Hs + t0 * q.r + pcol[w];
+#pragma unroll
+          for (int u = 0; u < decode_group; ++u)
+            if (t0 + u < q.n) y[u] = fmaf(hcol[u * q.r], pval[w], y[u]);
+        }
+      p = pb + decode_prefetch;
+    }
+    for (; p < p1; ++p) {
       const float* hcol = Hs + t0 * q.r + q.B.col_idx[p];
       const float v = ::lori::to_float(q.B.values[p]);
 #pragma unroll
@@ -266,7 +548,7 @@ __global__ void __launch_bounds__(decode_threads) decode_kernel(decode_params<T>
     for (int u = 0; u < decode_group; ++u) {
       if (t0 + u < q.n) {
         T* yp = q.Y + (t0 + u) * q.ldy + c;
-        detail::st_f(yp, detail::ld_f(yp) + y[u]);
+        detail::st_f(yp, (first ? yold[u] : detail::ld_f(yp)) + y[u]);
       }
     }
   }
@@ -320,8 +602,8 @@ void adapter_project(context& ctx, row_major_view<const T> X, row_major_view<con
   LORI_EXPECTS(X.cols() == A.cols(), "adapter_project: X and A must have the same number of columns k");
   LORI_EXPECTS(A.rows() >= 1 && A.cols() >= 1, "adapter_project: A must be non-empty");
   LORI_EXPECTS(H != nullptr || X.rows() == 0, "adapter_project: null H");
-  detail::gemm_row_major(ctx.cublas(), false, true, X.rows(), A.rows(), X.cols(), 1.0f, X.data(), X.ld(), A.data(),
-                         A.ld(), 0.0f, H, A.rows(), detail::cuda_data_type<T>(), CUDA_R_32F);
+  detail_fwd::project_rows<T>(ctx.stream(), ctx.cublas(), ctx.sm_count(), X.data(), X.rows(), X.cols(), X.ld(), A.data(),
+                             A.ld(), A.rows(), H);
 }
 
 template <class T>
@@ -417,8 +699,8 @@ void layer_forward(context& ctx, row_major_view<const T> X, row_major_view<const
   const index_t k = X.cols();
   // Rows [r0, r0 + m): H rows = X rows·Aᵀ; Y rows = s·H·Bᵀ (write-only); Y rows = X rows·Wᵀ + Y rows.
   auto adapter_part = [&](cudaStream_t st, cublasHandle_t h, index_t r0, index_t m) {
-    detail::gemm_row_major(h, false, true, m, r, k, 1.0f, X.data() + r0 * X.ld(), X.ld(), A.data(), A.ld(), 0.0f,
-                           H + r0 * r, r, t, CUDA_R_32F);
+    detail_fwd::project_rows<T>(st, h, ctx.sm_count(), X.data() + r0 * X.ld(), m, k, X.ld(), A.data(), A.ld(), r,
+                                H + r0 * r);
     detail_fwd::launch_expand(st, H + r0 * r, m, s, B, Y.data() + r0 * Y.ld(), Y.ld(), false);
   };
   auto base_gemm = [&](index_t r0, index_t m) {
@@ -463,9 +745,17 @@ void layer_forward_widened(context& ctx, row_major_view<T> X_ext, row_major_view
   const cudaDataType_t t = detail::cuda_data_type<T>();
   // Rows [r0, r0 + m): s·H into the last r columns of X_ext (row stride X_ext.ld()), then the base
   // GEMM with K = k + r.
-  auto h_gemm = [&](cublasHandle_t h, index_t r0, index_t m) {
-    detail::gemm_row_major(h, false, true, m, r, k, s, X_ext.data() + r0 * X_ext.ld(), X_ext.ld(), A.data(), A.ld(),
-                           0.0f, X_ext.data() + r0 * X_ext.ld() + k, X_ext.ld(), t, t);
+  auto h_gemm = [&](cudaStream_t st, cublasHandle_t h, index_t r0, index_t m) {
+    T* xr = X_ext.data() + r0 * X_ext.ld();
+    if constexpr (detail::is_16bit_v<T>) {
+      if (detail_fwd::project_tc_applies<T>(r)) {  // tensor-core kernel: reads X's k columns, writes the r after them
+        detail_fwd::launch_project_tc<T, T>(st, ctx.sm_count(), xr, m, k, X_ext.ld(), A.data(), A.ld(), r, s, xr + k,
+                                            X_ext.ld());
+        return;
+      }
+    }
+    (void)st;
+    detail::gemm_row_major(h, false, true, m, r, k, s, xr, X_ext.ld(), A.data(), A.ld(), 0.0f, xr + k, X_ext.ld(), t, t);
   };
   auto base_gemm = [&](index_t r0, index_t m) {
     detail::gemm_row_major(ctx.cublas(), false, true, m, d, k + r, 1.0f, X_ext.data() + r0 * X_ext.ld(), X_ext.ld(),
@@ -474,7 +764,7 @@ void layer_forward_widened(context& ctx, row_major_view<T> X_ext, row_major_view
   const index_t m = detail::ceil_div(n, chunks);
   const index_t count = detail::ceil_div(n, m);
   if (count <= 1) {
-    h_gemm(ctx.cublas(), 0, n);
+    h_gemm(ctx.stream(), ctx.cublas(), 0, n);
     base_gemm(0, n);
     return;
   }
@@ -483,12 +773,12 @@ void layer_forward_widened(context& ctx, row_major_view<T> X_ext, row_major_view
   cublasHandle_t aux_h = ctx.aux_cublas();
   LORI_CUDA_CHECK(cudaEventRecord(ctx.event(0), ctx.stream()));  // X_ext written by earlier main-stream work
   LORI_CUDA_CHECK(cudaStreamWaitEvent(aux, ctx.event(0), 0));
-  h_gemm(ctx.cublas(), 0, m);
+  h_gemm(ctx.stream(), ctx.cublas(), 0, m);
   for (index_t c = 0; c < count; ++c) {
     const index_t r0 = c * m, rows = n - r0 < m ? n - r0 : m;
     if (c + 1 < count) {
       const index_t r1 = r0 + m, rows1 = n - r1 < m ? n - r1 : m;
-      h_gemm(aux_h, r1, rows1);
+      h_gemm(aux, aux_h, r1, rows1);
       LORI_CUDA_CHECK(cudaEventRecord(ctx.event(static_cast<int>(c + 1)), aux));
     }
     if (c > 0) LORI_CUDA_CHECK(cudaStreamWaitEvent(ctx.stream(), ctx.event(static_cast<int>(c)), 0));
