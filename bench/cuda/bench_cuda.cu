@@ -225,6 +225,33 @@ void BM_gpu_adapter_project(benchmark::State& st) {
             2.0 * static_cast<double>(f.n * K) + 2.0 * R * K + 4.0 * static_cast<double>(f.n * R));
   st.SetLabel("ours: tensor-core skinny GEMM, fp32 H; floor = one read of X");
 }
+// The second half of the adapter alone: Y += s·H·Bᵀ (H fp32 given): floor = Y read + write.
+void BM_gpu_adapter_expand(benchmark::State& st) {
+  fwd_data f(st.range(0));
+  device_buffer<float> H(f.n * R);
+  lori::cuda::adapter_project<bf16>(ctx(), f.xv(), f.av(), H.data());
+  run_timed(st, [&] { lori::cuda::adapter_expand<bf16>(ctx(), H.data(), f.n, 0.5f, f.B, f.yv(), true); },
+            4.0 * static_cast<double>(f.n * D) + 4.0 * static_cast<double>(f.n * R));
+  st.SetLabel(lori::cuda::detail_fwd::expand_vec_applies(f.B, f.Y.data(), D) ? "16-byte vector kernel; floor = Y read + write"
+                                                                              : "scalar kernel; floor = Y read + write");
+}
+// The one-column-per-thread expansion kernel (the path for fp32, r > 32 or unaligned Y), for comparison.
+void BM_gpu_adapter_expand_scalar(benchmark::State& st) {
+  fwd_data f(st.range(0));
+  device_buffer<float> H(f.n * R);
+  lori::cuda::adapter_project<bf16>(ctx(), f.xv(), f.av(), H.data());
+  namespace fw = lori::cuda::detail_fwd;
+  run_timed(st, [&] {
+    const dim3 grid(static_cast<unsigned>((D + fw::expand_threads - 1) / fw::expand_threads),
+                    static_cast<unsigned>((f.n + fw::expand_tokens - 1) / fw::expand_tokens));
+    fw::expand_kernel<bf16><<<grid, fw::expand_threads, static_cast<std::size_t>(fw::expand_tokens * R) * sizeof(float), ctx().stream()>>>(
+        H.data(), f.n, R, f.B.view(), 0.5f, f.Y.data(), D, true);
+    LORI_CUDA_CHECK_LAUNCH();
+  }, 4.0 * static_cast<double>(f.n * D) + 4.0 * static_cast<double>(f.n * R));
+  st.SetLabel("scalar kernel (fp32 / r > 32 path); floor = Y read + write");
+}
+BENCHMARK(BM_gpu_adapter_expand)->Arg(4096)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
+BENCHMARK(BM_gpu_adapter_expand_scalar)->Arg(4096)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 // The same product on cuBLAS (what adapter_project ran before; fp32 out, as ours).
 void BM_gpu_baseline_project_cublas(benchmark::State& st) {
   fwd_data f(st.range(0));
@@ -261,7 +288,8 @@ struct decode_loop_data {
   }
 };
 // Like run_timed (L2 flushed, CUDA events), but one iteration is `calls` back-to-back calls and the
-// iteration time recorded is the time PER CALL.
+// iteration time recorded is the time PER CALL (so these benchmarks use a fixed iteration count:
+// a minimum time would count per-call time and run 224x longer than meant).
 void run_decode_loop(benchmark::State& st, decode_loop_data& f, const std::function<void(int)>& call) {
   const int calls = decode_loop_data::calls;
   cudaStream_t s = ctx().stream();
@@ -306,8 +334,8 @@ void BM_gpu_baseline_lora_two_gemm_decode_loop(benchmark::State& st) {
   });
   st.SetLabel("PEFT two GEMMs, 224 back-to-back calls, distinct adapters; reported time is per call");
 }
-BENCHMARK(BM_gpu_adapter_forward_decode_loop)->Arg(1)->Arg(64)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
-BENCHMARK(BM_gpu_baseline_lora_two_gemm_decode_loop)->Arg(1)->Arg(64)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
+BENCHMARK(BM_gpu_adapter_forward_decode_loop)->Arg(1)->Arg(64)->UseManualTime()->Unit(benchmark::kMicrosecond)->Iterations(30);
+BENCHMARK(BM_gpu_baseline_lora_two_gemm_decode_loop)->Arg(1)->Arg(64)->UseManualTime()->Unit(benchmark::kMicrosecond)->Iterations(30);
 BENCHMARK(BM_gpu_adapter_project)->Arg(4096)->Arg(16384)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 BENCHMARK(BM_gpu_adapter_forward)->Arg(1)->Arg(64)->Arg(4096)->Arg(16384)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 BENCHMARK(BM_gpu_baseline_lora_two_gemm)->Arg(1)->Arg(64)->Arg(4096)->Arg(16384)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);

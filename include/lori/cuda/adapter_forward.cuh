@@ -148,6 +148,98 @@ __global__ void __launch_bounds__(expand_threads) expand_kernel(const float* __r
   }
 }
 
+// Vectorised expansion for 16-bit T (d and ldy multiples of 8, Y 16-byte aligned, r <= 32):
+// block = 64 columns x 128 tokens, 256 threads; thread (cg = tid % 8, tg = tid / 8) owns columns
+// c0 + 8cg .. +8 and tokens t0 + 4tg .. +4, so every Y access is 16 bytes and a warp covers 4 whole
+// 128-byte row segments. The tile's kept entries of B (CSR slice) and s·H (fp32) are staged in
+// shared memory; the thread walks its 8 columns' kept entries with 4 tokens each (fp32 FMAs:
+// the product is n·nnz FMAs, far below the bytes of Y). Y loads are issued before the staging.
+inline constexpr int expv_cols = 64;
+inline constexpr int expv_threads = 256;
+inline constexpr int expv_tpt = 4;                             // tokens per thread
+inline constexpr int expv_tokens = expv_threads / 8 * expv_tpt;  // 128
+inline constexpr int expv_max_rank = 32;  // shared memory 33 KB at r = 32 (no opt-in needed)
+
+inline std::size_t expv_smem_bytes(index_t r) {
+  return static_cast<std::size_t>(expv_tokens * r) * sizeof(float) + static_cast<std::size_t>(expv_cols + 4) * 4 +
+         static_cast<std::size_t>(expv_cols * r) * 8;
+}
+
+template <class T>
+__device__ __forceinline__ float bits16_to_float(std::uint32_t b) {
+  return ::lori::to_float(T::from_bits(static_cast<std::uint16_t>(b & 0xffffu)));
+}
+
+template <class T>
+__global__ void __launch_bounds__(expv_threads) expand_vec_kernel(const float* __restrict__ H, index_t n, index_t r,
+                                                                  sparse_b_view<T> B, float s, T* __restrict__ Y,
+                                                                  index_t ldy, bool accumulate) {
+  unsigned char* smem = detail::dynamic_smem();
+  float* Hs = reinterpret_cast<float*>(smem);                          // expv_tokens x r, times s
+  std::int32_t* rps = reinterpret_cast<std::int32_t*>(Hs + expv_tokens * r);  // the tile's row_ptr
+  std::int32_t* ej = rps + expv_cols + 4;                               // kept entries: column j
+  float* ev = reinterpret_cast<float*>(ej + expv_cols * r);             // and value
+  const index_t d = B.rows;
+  const index_t c0 = static_cast<index_t>(blockIdx.x) * expv_cols;
+  const index_t t0 = static_cast<index_t>(blockIdx.y) * expv_tokens;
+  const int cg = static_cast<int>(threadIdx.x & 7), tg = static_cast<int>(threadIdx.x >> 3);
+  const index_t cb = c0 + cg * 8;
+  const bool col_ok = cb < d;  // d % 8 == 0: the 8 columns are all in or all out
+  uint4 yv[expv_tpt];
+#pragma unroll
+  for (int u = 0; u < expv_tpt; ++u) {
+    const index_t t = t0 + tg * expv_tpt + u;
+    yv[u] = (accumulate && col_ok && t < n) ? *reinterpret_cast<const uint4*>(Y + t * ldy + cb) : make_uint4(0u, 0u, 0u, 0u);
+  }
+  const int cn = static_cast<int>(d - c0 < expv_cols ? d - c0 : expv_cols);
+  for (int i = threadIdx.x; i <= cn; i += expv_threads) rps[i] = B.row_ptr[c0 + i];
+  for (index_t e = threadIdx.x; e < expv_tokens * r; e += expv_threads) {
+    const index_t t = e / r;
+    Hs[e] = t0 + t < n ? s * H[t0 * r + e] : 0.0f;
+  }
+  __syncthreads();
+  const std::int32_t p0 = rps[0], cnt = rps[cn] - p0;
+  for (std::int32_t e = threadIdx.x; e < cnt; e += expv_threads) {
+    ej[e] = B.col_idx[p0 + e];
+    ev[e] = ::lori::to_float(B.values[p0 + e]);
+  }
+  __syncthreads();
+  if (!col_ok) return;
+  float acc[expv_tpt][8];
+#pragma unroll
+  for (int u = 0; u < expv_tpt; ++u)
+#pragma unroll
+    for (int i = 0; i < 8; ++i) acc[u][i] = 0.0f;
+  const float* hrow = Hs + static_cast<index_t>(tg * expv_tpt) * r;
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    const int lc = cg * 8 + i;
+    const std::int32_t pe = rps[lc + 1] - p0;
+    for (std::int32_t p = rps[lc] - p0; p < pe; ++p) {
+      const float* h = hrow + ej[p];
+      const float v = ev[p];
+#pragma unroll
+      for (int u = 0; u < expv_tpt; ++u) acc[u][i] = fmaf(h[u * r], v, acc[u][i]);
+    }
+  }
+#pragma unroll
+  for (int u = 0; u < expv_tpt; ++u) {
+    const index_t t = t0 + tg * expv_tpt + u;
+    if (t < n) {
+      const std::uint32_t in[4] = {yv[u].x, yv[u].y, yv[u].z, yv[u].w};
+      std::uint32_t o[4];
+#pragma unroll
+      for (int w = 0; w < 4; ++w) {
+        const float lo = bits16_to_float<T>(in[w]) + acc[u][2 * w];
+        const float hi = bits16_to_float<T>(in[w] >> 16) + acc[u][2 * w + 1];
+        o[w] = static_cast<std::uint32_t>(::lori::from_float<T>(lo).bits) |
+               (static_cast<std::uint32_t>(::lori::from_float<T>(hi).bits) << 16);
+      }
+      *reinterpret_cast<uint4*>(Y + t * ldy + cb) = make_uint4(o[0], o[1], o[2], o[3]);
+    }
+  }
+}
+
 // ---- U = X·Aᵀ on tensor cores (16-bit T, r <= 32) ---------------------------------------------------
 // The skinny product reads X once at streaming bandwidth. Grid (x: 128-token tiles, y: k splits);
 // the y blocks of one token tile form a thread-block cluster (at most 8). Each block streams its
@@ -554,11 +646,27 @@ __global__ void __launch_bounds__(decode_threads) decode_kernel(decode_params<T>
   }
 }
 
+// Whether the vectorised expansion takes a call (16-bit T; 16-byte rows of Y; r small enough that
+// the tile's kept entries and s·H fit the 48 KB of a normal launch).
+template <class T>
+bool expand_vec_applies(const sparse_b<T>& B, const T* Y, index_t ldy) {
+  return detail::is_16bit_v<T> && B.cols() <= expv_max_rank && B.rows() % 8 == 0 && ldy % 8 == 0 &&
+         reinterpret_cast<std::uintptr_t>(Y) % 16 == 0;
+}
+
 // Y rows [0, n) (Y points at the first) = (accumulate ? Y : 0) + s·H·Bᵀ on `stream`; checked by callers.
 template <class T>
 void launch_expand(cudaStream_t stream, const float* H, index_t n, float s, const sparse_b<T>& B, T* Y, index_t ldy,
                    bool accumulate) {
   const index_t d = B.rows(), r = B.cols();
+  if constexpr (detail::is_16bit_v<T>) {
+    if (expand_vec_applies(B, Y, ldy)) {
+      const dim3 grid(detail::grid_dim(detail::ceil_div(d, expv_cols)), detail::grid_dim(detail::ceil_div(n, expv_tokens), false));
+      expand_vec_kernel<T><<<grid, expv_threads, expv_smem_bytes(r), stream>>>(H, n, r, B.view(), s, Y, ldy, accumulate);
+      LORI_CUDA_CHECK_LAUNCH();
+      return;
+    }
+  }
   const dim3 grid(detail::grid_dim(detail::ceil_div(d, expand_threads)),
                   detail::grid_dim(detail::ceil_div(n, expand_tokens), false));
   const std::size_t smem = static_cast<std::size_t>(expand_tokens * r) * sizeof(float);
