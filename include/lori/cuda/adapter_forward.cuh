@@ -164,9 +164,11 @@ inline constexpr int expv_tpt = 4;                             // tokens per thr
 inline constexpr int expv_tokens = expv_threads / 8 * expv_tpt;  // 128
 inline constexpr int expv_max_rank = 32;  // shared memory 33 KB at r = 32 (no opt-in needed)
 
+inline constexpr int expv_hld = expv_tokens + 4;  // s·H staged transposed: r rows of expv_hld floats
+
 inline std::size_t expv_smem_bytes(index_t r) {
-  return static_cast<std::size_t>(expv_tokens * r) * sizeof(float) + static_cast<std::size_t>(expv_cols + 4) * 4 +
-         static_cast<std::size_t>(expv_cols * r) * 8;
+  return static_cast<std::size_t>(expv_hld * r) * sizeof(float) + static_cast<std::size_t>(expv_cols + 4) * 4 +
+         static_cast<std::size_t>(expv_cols * r) * sizeof(int2);
 }
 
 template <class T>
@@ -175,14 +177,15 @@ __device__ __forceinline__ float bits16_to_float(std::uint32_t b) {
 }
 
 template <class T>
-__global__ void __launch_bounds__(expv_threads) expand_vec_kernel(const float* __restrict__ H, index_t n, index_t r,
+__global__ void __launch_bounds__(expv_threads, 3) expand_vec_kernel(const float* __restrict__ H, index_t n, index_t r,
                                                                   sparse_b_view<T> B, float s, T* __restrict__ Y,
                                                                   index_t ldy, bool accumulate) {
   unsigned char* smem = detail::dynamic_smem();
-  float* Hs = reinterpret_cast<float*>(smem);                          // expv_tokens x r, times s
-  std::int32_t* rps = reinterpret_cast<std::int32_t*>(Hs + expv_tokens * r);  // the tile's row_ptr
-  std::int32_t* ej = rps + expv_cols + 4;                               // kept entries: column j
-  float* ev = reinterpret_cast<float*>(ej + expv_cols * r);             // and value
+  // s·H transposed (r x expv_hld: a thread's 4 tokens of one j are one 16-byte load), the tile's
+  // row_ptr, and its kept entries as (column j, value bits) pairs.
+  float* Hs = reinterpret_cast<float*>(smem);
+  std::int32_t* rps = reinterpret_cast<std::int32_t*>(Hs + expv_hld * r);
+  int2* ent = reinterpret_cast<int2*>(rps + expv_cols + 4);
   const index_t d = B.rows;
   const index_t c0 = static_cast<index_t>(blockIdx.x) * expv_cols;
   const index_t t0 = static_cast<index_t>(blockIdx.y) * expv_tokens;
@@ -198,15 +201,13 @@ __global__ void __launch_bounds__(expv_threads) expand_vec_kernel(const float* _
   const int cn = static_cast<int>(d - c0 < expv_cols ? d - c0 : expv_cols);
   for (int i = threadIdx.x; i <= cn; i += expv_threads) rps[i] = B.row_ptr[c0 + i];
   for (index_t e = threadIdx.x; e < expv_tokens * r; e += expv_threads) {
-    const index_t t = e / r;
-    Hs[e] = t0 + t < n ? s * H[t0 * r + e] : 0.0f;
+    const index_t t = e / r, j = e - t * r;
+    Hs[j * expv_hld + t] = t0 + t < n ? s * H[t0 * r + e] : 0.0f;
   }
   __syncthreads();
   const std::int32_t p0 = rps[0], cnt = rps[cn] - p0;
-  for (std::int32_t e = threadIdx.x; e < cnt; e += expv_threads) {
-    ej[e] = B.col_idx[p0 + e];
-    ev[e] = ::lori::to_float(B.values[p0 + e]);
-  }
+  for (std::int32_t e = threadIdx.x; e < cnt; e += expv_threads)
+    ent[e] = make_int2(B.col_idx[p0 + e], __float_as_int(::lori::to_float(B.values[p0 + e])));
   __syncthreads();
   if (!col_ok) return;
   float acc[expv_tpt][8];
@@ -214,16 +215,20 @@ __global__ void __launch_bounds__(expv_threads) expand_vec_kernel(const float* _
   for (int u = 0; u < expv_tpt; ++u)
 #pragma unroll
     for (int i = 0; i < 8; ++i) acc[u][i] = 0.0f;
-  const float* hrow = Hs + static_cast<index_t>(tg * expv_tpt) * r;
+  static_assert(expv_tpt == 4, "one float4 of s·H per kept entry");
+  const float* hcol = Hs + tg * expv_tpt;
 #pragma unroll
   for (int i = 0; i < 8; ++i) {
     const int lc = cg * 8 + i;
     const std::int32_t pe = rps[lc + 1] - p0;
     for (std::int32_t p = rps[lc] - p0; p < pe; ++p) {
-      const float* h = hrow + ej[p];
-      const float v = ev[p];
-#pragma unroll
-      for (int u = 0; u < expv_tpt; ++u) acc[u][i] = fmaf(h[u * r], v, acc[u][i]);
+      const int2 en = ent[p];
+      const float4 h = *reinterpret_cast<const float4*>(hcol + en.x * expv_hld);
+      const float v = __int_as_float(en.y);
+      acc[0][i] = fmaf(h.x, v, acc[0][i]);
+      acc[1][i] = fmaf(h.y, v, acc[1][i]);
+      acc[2][i] = fmaf(h.z, v, acc[2][i]);
+      acc[3][i] = fmaf(h.w, v, acc[3][i]);
     }
   }
 #pragma unroll
@@ -651,7 +656,7 @@ __global__ void __launch_bounds__(decode_threads) decode_kernel(decode_params<T>
 }
 
 // Whether the vectorised expansion takes a call (16-bit T; 16-byte rows of Y; r small enough that
-// the tile's kept entries and s·H fit the 48 KB of a normal launch).
+// the tile's kept entries and s·H fit the 48 KB of a normal launch: 33 KB at r = 32).
 template <class T>
 bool expand_vec_applies(const sparse_b<T>& B, const T* Y, index_t ldy) {
   return detail::is_16bit_v<T> && B.cols() <= expv_max_rank && B.rows() % 8 == 0 && ldy % 8 == 0 &&
