@@ -19,7 +19,7 @@ t0=$(date +%s)
   echo "ctest rc=$?"
   grep -E "tests passed|Failed|ERROR|bad elements|CHECK|test cases|assertions|Passed|\*\*\*" "$OUT/gpu_ctest.log" | head -60
   echo "== lori_bench_cuda (medians of 5; time per call for *_decode_loop)"
-  filter='BM_gpu_(baseline_d2d_copy/234|adapter_forward/(1|64|4096)/|baseline_lora_two_gemm/(1|64|4096)/|adapter_forward_decode_loop|baseline_lora_two_gemm_decode_loop|(adapter_project|baseline_project_cublas|adapter_expand|adapter_expand_scalar)/4096/|layer_forward(_widened)?/4096/4096/1/|baseline_base_gemm/4096/4096|grad_b_sddmm/(64|4096)/|baseline_gemm_mask/4096|baseline_cusparse_sddmm)'
+  filter='BM_gpu_(baseline_d2d_copy/234|adapter_forward/(1|64|4096)/|baseline_lora_two_gemm/(1|64|4096)/|adapter_forward_decode_loop|baseline_lora_two_gemm_decode_loop|(adapter_project|baseline_project_cublas|adapter_expand|adapter_expand_scalar)/4096/|layer_forward(_widened)?/4096/4096/(1|4)/|baseline_base_gemm/4096/4096|grad_b_sddmm/(64|4096)/|baseline_gemm_mask/4096|baseline_cusparse_sddmm)'
   timeout 90 "$B/bench/cuda/lori_bench_cuda" --benchmark_filter="$filter" --benchmark_repetitions=5 \
     --benchmark_report_aggregates_only=true > "$OUT/gpu_bench.log" 2>&1
   echo "bench rc=$?"
