@@ -3,9 +3,11 @@
 //   grad_b_sddmm   ∂L/∂B at B's kept positions, into compact values (same order as B's values):
 //                  gB[p] = s · Σ_t G(t, i) · H(t, j)   for the p-th kept (i, j), H = X·Aᵀ (n x r fp32,
 //                  e.g. from adapter_project in the forward pass). Sampled dense-dense product: G is
-//                  read once; bf16/fp16 use tensor cores (wmma, H rounded to T in shared memory),
-//                  fp32 uses fp32 FMAs. Token range split over blocks for parallelism; partial sums
-//                  reduced in a fixed order (deterministic).
+//                  read once. bf16/fp16: ONE launch on tensor cores (wmma, H rounded to T in shared
+//                  memory, G streamed by cp.async; token ranges split over the blocks of a thread-
+//                  block cluster and reduced through distributed shared memory in a fixed order).
+//                  fp32: fp32 FMAs, token splits reduced by a second kernel in a fixed order.
+//                  Deterministic either way.
 //   grad_x         ∂L/∂X = G·W + s·(G·B)·A   (cuBLAS; B made dense in workspace)
 // G is ∂L/∂Y, n x d row-major. Shapes as in adapter_forward.cuh. No alignment requirement beyond the
 // element's (a 16-byte vector path is taken when G's rows allow it).
@@ -34,7 +36,8 @@
 
 namespace lori::cuda {
 
-/// Workspace bytes grad_b_sddmm needs for G n x d, rank r, on ctx's device (0 when no split).
+/// Workspace bytes grad_b_sddmm needs for G n x d, rank r, on ctx's device (0 when no split): the
+/// fp32 path's split partials. The 16-bit path uses none, but the contract is the same for every T.
 inline std::size_t grad_b_workspace_bytes(const context& ctx, index_t n, index_t d, index_t r, index_t nnz);
 
 /// grad_values[p] = s · (Gᵀ·H)(i, j) for the p-th kept (i, j) of B (nnz values of T, in B's order).
