@@ -177,7 +177,7 @@ void BM_gpu_adapter_forward(benchmark::State& st) {
   fwd_data f(st.range(0));
   run_timed(st, [&] { lori::cuda::adapter_forward<bf16>(ctx(), f.xv(), f.av(), f.B, 0.5f, f.yv(), f.ws.data(), f.ws.bytes()); },
             adapter_floor(f.n));
-  st.SetLabel(lori::cuda::detail_fwd::decode_applies(ctx(), f.n, R) ? "decode: 1 cooperative kernel" : "tensor-core X·Aᵀ + expand kernel");
+  st.SetLabel(lori::cuda::detail_fwd::decode_applies(ctx(), f.n, R) ? "decode: 1 cooperative kernel" : "cuBLAS X·Aᵀ + expand kernel");
 }
 // PEFT: H = X·Aᵀ (bf16), Y += s·H·Bᵀ with B dense (two cuBLAS GEMMs).
 void BM_gpu_baseline_lora_two_gemm(benchmark::State& st) {
@@ -223,7 +223,7 @@ void BM_gpu_adapter_project(benchmark::State& st) {
   device_buffer<float> H(f.n * R);
   run_timed(st, [&] { lori::cuda::adapter_project<bf16>(ctx(), f.xv(), f.av(), H.data()); },
             2.0 * static_cast<double>(f.n * K) + 2.0 * R * K + 4.0 * static_cast<double>(f.n * R));
-  st.SetLabel("ours: tensor-core skinny GEMM, fp32 H; floor = one read of X");
+  st.SetLabel("library default (cuBLAS), fp32 H; floor = one read of X");
 }
 // The second half of the adapter alone: Y += s·H·Bᵀ (H fp32 given): floor = Y read + write.
 void BM_gpu_adapter_expand(benchmark::State& st) {
@@ -232,9 +232,45 @@ void BM_gpu_adapter_expand(benchmark::State& st) {
   lori::cuda::adapter_project<bf16>(ctx(), f.xv(), f.av(), H.data());
   run_timed(st, [&] { lori::cuda::adapter_expand<bf16>(ctx(), H.data(), f.n, 0.5f, f.B, f.yv(), true); },
             4.0 * static_cast<double>(f.n * D) + 4.0 * static_cast<double>(f.n * R));
-  st.SetLabel(lori::cuda::detail_fwd::expand_vec_applies(f.B, f.Y.data(), D) ? "16-byte vector kernel; floor = Y read + write"
-                                                                              : "scalar kernel; floor = Y read + write");
+  st.SetLabel("library default; floor = Y read + write");
 }
+// The 16-byte vector expansion kernel (not the default: slower on the first H100 run), for comparison.
+void BM_gpu_adapter_expand_vec(benchmark::State& st) {
+  fwd_data f(st.range(0));
+  device_buffer<float> H(f.n * R);
+  lori::cuda::adapter_project<bf16>(ctx(), f.xv(), f.av(), H.data());
+  namespace fw = lori::cuda::detail_fwd;
+  run_timed(st, [&] {
+    const dim3 grid(static_cast<unsigned>(D / fw::expv_cols), static_cast<unsigned>((f.n + fw::expv_tokens - 1) / fw::expv_tokens));
+    fw::expand_vec_kernel<bf16><<<grid, fw::expv_threads, fw::expv_smem_bytes(R), ctx().stream()>>>(H.data(), f.n, R, f.B.view(), 0.5f,
+                                                                                                   f.Y.data(), D, true);
+    LORI_CUDA_CHECK_LAUNCH();
+  }, 4.0 * static_cast<double>(f.n * D) + 4.0 * static_cast<double>(f.n * R));
+  st.SetLabel("16-byte vector kernel; floor = Y read + write");
+}
+BENCHMARK(BM_gpu_adapter_expand_vec)->Arg(4096)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
+// The tensor-core X·Aᵀ kernel (not the default: slower than cuBLAS on the first H100 run).
+void BM_gpu_adapter_project_tc(benchmark::State& st) {
+  fwd_data f(st.range(0));
+  device_buffer<float> H(f.n * R);
+  run_timed(st, [&] {
+    lori::cuda::detail_fwd::launch_project_tc<bf16, float>(ctx().stream(), ctx().sm_count(), f.X.data(), f.n, K, K, f.A.data(), K, R,
+                                                           1.0f, H.data(), R);
+  }, 2.0 * static_cast<double>(f.n * K) + 2.0 * R * K + 4.0 * static_cast<double>(f.n * R));
+  st.SetLabel("tensor-core kernel, clusters + cp.async; floor = one read of X");
+}
+BENCHMARK(BM_gpu_adapter_project_tc)->Arg(4096)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
+// adapter_project + adapter_expand at decode sizes (the alternative to the one-kernel decode path).
+void BM_gpu_adapter_forward_two_launch(benchmark::State& st) {
+  fwd_data f(st.range(0));
+  run_timed(st, [&] {
+    float* H = reinterpret_cast<float*>(f.ws.data());
+    lori::cuda::adapter_project<bf16>(ctx(), f.xv(), f.av(), H);
+    lori::cuda::adapter_expand<bf16>(ctx(), H, f.n, 0.5f, f.B, f.yv(), true);
+  }, adapter_floor(f.n));
+  st.SetLabel("cuBLAS X·Aᵀ (fp32) + expand kernel");
+}
+BENCHMARK(BM_gpu_adapter_forward_two_launch)->Arg(1)->Arg(64)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 // The one-column-per-thread expansion kernel (the path for fp32, r > 32 or unaligned Y), for comparison.
 void BM_gpu_adapter_expand_scalar(benchmark::State& st) {
   fwd_data f(st.range(0));
@@ -412,8 +448,17 @@ void BM_gpu_grad_b_sddmm(benchmark::State& st) {
   run_timed(st, [&] {
     lori::cuda::grad_b_sddmm<bf16>(ctx(), {f.G.data(), f.n, D}, f.H.data(), 0.5f, f.B, f.out.data(), f.ws.data(), f.ws.bytes());
   }, sddmm_floor(f.n, f.B.nnz()));
-  st.SetLabel("target (n=4096): <= 1.3x one read of G at copy bandwidth");
+  st.SetLabel("library default (cuBLAS Gᵀ·H fp32 + gather); target (n=4096): <= 1.3x one read of G");
 }
+// The one-launch tensor-core SDDMM (clusters + cp.async; not the default: slower on the first H100 run).
+void BM_gpu_grad_b_sddmm_tc(benchmark::State& st) {
+  grad_data f(st.range(0));
+  run_timed(st, [&] {
+    lori::cuda::detail_bwd::launch_sddmm_tc<bf16>(ctx(), {f.G.data(), f.n, D}, f.H.data(), 0.5f, f.B, f.out.data());
+  }, sddmm_floor(f.n, f.B.nnz()));
+  st.SetLabel("tensor-core kernel, one launch");
+}
+BENCHMARK(BM_gpu_grad_b_sddmm_tc)->Arg(4096)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 void BM_gpu_baseline_gemm_mask(benchmark::State& st) {
   grad_data f(st.range(0));
   run_timed(st, [&] {

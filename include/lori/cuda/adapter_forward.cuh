@@ -441,12 +441,8 @@ void launch_project_tc(cudaStream_t stream, int sm_count, const T* X, index_t m,
 template <class T>
 void project_rows(cudaStream_t stream, cublasHandle_t h, int sm_count, const T* X, index_t m, index_t k, index_t ldx,
                   const T* A, index_t lda, index_t r, float* H) {
-  if constexpr (detail::is_16bit_v<T>) {
-    if (project_tc_applies<T>(r)) {
-      launch_project_tc<T, float>(stream, sm_count, X, m, k, ldx, A, lda, r, 1.0f, H, r);
-      return;
-    }
-  }
+  (void)stream;
+  (void)sm_count;
   detail::gemm_row_major(h, false, true, m, r, k, 1.0f, X, ldx, A, lda, 0.0f, H, r, detail::cuda_data_type<T>(), CUDA_R_32F);
 }
 
@@ -668,14 +664,7 @@ template <class T>
 void launch_expand(cudaStream_t stream, const float* H, index_t n, float s, const sparse_b<T>& B, T* Y, index_t ldy,
                    bool accumulate) {
   const index_t d = B.rows(), r = B.cols();
-  if constexpr (detail::is_16bit_v<T>) {
-    if (expand_vec_applies(B, Y, ldy)) {
-      const dim3 grid(detail::grid_dim(detail::ceil_div(d, expv_cols)), detail::grid_dim(detail::ceil_div(n, expv_tokens), false));
-      expand_vec_kernel<T><<<grid, expv_threads, expv_smem_bytes(r), stream>>>(H, n, r, B.view(), s, Y, ldy, accumulate);
-      LORI_CUDA_CHECK_LAUNCH();
-      return;
-    }
-  }
+
   const dim3 grid(detail::grid_dim(detail::ceil_div(d, expand_threads)),
                   detail::grid_dim(detail::ceil_div(n, expand_tokens), false));
   const std::size_t smem = static_cast<std::size_t>(expand_tokens * r) * sizeof(float);
@@ -864,13 +853,6 @@ void layer_forward_widened(context& ctx, row_major_view<T> X_ext, row_major_view
   // GEMM with K = k + r.
   auto h_gemm = [&](cudaStream_t st, cublasHandle_t h, index_t r0, index_t m) {
     T* xr = X_ext.data() + r0 * X_ext.ld();
-    if constexpr (detail::is_16bit_v<T>) {
-      if (detail_fwd::project_tc_applies<T>(r)) {  // tensor-core kernel: reads X's k columns, writes the r after them
-        detail_fwd::launch_project_tc<T, T>(st, ctx.sm_count(), xr, m, k, X_ext.ld(), A.data(), A.ld(), r, s, xr + k,
-                                            X_ext.ld());
-        return;
-      }
-    }
     (void)st;
     detail::gemm_row_major(h, false, true, m, r, k, s, xr, X_ext.ld(), A.data(), A.ld(), 0.0f, xr + k, X_ext.ld(), t, t);
   };
