@@ -22,6 +22,7 @@
 #include "lori/cuda/sparse_b.cuh"
 #include "lori/mask/bitmask.hpp"
 
+#include <cooperative_groups.h>
 #include <cublas_v2.h>
 #include <cusparse.h>
 
@@ -270,7 +271,7 @@ void BM_gpu_adapter_forward_two_launch(benchmark::State& st) {
   }, adapter_floor(f.n));
   st.SetLabel("cuBLAS X·Aᵀ (fp32) + expand kernel");
 }
-BENCHMARK(BM_gpu_adapter_forward_two_launch)->Arg(1)->Arg(64)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
+BENCHMARK(BM_gpu_adapter_forward_two_launch)->Arg(1)->Arg(64)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.05);
 // The one-column-per-thread expansion kernel (the path for fp32, r > 32 or unaligned Y), for comparison.
 void BM_gpu_adapter_expand_scalar(benchmark::State& st) {
   fwd_data f(st.range(0));
@@ -297,6 +298,34 @@ void BM_gpu_baseline_project_cublas(benchmark::State& st) {
   st.SetLabel("cuBLAS X·Aᵀ, fp32 out; floor = one read of X");
 }
 BENCHMARK(BM_gpu_baseline_project_cublas)->Arg(4096)->Arg(16384)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
+// Where decode time goes: an EMPTY kernel on one block per SM, launched cooperatively with one grid
+// barrier, and launched normally (no barrier), timed like BM_gpu_adapter_forward/1 (events around one
+// launch after an L2 flush).
+__global__ void probe_coop_kernel(int* sink) {
+  cooperative_groups::this_grid().sync();
+  if (sink != nullptr && threadIdx.x == 0 && blockIdx.x == 0) *sink = 1;
+}
+__global__ void probe_plain_kernel(int* sink) {
+  if (sink != nullptr && threadIdx.x == 0 && blockIdx.x == 0) *sink = 1;
+}
+void BM_gpu_probe_launch(benchmark::State& st) {
+  const bool coop = st.range(0) != 0;
+  device_buffer<int> sink(1);
+  int* p = sink.data();
+  void* args[] = {&p};
+  run_timed(st, [&] {
+    if (coop) {
+      LORI_CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(probe_coop_kernel), dim3(static_cast<unsigned>(ctx().sm_count())),
+                                                  dim3(256), args, 0, ctx().stream()));
+    } else {
+      probe_plain_kernel<<<ctx().sm_count(), 256, 0, ctx().stream()>>>(p);
+      LORI_CUDA_CHECK_LAUNCH();
+    }
+  }, 4.0);
+  st.SetLabel(coop ? "empty cooperative kernel + 1 grid barrier" : "empty kernel");
+}
+BENCHMARK(BM_gpu_probe_launch)->Arg(1)->Arg(0)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
+
 // A decode loop as a model sees it: back-to-back calls on one stream, each on a DIFFERENT adapter
 // (224 adapters of A r x k + sparse B d x r, ~78 MB > L2, as the 224 projections of Llama-3-8B), so
 // each call finds its A and B cold, as in a real decode step; X and Y are shared. One timed

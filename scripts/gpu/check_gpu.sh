@@ -27,7 +27,7 @@ t0=$(date +%s)
     grep -E "_median|ERROR|error" "$OUT/gpu_bench_$1.log" | awk '{$1=$1; print}' | cut -c1-220 | head -40
   }
   bench sddmm 26 'BM_gpu_(baseline_d2d_copy/234|grad_b_sddmm(_tc)?/4096/|baseline_gemm_mask/4096|baseline_cusparse_sddmm)'
-  bench decode 34 'BM_gpu_(adapter_forward(_two_launch)?/(1|64)/|baseline_lora_two_gemm/(1|64)/|adapter_forward_decode_loop|baseline_lora_two_gemm_decode_loop)'
+  bench decode 38 'BM_gpu_(probe_launch|adapter_forward(_two_launch)?/(1|64)/|baseline_lora_two_gemm/(1|64)/|adapter_forward_decode_loop|baseline_lora_two_gemm_decode_loop)'
   bench forward 30 'BM_gpu_(adapter_forward/4096/|baseline_lora_two_gemm/4096/|(adapter_project|adapter_project_tc|adapter_expand|adapter_expand_vec|adapter_expand_scalar)/4096/|layer_forward(_widened)?/4096/4096/(1|4)/|baseline_base_gemm/4096/4096)'
   echo "elapsed before sanitizers: $(( $(date +%s) - t0 )) s"
   exe="$B/tests/gpu/lori_test_gpu_ops"

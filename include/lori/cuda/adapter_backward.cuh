@@ -3,9 +3,9 @@
 //   grad_b_sddmm   ∂L/∂B at B's kept positions, into compact values (same order as B's values):
 //                  gB[p] = s · Σ_t G(t, i) · H(t, j)   for the p-th kept (i, j), H = X·Aᵀ (n x r fp32,
 //                  e.g. from adapter_project in the forward pass). Sampled dense-dense product: G is
-//                  read once. bf16/fp16: ONE launch on tensor cores (wmma, H rounded to T in shared
-//                  memory, G streamed by cp.async; token ranges split over the blocks of a thread-
-//                  block cluster and reduced through distributed shared memory in a fixed order).
+//                  read once. bf16/fp16: H rounded to T, D = s·Gᵀ·H on cuBLAS (fp32 out), kept
+//                  entries of D gathered (the fastest path measured on an H100; a one-launch
+//                  tensor-core kernel, launch_sddmm_tc, is kept as the benchmarked alternative).
 //                  fp32: fp32 FMAs, token splits reduced by a second kernel in a fixed order.
 //                  Deterministic either way.
 //   grad_x         ∂L/∂X = G·W + s·(G·B)·A   (cuBLAS; B made dense in workspace)
@@ -36,8 +36,8 @@
 
 namespace lori::cuda {
 
-/// Workspace bytes grad_b_sddmm needs for G n x d, rank r, on ctx's device (0 when no split): the
-/// fp32 path's split partials. The 16-bit path uses none, but the contract is the same for every T.
+/// Workspace bytes grad_b_sddmm needs for G n x d, rank r, on ctx's device: the larger of the fp32
+/// path's split partials and the 16-bit path's dense D (d·r fp32) + rounded H (n·r 16-bit).
 inline std::size_t grad_b_workspace_bytes(const context& ctx, index_t n, index_t d, index_t r, index_t nnz);
 
 /// grad_values[p] = s · (Gᵀ·H)(i, j) for the p-th kept (i, j) of B (nnz values of T, in B's order).

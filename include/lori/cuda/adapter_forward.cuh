@@ -1,7 +1,6 @@
 // lori/cuda/adapter_forward.cuh - the LoRI forward pass on the device.
 //
-//   adapter_project      H = X·Aᵀ                        (n x r, fp32; one launch: a tensor-core kernel
-//                                                        for 16-bit T and r <= 32, else cuBLAS)
+//   adapter_project      H = X·Aᵀ                        (n x r, fp32; one cuBLAS GEMM)
 //   adapter_expand       Y (+)= s·H·Bᵀ, B sparse          (one kernel; reads H and B, reads/writes Y)
 //   adapter_forward      Y += s·(X·Aᵀ)·Bᵀ                 (n <= 64: ONE cooperative kernel; else 2 launches)
 //   layer_forward        Y = X·Wᵀ + s·(X·Aᵀ)·Bᵀ           (adapter written into Y first, then the base
@@ -44,9 +43,8 @@ inline constexpr index_t decode_max_tokens = 64;
 /// Bytes of workspace adapter_forward / layer_forward need for n tokens and rank r on ctx's device.
 inline std::size_t adapter_forward_workspace_bytes(const context& ctx, index_t n, index_t r);
 
-/// H (n x r, row-major fp32, leading dimension r) = X·Aᵀ. X n x k, A r x k. 16-bit T with r <= 32:
-/// lori's tensor-core kernel (X read once at streaming bandwidth, fp32 accumulation, deterministic
-/// in-cluster split-k reduction); otherwise cuBLAS.
+/// H (n x r, row-major fp32, leading dimension r) = X·Aᵀ on cuBLAS (fp32 accumulation). X n x k,
+/// A r x k. (cuBLAS measured faster on an H100 than lori's tensor-core kernel, see docs/cuda.md.)
 template <class T>
 void adapter_project(context& ctx, row_major_view<const T> X, row_major_view<const T> A, float* H);
 
@@ -87,8 +85,7 @@ void layer_forward(context& ctx, row_major_view<const T> X, row_major_view<const
 /// The caller keeps X and W inside wider buffers: X_ext is n x (k + r) whose first k columns hold X
 /// (the last r are overwritten with s·H, rounded to T), W_ext is d x (k + r) = [W | B] with B dense in
 /// the last r columns (build once per B update with B.scatter_to_dense(W_ext.data() + k, k + r, stream)).
-/// Two launches: the thin H product (reads X once; the tensor-core kernel of adapter_project for
-/// 16-bit T and r <= 32, else cuBLAS) and the base cuBLAS GEMM with K = k + r (+r/k FLOPs). No
+/// Two cuBLAS calls: the thin H GEMM (reads X once) and the base GEMM with K = k + r (+r/k FLOPs). No
 /// workspace. 16-bit: s·H is rounded to T (relative 2^-8 of the adapter term, as PyTorch's bf16 LoRA).
 /// chunks > 1 (at most 16): the token rows are split into that many chunks and the thin H GEMM of
 /// chunk c + 1 runs on ctx.aux_stream() while the base GEMM of chunk c runs on ctx.stream() (events
