@@ -224,7 +224,7 @@ void BM_gpu_adapter_project(benchmark::State& st) {
   device_buffer<float> H(f.n * R);
   run_timed(st, [&] { lori::cuda::adapter_project<bf16>(ctx(), f.xv(), f.av(), H.data()); },
             2.0 * static_cast<double>(f.n * K) + 2.0 * R * K + 4.0 * static_cast<double>(f.n * R));
-  st.SetLabel("library default (cuBLAS), fp32 H; floor = one read of X");
+  st.SetLabel("cuBLAS X·Aᵀ (r = 32 columns), fp32 H; floor = one read of X");
 }
 // The second half of the adapter alone: Y += s·H·Bᵀ (H fp32 given): floor = Y read + write.
 void BM_gpu_adapter_expand(benchmark::State& st) {
@@ -233,34 +233,8 @@ void BM_gpu_adapter_expand(benchmark::State& st) {
   lori::cuda::adapter_project<bf16>(ctx(), f.xv(), f.av(), H.data());
   run_timed(st, [&] { lori::cuda::adapter_expand<bf16>(ctx(), H.data(), f.n, 0.5f, f.B, f.yv(), true); },
             4.0 * static_cast<double>(f.n * D) + 4.0 * static_cast<double>(f.n * R));
-  st.SetLabel("library default; floor = Y read + write");
+  st.SetLabel("floor = Y read + write");
 }
-// The 16-byte vector expansion kernel (not the default: slower on the first H100 run), for comparison.
-void BM_gpu_adapter_expand_vec(benchmark::State& st) {
-  fwd_data f(st.range(0));
-  device_buffer<float> H(f.n * R);
-  lori::cuda::adapter_project<bf16>(ctx(), f.xv(), f.av(), H.data());
-  namespace fw = lori::cuda::detail_fwd;
-  run_timed(st, [&] {
-    const dim3 grid(static_cast<unsigned>(D / fw::expv_cols), static_cast<unsigned>((f.n + fw::expv_tokens - 1) / fw::expv_tokens));
-    fw::expand_vec_kernel<bf16><<<grid, fw::expv_threads, fw::expv_smem_bytes(R), ctx().stream()>>>(H.data(), f.n, R, f.B.view(), 0.5f,
-                                                                                                   f.Y.data(), D, true);
-    LORI_CUDA_CHECK_LAUNCH();
-  }, 4.0 * static_cast<double>(f.n * D) + 4.0 * static_cast<double>(f.n * R));
-  st.SetLabel("16-byte vector kernel; floor = Y read + write");
-}
-BENCHMARK(BM_gpu_adapter_expand_vec)->Arg(4096)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
-// The tensor-core X·Aᵀ kernel (not the default: slower than cuBLAS on the first H100 run).
-void BM_gpu_adapter_project_tc(benchmark::State& st) {
-  fwd_data f(st.range(0));
-  device_buffer<float> H(f.n * R);
-  run_timed(st, [&] {
-    lori::cuda::detail_fwd::launch_project_tc<bf16, float>(ctx().stream(), ctx().sm_count(), f.X.data(), f.n, K, K, f.A.data(), K, R,
-                                                           1.0f, H.data(), R);
-  }, 2.0 * static_cast<double>(f.n * K) + 2.0 * R * K + 4.0 * static_cast<double>(f.n * R));
-  st.SetLabel("tensor-core kernel, clusters + cp.async; floor = one read of X");
-}
-BENCHMARK(BM_gpu_adapter_project_tc)->Arg(4096)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 // adapter_project + adapter_expand at decode sizes (the alternative to the one-kernel decode path).
 void BM_gpu_adapter_forward_two_launch(benchmark::State& st) {
   fwd_data f(st.range(0));
@@ -272,32 +246,7 @@ void BM_gpu_adapter_forward_two_launch(benchmark::State& st) {
   st.SetLabel("cuBLAS X·Aᵀ (fp32) + expand kernel");
 }
 BENCHMARK(BM_gpu_adapter_forward_two_launch)->Arg(1)->Arg(64)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.05);
-// The one-column-per-thread expansion kernel (the path for fp32, r > 32 or unaligned Y), for comparison.
-void BM_gpu_adapter_expand_scalar(benchmark::State& st) {
-  fwd_data f(st.range(0));
-  device_buffer<float> H(f.n * R);
-  lori::cuda::adapter_project<bf16>(ctx(), f.xv(), f.av(), H.data());
-  namespace fw = lori::cuda::detail_fwd;
-  run_timed(st, [&] {
-    const dim3 grid(static_cast<unsigned>((D + fw::expand_threads - 1) / fw::expand_threads),
-                    static_cast<unsigned>((f.n + fw::expand_tokens - 1) / fw::expand_tokens));
-    fw::expand_kernel<bf16><<<grid, fw::expand_threads, static_cast<std::size_t>(fw::expand_tokens * R) * sizeof(float), ctx().stream()>>>(
-        H.data(), f.n, R, f.B.view(), 0.5f, f.Y.data(), D, true);
-    LORI_CUDA_CHECK_LAUNCH();
-  }, 4.0 * static_cast<double>(f.n * D) + 4.0 * static_cast<double>(f.n * R));
-  st.SetLabel("scalar kernel (fp32 / r > 32 path); floor = Y read + write");
-}
 BENCHMARK(BM_gpu_adapter_expand)->Arg(4096)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
-BENCHMARK(BM_gpu_adapter_expand_scalar)->Arg(4096)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
-// The same product on cuBLAS (what adapter_project ran before; fp32 out, as ours).
-void BM_gpu_baseline_project_cublas(benchmark::State& st) {
-  fwd_data f(st.range(0));
-  device_buffer<float> H(f.n * R);
-  run_timed(st, [&] { gemm_rm(false, true, f.n, R, K, 1.0f, f.X.data(), K, f.A.data(), K, 0.0f, H.data(), R, CUDA_R_16BF, CUDA_R_32F); },
-            2.0 * static_cast<double>(f.n * K) + 2.0 * R * K + 4.0 * static_cast<double>(f.n * R));
-  st.SetLabel("cuBLAS X·Aᵀ, fp32 out; floor = one read of X");
-}
-BENCHMARK(BM_gpu_baseline_project_cublas)->Arg(4096)->Arg(16384)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 // Where decode time goes: an EMPTY kernel on one block per SM, launched cooperatively with one grid
 // barrier, and launched normally (no barrier), timed like BM_gpu_adapter_forward/1 (events around one
 // launch after an L2 flush).
@@ -477,17 +426,8 @@ void BM_gpu_grad_b_sddmm(benchmark::State& st) {
   run_timed(st, [&] {
     lori::cuda::grad_b_sddmm<bf16>(ctx(), {f.G.data(), f.n, D}, f.H.data(), 0.5f, f.B, f.out.data(), f.ws.data(), f.ws.bytes());
   }, sddmm_floor(f.n, f.B.nnz()));
-  st.SetLabel("library default (cuBLAS Gᵀ·H fp32 + gather); target (n=4096): <= 1.3x one read of G");
+  st.SetLabel("H to T, cuBLAS s·Gᵀ·H (fp32), gather; target (n=4096): <= 1.3x one read of G");
 }
-// The one-launch tensor-core SDDMM (clusters + cp.async; not the default: slower on the first H100 run).
-void BM_gpu_grad_b_sddmm_tc(benchmark::State& st) {
-  grad_data f(st.range(0));
-  run_timed(st, [&] {
-    lori::cuda::detail_bwd::launch_sddmm_tc<bf16>(ctx(), {f.G.data(), f.n, D}, f.H.data(), 0.5f, f.B, f.out.data());
-  }, sddmm_floor(f.n, f.B.nnz()));
-  st.SetLabel("tensor-core kernel, one launch");
-}
-BENCHMARK(BM_gpu_grad_b_sddmm_tc)->Arg(4096)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 void BM_gpu_baseline_gemm_mask(benchmark::State& st) {
   grad_data f(st.range(0));
   run_timed(st, [&] {

@@ -454,8 +454,7 @@ TEST_CASE_TEMPLATE("adapter forward (decode, two-launch, whole layer) matches th
   forward_case<T>(ctx, 300, 256, 512, 16, 0, g);
   forward_case<T>(ctx, 70, 64, 100, 1, 2, g);
   forward_case<T>(ctx, 0, 64, 100, 16, 0, g);     // no tokens: nothing happens, nothing throws
-  // The tensor-core X·Aᵀ kernel (16-bit, r <= 32): many token tiles with a ragged last one, k splits
-  // in 8-block clusters, a k that is not a multiple of the 64-wide step; r = 33 takes cuBLAS.
+  // n = 4096 (d not a multiple of 128), and r = 33 with k = 1000 and padded rows.
   forward_case<T>(ctx, 4096, 136, 264, 32, 0, g);
   forward_case<T>(ctx, 200, 1000, 96, 33, 8, g);
 }
@@ -596,8 +595,7 @@ TEST_CASE_TEMPLATE("grad_b_sddmm: masked dB into compact values matches the doub
   sddmm_case<T>(ctx, 1000, 203, 17, 3, g);  // r not a multiple of 16
   sddmm_case<T>(ctx, 700, 136, 128, 8, g);  // r at its limit, vector staging with ld padding
   sddmm_case<T>(ctx, 0, 64, 16, 0, g);      // no tokens: zeros
-  // Tensor-core path: 8-block clusters with a partial last column tile (520 = 4·128 + 8), the
-  // 4-byte H copies (r = 33, r = 1) and the 64-token steps with a ragged last step.
+  // n = 4096 with a partial last 128-column tile (520 = 4·128 + 8); r = 33 and r = 1; more shapes.
   sddmm_case<T>(ctx, 4096, 520, 32, 0, g);
   sddmm_case<T>(ctx, 333, 136, 33, 0, g);
   sddmm_case<T>(ctx, 64, 96, 1, 8, g);

@@ -4,8 +4,7 @@
 //                  gB[p] = s · Σ_t G(t, i) · H(t, j)   for the p-th kept (i, j), H = X·Aᵀ (n x r fp32,
 //                  e.g. from adapter_project in the forward pass). Sampled dense-dense product: G is
 //                  read once. bf16/fp16: H rounded to T, D = s·Gᵀ·H on cuBLAS (fp32 out), kept
-//                  entries of D gathered (the fastest path measured on an H100; a one-launch
-//                  tensor-core kernel, launch_sddmm_tc, is kept as the benchmarked alternative).
+//                  entries of D gathered (the fastest path measured on an H100, see docs/cuda.md).
 //                  fp32: fp32 FMAs, token splits reduced by a second kernel in a fixed order.
 //                  Deterministic either way.
 //   grad_x         ∂L/∂X = G·W + s·(G·B)·A   (cuBLAS; B made dense in workspace)
@@ -22,13 +21,8 @@
 #include "lori/error.hpp"
 
 #include "lori/detail/cuda_common.cuh"
-#include "lori/detail/cuda_pipeline.cuh"
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cooperative_groups.h>
 #include <cuda_runtime_api.h>
-#include <mma.h>
 
 #include <cstddef>
 #include <cstdint>
@@ -64,13 +58,6 @@ namespace detail_bwd {
 
 inline constexpr int sddmm_cols = 128;    // columns of G (rows of B) per block
 inline constexpr int sddmm_tokens = 32;   // tokens staged per step (fp32 path)
-inline constexpr int sddmm_threads = 256;  // 8 warps x 16 columns
-inline constexpr int sddmm_max_frags = 8;  // r <= 128
-
-template <class T>
-struct wmma_type {
-  using type = std::conditional_t<std::is_same_v<T, ::lori::bfloat16>, __nv_bfloat16, __half>;
-};
 
 // fp32 path splits: enough blocks to fill the device about twice, each split at least 4 token steps.
 inline index_t sddmm_splits(const context& ctx, index_t n, index_t d) {
@@ -86,182 +73,7 @@ inline index_t tokens_per_split(index_t n, index_t splits) {
   return detail::ceil_div(detail::ceil_div(n, splits), sddmm_tokens) * sddmm_tokens;
 }
 
-// Tensor-core SDDMM for 16-bit T, one pass over G at streaming bandwidth.
-// Grid (x: 128-column tiles of G = rows of B, y: token splits); the y blocks of one column tile form
-// a thread-block cluster (at most 8). Each block streams its token range of the 128-column G tile
-// and of H through a ring of `stages` shared-memory buffers filled by cp.async (16-byte copies, no
-// register round trip; several stages in flight per block), rounds the H stage to T once per block
-// and step, and accumulates Gᵀ·H on tensor cores (wmma 16x16x16, fp32 accumulate): warp w owns
-// columns w*16 .. +16 and all r. Epilogue: the fp32 tile goes to shared memory; after a cluster
-// barrier, block q of the cluster reduces its share of the tile's kept entries over the cluster's
-// blocks in rank order 0, 1, ... through distributed shared memory (a fixed order: deterministic)
-// and writes T(s·sum) into the compact values. No workspace, one launch.
-template <int MaxFrags>
-struct sddmm_cfg;
-template <>
-struct sddmm_cfg<2> {  // r <= 32: 64-token steps, 4 stages (~105 KB shared: 2 blocks per SM)
-  static constexpr int tokens = 64, stages = 4;
-};
-template <>
-struct sddmm_cfg<8> {  // r <= 128: 32-token steps, 3 stages
-  static constexpr int tokens = 32, stages = 3;
-};
-inline constexpr int sddmm_gld = sddmm_cols + 8;  // shared row stride of G tiles: rows 16 B apart mod 128 B
-inline constexpr int sddmm_max_cluster = 8;       // portable cluster size
-
-// Shared-memory layout in bytes (host and device agree by construction).
-struct sddmm_layout {
-  std::size_t hf = 0, hb = 0, rps = 0, total = 0;
-};
-__host__ __device__ constexpr std::size_t sddmm_align(std::size_t b) { return (b + 127) / 128 * 128; }
-template <int MaxFrags>
-__host__ __device__ constexpr sddmm_layout sddmm_smem(int r, int frags, std::size_t elem) {
-  constexpr int tok = sddmm_cfg<MaxFrags>::tokens, st = sddmm_cfg<MaxFrags>::stages;
-  const std::size_t r4 = static_cast<std::size_t>((r + 3) / 4 * 4), rp = static_cast<std::size_t>(frags) * 16;
-  sddmm_layout l;
-  l.hf = sddmm_align(static_cast<std::size_t>(st * tok * sddmm_gld) * elem);
-  const std::size_t main_end = l.hf + sddmm_align(static_cast<std::size_t>(st * tok) * r4 * 4);
-  const std::size_t acc_end = sddmm_align(static_cast<std::size_t>(sddmm_cols) * rp * 4);  // epilogue alias
-  l.hb = main_end > acc_end ? main_end : acc_end;
-  l.rps = l.hb + sddmm_align(static_cast<std::size_t>(tok) * (rp + 8) * elem);
-  l.total = l.rps + sddmm_align(static_cast<std::size_t>(sddmm_cols + 1) * 4);
-  return l;
-}
-
-template <class T>
-struct sddmm_args {
-  const T* G;
-  index_t n, d, ldg;
-  const float* H;
-  int r, frags;
-  index_t tps;  // tokens per split (multiple of the step)
-  sparse_b_view<T> B;
-  float s;
-  T* out;
-  bool vec, hvec;  // 16-byte G pieces (d, ldg multiples of 8, G 16-byte aligned); 16-byte H pieces
-  sddmm_layout lay;
-};
-
-template <class T, int MaxFrags>
-__global__ void __launch_bounds__(sddmm_threads) sddmm_tc_kernel(sddmm_args<T> a) {
-  namespace wm = nvcuda::wmma;
-  namespace cg = cooperative_groups;
-  using W = typename wmma_type<T>::type;
-  constexpr int TOK = sddmm_cfg<MaxFrags>::tokens, ST = sddmm_cfg<MaxFrags>::stages;
-  const int r = a.r, rp = a.frags * 16, hld = rp + 8, r4 = (r + 3) / 4 * 4;
-  unsigned char* smem = detail::dynamic_smem();
-  T* Gs = reinterpret_cast<T*>(smem);                         // ST x TOK x sddmm_gld
-  float* Hf = reinterpret_cast<float*>(smem + a.lay.hf);      // ST x TOK x r4 (fp32, as in global)
-  T* Hb = reinterpret_cast<T*>(smem + a.lay.hb);              // TOK x hld (rounded to T, zero past r)
-  std::int32_t* rps = reinterpret_cast<std::int32_t*>(smem + a.lay.rps);  // the tile's row_ptr
-  float* Acc = reinterpret_cast<float*>(smem);                // epilogue: 128 x rp (aliases Gs / Hf)
-  const int warp = threadIdx.x >> 5;
-  const index_t c0 = static_cast<index_t>(blockIdx.x) * sddmm_cols;
-  const int cn = static_cast<int>(a.d - c0 < sddmm_cols ? a.d - c0 : sddmm_cols);
-  const index_t tb = static_cast<index_t>(blockIdx.y) * a.tps;
-  const index_t te = tb + a.tps < a.n ? tb + a.tps : a.n;
-  const index_t steps = te > tb ? (te - tb + TOK - 1) / TOK : 0;
-  for (int i = threadIdx.x; i <= cn; i += sddmm_threads) rps[i] = a.B.row_ptr[c0 + i];
-
-  // Stage s (tokens tb + s*TOK ...) into ring buffer s % ST; always commits one group (maybe empty).
-  auto issue = [&](index_t s) {
-    if (s < steps) {
-      const index_t t0 = tb + s * TOK;
-      T* gdst = Gs + static_cast<index_t>(s % ST) * TOK * sddmm_gld;
-      for (int e = threadIdx.x; e < TOK * (sddmm_cols / 8); e += sddmm_threads) {
-        const int t = e / (sddmm_cols / 8), c = (e % (sddmm_cols / 8)) * 8;
-        const index_t tt = t0 + t, cc = c0 + c;
-        if (a.vec) {
-          const bool ok = tt < te && cc < a.d;
-          detail::cp_async16(gdst + t * sddmm_gld + c, ok ? a.G + tt * a.ldg + cc : a.G, ok);
-        } else {
-          *reinterpret_cast<uint4*>(gdst + t * sddmm_gld + c) = detail::load8_or_zero(a.G, a.ldg, a.d, tt < te, tt, cc);
-        }
-      }
-      float* hdst = Hf + static_cast<index_t>(s % ST) * TOK * r4;
-      if (a.hvec) {
-        const int q4 = r / 4;
-        for (int e = threadIdx.x; e < TOK * q4; e += sddmm_threads) {
-          const int t = e / q4, q = e - t * q4;
-          const index_t tt = t0 + t;
-          detail::cp_async16(hdst + t * r4 + 4 * q, tt < te ? a.H + tt * r + 4 * q : a.H, tt < te);
-        }
-      } else {
-        for (int e = threadIdx.x; e < TOK * r; e += sddmm_threads) {
-          const int t = e / r, j = e - t * r;
-          const index_t tt = t0 + t;
-          detail::cp_async4(hdst + t * r4 + j, tt < te ? a.H + tt * r + j : a.H, tt < te);
-        }
-      }
-    }
-    detail::cp_async_commit();
-  };
-
-  wm::fragment<wm::accumulator, 16, 16, 16, float> acc[MaxFrags];
-#pragma unroll
-  for (int f = 0; f < MaxFrags; ++f) wm::fill_fragment(acc[f], 0.0f);
-#pragma unroll
-  for (int s = 0; s < ST - 1; ++s) issue(s);
-  for (index_t s = 0; s < steps; ++s) {
-    detail::cp_async_wait<ST - 2>();  // this thread's copies of stage s have landed
-    __syncthreads();          // everyone's have; and step s-1 is fully consumed (its buffers are free)
-    issue(s + ST - 1);        // refills the ring buffer of step s-1
-    const float* hsrc = Hf + static_cast<index_t>(s % ST) * TOK * r4;
-    for (int e = threadIdx.x; e < TOK * rp; e += sddmm_threads) {
-      const int t = e / rp, j = e - t * rp;
-      Hb[t * hld + j] = ::lori::from_float<T>(j < r ? hsrc[t * r4 + j] : 0.0f);
-    }
-    __syncthreads();
-    const T* gsrc = Gs + static_cast<index_t>(s % ST) * TOK * sddmm_gld;
-#pragma unroll
-    for (int kk = 0; kk < TOK / 16; ++kk) {
-      wm::fragment<wm::matrix_a, 16, 16, 16, W, wm::col_major> fa;
-      wm::load_matrix_sync(fa, reinterpret_cast<const W*>(gsrc + kk * 16 * sddmm_gld + warp * 16), sddmm_gld);
-#pragma unroll
-      for (int f = 0; f < MaxFrags; ++f) {
-        if (f < a.frags) {
-          wm::fragment<wm::matrix_b, 16, 16, 16, W, wm::row_major> fb;
-          wm::load_matrix_sync(fb, reinterpret_cast<const W*>(Hb + kk * 16 * hld + f * 16), hld);
-          wm::mma_sync(acc[f], fa, fb, acc[f]);
-        }
-      }
-    }
-  }
-  detail::cp_async_wait<0>();  // no copy may still target the buffers Acc reuses
-  __syncthreads();     // every warp is done reading Gs / Hf
-#pragma unroll
-  for (int f = 0; f < MaxFrags; ++f)
-    if (f < a.frags) wm::store_matrix_sync(Acc + warp * 16 * rp + f * 16, acc[f], rp, wm::mem_row_major);
-
-  cg::cluster_group cluster = cg::this_cluster();
-  cluster.sync();  // every block's tile partial is in its shared memory
-  const int ns = static_cast<int>(cluster.num_blocks()), q = static_cast<int>(cluster.block_rank());
-  const float* parts[sddmm_max_cluster];
-#pragma unroll
-  for (int u = 0; u < sddmm_max_cluster; ++u) parts[u] = u < ns ? cluster.map_shared_rank(Acc, u) : Acc;
-  const std::int32_t p0 = rps[0], p1 = rps[cn];
-  for (std::int32_t p = p0 + q * sddmm_threads + static_cast<std::int32_t>(threadIdx.x); p < p1;
-       p += ns * sddmm_threads) {
-    int lo = 0, hi = cn;  // rps[lo] <= p < rps[hi]: find p's row
-    while (hi - lo > 1) {
-      const int mid = (lo + hi) >> 1;
-      if (rps[mid] <= p) lo = mid;
-      else hi = mid;
-    }
-    const int off = lo * rp + a.B.col_idx[p];
-    float v[sddmm_max_cluster];
-#pragma unroll
-    for (int u = 0; u < sddmm_max_cluster; ++u) v[u] = u < ns ? parts[u][off] : 0.0f;
-    float x = 0.0f;
-#pragma unroll
-    for (int u = 0; u < sddmm_max_cluster; ++u)
-      if (u < ns) x += v[u];  // rank order: deterministic
-    a.out[p] = ::lori::from_float<T>(a.s * x);
-  }
-  cluster.sync();  // keep this block's shared memory alive until the cluster has read it
-}
-
-// fp32 (and general) SDDMM: one thread per row i of B, its kept entries in passes of 8 registers.
+// fp32 SDDMM: one thread per row i of B, its kept entries in passes of 8 registers.
 inline constexpr int sddmm_f32_threads = 128;
 inline constexpr int sddmm_f32_regs = 8;
 
@@ -326,62 +138,6 @@ __global__ void reduce_splits_kernel(const float* __restrict__ partial, index_t 
   float x = 0.0f;
   for (index_t q = 0; q < splits; ++q) x += partial[q * nnz + p];
   out[p] = ::lori::from_float<T>(s * x);
-}
-
-// Launch of the 16-bit tensor-core SDDMM: cluster of `splits` token ranges per column tile.
-template <class T>
-void launch_sddmm_tc(context& ctx, row_major_view<const T> G, const float* H, float s, const sparse_b<T>& B, T* out) {
-  const index_t n = G.rows(), d = G.cols();
-  const int r = static_cast<int>(B.cols()), frags = (r + 15) / 16;
-  const bool small = frags <= 2;
-  const int tok = small ? sddmm_cfg<2>::tokens : sddmm_cfg<sddmm_max_frags>::tokens;
-  const index_t tiles = detail::ceil_div(d, sddmm_cols);
-  // Splits: about two blocks per SM in total (each streams with several stages in flight), at most a
-  // portable cluster, at least one step of tokens each.
-  index_t splits = detail::ceil_div(2 * static_cast<index_t>(ctx.sm_count()), tiles);
-  if (splits > sddmm_max_cluster) splits = sddmm_max_cluster;
-  if (splits > detail::ceil_div(n, tok)) splits = detail::ceil_div(n, tok);
-  if (splits < 1) splits = 1;
-  sddmm_args<T> a{};
-  a.G = G.data();
-  a.n = n;
-  a.d = d;
-  a.ldg = G.ld();
-  a.H = H;
-  a.r = r;
-  a.frags = frags;
-  a.tps = detail::ceil_div(detail::ceil_div(n, splits), tok) * tok;
-  a.B = B.view();
-  a.s = s;
-  a.out = out;
-  a.vec = d % 8 == 0 && G.ld() % 8 == 0 && reinterpret_cast<std::uintptr_t>(G.data()) % 16 == 0;
-  a.hvec = r % 4 == 0 && reinterpret_cast<std::uintptr_t>(H) % 16 == 0;
-  a.lay = small ? sddmm_smem<2>(r, frags, sizeof(T)) : sddmm_smem<sddmm_max_frags>(r, frags, sizeof(T));
-  auto kernel = small ? sddmm_tc_kernel<T, 2> : sddmm_tc_kernel<T, sddmm_max_frags>;
-  // Opt in to the largest shared memory either instantiation uses (once per kernel).
-  static const bool opted = [] {
-    const std::size_t b2 = sddmm_smem<2>(32, 2, sizeof(T)).total;
-    const std::size_t b8 = sddmm_smem<sddmm_max_frags>(128, 8, sizeof(T)).total;
-    LORI_CUDA_CHECK(cudaFuncSetAttribute(sddmm_tc_kernel<T, 2>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(b2)));
-    LORI_CUDA_CHECK(cudaFuncSetAttribute(sddmm_tc_kernel<T, sddmm_max_frags>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         static_cast<int>(b8)));
-    return true;
-  }();
-  (void)opted;
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = dim3(detail::grid_dim(tiles), static_cast<unsigned>(splits), 1);
-  cfg.blockDim = dim3(sddmm_threads, 1, 1);
-  cfg.dynamicSmemBytes = a.lay.total;
-  cfg.stream = ctx.stream();
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = 1;
-  attr[0].val.clusterDim.y = static_cast<unsigned>(splits);
-  attr[0].val.clusterDim.z = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = 1;
-  LORI_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, a));
-  LORI_CUDA_CHECK_LAUNCH();
 }
 
 inline std::size_t align256(std::size_t b) { return (b + 255) / 256 * 256; }

@@ -23,17 +23,12 @@
 #include "lori/error.hpp"
 
 #include "lori/detail/cuda_common.cuh"
-#include "lori/detail/cuda_pipeline.cuh"
 
 #include <cooperative_groups.h>
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 #include <cuda_runtime_api.h>
-#include <mma.h>
 
 #include <cstddef>
 #include <cstdint>
-#include <type_traits>
 
 namespace lori::cuda {
 
@@ -43,8 +38,7 @@ inline constexpr index_t decode_max_tokens = 64;
 /// Bytes of workspace adapter_forward / layer_forward need for n tokens and rank r on ctx's device.
 inline std::size_t adapter_forward_workspace_bytes(const context& ctx, index_t n, index_t r);
 
-/// H (n x r, row-major fp32, leading dimension r) = X·Aᵀ on cuBLAS (fp32 accumulation). X n x k,
-/// A r x k. (cuBLAS measured faster on an H100 than lori's tensor-core kernel, see docs/cuda.md.)
+/// H (n x r, row-major fp32, leading dimension r) = X·Aᵀ on cuBLAS. X n x k, A r x k.
 template <class T>
 void adapter_project(context& ctx, row_major_view<const T> X, row_major_view<const T> A, float* H);
 
@@ -68,7 +62,7 @@ template <class T>
 void adapter_forward_decode(context& ctx, row_major_view<const T> X, row_major_view<const T> A, const sparse_b<T>& B,
                             float s, row_major_view<T> Y, void* workspace, std::size_t workspace_bytes);
 
-/// The whole layer: Y = X·Wᵀ + s·(X·Aᵀ)·Bᵀ. For n > decode_max_tokens: H = X·Aᵀ (as adapter_project), Y = s·H·Bᵀ
+/// The whole layer: Y = X·Wᵀ + s·(X·Aᵀ)·Bᵀ. For n > decode_max_tokens: H = X·Aᵀ (cuBLAS), Y = s·H·Bᵀ
 /// (write-only kernel), then Y = X·Wᵀ + 1·Y (cuBLAS, beta = 1): the adapter costs one read of X,
 /// one write of Y and the GEMM's read of Y in its epilogue. For small n: base GEMM, then the decode
 /// kernel. Y's adapter part is rounded to T once before the base GEMM adds it (16-bit storage:
@@ -147,300 +141,6 @@ __global__ void __launch_bounds__(expand_threads) expand_kernel(const float* __r
       if (t < n) detail::st_f(Y + t * ldy + c, y[u]);
     }
   }
-}
-
-// Vectorised expansion for 16-bit T (d and ldy multiples of 8, Y 16-byte aligned, r <= 32):
-// block = 64 columns x 128 tokens, 256 threads; thread (cg = tid % 8, tg = tid / 8) owns columns
-// c0 + 8cg .. +8 and tokens t0 + 4tg .. +4, so every Y access is 16 bytes and a warp covers 4 whole
-// 128-byte row segments. The tile's kept entries of B (CSR slice) and s·H (fp32) are staged in
-// shared memory; the thread walks its 8 columns' kept entries with 4 tokens each (fp32 FMAs:
-// the product is n·nnz FMAs, far below the bytes of Y). Y loads are issued before the staging.
-inline constexpr int expv_cols = 64;
-inline constexpr int expv_threads = 256;
-inline constexpr int expv_tpt = 4;                             // tokens per thread
-inline constexpr int expv_tokens = expv_threads / 8 * expv_tpt;  // 128
-inline constexpr int expv_max_rank = 32;  // shared memory 33 KB at r = 32 (no opt-in needed)
-
-inline constexpr int expv_hld = expv_tokens + 4;  // s·H staged transposed: r rows of expv_hld floats
-
-inline std::size_t expv_smem_bytes(index_t r) {
-  return static_cast<std::size_t>(expv_hld * r) * sizeof(float) + static_cast<std::size_t>(expv_cols + 4) * 4 +
-         static_cast<std::size_t>(expv_cols * r) * sizeof(int2);
-}
-
-template <class T>
-__device__ __forceinline__ float bits16_to_float(std::uint32_t b) {
-  return ::lori::to_float(T::from_bits(static_cast<std::uint16_t>(b & 0xffffu)));
-}
-
-template <class T>
-__global__ void __launch_bounds__(expv_threads, 3) expand_vec_kernel(const float* __restrict__ H, index_t n, index_t r,
-                                                                  sparse_b_view<T> B, float s, T* __restrict__ Y,
-                                                                  index_t ldy, bool accumulate) {
-  unsigned char* smem = detail::dynamic_smem();
-  // s·H transposed (r x expv_hld: a thread's 4 tokens of one j are one 16-byte load), the tile's
-  // row_ptr, and its kept entries as (column j, value bits) pairs.
-  float* Hs = reinterpret_cast<float*>(smem);
-  std::int32_t* rps = reinterpret_cast<std::int32_t*>(Hs + expv_hld * r);
-  int2* ent = reinterpret_cast<int2*>(rps + expv_cols + 4);
-  const index_t d = B.rows;
-  const index_t c0 = static_cast<index_t>(blockIdx.x) * expv_cols;
-  const index_t t0 = static_cast<index_t>(blockIdx.y) * expv_tokens;
-  const int cg = static_cast<int>(threadIdx.x & 7), tg = static_cast<int>(threadIdx.x >> 3);
-  const index_t cb = c0 + cg * 8;
-  const bool col_ok = cb < d;  // d % 8 == 0: the 8 columns are all in or all out
-  uint4 yv[expv_tpt];
-#pragma unroll
-  for (int u = 0; u < expv_tpt; ++u) {
-    const index_t t = t0 + tg * expv_tpt + u;
-    yv[u] = (accumulate && col_ok && t < n) ? *reinterpret_cast<const uint4*>(Y + t * ldy + cb) : make_uint4(0u, 0u, 0u, 0u);
-  }
-  const int cn = static_cast<int>(d - c0 < expv_cols ? d - c0 : expv_cols);
-  for (int i = threadIdx.x; i <= cn; i += expv_threads) rps[i] = B.row_ptr[c0 + i];
-  for (index_t e = threadIdx.x; e < expv_tokens * r; e += expv_threads) {
-    const index_t t = e / r, j = e - t * r;
-    Hs[j * expv_hld + t] = t0 + t < n ? s * H[t0 * r + e] : 0.0f;
-  }
-  __syncthreads();
-  const std::int32_t p0 = rps[0], cnt = rps[cn] - p0;
-  for (std::int32_t e = threadIdx.x; e < cnt; e += expv_threads)
-    ent[e] = make_int2(B.col_idx[p0 + e], __float_as_int(::lori::to_float(B.values[p0 + e])));
-  __syncthreads();
-  if (!col_ok) return;
-  float acc[expv_tpt][8];
-#pragma unroll
-  for (int u = 0; u < expv_tpt; ++u)
-#pragma unroll
-    for (int i = 0; i < 8; ++i) acc[u][i] = 0.0f;
-  static_assert(expv_tpt == 4, "one float4 of s·H per kept entry");
-  const float* hcol = Hs + tg * expv_tpt;
-#pragma unroll
-  for (int i = 0; i < 8; ++i) {
-    const int lc = cg * 8 + i;
-    const std::int32_t pe = rps[lc + 1] - p0;
-    for (std::int32_t p = rps[lc] - p0; p < pe; ++p) {
-      const int2 en = ent[p];
-      const float4 h = *reinterpret_cast<const float4*>(hcol + en.x * expv_hld);
-      const float v = __int_as_float(en.y);
-      acc[0][i] = fmaf(h.x, v, acc[0][i]);
-      acc[1][i] = fmaf(h.y, v, acc[1][i]);
-      acc[2][i] = fmaf(h.z, v, acc[2][i]);
-      acc[3][i] = fmaf(h.w, v, acc[3][i]);
-    }
-  }
-#pragma unroll
-  for (int u = 0; u < expv_tpt; ++u) {
-    const index_t t = t0 + tg * expv_tpt + u;
-    if (t < n) {
-      const std::uint32_t in[4] = {yv[u].x, yv[u].y, yv[u].z, yv[u].w};
-      std::uint32_t o[4];
-#pragma unroll
-      for (int w = 0; w < 4; ++w) {
-        const float lo = bits16_to_float<T>(in[w]) + acc[u][2 * w];
-        const float hi = bits16_to_float<T>(in[w] >> 16) + acc[u][2 * w + 1];
-        o[w] = static_cast<std::uint32_t>(::lori::from_float<T>(lo).bits) |
-               (static_cast<std::uint32_t>(::lori::from_float<T>(hi).bits) << 16);
-      }
-      *reinterpret_cast<uint4*>(Y + t * ldy + cb) = make_uint4(o[0], o[1], o[2], o[3]);
-    }
-  }
-}
-
-// ---- U = X·Aᵀ on tensor cores (16-bit T, r <= 32) ---------------------------------------------------
-// The skinny product reads X once at streaming bandwidth. Grid (x: 128-token tiles, y: k splits);
-// the y blocks of one token tile form a thread-block cluster (at most 8). Each block streams its
-// k range of the X tile (128 tokens x 64 k per step) and of A (rp x 64) through a ring of
-// proj_stages shared buffers filled by cp.async, and accumulates on tensor cores (wmma 16x16x16,
-// fp32 accumulate): warp w owns tokens w*16 .. +16 and all r. Epilogue: fp32 tiles in shared memory,
-// a cluster barrier, then block q reduces its share of the tile over the cluster's blocks in rank
-// order (distributed shared memory; fixed order: deterministic) and writes O(scale·sum).
-inline constexpr int proj_rows = 128;          // tokens per block
-inline constexpr int proj_kc = 64;             // k per step
-inline constexpr int proj_stages = 4;
-inline constexpr int proj_ld = proj_kc + 8;    // shared row stride (rows 16 B apart mod 128 B)
-inline constexpr int proj_threads = 256;
-inline constexpr int proj_max_rank = 32;       // 2 accumulator fragments
-inline constexpr int proj_max_cluster = 8;
-
-template <class T>
-struct proj_wmma_type {
-  using type = std::conditional_t<std::is_same_v<T, ::lori::bfloat16>, __nv_bfloat16, __half>;
-};
-
-inline constexpr std::size_t proj_smem_bytes(std::size_t elem) {
-  return static_cast<std::size_t>(proj_stages) * (proj_rows + proj_max_rank) * proj_ld * elem;  // >= 128 x 32 fp32
-}
-
-template <class T, class O>
-struct proj_args {
-  const T* X;
-  index_t n, k, ldx;
-  const T* A;
-  index_t lda;
-  int r, frags;
-  index_t kps;  // k per split (multiple of proj_kc)
-  float scale;
-  O* out;
-  index_t ldo;
-  bool vec;  // 16-byte pieces: k, ldx, lda multiples of 8, X and A 16-byte aligned
-};
-
-template <class T, class O>
-__global__ void __launch_bounds__(proj_threads) project_tc_kernel(proj_args<T, O> a) {
-  namespace wm = nvcuda::wmma;
-  namespace cg = cooperative_groups;
-  using W = typename proj_wmma_type<T>::type;
-  constexpr int stage_elems = (proj_rows + proj_max_rank) * proj_ld;
-  const int r = a.r, rp = a.frags * 16;
-  T* S = reinterpret_cast<T*>(detail::dynamic_smem());  // ring: [X 128 x ld | A 32 x ld] per stage
-  float* Acc = reinterpret_cast<float*>(detail::dynamic_smem());  // epilogue: 128 x rp (aliases the ring)
-  const int warp = threadIdx.x >> 5;
-  const index_t t0 = static_cast<index_t>(blockIdx.x) * proj_rows;
-  const index_t kb = static_cast<index_t>(blockIdx.y) * a.kps;
-  const index_t ke = kb + a.kps < a.k ? kb + a.kps : a.k;
-  const index_t steps = ke > kb ? (ke - kb + proj_kc - 1) / proj_kc : 0;
-
-  auto issue = [&](index_t s) {
-    if (s < steps) {
-      const index_t k0 = kb + s * proj_kc;
-      T* xs = S + static_cast<index_t>(s % proj_stages) * stage_elems;
-      T* as = xs + proj_rows * proj_ld;
-      for (int e = threadIdx.x; e < (proj_rows + rp) * (proj_kc / 8); e += proj_threads) {
-        const int row = e / (proj_kc / 8), c = (e % (proj_kc / 8)) * 8;
-        const bool is_x = row < proj_rows;
-        const index_t gr = is_x ? t0 + row : row - proj_rows;  // token or rank index
-        const bool row_ok = is_x ? gr < a.n : gr < r;
-        const T* base = is_x ? a.X : a.A;
-        const index_t ld = is_x ? a.ldx : a.lda;
-        T* dst = (is_x ? xs + row * proj_ld : as + (row - proj_rows) * proj_ld) + c;
-        const index_t kk = k0 + c;
-        if (a.vec) {
-          const bool ok = row_ok && kk < ke;
-          detail::cp_async16(dst, ok ? base + gr * ld + kk : base, ok);
-        } else {
-          *reinterpret_cast<uint4*>(dst) = detail::load8_or_zero(base, ld, ke, row_ok, gr, kk);
-        }
-      }
-    }
-    detail::cp_async_commit();
-  };
-
-  wm::fragment<wm::accumulator, 16, 16, 16, float> acc[2];
-  wm::fill_fragment(acc[0], 0.0f);
-  wm::fill_fragment(acc[1], 0.0f);
-#pragma unroll
-  for (int s = 0; s < proj_stages - 1; ++s) issue(s);
-  for (index_t s = 0; s < steps; ++s) {
-    detail::cp_async_wait<proj_stages - 2>();
-    __syncthreads();
-    issue(s + proj_stages - 1);
-    const T* xs = S + static_cast<index_t>(s % proj_stages) * stage_elems;
-    const T* as = xs + proj_rows * proj_ld;
-#pragma unroll
-    for (int kk = 0; kk < proj_kc / 16; ++kk) {
-      wm::fragment<wm::matrix_a, 16, 16, 16, W, wm::row_major> fa;
-      wm::load_matrix_sync(fa, reinterpret_cast<const W*>(xs + warp * 16 * proj_ld + kk * 16), proj_ld);
-#pragma unroll
-      for (int f = 0; f < 2; ++f) {
-        if (f < a.frags) {
-          wm::fragment<wm::matrix_b, 16, 16, 16, W, wm::col_major> fb;
-          wm::load_matrix_sync(fb, reinterpret_cast<const W*>(as + f * 16 * proj_ld + kk * 16), proj_ld);
-          wm::mma_sync(acc[f], fa, fb, acc[f]);
-        }
-      }
-    }
-  }
-  detail::cp_async_wait<0>();
-  __syncthreads();
-#pragma unroll
-  for (int f = 0; f < 2; ++f)
-    if (f < a.frags) wm::store_matrix_sync(Acc + warp * 16 * rp + f * 16, acc[f], rp, wm::mem_row_major);
-
-  cg::cluster_group cluster = cg::this_cluster();
-  cluster.sync();
-  const int ns = static_cast<int>(cluster.num_blocks()), q = static_cast<int>(cluster.block_rank());
-  const float* parts[proj_max_cluster];
-#pragma unroll
-  for (int u = 0; u < proj_max_cluster; ++u) parts[u] = u < ns ? cluster.map_shared_rank(Acc, u) : Acc;
-  for (int e = q * proj_threads + static_cast<int>(threadIdx.x); e < proj_rows * r; e += ns * proj_threads) {
-    const int row = e / r, j = e - row * r;
-    const index_t t = t0 + row;
-    if (t < a.n) {
-      float v[proj_max_cluster];
-#pragma unroll
-      for (int u = 0; u < proj_max_cluster; ++u) v[u] = u < ns ? parts[u][row * rp + j] : 0.0f;
-      float x = 0.0f;
-#pragma unroll
-      for (int u = 0; u < proj_max_cluster; ++u)
-        if (u < ns) x += v[u];  // rank order: deterministic
-      if constexpr (std::is_same_v<O, float>) a.out[t * a.ldo + j] = a.scale * x;
-      else a.out[t * a.ldo + j] = ::lori::from_float<O>(a.scale * x);
-    }
-  }
-  cluster.sync();  // keep shared memory alive until the cluster has read it
-}
-
-template <class T>
-constexpr bool project_tc_applies(index_t r) {
-  return detail::is_16bit_v<T> && r >= 1 && r <= proj_max_rank;
-}
-
-// out (rows m, leading dimension ldo, type O: float or T) = scale · X·Aᵀ for X m x k (ldx), A r x k;
-// the tensor-core kernel (requires project_tc_applies<T>(r)) on `stream`.
-template <class T, class O>
-void launch_project_tc(cudaStream_t stream, int sm_count, const T* X, index_t m, index_t k, index_t ldx, const T* A,
-                       index_t lda, index_t r, float scale, O* out, index_t ldo) {
-  if (m == 0) return;
-  const index_t tiles = detail::ceil_div(m, proj_rows);
-  index_t splits = detail::ceil_div(2 * static_cast<index_t>(sm_count), tiles);
-  if (splits > proj_max_cluster) splits = proj_max_cluster;
-  if (splits > detail::ceil_div(k, proj_kc)) splits = detail::ceil_div(k, proj_kc);
-  if (splits < 1) splits = 1;
-  proj_args<T, O> a{};
-  a.X = X;
-  a.n = m;
-  a.k = k;
-  a.ldx = ldx;
-  a.A = A;
-  a.lda = lda;
-  a.r = static_cast<int>(r);
-  a.frags = static_cast<int>((r + 15) / 16);
-  a.kps = detail::ceil_div(detail::ceil_div(k, splits), proj_kc) * proj_kc;
-  a.scale = scale;
-  a.out = out;
-  a.ldo = ldo;
-  a.vec = k % 8 == 0 && ldx % 8 == 0 && lda % 8 == 0 && reinterpret_cast<std::uintptr_t>(X) % 16 == 0 &&
-          reinterpret_cast<std::uintptr_t>(A) % 16 == 0;
-  const std::size_t smem = proj_smem_bytes(sizeof(T));
-  static const bool opted = [smem] {
-    LORI_CUDA_CHECK(cudaFuncSetAttribute(project_tc_kernel<T, O>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-    return true;
-  }();
-  (void)opted;
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = dim3(detail::grid_dim(tiles), static_cast<unsigned>(splits), 1);
-  cfg.blockDim = dim3(proj_threads, 1, 1);
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = 1;
-  attr[0].val.clusterDim.y = static_cast<unsigned>(splits);
-  attr[0].val.clusterDim.z = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = 1;
-  LORI_CUDA_CHECK(cudaLaunchKernelEx(&cfg, project_tc_kernel<T, O>, a));
-  LORI_CUDA_CHECK_LAUNCH();
-}
-
-// H rows (fp32, ld r) = X rows·Aᵀ: the tensor-core kernel where it applies, else cuBLAS on handle h
-// (bound to `stream`).
-template <class T>
-void project_rows(cudaStream_t stream, cublasHandle_t h, int sm_count, const T* X, index_t m, index_t k, index_t ldx,
-                  const T* A, index_t lda, index_t r, float* H) {
-  (void)stream;
-  (void)sm_count;
-  detail::gemm_row_major(h, false, true, m, r, k, 1.0f, X, ldx, A, lda, 0.0f, H, r, detail::cuda_data_type<T>(), CUDA_R_32F);
 }
 
 inline constexpr int decode_threads = 256;
@@ -648,20 +348,11 @@ __global__ void __launch_bounds__(decode_threads) decode_kernel(decode_params<T>
   }
 }
 
-// Whether the vectorised expansion takes a call (16-bit T; 16-byte rows of Y; r small enough that
-// the tile's kept entries and s·H fit the 48 KB of a normal launch: 33 KB at r = 32).
-template <class T>
-bool expand_vec_applies(const sparse_b<T>& B, const T* Y, index_t ldy) {
-  return detail::is_16bit_v<T> && B.cols() <= expv_max_rank && B.rows() % 8 == 0 && ldy % 8 == 0 &&
-         reinterpret_cast<std::uintptr_t>(Y) % 16 == 0;
-}
-
 // Y rows [0, n) (Y points at the first) = (accumulate ? Y : 0) + s·H·Bᵀ on `stream`; checked by callers.
 template <class T>
 void launch_expand(cudaStream_t stream, const float* H, index_t n, float s, const sparse_b<T>& B, T* Y, index_t ldy,
                    bool accumulate) {
   const index_t d = B.rows(), r = B.cols();
-
   const dim3 grid(detail::grid_dim(detail::ceil_div(d, expand_threads)),
                   detail::grid_dim(detail::ceil_div(n, expand_tokens), false));
   const std::size_t smem = static_cast<std::size_t>(expand_tokens * r) * sizeof(float);
@@ -705,8 +396,8 @@ void adapter_project(context& ctx, row_major_view<const T> X, row_major_view<con
   LORI_EXPECTS(X.cols() == A.cols(), "adapter_project: X and A must have the same number of columns k");
   LORI_EXPECTS(A.rows() >= 1 && A.cols() >= 1, "adapter_project: A must be non-empty");
   LORI_EXPECTS(H != nullptr || X.rows() == 0, "adapter_project: null H");
-  detail_fwd::project_rows<T>(ctx.stream(), ctx.cublas(), ctx.sm_count(), X.data(), X.rows(), X.cols(), X.ld(), A.data(),
-                             A.ld(), A.rows(), H);
+  detail::gemm_row_major(ctx.cublas(), false, true, X.rows(), A.rows(), X.cols(), 1.0f, X.data(), X.ld(), A.data(),
+                         A.ld(), 0.0f, H, A.rows(), detail::cuda_data_type<T>(), CUDA_R_32F);
 }
 
 template <class T>
@@ -802,8 +493,8 @@ void layer_forward(context& ctx, row_major_view<const T> X, row_major_view<const
   const index_t k = X.cols();
   // Rows [r0, r0 + m): H rows = X rows·Aᵀ; Y rows = s·H·Bᵀ (write-only); Y rows = X rows·Wᵀ + Y rows.
   auto adapter_part = [&](cudaStream_t st, cublasHandle_t h, index_t r0, index_t m) {
-    detail_fwd::project_rows<T>(st, h, ctx.sm_count(), X.data() + r0 * X.ld(), m, k, X.ld(), A.data(), A.ld(), r,
-                                H + r0 * r);
+    detail::gemm_row_major(h, false, true, m, r, k, 1.0f, X.data() + r0 * X.ld(), X.ld(), A.data(), A.ld(), 0.0f,
+                           H + r0 * r, r, t, CUDA_R_32F);
     detail_fwd::launch_expand(st, H + r0 * r, m, s, B, Y.data() + r0 * Y.ld(), Y.ld(), false);
   };
   auto base_gemm = [&](index_t r0, index_t m) {
@@ -848,10 +539,9 @@ void layer_forward_widened(context& ctx, row_major_view<T> X_ext, row_major_view
   const cudaDataType_t t = detail::cuda_data_type<T>();
   // Rows [r0, r0 + m): s·H into the last r columns of X_ext (row stride X_ext.ld()), then the base
   // GEMM with K = k + r.
-  auto h_gemm = [&](cudaStream_t st, cublasHandle_t h, index_t r0, index_t m) {
-    T* xr = X_ext.data() + r0 * X_ext.ld();
-    (void)st;
-    detail::gemm_row_major(h, false, true, m, r, k, s, xr, X_ext.ld(), A.data(), A.ld(), 0.0f, xr + k, X_ext.ld(), t, t);
+  auto h_gemm = [&](cublasHandle_t h, index_t r0, index_t m) {
+    detail::gemm_row_major(h, false, true, m, r, k, s, X_ext.data() + r0 * X_ext.ld(), X_ext.ld(), A.data(), A.ld(),
+                           0.0f, X_ext.data() + r0 * X_ext.ld() + k, X_ext.ld(), t, t);
   };
   auto base_gemm = [&](index_t r0, index_t m) {
     detail::gemm_row_major(ctx.cublas(), false, true, m, d, k + r, 1.0f, X_ext.data() + r0 * X_ext.ld(), X_ext.ld(),
@@ -860,7 +550,7 @@ void layer_forward_widened(context& ctx, row_major_view<T> X_ext, row_major_view
   const index_t m = detail::ceil_div(n, chunks);
   const index_t count = detail::ceil_div(n, m);
   if (count <= 1) {
-    h_gemm(ctx.stream(), ctx.cublas(), 0, n);
+    h_gemm(ctx.cublas(), 0, n);
     base_gemm(0, n);
     return;
   }
@@ -869,12 +559,12 @@ void layer_forward_widened(context& ctx, row_major_view<T> X_ext, row_major_view
   cublasHandle_t aux_h = ctx.aux_cublas();
   LORI_CUDA_CHECK(cudaEventRecord(ctx.event(0), ctx.stream()));  // X_ext written by earlier main-stream work
   LORI_CUDA_CHECK(cudaStreamWaitEvent(aux, ctx.event(0), 0));
-  h_gemm(ctx.stream(), ctx.cublas(), 0, m);
+  h_gemm(ctx.cublas(), 0, m);
   for (index_t c = 0; c < count; ++c) {
     const index_t r0 = c * m, rows = n - r0 < m ? n - r0 : m;
     if (c + 1 < count) {
       const index_t r1 = r0 + m, rows1 = n - r1 < m ? n - r1 : m;
-      h_gemm(aux, aux_h, r1, rows1);
+      h_gemm(aux_h, r1, rows1);
       LORI_CUDA_CHECK(cudaEventRecord(ctx.event(static_cast<int>(c + 1)), aux));
     }
     if (c > 0) LORI_CUDA_CHECK(cudaStreamWaitEvent(ctx.stream(), ctx.event(static_cast<int>(c)), 0));
