@@ -178,7 +178,7 @@ void BM_gpu_adapter_forward(benchmark::State& st) {
   fwd_data f(st.range(0));
   run_timed(st, [&] { lori::cuda::adapter_forward<bf16>(ctx(), f.xv(), f.av(), f.B, 0.5f, f.yv(), f.ws.data(), f.ws.bytes()); },
             adapter_floor(f.n));
-  st.SetLabel(lori::cuda::detail_fwd::decode_applies(ctx(), f.n, R) ? "decode: 1 cooperative kernel" : "cuBLAS X·Aᵀ + expand kernel");
+  st.SetLabel(lori::cuda::detail_fwd::decode_applies(ctx(), f.n, R) && f.n * R <= lori::cuda::detail_fwd::decode_local_h ? "decode: 1 cooperative kernel" : "cuBLAS X·Aᵀ + expand kernel");
 }
 // PEFT: H = X·Aᵀ (bf16), Y += s·H·Bᵀ with B dense (two cuBLAS GEMMs).
 void BM_gpu_baseline_lora_two_gemm(benchmark::State& st) {

@@ -49,8 +49,9 @@ template <class T>
 void adapter_expand(context& ctx, const float* H, index_t n, float s, const sparse_b<T>& B, row_major_view<T> Y,
                     bool accumulate);
 
-/// Y += s·(X·Aᵀ)·Bᵀ. For n <= decode_max_tokens (and n·r <= 4096) on a device with cooperative
-/// launch this is one kernel (adapter_forward_decode); otherwise adapter_project + adapter_expand.
+/// Y += s·(X·Aᵀ)·Bᵀ. For n·r <= 512 (n <= 16 at r = 32) on a device with cooperative launch this is
+/// one kernel (adapter_forward_decode); otherwise adapter_project + adapter_expand (measured faster
+/// than the decode kernel at n = 64, r = 32).
 template <class T>
 void adapter_forward(context& ctx, row_major_view<const T> X, row_major_view<const T> A, const sparse_b<T>& B, float s,
                      row_major_view<T> Y, void* workspace, std::size_t workspace_bytes);
@@ -455,7 +456,9 @@ void adapter_forward(context& ctx, row_major_view<const T> X, row_major_view<con
   const index_t n = X.rows(), r = B.cols(), d = B.rows();
   detail_fwd::check_adapter_shapes("adapter_forward", X, A, d, r, Y);
   if (n == 0) return;
-  if (detail_fwd::decode_applies(ctx, n, r)) {
+  // The single kernel only where it measured fastest (H200: n = 1 it wins in a decode loop; at n = 64,
+  // where H needs a second grid barrier, project + expand was faster): n·r <= decode_local_h.
+  if (detail_fwd::decode_applies(ctx, n, r) && n * r <= detail_fwd::decode_local_h) {
     adapter_forward_decode(ctx, X, A, B, s, Y, workspace, workspace_bytes);
     return;
   }
