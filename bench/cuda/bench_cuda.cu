@@ -22,6 +22,7 @@
 #include "lori/cuda/sparse_b.cuh"
 #include "lori/mask/bitmask.hpp"
 
+#include <cooperative_groups.h>
 #include <cublas_v2.h>
 #include <cusparse.h>
 
@@ -177,7 +178,7 @@ void BM_gpu_adapter_forward(benchmark::State& st) {
   fwd_data f(st.range(0));
   run_timed(st, [&] { lori::cuda::adapter_forward<bf16>(ctx(), f.xv(), f.av(), f.B, 0.5f, f.yv(), f.ws.data(), f.ws.bytes()); },
             adapter_floor(f.n));
-  st.SetLabel(lori::cuda::detail_fwd::decode_applies(ctx(), f.n, R) ? "decode: 1 cooperative kernel" : "cuBLAS X·Aᵀ + expand kernel");
+  st.SetLabel(lori::cuda::detail_fwd::decode_applies(ctx(), f.n, R) && f.n * R <= lori::cuda::detail_fwd::decode_local_h ? "decode: 1 cooperative kernel" : "cuBLAS X·Aᵀ + expand kernel");
 }
 // PEFT: H = X·Aᵀ (bf16), Y += s·H·Bᵀ with B dense (two cuBLAS GEMMs).
 void BM_gpu_baseline_lora_two_gemm(benchmark::State& st) {
@@ -223,8 +224,132 @@ void BM_gpu_adapter_project(benchmark::State& st) {
   device_buffer<float> H(f.n * R);
   run_timed(st, [&] { lori::cuda::adapter_project<bf16>(ctx(), f.xv(), f.av(), H.data()); },
             2.0 * static_cast<double>(f.n * K) + 2.0 * R * K + 4.0 * static_cast<double>(f.n * R));
-  st.SetLabel("cuBLAS X·Aᵀ (r = 32 columns), floor = one read of X");
+  st.SetLabel("cuBLAS X·Aᵀ (r = 32 columns), fp32 H; floor = one read of X");
 }
+// The second half of the adapter alone: Y += s·H·Bᵀ (H fp32 given): floor = Y read + write.
+void BM_gpu_adapter_expand(benchmark::State& st) {
+  fwd_data f(st.range(0));
+  device_buffer<float> H(f.n * R);
+  lori::cuda::adapter_project<bf16>(ctx(), f.xv(), f.av(), H.data());
+  run_timed(st, [&] { lori::cuda::adapter_expand<bf16>(ctx(), H.data(), f.n, 0.5f, f.B, f.yv(), true); },
+            4.0 * static_cast<double>(f.n * D) + 4.0 * static_cast<double>(f.n * R));
+  st.SetLabel("floor = Y read + write");
+}
+// adapter_project + adapter_expand at decode sizes (the alternative to the one-kernel decode path).
+void BM_gpu_adapter_forward_two_launch(benchmark::State& st) {
+  fwd_data f(st.range(0));
+  run_timed(st, [&] {
+    float* H = reinterpret_cast<float*>(f.ws.data());
+    lori::cuda::adapter_project<bf16>(ctx(), f.xv(), f.av(), H);
+    lori::cuda::adapter_expand<bf16>(ctx(), H, f.n, 0.5f, f.B, f.yv(), true);
+  }, adapter_floor(f.n));
+  st.SetLabel("cuBLAS X·Aᵀ (fp32) + expand kernel");
+}
+BENCHMARK(BM_gpu_adapter_forward_two_launch)->Arg(1)->Arg(64)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.05);
+BENCHMARK(BM_gpu_adapter_expand)->Arg(4096)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
+// Where decode time goes: an EMPTY kernel on one block per SM, launched cooperatively with one grid
+// barrier, and launched normally (no barrier), timed like BM_gpu_adapter_forward/1 (events around one
+// launch after an L2 flush).
+__global__ void probe_coop_kernel(int* sink) {
+  cooperative_groups::this_grid().sync();
+  if (sink != nullptr && threadIdx.x == 0 && blockIdx.x == 0) *sink = 1;
+}
+__global__ void probe_plain_kernel(int* sink) {
+  if (sink != nullptr && threadIdx.x == 0 && blockIdx.x == 0) *sink = 1;
+}
+void BM_gpu_probe_launch(benchmark::State& st) {
+  const bool coop = st.range(0) != 0;
+  device_buffer<int> sink(1);
+  int* p = sink.data();
+  void* args[] = {&p};
+  run_timed(st, [&] {
+    if (coop) {
+      LORI_CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(probe_coop_kernel), dim3(static_cast<unsigned>(ctx().sm_count())),
+                                                  dim3(256), args, 0, ctx().stream()));
+    } else {
+      probe_plain_kernel<<<ctx().sm_count(), 256, 0, ctx().stream()>>>(p);
+      LORI_CUDA_CHECK_LAUNCH();
+    }
+  }, 4.0);
+  st.SetLabel(coop ? "empty cooperative kernel + 1 grid barrier" : "empty kernel");
+}
+BENCHMARK(BM_gpu_probe_launch)->Arg(1)->Arg(0)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
+
+// A decode loop as a model sees it: back-to-back calls on one stream, each on a DIFFERENT adapter
+// (224 adapters of A r x k + sparse B d x r, ~78 MB > L2, as the 224 projections of Llama-3-8B), so
+// each call finds its A and B cold, as in a real decode step; X and Y are shared. One timed
+// iteration = 224 calls (L2 flushed before it); the reported time is PER CALL.
+struct decode_loop_data {
+  static constexpr int calls = 224;
+  index_t n;
+  device_buffer<bf16> X, Y, H16;
+  std::vector<device_buffer<bf16>> As, Bds;
+  std::vector<lori::cuda::sparse_b<bf16>> Bs;
+  device_buffer<unsigned char> ws;
+  explicit decode_loop_data(index_t n_, bool dense)
+      : n(n_), X(random_bf16(n_ * K, 1.0, 1)), Y(random_bf16(n_ * D, 1.0, 4)), H16(n_ * R),
+        ws(static_cast<index_t>(lori::cuda::adapter_forward_workspace_bytes(ctx(), n_, R))) {
+    Bs.reserve(calls);
+    for (int i = 0; i < calls; ++i) {
+      As.push_back(random_bf16(R * K, 1.0 / 64, 200 + static_cast<std::uint64_t>(i)));
+      Bs.push_back(random_sparse_b(D, R, 500 + static_cast<std::uint64_t>(i)));
+      if (dense) {
+        Bds.emplace_back(D * R);
+        Bs.back().scatter_to_dense(Bds.back().data(), R, ctx().stream());
+      }
+    }
+    LORI_CUDA_CHECK(cudaStreamSynchronize(ctx().stream()));
+  }
+};
+// Like run_timed (L2 flushed, CUDA events), but one iteration is `calls` back-to-back calls and the
+// iteration time recorded is the time PER CALL (so these benchmarks use a fixed iteration count:
+// a minimum time would count per-call time and run 224x longer than meant).
+void run_decode_loop(benchmark::State& st, decode_loop_data& f, const std::function<void(int)>& call) {
+  const int calls = decode_loop_data::calls;
+  cudaStream_t s = ctx().stream();
+  try {
+    for (int i = 0; i < calls; ++i) call(i);  // warm-up
+    LORI_CUDA_CHECK(cudaStreamSynchronize(s));
+  } catch (const std::exception& e) {
+    st.SkipWithError(e.what());
+    return;
+  }
+  cudaEvent_t a, b;
+  LORI_CUDA_CHECK(cudaEventCreate(&a));
+  LORI_CUDA_CHECK(cudaEventCreate(&b));
+  for (auto _ : st) {
+    flush_buffer().fill_bytes(static_cast<int>(st.iterations() & 0xff), s);
+    LORI_CUDA_CHECK(cudaEventRecord(a, s));
+    for (int i = 0; i < calls; ++i) call(i);
+    LORI_CUDA_CHECK(cudaEventRecord(b, s));
+    LORI_CUDA_CHECK(cudaEventSynchronize(b));
+    float ms = 0.0f;
+    LORI_CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
+    st.SetIterationTime(static_cast<double>(ms) * 1e-3 / calls);
+  }
+  LORI_CUDA_CHECK(cudaEventDestroy(a));
+  LORI_CUDA_CHECK(cudaEventDestroy(b));
+  st.SetBytesProcessed(static_cast<std::int64_t>(adapter_floor(f.n) * static_cast<double>(st.iterations())));
+  st.counters["calls_per_iteration"] = calls;
+}
+void BM_gpu_adapter_forward_decode_loop(benchmark::State& st) {
+  decode_loop_data f(st.range(0), false);
+  run_decode_loop(st, f, [&](int i) {
+    lori::cuda::adapter_forward<bf16>(ctx(), {f.X.data(), f.n, K}, {f.As[static_cast<std::size_t>(i)].data(), R, K},
+                                      f.Bs[static_cast<std::size_t>(i)], 0.5f, {f.Y.data(), f.n, D}, f.ws.data(), f.ws.bytes());
+  });
+  st.SetLabel("224 back-to-back calls, distinct adapters; reported time is per call");
+}
+void BM_gpu_baseline_lora_two_gemm_decode_loop(benchmark::State& st) {
+  decode_loop_data f(st.range(0), true);
+  run_decode_loop(st, f, [&](int i) {
+    gemm_rm(false, true, f.n, R, K, 1.0f, f.X.data(), K, f.As[static_cast<std::size_t>(i)].data(), K, 0.0f, f.H16.data(), R);
+    gemm_rm(false, true, f.n, D, R, 0.5f, f.H16.data(), R, f.Bds[static_cast<std::size_t>(i)].data(), R, 1.0f, f.Y.data(), D);
+  });
+  st.SetLabel("PEFT two GEMMs, 224 back-to-back calls, distinct adapters; reported time is per call");
+}
+BENCHMARK(BM_gpu_adapter_forward_decode_loop)->Arg(1)->Arg(64)->UseManualTime()->Unit(benchmark::kMicrosecond)->Iterations(30);
+BENCHMARK(BM_gpu_baseline_lora_two_gemm_decode_loop)->Arg(1)->Arg(64)->UseManualTime()->Unit(benchmark::kMicrosecond)->Iterations(30);
 BENCHMARK(BM_gpu_adapter_project)->Arg(4096)->Arg(16384)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 BENCHMARK(BM_gpu_adapter_forward)->Arg(1)->Arg(64)->Arg(4096)->Arg(16384)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 BENCHMARK(BM_gpu_baseline_lora_two_gemm)->Arg(1)->Arg(64)->Arg(4096)->Arg(16384)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
@@ -301,7 +426,7 @@ void BM_gpu_grad_b_sddmm(benchmark::State& st) {
   run_timed(st, [&] {
     lori::cuda::grad_b_sddmm<bf16>(ctx(), {f.G.data(), f.n, D}, f.H.data(), 0.5f, f.B, f.out.data(), f.ws.data(), f.ws.bytes());
   }, sddmm_floor(f.n, f.B.nnz()));
-  st.SetLabel("target (n=4096): <= 1.3x one read of G at copy bandwidth");
+  st.SetLabel("H to T, cuBLAS s·Gᵀ·H (fp32), gather; target (n=4096): <= 1.3x one read of G");
 }
 void BM_gpu_baseline_gemm_mask(benchmark::State& st) {
   grad_data f(st.range(0));

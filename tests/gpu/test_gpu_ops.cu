@@ -454,6 +454,9 @@ TEST_CASE_TEMPLATE("adapter forward (decode, two-launch, whole layer) matches th
   forward_case<T>(ctx, 300, 256, 512, 16, 0, g);
   forward_case<T>(ctx, 70, 64, 100, 1, 2, g);
   forward_case<T>(ctx, 0, 64, 100, 16, 0, g);     // no tokens: nothing happens, nothing throws
+  // n = 4096 (d not a multiple of 128), and r = 33 with k = 1000 and padded rows.
+  forward_case<T>(ctx, 4096, 136, 264, 32, 0, g);
+  forward_case<T>(ctx, 200, 1000, 96, 33, 8, g);
 }
 
 TEST_CASE("adapter forward rejects bad shapes and missing workspace") {
@@ -592,6 +595,11 @@ TEST_CASE_TEMPLATE("grad_b_sddmm: masked dB into compact values matches the doub
   sddmm_case<T>(ctx, 1000, 203, 17, 3, g);  // r not a multiple of 16
   sddmm_case<T>(ctx, 700, 136, 128, 8, g);  // r at its limit, vector staging with ld padding
   sddmm_case<T>(ctx, 0, 64, 16, 0, g);      // no tokens: zeros
+  // n = 4096 with a partial last 128-column tile (520 = 4·128 + 8); r = 33 and r = 1; more shapes.
+  sddmm_case<T>(ctx, 4096, 520, 32, 0, g);
+  sddmm_case<T>(ctx, 333, 136, 33, 0, g);
+  sddmm_case<T>(ctx, 64, 96, 1, 8, g);
+  sddmm_case<T>(ctx, 130, 1000, 8, 0, g);
 }
 
 TEST_CASE("grad_b_sddmm is deterministic and rejects bad arguments") {

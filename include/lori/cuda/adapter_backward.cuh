@@ -3,9 +3,10 @@
 //   grad_b_sddmm   ∂L/∂B at B's kept positions, into compact values (same order as B's values):
 //                  gB[p] = s · Σ_t G(t, i) · H(t, j)   for the p-th kept (i, j), H = X·Aᵀ (n x r fp32,
 //                  e.g. from adapter_project in the forward pass). Sampled dense-dense product: G is
-//                  read once; bf16/fp16 use tensor cores (wmma, H rounded to T in shared memory),
-//                  fp32 uses fp32 FMAs. Token range split over blocks for parallelism; partial sums
-//                  reduced in a fixed order (deterministic).
+//                  read once. bf16/fp16: H rounded to T, D = s·Gᵀ·H on cuBLAS (fp32 out), kept
+//                  entries of D gathered (the fastest path measured on an H100, see docs/cuda.md).
+//                  fp32: fp32 FMAs, token splits reduced by a second kernel in a fixed order.
+//                  Deterministic either way.
 //   grad_x         ∂L/∂X = G·W + s·(G·B)·A   (cuBLAS; B made dense in workspace)
 // G is ∂L/∂Y, n x d row-major. Shapes as in adapter_forward.cuh. No alignment requirement beyond the
 // element's (a 16-byte vector path is taken when G's rows allow it).
@@ -21,10 +22,7 @@
 
 #include "lori/detail/cuda_common.cuh"
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 #include <cuda_runtime_api.h>
-#include <mma.h>
 
 #include <cstddef>
 #include <cstdint>
@@ -32,7 +30,8 @@
 
 namespace lori::cuda {
 
-/// Workspace bytes grad_b_sddmm needs for G n x d, rank r, on ctx's device (0 when no split).
+/// Workspace bytes grad_b_sddmm needs for G n x d, rank r, on ctx's device: the larger of the fp32
+/// path's split partials and the 16-bit path's dense D (d·r fp32) + rounded H (n·r 16-bit).
 inline std::size_t grad_b_workspace_bytes(const context& ctx, index_t n, index_t d, index_t r, index_t nnz);
 
 /// grad_values[p] = s · (Gᵀ·H)(i, j) for the p-th kept (i, j) of B (nnz values of T, in B's order).
@@ -58,16 +57,9 @@ void grad_x(context& ctx, row_major_view<const T> G, row_major_view<const T> W, 
 namespace detail_bwd {
 
 inline constexpr int sddmm_cols = 128;    // columns of G (rows of B) per block
-inline constexpr int sddmm_tokens = 32;   // tokens staged per step
-inline constexpr int sddmm_threads = 256;  // 8 warps x 16 columns
-inline constexpr int sddmm_max_frags = 8;  // r <= 128
+inline constexpr int sddmm_tokens = 32;   // tokens staged per step (fp32 path)
 
-template <class T>
-struct wmma_type {
-  using type = std::conditional_t<std::is_same_v<T, ::lori::bfloat16>, __nv_bfloat16, __half>;
-};
-
-// Splits: enough blocks to fill the device about twice, each split at least 4 token steps.
+// fp32 path splits: enough blocks to fill the device about twice, each split at least 4 token steps.
 inline index_t sddmm_splits(const context& ctx, index_t n, index_t d) {
   const index_t tiles = detail::ceil_div(d, sddmm_cols);
   index_t want = detail::ceil_div(2 * static_cast<index_t>(ctx.sm_count()), tiles);
@@ -81,128 +73,7 @@ inline index_t tokens_per_split(index_t n, index_t splits) {
   return detail::ceil_div(detail::ceil_div(n, splits), sddmm_tokens) * sddmm_tokens;
 }
 
-// 8 consecutive elements of G's row t (columns c .. c+7) as 16 bytes, zeros outside the matrix.
-// vec: one 16-byte load (caller guarantees alignment and d % 8 == 0); else 8 checked 2-byte loads.
-template <class T>
-__device__ __forceinline__ uint4 load_piece(const T* G, index_t ldg, index_t d, bool row_ok, index_t t, index_t c,
-                                            bool vec) {
-  uint4 v = make_uint4(0u, 0u, 0u, 0u);
-  if (!row_ok) return v;
-  const T* p = G + t * ldg + c;
-  if (vec) {
-    if (c < d) v = *reinterpret_cast<const uint4*>(p);
-    return v;
-  }
-  std::uint32_t w[4] = {0u, 0u, 0u, 0u};
-#pragma unroll
-  for (int i = 0; i < 8; ++i)
-    if (c + i < d) w[i >> 1] |= static_cast<std::uint32_t>(p[i].bits) << (16 * (i & 1));
-  v.x = w[0];
-  v.y = w[1];
-  v.z = w[2];
-  v.w = w[3];
-  return v;
-}
-
-// Tensor-core SDDMM for 16-bit T. Block (x: 128 rows of B, y: token split). Writes
-// out[p] = value for its kept entries: T(s * acc) when final, else fp32 partials at split offset.
-template <class T, int MaxFrags>
-__global__ void __launch_bounds__(sddmm_threads) sddmm_wmma_kernel(const T* __restrict__ G, index_t n, index_t d,
-                                                                   index_t ldg, const float* __restrict__ H, index_t r,
-                                                                   int frags, index_t tps, sparse_b_view<T> B, float s,
-                                                                   T* __restrict__ out, float* __restrict__ partial,
-                                                                   bool vec) {
-  namespace wm = nvcuda::wmma;
-  using W = typename wmma_type<T>::type;
-  const int rp = frags * 16;
-  unsigned char* smem = detail::dynamic_smem();
-  T* Gs = reinterpret_cast<T*>(smem);                                    // tokens x cols
-  T* Hs = Gs + sddmm_tokens * sddmm_cols;                                // tokens x rp
-  float* buf = reinterpret_cast<float*>(Hs + sddmm_tokens * rp);         // 8 warps x 16 x 16
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const index_t c0 = static_cast<index_t>(blockIdx.x) * sddmm_cols;
-  const index_t tb = static_cast<index_t>(blockIdx.y) * tps;
-  const index_t te = tb + tps < n ? tb + tps : n;
-
-  wm::fragment<wm::accumulator, 16, 16, 16, float> acc[MaxFrags];
-#pragma unroll
-  for (int f = 0; f < MaxFrags; ++f) wm::fill_fragment(acc[f], 0.0f);
-
-  // Software pipeline: the next step's G pieces (16 bytes = 8 elements each) and H values are
-  // fetched into registers while the tensor cores work on the current step in shared memory.
-  constexpr int g_pieces = sddmm_tokens * sddmm_cols / 8 / sddmm_threads;  // 2 per thread
-  constexpr int h_per = sddmm_tokens * 16 * MaxFrags / sddmm_threads;      // 2 * MaxFrags per thread
-  uint4 gpre[g_pieces];
-  float hpre[h_per];
-  auto fetch = [&](index_t t0) {
-#pragma unroll
-    for (int u = 0; u < g_pieces; ++u) {
-      const int e = threadIdx.x + u * sddmm_threads;
-      const int t = e / (sddmm_cols / 8), c = (e % (sddmm_cols / 8)) * 8;
-      gpre[u] = load_piece(G, ldg, d, t0 + t < te, t0 + t, c0 + c, vec);
-    }
-#pragma unroll
-    for (int u = 0; u < h_per; ++u) {
-      const int e = threadIdx.x + u * sddmm_threads;
-      const int t = e / rp, j = e - t * rp;
-      hpre[u] = (e < sddmm_tokens * rp && t0 + t < te && j < r) ? H[(t0 + t) * r + j] : 0.0f;
-    }
-  };
-  if (tb < te) fetch(tb);
-  for (index_t t0 = tb; t0 < te; t0 += sddmm_tokens) {
-    __syncthreads();  // the previous step's fragments are loaded: shared memory may be overwritten
-#pragma unroll
-    for (int u = 0; u < g_pieces; ++u) {
-      const int e = threadIdx.x + u * sddmm_threads;
-      const int t = e / (sddmm_cols / 8), c = (e % (sddmm_cols / 8)) * 8;
-      *reinterpret_cast<uint4*>(Gs + t * sddmm_cols + c) = gpre[u];
-    }
-#pragma unroll
-    for (int u = 0; u < h_per; ++u) {
-      const int e = threadIdx.x + u * sddmm_threads;
-      if (e < sddmm_tokens * rp) Hs[e] = ::lori::from_float<T>(hpre[u]);
-    }
-    __syncthreads();
-    if (t0 + sddmm_tokens < te) fetch(t0 + sddmm_tokens);
-#pragma unroll
-    for (int kk = 0; kk < sddmm_tokens / 16; ++kk) {
-      wm::fragment<wm::matrix_a, 16, 16, 16, W, wm::col_major> a;
-      wm::load_matrix_sync(a, reinterpret_cast<const W*>(Gs + kk * 16 * sddmm_cols + warp * 16), sddmm_cols);
-#pragma unroll
-      for (int f = 0; f < MaxFrags; ++f) {
-        if (f < frags) {
-          wm::fragment<wm::matrix_b, 16, 16, 16, W, wm::row_major> bm;
-          wm::load_matrix_sync(bm, reinterpret_cast<const W*>(Hs + kk * 16 * rp + f * 16), rp);
-          wm::mma_sync(acc[f], a, bm, acc[f]);
-        }
-      }
-    }
-  }
-
-  // Extract kept entries: the warp owns rows c0 + warp*16 .. +16 of B.
-  float* wb = buf + warp * 256;
-  const index_t crow = c0 + warp * 16 + (lane & 15);
-#pragma unroll
-  for (int f = 0; f < MaxFrags; ++f) {
-    if (f < frags) {
-      wm::store_matrix_sync(wb, acc[f], 16, wm::mem_row_major);
-      __syncwarp();
-      if (lane < 16 && crow < d) {
-        for (std::int32_t p = B.row_ptr[crow]; p < B.row_ptr[crow + 1]; ++p) {
-          const int j = B.col_idx[p] - f * 16;
-          if (j >= 0 && j < 16) {
-            const float x = wb[(lane & 15) * 16 + j];
-            if (partial != nullptr) partial[static_cast<index_t>(blockIdx.y) * B.nnz + p] = x;
-            else out[p] = ::lori::from_float<T>(s * x);
-          }
-        }
-      }
-      __syncwarp();
-    }
-  }
-}
-
-// fp32 (and general) SDDMM: one thread per row i of B, its kept entries in passes of 8 registers.
+// fp32 SDDMM: one thread per row i of B, its kept entries in passes of 8 registers.
 inline constexpr int sddmm_f32_threads = 128;
 inline constexpr int sddmm_f32_regs = 8;
 
@@ -271,13 +142,51 @@ __global__ void reduce_splits_kernel(const float* __restrict__ partial, index_t 
 
 inline std::size_t align256(std::size_t b) { return (b + 255) / 256 * 256; }
 
+// cuBLAS route of the 16-bit SDDMM (measured fastest on an H100 at n = d = 4096, r = 32): H rounded to
+// T, D = s·Gᵀ·H (d x r, fp32, one cuBLAS GEMM with fp32 accumulation), then the kept entries of D
+// gathered into the compact values. Workspace: D (d·r fp32) then H in T (n·r).
+inline std::size_t sddmm_gemm_workspace_bytes(index_t n, index_t d, index_t r) {
+  return align256(static_cast<std::size_t>(d * r) * sizeof(float)) + static_cast<std::size_t>(n * r) * 2;
+}
+
+template <class T>
+__global__ void round_to_kernel(const float* __restrict__ in, index_t count, T* __restrict__ out) {
+  const index_t i = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x;
+  if (i < count) out[i] = ::lori::from_float<T>(in[i]);
+}
+
+// One thread per row i of B: out[p] = T(D(i, col_idx[p])) for the row's kept entries.
+template <class T>
+__global__ void gather_rows_kernel(const float* __restrict__ D, index_t r, sparse_b_view<T> B, T* __restrict__ out) {
+  const index_t i = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x;
+  if (i >= B.rows) return;
+  const std::int32_t p1 = B.row_ptr[i + 1];
+  for (std::int32_t p = B.row_ptr[i]; p < p1; ++p) out[p] = ::lori::from_float<T>(D[i * r + B.col_idx[p]]);
+}
+
+template <class T>
+void sddmm_gemm(context& ctx, row_major_view<const T> G, const float* H, float s, const sparse_b<T>& B, T* out,
+                void* workspace) {
+  const index_t n = G.rows(), d = G.cols(), r = B.cols();
+  float* D = static_cast<float*>(workspace);
+  T* Ht = reinterpret_cast<T*>(static_cast<unsigned char*>(workspace) + align256(static_cast<std::size_t>(d * r) * sizeof(float)));
+  round_to_kernel<T><<<detail::grid_dim(detail::ceil_div(n * r, 256)), 256, 0, ctx.stream()>>>(H, n * r, Ht);
+  LORI_CUDA_CHECK_LAUNCH();
+  const cudaDataType_t t = detail::cuda_data_type<T>();
+  detail::gemm_row_major(ctx.cublas(), true, false, d, r, n, s, G.data(), G.ld(), Ht, r, 0.0f, D, r, t, CUDA_R_32F);
+  gather_rows_kernel<T><<<detail::grid_dim(detail::ceil_div(d, 256)), 256, 0, ctx.stream()>>>(D, r, B.view(), out);
+  LORI_CUDA_CHECK_LAUNCH();
+}
+
 }  // namespace detail_bwd
 
 inline std::size_t grad_b_workspace_bytes(const context& ctx, index_t n, index_t d, index_t r, index_t nnz) {
   LORI_EXPECTS(n >= 0 && d >= 0 && r >= 0 && nnz >= 0, "grad_b_workspace_bytes: negative size");
   if (n == 0 || d == 0) return 0;
   const index_t splits = detail_bwd::sddmm_splits(ctx, n, d);
-  return splits > 1 ? static_cast<std::size_t>(splits * nnz) * sizeof(float) : 0;
+  const std::size_t f32 = splits > 1 ? static_cast<std::size_t>(splits * nnz) * sizeof(float) : 0;
+  const std::size_t b16 = detail_bwd::sddmm_gemm_workspace_bytes(n, d, r);
+  return f32 > b16 ? f32 : b16;
 }
 
 template <class T>
@@ -298,7 +207,7 @@ void grad_b_sddmm(context& ctx, row_major_view<const T> G, const float* H, float
   const index_t tps = detail_bwd::tokens_per_split(n, splits);
   const index_t grid_y = detail::ceil_div(n, tps);  // <= splits
   float* partial = nullptr;
-  if (grid_y > 1) {
+  if (grid_y > 1 || detail::is_16bit_v<T>) {
     LORI_EXPECTS(workspace != nullptr && workspace_bytes >= grad_b_workspace_bytes(ctx, n, d, r, nnz),
                  "grad_b_sddmm: workspace missing or smaller than grad_b_workspace_bytes()");
     LORI_EXPECTS(reinterpret_cast<std::uintptr_t>(workspace) % alignof(float) == 0,
@@ -306,28 +215,19 @@ void grad_b_sddmm(context& ctx, row_major_view<const T> G, const float* H, float
     partial = static_cast<float*>(workspace);
   }
   if constexpr (detail::is_16bit_v<T>) {
-    const int frags = static_cast<int>(detail::ceil_div(r, 16));
-    const std::size_t smem = static_cast<std::size_t>(detail_bwd::sddmm_tokens * detail_bwd::sddmm_cols) * sizeof(T) +
-                             static_cast<std::size_t>(detail_bwd::sddmm_tokens * frags * 16) * sizeof(T) +
-                             8 * 256 * sizeof(float);
-    const bool vec = d % 8 == 0 && G.ld() % 8 == 0 && reinterpret_cast<std::uintptr_t>(G.data()) % 16 == 0;
-    const dim3 grid(detail::grid_dim(detail::ceil_div(d, detail_bwd::sddmm_cols)), detail::grid_dim(grid_y, false));
-    // Two instantiations: r <= 32 (2 accumulator fragments, fewer registers, more warps per SM) and r <= 128.
-    auto kernel = frags <= 2 ? detail_bwd::sddmm_wmma_kernel<T, 2> : detail_bwd::sddmm_wmma_kernel<T, detail_bwd::sddmm_max_frags>;
-    kernel<<<grid, detail_bwd::sddmm_threads, smem, ctx.stream()>>>(G.data(), n, d, G.ld(), H, r, frags, tps, B.view(), s,
-                                                                    grad_values, partial, vec);
-    LORI_CUDA_CHECK_LAUNCH();
+    (void)partial;
+    detail_bwd::sddmm_gemm<T>(ctx, G, H, s, B, grad_values, workspace);
   } else {
     const std::size_t smem = static_cast<std::size_t>(detail_bwd::sddmm_tokens * r) * sizeof(float);
     const dim3 grid(detail::grid_dim(detail::ceil_div(d, detail_bwd::sddmm_f32_threads)), detail::grid_dim(grid_y, false));
     detail_bwd::sddmm_scalar_kernel<T><<<grid, detail_bwd::sddmm_f32_threads, smem, ctx.stream()>>>(
         G.data(), n, d, G.ld(), H, r, tps, B.view(), s, grad_values, partial);
     LORI_CUDA_CHECK_LAUNCH();
-  }
-  if (partial != nullptr) {
-    detail_bwd::reduce_splits_kernel<T><<<detail::grid_dim(detail::ceil_div(nnz, 256)), 256, 0, ctx.stream()>>>(
-        partial, grid_y, nnz, s, grad_values);
-    LORI_CUDA_CHECK_LAUNCH();
+    if (partial != nullptr) {
+      detail_bwd::reduce_splits_kernel<T><<<detail::grid_dim(detail::ceil_div(nnz, 256)), 256, 0, ctx.stream()>>>(
+          partial, grid_y, nnz, s, grad_values);
+      LORI_CUDA_CHECK_LAUNCH();
+    }
   }
 }
 

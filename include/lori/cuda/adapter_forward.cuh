@@ -49,8 +49,9 @@ template <class T>
 void adapter_expand(context& ctx, const float* H, index_t n, float s, const sparse_b<T>& B, row_major_view<T> Y,
                     bool accumulate);
 
-/// Y += s·(X·Aᵀ)·Bᵀ. For n <= decode_max_tokens (and n·r <= 4096) on a device with cooperative
-/// launch this is one kernel (adapter_forward_decode); otherwise adapter_project + adapter_expand.
+/// Y += s·(X·Aᵀ)·Bᵀ. For n·r <= 512 (n <= 16 at r = 32) on a device with cooperative launch this is
+/// one kernel (adapter_forward_decode); otherwise adapter_project + adapter_expand (measured faster
+/// than the decode kernel at n = 64, r = 32).
 template <class T>
 void adapter_forward(context& ctx, row_major_view<const T> X, row_major_view<const T> A, const sparse_b<T>& B, float s,
                      row_major_view<T> Y, void* workspace, std::size_t workspace_bytes);
@@ -149,6 +150,10 @@ inline constexpr int decode_max_outputs = 4096;  // n * r
 inline constexpr int decode_per_thread = decode_max_outputs / decode_threads;
 inline constexpr int decode_local_h = 512;  // n * r up to which every block reduces H itself
 inline constexpr int decode_group = 8;      // tokens per thread in phase 3
+inline constexpr int decode_max_rank = 256;  // r limit of the forward kernels
+inline constexpr int decode_prefetch = 8;   // kept entries of a row of B loaded before the barrier
+inline constexpr int decode_outs = 4;       // outputs of H a warp reduces at once (phase 2)
+inline constexpr int decode_red = 8;        // partials per lane in flight per output (256 blocks)
 
 template <class T>
 struct decode_params {
@@ -173,22 +178,70 @@ __global__ void __launch_bounds__(decode_threads) decode_kernel(decode_params<T>
   float* As = Xs + q.n * (decode_kc + 1);                        // r x (kc + 1)
   const index_t nb = gridDim.x, b = blockIdx.x, nr = q.n * q.r;
 
-  // Phase 1: block b sums X·Aᵀ over its slice of k into P[b].
+  // Phase 3's inputs do not depend on H: this thread's first (token group, column) element - its
+  // kept entries of B (up to decode_prefetch) and its Y values - are loaded now, so their memory
+  // latency overlaps phase 1 and the grid barrier instead of following them.
+  const index_t d = q.B.rows;
+  const index_t groups = (q.n + decode_group - 1) / decode_group;
+  const index_t total = groups * d;
+  const index_t g = b * decode_threads + threadIdx.x, stride = nb * decode_threads;
+  std::int32_t pb = 0, pe = 0;
+  int pcol[decode_prefetch];
+  float pval[decode_prefetch], yold[decode_group];
+#pragma unroll
+  for (int u = 0; u < decode_prefetch; ++u) {
+    pcol[u] = 0;
+    pval[u] = 0.0f;
+  }
+#pragma unroll
+  for (int u = 0; u < decode_group; ++u) yold[u] = 0.0f;
+  if (g < total) {
+    const index_t grp = g / d, c = g - grp * d, t0 = grp * decode_group;
+    pb = q.B.row_ptr[c];
+    pe = q.B.row_ptr[c + 1];
+#pragma unroll
+    for (int u = 0; u < decode_group; ++u)
+      if (t0 + u < q.n) yold[u] = detail::ld_f(q.Y + (t0 + u) * q.ldy + c);
+#pragma unroll
+    for (int u = 0; u < decode_prefetch; ++u)
+      if (pb + u < pe) {
+        pcol[u] = q.B.col_idx[pb + u];
+        pval[u] = ::lori::to_float(q.B.values[pb + u]);
+      }
+  }
+
+  // Phase 1: block b sums X·Aᵀ over its slice of k into P (layout: output o, then block: P[o * nb + b]).
+  // Each chunk's loads are all issued before any is used (one memory round trip per chunk).
   const index_t kper = (q.k + nb - 1) / nb;
   const index_t kb = b * kper < q.k ? b * kper : q.k, ke = kb + kper < q.k ? kb + kper : q.k;
   float acc[decode_per_thread];
 #pragma unroll
   for (int u = 0; u < decode_per_thread; ++u) acc[u] = 0.0f;
+  constexpr int xu = decode_max_tokens * decode_kc / decode_threads;  // X elements per thread and chunk
+  constexpr int au = decode_max_rank * decode_kc / decode_threads;    // A elements per thread and chunk
   for (index_t k0 = kb; k0 < ke; k0 += decode_kc) {
     const index_t len = ke - k0 < decode_kc ? ke - k0 : decode_kc;
-    __syncthreads();  // previous chunk fully consumed
-    for (index_t e = threadIdx.x; e < q.n * decode_kc; e += decode_threads) {
-      const index_t t = e / decode_kc, kk = e - t * decode_kc;
-      Xs[t * (decode_kc + 1) + kk] = kk < len ? detail::ld_f(q.X + t * q.ldx + k0 + kk) : 0.0f;
+    float xv[xu], av[au];
+#pragma unroll
+    for (int u = 0; u < xu; ++u) {
+      const int e = static_cast<int>(threadIdx.x) + u * decode_threads, t = e / decode_kc, kk = e % decode_kc;
+      xv[u] = (t < q.n && kk < len) ? detail::ld_f(q.X + t * q.ldx + k0 + kk) : 0.0f;
     }
-    for (index_t e = threadIdx.x; e < q.r * decode_kc; e += decode_threads) {
-      const index_t j = e / decode_kc, kk = e - j * decode_kc;
-      As[j * (decode_kc + 1) + kk] = kk < len ? detail::ld_f(q.A + j * q.lda + k0 + kk) : 0.0f;
+#pragma unroll
+    for (int u = 0; u < au; ++u) {
+      const int e = static_cast<int>(threadIdx.x) + u * decode_threads, j = e / decode_kc, kk = e % decode_kc;
+      av[u] = (j < q.r && kk < len) ? detail::ld_f(q.A + j * q.lda + k0 + kk) : 0.0f;
+    }
+    __syncthreads();  // previous chunk fully consumed
+#pragma unroll
+    for (int u = 0; u < xu; ++u) {
+      const int e = static_cast<int>(threadIdx.x) + u * decode_threads, t = e / decode_kc, kk = e % decode_kc;
+      if (t < q.n) Xs[t * (decode_kc + 1) + kk] = xv[u];
+    }
+#pragma unroll
+    for (int u = 0; u < au; ++u) {
+      const int e = static_cast<int>(threadIdx.x) + u * decode_threads, j = e / decode_kc, kk = e % decode_kc;
+      if (j < q.r) As[j * (decode_kc + 1) + kk] = av[u];
     }
     __syncthreads();
 #pragma unroll
@@ -208,54 +261,78 @@ __global__ void __launch_bounds__(decode_threads) decode_kernel(decode_params<T>
 #pragma unroll
   for (int u = 0; u < decode_per_thread; ++u) {
     const index_t o = threadIdx.x + static_cast<index_t>(u) * decode_threads;
-    if (o < nr) q.P[b * nr + o] = acc[u];
+    if (o < nr) q.P[o * nb + b] = acc[u];
   }
   grid.sync();
 
-  // Phase 2: H = s * sum over blocks of P. One warp per output: lane l sums blocks l, l + 32, ...,
-  // then a fixed shuffle tree whose lane-0 result is used, so H is bitwise the same wherever and
-  // however often it is computed (deterministic). A small H (n*r <= decode_local_h) is reduced by
-  // every block into its own shared memory (saves a grid barrier); a larger one is split over the
-  // grid into q.H, followed by a second barrier, then copied into every block's shared memory.
-  // Shared memory holds (n + r)(kc + 1) >= n*r floats whenever n*r <= 4096, so H fits where X and A were.
+  // Phase 2: H = s * sum over blocks of P. One warp per output, decode_outs outputs at a time with
+  // all their loads in flight: lane l sums blocks l, l + 32, ... in that order, then a fixed shuffle
+  // tree whose lane-0 result is used, so H is bitwise the same wherever and however often it is
+  // computed (deterministic). A small H (n*r <= decode_local_h) is reduced by every block into its
+  // own shared memory (saves a grid barrier); a larger one is split over the grid into q.H, then a
+  // second barrier, then copied into every block's shared memory. Shared memory holds
+  // (n + r)(kc + 1) >= n*r floats whenever n*r <= 4096, so H fits where X and A were.
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   constexpr int warps = decode_threads / 32;
   const bool local = nr <= decode_local_h;  // grid-uniform
   float* Hs = Xs;                           // phase 1 is over (grid.sync is also a block barrier)
-  auto reduce = [&](index_t o) {
-    float h = 0.0f;
-    for (index_t bb = lane; bb < nb; bb += 32) h += __ldcg(q.P + bb * nr + o);
+  auto reduce = [&](index_t ob, float* dst) {  // outputs ob .. ob + decode_outs - 1 (those < nr)
+    float h[decode_outs];
 #pragma unroll
-    for (int off = 16; off > 0; off >>= 1) h += __shfl_down_sync(0xffffffffu, h, off);
-    return q.s * h;  // valid in lane 0
+    for (int i = 0; i < decode_outs; ++i) h[i] = 0.0f;
+    for (index_t base = 0; base < nb; base += 32 * decode_red) {
+      float v[decode_outs][decode_red];
+#pragma unroll
+      for (int i = 0; i < decode_outs; ++i)
+#pragma unroll
+        for (int u = 0; u < decode_red; ++u) {
+          const index_t bb = base + lane + 32 * u, o = ob + i;
+          v[i][u] = (bb < nb && o < nr) ? __ldcg(q.P + o * nb + bb) : 0.0f;
+        }
+#pragma unroll
+      for (int i = 0; i < decode_outs; ++i)
+#pragma unroll
+        for (int u = 0; u < decode_red; ++u) h[i] += v[i][u];
+    }
+#pragma unroll
+    for (int i = 0; i < decode_outs; ++i) {
+#pragma unroll
+      for (int off = 16; off > 0; off >>= 1) h[i] += __shfl_down_sync(0xffffffffu, h[i], off);
+      if (lane == 0 && ob + i < nr) dst[ob + i] = q.s * h[i];
+    }
   };
   if (local) {
-    for (index_t o = warp; o < nr; o += warps) {
-      const float h = reduce(o);
-      if (lane == 0) Hs[o] = h;
-    }
+    for (index_t ob = static_cast<index_t>(warp) * decode_outs; ob < nr; ob += warps * decode_outs) reduce(ob, Hs);
   } else {
-    for (index_t o = b * warps + warp; o < nr; o += nb * warps) {
-      const float h = reduce(o);
-      if (lane == 0) q.H[o] = h;
-    }
+    for (index_t ob = (b * warps + warp) * decode_outs; ob < nr; ob += nb * warps * decode_outs) reduce(ob, q.H);
     grid.sync();
     for (index_t o = threadIdx.x; o < nr; o += decode_threads) Hs[o] = __ldcg(q.H + o);  // n*r <= 4096 floats
   }
   __syncthreads();
 
   // Phase 3: one thread per (group of 8 tokens, output column c): Y(t, c) += Σ_j H(t, j) B(c, j)
-  // over c's kept entries, H from shared memory. Consecutive threads take consecutive columns.
-  const index_t d = q.B.rows;
-  const index_t groups = (q.n + decode_group - 1) / decode_group;
-  const index_t g = b * decode_threads + threadIdx.x, stride = nb * decode_threads;
-  for (index_t e = g; e < groups * d; e += stride) {
+  // over c's kept entries, H from shared memory. Consecutive threads take consecutive columns. The
+  // first element uses what was prefetched above.
+  for (index_t e = g; e < total; e += stride) {
     const index_t grp = e / d, c = e - grp * d, t0 = grp * decode_group;
+    const bool first = e == g;
     float y[decode_group];
 #pragma unroll
     for (int u = 0; u < decode_group; ++u) y[u] = 0.0f;
-    const std::int32_t p1 = q.B.row_ptr[c + 1];
-    for (std::int32_t p = q.B.row_ptr[c]; p < p1; ++p) {
+    std::int32_t p = first ? pb : q.B.row_ptr[c];
+    const std::int32_t p1 = first ? pe : q.B.row_ptr[c + 1];
+    if (first) {
+#pragma unroll
+      for (int w = 0; w < decode_prefetch; ++w)
+        if (pb + w < pe) {
+          const float* hcol = Hs + t0 * q.r + pcol[w];
+#pragma unroll
+          for (int u = 0; u < decode_group; ++u)
+            if (t0 + u < q.n) y[u] = fmaf(hcol[u * q.r], pval[w], y[u]);
+        }
+      p = pb + decode_prefetch;
+    }
+    for (; p < p1; ++p) {
       const float* hcol = Hs + t0 * q.r + q.B.col_idx[p];
       const float v = ::lori::to_float(q.B.values[p]);
 #pragma unroll
@@ -266,7 +343,7 @@ __global__ void __launch_bounds__(decode_threads) decode_kernel(decode_params<T>
     for (int u = 0; u < decode_group; ++u) {
       if (t0 + u < q.n) {
         T* yp = q.Y + (t0 + u) * q.ldy + c;
-        detail::st_f(yp, detail::ld_f(yp) + y[u]);
+        detail::st_f(yp, (first ? yold[u] : detail::ld_f(yp)) + y[u]);
       }
     }
   }
@@ -379,7 +456,9 @@ void adapter_forward(context& ctx, row_major_view<const T> X, row_major_view<con
   const index_t n = X.rows(), r = B.cols(), d = B.rows();
   detail_fwd::check_adapter_shapes("adapter_forward", X, A, d, r, Y);
   if (n == 0) return;
-  if (detail_fwd::decode_applies(ctx, n, r)) {
+  // The single kernel only where it measured fastest (H200: n = 1 it wins in a decode loop; at n = 64,
+  // where H needs a second grid barrier, project + expand was faster): n·r <= decode_local_h.
+  if (detail_fwd::decode_applies(ctx, n, r) && n * r <= detail_fwd::decode_local_h) {
     adapter_forward_decode(ctx, X, A, B, s, Y, workspace, workspace_bytes);
     return;
   }
