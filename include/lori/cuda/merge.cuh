@@ -2,13 +2,20 @@
 //
 //   W (d x k) += Σₜ sₜ·Bₜ·Aₜ      Bₜ d x rₜ (dense, or a sparse_b), Aₜ rₜ x k
 //
-// The T low-rank terms are one GEMM with K = R = Σ rₜ: W += [s₁B₁ | … | s_TB_T]·[A₁; …; A_T]. lori packs
-// the two thin operands into caller workspace ((d + k)·R elements of T) and runs ONE cuBLAS GEMM with
-// beta = 1, which reads and writes W exactly once (fp32 accumulation, W rounded to T once). For 4
-// adapters of rank 32 into a 14336 x 4096 bf16 W that is 2·117 MB of W traffic against 4.5 MB of
-// packed operands and 15 GFLOP (about 19 µs of tensor-core time on an H100, under W's ~78 µs).
-// When every sₜ is equal it becomes the GEMM's alpha and the packed Bₜ are exact copies; otherwise sₜ·Bₜ
-// is rounded to T in the packed operand (16-bit: relative 2^-8 of each term; exact if sₜ is a power of 2).
+// 16-bit W (bf16, fp16): one dedicated tensor-core kernel. Each block owns 128 x 64 tiles of W (a
+// contiguous run of them along the rows of W); it prefetches the NEXT tile of W into shared memory with
+// cp.async while it computes the current tile's Σₜ sₜ·Bₜ·Aₜ with WMMA (16x16x16, fp32 accumulation),
+// then adds the delta to W in fp32 and rounds once to T (round to nearest even), 16-byte accesses.
+// Each adapter is accumulated in its own fp32 fragment and scaled by sₜ in fp32 (or, when every sₜ is
+// equal, the whole delta is scaled once), so the delta is exact up to fp32 accumulation of the rₜ·T
+// products and W + delta is rounded to T exactly once. Bₜ's rows of the band (dense, or expanded from
+// the sparse format) and Aₜ's columns of the tile are staged in shared memory, zero-padded to multiples
+// of 16 in the rank. Traffic: W read and written once (2·117 MB for 14336 x 4096 bf16); A and B come
+// from L2. Up to 16 adapters and a total padded rank of 1024 go in one launch (more: one launch, i.e.
+// one pass and one rounding of W, per such group).
+//
+// fp32 W: the operands are packed into caller workspace ([s₁B₁ | … | s_TB_T], d x R, and [A₁; …; A_T],
+// R x k, R = Σ rₜ) and ONE cuBLAS GEMM with beta = 1 updates W (fp32 math, no TF32).
 #ifndef LORI_CUDA_MERGE_CUH
 #define LORI_CUDA_MERGE_CUH
 
@@ -21,11 +28,15 @@
 
 #include "lori/detail/cuda_common.cuh"
 
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime_api.h>
+#include <mma.h>
 
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <type_traits>
 #include <vector>
 
@@ -41,11 +52,13 @@ struct merge_source {
   const sparse_b<T>* B_sparse = nullptr;
 };
 
-/// Workspace bytes merge_into needs: (d + k)·R elements of T (R = Σ rₜ), plus alignment padding.
+/// Workspace bytes merge_into needs: 0 for bf16/fp16 W (the tensor-core kernel needs none); for fp32 W
+/// (d + k)·R floats (R = Σ rₜ) plus alignment padding.
 template <class T>
 std::size_t merge_workspace_bytes(index_t d, index_t k, const std::vector<merge_source<T>>& sources);
 
-/// W += Σₜ sₜ·Bₜ·Aₜ, one GEMM over W (see the file comment). Stream-ordered on ctx.
+/// W += Σₜ sₜ·Bₜ·Aₜ in one pass over W (see the file comment). Stream-ordered on ctx. workspace may be
+/// null when merge_workspace_bytes() is 0; otherwise it must be 256-byte aligned and at least that size.
 template <class T>
 void merge_into(context& ctx, row_major_view<T> W, const std::vector<merge_source<T>>& sources, void* workspace,
                 std::size_t workspace_bytes);
@@ -55,33 +68,38 @@ void merge_into(context& ctx, row_major_view<T> W, const std::vector<merge_sourc
 // =====================================================================================================
 namespace detail_merge {
 
+template <class T>
+index_t source_rank(const merge_source<T>& src) {
+  return src.B_sparse != nullptr && src.B_dense.empty() ? src.B_sparse->cols() : src.B_dense.cols();
+}
+
+inline std::size_t align256(std::size_t b) { return (b + 255) / 256 * 256; }
+
+// ---- fp32: pack + one cuBLAS GEMM ------------------------------------------------------------------
+
 // Up to pack_max sources packed by ONE kernel: Bcat (d x R) columns [off, off + r) = s·Bₜ and
 // Acat (R x k) rows [off, off + r) = Aₜ, for the sources' column range [c_begin, c_end).
 inline constexpr int pack_max = 16;
 
-template <class T>
 struct pack_source {
-  const T* A;
+  const float* A;
   index_t lda;
-  const T* B;  // dense, or null: sparse
+  const float* B;  // dense, or null: sparse
   index_t ldb;
-  sparse_b_view<T> S;
+  sparse_b_view<float> S;
   float scale;
   index_t off, r;
 };
 
-template <class T>
 struct pack_args {
-  pack_source<T> src[pack_max];
+  pack_source src[pack_max];
   int count;
   index_t d, k, R, c_begin, c_end;
-  bool split;  // 16-bit T with per-adapter scales: Bcat = [hi | lo], Acat = [A; A] (see merge_into)
-  T* Bcat;
-  T* Acat;
+  float* Bcat;
+  float* Acat;
 };
 
-template <class T>
-__global__ void pack_kernel(pack_args<T> a) {
+__global__ void pack_kernel(pack_args a) {
   const index_t w = a.c_end - a.c_begin;
   const index_t nb = a.d * w, total = nb + w * a.k;
   for (index_t e = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; e < total;
@@ -90,47 +108,419 @@ __global__ void pack_kernel(pack_args<T> a) {
       const index_t i = e / w, col = a.c_begin + (e - i * w);
       int t = 0;
       while (t + 1 < a.count && col >= a.src[t + 1].off) ++t;
-      const pack_source<T>& src = a.src[t];
+      const pack_source& src = a.src[t];
       const index_t j = col - src.off;
       float x = 0.0f;
       if (src.B != nullptr) {
-        x = src.scale * ::lori::to_float(src.B[i * src.ldb + j]);
+        x = src.scale * src.B[i * src.ldb + j];
       } else if ((src.S.words[i * src.S.words_per_row + (j >> 6)] >> (j & 63)) & 1u) {
-        x = src.scale * ::lori::to_float(src.S.values[detail_sparse::packed_index(src.S, i, j)]);
+        x = src.scale * src.S.values[detail_sparse::packed_index(src.S, i, j)];
       }
-      const T hi = ::lori::from_float<T>(x);
-      const index_t ldb = a.split ? 2 * a.R : a.R;
-      a.Bcat[i * ldb + col] = hi;
-      // x - hi is exact in float (the rounding residual of a float to a shorter format), so hi + lo
-      // carries s*b to ~2^-17 relative instead of the 2^-9 (bf16) a single 16-bit value would.
-      if (a.split) a.Bcat[i * ldb + a.R + col] = ::lori::from_float<T>(x - ::lori::to_float(hi));
+      a.Bcat[i * a.R + col] = x;
     } else {  // Acat(row, c)
       const index_t e2 = e - nb, rr = e2 / a.k, c = e2 - rr * a.k, row = a.c_begin + rr;
       int t = 0;
       while (t + 1 < a.count && row >= a.src[t + 1].off) ++t;
-      const pack_source<T>& src = a.src[t];
-      const T v = src.A[(row - src.off) * src.lda + c];
-      a.Acat[row * a.k + c] = v;
-      if (a.split) a.Acat[(a.R + row) * a.k + c] = v;
+      const pack_source& src = a.src[t];
+      a.Acat[row * a.k + c] = src.A[(row - src.off) * src.lda + c];
     }
   }
 }
 
-template <class T>
-index_t source_rank(const merge_source<T>& src) {
-  return src.B_sparse != nullptr && src.B_dense.empty() ? src.B_sparse->cols() : src.B_dense.cols();
+inline void merge_fp32(context& ctx, row_major_view<float> W, const std::vector<merge_source<float>>& sources,
+                       index_t R, bool same_scale, void* workspace) {
+  const index_t d = W.rows(), k = W.cols();
+  float* Bcat = static_cast<float*>(workspace);  // d x R
+  float* Acat = reinterpret_cast<float*>(static_cast<unsigned char*>(workspace) +
+                                         align256(static_cast<std::size_t>(d * R) * sizeof(float)));  // R x k
+  // Equal scales become the GEMM's alpha (packed operands exact copies); otherwise sₜ·Bₜ is rounded
+  // to fp32 in the packed operand (relative 2^-24 per term).
+  const float alpha = same_scale ? sources.front().scale : 1.0f;
+  index_t off = 0;
+  for (std::size_t first = 0; first < sources.size(); first += pack_max) {
+    pack_args a{};
+    a.d = d;
+    a.k = k;
+    a.R = R;
+    a.Bcat = Bcat;
+    a.Acat = Acat;
+    a.c_begin = off;
+    a.count = 0;
+    for (std::size_t q = first; q < sources.size() && q < first + pack_max; ++q) {
+      const auto& src = sources[q];
+      auto& ps = a.src[a.count++];
+      ps.A = src.A.data();
+      ps.lda = src.A.ld();
+      const bool sparse = src.B_dense.empty();
+      ps.B = sparse ? nullptr : src.B_dense.data();
+      ps.ldb = sparse ? 0 : src.B_dense.ld();
+      if (sparse) ps.S = src.B_sparse->view();
+      ps.scale = same_scale ? 1.0f : src.scale;
+      ps.off = off;
+      ps.r = source_rank(src);
+      off += ps.r;
+    }
+    a.c_end = off;
+    const index_t total = (d + k) * (a.c_end - a.c_begin);
+    const index_t blocks = std::min<index_t>(detail::ceil_div(total, 256), index_t{8} * 1024);
+    pack_kernel<<<detail::grid_dim(blocks), 256, 0, ctx.stream()>>>(a);
+    LORI_CUDA_CHECK_LAUNCH();
+  }
+  detail::gemm_row_major(ctx.cublas(), false, false, d, k, R, alpha, Bcat, R, Acat, k, 1.0f, W.data(), W.ld(),
+                         CUDA_R_32F, CUDA_R_32F);
 }
 
-inline std::size_t align256(std::size_t b) { return (b + 255) / 256 * 256; }
+// ---- 16-bit: the one-pass tensor-core kernel ---------------------------------------------------------
 
-// With 16-bit storage and differing per-adapter scales, s_t*B_t cannot go into the GEMM's alpha and
-// rounding it to T would add a 2^-9 (bf16) relative error per term; the packed operand is then split
-// into hi + lo parts (doubling the GEMM's K), which keeps the product accurate to ~2^-17.
+inline constexpr int tc_threads = 256;   // 8 warps, 4 (rows) x 2 (columns), 32 x 32 outputs each
+inline constexpr int tc_bm = 128;        // tile rows (rows of W)
+inline constexpr int tc_bn = 64;         // tile columns: one 128-byte line of a bf16 row
+inline constexpr int tc_ks = 128;        // rank columns staged per stage (8 chunks of 16)
+inline constexpr int tc_max_adapters = 16;
+inline constexpr int tc_max_chunks = 64;  // 16-wide rank chunks per launch (total padded rank 1024)
+inline constexpr int tc_lds_b = tc_ks + 8;  // shared leading dimensions (elements), padded 16 bytes
+inline constexpr int tc_lds_a = tc_bn + 8;  //   against bank conflicts of the fragment loads
+inline constexpr int tc_lds_c = tc_bn + 8;  // fp32 staging of the delta (8-byte fragment stores: half-warps hit distinct banks)
+inline constexpr std::size_t tc_w_bytes = std::size_t{tc_bm} * tc_bn * 2;            // one W tile, 16 KiB
+inline constexpr std::size_t tc_b_bytes = std::size_t{tc_bm} * tc_lds_b * 2;         // 34 KiB
+inline constexpr std::size_t tc_a_bytes = std::size_t{tc_ks} * tc_lds_a * 2;         // 18 KiB
+inline constexpr std::size_t tc_c_bytes = std::size_t{tc_bm} * tc_lds_c * 4;         // 36 KiB (aliases A)
+inline constexpr std::size_t tc_smem_bytes = 2 * tc_w_bytes + tc_b_bytes + (tc_a_bytes > tc_c_bytes ? tc_a_bytes : tc_c_bytes);
+
 template <class T>
-bool needs_split(const std::vector<merge_source<T>>& sources) {
-  bool differ = false;
-  for (const auto& s : sources) differ = differ || s.scale != sources.front().scale;
-  return differ && !std::is_same_v<T, float>;
+struct tc_adapter {
+  const T* A = nullptr;
+  index_t lda = 0;
+  const T* B = nullptr;  // dense B, or null: S
+  index_t ldb = 0;
+  sparse_b_view<T> S;
+  float scale = 1.0f;
+  int r = 0;
+  bool a_vec = false, b_vec = false;  // 16-byte loads allowed (pointer and leading dimension)
+};
+
+struct tc_chunk {
+  int kbase;            // first rank column of the chunk within its adapter (a multiple of 16)
+  short adapter;        // index into tc_args::ad
+  short last;           // 1: the adapter's last chunk in this launch (flush its accumulator)
+};
+
+template <class T>
+struct tc_args {
+  tc_adapter<T> ad[tc_max_adapters];
+  tc_chunk ch[tc_max_chunks];
+  int nchunks;
+  T* W;
+  index_t ldw, d, k;
+  bool w_vec;
+  float final_scale;  // the common scale (equal scales) or 1 (per-adapter scales applied in fp32)
+};
+
+// Kernel parameters must stay under CUDA's classic 4 KiB limit.
+static_assert(sizeof(tc_args<::lori::bfloat16>) <= 4000, "merge: tc_args too large for kernel parameters");
+
+template <class T>
+struct wmma_type {
+  using type = std::conditional_t<std::is_same_v<T, ::lori::bfloat16>, __nv_bfloat16, __half>;
+};
+
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+// 8 consecutive 16-bit elements of row `row` from column `col` of a row-major matrix (ld), element by
+// element (the ragged edge or unaligned rows; aligned whole pieces go through cp.async); elements at
+// columns >= cols read as 0.
+template <class T>
+__device__ __forceinline__ uint4 load8(const T* base, index_t ld, index_t row, index_t col, index_t cols) {
+  const T* p = base + row * ld + col;
+  std::uint16_t v[8];
+#pragma unroll
+  for (int e = 0; e < 8; ++e) v[e] = col + e < cols ? p[e].bits : std::uint16_t{0};
+  uint4 out;
+  out.x = v[0] | (static_cast<unsigned>(v[1]) << 16);
+  out.y = v[2] | (static_cast<unsigned>(v[3]) << 16);
+  out.z = v[4] | (static_cast<unsigned>(v[5]) << 16);
+  out.w = v[6] | (static_cast<unsigned>(v[7]) << 16);
+  return out;
+}
+
+// Columns [kb, kb + 8) of row i of a sparse B as 8 dense 16-bit elements (zeros where not kept or
+// kb + e >= r). kb is a multiple of 8, so the 8 bits lie in one mask word.
+template <class T>
+__device__ __forceinline__ uint4 load8_sparse(const sparse_b_view<T>& S, index_t i, int kb, int r) {
+  uint4 out = make_uint4(0u, 0u, 0u, 0u);
+  if (kb >= r) return out;
+  const std::uint64_t* wrow = S.words + i * S.words_per_row;
+  const int w = kb >> 6, sh = kb & 63;
+  const std::uint64_t word = wrow[w];
+  unsigned bits = static_cast<unsigned>(word >> sh) & 0xffu;
+  if (kb + 8 > r) bits &= (1u << (r - kb)) - 1u;
+  if (bits == 0u) return out;
+  std::int32_t p = S.row_ptr[i];
+  for (int q = 0; q < w; ++q) p += __popcll(wrow[q]);
+  p += __popcll(word & ((std::uint64_t{1} << sh) - 1u));
+  std::uint16_t v[8];
+#pragma unroll
+  for (int e = 0; e < 8; ++e) v[e] = (bits >> e) & 1u ? S.values[p++].bits : std::uint16_t{0};
+  out.x = v[0] | (static_cast<unsigned>(v[1]) << 16);
+  out.y = v[2] | (static_cast<unsigned>(v[3]) << 16);
+  out.z = v[4] | (static_cast<unsigned>(v[5]) << 16);
+  out.w = v[6] | (static_cast<unsigned>(v[7]) << 16);
+  return out;
+}
+
+// Issue the loads of W tile (i0, j0) into shared `dst` (tc_bm x tc_bn, dense): cp.async for whole
+// aligned 16-byte pieces, plain loads for the ragged right edge or an unaligned W. Rows/columns outside
+// W are left unwritten (the epilogue never reads them).
+template <class T>
+__device__ __forceinline__ void issue_w_tile(const tc_args<T>& a, index_t i0, index_t j0, std::uint16_t* dst) {
+#pragma unroll
+  for (int q = 0; q < tc_bm * tc_bn / 8 / tc_threads; ++q) {
+    const int c = static_cast<int>(threadIdx.x) + q * tc_threads;
+    const int row = c / (tc_bn / 8), col = (c % (tc_bn / 8)) * 8;
+    const index_t gi = i0 + row, gj = j0 + col;
+    if (gi >= a.d || gj >= a.k) continue;
+    std::uint16_t* s = dst + row * tc_bn + col;
+    if (a.w_vec && gj + 8 <= a.k) cp_async16(s, a.W + gi * a.ldw + gj);
+    else *reinterpret_cast<uint4*>(s) = load8(a.W, a.ldw, gi, gj, a.k);
+  }
+}
+
+template <class T, bool kPerAdapter>
+__global__ void __launch_bounds__(tc_threads, 2) merge_tc_kernel(const __grid_constant__ tc_args<T> a) {
+  namespace wm = nvcuda::wmma;
+  using M = typename wmma_type<T>::type;
+  unsigned char* smem = detail::dynamic_smem();
+  // Two W tile buffers (tile `it` uses buffer it & 1) at smem and smem + tc_w_bytes.
+  const auto wbuf = [smem](int it) { return reinterpret_cast<std::uint16_t*>(smem + (it & 1) * tc_w_bytes); };
+  std::uint16_t* Bs = reinterpret_cast<std::uint16_t*>(smem + 2 * tc_w_bytes);                   // tc_bm x tc_lds_b
+  std::uint16_t* As = reinterpret_cast<std::uint16_t*>(smem + 2 * tc_w_bytes + tc_b_bytes);      // tc_ks x tc_lds_a
+  float* Cs = reinterpret_cast<float*>(smem + 2 * tc_w_bytes + tc_b_bytes);                       // aliases As
+
+  const index_t ncolt = (a.k + tc_bn - 1) / tc_bn;
+  const index_t ntiles = (a.d + tc_bm - 1) / tc_bm * ncolt;
+  // A contiguous run of tiles per block (row-major tile order): consecutive tiles share the band of
+  // rows, so the staged B rows are reused while the band does not change (single-stage launches).
+  const index_t t_begin = blockIdx.x * ntiles / gridDim.x, t_end = (blockIdx.x + 1) * ntiles / gridDim.x;
+  if (t_begin >= t_end) return;
+  const int nstages = (a.nchunks + tc_ks / 16 - 1) / (tc_ks / 16);
+  const int warp = static_cast<int>(threadIdx.x) / 32, wr = warp / 2, wc = warp % 2;
+
+  issue_w_tile(a, t_begin / ncolt * tc_bm, t_begin % ncolt * tc_bn, wbuf(0));
+  cp_async_commit();
+  index_t staged_band = -1;
+  int it = 0;
+  for (index_t tile = t_begin; tile < t_end; ++tile, ++it) {
+    const index_t band = tile / ncolt, i0 = band * tc_bm, j0 = (tile - band * ncolt) * tc_bn;
+    const std::uint16_t* Wcur = wbuf(it);
+
+    wm::fragment<wm::accumulator, 16, 16, 16, float> acc[2][2], acc_t[2][2];
+#pragma unroll
+    for (int x = 0; x < 2; ++x)
+#pragma unroll
+      for (int y = 0; y < 2; ++y) {
+        wm::fill_fragment(acc[x][y], 0.0f);
+        if constexpr (kPerAdapter) wm::fill_fragment(acc_t[x][y], 0.0f);
+      }
+    for (int s = 0; s < nstages; ++s) {
+      const int c0 = s * (tc_ks / 16), nc = min(tc_ks / 16, a.nchunks - c0);
+      if (s > 0) __syncthreads();  // the previous stage's fragments are loaded
+      if (nstages > 1 || band != staged_band) {
+        // B rows [i0, i0 + tc_bm) x the stage's rank chunks, dense in shared memory (zero padded):
+        // cp.async for aligned dense pieces, plain loads for sparse B, ragged or unaligned pieces.
+        const int cpr = 2 * nc;  // 8-element pieces per row
+        for (int c = static_cast<int>(threadIdx.x); c < tc_bm * cpr; c += tc_threads) {
+          const int row = c / cpr, q = c - row * cpr, j = q >> 1;
+          const tc_chunk ch = a.ch[c0 + j];
+          const tc_adapter<T>& ad = a.ad[ch.adapter];
+          const int kb = ch.kbase + (q & 1) * 8;
+          const index_t gi = i0 + row;
+          std::uint16_t* dst = Bs + row * tc_lds_b + j * 16 + (q & 1) * 8;
+          if (gi < a.d && ad.B != nullptr && ad.b_vec && kb + 8 <= ad.r) {
+            cp_async16(dst, ad.B + gi * ad.ldb + kb);
+          } else {
+            uint4 v = make_uint4(0u, 0u, 0u, 0u);
+            if (gi < a.d) v = ad.B != nullptr ? load8(ad.B, ad.ldb, gi, kb, ad.r) : load8_sparse(ad.S, gi, kb, ad.r);
+            *reinterpret_cast<uint4*>(dst) = v;
+          }
+        }
+      }
+      // A rows of the stage's chunks x columns [j0, j0 + tc_bn) (zero padded), same scheme.
+      for (int c = static_cast<int>(threadIdx.x); c < nc * 16 * (tc_bn / 8); c += tc_threads) {
+        const int kk = c / (tc_bn / 8), col = (c - kk * (tc_bn / 8)) * 8;
+        const tc_chunk ch = a.ch[c0 + kk / 16];
+        const tc_adapter<T>& ad = a.ad[ch.adapter];
+        const int krow = ch.kbase + kk % 16;
+        std::uint16_t* dst = As + kk * tc_lds_a + col;
+        const bool in = krow < ad.r && j0 + col < a.k;
+        if (in && ad.a_vec && j0 + col + 8 <= a.k) {
+          cp_async16(dst, ad.A + krow * ad.lda + j0 + col);
+        } else {
+          *reinterpret_cast<uint4*>(dst) = in ? load8(ad.A, ad.lda, krow, j0 + col, a.k) : make_uint4(0u, 0u, 0u, 0u);
+        }
+      }
+      cp_async_commit();
+      if (s == nstages - 1) {
+        // Prefetch the next tile of W (its latency hides behind this stage's math and the epilogue),
+        // then wait for everything but it: this stage's operands and this tile's W.
+        if (tile + 1 < t_end) {
+          const index_t nb = (tile + 1) / ncolt;
+          issue_w_tile(a, nb * tc_bm, (tile + 1 - nb * ncolt) * tc_bn, wbuf(it + 1));
+        }
+        cp_async_commit();  // always (possibly empty), so that the newest group is the prefetch
+        cp_async_wait<1>();
+      } else {
+        cp_async_wait<0>();
+      }
+      __syncthreads();
+      for (int j = 0; j < nc; ++j) {
+        wm::fragment<wm::matrix_a, 16, 16, 16, M, wm::row_major> fa[2];
+        wm::fragment<wm::matrix_b, 16, 16, 16, M, wm::row_major> fb[2];
+#pragma unroll
+        for (int x = 0; x < 2; ++x)
+          wm::load_matrix_sync(fa[x], reinterpret_cast<const M*>(Bs + (wr * 32 + x * 16) * tc_lds_b + j * 16), tc_lds_b);
+#pragma unroll
+        for (int y = 0; y < 2; ++y)
+          wm::load_matrix_sync(fb[y], reinterpret_cast<const M*>(As + j * 16 * tc_lds_a + wc * 32 + y * 16), tc_lds_a);
+        if constexpr (kPerAdapter) {
+#pragma unroll
+          for (int x = 0; x < 2; ++x)
+#pragma unroll
+            for (int y = 0; y < 2; ++y) wm::mma_sync(acc_t[x][y], fa[x], fb[y], acc_t[x][y]);
+          const tc_chunk ch = a.ch[c0 + j];
+          if (ch.last) {  // uniform across the block: fold s_t * (B_t A_t) into the total in fp32
+            const float st = a.ad[ch.adapter].scale;
+#pragma unroll
+            for (int x = 0; x < 2; ++x)
+#pragma unroll
+              for (int y = 0; y < 2; ++y)
+#pragma unroll
+                for (int e = 0; e < acc[x][y].num_elements; ++e) {
+                  acc[x][y].x[e] += st * acc_t[x][y].x[e];
+                  acc_t[x][y].x[e] = 0.0f;
+                }
+          }
+        } else {
+#pragma unroll
+          for (int x = 0; x < 2; ++x)
+#pragma unroll
+            for (int y = 0; y < 2; ++y) wm::mma_sync(acc[x][y], fa[x], fb[y], acc[x][y]);
+        }
+      }
+    }
+    staged_band = band;
+    __syncthreads();  // every warp is done with As before Cs (same memory) is written
+#pragma unroll
+    for (int x = 0; x < 2; ++x)
+#pragma unroll
+      for (int y = 0; y < 2; ++y)
+        wm::store_matrix_sync(Cs + (wr * 32 + x * 16) * tc_lds_c + wc * 32 + y * 16, acc[x][y], tc_lds_c, wm::mem_row_major);
+    __syncthreads();  // Cs complete (this tile's W landed before the last stage's math, see above)
+    // Epilogue: W + final_scale * delta in fp32, rounded once to T. 8 threads per 128-byte row piece.
+#pragma unroll
+    for (int q = 0; q < tc_bm * tc_bn / 8 / tc_threads; ++q) {
+      const int c = static_cast<int>(threadIdx.x) + q * tc_threads;
+      const int row = c / (tc_bn / 8), p = c % (tc_bn / 8), col = p * 8;
+      const index_t gi = i0 + row, gj = j0 + col;
+      if (gi >= a.d || gj >= a.k) continue;
+      // Read the two float4 halves in an order that puts the 8 threads of a row on distinct banks.
+      const int h = (p >> 2) & 1;
+      const float4 u0 = *reinterpret_cast<const float4*>(Cs + row * tc_lds_c + col + 4 * h);
+      const float4 u1 = *reinterpret_cast<const float4*>(Cs + row * tc_lds_c + col + 4 * (1 - h));
+      const float dlt[8] = {h ? u1.x : u0.x, h ? u1.y : u0.y, h ? u1.z : u0.z, h ? u1.w : u0.w,
+                            h ? u0.x : u1.x, h ? u0.y : u1.y, h ? u0.z : u1.z, h ? u0.w : u1.w};
+      const uint4 wv = *reinterpret_cast<const uint4*>(Wcur + row * tc_bn + col);
+      const unsigned wi[4] = {wv.x, wv.y, wv.z, wv.w};
+      unsigned o[4];
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const float lo = ::lori::to_float(T::from_bits(static_cast<std::uint16_t>(wi[e] & 0xffffu))) + a.final_scale * dlt[2 * e];
+        const float hi = ::lori::to_float(T::from_bits(static_cast<std::uint16_t>(wi[e] >> 16))) + a.final_scale * dlt[2 * e + 1];
+        o[e] = ::lori::from_float<T>(lo).bits | (static_cast<unsigned>(::lori::from_float<T>(hi).bits) << 16);
+      }
+      T* dst = a.W + gi * a.ldw + gj;
+      if (a.w_vec && gj + 8 <= a.k) {
+        *reinterpret_cast<uint4*>(dst) = make_uint4(o[0], o[1], o[2], o[3]);
+      } else {
+#pragma unroll
+        for (int e = 0; e < 8; ++e)
+          if (gj + e < a.k) dst[e] = T::from_bits(static_cast<std::uint16_t>(o[e / 2] >> (16 * (e % 2))));
+      }
+    }
+    __syncthreads();  // Cs and this W buffer are free for the next tile's staging and prefetch
+  }
+  cp_async_wait<0>();
+}
+
+template <class T>
+bool aligned16(const T* p, index_t ld) {
+  return reinterpret_cast<std::uintptr_t>(p) % 16 == 0 && ld % 8 == 0;
+}
+
+template <class T, bool kPerAdapter>
+void launch_tc(context& ctx, const tc_args<T>& a) {
+  auto kernel = merge_tc_kernel<T, kPerAdapter>;
+  LORI_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(tc_smem_bytes)));
+  int per_sm = 0;
+  LORI_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, tc_threads, tc_smem_bytes));
+  const index_t ntiles = detail::ceil_div(a.d, tc_bm) * detail::ceil_div(a.k, tc_bn);
+  const index_t blocks = std::min<index_t>(ntiles, static_cast<index_t>(std::max(per_sm, 1)) * ctx.sm_count());
+  kernel<<<detail::grid_dim(blocks), tc_threads, tc_smem_bytes, ctx.stream()>>>(a);
+  LORI_CUDA_CHECK_LAUNCH();
+}
+
+template <class T>
+void merge_16bit(context& ctx, row_major_view<T> W, const std::vector<merge_source<T>>& sources, bool same_scale) {
+  tc_args<T> a{};
+  a.W = W.data();
+  a.ldw = W.ld();
+  a.d = W.rows();
+  a.k = W.cols();
+  a.w_vec = aligned16(W.data(), W.ld());
+  a.final_scale = same_scale ? sources.front().scale : 1.0f;
+  auto flush = [&] {
+    if (a.nchunks == 0) return;
+    a.ch[a.nchunks - 1].last = 1;  // an adapter split over launches is flushed at the launch's end
+    if (same_scale) launch_tc<T, false>(ctx, a);
+    else launch_tc<T, true>(ctx, a);
+    a.nchunks = 0;
+    for (auto& ad : a.ad) ad = tc_adapter<T>{};
+  };
+  int nad = 0;
+  for (const auto& src : sources) {
+    const index_t r = source_rank(src);
+    int slot = -1;
+    for (index_t kb = 0; kb < r; kb += 16) {
+      if (a.nchunks == tc_max_chunks || (slot < 0 && nad == tc_max_adapters)) {
+        flush();
+        nad = 0;
+        slot = -1;
+      }
+      if (slot < 0) {  // the adapter's entry in this launch
+        slot = nad++;
+        tc_adapter<T>& ad = a.ad[slot];
+        const bool sparse = src.B_dense.empty();
+        ad.A = src.A.data();
+        ad.lda = src.A.ld();
+        ad.a_vec = aligned16(src.A.data(), src.A.ld());
+        ad.B = sparse ? nullptr : src.B_dense.data();
+        ad.ldb = sparse ? 0 : src.B_dense.ld();
+        ad.b_vec = !sparse && aligned16(src.B_dense.data(), src.B_dense.ld());
+        if (sparse) ad.S = src.B_sparse->view();
+        ad.scale = src.scale;
+        ad.r = static_cast<int>(r);
+      }
+      a.ch[a.nchunks++] = tc_chunk{static_cast<int>(kb), static_cast<short>(slot), static_cast<short>(kb + 16 >= r)};
+    }
+  }
+  flush();
 }
 
 }  // namespace detail_merge
@@ -138,11 +528,14 @@ bool needs_split(const std::vector<merge_source<T>>& sources) {
 template <class T>
 std::size_t merge_workspace_bytes(index_t d, index_t k, const std::vector<merge_source<T>>& sources) {
   LORI_EXPECTS(d >= 0 && k >= 0, "merge_workspace_bytes: negative size");
-  index_t R = 0;
-  for (const auto& s : sources) R += detail_merge::source_rank(s);
-  if (detail_merge::needs_split(sources)) R *= 2;
-  return detail_merge::align256(static_cast<std::size_t>(d * R) * sizeof(T)) +
-         detail_merge::align256(static_cast<std::size_t>(R * k) * sizeof(T));
+  if constexpr (!std::is_same_v<T, float>) {
+    return 0;
+  } else {
+    index_t R = 0;
+    for (const auto& s : sources) R += detail_merge::source_rank(s);
+    return detail_merge::align256(static_cast<std::size_t>(d * R) * sizeof(T)) +
+           detail_merge::align256(static_cast<std::size_t>(R * k) * sizeof(T));
+  }
 }
 
 template <class T>
@@ -157,6 +550,7 @@ void merge_into(context& ctx, row_major_view<T> W, const std::vector<merge_sourc
     LORI_EXPECTS(sparse || src.B_sparse == nullptr, "merge_into: give either B_dense or B_sparse, not both");
     const index_t r = detail_merge::source_rank(src);
     LORI_EXPECTS(r >= 1, "merge_into: every adapter needs rank >= 1 (B missing?)");
+    LORI_EXPECTS(r <= std::numeric_limits<int>::max() / 2, "merge_into: rank too large");
     LORI_EXPECTS(src.A.rows() == r && src.A.cols() == k, "merge_into: A must be r x k");
     LORI_EXPECTS(sparse ? src.B_sparse->rows() == d : src.B_dense.rows() == d, "merge_into: B must be d x r");
     LORI_EXPECTS(src.scale == src.scale, "merge_into: scale is NaN");
@@ -164,49 +558,13 @@ void merge_into(context& ctx, row_major_view<T> W, const std::vector<merge_sourc
     R += r;
   }
   if (d == 0 || k == 0 || R == 0) return;
-  LORI_EXPECTS(workspace != nullptr && workspace_bytes >= merge_workspace_bytes(d, k, sources),
+  const std::size_t need = merge_workspace_bytes(d, k, sources);
+  LORI_EXPECTS(need == 0 || (workspace != nullptr && workspace_bytes >= need),
                "merge_into: workspace missing or smaller than merge_workspace_bytes()");
-  LORI_EXPECTS(reinterpret_cast<std::uintptr_t>(workspace) % 256 == 0, "merge_into: workspace must be 256-byte aligned");
-  const bool split = detail_merge::needs_split(sources);
-  const index_t K = split ? 2 * R : R;   // GEMM depth
-  T* Bcat = static_cast<T*>(workspace);  // d x K
-  T* Acat = reinterpret_cast<T*>(static_cast<unsigned char*>(workspace) +
-                                 detail_merge::align256(static_cast<std::size_t>(d * K) * sizeof(T)));  // K x k
-  const float alpha = same_scale ? sources.front().scale : 1.0f;
-  // Pack all sources with one kernel launch per pack_max sources (one launch for up to 16 adapters).
-  index_t off = 0;
-  for (std::size_t first = 0; first < sources.size(); first += detail_merge::pack_max) {
-    detail_merge::pack_args<T> a{};
-    a.d = d;
-    a.k = k;
-    a.R = R;
-    a.split = split;
-    a.Bcat = Bcat;
-    a.Acat = Acat;
-    a.c_begin = off;
-    a.count = 0;
-    for (std::size_t q = first; q < sources.size() && q < first + detail_merge::pack_max; ++q) {
-      const auto& src = sources[q];
-      auto& ps = a.src[a.count++];
-      ps.A = src.A.data();
-      ps.lda = src.A.ld();
-      const bool sparse = src.B_dense.empty();
-      ps.B = sparse ? nullptr : src.B_dense.data();
-      ps.ldb = sparse ? 0 : src.B_dense.ld();
-      if (sparse) ps.S = src.B_sparse->view();
-      ps.scale = same_scale ? 1.0f : src.scale;
-      ps.off = off;
-      ps.r = detail_merge::source_rank(src);
-      off += ps.r;
-    }
-    a.c_end = off;
-    const index_t total = (d + k) * (a.c_end - a.c_begin);
-    const index_t blocks = std::min<index_t>(detail::ceil_div(total, 256), index_t{8} * 1024);
-    detail_merge::pack_kernel<T><<<detail::grid_dim(blocks), 256, 0, ctx.stream()>>>(a);
-    LORI_CUDA_CHECK_LAUNCH();
-  }
-  const cudaDataType_t t = detail::cuda_data_type<T>();
-  detail::gemm_row_major(ctx.cublas(), false, false, d, k, K, alpha, Bcat, K, Acat, k, 1.0f, W.data(), W.ld(), t, t);
+  LORI_EXPECTS(need == 0 || reinterpret_cast<std::uintptr_t>(workspace) % 256 == 0,
+               "merge_into: workspace must be 256-byte aligned");
+  if constexpr (std::is_same_v<T, float>) detail_merge::merge_fp32(ctx, W, sources, R, same_scale, workspace);
+  else detail_merge::merge_16bit(ctx, W, sources, same_scale);
 }
 
 }  // namespace lori::cuda
