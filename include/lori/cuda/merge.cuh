@@ -2,10 +2,10 @@
 //
 //   W (d x k) += Σₜ sₜ·Bₜ·Aₜ      Bₜ d x rₜ (dense, or a sparse_b), Aₜ rₜ x k
 //
-// 16-bit W (bf16, fp16): one dedicated tensor-core kernel. Each block owns 128 x 64 tiles of W (a
-// contiguous run of them along the rows of W); it prefetches the NEXT tile of W into shared memory with
-// cp.async while it computes the current tile's Σₜ sₜ·Bₜ·Aₜ with WMMA (16x16x16, fp32 accumulation),
-// then adds the delta to W in fp32 and rounds once to T (round to nearest even), 16-byte accesses.
+// 16-bit W (bf16, fp16): one dedicated tensor-core kernel. Each block owns a contiguous run of 128 x 64
+// tiles of W; it keeps the next TWO tiles of W loading into shared memory (cp.async, three buffers)
+// while it computes the current tile's Σₜ sₜ·Bₜ·Aₜ with WMMA (16x16x16, fp32 accumulation), then adds
+// the delta to W in fp32 and rounds once to T (round to nearest even), 16-byte accesses.
 // Each adapter is accumulated in its own fp32 fragment and scaled by sₜ in fp32 (or, when every sₜ is
 // equal, the whole delta is scaled once), so the delta is exact up to fp32 accumulation of the rₜ·T
 // products and W + delta is rounded to T exactly once. Bₜ's rows of the band (dense, or expanded from
@@ -176,16 +176,18 @@ inline constexpr int tc_threads = 256;   // 8 warps, 4 (rows) x 2 (columns), 32 
 inline constexpr int tc_bm = 128;        // tile rows (rows of W)
 inline constexpr int tc_bn = 64;         // tile columns: one 128-byte line of a bf16 row
 inline constexpr int tc_ks = 128;        // rank columns staged per stage (8 chunks of 16)
+inline constexpr int tc_wbufs = 3;       // W tile buffers: tiles it + 1 and it + 2 load while tile it computes
 inline constexpr int tc_max_adapters = 16;
 inline constexpr int tc_max_chunks = 64;  // 16-wide rank chunks per launch (total padded rank 1024)
 inline constexpr int tc_lds_b = tc_ks + 8;  // shared leading dimensions (elements), padded 16 bytes
 inline constexpr int tc_lds_a = tc_bn + 8;  //   against bank conflicts of the fragment loads
 inline constexpr int tc_lds_c = tc_bn + 8;  // fp32 staging of the delta (8-byte fragment stores: half-warps hit distinct banks)
-inline constexpr std::size_t tc_w_bytes = std::size_t{tc_bm} * tc_bn * 2;            // one W tile, 16 KiB
-inline constexpr std::size_t tc_b_bytes = std::size_t{tc_bm} * tc_lds_b * 2;         // 34 KiB
-inline constexpr std::size_t tc_a_bytes = std::size_t{tc_ks} * tc_lds_a * 2;         // 18 KiB
-inline constexpr std::size_t tc_c_bytes = std::size_t{tc_bm} * tc_lds_c * 4;         // 36 KiB (aliases A)
-inline constexpr std::size_t tc_smem_bytes = 2 * tc_w_bytes + tc_b_bytes + (tc_a_bytes > tc_c_bytes ? tc_a_bytes : tc_c_bytes);
+inline constexpr std::size_t tc_w_bytes = std::size_t{tc_bm} * tc_bn * 2;         // one W tile, 16 KiB
+inline constexpr std::size_t tc_b_bytes = std::size_t{tc_bm} * tc_lds_b * 2;      // 34 KiB
+inline constexpr std::size_t tc_a_bytes = std::size_t{tc_ks} * tc_lds_a * 2;      // 18 KiB
+inline constexpr std::size_t tc_c_bytes = std::size_t{tc_bm / 2} * tc_lds_c * 4;  // half a tile of fp32, 18 KiB (aliases A)
+inline constexpr std::size_t tc_smem_bytes = tc_wbufs * tc_w_bytes + tc_b_bytes + (tc_a_bytes > tc_c_bytes ? tc_a_bytes : tc_c_bytes);
+static_assert(2 * (tc_smem_bytes + 1024) <= 228 * 1024, "merge: two blocks per SM must fit an H100's shared memory");
 
 template <class T>
 struct tc_adapter {
@@ -235,7 +237,7 @@ __device__ __forceinline__ void cp_async_wait() {
 }
 
 // 8 consecutive 16-bit elements of row `row` from column `col` of a row-major matrix (ld), element by
-// element (the ragged edge or unaligned rows; aligned whole pieces go through cp.async); elements at
+// element (the ragged edge or unaligned rows; aligned whole pieces use one 16-byte load); elements at
 // columns >= cols read as 0.
 template <class T>
 __device__ __forceinline__ uint4 load8(const T* base, index_t ld, index_t row, index_t col, index_t cols) {
@@ -293,16 +295,45 @@ __device__ __forceinline__ void issue_w_tile(const tc_args<T>& a, index_t i0, in
   }
 }
 
+// Piece c of the stage's B panel (rows [i0, i0 + tc_bm) x the stage's rank chunks, 8 elements per
+// piece, zero padded) as a 16-byte value: one vector load for aligned dense pieces, element loads for
+// ragged or unaligned ones, the mask + packed values for a sparse B.
+template <class T>
+__device__ __forceinline__ uint4 b_piece(const tc_args<T>& a, int c0, int cpr, int c, index_t i0) {
+  const int row = c / cpr, q = c - row * cpr;
+  const tc_chunk ch = a.ch[c0 + (q >> 1)];
+  const tc_adapter<T>& ad = a.ad[ch.adapter];
+  const int kb = ch.kbase + (q & 1) * 8;
+  const index_t gi = i0 + row;
+  if (gi >= a.d) return make_uint4(0u, 0u, 0u, 0u);
+  if (ad.B == nullptr) return load8_sparse(ad.S, gi, kb, ad.r);
+  if (ad.b_vec && kb + 8 <= ad.r) return __ldg(reinterpret_cast<const uint4*>(ad.B + gi * ad.ldb + kb));
+  return load8(ad.B, ad.ldb, gi, kb, ad.r);
+}
+// Piece c of the stage's A panel (the chunks' rows of A_t x columns [j0, j0 + tc_bn), zero padded).
+template <class T>
+__device__ __forceinline__ uint4 a_piece(const tc_args<T>& a, int c0, int c, index_t j0) {
+  const int kk = c / (tc_bn / 8), col = (c - kk * (tc_bn / 8)) * 8;
+  const tc_chunk ch = a.ch[c0 + kk / 16];
+  const tc_adapter<T>& ad = a.ad[ch.adapter];
+  const int krow = ch.kbase + kk % 16;
+  const index_t gj = j0 + col;
+  if (krow >= ad.r || gj >= a.k) return make_uint4(0u, 0u, 0u, 0u);
+  if (ad.a_vec && gj + 8 <= a.k) return __ldg(reinterpret_cast<const uint4*>(ad.A + krow * ad.lda + gj));
+  return load8(ad.A, ad.lda, krow, gj, a.k);
+}
+
 template <class T, bool kPerAdapter>
 __global__ void __launch_bounds__(tc_threads, 2) merge_tc_kernel(const __grid_constant__ tc_args<T> a) {
   namespace wm = nvcuda::wmma;
   using M = typename wmma_type<T>::type;
   unsigned char* smem = detail::dynamic_smem();
-  // Two W tile buffers (tile `it` uses buffer it & 1) at smem and smem + tc_w_bytes.
-  const auto wbuf = [smem](int it) { return reinterpret_cast<std::uint16_t*>(smem + (it & 1) * tc_w_bytes); };
-  std::uint16_t* Bs = reinterpret_cast<std::uint16_t*>(smem + 2 * tc_w_bytes);                   // tc_bm x tc_lds_b
-  std::uint16_t* As = reinterpret_cast<std::uint16_t*>(smem + 2 * tc_w_bytes + tc_b_bytes);      // tc_ks x tc_lds_a
-  float* Cs = reinterpret_cast<float*>(smem + 2 * tc_w_bytes + tc_b_bytes);                       // aliases As
+  // tc_wbufs W tile buffers (tile number `it` of the block uses buffer it % tc_wbufs), then B, then A
+  // (the fp32 delta staging Cs reuses A's memory after the math).
+  const auto wbuf = [smem](int it) { return reinterpret_cast<std::uint16_t*>(smem + (it % tc_wbufs) * tc_w_bytes); };
+  std::uint16_t* Bs = reinterpret_cast<std::uint16_t*>(smem + tc_wbufs * tc_w_bytes);               // tc_bm x tc_lds_b
+  std::uint16_t* As = reinterpret_cast<std::uint16_t*>(smem + tc_wbufs * tc_w_bytes + tc_b_bytes);  // tc_ks x tc_lds_a
+  float* Cs = reinterpret_cast<float*>(smem + tc_wbufs * tc_w_bytes + tc_b_bytes);                   // tc_bm/2 x tc_lds_c
 
   const index_t ncolt = (a.k + tc_bn - 1) / tc_bn;
   const index_t ntiles = (a.d + tc_bm - 1) / tc_bm * ncolt;
@@ -312,14 +343,23 @@ __global__ void __launch_bounds__(tc_threads, 2) merge_tc_kernel(const __grid_co
   if (t_begin >= t_end) return;
   const int nstages = (a.nchunks + tc_ks / 16 - 1) / (tc_ks / 16);
   const int warp = static_cast<int>(threadIdx.x) / 32, wr = warp / 2, wc = warp % 2;
+  const auto issue_w = [&](index_t tile, int slot) {  // one cp.async group per tile (empty past the run)
+    if (tile < t_end) {
+      const index_t band = tile / ncolt;
+      issue_w_tile(a, band * tc_bm, (tile - band * ncolt) * tc_bn, wbuf(slot));
+    }
+    cp_async_commit();
+  };
+#pragma unroll
+  for (int p = 0; p < tc_wbufs - 1; ++p) issue_w(t_begin + p, p);
 
-  issue_w_tile(a, t_begin / ncolt * tc_bm, t_begin % ncolt * tc_bn, wbuf(0));
-  cp_async_commit();
   index_t staged_band = -1;
   int it = 0;
   for (index_t tile = t_begin; tile < t_end; ++tile, ++it) {
     const index_t band = tile / ncolt, i0 = band * tc_bm, j0 = (tile - band * ncolt) * tc_bn;
-    const std::uint16_t* Wcur = wbuf(it);
+    // Keep tc_wbufs - 1 tiles of W in flight: the buffer of tile it + tc_wbufs - 1 is the one tile
+    // it - 1 used, released by the barrier that ended the previous iteration.
+    issue_w(tile + tc_wbufs - 1, it + tc_wbufs - 1);
 
     wm::fragment<wm::accumulator, 16, 16, 16, float> acc[2][2], acc_t[2][2];
 #pragma unroll
@@ -332,52 +372,39 @@ __global__ void __launch_bounds__(tc_threads, 2) merge_tc_kernel(const __grid_co
     for (int s = 0; s < nstages; ++s) {
       const int c0 = s * (tc_ks / 16), nc = min(tc_ks / 16, a.nchunks - c0);
       if (s > 0) __syncthreads();  // the previous stage's fragments are loaded
+      // Panels from L2 with plain loads, issued in batches (2 or 4 per thread) before they are stored.
       if (nstages > 1 || band != staged_band) {
-        // B rows [i0, i0 + tc_bm) x the stage's rank chunks, dense in shared memory (zero padded):
-        // cp.async for aligned dense pieces, plain loads for sparse B, ragged or unaligned pieces.
-        const int cpr = 2 * nc;  // 8-element pieces per row
-        for (int c = static_cast<int>(threadIdx.x); c < tc_bm * cpr; c += tc_threads) {
-          const int row = c / cpr, q = c - row * cpr, j = q >> 1;
-          const tc_chunk ch = a.ch[c0 + j];
-          const tc_adapter<T>& ad = a.ad[ch.adapter];
-          const int kb = ch.kbase + (q & 1) * 8;
-          const index_t gi = i0 + row;
-          std::uint16_t* dst = Bs + row * tc_lds_b + j * 16 + (q & 1) * 8;
-          if (gi < a.d && ad.B != nullptr && ad.b_vec && kb + 8 <= ad.r) {
-            cp_async16(dst, ad.B + gi * ad.ldb + kb);
-          } else {
-            uint4 v = make_uint4(0u, 0u, 0u, 0u);
-            if (gi < a.d) v = ad.B != nullptr ? load8(ad.B, ad.ldb, gi, kb, ad.r) : load8_sparse(ad.S, gi, kb, ad.r);
-            *reinterpret_cast<uint4*>(dst) = v;
+        const int cpr = 2 * nc, nb = tc_bm * cpr;  // 8-element pieces per row, in the panel
+        for (int base = 0; base < nb; base += 2 * tc_threads) {
+          uint4 v[2];
+#pragma unroll
+          for (int q = 0; q < 2; ++q) {
+            const int c = base + static_cast<int>(threadIdx.x) + q * tc_threads;
+            if (c < nb) v[q] = b_piece(a, c0, cpr, c, i0);
+          }
+#pragma unroll
+          for (int q = 0; q < 2; ++q) {
+            const int c = base + static_cast<int>(threadIdx.x) + q * tc_threads;
+            if (c < nb) {
+              const int row = c / cpr, pq = c - row * cpr;
+              *reinterpret_cast<uint4*>(Bs + row * tc_lds_b + pq * 8) = v[q];
+            }
           }
         }
       }
-      // A rows of the stage's chunks x columns [j0, j0 + tc_bn) (zero padded), same scheme.
-      for (int c = static_cast<int>(threadIdx.x); c < nc * 16 * (tc_bn / 8); c += tc_threads) {
-        const int kk = c / (tc_bn / 8), col = (c - kk * (tc_bn / 8)) * 8;
-        const tc_chunk ch = a.ch[c0 + kk / 16];
-        const tc_adapter<T>& ad = a.ad[ch.adapter];
-        const int krow = ch.kbase + kk % 16;
-        std::uint16_t* dst = As + kk * tc_lds_a + col;
-        const bool in = krow < ad.r && j0 + col < a.k;
-        if (in && ad.a_vec && j0 + col + 8 <= a.k) {
-          cp_async16(dst, ad.A + krow * ad.lda + j0 + col);
-        } else {
-          *reinterpret_cast<uint4*>(dst) = in ? load8(ad.A, ad.lda, krow, j0 + col, a.k) : make_uint4(0u, 0u, 0u, 0u);
+      {
+        const int na = nc * 16 * (tc_bn / 8);  // at most 1024 = 4 per thread
+        uint4 v[4];
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+          const int c = static_cast<int>(threadIdx.x) + q * tc_threads;
+          if (c < na) v[q] = a_piece(a, c0, c, j0);
         }
-      }
-      cp_async_commit();
-      if (s == nstages - 1) {
-        // Prefetch the next tile of W (its latency hides behind this stage's math and the epilogue),
-        // then wait for everything but it: this stage's operands and this tile's W.
-        if (tile + 1 < t_end) {
-          const index_t nb = (tile + 1) / ncolt;
-          issue_w_tile(a, nb * tc_bm, (tile + 1 - nb * ncolt) * tc_bn, wbuf(it + 1));
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+          const int c = static_cast<int>(threadIdx.x) + q * tc_threads;
+          if (c < na) *reinterpret_cast<uint4*>(As + c / (tc_bn / 8) * tc_lds_a + (c % (tc_bn / 8)) * 8) = v[q];
         }
-        cp_async_commit();  // always (possibly empty), so that the newest group is the prefetch
-        cp_async_wait<1>();
-      } else {
-        cp_async_wait<0>();
       }
       __syncthreads();
       for (int j = 0; j < nc; ++j) {
@@ -416,45 +443,54 @@ __global__ void __launch_bounds__(tc_threads, 2) merge_tc_kernel(const __grid_co
       }
     }
     staged_band = band;
-    __syncthreads();  // every warp is done with As before Cs (same memory) is written
+    cp_async_wait<tc_wbufs - 1>();  // this tile's W has landed (the tc_wbufs - 1 newer groups may pend)
+    const std::uint16_t* Wcur = wbuf(it);
+    // Epilogue in two halves of 64 rows (Cs holds half a tile): warps of rows [64h, 64h + 64) stage
+    // their fp32 delta, then all threads add it to W in fp32, round once to T, store 16 bytes each.
 #pragma unroll
-    for (int x = 0; x < 2; ++x)
+    for (int half = 0; half < 2; ++half) {
+      __syncthreads();  // half 0: all warps are done with As (Cs aliases it); half 1: Cs was consumed
+      if (wr / 2 == half) {
 #pragma unroll
-      for (int y = 0; y < 2; ++y)
-        wm::store_matrix_sync(Cs + (wr * 32 + x * 16) * tc_lds_c + wc * 32 + y * 16, acc[x][y], tc_lds_c, wm::mem_row_major);
-    __syncthreads();  // Cs complete (this tile's W landed before the last stage's math, see above)
-    // Epilogue: W + final_scale * delta in fp32, rounded once to T. 8 threads per 128-byte row piece.
+        for (int x = 0; x < 2; ++x)
 #pragma unroll
-    for (int q = 0; q < tc_bm * tc_bn / 8 / tc_threads; ++q) {
-      const int c = static_cast<int>(threadIdx.x) + q * tc_threads;
-      const int row = c / (tc_bn / 8), p = c % (tc_bn / 8), col = p * 8;
-      const index_t gi = i0 + row, gj = j0 + col;
-      if (gi >= a.d || gj >= a.k) continue;
-      // Read the two float4 halves in an order that puts the 8 threads of a row on distinct banks.
-      const int h = (p >> 2) & 1;
-      const float4 u0 = *reinterpret_cast<const float4*>(Cs + row * tc_lds_c + col + 4 * h);
-      const float4 u1 = *reinterpret_cast<const float4*>(Cs + row * tc_lds_c + col + 4 * (1 - h));
-      const float dlt[8] = {h ? u1.x : u0.x, h ? u1.y : u0.y, h ? u1.z : u0.z, h ? u1.w : u0.w,
-                            h ? u0.x : u1.x, h ? u0.y : u1.y, h ? u0.z : u1.z, h ? u0.w : u1.w};
-      const uint4 wv = *reinterpret_cast<const uint4*>(Wcur + row * tc_bn + col);
-      const unsigned wi[4] = {wv.x, wv.y, wv.z, wv.w};
-      unsigned o[4];
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const float lo = ::lori::to_float(T::from_bits(static_cast<std::uint16_t>(wi[e] & 0xffffu))) + a.final_scale * dlt[2 * e];
-        const float hi = ::lori::to_float(T::from_bits(static_cast<std::uint16_t>(wi[e] >> 16))) + a.final_scale * dlt[2 * e + 1];
-        o[e] = ::lori::from_float<T>(lo).bits | (static_cast<unsigned>(::lori::from_float<T>(hi).bits) << 16);
+          for (int y = 0; y < 2; ++y)
+            wm::store_matrix_sync(Cs + ((wr % 2) * 32 + x * 16) * tc_lds_c + wc * 32 + y * 16, acc[x][y], tc_lds_c,
+                                  wm::mem_row_major);
       }
-      T* dst = a.W + gi * a.ldw + gj;
-      if (a.w_vec && gj + 8 <= a.k) {
-        *reinterpret_cast<uint4*>(dst) = make_uint4(o[0], o[1], o[2], o[3]);
-      } else {
+      __syncthreads();  // Cs complete; this tile's W is visible to every thread
 #pragma unroll
-        for (int e = 0; e < 8; ++e)
-          if (gj + e < a.k) dst[e] = T::from_bits(static_cast<std::uint16_t>(o[e / 2] >> (16 * (e % 2))));
+      for (int q = 0; q < tc_bm / 2 * tc_bn / 8 / tc_threads; ++q) {
+        const int c = static_cast<int>(threadIdx.x) + q * tc_threads;
+        const int hrow = c / (tc_bn / 8), p = c % (tc_bn / 8), col = p * 8, row = half * (tc_bm / 2) + hrow;
+        const index_t gi = i0 + row, gj = j0 + col;
+        if (gi >= a.d || gj >= a.k) continue;
+        // Read the two float4 halves in an order that puts the 8 threads of a row on distinct banks.
+        const int h = (p >> 2) & 1;
+        const float4 u0 = *reinterpret_cast<const float4*>(Cs + hrow * tc_lds_c + col + 4 * h);
+        const float4 u1 = *reinterpret_cast<const float4*>(Cs + hrow * tc_lds_c + col + 4 * (1 - h));
+        const float dlt[8] = {h ? u1.x : u0.x, h ? u1.y : u0.y, h ? u1.z : u0.z, h ? u1.w : u0.w,
+                              h ? u0.x : u1.x, h ? u0.y : u1.y, h ? u0.z : u1.z, h ? u0.w : u1.w};
+        const uint4 wv = *reinterpret_cast<const uint4*>(Wcur + row * tc_bn + col);
+        const unsigned wi[4] = {wv.x, wv.y, wv.z, wv.w};
+        unsigned o[4];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const float lo = ::lori::to_float(T::from_bits(static_cast<std::uint16_t>(wi[e] & 0xffffu))) + a.final_scale * dlt[2 * e];
+          const float hi = ::lori::to_float(T::from_bits(static_cast<std::uint16_t>(wi[e] >> 16))) + a.final_scale * dlt[2 * e + 1];
+          o[e] = ::lori::from_float<T>(lo).bits | (static_cast<unsigned>(::lori::from_float<T>(hi).bits) << 16);
+        }
+        T* dst = a.W + gi * a.ldw + gj;
+        if (a.w_vec && gj + 8 <= a.k) {
+          *reinterpret_cast<uint4*>(dst) = make_uint4(o[0], o[1], o[2], o[3]);
+        } else {
+#pragma unroll
+          for (int e = 0; e < 8; ++e)
+            if (gj + e < a.k) dst[e] = T::from_bits(static_cast<std::uint16_t>(o[e / 2] >> (16 * (e % 2))));
+        }
       }
     }
-    __syncthreads();  // Cs and this W buffer are free for the next tile's staging and prefetch
+    __syncthreads();  // Cs (A's memory) and this W buffer are free for the next tile
   }
   cp_async_wait<0>();
 }
