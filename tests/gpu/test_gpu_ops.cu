@@ -748,6 +748,7 @@ struct merge_layout {
   index_t pad_w = 0;
   bool pad_ops = false;
   int passes = 1;
+  bool pipe_a = false;  // 16-bit: run the kernel's other pipeline (tuning candidate, A panel prefetched)
 };
 
 template <class T>
@@ -803,7 +804,15 @@ void merge_case(lori::cuda::context& ctx, index_t d, index_t k, const std::vecto
   CHECK((need == 0) == !std::is_same_v<T, float>);  // only the fp32 (cuBLAS) path uses workspace
   device_buffer<unsigned char> ws(static_cast<index_t>(need) + 1);
   ws.fill_bytes(0xff);
-  lori::cuda::merge_into<T>(ctx, mview(dW, d, k, ldw), src, need == 0 ? nullptr : ws.data(), ws.bytes());
+  if constexpr (!std::is_same_v<T, float>) {
+    if (lay.pipe_a) {
+      bool same = true;
+      for (const auto& m : src) same = same && m.scale == src.front().scale;
+      lori::cuda::detail_merge::merge_16bit<T, true>(ctx, mview(dW, d, k, ldw), src, same);
+    }
+  }
+  if (!lay.pipe_a || std::is_same_v<T, float>)
+    lori::cuda::merge_into<T>(ctx, mview(dW, d, k, ldw), src, need == 0 ? nullptr : ws.data(), ws.bytes());
   index_t R = 0;
   for (const index_t r : ranks) R += r;
   const auto got = dW.download();
@@ -842,6 +851,12 @@ TEST_CASE_TEMPLATE("merge_into: odd shapes, W += Σ s·B·A in one pass, dense a
   merge_case<T>(ctx, 131, 70, {16, 3}, {false, false}, {1.0, 1.0}, g, {5, true, 1});
   // Several stages of rank chunks (padded total rank 176 > 128 staged at once), B restaged per stage.
   merge_case<T>(ctx, 260, 100, {48, 48, 40, 33}, {false, true, false, true}, {0.5, 0.25, -0.5, 1.0}, g);
+  // The kernel's second pipeline (A panel prefetched with W; a tuning candidate) at odd shapes too.
+  merge_case<T>(ctx, 129, 72, {5, 16, 17, 31, 32, 1, 40, 8}, {false, true, false, true, false, true, true, false},
+                {0.25, -0.5, 1.5, 0.75, -1.25, 3.0, 0.125, 2.0}, g, {0, false, 1, true});
+  merge_case<T>(ctx, 131, 70, {16, 3}, {false, false}, {1.0, 1.0}, g, {5, true, 1, true});
+  merge_case<T>(ctx, 200, 136, {32, 24}, {false, true}, {0.5, -0.75}, g, {8, false, 1, true});
+  merge_case<T>(ctx, 260, 100, {48, 48, 40, 33}, {false, true, false, true}, {0.5, 0.25, -0.5, 1.0}, g, {0, false, 1, true});
   // An adapter split over two launches (16-bit: > 64 rank chunks of 16 per launch): two passes.
   merge_case<T>(ctx, 33, 40, {600, 500}, {false, true}, {0.5, -0.25}, g, {0, false, 2});
   {  // 17 adapters: more than 16 per launch (16-bit: two passes over W), mixed dense/sparse, unequal scales
@@ -873,9 +888,13 @@ TEST_CASE_TEMPLATE("merge_into: many tiles per block (16-bit kernel's W prefetch
   LORI_TEST_SEED_INFO();
   auto g = lori_test::rng(607);
   lori::cuda::context ctx;
-  // More tiles of 128 x 64 than resident blocks on an H100/H200 (33 x 9 = 297 tiles > 2 x 132): blocks
-  // walk several tiles, crossing row bands, with the next tile of W prefetched; the last row band has
-  // 4 rows and the last column tile is 8 wide. Per-adapter scales, then equal scales (sparse B).
-  merge_case<T>(ctx, 4100, 520, {32, 32}, {false, true}, {0.5, 0.75}, g);
+  // More tiles of 128 x 64 than resident blocks on an H100/H200 (2 per SM, 132 SMs): 47 x 16 = 752
+  // tiles, runs of 2-3 tiles per block (all three W buffers in turn, next tiles prefetched), crossing
+  // row bands; the last row band has 112 rows, the last column tile is 40 wide. Then 33 x 9 = 297
+  // tiles (runs of 1-2; last band 4 rows, last column tile 8 wide) with equal scales and sparse B.
+  merge_case<T>(ctx, 6000, 1000, {32, 32}, {false, true}, {0.5, 0.75}, g);
   merge_case<T>(ctx, 4100, 520, {32, 32, 32, 32}, {true, true, true, true}, {0.5, 0.5, 0.5, 0.5}, g);
+  // The kernel's second pipeline (A panel prefetched with W; a tuning candidate) on the same shapes.
+  merge_case<T>(ctx, 6000, 1000, {32, 32}, {false, true}, {0.5, -1.0}, g, {0, false, 1, true});
+  merge_case<T>(ctx, 4100, 520, {32, 32}, {true, false}, {0.5, 0.5}, g, {0, false, 1, true});
 }

@@ -176,7 +176,6 @@ inline constexpr int tc_threads = 256;   // 8 warps, 4 (rows) x 2 (columns), 32 
 inline constexpr int tc_bm = 128;        // tile rows (rows of W)
 inline constexpr int tc_bn = 64;         // tile columns: one 128-byte line of a bf16 row
 inline constexpr int tc_ks = 128;        // rank columns staged per stage (8 chunks of 16)
-inline constexpr int tc_wbufs = 3;       // W tile buffers: tiles it + 1 and it + 2 load while tile it computes
 inline constexpr int tc_max_adapters = 16;
 inline constexpr int tc_max_chunks = 64;  // 16-wide rank chunks per launch (total padded rank 1024)
 inline constexpr int tc_lds_b = tc_ks + 8;  // shared leading dimensions (elements), padded 16 bytes
@@ -186,8 +185,19 @@ inline constexpr std::size_t tc_w_bytes = std::size_t{tc_bm} * tc_bn * 2;       
 inline constexpr std::size_t tc_b_bytes = std::size_t{tc_bm} * tc_lds_b * 2;      // 34 KiB
 inline constexpr std::size_t tc_a_bytes = std::size_t{tc_ks} * tc_lds_a * 2;      // 18 KiB
 inline constexpr std::size_t tc_c_bytes = std::size_t{tc_bm / 2} * tc_lds_c * 4;  // half a tile of fp32, 18 KiB (aliases A)
-inline constexpr std::size_t tc_smem_bytes = tc_wbufs * tc_w_bytes + tc_b_bytes + (tc_a_bytes > tc_c_bytes ? tc_a_bytes : tc_c_bytes);
-static_assert(2 * (tc_smem_bytes + 1024) <= 228 * 1024, "merge: two blocks per SM must fit an H100's shared memory");
+static_assert(tc_c_bytes <= tc_a_bytes, "merge: the fp32 delta staging must fit in an A panel buffer");
+// Two pipelines (template parameter kPipeA of merge_tc_kernel):
+//  * false: three W buffers (tiles it + 1 and it + 2 load while tile it computes), one A panel loaded
+//    per tile with plain 16-byte loads (its L2 latency is exposed, hidden by the other resident block);
+//  * true: two W buffers and two A panel buffers: tile it + 1's W and A panel (stage 0) load with
+//    cp.async while tile it computes (one group per tile).
+constexpr int tc_wbufs(bool pipe_a) { return pipe_a ? 2 : 3; }
+constexpr int tc_abufs(bool pipe_a) { return pipe_a ? 2 : 1; }
+constexpr std::size_t tc_smem_bytes(bool pipe_a) {
+  return tc_wbufs(pipe_a) * tc_w_bytes + tc_b_bytes + tc_abufs(pipe_a) * tc_a_bytes;
+}
+static_assert(2 * (tc_smem_bytes(false) + 1024) <= 228 * 1024 && 2 * (tc_smem_bytes(true) + 1024) <= 228 * 1024,
+              "merge: two blocks per SM must fit an H100's shared memory");
 
 template <class T>
 struct tc_adapter {
@@ -323,17 +333,177 @@ __device__ __forceinline__ uint4 a_piece(const tc_args<T>& a, int c0, int c, ind
   return load8(ad.A, ad.lda, krow, gj, a.k);
 }
 
+// The stage's B panel into Bs with plain loads, 2 pieces in flight per thread (B changes rarely:
+// once per band of rows in single-stage launches).
+template <class T>
+__device__ __forceinline__ void stage_b(const tc_args<T>& a, int c0, int nc, index_t i0, std::uint16_t* Bs) {
+  const int cpr = 2 * nc, nb = tc_bm * cpr;  // 8-element pieces per row, in the panel
+  for (int base = 0; base < nb; base += 2 * tc_threads) {
+    uint4 v[2];
+#pragma unroll
+    for (int q = 0; q < 2; ++q) {
+      const int c = base + static_cast<int>(threadIdx.x) + q * tc_threads;
+      if (c < nb) v[q] = b_piece(a, c0, cpr, c, i0);
+    }
+#pragma unroll
+    for (int q = 0; q < 2; ++q) {
+      const int c = base + static_cast<int>(threadIdx.x) + q * tc_threads;
+      if (c < nb) {
+        const int row = c / cpr, pq = c - row * cpr;
+        *reinterpret_cast<uint4*>(Bs + row * tc_lds_b + pq * 8) = v[q];
+      }
+    }
+  }
+}
+
+// The stage's A panel into As with plain loads, all (at most 4) pieces of a thread in flight at once.
+template <class T>
+__device__ __forceinline__ void stage_a(const tc_args<T>& a, int c0, int nc, index_t j0, std::uint16_t* As) {
+  const int na = nc * 16 * (tc_bn / 8);  // at most 1024 = 4 per thread
+  uint4 v[4];
+#pragma unroll
+  for (int q = 0; q < 4; ++q) {
+    const int c = static_cast<int>(threadIdx.x) + q * tc_threads;
+    if (c < na) v[q] = a_piece(a, c0, c, j0);
+  }
+#pragma unroll
+  for (int q = 0; q < 4; ++q) {
+    const int c = static_cast<int>(threadIdx.x) + q * tc_threads;
+    if (c < na) *reinterpret_cast<uint4*>(As + c / (tc_bn / 8) * tc_lds_a + (c % (tc_bn / 8)) * 8) = v[q];
+  }
+}
+
+// The same panel with cp.async for whole aligned pieces (the caller commits and waits); ragged or
+// unaligned pieces and the zero padding are stored directly.
+template <class T>
+__device__ __forceinline__ void issue_a(const tc_args<T>& a, int c0, int nc, index_t j0, std::uint16_t* As) {
+  const int na = nc * 16 * (tc_bn / 8);
+#pragma unroll
+  for (int q = 0; q < 4; ++q) {
+    const int c = static_cast<int>(threadIdx.x) + q * tc_threads;
+    if (c >= na) continue;
+    const int kk = c / (tc_bn / 8), col = (c - kk * (tc_bn / 8)) * 8;
+    const tc_chunk ch = a.ch[c0 + kk / 16];
+    const tc_adapter<T>& ad = a.ad[ch.adapter];
+    const int krow = ch.kbase + kk % 16;
+    const index_t gj = j0 + col;
+    std::uint16_t* dst = As + kk * tc_lds_a + col;
+    if (krow < ad.r && gj + 8 <= a.k && ad.a_vec) cp_async16(dst, ad.A + krow * ad.lda + gj);
+    else *reinterpret_cast<uint4*>(dst) = a_piece(a, c0, c, j0);
+  }
+}
+
+// The MMAs of one stage: warp (wr, wc) accumulates its 32 x 32 outputs over the stage's nc chunks.
 template <class T, bool kPerAdapter>
-__global__ void __launch_bounds__(tc_threads, 2) merge_tc_kernel(const __grid_constant__ tc_args<T> a) {
+__device__ __forceinline__ void mma_stage(const tc_args<T>& a, int c0, int nc, const std::uint16_t* Bs,
+                                          const std::uint16_t* As, int wr, int wc,
+                                          nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float> (&acc)[2][2],
+                                          nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float> (&acc_t)[2][2]) {
   namespace wm = nvcuda::wmma;
   using M = typename wmma_type<T>::type;
+  for (int j = 0; j < nc; ++j) {
+    wm::fragment<wm::matrix_a, 16, 16, 16, M, wm::row_major> fa[2];
+    wm::fragment<wm::matrix_b, 16, 16, 16, M, wm::row_major> fb[2];
+#pragma unroll
+    for (int x = 0; x < 2; ++x)
+      wm::load_matrix_sync(fa[x], reinterpret_cast<const M*>(Bs + (wr * 32 + x * 16) * tc_lds_b + j * 16), tc_lds_b);
+#pragma unroll
+    for (int y = 0; y < 2; ++y)
+      wm::load_matrix_sync(fb[y], reinterpret_cast<const M*>(As + j * 16 * tc_lds_a + wc * 32 + y * 16), tc_lds_a);
+    if constexpr (kPerAdapter) {
+#pragma unroll
+      for (int x = 0; x < 2; ++x)
+#pragma unroll
+        for (int y = 0; y < 2; ++y) wm::mma_sync(acc_t[x][y], fa[x], fb[y], acc_t[x][y]);
+      const tc_chunk ch = a.ch[c0 + j];
+      if (ch.last) {  // uniform across the block: fold s_t * (B_t A_t) into the total in fp32
+        const float st = a.ad[ch.adapter].scale;
+#pragma unroll
+        for (int x = 0; x < 2; ++x)
+#pragma unroll
+          for (int y = 0; y < 2; ++y)
+#pragma unroll
+            for (int e = 0; e < acc[x][y].num_elements; ++e) {
+              acc[x][y].x[e] += st * acc_t[x][y].x[e];
+              acc_t[x][y].x[e] = 0.0f;
+            }
+      }
+    } else {
+#pragma unroll
+      for (int x = 0; x < 2; ++x)
+#pragma unroll
+        for (int y = 0; y < 2; ++y) wm::mma_sync(acc[x][y], fa[x], fb[y], acc[x][y]);
+    }
+  }
+}
+
+// Epilogue in two halves of 64 rows (Cs holds half a tile): warps of rows [64h, 64h + 64) stage their
+// fp32 delta, then all threads add it to W in fp32, round once to T and store 16 bytes each. The
+// caller has made this tile's W (Wcur) complete for this thread; the first barrier publishes it and
+// ends every warp's reads of the memory Cs reuses.
+template <class T>
+__device__ __forceinline__ void epilogue(const tc_args<T>& a, index_t i0, index_t j0, const std::uint16_t* Wcur, float* Cs,
+                                         int wr, int wc,
+                                         const nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float> (&acc)[2][2]) {
+  namespace wm = nvcuda::wmma;
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    __syncthreads();  // half 0: Cs's memory is free and W visible; half 1: Cs was consumed
+    if (wr / 2 == half) {
+#pragma unroll
+      for (int x = 0; x < 2; ++x)
+#pragma unroll
+        for (int y = 0; y < 2; ++y)
+          wm::store_matrix_sync(Cs + ((wr % 2) * 32 + x * 16) * tc_lds_c + wc * 32 + y * 16, acc[x][y], tc_lds_c,
+                                wm::mem_row_major);
+    }
+    __syncthreads();  // Cs complete
+#pragma unroll
+    for (int q = 0; q < tc_bm / 2 * tc_bn / 8 / tc_threads; ++q) {
+      const int c = static_cast<int>(threadIdx.x) + q * tc_threads;
+      const int hrow = c / (tc_bn / 8), p = c % (tc_bn / 8), col = p * 8, row = half * (tc_bm / 2) + hrow;
+      const index_t gi = i0 + row, gj = j0 + col;
+      if (gi >= a.d || gj >= a.k) continue;
+      // Read the two float4 halves in an order that puts the 8 threads of a row on distinct banks.
+      const int h = (p >> 2) & 1;
+      const float4 u0 = *reinterpret_cast<const float4*>(Cs + hrow * tc_lds_c + col + 4 * h);
+      const float4 u1 = *reinterpret_cast<const float4*>(Cs + hrow * tc_lds_c + col + 4 * (1 - h));
+      const float dlt[8] = {h ? u1.x : u0.x, h ? u1.y : u0.y, h ? u1.z : u0.z, h ? u1.w : u0.w,
+                            h ? u0.x : u1.x, h ? u0.y : u1.y, h ? u0.z : u1.z, h ? u0.w : u1.w};
+      const uint4 wv = *reinterpret_cast<const uint4*>(Wcur + row * tc_bn + col);
+      const unsigned wi[4] = {wv.x, wv.y, wv.z, wv.w};
+      unsigned o[4];
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const float lo = ::lori::to_float(T::from_bits(static_cast<std::uint16_t>(wi[e] & 0xffffu))) + a.final_scale * dlt[2 * e];
+        const float hi = ::lori::to_float(T::from_bits(static_cast<std::uint16_t>(wi[e] >> 16))) + a.final_scale * dlt[2 * e + 1];
+        o[e] = ::lori::from_float<T>(lo).bits | (static_cast<unsigned>(::lori::from_float<T>(hi).bits) << 16);
+      }
+      T* dst = a.W + gi * a.ldw + gj;
+      if (a.w_vec && gj + 8 <= a.k) {
+        *reinterpret_cast<uint4*>(dst) = make_uint4(o[0], o[1], o[2], o[3]);
+      } else {
+#pragma unroll
+        for (int e = 0; e < 8; ++e)
+          if (gj + e < a.k) dst[e] = T::from_bits(static_cast<std::uint16_t>(o[e / 2] >> (16 * (e % 2))));
+      }
+    }
+  }
+}
+
+template <class T, bool kPerAdapter, bool kPipeA>
+__global__ void __launch_bounds__(tc_threads, 2) merge_tc_kernel(const __grid_constant__ tc_args<T> a) {
+  namespace wm = nvcuda::wmma;
+  constexpr int nw = tc_wbufs(kPipeA);
   unsigned char* smem = detail::dynamic_smem();
-  // tc_wbufs W tile buffers (tile number `it` of the block uses buffer it % tc_wbufs), then B, then A
-  // (the fp32 delta staging Cs reuses A's memory after the math).
-  const auto wbuf = [smem](int it) { return reinterpret_cast<std::uint16_t*>(smem + (it % tc_wbufs) * tc_w_bytes); };
-  std::uint16_t* Bs = reinterpret_cast<std::uint16_t*>(smem + tc_wbufs * tc_w_bytes);               // tc_bm x tc_lds_b
-  std::uint16_t* As = reinterpret_cast<std::uint16_t*>(smem + tc_wbufs * tc_w_bytes + tc_b_bytes);  // tc_ks x tc_lds_a
-  float* Cs = reinterpret_cast<float*>(smem + tc_wbufs * tc_w_bytes + tc_b_bytes);                   // tc_bm/2 x tc_lds_c
+  // Shared memory: nw W tile buffers (the block's tile number `it` uses buffer it % nw), B, then the A
+  // panel buffer(s) (tile it uses buffer it % 2 when kPipeA); the fp32 delta staging Cs reuses the
+  // current A buffer after the math.
+  const auto wbuf = [smem](int it) { return reinterpret_cast<std::uint16_t*>(smem + (it % nw) * tc_w_bytes); };
+  std::uint16_t* Bs = reinterpret_cast<std::uint16_t*>(smem + nw * tc_w_bytes);
+  const auto abuf = [smem](int it) {
+    return reinterpret_cast<std::uint16_t*>(smem + nw * tc_w_bytes + tc_b_bytes + (kPipeA ? (it & 1) : 0) * tc_a_bytes);
+  };
 
   const index_t ncolt = (a.k + tc_bn - 1) / tc_bn;
   const index_t ntiles = (a.d + tc_bm - 1) / tc_bm * ncolt;
@@ -342,24 +512,28 @@ __global__ void __launch_bounds__(tc_threads, 2) merge_tc_kernel(const __grid_co
   const index_t t_begin = blockIdx.x * ntiles / gridDim.x, t_end = (blockIdx.x + 1) * ntiles / gridDim.x;
   if (t_begin >= t_end) return;
   const int nstages = (a.nchunks + tc_ks / 16 - 1) / (tc_ks / 16);
+  const int nc0 = min(tc_ks / 16, a.nchunks);  // chunks of stage 0
   const int warp = static_cast<int>(threadIdx.x) / 32, wr = warp / 2, wc = warp % 2;
-  const auto issue_w = [&](index_t tile, int slot) {  // one cp.async group per tile (empty past the run)
+  // One cp.async group per tile (empty past the run): its W tile and, with kPipeA, its stage-0 A panel.
+  const auto issue = [&](index_t tile, int slot) {
     if (tile < t_end) {
-      const index_t band = tile / ncolt;
-      issue_w_tile(a, band * tc_bm, (tile - band * ncolt) * tc_bn, wbuf(slot));
+      const index_t band = tile / ncolt, j0 = (tile - band * ncolt) * tc_bn;
+      issue_w_tile(a, band * tc_bm, j0, wbuf(slot));
+      if constexpr (kPipeA) issue_a(a, 0, nc0, j0, abuf(slot));
     }
     cp_async_commit();
   };
 #pragma unroll
-  for (int p = 0; p < tc_wbufs - 1; ++p) issue_w(t_begin + p, p);
+  for (int p = 0; p < nw - 1; ++p) issue(t_begin + p, p);
 
   index_t staged_band = -1;
   int it = 0;
   for (index_t tile = t_begin; tile < t_end; ++tile, ++it) {
     const index_t band = tile / ncolt, i0 = band * tc_bm, j0 = (tile - band * ncolt) * tc_bn;
-    // Keep tc_wbufs - 1 tiles of W in flight: the buffer of tile it + tc_wbufs - 1 is the one tile
-    // it - 1 used, released by the barrier that ended the previous iteration.
-    issue_w(tile + tc_wbufs - 1, it + tc_wbufs - 1);
+    // Keep nw - 1 tiles in flight: the buffers of tile it + nw - 1 are those tile it - 1 used,
+    // released by the barrier that ended the previous iteration.
+    issue(tile + nw - 1, it + nw - 1);
+    std::uint16_t* As = abuf(it);
 
     wm::fragment<wm::accumulator, 16, 16, 16, float> acc[2][2], acc_t[2][2];
 #pragma unroll
@@ -372,125 +546,16 @@ __global__ void __launch_bounds__(tc_threads, 2) merge_tc_kernel(const __grid_co
     for (int s = 0; s < nstages; ++s) {
       const int c0 = s * (tc_ks / 16), nc = min(tc_ks / 16, a.nchunks - c0);
       if (s > 0) __syncthreads();  // the previous stage's fragments are loaded
-      // Panels from L2 with plain loads, issued in batches (2 or 4 per thread) before they are stored.
-      if (nstages > 1 || band != staged_band) {
-        const int cpr = 2 * nc, nb = tc_bm * cpr;  // 8-element pieces per row, in the panel
-        for (int base = 0; base < nb; base += 2 * tc_threads) {
-          uint4 v[2];
-#pragma unroll
-          for (int q = 0; q < 2; ++q) {
-            const int c = base + static_cast<int>(threadIdx.x) + q * tc_threads;
-            if (c < nb) v[q] = b_piece(a, c0, cpr, c, i0);
-          }
-#pragma unroll
-          for (int q = 0; q < 2; ++q) {
-            const int c = base + static_cast<int>(threadIdx.x) + q * tc_threads;
-            if (c < nb) {
-              const int row = c / cpr, pq = c - row * cpr;
-              *reinterpret_cast<uint4*>(Bs + row * tc_lds_b + pq * 8) = v[q];
-            }
-          }
-        }
-      }
-      {
-        const int na = nc * 16 * (tc_bn / 8);  // at most 1024 = 4 per thread
-        uint4 v[4];
-#pragma unroll
-        for (int q = 0; q < 4; ++q) {
-          const int c = static_cast<int>(threadIdx.x) + q * tc_threads;
-          if (c < na) v[q] = a_piece(a, c0, c, j0);
-        }
-#pragma unroll
-        for (int q = 0; q < 4; ++q) {
-          const int c = static_cast<int>(threadIdx.x) + q * tc_threads;
-          if (c < na) *reinterpret_cast<uint4*>(As + c / (tc_bn / 8) * tc_lds_a + (c % (tc_bn / 8)) * 8) = v[q];
-        }
-      }
+      if (nstages > 1 || band != staged_band) stage_b(a, c0, nc, i0, Bs);
+      if (!kPipeA || s > 0) stage_a(a, c0, nc, j0, As);
+      if (kPipeA && s == 0) cp_async_wait<nw - 1>();  // this tile's group (W and A panel) has landed
       __syncthreads();
-      for (int j = 0; j < nc; ++j) {
-        wm::fragment<wm::matrix_a, 16, 16, 16, M, wm::row_major> fa[2];
-        wm::fragment<wm::matrix_b, 16, 16, 16, M, wm::row_major> fb[2];
-#pragma unroll
-        for (int x = 0; x < 2; ++x)
-          wm::load_matrix_sync(fa[x], reinterpret_cast<const M*>(Bs + (wr * 32 + x * 16) * tc_lds_b + j * 16), tc_lds_b);
-#pragma unroll
-        for (int y = 0; y < 2; ++y)
-          wm::load_matrix_sync(fb[y], reinterpret_cast<const M*>(As + j * 16 * tc_lds_a + wc * 32 + y * 16), tc_lds_a);
-        if constexpr (kPerAdapter) {
-#pragma unroll
-          for (int x = 0; x < 2; ++x)
-#pragma unroll
-            for (int y = 0; y < 2; ++y) wm::mma_sync(acc_t[x][y], fa[x], fb[y], acc_t[x][y]);
-          const tc_chunk ch = a.ch[c0 + j];
-          if (ch.last) {  // uniform across the block: fold s_t * (B_t A_t) into the total in fp32
-            const float st = a.ad[ch.adapter].scale;
-#pragma unroll
-            for (int x = 0; x < 2; ++x)
-#pragma unroll
-              for (int y = 0; y < 2; ++y)
-#pragma unroll
-                for (int e = 0; e < acc[x][y].num_elements; ++e) {
-                  acc[x][y].x[e] += st * acc_t[x][y].x[e];
-                  acc_t[x][y].x[e] = 0.0f;
-                }
-          }
-        } else {
-#pragma unroll
-          for (int x = 0; x < 2; ++x)
-#pragma unroll
-            for (int y = 0; y < 2; ++y) wm::mma_sync(acc[x][y], fa[x], fb[y], acc[x][y]);
-        }
-      }
+      mma_stage<T, kPerAdapter>(a, c0, nc, Bs, As, wr, wc, acc, acc_t);
     }
     staged_band = band;
-    cp_async_wait<tc_wbufs - 1>();  // this tile's W has landed (the tc_wbufs - 1 newer groups may pend)
-    const std::uint16_t* Wcur = wbuf(it);
-    // Epilogue in two halves of 64 rows (Cs holds half a tile): warps of rows [64h, 64h + 64) stage
-    // their fp32 delta, then all threads add it to W in fp32, round once to T, store 16 bytes each.
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      __syncthreads();  // half 0: all warps are done with As (Cs aliases it); half 1: Cs was consumed
-      if (wr / 2 == half) {
-#pragma unroll
-        for (int x = 0; x < 2; ++x)
-#pragma unroll
-          for (int y = 0; y < 2; ++y)
-            wm::store_matrix_sync(Cs + ((wr % 2) * 32 + x * 16) * tc_lds_c + wc * 32 + y * 16, acc[x][y], tc_lds_c,
-                                  wm::mem_row_major);
-      }
-      __syncthreads();  // Cs complete; this tile's W is visible to every thread
-#pragma unroll
-      for (int q = 0; q < tc_bm / 2 * tc_bn / 8 / tc_threads; ++q) {
-        const int c = static_cast<int>(threadIdx.x) + q * tc_threads;
-        const int hrow = c / (tc_bn / 8), p = c % (tc_bn / 8), col = p * 8, row = half * (tc_bm / 2) + hrow;
-        const index_t gi = i0 + row, gj = j0 + col;
-        if (gi >= a.d || gj >= a.k) continue;
-        // Read the two float4 halves in an order that puts the 8 threads of a row on distinct banks.
-        const int h = (p >> 2) & 1;
-        const float4 u0 = *reinterpret_cast<const float4*>(Cs + hrow * tc_lds_c + col + 4 * h);
-        const float4 u1 = *reinterpret_cast<const float4*>(Cs + hrow * tc_lds_c + col + 4 * (1 - h));
-        const float dlt[8] = {h ? u1.x : u0.x, h ? u1.y : u0.y, h ? u1.z : u0.z, h ? u1.w : u0.w,
-                              h ? u0.x : u1.x, h ? u0.y : u1.y, h ? u0.z : u1.z, h ? u0.w : u1.w};
-        const uint4 wv = *reinterpret_cast<const uint4*>(Wcur + row * tc_bn + col);
-        const unsigned wi[4] = {wv.x, wv.y, wv.z, wv.w};
-        unsigned o[4];
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const float lo = ::lori::to_float(T::from_bits(static_cast<std::uint16_t>(wi[e] & 0xffffu))) + a.final_scale * dlt[2 * e];
-          const float hi = ::lori::to_float(T::from_bits(static_cast<std::uint16_t>(wi[e] >> 16))) + a.final_scale * dlt[2 * e + 1];
-          o[e] = ::lori::from_float<T>(lo).bits | (static_cast<unsigned>(::lori::from_float<T>(hi).bits) << 16);
-        }
-        T* dst = a.W + gi * a.ldw + gj;
-        if (a.w_vec && gj + 8 <= a.k) {
-          *reinterpret_cast<uint4*>(dst) = make_uint4(o[0], o[1], o[2], o[3]);
-        } else {
-#pragma unroll
-          for (int e = 0; e < 8; ++e)
-            if (gj + e < a.k) dst[e] = T::from_bits(static_cast<std::uint16_t>(o[e / 2] >> (16 * (e % 2))));
-        }
-      }
-    }
-    __syncthreads();  // Cs (A's memory) and this W buffer are free for the next tile
+    if constexpr (!kPipeA) cp_async_wait<nw - 1>();  // this tile's W has landed (nw - 1 newer groups may pend)
+    epilogue(a, i0, j0, wbuf(it), reinterpret_cast<float*>(As), wr, wc, acc);
+    __syncthreads();  // Cs (A's memory) and this tile's buffers are free for the next tiles
   }
   cp_async_wait<0>();
 }
@@ -500,19 +565,20 @@ bool aligned16(const T* p, index_t ld) {
   return reinterpret_cast<std::uintptr_t>(p) % 16 == 0 && ld % 8 == 0;
 }
 
-template <class T, bool kPerAdapter>
+template <class T, bool kPerAdapter, bool kPipeA>
 void launch_tc(context& ctx, const tc_args<T>& a) {
-  auto kernel = merge_tc_kernel<T, kPerAdapter>;
-  LORI_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(tc_smem_bytes)));
+  auto kernel = merge_tc_kernel<T, kPerAdapter, kPipeA>;
+  constexpr std::size_t smem = tc_smem_bytes(kPipeA);
+  LORI_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
   int per_sm = 0;
-  LORI_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, tc_threads, tc_smem_bytes));
+  LORI_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, tc_threads, smem));
   const index_t ntiles = detail::ceil_div(a.d, tc_bm) * detail::ceil_div(a.k, tc_bn);
   const index_t blocks = std::min<index_t>(ntiles, static_cast<index_t>(std::max(per_sm, 1)) * ctx.sm_count());
-  kernel<<<detail::grid_dim(blocks), tc_threads, tc_smem_bytes, ctx.stream()>>>(a);
+  kernel<<<detail::grid_dim(blocks), tc_threads, smem, ctx.stream()>>>(a);
   LORI_CUDA_CHECK_LAUNCH();
 }
 
-template <class T>
+template <class T, bool kPipeA = false>
 void merge_16bit(context& ctx, row_major_view<T> W, const std::vector<merge_source<T>>& sources, bool same_scale) {
   tc_args<T> a{};
   a.W = W.data();
@@ -524,8 +590,8 @@ void merge_16bit(context& ctx, row_major_view<T> W, const std::vector<merge_sour
   auto flush = [&] {
     if (a.nchunks == 0) return;
     a.ch[a.nchunks - 1].last = 1;  // an adapter split over launches is flushed at the launch's end
-    if (same_scale) launch_tc<T, false>(ctx, a);
-    else launch_tc<T, true>(ctx, a);
+    if (same_scale) launch_tc<T, false, kPipeA>(ctx, a);
+    else launch_tc<T, true, kPipeA>(ctx, a);
     a.nchunks = 0;
     for (auto& ad : a.ad) ad = tc_adapter<T>{};
   };
