@@ -30,4 +30,4 @@ b="$B/bench/cuda/lori_bench_cuda"
     --benchmark_repetitions=5 --benchmark_report_aggregates_only=true 2>&1 | grep -E "_median|_min|^BM|Run on|error|Error" | grep -v "_mean\|_stddev\|_cv" | head -60
   echo "rc=${PIPESTATUS[0]}"
 } > "$out" 2>&1
-cat "$out"
+echo "wrote $out"
