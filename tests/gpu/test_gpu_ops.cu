@@ -785,20 +785,29 @@ void merge_case(lori::cuda::context& ctx, index_t d, index_t k, const std::vecto
     else m.B_dense = cview(dB[t], d, ranks[t], Bd[t].ld);
     src.push_back(m);
   }
+  // Reference in double: ref = W + Σ_t Σ_j (s_t·B_t(i, j))·A_t(j, :), row by row (zero terms skipped);
+  // l2 = sqrt(W² + Σ of the squared terms).
   std::vector<double> ref(static_cast<std::size_t>(d * k)), l2(ref.size());
-  for (index_t i = 0; i < d; ++i)
+  for (index_t i = 0; i < d; ++i) {
+    double* w = ref.data() + i * k;
+    double* q = l2.data() + i * k;
     for (index_t c = 0; c < k; ++c) {
-      double w = W(i, c), q = w * w;
-      for (std::size_t t = 0; t < ranks.size(); ++t)
-        for (index_t j = 0; j < ranks[t]; ++j) {
-          const double b = sparse[t] ? Bs[t](i, j) : Bd[t](i, j);
-          const double v = static_cast<double>(static_cast<float>(scales[t])) * b * As[t](j, c);
-          w += v;
-          q += v * v;
-        }
-      ref[static_cast<std::size_t>(i * k + c)] = w;
-      l2[static_cast<std::size_t>(i * k + c)] = std::sqrt(q);
+      w[c] = W(i, c);
+      q[c] = w[c] * w[c];
     }
+    for (std::size_t t = 0; t < ranks.size(); ++t)
+      for (index_t j = 0; j < ranks[t]; ++j) {
+        const double sb = static_cast<double>(static_cast<float>(scales[t])) * (sparse[t] ? Bs[t](i, j) : Bd[t](i, j));
+        if (sb == 0.0) continue;
+        const double* a = As[t].d.data() + j * As[t].ld;
+        for (index_t c = 0; c < k; ++c) {
+          const double v = sb * a[c];
+          w[c] += v;
+          q[c] += v * v;
+        }
+      }
+    for (index_t c = 0; c < k; ++c) q[c] = std::sqrt(q[c]);
+  }
   device_buffer<T> dW(W.s);
   const std::size_t need = lori::cuda::merge_workspace_bytes<T>(d, k, src);
   CHECK((need == 0) == !std::is_same_v<T, float>);  // only the fp32 (cuBLAS) path uses workspace
