@@ -4,7 +4,7 @@
 # BUILD_DIR is configured (Release, CUDA, arch 90) with lori_test_gpu_ops and lori_bench_cuda built.
 # Runs the merge GPU test cases, compute-sanitizer memcheck + racecheck on the small-shape merge cases,
 # and the merge benchmarks next to a copy of exactly W; writes OUT_DIR/merge.txt (~100 lines).
-# Time limits (timeout): tests 25 s, each sanitizer 18 s, benchmarks 28 s: at most 89 s.
+# Time limits (timeout): tests 20 s, each sanitizer 12 s, benchmarks 26 s, ncu 25 s: at most 95 s.
 set -uo pipefail
 B="${1:?BUILD_DIR}"
 O="${2:?OUT_DIR}"
@@ -16,18 +16,25 @@ b="$B/bench/cuda/lori_bench_cuda"
   echo "== check_merge.sh $(git rev-parse --short HEAD 2>/dev/null) $(date -u +%FT%TZ)"
   nvidia-smi --query-gpu=name,clocks.max.sm --format=csv,noheader 2>/dev/null | head -1
   echo "== merge GPU tests (lori_test_gpu_ops -tc='*merge*')"
-  timeout 25 "$t" -tc='*merge*' 2>&1 | tail -25
+  timeout 20 "$t" -tc='*merge*' 2>&1 | tail -25
   echo "rc=${PIPESTATUS[0]}"
   for tool in memcheck racecheck; do
-    lim=18
+    lim=12
     echo "== compute-sanitizer $tool (merge, odd shapes)"
     timeout "$lim" compute-sanitizer --tool "$tool" --report-api-errors no --error-exitcode 9 "$t" -tc='*merge*odd*' 2>&1 |
       grep -E "ERROR SUMMARY|RACECHECK SUMMARY|Hazard|Invalid|error|test cases|assertions" | head -12
     echo "rc=${PIPESTATUS[0]}"
   done
   echo "== benchmarks (median of 5; floor = BM_gpu_baseline_copy_w/14336, one copy of W)"
-  timeout 28 stdbuf -oL "$b" --benchmark_filter='BM_gpu_(baseline_d2d_copy/234|baseline_copy_w/14336|merge/4/14336|merge/8/14336|merge_candidate|baseline_addmm_per_adapter/4/14336)' \
+  timeout 26 stdbuf -oL "$b" --benchmark_filter='BM_gpu_(baseline_d2d_copy/234|baseline_copy_w/14336|merge/|merge_candidate|baseline_addmm_per_adapter/4/14336)' \
     --benchmark_repetitions=5 --benchmark_report_aggregates_only=true 2>&1 | grep -E "_median|_min|^BM|Run on|error|Error" | grep -v "_mean\|_stddev\|_cv" | head -60
   echo "rc=${PIPESTATUS[0]}"
+  if command -v ncu > /dev/null; then
+    echo "== ncu: the tensor-core candidate, 4 dense adapters, unequal scales"
+    timeout 25 ncu --section SpeedOfLight --section Occupancy --section LaunchStats --section MemoryWorkloadAnalysis \
+      -k regex:merge_tc_kernel -c 2 "$b" --benchmark_filter='BM_gpu_merge_candidate_tc/4/14336/0/0' 2>&1 |
+      grep -E "merge_tc_kernel|Throughput|Duration|Registers|Shared Memory Config|Dynamic Shared|Achieved Occupancy|Theoretical Occupancy|Block Limit|Waves|Mem Busy|Max Bandwidth|L1/TEX Hit|L2 Hit|DRAM Throughput|Memory Throughput" | head -40
+    echo "rc=${PIPESTATUS[0]}"
+  fi
 } > "$out" 2>&1
 echo "wrote $out"

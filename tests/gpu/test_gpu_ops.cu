@@ -742,13 +742,12 @@ TEST_CASE_TEMPLATE("adamw_step and sgd_step: one fused launch over many tensors 
 namespace {
 // Layout options of one merge case: pad_w > 0 gives W a leading dimension k + pad_w (the padding must
 // come back untouched); pad_ops gives every A and dense B an odd leading dimension (unaligned rows:
-// the element-wise load paths); passes = how many passes over W the 16-bit kernel makes (1 unless the
-// case exceeds 16 adapters or a padded total rank of 1024 per launch).
+// the element-wise load paths); passes = how many passes over W the 16-bit candidate kernel makes (1
+// unless the case exceeds 16 adapters or a padded total rank of 1024 per launch).
 struct merge_layout {
   index_t pad_w = 0;
   bool pad_ops = false;
   int passes = 1;
-  bool pipe_a = false;  // 16-bit: run the kernel's other pipeline (tuning candidate, A panel prefetched)
 };
 
 template <class T>
@@ -808,37 +807,46 @@ void merge_case(lori::cuda::context& ctx, index_t d, index_t k, const std::vecto
       }
     for (index_t c = 0; c < k; ++c) q[c] = std::sqrt(q[c]);
   }
-  device_buffer<T> dW(W.s);
-  const std::size_t need = lori::cuda::merge_workspace_bytes<T>(d, k, src);
-  CHECK((need == 0) == !std::is_same_v<T, float>);  // only the fp32 (cuBLAS) path uses workspace
-  device_buffer<unsigned char> ws(static_cast<index_t>(need) + 1);
-  ws.fill_bytes(0xff);
-  if constexpr (!std::is_same_v<T, float>) {
-    if (lay.pipe_a) {
-      bool same = true;
-      for (const auto& m : src) same = same && m.scale == src.front().scale;
-      lori::cuda::detail_merge::merge_16bit<T, true>(ctx, mview(dW, d, k, ldw), src, same);
-    }
-  }
-  if (!lay.pipe_a || std::is_same_v<T, float>)
-    lori::cuda::merge_into<T>(ctx, mview(dW, d, k, ldw), src, need == 0 ? nullptr : ws.data(), ws.bytes());
   index_t R = 0;
   for (const index_t r : ranks) R += r;
-  const auto got = dW.download();
-  // Error model. 16-bit W (the tensor-core kernel): every product b·a of two 16-bit values is exact in
-  // fp32 and accumulated in fp32 on tensor cores (tc_slack: possibly truncating accumulation), s_t is
-  // applied in fp32 to each adapter's fp32 sum, and W + delta is rounded to T once per pass over W: one
-  // pass gives the 4·u_T·|ref| term alone plus the fp32/tensor-core accumulation term (u_I = tc_slack).
-  // Cases with more than one pass round an intermediate W to T: u_I = u_T, the bound this test used
-  // for the cuBLAS path (one rounding of the delta in T). fp32 W (cuBLAS, fp32 math): s_t·B_t rounded
-  // to fp32 in the packed operand (2^-24, inside the sqrt(K)·2^-24 term), tc_slack = 0.
-  const double ui = lay.passes == 1 || std::is_same_v<T, float> ? tc_slack<T>() : unit_roundoff<T>();
-  LORI_CHECK_CLOSE(check_close<T>(compact(got, d, k, ldw), ref, l2, ui, static_cast<double>(R)));
-  index_t pad_changed = 0;  // read-modify-write must leave the padding of W alone
-  for (index_t i = 0; i < d; ++i)
-    for (index_t c = k; c < ldw; ++c)
-      pad_changed += std::memcmp(&got[static_cast<std::size_t>(i * ldw + c)], &W.s[static_cast<std::size_t>(i * ldw + c)], sizeof(T)) != 0;
-  CHECK(pad_changed == 0);
+  // Runs one path on a fresh copy of W and checks every element of W and its padding.
+  const auto run_and_check = [&](const char* path, double ui, const auto& merge) {
+    INFO("path " << path);
+    device_buffer<T> dW(W.s);
+    merge(mview(dW, d, k, ldw));
+    const auto got = dW.download();
+    LORI_CHECK_CLOSE(check_close<T>(compact(got, d, k, ldw), ref, l2, ui, static_cast<double>(R)));
+    index_t pad_changed = 0;  // read-modify-write must leave the padding of W alone
+    for (index_t i = 0; i < d; ++i)
+      for (index_t c = k; c < ldw; ++c)
+        pad_changed += std::memcmp(&got[static_cast<std::size_t>(i * ldw + c)], &W.s[static_cast<std::size_t>(i * ldw + c)], sizeof(T)) != 0;
+    CHECK(pad_changed == 0);
+  };
+  // merge_into (the cuBLAS route). Error model for 16-bit W: cuBLAS's 16-bit-output epilogue forms
+  // alpha*(B·A) in T before adding beta*W, i.e. one rounding of the delta in T (the same model the
+  // beta = 1 layer_forward checks use above); the first H100 run showed exactly that (errors 17.9x
+  // (bf16) and 2.7x (fp16) over a bound assuming fp32 accumulation end to end). fp32 keeps the tight bound.
+  const std::size_t need = lori::cuda::merge_workspace_bytes<T>(d, k, src);
+  device_buffer<unsigned char> ws(static_cast<index_t>(need) + 1);
+  ws.fill_bytes(0xff);
+  run_and_check("merge_into", std::is_same_v<T, float> ? tc_slack<T>() : unit_roundoff<T>(),
+                [&](lori::row_major_view<T> w) { lori::cuda::merge_into<T>(ctx, w, src, ws.data(), ws.bytes()); });
+  if constexpr (!std::is_same_v<T, float>) {
+    // The one-pass tensor-core candidate (both pipelines): every product b·a of two 16-bit values is
+    // exact in fp32 and accumulated in fp32 on tensor cores (tc_slack: possibly truncating
+    // accumulation), s_t is applied in fp32 to each adapter's fp32 sum, and W + delta is rounded to T
+    // once per pass over W: one pass gives the 4·u_T·|ref| term plus the accumulation term (u_I =
+    // tc_slack); more passes round an intermediate W to T (u_I = u_T).
+    bool same = true;
+    for (const auto& m : src) same = same && m.scale == src.front().scale;
+    const double ui = lay.passes == 1 ? tc_slack<T>() : unit_roundoff<T>();
+    run_and_check("tensor-core kernel", ui, [&](lori::row_major_view<T> w) {
+      lori::cuda::detail_merge::merge_16bit<T, false>(ctx, w, src, same);
+    });
+    run_and_check("tensor-core kernel, A prefetched", ui, [&](lori::row_major_view<T> w) {
+      lori::cuda::detail_merge::merge_16bit<T, true>(ctx, w, src, same);
+    });
+  }
 }
 }  // namespace
 
@@ -860,12 +868,6 @@ TEST_CASE_TEMPLATE("merge_into: odd shapes, W += Σ s·B·A in one pass, dense a
   merge_case<T>(ctx, 131, 70, {16, 3}, {false, false}, {1.0, 1.0}, g, {5, true, 1});
   // Several stages of rank chunks (padded total rank 176 > 128 staged at once), B restaged per stage.
   merge_case<T>(ctx, 260, 100, {48, 48, 40, 33}, {false, true, false, true}, {0.5, 0.25, -0.5, 1.0}, g);
-  // The kernel's second pipeline (A panel prefetched with W; a tuning candidate) at odd shapes too.
-  merge_case<T>(ctx, 129, 72, {5, 16, 17, 31, 32, 1, 40, 8}, {false, true, false, true, false, true, true, false},
-                {0.25, -0.5, 1.5, 0.75, -1.25, 3.0, 0.125, 2.0}, g, {0, false, 1, true});
-  merge_case<T>(ctx, 131, 70, {16, 3}, {false, false}, {1.0, 1.0}, g, {5, true, 1, true});
-  merge_case<T>(ctx, 200, 136, {32, 24}, {false, true}, {0.5, -0.75}, g, {8, false, 1, true});
-  merge_case<T>(ctx, 260, 100, {48, 48, 40, 33}, {false, true, false, true}, {0.5, 0.25, -0.5, 1.0}, g, {0, false, 1, true});
   // An adapter split over two launches (16-bit: > 64 rank chunks of 16 per launch): two passes.
   merge_case<T>(ctx, 33, 40, {600, 500}, {false, true}, {0.5, -0.25}, g, {0, false, 2});
   {  // 17 adapters: more than 16 per launch (16-bit: two passes over W), mixed dense/sparse, unequal scales
@@ -903,7 +905,4 @@ TEST_CASE_TEMPLATE("merge_into: many tiles per block (16-bit kernel's W prefetch
   // tiles (runs of 1-2; last band 4 rows, last column tile 8 wide) with equal scales and sparse B.
   merge_case<T>(ctx, 6000, 1000, {32, 32}, {false, true}, {0.5, 0.75}, g);
   merge_case<T>(ctx, 4100, 520, {32, 32, 32, 32}, {true, true, true, true}, {0.5, 0.5, 0.5, 0.5}, g);
-  // The kernel's second pipeline (A panel prefetched with W; a tuning candidate) on the same shapes.
-  merge_case<T>(ctx, 6000, 1000, {32, 32}, {false, true}, {0.5, -1.0}, g, {0, false, 1, true});
-  merge_case<T>(ctx, 4100, 520, {32, 32}, {true, false}, {0.5, 0.5}, g, {0, false, 1, true});
 }

@@ -2,20 +2,13 @@
 //
 //   W (d x k) += Σₜ sₜ·Bₜ·Aₜ      Bₜ d x rₜ (dense, or a sparse_b), Aₜ rₜ x k
 //
-// 16-bit W (bf16, fp16): one dedicated tensor-core kernel. Each block owns a contiguous run of 128 x 64
-// tiles of W; it keeps the next TWO tiles of W loading into shared memory (cp.async, three buffers)
-// while it computes the current tile's Σₜ sₜ·Bₜ·Aₜ with WMMA (16x16x16, fp32 accumulation), then adds
-// the delta to W in fp32 and rounds once to T (round to nearest even), 16-byte accesses.
-// Each adapter is accumulated in its own fp32 fragment and scaled by sₜ in fp32 (or, when every sₜ is
-// equal, the whole delta is scaled once), so the delta is exact up to fp32 accumulation of the rₜ·T
-// products and W + delta is rounded to T exactly once. Bₜ's rows of the band (dense, or expanded from
-// the sparse format) and Aₜ's columns of the tile are staged in shared memory, zero-padded to multiples
-// of 16 in the rank. Traffic: W read and written once (2·117 MB for 14336 x 4096 bf16); A and B come
-// from L2. Up to 16 adapters and a total padded rank of 1024 go in one launch (more: one launch, i.e.
-// one pass and one rounding of W, per such group).
-//
-// fp32 W: the operands are packed into caller workspace ([s₁B₁ | … | s_TB_T], d x R, and [A₁; …; A_T],
-// R x k, R = Σ rₜ) and ONE cuBLAS GEMM with beta = 1 updates W (fp32 math, no TF32).
+// The T low-rank terms are one GEMM with K = R = Σ rₜ: W += [s₁B₁ | … | s_TB_T]·[A₁; …; A_T]. lori packs
+// the two thin operands into caller workspace ((d + k)·R elements of T) and runs ONE cuBLAS GEMM with
+// beta = 1, which reads and writes W exactly once (fp32 accumulation, W rounded to T once). For 4
+// adapters of rank 32 into a 14336 x 4096 bf16 W that is 2·117 MB of W traffic against 4.5 MB of
+// packed operands and 15 GFLOP (about 19 µs of tensor-core time on an H100, under W's ~78 µs).
+// When every sₜ is equal it becomes the GEMM's alpha and the packed Bₜ are exact copies; otherwise sₜ·Bₜ
+// is rounded to T in the packed operand (16-bit: relative 2^-8 of each term; exact if sₜ is a power of 2).
 #ifndef LORI_CUDA_MERGE_CUH
 #define LORI_CUDA_MERGE_CUH
 
@@ -52,13 +45,11 @@ struct merge_source {
   const sparse_b<T>* B_sparse = nullptr;
 };
 
-/// Workspace bytes merge_into needs: 0 for bf16/fp16 W (the tensor-core kernel needs none); for fp32 W
-/// (d + k)·R floats (R = Σ rₜ) plus alignment padding.
+/// Workspace bytes merge_into needs: (d + k)·R elements of T (R = Σ rₜ), plus alignment padding.
 template <class T>
 std::size_t merge_workspace_bytes(index_t d, index_t k, const std::vector<merge_source<T>>& sources);
 
-/// W += Σₜ sₜ·Bₜ·Aₜ in one pass over W (see the file comment). Stream-ordered on ctx. workspace may be
-/// null when merge_workspace_bytes() is 0; otherwise it must be 256-byte aligned and at least that size.
+/// W += Σₜ sₜ·Bₜ·Aₜ, one GEMM over W (see the file comment). Stream-ordered on ctx.
 template <class T>
 void merge_into(context& ctx, row_major_view<T> W, const std::vector<merge_source<T>>& sources, void* workspace,
                 std::size_t workspace_bytes);
@@ -68,38 +59,33 @@ void merge_into(context& ctx, row_major_view<T> W, const std::vector<merge_sourc
 // =====================================================================================================
 namespace detail_merge {
 
-template <class T>
-index_t source_rank(const merge_source<T>& src) {
-  return src.B_sparse != nullptr && src.B_dense.empty() ? src.B_sparse->cols() : src.B_dense.cols();
-}
-
-inline std::size_t align256(std::size_t b) { return (b + 255) / 256 * 256; }
-
-// ---- fp32: pack + one cuBLAS GEMM ------------------------------------------------------------------
-
 // Up to pack_max sources packed by ONE kernel: Bcat (d x R) columns [off, off + r) = s·Bₜ and
 // Acat (R x k) rows [off, off + r) = Aₜ, for the sources' column range [c_begin, c_end).
 inline constexpr int pack_max = 16;
 
+template <class T>
 struct pack_source {
-  const float* A;
+  const T* A;
   index_t lda;
-  const float* B;  // dense, or null: sparse
+  const T* B;  // dense, or null: sparse
   index_t ldb;
-  sparse_b_view<float> S;
+  sparse_b_view<T> S;
   float scale;
   index_t off, r;
 };
 
+template <class T>
 struct pack_args {
-  pack_source src[pack_max];
+  pack_source<T> src[pack_max];
   int count;
   index_t d, k, R, c_begin, c_end;
-  float* Bcat;
-  float* Acat;
+  bool split;  // 16-bit T with per-adapter scales: Bcat = [hi | lo], Acat = [A; A] (see merge_into)
+  T* Bcat;
+  T* Acat;
 };
 
-__global__ void pack_kernel(pack_args a) {
+template <class T>
+__global__ void pack_kernel(pack_args<T> a) {
   const index_t w = a.c_end - a.c_begin;
   const index_t nb = a.d * w, total = nb + w * a.k;
   for (index_t e = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; e < total;
@@ -108,69 +94,57 @@ __global__ void pack_kernel(pack_args a) {
       const index_t i = e / w, col = a.c_begin + (e - i * w);
       int t = 0;
       while (t + 1 < a.count && col >= a.src[t + 1].off) ++t;
-      const pack_source& src = a.src[t];
+      const pack_source<T>& src = a.src[t];
       const index_t j = col - src.off;
       float x = 0.0f;
       if (src.B != nullptr) {
-        x = src.scale * src.B[i * src.ldb + j];
+        x = src.scale * ::lori::to_float(src.B[i * src.ldb + j]);
       } else if ((src.S.words[i * src.S.words_per_row + (j >> 6)] >> (j & 63)) & 1u) {
-        x = src.scale * src.S.values[detail_sparse::packed_index(src.S, i, j)];
+        x = src.scale * ::lori::to_float(src.S.values[detail_sparse::packed_index(src.S, i, j)]);
       }
-      a.Bcat[i * a.R + col] = x;
+      const T hi = ::lori::from_float<T>(x);
+      const index_t ldb = a.split ? 2 * a.R : a.R;
+      a.Bcat[i * ldb + col] = hi;
+      // x - hi is exact in float (the rounding residual of a float to a shorter format), so hi + lo
+      // carries s*b to ~2^-17 relative instead of the 2^-9 (bf16) a single 16-bit value would.
+      if (a.split) a.Bcat[i * ldb + a.R + col] = ::lori::from_float<T>(x - ::lori::to_float(hi));
     } else {  // Acat(row, c)
       const index_t e2 = e - nb, rr = e2 / a.k, c = e2 - rr * a.k, row = a.c_begin + rr;
       int t = 0;
       while (t + 1 < a.count && row >= a.src[t + 1].off) ++t;
-      const pack_source& src = a.src[t];
-      a.Acat[row * a.k + c] = src.A[(row - src.off) * src.lda + c];
+      const pack_source<T>& src = a.src[t];
+      const T v = src.A[(row - src.off) * src.lda + c];
+      a.Acat[row * a.k + c] = v;
+      if (a.split) a.Acat[(a.R + row) * a.k + c] = v;
     }
   }
 }
 
-inline void merge_fp32(context& ctx, row_major_view<float> W, const std::vector<merge_source<float>>& sources,
-                       index_t R, bool same_scale, void* workspace) {
-  const index_t d = W.rows(), k = W.cols();
-  float* Bcat = static_cast<float*>(workspace);  // d x R
-  float* Acat = reinterpret_cast<float*>(static_cast<unsigned char*>(workspace) +
-                                         align256(static_cast<std::size_t>(d * R) * sizeof(float)));  // R x k
-  // Equal scales become the GEMM's alpha (packed operands exact copies); otherwise sₜ·Bₜ is rounded
-  // to fp32 in the packed operand (relative 2^-24 per term).
-  const float alpha = same_scale ? sources.front().scale : 1.0f;
-  index_t off = 0;
-  for (std::size_t first = 0; first < sources.size(); first += pack_max) {
-    pack_args a{};
-    a.d = d;
-    a.k = k;
-    a.R = R;
-    a.Bcat = Bcat;
-    a.Acat = Acat;
-    a.c_begin = off;
-    a.count = 0;
-    for (std::size_t q = first; q < sources.size() && q < first + pack_max; ++q) {
-      const auto& src = sources[q];
-      auto& ps = a.src[a.count++];
-      ps.A = src.A.data();
-      ps.lda = src.A.ld();
-      const bool sparse = src.B_dense.empty();
-      ps.B = sparse ? nullptr : src.B_dense.data();
-      ps.ldb = sparse ? 0 : src.B_dense.ld();
-      if (sparse) ps.S = src.B_sparse->view();
-      ps.scale = same_scale ? 1.0f : src.scale;
-      ps.off = off;
-      ps.r = source_rank(src);
-      off += ps.r;
-    }
-    a.c_end = off;
-    const index_t total = (d + k) * (a.c_end - a.c_begin);
-    const index_t blocks = std::min<index_t>(detail::ceil_div(total, 256), index_t{8} * 1024);
-    pack_kernel<<<detail::grid_dim(blocks), 256, 0, ctx.stream()>>>(a);
-    LORI_CUDA_CHECK_LAUNCH();
-  }
-  detail::gemm_row_major(ctx.cublas(), false, false, d, k, R, alpha, Bcat, R, Acat, k, 1.0f, W.data(), W.ld(),
-                         CUDA_R_32F, CUDA_R_32F);
+template <class T>
+index_t source_rank(const merge_source<T>& src) {
+  return src.B_sparse != nullptr && src.B_dense.empty() ? src.B_sparse->cols() : src.B_dense.cols();
 }
 
-// ---- 16-bit: the one-pass tensor-core kernel ---------------------------------------------------------
+inline std::size_t align256(std::size_t b) { return (b + 255) / 256 * 256; }
+
+// With 16-bit storage and differing per-adapter scales, s_t*B_t cannot go into the GEMM's alpha and
+// rounding it to T would add a 2^-9 (bf16) relative error per term; the packed operand is then split
+// into hi + lo parts (doubling the GEMM's K), which keeps the product accurate to ~2^-17.
+template <class T>
+bool needs_split(const std::vector<merge_source<T>>& sources) {
+  bool differ = false;
+  for (const auto& s : sources) differ = differ || s.scale != sources.front().scale;
+  return differ && !std::is_same_v<T, float>;
+}
+
+
+// W += Σₜ sₜ·Bₜ·Aₜ in ONE kernel: each block owns a contiguous run of 128 x 64 tiles of W, keeps the
+// next tiles of W loading with cp.async, computes the delta with WMMA 16x16x16 (fp32 accumulation, each
+// adapter in its own fragments scaled by sₜ in fp32), adds it to W in fp32 and rounds once to T. Exact
+// up to fp32 accumulation, but on the H100 (checkpoint 1) it took 212 µs for 4 dense adapters into a
+// 14336 x 4096 bf16 W against 142 µs for the cuBLAS route above (which merge_into therefore uses):
+// it is measured (BM_gpu_merge_candidate_*) and tested, and goes unless it wins somewhere.
+// ---- 16-bit one-pass tensor-core kernel (a candidate, NOT the default path: measured slower) -----------
 
 inline constexpr int tc_threads = 256;   // 8 warps, 4 (rows) x 2 (columns), 32 x 32 outputs each
 inline constexpr int tc_bm = 128;        // tile rows (rows of W)
@@ -630,14 +604,11 @@ void merge_16bit(context& ctx, row_major_view<T> W, const std::vector<merge_sour
 template <class T>
 std::size_t merge_workspace_bytes(index_t d, index_t k, const std::vector<merge_source<T>>& sources) {
   LORI_EXPECTS(d >= 0 && k >= 0, "merge_workspace_bytes: negative size");
-  if constexpr (!std::is_same_v<T, float>) {
-    return 0;
-  } else {
-    index_t R = 0;
-    for (const auto& s : sources) R += detail_merge::source_rank(s);
-    return detail_merge::align256(static_cast<std::size_t>(d * R) * sizeof(T)) +
-           detail_merge::align256(static_cast<std::size_t>(R * k) * sizeof(T));
-  }
+  index_t R = 0;
+  for (const auto& s : sources) R += detail_merge::source_rank(s);
+  if (detail_merge::needs_split(sources)) R *= 2;
+  return detail_merge::align256(static_cast<std::size_t>(d * R) * sizeof(T)) +
+         detail_merge::align256(static_cast<std::size_t>(R * k) * sizeof(T));
 }
 
 template <class T>
@@ -652,7 +623,6 @@ void merge_into(context& ctx, row_major_view<T> W, const std::vector<merge_sourc
     LORI_EXPECTS(sparse || src.B_sparse == nullptr, "merge_into: give either B_dense or B_sparse, not both");
     const index_t r = detail_merge::source_rank(src);
     LORI_EXPECTS(r >= 1, "merge_into: every adapter needs rank >= 1 (B missing?)");
-    LORI_EXPECTS(r <= std::numeric_limits<int>::max() / 2, "merge_into: rank too large");
     LORI_EXPECTS(src.A.rows() == r && src.A.cols() == k, "merge_into: A must be r x k");
     LORI_EXPECTS(sparse ? src.B_sparse->rows() == d : src.B_dense.rows() == d, "merge_into: B must be d x r");
     LORI_EXPECTS(src.scale == src.scale, "merge_into: scale is NaN");
@@ -660,13 +630,49 @@ void merge_into(context& ctx, row_major_view<T> W, const std::vector<merge_sourc
     R += r;
   }
   if (d == 0 || k == 0 || R == 0) return;
-  const std::size_t need = merge_workspace_bytes(d, k, sources);
-  LORI_EXPECTS(need == 0 || (workspace != nullptr && workspace_bytes >= need),
+  LORI_EXPECTS(workspace != nullptr && workspace_bytes >= merge_workspace_bytes(d, k, sources),
                "merge_into: workspace missing or smaller than merge_workspace_bytes()");
-  LORI_EXPECTS(need == 0 || reinterpret_cast<std::uintptr_t>(workspace) % 256 == 0,
-               "merge_into: workspace must be 256-byte aligned");
-  if constexpr (std::is_same_v<T, float>) detail_merge::merge_fp32(ctx, W, sources, R, same_scale, workspace);
-  else detail_merge::merge_16bit(ctx, W, sources, same_scale);
+  LORI_EXPECTS(reinterpret_cast<std::uintptr_t>(workspace) % 256 == 0, "merge_into: workspace must be 256-byte aligned");
+  const bool split = detail_merge::needs_split(sources);
+  const index_t K = split ? 2 * R : R;   // GEMM depth
+  T* Bcat = static_cast<T*>(workspace);  // d x K
+  T* Acat = reinterpret_cast<T*>(static_cast<unsigned char*>(workspace) +
+                                 detail_merge::align256(static_cast<std::size_t>(d * K) * sizeof(T)));  // K x k
+  const float alpha = same_scale ? sources.front().scale : 1.0f;
+  // Pack all sources with one kernel launch per pack_max sources (one launch for up to 16 adapters).
+  index_t off = 0;
+  for (std::size_t first = 0; first < sources.size(); first += detail_merge::pack_max) {
+    detail_merge::pack_args<T> a{};
+    a.d = d;
+    a.k = k;
+    a.R = R;
+    a.split = split;
+    a.Bcat = Bcat;
+    a.Acat = Acat;
+    a.c_begin = off;
+    a.count = 0;
+    for (std::size_t q = first; q < sources.size() && q < first + detail_merge::pack_max; ++q) {
+      const auto& src = sources[q];
+      auto& ps = a.src[a.count++];
+      ps.A = src.A.data();
+      ps.lda = src.A.ld();
+      const bool sparse = src.B_dense.empty();
+      ps.B = sparse ? nullptr : src.B_dense.data();
+      ps.ldb = sparse ? 0 : src.B_dense.ld();
+      if (sparse) ps.S = src.B_sparse->view();
+      ps.scale = same_scale ? 1.0f : src.scale;
+      ps.off = off;
+      ps.r = detail_merge::source_rank(src);
+      off += ps.r;
+    }
+    a.c_end = off;
+    const index_t total = (d + k) * (a.c_end - a.c_begin);
+    const index_t blocks = std::min<index_t>(detail::ceil_div(total, 256), index_t{8} * 1024);
+    detail_merge::pack_kernel<T><<<detail::grid_dim(blocks), 256, 0, ctx.stream()>>>(a);
+    LORI_CUDA_CHECK_LAUNCH();
+  }
+  const cudaDataType_t t = detail::cuda_data_type<T>();
+  detail::gemm_row_major(ctx.cublas(), false, false, d, k, K, alpha, Bcat, K, Acat, k, 1.0f, W.data(), W.ld(), t, t);
 }
 
 }  // namespace lori::cuda
