@@ -465,7 +465,8 @@ __device__ __forceinline__ void epilogue(const tc_args<T>& a, index_t i0, index_
   }
 }
 
-template <class T, bool kPerAdapter, bool kPipeA>
+// kNoMath (diagnostic only, wrong results): skip the MMAs, to time the memory pipeline alone.
+template <class T, bool kPerAdapter, bool kPipeA, bool kNoMath = false>
 __global__ void __launch_bounds__(tc_threads, 2) merge_tc_kernel(const __grid_constant__ tc_args<T> a) {
   namespace wm = nvcuda::wmma;
   constexpr int nw = tc_wbufs(kPipeA);
@@ -524,7 +525,7 @@ __global__ void __launch_bounds__(tc_threads, 2) merge_tc_kernel(const __grid_co
       if (!kPipeA || s > 0) stage_a(a, c0, nc, j0, As);
       if (kPipeA && s == 0) cp_async_wait<nw - 1>();  // this tile's group (W and A panel) has landed
       __syncthreads();
-      mma_stage<T, kPerAdapter>(a, c0, nc, Bs, As, wr, wc, acc, acc_t);
+      if constexpr (!kNoMath) mma_stage<T, kPerAdapter>(a, c0, nc, Bs, As, wr, wc, acc, acc_t);
     }
     staged_band = band;
     if constexpr (!kPipeA) cp_async_wait<nw - 1>();  // this tile's W has landed (nw - 1 newer groups may pend)
@@ -539,9 +540,9 @@ bool aligned16(const T* p, index_t ld) {
   return reinterpret_cast<std::uintptr_t>(p) % 16 == 0 && ld % 8 == 0;
 }
 
-template <class T, bool kPerAdapter, bool kPipeA>
+template <class T, bool kPerAdapter, bool kPipeA, bool kNoMath>
 void launch_tc(context& ctx, const tc_args<T>& a) {
-  auto kernel = merge_tc_kernel<T, kPerAdapter, kPipeA>;
+  auto kernel = merge_tc_kernel<T, kPerAdapter, kPipeA, kNoMath>;
   constexpr std::size_t smem = tc_smem_bytes(kPipeA);
   LORI_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
   int per_sm = 0;
@@ -552,7 +553,7 @@ void launch_tc(context& ctx, const tc_args<T>& a) {
   LORI_CUDA_CHECK_LAUNCH();
 }
 
-template <class T, bool kPipeA = false>
+template <class T, bool kPipeA = false, bool kNoMath = false>
 void merge_16bit(context& ctx, row_major_view<T> W, const std::vector<merge_source<T>>& sources, bool same_scale) {
   tc_args<T> a{};
   a.W = W.data();
@@ -564,8 +565,8 @@ void merge_16bit(context& ctx, row_major_view<T> W, const std::vector<merge_sour
   auto flush = [&] {
     if (a.nchunks == 0) return;
     a.ch[a.nchunks - 1].last = 1;  // an adapter split over launches is flushed at the launch's end
-    if (same_scale) launch_tc<T, false, kPipeA>(ctx, a);
-    else launch_tc<T, true, kPipeA>(ctx, a);
+    if (same_scale) launch_tc<T, false, kPipeA, kNoMath>(ctx, a);
+    else launch_tc<T, true, kPipeA, kNoMath>(ctx, a);
     a.nchunks = 0;
     for (auto& ad : a.ad) ad = tc_adapter<T>{};
   };
