@@ -846,6 +846,9 @@ void merge_case(lori::cuda::context& ctx, index_t d, index_t k, const std::vecto
     run_and_check("tensor-core kernel, A prefetched", ui, [&](lori::row_major_view<T> w) {
       lori::cuda::detail_merge::merge_16bit<T, true>(ctx, w, src, same);
     });
+    run_and_check("tensor-core kernel, W evict-first", ui, [&](lori::row_major_view<T> w) {
+      lori::cuda::detail_merge::merge_16bit<T, false>(ctx, w, src, same, true);
+    });
   }
 }
 }  // namespace

@@ -199,6 +199,7 @@ struct tc_args {
   T* W;
   index_t ldw, d, k;
   bool w_vec;
+  bool w_stream;      // candidate option: W loads/stores with an L2 evict-first policy
   float final_scale;  // the common scale (equal scales) or 1 (per-adapter scales applied in fp32)
 };
 
@@ -213,6 +214,21 @@ struct wmma_type {
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
   const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem) : "memory");
+}
+// L2 evict-first policy for the W stream (candidate option w_stream: keep A and B resident in L2).
+__device__ __forceinline__ std::uint64_t evict_first_policy() {
+  std::uint64_t pol;
+  asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(pol));
+  return pol;
+}
+__device__ __forceinline__ void cp_async16_hint(void* smem, const void* gmem, std::uint64_t pol) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "l"(pol) : "memory");
+}
+__device__ __forceinline__ void st16_hint(void* gmem, uint4 v, std::uint64_t pol) {
+  asm volatile("st.global.L2::cache_hint.v4.u32 [%0], {%1, %2, %3, %4}, %5;\n" ::"l"(gmem), "r"(v.x), "r"(v.y), "r"(v.z),
+               "r"(v.w), "l"(pol)
+               : "memory");
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 template <int N>
@@ -274,7 +290,10 @@ __device__ __forceinline__ void issue_w_tile(const tc_args<T>& a, index_t i0, in
     const index_t gi = i0 + row, gj = j0 + col;
     if (gi >= a.d || gj >= a.k) continue;
     std::uint16_t* s = dst + row * tc_bn + col;
-    if (a.w_vec && gj + 8 <= a.k) cp_async16(s, a.W + gi * a.ldw + gj);
+    if (a.w_vec && gj + 8 <= a.k) {
+      if (a.w_stream) cp_async16_hint(s, a.W + gi * a.ldw + gj, evict_first_policy());
+      else cp_async16(s, a.W + gi * a.ldw + gj);
+    }
     else *reinterpret_cast<uint4*>(s) = load8(a.W, a.ldw, gi, gj, a.k);
   }
 }
@@ -455,7 +474,8 @@ __device__ __forceinline__ void epilogue(const tc_args<T>& a, index_t i0, index_
       }
       T* dst = a.W + gi * a.ldw + gj;
       if (a.w_vec && gj + 8 <= a.k) {
-        *reinterpret_cast<uint4*>(dst) = make_uint4(o[0], o[1], o[2], o[3]);
+        if (a.w_stream) st16_hint(dst, make_uint4(o[0], o[1], o[2], o[3]), evict_first_policy());
+        else *reinterpret_cast<uint4*>(dst) = make_uint4(o[0], o[1], o[2], o[3]);
       } else {
 #pragma unroll
         for (int e = 0; e < 8; ++e)
@@ -554,13 +574,15 @@ void launch_tc(context& ctx, const tc_args<T>& a) {
 }
 
 template <class T, bool kPipeA = false, bool kNoMath = false>
-void merge_16bit(context& ctx, row_major_view<T> W, const std::vector<merge_source<T>>& sources, bool same_scale) {
+void merge_16bit(context& ctx, row_major_view<T> W, const std::vector<merge_source<T>>& sources, bool same_scale,
+                 bool w_stream = false) {
   tc_args<T> a{};
   a.W = W.data();
   a.ldw = W.ld();
   a.d = W.rows();
   a.k = W.cols();
   a.w_vec = aligned16(W.data(), W.ld());
+  a.w_stream = w_stream;
   a.final_scale = same_scale ? sources.front().scale : 1.0f;
   auto flush = [&] {
     if (a.nchunks == 0) return;
