@@ -439,10 +439,7 @@ BENCHMARK(BM_gpu_sgd_fused)->UseManualTime()->Unit(benchmark::kMicrosecond)->Min
 
 // ---- merge T adapters into a d x k bf16 W ---------------------------------------------------------------
 // Args: T, d, sparse B (0/1), equal scales (0: s_t = 0.5 + 0.25 t, per-adapter scaling in fp32; 1: all 0.5).
-// path: 0 merge_into (the cuBLAS route), 1 the one-pass tensor-core candidate, 2 the same with the A panel
-// prefetched, 3 the candidate without MMAs (diagnostic: times its memory pipeline; W gets wrong values),
-// 4 the candidate with W loads/stores as L2 evict-first.
-void merge_bench(benchmark::State& st, int path) {
+void BM_gpu_merge(benchmark::State& st) {
   const index_t T = st.range(0), d = st.range(1);
   const bool sparse = st.range(2) != 0, equal = st.range(3) != 0;
   auto W = random_bf16(d * K, 1.0, 31);
@@ -465,25 +462,11 @@ void merge_bench(benchmark::State& st, int path) {
   }
   const auto ws_bytes = static_cast<index_t>(lori::cuda::merge_workspace_bytes<bf16>(d, K, src));
   device_buffer<unsigned char> ws(ws_bytes);
-  run_timed(st, [&] {
-    if (path == 1) lori::cuda::detail_merge::merge_16bit<bf16, false>(ctx(), {W.data(), d, K}, src, equal);
-    else if (path == 2) lori::cuda::detail_merge::merge_16bit<bf16, true>(ctx(), {W.data(), d, K}, src, equal);
-    else if (path == 3) lori::cuda::detail_merge::merge_16bit<bf16, false, true>(ctx(), {W.data(), d, K}, src, equal);
-    else if (path == 4) lori::cuda::detail_merge::merge_16bit<bf16, false>(ctx(), {W.data(), d, K}, src, equal, true);
-    else lori::cuda::merge_into<bf16>(ctx(), {W.data(), d, K}, src, ws.data(), ws.bytes());
-  }, 4.0 * static_cast<double>(d * K), 2.0 * static_cast<double>(T * R) * static_cast<double>(d * K));
+  run_timed(st, [&] { lori::cuda::merge_into<bf16>(ctx(), {W.data(), d, K}, src, ws.data(), ws.bytes()); },
+            4.0 * static_cast<double>(d * K), 2.0 * static_cast<double>(T * R) * static_cast<double>(d * K));
   st.SetLabel(std::string(sparse ? "sparse" : "dense") + " B, " + (equal ? "equal" : "unequal") +
               " scales; floor = one copy of W (BM_gpu_baseline_copy_w)");
 }
-void BM_gpu_merge(benchmark::State& st) { merge_bench(st, 0); }
-// Candidates (lori::cuda::detail_merge): the one-pass tensor-core kernel, and its pipeline with the A
-// panel prefetched with W.
-void BM_gpu_merge_candidate_tc(benchmark::State& st) { merge_bench(st, 1); }
-void BM_gpu_merge_candidate_pipe_a(benchmark::State& st) { merge_bench(st, 2); }
-// Diagnostic (wrong results): the candidate without its MMAs, i.e. its memory pipeline alone.
-void BM_gpu_merge_candidate_diag_nomath(benchmark::State& st) { merge_bench(st, 3); }
-// The candidate with W streamed through L2 as evict-first (A and B panels stay resident).
-void BM_gpu_merge_candidate_tc_evict_first(benchmark::State& st) { merge_bench(st, 4); }
 // A device-to-device copy of exactly one d x 4096 bf16 W (read + write counted): the merge's floor.
 void BM_gpu_baseline_copy_w(benchmark::State& st) {
   const index_t d = st.range(0);
@@ -509,10 +492,6 @@ void BM_gpu_baseline_addmm_per_adapter(benchmark::State& st) {
   }, 4.0 * static_cast<double>(d * K), 2.0 * static_cast<double>(T * R) * static_cast<double>(d * K));
 }
 BENCHMARK(BM_gpu_merge)->Args({1, 14336, 1, 0})->Args({1, 14336, 0, 0})->Args({4, 14336, 1, 0})->Args({4, 14336, 0, 0})->Args({4, 14336, 0, 1})->Args({4, 4096, 1, 0})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
-BENCHMARK(BM_gpu_merge_candidate_tc)->Args({1, 14336, 1, 0})->Args({1, 14336, 0, 0})->Args({4, 14336, 1, 0})->Args({4, 14336, 0, 0})->Args({4, 14336, 0, 1})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
-BENCHMARK(BM_gpu_merge_candidate_tc_evict_first)->Args({4, 14336, 0, 0})->Args({4, 14336, 1, 0})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
-BENCHMARK(BM_gpu_merge_candidate_diag_nomath)->Args({4, 14336, 0, 0})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
-BENCHMARK(BM_gpu_merge_candidate_pipe_a)->Args({4, 14336, 0, 0})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 BENCHMARK(BM_gpu_baseline_copy_w)->Arg(14336)->Arg(4096)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 BENCHMARK(BM_gpu_baseline_addmm_per_adapter)->Args({1, 14336})->Args({4, 14336})->Args({4, 4096})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 

@@ -741,13 +741,10 @@ TEST_CASE_TEMPLATE("adamw_step and sgd_step: one fused launch over many tensors 
 // =====================================================================================================
 namespace {
 // Layout options of one merge case: pad_w > 0 gives W a leading dimension k + pad_w (the padding must
-// come back untouched); pad_ops gives every A and dense B an odd leading dimension (unaligned rows:
-// the element-wise load paths); passes = how many passes over W the 16-bit candidate kernel makes (1
-// unless the case exceeds 16 adapters or a padded total rank of 1024 per launch).
+// come back untouched); pad_ops gives every A and dense B an odd leading dimension (unaligned rows).
 struct merge_layout {
   index_t pad_w = 0;
   bool pad_ops = false;
-  int passes = 1;
 };
 
 template <class T>
@@ -831,25 +828,6 @@ void merge_case(lori::cuda::context& ctx, index_t d, index_t k, const std::vecto
   ws.fill_bytes(0xff);
   run_and_check("merge_into", std::is_same_v<T, float> ? tc_slack<T>() : unit_roundoff<T>(),
                 [&](lori::row_major_view<T> w) { lori::cuda::merge_into<T>(ctx, w, src, ws.data(), ws.bytes()); });
-  if constexpr (!std::is_same_v<T, float>) {
-    // The one-pass tensor-core candidate (both pipelines): every product b·a of two 16-bit values is
-    // exact in fp32 and accumulated in fp32 on tensor cores (tc_slack: possibly truncating
-    // accumulation), s_t is applied in fp32 to each adapter's fp32 sum, and W + delta is rounded to T
-    // once per pass over W: one pass gives the 4·u_T·|ref| term plus the accumulation term (u_I =
-    // tc_slack); more passes round an intermediate W to T (u_I = u_T).
-    bool same = true;
-    for (const auto& m : src) same = same && m.scale == src.front().scale;
-    const double ui = lay.passes == 1 ? tc_slack<T>() : unit_roundoff<T>();
-    run_and_check("tensor-core kernel", ui, [&](lori::row_major_view<T> w) {
-      lori::cuda::detail_merge::merge_16bit<T, false>(ctx, w, src, same);
-    });
-    run_and_check("tensor-core kernel, A prefetched", ui, [&](lori::row_major_view<T> w) {
-      lori::cuda::detail_merge::merge_16bit<T, true>(ctx, w, src, same);
-    });
-    run_and_check("tensor-core kernel, W evict-first", ui, [&](lori::row_major_view<T> w) {
-      lori::cuda::detail_merge::merge_16bit<T, false>(ctx, w, src, same, true);
-    });
-  }
 }
 }  // namespace
 
@@ -867,13 +845,13 @@ TEST_CASE_TEMPLATE("merge_into: odd shapes, W += Σ s·B·A in one pass, dense a
   merge_case<T>(ctx, 129, 72, {5, 16, 17, 31, 32, 1, 40, 8}, {false, true, false, true, false, true, true, false},
                 {0.25, -0.5, 1.5, 0.75, -1.25, 3.0, 0.125, 2.0}, g);
   // Padded leading dimensions: W aligned (ld = k + 8) and unaligned (odd ld), operands unaligned.
-  merge_case<T>(ctx, 200, 136, {32, 24}, {false, true}, {0.5, -0.75}, g, {8, false, 1});
-  merge_case<T>(ctx, 131, 70, {16, 3}, {false, false}, {1.0, 1.0}, g, {5, true, 1});
+  merge_case<T>(ctx, 200, 136, {32, 24}, {false, true}, {0.5, -0.75}, g, {8, false});
+  merge_case<T>(ctx, 131, 70, {16, 3}, {false, false}, {1.0, 1.0}, g, {5, true});
   // Several stages of rank chunks (padded total rank 176 > 128 staged at once), B restaged per stage.
   merge_case<T>(ctx, 260, 100, {48, 48, 40, 33}, {false, true, false, true}, {0.5, 0.25, -0.5, 1.0}, g);
-  // An adapter split over two launches (16-bit: > 64 rank chunks of 16 per launch): two passes.
-  merge_case<T>(ctx, 33, 40, {600, 500}, {false, true}, {0.5, -0.25}, g, {0, false, 2});
-  {  // 17 adapters: more than 16 per launch (16-bit: two passes over W), mixed dense/sparse, unequal scales
+  // Large ranks (1100 in total) and a sparse B with 8 mask words per row.
+  merge_case<T>(ctx, 33, 40, {600, 500}, {false, true}, {0.5, -0.25}, g);
+  {  // 17 adapters: more than one pack launch (16 per launch), mixed dense/sparse, unequal scales
     std::vector<index_t> ranks;
     std::vector<bool> sparse;
     std::vector<double> scales;
@@ -882,7 +860,7 @@ TEST_CASE_TEMPLATE("merge_into: odd shapes, W += Σ s·B·A in one pass, dense a
       sparse.push_back(t % 2 == 0);
       scales.push_back(0.25 * (t + 1));
     }
-    merge_case<T>(ctx, 40, 24, ranks, sparse, scales, g, {0, false, 2});
+    merge_case<T>(ctx, 40, 24, ranks, sparse, scales, g);
   }
   lori::cuda::device_buffer<T> z(16);
   std::vector<lori::cuda::merge_source<T>> bad(1);
@@ -897,7 +875,7 @@ TEST_CASE_TEMPLATE("merge_into: odd shapes, W += Σ s·B·A in one pass, dense a
   }
 }
 
-TEST_CASE_TEMPLATE("merge_into: many tiles per block (16-bit kernel's W prefetch), matches the double reference", T,
+TEST_CASE_TEMPLATE("merge_into: large shapes, matches the double reference", T,
                    float, lori::bfloat16, lori::half) {
   LORI_TEST_SEED_INFO();
   auto g = lori_test::rng(607);
