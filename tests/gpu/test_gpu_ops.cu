@@ -840,14 +840,13 @@ TEST_CASE_TEMPLATE("merge_into: odd shapes, W += Σ s·B·A in one pass, dense a
   merge_case<T>(ctx, 77, 129, {8, 16}, {false, true}, {0.3, -1.7}, g);
   merge_case<T>(ctx, 1, 1, {1}, {false}, {2.0}, g);
   merge_case<T>(ctx, 300, 203, {32}, {true}, {1.0}, g);
-  // Tail row band and tail column tile (129 = 128 + 1 rows, 72 = 64 + 8 columns, aligned: 16-byte path)
-  // with unequal scales; ranks not multiples of 16 (zero-padded rank chunks), T = 8.
+  // T = 8 with unequal scales, ranks not multiples of 16 (odd pack offsets and GEMM depth 181).
   merge_case<T>(ctx, 129, 72, {5, 16, 17, 31, 32, 1, 40, 8}, {false, true, false, true, false, true, true, false},
                 {0.25, -0.5, 1.5, 0.75, -1.25, 3.0, 0.125, 2.0}, g);
   // Padded leading dimensions: W aligned (ld = k + 8) and unaligned (odd ld), operands unaligned.
   merge_case<T>(ctx, 200, 136, {32, 24}, {false, true}, {0.5, -0.75}, g, {8, false});
   merge_case<T>(ctx, 131, 70, {16, 3}, {false, false}, {1.0, 1.0}, g, {5, true});
-  // Several stages of rank chunks (padded total rank 176 > 128 staged at once), B restaged per stage.
+  // Total rank 169 (> 128) over four mixed adapters.
   merge_case<T>(ctx, 260, 100, {48, 48, 40, 33}, {false, true, false, true}, {0.5, 0.25, -0.5, 1.0}, g);
   // Large ranks (1100 in total) and a sparse B with 8 mask words per row.
   merge_case<T>(ctx, 33, 40, {600, 500}, {false, true}, {0.5, -0.25}, g);
@@ -880,10 +879,8 @@ TEST_CASE_TEMPLATE("merge_into: large shapes, matches the double reference", T,
   LORI_TEST_SEED_INFO();
   auto g = lori_test::rng(607);
   lori::cuda::context ctx;
-  // More tiles of 128 x 64 than resident blocks on an H100/H200 (2 per SM, 132 SMs): 47 x 16 = 752
-  // tiles, runs of 2-3 tiles per block (all three W buffers in turn, next tiles prefetched), crossing
-  // row bands; the last row band has 112 rows, the last column tile is 40 wide. Then 33 x 9 = 297
-  // tiles (runs of 1-2; last band 4 rows, last column tile 8 wide) with equal scales and sparse B.
+  // Larger W (6000 x 1000, 4100 x 520: cuBLAS tiles with ragged edges), per-adapter scales with mixed
+  // dense/sparse B, then equal scales (the GEMM's alpha) with sparse B.
   merge_case<T>(ctx, 6000, 1000, {32, 32}, {false, true}, {0.5, 0.75}, g);
   merge_case<T>(ctx, 4100, 520, {32, 32, 32, 32}, {true, true, true, true}, {0.5, 0.5, 0.5, 0.5}, g);
 }
