@@ -438,7 +438,7 @@ BENCHMARK(BM_gpu_baseline_adamw_per_tensor)->UseManualTime()->Unit(benchmark::kM
 BENCHMARK(BM_gpu_sgd_fused)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 
 // ---- merge T adapters into a d x k bf16 W ---------------------------------------------------------------
-// Args: T, d, sparse B (0/1), equal scales (0: s_t = 0.5 + 0.25 t, per-adapter scaling in fp32; 1: all 0.5).
+// Args: T, d, sparse B (0/1), equal scales (0: s_t = 0.5 + 0.25 t; 1: all 0.5, the GEMM's alpha).
 void BM_gpu_merge(benchmark::State& st) {
   const index_t T = st.range(0), d = st.range(1);
   const bool sparse = st.range(2) != 0, equal = st.range(3) != 0;

@@ -4,7 +4,7 @@
 # BUILD_DIR is configured (Release, CUDA, arch 90) with lori_test_gpu_ops and lori_bench_cuda built.
 # Runs the merge GPU test cases, compute-sanitizer memcheck + racecheck on the small-shape merge cases,
 # and the merge benchmarks next to a copy of exactly W; writes OUT_DIR/merge.txt (~100 lines).
-# Time limits (timeout): tests 20 s, each sanitizer 10 s, benchmarks 32 s, ncu 25 s: at most 97 s (the runner allows 110).
+# Time limits (timeout): tests 20 s, each sanitizer 10 s, benchmarks 32 s: at most 72 s.
 set -uo pipefail
 B="${1:?BUILD_DIR}"
 O="${2:?OUT_DIR}"
