@@ -563,9 +563,10 @@ BENCHMARK(BM_gpu_baseline_adamw_per_tensor)->UseManualTime()->Unit(benchmark::kM
 BENCHMARK(BM_gpu_sgd_fused)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 
 // ---- merge T adapters into a d x k bf16 W ---------------------------------------------------------------
+// Args: T, d, sparse B (0/1), equal scales (0: s_t = 0.5 + 0.25 t; 1: all 0.5, the GEMM's alpha).
 void BM_gpu_merge(benchmark::State& st) {
   const index_t T = st.range(0), d = st.range(1);
-  const bool sparse = st.range(2) != 0;
+  const bool sparse = st.range(2) != 0, equal = st.range(3) != 0;
   auto W = random_bf16(d * K, 1.0, 31);
   std::vector<device_buffer<bf16>> As, Bs;
   std::vector<lori::cuda::sparse_b<bf16>> Ss;
@@ -578,16 +579,27 @@ void BM_gpu_merge(benchmark::State& st) {
   }
   for (index_t t = 0; t < T; ++t) {
     lori::cuda::merge_source<bf16> m;
-    m.scale = 0.5f + 0.25f * static_cast<float>(t);
+    m.scale = equal ? 0.5f : 0.5f + 0.25f * static_cast<float>(t);
     m.A = {As[static_cast<std::size_t>(t)].data(), R, K};
     if (sparse) m.B_sparse = &Ss[static_cast<std::size_t>(t)];
     else m.B_dense = {Bs[static_cast<std::size_t>(t)].data(), d, R};
     src.push_back(m);
   }
-  device_buffer<unsigned char> ws(static_cast<index_t>(lori::cuda::merge_workspace_bytes<bf16>(d, K, src)));
+  const auto ws_bytes = static_cast<index_t>(lori::cuda::merge_workspace_bytes<bf16>(d, K, src));
+  device_buffer<unsigned char> ws(ws_bytes);
   run_timed(st, [&] { lori::cuda::merge_into<bf16>(ctx(), {W.data(), d, K}, src, ws.data(), ws.bytes()); },
             4.0 * static_cast<double>(d * K), 2.0 * static_cast<double>(T * R) * static_cast<double>(d * K));
-  st.SetLabel(std::string(sparse ? "sparse" : "dense") + " B; floor = one copy of W; target (4 adapters, 14336): <= 1.15x");
+  st.SetLabel(std::string(sparse ? "sparse" : "dense") + " B, " + (equal ? "equal" : "unequal") +
+              " scales; floor = one copy of W (BM_gpu_baseline_copy_w)");
+}
+// A device-to-device copy of exactly one d x 4096 bf16 W (read + write counted): the merge's floor.
+void BM_gpu_baseline_copy_w(benchmark::State& st) {
+  const index_t d = st.range(0);
+  device_buffer<bf16> src(d * K), dst(d * K);
+  src.fill_bytes(1);
+  run_timed(st, [&] { LORI_CUDA_CHECK(cudaMemcpyAsync(dst.data(), src.data(), static_cast<std::size_t>(src.bytes()), cudaMemcpyDeviceToDevice, ctx().stream())); },
+            4.0 * static_cast<double>(d * K));
+  st.SetLabel("copy of one d x 4096 bf16 W; bytes counted: read + write");
 }
 // One cuBLAS GEMM (addmm) per adapter: W += s_t·B_t·A_t, reading and writing W T times.
 void BM_gpu_baseline_addmm_per_adapter(benchmark::State& st) {
@@ -604,7 +616,8 @@ void BM_gpu_baseline_addmm_per_adapter(benchmark::State& st) {
               As[static_cast<std::size_t>(t)].data(), K, 1.0f, W.data(), K);
   }, 4.0 * static_cast<double>(d * K), 2.0 * static_cast<double>(T * R) * static_cast<double>(d * K));
 }
-BENCHMARK(BM_gpu_merge)->Args({1, 14336, 1})->Args({4, 14336, 1})->Args({4, 14336, 0})->Args({4, 4096, 1})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
+BENCHMARK(BM_gpu_merge)->Args({1, 14336, 1, 0})->Args({1, 14336, 0, 0})->Args({4, 14336, 1, 0})->Args({4, 14336, 0, 0})->Args({4, 14336, 0, 1})->Args({4, 4096, 1, 0})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
+BENCHMARK(BM_gpu_baseline_copy_w)->Arg(14336)->Arg(4096)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 BENCHMARK(BM_gpu_baseline_addmm_per_adapter)->Args({1, 14336})->Args({4, 14336})->Args({4, 4096})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 
 }  // namespace
