@@ -212,6 +212,40 @@ TEST_CASE("backward results are bitwise identical for 1, 2 and 3 threads") {
   }
 }
 
+TEST_CASE("masked_grad_B: one token gives the bits of the same token with a zero second token") {
+  // n = 1 has its own loop; n = 2 takes the few-token loop, which for a zero second token sums
+  // 0 + g h + 0 * h' = the n = 1 value bit for bit. Also checked against the double reference.
+  LORI_TEST_SEED_INFO();
+  auto g = lori_test::rng(35);
+  for (const index_t d : {index_t{1}, index_t{255}, index_t{600}}) {
+    for (const index_t r : {index_t{1}, index_t{7}, index_t{32}}) {
+      const lori::bitmask mask = random_mask(d, r, 0.3, g);
+      RMd Bd;
+      const auto B = random_sparse<float>(mask, g, &Bd);
+      RM<float> G2 = randn_t<float>(2, d, g), H2 = randn_t<float>(2, r, g);
+      G2.row(1).setZero();
+      H2.row(1).setZero();
+      const RM<float> G1 = G2.topRows(1), H1 = H2.topRows(1);
+      std::vector<float> v1(static_cast<std::size_t>(B.nnz()), std::numeric_limits<float>::quiet_NaN()), v2 = v1;
+      lori::masked_grad_B(lori::view(G1), lori::view(H1), B.view(), 0.75f, lori::vector_view<float>(v1.data(), B.nnz()), 2);
+      lori::masked_grad_B(lori::view(G2), lori::view(H2), B.view(), 0.75f, lori::vector_view<float>(v2.data(), B.nnz()), 1);
+      CHECK(bitwise_equal_vec(v1, v2));
+      // Two roundings of a single product: relative error <= 2 eps per entry.
+      const RMd ref = 0.75 * (G1.cast<double>().transpose() * H1.cast<double>());
+      index_t p = 0, bad = 0;
+      for (index_t j = 0; j < d; ++j)
+        for (index_t c = 0; c < r; ++c)
+          if (mask.test(j, c)) {
+            const double e = std::abs(static_cast<double>(v1[static_cast<std::size_t>(p)]) - ref(j, c));
+            if (!(e <= 2.0 * 1.1920929e-7 * std::abs(ref(j, c)))) ++bad;
+            ++p;
+          }
+      CHECK(p == B.nnz());
+      CHECK(bad == 0);
+    }
+  }
+}
+
 TEST_CASE("backward rejects shape and count mismatches") {
   auto g = lori_test::rng(35);
   const auto B = random_sparse<float>(random_mask(6, 3, 0.5, g), g);

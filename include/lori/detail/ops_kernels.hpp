@@ -475,6 +475,18 @@ void ops_sddmm_rows(const row_major_view<const T>& G, const row_major_view<const
   const index_t n = G.rows(), r = H.cols();
   const index_t pbeg = rp[j0], pend = rp[j0 + jb];
   if (pbeg == pend) return;
+  if (n == 1) {
+    // One token (decode-time training steps, per-token updates): out[p] = s * (0 + g h), the same
+    // roundings as the n < kLanes loop below (0 + x also maps -0 to +0 there), without its per-entry
+    // token loop, which dominated at ~3 kept entries per row.
+    const T* LORI_RESTRICT h0 = H.row(0);
+    const T* LORI_RESTRICT g0 = G.row(0);
+    for (index_t p = pbeg, jj = 0; jj < jb; ++jj) {
+      const T g = g0[j0 + jj];
+      for (const index_t pe = rp[j0 + jj + 1]; p < pe; ++p) out[p] = s * (T{0} + g * h0[ci[p]]);
+    }
+    return;
+  }
   if (n < kLanes) {
     // Fewer tokens than lanes: each lane holds at most one product and the lanes are added in order,
     // which is exactly this sequential sum (adding the empty lanes' +0 changes nothing).
