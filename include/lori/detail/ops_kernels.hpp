@@ -240,6 +240,19 @@ LORI_OPS_AVX512_ATTRIBUTES __attribute__((always_inline)) inline void ops_sparse
   acc = _mm512_mask_add_ps(acc, _mm512_cmpgt_epi32_mask(len, e), acc, v);
 }
 
+/// Steps 0..7 of ops_sparse_token_avx512 (entries off .. off + 7 of each lane's row), in order.
+LORI_OPS_AVX512_ATTRIBUTES __attribute__((always_inline)) inline void ops_sparse_steps8_avx512(const __m512 (&t)[4], __m512i off,
+                                                                                            __m512i len, __m512& acc) noexcept {
+  ops_sparse_step_avx512<0>(t, off, len, acc);
+  ops_sparse_step_avx512<1>(t, off, len, acc);
+  ops_sparse_step_avx512<2>(t, off, len, acc);
+  ops_sparse_step_avx512<3>(t, off, len, acc);
+  ops_sparse_step_avx512<4>(t, off, len, acc);
+  ops_sparse_step_avx512<5>(t, off, len, acc);
+  ops_sparse_step_avx512<6>(t, off, len, acc);
+  ops_sparse_step_avx512<7>(t, off, len, acc);
+}
+
 /// One token's sparse product with AVX-512F, r <= 32 (h: r floats) and 32-bit CSR indices:
 ///   y[j] += s * acc_j,   acc_j = ((+0 + val[p0] * h[col[p0]]) + val[p1] * h[col[p1]]) + ...
 /// over row j's entries in ascending p, each product and each sum rounded: the very operations of the
@@ -282,26 +295,12 @@ LORI_OPS_AVX512_ATTRIBUTES inline void ops_sparse_token_avx512(const float* h, i
     __m512i off = _mm512_sub_epi32(o, _mm512_set1_epi32(static_cast<int>(base)));
     const __mmask16 nonempty = _mm512_cmpgt_epi32_mask(len, zero);
     __m512 acc = _mm512_setzero_ps();
-    ops_sparse_step_avx512<0>(t, off, len, acc);
-    ops_sparse_step_avx512<1>(t, off, len, acc);
-    ops_sparse_step_avx512<2>(t, off, len, acc);
-    ops_sparse_step_avx512<3>(t, off, len, acc);
-    ops_sparse_step_avx512<4>(t, off, len, acc);
-    ops_sparse_step_avx512<5>(t, off, len, acc);
-    ops_sparse_step_avx512<6>(t, off, len, acc);
-    ops_sparse_step_avx512<7>(t, off, len, acc);
+    ops_sparse_steps8_avx512(t, off, len, acc);
     // Rows longer than 8 (rare at 10 % of r = 32): continue 8 entries further along.
     while (_mm512_cmpgt_epi32_mask(len, _mm512_set1_epi32(8)) != 0) {
       off = _mm512_add_epi32(off, _mm512_set1_epi32(8));
       len = _mm512_sub_epi32(len, _mm512_set1_epi32(8));
-      ops_sparse_step_avx512<0>(t, off, len, acc);
-      ops_sparse_step_avx512<1>(t, off, len, acc);
-      ops_sparse_step_avx512<2>(t, off, len, acc);
-      ops_sparse_step_avx512<3>(t, off, len, acc);
-      ops_sparse_step_avx512<4>(t, off, len, acc);
-      ops_sparse_step_avx512<5>(t, off, len, acc);
-      ops_sparse_step_avx512<6>(t, off, len, acc);
-      ops_sparse_step_avx512<7>(t, off, len, acc);
+      ops_sparse_steps8_avx512(t, off, len, acc);
     }
     const __m512 yv = _mm512_loadu_ps(y + j0);
     _mm512_storeu_ps(y + j0, _mm512_mask_add_ps(yv, nonempty, yv, _mm512_mul_ps(sv, acc)));
