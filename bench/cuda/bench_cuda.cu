@@ -104,15 +104,17 @@ device_buffer<unsigned char>& flush_buffer() {
   return *b;
 }
 
-// Times f() with CUDA events per iteration; flushes L2 before each (outside the timed region).
-void run_timed(benchmark::State& st, const std::function<void()>& f, double floor_bytes, double flops = 0.0) {
+// Times f() with CUDA events per iteration (recorded as the event time / calls_per_f); flushes L2
+// before each (outside the timed region). Returns false when the warm-up call failed (the benchmark is
+// then marked skipped with the error).
+bool time_with_events(benchmark::State& st, const std::function<void()>& f, int calls_per_f = 1) {
   cudaStream_t s = ctx().stream();
   try {
     f();  // warm-up; an unsupported library path is reported here, before the timing loop
     LORI_CUDA_CHECK(cudaStreamSynchronize(s));
   } catch (const std::exception& e) {
     st.SkipWithError(e.what());
-    return;
+    return false;
   }
   cudaEvent_t a, b;
   LORI_CUDA_CHECK(cudaEventCreate(&a));
@@ -125,10 +127,16 @@ void run_timed(benchmark::State& st, const std::function<void()>& f, double floo
     LORI_CUDA_CHECK(cudaEventSynchronize(b));
     float ms = 0.0f;
     LORI_CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
-    st.SetIterationTime(static_cast<double>(ms) * 1e-3);
+    st.SetIterationTime(static_cast<double>(ms) * 1e-3 / calls_per_f);
   }
   LORI_CUDA_CHECK(cudaEventDestroy(a));
   LORI_CUDA_CHECK(cudaEventDestroy(b));
+  return true;
+}
+
+// time_with_events, then the bytes (floor_bytes per iteration) and TFLOPS counters.
+void run_timed(benchmark::State& st, const std::function<void()>& f, double floor_bytes, double flops = 0.0) {
+  if (!time_with_events(st, f)) return;
   st.SetBytesProcessed(static_cast<std::int64_t>(floor_bytes * static_cast<double>(st.iterations())));
   st.counters["floor_MB"] = floor_bytes / 1e6;
   if (flops > 0) st.counters["TFLOPS"] = benchmark::Counter(flops * 1e-12 * static_cast<double>(st.iterations()),
@@ -306,29 +314,7 @@ struct decode_loop_data {
 // a minimum time would count per-call time and run 224x longer than meant).
 void run_decode_loop(benchmark::State& st, decode_loop_data& f, const std::function<void(int)>& call) {
   const int calls = decode_loop_data::calls;
-  cudaStream_t s = ctx().stream();
-  try {
-    for (int i = 0; i < calls; ++i) call(i);  // warm-up
-    LORI_CUDA_CHECK(cudaStreamSynchronize(s));
-  } catch (const std::exception& e) {
-    st.SkipWithError(e.what());
-    return;
-  }
-  cudaEvent_t a, b;
-  LORI_CUDA_CHECK(cudaEventCreate(&a));
-  LORI_CUDA_CHECK(cudaEventCreate(&b));
-  for (auto _ : st) {
-    flush_buffer().fill_bytes(static_cast<int>(st.iterations() & 0xff), s);
-    LORI_CUDA_CHECK(cudaEventRecord(a, s));
-    for (int i = 0; i < calls; ++i) call(i);
-    LORI_CUDA_CHECK(cudaEventRecord(b, s));
-    LORI_CUDA_CHECK(cudaEventSynchronize(b));
-    float ms = 0.0f;
-    LORI_CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
-    st.SetIterationTime(static_cast<double>(ms) * 1e-3 / calls);
-  }
-  LORI_CUDA_CHECK(cudaEventDestroy(a));
-  LORI_CUDA_CHECK(cudaEventDestroy(b));
+  if (!time_with_events(st, [&] { for (int i = 0; i < calls; ++i) call(i); }, calls)) return;
   st.SetBytesProcessed(static_cast<std::int64_t>(adapter_floor(f.n) * static_cast<double>(st.iterations())));
   st.counters["calls_per_iteration"] = calls;
 }
