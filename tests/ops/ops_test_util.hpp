@@ -19,6 +19,12 @@ template <class T>
 using RM = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 using RMd = RM<double>;
 
+/// One test problem: n tokens, k inputs, d outputs, rank r, fraction of B's entries kept.
+struct Shape {
+  index_t n, k, d, r;
+  double keep;
+};
+
 /// Mask with roughly `keep` of the entries kept, rows deliberately uneven (some empty, some full) as a
 /// global top-|B| calibration produces. keep = 0 and keep = 1 give the empty and the full mask.
 inline lori::bitmask random_mask(index_t rows, index_t cols, double keep, std::mt19937_64& g) {

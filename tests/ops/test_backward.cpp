@@ -12,10 +12,6 @@
 using namespace ops_test;
 
 namespace {
-struct Shape {
-  index_t n, k, d, r;
-  double keep;
-};
 // n = 0, n = 1, n not a multiple of the 8 lanes or of the 64-token block, d over several 256-row blocks,
 // r = 1, empty and full masks, k = 0.
 const Shape kShapes[] = {{0, 5, 7, 3, 0.5},    {1, 33, 17, 4, 0.3},   {1, 1, 1, 1, 1.0},   {3, 9, 40, 5, 0.4},

@@ -14,10 +14,6 @@
 using namespace ops_test;
 
 namespace {
-struct Shape {
-  index_t n, k, d, r;
-  double keep;
-};
 // n = 0, n = 1, n < 4 (row path), n = 64 (one whole block), odd sizes, r = 1, d not a multiple of the
 // 32-row chunk, empty and full masks.
 const Shape kShapes[] = {{0, 5, 7, 3, 0.5},   {1, 33, 17, 4, 0.3},  {1, 1, 1, 1, 1.0},   {3, 9, 40, 5, 0.4},
