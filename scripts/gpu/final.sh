@@ -2,7 +2,7 @@
 # One bounded call on the GPU machine (device tool, carry .deps made by scripts/gpu/make_deps.sh):
 # build the GPU targets, run every GPU test, each area's check script (benchmarks next to their
 # baselines + sanitizer subsets), then compute-sanitizer memcheck over the whole GPU test executables.
-# Writes at most 6 files to $OUT: summary.txt, random.txt, mask.txt, gpu.txt, merge.txt, sanitize.txt.
+# Writes at most 7 files to $OUT: summary.txt, random.txt, mask.txt, gpu.txt, merge.txt, decode.txt, sanitize.txt.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT="${OUT:-/tmp/lori-out}"; mkdir -p "$OUT"
@@ -19,9 +19,9 @@ grep -E "error|FAILED" /tmp/build.log | head -40 >> "$S"
 echo "== ctest -L gpu" >> "$S"
 timeout 120 ctest --test-dir $B -L gpu --output-on-failure > /tmp/ctest_gpu.log 2>&1
 grep -E "Test +#|tests passed|tests failed|FAILED|ERROR" /tmp/ctest_gpu.log | head -30 >> "$S"
-for name in random mask gpu merge; do
+for name in random mask gpu merge decode; do
   mkdir -p /tmp/cp/$name; t1=$(date +%s)
-  timeout 130 bash scripts/gpu/check_$name.sh $B /tmp/cp/$name > /tmp/cp/$name.log 2>&1
+  timeout 85 bash scripts/gpu/check_$name.sh $B /tmp/cp/$name > /tmp/cp/$name.log 2>&1
   rc=$?
   { echo "== check_$name rc=$rc in $(( $(date +%s) - t1 )) s"; cat /tmp/cp/$name/*.txt 2>/dev/null | head -300; echo "-- log tail"; tail -30 /tmp/cp/$name.log; } > "$OUT/$name.txt"
   echo "check_$name rc=$rc $(( $(date +%s) - t1 )) s" >> "$S"
