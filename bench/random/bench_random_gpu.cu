@@ -1,4 +1,4 @@
-// lori_bench_random (GPU part): all A's of a Llama-3-8B-shaped model at r = 32 (224 matrices, 29.36 M
+// lori_bench_random (GPU part): all A's of a Llama-3-8B-shaped model at r = 32 (224 matrices, 39.85 M
 // elements) generated in one launch, against cuRAND's Philox normal generator (host API) for the same
 // count and a device-to-device copy of the same number of floats (the bandwidth reference).
 // Timed with CUDA events (UseManualTime). Bytes: ours and cuRAND count bytes written; the copy counts
@@ -6,6 +6,7 @@
 // bandwidth achieved.
 #include <benchmark/benchmark.h>
 
+#include "legacy_projection.cuh"
 #include "lori/cuda/device_buffer.cuh"
 #include "lori/cuda/projection.cuh"
 #include "lori/random/stream.hpp"
@@ -30,7 +31,7 @@ lori::index_t llama_total() {
   lori::index_t n = 0;
   for (int l = 0; l < 32; ++l)
     for (const auto& m : kModules) n += kRank * m.in_features;
-  return n;  // 29,360,128
+  return n;  // 39,845,888
 }
 
 template <class T>
@@ -104,6 +105,38 @@ void generate_llama(benchmark::State& state) {
 void BM_gpu_generate_llama3_8b_r32(benchmark::State& state) { generate_llama<float>(state); }
 void BM_gpu_generate_llama3_8b_r32_bf16(benchmark::State& state) { generate_llama<lori::bfloat16>(state); }
 
+// DIAGNOSTIC (session-3 checkpoints): the previous kernel (one block per 1024-unit chunk, block-wide
+// slow-path queue behind two barriers) on the same batch, and the new kernel at a forced number of
+// blocks per SM (range(1)); range(0) = distribution as above.
+void BM_gpu_diag_legacy_llama3_8b_r32(benchmark::State& state) {
+  if (!have_device(state)) return;
+  const lori::index_t n = llama_total();
+  lori::cuda::device_buffer<float> out(n);
+  const auto tasks = llama_tasks(out.data(), spec_of(state.range(0)));
+  const auto plan = lori_legacy::legacy_prepare(tasks.data(), static_cast<lori::index_t>(tasks.size()));
+  time_events(state, [&] { lori_legacy::legacy_generate(plan); });
+  state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * n);
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * n * 4);
+}
+
+void BM_gpu_diag_grid_llama3_8b_r32(benchmark::State& state) {
+  if (!have_device(state)) return;
+  const lori::index_t n = llama_total();
+  lori::cuda::device_buffer<float> out(n);
+  const auto tasks = llama_tasks(out.data(), spec_of(state.range(0)));
+  const std::size_t ws_bytes = lori::cuda::projection_batch_workspace_bytes(static_cast<lori::index_t>(tasks.size()));
+  lori::cuda::device_buffer<unsigned char> ws(static_cast<lori::index_t>(ws_bytes));
+  const auto plan = lori::cuda::prepare_projection_batch(tasks.data(), static_cast<lori::index_t>(tasks.size()), ws.data(), ws_bytes);
+  int device = 0, sms = 0;
+  LORI_CUDA_CHECK(cudaGetDevice(&device));
+  LORI_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  const lori::index_t blocks = static_cast<lori::index_t>(sms) * state.range(1);
+  time_events(state, [&] { lori::cuda::detail::launch_projection_batch(plan, blocks, nullptr); });
+  state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * n);
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * n * 4);
+  state.SetLabel("default grid " + std::to_string(plan.blocks) + " blocks, here " + std::to_string(blocks));
+}
+
 void BM_gpu_baseline_curand_normal(benchmark::State& state) {
   if (!have_device(state)) return;
   const lori::index_t n = llama_total();
@@ -137,4 +170,6 @@ void BM_gpu_baseline_d2d_copy(benchmark::State& state) {
 BENCHMARK(BM_gpu_baseline_d2d_copy)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_generate_llama3_8b_r32)->DenseRange(0, 3)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_generate_llama3_8b_r32_bf16)->Arg(0)->Arg(1)->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_gpu_diag_legacy_llama3_8b_r32)->Arg(0)->Arg(1)->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_gpu_diag_grid_llama3_8b_r32)->ArgsProduct({{0, 1}, {2, 4, 5, 8}})->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_baseline_curand_normal)->UseManualTime()->Unit(benchmark::kMicrosecond);
