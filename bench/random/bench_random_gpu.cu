@@ -107,7 +107,8 @@ void BM_gpu_generate_llama3_8b_r32_bf16(benchmark::State& state) { generate_llam
 
 // DIAGNOSTIC (session-3 checkpoints): the previous kernel (one block per 1024-unit chunk, block-wide
 // slow-path queue behind two barriers) on the same batch, and the new kernel at a forced number of
-// blocks per SM (range(1)); range(0) = distribution as above.
+// blocks per SM (range(1), 0 = default) and slow-path queue threshold (range(2)); range(0) =
+// distribution as above.
 void BM_gpu_diag_legacy_llama3_8b_r32(benchmark::State& state) {
   if (!have_device(state)) return;
   const lori::index_t n = llama_total();
@@ -130,11 +131,12 @@ void BM_gpu_diag_grid_llama3_8b_r32(benchmark::State& state) {
   int device = 0, sms = 0;
   LORI_CUDA_CHECK(cudaGetDevice(&device));
   LORI_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  const lori::index_t blocks = static_cast<lori::index_t>(sms) * state.range(1);
-  time_events(state, [&] { lori::cuda::detail::launch_projection_batch(plan, blocks, nullptr); });
+  const lori::index_t blocks = state.range(1) > 0 ? static_cast<lori::index_t>(sms) * state.range(1) : plan.blocks;
+  const auto pass_at = static_cast<unsigned>(state.range(2));
+  time_events(state, [&] { lori::cuda::detail::launch_projection_batch(plan, blocks, nullptr, pass_at); });
   state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * n);
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * n * 4);
-  state.SetLabel("default grid " + std::to_string(plan.blocks) + " blocks, here " + std::to_string(blocks));
+  state.SetLabel("default grid " + std::to_string(plan.blocks) + " blocks, here " + std::to_string(blocks) + ", queue pass at " + std::to_string(pass_at));
 }
 
 void BM_gpu_baseline_curand_normal(benchmark::State& state) {
@@ -171,5 +173,13 @@ BENCHMARK(BM_gpu_baseline_d2d_copy)->UseManualTime()->Unit(benchmark::kMicroseco
 BENCHMARK(BM_gpu_generate_llama3_8b_r32)->DenseRange(0, 3)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_generate_llama3_8b_r32_bf16)->Arg(0)->Arg(1)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_diag_legacy_llama3_8b_r32)->Arg(0)->Arg(1)->UseManualTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_gpu_diag_grid_llama3_8b_r32)->ArgsProduct({{0, 1}, {2, 4, 5, 8}})->UseManualTime()->Unit(benchmark::kMicrosecond);
+// {distribution, blocks per SM (0: default), queue threshold}
+BENCHMARK(BM_gpu_diag_grid_llama3_8b_r32)
+    ->Args({0, 4, 32})
+    ->Args({1, 4, 32})
+    ->Args({1, 5, 32})
+    ->Args({1, 0, 16})
+    ->Args({1, 0, 8})
+    ->UseManualTime()
+    ->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_baseline_curand_normal)->UseManualTime()->Unit(benchmark::kMicrosecond);

@@ -346,9 +346,16 @@ std::size_t slow_blocks(index_t rows, index_t cols, std::uint64_t seed, std::uin
 // with forced grids: with 1 or 2 blocks every warp walks long ranges across many tasks, so its slow-path
 // queue fills past 32 many times inside one piece (mid-piece passes), entries with several slow
 // elements are re-queued, pieces end with partial steps and partial warps, and the block's layer table
-// is rescaled for each new sigma. Returns the number of mismatches (and of touched gaps).
+// is rescaled for each new sigma. Each launch: {blocks (-1: the default grid), queue threshold pass_at
+// (32 in the library; 1 works the queue off at every step, 5 leaves partial passes)}.
+// Returns the number of mismatches (and of touched gaps).
+struct forced_launch {
+  index_t blocks;
+  unsigned pass_at;
+};
+
 template <class T>
-std::size_t forced_grid_batch(std::uint64_t salt, int ntasks, index_t max_rows, index_t max_cols, const std::vector<lori::index_t>& grids,
+std::size_t forced_grid_batch(std::uint64_t salt, int ntasks, index_t max_rows, index_t max_cols, const std::vector<forced_launch>& launches,
                               std::size_t* slow_entries = nullptr, std::size_t* requeued = nullptr) {
   auto g = test_rng(salt);
   struct placed {
@@ -384,10 +391,11 @@ std::size_t forced_grid_batch(std::uint64_t salt, int ntasks, index_t max_rows, 
   lori::cuda::device_buffer<unsigned char> ws(static_cast<index_t>(ws_bytes));
   const auto plan = lori::cuda::prepare_projection_batch(tasks.data(), static_cast<index_t>(tasks.size()), ws.data(), ws_bytes);
   std::size_t bad = 0;
-  for (const index_t blocks : grids) {
-    CAPTURE(blocks);
+  for (const forced_launch& l : launches) {
+    CAPTURE(l.blocks);
+    CAPTURE(l.pass_at);
     buf.fill_bytes(0xff);
-    lori::cuda::detail::launch_projection_batch(plan, blocks > 0 ? blocks : plan.blocks, nullptr);
+    lori::cuda::detail::launch_projection_batch(plan, l.blocks > 0 ? l.blocks : plan.blocks, nullptr, l.pass_at);
     LORI_CUDA_CHECK(cudaDeviceSynchronize());
     const auto host = buf.download();
     index_t prev_end = 0;
@@ -404,7 +412,7 @@ std::size_t forced_grid_batch(std::uint64_t salt, int ntasks, index_t max_rows, 
 TEST_CASE("gaussian warp queues: forced small grids, many tasks and sigmas, float and bf16") {
   // 1 block: each warp sees every task (~100 slow entries per warp in the large ones: 3+ passes inside
   // a piece); 2 and 7 blocks: ranges start and end inside tasks; -1: the default grid.
-  const std::vector<index_t> grids = {1, 2, 7, -1};
+  const std::vector<forced_launch> grids = {{1, 32}, {2, 32}, {7, 32}, {-1, 32}, {1, 1}, {2, 5}};
   std::size_t entries = 0, requeued = 0;
   CHECK(forced_grid_batch<float>(200, 40, 70, 3000, grids, &entries, &requeued) == 0);
   CHECK(forced_grid_batch<lori::bfloat16>(201, 40, 70, 3000, grids) == 0);
@@ -414,8 +422,8 @@ TEST_CASE("gaussian warp queues: forced small grids, many tasks and sigmas, floa
 }
 
 TEST_CASE("gaussian warp queues: small batch on 1 and 2 blocks (racecheck subset)") {
-  CHECK(forced_grid_batch<float>(202, 6, 40, 1500, {1, 2}) == 0);
-  CHECK(forced_grid_batch<lori::half>(203, 6, 40, 1500, {1, 2}) == 0);
+  CHECK(forced_grid_batch<float>(202, 6, 40, 1500, {{1, 32}, {2, 5}}) == 0);
+  CHECK(forced_grid_batch<lori::half>(203, 6, 40, 1500, {{1, 32}, {2, 5}}) == 0);
 }
 
 TEST_CASE("single matrix on forced grids: one block walks the whole matrix (fallback element included)") {

@@ -331,16 +331,26 @@ LORI_DEVICE LORI_FORCEINLINE uint2* gaussian_table() {
   return table;
 }
 
-/// Per-warp queue of slow-path work. An entry is one Philox block (4 consecutive elements of a row)
-/// with at least one element that failed the fast test: its four words and {row i, counter q} (its
-/// elements are j = 4q .. 4q + 3). A finished element's word is zeroed (a zero word is a fast-path
-/// word: layer 0, m = 1 < k_0), so an entry's pending elements are recomputed from its words.
+/// Per-warp queue of slow-path work, a ring buffer worked off in FIFO order (so that an element's fix-up
+/// follows its placeholder store soon, while the line is likely still in L2). An entry is one Philox
+/// block (4 consecutive elements of a row) with at least one element that failed the fast test: its
+/// four words and {row i, counter q} (its elements are j = 4q .. 4q + 3). A finished element's word is
+/// zeroed (a zero word is a fast-path word: layer 0, m = 1 < k_0), so an entry's pending elements are
+/// recomputed from its words.
 template <int U>
 struct gaussian_warp_queue {
-  /// At most 31 entries wait between steps; a step appends at most 32 per Philox block of a unit.
-  static constexpr int capacity = 32 + 32 * (U / 4);
+  /// At most 31 entries wait between steps (passes run while >= pass_at <= 32 wait); a step appends
+  /// at most 32 per Philox block of its unit: < 32 + 32 * (U / 4) entries, a power of two.
+  static constexpr unsigned capacity = 64u * (U / 4);
+  static constexpr unsigned mask = capacity - 1u;
   uint4 words[capacity];
   uint2 ij[capacity];
+};
+
+/// The warp's queue state (warp-uniform values): entries [head, head + count) modulo the capacity.
+struct gaussian_queue_state {
+  unsigned head;
+  unsigned count;
 };
 
 /// This warp's queue (one per warp of the block).
@@ -353,24 +363,27 @@ LORI_DEVICE LORI_FORCEINLINE gaussian_warp_queue<U>& gaussian_queue() {
 /// Word t of a uint4 (t warp-divergent: selects, no local memory).
 LORI_DEVICE LORI_FORCEINLINE std::uint32_t word_of(const uint4& w, int t) { return t == 0 ? w.x : (t == 1 ? w.y : (t == 2 ? w.z : w.w)); }
 
-/// One pass over the top n <= 32 entries of the warp's queue (cnt entries, warp-uniform): lane l < n
-/// takes entry cnt - n + l, finishes its first pending element (the ziggurat's slow path, then a
+/// One pass over the oldest n <= 32 entries of the warp's queue: lane l < n takes entry head + l,
+/// finishes its first pending element (the ziggurat's slow path, then a
 /// scalar store over the placeholder) and puts the entry back if more elements are pending. Every
 /// pass finishes an element or drops an entry, so repeated passes terminate. The first __syncwarp
 /// orders the appends and placeholder stores of all lanes before the reads and the overwrites, the
 /// second keeps the reads before any later append to those slots.
 template <class T, int U>
-LORI_DEVICE LORI_FORCEINLINE void gaussian_queue_pass(const projection_entry<T>& e, const uint2* table, gaussian_warp_queue<U>& qu, unsigned& cnt,
-                                                      unsigned n, unsigned lane, unsigned lt) {
+LORI_DEVICE LORI_FORCEINLINE void gaussian_queue_pass(const projection_entry<T>& e, const uint2* table, gaussian_warp_queue<U>& qu,
+                                                      gaussian_queue_state& qs, unsigned n, unsigned lane, unsigned lt) {
+  using queue = gaussian_warp_queue<U>;
   __syncwarp();
   uint4 w = make_uint4(0u, 0u, 0u, 0u);
   uint2 ij = make_uint2(0u, 0u);
   if (lane < n) {
-    w = qu.words[cnt - n + lane];
-    ij = qu.ij[cnt - n + lane];
+    const unsigned slot = (qs.head + lane) & queue::mask;
+    w = qu.words[slot];
+    ij = qu.ij[slot];
   }
   __syncwarp();
-  cnt -= n;
+  qs.head = (qs.head + n) & queue::mask;
+  qs.count -= n;
   const std::uint64_t j0 = static_cast<std::uint64_t>(ij.y) * 4u;
   const auto cols = static_cast<std::uint64_t>(e.cols);
   unsigned pending = 0;
@@ -400,24 +413,25 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_queue_pass(const projection_entry<T>&
   const bool again = pending != 0u;
   const unsigned back = __ballot_sync(0xffffffffu, again);
   if (again) {
-    const unsigned pos = cnt + static_cast<unsigned>(__popc(back & lt));
-    qu.words[pos] = w;
-    qu.ij[pos] = ij;
+    const unsigned slot = (qs.head + qs.count + static_cast<unsigned>(__popc(back & lt))) & queue::mask;
+    qu.words[slot] = w;
+    qu.ij[slot] = ij;
   }
-  cnt += static_cast<unsigned>(__popc(back));
+  qs.count += static_cast<unsigned>(__popc(back));
 }
 
 /// Units [r0, r1) of gaussian matrix e by the block (thread x: units r0 + x, r0 + x + 256, ...); see
 /// lori/detail/random_ziggurat.hpp for the element formula. Every element takes the fast path from the
 /// block's table (a placeholder where the fast test fails); each Philox block with a failing element
-/// is appended to the warp's queue (ballot + popc), and whenever 32 entries wait, the whole warp
-/// finishes 32 of them at once (gaussian_queue_pass, after the unit's stores); the rest is finished at
-/// the end of the piece. Warps never wait for each other, except for two block barriers when the
+/// is appended to the warp's queue (ballot + popc), and whenever pass_at (32; tests and diagnostics
+/// use fewer) entries wait, the whole warp finishes up to 32 of them at once (gaussian_queue_pass,
+/// after the unit's stores); the rest is finished at the end of the piece. Warps never wait for each other, except for two block barriers when the
 /// table is rescaled for a new sigma (block-uniform: pieces are block-uniform).
 /// table_sigma: the sigma the table holds (0: not filled yet; sigma > 0 always).
 template <class T>
 LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian(const projection_entry<T>& e, index_t r0, index_t r1, unsigned lt,
-                                                            float& table_sigma) {
+                                                            unsigned pass_at, float& table_sigma) {
+  using queue = gaussian_warp_queue<projection_traits<T>::unit>;
   constexpr int U = projection_traits<T>::unit;
   const unsigned x = threadIdx.x, lane = x & 31u;
   uint2* table = gaussian_table();
@@ -431,7 +445,7 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian(const projection_ent
     __syncthreads();
     table_sigma = sigma;
   }
-  unsigned cnt = 0;  // entries in the warp's queue (warp-uniform)
+  gaussian_queue_state qs{0u, 0u};
   unit_cursor<T> p = cursor_at(e, r0 + x);
   // A block-uniform loop and body (every warp runs every step; lanes beyond the piece are inactive):
   // a warp-divergent region around the ballots below makes the compiler drop the task's keys from
@@ -454,28 +468,29 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian(const projection_ent
       slow = slow && active;
       const unsigned ballot = __ballot_sync(0xffffffffu, slow);
       if (slow) {
-        const unsigned pos = cnt + static_cast<unsigned>(__popc(ballot & lt));
-        qu.words[pos] = make_uint4(b.v[0], b.v[1], b.v[2], b.v[3]);
-        qu.ij[pos] = make_uint2(p.i, q);
+        const unsigned slot = (qs.head + qs.count + static_cast<unsigned>(__popc(ballot & lt))) & queue::mask;
+        qu.words[slot] = make_uint4(b.v[0], b.v[1], b.v[2], b.v[3]);
+        qu.ij[slot] = make_uint2(p.i, q);
       }
-      cnt += static_cast<unsigned>(__popc(ballot));
+      qs.count += static_cast<unsigned>(__popc(ballot));
     }
     if (active) store_unit_at<T, U>(e, p, v);
-    while (cnt >= 32u) gaussian_queue_pass<T, U>(e, table, qu, cnt, 32u, lane, lt);
+    while (qs.count >= pass_at) gaussian_queue_pass<T, U>(e, table, qu, qs, qs.count < 32u ? qs.count : 32u, lane, lt);
     advance_step(e, p);
   }
-  while (cnt != 0u) gaussian_queue_pass<T, U>(e, table, qu, cnt, cnt < 32u ? cnt : 32u, lane, lt);
+  while (qs.count != 0u) gaussian_queue_pass<T, U>(e, table, qu, qs, qs.count < 32u ? qs.count : 32u, lane, lt);
 }
 
 /// Units [r0, r1) of matrix e by the block, any law. WithGaussian: the kernel variant with the gaussian
 /// path (shared memory, more registers); the host launches the variant without it when no task of the
 /// launch is gaussian.
 template <bool WithGaussian, class T>
-LORI_DEVICE LORI_FORCEINLINE void projection_piece_dispatch(const projection_entry<T>& e, index_t r0, index_t r1, unsigned lt, float& table_sigma) {
+LORI_DEVICE LORI_FORCEINLINE void projection_piece_dispatch(const projection_entry<T>& e, index_t r0, index_t r1, unsigned lt, unsigned pass_at,
+                                                            float& table_sigma) {
   switch (e.params.kind) {
     case distribution::kaiming_uniform: projection_piece<distribution::kaiming_uniform>(e, r0, r1); break;
     case distribution::gaussian:
-      if constexpr (WithGaussian) projection_piece_gaussian(e, r0, r1, lt, table_sigma);
+      if constexpr (WithGaussian) projection_piece_gaussian(e, r0, r1, lt, pass_at, table_sigma);
       break;
     case distribution::rademacher: projection_piece<distribution::rademacher>(e, r0, r1); break;
     case distribution::sparse: projection_piece<distribution::sparse>(e, r0, r1); break;
@@ -526,16 +541,18 @@ template <bool WithGaussian>
 constexpr int projection_min_blocks = WithGaussian ? 6 : 8;
 
 /// How a launch's units are split over its blocks: ceil(units / 32) groups of 32 units; block B takes
-/// per_block groups, one more if B < extra (no division on the device).
+/// per_block groups, one more if B < extra (no division on the device). pass_at (1..32): queue length
+/// at which a warp works off its gaussian slow-path queue (32 in the library).
 struct projection_split {
   index_t units;
   index_t per_block;
   index_t extra;
+  unsigned pass_at;
 };
 
-inline projection_split make_projection_split(index_t units, index_t blocks) {
+inline projection_split make_projection_split(index_t units, index_t blocks, unsigned pass_at = 32) {
   const index_t groups = (units + 31) / 32;
-  return projection_split{units, groups / blocks, groups % blocks};
+  return projection_split{units, groups / blocks, groups % blocks, pass_at};
 }
 
 /// The generation kernel: a grid of at most one wave of resident blocks; the launch's units (all tasks
@@ -569,7 +586,7 @@ __global__ void __launch_bounds__(projection_threads, projection_min_blocks<With
     if (end_t > u) {
       const index_t s = src.start(t);
       const index_t end = end_t < b ? end_t : b;
-      projection_piece_dispatch<WithGaussian>(src.entry(t), u - s, end - s, lt, table_sigma);
+      projection_piece_dispatch<WithGaussian>(src.entry(t), u - s, end - s, lt, split.pass_at, table_sigma);
       u = end;
       if (u >= b) break;
     }
@@ -698,16 +715,17 @@ namespace detail {
 /// The launch of generate_projection_batch with `blocks` blocks (1 <= blocks; the library passes
 /// plan.blocks, tests force small grids so that each block walks long ranges and many tasks).
 template <class T>
-void launch_projection_batch(const projection_batch_plan<T>& plan, index_t blocks, cudaStream_t stream) {
+void launch_projection_batch(const projection_batch_plan<T>& plan, index_t blocks, cudaStream_t stream, unsigned pass_at = 32) {
   LORI_EXPECTS(plan.count >= 0 && plan.blocks >= 0 && plan.units >= 0, "generate_projection_batch: invalid plan");
   if (plan.units == 0) return;
   LORI_EXPECTS(plan.workspace != nullptr, "generate_projection_batch: plan has no workspace");
   LORI_EXPECTS(blocks >= 1 && blocks < (index_t{1} << 31), "generate_projection_batch: invalid block count");
+  LORI_EXPECTS(pass_at >= 1 && pass_at <= 32, "generate_projection_batch: invalid queue threshold");
   const auto n = static_cast<std::size_t>(plan.count);
   const auto* base = static_cast<const unsigned char*>(plan.workspace);
   const projection_batch_source<T> src{reinterpret_cast<const projection_entry_storage<T>*>(base),
                                        reinterpret_cast<const index_t*>(base + round_up16(n * sizeof(projection_entry_storage<T>))), plan.count};
-  const projection_split split = make_projection_split(plan.units, blocks);
+  const projection_split split = make_projection_split(plan.units, blocks, pass_at);
   if (plan.has_gaussian) {
     projection_kernel<T, true><<<static_cast<unsigned>(blocks), projection_threads, 0, stream>>>(src, split);
   } else {
