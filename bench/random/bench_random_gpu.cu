@@ -136,7 +136,8 @@ void BM_gpu_diag_grid_llama3_8b_r32(benchmark::State& state) {
   time_events(state, [&] { lori::cuda::detail::launch_projection_batch(plan, blocks, nullptr, pass_at); });
   state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * n);
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * n * 4);
-  state.SetLabel("default grid " + std::to_string(plan.blocks) + " blocks, here " + std::to_string(blocks) + ", queue pass at " + std::to_string(pass_at));
+  state.SetLabel("default grid " + std::to_string(plan.blocks) + " blocks, here " + std::to_string(blocks) + ", queue pass at " +
+                 std::to_string(pass_at));
 }
 
 void BM_gpu_baseline_curand_normal(benchmark::State& state) {

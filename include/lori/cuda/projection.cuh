@@ -312,8 +312,8 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece(const projection_entry<T>& e,
       float v[U];
 #pragma unroll
       for (int h = 0; h < U / 4; ++h) {
-        const philox_block b =
-            lori::detail::philox4x32_10_scheduled(static_cast<std::uint32_t>(U / 4) * p.c + static_cast<std::uint32_t>(h), p.i, e.stream0, e.stream1, e.rk);
+        const std::uint32_t q = static_cast<std::uint32_t>(U / 4) * p.c + static_cast<std::uint32_t>(h);
+        const philox_block b = lori::detail::philox4x32_10_scheduled(q, p.i, e.stream0, e.stream1, e.rk);
         const float4_values y = projection_values_simple(params, b);
 #pragma unroll
         for (int t = 0; t < 4; ++t) v[4 * h + t] = y.v[t];
@@ -364,9 +364,9 @@ LORI_DEVICE LORI_FORCEINLINE gaussian_warp_queue<U>& gaussian_queue() {
 LORI_DEVICE LORI_FORCEINLINE std::uint32_t word_of(const uint4& w, int t) { return t == 0 ? w.x : (t == 1 ? w.y : (t == 2 ? w.z : w.w)); }
 
 /// One pass over the oldest n <= 32 entries of the warp's queue: lane l < n takes entry head + l,
-/// finishes its first pending element (the ziggurat's slow path, then a
-/// scalar store over the placeholder) and puts the entry back if more elements are pending. Every
-/// pass finishes an element or drops an entry, so repeated passes terminate. The first __syncwarp
+/// finishes its first pending element (the ziggurat's slow path, then a scalar store over the
+/// placeholder) and puts the entry back if more elements are pending. Every pass finishes an element
+/// or drops an entry, so repeated passes terminate. The first __syncwarp
 /// orders the appends and placeholder stores of all lanes before the reads and the overwrites, the
 /// second keeps the reads before any later append to those slots.
 template <class T, int U>
@@ -425,8 +425,9 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_queue_pass(const projection_entry<T>&
 /// block's table (a placeholder where the fast test fails); each Philox block with a failing element
 /// is appended to the warp's queue (ballot + popc), and whenever pass_at (32; tests and diagnostics
 /// use fewer) entries wait, the whole warp finishes up to 32 of them at once (gaussian_queue_pass,
-/// after the unit's stores); the rest is finished at the end of the piece. Warps never wait for each other, except for two block barriers when the
-/// table is rescaled for a new sigma (block-uniform: pieces are block-uniform).
+/// after the unit's stores); the rest is finished at the end of the piece. Warps never wait for each
+/// other, except for two block barriers when the table is rescaled for a new sigma (block-uniform:
+/// pieces are block-uniform).
 /// table_sigma: the sigma the table holds (0: not filled yet; sigma > 0 always).
 template <class T>
 LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian(const projection_entry<T>& e, index_t r0, index_t r1, unsigned lt,
