@@ -19,19 +19,6 @@ t() { local rem=$((76 - SECONDS)); [ "$rem" -lt 1 ] && rem=1; [ "$1" -lt "$rem" 
   echo "== lori_bench_random BM_gpu_* (5 repetitions, aggregates) ($(date -u +%T))"
   timeout $(t 30) "$exe" --benchmark_filter='BM_gpu_' --benchmark_repetitions=5 --benchmark_report_aggregates_only=true --benchmark_min_time=0.1 2>&1 \
     | grep -E "^BM_|^-|Benchmark|Run on" | grep -vE "_cv |_stddev " | head -60
-  echo "== torch.randn baseline ($(date -u +%T))"
-  timeout $(t 12) python3 bench/random/torch_randn.py 2>&1 | tail -3
-  if command -v ncu > /dev/null; then
-    for spec in "projection_kernel BM_gpu_generate_llama3_8b_r32/1/" "projection_kernel BM_gpu_generate_llama3_8b_r32/0/" "projection_batch_kernel BM_gpu_diag_legacy_llama3_8b_r32/1/"; do
-      set -- $spec
-      echo "== ncu -k $1 ($2) ($(date -u +%T))"
-      timeout $(t 9) ncu --section SpeedOfLight --section Occupancy --section LaunchStats --section MemoryWorkloadAnalysis \
-        --section SchedulerStats --section WarpStateStats \
-        --metrics smsp__inst_executed.sum,dram__bytes_read.sum,dram__bytes_write.sum,l1tex__data_bank_conflicts_pipe_lsu_mem_shared.sum \
-        -k "regex:$1" -c 1 "$exe" --benchmark_filter="$2" --benchmark_min_time=0.01 2>&1 \
-        | grep -E "smsp__inst|dram__bytes|bank_conflicts|Duration|Throughput|Occupancy|Registers Per|Shared Memory Config|Block Limit|Executed Ipc|Issue Slots|Issued Warp|No Eligible|Active Warps Per|Eligible Warps|Warp Cycles Per Issued|Bank|Mem Busy|Max Bandwidth|Mem Pipes|stall|Stall|Waves|Grid Size|Block Size|Dynamic Shared|Static Shared" | head -48
-    done
-  fi
   echo "== ctest -R lori_test_random_gpu ($(date -u +%T))"
   timeout $(t 15) ctest --test-dir "$B" -R 'lori_test_random_gpu' --output-on-failure 2>&1 | grep -vE "^\s*$|Test project|Start " | tail -30
   wait "$build_pid"
@@ -49,6 +36,19 @@ t() { local rem=$((76 - SECONDS)); [ "$rem" -lt 1 ] && rem=1; [ "$1" -lt "$rem" 
     rc=$?
     tail -3 "$OUT/memcheck.log"
     echo "memcheck rc=$rc (124 = timed out)"
+  fi
+  echo "== torch.randn baseline ($(date -u +%T))"
+  timeout $(t 12) python3 bench/random/torch_randn.py 2>&1 | tail -3
+  if command -v ncu > /dev/null; then
+    for spec in "projection_kernel BM_gpu_generate_llama3_8b_r32/1/" "projection_kernel BM_gpu_generate_llama3_8b_r32/0/" "projection_batch_kernel BM_gpu_diag_legacy_llama3_8b_r32/1/"; do
+      set -- $spec
+      echo "== ncu -k $1 ($2) ($(date -u +%T))"
+      timeout $(t 9) ncu --section SpeedOfLight --section Occupancy --section LaunchStats --section MemoryWorkloadAnalysis \
+        --section SchedulerStats --section WarpStateStats \
+        --metrics smsp__inst_executed.sum,dram__bytes_read.sum,dram__bytes_write.sum,l1tex__data_bank_conflicts_pipe_lsu_mem_shared.sum \
+        -k "regex:$1" -c 1 "$exe" --benchmark_filter="$2" --benchmark_min_time=0.01 2>&1 \
+        | grep -E "smsp__inst|dram__bytes|bank_conflicts|Duration|Throughput|Occupancy|Registers Per|Shared Memory Config|Block Limit Reg|Block Limit Shared Mem|Executed Ipc|Issue Slots|Issued Warp|No Eligible|Active Warps Per|Eligible Warps|Warp Cycles Per Issued|Bank|Mem Busy|Max Bandwidth|Mem Pipes|stall|Stall|Waves|Grid Size|Block Size|Dynamic Shared|Static Shared" | head -40
+    done
   fi
   echo "== done $(date -u +%FT%TZ)"
 } > "$F" 2>&1
