@@ -131,7 +131,10 @@ void BM_gpu_diag_grid_llama3_8b_r32(benchmark::State& state) {
   int device = 0, sms = 0;
   LORI_CUDA_CHECK(cudaGetDevice(&device));
   LORI_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  const lori::index_t blocks = state.range(1) > 0 ? static_cast<lori::index_t>(sms) * state.range(1) : plan.blocks;
+  // range(1) > 0: that many blocks per SM; 0: the library's grid (one wave); -1: one block per 1024 units
+  // (the old decomposition, many waves, with the new per-warp queues drained at each block's end).
+  const lori::index_t blocks = state.range(1) > 0 ? static_cast<lori::index_t>(sms) * state.range(1)
+                                                  : (state.range(1) == 0 ? plan.blocks : (plan.units + 1023) / 1024);
   const auto pass_at = static_cast<unsigned>(state.range(2));
   time_events(state, [&] { lori::cuda::detail::launch_projection_batch(plan, blocks, nullptr, pass_at); });
   state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * n);
@@ -174,13 +177,15 @@ BENCHMARK(BM_gpu_baseline_d2d_copy)->UseManualTime()->Unit(benchmark::kMicroseco
 BENCHMARK(BM_gpu_generate_llama3_8b_r32)->DenseRange(0, 3)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_generate_llama3_8b_r32_bf16)->Arg(0)->Arg(1)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_diag_legacy_llama3_8b_r32)->Arg(0)->Arg(1)->UseManualTime()->Unit(benchmark::kMicrosecond);
-// {distribution, blocks per SM (0: default), queue threshold}
+// {distribution, blocks per SM (0: default, -1: one block per 1024 units), queue threshold}
 BENCHMARK(BM_gpu_diag_grid_llama3_8b_r32)
     ->Args({0, 4, 32})
     ->Args({1, 4, 32})
     ->Args({1, 5, 32})
     ->Args({1, 0, 16})
     ->Args({1, 0, 8})
+    ->Args({0, -1, 32})
+    ->Args({1, -1, 32})
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_baseline_curand_normal)->UseManualTime()->Unit(benchmark::kMicrosecond);
