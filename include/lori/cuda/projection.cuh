@@ -343,8 +343,11 @@ struct gaussian_warp_queue {
   /// at most 32 per Philox block of its unit: < 32 + 32 * (U / 4) entries, a power of two.
   static constexpr unsigned capacity = 64u * (U / 4);
   static constexpr unsigned mask = capacity - 1u;
-  uint4 words[capacity];
-  uint2 ij[capacity];
+  struct alignas(32) entry {
+    uint4 words;
+    uint2 ij;
+  };
+  entry e[capacity];
 };
 
 /// The warp's queue state (warp-uniform values): entries [head, head + count) modulo the capacity.
@@ -378,8 +381,8 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_queue_pass(const projection_entry<T>&
   uint2 ij = make_uint2(0u, 0u);
   if (lane < n) {
     const unsigned slot = (qs.head + lane) & queue::mask;
-    w = qu.words[slot];
-    ij = qu.ij[slot];
+    w = qu.e[slot].words;
+    ij = qu.e[slot].ij;
   }
   __syncwarp();
   qs.head = (qs.head + n) & queue::mask;
@@ -414,8 +417,8 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_queue_pass(const projection_entry<T>&
   const unsigned back = __ballot_sync(0xffffffffu, again);
   if (again) {
     const unsigned slot = (qs.head + qs.count + static_cast<unsigned>(__popc(back & lt))) & queue::mask;
-    qu.words[slot] = w;
-    qu.ij[slot] = ij;
+    qu.e[slot].words = w;
+    qu.e[slot].ij = ij;
   }
   qs.count += static_cast<unsigned>(__popc(back));
 }
@@ -470,8 +473,8 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian(const projection_ent
       const unsigned ballot = __ballot_sync(0xffffffffu, slow);
       if (slow) {
         const unsigned slot = (qs.head + qs.count + static_cast<unsigned>(__popc(ballot & lt))) & queue::mask;
-        qu.words[slot] = make_uint4(b.v[0], b.v[1], b.v[2], b.v[3]);
-        qu.ij[slot] = make_uint2(p.i, q);
+        qu.e[slot].words = make_uint4(b.v[0], b.v[1], b.v[2], b.v[3]);
+        qu.e[slot].ij = make_uint2(p.i, q);
       }
       qs.count += static_cast<unsigned>(__popc(ballot));
     }
