@@ -40,14 +40,19 @@ t() { local rem=$((76 - SECONDS)); [ "$rem" -lt 1 ] && rem=1; [ "$1" -lt "$rem" 
   echo "== torch.randn baseline ($(date -u +%T))"
   timeout $(t 12) python3 bench/random/torch_randn.py 2>&1 | tail -3
   if command -v ncu > /dev/null; then
-    for spec in "projection_kernel BM_gpu_generate_llama3_8b_r32/1/" "projection_kernel BM_gpu_generate_llama3_8b_r32/0/" "projection_batch_kernel BM_gpu_diag_legacy_llama3_8b_r32/1/"; do
+    for spec in "projection_kernel BM_gpu_generate_llama3_8b_r32/1/ gauss" "projection_kernel BM_gpu_generate_llama3_8b_r32/0/ kaiming"; do
       set -- $spec
       echo "== ncu -k $1 ($2) ($(date -u +%T))"
       timeout $(t 9) ncu --section SpeedOfLight --section Occupancy --section LaunchStats --section MemoryWorkloadAnalysis \
         --section SchedulerStats --section WarpStateStats \
         --metrics smsp__inst_executed.sum,dram__bytes_read.sum,dram__bytes_write.sum,l1tex__data_bank_conflicts_pipe_lsu_mem_shared.sum \
-        -k "regex:$1" -c 1 "$exe" --benchmark_filter="$2" --benchmark_min_time=0.01 2>&1 \
-        | grep -E "smsp__inst|dram__bytes|bank_conflicts|Duration|Throughput|Occupancy|Registers Per|Shared Memory Config|Block Limit Reg|Block Limit Shared Mem|Executed Ipc|Issue Slots|Issued Warp|No Eligible|Active Warps Per|Eligible Warps|Warp Cycles Per Issued|Bank|Mem Busy|Max Bandwidth|Mem Pipes|stall|Stall|Waves|Grid Size|Block Size|Dynamic Shared|Static Shared" | head -40
+        -k "regex:$1" -c 1 "$exe" --benchmark_filter="$2" --benchmark_min_time=0.01 > "$OUT/ncu_$3.log" 2>&1
+      # Stall reasons in a separate run (a metric-name problem there cannot cost the lines above).
+      timeout $(t 7) ncu --metrics "regex:^smsp__average_warps_issue_stalled_.*_per_issue_active[.]ratio$" \
+        -k "regex:$1" -c 1 "$exe" --benchmark_filter="$2" --benchmark_min_time=0.01 >> "$OUT/ncu_$3.log" 2>&1
+      grep -E "smsp__inst|dram__bytes|bank_conflicts|Duration|Compute \(SM\) Throughput|DRAM Throughput|Memory Throughput|Issued Warp|No Eligible|Active Warps Per|Eligible Warps|Warp Cycles Per Issued|Registers Per|Static Shared|Grid Size|Theoretical Occ|Achieved Occ" "$OUT/ncu_$3.log" | head -22
+      echo "  top stall reasons (warps per issue):"
+      grep -E "issue_stalled_.*_per_issue_active" "$OUT/ncu_$3.log" | awk '{print $NF, $1}' | sort -gr | head -7 | sed 's/smsp__average_warps_issue_stalled_/    /; s/_per_issue_active.ratio//'
     done
   fi
   echo "== done $(date -u +%FT%TZ)"

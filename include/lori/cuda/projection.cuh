@@ -334,9 +334,10 @@ LORI_DEVICE LORI_FORCEINLINE uint2* gaussian_table() {
 /// Per-warp queue of slow-path work, a ring buffer worked off in FIFO order (so that an element's fix-up
 /// follows its placeholder store soon, while the line is likely still in L2). An entry is one Philox
 /// block (4 consecutive elements of a row) with at least one element that failed the fast test: its
-/// four words and {row i, counter q} (its elements are j = 4q .. 4q + 3). A finished element's word is
-/// zeroed (a zero word is a fast-path word: layer 0, m = 1 < k_0), so an entry's pending elements are
-/// recomputed from its words.
+/// four words and meta = {row i, counter q, pos, 0} (its elements are j = 4q .. 4q + 3). Its pending
+/// elements are recomputed from the words: a finished element's word is zeroed (a zero word passes
+/// the fast test: layer 0, m = 1 < k_0); the lowest pending element may be in progress, its word then
+/// being its current slow-path candidate and pos its slow words consumed (detail::zig_slow_state).
 template <int U>
 struct gaussian_warp_queue {
   /// At most 31 entries wait between steps (passes run while >= pass_at <= 32 wait); a step appends
@@ -345,7 +346,7 @@ struct gaussian_warp_queue {
   static constexpr unsigned mask = capacity - 1u;
   struct alignas(32) entry {
     uint4 words;
-    uint2 ij;
+    uint4 meta;
   };
   entry e[capacity];
 };
@@ -366,10 +367,20 @@ LORI_DEVICE LORI_FORCEINLINE gaussian_warp_queue<U>& gaussian_queue() {
 /// Word t of a uint4 (t warp-divergent: selects, no local memory).
 LORI_DEVICE LORI_FORCEINLINE std::uint32_t word_of(const uint4& w, int t) { return t == 0 ? w.x : (t == 1 ? w.y : (t == 2 ? w.z : w.w)); }
 
-/// One pass over the oldest n <= 32 entries of the warp's queue: lane l < n takes entry head + l,
-/// finishes its first pending element (the ziggurat's slow path, then a scalar store over the
-/// placeholder) and puts the entry back if more elements are pending. Every pass finishes an element
-/// or drops an entry, so repeated passes terminate. The first __syncwarp
+/// w with word t replaced by x.
+LORI_DEVICE LORI_FORCEINLINE void set_word(uint4& w, int t, std::uint32_t x) {
+  w.x = t == 0 ? x : w.x;
+  w.y = t == 1 ? x : w.y;
+  w.z = t == 2 ? x : w.z;
+  w.w = t == 3 ? x : w.w;
+}
+
+/// One pass over the oldest n <= 32 entries of the warp's queue: lane l < n takes entry head + l and
+/// runs ONE attempt (detail::gaussian_slow_attempt) of its lowest pending element: finished, the value
+/// is stored over the placeholder and the word zeroed; not finished (~0.7%), the word becomes the new
+/// candidate and pos the words consumed. An entry with pending elements goes back to the queue. So a
+/// pass costs one attempt per lane, not the most attempts any lane needs; every pass consumes a slow
+/// word or finishes an element or drops an entry, so repeated passes terminate. The first __syncwarp
 /// orders the appends and placeholder stores of all lanes before the reads and the overwrites, the
 /// second keeps the reads before any later append to those slots.
 template <class T, int U>
@@ -378,16 +389,16 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_queue_pass(const projection_entry<T>&
   using queue = gaussian_warp_queue<U>;
   __syncwarp();
   uint4 w = make_uint4(0u, 0u, 0u, 0u);
-  uint2 ij = make_uint2(0u, 0u);
+  uint4 meta = make_uint4(0u, 0u, 0u, 0u);
   if (lane < n) {
     const unsigned slot = (qs.head + lane) & queue::mask;
     w = qu.e[slot].words;
-    ij = qu.e[slot].ij;
+    meta = qu.e[slot].meta;
   }
   __syncwarp();
   qs.head = (qs.head + n) & queue::mask;
   qs.count -= n;
-  const std::uint64_t j0 = static_cast<std::uint64_t>(ij.y) * 4u;
+  const std::uint64_t j0 = static_cast<std::uint64_t>(meta.y) * 4u;
   const auto cols = static_cast<std::uint64_t>(e.cols);
   unsigned pending = 0;
 #pragma unroll
@@ -397,28 +408,39 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_queue_pass(const projection_entry<T>&
   }
   if (pending != 0u) {
     const int t = __ffs(static_cast<int>(pending)) - 1;
-    pending &= pending - 1u;
-    counter_rng g;
-    g.key0 = e.key0;
-    g.key1 = e.key1;
-    g.stream0 = e.stream0;
-    g.stream1 = e.stream1;
+    const std::uint32_t i = meta.x;
     const std::uint64_t j = j0 + static_cast<std::uint64_t>(t);
-    // Inlined (not the out-of-line detail::gaussian_slow): a call would keep the task's keys and shape
-    // out of uniform registers in the whole kernel.
-    const float x = lori::detail::gaussian_slow_from(word_of(w, t), e.params.scale, g, ij.x, j, lori::detail::zig_slow_block(g, ij.x, j, 0));
-    e.out[static_cast<index_t>(ij.x) * e.ld + static_cast<index_t>(j)] = from_float<T>(x);
-    w.x = t == 0 ? 0u : w.x;
-    w.y = t == 1 ? 0u : w.y;
-    w.z = t == 2 ? 0u : w.z;
-    w.w = t == 3 ? 0u : w.w;
+    // Slow blocks 0 and 1 of (i, j): lori::detail::zig_slow_block, with the precomputed key schedule.
+    const std::uint32_t c0 = 0x80000000u | meta.y, c1 = (static_cast<std::uint32_t>(t) << 30) | i;
+    const philox_block b0 = lori::detail::philox4x32_10_scheduled(c0, c1, e.stream0, e.stream1, e.rk);
+    philox_block b1{};
+    bool have_b1 = false;
+    auto word = [&](int k) -> std::uint32_t {
+      if (k < 4) return lori::detail::block_word(b0, k);
+      if (!have_b1) {
+        b1 = lori::detail::philox4x32_10_scheduled(c0 | 0x40000000u, c1, e.stream0, e.stream1, e.rk);
+        have_b1 = true;
+      }
+      return lori::detail::block_word(b1, k - 4);
+    };
+    lori::detail::zig_slow_state st{word_of(w, t), static_cast<int>(meta.z)};
+    float x = 0.0f;
+    if (lori::detail::gaussian_slow_attempt(st, e.params.scale, word, x)) {
+      e.out[static_cast<index_t>(i) * e.ld + static_cast<index_t>(j)] = from_float<T>(x);
+      set_word(w, t, 0u);
+      meta.z = 0u;
+      pending &= pending - 1u;
+    } else {
+      set_word(w, t, st.w);  // still pending: st.w failed the fast test
+      meta.z = static_cast<std::uint32_t>(st.pos);
+    }
   }
   const bool again = pending != 0u;
   const unsigned back = __ballot_sync(0xffffffffu, again);
   if (again) {
     const unsigned slot = (qs.head + qs.count + static_cast<unsigned>(__popc(back & lt))) & queue::mask;
     qu.e[slot].words = w;
-    qu.e[slot].ij = ij;
+    qu.e[slot].meta = meta;
   }
   qs.count += static_cast<unsigned>(__popc(back));
 }
@@ -474,7 +496,7 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian(const projection_ent
       if (slow) {
         const unsigned slot = (qs.head + qs.count + static_cast<unsigned>(__popc(ballot & lt))) & queue::mask;
         qu.e[slot].words = make_uint4(b.v[0], b.v[1], b.v[2], b.v[3]);
-        qu.e[slot].ij = make_uint2(p.i, q);
+        qu.e[slot].meta = make_uint4(p.i, q, 0u, 0u);
       }
       qs.count += static_cast<unsigned>(__popc(ballot));
     }
