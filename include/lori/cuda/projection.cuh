@@ -180,6 +180,7 @@ LORI_DEVICE LORI_FORCEINLINE void store_unit(const projection_entry<T>& e, T* ds
         reinterpret_cast<double2*>(dst)[1] = make_double2(v[2], v[3]);
       }
     } else {
+      const index_t j0 = static_cast<index_t>(p.c) * U;
       for (int t = 0; t < 4; ++t)
         if (j0 + t < e.cols) dst[t] = static_cast<T>(v[t]);
     }
@@ -189,6 +190,7 @@ LORI_DEVICE LORI_FORCEINLINE void store_unit(const projection_entry<T>& e, T* ds
     if (full && e.vec_ok) {
       *reinterpret_cast<uint4*>(dst) = make_uint4(pack_pair(h[0], h[1]), pack_pair(h[2], h[3]), pack_pair(h[4], h[5]), pack_pair(h[6], h[7]));
     } else {
+      const index_t j0 = static_cast<index_t>(p.c) * U;
       for (int t = 0; t < 8; ++t)
         if (j0 + t < e.cols) dst[t] = T::from_bits(h[t]);
     }
@@ -273,7 +275,6 @@ template <class T, int U>
 LORI_DEVICE LORI_FORCEINLINE void store_unit_at(const projection_entry<T>& e, const unit_cursor<T>& p, const float (&v)[U]) {
   const bool vector = e.vec_ok != 0u && p.c < e.full_units;
   T* dst = p.dst;
-  const index_t j0 = static_cast<index_t>(p.c) * U;
   if constexpr (U == 4) {
     if (vector) {
       if constexpr (std::is_same_v<T, float>) {
@@ -283,6 +284,7 @@ LORI_DEVICE LORI_FORCEINLINE void store_unit_at(const projection_entry<T>& e, co
         reinterpret_cast<double2*>(dst)[1] = make_double2(v[2], v[3]);
       }
     } else {
+      const index_t j0 = static_cast<index_t>(p.c) * U;
       for (int t = 0; t < 4; ++t)
         if (j0 + t < e.cols) dst[t] = static_cast<T>(v[t]);
     }
@@ -292,6 +294,7 @@ LORI_DEVICE LORI_FORCEINLINE void store_unit_at(const projection_entry<T>& e, co
     if (vector) {
       *reinterpret_cast<uint4*>(dst) = make_uint4(pack_pair(h[0], h[1]), pack_pair(h[2], h[3]), pack_pair(h[4], h[5]), pack_pair(h[6], h[7]));
     } else {
+      const index_t j0 = static_cast<index_t>(p.c) * U;
       for (int t = 0; t < 8; ++t)
         if (j0 + t < e.cols) dst[t] = T::from_bits(h[t]);
     }
@@ -308,7 +311,7 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece(const projection_entry<T>& e,
   params.kind = D;  // compile-time distribution: the switch in projection_values_simple folds away
   unit_cursor<T> p = cursor_at(e, r0 + x);
   for (index_t left = r1 - r0; left > 0; left -= projection_threads) {
-    if (static_cast<index_t>(x) < left) {
+    if (left >= index_t{projection_threads} || x < static_cast<unsigned>(left)) {
       float v[U];
 #pragma unroll
       for (int h = 0; h < U / 4; ++h) {
@@ -477,7 +480,8 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian(const projection_ent
   // a warp-divergent region around the ballots below makes the compiler drop the task's keys from
   // uniform registers (then it spills and recomputes the key schedule per unit).
   for (index_t left = r1 - r0; left > 0; left -= projection_threads) {
-    const bool active = static_cast<index_t>(x) < left;
+    // x < left, with the 64-bit part uniform (left >= 256 in every step but the last).
+    const bool active = left >= index_t{projection_threads} || x < static_cast<unsigned>(left);
     float v[U];
 #pragma unroll
     for (int h = 0; h < U / 4; ++h) {
