@@ -16,6 +16,35 @@ constexpr int projection_threads = 256;
 constexpr int projection_units_per_thread = 4;
 constexpr index_t projection_units_per_block = index_t{projection_threads} * projection_units_per_thread;
 
+/// Stores the U values of unit c (elements j0 .. j0 + U - 1 of a row, clipped at cols) at dst:
+/// one 16-byte vector store (two for double) when the unit is whole and the row start aligned.
+template <class T, int U>
+LORI_DEVICE LORI_FORCEINLINE void store_unit(const projection_entry<T>& e, T* dst, index_t j0, const float (&v)[U]) {
+  const bool full = j0 + U <= e.cols;
+  if constexpr (U == 4) {
+    if (full && e.vec_ok) {
+      if constexpr (std::is_same_v<T, float>) {
+        *reinterpret_cast<float4*>(dst) = make_float4(v[0], v[1], v[2], v[3]);
+      } else {
+        reinterpret_cast<double2*>(dst)[0] = make_double2(v[0], v[1]);
+        reinterpret_cast<double2*>(dst)[1] = make_double2(v[2], v[3]);
+      }
+    } else {
+      for (int t = 0; t < 4; ++t)
+        if (j0 + t < e.cols) dst[t] = static_cast<T>(v[t]);
+    }
+  } else {
+    std::uint16_t h[8];
+    for (int t = 0; t < 8; ++t) h[t] = narrow16<T>(v[t]);
+    if (full && e.vec_ok) {
+      *reinterpret_cast<uint4*>(dst) = make_uint4(pack_pair(h[0], h[1]), pack_pair(h[2], h[3]), pack_pair(h[4], h[5]), pack_pair(h[6], h[7]));
+    } else {
+      for (int t = 0; t < 8; ++t)
+        if (j0 + t < e.cols) dst[t] = T::from_bits(h[t]);
+    }
+  }
+}
+
 /// Writes unit c of row i (elements unit*c .. unit*c + unit - 1, clipped at cols); not for gaussians.
 template <distribution D, class T>
 LORI_DEVICE LORI_FORCEINLINE void projection_unit(const projection_entry<T>& e, index_t i, std::uint32_t c) {
