@@ -44,15 +44,17 @@ t() { local rem=$((76 - SECONDS)); [ "$rem" -lt 1 ] && rem=1; [ "$1" -lt "$rem" 
       set -- $spec
       echo "== ncu -k $1 ($2) ($(date -u +%T))"
       timeout $(t 9) ncu --section SpeedOfLight --section Occupancy --section LaunchStats --section MemoryWorkloadAnalysis \
-        --section SchedulerStats --section WarpStateStats \
+        --section SchedulerStats --section WarpStateStats --section ComputeWorkloadAnalysis \
         --metrics smsp__inst_executed.sum,dram__bytes_read.sum,dram__bytes_write.sum,l1tex__data_bank_conflicts_pipe_lsu_mem_shared.sum \
         -k "regex:$1" -c 1 "$exe" --benchmark_filter="$2" --benchmark_min_time=0.01 > "$OUT/ncu_$3.log" 2>&1
       # Stall reasons in a separate run (a metric-name problem there cannot cost the lines above).
-      timeout $(t 7) ncu --metrics "regex:^smsp__average_warps_issue_stalled_.*_per_issue_active[.]ratio$" \
+      timeout $(t 7) ncu --metrics "regex:^smsp__average_warps_issue_stalled_.*_per_issue_active[.]ratio$,regex:^sm__pipe_.*_cycles_active[.]avg[.]pct_of_peak_sustained_active$" \
         -k "regex:$1" -c 1 "$exe" --benchmark_filter="$2" --benchmark_min_time=0.01 >> "$OUT/ncu_$3.log" 2>&1
-      grep -E "smsp__inst|dram__bytes|bank_conflicts|Duration|Compute \(SM\) Throughput|DRAM Throughput|Memory Throughput|Issued Warp|No Eligible|Active Warps Per|Eligible Warps|Warp Cycles Per Issued|Registers Per|Static Shared|Grid Size|Theoretical Occ|Achieved Occ" "$OUT/ncu_$3.log" | head -22
+      grep -E "smsp__inst|dram__bytes|bank_conflicts|Issue Slots Busy|Executed Ipc A|SM Busy|Duration|Compute \(SM\) Throughput|DRAM Throughput|Memory Throughput|Issued Warp|No Eligible|Active Warps Per|Eligible Warps|Warp Cycles Per Issued|Registers Per|Static Shared|Grid Size|Theoretical Occ|Achieved Occ" "$OUT/ncu_$3.log" | head -25
       echo "  top stall reasons (warps per issue):"
       grep -E "issue_stalled_.*_per_issue_active" "$OUT/ncu_$3.log" | awk '{print $NF, $1}' | sort -gr | head -7 | sed 's/smsp__average_warps_issue_stalled_/    /; s/_per_issue_active.ratio//'
+      echo "  busiest pipes (% of peak, active cycles):"
+      grep -E "sm__pipe_.*_cycles_active" "$OUT/ncu_$3.log" | awk '{print $NF, $1}' | sort -gr | head -5 | sed 's/sm__pipe_/    /; s/_cycles_active.avg.pct_of_peak_sustained_active//'
     done
   fi
   echo "== done $(date -u +%FT%TZ)"
