@@ -178,14 +178,5 @@ BENCHMARK(BM_gpu_generate_llama3_8b_r32)->DenseRange(0, 3)->UseManualTime()->Uni
 BENCHMARK(BM_gpu_generate_llama3_8b_r32_bf16)->Arg(0)->Arg(1)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_diag_legacy_llama3_8b_r32)->Arg(0)->Arg(1)->UseManualTime()->Unit(benchmark::kMicrosecond);
 // {distribution, blocks per SM (0: default, -1: one block per 1024 units), queue threshold}
-BENCHMARK(BM_gpu_diag_grid_llama3_8b_r32)
-    ->Args({0, 4, 32})
-    ->Args({1, 4, 32})
-    ->Args({1, 5, 32})
-    ->Args({1, 0, 16})
-    ->Args({1, 0, 8})
-    ->Args({0, -1, 32})
-    ->Args({1, -1, 32})
-    ->UseManualTime()
-    ->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_gpu_diag_grid_llama3_8b_r32)->Args({1, 4, 32})->Args({1, 0, 16})->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_baseline_curand_normal)->UseManualTime()->Unit(benchmark::kMicrosecond);
