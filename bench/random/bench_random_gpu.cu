@@ -143,6 +143,19 @@ void BM_gpu_diag_grid_llama3_8b_r32(benchmark::State& state) {
                  std::to_string(pass_at));
 }
 
+// One matrix with the same element count (32 x 1,245,184) through generate_projection (the single-
+// matrix kernel: the entry is a kernel parameter, the grid is computed per call).
+void BM_gpu_generate_single_32x1245184(benchmark::State& state) {
+  if (!have_device(state)) return;
+  const lori::index_t n = llama_total(), rows = 32, cols = n / rows;
+  lori::cuda::device_buffer<float> out(n);
+  const auto spec = spec_of(state.range(0));
+  time_events(state, [&] { lori::cuda::generate_projection(out.as_matrix(rows, cols), 2026, 7, spec); });
+  state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * n);
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * n * 4);
+  state.SetLabel(state.range(0) == 0 ? "kaiming_uniform" : "gaussian");
+}
+
 void BM_gpu_baseline_curand_normal(benchmark::State& state) {
   if (!have_device(state)) return;
   const lori::index_t n = llama_total();
@@ -179,4 +192,5 @@ BENCHMARK(BM_gpu_generate_llama3_8b_r32_bf16)->Arg(0)->Arg(1)->UseManualTime()->
 BENCHMARK(BM_gpu_diag_legacy_llama3_8b_r32)->Arg(0)->Arg(1)->UseManualTime()->Unit(benchmark::kMicrosecond);
 // {distribution, blocks per SM (0: default, -1: one block per 1024 units), queue threshold}
 BENCHMARK(BM_gpu_diag_grid_llama3_8b_r32)->Args({1, 4, 32})->Args({1, 0, 16})->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_gpu_generate_single_32x1245184)->Arg(0)->Arg(1)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_baseline_curand_normal)->UseManualTime()->Unit(benchmark::kMicrosecond);
