@@ -342,6 +342,27 @@ std::size_t slow_blocks(index_t rows, index_t cols, std::uint64_t seed, std::uin
   return n;
 }
 
+// Slow elements of A (rows x cols, gaussian) whose slow path needs more than one attempt (the kernel
+// re-queues them with their state between passes): lori::detail::gaussian_slow_attempt run on the host.
+std::size_t multi_attempt_elements(index_t rows, index_t cols, std::uint64_t seed, std::uint64_t stream) {
+  const lori::counter_rng g(seed, stream);
+  std::size_t n = 0;
+  for (index_t i = 0; i < rows; ++i) {
+    for (index_t j = 0; j < cols; ++j) {
+      const std::uint32_t w = lori::projection_block(seed, stream, i, j >> 2).v[j & 3];
+      if (lori::detail::zig_mbits(w) < lori::detail::zig_layers_host[w & 0xffu].k) continue;
+      const auto r32 = static_cast<std::uint32_t>(i);
+      const auto j64 = static_cast<std::uint64_t>(j);
+      const lori::philox_block b0 = lori::detail::zig_slow_block(g, r32, j64, 0), b1 = lori::detail::zig_slow_block(g, r32, j64, 1);
+      auto word = [&](int k) { return k < 4 ? b0.v[k] : b1.v[k - 4]; };
+      lori::detail::zig_slow_state st{w, 0};
+      float out = 0.0f;
+      n += !lori::detail::gaussian_slow_attempt(st, 1.0f, word, out);
+    }
+  }
+  return n;
+}
+
 // A batch of gaussian tasks (odd shapes, paddings, several sigmas) interleaved with other laws, generated
 // with forced grids: with 1 or 2 blocks every warp walks long ranges across many tasks, so its slow-path
 // queue fills past 32 many times inside one piece (mid-piece passes), entries with several slow
@@ -356,7 +377,7 @@ struct forced_launch {
 
 template <class T>
 std::size_t forced_grid_batch(std::uint64_t salt, int ntasks, index_t max_rows, index_t max_cols, const std::vector<forced_launch>& launches,
-                              std::size_t* slow_entries = nullptr, std::size_t* requeued = nullptr) {
+                              std::size_t* slow_entries = nullptr, std::size_t* requeued = nullptr, std::size_t* resumed = nullptr) {
   auto g = test_rng(salt);
   struct placed {
     index_t offset, rows, cols, ld;
@@ -381,6 +402,7 @@ std::size_t forced_grid_batch(std::uint64_t salt, int ntasks, index_t max_rows, 
     if (p.spec.kind == lori::distribution::gaussian) {
       if (slow_entries) *slow_entries += slow_blocks(p.rows, p.cols, p.seed, p.stream, 1);
       if (requeued) *requeued += slow_blocks(p.rows, p.cols, p.seed, p.stream, 2);
+      if (resumed) *resumed += multi_attempt_elements(p.rows, p.cols, p.seed, p.stream);
     }
   }
   lori::cuda::device_buffer<T> buf(cursor + 16);
@@ -413,12 +435,14 @@ TEST_CASE("gaussian warp queues: forced small grids, many tasks and sigmas, floa
   // 1 block: each warp sees every task (~100 slow entries per warp in the large ones: 3+ passes inside
   // a piece); 2 and 7 blocks: ranges start and end inside tasks; -1: the default grid.
   const std::vector<forced_launch> grids = {{1, 32}, {2, 32}, {7, 32}, {-1, 32}, {1, 1}, {2, 5}};
-  std::size_t entries = 0, requeued = 0;
-  CHECK(forced_grid_batch<float>(200, 40, 70, 3000, grids, &entries, &requeued) == 0);
+  std::size_t entries = 0, requeued = 0, resumed = 0;
+  CHECK(forced_grid_batch<float>(200, 40, 70, 3000, grids, &entries, &requeued, &resumed) == 0);
   CHECK(forced_grid_batch<lori::bfloat16>(201, 40, 70, 3000, grids) == 0);
-  // The situations were there: many entries (> 64 per warp of the single block) and re-queued ones.
+  // The situations were there: many entries (> 64 per warp of the single block), entries re-queued
+  // for a second slow element, and elements re-queued with their slow-path state (a second attempt).
   CHECK(entries > 8 * 64 * 4);
   CHECK(requeued > 50);
+  CHECK(resumed > 20);
 }
 
 TEST_CASE("gaussian warp queues: small batch on 1 and 2 blocks (racecheck subset)") {
