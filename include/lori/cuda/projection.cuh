@@ -66,7 +66,7 @@ projection_task<T> make_projection_task(T* out, index_t rows, index_t cols, std:
                                         const projection_spec& spec, index_t ld = -1);
 
 /// Bytes of device workspace that a batch of `count` tasks needs (a copy of the task list and a prefix
-/// sum of block counts). O(1).
+/// sum of unit counts). O(1).
 inline std::size_t projection_batch_workspace_bytes(index_t count);
 
 /// A batch uploaded by prepare_projection_batch: valid while its workspace is, reusable for any number
@@ -83,8 +83,9 @@ struct projection_batch_plan {
 /// Validates `count` host-side tasks and copies the batch description into `workspace` (device memory of
 /// at least projection_batch_workspace_bytes(count) bytes, 16-byte aligned) on `stream`. The copy is
 /// from pageable memory, so this call synchronises `stream` first (do it once, e.g. at model load).
-/// The output ranges of different tasks must not overlap. Throws lori::error on invalid tasks, a null
-/// or too small workspace.
+/// The output ranges of different tasks must not overlap. The launch grid (one wave of co-resident
+/// blocks) is sized for the current device: use the plan on that device. Throws lori::error on invalid
+/// tasks, a null or too small workspace, or a failing CUDA call.
 template <class T>
 projection_batch_plan<T> prepare_projection_batch(const projection_task<T>* tasks, index_t count, void* workspace,
                                                   std::size_t workspace_bytes, cudaStream_t stream = nullptr);
