@@ -298,9 +298,11 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece(const projection_entry<T>& e,
 }
 
 /// The layer table of the block's gaussian path, scaled by the sigma of the block's current task:
-/// {k_L, bits(rnd(W_L * sigma))}.
+/// {k_L, bits(rnd(W_L * sigma))}, Copies copies interleaved (entry L of copy r at L * Copies + r; lane l
+/// reads copy l % Copies, which spreads a half-warp's random look-ups over more banks).
+template <int Copies>
 LORI_DEVICE LORI_FORCEINLINE uint2* gaussian_table() {
-  __shared__ uint2 table[lori::detail::zig_layers_count];
+  __shared__ uint2 table[lori::detail::zig_layers_count * Copies];
   return table;
 }
 
@@ -356,7 +358,7 @@ LORI_DEVICE LORI_FORCEINLINE void set_word(uint4& w, int t, std::uint32_t x) {
 /// word or finishes an element or drops an entry, so repeated passes terminate. The first __syncwarp
 /// orders the appends and placeholder stores of all lanes before the reads and the overwrites, the
 /// second keeps the reads before any later append to those slots.
-template <class T, int U>
+template <int Copies, class T, int U>
 LORI_DEVICE LORI_FORCEINLINE void gaussian_queue_pass(const projection_entry<T>& e, const uint2* table, gaussian_warp_queue<U>& qu,
                                                       gaussian_queue_state& qs, unsigned n, unsigned lane, unsigned lt) {
   using queue = gaussian_warp_queue<U>;
@@ -377,7 +379,7 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_queue_pass(const projection_entry<T>&
 #pragma unroll
   for (int t = 0; t < 4; ++t) {
     const std::uint32_t y = word_of(w, t);
-    if (lori::detail::zig_mbits(y) >= table[y & 0xffu].x && j0 + static_cast<std::uint64_t>(t) < cols) pending |= 1u << t;
+    if (lori::detail::zig_mbits(y) >= table[(y & 0xffu) * Copies].x && j0 + static_cast<std::uint64_t>(t) < cols) pending |= 1u << t;
   }
   if (pending != 0u) {
     const int t = __ffs(static_cast<int>(pending)) - 1;
@@ -427,20 +429,26 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_queue_pass(const projection_entry<T>&
 /// other, except for two block barriers when the table is rescaled for a new sigma (block-uniform:
 /// pieces are block-uniform).
 /// table_sigma: the sigma the table holds (0: not filled yet; sigma > 0 always).
-template <class T>
+template <int Copies, class T>
 LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian(const projection_entry<T>& e, index_t r0, index_t r1, unsigned lt,
                                                             unsigned pass_at, float& table_sigma) {
   using queue = gaussian_warp_queue<projection_traits<T>::unit>;
   constexpr int U = projection_traits<T>::unit;
   const unsigned x = threadIdx.x, lane = x & 31u;
-  uint2* table = gaussian_table();
+  uint2* table = gaussian_table<Copies>();
+  static_assert(Copies == 1 || Copies == 8, "one or eight table copies");
+  constexpr unsigned copy_shift = Copies == 1 ? 3u : 6u;     // log2(Copies * sizeof(uint2))
+  const unsigned copy_bytes = (lane % Copies) * 8u;            // this lane's copy, in bytes
   gaussian_warp_queue<U>& qu = gaussian_queue<U>();
   const float sigma = e.params.scale;
   static_assert(projection_threads == lori::detail::zig_layers_count, "one table entry per thread");
   if (sigma != table_sigma) {
     __syncthreads();  // every warp is done with the previous table (queues are empty between pieces)
-    const lori::detail::zig_layer z = lori::detail::zig_layers()[x];
-    table[x] = make_uint2(z.k, float_bits(lori::detail::rnd_mul(z.w, sigma)));
+    for (int c = 0; c < Copies; ++c) {
+      const int k = static_cast<int>(x) + c * projection_threads;  // table slot: layer k / Copies
+      const lori::detail::zig_layer z = lori::detail::zig_layers()[k / Copies];
+      table[k] = make_uint2(z.k, float_bits(lori::detail::rnd_mul(z.w, sigma)));
+    }
     __syncthreads();
     table_sigma = sigma;
   }
@@ -461,7 +469,9 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian(const projection_ent
 #pragma unroll
       for (int t = 0; t < 4; ++t) {
         const std::uint32_t w = b.v[t];
-        const uint2 z = table[w & 0xffu];
+        // Byte offset ((w & 0xff) * Copies + copy) * 8, written as one shift and one and-or.
+        const uint2 z = *reinterpret_cast<const uint2*>(reinterpret_cast<const unsigned char*>(table) +
+                                                        (((w << copy_shift) & (0xffu << copy_shift)) | copy_bytes));
         v[4 * h + t] = lori::detail::zig_value(w, bits_float(z.y));
         slow = slow || lori::detail::zig_mbits(w) >= z.x;
       }
@@ -475,22 +485,22 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian(const projection_ent
       qs.count += static_cast<unsigned>(__popc(ballot));
     }
     if (active) store_unit_at<T, U>(e, p, v);
-    while (qs.count >= pass_at) gaussian_queue_pass<T, U>(e, table, qu, qs, qs.count < 32u ? qs.count : 32u, lane, lt);
+    while (qs.count >= pass_at) gaussian_queue_pass<Copies, T, U>(e, table, qu, qs, qs.count < 32u ? qs.count : 32u, lane, lt);
     advance_step(e, p);
   }
-  while (qs.count != 0u) gaussian_queue_pass<T, U>(e, table, qu, qs, qs.count < 32u ? qs.count : 32u, lane, lt);
+  while (qs.count != 0u) gaussian_queue_pass<Copies, T, U>(e, table, qu, qs, qs.count < 32u ? qs.count : 32u, lane, lt);
 }
 
-/// Units [r0, r1) of matrix e by the block, any law. WithGaussian: the kernel variant with the gaussian
-/// path (shared memory, more registers); the host launches the variant without it when no task of the
-/// launch is gaussian.
-template <bool WithGaussian, class T>
+/// Units [r0, r1) of matrix e by the block, any law. Gaussian > 0: the kernel variant with the gaussian
+/// path (shared memory, more registers) and that many interleaved copies of its layer table; 0: without
+/// it (the host launches this variant when no task of the launch is gaussian).
+template <int Gaussian, class T>
 LORI_DEVICE LORI_FORCEINLINE void projection_piece_dispatch(const projection_entry<T>& e, index_t r0, index_t r1, unsigned lt, unsigned pass_at,
                                                             float& table_sigma) {
   switch (e.params.kind) {
     case distribution::kaiming_uniform: projection_piece<distribution::kaiming_uniform>(e, r0, r1); break;
     case distribution::gaussian:
-      if constexpr (WithGaussian) projection_piece_gaussian(e, r0, r1, lt, pass_at, table_sigma);
+      if constexpr (Gaussian > 0) projection_piece_gaussian<Gaussian>(e, r0, r1, lt, pass_at, table_sigma);
       break;
     case distribution::rademacher: projection_piece<distribution::rademacher>(e, r0, r1); break;
     case distribution::sparse: projection_piece<distribution::sparse>(e, r0, r1); break;
@@ -537,8 +547,8 @@ struct projection_single_source {
 };
 
 // Minimum blocks per SM (caps registers): 8 (all 2048 threads) without the gaussian path, 6 with it.
-template <bool WithGaussian>
-constexpr int projection_min_blocks = WithGaussian ? 6 : 8;
+template <int Gaussian>
+constexpr int projection_min_blocks = Gaussian > 0 ? 6 : 8;
 
 /// How a launch's units are split over its blocks: ceil(units / 32) groups of 32 units; block B takes
 /// per_block groups, one more if B < extra (no division on the device). pass_at (1..32): queue length
@@ -561,8 +571,8 @@ inline projection_split make_projection_split(index_t units, index_t blocks, uns
 /// block-uniform (the task's keys and shape stay in uniform registers). Within a piece, thread x
 /// takes units x, x + 256, ...; after the first task search (one barrier) the warps never wait for
 /// each other.
-template <class T, bool WithGaussian, class Source>
-__global__ void __launch_bounds__(projection_threads, projection_min_blocks<WithGaussian>) projection_kernel(Source src, projection_split split) {
+template <class T, int Gaussian, class Source>
+__global__ void __launch_bounds__(projection_threads, projection_min_blocks<Gaussian>) projection_kernel(Source src, projection_split split) {
   const auto block = static_cast<index_t>(blockIdx.x);
   const index_t g0 = block * split.per_block + (block < split.extra ? block : split.extra);
   const index_t g1 = g0 + split.per_block + (block < split.extra ? 1 : 0);
@@ -586,7 +596,7 @@ __global__ void __launch_bounds__(projection_threads, projection_min_blocks<With
     if (end_t > u) {
       const index_t s = src.start(t);
       const index_t end = end_t < b ? end_t : b;
-      projection_piece_dispatch<WithGaussian>(src.entry(t), u - s, end - s, lt, split.pass_at, table_sigma);
+      projection_piece_dispatch<Gaussian>(src.entry(t), u - s, end - s, lt, split.pass_at, table_sigma);
       u = end;
       if (u >= b) break;
     }
@@ -705,31 +715,38 @@ projection_batch_plan<T> prepare_projection_batch(const projection_task<T>* task
   plan.workspace = workspace;
   plan.units = units;
   if (units > 0) {
-    plan.blocks = plan.has_gaussian ? detail::projection_grid(detail::projection_kernel<T, true, detail::projection_batch_source<T>>, units)
-                                    : detail::projection_grid(detail::projection_kernel<T, false, detail::projection_batch_source<T>>, units);
+    plan.blocks = plan.has_gaussian ? detail::projection_grid(detail::projection_kernel<T, 1, detail::projection_batch_source<T>>, units)
+                                    : detail::projection_grid(detail::projection_kernel<T, 0, detail::projection_batch_source<T>>, units);
   }
   return plan;
 }
 
 namespace detail {
 /// The launch of generate_projection_batch with `blocks` blocks (1 <= blocks; the library passes
-/// plan.blocks, tests force small grids so that each block walks long ranges and many tasks).
+/// plan.blocks, tests force small grids so that each block walks long ranges and many tasks), slow-path
+/// queue threshold pass_at (1..32) and table_copies (1 or 8) copies of the gaussian layer table.
 template <class T>
-void launch_projection_batch(const projection_batch_plan<T>& plan, index_t blocks, cudaStream_t stream, unsigned pass_at = 32) {
+void launch_projection_batch(const projection_batch_plan<T>& plan, index_t blocks, cudaStream_t stream, unsigned pass_at = 32,
+                             int table_copies = 1) {
   LORI_EXPECTS(plan.count >= 0 && plan.blocks >= 0 && plan.units >= 0, "generate_projection_batch: invalid plan");
   if (plan.units == 0) return;
   LORI_EXPECTS(plan.workspace != nullptr, "generate_projection_batch: plan has no workspace");
   LORI_EXPECTS(blocks >= 1 && blocks < (index_t{1} << 31), "generate_projection_batch: invalid block count");
   LORI_EXPECTS(pass_at >= 1 && pass_at <= 32, "generate_projection_batch: invalid queue threshold");
+  LORI_EXPECTS(table_copies == 1 || table_copies == 8, "generate_projection_batch: invalid table copy count");
   const auto n = static_cast<std::size_t>(plan.count);
   const auto* base = static_cast<const unsigned char*>(plan.workspace);
   const projection_batch_source<T> src{reinterpret_cast<const projection_entry_storage<T>*>(base),
                                        reinterpret_cast<const index_t*>(base + round_up16(n * sizeof(projection_entry_storage<T>))), plan.count};
   const projection_split split = make_projection_split(plan.units, blocks, pass_at);
   if (plan.has_gaussian) {
-    projection_kernel<T, true><<<static_cast<unsigned>(blocks), projection_threads, 0, stream>>>(src, split);
+    if (table_copies == 8) {
+      projection_kernel<T, 8><<<static_cast<unsigned>(blocks), projection_threads, 0, stream>>>(src, split);
+    } else {
+      projection_kernel<T, 1><<<static_cast<unsigned>(blocks), projection_threads, 0, stream>>>(src, split);
+    }
   } else {
-    projection_kernel<T, false><<<static_cast<unsigned>(blocks), projection_threads, 0, stream>>>(src, split);
+    projection_kernel<T, 0><<<static_cast<unsigned>(blocks), projection_threads, 0, stream>>>(src, split);
   }
   LORI_CUDA_CHECK_LAUNCH();
 }
@@ -746,11 +763,11 @@ void generate_projection_blocks(row_major_view<T> out, std::uint64_t seed, std::
   LORI_EXPECTS(blocks < (index_t{1} << 31), "generate_projection (cuda): invalid block count");
   const projection_single_source<T> src{e, units};
   if (t.params.kind == distribution::gaussian) {
-    const auto kernel = projection_kernel<T, true, projection_single_source<T>>;
+    const auto kernel = projection_kernel<T, 1, projection_single_source<T>>;
     const index_t grid = blocks > 0 ? blocks : projection_grid(kernel, units);
     kernel<<<static_cast<unsigned>(grid), projection_threads, 0, cuda_stream>>>(src, make_projection_split(units, grid));
   } else {
-    const auto kernel = projection_kernel<T, false, projection_single_source<T>>;
+    const auto kernel = projection_kernel<T, 0, projection_single_source<T>>;
     const index_t grid = blocks > 0 ? blocks : projection_grid(kernel, units);
     kernel<<<static_cast<unsigned>(grid), projection_threads, 0, cuda_stream>>>(src, make_projection_split(units, grid));
   }
