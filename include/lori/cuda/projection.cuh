@@ -436,8 +436,8 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian(const projection_ent
   constexpr int U = projection_traits<T>::unit;
   const unsigned x = threadIdx.x, lane = x & 31u;
   uint2* table = gaussian_table<Copies>();
-  static_assert(Copies == 1 || Copies == 8, "one or eight table copies");
-  constexpr unsigned copy_shift = Copies == 1 ? 3u : 6u;     // log2(Copies * sizeof(uint2))
+  static_assert(Copies == 1 || Copies == 4 || Copies == 8, "1, 4 or 8 table copies");
+  constexpr unsigned copy_shift = Copies == 1 ? 3u : (Copies == 4 ? 5u : 6u);  // log2(Copies * sizeof(uint2))
   const unsigned copy_bytes = (lane % Copies) * 8u;            // this lane's copy, in bytes
   gaussian_warp_queue<U>& qu = gaussian_queue<U>();
   const float sigma = e.params.scale;
@@ -715,6 +715,11 @@ projection_batch_plan<T> prepare_projection_batch(const projection_task<T>* task
   plan.workspace = workspace;
   plan.units = units;
   if (units > 0) {
+    if (plan.has_gaussian) {  // the variant with more table copies (launch_projection_batch) needs the large carve-out too
+      constexpr int copies = detail::projection_traits<T>::unit == 8 ? 4 : 8;
+      LORI_CUDA_CHECK(cudaFuncSetAttribute(detail::projection_kernel<T, copies, detail::projection_batch_source<T>>,
+                                           cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared));
+    }
     plan.blocks = plan.has_gaussian ? detail::projection_grid(detail::projection_kernel<T, 1, detail::projection_batch_source<T>>, units)
                                     : detail::projection_grid(detail::projection_kernel<T, 0, detail::projection_batch_source<T>>, units);
   }
@@ -724,7 +729,8 @@ projection_batch_plan<T> prepare_projection_batch(const projection_task<T>* task
 namespace detail {
 /// The launch of generate_projection_batch with `blocks` blocks (1 <= blocks; the library passes
 /// plan.blocks, tests force small grids so that each block walks long ranges and many tasks), slow-path
-/// queue threshold pass_at (1..32) and table_copies (1 or 8) copies of the gaussian layer table.
+/// queue threshold pass_at (1..32) and table_copies (1 or 8; 4 for 16-bit types) copies of the gaussian
+/// layer table.
 template <class T>
 void launch_projection_batch(const projection_batch_plan<T>& plan, index_t blocks, cudaStream_t stream, unsigned pass_at = 32,
                              int table_copies = 1) {
@@ -741,7 +747,9 @@ void launch_projection_batch(const projection_batch_plan<T>& plan, index_t block
   const projection_split split = make_projection_split(plan.units, blocks, pass_at);
   if (plan.has_gaussian) {
     if (table_copies == 8) {
-      projection_kernel<T, 8><<<static_cast<unsigned>(blocks), projection_threads, 0, stream>>>(src, split);
+      // 16-bit types: 4 copies (their larger queues and 8 copies exceed 48 KB of static shared memory).
+      constexpr int copies = projection_traits<T>::unit == 8 ? 4 : 8;
+      projection_kernel<T, copies><<<static_cast<unsigned>(blocks), projection_threads, 0, stream>>>(src, split);
     } else {
       projection_kernel<T, 1><<<static_cast<unsigned>(blocks), projection_threads, 0, stream>>>(src, split);
     }
