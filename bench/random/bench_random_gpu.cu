@@ -107,8 +107,8 @@ void BM_gpu_generate_llama3_8b_r32_bf16(benchmark::State& state) { generate_llam
 
 // DIAGNOSTIC (session-3 checkpoints): the previous kernel (one block per 1024-unit chunk, block-wide
 // slow-path queue behind two barriers) on the same batch, and the new kernel at a forced number of
-// blocks per SM (range(1), 0 = default), slow-path queue threshold (range(2)) and number of copies of the
-// gaussian layer table (range(3)); range(0) = distribution as above.
+// blocks per SM (range(1), 0 = default), slow-path queue threshold (range(2)) and gaussian kernel variant
+// (range(3), see detail::launch_projection_batch); range(0) = distribution as above.
 void BM_gpu_diag_legacy_llama3_8b_r32(benchmark::State& state) {
   if (!have_device(state)) return;
   const lori::index_t n = llama_total();
@@ -136,12 +136,12 @@ void BM_gpu_diag_grid_llama3_8b_r32(benchmark::State& state) {
   const lori::index_t blocks = state.range(1) > 0 ? static_cast<lori::index_t>(sms) * state.range(1)
                                                   : (state.range(1) == 0 ? plan.blocks : (plan.units + 1023) / 1024);
   const auto pass_at = static_cast<unsigned>(state.range(2));
-  const auto copies = static_cast<int>(state.range(3));
-  time_events(state, [&] { lori::cuda::detail::launch_projection_batch(plan, blocks, nullptr, pass_at, copies); });
+  const auto variant = static_cast<int>(state.range(3));
+  time_events(state, [&] { lori::cuda::detail::launch_projection_batch(plan, blocks, nullptr, pass_at, variant); });
   state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * n);
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * n * 4);
   state.SetLabel("default grid " + std::to_string(plan.blocks) + " blocks, here " + std::to_string(blocks) + ", queue pass at " +
-                 std::to_string(pass_at) + ", table copies " + std::to_string(copies));
+                 std::to_string(pass_at) + ", variant " + std::to_string(variant));
 }
 
 // One matrix with the same element count (32 x 1,245,184) through generate_projection (the single-
@@ -191,7 +191,13 @@ BENCHMARK(BM_gpu_baseline_d2d_copy)->UseManualTime()->Unit(benchmark::kMicroseco
 BENCHMARK(BM_gpu_generate_llama3_8b_r32)->DenseRange(0, 3)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_generate_llama3_8b_r32_bf16)->Arg(0)->Arg(1)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_diag_legacy_llama3_8b_r32)->Arg(0)->Arg(1)->UseManualTime()->Unit(benchmark::kMicrosecond);
-// {distribution, blocks per SM (0: default, -1: one block per 1024 units), queue threshold, table copies}
-BENCHMARK(BM_gpu_diag_grid_llama3_8b_r32)->Args({1, 4, 32, 1})->Args({1, 0, 32, 8})->UseManualTime()->Unit(benchmark::kMicrosecond);
+// {distribution, blocks per SM (0: default, -1: one block per 1024 units), queue threshold, kernel variant
+// (1: the library's, 8: eight table copies, 2: two units per thread and step)}
+BENCHMARK(BM_gpu_diag_grid_llama3_8b_r32)
+    ->Args({1, 4, 32, 1})
+    ->Args({1, 0, 32, 8})
+    ->Args({1, 0, 32, 2})
+    ->UseManualTime()
+    ->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_generate_single_32x1245184)->Arg(0)->Arg(1)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_baseline_curand_normal)->UseManualTime()->Unit(benchmark::kMicrosecond);

@@ -313,11 +313,11 @@ LORI_DEVICE LORI_FORCEINLINE uint2* gaussian_table() {
 /// elements are recomputed from the words: a finished element's word is zeroed (a zero word passes
 /// the fast test: layer 0, m = 1 < k_0); the lowest pending element may be in progress, its word then
 /// being its current slow-path candidate and pos its slow words consumed (detail::zig_slow_state).
-template <int U>
+template <int Blocks>
 struct gaussian_warp_queue {
   /// At most 31 entries wait between steps (passes run while >= pass_at <= 32 wait); a step appends
-  /// at most 32 per Philox block of its unit: < 32 + 32 * (U / 4) entries, a power of two.
-  static constexpr unsigned capacity = 64u * (U / 4);
+  /// at most 32 per Philox block (Blocks per thread and step): < 32 + 32 * Blocks entries, a power of two.
+  static constexpr unsigned capacity = 64u * Blocks;
   static constexpr unsigned mask = capacity - 1u;
   struct alignas(32) entry {
     uint4 words;
@@ -333,9 +333,9 @@ struct gaussian_queue_state {
 };
 
 /// This warp's queue (one per warp of the block).
-template <int U>
-LORI_DEVICE LORI_FORCEINLINE gaussian_warp_queue<U>& gaussian_queue() {
-  __shared__ gaussian_warp_queue<U> q[projection_warps];
+template <int Blocks>
+LORI_DEVICE LORI_FORCEINLINE gaussian_warp_queue<Blocks>& gaussian_queue() {
+  __shared__ gaussian_warp_queue<Blocks> q[projection_warps];
   return q[threadIdx.x >> 5];
 }
 
@@ -358,10 +358,10 @@ LORI_DEVICE LORI_FORCEINLINE void set_word(uint4& w, int t, std::uint32_t x) {
 /// word or finishes an element or drops an entry, so repeated passes terminate. The first __syncwarp
 /// orders the appends and placeholder stores of all lanes before the reads and the overwrites, the
 /// second keeps the reads before any later append to those slots.
-template <int Copies, class T, int U>
-LORI_DEVICE LORI_FORCEINLINE void gaussian_queue_pass(const projection_entry<T>& e, const uint2* table, gaussian_warp_queue<U>& qu,
+template <int Copies, class T, int Blocks>
+LORI_DEVICE LORI_FORCEINLINE void gaussian_queue_pass(const projection_entry<T>& e, const uint2* table, gaussian_warp_queue<Blocks>& qu,
                                                       gaussian_queue_state& qs, unsigned n, unsigned lane, unsigned lt) {
-  using queue = gaussian_warp_queue<U>;
+  using queue = gaussian_warp_queue<Blocks>;
   __syncwarp();
   uint4 w = make_uint4(0u, 0u, 0u, 0u);
   uint4 meta = make_uint4(0u, 0u, 0u, 0u);
@@ -429,17 +429,17 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_queue_pass(const projection_entry<T>&
 /// other, except for two block barriers when the table is rescaled for a new sigma (block-uniform:
 /// pieces are block-uniform).
 /// table_sigma: the sigma the table holds (0: not filled yet; sigma > 0 always).
-template <int Copies, class T>
+template <int Copies, int K, class T>
 LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian(const projection_entry<T>& e, index_t r0, index_t r1, unsigned lt,
                                                             unsigned pass_at, float& table_sigma) {
-  using queue = gaussian_warp_queue<projection_traits<T>::unit>;
   constexpr int U = projection_traits<T>::unit;
+  using queue = gaussian_warp_queue<(U / 4) * K>;
   const unsigned x = threadIdx.x, lane = x & 31u;
   uint2* table = gaussian_table<Copies>();
   static_assert(Copies == 1 || Copies == 4 || Copies == 8, "1, 4 or 8 table copies");
   constexpr unsigned copy_shift = Copies == 1 ? 3u : (Copies == 4 ? 5u : 6u);  // log2(Copies * sizeof(uint2))
-  const unsigned copy_bytes = (lane % Copies) * 8u;            // this lane's copy, in bytes
-  gaussian_warp_queue<U>& qu = gaussian_queue<U>();
+  const unsigned copy_bytes = (lane % Copies) * 8u;                            // this lane's copy, in bytes
+  queue& qu = gaussian_queue<(U / 4) * K>();
   const float sigma = e.params.scale;
   static_assert(projection_threads == lori::detail::zig_layers_count, "one table entry per thread");
   if (sigma != table_sigma) {
@@ -453,43 +453,69 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian(const projection_ent
     table_sigma = sigma;
   }
   gaussian_queue_state qs{0u, 0u};
-  unit_cursor<T> p = cursor_at(e, r0 + x);
+  // K units per thread and step, at x, x + 256, ... (the loop and the queue test are shared by more
+  // elements; K = 2 is a variant for 4-element units).
+  unit_cursor<T> p[K];
+  p[0] = cursor_at(e, r0 + x);
+#pragma unroll
+  for (int k = 1; k < K; ++k) {
+    p[k] = p[k - 1];
+    advance_step(e, p[k]);
+  }
   // A block-uniform loop and body (every warp runs every step; lanes beyond the piece are inactive):
   // a warp-divergent region around the ballots below makes the compiler drop the task's keys from
   // uniform registers (then it spills and recomputes the key schedule per unit).
-  for (index_t left = r1 - r0; left > 0; left -= projection_threads) {
-    // x < left, with the 64-bit part uniform (left >= 256 in every step but the last).
-    const bool active = left >= index_t{projection_threads} || x < static_cast<unsigned>(left);
-    float v[U];
+  for (index_t left = r1 - r0; left > 0; left -= index_t{projection_threads} * K) {
+    bool active[K];
+    float v[K][U];
 #pragma unroll
-    for (int h = 0; h < U / 4; ++h) {
-      const std::uint32_t q = static_cast<std::uint32_t>(U / 4) * p.c + static_cast<std::uint32_t>(h);
-      const philox_block b = lori::detail::philox4x32_10_scheduled(q, p.i, e.stream0, e.stream1, e.rk);
-      bool slow = false;
+    for (int k = 0; k < K; ++k) {
+      // x < left - 256 k, with the 64-bit part uniform (true for every x in all but the last steps).
+      const index_t lk = left - index_t{projection_threads} * k;
+      active[k] = lk >= index_t{projection_threads} || (lk > 0 && x < static_cast<unsigned>(lk));
 #pragma unroll
-      for (int t = 0; t < 4; ++t) {
-        const std::uint32_t w = b.v[t];
-        // Byte offset ((w & 0xff) * Copies + copy) * 8, written as one shift and one and-or.
-        const uint2 z = *reinterpret_cast<const uint2*>(reinterpret_cast<const unsigned char*>(table) +
-                                                        (((w << copy_shift) & (0xffu << copy_shift)) | copy_bytes));
-        v[4 * h + t] = lori::detail::zig_value(w, bits_float(z.y));
-        slow = slow || lori::detail::zig_mbits(w) >= z.x;
+      for (int h = 0; h < U / 4; ++h) {
+        const std::uint32_t q = static_cast<std::uint32_t>(U / 4) * p[k].c + static_cast<std::uint32_t>(h);
+        const philox_block b = lori::detail::philox4x32_10_scheduled(q, p[k].i, e.stream0, e.stream1, e.rk);
+        bool slow = false;
+#pragma unroll
+        for (int t = 0; t < 4; ++t) {
+          const std::uint32_t w = b.v[t];
+          // Byte offset ((w & 0xff) * Copies + copy) * 8, written as one shift and one and-or.
+          const uint2 z = *reinterpret_cast<const uint2*>(reinterpret_cast<const unsigned char*>(table) +
+                                                          (((w << copy_shift) & (0xffu << copy_shift)) | copy_bytes));
+          v[k][4 * h + t] = lori::detail::zig_value(w, bits_float(z.y));
+          slow = slow || lori::detail::zig_mbits(w) >= z.x;
+        }
+        slow = slow && active[k];
+        const unsigned ballot = __ballot_sync(0xffffffffu, slow);
+        if (slow) {
+          const unsigned slot = (qs.head + qs.count + static_cast<unsigned>(__popc(ballot & lt))) & queue::mask;
+          qu.e[slot].words = make_uint4(b.v[0], b.v[1], b.v[2], b.v[3]);
+          qu.e[slot].meta = make_uint4(p[k].i, q, 0u, 0u);
+        }
+        qs.count += static_cast<unsigned>(__popc(ballot));
       }
-      slow = slow && active;
-      const unsigned ballot = __ballot_sync(0xffffffffu, slow);
-      if (slow) {
-        const unsigned slot = (qs.head + qs.count + static_cast<unsigned>(__popc(ballot & lt))) & queue::mask;
-        qu.e[slot].words = make_uint4(b.v[0], b.v[1], b.v[2], b.v[3]);
-        qu.e[slot].meta = make_uint4(p.i, q, 0u, 0u);
-      }
-      qs.count += static_cast<unsigned>(__popc(ballot));
     }
-    if (active) store_unit_at<T, U>(e, p, v);
-    while (qs.count >= pass_at) gaussian_queue_pass<Copies, T, U>(e, table, qu, qs, qs.count < 32u ? qs.count : 32u, lane, lt);
-    advance_step(e, p);
+#pragma unroll
+    for (int k = 0; k < K; ++k)
+      if (active[k]) store_unit_at<T, U>(e, p[k], v[k]);
+    while (qs.count >= pass_at) gaussian_queue_pass<Copies>(e, table, qu, qs, qs.count < 32u ? qs.count : 32u, lane, lt);
+#pragma unroll
+    for (int k = 0; k < K; ++k)
+#pragma unroll
+      for (int a = 0; a < K; ++a) advance_step(e, p[k]);
   }
-  while (qs.count != 0u) gaussian_queue_pass<Copies, T, U>(e, table, qu, qs, qs.count < 32u ? qs.count : 32u, lane, lt);
+  while (qs.count != 0u) gaussian_queue_pass<Copies>(e, table, qu, qs, qs.count < 32u ? qs.count : 32u, lane, lt);
 }
+
+/// Kernel variants of the gaussian path (the kernel's Gaussian parameter): 0 none; 1 the library's
+/// (one table copy, one unit per thread and step); 8 eight table copies (4 for 16-bit types, whose
+/// queues are larger); 2 two units per thread and step (4-element units only; else as 1).
+template <int Gaussian>
+constexpr int gaussian_variant_copies = Gaussian == 8 ? 8 : (Gaussian == 4 ? 4 : 1);
+template <int Gaussian, int U>
+constexpr int gaussian_variant_units = Gaussian == 2 && U == 4 ? 2 : 1;
 
 /// Units [r0, r1) of matrix e by the block, any law. Gaussian > 0: the kernel variant with the gaussian
 /// path (shared memory, more registers) and that many interleaved copies of its layer table; 0: without
@@ -500,7 +526,9 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_dispatch(const projection_ent
   switch (e.params.kind) {
     case distribution::kaiming_uniform: projection_piece<distribution::kaiming_uniform>(e, r0, r1); break;
     case distribution::gaussian:
-      if constexpr (Gaussian > 0) projection_piece_gaussian<Gaussian>(e, r0, r1, lt, pass_at, table_sigma);
+      if constexpr (Gaussian > 0)
+        projection_piece_gaussian<gaussian_variant_copies<Gaussian>, gaussian_variant_units<Gaussian, projection_traits<T>::unit>>(e, r0, r1, lt, pass_at,
+                                                                                                                              table_sigma);
       break;
     case distribution::rademacher: projection_piece<distribution::rademacher>(e, r0, r1); break;
     case distribution::sparse: projection_piece<distribution::sparse>(e, r0, r1); break;
@@ -719,6 +747,9 @@ projection_batch_plan<T> prepare_projection_batch(const projection_task<T>* task
       constexpr int copies = detail::projection_traits<T>::unit == 8 ? 4 : 8;
       LORI_CUDA_CHECK(cudaFuncSetAttribute(detail::projection_kernel<T, copies, detail::projection_batch_source<T>>,
                                            cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared));
+      if constexpr (detail::projection_traits<T>::unit == 4)
+        LORI_CUDA_CHECK(cudaFuncSetAttribute(detail::projection_kernel<T, 2, detail::projection_batch_source<T>>,
+                                             cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared));
     }
     plan.blocks = plan.has_gaussian ? detail::projection_grid(detail::projection_kernel<T, 1, detail::projection_batch_source<T>>, units)
                                     : detail::projection_grid(detail::projection_kernel<T, 0, detail::projection_batch_source<T>>, units);
@@ -729,27 +760,33 @@ projection_batch_plan<T> prepare_projection_batch(const projection_task<T>* task
 namespace detail {
 /// The launch of generate_projection_batch with `blocks` blocks (1 <= blocks; the library passes
 /// plan.blocks, tests force small grids so that each block walks long ranges and many tasks), slow-path
-/// queue threshold pass_at (1..32) and table_copies (1 or 8; 4 for 16-bit types) copies of the gaussian
-/// layer table.
+/// queue threshold pass_at (1..32) and gaussian kernel variant (1: the library's; 8: eight copies of the
+/// layer table, four for 16-bit types; 2: two units per thread and step for 4-element units).
 template <class T>
 void launch_projection_batch(const projection_batch_plan<T>& plan, index_t blocks, cudaStream_t stream, unsigned pass_at = 32,
-                             int table_copies = 1) {
+                             int variant = 1) {
   LORI_EXPECTS(plan.count >= 0 && plan.blocks >= 0 && plan.units >= 0, "generate_projection_batch: invalid plan");
   if (plan.units == 0) return;
   LORI_EXPECTS(plan.workspace != nullptr, "generate_projection_batch: plan has no workspace");
   LORI_EXPECTS(blocks >= 1 && blocks < (index_t{1} << 31), "generate_projection_batch: invalid block count");
   LORI_EXPECTS(pass_at >= 1 && pass_at <= 32, "generate_projection_batch: invalid queue threshold");
-  LORI_EXPECTS(table_copies == 1 || table_copies == 8, "generate_projection_batch: invalid table copy count");
+  LORI_EXPECTS(variant == 1 || variant == 2 || variant == 8, "generate_projection_batch: invalid kernel variant");
   const auto n = static_cast<std::size_t>(plan.count);
   const auto* base = static_cast<const unsigned char*>(plan.workspace);
   const projection_batch_source<T> src{reinterpret_cast<const projection_entry_storage<T>*>(base),
                                        reinterpret_cast<const index_t*>(base + round_up16(n * sizeof(projection_entry_storage<T>))), plan.count};
   const projection_split split = make_projection_split(plan.units, blocks, pass_at);
   if (plan.has_gaussian) {
-    if (table_copies == 8) {
+    if (variant == 8) {
       // 16-bit types: 4 copies (their larger queues and 8 copies exceed 48 KB of static shared memory).
       constexpr int copies = projection_traits<T>::unit == 8 ? 4 : 8;
       projection_kernel<T, copies><<<static_cast<unsigned>(blocks), projection_threads, 0, stream>>>(src, split);
+    } else if (variant == 2) {
+      if constexpr (projection_traits<T>::unit == 4) {
+        projection_kernel<T, 2><<<static_cast<unsigned>(blocks), projection_threads, 0, stream>>>(src, split);
+      } else {
+        projection_kernel<T, 1><<<static_cast<unsigned>(blocks), projection_threads, 0, stream>>>(src, split);
+      }
     } else {
       projection_kernel<T, 1><<<static_cast<unsigned>(blocks), projection_threads, 0, stream>>>(src, split);
     }
