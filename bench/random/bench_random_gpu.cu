@@ -6,7 +6,6 @@
 // bandwidth achieved.
 #include <benchmark/benchmark.h>
 
-#include "legacy_projection.cuh"
 #include "lori/cuda/device_buffer.cuh"
 #include "lori/cuda/projection.cuh"
 #include "lori/random/stream.hpp"
@@ -105,45 +104,6 @@ void generate_llama(benchmark::State& state) {
 void BM_gpu_generate_llama3_8b_r32(benchmark::State& state) { generate_llama<float>(state); }
 void BM_gpu_generate_llama3_8b_r32_bf16(benchmark::State& state) { generate_llama<lori::bfloat16>(state); }
 
-// DIAGNOSTIC (session-3 checkpoints): the previous kernel (one block per 1024-unit chunk, block-wide
-// slow-path queue behind two barriers) on the same batch, and the new kernel at a forced number of
-// blocks per SM (range(1), 0 = default), slow-path queue threshold (range(2)) and gaussian kernel variant
-// (range(3), see detail::launch_projection_batch); range(0) = distribution as above.
-void BM_gpu_diag_legacy_llama3_8b_r32(benchmark::State& state) {
-  if (!have_device(state)) return;
-  const lori::index_t n = llama_total();
-  lori::cuda::device_buffer<float> out(n);
-  const auto tasks = llama_tasks(out.data(), spec_of(state.range(0)));
-  const auto plan = lori_legacy::legacy_prepare(tasks.data(), static_cast<lori::index_t>(tasks.size()));
-  time_events(state, [&] { lori_legacy::legacy_generate(plan); });
-  state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * n);
-  state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * n * 4);
-}
-
-void BM_gpu_diag_grid_llama3_8b_r32(benchmark::State& state) {
-  if (!have_device(state)) return;
-  const lori::index_t n = llama_total();
-  lori::cuda::device_buffer<float> out(n);
-  const auto tasks = llama_tasks(out.data(), spec_of(state.range(0)));
-  const std::size_t ws_bytes = lori::cuda::projection_batch_workspace_bytes(static_cast<lori::index_t>(tasks.size()));
-  lori::cuda::device_buffer<unsigned char> ws(static_cast<lori::index_t>(ws_bytes));
-  const auto plan = lori::cuda::prepare_projection_batch(tasks.data(), static_cast<lori::index_t>(tasks.size()), ws.data(), ws_bytes);
-  int device = 0, sms = 0;
-  LORI_CUDA_CHECK(cudaGetDevice(&device));
-  LORI_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  // range(1) > 0: that many blocks per SM; 0: the library's grid (one wave); -1: one block per 1024 units
-  // (the old decomposition, many waves, with the new per-warp queues drained at each block's end).
-  const lori::index_t blocks = state.range(1) > 0 ? static_cast<lori::index_t>(sms) * state.range(1)
-                                                  : (state.range(1) == 0 ? plan.blocks : (plan.units + 1023) / 1024);
-  const auto pass_at = static_cast<unsigned>(state.range(2));
-  const auto variant = static_cast<int>(state.range(3));
-  time_events(state, [&] { lori::cuda::detail::launch_projection_batch(plan, blocks, nullptr, pass_at, variant); });
-  state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * n);
-  state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * n * 4);
-  state.SetLabel("default grid " + std::to_string(plan.blocks) + " blocks, here " + std::to_string(blocks) + ", queue pass at " +
-                 std::to_string(pass_at) + ", variant " + std::to_string(variant));
-}
-
 // One matrix with the same element count (32 x 1,245,184) through generate_projection (the single-
 // matrix kernel: the entry is a kernel parameter, the grid is computed per call).
 void BM_gpu_generate_single_32x1245184(benchmark::State& state) {
@@ -190,14 +150,5 @@ void BM_gpu_baseline_d2d_copy(benchmark::State& state) {
 BENCHMARK(BM_gpu_baseline_d2d_copy)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_generate_llama3_8b_r32)->DenseRange(0, 3)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_generate_llama3_8b_r32_bf16)->Arg(0)->Arg(1)->UseManualTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_gpu_diag_legacy_llama3_8b_r32)->Arg(0)->Arg(1)->UseManualTime()->Unit(benchmark::kMicrosecond);
-// {distribution, blocks per SM (0: default, -1: one block per 1024 units), queue threshold, kernel variant
-// (1: the library's, 8: eight table copies, 2: two units per thread and step)}
-BENCHMARK(BM_gpu_diag_grid_llama3_8b_r32)
-    ->Args({1, 4, 32, 1})
-    ->Args({1, 0, 32, 8})
-    ->Args({1, 0, 32, 2})
-    ->UseManualTime()
-    ->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_generate_single_32x1245184)->Arg(0)->Arg(1)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_baseline_curand_normal)->UseManualTime()->Unit(benchmark::kMicrosecond);

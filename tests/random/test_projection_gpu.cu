@@ -368,12 +368,11 @@ std::size_t multi_attempt_elements(index_t rows, index_t cols, std::uint64_t see
 // queue fills past 32 many times inside one piece (mid-piece passes), entries with several slow
 // elements are re-queued, pieces end with partial steps and partial warps, and the block's layer table
 // is rescaled for each new sigma. Each launch: {blocks (-1: the default grid), queue threshold pass_at
-// (32 in the library; 1 works the queue off at every step, 5 leaves partial passes), kernel variant}.
+// (32 in the library; 1 works the queue off at every step, 5 leaves partial passes)}.
 // Returns the number of mismatches (and of touched gaps).
 struct forced_launch {
   index_t blocks;
   unsigned pass_at;
-  int variant = 1;  // detail::launch_projection_batch: 1 the library's kernel, 8 more table copies, 2 two units per step
 };
 
 template <class T>
@@ -417,9 +416,8 @@ std::size_t forced_grid_batch(std::uint64_t salt, int ntasks, index_t max_rows, 
   for (const forced_launch& l : launches) {
     CAPTURE(l.blocks);
     CAPTURE(l.pass_at);
-    CAPTURE(l.variant);
     buf.fill_bytes(0xff);
-    lori::cuda::detail::launch_projection_batch(plan, l.blocks > 0 ? l.blocks : plan.blocks, nullptr, l.pass_at, l.variant);
+    lori::cuda::detail::launch_projection_batch(plan, l.blocks > 0 ? l.blocks : plan.blocks, nullptr, l.pass_at);
     LORI_CUDA_CHECK(cudaDeviceSynchronize());
     const auto host = buf.download();
     index_t prev_end = 0;
@@ -436,10 +434,7 @@ std::size_t forced_grid_batch(std::uint64_t salt, int ntasks, index_t max_rows, 
 TEST_CASE("gaussian warp queues: forced small grids, many tasks and sigmas, float and bf16") {
   // 1 block: each warp sees every task (~100 slow entries per warp in the large ones: 3+ passes inside
   // a piece); 2 and 7 blocks: ranges start and end inside tasks; -1: the default grid.
-  // The last four: the kernel variants with 8 (bf16: 4) interleaved copies of the layer table and with
-  // two units per thread and step (float; bf16 falls back to the library's kernel).
-  const std::vector<forced_launch> grids = {{1, 32}, {2, 32},     {7, 32},     {-1, 32},   {1, 1},
-                                            {2, 5},  {3, 32, 8}, {-1, 32, 8}, {1, 5, 2}, {-1, 32, 2}};
+  const std::vector<forced_launch> grids = {{1, 32}, {2, 32}, {7, 32}, {-1, 32}, {1, 1}, {2, 5}, {3, 5}};
   std::size_t entries = 0, requeued = 0, resumed = 0;
   CHECK(forced_grid_batch<float>(200, 40, 70, 3000, grids, &entries, &requeued, &resumed) == 0);
   CHECK(forced_grid_batch<lori::bfloat16>(201, 40, 70, 3000, grids) == 0);
@@ -451,8 +446,8 @@ TEST_CASE("gaussian warp queues: forced small grids, many tasks and sigmas, floa
 }
 
 TEST_CASE("gaussian warp queues: small batch on 1 and 2 blocks (racecheck subset)") {
-  CHECK(forced_grid_batch<float>(202, 6, 40, 1500, {{1, 32}, {2, 5}, {1, 32, 8}, {2, 5, 2}}) == 0);
-  CHECK(forced_grid_batch<lori::half>(203, 6, 40, 1500, {{1, 32}, {2, 5}, {1, 32, 8}}) == 0);
+  CHECK(forced_grid_batch<float>(202, 6, 40, 1500, {{1, 32}, {2, 5}}) == 0);
+  CHECK(forced_grid_batch<lori::half>(203, 6, 40, 1500, {{1, 32}, {2, 5}}) == 0);
 }
 
 TEST_CASE("single matrix on forced grids: one block walks the whole matrix (fallback element included)") {

@@ -298,11 +298,10 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece(const projection_entry<T>& e,
 }
 
 /// The layer table of the block's gaussian path, scaled by the sigma of the block's current task:
-/// {k_L, bits(rnd(W_L * sigma))}, Copies copies interleaved (entry L of copy r at L * Copies + r; lane l
-/// reads copy l % Copies, which spreads a half-warp's random look-ups over more banks).
-template <int Copies>
+/// {k_L, bits(rnd(W_L * sigma))}. (Eight interleaved copies, against bank conflicts of the random
+/// look-ups, measured slower at checkpoint 2: 88.1 against 85.3 us, H200.)
 LORI_DEVICE LORI_FORCEINLINE uint2* gaussian_table() {
-  __shared__ uint2 table[lori::detail::zig_layers_count * Copies];
+  __shared__ uint2 table[lori::detail::zig_layers_count];
   return table;
 }
 
@@ -313,11 +312,11 @@ LORI_DEVICE LORI_FORCEINLINE uint2* gaussian_table() {
 /// elements are recomputed from the words: a finished element's word is zeroed (a zero word passes
 /// the fast test: layer 0, m = 1 < k_0); the lowest pending element may be in progress, its word then
 /// being its current slow-path candidate and pos its slow words consumed (detail::zig_slow_state).
-template <int Blocks>
+template <int U>
 struct gaussian_warp_queue {
   /// At most 31 entries wait between steps (passes run while >= pass_at <= 32 wait); a step appends
-  /// at most 32 per Philox block (Blocks per thread and step): < 32 + 32 * Blocks entries, a power of two.
-  static constexpr unsigned capacity = 64u * Blocks;
+  /// at most 32 per Philox block of its unit: < 32 + 32 * (U / 4) entries, a power of two.
+  static constexpr unsigned capacity = 64u * (U / 4);
   static constexpr unsigned mask = capacity - 1u;
   struct alignas(32) entry {
     uint4 words;
@@ -333,9 +332,9 @@ struct gaussian_queue_state {
 };
 
 /// This warp's queue (one per warp of the block).
-template <int Blocks>
-LORI_DEVICE LORI_FORCEINLINE gaussian_warp_queue<Blocks>& gaussian_queue() {
-  __shared__ gaussian_warp_queue<Blocks> q[projection_warps];
+template <int U>
+LORI_DEVICE LORI_FORCEINLINE gaussian_warp_queue<U>& gaussian_queue() {
+  __shared__ gaussian_warp_queue<U> q[projection_warps];
   return q[threadIdx.x >> 5];
 }
 
@@ -358,10 +357,10 @@ LORI_DEVICE LORI_FORCEINLINE void set_word(uint4& w, int t, std::uint32_t x) {
 /// word or finishes an element or drops an entry, so repeated passes terminate. The first __syncwarp
 /// orders the appends and placeholder stores of all lanes before the reads and the overwrites, the
 /// second keeps the reads before any later append to those slots.
-template <int Copies, class T, int Blocks>
-LORI_DEVICE LORI_FORCEINLINE void gaussian_queue_pass(const projection_entry<T>& e, const uint2* table, gaussian_warp_queue<Blocks>& qu,
+template <class T, int U>
+LORI_DEVICE LORI_FORCEINLINE void gaussian_queue_pass(const projection_entry<T>& e, const uint2* table, gaussian_warp_queue<U>& qu,
                                                       gaussian_queue_state& qs, unsigned n, unsigned lane, unsigned lt) {
-  using queue = gaussian_warp_queue<Blocks>;
+  using queue = gaussian_warp_queue<U>;
   __syncwarp();
   uint4 w = make_uint4(0u, 0u, 0u, 0u);
   uint4 meta = make_uint4(0u, 0u, 0u, 0u);
@@ -379,7 +378,7 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_queue_pass(const projection_entry<T>&
 #pragma unroll
   for (int t = 0; t < 4; ++t) {
     const std::uint32_t y = word_of(w, t);
-    if (lori::detail::zig_mbits(y) >= table[(y & 0xffu) * Copies].x && j0 + static_cast<std::uint64_t>(t) < cols) pending |= 1u << t;
+    if (lori::detail::zig_mbits(y) >= table[y & 0xffu].x && j0 + static_cast<std::uint64_t>(t) < cols) pending |= 1u << t;
   }
   if (pending != 0u) {
     const int t = __ffs(static_cast<int>(pending)) - 1;
@@ -423,112 +422,77 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_queue_pass(const projection_entry<T>&
 /// Units [r0, r1) of gaussian matrix e by the block (thread x: units r0 + x, r0 + x + 256, ...); see
 /// lori/detail/random_ziggurat.hpp for the element formula. Every element takes the fast path from the
 /// block's table (a placeholder where the fast test fails); each Philox block with a failing element
-/// is appended to the warp's queue (ballot + popc), and whenever pass_at (32; tests and diagnostics
-/// use fewer) entries wait, the whole warp finishes up to 32 of them at once (gaussian_queue_pass,
+/// is appended to the warp's queue (ballot + popc), and whenever pass_at (32; tests also use fewer)
+/// entries wait, the whole warp finishes up to 32 of them at once (gaussian_queue_pass,
 /// after the unit's stores); the rest is finished at the end of the piece. Warps never wait for each
 /// other, except for two block barriers when the table is rescaled for a new sigma (block-uniform:
 /// pieces are block-uniform).
 /// table_sigma: the sigma the table holds (0: not filled yet; sigma > 0 always).
-template <int Copies, int K, class T>
+template <class T>
 LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian(const projection_entry<T>& e, index_t r0, index_t r1, unsigned lt,
                                                             unsigned pass_at, float& table_sigma) {
   constexpr int U = projection_traits<T>::unit;
-  using queue = gaussian_warp_queue<(U / 4) * K>;
+  using queue = gaussian_warp_queue<U>;
   const unsigned x = threadIdx.x, lane = x & 31u;
-  uint2* table = gaussian_table<Copies>();
-  static_assert(Copies == 1 || Copies == 4 || Copies == 8, "1, 4 or 8 table copies");
-  constexpr unsigned copy_shift = Copies == 1 ? 3u : (Copies == 4 ? 5u : 6u);  // log2(Copies * sizeof(uint2))
-  const unsigned copy_bytes = (lane % Copies) * 8u;                            // this lane's copy, in bytes
-  queue& qu = gaussian_queue<(U / 4) * K>();
+  uint2* table = gaussian_table();
+  queue& qu = gaussian_queue<U>();
   const float sigma = e.params.scale;
   static_assert(projection_threads == lori::detail::zig_layers_count, "one table entry per thread");
   if (sigma != table_sigma) {
     __syncthreads();  // every warp is done with the previous table (queues are empty between pieces)
-    for (int c = 0; c < Copies; ++c) {
-      const int k = static_cast<int>(x) + c * projection_threads;  // table slot: layer k / Copies
-      const lori::detail::zig_layer z = lori::detail::zig_layers()[k / Copies];
-      table[k] = make_uint2(z.k, float_bits(lori::detail::rnd_mul(z.w, sigma)));
-    }
+    const lori::detail::zig_layer z = lori::detail::zig_layers()[x];
+    table[x] = make_uint2(z.k, float_bits(lori::detail::rnd_mul(z.w, sigma)));
     __syncthreads();
     table_sigma = sigma;
   }
   gaussian_queue_state qs{0u, 0u};
-  // K units per thread and step, at x, x + 256, ... (the loop and the queue test are shared by more
-  // elements; K = 2 is a variant for 4-element units).
-  unit_cursor<T> p[K];
-  p[0] = cursor_at(e, r0 + x);
-#pragma unroll
-  for (int k = 1; k < K; ++k) {
-    p[k] = p[k - 1];
-    advance_step(e, p[k]);
-  }
+  unit_cursor<T> p = cursor_at(e, r0 + x);
   // A block-uniform loop and body (every warp runs every step; lanes beyond the piece are inactive):
   // a warp-divergent region around the ballots below makes the compiler drop the task's keys from
-  // uniform registers (then it spills and recomputes the key schedule per unit).
-  for (index_t left = r1 - r0; left > 0; left -= index_t{projection_threads} * K) {
-    bool active[K];
-    float v[K][U];
+  // uniform registers (then it spills and recomputes the key schedule per unit). (Two units per
+  // thread and step measured slower at checkpoint 2: 93.8 against 85.3 us, H200.)
+  for (index_t left = r1 - r0; left > 0; left -= projection_threads) {
+    // x < left, with the 64-bit part uniform (left >= 256 in every step but the last).
+    const bool active = left >= index_t{projection_threads} || x < static_cast<unsigned>(left);
+    float v[U];
 #pragma unroll
-    for (int k = 0; k < K; ++k) {
-      // x < left - 256 k, with the 64-bit part uniform (true for every x in all but the last steps).
-      const index_t lk = left - index_t{projection_threads} * k;
-      active[k] = lk >= index_t{projection_threads} || (lk > 0 && x < static_cast<unsigned>(lk));
+    for (int h = 0; h < U / 4; ++h) {
+      const std::uint32_t q = static_cast<std::uint32_t>(U / 4) * p.c + static_cast<std::uint32_t>(h);
+      const philox_block b = lori::detail::philox4x32_10_scheduled(q, p.i, e.stream0, e.stream1, e.rk);
+      bool slow = false;
 #pragma unroll
-      for (int h = 0; h < U / 4; ++h) {
-        const std::uint32_t q = static_cast<std::uint32_t>(U / 4) * p[k].c + static_cast<std::uint32_t>(h);
-        const philox_block b = lori::detail::philox4x32_10_scheduled(q, p[k].i, e.stream0, e.stream1, e.rk);
-        bool slow = false;
-#pragma unroll
-        for (int t = 0; t < 4; ++t) {
-          const std::uint32_t w = b.v[t];
-          // Byte offset ((w & 0xff) * Copies + copy) * 8, written as one shift and one and-or.
-          const uint2 z = *reinterpret_cast<const uint2*>(reinterpret_cast<const unsigned char*>(table) +
-                                                          (((w << copy_shift) & (0xffu << copy_shift)) | copy_bytes));
-          v[k][4 * h + t] = lori::detail::zig_value(w, bits_float(z.y));
-          slow = slow || lori::detail::zig_mbits(w) >= z.x;
-        }
-        slow = slow && active[k];
-        const unsigned ballot = __ballot_sync(0xffffffffu, slow);
-        if (slow) {
-          const unsigned slot = (qs.head + qs.count + static_cast<unsigned>(__popc(ballot & lt))) & queue::mask;
-          qu.e[slot].words = make_uint4(b.v[0], b.v[1], b.v[2], b.v[3]);
-          qu.e[slot].meta = make_uint4(p[k].i, q, 0u, 0u);
-        }
-        qs.count += static_cast<unsigned>(__popc(ballot));
+      for (int t = 0; t < 4; ++t) {
+        const std::uint32_t w = b.v[t];
+        const uint2 z = table[w & 0xffu];
+        v[4 * h + t] = lori::detail::zig_value(w, bits_float(z.y));
+        slow = slow || lori::detail::zig_mbits(w) >= z.x;
       }
+      slow = slow && active;
+      const unsigned ballot = __ballot_sync(0xffffffffu, slow);
+      if (slow) {
+        const unsigned slot = (qs.head + qs.count + static_cast<unsigned>(__popc(ballot & lt))) & queue::mask;
+        qu.e[slot].words = make_uint4(b.v[0], b.v[1], b.v[2], b.v[3]);
+        qu.e[slot].meta = make_uint4(p.i, q, 0u, 0u);
+      }
+      qs.count += static_cast<unsigned>(__popc(ballot));
     }
-#pragma unroll
-    for (int k = 0; k < K; ++k)
-      if (active[k]) store_unit_at<T, U>(e, p[k], v[k]);
-    while (qs.count >= pass_at) gaussian_queue_pass<Copies>(e, table, qu, qs, qs.count < 32u ? qs.count : 32u, lane, lt);
-#pragma unroll
-    for (int k = 0; k < K; ++k)
-#pragma unroll
-      for (int a = 0; a < K; ++a) advance_step(e, p[k]);
+    if (active) store_unit_at<T, U>(e, p, v);
+    while (qs.count >= pass_at) gaussian_queue_pass(e, table, qu, qs, qs.count < 32u ? qs.count : 32u, lane, lt);
+    advance_step(e, p);
   }
-  while (qs.count != 0u) gaussian_queue_pass<Copies>(e, table, qu, qs, qs.count < 32u ? qs.count : 32u, lane, lt);
+  while (qs.count != 0u) gaussian_queue_pass(e, table, qu, qs, qs.count < 32u ? qs.count : 32u, lane, lt);
 }
 
-/// Kernel variants of the gaussian path (the kernel's Gaussian parameter): 0 none; 1 the library's
-/// (one table copy, one unit per thread and step); 8 eight table copies (4 for 16-bit types, whose
-/// queues are larger); 2 two units per thread and step (4-element units only; else as 1).
-template <int Gaussian>
-constexpr int gaussian_variant_copies = Gaussian == 8 ? 8 : (Gaussian == 4 ? 4 : 1);
-template <int Gaussian, int U>
-constexpr int gaussian_variant_units = Gaussian == 2 && U == 4 ? 2 : 1;
-
-/// Units [r0, r1) of matrix e by the block, any law. Gaussian > 0: the kernel variant with the gaussian
-/// path (shared memory, more registers) and that many interleaved copies of its layer table; 0: without
-/// it (the host launches this variant when no task of the launch is gaussian).
-template <int Gaussian, class T>
+/// Units [r0, r1) of matrix e by the block, any law. WithGaussian: the kernel variant with the gaussian
+/// path (shared memory, more registers); the host launches the variant without it when no task of the
+/// launch is gaussian.
+template <bool WithGaussian, class T>
 LORI_DEVICE LORI_FORCEINLINE void projection_piece_dispatch(const projection_entry<T>& e, index_t r0, index_t r1, unsigned lt, unsigned pass_at,
                                                             float& table_sigma) {
   switch (e.params.kind) {
     case distribution::kaiming_uniform: projection_piece<distribution::kaiming_uniform>(e, r0, r1); break;
     case distribution::gaussian:
-      if constexpr (Gaussian > 0)
-        projection_piece_gaussian<gaussian_variant_copies<Gaussian>, gaussian_variant_units<Gaussian, projection_traits<T>::unit>>(e, r0, r1, lt, pass_at,
-                                                                                                                              table_sigma);
+      if constexpr (WithGaussian) projection_piece_gaussian(e, r0, r1, lt, pass_at, table_sigma);
       break;
     case distribution::rademacher: projection_piece<distribution::rademacher>(e, r0, r1); break;
     case distribution::sparse: projection_piece<distribution::sparse>(e, r0, r1); break;
@@ -577,8 +541,8 @@ struct projection_single_source {
 };
 
 // Minimum blocks per SM (caps registers): 8 (all 2048 threads) without the gaussian path, 6 with it.
-template <int Gaussian>
-constexpr int projection_min_blocks = Gaussian > 0 ? 6 : 8;
+template <bool WithGaussian>
+constexpr int projection_min_blocks = WithGaussian ? 6 : 8;
 
 /// How a launch's units are split over its blocks: ceil(units / 32) groups of 32 units; block B takes
 /// per_block groups, one more if B < extra (no division on the device). pass_at (1..32): queue length
@@ -601,8 +565,8 @@ inline projection_split make_projection_split(index_t units, index_t blocks, uns
 /// block-uniform (the task's keys and shape stay in uniform registers). Within a piece, thread x
 /// takes units x, x + 256, ...; after the first task search (one barrier) the warps never wait for
 /// each other.
-template <class T, int Gaussian, class Source>
-__global__ void __launch_bounds__(projection_threads, projection_min_blocks<Gaussian>) projection_kernel(const __grid_constant__ Source param, projection_split split) {
+template <class T, bool WithGaussian, class Source>
+__global__ void __launch_bounds__(projection_threads, projection_min_blocks<WithGaussian>) projection_kernel(const __grid_constant__ Source param, projection_split split) {
   const auto src = param.source();
   const auto block = static_cast<index_t>(blockIdx.x);
   const index_t g0 = block * split.per_block + (block < split.extra ? block : split.extra);
@@ -627,7 +591,7 @@ __global__ void __launch_bounds__(projection_threads, projection_min_blocks<Gaus
     if (end_t > u) {
       const index_t s = src.start(t);
       const index_t end = end_t < b ? end_t : b;
-      projection_piece_dispatch<Gaussian>(src.entry(t), u - s, end - s, lt, split.pass_at, table_sigma);
+      projection_piece_dispatch<WithGaussian>(src.entry(t), u - s, end - s, lt, split.pass_at, table_sigma);
       u = end;
       if (u >= b) break;
     }
@@ -637,7 +601,7 @@ __global__ void __launch_bounds__(projection_threads, projection_min_blocks<Gaus
 
 /// Blocks of a launch over `units` units: one wave of resident blocks at most (and about 4 units per
 /// thread at least). The kernel is configured for the largest shared-memory carve-out first (the
-/// gaussian variant holds 28-35 KB per block).
+/// gaussian variant holds 18-35 KB per block).
 template <class Kernel>
 index_t projection_grid(Kernel kernel, index_t units) {
   int device = 0, sms = 0, per_sm = 0;
@@ -746,55 +710,32 @@ projection_batch_plan<T> prepare_projection_batch(const projection_task<T>* task
   plan.workspace = workspace;
   plan.units = units;
   if (units > 0) {
-    if (plan.has_gaussian) {  // the variant with more table copies (launch_projection_batch) needs the large carve-out too
-      constexpr int copies = detail::projection_traits<T>::unit == 8 ? 4 : 8;
-      LORI_CUDA_CHECK(cudaFuncSetAttribute(detail::projection_kernel<T, copies, detail::projection_batch_source<T>>,
-                                           cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared));
-      if constexpr (detail::projection_traits<T>::unit == 4)
-        LORI_CUDA_CHECK(cudaFuncSetAttribute(detail::projection_kernel<T, 2, detail::projection_batch_source<T>>,
-                                             cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared));
-    }
-    plan.blocks = plan.has_gaussian ? detail::projection_grid(detail::projection_kernel<T, 1, detail::projection_batch_source<T>>, units)
-                                    : detail::projection_grid(detail::projection_kernel<T, 0, detail::projection_batch_source<T>>, units);
+    plan.blocks = plan.has_gaussian ? detail::projection_grid(detail::projection_kernel<T, true, detail::projection_batch_source<T>>, units)
+                                    : detail::projection_grid(detail::projection_kernel<T, false, detail::projection_batch_source<T>>, units);
   }
   return plan;
 }
 
 namespace detail {
 /// The launch of generate_projection_batch with `blocks` blocks (1 <= blocks; the library passes
-/// plan.blocks, tests force small grids so that each block walks long ranges and many tasks), slow-path
-/// queue threshold pass_at (1..32) and gaussian kernel variant (1: the library's; 8: eight copies of the
-/// layer table, four for 16-bit types; 2: two units per thread and step for 4-element units).
+/// plan.blocks, tests force small grids so that each block walks long ranges and many tasks) and
+/// slow-path queue threshold pass_at (1..32; the library passes 32, tests also 1 and 5).
 template <class T>
-void launch_projection_batch(const projection_batch_plan<T>& plan, index_t blocks, cudaStream_t stream, unsigned pass_at = 32,
-                             int variant = 1) {
+void launch_projection_batch(const projection_batch_plan<T>& plan, index_t blocks, cudaStream_t stream, unsigned pass_at = 32) {
   LORI_EXPECTS(plan.count >= 0 && plan.blocks >= 0 && plan.units >= 0, "generate_projection_batch: invalid plan");
   if (plan.units == 0) return;
   LORI_EXPECTS(plan.workspace != nullptr, "generate_projection_batch: plan has no workspace");
   LORI_EXPECTS(blocks >= 1 && blocks < (index_t{1} << 31), "generate_projection_batch: invalid block count");
   LORI_EXPECTS(pass_at >= 1 && pass_at <= 32, "generate_projection_batch: invalid queue threshold");
-  LORI_EXPECTS(variant == 1 || variant == 2 || variant == 8, "generate_projection_batch: invalid kernel variant");
   const auto n = static_cast<std::size_t>(plan.count);
   const auto* base = static_cast<const unsigned char*>(plan.workspace);
   const projection_batch_source<T> src{reinterpret_cast<const projection_entry_storage<T>*>(base),
                                        reinterpret_cast<const index_t*>(base + round_up16(n * sizeof(projection_entry_storage<T>))), plan.count};
   const projection_split split = make_projection_split(plan.units, blocks, pass_at);
   if (plan.has_gaussian) {
-    if (variant == 8) {
-      // 16-bit types: 4 copies (their larger queues and 8 copies exceed 48 KB of static shared memory).
-      constexpr int copies = projection_traits<T>::unit == 8 ? 4 : 8;
-      projection_kernel<T, copies><<<static_cast<unsigned>(blocks), projection_threads, 0, stream>>>(src, split);
-    } else if (variant == 2) {
-      if constexpr (projection_traits<T>::unit == 4) {
-        projection_kernel<T, 2><<<static_cast<unsigned>(blocks), projection_threads, 0, stream>>>(src, split);
-      } else {
-        projection_kernel<T, 1><<<static_cast<unsigned>(blocks), projection_threads, 0, stream>>>(src, split);
-      }
-    } else {
-      projection_kernel<T, 1><<<static_cast<unsigned>(blocks), projection_threads, 0, stream>>>(src, split);
-    }
+    projection_kernel<T, true><<<static_cast<unsigned>(blocks), projection_threads, 0, stream>>>(src, split);
   } else {
-    projection_kernel<T, 0><<<static_cast<unsigned>(blocks), projection_threads, 0, stream>>>(src, split);
+    projection_kernel<T, false><<<static_cast<unsigned>(blocks), projection_threads, 0, stream>>>(src, split);
   }
   LORI_CUDA_CHECK_LAUNCH();
 }
@@ -814,11 +755,11 @@ void generate_projection_blocks(row_major_view<T> out, std::uint64_t seed, std::
   src.starts[0] = 0;
   src.starts[1] = units;
   if (t.params.kind == distribution::gaussian) {
-    const auto kernel = projection_kernel<T, 1, projection_single_source<T>>;
+    const auto kernel = projection_kernel<T, true, projection_single_source<T>>;
     const index_t grid = blocks > 0 ? blocks : projection_grid(kernel, units);
     kernel<<<static_cast<unsigned>(grid), projection_threads, 0, cuda_stream>>>(src, make_projection_split(units, grid));
   } else {
-    const auto kernel = projection_kernel<T, 0, projection_single_source<T>>;
+    const auto kernel = projection_kernel<T, false, projection_single_source<T>>;
     const index_t grid = blocks > 0 ? blocks : projection_grid(kernel, units);
     kernel<<<static_cast<unsigned>(grid), projection_threads, 0, cuda_stream>>>(src, make_projection_split(units, grid));
   }
