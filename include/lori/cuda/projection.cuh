@@ -76,8 +76,8 @@ struct projection_batch_plan {
   const void* workspace = nullptr;
   index_t count = 0;
   index_t blocks = 0;  ///< thread blocks of the one launch (at most one wave of resident blocks)
-  index_t units = 0;   ///< 16-byte units of all tasks
   bool has_gaussian = false;  ///< some task is gaussian (selects the kernel variant)
+  index_t units = 0;          ///< 16-byte units of all tasks (last: keeps the earlier members' order)
 };
 
 /// Validates `count` host-side tasks and copies the batch description into `workspace` (device memory of
