@@ -540,9 +540,12 @@ struct projection_single_source {
   LORI_DEVICE LORI_FORCEINLINE projection_batch_source<T> source() const { return projection_batch_source<T>{&entry, starts, 1}; }
 };
 
-// Minimum blocks per SM (caps registers): 8 (all 2048 threads) without the gaussian path, 6 with it.
-template <bool WithGaussian>
-constexpr int projection_min_blocks = WithGaussian ? 6 : 8;
+// Minimum blocks per SM (caps registers): 8 (all 2048 threads) without the gaussian path, 6 with it
+// (40 registers, no spills), 5 for the single-matrix launch (48 registers: at 40 its loop spilled, 114
+// against 89 us batched for the same element count on the H100 at checkpoint 3; 4 instead of 6 blocks
+// per SM measured the same time for the batch at checkpoint 2).
+template <bool WithGaussian, bool Single>
+constexpr int projection_min_blocks = WithGaussian ? (Single ? 5 : 6) : 8;
 
 /// How a launch's units are split over its blocks: ceil(units / 32) groups of 32 units; block B takes
 /// per_block groups, one more if B < extra (no division on the device). pass_at (1..32): queue length
@@ -566,7 +569,8 @@ inline projection_split make_projection_split(index_t units, index_t blocks, uns
 /// takes units x, x + 256, ...; after the first task search (one barrier) the warps never wait for
 /// each other.
 template <class T, bool WithGaussian, class Source>
-__global__ void __launch_bounds__(projection_threads, projection_min_blocks<WithGaussian>) projection_kernel(const __grid_constant__ Source param, projection_split split) {
+__global__ void __launch_bounds__(projection_threads, projection_min_blocks<WithGaussian, std::is_same_v<Source, projection_single_source<T>>>)
+    projection_kernel(const __grid_constant__ Source param, projection_split split) {
   const auto src = param.source();
   const auto block = static_cast<index_t>(blockIdx.x);
   const index_t g0 = block * split.per_block + (block < split.extra ? block : split.extra);
