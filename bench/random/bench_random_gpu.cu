@@ -1,4 +1,4 @@
-// lori_bench_random (GPU part): all A's of a Llama-3-8B-shaped model at r = 32 (224 matrices, 29.36 M
+// lori_bench_random (GPU part): all A's of a Llama-3-8B-shaped model at r = 32 (224 matrices, 39.85 M
 // elements) generated in one launch, against cuRAND's Philox normal generator (host API) for the same
 // count and a device-to-device copy of the same number of floats (the bandwidth reference).
 // Timed with CUDA events (UseManualTime). Bytes: ours and cuRAND count bytes written; the copy counts
@@ -30,7 +30,7 @@ lori::index_t llama_total() {
   lori::index_t n = 0;
   for (int l = 0; l < 32; ++l)
     for (const auto& m : kModules) n += kRank * m.in_features;
-  return n;  // 29,360,128
+  return n;  // 39,845,888
 }
 
 template <class T>
@@ -104,6 +104,19 @@ void generate_llama(benchmark::State& state) {
 void BM_gpu_generate_llama3_8b_r32(benchmark::State& state) { generate_llama<float>(state); }
 void BM_gpu_generate_llama3_8b_r32_bf16(benchmark::State& state) { generate_llama<lori::bfloat16>(state); }
 
+// One matrix with the same element count (32 x 1,245,184) through generate_projection (the single-
+// matrix kernel: the entry is a kernel parameter, the grid is computed per call).
+void BM_gpu_generate_single_32x1245184(benchmark::State& state) {
+  if (!have_device(state)) return;
+  const lori::index_t n = llama_total(), rows = 32, cols = n / rows;
+  lori::cuda::device_buffer<float> out(n);
+  const auto spec = spec_of(state.range(0));
+  time_events(state, [&] { lori::cuda::generate_projection(out.as_matrix(rows, cols), 2026, 7, spec); });
+  state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * n);
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * n * 4);
+  state.SetLabel(state.range(0) == 0 ? "kaiming_uniform" : "gaussian");
+}
+
 void BM_gpu_baseline_curand_normal(benchmark::State& state) {
   if (!have_device(state)) return;
   const lori::index_t n = llama_total();
@@ -137,4 +150,5 @@ void BM_gpu_baseline_d2d_copy(benchmark::State& state) {
 BENCHMARK(BM_gpu_baseline_d2d_copy)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_generate_llama3_8b_r32)->DenseRange(0, 3)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_generate_llama3_8b_r32_bf16)->Arg(0)->Arg(1)->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_gpu_generate_single_32x1245184)->Arg(0)->Arg(1)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_baseline_curand_normal)->UseManualTime()->Unit(benchmark::kMicrosecond);

@@ -326,6 +326,148 @@ TEST_CASE("gaussian slow path on the device: slow elements, tail, bounded-loop f
   }
 }
 
+namespace {
+// Philox blocks of A (rows x cols, gaussian) with at least `min_slow` elements inside the row that fail
+// the ziggurat's fast test (the warp-queue entries of the kernel; >= 2: entries that are re-queued).
+std::size_t slow_blocks(index_t rows, index_t cols, std::uint64_t seed, std::uint64_t stream, int min_slow) {
+  std::size_t n = 0;
+  for (index_t i = 0; i < rows; ++i) {
+    for (index_t q = 0; q * 4 < cols; ++q) {
+      const lori::philox_block b = lori::projection_block(seed, stream, i, q);
+      int slow = 0;
+      for (int t = 0; t < 4 && q * 4 + t < cols; ++t) slow += lori::detail::zig_mbits(b.v[t]) >= lori::detail::zig_layers_host[b.v[t] & 0xffu].k;
+      n += slow >= min_slow;
+    }
+  }
+  return n;
+}
+
+// Slow elements of A (rows x cols, gaussian) whose slow path needs more than one attempt (the kernel
+// re-queues them with their state between passes): lori::detail::gaussian_slow_attempt run on the host.
+std::size_t multi_attempt_elements(index_t rows, index_t cols, std::uint64_t seed, std::uint64_t stream) {
+  const lori::counter_rng g(seed, stream);
+  std::size_t n = 0;
+  for (index_t i = 0; i < rows; ++i) {
+    for (index_t j = 0; j < cols; ++j) {
+      const std::uint32_t w = lori::projection_block(seed, stream, i, j >> 2).v[j & 3];
+      if (lori::detail::zig_mbits(w) < lori::detail::zig_layers_host[w & 0xffu].k) continue;
+      const auto r32 = static_cast<std::uint32_t>(i);
+      const auto j64 = static_cast<std::uint64_t>(j);
+      const lori::philox_block b0 = lori::detail::zig_slow_block(g, r32, j64, 0), b1 = lori::detail::zig_slow_block(g, r32, j64, 1);
+      auto word = [&](int k) { return k < 4 ? b0.v[k] : b1.v[k - 4]; };
+      lori::detail::zig_slow_state st{w, 0};
+      float out = 0.0f;
+      n += !lori::detail::gaussian_slow_attempt(st, 1.0f, word, out);
+    }
+  }
+  return n;
+}
+
+// A batch of gaussian tasks (odd shapes, paddings, several sigmas) interleaved with other laws, generated
+// with forced grids: with 1 or 2 blocks every warp walks long ranges across many tasks, so its slow-path
+// queue fills past 32 many times inside one piece (mid-piece passes), entries with several slow
+// elements are re-queued, pieces end with partial steps and partial warps, and the block's layer table
+// is rescaled for each new sigma. Each launch: {blocks (-1: the default grid), queue threshold pass_at
+// (32 in the library; 1 works the queue off at every step, 5 leaves partial passes)}.
+// Returns the number of mismatches (and of touched gaps).
+struct forced_launch {
+  index_t blocks;
+  unsigned pass_at;
+};
+
+template <class T>
+std::size_t forced_grid_batch(std::uint64_t salt, int ntasks, index_t max_rows, index_t max_cols, const std::vector<forced_launch>& launches,
+                              std::size_t* slow_entries = nullptr, std::size_t* requeued = nullptr, std::size_t* resumed = nullptr) {
+  auto g = test_rng(salt);
+  struct placed {
+    index_t offset, rows, cols, ld;
+    std::uint64_t seed, stream;
+    projection_spec spec;
+  };
+  std::vector<placed> items;
+  index_t cursor = 0;
+  const double sigmas[] = {0.0, 1.0, 0.37, 2.5e-3};  // 0: the default 1/sqrt(r)
+  for (int t = 0; t < ntasks; ++t) {
+    placed p;
+    p.rows = 1 + static_cast<index_t>(g() % static_cast<std::uint64_t>(max_rows));
+    p.cols = 1 + static_cast<index_t>(g() % static_cast<std::uint64_t>(max_cols));
+    p.ld = p.cols + ((g() % 3 == 0) ? static_cast<index_t>(g() % 9) : 0);
+    p.offset = cursor + static_cast<index_t>(g() % 3);
+    p.seed = g();
+    p.stream = g();
+    const double s = sigmas[g() % 4];
+    p.spec = t % 5 == 4 ? kAll[g() % (sizeof(kAll) / sizeof(kAll[0]))] : (s == 0.0 ? projection_spec::gaussian() : projection_spec::gaussian(s));
+    cursor = p.offset + p.rows * p.ld;
+    items.push_back(p);
+    if (p.spec.kind == lori::distribution::gaussian) {
+      if (slow_entries) *slow_entries += slow_blocks(p.rows, p.cols, p.seed, p.stream, 1);
+      if (requeued) *requeued += slow_blocks(p.rows, p.cols, p.seed, p.stream, 2);
+      if (resumed) *resumed += multi_attempt_elements(p.rows, p.cols, p.seed, p.stream);
+    }
+  }
+  lori::cuda::device_buffer<T> buf(cursor + 16);
+  std::vector<lori::cuda::projection_task<T>> tasks;
+  for (const auto& p : items)
+    tasks.push_back(lori::cuda::make_projection_task(buf.data() + p.offset, p.rows, p.cols, p.seed, p.stream, p.spec, p.ld));
+  const std::size_t ws_bytes = lori::cuda::projection_batch_workspace_bytes(static_cast<index_t>(tasks.size()));
+  lori::cuda::device_buffer<unsigned char> ws(static_cast<index_t>(ws_bytes));
+  const auto plan = lori::cuda::prepare_projection_batch(tasks.data(), static_cast<index_t>(tasks.size()), ws.data(), ws_bytes);
+  std::size_t bad = 0;
+  for (const forced_launch& l : launches) {
+    CAPTURE(l.blocks);
+    CAPTURE(l.pass_at);
+    buf.fill_bytes(0xff);
+    lori::cuda::detail::launch_projection_batch(plan, l.blocks > 0 ? l.blocks : plan.blocks, nullptr, l.pass_at);
+    LORI_CUDA_CHECK(cudaDeviceSynchronize());
+    const auto host = buf.download();
+    index_t prev_end = 0;
+    for (const auto& p : items) {
+      bad += compare(host, p.offset, p.rows, p.cols, p.ld, p.seed, p.stream, p.spec);
+      for (index_t t = prev_end; t < p.offset; ++t) bad += bits_of(host[static_cast<std::size_t>(t)]) != poison_bits<T>();
+      prev_end = p.offset + p.rows * p.ld;
+    }
+  }
+  return bad;
+}
+}  // namespace
+
+TEST_CASE("gaussian warp queues: forced small grids, many tasks and sigmas, float and bf16") {
+  // 1 block: each warp sees every task (~100 slow entries per warp in the large ones: 3+ passes inside
+  // a piece); 2 and 7 blocks: ranges start and end inside tasks; -1: the default grid.
+  const std::vector<forced_launch> grids = {{1, 32}, {2, 32}, {7, 32}, {-1, 32}, {1, 1}, {2, 5}, {3, 5}};
+  std::size_t entries = 0, requeued = 0, resumed = 0;
+  CHECK(forced_grid_batch<float>(200, 40, 70, 3000, grids, &entries, &requeued, &resumed) == 0);
+  CHECK(forced_grid_batch<lori::bfloat16>(201, 40, 70, 3000, grids) == 0);
+  // The situations were there: many entries (> 64 per warp of the single block), entries re-queued
+  // for a second slow element, and elements re-queued with their slow-path state (a second attempt).
+  CHECK(entries > 8 * 64 * 4);
+  CHECK(requeued > 50);
+  CHECK(resumed > 20);
+}
+
+TEST_CASE("gaussian warp queues: small batch on 1 and 2 blocks (racecheck subset)") {
+  CHECK(forced_grid_batch<float>(202, 6, 40, 1500, {{1, 32}, {2, 5}}) == 0);
+  CHECK(forced_grid_batch<lori::half>(203, 6, 40, 1500, {{1, 32}, {2, 5}}) == 0);
+}
+
+TEST_CASE("single matrix on forced grids: one block walks the whole matrix (fallback element included)") {
+  // 2553 x 2200 holds the bounded loop's fallback element (2552, 2193) of seed 99 / stream 7.
+  const index_t rows = 2553, cols = 2200;
+  const std::uint64_t seed = 99, stream = 7;
+  const auto a = cpu_projection(rows, cols, seed, stream, projection_spec::gaussian(1.0));
+  for (const index_t blocks : {index_t{1}, index_t{3}, index_t{0}}) {
+    CAPTURE(blocks);
+    lori::cuda::device_buffer<float> buf(rows * cols);
+    buf.fill_bytes(0xff);
+    lori::cuda::detail::generate_projection_blocks(buf.as_matrix(rows, cols), seed, stream, projection_spec::gaussian(1.0), blocks, nullptr);
+    LORI_CUDA_CHECK(cudaDeviceSynchronize());
+    const auto host = buf.download();
+    std::size_t mism = 0;
+    for (std::size_t t = 0; t < a.size(); ++t) mism += lori::float_bits(host[t]) != lori::float_bits(a[t]);
+    CHECK(mism == 0);
+  }
+}
+
 TEST_CASE("GPU projection errors are lori::error") {
   lori::cuda::device_buffer<float> buf(64);
   CHECK_THROWS_AS(lori::cuda::make_projection_task<float>(nullptr, 2, 2, 1, 2, projection_spec::gaussian()), lori::error);

@@ -17,12 +17,14 @@
 // Kernel: each thread produces units of 16 bytes (4 floats from one Philox call; 8 bf16/fp16 from two;
 // 4 doubles as two 16-byte stores) written with vector stores when the row start is 16-byte aligned
 // (pointer aligned and ld a multiple of the unit), element stores otherwise and at row ends.
-// Blocks of 256 threads take 1024 consecutive units of one matrix (row-major order), so one launch
-// covers any mix of shapes with no idle blocks beyond one partial block per matrix.
-// Gaussian blocks (ziggurat, lori/detail/random_ziggurat.hpp) read the layer table from shared memory
-// and defer the ~1.5% slow-path elements: they are compacted into a per-block queue and finished by all
-// threads after a barrier (see projection_chunk_gaussian). Launches without a gaussian task use a
-// kernel variant without that code (fewer registers, full occupancy).
+// One launch of at most one wave of resident blocks: the units of all tasks (concatenated, row-major)
+// are split into equal contiguous ranges, one per block; a block walks its range task by task, its
+// thread x taking units x, x + 256, ... of each piece (block-uniform control flow: the task's Philox
+// key schedule, precomputed on the host, stays in uniform registers).
+// Gaussian tasks (ziggurat, lori/detail/random_ziggurat.hpp) read the layer table from shared memory;
+// the ~1.5% slow-path elements are deferred to a per-warp queue (ballot + popc appends), which the
+// whole warp works off 32 entries at a time whenever 32 wait: no block barrier (see
+// projection_piece_gaussian). Launches without a gaussian task use a kernel variant without that code.
 #ifndef LORI_CUDA_PROJECTION_CUH
 #define LORI_CUDA_PROJECTION_CUH
 
@@ -64,7 +66,7 @@ projection_task<T> make_projection_task(T* out, index_t rows, index_t cols, std:
                                         const projection_spec& spec, index_t ld = -1);
 
 /// Bytes of device workspace that a batch of `count` tasks needs (a copy of the task list and a prefix
-/// sum of block counts). O(1).
+/// sum of unit counts). O(1).
 inline std::size_t projection_batch_workspace_bytes(index_t count);
 
 /// A batch uploaded by prepare_projection_batch: valid while its workspace is, reusable for any number
@@ -73,15 +75,17 @@ template <class T>
 struct projection_batch_plan {
   const void* workspace = nullptr;
   index_t count = 0;
-  index_t blocks = 0;  ///< thread blocks of the one launch
+  index_t blocks = 0;  ///< thread blocks of the one launch (at most one wave of resident blocks)
   bool has_gaussian = false;  ///< some task is gaussian (selects the kernel variant)
+  index_t units = 0;          ///< 16-byte units of all tasks (last: keeps the earlier members' order)
 };
 
 /// Validates `count` host-side tasks and copies the batch description into `workspace` (device memory of
 /// at least projection_batch_workspace_bytes(count) bytes, 16-byte aligned) on `stream`. The copy is
 /// from pageable memory, so this call synchronises `stream` first (do it once, e.g. at model load).
-/// The output ranges of different tasks must not overlap. Throws lori::error on invalid tasks, a null
-/// or too small workspace.
+/// The output ranges of different tasks must not overlap. The launch grid (one wave of co-resident
+/// blocks) is sized for the current device: use the plan on that device. Throws lori::error on invalid
+/// tasks, a null or too small workspace, or a failing CUDA call.
 template <class T>
 projection_batch_plan<T> prepare_projection_batch(const projection_task<T>* tasks, index_t count, void* workspace,
                                                   std::size_t workspace_bytes, cudaStream_t stream = nullptr);
@@ -127,8 +131,7 @@ struct projection_traits<half> {
 };
 
 constexpr int projection_threads = 256;
-constexpr int projection_units_per_thread = 4;
-constexpr index_t projection_units_per_block = index_t{projection_threads} * projection_units_per_thread;
+constexpr int projection_warps = projection_threads / 32;
 
 /// What a kernel needs about one matrix (trivially copyable).
 template <class T>
@@ -141,6 +144,9 @@ struct projection_entry {
   std::uint32_t vec_ok;
   std::uint32_t key0, key1, stream0, stream1;
   projection_params params;
+  index_t row_skip;          ///< ld - upr * unit: from the end of a row's last unit to the next row
+  std::uint32_t full_units;  ///< cols / unit: units without a row end inside
+  lori::detail::philox_round_keys rk;  ///< key schedule of (key0, key1)
 };
 
 template <class T>
@@ -161,35 +167,6 @@ LORI_DEVICE LORI_FORCEINLINE std::uint16_t narrow16(float x) {
   }
 }
 
-/// Stores the U values of unit c (elements j0 .. j0 + U - 1 of a row, clipped at cols) at dst:
-/// one 16-byte vector store (two for double) when the unit is whole and the row start aligned.
-template <class T, int U>
-LORI_DEVICE LORI_FORCEINLINE void store_unit(const projection_entry<T>& e, T* dst, index_t j0, const float (&v)[U]) {
-  const bool full = j0 + U <= e.cols;
-  if constexpr (U == 4) {
-    if (full && e.vec_ok) {
-      if constexpr (std::is_same_v<T, float>) {
-        *reinterpret_cast<float4*>(dst) = make_float4(v[0], v[1], v[2], v[3]);
-      } else {
-        reinterpret_cast<double2*>(dst)[0] = make_double2(v[0], v[1]);
-        reinterpret_cast<double2*>(dst)[1] = make_double2(v[2], v[3]);
-      }
-    } else {
-      for (int t = 0; t < 4; ++t)
-        if (j0 + t < e.cols) dst[t] = static_cast<T>(v[t]);
-    }
-  } else {
-    std::uint16_t h[8];
-    for (int t = 0; t < 8; ++t) h[t] = narrow16<T>(v[t]);
-    if (full && e.vec_ok) {
-      *reinterpret_cast<uint4*>(dst) = make_uint4(pack_pair(h[0], h[1]), pack_pair(h[2], h[3]), pack_pair(h[4], h[5]), pack_pair(h[6], h[7]));
-    } else {
-      for (int t = 0; t < 8; ++t)
-        if (j0 + t < e.cols) dst[t] = T::from_bits(h[t]);
-    }
-  }
-}
-
 /// One element value converted to T (the single-element store of the gaussian's deferred slow path).
 template <class T>
 LORI_DEVICE LORI_FORCEINLINE T from_float(float x) {
@@ -200,211 +177,445 @@ LORI_DEVICE LORI_FORCEINLINE T from_float(float x) {
   }
 }
 
-/// Writes unit c of row i (elements unit*c .. unit*c + unit - 1, clipped at cols); not for gaussians.
-template <distribution D, class T>
-LORI_DEVICE LORI_FORCEINLINE void projection_unit(const projection_entry<T>& e, index_t i, std::uint32_t c) {
-  constexpr int U = projection_traits<T>::unit;
-  projection_params p = e.params;
-  p.kind = D;  // compile-time distribution: the switch in projection_values_simple folds away
-  const index_t j0 = static_cast<index_t>(c) * U;
-  T* dst = e.out + i * e.ld + j0;
-  const auto row = static_cast<std::uint32_t>(i);
-  float v[U];
-  for (int h = 0; h < U / 4; ++h) {
-    const philox_block b = philox4x32_10_block(static_cast<std::uint32_t>(U / 4) * c + static_cast<std::uint32_t>(h), row, e.stream0, e.stream1,
-                                               e.key0, e.key1);
-    const float4_values x = projection_values_simple(p, b);
-    for (int t = 0; t < 4; ++t) v[4 * h + t] = x.v[t];
-  }
-  store_unit<T, U>(e, dst, j0, v);
+/// Lane mask of the lanes below this one.
+LORI_DEVICE LORI_FORCEINLINE unsigned lanemask_lt() {
+  unsigned m;
+  asm("mov.u32 %0, %%lanemask_lt;" : "=r"(m));
+  return m;
 }
 
-/// Block `chunk` of matrix e: units [chunk * 1024, chunk * 1024 + 1024) in row-major unit order.
-/// Thread t takes units u0 + t + k * 256 (coalesced across the block for each k); f(i, c, k) is called
-/// for each of them that exists.
-template <class T, class F>
-LORI_DEVICE LORI_FORCEINLINE void for_each_unit(const projection_entry<T>& e, index_t chunk, F&& f) {
-  const index_t total = e.rows * static_cast<index_t>(e.upr);
-  const index_t u0 = chunk * projection_units_per_block;
-  const std::uint32_t upr = e.upr;
-  index_t i = u0 / upr;  // once per thread
-  const auto c0 = static_cast<std::uint32_t>(u0 - i * upr);
-  std::uint32_t rel = c0 + threadIdx.x;
-  std::uint32_t c = rel % upr;
-  i += rel / upr;
-  index_t u = u0 + threadIdx.x;
-#pragma unroll
-  for (int k = 0; k < projection_units_per_thread; ++k) {
-    if (u < total) f(i, c, k);
-    u += projection_threads;
-    c += projection_threads;
-    if (upr >= static_cast<std::uint32_t>(projection_threads)) {
-      if (c >= upr) {
-        c -= upr;
-        ++i;
+/// A thread's position in a piece: unit c of row i, stored at dst. Moved on by one block step
+/// (projection_threads units) at a time; 0 <= c < upr.
+template <class T>
+struct unit_cursor {
+  std::uint32_t i;
+  std::uint32_t c;
+  T* dst;
+};
+
+/// Address of unit c of row i.
+template <class T>
+LORI_DEVICE LORI_FORCEINLINE T* unit_address(const projection_entry<T>& e, std::uint32_t i, std::uint32_t c) {
+  constexpr int U = projection_traits<T>::unit;
+  return e.out + (static_cast<index_t>(i) * e.ld + static_cast<index_t>(c) * U);
+}
+
+/// The cursor of unit `rel` (64-bit division only when rel >= 2^32; once per piece).
+template <class T>
+LORI_DEVICE LORI_FORCEINLINE unit_cursor<T> cursor_at(const projection_entry<T>& e, index_t rel) {
+  unit_cursor<T> p;
+  const auto r = static_cast<std::uint64_t>(rel);
+  if (r < (std::uint64_t{1} << 32)) {
+    const auto r32 = static_cast<std::uint32_t>(r);
+    p.i = r32 / e.upr;
+    p.c = r32 - p.i * e.upr;
+  } else {
+    const std::uint64_t q = r / e.upr;
+    p.i = static_cast<std::uint32_t>(q);
+    p.c = static_cast<std::uint32_t>(r - q * e.upr);
+  }
+  p.dst = unit_address(e, p.i, p.c);
+  return p;
+}
+
+/// Moves p on by projection_threads units.
+template <class T>
+LORI_DEVICE LORI_FORCEINLINE void advance_step(const projection_entry<T>& e, unit_cursor<T>& p) {
+  constexpr int U = projection_traits<T>::unit;
+  constexpr auto step = static_cast<std::uint32_t>(projection_threads);
+  p.c += step;
+  if (e.upr >= step) {  // at most one row end per step
+    p.dst += index_t{projection_threads} * U;
+    if (p.c >= e.upr) {
+      p.c -= e.upr;
+      ++p.i;
+      p.dst += e.row_skip;
+    }
+  } else {
+    p.i += p.c / e.upr;
+    p.c %= e.upr;
+    p.dst = unit_address(e, p.i, p.c);
+  }
+}
+
+/// Stores the U values of the cursor's unit (elements c*U .. c*U + U - 1 of the row, clipped at cols):
+/// one 16-byte vector store (two for double) when the unit is whole (c < full_units) and the rows are
+/// 16-byte aligned.
+template <class T, int U>
+LORI_DEVICE LORI_FORCEINLINE void store_unit_at(const projection_entry<T>& e, const unit_cursor<T>& p, const float (&v)[U]) {
+  const bool vector = e.vec_ok != 0u && p.c < e.full_units;
+  T* dst = p.dst;
+  if constexpr (U == 4) {
+    if (vector) {
+      if constexpr (std::is_same_v<T, float>) {
+        *reinterpret_cast<float4*>(dst) = make_float4(v[0], v[1], v[2], v[3]);
+      } else {
+        reinterpret_cast<double2*>(dst)[0] = make_double2(v[0], v[1]);
+        reinterpret_cast<double2*>(dst)[1] = make_double2(v[2], v[3]);
       }
     } else {
-      i += c / upr;
-      c %= upr;
+      const index_t j0 = static_cast<index_t>(p.c) * U;
+      for (int t = 0; t < 4; ++t)
+        if (j0 + t < e.cols) dst[t] = static_cast<T>(v[t]);
+    }
+  } else {
+    std::uint16_t h[8];
+    for (int t = 0; t < 8; ++t) h[t] = narrow16<T>(v[t]);
+    if (vector) {
+      *reinterpret_cast<uint4*>(dst) = make_uint4(pack_pair(h[0], h[1]), pack_pair(h[2], h[3]), pack_pair(h[4], h[5]), pack_pair(h[6], h[7]));
+    } else {
+      const index_t j0 = static_cast<index_t>(p.c) * U;
+      for (int t = 0; t < 8; ++t)
+        if (j0 + t < e.cols) dst[t] = T::from_bits(h[t]);
     }
   }
 }
 
+/// Units [r0, r1) of matrix e (row-major unit order) for a non-gaussian law D, by the block: thread x
+/// takes units r0 + x, r0 + x + 256, ... (each warp instruction stores 32 consecutive 16-byte units).
 template <distribution D, class T>
-LORI_DEVICE LORI_FORCEINLINE void projection_chunk(const projection_entry<T>& e, index_t chunk) {
-  for_each_unit(e, chunk, [&](index_t i, std::uint32_t c, int) { projection_unit<D>(e, i, c); });
+LORI_DEVICE LORI_FORCEINLINE void projection_piece(const projection_entry<T>& e, index_t r0, index_t r1) {
+  constexpr int U = projection_traits<T>::unit;
+  const unsigned x = threadIdx.x;
+  projection_params params = e.params;
+  params.kind = D;  // compile-time distribution: the switch in projection_values_simple folds away
+  unit_cursor<T> p = cursor_at(e, r0 + x);
+  for (index_t left = r1 - r0; left > 0; left -= projection_threads) {
+    if (left >= index_t{projection_threads} || x < static_cast<unsigned>(left)) {
+      float v[U];
+#pragma unroll
+      for (int h = 0; h < U / 4; ++h) {
+        const std::uint32_t q = static_cast<std::uint32_t>(U / 4) * p.c + static_cast<std::uint32_t>(h);
+        const philox_block b = lori::detail::philox4x32_10_scheduled(q, p.i, e.stream0, e.stream1, e.rk);
+        const float4_values y = projection_values_simple(params, b);
+#pragma unroll
+        for (int t = 0; t < 4; ++t) v[4 * h + t] = y.v[t];
+      }
+      store_unit_at<T, U>(e, p, v);
+    }
+    advance_step(e, p);
+  }
 }
 
-/// Gaussian chunk (see lori/detail/random_ziggurat.hpp for the element formula).
-/// Phase 1: every thread computes the ziggurat fast path of its units from a shared-memory copy of the
-/// layer table (pre-scaled by sigma) and stores them; the ~1.5% elements that fail the fast test get a
-/// placeholder and a bit in the thread's mask (bit k*U + t: element t of the thread's k-th unit).
-/// Compaction: a block-wide exclusive scan of the mask popcounts gives each thread its slots in a
-/// shared queue of 16-bit element positions. Phase 2, after a block barrier (which also orders the
-/// global stores of phase 1 before the ones below): queued elements are spread over all threads; each
-/// recomputes its main word, runs detail::gaussian_slow and overwrites the placeholder. So the slow
-/// path costs ~2 warp-passes per block of 4096 elements instead of a divergent pass in nearly every
-/// warp. The queue holds every element of the chunk: it cannot overflow. Must be called by all
-/// threads of the block (barriers).
-/// `layer` = lori::detail::zig_layers()[threadIdx.x], loaded by the kernel before it knows its task
-/// (so that the load's latency overlaps the task search).
+/// The layer table of the block's gaussian path, scaled by the sigma of the block's current task:
+/// {k_L, bits(rnd(W_L * sigma))}. (Eight interleaved copies, against bank conflicts of the random
+/// look-ups, measured slower at checkpoint 2: 88.1 against 85.3 us, H200.)
+LORI_DEVICE LORI_FORCEINLINE uint2* gaussian_table() {
+  __shared__ uint2 table[lori::detail::zig_layers_count];
+  return table;
+}
+
+/// Per-warp queue of slow-path work, a ring buffer worked off in FIFO order (so that an element's fix-up
+/// follows its placeholder store soon, while the line is likely still in L2). An entry is one Philox
+/// block (4 consecutive elements of a row) with at least one element that failed the fast test: its
+/// four words and meta = {row i, counter q, pos, 0} (its elements are j = 4q .. 4q + 3). Its pending
+/// elements are recomputed from the words: a finished element's word is zeroed (a zero word passes
+/// the fast test: layer 0, m = 1 < k_0); the lowest pending element may be in progress, its word then
+/// being its current slow-path candidate and pos its slow words consumed (detail::zig_slow_state).
+template <int U>
+struct gaussian_warp_queue {
+  /// At most 31 entries wait between steps (passes run while >= pass_at <= 32 wait); a step appends
+  /// at most 32 per Philox block of its unit: < 32 + 32 * (U / 4) entries, a power of two.
+  static constexpr unsigned capacity = 64u * (U / 4);
+  static constexpr unsigned mask = capacity - 1u;
+  struct alignas(32) entry {
+    uint4 words;
+    uint4 meta;
+  };
+  entry e[capacity];
+};
+
+/// The warp's queue state (warp-uniform values): entries [head, head + count) modulo the capacity.
+struct gaussian_queue_state {
+  unsigned head;
+  unsigned count;
+};
+
+/// This warp's queue (one per warp of the block).
+template <int U>
+LORI_DEVICE LORI_FORCEINLINE gaussian_warp_queue<U>& gaussian_queue() {
+  __shared__ gaussian_warp_queue<U> q[projection_warps];
+  return q[threadIdx.x >> 5];
+}
+
+/// Word t of a uint4 (t warp-divergent: selects, no local memory).
+LORI_DEVICE LORI_FORCEINLINE std::uint32_t word_of(const uint4& w, int t) { return t == 0 ? w.x : (t == 1 ? w.y : (t == 2 ? w.z : w.w)); }
+
+/// w with word t replaced by x.
+LORI_DEVICE LORI_FORCEINLINE void set_word(uint4& w, int t, std::uint32_t x) {
+  w.x = t == 0 ? x : w.x;
+  w.y = t == 1 ? x : w.y;
+  w.z = t == 2 ? x : w.z;
+  w.w = t == 3 ? x : w.w;
+}
+
+/// One pass over the oldest n <= 32 entries of the warp's queue: lane l < n takes entry head + l and
+/// runs ONE attempt (detail::gaussian_slow_attempt) of its lowest pending element: finished, the value
+/// is stored over the placeholder and the word zeroed; not finished (~0.7%), the word becomes the new
+/// candidate and pos the words consumed. An entry with pending elements goes back to the queue. So a
+/// pass costs one attempt per lane, not the most attempts any lane needs; every pass consumes a slow
+/// word or finishes an element or drops an entry, so repeated passes terminate. The first __syncwarp
+/// orders the appends and placeholder stores of all lanes before the reads and the overwrites, the
+/// second keeps the reads before any later append to those slots.
+template <class T, int U>
+LORI_DEVICE LORI_FORCEINLINE void gaussian_queue_pass(const projection_entry<T>& e, const uint2* table, gaussian_warp_queue<U>& qu,
+                                                      gaussian_queue_state& qs, unsigned n, unsigned lane, unsigned lt) {
+  using queue = gaussian_warp_queue<U>;
+  __syncwarp();
+  uint4 w = make_uint4(0u, 0u, 0u, 0u);
+  uint4 meta = make_uint4(0u, 0u, 0u, 0u);
+  if (lane < n) {
+    const unsigned slot = (qs.head + lane) & queue::mask;
+    w = qu.e[slot].words;
+    meta = qu.e[slot].meta;
+  }
+  __syncwarp();
+  qs.head = (qs.head + n) & queue::mask;
+  qs.count -= n;
+  const std::uint64_t j0 = static_cast<std::uint64_t>(meta.y) * 4u;
+  const auto cols = static_cast<std::uint64_t>(e.cols);
+  unsigned pending = 0;
+#pragma unroll
+  for (int t = 0; t < 4; ++t) {
+    const std::uint32_t y = word_of(w, t);
+    if (lori::detail::zig_mbits(y) >= table[y & 0xffu].x && j0 + static_cast<std::uint64_t>(t) < cols) pending |= 1u << t;
+  }
+  if (pending != 0u) {
+    const int t = __ffs(static_cast<int>(pending)) - 1;
+    const std::uint32_t i = meta.x;
+    const std::uint64_t j = j0 + static_cast<std::uint64_t>(t);
+    // Slow blocks 0 and 1 of (i, j): lori::detail::zig_slow_block, with the precomputed key schedule.
+    const std::uint32_t c0 = 0x80000000u | meta.y, c1 = (static_cast<std::uint32_t>(t) << 30) | i;
+    const philox_block b0 = lori::detail::philox4x32_10_scheduled(c0, c1, e.stream0, e.stream1, e.rk);
+    philox_block b1{};
+    bool have_b1 = false;
+    auto word = [&](int k) -> std::uint32_t {
+      if (k < 4) return lori::detail::block_word(b0, k);
+      if (!have_b1) {
+        b1 = lori::detail::philox4x32_10_scheduled(c0 | 0x40000000u, c1, e.stream0, e.stream1, e.rk);
+        have_b1 = true;
+      }
+      return lori::detail::block_word(b1, k - 4);
+    };
+    lori::detail::zig_slow_state st{word_of(w, t), static_cast<int>(meta.z)};
+    float x = 0.0f;
+    if (lori::detail::gaussian_slow_attempt(st, e.params.scale, word, x)) {
+      e.out[static_cast<index_t>(i) * e.ld + static_cast<index_t>(j)] = from_float<T>(x);
+      set_word(w, t, 0u);
+      meta.z = 0u;
+      pending &= pending - 1u;
+    } else {
+      set_word(w, t, st.w);  // still pending: st.w failed the fast test
+      meta.z = static_cast<std::uint32_t>(st.pos);
+    }
+  }
+  const bool again = pending != 0u;
+  const unsigned back = __ballot_sync(0xffffffffu, again);
+  if (again) {
+    const unsigned slot = (qs.head + qs.count + static_cast<unsigned>(__popc(back & lt))) & queue::mask;
+    qu.e[slot].words = w;
+    qu.e[slot].meta = meta;
+  }
+  qs.count += static_cast<unsigned>(__popc(back));
+}
+
+/// Units [r0, r1) of gaussian matrix e by the block (thread x: units r0 + x, r0 + x + 256, ...); see
+/// lori/detail/random_ziggurat.hpp for the element formula. Every element takes the fast path from the
+/// block's table (a placeholder where the fast test fails); each Philox block with a failing element
+/// is appended to the warp's queue (ballot + popc), and whenever pass_at (32; tests also use fewer)
+/// entries wait, the whole warp finishes up to 32 of them at once (gaussian_queue_pass,
+/// after the unit's stores); the rest is finished at the end of the piece. Warps never wait for each
+/// other, except for two block barriers when the table is rescaled for a new sigma (block-uniform:
+/// pieces are block-uniform).
+/// table_sigma: the sigma the table holds (0: not filled yet; sigma > 0 always).
 template <class T>
-LORI_DEVICE LORI_FORCEINLINE void projection_chunk_gaussian(const projection_entry<T>& e, index_t chunk, const lori::detail::zig_layer& layer) {
+LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian(const projection_entry<T>& e, index_t r0, index_t r1, unsigned lt,
+                                                            unsigned pass_at, float& table_sigma) {
   constexpr int U = projection_traits<T>::unit;
-  constexpr int queue_capacity = static_cast<int>(projection_units_per_block) * U;
-  constexpr int warps = projection_threads / 32;
-  static_assert(queue_capacity <= 65536, "queue entries are 16-bit");
-  static_assert(projection_units_per_thread * U <= 32, "one 32-bit slow mask per thread");
-  static_assert(projection_threads == lori::detail::zig_layers_count, "one table entry per thread");
-  __shared__ uint2 table_s[lori::detail::zig_layers_count];  // {k_L, bits(Ws_L)}
-  __shared__ std::uint16_t queue_s[queue_capacity];
-  __shared__ unsigned warp_total_s[warps];
+  using queue = gaussian_warp_queue<U>;
+  const unsigned x = threadIdx.x, lane = x & 31u;
+  uint2* table = gaussian_table();
+  queue& qu = gaussian_queue<U>();
   const float sigma = e.params.scale;
-  table_s[threadIdx.x] = make_uint2(layer.k, float_bits(lori::detail::rnd_mul(layer.w, sigma)));
-  __syncthreads();
-  std::uint32_t mask = 0;
-  for_each_unit(e, chunk, [&](index_t i, std::uint32_t c, int k) {
-    const index_t j0 = static_cast<index_t>(c) * U;
-    const auto row = static_cast<std::uint32_t>(i);
+  static_assert(projection_threads == lori::detail::zig_layers_count, "one table entry per thread");
+  if (sigma != table_sigma) {
+    __syncthreads();  // every warp is done with the previous table (queues are empty between pieces)
+    const lori::detail::zig_layer z = lori::detail::zig_layers()[x];
+    table[x] = make_uint2(z.k, float_bits(lori::detail::rnd_mul(z.w, sigma)));
+    __syncthreads();
+    table_sigma = sigma;
+  }
+  gaussian_queue_state qs{0u, 0u};
+  unit_cursor<T> p = cursor_at(e, r0 + x);
+  // A block-uniform loop and body (every warp runs every step; lanes beyond the piece are inactive):
+  // a warp-divergent region around the ballots below makes the compiler drop the task's keys from
+  // uniform registers (then it spills and recomputes the key schedule per unit). (Two units per
+  // thread and step measured slower at checkpoint 2: 93.8 against 85.3 us, H200.)
+  for (index_t left = r1 - r0; left > 0; left -= projection_threads) {
+    // x < left, with the 64-bit part uniform (left >= 256 in every step but the last).
+    const bool active = left >= index_t{projection_threads} || x < static_cast<unsigned>(left);
     float v[U];
+#pragma unroll
     for (int h = 0; h < U / 4; ++h) {
-      const philox_block b = philox4x32_10_block(static_cast<std::uint32_t>(U / 4) * c + static_cast<std::uint32_t>(h), row, e.stream0, e.stream1,
-                                                 e.key0, e.key1);
+      const std::uint32_t q = static_cast<std::uint32_t>(U / 4) * p.c + static_cast<std::uint32_t>(h);
+      const philox_block b = lori::detail::philox4x32_10_scheduled(q, p.i, e.stream0, e.stream1, e.rk);
+      bool slow = false;
+#pragma unroll
       for (int t = 0; t < 4; ++t) {
         const std::uint32_t w = b.v[t];
-        const uint2 z = table_s[w & 0xffu];
+        const uint2 z = table[w & 0xffu];
         v[4 * h + t] = lori::detail::zig_value(w, bits_float(z.y));
-        if (lori::detail::zig_mbits(w) >= z.x) mask |= 1u << (k * U + 4 * h + t);
+        slow = slow || lori::detail::zig_mbits(w) >= z.x;
       }
+      slow = slow && active;
+      const unsigned ballot = __ballot_sync(0xffffffffu, slow);
+      if (slow) {
+        const unsigned slot = (qs.head + qs.count + static_cast<unsigned>(__popc(ballot & lt))) & queue::mask;
+        qu.e[slot].words = make_uint4(b.v[0], b.v[1], b.v[2], b.v[3]);
+        qu.e[slot].meta = make_uint4(p.i, q, 0u, 0u);
+      }
+      qs.count += static_cast<unsigned>(__popc(ballot));
     }
-    store_unit<T, U>(e, e.out + i * e.ld + j0, j0, v);
-  });
-  // Block-wide exclusive scan of popc(mask): warp scan by shuffles, then the warp totals.
-  const unsigned lane = threadIdx.x & 31u, warp = threadIdx.x >> 5;
-  const unsigned count = static_cast<unsigned>(__popc(mask));
-  unsigned incl = count;
-#pragma unroll
-  for (unsigned o = 1; o < 32; o <<= 1) {
-    const unsigned y = __shfl_up_sync(0xffffffffu, incl, o);
-    if (lane >= o) incl += y;
+    if (active) store_unit_at<T, U>(e, p, v);
+    while (qs.count >= pass_at) gaussian_queue_pass(e, table, qu, qs, qs.count < 32u ? qs.count : 32u, lane, lt);
+    advance_step(e, p);
   }
-  if (lane == 31u) warp_total_s[warp] = incl;
-  __syncthreads();
-  unsigned offset = incl - count, total = 0;
-#pragma unroll
-  for (unsigned w = 0; w < static_cast<unsigned>(warps); ++w) {
-    const unsigned t = warp_total_s[w];
-    offset += w < warp ? t : 0u;
-    total += t;
-  }
-  while (mask != 0u) {
-    const int bit = __ffs(static_cast<int>(mask)) - 1;
-    mask &= mask - 1u;
-    const int ku = (bit / U) * projection_threads + static_cast<int>(threadIdx.x);
-    queue_s[offset++] = static_cast<std::uint16_t>(ku * U + bit % U);
-  }
-  __syncthreads();
-  const index_t u0 = chunk * projection_units_per_block;
-  counter_rng gk;
-  gk.key0 = e.key0;
-  gk.key1 = e.key1;
-  gk.stream0 = e.stream0;
-  gk.stream1 = e.stream1;
-  if (threadIdx.x >= total) return;
-  // Unit u0 + x is (row i0 + (c0 + x) / upr, column (c0 + x) % upr): 32-bit arithmetic per element
-  // (c0 + x < upr + 1024 < 2^32 since cols < 2^31).
-  const index_t i0 = u0 / e.upr;
-  const auto c0 = static_cast<std::uint32_t>(u0 - i0 * e.upr);
-  for (unsigned q = threadIdx.x; q < total; q += projection_threads) {
-    const unsigned rel = queue_s[q];
-    const std::uint32_t cc = c0 + rel / U;
-    const index_t i = i0 + cc / e.upr;
-    const index_t j = static_cast<index_t>(cc % e.upr) * U + rel % U;
-    if (j >= e.cols) continue;  // beyond the row end of a partial unit: never stored
-    const auto row = static_cast<std::uint32_t>(i);
-    const philox_block b = philox4x32_10_block(static_cast<std::uint32_t>(j >> 2), row, e.stream0, e.stream1, e.key0, e.key1);
-    const std::uint32_t w = lori::detail::block_word(b, static_cast<int>(j & 3));
-    const float x = lori::detail::gaussian_slow(w, sigma, gk, row, static_cast<std::uint64_t>(j));
-    e.out[i * e.ld + j] = from_float<T>(x);
-  }
+  while (qs.count != 0u) gaussian_queue_pass(e, table, qu, qs, qs.count < 32u ? qs.count : 32u, lane, lt);
 }
 
-/// WithGaussian: the kernel contains the gaussian path (shared memory, barriers, more registers); the
-/// host launches the variant without it when no task of the launch is gaussian.
+/// Units [r0, r1) of matrix e by the block, any law. WithGaussian: the kernel variant with the gaussian
+/// path (shared memory, more registers); the host launches the variant without it when no task of the
+/// launch is gaussian.
 template <bool WithGaussian, class T>
-LORI_DEVICE LORI_FORCEINLINE void projection_chunk_dispatch(const projection_entry<T>& e, index_t chunk, const lori::detail::zig_layer& layer) {
+LORI_DEVICE LORI_FORCEINLINE void projection_piece_dispatch(const projection_entry<T>& e, index_t r0, index_t r1, unsigned lt, unsigned pass_at,
+                                                            float& table_sigma) {
   switch (e.params.kind) {
-    case distribution::kaiming_uniform: projection_chunk<distribution::kaiming_uniform>(e, chunk); break;
+    case distribution::kaiming_uniform: projection_piece<distribution::kaiming_uniform>(e, r0, r1); break;
     case distribution::gaussian:
-      if constexpr (WithGaussian) projection_chunk_gaussian(e, chunk, layer);
+      if constexpr (WithGaussian) projection_piece_gaussian(e, r0, r1, lt, pass_at, table_sigma);
       break;
-    case distribution::rademacher: projection_chunk<distribution::rademacher>(e, chunk); break;
-    case distribution::sparse: projection_chunk<distribution::sparse>(e, chunk); break;
+    case distribution::rademacher: projection_piece<distribution::rademacher>(e, r0, r1); break;
+    case distribution::sparse: projection_piece<distribution::sparse>(e, r0, r1); break;
   }
 }
 
-// Minimum blocks per SM: 8 (all 2048 threads) without the gaussian path; 6 with it (caps registers at 40).
-template <bool WithGaussian>
-constexpr int projection_min_blocks = WithGaussian ? 6 : 8;
-
-template <class T, bool WithGaussian>
-__global__ void __launch_bounds__(projection_threads, projection_min_blocks<WithGaussian>) projection_single_kernel(projection_entry<T> e) {
-  lori::detail::zig_layer layer{};
-  if constexpr (WithGaussian) layer = lori::detail::zig_layers()[threadIdx.x];
-  projection_chunk_dispatch<WithGaussian>(e, static_cast<index_t>(blockIdx.x), layer);
-}
-
-template <class T, bool WithGaussian>
-__global__ void __launch_bounds__(projection_threads, projection_min_blocks<WithGaussian>)
-    projection_batch_kernel(const projection_entry_storage<T>* __restrict__ entries, const index_t* __restrict__ block_start, index_t count) {
-  __shared__ index_t task_s;
-  // The gaussian's table entry, loaded first: its latency overlaps the search below.
-  lori::detail::zig_layer layer{};
-  if constexpr (WithGaussian) layer = lori::detail::zig_layers()[threadIdx.x];
-  const auto b = static_cast<index_t>(blockIdx.x);
-  if (threadIdx.x < 32) {
-    // Last task whose first block is <= b (tasks with no blocks have equal starts and are skipped):
-    // a 32-ary search by warp 0 (2 dependent loads for 224 tasks instead of 8). Invariant:
-    // block_start[lo] <= b (block_start[0] = 0) and the answer is < hi; the starts are non-decreasing,
-    // so the probes that pass form a prefix and the last one narrows the range 32-fold.
-    const auto lane = static_cast<index_t>(threadIdx.x);
+/// The tasks of a batch launch: entries and unit prefix sums (starts[t] = first unit of task t,
+/// starts[count] = all units) in the caller's workspace.
+template <class T>
+struct projection_batch_source {
+  const projection_entry_storage<T>* entries;
+  const index_t* starts;
+  index_t count;
+  LORI_DEVICE LORI_FORCEINLINE index_t start(index_t t) const { return starts[t]; }
+  LORI_DEVICE LORI_FORCEINLINE projection_entry<T> entry(index_t t) const { return entries[t].e; }
+  /// The task that holds unit u < starts[count]: the last t with starts[t] <= u (tasks without units
+  /// have equal starts and are skipped). A 32-ary search by the whole warp (2 dependent loads for 224
+  /// tasks): invariant starts[lo] <= u (starts[0] = 0) and the answer is < hi; the starts are
+  /// non-decreasing, so the probes that pass form a prefix and the last one narrows the range 32-fold.
+  LORI_DEVICE LORI_FORCEINLINE projection_batch_source<T> source() const { return *this; }
+  LORI_DEVICE LORI_FORCEINLINE index_t find(index_t u, unsigned lane) const {
     index_t lo = 0, hi = count;
     while (hi - lo > 1) {
       const index_t step = (hi - lo + 31) / 32;
-      const index_t p = lo + lane * step;
-      const bool ok = p < hi && block_start[p] <= b;
+      const index_t p = lo + static_cast<index_t>(lane) * step;
+      const bool ok = p < hi && starts[p] <= u;
       const unsigned passed = __ballot_sync(0xffffffffu, ok);  // bit 0 (p = lo) is always set
       const auto last = static_cast<index_t>(31 - __clz(static_cast<int>(passed)));
       const index_t end = lo + (last + 1) * step;
       lo += last * step;
       hi = end < hi ? end : hi;
     }
-    if (threadIdx.x == 0) task_s = lo;
+    return lo;
+  }
+};
+
+/// One matrix (generate_projection): the entry and its unit range travel as a kernel parameter and are
+/// read in place through pointers (the parameter is __grid_constant__), exactly like a batch of one
+/// task in a workspace. (Using the parameter's fields directly made the compiler keep a local copy of
+/// the entry and spill in the generation loop: 150 us instead of 85 us for the gaussian, H200.)
+template <class T>
+struct projection_single_source {
+  projection_entry_storage<T> entry;
+  index_t starts[2];
+  LORI_DEVICE LORI_FORCEINLINE projection_batch_source<T> source() const { return projection_batch_source<T>{&entry, starts, 1}; }
+};
+
+// Minimum blocks per SM (caps registers): 8 (all 2048 threads) without the gaussian path, 6 with it
+// (40 registers, no spills), 5 for the single-matrix launch (48 registers: at 40 its loop spilled, 114
+// against 89 us batched for the same element count on the H100 at checkpoint 3; 4 instead of 6 blocks
+// per SM measured the same time for the batch at checkpoint 2).
+template <bool WithGaussian, bool Single>
+constexpr int projection_min_blocks = WithGaussian ? (Single ? 5 : 6) : 8;
+
+/// How a launch's units are split over its blocks: ceil(units / 32) groups of 32 units; block B takes
+/// per_block groups, one more if B < extra (no division on the device). pass_at (1..32): queue length
+/// at which a warp works off its gaussian slow-path queue (32 in the library).
+struct projection_split {
+  index_t units;
+  index_t per_block;
+  index_t extra;
+  unsigned pass_at;
+};
+
+inline projection_split make_projection_split(index_t units, index_t blocks, unsigned pass_at = 32) {
+  const index_t groups = (units + 31) / 32;
+  return projection_split{units, groups / blocks, groups % blocks, pass_at};
+}
+
+/// The generation kernel: a grid of at most one wave of resident blocks; the launch's units (all tasks
+/// concatenated, each task in row-major unit order) are split into equal contiguous ranges of whole
+/// 32-unit groups, one per block. Each block walks its range task by task (pieces); all of this is
+/// block-uniform (the task's keys and shape stay in uniform registers). Within a piece, thread x
+/// takes units x, x + 256, ...; after the first task search (one barrier) the warps never wait for
+/// each other.
+template <class T, bool WithGaussian, class Source>
+__global__ void __launch_bounds__(projection_threads, projection_min_blocks<WithGaussian, std::is_same_v<Source, projection_single_source<T>>>)
+    projection_kernel(const __grid_constant__ Source param, projection_split split) {
+  const auto src = param.source();
+  const auto block = static_cast<index_t>(blockIdx.x);
+  const index_t g0 = block * split.per_block + (block < split.extra ? block : split.extra);
+  const index_t g1 = g0 + split.per_block + (block < split.extra ? 1 : 0);
+  const index_t a = g0 * 32;
+  const index_t b = g1 * 32 < split.units ? g1 * 32 : split.units;
+  if (a >= b) return;
+  // The first task, found by warp 0 and read back from shared memory (so that the compiler sees it,
+  // and everything derived from it, as uniform: the task's keys and shape in uniform registers).
+  __shared__ index_t first_task_s;
+  if (threadIdx.x < 32) {
+    const index_t found = src.find(a, threadIdx.x);
+    if (threadIdx.x == 0) first_task_s = found;
   }
   __syncthreads();
-  const index_t t = task_s;
-  const projection_entry<T> e = entries[t].e;
-  projection_chunk_dispatch<WithGaussian>(e, b - block_start[t], layer);
+  index_t t = first_task_s;
+  const unsigned lt = lanemask_lt();
+  float table_sigma = 0.0f;  // sigma of the block's gaussian table (0: not filled; sigma > 0 always)
+  index_t u = a;
+  for (;;) {
+    const index_t end_t = src.start(t + 1);
+    if (end_t > u) {
+      const index_t s = src.start(t);
+      const index_t end = end_t < b ? end_t : b;
+      projection_piece_dispatch<WithGaussian>(src.entry(t), u - s, end - s, lt, split.pass_at, table_sigma);
+      u = end;
+      if (u >= b) break;
+    }
+    ++t;
+  }
+}
+
+/// Blocks of a launch over `units` units: one wave of resident blocks at most (and about 4 units per
+/// thread at least). The kernel is configured for the largest shared-memory carve-out first (the
+/// gaussian variant holds 18-35 KB per block).
+template <class Kernel>
+index_t projection_grid(Kernel kernel, index_t units) {
+  int device = 0, sms = 0, per_sm = 0;
+  LORI_CUDA_CHECK(cudaGetDevice(&device));
+  LORI_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  LORI_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared));
+  LORI_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, projection_threads, 0));
+  const index_t resident = static_cast<index_t>(sms > 0 ? sms : 1) * static_cast<index_t>(per_sm > 0 ? per_sm : 1);
+  const index_t wanted = (units + 4 * projection_threads - 1) / (4 * projection_threads);
+  return wanted < resident ? wanted : resident;
 }
 
 template <class T>
@@ -423,6 +634,9 @@ projection_entry<T> make_entry(const projection_task<T>& task) {
   e.stream0 = g.stream0;
   e.stream1 = g.stream1;
   e.params = task.params;
+  e.row_skip = task.ld - static_cast<index_t>(e.upr) * U;
+  e.full_units = static_cast<std::uint32_t>(task.cols / U);
+  e.rk = lori::detail::philox_key_schedule(g.key0, g.key1);
   return e;
 }
 
@@ -483,41 +697,83 @@ projection_batch_plan<T> prepare_projection_batch(const projection_task<T>* task
   const auto n = static_cast<std::size_t>(count);
   std::vector<detail::projection_entry_storage<T>> entries(n);
   std::vector<index_t> starts(n + 1);
-  index_t blocks = 0;
+  index_t units = 0;
   for (std::size_t t = 0; t < n; ++t) {
     detail::validate_task(tasks[t]);
     entries[t].e = detail::make_entry(tasks[t]);
-    starts[t] = blocks;
-    const index_t units = tasks[t].rows * static_cast<index_t>(entries[t].e.upr);
-    blocks += (units + detail::projection_units_per_block - 1) / detail::projection_units_per_block;
+    starts[t] = units;
+    units += tasks[t].rows * static_cast<index_t>(entries[t].e.upr);
+    LORI_EXPECTS(units < (index_t{1} << 40), "prepare_projection_batch: batch too large for one launch");
     plan.has_gaussian = plan.has_gaussian || tasks[t].params.kind == distribution::gaussian;
   }
-  starts[n] = blocks;
-  LORI_EXPECTS(blocks < (index_t{1} << 31), "prepare_projection_batch: batch too large for one launch");
+  starts[n] = units;
   auto* base = static_cast<unsigned char*>(workspace);
   const std::size_t entry_bytes = detail::round_up16(n * sizeof(detail::projection_entry_storage<T>));
   LORI_CUDA_CHECK(cudaMemcpyAsync(base, entries.data(), n * sizeof(detail::projection_entry_storage<T>), cudaMemcpyHostToDevice, stream));
   LORI_CUDA_CHECK(cudaMemcpyAsync(base + entry_bytes, starts.data(), (n + 1) * sizeof(index_t), cudaMemcpyHostToDevice, stream));
   plan.workspace = workspace;
-  plan.blocks = blocks;
+  plan.units = units;
+  if (units > 0) {
+    plan.blocks = plan.has_gaussian ? detail::projection_grid(detail::projection_kernel<T, true, detail::projection_batch_source<T>>, units)
+                                    : detail::projection_grid(detail::projection_kernel<T, false, detail::projection_batch_source<T>>, units);
+  }
   return plan;
 }
 
+namespace detail {
+/// The launch of generate_projection_batch with `blocks` blocks (1 <= blocks; the library passes
+/// plan.blocks, tests force small grids so that each block walks long ranges and many tasks) and
+/// slow-path queue threshold pass_at (1..32; the library passes 32, tests also 1 and 5).
 template <class T>
-void generate_projection_batch(const projection_batch_plan<T>& plan, cudaStream_t stream) {
-  LORI_EXPECTS(plan.count >= 0 && plan.blocks >= 0, "generate_projection_batch: invalid plan");
-  if (plan.blocks == 0) return;
+void launch_projection_batch(const projection_batch_plan<T>& plan, index_t blocks, cudaStream_t stream, unsigned pass_at = 32) {
+  LORI_EXPECTS(plan.count >= 0 && plan.blocks >= 0 && plan.units >= 0, "generate_projection_batch: invalid plan");
+  if (plan.units == 0) return;
   LORI_EXPECTS(plan.workspace != nullptr, "generate_projection_batch: plan has no workspace");
+  LORI_EXPECTS(blocks >= 1 && blocks < (index_t{1} << 31), "generate_projection_batch: invalid block count");
+  LORI_EXPECTS(pass_at >= 1 && pass_at <= 32, "generate_projection_batch: invalid queue threshold");
   const auto n = static_cast<std::size_t>(plan.count);
   const auto* base = static_cast<const unsigned char*>(plan.workspace);
-  const auto* entries = reinterpret_cast<const detail::projection_entry_storage<T>*>(base);
-  const auto* starts = reinterpret_cast<const index_t*>(base + detail::round_up16(n * sizeof(detail::projection_entry_storage<T>)));
+  const projection_batch_source<T> src{reinterpret_cast<const projection_entry_storage<T>*>(base),
+                                       reinterpret_cast<const index_t*>(base + round_up16(n * sizeof(projection_entry_storage<T>))), plan.count};
+  const projection_split split = make_projection_split(plan.units, blocks, pass_at);
   if (plan.has_gaussian) {
-    detail::projection_batch_kernel<T, true><<<static_cast<unsigned>(plan.blocks), detail::projection_threads, 0, stream>>>(entries, starts, plan.count);
+    projection_kernel<T, true><<<static_cast<unsigned>(blocks), projection_threads, 0, stream>>>(src, split);
   } else {
-    detail::projection_batch_kernel<T, false><<<static_cast<unsigned>(plan.blocks), detail::projection_threads, 0, stream>>>(entries, starts, plan.count);
+    projection_kernel<T, false><<<static_cast<unsigned>(blocks), projection_threads, 0, stream>>>(src, split);
   }
   LORI_CUDA_CHECK_LAUNCH();
+}
+
+/// generate_projection with `blocks` blocks (blocks <= 0: the default grid, one wave at most).
+template <class T>
+void generate_projection_blocks(row_major_view<T> out, std::uint64_t seed, std::uint64_t stream, const projection_spec& spec, index_t blocks,
+                                cudaStream_t cuda_stream) {
+  const projection_task<T> t = make_projection_task(out.data(), out.rows(), out.cols(), seed, stream, spec, out.ld());
+  const projection_entry<T> e = make_entry(t);
+  const index_t units = t.rows * static_cast<index_t>(e.upr);
+  if (units == 0) return;
+  LORI_EXPECTS(units < (index_t{1} << 40), "generate_projection (cuda): matrix too large for one launch");
+  LORI_EXPECTS(blocks < (index_t{1} << 31), "generate_projection (cuda): invalid block count");
+  projection_single_source<T> src{};
+  src.entry.e = e;
+  src.starts[0] = 0;
+  src.starts[1] = units;
+  if (t.params.kind == distribution::gaussian) {
+    const auto kernel = projection_kernel<T, true, projection_single_source<T>>;
+    const index_t grid = blocks > 0 ? blocks : projection_grid(kernel, units);
+    kernel<<<static_cast<unsigned>(grid), projection_threads, 0, cuda_stream>>>(src, make_projection_split(units, grid));
+  } else {
+    const auto kernel = projection_kernel<T, false, projection_single_source<T>>;
+    const index_t grid = blocks > 0 ? blocks : projection_grid(kernel, units);
+    kernel<<<static_cast<unsigned>(grid), projection_threads, 0, cuda_stream>>>(src, make_projection_split(units, grid));
+  }
+  LORI_CUDA_CHECK_LAUNCH();
+}
+}  // namespace detail
+
+template <class T>
+void generate_projection_batch(const projection_batch_plan<T>& plan, cudaStream_t stream) {
+  detail::launch_projection_batch(plan, plan.blocks, stream);
 }
 
 template <class T>
@@ -529,18 +785,7 @@ void generate_projection_batch(const projection_task<T>* tasks, index_t count, v
 template <class T>
 void generate_projection(row_major_view<T> out, std::uint64_t seed, std::uint64_t stream, const projection_spec& spec,
                          cudaStream_t cuda_stream) {
-  const projection_task<T> t = make_projection_task(out.data(), out.rows(), out.cols(), seed, stream, spec, out.ld());
-  const detail::projection_entry<T> e = detail::make_entry(t);
-  const index_t units = t.rows * static_cast<index_t>(e.upr);
-  const index_t blocks = (units + detail::projection_units_per_block - 1) / detail::projection_units_per_block;
-  if (blocks == 0) return;
-  LORI_EXPECTS(blocks < (index_t{1} << 31), "generate_projection (cuda): matrix too large for one launch");
-  if (t.params.kind == distribution::gaussian) {
-    detail::projection_single_kernel<T, true><<<static_cast<unsigned>(blocks), detail::projection_threads, 0, cuda_stream>>>(e);
-  } else {
-    detail::projection_single_kernel<T, false><<<static_cast<unsigned>(blocks), detail::projection_threads, 0, cuda_stream>>>(e);
-  }
-  LORI_CUDA_CHECK_LAUNCH();
+  detail::generate_projection_blocks(out, seed, stream, spec, 0, cuda_stream);
 }
 
 }  // namespace lori::cuda

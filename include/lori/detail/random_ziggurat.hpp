@@ -101,58 +101,91 @@ LORI_HOST_DEVICE LORI_FORCEINLINE void box_muller(std::uint32_t w0, std::uint32_
   z1 = rnd_mul(radius, cs.s);
 }
 
-/// The element whose main word w failed the fast test (see the header comment), given its slow block 0
-/// b0 = zig_slow_block(g, i, j, 0) (callers may compute several at once). i < 2^30, j < 2^32.
-LORI_HOST_DEVICE LORI_FORCEINLINE float gaussian_slow_from(std::uint32_t w, float sigma, const counter_rng& g, std::uint32_t i, std::uint64_t j,
-                                                          const philox_block& b0) noexcept {
+/// Where an element's slow path stands between attempts: the candidate word w (it failed the fast test)
+/// and pos, the number of slow words s0, s1, ... consumed so far (0..6).
+struct zig_slow_state {
+  std::uint32_t w;
+  int pos;
+};
+
+/// One attempt of the slow path (see the header comment) for the candidate st.w, which failed the fast
+/// test: the wedge (one word) or tail (two words) test; on rejection the next word becomes the
+/// candidate and, if it passes the fast test, gives the value. Returns true with `out` set when the
+/// element is finished (also by the Box-Muller fallback on s6, s7 when a step would need more than
+/// s0..s5); false leaves st = the next candidate (it failed the fast test) and the words consumed.
+/// word(k) returns s_k, k = 0..7. gaussian_slow_from is this in a loop; the GPU kernel runs one
+/// attempt per queue pass (so a warp never waits for its slowest lane's later attempts).
+template <class Word>
+LORI_HOST_DEVICE LORI_FORCEINLINE bool gaussian_slow_attempt(zig_slow_state& st, float sigma, Word&& word, float& out) noexcept {
   const zig_layer* tab = zig_layers();
-  std::uint32_t s1 = 0, s2 = 0;  // words s4, s5 (block 1), computed when first needed
-  int pos = 0;                   // next unused word s_pos
-  auto next = [&]() -> std::uint32_t {
-    const int at = pos++;
-    if (at < 4) return block_word(b0, at);
-    if (at == 4) {
-      const philox_block b1 = zig_slow_block(g, i, j, 1);
-      s1 = b1.v[0];
-      s2 = b1.v[1];
-      return s1;
-    }
-    return s2;
-  };
-  bool first = true;
-  for (;;) {
-    const std::uint32_t layer = w & 0xffu;
-    const zig_layer z = tab[layer];
-    const float ws = rnd_mul(z.w, sigma);
-    if (!first && zig_mbits(w) < z.k) return zig_value(w, ws);
-    first = false;
-    if (layer != 0u) {
-      if (pos + 1 > 6) break;
-      const std::uint32_t y = next();
+  const std::uint32_t w = st.w;
+  const std::uint32_t layer = w & 0xffu;
+  const zig_layer z = tab[layer];
+  bool exhausted = false;
+  if (layer != 0u) {
+    if (st.pos + 1 > 6) {
+      exhausted = true;
+    } else {
+      const std::uint32_t y = word(st.pos++);
       const float m = bits_float(zig_mbits(w));
       const float xu = rnd_fma(m, z.w, -z.w);
       const float e = exp_neg(rnd_mul(rnd_mul(xu, xu), -0.5f));
-      if (rnd_fma(uniform_float(y), z.d, z.f) < e) return zig_value(w, ws);
+      if (rnd_fma(uniform_float(y), z.d, z.f) < e) {
+        out = zig_value(w, rnd_mul(z.w, sigma));
+        return true;
+      }
+    }
+  } else {
+    if (st.pos + 2 > 6) {
+      exhausted = true;
     } else {
-      if (pos + 2 > 6) break;
-      const std::uint32_t u1 = next();
-      const std::uint32_t u2 = next();
+      const std::uint32_t u1 = word(st.pos++);
+      const std::uint32_t u2 = word(st.pos++);
       const float lg = log_unit(uniform_float_open_closed(u1));
       const float d = rnd_mul(lg, -LORI_ZIGGURAT_INV_R);
       const float e = exp_neg(rnd_mul(rnd_mul(d, d), -0.5f));
       if (uniform_float(u2) < e) {
         const float x = rnd_fma(lg, -LORI_ZIGGURAT_INV_R, LORI_ZIGGURAT_R);
-        return bits_float(float_bits(rnd_mul(x, sigma)) | (w & 0x80000000u));
+        out = bits_float(float_bits(rnd_mul(x, sigma)) | (w & 0x80000000u));
+        return true;
       }
     }
-    if (pos + 1 > 6) break;
-    w = next();
+  }
+  if (!exhausted && st.pos + 1 <= 6) {
+    st.w = word(st.pos++);
+    const zig_layer z2 = tab[st.w & 0xffu];
+    if (zig_mbits(st.w) < z2.k) {
+      out = zig_value(st.w, rnd_mul(z2.w, sigma));
+      return true;
+    }
+    return false;
   }
   // Fallback (all of s0..s5 spent or not enough left): Box-Muller on (s6, s7).
-  const philox_block b1 = zig_slow_block(g, i, j, 1);
   float z0 = 0.0f, z1 = 0.0f;
-  box_muller(b1.v[2], b1.v[3], sigma, z0, z1);
-  return z0;
+  box_muller(word(6), word(7), sigma, z0, z1);
+  out = z0;
+  return true;
+}
+
+/// The element whose main word w failed the fast test (see the header comment), given its slow block 0
+/// b0 = zig_slow_block(g, i, j, 0) (callers may compute several at once). i < 2^30, j < 2^32.
+LORI_HOST_DEVICE LORI_FORCEINLINE float gaussian_slow_from(std::uint32_t w, float sigma, const counter_rng& g, std::uint32_t i, std::uint64_t j,
+                                                          const philox_block& b0) noexcept {
+  philox_block b1{};  // slow block 1 (words s4..s7), computed when first needed
+  bool have_b1 = false;
+  auto word = [&](int k) -> std::uint32_t {
+    if (k < 4) return block_word(b0, k);
+    if (!have_b1) {
+      b1 = zig_slow_block(g, i, j, 1);
+      have_b1 = true;
+    }
+    return block_word(b1, k - 4);
+  };
+  zig_slow_state st{w, 0};
+  float out = 0.0f;
+  while (!gaussian_slow_attempt(st, sigma, word, out)) {
+  }
+  return out;
 }
 
 /// gaussian_slow_from with b0 computed here. Not inlined on the device: it is rare, and inlining it
