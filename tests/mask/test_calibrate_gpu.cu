@@ -18,6 +18,7 @@
 #include <cstdlib>
 #include <limits>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace {
@@ -242,6 +243,65 @@ TEST_CASE("GPU calibration equals the CPU path when one bucket holds all the dat
     compare_all(ts, 0.9, {m, 0});
   } else {
     for (double s : {0.3, 0.9}) compare_all(ts, s, {-1, m, m - 1, 0});
+  }
+}
+
+TEST_CASE("GPU calibration equals the CPU path when the split stages many candidates per block") {
+  // 9.4 M floats in 40 tensors (many tiles per persistent block and many blocks per tensor): each
+  // tensor mixes N(0, 0.02) values with a fraction f (5% .. 40%, by tensor) of +-0.5 entries, so at
+  // s = 0.9 tau = 0.5 and the selected first-digit bucket holds ~20% of the data. The split's
+  // shared-memory staging (2048 candidates per block) then fills after one or two tiles and is
+  // flushed mid-range many times; groups (matrix granularity: 40) complete in blocks other than
+  // their first, so the last-block selections run with contributions from several blocks. A
+  // capacity of N / 3 keeps the compact path (the default N / 16 overflows: tested too).
+  // Exact semantics selects k of the 0.5 ties by flat position. LORI_MASK_GPU_QUICK: 16 tensors.
+  LORI_TEST_SEED_INFO();
+  auto g = lori_test::rng(112);
+  std::normal_distribution<float> nd(0.0f, 0.02f);
+  std::uniform_real_distribution<double> u(0.0, 1.0);
+  const int nt = quick() ? 16 : 40;
+  std::vector<std::vector<float>> store(static_cast<std::size_t>(nt));
+  std::vector<lori::bitmask> ex;
+  ex.reserve(static_cast<std::size_t>(nt));
+  std::vector<lori::calibration_tensor<float>> ts;
+  lori::index_t n = 0;
+  for (int t = 0; t < nt; ++t) {
+    const lori::index_t r = (t % 5 == 4) ? 3000 : 7168, c = (t % 3 == 0) ? 64 : 32;
+    const double f = 0.05 + 0.35 * (t % 8) / 7.0;
+    store[t].resize(static_cast<std::size_t>(r * c));
+    for (auto& x : store[t]) x = u(g) < f ? (u(g) < 0.5 ? 0.5f : -0.5f) : nd(g);
+    ex.emplace_back(r, c);
+    if (t % 7 == 3)
+      for (lori::index_t i = 0; i < r; i += 5) ex.back().set(i, (i * 3) % c);
+    ts.push_back({"model.layers." + std::to_string(t / 7) + ".lora_B." + std::to_string(t),
+                  lori::row_major_view<const float>(store[t].data(), r, c), t % 7 == 3 ? &ex.back() : nullptr});
+    n += r * c;
+  }
+  for (auto gran : {lori::mask_granularity::model, lori::mask_granularity::layer, lori::mask_granularity::matrix})
+    for (auto sem : all_semantics)
+      for (lori::index_t cap : {n / 3, lori::index_t{-1}}) {
+        if (quick() && (cap == -1 || gran == lori::mask_granularity::layer)) continue;
+        INFO("granularity=" << lori::to_string(gran) << " exact=" << (sem == lori::mask_semantics::exact) << " capacity=" << cap);
+        lori::calibration_options opt;
+        opt.sparsity = 0.9;
+        opt.granularity = gran;
+        opt.semantics = sem;
+        if (gran == lori::mask_granularity::layer)  // the same groups through a custom grouping function
+          opt.group_by = [](std::string_view name) { return std::string(name.substr(0, name.find(".lora_B"))); };
+        compare_gpu_cpu(ts, opt, cap);
+      }
+  // Double (staging of 1024 candidates, one thread per mask word): a smaller copy.
+  std::vector<std::vector<double>> sd(8);
+  std::vector<lori::calibration_tensor<double>> td;
+  for (int t = 0; t < 8; ++t) {
+    sd[t].assign(store[t].begin(), store[t].begin() + 1024 * 32);
+    td.push_back({ts[t].name, lori::row_major_view<const double>(sd[t].data(), 1024, 32), nullptr});
+  }
+  for (auto sem : all_semantics) {
+    lori::calibration_options opt;
+    opt.sparsity = 0.9;
+    opt.semantics = sem;
+    compare_gpu_cpu(td, opt, 8 * 1024 * 32 / 2);
   }
 }
 

@@ -49,9 +49,11 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace lori::cuda {
@@ -69,15 +71,24 @@ struct device_calibration_tensor {
 
 namespace detail {
 
-inline constexpr int calib_block = 256;          // split, candidate and finishing kernels
+inline constexpr int calib_block = 256;          // candidate, full-data and finishing kernels
 inline constexpr int calib_pass0_block = 256;    // pass 0 (full-data histogram)
+inline constexpr int calib_split_block = 256;    // the split pass
 inline constexpr int calib_pass0_unroll = 8;     // float4 loads in flight per thread in pass 0 (a whole tile)
 inline constexpr int calib_select_block = 256;   // one block per group, 32 bins per thread
 inline constexpr int calib_first_bits = 13;      // width of the first value digit on the GPU
 inline constexpr int calib_max_bins = 1 << calib_first_bits;
-inline constexpr int calib_split_unroll = 8;     // float4 loads in flight per thread in the split pass (half a tile)
-inline constexpr index_t calib_tile_elems = 16384;       // tiles of the split and full-data passes
-inline constexpr index_t calib_pass0_tile_elems = 8192;   // pass 0: one unrolled sweep of a block
+inline constexpr int calib_split_unroll = 8;     // float4 loads in flight per thread in the split pass (a whole tile)
+inline constexpr index_t calib_tile_elems = 16384;       // tiles of the full-data passes after the split (overflow mode)
+inline constexpr index_t calib_pass0_tile_elems = 8192;   // pass 0 and the split: one unrolled sweep of a block
+inline constexpr index_t calib_fuse_groups = 4;  // up to this many groups, calib_hist's last block runs the selects
+// Candidates staged in shared memory per split block (32 KB for float, 24 KB for double).
+template <class Key>
+inline constexpr unsigned int calib_stage_entries = sizeof(Key) == 4 ? 2048u : 1024u;
+// Pass 0, the split and calib_hist run calib_select_group in their own blocks.
+static_assert(calib_pass0_block == calib_select_block && calib_split_block == calib_select_block && calib_block == calib_select_block,
+              "the fused selections need blocks of calib_select_block threads");
+static_assert(calib_pass0_tile_elems == 4 * calib_split_unroll * calib_split_block, "calib_split: one sweep per tile");
 
 // Value digits on the GPU: a first digit of calib_first_bits bits (8192 bins: the selected bucket
 // holds ~1% of normal-like data, 4x fewer candidates than an 11-bit digit), then digits of
@@ -143,6 +154,8 @@ struct calib_group_state {
   radix_select_state<std::uint64_t> tie;      // exact: selection among the ties' positions
   unsigned long long excluded;                // excluded entries in the group
   unsigned long long ties_kept;
+  unsigned long long size;                    // elements in the group (set by the plan)
+  unsigned long long done0, done1;            // elements histogrammed so far by pass 0 / the split
 };
 
 struct calib_globals {
@@ -150,6 +163,7 @@ struct calib_globals {
   unsigned long long cand_needed;   // sum of the selected buckets' sizes after pass 0
   unsigned long long cand_count;    // candidates written
   unsigned long long ties_live;     // groups whose tie selection is still running
+  unsigned long long hist_done;     // blocks of the running calib_hist done (reset by its last block)
 };
 
 template <class T>
@@ -164,15 +178,45 @@ struct calib_params {
   unsigned long long* kept;  // per tensor
   index_t capacity;
   index_t num_tiles;
-  const calib_tile* tiles0;  // pass 0's finer tiles (better balance over the persistent blocks)
+  const calib_tile* tiles0;  // pass 0's and the split's tiles (contiguous ranges per persistent block)
   index_t num_tiles0;
+  index_t num_groups;
   std::uint64_t pos_max;  // (1 << pos_bits) - 1: tie key of flat bit position q is pos_max - q
   int pos_bits;
   int exact;
+  int fuse_select;  // calib_hist's last block runs the selection of every group (few groups)
 };
 
+// Programmatic dependent launch (sm_90): every kernel after the first waits here for the kernel
+// before it (its completion and memory) before touching anything that kernel writes, and lets the
+// next kernel's blocks start early (they wait in calib_wait_prior). No-ops without the launch
+// attribute (or below sm_90).
+__device__ __forceinline__ void calib_wait_prior() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void calib_allow_next() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+// Reads *p from L2 (not L1): for state another block of the same grid may have written.
+template <class S>
+__device__ __forceinline__ S calib_ldcg(const S* p) {
+  static_assert(sizeof(S) % 8 == 0 && alignof(S) >= 8, "calib_ldcg: whole 8-byte words");
+  unsigned long long w[sizeof(S) / 8];
+  const auto* q = reinterpret_cast<const unsigned long long*>(p);
+#pragma unroll
+  for (std::size_t i = 0; i < sizeof(S) / 8; ++i) w[i] = __ldcg(q + i);
+  S s;
+  memcpy(&s, w, sizeof(S));
+  return s;
+}
+
 __device__ __forceinline__ bool calib_compact(const calib_globals* g, index_t capacity) {
-  return static_cast<index_t>(g->cand_needed) <= capacity;
+  return static_cast<index_t>(__ldcg(&g->cand_needed)) <= capacity;
 }
 
 // Element e (< rows_in_tile * cols) of a tile: row and column.
@@ -215,90 +259,12 @@ template <class Key>
 __global__ void __launch_bounds__(calib_block) calib_init(calib_group_state<Key>* groups, const calib_group_state<Key>* init,
                                                           index_t num_groups, unsigned long long* zero, index_t zero_words,
                                                           index_t bad_word) {
+  calib_wait_prior();
+  calib_allow_next();
   const index_t stride = static_cast<index_t>(gridDim.x) * blockDim.x;
   const index_t i0 = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x;
   for (index_t i = i0; i < zero_words; i += stride) zero[i] = i == bad_word ? ~0ull : 0ull;
   for (index_t i = i0; i < num_groups; i += stride) groups[i] = init[i];
-}
-
-// Pass 0, the first full read: histogram of the first value digit of every element (excluded
-// entries count as key 0), per group; NaN/Inf detection (smallest flat position); excluded counts.
-// Persistent blocks take contiguous ranges of tiles (so a block flushes its shared histogram only
-// when the group changes); the plan orders the split's tiles so that it reads first what pass 0
-// read last (still in L2).
-template <class T>
-__global__ void __launch_bounds__(calib_pass0_block, 3) calib_pass0(calib_params<T> p) {
-  using Key = magnitude_key_t<T>;
-  constexpr int bits = magnitude_key<T>::bits;
-  constexpr int shift = calib_vshift(bits, 0);
-  constexpr int bins = 1 << (bits - shift);
-  static_assert(bins == calib_max_bins, "calib_pass0: first digit width");
-  __shared__ unsigned int sh[bins];
-  for (int b = threadIdx.x; b < bins; b += blockDim.x) sh[b] = 0;
-  __syncthreads();
-  index_t cur = -1, acc = 0;  // uniform over the block
-  const index_t t_end = (static_cast<index_t>(blockIdx.x) + 1) * p.num_tiles0 / gridDim.x;
-  for (index_t t = static_cast<index_t>(blockIdx.x) * p.num_tiles0 / gridDim.x; t < t_end; ++t) {
-    const calib_tile tile = p.tiles0[t];
-    const calib_tensor_desc<T> td = p.tensors[tile.tensor];
-    const index_t ne = (tile.row_end - tile.row_begin) * td.cols;  // < 2^31 (plan checks)
-    if (cur >= 0 && (td.group != cur || acc + ne > (index_t{1} << 31))) {
-      __syncthreads();
-      calib_flush(sh, bins, p.hist + cur * calib_max_bins);
-      __syncthreads();
-      acc = 0;
-    }
-    cur = td.group;
-    acc += ne;
-    const index_t first = td.elem_offset + tile.row_begin * td.cols;  // flat position of the tile's element 0
-    bool done = false;
-    if constexpr (sizeof(T) == 4) {
-      if (td.fast && td.excl == nullptr) {  // packed rows, cols % 4 == 0, 16-byte aligned
-        const auto* base4 = reinterpret_cast<const float4*>(td.data + tile.row_begin * td.cols);
-        const index_t n4 = ne / 4;
-        constexpr int U = calib_pass0_unroll;
-        for (index_t v0 = threadIdx.x; v0 < n4; v0 += U * static_cast<index_t>(blockDim.x)) {
-          float4 x[U];
-#pragma unroll
-          for (int u = 0; u < U; ++u) {
-            const index_t v = v0 + u * static_cast<index_t>(blockDim.x);
-            x[u] = v < n4 ? __ldg(base4 + v) : make_float4(0.f, 0.f, 0.f, 0.f);
-          }
-#pragma unroll
-          for (int u = 0; u < U; ++u) {
-            const index_t v = v0 + u * static_cast<index_t>(blockDim.x);
-            if (v >= n4) break;
-            const float xs[4] = {x[u].x, x[u].y, x[u].z, x[u].w};
-#pragma unroll
-            for (int b = 0; b < 4; ++b) {
-              const Key key = magnitude_bits(xs[b]);
-              if (key >= magnitude_key<T>::infinity)
-                atomicMin(&p.globals->bad_position, static_cast<unsigned long long>(first + 4 * v + b));
-              atomicAdd(&sh[key >> shift], 1u);
-            }
-          }
-        }
-        done = true;
-      }
-    }
-    if (!done) {
-      unsigned int excl_here = 0;
-      for (index_t e = threadIdx.x; e < ne; e += blockDim.x) {
-        index_t r = 0, c = 0;
-        calib_rc(e, td.cols, tile.row_begin, r, c);
-        Key key = magnitude_bits(td.data[r * td.ld + c]);
-        if (key >= magnitude_key<T>::infinity) atomicMin(&p.globals->bad_position, static_cast<unsigned long long>(first + e));
-        if (calib_excluded(td.excl, td.wpr, r, c)) {
-          key = 0;
-          ++excl_here;
-        }
-        atomicAdd(&sh[key >> shift], 1u);
-      }
-      if (excl_here != 0) atomicAdd(&p.groups[td.group].excluded, static_cast<unsigned long long>(excl_here));
-    }
-  }
-  __syncthreads();
-  if (cur >= 0) calib_flush(sh, bins, p.hist + cur * calib_max_bins);
 }
 
 // The thread of calib_select whose bins [bin0, bin0 + per) hold the rank sought (`above` keys in
@@ -355,38 +321,37 @@ __device__ __forceinline__ void calib_select_narrow(calib_group_state<Key>* gs, 
   }
 }
 
-// One block per group: narrows the group's state with its histogram, then clears the histogram
-// (the first radix_bins counters: later passes have at most radix_digit_bits-bit digits).
+// Narrows one group's state with its histogram, then clears the histogram (the first radix_bins
+// counters: later passes have at most radix_digit_bits-bit digits). Called by every thread of a
+// block of calib_select_block threads (block-uniform arguments); reads the histogram and the state
+// from L2, so the block may be the last of a grid whose other blocks built the histogram (after a
+// threadfence / counter handshake).
 // Mode 0 narrows the value selection (adding the excluded entries to bin 0 for passes >= 1 when the
 // prefix is 0), Mode 1 the tie selection. After the last value pass of an exact-semantics run it
 // starts the tie selection (k = ties needed), unless every non-excluded tie is needed (then all are
 // kept and no tie pass runs for the group).
 template <class Key, int Mode>
-__global__ void __launch_bounds__(calib_select_block) calib_select(calib_group_state<Key>* groups, unsigned long long* hist,
-                                                                   calib_globals* globals, int pass, int exact) {
+__device__ __noinline__ void calib_select_group(calib_group_state<Key>* gs, unsigned long long* h, calib_globals* globals, int pass, int exact) {
   constexpr int per = calib_max_bins / calib_select_block;  // 32 bins per thread
   using scan_t = cub::BlockScan<unsigned long long, calib_select_block>;
   __shared__ typename scan_t::TempStorage tmp;
-  // No tie selection running: no tie histogram was built (calib_hist returned), nothing to clear.
-  // (Only a block whose group is live decrements ties_live, so 0 means none is live.)
-  if (Mode == 1 && globals->ties_live == 0) return;
-  calib_group_state<Key>* gs = groups + blockIdx.x;
-  unsigned long long* h = hist + blockIdx.x * static_cast<index_t>(calib_max_bins);
+  __syncthreads();  // tmp may still be read by a previous call of this block
   const int rt = calib_select_block - 1 - static_cast<int>(threadIdx.x);  // thread 0 owns the top bins
   // Every thread reads the state before the scan's barriers; only the one thread that finds the
   // rank writes it afterwards, so no thread can see a half-updated state.
-  const radix_select_state<Key> vst = gs->value;
-  const radix_select_state<std::uint64_t> tst = gs->tie;
+  const radix_select_state<Key> vst = calib_ldcg(&gs->value);
+  const radix_select_state<std::uint64_t> tst = calib_ldcg(&gs->tie);
   const int kbits = Mode == 0 ? vst.key_bits : tst.key_bits;
   const int bins = 1 << (calib_high<Mode>(kbits, pass) - calib_shift<Mode>(kbits, pass));
   const bool live = Mode == 0 ? (!vst.finished() && vst.pass == pass) : (!tst.finished() && tst.pass == pass);
-  const unsigned long long excluded = gs->excluded;
+  const unsigned long long excluded = __ldcg(&gs->excluded);
   // Count of bin idx (< bins); excluded entries join bin 0 in value passes >= 1 when the prefix is 0.
   const bool add_excluded = Mode == 0 && pass > 0 && vst.prefix == 0;
   const auto count = [h, excluded, add_excluded](int idx) -> unsigned long long {
-    return h[idx] + (add_excluded && idx == 0 ? excluded : 0ull);
+    return __ldcg(h + idx) + (add_excluded && idx == 0 ? excluded : 0ull);
   };
   unsigned long long sum = 0;
+#pragma unroll 8
   for (int b = 0; b < per; ++b)
     if (rt * per + b < bins) sum += count(rt * per + b);
   unsigned long long above = 0;
@@ -401,6 +366,124 @@ __global__ void __launch_bounds__(calib_select_block) calib_select(calib_group_s
     const int idx = rt * per + b;
     if (idx < bins && idx < radix_bins) h[idx] = 0;
   }
+}
+
+// One block per group: calib_select_group. Mode 1 returns at once when no tie selection runs (no
+// tie histogram was built, nothing to clear; only a block whose group is live decrements
+// ties_live, so 0 means none is live).
+template <class Key, int Mode>
+__global__ void __launch_bounds__(calib_select_block) calib_select(calib_group_state<Key>* groups, unsigned long long* hist,
+                                                                   calib_globals* globals, int pass, int exact) {
+  calib_wait_prior();
+  calib_allow_next();
+  if (Mode == 1 && __ldcg(&globals->ties_live) == 0) return;
+  calib_select_group<Key, Mode>(groups + blockIdx.x, hist + blockIdx.x * static_cast<index_t>(calib_max_bins), globals, pass, exact);
+}
+
+// Called by every thread of a block (block-uniform arguments; blockDim.x == calib_select_block)
+// once its shared histogram `sh` (bins counters) holds digit `pass` (0 or 1) of `acc` elements of
+// group g: adds it to the group's global histogram (clearing sh), then adds acc to the group's
+// count of elements done. The block whose addition completes the count (every element of the group
+// histogrammed, by all blocks) narrows the group's selection: no separate select launch.
+template <class T>
+__device__ void calib_group_done(const calib_params<T>& p, unsigned int* sh, int bins, index_t g, index_t acc, int pass) {
+  using Key = magnitude_key_t<T>;
+  __shared__ int last;
+  __syncthreads();  // every shared increment done
+  calib_flush(sh, bins, p.hist + g * calib_max_bins);
+  __threadfence();  // this thread's histogram atomics are visible before the block's count below
+  __syncthreads();
+  calib_group_state<Key>* gs = p.groups + g;
+  if (threadIdx.x == 0) {
+    unsigned long long* done = pass == 0 ? &gs->done0 : &gs->done1;
+    const unsigned long long before = atomicAdd(done, static_cast<unsigned long long>(acc));
+    last = before + static_cast<unsigned long long>(acc) == __ldcg(&gs->size) ? 1 : 0;
+  }
+  __syncthreads();
+  if (last) {
+    __threadfence();  // every other block's histogram atomics (fenced before its count) are visible
+    calib_select_group<Key, 0>(gs, p.hist + g * calib_max_bins, p.globals, pass, p.exact);
+  }
+}
+
+// Pass 0, the first full read: histogram of the first value digit of every element (excluded
+// entries count as key 0), per group; NaN/Inf detection (smallest flat position); excluded counts.
+// Persistent blocks take contiguous ranges of tiles (so a block flushes its shared histogram only
+// when the group changes; the split runs the same ranges backwards, so it reads first what pass 0
+// read last, still in L2). The block that completes a group's histogram selects its first digit
+// (calib_group_done).
+template <class T>
+__global__ void __launch_bounds__(calib_pass0_block, 3) calib_pass0(calib_params<T> p) {
+  using Key = magnitude_key_t<T>;
+  constexpr int bits = magnitude_key<T>::bits;
+  constexpr int shift = calib_vshift(bits, 0);
+  constexpr int bins = 1 << (bits - shift);
+  static_assert(bins == calib_max_bins, "calib_pass0: first digit width");
+  __shared__ unsigned int sh[bins];
+  calib_wait_prior();
+  calib_allow_next();
+  for (int b = threadIdx.x; b < bins; b += blockDim.x) sh[b] = 0;
+  __syncthreads();
+  index_t cur = -1, acc = 0;  // uniform over the block
+  const index_t t_end = (static_cast<index_t>(blockIdx.x) + 1) * p.num_tiles0 / gridDim.x;
+  for (index_t t = static_cast<index_t>(blockIdx.x) * p.num_tiles0 / gridDim.x; t < t_end; ++t) {
+    const calib_tile tile = p.tiles0[t];
+    const calib_tensor_desc<T> td = p.tensors[tile.tensor];
+    const index_t ne = (tile.row_end - tile.row_begin) * td.cols;  // < 2^31 (plan checks)
+    if (cur >= 0 && (td.group != cur || acc + ne > (index_t{1} << 31))) {
+      calib_group_done(p, sh, bins, cur, acc, 0);
+      acc = 0;
+    }
+    cur = td.group;
+    acc += ne;
+    const index_t first = td.elem_offset + tile.row_begin * td.cols;  // flat position of the tile's element 0
+    bool done = false;
+    if constexpr (sizeof(T) == 4) {
+      if (td.fast && td.excl == nullptr) {  // packed rows, cols % 4 == 0, 16-byte aligned
+        const auto* base4 = reinterpret_cast<const float4*>(td.data + tile.row_begin * td.cols);
+        const index_t n4 = ne / 4;
+        constexpr int U = calib_pass0_unroll;
+        for (index_t v0 = threadIdx.x; v0 < n4; v0 += U * static_cast<index_t>(blockDim.x)) {
+          float4 x[U];
+#pragma unroll
+          for (int u = 0; u < U; ++u) {
+            const index_t v = v0 + u * static_cast<index_t>(blockDim.x);
+            x[u] = v < n4 ? __ldg(base4 + v) : make_float4(0.f, 0.f, 0.f, 0.f);
+          }
+#pragma unroll
+          for (int u = 0; u < U; ++u) {
+            const index_t v = v0 + u * static_cast<index_t>(blockDim.x);
+            if (v >= n4) break;
+            const float xs[4] = {x[u].x, x[u].y, x[u].z, x[u].w};
+#pragma unroll
+            for (int b = 0; b < 4; ++b) {
+              const Key key = magnitude_bits(xs[b]);
+              if (key >= magnitude_key<T>::infinity)
+                atomicMin(&p.globals->bad_position, static_cast<unsigned long long>(first + 4 * v + b));
+              atomicAdd(&sh[key >> shift], 1u);
+            }
+          }
+        }
+        done = true;
+      }
+    }
+    if (!done) {
+      unsigned int excl_here = 0;
+      for (index_t e = threadIdx.x; e < ne; e += blockDim.x) {
+        index_t r = 0, c = 0;
+        calib_rc(e, td.cols, tile.row_begin, r, c);
+        Key key = magnitude_bits(td.data[r * td.ld + c]);
+        if (key >= magnitude_key<T>::infinity) atomicMin(&p.globals->bad_position, static_cast<unsigned long long>(first + e));
+        if (calib_excluded(td.excl, td.wpr, r, c)) {
+          key = 0;
+          ++excl_here;
+        }
+        atomicAdd(&sh[key >> shift], 1u);
+      }
+      if (excl_here != 0) atomicAdd(&p.groups[td.group].excluded, static_cast<unsigned long long>(excl_here));
+    }
+  }
+  if (cur >= 0) calib_group_done(p, sh, bins, cur, acc, 0);
 }
 
 template <class T>
@@ -440,188 +523,300 @@ __device__ __forceinline__ void calib_word_bits(const calib_tensor_desc<T>& td, 
   }
 }
 
-// Split pass for a `fast` tensor (see calib_tensor_desc): thread v of the tile reads float4 v
-// (elements 4v..4v+3, coalesced), calib_split_unroll of them in flight; the W = min(cols, 64)
-// elements of a mask word are held by L = W / 4 consecutive lanes (a power of two dividing 32),
-// whose bits are OR-reduced with shuffles; the first lane of each group writes the word. A whole
-// tile (calib_split_unroll * 1024 elements) is loaded at once, so one block scan and one global
-// atomic per tile reserve the slots of its candidates.
-template <class T, class Scan>
-__device__ __forceinline__ void calib_split_fast(const calib_params<T>& p, const calib_tile& tile, const calib_tensor_desc<T>& td,
-                                                 const radix_select_state<magnitude_key_t<T>>& vs, bool live, bool compact,
-                                                 typename Scan::TempStorage& tmp, unsigned int* sh, unsigned long long& sh_base,
-                                                 unsigned int& kept) {
+// The split's shared memory: a staging area for candidates (written to the global list in large
+// batches, one global atomic per batch), the digit-1 histogram of the block's current group, and the
+// per-warp candidate totals of a round (two rows, alternating: one barrier per round suffices).
+template <class Key>
+struct calib_split_shared {
+  calib_candidate<Key> stage[calib_stage_entries<Key>];
+  unsigned int hist[radix_bins];
+  unsigned int wtot[2][calib_split_block / 32];
+  unsigned long long base;
+};
+
+// A split block's staging bookkeeping: block-uniform registers (identical in every thread).
+struct calib_stager {
+  unsigned int used = 0;    // entries staged
+  unsigned int parity = 0;  // wtot row of the next round
+};
+
+// Copies the staged candidates to the global list (one atomic reserves their slots). Every thread
+// calls it (block-uniform).
+template <class T>
+__device__ __forceinline__ void calib_stage_flush(const calib_params<T>& p, calib_split_shared<magnitude_key_t<T>>& sm, calib_stager& st) {
+  if (st.used == 0) return;
+  __syncthreads();  // every staged entry written
+  if (threadIdx.x == 0) sm.base = atomicAdd(&p.globals->cand_count, static_cast<unsigned long long>(st.used));
+  __syncthreads();
+  const unsigned long long base = sm.base;
+  for (unsigned int i = threadIdx.x; i < st.used; i += blockDim.x) p.cands[base + i] = sm.stage[i];
+  __syncthreads();  // the staging area is free again; sm.base read by every thread
+  st.used = 0;
+}
+
+// One round of candidate slots: every thread of the block calls it (block-uniform) with its count
+// cnt; the thread then writes its candidates to dst[slot], dst[slot + 1], ... (the staging area, or,
+// for a round of more candidates than the staging holds, the global list directly). One block
+// barrier per round (the warp totals); the staging is flushed first when the round does not fit.
+// Compact mode only: the candidates' total is <= cand_needed <= capacity.
+template <class T>
+__device__ __forceinline__ calib_candidate<magnitude_key_t<T>>* calib_stage_reserve(const calib_params<T>& p,
+                                                                                    calib_split_shared<magnitude_key_t<T>>& sm,
+                                                                                    calib_stager& st, unsigned int cnt,
+                                                                                    unsigned int& slot) {
+  using Key = magnitude_key_t<T>;
+  constexpr unsigned int S = calib_stage_entries<Key>;
+  constexpr int warps = calib_split_block / 32;
+  const int lane = static_cast<int>(threadIdx.x & 31u), warp = static_cast<int>(threadIdx.x >> 5);
+  unsigned int incl = cnt;  // inclusive scan over the warp
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const unsigned int v = __shfl_up_sync(0xffffffffu, incl, o);
+    if (lane >= o) incl += v;
+  }
+  if (lane == 31) sm.wtot[st.parity][warp] = incl;
+  // A warp writes this row again two rounds later, after the next round's barrier, which every
+  // thread reaches only after reading the row below.
+  __syncthreads();
+  unsigned int before = 0, total = 0;
+#pragma unroll
+  for (int w = 0; w < warps; ++w) {
+    const unsigned int v = sm.wtot[st.parity][w];
+    before += w < warp ? v : 0u;
+    total += v;
+  }
+  st.parity ^= 1u;
+  slot = before + incl - cnt;
+  if (total == 0) return sm.stage;
+  if (st.used + total > S) calib_stage_flush(p, sm, st);
+  if (total > S) {
+    if (threadIdx.x == 0) sm.base = atomicAdd(&p.globals->cand_count, static_cast<unsigned long long>(total));
+    __syncthreads();  // sm.base is written again only after a later barrier
+    return p.cands + sm.base;
+  }
+  slot += st.used;
+  st.used += total;
+  return sm.stage;
+}
+
+// Split of a tile of a `fast` tensor (see calib_tensor_desc): thread v reads float4 v of a sweep
+// (elements 4v..4v+3, coalesced), calib_split_unroll float4 in flight per thread (a whole 8192-
+// element tile) before any use; the W = min(cols, 64) elements of a mask word are held by
+// L = W / 4 consecutive lanes (a power of two dividing 32), whose bits are OR-reduced with
+// shuffles; the first lane of each group writes the word. One staging round per sweep.
+template <class T>
+__device__ __forceinline__ void calib_split_tile_fast(const calib_params<T>& p, const calib_tile& tile, const calib_tensor_desc<T>& td,
+                                                      magnitude_key_t<T> prefix, bool live, bool compact,
+                                                      calib_split_shared<magnitude_key_t<T>>& sm, calib_stager& st,
+                                                      unsigned long long& kept) {
   using Key = magnitude_key_t<T>;
   constexpr int bits = magnitude_key<T>::bits;
   constexpr int U = calib_split_unroll;
-  const int shift0 = calib_vshift(bits, 0), shift1 = calib_vshift(bits, 1);
-  const auto pm = static_cast<Key>(calib_prefix_mask<0>(bits, 1));
-  const Key above = static_cast<Key>(vs.prefix | ((Key{1} << shift0) - 1));
-  const auto dmask = static_cast<Key>(calib_digit_mask<0>(bits, 1));
+  constexpr index_t B = calib_split_block;
+  constexpr int shift0 = calib_vshift(bits, 0), shift1 = calib_vshift(bits, 1);
+  constexpr auto pm = static_cast<Key>(calib_prefix_mask<0>(bits, 1));
+  constexpr auto dmask = static_cast<Key>(calib_digit_mask<0>(bits, 1));
+  const Key above = static_cast<Key>(prefix | ((Key{1} << shift0) - 1));
   const int W = static_cast<int>(td.cols < 64 ? td.cols : 64);
   const int L = W / 4;
+  const int lshift = __ffs(L) - 1;  // L is a power of two
   const index_t n4 = (tile.row_end - tile.row_begin) * td.cols / 4;
   const auto* base4 = reinterpret_cast<const float4*>(td.data + tile.row_begin * td.cols);
   const index_t word0 = tile.row_begin * td.wpr;
   const int lane = static_cast<int>(threadIdx.x & 31u);
-  const auto B = static_cast<index_t>(blockDim.x);
   for (index_t v0 = 0; v0 < n4; v0 += U * B) {
-    std::uint64_t cbits = 0;  // candidate flags: bit 4u + b
     float4 x[U];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const index_t v = v0 + u * B + threadIdx.x;
       x[u] = (v < n4 && live) ? __ldg(base4 + v) : make_float4(0.f, 0.f, 0.f, 0.f);
     }
+    // Candidate flags first (bit 4u + b), so that only x lives across the staging round's barrier.
+    unsigned int cbits = 0;
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const index_t v = v0 + u * B + threadIdx.x;
+      if (v < n4 && live) {
+        const Key k[4] = {magnitude_bits(x[u].x), magnitude_bits(x[u].y), magnitude_bits(x[u].z), magnitude_bits(x[u].w)};
+        unsigned int cand4 = 0;
+#pragma unroll
+        for (int b = 0; b < 4; ++b) cand4 |= static_cast<unsigned int>((k[b] & pm) == prefix) << b;
+        if (td.excl != nullptr && cand4 != 0)
+          cand4 &= ~static_cast<unsigned int>((td.excl[word0 + (v >> lshift)] >> ((4 * v) & (W - 1))) & 0xfu);
+        cbits |= cand4 << (4 * u);
+      }
+    }
+    unsigned int slot = 0;
+    calib_candidate<Key>* dst = compact ? calib_stage_reserve(p, sm, st, static_cast<unsigned int>(__popc(cbits)), slot) : nullptr;
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const index_t v = v0 + u * B + threadIdx.x;
       const bool in = v < n4;
-      const index_t word = word0 + v / L;
+      const index_t word = word0 + (v >> lshift);
       const int bitpos = static_cast<int>((4 * v) & (W - 1));
       const Key k[4] = {magnitude_bits(x[u].x), magnitude_bits(x[u].y), magnitude_bits(x[u].z), magnitude_bits(x[u].w)};
-      unsigned int def4 = 0, cand4 = 0;
-      if (in && live) {
+      if (compact) {  // block-uniform: the mask word of the entries certainly kept
+        unsigned int def4 = 0;
+        if (in && live) {
 #pragma unroll
-        for (int b = 0; b < 4; ++b) {
-          def4 |= static_cast<unsigned int>(k[b] > above) << b;
-          cand4 |= static_cast<unsigned int>((k[b] & pm) == vs.prefix) << b;
+          for (int b = 0; b < 4; ++b) def4 |= static_cast<unsigned int>(k[b] > above) << b;
+          if (td.excl != nullptr) def4 &= ~static_cast<unsigned int>((td.excl[word] >> bitpos) & 0xfu);
         }
-        if (td.excl != nullptr) {
-          const auto e4 = static_cast<unsigned int>((td.excl[word] >> bitpos) & 0xfu);
-          def4 &= ~e4;
-          cand4 &= ~e4;
+        std::uint64_t w;
+        if (W <= 32) {  // warp-uniform
+          unsigned int w32 = def4 << bitpos;
+          for (int o = L / 2; o >= 1; o >>= 1) w32 |= __shfl_xor_sync(0xffffffffu, w32, o);
+          w = w32;
+        } else {
+          w = static_cast<std::uint64_t>(def4) << bitpos;
+          for (int o = L / 2; o >= 1; o >>= 1) w |= __shfl_xor_sync(0xffffffffu, w, o);
+        }
+        if (in && (lane & (L - 1)) == 0) {
+          td.out[word] = w;
+          kept += static_cast<unsigned int>(__popcll(w));
         }
       }
-      std::uint64_t w = static_cast<std::uint64_t>(def4) << bitpos;
-      for (int o = L / 2; o >= 1; o >>= 1) w |= __shfl_xor_sync(0xffffffffu, w, o);
-      if (compact && in && (lane & (L - 1)) == 0) {
-        td.out[word] = w;
-        kept += static_cast<unsigned int>(__popcll(w));
-      }
-      cbits |= static_cast<std::uint64_t>(cand4) << (4 * u);
-    }
-    const auto cnt = static_cast<unsigned int>(__popcll(cbits));
-    unsigned int off = 0, total = 0;
-    Scan(tmp).ExclusiveSum(cnt, off, total);
-    if (compact && threadIdx.x == 0 && total != 0) sh_base = atomicAdd(&p.globals->cand_count, static_cast<unsigned long long>(total));
-    __syncthreads();
-    unsigned int slot = off;
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      if (((cbits >> (4 * u)) & 0xfu) == 0) continue;
-      const Key k[4] = {magnitude_bits(x[u].x), magnitude_bits(x[u].y), magnitude_bits(x[u].z), magnitude_bits(x[u].w)};
+      const unsigned int c4 = (cbits >> (4 * u)) & 0xfu;
+      if (c4 == 0) continue;
 #pragma unroll
       for (int b = 0; b < 4; ++b) {
-        if (((cbits >> (4 * u + b)) & 1u) == 0) continue;
-        const Key key = k[b];
-        atomicAdd(&sh[(key >> shift1) & dmask], 1u);
-        if (compact) {
-          const index_t v = v0 + u * B + threadIdx.x;
-          const index_t word = word0 + v / L;
-          const int bitpos = static_cast<int>((4 * v) & (W - 1));
-          p.cands[sh_base + slot] = calib_candidate<Key>{key, static_cast<std::uint32_t>(tile.tensor),
-                                                         static_cast<std::uint64_t>(word * 64 + bitpos + b)};
-        }
-        ++slot;
+        if (((c4 >> b) & 1u) == 0) continue;
+        atomicAdd(&sm.hist[(k[b] >> shift1) & dmask], 1u);
+        if (dst != nullptr)
+          dst[slot++] = calib_candidate<Key>{k[b], static_cast<std::uint32_t>(tile.tensor), static_cast<std::uint64_t>(word * 64 + bitpos + b)};
       }
     }
-    __syncthreads();  // sh_base and tmp are reused by the next chunk
   }
 }
 
-// Split pass (second and last full read), one block per tile (table order reversed). Compact mode:
-// writes every mask word with the bits certainly kept (first digit above the selected bucket; their
-// popcount goes to the tensor's kept count) and appends the bucket's entries to the candidate list;
-// both modes: histogram of digit 1 of the bucket's entries (shared memory, flushed at the end).
+// Split of a tile of any other tensor: one thread per mask word (rounds of blockDim.x words).
 template <class T>
-__global__ void __launch_bounds__(calib_block, 3) calib_split(calib_params<T> p) {
+__device__ __forceinline__ void calib_split_tile_words(const calib_params<T>& p, const calib_tile& tile, const calib_tensor_desc<T>& td,
+                                                       magnitude_key_t<T> prefix, bool live, bool compact,
+                                                       calib_split_shared<magnitude_key_t<T>>& sm, calib_stager& st,
+                                                       unsigned long long& kept) {
   using Key = magnitude_key_t<T>;
   constexpr int bits = magnitude_key<T>::bits;
-  using scan_t = cub::BlockScan<unsigned int, calib_block>;
-  __shared__ typename scan_t::TempStorage tmp;
-  __shared__ unsigned long long sh_base;
-  __shared__ unsigned int sh_kept;
-  __shared__ unsigned int sh[radix_bins];
+  constexpr int shift0 = calib_vshift(bits, 0), shift1 = calib_vshift(bits, 1);
+  constexpr auto pm = static_cast<Key>(calib_prefix_mask<0>(bits, 1));
+  constexpr auto dmask = static_cast<Key>(calib_digit_mask<0>(bits, 1));
+  const Key above = static_cast<Key>(prefix | ((Key{1} << shift0) - 1));
+  const index_t nw = (tile.row_end - tile.row_begin) * td.wpr;
+  for (index_t q0 = 0; q0 < nw; q0 += blockDim.x) {
+    const index_t q = q0 + threadIdx.x;
+    std::uint64_t def = 0, cand = 0;
+    index_t r = 0, w = 0;
+    if (q < nw) {
+      r = tile.row_begin + q / td.wpr;
+      w = q % td.wpr;
+      if (live) calib_word_bits<T>(td, r, w, above, pm, prefix, def, cand);
+      if (compact) {
+        td.out[r * td.wpr + w] = def;
+        kept += static_cast<unsigned long long>(__popcll(def));
+      }
+    }
+    unsigned int slot = 0;
+    calib_candidate<Key>* dst = compact ? calib_stage_reserve(p, sm, st, static_cast<unsigned int>(__popcll(cand)), slot) : nullptr;
+    std::uint64_t cb = cand;
+    while (cb != 0) {
+      const int b = __ffsll(static_cast<long long>(cb)) - 1;
+      cb &= cb - 1;
+      const Key key = magnitude_bits(td.data[r * td.ld + w * 64 + b]);
+      atomicAdd(&sm.hist[(key >> shift1) & dmask], 1u);
+      if (dst != nullptr)
+        dst[slot++] = calib_candidate<Key>{key, static_cast<std::uint32_t>(tile.tensor), static_cast<std::uint64_t>((r * td.wpr + w) * 64 + b)};
+    }
+  }
+}
+
+// Adds a warp's kept count to a tensor's (all 32 lanes call).
+__device__ __forceinline__ void calib_add_kept(unsigned long long* dst, unsigned long long kept) {
+  for (int o = 16; o >= 1; o >>= 1) kept += __shfl_xor_sync(0xffffffffu, kept, o);
+  if ((threadIdx.x & 31u) == 0 && kept != 0) atomicAdd(dst, kept);
+}
+
+// Split pass (second and last full read): persistent blocks, the same contiguous tile ranges as
+// pass 0 (same grid) run backwards, so the data pass 0 read last (still in L2) is read first.
+// Compact mode: writes every mask word with the bits certainly kept (first digit above the selected
+// bucket; their popcount goes to the tensor's kept count) and appends the bucket's entries to the
+// candidate list (staged in shared memory); both modes: histogram of digit 1 of the bucket's
+// entries (shared memory, flushed when the group changes; the block completing a group selects its
+// digit 1, calib_group_done).
+template <class T>
+__global__ void __launch_bounds__(calib_split_block, 3) calib_split(calib_params<T> p) {
+  using Key = magnitude_key_t<T>;
+  constexpr int bits = magnitude_key<T>::bits;
   static_assert(calib_vhigh(bits, 1) - calib_vshift(bits, 1) <= radix_digit_bits, "calib_split: digit 1 fits radix_bins");
-  const calib_tile tile = p.tiles[p.num_tiles - 1 - static_cast<index_t>(blockIdx.x)];
-  const calib_tensor_desc<T> td = p.tensors[tile.tensor];
-  const radix_select_state<Key> vs = p.groups[td.group].value;
+  __shared__ calib_split_shared<Key> sm;
+  calib_wait_prior();
+  calib_allow_next();
+  for (int b = threadIdx.x; b < radix_bins; b += blockDim.x) sm.hist[b] = 0;
+  __syncthreads();
   const bool compact = calib_compact(p.globals, p.capacity);
-  const bool live = vs.k > 0 && vs.pass == 1;  // k > 0 (more than one pass: always, for float/double)
-  if (threadIdx.x == 0) sh_kept = 0;
-  for (int b = threadIdx.x; b < radix_bins; b += blockDim.x) sh[b] = 0;
-  __syncthreads();
-  unsigned int kept = 0;
-  bool done = false;
-  if constexpr (sizeof(T) == 4) {
-    if (td.fast) {  // uniform over the block
-      calib_split_fast<T, scan_t>(p, tile, td, vs, live, compact, tmp, sh, sh_base, kept);
-      done = true;
+  calib_stager st;
+  index_t cur_tensor = -1, cur_group = -1, acc = 0;  // uniform over the block
+  const calib_tensor_desc<T>* td = nullptr;  // fields read where used (few registers across tiles)
+  Key prefix = 0;
+  bool live = false;
+  unsigned long long kept = 0;
+  const index_t t_begin = static_cast<index_t>(blockIdx.x) * p.num_tiles0 / gridDim.x;
+  const index_t t_end = (static_cast<index_t>(blockIdx.x) + 1) * p.num_tiles0 / gridDim.x;
+  for (index_t t = t_end - 1; t >= t_begin; --t) {
+    const calib_tile tile = p.tiles0[t];
+    if (tile.tensor != cur_tensor) {
+      if (cur_tensor >= 0) calib_add_kept(p.kept + cur_tensor, kept);
+      kept = 0;
+      cur_tensor = tile.tensor;
+      td = p.tensors + tile.tensor;
+      const radix_select_state<Key> vs = p.groups[td->group].value;  // selected by pass 0
+      prefix = vs.prefix;
+      live = vs.k > 0 && vs.pass == 1;  // k > 0 (more than one pass: always, for float/double)
     }
-  }
-  if (!done) {
-    const int shift0 = calib_vshift(bits, 0), shift1 = calib_vshift(bits, 1);
-    const auto pm = static_cast<Key>(calib_prefix_mask<0>(bits, 1));
-    const Key above = static_cast<Key>(vs.prefix | ((Key{1} << shift0) - 1));
-    const auto dmask = static_cast<Key>(calib_digit_mask<0>(bits, 1));
-    const index_t nw = (tile.row_end - tile.row_begin) * td.wpr;
-    for (index_t q0 = 0; q0 < nw; q0 += blockDim.x) {
-      const index_t q = q0 + threadIdx.x;
-      std::uint64_t def = 0, cand = 0;
-      index_t r = 0, w = 0;
-      if (q < nw) {
-        r = tile.row_begin + q / td.wpr;
-        w = q % td.wpr;
-        if (live) calib_word_bits<T>(td, r, w, above, pm, vs.prefix, def, cand);
-        if (compact) {
-          td.out[r * td.wpr + w] = def;
-          kept += static_cast<unsigned int>(__popcll(def));
-        }
-      }
-      const auto cnt = static_cast<unsigned int>(__popcll(cand));
-      unsigned int off = 0, total = 0;
-      scan_t(tmp).ExclusiveSum(cnt, off, total);
-      if (compact && threadIdx.x == 0 && total != 0) sh_base = atomicAdd(&p.globals->cand_count, static_cast<unsigned long long>(total));
-      __syncthreads();
-      std::uint64_t cb = cand;
-      unsigned int slot = off;
-      while (cb != 0) {
-        const int b = __ffsll(static_cast<long long>(cb)) - 1;
-        cb &= cb - 1;
-        const index_t j = w * 64 + b;
-        const Key key = magnitude_bits(td.data[r * td.ld + j]);
-        atomicAdd(&sh[(key >> shift1) & dmask], 1u);
-        if (compact) p.cands[sh_base + slot] = calib_candidate<Key>{key, static_cast<std::uint32_t>(tile.tensor),
-                                                                     static_cast<std::uint64_t>((r * td.wpr + w) * 64 + b)};
-        ++slot;
-      }
-      __syncthreads();  // sh_base and tmp are reused by the next chunk
+    const index_t ne = (tile.row_end - tile.row_begin) * td->cols;  // < 2^31 (plan checks)
+    const index_t group = td->group;
+    if (cur_group >= 0 && (group != cur_group || acc + ne > (index_t{1} << 31))) {
+      calib_group_done(p, sm.hist, radix_bins, cur_group, acc, 1);
+      acc = 0;
     }
+    cur_group = group;
+    acc += ne;
+    bool done = false;
+    if constexpr (sizeof(T) == 4) {
+      if (td->fast) {  // uniform over the block
+        calib_split_tile_fast<T>(p, tile, *td, prefix, live, compact, sm, st, kept);
+        done = true;
+      }
+    }
+    if (!done) calib_split_tile_words<T>(p, tile, *td, prefix, live, compact, sm, st, kept);
   }
-  const unsigned int ws = calib_warp_sum(kept);
-  if ((threadIdx.x & 31u) == 0 && ws != 0) atomicAdd(&sh_kept, ws);
-  __syncthreads();
-  if (threadIdx.x == 0 && sh_kept != 0) atomicAdd(p.kept + tile.tensor, static_cast<unsigned long long>(sh_kept));
-  calib_flush(sh, radix_bins, p.hist + td.group * calib_max_bins);
+  if (cur_tensor >= 0) calib_add_kept(p.kept + cur_tensor, kept);
+  if (cur_group >= 0) calib_group_done(p, sm.hist, radix_bins, cur_group, acc, 1);
+  if (compact) calib_stage_flush(p, sm, st);
 }
 
 // Histogram of digit `pass` (>= 2 for values, >= 0 for tie positions): Mode 0 of the value keys
 // matching the group's prefix, Mode 1 of the tie keys (pos_max - flat bit position) of the
 // non-excluded entries equal to tau whose higher tie digits match. Compact mode: over the candidate
 // list, global atomics (few entries match); overflow mode: over the full data, tiles grid-strided,
-// shared-memory histograms (excluded entries skipped: the select kernel adds their count to bin 0).
+// shared-memory histograms (excluded entries skipped: the select adds their count to bin 0).
+// With p.fuse_select (few groups), the last block to finish selects digit `pass` of every group
+// (no separate calib_select launch).
 template <class T, int Mode>
 __global__ void __launch_bounds__(calib_block) calib_hist(calib_params<T> p, int pass) {
   using Key = magnitude_key_t<T>;
   constexpr int bits = magnitude_key<T>::bits;
-  if (Mode == 1 && p.globals->ties_live == 0) return;
+  static_assert(calib_block == calib_select_block, "calib_hist: the last block runs calib_select_group");
+  __shared__ unsigned int sh[radix_bins];
+  __shared__ int last;
+  calib_wait_prior();
+  calib_allow_next();
+  if (Mode == 1 && __ldcg(&p.globals->ties_live) == 0) return;  // every block returns: no tie selection runs
   const int kbits = Mode == 0 ? bits : p.pos_bits;
   const int shift = calib_shift<Mode>(kbits, pass);
   const std::uint64_t dmask = calib_digit_mask<Mode>(kbits, pass);
   const std::uint64_t pm = calib_prefix_mask<Mode>(kbits, pass);
   if (calib_compact(p.globals, p.capacity)) {
-    const index_t n = static_cast<index_t>(p.globals->cand_count);
+    const index_t n = static_cast<index_t>(__ldcg(&p.globals->cand_count));
     const index_t stride = static_cast<index_t>(gridDim.x) * blockDim.x;
     for (index_t i = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; i < n; i += stride) {
       const calib_candidate<Key> c = p.cands[i];
@@ -637,37 +832,46 @@ __global__ void __launch_bounds__(calib_block) calib_hist(calib_params<T> p, int
         if ((tk & pm) == gs->tie.prefix) atomicAdd(p.hist + td.group * calib_max_bins + ((tk >> shift) & dmask), 1ull);
       }
     }
-    return;
-  }
-  __shared__ unsigned int sh[radix_bins];
-  for (int b = threadIdx.x; b < radix_bins; b += blockDim.x) sh[b] = 0;
-  __syncthreads();
-  for (index_t t = blockIdx.x; t < p.num_tiles; t += gridDim.x) {
-    const calib_tile tile = p.tiles[t];
-    const calib_tensor_desc<T> td = p.tensors[tile.tensor];
-    const calib_group_state<Key>* gs = p.groups + td.group;
-    const radix_select_state<Key> vs = gs->value;
-    const radix_select_state<std::uint64_t> ts = gs->tie;
-    if (Mode == 0 ? (vs.finished() || vs.pass != pass) : (ts.finished() || ts.pass != pass)) continue;  // uniform
-    const index_t ne = (tile.row_end - tile.row_begin) * td.cols;
-    for (index_t e = threadIdx.x; e < ne; e += blockDim.x) {
-      index_t r = 0, c = 0;
-      calib_rc(e, td.cols, tile.row_begin, r, c);
-      const Key key = magnitude_bits(td.data[r * td.ld + c]);
-      if (Mode == 0) {
-        if ((static_cast<std::uint64_t>(key) & pm) != static_cast<std::uint64_t>(vs.prefix) || calib_excluded(td.excl, td.wpr, r, c)) continue;
-        atomicAdd(&sh[(static_cast<std::uint64_t>(key) >> shift) & dmask], 1u);
-      } else {
-        if (key != vs.prefix || calib_excluded(td.excl, td.wpr, r, c)) continue;
-        const std::uint64_t pos = static_cast<std::uint64_t>(td.bit_offset + (r * td.wpr + (c >> 6)) * 64 + (c & 63));
-        const std::uint64_t tk = p.pos_max - pos;
-        if ((tk & pm) == ts.prefix) atomicAdd(&sh[(tk >> shift) & dmask], 1u);
+  } else {
+    for (int b = threadIdx.x; b < radix_bins; b += blockDim.x) sh[b] = 0;
+    __syncthreads();
+    for (index_t t = blockIdx.x; t < p.num_tiles; t += gridDim.x) {
+      const calib_tile tile = p.tiles[t];
+      const calib_tensor_desc<T> td = p.tensors[tile.tensor];
+      const calib_group_state<Key>* gs = p.groups + td.group;
+      const radix_select_state<Key> vs = gs->value;
+      const radix_select_state<std::uint64_t> ts = gs->tie;
+      if (Mode == 0 ? (vs.finished() || vs.pass != pass) : (ts.finished() || ts.pass != pass)) continue;  // uniform
+      const index_t ne = (tile.row_end - tile.row_begin) * td.cols;
+      for (index_t e = threadIdx.x; e < ne; e += blockDim.x) {
+        index_t r = 0, c = 0;
+        calib_rc(e, td.cols, tile.row_begin, r, c);
+        const Key key = magnitude_bits(td.data[r * td.ld + c]);
+        if (Mode == 0) {
+          if ((static_cast<std::uint64_t>(key) & pm) != static_cast<std::uint64_t>(vs.prefix) || calib_excluded(td.excl, td.wpr, r, c)) continue;
+          atomicAdd(&sh[(static_cast<std::uint64_t>(key) >> shift) & dmask], 1u);
+        } else {
+          if (key != vs.prefix || calib_excluded(td.excl, td.wpr, r, c)) continue;
+          const std::uint64_t pos = static_cast<std::uint64_t>(td.bit_offset + (r * td.wpr + (c >> 6)) * 64 + (c & 63));
+          const std::uint64_t tk = p.pos_max - pos;
+          if ((tk & pm) == ts.prefix) atomicAdd(&sh[(tk >> shift) & dmask], 1u);
+        }
       }
+      __syncthreads();
+      calib_flush(sh, radix_bins, p.hist + td.group * calib_max_bins);
+      __syncthreads();
     }
-    __syncthreads();
-    calib_flush(sh, radix_bins, p.hist + td.group * calib_max_bins);
-    __syncthreads();
   }
+  if (!p.fuse_select) return;  // uniform
+  __threadfence();              // this thread's histogram atomics are visible before the block's count
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicAdd(&p.globals->hist_done, 1ull) + 1 == gridDim.x ? 1 : 0;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();  // every block's histogram atomics (fenced before its count) are visible
+  for (index_t g = 0; g < p.num_groups; ++g)
+    calib_select_group<Key, Mode>(p.groups + g, p.hist + g * calib_max_bins, p.globals, pass, p.exact);
+  if (threadIdx.x == 0) p.globals->hist_done = 0;  // for the next calib_hist launch (every block has counted)
 }
 
 template <class T>
@@ -683,8 +887,9 @@ template <class T>
 __global__ void __launch_bounds__(calib_block) calib_finish(calib_params<T> p) {
   using Key = magnitude_key_t<T>;
   const int lane = static_cast<int>(threadIdx.x & 31u);
+  calib_wait_prior();  // (the last kernel: no calib_allow_next, a later launch waits for it as usual)
   if (calib_compact(p.globals, p.capacity)) {
-    const index_t n = static_cast<index_t>(p.globals->cand_count);
+    const index_t n = static_cast<index_t>(__ldcg(&p.globals->cand_count));
     const index_t stride = static_cast<index_t>(gridDim.x) * blockDim.x;
     // Warp-uniform loop: every lane runs every iteration (the shuffles below need the full warp).
     for (index_t i0 = blockIdx.x * static_cast<index_t>(blockDim.x) + (threadIdx.x & ~31u); i0 < n; i0 += stride) {
@@ -754,6 +959,24 @@ __global__ void __launch_bounds__(calib_block) calib_finish(calib_params<T> p) {
 
 inline std::size_t calib_align(std::size_t x) { return (x + 255) & ~std::size_t{255}; }
 
+// Launches kernel<<<grid, block, 0, stream>>>(args...) as a programmatic dependent launch (its
+// blocks may start before the previous kernel in the stream ends; the kernel calls
+// calib_wait_prior before touching what that kernel writes).
+template <class... Params, class... Args>
+void calib_launch(void (*kernel)(Params...), unsigned grid, int block, cudaStream_t stream, Args&&... args) {
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(grid);
+  cfg.blockDim = dim3(static_cast<unsigned>(block));
+  cfg.dynamicSmemBytes = 0;
+  cfg.stream = stream;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  LORI_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...));
+}
+
 }  // namespace detail
 
 /// A calibration of a fixed set of device tensors: built once on the host (groups, tiles, the
@@ -789,7 +1012,6 @@ class calibration_plan {
     groups_ = lori::detail::calibration_groups(names, opt_);
     index_t elem = 0, bit = 0;
     std::vector<detail::calib_tile> tiles0;
-    std::vector<index_t> first0(tensors_.size(), 0), rows0(tensors_.size(), 1);  // pass 0 tiles of each tensor
     for (std::size_t t = 0; t < tensors_.size(); ++t) {
       const auto& in = tensors_[t];
       detail::calib_tensor_desc<T> d{};
@@ -813,8 +1035,6 @@ class calibration_plan {
       for (index_t r0 = 0; r0 < d.rows; r0 += rows_per_tile)
         tiles_.push_back({static_cast<index_t>(t), r0, std::min(d.rows, r0 + rows_per_tile)});
       const index_t rows_per_tile0 = std::max<index_t>(1, detail::calib_pass0_tile_elems / d.cols);
-      first0[t] = static_cast<index_t>(tiles0.size());
-      rows0[t] = rows_per_tile0;
       for (index_t r0 = 0; r0 < d.rows; r0 += rows_per_tile0)
         tiles0.push_back({static_cast<index_t>(t), r0, std::min(d.rows, r0 + rows_per_tile0)});
     }
@@ -834,6 +1054,7 @@ class calibration_plan {
       const index_t k = calibration_keep_count(group_size_[g], opt_.sparsity);
       gs.value = radix_select_begin<key_type>(k, group_size_[g], magnitude_key<T>::bits);
       gs.tie.key_bits = pos_bits_;  // k = 0 (finished: every tie kept) until started
+      gs.size = static_cast<unsigned long long>(group_size_[g]);
     }
     capacity_ = candidate_capacity >= 0 ? candidate_capacity : std::max<index_t>(65536, total_ / 16);
     capacity_ = std::min(capacity_, total_);
@@ -850,33 +1071,22 @@ class calibration_plan {
     bytes_ = off_cands_ + detail::calib_align(static_cast<std::size_t>(capacity_) * sizeof(detail::calib_candidate<key_type>));
     ws_zero_begin_ = off_hist_;  // histograms, globals and kept counts start at zero
     ws_zero_end_ = off_cands_;
-    // Grids: pass 0 and the candidate/finishing kernels run persistent blocks, a few per SM.
-    int dev = 0, sms = 0, per_sm = 0;
+    // Grids: pass 0 and the split run the same persistent blocks (the split reads pass 0's ranges
+    // backwards: what pass 0 read last is still in L2), the candidate/finishing kernels a few per SM.
+    int dev = 0, sms = 0, per_sm0 = 0, per_sm1 = 0;
     if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess ||
-        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, detail::calib_pass0<T>, detail::calib_pass0_block, 0) != cudaSuccess) {
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm0, detail::calib_pass0<T>, detail::calib_pass0_block, 0) != cudaSuccess ||
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm1, detail::calib_split<T>, detail::calib_split_block, 0) != cudaSuccess) {
       (void)cudaGetLastError();  // no device here: run() will report it
       sms = 132;
-      per_sm = 4;
+      per_sm0 = per_sm1 = 3;
     }
     sms = std::max(sms, 1);
-    grid_pass0_ = static_cast<unsigned>(std::max<index_t>(1, std::min<index_t>(nt0_, static_cast<index_t>(sms) * std::max(per_sm, 1))));
+    const int per_sm = std::max(1, std::min(per_sm0, per_sm1));
+    grid_pass0_ = static_cast<unsigned>(std::max<index_t>(1, std::min<index_t>(nt0_, static_cast<index_t>(sms) * per_sm)));
     grid_small_ = static_cast<unsigned>(std::max<index_t>(1, std::min<index_t>(std::max<index_t>(nt_, capacity_ / detail::calib_block + 1),
                                                                              static_cast<index_t>(sms) * 4)));
-    // Split tiles in ascending order of when pass 0 read them (its blocks run their contiguous tile
-    // ranges in lockstep: tile i of a range is read at step i); the split runs the table backwards,
-    // so it starts with the data pass 0 read last, still in L2. Any order is correct.
-    if (nt0_ > 0) {
-      std::vector<index_t> step(static_cast<std::size_t>(nt0_));
-      const auto G = static_cast<index_t>(grid_pass0_);
-      for (index_t b = 0; b < G; ++b)
-        for (index_t i = b * nt0_ / G; i < (b + 1) * nt0_ / G; ++i) step[static_cast<std::size_t>(i)] = i - b * nt0_ / G;
-      std::stable_sort(tiles_.begin(), tiles_.end(), [&](const detail::calib_tile& a, const detail::calib_tile& b) {
-        const auto ta = static_cast<std::size_t>(a.tensor), tb = static_cast<std::size_t>(b.tensor);
-        return step[static_cast<std::size_t>(first0[ta] + a.row_begin / rows0[ta])] <
-               step[static_cast<std::size_t>(first0[tb] + b.row_begin / rows0[tb])];
-      });
-    }
-    tiles_.insert(tiles_.end(), tiles0.begin(), tiles0.end());  // one upload: split tiles, then pass 0's
+    tiles_.insert(tiles_.end(), tiles0.begin(), tiles0.end());  // one upload: full-data tiles, then pass 0's and the split's
   }
 
   /// Bytes of device scratch run() needs (256-byte aligned regions).
@@ -906,8 +1116,7 @@ class calibration_plan {
       LORI_CUDA_CHECK(cudaMemcpyAsync(ws + off_init_, group_init_.data(), group_init_.size() * sizeof(group_init_[0]),
                                       cudaMemcpyHostToDevice, stream));
     }
-    const auto nt = static_cast<unsigned>(nt_);
-    if (nt == 0) return;  // no elements: every mask is empty, report() answers from the plan
+    if (nt_ == 0) return;  // no elements: every mask is empty, report() answers from the plan
     const auto ng = static_cast<unsigned>(groups_.count());
     constexpr int B = detail::calib_block;
     constexpr int passes = radix_passes<T>;
@@ -917,35 +1126,32 @@ class calibration_plan {
     // 1. reset the state; 2. pass 0 (first full read); 3. select digit 0; 4. split (second full
     // read); 5. select digit 1; 6. remaining digits on the candidates; 7. exact: tie positions;
     // 8. finish (candidate bits, or the full-data write in overflow mode).
+    // 1. reset the state; 2. pass 0 (first full read) and the selection of digit 0; 3. the split
+    // (second full read) and the selection of digit 1; 4. the remaining digits on the candidates
+    // (or the full data in overflow mode); 5. exact: tie positions; 6. finish (candidate bits, or
+    // the full-data write in overflow mode). Every launch after the first is a programmatic
+    // dependent launch (its blocks start while the previous kernel drains, and wait for it).
     detail::calib_init<Key><<<grid_small_, B, 0, stream>>>(
         reinterpret_cast<G*>(ws + off_groups_), reinterpret_cast<const G*>(ws + off_init_), groups_.count(),
         reinterpret_cast<unsigned long long*>(ws + ws_zero_begin_), static_cast<index_t>((ws_zero_end_ - ws_zero_begin_) / 8),
         static_cast<index_t>((off_globals_ + offsetof(detail::calib_globals, bad_position) - ws_zero_begin_) / 8));
     LORI_CUDA_CHECK_LAUNCH();
-    detail::calib_pass0<T><<<grid_pass0_, detail::calib_pass0_block, 0, stream>>>(p);
-    LORI_CUDA_CHECK_LAUNCH();
-    detail::calib_select<Key, 0><<<ng, detail::calib_select_block, 0, stream>>>(p.groups, p.hist, p.globals, 0, exact);
-    LORI_CUDA_CHECK_LAUNCH();
-    detail::calib_split<T><<<nt, B, 0, stream>>>(p);
-    LORI_CUDA_CHECK_LAUNCH();
-    detail::calib_select<Key, 0><<<ng, detail::calib_select_block, 0, stream>>>(p.groups, p.hist, p.globals, 1, exact);
-    LORI_CUDA_CHECK_LAUNCH();
+    detail::calib_launch(detail::calib_pass0<T>, grid_pass0_, detail::calib_pass0_block, stream, p);
+    detail::calib_launch(detail::calib_split<T>, grid_pass0_, detail::calib_split_block, stream, p);
+    const bool fuse = p.fuse_select != 0;
     for (int pass = 2; pass < passes; ++pass) {
-      detail::calib_hist<T, 0><<<grid_small_, B, 0, stream>>>(p, pass);
-      LORI_CUDA_CHECK_LAUNCH();
-      detail::calib_select<Key, 0><<<ng, detail::calib_select_block, 0, stream>>>(p.groups, p.hist, p.globals, pass, exact);
-      LORI_CUDA_CHECK_LAUNCH();
+      detail::calib_launch(detail::calib_hist<T, 0>, grid_small_, B, stream, p, pass);
+      if (!fuse)
+        detail::calib_launch(detail::calib_select<Key, 0>, ng, detail::calib_select_block, stream, p.groups, p.hist, p.globals, pass, exact);
     }
     if (exact) {
       for (int pass = 0; pass < radix_pass_count(pos_bits_); ++pass) {
-        detail::calib_hist<T, 1><<<grid_small_, B, 0, stream>>>(p, pass);
-        LORI_CUDA_CHECK_LAUNCH();
-        detail::calib_select<Key, 1><<<ng, detail::calib_select_block, 0, stream>>>(p.groups, p.hist, p.globals, pass, exact);
-        LORI_CUDA_CHECK_LAUNCH();
+        detail::calib_launch(detail::calib_hist<T, 1>, grid_small_, B, stream, p, pass);
+        if (!fuse)
+          detail::calib_launch(detail::calib_select<Key, 1>, ng, detail::calib_select_block, stream, p.groups, p.hist, p.globals, pass, exact);
       }
     }
-    detail::calib_finish<T><<<grid_small_, B, 0, stream>>>(p);
-    LORI_CUDA_CHECK_LAUNCH();
+    detail::calib_launch(detail::calib_finish<T>, grid_small_, B, stream, p);
   }
 
   /// Waits for `stream`, reads the outcome of the last run() from `workspace`, and returns the same
@@ -1022,9 +1228,11 @@ class calibration_plan {
     p.num_tiles = nt_;
     p.tiles0 = p.tiles + nt_;
     p.num_tiles0 = nt0_;
+    p.num_groups = groups_.count();
     p.pos_bits = pos_bits_;
     p.pos_max = (std::uint64_t{1} << pos_bits_) - 1;
     p.exact = opt_.semantics == mask_semantics::exact ? 1 : 0;
+    p.fuse_select = groups_.count() <= detail::calib_fuse_groups ? 1 : 0;
     return p;
   }
 
