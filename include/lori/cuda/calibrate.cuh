@@ -271,57 +271,43 @@ __global__ void __launch_bounds__(calib_block) calib_init(calib_group_state<Key>
   for (index_t i = i0; i < num_groups; i += stride) groups[i] = init[i];
 }
 
-// The thread of calib_select whose bins [bin0, bin0 + per) hold the rank sought (`above` keys in
-// the bins above them) narrows the group's state.
-template <class Key, int Mode, class Count>
-__device__ __forceinline__ void calib_select_narrow(calib_group_state<Key>* gs, calib_globals* globals,
-                                                    const radix_select_state<Key> vst,
-                                                    const radix_select_state<std::uint64_t> tst, const Count count,
-                                                    int bin0, int bins, index_t above, index_t remaining,
-                                                    unsigned long long excluded, int pass, int exact) {
-  constexpr int per = calib_max_bins / calib_select_block;
-  index_t acc = above;
-  for (int b = per - 1; b >= 0; --b) {
-    if (bin0 + b >= bins) continue;
-    const auto cnt = static_cast<index_t>(count(bin0 + b));
-    if (acc + cnt < remaining) {
-      acc += cnt;
-      continue;
-    }
-    const int bin = bin0 + b;
-    if (Mode == 0) {
-      radix_select_state<Key> st = vst;
-      st.greater += acc;
-      st.remaining -= acc;
-      st.prefix |= static_cast<Key>(static_cast<Key>(bin) << calib_shift<0>(st.key_bits, st.pass));
-      ++st.pass;
-      if (pass == 0) atomicAdd(&globals->cand_needed, static_cast<unsigned long long>(cnt));
-      gs->value = st;
-      if (st.finished() && exact) {
-        // cnt keys equal tau; excluded entries are among them iff tau == 0 (they rank below all).
-        const index_t nonexcluded_ties = cnt - (st.prefix == 0 ? static_cast<index_t>(excluded) : 0);
-        if (st.remaining < nonexcluded_ties) {
-          radix_select_state<std::uint64_t> t = tst;  // key_bits set by the plan, k = 0
-          t.k = st.remaining;
-          t.remaining = st.remaining;
-          t.greater = 0;
-          t.prefix = 0;
-          t.pass = 0;
-          gs->tie = t;
-          atomicAdd(&globals->ties_live, 1ull);
-        }
-        // else: tie state stays finished with prefix 0: every non-excluded tie is kept.
+// Narrows a group's state to bin `bin` of digit `pass`, which holds cnt keys, with acc keys in the
+// bins above it (one thread).
+template <class Key, int Mode>
+__device__ __forceinline__ void calib_select_apply(calib_group_state<Key>* gs, calib_globals* globals, const radix_select_state<Key>& vst,
+                                                   const radix_select_state<std::uint64_t>& tst, int bin, index_t acc, index_t cnt,
+                                                   unsigned long long excluded, int pass, int exact) {
+  if (Mode == 0) {
+    radix_select_state<Key> st = vst;
+    st.greater += acc;
+    st.remaining -= acc;
+    st.prefix |= static_cast<Key>(static_cast<Key>(bin) << calib_shift<0>(st.key_bits, st.pass));
+    ++st.pass;
+    if (pass == 0) atomicAdd(&globals->cand_needed, static_cast<unsigned long long>(cnt));
+    gs->value = st;
+    if (st.finished() && exact) {
+      // cnt keys equal tau; excluded entries are among them iff tau == 0 (they rank below all).
+      const index_t nonexcluded_ties = cnt - (st.prefix == 0 ? static_cast<index_t>(excluded) : 0);
+      if (st.remaining < nonexcluded_ties) {
+        radix_select_state<std::uint64_t> t = tst;  // key_bits set by the plan, k = 0
+        t.k = st.remaining;
+        t.remaining = st.remaining;
+        t.greater = 0;
+        t.prefix = 0;
+        t.pass = 0;
+        gs->tie = t;
+        atomicAdd(&globals->ties_live, 1ull);
       }
-    } else {
-      radix_select_state<std::uint64_t> st = tst;
-      st.greater += acc;
-      st.remaining -= acc;
-      st.prefix |= static_cast<std::uint64_t>(bin) << calib_shift<1>(st.key_bits, st.pass);
-      ++st.pass;
-      gs->tie = st;
-      if (st.finished()) atomicAdd(&globals->ties_live, ~0ull);  // - 1
+      // else: tie state stays finished with prefix 0: every non-excluded tie is kept.
     }
-    break;
+  } else {
+    radix_select_state<std::uint64_t> st = tst;
+    st.greater += acc;
+    st.remaining -= acc;
+    st.prefix |= static_cast<std::uint64_t>(bin) << calib_shift<1>(st.key_bits, st.pass);
+    ++st.pass;
+    gs->tie = st;
+    if (st.finished()) atomicAdd(&globals->ties_live, ~0ull);  // - 1
   }
 }
 
@@ -329,7 +315,9 @@ __device__ __forceinline__ void calib_select_narrow(calib_group_state<Key>* gs, 
 // counters: later passes have at most radix_digit_bits-bit digits). Called by every thread of a
 // block of calib_select_block threads (block-uniform arguments); reads the histogram and the state
 // from L2, so the block may be the last of a grid whose other blocks built the histogram (after a
-// threadfence / counter handshake).
+// threadfence / counter handshake). Thread i sums 32 consecutive bins (independent loads), a block
+// scan finds the thread whose bins hold the rank, and warp 0 (one lane per bin, a warp scan from the
+// top bin down) finds the bin: two dependent rounds of loads, not 32.
 // Mode 0 narrows the value selection (adding the excluded entries to bin 0 for passes >= 1 when the
 // prefix is 0), Mode 1 the tie selection. After the last value pass of an exact-semantics run it
 // starts the tie selection (k = ties needed), unless every non-excluded tie is needed (then all are
@@ -337,12 +325,14 @@ __device__ __forceinline__ void calib_select_narrow(calib_group_state<Key>* gs, 
 template <class Key, int Mode>
 __device__ __noinline__ void calib_select_group(calib_group_state<Key>* gs, unsigned long long* h, calib_globals* globals, int pass, int exact) {
   constexpr int per = calib_max_bins / calib_select_block;  // 32 bins per thread
+  static_assert(per == 32, "calib_select_group: one lane of warp 0 per bin of the selected thread");
   using scan_t = cub::BlockScan<unsigned long long, calib_select_block>;
   __shared__ typename scan_t::TempStorage tmp;
-  __syncthreads();  // tmp may still be read by a previous call of this block
+  __shared__ int sel_thread;
+  __shared__ unsigned long long sel_above;
+  __syncthreads();  // tmp and sel_* may still be read by a previous call of this block
   const int rt = calib_select_block - 1 - static_cast<int>(threadIdx.x);  // thread 0 owns the top bins
-  // Every thread reads the state before the scan's barriers; only the one thread that finds the
-  // rank writes it afterwards, so no thread can see a half-updated state.
+  // Every thread reads the state before the barriers below; only one thread writes it afterwards.
   const radix_select_state<Key> vst = calib_ldcg(&gs->value);
   const radix_select_state<std::uint64_t> tst = calib_ldcg(&gs->tie);
   const int kbits = Mode == 0 ? vst.key_bits : tst.key_bits;
@@ -355,17 +345,37 @@ __device__ __noinline__ void calib_select_group(calib_group_state<Key>* gs, unsi
     return __ldcg(h + idx) + (add_excluded && idx == 0 ? excluded : 0ull);
   };
   unsigned long long sum = 0;
-#pragma unroll 8
+#pragma unroll
   for (int b = 0; b < per; ++b)
     if (rt * per + b < bins) sum += count(rt * per + b);
   unsigned long long above = 0;
   scan_t(tmp).ExclusiveSum(sum, above);
   const index_t remaining = Mode == 0 ? vst.remaining : tst.remaining;
-  if (live && static_cast<index_t>(above) < remaining && static_cast<index_t>(above + sum) >= remaining)
-    calib_select_narrow<Key, Mode>(gs, globals, vst, tst, count, rt * per, bins, static_cast<index_t>(above), remaining,
-                                   excluded, pass, exact);
-  // Each thread clears its own bins (after its own reads): bins >= radix_bins serve pass 0 only
-  // (zeroed by calib_init), the others are reused by the next pass.
+  const bool mine = live && static_cast<index_t>(above) < remaining && static_cast<index_t>(above + sum) >= remaining;
+  if (mine) {  // at most one thread
+    sel_thread = static_cast<int>(threadIdx.x);
+    sel_above = above;
+  }
+  if (__syncthreads_or(mine) && threadIdx.x < 32) {
+    const int lane = static_cast<int>(threadIdx.x);
+    const int bin = (calib_select_block - 1 - sel_thread) * per + (per - 1 - lane);  // lane 0: the top bin
+    const unsigned long long c = bin < bins ? count(bin) : 0ull;
+    unsigned long long incl = c;  // keys in the selected thread's bins from the top one down to this one
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const unsigned long long v = __shfl_up_sync(0xffffffffu, incl, o);
+      if (lane >= o) incl += v;
+    }
+    const unsigned long long a = sel_above;
+    // The first lane reaching the rank (there is one: a + all 32 >= remaining > a) holds a count > 0.
+    const unsigned int hit = __ballot_sync(0xffffffffu, static_cast<index_t>(a + incl) >= remaining);
+    if (lane == __ffs(static_cast<int>(hit)) - 1)
+      calib_select_apply<Key, Mode>(gs, globals, vst, tst, bin, static_cast<index_t>(a + incl - c), static_cast<index_t>(c), excluded,
+                                    pass, exact);
+  }
+  __syncthreads();  // warp 0 has read the selected thread's bins
+  // Each thread clears its own bins: bins >= radix_bins serve pass 0 only (zeroed by calib_init),
+  // the others are reused by the next pass.
   for (int b = 0; b < per; ++b) {
     const int idx = rt * per + b;
     if (idx < bins && idx < radix_bins) h[idx] = 0;
