@@ -396,18 +396,23 @@ __global__ void __launch_bounds__(calib_select_block) calib_select(calib_group_s
 
 // Called by every thread of a block (block-uniform arguments; blockDim.x == calib_select_block)
 // once its shared histogram `sh` (bins counters) holds digit `pass` (0 or 1) of `acc` elements of
-// group g: adds it to the group's global histogram (clearing sh), then adds acc to the group's
-// count of elements done. The block whose addition completes the count (every element of the group
-// histogrammed, by all blocks) narrows the group's selection: no separate select launch.
+// group g (of which the thread saw `excl` excluded ones): adds it to the group's global histogram
+// (clearing sh), then adds acc to the group's count of elements done. The block whose addition
+// completes the count (every element of the group histogrammed, by all blocks) narrows the group's
+// selection: no separate select launch. Waits for the previous kernel first (pass 0 histograms its
+// first tiles while calib_init still runs).
 template <class T>
-__device__ void calib_group_done(const calib_params<T>& p, unsigned int* sh, int bins, index_t g, index_t acc, int pass) {
+__device__ void calib_group_done(const calib_params<T>& p, unsigned int* sh, int bins, index_t g, index_t acc, int pass,
+                                 unsigned long long excl) {
   using Key = magnitude_key_t<T>;
   __shared__ int last;
+  calib_wait_prior();
+  calib_group_state<Key>* gs = p.groups + g;
+  if (excl != 0) atomicAdd(&gs->excluded, excl);
   __syncthreads();  // every shared increment done
   calib_flush(sh, bins, p.hist + g * calib_max_bins);
-  __threadfence();  // this thread's histogram atomics are visible before the block's count below
+  __threadfence();  // this thread's histogram (and excluded) atomics are visible before the block's count below
   __syncthreads();
-  calib_group_state<Key>* gs = p.groups + g;
   if (threadIdx.x == 0) {
     unsigned long long* done = pass == 0 ? &gs->done0 : &gs->done1;
     const unsigned long long before = atomicAdd(done, static_cast<unsigned long long>(acc));
@@ -434,10 +439,13 @@ __global__ void __launch_bounds__(calib_pass0_block, 3) calib_pass0(calib_params
   constexpr int bins = 1 << (bits - shift);
   static_assert(bins == calib_max_bins, "calib_pass0: first digit width");
   __shared__ unsigned int sh[bins];
-  calib_wait_prior();
+  // No calib_wait_prior here: the tiles are histogrammed in shared memory while calib_init still
+  // runs; calib_group_done waits before the first global update (NaN/Inf and excluded counts are
+  // kept per thread until then).
   calib_allow_next();
   for (int b = threadIdx.x; b < bins; b += blockDim.x) sh[b] = 0;
   __syncthreads();
+  unsigned long long bad = ~0ull, excl = 0;  // per thread: first NaN/Inf position, excluded entries of group cur
   index_t cur = -1, acc = 0;  // uniform over the block
   const index_t t_end = (static_cast<index_t>(blockIdx.x) + 1) * p.num_tiles0 / gridDim.x;
   for (index_t t = static_cast<index_t>(blockIdx.x) * p.num_tiles0 / gridDim.x; t < t_end; ++t) {
@@ -445,8 +453,9 @@ __global__ void __launch_bounds__(calib_pass0_block, 3) calib_pass0(calib_params
     const calib_tensor_desc<T> td = p.tensors[tile.tensor];
     const index_t ne = (tile.row_end - tile.row_begin) * td.cols;  // < 2^31 (plan checks)
     if (cur >= 0 && (td.group != cur || acc + ne > (index_t{1} << 31))) {
-      calib_group_done(p, sh, bins, cur, acc, 0);
+      calib_group_done(p, sh, bins, cur, acc, 0, excl);
       acc = 0;
+      excl = 0;
     }
     cur = td.group;
     acc += ne;
@@ -472,8 +481,7 @@ __global__ void __launch_bounds__(calib_pass0_block, 3) calib_pass0(calib_params
 #pragma unroll
             for (int b = 0; b < 4; ++b) {
               const Key key = magnitude_bits(xs[b]);
-              if (key >= magnitude_key<T>::infinity)
-                atomicMin(&p.globals->bad_position, static_cast<unsigned long long>(first + 4 * v + b));
+              if (key >= magnitude_key<T>::infinity) bad = min(bad, static_cast<unsigned long long>(first + 4 * v + b));
               atomicAdd(&sh[key >> shift], 1u);
             }
           }
@@ -482,22 +490,22 @@ __global__ void __launch_bounds__(calib_pass0_block, 3) calib_pass0(calib_params
       }
     }
     if (!done) {
-      unsigned int excl_here = 0;
       for (index_t e = threadIdx.x; e < ne; e += blockDim.x) {
         index_t r = 0, c = 0;
         calib_rc(e, td.cols, tile.row_begin, r, c);
         Key key = magnitude_bits(td.data[r * td.ld + c]);
-        if (key >= magnitude_key<T>::infinity) atomicMin(&p.globals->bad_position, static_cast<unsigned long long>(first + e));
+        if (key >= magnitude_key<T>::infinity) bad = min(bad, static_cast<unsigned long long>(first + e));
         if (calib_excluded(td.excl, td.wpr, r, c)) {
           key = 0;
-          ++excl_here;
+          ++excl;
         }
         atomicAdd(&sh[key >> shift], 1u);
       }
-      if (excl_here != 0) atomicAdd(&p.groups[td.group].excluded, static_cast<unsigned long long>(excl_here));
     }
   }
-  if (cur >= 0) calib_group_done(p, sh, bins, cur, acc, 0);
+  if (cur >= 0) calib_group_done(p, sh, bins, cur, acc, 0, excl);
+  calib_wait_prior();  // (already done by calib_group_done; every block waits before it ends)
+  if (bad != ~0ull) atomicMin(&p.globals->bad_position, bad);
 }
 
 template <class T>
@@ -789,7 +797,7 @@ __global__ void __launch_bounds__(calib_split_block, 3) calib_split(calib_params
     const index_t ne = (tile.row_end - tile.row_begin) * td->cols;  // < 2^31 (plan checks)
     const index_t group = td->group;
     if (cur_group >= 0 && (group != cur_group || acc + ne > (index_t{1} << 31))) {
-      calib_group_done(p, sm.hist, radix_bins, cur_group, acc, 1);
+      calib_group_done(p, sm.hist, radix_bins, cur_group, acc, 1, 0);
       acc = 0;
     }
     cur_group = group;
@@ -804,7 +812,7 @@ __global__ void __launch_bounds__(calib_split_block, 3) calib_split(calib_params
     if (!done) calib_split_tile_words<T>(p, tile, *td, prefix, live, compact, sm, st, kept);
   }
   if (cur_tensor >= 0) calib_add_kept(p.kept + cur_tensor, kept);
-  if (cur_group >= 0) calib_group_done(p, sm.hist, radix_bins, cur_group, acc, 1);
+  if (cur_group >= 0) calib_group_done(p, sm.hist, radix_bins, cur_group, acc, 1, 0);
   if (compact) calib_stage_flush(p, sm, st);
 }
 
