@@ -23,7 +23,7 @@ timeout "$(tl 35)" "$bench" --benchmark_filter='BM_gpu' --benchmark_repetitions=
   --benchmark_min_time=0.1 > "$OUT/mask_bench.log" 2>&1
 log "bench rc=$?"
 grep -E "^BM_|^Run|^-|Benchmark" "$OUT/mask_bench.log" | grep -v -E "_stddev|_cv|_mean" | head -60 | tee -a "$F"
-# ncu_run FILTER COUNT TIMEOUT: per-kernel figures of the first COUNT calib_ kernels of one run of
+# ncu_run FILTER COUNT TIMEOUT LINES: per-kernel figures of the first COUNT calib_ kernels of one run of
 # BM_gpu_calibrate_llama3_8b/FILTER (serialised by the profiler, caches flushed between kernels):
 # the raw page, filtered to duration, DRAM / SM throughput, occupancy, registers and the main
 # warp stall reasons (cycles per issued instruction).
@@ -35,11 +35,11 @@ ncu_run() {
     --benchmark_min_time=0.01 > "$lg" 2>&1
   log "ncu rc=$?"
   grep -E "calib_[a-z0-9_]+<|gpu__time_duration.sum|dram__throughput.avg.pct_of_peak_sustained_elapsed|sm__throughput.avg.pct_of_peak_sustained_elapsed|sm__warps_active.avg.pct_of_peak_sustained_active|launch__registers_per_thread |launch__grid_size|smsp__average_warps?_issue_stalled_(long_scoreboard|short_scoreboard|mio_throttle|barrier|lg_throttle|math_pipe_throttle|membar|wait|no_instruction|drain)_per_issue_active" \
-    "$lg" | sed -E 's/\(lori::cuda::detail::calib_(params|group_state).*//; s/ +/ /g' | head -110 | tee -a "$F"
+    "$lg" | sed -E 's/\(lori::cuda::detail::calib_(params|group_state).*//; s/ +/ /g' | head -"$4" | tee -a "$F"
   grep -q -E "gpu__time_duration" "$lg" || tail -12 "$lg" | tee -a "$F"
 }
 # Reference/model: 5 launches (init, pass0 + select, split + select, hist + select, finish).
-command -v ncu > /dev/null && ncu_run 0/0 5 20
+command -v ncu > /dev/null && ncu_run 0/0 5 20 80
 exe=$(find "$B" -type f -name lori_test_mask_gpu -perm -u+x | head -1)
 for tool in racecheck memcheck; do
   s=$(date +%s)
@@ -50,5 +50,5 @@ for tool in racecheck memcheck; do
   [ $rc -eq 0 ] || grep -E "Error|Race|Invalid|at 0x|by thread|TEST CASE|ERROR" "$OUT/mask_sanitize_$tool.log" | head -15 | tee -a "$F"
 done
 # Exact/matrix: 12 launches (224 groups: separate select kernels; tie passes return at once).
-command -v ncu > /dev/null && ncu_run 1/4 12 15
+command -v ncu > /dev/null && ncu_run 1/4 12 15 50
 log "== done in $(( $(date +%s) - t0 )) s"
