@@ -20,18 +20,18 @@ log "ctest rc=$?"; grep -E "tests passed|Passed|Failed|ERROR|CHECK|differs|test 
 bench=$(find "$B" -type f -name lori_bench_mask -perm -u+x | head -1)
 log "== lori_bench_mask BM_gpu (5 repetitions: mean and median; real_time = CUDA-event time)"
 timeout "$(tl 35)" "$bench" --benchmark_filter='BM_gpu' --benchmark_repetitions=5 --benchmark_report_aggregates_only=true \
-  --benchmark_min_time=0.1 > "$OUT/mask_bench.log" 2>&1
+  --benchmark_min_time=0.05 > "$OUT/mask_bench.log" 2>&1
 log "bench rc=$?"
 grep -E "^BM_|^Run|^-|Benchmark" "$OUT/mask_bench.log" | grep -v -E "_stddev|_cv|_mean" | head -60 | tee -a "$F"
 # ncu_run FILTER COUNT TIMEOUT LINES: per-kernel figures of the first COUNT calib_ kernels of one run of
-# BM_gpu_calibrate_llama3_8b/FILTER (serialised by the profiler, caches flushed between kernels):
+# BM_gpu_calibrate_FILTER (serialised by the profiler, caches flushed between kernels):
 # the raw page, filtered to duration, DRAM / SM throughput, occupancy, registers and the main
 # warp stall reasons (cycles per issued instruction).
 ncu_run() {
-  local f=$1 c=$2 lg="$OUT/mask_ncu_${1/\//_}.log"
-  log "== ncu BM_gpu_calibrate_llama3_8b/$f (first $c calib_ kernels; raw metrics)"
+  local f=$1 c=$2 lg="$OUT/mask_ncu_${1//\//_}.log"
+  log "== ncu BM_gpu_calibrate_$f (first $c calib_ kernels; raw metrics)"
   timeout "$(tl "$3")" ncu --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
-    --page raw -k regex:calib_ -c "$c" "$bench" --benchmark_filter="BM_gpu_calibrate_llama3_8b/$f/" \
+    --page raw -k regex:calib_ -c "$c" "$bench" --benchmark_filter="BM_gpu_calibrate_$f/" \
     --benchmark_min_time=0.01 > "$lg" 2>&1
   log "ncu rc=$?"
   grep -E "calib_[a-z0-9_]+<|gpu__time_duration.sum|dram__throughput.avg.pct_of_peak_sustained_elapsed|sm__throughput.avg.pct_of_peak_sustained_elapsed|sm__warps_active.avg.pct_of_peak_sustained_active|launch__registers_per_thread |launch__grid_size|smsp__average_warps?_issue_stalled_(long_scoreboard|short_scoreboard|mio_throttle|barrier|lg_throttle|math_pipe_throttle|membar|wait|no_instruction|drain)_per_issue_active" \
@@ -39,16 +39,19 @@ ncu_run() {
   grep -q -E "gpu__time_duration" "$lg" || tail -12 "$lg" | tee -a "$F"
 }
 # Reference/model: 5 launches (init, pass0 + select, split + select, hist + select, finish).
-command -v ncu > /dev/null && ncu_run 0/0 5 20 80
+command -v ncu > /dev/null && ncu_run llama3_8b/0/0 5 18 70
 exe=$(find "$B" -type f -name lori_test_mask_gpu -perm -u+x | head -1)
-for tool in racecheck memcheck; do
-  s=$(date +%s)
-  LORI_MASK_GPU_QUICK=1 timeout "$(tl $([ $tool = racecheck ] && echo 35 || echo 20))" compute-sanitizer --tool $tool --report-api-errors no \
+sanitize() {
+  local tool=$1 s; s=$(date +%s)
+  LORI_MASK_GPU_QUICK=1 timeout "$(tl "$2")" compute-sanitizer --tool "$tool" --report-api-errors no \
     --error-exitcode 9 "$exe" > "$OUT/mask_sanitize_$tool.log" 2>&1
-  rc=$?
+  local rc=$?
   log "compute-sanitizer $tool (LORI_MASK_GPU_QUICK=1): rc=$rc $(( $(date +%s) - s )) s; $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|test cases' "$OUT/mask_sanitize_$tool.log" | tr '\n' ' ')"
   [ $rc -eq 0 ] || grep -E "Error|Race|Invalid|at 0x|by thread|TEST CASE|ERROR" "$OUT/mask_sanitize_$tool.log" | head -15 | tee -a "$F"
-done
-# Exact/matrix: 12 launches (224 groups: separate select kernels; tie passes return at once).
-command -v ncu > /dev/null && ncu_run 1/4 12 15 50
+}
+sanitize racecheck 30
+# Predicted-window mode, reference/model: 7 launches (init, sample, pass0 + window + select, split
+# (returns at once when the group is resolved), hist 1 + select, hist 2 + select, finish).
+command -v ncu > /dev/null && ncu_run llama3_8b_predict/0/0 7 15 70
+sanitize memcheck 20
 log "== done in $(( $(date +%s) - t0 )) s"

@@ -86,9 +86,15 @@ inline constexpr int calib_split_unroll = 8;     // float4 loads in flight per t
 inline constexpr index_t calib_tile_elems = 16384;       // tiles of the full-data passes after the split (overflow mode)
 inline constexpr index_t calib_pass0_tile_elems = 8192;   // pass 0 and the split: one unrolled sweep of a block
 inline constexpr index_t calib_fuse_groups = 4;  // up to this many groups, calib_hist's last block runs the selects
+inline constexpr int calib_sample_block = 1024;   // predicted-window mode: one block per group samples it
+inline constexpr index_t calib_sample_count = 16384;           // samples per predicted group
+inline constexpr index_t calib_predict_min = index_t{1} << 18;  // smaller groups are not predicted
 // Candidates staged in shared memory per split block (32 KB for float, 24 KB for double).
 template <class Key>
 inline constexpr unsigned int calib_stage_entries = sizeof(Key) == 4 ? 2048u : 1024u;
+// ... and per pass-0 block in predicted-window mode (next to its 32 KB histogram: < 48 KB in all).
+template <class Key>
+inline constexpr unsigned int calib_pass0_stage_entries = sizeof(Key) == 4 ? 640u : 384u;
 // Pass 0, the split and calib_hist run calib_select_group in their own blocks.
 static_assert(calib_pass0_block == calib_select_block && calib_split_block == calib_select_block && calib_block == calib_select_block,
               "the fused selections need blocks of calib_select_block threads");
@@ -145,6 +151,13 @@ struct calib_tile {
   index_t row_begin, row_end;
 };
 
+// A group's tensors in order (predicted-window mode: the sample kernel maps a position within the
+// group to its tensor by binary search over `begin`).
+struct calib_group_tensor {
+  index_t tensor;
+  index_t begin;  // elements of the group in the tensors before
+};
+
 template <class Key>
 struct calib_candidate {
   Key key;
@@ -160,6 +173,11 @@ struct calib_group_state {
   unsigned long long ties_kept;
   unsigned long long size;                    // elements in the group (set by the plan)
   unsigned long long done0, done1;            // elements histogrammed so far by pass 0 / the split
+  unsigned long long samples;                 // predicted-window mode: samples of the group (0: no prediction)
+  unsigned long long gt_begin, gt_count;      // the group's entries in the group-tensor table
+  unsigned int lo, hi;                        // predicted window of first-digit bins (calib_sample)
+  unsigned int predicted;                     // 1: pass 0 also writes the words above the window and keeps its entries
+  unsigned int resolved;                      // 1: predicted and the selected bucket is in the window (no split needed)
 };
 
 struct calib_globals {
@@ -168,6 +186,11 @@ struct calib_globals {
   unsigned long long cand_count;    // candidates written
   unsigned long long ties_live;     // groups whose tie selection is still running
   unsigned long long hist_done;     // blocks of the running calib_hist done (reset by its last block)
+  unsigned long long split_groups;  // groups the split must process (not resolved by pass 0)
+  unsigned long long cand_needed_unres;  // cand_needed of those groups
+  unsigned long long overflow0;     // predicted-window mode: pass 0's candidates exceeded the capacity (nothing resolved)
+  unsigned long long c0;            // predicted-window mode: candidates written by pass 0 (0 after an overflow)
+  unsigned long long pass0_done;    // predicted-window mode: pass 0 blocks done (the last sets c0)
 };
 
 template <class T>
@@ -189,6 +212,11 @@ struct calib_params {
   int pos_bits;
   int exact;
   int fuse_select;  // calib_hist's last block runs the selection of every group (few groups)
+  int predict;      // predicted-window mode (calib_sample ran; pass 0 writes the words of predicted groups)
+  index_t num_tensors;
+  const calib_group_tensor* gtab;
+  unsigned long long* kept1;  // per tensor: bits set by pass 0's window words (counted when the group is resolved)
+  double window_frac;         // a group is predicted when its window holds at most this fraction of its samples
 };
 
 // Programmatic dependent launch (sm_90): every kernel after the first waits here for the kernel
@@ -219,8 +247,23 @@ __device__ __forceinline__ S calib_ldcg(const S* p) {
   return s;
 }
 
+// Whether pass 0 resolved group gs (predicted-window mode; never after a candidate overflow there).
+template <class Key>
+__device__ __forceinline__ bool calib_resolved(const calib_globals* g, const calib_group_state<Key>* gs) {
+  return __ldcg(&gs->resolved) != 0 && __ldcg(&g->overflow0) == 0;
+}
+
+// Candidates of the list before this index were written by pass 0 (predicted-window mode); those of
+// groups not resolved are stale (their group's bucket is outside the window) and are skipped.
+__device__ __forceinline__ index_t calib_c0(const calib_globals* g) {
+  return __ldcg(&g->overflow0) != 0 ? 0 : static_cast<index_t>(__ldcg(&g->c0));
+}
+
+// Compact mode: the candidates pass 0 wrote plus the buckets of the groups the split processes fit.
 __device__ __forceinline__ bool calib_compact(const calib_globals* g, index_t capacity) {
-  return static_cast<index_t>(__ldcg(&g->cand_needed)) <= capacity;
+  const bool ov = __ldcg(&g->overflow0) != 0;
+  const auto need = static_cast<index_t>(ov ? __ldcg(&g->cand_needed) : __ldcg(&g->cand_needed_unres));
+  return calib_c0(g) + need <= capacity;
 }
 
 // Element e (< rows_in_tile * cols) of a tile: row and column.
@@ -272,7 +315,8 @@ __global__ void __launch_bounds__(calib_block) calib_init(calib_group_state<Key>
 }
 
 // Narrows a group's state to bin `bin` of digit `pass`, which holds cnt keys, with acc keys in the
-// bins above it (one thread).
+// bins above it (one thread). After pass 0, a predicted group whose bucket lies in its window
+// [lo, hi] is resolved: pass 0 has written its words and candidates, the split skips it.
 template <class Key, int Mode>
 __device__ __forceinline__ void calib_select_apply(calib_group_state<Key>* gs, calib_globals* globals, const radix_select_state<Key>& vst,
                                                    const radix_select_state<std::uint64_t>& tst, int bin, index_t acc, index_t cnt,
@@ -283,7 +327,15 @@ __device__ __forceinline__ void calib_select_apply(calib_group_state<Key>* gs, c
     st.remaining -= acc;
     st.prefix |= static_cast<Key>(static_cast<Key>(bin) << calib_shift<0>(st.key_bits, st.pass));
     ++st.pass;
-    if (pass == 0) atomicAdd(&globals->cand_needed, static_cast<unsigned long long>(cnt));
+    if (pass == 0) {
+      const bool resolved = __ldcg(&gs->predicted) != 0 && static_cast<unsigned int>(bin) >= __ldcg(&gs->lo) &&
+                            static_cast<unsigned int>(bin) <= __ldcg(&gs->hi);
+      atomicAdd(&globals->cand_needed, static_cast<unsigned long long>(cnt));
+      if (resolved)
+        gs->resolved = 1u;
+      else
+        atomicAdd(&globals->cand_needed_unres, static_cast<unsigned long long>(cnt));
+    }
     gs->value = st;
     if (st.finished() && exact) {
       // cnt keys equal tau; excluded entries are among them iff tau == 0 (they rank below all).
@@ -373,13 +425,14 @@ __device__ __noinline__ void calib_select_group(calib_group_state<Key>* gs, unsi
       calib_select_apply<Key, Mode>(gs, globals, vst, tst, bin, static_cast<index_t>(a + incl - c), static_cast<index_t>(c), excluded,
                                     pass, exact);
   }
-  __syncthreads();  // warp 0 has read the selected thread's bins
+  __syncthreads();  // warp 0 has read the selected thread's bins (and written the state)
   // Each thread clears its own bins: bins >= radix_bins serve pass 0 only (zeroed by calib_init),
   // the others are reused by the next pass.
   for (int b = 0; b < per; ++b) {
     const int idx = rt * per + b;
     if (idx < bins && idx < radix_bins) h[idx] = 0;
   }
+  if (Mode == 0 && pass == 0 && threadIdx.x == 0 && __ldcg(&gs->resolved) == 0) atomicAdd(&globals->split_groups, 1ull);
 }
 
 // One block per group: calib_select_group. Mode 1 returns at once when no tie selection runs (no
@@ -425,13 +478,391 @@ __device__ void calib_group_done(const calib_params<T>& p, unsigned int* sh, int
   }
 }
 
+// The bits of mask word w of row r: def = the entries above chi (certainly kept), cand = those in
+// [clo, chi] (candidates), excluded entries in neither.
+template <class T>
+__device__ __forceinline__ void calib_word_bits(const calib_tensor_desc<T>& td, index_t r, index_t w, magnitude_key_t<T> clo,
+                                                magnitude_key_t<T> chi, std::uint64_t& def, std::uint64_t& cand) {
+  using Key = magnitude_key_t<T>;
+  const index_t j0 = w * 64;
+  const int n = static_cast<int>(td.cols - j0 < 64 ? td.cols - j0 : 64);
+  const T* p = td.data + r * td.ld + j0;
+  def = 0;
+  cand = 0;
+  int b = 0;
+  if constexpr (sizeof(T) == 4) {
+    if ((reinterpret_cast<std::uintptr_t>(p) & 15) == 0) {
+      for (; b + 4 <= n; b += 4) {
+        const float4 v = *reinterpret_cast<const float4*>(p + b);
+        const Key k[4] = {magnitude_bits(v.x), magnitude_bits(v.y), magnitude_bits(v.z), magnitude_bits(v.w)};
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          def |= static_cast<std::uint64_t>(k[i] > chi) << (b + i);
+          cand |= static_cast<std::uint64_t>(k[i] >= clo && k[i] <= chi) << (b + i);
+        }
+      }
+    }
+  }
+  for (; b < n; ++b) {
+    const Key key = magnitude_bits(p[b]);
+    def |= static_cast<std::uint64_t>(key > chi) << b;
+    cand |= static_cast<std::uint64_t>(key >= clo && key <= chi) << b;
+  }
+  if (td.excl != nullptr) {
+    const std::uint64_t e = td.excl[r * td.wpr + w];
+    def &= ~e;
+    cand &= ~e;
+  }
+}
+
+// Candidate staging in shared memory: the staged candidates (written to the global list in large
+// batches, one global atomic per batch) and the per-warp candidate totals of a round (two rows,
+// alternating: one barrier per round suffices).
+template <class Key, unsigned int S>
+struct calib_stage_shared {
+  calib_candidate<Key> stage[S];
+  unsigned int wtot[2][calib_split_block / 32];
+  unsigned long long base;
+};
+
+// A block's staging bookkeeping: block-uniform registers (identical in every thread).
+struct calib_stager {
+  unsigned int used = 0;    // entries staged
+  unsigned int parity = 0;  // wtot row of the next round
+};
+
+// Reserves n slots of the global candidate list (thread 0; the caller broadcasts through sm.base):
+// the first slot, and how many of the n fit in the capacity. Slots beyond the capacity are not
+// written; the overflow is recorded (it cannot happen in the split: compact mode guarantees room).
+template <class T>
+__device__ __forceinline__ unsigned long long calib_reserve_global(const calib_params<T>& p, unsigned int n) {
+  const unsigned long long base = atomicAdd(&p.globals->cand_count, static_cast<unsigned long long>(n));
+  if (base + n > static_cast<unsigned long long>(p.capacity)) atomicExch(&p.globals->overflow0, 1ull);
+  return base;
+}
+template <class T>
+__device__ __forceinline__ unsigned int calib_room(const calib_params<T>& p, unsigned long long base, unsigned int n) {
+  const auto cap = static_cast<unsigned long long>(p.capacity);
+  return base >= cap ? 0u : static_cast<unsigned int>(cap - base < n ? cap - base : n);
+}
+
+// Copies the staged candidates to the global list. Every thread calls it (block-uniform).
+template <class T, unsigned int S>
+__device__ __forceinline__ void calib_stage_flush(const calib_params<T>& p, calib_stage_shared<magnitude_key_t<T>, S>& sm, calib_stager& st) {
+  if (st.used == 0) return;
+  __syncthreads();  // every staged entry written
+  if (threadIdx.x == 0) sm.base = calib_reserve_global(p, st.used);
+  __syncthreads();
+  const unsigned long long base = sm.base;
+  const unsigned int room = calib_room(p, base, st.used);
+  for (unsigned int i = threadIdx.x; i < room; i += blockDim.x) p.cands[base + i] = sm.stage[i];
+  __syncthreads();  // the staging area is free again; sm.base read by every thread
+  st.used = 0;
+}
+
+// One round of candidate slots: every thread of the block calls it (block-uniform) with its count
+// cnt; the thread then writes its candidates to dst[slot], dst[slot + 1], ... while below `limit`
+// (the staging area, or, for a round of more candidates than the staging holds, the global list
+// directly). One block barrier per round (the warp totals); the staging is flushed first when the
+// round does not fit.
+template <class T, unsigned int S>
+__device__ __forceinline__ calib_candidate<magnitude_key_t<T>>* calib_stage_reserve(const calib_params<T>& p,
+                                                                                    calib_stage_shared<magnitude_key_t<T>, S>& sm,
+                                                                                    calib_stager& st, unsigned int cnt,
+                                                                                    unsigned int& slot, unsigned int& limit) {
+  constexpr int warps = calib_split_block / 32;
+  const int lane = static_cast<int>(threadIdx.x & 31u), warp = static_cast<int>(threadIdx.x >> 5);
+  unsigned int incl = cnt;  // inclusive scan over the warp
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const unsigned int v = __shfl_up_sync(0xffffffffu, incl, o);
+    if (lane >= o) incl += v;
+  }
+  if (lane == 31) sm.wtot[st.parity][warp] = incl;
+  // A warp writes this row again two rounds later, after the next round's barrier, which every
+  // thread reaches only after reading the row below.
+  __syncthreads();
+  unsigned int before = 0, total = 0;
+#pragma unroll
+  for (int w = 0; w < warps; ++w) {
+    const unsigned int v = sm.wtot[st.parity][w];
+    before += w < warp ? v : 0u;
+    total += v;
+  }
+  st.parity ^= 1u;
+  slot = before + incl - cnt;
+  limit = S;
+  if (total == 0) return sm.stage;
+  if (st.used + total > S) calib_stage_flush(p, sm, st);
+  if (total > S) {
+    if (threadIdx.x == 0) sm.base = calib_reserve_global(p, total);
+    __syncthreads();  // sm.base is written again only after a later barrier
+    const unsigned long long base = sm.base;
+    limit = calib_room(p, base, total);
+    return p.cands + base;
+  }
+  slot += st.used;
+  st.used += total;
+  return sm.stage;
+}
+
+// Split (and pass 0's window work) on a tile of a `fast` tensor (see calib_tensor_desc): thread v
+// reads float4 v of a sweep (elements 4v..4v+3, coalesced), calib_split_unroll float4 in flight per
+// thread (a whole 8192-element tile) before any use; entries above chi are certainly kept,
+// entries in [clo, chi] are candidates. The W = min(cols, 64) elements of a mask word are held by
+// L = W / 4 consecutive lanes (a power of two dividing 32), whose bits are OR-reduced with
+// shuffles; the first lane of each group writes the word. One staging round per sweep. Pass0: also
+// the first-digit histogram h0 of every element and the first NaN/Inf (`first` = flat position of
+// the tile's element 0); otherwise the candidates' next digit goes to chist.
+template <class T, bool Pass0, unsigned int S>
+__device__ __forceinline__ void calib_tile_fast(const calib_params<T>& p, const calib_tile& tile, const calib_tensor_desc<T>& td,
+                                                magnitude_key_t<T> clo, magnitude_key_t<T> chi, bool live, bool compact,
+                                                calib_stage_shared<magnitude_key_t<T>, S>& sm, calib_stager& st, unsigned int* chist,
+                                                unsigned int* h0, index_t first, unsigned long long& bad, unsigned long long& kept) {
+  using Key = magnitude_key_t<T>;
+  constexpr int bits = magnitude_key<T>::bits;
+  constexpr int U = calib_split_unroll;
+  constexpr index_t B = calib_split_block;
+  constexpr int shift0 = calib_vshift(bits, 0), shift1 = calib_vshift(bits, 1);
+  constexpr auto dmask = static_cast<Key>(calib_digit_mask<0>(bits, 1));
+  const int W = static_cast<int>(td.cols < 64 ? td.cols : 64);
+  const int L = W / 4;
+  const int lshift = __ffs(L) - 1;  // L is a power of two
+  const index_t n4 = (tile.row_end - tile.row_begin) * td.cols / 4;
+  const auto* base4 = reinterpret_cast<const float4*>(td.data + tile.row_begin * td.cols);
+  const index_t word0 = tile.row_begin * td.wpr;
+  const int lane = static_cast<int>(threadIdx.x & 31u);
+  for (index_t v0 = 0; v0 < n4; v0 += U * B) {
+    float4 x[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const index_t v = v0 + u * B + threadIdx.x;
+      x[u] = (v < n4 && live) ? __ldg(base4 + v) : make_float4(0.f, 0.f, 0.f, 0.f);
+    }
+    // Candidate flags first (bit 4u + b), so that only x lives across the staging round's barrier.
+    unsigned int cbits = 0;
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const index_t v = v0 + u * B + threadIdx.x;
+      if (v < n4 && live) {
+        const Key k[4] = {magnitude_bits(x[u].x), magnitude_bits(x[u].y), magnitude_bits(x[u].z), magnitude_bits(x[u].w)};
+        unsigned int cand4 = 0;
+#pragma unroll
+        for (int b = 0; b < 4; ++b) {
+          cand4 |= static_cast<unsigned int>(k[b] >= clo && k[b] <= chi) << b;
+          if constexpr (Pass0) {
+            if (k[b] >= magnitude_key<T>::infinity) bad = min(bad, static_cast<unsigned long long>(first + 4 * v + b));
+            atomicAdd(&h0[k[b] >> shift0], 1u);
+          }
+        }
+        if (td.excl != nullptr && cand4 != 0)
+          cand4 &= ~static_cast<unsigned int>((td.excl[word0 + (v >> lshift)] >> ((4 * v) & (W - 1))) & 0xfu);
+        cbits |= cand4 << (4 * u);
+      }
+    }
+    unsigned int slot = 0, limit = 0;
+    calib_candidate<Key>* dst = compact ? calib_stage_reserve(p, sm, st, static_cast<unsigned int>(__popc(cbits)), slot, limit) : nullptr;
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const index_t v = v0 + u * B + threadIdx.x;
+      const bool in = v < n4;
+      const index_t word = word0 + (v >> lshift);
+      const int bitpos = static_cast<int>((4 * v) & (W - 1));
+      const Key k[4] = {magnitude_bits(x[u].x), magnitude_bits(x[u].y), magnitude_bits(x[u].z), magnitude_bits(x[u].w)};
+      if (compact) {  // block-uniform: the mask word of the entries certainly kept
+        unsigned int def4 = 0;
+        if (in && live) {
+#pragma unroll
+          for (int b = 0; b < 4; ++b) def4 |= static_cast<unsigned int>(k[b] > chi) << b;
+          if (td.excl != nullptr) def4 &= ~static_cast<unsigned int>((td.excl[word] >> bitpos) & 0xfu);
+        }
+        std::uint64_t w;
+        if (W <= 32) {  // warp-uniform
+          unsigned int w32 = def4 << bitpos;
+          for (int o = L / 2; o >= 1; o >>= 1) w32 |= __shfl_xor_sync(0xffffffffu, w32, o);
+          w = w32;
+        } else {
+          w = static_cast<std::uint64_t>(def4) << bitpos;
+          for (int o = L / 2; o >= 1; o >>= 1) w |= __shfl_xor_sync(0xffffffffu, w, o);
+        }
+        if (in && (lane & (L - 1)) == 0) {
+          td.out[word] = w;
+          kept += static_cast<unsigned int>(__popcll(w));
+        }
+      }
+      const unsigned int c4 = (cbits >> (4 * u)) & 0xfu;
+      if (c4 == 0) continue;
+#pragma unroll
+      for (int b = 0; b < 4; ++b) {
+        if (((c4 >> b) & 1u) == 0) continue;
+        if (chist != nullptr) atomicAdd(&chist[(k[b] >> shift1) & dmask], 1u);
+        if (dst != nullptr && slot < limit)
+          dst[slot] = calib_candidate<Key>{k[b], static_cast<std::uint32_t>(tile.tensor), static_cast<std::uint64_t>(word * 64 + bitpos + b)};
+        ++slot;
+      }
+    }
+  }
+}
+
+// The same on a tile of any other tensor: one thread per mask word (rounds of blockDim.x words).
+template <class T, unsigned int S>
+__device__ __forceinline__ void calib_tile_words(const calib_params<T>& p, const calib_tile& tile, const calib_tensor_desc<T>& td,
+                                                 magnitude_key_t<T> clo, magnitude_key_t<T> chi, bool live, bool compact,
+                                                 calib_stage_shared<magnitude_key_t<T>, S>& sm, calib_stager& st, unsigned int* chist,
+                                                 unsigned long long& kept) {
+  using Key = magnitude_key_t<T>;
+  constexpr int bits = magnitude_key<T>::bits;
+  constexpr int shift1 = calib_vshift(bits, 1);
+  constexpr auto dmask = static_cast<Key>(calib_digit_mask<0>(bits, 1));
+  const index_t nw = (tile.row_end - tile.row_begin) * td.wpr;
+  for (index_t q0 = 0; q0 < nw; q0 += blockDim.x) {
+    const index_t q = q0 + threadIdx.x;
+    std::uint64_t def = 0, cand = 0;
+    index_t r = 0, w = 0;
+    if (q < nw) {
+      r = tile.row_begin + q / td.wpr;
+      w = q % td.wpr;
+      if (live) calib_word_bits<T>(td, r, w, clo, chi, def, cand);
+      if (compact) {
+        td.out[r * td.wpr + w] = def;
+        kept += static_cast<unsigned long long>(__popcll(def));
+      }
+    }
+    unsigned int slot = 0, limit = 0;
+    calib_candidate<Key>* dst = compact ? calib_stage_reserve(p, sm, st, static_cast<unsigned int>(__popcll(cand)), slot, limit) : nullptr;
+    std::uint64_t cb = cand;
+    while (cb != 0) {
+      const int b = __ffsll(static_cast<long long>(cb)) - 1;
+      cb &= cb - 1;
+      const Key key = magnitude_bits(td.data[r * td.ld + w * 64 + b]);
+      if (chist != nullptr) atomicAdd(&chist[(key >> shift1) & dmask], 1u);
+      if (dst != nullptr && slot < limit)
+        dst[slot] = calib_candidate<Key>{key, static_cast<std::uint32_t>(tile.tensor), static_cast<std::uint64_t>((r * td.wpr + w) * 64 + b)};
+      ++slot;
+    }
+  }
+}
+
+// Adds a warp's kept count to a tensor's (all 32 lanes call).
+__device__ __forceinline__ void calib_add_kept(unsigned long long* dst, unsigned long long kept) {
+  for (int o = 16; o >= 1; o >>= 1) kept += __shfl_xor_sync(0xffffffffu, kept, o);
+  if ((threadIdx.x & 31u) == 0 && kept != 0) atomicAdd(dst, kept);
+}
+
+// Position (within its group of n elements, flat order) of sample i of s: the middle of the i-th
+// of s equal parts (calib_sample; tests construct data against it).
+LORI_HOST_DEVICE inline index_t calib_sample_position(index_t i, index_t n, index_t s) {
+  const double q = (static_cast<double>(i) + 0.5) * static_cast<double>(n) / static_cast<double>(s);
+  const auto r = static_cast<index_t>(q);
+  return r < n ? r : n - 1;
+}
+
+// Predicted-window mode, before pass 0: one block per group with samples (gs->samples > 0, i.e. a
+// large group with k > 0) reads its samples (evenly spaced flat positions; excluded entries count
+// as key 0), histograms their first digit and brackets the sample rank of the k-th largest key,
+// r = k s / n, by r -+ (4 sqrt(r) + 8): the bins holding those two ranks are the window [lo, hi].
+// The group is predicted when lo > 0 (excluded entries and zeros stay below the window) and the
+// window holds at most window_frac of the samples (its candidates then fit the capacity with a
+// margin). Whether the window really holds the bucket is checked exactly after pass 0.
+template <class T>
+__global__ void __launch_bounds__(calib_sample_block) calib_sample(calib_params<T> p) {
+  using Key = magnitude_key_t<T>;
+  constexpr int bits = magnitude_key<T>::bits;
+  constexpr int shift = calib_vshift(bits, 0);
+  constexpr int per = calib_max_bins / calib_sample_block;  // 8 bins per thread
+  constexpr int U = 8;                                      // samples in flight per thread
+  using scan_t = cub::BlockScan<unsigned int, calib_sample_block>;
+  __shared__ unsigned int sh[calib_max_bins];
+  __shared__ typename scan_t::TempStorage tmp;
+  __shared__ unsigned int res[4];  // hi bin, lo bin, samples above bin hi, samples in bin lo and above
+  calib_wait_prior();
+  calib_allow_next();
+  calib_group_state<Key>* gs = p.groups + blockIdx.x;
+  const auto s = static_cast<index_t>(gs->samples);
+  if (s == 0) return;  // uniform
+  const auto n = static_cast<index_t>(gs->size);
+  const index_t k = gs->value.k;
+  const calib_group_tensor* gt = p.gtab + gs->gt_begin;
+  const auto gn = static_cast<index_t>(gs->gt_count);
+  for (int b = threadIdx.x; b < calib_max_bins; b += blockDim.x) sh[b] = 0;
+  __syncthreads();
+  for (index_t i0 = threadIdx.x; i0 < s; i0 += U * static_cast<index_t>(calib_sample_block)) {
+    const T* addr[U];
+    bool ex[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const index_t i = i0 + u * static_cast<index_t>(calib_sample_block);
+      addr[u] = nullptr;
+      ex[u] = false;
+      if (i < s) {
+        const index_t q = calib_sample_position(i, n, s);
+        index_t a = 0, z = gn - 1;  // the last tensor of the group beginning at or before q
+        while (a < z) {
+          const index_t mid = (a + z + 1) / 2;
+          if (gt[mid].begin <= q) a = mid;
+          else z = mid - 1;
+        }
+        const calib_tensor_desc<T>& td = p.tensors[gt[a].tensor];
+        const index_t e = q - gt[a].begin;
+        const index_t r = e / td.cols, c = e % td.cols;
+        addr[u] = td.data + r * td.ld + c;
+        ex[u] = calib_excluded(td.excl, td.wpr, r, c);
+      }
+    }
+    T v[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) v[u] = addr[u] != nullptr ? __ldg(addr[u]) : T(0);
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+      if (addr[u] != nullptr) atomicAdd(&sh[(ex[u] ? Key{0} : magnitude_bits(v[u])) >> shift], 1u);
+  }
+  __syncthreads();
+  // Thread t owns bins 8191 - 8t - j, j = 0..7 (thread 0 the top ones); ranks count from the top.
+  unsigned int sum = 0;
+#pragma unroll
+  for (int j = 0; j < per; ++j) sum += sh[calib_max_bins - 1 - per * static_cast<int>(threadIdx.x) - j];
+  unsigned int above = 0;
+  scan_t(tmp).ExclusiveSum(sum, above);
+  auto r = static_cast<index_t>(static_cast<double>(k) * static_cast<double>(s) / static_cast<double>(n) + 0.5);
+  r = r < 1 ? 1 : (r > s ? s : r);
+  const auto m = static_cast<index_t>(4.0 * sqrt(static_cast<double>(r))) + 8;
+  const auto rhi = static_cast<unsigned int>(r - m < 1 ? 1 : r - m), rlo = static_cast<unsigned int>(r + m > s ? s : r + m);
+  unsigned int acc = above;
+#pragma unroll
+  for (int j = 0; j < per; ++j) {
+    const int bin = calib_max_bins - 1 - per * static_cast<int>(threadIdx.x) - j;
+    const unsigned int c = sh[bin];
+    if (acc < rhi && acc + c >= rhi) {  // exactly one (thread, bin): the ranks 1..s are all held
+      res[0] = static_cast<unsigned int>(bin);
+      res[2] = acc;
+    }
+    if (acc < rlo && acc + c >= rlo) {
+      res[1] = static_cast<unsigned int>(bin);
+      res[3] = acc + c;
+    }
+    acc += c;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    const unsigned int hi = res[0], lo = res[1];
+    gs->hi = hi;
+    gs->lo = lo;
+    gs->predicted = lo > 0 && static_cast<double>(res[3] - res[2]) <= p.window_frac * static_cast<double>(s) ? 1u : 0u;
+  }
+}
+
 // Pass 0, the first full read: histogram of the first value digit of every element (excluded
 // entries count as key 0), per group; NaN/Inf detection (smallest flat position); excluded counts.
 // Persistent blocks take contiguous ranges of tiles (so a block flushes its shared histogram only
 // when the group changes; the split runs the same ranges backwards, so it reads first what pass 0
 // read last, still in L2). The block that completes a group's histogram selects its first digit
 // (calib_group_done).
-template <class T>
+// Window (predicted-window mode, after calib_sample): for a predicted group, the same read also
+// does the split's work for its window of first-digit bins [lo, hi]: words with the entries above
+// hi, candidates in the window (staged; an overflow of the capacity is recorded). If the selected
+// bucket lies in the window the group is resolved and the split skips it. The last block to finish
+// records how many candidates pass 0 wrote (c0; 0 and the list emptied after an overflow).
+template <class T, bool Window>
 __global__ void __launch_bounds__(calib_pass0_block, 3) calib_pass0(calib_params<T> p) {
   using Key = magnitude_key_t<T>;
   constexpr int bits = magnitude_key<T>::bits;
@@ -439,14 +870,19 @@ __global__ void __launch_bounds__(calib_pass0_block, 3) calib_pass0(calib_params
   constexpr int bins = 1 << (bits - shift);
   static_assert(bins == calib_max_bins, "calib_pass0: first digit width");
   __shared__ unsigned int sh[bins];
-  // No calib_wait_prior here: the tiles are histogrammed in shared memory while calib_init still
-  // runs; calib_group_done waits before the first global update (NaN/Inf and excluded counts are
-  // kept per thread until then).
+  __shared__ calib_stage_shared<Key, Window ? calib_pass0_stage_entries<Key> : 1u> sm;
+  __shared__ int last;
+  // Without Window, no calib_wait_prior here: the tiles are histogrammed in shared memory while
+  // calib_init still runs; calib_group_done waits before the first global update (NaN/Inf and
+  // excluded counts are kept per thread until then). Window reads calib_sample's windows first.
+  if (Window) calib_wait_prior();
   calib_allow_next();
   for (int b = threadIdx.x; b < bins; b += blockDim.x) sh[b] = 0;
   __syncthreads();
   unsigned long long bad = ~0ull, excl = 0;  // per thread: first NaN/Inf position, excluded entries of group cur
-  index_t cur = -1, acc = 0;  // uniform over the block
+  unsigned long long kept1 = 0;              // Window: bits set in the current tensor's words
+  calib_stager st;
+  index_t cur = -1, acc = 0, cur_tensor = -1;  // uniform over the block
   const index_t t_end = (static_cast<index_t>(blockIdx.x) + 1) * p.num_tiles0 / gridDim.x;
   for (index_t t = static_cast<index_t>(blockIdx.x) * p.num_tiles0 / gridDim.x; t < t_end; ++t) {
     const calib_tile tile = p.tiles0[t];
@@ -461,8 +897,27 @@ __global__ void __launch_bounds__(calib_pass0_block, 3) calib_pass0(calib_params
     acc += ne;
     const index_t first = td.elem_offset + tile.row_begin * td.cols;  // flat position of the tile's element 0
     bool done = false;
+    if constexpr (Window) {
+      if (tile.tensor != cur_tensor) {
+        if (cur_tensor >= 0) calib_add_kept(p.kept1 + cur_tensor, kept1);
+        kept1 = 0;
+        cur_tensor = tile.tensor;
+      }
+      const calib_group_state<Key>* gs = p.groups + td.group;
+      if (gs->predicted != 0) {  // uniform
+        const auto clo = static_cast<Key>(static_cast<Key>(gs->lo) << shift);
+        const auto chi = static_cast<Key>((static_cast<Key>(gs->hi) << shift) | ((Key{1} << shift) - 1));
+        if constexpr (sizeof(T) == 4) {
+          if (td.fast && td.excl == nullptr) {
+            calib_tile_fast<T, true>(p, tile, td, clo, chi, true, true, sm, st, nullptr, sh, first, bad, kept1);
+            done = true;
+          }
+        }
+        if (!done) calib_tile_words<T>(p, tile, td, clo, chi, true, true, sm, st, nullptr, kept1);  // the histogram below
+      }
+    }
     if constexpr (sizeof(T) == 4) {
-      if (td.fast && td.excl == nullptr) {  // packed rows, cols % 4 == 0, 16-byte aligned
+      if (!done && td.fast && td.excl == nullptr) {  // packed rows, cols % 4 == 0, 16-byte aligned
         const auto* base4 = reinterpret_cast<const float4*>(td.data + tile.row_begin * td.cols);
         const index_t n4 = ne / 4;
         constexpr int U = calib_pass0_unroll;
@@ -503,258 +958,23 @@ __global__ void __launch_bounds__(calib_pass0_block, 3) calib_pass0(calib_params
       }
     }
   }
+  if (Window && cur_tensor >= 0) calib_add_kept(p.kept1 + cur_tensor, kept1);
   if (cur >= 0) calib_group_done(p, sh, bins, cur, acc, 0, excl);
   calib_wait_prior();  // (already done by calib_group_done; every block waits before it ends)
   if (bad != ~0ull) atomicMin(&p.globals->bad_position, bad);
-}
-
-template <class T>
-__device__ __forceinline__ void calib_word_bits(const calib_tensor_desc<T>& td, index_t r, index_t w, magnitude_key_t<T> above,
-                                                magnitude_key_t<T> pm, magnitude_key_t<T> prefix, std::uint64_t& def,
-                                                std::uint64_t& cand) {
-  using Key = magnitude_key_t<T>;
-  const index_t j0 = w * 64;
-  const int n = static_cast<int>(td.cols - j0 < 64 ? td.cols - j0 : 64);
-  const T* p = td.data + r * td.ld + j0;
-  def = 0;
-  cand = 0;
-  int b = 0;
-  if constexpr (sizeof(T) == 4) {
-    if ((reinterpret_cast<std::uintptr_t>(p) & 15) == 0) {
-      for (; b + 4 <= n; b += 4) {
-        const float4 v = *reinterpret_cast<const float4*>(p + b);
-        const Key k0 = magnitude_bits(v.x), k1 = magnitude_bits(v.y), k2 = magnitude_bits(v.z), k3 = magnitude_bits(v.w);
-        def |= (static_cast<std::uint64_t>(k0 > above) | static_cast<std::uint64_t>(k1 > above) << 1 |
-                static_cast<std::uint64_t>(k2 > above) << 2 | static_cast<std::uint64_t>(k3 > above) << 3)
-               << b;
-        cand |= (static_cast<std::uint64_t>((k0 & pm) == prefix) | static_cast<std::uint64_t>((k1 & pm) == prefix) << 1 |
-                 static_cast<std::uint64_t>((k2 & pm) == prefix) << 2 | static_cast<std::uint64_t>((k3 & pm) == prefix) << 3)
-                << b;
-      }
+  if constexpr (Window) {
+    calib_stage_flush(p, sm, st);
+    __threadfence();  // this block's candidates (and overflow flag) before its count
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(&p.globals->pass0_done, 1ull) + 1 == gridDim.x ? 1 : 0;
+    __syncthreads();
+    if (last && threadIdx.x == 0) {
+      __threadfence();
+      const bool ov = __ldcg(&p.globals->overflow0) != 0;
+      p.globals->c0 = ov ? 0ull : __ldcg(&p.globals->cand_count);
+      if (ov) p.globals->cand_count = 0;  // the split starts the list again (every group unresolved)
     }
   }
-  for (; b < n; ++b) {
-    const Key key = magnitude_bits(p[b]);
-    def |= static_cast<std::uint64_t>(key > above) << b;
-    cand |= static_cast<std::uint64_t>((key & pm) == prefix) << b;
-  }
-  if (td.excl != nullptr) {
-    const std::uint64_t e = td.excl[r * td.wpr + w];
-    def &= ~e;
-    cand &= ~e;
-  }
-}
-
-// The split's shared memory: a staging area for candidates (written to the global list in large
-// batches, one global atomic per batch), the digit-1 histogram of the block's current group, and the
-// per-warp candidate totals of a round (two rows, alternating: one barrier per round suffices).
-template <class Key>
-struct calib_split_shared {
-  calib_candidate<Key> stage[calib_stage_entries<Key>];
-  unsigned int hist[radix_bins];
-  unsigned int wtot[2][calib_split_block / 32];
-  unsigned long long base;
-};
-
-// A split block's staging bookkeeping: block-uniform registers (identical in every thread).
-struct calib_stager {
-  unsigned int used = 0;    // entries staged
-  unsigned int parity = 0;  // wtot row of the next round
-};
-
-// Copies the staged candidates to the global list (one atomic reserves their slots). Every thread
-// calls it (block-uniform).
-template <class T>
-__device__ __forceinline__ void calib_stage_flush(const calib_params<T>& p, calib_split_shared<magnitude_key_t<T>>& sm, calib_stager& st) {
-  if (st.used == 0) return;
-  __syncthreads();  // every staged entry written
-  if (threadIdx.x == 0) sm.base = atomicAdd(&p.globals->cand_count, static_cast<unsigned long long>(st.used));
-  __syncthreads();
-  const unsigned long long base = sm.base;
-  for (unsigned int i = threadIdx.x; i < st.used; i += blockDim.x) p.cands[base + i] = sm.stage[i];
-  __syncthreads();  // the staging area is free again; sm.base read by every thread
-  st.used = 0;
-}
-
-// One round of candidate slots: every thread of the block calls it (block-uniform) with its count
-// cnt; the thread then writes its candidates to dst[slot], dst[slot + 1], ... (the staging area, or,
-// for a round of more candidates than the staging holds, the global list directly). One block
-// barrier per round (the warp totals); the staging is flushed first when the round does not fit.
-// Compact mode only: the candidates' total is <= cand_needed <= capacity.
-template <class T>
-__device__ __forceinline__ calib_candidate<magnitude_key_t<T>>* calib_stage_reserve(const calib_params<T>& p,
-                                                                                    calib_split_shared<magnitude_key_t<T>>& sm,
-                                                                                    calib_stager& st, unsigned int cnt,
-                                                                                    unsigned int& slot) {
-  using Key = magnitude_key_t<T>;
-  constexpr unsigned int S = calib_stage_entries<Key>;
-  constexpr int warps = calib_split_block / 32;
-  const int lane = static_cast<int>(threadIdx.x & 31u), warp = static_cast<int>(threadIdx.x >> 5);
-  unsigned int incl = cnt;  // inclusive scan over the warp
-#pragma unroll
-  for (int o = 1; o < 32; o <<= 1) {
-    const unsigned int v = __shfl_up_sync(0xffffffffu, incl, o);
-    if (lane >= o) incl += v;
-  }
-  if (lane == 31) sm.wtot[st.parity][warp] = incl;
-  // A warp writes this row again two rounds later, after the next round's barrier, which every
-  // thread reaches only after reading the row below.
-  __syncthreads();
-  unsigned int before = 0, total = 0;
-#pragma unroll
-  for (int w = 0; w < warps; ++w) {
-    const unsigned int v = sm.wtot[st.parity][w];
-    before += w < warp ? v : 0u;
-    total += v;
-  }
-  st.parity ^= 1u;
-  slot = before + incl - cnt;
-  if (total == 0) return sm.stage;
-  if (st.used + total > S) calib_stage_flush(p, sm, st);
-  if (total > S) {
-    if (threadIdx.x == 0) sm.base = atomicAdd(&p.globals->cand_count, static_cast<unsigned long long>(total));
-    __syncthreads();  // sm.base is written again only after a later barrier
-    return p.cands + sm.base;
-  }
-  slot += st.used;
-  st.used += total;
-  return sm.stage;
-}
-
-// Split of a tile of a `fast` tensor (see calib_tensor_desc): thread v reads float4 v of a sweep
-// (elements 4v..4v+3, coalesced), calib_split_unroll float4 in flight per thread (a whole 8192-
-// element tile) before any use; the W = min(cols, 64) elements of a mask word are held by
-// L = W / 4 consecutive lanes (a power of two dividing 32), whose bits are OR-reduced with
-// shuffles; the first lane of each group writes the word. One staging round per sweep.
-template <class T>
-__device__ __forceinline__ void calib_split_tile_fast(const calib_params<T>& p, const calib_tile& tile, const calib_tensor_desc<T>& td,
-                                                      magnitude_key_t<T> prefix, bool live, bool compact,
-                                                      calib_split_shared<magnitude_key_t<T>>& sm, calib_stager& st,
-                                                      unsigned long long& kept) {
-  using Key = magnitude_key_t<T>;
-  constexpr int bits = magnitude_key<T>::bits;
-  constexpr int U = calib_split_unroll;
-  constexpr index_t B = calib_split_block;
-  constexpr int shift0 = calib_vshift(bits, 0), shift1 = calib_vshift(bits, 1);
-  constexpr auto pm = static_cast<Key>(calib_prefix_mask<0>(bits, 1));
-  constexpr auto dmask = static_cast<Key>(calib_digit_mask<0>(bits, 1));
-  const Key above = static_cast<Key>(prefix | ((Key{1} << shift0) - 1));
-  const int W = static_cast<int>(td.cols < 64 ? td.cols : 64);
-  const int L = W / 4;
-  const int lshift = __ffs(L) - 1;  // L is a power of two
-  const index_t n4 = (tile.row_end - tile.row_begin) * td.cols / 4;
-  const auto* base4 = reinterpret_cast<const float4*>(td.data + tile.row_begin * td.cols);
-  const index_t word0 = tile.row_begin * td.wpr;
-  const int lane = static_cast<int>(threadIdx.x & 31u);
-  for (index_t v0 = 0; v0 < n4; v0 += U * B) {
-    float4 x[U];
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const index_t v = v0 + u * B + threadIdx.x;
-      x[u] = (v < n4 && live) ? __ldg(base4 + v) : make_float4(0.f, 0.f, 0.f, 0.f);
-    }
-    // Candidate flags first (bit 4u + b), so that only x lives across the staging round's barrier.
-    unsigned int cbits = 0;
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const index_t v = v0 + u * B + threadIdx.x;
-      if (v < n4 && live) {
-        const Key k[4] = {magnitude_bits(x[u].x), magnitude_bits(x[u].y), magnitude_bits(x[u].z), magnitude_bits(x[u].w)};
-        unsigned int cand4 = 0;
-#pragma unroll
-        for (int b = 0; b < 4; ++b) cand4 |= static_cast<unsigned int>((k[b] & pm) == prefix) << b;
-        if (td.excl != nullptr && cand4 != 0)
-          cand4 &= ~static_cast<unsigned int>((td.excl[word0 + (v >> lshift)] >> ((4 * v) & (W - 1))) & 0xfu);
-        cbits |= cand4 << (4 * u);
-      }
-    }
-    unsigned int slot = 0;
-    calib_candidate<Key>* dst = compact ? calib_stage_reserve(p, sm, st, static_cast<unsigned int>(__popc(cbits)), slot) : nullptr;
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const index_t v = v0 + u * B + threadIdx.x;
-      const bool in = v < n4;
-      const index_t word = word0 + (v >> lshift);
-      const int bitpos = static_cast<int>((4 * v) & (W - 1));
-      const Key k[4] = {magnitude_bits(x[u].x), magnitude_bits(x[u].y), magnitude_bits(x[u].z), magnitude_bits(x[u].w)};
-      if (compact) {  // block-uniform: the mask word of the entries certainly kept
-        unsigned int def4 = 0;
-        if (in && live) {
-#pragma unroll
-          for (int b = 0; b < 4; ++b) def4 |= static_cast<unsigned int>(k[b] > above) << b;
-          if (td.excl != nullptr) def4 &= ~static_cast<unsigned int>((td.excl[word] >> bitpos) & 0xfu);
-        }
-        std::uint64_t w;
-        if (W <= 32) {  // warp-uniform
-          unsigned int w32 = def4 << bitpos;
-          for (int o = L / 2; o >= 1; o >>= 1) w32 |= __shfl_xor_sync(0xffffffffu, w32, o);
-          w = w32;
-        } else {
-          w = static_cast<std::uint64_t>(def4) << bitpos;
-          for (int o = L / 2; o >= 1; o >>= 1) w |= __shfl_xor_sync(0xffffffffu, w, o);
-        }
-        if (in && (lane & (L - 1)) == 0) {
-          td.out[word] = w;
-          kept += static_cast<unsigned int>(__popcll(w));
-        }
-      }
-      const unsigned int c4 = (cbits >> (4 * u)) & 0xfu;
-      if (c4 == 0) continue;
-#pragma unroll
-      for (int b = 0; b < 4; ++b) {
-        if (((c4 >> b) & 1u) == 0) continue;
-        atomicAdd(&sm.hist[(k[b] >> shift1) & dmask], 1u);
-        if (dst != nullptr)
-          dst[slot++] = calib_candidate<Key>{k[b], static_cast<std::uint32_t>(tile.tensor), static_cast<std::uint64_t>(word * 64 + bitpos + b)};
-      }
-    }
-  }
-}
-
-// Split of a tile of any other tensor: one thread per mask word (rounds of blockDim.x words).
-template <class T>
-__device__ __forceinline__ void calib_split_tile_words(const calib_params<T>& p, const calib_tile& tile, const calib_tensor_desc<T>& td,
-                                                       magnitude_key_t<T> prefix, bool live, bool compact,
-                                                       calib_split_shared<magnitude_key_t<T>>& sm, calib_stager& st,
-                                                       unsigned long long& kept) {
-  using Key = magnitude_key_t<T>;
-  constexpr int bits = magnitude_key<T>::bits;
-  constexpr int shift0 = calib_vshift(bits, 0), shift1 = calib_vshift(bits, 1);
-  constexpr auto pm = static_cast<Key>(calib_prefix_mask<0>(bits, 1));
-  constexpr auto dmask = static_cast<Key>(calib_digit_mask<0>(bits, 1));
-  const Key above = static_cast<Key>(prefix | ((Key{1} << shift0) - 1));
-  const index_t nw = (tile.row_end - tile.row_begin) * td.wpr;
-  for (index_t q0 = 0; q0 < nw; q0 += blockDim.x) {
-    const index_t q = q0 + threadIdx.x;
-    std::uint64_t def = 0, cand = 0;
-    index_t r = 0, w = 0;
-    if (q < nw) {
-      r = tile.row_begin + q / td.wpr;
-      w = q % td.wpr;
-      if (live) calib_word_bits<T>(td, r, w, above, pm, prefix, def, cand);
-      if (compact) {
-        td.out[r * td.wpr + w] = def;
-        kept += static_cast<unsigned long long>(__popcll(def));
-      }
-    }
-    unsigned int slot = 0;
-    calib_candidate<Key>* dst = compact ? calib_stage_reserve(p, sm, st, static_cast<unsigned int>(__popcll(cand)), slot) : nullptr;
-    std::uint64_t cb = cand;
-    while (cb != 0) {
-      const int b = __ffsll(static_cast<long long>(cb)) - 1;
-      cb &= cb - 1;
-      const Key key = magnitude_bits(td.data[r * td.ld + w * 64 + b]);
-      atomicAdd(&sm.hist[(key >> shift1) & dmask], 1u);
-      if (dst != nullptr)
-        dst[slot++] = calib_candidate<Key>{key, static_cast<std::uint32_t>(tile.tensor), static_cast<std::uint64_t>((r * td.wpr + w) * 64 + b)};
-    }
-  }
-}
-
-// Adds a warp's kept count to a tensor's (all 32 lanes call).
-__device__ __forceinline__ void calib_add_kept(unsigned long long* dst, unsigned long long kept) {
-  for (int o = 16; o >= 1; o >>= 1) kept += __shfl_xor_sync(0xffffffffu, kept, o);
-  if ((threadIdx.x & 31u) == 0 && kept != 0) atomicAdd(dst, kept);
 }
 
 // Split pass (second and last full read): persistent blocks, the same contiguous tile ranges as
@@ -763,24 +983,28 @@ __device__ __forceinline__ void calib_add_kept(unsigned long long* dst, unsigned
 // bucket; their popcount goes to the tensor's kept count) and appends the bucket's entries to the
 // candidate list (staged in shared memory); both modes: histogram of digit 1 of the bucket's
 // entries (shared memory, flushed when the group changes; the block completing a group selects its
-// digit 1, calib_group_done).
+// digit 1, calib_group_done). Groups resolved by pass 0 (predicted-window mode) are skipped; when
+// every group is, the kernel returns at once.
 template <class T>
 __global__ void __launch_bounds__(calib_split_block, 3) calib_split(calib_params<T> p) {
   using Key = magnitude_key_t<T>;
   constexpr int bits = magnitude_key<T>::bits;
+  constexpr int shift0 = calib_vshift(bits, 0);
   static_assert(calib_vhigh(bits, 1) - calib_vshift(bits, 1) <= radix_digit_bits, "calib_split: digit 1 fits radix_bins");
-  __shared__ calib_split_shared<Key> sm;
+  __shared__ calib_stage_shared<Key, calib_stage_entries<Key>> sm;
+  __shared__ unsigned int hist[radix_bins];
   calib_wait_prior();
   calib_allow_next();
-  for (int b = threadIdx.x; b < radix_bins; b += blockDim.x) sm.hist[b] = 0;
+  if (__ldcg(&p.globals->split_groups) == 0 && __ldcg(&p.globals->overflow0) == 0) return;  // every group resolved
+  for (int b = threadIdx.x; b < radix_bins; b += blockDim.x) hist[b] = 0;
   __syncthreads();
   const bool compact = calib_compact(p.globals, p.capacity);
   calib_stager st;
   index_t cur_tensor = -1, cur_group = -1, acc = 0;  // uniform over the block
   const calib_tensor_desc<T>* td = nullptr;  // fields read where used (few registers across tiles)
   Key prefix = 0;
-  bool live = false;
-  unsigned long long kept = 0;
+  bool live = false, skip = false;
+  unsigned long long kept = 0, unused = 0;
   const index_t t_begin = static_cast<index_t>(blockIdx.x) * p.num_tiles0 / gridDim.x;
   const index_t t_end = (static_cast<index_t>(blockIdx.x) + 1) * p.num_tiles0 / gridDim.x;
   for (index_t t = t_end - 1; t >= t_begin; --t) {
@@ -790,29 +1014,33 @@ __global__ void __launch_bounds__(calib_split_block, 3) calib_split(calib_params
       kept = 0;
       cur_tensor = tile.tensor;
       td = p.tensors + tile.tensor;
-      const radix_select_state<Key> vs = p.groups[td->group].value;  // selected by pass 0
+      const calib_group_state<Key>* gs = p.groups + td->group;
+      const radix_select_state<Key> vs = gs->value;  // selected by pass 0
       prefix = vs.prefix;
       live = vs.k > 0 && vs.pass == 1;  // k > 0 (more than one pass: always, for float/double)
+      skip = calib_resolved(p.globals, gs);
     }
+    if (skip) continue;  // uniform: the group's words and candidates are pass 0's
     const index_t ne = (tile.row_end - tile.row_begin) * td->cols;  // < 2^31 (plan checks)
     const index_t group = td->group;
     if (cur_group >= 0 && (group != cur_group || acc + ne > (index_t{1} << 31))) {
-      calib_group_done(p, sm.hist, radix_bins, cur_group, acc, 1, 0);
+      calib_group_done(p, hist, radix_bins, cur_group, acc, 1, 0);
       acc = 0;
     }
     cur_group = group;
     acc += ne;
+    const auto chi = static_cast<Key>(prefix | ((Key{1} << shift0) - 1));  // the selected bucket: [prefix, chi]
     bool done = false;
     if constexpr (sizeof(T) == 4) {
       if (td->fast) {  // uniform over the block
-        calib_split_tile_fast<T>(p, tile, *td, prefix, live, compact, sm, st, kept);
+        calib_tile_fast<T, false>(p, tile, *td, prefix, chi, live, compact, sm, st, hist, nullptr, 0, unused, kept);
         done = true;
       }
     }
-    if (!done) calib_split_tile_words<T>(p, tile, *td, prefix, live, compact, sm, st, kept);
+    if (!done) calib_tile_words<T>(p, tile, *td, prefix, chi, live, compact, sm, st, hist, kept);
   }
   if (cur_tensor >= 0) calib_add_kept(p.kept + cur_tensor, kept);
-  if (cur_group >= 0) calib_group_done(p, sm.hist, radix_bins, cur_group, acc, 1, 0);
+  if (cur_group >= 0) calib_group_done(p, hist, radix_bins, cur_group, acc, 1, 0);
   if (compact) calib_stage_flush(p, sm, st);
 }
 
@@ -839,11 +1067,13 @@ __global__ void __launch_bounds__(calib_block) calib_hist(calib_params<T> p, int
   const std::uint64_t pm = calib_prefix_mask<Mode>(kbits, pass);
   if (calib_compact(p.globals, p.capacity)) {
     const index_t n = static_cast<index_t>(__ldcg(&p.globals->cand_count));
+    const index_t c0 = calib_c0(p.globals);
     const index_t stride = static_cast<index_t>(gridDim.x) * blockDim.x;
     for (index_t i = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; i < n; i += stride) {
       const calib_candidate<Key> c = p.cands[i];
       const calib_tensor_desc<T>& td = p.tensors[c.tensor];
       const calib_group_state<Key>* gs = p.groups + td.group;
+      if (i < c0 && !calib_resolved(p.globals, gs)) continue;  // stale: pass 0's window missed the group's bucket
       if (Mode == 0) {
         if (gs->value.finished() || gs->value.pass != pass) continue;
         if ((static_cast<std::uint64_t>(c.key) & pm) == static_cast<std::uint64_t>(gs->value.prefix))
@@ -912,7 +1142,12 @@ __global__ void __launch_bounds__(calib_block) calib_finish(calib_params<T> p) {
   calib_wait_prior();  // (the last kernel: no calib_allow_next, a later launch waits for it as usual)
   if (calib_compact(p.globals, p.capacity)) {
     const index_t n = static_cast<index_t>(__ldcg(&p.globals->cand_count));
+    const index_t c0 = calib_c0(p.globals);
     const index_t stride = static_cast<index_t>(gridDim.x) * blockDim.x;
+    if (p.predict) {  // the bits pass 0 set in the words of resolved groups
+      for (index_t t = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; t < p.num_tensors; t += stride)
+        if (calib_resolved(p.globals, p.groups + p.tensors[t].group)) atomicAdd(p.kept + t, __ldcg(p.kept1 + t));
+    }
     // Warp-uniform loop: every lane runs every iteration (the shuffles below need the full warp).
     for (index_t i0 = blockIdx.x * static_cast<index_t>(blockDim.x) + (threadIdx.x & ~31u); i0 < n; i0 += stride) {
       const index_t i = i0 + lane;
@@ -924,8 +1159,9 @@ __global__ void __launch_bounds__(calib_block) calib_finish(calib_params<T> p) {
         const calib_tensor_desc<T>& td = p.tensors[c.tensor];
         calib_group_state<Key>* gs = p.groups + td.group;
         const Key tau = gs->value.prefix;
-        keep = c.key > tau;
-        if (c.key == tau && calib_keep_tie(p, gs, static_cast<std::uint64_t>(td.bit_offset) + c.bit)) {
+        const bool stale = i < c0 && !calib_resolved(p.globals, gs);  // pass 0's window missed the group's bucket
+        keep = !stale && c.key > tau;
+        if (!stale && c.key == tau && calib_keep_tie(p, gs, static_cast<std::uint64_t>(td.bit_offset) + c.bit)) {
           keep = true;
           atomicAdd(&gs->ties_kept, 1ull);
         }
@@ -1014,9 +1250,13 @@ class calibration_plan {
   /// each for float, 24 for double); -1 picks max(65536, N / 16), enough for data whose top-digit
   /// bucket at the threshold holds at most ~6% of the entries (normal-like B's hold ~3%). Larger
   /// buckets fall back, on the device, to full-data passes (same result, slower).
+  /// predict: predicted-window mode (docs/mask.md): groups of at least 2^18 elements are sampled
+  /// first (16384 samples each) and pass 0 also writes their words and candidates for a window of
+  /// first-digit buckets around the sampled threshold, so a group whose bucket falls in its window
+  /// is calibrated in one full read; the others take the two reads as usual. Same result.
   calibration_plan(std::vector<device_calibration_tensor<T>> tensors, const calibration_options& opt,
-                   index_t candidate_capacity = -1)
-      : tensors_(std::move(tensors)), opt_(opt) {
+                   index_t candidate_capacity = -1, bool predict = false)
+      : tensors_(std::move(tensors)), opt_(opt), predict_(predict) {
     static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "calibration_plan: T must be float or double");
     std::vector<std::string> names;
     for (const auto& t : tensors_) {
@@ -1077,27 +1317,44 @@ class calibration_plan {
       gs.value = radix_select_begin<key_type>(k, group_size_[g], magnitude_key<T>::bits);
       gs.tie.key_bits = pos_bits_;  // k = 0 (finished: every tie kept) until started
       gs.size = static_cast<unsigned long long>(group_size_[g]);
+      gs.samples = predict_ && k > 0 && group_size_[g] >= detail::calib_predict_min ? detail::calib_sample_count : 0;
+    }
+    // The group-tensor table (predicted-window mode): each group's non-empty tensors in order.
+    for (std::size_t g = 0; g < group_init_.size(); ++g) {
+      group_init_[g].gt_begin = gtab_.size();
+      index_t begin = 0;
+      for (std::size_t t = 0; t < descs_.size(); ++t) {
+        if (descs_[t].group != static_cast<index_t>(g) || descs_[t].rows * descs_[t].cols == 0) continue;
+        gtab_.push_back({static_cast<index_t>(t), begin});
+        begin += descs_[t].rows * descs_[t].cols;
+      }
+      group_init_[g].gt_count = gtab_.size() - group_init_[g].gt_begin;
     }
     capacity_ = candidate_capacity >= 0 ? candidate_capacity : std::max<index_t>(65536, total_ / 16);
     capacity_ = std::min(capacity_, total_);
+    // A group is predicted when its window's candidates take at most 3/4 of its share of the capacity.
+    window_frac_ = total_ > 0 ? 0.75 * static_cast<double>(capacity_) / static_cast<double>(total_) : 0.0;
     // Workspace layout.
     using G = detail::calib_group_state<key_type>;
     off_tensors_ = 0;
     off_tiles_ = off_tensors_ + detail::calib_align(descs_.size() * sizeof(detail::calib_tensor_desc<T>));
-    off_init_ = off_tiles_ + detail::calib_align(static_cast<std::size_t>(nt_ + nt0_) * sizeof(detail::calib_tile));
+    off_gtab_ = off_tiles_ + detail::calib_align(static_cast<std::size_t>(nt_ + nt0_) * sizeof(detail::calib_tile));
+    off_init_ = off_gtab_ + detail::calib_align(gtab_.size() * sizeof(detail::calib_group_tensor));
     off_groups_ = off_init_ + detail::calib_align(group_init_.size() * sizeof(G));
     off_hist_ = off_groups_ + detail::calib_align(group_init_.size() * sizeof(G));
     off_globals_ = off_hist_ + detail::calib_align(group_init_.size() * detail::calib_max_bins * sizeof(unsigned long long));
     off_kept_ = off_globals_ + detail::calib_align(sizeof(detail::calib_globals));
-    off_cands_ = off_kept_ + detail::calib_align(descs_.size() * sizeof(unsigned long long));
+    off_kept1_ = off_kept_ + detail::calib_align(descs_.size() * sizeof(unsigned long long));
+    off_cands_ = off_kept1_ + detail::calib_align(descs_.size() * sizeof(unsigned long long));
     bytes_ = off_cands_ + detail::calib_align(static_cast<std::size_t>(capacity_) * sizeof(detail::calib_candidate<key_type>));
-    ws_zero_begin_ = off_hist_;  // histograms, globals and kept counts start at zero
+    ws_zero_begin_ = off_hist_;  // histograms, globals and kept counts (kept1 too) start at zero
     ws_zero_end_ = off_cands_;
     // Grids: pass 0 and the split run the same persistent blocks (the split reads pass 0's ranges
     // backwards: what pass 0 read last is still in L2), the candidate/finishing kernels a few per SM.
     int dev = 0, sms = 0, per_sm0 = 0, per_sm1 = 0;
     if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess ||
-        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm0, detail::calib_pass0<T>, detail::calib_pass0_block, 0) != cudaSuccess ||
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm0, predict_ ? detail::calib_pass0<T, true> : detail::calib_pass0<T, false>,
+                                                      detail::calib_pass0_block, 0) != cudaSuccess ||
         cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm1, detail::calib_split<T>, detail::calib_split_block, 0) != cudaSuccess) {
       (void)cudaGetLastError();  // no device here: run() will report it
       sms = 132;
@@ -1135,6 +1392,8 @@ class calibration_plan {
       LORI_CUDA_CHECK(cudaMemcpyAsync(ws + off_tensors_, descs_.data(), descs_.size() * sizeof(descs_[0]), cudaMemcpyHostToDevice, stream));
       if (!tiles_.empty())
         LORI_CUDA_CHECK(cudaMemcpyAsync(ws + off_tiles_, tiles_.data(), tiles_.size() * sizeof(tiles_[0]), cudaMemcpyHostToDevice, stream));
+      if (!gtab_.empty())
+        LORI_CUDA_CHECK(cudaMemcpyAsync(ws + off_gtab_, gtab_.data(), gtab_.size() * sizeof(gtab_[0]), cudaMemcpyHostToDevice, stream));
       LORI_CUDA_CHECK(cudaMemcpyAsync(ws + off_init_, group_init_.data(), group_init_.size() * sizeof(group_init_[0]),
                                       cudaMemcpyHostToDevice, stream));
     }
@@ -1158,10 +1417,16 @@ class calibration_plan {
         reinterpret_cast<unsigned long long*>(ws + ws_zero_begin_), static_cast<index_t>((ws_zero_end_ - ws_zero_begin_) / 8),
         static_cast<index_t>((off_globals_ + offsetof(detail::calib_globals, bad_position) - ws_zero_begin_) / 8));
     LORI_CUDA_CHECK_LAUNCH();
-    detail::calib_launch(detail::calib_pass0<T>, grid_pass0_, detail::calib_pass0_block, stream, p);
+    if (predict_) {
+      detail::calib_launch(detail::calib_sample<T>, ng, detail::calib_sample_block, stream, p);
+      detail::calib_launch(detail::calib_pass0<T, true>, grid_pass0_, detail::calib_pass0_block, stream, p);
+    } else {
+      detail::calib_launch(detail::calib_pass0<T, false>, grid_pass0_, detail::calib_pass0_block, stream, p);
+    }
     detail::calib_launch(detail::calib_split<T>, grid_pass0_, detail::calib_split_block, stream, p);
     const bool fuse = p.fuse_select != 0;
-    for (int pass = 2; pass < passes; ++pass) {
+    // Predicted-window mode: digit 1 of the groups pass 0 resolved (the split did the others').
+    for (int pass = predict_ ? 1 : 2; pass < passes; ++pass) {
       detail::calib_launch(detail::calib_hist<T, 0>, grid_small_, B, stream, p, pass);
       if (!fuse)
         detail::calib_launch(detail::calib_select<Key, 0>, ng, detail::calib_select_block, stream, p.groups, p.hist, p.globals, pass, exact);
@@ -1255,6 +1520,11 @@ class calibration_plan {
     p.pos_max = (std::uint64_t{1} << pos_bits_) - 1;
     p.exact = opt_.semantics == mask_semantics::exact ? 1 : 0;
     p.fuse_select = groups_.count() <= detail::calib_fuse_groups ? 1 : 0;
+    p.predict = predict_ ? 1 : 0;
+    p.num_tensors = static_cast<index_t>(descs_.size());
+    p.gtab = reinterpret_cast<const detail::calib_group_tensor*>(ws + off_gtab_);
+    p.kept1 = reinterpret_cast<unsigned long long*>(ws + off_kept1_);
+    p.window_frac = window_frac_;
     return p;
   }
 
@@ -1270,7 +1540,11 @@ class calibration_plan {
   index_t capacity_ = 0;
   int pos_bits_ = 1;
   unsigned grid_pass0_ = 1, grid_small_ = 1;
-  std::size_t off_tensors_ = 0, off_tiles_ = 0, off_init_ = 0, off_groups_ = 0, off_hist_ = 0, off_globals_ = 0, off_kept_ = 0, off_cands_ = 0;
+  std::size_t off_tensors_ = 0, off_tiles_ = 0, off_gtab_ = 0, off_init_ = 0, off_groups_ = 0, off_hist_ = 0, off_globals_ = 0, off_kept_ = 0,
+              off_kept1_ = 0, off_cands_ = 0;
+  bool predict_ = false;
+  std::vector<detail::calib_group_tensor> gtab_;
+  double window_frac_ = 0;
   std::size_t bytes_ = 0, ws_zero_begin_ = 0, ws_zero_end_ = 0;
 };
 
