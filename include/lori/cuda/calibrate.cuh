@@ -282,6 +282,21 @@ __device__ __forceinline__ bool calib_excluded(const std::uint64_t* ex, index_t 
   return ex != nullptr && ((ex[r * wpr + (c >> 6)] >> (c & 63)) & 1u);
 }
 
+// Asks L2 for tile t of tiles0 (called by every thread of a block while its loads of the current
+// tile are in flight, so the next tile's loads hit L2): packed tiles only (a contiguous span of at
+// most 32 KB: one 128-byte line per thread). t < 0: nothing.
+template <class T>
+__device__ __forceinline__ void calib_prefetch_tile(const calib_params<T>& p, index_t t) {
+  if (t < 0) return;
+  const calib_tile tile = p.tiles0[t];
+  const calib_tensor_desc<T>& td = p.tensors[tile.tensor];
+  if (td.ld != td.cols) return;
+  const auto* base = reinterpret_cast<const char*>(td.data + tile.row_begin * td.cols);
+  const index_t bytes = (tile.row_end - tile.row_begin) * td.cols * static_cast<index_t>(sizeof(T));
+  for (index_t off = static_cast<index_t>(threadIdx.x) * 128; off < bytes; off += static_cast<index_t>(blockDim.x) * 128)
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(base + off));
+}
+
 // Adds a block's shared histogram (bins counters) into a group's global one, then clears it.
 // Callers synchronise before (all increments done) and after (before new increments).
 __device__ __forceinline__ void calib_flush(unsigned int* sh, int bins, unsigned long long* gh) {
@@ -618,7 +633,8 @@ template <class T, bool Pass0, unsigned int S>
 __device__ __forceinline__ void calib_tile_fast(const calib_params<T>& p, const calib_tile& tile, const calib_tensor_desc<T>& td,
                                                 magnitude_key_t<T> clo, magnitude_key_t<T> chi, bool live, bool compact,
                                                 calib_stage_shared<magnitude_key_t<T>, S>& sm, calib_stager& st, unsigned int* chist,
-                                                unsigned int* h0, index_t first, unsigned long long& bad, unsigned long long& kept) {
+                                                unsigned int* h0, index_t first, unsigned long long& bad, unsigned long long& kept,
+                                                index_t t_next) {
   using Key = magnitude_key_t<T>;
   constexpr int bits = magnitude_key<T>::bits;
   constexpr int U = calib_split_unroll;
@@ -639,6 +655,7 @@ __device__ __forceinline__ void calib_tile_fast(const calib_params<T>& p, const 
       const index_t v = v0 + u * B + threadIdx.x;
       x[u] = (v < n4 && live) ? __ldg(base4 + v) : make_float4(0.f, 0.f, 0.f, 0.f);
     }
+    if (v0 == 0) calib_prefetch_tile(p, t_next);
     // Candidate flags first (bit 4u + b), so that only x lives across the staging round's barrier.
     unsigned int cbits = 0;
 #pragma unroll
@@ -909,7 +926,7 @@ __global__ void __launch_bounds__(calib_pass0_block, 3) calib_pass0(calib_params
         const auto chi = static_cast<Key>((static_cast<Key>(gs->hi) << shift) | ((Key{1} << shift) - 1));
         if constexpr (sizeof(T) == 4) {
           if (td.fast && td.excl == nullptr) {
-            calib_tile_fast<T, true>(p, tile, td, clo, chi, true, true, sm, st, nullptr, sh, first, bad, kept1);
+            calib_tile_fast<T, true>(p, tile, td, clo, chi, true, true, sm, st, nullptr, sh, first, bad, kept1, t + 1 < t_end ? t + 1 : -1);
             done = true;
           }
         }
@@ -928,6 +945,7 @@ __global__ void __launch_bounds__(calib_pass0_block, 3) calib_pass0(calib_params
             const index_t v = v0 + u * static_cast<index_t>(blockDim.x);
             x[u] = v < n4 ? __ldg(base4 + v) : make_float4(0.f, 0.f, 0.f, 0.f);
           }
+          if (v0 == threadIdx.x) calib_prefetch_tile(p, t + 1 < t_end ? t + 1 : -1);
 #pragma unroll
           for (int u = 0; u < U; ++u) {
             const index_t v = v0 + u * static_cast<index_t>(blockDim.x);
@@ -1033,7 +1051,7 @@ __global__ void __launch_bounds__(calib_split_block, 3) calib_split(calib_params
     bool done = false;
     if constexpr (sizeof(T) == 4) {
       if (td->fast) {  // uniform over the block
-        calib_tile_fast<T, false>(p, tile, *td, prefix, chi, live, compact, sm, st, hist, nullptr, 0, unused, kept);
+        calib_tile_fast<T, false>(p, tile, *td, prefix, chi, live, compact, sm, st, hist, nullptr, 0, unused, kept, t > t_begin ? t - 1 : -1);
         done = true;
       }
     }
