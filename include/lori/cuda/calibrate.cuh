@@ -1237,9 +1237,10 @@ inline std::size_t calib_align(std::size_t x) { return (x + 255) & ~std::size_t{
 
 // Launches kernel<<<grid, block, 0, stream>>>(args...) as a programmatic dependent launch (its
 // blocks may start before the previous kernel in the stream ends; the kernel calls
-// calib_wait_prior before touching what that kernel writes).
+// calib_wait_prior before touching what that kernel writes). Where the launch attribute is not
+// supported, an ordinary launch (calib_wait_prior is then a no-op).
 template <class... Params, class... Args>
-void calib_launch(void (*kernel)(Params...), unsigned grid, int block, cudaStream_t stream, Args&&... args) {
+void calib_launch(void (*kernel)(Params...), unsigned grid, int block, cudaStream_t stream, const Args&... args) {
   cudaLaunchAttribute attr[1];
   attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attr[0].val.programmaticStreamSerializationAllowed = 1;
@@ -1250,7 +1251,13 @@ void calib_launch(void (*kernel)(Params...), unsigned grid, int block, cudaStrea
   cfg.stream = stream;
   cfg.attrs = attr;
   cfg.numAttrs = 1;
-  LORI_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...));
+  cudaError_t e = cudaLaunchKernelEx(&cfg, kernel, args...);
+  if (e == cudaErrorNotSupported || e == cudaErrorInvalidValue) {
+    (void)cudaGetLastError();
+    cfg.numAttrs = 0;
+    e = cudaLaunchKernelEx(&cfg, kernel, args...);
+  }
+  LORI_CUDA_CHECK(e);
 }
 
 }  // namespace detail
