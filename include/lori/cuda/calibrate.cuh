@@ -86,6 +86,7 @@ inline constexpr int calib_split_unroll = 8;     // float4 loads in flight per t
 inline constexpr index_t calib_tile_elems = 16384;       // tiles of the full-data passes after the split (overflow mode)
 inline constexpr index_t calib_pass0_tile_elems = 8192;   // pass 0 and the split: one unrolled sweep of a block
 inline constexpr index_t calib_fuse_groups = 4;  // up to this many groups, calib_hist's last block runs the selects
+inline constexpr int calib_cand_batch = 4;        // candidates per thread in flight in calib_hist and calib_finish
 inline constexpr int calib_sample_block = 1024;   // predicted-window mode: one block per group samples it
 inline constexpr index_t calib_sample_count = 16384;           // samples per predicted group
 inline constexpr index_t calib_predict_min = index_t{1} << 18;  // smaller groups are not predicted
@@ -641,11 +642,17 @@ __device__ __forceinline__ void calib_tile_fast(const calib_params<T>& p, const 
   constexpr index_t B = calib_split_block;
   constexpr int shift0 = calib_vshift(bits, 0), shift1 = calib_vshift(bits, 1);
   constexpr auto dmask = static_cast<Key>(calib_digit_mask<0>(bits, 1));
-  const int W = static_cast<int>(td.cols < 64 ? td.cols : 64);
+  // The descriptor's fields in registers: td may live in global memory, and the mask stores below
+  // would otherwise force the compiler to reload them (it cannot rule out aliasing).
+  std::uint64_t* const out = td.out;
+  const std::uint64_t* const excl = td.excl;
+  const index_t cols = td.cols;
+  const auto tensor = static_cast<std::uint32_t>(tile.tensor);
+  const int W = static_cast<int>(cols < 64 ? cols : 64);
   const int L = W / 4;
   const int lshift = __ffs(L) - 1;  // L is a power of two
-  const index_t n4 = (tile.row_end - tile.row_begin) * td.cols / 4;
-  const auto* base4 = reinterpret_cast<const float4*>(td.data + tile.row_begin * td.cols);
+  const index_t n4 = (tile.row_end - tile.row_begin) * cols / 4;
+  const auto* base4 = reinterpret_cast<const float4*>(td.data + tile.row_begin * cols);
   const index_t word0 = tile.row_begin * td.wpr;
   const int lane = static_cast<int>(threadIdx.x & 31u);
   for (index_t v0 = 0; v0 < n4; v0 += U * B) {
@@ -658,6 +665,7 @@ __device__ __forceinline__ void calib_tile_fast(const calib_params<T>& p, const 
     if (v0 == 0) calib_prefetch_tile(p, t_next);
     // Candidate flags first (bit 4u + b), so that only x lives across the staging round's barrier.
     unsigned int cbits = 0;
+    Key kmax = 0;  // Pass0: NaN/Inf (keys >= infinity) located below only when present
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const index_t v = v0 + u * B + threadIdx.x;
@@ -668,53 +676,86 @@ __device__ __forceinline__ void calib_tile_fast(const calib_params<T>& p, const 
         for (int b = 0; b < 4; ++b) {
           cand4 |= static_cast<unsigned int>(k[b] >= clo && k[b] <= chi) << b;
           if constexpr (Pass0) {
-            if (k[b] >= magnitude_key<T>::infinity) bad = min(bad, static_cast<unsigned long long>(first + 4 * v + b));
+            kmax = max(kmax, k[b]);
             atomicAdd(&h0[k[b] >> shift0], 1u);
           }
         }
-        if (td.excl != nullptr && cand4 != 0)
-          cand4 &= ~static_cast<unsigned int>((td.excl[word0 + (v >> lshift)] >> ((4 * v) & (W - 1))) & 0xfu);
+        if (excl != nullptr && cand4 != 0) cand4 &= ~static_cast<unsigned int>((excl[word0 + (v >> lshift)] >> ((4 * v) & (W - 1))) & 0xfu);
         cbits |= cand4 << (4 * u);
+      }
+    }
+    if constexpr (Pass0) {
+      if (kmax >= magnitude_key<T>::infinity) {
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+          const index_t v = v0 + u * B + threadIdx.x;
+          const Key k[4] = {magnitude_bits(x[u].x), magnitude_bits(x[u].y), magnitude_bits(x[u].z), magnitude_bits(x[u].w)};
+#pragma unroll
+          for (int b = 0; b < 4; ++b)
+            if (v < n4 && k[b] >= magnitude_key<T>::infinity) bad = min(bad, static_cast<unsigned long long>(first + 4 * v + b));
+        }
       }
     }
     unsigned int slot = 0, limit = 0;
     calib_candidate<Key>* dst = compact ? calib_stage_reserve(p, sm, st, static_cast<unsigned int>(__popc(cbits)), slot, limit) : nullptr;
+    if (compact) {  // block-uniform: the mask words of the entries certainly kept
+      // The W bits of a word are spread over L lanes: OR-reduce them, every u at once (independent
+      // shuffle chains), then the first lane of each group stores the word.
+      std::uint64_t w[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const index_t v = v0 + u * B + threadIdx.x;
+        const int bitpos = static_cast<int>((4 * v) & (W - 1));
+        unsigned int def4 = 0;
+        if (v < n4 && live) {
+          const Key k[4] = {magnitude_bits(x[u].x), magnitude_bits(x[u].y), magnitude_bits(x[u].z), magnitude_bits(x[u].w)};
+#pragma unroll
+          for (int b = 0; b < 4; ++b) def4 |= static_cast<unsigned int>(k[b] > chi) << b;
+          if (excl != nullptr) def4 &= ~static_cast<unsigned int>((excl[word0 + (v >> lshift)] >> bitpos) & 0xfu);
+        }
+        w[u] = static_cast<std::uint64_t>(def4) << bitpos;
+      }
+      if (W <= 32) {  // warp-uniform: 32-bit words
+        unsigned int w32[U];
+#pragma unroll
+        for (int u = 0; u < U; ++u) w32[u] = static_cast<unsigned int>(w[u]);
+        for (int o = L / 2; o >= 1; o >>= 1) {
+#pragma unroll
+          for (int u = 0; u < U; ++u) w32[u] |= __shfl_xor_sync(0xffffffffu, w32[u], o);
+        }
+#pragma unroll
+        for (int u = 0; u < U; ++u) w[u] = w32[u];
+      } else {
+        for (int o = L / 2; o >= 1; o >>= 1) {
+#pragma unroll
+          for (int u = 0; u < U; ++u) w[u] |= __shfl_xor_sync(0xffffffffu, w[u], o);
+        }
+      }
+      if ((lane & (L - 1)) == 0) {
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+          const index_t v = v0 + u * B + threadIdx.x;
+          if (v < n4) {
+            out[word0 + (v >> lshift)] = w[u];
+            kept += static_cast<unsigned int>(__popcll(w[u]));
+          }
+        }
+      }
+    }
+    if (cbits == 0) continue;
 #pragma unroll
     for (int u = 0; u < U; ++u) {
+      const unsigned int c4 = (cbits >> (4 * u)) & 0xfu;
+      if (c4 == 0) continue;
       const index_t v = v0 + u * B + threadIdx.x;
-      const bool in = v < n4;
       const index_t word = word0 + (v >> lshift);
       const int bitpos = static_cast<int>((4 * v) & (W - 1));
       const Key k[4] = {magnitude_bits(x[u].x), magnitude_bits(x[u].y), magnitude_bits(x[u].z), magnitude_bits(x[u].w)};
-      if (compact) {  // block-uniform: the mask word of the entries certainly kept
-        unsigned int def4 = 0;
-        if (in && live) {
-#pragma unroll
-          for (int b = 0; b < 4; ++b) def4 |= static_cast<unsigned int>(k[b] > chi) << b;
-          if (td.excl != nullptr) def4 &= ~static_cast<unsigned int>((td.excl[word] >> bitpos) & 0xfu);
-        }
-        std::uint64_t w;
-        if (W <= 32) {  // warp-uniform
-          unsigned int w32 = def4 << bitpos;
-          for (int o = L / 2; o >= 1; o >>= 1) w32 |= __shfl_xor_sync(0xffffffffu, w32, o);
-          w = w32;
-        } else {
-          w = static_cast<std::uint64_t>(def4) << bitpos;
-          for (int o = L / 2; o >= 1; o >>= 1) w |= __shfl_xor_sync(0xffffffffu, w, o);
-        }
-        if (in && (lane & (L - 1)) == 0) {
-          td.out[word] = w;
-          kept += static_cast<unsigned int>(__popcll(w));
-        }
-      }
-      const unsigned int c4 = (cbits >> (4 * u)) & 0xfu;
-      if (c4 == 0) continue;
 #pragma unroll
       for (int b = 0; b < 4; ++b) {
         if (((c4 >> b) & 1u) == 0) continue;
         if (chist != nullptr) atomicAdd(&chist[(k[b] >> shift1) & dmask], 1u);
-        if (dst != nullptr && slot < limit)
-          dst[slot] = calib_candidate<Key>{k[b], static_cast<std::uint32_t>(tile.tensor), static_cast<std::uint64_t>(word * 64 + bitpos + b)};
+        if (dst != nullptr && slot < limit) dst[slot] = calib_candidate<Key>{k[b], tensor, static_cast<std::uint64_t>(word * 64 + bitpos + b)};
         ++slot;
       }
     }
@@ -946,6 +987,7 @@ __global__ void __launch_bounds__(calib_pass0_block, 3) calib_pass0(calib_params
             x[u] = v < n4 ? __ldg(base4 + v) : make_float4(0.f, 0.f, 0.f, 0.f);
           }
           if (v0 == threadIdx.x) calib_prefetch_tile(p, t + 1 < t_end ? t + 1 : -1);
+          Key kmax = 0;  // NaN/Inf (keys >= infinity) located below only when present
 #pragma unroll
           for (int u = 0; u < U; ++u) {
             const index_t v = v0 + u * static_cast<index_t>(blockDim.x);
@@ -954,8 +996,19 @@ __global__ void __launch_bounds__(calib_pass0_block, 3) calib_pass0(calib_params
 #pragma unroll
             for (int b = 0; b < 4; ++b) {
               const Key key = magnitude_bits(xs[b]);
-              if (key >= magnitude_key<T>::infinity) bad = min(bad, static_cast<unsigned long long>(first + 4 * v + b));
+              kmax = max(kmax, key);
               atomicAdd(&sh[key >> shift], 1u);
+            }
+          }
+          if (kmax >= magnitude_key<T>::infinity) {
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
+              const index_t v = v0 + u * static_cast<index_t>(blockDim.x);
+              const float xs[4] = {x[u].x, x[u].y, x[u].z, x[u].w};
+#pragma unroll
+              for (int b = 0; b < 4; ++b)
+                if (v < n4 && magnitude_bits(xs[b]) >= magnitude_key<T>::infinity)
+                  bad = min(bad, static_cast<unsigned long long>(first + 4 * v + b));
             }
           }
         }
@@ -1087,20 +1140,37 @@ __global__ void __launch_bounds__(calib_block) calib_hist(calib_params<T> p, int
     const index_t n = static_cast<index_t>(__ldcg(&p.globals->cand_count));
     const index_t c0 = calib_c0(p.globals);
     const index_t stride = static_cast<index_t>(gridDim.x) * blockDim.x;
-    for (index_t i = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; i < n; i += stride) {
-      const calib_candidate<Key> c = p.cands[i];
-      const calib_tensor_desc<T>& td = p.tensors[c.tensor];
-      const calib_group_state<Key>* gs = p.groups + td.group;
-      if (i < c0 && !calib_resolved(p.globals, gs)) continue;  // stale: pass 0's window missed the group's bucket
-      if (Mode == 0) {
-        if (gs->value.finished() || gs->value.pass != pass) continue;
-        if ((static_cast<std::uint64_t>(c.key) & pm) == static_cast<std::uint64_t>(gs->value.prefix))
-          atomicAdd(p.hist + td.group * calib_max_bins + ((static_cast<std::uint64_t>(c.key) >> shift) & dmask), 1ull);
-      } else {
-        if (gs->tie.finished() || gs->tie.pass != pass || c.key != gs->value.prefix) continue;
-        const std::uint64_t tk = p.pos_max - (static_cast<std::uint64_t>(td.bit_offset) + c.bit);
-        if ((tk & pm) == gs->tie.prefix) atomicAdd(p.hist + td.group * calib_max_bins + ((tk >> shift) & dmask), 1ull);
+    // calib_cand_batch candidates per thread at once: their loads (candidate, tensor, group state)
+    // are independent, the atomics come after all of them.
+    constexpr int U = calib_cand_batch;
+    for (index_t i0 = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; i0 < n; i0 += U * stride) {
+      calib_candidate<Key> c[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u)
+        if (i0 + u * stride < n) c[u] = p.cands[i0 + u * stride];
+      unsigned long long* bin[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const index_t i = i0 + u * stride;
+        bin[u] = nullptr;
+        if (i >= n) continue;
+        const calib_tensor_desc<T>& td = p.tensors[c[u].tensor];
+        const calib_group_state<Key>* gs = p.groups + td.group;
+        if (i < c0 && !calib_resolved(p.globals, gs)) continue;  // stale: pass 0's window missed the group's bucket
+        unsigned long long* h = p.hist + td.group * calib_max_bins;
+        if (Mode == 0) {
+          if (gs->value.finished() || gs->value.pass != pass) continue;
+          if ((static_cast<std::uint64_t>(c[u].key) & pm) == static_cast<std::uint64_t>(gs->value.prefix))
+            bin[u] = h + ((static_cast<std::uint64_t>(c[u].key) >> shift) & dmask);
+        } else {
+          if (gs->tie.finished() || gs->tie.pass != pass || c[u].key != gs->value.prefix) continue;
+          const std::uint64_t tk = p.pos_max - (static_cast<std::uint64_t>(td.bit_offset) + c[u].bit);
+          if ((tk & pm) == gs->tie.prefix) bin[u] = h + ((tk >> shift) & dmask);
+        }
       }
+#pragma unroll
+      for (int u = 0; u < U; ++u)
+        if (bin[u] != nullptr) atomicAdd(bin[u], 1ull);
     }
   } else {
     for (int b = threadIdx.x; b < radix_bins; b += blockDim.x) sh[b] = 0;
@@ -1166,31 +1236,50 @@ __global__ void __launch_bounds__(calib_block) calib_finish(calib_params<T> p) {
       for (index_t t = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; t < p.num_tensors; t += stride)
         if (calib_resolved(p.globals, p.groups + p.tensors[t].group)) atomicAdd(p.kept + t, __ldcg(p.kept1 + t));
     }
-    // Warp-uniform loop: every lane runs every iteration (the shuffles below need the full warp).
-    for (index_t i0 = blockIdx.x * static_cast<index_t>(blockDim.x) + (threadIdx.x & ~31u); i0 < n; i0 += stride) {
-      const index_t i = i0 + lane;
-      bool keep = false;
-      std::uint32_t tensor = 0xffffffffu;
-      if (i < n) {
-        const calib_candidate<Key> c = p.cands[i];
-        tensor = c.tensor;
-        const calib_tensor_desc<T>& td = p.tensors[c.tensor];
+    // Warp-uniform loop: every lane runs every iteration (the shuffles below need the full warp);
+    // calib_cand_batch candidates per thread at once: independent loads first, then the atomics.
+    constexpr int U = calib_cand_batch;
+    for (index_t i00 = blockIdx.x * static_cast<index_t>(blockDim.x) + (threadIdx.x & ~31u); i00 < n; i00 += U * stride) {
+      calib_candidate<Key> c[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u)
+        if (i00 + u * stride + lane < n) c[u] = p.cands[i00 + u * stride + lane];
+      bool keeps[U], ties[U];
+      unsigned long long* word[U];
+      calib_group_state<Key>* gsu[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const index_t i = i00 + u * stride + lane;
+        keeps[u] = ties[u] = false;
+        word[u] = nullptr;
+        gsu[u] = nullptr;
+        if (i >= n) continue;
+        const calib_tensor_desc<T>& td = p.tensors[c[u].tensor];
         calib_group_state<Key>* gs = p.groups + td.group;
         const Key tau = gs->value.prefix;
         const bool stale = i < c0 && !calib_resolved(p.globals, gs);  // pass 0's window missed the group's bucket
-        keep = !stale && c.key > tau;
-        if (!stale && c.key == tau && calib_keep_tie(p, gs, static_cast<std::uint64_t>(td.bit_offset) + c.bit)) {
-          keep = true;
-          atomicAdd(&gs->ties_kept, 1ull);
-        }
-        if (keep) atomicOr(reinterpret_cast<unsigned long long*>(td.out + (c.bit >> 6)), 1ull << (c.bit & 63));
+        ties[u] = !stale && c[u].key == tau && calib_keep_tie(p, gs, static_cast<std::uint64_t>(td.bit_offset) + c[u].bit);
+        keeps[u] = (!stale && c[u].key > tau) || ties[u];
+        word[u] = reinterpret_cast<unsigned long long*>(td.out + (c[u].bit >> 6));
+        gsu[u] = gs;
       }
-      const unsigned int km = __ballot_sync(0xffffffffu, keep);
-      const std::uint32_t t0 = __shfl_sync(0xffffffffu, tensor, 0);
-      if (__all_sync(0xffffffffu, i >= n || tensor == t0)) {
-        if (lane == 0 && km != 0) atomicAdd(p.kept + t0, static_cast<unsigned long long>(__popc(km)));
-      } else if (keep) {
-        atomicAdd(p.kept + tensor, 1ull);
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        if (ties[u]) atomicAdd(&gsu[u]->ties_kept, 1ull);
+        if (keeps[u]) atomicOr(word[u], 1ull << (c[u].bit & 63));
+      }
+#pragma unroll
+      for (int u = 0; u < U; ++u) {  // kept counts, warp-aggregated when the warp's entries share a tensor
+        const index_t i = i00 + u * stride + lane;
+        const bool keep = keeps[u];
+        const std::uint32_t tensor = i < n ? c[u].tensor : 0xffffffffu;
+        const unsigned int km = __ballot_sync(0xffffffffu, keep);
+        const std::uint32_t t0 = __shfl_sync(0xffffffffu, tensor, 0);
+        if (__all_sync(0xffffffffu, i >= n || tensor == t0)) {
+          if (lane == 0 && km != 0) atomicAdd(p.kept + t0, static_cast<unsigned long long>(__popc(km)));
+        } else if (keep) {
+          atomicAdd(p.kept + tensor, 1ull);
+        }
       }
     }
     return;
