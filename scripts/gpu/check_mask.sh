@@ -31,10 +31,11 @@ ncu_run() {
   local f=$1 c=$2 lg="$OUT/mask_ncu_${1//\//_}.log"
   log "== ncu BM_gpu_calibrate_$f (first $c calib_ kernels; raw metrics)"
   timeout "$(tl "$3")" ncu --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+    --metrics smsp__inst_executed.sum,dram__bytes_read.sum,dram__bytes_write.sum,lts__t_bytes.sum \
     --page raw -k regex:calib_ -c "$c" "$bench" --benchmark_filter="BM_gpu_calibrate_$f/" \
     --benchmark_min_time=0.01 > "$lg" 2>&1
   log "ncu rc=$?"
-  grep -E "calib_[a-z0-9_]+<|gpu__time_duration.sum|dram__throughput.avg.pct_of_peak_sustained_elapsed|sm__throughput.avg.pct_of_peak_sustained_elapsed|sm__warps_active.avg.pct_of_peak_sustained_active|launch__registers_per_thread |launch__grid_size|smsp__average_warps?_issue_stalled_(long_scoreboard|short_scoreboard|mio_throttle|barrier|lg_throttle|math_pipe_throttle|membar|wait|no_instruction|drain)_per_issue_active" \
+  grep -E "calib_[a-z0-9_]+<|gpu__time_duration.sum|dram__throughput.avg.pct_of_peak_sustained_elapsed|gpu__dram_throughput.avg.pct|sm__throughput.avg.pct_of_peak_sustained_elapsed|sm__warps_active.avg.pct_of_peak_sustained_active|smsp__inst_executed.sum |dram__bytes_(read|write).sum |lts__t_bytes.sum |smsp__average_warps?_issue_stalled_(long_scoreboard|short_scoreboard|barrier|math_pipe_throttle|wait|drain)_per_issue_active" \
     "$lg" | sed -E 's/\(lori::cuda::detail::calib_(params|group_state).*//; s/ +/ /g' | head -"$4" | tee -a "$F"
   grep -q -E "gpu__time_duration" "$lg" || tail -12 "$lg" | tee -a "$F"
 }

@@ -636,51 +636,56 @@ __device__ __forceinline__ void calib_tile_fast(const calib_params<T>& p, const 
                                                 calib_stage_shared<magnitude_key_t<T>, S>& sm, calib_stager& st, unsigned int* chist,
                                                 unsigned int* h0, index_t first, unsigned long long& bad, unsigned long long& kept,
                                                 index_t t_next) {
+  static_assert(sizeof(T) == 4, "calib_tile_fast: float tensors");
   using Key = magnitude_key_t<T>;
   constexpr int bits = magnitude_key<T>::bits;
   constexpr int U = calib_split_unroll;
-  constexpr index_t B = calib_split_block;
+  constexpr unsigned int B = calib_split_block;
   constexpr int shift0 = calib_vshift(bits, 0), shift1 = calib_vshift(bits, 1);
   constexpr auto dmask = static_cast<Key>(calib_digit_mask<0>(bits, 1));
-  // The descriptor's fields in registers: td may live in global memory, and the mask stores below
-  // would otherwise force the compiler to reload them (it cannot rule out aliasing).
-  std::uint64_t* const out = td.out;
-  const std::uint64_t* const excl = td.excl;
-  const index_t cols = td.cols;
-  const auto tensor = static_cast<std::uint32_t>(tile.tensor);
-  const int W = static_cast<int>(cols < 64 ? cols : 64);
-  const int L = W / 4;
-  const int lshift = __ffs(L) - 1;  // L is a power of two
-  const index_t n4 = (tile.row_end - tile.row_begin) * cols / 4;
-  const auto* base4 = reinterpret_cast<const float4*>(td.data + tile.row_begin * cols);
+  // The descriptor's fields in registers (td may live in global memory: the mask stores below would
+  // otherwise force reloads), 32-bit indices within the tile (< 2^31 elements, plan checks).
   const index_t word0 = tile.row_begin * td.wpr;
-  const int lane = static_cast<int>(threadIdx.x & 31u);
-  for (index_t v0 = 0; v0 < n4; v0 += U * B) {
-    float4 x[U];
+  std::uint64_t* const out = td.out + word0;
+  const std::uint64_t* const excl = td.excl != nullptr ? td.excl + word0 : nullptr;
+  const auto cols = static_cast<unsigned int>(td.cols);
+  const auto tensor = static_cast<std::uint32_t>(tile.tensor);
+  const unsigned int W = cols < 64 ? cols : 64;
+  const unsigned int L = W / 4;
+  const int lshift = __ffs(static_cast<int>(L)) - 1;  // L is a power of two
+  const auto n4 = static_cast<unsigned int>((tile.row_end - tile.row_begin) * td.cols / 4);
+  const auto* base4 = reinterpret_cast<const uint4*>(td.data + tile.row_begin * td.cols);
+  const unsigned int lane = threadIdx.x & 31u;
+  const Key span = chi - clo;  // candidates: key - clo <= span (unsigned)
+  for (unsigned int v0 = 0; v0 < n4; v0 += U * B) {
+    Key k[U][4];  // magnitude keys (bit patterns with the sign cleared) of float4 v0 + u B + thread
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      const index_t v = v0 + u * B + threadIdx.x;
-      x[u] = (v < n4 && live) ? __ldg(base4 + v) : make_float4(0.f, 0.f, 0.f, 0.f);
+      const unsigned int v = v0 + u * B + threadIdx.x;
+      const uint4 q = (v < n4 && live) ? __ldg(base4 + v) : make_uint4(0u, 0u, 0u, 0u);
+      k[u][0] = q.x & 0x7fffffffu;
+      k[u][1] = q.y & 0x7fffffffu;
+      k[u][2] = q.z & 0x7fffffffu;
+      k[u][3] = q.w & 0x7fffffffu;
     }
     if (v0 == 0) calib_prefetch_tile(p, t_next);
-    // Candidate flags first (bit 4u + b), so that only x lives across the staging round's barrier.
+    // Candidate flags first (bit 4u + b), so that only the keys live across the staging round's barrier.
     unsigned int cbits = 0;
     Key kmax = 0;  // Pass0: NaN/Inf (keys >= infinity) located below only when present
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      const index_t v = v0 + u * B + threadIdx.x;
+      const unsigned int v = v0 + u * B + threadIdx.x;
       if (v < n4 && live) {
-        const Key k[4] = {magnitude_bits(x[u].x), magnitude_bits(x[u].y), magnitude_bits(x[u].z), magnitude_bits(x[u].w)};
         unsigned int cand4 = 0;
 #pragma unroll
         for (int b = 0; b < 4; ++b) {
-          cand4 |= static_cast<unsigned int>(k[b] >= clo && k[b] <= chi) << b;
+          cand4 |= static_cast<unsigned int>(k[u][b] - clo <= span) << b;
           if constexpr (Pass0) {
-            kmax = max(kmax, k[b]);
-            atomicAdd(&h0[k[b] >> shift0], 1u);
+            kmax = max(kmax, k[u][b]);
+            atomicAdd(&h0[k[u][b] >> shift0], 1u);
           }
         }
-        if (excl != nullptr && cand4 != 0) cand4 &= ~static_cast<unsigned int>((excl[word0 + (v >> lshift)] >> ((4 * v) & (W - 1))) & 0xfu);
+        if (excl != nullptr && cand4 != 0) cand4 &= ~static_cast<unsigned int>((excl[v >> lshift] >> ((4 * v) & (W - 1))) & 0xfu);
         cbits |= cand4 << (4 * u);
       }
     }
@@ -688,11 +693,10 @@ __device__ __forceinline__ void calib_tile_fast(const calib_params<T>& p, const 
       if (kmax >= magnitude_key<T>::infinity) {
 #pragma unroll
         for (int u = 0; u < U; ++u) {
-          const index_t v = v0 + u * B + threadIdx.x;
-          const Key k[4] = {magnitude_bits(x[u].x), magnitude_bits(x[u].y), magnitude_bits(x[u].z), magnitude_bits(x[u].w)};
+          const unsigned int v = v0 + u * B + threadIdx.x;
 #pragma unroll
           for (int b = 0; b < 4; ++b)
-            if (v < n4 && k[b] >= magnitude_key<T>::infinity) bad = min(bad, static_cast<unsigned long long>(first + 4 * v + b));
+            if (v < n4 && k[u][b] >= magnitude_key<T>::infinity) bad = min(bad, static_cast<unsigned long long>(first + 4 * index_t{v} + b));
         }
       }
     }
@@ -704,14 +708,13 @@ __device__ __forceinline__ void calib_tile_fast(const calib_params<T>& p, const 
       std::uint64_t w[U];
 #pragma unroll
       for (int u = 0; u < U; ++u) {
-        const index_t v = v0 + u * B + threadIdx.x;
-        const int bitpos = static_cast<int>((4 * v) & (W - 1));
+        const unsigned int v = v0 + u * B + threadIdx.x;
+        const unsigned int bitpos = (4 * v) & (W - 1);
         unsigned int def4 = 0;
         if (v < n4 && live) {
-          const Key k[4] = {magnitude_bits(x[u].x), magnitude_bits(x[u].y), magnitude_bits(x[u].z), magnitude_bits(x[u].w)};
 #pragma unroll
-          for (int b = 0; b < 4; ++b) def4 |= static_cast<unsigned int>(k[b] > chi) << b;
-          if (excl != nullptr) def4 &= ~static_cast<unsigned int>((excl[word0 + (v >> lshift)] >> bitpos) & 0xfu);
+          for (int b = 0; b < 4; ++b) def4 |= static_cast<unsigned int>(k[u][b] > chi) << b;
+          if (excl != nullptr) def4 &= ~static_cast<unsigned int>((excl[v >> lshift] >> bitpos) & 0xfu);
         }
         w[u] = static_cast<std::uint64_t>(def4) << bitpos;
       }
@@ -719,24 +722,24 @@ __device__ __forceinline__ void calib_tile_fast(const calib_params<T>& p, const 
         unsigned int w32[U];
 #pragma unroll
         for (int u = 0; u < U; ++u) w32[u] = static_cast<unsigned int>(w[u]);
-        for (int o = L / 2; o >= 1; o >>= 1) {
+        for (unsigned int o = L / 2; o >= 1; o >>= 1) {
 #pragma unroll
-          for (int u = 0; u < U; ++u) w32[u] |= __shfl_xor_sync(0xffffffffu, w32[u], o);
+          for (int u = 0; u < U; ++u) w32[u] |= __shfl_xor_sync(0xffffffffu, w32[u], static_cast<int>(o));
         }
 #pragma unroll
         for (int u = 0; u < U; ++u) w[u] = w32[u];
       } else {
-        for (int o = L / 2; o >= 1; o >>= 1) {
+        for (unsigned int o = L / 2; o >= 1; o >>= 1) {
 #pragma unroll
-          for (int u = 0; u < U; ++u) w[u] |= __shfl_xor_sync(0xffffffffu, w[u], o);
+          for (int u = 0; u < U; ++u) w[u] |= __shfl_xor_sync(0xffffffffu, w[u], static_cast<int>(o));
         }
       }
       if ((lane & (L - 1)) == 0) {
 #pragma unroll
         for (int u = 0; u < U; ++u) {
-          const index_t v = v0 + u * B + threadIdx.x;
+          const unsigned int v = v0 + u * B + threadIdx.x;
           if (v < n4) {
-            out[word0 + (v >> lshift)] = w[u];
+            out[v >> lshift] = w[u];
             kept += static_cast<unsigned int>(__popcll(w[u]));
           }
         }
@@ -747,15 +750,13 @@ __device__ __forceinline__ void calib_tile_fast(const calib_params<T>& p, const 
     for (int u = 0; u < U; ++u) {
       const unsigned int c4 = (cbits >> (4 * u)) & 0xfu;
       if (c4 == 0) continue;
-      const index_t v = v0 + u * B + threadIdx.x;
-      const index_t word = word0 + (v >> lshift);
-      const int bitpos = static_cast<int>((4 * v) & (W - 1));
-      const Key k[4] = {magnitude_bits(x[u].x), magnitude_bits(x[u].y), magnitude_bits(x[u].z), magnitude_bits(x[u].w)};
+      const unsigned int v = v0 + u * B + threadIdx.x;
+      const std::uint64_t bit0 = static_cast<std::uint64_t>(word0 + (v >> lshift)) * 64 + ((4 * v) & (W - 1));
 #pragma unroll
       for (int b = 0; b < 4; ++b) {
         if (((c4 >> b) & 1u) == 0) continue;
-        if (chist != nullptr) atomicAdd(&chist[(k[b] >> shift1) & dmask], 1u);
-        if (dst != nullptr && slot < limit) dst[slot] = calib_candidate<Key>{k[b], tensor, static_cast<std::uint64_t>(word * 64 + bitpos + b)};
+        if (chist != nullptr) atomicAdd(&chist[(k[u][b] >> shift1) & dmask], 1u);
+        if (dst != nullptr && slot < limit) dst[slot] = calib_candidate<Key>{k[u][b], tensor, bit0 + b};
         ++slot;
       }
     }
@@ -976,39 +977,38 @@ __global__ void __launch_bounds__(calib_pass0_block, 3) calib_pass0(calib_params
     }
     if constexpr (sizeof(T) == 4) {
       if (!done && td.fast && td.excl == nullptr) {  // packed rows, cols % 4 == 0, 16-byte aligned
-        const auto* base4 = reinterpret_cast<const float4*>(td.data + tile.row_begin * td.cols);
-        const index_t n4 = ne / 4;
+        const auto* base4 = reinterpret_cast<const uint4*>(td.data + tile.row_begin * td.cols);
+        const auto n4 = static_cast<unsigned int>(ne / 4);  // 32-bit indices within the tile (< 2^31 elements)
         constexpr int U = calib_pass0_unroll;
-        for (index_t v0 = threadIdx.x; v0 < n4; v0 += U * static_cast<index_t>(blockDim.x)) {
-          float4 x[U];
+        for (unsigned int v0 = threadIdx.x; v0 < n4; v0 += U * calib_pass0_block) {
+          Key k[U][4];
 #pragma unroll
           for (int u = 0; u < U; ++u) {
-            const index_t v = v0 + u * static_cast<index_t>(blockDim.x);
-            x[u] = v < n4 ? __ldg(base4 + v) : make_float4(0.f, 0.f, 0.f, 0.f);
+            const unsigned int v = v0 + u * calib_pass0_block;
+            const uint4 q = v < n4 ? __ldg(base4 + v) : make_uint4(0u, 0u, 0u, 0u);
+            k[u][0] = q.x & 0x7fffffffu;  // magnitude keys of float bit patterns
+            k[u][1] = q.y & 0x7fffffffu;
+            k[u][2] = q.z & 0x7fffffffu;
+            k[u][3] = q.w & 0x7fffffffu;
           }
           if (v0 == threadIdx.x) calib_prefetch_tile(p, t + 1 < t_end ? t + 1 : -1);
           Key kmax = 0;  // NaN/Inf (keys >= infinity) located below only when present
 #pragma unroll
           for (int u = 0; u < U; ++u) {
-            const index_t v = v0 + u * static_cast<index_t>(blockDim.x);
-            if (v >= n4) break;
-            const float xs[4] = {x[u].x, x[u].y, x[u].z, x[u].w};
+            if (v0 + u * calib_pass0_block >= n4) break;
 #pragma unroll
             for (int b = 0; b < 4; ++b) {
-              const Key key = magnitude_bits(xs[b]);
-              kmax = max(kmax, key);
-              atomicAdd(&sh[key >> shift], 1u);
+              kmax = max(kmax, k[u][b]);
+              atomicAdd(&sh[k[u][b] >> shift], 1u);
             }
           }
           if (kmax >= magnitude_key<T>::infinity) {
 #pragma unroll
             for (int u = 0; u < U; ++u) {
-              const index_t v = v0 + u * static_cast<index_t>(blockDim.x);
-              const float xs[4] = {x[u].x, x[u].y, x[u].z, x[u].w};
+              const unsigned int v = v0 + u * calib_pass0_block;
 #pragma unroll
               for (int b = 0; b < 4; ++b)
-                if (v < n4 && magnitude_bits(xs[b]) >= magnitude_key<T>::infinity)
-                  bad = min(bad, static_cast<unsigned long long>(first + 4 * v + b));
+                if (v < n4 && k[u][b] >= magnitude_key<T>::infinity) bad = min(bad, static_cast<unsigned long long>(first + 4 * index_t{v} + b));
             }
           }
         }
