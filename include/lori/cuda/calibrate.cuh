@@ -212,7 +212,8 @@ struct calib_params {
   std::uint64_t pos_max;  // (1 << pos_bits) - 1: tie key of flat bit position q is pos_max - q
   int pos_bits;
   int exact;
-  int fuse_select;  // calib_hist's last block runs the selection of every group (few groups)
+  int fuse_select;  // few groups: the block completing a group's histogram selects it (pass 0, split,
+                    // and calib_hist's last block); else a calib_select launch after each histogram
   int predict;      // predicted-window mode (calib_sample ran; pass 0 writes the words of predicted groups)
   index_t num_tensors;
   const calib_group_tensor* gtab;
@@ -480,6 +481,10 @@ __device__ void calib_group_done(const calib_params<T>& p, unsigned int* sh, int
   if (excl != 0) atomicAdd(&gs->excluded, excl);
   __syncthreads();  // every shared increment done
   calib_flush(sh, bins, p.hist + g * calib_max_bins);
+  if (!p.fuse_select) {  // many groups: a calib_select launch selects them all at once, in parallel
+    __syncthreads();     // sh cleared before new increments
+    return;
+  }
   __threadfence();  // this thread's histogram (and excluded) atomics are visible before the block's count below
   __syncthreads();
   if (threadIdx.x == 0) {
@@ -1160,6 +1165,7 @@ __global__ void __launch_bounds__(calib_block) calib_hist(calib_params<T> p, int
         unsigned long long* h = p.hist + td.group * calib_max_bins;
         if (Mode == 0) {
           if (gs->value.finished() || gs->value.pass != pass) continue;
+          if (pass == 1 && !calib_resolved(p.globals, gs)) continue;  // (predicted-window mode) the split histogrammed it
           if ((static_cast<std::uint64_t>(c[u].key) & pm) == static_cast<std::uint64_t>(gs->value.prefix))
             bin[u] = h + ((static_cast<std::uint64_t>(c[u].key) >> shift) & dmask);
         } else {
@@ -1182,6 +1188,7 @@ __global__ void __launch_bounds__(calib_block) calib_hist(calib_params<T> p, int
       const radix_select_state<Key> vs = gs->value;
       const radix_select_state<std::uint64_t> ts = gs->tie;
       if (Mode == 0 ? (vs.finished() || vs.pass != pass) : (ts.finished() || ts.pass != pass)) continue;  // uniform
+      if (Mode == 0 && pass == 1 && !calib_resolved(p.globals, gs)) continue;  // (predicted-window mode) the split did it
       const index_t ne = (tile.row_end - tile.row_begin) * td.cols;
       for (index_t e = threadIdx.x; e < ne; e += blockDim.x) {
         index_t r = 0, c = 0;
@@ -1531,14 +1538,19 @@ class calibration_plan {
         reinterpret_cast<unsigned long long*>(ws + ws_zero_begin_), static_cast<index_t>((ws_zero_end_ - ws_zero_begin_) / 8),
         static_cast<index_t>((off_globals_ + offsetof(detail::calib_globals, bad_position) - ws_zero_begin_) / 8));
     LORI_CUDA_CHECK_LAUNCH();
+    const bool fuse = p.fuse_select != 0;
     if (predict_) {
       detail::calib_launch(detail::calib_sample<T>, ng, detail::calib_sample_block, stream, p);
       detail::calib_launch(detail::calib_pass0<T, true>, grid_pass0_, detail::calib_pass0_block, stream, p);
     } else {
       detail::calib_launch(detail::calib_pass0<T, false>, grid_pass0_, detail::calib_pass0_block, stream, p);
     }
+    if (!fuse) detail::calib_launch(detail::calib_select<Key, 0>, ng, detail::calib_select_block, stream, p.groups, p.hist, p.globals, 0, exact);
     detail::calib_launch(detail::calib_split<T>, grid_pass0_, detail::calib_split_block, stream, p);
-    const bool fuse = p.fuse_select != 0;
+    // (predicted-window mode: digit 1 is selected after calib_hist pass 1, which adds the resolved
+    // groups' histograms to those the split built)
+    if (!fuse && !predict_)
+      detail::calib_launch(detail::calib_select<Key, 0>, ng, detail::calib_select_block, stream, p.groups, p.hist, p.globals, 1, exact);
     // Predicted-window mode: digit 1 of the groups pass 0 resolved (the split did the others').
     for (int pass = predict_ ? 1 : 2; pass < passes; ++pass) {
       detail::calib_launch(detail::calib_hist<T, 0>, grid_small_, B, stream, p, pass);
