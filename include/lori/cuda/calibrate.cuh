@@ -217,6 +217,7 @@ struct calib_params {
   int predict;      // predicted-window mode (calib_sample ran; pass 0 writes the words of predicted groups)
   index_t num_tensors;
   const calib_group_tensor* gtab;
+  const calib_group_state<Key>* groups_init;  // the plan's initial group states (calib_init copies them)
   unsigned long long* kept1;  // per tensor: bits set by pass 0's window words (counted when the group is resolved)
   double window_frac;         // a group is predicted when its window holds at most this fraction of its samples
 };
@@ -839,15 +840,19 @@ __global__ void __launch_bounds__(calib_sample_block) calib_sample(calib_params<
   __shared__ unsigned int sh[calib_max_bins];
   __shared__ typename scan_t::TempStorage tmp;
   __shared__ unsigned int res[4];  // hi bin, lo bin, samples above bin hi, samples in bin lo and above
-  calib_wait_prior();
+  // Reads only the plan's uploads (initial group states, tables, the data) until the writes at the
+  // end, so it runs while calib_init still resets the state.
   calib_allow_next();
-  calib_group_state<Key>* gs = p.groups + blockIdx.x;
-  const auto s = static_cast<index_t>(gs->samples);
-  if (s == 0) return;  // uniform
-  const auto n = static_cast<index_t>(gs->size);
-  const index_t k = gs->value.k;
-  const calib_group_tensor* gt = p.gtab + gs->gt_begin;
-  const auto gn = static_cast<index_t>(gs->gt_count);
+  const calib_group_state<Key>* gi = p.groups_init + blockIdx.x;
+  const auto s = static_cast<index_t>(gi->samples);
+  if (s == 0) {  // uniform
+    calib_wait_prior();
+    return;
+  }
+  const auto n = static_cast<index_t>(gi->size);
+  const index_t k = gi->value.k;
+  const calib_group_tensor* gt = p.gtab + gi->gt_begin;
+  const auto gn = static_cast<index_t>(gi->gt_count);
   for (int b = threadIdx.x; b < calib_max_bins; b += blockDim.x) sh[b] = 0;
   __syncthreads();
   for (index_t i0 = threadIdx.x; i0 < s; i0 += U * static_cast<index_t>(calib_sample_block)) {
@@ -907,7 +912,9 @@ __global__ void __launch_bounds__(calib_sample_block) calib_sample(calib_params<
     acc += c;
   }
   __syncthreads();
+  calib_wait_prior();  // calib_init has reset the group states
   if (threadIdx.x == 0) {
+    calib_group_state<Key>* gs = p.groups + blockIdx.x;
     const unsigned int hi = res[0], lo = res[1];
     gs->hi = hi;
     gs->lo = lo;
@@ -1649,6 +1656,7 @@ class calibration_plan {
     p.predict = predict_ ? 1 : 0;
     p.num_tensors = static_cast<index_t>(descs_.size());
     p.gtab = reinterpret_cast<const detail::calib_group_tensor*>(ws + off_gtab_);
+    p.groups_init = reinterpret_cast<const detail::calib_group_state<key_type>*>(ws + off_init_);
     p.kept1 = reinterpret_cast<unsigned long long*>(ws + off_kept1_);
     p.window_frac = window_frac_;
     return p;
