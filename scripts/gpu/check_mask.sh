@@ -15,11 +15,11 @@ nvidia-smi --query-gpu=name,clocks.max.sm --format=csv,noheader 2>&1 | head -1 |
 timeout "$(tl 30)" cmake --build "$B" -j14 --target lori_test_mask_gpu lori_bench_mask > "$OUT/mask_build.log" 2>&1 \
   || { log "build FAILED"; grep -E "error" "$OUT/mask_build.log" | head -20 | tee -a "$F"; }
 log "== ctest lori_test_mask_gpu"
-timeout "$(tl 30)" ctest --test-dir "$B" -R lori_test_mask_gpu --output-on-failure > "$OUT/mask_ctest.log" 2>&1
+timeout "$(tl 25)" ctest --test-dir "$B" -R lori_test_mask_gpu --output-on-failure > "$OUT/mask_ctest.log" 2>&1
 log "ctest rc=$?"; grep -E "tests passed|Passed|Failed|ERROR|CHECK|differs|test cases|assertions" "$OUT/mask_ctest.log" | head -40 | tee -a "$F"
 bench=$(find "$B" -type f -name lori_bench_mask -perm -u+x | head -1)
 log "== lori_bench_mask BM_gpu (5 repetitions: mean and median; real_time = CUDA-event time)"
-timeout "$(tl 35)" "$bench" --benchmark_filter='BM_gpu' --benchmark_repetitions=5 --benchmark_report_aggregates_only=true \
+timeout "$(tl 25)" "$bench" --benchmark_filter='BM_gpu' --benchmark_repetitions=5 --benchmark_report_aggregates_only=true \
   --benchmark_min_time=0.05 > "$OUT/mask_bench.log" 2>&1
 log "bench rc=$?"
 grep -E "^BM_|^Run|^-|Benchmark" "$OUT/mask_bench.log" | grep -v -E "_stddev|_cv|_mean" | head -60 | tee -a "$F"
@@ -39,8 +39,6 @@ ncu_run() {
     "$lg" | sed -E 's/\(lori::cuda::detail::calib_(params|group_state).*//; s/ +/ /g' | head -"$4" | tee -a "$F"
   grep -q -E "gpu__time_duration" "$lg" || tail -12 "$lg" | tee -a "$F"
 }
-# Reference/model: 5 launches (init, pass0 + select, split + select, hist + select, finish).
-command -v ncu > /dev/null && ncu_run llama3_8b/0/0 5 18 70
 exe=$(find "$B" -type f -name lori_test_mask_gpu -perm -u+x | head -1)
 sanitize() {
   local tool=$1 s; s=$(date +%s)
@@ -50,9 +48,11 @@ sanitize() {
   log "compute-sanitizer $tool (LORI_MASK_GPU_QUICK=1): rc=$rc $(( $(date +%s) - s )) s; $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|test cases' "$OUT/mask_sanitize_$tool.log" | tr '\n' ' ')"
   [ $rc -eq 0 ] || grep -E "Error|Race|Invalid|at 0x|by thread|TEST CASE|ERROR" "$OUT/mask_sanitize_$tool.log" | head -15 | tee -a "$F"
 }
-sanitize racecheck 30
+sanitize memcheck 15
+# Reference/model: 5 launches (init, pass0 + select, split + select, hist + select, finish).
+command -v ncu > /dev/null && ncu_run llama3_8b/0/0 5 14 60
+sanitize racecheck 40
 # Predicted-window mode, reference/model: 7 launches (init, sample, pass0 + window + select, split
 # (returns at once when the group is resolved), hist 1 + select, hist 2 + select, finish).
-command -v ncu > /dev/null && ncu_run llama3_8b_predict/0/0 7 15 70
-sanitize memcheck 20
+command -v ncu > /dev/null && ncu_run llama3_8b_predict/0/0 7 14 60
 log "== done in $(( $(date +%s) - t0 )) s"
