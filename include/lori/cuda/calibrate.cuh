@@ -10,22 +10,24 @@
 //   lori::calibration_report rep = plan.report(ws.data(), stream); // syncs; throws on NaN/Inf
 //
 // Kernels, all stream-ordered, no per-tensor or per-group launches (float with <= 4 groups: 5
-// launches; more groups: 1 select launch more; exact semantics 1-2 more per tie digit), each after
-// the first a programmatic dependent launch (its blocks start while the previous kernel drains):
+// launches; more groups: a select launch after each histogram, 8; exact semantics 1-2 more per tie
+// digit), each after the first a programmatic dependent launch (its blocks start while the previous
+// kernel drains):
 //   1. init: group states, histograms and counters reset (the workspace needs no initialisation);
 //   2. pass 0, the first full read: histogram of the top 13 key bits (8192 bins; excluded entries
 //      count as key 0), NaN/Inf detection (smallest flat position), excluded counts. Persistent
 //      blocks over contiguous ranges of a (tensor, row range) tile table, shared-memory histograms
-//      flushed per group; the block that completes a group's histogram (a per-group element counter)
-//      narrows its radix_select_state (lori/mask/radix_select.hpp) to the bucket holding the k-th
-//      largest key (~1% of normal-like data);
+//      flushed per group; each group's radix_select_state (lori/mask/radix_select.hpp) is narrowed
+//      to the bucket holding the k-th largest key (~1% of normal-like data) by the block that
+//      completes the group's histogram (a per-group element counter; <= 4 groups) or by a select
+//      launch (one block per group);
 //   3. split, the second and last full read (the same ranges backwards: the data pass 0 read last,
 //      still in L2, is read first): every mask word is written with the entries certainly kept (top
 //      digit above the bucket); the bucket's entries are staged in shared memory and appended to a
 //      candidate list in batches (one block barrier per 8192 entries, one global atomic per batch),
-//      their next 11-bit digit goes to the group's histogram; the block completing a group selects;
+//      their next 11-bit digit goes to the group's histogram, selected as after pass 0;
 //   4. the last digit (7 bits for float) histogrammed on the candidates only; its last block selects
-//      (<= 4 groups; else a select launch, one block per group);
+//      (<= 4 groups; else a select launch);
 //   5. exact semantics only, and only for groups that need fewer ties than they hold: a radix
 //      selection of the ties' flat positions on the candidates (bits = log2 of the total mask bits);
 //   6. finish: the kept candidates get their bits (atomicOr); kept counts per tensor.
@@ -33,6 +35,9 @@
 // mostly-equal values), the kernels see it on the device and run steps 4-6 over the full data
 // instead (shared-memory histograms, a full mask-writing pass): the same result, slower. Every mask
 // word is written (no memset needed by the caller).
+// Predicted-window mode (the plan's `predict`): a sample kernel brackets each large group's bucket
+// by a window of first-digit buckets; pass 0 also does the split's work for that window, and a group
+// whose bucket falls in it needs no split (docs/mask.md): one full read instead of two.
 //
 // Histograms are summable: this is the step a multi-GPU calibration all-reduces (see docs/mask.md).
 #ifndef LORI_CUDA_CALIBRATE_CUH
