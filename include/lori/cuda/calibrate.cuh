@@ -87,7 +87,7 @@ inline constexpr int calib_pass0_unroll = 8;     // float4 loads in flight per t
 inline constexpr int calib_select_block = 256;   // one block per group, 32 bins per thread
 inline constexpr int calib_first_bits = 13;      // width of the first value digit on the GPU
 inline constexpr int calib_max_bins = 1 << calib_first_bits;
-inline constexpr int calib_split_unroll = 8;     // float4 loads in flight per thread in the split pass (a whole tile)
+inline constexpr int calib_split_unroll = 4;     // float4 loads in flight per thread in the split pass (half a tile)
 inline constexpr index_t calib_tile_elems = 16384;       // tiles of the full-data passes after the split (overflow mode)
 inline constexpr index_t calib_pass0_tile_elems = 8192;   // pass 0 and the split: one unrolled sweep of a block
 inline constexpr index_t calib_fuse_groups = 4;  // up to this many groups, calib_hist's last block runs the selects
@@ -104,7 +104,7 @@ inline constexpr unsigned int calib_pass0_stage_entries = sizeof(Key) == 4 ? 640
 // Pass 0, the split and calib_hist run calib_select_group in their own blocks.
 static_assert(calib_pass0_block == calib_select_block && calib_split_block == calib_select_block && calib_block == calib_select_block,
               "the fused selections need blocks of calib_select_block threads");
-static_assert(calib_pass0_tile_elems == 4 * calib_split_unroll * calib_split_block, "calib_split: one sweep per tile");
+static_assert(calib_pass0_tile_elems % (4 * calib_split_unroll * calib_split_block) == 0, "calib_split: whole sweeps per tile");
 
 // Value digits on the GPU: a first digit of calib_first_bits bits (8192 bins: the selected bucket
 // holds ~1% of normal-like data, 4x fewer candidates than an 11-bit digit), then digits of
@@ -293,16 +293,18 @@ __device__ __forceinline__ bool calib_excluded(const std::uint64_t* ex, index_t 
 // Asks L2 for tile t of tiles0 (called by every thread of a block while its loads of the current
 // tile are in flight, so the next tile's loads hit L2): packed tiles only (a contiguous span of at
 // most 32 KB: one 128-byte line per thread). t < 0: nothing.
+__device__ __forceinline__ void calib_prefetch_span(const void* ptr, index_t bytes) {
+  const auto* base = static_cast<const char*>(ptr);
+  for (index_t off = static_cast<index_t>(threadIdx.x) * 128; off < bytes; off += static_cast<index_t>(blockDim.x) * 128)
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(base + off));
+}
 template <class T>
 __device__ __forceinline__ void calib_prefetch_tile(const calib_params<T>& p, index_t t) {
   if (t < 0) return;
   const calib_tile tile = p.tiles0[t];
   const calib_tensor_desc<T>& td = p.tensors[tile.tensor];
   if (td.ld != td.cols) return;
-  const auto* base = reinterpret_cast<const char*>(td.data + tile.row_begin * td.cols);
-  const index_t bytes = (tile.row_end - tile.row_begin) * td.cols * static_cast<index_t>(sizeof(T));
-  for (index_t off = static_cast<index_t>(threadIdx.x) * 128; off < bytes; off += static_cast<index_t>(blockDim.x) * 128)
-    asm volatile("prefetch.global.L2 [%0];" ::"l"(base + off));
+  calib_prefetch_span(td.data + tile.row_begin * td.cols, (tile.row_end - tile.row_begin) * td.cols * static_cast<index_t>(sizeof(T)));
 }
 
 // Adds a block's shared histogram (bins counters) into a group's global one, then clears it.
@@ -667,7 +669,10 @@ __device__ __forceinline__ void calib_tile_fast(const calib_params<T>& p, const 
   const auto n4 = static_cast<unsigned int>((tile.row_end - tile.row_begin) * td.cols / 4);
   const auto* base4 = reinterpret_cast<const uint4*>(td.data + tile.row_begin * td.cols);
   const unsigned int lane = threadIdx.x & 31u;
+  const unsigned int lt = (1u << lane) - 1u;  // lanes below this one
   const Key span = chi - clo;  // candidates: key - clo <= span (unsigned)
+  // Whether entry b of float4 v (in the tile, loaded as keys k) is a candidate: in the window and
+  // not excluded (e4: the float4's 4 exclusion bits).
   for (unsigned int v0 = 0; v0 < n4; v0 += U * B) {
     Key k[U][4];  // magnitude keys (bit patterns with the sign cleared) of float4 v0 + u B + thread
 #pragma unroll
@@ -679,25 +684,28 @@ __device__ __forceinline__ void calib_tile_fast(const calib_params<T>& p, const 
       k[u][2] = q.z & 0x7fffffffu;
       k[u][3] = q.w & 0x7fffffffu;
     }
-    if (v0 == 0) calib_prefetch_tile(p, t_next);
-    // Candidate flags first (bit 4u + b), so that only the keys live across the staging round's barrier.
-    unsigned int cbits = 0;
+    if (v0 == 0) {  // the rest of this tile (later sweeps) and the next tile into L2
+      if (n4 > U * B) calib_prefetch_span(base4 + U * B, static_cast<index_t>(n4 - U * B) * 16);
+      calib_prefetch_tile(p, t_next);
+    }
+    // The thread's candidate count (the staging round needs the counts first); out-of-range
+    // float4s hold key 0 and never count (clo > 0 ... or they are masked by `in` below).
+    unsigned int cnt = 0;
     Key kmax = 0;  // Pass0: NaN/Inf (keys >= infinity) located below only when present
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const unsigned int v = v0 + u * B + threadIdx.x;
-      if (v < n4 && live) {
-        unsigned int cand4 = 0;
+      const bool in = v < n4 && live;
+      const unsigned int e4 = (excl != nullptr && in) ? static_cast<unsigned int>((excl[v >> lshift] >> ((4 * v) & (W - 1))) & 0xfu) : 0u;
 #pragma unroll
-        for (int b = 0; b < 4; ++b) {
-          cand4 |= static_cast<unsigned int>(k[u][b] - clo <= span) << b;
-          if constexpr (Pass0) {
+      for (int b = 0; b < 4; ++b) {
+        cnt += (in && k[u][b] - clo <= span && ((e4 >> b) & 1u) == 0) ? 1u : 0u;
+        if constexpr (Pass0) {
+          if (in) {
             kmax = max(kmax, k[u][b]);
             atomicAdd(&h0[k[u][b] >> shift0], 1u);
           }
         }
-        if (excl != nullptr && cand4 != 0) cand4 &= ~static_cast<unsigned int>((excl[v >> lshift] >> ((4 * v) & (W - 1))) & 0xfu);
-        cbits |= cand4 << (4 * u);
       }
     }
     if constexpr (Pass0) {
@@ -712,63 +720,75 @@ __device__ __forceinline__ void calib_tile_fast(const calib_params<T>& p, const 
       }
     }
     unsigned int slot = 0, limit = 0;
-    calib_candidate<Key>* dst = compact ? calib_stage_reserve(p, sm, st, static_cast<unsigned int>(__popc(cbits)), slot, limit) : nullptr;
+    calib_candidate<Key>* dst = compact ? calib_stage_reserve(p, sm, st, cnt, slot, limit) : nullptr;
     if (compact) {  // block-uniform: the mask words of the entries certainly kept
-      // The W bits of a word are spread over L lanes: OR-reduce them, every u at once (independent
-      // shuffle chains), then the first lane of each group stores the word.
-      std::uint64_t w[U];
+      // The W bits of a word are spread over L lanes: OR-reduce them (independent shuffle chains
+      // for 4 float4 at a time), then the first lane of each group stores the word.
 #pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const unsigned int v = v0 + u * B + threadIdx.x;
-        const unsigned int bitpos = (4 * v) & (W - 1);
-        unsigned int def4 = 0;
-        if (v < n4 && live) {
+      for (int h = 0; h < U; h += 4) {
+        std::uint64_t w[4];
 #pragma unroll
-          for (int b = 0; b < 4; ++b) def4 |= static_cast<unsigned int>(k[u][b] > chi) << b;
-          if (excl != nullptr) def4 &= ~static_cast<unsigned int>((excl[v >> lshift] >> bitpos) & 0xfu);
-        }
-        w[u] = static_cast<std::uint64_t>(def4) << bitpos;
-      }
-      if (W <= 32) {  // warp-uniform: 32-bit words
-        unsigned int w32[U];
-#pragma unroll
-        for (int u = 0; u < U; ++u) w32[u] = static_cast<unsigned int>(w[u]);
-        for (unsigned int o = L / 2; o >= 1; o >>= 1) {
-#pragma unroll
-          for (int u = 0; u < U; ++u) w32[u] |= __shfl_xor_sync(0xffffffffu, w32[u], static_cast<int>(o));
-        }
-#pragma unroll
-        for (int u = 0; u < U; ++u) w[u] = w32[u];
-      } else {
-        for (unsigned int o = L / 2; o >= 1; o >>= 1) {
-#pragma unroll
-          for (int u = 0; u < U; ++u) w[u] |= __shfl_xor_sync(0xffffffffu, w[u], static_cast<int>(o));
-        }
-      }
-      if ((lane & (L - 1)) == 0) {
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
+        for (int j = 0; j < 4; ++j) {
+          const int u = h + j;
           const unsigned int v = v0 + u * B + threadIdx.x;
-          if (v < n4) {
-            out[v >> lshift] = w[u];
-            kept += static_cast<unsigned int>(__popcll(w[u]));
+          const unsigned int bitpos = (4 * v) & (W - 1);
+          unsigned int def4 = 0;
+          if (v < n4 && live) {
+#pragma unroll
+            for (int b = 0; b < 4; ++b) def4 |= static_cast<unsigned int>(k[u][b] > chi) << b;
+            if (excl != nullptr) def4 &= ~static_cast<unsigned int>((excl[v >> lshift] >> bitpos) & 0xfu);
+          }
+          w[j] = static_cast<std::uint64_t>(def4) << bitpos;
+        }
+        if (W <= 32) {  // warp-uniform: 32-bit words
+          unsigned int w32[4];
+#pragma unroll
+          for (int j = 0; j < 4; ++j) w32[j] = static_cast<unsigned int>(w[j]);
+          for (unsigned int o = L / 2; o >= 1; o >>= 1) {
+#pragma unroll
+            for (int j = 0; j < 4; ++j) w32[j] |= __shfl_xor_sync(0xffffffffu, w32[j], static_cast<int>(o));
+          }
+#pragma unroll
+          for (int j = 0; j < 4; ++j) w[j] = w32[j];
+        } else {
+          for (unsigned int o = L / 2; o >= 1; o >>= 1) {
+#pragma unroll
+            for (int j = 0; j < 4; ++j) w[j] |= __shfl_xor_sync(0xffffffffu, w[j], static_cast<int>(o));
+          }
+        }
+        if ((lane & (L - 1)) == 0) {
+#pragma unroll
+          for (int j = 0; j < 4; ++j) {
+            const unsigned int v = v0 + (h + j) * B + threadIdx.x;
+            if (v < n4) {
+              out[v >> lshift] = w[j];
+              kept += static_cast<unsigned int>(__popcll(w[j]));
+            }
           }
         }
       }
     }
-    if (cbits == 0) continue;
+    // Candidates, warp by warp: a ballot per entry position (u, b) (warp-uniform branches); the
+    // warp's slots start at its lane 0's (the staging round counted the same predicate).
+    if (!__any_sync(0xffffffffu, cnt != 0)) continue;
+    unsigned int wslot = __shfl_sync(0xffffffffu, slot, 0);
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      const unsigned int c4 = (cbits >> (4 * u)) & 0xfu;
-      if (c4 == 0) continue;
       const unsigned int v = v0 + u * B + threadIdx.x;
-      const std::uint64_t bit0 = static_cast<std::uint64_t>(word0 + (v >> lshift)) * 64 + ((4 * v) & (W - 1));
+      const bool in = v < n4 && live;
+      const unsigned int e4 = (excl != nullptr && in) ? static_cast<unsigned int>((excl[v >> lshift] >> ((4 * v) & (W - 1))) & 0xfu) : 0u;
 #pragma unroll
       for (int b = 0; b < 4; ++b) {
-        if (((c4 >> b) & 1u) == 0) continue;
-        if (chist != nullptr) atomicAdd(&chist[(k[u][b] >> shift1) & dmask], 1u);
-        if (dst != nullptr && slot < limit) dst[slot] = calib_candidate<Key>{k[u][b], tensor, bit0 + b};
-        ++slot;
+        const bool c = in && k[u][b] - clo <= span && ((e4 >> b) & 1u) == 0;
+        const unsigned int m = __ballot_sync(0xffffffffu, c);
+        if (m == 0) continue;  // warp-uniform
+        if (c) {
+          if (chist != nullptr) atomicAdd(&chist[(k[u][b] >> shift1) & dmask], 1u);
+          const unsigned int sl = wslot + __popc(m & lt);
+          if (dst != nullptr && sl < limit)
+            dst[sl] = calib_candidate<Key>{k[u][b], tensor, static_cast<std::uint64_t>(word0 + (v >> lshift)) * 64 + ((4 * v) & (W - 1)) + b};
+        }
+        wslot += __popc(m);
       }
     }
   }
