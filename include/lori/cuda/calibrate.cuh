@@ -637,12 +637,15 @@ __device__ __forceinline__ calib_candidate<magnitude_key_t<T>>* calib_stage_rese
 
 // Split (and pass 0's window work) on a tile of a `fast` tensor (see calib_tensor_desc): thread v
 // reads float4 v of a sweep (elements 4v..4v+3, coalesced), calib_split_unroll float4 in flight per
-// thread (a whole 8192-element tile) before any use; entries above chi are certainly kept,
-// entries in [clo, chi] are candidates. The W = min(cols, 64) elements of a mask word are held by
-// L = W / 4 consecutive lanes (a power of two dividing 32), whose bits are OR-reduced with
-// shuffles; the first lane of each group writes the word. One staging round per sweep. Pass0: also
-// the first-digit histogram h0 of every element and the first NaN/Inf (`first` = flat position of
-// the tile's element 0); otherwise the candidates' next digit goes to chist.
+// thread (4096 elements per sweep: two sweeps per 8192-element tile; the first asks L2 for the
+// second and for the next tile) before any use; entries above chi are certainly kept, entries in
+// [clo, chi] are candidates. The W = min(cols, 64) elements of a mask word are held by L = W / 4
+// consecutive lanes (a power of two dividing 32), whose bits are OR-reduced with shuffles; the
+// first lane of each group writes the word. One staging round per sweep (each thread's candidate
+// count), then the candidates are emitted warp by warp: one ballot per entry position, a
+// warp-uniform branch where it is non-zero. Pass0: also the first-digit histogram h0 of every
+// element and the first NaN/Inf (`first` = flat position of the tile's element 0); otherwise the
+// candidates' next digit goes to chist.
 template <class T, bool Pass0, unsigned int S>
 __device__ __forceinline__ void calib_tile_fast(const calib_params<T>& p, const calib_tile& tile, const calib_tensor_desc<T>& td,
                                                 magnitude_key_t<T> clo, magnitude_key_t<T> chi, bool live, bool compact,
