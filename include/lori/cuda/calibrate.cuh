@@ -673,9 +673,10 @@ __device__ __forceinline__ void calib_tile_fast(const calib_params<T>& p, const 
   const auto* base4 = reinterpret_cast<const uint4*>(td.data + tile.row_begin * td.cols);
   const unsigned int lane = threadIdx.x & 31u;
   const unsigned int lt = (1u << lane) - 1u;  // lanes below this one
-  const Key span = chi - clo;  // candidates: key - clo <= span (unsigned)
-  // Whether entry b of float4 v (in the tile, loaded as keys k) is a candidate: in the window and
-  // not excluded (e4: the float4's 4 exclusion bits).
+  // Entry b of float4 v is a candidate when v is in the tile (and the group live), its key lies in
+  // [clo, chi] (key - clo <= span, unsigned) and it is not excluded (e4: the float4's 4 exclusion
+  // bits). The same predicate counts the thread's candidates and, later, emits them.
+  const Key span = chi - clo;
   for (unsigned int v0 = 0; v0 < n4; v0 += U * B) {
     Key k[U][4];  // magnitude keys (bit patterns with the sign cleared) of float4 v0 + u B + thread
 #pragma unroll
@@ -691,8 +692,7 @@ __device__ __forceinline__ void calib_tile_fast(const calib_params<T>& p, const 
       if (n4 > U * B) calib_prefetch_span(base4 + U * B, static_cast<index_t>(n4 - U * B) * 16);
       calib_prefetch_tile(p, t_next);
     }
-    // The thread's candidate count (the staging round needs the counts first); out-of-range
-    // float4s hold key 0 and never count (clo > 0 ... or they are masked by `in` below).
+    // The thread's candidate count (the staging round needs the counts first).
     unsigned int cnt = 0;
     Key kmax = 0;  // Pass0: NaN/Inf (keys >= infinity) located below only when present
 #pragma unroll
