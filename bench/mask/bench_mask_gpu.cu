@@ -78,14 +78,14 @@ void time_events(benchmark::State& state, F&& f) {
   LORI_CUDA_CHECK(cudaEventDestroy(stop));
 }
 
-void calibrate_llama3_8b(benchmark::State& state, bool predict) {
+void BM_gpu_calibrate_llama3_8b(benchmark::State& state) {
   if (!have_device(state)) return;
   const auto& d = gpu_data();
   lori::calibration_options opt;
   opt.sparsity = 0.9;
   opt.semantics = state.range(0) == 0 ? lori::mask_semantics::reference : lori::mask_semantics::exact;
   opt.granularity = static_cast<lori::mask_granularity>(state.range(1));
-  lori::cuda::calibration_plan<float> plan(d.tensors, opt, -1, predict);
+  lori::cuda::calibration_plan<float> plan(d.tensors, opt);
   lori::cuda::device_buffer<std::byte> ws(static_cast<lori::index_t>(plan.workspace_bytes()));
   plan.run(ws.data(), ws.bytes(), nullptr);  // uploads the descriptors once
   time_events(state, [&] { plan.run(ws.data(), ws.bytes(), nullptr, true); });
@@ -94,10 +94,6 @@ void calibrate_llama3_8b(benchmark::State& state, bool predict) {
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * d.total * static_cast<int64_t>(sizeof(float)));
   state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * d.total);
 }
-
-void BM_gpu_calibrate_llama3_8b(benchmark::State& state) { calibrate_llama3_8b(state, false); }
-// Predicted-window mode (calibration_plan's `predict`): one full read when the sampled window holds the bucket.
-void BM_gpu_calibrate_llama3_8b_predict(benchmark::State& state) { calibrate_llama3_8b(state, true); }
 
 __global__ void abs_bits(const float* x, std::uint32_t* k, lori::index_t n) {
   const lori::index_t i = blockIdx.x * static_cast<lori::index_t>(blockDim.x) + threadIdx.x;
@@ -138,9 +134,6 @@ void BM_gpu_baseline_d2d_copy(benchmark::State& state) {
 BENCHMARK(BM_gpu_calibrate_llama3_8b)
     ->Args({0, 0})->Args({0, 1})->Args({0, 2})->Args({0, 3})->Args({0, 4})
     ->Args({1, 0})->Args({1, 1})->Args({1, 4})
-    ->UseManualTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_gpu_calibrate_llama3_8b_predict)
-    ->Args({0, 0})->Args({0, 1})->Args({0, 4})->Args({1, 0})->Args({1, 4})
     ->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_calibrate_baseline_cub_radix_sort)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_baseline_d2d_copy)->UseManualTime()->Unit(benchmark::kMicrosecond);

@@ -49,10 +49,7 @@ sanitize() {
   [ $rc -eq 0 ] || grep -E "Error|Race|Invalid|at 0x|by thread|TEST CASE|ERROR" "$OUT/mask_sanitize_$tool.log" | head -15 | tee -a "$F"
 }
 sanitize memcheck 15
-# Reference/model: 5 launches (init, pass0 + select, split + select, hist + select, finish).
-command -v ncu > /dev/null && ncu_run llama3_8b/0/0 5 14 60
+# Reference/model: 8 launches (init, pass0, select, split, select, hist, select, finish).
+command -v ncu > /dev/null && ncu_run llama3_8b/0/0 8 18 90
 sanitize racecheck 40
-# Predicted-window mode, reference/model: 7 launches (init, sample, pass0 + window + select, split
-# (returns at once when the group is resolved), hist 1 + select, hist 2 + select, finish).
-command -v ncu > /dev/null && ncu_run llama3_8b_predict/0/0 7 14 60
 log "== done in $(( $(date +%s) - t0 )) s"

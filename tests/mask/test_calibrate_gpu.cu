@@ -18,7 +18,6 @@
 #include <cstdlib>
 #include <limits>
 #include <string>
-#include <string_view>
 #include <vector>
 
 namespace {
@@ -71,12 +70,10 @@ struct device_adapter {
 };
 
 template <class T>
-void compare_gpu_cpu(const std::vector<lori::calibration_tensor<T>>& ts, const lori::calibration_options& opt, lori::index_t capacity,
-                     bool predict = false) {
-  INFO("predict=" << predict);
+void compare_gpu_cpu(const std::vector<lori::calibration_tensor<T>>& ts, const lori::calibration_options& opt, lori::index_t capacity) {
   const auto cpu = lori::calibrate_mask(ts, opt);
   device_adapter<T> dev(ts);
-  lori::cuda::calibration_plan<T> plan(dev.tensors, opt, capacity, predict);
+  lori::cuda::calibration_plan<T> plan(dev.tensors, opt, capacity);
   lori::cuda::device_buffer<std::byte> ws(static_cast<lori::index_t>(plan.workspace_bytes()));
   for (int rep = 0; rep < (quick() ? 2 : 3); ++rep) {  // a plan runs again with the same workspace
     INFO("repetition " << rep);
@@ -107,9 +104,8 @@ void compare_gpu_cpu(const std::vector<lori::calibration_tensor<T>>& ts, const l
   }
 }
 
-// predict: predicted-window mode, default capacity only (small groups: no prediction; the plumbing).
 template <class T>
-void sweep(const lori_test::random_adapter_spec& spec, std::uint64_t salt, const std::vector<double>& sparsities, bool predict = false) {
+void sweep(const lori_test::random_adapter_spec& spec, std::uint64_t salt, const std::vector<double>& sparsities) {
   LORI_TEST_SEED_INFO();
   auto g = lori_test::rng(salt);
   const auto a = lori_test::make_random_adapter<T>(spec, g);
@@ -121,14 +117,14 @@ void sweep(const lori_test::random_adapter_spec& spec, std::uint64_t salt, const
       if (q && gran == lori::mask_granularity::matrix && salt % 2 == 0) continue;
       for (auto sem : all_semantics)
         for (lori::index_t cap : {lori::index_t{-1}, lori::index_t{0}, lori::index_t{37}}) {
-          if ((q && cap == 37) || (predict && cap != -1)) continue;
+          if (q && cap == 37) continue;
           INFO("s=" << s << " granularity=" << lori::to_string(gran) << " exact=" << (sem == lori::mask_semantics::exact)
                     << " capacity=" << cap);
           lori::calibration_options opt;
           opt.sparsity = s;
           opt.granularity = gran;
           opt.semantics = sem;
-          compare_gpu_cpu(a.tensors, opt, cap, predict);
+          compare_gpu_cpu(a.tensors, opt, cap);
         }
     }
   }
@@ -180,7 +176,7 @@ TEST_CASE("GPU calibration equals the CPU path: heavy ties and signed zeros") {
   sweep<double>(spec, 108, {0.6});
 }
 
-static void many_tiles_case(bool predict) {
+TEST_CASE("GPU calibration equals the CPU path on tensors spanning many tiles") {
   LORI_TEST_SEED_INFO();
   auto g = lori_test::rng(109);
   // 3 layers of 7 tensors with up to 2048 x 64 rows: several 16384-element tiles per tensor.
@@ -203,8 +199,6 @@ static void many_tiles_case(bool predict) {
       ts.push_back({"model.layers." + std::to_string(l) + "." + projs[p] + ".lora_B.weight",
                     lori::row_major_view<const float>(store.back().data(), r, c), l == 1 ? &ex.back() : nullptr});
     }
-  // 1.03 M elements: in predicted-window mode the model, layer, module and up_proj groups are
-  // sampled and (normal values) resolved by pass 0; the others take the split.
   for (auto gran : all_granularities)
     for (auto sem : all_semantics)
       for (lori::index_t cap : {lori::index_t{-1}, lori::index_t{0}}) {
@@ -213,12 +207,9 @@ static void many_tiles_case(bool predict) {
         opt.sparsity = 0.9;
         opt.granularity = gran;
         opt.semantics = sem;
-        compare_gpu_cpu(ts, opt, cap, predict);
+        compare_gpu_cpu(ts, opt, cap);
       }
 }
-
-TEST_CASE("GPU calibration equals the CPU path on tensors spanning many tiles") { many_tiles_case(false); }
-
 
 TEST_CASE("GPU calibration equals the CPU path when one bucket holds all the data (all magnitudes equal)") {
   // Every |B| is 0.5 (signs mixed; one tensor partly excluded): the first-digit bucket holds every
@@ -253,73 +244,6 @@ TEST_CASE("GPU calibration equals the CPU path when one bucket holds all the dat
     for (double s : {0.3, 0.9}) compare_all(ts, s, {-1, m, m - 1, 0});
   }
 }
-
-static void staging_case(bool predict) {
-  // 9.4 M floats in 40 tensors (many tiles per persistent block and many blocks per tensor): each
-  // tensor mixes N(0, 0.02) values with a fraction f (5% .. 40%, by tensor) of +-0.5 entries, so at
-  // s = 0.9 tau = 0.5 and the selected first-digit bucket holds ~20% of the data. The split's
-  // shared-memory staging (2048 candidates per block) then fills after one or two tiles and is
-  // flushed mid-range many times; groups (matrix granularity: 40) complete in blocks other than
-  // their first, so the last-block selections run with contributions from several blocks. A
-  // capacity of N / 3 keeps the compact path (the default N / 16 overflows: tested too).
-  // Exact semantics selects k of the 0.5 ties by flat position. LORI_MASK_GPU_QUICK: 16 tensors,
-  // model/exact only.
-  LORI_TEST_SEED_INFO();
-  auto g = lori_test::rng(112);
-  std::normal_distribution<float> nd(0.0f, 0.02f);
-  std::uniform_real_distribution<double> u(0.0, 1.0);
-  const int nt = quick() ? 16 : 40;
-  std::vector<std::vector<float>> store(static_cast<std::size_t>(nt));
-  std::vector<lori::bitmask> ex;
-  ex.reserve(static_cast<std::size_t>(nt));
-  std::vector<lori::calibration_tensor<float>> ts;
-  lori::index_t n = 0;
-  for (int t = 0; t < nt; ++t) {
-    const lori::index_t r = (t % 5 == 4) ? 3000 : 7168, c = (t % 3 == 0) ? 64 : 32;
-    const double f = 0.05 + 0.35 * (t % 8) / 7.0;
-    store[t].resize(static_cast<std::size_t>(r * c));
-    for (auto& x : store[t]) x = u(g) < f ? (u(g) < 0.5 ? 0.5f : -0.5f) : nd(g);
-    ex.emplace_back(r, c);
-    if (t % 7 == 3)
-      for (lori::index_t i = 0; i < r; i += 5) ex.back().set(i, (i * 3) % c);
-    ts.push_back({"model.layers." + std::to_string(t / 7) + ".lora_B." + std::to_string(t),
-                  lori::row_major_view<const float>(store[t].data(), r, c), t % 7 == 3 ? &ex.back() : nullptr});
-    n += r * c;
-  }
-  for (auto gran : {lori::mask_granularity::model, lori::mask_granularity::layer, lori::mask_granularity::matrix})
-    for (auto sem : all_semantics)
-      for (lori::index_t cap : {n / 3, lori::index_t{-1}}) {
-        if (quick() && (cap == -1 || gran != lori::mask_granularity::model || sem != lori::mask_semantics::exact))
-          continue;  // quick: model/exact
-        INFO("granularity=" << lori::to_string(gran) << " exact=" << (sem == lori::mask_semantics::exact) << " capacity=" << cap);
-        lori::calibration_options opt;
-        opt.sparsity = 0.9;
-        opt.granularity = gran;
-        opt.semantics = sem;
-        if (gran == lori::mask_granularity::layer)  // the same groups through a custom grouping function
-          opt.group_by = [](std::string_view name) { return std::string(name.substr(0, name.find(".lora_B"))); };
-        // Predicted-window mode: with capacity N / 3 the window around the 0.5 bucket (~22% of the
-        // samples) is accepted and pass 0 stages ~1800 candidates per tile (rounds larger than its
-        // staging go to the list directly).
-        compare_gpu_cpu(ts, opt, cap, predict);
-      }
-  // Double (staging of 1024 candidates, one thread per mask word): a smaller copy.
-  std::vector<std::vector<double>> sd(8);
-  std::vector<lori::calibration_tensor<double>> td;
-  for (int t = 0; t < 8; ++t) {
-    sd[t].assign(store[t].begin(), store[t].begin() + 1024 * 32);
-    td.push_back({ts[t].name, lori::row_major_view<const double>(sd[t].data(), 1024, 32), nullptr});
-  }
-  for (auto sem : all_semantics) {
-    lori::calibration_options opt;
-    opt.sparsity = 0.9;
-    opt.semantics = sem;
-    compare_gpu_cpu(td, opt, 8 * 1024 * 32 / 2, predict);
-  }
-}
-
-TEST_CASE("GPU calibration equals the CPU path when the split stages many candidates per block") { staging_case(false); }
-
 
 TEST_CASE("GPU calibration equals the CPU path: wide, narrow and unaligned shapes across tiles") {
   // cols 128 and 256 (float4 path, two and four mask words per row), 1 and 3 (one thread per word),
@@ -390,67 +314,4 @@ TEST_CASE("GPU calibration reports NaN/Inf with the tensor's name and index; che
   auto wrong = dev.tensors;
   wrong[0].mask.cols = 9;
   CHECK_THROWS_AS(lori::cuda::calibration_plan<float>(wrong, lori::calibration_options{}), lori::error);
-}
-
-// Predicted-window mode (calibration_plan's `predict`), last in the file: the same data again.
-TEST_CASE("GPU calibration, predicted-window mode: small groups (no prediction)") {
-  lori_test::random_adapter_spec spec;
-  spec.exclude_prob = 0.5;
-  sweep<float>(spec, 114, {0.9}, true);
-  spec.ties = true;
-  sweep<double>(spec, 115, {0.6}, true);
-}
-
-TEST_CASE("GPU calibration, predicted-window mode: tensors spanning many tiles") { many_tiles_case(true); }
-
-TEST_CASE("GPU calibration, predicted-window mode: pass 0 stages many candidates per block") { staging_case(true); }
-
-TEST_CASE("GPU calibration, predicted-window mode: windows that miss the bucket, candidate overflow") {
-  // Two tensors of 16384 x 32 floats (2^20 in the group: sampled, calib_sample_position), the
-  // values at the sampled positions chosen to mislead the sample:
-  //   0: N(0, 1e-4) at the samples, N(0, 0.02) elsewhere: the window lies far below the bucket
-  //      (pass 0's words are rewritten by the split, its window candidates are stale);
-  //   1: N(0, 0.2) at the samples: the window lies above the bucket;
-  //   2: N(0, 0.02) at the samples, 0.033 (about tau) elsewhere: the window holds nearly every
-  //      entry, far more than the default capacity (pass 0's candidates overflow and everything
-  //      falls back to the two reads), or misses; either way the masks must equal the CPU's.
-  //   3: N(0, 0.02) everywhere (resolved), with exclusions on the second tensor.
-  // Model granularity (one group, both tensors) and matrix granularity (each tensor sampled alone:
-  // the positions differ, so the data misleads the model sample only).
-  LORI_TEST_SEED_INFO();
-  auto g = lori_test::rng(113);
-  std::normal_distribution<float> nd(0.0f, 0.02f);
-  const lori::index_t rows = 16384, cols = 32, n = 2 * rows * cols;
-  const lori::index_t s = lori::cuda::detail::calib_sample_count;
-  std::vector<char> sampled(static_cast<std::size_t>(n), 0);
-  for (lori::index_t i = 0; i < s; ++i) sampled[static_cast<std::size_t>(lori::cuda::detail::calib_sample_position(i, n, s))] = 1;
-  for (int variant = 0; variant < 4; ++variant) {
-    INFO("variant " << variant);
-    std::vector<float> v(static_cast<std::size_t>(n));
-    for (lori::index_t q = 0; q < n; ++q) {
-      const bool at = sampled[static_cast<std::size_t>(q)] != 0;
-      float x = nd(g);
-      if (variant == 0 && at) x *= 0.005f;
-      if (variant == 1 && at) x *= 10.0f;
-      if (variant == 2 && !at) x = x < 0 ? -0.033f : 0.033f;
-      v[static_cast<std::size_t>(q)] = x;
-    }
-    lori::bitmask ex(rows, cols);
-    for (lori::index_t i = 0; i < rows; i += 3) ex.set(i, (i * 5) % cols);
-    std::vector<lori::calibration_tensor<float>> ts = {
-        {"model.layers.0.self_attn.q_proj.lora_B.weight", lori::row_major_view<const float>(v.data(), rows, cols), nullptr},
-        {"model.layers.0.mlp.up_proj.lora_B.weight", lori::row_major_view<const float>(v.data() + rows * cols, rows, cols),
-         variant == 3 ? &ex : nullptr}};
-    for (auto gran : {lori::mask_granularity::model, lori::mask_granularity::matrix})
-      for (auto sem : all_semantics) {
-        if (quick() && (gran != lori::mask_granularity::model || sem == lori::mask_semantics::exact || variant % 2 == 1)) continue;
-        INFO("granularity=" << lori::to_string(gran) << " exact=" << (sem == lori::mask_semantics::exact));
-        lori::calibration_options opt;
-        opt.sparsity = 0.9;
-        opt.granularity = gran;
-        opt.semantics = sem;
-        compare_gpu_cpu(ts, opt, -1, true);
-        if (!quick()) compare_gpu_cpu(ts, opt, n / 4, true);  // room for the overflowing window (variant 2)
-      }
-  }
 }
