@@ -1,40 +1,55 @@
 #!/usr/bin/env bash
-# GPU checks of the mask area (issue #4): tests, GPU benchmarks, compute-sanitizer (quick subset),
-# then (if nsys is there) a kernel-time breakdown. Most important first: each step appends to mask.txt.
+# GPU checks of the mask area (issue #4): tests, GPU benchmarks, a per-kernel Nsight Compute
+# breakdown, compute-sanitizer (quick subset). Most important first; every step appends to mask.txt
+# and runs under a timeout cut to what is left of a 78 s budget.
 # Usage (repository root, GPU machine, BUILD configured and lori_test_mask_gpu / lori_bench_mask built):
 #   bash scripts/gpu/check_mask.sh BUILD OUT_DIR      -> OUT_DIR/mask.txt
 set -uo pipefail
 B="${1:?build dir}"; OUT="${2:?out dir}"; mkdir -p "$OUT"; F="$OUT/mask.txt"; : > "$F"
 log() { echo "$@" | tee -a "$F"; }
 t0=$(date +%s)
+# tl N: N seconds, or what is left of the budget if less (at least 1).
+tl() { local left=$(( 78 - ($(date +%s) - t0) )); [ "$1" -lt "$left" ] && echo "$1" || echo $(( left > 1 ? left : 1 )); }
 log "== mask check $(git rev-parse --short HEAD 2>/dev/null) $(date -u +%H:%M:%S)"
 nvidia-smi --query-gpu=name,clocks.max.sm --format=csv,noheader 2>&1 | head -1 | tee -a "$F"
-cmake --build "$B" -j14 --target lori_test_mask_gpu lori_bench_mask > "$OUT/mask_build.log" 2>&1 \
+timeout "$(tl 30)" cmake --build "$B" -j14 --target lori_test_mask_gpu lori_bench_mask > "$OUT/mask_build.log" 2>&1 \
   || { log "build FAILED"; grep -E "error" "$OUT/mask_build.log" | head -20 | tee -a "$F"; }
 log "== ctest lori_test_mask_gpu"
-timeout 60 ctest --test-dir "$B" -R lori_test_mask_gpu --output-on-failure > "$OUT/mask_ctest.log" 2>&1
+timeout "$(tl 25)" ctest --test-dir "$B" -R lori_test_mask_gpu --output-on-failure > "$OUT/mask_ctest.log" 2>&1
 log "ctest rc=$?"; grep -E "tests passed|Passed|Failed|ERROR|CHECK|differs|test cases|assertions" "$OUT/mask_ctest.log" | head -40 | tee -a "$F"
 bench=$(find "$B" -type f -name lori_bench_mask -perm -u+x | head -1)
 log "== lori_bench_mask BM_gpu (5 repetitions: mean and median; real_time = CUDA-event time)"
-timeout 45 "$bench" --benchmark_filter='BM_gpu' --benchmark_repetitions=5 --benchmark_report_aggregates_only=true \
-  --benchmark_min_time=0.1 > "$OUT/mask_bench.log" 2>&1
+timeout "$(tl 25)" "$bench" --benchmark_filter='BM_gpu' --benchmark_repetitions=5 --benchmark_report_aggregates_only=true \
+  --benchmark_min_time=0.05 > "$OUT/mask_bench.log" 2>&1
 log "bench rc=$?"
-grep -E "^BM_|^Run|^-|Benchmark" "$OUT/mask_bench.log" | grep -v -E "_stddev|_cv" | head -60 | tee -a "$F"
-if command -v ncu > /dev/null; then
-  log "== ncu: the 8 kernels of one BM_gpu_calibrate_llama3_8b/0/0 run (serialised, caches flushed)"
-  timeout 40 ncu --section SpeedOfLight --section Occupancy --section LaunchStats --section MemoryWorkloadAnalysis \
-    -k regex:calib_ -c 8 "$bench" --benchmark_filter='BM_gpu_calibrate_llama3_8b/0/0/' --benchmark_min_time=0.01 \
-    > "$OUT/mask_ncu.log" 2>&1
+grep -E "^BM_|^Run|^-|Benchmark" "$OUT/mask_bench.log" | grep -v -E "_stddev|_cv|_mean" | head -60 | tee -a "$F"
+# ncu_run FILTER COUNT TIMEOUT LINES: per-kernel figures of the first COUNT calib_ kernels of one run of
+# BM_gpu_calibrate_FILTER (serialised by the profiler, caches flushed between kernels):
+# the raw page, filtered to duration, DRAM / SM throughput, occupancy, registers and the main
+# warp stall reasons (cycles per issued instruction).
+ncu_run() {
+  local f=$1 c=$2 lg="$OUT/mask_ncu_${1//\//_}.log"
+  log "== ncu BM_gpu_calibrate_$f (first $c calib_ kernels; raw metrics)"
+  timeout "$(tl "$3")" ncu --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+    --metrics smsp__inst_executed.sum,dram__bytes_read.sum,dram__bytes_write.sum,lts__t_bytes.sum \
+    --page raw -k regex:calib_ -c "$c" "$bench" --benchmark_filter="BM_gpu_calibrate_$f/" \
+    --benchmark_min_time=0.01 > "$lg" 2>&1
   log "ncu rc=$?"
-  grep -E "calib_[a-z0-9]+<|^ +Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Registers Per Thread|Grid Size|Block Size" \
-    "$OUT/mask_ncu.log" | sed -E 's/\(lori::cuda::detail::calib_params.*//; s/ +/ /g' | head -70 | tee -a "$F"
-fi
+  grep -E "calib_[a-z0-9_]+<|gpu__time_duration.sum|dram__throughput.avg.pct_of_peak_sustained_elapsed|gpu__dram_throughput.avg.pct|sm__throughput.avg.pct_of_peak_sustained_elapsed|sm__warps_active.avg.pct_of_peak_sustained_active|smsp__inst_executed.sum |dram__bytes_(read|write).sum |lts__t_bytes.sum |smsp__average_warps?_issue_stalled_(long_scoreboard|short_scoreboard|barrier|math_pipe_throttle|wait|drain)_per_issue_active" \
+    "$lg" | sed -E 's/\(lori::cuda::detail::calib_(params|group_state).*//; s/ +/ /g' | head -"$4" | tee -a "$F"
+  grep -q -E "gpu__time_duration" "$lg" || tail -12 "$lg" | tee -a "$F"
+}
 exe=$(find "$B" -type f -name lori_test_mask_gpu -perm -u+x | head -1)
-for tool in memcheck racecheck; do
-  s=$(date +%s)
-  LORI_MASK_GPU_QUICK=1 timeout $([ $tool = racecheck ] && echo 60 || echo 30) compute-sanitizer --tool $tool --report-api-errors no --error-exitcode 9 "$exe" > "$OUT/mask_sanitize_$tool.log" 2>&1
-  rc=$?
+sanitize() {
+  local tool=$1 s; s=$(date +%s)
+  LORI_MASK_GPU_QUICK=1 timeout "$(tl "$2")" compute-sanitizer --tool "$tool" --report-api-errors no \
+    --error-exitcode 9 "$exe" > "$OUT/mask_sanitize_$tool.log" 2>&1
+  local rc=$?
   log "compute-sanitizer $tool (LORI_MASK_GPU_QUICK=1): rc=$rc $(( $(date +%s) - s )) s; $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|test cases' "$OUT/mask_sanitize_$tool.log" | tr '\n' ' ')"
-  [ $rc -eq 0 ] || grep -E "Error|Race|Invalid|at 0x|by thread" "$OUT/mask_sanitize_$tool.log" | head -15 | tee -a "$F"
-done
+  [ $rc -eq 0 ] || grep -E "Error|Race|Invalid|at 0x|by thread|TEST CASE|ERROR" "$OUT/mask_sanitize_$tool.log" | head -15 | tee -a "$F"
+}
+sanitize memcheck 15
+# Reference/model: 8 launches (init, pass0, select, split, select, hist, select, finish).
+command -v ncu > /dev/null && ncu_run llama3_8b/0/0 8 18 90
+sanitize racecheck 40
 log "== done in $(( $(date +%s) - t0 )) s"
