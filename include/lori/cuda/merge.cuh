@@ -20,6 +20,7 @@
 #include "lori/error.hpp"
 
 #include "lori/detail/cuda_common.cuh"
+#include "lori/detail/merge_stream.cuh"
 
 #include <cuda_runtime_api.h>
 
@@ -82,6 +83,9 @@ struct pack_args {
 
 template <class T>
 __global__ void pack_kernel(pack_args<T> a) {
+  // Lets a kernel launched after this one with programmatic stream serialization (the streaming merge
+  // kernel) start its blocks now; it waits for this grid's completion before reading Bcat/Acat.
+  asm volatile("griddepcontrol.launch_dependents;");
   const index_t w = a.c_end - a.c_begin;
   const index_t nb = a.d * w, total = nb + w * a.k;
   for (index_t e = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; e < total;
@@ -93,10 +97,12 @@ __global__ void pack_kernel(pack_args<T> a) {
       const pack_source<T>& src = a.src[t];
       const index_t j = col - src.off;
       float x = 0.0f;
-      if (src.B != nullptr) {
-        x = src.scale * ::lori::to_float(src.B[i * src.ldb + j]);
-      } else if ((src.S.words[i * src.S.words_per_row + (j >> 6)] >> (j & 63)) & 1u) {
-        x = src.scale * ::lori::to_float(src.S.values[detail_sparse::packed_index(src.S, i, j)]);
+      if (j < src.r) {  // else: zero padding after a scale segment (streaming-kernel layout)
+        if (src.B != nullptr) {
+          x = src.scale * ::lori::to_float(src.B[i * src.ldb + j]);
+        } else if ((src.S.words[i * src.S.words_per_row + (j >> 6)] >> (j & 63)) & 1u) {
+          x = src.scale * ::lori::to_float(src.S.values[detail_sparse::packed_index(src.S, i, j)]);
+        }
       }
       const T hi = ::lori::from_float<T>(x);
       const index_t ldb = a.split ? 2 * a.R : a.R;
@@ -109,7 +115,7 @@ __global__ void pack_kernel(pack_args<T> a) {
       int t = 0;
       while (t + 1 < a.count && row >= a.src[t + 1].off) ++t;
       const pack_source<T>& src = a.src[t];
-      const T v = src.A[(row - src.off) * src.lda + c];
+      const T v = row - src.off < src.r ? src.A[(row - src.off) * src.lda + c] : ::lori::from_float<T>(0.0f);
       a.Acat[row * a.k + c] = v;
       if (a.split) a.Acat[(a.R + row) * a.k + c] = v;
     }
@@ -133,6 +139,119 @@ bool needs_split(const std::vector<merge_source<T>>& sources) {
   return differ && !std::is_same_v<T, float>;
 }
 
+// Operand layout of the streaming kernel (16-bit W): Bcat holds the raw Bₜ (no scale), adapters grouped
+// into scale segments (runs of equal sₜ), each segment's columns padded with zeros to a multiple of 16 so
+// that no 16-deep mma step spans two scales; the scales stay in fp32 (kernel parameters).
+struct stream_layout {
+  std::vector<index_t> off;  // column of Bcat (row of Acat) where each source starts
+  index_t kp = 0;            // padded depth
+  unsigned long long seg_end = 0;
+  std::vector<float> seg_scale;
+};
+
+template <class T>
+stream_layout make_stream_layout(const std::vector<merge_source<T>>& sources) {
+  stream_layout L;
+  index_t pos = 0;
+  for (std::size_t t = 0; t < sources.size(); ++t) {
+    L.off.push_back(pos);
+    pos += source_rank(sources[t]);
+    if (t + 1 == sources.size() || sources[t + 1].scale != sources[t].scale) {
+      pos = (pos + 15) / 16 * 16;
+      if (pos / 16 - 1 < detail::merge_stream::max_ksteps) L.seg_end |= 1ull << (pos / 16 - 1);
+      L.seg_scale.push_back(sources[t].scale);
+    }
+  }
+  L.kp = pos;
+  return L;
+}
+
+template <class T>
+std::size_t stream_workspace_bytes(index_t d, index_t k, index_t kp) {
+  return align256(static_cast<std::size_t>(d * kp) * sizeof(T)) + align256(static_cast<std::size_t>(kp * k) * sizeof(T));
+}
+
+/// True when merge_into(W, sources) takes the streaming tensor-core kernel: 16-bit W, W 16-byte aligned
+/// with k and its leading dimension multiples of 8 (16-byte rows), padded depth kp <= 1024. Otherwise
+/// (fp32, unaligned W, deeper sums) the cuBLAS route runs.
+template <class T>
+bool stream_kernel_applies(row_major_view<T> W, const std::vector<merge_source<T>>& sources) {
+  if constexpr (!detail::is_16bit_v<T>) {
+    return false;
+  } else {
+    const index_t d = W.rows(), k = W.cols();
+    if (d <= 0 || k <= 0 || sources.empty()) return false;
+    const index_t tiles = detail::ceil_div(d, detail::merge_stream::bm) * detail::ceil_div(k, detail::merge_stream::bn);
+    return k % 8 == 0 && W.ld() % 8 == 0 && reinterpret_cast<std::uintptr_t>(W.data()) % 16 == 0 &&
+           make_stream_layout(sources).kp <= detail::merge_stream::max_kp && tiles <= index_t{1} << 30;
+  }
+}
+
+// Packs the sources (in groups of pack_max per launch) into Bcat (d x ldc) and Acat (rows x k): source t
+// at column/row off[t], its range ending where the next begins (or at `end`); columns past its rank zero.
+template <class T>
+void pack_all(context& ctx, const std::vector<merge_source<T>>& sources, index_t d, index_t k, index_t ldc,
+              const std::vector<index_t>& off, index_t end, bool scaled, bool split, T* Bcat, T* Acat) {
+  for (std::size_t first = 0; first < sources.size(); first += pack_max) {
+    pack_args<T> a{};
+    a.d = d;
+    a.k = k;
+    a.R = ldc;
+    a.split = split;
+    a.Bcat = Bcat;
+    a.Acat = Acat;
+    a.c_begin = off[first];
+    a.count = 0;
+    std::size_t q = first;
+    for (; q < sources.size() && q < first + pack_max; ++q) {
+      const auto& src = sources[q];
+      auto& ps = a.src[a.count++];
+      ps.A = src.A.data();
+      ps.lda = src.A.ld();
+      const bool sparse = src.B_dense.empty();
+      ps.B = sparse ? nullptr : src.B_dense.data();
+      ps.ldb = sparse ? 0 : src.B_dense.ld();
+      if (sparse) ps.S = src.B_sparse->view();
+      ps.scale = scaled ? src.scale : 1.0f;
+      ps.off = off[q];
+      ps.r = source_rank(src);
+    }
+    a.c_end = q < sources.size() ? off[q] : end;
+    const index_t total = (d + k) * (a.c_end - a.c_begin);
+    const index_t blocks = std::min<index_t>(detail::ceil_div(total, 256), index_t{8} * 1024);
+    pack_kernel<T><<<detail::grid_dim(blocks), 256, 0, ctx.stream()>>>(a);
+    LORI_CUDA_CHECK_LAUNCH();
+  }
+}
+
+// The streaming-kernel route (requires stream_kernel_applies and a checked workspace). math = false runs
+// the same memory pipeline with ΔW = 0 (W rewritten unchanged): the memory-side probe of the benchmarks.
+template <class T>
+void merge_stream_route(context& ctx, row_major_view<T> W, const std::vector<merge_source<T>>& sources,
+                        void* workspace, bool math = true) {
+  const index_t d = W.rows(), k = W.cols();
+  const stream_layout L = make_stream_layout(sources);
+  T* Bcat = static_cast<T*>(workspace);  // d x kp
+  T* Acat = reinterpret_cast<T*>(static_cast<unsigned char*>(workspace) +
+                                 align256(static_cast<std::size_t>(d * L.kp) * sizeof(T)));  // kp x k
+  pack_all<T>(ctx, sources, d, k, L.kp, L.off, L.kp, false, false, Bcat, Acat);
+  detail::merge_stream::params p{};
+  p.W = W.data();
+  p.ldw = W.ld();
+  p.d = d;
+  p.k = k;
+  p.Bcat = Bcat;
+  p.Acat = Acat;
+  p.kp = static_cast<int>(L.kp);
+  p.nchunks = static_cast<int>(detail::ceil_div(L.kp, detail::merge_stream::kc));
+  p.ntc = static_cast<int>(detail::ceil_div(k, detail::merge_stream::bn));
+  p.tiles = static_cast<int>(detail::ceil_div(d, detail::merge_stream::bm)) * p.ntc;
+  p.seg_end = L.seg_end;
+  for (std::size_t j = 0; j < L.seg_scale.size(); ++j) p.seg_scale[j] = L.seg_scale[j];
+  p.math = math ? 1 : 0;
+  detail::merge_stream::launch<T>(p, ctx.sm_count(), ctx.stream());
+}
+
 }  // namespace detail_merge
 
 template <class T>
@@ -141,8 +260,13 @@ std::size_t merge_workspace_bytes(index_t d, index_t k, const std::vector<merge_
   index_t R = 0;
   for (const auto& s : sources) R += detail_merge::source_rank(s);
   if (detail_merge::needs_split(sources)) R *= 2;
-  return detail_merge::align256(static_cast<std::size_t>(d * R) * sizeof(T)) +
-         detail_merge::align256(static_cast<std::size_t>(R * k) * sizeof(T));
+  std::size_t bytes = detail_merge::align256(static_cast<std::size_t>(d * R) * sizeof(T)) +
+                      detail_merge::align256(static_cast<std::size_t>(R * k) * sizeof(T));
+  if constexpr (detail::is_16bit_v<T>) {  // the streaming kernel's padded layout, when it may run
+    const index_t kp = detail_merge::make_stream_layout(sources).kp;
+    if (kp <= detail::merge_stream::max_kp) bytes = std::max(bytes, detail_merge::stream_workspace_bytes<T>(d, k, kp));
+  }
+  return bytes;
 }
 
 template <class T>
@@ -167,44 +291,26 @@ void merge_into(context& ctx, row_major_view<T> W, const std::vector<merge_sourc
   LORI_EXPECTS(workspace != nullptr && workspace_bytes >= merge_workspace_bytes(d, k, sources),
                "merge_into: workspace missing or smaller than merge_workspace_bytes()");
   LORI_EXPECTS(reinterpret_cast<std::uintptr_t>(workspace) % 256 == 0, "merge_into: workspace must be 256-byte aligned");
+  if constexpr (detail::is_16bit_v<T>) {
+    if (detail_merge::stream_kernel_applies(W, sources)) {
+      detail_merge::merge_stream_route(ctx, W, sources, workspace);
+      return;
+    }
+  }
+  // cuBLAS route: one GEMM with beta = 1 over the packed operands.
   const bool split = detail_merge::needs_split(sources);
   const index_t K = split ? 2 * R : R;   // GEMM depth
   T* Bcat = static_cast<T*>(workspace);  // d x K
   T* Acat = reinterpret_cast<T*>(static_cast<unsigned char*>(workspace) +
                                  detail_merge::align256(static_cast<std::size_t>(d * K) * sizeof(T)));  // K x k
   const float alpha = same_scale ? sources.front().scale : 1.0f;
-  // Pack all sources with one kernel launch per pack_max sources (one launch for up to 16 adapters).
-  index_t off = 0;
-  for (std::size_t first = 0; first < sources.size(); first += detail_merge::pack_max) {
-    detail_merge::pack_args<T> a{};
-    a.d = d;
-    a.k = k;
-    a.R = R;
-    a.split = split;
-    a.Bcat = Bcat;
-    a.Acat = Acat;
-    a.c_begin = off;
-    a.count = 0;
-    for (std::size_t q = first; q < sources.size() && q < first + detail_merge::pack_max; ++q) {
-      const auto& src = sources[q];
-      auto& ps = a.src[a.count++];
-      ps.A = src.A.data();
-      ps.lda = src.A.ld();
-      const bool sparse = src.B_dense.empty();
-      ps.B = sparse ? nullptr : src.B_dense.data();
-      ps.ldb = sparse ? 0 : src.B_dense.ld();
-      if (sparse) ps.S = src.B_sparse->view();
-      ps.scale = same_scale ? 1.0f : src.scale;
-      ps.off = off;
-      ps.r = detail_merge::source_rank(src);
-      off += ps.r;
-    }
-    a.c_end = off;
-    const index_t total = (d + k) * (a.c_end - a.c_begin);
-    const index_t blocks = std::min<index_t>(detail::ceil_div(total, 256), index_t{8} * 1024);
-    detail_merge::pack_kernel<T><<<detail::grid_dim(blocks), 256, 0, ctx.stream()>>>(a);
-    LORI_CUDA_CHECK_LAUNCH();
+  std::vector<index_t> off;
+  index_t pos = 0;
+  for (const auto& src : sources) {
+    off.push_back(pos);
+    pos += detail_merge::source_rank(src);
   }
+  detail_merge::pack_all<T>(ctx, sources, d, k, R, off, R, !same_scale, split, Bcat, Acat);
   const cudaDataType_t t = detail::cuda_data_type<T>();
   detail::gemm_row_major(ctx.cublas(), false, false, d, k, K, alpha, Bcat, K, Acat, k, 1.0f, W.data(), W.ld(), t, t);
 }

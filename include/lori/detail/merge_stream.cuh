@@ -1,0 +1,317 @@
+// lori/detail/merge_stream.cuh - private: the W-streaming tensor-core kernel behind lori::cuda::merge_into
+// for 16-bit W (W += Σₜ sₜ·Bₜ·Aₜ over packed operands, see merge.cuh).
+//
+// Design: a copy kernel first. One persistent block of 8 warps per SM owns a contiguous run of 128 x 128
+// tiles of W in band-major order (tile i = (band, column tile)). Its W tiles stream through a 3-stage
+// ring in shared memory, loaded by cp.async.bulk (one 1-D bulk copy per tile row, completion counted in
+// bytes on one mbarrier per stage), issued up to 2 tiles ahead, so W's reads stay in flight while the
+// tensor cores work; results leave with 16-byte coalesced stores. The packed operands come from L2:
+// Bcat (d x kp) as the block's 128-row band (reloaded only when the band or K chunk changes) and Acat
+// (kp x k) as the tile's K-chunk x 128 columns (2-stage ring). ΔW_tile = Bcat_band · Acat_tile runs on
+// mma.sync.m16n8k16 (bf16/fp16 in, fp32 accumulate; ldmatrix from padded rows, conflict-free), one
+// accumulation per scale segment (consecutive adapters with one scale), folded as acc += sₜ·accₜ in
+// fp32, so sₜ is never rounded to 16 bits. W + acc is rounded once to T, in place in the shared W tile.
+#ifndef LORI_DETAIL_MERGE_STREAM_CUH
+#define LORI_DETAIL_MERGE_STREAM_CUH
+
+#include "lori/config.hpp"
+#include "lori/detail/internal_header_check.hpp"
+
+#include "lori/core/float16.hpp"
+#include "lori/detail/cuda_common.cuh"
+#include "lori/error.hpp"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <type_traits>
+
+namespace lori::detail::merge_stream {
+
+inline constexpr int bm = 128;             // W tile rows (= Bcat band rows)
+inline constexpr int bn = 128;             // W tile columns
+inline constexpr int kc = 128;             // K chunk (rows of the Acat tile, columns of the Bcat band)
+inline constexpr int pitch = 136;          // shared row pitch in elements: 272 B, 16-byte aligned and
+                                           // 68 words (≡ 4 mod 32): 8 rows × 16 B hit 32 distinct banks
+inline constexpr int buf_bytes = 128 * pitch * 2;  // one 128-row buffer (34 816 B)
+inline constexpr int w_stages = 3, a_stages = 2;
+inline constexpr int threads = 256;        // 8 warps: 2 (rows) x 4 (columns), 64 x 32 outputs each
+inline constexpr int max_ksteps = 64;      // kp <= 1024
+inline constexpr int max_kp = 16 * max_ksteps;
+inline constexpr std::size_t smem_bytes = static_cast<std::size_t>(w_stages + a_stages + 1) * buf_bytes + 64;
+
+struct params {
+  void* W;
+  index_t ldw, d, k;
+  const void* Bcat;  // d x kp, leading dimension kp (segments padded to multiples of 16 with zeros)
+  const void* Acat;  // kp x k, leading dimension k (padding rows zero)
+  int kp, nchunks, ntc, tiles;
+  unsigned long long seg_end;   // bit q set: k-step q (16 deep) is the last of a scale segment
+  float seg_scale[max_ksteps];  // scale of segment j
+  int math;                     // 0: W += 0 through the same pipeline (memory-side probe)
+};
+
+__device__ __forceinline__ std::uint32_t smem_u32(const void* p) {
+  return static_cast<std::uint32_t>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ void mbar_init(std::uint32_t bar, unsigned count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_expect_tx(std::uint32_t bar, std::uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(std::uint32_t bar, std::uint32_t parity) {
+  std::uint32_t done = 0;
+  do {
+    asm volatile(
+        "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}"
+        : "=r"(done)
+        : "r"(bar), "r"(parity)
+        : "memory");
+  } while (done == 0);
+}
+// One 1-D bulk copy global -> shared (16-byte aligned addresses, size a multiple of 16), completing
+// its bytes on the mbarrier.
+__device__ __forceinline__ void bulk_g2s(std::uint32_t dst, const void* src, std::uint32_t bytes, std::uint32_t bar) {
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(dst),
+               "l"(src), "r"(bytes), "r"(bar)
+               : "memory");
+}
+__device__ __forceinline__ void ldsm_x4(std::uint32_t addr, std::uint32_t (&r)[4]) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+__device__ __forceinline__ void ldsm_x4_t(std::uint32_t addr, std::uint32_t (&r)[4]) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+template <class T>
+__device__ __forceinline__ void mma16816(float (&c)[4], const std::uint32_t (&a)[4], std::uint32_t b0, std::uint32_t b1) {
+  if constexpr (std::is_same_v<T, ::lori::bfloat16>) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+                 "{%0, %1, %2, %3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  } else {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+                 "{%0, %1, %2, %3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+}
+// Two adjacent 16-bit values (low half = lower column) <-> two floats; pack rounds to nearest even.
+template <class T>
+__device__ __forceinline__ float2 unpack2(std::uint32_t u) {
+  if constexpr (std::is_same_v<T, ::lori::bfloat16>) {
+    return make_float2(__uint_as_float(u << 16), __uint_as_float(u & 0xffff0000u));
+  } else {
+    return make_float2(__half2float(__ushort_as_half(static_cast<unsigned short>(u & 0xffffu))),
+                       __half2float(__ushort_as_half(static_cast<unsigned short>(u >> 16))));
+  }
+}
+template <class T>
+__device__ __forceinline__ std::uint32_t pack2(float lo, float hi) {
+  if constexpr (std::is_same_v<T, ::lori::bfloat16>) {
+    return static_cast<std::uint32_t>(__bfloat16_as_ushort(__float2bfloat16_rn(lo))) |
+           (static_cast<std::uint32_t>(__bfloat16_as_ushort(__float2bfloat16_rn(hi))) << 16);
+  } else {
+    return static_cast<std::uint32_t>(__half_as_ushort(__float2half_rn(lo))) |
+           (static_cast<std::uint32_t>(__half_as_ushort(__float2half_rn(hi))) << 16);
+  }
+}
+
+// W (d x k, 16-bit T, ldw % 8 == 0, 16-byte aligned, k % 8 == 0) += Bcat · diag(segment scales) · Acat.
+// Grid: at most one block per tile (every block owns >= 1 tile), one block per SM (shared memory).
+template <class T>
+__global__ void __launch_bounds__(threads, 1) merge_stream_kernel(const __grid_constant__ params p) {
+  unsigned char* smem = ::lori::detail::dynamic_smem();
+  const std::uint32_t s0 = smem_u32(smem);
+  const std::uint32_t a_s = s0 + w_stages * buf_bytes;  // Acat ring
+  const std::uint32_t b_s = a_s + a_stages * buf_bytes;  // Bcat band
+  const std::uint32_t bars = b_s + buf_bytes;            // w_full[3], a_full[2], b_full (8 B each)
+  const std::uint32_t b_bar = bars + 8 * (w_stages + a_stages);
+  const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;
+  const int t_begin = static_cast<int>(static_cast<long long>(blockIdx.x) * p.tiles / gridDim.x);
+  const int t_end = static_cast<int>((static_cast<long long>(blockIdx.x) + 1) * p.tiles / gridDim.x);
+  const int nsteps = (t_end - t_begin) * p.nchunks;  // operand steps (tile, K chunk)
+  T* const W = static_cast<T*>(p.W);
+  const T* const Bcat = static_cast<const T*>(p.Bcat);
+  const T* const Acat = static_cast<const T*>(p.Acat);
+
+  if (tid == 0) {
+    for (int b = 0; b < w_stages + a_stages + 1; ++b) mbar_init(bars + 8 * b, 1);
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+  }
+  __syncthreads();
+
+  // Producers (warp 0): lane 0 arms the stage's barrier with the byte count, the lanes issue one bulk
+  // copy per row. Rows past d and columns past k are not loaded (their results are never stored).
+  const auto issue_w = [&](int i) {
+    const int band = i / p.ntc, ct = i - band * p.ntc;
+    const index_t r0 = static_cast<index_t>(band) * bm, c0 = static_cast<index_t>(ct) * bn;
+    const int rows = static_cast<int>(p.d - r0 < bm ? p.d - r0 : bm);
+    const std::uint32_t bytes = static_cast<std::uint32_t>((p.k - c0 < bn ? p.k - c0 : bn) * 2);
+    const int slot = (i - t_begin) % w_stages;
+    const std::uint32_t bar = bars + 8 * slot;
+    if (lane == 0) mbar_expect_tx(bar, static_cast<std::uint32_t>(rows) * bytes);
+    __syncwarp();
+    for (int r = lane; r < rows; r += 32)
+      bulk_g2s(s0 + slot * buf_bytes + r * pitch * 2, W + (r0 + r) * p.ldw + c0, bytes, bar);
+  };
+  const auto issue_a = [&](int q) {
+    const int i = t_begin + q / p.nchunks, c = q - (q / p.nchunks) * p.nchunks;
+    const int ct = i % p.ntc;
+    const index_t c0 = static_cast<index_t>(ct) * bn;
+    const int rows = p.kp - c * kc < kc ? p.kp - c * kc : kc;
+    const std::uint32_t bytes = static_cast<std::uint32_t>((p.k - c0 < bn ? p.k - c0 : bn) * 2);
+    const int slot = q % a_stages;
+    const std::uint32_t bar = bars + 8 * (w_stages + slot);
+    if (lane == 0) mbar_expect_tx(bar, static_cast<std::uint32_t>(rows) * bytes);
+    __syncwarp();
+    for (int r = lane; r < rows; r += 32)
+      bulk_g2s(a_s + slot * buf_bytes + r * pitch * 2, Acat + (static_cast<index_t>(c) * kc + r) * p.k + c0, bytes, bar);
+  };
+  const auto issue_b = [&](int band, int c) {
+    const index_t r0 = static_cast<index_t>(band) * bm;
+    const int rows = static_cast<int>(p.d - r0 < bm ? p.d - r0 : bm);
+    const int kcur = p.kp - c * kc < kc ? p.kp - c * kc : kc;
+    const std::uint32_t bytes = static_cast<std::uint32_t>(kcur * 2);
+    if (lane == 0) mbar_expect_tx(b_bar, static_cast<std::uint32_t>(rows) * bytes);
+    __syncwarp();
+    for (int r = lane; r < rows; r += 32)
+      bulk_g2s(b_s + r * pitch * 2, Bcat + (r0 + r) * p.kp + static_cast<index_t>(c) * kc, bytes, b_bar);
+  };
+
+  if (warp == 0) {
+    // W does not depend on the pack kernel before this one (launched with programmatic stream
+    // serialization): its first tiles load while that kernel finishes; Acat/Bcat only after it completed.
+    for (int j = 0; j < w_stages && t_begin + j < t_end; ++j) issue_w(t_begin + j);
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    for (int q = 0; q < a_stages && q < nsteps; ++q) issue_a(q);
+  }
+
+  const int wm = warp >> 2, wn = warp & 3;  // warp tile: rows [64 wm, +64), columns [32 wn, +32)
+  const int g = lane >> 2, t4 = lane & 3;   // accumulator fragment: rows g, g + 8; columns 2 t4, +1
+  int b_tag = -1;                           // (band, chunk) in the B buffer
+  std::uint32_t b_phase = 0;
+  float acc[4][4][4];
+  float acc_t[4][4][4];
+  for (int i = t_begin; i < t_end; ++i) {
+    const int band = i / p.ntc, ct = i - band * p.ntc;
+#pragma unroll
+    for (int mi = 0; mi < 4; ++mi)
+#pragma unroll
+      for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[mi][ni][e] = acc_t[mi][ni][e] = 0.0f;
+    int seg = 0;
+    for (int c = 0; c < p.nchunks; ++c) {
+      const int q = (i - t_begin) * p.nchunks + c;
+      const int tag = band * p.nchunks + c;
+      if (tag != b_tag) {  // nobody reads B now: the previous step ended with __syncthreads
+        if (warp == 0) issue_b(band, c);
+        mbar_wait(b_bar, b_phase);
+        b_phase ^= 1u;
+        b_tag = tag;
+      }
+      mbar_wait(bars + 8 * (w_stages + q % a_stages), static_cast<std::uint32_t>((q / a_stages) & 1));
+      if (p.math != 0) {
+        const int ksteps = (p.kp - c * kc < kc ? p.kp - c * kc : kc) / 16;
+        const std::uint32_t a_base =
+            b_s + static_cast<std::uint32_t>(((wm * 64 + (lane & 15)) * pitch + (lane >> 4) * 8) * 2);
+        const std::uint32_t b_base =
+            a_s + static_cast<std::uint32_t>((q % a_stages) * buf_bytes) +
+            static_cast<std::uint32_t>((((lane & 7) + ((lane >> 3) & 1) * 8) * pitch + wn * 32 + (lane >> 4) * 8) * 2);
+#pragma unroll 2
+        for (int ks = 0; ks < ksteps; ++ks) {
+          std::uint32_t af[4][4], bf[2][4];
+#pragma unroll
+          for (int mi = 0; mi < 4; ++mi) ldsm_x4(a_base + static_cast<std::uint32_t>((mi * 16 * pitch + ks * 16) * 2), af[mi]);
+#pragma unroll
+          for (int nj = 0; nj < 2; ++nj) ldsm_x4_t(b_base + static_cast<std::uint32_t>((ks * 16 * pitch + nj * 16) * 2), bf[nj]);
+#pragma unroll
+          for (int mi = 0; mi < 4; ++mi)
+#pragma unroll
+            for (int ni = 0; ni < 4; ++ni) mma16816<T>(acc_t[mi][ni], af[mi], bf[ni >> 1][(ni & 1) * 2], bf[ni >> 1][(ni & 1) * 2 + 1]);
+          if ((p.seg_end >> (c * (kc / 16) + ks)) & 1ull) {  // end of a scale segment: acc += s·acc_t
+            const float s = p.seg_scale[seg++];
+#pragma unroll
+            for (int mi = 0; mi < 4; ++mi)
+#pragma unroll
+              for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                  acc[mi][ni][e] = fmaf(s, acc_t[mi][ni][e], acc[mi][ni][e]);
+                  acc_t[mi][ni][e] = 0.0f;
+                }
+          }
+        }
+      }
+      __syncthreads();  // every warp is done with A slot q % a_stages and with B
+      if (warp == 0 && q + a_stages < nsteps) issue_a(q + a_stages);
+    }
+    // Epilogue: W tile (stage slot) += acc, rounded once to T, in place; then 16-byte stores.
+    const int slot = (i - t_begin) % w_stages;
+    mbar_wait(bars + 8 * slot, static_cast<std::uint32_t>(((i - t_begin) / w_stages) & 1));
+    unsigned char* wt = smem + slot * buf_bytes;
+#pragma unroll
+    for (int mi = 0; mi < 4; ++mi)
+#pragma unroll
+      for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int row = wm * 64 + mi * 16 + g + 8 * h, col = wn * 32 + ni * 8 + 2 * t4;
+          std::uint32_t* e = reinterpret_cast<std::uint32_t*>(wt + (row * pitch + col) * 2);
+          const float2 w = unpack2<T>(*e);
+          *e = pack2<T>(w.x + acc[mi][ni][2 * h], w.y + acc[mi][ni][2 * h + 1]);
+        }
+    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");  // generic writes before later bulk writes
+    __syncthreads();
+    {
+      const index_t r0 = static_cast<index_t>(band) * bm, c0 = static_cast<index_t>(ct) * bn;
+      const int cc = (tid & 15) * 8;
+#pragma unroll
+      for (int j = 0; j < bm / 16; ++j) {
+        const int row = (tid >> 4) + 16 * j;
+        if (r0 + row < p.d && c0 + cc < p.k) {
+          const uint4 v = *reinterpret_cast<const uint4*>(wt + (row * pitch + cc) * 2);
+          *reinterpret_cast<uint4*>(W + (r0 + row) * p.ldw + c0 + cc) = v;
+        }
+      }
+    }
+    __syncthreads();  // the W slot is free again
+    if (warp == 0 && i + w_stages < t_end) issue_w(i + w_stages);
+  }
+}
+
+// Launch on `stream` with grid = min(tiles, SMs). Preconditions are checked by the caller.
+template <class T>
+void launch(const params& p, int sm_count, cudaStream_t stream) {
+  static_assert(::lori::detail::is_16bit_v<T>, "merge_stream: 16-bit W only");
+  LORI_CUDA_CHECK(cudaFuncSetAttribute(merge_stream_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       static_cast<int>(smem_bytes)));
+  // Programmatic dependent launch: the blocks may start while the preceding kernel on the stream (the
+  // pack kernel, which triggers at its start) still runs; warp 0 waits for its completion
+  // (griddepcontrol.wait) before the first Acat/Bcat load. Every other access of the kernel is to W.
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(static_cast<unsigned>(p.tiles < sm_count ? p.tiles : sm_count));
+  cfg.blockDim = dim3(threads);
+  cfg.dynamicSmemBytes = smem_bytes;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  LORI_CUDA_CHECK(cudaLaunchKernelEx(&cfg, merge_stream_kernel<T>, p));
+  LORI_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace lori::detail::merge_stream
+
+#endif  // LORI_DETAIL_MERGE_STREAM_CUH
