@@ -81,43 +81,69 @@ struct pack_args {
   T* Acat;
 };
 
+// Element e of the packed output: e < d·w is Bcat(i, col) (the value s·b in fp32, 0 past a source's
+// rank), else Acat(row, c) (exact in fp32).
 template <class T>
-__global__ void pack_kernel(pack_args<T> a) {
+__device__ __forceinline__ float pack_value(const pack_args<T>& a, index_t e, index_t nb, index_t w) {
+  if (e < nb) {
+    const index_t i = e / w, col = a.c_begin + (e - i * w);
+    int t = 0;
+    while (t + 1 < a.count && col >= a.src[t + 1].off) ++t;
+    const pack_source<T>& src = a.src[t];
+    const index_t j = col - src.off;
+    if (j >= src.r) return 0.0f;  // zero padding after a scale segment (streaming-kernel layout)
+    if (src.B != nullptr) return src.scale * ::lori::to_float(src.B[i * src.ldb + j]);
+    if ((src.S.words[i * src.S.words_per_row + (j >> 6)] >> (j & 63)) & 1u)
+      return src.scale * ::lori::to_float(src.S.values[detail_sparse::packed_index(src.S, i, j)]);
+    return 0.0f;
+  }
+  const index_t e2 = e - nb, rr = e2 / a.k, c = e2 - rr * a.k, row = a.c_begin + rr;
+  int t = 0;
+  while (t + 1 < a.count && row >= a.src[t + 1].off) ++t;
+  const pack_source<T>& src = a.src[t];
+  return row - src.off < src.r ? ::lori::to_float(src.A[(row - src.off) * src.lda + c]) : 0.0f;
+}
+
+template <class T>
+__device__ __forceinline__ void pack_store(const pack_args<T>& a, index_t e, index_t nb, index_t w, float x) {
+  if (e < nb) {
+    const index_t i = e / w, col = a.c_begin + (e - i * w);
+    const T hi = ::lori::from_float<T>(x);
+    const index_t ldb = a.split ? 2 * a.R : a.R;
+    a.Bcat[i * ldb + col] = hi;
+    // x - hi is exact in float (the rounding residual of a float to a shorter format), so hi + lo
+    // carries s*b to ~2^-17 relative instead of the 2^-9 (bf16) a single 16-bit value would.
+    if (a.split) a.Bcat[i * ldb + a.R + col] = ::lori::from_float<T>(x - ::lori::to_float(hi));
+  } else {
+    const index_t e2 = e - nb, rr = e2 / a.k, c = e2 - rr * a.k, row = a.c_begin + rr;
+    const T v = ::lori::from_float<T>(x);  // exact: x is a value of T (or 0)
+    a.Acat[row * a.k + c] = v;
+    if (a.split) a.Acat[(a.R + row) * a.k + c] = v;
+  }
+}
+
+// Grid-stride over the packed elements, 4 per round with all their loads issued before any store (the
+// kernel is bound by load latency, not bandwidth).
+template <class T>
+__global__ void pack_kernel(const __grid_constant__ pack_args<T> a) {
   // Lets a kernel launched after this one with programmatic stream serialization (the streaming merge
   // kernel) start its blocks now; it waits for this grid's completion before reading Bcat/Acat.
   asm volatile("griddepcontrol.launch_dependents;");
+  constexpr int unroll = 4;
   const index_t w = a.c_end - a.c_begin;
   const index_t nb = a.d * w, total = nb + w * a.k;
-  for (index_t e = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; e < total;
-       e += static_cast<index_t>(gridDim.x) * blockDim.x) {
-    if (e < nb) {  // Bcat(i, col)
-      const index_t i = e / w, col = a.c_begin + (e - i * w);
-      int t = 0;
-      while (t + 1 < a.count && col >= a.src[t + 1].off) ++t;
-      const pack_source<T>& src = a.src[t];
-      const index_t j = col - src.off;
-      float x = 0.0f;
-      if (j < src.r) {  // else: zero padding after a scale segment (streaming-kernel layout)
-        if (src.B != nullptr) {
-          x = src.scale * ::lori::to_float(src.B[i * src.ldb + j]);
-        } else if ((src.S.words[i * src.S.words_per_row + (j >> 6)] >> (j & 63)) & 1u) {
-          x = src.scale * ::lori::to_float(src.S.values[detail_sparse::packed_index(src.S, i, j)]);
-        }
-      }
-      const T hi = ::lori::from_float<T>(x);
-      const index_t ldb = a.split ? 2 * a.R : a.R;
-      a.Bcat[i * ldb + col] = hi;
-      // x - hi is exact in float (the rounding residual of a float to a shorter format), so hi + lo
-      // carries s*b to ~2^-17 relative instead of the 2^-9 (bf16) a single 16-bit value would.
-      if (a.split) a.Bcat[i * ldb + a.R + col] = ::lori::from_float<T>(x - ::lori::to_float(hi));
-    } else {  // Acat(row, c)
-      const index_t e2 = e - nb, rr = e2 / a.k, c = e2 - rr * a.k, row = a.c_begin + rr;
-      int t = 0;
-      while (t + 1 < a.count && row >= a.src[t + 1].off) ++t;
-      const pack_source<T>& src = a.src[t];
-      const T v = row - src.off < src.r ? src.A[(row - src.off) * src.lda + c] : ::lori::from_float<T>(0.0f);
-      a.Acat[row * a.k + c] = v;
-      if (a.split) a.Acat[(a.R + row) * a.k + c] = v;
+  const index_t stride = static_cast<index_t>(gridDim.x) * blockDim.x;
+  for (index_t e0 = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; e0 < total; e0 += unroll * stride) {
+    float x[unroll];
+#pragma unroll
+    for (int u = 0; u < unroll; ++u) {
+      const index_t e = e0 + u * stride;
+      x[u] = e < total ? pack_value(a, e, nb, w) : 0.0f;
+    }
+#pragma unroll
+    for (int u = 0; u < unroll; ++u) {
+      const index_t e = e0 + u * stride;
+      if (e < total) pack_store(a, e, nb, w, x[u]);
     }
   }
 }
@@ -218,7 +244,7 @@ void pack_all(context& ctx, const std::vector<merge_source<T>>& sources, index_t
     }
     a.c_end = q < sources.size() ? off[q] : end;
     const index_t total = (d + k) * (a.c_end - a.c_begin);
-    const index_t blocks = std::min<index_t>(detail::ceil_div(total, 256), index_t{8} * 1024);
+    const index_t blocks = std::min<index_t>(detail::ceil_div(total, 4 * 256), index_t{8} * 1024);
     pack_kernel<T><<<detail::grid_dim(blocks), 256, 0, ctx.stream()>>>(a);
     LORI_CUDA_CHECK_LAUNCH();
   }
