@@ -2,13 +2,21 @@
 //
 //   W (d x k) += Σₜ sₜ·Bₜ·Aₜ      Bₜ d x rₜ (dense, or a sparse_b), Aₜ rₜ x k
 //
-// The T low-rank terms are one GEMM with K = R = Σ rₜ: W += [s₁B₁ | … | s_TB_T]·[A₁; …; A_T]. lori packs
-// the two thin operands into caller workspace ((d + k)·R elements of T) and runs ONE cuBLAS GEMM with
-// beta = 1, which reads and writes W exactly once (fp32 accumulation, W rounded to T once). For 4
-// adapters of rank 32 into a 14336 x 4096 bf16 W that is 2·117 MB of W traffic against 4.5 MB of
-// packed operands and 15 GFLOP (about 19 µs of tensor-core time on an H100, under W's ~78 µs).
-// When every sₜ is equal it becomes the GEMM's alpha and the packed Bₜ are exact copies; otherwise sₜ·Bₜ
-// is rounded to T in the packed operand (16-bit: relative 2^-8 of each term; exact if sₜ is a power of 2).
+// The T low-rank terms are one product with depth R = Σ rₜ: W += [B₁ | … | B_T]·diag(s)·[A₁; …; A_T].
+// lori packs the two thin operands into caller workspace (one pack kernel per 16 adapters), then reads
+// and writes W exactly once, by one of two routes:
+// * 16-bit W with 16-byte rows (W 16-byte aligned, k and the leading dimension multiples of 8) and a
+//   padded depth <= 1024: lori's streaming tensor-core kernel (lori/detail/merge_stream.cuh), a copy
+//   of W through shared memory with ΔW computed per 128 x 128 tile on mma.sync from the packed
+//   operands (in L2). Bₜ is packed unscaled; consecutive adapters with one scale form a segment padded
+//   to 16 columns, accumulated in fp32 and added as acc += sₜ·accₜ in fp32; W + ΔW is rounded to T
+//   once. For 4 adapters of rank 32 into a 14336 x 4096 bf16 W: 2·117 MB of W traffic, 4.7 MB of
+//   packed operands, 15 GFLOP hidden under the copy.
+// * otherwise (fp32 W, unaligned W or leading dimension, deeper sums): ONE cuBLAS GEMM with beta = 1
+//   over [s₁B₁ | … | s_TB_T] and [A₁; …; A_T]. Equal scales become the GEMM's alpha (packed operands
+//   exact); unequal ones are folded into the packed B, split into hi + lo 16-bit parts for 16-bit T
+//   (depth 2R) so each term keeps ~2^-17 relative accuracy. cuBLAS's 16-bit epilogue rounds the
+//   product to T before adding W (one extra rounding the streaming kernel does not have).
 #ifndef LORI_CUDA_MERGE_CUH
 #define LORI_CUDA_MERGE_CUH
 
@@ -42,11 +50,16 @@ struct merge_source {
   const sparse_b<T>* B_sparse = nullptr;
 };
 
-/// Workspace bytes merge_into needs: (d + k)·R elements of T (R = Σ rₜ), plus alignment padding.
+/// Workspace bytes merge_into needs: (d + k)·R' elements of T plus alignment padding, R' the larger of
+/// the two routes' depths (cuBLAS: R = Σ rₜ, 2R for 16-bit T with unequal scales; streaming kernel:
+/// the scale segments each padded to a multiple of 16). Depends only on d, k, the ranks and scales.
 template <class T>
 std::size_t merge_workspace_bytes(index_t d, index_t k, const std::vector<merge_source<T>>& sources);
 
-/// W += Σₜ sₜ·Bₜ·Aₜ, one GEMM over W (see the file comment). Stream-ordered on ctx.
+/// W (d x k) += Σₜ sₜ·Bₜ·Aₜ, reading and writing W once (routes: see the file comment). Every Aₜ is
+/// rₜ x k, every Bₜ d x rₜ (rₜ >= 1), no scale NaN; workspace of at least merge_workspace_bytes(d, k,
+/// sources), 256-byte aligned. W's padding (columns k .. ld-1) is left untouched. Deterministic;
+/// stream-ordered on ctx.stream().
 template <class T>
 void merge_into(context& ctx, row_major_view<T> W, const std::vector<merge_source<T>>& sources, void* workspace,
                 std::size_t workspace_bytes);
