@@ -549,9 +549,10 @@ BENCHMARK(BM_gpu_baseline_adamw_per_tensor)->UseManualTime()->Unit(benchmark::kM
 BENCHMARK(BM_gpu_sgd_fused)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 
 // ---- merge T adapters into a d x k bf16 W ---------------------------------------------------------------
-// Args: T, d, sparse B (0/1), equal scales (0: s_t = 0.5 + 0.25 t; 1: all 0.5). probe: the streaming
-// kernel's memory pipeline alone (delta = 0; BM_gpu_merge_probe_memory).
-void merge_bench(benchmark::State& st, bool probe) {
+// Args: T, d, sparse B (0/1), equal scales (0: s_t = 0.5 + 0.25 t; 1: all 0.5). BM_gpu_merge_probe adds
+// a 5th: probe bits of the streaming route (detail_merge::probe_*: 1 no math, 2 no PDL, 4 no pack,
+// 8 pack alone) to split the time into its parts.
+void merge_bench(benchmark::State& st, int probe) {
   const index_t T = st.range(0), d = st.range(1);
   const bool sparse = st.range(2) != 0, equal = st.range(3) != 0;
   auto W = random_bf16(d * K, 1.0, 31);
@@ -576,10 +577,11 @@ void merge_bench(benchmark::State& st, bool probe) {
   device_buffer<unsigned char> ws(ws_bytes);
   const lori::row_major_view<bf16> wv(W.data(), d, K);
   const bool stream = lori::cuda::detail_merge::stream_kernel_applies(wv, src);
-  if (probe) {  // memory-side probe: the streaming kernel's pipeline with delta = 0
-    run_timed(st, [&] { lori::cuda::detail_merge::merge_stream_route<bf16>(ctx(), wv, src, ws.data(), false); },
+  if (probe != 0) {
+    run_timed(st, [&] { lori::cuda::detail_merge::merge_stream_route<bf16>(ctx(), wv, src, ws.data(), probe); },
               4.0 * static_cast<double>(d * K));
-    st.SetLabel("streaming kernel WITHOUT its math (pack + W rewritten unchanged); floor = one copy of W");
+    st.SetLabel(std::string("streaming route probe:") + ((probe & 1) ? " no-math" : "") + ((probe & 2) ? " no-PDL" : "") +
+                ((probe & 4) ? " kernel-only" : "") + ((probe & 8) ? " pack-only" : ""));
     return;
   }
   run_timed(st, [&] { lori::cuda::merge_into<bf16>(ctx(), wv, src, ws.data(), ws.bytes()); },
@@ -587,8 +589,8 @@ void merge_bench(benchmark::State& st, bool probe) {
   st.SetLabel(std::string(stream ? "streaming kernel" : "cuBLAS") + ", " + (sparse ? "sparse" : "dense") + " B, " +
               (equal ? "equal" : "unequal") + " scales; floor = one copy of W (BM_gpu_baseline_copy_w)");
 }
-void BM_gpu_merge(benchmark::State& st) { merge_bench(st, false); }
-void BM_gpu_merge_probe_memory(benchmark::State& st) { merge_bench(st, true); }
+void BM_gpu_merge(benchmark::State& st) { merge_bench(st, 0); }
+void BM_gpu_merge_probe(benchmark::State& st) { merge_bench(st, static_cast<int>(st.range(4))); }
 // A device-to-device copy of exactly one d x 4096 bf16 W (read + write counted): the merge's floor.
 void BM_gpu_baseline_copy_w(benchmark::State& st) {
   const index_t d = st.range(0);
@@ -614,7 +616,7 @@ void BM_gpu_baseline_addmm_per_adapter(benchmark::State& st) {
   }, 4.0 * static_cast<double>(d * K), 2.0 * static_cast<double>(T * R) * static_cast<double>(d * K));
 }
 BENCHMARK(BM_gpu_merge)->Args({1, 14336, 1, 0})->Args({1, 14336, 0, 0})->Args({4, 14336, 1, 0})->Args({4, 14336, 0, 0})->Args({4, 14336, 0, 1})->Args({4, 4096, 1, 0})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
-BENCHMARK(BM_gpu_merge_probe_memory)->Args({4, 14336, 0, 0})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
+BENCHMARK(BM_gpu_merge_probe)->Args({4, 14336, 0, 0, 1})->Args({4, 14336, 0, 0, 2})->Args({4, 14336, 0, 0, 6})->Args({4, 14336, 0, 0, 7})->Args({4, 14336, 0, 0, 8})->Args({4, 14336, 1, 0, 8})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 BENCHMARK(BM_gpu_baseline_copy_w)->Arg(14336)->Arg(4096)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 BENCHMARK(BM_gpu_baseline_addmm_per_adapter)->Args({1, 14336})->Args({4, 14336})->Args({4, 4096})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 

@@ -263,17 +263,23 @@ void pack_all(context& ctx, const std::vector<merge_source<T>>& sources, index_t
   }
 }
 
-// The streaming-kernel route (requires stream_kernel_applies and a checked workspace). math = false runs
-// the same memory pipeline with ΔW = 0 (W rewritten unchanged): the memory-side probe of the benchmarks.
+// Probe modes of the streaming route (benchmarks only; 0 = the real merge): bits of `probe`.
+inline constexpr int probe_no_math = 1;    // the kernel's memory pipeline with ΔW = 0 (W rewritten unchanged)
+inline constexpr int probe_no_pdl = 2;     // plain launch after the pack kernel
+inline constexpr int probe_no_pack = 4;    // the kernel alone (operands as left in the workspace)
+inline constexpr int probe_no_kernel = 8;  // the pack kernel alone
+
+// The streaming-kernel route (requires stream_kernel_applies and a checked workspace).
 template <class T>
 void merge_stream_route(context& ctx, row_major_view<T> W, const std::vector<merge_source<T>>& sources,
-                        void* workspace, bool math = true) {
+                        void* workspace, int probe = 0) {
   const index_t d = W.rows(), k = W.cols();
   const stream_layout L = make_stream_layout(sources);
   T* Bcat = static_cast<T*>(workspace);  // d x kp
   T* Acat = reinterpret_cast<T*>(static_cast<unsigned char*>(workspace) +
                                  align256(static_cast<std::size_t>(d * L.kp) * sizeof(T)));  // kp x k
-  pack_all<T>(ctx, sources, d, k, L.kp, L.off, L.kp, false, false, Bcat, Acat);
+  if ((probe & probe_no_pack) == 0) pack_all<T>(ctx, sources, d, k, L.kp, L.off, L.kp, false, false, Bcat, Acat);
+  if ((probe & probe_no_kernel) != 0) return;
   detail::merge_stream::params p{};
   p.W = W.data();
   p.ldw = W.ld();
@@ -287,8 +293,8 @@ void merge_stream_route(context& ctx, row_major_view<T> W, const std::vector<mer
   p.tiles = static_cast<int>(detail::ceil_div(d, detail::merge_stream::bm)) * p.ntc;
   p.seg_end = L.seg_end;
   for (std::size_t j = 0; j < L.seg_scale.size(); ++j) p.seg_scale[j] = L.seg_scale[j];
-  p.math = math ? 1 : 0;
-  detail::merge_stream::launch<T>(p, ctx.sm_count(), ctx.stream());
+  p.math = (probe & probe_no_math) == 0 ? 1 : 0;
+  detail::merge_stream::launch<T>(p, ctx.sm_count(), ctx.stream(), (probe & probe_no_pdl) == 0);
 }
 
 }  // namespace detail_merge

@@ -291,7 +291,7 @@ __global__ void __launch_bounds__(threads, 1) merge_stream_kernel(const __grid_c
 
 // Launch on `stream` with grid = min(tiles, SMs). Preconditions are checked by the caller.
 template <class T>
-void launch(const params& p, int sm_count, cudaStream_t stream) {
+void launch(const params& p, int sm_count, cudaStream_t stream, bool pdl = true) {
   static_assert(::lori::detail::is_16bit_v<T>, "merge_stream: 16-bit W only");
   LORI_CUDA_CHECK(cudaFuncSetAttribute(merge_stream_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        static_cast<int>(smem_bytes)));
@@ -307,7 +307,7 @@ void launch(const params& p, int sm_count, cudaStream_t stream) {
   attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attr[0].val.programmaticStreamSerializationAllowed = 1;
   cfg.attrs = attr;
-  cfg.numAttrs = 1;
+  cfg.numAttrs = pdl ? 1 : 0;
   LORI_CUDA_CHECK(cudaLaunchKernelEx(&cfg, merge_stream_kernel<T>, p));
   LORI_CUDA_CHECK_LAUNCH();
 }
