@@ -158,7 +158,16 @@ __global__ void __launch_bounds__(threads, 1) merge_stream_kernel(const __grid_c
     const std::uint32_t bytes = static_cast<std::uint32_t>((p.k - c0 < bn ? p.k - c0 : bn) * 2);
     const int slot = (i - t_begin) % w_stages;
     const std::uint32_t bar = bars + 8 * slot;
-    if (lane == 0) mbar_expect_tx(bar, static_cast<std::uint32_t>(rows) * bytes);
+    if (lane == 0) {
+      mbar_expect_tx(bar, static_cast<std::uint32_t>(rows) * bytes);
+      // A later tile that starts a new band will reload the Bcat band (rows x kp, contiguous): bring it
+      // into L2 now, 2-3 tiles before its synchronous load. (L2 is coherent: harmless even before the
+      // pack kernel has finished writing it.)
+      if (i != t_begin && ct == 0)
+        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(Bcat + r0 * p.kp),
+                     "r"(static_cast<std::uint32_t>(rows) * static_cast<std::uint32_t>(p.kp) * 2u)
+                     : "memory");
+    }
     __syncwarp();
     for (int r = lane; r < rows; r += 32)
       bulk_g2s(s0 + slot * buf_bytes + r * pitch * 2, W + (r0 + r) * p.ldw + c0, bytes, bar);
