@@ -69,8 +69,12 @@ void merge_into(context& ctx, row_major_view<T> W, const std::vector<merge_sourc
 // =====================================================================================================
 namespace detail_merge {
 
-// Up to pack_max sources packed by ONE kernel: Bcat (d x R) columns [off, off + r) = s·Bₜ and
-// Acat (R x k) rows [off, off + r) = Aₜ, for the sources' column range [c_begin, c_end).
+// Up to pack_max sources packed by ONE kernel: Bcat columns [off, off + r) = (s·)Bₜ and Acat rows
+// [off, off + r) = Aₜ, for the sources' column range [c_begin, c_end). Two layouts:
+// * linear (cuBLAS route): Bcat d x R row-major (split: [hi | lo], d x 2R), Acat R x k ([A; A] if split);
+// * tiled (streaming kernel, `tiled`): 128-deep chunks with rows padded to merge_stream::pitch, so that one
+//   bulk copy loads a Bcat band or an Acat tile: Bcat(i, col) at ((col/128)·d + i)·pitch + col%128, Acat(row,
+//   c) at (((row/128)·ntc + c/128)·128 + row%128)·pitch + c%128 (ntc = column tiles of 128).
 inline constexpr int pack_max = 16;
 
 template <class T>
@@ -90,73 +94,78 @@ struct pack_args {
   int count;
   index_t d, k, R, c_begin, c_end;
   bool split;  // 16-bit T with per-adapter scales: Bcat = [hi | lo], Acat = [A; A] (see merge_into)
+  bool tiled;  // streaming-kernel layout (no split)
+  index_t ntc;
   T* Bcat;
   T* Acat;
 };
 
-// Element e of the packed output: e < d·w is Bcat(i, col) (the value s·b in fp32, 0 past a source's
-// rank), else Acat(row, c) (exact in fp32).
 template <class T>
-__device__ __forceinline__ float pack_value(const pack_args<T>& a, index_t e, index_t nb, index_t w) {
-  if (e < nb) {
-    const index_t i = e / w, col = a.c_begin + (e - i * w);
-    int t = 0;
-    while (t + 1 < a.count && col >= a.src[t + 1].off) ++t;
-    const pack_source<T>& src = a.src[t];
-    const index_t j = col - src.off;
-    if (j >= src.r) return 0.0f;  // zero padding after a scale segment (streaming-kernel layout)
-    if (src.B != nullptr) return src.scale * ::lori::to_float(src.B[i * src.ldb + j]);
-    if ((src.S.words[i * src.S.words_per_row + (j >> 6)] >> (j & 63)) & 1u)
-      return src.scale * ::lori::to_float(src.S.values[detail_sparse::packed_index(src.S, i, j)]);
-    return 0.0f;
-  }
-  const index_t e2 = e - nb, rr = e2 / a.k, c = e2 - rr * a.k, row = a.c_begin + rr;
-  int t = 0;
-  while (t + 1 < a.count && row >= a.src[t + 1].off) ++t;
-  const pack_source<T>& src = a.src[t];
-  return row - src.off < src.r ? ::lori::to_float(src.A[(row - src.off) * src.lda + c]) : 0.0f;
+__device__ __forceinline__ float b_value(const pack_source<T>& src, index_t i, index_t j) {
+  if (j >= src.r) return 0.0f;  // zero padding after a scale segment (tiled layout)
+  if (src.B != nullptr) return src.scale * ::lori::to_float(src.B[i * src.ldb + j]);
+  if ((src.S.words[i * src.S.words_per_row + (j >> 6)] >> (j & 63)) & 1u)
+    return src.scale * ::lori::to_float(src.S.values[detail_sparse::packed_index(src.S, i, j)]);
+  return 0.0f;
 }
 
-template <class T>
-__device__ __forceinline__ void pack_store(const pack_args<T>& a, index_t e, index_t nb, index_t w, float x) {
-  if (e < nb) {
-    const index_t i = e / w, col = a.c_begin + (e - i * w);
-    const T hi = ::lori::from_float<T>(x);
-    const index_t ldb = a.split ? 2 * a.R : a.R;
-    a.Bcat[i * ldb + col] = hi;
-    // x - hi is exact in float (the rounding residual of a float to a shorter format), so hi + lo
-    // carries s*b to ~2^-17 relative instead of the 2^-9 (bf16) a single 16-bit value would.
-    if (a.split) a.Bcat[i * ldb + a.R + col] = ::lori::from_float<T>(x - ::lori::to_float(hi));
-  } else {
-    const index_t e2 = e - nb, rr = e2 / a.k, c = e2 - rr * a.k, row = a.c_begin + rr;
-    const T v = ::lori::from_float<T>(x);  // exact: x is a value of T (or 0)
-    a.Acat[row * a.k + c] = v;
-    if (a.split) a.Acat[(a.R + row) * a.k + c] = v;
-  }
-}
-
-// Grid-stride over the packed elements, 4 per round with all their loads issued before any store (the
-// kernel is bound by load latency, not bandwidth).
+// One thread per 8 consecutive packed elements (a row segment of Bcat or of Acat): all 8 loads are issued
+// before the stores, and the index division is paid once per 8 elements.
 template <class T>
 __global__ void pack_kernel(const __grid_constant__ pack_args<T> a) {
   // Lets a kernel launched after this one with programmatic stream serialization (the streaming merge
   // kernel) start its blocks now; it waits for this grid's completion before reading Bcat/Acat.
   asm volatile("griddepcontrol.launch_dependents;");
-  constexpr int unroll = 4;
-  const index_t w = a.c_end - a.c_begin;
-  const index_t nb = a.d * w, total = nb + w * a.k;
-  const index_t stride = static_cast<index_t>(gridDim.x) * blockDim.x;
-  for (index_t e0 = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; e0 < total; e0 += unroll * stride) {
-    float x[unroll];
+  constexpr index_t pitch = ::lori::detail::merge_stream::pitch;
+  const index_t w = a.c_end - a.c_begin, w8 = (w + 7) / 8, k8 = (a.k + 7) / 8;
+  const index_t nb = a.d * w8, total = nb + w * k8;
+  for (index_t e = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; e < total;
+       e += static_cast<index_t>(gridDim.x) * blockDim.x) {
+    float x[8];
+    if (e < nb) {  // Bcat(i, col0 .. col0 + 7)
+      const index_t i = e / w8, col0 = a.c_begin + 8 * (e - i * w8);
+      int t = 0;
 #pragma unroll
-    for (int u = 0; u < unroll; ++u) {
-      const index_t e = e0 + u * stride;
-      x[u] = e < total ? pack_value(a, e, nb, w) : 0.0f;
-    }
+      for (int u = 0; u < 8; ++u) {
+        const index_t col = col0 + u;
+        while (t + 1 < a.count && col >= a.src[t + 1].off) ++t;
+        x[u] = col < a.c_end ? b_value(a.src[t], i, col - a.src[t].off) : 0.0f;
+      }
 #pragma unroll
-    for (int u = 0; u < unroll; ++u) {
-      const index_t e = e0 + u * stride;
-      if (e < total) pack_store(a, e, nb, w, x[u]);
+      for (int u = 0; u < 8; ++u) {
+        const index_t col = col0 + u;
+        if (col >= a.c_end) break;
+        const T hi = ::lori::from_float<T>(x[u]);
+        if (a.tiled) {
+          a.Bcat[((col >> 7) * a.d + i) * pitch + (col & 127)] = hi;
+        } else {
+          const index_t ldb = a.split ? 2 * a.R : a.R;
+          a.Bcat[i * ldb + col] = hi;
+          // x - hi is exact in float (the rounding residual of a float to a shorter format), so hi + lo
+          // carries s*b to ~2^-17 relative instead of the 2^-9 (bf16) a single 16-bit value would.
+          if (a.split) a.Bcat[i * ldb + a.R + col] = ::lori::from_float<T>(x[u] - ::lori::to_float(hi));
+        }
+      }
+    } else {  // Acat(row, c0 .. c0 + 7)
+      const index_t e2 = e - nb, rr = e2 / k8, c0 = 8 * (e2 - rr * k8), row = a.c_begin + rr;
+      int t = 0;
+      while (t + 1 < a.count && row >= a.src[t + 1].off) ++t;
+      const pack_source<T>& src = a.src[t];
+      const index_t j = row - src.off;
+#pragma unroll
+      for (int u = 0; u < 8; ++u) x[u] = c0 + u < a.k && j < src.r ? ::lori::to_float(src.A[j * src.lda + c0 + u]) : 0.0f;
+#pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const index_t c = c0 + u;
+        if (c >= a.k) break;
+        const T v = ::lori::from_float<T>(x[u]);  // exact: a value of T, or 0
+        if (a.tiled) {
+          a.Acat[(((row >> 7) * a.ntc + (c >> 7)) * 128 + (row & 127)) * pitch + (c & 127)] = v;
+        } else {
+          a.Acat[row * a.k + c] = v;
+          if (a.split) a.Acat[(a.R + row) * a.k + c] = v;
+        }
+      }
     }
   }
 }
@@ -205,9 +214,18 @@ stream_layout make_stream_layout(const std::vector<merge_source<T>>& sources) {
   return L;
 }
 
+// Tiled operands of the streaming kernel (see pack_args): Bcat nchunks x d rows, Acat nchunks x ntc x 128
+// rows, every row merge_stream::pitch elements.
+template <class T>
+std::size_t stream_bcat_bytes(index_t d, index_t kp) {
+  return align256(static_cast<std::size_t>(detail::ceil_div(kp, 128) * d * detail::merge_stream::pitch) * sizeof(T));
+}
 template <class T>
 std::size_t stream_workspace_bytes(index_t d, index_t k, index_t kp) {
-  return align256(static_cast<std::size_t>(d * kp) * sizeof(T)) + align256(static_cast<std::size_t>(kp * k) * sizeof(T));
+  return stream_bcat_bytes<T>(d, kp) +
+         align256(static_cast<std::size_t>(detail::ceil_div(kp, 128) * detail::ceil_div(k, 128) * 128 *
+                                           detail::merge_stream::pitch) *
+                  sizeof(T));
 }
 
 /// True when merge_into(W, sources) takes the streaming tensor-core kernel: 16-bit W, W 16-byte aligned
@@ -230,13 +248,15 @@ bool stream_kernel_applies(row_major_view<T> W, const std::vector<merge_source<T
 // at column/row off[t], its range ending where the next begins (or at `end`); columns past its rank zero.
 template <class T>
 void pack_all(context& ctx, const std::vector<merge_source<T>>& sources, index_t d, index_t k, index_t ldc,
-              const std::vector<index_t>& off, index_t end, bool scaled, bool split, T* Bcat, T* Acat) {
+              const std::vector<index_t>& off, index_t end, bool scaled, bool split, bool tiled, T* Bcat, T* Acat) {
   for (std::size_t first = 0; first < sources.size(); first += pack_max) {
     pack_args<T> a{};
     a.d = d;
     a.k = k;
     a.R = ldc;
     a.split = split;
+    a.tiled = tiled;
+    a.ntc = detail::ceil_div(k, 128);
     a.Bcat = Bcat;
     a.Acat = Acat;
     a.c_begin = off[first];
@@ -256,8 +276,9 @@ void pack_all(context& ctx, const std::vector<merge_source<T>>& sources, index_t
       ps.r = source_rank(src);
     }
     a.c_end = q < sources.size() ? off[q] : end;
-    const index_t total = (d + k) * (a.c_end - a.c_begin);
-    const index_t blocks = std::min<index_t>(detail::ceil_div(total, 4 * 256), index_t{8} * 1024);
+    const index_t w = a.c_end - a.c_begin;
+    const index_t items = d * detail::ceil_div(w, 8) + w * detail::ceil_div(k, 8);
+    const index_t blocks = std::min<index_t>(detail::ceil_div(items, 256), index_t{8} * 1024);
     pack_kernel<T><<<detail::grid_dim(blocks), 256, 0, ctx.stream()>>>(a);
     LORI_CUDA_CHECK_LAUNCH();
   }
@@ -275,10 +296,9 @@ void merge_stream_route(context& ctx, row_major_view<T> W, const std::vector<mer
                         void* workspace, int probe = 0) {
   const index_t d = W.rows(), k = W.cols();
   const stream_layout L = make_stream_layout(sources);
-  T* Bcat = static_cast<T*>(workspace);  // d x kp
-  T* Acat = reinterpret_cast<T*>(static_cast<unsigned char*>(workspace) +
-                                 align256(static_cast<std::size_t>(d * L.kp) * sizeof(T)));  // kp x k
-  if ((probe & probe_no_pack) == 0) pack_all<T>(ctx, sources, d, k, L.kp, L.off, L.kp, false, false, Bcat, Acat);
+  T* Bcat = static_cast<T*>(workspace);
+  T* Acat = reinterpret_cast<T*>(static_cast<unsigned char*>(workspace) + stream_bcat_bytes<T>(d, L.kp));
+  if ((probe & probe_no_pack) == 0) pack_all<T>(ctx, sources, d, k, L.kp, L.off, L.kp, false, false, true, Bcat, Acat);
   if ((probe & probe_no_kernel) != 0) return;
   detail::merge_stream::params p{};
   p.W = W.data();
@@ -355,7 +375,7 @@ void merge_into(context& ctx, row_major_view<T> W, const std::vector<merge_sourc
     off.push_back(pos);
     pos += detail_merge::source_rank(src);
   }
-  detail_merge::pack_all<T>(ctx, sources, d, k, R, off, R, !same_scale, split, Bcat, Acat);
+  detail_merge::pack_all<T>(ctx, sources, d, k, R, off, R, !same_scale, split, false, Bcat, Acat);
   const cudaDataType_t t = detail::cuda_data_type<T>();
   detail::gemm_row_major(ctx.cublas(), false, false, d, k, K, alpha, Bcat, K, Acat, k, 1.0f, W.data(), W.ld(), t, t);
 }

@@ -3,14 +3,17 @@
 //
 // Design: a copy kernel first. One persistent block of 8 warps per SM owns a contiguous run of 128 x 128
 // tiles of W in band-major order (tile i = (band, column tile)). Its W tiles stream through a 3-stage
-// ring in shared memory, loaded by cp.async.bulk (one 1-D bulk copy per tile row, completion counted in
-// bytes on one mbarrier per stage), issued up to 2 tiles ahead, so W's reads stay in flight while the
-// tensor cores work; results leave with 16-byte coalesced stores. The packed operands come from L2:
-// Bcat (d x kp) as the block's 128-row band (reloaded only when the band or K chunk changes) and Acat
-// (kp x k) as the tile's K-chunk x 128 columns (2-stage ring). ΔW_tile = Bcat_band · Acat_tile runs on
-// mma.sync.m16n8k16 (bf16/fp16 in, fp32 accumulate; ldmatrix from padded rows, conflict-free), one
-// accumulation per scale segment (consecutive adapters with one scale), folded as acc += sₜ·accₜ in
-// fp32, so sₜ is never rounded to 16 bits. W + acc is rounded once to T, in place in the shared W tile.
+// ring in shared memory, loaded with 16-byte cp.async by all threads (completion: one mbarrier per
+// stage, one cp.async-triggered arrive per thread), issued 2-3 tiles ahead, so W's reads stay in flight
+// while the tensor cores work; results leave with 16-byte coalesced stores. The packed operands come
+// from L2, pre-tiled and pre-padded by the pack kernel so that each is ONE cp.async.bulk copy (byte
+// count on an mbarrier): the block's 128-row Bcat band (reloaded only when the band or K chunk changes)
+// and the tile's K-chunk x 128 Acat tile (2-stage ring). (A first version loaded every 256-byte row
+// with its own bulk copy: the copy engine's per-request cost made that 4.4x slower than a copy of W.)
+// ΔW_tile = Bcat_band · Acat_tile runs on mma.sync.m16n8k16 (bf16/fp16 in, fp32 accumulate; ldmatrix
+// from padded rows, conflict-free), one accumulation per scale segment (consecutive adapters with one
+// scale), folded as acc += sₜ·accₜ in fp32, so sₜ is never rounded to 16 bits. W + acc is rounded
+// once to T, in place in the shared W tile.
 #ifndef LORI_DETAIL_MERGE_STREAM_CUH
 #define LORI_DETAIL_MERGE_STREAM_CUH
 
@@ -46,8 +49,8 @@ inline constexpr std::size_t smem_bytes = static_cast<std::size_t>(w_stages + a_
 struct params {
   void* W;
   index_t ldw, d, k;
-  const void* Bcat;  // d x kp, leading dimension kp (segments padded to multiples of 16 with zeros)
-  const void* Acat;  // kp x k, leading dimension k (padding rows zero)
+  const void* Bcat;  // tiled d x kp (see detail_merge::pack_args; segments padded to 16 with zeros)
+  const void* Acat;  // tiled kp x k
   int kp, nchunks, ntc, tiles;
   unsigned long long seg_end;   // bit q set: k-step q (16 deep) is the last of a scale segment
   float seg_scale[max_ksteps];  // scale of segment j
@@ -144,62 +147,64 @@ __global__ void __launch_bounds__(threads, 1) merge_stream_kernel(const __grid_c
   const T* const Acat = static_cast<const T*>(p.Acat);
 
   if (tid == 0) {
-    for (int b = 0; b < w_stages + a_stages + 1; ++b) mbar_init(bars + 8 * b, 1);
+    for (int b = 0; b < w_stages; ++b) mbar_init(bars + 8 * b, threads);  // one cp.async arrive per thread
+    for (int b = w_stages; b < w_stages + a_stages + 1; ++b) mbar_init(bars + 8 * b, 1);  // bulk copies
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
   }
   __syncthreads();
 
-  // Producers (warp 0): lane 0 arms the stage's barrier with the byte count, the lanes issue one bulk
-  // copy per row. Rows past d and columns past k are not loaded (their results are never stored).
+  // W tile i -> its ring slot: every thread copies 8 16-byte chunks (rows tid/16 + 16 j, column chunk
+  // tid % 16: 16 threads cover one 256-byte row) with cp.async (L2 only), then arms an arrive on the
+  // slot's barrier that fires when its copies have landed. Rows past d, chunks past k are skipped
+  // (their results are never stored).
   const auto issue_w = [&](int i) {
     const int band = i / p.ntc, ct = i - band * p.ntc;
     const index_t r0 = static_cast<index_t>(band) * bm, c0 = static_cast<index_t>(ct) * bn;
-    const int rows = static_cast<int>(p.d - r0 < bm ? p.d - r0 : bm);
-    const std::uint32_t bytes = static_cast<std::uint32_t>((p.k - c0 < bn ? p.k - c0 : bn) * 2);
     const int slot = (i - t_begin) % w_stages;
-    const std::uint32_t bar = bars + 8 * slot;
-    if (lane == 0) {
-      mbar_expect_tx(bar, static_cast<std::uint32_t>(rows) * bytes);
-      // A later tile that starts a new band will reload the Bcat band (rows x kp, contiguous): bring it
-      // into L2 now, 2-3 tiles before its synchronous load. (L2 is coherent: harmless even before the
-      // pack kernel has finished writing it.)
-      if (i != t_begin && ct == 0)
-        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(Bcat + r0 * p.kp),
-                     "r"(static_cast<std::uint32_t>(rows) * static_cast<std::uint32_t>(p.kp) * 2u)
+    const int cc = (tid & 15) * 8;
+    if (tid == 0 && i != t_begin && ct == 0) {
+      // This tile starts a new band, whose Bcat band will be loaded synchronously 2-3 tiles from now:
+      // bring it into L2 now (L2 is coherent: harmless even before the pack kernel has finished).
+      const index_t rows = p.d - r0 < bm ? p.d - r0 : bm;
+      asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(Bcat + r0 * pitch),
+                   "r"(static_cast<std::uint32_t>(rows * pitch * 2))
+                   : "memory");
+    }
+#pragma unroll
+    for (int j = 0; j < bm / 16; ++j) {
+      const int row = (tid >> 4) + 16 * j;
+      if (r0 + row < p.d && c0 + cc < p.k)
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s0 + slot * buf_bytes + (row * pitch + cc) * 2),
+                     "l"(W + (r0 + row) * p.ldw + c0 + cc)
                      : "memory");
     }
-    __syncwarp();
-    for (int r = lane; r < rows; r += 32)
-      bulk_g2s(s0 + slot * buf_bytes + r * pitch * 2, W + (r0 + r) * p.ldw + c0, bytes, bar);
+    asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];" ::"r"(bars + 8 * slot) : "memory");
   };
+  // Operand step q (tile, K chunk) -> A ring slot: ONE bulk copy of the pre-tiled, pre-padded Acat tile
+  // (thread 0).
   const auto issue_a = [&](int q) {
     const int i = t_begin + q / p.nchunks, c = q - (q / p.nchunks) * p.nchunks;
     const int ct = i % p.ntc;
-    const index_t c0 = static_cast<index_t>(ct) * bn;
     const int rows = p.kp - c * kc < kc ? p.kp - c * kc : kc;
-    const std::uint32_t bytes = static_cast<std::uint32_t>((p.k - c0 < bn ? p.k - c0 : bn) * 2);
     const int slot = q % a_stages;
-    const std::uint32_t bar = bars + 8 * (w_stages + slot);
-    if (lane == 0) mbar_expect_tx(bar, static_cast<std::uint32_t>(rows) * bytes);
-    __syncwarp();
-    for (int r = lane; r < rows; r += 32)
-      bulk_g2s(a_s + slot * buf_bytes + r * pitch * 2, Acat + (static_cast<index_t>(c) * kc + r) * p.k + c0, bytes, bar);
+    const std::uint32_t bar = bars + 8 * (w_stages + slot), bytes = static_cast<std::uint32_t>(rows * pitch * 2);
+    mbar_expect_tx(bar, bytes);
+    bulk_g2s(a_s + slot * buf_bytes, Acat + ((static_cast<index_t>(c) * p.ntc + ct) * kc) * pitch, bytes, bar);
   };
+  // Bcat band (band, chunk c): ONE bulk copy of its rows (thread 0).
   const auto issue_b = [&](int band, int c) {
     const index_t r0 = static_cast<index_t>(band) * bm;
-    const int rows = static_cast<int>(p.d - r0 < bm ? p.d - r0 : bm);
-    const int kcur = p.kp - c * kc < kc ? p.kp - c * kc : kc;
-    const std::uint32_t bytes = static_cast<std::uint32_t>(kcur * 2);
-    if (lane == 0) mbar_expect_tx(b_bar, static_cast<std::uint32_t>(rows) * bytes);
-    __syncwarp();
-    for (int r = lane; r < rows; r += 32)
-      bulk_g2s(b_s + r * pitch * 2, Bcat + (r0 + r) * p.kp + static_cast<index_t>(c) * kc, bytes, b_bar);
+    const index_t rows = p.d - r0 < bm ? p.d - r0 : bm;
+    const std::uint32_t bytes = static_cast<std::uint32_t>(rows * pitch * 2);
+    mbar_expect_tx(b_bar, bytes);
+    bulk_g2s(b_s, Bcat + (static_cast<index_t>(c) * p.d + r0) * pitch, bytes, b_bar);
   };
 
-  if (warp == 0) {
-    // W does not depend on the pack kernel before this one (launched with programmatic stream
-    // serialization): its first tiles load while that kernel finishes; Acat/Bcat only after it completed.
-    for (int j = 0; j < w_stages && t_begin + j < t_end; ++j) issue_w(t_begin + j);
+  // W does not depend on the pack kernel before this one (launched with programmatic stream
+  // serialization): its first tiles load while that kernel finishes. Thread 0, which issues every
+  // Acat/Bcat load, waits for that kernel's completion first.
+  for (int j = 0; j < w_stages && t_begin + j < t_end; ++j) issue_w(t_begin + j);
+  if (tid == 0) {
     asm volatile("griddepcontrol.wait;" ::: "memory");
     for (int q = 0; q < a_stages && q < nsteps; ++q) issue_a(q);
   }
@@ -223,7 +228,7 @@ __global__ void __launch_bounds__(threads, 1) merge_stream_kernel(const __grid_c
       const int q = (i - t_begin) * p.nchunks + c;
       const int tag = band * p.nchunks + c;
       if (tag != b_tag) {  // nobody reads B now: the previous step ended with __syncthreads
-        if (warp == 0) issue_b(band, c);
+        if (tid == 0) issue_b(band, c);
         mbar_wait(b_bar, b_phase);
         b_phase ^= 1u;
         b_tag = tag;
@@ -262,7 +267,7 @@ __global__ void __launch_bounds__(threads, 1) merge_stream_kernel(const __grid_c
         }
       }
       __syncthreads();  // every warp is done with A slot q % a_stages and with B
-      if (warp == 0 && q + a_stages < nsteps) issue_a(q + a_stages);
+      if (tid == 0 && q + a_stages < nsteps) issue_a(q + a_stages);
     }
     // Epilogue: W tile (stage slot) += acc, rounded once to T, in place; then 16-byte stores.
     const int slot = (i - t_begin) % w_stages;
@@ -279,7 +284,6 @@ __global__ void __launch_bounds__(threads, 1) merge_stream_kernel(const __grid_c
           const float2 w = unpack2<T>(*e);
           *e = pack2<T>(w.x + acc[mi][ni][2 * h], w.y + acc[mi][ni][2 * h + 1]);
         }
-    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");  // generic writes before later bulk writes
     __syncthreads();
     {
       const index_t r0 = static_cast<index_t>(band) * bm, c0 = static_cast<index_t>(ct) * bn;
@@ -294,7 +298,7 @@ __global__ void __launch_bounds__(threads, 1) merge_stream_kernel(const __grid_c
       }
     }
     __syncthreads();  // the W slot is free again
-    if (warp == 0 && i + w_stages < t_end) issue_w(i + w_stages);
+    if (i + w_stages < t_end) issue_w(i + w_stages);
   }
 }
 
