@@ -289,6 +289,7 @@ inline constexpr int probe_no_math = 1;    // the kernel's memory pipeline with 
 inline constexpr int probe_no_pdl = 2;     // plain launch after the pack kernel
 inline constexpr int probe_no_pack = 4;    // the kernel alone (operands as left in the workspace)
 inline constexpr int probe_no_kernel = 8;  // the pack kernel alone
+inline constexpr int probe_no_w_io = 16;   // the kernel without W's loads and stores (operands + math)
 
 // The streaming-kernel route (requires stream_kernel_applies and a checked workspace).
 template <class T>
@@ -313,7 +314,8 @@ void merge_stream_route(context& ctx, row_major_view<T> W, const std::vector<mer
   p.tiles = static_cast<int>(detail::ceil_div(d, detail::merge_stream::bm)) * p.ntc;
   p.seg_end = L.seg_end;
   for (std::size_t j = 0; j < L.seg_scale.size(); ++j) p.seg_scale[j] = L.seg_scale[j];
-  p.math = (probe & probe_no_math) == 0 ? 1 : 0;
+  p.mode = ((probe & probe_no_math) == 0 ? detail::merge_stream::mode_math : 0) |
+           ((probe & probe_no_w_io) == 0 ? detail::merge_stream::mode_w_io : 0);
   detail::merge_stream::launch<T>(p, ctx.sm_count(), ctx.stream(), (probe & probe_no_pdl) == 0);
 }
 

@@ -46,6 +46,9 @@ inline constexpr int max_ksteps = 64;      // kp <= 1024
 inline constexpr int max_kp = 16 * max_ksteps;
 inline constexpr std::size_t smem_bytes = static_cast<std::size_t>(w_stages + a_stages + 1) * buf_bytes + 64;
 
+inline constexpr int mode_math = 1;  // compute ΔW (else ΔW = 0: the memory pipeline alone)
+inline constexpr int mode_w_io = 2;  // load and store W (else: the operand pipeline and math alone)
+
 struct params {
   void* W;
   index_t ldw, d, k;
@@ -54,7 +57,7 @@ struct params {
   int kp, nchunks, ntc, tiles;
   unsigned long long seg_end;   // bit q set: k-step q (16 deep) is the last of a scale segment
   float seg_scale[max_ksteps];  // scale of segment j
-  int math;                     // 0: W += 0 through the same pipeline (memory-side probe)
+  int mode;                     // mode_math | mode_w_io for the merge; probes drop one (benchmarks)
 };
 
 __device__ __forceinline__ std::uint32_t smem_u32(const void* p) {
@@ -173,7 +176,7 @@ __global__ void __launch_bounds__(threads, 1) merge_stream_kernel(const __grid_c
 #pragma unroll
     for (int j = 0; j < bm / 16; ++j) {
       const int row = (tid >> 4) + 16 * j;
-      if (r0 + row < p.d && c0 + cc < p.k)
+      if (r0 + row < p.d && c0 + cc < p.k && (p.mode & mode_w_io) != 0)
         asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s0 + slot * buf_bytes + (row * pitch + cc) * 2),
                      "l"(W + (r0 + row) * p.ldw + c0 + cc)
                      : "memory");
@@ -234,24 +237,28 @@ __global__ void __launch_bounds__(threads, 1) merge_stream_kernel(const __grid_c
         b_tag = tag;
       }
       mbar_wait(bars + 8 * (w_stages + q % a_stages), static_cast<std::uint32_t>((q / a_stages) & 1));
-      if (p.math != 0) {
+      if ((p.mode & mode_math) != 0) {
         const int ksteps = (p.kp - c * kc < kc ? p.kp - c * kc : kc) / 16;
         const std::uint32_t a_base =
             b_s + static_cast<std::uint32_t>(((wm * 64 + (lane & 15)) * pitch + (lane >> 4) * 8) * 2);
         const std::uint32_t b_base =
             a_s + static_cast<std::uint32_t>((q % a_stages) * buf_bytes) +
             static_cast<std::uint32_t>((((lane & 7) + ((lane >> 3) & 1) * 8) * pitch + wn * 32 + (lane >> 4) * 8) * 2);
-#pragma unroll 2
-        for (int ks = 0; ks < ksteps; ++ks) {
-          std::uint32_t af[4][4], bf[2][4];
+        // Fragments of k-step ks+1 are loaded before the MMAs of k-step ks are issued (two register sets).
+        struct frags {
+          std::uint32_t a[4][4], b[2][4];
+        };
+        const auto load = [&](frags& f, int ks) {
 #pragma unroll
-          for (int mi = 0; mi < 4; ++mi) ldsm_x4(a_base + static_cast<std::uint32_t>((mi * 16 * pitch + ks * 16) * 2), af[mi]);
+          for (int mi = 0; mi < 4; ++mi) ldsm_x4(a_base + static_cast<std::uint32_t>((mi * 16 * pitch + ks * 16) * 2), f.a[mi]);
 #pragma unroll
-          for (int nj = 0; nj < 2; ++nj) ldsm_x4_t(b_base + static_cast<std::uint32_t>((ks * 16 * pitch + nj * 16) * 2), bf[nj]);
+          for (int nj = 0; nj < 2; ++nj) ldsm_x4_t(b_base + static_cast<std::uint32_t>((ks * 16 * pitch + nj * 16) * 2), f.b[nj]);
+        };
+        const auto step = [&](const frags& f, int ks) {
 #pragma unroll
           for (int mi = 0; mi < 4; ++mi)
 #pragma unroll
-            for (int ni = 0; ni < 4; ++ni) mma16816<T>(acc_t[mi][ni], af[mi], bf[ni >> 1][(ni & 1) * 2], bf[ni >> 1][(ni & 1) * 2 + 1]);
+            for (int ni = 0; ni < 4; ++ni) mma16816<T>(acc_t[mi][ni], f.a[mi], f.b[ni >> 1][(ni & 1) * 2], f.b[ni >> 1][(ni & 1) * 2 + 1]);
           if ((p.seg_end >> (c * (kc / 16) + ks)) & 1ull) {  // end of a scale segment: acc += s·acc_t
             const float s = p.seg_scale[seg++];
 #pragma unroll
@@ -263,6 +270,17 @@ __global__ void __launch_bounds__(threads, 1) merge_stream_kernel(const __grid_c
                   acc[mi][ni][e] = fmaf(s, acc_t[mi][ni][e], acc[mi][ni][e]);
                   acc_t[mi][ni][e] = 0.0f;
                 }
+          }
+        };
+        frags f0, f1;
+        load(f0, 0);
+#pragma unroll 1
+        for (int ks = 0; ks < ksteps; ks += 2) {
+          if (ks + 1 < ksteps) load(f1, ks + 1);
+          step(f0, ks);
+          if (ks + 1 < ksteps) {
+            if (ks + 2 < ksteps) load(f0, ks + 2);
+            step(f1, ks + 1);
           }
         }
       }
@@ -291,7 +309,7 @@ __global__ void __launch_bounds__(threads, 1) merge_stream_kernel(const __grid_c
 #pragma unroll
       for (int j = 0; j < bm / 16; ++j) {
         const int row = (tid >> 4) + 16 * j;
-        if (r0 + row < p.d && c0 + cc < p.k) {
+        if (r0 + row < p.d && c0 + cc < p.k && (p.mode & mode_w_io) != 0) {
           const uint4 v = *reinterpret_cast<const uint4*>(wt + (row * pitch + cc) * 2);
           *reinterpret_cast<uint4*>(W + (r0 + row) * p.ldw + c0 + cc) = v;
         }
