@@ -327,7 +327,7 @@ void launch(const params& p, int sm_count, cudaStream_t stream, bool pdl = true)
   LORI_CUDA_CHECK(cudaFuncSetAttribute(merge_stream_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        static_cast<int>(smem_bytes)));
   // Programmatic dependent launch: the blocks may start while the preceding kernel on the stream (the
-  // pack kernel, which triggers at its start) still runs; warp 0 waits for its completion
+  // pack kernel, which triggers at its start) still runs; thread 0 waits for its completion
   // (griddepcontrol.wait) before the first Acat/Bcat load. Every other access of the kernel is to W.
   cudaLaunchConfig_t cfg{};
   cfg.gridDim = dim3(static_cast<unsigned>(p.tiles < sm_count ? p.tiles : sm_count));
