@@ -36,7 +36,8 @@ b="$B/bench/cuda/lori_bench_cuda"
   timeout 16 ncu --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section WarpStateStats \
     --section LaunchStats -k regex:'merge_stream_kernel|pack_kernel' -c 2 \
     "$b" --benchmark_filter='BM_gpu_merge/4/14336/0/0' --benchmark_repetitions=1 2>&1 |
-    grep -E "merge_stream_kernel|pack_kernel|Duration|DRAM Throughput|Memory Throughput|L2 Hit|L1/TEX Hit|Compute \(SM\)|Registers Per|Achieved Occupancy|Theoretical Occupancy|Warp Cycles Per Issued|Dynamic Shared Memory Per|Grid Size|stall|Stall" |
+    grep -A2 -E "merge_stream_kernel|pack_kernel|Duration|DRAM Throughput|Memory Throughput|L2 Hit|L1/TEX Hit|Compute \(SM\)|Registers Per|Achieved Occupancy|Warp Cycles Per Issued|Grid Size|stalled" |
+    grep -E "merge_stream_kernel|pack_kernel|Duration|DRAM Throughput|Memory Throughput|L2 Hit|L1/TEX Hit|Compute \(SM\)|Registers Per|Achieved Occupancy|Warp Cycles Per Issued|Grid Size|stall|cycles|instruction" |
     cut -c1-230 | head -60
   echo "rc=${PIPESTATUS[0]}"
 } > "$out" 2>&1
