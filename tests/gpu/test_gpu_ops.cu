@@ -927,7 +927,13 @@ TEST_CASE_TEMPLATE("merge_into: streaming kernel, odd shapes and its fallbacks, 
                 {0.5, -0.25, 0.75, 1.0, -1.5, 0.125, 2.0, -0.5}, g, {0, false, 0, on});
   // W with a leading dimension k + 8 (16-byte rows) and W 8 elements into its buffer: still the kernel.
   merge_case<T>(ctx, 200, 136, {32, 24}, {false, true}, {0.5, -0.75}, g, {8, false, 8, on});
-  // Fallbacks: leading dimension k + 4, W one element into its buffer, depth 1104 > 1024, k % 8 != 0.
+  // Scales 2^20 apart: the kernel's running rescale (acc *= s_j / s_j+1) at its widest common use.
+  merge_case<T>(ctx, 100, 96, {8, 8, 8}, {false, true, false}, {std::ldexp(1.0, -12), std::ldexp(1.0, 8), -0.5}, g,
+                {0, false, 0, on});
+  // Fallbacks: a zero scale and scales 2^33 apart (cuBLAS), leading dimension k + 4, W one element into
+  // its buffer, depth 1104 > 1024, k % 8 != 0.
+  merge_case<T>(ctx, 64, 64, {8, 8}, {false, false}, {0.0, 0.5}, g, {0, false, 0, 0});
+  merge_case<T>(ctx, 64, 64, {8, 8}, {false, true}, {std::ldexp(1.0, -22), std::ldexp(1.0, 11)}, g, {0, false, 0, 0});
   merge_case<T>(ctx, 70, 64, {16, 8}, {true, false}, {1.0, 0.5}, g, {4, false, 0, 0});
   merge_case<T>(ctx, 64, 64, {32}, {false}, {0.5}, g, {0, false, 1, 0});
   merge_case<T>(ctx, 40, 48, {600, 504}, {false, true}, {0.5, -0.25}, g, {0, false, 0, 0});

@@ -9,8 +9,8 @@
 //   padded depth <= 1024: lori's streaming tensor-core kernel (lori/detail/merge_stream.cuh), a copy
 //   of W through shared memory with ΔW computed per 128 x 128 tile on mma.sync from the packed
 //   operands (in L2). Bₜ is packed unscaled; consecutive adapters with one scale form a segment padded
-//   to 16 columns, accumulated in fp32 and added as acc += sₜ·accₜ in fp32; W + ΔW is rounded to T
-//   once. For 4 adapters of rank 32 into a 14336 x 4096 bf16 W: 2·117 MB of W traffic, 4.7 MB of
+//   to 16 columns; one fp32 accumulator runs through the segments, rescaled by s_j / s_j+1 between
+//   them (scales nonzero, finite, within 2^32 of each other); W + ΔW is rounded to T once. For 4 adapters of rank 32 into a 14336 x 4096 bf16 W: 2·117 MB of W traffic, 4.7 MB of
 //   packed operands, 15 GFLOP hidden under the copy.
 // * otherwise (fp32 W, unaligned W or leading dimension, deeper sums): ONE cuBLAS GEMM with beta = 1
 //   over [s₁B₁ | … | s_TB_T] and [A₁; …; A_T]. Equal scales become the GEMM's alpha (packed operands
@@ -33,6 +33,7 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <type_traits>
@@ -229,8 +230,9 @@ std::size_t stream_workspace_bytes(index_t d, index_t k, index_t kp) {
 }
 
 /// True when merge_into(W, sources) takes the streaming tensor-core kernel: 16-bit W, W 16-byte aligned
-/// with k and its leading dimension multiples of 8 (16-byte rows), padded depth kp <= 1024. Otherwise
-/// (fp32, unaligned W, deeper sums) the cuBLAS route runs.
+/// with k and its leading dimension multiples of 8 (16-byte rows), padded depth kp <= 1024, scales
+/// nonzero, finite and within 2^32 of each other. Otherwise (fp32, unaligned W, deeper sums, a zero
+/// scale) the cuBLAS route runs.
 template <class T>
 bool stream_kernel_applies(row_major_view<T> W, const std::vector<merge_source<T>>& sources) {
   if constexpr (!detail::is_16bit_v<T>) {
@@ -239,6 +241,15 @@ bool stream_kernel_applies(row_major_view<T> W, const std::vector<merge_source<T
     const index_t d = W.rows(), k = W.cols();
     if (d <= 0 || k <= 0 || sources.empty()) return false;
     const index_t tiles = detail::ceil_div(d, detail::merge_stream::bm) * detail::ceil_div(k, detail::merge_stream::bn);
+    // The kernel's running rescale (acc *= s_j / s_j+1) needs nonzero finite scales within 2^32 of each
+    // other (no overflow or underflow of the rescaled partial sums); anything else takes cuBLAS.
+    double lo = HUGE_VAL, hi = 0.0;
+    for (const auto& s : sources) {
+      const double a = std::fabs(static_cast<double>(s.scale));
+      lo = std::min(lo, a);
+      hi = std::max(hi, a);
+    }
+    if (!(lo > 0.0) || !(hi < HUGE_VAL) || hi > lo * 4294967296.0) return false;
     return k % 8 == 0 && W.ld() % 8 == 0 && reinterpret_cast<std::uintptr_t>(W.data()) % 16 == 0 &&
            make_stream_layout(sources).kp <= detail::merge_stream::max_kp && tiles <= index_t{1} << 30;
   }
@@ -313,7 +324,10 @@ void merge_stream_route(context& ctx, row_major_view<T> W, const std::vector<mer
   p.ntc = static_cast<int>(detail::ceil_div(k, detail::merge_stream::bn));
   p.tiles = static_cast<int>(detail::ceil_div(d, detail::merge_stream::bm)) * p.ntc;
   p.seg_end = L.seg_end;
-  for (std::size_t j = 0; j < L.seg_scale.size(); ++j) p.seg_scale[j] = L.seg_scale[j];
+  for (std::size_t j = 0; j < L.seg_scale.size(); ++j)  // one rounding of each ratio (see merge_stream.cuh)
+    p.seg_mul[j] = j + 1 < L.seg_scale.size()
+                       ? static_cast<float>(static_cast<double>(L.seg_scale[j]) / static_cast<double>(L.seg_scale[j + 1]))
+                       : L.seg_scale[j];
   p.mode = ((probe & probe_no_math) == 0 ? detail::merge_stream::mode_math : 0) |
            ((probe & probe_no_w_io) == 0 ? detail::merge_stream::mode_w_io : 0);
   detail::merge_stream::launch<T>(p, ctx.sm_count(), ctx.stream(), (probe & probe_no_pdl) == 0);

@@ -11,9 +11,11 @@
 // and the tile's K-chunk x 128 Acat tile (2-stage ring). (A first version loaded every 256-byte row
 // with its own bulk copy: the copy engine's per-request cost made that 4.4x slower than a copy of W.)
 // ΔW_tile = Bcat_band · Acat_tile runs on mma.sync.m16n8k16 (bf16/fp16 in, fp32 accumulate; ldmatrix
-// from padded rows, conflict-free), one accumulation per scale segment (consecutive adapters with one
-// scale), folded as acc += sₜ·accₜ in fp32, so sₜ is never rounded to 16 bits. W + acc is rounded
-// once to T, in place in the shared W tile.
+// from padded rows, conflict-free). Scales stay in fp32, never rounded to 16 bits: Bcat holds the raw
+// Bₜ, grouped into scale segments (consecutive adapters with one scale), and ONE fp32 accumulator runs
+// through them with acc *= s_j / s_j+1 at the end of segment j and acc *= s_last at the end, so that
+// acc = Σ_j s_j·(B_j·A_j) (each term's factor carries ≤ 2 T fp32 roundings: relative ≤ 2T·2^-24).
+// W + acc is rounded once to T, in place in the shared W tile.
 #ifndef LORI_DETAIL_MERGE_STREAM_CUH
 #define LORI_DETAIL_MERGE_STREAM_CUH
 
@@ -55,8 +57,8 @@ struct params {
   const void* Bcat;  // tiled d x kp (see detail_merge::pack_args; segments padded to 16 with zeros)
   const void* Acat;  // tiled kp x k
   int kp, nchunks, ntc, tiles;
-  unsigned long long seg_end;   // bit q set: k-step q (16 deep) is the last of a scale segment
-  float seg_scale[max_ksteps];  // scale of segment j
+  unsigned long long seg_end;  // bit q set: k-step q (16 deep) is the last of a scale segment
+  float seg_mul[max_ksteps];   // at the end of segment j: acc *= s_j / s_j+1 (the last: acc *= s_last)
   int mode;                     // mode_math | mode_w_io for the merge; probes drop one (benchmarks)
 };
 
@@ -217,7 +219,6 @@ __global__ void __launch_bounds__(threads, 1) merge_stream_kernel(const __grid_c
   int b_tag = -1;                           // (band, chunk) in the B buffer
   std::uint32_t b_phase = 0;
   float acc[4][4][4];
-  float acc_t[4][4][4];
   for (int i = t_begin; i < t_end; ++i) {
     const int band = i / p.ntc, ct = i - band * p.ntc;
 #pragma unroll
@@ -225,7 +226,7 @@ __global__ void __launch_bounds__(threads, 1) merge_stream_kernel(const __grid_c
 #pragma unroll
       for (int ni = 0; ni < 4; ++ni)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) acc[mi][ni][e] = acc_t[mi][ni][e] = 0.0f;
+        for (int e = 0; e < 4; ++e) acc[mi][ni][e] = 0.0f;
     int seg = 0;
     for (int c = 0; c < p.nchunks; ++c) {
       const int q = (i - t_begin) * p.nchunks + c;
@@ -258,18 +259,15 @@ __global__ void __launch_bounds__(threads, 1) merge_stream_kernel(const __grid_c
 #pragma unroll
           for (int mi = 0; mi < 4; ++mi)
 #pragma unroll
-            for (int ni = 0; ni < 4; ++ni) mma16816<T>(acc_t[mi][ni], f.a[mi], f.b[ni >> 1][(ni & 1) * 2], f.b[ni >> 1][(ni & 1) * 2 + 1]);
-          if ((p.seg_end >> (c * (kc / 16) + ks)) & 1ull) {  // end of a scale segment: acc += s·acc_t
-            const float s = p.seg_scale[seg++];
+            for (int ni = 0; ni < 4; ++ni) mma16816<T>(acc[mi][ni], f.a[mi], f.b[ni >> 1][(ni & 1) * 2], f.b[ni >> 1][(ni & 1) * 2 + 1]);
+          if ((p.seg_end >> (c * (kc / 16) + ks)) & 1ull) {  // end of a scale segment: acc *= s_j / s_j+1
+            const float m = p.seg_mul[seg++];
 #pragma unroll
             for (int mi = 0; mi < 4; ++mi)
 #pragma unroll
               for (int ni = 0; ni < 4; ++ni)
 #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                  acc[mi][ni][e] = fmaf(s, acc_t[mi][ni][e], acc[mi][ni][e]);
-                  acc_t[mi][ni][e] = 0.0f;
-                }
+                for (int e = 0; e < 4; ++e) acc[mi][ni][e] *= m;
           }
         };
         frags f0, f1;
