@@ -231,7 +231,7 @@ __global__ void __launch_bounds__(threads, 1) merge_stream_kernel(const __grid_c
     for (int c = 0; c < p.nchunks; ++c) {
       const int q = (i - t_begin) * p.nchunks + c;
       const int tag = band * p.nchunks + c;
-      if (tag != b_tag) {  // nobody reads B now: the previous step ended with __syncthreads
+      if (tag != b_tag) {  // nobody reads B now: a __syncthreads followed the previous step's MMAs
         if (tid == 0) issue_b(band, c);
         mbar_wait(b_bar, b_phase);
         b_phase ^= 1u;
@@ -282,8 +282,10 @@ __global__ void __launch_bounds__(threads, 1) merge_stream_kernel(const __grid_c
           }
         }
       }
-      __syncthreads();  // every warp is done with A slot q % a_stages and with B
-      if (tid == 0 && q + a_stages < nsteps) issue_a(q + a_stages);
+      if (c + 1 < p.nchunks) {  // (the last chunk's slot is refilled after the epilogue's barrier)
+        __syncthreads();        // every warp is done with A slot q % a_stages and with B
+        if (tid == 0 && q + a_stages < nsteps) issue_a(q + a_stages);
+      }
     }
     // Epilogue: W tile (stage slot) += acc, rounded once to T, in place; then 16-byte stores.
     const int slot = (i - t_begin) % w_stages;
@@ -300,7 +302,11 @@ __global__ void __launch_bounds__(threads, 1) merge_stream_kernel(const __grid_c
           const float2 w = unpack2<T>(*e);
           *e = pack2<T>(w.x + acc[mi][ni][2 * h], w.y + acc[mi][ni][2 * h + 1]);
         }
-    __syncthreads();
+    __syncthreads();  // W tile complete; every warp is done with the last chunk's A slot and with B
+    {
+      const int q = (i - t_begin + 1) * p.nchunks - 1;
+      if (tid == 0 && q + a_stages < nsteps) issue_a(q + a_stages);
+    }
     {
       const index_t r0 = static_cast<index_t>(band) * bm, c0 = static_cast<index_t>(ct) * bn;
       const int cc = (tid & 15) * 8;
