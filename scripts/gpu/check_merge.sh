@@ -24,9 +24,12 @@ b="$B/bench/cuda/lori_bench_cuda"
     grep -iE "summary|invalid|error|test cases|assertions" | cut -c1-240 | head -16
   echo "rc=${PIPESTATUS[0]}"
   echo "== compute-sanitizer racecheck (streaming kernel, odd shapes)"
-  timeout 12 compute-sanitizer --tool racecheck --report-api-errors no --error-exitcode 9 "$t" -tc='*streaming*fallbacks*' 2>&1 |
-    grep -iE "summary|race reported|hazard|error|test cases|assertions" | cut -c1-240 | head -16
-  echo "rc=${PIPESTATUS[0]}"
+  rc_log="$O/racecheck.log"
+  timeout 12 compute-sanitizer --tool racecheck --report-api-errors no --error-exitcode 9 "$t" -tc='*streaming*fallbacks*' > "$rc_log" 2>&1
+  echo "rc=$?"
+  grep -iE "summary|race reported|hazard|error|test cases|assertions" "$rc_log" | cut -c1-240 | head -12
+  echo "hazard lines naming lori's merge kernels (merge_stream_kernel / pack_kernel): $(grep -cE "merge_stream_kernel|pack_kernel" "$rc_log")"
+  rm -f "$rc_log"
   echo "== benchmarks (median of 5; floor = BM_gpu_baseline_copy_w/14336, one copy of W)"
   timeout 24 stdbuf -oL "$b" --benchmark_filter='BM_gpu_(baseline_d2d_copy/234|baseline_copy_w/14336|merge/1/14336|merge/4/14336|merge_probe/)' \
     --benchmark_repetitions=5 --benchmark_report_aggregates_only=true 2>&1 | grep -E "_median|^BM|Run on|error|Error" |
