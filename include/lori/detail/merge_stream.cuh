@@ -315,7 +315,7 @@ __global__ void __launch_bounds__(threads, 1) merge_stream_kernel(const __grid_c
         const int row = (tid >> 4) + 16 * j;
         if (r0 + row < p.d && c0 + cc < p.k && (p.mode & mode_w_io) != 0) {
           const uint4 v = *reinterpret_cast<const uint4*>(wt + (row * pitch + cc) * 2);
-          *reinterpret_cast<uint4*>(W + (r0 + row) * p.ldw + c0 + cc) = v;
+          __stcs(reinterpret_cast<uint4*>(W + (r0 + row) * p.ldw + c0 + cc), v);  // streaming: evict-first in L2
         }
       }
     }
