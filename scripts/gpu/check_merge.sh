@@ -31,7 +31,7 @@ b="$B/bench/cuda/lori_bench_cuda"
   echo "hazard lines naming lori's merge kernels (merge_stream_kernel / pack_kernel): $(grep -cE "merge_stream_kernel|pack_kernel" "$rc_log")"
   rm -f "$rc_log"
   echo "== benchmarks (median of 5; floor = BM_gpu_baseline_copy_w/14336, one copy of W)"
-  timeout 24 stdbuf -oL "$b" --benchmark_filter='BM_gpu_(baseline_d2d_copy/234|baseline_copy_w/14336|merge/1/14336|merge/4/14336|merge_probe/)' \
+  timeout 24 stdbuf -oL "$b" --benchmark_filter='BM_gpu_(baseline_d2d_copy/234|baseline_copy_w/14336|merge/1/14336/0|merge/4/14336|merge/8/14336|merge_probe/)' \
     --benchmark_repetitions=5 --benchmark_report_aggregates_only=true 2>&1 | grep -E "_median|^BM|Run on|error|Error" |
     grep -v "_mean\|_stddev\|_cv" | cut -c1-250 | head -40
   echo "rc=${PIPESTATUS[0]}"

@@ -333,6 +333,30 @@ void merge_stream_route(context& ctx, row_major_view<T> W, const std::vector<mer
   detail::merge_stream::launch<T>(p, ctx.sm_count(), ctx.stream(), (probe & probe_no_pdl) == 0);
 }
 
+// The cuBLAS route (checked sources and workspace): one GEMM with beta = 1 over the packed operands.
+template <class T>
+void merge_cublas_route(context& ctx, row_major_view<T> W, const std::vector<merge_source<T>>& sources,
+                        void* workspace) {
+  const index_t d = W.rows(), k = W.cols();
+  std::vector<index_t> off;
+  index_t R = 0;
+  for (const auto& src : sources) {
+    off.push_back(R);
+    R += source_rank(src);
+  }
+  bool same_scale = true;
+  for (const auto& s : sources) same_scale = same_scale && s.scale == sources.front().scale;
+  const bool split = needs_split(sources);
+  const index_t K = split ? 2 * R : R;   // GEMM depth
+  T* Bcat = static_cast<T*>(workspace);  // d x K
+  T* Acat = reinterpret_cast<T*>(static_cast<unsigned char*>(workspace) +
+                                 align256(static_cast<std::size_t>(d * K) * sizeof(T)));  // K x k
+  const float alpha = same_scale ? sources.front().scale : 1.0f;
+  pack_all<T>(ctx, sources, d, k, R, off, R, !same_scale, split, false, Bcat, Acat);
+  const cudaDataType_t t = detail::cuda_data_type<T>();
+  detail::gemm_row_major(ctx.cublas(), false, false, d, k, K, alpha, Bcat, K, Acat, k, 1.0f, W.data(), W.ld(), t, t);
+}
+
 }  // namespace detail_merge
 
 template <class T>
@@ -356,7 +380,6 @@ void merge_into(context& ctx, row_major_view<T> W, const std::vector<merge_sourc
   static_assert(detail::is_cuda_storage_v<T>, "merge_into: T must be float, bfloat16 or half");
   const index_t d = W.rows(), k = W.cols();
   index_t R = 0;
-  bool same_scale = true;
   for (const auto& src : sources) {
     const bool sparse = src.B_sparse != nullptr && src.B_dense.empty();
     LORI_EXPECTS(sparse || src.B_sparse == nullptr, "merge_into: give either B_dense or B_sparse, not both");
@@ -365,7 +388,6 @@ void merge_into(context& ctx, row_major_view<T> W, const std::vector<merge_sourc
     LORI_EXPECTS(src.A.rows() == r && src.A.cols() == k, "merge_into: A must be r x k");
     LORI_EXPECTS(sparse ? src.B_sparse->rows() == d : src.B_dense.rows() == d, "merge_into: B must be d x r");
     LORI_EXPECTS(src.scale == src.scale, "merge_into: scale is NaN");
-    same_scale = same_scale && src.scale == sources.front().scale;
     R += r;
   }
   if (d == 0 || k == 0 || R == 0) return;
@@ -378,22 +400,7 @@ void merge_into(context& ctx, row_major_view<T> W, const std::vector<merge_sourc
       return;
     }
   }
-  // cuBLAS route: one GEMM with beta = 1 over the packed operands.
-  const bool split = detail_merge::needs_split(sources);
-  const index_t K = split ? 2 * R : R;   // GEMM depth
-  T* Bcat = static_cast<T*>(workspace);  // d x K
-  T* Acat = reinterpret_cast<T*>(static_cast<unsigned char*>(workspace) +
-                                 detail_merge::align256(static_cast<std::size_t>(d * K) * sizeof(T)));  // K x k
-  const float alpha = same_scale ? sources.front().scale : 1.0f;
-  std::vector<index_t> off;
-  index_t pos = 0;
-  for (const auto& src : sources) {
-    off.push_back(pos);
-    pos += detail_merge::source_rank(src);
-  }
-  detail_merge::pack_all<T>(ctx, sources, d, k, R, off, R, !same_scale, split, false, Bcat, Acat);
-  const cudaDataType_t t = detail::cuda_data_type<T>();
-  detail::gemm_row_major(ctx.cublas(), false, false, d, k, K, alpha, Bcat, K, Acat, k, 1.0f, W.data(), W.ld(), t, t);
+  detail_merge::merge_cublas_route(ctx, W, sources, workspace);
 }
 
 }  // namespace lori::cuda
