@@ -117,6 +117,11 @@ __global__ void pack_kernel(const __grid_constant__ pack_args<T> a) {
   // Lets a kernel launched after this one with programmatic stream serialization (the streaming merge
   // kernel) start its blocks now; it waits for this grid's completion before reading Bcat/Acat.
   asm volatile("griddepcontrol.launch_dependents;");
+  // The source descriptors go to shared memory first: threads of a warp index them with different t,
+  // which as kernel-parameter (constant bank) loads would serialize (checkpoint 2: 25 µs, MIO-bound).
+  __shared__ pack_source<T> srcs[pack_max];
+  if (static_cast<int>(threadIdx.x) < a.count) srcs[threadIdx.x] = a.src[threadIdx.x];
+  __syncthreads();
   constexpr index_t pitch = ::lori::detail::merge_stream::pitch;
   const index_t w = a.c_end - a.c_begin, w8 = (w + 7) / 8, k8 = (a.k + 7) / 8;
   const index_t nb = a.d * w8, total = nb + w * k8;
@@ -129,8 +134,8 @@ __global__ void pack_kernel(const __grid_constant__ pack_args<T> a) {
 #pragma unroll
       for (int u = 0; u < 8; ++u) {
         const index_t col = col0 + u;
-        while (t + 1 < a.count && col >= a.src[t + 1].off) ++t;
-        x[u] = col < a.c_end ? b_value(a.src[t], i, col - a.src[t].off) : 0.0f;
+        while (t + 1 < a.count && col >= srcs[t + 1].off) ++t;
+        x[u] = col < a.c_end ? b_value(srcs[t], i, col - srcs[t].off) : 0.0f;
       }
 #pragma unroll
       for (int u = 0; u < 8; ++u) {
@@ -150,8 +155,8 @@ __global__ void pack_kernel(const __grid_constant__ pack_args<T> a) {
     } else {  // Acat(row, c0 .. c0 + 7)
       const index_t e2 = e - nb, rr = e2 / k8, c0 = 8 * (e2 - rr * k8), row = a.c_begin + rr;
       int t = 0;
-      while (t + 1 < a.count && row >= a.src[t + 1].off) ++t;
-      const pack_source<T>& src = a.src[t];
+      while (t + 1 < a.count && row >= srcs[t + 1].off) ++t;
+      const pack_source<T>& src = srcs[t];
       const index_t j = row - src.off;
 #pragma unroll
       for (int u = 0; u < 8; ++u) x[u] = c0 + u < a.k && j < src.r ? ::lori::to_float(src.A[j * src.lda + c0 + u]) : 0.0f;
