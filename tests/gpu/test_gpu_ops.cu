@@ -906,10 +906,10 @@ TEST_CASE_TEMPLATE("merge_into: large shapes, matches the double reference", T,
   merge_case<T>(ctx, 4100, 520, {32, 32, 32, 32}, {true, true, true, true}, {0.5, 0.5, 0.5, 0.5}, g);
 }
 
-// The streaming tensor-core route of merge_into (16-bit W, 16-byte rows, padded depth <= 1024): partial
-// tiles in both directions, ranks 1..120, T = 1..8, scale segments (equal neighbours share one), depth
-// beyond one 128-deep K chunk (a segment spanning two chunks), depth exactly 1024, padded and offset W;
-// and the layouts that must fall back to cuBLAS (unaligned W or leading dimension, depth > 1024, fp32).
+// The streaming tensor-core route of merge_into (16-bit W, 16-byte rows, padded depth <= 128): partial
+// tiles in both directions, ranks 1..48, T = 1..8, scale segments (equal neighbours share one), depth
+// exactly 128 over eight segments, padded and offset W; and the cases that must fall back to cuBLAS
+// (deeper sums, zero or far-apart scales, unaligned W or leading dimension, fp32).
 TEST_CASE_TEMPLATE("merge_into: streaming kernel, odd shapes and its fallbacks, matches the double reference", T,
                    float, lori::bfloat16, lori::half) {
   LORI_TEST_SEED_INFO();
@@ -918,20 +918,22 @@ TEST_CASE_TEMPLATE("merge_into: streaming kernel, odd shapes and its fallbacks, 
   const int on = std::is_same_v<T, float> ? 0 : 1;  // fp32 W always takes cuBLAS
   merge_case<T>(ctx, 77, 136, {1}, {false}, {0.75}, g, {0, false, 0, on});
   merge_case<T>(ctx, 129, 128, {32, 32, 32}, {false, true, false}, {0.5, 0.5, -0.25}, g, {0, false, 0, on});
-  merge_case<T>(ctx, 300, 200, {5, 16, 17, 31, 32, 1, 40, 8}, {false, true, false, true, false, true, true, false},
+  // Eight scale segments, each padded to 16: depth exactly 128 (the kernel's limit), unaligned operands.
+  merge_case<T>(ctx, 300, 200, {1, 2, 3, 5, 8, 13, 16, 4}, {false, true, false, true, false, true, true, false},
                 {0.25, -0.5, 1.5, 0.75, -1.25, 3.0, 0.125, 2.0}, g, {0, true, 0, on});
-  // Equal scales: one segment of depth 169 -> 176, spanning two K chunks.
-  merge_case<T>(ctx, 260, 264, {48, 48, 40, 33}, {false, true, false, true}, {0.5, 0.5, 0.5, 0.5}, g, {0, false, 0, on});
-  // Eight segments of 120 -> padded depth exactly 1024 (64 k-steps, 8 chunks).
-  merge_case<T>(ctx, 150, 72, {120, 120, 120, 120, 120, 120, 120, 120}, {false, true, false, true, false, true, false, true},
-                {0.5, -0.25, 0.75, 1.0, -1.5, 0.125, 2.0, -0.5}, g, {0, false, 0, on});
+  // Equal scales: one segment of depth 121 -> 128; then mixed: segments 32 + 48 + 16.
+  merge_case<T>(ctx, 260, 264, {48, 40, 33}, {false, true, false}, {0.5, 0.5, 0.5}, g, {0, false, 0, on});
+  merge_case<T>(ctx, 133, 384, {17, 9, 31, 10}, {true, false, false, true}, {0.75, -0.5, -0.5, 2.0}, g, {0, false, 0, on});
   // W with a leading dimension k + 8 (16-byte rows) and W 8 elements into its buffer: still the kernel.
   merge_case<T>(ctx, 200, 136, {32, 24}, {false, true}, {0.5, -0.75}, g, {8, false, 8, on});
   // Scales 2^20 apart: the kernel's running rescale (acc *= s_j / s_j+1) at its widest common use.
   merge_case<T>(ctx, 100, 96, {8, 8, 8}, {false, true, false}, {std::ldexp(1.0, -12), std::ldexp(1.0, 8), -0.5}, g,
                 {0, false, 0, on});
-  // Fallbacks: a zero scale and scales 2^33 apart (cuBLAS), leading dimension k + 4, W one element into
-  // its buffer, depth 1104 > 1024, k % 8 != 0.
+  // Fallbacks: padded depth > 128 (208 over eight segments; 176 in one), a zero scale and scales 2^33
+  // apart (cuBLAS), leading dimension k + 4, W one element into its buffer, depth 1104, k % 8 != 0.
+  merge_case<T>(ctx, 150, 72, {5, 16, 17, 31, 32, 1, 40, 8}, {false, true, false, true, false, true, true, false},
+                {0.25, -0.5, 1.5, 0.75, -1.25, 3.0, 0.125, 2.0}, g, {0, false, 0, 0});
+  merge_case<T>(ctx, 96, 136, {48, 48, 40, 33}, {false, true, false, true}, {0.5, 0.5, 0.5, 0.5}, g, {0, false, 0, 0});
   merge_case<T>(ctx, 64, 64, {8, 8}, {false, false}, {0.0, 0.5}, g, {0, false, 0, 0});
   merge_case<T>(ctx, 64, 64, {8, 8}, {false, true}, {std::ldexp(1.0, -22), std::ldexp(1.0, 11)}, g, {0, false, 0, 0});
   merge_case<T>(ctx, 70, 64, {16, 8}, {true, false}, {1.0, 0.5}, g, {4, false, 0, 0});
@@ -949,8 +951,8 @@ TEST_CASE_TEMPLATE("merge_into: streaming kernel, large shapes (several tiles pe
   // four rank-32 adapters as in the benchmark: dense with unequal scales, then sparse with equal ones.
   merge_case<T>(ctx, 1100, 4096, {32, 32, 32, 32}, {false, false, false, false}, {0.5, 0.75, 1.0, 1.25}, g, {0, false, 0, 1});
   merge_case<T>(ctx, 700, 4096, {32, 32, 32, 32}, {true, true, true, true}, {0.5, 0.5, 0.5, 0.5}, g, {0, false, 0, 1});
-  // Two K chunks per tile with several tiles per block.
-  merge_case<T>(ctx, 1100, 2048, {48, 48, 40, 33}, {false, true, false, true}, {0.5, 0.25, -0.5, 1.0}, g, {0, false, 0, 1});
+  // Three scale segments (32 + 32 + 48) with mixed B over 1100 x 2048.
+  merge_case<T>(ctx, 1100, 2048, {32, 24, 40}, {false, true, false}, {0.5, 0.25, -0.5}, g, {0, false, 0, 1});
 }
 
 // The benchmark's shape, 14336 x 4096 bf16 with four dense rank-32 adapters at unequal scales: 3584 tiles,

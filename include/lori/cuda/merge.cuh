@@ -6,13 +6,13 @@
 // lori packs the two thin operands into caller workspace (one pack kernel per 16 adapters), then reads
 // and writes W exactly once, by one of two routes:
 // * 16-bit W with 16-byte rows (W 16-byte aligned, k and the leading dimension multiples of 8) and a
-//   padded depth <= 1024: lori's streaming tensor-core kernel (lori/detail/merge_stream.cuh), a copy
+//   padded depth <= 128 (e.g. 4 adapters of rank 32): lori's streaming tensor-core kernel (lori/detail/merge_stream.cuh), a copy
 //   of W through shared memory with ΔW computed per 128 x 128 tile on mma.sync from the packed
 //   operands (in L2). Bₜ is packed unscaled; consecutive adapters with one scale form a segment padded
 //   to 16 columns; one fp32 accumulator runs through the segments, rescaled by s_j / s_j+1 between
 //   them (scales nonzero, finite, within 2^32 of each other); W + ΔW is rounded to T once. For 4 adapters of rank 32 into a 14336 x 4096 bf16 W: 2·117 MB of W traffic, 4.7 MB of
 //   packed operands, 15 GFLOP hidden under the copy.
-// * otherwise (fp32 W, unaligned W or leading dimension, deeper sums): ONE cuBLAS GEMM with beta = 1
+// * otherwise (fp32 W, unaligned W or leading dimension, deeper sums, a zero scale): ONE cuBLAS GEMM with beta = 1
 //   over [s₁B₁ | … | s_TB_T] and [A₁; …; A_T]. Equal scales become the GEMM's alpha (packed operands
 //   exact); unequal ones are folded into the packed B, split into hi + lo 16-bit parts for 16-bit T
 //   (depth 2R) so each term keeps ~2^-17 relative accuracy. cuBLAS's 16-bit epilogue rounds the
@@ -73,9 +73,9 @@ namespace detail_merge {
 // Up to pack_max sources packed by ONE kernel: Bcat columns [off, off + r) = (s·)Bₜ and Acat rows
 // [off, off + r) = Aₜ, for the sources' column range [c_begin, c_end). Two layouts:
 // * linear (cuBLAS route): Bcat d x R row-major (split: [hi | lo], d x 2R), Acat R x k ([A; A] if split);
-// * tiled (streaming kernel, `tiled`): 128-deep chunks with rows padded to merge_stream::pitch, so that one
-//   bulk copy loads a Bcat band or an Acat tile: Bcat(i, col) at ((col/128)·d + i)·pitch + col%128, Acat(row,
-//   c) at (((row/128)·ntc + c/128)·128 + row%128)·pitch + c%128 (ntc = column tiles of 128).
+// * tiled (streaming kernel, `tiled`; R <= 128): rows padded to merge_stream::pitch, so that one bulk copy
+//   loads a Bcat band or an Acat tile: Bcat(i, col) at i·pitch + col, Acat(row, c) at
+//   ((c/128)·128 + row)·pitch + c%128 (column tile c/128 of Acat is 128 padded rows).
 inline constexpr int pack_max = 16;
 
 template <class T>
@@ -96,7 +96,6 @@ struct pack_args {
   index_t d, k, R, c_begin, c_end;
   bool split;  // 16-bit T with per-adapter scales: Bcat = [hi | lo], Acat = [A; A] (see merge_into)
   bool tiled;  // streaming-kernel layout (no split)
-  index_t ntc;
   T* Bcat;
   T* Acat;
 };
@@ -143,7 +142,7 @@ __global__ void pack_kernel(const __grid_constant__ pack_args<T> a) {
         if (col >= a.c_end) break;
         const T hi = ::lori::from_float<T>(x[u]);
         if (a.tiled) {
-          a.Bcat[((col >> 7) * a.d + i) * pitch + (col & 127)] = hi;
+          a.Bcat[i * pitch + col] = hi;
         } else {
           const index_t ldb = a.split ? 2 * a.R : a.R;
           a.Bcat[i * ldb + col] = hi;
@@ -166,7 +165,7 @@ __global__ void pack_kernel(const __grid_constant__ pack_args<T> a) {
         if (c >= a.k) break;
         const T v = ::lori::from_float<T>(x[u]);  // exact: a value of T, or 0
         if (a.tiled) {
-          a.Acat[(((row >> 7) * a.ntc + (c >> 7)) * 128 + (row & 127)) * pitch + (c & 127)] = v;
+          a.Acat[((c >> 7) * 128 + row) * pitch + (c & 127)] = v;
         } else {
           a.Acat[row * a.k + c] = v;
           if (a.split) a.Acat[(a.R + row) * a.k + c] = v;
@@ -220,22 +219,20 @@ stream_layout make_stream_layout(const std::vector<merge_source<T>>& sources) {
   return L;
 }
 
-// Tiled operands of the streaming kernel (see pack_args): Bcat nchunks x d rows, Acat nchunks x ntc x 128
-// rows, every row merge_stream::pitch elements.
+// Tiled operands of the streaming kernel (see pack_args): Bcat d rows, Acat ntc x 128 rows (ntc column
+// tiles), every row merge_stream::pitch elements.
 template <class T>
-std::size_t stream_bcat_bytes(index_t d, index_t kp) {
-  return align256(static_cast<std::size_t>(detail::ceil_div(kp, 128) * d * detail::merge_stream::pitch) * sizeof(T));
+std::size_t stream_bcat_bytes(index_t d) {
+  return align256(static_cast<std::size_t>(d * detail::merge_stream::pitch) * sizeof(T));
 }
 template <class T>
-std::size_t stream_workspace_bytes(index_t d, index_t k, index_t kp) {
-  return stream_bcat_bytes<T>(d, kp) +
-         align256(static_cast<std::size_t>(detail::ceil_div(kp, 128) * detail::ceil_div(k, 128) * 128 *
-                                           detail::merge_stream::pitch) *
-                  sizeof(T));
+std::size_t stream_workspace_bytes(index_t d, index_t k) {
+  return stream_bcat_bytes<T>(d) +
+         align256(static_cast<std::size_t>(detail::ceil_div(k, 128) * 128 * detail::merge_stream::pitch) * sizeof(T));
 }
 
 /// True when merge_into(W, sources) takes the streaming tensor-core kernel: 16-bit W, W 16-byte aligned
-/// with k and its leading dimension multiples of 8 (16-byte rows), padded depth kp <= 1024, scales
+/// with k and its leading dimension multiples of 8 (16-byte rows), padded depth kp <= 128, scales
 /// nonzero, finite and within 2^32 of each other. Otherwise (fp32, unaligned W, deeper sums, a zero
 /// scale) the cuBLAS route runs.
 template <class T>
@@ -272,7 +269,6 @@ void pack_all(context& ctx, const std::vector<merge_source<T>>& sources, index_t
     a.R = ldc;
     a.split = split;
     a.tiled = tiled;
-    a.ntc = detail::ceil_div(k, 128);
     a.Bcat = Bcat;
     a.Acat = Acat;
     a.c_begin = off[first];
@@ -314,7 +310,7 @@ void merge_stream_route(context& ctx, row_major_view<T> W, const std::vector<mer
   const index_t d = W.rows(), k = W.cols();
   const stream_layout L = make_stream_layout(sources);
   T* Bcat = static_cast<T*>(workspace);
-  T* Acat = reinterpret_cast<T*>(static_cast<unsigned char*>(workspace) + stream_bcat_bytes<T>(d, L.kp));
+  T* Acat = reinterpret_cast<T*>(static_cast<unsigned char*>(workspace) + stream_bcat_bytes<T>(d));
   if ((probe & probe_no_pack) == 0) pack_all<T>(ctx, sources, d, k, L.kp, L.off, L.kp, false, false, true, Bcat, Acat);
   if ((probe & probe_no_kernel) != 0) return;
   detail::merge_stream::params p{};
@@ -325,7 +321,6 @@ void merge_stream_route(context& ctx, row_major_view<T> W, const std::vector<mer
   p.Bcat = Bcat;
   p.Acat = Acat;
   p.kp = static_cast<int>(L.kp);
-  p.nchunks = static_cast<int>(detail::ceil_div(L.kp, detail::merge_stream::kc));
   p.ntc = static_cast<int>(detail::ceil_div(k, detail::merge_stream::bn));
   p.tiles = static_cast<int>(detail::ceil_div(d, detail::merge_stream::bm)) * p.ntc;
   p.seg_end = L.seg_end;
@@ -374,7 +369,7 @@ std::size_t merge_workspace_bytes(index_t d, index_t k, const std::vector<merge_
                       detail_merge::align256(static_cast<std::size_t>(R * k) * sizeof(T));
   if constexpr (detail::is_16bit_v<T>) {  // the streaming kernel's padded layout, when it may run
     const index_t kp = detail_merge::make_stream_layout(sources).kp;
-    if (kp <= detail::merge_stream::max_kp) bytes = std::max(bytes, detail_merge::stream_workspace_bytes<T>(d, k, kp));
+    if (kp <= detail::merge_stream::max_kp) bytes = std::max(bytes, detail_merge::stream_workspace_bytes<T>(d, k));
   }
   return bytes;
 }

@@ -7,9 +7,11 @@
 // stage, one cp.async-triggered arrive per thread), issued 2-3 tiles ahead, so W's reads stay in flight
 // while the tensor cores work; results leave with 16-byte coalesced stores. The packed operands come
 // from L2, pre-tiled and pre-padded by the pack kernel so that each is ONE cp.async.bulk copy (byte
-// count on an mbarrier): the block's 128-row Bcat band (reloaded only when the band or K chunk changes)
-// and the tile's K-chunk x 128 Acat tile (2-stage ring). (A first version loaded every 256-byte row
-// with its own bulk copy: the copy engine's per-request cost made that 4.4x slower than a copy of W.)
+// count on an mbarrier): the block's 128-row Bcat band (loaded when the band changes, then held by each
+// warp in registers as the A operand of all its MMAs: 128 registers for 64 rows x depth 128) and the
+// tile's depth x 128 Acat tile (2-stage ring; the only operand read from shared memory per k-step).
+// (A first version loaded every 256-byte row with its own bulk copy: the copy engine's per-request cost
+// made that 4.4x slower than a copy of W.) The depth is at most 128 (one K chunk); deeper sums take cuBLAS.
 // ΔW_tile = Bcat_band · Acat_tile runs on mma.sync.m16n8k16 (bf16/fp16 in, fp32 accumulate; ldmatrix
 // from padded rows, conflict-free). Scales stay in fp32, never rounded to 16 bits: Bcat holds the raw
 // Bₜ, grouped into scale segments (consecutive adapters with one scale), and ONE fp32 accumulator runs
@@ -44,8 +46,8 @@ inline constexpr int pitch = 136;          // shared row pitch in elements: 272 
 inline constexpr int buf_bytes = 128 * pitch * 2;  // one 128-row buffer (34 816 B)
 inline constexpr int w_stages = 3, a_stages = 2;
 inline constexpr int threads = 256;        // 8 warps: 2 (rows) x 4 (columns), 64 x 32 outputs each
-inline constexpr int max_ksteps = 64;      // kp <= 1024
-inline constexpr int max_kp = 16 * max_ksteps;
+inline constexpr int max_ksteps = kc / 16;  // kp <= 128: one K chunk (deeper sums take cuBLAS)
+inline constexpr int max_kp = kc;
 inline constexpr std::size_t smem_bytes = static_cast<std::size_t>(w_stages + a_stages + 1) * buf_bytes + 64;
 
 inline constexpr int mode_math = 1;  // compute ΔW (else ΔW = 0: the memory pipeline alone)
@@ -56,7 +58,7 @@ struct params {
   index_t ldw, d, k;
   const void* Bcat;  // tiled d x kp (see detail_merge::pack_args; segments padded to 16 with zeros)
   const void* Acat;  // tiled kp x k
-  int kp, nchunks, ntc, tiles;
+  int kp, ntc, tiles;  // padded depth (<= 128), column tiles, tiles
   unsigned long long seg_end;  // bit q set: k-step q (16 deep) is the last of a scale segment
   float seg_mul[max_ksteps];   // at the end of segment j: acc *= s_j / s_j+1 (the last: acc *= s_last)
   int mode;                     // mode_math | mode_w_io for the merge; probes drop one (benchmarks)
@@ -146,7 +148,7 @@ __global__ void __launch_bounds__(threads, 1) merge_stream_kernel(const __grid_c
   const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;
   const int t_begin = static_cast<int>(static_cast<long long>(blockIdx.x) * p.tiles / gridDim.x);
   const int t_end = static_cast<int>((static_cast<long long>(blockIdx.x) + 1) * p.tiles / gridDim.x);
-  const int nsteps = (t_end - t_begin) * p.nchunks;  // operand steps (tile, K chunk)
+  const int nsteps = t_end - t_begin;  // operand steps (one per tile)
   T* const W = static_cast<T*>(p.W);
   const T* const Bcat = static_cast<const T*>(p.Bcat);
   const T* const Acat = static_cast<const T*>(p.Acat);
@@ -185,24 +187,22 @@ __global__ void __launch_bounds__(threads, 1) merge_stream_kernel(const __grid_c
     }
     asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];" ::"r"(bars + 8 * slot) : "memory");
   };
-  // Operand step q (tile, K chunk) -> A ring slot: ONE bulk copy of the pre-tiled, pre-padded Acat tile
+  // Tile t_begin + q -> A ring slot q % a_stages: ONE bulk copy of the pre-tiled, pre-padded Acat tile
   // (thread 0).
   const auto issue_a = [&](int q) {
-    const int i = t_begin + q / p.nchunks, c = q - (q / p.nchunks) * p.nchunks;
-    const int ct = i % p.ntc;
-    const int rows = p.kp - c * kc < kc ? p.kp - c * kc : kc;
+    const int ct = (t_begin + q) % p.ntc;
     const int slot = q % a_stages;
-    const std::uint32_t bar = bars + 8 * (w_stages + slot), bytes = static_cast<std::uint32_t>(rows * pitch * 2);
+    const std::uint32_t bar = bars + 8 * (w_stages + slot), bytes = static_cast<std::uint32_t>(p.kp * pitch * 2);
     mbar_expect_tx(bar, bytes);
-    bulk_g2s(a_s + slot * buf_bytes, Acat + ((static_cast<index_t>(c) * p.ntc + ct) * kc) * pitch, bytes, bar);
+    bulk_g2s(a_s + slot * buf_bytes, Acat + static_cast<index_t>(ct) * kc * pitch, bytes, bar);
   };
-  // Bcat band (band, chunk c): ONE bulk copy of its rows (thread 0).
-  const auto issue_b = [&](int band, int c) {
+  // Bcat band: ONE bulk copy of its rows (thread 0).
+  const auto issue_b = [&](int band) {
     const index_t r0 = static_cast<index_t>(band) * bm;
     const index_t rows = p.d - r0 < bm ? p.d - r0 : bm;
     const std::uint32_t bytes = static_cast<std::uint32_t>(rows * pitch * 2);
     mbar_expect_tx(b_bar, bytes);
-    bulk_g2s(b_s, Bcat + (static_cast<index_t>(c) * p.d + r0) * pitch, bytes, b_bar);
+    bulk_g2s(b_s, Bcat + r0 * pitch, bytes, b_bar);
   };
 
   // W does not depend on the pack kernel before this one (launched with programmatic stream
@@ -216,51 +216,57 @@ __global__ void __launch_bounds__(threads, 1) merge_stream_kernel(const __grid_c
 
   const int wm = warp >> 2, wn = warp & 3;  // warp tile: rows [64 wm, +64), columns [32 wn, +32)
   const int g = lane >> 2, t4 = lane & 3;   // accumulator fragment: rows g, g + 8; columns 2 t4, +1
-  int b_tag = -1;                           // (band, chunk) in the B buffer
+  const int ksteps = p.kp / 16;             // kp <= 128: one K chunk
+  int b_band = -1;                          // band whose Bcat rows are in the registers below
   std::uint32_t b_phase = 0;
+  // The warp's Bcat rows (A operand of every MMA) for the whole depth stay in registers for all tiles
+  // of a band: only the Acat tile (B operand) is read from shared memory per k-step.
+  std::uint32_t af[kc / 16][4][4];
   float acc[4][4][4];
   for (int i = t_begin; i < t_end; ++i) {
     const int band = i / p.ntc, ct = i - band * p.ntc;
+    const int q = i - t_begin;  // operand step = tile
+    if (band != b_band) {       // nobody reads B now: a __syncthreads followed the previous MMAs
+      if (tid == 0) issue_b(band);
+      mbar_wait(b_bar, b_phase);
+      b_phase ^= 1u;
+      b_band = band;
+      const std::uint32_t a_base =
+          b_s + static_cast<std::uint32_t>(((wm * 64 + (lane & 15)) * pitch + (lane >> 4) * 8) * 2);
+#pragma unroll
+      for (int ks = 0; ks < kc / 16; ++ks)
+        if (ks < ksteps)
+#pragma unroll
+          for (int mi = 0; mi < 4; ++mi) ldsm_x4(a_base + static_cast<std::uint32_t>((mi * 16 * pitch + ks * 16) * 2), af[ks][mi]);
+    }
 #pragma unroll
     for (int mi = 0; mi < 4; ++mi)
 #pragma unroll
       for (int ni = 0; ni < 4; ++ni)
 #pragma unroll
         for (int e = 0; e < 4; ++e) acc[mi][ni][e] = 0.0f;
-    int seg = 0;
-    for (int c = 0; c < p.nchunks; ++c) {
-      const int q = (i - t_begin) * p.nchunks + c;
-      const int tag = band * p.nchunks + c;
-      if (tag != b_tag) {  // nobody reads B now: a __syncthreads followed the previous step's MMAs
-        if (tid == 0) issue_b(band, c);
-        mbar_wait(b_bar, b_phase);
-        b_phase ^= 1u;
-        b_tag = tag;
-      }
-      mbar_wait(bars + 8 * (w_stages + q % a_stages), static_cast<std::uint32_t>((q / a_stages) & 1));
-      if ((p.mode & mode_math) != 0) {
-        const int ksteps = (p.kp - c * kc < kc ? p.kp - c * kc : kc) / 16;
-        const std::uint32_t a_base =
-            b_s + static_cast<std::uint32_t>(((wm * 64 + (lane & 15)) * pitch + (lane >> 4) * 8) * 2);
-        const std::uint32_t b_base =
-            a_s + static_cast<std::uint32_t>((q % a_stages) * buf_bytes) +
-            static_cast<std::uint32_t>((((lane & 7) + ((lane >> 3) & 1) * 8) * pitch + wn * 32 + (lane >> 4) * 8) * 2);
-        // Fragments of k-step ks+1 are loaded before the MMAs of k-step ks are issued (two register sets).
-        struct frags {
-          std::uint32_t a[4][4], b[2][4];
-        };
-        const auto load = [&](frags& f, int ks) {
+    mbar_wait(bars + 8 * (w_stages + q % a_stages), static_cast<std::uint32_t>((q / a_stages) & 1));
+    if ((p.mode & mode_math) != 0) {
+      const std::uint32_t b_base =
+          a_s + static_cast<std::uint32_t>((q % a_stages) * buf_bytes) +
+          static_cast<std::uint32_t>((((lane & 7) + ((lane >> 3) & 1) * 8) * pitch + wn * 32 + (lane >> 4) * 8) * 2);
+      int seg = 0;
+      std::uint32_t bf[2][2][4];  // k-step ks+1's fragments load before k-step ks's MMAs
 #pragma unroll
-          for (int mi = 0; mi < 4; ++mi) ldsm_x4(a_base + static_cast<std::uint32_t>((mi * 16 * pitch + ks * 16) * 2), f.a[mi]);
+      for (int nj = 0; nj < 2; ++nj) ldsm_x4_t(b_base + static_cast<std::uint32_t>(nj * 16 * 2), bf[0][nj]);
 #pragma unroll
-          for (int nj = 0; nj < 2; ++nj) ldsm_x4_t(b_base + static_cast<std::uint32_t>((ks * 16 * pitch + nj * 16) * 2), f.b[nj]);
-        };
-        const auto step = [&](const frags& f, int ks) {
+      for (int ks = 0; ks < kc / 16; ++ks) {
+        if (ks < ksteps) {
+          if (ks + 1 < ksteps)
+#pragma unroll
+            for (int nj = 0; nj < 2; ++nj)
+              ldsm_x4_t(b_base + static_cast<std::uint32_t>(((ks + 1) * 16 * pitch + nj * 16) * 2), bf[(ks + 1) & 1][nj]);
 #pragma unroll
           for (int mi = 0; mi < 4; ++mi)
 #pragma unroll
-            for (int ni = 0; ni < 4; ++ni) mma16816<T>(acc[mi][ni], f.a[mi], f.b[ni >> 1][(ni & 1) * 2], f.b[ni >> 1][(ni & 1) * 2 + 1]);
-          if ((p.seg_end >> (c * (kc / 16) + ks)) & 1ull) {  // end of a scale segment: acc *= s_j / s_j+1
+            for (int ni = 0; ni < 4; ++ni)
+              mma16816<T>(acc[mi][ni], af[ks][mi], bf[ks & 1][ni >> 1][(ni & 1) * 2], bf[ks & 1][ni >> 1][(ni & 1) * 2 + 1]);
+          if ((p.seg_end >> ks) & 1ull) {  // end of a scale segment: acc *= s_j / s_j+1
             const float m = p.seg_mul[seg++];
 #pragma unroll
             for (int mi = 0; mi < 4; ++mi)
@@ -269,22 +275,7 @@ __global__ void __launch_bounds__(threads, 1) merge_stream_kernel(const __grid_c
 #pragma unroll
                 for (int e = 0; e < 4; ++e) acc[mi][ni][e] *= m;
           }
-        };
-        frags f0, f1;
-        load(f0, 0);
-#pragma unroll 1
-        for (int ks = 0; ks < ksteps; ks += 2) {
-          if (ks + 1 < ksteps) load(f1, ks + 1);
-          step(f0, ks);
-          if (ks + 1 < ksteps) {
-            if (ks + 2 < ksteps) load(f0, ks + 2);
-            step(f1, ks + 1);
-          }
         }
-      }
-      if (c + 1 < p.nchunks) {  // (the last chunk's slot is refilled after the epilogue's barrier)
-        __syncthreads();        // every warp is done with A slot q % a_stages and with B
-        if (tid == 0 && q + a_stages < nsteps) issue_a(q + a_stages);
       }
     }
     // Epilogue: W tile (stage slot) += acc, rounded once to T, in place; then 16-byte stores.
@@ -302,11 +293,8 @@ __global__ void __launch_bounds__(threads, 1) merge_stream_kernel(const __grid_c
           const float2 w = unpack2<T>(*e);
           *e = pack2<T>(w.x + acc[mi][ni][2 * h], w.y + acc[mi][ni][2 * h + 1]);
         }
-    __syncthreads();  // W tile complete; every warp is done with the last chunk's A slot and with B
-    {
-      const int q = (i - t_begin + 1) * p.nchunks - 1;
-      if (tid == 0 && q + a_stages < nsteps) issue_a(q + a_stages);
-    }
+    __syncthreads();  // W tile complete; every warp is done with A slot q % a_stages (and with B)
+    if (tid == 0 && q + a_stages < nsteps) issue_a(q + a_stages);
     {
       const index_t r0 = static_cast<index_t>(band) * bm, c0 = static_cast<index_t>(ct) * bn;
       const int cc = (tid & 15) * 8;
