@@ -549,8 +549,11 @@ BENCHMARK(BM_gpu_baseline_adamw_per_tensor)->UseManualTime()->Unit(benchmark::kM
 BENCHMARK(BM_gpu_sgd_fused)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 
 // ---- merge T adapters into a d x k bf16 W ---------------------------------------------------------------
-// Args: T, d, sparse B (0/1), equal scales (0: s_t = 0.5 + 0.25 t; 1: all 0.5, the GEMM's alpha).
-void BM_gpu_merge(benchmark::State& st) {
+// Args: T, d, sparse B (0/1), equal scales (0: s_t = 0.5 + 0.25 t; 1: all 0.5). BM_gpu_merge_probe adds
+// a 5th: probe bits of the streaming route (detail_merge::probe_*: 1 no math, 2 no PDL, 4 no pack,
+// 8 pack alone, 16 no W loads/stores) to split the time into its parts; probe = 32 runs the cuBLAS
+// route instead (detail_merge::merge_cublas_route) at the same shape.
+void merge_bench(benchmark::State& st, int probe) {
   const index_t T = st.range(0), d = st.range(1);
   const bool sparse = st.range(2) != 0, equal = st.range(3) != 0;
   auto W = random_bf16(d * K, 1.0, 31);
@@ -573,11 +576,28 @@ void BM_gpu_merge(benchmark::State& st) {
   }
   const auto ws_bytes = static_cast<index_t>(lori::cuda::merge_workspace_bytes<bf16>(d, K, src));
   device_buffer<unsigned char> ws(ws_bytes);
-  run_timed(st, [&] { lori::cuda::merge_into<bf16>(ctx(), {W.data(), d, K}, src, ws.data(), ws.bytes()); },
+  const lori::row_major_view<bf16> wv(W.data(), d, K);
+  const bool stream = lori::cuda::detail_merge::stream_kernel_applies(wv, src);
+  if (probe == 32) {  // the cuBLAS route at the same shape (what 16-bit W ran before the streaming kernel)
+    run_timed(st, [&] { lori::cuda::detail_merge::merge_cublas_route<bf16>(ctx(), wv, src, ws.data()); },
+              4.0 * static_cast<double>(d * K), 2.0 * static_cast<double>(T * R) * static_cast<double>(d * K));
+    st.SetLabel(std::string("cuBLAS route, ") + (sparse ? "sparse" : "dense") + " B, " + (equal ? "equal" : "unequal") + " scales");
+    return;
+  }
+  if (probe != 0) {
+    run_timed(st, [&] { lori::cuda::detail_merge::merge_stream_route<bf16>(ctx(), wv, src, ws.data(), probe); },
+              4.0 * static_cast<double>(d * K));
+    st.SetLabel(std::string("streaming route probe:") + ((probe & 1) ? " no-math" : "") + ((probe & 2) ? " no-PDL" : "") +
+                ((probe & 4) ? " kernel-only" : "") + ((probe & 8) ? " pack-only" : "") + ((probe & 16) ? " no-W-traffic" : ""));
+    return;
+  }
+  run_timed(st, [&] { lori::cuda::merge_into<bf16>(ctx(), wv, src, ws.data(), ws.bytes()); },
             4.0 * static_cast<double>(d * K), 2.0 * static_cast<double>(T * R) * static_cast<double>(d * K));
-  st.SetLabel(std::string(sparse ? "sparse" : "dense") + " B, " + (equal ? "equal" : "unequal") +
-              " scales; floor = one copy of W (BM_gpu_baseline_copy_w)");
+  st.SetLabel(std::string(stream ? "streaming kernel" : "cuBLAS") + ", " + (sparse ? "sparse" : "dense") + " B, " +
+              (equal ? "equal" : "unequal") + " scales; floor = one copy of W (BM_gpu_baseline_copy_w)");
 }
+void BM_gpu_merge(benchmark::State& st) { merge_bench(st, 0); }
+void BM_gpu_merge_probe(benchmark::State& st) { merge_bench(st, static_cast<int>(st.range(4))); }
 // A device-to-device copy of exactly one d x 4096 bf16 W (read + write counted): the merge's floor.
 void BM_gpu_baseline_copy_w(benchmark::State& st) {
   const index_t d = st.range(0);
@@ -602,7 +622,8 @@ void BM_gpu_baseline_addmm_per_adapter(benchmark::State& st) {
               As[static_cast<std::size_t>(t)].data(), K, 1.0f, W.data(), K);
   }, 4.0 * static_cast<double>(d * K), 2.0 * static_cast<double>(T * R) * static_cast<double>(d * K));
 }
-BENCHMARK(BM_gpu_merge)->Args({1, 14336, 1, 0})->Args({1, 14336, 0, 0})->Args({4, 14336, 1, 0})->Args({4, 14336, 0, 0})->Args({4, 14336, 0, 1})->Args({4, 4096, 1, 0})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
+BENCHMARK(BM_gpu_merge)->Args({1, 14336, 1, 0})->Args({1, 14336, 0, 0})->Args({4, 14336, 1, 0})->Args({4, 14336, 0, 0})->Args({4, 14336, 0, 1})->Args({8, 14336, 0, 0})->Args({4, 4096, 1, 0})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
+BENCHMARK(BM_gpu_merge_probe)->Args({4, 14336, 0, 0, 2})->Args({4, 14336, 0, 0, 6})->Args({4, 14336, 0, 0, 7})->Args({4, 14336, 0, 0, 8})->Args({4, 14336, 0, 0, 22})->Args({4, 14336, 0, 0, 32})->Args({8, 14336, 0, 0, 32})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 BENCHMARK(BM_gpu_baseline_copy_w)->Arg(14336)->Arg(4096)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 BENCHMARK(BM_gpu_baseline_addmm_per_adapter)->Args({1, 14336})->Args({4, 14336})->Args({4, 4096})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 

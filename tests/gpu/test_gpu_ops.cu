@@ -28,7 +28,9 @@
 
 #include "test_util.hpp"
 
+#include <algorithm>
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <random>
@@ -753,6 +755,8 @@ namespace {
 struct merge_layout {
   index_t pad_w = 0;
   bool pad_ops = false;
+  index_t offset_w = 0;    // W starts this many elements into its buffer (odd: not 16-byte aligned)
+  int expect_stream = -1;  // 1 / 0: the case must (not) take the streaming kernel; -1: either
 };
 
 template <class T>
@@ -814,28 +818,37 @@ void merge_case(lori::cuda::context& ctx, index_t d, index_t k, const std::vecto
   }
   index_t R = 0;
   for (const index_t r : ranks) R += r;
-  // Runs one path on a fresh copy of W and checks every element of W and its padding.
-  const auto run_and_check = [&](const char* path, double ui, const auto& merge) {
-    INFO("path " << path);
-    device_buffer<T> dW(W.s);
-    merge(mview(dW, d, k, ldw));
-    const auto got = dW.download();
-    LORI_CHECK_CLOSE(check_close<T>(compact(got, d, k, ldw), ref, l2, ui, static_cast<double>(R)));
-    index_t pad_changed = 0;  // read-modify-write must leave the padding of W alone
-    for (index_t i = 0; i < d; ++i)
-      for (index_t c = k; c < ldw; ++c)
-        pad_changed += std::memcmp(&got[static_cast<std::size_t>(i * ldw + c)], &W.s[static_cast<std::size_t>(i * ldw + c)], sizeof(T)) != 0;
-    CHECK(pad_changed == 0);
-  };
-  // merge_into (the cuBLAS route). Error model for 16-bit W: cuBLAS's 16-bit-output epilogue forms
-  // alpha*(B·A) in T before adding beta*W, i.e. one rounding of the delta in T (the same model the
+  // Runs merge_into on a fresh copy of W (at element offset lay.offset_w of its buffer) and checks every
+  // element of W, its padding and the elements before it.
+  const std::size_t off = static_cast<std::size_t>(lay.offset_w);
+  std::vector<T> wbuf(off + W.s.size());
+  for (std::size_t i = 0; i < off; ++i) wbuf[i] = W.s[i % W.s.size()];
+  std::copy(W.s.begin(), W.s.end(), wbuf.begin() + static_cast<std::ptrdiff_t>(off));
+  device_buffer<T> dW(wbuf);
+  const lori::row_major_view<T> wv(dW.data() + off, d, k, ldw);
+  const bool stream = lori::cuda::detail_merge::stream_kernel_applies(wv, src);
+  if (lay.expect_stream >= 0) CHECK(stream == (lay.expect_stream == 1));
+  INFO("path " << (stream ? "streaming kernel" : "cuBLAS"));
+  // Error models. Streaming kernel (16-bit W): products exact in fp32, fp32 tensor-core accumulation per
+  // scale segment (tc_slack covers truncating accumulation), s·acc one fp32 rounding, W + delta rounded
+  // ONCE to T: the tight bound with u_I = tc_slack. cuBLAS route, 16-bit W: its 16-bit-output epilogue
+  // forms alpha*(B·A) in T before adding beta*W, i.e. one rounding of the delta in T (the same model the
   // beta = 1 layer_forward checks use above); the first H100 run showed exactly that (errors 17.9x
   // (bf16) and 2.7x (fp16) over a bound assuming fp32 accumulation end to end). fp32 keeps the tight bound.
+  const double ui = stream || std::is_same_v<T, float> ? tc_slack<T>() : unit_roundoff<T>();
   const std::size_t need = lori::cuda::merge_workspace_bytes<T>(d, k, src);
   device_buffer<unsigned char> ws(static_cast<index_t>(need) + 1);
   ws.fill_bytes(0xff);
-  run_and_check("merge_into", std::is_same_v<T, float> ? tc_slack<T>() : unit_roundoff<T>(),
-                [&](lori::row_major_view<T> w) { lori::cuda::merge_into<T>(ctx, w, src, ws.data(), ws.bytes()); });
+  lori::cuda::merge_into<T>(ctx, wv, src, ws.data(), ws.bytes());
+  const auto all = dW.download();
+  const std::vector<T> got(all.begin() + static_cast<std::ptrdiff_t>(off), all.end());
+  LORI_CHECK_CLOSE(check_close<T>(compact(got, d, k, ldw), ref, l2, ui, static_cast<double>(R)));
+  index_t pad_changed = 0;  // read-modify-write must leave the padding of W and what precedes W alone
+  for (index_t i = 0; i < d; ++i)
+    for (index_t c = k; c < ldw; ++c)
+      pad_changed += std::memcmp(&got[static_cast<std::size_t>(i * ldw + c)], &W.s[static_cast<std::size_t>(i * ldw + c)], sizeof(T)) != 0;
+  for (std::size_t i = 0; i < off; ++i) pad_changed += std::memcmp(&all[i], &wbuf[i], sizeof(T)) != 0;
+  CHECK(pad_changed == 0);
 }
 }  // namespace
 
@@ -891,4 +904,135 @@ TEST_CASE_TEMPLATE("merge_into: large shapes, matches the double reference", T,
   // dense/sparse B, then equal scales (the GEMM's alpha) with sparse B.
   merge_case<T>(ctx, 6000, 1000, {32, 32}, {false, true}, {0.5, 0.75}, g);
   merge_case<T>(ctx, 4100, 520, {32, 32, 32, 32}, {true, true, true, true}, {0.5, 0.5, 0.5, 0.5}, g);
+}
+
+// The streaming tensor-core route of merge_into (16-bit W, 16-byte rows, padded depth <= 128): partial
+// tiles in both directions, ranks 1..48, T = 1..8, scale segments (equal neighbours share one), depth
+// exactly 128 over eight segments, padded and offset W; and the cases that must fall back to cuBLAS
+// (deeper sums, zero or far-apart scales, unaligned W or leading dimension, fp32).
+TEST_CASE_TEMPLATE("merge_into: streaming kernel, odd shapes and its fallbacks, matches the double reference", T,
+                   float, lori::bfloat16, lori::half) {
+  LORI_TEST_SEED_INFO();
+  auto g = lori_test::rng(608);
+  lori::cuda::context ctx;
+  const int on = std::is_same_v<T, float> ? 0 : 1;  // fp32 W always takes cuBLAS
+  merge_case<T>(ctx, 77, 136, {1}, {false}, {0.75}, g, {0, false, 0, on});
+  merge_case<T>(ctx, 129, 128, {32, 32, 32}, {false, true, false}, {0.5, 0.5, -0.25}, g, {0, false, 0, on});
+  // Eight scale segments, each padded to 16: depth exactly 128 (the kernel's limit), unaligned operands.
+  merge_case<T>(ctx, 300, 200, {1, 2, 3, 5, 8, 13, 16, 4}, {false, true, false, true, false, true, true, false},
+                {0.25, -0.5, 1.5, 0.75, -1.25, 3.0, 0.125, 2.0}, g, {0, true, 0, on});
+  // Equal scales: one segment of depth 121 -> 128; then mixed: segments 32 + 48 + 16.
+  merge_case<T>(ctx, 260, 264, {48, 40, 33}, {false, true, false}, {0.5, 0.5, 0.5}, g, {0, false, 0, on});
+  merge_case<T>(ctx, 133, 384, {17, 9, 31, 10}, {true, false, false, true}, {0.75, -0.5, -0.5, 2.0}, g, {0, false, 0, on});
+  // W with a leading dimension k + 8 (16-byte rows) and W 8 elements into its buffer: still the kernel.
+  merge_case<T>(ctx, 200, 136, {32, 24}, {false, true}, {0.5, -0.75}, g, {8, false, 8, on});
+  // Scales 2^20 apart: the kernel's running rescale (acc *= s_j / s_j+1) at its widest common use.
+  merge_case<T>(ctx, 100, 96, {8, 8, 8}, {false, true, false}, {std::ldexp(1.0, -12), std::ldexp(1.0, 8), -0.5}, g,
+                {0, false, 0, on});
+  // Fallbacks: padded depth > 128 (208 over eight segments; 176 in one), a zero scale and scales 2^33
+  // apart (cuBLAS), leading dimension k + 4, W one element into its buffer, depth 1104, k % 8 != 0.
+  merge_case<T>(ctx, 150, 72, {5, 16, 17, 31, 32, 1, 40, 8}, {false, true, false, true, false, true, true, false},
+                {0.25, -0.5, 1.5, 0.75, -1.25, 3.0, 0.125, 2.0}, g, {0, false, 0, 0});
+  merge_case<T>(ctx, 96, 136, {48, 48, 40, 33}, {false, true, false, true}, {0.5, 0.5, 0.5, 0.5}, g, {0, false, 0, 0});
+  merge_case<T>(ctx, 64, 64, {8, 8}, {false, false}, {0.0, 0.5}, g, {0, false, 0, 0});
+  merge_case<T>(ctx, 64, 64, {8, 8}, {false, true}, {std::ldexp(1.0, -22), std::ldexp(1.0, 11)}, g, {0, false, 0, 0});
+  merge_case<T>(ctx, 70, 64, {16, 8}, {true, false}, {1.0, 0.5}, g, {4, false, 0, 0});
+  merge_case<T>(ctx, 64, 64, {32}, {false}, {0.5}, g, {0, false, 1, 0});
+  merge_case<T>(ctx, 40, 48, {600, 504}, {false, true}, {0.5, -0.25}, g, {0, false, 0, 0});
+  merge_case<T>(ctx, 50, 60, {8}, {false}, {0.5}, g, {0, false, 0, 0});
+}
+
+TEST_CASE_TEMPLATE("merge_into: streaming kernel, large shapes (several tiles per block), matches the double reference", T,
+                   lori::bfloat16, lori::half) {
+  LORI_TEST_SEED_INFO();
+  auto g = lori_test::rng(609);
+  lori::cuda::context ctx;
+  // 1100 x 4096 (9 bands x 32 column tiles: 2-3 tiles per block, band changes inside a block's run),
+  // four rank-32 adapters as in the benchmark: dense with unequal scales, then sparse with equal ones.
+  merge_case<T>(ctx, 1100, 4096, {32, 32, 32, 32}, {false, false, false, false}, {0.5, 0.75, 1.0, 1.25}, g, {0, false, 0, 1});
+  merge_case<T>(ctx, 700, 4096, {32, 32, 32, 32}, {true, true, true, true}, {0.5, 0.5, 0.5, 0.5}, g, {0, false, 0, 1});
+  // Three scale segments (32 + 32 + 48) with mixed B over 1100 x 2048.
+  merge_case<T>(ctx, 1100, 2048, {32, 24, 40}, {false, true, false}, {0.5, 0.25, -0.5}, g, {0, false, 0, 1});
+}
+
+// The benchmark's shape, 14336 x 4096 bf16 with four dense rank-32 adapters at unequal scales: 3584 tiles,
+// 27-28 per block, so every ring slot's barrier phase wraps many times and each block crosses a band.
+// Checked against the double reference on sampled rows (every 61st, plus the first and last rows of
+// several bands), and everywhere for writes: W + delta equals W (bitwise) only where |delta| is below half
+// an ulp (~0.2 % of elements here), so a tile left unwritten (100 % unchanged) fails the per-tile check.
+TEST_CASE("merge_into: streaming kernel at 14336 x 4096 (27 tiles per block), sampled rows against the double reference") {
+  using T = lori::bfloat16;
+  LORI_TEST_SEED_INFO();
+  auto g = lori_test::rng(610);
+  lori::cuda::context ctx;
+  const index_t d = 14336, k = 4096, r = 32;
+  const std::vector<double> scales{0.5, 0.75, 1.0, 1.25};
+  std::vector<T> w(static_cast<std::size_t>(d * k));
+  std::uint64_t z = g();
+  for (auto& x : w) {  // uniform in [-2, 2), fast (splitmix64)
+    z += 0x9E3779B97F4A7C15ull;
+    std::uint64_t h = z;
+    h = (h ^ (h >> 30)) * 0xBF58476D1CE4E5B9ull;
+    h = (h ^ (h >> 27)) * 0x94D049BB133111EBull;
+    h ^= h >> 31;
+    x = lori::from_float<T>(static_cast<float>(static_cast<double>(h >> 40) * std::ldexp(1.0, -22) - 2.0));
+  }
+  std::vector<host_mat<T>> As, Bs;
+  std::vector<device_buffer<T>> dA, dB;
+  std::vector<lori::cuda::merge_source<T>> src;
+  for (std::size_t t = 0; t < scales.size(); ++t) {
+    As.push_back(random_mat<T>(r, k, 1.0 / std::sqrt(static_cast<double>(r)), g));
+    Bs.push_back(random_mat<T>(d, r, 1.0, g));
+    dA.emplace_back(As.back().s);
+    dB.emplace_back(Bs.back().s);
+  }
+  for (std::size_t t = 0; t < scales.size(); ++t) {
+    lori::cuda::merge_source<T> m;
+    m.scale = static_cast<float>(scales[t]);
+    m.A = cview(dA[t], r, k);
+    m.B_dense = cview(dB[t], d, r);
+    src.push_back(m);
+  }
+  device_buffer<T> dW(w);
+  const auto wv = mview(dW, d, k);
+  CHECK(lori::cuda::detail_merge::stream_kernel_applies(wv, src));
+  device_buffer<unsigned char> ws(static_cast<index_t>(lori::cuda::merge_workspace_bytes<T>(d, k, src)));
+  ws.fill_bytes(0xff);
+  lori::cuda::merge_into<T>(ctx, wv, src, ws.data(), ws.bytes());
+  const auto got = dW.download();
+  std::vector<index_t> rows;
+  for (index_t i = 0; i < d; i += 61) rows.push_back(i);
+  for (const index_t b : {index_t{1}, index_t{47}, index_t{111}}) {
+    rows.push_back(b * 128 - 1);
+    rows.push_back(b * 128);
+  }
+  rows.push_back(d - 1);
+  std::vector<T> got_rows;
+  std::vector<double> ref, l2;
+  for (const index_t i : rows) {
+    for (index_t c = 0; c < k; ++c) {
+      double v = static_cast<double>(lori::to_float(w[static_cast<std::size_t>(i * k + c)])), q = v * v;
+      for (std::size_t t = 0; t < scales.size(); ++t)
+        for (index_t j = 0; j < r; ++j) {
+          const double term = static_cast<double>(static_cast<float>(scales[t])) * Bs[t](i, j) * As[t](j, c);
+          v += term;
+          q += term * term;
+        }
+      got_rows.push_back(got[static_cast<std::size_t>(i * k + c)]);
+      ref.push_back(v);
+      l2.push_back(std::sqrt(q));
+    }
+  }
+  // Error model of the streaming kernel (see merge_case): the fp32-accumulation bound.
+  LORI_CHECK_CLOSE(check_close<T>(got_rows, ref, l2, tc_slack<T>(), static_cast<double>(4 * r)));
+  index_t bad_tiles = 0;
+  for (index_t b = 0; b < d / 128; ++b)
+    for (index_t ct = 0; ct < k / 128; ++ct) {
+      index_t same = 0;
+      for (index_t i = b * 128; i < b * 128 + 128; ++i)
+        for (index_t c = ct * 128; c < ct * 128 + 128; ++c)
+          same += std::memcmp(&got[static_cast<std::size_t>(i * k + c)], &w[static_cast<std::size_t>(i * k + c)], sizeof(T)) == 0;
+      bad_tiles += same > 128 * 128 / 2;
+    }
+  CHECK(bad_tiles == 0);
 }

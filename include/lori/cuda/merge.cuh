@@ -2,13 +2,21 @@
 //
 //   W (d x k) += Σₜ sₜ·Bₜ·Aₜ      Bₜ d x rₜ (dense, or a sparse_b), Aₜ rₜ x k
 //
-// The T low-rank terms are one GEMM with K = R = Σ rₜ: W += [s₁B₁ | … | s_TB_T]·[A₁; …; A_T]. lori packs
-// the two thin operands into caller workspace ((d + k)·R elements of T) and runs ONE cuBLAS GEMM with
-// beta = 1, which reads and writes W exactly once (fp32 accumulation, W rounded to T once). For 4
-// adapters of rank 32 into a 14336 x 4096 bf16 W that is 2·117 MB of W traffic against 4.5 MB of
-// packed operands and 15 GFLOP (about 19 µs of tensor-core time on an H100, under W's ~78 µs).
-// When every sₜ is equal it becomes the GEMM's alpha and the packed Bₜ are exact copies; otherwise sₜ·Bₜ
-// is rounded to T in the packed operand (16-bit: relative 2^-8 of each term; exact if sₜ is a power of 2).
+// The T low-rank terms are one product with depth R = Σ rₜ: W += [B₁ | … | B_T]·diag(s)·[A₁; …; A_T].
+// lori packs the two thin operands into caller workspace (one pack kernel per 16 adapters), then reads
+// and writes W exactly once, by one of two routes:
+// * 16-bit W with 16-byte rows (W 16-byte aligned, k and the leading dimension multiples of 8) and a
+//   padded depth <= 128 (e.g. 4 adapters of rank 32): lori's streaming tensor-core kernel (lori/detail/merge_stream.cuh), a copy
+//   of W through shared memory with ΔW computed per 128 x 128 tile on mma.sync from the packed
+//   operands (in L2). Bₜ is packed unscaled; consecutive adapters with one scale form a segment padded
+//   to 16 columns; one fp32 accumulator runs through the segments, rescaled by s_j / s_j+1 between
+//   them (scales nonzero, finite, within 2^32 of each other); W + ΔW is rounded to T once. For 4 adapters of rank 32 into a 14336 x 4096 bf16 W: 2·117 MB of W traffic, 4.7 MB of
+//   packed operands, 15 GFLOP hidden under the copy.
+// * otherwise (fp32 W, unaligned W or leading dimension, deeper sums, a zero scale): ONE cuBLAS GEMM with beta = 1
+//   over [s₁B₁ | … | s_TB_T] and [A₁; …; A_T]. Equal scales become the GEMM's alpha (packed operands
+//   exact); unequal ones are folded into the packed B, split into hi + lo 16-bit parts for 16-bit T
+//   (depth 2R) so each term keeps ~2^-17 relative accuracy. cuBLAS's 16-bit epilogue rounds the
+//   product to T before adding W (one extra rounding the streaming kernel does not have).
 #ifndef LORI_CUDA_MERGE_CUH
 #define LORI_CUDA_MERGE_CUH
 
@@ -20,10 +28,12 @@
 #include "lori/error.hpp"
 
 #include "lori/detail/cuda_common.cuh"
+#include "lori/detail/merge_stream.cuh"
 
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <type_traits>
@@ -41,11 +51,16 @@ struct merge_source {
   const sparse_b<T>* B_sparse = nullptr;
 };
 
-/// Workspace bytes merge_into needs: (d + k)·R elements of T (R = Σ rₜ), plus alignment padding.
+/// Workspace bytes merge_into needs: (d + k)·R' elements of T plus alignment padding, R' the larger of
+/// the two routes' depths (cuBLAS: R = Σ rₜ, 2R for 16-bit T with unequal scales; streaming kernel:
+/// the scale segments each padded to a multiple of 16). Depends only on d, k, the ranks and scales.
 template <class T>
 std::size_t merge_workspace_bytes(index_t d, index_t k, const std::vector<merge_source<T>>& sources);
 
-/// W += Σₜ sₜ·Bₜ·Aₜ, one GEMM over W (see the file comment). Stream-ordered on ctx.
+/// W (d x k) += Σₜ sₜ·Bₜ·Aₜ, reading and writing W once (routes: see the file comment). Every Aₜ is
+/// rₜ x k, every Bₜ d x rₜ (rₜ >= 1), no scale NaN; workspace of at least merge_workspace_bytes(d, k,
+/// sources), 256-byte aligned. W's padding (columns k .. ld-1) is left untouched. Deterministic;
+/// stream-ordered on ctx.stream().
 template <class T>
 void merge_into(context& ctx, row_major_view<T> W, const std::vector<merge_source<T>>& sources, void* workspace,
                 std::size_t workspace_bytes);
@@ -55,8 +70,12 @@ void merge_into(context& ctx, row_major_view<T> W, const std::vector<merge_sourc
 // =====================================================================================================
 namespace detail_merge {
 
-// Up to pack_max sources packed by ONE kernel: Bcat (d x R) columns [off, off + r) = s·Bₜ and
-// Acat (R x k) rows [off, off + r) = Aₜ, for the sources' column range [c_begin, c_end).
+// Up to pack_max sources packed by ONE kernel: Bcat columns [off, off + r) = (s·)Bₜ and Acat rows
+// [off, off + r) = Aₜ, for the sources' column range [c_begin, c_end). Two layouts:
+// * linear (cuBLAS route): Bcat d x R row-major (split: [hi | lo], d x 2R), Acat R x k ([A; A] if split);
+// * tiled (streaming kernel, `tiled`; R <= 128): rows padded to merge_stream::pitch, so that one bulk copy
+//   loads a Bcat band or an Acat tile: Bcat(i, col) at i·pitch + col, Acat(row, c) at
+//   ((c/128)·128 + row)·pitch + c%128 (column tile c/128 of Acat is 128 padded rows).
 inline constexpr int pack_max = 16;
 
 template <class T>
@@ -76,42 +95,82 @@ struct pack_args {
   int count;
   index_t d, k, R, c_begin, c_end;
   bool split;  // 16-bit T with per-adapter scales: Bcat = [hi | lo], Acat = [A; A] (see merge_into)
+  bool tiled;  // streaming-kernel layout (no split)
   T* Bcat;
   T* Acat;
 };
 
 template <class T>
-__global__ void pack_kernel(pack_args<T> a) {
-  const index_t w = a.c_end - a.c_begin;
-  const index_t nb = a.d * w, total = nb + w * a.k;
+__device__ __forceinline__ float b_value(const pack_source<T>& src, index_t i, index_t j) {
+  if (j >= src.r) return 0.0f;  // zero padding after a scale segment (tiled layout)
+  if (src.B != nullptr) return src.scale * ::lori::to_float(src.B[i * src.ldb + j]);
+  if ((src.S.words[i * src.S.words_per_row + (j >> 6)] >> (j & 63)) & 1u)
+    return src.scale * ::lori::to_float(src.S.values[detail_sparse::packed_index(src.S, i, j)]);
+  return 0.0f;
+}
+
+// One thread per 8 consecutive packed elements (a row segment of Bcat or of Acat): all 8 loads are issued
+// before the stores, and the index division is paid once per 8 elements.
+template <class T>
+__global__ void pack_kernel(const __grid_constant__ pack_args<T> a) {
+  // Lets a kernel launched after this one with programmatic stream serialization (the streaming merge
+  // kernel) start its blocks now; it waits for this grid's completion before reading Bcat/Acat.
+  asm volatile("griddepcontrol.launch_dependents;");
+  // The source descriptors go to shared memory first: threads of a warp index them with different t,
+  // which as kernel-parameter (constant bank) loads would serialize (checkpoint 2: 25 µs, MIO-bound).
+  __shared__ pack_source<T> srcs[pack_max];
+  if (static_cast<int>(threadIdx.x) < a.count) srcs[threadIdx.x] = a.src[threadIdx.x];
+  __syncthreads();
+  constexpr index_t pitch = ::lori::detail::merge_stream::pitch;
+  const index_t w = a.c_end - a.c_begin, w8 = (w + 7) / 8, k8 = (a.k + 7) / 8;
+  const index_t nb = a.d * w8, total = nb + w * k8;
   for (index_t e = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; e < total;
        e += static_cast<index_t>(gridDim.x) * blockDim.x) {
-    if (e < nb) {  // Bcat(i, col)
-      const index_t i = e / w, col = a.c_begin + (e - i * w);
+    float x[8];
+    if (e < nb) {  // Bcat(i, col0 .. col0 + 7)
+      const index_t i = e / w8, col0 = a.c_begin + 8 * (e - i * w8);
       int t = 0;
-      while (t + 1 < a.count && col >= a.src[t + 1].off) ++t;
-      const pack_source<T>& src = a.src[t];
-      const index_t j = col - src.off;
-      float x = 0.0f;
-      if (src.B != nullptr) {
-        x = src.scale * ::lori::to_float(src.B[i * src.ldb + j]);
-      } else if ((src.S.words[i * src.S.words_per_row + (j >> 6)] >> (j & 63)) & 1u) {
-        x = src.scale * ::lori::to_float(src.S.values[detail_sparse::packed_index(src.S, i, j)]);
+#pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const index_t col = col0 + u;
+        while (t + 1 < a.count && col >= srcs[t + 1].off) ++t;
+        x[u] = col < a.c_end ? b_value(srcs[t], i, col - srcs[t].off) : 0.0f;
       }
-      const T hi = ::lori::from_float<T>(x);
-      const index_t ldb = a.split ? 2 * a.R : a.R;
-      a.Bcat[i * ldb + col] = hi;
-      // x - hi is exact in float (the rounding residual of a float to a shorter format), so hi + lo
-      // carries s*b to ~2^-17 relative instead of the 2^-9 (bf16) a single 16-bit value would.
-      if (a.split) a.Bcat[i * ldb + a.R + col] = ::lori::from_float<T>(x - ::lori::to_float(hi));
-    } else {  // Acat(row, c)
-      const index_t e2 = e - nb, rr = e2 / a.k, c = e2 - rr * a.k, row = a.c_begin + rr;
+#pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const index_t col = col0 + u;
+        if (col >= a.c_end) break;
+        const T hi = ::lori::from_float<T>(x[u]);
+        if (a.tiled) {
+          a.Bcat[i * pitch + col] = hi;
+        } else {
+          const index_t ldb = a.split ? 2 * a.R : a.R;
+          a.Bcat[i * ldb + col] = hi;
+          // x - hi is exact in float (the rounding residual of a float to a shorter format), so hi + lo
+          // carries s*b to ~2^-17 relative instead of the 2^-9 (bf16) a single 16-bit value would.
+          if (a.split) a.Bcat[i * ldb + a.R + col] = ::lori::from_float<T>(x[u] - ::lori::to_float(hi));
+        }
+      }
+    } else {  // Acat(row, c0 .. c0 + 7)
+      const index_t e2 = e - nb, rr = e2 / k8, c0 = 8 * (e2 - rr * k8), row = a.c_begin + rr;
       int t = 0;
-      while (t + 1 < a.count && row >= a.src[t + 1].off) ++t;
-      const pack_source<T>& src = a.src[t];
-      const T v = src.A[(row - src.off) * src.lda + c];
-      a.Acat[row * a.k + c] = v;
-      if (a.split) a.Acat[(a.R + row) * a.k + c] = v;
+      while (t + 1 < a.count && row >= srcs[t + 1].off) ++t;
+      const pack_source<T>& src = srcs[t];
+      const index_t j = row - src.off;
+#pragma unroll
+      for (int u = 0; u < 8; ++u) x[u] = c0 + u < a.k && j < src.r ? ::lori::to_float(src.A[j * src.lda + c0 + u]) : 0.0f;
+#pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const index_t c = c0 + u;
+        if (c >= a.k) break;
+        const T v = ::lori::from_float<T>(x[u]);  // exact: a value of T, or 0
+        if (a.tiled) {
+          a.Acat[((c >> 7) * 128 + row) * pitch + (c & 127)] = v;
+        } else {
+          a.Acat[row * a.k + c] = v;
+          if (a.split) a.Acat[(a.R + row) * a.k + c] = v;
+        }
+      }
     }
   }
 }
@@ -133,59 +192,89 @@ bool needs_split(const std::vector<merge_source<T>>& sources) {
   return differ && !std::is_same_v<T, float>;
 }
 
-}  // namespace detail_merge
+// Operand layout of the streaming kernel (16-bit W): Bcat holds the raw Bₜ (no scale), adapters grouped
+// into scale segments (runs of equal sₜ), each segment's columns padded with zeros to a multiple of 16 so
+// that no 16-deep mma step spans two scales; the scales stay in fp32 (kernel parameters).
+struct stream_layout {
+  std::vector<index_t> off;  // column of Bcat (row of Acat) where each source starts
+  index_t kp = 0;            // padded depth
+  unsigned long long seg_end = 0;
+  std::vector<float> seg_scale;
+};
 
 template <class T>
-std::size_t merge_workspace_bytes(index_t d, index_t k, const std::vector<merge_source<T>>& sources) {
-  LORI_EXPECTS(d >= 0 && k >= 0, "merge_workspace_bytes: negative size");
-  index_t R = 0;
-  for (const auto& s : sources) R += detail_merge::source_rank(s);
-  if (detail_merge::needs_split(sources)) R *= 2;
-  return detail_merge::align256(static_cast<std::size_t>(d * R) * sizeof(T)) +
-         detail_merge::align256(static_cast<std::size_t>(R * k) * sizeof(T));
+stream_layout make_stream_layout(const std::vector<merge_source<T>>& sources) {
+  stream_layout L;
+  index_t pos = 0;
+  for (std::size_t t = 0; t < sources.size(); ++t) {
+    L.off.push_back(pos);
+    pos += source_rank(sources[t]);
+    if (t + 1 == sources.size() || sources[t + 1].scale != sources[t].scale) {
+      pos = (pos + 15) / 16 * 16;
+      if (pos / 16 - 1 < detail::merge_stream::max_ksteps) L.seg_end |= 1ull << (pos / 16 - 1);
+      L.seg_scale.push_back(sources[t].scale);
+    }
+  }
+  L.kp = pos;
+  return L;
 }
 
+// Tiled operands of the streaming kernel (see pack_args): Bcat d rows, Acat ntc x 128 rows (ntc column
+// tiles), every row merge_stream::pitch elements.
 template <class T>
-void merge_into(context& ctx, row_major_view<T> W, const std::vector<merge_source<T>>& sources, void* workspace,
-                std::size_t workspace_bytes) {
-  static_assert(detail::is_cuda_storage_v<T>, "merge_into: T must be float, bfloat16 or half");
-  const index_t d = W.rows(), k = W.cols();
-  index_t R = 0;
-  bool same_scale = true;
-  for (const auto& src : sources) {
-    const bool sparse = src.B_sparse != nullptr && src.B_dense.empty();
-    LORI_EXPECTS(sparse || src.B_sparse == nullptr, "merge_into: give either B_dense or B_sparse, not both");
-    const index_t r = detail_merge::source_rank(src);
-    LORI_EXPECTS(r >= 1, "merge_into: every adapter needs rank >= 1 (B missing?)");
-    LORI_EXPECTS(src.A.rows() == r && src.A.cols() == k, "merge_into: A must be r x k");
-    LORI_EXPECTS(sparse ? src.B_sparse->rows() == d : src.B_dense.rows() == d, "merge_into: B must be d x r");
-    LORI_EXPECTS(src.scale == src.scale, "merge_into: scale is NaN");
-    same_scale = same_scale && src.scale == sources.front().scale;
-    R += r;
+std::size_t stream_bcat_bytes(index_t d) {
+  return align256(static_cast<std::size_t>(d * detail::merge_stream::pitch) * sizeof(T));
+}
+template <class T>
+std::size_t stream_workspace_bytes(index_t d, index_t k) {
+  return stream_bcat_bytes<T>(d) +
+         align256(static_cast<std::size_t>(detail::ceil_div(k, 128) * 128 * detail::merge_stream::pitch) * sizeof(T));
+}
+
+/// True when merge_into(W, sources) takes the streaming tensor-core kernel: 16-bit W, W 16-byte aligned
+/// with k and its leading dimension multiples of 8 (16-byte rows), padded depth kp <= 128, scales
+/// nonzero, finite and within 2^32 of each other. Otherwise (fp32, unaligned W, deeper sums, a zero
+/// scale) the cuBLAS route runs.
+template <class T>
+bool stream_kernel_applies(row_major_view<T> W, const std::vector<merge_source<T>>& sources) {
+  if constexpr (!detail::is_16bit_v<T>) {
+    return false;
+  } else {
+    const index_t d = W.rows(), k = W.cols();
+    if (d <= 0 || k <= 0 || sources.empty()) return false;
+    const index_t tiles = detail::ceil_div(d, detail::merge_stream::bm) * detail::ceil_div(k, detail::merge_stream::bn);
+    // The kernel's running rescale (acc *= s_j / s_j+1) needs nonzero finite scales within 2^32 of each
+    // other (no overflow or underflow of the rescaled partial sums); anything else takes cuBLAS.
+    double lo = HUGE_VAL, hi = 0.0;
+    for (const auto& s : sources) {
+      const double a = std::fabs(static_cast<double>(s.scale));
+      lo = std::min(lo, a);
+      hi = std::max(hi, a);
+    }
+    if (!(lo > 0.0) || !(hi < HUGE_VAL) || hi > lo * 4294967296.0) return false;
+    return k % 8 == 0 && W.ld() % 8 == 0 && reinterpret_cast<std::uintptr_t>(W.data()) % 16 == 0 &&
+           make_stream_layout(sources).kp <= detail::merge_stream::max_kp && tiles <= index_t{1} << 30;
   }
-  if (d == 0 || k == 0 || R == 0) return;
-  LORI_EXPECTS(workspace != nullptr && workspace_bytes >= merge_workspace_bytes(d, k, sources),
-               "merge_into: workspace missing or smaller than merge_workspace_bytes()");
-  LORI_EXPECTS(reinterpret_cast<std::uintptr_t>(workspace) % 256 == 0, "merge_into: workspace must be 256-byte aligned");
-  const bool split = detail_merge::needs_split(sources);
-  const index_t K = split ? 2 * R : R;   // GEMM depth
-  T* Bcat = static_cast<T*>(workspace);  // d x K
-  T* Acat = reinterpret_cast<T*>(static_cast<unsigned char*>(workspace) +
-                                 detail_merge::align256(static_cast<std::size_t>(d * K) * sizeof(T)));  // K x k
-  const float alpha = same_scale ? sources.front().scale : 1.0f;
-  // Pack all sources with one kernel launch per pack_max sources (one launch for up to 16 adapters).
-  index_t off = 0;
-  for (std::size_t first = 0; first < sources.size(); first += detail_merge::pack_max) {
-    detail_merge::pack_args<T> a{};
+}
+
+// Packs the sources (in groups of pack_max per launch) into Bcat (d x ldc) and Acat (rows x k): source t
+// at column/row off[t], its range ending where the next begins (or at `end`); columns past its rank zero.
+template <class T>
+void pack_all(context& ctx, const std::vector<merge_source<T>>& sources, index_t d, index_t k, index_t ldc,
+              const std::vector<index_t>& off, index_t end, bool scaled, bool split, bool tiled, T* Bcat, T* Acat) {
+  for (std::size_t first = 0; first < sources.size(); first += pack_max) {
+    pack_args<T> a{};
     a.d = d;
     a.k = k;
-    a.R = R;
+    a.R = ldc;
     a.split = split;
+    a.tiled = tiled;
     a.Bcat = Bcat;
     a.Acat = Acat;
-    a.c_begin = off;
+    a.c_begin = off[first];
     a.count = 0;
-    for (std::size_t q = first; q < sources.size() && q < first + detail_merge::pack_max; ++q) {
+    std::size_t q = first;
+    for (; q < sources.size() && q < first + pack_max; ++q) {
       const auto& src = sources[q];
       auto& ps = a.src[a.count++];
       ps.A = src.A.data();
@@ -194,19 +283,124 @@ void merge_into(context& ctx, row_major_view<T> W, const std::vector<merge_sourc
       ps.B = sparse ? nullptr : src.B_dense.data();
       ps.ldb = sparse ? 0 : src.B_dense.ld();
       if (sparse) ps.S = src.B_sparse->view();
-      ps.scale = same_scale ? 1.0f : src.scale;
-      ps.off = off;
-      ps.r = detail_merge::source_rank(src);
-      off += ps.r;
+      ps.scale = scaled ? src.scale : 1.0f;
+      ps.off = off[q];
+      ps.r = source_rank(src);
     }
-    a.c_end = off;
-    const index_t total = (d + k) * (a.c_end - a.c_begin);
-    const index_t blocks = std::min<index_t>(detail::ceil_div(total, 256), index_t{8} * 1024);
-    detail_merge::pack_kernel<T><<<detail::grid_dim(blocks), 256, 0, ctx.stream()>>>(a);
+    a.c_end = q < sources.size() ? off[q] : end;
+    const index_t w = a.c_end - a.c_begin;
+    const index_t items = d * detail::ceil_div(w, 8) + w * detail::ceil_div(k, 8);
+    const index_t blocks = std::min<index_t>(detail::ceil_div(items, 256), index_t{8} * 1024);
+    pack_kernel<T><<<detail::grid_dim(blocks), 256, 0, ctx.stream()>>>(a);
     LORI_CUDA_CHECK_LAUNCH();
   }
+}
+
+// Probe modes of the streaming route (benchmarks only; 0 = the real merge): bits of `probe`.
+inline constexpr int probe_no_math = 1;    // the kernel's memory pipeline with ΔW = 0 (W rewritten unchanged)
+inline constexpr int probe_no_pdl = 2;     // plain launch after the pack kernel
+inline constexpr int probe_no_pack = 4;    // the kernel alone (operands as left in the workspace)
+inline constexpr int probe_no_kernel = 8;  // the pack kernel alone
+inline constexpr int probe_no_w_io = 16;   // the kernel without W's loads and stores (operands + math)
+
+// The streaming-kernel route (requires stream_kernel_applies and a checked workspace).
+template <class T>
+void merge_stream_route(context& ctx, row_major_view<T> W, const std::vector<merge_source<T>>& sources,
+                        void* workspace, int probe = 0) {
+  const index_t d = W.rows(), k = W.cols();
+  const stream_layout L = make_stream_layout(sources);
+  T* Bcat = static_cast<T*>(workspace);
+  T* Acat = reinterpret_cast<T*>(static_cast<unsigned char*>(workspace) + stream_bcat_bytes<T>(d));
+  if ((probe & probe_no_pack) == 0) pack_all<T>(ctx, sources, d, k, L.kp, L.off, L.kp, false, false, true, Bcat, Acat);
+  if ((probe & probe_no_kernel) != 0) return;
+  detail::merge_stream::params p{};
+  p.W = W.data();
+  p.ldw = W.ld();
+  p.d = d;
+  p.k = k;
+  p.Bcat = Bcat;
+  p.Acat = Acat;
+  p.kp = static_cast<int>(L.kp);
+  p.ntc = static_cast<int>(detail::ceil_div(k, detail::merge_stream::bn));
+  p.tiles = static_cast<int>(detail::ceil_div(d, detail::merge_stream::bm)) * p.ntc;
+  p.seg_end = L.seg_end;
+  for (std::size_t j = 0; j < L.seg_scale.size(); ++j)  // one rounding of each ratio (see merge_stream.cuh)
+    p.seg_mul[j] = j + 1 < L.seg_scale.size()
+                       ? static_cast<float>(static_cast<double>(L.seg_scale[j]) / static_cast<double>(L.seg_scale[j + 1]))
+                       : L.seg_scale[j];
+  p.mode = ((probe & probe_no_math) == 0 ? detail::merge_stream::mode_math : 0) |
+           ((probe & probe_no_w_io) == 0 ? detail::merge_stream::mode_w_io : 0);
+  detail::merge_stream::launch<T>(p, ctx.sm_count(), ctx.stream(), (probe & probe_no_pdl) == 0);
+}
+
+// The cuBLAS route (checked sources and workspace): one GEMM with beta = 1 over the packed operands.
+template <class T>
+void merge_cublas_route(context& ctx, row_major_view<T> W, const std::vector<merge_source<T>>& sources,
+                        void* workspace) {
+  const index_t d = W.rows(), k = W.cols();
+  std::vector<index_t> off;
+  index_t R = 0;
+  for (const auto& src : sources) {
+    off.push_back(R);
+    R += source_rank(src);
+  }
+  bool same_scale = true;
+  for (const auto& s : sources) same_scale = same_scale && s.scale == sources.front().scale;
+  const bool split = needs_split(sources);
+  const index_t K = split ? 2 * R : R;   // GEMM depth
+  T* Bcat = static_cast<T*>(workspace);  // d x K
+  T* Acat = reinterpret_cast<T*>(static_cast<unsigned char*>(workspace) +
+                                 align256(static_cast<std::size_t>(d * K) * sizeof(T)));  // K x k
+  const float alpha = same_scale ? sources.front().scale : 1.0f;
+  pack_all<T>(ctx, sources, d, k, R, off, R, !same_scale, split, false, Bcat, Acat);
   const cudaDataType_t t = detail::cuda_data_type<T>();
   detail::gemm_row_major(ctx.cublas(), false, false, d, k, K, alpha, Bcat, K, Acat, k, 1.0f, W.data(), W.ld(), t, t);
+}
+
+}  // namespace detail_merge
+
+template <class T>
+std::size_t merge_workspace_bytes(index_t d, index_t k, const std::vector<merge_source<T>>& sources) {
+  LORI_EXPECTS(d >= 0 && k >= 0, "merge_workspace_bytes: negative size");
+  index_t R = 0;
+  for (const auto& s : sources) R += detail_merge::source_rank(s);
+  if (detail_merge::needs_split(sources)) R *= 2;
+  std::size_t bytes = detail_merge::align256(static_cast<std::size_t>(d * R) * sizeof(T)) +
+                      detail_merge::align256(static_cast<std::size_t>(R * k) * sizeof(T));
+  if constexpr (detail::is_16bit_v<T>) {  // the streaming kernel's padded layout, when it may run
+    const index_t kp = detail_merge::make_stream_layout(sources).kp;
+    if (kp <= detail::merge_stream::max_kp) bytes = std::max(bytes, detail_merge::stream_workspace_bytes<T>(d, k));
+  }
+  return bytes;
+}
+
+template <class T>
+void merge_into(context& ctx, row_major_view<T> W, const std::vector<merge_source<T>>& sources, void* workspace,
+                std::size_t workspace_bytes) {
+  static_assert(detail::is_cuda_storage_v<T>, "merge_into: T must be float, bfloat16 or half");
+  const index_t d = W.rows(), k = W.cols();
+  index_t R = 0;
+  for (const auto& src : sources) {
+    const bool sparse = src.B_sparse != nullptr && src.B_dense.empty();
+    LORI_EXPECTS(sparse || src.B_sparse == nullptr, "merge_into: give either B_dense or B_sparse, not both");
+    const index_t r = detail_merge::source_rank(src);
+    LORI_EXPECTS(r >= 1, "merge_into: every adapter needs rank >= 1 (B missing?)");
+    LORI_EXPECTS(src.A.rows() == r && src.A.cols() == k, "merge_into: A must be r x k");
+    LORI_EXPECTS(sparse ? src.B_sparse->rows() == d : src.B_dense.rows() == d, "merge_into: B must be d x r");
+    LORI_EXPECTS(src.scale == src.scale, "merge_into: scale is NaN");
+    R += r;
+  }
+  if (d == 0 || k == 0 || R == 0) return;
+  LORI_EXPECTS(workspace != nullptr && workspace_bytes >= merge_workspace_bytes(d, k, sources),
+               "merge_into: workspace missing or smaller than merge_workspace_bytes()");
+  LORI_EXPECTS(reinterpret_cast<std::uintptr_t>(workspace) % 256 == 0, "merge_into: workspace must be 256-byte aligned");
+  if constexpr (detail::is_16bit_v<T>) {
+    if (detail_merge::stream_kernel_applies(W, sources)) {
+      detail_merge::merge_stream_route(ctx, W, sources, workspace);
+      return;
+    }
+  }
+  detail_merge::merge_cublas_route(ctx, W, sources, workspace);
 }
 
 }  // namespace lori::cuda
