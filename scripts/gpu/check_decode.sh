@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Checkpoint script of the `decode` helper (issue #6: the decode kernel, adapter_forward's routes,
+# adapter_expand). Run on the GPU machine from the repository root after BUILD_DIR was configured
+# (Release, CUDA arch 90) and lori_test_gpu_ops + lori_bench_cuda were built:
+#   bash scripts/gpu/check_decode.sh BUILD_DIR OUT_DIR
+# Writes OUT_DIR/decode.txt: the decode/forward/expand tests, the decode benchmarks (single call, loop,
+# loop with programmatic dependent launch, launch probes, two-GEMM baselines), adapter_forward at 64 and
+# 4096 with baselines, Nsight Compute on decode_kernel and expand_kernel, and compute-sanitizer
+# memcheck/racecheck on the decode/expand tests. Stays under ~80 s.
+set -uo pipefail
+B=${1:?build dir}
+OUT=${2:?out dir}
+mkdir -p "$OUT"
+log="$OUT/decode.txt"
+: > "$log"
+t0=$(date +%s)
+left() { echo $(( $1 - ($(date +%s) - t0) )); }
+{
+  nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader 2>&1 | head -2
+  exe="$B/tests/gpu/lori_test_gpu_ops"
+  tcs='*adapter_forward_decode*,*adapter_forward routes*,*adapter_expand*,*adapter forward*'
+  echo "== tests: $tcs"
+  timeout 30 "$exe" --test-case="$tcs" > "$OUT/decode_tests.log" 2>&1
+  echo "tests rc=$?"
+  grep -E "test cases|assertions|ERROR|FAILED|bad elements|CHECK|LORI_TEST_SEED|TEST CASE|with expansion|  [a-z]+ := " "$OUT/decode_tests.log" | head -50
+  echo "== lori_bench_cuda (medians of 5; *_decode_loop*: time per call)"
+  sb=$(command -v stdbuf >/dev/null && echo "stdbuf -oL" || true)
+  bench() {  # label time-limit filter
+    timeout "$2" $sb "$B/bench/cuda/lori_bench_cuda" --benchmark_filter="$3" --benchmark_repetitions=5 \
+      --benchmark_report_aggregates_only=true > "$OUT/decode_bench_$1.log" 2>&1
+    echo "-- $1: rc=$?"
+    grep -E "_median|ERROR|error" "$OUT/decode_bench_$1.log" | awk '{$1=$1; print}' | cut -c1-200 | head -40
+  }
+  bench decode 26 'BM_gpu_(baseline_d2d_copy/64|probe_launch|adapter_forward(_two_launch)?/(1|64)/|baseline_lora_two_gemm/(1|64)/|adapter_forward_decode_loop|baseline_lora_two_gemm_decode_loop)'
+  bench forward 14 'BM_gpu_(baseline_d2d_copy/234|adapter_forward/(4096|16384)/|baseline_lora_two_gemm/(4096|16384)/|adapter_project/4096/|adapter_expand/4096/)'
+  echo "elapsed: $(( $(date +%s) - t0 )) s"
+  cs=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+  sanitize() {  # tool limit filter
+    local l; l=$(left 78); [ $l -gt $2 ] && l=$2
+    [ $l -lt 6 ] && { echo "compute-sanitizer $1: skipped (time)"; return; }
+    timeout $l "$cs" --tool $1 --report-api-errors no --error-exitcode 9 "$exe" --test-case="$3" > "$OUT/decode_sanitize_$1.log" 2>&1
+    echo "compute-sanitizer $1 ($3, limit $l s): rc=$? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|test cases' "$OUT/decode_sanitize_$1.log" | tr '\n' ' ')"
+    grep -E "Invalid|Race|Error|Hazard|bad elements" "$OUT/decode_sanitize_$1.log" | head -6
+  }
+  sanitize memcheck 16 '*adapter_forward_decode: n = 1..64*,*adapter_expand*'
+  ncu_run() {  # label limit kernel-regex bench-filter grep
+    local l; l=$(left 70); [ $l -gt $2 ] && l=$2
+    if ! command -v ncu >/dev/null || [ $l -lt 6 ]; then echo "ncu $1: skipped"; return; fi
+    timeout $l ncu --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+      --section MemoryWorkloadAnalysis -k regex:$3 -c 1 "$B/bench/cuda/lori_bench_cuda" --benchmark_filter="$4" \
+      --benchmark_repetitions=1 --benchmark_min_time=0.001 > "$OUT/decode_ncu_$1.log" 2>&1
+    echo "ncu $1 (limit $l s): rc=$?"
+    grep -E "$5" "$OUT/decode_ncu_$1.log" | awk '{$1=$1; print}' | head -30
+  }
+  ncu_run decode 12 decode_kernel 'BM_gpu_adapter_forward/1/' \
+    "Duration|DRAM Throughput|Memory Throughput|L2 Hit|Achieved Occupancy|Theoretical Occupancy|Registers Per|Block Limit Reg|Cluster|Grid Size|Stall|Warp Cycles Per Issued|One or More"
+  sanitize racecheck 14 '*back-to-back*'
+  ncu_run expand 10 expand_kernel 'BM_gpu_adapter_expand/4096' \
+    "Duration|DRAM Throughput|Memory Throughput|L2 Hit|Achieved Occupancy|Registers Per|Stall|Warp Cycles Per Issued"
+  echo "total: $(( $(date +%s) - t0 )) s"
+} >> "$log" 2>&1
+cat "$log"
