@@ -48,7 +48,7 @@ left() { echo $(( $1 - ($(date +%s) - t0) )); }
     if ! command -v ncu >/dev/null || [ $l -lt 6 ]; then echo "ncu $1: skipped"; return; fi
     timeout $l ncu --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
       --section MemoryWorkloadAnalysis -k regex:$3 -c 1 "$B/bench/cuda/lori_bench_cuda" --benchmark_filter="$4" \
-      --benchmark_repetitions=1 --benchmark_min_time=0.001 > "$OUT/decode_ncu_$1.log" 2>&1
+      --benchmark_repetitions=1 > "$OUT/decode_ncu_$1.log" 2>&1
     echo "ncu $1 (limit $l s): rc=$?"
     grep -E "$5" "$OUT/decode_ncu_$1.log" | awk '{$1=$1; print}' | head -30
   }

@@ -340,6 +340,7 @@ inline constexpr int decode_cluster = 8;     // blocks per cluster (portable clu
 inline constexpr int decode_rows = 4;        // rows of A per warp and pass
 inline constexpr int decode_cpl = 2;         // 8-element chunks per lane and pass
 inline constexpr int decode_tile = 4;        // tokens per cluster at most
+inline constexpr int decode_single_max = 16;  // n up to which every cluster takes one token
 inline constexpr int decode_prefetch = 4;    // kept entries of B's first row loaded before the barrier
 inline constexpr int decode_max_rank = 256;  // r limit of the forward kernels
 
@@ -367,10 +368,11 @@ __device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.w
 __device__ __forceinline__ void grid_dependency_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
 __device__ __forceinline__ void grid_launch_dependents() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
 
-template <class T>
-__global__ void __launch_bounds__(decode_threads, 1) decode_kernel(decode_params<T> q) {
+// TT: tokens per cluster at most (1: few registers, two blocks per SM; decode_tile: one block per SM).
+template <class T, int TT>
+__global__ void __launch_bounds__(decode_threads, TT == 1 ? 2 : 1) decode_kernel(decode_params<T> q) {
   namespace cg = cooperative_groups;
-  constexpr int C = decode_cluster, TT = decode_tile, RW = decode_rows, CPL = decode_cpl, PF = decode_prefetch;
+  constexpr int C = decode_cluster, RW = decode_rows, CPL = decode_cpl, PF = decode_prefetch;
   constexpr int warps = decode_threads / 32;
   cg::cluster_group cluster = cg::this_cluster();
   const int lane = static_cast<int>(threadIdx.x & 31), warp = static_cast<int>(threadIdx.x >> 5);
@@ -573,6 +575,30 @@ __global__ void __launch_bounds__(decode_threads, 1) decode_kernel(decode_params
   }
 }
 
+// Clusters of decode_kernel<T, TT> resident at once on the current device (at the largest shared
+// memory a call uses), queried once (the kernel is latency-bound: the per-call host cost stays a launch).
+template <class T, int TT>
+int decode_resident_clusters() {
+  static const int v = [] {
+    cudaLaunchConfig_t cfg{};
+    cfg.gridDim = dim3(decode_cluster);
+    cfg.blockDim = dim3(decode_threads);
+    cfg.dynamicSmemBytes = static_cast<std::size_t>((decode_cluster + 1) * decode_max_rank) * sizeof(float);
+    cudaLaunchAttribute attr{};
+    attr.id = cudaLaunchAttributeClusterDimension;
+    attr.val.clusterDim.x = static_cast<unsigned>(decode_cluster);
+    attr.val.clusterDim.y = 1;
+    attr.val.clusterDim.z = 1;
+    cfg.attrs = &attr;
+    cfg.numAttrs = 1;
+    int c = 0;
+    LORI_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&c, reinterpret_cast<const void*>(decode_kernel<T, TT>), &cfg));
+    return c;
+  }();
+  LORI_EXPECTS(v >= 1, "adapter_forward_decode: a cluster of the decode kernel does not fit this device");
+  return v;
+}
+
 // Y rows [0, n) (Y points at the first) = (accumulate ? Y : 0) + s·H·Bᵀ on `stream`; checked by callers.
 template <class T>
 void launch_expand(cudaStream_t stream, const float* H, index_t n, float s, const sparse_b<T>& B, T* Y, index_t ldy,
@@ -660,13 +686,19 @@ void adapter_forward_decode(context& ctx, row_major_view<const T> X, row_major_v
   q.n = n;
   q.k = k;
   q.r = r;
-  // Tokens per cluster: up to 4, fewer for large r (the block's partials: tile·r <= 256 floats).
-  index_t tile = r <= 32 ? 4 : 128 / r;
+  // Tokens per cluster: one token for n <= decode_single_max (the kernel variant with few registers:
+  // two blocks fit an SM, so the next call's blocks can start beside it); else up to 4, fewer for
+  // large r (the block's partials: tile·r <= 256 floats).
+  const bool single = n <= decode_single_max;
+  index_t tile = r <= 32 ? decode_tile : 128 / r;
   tile = tile < 1 ? 1 : (tile > decode_tile ? decode_tile : tile);
-  q.tile = tile < n ? tile : n;
+  q.tile = single ? 1 : (tile < n ? tile : n);
   const index_t tiles = detail::ceil_div(n, q.tile);
-  // About one block per SM: the rest of the clusters split Y's columns (at least 32 columns a block).
-  const index_t target = ctx.sm_count() / C > 1 ? ctx.sm_count() / C : 1;
+  // About one block per SM, as many clusters as are resident at once (a GPC holds whole clusters):
+  // the clusters beyond the token tiles split Y's columns (at least 32 columns a block).
+  const int resident = single ? decode_resident_clusters<T, 1>() : decode_resident_clusters<T, decode_tile>();
+  index_t target = ctx.sm_count() / C > 1 ? ctx.sm_count() / C : 1;
+  target = target < resident ? target : resident;
   index_t splits = target / tiles;
   const index_t max_splits = detail::ceil_div(d, 32 * C);
   splits = splits > max_splits ? max_splits : splits;
@@ -691,7 +723,9 @@ void adapter_forward_decode(context& ctx, row_major_view<const T> X, row_major_v
   cfg.attrs = attr;
   cfg.numAttrs = overlap == decode_overlap::weights ? 2 : 1;
   void* args[] = {&q};
-  LORI_CUDA_CHECK(cudaLaunchKernelExC(&cfg, reinterpret_cast<const void*>(decode_kernel<T>), args));
+  const void* kernel = single ? reinterpret_cast<const void*>(decode_kernel<T, 1>)
+                              : reinterpret_cast<const void*>(decode_kernel<T, decode_tile>);
+  LORI_CUDA_CHECK(cudaLaunchKernelExC(&cfg, kernel, args));
   LORI_CUDA_CHECK_LAUNCH();
 }
 
