@@ -265,14 +265,21 @@ __global__ void __launch_bounds__(expand_threads) expand_kernel(const float* __r
   if (nc > 0 && lane <= expand_cols) rp = B.row_ptr[c0 + (lane < nc ? lane : nc)];
   const std::int32_t pbeg = __shfl_sync(0xffffffffu, rp, 0);
   const std::int32_t pend = __shfl_sync(0xffffffffu, rp, expand_cols);
-  // Entries [base, base + 32) of the warp's run, one per lane: column index and value.
+  // Entries [base, base + 32) of the warp's run, one per lane: column index (< 256, low 16 bits) and
+  // for 16-bit T the value's bits (high 16 bits) in one word, so one shuffle hands an entry out.
   std::int32_t base = pbeg;
-  std::int32_t ej = 0;
-  float ev = 0.0f;
+  std::uint32_t ej = 0u;
+  float ev = 0.0f;  // fp32 values travel separately
   auto fetch = [&] {
     const std::int32_t e = base + lane;
-    ej = e < pend ? B.col_idx[e] : 0;
-    ev = e < pend ? ::lori::to_float(B.values[e]) : 0.0f;
+    if (e < pend) {
+      ej = static_cast<std::uint32_t>(B.col_idx[e]);
+      if constexpr (sizeof(T) == 4) ev = B.values[e];
+      else ej |= load_bits<T, true>(B.values + e) << 16;
+    } else {
+      ej = 0u;
+      ev = 0.0f;
+    }
   };
   fetch();
   for (index_t e = threadIdx.x; e < expand_tokens * r; e += expand_threads) {
@@ -293,9 +300,11 @@ __global__ void __launch_bounds__(expand_threads) expand_kernel(const float* __r
         base += 32;
         fetch();
       }
-      const std::int32_t j = __shfl_sync(0xffffffffu, ej, p - base);
-      const float v = __shfl_sync(0xffffffffu, ev, p - base);
-      a = fmaf(hrow[j], v, a);
+      const std::uint32_t w = __shfl_sync(0xffffffffu, ej, p - base);
+      float v;
+      if constexpr (sizeof(T) == 4) v = __shfl_sync(0xffffffffu, ev, p - base);
+      else v = bits_to_float<T>(w >> 16);
+      a = fmaf(hrow[w & 0xffffu], v, a);
     }
     const std::uint32_t old = sizeof(T) == 4 ? yw[i] : (yw[i >> 1] >> (16 * (i & 1))) & 0xffffu;
     y[i] = bits_to_float<T>(old) + a;  // old is 0 when not accumulating
