@@ -20,19 +20,21 @@ left() { echo $(( $1 - ($(date +%s) - t0) )); }
   exe="$B/tests/gpu/lori_test_gpu_ops"
   tcs='*adapter_forward_decode*,*adapter_forward routes*,*adapter_expand*,*adapter forward*'
   echo "== tests: $tcs"
-  timeout 30 "$exe" --test-case="$tcs" > "$OUT/decode_tests.log" 2>&1
-  echo "tests rc=$?"
-  grep -E "test cases|assertions|ERROR|FAILED|bad elements|CHECK|LORI_TEST_SEED|TEST CASE|with expansion|  [a-z]+ := " "$OUT/decode_tests.log" | head -50
-  echo "== lori_bench_cuda (medians of 5; *_decode_loop*: time per call)"
+  timeout 20 "$exe" --test-case="$tcs" > "$OUT/decode_tests.log" 2>&1
+  echo "tests rc=$? ($(( $(date +%s) - t0 )) s)"
+  grep -E "test cases|assertions|ERROR|FAILED|bad elements|CHECK|LORI_TEST_SEED|TEST CASE|with expansion|  [a-z_]+ := " "$OUT/decode_tests.log" | head -50
+  echo "== lori_bench_cuda (medians of 5; *_decode_loop*: time per call); most important first"
   sb=$(command -v stdbuf >/dev/null && echo "stdbuf -oL" || true)
-  bench() {  # label time-limit filter
-    timeout "$2" $sb "$B/bench/cuda/lori_bench_cuda" --benchmark_filter="$3" --benchmark_repetitions=5 \
+  bench() {  # label time-limit filter [budget: total seconds it may end by, default 62]
+    local l; l=$(left "${4:-62}"); [ $l -gt $2 ] && l=$2
+    [ $l -lt 4 ] && { echo "-- $1: skipped (time)"; return; }
+    timeout $l $sb "$B/bench/cuda/lori_bench_cuda" --benchmark_filter="$3" --benchmark_repetitions=5 \
       --benchmark_report_aggregates_only=true > "$OUT/decode_bench_$1.log" 2>&1
-    echo "-- $1: rc=$?"
+    echo "-- $1: rc=$? (limit $l s)"
     grep -E "_median|ERROR|error" "$OUT/decode_bench_$1.log" | awk '{$1=$1; print}' | cut -c1-200 | head -40
   }
-  bench decode 26 'BM_gpu_(baseline_d2d_copy/64|probe_launch|adapter_forward(_two_launch)?/(1|64)/|baseline_lora_two_gemm/(1|64)/|adapter_forward_decode_loop|baseline_lora_two_gemm_decode_loop)'
-  bench forward 14 'BM_gpu_(baseline_d2d_copy/234|adapter_forward/(4096|16384)/|baseline_lora_two_gemm/(4096|16384)/|adapter_project/4096/|adapter_expand/4096/)'
+  bench decode1 22 'BM_gpu_(probe_launch/(0|2)/|adapter_forward/1/|baseline_lora_two_gemm/1/|adapter_forward_decode_loop(_overlap)?/1/|baseline_lora_two_gemm_decode_loop/1/)'
+  bench forward 14 'BM_gpu_(baseline_d2d_copy/234|adapter_forward/(64|4096)/|baseline_lora_two_gemm/(64|4096)/|adapter_expand/4096/)'
   echo "elapsed: $(( $(date +%s) - t0 )) s"
   cs=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
   sanitize() {  # tool limit filter
@@ -50,13 +52,14 @@ left() { echo $(( $1 - ($(date +%s) - t0) )); }
       --section MemoryWorkloadAnalysis -k regex:$3 -c 1 "$B/bench/cuda/lori_bench_cuda" --benchmark_filter="$4" \
       --benchmark_repetitions=1 > "$OUT/decode_ncu_$1.log" 2>&1
     echo "ncu $1 (limit $l s): rc=$?"
-    grep -E "$5" "$OUT/decode_ncu_$1.log" | awk '{$1=$1; print}' | head -30
+    grep -iE "$5" "$OUT/decode_ncu_$1.log" | awk '{$1=$1; print}' | cut -c1-240 | head -30
   }
   ncu_run decode 12 decode_kernel 'BM_gpu_adapter_forward/1/' \
-    "Duration|DRAM Throughput|Memory Throughput|L2 Hit|Achieved Occupancy|Theoretical Occupancy|Registers Per|Block Limit Reg|Cluster|Grid Size|Stall|Warp Cycles Per Issued|One or More"
+    "Duration|DRAM Throughput|Memory Throughput|L2 Hit|Achieved Occupancy|Theoretical Occupancy|Registers Per|Block Limit Reg|Cluster Size|Grid Size|stall|spends|Warp Cycles Per Issued|One or More"
   sanitize racecheck 14 '*back-to-back*'
+  bench loop64 10 'BM_gpu_(adapter_forward_decode_loop(_overlap)?/64/|baseline_lora_two_gemm_decode_loop/64/)' 79
   ncu_run expand 10 expand_kernel 'BM_gpu_adapter_expand/4096' \
-    "Duration|DRAM Throughput|Memory Throughput|L2 Hit|Achieved Occupancy|Registers Per|Stall|Warp Cycles Per Issued"
+    "Duration|DRAM Throughput|Memory Throughput|L2 Hit|Achieved Occupancy|Registers Per|stall|spends|Warp Cycles Per Issued"
   echo "total: $(( $(date +%s) - t0 )) s"
 } >> "$log" 2>&1
 cat "$log"
