@@ -33,7 +33,8 @@ left() { echo $(( $1 - ($(date +%s) - t0) )); }
     echo "-- $1: rc=$? (limit $l s)"
     grep -E "_median|ERROR|error" "$OUT/decode_bench_$1.log" | awk '{$1=$1; print}' | cut -c1-200 | head -40
   }
-  bench decode1 22 'BM_gpu_(probe_launch/(0|2)/|adapter_forward/1/|baseline_lora_two_gemm/1/|adapter_forward_decode_loop(_overlap)?/1/|baseline_lora_two_gemm_decode_loop/1/)'
+  bench single 12 'BM_gpu_(probe_launch/(0|2)/|adapter_forward/1/|baseline_lora_two_gemm/1/)'
+  bench loop1 12 'BM_gpu_(adapter_forward_decode_loop(_overlap)?/1/|baseline_lora_two_gemm_decode_loop/1/)'
   bench forward 14 'BM_gpu_(baseline_d2d_copy/234|adapter_forward/(64|4096)/|baseline_lora_two_gemm/(64|4096)/|adapter_expand/4096/)'
   echo "elapsed: $(( $(date +%s) - t0 )) s"
   cs=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
