@@ -363,6 +363,20 @@ void BM_gpu_adapter_forward_decode_loop_overlap(benchmark::State& st) {
   });
   st.SetLabel("decode_overlap::weights (PDL), 224 back-to-back calls, distinct adapters; time per call");
 }
+// Decode launch configurations (tuning; single cold call like BM_gpu_adapter_forward/n): args n,
+// tokens per cluster (1: the one-token variant, 4: the 4-token variant; 0: by shape), clusters (0: by
+// shape, about one block per SM).
+void BM_gpu_decode_config(benchmark::State& st) {
+  fwd_data f(st.range(0));
+  const int tile = static_cast<int>(st.range(1));
+  const index_t clusters = st.range(2);
+  run_timed(st, [&] {
+    lori::cuda::detail_fwd::launch_decode<bf16>(ctx(), f.xv(), f.av(), f.B, 0.5f, f.yv(), lori::cuda::decode_overlap::none,
+                                                tile, clusters);
+  }, adapter_floor(f.n));
+  st.SetLabel("tokens per cluster " + std::to_string(tile) + ", clusters " + std::to_string(clusters) + " (0: by shape)");
+}
+BENCHMARK(BM_gpu_decode_config)->Args({1, 1, 8})->Args({1, 1, 16})->Args({1, 1, 32})->Args({1, 4, 16})->Args({16, 1, 16})->Args({16, 4, 0})->Args({32, 1, 32})->Args({32, 4, 0})->Args({64, 4, 0})->Args({64, 4, 8})->Args({64, 4, 32})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.01);
 BENCHMARK(BM_gpu_adapter_forward_decode_loop)->Arg(1)->Arg(64)->UseManualTime()->Unit(benchmark::kMicrosecond)->Iterations(30);
 BENCHMARK(BM_gpu_adapter_forward_decode_loop_overlap)->Arg(1)->Arg(64)->UseManualTime()->Unit(benchmark::kMicrosecond)->Iterations(30);
 BENCHMARK(BM_gpu_baseline_lora_two_gemm_decode_loop)->Arg(1)->Arg(64)->UseManualTime()->Unit(benchmark::kMicrosecond)->Iterations(30);

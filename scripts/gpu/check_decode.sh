@@ -33,21 +33,21 @@ left() { echo $(( $1 - ($(date +%s) - t0) )); }
     echo "-- $1: rc=$? (limit $l s)"
     grep -E "_median|ERROR|error" "$OUT/decode_bench_$1.log" | awk '{$1=$1; print}' | cut -c1-200 | head -40
   }
-  bench single 12 'BM_gpu_(probe_launch/(0|2)/|adapter_forward/1/|baseline_lora_two_gemm/1/)'
-  bench loop1 12 'BM_gpu_(adapter_forward_decode_loop(_overlap)?/1/|baseline_lora_two_gemm_decode_loop/1/)'
+  bench single 14 'BM_gpu_(probe_launch/(0|2)/|adapter_forward/1/|baseline_lora_two_gemm/1/)'
+  bench loop1 10 'BM_gpu_(adapter_forward_decode_loop(_overlap)?/1/|baseline_lora_two_gemm_decode_loop/1/)'
   bench forward 14 'BM_gpu_(baseline_d2d_copy/234|adapter_forward/(64|4096)/|baseline_lora_two_gemm/(64|4096)/|adapter_expand/4096/)'
+  bench config 9 'BM_gpu_(decode_config|adapter_forward_two_launch/64/)' 66
   echo "elapsed: $(( $(date +%s) - t0 )) s"
   cs=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
   sanitize() {  # tool limit filter
-    local l; l=$(left 78); [ $l -gt $2 ] && l=$2
+    local l; l=$(left 79); [ $l -gt $2 ] && l=$2
     [ $l -lt 6 ] && { echo "compute-sanitizer $1: skipped (time)"; return; }
     timeout $l "$cs" --tool $1 --report-api-errors no --error-exitcode 9 "$exe" --test-case="$3" > "$OUT/decode_sanitize_$1.log" 2>&1
     echo "compute-sanitizer $1 ($3, limit $l s): rc=$? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|test cases' "$OUT/decode_sanitize_$1.log" | tr '\n' ' ')"
     grep -E "Invalid|Race|Error|Hazard|bad elements" "$OUT/decode_sanitize_$1.log" | head -6
   }
-  sanitize memcheck 16 '*adapter_forward_decode: n = 1..64*,*adapter_expand*'
   ncu_run() {  # label limit kernel-regex bench-filter grep
-    local l; l=$(left 70); [ $l -gt $2 ] && l=$2
+    local l; l=$(left 79); [ $l -gt $2 ] && l=$2
     if ! command -v ncu >/dev/null || [ $l -lt 6 ]; then echo "ncu $1: skipped"; return; fi
     timeout $l ncu --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
       --section MemoryWorkloadAnalysis -k regex:$3 -c 1 "$B/bench/cuda/lori_bench_cuda" --benchmark_filter="$4" \
@@ -55,11 +55,12 @@ left() { echo $(( $1 - ($(date +%s) - t0) )); }
     echo "ncu $1 (limit $l s): rc=$?"
     grep -iE "$5" "$OUT/decode_ncu_$1.log" | awk '{$1=$1; print}' | cut -c1-240 | head -30
   }
-  ncu_run decode 12 decode_kernel 'BM_gpu_adapter_forward/1/' \
+  sanitize memcheck 10 '*adapter_forward_decode: n = 1..64*,*adapter_expand*'
+  ncu_run decode 9 decode_kernel 'BM_gpu_adapter_forward/1/' \
     "Duration|DRAM Throughput|Memory Throughput|L2 Hit|Achieved Occupancy|Theoretical Occupancy|Registers Per|Block Limit Reg|Cluster Size|Grid Size|stall|spends|Warp Cycles Per Issued|One or More"
-  sanitize racecheck 14 '*back-to-back*'
-  bench loop64 10 'BM_gpu_(adapter_forward_decode_loop(_overlap)?/64/|baseline_lora_two_gemm_decode_loop/64/)' 79
-  ncu_run expand 10 expand_kernel 'BM_gpu_adapter_expand/4096' \
+  bench loop64 8 'BM_gpu_(adapter_forward_decode_loop(_overlap)?/64/|baseline_lora_two_gemm_decode_loop/64/)' 79
+  sanitize racecheck 10 '*back-to-back*'
+  ncu_run expand 8 expand_kernel 'BM_gpu_adapter_expand/4096' \
     "Duration|DRAM Throughput|Memory Throughput|L2 Hit|Achieved Occupancy|Registers Per|stall|spends|Warp Cycles Per Issued"
   echo "total: $(( $(date +%s) - t0 )) s"
 } >> "$log" 2>&1

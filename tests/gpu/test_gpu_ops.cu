@@ -564,7 +564,7 @@ enum class fwd_route { decode, decode_overlap, forward };
 // Y0 in the rows of B without kept entries, and bitwise-equal reruns (determinism, both launch modes).
 template <class T>
 void decode_case(lori::cuda::context& ctx, index_t n, index_t k, index_t d, index_t r, double density, bool odd_layout,
-                 fwd_route route, std::mt19937_64& g) {
+                 fwd_route route, std::mt19937_64& g, int force_tile = 0, index_t force_clusters = 0) {
   CAPTURE(n);
   CAPTURE(k);
   CAPTURE(d);
@@ -592,6 +592,11 @@ void decode_case(lori::cuda::context& ctx, index_t n, index_t k, index_t d, inde
     ws.fill_bytes(0xff);
     if (how == fwd_route::forward)
       lori::cuda::adapter_forward<T>(ctx, X.view(), cview(dA, r, k), B, static_cast<float>(s), Y.view(), ws.data(), ws.bytes());
+    else if (force_tile > 0 || force_clusters > 0)  // the tuning overrides of the launch
+      lori::cuda::detail_fwd::launch_decode<T>(ctx, X.view(), cview(dA, r, k), B, static_cast<float>(s), Y.view(),
+                                               how == fwd_route::decode_overlap ? lori::cuda::decode_overlap::weights
+                                                                                : lori::cuda::decode_overlap::none,
+                                               force_tile, force_clusters);
     else
       lori::cuda::adapter_forward_decode<T>(ctx, X.view(), cview(dA, r, k), B, static_cast<float>(s), Y.view(), nullptr, 0,
                                             how == fwd_route::decode_overlap ? lori::cuda::decode_overlap::weights
@@ -662,6 +667,18 @@ TEST_CASE_TEMPLATE("adapter_forward_decode: n = 1..64, odd k, d, r, empty rows, 
     ++i;
   }
   CHECK_THROWS_AS(decode_case<T>(ctx, 65, 64, 64, 8, 0.1, false, fwd_route::decode, g), lori::error);  // n > 64
+  // The launch configurations the tuning benchmarks use: one-token clusters at n up to 64, 4-token
+  // clusters at n = 1, and cluster counts from 1 to more than fit at once (several waves).
+  const struct {
+    index_t n;
+    int tile;
+    index_t clusters;
+  } configs[] = {{1, 4, 16}, {1, 1, 1}, {1, 1, 40}, {3, 4, 2}, {17, 1, 8}, {64, 1, 16}, {64, 4, 40}, {33, 4, 1}};
+  for (const auto& cf : configs) {
+    CAPTURE(cf.tile);
+    CAPTURE(cf.clusters);
+    decode_case<T>(ctx, cf.n, 1000, 700, 32, 0.1, (cf.n & 1) != 0, fwd_route::decode, g, cf.tile, cf.clusters);
+  }
 }
 
 TEST_CASE_TEMPLATE("adapter_forward routes: n = 64, 65, odd n and 4096, aligned and unaligned", T, float, lori::bfloat16,

@@ -639,6 +639,70 @@ void check_adapter_shapes(const char* fn, row_major_view<const T> X, row_major_v
   LORI_EXPECTS(X.rows() <= index_t{65535} * expand_tokens, "lori::cuda adapter: too many tokens for one call");
 }
 
+
+// The decode launch (shapes checked by the caller, 1 <= n <= decode_max_tokens). force_tile (1 or
+// decode_tile) and force_clusters (> 0) override the choices by shape: for tuning benchmarks only.
+template <class T>
+void launch_decode(context& ctx, row_major_view<const T> X, row_major_view<const T> A, const sparse_b<T>& B, float s,
+                   row_major_view<T> Y, decode_overlap overlap, int force_tile = 0, index_t force_clusters = 0) {
+  const index_t n = X.rows(), r = B.cols(), d = B.rows(), k = X.cols();
+  constexpr index_t C = decode_cluster;
+  decode_params<T> q{};
+  q.X = X.data();
+  q.ldx = X.ld();
+  q.A = A.data();
+  q.lda = A.ld();
+  q.B = B.view();
+  q.s = s;
+  q.Y = Y.data();
+  q.ldy = Y.ld();
+  q.n = n;
+  q.k = k;
+  q.r = r;
+  // Tokens per cluster: one token for n <= decode_single_max (the kernel variant with few registers:
+  // two blocks fit an SM, so the next call's blocks can start beside it); else up to 4, fewer for
+  // large r (the block's partials: tile·r <= 256 floats).
+  const bool single = force_tile > 0 ? force_tile == 1 : n <= decode_single_max;
+  index_t tile = r <= 32 ? decode_tile : 128 / r;
+  tile = tile < 1 ? 1 : (tile > decode_tile ? decode_tile : tile);
+  q.tile = single ? 1 : (tile < n ? tile : n);
+  const index_t tiles = detail::ceil_div(n, q.tile);
+  // About one block per SM, as many clusters as are resident at once (a GPC holds whole clusters):
+  // the clusters beyond the token tiles split Y's columns (at least 32 columns a block).
+  const int resident = single ? decode_resident_clusters<T, 1>() : decode_resident_clusters<T, decode_tile>();
+  index_t target = ctx.sm_count() / C > 1 ? ctx.sm_count() / C : 1;
+  target = target < resident ? target : resident;
+  if (force_clusters > 0) target = force_clusters;
+  index_t splits = target / tiles;
+  const index_t max_splits = detail::ceil_div(d, 32 * C);
+  splits = splits > max_splits ? max_splits : splits;
+  q.col_splits = splits < 1 ? 1 : splits;
+  q.slice = detail::ceil_div(detail::ceil_div(k, C), 8) * 8;
+  q.vec_x = detail_fwd::host_aligned16(X.data(), X.ld() * static_cast<index_t>(sizeof(T)));
+  q.vec_a = detail_fwd::host_aligned16(A.data(), A.ld() * static_cast<index_t>(sizeof(T)));
+  const index_t blocks = tiles * q.col_splits * C;
+
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(detail::grid_dim(blocks));
+  cfg.blockDim = dim3(decode_threads);
+  cfg.dynamicSmemBytes = static_cast<std::size_t>((C + 1) * q.tile * r) * sizeof(float);  // <= 9 KB
+  cfg.stream = ctx.stream();
+  cudaLaunchAttribute attr[2];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = static_cast<unsigned>(C);
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[1].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = overlap == decode_overlap::weights ? 2 : 1;
+  void* args[] = {&q};
+  const void* kernel = single ? reinterpret_cast<const void*>(decode_kernel<T, 1>)
+                              : reinterpret_cast<const void*>(decode_kernel<T, decode_tile>);
+  LORI_CUDA_CHECK(cudaLaunchKernelExC(&cfg, kernel, args));
+  LORI_CUDA_CHECK_LAUNCH();
+}
+
 }  // namespace detail_fwd
 
 inline std::size_t adapter_forward_workspace_bytes(const context& ctx, index_t n, index_t r) {
@@ -677,65 +741,10 @@ void adapter_forward_decode(context& ctx, row_major_view<const T> X, row_major_v
   static_assert(detail::is_cuda_storage_v<T>, "adapter_forward_decode: T must be float, bfloat16 or half");
   (void)workspace;
   (void)workspace_bytes;
-  const index_t n = X.rows(), r = B.cols(), d = B.rows(), k = X.cols();
-  detail_fwd::check_adapter_shapes("adapter_forward_decode", X, A, d, r, Y);
-  LORI_EXPECTS(n <= decode_max_tokens, "adapter_forward_decode: needs n <= 64");
-  if (n == 0) return;
-  using namespace detail_fwd;
-  constexpr index_t C = decode_cluster;
-  decode_params<T> q{};
-  q.X = X.data();
-  q.ldx = X.ld();
-  q.A = A.data();
-  q.lda = A.ld();
-  q.B = B.view();
-  q.s = s;
-  q.Y = Y.data();
-  q.ldy = Y.ld();
-  q.n = n;
-  q.k = k;
-  q.r = r;
-  // Tokens per cluster: one token for n <= decode_single_max (the kernel variant with few registers:
-  // two blocks fit an SM, so the next call's blocks can start beside it); else up to 4, fewer for
-  // large r (the block's partials: tile·r <= 256 floats).
-  const bool single = n <= decode_single_max;
-  index_t tile = r <= 32 ? decode_tile : 128 / r;
-  tile = tile < 1 ? 1 : (tile > decode_tile ? decode_tile : tile);
-  q.tile = single ? 1 : (tile < n ? tile : n);
-  const index_t tiles = detail::ceil_div(n, q.tile);
-  // About one block per SM, as many clusters as are resident at once (a GPC holds whole clusters):
-  // the clusters beyond the token tiles split Y's columns (at least 32 columns a block).
-  const int resident = single ? decode_resident_clusters<T, 1>() : decode_resident_clusters<T, decode_tile>();
-  index_t target = ctx.sm_count() / C > 1 ? ctx.sm_count() / C : 1;
-  target = target < resident ? target : resident;
-  index_t splits = target / tiles;
-  const index_t max_splits = detail::ceil_div(d, 32 * C);
-  splits = splits > max_splits ? max_splits : splits;
-  q.col_splits = splits < 1 ? 1 : splits;
-  q.slice = detail::ceil_div(detail::ceil_div(k, C), 8) * 8;
-  q.vec_x = detail_fwd::host_aligned16(X.data(), X.ld() * static_cast<index_t>(sizeof(T)));
-  q.vec_a = detail_fwd::host_aligned16(A.data(), A.ld() * static_cast<index_t>(sizeof(T)));
-  const index_t blocks = tiles * q.col_splits * C;
-
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = dim3(detail::grid_dim(blocks));
-  cfg.blockDim = dim3(decode_threads);
-  cfg.dynamicSmemBytes = static_cast<std::size_t>((C + 1) * q.tile * r) * sizeof(float);  // <= 9 KB
-  cfg.stream = ctx.stream();
-  cudaLaunchAttribute attr[2];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = static_cast<unsigned>(C);
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = 1;
-  attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[1].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = overlap == decode_overlap::weights ? 2 : 1;
-  void* args[] = {&q};
-  const void* kernel = single ? reinterpret_cast<const void*>(decode_kernel<T, 1>)
-                              : reinterpret_cast<const void*>(decode_kernel<T, decode_tile>);
-  LORI_CUDA_CHECK(cudaLaunchKernelExC(&cfg, kernel, args));
-  LORI_CUDA_CHECK_LAUNCH();
+  detail_fwd::check_adapter_shapes("adapter_forward_decode", X, A, B.rows(), B.cols(), Y);
+  LORI_EXPECTS(X.rows() <= decode_max_tokens, "adapter_forward_decode: needs n <= 64");
+  if (X.rows() == 0) return;
+  detail_fwd::launch_decode(ctx, X, A, B, s, Y, overlap);
 }
 
 template <class T>
