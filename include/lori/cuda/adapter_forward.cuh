@@ -218,6 +218,7 @@ inline bool host_aligned16(const void* p, index_t ld_bytes) {
 inline constexpr int expand_threads = 256;
 inline constexpr int expand_tokens = 32;  // tokens per block (one per lane)
 inline constexpr int expand_cols = 16;    // columns per warp
+inline constexpr int expand_unroll = 4;   // kept entries of a row taken at once
 inline constexpr int expand_block_cols = expand_cols * (expand_threads / 32);
 
 constexpr index_t expand_h_stride(index_t r) { return r + 1 + (r & 1); }  // odd: conflict-free column reads
@@ -295,16 +296,27 @@ __global__ void __launch_bounds__(expand_threads) expand_kernel(const float* __r
   for (int i = 0; i < expand_cols; ++i) {
     const std::int32_t p0 = __shfl_sync(0xffffffffu, rp, i), p1 = __shfl_sync(0xffffffffu, rp, i + 1);
     float a = 0.0f;
-    for (std::int32_t p = p0; p < p1; ++p) {  // warp-uniform bounds
-      if (p >= base + 32) {
-        base += 32;
+    // Four entries at a time (those past p1 skipped): their shuffles and shared-memory reads are
+    // independent, so only the FMA chain is sequential. Warp-uniform bounds.
+    for (std::int32_t p = p0; p < p1; p += expand_unroll) {
+      if (p + expand_unroll > base + 32) {  // the window of fetched entries must hold p .. p + 3
+        base = p;
         fetch();
       }
-      const std::uint32_t w = __shfl_sync(0xffffffffu, ej, p - base);
-      float v;
-      if constexpr (sizeof(T) == 4) v = __shfl_sync(0xffffffffu, ev, p - base);
-      else v = bits_to_float<T>(w >> 16);
-      a = fmaf(hrow[w & 0xffffu], v, a);
+      std::uint32_t w[expand_unroll];
+      float v[expand_unroll];
+#pragma unroll
+      for (int u = 0; u < expand_unroll; ++u) {
+        w[u] = __shfl_sync(0xffffffffu, ej, p - base + u);
+        if constexpr (sizeof(T) == 4) v[u] = __shfl_sync(0xffffffffu, ev, p - base + u);
+        else v[u] = bits_to_float<T>(w[u] >> 16);
+        if (p + u >= p1) w[u] = 0u;  // a valid address; the term is skipped below (no 0·inf)
+      }
+#pragma unroll
+      for (int u = 0; u < expand_unroll; ++u) {
+        const float h = hrow[w[u] & 0xffffu];
+        if (p + u < p1) a = fmaf(h, v[u], a);
+      }
     }
     const std::uint32_t old = sizeof(T) == 4 ? yw[i] : (yw[i >> 1] >> (16 * (i & 1))) & 0xffffu;
     y[i] = bits_to_float<T>(old) + a;  // old is 0 when not accumulating
