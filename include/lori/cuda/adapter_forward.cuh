@@ -362,7 +362,8 @@ inline constexpr int decode_rows = 4;        // rows of A per warp and pass
 inline constexpr int decode_cpl = 2;         // 8-element chunks per lane and pass
 inline constexpr int decode_tile = 4;        // tokens per cluster at most
 inline constexpr int decode_single_max = 16;  // n up to which every cluster takes one token
-inline constexpr int decode_prefetch = 4;    // kept entries of B's first row loaded before the barrier
+inline constexpr int decode_prefetch = 4;    // kept entries of a row of B loaded before the barrier
+inline constexpr int decode_prefetch_cols = 2;  // output columns per thread prefetched (Y and B)
 inline constexpr int decode_max_rank = 256;  // r limit of the forward kernels
 
 template <class T>
@@ -393,7 +394,7 @@ __device__ __forceinline__ void grid_launch_dependents() { asm volatile("griddep
 template <class T, int TT>
 __global__ void __launch_bounds__(decode_threads, TT == 1 ? 2 : 1) decode_kernel(decode_params<T> q) {
   namespace cg = cooperative_groups;
-  constexpr int C = decode_cluster, RW = decode_rows, CPL = decode_cpl, PF = decode_prefetch;
+  constexpr int C = decode_cluster, RW = decode_rows, CPL = decode_cpl, PF = decode_prefetch, PC = decode_prefetch_cols;
   constexpr int warps = decode_threads / 32;
   cg::cluster_group cluster = cg::this_cluster();
   const int lane = static_cast<int>(threadIdx.x & 31), warp = static_cast<int>(threadIdx.x >> 5);
@@ -436,18 +437,22 @@ __global__ void __launch_bounds__(decode_threads, TT == 1 ? 2 : 1) decode_kernel
       }
   };
   load_a(static_cast<index_t>(warp) * RW, 0);
+  // This thread's first PC output columns (c = bc0 + threadIdx.x + 256·m): row_ptr now, the kept
+  // entries (up to PF of each) and Y after the X loads below.
   const index_t cfirst = bc0 + threadIdx.x;
-  const bool has_first = cfirst < bc1;
-  std::int32_t pb = 0, pe = 0;
-  std::uint32_t pent[PF];  // kept entry: column index (low 16 bits) | value bits (16-bit T: high 16 bits)
-  float pval[sizeof(T) == 4 ? PF : 1];
+  std::int32_t pb[PC], pe[PC];
+  std::uint32_t pent[PC][PF];  // kept entry: column index (low 16 bits) | value bits (16-bit T: high 16)
+  float pval[PC][sizeof(T) == 4 ? PF : 1];
+  float yold[PC][TT];
 #pragma unroll
-  for (int u = 0; u < PF; ++u) pent[u] = 0u;
+  for (int m = 0; m < PC; ++m) {
+    const index_t c = cfirst + m * decode_threads;
+    pb[m] = c < bc1 ? q.B.row_ptr[c] : 0;
+    pe[m] = c < bc1 ? q.B.row_ptr[c + 1] : 0;
 #pragma unroll
-  for (int u = 0; u < (sizeof(T) == 4 ? PF : 1); ++u) pval[u] = 0.0f;
-  if (has_first) {
-    pb = q.B.row_ptr[cfirst];
-    pe = q.B.row_ptr[cfirst + 1];
+    for (int u = 0; u < PF; ++u) pent[m][u] = 0u;
+#pragma unroll
+    for (int u = 0; u < (sizeof(T) == 4 ? PF : 1); ++u) pval[m][u] = 0.0f;
   }
 
   // 1b. What the previous kernel may have written (X, Y): only after its completion. The first
@@ -468,23 +473,26 @@ __global__ void __launch_bounds__(decode_threads, TT == 1 ? 2 : 1) decode_kernel
         for (int w = 0; w < chunk8<T>::words; ++w) xpre[t][u].w[w] = 0u;
       }
     }
-  float yold[TT];
 #pragma unroll
-  for (int t = 0; t < TT; ++t)
-    yold[t] = (has_first && t < tt) ? bits_to_float<T>(load_bits<T, false>(q.Y + (t0 + t) * q.ldy + cfirst)) : 0.0f;
-  if (has_first) {
+  for (int m = 0; m < PC; ++m) {
+    const index_t c = cfirst + m * decode_threads;
+#pragma unroll
+    for (int t = 0; t < TT; ++t)
+      yold[m][t] = (c < bc1 && t < tt) ? bits_to_float<T>(load_bits<T, false>(q.Y + (t0 + t) * q.ldy + c)) : 0.0f;
+  }
+#pragma unroll
+  for (int m = 0; m < PC; ++m)
 #pragma unroll
     for (int u = 0; u < PF; ++u)
-      if (pb + u < pe) {
-        const auto j = static_cast<std::uint32_t>(q.B.col_idx[pb + u]);  // < 256
+      if (pb[m] + u < pe[m]) {
+        const auto j = static_cast<std::uint32_t>(q.B.col_idx[pb[m] + u]);  // < 256
         if constexpr (sizeof(T) == 4) {
-          pent[u] = j;
-          pval[u] = q.B.values[pb + u];
+          pent[m][u] = j;
+          pval[m][u] = q.B.values[pb[m] + u];
         } else {
-          pent[u] = j | (load_bits<T, true>(q.B.values + pb + u) << 16);
+          pent[m][u] = j | (load_bits<T, true>(q.B.values + pb[m] + u) << 16);
         }
       }
-  }
 
 
   // 1c. Partial H over this block's k-slice; warp w takes rows w*RW.., lanes the slice's chunks.
@@ -555,29 +563,9 @@ __global__ void __launch_bounds__(decode_threads, TT == 1 ? 2 : 1) decode_kernel
   }
   __syncthreads();
 
-  // 3. Y(t, c) += Σ_j s·H(t, j)·B(c, j) over c's kept entries; the first column uses the prefetch.
-  index_t m = 0;
-  for (index_t c = cfirst; c < bc1; c += decode_threads, ++m) {
-    const bool first = m == 0;
-    float y[TT];
-#pragma unroll
-    for (int t = 0; t < TT; ++t) y[t] = 0.0f;
-    std::int32_t p = first ? pb : q.B.row_ptr[c];
-    const std::int32_t p1 = first ? pe : q.B.row_ptr[c + 1];
-    if (first) {
-#pragma unroll
-      for (int w = 0; w < PF; ++w)
-        if (pb + w < pe) {
-          const int j = static_cast<int>(pent[w] & 0xffffu);
-          float v;
-          if constexpr (sizeof(T) == 4) v = pval[w];
-          else v = bits_to_float<T>(pent[w] >> 16);
-#pragma unroll
-          for (int t = 0; t < TT; ++t)
-            if (t < tt) y[t] = fmaf(Hs[t * r + j], v, y[t]);
-        }
-      p = pb + PF;
-    }
+  // 3. Y(t, c) += Σ_j s·H(t, j)·B(c, j) over c's kept entries (in CSR order); the first PC columns
+  // use what was loaded before the barrier.
+  auto add_entries = [&](float (&y)[TT], std::int32_t p, std::int32_t p1) {
     for (; p < p1; ++p) {
       const index_t j = q.B.col_idx[p];
       const float v = ::lori::to_float(q.B.values[p]);
@@ -585,12 +573,40 @@ __global__ void __launch_bounds__(decode_threads, TT == 1 ? 2 : 1) decode_kernel
       for (int t = 0; t < TT; ++t)
         if (t < tt) y[t] = fmaf(Hs[t * r + j], v, y[t]);
     }
+  };
+#pragma unroll
+  for (int m = 0; m < PC; ++m) {
+    const index_t c = cfirst + m * decode_threads;
+    if (c >= bc1) break;
+    float y[TT];
+#pragma unroll
+    for (int t = 0; t < TT; ++t) y[t] = 0.0f;
+#pragma unroll
+    for (int w = 0; w < PF; ++w)
+      if (pb[m] + w < pe[m]) {
+        const int j = static_cast<int>(pent[m][w] & 0xffffu);
+        float v;
+        if constexpr (sizeof(T) == 4) v = pval[m][w];
+        else v = bits_to_float<T>(pent[m][w] >> 16);
+#pragma unroll
+        for (int t = 0; t < TT; ++t)
+          if (t < tt) y[t] = fmaf(Hs[t * r + j], v, y[t]);
+      }
+    add_entries(y, pb[m] + PF, pe[m]);
+#pragma unroll
+    for (int t = 0; t < TT; ++t)
+      if (t < tt) detail::st_f(q.Y + (t0 + t) * q.ldy + c, yold[m][t] + y[t]);
+  }
+  for (index_t c = cfirst + PC * decode_threads; c < bc1; c += decode_threads) {
+    float y[TT];
+#pragma unroll
+    for (int t = 0; t < TT; ++t) y[t] = 0.0f;
+    add_entries(y, q.B.row_ptr[c], q.B.row_ptr[c + 1]);
 #pragma unroll
     for (int t = 0; t < TT; ++t) {
       if (t < tt) {
         T* yp = q.Y + (t0 + t) * q.ldy + c;
-        const float old = first ? yold[t] : bits_to_float<T>(load_bits<T, false>(yp));
-        detail::st_f(yp, old + y[t]);
+        detail::st_f(yp, bits_to_float<T>(load_bits<T, false>(yp)) + y[t]);
       }
     }
   }
