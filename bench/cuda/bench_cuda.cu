@@ -376,6 +376,19 @@ void BM_gpu_decode_config(benchmark::State& st) {
   }, adapter_floor(f.n));
   st.SetLabel("tokens per cluster " + std::to_string(tile) + ", clusters " + std::to_string(clusters) + " (0: by shape)");
 }
+// A candidate route for large n (measured to choose adapter_forward's route by shape): B scattered
+// into a dense d x r buffer, H = X·Aᵀ in bf16, Y += s·H·B_denseᵀ on cuBLAS (PEFT's two GEMMs plus the
+// scatter of B, which PEFT keeps dense).
+void BM_gpu_candidate_dense_route(benchmark::State& st) {
+  fwd_data f(st.range(0));
+  run_timed(st, [&] {
+    f.B.scatter_to_dense(f.Bd.data(), R, ctx().stream());
+    gemm_rm(false, true, f.n, R, K, 1.0f, f.X.data(), K, f.A.data(), K, 0.0f, f.H16.data(), R);
+    gemm_rm(false, true, f.n, D, R, 0.5f, f.H16.data(), R, f.Bd.data(), R, 1.0f, f.Y.data(), D);
+  }, adapter_floor(f.n));
+  st.SetLabel("scatter B dense + two cuBLAS GEMMs");
+}
+BENCHMARK(BM_gpu_candidate_dense_route)->Arg(64)->Arg(4096)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.05);
 BENCHMARK(BM_gpu_decode_config)->Args({1, 1, 8})->Args({1, 1, 16})->Args({1, 1, 32})->Args({1, 4, 16})->Args({16, 1, 16})->Args({16, 4, 0})->Args({32, 1, 32})->Args({32, 4, 0})->Args({64, 4, 0})->Args({64, 4, 8})->Args({64, 4, 32})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.01);
 BENCHMARK(BM_gpu_adapter_forward_decode_loop)->Arg(1)->Arg(64)->UseManualTime()->Unit(benchmark::kMicrosecond)->Iterations(30);
 BENCHMARK(BM_gpu_adapter_forward_decode_loop_overlap)->Arg(1)->Arg(64)->UseManualTime()->Unit(benchmark::kMicrosecond)->Iterations(30);
