@@ -451,7 +451,7 @@ TEST_CASE_TEMPLATE("adapter forward (decode, two-launch, whole layer) matches th
   forward_case<T>(ctx, 64, 256, 300, 32, 0, g);
   forward_case<T>(ctx, 16, 100, 130, 256, 1, g);  // n * r = 4096: decode at its limit
   forward_case<T>(ctx, 65, 131, 203, 32, 5, g);
-  forward_case<T>(ctx, 33, 64, 96, 128, 0, g);    // n * r > 4096 (the old decode kernel's limit)
+  forward_case<T>(ctx, 33, 64, 96, 128, 0, g);    // n * r > 4096: two-launch path at small n
   forward_case<T>(ctx, 300, 256, 512, 16, 0, g);
   forward_case<T>(ctx, 70, 64, 100, 1, 2, g);
   forward_case<T>(ctx, 0, 64, 100, 16, 0, g);     // no tokens: nothing happens, nothing throws

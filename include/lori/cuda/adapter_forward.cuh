@@ -636,38 +636,6 @@ int decode_resident_clusters() {
   return v;
 }
 
-// Y rows [0, n) (Y points at the first) = (accumulate ? Y : 0) + s·H·Bᵀ on `stream`; checked by callers.
-template <class T>
-void launch_expand(cudaStream_t stream, const float* H, index_t n, float s, const sparse_b<T>& B, T* Y, index_t ldy,
-                   bool accumulate) {
-  const index_t d = B.rows(), r = B.cols();
-  const dim3 grid(detail::grid_dim(detail::ceil_div(d, expand_block_cols)),
-                  detail::grid_dim(detail::ceil_div(n, expand_tokens), false));
-  const std::size_t smem = static_cast<std::size_t>(expand_tokens * expand_h_stride(r)) * sizeof(float);
-  const bool vec = (reinterpret_cast<std::uintptr_t>(Y) & 15u) == 0 &&
-                   (ldy * static_cast<index_t>(sizeof(T))) % 16 == 0;  // 16-column runs start 32 bytes apart
-  expand_kernel<T><<<grid, expand_threads, smem, stream>>>(H, n, r, B.view(), s, Y, ldy, accumulate, vec);
-  LORI_CUDA_CHECK_LAUNCH();
-}
-
-inline bool decode_applies(const context& ctx, index_t n, index_t r) {
-  (void)ctx;
-  return n >= 1 && n <= decode_max_tokens && r >= 1 && r <= decode_max_rank;
-}
-
-template <class T>
-void check_adapter_shapes(const char* fn, row_major_view<const T> X, row_major_view<const T> A, index_t d, index_t r,
-                          row_major_view<T> Y) {
-  (void)fn;
-  LORI_EXPECTS(r >= 1 && r <= 256, "lori::cuda adapter: rank r must be in [1, 256]");
-  LORI_EXPECTS(A.rows() == r, "lori::cuda adapter: A must have r rows (A is r x k, B is d x r)");
-  LORI_EXPECTS(X.cols() == A.cols(), "lori::cuda adapter: X and A must have the same number of columns k");
-  LORI_EXPECTS(A.cols() >= 1 && d >= 1, "lori::cuda adapter: k and d must be positive");
-  LORI_EXPECTS(Y.rows() == X.rows() && Y.cols() == d, "lori::cuda adapter: Y must be n x d");
-  LORI_EXPECTS(X.rows() <= index_t{65535} * expand_tokens, "lori::cuda adapter: too many tokens for one call");
-}
-
-
 // The decode launch (shapes checked by the caller, 1 <= n <= decode_max_tokens). force_tile (1 or
 // decode_tile) and force_clusters (> 0) override the choices by shape: for tuning benchmarks only.
 template <class T>
@@ -729,6 +697,37 @@ void launch_decode(context& ctx, row_major_view<const T> X, row_major_view<const
                               : reinterpret_cast<const void*>(decode_kernel<T, decode_tile>);
   LORI_CUDA_CHECK(cudaLaunchKernelExC(&cfg, kernel, args));
   LORI_CUDA_CHECK_LAUNCH();
+}
+
+// Y rows [0, n) (Y points at the first) = (accumulate ? Y : 0) + s·H·Bᵀ on `stream`; checked by callers.
+template <class T>
+void launch_expand(cudaStream_t stream, const float* H, index_t n, float s, const sparse_b<T>& B, T* Y, index_t ldy,
+                   bool accumulate) {
+  const index_t d = B.rows(), r = B.cols();
+  const dim3 grid(detail::grid_dim(detail::ceil_div(d, expand_block_cols)),
+                  detail::grid_dim(detail::ceil_div(n, expand_tokens), false));
+  const std::size_t smem = static_cast<std::size_t>(expand_tokens * expand_h_stride(r)) * sizeof(float);
+  const bool vec = (reinterpret_cast<std::uintptr_t>(Y) & 15u) == 0 &&
+                   (ldy * static_cast<index_t>(sizeof(T))) % 16 == 0;  // 16-column runs start 32 bytes apart
+  expand_kernel<T><<<grid, expand_threads, smem, stream>>>(H, n, r, B.view(), s, Y, ldy, accumulate, vec);
+  LORI_CUDA_CHECK_LAUNCH();
+}
+
+inline bool decode_applies(const context& ctx, index_t n, index_t r) {
+  (void)ctx;
+  return n >= 1 && n <= decode_max_tokens && r >= 1 && r <= decode_max_rank;
+}
+
+template <class T>
+void check_adapter_shapes(const char* fn, row_major_view<const T> X, row_major_view<const T> A, index_t d, index_t r,
+                          row_major_view<T> Y) {
+  (void)fn;
+  LORI_EXPECTS(r >= 1 && r <= 256, "lori::cuda adapter: rank r must be in [1, 256]");
+  LORI_EXPECTS(A.rows() == r, "lori::cuda adapter: A must have r rows (A is r x k, B is d x r)");
+  LORI_EXPECTS(X.cols() == A.cols(), "lori::cuda adapter: X and A must have the same number of columns k");
+  LORI_EXPECTS(A.cols() >= 1 && d >= 1, "lori::cuda adapter: k and d must be positive");
+  LORI_EXPECTS(Y.rows() == X.rows() && Y.cols() == d, "lori::cuda adapter: Y must be n x d");
+  LORI_EXPECTS(X.rows() <= index_t{65535} * expand_tokens, "lori::cuda adapter: too many tokens for one call");
 }
 
 }  // namespace detail_fwd
