@@ -807,11 +807,6 @@ TEST_CASE_TEMPLATE("adapter_expand: 16-byte and element paths, accumulate and ov
       const auto B = lori::cuda::sparse_b<T>::from_host(hb.mask, hb.packed);
       poisoned_y<T> Y(n, d, ldy, yoff, g);
       device_buffer<float> dH(hh);
-      if (!accumulate) {  // overwrite: the n x d block must be written, so poison it too
-        Y.buf.fill_bytes(0xff);
-      }
-      lori::cuda::adapter_expand<T>(ctx, dH.data(), n, static_cast<float>(s), B, Y.view(), accumulate);
-      const auto got = Y.buf.download();
       std::vector<double> ref(static_cast<std::size_t>(n * d)), l2(ref.size());
       for (index_t t = 0; t < n; ++t)
         for (index_t c = 0; c < d; ++c) {
@@ -824,8 +819,20 @@ TEST_CASE_TEMPLATE("adapter_expand: 16-byte and element paths, accumulate and ov
           ref[static_cast<std::size_t>(t * d + c)] = y;
           l2[static_cast<std::size_t>(t * d + c)] = std::sqrt(q);
         }
-      LORI_CHECK_CLOSE(check_close<T>(Y.block(got), ref, l2, 0.0, static_cast<double>(r)));
-      CHECK(Y.outside_changed(got) == 0);
+      // tokens per lane: by shape (adapter_expand), then both kernel variants explicitly.
+      for (const int tpl : {0, 1, 2}) {
+        CAPTURE(tpl);
+        Y.reset();
+        if (!accumulate) Y.buf.fill_bytes(0xff);  // overwrite: the n x d block must be written, so poison it too
+        if (tpl == 0)
+          lori::cuda::adapter_expand<T>(ctx, dH.data(), n, static_cast<float>(s), B, Y.view(), accumulate);
+        else
+          lori::cuda::detail_fwd::launch_expand<T>(ctx.stream(), dH.data(), n, static_cast<float>(s), B, Y.view().data(),
+                                                   ldy, accumulate, tpl);
+        const auto got = Y.buf.download();
+        LORI_CHECK_CLOSE(check_close<T>(Y.block(got), ref, l2, 0.0, static_cast<double>(r)));
+        CHECK(Y.outside_changed(got) == 0);
+      }
     }
   }
 }

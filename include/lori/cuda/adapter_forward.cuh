@@ -223,41 +223,48 @@ inline constexpr int expand_block_cols = expand_cols * (expand_threads / 32);
 
 constexpr index_t expand_h_stride(index_t r) { return r + 1 + (r & 1); }  // odd: conflict-free column reads
 
-template <class T>
+// TPL: tokens per lane (1 or 2: lane l owns tokens t0 + l and t0 + 32 + l, which share every shuffle
+// of B's entries).
+template <class T, int TPL>
 __global__ void __launch_bounds__(expand_threads) expand_kernel(const float* __restrict__ H, index_t n, index_t r,
                                                                 sparse_b_view<T> B, float s, T* __restrict__ Y,
                                                                 index_t ldy, bool accumulate, bool vec) {
   constexpr int words = expand_cols * static_cast<int>(sizeof(T)) / 4;  // raw 32-bit words of 16 elements
-  float* Hs = reinterpret_cast<float*>(detail::dynamic_smem());          // expand_tokens x hstride, s·H
+  constexpr int tokens = expand_tokens * TPL;                            // tokens of the block
+  float* Hs = reinterpret_cast<float*>(detail::dynamic_smem());          // tokens x hstride, s·H
   const index_t hstride = expand_h_stride(r);
   const int lane = static_cast<int>(threadIdx.x & 31), warp = static_cast<int>(threadIdx.x >> 5);
-  const index_t tb = static_cast<index_t>(blockIdx.y) * expand_tokens, t = tb + lane;
+  const index_t tb = static_cast<index_t>(blockIdx.y) * tokens;
   const index_t d = B.rows;
   const index_t c0 = static_cast<index_t>(blockIdx.x) * expand_block_cols + static_cast<index_t>(warp) * expand_cols;
   const int nc = c0 >= d ? 0 : static_cast<int>(d - c0 < expand_cols ? d - c0 : expand_cols);
   const bool full = vec && nc == expand_cols;  // 16-byte accesses of Y
-  T* yrow = Y + t * ldy + c0;
 
   // Y first (the longest latency), then this warp's rows of B, then the H tile.
-  std::uint32_t yw[words];
+  std::uint32_t yw[TPL][words];
 #pragma unroll
-  for (int i = 0; i < words; ++i) yw[i] = 0u;
-  if (accumulate && t < n && nc > 0) {
-    if (full) {
+  for (int u = 0; u < TPL; ++u) {
 #pragma unroll
-      for (int i = 0; i < words / 4; ++i) {
-        const uint4 v = reinterpret_cast<const uint4*>(yrow)[i];
-        yw[4 * i] = v.x;
-        yw[4 * i + 1] = v.y;
-        yw[4 * i + 2] = v.z;
-        yw[4 * i + 3] = v.w;
-      }
-    } else {
+    for (int i = 0; i < words; ++i) yw[u][i] = 0u;
+    const index_t t = tb + lane + expand_tokens * u;
+    const T* yrow = Y + t * ldy + c0;
+    if (accumulate && t < n && nc > 0) {
+      if (full) {
 #pragma unroll
-      for (int e = 0; e < expand_cols; ++e) {
-        const std::uint32_t b = e < nc ? load_bits<T, false>(yrow + e) : 0u;
-        if constexpr (sizeof(T) == 4) yw[e] = b;
-        else yw[e >> 1] |= b << (16 * (e & 1));
+        for (int i = 0; i < words / 4; ++i) {
+          const uint4 v = reinterpret_cast<const uint4*>(yrow)[i];
+          yw[u][4 * i] = v.x;
+          yw[u][4 * i + 1] = v.y;
+          yw[u][4 * i + 2] = v.z;
+          yw[u][4 * i + 3] = v.w;
+        }
+      } else {
+#pragma unroll
+        for (int e = 0; e < expand_cols; ++e) {
+          const std::uint32_t b = e < nc ? load_bits<T, false>(yrow + e) : 0u;
+          if constexpr (sizeof(T) == 4) yw[u][e] = b;
+          else yw[u][e >> 1] |= b << (16 * (e & 1));
+        }
       }
     }
   }
@@ -283,21 +290,23 @@ __global__ void __launch_bounds__(expand_threads) expand_kernel(const float* __r
     }
   };
   fetch();
-  for (index_t e = threadIdx.x; e < expand_tokens * r; e += expand_threads) {
+  for (index_t e = threadIdx.x; e < tokens * r; e += expand_threads) {
     const index_t tt = e / r, j = e - tt * r;
     Hs[tt * hstride + j] = tb + tt < n ? s * H[(tb + tt) * r + j] : 0.0f;
   }
   __syncthreads();
   if (nc == 0) return;  // warp-uniform; lanes past n stay (they take part in the shuffles), write nothing
 
-  const float* hrow = Hs + static_cast<index_t>(lane) * hstride;
-  float y[expand_cols];
+  float y[TPL][expand_cols];
 #pragma unroll
   for (int i = 0; i < expand_cols; ++i) {
     const std::int32_t p0 = __shfl_sync(0xffffffffu, rp, i), p1 = __shfl_sync(0xffffffffu, rp, i + 1);
-    float a = 0.0f;
+    float a[TPL];
+#pragma unroll
+    for (int u = 0; u < TPL; ++u) a[u] = 0.0f;
     // Four entries at a time (those past p1 skipped): their shuffles and shared-memory reads are
-    // independent, so only the FMA chain is sequential. Warp-uniform bounds.
+    // independent, so only the FMA chains are sequential. Warp-uniform bounds.
+#pragma unroll 1
     for (std::int32_t p = p0; p < p1; p += expand_unroll) {
       if (p + expand_unroll > base + 32) {  // the window of fetched entries must hold p .. p + 3
         base = p;
@@ -306,40 +315,51 @@ __global__ void __launch_bounds__(expand_threads) expand_kernel(const float* __r
       std::uint32_t w[expand_unroll];
       float v[expand_unroll];
 #pragma unroll
-      for (int u = 0; u < expand_unroll; ++u) {
-        w[u] = __shfl_sync(0xffffffffu, ej, p - base + u);
-        if constexpr (sizeof(T) == 4) v[u] = __shfl_sync(0xffffffffu, ev, p - base + u);
-        else v[u] = bits_to_float<T>(w[u] >> 16);
-        if (p + u >= p1) w[u] = 0u;  // a valid address; the term is skipped below (no 0·inf)
+      for (int q = 0; q < expand_unroll; ++q) {
+        w[q] = __shfl_sync(0xffffffffu, ej, p - base + q);
+        if constexpr (sizeof(T) == 4) v[q] = __shfl_sync(0xffffffffu, ev, p - base + q);
+        else v[q] = bits_to_float<T>(w[q] >> 16);
+        if (p + q >= p1) w[q] = 0u;  // a valid address; the term is skipped below (no 0·inf)
       }
 #pragma unroll
-      for (int u = 0; u < expand_unroll; ++u) {
-        const float h = hrow[w[u] & 0xffffu];
-        if (p + u < p1) a = fmaf(h, v[u], a);
-      }
+      for (int q = 0; q < expand_unroll; ++q)
+#pragma unroll
+        for (int u = 0; u < TPL; ++u) {
+          const float h = Hs[static_cast<index_t>(lane + expand_tokens * u) * hstride + (w[q] & 0xffffu)];
+          if (p + q < p1) a[u] = fmaf(h, v[q], a[u]);
+        }
     }
-    const std::uint32_t old = sizeof(T) == 4 ? yw[i] : (yw[i >> 1] >> (16 * (i & 1))) & 0xffffu;
-    y[i] = bits_to_float<T>(old) + a;  // old is 0 when not accumulating
+#pragma unroll
+    for (int u = 0; u < TPL; ++u) {
+      const std::uint32_t old = sizeof(T) == 4 ? yw[u][i] : (yw[u][i >> 1] >> (16 * (i & 1))) & 0xffffu;
+      y[u][i] = bits_to_float<T>(old) + a[u];  // old is 0 when not accumulating
+    }
   }
-  if (t >= n) return;
-  if (full) {
-    std::uint32_t out[words];
 #pragma unroll
-    for (int e = 0; e < expand_cols; ++e) {
-      if constexpr (sizeof(T) == 4) {
-        out[e] = __float_as_uint(y[e]);
-      } else {
-        const std::uint32_t b = ::lori::from_float<T>(y[e]).bits;
-        if (e & 1) out[e >> 1] |= b << 16;
-        else out[e >> 1] = b;
+  for (int u = 0; u < TPL; ++u) {
+    const index_t t = tb + lane + expand_tokens * u;
+    if (t >= n) continue;
+    T* yrow = Y + t * ldy + c0;
+    if (full) {
+      std::uint32_t out[words];
+#pragma unroll
+      for (int e = 0; e < expand_cols; ++e) {
+        if constexpr (sizeof(T) == 4) {
+          out[e] = __float_as_uint(y[u][e]);
+        } else {
+          const std::uint32_t b = ::lori::from_float<T>(y[u][e]).bits;
+          if (e & 1) out[e >> 1] |= b << 16;
+          else out[e >> 1] = b;
+        }
       }
+#pragma unroll
+      for (int i = 0; i < words / 4; ++i)
+        reinterpret_cast<uint4*>(yrow)[i] = make_uint4(out[4 * i], out[4 * i + 1], out[4 * i + 2], out[4 * i + 3]);
+    } else {
+#pragma unroll
+      for (int e = 0; e < expand_cols; ++e)
+        if (e < nc) detail::st_f(yrow + e, y[u][e]);
     }
-#pragma unroll
-    for (int i = 0; i < words / 4; ++i) reinterpret_cast<uint4*>(yrow)[i] = make_uint4(out[4 * i], out[4 * i + 1], out[4 * i + 2], out[4 * i + 3]);
-  } else {
-#pragma unroll
-    for (int e = 0; e < expand_cols; ++e)
-      if (e < nc) detail::st_f(yrow + e, y[e]);
   }
 }
 
@@ -700,16 +720,23 @@ void launch_decode(context& ctx, row_major_view<const T> X, row_major_view<const
 }
 
 // Y rows [0, n) (Y points at the first) = (accumulate ? Y : 0) + s·H·Bᵀ on `stream`; checked by callers.
+// tokens_per_lane: 1 or 2 (0: by shape, 2 above 32 tokens; 1 where the H tile of 64 tokens would
+// not fit 48 KB of shared memory); an override for the tuning benchmarks.
 template <class T>
 void launch_expand(cudaStream_t stream, const float* H, index_t n, float s, const sparse_b<T>& B, T* Y, index_t ldy,
-                   bool accumulate) {
+                   bool accumulate, int tokens_per_lane = 0) {
   const index_t d = B.rows(), r = B.cols();
+  int tpl = tokens_per_lane > 0 ? tokens_per_lane : (n > expand_tokens ? 2 : 1);
+  if (expand_tokens * 2 * expand_h_stride(r) * static_cast<index_t>(sizeof(float)) > 48 * 1024) tpl = 1;  // r > 190
   const dim3 grid(detail::grid_dim(detail::ceil_div(d, expand_block_cols)),
-                  detail::grid_dim(detail::ceil_div(n, expand_tokens), false));
-  const std::size_t smem = static_cast<std::size_t>(expand_tokens * expand_h_stride(r)) * sizeof(float);
+                  detail::grid_dim(detail::ceil_div(n, expand_tokens * tpl), false));
+  const std::size_t smem = static_cast<std::size_t>(expand_tokens * tpl * expand_h_stride(r)) * sizeof(float);
   const bool vec = (reinterpret_cast<std::uintptr_t>(Y) & 15u) == 0 &&
                    (ldy * static_cast<index_t>(sizeof(T))) % 16 == 0;  // 16-column runs start 32 bytes apart
-  expand_kernel<T><<<grid, expand_threads, smem, stream>>>(H, n, r, B.view(), s, Y, ldy, accumulate, vec);
+  if (tpl == 2)
+    expand_kernel<T, 2><<<grid, expand_threads, smem, stream>>>(H, n, r, B.view(), s, Y, ldy, accumulate, vec);
+  else
+    expand_kernel<T, 1><<<grid, expand_threads, smem, stream>>>(H, n, r, B.view(), s, Y, ldy, accumulate, vec);
   LORI_CUDA_CHECK_LAUNCH();
 }
 
