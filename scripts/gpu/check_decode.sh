@@ -22,7 +22,7 @@ left() { echo $(( $1 - ($(date +%s) - t0) )); }
   echo "== tests: $tcs"
   timeout 20 "$exe" --test-case="$tcs" > "$OUT/decode_tests.log" 2>&1
   echo "tests rc=$? ($(( $(date +%s) - t0 )) s)"
-  grep -E "test cases|assertions|ERROR|FAILED|bad elements|CHECK|LORI_TEST_SEED|TEST CASE|with expansion|  [a-z_]+ := " "$OUT/decode_tests.log" | head -50
+  grep -E "test cases|assertions|ERROR|FAILED|bad elements|CHECK|LORI_TEST_SEED|TEST CASE|with expansion|exception|  [a-z_]+ := " "$OUT/decode_tests.log" | head -50
   echo "== lori_bench_cuda (medians of 5; *_decode_loop*: time per call); most important first"
   sb=$(command -v stdbuf >/dev/null && echo "stdbuf -oL" || true)
   bench() {  # label time-limit filter [budget: total seconds it may end by, default 62]
@@ -35,8 +35,8 @@ left() { echo $(( $1 - ($(date +%s) - t0) )); }
   }
   bench single 14 'BM_gpu_(probe_launch/(0|2)/|adapter_forward/1/|baseline_lora_two_gemm/1/)'
   bench loop1 10 'BM_gpu_(adapter_forward_decode_loop(_overlap)?/1/|baseline_lora_two_gemm_decode_loop/1/)'
-  bench forward 14 'BM_gpu_(baseline_d2d_copy/234|adapter_forward/(64|4096)/|baseline_lora_two_gemm/(64|4096)/|adapter_expand/4096/)'
-  bench config 11 'BM_gpu_(decode_config|adapter_forward_two_launch/64/|candidate_dense_route|expand_config)' 68
+  bench forward 14 'BM_gpu_(baseline_d2d_copy/234|adapter_forward/(64|4096)/|baseline_lora_two_gemm/(64|4096)/|adapter_expand/4096/|expand_config)'
+  bench config 11 'BM_gpu_(decode_config|adapter_forward_two_launch/64/|candidate_dense_route)' 68
   echo "elapsed: $(( $(date +%s) - t0 )) s"
   cs=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
   sanitize() {  # tool limit filter
@@ -44,7 +44,7 @@ left() { echo $(( $1 - ($(date +%s) - t0) )); }
     [ $l -lt 6 ] && { echo "compute-sanitizer $1: skipped (time)"; return; }
     timeout $l "$cs" --tool $1 --report-api-errors no --error-exitcode 9 "$exe" --test-case="$3" > "$OUT/decode_sanitize_$1.log" 2>&1
     echo "compute-sanitizer $1 ($3, limit $l s): rc=$? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|test cases' "$OUT/decode_sanitize_$1.log" | tr '\n' ' ')"
-    grep -E "Invalid|Race|Error|Hazard|bad elements" "$OUT/decode_sanitize_$1.log" | head -6
+    grep -E "ERROR|Invalid|Race|Error|Hazard|bad elements|exception" "$OUT/decode_sanitize_$1.log" | head -8
   }
   ncu_run() {  # label limit kernel-regex bench-filter grep
     local l; l=$(left 79); [ $l -gt $2 ] && l=$2
@@ -59,7 +59,7 @@ left() { echo $(( $1 - ($(date +%s) - t0) )); }
   ncu_run decode 9 decode_kernel 'BM_gpu_adapter_forward/1/' \
     "Duration|DRAM Throughput|Memory Throughput|L2 Hit|Achieved Occupancy|Theoretical Occupancy|Registers Per|Block Limit Reg|Cluster Size|Grid Size|stall|spends|Warp Cycles Per Issued|One or More"
   bench loop64 8 'BM_gpu_(adapter_forward_decode_loop(_overlap)?/64/|baseline_lora_two_gemm_decode_loop/64/)' 79
-  sanitize racecheck 10 '*back-to-back*'
+  sanitize racecheck 12 '*back-to-back*float*,*adapter_expand*float*'
   ncu_run expand 8 expand_kernel 'BM_gpu_adapter_expand/4096' \
     "Duration|DRAM Throughput|Memory Throughput|L2 Hit|Achieved Occupancy|Registers Per|stall|spends|Warp Cycles Per Issued"
   echo "total: $(( $(date +%s) - t0 )) s"

@@ -224,16 +224,20 @@ inline constexpr int expand_block_cols = expand_cols * (expand_threads / 32);
 constexpr index_t expand_h_stride(index_t r) { return r + 1 + (r & 1); }  // odd: conflict-free column reads
 
 // TPL: tokens per lane (1 or 2: lane l owns tokens t0 + l and t0 + 32 + l, which share every shuffle
-// of B's entries).
+// of B's entries). The 16 columns are walked in a rolled loop (the unrolled one measured 125 us at
+// n = 4096 on the H200, stalled on instruction fetch); each column's sums go to the lane's own row of
+// a shared tile (stride 17: conflict-free), read back once to form the 16-column run of Y.
 template <class T, int TPL>
 __global__ void __launch_bounds__(expand_threads) expand_kernel(const float* __restrict__ H, index_t n, index_t r,
                                                                 sparse_b_view<T> B, float s, T* __restrict__ Y,
                                                                 index_t ldy, bool accumulate, bool vec) {
   constexpr int words = expand_cols * static_cast<int>(sizeof(T)) / 4;  // raw 32-bit words of 16 elements
   constexpr int tokens = expand_tokens * TPL;                            // tokens of the block
-  float* Hs = reinterpret_cast<float*>(detail::dynamic_smem());          // tokens x hstride, s·H
+  constexpr int as_stride = expand_cols + 1;
   const index_t hstride = expand_h_stride(r);
+  float* Hs = reinterpret_cast<float*>(detail::dynamic_smem());  // tokens x hstride: s·H
   const int lane = static_cast<int>(threadIdx.x & 31), warp = static_cast<int>(threadIdx.x >> 5);
+  float* As = Hs + tokens * hstride + warp * (tokens * as_stride);  // this warp's tokens x 16 sums
   const index_t tb = static_cast<index_t>(blockIdx.y) * tokens;
   const index_t d = B.rows;
   const index_t c0 = static_cast<index_t>(blockIdx.x) * expand_block_cols + static_cast<index_t>(warp) * expand_cols;
@@ -297,9 +301,8 @@ __global__ void __launch_bounds__(expand_threads) expand_kernel(const float* __r
   __syncthreads();
   if (nc == 0) return;  // warp-uniform; lanes past n stay (they take part in the shuffles), write nothing
 
-  float y[TPL][expand_cols];
-#pragma unroll
-  for (int i = 0; i < expand_cols; ++i) {
+#pragma unroll 1
+  for (int i = 0; i < nc; ++i) {
     const std::int32_t p0 = __shfl_sync(0xffffffffu, rp, i), p1 = __shfl_sync(0xffffffffu, rp, i + 1);
     float a[TPL];
 #pragma unroll
@@ -330,24 +333,24 @@ __global__ void __launch_bounds__(expand_threads) expand_kernel(const float* __r
         }
     }
 #pragma unroll
-    for (int u = 0; u < TPL; ++u) {
-      const std::uint32_t old = sizeof(T) == 4 ? yw[u][i] : (yw[u][i >> 1] >> (16 * (i & 1))) & 0xffffu;
-      y[u][i] = bits_to_float<T>(old) + a[u];  // old is 0 when not accumulating
-    }
+    for (int u = 0; u < TPL; ++u) As[(lane + expand_tokens * u) * as_stride + i] = a[u];  // own row only
   }
 #pragma unroll
   for (int u = 0; u < TPL; ++u) {
     const index_t t = tb + lane + expand_tokens * u;
     if (t >= n) continue;
     T* yrow = Y + t * ldy + c0;
+    const float* arow = As + (lane + expand_tokens * u) * as_stride;
     if (full) {
       std::uint32_t out[words];
 #pragma unroll
       for (int e = 0; e < expand_cols; ++e) {
+        const std::uint32_t old = sizeof(T) == 4 ? yw[u][e] : (yw[u][e >> 1] >> (16 * (e & 1))) & 0xffffu;
+        const float y = bits_to_float<T>(old) + arow[e];  // old is 0 when not accumulating
         if constexpr (sizeof(T) == 4) {
-          out[e] = __float_as_uint(y[u][e]);
+          out[e] = __float_as_uint(y);
         } else {
-          const std::uint32_t b = ::lori::from_float<T>(y[u][e]).bits;
+          const std::uint32_t b = ::lori::from_float<T>(y).bits;
           if (e & 1) out[e >> 1] |= b << 16;
           else out[e >> 1] = b;
         }
@@ -357,8 +360,12 @@ __global__ void __launch_bounds__(expand_threads) expand_kernel(const float* __r
         reinterpret_cast<uint4*>(yrow)[i] = make_uint4(out[4 * i], out[4 * i + 1], out[4 * i + 2], out[4 * i + 3]);
     } else {
 #pragma unroll
-      for (int e = 0; e < expand_cols; ++e)
-        if (e < nc) detail::st_f(yrow + e, y[u][e]);
+      for (int e = 0; e < expand_cols; ++e) {
+        if (e < nc) {
+          const std::uint32_t old = sizeof(T) == 4 ? yw[u][e] : (yw[u][e >> 1] >> (16 * (e & 1))) & 0xffffu;
+          detail::st_f(yrow + e, bits_to_float<T>(old) + arow[e]);
+        }
+      }
     }
   }
 }
@@ -410,11 +417,14 @@ __device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.w
 __device__ __forceinline__ void grid_dependency_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
 __device__ __forceinline__ void grid_launch_dependents() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
 
-// TT: tokens per cluster at most (1: few registers, two blocks per SM; decode_tile: one block per SM).
+// TT: tokens per cluster at most (1 or decode_tile). Two blocks per SM (<= 128 registers; the TT = 4
+// variant spills what phase 3 prefetched, to L1): one block per SM left clusters of 8 waiting for a
+// second wave on GPCs with fewer than 16 free SMs (H200, checkpoint 1: 27.9 us at n = 64).
 template <class T, int TT>
-__global__ void __launch_bounds__(decode_threads, TT == 1 ? 2 : 1) decode_kernel(decode_params<T> q) {
+__global__ void __launch_bounds__(decode_threads, 2) decode_kernel(decode_params<T> q) {
   namespace cg = cooperative_groups;
-  constexpr int C = decode_cluster, RW = decode_rows, CPL = decode_cpl, PF = decode_prefetch, PC = decode_prefetch_cols;
+  constexpr int C = decode_cluster, RW = decode_rows, CPL = decode_cpl, PF = decode_prefetch;
+  constexpr int PC = TT == 1 ? decode_prefetch_cols : 1;  // registers: the 4-token variant prefetches one column
   constexpr int warps = decode_threads / 32;
   cg::cluster_group cluster = cg::this_cluster();
   const int lane = static_cast<int>(threadIdx.x & 31), warp = static_cast<int>(threadIdx.x >> 5);
@@ -480,13 +490,14 @@ __global__ void __launch_bounds__(decode_threads, TT == 1 ? 2 : 1) decode_kernel
   // wait for row_ptr: that wait then overlaps X's latency instead of delaying it.
   grid_dependency_wait();
   grid_launch_dependents();
-  chunk8<T> xpre[TT][CPL];
+  constexpr int XP = TT == 1 ? 1 : 0;  // tokens whose first-pass X is preloaded (registers: one-token variant)
+  chunk8<T> xpre[1][CPL];
 #pragma unroll
-  for (int t = 0; t < TT; ++t)
+  for (int t = 0; t < 1; ++t)
 #pragma unroll
     for (int u = 0; u < CPL; ++u) {
       const index_t c = lane + 32 * u;
-      if (t < tt && c < nch) {
+      if (t < XP && t < tt && c < nch) {
         xpre[t][u] = load_chunk<T, false>(q.X + (t0 + t) * q.ldx, kb + 8 * c, ke, q.vec_x);
       } else {
 #pragma unroll
@@ -535,7 +546,7 @@ __global__ void __launch_bounds__(decode_threads, TT == 1 ? 2 : 1) decode_kernel
         for (int u = 0; u < CPL; ++u) {
           const index_t c = cb + lane + 32 * u;
           if (c >= nch) break;
-          const chunk8<T> xc = pre ? xpre[t][u] : load_chunk<T, false>(xrow, kb + 8 * c, ke, q.vec_x);
+          const chunk8<T> xc = (pre && t < XP) ? xpre[t < XP ? t : 0][u] : load_chunk<T, false>(xrow, kb + 8 * c, ke, q.vec_x);
           float xf[8];
 #pragma unroll
           for (int e = 0; e < 8; ++e) xf[e] = chunk_at(xc, e);
@@ -720,23 +731,46 @@ void launch_decode(context& ctx, row_major_view<const T> X, row_major_view<const
 }
 
 // Y rows [0, n) (Y points at the first) = (accumulate ? Y : 0) + s·H·Bᵀ on `stream`; checked by callers.
-// tokens_per_lane: 1 or 2 (0: by shape, 2 above 32 tokens; 1 where the H tile of 64 tokens would
-// not fit 48 KB of shared memory); an override for the tuning benchmarks.
+// Shared memory of expand_kernel: the s·H tile and the 8 warps' tiles of column sums.
+constexpr index_t expand_smem_bytes(index_t r, int tpl) {
+  return (expand_tokens * tpl * expand_h_stride(r) + (expand_threads / 32) * expand_tokens * tpl * (expand_cols + 1)) *
+         static_cast<index_t>(sizeof(float));
+}
+inline constexpr index_t expand_max_smem = expand_smem_bytes(decode_max_rank, 2);  // 100.6 KB
+
+// expand_kernel<T, TPL> may use up to expand_max_smem of dynamic shared memory (set once per process:
+// above 48 KB a kernel must opt in).
+template <class T, int TPL>
+void expand_allow_smem() {
+  static const bool done = [] {
+    LORI_CUDA_CHECK(cudaFuncSetAttribute(reinterpret_cast<const void*>(expand_kernel<T, TPL>),
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(expand_max_smem)));
+    return true;
+  }();
+  (void)done;
+}
+
+// tokens_per_lane: 1 or 2 (0: by shape: 2 above 32 tokens for r <= 64); an override for the tuning
+// benchmarks.
 template <class T>
 void launch_expand(cudaStream_t stream, const float* H, index_t n, float s, const sparse_b<T>& B, T* Y, index_t ldy,
                    bool accumulate, int tokens_per_lane = 0) {
   const index_t d = B.rows(), r = B.cols();
-  int tpl = tokens_per_lane > 0 ? tokens_per_lane : (n > expand_tokens ? 2 : 1);
-  if (expand_tokens * 2 * expand_h_stride(r) * static_cast<index_t>(sizeof(float)) > 48 * 1024) tpl = 1;  // r > 190
+  const int tpl = tokens_per_lane > 0 ? tokens_per_lane : (n > expand_tokens && r <= 64 ? 2 : 1);
   const dim3 grid(detail::grid_dim(detail::ceil_div(d, expand_block_cols)),
                   detail::grid_dim(detail::ceil_div(n, expand_tokens * tpl), false));
-  const std::size_t smem = static_cast<std::size_t>(expand_tokens * tpl * expand_h_stride(r)) * sizeof(float);
+  const index_t smem = expand_smem_bytes(r, tpl);
   const bool vec = (reinterpret_cast<std::uintptr_t>(Y) & 15u) == 0 &&
                    (ldy * static_cast<index_t>(sizeof(T))) % 16 == 0;  // 16-column runs start 32 bytes apart
-  if (tpl == 2)
-    expand_kernel<T, 2><<<grid, expand_threads, smem, stream>>>(H, n, r, B.view(), s, Y, ldy, accumulate, vec);
-  else
-    expand_kernel<T, 1><<<grid, expand_threads, smem, stream>>>(H, n, r, B.view(), s, Y, ldy, accumulate, vec);
+  if (tpl == 2) {
+    if (smem > 48 * 1024) expand_allow_smem<T, 2>();
+    expand_kernel<T, 2><<<grid, expand_threads, static_cast<std::size_t>(smem), stream>>>(H, n, r, B.view(), s, Y, ldy,
+                                                                                       accumulate, vec);
+  } else {
+    if (smem > 48 * 1024) expand_allow_smem<T, 1>();
+    expand_kernel<T, 1><<<grid, expand_threads, static_cast<std::size_t>(smem), stream>>>(H, n, r, B.view(), s, Y, ldy,
+                                                                                       accumulate, vec);
+  }
   LORI_CUDA_CHECK_LAUNCH();
 }
 
