@@ -35,7 +35,7 @@ left() { echo $(( $1 - ($(date +%s) - t0) )); }
   }
   bench single 14 'BM_gpu_(probe_launch/(0|2)/|adapter_forward/1/|baseline_lora_two_gemm/1/)'
   bench loop1 10 'BM_gpu_(adapter_forward_decode_loop(_overlap)?/1/|baseline_lora_two_gemm_decode_loop/1/)'
-  bench forward 14 'BM_gpu_(baseline_d2d_copy/234|adapter_forward/(64|4096)/|baseline_lora_two_gemm/(64|4096)/|adapter_expand/4096/|expand_config)'
+  bench forward 15 'BM_gpu_(baseline_d2d_copy/234|adapter_forward/(64|4096|16384)/|baseline_lora_two_gemm/(64|4096|16384)/|adapter_expand/4096/|expand_config)'
   bench config 11 'BM_gpu_(decode_config|adapter_forward_two_launch/64/|candidate_dense_route)' 68
   echo "elapsed: $(( $(date +%s) - t0 )) s"
   cs=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
