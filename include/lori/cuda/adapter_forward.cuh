@@ -408,6 +408,7 @@ struct decode_params {
   index_t col_splits;  // clusters per token tile (each takes a range of Y's columns)
   index_t slice;       // k-slice per block, a multiple of 8
   bool vec_x, vec_a;   // 16-byte loads allowed
+  bool early_b;        // load B's kept entries before griddepcontrol.wait (programmatic dependent launch)
 };
 
 __device__ __forceinline__ void cluster_arrive_relaxed() { asm volatile("barrier.cluster.arrive.relaxed;" ::: "memory"); }
@@ -485,9 +486,28 @@ __global__ void __launch_bounds__(decode_threads, 2) decode_kernel(decode_params
     for (int u = 0; u < (sizeof(T) == 4 ? PF : 1); ++u) pval[m][u] = 0.0f;
   }
 
-  // 1b. What the previous kernel may have written (X, Y): only after its completion. The first
-  // pass's X chunks and the first column's Y are issued before the loads of B's kept entries, which
-  // wait for row_ptr: that wait then overlaps X's latency instead of delaying it.
+  // The kept entries of those columns (their addresses wait for row_ptr). With programmatic dependent
+  // launch (early_b) they are loaded before griddepcontrol.wait, while the previous kernel still
+  // runs; otherwise after the X loads below, so that the wait for row_ptr overlaps X's latency
+  // instead of delaying it.
+  auto load_entries = [&] {
+#pragma unroll
+    for (int m = 0; m < PC; ++m)
+#pragma unroll
+      for (int u = 0; u < PF; ++u)
+        if (pb[m] + u < pe[m]) {
+          const auto j = static_cast<std::uint32_t>(q.B.col_idx[pb[m] + u]);  // < 256
+          if constexpr (sizeof(T) == 4) {
+            pent[m][u] = j;
+            pval[m][u] = q.B.values[pb[m] + u];
+          } else {
+            pent[m][u] = j | (load_bits<T, true>(q.B.values + pb[m] + u) << 16);
+          }
+        }
+  };
+  if (q.early_b) load_entries();
+
+  // 1b. What the previous kernel may have written (X, Y): only after its completion.
   grid_dependency_wait();
   grid_launch_dependents();
   constexpr int XP = TT == 1 ? 1 : 0;  // tokens whose first-pass X is preloaded (registers: one-token variant)
@@ -511,20 +531,7 @@ __global__ void __launch_bounds__(decode_threads, 2) decode_kernel(decode_params
     for (int t = 0; t < TT; ++t)
       yold[m][t] = (c < bc1 && t < tt) ? bits_to_float<T>(load_bits<T, false>(q.Y + (t0 + t) * q.ldy + c)) : 0.0f;
   }
-#pragma unroll
-  for (int m = 0; m < PC; ++m)
-#pragma unroll
-    for (int u = 0; u < PF; ++u)
-      if (pb[m] + u < pe[m]) {
-        const auto j = static_cast<std::uint32_t>(q.B.col_idx[pb[m] + u]);  // < 256
-        if constexpr (sizeof(T) == 4) {
-          pent[m][u] = j;
-          pval[m][u] = q.B.values[pb[m] + u];
-        } else {
-          pent[m][u] = j | (load_bits<T, true>(q.B.values + pb[m] + u) << 16);
-        }
-      }
-
+  if (!q.early_b) load_entries();
 
   // 1c. Partial H over this block's k-slice; warp w takes rows w*RW.., lanes the slice's chunks.
   bool waited = false, first_pass = true;
@@ -723,6 +730,7 @@ void launch_decode(context& ctx, row_major_view<const T> X, row_major_view<const
   attr[1].val.programmaticStreamSerializationAllowed = 1;
   cfg.attrs = attr;
   cfg.numAttrs = overlap == decode_overlap::weights ? 2 : 1;
+  q.early_b = overlap == decode_overlap::weights;
   void* args[] = {&q};
   const void* kernel = single ? reinterpret_cast<const void*>(decode_kernel<T, 1>)
                               : reinterpret_cast<const void*>(decode_kernel<T, decode_tile>);
