@@ -235,10 +235,18 @@ void BM_gpu_adapter_project(benchmark::State& st) {
   st.SetLabel("cuBLAS X·Aᵀ (r = 32 columns), fp32 H; floor = one read of X");
 }
 // The second half of the adapter alone: Y += s·H·Bᵀ (H fp32 given): floor = Y read + write.
+// H for the expansion benchmarks: random fp32 values uploaded from the host (independent of
+// adapter_project, so these run whatever the projection kernel does).
+device_buffer<float> random_h(index_t count) {
+  std::mt19937_64 g(7);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::vector<float> h(static_cast<std::size_t>(count));
+  for (auto& v : h) v = nd(g);
+  return device_buffer<float>(h);
+}
 void BM_gpu_adapter_expand(benchmark::State& st) {
   fwd_data f(st.range(0));
-  device_buffer<float> H(f.n * R);
-  lori::cuda::adapter_project<bf16>(ctx(), f.xv(), f.av(), H.data());
+  device_buffer<float> H = random_h(f.n * R);
   run_timed(st, [&] { lori::cuda::adapter_expand<bf16>(ctx(), H.data(), f.n, 0.5f, f.B, f.yv(), true); },
             4.0 * static_cast<double>(f.n * D) + 4.0 * static_cast<double>(f.n * R));
   st.SetLabel("floor = Y read + write");
@@ -392,8 +400,7 @@ void BM_gpu_candidate_dense_route(benchmark::State& st) {
 void BM_gpu_expand_config(benchmark::State& st) {
   fwd_data f(st.range(0));
   const int tpl = static_cast<int>(st.range(1));
-  device_buffer<float> H(f.n * R);
-  lori::cuda::adapter_project<bf16>(ctx(), f.xv(), f.av(), H.data());
+  device_buffer<float> H = random_h(f.n * R);
   run_timed(st, [&] { lori::cuda::detail_fwd::launch_expand<bf16>(ctx().stream(), H.data(), f.n, 0.5f, f.B, f.Y.data(), D, true, tpl); },
             4.0 * static_cast<double>(f.n * D) + 4.0 * static_cast<double>(f.n * R));
   st.SetLabel("tokens per lane " + std::to_string(tpl) + "; floor = Y read + write");

@@ -30,6 +30,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <initializer_list>
 #include <cstdint>
 #include <cstring>
 #include <random>
@@ -775,6 +776,56 @@ TEST_CASE_TEMPLATE("adapter_forward_decode: back-to-back dependent calls (Y and 
   }
 }
 
+namespace {
+// adapter_expand (tpl = 0) or its kernel with 1 or 2 tokens per lane on fresh inputs: every element
+// of Y against the double reference, the bytes around the n x d block untouched.
+template <class T>
+void expand_case(lori::cuda::context& ctx, index_t n, index_t d, index_t r, double density, bool accumulate, bool odd,
+                 std::mt19937_64& g, std::initializer_list<int> tpls) {
+  CAPTURE(n);
+  CAPTURE(d);
+  CAPTURE(r);
+  CAPTURE(density);
+  CAPTURE(accumulate);
+  CAPTURE(odd);
+  INFO("type " << type_name<T>());
+  const double s = 0.5;
+  const index_t ldy = odd ? d + 1 : ((d + 7) / 8) * 8, yoff = odd ? 1 : 0;
+  std::normal_distribution<double> nd;
+  std::vector<float> hh(static_cast<std::size_t>(n * r));
+  for (auto& v : hh) v = static_cast<float>(nd(g));
+  const auto hb = random_sparse<T>(d, r, density, 1.0, g);
+  const auto B = lori::cuda::sparse_b<T>::from_host(hb.mask, hb.packed);
+  poisoned_y<T> Y(n, d, ldy, yoff, g);
+  device_buffer<float> dH(hh);
+  std::vector<double> ref(static_cast<std::size_t>(n * d)), l2(ref.size());
+  for (index_t t = 0; t < n; ++t)
+    for (index_t c = 0; c < d; ++c) {
+      double y = accumulate ? Y.y0(t, c) : 0.0, q = y * y;
+      for (index_t j = 0; j < r; ++j) {
+        const double term = s * static_cast<double>(hh[static_cast<std::size_t>(t * r + j)]) * hb(c, j);
+        y += term;
+        q += term * term;
+      }
+      ref[static_cast<std::size_t>(t * d + c)] = y;
+      l2[static_cast<std::size_t>(t * d + c)] = std::sqrt(q);
+    }
+  for (const int tpl : tpls) {
+    CAPTURE(tpl);
+    Y.reset();
+    if (!accumulate) Y.buf.fill_bytes(0xff);  // overwrite: the n x d block must be written, so poison it too
+    if (tpl == 0)
+      lori::cuda::adapter_expand<T>(ctx, dH.data(), n, static_cast<float>(s), B, Y.view(), accumulate);
+    else
+      lori::cuda::detail_fwd::launch_expand<T>(ctx.stream(), dH.data(), n, static_cast<float>(s), B, Y.view().data(), ldy,
+                                               accumulate, tpl);
+    const auto got = Y.buf.download();
+    LORI_CHECK_CLOSE(check_close<T>(Y.block(got), ref, l2, 0.0, static_cast<double>(r)));
+    CHECK(Y.outside_changed(got) == 0);
+  }
+}
+}  // namespace
+
 TEST_CASE_TEMPLATE("adapter_expand: 16-byte and element paths, accumulate and overwrite, match the double reference", T,
                    float, lori::bfloat16, lori::half) {
   LORI_TEST_SEED_INFO();
@@ -787,54 +838,44 @@ TEST_CASE_TEMPLATE("adapter_expand: 16-byte and element paths, accumulate and ov
   const shape shapes[] = {{1, 1, 1, 1.0},    {31, 16, 7, 0.5},   {32, 17, 32, 0.1},   {33, 128, 33, 1.0},
                           {100, 129, 32, 0.1}, {70, 300, 256, 1.0}, {4096, 520, 32, 0.1}, {45, 48, 256, 0.02}};
   int i = 0;
-  for (const auto& sh : shapes) {
+  for (const auto& sh : shapes)
     for (const bool accumulate : {true, false}) {
       const bool odd = ((i++) & 1) != 0;
-      const index_t n = sh.n, d = sh.d, r = sh.r;
-      CAPTURE(n);
-      CAPTURE(d);
-      CAPTURE(r);
-      CAPTURE(sh.density);
-      CAPTURE(accumulate);
-      CAPTURE(odd);
-      INFO("type " << type_name<T>());
-      const double s = 0.5;
-      const index_t ldy = odd ? d + 1 : ((d + 7) / 8) * 8, yoff = odd ? 1 : 0;
-      std::normal_distribution<double> nd;
-      std::vector<float> hh(static_cast<std::size_t>(n * r));
-      for (auto& v : hh) v = static_cast<float>(nd(g));
-      const auto hb = random_sparse<T>(d, r, sh.density, 1.0, g);
-      const auto B = lori::cuda::sparse_b<T>::from_host(hb.mask, hb.packed);
-      poisoned_y<T> Y(n, d, ldy, yoff, g);
-      device_buffer<float> dH(hh);
-      std::vector<double> ref(static_cast<std::size_t>(n * d)), l2(ref.size());
-      for (index_t t = 0; t < n; ++t)
-        for (index_t c = 0; c < d; ++c) {
-          double y = accumulate ? Y.y0(t, c) : 0.0, q = y * y;
-          for (index_t j = 0; j < r; ++j) {
-            const double term = s * static_cast<double>(hh[static_cast<std::size_t>(t * r + j)]) * hb(c, j);
-            y += term;
-            q += term * term;
-          }
-          ref[static_cast<std::size_t>(t * d + c)] = y;
-          l2[static_cast<std::size_t>(t * d + c)] = std::sqrt(q);
-        }
       // tokens per lane: by shape (adapter_expand), then both kernel variants explicitly.
-      for (const int tpl : {0, 1, 2}) {
-        CAPTURE(tpl);
-        Y.reset();
-        if (!accumulate) Y.buf.fill_bytes(0xff);  // overwrite: the n x d block must be written, so poison it too
-        if (tpl == 0)
-          lori::cuda::adapter_expand<T>(ctx, dH.data(), n, static_cast<float>(s), B, Y.view(), accumulate);
-        else
-          lori::cuda::detail_fwd::launch_expand<T>(ctx.stream(), dH.data(), n, static_cast<float>(s), B, Y.view().data(),
-                                                   ldy, accumulate, tpl);
-        const auto got = Y.buf.download();
-        LORI_CHECK_CLOSE(check_close<T>(Y.block(got), ref, l2, 0.0, static_cast<double>(r)));
-        CHECK(Y.outside_changed(got) == 0);
-      }
+      expand_case<T>(ctx, sh.n, sh.d, sh.r, sh.density, accumulate, odd, g, {0, 1, 2});
     }
+}
+
+// Small cases of the decode kernel (both variants, both launch modes, a dependent chain) and of the
+// expansion kernel (both variants), sized for compute-sanitizer (memcheck, racecheck, synccheck).
+TEST_CASE("decode and expand kernels: small cases for the sanitizers") {
+  using T = lori::bfloat16;
+  LORI_TEST_SEED_INFO();
+  auto g = lori_test::rng(215);
+  lori::cuda::context ctx;
+  decode_case<T>(ctx, 1, 64, 100, 8, 0.2, false, fwd_route::decode, g);
+  decode_case<T>(ctx, 3, 33, 40, 32, 0.1, true, fwd_route::decode_overlap, g);
+  decode_case<T>(ctx, 17, 64, 70, 32, 0.1, false, fwd_route::decode, g);
+  decode_case<T>(ctx, 5, 100, 64, 33, 0.3, true, fwd_route::decode, g, 4, 3);
+  // Three dependent calls into one Y with programmatic dependent launch; ordinary launches agree bitwise.
+  const index_t n = 2, k = 96, d = 80, r = 16;
+  const auto X = random_mat<T>(n, k, 1.0, g);
+  const auto Y0 = random_mat<T>(n, d, 1.0, g);
+  const auto A = random_mat<T>(r, k, 0.1, g);
+  const auto hb = random_sparse<T>(d, r, 0.2, 1.0, g);
+  const auto B = lori::cuda::sparse_b<T>::from_host(hb.mask, hb.packed);
+  device_buffer<T> dX(X.s), dA(A.s), dY(Y0.s);
+  std::vector<T> res[2];
+  for (int mode = 0; mode < 2; ++mode) {
+    dY.upload(Y0.s);
+    for (int i = 0; i < 3; ++i)
+      lori::cuda::adapter_forward_decode<T>(ctx, cview(dX, n, k), cview(dA, r, k), B, 0.5f, mview(dY, n, d), nullptr, 0,
+                                            mode == 1 ? lori::cuda::decode_overlap::weights : lori::cuda::decode_overlap::none);
+    res[mode] = dY.download();
   }
+  CHECK(std::memcmp(res[0].data(), res[1].data(), res[0].size() * sizeof(T)) == 0);
+  expand_case<T>(ctx, 40, 50, 8, 0.3, true, true, g, {1, 2});
+  expand_case<T>(ctx, 70, 33, 32, 0.1, false, false, g, {1, 2});
 }
 
 // =====================================================================================================
