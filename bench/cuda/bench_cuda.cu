@@ -407,6 +407,10 @@ void BM_gpu_expand_config(benchmark::State& st) {
 }
 BENCHMARK(BM_gpu_expand_config)->Args({4096, 1})->Args({4096, 2})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.05);
 BENCHMARK(BM_gpu_candidate_dense_route)->Arg(64)->Arg(4096)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.05);
+// adapter_forward and PEFT's two GEMMs between the decode sizes above (n = 16, 32: one-token and
+// 4-token variants of the decode kernel).
+BENCHMARK(BM_gpu_adapter_forward)->Arg(16)->Arg(32)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
+BENCHMARK(BM_gpu_baseline_lora_two_gemm)->Arg(16)->Arg(32)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
 BENCHMARK(BM_gpu_decode_config)->Args({1, 1, 0})->Args({1, 4, 0})->Args({8, 1, 0})->Args({16, 1, 32})->Args({16, 1, 0})->Args({16, 4, 0})->Args({16, 4, 32})->Args({32, 4, 0})->Args({32, 4, 32})->Args({64, 4, 0})->Args({64, 4, 32})->Args({64, 1, 0})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.01);
 BENCHMARK(BM_gpu_adapter_forward_decode_loop)->Arg(1)->Arg(64)->UseManualTime()->Unit(benchmark::kMicrosecond)->Iterations(30);
 BENCHMARK(BM_gpu_adapter_forward_decode_loop_overlap)->Arg(1)->Arg(64)->UseManualTime()->Unit(benchmark::kMicrosecond)->Iterations(30);
