@@ -396,16 +396,6 @@ void BM_gpu_candidate_dense_route(benchmark::State& st) {
   }, adapter_floor(f.n));
   st.SetLabel("scatter B dense + two cuBLAS GEMMs");
 }
-// adapter_expand's kernel with 1 or 2 tokens per lane (tuning; args n, tokens per lane).
-void BM_gpu_expand_config(benchmark::State& st) {
-  fwd_data f(st.range(0));
-  const int tpl = static_cast<int>(st.range(1));
-  device_buffer<float> H = random_h(f.n * R);
-  run_timed(st, [&] { lori::cuda::detail_fwd::launch_expand<bf16>(ctx().stream(), H.data(), f.n, 0.5f, f.B, f.Y.data(), D, true, tpl); },
-            4.0 * static_cast<double>(f.n * D) + 4.0 * static_cast<double>(f.n * R));
-  st.SetLabel("tokens per lane " + std::to_string(tpl) + "; floor = Y read + write");
-}
-BENCHMARK(BM_gpu_expand_config)->Args({4096, 1})->Args({4096, 2})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.05);
 BENCHMARK(BM_gpu_candidate_dense_route)->Arg(64)->Arg(4096)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.05);
 // adapter_forward and PEFT's two GEMMs between the decode sizes above (n = 16, 32: one-token and
 // 4-token variants of the decode kernel).

@@ -23,7 +23,7 @@ left() { echo $(( $1 - ($(date +%s) - t0) )); }
   echo "== tests (one process per test case)"
   n=0
   for tc in '*decode and expand kernels: small*' '*adapter_forward_decode: n = 1..64*' '*back-to-back*' \
-            '*adapter_expand: 16-byte*' '*adapter_forward routes*' '*adapter forward (decode*'; do
+            '*adapter_expand: odd shapes*' '*adapter_forward routes*' '*adapter forward (decode*'; do
     n=$((n + 1))
     l=$(left 24); [ $l -gt 8 ] && l=8
     [ $l -lt 2 ] && { echo "test $tc: skipped (time)"; continue; }
@@ -44,7 +44,7 @@ left() { echo $(( $1 - ($(date +%s) - t0) )); }
   bench single 13 'BM_gpu_(probe_launch/(0|2)/|adapter_forward/1/|baseline_lora_two_gemm/1/)'
   bench loop1 9 'BM_gpu_(adapter_forward_decode_loop(_overlap)?/1/|baseline_lora_two_gemm_decode_loop/1/)'
   bench config 10 'BM_gpu_(decode_config|adapter_forward/(16|32)/|baseline_lora_two_gemm/(16|32)/)'
-  bench expand 6 'BM_gpu_(baseline_d2d_copy/64|adapter_expand/4096/|expand_config)'
+  bench expand 6 'BM_gpu_(baseline_d2d_copy/64|adapter_expand/4096/)'
   bench routes 12 'BM_gpu_(adapter_forward/(64|4096|16384)/|baseline_lora_two_gemm/(64|4096|16384)/|adapter_forward_two_launch/64/|candidate_dense_route)' 70
   bench loop64 8 'BM_gpu_(adapter_forward_decode_loop(_overlap)?/64/|baseline_lora_two_gemm_decode_loop/64/)' 74
   echo "elapsed: $(( $(date +%s) - t0 )) s"

@@ -57,9 +57,8 @@ template <class T>
 void adapter_project(context& ctx, row_major_view<const T> X, row_major_view<const T> A, float* H);
 
 /// Y = (accumulate ? Y : 0) + s·H·Bᵀ where H is n x r fp32 (leading dimension r) and B a d x r
-/// sparse_b. One kernel; cost: n·d reads (when accumulating) and writes of Y (16-byte accesses when
-/// Y's pointer and row stride are 16-byte aligned), n·r reads of H per 128 columns of Y (from L2),
-/// B's values and indices once per 32 tokens (from L2).
+/// sparse_b. One kernel; cost: n·d reads (when accumulating) and writes of Y, n·r reads of H per
+/// 128 columns of Y (from L2), B's values and indices once per 32 tokens.
 template <class T>
 void adapter_expand(context& ctx, const float* H, index_t n, float s, const sparse_b<T>& B, row_major_view<T> Y,
                     bool accumulate);
@@ -209,163 +208,54 @@ inline bool host_aligned16(const void* p, index_t ld_bytes) {
   return (reinterpret_cast<std::uintptr_t>(p) & 15u) == 0 && ld_bytes % 16 == 0;
 }
 
-// ---- adapter_expand: Y (+)= s·H·Bᵀ ----------------------------------------------------------------------
-// Block = 32 tokens x 128 columns, 8 warps. Lane l of every warp owns token t0 + l; warp w owns 16
-// consecutive columns (one 32-byte run of a 16-bit row of Y: two 16-byte accesses per lane). All lanes
-// of a warp walk the SAME kept entries of B (the warp's 16 rows of B, fetched once per warp, 32 at a
-// time, and handed out with shuffles), so there is no divergence, and each lane reads s·H(t, j) from
-// its own row of the shared H tile, whose odd row stride makes the 32 reads conflict-free.
-inline constexpr int expand_threads = 256;
-inline constexpr int expand_tokens = 32;  // tokens per block (one per lane)
-inline constexpr int expand_cols = 16;    // columns per warp
-inline constexpr int expand_unroll = 4;   // kept entries of a row taken at once
-inline constexpr int expand_block_cols = expand_cols * (expand_threads / 32);
+// ---- adapter_expand: Y (+)= s·H·Bᵀ (the session-2 kernel; the session-3 candidates are in
+// docs/cuda.md) ---------------------------------------------------------------------------------------
+inline constexpr int expand_threads = 128;  // columns of Y per block
+inline constexpr int expand_tokens = 32;    // tokens per block (H tile in shared memory)
+inline constexpr int expand_unroll = 16;    // tokens held in registers at once
 
-constexpr index_t expand_h_stride(index_t r) { return r + 1 + (r & 1); }  // odd: conflict-free column reads
-
-// TPL: tokens per lane (1 or 2: lane l owns tokens t0 + l and t0 + 32 + l, which share every shuffle
-// of B's entries). The 16 columns are walked in a rolled loop (the unrolled one measured 125 us at
-// n = 4096 on the H200, stalled on instruction fetch); each column's sums go to the lane's own row of
-// a shared tile (stride 17: conflict-free), read back once to form the 16-column run of Y.
-template <class T, int TPL>
+template <class T>
 __global__ void __launch_bounds__(expand_threads) expand_kernel(const float* __restrict__ H, index_t n, index_t r,
                                                                 sparse_b_view<T> B, float s, T* __restrict__ Y,
-                                                                index_t ldy, bool accumulate, bool vec) {
-  constexpr int words = expand_cols * static_cast<int>(sizeof(T)) / 4;  // raw 32-bit words of 16 elements
-  constexpr int tokens = expand_tokens * TPL;                            // tokens of the block
-  constexpr int as_stride = expand_cols + 1;
-  const index_t hstride = expand_h_stride(r);
-  float* Hs = reinterpret_cast<float*>(detail::dynamic_smem());  // tokens x hstride: s·H
-  const int lane = static_cast<int>(threadIdx.x & 31), warp = static_cast<int>(threadIdx.x >> 5);
-  float* As = Hs + tokens * hstride + warp * (tokens * as_stride);  // this warp's tokens x 16 sums
-  const index_t tb = static_cast<index_t>(blockIdx.y) * tokens;
-  const index_t d = B.rows;
-  const index_t c0 = static_cast<index_t>(blockIdx.x) * expand_block_cols + static_cast<index_t>(warp) * expand_cols;
-  const int nc = c0 >= d ? 0 : static_cast<int>(d - c0 < expand_cols ? d - c0 : expand_cols);
-  const bool full = vec && nc == expand_cols;  // 16-byte accesses of Y
-
-  // Y first (the longest latency), then this warp's rows of B, then the H tile.
-  std::uint32_t yw[TPL][words];
+                                                                index_t ldy, bool accumulate) {
+  float* Hs = reinterpret_cast<float*>(detail::dynamic_smem());  // expand_tokens x r, pre-scaled by s
+  const index_t t0 = static_cast<index_t>(blockIdx.y) * expand_tokens;
+  const index_t c = static_cast<index_t>(blockIdx.x) * expand_threads + threadIdx.x;
+  const bool active = c < B.rows;
+  // Issue the first group's Y loads before waiting for the H tile (overlaps the two latencies).
+  float y[expand_unroll];
 #pragma unroll
-  for (int u = 0; u < TPL; ++u) {
-#pragma unroll
-    for (int i = 0; i < words; ++i) yw[u][i] = 0u;
-    const index_t t = tb + lane + expand_tokens * u;
-    const T* yrow = Y + t * ldy + c0;
-    if (accumulate && t < n && nc > 0) {
-      if (full) {
-#pragma unroll
-        for (int i = 0; i < words / 4; ++i) {
-          const uint4 v = reinterpret_cast<const uint4*>(yrow)[i];
-          yw[u][4 * i] = v.x;
-          yw[u][4 * i + 1] = v.y;
-          yw[u][4 * i + 2] = v.z;
-          yw[u][4 * i + 3] = v.w;
-        }
-      } else {
-#pragma unroll
-        for (int e = 0; e < expand_cols; ++e) {
-          const std::uint32_t b = e < nc ? load_bits<T, false>(yrow + e) : 0u;
-          if constexpr (sizeof(T) == 4) yw[u][e] = b;
-          else yw[u][e >> 1] |= b << (16 * (e & 1));
-        }
-      }
-    }
+  for (int u = 0; u < expand_unroll; ++u) {
+    const index_t t = t0 + u;
+    y[u] = (accumulate && active && t < n) ? detail::ld_f(Y + t * ldy + c) : 0.0f;
   }
-  // rp: lane i <= 16 holds row_ptr of column c0 + i (columns past d have no entries).
-  std::int32_t rp = 0;
-  if (nc > 0 && lane <= expand_cols) rp = B.row_ptr[c0 + (lane < nc ? lane : nc)];
-  const std::int32_t pbeg = __shfl_sync(0xffffffffu, rp, 0);
-  const std::int32_t pend = __shfl_sync(0xffffffffu, rp, expand_cols);
-  // Entries [base, base + 32) of the warp's run, one per lane: column index (< 256, low 16 bits) and
-  // for 16-bit T the value's bits (high 16 bits) in one word, so one shuffle hands an entry out.
-  std::int32_t base = pbeg;
-  std::uint32_t ej = 0u;
-  float ev = 0.0f;  // fp32 values travel separately
-  auto fetch = [&] {
-    const std::int32_t e = base + lane;
-    if (e < pend) {
-      ej = static_cast<std::uint32_t>(B.col_idx[e]);
-      if constexpr (sizeof(T) == 4) ev = B.values[e];
-      else ej |= load_bits<T, true>(B.values + e) << 16;
-    } else {
-      ej = 0u;
-      ev = 0.0f;
-    }
-  };
-  fetch();
-  for (index_t e = threadIdx.x; e < tokens * r; e += expand_threads) {
-    const index_t tt = e / r, j = e - tt * r;
-    Hs[tt * hstride + j] = tb + tt < n ? s * H[(tb + tt) * r + j] : 0.0f;
+  for (index_t e = threadIdx.x; e < expand_tokens * r; e += expand_threads) {
+    const index_t t = e / r, j = e - t * r;
+    Hs[e] = (t0 + t < n) ? s * H[(t0 + t) * r + j] : 0.0f;
   }
   __syncthreads();
-  if (nc == 0) return;  // warp-uniform; lanes past n stay (they take part in the shuffles), write nothing
-
-#pragma unroll 1
-  for (int i = 0; i < nc; ++i) {
-    const std::int32_t p0 = __shfl_sync(0xffffffffu, rp, i), p1 = __shfl_sync(0xffffffffu, rp, i + 1);
-    float a[TPL];
+  if (!active) return;
+  const std::int32_t p0 = B.row_ptr[c], p1 = B.row_ptr[c + 1];
+  for (int tc = 0; tc < expand_tokens; tc += expand_unroll) {
+    if (t0 + tc >= n) break;
+    if (tc > 0) {
 #pragma unroll
-    for (int u = 0; u < TPL; ++u) a[u] = 0.0f;
-    // Four entries at a time (those past p1 skipped): their shuffles and shared-memory reads are
-    // independent, so only the FMA chains are sequential. Warp-uniform bounds.
-#pragma unroll 1
-    for (std::int32_t p = p0; p < p1; p += expand_unroll) {
-      if (p + expand_unroll > base + 32) {  // the window of fetched entries must hold p .. p + 3
-        base = p;
-        fetch();
+      for (int u = 0; u < expand_unroll; ++u) {
+        const index_t t = t0 + tc + u;
+        y[u] = (accumulate && t < n) ? detail::ld_f(Y + t * ldy + c) : 0.0f;
       }
-      std::uint32_t w[expand_unroll];
-      float v[expand_unroll];
+    }
+    for (std::int32_t p = p0; p < p1; ++p) {
+      const index_t j = B.col_idx[p];
+      const float v = ::lori::to_float(B.values[p]);
+      const float* hcol = Hs + static_cast<index_t>(tc) * r + j;
 #pragma unroll
-      for (int q = 0; q < expand_unroll; ++q) {
-        w[q] = __shfl_sync(0xffffffffu, ej, p - base + q);
-        if constexpr (sizeof(T) == 4) v[q] = __shfl_sync(0xffffffffu, ev, p - base + q);
-        else v[q] = bits_to_float<T>(w[q] >> 16);
-        if (p + q >= p1) w[q] = 0u;  // a valid address; the term is skipped below (no 0·inf)
-      }
-#pragma unroll
-      for (int q = 0; q < expand_unroll; ++q)
-#pragma unroll
-        for (int u = 0; u < TPL; ++u) {
-          const float h = Hs[static_cast<index_t>(lane + expand_tokens * u) * hstride + (w[q] & 0xffffu)];
-          if (p + q < p1) a[u] = fmaf(h, v[q], a[u]);
-        }
+      for (int u = 0; u < expand_unroll; ++u) y[u] = fmaf(hcol[u * r], v, y[u]);
     }
 #pragma unroll
-    for (int u = 0; u < TPL; ++u) As[(lane + expand_tokens * u) * as_stride + i] = a[u];  // own row only
-  }
-#pragma unroll
-  for (int u = 0; u < TPL; ++u) {
-    const index_t t = tb + lane + expand_tokens * u;
-    if (t >= n) continue;
-    T* yrow = Y + t * ldy + c0;
-    const float* arow = As + (lane + expand_tokens * u) * as_stride;
-    if (full) {
-      std::uint32_t out[words];
-#pragma unroll
-      for (int e = 0; e < expand_cols; ++e) {
-        const std::uint32_t old = sizeof(T) == 4 ? yw[u][e] : (yw[u][e >> 1] >> (16 * (e & 1))) & 0xffffu;
-        const float y = bits_to_float<T>(old) + arow[e];  // old is 0 when not accumulating
-        if constexpr (sizeof(T) == 4) {
-          out[e] = __float_as_uint(y);
-        } else {
-          const std::uint32_t b = ::lori::from_float<T>(y).bits;
-          if (e & 1) out[e >> 1] |= b << 16;
-          else out[e >> 1] = b;
-        }
-      }
-#pragma unroll
-      for (int i = 0; i < words / 4; ++i)
-        reinterpret_cast<uint4*>(yrow)[i] = make_uint4(out[4 * i], out[4 * i + 1], out[4 * i + 2], out[4 * i + 3]);
-    } else {
-#pragma unroll
-      for (int e = 0; e < expand_cols; ++e) {
-        if (e < nc) {
-          const std::uint32_t old = sizeof(T) == 4 ? yw[u][e] : (yw[u][e >> 1] >> (16 * (e & 1))) & 0xffffu;
-          detail::st_f(yrow + e, bits_to_float<T>(old) + arow[e]);
-        }
-      }
+    for (int u = 0; u < expand_unroll; ++u) {
+      const index_t t = t0 + tc + u;
+      if (t < n) detail::st_f(Y + t * ldy + c, y[u]);
     }
   }
 }
@@ -739,46 +629,14 @@ void launch_decode(context& ctx, row_major_view<const T> X, row_major_view<const
 }
 
 // Y rows [0, n) (Y points at the first) = (accumulate ? Y : 0) + s·H·Bᵀ on `stream`; checked by callers.
-// Shared memory of expand_kernel: the s·H tile and the 8 warps' tiles of column sums.
-constexpr index_t expand_smem_bytes(index_t r, int tpl) {
-  return (expand_tokens * tpl * expand_h_stride(r) + (expand_threads / 32) * expand_tokens * tpl * (expand_cols + 1)) *
-         static_cast<index_t>(sizeof(float));
-}
-inline constexpr index_t expand_max_smem = expand_smem_bytes(decode_max_rank, 2);  // 100.6 KB
-
-// expand_kernel<T, TPL> may use up to expand_max_smem of dynamic shared memory (set once per process:
-// above 48 KB a kernel must opt in).
-template <class T, int TPL>
-void expand_allow_smem() {
-  static const bool done = [] {
-    LORI_CUDA_CHECK(cudaFuncSetAttribute(reinterpret_cast<const void*>(expand_kernel<T, TPL>),
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(expand_max_smem)));
-    return true;
-  }();
-  (void)done;
-}
-
-// tokens_per_lane: 1 or 2 (0: by shape: 2 above 32 tokens for r <= 64); an override for the tuning
-// benchmarks.
 template <class T>
 void launch_expand(cudaStream_t stream, const float* H, index_t n, float s, const sparse_b<T>& B, T* Y, index_t ldy,
-                   bool accumulate, int tokens_per_lane = 0) {
+                   bool accumulate) {
   const index_t d = B.rows(), r = B.cols();
-  const int tpl = tokens_per_lane > 0 ? tokens_per_lane : (n > expand_tokens && r <= 64 ? 2 : 1);
-  const dim3 grid(detail::grid_dim(detail::ceil_div(d, expand_block_cols)),
-                  detail::grid_dim(detail::ceil_div(n, expand_tokens * tpl), false));
-  const index_t smem = expand_smem_bytes(r, tpl);
-  const bool vec = (reinterpret_cast<std::uintptr_t>(Y) & 15u) == 0 &&
-                   (ldy * static_cast<index_t>(sizeof(T))) % 16 == 0;  // 16-column runs start 32 bytes apart
-  if (tpl == 2) {
-    if (smem > 48 * 1024) expand_allow_smem<T, 2>();
-    expand_kernel<T, 2><<<grid, expand_threads, static_cast<std::size_t>(smem), stream>>>(H, n, r, B.view(), s, Y, ldy,
-                                                                                       accumulate, vec);
-  } else {
-    if (smem > 48 * 1024) expand_allow_smem<T, 1>();
-    expand_kernel<T, 1><<<grid, expand_threads, static_cast<std::size_t>(smem), stream>>>(H, n, r, B.view(), s, Y, ldy,
-                                                                                       accumulate, vec);
-  }
+  const dim3 grid(detail::grid_dim(detail::ceil_div(d, expand_threads)),
+                  detail::grid_dim(detail::ceil_div(n, expand_tokens), false));
+  const std::size_t smem = static_cast<std::size_t>(expand_tokens * r) * sizeof(float);
+  expand_kernel<T><<<grid, expand_threads, smem, stream>>>(H, n, r, B.view(), s, Y, ldy, accumulate);
   LORI_CUDA_CHECK_LAUNCH();
 }
 
