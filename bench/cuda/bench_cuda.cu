@@ -186,7 +186,7 @@ void BM_gpu_adapter_forward(benchmark::State& st) {
   fwd_data f(st.range(0));
   run_timed(st, [&] { lori::cuda::adapter_forward<bf16>(ctx(), f.xv(), f.av(), f.B, 0.5f, f.yv(), f.ws.data(), f.ws.bytes()); },
             adapter_floor(f.n));
-  st.SetLabel(lori::cuda::detail_fwd::decode_applies(ctx(), f.n, R) && f.n * R <= lori::cuda::detail_fwd::decode_local_h ? "decode: 1 cooperative kernel" : "cuBLAS X·Aᵀ + expand kernel");
+  st.SetLabel(lori::cuda::detail_fwd::decode_applies(ctx(), f.n, R) ? "decode: 1 kernel (clusters of 8)" : "cuBLAS X·Aᵀ + expand kernel");
 }
 // PEFT: H = X·Aᵀ (bf16), Y += s·H·Bᵀ with B dense (two cuBLAS GEMMs).
 void BM_gpu_baseline_lora_two_gemm(benchmark::State& st) {
@@ -235,10 +235,18 @@ void BM_gpu_adapter_project(benchmark::State& st) {
   st.SetLabel("cuBLAS X·Aᵀ (r = 32 columns), fp32 H; floor = one read of X");
 }
 // The second half of the adapter alone: Y += s·H·Bᵀ (H fp32 given): floor = Y read + write.
+// H for the expansion benchmarks: random fp32 values uploaded from the host (independent of
+// adapter_project, so these run whatever the projection kernel does).
+device_buffer<float> random_h(index_t count) {
+  std::mt19937_64 g(7);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::vector<float> h(static_cast<std::size_t>(count));
+  for (auto& v : h) v = nd(g);
+  return device_buffer<float>(h);
+}
 void BM_gpu_adapter_expand(benchmark::State& st) {
   fwd_data f(st.range(0));
-  device_buffer<float> H(f.n * R);
-  lori::cuda::adapter_project<bf16>(ctx(), f.xv(), f.av(), H.data());
+  device_buffer<float> H = random_h(f.n * R);
   run_timed(st, [&] { lori::cuda::adapter_expand<bf16>(ctx(), H.data(), f.n, 0.5f, f.B, f.yv(), true); },
             4.0 * static_cast<double>(f.n * D) + 4.0 * static_cast<double>(f.n * R));
   st.SetLabel("floor = Y read + write");
@@ -265,13 +273,31 @@ __global__ void probe_coop_kernel(int* sink) {
 __global__ void probe_plain_kernel(int* sink) {
   if (sink != nullptr && threadIdx.x == 0 && blockIdx.x == 0) *sink = 1;
 }
+__global__ void probe_cluster_kernel(int* sink) {  // launched in clusters of 8: one cluster barrier
+  cooperative_groups::this_cluster().sync();
+  if (sink != nullptr && threadIdx.x == 0 && blockIdx.x == 0) *sink = 1;
+}
 void BM_gpu_probe_launch(benchmark::State& st) {
   const bool coop = st.range(0) != 0;
   device_buffer<int> sink(1);
   int* p = sink.data();
   void* args[] = {&p};
+  const bool cluster = st.range(0) == 2;
   run_timed(st, [&] {
-    if (coop) {
+    if (cluster) {
+      cudaLaunchConfig_t cfg{};
+      cfg.gridDim = dim3(static_cast<unsigned>(ctx().sm_count() / 8 * 8));
+      cfg.blockDim = dim3(256);
+      cfg.stream = ctx().stream();
+      cudaLaunchAttribute attr{};
+      attr.id = cudaLaunchAttributeClusterDimension;
+      attr.val.clusterDim.x = 8;
+      attr.val.clusterDim.y = 1;
+      attr.val.clusterDim.z = 1;
+      cfg.attrs = &attr;
+      cfg.numAttrs = 1;
+      LORI_CUDA_CHECK(cudaLaunchKernelExC(&cfg, reinterpret_cast<const void*>(probe_cluster_kernel), args));
+    } else if (coop) {
       LORI_CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(probe_coop_kernel), dim3(static_cast<unsigned>(ctx().sm_count())),
                                                   dim3(256), args, 0, ctx().stream()));
     } else {
@@ -279,9 +305,9 @@ void BM_gpu_probe_launch(benchmark::State& st) {
       LORI_CUDA_CHECK_LAUNCH();
     }
   }, 4.0);
-  st.SetLabel(coop ? "empty cooperative kernel + 1 grid barrier" : "empty kernel");
+  st.SetLabel(cluster ? "empty kernel in clusters of 8 + 1 cluster barrier" : coop ? "empty cooperative kernel + 1 grid barrier" : "empty kernel");
 }
-BENCHMARK(BM_gpu_probe_launch)->Arg(1)->Arg(0)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
+BENCHMARK(BM_gpu_probe_launch)->Arg(1)->Arg(0)->Arg(2)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
 
 // A decode loop as a model sees it: back-to-back calls on one stream, each on a DIFFERENT adapter
 // (224 adapters of A r x k + sparse B d x r, ~78 MB > L2, as the 224 projections of Llama-3-8B), so
@@ -334,7 +360,50 @@ void BM_gpu_baseline_lora_two_gemm_decode_loop(benchmark::State& st) {
   });
   st.SetLabel("PEFT two GEMMs, 224 back-to-back calls, distinct adapters; reported time is per call");
 }
+// The same loop with programmatic dependent launch (decode_overlap::weights): call i + 1 may start
+// while call i runs and load its A and B meanwhile (each call's X and Y are read after call i ends).
+void BM_gpu_adapter_forward_decode_loop_overlap(benchmark::State& st) {
+  decode_loop_data f(st.range(0), false);
+  run_decode_loop(st, f, [&](int i) {
+    lori::cuda::adapter_forward_decode<bf16>(ctx(), {f.X.data(), f.n, K}, {f.As[static_cast<std::size_t>(i)].data(), R, K},
+                                             f.Bs[static_cast<std::size_t>(i)], 0.5f, {f.Y.data(), f.n, D}, nullptr, 0,
+                                             lori::cuda::decode_overlap::weights);
+  });
+  st.SetLabel("decode_overlap::weights (PDL), 224 back-to-back calls, distinct adapters; time per call");
+}
+// Decode launch configurations (tuning; single cold call like BM_gpu_adapter_forward/n): args n,
+// tokens per cluster (1: the one-token variant, 4: the 4-token variant; 0: by shape), clusters (0: by
+// shape, about one block per SM).
+void BM_gpu_decode_config(benchmark::State& st) {
+  fwd_data f(st.range(0));
+  const int tile = static_cast<int>(st.range(1));
+  const index_t clusters = st.range(2);
+  run_timed(st, [&] {
+    lori::cuda::detail_fwd::launch_decode<bf16>(ctx(), f.xv(), f.av(), f.B, 0.5f, f.yv(), lori::cuda::decode_overlap::none,
+                                                tile, clusters);
+  }, adapter_floor(f.n));
+  st.SetLabel("tokens per cluster " + std::to_string(tile) + ", clusters " + std::to_string(clusters) + " (0: by shape)");
+}
+// A candidate route for large n (measured to choose adapter_forward's route by shape): B scattered
+// into a dense d x r buffer, H = X·Aᵀ in bf16, Y += s·H·B_denseᵀ on cuBLAS (PEFT's two GEMMs plus the
+// scatter of B, which PEFT keeps dense).
+void BM_gpu_candidate_dense_route(benchmark::State& st) {
+  fwd_data f(st.range(0));
+  run_timed(st, [&] {
+    f.B.scatter_to_dense(f.Bd.data(), R, ctx().stream());
+    gemm_rm(false, true, f.n, R, K, 1.0f, f.X.data(), K, f.A.data(), K, 0.0f, f.H16.data(), R);
+    gemm_rm(false, true, f.n, D, R, 0.5f, f.H16.data(), R, f.Bd.data(), R, 1.0f, f.Y.data(), D);
+  }, adapter_floor(f.n));
+  st.SetLabel("scatter B dense + two cuBLAS GEMMs");
+}
+BENCHMARK(BM_gpu_candidate_dense_route)->Arg(64)->Arg(4096)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.05);
+// adapter_forward and PEFT's two GEMMs between the decode sizes above (n = 16, 32: one-token and
+// 4-token variants of the decode kernel).
+BENCHMARK(BM_gpu_adapter_forward)->Arg(16)->Arg(32)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
+BENCHMARK(BM_gpu_baseline_lora_two_gemm)->Arg(16)->Arg(32)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
+BENCHMARK(BM_gpu_decode_config)->Args({1, 1, 0})->Args({1, 4, 0})->Args({8, 1, 0})->Args({16, 1, 32})->Args({16, 1, 0})->Args({16, 4, 0})->Args({16, 4, 32})->Args({32, 4, 0})->Args({32, 4, 32})->Args({64, 4, 0})->Args({64, 4, 32})->Args({64, 1, 0})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.01);
 BENCHMARK(BM_gpu_adapter_forward_decode_loop)->Arg(1)->Arg(64)->UseManualTime()->Unit(benchmark::kMicrosecond)->Iterations(30);
+BENCHMARK(BM_gpu_adapter_forward_decode_loop_overlap)->Arg(1)->Arg(64)->UseManualTime()->Unit(benchmark::kMicrosecond)->Iterations(30);
 BENCHMARK(BM_gpu_baseline_lora_two_gemm_decode_loop)->Arg(1)->Arg(64)->UseManualTime()->Unit(benchmark::kMicrosecond)->Iterations(30);
 BENCHMARK(BM_gpu_adapter_project)->Arg(4096)->Arg(16384)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 BENCHMARK(BM_gpu_adapter_forward)->Arg(1)->Arg(64)->Arg(4096)->Arg(16384)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);

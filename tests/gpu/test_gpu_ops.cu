@@ -490,6 +490,386 @@ TEST_CASE("adapter forward rejects bad shapes and missing workspace") {
 }
 
 // =====================================================================================================
+// The decode kernel (adapter_forward_decode), the adapter_forward routes and adapter_expand, at odd
+// shapes, unaligned pointers, padded rows, both launch modes; dependent back-to-back calls; bitwise
+// determinism. Tolerances: the bound of the file header with u_I = 0 for the decode kernel and the
+// expansion (fp32 products and sums, one rounding to T at the store) and u_I = tc_slack for routes
+// through cuBLAS (n > 64); K = max(k, r) terms in the longest fp32 sum.
+namespace {
+
+// A Y buffer on the device: `off` poisoned elements, then n rows of ld elements whose first d hold Y0
+// and whose padding is poisoned. Everything but the n x d block must stay poisoned.
+template <class T>
+struct poisoned_y {
+  index_t n, d, ld, off;
+  host_mat<T> y0;
+  device_buffer<T> buf;
+  poisoned_y(index_t n_, index_t d_, index_t ld_, index_t off_, std::mt19937_64& g)
+      : n(n_), d(d_), ld(ld_), off(off_), y0(random_mat<T>(n_, d_, 1.0, g, ld_)), buf(off_ + n_ * ld_ + 1) {
+    reset();
+  }
+  std::vector<T> host() const {
+    std::vector<T> h(static_cast<std::size_t>(off + n * ld + 1));
+    std::memset(static_cast<void*>(h.data()), 0xff, h.size() * sizeof(T));
+    for (index_t t = 0; t < n; ++t)
+      for (index_t c = 0; c < d; ++c)
+        h[static_cast<std::size_t>(off + t * ld + c)] = y0.s[static_cast<std::size_t>(t * ld + c)];
+    return h;
+  }
+  void reset() { buf.upload(host()); }
+  lori::row_major_view<T> view() { return {buf.data() + off, n, d, ld}; }
+  std::vector<double> y0c() const {
+    std::vector<double> v(static_cast<std::size_t>(n * d));
+    for (index_t t = 0; t < n; ++t)
+      for (index_t c = 0; c < d; ++c) v[static_cast<std::size_t>(t * d + c)] = y0(t, c);
+    return v;
+  }
+  // Elements outside the n x d block that changed (must be 0).
+  index_t outside_changed(const std::vector<T>& got) const {
+    index_t bad = 0;
+    for (index_t i = 0; i < static_cast<index_t>(got.size()); ++i) {
+      const index_t rel = i - off, t = rel >= 0 ? rel / ld : -1, c = rel >= 0 ? rel - t * ld : -1;
+      const bool inside = rel >= 0 && t < n && c < d;
+      if (!inside) bad += !is_poison(got[static_cast<std::size_t>(i)]);
+    }
+    return bad;
+  }
+  std::vector<T> block(const std::vector<T>& got) const {
+    std::vector<T> out(static_cast<std::size_t>(n * d));
+    for (index_t t = 0; t < n; ++t)
+      for (index_t c = 0; c < d; ++c)
+        out[static_cast<std::size_t>(t * d + c)] = got[static_cast<std::size_t>(off + t * ld + c)];
+    return out;
+  }
+};
+
+// X (n x k, row stride ldx) at an element offset `off` (off = 1: not 16-byte aligned).
+template <class T>
+struct offset_x {
+  host_mat<T> x;
+  index_t off;
+  device_buffer<T> buf;
+  offset_x(index_t n, index_t k, index_t ldx, index_t off_, std::mt19937_64& g)
+      : x(random_mat<T>(n, k, 1.0, g, ldx)), off(off_), buf(upload(x, off_)) {}
+  static std::vector<T> upload(const host_mat<T>& x, index_t off) {
+    std::vector<T> h(static_cast<std::size_t>(off) + x.s.size() + 1, lori::from_float<T>(0.0f));
+    std::copy(x.s.begin(), x.s.end(), h.begin() + off);
+    return h;
+  }
+  lori::row_major_view<const T> view() const { return {buf.data() + off, x.rows, x.cols, x.ld}; }
+};
+
+enum class fwd_route { decode, decode_overlap, forward };
+
+// One call through `route` on fresh inputs; checks every element of Y, the untouched padding, exact
+// Y0 in the rows of B without kept entries, and bitwise-equal reruns (determinism, both launch modes).
+template <class T>
+void decode_case(lori::cuda::context& ctx, index_t n, index_t k, index_t d, index_t r, double density, bool odd_layout,
+                 fwd_route route, std::mt19937_64& g, int force_tile = 0, index_t force_clusters = 0) {
+  CAPTURE(n);
+  CAPTURE(k);
+  CAPTURE(d);
+  CAPTURE(r);
+  CAPTURE(density);
+  CAPTURE(odd_layout);
+  CAPTURE(static_cast<int>(route));
+  INFO("type " << type_name<T>());
+  const double s = 0.75;
+  const index_t xoff = odd_layout ? 1 : 0, yoff = odd_layout ? 3 : 0;
+  const index_t ldx = odd_layout ? k + 5 : k, ldy = odd_layout ? d + 3 : d;
+  const offset_x<T> X(n, k, ldx, xoff, g);
+  const auto A = random_mat<T>(r, k, 1.0 / std::sqrt(static_cast<double>(k)), g);
+  const auto hb = random_sparse<T>(d, r, density, 1.0, g);
+  const auto B = lori::cuda::sparse_b<T>::from_host(hb.mask, hb.packed);
+  poisoned_y<T> Y(n, d, ldy, yoff, g);
+  device_buffer<T> dA(A.s);
+  device_buffer<unsigned char> ws(static_cast<index_t>(lori::cuda::adapter_forward_workspace_bytes(ctx, n, r)) + 1);
+  std::vector<double> H, hl2, Yref, l2;
+  ref_project(X.x, A, H, hl2);
+  const auto y0 = Y.y0c();
+  ref_layer<T>(nullptr, nullptr, H, hl2, hb, s, &y0, n, Yref, l2);
+  const bool cublas_route = route == fwd_route::forward && n > lori::cuda::decode_max_tokens;
+  auto call = [&](fwd_route how) {
+    ws.fill_bytes(0xff);
+    if (how == fwd_route::forward)
+      lori::cuda::adapter_forward<T>(ctx, X.view(), cview(dA, r, k), B, static_cast<float>(s), Y.view(), ws.data(), ws.bytes());
+    else if (force_tile > 0 || force_clusters > 0)  // the tuning overrides of the launch
+      lori::cuda::detail_fwd::launch_decode<T>(ctx, X.view(), cview(dA, r, k), B, static_cast<float>(s), Y.view(),
+                                               how == fwd_route::decode_overlap ? lori::cuda::decode_overlap::weights
+                                                                                : lori::cuda::decode_overlap::none,
+                                               force_tile, force_clusters);
+    else
+      lori::cuda::adapter_forward_decode<T>(ctx, X.view(), cview(dA, r, k), B, static_cast<float>(s), Y.view(), nullptr, 0,
+                                            how == fwd_route::decode_overlap ? lori::cuda::decode_overlap::weights
+                                                                             : lori::cuda::decode_overlap::none);
+  };
+  call(route);
+  const auto got = Y.buf.download();
+  LORI_CHECK_CLOSE(check_close<T>(Y.block(got), Yref, l2, cublas_route ? tc_slack<T>() : 0.0,
+                                  static_cast<double>(k > r ? k : r)));
+  CHECK(Y.outside_changed(got) == 0);
+  index_t empty_changed = 0;  // rows of B without kept entries: Y0 exactly
+  for (index_t c = 0; c < d; ++c) {
+    bool empty = true;
+    for (index_t j = 0; j < r; ++j) empty = empty && !hb.mask.test(c, j);
+    if (!empty) continue;
+    for (index_t t = 0; t < n; ++t)
+      empty_changed += std::memcmp(&got[static_cast<std::size_t>(yoff + t * ldy + c)],
+                                   &Y.y0.s[static_cast<std::size_t>(t * ldy + c)], sizeof(T)) != 0;
+  }
+  CHECK(empty_changed == 0);
+  // Determinism: the same call again (and the decode kernel in the other launch mode) gives the same bits.
+  const fwd_route other = route == fwd_route::forward ? route
+                          : route == fwd_route::decode ? fwd_route::decode_overlap : fwd_route::decode;
+  for (const fwd_route again : {route, other}) {
+    Y.reset();
+    call(again);
+    const auto got2 = Y.buf.download();
+    CHECK(std::memcmp(got2.data(), got.data(), got.size() * sizeof(T)) == 0);
+  }
+}
+
+// Reference-side bound for a sum of steps: Σ_i (4 u_T |ref_i| + 8 √K 2^-24 L2_i) (+ fp16 subnormal slack).
+template <class T>
+index_t count_outside(const std::vector<T>& got, const std::vector<double>& ref, const std::vector<double>& bound) {
+  index_t bad = 0;
+  for (std::size_t i = 0; i < ref.size(); ++i) {
+    const double e = std::fabs(static_cast<double>(lori::to_float(got[i])) - ref[i]);
+    bad += !(e <= bound[i]);
+  }
+  return bad;
+}
+
+}  // namespace
+
+TEST_CASE_TEMPLATE("adapter_forward_decode: n = 1..64, odd k, d, r, empty rows, unaligned X and Y, both launch modes",
+                   T, float, lori::bfloat16, lori::half) {
+  LORI_TEST_SEED_INFO();
+  auto g = lori_test::rng(211);
+  lori::cuda::context ctx;
+  struct shape {
+    index_t n, k, d, r;
+    double density;
+  };
+  // k = 4096 and 14336 (one and four passes over a block's k-slice), k smaller than the cluster (k = 1,
+  // 7: empty slices), r = 1, 7, 32, 33, 64, 128, 256, d = 1 and not a multiple of anything, B empty
+  // (density 0: only the forced full last row) or dense.
+  const shape shapes[] = {{1, 4096, 512, 32, 0.1}, {1, 7, 1, 1, 1.0},       {1, 1, 5, 7, 0.5},
+                          {2, 33, 77, 7, 0.3},     {3, 1000, 129, 33, 0.1}, {4, 4096, 4096, 32, 0.1},
+                          {5, 129, 203, 64, 0.2},  {7, 130, 96, 128, 0.1},  {16, 100, 130, 256, 0.1},
+                          {33, 300, 50, 256, 0.05}, {63, 520, 300, 33, 0.1}, {64, 4096, 1024, 32, 0.1},
+                          {64, 14336, 64, 32, 0.1}, {17, 5000, 40, 1, 0.5}, {8, 64, 100, 16, 0.0},
+                          {9, 96, 33, 32, 1.0}};
+  int i = 0;
+  for (const auto& sh : shapes) {
+    const bool odd = (i & 1) != 0;
+    decode_case<T>(ctx, sh.n, sh.k, sh.d, sh.r, sh.density, odd, (i % 3 == 2) ? fwd_route::decode_overlap : fwd_route::decode, g);
+    decode_case<T>(ctx, sh.n, sh.k, sh.d, sh.r, sh.density, !odd, fwd_route::forward, g);
+    ++i;
+  }
+  CHECK_THROWS_AS(decode_case<T>(ctx, 65, 64, 64, 8, 0.1, false, fwd_route::decode, g), lori::error);  // n > 64
+  // The launch configurations the tuning benchmarks use: one-token clusters at n up to 64, 4-token
+  // clusters at n = 1, and cluster counts from 1 to more than fit at once (several waves).
+  const struct {
+    index_t n;
+    int tile;
+    index_t clusters;
+  } configs[] = {{1, 4, 16}, {1, 1, 1}, {1, 1, 40}, {3, 4, 2}, {17, 1, 8}, {64, 1, 16}, {64, 4, 40}, {33, 4, 1}};
+  for (const auto& cf : configs) {
+    CAPTURE(cf.tile);
+    CAPTURE(cf.clusters);
+    decode_case<T>(ctx, cf.n, 1000, 700, 32, 0.1, (cf.n & 1) != 0, fwd_route::decode, g, cf.tile, cf.clusters);
+  }
+}
+
+TEST_CASE_TEMPLATE("adapter_forward routes: n = 64, 65, odd n and 4096, aligned and unaligned", T, float, lori::bfloat16,
+                   lori::half) {
+  LORI_TEST_SEED_INFO();
+  auto g = lori_test::rng(212);
+  lori::cuda::context ctx;
+  decode_case<T>(ctx, 64, 256, 300, 32, 0.1, false, fwd_route::forward, g);   // decode kernel
+  decode_case<T>(ctx, 65, 256, 300, 32, 0.1, true, fwd_route::forward, g);    // cuBLAS + expand
+  decode_case<T>(ctx, 127, 96, 129, 33, 0.1, false, fwd_route::forward, g);
+  decode_case<T>(ctx, 200, 64, 256, 256, 0.3, true, fwd_route::forward, g);
+  decode_case<T>(ctx, 4096, 136, 264, 32, 0.1, false, fwd_route::forward, g);
+  decode_case<T>(ctx, 4096, 64, 128, 32, 0.1, true, fwd_route::forward, g);
+}
+
+TEST_CASE_TEMPLATE("adapter_forward_decode: back-to-back dependent calls (Y and X produced by the previous call)", T,
+                   float, lori::bfloat16, lori::half) {
+  LORI_TEST_SEED_INFO();
+  auto g = lori_test::rng(213);
+  lori::cuda::context ctx;
+  const double s = 0.5, ut = unit_roundoff<T>();
+  for (const index_t n : {index_t{1}, index_t{5}, index_t{64}}) {
+    CAPTURE(n);
+    INFO("type " << type_name<T>());
+    const index_t k = 384, d = 384, r = 32;  // d = k: Y of one call can be X of the next
+    constexpr int calls = 6;
+    std::vector<host_mat<T>> As;
+    std::vector<host_sparse<T>> hbs;
+    std::vector<device_buffer<T>> dAs;
+    std::vector<lori::cuda::sparse_b<T>> Bs;
+    for (int i = 0; i < calls; ++i) {
+      As.push_back(random_mat<T>(r, k, 1.0 / std::sqrt(static_cast<double>(k)), g));
+      hbs.push_back(random_sparse<T>(d, r, 0.1, 1.0, g));
+      dAs.emplace_back(As.back().s);
+      Bs.push_back(lori::cuda::sparse_b<T>::from_host(hbs.back().mask, hbs.back().packed));
+    }
+    // (a) The same Y accumulated by all calls, same X: each call reads the Y the previous one wrote.
+    {
+      const auto X = random_mat<T>(n, k, 1.0, g);
+      const auto Y0 = random_mat<T>(n, d, 1.0, g);
+      device_buffer<T> dX(X.s), dY(Y0.s);
+      std::vector<double> ref(static_cast<std::size_t>(n * d)), bound(ref.size(), 0.0);
+      for (index_t t = 0; t < n; ++t)
+        for (index_t c = 0; c < d; ++c) ref[static_cast<std::size_t>(t * d + c)] = Y0(t, c);
+      std::vector<T> results[2];
+      for (int mode = 0; mode < 2; ++mode) {
+        dY.upload(Y0.s);
+        for (int i = 0; i < calls; ++i)
+          lori::cuda::adapter_forward_decode<T>(ctx, cview(dX, n, k), cview(dAs[static_cast<std::size_t>(i)], r, k),
+                                                Bs[static_cast<std::size_t>(i)], static_cast<float>(s), mview(dY, n, d),
+                                                nullptr, 0,
+                                                mode == 1 ? lori::cuda::decode_overlap::weights : lori::cuda::decode_overlap::none);
+        results[mode] = dY.download();
+      }
+      for (int i = 0; i < calls; ++i) {
+        std::vector<double> H, hl2, step, l2;
+        ref_project(X, As[static_cast<std::size_t>(i)], H, hl2);
+        ref_layer<T>(nullptr, nullptr, H, hl2, hbs[static_cast<std::size_t>(i)], s, &ref, n, step, l2);
+        for (std::size_t e = 0; e < ref.size(); ++e)
+          bound[e] += 4.0 * ut * std::fabs(step[e]) + 8.0 * std::sqrt(static_cast<double>(k)) * std::ldexp(1.0, -24) * l2[e] +
+                      (std::is_same_v<T, lori::half> ? std::ldexp(1.0, -25) : 0.0);
+        ref = step;
+      }
+      INFO("accumulation chain");
+      CHECK(count_outside(results[0], ref, bound) == 0);
+      CHECK(std::memcmp(results[0].data(), results[1].data(), results[0].size() * sizeof(T)) == 0);
+    }
+    // (b) A feed chain: call i reads X = Z_i (written by call i - 1) and adds into Y = Z_{i+1}.
+    {
+      std::vector<host_mat<T>> Z0;
+      std::vector<device_buffer<T>> dZ;
+      for (int i = 0; i <= calls; ++i) {
+        Z0.push_back(random_mat<T>(n, d, 1.0, g));
+        dZ.emplace_back(Z0.back().s);
+      }
+      for (int i = 0; i < calls; ++i)
+        lori::cuda::adapter_forward_decode<T>(ctx, cview(dZ[static_cast<std::size_t>(i)], n, k),
+                                              cview(dAs[static_cast<std::size_t>(i)], r, k), Bs[static_cast<std::size_t>(i)],
+                                              static_cast<float>(s), mview(dZ[static_cast<std::size_t>(i) + 1], n, d),
+                                              nullptr, 0, lori::cuda::decode_overlap::weights);
+      for (int i = 0; i < calls; ++i) {
+        CAPTURE(i);
+        INFO("feed chain");
+        host_mat<T> Xi = Z0[static_cast<std::size_t>(i)];  // the values call i must have read
+        Xi.s = dZ[static_cast<std::size_t>(i)].download();
+        for (std::size_t e = 0; e < Xi.s.size(); ++e) Xi.d[e] = static_cast<double>(lori::to_float(Xi.s[e]));
+        std::vector<double> H, hl2, Yref, l2, y0(static_cast<std::size_t>(n * d));
+        for (std::size_t e = 0; e < y0.size(); ++e) y0[e] = Z0[static_cast<std::size_t>(i) + 1].d[e];
+        ref_project(Xi, As[static_cast<std::size_t>(i)], H, hl2);
+        ref_layer<T>(nullptr, nullptr, H, hl2, hbs[static_cast<std::size_t>(i)], s, &y0, n, Yref, l2);
+        LORI_CHECK_CLOSE(check_close<T>(dZ[static_cast<std::size_t>(i) + 1].download(), Yref, l2, 0.0, static_cast<double>(k)));
+      }
+    }
+  }
+}
+
+namespace {
+// adapter_expand on fresh inputs: every element of Y against the double reference, the bytes around
+// the n x d block untouched (Y poisoned first when it is overwritten).
+template <class T>
+void expand_case(lori::cuda::context& ctx, index_t n, index_t d, index_t r, double density, bool accumulate, bool odd,
+                 std::mt19937_64& g) {
+  CAPTURE(n);
+  CAPTURE(d);
+  CAPTURE(r);
+  CAPTURE(density);
+  CAPTURE(accumulate);
+  CAPTURE(odd);
+  INFO("type " << type_name<T>());
+  const double s = 0.5;
+  const index_t ldy = odd ? d + 1 : ((d + 7) / 8) * 8, yoff = odd ? 1 : 0;
+  std::normal_distribution<double> nd;
+  std::vector<float> hh(static_cast<std::size_t>(n * r));
+  for (auto& v : hh) v = static_cast<float>(nd(g));
+  const auto hb = random_sparse<T>(d, r, density, 1.0, g);
+  const auto B = lori::cuda::sparse_b<T>::from_host(hb.mask, hb.packed);
+  poisoned_y<T> Y(n, d, ldy, yoff, g);
+  device_buffer<float> dH(hh);
+  std::vector<double> ref(static_cast<std::size_t>(n * d)), l2(ref.size());
+  for (index_t t = 0; t < n; ++t)
+    for (index_t c = 0; c < d; ++c) {
+      double y = accumulate ? Y.y0(t, c) : 0.0, q = y * y;
+      for (index_t j = 0; j < r; ++j) {
+        const double term = s * static_cast<double>(hh[static_cast<std::size_t>(t * r + j)]) * hb(c, j);
+        y += term;
+        q += term * term;
+      }
+      ref[static_cast<std::size_t>(t * d + c)] = y;
+      l2[static_cast<std::size_t>(t * d + c)] = std::sqrt(q);
+    }
+  if (!accumulate) Y.buf.fill_bytes(0xff);  // overwrite: the n x d block must be written, so poison it too
+  lori::cuda::adapter_expand<T>(ctx, dH.data(), n, static_cast<float>(s), B, Y.view(), accumulate);
+  const auto got = Y.buf.download();
+  LORI_CHECK_CLOSE(check_close<T>(Y.block(got), ref, l2, 0.0, static_cast<double>(r)));
+  CHECK(Y.outside_changed(got) == 0);
+}
+}  // namespace
+
+TEST_CASE_TEMPLATE("adapter_expand: odd shapes, unaligned Y, accumulate and overwrite, match the double reference", T,
+                   float, lori::bfloat16, lori::half) {
+  LORI_TEST_SEED_INFO();
+  auto g = lori_test::rng(214);
+  lori::cuda::context ctx;
+  struct shape {
+    index_t n, d, r;
+    double density;
+  };
+  const shape shapes[] = {{1, 1, 1, 1.0},    {31, 16, 7, 0.5},   {32, 17, 32, 0.1},   {33, 128, 33, 1.0},
+                          {100, 129, 32, 0.1}, {70, 300, 256, 1.0}, {4096, 520, 32, 0.1}, {45, 48, 256, 0.02}};
+  int i = 0;
+  for (const auto& sh : shapes)
+    for (const bool accumulate : {true, false}) {
+      const bool odd = ((i++) & 1) != 0;
+      expand_case<T>(ctx, sh.n, sh.d, sh.r, sh.density, accumulate, odd, g);
+    }
+}
+
+// Small cases of the decode kernel (both variants, both launch modes, a dependent chain) and of the
+// expansion kernel (both variants), sized for compute-sanitizer (memcheck, racecheck, synccheck).
+TEST_CASE("decode and expand kernels: small cases for the sanitizers") {
+  using T = lori::bfloat16;
+  LORI_TEST_SEED_INFO();
+  auto g = lori_test::rng(215);
+  lori::cuda::context ctx;
+  decode_case<T>(ctx, 1, 64, 100, 8, 0.2, false, fwd_route::decode, g);
+  decode_case<T>(ctx, 3, 33, 40, 32, 0.1, true, fwd_route::decode_overlap, g);
+  decode_case<T>(ctx, 17, 64, 70, 32, 0.1, false, fwd_route::decode, g);
+  decode_case<T>(ctx, 5, 100, 64, 33, 0.3, true, fwd_route::decode, g, 4, 3);
+  // Three dependent calls into one Y with programmatic dependent launch; ordinary launches agree bitwise.
+  const index_t n = 2, k = 96, d = 80, r = 16;
+  const auto X = random_mat<T>(n, k, 1.0, g);
+  const auto Y0 = random_mat<T>(n, d, 1.0, g);
+  const auto A = random_mat<T>(r, k, 0.1, g);
+  const auto hb = random_sparse<T>(d, r, 0.2, 1.0, g);
+  const auto B = lori::cuda::sparse_b<T>::from_host(hb.mask, hb.packed);
+  device_buffer<T> dX(X.s), dA(A.s), dY(Y0.s);
+  std::vector<T> res[2];
+  for (int mode = 0; mode < 2; ++mode) {
+    dY.upload(Y0.s);
+    for (int i = 0; i < 3; ++i)
+      lori::cuda::adapter_forward_decode<T>(ctx, cview(dX, n, k), cview(dA, r, k), B, 0.5f, mview(dY, n, d), nullptr, 0,
+                                            mode == 1 ? lori::cuda::decode_overlap::weights : lori::cuda::decode_overlap::none);
+    res[mode] = dY.download();
+  }
+  CHECK(std::memcmp(res[0].data(), res[1].data(), res[0].size() * sizeof(T)) == 0);
+  expand_case<T>(ctx, 40, 50, 8, 0.3, true, true, g);
+  expand_case<T>(ctx, 70, 33, 32, 0.1, false, false, g);
+}
+
+// =====================================================================================================
 namespace {
 template <class T>
 void sddmm_case(lori::cuda::context& ctx, index_t n, index_t d, index_t r, index_t pad, std::mt19937_64& g) {
