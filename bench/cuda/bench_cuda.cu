@@ -232,7 +232,7 @@ void BM_gpu_adapter_project(benchmark::State& st) {
   device_buffer<float> H(f.n * R);
   run_timed(st, [&] { lori::cuda::adapter_project<bf16>(ctx(), f.xv(), f.av(), H.data()); },
             2.0 * static_cast<double>(f.n * K) + 2.0 * R * K + 4.0 * static_cast<double>(f.n * R));
-  st.SetLabel("cuBLAS X·Aᵀ (r = 32 columns), fp32 H; floor = one read of X");
+  st.SetLabel("skinny tensor-core kernel X·Aᵀ (r = 32 columns), fp32 H; floor = one read of X");
 }
 // The second half of the adapter alone: Y += s·H·Bᵀ (H fp32 given): floor = Y read + write.
 void BM_gpu_adapter_expand(benchmark::State& st) {
@@ -412,7 +412,7 @@ void BM_gpu_grad_b_sddmm(benchmark::State& st) {
   run_timed(st, [&] {
     lori::cuda::grad_b_sddmm<bf16>(ctx(), {f.G.data(), f.n, D}, f.H.data(), 0.5f, f.B, f.out.data(), f.ws.data(), f.ws.bytes());
   }, sddmm_floor(f.n, f.B.nnz()));
-  st.SetLabel("H to T, cuBLAS s·Gᵀ·H (fp32), gather; target (n=4096): <= 1.3x one read of G");
+  st.SetLabel("one skinny tensor-core kernel (H to T staged, cluster split reduction); target (n=4096): <= 1.3x one read of G");
 }
 void BM_gpu_baseline_gemm_mask(benchmark::State& st) {
   grad_data f(st.range(0));
@@ -480,6 +480,62 @@ void BM_gpu_baseline_cusparse_sddmm(benchmark::State& st) {
 BENCHMARK(BM_gpu_grad_b_sddmm)->Arg(64)->Arg(4096)->Arg(16384)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 BENCHMARK(BM_gpu_baseline_gemm_mask)->Arg(64)->Arg(4096)->Arg(16384)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 BENCHMARK(BM_gpu_baseline_cusparse_sddmm)->Arg(4096)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
+
+// ---- the skinny tensor-core kernels (lori/detail/skinny_gemm.cuh) with a forced split cap, and the
+// cuBLAS routes they replaced (same bytes, same run) ---------------------------------------------------
+void BM_gpu_skinny_project(benchmark::State& st) {
+  fwd_data f(st.range(0));
+  const int cap = static_cast<int>(st.range(1));
+  device_buffer<float> H(f.n * R);
+  run_timed(st, [&] {
+    lori::detail::skinny::launch_project<bf16, float>(ctx().stream(), ctx().sm_count(), f.X.data(), f.n, K, K, f.A.data(), K,
+                                                      R, 1.0f, H.data(), R, cap);
+  }, 2.0 * static_cast<double>(f.n * K) + 2.0 * R * K + 4.0 * static_cast<double>(f.n * R));
+  // How many clusters of the largest size fit at once (a cluster must fit one GPC).
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(256, 1, 1);
+  cfg.blockDim = dim3(lori::detail::skinny::threads, 1, 1);
+  cfg.dynamicSmemBytes = lori::detail::skinny::prj_smem;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = static_cast<unsigned>(cap);
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  int clusters = -1;
+  (void)cudaOccupancyMaxActiveClusters(&clusters, lori::detail::skinny::project_kernel<bf16, float>, &cfg);
+  st.SetLabel("k split over at most range(1) blocks of a cluster; max active clusters of that size: " + std::to_string(clusters));
+}
+void BM_gpu_baseline_cublas_project(benchmark::State& st) {
+  fwd_data f(st.range(0));
+  device_buffer<float> H(f.n * R);
+  run_timed(st, [&] {
+    lori::detail::gemm_row_major(ctx().cublas(), false, true, f.n, R, K, 1.0f, f.X.data(), K, f.A.data(), K, 0.0f, H.data(),
+                                 R, CUDA_R_16BF, CUDA_R_32F);
+  }, 2.0 * static_cast<double>(f.n * K) + 2.0 * R * K + 4.0 * static_cast<double>(f.n * R));
+  st.SetLabel("cuBLAS X·Aᵀ, fp32 H (adapter_project before the skinny kernel)");
+}
+void BM_gpu_skinny_sddmm(benchmark::State& st) {
+  grad_data f(st.range(0));
+  const int cap = static_cast<int>(st.range(1));
+  run_timed(st, [&] {
+    lori::detail::skinny::launch_sddmm<bf16>(ctx().stream(), ctx().sm_count(), f.G.data(), f.n, D, D, f.H.data(), 0.5f, f.B,
+                                             f.out.data(), cap);
+  }, sddmm_floor(f.n, f.B.nnz()));
+  st.SetLabel("token split over at most range(1) blocks of a cluster");
+}
+void BM_gpu_baseline_sddmm_cublas_route(benchmark::State& st) {
+  grad_data f(st.range(0));
+  run_timed(st, [&] {
+    lori::cuda::detail_bwd::sddmm_gemm<bf16>(ctx(), {f.G.data(), f.n, D}, f.H.data(), 0.5f, f.B, f.out.data(), f.ws.data());
+  }, sddmm_floor(f.n, f.B.nnz()));
+  st.SetLabel("H to T, cuBLAS s·Gᵀ·H (fp32), gather (grad_b_sddmm before the skinny kernel)");
+}
+BENCHMARK(BM_gpu_skinny_project)->Args({4096, 1})->Args({4096, 2})->Args({4096, 4})->Args({4096, 8})->Args({16384, 8})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
+BENCHMARK(BM_gpu_baseline_cublas_project)->Arg(4096)->Arg(16384)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
+BENCHMARK(BM_gpu_skinny_sddmm)->Args({4096, 1})->Args({4096, 2})->Args({4096, 4})->Args({4096, 8})->Args({16384, 8})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
+BENCHMARK(BM_gpu_baseline_sddmm_cublas_route)->Arg(4096)->Arg(16384)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 
 // ---- ∂L/∂X -----------------------------------------------------------------------------------------------
 void BM_gpu_grad_x(benchmark::State& st) {

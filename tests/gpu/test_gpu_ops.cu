@@ -28,6 +28,7 @@
 
 #include "test_util.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -624,6 +625,190 @@ TEST_CASE("grad_b_sddmm is deterministic and rejects bad arguments") {
     CHECK_THROWS_AS(lori::cuda::grad_b_sddmm<T>(ctx, cview(dG, n, d), dH.data(), 1.0f, B, o1.data(), nullptr, 0),
                     lori::error);
   }
+}
+
+// ---- skinny tensor-core kernels (lori/detail/skinny_gemm.cuh), called directly ------------------------
+// The public paths above reach them only at aligned shapes; here every knob is forced: the k / token
+// split count (cap 1, 3, 8: 1 block, a non-power-of-two cluster, the full cluster), tails of the
+// 64-wide stages and 128-row tiles, r = 1, 8, 12, 31, 32, both H staging paths (16-byte when r % 4 == 0
+// and H is 16-byte aligned, else 4-byte), padded leading dimensions, an fp32 and a T output with a
+// leading dimension (the widened layer's X_ext columns). Bounds as in the file header: fp32
+// accumulation on tensor cores (u_I = tc_slack) for project; the SDDMM rounds H to T (u_I = u_T).
+// Every configuration runs twice and must be bit-identical (fixed cluster-rank summation order).
+namespace {
+template <class T, class O>
+void skinny_project_case(lori::cuda::context& ctx, index_t n, index_t k, index_t r, index_t padx, int cap,
+                         std::mt19937_64& g) {
+  CAPTURE(n);
+  CAPTURE(k);
+  CAPTURE(r);
+  CAPTURE(padx);
+  CAPTURE(cap);
+  INFO("type " << type_name<T>() << (std::is_same_v<O, float> ? ", fp32 out" : ", T out"));
+  const double scale = std::is_same_v<O, float> ? 1.0 : 0.375;
+  const index_t ldx = k + padx;
+  const auto X = random_mat<T>(n, k, 1.0, g, ldx);
+  const auto A = random_mat<T>(r, k, 1.0 / std::sqrt(static_cast<double>(k)), g, k + 8);
+  std::vector<double> H, hl2;
+  ref_project(X, A, H, hl2);
+  for (std::size_t i = 0; i < H.size(); ++i) {
+    H[i] *= scale;
+    hl2[i] = scale * std::sqrt(hl2[i]);
+  }
+  // Output: n rows with leading dimension ldo = r + 5 (odd), columns r .. ldo-1 must stay poisoned.
+  const index_t ldo = r + 5;
+  device_buffer<T> dX(X.s), dA(A.s);
+  REQUIRE(lori::detail::skinny::project_applies(dX.data(), k, ldx, dA.data(), A.ld, r));
+  std::vector<O> first;
+  for (int run = 0; run < 2; ++run) {
+    device_buffer<O> out(n * ldo);
+    out.fill_bytes(0xff);
+    lori::detail::skinny::launch_project<T, O>(ctx.stream(), ctx.sm_count(), dX.data(), n, k, ldx, dA.data(), A.ld, r,
+                                              static_cast<float>(scale), out.data(), ldo, cap);
+    LORI_CUDA_CHECK(cudaDeviceSynchronize());
+    const auto got = out.download();
+    if (run == 0) {
+      LORI_CHECK_CLOSE(check_close<O>(compact(got, n, r, ldo), H, hl2, tc_slack<T>(), static_cast<double>(k)));
+      index_t pad_changed = 0;
+      for (index_t t = 0; t < n; ++t)
+        for (index_t c = r; c < ldo; ++c) pad_changed += !is_poison(got[static_cast<std::size_t>(t * ldo + c)]);
+      CHECK(pad_changed == 0);
+      first = got;
+    } else {
+      CHECK(std::memcmp(first.data(), got.data(), got.size() * sizeof(O)) == 0);
+    }
+  }
+}
+
+template <class T>
+void skinny_sddmm_case(lori::cuda::context& ctx, index_t n, index_t d, index_t r, index_t pad, bool h_misaligned,
+                       int cap, std::mt19937_64& g) {
+  CAPTURE(n);
+  CAPTURE(d);
+  CAPTURE(r);
+  CAPTURE(pad);
+  CAPTURE(h_misaligned);
+  CAPTURE(cap);
+  INFO("type " << type_name<T>());
+  const double s = 0.75;
+  const index_t ldg = d + pad;
+  const auto G = random_mat<T>(n, d, 1.0, g, ldg);
+  const index_t h0 = h_misaligned ? 1 : 0;
+  std::vector<float> H(static_cast<std::size_t>(n * r + h0), std::nanf(""));
+  std::normal_distribution<double> nd;
+  for (std::size_t i = static_cast<std::size_t>(h0); i < H.size(); ++i) H[i] = static_cast<float>(nd(g));
+  const auto hb = random_sparse<T>(d, r, 0.1, 1.0, g);
+  const auto B = lori::cuda::sparse_b<T>::from_host(hb.mask, hb.packed);
+  const auto csr = hb.mask.template to_csr<std::int32_t>();
+  // Reference from the fp32 H; the kernel's rounding of H to T is the intermediate rounding u_I = u_T.
+  std::vector<double> ref(static_cast<std::size_t>(B.nnz())), l2(ref.size());
+  for (index_t i = 0; i < d; ++i)
+    for (std::int32_t p = csr.row_ptr[static_cast<std::size_t>(i)]; p < csr.row_ptr[static_cast<std::size_t>(i + 1)]; ++p) {
+      const index_t j = csr.col_idx[static_cast<std::size_t>(p)];
+      double acc = 0, q = 0;
+      for (index_t t = 0; t < n; ++t) {
+        const double v = s * G(t, i) * static_cast<double>(H[static_cast<std::size_t>(h0 + t * r + j)]);
+        acc += v;
+        q += v * v;
+      }
+      ref[static_cast<std::size_t>(p)] = acc;
+      l2[static_cast<std::size_t>(p)] = std::sqrt(q);
+    }
+  device_buffer<T> dG(G.s);
+  device_buffer<float> dH(H);
+  REQUIRE(lori::detail::skinny::sddmm_applies(dG.data(), d, ldg, r));
+  std::vector<T> first;
+  for (int run = 0; run < 2; ++run) {
+    device_buffer<T> out(B.nnz() + 1);  // one extra element: must stay poisoned
+    out.fill_bytes(0xff);
+    lori::detail::skinny::launch_sddmm<T>(ctx.stream(), ctx.sm_count(), dG.data(), n, d, ldg, dH.data() + h0,
+                                          static_cast<float>(s), B, out.data(), cap);
+    LORI_CUDA_CHECK(cudaDeviceSynchronize());
+    auto got = out.download();
+    CHECK(is_poison(got.back()));
+    got.pop_back();
+    if (run == 0) {
+      LORI_CHECK_CLOSE(check_close<T>(got, ref, l2, unit_roundoff<T>(), static_cast<double>(n)));
+      first = got;
+    } else {
+      CHECK(std::memcmp(first.data(), got.data(), got.size() * sizeof(T)) == 0);
+    }
+  }
+}
+}  // namespace
+
+TEST_CASE_TEMPLATE("skinny project kernel at the benchmark shape matches the double reference", T, lori::bfloat16,
+                   lori::half) {
+  LORI_TEST_SEED_INFO();
+  auto g = lori_test::rng(310);
+  lori::cuda::context ctx;
+  skinny_project_case<T, float>(ctx, 4096, 4096, 32, 0, 8, g);  // adapter_project at n = d = k = 4096
+  skinny_project_case<T, T>(ctx, 2048, 2048, 32, 32, 8, g);     // widened-layer style: T out, s·H
+}
+
+TEST_CASE_TEMPLATE("skinny project kernel: scale·X·Aᵀ matches the double reference (splits, tails, r, ld)", T,
+                   lori::bfloat16, lori::half) {
+  LORI_TEST_SEED_INFO();
+  auto g = lori_test::rng(311);
+  lori::cuda::context ctx;
+  for (int cap : {1, 3, 8}) {
+    skinny_project_case<T, float>(ctx, 1000, 1000, 31, 8, cap, g);  // k = 15·64 + 40, n = 7·128 + 104
+    skinny_project_case<T, T>(ctx, 129, 520, 8, 0, cap, g);
+  }
+  skinny_project_case<T, float>(ctx, 1, 64, 1, 0, 8, g);
+  skinny_project_case<T, float>(ctx, 127, 8, 12, 16, 8, g);  // k shorter than one stage
+  skinny_project_case<T, T>(ctx, 300, 2056, 32, 8, 8, g);
+  // The public entry takes cuBLAS where the 16-byte path does not apply (misaligned X, odd ldx).
+  device_buffer<T> buf(64 * 72 + 1);
+  CHECK_FALSE(lori::detail::skinny::project_applies(buf.data() + 1, index_t{64}, index_t{72}, buf.data(), index_t{64},
+                                                    index_t{8}));
+  CHECK_FALSE(lori::detail::skinny::project_applies(buf.data(), index_t{64}, index_t{65}, buf.data(), index_t{64},
+                                                    index_t{8}));
+  CHECK_FALSE(lori::detail::skinny::project_applies(buf.data(), index_t{64}, index_t{64}, buf.data(), index_t{64},
+                                                    index_t{33}));
+  {
+    const index_t n = 50, k = 64, r = 8;
+    const auto X = random_mat<T>(n, k, 1.0, g, 72);
+    const auto A = random_mat<T>(r, k, 0.125, g);
+    std::vector<T> xs(X.s.size() + 1);
+    std::copy(X.s.begin(), X.s.end(), xs.begin() + 1);
+    device_buffer<T> dX(xs), dA(A.s);
+    device_buffer<float> dH(n * r);
+    dH.fill_bytes(0xff);
+    lori::cuda::adapter_project<T>(ctx, lori::row_major_view<const T>(dX.data() + 1, n, k, 72), cview(dA, r, k), dH.data());
+    std::vector<double> H, hl2;
+    ref_project(X, A, H, hl2);
+    for (auto& q : hl2) q = std::sqrt(q);
+    INFO("adapter_project, misaligned X (cuBLAS route)");
+    LORI_CHECK_CLOSE(check_close<float>(dH.download(), H, hl2, tc_slack<T>(), static_cast<double>(k)));
+  }
+}
+
+TEST_CASE_TEMPLATE("skinny SDDMM kernel at the benchmark shape matches the double reference", T, lori::bfloat16,
+                   lori::half) {
+  LORI_TEST_SEED_INFO();
+  auto g = lori_test::rng(313);
+  lori::cuda::context ctx;
+  skinny_sddmm_case<T>(ctx, 4096, 4096, 32, 0, false, 8, g);  // grad_b_sddmm at n = d = 4096
+}
+
+TEST_CASE_TEMPLATE("skinny SDDMM kernel: masked s·Gᵀ·T(H) into compact values matches the double reference", T,
+                   lori::bfloat16, lori::half) {
+  LORI_TEST_SEED_INFO();
+  auto g = lori_test::rng(312);
+  lori::cuda::context ctx;
+  for (int cap : {1, 3, 8}) {
+    skinny_sddmm_case<T>(ctx, 1000, 520, 32, 8, false, cap, g);  // token tail (1000 = 15·64 + 40), column tail
+    skinny_sddmm_case<T>(ctx, 333, 136, 31, 0, false, cap, g);   // 4-byte H path
+  }
+  skinny_sddmm_case<T>(ctx, 64, 96, 1, 8, false, 8, g);
+  skinny_sddmm_case<T>(ctx, 1, 256, 8, 0, false, 8, g);
+  skinny_sddmm_case<T>(ctx, 700, 384, 12, 0, true, 8, g);   // H misaligned: 4-byte path with r % 4 == 0
+  skinny_sddmm_case<T>(ctx, 2048, 1024, 12, 0, false, 8, g);  // 16-byte H path, r < 32
+  device_buffer<T> buf(64 * 72 + 1);
+  CHECK_FALSE(lori::detail::skinny::sddmm_applies(buf.data() + 1, index_t{64}, index_t{72}, index_t{8}));
+  CHECK_FALSE(lori::detail::skinny::sddmm_applies(buf.data(), index_t{60}, index_t{60}, index_t{8}));
+  CHECK_FALSE(lori::detail::skinny::sddmm_applies(buf.data(), index_t{64}, index_t{64}, index_t{33}));
 }
 
 TEST_CASE_TEMPLATE("grad_x = G·W + s·(G·B)·A matches the double reference", T, float, lori::bfloat16, lori::half) {

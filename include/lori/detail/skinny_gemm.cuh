@@ -1,0 +1,500 @@
+// lori/detail/skinny_gemm.cuh - private tensor-core kernels for the two "stream one big 16-bit
+// matrix once against a small rank-r operand" products of the adapter paths (bf16/fp16, r <= 32):
+//
+//   project   out(t, j) = scale · Σ_kk X(t, kk) A(j, kk)        X n x k (streamed), A r x k
+//             (adapter_project: fp32 H; layer_forward_widened: s·H rounded to T into X_ext)
+//   sddmm     out[p]    = T(s · Σ_t G(t, i) T(H(t, j)))          for the p-th kept (i, j) of B
+//             (grad_b_sddmm: G n x d streamed, H n x r fp32 rounded to T while staged)
+//
+// Both are bound by one read of the big matrix. Design (see docs/cuda.md):
+// * a block owns a 128-row tile of the output (128 tokens of X / 128 columns of G) and all r <= 32
+//   columns, and streams its share of the reduction dimension (k / tokens) through a ring of
+//   `stages` shared-memory buffers filled by 16-byte cp.async (zero fill outside the matrix), so
+//   each SM keeps ~2 x 64 KB of loads in flight;
+// * 8 warps, each 16 output rows x 32 columns, ldmatrix (.trans for G and H) + mma.sync m16n8k16
+//   with fp32 accumulation; shared rows are XOR-swizzled in 16-byte units (conflict-free ldmatrix);
+// * the reduction dimension is split over S <= 8 blocks forming a thread-block cluster; the fp32
+//   partial tiles are summed through distributed shared memory in cluster-rank order (a fixed
+//   order: deterministic, no workspace, one launch).
+// The 16-byte path needs the big matrix's pointer and leading dimension (and k for X, d for G) to
+// be multiples of 8 elements; callers check *_applies() and otherwise keep the cuBLAS route.
+#ifndef LORI_DETAIL_SKINNY_GEMM_CUH
+#define LORI_DETAIL_SKINNY_GEMM_CUH
+
+#include "lori/config.hpp"
+#include "lori/detail/internal_header_check.hpp"
+
+#include "lori/core/float16.hpp"
+#include "lori/cuda/sparse_b.cuh"
+#include "lori/detail/cuda_common.cuh"
+#include "lori/error.hpp"
+
+#include <cooperative_groups.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <type_traits>
+
+namespace lori::detail::skinny {
+
+inline constexpr int threads = 256;    // 8 warps
+inline constexpr int tile_rows = 128;  // output rows per block (16 per warp)
+inline constexpr int max_rank = 32;    // output columns per block (4 n-tiles of 8)
+inline constexpr int max_splits = 8;   // portable cluster size
+inline constexpr int acc_ld = max_rank + 8;  // fp32 partial tile row stride (epilogue)
+
+// project: per stage 128 rows of X + 32 rows of A, 64 k each (128-byte rows).
+inline constexpr int prj_kc = 64;
+inline constexpr int prj_stages = 5;
+inline constexpr int prj_stage_bytes = (tile_rows + max_rank) * prj_kc * 2;  // 20 KB
+inline constexpr int prj_smem = prj_stages * prj_stage_bytes;                 // 100 KB: 2 blocks per SM
+
+// sddmm: per stage 64 tokens x 128 columns of G (256-byte rows) + 64 tokens x 32 of H (fp32, 128-byte
+// rows); H of the current stage rounded to T into one 64 x 32 buffer (64-byte rows).
+inline constexpr int sd_tc = 64;
+inline constexpr int sd_stages = 4;
+inline constexpr int sd_g_bytes = sd_tc * tile_rows * 2;                  // 16 KB
+inline constexpr int sd_h_bytes = sd_tc * max_rank * 4;                   // 8 KB
+inline constexpr int sd_stage_bytes = sd_g_bytes + sd_h_bytes;            // 24 KB
+inline constexpr int sd_smem = sd_stages * sd_stage_bytes + sd_tc * max_rank * 2;  // 100 KB
+
+static_assert(tile_rows * acc_ld * 4 <= prj_stages * prj_stage_bytes, "epilogue tile must fit the ring");
+static_assert(tile_rows * acc_ld * 4 <= sd_stages * sd_stage_bytes, "epilogue tile must fit the ring");
+
+// ---- PTX wrappers (plain sm_80+/sm_90) --------------------------------------------------------------
+__device__ __forceinline__ unsigned smem_u32(const void* p) {
+  return static_cast<unsigned>(__cvta_generic_to_shared(p));
+}
+// 16 (or 4) bytes global -> shared; pred false zero-fills and reads nothing (src must still be valid).
+__device__ __forceinline__ void cp_async16(unsigned dst, const void* src, bool pred) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(pred ? 16 : 0) : "memory");
+}
+__device__ __forceinline__ void cp_async4(unsigned dst, const void* src, bool pred) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src), "r"(pred ? 4 : 0) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+__device__ __forceinline__ void ldsm_x4(unsigned addr, unsigned (&v)[4]) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(v[0]), "=r"(v[1]), "=r"(v[2]), "=r"(v[3])
+               : "r"(addr)
+               : "memory");
+}
+__device__ __forceinline__ void ldsm_x4_trans(unsigned addr, unsigned (&v)[4]) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(v[0]), "=r"(v[1]), "=r"(v[2]), "=r"(v[3])
+               : "r"(addr)
+               : "memory");
+}
+// c += a · b, m16n8k16, 16-bit inputs, fp32 accumulation.
+template <class T>
+__device__ __forceinline__ void mma16816(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+  if constexpr (std::is_same_v<T, ::lori::bfloat16>) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+}
+
+// Warp w's accumulators (rows w*16 .. +16, columns nt*8 .. +8) into the fp32 tile Acc (row stride
+// acc_ld): c0, c1 at (lane/4, 2·(lane%4) + {0,1}), c2, c3 eight rows below.
+__device__ __forceinline__ void store_acc(float* Acc, const float (&acc)[4][4], int warp, int lane) {
+  const int r0 = warp * 16 + (lane >> 2);
+#pragma unroll
+  for (int nt = 0; nt < 4; ++nt) {
+    const int c = nt * 8 + 2 * (lane & 3);
+    *reinterpret_cast<float2*>(Acc + r0 * acc_ld + c) = make_float2(acc[nt][0], acc[nt][1]);
+    *reinterpret_cast<float2*>(Acc + (r0 + 8) * acc_ld + c) = make_float2(acc[nt][2], acc[nt][3]);
+  }
+}
+
+template <class O>
+__device__ __forceinline__ void store_out(O* p, float x) {
+  if constexpr (std::is_same_v<O, float>) *p = x;
+  else *p = ::lori::from_float<O>(x);
+}
+
+// ---- project ----------------------------------------------------------------------------------------
+template <class T, class O>
+struct project_args {
+  const T* X;
+  index_t n, k, ldx;
+  const T* A;
+  index_t lda;
+  int r;
+  int splits;   // blocks (cluster size) per 128-token tile
+  index_t kps;  // k per split, a multiple of prj_kc
+  float scale;
+  O* out;
+  index_t ldo;
+};
+
+// Grid: tiles · splits blocks, cluster (splits, 1, 1); block b: tile b / splits, k split b % splits
+// (= its rank in the cluster). Requires X, A 16-byte aligned and k, ldx, lda multiples of 8.
+template <class T, class O>
+__global__ void __launch_bounds__(threads, 2) project_kernel(project_args<T, O> a) {
+  namespace cg = cooperative_groups;
+  unsigned char* smem = dynamic_smem();
+  const unsigned sbase = smem_u32(smem);
+  const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;
+  const int S = a.splits;
+  const int split = static_cast<int>(blockIdx.x % static_cast<unsigned>(S));
+  const index_t t0 = static_cast<index_t>(blockIdx.x / static_cast<unsigned>(S)) * tile_rows;
+  const index_t kb = static_cast<index_t>(split) * a.kps;
+  const index_t ke = kb + a.kps < a.k ? kb + a.kps : a.k;
+  const int steps = ke > kb ? static_cast<int>((ke - kb + prj_kc - 1) / prj_kc) : 0;
+
+  // Stage layout: rows 0..127 = X rows t0.., rows 128..159 = A rows; 16-byte chunk c of row q at
+  // q·128 + ((c ^ (q & 7)) · 16). Thread tid copies chunk c = tid & 7 of rows tid/8 + 32·i, i < 5.
+  const int c8 = tid & 7, q0 = tid >> 3;
+  const unsigned dst0 = static_cast<unsigned>(q0 * 128 + ((c8 ^ (q0 & 7)) << 4));
+  const T* src[5];
+  bool row_ok[5];
+#pragma unroll
+  for (int i = 0; i < 5; ++i) {
+    const int q = q0 + 32 * i;
+    if (i < 4) {
+      const index_t t = t0 + q;
+      row_ok[i] = t < a.n;
+      src[i] = a.X + (row_ok[i] ? t : 0) * a.ldx;
+    } else {
+      row_ok[i] = q - tile_rows < a.r;
+      src[i] = a.A + (row_ok[i] ? q - tile_rows : 0) * a.lda;
+    }
+  }
+  auto issue = [&](int s) {
+    if (s < steps) {
+      const unsigned st = sbase + static_cast<unsigned>((s % prj_stages) * prj_stage_bytes) + dst0;
+      const index_t kk = kb + static_cast<index_t>(s) * prj_kc + c8 * 8;
+      const bool col_ok = kk < ke;  // ke is a multiple of 8: a chunk is all in or all out
+#pragma unroll
+      for (int i = 0; i < 5; ++i) {
+        const bool ok = row_ok[i] && col_ok;
+        cp_async16(st + static_cast<unsigned>(i * 32 * 128), ok ? src[i] + kk : src[i], ok);
+      }
+    }
+    cp_async_commit();
+  };
+
+  float acc[4][4];
+#pragma unroll
+  for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[nt][e] = 0.0f;
+
+#pragma unroll
+  for (int s = 0; s < prj_stages - 1; ++s) issue(s);
+  // Fragment addresses: A operand (X rows warp*16 + (lane & 15), chunk 2·kk + lane/16); B operand
+  // (A rows np*16 + (lane/16)*8 + (lane & 7), chunk 2·kk + (lane/8 & 1)), both non-transposed.
+  const int xa_row = warp * 16 + (lane & 15), xa_hi = lane >> 4;
+  const int ab_row = ((lane >> 4) << 3) + (lane & 7), ab_hi = (lane >> 3) & 1;
+  for (int s = 0; s < steps; ++s) {
+    cp_async_wait<prj_stages - 2>();
+    __syncthreads();  // stage s visible to all; everyone is done with stage s - 1's buffer
+    issue(s + prj_stages - 1);
+    const unsigned xs = sbase + static_cast<unsigned>((s % prj_stages) * prj_stage_bytes);
+    const unsigned as = xs + tile_rows * 128;
+#pragma unroll
+    for (int kk = 0; kk < prj_kc / 16; ++kk) {
+      unsigned af[4];
+      ldsm_x4(xs + static_cast<unsigned>(xa_row * 128 + (((2 * kk + xa_hi) ^ (xa_row & 7)) << 4)), af);
+#pragma unroll
+      for (int np = 0; np < 2; ++np) {
+        const int row = np * 16 + ab_row;
+        unsigned bf[4];
+        ldsm_x4(as + static_cast<unsigned>(row * 128 + (((2 * kk + ab_hi) ^ (row & 7)) << 4)), bf);
+        mma16816<T>(acc[2 * np], af, bf[0], bf[1]);
+        mma16816<T>(acc[2 * np + 1], af, bf[2], bf[3]);
+      }
+    }
+  }
+  cp_async_wait<0>();
+  __syncthreads();  // the ring is free: reuse it for the fp32 partial tile
+  float* Acc = reinterpret_cast<float*>(smem);
+  store_acc(Acc, acc, warp, lane);
+
+  cg::cluster_group cluster = cg::this_cluster();
+  cluster.sync();  // every block's partial tile written and visible cluster-wide
+  const float* parts[max_splits];
+#pragma unroll
+  for (int u = 0; u < max_splits; ++u) parts[u] = u < S ? cluster.map_shared_rank(Acc, u) : Acc;
+  const int r = a.r;
+  for (int e = split * threads + tid; e < tile_rows * r; e += S * threads) {
+    const int row = e / r, j = e - row * r;
+    const index_t t = t0 + row;
+    if (t < a.n) {
+      float v[max_splits];
+#pragma unroll
+      for (int u = 0; u < max_splits; ++u) v[u] = u < S ? parts[u][row * acc_ld + j] : 0.0f;
+      float x = 0.0f;
+#pragma unroll
+      for (int u = 0; u < max_splits; ++u)
+        if (u < S) x += v[u];  // cluster-rank order: deterministic
+      store_out(a.out + t * a.ldo + j, a.scale * x);
+    }
+  }
+  cluster.sync();  // keep this block's shared memory alive until the cluster has read it
+}
+
+template <class T>
+bool aligned16(const T* p) {
+  return reinterpret_cast<std::uintptr_t>(p) % 16 == 0;
+}
+
+/// Whether project_kernel takes out = scale·X·Aᵀ (X m x k, ldx; A r x k, lda).
+template <class T>
+bool project_applies(const T* X, index_t k, index_t ldx, const T* A, index_t lda, index_t r) {
+  return is_16bit_v<T> && r >= 1 && r <= max_rank && k >= 1 && k % 8 == 0 && ldx % 8 == 0 && lda % 8 == 0 &&
+         aligned16(X) && aligned16(A);
+}
+
+/// Splits of the reduction dimension per tile: as many as keep tiles·splits within one wave of two
+/// blocks per SM (a partial second wave would double the time), at most `cap` and one stage each.
+inline int choose_splits(index_t tiles, index_t reduce_len, index_t chunk, int sm_count, int cap) {
+  index_t s = 2 * static_cast<index_t>(sm_count) / tiles;
+  const index_t most = ceil_div(reduce_len, chunk);
+  if (s > most) s = most;
+  if (s > cap) s = cap;
+  return s < 1 ? 1 : static_cast<int>(s);
+}
+
+/// out (m rows, ldo; O = float or T) = scale · X·Aᵀ on `stream` (requires project_applies). `cap`
+/// bounds the k splits (tests and benchmarks vary it; results differ only in summation order).
+template <class T, class O>
+void launch_project(cudaStream_t stream, int sm_count, const T* X, index_t m, index_t k, index_t ldx, const T* A,
+                    index_t lda, index_t r, float scale, O* out, index_t ldo, int cap = max_splits) {
+  if (m == 0) return;
+  LORI_EXPECTS(cap >= 1 && cap <= max_splits, "skinny::launch_project: split cap must be in [1, 8]");
+  const index_t tiles = ceil_div(m, tile_rows);
+  int S = choose_splits(tiles, k, prj_kc, sm_count, cap);
+  const index_t kps = ceil_div(ceil_div(k, S), prj_kc) * prj_kc;
+  S = static_cast<int>(ceil_div(k, kps));  // no empty split
+  project_args<T, O> a{X, m, k, ldx, A, lda, static_cast<int>(r), S, kps, scale, out, ldo};
+  auto kernel = project_kernel<T, O>;
+  LORI_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, prj_smem));
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(grid_dim(tiles * S), 1, 1);
+  cfg.blockDim = dim3(threads, 1, 1);
+  cfg.dynamicSmemBytes = prj_smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = static_cast<unsigned>(S);
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  LORI_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, a));
+  LORI_CUDA_CHECK_LAUNCH();
+}
+
+// ---- sddmm ------------------------------------------------------------------------------------------
+template <class T>
+struct sddmm_args {
+  const T* G;
+  index_t n, d, ldg;
+  const float* H;  // n x r, leading dimension r
+  int r;
+  bool h_vec;      // H 16-byte aligned and r % 4 == 0: 16-byte copies of H
+  int splits;      // blocks (cluster size) per 128-column tile
+  index_t tps;     // tokens per split, a multiple of sd_tc
+  float s;
+  ::lori::cuda::sparse_b_view<T> B;
+  T* out;
+};
+
+// Grid: tiles · splits blocks, cluster (splits, 1, 1); block b: columns (b / splits)·128 of G, token
+// split b % splits. Requires G 16-byte aligned and d, ldg multiples of 8.
+template <class T>
+__global__ void __launch_bounds__(threads, 2) sddmm_kernel(sddmm_args<T> a) {
+  namespace cg = cooperative_groups;
+  unsigned char* smem = dynamic_smem();
+  const unsigned sbase = smem_u32(smem);
+  unsigned char* hb = smem + sd_stages * sd_stage_bytes;  // H of the current stage in T, 64 x 32
+  const unsigned hbase = smem_u32(hb);
+  const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;
+  const int S = a.splits;
+  const int split = static_cast<int>(blockIdx.x % static_cast<unsigned>(S));
+  const index_t i0 = static_cast<index_t>(blockIdx.x / static_cast<unsigned>(S)) * tile_rows;
+  const index_t tb = static_cast<index_t>(split) * a.tps;
+  const index_t te = tb + a.tps < a.n ? tb + a.tps : a.n;
+  const int steps = te > tb ? static_cast<int>((te - tb + sd_tc - 1) / sd_tc) : 0;
+  const int r = a.r;
+
+  // G stage: token row q (0..63) of 256 bytes, chunk c (8 columns) at q·256 + ((c ^ (q & 7))·16).
+  // Thread tid copies chunk c = tid & 15 of rows tid/16 + 16·i, i < 4.
+  const int gc = tid & 15, gq = tid >> 4;
+  const unsigned gdst = static_cast<unsigned>(gq * 256 + ((gc ^ (gq & 7)) << 4));
+  const bool gcol_ok = i0 + gc * 8 < a.d;  // d is a multiple of 8
+  const T* gsrc = a.G + (gcol_ok ? i0 + gc * 8 : 0);
+  // H stage (fp32, unswizzled): token row q of 128 bytes. 16-byte path: chunk tid & 7 of rows tid/8 + 32·i.
+  auto issue = [&](int s) {
+    if (s < steps) {
+      const unsigned st = sbase + static_cast<unsigned>((s % sd_stages) * sd_stage_bytes);
+      const index_t tk = tb + static_cast<index_t>(s) * sd_tc;
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const index_t t = tk + gq + 16 * i;
+        const bool ok = gcol_ok && t < te;
+        cp_async16(st + gdst + static_cast<unsigned>(i * 16 * 256), ok ? gsrc + t * a.ldg : a.G, ok);
+      }
+      const unsigned hs = st + sd_g_bytes;
+      if (a.h_vec) {
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+          const int q = (tid >> 3) + 32 * i, c = tid & 7;
+          const index_t t = tk + q;
+          const bool ok = t < te && c * 4 < r;
+          cp_async16(hs + static_cast<unsigned>(q * 128 + c * 16), ok ? a.H + t * r + c * 4 : a.H, ok);
+        }
+      } else {
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+          const int e = tid + threads * i, q = e >> 5, j = e & 31;
+          const index_t t = tk + q;
+          const bool ok = t < te && j < r;
+          cp_async4(hs + static_cast<unsigned>(q * 128 + j * 4), ok ? a.H + t * r + j : a.H, ok);
+        }
+      }
+    }
+    cp_async_commit();
+  };
+
+  float acc[4][4];
+#pragma unroll
+  for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[nt][e] = 0.0f;
+
+#pragma unroll
+  for (int s = 0; s < sd_stages - 1; ++s) issue(s);
+  // Conversion: thread tid rounds H(row tid/4, columns 8·(tid & 3) .. +8) to T into hb row tid/4,
+  // chunk (tid & 3) ^ ((row >> 1) & 3) (64-byte rows; the swizzle makes the ldmatrix below conflict-free).
+  const int cv_row = tid >> 2, cv_g = tid & 3;
+  const unsigned cv_dst = static_cast<unsigned>(cv_row * 64 + ((cv_g ^ ((cv_row >> 1) & 3)) << 4));
+  // A operand = Gᵀ (m = column i, k = token), ldmatrix.trans of 8x8 blocks (rows = tokens): matrix
+  // q = lane/8 covers columns warp*16 + (q & 1)*8, tokens (q >> 1)*8 + (lane & 7).
+  const int ga_tok = ((lane >> 4) << 3) + (lane & 7), ga_ch = warp * 2 + ((lane >> 3) & 1);
+  // B operand = H (k = token, n = j), ldmatrix.trans: matrix q covers tokens (q & 1)*8 + (lane & 7),
+  // columns np*16 + (q >> 1)*8.
+  const int hb_tok = (((lane >> 3) & 1) << 3) + (lane & 7), hb_ch = lane >> 4;
+  for (int s = 0; s < steps; ++s) {
+    cp_async_wait<sd_stages - 2>();
+    __syncthreads();  // stage s visible; everyone is done with stage s - 1 (ring slot and hb)
+    issue(s + sd_stages - 1);
+    const unsigned gs = sbase + static_cast<unsigned>((s % sd_stages) * sd_stage_bytes);
+    {
+      const float4* hp = reinterpret_cast<const float4*>(smem + (s % sd_stages) * sd_stage_bytes + sd_g_bytes +
+                                                         cv_row * 128 + cv_g * 32);
+      const float4 h0 = hp[0], h1 = hp[1];
+      const float hv[8] = {h0.x, h0.y, h0.z, h0.w, h1.x, h1.y, h1.z, h1.w};
+      std::uint32_t w[4];
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        w[e] = static_cast<std::uint32_t>(::lori::from_float<T>(hv[2 * e]).bits) |
+               (static_cast<std::uint32_t>(::lori::from_float<T>(hv[2 * e + 1]).bits) << 16);
+      *reinterpret_cast<uint4*>(hb + cv_dst) = make_uint4(w[0], w[1], w[2], w[3]);
+    }
+    __syncthreads();  // hb complete
+#pragma unroll
+    for (int kk = 0; kk < sd_tc / 16; ++kk) {
+      unsigned af[4];
+      {
+        const int row = kk * 16 + ga_tok;
+        ldsm_x4_trans(gs + static_cast<unsigned>(row * 256 + ((ga_ch ^ (row & 7)) << 4)), af);
+      }
+#pragma unroll
+      for (int np = 0; np < 2; ++np) {
+        const int row = kk * 16 + hb_tok, ch = np * 2 + hb_ch;
+        unsigned bf[4];
+        ldsm_x4_trans(hbase + static_cast<unsigned>(row * 64 + ((ch ^ ((row >> 1) & 3)) << 4)), bf);
+        mma16816<T>(acc[2 * np], af, bf[0], bf[1]);
+        mma16816<T>(acc[2 * np + 1], af, bf[2], bf[3]);
+      }
+    }
+  }
+  cp_async_wait<0>();
+  __syncthreads();
+  float* Acc = reinterpret_cast<float*>(smem);
+  store_acc(Acc, acc, warp, lane);
+
+  cg::cluster_group cluster = cg::this_cluster();
+  cluster.sync();
+  const float* parts[max_splits];
+#pragma unroll
+  for (int u = 0; u < max_splits; ++u) parts[u] = u < S ? cluster.map_shared_rank(Acc, u) : Acc;
+  // Rank `split` writes rows [split·rpb, +rpb) of the tile: one thread per (row, kept slot < r).
+  const int rpb = (tile_rows + S - 1) / S;
+  for (int e = tid; e < rpb * max_rank; e += threads) {
+    const int il = split * rpb + (e >> 5), slot = e & 31;
+    const index_t i = i0 + il;
+    if (il < tile_rows && i < a.d) {
+      const std::int32_t p = a.B.row_ptr[i] + slot;
+      if (p < a.B.row_ptr[i + 1]) {
+        const int col = a.B.col_idx[p];
+        float v[max_splits];
+#pragma unroll
+        for (int u = 0; u < max_splits; ++u) v[u] = u < S ? parts[u][il * acc_ld + col] : 0.0f;
+        float x = 0.0f;
+#pragma unroll
+        for (int u = 0; u < max_splits; ++u)
+          if (u < S) x += v[u];  // cluster-rank order: deterministic
+        a.out[p] = ::lori::from_float<T>(a.s * x);
+      }
+    }
+  }
+  cluster.sync();
+}
+
+/// Whether sddmm_kernel takes G n x d (ldg) with rank r.
+template <class T>
+bool sddmm_applies(const T* G, index_t d, index_t ldg, index_t r) {
+  return is_16bit_v<T> && r >= 1 && r <= max_rank && d % 8 == 0 && ldg % 8 == 0 && aligned16(G);
+}
+
+/// out[p] = T(s · Σ_t G(t, i)·T(H(t, j))) for B's kept (i, j) on `stream` (requires sddmm_applies, n >= 1).
+template <class T>
+void launch_sddmm(cudaStream_t stream, int sm_count, const T* G, index_t n, index_t d, index_t ldg, const float* H,
+                  float s, const ::lori::cuda::sparse_b<T>& B, T* out, int cap = max_splits) {
+  if (n == 0 || d == 0) return;
+  LORI_EXPECTS(cap >= 1 && cap <= max_splits, "skinny::launch_sddmm: split cap must be in [1, 8]");
+  const index_t r = B.cols();
+  const index_t tiles = ceil_div(d, tile_rows);
+  int S = choose_splits(tiles, n, sd_tc, sm_count, cap);
+  const index_t tps = ceil_div(ceil_div(n, S), sd_tc) * sd_tc;
+  S = static_cast<int>(ceil_div(n, tps));
+  const bool h_vec = r % 4 == 0 && aligned16(H);
+  sddmm_args<T> a{G, n, d, ldg, H, static_cast<int>(r), h_vec, S, tps, s, B.view(), out};
+  auto kernel = sddmm_kernel<T>;
+  LORI_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, sd_smem));
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(grid_dim(tiles * S), 1, 1);
+  cfg.blockDim = dim3(threads, 1, 1);
+  cfg.dynamicSmemBytes = sd_smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = static_cast<unsigned>(S);
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  LORI_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, a));
+  LORI_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace lori::detail::skinny
+
+#endif  // LORI_DETAIL_SKINNY_GEMM_CUH
