@@ -488,23 +488,12 @@ void BM_gpu_skinny_project(benchmark::State& st) {
   const int cap = static_cast<int>(st.range(1));
   device_buffer<float> H(f.n * R);
   run_timed(st, [&] {
-    lori::detail::skinny::launch_project<bf16, float>(ctx().stream(), ctx().sm_count(), f.X.data(), f.n, K, K, f.A.data(), K,
+    lori::detail::skinny::launch_project<bf16, float>(ctx().stream(), f.X.data(), f.n, K, K, f.A.data(), K,
                                                       R, 1.0f, H.data(), R, cap);
   }, 2.0 * static_cast<double>(f.n * K) + 2.0 * R * K + 4.0 * static_cast<double>(f.n * R));
-  // How many clusters of the largest size fit at once (a cluster must fit one GPC).
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = dim3(256, 1, 1);
-  cfg.blockDim = dim3(lori::detail::skinny::threads, 1, 1);
-  cfg.dynamicSmemBytes = lori::detail::skinny::prj_smem;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = static_cast<unsigned>(cap);
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = 1;
-  int clusters = -1;
-  (void)cudaOccupancyMaxActiveClusters(&clusters, lori::detail::skinny::project_kernel<bf16, float>, &cfg);
+  // How many clusters of that size fit at once (a cluster must fit one GPC).
+  const int clusters = lori::detail::skinny::active_clusters(lori::detail::skinny::project_kernel<bf16, float>,
+                                                             lori::detail::skinny::prj_smem, cap);
   st.SetLabel("k split over at most range(1) blocks of a cluster; max active clusters of that size: " + std::to_string(clusters));
 }
 void BM_gpu_baseline_cublas_project(benchmark::State& st) {
@@ -520,10 +509,12 @@ void BM_gpu_skinny_sddmm(benchmark::State& st) {
   grad_data f(st.range(0));
   const int cap = static_cast<int>(st.range(1));
   run_timed(st, [&] {
-    lori::detail::skinny::launch_sddmm<bf16>(ctx().stream(), ctx().sm_count(), f.G.data(), f.n, D, D, f.H.data(), 0.5f, f.B,
+    lori::detail::skinny::launch_sddmm<bf16>(ctx().stream(), f.G.data(), f.n, D, D, f.H.data(), 0.5f, f.B,
                                              f.out.data(), cap);
   }, sddmm_floor(f.n, f.B.nnz()));
-  st.SetLabel("token split over at most range(1) blocks of a cluster");
+  const int clusters = lori::detail::skinny::active_clusters(lori::detail::skinny::sddmm_kernel<bf16>,
+                                                             lori::detail::skinny::sd_smem, cap);
+  st.SetLabel("token split over at most range(1) blocks of a cluster; max active clusters of that size: " + std::to_string(clusters));
 }
 void BM_gpu_baseline_sddmm_cublas_route(benchmark::State& st) {
   grad_data f(st.range(0));

@@ -663,7 +663,7 @@ void skinny_project_case(lori::cuda::context& ctx, index_t n, index_t k, index_t
   for (int run = 0; run < 2; ++run) {
     device_buffer<O> out(n * ldo);
     out.fill_bytes(0xff);
-    lori::detail::skinny::launch_project<T, O>(ctx.stream(), ctx.sm_count(), dX.data(), n, k, ldx, dA.data(), A.ld, r,
+    lori::detail::skinny::launch_project<T, O>(ctx.stream(), dX.data(), n, k, ldx, dA.data(), A.ld, r,
                                               static_cast<float>(scale), out.data(), ldo, cap);
     LORI_CUDA_CHECK(cudaDeviceSynchronize());
     const auto got = out.download();
@@ -721,7 +721,7 @@ void skinny_sddmm_case(lori::cuda::context& ctx, index_t n, index_t d, index_t r
   for (int run = 0; run < 2; ++run) {
     device_buffer<T> out(B.nnz() + 1);  // one extra element: must stay poisoned
     out.fill_bytes(0xff);
-    lori::detail::skinny::launch_sddmm<T>(ctx.stream(), ctx.sm_count(), dG.data(), n, d, ldg, dH.data() + h0,
+    lori::detail::skinny::launch_sddmm<T>(ctx.stream(), dG.data(), n, d, ldg, dH.data() + h0,
                                           static_cast<float>(s), B, out.data(), cap);
     LORI_CUDA_CHECK(cudaDeviceSynchronize());
     auto got = out.download();

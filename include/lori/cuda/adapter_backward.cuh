@@ -220,7 +220,7 @@ void grad_b_sddmm(context& ctx, row_major_view<const T> G, const float* H, float
   if constexpr (detail::is_16bit_v<T>) {
     (void)partial;
     if (detail::skinny::sddmm_applies(G.data(), d, G.ld(), r))
-      detail::skinny::launch_sddmm<T>(ctx.stream(), ctx.sm_count(), G.data(), n, d, G.ld(), H, s, B, grad_values);
+      detail::skinny::launch_sddmm<T>(ctx.stream(), G.data(), n, d, G.ld(), H, s, B, grad_values);
     else
       detail_bwd::sddmm_gemm<T>(ctx, G, H, s, B, grad_values, workspace);
   } else {

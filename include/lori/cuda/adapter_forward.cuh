@@ -387,11 +387,11 @@ void check_adapter_shapes(const char* fn, row_major_view<const T> X, row_major_v
 // the tensor-core skinny kernel (one read of X, split-k reduced in a cluster) where it applies
 // (16-bit T, r <= 32, 16-byte aligned rows), else cuBLAS on handle h (bound to `stream`).
 template <class T, class O>
-void project_rows(cudaStream_t stream, cublasHandle_t h, int sm_count, const T* X, index_t m, index_t k, index_t ldx,
+void project_rows(cudaStream_t stream, cublasHandle_t h, const T* X, index_t m, index_t k, index_t ldx,
                   const T* A, index_t lda, index_t r, float scale, O* out, index_t ldo) {
   if constexpr (detail::is_16bit_v<T>) {
     if (detail::skinny::project_applies(X, k, ldx, A, lda, r)) {
-      detail::skinny::launch_project<T, O>(stream, sm_count, X, m, k, ldx, A, lda, r, scale, out, ldo);
+      detail::skinny::launch_project<T, O>(stream, X, m, k, ldx, A, lda, r, scale, out, ldo);
       return;
     }
   }
@@ -415,7 +415,7 @@ void adapter_project(context& ctx, row_major_view<const T> X, row_major_view<con
   LORI_EXPECTS(X.cols() == A.cols(), "adapter_project: X and A must have the same number of columns k");
   LORI_EXPECTS(A.rows() >= 1 && A.cols() >= 1, "adapter_project: A must be non-empty");
   LORI_EXPECTS(H != nullptr || X.rows() == 0, "adapter_project: null H");
-  detail_fwd::project_rows(ctx.stream(), ctx.cublas(), ctx.sm_count(), X.data(), X.rows(), X.cols(), X.ld(), A.data(),
+  detail_fwd::project_rows(ctx.stream(), ctx.cublas(), X.data(), X.rows(), X.cols(), X.ld(), A.data(),
                            A.ld(), A.rows(), 1.0f, H, A.rows());
 }
 
@@ -514,7 +514,7 @@ void layer_forward(context& ctx, row_major_view<const T> X, row_major_view<const
   const index_t k = X.cols();
   // Rows [r0, r0 + m): H rows = X rows·Aᵀ; Y rows = s·H·Bᵀ (write-only); Y rows = X rows·Wᵀ + Y rows.
   auto adapter_part = [&](cudaStream_t st, cublasHandle_t h, index_t r0, index_t m) {
-    detail_fwd::project_rows(st, h, ctx.sm_count(), X.data() + r0 * X.ld(), m, k, X.ld(), A.data(), A.ld(), r, 1.0f,
+    detail_fwd::project_rows(st, h, X.data() + r0 * X.ld(), m, k, X.ld(), A.data(), A.ld(), r, 1.0f,
                              H + r0 * r, r);
     detail_fwd::launch_expand(st, H + r0 * r, m, s, B, Y.data() + r0 * Y.ld(), Y.ld(), false);
   };
@@ -561,7 +561,7 @@ void layer_forward_widened(context& ctx, row_major_view<T> X_ext, row_major_view
   // Rows [r0, r0 + m): s·H into the last r columns of X_ext (row stride X_ext.ld()), then the base
   // GEMM with K = k + r.
   auto h_gemm = [&](cudaStream_t st, cublasHandle_t h, index_t r0, index_t m) {
-    detail_fwd::project_rows(st, h, ctx.sm_count(), X_ext.data() + r0 * X_ext.ld(), m, k, X_ext.ld(), A.data(), A.ld(),
+    detail_fwd::project_rows(st, h, X_ext.data() + r0 * X_ext.ld(), m, k, X_ext.ld(), A.data(), A.ld(),
                              r, s, X_ext.data() + r0 * X_ext.ld() + k, X_ext.ld());
   };
   auto base_gemm = [&](index_t r0, index_t m) {

@@ -32,6 +32,7 @@
 #include <cooperative_groups.h>
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <type_traits>
@@ -260,30 +261,62 @@ bool project_applies(const T* X, index_t k, index_t ldx, const T* A, index_t lda
          aligned16(X) && aligned16(A);
 }
 
-/// Splits of the reduction dimension per tile: as many as keep tiles·splits within one wave of two
-/// blocks per SM (a partial second wave would double the time), at most `cap` and one stage each.
-inline int choose_splits(index_t tiles, index_t reduce_len, index_t chunk, int sm_count, int cap) {
-  index_t s = 2 * static_cast<index_t>(sm_count) / tiles;
-  const index_t most = ceil_div(reduce_len, chunk);
-  if (s > most) s = most;
-  if (s > cap) s = cap;
-  return s < 1 ? 1 : static_cast<int>(s);
+/// Clusters of `S` blocks of `kernel` (dynamic shared memory `smem`) that fit on the device at once
+/// (a cluster must fit one GPC); cached per device and S after the first query.
+template <class Kernel>
+int active_clusters(Kernel kernel, int smem, int S) {
+  int dev = 0;
+  LORI_CUDA_CHECK(cudaGetDevice(&dev));
+  static std::atomic<int> cache[32][max_splits + 1] = {};
+  const bool cached = dev >= 0 && dev < 32;
+  if (cached) {
+    const int v = cache[dev][S].load(std::memory_order_relaxed);
+    if (v > 0) return v;
+  }
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(static_cast<unsigned>(S), 1, 1);
+  cfg.blockDim = dim3(threads, 1, 1);
+  cfg.dynamicSmemBytes = static_cast<std::size_t>(smem);
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = static_cast<unsigned>(S);
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  int v = 0;
+  LORI_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&v, kernel, &cfg));
+  LORI_EXPECTS(v >= 1, "lori::cuda skinny kernels: a thread-block cluster does not fit on this device");
+  if (cached) cache[dev][S].store(v, std::memory_order_relaxed);
+  return v;
+}
+
+/// Splits S of the reduction dimension per tile (= cluster size): the largest S <= cap (and <= the
+/// number of stages) for which all tiles·S blocks run in ONE wave (tiles <= clusters of S that fit
+/// at once; a partial second wave would double the time), else 1.
+template <class Kernel>
+int choose_splits(Kernel kernel, int smem, index_t tiles, index_t reduce_len, index_t chunk, int cap) {
+  index_t most = ceil_div(reduce_len, chunk);
+  if (most > cap) most = cap;
+  for (int S = static_cast<int>(most); S > 1; --S)
+    if (tiles <= active_clusters(kernel, smem, S)) return S;
+  return 1;
 }
 
 /// out (m rows, ldo; O = float or T) = scale · X·Aᵀ on `stream` (requires project_applies). `cap`
 /// bounds the k splits (tests and benchmarks vary it; results differ only in summation order).
 template <class T, class O>
-void launch_project(cudaStream_t stream, int sm_count, const T* X, index_t m, index_t k, index_t ldx, const T* A,
+void launch_project(cudaStream_t stream, const T* X, index_t m, index_t k, index_t ldx, const T* A,
                     index_t lda, index_t r, float scale, O* out, index_t ldo, int cap = max_splits) {
   if (m == 0) return;
   LORI_EXPECTS(cap >= 1 && cap <= max_splits, "skinny::launch_project: split cap must be in [1, 8]");
   const index_t tiles = ceil_div(m, tile_rows);
-  int S = choose_splits(tiles, k, prj_kc, sm_count, cap);
+  auto kernel = project_kernel<T, O>;
+  LORI_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, prj_smem));
+  int S = choose_splits(kernel, prj_smem, tiles, k, prj_kc, cap);
   const index_t kps = ceil_div(ceil_div(k, S), prj_kc) * prj_kc;
   S = static_cast<int>(ceil_div(k, kps));  // no empty split
   project_args<T, O> a{X, m, k, ldx, A, lda, static_cast<int>(r), S, kps, scale, out, ldo};
-  auto kernel = project_kernel<T, O>;
-  LORI_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, prj_smem));
   cudaLaunchConfig_t cfg{};
   cfg.gridDim = dim3(grid_dim(tiles * S), 1, 1);
   cfg.blockDim = dim3(threads, 1, 1);
@@ -466,19 +499,19 @@ bool sddmm_applies(const T* G, index_t d, index_t ldg, index_t r) {
 
 /// out[p] = T(s · Σ_t G(t, i)·T(H(t, j))) for B's kept (i, j) on `stream` (requires sddmm_applies, n >= 1).
 template <class T>
-void launch_sddmm(cudaStream_t stream, int sm_count, const T* G, index_t n, index_t d, index_t ldg, const float* H,
+void launch_sddmm(cudaStream_t stream, const T* G, index_t n, index_t d, index_t ldg, const float* H,
                   float s, const ::lori::cuda::sparse_b<T>& B, T* out, int cap = max_splits) {
   if (n == 0 || d == 0) return;
   LORI_EXPECTS(cap >= 1 && cap <= max_splits, "skinny::launch_sddmm: split cap must be in [1, 8]");
   const index_t r = B.cols();
   const index_t tiles = ceil_div(d, tile_rows);
-  int S = choose_splits(tiles, n, sd_tc, sm_count, cap);
+  auto kernel = sddmm_kernel<T>;
+  LORI_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, sd_smem));
+  int S = choose_splits(kernel, sd_smem, tiles, n, sd_tc, cap);
   const index_t tps = ceil_div(ceil_div(n, S), sd_tc) * sd_tc;
   S = static_cast<int>(ceil_div(n, tps));
   const bool h_vec = r % 4 == 0 && aligned16(H);
   sddmm_args<T> a{G, n, d, ldg, H, static_cast<int>(r), h_vec, S, tps, s, B.view(), out};
-  auto kernel = sddmm_kernel<T>;
-  LORI_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, sd_smem));
   cudaLaunchConfig_t cfg{};
   cfg.gridDim = dim3(grid_dim(tiles * S), 1, 1);
   cfg.blockDim = dim3(threads, 1, 1);
