@@ -37,8 +37,8 @@ bexe="$B/bench/cuda/lori_bench_cuda"
     echo "-- $1: rc=$?"
     grep -E "_median|ERROR|error" "$OUT/gpu_bench_$1.log" | awk '{$1=$1; print}' | cut -c1-230 | head -40
   }
-  bench forward 20 'BM_gpu_(baseline_d2d_copy/234|skinny_project/|baseline_cublas_project/|adapter_project/4096/|layer_forward(_widened)?/4096/4096/1/|baseline_base_gemm/4096/4096/)'
-  bench sddmm 16 'BM_gpu_(baseline_d2d_copy/234|skinny_sddmm/|baseline_sddmm_cublas_route/|grad_b_sddmm/(4096|16384)/|baseline_gemm_mask/(4096|16384)/|baseline_cusparse_sddmm)'
+  bench forward 14 'BM_gpu_(baseline_d2d_copy/234|skinny_project/|baseline_cublas_project/|adapter_project/4096/|layer_forward(_widened)?/4096/4096/1/|baseline_base_gemm/4096/4096/)'
+  bench sddmm 14 'BM_gpu_(baseline_d2d_copy/234|skinny_sddmm/|baseline_sddmm_cublas_route/|grad_b_sddmm/(4096|16384)/|baseline_gemm_mask/(4096|16384)/|baseline_cusparse_sddmm)'
   echo "elapsed before ncu: $(( $(date +%s) - t0 )) s"
   if command -v ncu >/dev/null; then
     for k in project_kernel sddmm_kernel; do
@@ -61,8 +61,8 @@ bexe="$B/bench/cuda/lori_bench_cuda"
     l=$(left 12)
     [ "$l" -lt 4 ] && { echo "compute-sanitizer $tool: skipped (time)"; continue; }
     timeout "$l" "$cs" --tool $tool --report-api-errors no --error-exitcode 9 "$exe" \
-      --test-case='skinny project kernel: *,skinny SDDMM kernel: *' > "$OUT/gpu_sanitize_$tool.log" 2>&1
-    echo "compute-sanitizer $tool (skinny odd-shape tests, limit $l s): rc=$? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|test cases:' "$OUT/gpu_sanitize_$tool.log" | tr '\n' ' ')"
+      --test-case='skinny project kernel: *bfloat16*,skinny SDDMM kernel: *bfloat16*' > "$OUT/gpu_sanitize_$tool.log" 2>&1
+    echo "compute-sanitizer $tool (skinny odd-shape tests, bf16, limit $l s): rc=$? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|test cases:' "$OUT/gpu_sanitize_$tool.log" | tr '\n' ' ')"
     grep -E "Invalid|Race|Error|Hazard" "$OUT/gpu_sanitize_$tool.log" | head -6
   done
   echo "total: $(( $(date +%s) - t0 )) s"
