@@ -523,6 +523,28 @@ void BM_gpu_baseline_sddmm_cublas_route(benchmark::State& st) {
   }, sddmm_floor(f.n, f.B.nnz()));
   st.SetLabel("H to T, cuBLAS s·Gᵀ·H (fp32), gather (grad_b_sddmm before the skinny kernel)");
 }
+// Ring depth alternatives (range(1) stages; 8 stages = one block per SM), split cap 8.
+void BM_gpu_skinny_project_stages(benchmark::State& st) {
+  fwd_data f(st.range(0));
+  device_buffer<float> H(f.n * R);
+  const auto stages = st.range(1);
+  run_timed(st, [&] {
+    if (stages == 3) lori::detail::skinny::launch_project<bf16, float, 3>(ctx().stream(), f.X.data(), f.n, K, K, f.A.data(), K, R, 1.0f, H.data(), R);
+    else if (stages == 4) lori::detail::skinny::launch_project<bf16, float, 4>(ctx().stream(), f.X.data(), f.n, K, K, f.A.data(), K, R, 1.0f, H.data(), R);
+    else lori::detail::skinny::launch_project<bf16, float, 8>(ctx().stream(), f.X.data(), f.n, K, K, f.A.data(), K, R, 1.0f, H.data(), R);
+  }, 2.0 * static_cast<double>(f.n * K) + 2.0 * R * K + 4.0 * static_cast<double>(f.n * R));
+}
+void BM_gpu_skinny_sddmm_stages(benchmark::State& st) {
+  grad_data f(st.range(0));
+  const auto stages = st.range(1);
+  run_timed(st, [&] {
+    if (stages == 3) lori::detail::skinny::launch_sddmm<bf16, 3>(ctx().stream(), f.G.data(), f.n, D, D, f.H.data(), 0.5f, f.B, f.out.data());
+    else if (stages == 6) lori::detail::skinny::launch_sddmm<bf16, 6>(ctx().stream(), f.G.data(), f.n, D, D, f.H.data(), 0.5f, f.B, f.out.data());
+    else lori::detail::skinny::launch_sddmm<bf16, 8>(ctx().stream(), f.G.data(), f.n, D, D, f.H.data(), 0.5f, f.B, f.out.data());
+  }, sddmm_floor(f.n, f.B.nnz()));
+}
+BENCHMARK(BM_gpu_skinny_project_stages)->Args({4096, 3})->Args({4096, 4})->Args({4096, 8})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
+BENCHMARK(BM_gpu_skinny_sddmm_stages)->Args({4096, 3})->Args({4096, 6})->Args({4096, 8})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 BENCHMARK(BM_gpu_skinny_project)->Args({4096, 2})->Args({4096, 4})->Args({4096, 8})->Args({16384, 8})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 BENCHMARK(BM_gpu_baseline_cublas_project)->Arg(4096)->Arg(16384)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 BENCHMARK(BM_gpu_skinny_sddmm)->Args({4096, 2})->Args({4096, 4})->Args({4096, 8})->Args({16384, 8})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);

@@ -636,7 +636,7 @@ TEST_CASE("grad_b_sddmm is deterministic and rejects bad arguments") {
 // accumulation on tensor cores (u_I = tc_slack) for project; the SDDMM rounds H to T (u_I = u_T).
 // Every configuration runs twice and must be bit-identical (fixed cluster-rank summation order).
 namespace {
-template <class T, class O>
+template <class T, class O, int Stages = lori::detail::skinny::prj_stages>
 void skinny_project_case(lori::cuda::context& ctx, index_t n, index_t k, index_t r, index_t padx, int cap,
                          std::mt19937_64& g) {
   CAPTURE(n);
@@ -663,7 +663,7 @@ void skinny_project_case(lori::cuda::context& ctx, index_t n, index_t k, index_t
   for (int run = 0; run < 2; ++run) {
     device_buffer<O> out(n * ldo);
     out.fill_bytes(0xff);
-    lori::detail::skinny::launch_project<T, O>(ctx.stream(), dX.data(), n, k, ldx, dA.data(), A.ld, r,
+    lori::detail::skinny::launch_project<T, O, Stages>(ctx.stream(), dX.data(), n, k, ldx, dA.data(), A.ld, r,
                                               static_cast<float>(scale), out.data(), ldo, cap);
     LORI_CUDA_CHECK(cudaDeviceSynchronize());
     const auto got = out.download();
@@ -680,7 +680,7 @@ void skinny_project_case(lori::cuda::context& ctx, index_t n, index_t k, index_t
   }
 }
 
-template <class T>
+template <class T, int Stages = lori::detail::skinny::sd_stages>
 void skinny_sddmm_case(lori::cuda::context& ctx, index_t n, index_t d, index_t r, index_t pad, bool h_misaligned,
                        int cap, std::mt19937_64& g) {
   CAPTURE(n);
@@ -721,7 +721,7 @@ void skinny_sddmm_case(lori::cuda::context& ctx, index_t n, index_t d, index_t r
   for (int run = 0; run < 2; ++run) {
     device_buffer<T> out(B.nnz() + 1);  // one extra element: must stay poisoned
     out.fill_bytes(0xff);
-    lori::detail::skinny::launch_sddmm<T>(ctx.stream(), dG.data(), n, d, ldg, dH.data() + h0,
+    lori::detail::skinny::launch_sddmm<T, Stages>(ctx.stream(), dG.data(), n, d, ldg, dH.data() + h0,
                                           static_cast<float>(s), B, out.data(), cap);
     LORI_CUDA_CHECK(cudaDeviceSynchronize());
     auto got = out.download();
@@ -755,6 +755,10 @@ TEST_CASE_TEMPLATE("skinny project kernel: scale·X·Aᵀ matches the double ref
     skinny_project_case<T, float>(ctx, 1000, 1000, 31, 8, cap, g);  // k = 15·64 + 40, n = 7·128 + 104
     skinny_project_case<T, T>(ctx, 129, 520, 8, 0, cap, g);
   }
+  // Ring depths measured as alternatives (3 and 4 stages at two blocks per SM, 8 at one).
+  skinny_project_case<T, float, 3>(ctx, 1000, 1000, 32, 8, 8, g);
+  skinny_project_case<T, float, 4>(ctx, 1000, 1000, 32, 8, 8, g);
+  skinny_project_case<T, T, 8>(ctx, 1000, 1000, 32, 8, 3, g);
   skinny_project_case<T, float>(ctx, 1, 64, 1, 0, 8, g);
   skinny_project_case<T, float>(ctx, 127, 8, 12, 16, 8, g);  // k shorter than one stage
   skinny_project_case<T, T>(ctx, 300, 2056, 32, 8, 8, g);
@@ -801,6 +805,9 @@ TEST_CASE_TEMPLATE("skinny SDDMM kernel: masked s·Gᵀ·T(H) into compact value
     skinny_sddmm_case<T>(ctx, 1000, 520, 32, 8, false, cap, g);  // token tail (1000 = 15·64 + 40), column tail
     skinny_sddmm_case<T>(ctx, 333, 136, 31, 0, false, cap, g);   // 4-byte H path
   }
+  skinny_sddmm_case<T, 3>(ctx, 1000, 520, 32, 8, false, 8, g);
+  skinny_sddmm_case<T, 6>(ctx, 1000, 520, 32, 8, false, 8, g);
+  skinny_sddmm_case<T, 8>(ctx, 1000, 520, 31, 8, false, 3, g);
   skinny_sddmm_case<T>(ctx, 64, 96, 1, 8, false, 8, g);
   skinny_sddmm_case<T>(ctx, 1, 256, 8, 0, false, 8, g);
   skinny_sddmm_case<T>(ctx, 700, 384, 12, 0, true, 8, g);   // H misaligned: 4-byte path with r % 4 == 0

@@ -49,7 +49,8 @@ inline constexpr int acc_ld = max_rank + 8;  // fp32 partial tile row stride (ep
 inline constexpr int prj_kc = 64;
 inline constexpr int prj_stages = 5;
 inline constexpr int prj_stage_bytes = (tile_rows + max_rank) * prj_kc * 2;  // 20 KB
-inline constexpr int prj_smem = prj_stages * prj_stage_bytes;                 // 100 KB: 2 blocks per SM
+constexpr int prj_smem_of(int stages) { return stages * prj_stage_bytes; }
+inline constexpr int prj_smem = prj_smem_of(prj_stages);  // 100 KB: 2 blocks per SM
 
 // sddmm: per stage 64 tokens x 128 columns of G (256-byte rows) + 64 tokens x 32 of H (fp32, 128-byte
 // rows); H of the current stage rounded to T into one 64 x 32 buffer (64-byte rows).
@@ -58,10 +59,13 @@ inline constexpr int sd_stages = 4;
 inline constexpr int sd_g_bytes = sd_tc * tile_rows * 2;                  // 16 KB
 inline constexpr int sd_h_bytes = sd_tc * max_rank * 4;                   // 8 KB
 inline constexpr int sd_stage_bytes = sd_g_bytes + sd_h_bytes;            // 24 KB
-inline constexpr int sd_smem = sd_stages * sd_stage_bytes + sd_tc * max_rank * 2;  // 100 KB
+constexpr int sd_smem_of(int stages) { return stages * sd_stage_bytes + sd_tc * max_rank * 2; }
+inline constexpr int sd_smem = sd_smem_of(sd_stages);  // 100 KB: 2 blocks per SM
+// Blocks per SM the launch bounds ask for: two while two rings fit an SM's 227 KB of shared memory.
+constexpr int min_blocks_of(int smem) { return smem <= 110 * 1024 ? 2 : 1; }
 
-static_assert(tile_rows * acc_ld * 4 <= prj_stages * prj_stage_bytes, "epilogue tile must fit the ring");
-static_assert(tile_rows * acc_ld * 4 <= sd_stages * sd_stage_bytes, "epilogue tile must fit the ring");
+static_assert(tile_rows * acc_ld * 4 <= prj_stage_bytes, "epilogue tile must fit the ring");
+static_assert(tile_rows * acc_ld * 4 <= sd_stage_bytes, "epilogue tile must fit the ring");
 
 // ---- PTX wrappers (plain sm_80+/sm_90) --------------------------------------------------------------
 __device__ __forceinline__ unsigned smem_u32(const void* p) {
@@ -144,8 +148,8 @@ struct project_args {
 
 // Grid: tiles · splits blocks, cluster (splits, 1, 1); block b: tile b / splits, k split b % splits
 // (= its rank in the cluster). Requires X, A 16-byte aligned and k, ldx, lda multiples of 8.
-template <class T, class O>
-__global__ void __launch_bounds__(threads, 2) project_kernel(project_args<T, O> a) {
+template <class T, class O, int Stages = prj_stages>
+__global__ void __launch_bounds__(threads, min_blocks_of(prj_smem_of(Stages))) project_kernel(project_args<T, O> a) {
   namespace cg = cooperative_groups;
   unsigned char* smem = dynamic_smem();
   const unsigned sbase = smem_u32(smem);
@@ -177,7 +181,7 @@ __global__ void __launch_bounds__(threads, 2) project_kernel(project_args<T, O> 
   }
   auto issue = [&](int s) {
     if (s < steps) {
-      const unsigned st = sbase + static_cast<unsigned>((s % prj_stages) * prj_stage_bytes) + dst0;
+      const unsigned st = sbase + static_cast<unsigned>((s % Stages) * prj_stage_bytes) + dst0;
       const index_t kk = kb + static_cast<index_t>(s) * prj_kc + c8 * 8;
       const bool col_ok = kk < ke;  // ke is a multiple of 8: a chunk is all in or all out
 #pragma unroll
@@ -196,16 +200,16 @@ __global__ void __launch_bounds__(threads, 2) project_kernel(project_args<T, O> 
     for (int e = 0; e < 4; ++e) acc[nt][e] = 0.0f;
 
 #pragma unroll
-  for (int s = 0; s < prj_stages - 1; ++s) issue(s);
+  for (int s = 0; s < Stages - 1; ++s) issue(s);
   // Fragment addresses: A operand (X rows warp*16 + (lane & 15), chunk 2·kk + lane/16); B operand
   // (A rows np*16 + (lane/16)*8 + (lane & 7), chunk 2·kk + (lane/8 & 1)), both non-transposed.
   const int xa_row = warp * 16 + (lane & 15), xa_hi = lane >> 4;
   const int ab_row = ((lane >> 4) << 3) + (lane & 7), ab_hi = (lane >> 3) & 1;
   for (int s = 0; s < steps; ++s) {
-    cp_async_wait<prj_stages - 2>();
+    cp_async_wait<Stages - 2>();
     __syncthreads();  // stage s visible to all; everyone is done with stage s - 1's buffer
-    issue(s + prj_stages - 1);
-    const unsigned xs = sbase + static_cast<unsigned>((s % prj_stages) * prj_stage_bytes);
+    issue(s + Stages - 1);
+    const unsigned xs = sbase + static_cast<unsigned>((s % Stages) * prj_stage_bytes);
     const unsigned as = xs + tile_rows * 128;
 #pragma unroll
     for (int kk = 0; kk < prj_kc / 16; ++kk) {
@@ -305,22 +309,22 @@ int choose_splits(Kernel kernel, int smem, index_t tiles, index_t reduce_len, in
 
 /// out (m rows, ldo; O = float or T) = scale · X·Aᵀ on `stream` (requires project_applies). `cap`
 /// bounds the k splits (tests and benchmarks vary it; results differ only in summation order).
-template <class T, class O>
+template <class T, class O, int Stages = prj_stages>
 void launch_project(cudaStream_t stream, const T* X, index_t m, index_t k, index_t ldx, const T* A,
                     index_t lda, index_t r, float scale, O* out, index_t ldo, int cap = max_splits) {
   if (m == 0) return;
   LORI_EXPECTS(cap >= 1 && cap <= max_splits, "skinny::launch_project: split cap must be in [1, 8]");
   const index_t tiles = ceil_div(m, tile_rows);
-  auto kernel = project_kernel<T, O>;
-  LORI_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, prj_smem));
-  int S = choose_splits(kernel, prj_smem, tiles, k, prj_kc, cap);
+  auto kernel = project_kernel<T, O, Stages>;
+  LORI_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, prj_smem_of(Stages)));
+  int S = choose_splits(kernel, prj_smem_of(Stages), tiles, k, prj_kc, cap);
   const index_t kps = ceil_div(ceil_div(k, S), prj_kc) * prj_kc;
   S = static_cast<int>(ceil_div(k, kps));  // no empty split
   project_args<T, O> a{X, m, k, ldx, A, lda, static_cast<int>(r), S, kps, scale, out, ldo};
   cudaLaunchConfig_t cfg{};
   cfg.gridDim = dim3(grid_dim(tiles * S), 1, 1);
   cfg.blockDim = dim3(threads, 1, 1);
-  cfg.dynamicSmemBytes = prj_smem;
+  cfg.dynamicSmemBytes = prj_smem_of(Stages);
   cfg.stream = stream;
   cudaLaunchAttribute attr[1];
   attr[0].id = cudaLaunchAttributeClusterDimension;
@@ -350,12 +354,12 @@ struct sddmm_args {
 
 // Grid: tiles · splits blocks, cluster (splits, 1, 1); block b: columns (b / splits)·128 of G, token
 // split b % splits. Requires G 16-byte aligned and d, ldg multiples of 8.
-template <class T>
-__global__ void __launch_bounds__(threads, 2) sddmm_kernel(sddmm_args<T> a) {
+template <class T, int Stages = sd_stages>
+__global__ void __launch_bounds__(threads, min_blocks_of(sd_smem_of(Stages))) sddmm_kernel(sddmm_args<T> a) {
   namespace cg = cooperative_groups;
   unsigned char* smem = dynamic_smem();
   const unsigned sbase = smem_u32(smem);
-  unsigned char* hb = smem + sd_stages * sd_stage_bytes;  // H of the current stage in T, 64 x 32
+  unsigned char* hb = smem + Stages * sd_stage_bytes;  // H of the current stage in T, 64 x 32
   const unsigned hbase = smem_u32(hb);
   const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;
   const int S = a.splits;
@@ -375,7 +379,7 @@ __global__ void __launch_bounds__(threads, 2) sddmm_kernel(sddmm_args<T> a) {
   // H stage (fp32, unswizzled): token row q of 128 bytes. 16-byte path: chunk tid & 7 of rows tid/8 + 32·i.
   auto issue = [&](int s) {
     if (s < steps) {
-      const unsigned st = sbase + static_cast<unsigned>((s % sd_stages) * sd_stage_bytes);
+      const unsigned st = sbase + static_cast<unsigned>((s % Stages) * sd_stage_bytes);
       const index_t tk = tb + static_cast<index_t>(s) * sd_tc;
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
@@ -412,7 +416,7 @@ __global__ void __launch_bounds__(threads, 2) sddmm_kernel(sddmm_args<T> a) {
     for (int e = 0; e < 4; ++e) acc[nt][e] = 0.0f;
 
 #pragma unroll
-  for (int s = 0; s < sd_stages - 1; ++s) issue(s);
+  for (int s = 0; s < Stages - 1; ++s) issue(s);
   // Conversion: thread tid rounds H(row tid/4, columns 8·(tid & 3) .. +8) to T into hb row tid/4,
   // chunk (tid & 3) ^ ((row >> 1) & 3) (64-byte rows; the swizzle makes the ldmatrix below conflict-free).
   const int cv_row = tid >> 2, cv_g = tid & 3;
@@ -424,12 +428,12 @@ __global__ void __launch_bounds__(threads, 2) sddmm_kernel(sddmm_args<T> a) {
   // columns np*16 + (q >> 1)*8.
   const int hb_tok = (((lane >> 3) & 1) << 3) + (lane & 7), hb_ch = lane >> 4;
   for (int s = 0; s < steps; ++s) {
-    cp_async_wait<sd_stages - 2>();
+    cp_async_wait<Stages - 2>();
     __syncthreads();  // stage s visible; everyone is done with stage s - 1 (ring slot and hb)
-    issue(s + sd_stages - 1);
-    const unsigned gs = sbase + static_cast<unsigned>((s % sd_stages) * sd_stage_bytes);
+    issue(s + Stages - 1);
+    const unsigned gs = sbase + static_cast<unsigned>((s % Stages) * sd_stage_bytes);
     {
-      const float4* hp = reinterpret_cast<const float4*>(smem + (s % sd_stages) * sd_stage_bytes + sd_g_bytes +
+      const float4* hp = reinterpret_cast<const float4*>(smem + (s % Stages) * sd_stage_bytes + sd_g_bytes +
                                                          cv_row * 128 + cv_g * 32);
       const float4 h0 = hp[0], h1 = hp[1];
       const float hv[8] = {h0.x, h0.y, h0.z, h0.w, h1.x, h1.y, h1.z, h1.w};
@@ -498,16 +502,16 @@ bool sddmm_applies(const T* G, index_t d, index_t ldg, index_t r) {
 }
 
 /// out[p] = T(s · Σ_t G(t, i)·T(H(t, j))) for B's kept (i, j) on `stream` (requires sddmm_applies, n >= 1).
-template <class T>
+template <class T, int Stages = sd_stages>
 void launch_sddmm(cudaStream_t stream, const T* G, index_t n, index_t d, index_t ldg, const float* H,
                   float s, const ::lori::cuda::sparse_b<T>& B, T* out, int cap = max_splits) {
   if (n == 0 || d == 0) return;
   LORI_EXPECTS(cap >= 1 && cap <= max_splits, "skinny::launch_sddmm: split cap must be in [1, 8]");
   const index_t r = B.cols();
   const index_t tiles = ceil_div(d, tile_rows);
-  auto kernel = sddmm_kernel<T>;
-  LORI_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, sd_smem));
-  int S = choose_splits(kernel, sd_smem, tiles, n, sd_tc, cap);
+  auto kernel = sddmm_kernel<T, Stages>;
+  LORI_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, sd_smem_of(Stages)));
+  int S = choose_splits(kernel, sd_smem_of(Stages), tiles, n, sd_tc, cap);
   const index_t tps = ceil_div(ceil_div(n, S), sd_tc) * sd_tc;
   S = static_cast<int>(ceil_div(n, tps));
   const bool h_vec = r % 4 == 0 && aligned16(H);
@@ -515,7 +519,7 @@ void launch_sddmm(cudaStream_t stream, const T* G, index_t n, index_t d, index_t
   cudaLaunchConfig_t cfg{};
   cfg.gridDim = dim3(grid_dim(tiles * S), 1, 1);
   cfg.blockDim = dim3(threads, 1, 1);
-  cfg.dynamicSmemBytes = sd_smem;
+  cfg.dynamicSmemBytes = sd_smem_of(Stages);
   cfg.stream = stream;
   cudaLaunchAttribute attr[1];
   attr[0].id = cudaLaunchAttributeClusterDimension;
