@@ -50,7 +50,7 @@ bexe="$B/bench/cuda/lori_bench_cuda"
         --section WarpStateStats -k regex:$k -c 1 "$bexe" --benchmark_filter="$filt" --benchmark_repetitions=1 \
         --benchmark_min_time=0.01 > "$OUT/gpu_ncu_$k.log" 2>&1
       echo "ncu $k (limit $l s): rc=$?"
-      grep -E "Duration|DRAM Throughput|Memory Throughput|L2 Hit|Mem Busy|Max Bandwidth|Achieved Occupancy|Theoretical Occupancy|Registers Per|Block Limit (Shared|Reg)|Cluster|Stall|Warp Cycles Per Issued|Issued Warp|No Eligible|Active Warps Per" \
+      grep -E "Duration|DRAM Throughput|Memory Throughput|L2 Hit|Mem Busy|Max Bandwidth|Achieved Occupancy|Theoretical Occupancy|Registers Per|Block Limit (Shared|Reg)|Shared Memory Configuration Size|Dynamic Shared|Cluster|Stall|Warp Cycles Per Issued|Issued Warp|No Eligible|Active Warps Per" \
         "$OUT/gpu_ncu_$k.log" | awk '{$1=$1; print}' | cut -c1-160 | head -26
     done
   else

@@ -265,6 +265,15 @@ bool project_applies(const T* X, index_t k, index_t ldx, const T* A, index_t lda
          aligned16(X) && aligned16(A);
 }
 
+/// Opts `kernel` into `smem` bytes of dynamic shared memory and asks for the largest shared-memory
+/// carveout, so that two 100 KB rings share an SM (the default carveout may fit only one).
+template <class Kernel>
+void set_smem_attributes(Kernel kernel, int smem) {
+  LORI_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  LORI_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                       static_cast<int>(cudaSharedmemCarveoutMaxShared)));
+}
+
 /// Clusters of `S` blocks of `kernel` (dynamic shared memory `smem`) that fit on the device at once
 /// (a cluster must fit one GPC); cached per device and S after the first query.
 template <class Kernel>
@@ -316,7 +325,7 @@ void launch_project(cudaStream_t stream, const T* X, index_t m, index_t k, index
   LORI_EXPECTS(cap >= 1 && cap <= max_splits, "skinny::launch_project: split cap must be in [1, 8]");
   const index_t tiles = ceil_div(m, tile_rows);
   auto kernel = project_kernel<T, O, Stages>;
-  LORI_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, prj_smem_of(Stages)));
+  set_smem_attributes(kernel, prj_smem_of(Stages));
   int S = choose_splits(kernel, prj_smem_of(Stages), tiles, k, prj_kc, cap);
   const index_t kps = ceil_div(ceil_div(k, S), prj_kc) * prj_kc;
   S = static_cast<int>(ceil_div(k, kps));  // no empty split
@@ -510,7 +519,7 @@ void launch_sddmm(cudaStream_t stream, const T* G, index_t n, index_t d, index_t
   const index_t r = B.cols();
   const index_t tiles = ceil_div(d, tile_rows);
   auto kernel = sddmm_kernel<T, Stages>;
-  LORI_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, sd_smem_of(Stages)));
+  set_smem_attributes(kernel, sd_smem_of(Stages));
   int S = choose_splits(kernel, sd_smem_of(Stages), tiles, n, sd_tc, cap);
   const index_t tps = ceil_div(ceil_div(n, S), sd_tc) * sd_tc;
   S = static_cast<int>(ceil_div(n, tps));
