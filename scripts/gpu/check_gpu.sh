@@ -37,8 +37,8 @@ bexe="$B/bench/cuda/lori_bench_cuda"
     echo "-- $1: rc=$?"
     grep -E "_median|ERROR|error" "$OUT/gpu_bench_$1.log" | awk '{$1=$1; print}' | cut -c1-230 | head -40
   }
-  bench forward 16 'BM_gpu_(baseline_d2d_copy/234|skinny_project(_stages)?/|baseline_cublas_project/|adapter_project/4096/|layer_forward_widened/4096/4096/(1|4)/|layer_forward/4096/4096/1/|baseline_base_gemm/4096/4096/)'
-  bench sddmm 16 'BM_gpu_(baseline_d2d_copy/234|skinny_sddmm(_stages)?/|baseline_sddmm_cublas_route/|grad_b_sddmm/(4096|16384)/|baseline_gemm_mask/(4096|16384)/|baseline_cusparse_sddmm)'
+  bench forward 16 'BM_gpu_(baseline_d2d_copy/234|baseline_read/|skinny_project(_stages)?/|baseline_cublas_project/|adapter_project/4096/|layer_forward_widened/4096/4096/(1|4)/|layer_forward/4096/4096/1/|baseline_base_gemm/4096/4096/)'
+  bench sddmm 16 'BM_gpu_(baseline_d2d_copy/234|baseline_read/|skinny_sddmm(_stages)?/|baseline_sddmm_cublas_route/|grad_b_sddmm/(4096|16384)/|baseline_gemm_mask/(4096|16384)/|baseline_cusparse_sddmm)'
   echo "elapsed before ncu: $(( $(date +%s) - t0 )) s"
   if command -v ncu >/dev/null; then
     for k in project_kernel sddmm_kernel; do
