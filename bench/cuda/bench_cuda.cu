@@ -486,15 +486,16 @@ BENCHMARK(BM_gpu_baseline_cusparse_sddmm)->Arg(4096)->UseManualTime()->Unit(benc
 void BM_gpu_skinny_project(benchmark::State& st) {
   fwd_data f(st.range(0));
   const int cap = static_cast<int>(st.range(1));
+  const bool interleave = st.range(2) != 0;
   device_buffer<float> H(f.n * R);
   run_timed(st, [&] {
     lori::detail::skinny::launch_project<bf16, float>(ctx().stream(), f.X.data(), f.n, K, K, f.A.data(), K,
-                                                      R, 1.0f, H.data(), R, cap);
+                                                      R, 1.0f, H.data(), R, cap, interleave);
   }, 2.0 * static_cast<double>(f.n * K) + 2.0 * R * K + 4.0 * static_cast<double>(f.n * R));
   // How many clusters of that size fit at once (a cluster must fit one GPC).
   const int clusters = lori::detail::skinny::active_clusters(lori::detail::skinny::project_kernel<bf16, float>,
                                                              lori::detail::skinny::prj_smem, cap);
-  st.SetLabel("k split over at most range(1) blocks of a cluster; max active clusters of that size: " + std::to_string(clusters));
+  st.SetLabel(std::string(interleave ? "interleaved" : "contiguous") + " k split over at most range(1) blocks of a cluster; max active clusters of that size: " + std::to_string(clusters));
 }
 void BM_gpu_baseline_cublas_project(benchmark::State& st) {
   fwd_data f(st.range(0));
@@ -549,34 +550,13 @@ void BM_gpu_baseline_read(benchmark::State& st) {
   }, static_cast<double>(bytes));
   st.SetLabel("one read of range(0) MiB, streaming kernel: the read floor under this harness");
 }
-BENCHMARK(BM_gpu_baseline_read)->Arg(32)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
+BENCHMARK(BM_gpu_baseline_read)->Arg(32)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
 
-// Ring depth alternatives (range(1) stages; 8 stages = one block per SM), split cap 8.
-void BM_gpu_skinny_project_stages(benchmark::State& st) {
-  fwd_data f(st.range(0));
-  device_buffer<float> H(f.n * R);
-  const auto stages = st.range(1);
-  run_timed(st, [&] {
-    if (stages == 3) lori::detail::skinny::launch_project<bf16, float, 3>(ctx().stream(), f.X.data(), f.n, K, K, f.A.data(), K, R, 1.0f, H.data(), R);
-    else if (stages == 4) lori::detail::skinny::launch_project<bf16, float, 4>(ctx().stream(), f.X.data(), f.n, K, K, f.A.data(), K, R, 1.0f, H.data(), R);
-    else lori::detail::skinny::launch_project<bf16, float, 8>(ctx().stream(), f.X.data(), f.n, K, K, f.A.data(), K, R, 1.0f, H.data(), R);
-  }, 2.0 * static_cast<double>(f.n * K) + 2.0 * R * K + 4.0 * static_cast<double>(f.n * R));
-}
-void BM_gpu_skinny_sddmm_stages(benchmark::State& st) {
-  grad_data f(st.range(0));
-  const auto stages = st.range(1);
-  run_timed(st, [&] {
-    if (stages == 3) lori::detail::skinny::launch_sddmm<bf16, 3>(ctx().stream(), f.G.data(), f.n, D, D, f.H.data(), 0.5f, f.B, f.out.data());
-    else if (stages == 6) lori::detail::skinny::launch_sddmm<bf16, 6>(ctx().stream(), f.G.data(), f.n, D, D, f.H.data(), 0.5f, f.B, f.out.data());
-    else lori::detail::skinny::launch_sddmm<bf16, 8>(ctx().stream(), f.G.data(), f.n, D, D, f.H.data(), 0.5f, f.B, f.out.data());
-  }, sddmm_floor(f.n, f.B.nnz()));
-}
-BENCHMARK(BM_gpu_skinny_project_stages)->Args({4096, 3})->Args({4096, 4})->Args({4096, 8})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
-BENCHMARK(BM_gpu_skinny_sddmm_stages)->Args({4096, 3})->Args({4096, 6})->Args({4096, 8})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
-BENCHMARK(BM_gpu_skinny_project)->Args({4096, 2})->Args({4096, 4})->Args({4096, 8})->Args({16384, 8})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
-BENCHMARK(BM_gpu_baseline_cublas_project)->Arg(4096)->Arg(16384)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
-BENCHMARK(BM_gpu_skinny_sddmm)->Args({4096, 2})->Args({4096, 4})->Args({4096, 8})->Args({16384, 8})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
-BENCHMARK(BM_gpu_baseline_sddmm_cublas_route)->Arg(4096)->Arg(16384)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
+BENCHMARK(BM_gpu_skinny_project)->Args({4096, 4, 1})->Args({4096, 8, 1})->Args({4096, 8, 0})->Args({16384, 8, 1})->Args({16384, 8, 0})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
+BENCHMARK(BM_gpu_layer_forward_widened)->Args({4096, 4096, 2})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
+BENCHMARK(BM_gpu_baseline_cublas_project)->Arg(4096)->Arg(16384)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
+BENCHMARK(BM_gpu_skinny_sddmm)->Args({4096, 4})->Args({4096, 8})->Args({16384, 8})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
+BENCHMARK(BM_gpu_baseline_sddmm_cublas_route)->Arg(4096)->Arg(16384)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
 
 // ---- ∂L/∂X -----------------------------------------------------------------------------------------------
 void BM_gpu_grad_x(benchmark::State& st) {

@@ -37,8 +37,8 @@ bexe="$B/bench/cuda/lori_bench_cuda"
     echo "-- $1: rc=$?"
     grep -E "_median|ERROR|error" "$OUT/gpu_bench_$1.log" | awk '{$1=$1; print}' | cut -c1-230 | head -40
   }
-  bench forward 16 'BM_gpu_(baseline_d2d_copy/234|baseline_read/|skinny_project(_stages)?/|baseline_cublas_project/|adapter_project/4096/|layer_forward_widened/4096/4096/(1|4)/|layer_forward/4096/4096/1/|baseline_base_gemm/4096/4096/)'
-  bench sddmm 16 'BM_gpu_(baseline_d2d_copy/234|baseline_read/|skinny_sddmm(_stages)?/|baseline_sddmm_cublas_route/|grad_b_sddmm/(4096|16384)/|baseline_gemm_mask/(4096|16384)/|baseline_cusparse_sddmm)'
+  bench forward 16 'BM_gpu_(baseline_d2d_copy/234|baseline_read/|skinny_project/4096/|baseline_cublas_project/4096/|adapter_project/4096/|layer_forward_widened/4096/4096/(1|2)/|baseline_base_gemm/4096/4096/)'
+  bench sddmm 14 'BM_gpu_(baseline_d2d_copy/234|baseline_read/|skinny_sddmm/4096/|baseline_sddmm_cublas_route/4096/|grad_b_sddmm/4096/|baseline_gemm_mask/4096/)'
   echo "elapsed before ncu: $(( $(date +%s) - t0 )) s"
   if command -v ncu >/dev/null; then
     for k in project_kernel sddmm_kernel; do
@@ -58,13 +58,15 @@ bexe="$B/bench/cuda/lori_bench_cuda"
   fi
   cs=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
   for tool in memcheck racecheck; do
-    l=$(left 12)
+    l=$(left 14)
     [ "$l" -lt 4 ] && { echo "compute-sanitizer $tool: skipped (time)"; continue; }
     timeout "$l" "$cs" --tool $tool --report-api-errors no --error-exitcode 9 "$exe" \
-      --test-case='skinny project kernel: *bfloat16*,skinny SDDMM kernel: *bfloat16*' > "$OUT/gpu_sanitize_$tool.log" 2>&1
-    echo "compute-sanitizer $tool (skinny odd-shape tests, bf16, limit $l s): rc=$? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|test cases:' "$OUT/gpu_sanitize_$tool.log" | tr '\n' ' ')"
-    grep -E "Invalid|Race|Error|Hazard" "$OUT/gpu_sanitize_$tool.log" | head -6
+      --test-case='skinny kernels: small shapes*' > "$OUT/gpu_sanitize_$tool.log" 2>&1
+    echo "compute-sanitizer $tool (skinny small-shape test, limit $l s): rc=$? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|test cases:' "$OUT/gpu_sanitize_$tool.log" | tr '\n' ' ')"
+    grep -E "Invalid|Race|Hazard|hazard|ERROR:|CHECK|REQUIRE|bad elements|with expansion|values:" "$OUT/gpu_sanitize_$tool.log" | cut -c1-200 | head -12
   done
+  # The larger shapes, if time is left.
+  [ "$(left 20)" -ge 10 ] && bench large 12 'BM_gpu_(skinny_project/16384/|baseline_cublas_project/16384/|skinny_sddmm/16384/|baseline_sddmm_cublas_route/16384/|grad_b_sddmm/16384/|baseline_gemm_mask/16384/)'
   echo "total: $(( $(date +%s) - t0 )) s"
 } >> "$log" 2>&1
 cat "$log"

@@ -636,9 +636,10 @@ TEST_CASE("grad_b_sddmm is deterministic and rejects bad arguments") {
 // accumulation on tensor cores (u_I = tc_slack) for project; the SDDMM rounds H to T (u_I = u_T).
 // Every configuration runs twice and must be bit-identical (fixed cluster-rank summation order).
 namespace {
-template <class T, class O, int Stages = lori::detail::skinny::prj_stages>
+template <class T, class O>
 void skinny_project_case(lori::cuda::context& ctx, index_t n, index_t k, index_t r, index_t padx, int cap,
-                         std::mt19937_64& g) {
+                         std::mt19937_64& g, bool interleave = true) {
+  CAPTURE(interleave);
   CAPTURE(n);
   CAPTURE(k);
   CAPTURE(r);
@@ -663,8 +664,8 @@ void skinny_project_case(lori::cuda::context& ctx, index_t n, index_t k, index_t
   for (int run = 0; run < 2; ++run) {
     device_buffer<O> out(n * ldo);
     out.fill_bytes(0xff);
-    lori::detail::skinny::launch_project<T, O, Stages>(ctx.stream(), dX.data(), n, k, ldx, dA.data(), A.ld, r,
-                                              static_cast<float>(scale), out.data(), ldo, cap);
+    lori::detail::skinny::launch_project<T, O>(ctx.stream(), dX.data(), n, k, ldx, dA.data(), A.ld, r,
+                                              static_cast<float>(scale), out.data(), ldo, cap, interleave);
     LORI_CUDA_CHECK(cudaDeviceSynchronize());
     const auto got = out.download();
     if (run == 0) {
@@ -680,7 +681,7 @@ void skinny_project_case(lori::cuda::context& ctx, index_t n, index_t k, index_t
   }
 }
 
-template <class T, int Stages = lori::detail::skinny::sd_stages>
+template <class T>
 void skinny_sddmm_case(lori::cuda::context& ctx, index_t n, index_t d, index_t r, index_t pad, bool h_misaligned,
                        int cap, std::mt19937_64& g) {
   CAPTURE(n);
@@ -721,7 +722,7 @@ void skinny_sddmm_case(lori::cuda::context& ctx, index_t n, index_t d, index_t r
   for (int run = 0; run < 2; ++run) {
     device_buffer<T> out(B.nnz() + 1);  // one extra element: must stay poisoned
     out.fill_bytes(0xff);
-    lori::detail::skinny::launch_sddmm<T, Stages>(ctx.stream(), dG.data(), n, d, ldg, dH.data() + h0,
+    lori::detail::skinny::launch_sddmm<T>(ctx.stream(), dG.data(), n, d, ldg, dH.data() + h0,
                                           static_cast<float>(s), B, out.data(), cap);
     LORI_CUDA_CHECK(cudaDeviceSynchronize());
     auto got = out.download();
@@ -744,6 +745,7 @@ TEST_CASE_TEMPLATE("skinny project kernel at the benchmark shape matches the dou
   lori::cuda::context ctx;
   skinny_project_case<T, float>(ctx, 4096, 4096, 32, 0, 8, g);  // adapter_project at n = d = k = 4096
   skinny_project_case<T, T>(ctx, 2048, 2048, 32, 32, 8, g);     // widened-layer style: T out, s·H
+  skinny_project_case<T, float>(ctx, 2048, 4096, 32, 0, 8, g, false);  // contiguous k splits
 }
 
 TEST_CASE_TEMPLATE("skinny project kernel: scale·X·Aᵀ matches the double reference (splits, tails, r, ld)", T,
@@ -755,10 +757,11 @@ TEST_CASE_TEMPLATE("skinny project kernel: scale·X·Aᵀ matches the double ref
     skinny_project_case<T, float>(ctx, 1000, 1000, 31, 8, cap, g);  // k = 15·64 + 40, n = 7·128 + 104
     skinny_project_case<T, T>(ctx, 129, 520, 8, 0, cap, g);
   }
-  // Ring depths measured as alternatives (3 and 4 stages at two blocks per SM, 8 at one).
-  skinny_project_case<T, float, 3>(ctx, 1000, 1000, 32, 8, 8, g);
-  skinny_project_case<T, float, 4>(ctx, 1000, 1000, 32, 8, 8, g);
-  skinny_project_case<T, T, 8>(ctx, 1000, 1000, 32, 8, 3, g);
+  // Contiguous k ranges per split instead of interleaved 64-wide chunks.
+  for (int cap : {3, 8}) {
+    skinny_project_case<T, float>(ctx, 1000, 1000, 31, 8, cap, g, false);
+    skinny_project_case<T, T>(ctx, 129, 520, 8, 0, cap, g, false);
+  }
   skinny_project_case<T, float>(ctx, 1, 64, 1, 0, 8, g);
   skinny_project_case<T, float>(ctx, 127, 8, 12, 16, 8, g);  // k shorter than one stage
   skinny_project_case<T, T>(ctx, 300, 2056, 32, 8, 8, g);
@@ -805,9 +808,6 @@ TEST_CASE_TEMPLATE("skinny SDDMM kernel: masked s·Gᵀ·T(H) into compact value
     skinny_sddmm_case<T>(ctx, 1000, 520, 32, 8, false, cap, g);  // token tail (1000 = 15·64 + 40), column tail
     skinny_sddmm_case<T>(ctx, 333, 136, 31, 0, false, cap, g);   // 4-byte H path
   }
-  skinny_sddmm_case<T, 3>(ctx, 1000, 520, 32, 8, false, 8, g);
-  skinny_sddmm_case<T, 6>(ctx, 1000, 520, 32, 8, false, 8, g);
-  skinny_sddmm_case<T, 8>(ctx, 1000, 520, 31, 8, false, 3, g);
   skinny_sddmm_case<T>(ctx, 64, 96, 1, 8, false, 8, g);
   skinny_sddmm_case<T>(ctx, 1, 256, 8, 0, false, 8, g);
   skinny_sddmm_case<T>(ctx, 700, 384, 12, 0, true, 8, g);   // H misaligned: 4-byte path with r % 4 == 0
@@ -816,6 +816,21 @@ TEST_CASE_TEMPLATE("skinny SDDMM kernel: masked s·Gᵀ·T(H) into compact value
   CHECK_FALSE(lori::detail::skinny::sddmm_applies(buf.data() + 1, index_t{64}, index_t{72}, index_t{8}));
   CHECK_FALSE(lori::detail::skinny::sddmm_applies(buf.data(), index_t{60}, index_t{60}, index_t{8}));
   CHECK_FALSE(lori::detail::skinny::sddmm_applies(buf.data(), index_t{64}, index_t{64}, index_t{33}));
+}
+
+// A few small launches of both kernels (all code paths: clusters of 1 and 3, interleaved and
+// contiguous splits, tails, T and fp32 outputs, 16- and 4-byte H staging) for compute-sanitizer.
+TEST_CASE("skinny kernels: small shapes (the compute-sanitizer subset)") {
+  LORI_TEST_SEED_INFO();
+  using T = lori::bfloat16;
+  auto g = lori_test::rng(314);
+  lori::cuda::context ctx;
+  skinny_project_case<T, float>(ctx, 129, 200, 31, 8, 3, g);
+  skinny_project_case<T, T>(ctx, 70, 136, 32, 0, 3, g, false);
+  skinny_project_case<T, float>(ctx, 20, 64, 8, 0, 1, g);
+  skinny_sddmm_case<T>(ctx, 150, 136, 32, 8, false, 3, g);
+  skinny_sddmm_case<T>(ctx, 70, 64, 12, 0, true, 8, g);
+  skinny_sddmm_case<T>(ctx, 10, 40, 1, 0, false, 1, g);
 }
 
 TEST_CASE_TEMPLATE("grad_x = G·W + s·(G·B)·A matches the double reference", T, float, lori::bfloat16, lori::half) {

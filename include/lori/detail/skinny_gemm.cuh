@@ -140,7 +140,8 @@ struct project_args {
   index_t lda;
   int r;
   int splits;   // blocks (cluster size) per 128-token tile
-  index_t kps;  // k per split, a multiple of prj_kc
+  index_t kps;  // k per split, a multiple of prj_kc (contiguous splits)
+  bool interleave;  // split u takes the 64-wide k chunks u, u + S, u + 2S, ... (else one contiguous range)
   float scale;
   O* out;
   index_t ldo;
@@ -157,9 +158,23 @@ __global__ void __launch_bounds__(threads, min_blocks_of(prj_smem_of(Stages))) p
   const int S = a.splits;
   const int split = static_cast<int>(blockIdx.x % static_cast<unsigned>(S));
   const index_t t0 = static_cast<index_t>(blockIdx.x / static_cast<unsigned>(S)) * tile_rows;
-  const index_t kb = static_cast<index_t>(split) * a.kps;
-  const index_t ke = kb + a.kps < a.k ? kb + a.kps : a.k;
-  const int steps = ke > kb ? static_cast<int>((ke - kb + prj_kc - 1) / prj_kc) : 0;
+  // k chunks of this split: kb + s·kstep for s < steps, columns below ke. Interleaved, the S blocks
+  // of a cluster read adjacent 128-byte pieces of the same rows at about the same time (S·128 bytes
+  // contiguous per row for the DRAM), instead of S ranges far apart.
+  index_t kb, ke, kstep;
+  int steps;
+  if (a.interleave) {
+    const index_t chunks = (a.k + prj_kc - 1) / prj_kc;
+    kb = static_cast<index_t>(split) * prj_kc;
+    ke = a.k;
+    kstep = static_cast<index_t>(S) * prj_kc;
+    steps = split < chunks ? static_cast<int>((chunks - split + S - 1) / S) : 0;
+  } else {
+    kb = static_cast<index_t>(split) * a.kps;
+    ke = kb + a.kps < a.k ? kb + a.kps : a.k;
+    kstep = prj_kc;
+    steps = ke > kb ? static_cast<int>((ke - kb + prj_kc - 1) / prj_kc) : 0;
+  }
 
   // Stage layout: rows 0..127 = X rows t0.., rows 128..159 = A rows; 16-byte chunk c of row q at
   // q·128 + ((c ^ (q & 7)) · 16). Thread tid copies chunk c = tid & 7 of rows tid/8 + 32·i, i < 5.
@@ -182,7 +197,7 @@ __global__ void __launch_bounds__(threads, min_blocks_of(prj_smem_of(Stages))) p
   auto issue = [&](int s) {
     if (s < steps) {
       const unsigned st = sbase + static_cast<unsigned>((s % Stages) * prj_stage_bytes) + dst0;
-      const index_t kk = kb + static_cast<index_t>(s) * prj_kc + c8 * 8;
+      const index_t kk = kb + static_cast<index_t>(s) * kstep + c8 * 8;
       const bool col_ok = kk < ke;  // ke is a multiple of 8: a chunk is all in or all out
 #pragma unroll
       for (int i = 0; i < 5; ++i) {
@@ -320,7 +335,8 @@ int choose_splits(Kernel kernel, int smem, index_t tiles, index_t reduce_len, in
 /// bounds the k splits (tests and benchmarks vary it; results differ only in summation order).
 template <class T, class O, int Stages = prj_stages>
 void launch_project(cudaStream_t stream, const T* X, index_t m, index_t k, index_t ldx, const T* A,
-                    index_t lda, index_t r, float scale, O* out, index_t ldo, int cap = max_splits) {
+                    index_t lda, index_t r, float scale, O* out, index_t ldo, int cap = max_splits,
+                    bool interleave = true) {
   if (m == 0) return;
   LORI_EXPECTS(cap >= 1 && cap <= max_splits, "skinny::launch_project: split cap must be in [1, 8]");
   const index_t tiles = ceil_div(m, tile_rows);
@@ -329,7 +345,7 @@ void launch_project(cudaStream_t stream, const T* X, index_t m, index_t k, index
   int S = choose_splits(kernel, prj_smem_of(Stages), tiles, k, prj_kc, cap);
   const index_t kps = ceil_div(ceil_div(k, S), prj_kc) * prj_kc;
   S = static_cast<int>(ceil_div(k, kps));  // no empty split
-  project_args<T, O> a{X, m, k, ldx, A, lda, static_cast<int>(r), S, kps, scale, out, ldo};
+  project_args<T, O> a{X, m, k, ldx, A, lda, static_cast<int>(r), S, kps, interleave, scale, out, ldo};
   cudaLaunchConfig_t cfg{};
   cfg.gridDim = dim3(grid_dim(tiles * S), 1, 1);
   cfg.blockDim = dim3(threads, 1, 1);
