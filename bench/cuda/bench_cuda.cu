@@ -550,6 +550,30 @@ void BM_gpu_baseline_read(benchmark::State& st) {
   }, static_cast<double>(bytes));
   st.SetLabel("one read of range(0) MiB, streaming kernel: the read floor under this harness");
 }
+// Launch cost of the skinny kernels' shape without their work: an empty kernel of 256 blocks x 256
+// threads; range(0) = 0: plain, 1: with 100 KB dynamic shared memory, 2: and clusters of 8 blocks.
+__global__ void empty_probe_kernel(int) {}
+void BM_gpu_probe_cluster_launch(benchmark::State& st) {
+  const auto mode = st.range(0);
+  const int smem = mode >= 1 ? lori::detail::skinny::prj_smem : 0;
+  LORI_CUDA_CHECK(cudaFuncSetAttribute(empty_probe_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  run_timed(st, [&] {
+    cudaLaunchConfig_t cfg{};
+    cfg.gridDim = dim3(256, 1, 1);
+    cfg.blockDim = dim3(256, 1, 1);
+    cfg.dynamicSmemBytes = static_cast<std::size_t>(smem);
+    cfg.stream = ctx().stream();
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = 8;
+    attr[0].val.clusterDim.y = 1;
+    attr[0].val.clusterDim.z = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = mode == 2 ? 1 : 0;
+    LORI_CUDA_CHECK(cudaLaunchKernelEx(&cfg, empty_probe_kernel, 0));
+  }, 1.0);
+}
+BENCHMARK(BM_gpu_probe_cluster_launch)->Arg(0)->Arg(1)->Arg(2)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
 BENCHMARK(BM_gpu_baseline_read)->Arg(32)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
 
 BENCHMARK(BM_gpu_skinny_project)->Args({4096, 4, 1})->Args({4096, 8, 1})->Args({4096, 8, 0})->Args({16384, 8, 1})->Args({16384, 8, 0})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
