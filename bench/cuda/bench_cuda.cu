@@ -497,6 +497,16 @@ void BM_gpu_skinny_project(benchmark::State& st) {
                                                              lori::detail::skinny::prj_smem, cap);
   st.SetLabel(std::string(interleave ? "interleaved" : "contiguous") + " k split over at most range(1) blocks of a cluster; max active clusters of that size: " + std::to_string(clusters));
 }
+void BM_gpu_skinny_project_tma(benchmark::State& st) {
+  fwd_data f(st.range(0));
+  const int cap = static_cast<int>(st.range(1));
+  device_buffer<float> H(f.n * R);
+  run_timed(st, [&] {
+    lori::detail::skinny::launch_project_tma<bf16, float>(ctx().stream(), f.X.data(), f.n, K, K, f.A.data(), K, R, 1.0f,
+                                                          H.data(), R, cap);
+  }, 2.0 * static_cast<double>(f.n * K) + 2.0 * R * K + 4.0 * static_cast<double>(f.n * R));
+  st.SetLabel("TMA loads (tensor maps, mbarrier ring), interleaved k split over at most range(1) blocks of a cluster");
+}
 void BM_gpu_baseline_cublas_project(benchmark::State& st) {
   fwd_data f(st.range(0));
   device_buffer<float> H(f.n * R);
@@ -578,6 +588,7 @@ BENCHMARK(BM_gpu_baseline_read)->Arg(32)->UseManualTime()->Unit(benchmark::kMicr
 
 BENCHMARK(BM_gpu_skinny_project)->Args({4096, 4, 1})->Args({4096, 8, 1})->Args({4096, 8, 0})->Args({16384, 8, 1})->Args({16384, 8, 0})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
 BENCHMARK(BM_gpu_layer_forward_widened)->Args({4096, 4096, 2})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
+BENCHMARK(BM_gpu_skinny_project_tma)->Args({4096, 8})->Args({16384, 8})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
 BENCHMARK(BM_gpu_baseline_cublas_project)->Arg(4096)->Arg(16384)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
 BENCHMARK(BM_gpu_skinny_sddmm)->Args({4096, 4})->Args({4096, 8})->Args({16384, 8})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
 BENCHMARK(BM_gpu_baseline_sddmm_cublas_route)->Arg(4096)->Arg(16384)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);

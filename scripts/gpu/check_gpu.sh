@@ -24,11 +24,16 @@ bexe="$B/bench/cuda/lori_bench_cuda"
 {
   nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader 2>&1 | head -2
   echo "== tests (skinny kernels, grad_b_sddmm, adapter forward incl. layer_forward(_widened))"
-  timeout "$(left 14)" "$exe" --test-case='*skinny*,*grad_b_sddmm*,adapter forward (decode*' \
+  timeout "$(left 14)" "$exe" --test-case='*skinny*,*grad_b_sddmm*,adapter forward (decode*' --test-case-exclude='*TMA*' \
     > "$OUT/gpu_tests.log" 2>&1
   echo "tests rc=$?"
   grep -E "ERROR|bad elements|FAILED|failed|CHECK|REQUIRE|test cases:|assertions:|Timeout|timeout|LORI_TEST_SEED|with expansion" \
     "$OUT/gpu_tests.log" | head -40
+  echo "== TMA variant tests (own process: a lost copy traps instead of hanging)"
+  timeout "$(left 8)" "$exe" --test-case='*TMA*' > "$OUT/gpu_tests_tma.log" 2>&1
+  echo "TMA tests rc=$?"
+  grep -E "ERROR|bad elements|FAILED|failed|CHECK|REQUIRE|test cases:|assertions:|with expansion|values:" \
+    "$OUT/gpu_tests_tma.log" | cut -c1-200 | head -16
   echo "== lori_bench_cuda (medians of 5, µs)"
   sb=$(command -v stdbuf >/dev/null && echo "stdbuf -oL" || true)
   bench() {  # label time-limit filter
@@ -39,19 +44,21 @@ bexe="$B/bench/cuda/lori_bench_cuda"
   }
   bench forward 16 'BM_gpu_(baseline_d2d_copy/234|baseline_read/|probe_cluster_launch/|skinny_project/4096/|baseline_cublas_project/4096/|adapter_project/4096/|layer_forward_widened/4096/4096/(1|2)/|baseline_base_gemm/4096/4096/)'
   bench sddmm 14 'BM_gpu_(baseline_d2d_copy/234|baseline_read/|skinny_sddmm/4096/|baseline_sddmm_cublas_route/4096/|grad_b_sddmm/4096/|baseline_gemm_mask/4096/)'
+  bench tma 6 'BM_gpu_(skinny_project_tma/4096/|baseline_read/)'
   echo "elapsed before ncu: $(( $(date +%s) - t0 )) s"
   if command -v ncu >/dev/null; then
-    for k in project_kernel sddmm_kernel; do
+    for k in project_kernel project_tma_kernel sddmm_kernel; do
       filt='BM_gpu_skinny_project/4096/8/'
+      [ $k = project_tma_kernel ] && filt='BM_gpu_skinny_project_tma/4096/8/'
       [ $k = sddmm_kernel ] && filt='BM_gpu_skinny_sddmm/4096/8/'
-      l=$(left 8)
+      l=$(left 7)
       [ "$l" -lt 4 ] && { echo "ncu $k: skipped (time)"; continue; }
       timeout "$l" ncu --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \
         --section WarpStateStats -k regex:$k -c 1 "$bexe" --benchmark_filter="$filt" --benchmark_repetitions=1 \
         --benchmark_min_time=0.01 > "$OUT/gpu_ncu_$k.log" 2>&1
       echo "ncu $k (limit $l s): rc=$?"
-      grep -E "Duration|DRAM Throughput|Memory Throughput|L2 Hit|Mem Busy|Max Bandwidth|Achieved Occupancy|Theoretical Occupancy|Registers Per|Block Limit (Shared|Reg)|Shared Memory Configuration Size|Dynamic Shared|Cluster|Stall|Warp Cycles Per Issued|Issued Warp|No Eligible|Active Warps Per" \
-        "$OUT/gpu_ncu_$k.log" | awk '{$1=$1; print}' | cut -c1-160 | head -26
+      grep -E "Duration|DRAM Throughput|Memory Throughput|L2 Hit|Mem Busy|Max Bandwidth|Achieved Occupancy|Registers Per|Block Limit Shared|Cluster Size|Max Active Clusters|Warp Cycles Per Issued|No Eligible|Active Warps Per|==ERROR|==PROF" \
+        "$OUT/gpu_ncu_$k.log" | awk '{$1=$1; print}' | cut -c1-160 | head -16
     done
   else
     echo "ncu: not found"
@@ -66,7 +73,7 @@ bexe="$B/bench/cuda/lori_bench_cuda"
     grep -E "Invalid|Race|Hazard|hazard|ERROR:|CHECK|REQUIRE|bad elements|with expansion|values:" "$OUT/gpu_sanitize_$tool.log" | cut -c1-200 | head -12
   done
   # The larger shapes, if time is left.
-  [ "$(left 20)" -ge 10 ] && bench large 12 'BM_gpu_(skinny_project/16384/|baseline_cublas_project/16384/|skinny_sddmm/16384/|baseline_sddmm_cublas_route/16384/|grad_b_sddmm/16384/|baseline_gemm_mask/16384/)'
+  [ "$(left 20)" -ge 10 ] && bench large 12 'BM_gpu_(skinny_project/16384/|skinny_project_tma/16384/|baseline_cublas_project/16384/|skinny_sddmm/16384/|baseline_sddmm_cublas_route/16384/|grad_b_sddmm/16384/|baseline_gemm_mask/16384/)'
   echo "total: $(( $(date +%s) - t0 )) s"
 } >> "$log" 2>&1
 cat "$log"

@@ -638,8 +638,8 @@ TEST_CASE("grad_b_sddmm is deterministic and rejects bad arguments") {
 namespace {
 template <class T, class O>
 void skinny_project_case(lori::cuda::context& ctx, index_t n, index_t k, index_t r, index_t padx, int cap,
-                         std::mt19937_64& g, bool interleave = true) {
-  CAPTURE(interleave);
+                         std::mt19937_64& g, int variant = 0) {
+  CAPTURE(variant);  // 0: cp.async, interleaved k splits; 1: cp.async, contiguous; 2: TMA loads
   CAPTURE(n);
   CAPTURE(k);
   CAPTURE(r);
@@ -664,8 +664,12 @@ void skinny_project_case(lori::cuda::context& ctx, index_t n, index_t k, index_t
   for (int run = 0; run < 2; ++run) {
     device_buffer<O> out(n * ldo);
     out.fill_bytes(0xff);
-    lori::detail::skinny::launch_project<T, O>(ctx.stream(), dX.data(), n, k, ldx, dA.data(), A.ld, r,
-                                              static_cast<float>(scale), out.data(), ldo, cap, interleave);
+    if (variant == 2)
+      lori::detail::skinny::launch_project_tma<T, O>(ctx.stream(), dX.data(), n, k, ldx, dA.data(), A.ld, r,
+                                                     static_cast<float>(scale), out.data(), ldo, cap);
+    else
+      lori::detail::skinny::launch_project<T, O>(ctx.stream(), dX.data(), n, k, ldx, dA.data(), A.ld, r,
+                                                 static_cast<float>(scale), out.data(), ldo, cap, variant == 0);
     LORI_CUDA_CHECK(cudaDeviceSynchronize());
     const auto got = out.download();
     if (run == 0) {
@@ -745,7 +749,7 @@ TEST_CASE_TEMPLATE("skinny project kernel at the benchmark shape matches the dou
   lori::cuda::context ctx;
   skinny_project_case<T, float>(ctx, 4096, 4096, 32, 0, 8, g);  // adapter_project at n = d = k = 4096
   skinny_project_case<T, T>(ctx, 2048, 2048, 32, 32, 8, g);     // widened-layer style: T out, s·H
-  skinny_project_case<T, float>(ctx, 2048, 4096, 32, 0, 8, g, false);  // contiguous k splits
+  skinny_project_case<T, float>(ctx, 2048, 4096, 32, 0, 8, g, 1);  // contiguous k splits
 }
 
 TEST_CASE_TEMPLATE("skinny project kernel: scale·X·Aᵀ matches the double reference (splits, tails, r, ld)", T,
@@ -759,8 +763,8 @@ TEST_CASE_TEMPLATE("skinny project kernel: scale·X·Aᵀ matches the double ref
   }
   // Contiguous k ranges per split instead of interleaved 64-wide chunks.
   for (int cap : {3, 8}) {
-    skinny_project_case<T, float>(ctx, 1000, 1000, 31, 8, cap, g, false);
-    skinny_project_case<T, T>(ctx, 129, 520, 8, 0, cap, g, false);
+    skinny_project_case<T, float>(ctx, 1000, 1000, 31, 8, cap, g, 1);
+    skinny_project_case<T, T>(ctx, 129, 520, 8, 0, cap, g, 1);
   }
   skinny_project_case<T, float>(ctx, 1, 64, 1, 0, 8, g);
   skinny_project_case<T, float>(ctx, 127, 8, 12, 16, 8, g);  // k shorter than one stage
@@ -818,6 +822,22 @@ TEST_CASE_TEMPLATE("skinny SDDMM kernel: masked s·Gᵀ·T(H) into compact value
   CHECK_FALSE(lori::detail::skinny::sddmm_applies(buf.data(), index_t{64}, index_t{64}, index_t{33}));
 }
 
+// The TMA-load variant of the project kernel (tensor maps, mbarrier ring; zero fill of the boxes
+// outside X and A by the hardware): the same shapes, splits, tails and outputs.
+TEST_CASE_TEMPLATE("skinny project kernel with TMA loads matches the double reference", T, lori::bfloat16, lori::half) {
+  LORI_TEST_SEED_INFO();
+  auto g = lori_test::rng(315);
+  lori::cuda::context ctx;
+  skinny_project_case<T, float>(ctx, 4096, 4096, 32, 0, 8, g, 2);
+  for (int cap : {1, 3, 8}) {
+    skinny_project_case<T, float>(ctx, 1000, 1000, 31, 8, cap, g, 2);
+    skinny_project_case<T, T>(ctx, 129, 520, 8, 0, cap, g, 2);
+  }
+  skinny_project_case<T, float>(ctx, 1, 64, 1, 0, 8, g, 2);
+  skinny_project_case<T, float>(ctx, 127, 8, 12, 16, 8, g, 2);
+  skinny_project_case<T, T>(ctx, 300, 2056, 32, 8, 8, g, 2);
+}
+
 // A few small launches of both kernels (all code paths: clusters of 1 and 3, interleaved and
 // contiguous splits, tails, T and fp32 outputs, 16- and 4-byte H staging) for compute-sanitizer.
 TEST_CASE("skinny kernels: small shapes (the compute-sanitizer subset)") {
@@ -826,7 +846,7 @@ TEST_CASE("skinny kernels: small shapes (the compute-sanitizer subset)") {
   auto g = lori_test::rng(314);
   lori::cuda::context ctx;
   skinny_project_case<T, float>(ctx, 129, 200, 31, 8, 3, g);
-  skinny_project_case<T, T>(ctx, 70, 136, 32, 0, 3, g, false);
+  skinny_project_case<T, T>(ctx, 70, 136, 32, 0, 3, g, 1);
   skinny_project_case<T, float>(ctx, 20, 64, 8, 0, 1, g);
   skinny_sddmm_case<T>(ctx, 150, 136, 32, 8, false, 3, g);
   skinny_sddmm_case<T>(ctx, 70, 64, 12, 0, true, 8, g);

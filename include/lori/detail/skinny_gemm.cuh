@@ -30,6 +30,8 @@
 #include "lori/error.hpp"
 
 #include <cooperative_groups.h>
+#include <cuda.h>
+#include <cudaTypedefs.h>
 #include <cuda_runtime.h>
 
 #include <atomic>
@@ -132,6 +134,60 @@ __device__ __forceinline__ void store_out(O* p, float x) {
 }
 
 // ---- project ----------------------------------------------------------------------------------------
+// One 64-wide k stage: X rows at xs (128 rows of 128 bytes), A rows at as (32 rows of 128 bytes), both
+// with 16-byte chunk c of row q at q·128 + ((c ^ (q & 7))·16) (what TMA's 128-byte swizzle also
+// writes). A operand: X rows warp*16 + (lane & 15), chunk 2·kk + lane/16; B operand: A rows
+// np*16 + (lane/16)*8 + (lane & 7), chunk 2·kk + (lane/8 & 1); both ldmatrix without transpose.
+template <class T>
+__device__ __forceinline__ void project_stage_mma(unsigned xs, unsigned as, float (&acc)[4][4], int warp, int lane) {
+  const int xa_row = warp * 16 + (lane & 15), xa_hi = lane >> 4;
+  const int ab_row = ((lane >> 4) << 3) + (lane & 7), ab_hi = (lane >> 3) & 1;
+#pragma unroll
+  for (int kk = 0; kk < prj_kc / 16; ++kk) {
+    unsigned af[4];
+    ldsm_x4(xs + static_cast<unsigned>(xa_row * 128 + (((2 * kk + xa_hi) ^ (xa_row & 7)) << 4)), af);
+#pragma unroll
+    for (int np = 0; np < 2; ++np) {
+      const int row = np * 16 + ab_row;
+      unsigned bf[4];
+      ldsm_x4(as + static_cast<unsigned>(row * 128 + (((2 * kk + ab_hi) ^ (row & 7)) << 4)), bf);
+      mma16816<T>(acc[2 * np], af, bf[0], bf[1]);
+      mma16816<T>(acc[2 * np + 1], af, bf[2], bf[3]);
+    }
+  }
+}
+
+// Epilogue of both project kernels (all threads; Acc = this block's free shared memory): the fp32
+// partial tile into Acc, a cluster barrier, then this block (rank `split` of S) sums its share of
+// the tile over the S blocks in rank order (deterministic) and stores scale·sum.
+template <class O>
+__device__ __forceinline__ void project_epilogue(float* Acc, const float (&acc)[4][4], int S, int split, index_t t0,
+                                                 index_t n, int r, float scale, O* out, index_t ldo) {
+  namespace cg = cooperative_groups;
+  const int tid = static_cast<int>(threadIdx.x);
+  store_acc(Acc, acc, tid >> 5, tid & 31);
+  cg::cluster_group cluster = cg::this_cluster();
+  cluster.sync();  // every block's partial tile written and visible cluster-wide
+  const float* parts[max_splits];
+#pragma unroll
+  for (int u = 0; u < max_splits; ++u) parts[u] = u < S ? cluster.map_shared_rank(Acc, u) : Acc;
+  for (int e = split * threads + tid; e < tile_rows * r; e += S * threads) {
+    const int row = e / r, j = e - row * r;
+    const index_t t = t0 + row;
+    if (t < n) {
+      float v[max_splits];
+#pragma unroll
+      for (int u = 0; u < max_splits; ++u) v[u] = u < S ? parts[u][row * acc_ld + j] : 0.0f;
+      float x = 0.0f;
+#pragma unroll
+      for (int u = 0; u < max_splits; ++u)
+        if (u < S) x += v[u];  // cluster-rank order: deterministic
+      store_out(out + t * ldo + j, scale * x);
+    }
+  }
+  cluster.sync();  // keep this block's shared memory alive until the cluster has read it
+}
+
 template <class T, class O>
 struct project_args {
   const T* X;
@@ -151,7 +207,6 @@ struct project_args {
 // (= its rank in the cluster). Requires X, A 16-byte aligned and k, ldx, lda multiples of 8.
 template <class T, class O, int Stages = prj_stages>
 __global__ void __launch_bounds__(threads, min_blocks_of(prj_smem_of(Stages))) project_kernel(project_args<T, O> a) {
-  namespace cg = cooperative_groups;
   unsigned char* smem = dynamic_smem();
   const unsigned sbase = smem_u32(smem);
   const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;
@@ -216,56 +271,16 @@ __global__ void __launch_bounds__(threads, min_blocks_of(prj_smem_of(Stages))) p
 
 #pragma unroll
   for (int s = 0; s < Stages - 1; ++s) issue(s);
-  // Fragment addresses: A operand (X rows warp*16 + (lane & 15), chunk 2·kk + lane/16); B operand
-  // (A rows np*16 + (lane/16)*8 + (lane & 7), chunk 2·kk + (lane/8 & 1)), both non-transposed.
-  const int xa_row = warp * 16 + (lane & 15), xa_hi = lane >> 4;
-  const int ab_row = ((lane >> 4) << 3) + (lane & 7), ab_hi = (lane >> 3) & 1;
   for (int s = 0; s < steps; ++s) {
     cp_async_wait<Stages - 2>();
     __syncthreads();  // stage s visible to all; everyone is done with stage s - 1's buffer
     issue(s + Stages - 1);
     const unsigned xs = sbase + static_cast<unsigned>((s % Stages) * prj_stage_bytes);
-    const unsigned as = xs + tile_rows * 128;
-#pragma unroll
-    for (int kk = 0; kk < prj_kc / 16; ++kk) {
-      unsigned af[4];
-      ldsm_x4(xs + static_cast<unsigned>(xa_row * 128 + (((2 * kk + xa_hi) ^ (xa_row & 7)) << 4)), af);
-#pragma unroll
-      for (int np = 0; np < 2; ++np) {
-        const int row = np * 16 + ab_row;
-        unsigned bf[4];
-        ldsm_x4(as + static_cast<unsigned>(row * 128 + (((2 * kk + ab_hi) ^ (row & 7)) << 4)), bf);
-        mma16816<T>(acc[2 * np], af, bf[0], bf[1]);
-        mma16816<T>(acc[2 * np + 1], af, bf[2], bf[3]);
-      }
-    }
+    project_stage_mma<T>(xs, xs + tile_rows * 128, acc, warp, lane);
   }
   cp_async_wait<0>();
   __syncthreads();  // the ring is free: reuse it for the fp32 partial tile
-  float* Acc = reinterpret_cast<float*>(smem);
-  store_acc(Acc, acc, warp, lane);
-
-  cg::cluster_group cluster = cg::this_cluster();
-  cluster.sync();  // every block's partial tile written and visible cluster-wide
-  const float* parts[max_splits];
-#pragma unroll
-  for (int u = 0; u < max_splits; ++u) parts[u] = u < S ? cluster.map_shared_rank(Acc, u) : Acc;
-  const int r = a.r;
-  for (int e = split * threads + tid; e < tile_rows * r; e += S * threads) {
-    const int row = e / r, j = e - row * r;
-    const index_t t = t0 + row;
-    if (t < a.n) {
-      float v[max_splits];
-#pragma unroll
-      for (int u = 0; u < max_splits; ++u) v[u] = u < S ? parts[u][row * acc_ld + j] : 0.0f;
-      float x = 0.0f;
-#pragma unroll
-      for (int u = 0; u < max_splits; ++u)
-        if (u < S) x += v[u];  // cluster-rank order: deterministic
-      store_out(a.out + t * a.ldo + j, a.scale * x);
-    }
-  }
-  cluster.sync();  // keep this block's shared memory alive until the cluster has read it
+  project_epilogue(reinterpret_cast<float*>(smem), acc, S, split, t0, a.n, a.r, a.scale, a.out, a.ldo);
 }
 
 template <class T>
@@ -350,6 +365,156 @@ void launch_project(cudaStream_t stream, const T* X, index_t m, index_t k, index
   cfg.gridDim = dim3(grid_dim(tiles * S), 1, 1);
   cfg.blockDim = dim3(threads, 1, 1);
   cfg.dynamicSmemBytes = prj_smem_of(Stages);
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = static_cast<unsigned>(S);
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  LORI_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, a));
+  LORI_CUDA_CHECK_LAUNCH();
+}
+
+// ---- project with TMA loads (plain sm_90: cp.async.bulk.tensor + mbarrier) --------------------------
+// The same tiles, stages, MMAs and cluster epilogue as project_kernel; the ring is filled by the
+// tensor-memory accelerator instead of per-thread cp.async: one thread issues two 2-D box copies per
+// stage (128 rows x 64 of X, 32 x 64 of A; 128-byte swizzle = the layout project_stage_mma reads; rows
+// and columns outside the matrix arrive as zeros) completing on the stage's mbarrier. k splits are
+// interleaved. Requires X, A 16-byte aligned and ldx, lda multiples of 8 (TMA: 16-byte strides).
+template <class O>
+struct project_tma_args {
+  CUtensorMap xmap;  // X: {k, m} elements, box {64, 128}
+  CUtensorMap amap;  // A: {k, r} elements, box {64, 32}
+  index_t n, k;
+  int r, splits;
+  float scale;
+  O* out;
+  index_t ldo;
+};
+
+__device__ __forceinline__ void mbar_init(unsigned bar, unsigned count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive_expect_tx(unsigned bar, unsigned bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+// Waits for the phase of parity `parity` to complete; traps (a launch error, not a hang) if it never does.
+__device__ __forceinline__ void mbar_wait(unsigned bar, unsigned parity) {
+  for (long long spin = 0;; ++spin) {
+    unsigned done = 0;
+    asm volatile(
+        "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(bar), "r"(parity)
+        : "memory");
+    if (done != 0) return;
+    if (spin > (1ll << 20)) __trap();
+  }
+}
+__device__ __forceinline__ void tma_load_2d(unsigned dst, const CUtensorMap* map, int x, int y, unsigned bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(
+          dst),
+      "l"(reinterpret_cast<std::uint64_t>(map)), "r"(x), "r"(y), "r"(bar)
+      : "memory");
+}
+
+inline constexpr int prj_tma_smem = prj_smem + 1024;  // + alignment of the ring to 1024 bytes (swizzle atom)
+
+template <class T, class O>
+__global__ void __launch_bounds__(threads, 2) project_tma_kernel(const __grid_constant__ project_tma_args<O> a) {
+  __shared__ alignas(8) std::uint64_t full[prj_stages];
+  unsigned char* raw = dynamic_smem();
+  unsigned char* smem = raw + ((1024u - (smem_u32(raw) & 1023u)) & 1023u);
+  const unsigned sbase = smem_u32(smem);
+  const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;
+  const int S = a.splits;
+  const int split = static_cast<int>(blockIdx.x % static_cast<unsigned>(S));
+  const index_t t0 = static_cast<index_t>(blockIdx.x / static_cast<unsigned>(S)) * tile_rows;
+  const index_t chunks = (a.k + prj_kc - 1) / prj_kc;
+  const int steps = split < chunks ? static_cast<int>((chunks - split + S - 1) / S) : 0;
+  if (tid == 0) {
+#pragma unroll
+    for (int i = 0; i < prj_stages; ++i) mbar_init(smem_u32(&full[i]), 1);
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  __syncthreads();
+  auto issue = [&](int s) {
+    if (tid == 0 && s < steps) {
+      const int slot = s % prj_stages;
+      const unsigned st = sbase + static_cast<unsigned>(slot * prj_stage_bytes), bar = smem_u32(&full[slot]);
+      const int x = static_cast<int>((split + static_cast<index_t>(s) * S) * prj_kc);
+      mbar_arrive_expect_tx(bar, static_cast<unsigned>(prj_stage_bytes));  // full boxes, zero-filled or not
+      tma_load_2d(st, &a.xmap, x, static_cast<int>(t0), bar);
+      tma_load_2d(st + tile_rows * 128, &a.amap, x, 0, bar);
+    }
+  };
+  float acc[4][4];
+#pragma unroll
+  for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[nt][e] = 0.0f;
+#pragma unroll
+  for (int s = 0; s < prj_stages - 1; ++s) issue(s);
+  for (int s = 0; s < steps; ++s) {
+    mbar_wait(smem_u32(&full[s % prj_stages]), static_cast<unsigned>((s / prj_stages) & 1));
+    __syncthreads();  // everyone is done with stage s - 1's buffer, which is refilled now
+    issue(s + prj_stages - 1);
+    const unsigned xs = sbase + static_cast<unsigned>((s % prj_stages) * prj_stage_bytes);
+    project_stage_mma<T>(xs, xs + tile_rows * 128, acc, warp, lane);
+  }
+  __syncthreads();  // every copy was waited for and every MMA is done: the ring becomes the partial tile
+  project_epilogue(reinterpret_cast<float*>(smem), acc, S, split, t0, a.n, a.r, a.scale, a.out, a.ldo);
+}
+
+/// cuTensorMapEncodeTiled from the driver, looked up once through the runtime (no -lcuda).
+inline PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
+  static const PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+    void* p = nullptr;
+    cudaDriverEntryPointQueryResult q{};
+    LORI_CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &q));
+    LORI_EXPECTS(p != nullptr && q == cudaDriverEntryPointSuccess, "lori::cuda: cuTensorMapEncodeTiled not available");
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(p);
+  }();
+  return fn;
+}
+
+/// A 2-D tensor map of a row-major 16-bit matrix (rows x cols, leading dimension ld): boxes of 64
+/// columns x box_rows rows, 128-byte swizzle, zeros outside.
+template <class T>
+CUtensorMap tensor_map_2d(const T* base, index_t rows, index_t cols, index_t ld, unsigned box_rows) {
+  CUtensorMap m;
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(ld) * sizeof(T)};
+  const cuuint32_t box[2] = {static_cast<cuuint32_t>(prj_kc), box_rows};
+  const cuuint32_t elem_strides[2] = {1, 1};
+  const CUresult res = tensor_map_encoder()(
+      &m, std::is_same_v<T, ::lori::bfloat16> ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 2,
+      const_cast<T*>(base), dims, strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+      CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  LORI_EXPECTS(res == CUDA_SUCCESS, "lori::cuda: cuTensorMapEncodeTiled failed");
+  return m;
+}
+
+/// launch_project with TMA loads (requires project_applies).
+template <class T, class O>
+void launch_project_tma(cudaStream_t stream, const T* X, index_t m, index_t k, index_t ldx, const T* A, index_t lda,
+                        index_t r, float scale, O* out, index_t ldo, int cap = max_splits) {
+  if (m == 0) return;
+  LORI_EXPECTS(cap >= 1 && cap <= max_splits, "skinny::launch_project_tma: split cap must be in [1, 8]");
+  LORI_EXPECTS(m <= index_t{2147483647} && k <= index_t{2147483647}, "skinny::launch_project_tma: too large");
+  const index_t tiles = ceil_div(m, tile_rows);
+  auto kernel = project_tma_kernel<T, O>;
+  set_smem_attributes(kernel, prj_tma_smem);
+  const int S = choose_splits(kernel, prj_tma_smem, tiles, k, prj_kc, cap);
+  project_tma_args<O> a{tensor_map_2d(X, m, k, ldx, tile_rows), tensor_map_2d(A, r, k, lda, max_rank), m, k,
+                        static_cast<int>(r), S, scale, out, ldo};
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(grid_dim(tiles * S), 1, 1);
+  cfg.blockDim = dim3(threads, 1, 1);
+  cfg.dynamicSmemBytes = prj_tma_smem;
   cfg.stream = stream;
   cudaLaunchAttribute attr[1];
   attr[0].id = cudaLaunchAttributeClusterDimension;
