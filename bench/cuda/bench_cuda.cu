@@ -527,6 +527,15 @@ void BM_gpu_skinny_sddmm(benchmark::State& st) {
                                                              lori::detail::skinny::sd_smem, cap);
   st.SetLabel("token split over at most range(1) blocks of a cluster; max active clusters of that size: " + std::to_string(clusters));
 }
+void BM_gpu_skinny_sddmm_tma(benchmark::State& st) {
+  grad_data f(st.range(0));
+  const int cap = static_cast<int>(st.range(1));
+  run_timed(st, [&] {
+    lori::detail::skinny::launch_sddmm_tma<bf16>(ctx().stream(), f.G.data(), f.n, D, D, f.H.data(), 0.5f, f.B,
+                                                 f.out.data(), cap);
+  }, sddmm_floor(f.n, f.B.nnz()));
+  st.SetLabel("TMA loads (tensor maps, mbarrier ring), token split over at most range(1) blocks of a cluster");
+}
 void BM_gpu_baseline_sddmm_cublas_route(benchmark::State& st) {
   grad_data f(st.range(0));
   run_timed(st, [&] {
@@ -591,6 +600,7 @@ BENCHMARK(BM_gpu_layer_forward_widened)->Args({4096, 4096, 2})->UseManualTime()-
 BENCHMARK(BM_gpu_skinny_project_tma)->Args({4096, 8})->Args({16384, 8})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
 BENCHMARK(BM_gpu_baseline_cublas_project)->Arg(4096)->Arg(16384)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
 BENCHMARK(BM_gpu_skinny_sddmm)->Args({4096, 4})->Args({4096, 8})->Args({16384, 8})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
+BENCHMARK(BM_gpu_skinny_sddmm_tma)->Args({4096, 8})->Args({16384, 8})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
 BENCHMARK(BM_gpu_baseline_sddmm_cublas_route)->Arg(4096)->Arg(16384)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
 
 // ---- ∂L/∂X -----------------------------------------------------------------------------------------------

@@ -44,13 +44,14 @@ bexe="$B/bench/cuda/lori_bench_cuda"
   }
   bench forward 16 'BM_gpu_(baseline_d2d_copy/234|baseline_read/|probe_cluster_launch/|skinny_project/4096/|baseline_cublas_project/4096/|adapter_project/4096/|layer_forward_widened/4096/4096/(1|2)/|baseline_base_gemm/4096/4096/)'
   bench sddmm 14 'BM_gpu_(baseline_d2d_copy/234|baseline_read/|skinny_sddmm/4096/|baseline_sddmm_cublas_route/4096/|grad_b_sddmm/4096/|baseline_gemm_mask/4096/)'
-  bench tma 6 'BM_gpu_(skinny_project_tma/4096/|baseline_read/)'
+  bench tma 8 'BM_gpu_(skinny_project_tma/4096/|skinny_sddmm_tma/4096/|baseline_read/)'
   echo "elapsed before ncu: $(( $(date +%s) - t0 )) s"
   if command -v ncu >/dev/null; then
-    for k in project_kernel project_tma_kernel sddmm_kernel; do
+    for k in project_tma_kernel sddmm_tma_kernel project_kernel sddmm_kernel; do
       filt='BM_gpu_skinny_project/4096/8/'
       [ $k = project_tma_kernel ] && filt='BM_gpu_skinny_project_tma/4096/8/'
       [ $k = sddmm_kernel ] && filt='BM_gpu_skinny_sddmm/4096/8/'
+      [ $k = sddmm_tma_kernel ] && filt='BM_gpu_skinny_sddmm_tma/4096/8/'
       l=$(left 7)
       [ "$l" -lt 4 ] && { echo "ncu $k: skipped (time)"; continue; }
       timeout "$l" ncu --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \
@@ -73,7 +74,7 @@ bexe="$B/bench/cuda/lori_bench_cuda"
     grep -E "Invalid|Race|Hazard|hazard|ERROR:|CHECK|REQUIRE|bad elements|with expansion|values:" "$OUT/gpu_sanitize_$tool.log" | cut -c1-200 | head -12
   done
   # The larger shapes, if time is left.
-  [ "$(left 20)" -ge 10 ] && bench large 12 'BM_gpu_(skinny_project/16384/|skinny_project_tma/16384/|baseline_cublas_project/16384/|skinny_sddmm/16384/|baseline_sddmm_cublas_route/16384/|grad_b_sddmm/16384/|baseline_gemm_mask/16384/)'
+  [ "$(left 20)" -ge 10 ] && bench large 12 'BM_gpu_(skinny_project/16384/|skinny_project_tma/16384/|baseline_cublas_project/16384/|skinny_sddmm/16384/|skinny_sddmm_tma/16384/|baseline_sddmm_cublas_route/16384/|grad_b_sddmm/16384/|baseline_gemm_mask/16384/)'
   echo "total: $(( $(date +%s) - t0 )) s"
 } >> "$log" 2>&1
 cat "$log"

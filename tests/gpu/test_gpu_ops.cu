@@ -687,7 +687,8 @@ void skinny_project_case(lori::cuda::context& ctx, index_t n, index_t k, index_t
 
 template <class T>
 void skinny_sddmm_case(lori::cuda::context& ctx, index_t n, index_t d, index_t r, index_t pad, bool h_misaligned,
-                       int cap, std::mt19937_64& g) {
+                       int cap, std::mt19937_64& g, bool tma = false) {
+  CAPTURE(tma);
   CAPTURE(n);
   CAPTURE(d);
   CAPTURE(r);
@@ -726,8 +727,14 @@ void skinny_sddmm_case(lori::cuda::context& ctx, index_t n, index_t d, index_t r
   for (int run = 0; run < 2; ++run) {
     device_buffer<T> out(B.nnz() + 1);  // one extra element: must stay poisoned
     out.fill_bytes(0xff);
-    lori::detail::skinny::launch_sddmm<T>(ctx.stream(), dG.data(), n, d, ldg, dH.data() + h0,
-                                          static_cast<float>(s), B, out.data(), cap);
+    if (tma) {
+      REQUIRE(lori::detail::skinny::sddmm_tma_applies(dG.data(), d, ldg, r, dH.data() + h0));
+      lori::detail::skinny::launch_sddmm_tma<T>(ctx.stream(), dG.data(), n, d, ldg, dH.data() + h0,
+                                                static_cast<float>(s), B, out.data(), cap);
+    } else {
+      lori::detail::skinny::launch_sddmm<T>(ctx.stream(), dG.data(), n, d, ldg, dH.data() + h0,
+                                            static_cast<float>(s), B, out.data(), cap);
+    }
     LORI_CUDA_CHECK(cudaDeviceSynchronize());
     auto got = out.download();
     CHECK(is_poison(got.back()));
@@ -836,6 +843,20 @@ TEST_CASE_TEMPLATE("skinny project kernel with TMA loads matches the double refe
   skinny_project_case<T, float>(ctx, 1, 64, 1, 0, 8, g, 2);
   skinny_project_case<T, float>(ctx, 127, 8, 12, 16, 8, g, 2);
   skinny_project_case<T, T>(ctx, 300, 2056, 32, 8, 8, g, 2);
+}
+
+TEST_CASE_TEMPLATE("skinny SDDMM kernel with TMA loads matches the double reference", T, lori::bfloat16, lori::half) {
+  LORI_TEST_SEED_INFO();
+  auto g = lori_test::rng(316);
+  lori::cuda::context ctx;
+  skinny_sddmm_case<T>(ctx, 4096, 4096, 32, 0, false, 8, g, true);
+  for (int cap : {1, 3, 8}) {
+    skinny_sddmm_case<T>(ctx, 1000, 520, 32, 8, false, cap, g, true);  // splits end inside G; column tail
+    skinny_sddmm_case<T>(ctx, 333, 136, 28, 0, false, cap, g, true);
+  }
+  skinny_sddmm_case<T>(ctx, 64, 96, 4, 8, false, 8, g, true);
+  skinny_sddmm_case<T>(ctx, 1, 256, 8, 0, false, 8, g, true);
+  skinny_sddmm_case<T>(ctx, 2048, 1024, 12, 0, false, 8, g, true);
 }
 
 // A few small launches of both kernels (all code paths: clusters of 1 and 3, interleaved and

@@ -528,6 +528,95 @@ void launch_project_tma(cudaStream_t stream, const T* X, index_t m, index_t k, i
 }
 
 // ---- sddmm ------------------------------------------------------------------------------------------
+// Thread tid rounds H(row tid/4, columns 8·(tid & 3) .. +8) of the fp32 stage hs (64 rows of 128
+// bytes) to T into hb (64 rows of 64 bytes) at chunk (tid & 3) ^ ((row >> 1) & 3) (the swizzle makes
+// the ldmatrix of sddmm_stage_mma conflict-free). Same rounding as lori::from_float.
+template <class T>
+__device__ __forceinline__ void sddmm_convert_h(const unsigned char* hs, unsigned char* hb) {
+  const int tid = static_cast<int>(threadIdx.x);
+  const int cv_row = tid >> 2, cv_g = tid & 3;
+  const float4* hp = reinterpret_cast<const float4*>(hs + cv_row * 128 + cv_g * 32);
+  const float4 h0 = hp[0], h1 = hp[1];
+  const float hv[8] = {h0.x, h0.y, h0.z, h0.w, h1.x, h1.y, h1.z, h1.w};
+  std::uint32_t w[4];
+#pragma unroll
+  for (int e = 0; e < 4; ++e)
+    w[e] = static_cast<std::uint32_t>(::lori::from_float<T>(hv[2 * e]).bits) |
+           (static_cast<std::uint32_t>(::lori::from_float<T>(hv[2 * e + 1]).bits) << 16);
+  *reinterpret_cast<uint4*>(hb + cv_row * 64 + ((cv_g ^ ((cv_row >> 1) & 3)) << 4)) = make_uint4(w[0], w[1], w[2], w[3]);
+}
+
+// One 64-token stage: acc (warp's 16 columns of G x 32) += Gᵀ·T(H). G stage at gs: 64 token rows of
+// 128 columns, either 256-byte rows with chunk c (0..15) at c ^ (row & 7) (Halves = false), or two
+// 64-column halves of 64 rows x 128 bytes, 8 KB apart, chunk c & 7 at (c & 7) ^ (row & 7) (Halves =
+// true: TMA's 128-byte swizzle). A operand = Gᵀ (m = column, k = token), ldmatrix.trans: matrix q =
+// lane/8 covers columns warp*16 + (q & 1)*8, tokens (q >> 1)*8 + (lane & 7). B operand = T(H) in hb
+// (k = token, n = j), ldmatrix.trans: matrix q covers tokens (q & 1)*8 + (lane & 7), columns
+// np*16 + (q >> 1)*8.
+template <class T, bool Halves>
+__device__ __forceinline__ void sddmm_stage_mma(unsigned gs, unsigned hbase, float (&acc)[4][4]) {
+  const int lane = static_cast<int>(threadIdx.x) & 31, warp = static_cast<int>(threadIdx.x) >> 5;
+  const int ga_tok = ((lane >> 4) << 3) + (lane & 7), ga_ch = warp * 2 + ((lane >> 3) & 1);
+  const int hb_tok = (((lane >> 3) & 1) << 3) + (lane & 7), hb_ch = lane >> 4;
+#pragma unroll
+  for (int kk = 0; kk < sd_tc / 16; ++kk) {
+    unsigned af[4];
+    {
+      const int row = kk * 16 + ga_tok;
+      if constexpr (Halves)
+        ldsm_x4_trans(gs + static_cast<unsigned>((ga_ch >> 3) * (sd_tc * 128) + row * 128 +
+                                                 (((ga_ch & 7) ^ (row & 7)) << 4)),
+                      af);
+      else
+        ldsm_x4_trans(gs + static_cast<unsigned>(row * 256 + ((ga_ch ^ (row & 7)) << 4)), af);
+    }
+#pragma unroll
+    for (int np = 0; np < 2; ++np) {
+      const int row = kk * 16 + hb_tok, ch = np * 2 + hb_ch;
+      unsigned bf[4];
+      ldsm_x4_trans(hbase + static_cast<unsigned>(row * 64 + ((ch ^ ((row >> 1) & 3)) << 4)), bf);
+      mma16816<T>(acc[2 * np], af, bf[0], bf[1]);
+      mma16816<T>(acc[2 * np + 1], af, bf[2], bf[3]);
+    }
+  }
+}
+
+// Epilogue of both SDDMM kernels (all threads; Acc = this block's free shared memory): the fp32
+// partial tile into Acc, a cluster barrier, then rank `split` of S writes rows [split·rpb, +rpb) of
+// the tile: one thread per (row, kept slot < r), the S partials summed in rank order (deterministic).
+template <class T>
+__device__ __forceinline__ void sddmm_epilogue(float* Acc, const float (&acc)[4][4], int S, int split, index_t i0,
+                                               index_t d, float s, const ::lori::cuda::sparse_b_view<T>& B, T* out) {
+  namespace cg = cooperative_groups;
+  const int tid = static_cast<int>(threadIdx.x);
+  store_acc(Acc, acc, tid >> 5, tid & 31);
+  cg::cluster_group cluster = cg::this_cluster();
+  cluster.sync();
+  const float* parts[max_splits];
+#pragma unroll
+  for (int u = 0; u < max_splits; ++u) parts[u] = u < S ? cluster.map_shared_rank(Acc, u) : Acc;
+  const int rpb = (tile_rows + S - 1) / S;
+  for (int e = tid; e < rpb * max_rank; e += threads) {
+    const int il = split * rpb + (e >> 5), slot = e & 31;
+    const index_t i = i0 + il;
+    if (il < tile_rows && i < d) {
+      const std::int32_t p = B.row_ptr[i] + slot;
+      if (p < B.row_ptr[i + 1]) {
+        const int col = B.col_idx[p];
+        float v[max_splits];
+#pragma unroll
+        for (int u = 0; u < max_splits; ++u) v[u] = u < S ? parts[u][il * acc_ld + col] : 0.0f;
+        float x = 0.0f;
+#pragma unroll
+        for (int u = 0; u < max_splits; ++u)
+          if (u < S) x += v[u];  // cluster-rank order: deterministic
+        out[p] = ::lori::from_float<T>(s * x);
+      }
+    }
+  }
+  cluster.sync();  // keep this block's shared memory alive until the cluster has read it
+}
+
 template <class T>
 struct sddmm_args {
   const T* G;
@@ -546,12 +635,11 @@ struct sddmm_args {
 // split b % splits. Requires G 16-byte aligned and d, ldg multiples of 8.
 template <class T, int Stages = sd_stages>
 __global__ void __launch_bounds__(threads, min_blocks_of(sd_smem_of(Stages))) sddmm_kernel(sddmm_args<T> a) {
-  namespace cg = cooperative_groups;
   unsigned char* smem = dynamic_smem();
   const unsigned sbase = smem_u32(smem);
   unsigned char* hb = smem + Stages * sd_stage_bytes;  // H of the current stage in T, 64 x 32
   const unsigned hbase = smem_u32(hb);
-  const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;
+  const int tid = static_cast<int>(threadIdx.x);
   const int S = a.splits;
   const int split = static_cast<int>(blockIdx.x % static_cast<unsigned>(S));
   const index_t i0 = static_cast<index_t>(blockIdx.x / static_cast<unsigned>(S)) * tile_rows;
@@ -607,82 +695,18 @@ __global__ void __launch_bounds__(threads, min_blocks_of(sd_smem_of(Stages))) sd
 
 #pragma unroll
   for (int s = 0; s < Stages - 1; ++s) issue(s);
-  // Conversion: thread tid rounds H(row tid/4, columns 8·(tid & 3) .. +8) to T into hb row tid/4,
-  // chunk (tid & 3) ^ ((row >> 1) & 3) (64-byte rows; the swizzle makes the ldmatrix below conflict-free).
-  const int cv_row = tid >> 2, cv_g = tid & 3;
-  const unsigned cv_dst = static_cast<unsigned>(cv_row * 64 + ((cv_g ^ ((cv_row >> 1) & 3)) << 4));
-  // A operand = Gᵀ (m = column i, k = token), ldmatrix.trans of 8x8 blocks (rows = tokens): matrix
-  // q = lane/8 covers columns warp*16 + (q & 1)*8, tokens (q >> 1)*8 + (lane & 7).
-  const int ga_tok = ((lane >> 4) << 3) + (lane & 7), ga_ch = warp * 2 + ((lane >> 3) & 1);
-  // B operand = H (k = token, n = j), ldmatrix.trans: matrix q covers tokens (q & 1)*8 + (lane & 7),
-  // columns np*16 + (q >> 1)*8.
-  const int hb_tok = (((lane >> 3) & 1) << 3) + (lane & 7), hb_ch = lane >> 4;
   for (int s = 0; s < steps; ++s) {
     cp_async_wait<Stages - 2>();
     __syncthreads();  // stage s visible; everyone is done with stage s - 1 (ring slot and hb)
     issue(s + Stages - 1);
     const unsigned gs = sbase + static_cast<unsigned>((s % Stages) * sd_stage_bytes);
-    {
-      const float4* hp = reinterpret_cast<const float4*>(smem + (s % Stages) * sd_stage_bytes + sd_g_bytes +
-                                                         cv_row * 128 + cv_g * 32);
-      const float4 h0 = hp[0], h1 = hp[1];
-      const float hv[8] = {h0.x, h0.y, h0.z, h0.w, h1.x, h1.y, h1.z, h1.w};
-      std::uint32_t w[4];
-#pragma unroll
-      for (int e = 0; e < 4; ++e)
-        w[e] = static_cast<std::uint32_t>(::lori::from_float<T>(hv[2 * e]).bits) |
-               (static_cast<std::uint32_t>(::lori::from_float<T>(hv[2 * e + 1]).bits) << 16);
-      *reinterpret_cast<uint4*>(hb + cv_dst) = make_uint4(w[0], w[1], w[2], w[3]);
-    }
+    sddmm_convert_h<T>(smem + (s % Stages) * sd_stage_bytes + sd_g_bytes, hb);
     __syncthreads();  // hb complete
-#pragma unroll
-    for (int kk = 0; kk < sd_tc / 16; ++kk) {
-      unsigned af[4];
-      {
-        const int row = kk * 16 + ga_tok;
-        ldsm_x4_trans(gs + static_cast<unsigned>(row * 256 + ((ga_ch ^ (row & 7)) << 4)), af);
-      }
-#pragma unroll
-      for (int np = 0; np < 2; ++np) {
-        const int row = kk * 16 + hb_tok, ch = np * 2 + hb_ch;
-        unsigned bf[4];
-        ldsm_x4_trans(hbase + static_cast<unsigned>(row * 64 + ((ch ^ ((row >> 1) & 3)) << 4)), bf);
-        mma16816<T>(acc[2 * np], af, bf[0], bf[1]);
-        mma16816<T>(acc[2 * np + 1], af, bf[2], bf[3]);
-      }
-    }
+    sddmm_stage_mma<T, false>(gs, hbase, acc);
   }
   cp_async_wait<0>();
   __syncthreads();
-  float* Acc = reinterpret_cast<float*>(smem);
-  store_acc(Acc, acc, warp, lane);
-
-  cg::cluster_group cluster = cg::this_cluster();
-  cluster.sync();
-  const float* parts[max_splits];
-#pragma unroll
-  for (int u = 0; u < max_splits; ++u) parts[u] = u < S ? cluster.map_shared_rank(Acc, u) : Acc;
-  // Rank `split` writes rows [split·rpb, +rpb) of the tile: one thread per (row, kept slot < r).
-  const int rpb = (tile_rows + S - 1) / S;
-  for (int e = tid; e < rpb * max_rank; e += threads) {
-    const int il = split * rpb + (e >> 5), slot = e & 31;
-    const index_t i = i0 + il;
-    if (il < tile_rows && i < a.d) {
-      const std::int32_t p = a.B.row_ptr[i] + slot;
-      if (p < a.B.row_ptr[i + 1]) {
-        const int col = a.B.col_idx[p];
-        float v[max_splits];
-#pragma unroll
-        for (int u = 0; u < max_splits; ++u) v[u] = u < S ? parts[u][il * acc_ld + col] : 0.0f;
-        float x = 0.0f;
-#pragma unroll
-        for (int u = 0; u < max_splits; ++u)
-          if (u < S) x += v[u];  // cluster-rank order: deterministic
-        a.out[p] = ::lori::from_float<T>(a.s * x);
-      }
-    }
-  }
-  cluster.sync();
+  sddmm_epilogue(reinterpret_cast<float*>(smem), acc, S, split, i0, a.d, a.s, a.B, a.out);
 }
 
 /// Whether sddmm_kernel takes G n x d (ldg) with rank r.
@@ -710,6 +734,138 @@ void launch_sddmm(cudaStream_t stream, const T* G, index_t n, index_t d, index_t
   cfg.gridDim = dim3(grid_dim(tiles * S), 1, 1);
   cfg.blockDim = dim3(threads, 1, 1);
   cfg.dynamicSmemBytes = sd_smem_of(Stages);
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = static_cast<unsigned>(S);
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  LORI_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, a));
+  LORI_CUDA_CHECK_LAUNCH();
+}
+
+// ---- sddmm with TMA loads ---------------------------------------------------------------------------
+// The same tiles, stages, conversion, MMAs and cluster epilogue as sddmm_kernel; one thread fills a
+// stage with three 2-D box copies (G: two 64-column x 64-token boxes, 128-byte swizzle; H: 32 x 64
+// fp32, unswizzled; zeros outside) completing on the stage's mbarrier. Requires G 16-byte aligned, d
+// and ldg multiples of 8, H 16-byte aligned and r % 4 == 0 (16-byte row stride for TMA).
+template <class T>
+struct sddmm_tma_args {
+  CUtensorMap gmap;  // G: {d, n} elements, box {64, 64}
+  CUtensorMap hmap;  // H: {r, n} fp32, box {32, 64}
+  index_t n, d, tps;
+  int splits;
+  float s;
+  ::lori::cuda::sparse_b_view<T> B;
+  T* out;
+};
+
+inline constexpr int sd_tma_smem = sd_smem + 1024;
+
+template <class T>
+__global__ void __launch_bounds__(threads, 2) sddmm_tma_kernel(const __grid_constant__ sddmm_tma_args<T> a) {
+  __shared__ alignas(8) std::uint64_t full[sd_stages];
+  unsigned char* raw = dynamic_smem();
+  unsigned char* smem = raw + ((1024u - (smem_u32(raw) & 1023u)) & 1023u);
+  const unsigned sbase = smem_u32(smem);
+  unsigned char* hb = smem + sd_stages * sd_stage_bytes;
+  const unsigned hbase = smem_u32(hb);
+  const int tid = static_cast<int>(threadIdx.x);
+  const int S = a.splits;
+  const int split = static_cast<int>(blockIdx.x % static_cast<unsigned>(S));
+  const index_t i0 = static_cast<index_t>(blockIdx.x / static_cast<unsigned>(S)) * tile_rows;
+  const index_t tb = static_cast<index_t>(split) * a.tps;
+  const index_t te = tb + a.tps < a.n ? tb + a.tps : a.n;
+  const int steps = te > tb ? static_cast<int>((te - tb + sd_tc - 1) / sd_tc) : 0;
+  if (tid == 0) {
+#pragma unroll
+    for (int i = 0; i < sd_stages; ++i) mbar_init(smem_u32(&full[i]), 1);
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  __syncthreads();
+  // Tokens beyond te (this split's end, inside G) must not be summed: only the last stage can pass
+  // te, and then only when te is not the end of G; the box copies zero-fill beyond n only, so the
+  // conversion zeroes H rows >= te instead (G there is then multiplied by zero).
+  auto issue = [&](int s) {
+    if (tid == 0 && s < steps) {
+      const int slot = s % sd_stages;
+      const unsigned st = sbase + static_cast<unsigned>(slot * sd_stage_bytes), bar = smem_u32(&full[slot]);
+      const int y = static_cast<int>(tb + static_cast<index_t>(s) * sd_tc);
+      mbar_arrive_expect_tx(bar, static_cast<unsigned>(sd_stage_bytes));
+      tma_load_2d(st, &a.gmap, static_cast<int>(i0), y, bar);
+      tma_load_2d(st + sd_tc * 128, &a.gmap, static_cast<int>(i0 + 64), y, bar);
+      tma_load_2d(st + sd_g_bytes, &a.hmap, 0, y, bar);
+    }
+  };
+  float acc[4][4];
+#pragma unroll
+  for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[nt][e] = 0.0f;
+#pragma unroll
+  for (int s = 0; s < sd_stages - 1; ++s) issue(s);
+  for (int s = 0; s < steps; ++s) {
+    mbar_wait(smem_u32(&full[s % sd_stages]), static_cast<unsigned>((s / sd_stages) & 1));
+    __syncthreads();  // everyone is done with stage s - 1 (ring slot and hb)
+    issue(s + sd_stages - 1);
+    unsigned char* st = smem + (s % sd_stages) * sd_stage_bytes;
+    const index_t tk = tb + static_cast<index_t>(s) * sd_tc;
+    if (tk + sd_tc > te) {  // last stage of a split that ends inside G: zero H rows >= te first
+      const int row = tid >> 2;
+      if (tk + row >= te) {
+        float4* hp = reinterpret_cast<float4*>(st + sd_g_bytes + row * 128 + (tid & 3) * 32);
+        hp[0] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        hp[1] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      }
+    }
+    sddmm_convert_h<T>(st + sd_g_bytes, hb);  // the same thread reads back what it zeroed
+    __syncthreads();  // hb complete
+    sddmm_stage_mma<T, true>(sbase + static_cast<unsigned>((s % sd_stages) * sd_stage_bytes), hbase, acc);
+  }
+  __syncthreads();
+  sddmm_epilogue(reinterpret_cast<float*>(smem), acc, S, split, i0, a.d, a.s, a.B, a.out);
+}
+
+/// Whether sddmm_tma_kernel takes G (as sddmm_applies) and H (16-byte aligned, r % 4 == 0).
+template <class T>
+bool sddmm_tma_applies(const T* G, index_t d, index_t ldg, index_t r, const float* H) {
+  return sddmm_applies(G, d, ldg, r) && r % 4 == 0 && aligned16(H);
+}
+
+/// launch_sddmm with TMA loads (requires sddmm_tma_applies, n >= 1).
+template <class T>
+void launch_sddmm_tma(cudaStream_t stream, const T* G, index_t n, index_t d, index_t ldg, const float* H, float s,
+                      const ::lori::cuda::sparse_b<T>& B, T* out, int cap = max_splits) {
+  if (n == 0 || d == 0) return;
+  LORI_EXPECTS(cap >= 1 && cap <= max_splits, "skinny::launch_sddmm_tma: split cap must be in [1, 8]");
+  LORI_EXPECTS(n <= index_t{2147483647} && d <= index_t{2147483647}, "skinny::launch_sddmm_tma: too large");
+  const index_t r = B.cols();
+  const index_t tiles = ceil_div(d, tile_rows);
+  auto kernel = sddmm_tma_kernel<T>;
+  set_smem_attributes(kernel, sd_tma_smem);
+  int S = choose_splits(kernel, sd_tma_smem, tiles, n, sd_tc, cap);
+  const index_t tps = ceil_div(ceil_div(n, S), sd_tc) * sd_tc;
+  S = static_cast<int>(ceil_div(n, tps));
+  // H map: {r, n} fp32 elements, rows r·4 bytes apart, boxes of 32 x 64, no swizzle.
+  CUtensorMap hmap;
+  {
+    const cuuint64_t dims[2] = {static_cast<cuuint64_t>(r), static_cast<cuuint64_t>(n)};
+    const cuuint64_t strides[1] = {static_cast<cuuint64_t>(r) * sizeof(float)};
+    const cuuint32_t box[2] = {static_cast<cuuint32_t>(max_rank), static_cast<cuuint32_t>(sd_tc)};
+    const cuuint32_t elem_strides[2] = {1, 1};
+    const CUresult res = tensor_map_encoder()(&hmap, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 2, const_cast<float*>(H), dims,
+                                              strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                                              CU_TENSOR_MAP_SWIZZLE_NONE, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                                              CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+    LORI_EXPECTS(res == CUDA_SUCCESS, "lori::cuda: cuTensorMapEncodeTiled failed (H)");
+  }
+  sddmm_tma_args<T> a{tensor_map_2d(G, n, d, ldg, static_cast<unsigned>(sd_tc)), hmap, n, d, tps, S, s, B.view(), out};
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(grid_dim(tiles * S), 1, 1);
+  cfg.blockDim = dim3(threads, 1, 1);
+  cfg.dynamicSmemBytes = sd_tma_smem;
   cfg.stream = stream;
   cudaLaunchAttribute attr[1];
   attr[0].id = cudaLaunchAttributeClusterDimension;
