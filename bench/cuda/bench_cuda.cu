@@ -486,26 +486,27 @@ BENCHMARK(BM_gpu_baseline_cusparse_sddmm)->Arg(4096)->UseManualTime()->Unit(benc
 void BM_gpu_skinny_project(benchmark::State& st) {
   fwd_data f(st.range(0));
   const int cap = static_cast<int>(st.range(1));
-  const bool interleave = st.range(2) != 0;
+  const bool interleave = st.range(2) != 0, hint = st.range(3) != 0;
   device_buffer<float> H(f.n * R);
   run_timed(st, [&] {
     lori::detail::skinny::launch_project<bf16, float>(ctx().stream(), f.X.data(), f.n, K, K, f.A.data(), K,
-                                                      R, 1.0f, H.data(), R, cap, interleave);
+                                                      R, 1.0f, H.data(), R, cap, interleave, hint);
   }, 2.0 * static_cast<double>(f.n * K) + 2.0 * R * K + 4.0 * static_cast<double>(f.n * R));
   // How many clusters of that size fit at once (a cluster must fit one GPC).
   const int clusters = lori::detail::skinny::active_clusters(lori::detail::skinny::project_kernel<bf16, float>,
                                                              lori::detail::skinny::prj_smem, cap);
-  st.SetLabel(std::string(interleave ? "interleaved" : "contiguous") + " k split over at most range(1) blocks of a cluster; max active clusters of that size: " + std::to_string(clusters));
+  st.SetLabel(std::string(interleave ? "interleaved" : "contiguous") + (hint ? ", X evict-first" : ", X evict-normal") + "; k split over at most range(1) blocks of a cluster; max active clusters of that size: " + std::to_string(clusters));
 }
 void BM_gpu_skinny_project_tma(benchmark::State& st) {
   fwd_data f(st.range(0));
   const int cap = static_cast<int>(st.range(1));
+  const bool hint = st.range(2) != 0;
   device_buffer<float> H(f.n * R);
   run_timed(st, [&] {
     lori::detail::skinny::launch_project_tma<bf16, float>(ctx().stream(), f.X.data(), f.n, K, K, f.A.data(), K, R, 1.0f,
-                                                          H.data(), R, cap);
+                                                          H.data(), R, cap, hint);
   }, 2.0 * static_cast<double>(f.n * K) + 2.0 * R * K + 4.0 * static_cast<double>(f.n * R));
-  st.SetLabel("TMA loads (tensor maps, mbarrier ring), interleaved k split over at most range(1) blocks of a cluster");
+  st.SetLabel(std::string("TMA loads (tensor maps, mbarrier ring)") + (hint ? ", X evict-first" : ", X evict-normal") + ", interleaved k split over at most range(1) blocks of a cluster");
 }
 void BM_gpu_baseline_cublas_project(benchmark::State& st) {
   fwd_data f(st.range(0));
@@ -519,22 +520,24 @@ void BM_gpu_baseline_cublas_project(benchmark::State& st) {
 void BM_gpu_skinny_sddmm(benchmark::State& st) {
   grad_data f(st.range(0));
   const int cap = static_cast<int>(st.range(1));
+  const bool hint = st.range(2) != 0;
   run_timed(st, [&] {
     lori::detail::skinny::launch_sddmm<bf16>(ctx().stream(), f.G.data(), f.n, D, D, f.H.data(), 0.5f, f.B,
-                                             f.out.data(), cap);
+                                             f.out.data(), cap, hint);
   }, sddmm_floor(f.n, f.B.nnz()));
   const int clusters = lori::detail::skinny::active_clusters(lori::detail::skinny::sddmm_kernel<bf16>,
                                                              lori::detail::skinny::sd_smem, cap);
-  st.SetLabel("token split over at most range(1) blocks of a cluster; max active clusters of that size: " + std::to_string(clusters));
+  st.SetLabel(std::string(hint ? "G evict-first" : "G evict-normal") + "; token split over at most range(1) blocks of a cluster; max active clusters of that size: " + std::to_string(clusters));
 }
 void BM_gpu_skinny_sddmm_tma(benchmark::State& st) {
   grad_data f(st.range(0));
   const int cap = static_cast<int>(st.range(1));
+  const bool hint = st.range(2) != 0;
   run_timed(st, [&] {
     lori::detail::skinny::launch_sddmm_tma<bf16>(ctx().stream(), f.G.data(), f.n, D, D, f.H.data(), 0.5f, f.B,
-                                                 f.out.data(), cap);
+                                                 f.out.data(), cap, hint);
   }, sddmm_floor(f.n, f.B.nnz()));
-  st.SetLabel("TMA loads (tensor maps, mbarrier ring), token split over at most range(1) blocks of a cluster");
+  st.SetLabel(std::string("TMA loads (tensor maps, mbarrier ring)") + (hint ? ", G evict-first" : ", G evict-normal") + ", token split over at most range(1) blocks of a cluster");
 }
 void BM_gpu_baseline_sddmm_cublas_route(benchmark::State& st) {
   grad_data f(st.range(0));
@@ -595,12 +598,37 @@ void BM_gpu_probe_cluster_launch(benchmark::State& st) {
 BENCHMARK(BM_gpu_probe_cluster_launch)->Arg(0)->Arg(1)->Arg(2)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
 BENCHMARK(BM_gpu_baseline_read)->Arg(32)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
 
-BENCHMARK(BM_gpu_skinny_project)->Args({4096, 4, 1})->Args({4096, 8, 1})->Args({4096, 8, 0})->Args({16384, 8, 1})->Args({16384, 8, 0})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
+BENCHMARK(BM_gpu_skinny_project)->Args({4096, 8, 1, 1})->Args({4096, 8, 1, 0})->Args({4096, 8, 0, 1})->Args({4096, 4, 1, 1})->Args({16384, 8, 1, 1})->Args({16384, 8, 0, 1})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
+// The widened layer composed by hand with each thin-GEMM candidate (same buffers and base GEMM as
+// BM_gpu_layer_forward_widened/n/4096/1): range(1) = 0: cuBLAS thin GEMM (session 2's route);
+// 1 / 2: skinny cp.async kernel with X evict-first / evict-normal; 3 / 4: the TMA kernel likewise.
+void BM_gpu_widened_thin_variant(benchmark::State& st) {
+  const index_t n = st.range(0), d = D, kr = K + R;
+  const auto mode = st.range(1);
+  auto Xe = random_bf16(n * kr, 1.0, 1), We = random_bf16(d * kr, 1.0 / 64, 3), A = random_bf16(R * K, 1.0 / 64, 2);
+  device_buffer<bf16> Y(n * d);
+  auto B = random_sparse_b(d, R, 5);
+  B.scatter_to_dense(We.data() + K, kr, ctx().stream());
+  run_timed(st, [&] {
+    if (mode == 0) gemm_rm(false, true, n, R, K, 0.5f, Xe.data(), kr, A.data(), K, 0.0f, Xe.data() + K, kr);
+    else if (mode <= 2)
+      lori::detail::skinny::launch_project<bf16, bf16>(ctx().stream(), Xe.data(), n, K, kr, A.data(), K, R, 0.5f,
+                                                       Xe.data() + K, kr, 8, true, mode == 1);
+    else
+      lori::detail::skinny::launch_project_tma<bf16, bf16>(ctx().stream(), Xe.data(), n, K, kr, A.data(), K, R, 0.5f,
+                                                           Xe.data() + K, kr, 8, mode == 3);
+    gemm_rm(false, true, n, d, kr, 1.0f, Xe.data(), kr, We.data(), kr, 0.0f, Y.data(), d);
+  }, layer_floor(n, d), layer_flops(n, d));
+  static const char* names[] = {"cuBLAS thin GEMM", "skinny cp.async, X evict-first", "skinny cp.async, X evict-normal",
+                                "skinny TMA, X evict-first", "skinny TMA, X evict-normal"};
+  st.SetLabel(std::string(names[mode]) + " + base GEMM with K = k + r");
+}
+BENCHMARK(BM_gpu_widened_thin_variant)->Args({4096, 0})->Args({4096, 1})->Args({4096, 2})->Args({4096, 3})->Args({4096, 4})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.05);
 BENCHMARK(BM_gpu_layer_forward_widened)->Args({4096, 4096, 2})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
-BENCHMARK(BM_gpu_skinny_project_tma)->Args({4096, 8})->Args({16384, 8})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
+BENCHMARK(BM_gpu_skinny_project_tma)->Args({4096, 8, 1})->Args({4096, 8, 0})->Args({16384, 8, 1})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
 BENCHMARK(BM_gpu_baseline_cublas_project)->Arg(4096)->Arg(16384)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
-BENCHMARK(BM_gpu_skinny_sddmm)->Args({4096, 4})->Args({4096, 8})->Args({16384, 8})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
-BENCHMARK(BM_gpu_skinny_sddmm_tma)->Args({4096, 8})->Args({16384, 8})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
+BENCHMARK(BM_gpu_skinny_sddmm)->Args({4096, 8, 1})->Args({4096, 8, 0})->Args({16384, 8, 1})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
+BENCHMARK(BM_gpu_skinny_sddmm_tma)->Args({4096, 8, 1})->Args({4096, 8, 0})->Args({16384, 8, 1})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
 BENCHMARK(BM_gpu_baseline_sddmm_cublas_route)->Arg(4096)->Arg(16384)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
 
 // ---- ∂L/∂X -----------------------------------------------------------------------------------------------

@@ -42,9 +42,9 @@ bexe="$B/bench/cuda/lori_bench_cuda"
     echo "-- $1: rc=$?"
     grep -E "_median|ERROR|error" "$OUT/gpu_bench_$1.log" | awk '{$1=$1; print}' | cut -c1-230 | head -40
   }
-  bench forward 16 'BM_gpu_(baseline_d2d_copy/234|baseline_read/|probe_cluster_launch/|skinny_project/4096/|baseline_cublas_project/4096/|adapter_project/4096/|layer_forward_widened/4096/4096/(1|2)/|baseline_base_gemm/4096/4096/)'
+  bench forward 16 'BM_gpu_(baseline_d2d_copy/234|baseline_read/|probe_cluster_launch/|skinny_project/4096/|baseline_cublas_project/4096/|adapter_project/4096/|layer_forward_widened/4096/4096/(1|2)/|baseline_base_gemm/4096/4096/|widened_thin_variant/4096/(0|1|2)/)'
   bench sddmm 14 'BM_gpu_(baseline_d2d_copy/234|baseline_read/|skinny_sddmm/4096/|baseline_sddmm_cublas_route/4096/|grad_b_sddmm/4096/|baseline_gemm_mask/4096/)'
-  bench tma 8 'BM_gpu_(skinny_project_tma/4096/|skinny_sddmm_tma/4096/|baseline_read/)'
+  bench tma 10 'BM_gpu_(skinny_project_tma/4096/|skinny_sddmm_tma/4096/|baseline_read/|widened_thin_variant/4096/(3|4)/)'
   echo "elapsed before ncu: $(( $(date +%s) - t0 )) s"
   if command -v ncu >/dev/null; then
     for k in project_tma_kernel sddmm_tma_kernel project_kernel sddmm_kernel; do

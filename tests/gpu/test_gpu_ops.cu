@@ -639,7 +639,8 @@ namespace {
 template <class T, class O>
 void skinny_project_case(lori::cuda::context& ctx, index_t n, index_t k, index_t r, index_t padx, int cap,
                          std::mt19937_64& g, int variant = 0) {
-  CAPTURE(variant);  // 0: cp.async, interleaved k splits; 1: cp.async, contiguous; 2: TMA loads
+  CAPTURE(variant);  // 0: cp.async, interleaved k splits; 1: cp.async, contiguous; 2: TMA loads; 3: 0 and
+                     // 4: 2 with the L2 evict-normal policy for X
   CAPTURE(n);
   CAPTURE(k);
   CAPTURE(r);
@@ -664,12 +665,13 @@ void skinny_project_case(lori::cuda::context& ctx, index_t n, index_t k, index_t
   for (int run = 0; run < 2; ++run) {
     device_buffer<O> out(n * ldo);
     out.fill_bytes(0xff);
-    if (variant == 2)
+    if (variant == 2 || variant == 4)
       lori::detail::skinny::launch_project_tma<T, O>(ctx.stream(), dX.data(), n, k, ldx, dA.data(), A.ld, r,
-                                                     static_cast<float>(scale), out.data(), ldo, cap);
+                                                     static_cast<float>(scale), out.data(), ldo, cap, variant == 2);
     else
       lori::detail::skinny::launch_project<T, O>(ctx.stream(), dX.data(), n, k, ldx, dA.data(), A.ld, r,
-                                                 static_cast<float>(scale), out.data(), ldo, cap, variant == 0);
+                                                 static_cast<float>(scale), out.data(), ldo, cap, variant != 1,
+                                                 variant != 3);
     LORI_CUDA_CHECK(cudaDeviceSynchronize());
     const auto got = out.download();
     if (run == 0) {
@@ -687,8 +689,9 @@ void skinny_project_case(lori::cuda::context& ctx, index_t n, index_t k, index_t
 
 template <class T>
 void skinny_sddmm_case(lori::cuda::context& ctx, index_t n, index_t d, index_t r, index_t pad, bool h_misaligned,
-                       int cap, std::mt19937_64& g, bool tma = false) {
+                       int cap, std::mt19937_64& g, bool tma = false, bool evict_first = true) {
   CAPTURE(tma);
+  CAPTURE(evict_first);
   CAPTURE(n);
   CAPTURE(d);
   CAPTURE(r);
@@ -730,10 +733,10 @@ void skinny_sddmm_case(lori::cuda::context& ctx, index_t n, index_t d, index_t r
     if (tma) {
       REQUIRE(lori::detail::skinny::sddmm_tma_applies(dG.data(), d, ldg, r, dH.data() + h0));
       lori::detail::skinny::launch_sddmm_tma<T>(ctx.stream(), dG.data(), n, d, ldg, dH.data() + h0,
-                                                static_cast<float>(s), B, out.data(), cap);
+                                                static_cast<float>(s), B, out.data(), cap, evict_first);
     } else {
       lori::detail::skinny::launch_sddmm<T>(ctx.stream(), dG.data(), n, d, ldg, dH.data() + h0,
-                                            static_cast<float>(s), B, out.data(), cap);
+                                            static_cast<float>(s), B, out.data(), cap, evict_first);
     }
     LORI_CUDA_CHECK(cudaDeviceSynchronize());
     auto got = out.download();
@@ -843,6 +846,7 @@ TEST_CASE_TEMPLATE("skinny project kernel with TMA loads matches the double refe
   skinny_project_case<T, float>(ctx, 1, 64, 1, 0, 8, g, 2);
   skinny_project_case<T, float>(ctx, 127, 8, 12, 16, 8, g, 2);
   skinny_project_case<T, T>(ctx, 300, 2056, 32, 8, 8, g, 2);
+  skinny_project_case<T, float>(ctx, 1000, 1000, 32, 8, 8, g, 4);  // evict-normal policy
 }
 
 TEST_CASE_TEMPLATE("skinny SDDMM kernel with TMA loads matches the double reference", T, lori::bfloat16, lori::half) {
@@ -857,6 +861,7 @@ TEST_CASE_TEMPLATE("skinny SDDMM kernel with TMA loads matches the double refere
   skinny_sddmm_case<T>(ctx, 64, 96, 4, 8, false, 8, g, true);
   skinny_sddmm_case<T>(ctx, 1, 256, 8, 0, false, 8, g, true);
   skinny_sddmm_case<T>(ctx, 2048, 1024, 12, 0, false, 8, g, true);
+  skinny_sddmm_case<T>(ctx, 1000, 520, 32, 8, false, 8, g, true, false);  // evict-normal policy
 }
 
 // A few small launches of both kernels (all code paths: clusters of 1 and 3, interleaved and
@@ -872,6 +877,8 @@ TEST_CASE("skinny kernels: small shapes (the compute-sanitizer subset)") {
   skinny_sddmm_case<T>(ctx, 150, 136, 32, 8, false, 3, g);
   skinny_sddmm_case<T>(ctx, 70, 64, 12, 0, true, 8, g);
   skinny_sddmm_case<T>(ctx, 10, 40, 1, 0, false, 1, g);
+  skinny_project_case<T, float>(ctx, 129, 200, 31, 8, 3, g, 3);  // evict-normal policy
+  skinny_sddmm_case<T>(ctx, 150, 136, 32, 8, false, 3, g, false, false);
 }
 
 TEST_CASE_TEMPLATE("grad_x = G·W + s·(G·B)·A matches the double reference", T, float, lori::bfloat16, lori::half) {

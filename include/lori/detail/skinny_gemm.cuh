@@ -77,6 +77,20 @@ __device__ __forceinline__ unsigned smem_u32(const void* p) {
 __device__ __forceinline__ void cp_async16(unsigned dst, const void* src, bool pred) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(pred ? 16 : 0) : "memory");
 }
+// The same with an L2 cache policy (from stream_policy) for the line it brings in.
+__device__ __forceinline__ void cp_async16_hint(unsigned dst, const void* src, bool pred, std::uint64_t policy) {
+  asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2, %3;\n" ::"r"(dst), "l"(src),
+               "r"(pred ? 16 : 0), "l"(policy)
+               : "memory");
+}
+// L2 policy for the streamed matrix (X, G: read once): evict-first keeps it from displacing what
+// L2 holds (the reused A / H, the caller's data); evict-normal is the default behaviour.
+__device__ __forceinline__ std::uint64_t stream_policy(bool evict_first) {
+  std::uint64_t p;
+  if (evict_first) asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(p));
+  else asm volatile("createpolicy.fractional.L2::evict_normal.b64 %0, 1.0;\n" : "=l"(p));
+  return p;
+}
 __device__ __forceinline__ void cp_async4(unsigned dst, const void* src, bool pred) {
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src), "r"(pred ? 4 : 0) : "memory");
 }
@@ -198,6 +212,7 @@ struct project_args {
   int splits;   // blocks (cluster size) per 128-token tile
   index_t kps;  // k per split, a multiple of prj_kc (contiguous splits)
   bool interleave;  // split u takes the 64-wide k chunks u, u + S, u + 2S, ... (else one contiguous range)
+  bool evict_first;  // L2 evict-first policy for X (read once)
   float scale;
   O* out;
   index_t ldo;
@@ -249,6 +264,7 @@ __global__ void __launch_bounds__(threads, min_blocks_of(prj_smem_of(Stages))) p
       src[i] = a.A + (row_ok[i] ? q - tile_rows : 0) * a.lda;
     }
   }
+  const std::uint64_t policy = stream_policy(a.evict_first);
   auto issue = [&](int s) {
     if (s < steps) {
       const unsigned st = sbase + static_cast<unsigned>((s % Stages) * prj_stage_bytes) + dst0;
@@ -257,7 +273,8 @@ __global__ void __launch_bounds__(threads, min_blocks_of(prj_smem_of(Stages))) p
 #pragma unroll
       for (int i = 0; i < 5; ++i) {
         const bool ok = row_ok[i] && col_ok;
-        cp_async16(st + static_cast<unsigned>(i * 32 * 128), ok ? src[i] + kk : src[i], ok);
+        if (i < 4) cp_async16_hint(st + static_cast<unsigned>(i * 32 * 128), ok ? src[i] + kk : src[i], ok, policy);
+        else cp_async16(st + static_cast<unsigned>(i * 32 * 128), ok ? src[i] + kk : src[i], ok);
       }
     }
     cp_async_commit();
@@ -351,7 +368,7 @@ int choose_splits(Kernel kernel, int smem, index_t tiles, index_t reduce_len, in
 template <class T, class O, int Stages = prj_stages>
 void launch_project(cudaStream_t stream, const T* X, index_t m, index_t k, index_t ldx, const T* A,
                     index_t lda, index_t r, float scale, O* out, index_t ldo, int cap = max_splits,
-                    bool interleave = true) {
+                    bool interleave = true, bool evict_first = true) {
   if (m == 0) return;
   LORI_EXPECTS(cap >= 1 && cap <= max_splits, "skinny::launch_project: split cap must be in [1, 8]");
   const index_t tiles = ceil_div(m, tile_rows);
@@ -360,7 +377,7 @@ void launch_project(cudaStream_t stream, const T* X, index_t m, index_t k, index
   int S = choose_splits(kernel, prj_smem_of(Stages), tiles, k, prj_kc, cap);
   const index_t kps = ceil_div(ceil_div(k, S), prj_kc) * prj_kc;
   S = static_cast<int>(ceil_div(k, kps));  // no empty split
-  project_args<T, O> a{X, m, k, ldx, A, lda, static_cast<int>(r), S, kps, interleave, scale, out, ldo};
+  project_args<T, O> a{X, m, k, ldx, A, lda, static_cast<int>(r), S, kps, interleave, evict_first, scale, out, ldo};
   cudaLaunchConfig_t cfg{};
   cfg.gridDim = dim3(grid_dim(tiles * S), 1, 1);
   cfg.blockDim = dim3(threads, 1, 1);
@@ -392,6 +409,7 @@ struct project_tma_args {
   float scale;
   O* out;
   index_t ldo;
+  bool evict_first;  // L2 evict-first policy for X (read once)
 };
 
 __device__ __forceinline__ void mbar_init(unsigned bar, unsigned count) {
@@ -412,6 +430,14 @@ __device__ __forceinline__ void mbar_wait(unsigned bar, unsigned parity) {
     if (done != 0) return;
     if (spin > (1ll << 20)) __trap();
   }
+}
+__device__ __forceinline__ void tma_load_2d_hint(unsigned dst, const CUtensorMap* map, int x, int y, unsigned bar,
+                                                 std::uint64_t policy) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1, {%2, %3}], "
+      "[%4], %5;\n" ::"r"(dst),
+      "l"(reinterpret_cast<std::uint64_t>(map)), "r"(x), "r"(y), "r"(bar), "l"(policy)
+      : "memory");
 }
 __device__ __forceinline__ void tma_load_2d(unsigned dst, const CUtensorMap* map, int x, int y, unsigned bar) {
   asm volatile(
@@ -441,13 +467,14 @@ __global__ void __launch_bounds__(threads, 2) project_tma_kernel(const __grid_co
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
   __syncthreads();
+  const std::uint64_t policy = stream_policy(a.evict_first);
   auto issue = [&](int s) {
     if (tid == 0 && s < steps) {
       const int slot = s % prj_stages;
       const unsigned st = sbase + static_cast<unsigned>(slot * prj_stage_bytes), bar = smem_u32(&full[slot]);
       const int x = static_cast<int>((split + static_cast<index_t>(s) * S) * prj_kc);
       mbar_arrive_expect_tx(bar, static_cast<unsigned>(prj_stage_bytes));  // full boxes, zero-filled or not
-      tma_load_2d(st, &a.xmap, x, static_cast<int>(t0), bar);
+      tma_load_2d_hint(st, &a.xmap, x, static_cast<int>(t0), bar, policy);
       tma_load_2d(st + tile_rows * 128, &a.amap, x, 0, bar);
     }
   };
@@ -501,7 +528,7 @@ CUtensorMap tensor_map_2d(const T* base, index_t rows, index_t cols, index_t ld,
 /// launch_project with TMA loads (requires project_applies).
 template <class T, class O>
 void launch_project_tma(cudaStream_t stream, const T* X, index_t m, index_t k, index_t ldx, const T* A, index_t lda,
-                        index_t r, float scale, O* out, index_t ldo, int cap = max_splits) {
+                        index_t r, float scale, O* out, index_t ldo, int cap = max_splits, bool evict_first = true) {
   if (m == 0) return;
   LORI_EXPECTS(cap >= 1 && cap <= max_splits, "skinny::launch_project_tma: split cap must be in [1, 8]");
   LORI_EXPECTS(m <= index_t{2147483647} && k <= index_t{2147483647}, "skinny::launch_project_tma: too large");
@@ -510,7 +537,7 @@ void launch_project_tma(cudaStream_t stream, const T* X, index_t m, index_t k, i
   set_smem_attributes(kernel, prj_tma_smem);
   const int S = choose_splits(kernel, prj_tma_smem, tiles, k, prj_kc, cap);
   project_tma_args<O> a{tensor_map_2d(X, m, k, ldx, tile_rows), tensor_map_2d(A, r, k, lda, max_rank), m, k,
-                        static_cast<int>(r), S, scale, out, ldo};
+                        static_cast<int>(r), S, scale, out, ldo, evict_first};
   cudaLaunchConfig_t cfg{};
   cfg.gridDim = dim3(grid_dim(tiles * S), 1, 1);
   cfg.blockDim = dim3(threads, 1, 1);
@@ -624,6 +651,7 @@ struct sddmm_args {
   const float* H;  // n x r, leading dimension r
   int r;
   bool h_vec;      // H 16-byte aligned and r % 4 == 0: 16-byte copies of H
+  bool evict_first;  // L2 evict-first policy for G (read once)
   int splits;      // blocks (cluster size) per 128-column tile
   index_t tps;     // tokens per split, a multiple of sd_tc
   float s;
@@ -655,6 +683,7 @@ __global__ void __launch_bounds__(threads, min_blocks_of(sd_smem_of(Stages))) sd
   const bool gcol_ok = i0 + gc * 8 < a.d;  // d is a multiple of 8
   const T* gsrc = a.G + (gcol_ok ? i0 + gc * 8 : 0);
   // H stage (fp32, unswizzled): token row q of 128 bytes. 16-byte path: chunk tid & 7 of rows tid/8 + 32·i.
+  const std::uint64_t policy = stream_policy(a.evict_first);
   auto issue = [&](int s) {
     if (s < steps) {
       const unsigned st = sbase + static_cast<unsigned>((s % Stages) * sd_stage_bytes);
@@ -663,7 +692,7 @@ __global__ void __launch_bounds__(threads, min_blocks_of(sd_smem_of(Stages))) sd
       for (int i = 0; i < 4; ++i) {
         const index_t t = tk + gq + 16 * i;
         const bool ok = gcol_ok && t < te;
-        cp_async16(st + gdst + static_cast<unsigned>(i * 16 * 256), ok ? gsrc + t * a.ldg : a.G, ok);
+        cp_async16_hint(st + gdst + static_cast<unsigned>(i * 16 * 256), ok ? gsrc + t * a.ldg : a.G, ok, policy);
       }
       const unsigned hs = st + sd_g_bytes;
       if (a.h_vec) {
@@ -718,7 +747,7 @@ bool sddmm_applies(const T* G, index_t d, index_t ldg, index_t r) {
 /// out[p] = T(s · Σ_t G(t, i)·T(H(t, j))) for B's kept (i, j) on `stream` (requires sddmm_applies, n >= 1).
 template <class T, int Stages = sd_stages>
 void launch_sddmm(cudaStream_t stream, const T* G, index_t n, index_t d, index_t ldg, const float* H,
-                  float s, const ::lori::cuda::sparse_b<T>& B, T* out, int cap = max_splits) {
+                  float s, const ::lori::cuda::sparse_b<T>& B, T* out, int cap = max_splits, bool evict_first = true) {
   if (n == 0 || d == 0) return;
   LORI_EXPECTS(cap >= 1 && cap <= max_splits, "skinny::launch_sddmm: split cap must be in [1, 8]");
   const index_t r = B.cols();
@@ -729,7 +758,7 @@ void launch_sddmm(cudaStream_t stream, const T* G, index_t n, index_t d, index_t
   const index_t tps = ceil_div(ceil_div(n, S), sd_tc) * sd_tc;
   S = static_cast<int>(ceil_div(n, tps));
   const bool h_vec = r % 4 == 0 && aligned16(H);
-  sddmm_args<T> a{G, n, d, ldg, H, static_cast<int>(r), h_vec, S, tps, s, B.view(), out};
+  sddmm_args<T> a{G, n, d, ldg, H, static_cast<int>(r), h_vec, evict_first, S, tps, s, B.view(), out};
   cudaLaunchConfig_t cfg{};
   cfg.gridDim = dim3(grid_dim(tiles * S), 1, 1);
   cfg.blockDim = dim3(threads, 1, 1);
@@ -760,6 +789,7 @@ struct sddmm_tma_args {
   float s;
   ::lori::cuda::sparse_b_view<T> B;
   T* out;
+  bool evict_first;  // L2 evict-first policy for G (read once)
 };
 
 inline constexpr int sd_tma_smem = sd_smem + 1024;
@@ -788,14 +818,15 @@ __global__ void __launch_bounds__(threads, 2) sddmm_tma_kernel(const __grid_cons
   // Tokens beyond te (this split's end, inside G) must not be summed: only the last stage can pass
   // te, and then only when te is not the end of G; the box copies zero-fill beyond n only, so the
   // conversion zeroes H rows >= te instead (G there is then multiplied by zero).
+  const std::uint64_t policy = stream_policy(a.evict_first);
   auto issue = [&](int s) {
     if (tid == 0 && s < steps) {
       const int slot = s % sd_stages;
       const unsigned st = sbase + static_cast<unsigned>(slot * sd_stage_bytes), bar = smem_u32(&full[slot]);
       const int y = static_cast<int>(tb + static_cast<index_t>(s) * sd_tc);
       mbar_arrive_expect_tx(bar, static_cast<unsigned>(sd_stage_bytes));
-      tma_load_2d(st, &a.gmap, static_cast<int>(i0), y, bar);
-      tma_load_2d(st + sd_tc * 128, &a.gmap, static_cast<int>(i0 + 64), y, bar);
+      tma_load_2d_hint(st, &a.gmap, static_cast<int>(i0), y, bar, policy);
+      tma_load_2d_hint(st + sd_tc * 128, &a.gmap, static_cast<int>(i0 + 64), y, bar, policy);
       tma_load_2d(st + sd_g_bytes, &a.hmap, 0, y, bar);
     }
   };
@@ -837,7 +868,7 @@ bool sddmm_tma_applies(const T* G, index_t d, index_t ldg, index_t r, const floa
 /// launch_sddmm with TMA loads (requires sddmm_tma_applies, n >= 1).
 template <class T>
 void launch_sddmm_tma(cudaStream_t stream, const T* G, index_t n, index_t d, index_t ldg, const float* H, float s,
-                      const ::lori::cuda::sparse_b<T>& B, T* out, int cap = max_splits) {
+                      const ::lori::cuda::sparse_b<T>& B, T* out, int cap = max_splits, bool evict_first = true) {
   if (n == 0 || d == 0) return;
   LORI_EXPECTS(cap >= 1 && cap <= max_splits, "skinny::launch_sddmm_tma: split cap must be in [1, 8]");
   LORI_EXPECTS(n <= index_t{2147483647} && d <= index_t{2147483647}, "skinny::launch_sddmm_tma: too large");
@@ -861,7 +892,7 @@ void launch_sddmm_tma(cudaStream_t stream, const T* G, index_t n, index_t d, ind
                                               CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
     LORI_EXPECTS(res == CUDA_SUCCESS, "lori::cuda: cuTensorMapEncodeTiled failed (H)");
   }
-  sddmm_tma_args<T> a{tensor_map_2d(G, n, d, ldg, static_cast<unsigned>(sd_tc)), hmap, n, d, tps, S, s, B.view(), out};
+  sddmm_tma_args<T> a{tensor_map_2d(G, n, d, ldg, static_cast<unsigned>(sd_tc)), hmap, n, d, tps, S, s, B.view(), out, evict_first};
   cudaLaunchConfig_t cfg{};
   cfg.gridDim = dim3(grid_dim(tiles * S), 1, 1);
   cfg.blockDim = dim3(threads, 1, 1);
