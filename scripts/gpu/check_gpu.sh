@@ -24,13 +24,13 @@ bexe="$B/bench/cuda/lori_bench_cuda"
 {
   nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader 2>&1 | head -2
   echo "== tests (skinny kernels, grad_b_sddmm, adapter forward incl. layer_forward(_widened))"
-  timeout "$(left 14)" "$exe" --test-case='*skinny*,*grad_b_sddmm*,adapter forward (decode*' --test-case-exclude='*TMA*' \
+  timeout "$(left 18)" "$exe" --test-case='*skinny*,*grad_b_sddmm*,adapter forward (decode*' --test-case-exclude='*TMA*' \
     > "$OUT/gpu_tests.log" 2>&1
   echo "tests rc=$?"
   grep -E "ERROR|bad elements|FAILED|failed|CHECK|REQUIRE|test cases:|assertions:|Timeout|timeout|LORI_TEST_SEED|with expansion" \
     "$OUT/gpu_tests.log" | head -40
   echo "== TMA variant tests (own process: a lost copy traps instead of hanging)"
-  timeout "$(left 8)" "$exe" --test-case='*TMA*' > "$OUT/gpu_tests_tma.log" 2>&1
+  timeout "$(left 10)" "$exe" --test-case='*TMA*' > "$OUT/gpu_tests_tma.log" 2>&1
   echo "TMA tests rc=$?"
   grep -E "ERROR|bad elements|FAILED|failed|CHECK|REQUIRE|test cases:|assertions:|with expansion|values:" \
     "$OUT/gpu_tests_tma.log" | cut -c1-200 | head -16
@@ -52,7 +52,7 @@ bexe="$B/bench/cuda/lori_bench_cuda"
       [ $k = project_tma_kernel ] && filt='BM_gpu_skinny_project_tma/4096/8/'
       [ $k = sddmm_kernel ] && filt='BM_gpu_skinny_sddmm/4096/8/'
       [ $k = sddmm_tma_kernel ] && filt='BM_gpu_skinny_sddmm_tma/4096/8/'
-      l=$(left 7)
+      l=$(left 6)
       [ "$l" -lt 4 ] && { echo "ncu $k: skipped (time)"; continue; }
       timeout "$l" ncu --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \
         --section WarpStateStats -k regex:$k -c 1 "$bexe" --benchmark_filter="$filt" --benchmark_repetitions=1 \
