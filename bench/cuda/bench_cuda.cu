@@ -232,7 +232,7 @@ void BM_gpu_adapter_project(benchmark::State& st) {
   device_buffer<float> H(f.n * R);
   run_timed(st, [&] { lori::cuda::adapter_project<bf16>(ctx(), f.xv(), f.av(), H.data()); },
             2.0 * static_cast<double>(f.n * K) + 2.0 * R * K + 4.0 * static_cast<double>(f.n * R));
-  st.SetLabel("skinny tensor-core kernel X·Aᵀ (r = 32 columns), fp32 H; floor = one read of X");
+  st.SetLabel("cuBLAS X·Aᵀ (r = 32 columns), fp32 H; floor = one read of X");
 }
 // The second half of the adapter alone: Y += s·H·Bᵀ (H fp32 given): floor = Y read + write.
 void BM_gpu_adapter_expand(benchmark::State& st) {
@@ -412,7 +412,7 @@ void BM_gpu_grad_b_sddmm(benchmark::State& st) {
   run_timed(st, [&] {
     lori::cuda::grad_b_sddmm<bf16>(ctx(), {f.G.data(), f.n, D}, f.H.data(), 0.5f, f.B, f.out.data(), f.ws.data(), f.ws.bytes());
   }, sddmm_floor(f.n, f.B.nnz()));
-  st.SetLabel("one skinny tensor-core kernel (H to T staged, cluster split reduction); target (n=4096): <= 1.3x one read of G");
+  st.SetLabel("one skinny tensor-core kernel (TMA, H to T staged, cluster split reduction); target (n=4096): <= 1.3x one read of G");
 }
 void BM_gpu_baseline_gemm_mask(benchmark::State& st) {
   grad_data f(st.range(0));
@@ -483,20 +483,6 @@ BENCHMARK(BM_gpu_baseline_cusparse_sddmm)->Arg(4096)->UseManualTime()->Unit(benc
 
 // ---- the skinny tensor-core kernels (lori/detail/skinny_gemm.cuh) with a forced split cap, and the
 // cuBLAS routes they replaced (same bytes, same run) ---------------------------------------------------
-void BM_gpu_skinny_project(benchmark::State& st) {
-  fwd_data f(st.range(0));
-  const int cap = static_cast<int>(st.range(1));
-  const bool interleave = st.range(2) != 0, hint = st.range(3) != 0;
-  device_buffer<float> H(f.n * R);
-  run_timed(st, [&] {
-    lori::detail::skinny::launch_project<bf16, float>(ctx().stream(), f.X.data(), f.n, K, K, f.A.data(), K,
-                                                      R, 1.0f, H.data(), R, cap, interleave, hint);
-  }, 2.0 * static_cast<double>(f.n * K) + 2.0 * R * K + 4.0 * static_cast<double>(f.n * R));
-  // How many clusters of that size fit at once (a cluster must fit one GPC).
-  const int clusters = lori::detail::skinny::active_clusters(lori::detail::skinny::project_kernel<bf16, float>,
-                                                             lori::detail::skinny::prj_smem, cap);
-  st.SetLabel(std::string(interleave ? "interleaved" : "contiguous") + (hint ? ", X evict-first" : ", X evict-normal") + "; k split over at most range(1) blocks of a cluster; max active clusters of that size: " + std::to_string(clusters));
-}
 void BM_gpu_skinny_project_tma(benchmark::State& st) {
   fwd_data f(st.range(0));
   const int cap = static_cast<int>(st.range(1));
@@ -515,19 +501,18 @@ void BM_gpu_baseline_cublas_project(benchmark::State& st) {
     lori::detail::gemm_row_major(ctx().cublas(), false, true, f.n, R, K, 1.0f, f.X.data(), K, f.A.data(), K, 0.0f, H.data(),
                                  R, CUDA_R_16BF, CUDA_R_32F);
   }, 2.0 * static_cast<double>(f.n * K) + 2.0 * R * K + 4.0 * static_cast<double>(f.n * R));
-  st.SetLabel("cuBLAS X·Aᵀ, fp32 H (adapter_project before the skinny kernel)");
+  st.SetLabel("cuBLAS X·Aᵀ, fp32 H (adapter_project's path)");
 }
 void BM_gpu_skinny_sddmm(benchmark::State& st) {
   grad_data f(st.range(0));
   const int cap = static_cast<int>(st.range(1));
-  const bool hint = st.range(2) != 0;
   run_timed(st, [&] {
     lori::detail::skinny::launch_sddmm<bf16>(ctx().stream(), f.G.data(), f.n, D, D, f.H.data(), 0.5f, f.B,
-                                             f.out.data(), cap, hint);
+                                             f.out.data(), cap);
   }, sddmm_floor(f.n, f.B.nnz()));
   const int clusters = lori::detail::skinny::active_clusters(lori::detail::skinny::sddmm_kernel<bf16>,
                                                              lori::detail::skinny::sd_smem, cap);
-  st.SetLabel(std::string(hint ? "G evict-first" : "G evict-normal") + "; token split over at most range(1) blocks of a cluster; max active clusters of that size: " + std::to_string(clusters));
+  st.SetLabel("cp.async loads (grad_b_sddmm's path when H's rows are not 16-byte aligned); token split over at most range(1) blocks of a cluster; max active clusters of that size: " + std::to_string(clusters));
 }
 void BM_gpu_skinny_sddmm_tma(benchmark::State& st) {
   grad_data f(st.range(0));
@@ -572,36 +557,11 @@ void BM_gpu_baseline_read(benchmark::State& st) {
   }, static_cast<double>(bytes));
   st.SetLabel("one read of range(0) MiB, streaming kernel: the read floor under this harness");
 }
-// Launch cost of the skinny kernels' shape without their work: an empty kernel of 256 blocks x 256
-// threads; range(0) = 0: plain, 1: with 100 KB dynamic shared memory, 2: and clusters of 8 blocks.
-__global__ void empty_probe_kernel(int) {}
-void BM_gpu_probe_cluster_launch(benchmark::State& st) {
-  const auto mode = st.range(0);
-  const int smem = mode >= 1 ? lori::detail::skinny::prj_smem : 0;
-  LORI_CUDA_CHECK(cudaFuncSetAttribute(empty_probe_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-  run_timed(st, [&] {
-    cudaLaunchConfig_t cfg{};
-    cfg.gridDim = dim3(256, 1, 1);
-    cfg.blockDim = dim3(256, 1, 1);
-    cfg.dynamicSmemBytes = static_cast<std::size_t>(smem);
-    cfg.stream = ctx().stream();
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = 8;
-    attr[0].val.clusterDim.y = 1;
-    attr[0].val.clusterDim.z = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = mode == 2 ? 1 : 0;
-    LORI_CUDA_CHECK(cudaLaunchKernelEx(&cfg, empty_probe_kernel, 0));
-  }, 1.0);
-}
-BENCHMARK(BM_gpu_probe_cluster_launch)->Arg(0)->Arg(1)->Arg(2)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
 BENCHMARK(BM_gpu_baseline_read)->Arg(32)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
 
-BENCHMARK(BM_gpu_skinny_project)->Args({4096, 8, 1, 1})->Args({4096, 8, 1, 0})->Args({4096, 8, 0, 1})->Args({4096, 4, 1, 1})->Args({16384, 8, 1, 1})->Args({16384, 8, 0, 1})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
 // The widened layer composed by hand with each thin-GEMM candidate (same buffers and base GEMM as
 // BM_gpu_layer_forward_widened/n/4096/1): range(1) = 0: cuBLAS thin GEMM (session 2's route);
-// 1 / 2: skinny cp.async kernel with X evict-first / evict-normal; 3 / 4: the TMA kernel likewise.
+// 1 / 2: the skinny TMA kernel (layer_forward_widened's path) with X evict-first / evict-normal.
 void BM_gpu_widened_thin_variant(benchmark::State& st) {
   const index_t n = st.range(0), d = D, kr = K + R;
   const auto mode = st.range(1);
@@ -611,23 +571,19 @@ void BM_gpu_widened_thin_variant(benchmark::State& st) {
   B.scatter_to_dense(We.data() + K, kr, ctx().stream());
   run_timed(st, [&] {
     if (mode == 0) gemm_rm(false, true, n, R, K, 0.5f, Xe.data(), kr, A.data(), K, 0.0f, Xe.data() + K, kr);
-    else if (mode <= 2)
-      lori::detail::skinny::launch_project<bf16, bf16>(ctx().stream(), Xe.data(), n, K, kr, A.data(), K, R, 0.5f,
-                                                       Xe.data() + K, kr, 8, true, mode == 1);
     else
       lori::detail::skinny::launch_project_tma<bf16, bf16>(ctx().stream(), Xe.data(), n, K, kr, A.data(), K, R, 0.5f,
-                                                           Xe.data() + K, kr, 8, mode == 3);
+                                                           Xe.data() + K, kr, 8, mode == 1);
     gemm_rm(false, true, n, d, kr, 1.0f, Xe.data(), kr, We.data(), kr, 0.0f, Y.data(), d);
   }, layer_floor(n, d), layer_flops(n, d));
-  static const char* names[] = {"cuBLAS thin GEMM", "skinny cp.async, X evict-first", "skinny cp.async, X evict-normal",
-                                "skinny TMA, X evict-first", "skinny TMA, X evict-normal"};
+  static const char* names[] = {"cuBLAS thin GEMM", "skinny TMA, X evict-first", "skinny TMA, X evict-normal"};
   st.SetLabel(std::string(names[mode]) + " + base GEMM with K = k + r");
 }
-BENCHMARK(BM_gpu_widened_thin_variant)->Args({4096, 0})->Args({4096, 1})->Args({4096, 2})->Args({4096, 3})->Args({4096, 4})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.05);
+BENCHMARK(BM_gpu_widened_thin_variant)->Args({4096, 0})->Args({4096, 1})->Args({4096, 2})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.05);
 BENCHMARK(BM_gpu_layer_forward_widened)->Args({4096, 4096, 2})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 BENCHMARK(BM_gpu_skinny_project_tma)->Args({4096, 8, 1})->Args({4096, 8, 0})->Args({16384, 8, 1})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
 BENCHMARK(BM_gpu_baseline_cublas_project)->Arg(4096)->Arg(16384)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
-BENCHMARK(BM_gpu_skinny_sddmm)->Args({4096, 8, 1})->Args({4096, 8, 0})->Args({16384, 8, 1})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
+BENCHMARK(BM_gpu_skinny_sddmm)->Args({4096, 8})->Args({16384, 8})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
 BENCHMARK(BM_gpu_skinny_sddmm_tma)->Args({4096, 8, 1})->Args({4096, 8, 0})->Args({16384, 8, 1})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
 BENCHMARK(BM_gpu_baseline_sddmm_cublas_route)->Arg(4096)->Arg(16384)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
 

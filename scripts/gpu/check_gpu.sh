@@ -29,7 +29,7 @@ bexe="$B/bench/cuda/lori_bench_cuda"
   echo "tests rc=$?"
   grep -E "ERROR|bad elements|FAILED|failed|CHECK|REQUIRE|test cases:|assertions:|Timeout|timeout|LORI_TEST_SEED|with expansion" \
     "$OUT/gpu_tests.log" | head -40
-  echo "== TMA variant tests (own process: a lost copy traps instead of hanging)"
+  echo "== SDDMM TMA tests (own process)"
   timeout "$(left 10)" "$exe" --test-case='*TMA*' > "$OUT/gpu_tests_tma.log" 2>&1
   echo "TMA tests rc=$?"
   grep -E "ERROR|bad elements|FAILED|failed|CHECK|REQUIRE|test cases:|assertions:|with expansion|values:" \
@@ -42,17 +42,14 @@ bexe="$B/bench/cuda/lori_bench_cuda"
     echo "-- $1: rc=$?"
     grep -E "_median|ERROR|error" "$OUT/gpu_bench_$1.log" | awk '{$1=$1; print}' | cut -c1-230 | head -40
   }
-  bench forward 16 'BM_gpu_(baseline_d2d_copy/234|baseline_read/|probe_cluster_launch/|skinny_project/4096/|baseline_cublas_project/4096/|adapter_project/4096/|layer_forward_widened/4096/4096/(1|2)/|baseline_base_gemm/4096/4096/|widened_thin_variant/4096/(0|1|2)/)'
-  bench sddmm 14 'BM_gpu_(baseline_d2d_copy/234|baseline_read/|skinny_sddmm/4096/|baseline_sddmm_cublas_route/4096/|grad_b_sddmm/4096/|baseline_gemm_mask/4096/)'
-  bench tma 10 'BM_gpu_(skinny_project_tma/4096/|skinny_sddmm_tma/4096/|baseline_read/|widened_thin_variant/4096/(3|4)/)'
+  bench forward 18 'BM_gpu_(baseline_d2d_copy/234|baseline_read/|skinny_project_tma/4096/|baseline_cublas_project/4096/|adapter_project/4096/|layer_forward_widened/4096/4096/(1|2)/|baseline_base_gemm/4096/4096/|widened_thin_variant/4096/)'
+  bench sddmm 14 'BM_gpu_(baseline_d2d_copy/234|baseline_read/|skinny_sddmm(_tma)?/4096/|baseline_sddmm_cublas_route/4096/|grad_b_sddmm/4096/|baseline_gemm_mask/4096/)'
   echo "elapsed before ncu: $(( $(date +%s) - t0 )) s"
   if command -v ncu >/dev/null; then
-    for k in project_tma_kernel sddmm_tma_kernel project_kernel sddmm_kernel; do
-      filt='BM_gpu_skinny_project/4096/8/'
-      [ $k = project_tma_kernel ] && filt='BM_gpu_skinny_project_tma/4096/8/'
-      [ $k = sddmm_kernel ] && filt='BM_gpu_skinny_sddmm/4096/8/'
+    for k in project_tma_kernel sddmm_tma_kernel; do
+      filt='BM_gpu_skinny_project_tma/4096/8/'
       [ $k = sddmm_tma_kernel ] && filt='BM_gpu_skinny_sddmm_tma/4096/8/'
-      l=$(left 6)
+      l=$(left 7)
       [ "$l" -lt 4 ] && { echo "ncu $k: skipped (time)"; continue; }
       timeout "$l" ncu --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \
         --section WarpStateStats -k regex:$k -c 1 "$bexe" --benchmark_filter="$filt" --benchmark_repetitions=1 \
@@ -74,7 +71,7 @@ bexe="$B/bench/cuda/lori_bench_cuda"
     grep -E "Invalid|Race|Hazard|hazard|ERROR:|CHECK|REQUIRE|bad elements|with expansion|values:" "$OUT/gpu_sanitize_$tool.log" | cut -c1-200 | head -12
   done
   # The larger shapes, if time is left.
-  [ "$(left 20)" -ge 10 ] && bench large 12 'BM_gpu_(skinny_project/16384/|skinny_project_tma/16384/|baseline_cublas_project/16384/|skinny_sddmm/16384/|skinny_sddmm_tma/16384/|baseline_sddmm_cublas_route/16384/|grad_b_sddmm/16384/|baseline_gemm_mask/16384/)'
+  [ "$(left 20)" -ge 10 ] && bench large 12 'BM_gpu_(skinny_project_tma/16384/|baseline_cublas_project/16384/|skinny_sddmm/16384/|skinny_sddmm_tma/16384/|baseline_sddmm_cublas_route/16384/|grad_b_sddmm/16384/|baseline_gemm_mask/16384/)'
   echo "total: $(( $(date +%s) - t0 )) s"
 } >> "$log" 2>&1
 cat "$log"

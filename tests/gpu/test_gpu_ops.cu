@@ -630,17 +630,17 @@ TEST_CASE("grad_b_sddmm is deterministic and rejects bad arguments") {
 // ---- skinny tensor-core kernels (lori/detail/skinny_gemm.cuh), called directly ------------------------
 // The public paths above reach them only at aligned shapes; here every knob is forced: the k / token
 // split count (cap 1, 3, 8: 1 block, a non-power-of-two cluster, the full cluster), tails of the
-// 64-wide stages and 128-row tiles, r = 1, 8, 12, 31, 32, both H staging paths (16-byte when r % 4 == 0
-// and H is 16-byte aligned, else 4-byte), padded leading dimensions, an fp32 and a T output with a
-// leading dimension (the widened layer's X_ext columns). Bounds as in the file header: fp32
+// 64-wide stages and 128-row tiles, r = 1, 8, 12, 31, 32, the project kernel (TMA), the SDDMM with TMA
+// loads and with cp.async (16-byte H staging when r % 4 == 0 and H is 16-byte aligned, else 4-byte),
+// padded leading dimensions, an fp32 and a T output with a leading dimension (the widened layer's
+// X_ext columns). Bounds as in the file header: fp32
 // accumulation on tensor cores (u_I = tc_slack) for project; the SDDMM rounds H to T (u_I = u_T).
 // Every configuration runs twice and must be bit-identical (fixed cluster-rank summation order).
 namespace {
 template <class T, class O>
 void skinny_project_case(lori::cuda::context& ctx, index_t n, index_t k, index_t r, index_t padx, int cap,
-                         std::mt19937_64& g, int variant = 0) {
-  CAPTURE(variant);  // 0: cp.async, interleaved k splits; 1: cp.async, contiguous; 2: TMA loads; 3: 0 and
-                     // 4: 2 with the L2 evict-normal policy for X
+                         std::mt19937_64& g, bool evict_first = true) {
+  CAPTURE(evict_first);  // L2 policy for X
   CAPTURE(n);
   CAPTURE(k);
   CAPTURE(r);
@@ -665,13 +665,8 @@ void skinny_project_case(lori::cuda::context& ctx, index_t n, index_t k, index_t
   for (int run = 0; run < 2; ++run) {
     device_buffer<O> out(n * ldo);
     out.fill_bytes(0xff);
-    if (variant == 2 || variant == 4)
-      lori::detail::skinny::launch_project_tma<T, O>(ctx.stream(), dX.data(), n, k, ldx, dA.data(), A.ld, r,
-                                                     static_cast<float>(scale), out.data(), ldo, cap, variant == 2);
-    else
-      lori::detail::skinny::launch_project<T, O>(ctx.stream(), dX.data(), n, k, ldx, dA.data(), A.ld, r,
-                                                 static_cast<float>(scale), out.data(), ldo, cap, variant != 1,
-                                                 variant != 3);
+    lori::detail::skinny::launch_project_tma<T, O>(ctx.stream(), dX.data(), n, k, ldx, dA.data(), A.ld, r,
+                                                   static_cast<float>(scale), out.data(), ldo, cap, evict_first);
     LORI_CUDA_CHECK(cudaDeviceSynchronize());
     const auto got = out.download();
     if (run == 0) {
@@ -736,7 +731,7 @@ void skinny_sddmm_case(lori::cuda::context& ctx, index_t n, index_t d, index_t r
                                                 static_cast<float>(s), B, out.data(), cap, evict_first);
     } else {
       lori::detail::skinny::launch_sddmm<T>(ctx.stream(), dG.data(), n, d, ldg, dH.data() + h0,
-                                            static_cast<float>(s), B, out.data(), cap, evict_first);
+                                            static_cast<float>(s), B, out.data(), cap);
     }
     LORI_CUDA_CHECK(cudaDeviceSynchronize());
     auto got = out.download();
@@ -759,7 +754,7 @@ TEST_CASE_TEMPLATE("skinny project kernel at the benchmark shape matches the dou
   lori::cuda::context ctx;
   skinny_project_case<T, float>(ctx, 4096, 4096, 32, 0, 8, g);  // adapter_project at n = d = k = 4096
   skinny_project_case<T, T>(ctx, 2048, 2048, 32, 32, 8, g);     // widened-layer style: T out, s·H
-  skinny_project_case<T, float>(ctx, 2048, 4096, 32, 0, 8, g, 1);  // contiguous k splits
+  skinny_project_case<T, float>(ctx, 2048, 4096, 32, 0, 8, g, false);  // X with the evict-normal L2 policy
 }
 
 TEST_CASE_TEMPLATE("skinny project kernel: scale·X·Aᵀ matches the double reference (splits, tails, r, ld)", T,
@@ -770,11 +765,6 @@ TEST_CASE_TEMPLATE("skinny project kernel: scale·X·Aᵀ matches the double ref
   for (int cap : {1, 3, 8}) {
     skinny_project_case<T, float>(ctx, 1000, 1000, 31, 8, cap, g);  // k = 15·64 + 40, n = 7·128 + 104
     skinny_project_case<T, T>(ctx, 129, 520, 8, 0, cap, g);
-  }
-  // Contiguous k ranges per split instead of interleaved 64-wide chunks.
-  for (int cap : {3, 8}) {
-    skinny_project_case<T, float>(ctx, 1000, 1000, 31, 8, cap, g, 1);
-    skinny_project_case<T, T>(ctx, 129, 520, 8, 0, cap, g, 1);
   }
   skinny_project_case<T, float>(ctx, 1, 64, 1, 0, 8, g);
   skinny_project_case<T, float>(ctx, 127, 8, 12, 16, 8, g);  // k shorter than one stage
@@ -832,23 +822,8 @@ TEST_CASE_TEMPLATE("skinny SDDMM kernel: masked s·Gᵀ·T(H) into compact value
   CHECK_FALSE(lori::detail::skinny::sddmm_applies(buf.data(), index_t{64}, index_t{64}, index_t{33}));
 }
 
-// The TMA-load variant of the project kernel (tensor maps, mbarrier ring; zero fill of the boxes
-// outside X and A by the hardware): the same shapes, splits, tails and outputs.
-TEST_CASE_TEMPLATE("skinny project kernel with TMA loads matches the double reference", T, lori::bfloat16, lori::half) {
-  LORI_TEST_SEED_INFO();
-  auto g = lori_test::rng(315);
-  lori::cuda::context ctx;
-  skinny_project_case<T, float>(ctx, 4096, 4096, 32, 0, 8, g, 2);
-  for (int cap : {1, 3, 8}) {
-    skinny_project_case<T, float>(ctx, 1000, 1000, 31, 8, cap, g, 2);
-    skinny_project_case<T, T>(ctx, 129, 520, 8, 0, cap, g, 2);
-  }
-  skinny_project_case<T, float>(ctx, 1, 64, 1, 0, 8, g, 2);
-  skinny_project_case<T, float>(ctx, 127, 8, 12, 16, 8, g, 2);
-  skinny_project_case<T, T>(ctx, 300, 2056, 32, 8, 8, g, 2);
-  skinny_project_case<T, float>(ctx, 1000, 1000, 32, 8, 8, g, 4);  // evict-normal policy
-}
-
+// The SDDMM with TMA loads (tensor maps, mbarrier ring; zero fill of the boxes outside G and H by the
+// hardware, H rows past a split's end zeroed in shared memory): the same shapes, splits and tails.
 TEST_CASE_TEMPLATE("skinny SDDMM kernel with TMA loads matches the double reference", T, lori::bfloat16, lori::half) {
   LORI_TEST_SEED_INFO();
   auto g = lori_test::rng(316);
@@ -864,21 +839,22 @@ TEST_CASE_TEMPLATE("skinny SDDMM kernel with TMA loads matches the double refere
   skinny_sddmm_case<T>(ctx, 1000, 520, 32, 8, false, 8, g, true, false);  // evict-normal policy
 }
 
-// A few small launches of both kernels (all code paths: clusters of 1 and 3, interleaved and
-// contiguous splits, tails, T and fp32 outputs, 16- and 4-byte H staging) for compute-sanitizer.
+// A few small launches of the kernels (clusters of 1 and 3, tails, T and fp32 outputs, TMA and
+// cp.async SDDMM with 16- and 4-byte H staging, both L2 policies) for compute-sanitizer.
 TEST_CASE("skinny kernels: small shapes (the compute-sanitizer subset)") {
   LORI_TEST_SEED_INFO();
   using T = lori::bfloat16;
   auto g = lori_test::rng(314);
   lori::cuda::context ctx;
   skinny_project_case<T, float>(ctx, 129, 200, 31, 8, 3, g);
-  skinny_project_case<T, T>(ctx, 70, 136, 32, 0, 3, g, 1);
+  skinny_project_case<T, T>(ctx, 70, 136, 32, 0, 3, g);
   skinny_project_case<T, float>(ctx, 20, 64, 8, 0, 1, g);
   skinny_sddmm_case<T>(ctx, 150, 136, 32, 8, false, 3, g);
   skinny_sddmm_case<T>(ctx, 70, 64, 12, 0, true, 8, g);
   skinny_sddmm_case<T>(ctx, 10, 40, 1, 0, false, 1, g);
-  skinny_project_case<T, float>(ctx, 129, 200, 31, 8, 3, g, 3);  // evict-normal policy
-  skinny_sddmm_case<T>(ctx, 150, 136, 32, 8, false, 3, g, false, false);
+  skinny_project_case<T, float>(ctx, 129, 200, 31, 8, 3, g, false);  // evict-normal policy
+  skinny_sddmm_case<T>(ctx, 150, 136, 32, 8, false, 3, g, true);      // TMA loads
+  skinny_sddmm_case<T>(ctx, 150, 136, 32, 8, false, 3, g, true, false);
 }
 
 TEST_CASE_TEMPLATE("grad_x = G·W + s·(G·B)·A matches the double reference", T, float, lori::bfloat16, lori::half) {

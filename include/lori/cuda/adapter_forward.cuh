@@ -1,7 +1,6 @@
 // lori/cuda/adapter_forward.cuh - the LoRI forward pass on the device.
 //
-//   adapter_project      H = X·Aᵀ                        (n x r, fp32; one launch: lori's tensor-core
-//                                                        skinny kernel for 16-bit r <= 32, else cuBLAS)
+//   adapter_project      H = X·Aᵀ                        (n x r, fp32; one cuBLAS GEMM)
 //   adapter_expand       Y (+)= s·H·Bᵀ, B sparse          (one kernel; reads H and B, reads/writes Y)
 //   adapter_forward      Y += s·(X·Aᵀ)·Bᵀ                 (n <= 64: ONE cooperative kernel; else 2 launches)
 //   layer_forward        Y = X·Wᵀ + s·(X·Aᵀ)·Bᵀ           (adapter written into Y first, then the base
@@ -384,14 +383,17 @@ void check_adapter_shapes(const char* fn, row_major_view<const T> X, row_major_v
 }
 
 // out (m rows, ldo; O = float or T) = scale·X·Aᵀ for X m x k (ldx), A r x k (lda), on `stream`:
-// the tensor-core skinny kernel (one read of X, split-k reduced in a cluster) where it applies
-// (16-bit T, r <= 32, 16-byte aligned rows), else cuBLAS on handle h (bound to `stream`).
+// with `skinny`, lori's tensor-core kernel (TMA, one read of X, split-k reduced in a cluster) where it
+// applies (16-bit T, r <= 32, 16-byte aligned rows), else cuBLAS on handle h (bound to `stream`).
+// The kernel is taken for the widened layer's thin GEMM (measured faster there: checkpoint 2, H200,
+// 214 µs for the layer vs 223-228 µs with the cuBLAS / cp.async thin GEMM); the fp32 H of
+// adapter_project stays on cuBLAS (18.1 µs vs the kernel's 19.3 µs, H200, docs/cuda.md).
 template <class T, class O>
 void project_rows(cudaStream_t stream, cublasHandle_t h, const T* X, index_t m, index_t k, index_t ldx,
-                  const T* A, index_t lda, index_t r, float scale, O* out, index_t ldo) {
+                  const T* A, index_t lda, index_t r, float scale, O* out, index_t ldo, bool skinny) {
   if constexpr (detail::is_16bit_v<T>) {
-    if (detail::skinny::project_applies(X, k, ldx, A, lda, r)) {
-      detail::skinny::launch_project<T, O>(stream, X, m, k, ldx, A, lda, r, scale, out, ldo);
+    if (skinny && detail::skinny::project_applies(X, k, ldx, A, lda, r)) {
+      detail::skinny::launch_project_tma<T, O>(stream, X, m, k, ldx, A, lda, r, scale, out, ldo);
       return;
     }
   }
@@ -416,7 +418,7 @@ void adapter_project(context& ctx, row_major_view<const T> X, row_major_view<con
   LORI_EXPECTS(A.rows() >= 1 && A.cols() >= 1, "adapter_project: A must be non-empty");
   LORI_EXPECTS(H != nullptr || X.rows() == 0, "adapter_project: null H");
   detail_fwd::project_rows(ctx.stream(), ctx.cublas(), X.data(), X.rows(), X.cols(), X.ld(), A.data(),
-                           A.ld(), A.rows(), 1.0f, H, A.rows());
+                           A.ld(), A.rows(), 1.0f, H, A.rows(), false);
 }
 
 template <class T>
@@ -515,7 +517,7 @@ void layer_forward(context& ctx, row_major_view<const T> X, row_major_view<const
   // Rows [r0, r0 + m): H rows = X rows·Aᵀ; Y rows = s·H·Bᵀ (write-only); Y rows = X rows·Wᵀ + Y rows.
   auto adapter_part = [&](cudaStream_t st, cublasHandle_t h, index_t r0, index_t m) {
     detail_fwd::project_rows(st, h, X.data() + r0 * X.ld(), m, k, X.ld(), A.data(), A.ld(), r, 1.0f,
-                             H + r0 * r, r);
+                             H + r0 * r, r, false);
     detail_fwd::launch_expand(st, H + r0 * r, m, s, B, Y.data() + r0 * Y.ld(), Y.ld(), false);
   };
   auto base_gemm = [&](index_t r0, index_t m) {
@@ -562,7 +564,7 @@ void layer_forward_widened(context& ctx, row_major_view<T> X_ext, row_major_view
   // GEMM with K = k + r.
   auto h_gemm = [&](cudaStream_t st, cublasHandle_t h, index_t r0, index_t m) {
     detail_fwd::project_rows(st, h, X_ext.data() + r0 * X_ext.ld(), m, k, X_ext.ld(), A.data(), A.ld(),
-                             r, s, X_ext.data() + r0 * X_ext.ld() + k, X_ext.ld());
+                             r, s, X_ext.data() + r0 * X_ext.ld() + k, X_ext.ld(), true);
   };
   auto base_gemm = [&](index_t r0, index_t m) {
     detail::gemm_row_major(ctx.cublas(), false, true, m, d, k + r, 1.0f, X_ext.data() + r0 * X_ext.ld(), X_ext.ld(),

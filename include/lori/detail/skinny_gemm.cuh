@@ -9,15 +9,18 @@
 // Both are bound by one read of the big matrix. Design (see docs/cuda.md):
 // * a block owns a 128-row tile of the output (128 tokens of X / 128 columns of G) and all r <= 32
 //   columns, and streams its share of the reduction dimension (k / tokens) through a ring of
-//   `stages` shared-memory buffers filled by 16-byte cp.async (zero fill outside the matrix), so
-//   each SM keeps ~2 x 64 KB of loads in flight;
+//   shared-memory stages (~100 KB, two blocks per SM), filled by TMA box copies completing on
+//   mbarriers (project_tma_kernel, sddmm_tma_kernel; zeros outside the matrix, the streamed matrix
+//   read with an L2 evict-first policy) or, for SDDMM shapes TMA cannot describe, by 16-byte cp.async
+//   (sddmm_kernel);
 // * 8 warps, each 16 output rows x 32 columns, ldmatrix (.trans for G and H) + mma.sync m16n8k16
-//   with fp32 accumulation; shared rows are XOR-swizzled in 16-byte units (conflict-free ldmatrix);
+//   with fp32 accumulation; shared rows are XOR-swizzled in 16-byte units (conflict-free ldmatrix;
+//   the same pattern as TMA's 128-byte swizzle);
 // * the reduction dimension is split over S <= 8 blocks forming a thread-block cluster; the fp32
 //   partial tiles are summed through distributed shared memory in cluster-rank order (a fixed
 //   order: deterministic, no workspace, one launch).
-// The 16-byte path needs the big matrix's pointer and leading dimension (and k for X, d for G) to
-// be multiples of 8 elements; callers check *_applies() and otherwise keep the cuBLAS route.
+// The big matrix's pointer must be 16-byte aligned and its leading dimension (and k for X, d for G)
+// a multiple of 8 elements; callers check *_applies() and otherwise keep the cuBLAS route.
 #ifndef LORI_DETAIL_SKINNY_GEMM_CUH
 #define LORI_DETAIL_SKINNY_GEMM_CUH
 
@@ -51,8 +54,7 @@ inline constexpr int acc_ld = max_rank + 8;  // fp32 partial tile row stride (ep
 inline constexpr int prj_kc = 64;
 inline constexpr int prj_stages = 5;
 inline constexpr int prj_stage_bytes = (tile_rows + max_rank) * prj_kc * 2;  // 20 KB
-constexpr int prj_smem_of(int stages) { return stages * prj_stage_bytes; }
-inline constexpr int prj_smem = prj_smem_of(prj_stages);  // 100 KB: 2 blocks per SM
+inline constexpr int prj_smem = prj_stages * prj_stage_bytes;  // 100 KB: 2 blocks per SM
 
 // sddmm: per stage 64 tokens x 128 columns of G (256-byte rows) + 64 tokens x 32 of H (fp32, 128-byte
 // rows); H of the current stage rounded to T into one 64 x 32 buffer (64-byte rows).
@@ -76,12 +78,6 @@ __device__ __forceinline__ unsigned smem_u32(const void* p) {
 // 16 (or 4) bytes global -> shared; pred false zero-fills and reads nothing (src must still be valid).
 __device__ __forceinline__ void cp_async16(unsigned dst, const void* src, bool pred) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(pred ? 16 : 0) : "memory");
-}
-// The same with an L2 cache policy (from stream_policy) for the line it brings in.
-__device__ __forceinline__ void cp_async16_hint(unsigned dst, const void* src, bool pred, std::uint64_t policy) {
-  asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2, %3;\n" ::"r"(dst), "l"(src),
-               "r"(pred ? 16 : 0), "l"(policy)
-               : "memory");
 }
 // L2 policy for the streamed matrix (X, G: read once): evict-first keeps it from displacing what
 // L2 holds (the reused A / H, the caller's data); evict-normal is the default behaviour.
@@ -202,110 +198,13 @@ __device__ __forceinline__ void project_epilogue(float* Acc, const float (&acc)[
   cluster.sync();  // keep this block's shared memory alive until the cluster has read it
 }
 
-template <class T, class O>
-struct project_args {
-  const T* X;
-  index_t n, k, ldx;
-  const T* A;
-  index_t lda;
-  int r;
-  int splits;   // blocks (cluster size) per 128-token tile
-  index_t kps;  // k per split, a multiple of prj_kc (contiguous splits)
-  bool interleave;  // split u takes the 64-wide k chunks u, u + S, u + 2S, ... (else one contiguous range)
-  bool evict_first;  // L2 evict-first policy for X (read once)
-  float scale;
-  O* out;
-  index_t ldo;
-};
-
-// Grid: tiles · splits blocks, cluster (splits, 1, 1); block b: tile b / splits, k split b % splits
-// (= its rank in the cluster). Requires X, A 16-byte aligned and k, ldx, lda multiples of 8.
-template <class T, class O, int Stages = prj_stages>
-__global__ void __launch_bounds__(threads, min_blocks_of(prj_smem_of(Stages))) project_kernel(project_args<T, O> a) {
-  unsigned char* smem = dynamic_smem();
-  const unsigned sbase = smem_u32(smem);
-  const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;
-  const int S = a.splits;
-  const int split = static_cast<int>(blockIdx.x % static_cast<unsigned>(S));
-  const index_t t0 = static_cast<index_t>(blockIdx.x / static_cast<unsigned>(S)) * tile_rows;
-  // k chunks of this split: kb + s·kstep for s < steps, columns below ke. Interleaved, the S blocks
-  // of a cluster read adjacent 128-byte pieces of the same rows at about the same time (S·128 bytes
-  // contiguous per row for the DRAM), instead of S ranges far apart.
-  index_t kb, ke, kstep;
-  int steps;
-  if (a.interleave) {
-    const index_t chunks = (a.k + prj_kc - 1) / prj_kc;
-    kb = static_cast<index_t>(split) * prj_kc;
-    ke = a.k;
-    kstep = static_cast<index_t>(S) * prj_kc;
-    steps = split < chunks ? static_cast<int>((chunks - split + S - 1) / S) : 0;
-  } else {
-    kb = static_cast<index_t>(split) * a.kps;
-    ke = kb + a.kps < a.k ? kb + a.kps : a.k;
-    kstep = prj_kc;
-    steps = ke > kb ? static_cast<int>((ke - kb + prj_kc - 1) / prj_kc) : 0;
-  }
-
-  // Stage layout: rows 0..127 = X rows t0.., rows 128..159 = A rows; 16-byte chunk c of row q at
-  // q·128 + ((c ^ (q & 7)) · 16). Thread tid copies chunk c = tid & 7 of rows tid/8 + 32·i, i < 5.
-  const int c8 = tid & 7, q0 = tid >> 3;
-  const unsigned dst0 = static_cast<unsigned>(q0 * 128 + ((c8 ^ (q0 & 7)) << 4));
-  const T* src[5];
-  bool row_ok[5];
-#pragma unroll
-  for (int i = 0; i < 5; ++i) {
-    const int q = q0 + 32 * i;
-    if (i < 4) {
-      const index_t t = t0 + q;
-      row_ok[i] = t < a.n;
-      src[i] = a.X + (row_ok[i] ? t : 0) * a.ldx;
-    } else {
-      row_ok[i] = q - tile_rows < a.r;
-      src[i] = a.A + (row_ok[i] ? q - tile_rows : 0) * a.lda;
-    }
-  }
-  const std::uint64_t policy = stream_policy(a.evict_first);
-  auto issue = [&](int s) {
-    if (s < steps) {
-      const unsigned st = sbase + static_cast<unsigned>((s % Stages) * prj_stage_bytes) + dst0;
-      const index_t kk = kb + static_cast<index_t>(s) * kstep + c8 * 8;
-      const bool col_ok = kk < ke;  // ke is a multiple of 8: a chunk is all in or all out
-#pragma unroll
-      for (int i = 0; i < 5; ++i) {
-        const bool ok = row_ok[i] && col_ok;
-        if (i < 4) cp_async16_hint(st + static_cast<unsigned>(i * 32 * 128), ok ? src[i] + kk : src[i], ok, policy);
-        else cp_async16(st + static_cast<unsigned>(i * 32 * 128), ok ? src[i] + kk : src[i], ok);
-      }
-    }
-    cp_async_commit();
-  };
-
-  float acc[4][4];
-#pragma unroll
-  for (int nt = 0; nt < 4; ++nt)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) acc[nt][e] = 0.0f;
-
-#pragma unroll
-  for (int s = 0; s < Stages - 1; ++s) issue(s);
-  for (int s = 0; s < steps; ++s) {
-    cp_async_wait<Stages - 2>();
-    __syncthreads();  // stage s visible to all; everyone is done with stage s - 1's buffer
-    issue(s + Stages - 1);
-    const unsigned xs = sbase + static_cast<unsigned>((s % Stages) * prj_stage_bytes);
-    project_stage_mma<T>(xs, xs + tile_rows * 128, acc, warp, lane);
-  }
-  cp_async_wait<0>();
-  __syncthreads();  // the ring is free: reuse it for the fp32 partial tile
-  project_epilogue(reinterpret_cast<float*>(smem), acc, S, split, t0, a.n, a.r, a.scale, a.out, a.ldo);
-}
-
 template <class T>
 bool aligned16(const T* p) {
   return reinterpret_cast<std::uintptr_t>(p) % 16 == 0;
 }
 
-/// Whether project_kernel takes out = scale·X·Aᵀ (X m x k, ldx; A r x k, lda).
+/// Whether project_tma_kernel takes out = scale·X·Aᵀ (X m x k, ldx; A r x k, lda): 16-bit T, r <= 32,
+/// X and A 16-byte aligned, ldx and lda multiples of 8 (TMA strides), k a multiple of 8.
 template <class T>
 bool project_applies(const T* X, index_t k, index_t ldx, const T* A, index_t lda, index_t r) {
   return is_16bit_v<T> && r >= 1 && r <= max_rank && k >= 1 && k % 8 == 0 && ldx % 8 == 0 && lda % 8 == 0 &&
@@ -363,43 +262,15 @@ int choose_splits(Kernel kernel, int smem, index_t tiles, index_t reduce_len, in
   return 1;
 }
 
-/// out (m rows, ldo; O = float or T) = scale · X·Aᵀ on `stream` (requires project_applies). `cap`
-/// bounds the k splits (tests and benchmarks vary it; results differ only in summation order).
-template <class T, class O, int Stages = prj_stages>
-void launch_project(cudaStream_t stream, const T* X, index_t m, index_t k, index_t ldx, const T* A,
-                    index_t lda, index_t r, float scale, O* out, index_t ldo, int cap = max_splits,
-                    bool interleave = true, bool evict_first = true) {
-  if (m == 0) return;
-  LORI_EXPECTS(cap >= 1 && cap <= max_splits, "skinny::launch_project: split cap must be in [1, 8]");
-  const index_t tiles = ceil_div(m, tile_rows);
-  auto kernel = project_kernel<T, O, Stages>;
-  set_smem_attributes(kernel, prj_smem_of(Stages));
-  int S = choose_splits(kernel, prj_smem_of(Stages), tiles, k, prj_kc, cap);
-  const index_t kps = ceil_div(ceil_div(k, S), prj_kc) * prj_kc;
-  S = static_cast<int>(ceil_div(k, kps));  // no empty split
-  project_args<T, O> a{X, m, k, ldx, A, lda, static_cast<int>(r), S, kps, interleave, evict_first, scale, out, ldo};
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = dim3(grid_dim(tiles * S), 1, 1);
-  cfg.blockDim = dim3(threads, 1, 1);
-  cfg.dynamicSmemBytes = prj_smem_of(Stages);
-  cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = static_cast<unsigned>(S);
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = 1;
-  LORI_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, a));
-  LORI_CUDA_CHECK_LAUNCH();
-}
-
-// ---- project with TMA loads (plain sm_90: cp.async.bulk.tensor + mbarrier) --------------------------
-// The same tiles, stages, MMAs and cluster epilogue as project_kernel; the ring is filled by the
-// tensor-memory accelerator instead of per-thread cp.async: one thread issues two 2-D box copies per
-// stage (128 rows x 64 of X, 32 x 64 of A; 128-byte swizzle = the layout project_stage_mma reads; rows
-// and columns outside the matrix arrive as zeros) completing on the stage's mbarrier. k splits are
-// interleaved. Requires X, A 16-byte aligned and ldx, lda multiples of 8 (TMA: 16-byte strides).
+// ---- project kernel: TMA loads (plain sm_90: cp.async.bulk.tensor + mbarrier) ----------------------
+// Block = 128 tokens x r <= 32 outputs, 8 warps; the ring of prj_stages stages is filled by the
+// tensor-memory accelerator: one thread issues two 2-D box copies per stage (128 rows x 64 of X, 32 x 64
+// of A; 128-byte swizzle = the layout project_stage_mma reads; rows and columns outside the matrix
+// arrive as zeros) completing on the stage's mbarrier; X is read with an L2 evict-first policy. The k
+// chunks are interleaved over the S blocks of the cluster (block u takes chunks u, u + S, ...: the
+// cluster reads adjacent 128-byte pieces of the same rows at about the same time). A per-thread
+// cp.async variant (checkpoint 1: 20.6 µs at n = 4096 on an H200) was replaced by this one.
+// Requires X, A 16-byte aligned and ldx, lda multiples of 8 (TMA: 16-byte strides).
 template <class O>
 struct project_tma_args {
   CUtensorMap xmap;  // X: {k, m} elements, box {64, 128}
@@ -525,7 +396,9 @@ CUtensorMap tensor_map_2d(const T* base, index_t rows, index_t cols, index_t ld,
   return m;
 }
 
-/// launch_project with TMA loads (requires project_applies).
+/// out (m rows, ldo; O = float or T) = scale · X·Aᵀ on `stream` (requires project_applies). `cap`
+/// bounds the k splits (tests and benchmarks vary it; results differ only in summation order);
+/// `evict_first` = false reads X with the default L2 policy (benchmarked alternative).
 template <class T, class O>
 void launch_project_tma(cudaStream_t stream, const T* X, index_t m, index_t k, index_t ldx, const T* A, index_t lda,
                         index_t r, float scale, O* out, index_t ldo, int cap = max_splits, bool evict_first = true) {
@@ -651,7 +524,6 @@ struct sddmm_args {
   const float* H;  // n x r, leading dimension r
   int r;
   bool h_vec;      // H 16-byte aligned and r % 4 == 0: 16-byte copies of H
-  bool evict_first;  // L2 evict-first policy for G (read once)
   int splits;      // blocks (cluster size) per 128-column tile
   index_t tps;     // tokens per split, a multiple of sd_tc
   float s;
@@ -683,7 +555,6 @@ __global__ void __launch_bounds__(threads, min_blocks_of(sd_smem_of(Stages))) sd
   const bool gcol_ok = i0 + gc * 8 < a.d;  // d is a multiple of 8
   const T* gsrc = a.G + (gcol_ok ? i0 + gc * 8 : 0);
   // H stage (fp32, unswizzled): token row q of 128 bytes. 16-byte path: chunk tid & 7 of rows tid/8 + 32·i.
-  const std::uint64_t policy = stream_policy(a.evict_first);
   auto issue = [&](int s) {
     if (s < steps) {
       const unsigned st = sbase + static_cast<unsigned>((s % Stages) * sd_stage_bytes);
@@ -692,7 +563,7 @@ __global__ void __launch_bounds__(threads, min_blocks_of(sd_smem_of(Stages))) sd
       for (int i = 0; i < 4; ++i) {
         const index_t t = tk + gq + 16 * i;
         const bool ok = gcol_ok && t < te;
-        cp_async16_hint(st + gdst + static_cast<unsigned>(i * 16 * 256), ok ? gsrc + t * a.ldg : a.G, ok, policy);
+        cp_async16(st + gdst + static_cast<unsigned>(i * 16 * 256), ok ? gsrc + t * a.ldg : a.G, ok);
       }
       const unsigned hs = st + sd_g_bytes;
       if (a.h_vec) {
@@ -747,7 +618,7 @@ bool sddmm_applies(const T* G, index_t d, index_t ldg, index_t r) {
 /// out[p] = T(s · Σ_t G(t, i)·T(H(t, j))) for B's kept (i, j) on `stream` (requires sddmm_applies, n >= 1).
 template <class T, int Stages = sd_stages>
 void launch_sddmm(cudaStream_t stream, const T* G, index_t n, index_t d, index_t ldg, const float* H,
-                  float s, const ::lori::cuda::sparse_b<T>& B, T* out, int cap = max_splits, bool evict_first = true) {
+                  float s, const ::lori::cuda::sparse_b<T>& B, T* out, int cap = max_splits) {
   if (n == 0 || d == 0) return;
   LORI_EXPECTS(cap >= 1 && cap <= max_splits, "skinny::launch_sddmm: split cap must be in [1, 8]");
   const index_t r = B.cols();
@@ -758,7 +629,7 @@ void launch_sddmm(cudaStream_t stream, const T* G, index_t n, index_t d, index_t
   const index_t tps = ceil_div(ceil_div(n, S), sd_tc) * sd_tc;
   S = static_cast<int>(ceil_div(n, tps));
   const bool h_vec = r % 4 == 0 && aligned16(H);
-  sddmm_args<T> a{G, n, d, ldg, H, static_cast<int>(r), h_vec, evict_first, S, tps, s, B.view(), out};
+  sddmm_args<T> a{G, n, d, ldg, H, static_cast<int>(r), h_vec, S, tps, s, B.view(), out};
   cudaLaunchConfig_t cfg{};
   cfg.gridDim = dim3(grid_dim(tiles * S), 1, 1);
   cfg.blockDim = dim3(threads, 1, 1);
