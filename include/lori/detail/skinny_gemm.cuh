@@ -167,7 +167,7 @@ __device__ __forceinline__ void project_stage_mma(unsigned xs, unsigned as, floa
   }
 }
 
-// Epilogue of both project kernels (all threads; Acc = this block's free shared memory): the fp32
+// Epilogue of the project kernel (all threads; Acc = this block's free shared memory): the fp32
 // partial tile into Acc, a cluster barrier, then this block (rank `split` of S) sums its share of
 // the tile over the S blocks in rank order (deterministic) and stores scale·sum.
 template <class O>
