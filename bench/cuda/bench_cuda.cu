@@ -481,28 +481,8 @@ BENCHMARK(BM_gpu_grad_b_sddmm)->Arg(64)->Arg(4096)->Arg(16384)->UseManualTime()-
 BENCHMARK(BM_gpu_baseline_gemm_mask)->Arg(64)->Arg(4096)->Arg(16384)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 BENCHMARK(BM_gpu_baseline_cusparse_sddmm)->Arg(4096)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 
-// ---- the skinny tensor-core kernels (lori/detail/skinny_gemm.cuh) with a forced split cap, and the
-// cuBLAS routes they replaced (same bytes, same run) ---------------------------------------------------
-void BM_gpu_skinny_project_tma(benchmark::State& st) {
-  fwd_data f(st.range(0));
-  const int cap = static_cast<int>(st.range(1));
-  const bool hint = st.range(2) != 0;
-  device_buffer<float> H(f.n * R);
-  run_timed(st, [&] {
-    lori::detail::skinny::launch_project_tma<bf16, float>(ctx().stream(), f.X.data(), f.n, K, K, f.A.data(), K, R, 1.0f,
-                                                          H.data(), R, cap, hint);
-  }, 2.0 * static_cast<double>(f.n * K) + 2.0 * R * K + 4.0 * static_cast<double>(f.n * R));
-  st.SetLabel(std::string("TMA loads (tensor maps, mbarrier ring)") + (hint ? ", X evict-first" : ", X evict-normal") + ", interleaved k split over at most range(1) blocks of a cluster");
-}
-void BM_gpu_baseline_cublas_project(benchmark::State& st) {
-  fwd_data f(st.range(0));
-  device_buffer<float> H(f.n * R);
-  run_timed(st, [&] {
-    lori::detail::gemm_row_major(ctx().cublas(), false, true, f.n, R, K, 1.0f, f.X.data(), K, f.A.data(), K, 0.0f, H.data(),
-                                 R, CUDA_R_16BF, CUDA_R_32F);
-  }, 2.0 * static_cast<double>(f.n * K) + 2.0 * R * K + 4.0 * static_cast<double>(f.n * R));
-  st.SetLabel("cuBLAS X·Aᵀ, fp32 H (adapter_project's path)");
-}
+// ---- the skinny tensor-core SDDMM kernels (lori/detail/skinny_gemm.cuh) with a forced split cap, and
+// the cuBLAS route they replaced (same bytes, same run) -------------------------------------------------
 void BM_gpu_skinny_sddmm(benchmark::State& st) {
   grad_data f(st.range(0));
   const int cap = static_cast<int>(st.range(1));
@@ -559,30 +539,6 @@ void BM_gpu_baseline_read(benchmark::State& st) {
 }
 BENCHMARK(BM_gpu_baseline_read)->Arg(32)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
 
-// The widened layer composed by hand with each thin-GEMM candidate (same buffers and base GEMM as
-// BM_gpu_layer_forward_widened/n/4096/1): range(1) = 0: cuBLAS thin GEMM (session 2's route);
-// 1 / 2: the skinny TMA kernel (layer_forward_widened's path) with X evict-first / evict-normal.
-void BM_gpu_widened_thin_variant(benchmark::State& st) {
-  const index_t n = st.range(0), d = D, kr = K + R;
-  const auto mode = st.range(1);
-  auto Xe = random_bf16(n * kr, 1.0, 1), We = random_bf16(d * kr, 1.0 / 64, 3), A = random_bf16(R * K, 1.0 / 64, 2);
-  device_buffer<bf16> Y(n * d);
-  auto B = random_sparse_b(d, R, 5);
-  B.scatter_to_dense(We.data() + K, kr, ctx().stream());
-  run_timed(st, [&] {
-    if (mode == 0) gemm_rm(false, true, n, R, K, 0.5f, Xe.data(), kr, A.data(), K, 0.0f, Xe.data() + K, kr);
-    else
-      lori::detail::skinny::launch_project_tma<bf16, bf16>(ctx().stream(), Xe.data(), n, K, kr, A.data(), K, R, 0.5f,
-                                                           Xe.data() + K, kr, 8, mode == 1);
-    gemm_rm(false, true, n, d, kr, 1.0f, Xe.data(), kr, We.data(), kr, 0.0f, Y.data(), d);
-  }, layer_floor(n, d), layer_flops(n, d));
-  static const char* names[] = {"cuBLAS thin GEMM", "skinny TMA, X evict-first", "skinny TMA, X evict-normal"};
-  st.SetLabel(std::string(names[mode]) + " + base GEMM with K = k + r");
-}
-BENCHMARK(BM_gpu_widened_thin_variant)->Args({4096, 0})->Args({4096, 1})->Args({4096, 2})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.05);
-BENCHMARK(BM_gpu_layer_forward_widened)->Args({4096, 4096, 2})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
-BENCHMARK(BM_gpu_skinny_project_tma)->Args({4096, 8, 1})->Args({4096, 8, 0})->Args({16384, 8, 1})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
-BENCHMARK(BM_gpu_baseline_cublas_project)->Arg(4096)->Arg(16384)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
 BENCHMARK(BM_gpu_skinny_sddmm)->Args({4096, 8})->Args({16384, 8})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
 BENCHMARK(BM_gpu_skinny_sddmm_tma)->Args({4096, 8, 1})->Args({4096, 8, 0})->Args({16384, 8, 1})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
 BENCHMARK(BM_gpu_baseline_sddmm_cublas_route)->Arg(4096)->Arg(16384)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Checkpoint script of the `gpu` helper (issue #6: the skinny tensor-core kernels behind
-# adapter_project / layer_forward(_widened) and grad_b_sddmm). Run on the GPU machine from the
+# Checkpoint script of the `gpu` helper (issue #6: the skinny tensor-core SDDMM kernels behind
+# grad_b_sddmm; the whole-layer forward against the base GEMM). Run on the GPU machine from the
 # repository root after BUILD_DIR was configured (Release, CUDA arch 90) and lori_test_gpu_ops +
 # lori_bench_cuda were built:
 #   bash scripts/gpu/check_gpu.sh BUILD_DIR OUT_DIR
@@ -23,7 +23,7 @@ exe="$B/tests/gpu/lori_test_gpu_ops"
 bexe="$B/bench/cuda/lori_bench_cuda"
 {
   nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader 2>&1 | head -2
-  echo "== tests (skinny kernels, grad_b_sddmm, adapter forward incl. layer_forward(_widened))"
+  echo "== tests (skinny SDDMM kernels, grad_b_sddmm, adapter forward incl. layer_forward(_widened))"
   timeout "$(left 18)" "$exe" --test-case='*skinny*,*grad_b_sddmm*,adapter forward (decode*' --test-case-exclude='*TMA*' \
     > "$OUT/gpu_tests.log" 2>&1
   echo "tests rc=$?"
@@ -42,13 +42,13 @@ bexe="$B/bench/cuda/lori_bench_cuda"
     echo "-- $1: rc=$?"
     grep -E "_median|ERROR|error" "$OUT/gpu_bench_$1.log" | awk '{$1=$1; print}' | cut -c1-230 | head -40
   }
-  bench forward 18 'BM_gpu_(baseline_d2d_copy/234|baseline_read/|skinny_project_tma/4096/|baseline_cublas_project/4096/|adapter_project/4096/|layer_forward_widened/4096/4096/(1|2)/|baseline_base_gemm/4096/4096/|widened_thin_variant/4096/)'
+  bench forward 14 'BM_gpu_(baseline_d2d_copy/234|baseline_read/|adapter_project/4096/|layer_forward_widened/4096/4096/1/|baseline_base_gemm/4096/4096/)'
   bench sddmm 14 'BM_gpu_(baseline_d2d_copy/234|baseline_read/|skinny_sddmm(_tma)?/4096/|baseline_sddmm_cublas_route/4096/|grad_b_sddmm/4096/|baseline_gemm_mask/4096/)'
   echo "elapsed before ncu: $(( $(date +%s) - t0 )) s"
   if command -v ncu >/dev/null; then
-    for k in project_tma_kernel sddmm_tma_kernel; do
-      filt='BM_gpu_skinny_project_tma/4096/8/'
-      [ $k = sddmm_tma_kernel ] && filt='BM_gpu_skinny_sddmm_tma/4096/8/'
+    for k in sddmm_tma_kernel sddmm_kernel; do
+      filt='BM_gpu_skinny_sddmm_tma/4096/8/'
+      [ $k = sddmm_kernel ] && filt='BM_gpu_skinny_sddmm/4096/8/'
       l=$(left 7)
       [ "$l" -lt 4 ] && { echo "ncu $k: skipped (time)"; continue; }
       timeout "$l" ncu --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \
@@ -71,7 +71,7 @@ bexe="$B/bench/cuda/lori_bench_cuda"
     grep -E "Invalid|Race|Hazard|hazard|ERROR:|CHECK|REQUIRE|bad elements|with expansion|values:" "$OUT/gpu_sanitize_$tool.log" | cut -c1-200 | head -12
   done
   # The larger shapes, if time is left.
-  [ "$(left 20)" -ge 10 ] && bench large 12 'BM_gpu_(skinny_project_tma/16384/|baseline_cublas_project/16384/|skinny_sddmm/16384/|skinny_sddmm_tma/16384/|baseline_sddmm_cublas_route/16384/|grad_b_sddmm/16384/|baseline_gemm_mask/16384/)'
+  [ "$(left 20)" -ge 10 ] && bench large 12 'BM_gpu_(skinny_sddmm/16384/|skinny_sddmm_tma/16384/|baseline_sddmm_cublas_route/16384/|grad_b_sddmm/16384/|baseline_gemm_mask/16384/)'
   echo "total: $(( $(date +%s) - t0 )) s"
 } >> "$log" 2>&1
 cat "$log"

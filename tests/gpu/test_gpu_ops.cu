@@ -28,7 +28,6 @@
 
 #include "test_util.hpp"
 
-#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -627,61 +626,14 @@ TEST_CASE("grad_b_sddmm is deterministic and rejects bad arguments") {
   }
 }
 
-// ---- skinny tensor-core kernels (lori/detail/skinny_gemm.cuh), called directly ------------------------
-// The public paths above reach them only at aligned shapes; here every knob is forced: the k / token
+// ---- skinny tensor-core SDDMM kernels (lori/detail/skinny_gemm.cuh), called directly ----------------
+// The public path above reaches them only at aligned shapes; here every knob is forced: the token
 // split count (cap 1, 3, 8: 1 block, a non-power-of-two cluster, the full cluster), tails of the
-// 64-wide stages and 128-row tiles, r = 1, 8, 12, 31, 32, the project kernel (TMA), the SDDMM with TMA
-// loads and with cp.async (16-byte H staging when r % 4 == 0 and H is 16-byte aligned, else 4-byte),
-// padded leading dimensions, an fp32 and a T output with a leading dimension (the widened layer's
-// X_ext columns). Bounds as in the file header: fp32
-// accumulation on tensor cores (u_I = tc_slack) for project; the SDDMM rounds H to T (u_I = u_T).
+// 64-token stages and 128-column tiles, r = 1, 4, 8, 12, 28, 31, 32, TMA loads and cp.async loads
+// (16-byte H staging when r % 4 == 0 and H is 16-byte aligned, else 4-byte), padded leading
+// dimensions, both L2 policies. Bound as in the file header with u_I = u_T (H is rounded to T).
 // Every configuration runs twice and must be bit-identical (fixed cluster-rank summation order).
 namespace {
-template <class T, class O>
-void skinny_project_case(lori::cuda::context& ctx, index_t n, index_t k, index_t r, index_t padx, int cap,
-                         std::mt19937_64& g, bool evict_first = true) {
-  CAPTURE(evict_first);  // L2 policy for X
-  CAPTURE(n);
-  CAPTURE(k);
-  CAPTURE(r);
-  CAPTURE(padx);
-  CAPTURE(cap);
-  INFO("type " << type_name<T>() << (std::is_same_v<O, float> ? ", fp32 out" : ", T out"));
-  const double scale = std::is_same_v<O, float> ? 1.0 : 0.375;
-  const index_t ldx = k + padx;
-  const auto X = random_mat<T>(n, k, 1.0, g, ldx);
-  const auto A = random_mat<T>(r, k, 1.0 / std::sqrt(static_cast<double>(k)), g, k + 8);
-  std::vector<double> H, hl2;
-  ref_project(X, A, H, hl2);
-  for (std::size_t i = 0; i < H.size(); ++i) {
-    H[i] *= scale;
-    hl2[i] = scale * std::sqrt(hl2[i]);
-  }
-  // Output: n rows with leading dimension ldo = r + 5 (odd), columns r .. ldo-1 must stay poisoned.
-  const index_t ldo = r + 5;
-  device_buffer<T> dX(X.s), dA(A.s);
-  REQUIRE(lori::detail::skinny::project_applies(dX.data(), k, ldx, dA.data(), A.ld, r));
-  std::vector<O> first;
-  for (int run = 0; run < 2; ++run) {
-    device_buffer<O> out(n * ldo);
-    out.fill_bytes(0xff);
-    lori::detail::skinny::launch_project_tma<T, O>(ctx.stream(), dX.data(), n, k, ldx, dA.data(), A.ld, r,
-                                                   static_cast<float>(scale), out.data(), ldo, cap, evict_first);
-    LORI_CUDA_CHECK(cudaDeviceSynchronize());
-    const auto got = out.download();
-    if (run == 0) {
-      LORI_CHECK_CLOSE(check_close<O>(compact(got, n, r, ldo), H, hl2, tc_slack<T>(), static_cast<double>(k)));
-      index_t pad_changed = 0;
-      for (index_t t = 0; t < n; ++t)
-        for (index_t c = r; c < ldo; ++c) pad_changed += !is_poison(got[static_cast<std::size_t>(t * ldo + c)]);
-      CHECK(pad_changed == 0);
-      first = got;
-    } else {
-      CHECK(std::memcmp(first.data(), got.data(), got.size() * sizeof(O)) == 0);
-    }
-  }
-}
-
 template <class T>
 void skinny_sddmm_case(lori::cuda::context& ctx, index_t n, index_t d, index_t r, index_t pad, bool h_misaligned,
                        int cap, std::mt19937_64& g, bool tma = false, bool evict_first = true) {
@@ -747,54 +699,6 @@ void skinny_sddmm_case(lori::cuda::context& ctx, index_t n, index_t d, index_t r
 }
 }  // namespace
 
-TEST_CASE_TEMPLATE("skinny project kernel at the benchmark shape matches the double reference", T, lori::bfloat16,
-                   lori::half) {
-  LORI_TEST_SEED_INFO();
-  auto g = lori_test::rng(310);
-  lori::cuda::context ctx;
-  skinny_project_case<T, float>(ctx, 4096, 4096, 32, 0, 8, g);  // adapter_project at n = d = k = 4096
-  skinny_project_case<T, T>(ctx, 2048, 2048, 32, 32, 8, g);     // widened-layer style: T out, s·H
-  skinny_project_case<T, float>(ctx, 2048, 4096, 32, 0, 8, g, false);  // X with the evict-normal L2 policy
-}
-
-TEST_CASE_TEMPLATE("skinny project kernel: scale·X·Aᵀ matches the double reference (splits, tails, r, ld)", T,
-                   lori::bfloat16, lori::half) {
-  LORI_TEST_SEED_INFO();
-  auto g = lori_test::rng(311);
-  lori::cuda::context ctx;
-  for (int cap : {1, 3, 8}) {
-    skinny_project_case<T, float>(ctx, 1000, 1000, 31, 8, cap, g);  // k = 15·64 + 40, n = 7·128 + 104
-    skinny_project_case<T, T>(ctx, 129, 520, 8, 0, cap, g);
-  }
-  skinny_project_case<T, float>(ctx, 1, 64, 1, 0, 8, g);
-  skinny_project_case<T, float>(ctx, 127, 8, 12, 16, 8, g);  // k shorter than one stage
-  skinny_project_case<T, T>(ctx, 300, 2056, 32, 8, 8, g);
-  // The public entry takes cuBLAS where the 16-byte path does not apply (misaligned X, odd ldx).
-  device_buffer<T> buf(64 * 72 + 1);
-  CHECK_FALSE(lori::detail::skinny::project_applies(buf.data() + 1, index_t{64}, index_t{72}, buf.data(), index_t{64},
-                                                    index_t{8}));
-  CHECK_FALSE(lori::detail::skinny::project_applies(buf.data(), index_t{64}, index_t{65}, buf.data(), index_t{64},
-                                                    index_t{8}));
-  CHECK_FALSE(lori::detail::skinny::project_applies(buf.data(), index_t{64}, index_t{64}, buf.data(), index_t{64},
-                                                    index_t{33}));
-  {
-    const index_t n = 50, k = 64, r = 8;
-    const auto X = random_mat<T>(n, k, 1.0, g, 72);
-    const auto A = random_mat<T>(r, k, 0.125, g);
-    std::vector<T> xs(X.s.size() + 1);
-    std::copy(X.s.begin(), X.s.end(), xs.begin() + 1);
-    device_buffer<T> dX(xs), dA(A.s);
-    device_buffer<float> dH(n * r);
-    dH.fill_bytes(0xff);
-    lori::cuda::adapter_project<T>(ctx, lori::row_major_view<const T>(dX.data() + 1, n, k, 72), cview(dA, r, k), dH.data());
-    std::vector<double> H, hl2;
-    ref_project(X, A, H, hl2);
-    for (auto& q : hl2) q = std::sqrt(q);
-    INFO("adapter_project, misaligned X (cuBLAS route)");
-    LORI_CHECK_CLOSE(check_close<float>(dH.download(), H, hl2, tc_slack<T>(), static_cast<double>(k)));
-  }
-}
-
 TEST_CASE_TEMPLATE("skinny SDDMM kernel at the benchmark shape matches the double reference", T, lori::bfloat16,
                    lori::half) {
   LORI_TEST_SEED_INFO();
@@ -839,20 +743,16 @@ TEST_CASE_TEMPLATE("skinny SDDMM kernel with TMA loads matches the double refere
   skinny_sddmm_case<T>(ctx, 1000, 520, 32, 8, false, 8, g, true, false);  // evict-normal policy
 }
 
-// A few small launches of the kernels (clusters of 1 and 3, tails, T and fp32 outputs, TMA and
-// cp.async SDDMM with 16- and 4-byte H staging, both L2 policies) for compute-sanitizer.
+// A few small launches of the SDDMM kernels (clusters of 1 and 3, tails, TMA and cp.async loads with
+// 16- and 4-byte H staging, both L2 policies) for compute-sanitizer.
 TEST_CASE("skinny kernels: small shapes (the compute-sanitizer subset)") {
   LORI_TEST_SEED_INFO();
   using T = lori::bfloat16;
   auto g = lori_test::rng(314);
   lori::cuda::context ctx;
-  skinny_project_case<T, float>(ctx, 129, 200, 31, 8, 3, g);
-  skinny_project_case<T, T>(ctx, 70, 136, 32, 0, 3, g);
-  skinny_project_case<T, float>(ctx, 20, 64, 8, 0, 1, g);
   skinny_sddmm_case<T>(ctx, 150, 136, 32, 8, false, 3, g);
   skinny_sddmm_case<T>(ctx, 70, 64, 12, 0, true, 8, g);
   skinny_sddmm_case<T>(ctx, 10, 40, 1, 0, false, 1, g);
-  skinny_project_case<T, float>(ctx, 129, 200, 31, 8, 3, g, false);  // evict-normal policy
   skinny_sddmm_case<T>(ctx, 150, 136, 32, 8, false, 3, g, true);      // TMA loads
   skinny_sddmm_case<T>(ctx, 150, 136, 32, 8, false, 3, g, true, false);
 }

@@ -23,7 +23,6 @@
 #include "lori/error.hpp"
 
 #include "lori/detail/cuda_common.cuh"
-#include "lori/detail/skinny_gemm.cuh"
 
 #include <cooperative_groups.h>
 #include <cuda_runtime_api.h>
@@ -382,25 +381,6 @@ void check_adapter_shapes(const char* fn, row_major_view<const T> X, row_major_v
   LORI_EXPECTS(X.rows() <= index_t{65535} * expand_tokens, "lori::cuda adapter: too many tokens for one call");
 }
 
-// out (m rows, ldo; O = float or T) = scale·X·Aᵀ for X m x k (ldx), A r x k (lda), on `stream`:
-// with `skinny`, lori's tensor-core kernel (TMA, one read of X, split-k reduced in a cluster) where it
-// applies (16-bit T, r <= 32, 16-byte aligned rows), else cuBLAS on handle h (bound to `stream`).
-// The kernel is taken for the widened layer's thin GEMM (measured faster there: checkpoint 2, H200,
-// 214 µs for the layer vs 223-228 µs with the cuBLAS / cp.async thin GEMM); the fp32 H of
-// adapter_project stays on cuBLAS (18.1 µs vs the kernel's 19.3 µs, H200, docs/cuda.md).
-template <class T, class O>
-void project_rows(cudaStream_t stream, cublasHandle_t h, const T* X, index_t m, index_t k, index_t ldx,
-                  const T* A, index_t lda, index_t r, float scale, O* out, index_t ldo, bool skinny) {
-  if constexpr (detail::is_16bit_v<T>) {
-    if (skinny && detail::skinny::project_applies(X, k, ldx, A, lda, r)) {
-      detail::skinny::launch_project_tma<T, O>(stream, X, m, k, ldx, A, lda, r, scale, out, ldo);
-      return;
-    }
-  }
-  const cudaDataType_t c = std::is_same_v<O, float> ? CUDA_R_32F : detail::cuda_data_type<T>();
-  detail::gemm_row_major(h, false, true, m, r, k, scale, X, ldx, A, lda, 0.0f, out, ldo, detail::cuda_data_type<T>(), c);
-}
-
 }  // namespace detail_fwd
 
 inline std::size_t adapter_forward_workspace_bytes(const context& ctx, index_t n, index_t r) {
@@ -417,8 +397,8 @@ void adapter_project(context& ctx, row_major_view<const T> X, row_major_view<con
   LORI_EXPECTS(X.cols() == A.cols(), "adapter_project: X and A must have the same number of columns k");
   LORI_EXPECTS(A.rows() >= 1 && A.cols() >= 1, "adapter_project: A must be non-empty");
   LORI_EXPECTS(H != nullptr || X.rows() == 0, "adapter_project: null H");
-  detail_fwd::project_rows(ctx.stream(), ctx.cublas(), X.data(), X.rows(), X.cols(), X.ld(), A.data(),
-                           A.ld(), A.rows(), 1.0f, H, A.rows(), false);
+  detail::gemm_row_major(ctx.cublas(), false, true, X.rows(), A.rows(), X.cols(), 1.0f, X.data(), X.ld(), A.data(),
+                         A.ld(), 0.0f, H, A.rows(), detail::cuda_data_type<T>(), CUDA_R_32F);
 }
 
 template <class T>
@@ -516,8 +496,8 @@ void layer_forward(context& ctx, row_major_view<const T> X, row_major_view<const
   const index_t k = X.cols();
   // Rows [r0, r0 + m): H rows = X rows·Aᵀ; Y rows = s·H·Bᵀ (write-only); Y rows = X rows·Wᵀ + Y rows.
   auto adapter_part = [&](cudaStream_t st, cublasHandle_t h, index_t r0, index_t m) {
-    detail_fwd::project_rows(st, h, X.data() + r0 * X.ld(), m, k, X.ld(), A.data(), A.ld(), r, 1.0f,
-                             H + r0 * r, r, false);
+    detail::gemm_row_major(h, false, true, m, r, k, 1.0f, X.data() + r0 * X.ld(), X.ld(), A.data(), A.ld(), 0.0f,
+                           H + r0 * r, r, t, CUDA_R_32F);
     detail_fwd::launch_expand(st, H + r0 * r, m, s, B, Y.data() + r0 * Y.ld(), Y.ld(), false);
   };
   auto base_gemm = [&](index_t r0, index_t m) {
@@ -562,9 +542,9 @@ void layer_forward_widened(context& ctx, row_major_view<T> X_ext, row_major_view
   const cudaDataType_t t = detail::cuda_data_type<T>();
   // Rows [r0, r0 + m): s·H into the last r columns of X_ext (row stride X_ext.ld()), then the base
   // GEMM with K = k + r.
-  auto h_gemm = [&](cudaStream_t st, cublasHandle_t h, index_t r0, index_t m) {
-    detail_fwd::project_rows(st, h, X_ext.data() + r0 * X_ext.ld(), m, k, X_ext.ld(), A.data(), A.ld(),
-                             r, s, X_ext.data() + r0 * X_ext.ld() + k, X_ext.ld(), true);
+  auto h_gemm = [&](cublasHandle_t h, index_t r0, index_t m) {
+    detail::gemm_row_major(h, false, true, m, r, k, s, X_ext.data() + r0 * X_ext.ld(), X_ext.ld(), A.data(), A.ld(),
+                           0.0f, X_ext.data() + r0 * X_ext.ld() + k, X_ext.ld(), t, t);
   };
   auto base_gemm = [&](index_t r0, index_t m) {
     detail::gemm_row_major(ctx.cublas(), false, true, m, d, k + r, 1.0f, X_ext.data() + r0 * X_ext.ld(), X_ext.ld(),
@@ -573,7 +553,7 @@ void layer_forward_widened(context& ctx, row_major_view<T> X_ext, row_major_view
   const index_t m = detail::ceil_div(n, chunks);
   const index_t count = detail::ceil_div(n, m);
   if (count <= 1) {
-    h_gemm(ctx.stream(), ctx.cublas(), 0, n);
+    h_gemm(ctx.cublas(), 0, n);
     base_gemm(0, n);
     return;
   }
@@ -582,12 +562,12 @@ void layer_forward_widened(context& ctx, row_major_view<T> X_ext, row_major_view
   cublasHandle_t aux_h = ctx.aux_cublas();
   LORI_CUDA_CHECK(cudaEventRecord(ctx.event(0), ctx.stream()));  // X_ext written by earlier main-stream work
   LORI_CUDA_CHECK(cudaStreamWaitEvent(aux, ctx.event(0), 0));
-  h_gemm(ctx.stream(), ctx.cublas(), 0, m);
+  h_gemm(ctx.cublas(), 0, m);
   for (index_t c = 0; c < count; ++c) {
     const index_t r0 = c * m, rows = n - r0 < m ? n - r0 : m;
     if (c + 1 < count) {
       const index_t r1 = r0 + m, rows1 = n - r1 < m ? n - r1 : m;
-      h_gemm(aux, aux_h, r1, rows1);
+      h_gemm(aux_h, r1, rows1);
       LORI_CUDA_CHECK(cudaEventRecord(ctx.event(static_cast<int>(c + 1)), aux));
     }
     if (c > 0) LORI_CUDA_CHECK(cudaStreamWaitEvent(ctx.stream(), ctx.event(static_cast<int>(c)), 0));

@@ -1,26 +1,23 @@
-// lori/detail/skinny_gemm.cuh - private tensor-core kernels for the two "stream one big 16-bit
-// matrix once against a small rank-r operand" products of the adapter paths (bf16/fp16, r <= 32):
+// lori/detail/skinny_gemm.cuh - private tensor-core kernels for the masked SDDMM of the backward pass
+// (bf16/fp16, r <= 32): stream the big 16-bit G once against a small rank-r operand,
 //
-//   project   out(t, j) = scale · Σ_kk X(t, kk) A(j, kk)        X n x k (streamed), A r x k
-//             (adapter_project: fp32 H; layer_forward_widened: s·H rounded to T into X_ext)
 //   sddmm     out[p]    = T(s · Σ_t G(t, i) T(H(t, j)))          for the p-th kept (i, j) of B
 //             (grad_b_sddmm: G n x d streamed, H n x r fp32 rounded to T while staged)
 //
-// Both are bound by one read of the big matrix. Design (see docs/cuda.md):
-// * a block owns a 128-row tile of the output (128 tokens of X / 128 columns of G) and all r <= 32
-//   columns, and streams its share of the reduction dimension (k / tokens) through a ring of
-//   shared-memory stages (~100 KB, two blocks per SM), filled by TMA box copies completing on
-//   mbarriers (project_tma_kernel, sddmm_tma_kernel; zeros outside the matrix, the streamed matrix
-//   read with an L2 evict-first policy) or, for SDDMM shapes TMA cannot describe, by 16-byte cp.async
-//   (sddmm_kernel);
-// * 8 warps, each 16 output rows x 32 columns, ldmatrix (.trans for G and H) + mma.sync m16n8k16
-//   with fp32 accumulation; shared rows are XOR-swizzled in 16-byte units (conflict-free ldmatrix;
-//   the same pattern as TMA's 128-byte swizzle);
-// * the reduction dimension is split over S <= 8 blocks forming a thread-block cluster; the fp32
-//   partial tiles are summed through distributed shared memory in cluster-rank order (a fixed
-//   order: deterministic, no workspace, one launch).
-// The big matrix's pointer must be 16-byte aligned and its leading dimension (and k for X, d for G)
-// a multiple of 8 elements; callers check *_applies() and otherwise keep the cuBLAS route.
+// Bound by one read of G. Design (see docs/cuda.md):
+// * a block owns 128 columns of G (rows of B) and all r <= 32 columns of H, and streams its share
+//   of the tokens through a ring of shared-memory stages (~100 KB, two blocks per SM), filled by TMA
+//   box copies completing on mbarriers (sddmm_tma_kernel; zeros outside the matrix, G read with an
+//   L2 evict-first policy) or, where TMA cannot describe H, by 16-byte cp.async (sddmm_kernel);
+// * 8 warps, each 16 columns of G x 32, ldmatrix.trans + mma.sync m16n8k16 with fp32 accumulation;
+//   shared rows are XOR-swizzled in 16-byte units (conflict-free ldmatrix; the same pattern as TMA's
+//   128-byte swizzle);
+// * the tokens are split over S <= 8 blocks forming a thread-block cluster; the fp32 partial tiles
+//   are summed through distributed shared memory in cluster-rank order (a fixed order:
+//   deterministic, no workspace, one launch), and s·D is written at the kept positions.
+// G's pointer must be 16-byte aligned and d, G's leading dimension multiples of 8 elements; callers
+// check sddmm_applies() / sddmm_tma_applies() and otherwise keep the cuBLAS route. (A project kernel
+// X·Aᵀ of the same design was measured and dropped: docs/cuda.md.)
 #ifndef LORI_DETAIL_SKINNY_GEMM_CUH
 #define LORI_DETAIL_SKINNY_GEMM_CUH
 
@@ -50,11 +47,6 @@ inline constexpr int max_rank = 32;    // output columns per block (4 n-tiles of
 inline constexpr int max_splits = 8;   // portable cluster size
 inline constexpr int acc_ld = max_rank + 8;  // fp32 partial tile row stride (epilogue)
 
-// project: per stage 128 rows of X + 32 rows of A, 64 k each (128-byte rows).
-inline constexpr int prj_kc = 64;
-inline constexpr int prj_stages = 5;
-inline constexpr int prj_stage_bytes = (tile_rows + max_rank) * prj_kc * 2;  // 20 KB
-inline constexpr int prj_smem = prj_stages * prj_stage_bytes;  // 100 KB: 2 blocks per SM
 
 // sddmm: per stage 64 tokens x 128 columns of G (256-byte rows) + 64 tokens x 32 of H (fp32, 128-byte
 // rows); H of the current stage rounded to T into one 64 x 32 buffer (64-byte rows).
@@ -68,7 +60,6 @@ inline constexpr int sd_smem = sd_smem_of(sd_stages);  // 100 KB: 2 blocks per S
 // Blocks per SM the launch bounds ask for: two while two rings fit an SM's 227 KB of shared memory.
 constexpr int min_blocks_of(int smem) { return smem <= 110 * 1024 ? 2 : 1; }
 
-static_assert(tile_rows * acc_ld * 4 <= prj_stage_bytes, "epilogue tile must fit the ring");
 static_assert(tile_rows * acc_ld * 4 <= sd_stage_bytes, "epilogue tile must fit the ring");
 
 // ---- PTX wrappers (plain sm_80+/sm_90) --------------------------------------------------------------
@@ -137,78 +128,10 @@ __device__ __forceinline__ void store_acc(float* Acc, const float (&acc)[4][4], 
   }
 }
 
-template <class O>
-__device__ __forceinline__ void store_out(O* p, float x) {
-  if constexpr (std::is_same_v<O, float>) *p = x;
-  else *p = ::lori::from_float<O>(x);
-}
-
-// ---- project ----------------------------------------------------------------------------------------
-// One 64-wide k stage: X rows at xs (128 rows of 128 bytes), A rows at as (32 rows of 128 bytes), both
-// with 16-byte chunk c of row q at q·128 + ((c ^ (q & 7))·16) (what TMA's 128-byte swizzle also
-// writes). A operand: X rows warp*16 + (lane & 15), chunk 2·kk + lane/16; B operand: A rows
-// np*16 + (lane/16)*8 + (lane & 7), chunk 2·kk + (lane/8 & 1); both ldmatrix without transpose.
-template <class T>
-__device__ __forceinline__ void project_stage_mma(unsigned xs, unsigned as, float (&acc)[4][4], int warp, int lane) {
-  const int xa_row = warp * 16 + (lane & 15), xa_hi = lane >> 4;
-  const int ab_row = ((lane >> 4) << 3) + (lane & 7), ab_hi = (lane >> 3) & 1;
-#pragma unroll
-  for (int kk = 0; kk < prj_kc / 16; ++kk) {
-    unsigned af[4];
-    ldsm_x4(xs + static_cast<unsigned>(xa_row * 128 + (((2 * kk + xa_hi) ^ (xa_row & 7)) << 4)), af);
-#pragma unroll
-    for (int np = 0; np < 2; ++np) {
-      const int row = np * 16 + ab_row;
-      unsigned bf[4];
-      ldsm_x4(as + static_cast<unsigned>(row * 128 + (((2 * kk + ab_hi) ^ (row & 7)) << 4)), bf);
-      mma16816<T>(acc[2 * np], af, bf[0], bf[1]);
-      mma16816<T>(acc[2 * np + 1], af, bf[2], bf[3]);
-    }
-  }
-}
-
-// Epilogue of the project kernel (all threads; Acc = this block's free shared memory): the fp32
-// partial tile into Acc, a cluster barrier, then this block (rank `split` of S) sums its share of
-// the tile over the S blocks in rank order (deterministic) and stores scale·sum.
-template <class O>
-__device__ __forceinline__ void project_epilogue(float* Acc, const float (&acc)[4][4], int S, int split, index_t t0,
-                                                 index_t n, int r, float scale, O* out, index_t ldo) {
-  namespace cg = cooperative_groups;
-  const int tid = static_cast<int>(threadIdx.x);
-  store_acc(Acc, acc, tid >> 5, tid & 31);
-  cg::cluster_group cluster = cg::this_cluster();
-  cluster.sync();  // every block's partial tile written and visible cluster-wide
-  const float* parts[max_splits];
-#pragma unroll
-  for (int u = 0; u < max_splits; ++u) parts[u] = u < S ? cluster.map_shared_rank(Acc, u) : Acc;
-  for (int e = split * threads + tid; e < tile_rows * r; e += S * threads) {
-    const int row = e / r, j = e - row * r;
-    const index_t t = t0 + row;
-    if (t < n) {
-      float v[max_splits];
-#pragma unroll
-      for (int u = 0; u < max_splits; ++u) v[u] = u < S ? parts[u][row * acc_ld + j] : 0.0f;
-      float x = 0.0f;
-#pragma unroll
-      for (int u = 0; u < max_splits; ++u)
-        if (u < S) x += v[u];  // cluster-rank order: deterministic
-      store_out(out + t * ldo + j, scale * x);
-    }
-  }
-  cluster.sync();  // keep this block's shared memory alive until the cluster has read it
-}
 
 template <class T>
 bool aligned16(const T* p) {
   return reinterpret_cast<std::uintptr_t>(p) % 16 == 0;
-}
-
-/// Whether project_tma_kernel takes out = scale·X·Aᵀ (X m x k, ldx; A r x k, lda): 16-bit T, r <= 32,
-/// X and A 16-byte aligned, ldx and lda multiples of 8 (TMA strides), k a multiple of 8.
-template <class T>
-bool project_applies(const T* X, index_t k, index_t ldx, const T* A, index_t lda, index_t r) {
-  return is_16bit_v<T> && r >= 1 && r <= max_rank && k >= 1 && k % 8 == 0 && ldx % 8 == 0 && lda % 8 == 0 &&
-         aligned16(X) && aligned16(A);
 }
 
 /// Opts `kernel` into `smem` bytes of dynamic shared memory and asks for the largest shared-memory
@@ -262,27 +185,7 @@ int choose_splits(Kernel kernel, int smem, index_t tiles, index_t reduce_len, in
   return 1;
 }
 
-// ---- project kernel: TMA loads (plain sm_90: cp.async.bulk.tensor + mbarrier) ----------------------
-// Block = 128 tokens x r <= 32 outputs, 8 warps; the ring of prj_stages stages is filled by the
-// tensor-memory accelerator: one thread issues two 2-D box copies per stage (128 rows x 64 of X, 32 x 64
-// of A; 128-byte swizzle = the layout project_stage_mma reads; rows and columns outside the matrix
-// arrive as zeros) completing on the stage's mbarrier; X is read with an L2 evict-first policy. The k
-// chunks are interleaved over the S blocks of the cluster (block u takes chunks u, u + S, ...: the
-// cluster reads adjacent 128-byte pieces of the same rows at about the same time). A per-thread
-// cp.async variant (checkpoint 1: 20.6 µs at n = 4096 on an H200) was replaced by this one.
-// Requires X, A 16-byte aligned and ldx, lda multiples of 8 (TMA: 16-byte strides).
-template <class O>
-struct project_tma_args {
-  CUtensorMap xmap;  // X: {k, m} elements, box {64, 128}
-  CUtensorMap amap;  // A: {k, r} elements, box {64, 32}
-  index_t n, k;
-  int r, splits;
-  float scale;
-  O* out;
-  index_t ldo;
-  bool evict_first;  // L2 evict-first policy for X (read once)
-};
-
+// ---- TMA + mbarrier helpers (plain sm_90) ------------------------------------------------------------
 __device__ __forceinline__ void mbar_init(unsigned bar, unsigned count) {
   asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
 }
@@ -318,55 +221,6 @@ __device__ __forceinline__ void tma_load_2d(unsigned dst, const CUtensorMap* map
       : "memory");
 }
 
-inline constexpr int prj_tma_smem = prj_smem + 1024;  // + alignment of the ring to 1024 bytes (swizzle atom)
-
-template <class T, class O>
-__global__ void __launch_bounds__(threads, 2) project_tma_kernel(const __grid_constant__ project_tma_args<O> a) {
-  __shared__ alignas(8) std::uint64_t full[prj_stages];
-  unsigned char* raw = dynamic_smem();
-  unsigned char* smem = raw + ((1024u - (smem_u32(raw) & 1023u)) & 1023u);
-  const unsigned sbase = smem_u32(smem);
-  const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;
-  const int S = a.splits;
-  const int split = static_cast<int>(blockIdx.x % static_cast<unsigned>(S));
-  const index_t t0 = static_cast<index_t>(blockIdx.x / static_cast<unsigned>(S)) * tile_rows;
-  const index_t chunks = (a.k + prj_kc - 1) / prj_kc;
-  const int steps = split < chunks ? static_cast<int>((chunks - split + S - 1) / S) : 0;
-  if (tid == 0) {
-#pragma unroll
-    for (int i = 0; i < prj_stages; ++i) mbar_init(smem_u32(&full[i]), 1);
-    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-  }
-  __syncthreads();
-  const std::uint64_t policy = stream_policy(a.evict_first);
-  auto issue = [&](int s) {
-    if (tid == 0 && s < steps) {
-      const int slot = s % prj_stages;
-      const unsigned st = sbase + static_cast<unsigned>(slot * prj_stage_bytes), bar = smem_u32(&full[slot]);
-      const int x = static_cast<int>((split + static_cast<index_t>(s) * S) * prj_kc);
-      mbar_arrive_expect_tx(bar, static_cast<unsigned>(prj_stage_bytes));  // full boxes, zero-filled or not
-      tma_load_2d_hint(st, &a.xmap, x, static_cast<int>(t0), bar, policy);
-      tma_load_2d(st + tile_rows * 128, &a.amap, x, 0, bar);
-    }
-  };
-  float acc[4][4];
-#pragma unroll
-  for (int nt = 0; nt < 4; ++nt)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) acc[nt][e] = 0.0f;
-#pragma unroll
-  for (int s = 0; s < prj_stages - 1; ++s) issue(s);
-  for (int s = 0; s < steps; ++s) {
-    mbar_wait(smem_u32(&full[s % prj_stages]), static_cast<unsigned>((s / prj_stages) & 1));
-    __syncthreads();  // everyone is done with stage s - 1's buffer, which is refilled now
-    issue(s + prj_stages - 1);
-    const unsigned xs = sbase + static_cast<unsigned>((s % prj_stages) * prj_stage_bytes);
-    project_stage_mma<T>(xs, xs + tile_rows * 128, acc, warp, lane);
-  }
-  __syncthreads();  // every copy was waited for and every MMA is done: the ring becomes the partial tile
-  project_epilogue(reinterpret_cast<float*>(smem), acc, S, split, t0, a.n, a.r, a.scale, a.out, a.ldo);
-}
-
 /// cuTensorMapEncodeTiled from the driver, looked up once through the runtime (no -lcuda).
 inline PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
   static const PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
@@ -386,7 +240,7 @@ CUtensorMap tensor_map_2d(const T* base, index_t rows, index_t cols, index_t ld,
   CUtensorMap m;
   const cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};
   const cuuint64_t strides[1] = {static_cast<cuuint64_t>(ld) * sizeof(T)};
-  const cuuint32_t box[2] = {static_cast<cuuint32_t>(prj_kc), box_rows};
+  const cuuint32_t box[2] = {64, box_rows};
   const cuuint32_t elem_strides[2] = {1, 1};
   const CUresult res = tensor_map_encoder()(
       &m, std::is_same_v<T, ::lori::bfloat16> ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 2,
@@ -394,37 +248,6 @@ CUtensorMap tensor_map_2d(const T* base, index_t rows, index_t cols, index_t ld,
       CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   LORI_EXPECTS(res == CUDA_SUCCESS, "lori::cuda: cuTensorMapEncodeTiled failed");
   return m;
-}
-
-/// out (m rows, ldo; O = float or T) = scale · X·Aᵀ on `stream` (requires project_applies). `cap`
-/// bounds the k splits (tests and benchmarks vary it; results differ only in summation order);
-/// `evict_first` = false reads X with the default L2 policy (benchmarked alternative).
-template <class T, class O>
-void launch_project_tma(cudaStream_t stream, const T* X, index_t m, index_t k, index_t ldx, const T* A, index_t lda,
-                        index_t r, float scale, O* out, index_t ldo, int cap = max_splits, bool evict_first = true) {
-  if (m == 0) return;
-  LORI_EXPECTS(cap >= 1 && cap <= max_splits, "skinny::launch_project_tma: split cap must be in [1, 8]");
-  LORI_EXPECTS(m <= index_t{2147483647} && k <= index_t{2147483647}, "skinny::launch_project_tma: too large");
-  const index_t tiles = ceil_div(m, tile_rows);
-  auto kernel = project_tma_kernel<T, O>;
-  set_smem_attributes(kernel, prj_tma_smem);
-  const int S = choose_splits(kernel, prj_tma_smem, tiles, k, prj_kc, cap);
-  project_tma_args<O> a{tensor_map_2d(X, m, k, ldx, tile_rows), tensor_map_2d(A, r, k, lda, max_rank), m, k,
-                        static_cast<int>(r), S, scale, out, ldo, evict_first};
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = dim3(grid_dim(tiles * S), 1, 1);
-  cfg.blockDim = dim3(threads, 1, 1);
-  cfg.dynamicSmemBytes = prj_tma_smem;
-  cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = static_cast<unsigned>(S);
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = 1;
-  LORI_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, a));
-  LORI_CUDA_CHECK_LAUNCH();
 }
 
 // ---- sddmm ------------------------------------------------------------------------------------------
