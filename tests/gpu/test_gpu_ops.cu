@@ -1008,6 +1008,137 @@ TEST_CASE("grad_b_sddmm is deterministic and rejects bad arguments") {
   }
 }
 
+// ---- skinny tensor-core SDDMM kernels (lori/detail/skinny_gemm.cuh), called directly ----------------
+// The public path above reaches them only at aligned shapes; here every knob is forced: the token
+// split count (cap 1, 3, 8: 1 block, a non-power-of-two cluster, the full cluster), tails of the
+// 64-token stages and 128-column tiles, r = 1, 4, 8, 12, 28, 31, 32, TMA loads and cp.async loads
+// (16-byte H staging when r % 4 == 0 and H is 16-byte aligned, else 4-byte), padded leading
+// dimensions, both L2 policies. Bound as in the file header with u_I = u_T (H is rounded to T).
+// Every configuration runs twice and must be bit-identical (fixed cluster-rank summation order).
+namespace {
+template <class T>
+void skinny_sddmm_case(lori::cuda::context& ctx, index_t n, index_t d, index_t r, index_t pad, bool h_misaligned,
+                       int cap, std::mt19937_64& g, bool tma = false, bool evict_first = true) {
+  CAPTURE(tma);
+  CAPTURE(evict_first);
+  CAPTURE(n);
+  CAPTURE(d);
+  CAPTURE(r);
+  CAPTURE(pad);
+  CAPTURE(h_misaligned);
+  CAPTURE(cap);
+  INFO("type " << type_name<T>());
+  const double s = 0.75;
+  const index_t ldg = d + pad;
+  const auto G = random_mat<T>(n, d, 1.0, g, ldg);
+  const index_t h0 = h_misaligned ? 1 : 0;
+  std::vector<float> H(static_cast<std::size_t>(n * r + h0), std::nanf(""));
+  std::normal_distribution<double> nd;
+  for (std::size_t i = static_cast<std::size_t>(h0); i < H.size(); ++i) H[i] = static_cast<float>(nd(g));
+  const auto hb = random_sparse<T>(d, r, 0.1, 1.0, g);
+  const auto B = lori::cuda::sparse_b<T>::from_host(hb.mask, hb.packed);
+  const auto csr = hb.mask.template to_csr<std::int32_t>();
+  // Reference from the fp32 H; the kernel's rounding of H to T is the intermediate rounding u_I = u_T.
+  std::vector<double> ref(static_cast<std::size_t>(B.nnz())), l2(ref.size());
+  for (index_t i = 0; i < d; ++i)
+    for (std::int32_t p = csr.row_ptr[static_cast<std::size_t>(i)]; p < csr.row_ptr[static_cast<std::size_t>(i + 1)]; ++p) {
+      const index_t j = csr.col_idx[static_cast<std::size_t>(p)];
+      double acc = 0, q = 0;
+      for (index_t t = 0; t < n; ++t) {
+        const double v = s * G(t, i) * static_cast<double>(H[static_cast<std::size_t>(h0 + t * r + j)]);
+        acc += v;
+        q += v * v;
+      }
+      ref[static_cast<std::size_t>(p)] = acc;
+      l2[static_cast<std::size_t>(p)] = std::sqrt(q);
+    }
+  device_buffer<T> dG(G.s);
+  device_buffer<float> dH(H);
+  REQUIRE(lori::detail::skinny::sddmm_applies(dG.data(), d, ldg, r));
+  std::vector<T> first;
+  for (int run = 0; run < 2; ++run) {
+    device_buffer<T> out(B.nnz() + 1);  // one extra element: must stay poisoned
+    out.fill_bytes(0xff);
+    if (tma) {
+      REQUIRE(lori::detail::skinny::sddmm_tma_applies(dG.data(), d, ldg, r, dH.data() + h0));
+      lori::detail::skinny::launch_sddmm_tma<T>(ctx.stream(), dG.data(), n, d, ldg, dH.data() + h0,
+                                                static_cast<float>(s), B, out.data(), cap, evict_first);
+    } else {
+      lori::detail::skinny::launch_sddmm<T>(ctx.stream(), dG.data(), n, d, ldg, dH.data() + h0,
+                                            static_cast<float>(s), B, out.data(), cap);
+    }
+    LORI_CUDA_CHECK(cudaDeviceSynchronize());
+    auto got = out.download();
+    CHECK(is_poison(got.back()));
+    got.pop_back();
+    if (run == 0) {
+      LORI_CHECK_CLOSE(check_close<T>(got, ref, l2, unit_roundoff<T>(), static_cast<double>(n)));
+      first = got;
+    } else {
+      CHECK(std::memcmp(first.data(), got.data(), got.size() * sizeof(T)) == 0);
+    }
+  }
+}
+}  // namespace
+
+TEST_CASE_TEMPLATE("skinny SDDMM kernel at the benchmark shape matches the double reference", T, lori::bfloat16,
+                   lori::half) {
+  LORI_TEST_SEED_INFO();
+  auto g = lori_test::rng(313);
+  lori::cuda::context ctx;
+  skinny_sddmm_case<T>(ctx, 4096, 4096, 32, 0, false, 8, g);  // grad_b_sddmm at n = d = 4096
+}
+
+TEST_CASE_TEMPLATE("skinny SDDMM kernel: masked s·Gᵀ·T(H) into compact values matches the double reference", T,
+                   lori::bfloat16, lori::half) {
+  LORI_TEST_SEED_INFO();
+  auto g = lori_test::rng(312);
+  lori::cuda::context ctx;
+  for (int cap : {1, 3, 8}) {
+    skinny_sddmm_case<T>(ctx, 1000, 520, 32, 8, false, cap, g);  // token tail (1000 = 15·64 + 40), column tail
+    skinny_sddmm_case<T>(ctx, 333, 136, 31, 0, false, cap, g);   // 4-byte H path
+  }
+  skinny_sddmm_case<T>(ctx, 64, 96, 1, 8, false, 8, g);
+  skinny_sddmm_case<T>(ctx, 1, 256, 8, 0, false, 8, g);
+  skinny_sddmm_case<T>(ctx, 700, 384, 12, 0, true, 8, g);   // H misaligned: 4-byte path with r % 4 == 0
+  skinny_sddmm_case<T>(ctx, 2048, 1024, 12, 0, false, 8, g);  // 16-byte H path, r < 32
+  device_buffer<T> buf(64 * 72 + 1);
+  CHECK_FALSE(lori::detail::skinny::sddmm_applies(buf.data() + 1, index_t{64}, index_t{72}, index_t{8}));
+  CHECK_FALSE(lori::detail::skinny::sddmm_applies(buf.data(), index_t{60}, index_t{60}, index_t{8}));
+  CHECK_FALSE(lori::detail::skinny::sddmm_applies(buf.data(), index_t{64}, index_t{64}, index_t{33}));
+}
+
+// The SDDMM with TMA loads (tensor maps, mbarrier ring; zero fill of the boxes outside G and H by the
+// hardware, H rows past a split's end zeroed in shared memory): the same shapes, splits and tails.
+TEST_CASE_TEMPLATE("skinny SDDMM kernel with TMA loads matches the double reference", T, lori::bfloat16, lori::half) {
+  LORI_TEST_SEED_INFO();
+  auto g = lori_test::rng(316);
+  lori::cuda::context ctx;
+  skinny_sddmm_case<T>(ctx, 4096, 4096, 32, 0, false, 8, g, true);
+  for (int cap : {1, 3, 8}) {
+    skinny_sddmm_case<T>(ctx, 1000, 520, 32, 8, false, cap, g, true);  // splits end inside G; column tail
+    skinny_sddmm_case<T>(ctx, 333, 136, 28, 0, false, cap, g, true);
+  }
+  skinny_sddmm_case<T>(ctx, 64, 96, 4, 8, false, 8, g, true);
+  skinny_sddmm_case<T>(ctx, 1, 256, 8, 0, false, 8, g, true);
+  skinny_sddmm_case<T>(ctx, 2048, 1024, 12, 0, false, 8, g, true);
+  skinny_sddmm_case<T>(ctx, 1000, 520, 32, 8, false, 8, g, true, false);  // evict-normal policy
+}
+
+// A few small launches of the SDDMM kernels (clusters of 1 and 3, tails, TMA and cp.async loads with
+// 16- and 4-byte H staging, both L2 policies) for compute-sanitizer.
+TEST_CASE("skinny kernels: small shapes (the compute-sanitizer subset)") {
+  LORI_TEST_SEED_INFO();
+  using T = lori::bfloat16;
+  auto g = lori_test::rng(314);
+  lori::cuda::context ctx;
+  skinny_sddmm_case<T>(ctx, 150, 136, 32, 8, false, 3, g);
+  skinny_sddmm_case<T>(ctx, 70, 64, 12, 0, true, 8, g);
+  skinny_sddmm_case<T>(ctx, 10, 40, 1, 0, false, 1, g);
+  skinny_sddmm_case<T>(ctx, 150, 136, 32, 8, false, 3, g, true);      // TMA loads
+  skinny_sddmm_case<T>(ctx, 150, 136, 32, 8, false, 3, g, true, false);
+}
+
 TEST_CASE_TEMPLATE("grad_x = G·W + s·(G·B)·A matches the double reference", T, float, lori::bfloat16, lori::half) {
   LORI_TEST_SEED_INFO();
   auto g = lori_test::rng(404);
