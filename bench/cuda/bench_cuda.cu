@@ -6,7 +6,8 @@
 // (the byte floor of docs/cuda.md: inputs read once, outputs written once), so
 //     time / floor time = BM_gpu_baseline_d2d_copy's bytes_per_second / this benchmark's bytes_per_second.
 // Counters: floor_MB (those bytes), TFLOPS (GEMM-like work only). Timing: CUDA events around each
-// iteration (UseManualTime), L2 flushed (a 128 MB memset) before every timed iteration; use
+// iteration (UseManualTime), L2 flushed (a 128 MB memset; LORI_BENCH_FLUSH=read: a 128 MB read,
+// which leaves no dirty lines) before every timed iteration; use
 // --benchmark_repetitions=5 --benchmark_report_aggregates_only=true for medians.
 // Shapes: bf16, d = k = 4096, r = 32, B 90% sparse (random mask), n in {1, 64, 4096, 16384}; merge into
 // 14336 x 4096; AdamW over a Llama-3-8B-shaped LoRI-S adapter (224 tensors, 4.4 M kept values).
@@ -33,6 +34,7 @@
 #include <memory>
 #include <random>
 #include <exception>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -104,6 +106,41 @@ device_buffer<unsigned char>& flush_buffer() {
   return *b;
 }
 
+// Reads the flush buffer (16-byte loads; the xor keeps the loads alive, the store never happens).
+__global__ void l2_flush_read_kernel(const uint4* p, std::size_t n, unsigned* sink) {
+  unsigned acc = 0;
+  for (std::size_t i = blockIdx.x * static_cast<std::size_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<std::size_t>(gridDim.x) * blockDim.x) {
+    const uint4 v = p[i];
+    acc ^= v.x ^ v.y ^ v.z ^ v.w;
+  }
+  if (acc == 0x9e3779b9u && threadIdx.x == 1023) *sink = acc;
+}
+
+// LORI_BENCH_FLUSH=read: flush L2 by READING 128 MB instead of the default memset. The memset leaves
+// the L2 full of dirty lines, whose write-back the timed kernel then pays (up to ~50 MB of extra DRAM
+// writes: large for a kernel that reads 32 MB); reading evicts them before the timed region, so the
+// kernel starts from a clean, cold L2. Both modes treat lori and the baselines alike.
+bool flush_by_read() {
+  static const bool r = [] {
+    const char* e = std::getenv("LORI_BENCH_FLUSH");
+    return e != nullptr && std::string(e) == "read";
+  }();
+  return r;
+}
+
+void flush_l2(int iteration, cudaStream_t s) {
+  auto& b = flush_buffer();
+  if (!flush_by_read()) {
+    b.fill_bytes(iteration & 0xff, s);
+    return;
+  }
+  l2_flush_read_kernel<<<1056, 256, 0, s>>>(reinterpret_cast<const uint4*>(b.data()),
+                                           static_cast<std::size_t>(b.size()) / sizeof(uint4),
+                                           reinterpret_cast<unsigned*>(b.data()));
+  LORI_CUDA_CHECK_LAUNCH();
+}
+
 // Times f() with CUDA events per iteration (recorded as the event time / calls_per_f); flushes L2
 // before each (outside the timed region). Returns false when the warm-up call failed (the benchmark is
 // then marked skipped with the error).
@@ -120,7 +157,7 @@ bool time_with_events(benchmark::State& st, const std::function<void()>& f, int 
   LORI_CUDA_CHECK(cudaEventCreate(&a));
   LORI_CUDA_CHECK(cudaEventCreate(&b));
   for (auto _ : st) {
-    flush_buffer().fill_bytes(static_cast<int>(st.iterations() & 0xff), s);
+    flush_l2(static_cast<int>(st.iterations()), s);
     LORI_CUDA_CHECK(cudaEventRecord(a, s));
     f();
     LORI_CUDA_CHECK(cudaEventRecord(b, s));
