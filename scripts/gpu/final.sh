@@ -47,7 +47,7 @@ if [ "$PART" != 1 ]; then
   done
   for t in lori_test_gpu_ops; do
     exe=$(find $B/tests -type f -name "$t" | head -1)
-    timeout 120 compute-sanitizer --tool racecheck --error-exitcode 9 "$exe" > /tmp/racecheck_$t.log 2>&1
+    timeout 300 compute-sanitizer --tool racecheck --error-exitcode 9 "$exe" > /tmp/racecheck_$t.log 2>&1
     echo "racecheck $t rc=$? $(grep -E 'test cases:' /tmp/racecheck_$t.log | tail -1) $(grep -E 'RACECHECK SUMMARY' /tmp/racecheck_$t.log | tail -1)"
     grep -E "Race reported" /tmp/racecheck_$t.log | sed 's/^=* *//' | sort | uniq -c | head -20
   done
