@@ -143,6 +143,24 @@ void set_smem_attributes(Kernel kernel, int smem) {
                                        static_cast<int>(cudaSharedmemCarveoutMaxShared)));
 }
 
+/// Launch configuration of `blocks` blocks of `threads` threads with `smem` bytes of dynamic shared
+/// memory in clusters of `S` blocks; `attr` holds the cluster attribute and must outlive the result.
+inline cudaLaunchConfig_t cluster_config(unsigned blocks, int smem, int S, cudaStream_t stream,
+                                         cudaLaunchAttribute& attr) {
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(blocks, 1, 1);
+  cfg.blockDim = dim3(threads, 1, 1);
+  cfg.dynamicSmemBytes = static_cast<std::size_t>(smem);
+  cfg.stream = stream;
+  attr.id = cudaLaunchAttributeClusterDimension;
+  attr.val.clusterDim.x = static_cast<unsigned>(S);
+  attr.val.clusterDim.y = 1;
+  attr.val.clusterDim.z = 1;
+  cfg.attrs = &attr;
+  cfg.numAttrs = 1;
+  return cfg;
+}
+
 /// Clusters of `S` blocks of `kernel` (dynamic shared memory `smem`) that fit on the device at once
 /// (a cluster must fit one GPC); cached per device and S after the first query.
 template <class Kernel>
@@ -155,17 +173,8 @@ int active_clusters(Kernel kernel, int smem, int S) {
     const int v = cache[dev][S].load(std::memory_order_relaxed);
     if (v > 0) return v;
   }
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = dim3(static_cast<unsigned>(S), 1, 1);
-  cfg.blockDim = dim3(threads, 1, 1);
-  cfg.dynamicSmemBytes = static_cast<std::size_t>(smem);
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = static_cast<unsigned>(S);
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = 1;
+  cudaLaunchAttribute attr;
+  const cudaLaunchConfig_t cfg = cluster_config(static_cast<unsigned>(S), smem, S, nullptr, attr);
   int v = 0;
   LORI_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&v, kernel, &cfg));
   LORI_EXPECTS(v >= 1, "lori::cuda skinny kernels: a thread-block cluster does not fit on this device");
@@ -453,18 +462,8 @@ void launch_sddmm(cudaStream_t stream, const T* G, index_t n, index_t d, index_t
   S = static_cast<int>(ceil_div(n, tps));
   const bool h_vec = r % 4 == 0 && aligned16(H);
   sddmm_args<T> a{G, n, d, ldg, H, static_cast<int>(r), h_vec, S, tps, s, B.view(), out};
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = dim3(grid_dim(tiles * S), 1, 1);
-  cfg.blockDim = dim3(threads, 1, 1);
-  cfg.dynamicSmemBytes = sd_smem_of(Stages);
-  cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = static_cast<unsigned>(S);
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = 1;
+  cudaLaunchAttribute attr;
+  const cudaLaunchConfig_t cfg = cluster_config(grid_dim(tiles * S), sd_smem_of(Stages), S, stream, attr);
   LORI_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, a));
   LORI_CUDA_CHECK_LAUNCH();
 }
@@ -587,18 +586,8 @@ void launch_sddmm_tma(cudaStream_t stream, const T* G, index_t n, index_t d, ind
     LORI_EXPECTS(res == CUDA_SUCCESS, "lori::cuda: cuTensorMapEncodeTiled failed (H)");
   }
   sddmm_tma_args<T> a{tensor_map_2d(G, n, d, ldg, static_cast<unsigned>(sd_tc)), hmap, n, d, tps, S, s, B.view(), out, evict_first};
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = dim3(grid_dim(tiles * S), 1, 1);
-  cfg.blockDim = dim3(threads, 1, 1);
-  cfg.dynamicSmemBytes = sd_tma_smem;
-  cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = static_cast<unsigned>(S);
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = 1;
+  cudaLaunchAttribute attr;
+  const cudaLaunchConfig_t cfg = cluster_config(grid_dim(tiles * S), sd_tma_smem, S, stream, attr);
   LORI_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, a));
   LORI_CUDA_CHECK_LAUNCH();
 }
