@@ -472,6 +472,31 @@ void BM_gpu_layer_forward_widened(benchmark::State& st) {
   st.SetLabel(chunks > 1 ? "H GEMM of chunk c+1 overlapped with base GEMM of chunk c; target (n=4096): <= 1.10x base"
                          : "target (n=4096): <= 1.10x BM_gpu_baseline_base_gemm");
 }
+// The widened layer's GEMM by layout (range: n, K of the GEMM (k + r, or k + r padded with zero
+// columns to a multiple of 64), row stride ld of X_ext and W_ext, mode 0: the whole layer_forward_widened
+// when K = k + r, else thin GEMM + widened GEMM composed; mode 1: the widened GEMM alone): does a row
+// stride that is not a multiple of 128 bytes (k + r = 4128 elements = 8256 bytes) cost the base GEMM?
+void BM_gpu_widened_layout(benchmark::State& st) {
+  const index_t n = st.range(0), kk = st.range(1), ld = st.range(2), mode = st.range(3), d = D;
+  auto Xe = random_bf16(n * ld, 1.0, 1), We = random_bf16(d * ld, 1.0 / 64, 3), A = random_bf16(R * K, 1.0 / 64, 2);
+  device_buffer<bf16> Y(n * d);
+  auto B = random_sparse_b(d, R, 5);
+  B.scatter_to_dense(We.data() + K, ld, ctx().stream());
+  run_timed(st, [&] {
+    if (mode == 0 && kk == K + R) {
+      lori::cuda::layer_forward_widened<bf16>(ctx(), {Xe.data(), n, K + R, ld}, {We.data(), d, K + R, ld}, {A.data(), R, K}, 0.5f,
+                                              {Y.data(), n, d}, 1);
+      return;
+    }
+    if (mode == 0) gemm_rm(false, true, n, R, K, 0.5f, Xe.data(), ld, A.data(), K, 0.0f, Xe.data() + K, ld);
+    gemm_rm(false, true, n, d, kk, 1.0f, Xe.data(), ld, We.data(), ld, 0.0f, Y.data(), d);
+  }, layer_floor(n, d), layer_flops(n, d));
+  st.SetLabel(std::string(mode == 0 ? "thin + widened GEMM" : "widened GEMM alone") + ", K " + std::to_string(kk) + ", ld " +
+              std::to_string(ld));
+}
+BENCHMARK(BM_gpu_widened_layout)->Args({4096, 4128, 4128, 0})->Args({4096, 4128, 4160, 0})->Args({4096, 4160, 4160, 0})
+    ->Args({4096, 4128, 4128, 1})->Args({4096, 4128, 4160, 1})->Args({4096, 4160, 4160, 1})->Args({4096, 4096, 4096, 1})
+    ->Args({4096, 4096, 4160, 1})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 void BM_gpu_baseline_base_gemm(benchmark::State& st) {
   fwd_data f(st.range(0), st.range(1));
   run_timed(st, [&] { gemm_rm(false, true, f.n, f.d, K, 1.0f, f.X.data(), K, f.W.data(), K, 0.0f, f.Y.data(), f.d); },
