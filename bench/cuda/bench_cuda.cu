@@ -460,14 +460,17 @@ void BM_gpu_layer_forward(benchmark::State& st) {
                          : "target (n=4096): <= 1.10x BM_gpu_baseline_base_gemm");
 }
 // K widened by r: [X | s·H]·[W | B]ᵀ in one base GEMM (caller keeps X and W in (k + r)-wide buffers).
+// Row stride of X_ext and W_ext: k + r rounded up to 64 elements (128 bytes), as docs/cuda.md advises
+// (BM_gpu_widened_layout measures the packed stride k + r too).
 void BM_gpu_layer_forward_widened(benchmark::State& st) {
-  const index_t n = st.range(0), d = st.range(1), kr = K + R, chunks = st.range(2);
-  auto Xe = random_bf16(n * kr, 1.0, 1), We = random_bf16(d * kr, 1.0 / 64, 3), A = random_bf16(R * K, 1.0 / 64, 2);
+  const index_t n = st.range(0), d = st.range(1), kr = K + R, ld = (kr + 63) / 64 * 64, chunks = st.range(2);
+  auto Xe = random_bf16(n * ld, 1.0, 1), We = random_bf16(d * ld, 1.0 / 64, 3), A = random_bf16(R * K, 1.0 / 64, 2);
   device_buffer<bf16> Y(n * d);
   auto B = random_sparse_b(d, R, 5);
-  B.scatter_to_dense(We.data() + K, kr, ctx().stream());
+  B.scatter_to_dense(We.data() + K, ld, ctx().stream());
   run_timed(st, [&] {
-    lori::cuda::layer_forward_widened<bf16>(ctx(), {Xe.data(), n, kr}, {We.data(), d, kr}, {A.data(), R, K}, 0.5f, {Y.data(), n, d}, chunks);
+    lori::cuda::layer_forward_widened<bf16>(ctx(), {Xe.data(), n, kr, ld}, {We.data(), d, kr, ld}, {A.data(), R, K}, 0.5f,
+                                            {Y.data(), n, d}, chunks);
   }, layer_floor(n, d), layer_flops(n, d));
   st.SetLabel(chunks > 1 ? "H GEMM of chunk c+1 overlapped with base GEMM of chunk c; target (n=4096): <= 1.10x base"
                          : "target (n=4096): <= 1.10x BM_gpu_baseline_base_gemm");

@@ -437,6 +437,31 @@ void forward_case(lori::cuda::context& ctx, index_t n, index_t k, index_t d, ind
                                          mview(dY, n, d, ldy), 3);
     INFO("layer_forward_widened, 3 chunks");
     LORI_CHECK_CLOSE(check_close<T>(compact(dY.download(), n, d, ldy), Yl, l2l, unit_roundoff<T>(), K));
+    // Row strides wider than k + r (docs advise multiples of 64; an odd one here): the columns past
+    // k + r are poison and must stay untouched.
+    {
+      const index_t lde = kr + 9;
+      std::vector<T> xp(static_cast<std::size_t>(n * lde)), wp(static_cast<std::size_t>(d * lde));
+      std::memset(static_cast<void*>(xp.data()), 0xff, xp.size() * sizeof(T));
+      std::memset(static_cast<void*>(wp.data()), 0xff, wp.size() * sizeof(T));
+      for (index_t t = 0; t < n; ++t)
+        for (index_t kk = 0; kk < k; ++kk) xp[static_cast<std::size_t>(t * lde + kk)] = xe[static_cast<std::size_t>(t * kr + kk)];
+      for (index_t c = 0; c < d; ++c)
+        for (index_t kk = 0; kk < k; ++kk) wp[static_cast<std::size_t>(c * lde + kk)] = we[static_cast<std::size_t>(c * kr + kk)];
+      device_buffer<T> dXp(xp), dWp(wp);
+      B.scatter_to_dense(dWp.data() + k, lde, nullptr);
+      dY.fill_bytes(0xff);
+      lori::cuda::layer_forward_widened<T>(ctx, mview(dXp, n, kr, lde), cview(dWp, d, kr, lde), av, static_cast<float>(s),
+                                           mview(dY, n, d, ldy));
+      INFO("layer_forward_widened, row stride k + r + 9");
+      LORI_CHECK_CLOSE(check_close<T>(compact(dY.download(), n, d, ldy), Yl, l2l, unit_roundoff<T>(), K));
+      const auto gx = dXp.download();
+      index_t x_pad_changed = 0;
+      for (index_t t = 0; t < n; ++t)
+        for (index_t c = kr; c < lde; ++c)
+          x_pad_changed += std::memcmp(&gx[static_cast<std::size_t>(t * lde + c)], &xp[static_cast<std::size_t>(t * lde + c)], sizeof(T)) != 0;
+      CHECK(x_pad_changed == 0);
+    }
   }
 }
 }  // namespace

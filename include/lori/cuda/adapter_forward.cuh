@@ -96,7 +96,10 @@ void layer_forward(context& ctx, row_major_view<const T> X, row_major_view<const
 /// The whole layer with K widened by r, as ONE base GEMM: Y = [X | s·H]·[W | B]ᵀ, H = X·Aᵀ.
 /// The caller keeps X and W inside wider buffers: X_ext is n x (k + r) whose first k columns hold X
 /// (the last r are overwritten with s·H, rounded to T), W_ext is d x (k + r) = [W | B] with B dense in
-/// the last r columns (build once per B update with B.scatter_to_dense(W_ext.data() + k, k + r, stream)).
+/// the last r columns (build once per B update with B.scatter_to_dense(W_ext.data() + k, ld, stream)).
+/// Give both buffers a row stride (ld) that is a multiple of 64 elements: at k + r = 4128 (bf16) the
+/// packed stride of 8256 bytes, not a multiple of 128, cost the base GEMM ~1.5 % on an H100
+/// (BM_gpu_widened_layout); any ld >= k + r is accepted.
 /// Two cuBLAS calls: the thin H GEMM (reads X once) and the base GEMM with K = k + r (+r/k FLOPs). No
 /// workspace. 16-bit: s·H is rounded to T (relative 2^-8 of the adapter term, as PyTorch's bf16 LoRA).
 /// chunks > 1 (at most 16): the token rows are split into that many chunks and the thin H GEMM of
