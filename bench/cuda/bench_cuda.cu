@@ -500,6 +500,57 @@ void BM_gpu_widened_layout(benchmark::State& st) {
 BENCHMARK(BM_gpu_widened_layout)->Args({4096, 4128, 4128, 0})->Args({4096, 4128, 4160, 0})->Args({4096, 4160, 4160, 0})
     ->Args({4096, 4128, 4128, 1})->Args({4096, 4128, 4160, 1})->Args({4096, 4160, 4160, 1})->Args({4096, 4096, 4096, 1})
     ->Args({4096, 4096, 4160, 1})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
+// The widened GEMM through cuBLASLt with the i-th heuristic answer (range: K of the GEMM, ld, i; 64 MB
+// workspace): does cuBLAS's default pick leave speed for this shape? (i past the answers: skipped.)
+void BM_gpu_widened_lt_algo(benchmark::State& st) {
+  const index_t n = 4096, d = D, kk = st.range(0), ld = st.range(1), pick = st.range(2);
+  auto Xe = random_bf16(n * ld, 1.0, 1), We = random_bf16(d * ld, 1.0 / 64, 3);
+  device_buffer<bf16> Y(n * d);
+  device_buffer<unsigned char> ws(64 << 20);
+  cublasLtHandle_t lt = ctx().cublaslt();
+  cublasLtMatmulDesc_t op = nullptr;
+  cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+  cublasLtMatmulPreference_t pref = nullptr;
+  // Row-major Y = X·Wᵀ is column-major Yᵀ (d x n) = op(W_cm)ᵀ·X_cm with W_cm kk x d and X_cm kk x n.
+  LORI_CUBLAS_CHECK(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  const cublasOperation_t tA = CUBLAS_OP_T, tB = CUBLAS_OP_N;
+  LORI_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &tA, sizeof(tA)));
+  LORI_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &tB, sizeof(tB)));
+  LORI_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&a, CUDA_R_16BF, static_cast<std::uint64_t>(kk), static_cast<std::uint64_t>(d), ld));
+  LORI_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&b, CUDA_R_16BF, static_cast<std::uint64_t>(kk), static_cast<std::uint64_t>(n), ld));
+  LORI_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&c, CUDA_R_16BF, static_cast<std::uint64_t>(d), static_cast<std::uint64_t>(n), d));
+  LORI_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+  const std::size_t wsb = ws.bytes();
+  LORI_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &wsb, sizeof(wsb)));
+  cublasLtMatmulHeuristicResult_t res[16] = {};
+  int got = 0;
+  LORI_CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(lt, op, a, b, c, c, pref, 16, res, &got));
+  if (pick >= got) {
+    st.SkipWithError(("only " + std::to_string(got) + " heuristic answers").c_str());
+  } else {
+    const float one = 1.0f, zero = 0.0f;
+    run_timed(st, [&] {
+      LORI_CUBLAS_CHECK(cublasLtMatmul(lt, op, &one, We.data(), a, Xe.data(), b, &zero, Y.data(), c, Y.data(), c,
+                                       &res[pick].algo, ws.data(), wsb, ctx().stream()));
+    }, layer_floor(n, d), layer_flops(n, d));
+    int id = 0, tile = 0, stages = 0, splitk = 0;
+    std::size_t w = 0;
+    cublasLtMatmulAlgoConfigGetAttribute(&res[pick].algo, CUBLASLT_ALGO_CONFIG_ID, &id, sizeof(id), &w);
+    cublasLtMatmulAlgoConfigGetAttribute(&res[pick].algo, CUBLASLT_ALGO_CONFIG_TILE_ID, &tile, sizeof(tile), &w);
+    cublasLtMatmulAlgoConfigGetAttribute(&res[pick].algo, CUBLASLT_ALGO_CONFIG_STAGES_ID, &stages, sizeof(stages), &w);
+    cublasLtMatmulAlgoConfigGetAttribute(&res[pick].algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &splitk, sizeof(splitk), &w);
+    st.SetLabel("K " + std::to_string(kk) + " ld " + std::to_string(ld) + ": answer " + std::to_string(pick) + " of " +
+                std::to_string(got) + ", algo " + std::to_string(id) + " tile " + std::to_string(tile) + " stages " +
+                std::to_string(stages) + " splitK " + std::to_string(splitk) + " ws " + std::to_string(res[pick].workspaceSize));
+  }
+  cublasLtMatmulPreferenceDestroy(pref);
+  cublasLtMatrixLayoutDestroy(c);
+  cublasLtMatrixLayoutDestroy(b);
+  cublasLtMatrixLayoutDestroy(a);
+  cublasLtMatmulDescDestroy(op);
+}
+BENCHMARK(BM_gpu_widened_lt_algo)->ArgsProduct({{4096, 4128}, {4160}, {0, 1, 2, 3, 4, 5, 6, 7}})
+    ->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.05);
 void BM_gpu_baseline_base_gemm(benchmark::State& st) {
   fwd_data f(st.range(0), st.range(1));
   run_timed(st, [&] { gemm_rm(false, true, f.n, f.d, K, 1.0f, f.X.data(), K, f.W.data(), K, 0.0f, f.Y.data(), f.d); },
