@@ -26,6 +26,7 @@
 
 #include "lori/core/float16.hpp"
 #include "lori/detail/cuda_common.cuh"
+#include "lori/detail/skinny_gemm.cuh"
 #include "lori/error.hpp"
 
 #include <cuda_bf16.h>
@@ -74,14 +75,17 @@ __device__ __forceinline__ void mbar_expect_tx(std::uint32_t bar, std::uint32_t 
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
 }
 __device__ __forceinline__ void mbar_wait(std::uint32_t bar, std::uint32_t parity) {
-  std::uint32_t done = 0;
-  do {
+  // Traps (a launch error instead of a hang) if the phase never completes.
+  for (long long spin = 0;; ++spin) {
+    std::uint32_t done = 0;
     asm volatile(
         "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}"
         : "=r"(done)
         : "r"(bar), "r"(parity)
         : "memory");
-  } while (done == 0);
+    if (done != 0) return;
+    if (spin > (1ll << 22)) __trap();
+  }
 }
 // One 1-D bulk copy global -> shared (16-byte aligned addresses, size a multiple of 16), completing
 // its bytes on the mbarrier.
@@ -312,6 +316,243 @@ __global__ void __launch_bounds__(threads, 1) merge_stream_kernel(const __grid_c
   }
 }
 
+// ---- warp-specialised variant (merge_ws_kernel) ------------------------------------------------------
+// The same tiles, operands, math and rounding as merge_stream_kernel, but the block's phases no longer run
+// in lock step: a producer warp (one thread) keeps W moving, and the 8 consumer warps form two groups of 4
+// that own the upper / lower 64 rows of each 128 x 128 tile and run independently of each other.
+// * W streams in half tiles (64 rows x 128 columns = two 64 x 64 TMA boxes, 128-byte swizzle, 16 KB)
+//   through a ring of ws_stages slots: the producer issues TMA loads (zeros outside W) up to ws_stages
+//   half tiles ahead; a group adds its ΔW in place (one rounding) and arrives on the slot's `done`
+//   barrier; the producer then issues the TMA store of the half tile (clipped to W: padding untouched),
+//   waits only until the store has READ the slot (cp.async.bulk.wait_group.read) and reloads the slot.
+//   Stores are asynchronous: no thread waits for W's writes.
+// * Operands as in merge_stream_kernel (one bulk copy per Acat tile / Bcat band, pitch-136 rows); a slot
+//   of the Acat ring is refilled once both groups are done with its tile, the Bcat band buffer once both
+//   groups have moved the band into registers (so the next band arrives long before it is needed).
+// * Group 1 starts its first tile after group 0's first MMAs, so that one group's epilogue overlaps the
+//   other's MMAs.
+inline constexpr int ws_half = 64;                       // rows of a half tile (one consumer group)
+inline constexpr int ws_box_bytes = ws_half * 64 * 2;    // one 64 x 64 TMA box: 8 KB
+inline constexpr int ws_half_bytes = 2 * ws_box_bytes;   // 16 KB
+inline constexpr int ws_stages = 7;
+inline constexpr int ws_threads = 288;                   // 8 consumer warps + 1 producer warp
+inline constexpr std::size_t ws_smem_bytes = 1024 /* alignment of the swizzled ring */ +
+                                             static_cast<std::size_t>(ws_stages) * ws_half_bytes +
+                                             static_cast<std::size_t>(a_stages + 1) * buf_bytes +
+                                             8 * (2 * ws_stages + a_stages + 1);
+
+struct ws_params {
+  CUtensorMap wmap;  // W: {k, d} elements, leading dimension ldw, 64 x 64 boxes, 128-byte swizzle
+  params p;
+};
+
+__device__ __forceinline__ void mbar_arrive(std::uint32_t bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ void tma_load_w(std::uint32_t dst, const CUtensorMap* map, int x, int y, std::uint32_t bar,
+                                           std::uint64_t policy) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1, {%2, %3}], "
+      "[%4], %5;" ::"r"(dst),
+      "l"(reinterpret_cast<std::uint64_t>(map)), "r"(x), "r"(y), "r"(bar), "l"(policy)
+      : "memory");
+}
+__device__ __forceinline__ void tma_store_w(const CUtensorMap* map, int x, int y, std::uint32_t src, std::uint64_t policy) {
+  asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group.L2::cache_hint [%0, {%1, %2}], [%3], %4;" ::"l"(
+                   reinterpret_cast<std::uint64_t>(map)),
+               "r"(x), "r"(y), "r"(src), "l"(policy)
+               : "memory");
+}
+
+template <class T>
+__global__ void __launch_bounds__(ws_threads, 1) merge_ws_kernel(const __grid_constant__ ws_params wp) {
+  const params& p = wp.p;
+  unsigned char* const smem_raw = ::lori::detail::dynamic_smem();
+  const std::uint32_t raw = smem_u32(smem_raw);
+  const std::uint32_t s0 = (raw + 1023u) & ~1023u;  // W ring: 1024-byte aligned (128-byte swizzle atoms)
+  unsigned char* const smem = smem_raw + (s0 - raw);
+  const std::uint32_t a_s = s0 + ws_stages * ws_half_bytes;  // Acat ring (a_stages x buf_bytes)
+  const std::uint32_t b_s = a_s + a_stages * buf_bytes;      // Bcat band
+  const std::uint32_t bars = b_s + buf_bytes;
+  // Barriers: w_full[s] (TMA bytes), w_done[s] (4 warps of a group), a_full[a_stages], b_full (bulk bytes).
+  const auto w_full = [&](int s) { return bars + 8u * static_cast<std::uint32_t>(s); };
+  const auto w_done = [&](int s) { return bars + 8u * static_cast<std::uint32_t>(ws_stages + s); };
+  const auto a_full = [&](int s) { return bars + 8u * static_cast<std::uint32_t>(2 * ws_stages + s); };
+  const std::uint32_t b_full = bars + 8u * (2 * ws_stages + a_stages);
+  const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;
+  const int t_begin = static_cast<int>(static_cast<long long>(blockIdx.x) * p.tiles / gridDim.x);
+  const int t_end = static_cast<int>((static_cast<long long>(blockIdx.x) + 1) * p.tiles / gridDim.x);
+  const int n = t_end - t_begin;
+  const T* const Bcat = static_cast<const T*>(p.Bcat);
+  const T* const Acat = static_cast<const T*>(p.Acat);
+
+  if (tid == 0) {
+    for (int s = 0; s < ws_stages; ++s) {
+      mbar_init(w_full(s), 1);
+      mbar_init(w_done(s), 4);
+    }
+    for (int s = 0; s < a_stages; ++s) mbar_init(a_full(s), 1);
+    mbar_init(b_full, 1);
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+  }
+  __syncthreads();
+
+  if (warp == 8) {  // ---- producer: one thread issues every load and store of the block
+    if (lane != 0) return;
+    const bool w_io = (p.mode & mode_w_io) != 0;
+    std::uint64_t pol;
+    asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(pol));
+    const int H = 2 * n;  // half tiles: h -> tile t_begin + h / 2, rows +64 * (h & 1)
+    // Half tile h's coordinates; false when it holds no row of W (the lower half of a last band of
+    // <= 64 rows) or W traffic is off (probe): then it is neither loaded nor stored.
+    const auto coords = [&](int h, int& x, int& y, int& boxes) {
+      const int i = t_begin + (h >> 1);
+      const int band = i / p.ntc, ct = i - band * p.ntc;
+      y = band * bm + (h & 1) * ws_half;
+      x = ct * bn;
+      boxes = p.k - x > 64 ? 2 : 1;  // the second box only where it holds a column of W
+      return w_io && y < p.d;
+    };
+    const auto load_w = [&](int h) {
+      const int slot = h % ws_stages;
+      int x, y, boxes;
+      if (coords(h, x, y, boxes)) {
+        mbar_expect_tx(w_full(slot), static_cast<std::uint32_t>(boxes * ws_box_bytes));
+        for (int b = 0; b < boxes; ++b)
+          tma_load_w(s0 + static_cast<std::uint32_t>(slot * ws_half_bytes + b * ws_box_bytes), &wp.wmap, x + 64 * b, y,
+                     w_full(slot), pol);
+      } else {
+        mbar_arrive(w_full(slot));
+      }
+    };
+    const auto load_a = [&](int q) {  // Acat tile of tile t_begin + q -> ring slot q % a_stages
+      const int ct = (t_begin + q) % p.ntc, slot = q % a_stages;
+      const std::uint32_t bytes = static_cast<std::uint32_t>(p.kp * pitch * 2);
+      mbar_expect_tx(a_full(slot), bytes);
+      bulk_g2s(a_s + static_cast<std::uint32_t>(slot * buf_bytes), Acat + static_cast<index_t>(ct) * kc * pitch, bytes,
+               a_full(slot));
+    };
+    const auto load_b = [&](int band) {
+      const index_t r0 = static_cast<index_t>(band) * bm;
+      const index_t rows = p.d - r0 < bm ? p.d - r0 : bm;
+      const std::uint32_t bytes = static_cast<std::uint32_t>(rows * pitch * 2);
+      mbar_expect_tx(b_full, bytes);
+      bulk_g2s(b_s, Bcat + r0 * pitch, bytes, b_full);
+    };
+    for (int h = 0; h < ws_stages && h < H; ++h) load_w(h);  // W does not depend on the pack kernel
+    asm volatile("griddepcontrol.wait;" ::: "memory");        // the operands do
+    if (n > 0) load_b(t_begin / p.ntc);
+    for (int q = 0; q < a_stages && q < n; ++q) load_a(q);
+    for (int h = 0; h < H; ++h) {
+      const int slot = h % ws_stages;
+      mbar_wait(w_done(slot), static_cast<std::uint32_t>((h / ws_stages) & 1));  // the group's ΔW is in the slot
+      int x, y, boxes;
+      if (coords(h, x, y, boxes)) {
+        for (int b = 0; b < boxes; ++b)
+          tma_store_w(&wp.wmap, x + 64 * b, y, s0 + static_cast<std::uint32_t>(slot * ws_half_bytes + b * ws_box_bytes), pol);
+        asm volatile("cp.async.bulk.commit_group;" ::: "memory");
+        asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");  // the slot has been read out
+      }
+      if (h + ws_stages < H) load_w(h + ws_stages);
+      if ((h & 1) != 0) {  // both groups are done with tile q: its Acat slot is free
+        const int q = h >> 1, i = t_begin + q, band = i / p.ntc;
+        if (q + a_stages < n) load_a(q + a_stages);
+        // Both groups moved this band into registers at tile q (its first in the run): load the next band.
+        const bool first_of_band = q == 0 || (i - 1) / p.ntc != band;
+        if (first_of_band && (band + 1) * p.ntc < t_end) load_b(band + 1);
+      }
+    }
+    asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");  // W's stores complete before the block exits
+    return;
+  }
+
+  // ---- consumers: group gi (warps 4 gi .. 4 gi + 3) owns rows [64 gi, +64) of every tile; warp (wr, wc)
+  // of the group computes rows [32 wr, +32) x columns [64 wc, +64) of that half. (9 warps per block
+  // leave 168 registers per thread: 3 warps share one SM sub-partition's 64 K registers; so each warp
+  // keeps 32 Bcat rows x the depth in registers (64), 32 x 64 fp32 accumulators (64), and reads 4
+  // Acat fragments per k-step from shared memory.)
+  const int gi = warp >> 2, wr = (warp >> 1) & 1, wc = warp & 1;
+  const int g = lane >> 2, t4 = lane & 3;
+  const int ksteps = p.kp / 16;
+  int b_band = -1;
+  std::uint32_t b_phase = 0;
+  std::uint32_t af[kc / 16][2][4];
+  float acc[2][8][4];
+  for (int q = 0; q < n; ++q) {
+    const int i = t_begin + q, band = i / p.ntc;
+    if (band != b_band) {
+      mbar_wait(b_full, b_phase);
+      b_phase ^= 1u;
+      b_band = band;
+      const std::uint32_t a_base =
+          b_s + static_cast<std::uint32_t>(((gi * 64 + wr * 32 + (lane & 15)) * pitch + (lane >> 4) * 8) * 2);
+#pragma unroll
+      for (int ks = 0; ks < kc / 16; ++ks)
+        if (ks < ksteps)
+#pragma unroll
+          for (int mi = 0; mi < 2; ++mi) ldsm_x4(a_base + static_cast<std::uint32_t>((mi * 16 * pitch + ks * 16) * 2), af[ks][mi]);
+    }
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+      for (int ni = 0; ni < 8; ++ni)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[mi][ni][e] = 0.0f;
+    if (q == 0 && gi == 1) asm volatile("bar.sync 1, 256;" ::: "memory");  // start after group 0's first MMAs
+    mbar_wait(a_full(q % a_stages), static_cast<std::uint32_t>((q / a_stages) & 1));
+    if ((p.mode & mode_math) != 0) {
+      const std::uint32_t b_base =
+          a_s + static_cast<std::uint32_t>((q % a_stages) * buf_bytes) +
+          static_cast<std::uint32_t>((((lane & 7) + ((lane >> 3) & 1) * 8) * pitch + wc * 64 + (lane >> 4) * 8) * 2);
+      int seg = 0;
+      // k-step ks's four fragments load at its start; the first MMAs wait for the first of them.
+#pragma unroll
+      for (int ks = 0; ks < kc / 16; ++ks) {
+        if (ks < ksteps) {
+          std::uint32_t bf[4][4];
+#pragma unroll
+          for (int nj = 0; nj < 4; ++nj)
+            ldsm_x4_t(b_base + static_cast<std::uint32_t>((ks * 16 * pitch + nj * 16) * 2), bf[nj]);
+#pragma unroll
+          for (int ni = 0; ni < 8; ++ni)
+#pragma unroll
+            for (int mi = 0; mi < 2; ++mi)
+              mma16816<T>(acc[mi][ni], af[ks][mi], bf[ni >> 1][(ni & 1) * 2], bf[ni >> 1][(ni & 1) * 2 + 1]);
+          if ((p.seg_end >> ks) & 1ull) {
+            const float m = p.seg_mul[seg++];
+#pragma unroll
+            for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+              for (int ni = 0; ni < 8; ++ni)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) acc[mi][ni][e] *= m;
+          }
+        }
+      }
+    }
+    if (q == 0 && gi == 0) asm volatile("bar.arrive 1, 256;" ::: "memory");
+    // Epilogue: the half tile (TMA layout: box wc, 128-byte rows, 16-byte chunk c of row r at c ^ (r % 8);
+    // row % 8 == g here, so the 32 lanes hit 32 distinct banks) += acc, rounded once to T, in place.
+    const int h = 2 * q + gi, slot = h % ws_stages;
+    mbar_wait(w_full(slot), static_cast<std::uint32_t>((h / ws_stages) & 1));
+    unsigned char* const wt = smem + slot * ws_half_bytes + wc * ws_box_bytes;
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+      for (int ni = 0; ni < 8; ++ni)
+#pragma unroll
+        for (int hh = 0; hh < 2; ++hh) {
+          const int row = wr * 32 + mi * 16 + g + 8 * hh;
+          std::uint32_t* e = reinterpret_cast<std::uint32_t*>(wt + row * 128 + ((ni ^ g) << 4) + t4 * 4);
+          const float2 w = unpack2<T>(*e);
+          *e = pack2<T>(w.x + acc[mi][ni][2 * hh], w.y + acc[mi][ni][2 * hh + 1]);
+        }
+    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");  // the writes, visible to the TMA store
+    __syncwarp();
+    if (lane == 0) mbar_arrive(w_done(slot));
+  }
+}
+
 // Launch on `stream` with grid = min(tiles, SMs). Preconditions are checked by the caller.
 template <class T>
 void launch(const params& p, int sm_count, cudaStream_t stream, bool pdl = true) {
@@ -332,6 +573,30 @@ void launch(const params& p, int sm_count, cudaStream_t stream, bool pdl = true)
   cfg.attrs = attr;
   cfg.numAttrs = pdl ? 1 : 0;
   LORI_CUDA_CHECK(cudaLaunchKernelEx(&cfg, merge_stream_kernel<T>, p));
+  LORI_CUDA_CHECK_LAUNCH();
+}
+
+// The warp-specialised kernel (same grid and preconditions; W < 2^31 - 256 rows and columns: TMA
+// coordinates are 32-bit). The tensor map of W is encoded here (a host call, no device work).
+template <class T>
+void launch_ws(const params& p, int sm_count, cudaStream_t stream, bool pdl = true) {
+  static_assert(::lori::detail::is_16bit_v<T>, "merge_stream: 16-bit W only");
+  ws_params wp{};
+  wp.wmap = ::lori::detail::skinny::tensor_map_2d(static_cast<const T*>(p.W), p.d, p.k, p.ldw, ws_half);
+  wp.p = p;
+  LORI_CUDA_CHECK(cudaFuncSetAttribute(merge_ws_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       static_cast<int>(ws_smem_bytes)));
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(static_cast<unsigned>(p.tiles < sm_count ? p.tiles : sm_count));
+  cfg.blockDim = dim3(ws_threads);
+  cfg.dynamicSmemBytes = ws_smem_bytes;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = pdl ? 1 : 0;
+  LORI_CUDA_CHECK(cudaLaunchKernelEx(&cfg, merge_ws_kernel<T>, wp));
   LORI_CUDA_CHECK_LAUNCH();
 }
 
