@@ -33,8 +33,8 @@ b="$B/bench/cuda/lori_bench_cuda"
   echo "hazard lines naming lori's merge kernels: $(grep -cE "merge_stream_kernel|merge_ws_kernel|pack_kernel|pack_tiled_kernel" "$rc_log")"
   rm -f "$rc_log"
   echo "== benchmarks (median of 5; floor = BM_gpu_baseline_copy_w/14336, one copy of W)"
-  echo "   probe bits: 1 no math, 2 no PDL, 4 no pack (kernel alone), 8 pack alone, 16 no W traffic, 64 warp-specialised kernel"
-  timeout 22 stdbuf -oL "$b" --benchmark_filter='BM_gpu_(baseline_d2d_copy/234|baseline_copy_w/14336|merge/4/14336|merge_probe/4/14336/0/0/(6|7|8|64|66|70|71|86)/|merge_probe/4/14336/1/0/64/)' \
+  echo "   probe bits: 1 no math, 2 no PDL, 4 no pack (kernel alone), 8 pack alone, 16 no W traffic, 64 warp-specialised kernel, 128 W evict-normal"
+  timeout 22 stdbuf -oL "$b" --benchmark_filter='BM_gpu_(baseline_d2d_copy/234|baseline_copy_w/14336|merge/4/14336/(0/0|1/0)/|merge_probe/4/14336/0/0/(6|8|64|70|71|86|192)/|merge_probe/4/14336/1/0/64/)' \
     --benchmark_repetitions=5 --benchmark_report_aggregates_only=true 2>&1 | grep -E "_median|^BM|Run on|error|Error" |
     grep -v "_mean\|_stddev\|_cv" | sed -E 's/floor = one copy of W \(BM_gpu_baseline_copy_w\)//; s/min_time:0.100\///' | cut -c1-230 | head -40
   echo "rc=${PIPESTATUS[0]}"

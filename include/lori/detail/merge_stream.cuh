@@ -53,6 +53,7 @@ inline constexpr std::size_t smem_bytes = static_cast<std::size_t>(w_stages + a_
 
 inline constexpr int mode_math = 1;  // compute ΔW (else ΔW = 0: the memory pipeline alone)
 inline constexpr int mode_w_io = 2;  // load and store W (else: the operand pipeline and math alone)
+inline constexpr int mode_w_keep = 4;  // merge_ws_kernel: W's loads and stores without the L2 evict-first hint
 
 struct params {
   void* W;
@@ -401,7 +402,8 @@ __global__ void __launch_bounds__(ws_threads, 1) merge_ws_kernel(const __grid_co
     if (lane != 0) return;
     const bool w_io = (p.mode & mode_w_io) != 0;
     std::uint64_t pol;
-    asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(pol));
+    if ((p.mode & mode_w_keep) != 0) asm volatile("createpolicy.fractional.L2::evict_normal.b64 %0, 1.0;" : "=l"(pol));
+    else asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(pol));
     const int H = 2 * n;  // half tiles: h -> tile t_begin + h / 2, rows +64 * (h & 1)
     // Half tile h's coordinates; false when it holds no row of W (the lower half of a last band of
     // <= 64 rows) or W traffic is off (probe): then it is neither loaded nor stored.
