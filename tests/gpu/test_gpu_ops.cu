@@ -1600,6 +1600,17 @@ TEST_CASE_TEMPLATE("merge_into: warp-specialised streaming kernel, odd shapes, m
     merge_case<T>(ctx, 150, 264, ranks, sparse, scales, g, {0, false, 0, 1});
     merge_case<T>(ctx, 150, 264, ranks, sparse, scales, g, {0, false, 0, 1, ws});
   }
+  // Runs of half tiles (probe_half_runs): runs that start at a lower half or end at an upper half,
+  // incl. single-tile W with its lower half outside W; 2100 x 1000 (17 bands x 8 column tiles = 136
+  // tiles: runs of 2 or 3 half tiles, a last band of 52 rows, a last column tile of 104), PDL off.
+  const int wh = ws | lori::cuda::detail_merge::probe_half_runs;
+  merge_case<T>(ctx, 300, 200, {1, 2, 3, 5, 8, 13, 16, 4}, {false, true, false, true, false, true, true, false},
+                {0.25, -0.5, 1.5, 0.75, -1.25, 3.0, 0.125, 2.0}, g, {0, true, 0, 1, wh});
+  merge_case<T>(ctx, 200, 136, {32, 24}, {false, true}, {0.5, -0.75}, g, {8, false, 8, 1, wh});
+  merge_case<T>(ctx, 77, 136, {1}, {false}, {0.75}, g, {0, false, 0, 1, wh});
+  merge_case<T>(ctx, 8, 8, {3, 5}, {true, false}, {0.5, 0.5}, g, {24, false, 0, 1, wh});
+  merge_case<T>(ctx, 2100, 1000, {16, 16}, {false, true}, {0.5, 0.75}, g,
+                {0, false, 0, 1, wh | lori::cuda::detail_merge::probe_no_pdl});
 }
 
 TEST_CASE_TEMPLATE("merge_into: warp-specialised streaming kernel, large shapes (several tiles per block), matches the double reference", T,
@@ -1616,9 +1627,14 @@ TEST_CASE_TEMPLATE("merge_into: warp-specialised streaming kernel, large shapes 
   merge_case<T>(ctx, 1100, 2048, {32, 24, 40}, {false, true, false}, {0.5, 0.25, -0.5}, g,
                 {0, false, 0, 1, ws | lori::cuda::detail_merge::probe_no_pdl});
   merge_case<T>(ctx, 4100, 520, {32, 32}, {false, true}, {0.5, 0.5}, g, {0, false, 0, 1, ws});
+  // Runs of half tiles: 1100 x 4096 (288 tiles over the SMs: runs of odd half-tile counts), 4100 x 520.
+  const int wh = ws | lori::cuda::detail_merge::probe_half_runs;
+  merge_case<T>(ctx, 1100, 4096, {32, 32, 32, 32}, {false, true, false, true}, {0.5, 0.75, 1.0, 1.25}, g, {0, false, 0, 1, wh});
+  merge_case<T>(ctx, 4100, 520, {32, 32}, {false, true}, {0.5, 0.5}, g, {0, false, 0, 1, wh});
 }
 
 TEST_CASE("merge_into: warp-specialised streaming kernel at 14336 x 4096, sampled rows against the double reference") {
   LORI_TEST_SEED_INFO();
   merge_big_case(lori::cuda::detail_merge::probe_ws);
+  merge_big_case(lori::cuda::detail_merge::probe_ws | lori::cuda::detail_merge::probe_half_runs);
 }

@@ -430,6 +430,7 @@ inline constexpr int probe_no_kernel = 8;  // the pack kernel alone
 inline constexpr int probe_no_w_io = 16;   // the kernel without W's loads and stores (operands + math)
 inline constexpr int probe_ws = 64;        // the warp-specialised TMA kernel (merge_stream::merge_ws_kernel)
 inline constexpr int probe_w_keep = 128;   // with probe_ws: W without the L2 evict-first hint
+inline constexpr int probe_half_runs = 256;  // with probe_ws: blocks own runs of half tiles
 
 // The streaming-kernel route (requires stream_kernel_applies and a checked workspace).
 template <class T>
@@ -458,7 +459,8 @@ void merge_stream_route(context& ctx, row_major_view<T> W, const std::vector<mer
                        : L.seg_scale[j];
   p.mode = ((probe & probe_no_math) == 0 ? detail::merge_stream::mode_math : 0) |
            ((probe & probe_no_w_io) == 0 ? detail::merge_stream::mode_w_io : 0) |
-           ((probe & probe_w_keep) != 0 ? detail::merge_stream::mode_w_keep : 0);
+           ((probe & probe_w_keep) != 0 ? detail::merge_stream::mode_w_keep : 0) |
+           ((probe & probe_half_runs) != 0 ? detail::merge_stream::mode_half_runs : 0);
   if ((probe & probe_ws) != 0) detail::merge_stream::launch_ws<T>(p, ctx.sm_count(), ctx.stream(), (probe & probe_no_pdl) == 0);
   else detail::merge_stream::launch<T>(p, ctx.sm_count(), ctx.stream(), (probe & probe_no_pdl) == 0);
 }

@@ -54,6 +54,7 @@ inline constexpr std::size_t smem_bytes = static_cast<std::size_t>(w_stages + a_
 inline constexpr int mode_math = 1;  // compute ΔW (else ΔW = 0: the memory pipeline alone)
 inline constexpr int mode_w_io = 2;  // load and store W (else: the operand pipeline and math alone)
 inline constexpr int mode_w_keep = 4;  // merge_ws_kernel: W's loads and stores without the L2 evict-first hint
+inline constexpr int mode_half_runs = 8;  // merge_ws_kernel: blocks own runs of half tiles (not whole tiles)
 
 struct params {
   void* W;
@@ -340,7 +341,7 @@ inline constexpr int ws_threads = 288;                   // 8 consumer warps + 1
 inline constexpr std::size_t ws_smem_bytes = 1024 /* alignment of the swizzled ring */ +
                                              static_cast<std::size_t>(ws_stages) * ws_half_bytes +
                                              static_cast<std::size_t>(a_stages + 1) * buf_bytes +
-                                             8 * (2 * ws_stages + a_stages + 1);
+                                             8 * (2 * ws_stages + a_stages + 2);
 
 struct ws_params {
   CUtensorMap wmap;  // W: {k, d} elements, leading dimension ldw, 64 x 64 boxes, 128-byte swizzle
@@ -375,15 +376,21 @@ __global__ void __launch_bounds__(ws_threads, 1) merge_ws_kernel(const __grid_co
   const std::uint32_t a_s = s0 + ws_stages * ws_half_bytes;  // Acat ring (a_stages x buf_bytes)
   const std::uint32_t b_s = a_s + a_stages * buf_bytes;      // Bcat band
   const std::uint32_t bars = b_s + buf_bytes;
-  // Barriers: w_full[s] (TMA bytes), w_done[s] (4 warps of a group), a_full[a_stages], b_full (bulk bytes).
+  // Barriers: w_full[s] (TMA bytes), w_done[s] (4 warps of a group), a_full[a_stages], b_full (bulk bytes),
+  // b_empty (the 8 consumer warps have moved the band into registers).
   const auto w_full = [&](int s) { return bars + 8u * static_cast<std::uint32_t>(s); };
   const auto w_done = [&](int s) { return bars + 8u * static_cast<std::uint32_t>(ws_stages + s); };
   const auto a_full = [&](int s) { return bars + 8u * static_cast<std::uint32_t>(2 * ws_stages + s); };
   const std::uint32_t b_full = bars + 8u * (2 * ws_stages + a_stages);
+  const std::uint32_t b_empty = b_full + 8u;
   const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;
-  const int t_begin = static_cast<int>(static_cast<long long>(blockIdx.x) * p.tiles / gridDim.x);
-  const int t_end = static_cast<int>((static_cast<long long>(blockIdx.x) + 1) * p.tiles / gridDim.x);
-  const int n = t_end - t_begin;
+  // The block's run: half tiles [hb, he) (half tile h = rows 64 (h & 1) of tile h / 2; tiles band-major),
+  // whole tiles unless mode_half_runs (then the runs differ by at most one half tile: a smaller tail).
+  // It touches the n tiles i0 .. i0 + n - 1; the first / last may hold only one of their halves.
+  const int units = (p.mode & mode_half_runs) != 0 ? 2 * p.tiles : p.tiles, per = (p.mode & mode_half_runs) != 0 ? 1 : 2;
+  const int hb = per * static_cast<int>(static_cast<long long>(blockIdx.x) * units / gridDim.x);
+  const int he = per * static_cast<int>((static_cast<long long>(blockIdx.x) + 1) * units / gridDim.x);
+  const int i0 = hb >> 1, n = ((he - 1) >> 1) - i0 + 1;
   const T* const Bcat = static_cast<const T*>(p.Bcat);
   const T* const Acat = static_cast<const T*>(p.Acat);
 
@@ -394,6 +401,7 @@ __global__ void __launch_bounds__(ws_threads, 1) merge_ws_kernel(const __grid_co
     }
     for (int s = 0; s < a_stages; ++s) mbar_init(a_full(s), 1);
     mbar_init(b_full, 1);
+    mbar_init(b_empty, 8);
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
   }
   __syncthreads();
@@ -404,11 +412,11 @@ __global__ void __launch_bounds__(ws_threads, 1) merge_ws_kernel(const __grid_co
     std::uint64_t pol;
     if ((p.mode & mode_w_keep) != 0) asm volatile("createpolicy.fractional.L2::evict_normal.b64 %0, 1.0;" : "=l"(pol));
     else asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(pol));
-    const int H = 2 * n;  // half tiles: h -> tile t_begin + h / 2, rows +64 * (h & 1)
-    // Half tile h's coordinates; false when it holds no row of W (the lower half of a last band of
+    const int H = he - hb;  // local half tiles: hl -> half tile hb + hl
+    // Local half tile hl's coordinates; false when it holds no row of W (the lower half of a last band of
     // <= 64 rows) or W traffic is off (probe): then it is neither loaded nor stored.
-    const auto coords = [&](int h, int& x, int& y, int& boxes) {
-      const int i = t_begin + (h >> 1);
+    const auto coords = [&](int hl, int& x, int& y, int& boxes) {
+      const int h = hb + hl, i = h >> 1;
       const int band = i / p.ntc, ct = i - band * p.ntc;
       y = band * bm + (h & 1) * ws_half;
       x = ct * bn;
@@ -427,8 +435,8 @@ __global__ void __launch_bounds__(ws_threads, 1) merge_ws_kernel(const __grid_co
         mbar_arrive(w_full(slot));
       }
     };
-    const auto load_a = [&](int q) {  // Acat tile of tile t_begin + q -> ring slot q % a_stages
-      const int ct = (t_begin + q) % p.ntc, slot = q % a_stages;
+    const auto load_a = [&](int q) {  // Acat tile of tile i0 + q -> ring slot q % a_stages
+      const int ct = (i0 + q) % p.ntc, slot = q % a_stages;
       const std::uint32_t bytes = static_cast<std::uint32_t>(p.kp * pitch * 2);
       mbar_expect_tx(a_full(slot), bytes);
       bulk_g2s(a_s + static_cast<std::uint32_t>(slot * buf_bytes), Acat + static_cast<index_t>(ct) * kc * pitch, bytes,
@@ -443,25 +451,32 @@ __global__ void __launch_bounds__(ws_threads, 1) merge_ws_kernel(const __grid_co
     };
     for (int h = 0; h < ws_stages && h < H; ++h) load_w(h);  // W does not depend on the pack kernel
     asm volatile("griddepcontrol.wait;" ::: "memory");        // the operands do
-    if (n > 0) load_b(t_begin / p.ntc);
+    load_b(i0 / p.ntc);
+    std::uint32_t b_loads = 1;
     for (int q = 0; q < a_stages && q < n; ++q) load_a(q);
-    for (int h = 0; h < H; ++h) {
-      const int slot = h % ws_stages;
-      mbar_wait(w_done(slot), static_cast<std::uint32_t>((h / ws_stages) & 1));  // the group's ΔW is in the slot
+    for (int hl = 0; hl < H; ++hl) {
+      const int slot = hl % ws_stages;
+      mbar_wait(w_done(slot), static_cast<std::uint32_t>((hl / ws_stages) & 1));  // the group's ΔW is in the slot
       int x, y, boxes;
-      if (coords(h, x, y, boxes)) {
+      if (coords(hl, x, y, boxes)) {
         for (int b = 0; b < boxes; ++b)
           tma_store_w(&wp.wmap, x + 64 * b, y, s0 + static_cast<std::uint32_t>(slot * ws_half_bytes + b * ws_box_bytes), pol);
         asm volatile("cp.async.bulk.commit_group;" ::: "memory");
         asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");  // the slot has been read out
       }
-      if (h + ws_stages < H) load_w(h + ws_stages);
-      if ((h & 1) != 0) {  // both groups are done with tile q: its Acat slot is free
-        const int q = h >> 1, i = t_begin + q, band = i / p.ntc;
+      if (hl + ws_stages < H) load_w(hl + ws_stages);
+      const int h = hb + hl, i = h >> 1;
+      if ((h & 1) != 0 || h == he - 1) {  // the last half of tile i in the run is done: its Acat slot is free
+        const int q = i - i0, band = i / p.ntc;
         if (q + a_stages < n) load_a(q + a_stages);
-        // Both groups moved this band into registers at tile q (its first in the run): load the next band.
+        // At the first tile of a band the next band (if the run reaches it) can load as soon as all 8
+        // consumer warps have moved this one into registers (b_empty; they do that first, at once).
         const bool first_of_band = q == 0 || (i - 1) / p.ntc != band;
-        if (first_of_band && (band + 1) * p.ntc < t_end) load_b(band + 1);
+        if (first_of_band && (band + 1) * p.ntc <= i0 + n - 1) {
+          mbar_wait(b_empty, (b_loads - 1) & 1u);
+          load_b(band + 1);
+          ++b_loads;
+        }
       }
     }
     asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");  // W's stores complete before the block exits
@@ -481,7 +496,9 @@ __global__ void __launch_bounds__(ws_threads, 1) merge_ws_kernel(const __grid_co
   std::uint32_t af[kc / 16][2][4];
   float acc[2][8][4];
   for (int q = 0; q < n; ++q) {
-    const int i = t_begin + q, band = i / p.ntc;
+    const int i = i0 + q, band = i / p.ntc;
+    const int h = 2 * i + gi;
+    const bool mine = h >= hb && h < he;  // this group's half of tile i is in the run
     if (band != b_band) {
       mbar_wait(b_full, b_phase);
       b_phase ^= 1u;
@@ -493,6 +510,8 @@ __global__ void __launch_bounds__(ws_threads, 1) merge_ws_kernel(const __grid_co
         if (ks < ksteps)
 #pragma unroll
           for (int mi = 0; mi < 2; ++mi) ldsm_x4(a_base + static_cast<std::uint32_t>((mi * 16 * pitch + ks * 16) * 2), af[ks][mi]);
+      __syncwarp();
+      if (lane == 0) mbar_arrive(b_empty);  // (release: the ldmatrix reads are ordered before it)
     }
 #pragma unroll
     for (int mi = 0; mi < 2; ++mi)
@@ -500,9 +519,13 @@ __global__ void __launch_bounds__(ws_threads, 1) merge_ws_kernel(const __grid_co
       for (int ni = 0; ni < 8; ++ni)
 #pragma unroll
         for (int e = 0; e < 4; ++e) acc[mi][ni][e] = 0.0f;
-    if (q == 0 && gi == 1) asm volatile("bar.sync 1, 256;" ::: "memory");  // start after group 0's first MMAs
+    // Group 1 starts after group 0's first MMAs. Both groups wait for every Acat tile, also of a tile
+    // whose half is not theirs (the first tile of a run starting at a lower half), so that no Acat
+    // barrier runs two phases ahead of a waiter: the slot is refilled after the present halves of its
+    // tile are done, and group 1's first half completes only after group 0 passed this wait (bar 1).
+    if (q == 0 && gi == 1) asm volatile("bar.sync 1, 256;" ::: "memory");
     mbar_wait(a_full(q % a_stages), static_cast<std::uint32_t>((q / a_stages) & 1));
-    if ((p.mode & mode_math) != 0) {
+    if ((p.mode & mode_math) != 0 && mine) {
       const std::uint32_t b_base =
           a_s + static_cast<std::uint32_t>((q % a_stages) * buf_bytes) +
           static_cast<std::uint32_t>((((lane & 7) + ((lane >> 3) & 1) * 8) * pitch + wc * 64 + (lane >> 4) * 8) * 2);
@@ -535,8 +558,9 @@ __global__ void __launch_bounds__(ws_threads, 1) merge_ws_kernel(const __grid_co
     if (q == 0 && gi == 0) asm volatile("bar.arrive 1, 256;" ::: "memory");
     // Epilogue: the half tile (TMA layout: box wc, 128-byte rows, 16-byte chunk c of row r at c ^ (r % 8);
     // row % 8 == g here, so the 32 lanes hit 32 distinct banks) += acc, rounded once to T, in place.
-    const int h = 2 * q + gi, slot = h % ws_stages;
-    mbar_wait(w_full(slot), static_cast<std::uint32_t>((h / ws_stages) & 1));
+    if (!mine) continue;
+    const int hl = h - hb, slot = hl % ws_stages;
+    mbar_wait(w_full(slot), static_cast<std::uint32_t>((hl / ws_stages) & 1));
     unsigned char* const wt = smem + slot * ws_half_bytes + wc * ws_box_bytes;
 #pragma unroll
     for (int mi = 0; mi < 2; ++mi)
