@@ -33,16 +33,17 @@ b="$B/bench/cuda/lori_bench_cuda"
   echo "hazard lines naming lori's merge kernels: $(grep -cE "merge_stream_kernel|merge_ws_kernel|pack_kernel|pack_tiled_kernel" "$rc_log")"
   rm -f "$rc_log"
   echo "== benchmarks (median of 5; floor = BM_gpu_baseline_copy_w/14336, one copy of W)"
-  echo "   probe bits: 1 no math, 2 no PDL, 4 no pack (kernel alone), 8 pack alone, 16 no W traffic, 64 warp-specialised kernel, 128 W evict-normal, 256 half-tile runs"
-  timeout 24 stdbuf -oL "$b" --benchmark_filter='BM_gpu_(baseline_d2d_copy/234|baseline_copy_w/14336|merge/4/14336/(0/0|1/0)/|merge_probe/4/14336/0/0/(6|8|64|70|71|86|320|326)/|merge_probe/4/14336/1/0/64/)' \
+  echo "   probe bits: 1 no math, 2 no PDL, 4 no pack (kernel alone), 8 pack alone, 16 no W traffic, 64 warp-specialised kernel, 128 W evict-normal, 256 half-tile runs,"
+  echo "   512 store lag 2, 1024/2048/3072 with 64|1: W moved in 32x256 / 16x512 / 8x1024 half tiles (copy geometry)"
+  timeout 24 stdbuf -oL "$b" --benchmark_filter='BM_gpu_(baseline_d2d_copy/234|baseline_copy_w/14336|merge/4/14336/0/0/|merge_probe/4/14336/0/0/(8|64|70|71|576|582|583|1095|2119|3143|3655)/)' \
     --benchmark_repetitions=5 --benchmark_report_aggregates_only=true 2>&1 | grep -E "_median|^BM|Run on|error|Error" |
     grep -v "_mean\|_stddev\|_cv" | sed -E 's/floor = one copy of W \(BM_gpu_baseline_copy_w\)//; s/min_time:0.100\///' | cut -c1-230 | head -40
   echo "rc=${PIPESTATUS[0]}"
-  echo "== ncu: tiled pack + warp-specialised kernel (probe 64), 4 dense adapters, unequal scales, 14336 x 4096 bf16"
+  echo "== ncu: tiled pack + warp-specialised kernel with store lag (probe 576), 4 dense adapters, unequal scales, 14336 x 4096 bf16"
   m="smsp__average_warps_issue_stalled_barrier_per_issue_active.ratio,smsp__average_warps_issue_stalled_long_scoreboard_per_issue_active.ratio,smsp__average_warps_issue_stalled_short_scoreboard_per_issue_active.ratio,smsp__average_warps_issue_stalled_mio_throttle_per_issue_active.ratio,smsp__average_warps_issue_stalled_math_pipe_throttle_per_issue_active.ratio,smsp__average_warps_issue_stalled_wait_per_issue_active.ratio,smsp__average_warps_issue_stalled_lg_throttle_per_issue_active.ratio,smsp__average_warps_issue_stalled_sleeping_per_issue_active.ratio,smsp__average_warps_issue_stalled_membar_per_issue_active.ratio,sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,dram__bytes_read.sum,dram__bytes_write.sum"
   timeout 14 ncu --section SpeedOfLight --section Occupancy --section LaunchStats --metrics "$m" \
     -k regex:'merge_stream_kernel|merge_ws_kernel|pack_kernel|pack_tiled_kernel' -c 2 \
-    "$b" --benchmark_filter='BM_gpu_merge_probe/4/14336/0/0/64/' --benchmark_repetitions=1 2>&1 |
+    "$b" --benchmark_filter='BM_gpu_merge_probe/4/14336/0/0/576/' --benchmark_repetitions=1 2>&1 |
     grep -E "merge_stream_kernel|merge_ws_kernel|pack_kernel|pack_tiled_kernel|Duration|DRAM Throughput|Memory Throughput|Compute \(SM\)|Registers Per|Achieved Occupancy|Grid Size|Block Size|stalled|hmma|dram__bytes" |
     sed -E 's/smsp__average_warps_issue_stalled_//; s/_per_issue_active.ratio//' | cut -c1-200 | head -70
   echo "rc=${PIPESTATUS[0]}"

@@ -1611,6 +1611,13 @@ TEST_CASE_TEMPLATE("merge_into: warp-specialised streaming kernel, odd shapes, m
   merge_case<T>(ctx, 8, 8, {3, 5}, {true, false}, {0.5, 0.5}, g, {24, false, 0, 1, wh});
   merge_case<T>(ctx, 2100, 1000, {16, 16}, {false, true}, {0.5, 0.75}, g,
                 {0, false, 0, 1, wh | lori::cuda::detail_merge::probe_no_pdl});
+  // Slots reloaded two stores later (probe_store_lag), whole-tile and half-tile runs.
+  const int wl = ws | lori::cuda::detail_merge::probe_store_lag;
+  merge_case<T>(ctx, 300, 200, {1, 2, 3, 5, 8, 13, 16, 4}, {false, true, false, true, false, true, true, false},
+                {0.25, -0.5, 1.5, 0.75, -1.25, 3.0, 0.125, 2.0}, g, {0, true, 0, 1, wl});
+  merge_case<T>(ctx, 200, 136, {32, 24}, {false, true}, {0.5, -0.75}, g, {8, false, 8, 1, wl});
+  merge_case<T>(ctx, 2100, 1000, {16, 16}, {true, false}, {0.5, 0.75}, g,
+                {0, false, 0, 1, wl | lori::cuda::detail_merge::probe_half_runs});
 }
 
 TEST_CASE_TEMPLATE("merge_into: warp-specialised streaming kernel, large shapes (several tiles per block), matches the double reference", T,
@@ -1631,10 +1638,13 @@ TEST_CASE_TEMPLATE("merge_into: warp-specialised streaming kernel, large shapes 
   const int wh = ws | lori::cuda::detail_merge::probe_half_runs;
   merge_case<T>(ctx, 1100, 4096, {32, 32, 32, 32}, {false, true, false, true}, {0.5, 0.75, 1.0, 1.25}, g, {0, false, 0, 1, wh});
   merge_case<T>(ctx, 4100, 520, {32, 32}, {false, true}, {0.5, 0.5}, g, {0, false, 0, 1, wh});
+  merge_case<T>(ctx, 1100, 4096, {32, 32, 32, 32}, {false, false, false, false}, {0.5, 0.75, 1.0, 1.25}, g,
+                {0, false, 0, 1, ws | lori::cuda::detail_merge::probe_store_lag});
 }
 
 TEST_CASE("merge_into: warp-specialised streaming kernel at 14336 x 4096, sampled rows against the double reference") {
   LORI_TEST_SEED_INFO();
   merge_big_case(lori::cuda::detail_merge::probe_ws);
-  merge_big_case(lori::cuda::detail_merge::probe_ws | lori::cuda::detail_merge::probe_half_runs);
+  merge_big_case(lori::cuda::detail_merge::probe_ws | lori::cuda::detail_merge::probe_half_runs |
+                 lori::cuda::detail_merge::probe_store_lag);
 }

@@ -431,6 +431,10 @@ inline constexpr int probe_no_w_io = 16;   // the kernel without W's loads and s
 inline constexpr int probe_ws = 64;        // the warp-specialised TMA kernel (merge_stream::merge_ws_kernel)
 inline constexpr int probe_w_keep = 128;   // with probe_ws: W without the L2 evict-first hint
 inline constexpr int probe_half_runs = 256;  // with probe_ws: blocks own runs of half tiles
+inline constexpr int probe_store_lag = 512;  // with probe_ws: slots reloaded 2 stores later
+// With probe_ws | probe_no_math and W = 14336 x 4096: bits 1024 / 2048 / 3072 move W in half tiles of
+// 32 x 256 / 16 x 512 / 8 x 1024 (TMA boxes of 64 columns) instead of 64 x 128: the copy geometry alone.
+inline constexpr int probe_geo_shift = 10;
 
 // The streaming-kernel route (requires stream_kernel_applies and a checked workspace).
 template <class T>
@@ -460,7 +464,13 @@ void merge_stream_route(context& ctx, row_major_view<T> W, const std::vector<mer
   p.mode = ((probe & probe_no_math) == 0 ? detail::merge_stream::mode_math : 0) |
            ((probe & probe_no_w_io) == 0 ? detail::merge_stream::mode_w_io : 0) |
            ((probe & probe_w_keep) != 0 ? detail::merge_stream::mode_w_keep : 0) |
-           ((probe & probe_half_runs) != 0 ? detail::merge_stream::mode_half_runs : 0);
+           ((probe & probe_half_runs) != 0 ? detail::merge_stream::mode_half_runs : 0) |
+           ((probe & probe_store_lag) != 0 ? detail::merge_stream::mode_store_lag : 0);
+  p.geo_rows = detail::merge_stream::ws_half >> ((probe >> probe_geo_shift) & 3);
+  LORI_EXPECTS(p.geo_rows == detail::merge_stream::ws_half ||
+                   ((probe & probe_no_math) != 0 && (probe & probe_ws) != 0 && d % p.geo_rows == 0 && k % 1024 == 0 &&
+                    (d / p.geo_rows) * (k * p.geo_rows / 8192) == 2 * static_cast<index_t>(p.tiles)),
+               "merge_stream_route: the copy-geometry probe needs probe_ws | probe_no_math and a 1024-divisible W");
   if ((probe & probe_ws) != 0) detail::merge_stream::launch_ws<T>(p, ctx.sm_count(), ctx.stream(), (probe & probe_no_pdl) == 0);
   else detail::merge_stream::launch<T>(p, ctx.sm_count(), ctx.stream(), (probe & probe_no_pdl) == 0);
 }

@@ -55,6 +55,7 @@ inline constexpr int mode_math = 1;  // compute ΔW (else ΔW = 0: the memory pi
 inline constexpr int mode_w_io = 2;  // load and store W (else: the operand pipeline and math alone)
 inline constexpr int mode_w_keep = 4;  // merge_ws_kernel: W's loads and stores without the L2 evict-first hint
 inline constexpr int mode_half_runs = 8;  // merge_ws_kernel: blocks own runs of half tiles (not whole tiles)
+inline constexpr int mode_store_lag = 16; // merge_ws_kernel: a slot is reloaded 2 stores later (no wait for a fresh store)
 
 struct params {
   void* W;
@@ -65,6 +66,8 @@ struct params {
   unsigned long long seg_end;  // bit q set: k-step q (16 deep) is the last of a scale segment
   float seg_mul[max_ksteps];   // at the end of segment j: acc *= s_j / s_j+1 (the last: acc *= s_last)
   int mode;                     // mode_math | mode_w_io for the merge; probes drop one (benchmarks)
+  int geo_rows;                 // merge_ws_kernel probe without math: W moved in half tiles of geo_rows rows x
+                                // 8192 / geo_rows columns (64 = the merge's geometry)
 };
 
 __device__ __forceinline__ std::uint32_t smem_u32(const void* p) {
@@ -417,6 +420,13 @@ __global__ void __launch_bounds__(ws_threads, 1) merge_ws_kernel(const __grid_co
     // <= 64 rows) or W traffic is off (probe): then it is neither loaded nor stored.
     const auto coords = [&](int hl, int& x, int& y, int& boxes) {
       const int h = hb + hl, i = h >> 1;
+      if (p.geo_rows != ws_half) {  // copy-geometry probe (no math): half tile h = row block x column block
+        const int nbx = 128 / p.geo_rows, ncb = static_cast<int>(p.k / (64 * nbx));
+        y = (h / ncb) * p.geo_rows;
+        x = (h % ncb) * 64 * nbx;
+        boxes = nbx;
+        return w_io && y < p.d;
+      }
       const int band = i / p.ntc, ct = i - band * p.ntc;
       y = band * bm + (h & 1) * ws_half;
       x = ct * bn;
@@ -427,9 +437,10 @@ __global__ void __launch_bounds__(ws_threads, 1) merge_ws_kernel(const __grid_co
       const int slot = h % ws_stages;
       int x, y, boxes;
       if (coords(h, x, y, boxes)) {
-        mbar_expect_tx(w_full(slot), static_cast<std::uint32_t>(boxes * ws_box_bytes));
+        const int box_bytes = p.geo_rows * 128;
+        mbar_expect_tx(w_full(slot), static_cast<std::uint32_t>(boxes * box_bytes));
         for (int b = 0; b < boxes; ++b)
-          tma_load_w(s0 + static_cast<std::uint32_t>(slot * ws_half_bytes + b * ws_box_bytes), &wp.wmap, x + 64 * b, y,
+          tma_load_w(s0 + static_cast<std::uint32_t>(slot * ws_half_bytes + b * box_bytes), &wp.wmap, x + 64 * b, y,
                      w_full(slot), pol);
       } else {
         mbar_arrive(w_full(slot));
@@ -458,13 +469,21 @@ __global__ void __launch_bounds__(ws_threads, 1) merge_ws_kernel(const __grid_co
       const int slot = hl % ws_stages;
       mbar_wait(w_done(slot), static_cast<std::uint32_t>((hl / ws_stages) & 1));  // the group's ΔW is in the slot
       int x, y, boxes;
-      if (coords(hl, x, y, boxes)) {
+      if (coords(hl, x, y, boxes))
         for (int b = 0; b < boxes; ++b)
-          tma_store_w(&wp.wmap, x + 64 * b, y, s0 + static_cast<std::uint32_t>(slot * ws_half_bytes + b * ws_box_bytes), pol);
-        asm volatile("cp.async.bulk.commit_group;" ::: "memory");
-        asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");  // the slot has been read out
+          tma_store_w(&wp.wmap, x + 64 * b, y, s0 + static_cast<std::uint32_t>(slot * ws_half_bytes + b * p.geo_rows * 128),
+                      pol);
+      asm volatile("cp.async.bulk.commit_group;" ::: "memory");  // (an empty group where nothing was stored)
+      // Reload the slot of half tile j once its store has read it out: j = hl (wait for this store) or,
+      // with mode_store_lag, j = hl - 2 (the stores of the last two half tiles stay in flight).
+      int j = hl;
+      if ((p.mode & mode_store_lag) != 0) {
+        asm volatile("cp.async.bulk.wait_group.read 2;" ::: "memory");
+        j = hl - 2;
+      } else {
+        asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");
       }
-      if (hl + ws_stages < H) load_w(hl + ws_stages);
+      if (j >= 0 && j + ws_stages < H) load_w(j + ws_stages);
       const int h = hb + hl, i = h >> 1;
       if ((h & 1) != 0 || h == he - 1) {  // the last half of tile i in the run is done: its Acat slot is free
         const int q = i - i0, band = i / p.ntc;
@@ -608,7 +627,8 @@ template <class T>
 void launch_ws(const params& p, int sm_count, cudaStream_t stream, bool pdl = true) {
   static_assert(::lori::detail::is_16bit_v<T>, "merge_stream: 16-bit W only");
   ws_params wp{};
-  wp.wmap = ::lori::detail::skinny::tensor_map_2d(static_cast<const T*>(p.W), p.d, p.k, p.ldw, ws_half);
+  wp.wmap = ::lori::detail::skinny::tensor_map_2d(static_cast<const T*>(p.W), p.d, p.k, p.ldw,
+                                                  static_cast<unsigned>(p.geo_rows));
   wp.p = p;
   LORI_CUDA_CHECK(cudaFuncSetAttribute(merge_ws_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        static_cast<int>(ws_smem_bytes)));
