@@ -379,8 +379,8 @@ __global__ void __launch_bounds__(ws_threads, 1) merge_ws_kernel(const __grid_co
   const std::uint32_t a_s = s0 + ws_stages * ws_half_bytes;  // Acat ring (a_stages x buf_bytes)
   const std::uint32_t b_s = a_s + a_stages * buf_bytes;      // Bcat band
   const std::uint32_t bars = b_s + buf_bytes;
-  // Barriers: w_full[s] (TMA bytes), w_done[s] (4 warps of a group), a_full[a_stages], b_full (bulk bytes),
-  // b_empty (the 8 consumer warps have moved the band into registers).
+  // Barriers: w_full[s] (TMA bytes), w_done[s] (the 128 threads of a group), a_full[a_stages], b_full (bulk
+  // bytes), b_empty (the 256 consumer threads have moved the band into registers).
   const auto w_full = [&](int s) { return bars + 8u * static_cast<std::uint32_t>(s); };
   const auto w_done = [&](int s) { return bars + 8u * static_cast<std::uint32_t>(ws_stages + s); };
   const auto a_full = [&](int s) { return bars + 8u * static_cast<std::uint32_t>(2 * ws_stages + s); };
@@ -400,11 +400,11 @@ __global__ void __launch_bounds__(ws_threads, 1) merge_ws_kernel(const __grid_co
   if (tid == 0) {
     for (int s = 0; s < ws_stages; ++s) {
       mbar_init(w_full(s), 1);
-      mbar_init(w_done(s), 4);
+      mbar_init(w_done(s), 128);  // every thread of a group arrives (its own reads and writes released)
     }
     for (int s = 0; s < a_stages; ++s) mbar_init(a_full(s), 1);
     mbar_init(b_full, 1);
-    mbar_init(b_empty, 8);
+    mbar_init(b_empty, 256);
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
   }
   __syncthreads();
@@ -488,8 +488,8 @@ __global__ void __launch_bounds__(ws_threads, 1) merge_ws_kernel(const __grid_co
       if ((h & 1) != 0 || h == he - 1) {  // the last half of tile i in the run is done: its Acat slot is free
         const int q = i - i0, band = i / p.ntc;
         if (q + a_stages < n) load_a(q + a_stages);
-        // At the first tile of a band the next band (if the run reaches it) can load as soon as all 8
-        // consumer warps have moved this one into registers (b_empty; they do that first, at once).
+        // At the first tile of a band the next band (if the run reaches it) can load as soon as all 256
+        // consumer threads have moved this one into registers (b_empty; they do that first, at once).
         const bool first_of_band = q == 0 || (i - 1) / p.ntc != band;
         if (first_of_band && (band + 1) * p.ntc <= i0 + n - 1) {
           mbar_wait(b_empty, (b_loads - 1) & 1u);
@@ -529,8 +529,7 @@ __global__ void __launch_bounds__(ws_threads, 1) merge_ws_kernel(const __grid_co
         if (ks < ksteps)
 #pragma unroll
           for (int mi = 0; mi < 2; ++mi) ldsm_x4(a_base + static_cast<std::uint32_t>((mi * 16 * pitch + ks * 16) * 2), af[ks][mi]);
-      __syncwarp();
-      if (lane == 0) mbar_arrive(b_empty);  // (release: the ldmatrix reads are ordered before it)
+      mbar_arrive(b_empty);  // release: this thread's ldmatrix reads are ordered before the band's reload
     }
 #pragma unroll
     for (int mi = 0; mi < 2; ++mi)
@@ -593,8 +592,7 @@ __global__ void __launch_bounds__(ws_threads, 1) merge_ws_kernel(const __grid_co
           *e = pack2<T>(w.x + acc[mi][ni][2 * hh], w.y + acc[mi][ni][2 * hh + 1]);
         }
     asm volatile("fence.proxy.async.shared::cta;" ::: "memory");  // the writes, visible to the TMA store
-    __syncwarp();
-    if (lane == 0) mbar_arrive(w_done(slot));
+    mbar_arrive(w_done(slot));
   }
 }
 
