@@ -197,10 +197,88 @@ __device__ __forceinline__ std::uint16_t tpack_b(const pack_source<T>& src, inde
   return p != nullptr ? *reinterpret_cast<const std::uint16_t*>(p) : std::uint16_t{0};
 }
 
+// One 16-byte output chunk of the tiled layout: its 8 values, where they go, and which of them to write
+// (mask 0xff: all, one 16-byte store; 0: nothing).
+struct tpack_chunk {
+  union {
+    uint4 v;
+    std::uint16_t x[8];
+  } u;
+  std::uint16_t* out;
+  unsigned mask;
+};
+
+template <class T>
+__device__ __forceinline__ tpack_chunk tpack_load(const tpack_args<T>& a, const pack_source<T>* srcs,
+                                                  const signed char* col_src, index_t e, index_t nb, index_t k8) {
+  constexpr index_t pitch = ::lori::detail::merge_stream::pitch;
+  tpack_chunk c;
+  c.u.v = make_uint4(0u, 0u, 0u, 0u);
+  c.mask = 0;
+  c.out = nullptr;
+  if (e < nb) {  // Bcat(i, col0 .. col0 + 7)
+    const index_t i = e >> a.lg_nch;
+    const int cc = static_cast<int>(e & ((index_t{1} << a.lg_nch) - 1));
+    if (cc >= a.nch) return c;
+    const int col0 = 8 * (a.ch0 + cc);
+    const int t0 = col_src[col0];
+    const bool full = col0 >= a.c_begin && col0 + 8 <= a.c_end;
+    if (full && t0 >= 0 && srcs[t0].B != nullptr && col_src[col0 + 7] == t0 && col0 + 8 - srcs[t0].off <= srcs[t0].r &&
+        (reinterpret_cast<std::uintptr_t>(srcs[t0].B + i * srcs[t0].ldb + (col0 - srcs[t0].off)) & 15u) == 0) {
+      c.u.v = __ldg(reinterpret_cast<const uint4*>(srcs[t0].B + i * srcs[t0].ldb + (col0 - srcs[t0].off)));
+    } else {
+#pragma unroll
+      for (int q = 0; q < 8; ++q) {
+        const int col = col0 + q;
+        const int t = col < ::lori::detail::merge_stream::max_kp ? col_src[col] : -1;
+        c.u.x[q] = t >= 0 ? tpack_b(srcs[t], i, col - srcs[t].off) : std::uint16_t{0};
+      }
+    }
+    c.out = reinterpret_cast<std::uint16_t*>(a.Bcat + i * pitch + col0);
+    if (full) {
+      c.mask = 0xffu;
+    } else {
+#pragma unroll
+      for (int q = 0; q < 8; ++q)
+        if (col0 + q >= a.c_begin && col0 + q < a.c_end) c.mask |= 1u << q;
+    }
+  } else {  // Acat(row, c0 .. c0 + 7): row `row` of column tile c0 / 128
+    const index_t e2 = e - nb, rr = e2 / k8, c0 = 8 * (e2 - rr * k8);
+    const int row = static_cast<int>(a.c_begin + rr);
+    const pack_source<T>& src = srcs[col_src[row]];
+    const index_t j = row - src.off;
+    if (j < src.r) {  // else a padding row: zeros (and columns >= k: zeros)
+      const T* in = src.A + j * src.lda + c0;
+      if (c0 + 8 <= a.k && (reinterpret_cast<std::uintptr_t>(in) & 15u) == 0) {
+        c.u.v = __ldg(reinterpret_cast<const uint4*>(in));
+      } else {
+#pragma unroll
+        for (int q = 0; q < 8; ++q)
+          if (c0 + q < a.k) c.u.x[q] = reinterpret_cast<const std::uint16_t*>(in)[q];
+      }
+    }
+    // 8 columns within one 128-column tile (c0 % 8 == 0), 16-byte aligned (pitch * 2 = 272 = 17 * 16).
+    c.out = reinterpret_cast<std::uint16_t*>(a.Acat + ((c0 >> 7) * 128 + row) * pitch + (c0 & 127));
+    c.mask = 0xffu;
+  }
+  return c;
+}
+
+__device__ __forceinline__ void tpack_store(const tpack_chunk& c) {
+  if (c.mask == 0xffu) {
+    *reinterpret_cast<uint4*>(c.out) = c.u.v;
+  } else {
+#pragma unroll
+    for (int q = 0; q < 8; ++q)
+      if ((c.mask >> q) & 1u) c.out[q] = c.u.x[q];
+  }
+}
+
+// Two chunks per thread and iteration, both loads in flight before either store; the grid (one wave on
+// the GPUs lori targets) is sized for about two chunks per thread.
 template <class T>
 __global__ void __launch_bounds__(256) pack_tiled_kernel(const __grid_constant__ tpack_args<T> a) {
   asm volatile("griddepcontrol.launch_dependents;");  // see pack_kernel
-  constexpr index_t pitch = ::lori::detail::merge_stream::pitch;
   __shared__ pack_source<T> srcs[pack_max];
   __shared__ signed char col_src[::lori::detail::merge_stream::max_kp];  // packed column -> source (-1: none)
   const int tid = static_cast<int>(threadIdx.x);
@@ -215,61 +293,14 @@ __global__ void __launch_bounds__(256) pack_tiled_kernel(const __grid_constant__
   __syncthreads();
   const index_t nb = a.d << a.lg_nch, k8 = (a.k + 7) / 8;
   const index_t total = nb + (a.c_end - a.c_begin) * k8;
-  for (index_t e = blockIdx.x * static_cast<index_t>(blockDim.x) + tid; e < total;
-       e += static_cast<index_t>(gridDim.x) * blockDim.x) {
-    if (e < nb) {  // Bcat(i, col0 .. col0 + 7)
-      const index_t i = e >> a.lg_nch;
-      const int cc = static_cast<int>(e & ((index_t{1} << a.lg_nch) - 1));
-      if (cc >= a.nch) continue;
-      const int col0 = 8 * (a.ch0 + cc);
-      const int t0 = col_src[col0];
-      union {
-        uint4 v;
-        std::uint16_t x[8];
-      } u;
-      const bool full = col0 >= a.c_begin && col0 + 8 <= a.c_end;
-      if (full && t0 >= 0 && srcs[t0].B != nullptr && col_src[col0 + 7] == t0 && col0 + 8 - srcs[t0].off <= srcs[t0].r &&
-          (reinterpret_cast<std::uintptr_t>(srcs[t0].B + i * srcs[t0].ldb + (col0 - srcs[t0].off)) & 15u) == 0) {
-        u.v = __ldg(reinterpret_cast<const uint4*>(srcs[t0].B + i * srcs[t0].ldb + (col0 - srcs[t0].off)));
-      } else {
-#pragma unroll
-        for (int q = 0; q < 8; ++q) {
-          const int col = col0 + q;
-          const int t = col < ::lori::detail::merge_stream::max_kp ? col_src[col] : -1;
-          u.x[q] = t >= 0 ? tpack_b(srcs[t], i, col - srcs[t].off) : std::uint16_t{0};
-        }
-      }
-      T* const out = a.Bcat + i * pitch + col0;
-      if (full) {
-        *reinterpret_cast<uint4*>(out) = u.v;
-      } else {
-#pragma unroll
-        for (int q = 0; q < 8; ++q)
-          if (col0 + q >= a.c_begin && col0 + q < a.c_end) reinterpret_cast<std::uint16_t*>(out)[q] = u.x[q];
-      }
-    } else {  // Acat(row, c0 .. c0 + 7): row `row` of column tile c0 / 128
-      const index_t e2 = e - nb, rr = e2 / k8, c0 = 8 * (e2 - rr * k8);
-      const int row = static_cast<int>(a.c_begin + rr);
-      const pack_source<T>& src = srcs[col_src[row]];
-      const index_t j = row - src.off;
-      union {
-        uint4 v;
-        std::uint16_t x[8];
-      } u;
-      u.v = make_uint4(0u, 0u, 0u, 0u);  // padding rows (j >= r) and columns >= k: zeros
-      if (j < src.r) {
-        const T* in = src.A + j * src.lda + c0;
-        if (c0 + 8 <= a.k && (reinterpret_cast<std::uintptr_t>(in) & 15u) == 0) {
-          u.v = __ldg(reinterpret_cast<const uint4*>(in));
-        } else {
-#pragma unroll
-          for (int q = 0; q < 8; ++q)
-            if (c0 + q < a.k) u.x[q] = reinterpret_cast<const std::uint16_t*>(in)[q];
-        }
-      }
-      // 8 columns within one 128-column tile (c0 % 8 == 0), 16-byte aligned (pitch * 2 = 272 = 17 * 16).
-      *reinterpret_cast<uint4*>(a.Acat + ((c0 >> 7) * 128 + row) * pitch + (c0 & 127)) = u.v;
-    }
+  const index_t stride = static_cast<index_t>(gridDim.x) * blockDim.x;
+  for (index_t e = blockIdx.x * static_cast<index_t>(blockDim.x) + tid; e < total; e += 2 * stride) {
+    const tpack_chunk c0 = tpack_load(a, srcs, col_src, e, nb, k8);
+    tpack_chunk c1;
+    c1.mask = 0;
+    if (e + stride < total) c1 = tpack_load(a, srcs, col_src, e + stride, nb, k8);
+    tpack_store(c0);
+    if (c1.mask != 0) tpack_store(c1);
   }
 }
 
@@ -398,7 +429,7 @@ void pack_all(context& ctx, const std::vector<merge_source<T>>& sources, index_t
         a.Bcat = Bcat;
         a.Acat = Acat;
         const index_t items = (d << a.lg_nch) + w * detail::ceil_div(k, 8);
-        const index_t blocks = std::min<index_t>(detail::ceil_div(items, 256), index_t{16} * 1024);
+        const index_t blocks = std::min<index_t>(detail::ceil_div(items, 512), index_t{16} * 1024);
         pack_tiled_kernel<T><<<detail::grid_dim(blocks), 256, 0, ctx.stream()>>>(a);
         LORI_CUDA_CHECK_LAUNCH();
         continue;
