@@ -1648,3 +1648,45 @@ TEST_CASE("merge_into: warp-specialised streaming kernel at 14336 x 4096, sample
   merge_big_case(lori::cuda::detail_merge::probe_ws | lori::cuda::detail_merge::probe_half_runs |
                  lori::cuda::detail_merge::probe_store_lag);
 }
+
+// The strip variant (detail_merge::probe_strip: 32 x 256 tiles in column-strip-major runs, the strip's
+// Acat in registers, Bcat rows per tile): partial row blocks and strips (a last strip of 8 columns: one
+// TMA box), runs crossing strips, T = 1..8, dense and sparse B, scale segments, padded and offset W,
+// store lag; bf16 and fp16.
+TEST_CASE_TEMPLATE("merge_into: strip streaming kernel, odd shapes, matches the double reference", T, lori::bfloat16,
+                   lori::half) {
+  LORI_TEST_SEED_INFO();
+  auto g = lori_test::rng(613);
+  lori::cuda::context ctx;
+  const int st = lori::cuda::detail_merge::probe_strip;
+  merge_case<T>(ctx, 77, 136, {1}, {false}, {0.75}, g, {0, false, 0, 1, st});
+  merge_case<T>(ctx, 129, 128, {32, 32, 32}, {false, true, false}, {0.5, 0.5, -0.25}, g, {0, false, 0, 1, st});
+  merge_case<T>(ctx, 300, 200, {1, 2, 3, 5, 8, 13, 16, 4}, {false, true, false, true, false, true, true, false},
+                {0.25, -0.5, 1.5, 0.75, -1.25, 3.0, 0.125, 2.0}, g, {0, true, 0, 1, st});
+  merge_case<T>(ctx, 260, 264, {48, 40, 33}, {false, true, false}, {0.5, 0.5, 0.5}, g, {0, false, 0, 1, st});
+  merge_case<T>(ctx, 133, 384, {17, 9, 31, 10}, {true, false, false, true}, {0.75, -0.5, -0.5, 2.0}, g, {0, false, 0, 1, st});
+  merge_case<T>(ctx, 200, 136, {32, 24}, {false, true}, {0.5, -0.75}, g, {8, false, 8, 1, st});
+  merge_case<T>(ctx, 100, 96, {8, 8, 8}, {false, true, false}, {std::ldexp(1.0, -12), std::ldexp(1.0, 8), -0.5}, g,
+                {0, false, 0, 1, st});
+  merge_case<T>(ctx, 8, 8, {3, 5}, {true, false}, {0.5, 0.5}, g, {24, false, 0, 1, st});
+  // 2100 x 1000: 66 row blocks x 4 strips = 264 tiles, runs of 2 crossing strips; then with store lag.
+  merge_case<T>(ctx, 2100, 1000, {16, 16}, {false, true}, {0.5, 0.75}, g, {0, false, 0, 1, st});
+  merge_case<T>(ctx, 2100, 1000, {32, 8}, {true, false}, {0.5, -0.5}, g,
+                {0, false, 0, 1, st | lori::cuda::detail_merge::probe_store_lag | lori::cuda::detail_merge::probe_no_pdl});
+}
+
+TEST_CASE_TEMPLATE("merge_into: strip streaming kernel, large shapes, matches the double reference", T, lori::bfloat16,
+                   lori::half) {
+  LORI_TEST_SEED_INFO();
+  auto g = lori_test::rng(614);
+  lori::cuda::context ctx;
+  const int st = lori::cuda::detail_merge::probe_strip;
+  merge_case<T>(ctx, 1100, 4096, {32, 32, 32, 32}, {false, false, false, false}, {0.5, 0.75, 1.0, 1.25}, g, {0, false, 0, 1, st});
+  merge_case<T>(ctx, 700, 4096, {32, 32, 32, 32}, {true, true, true, true}, {0.5, 0.5, 0.5, 0.5}, g, {0, false, 0, 1, st});
+  merge_case<T>(ctx, 4100, 520, {32, 32}, {false, true}, {0.5, 0.5}, g, {0, false, 0, 1, st});
+}
+
+TEST_CASE("merge_into: strip streaming kernel at 14336 x 4096, sampled rows against the double reference") {
+  LORI_TEST_SEED_INFO();
+  merge_big_case(lori::cuda::detail_merge::probe_strip);
+}

@@ -466,6 +466,7 @@ inline constexpr int probe_store_lag = 512;  // with probe_ws: slots reloaded 2 
 // With probe_ws | probe_no_math and W = 14336 x 4096: bits 1024 / 2048 / 3072 move W in half tiles of
 // 32 x 256 / 16 x 512 / 8 x 1024 (TMA boxes of 64 columns) instead of 64 x 128: the copy geometry alone.
 inline constexpr int probe_geo_shift = 10;
+inline constexpr int probe_strip = 4096;  // the strip kernel (merge_stream::merge_strip_kernel: 32 x 256 tiles)
 
 // The streaming-kernel route (requires stream_kernel_applies and a checked workspace).
 template <class T>
@@ -502,7 +503,8 @@ void merge_stream_route(context& ctx, row_major_view<T> W, const std::vector<mer
                    ((probe & probe_no_math) != 0 && (probe & probe_ws) != 0 && d % p.geo_rows == 0 && k % 1024 == 0 &&
                     (d / p.geo_rows) * (k * p.geo_rows / 8192) == 2 * static_cast<index_t>(p.tiles)),
                "merge_stream_route: the copy-geometry probe needs probe_ws | probe_no_math and a 1024-divisible W");
-  if ((probe & probe_ws) != 0) detail::merge_stream::launch_ws<T>(p, ctx.sm_count(), ctx.stream(), (probe & probe_no_pdl) == 0);
+  if ((probe & probe_strip) != 0) detail::merge_stream::launch_strip<T>(p, ctx.sm_count(), ctx.stream(), (probe & probe_no_pdl) == 0);
+  else if ((probe & probe_ws) != 0) detail::merge_stream::launch_ws<T>(p, ctx.sm_count(), ctx.stream(), (probe & probe_no_pdl) == 0);
   else detail::merge_stream::launch<T>(p, ctx.sm_count(), ctx.stream(), (probe & probe_no_pdl) == 0);
 }
 

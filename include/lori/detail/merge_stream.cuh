@@ -596,6 +596,214 @@ __global__ void __launch_bounds__(ws_threads, 1) merge_ws_kernel(const __grid_co
   }
 }
 
+// ---- strip variant (merge_strip_kernel) ---------------------------------------------------------------
+// The warp-specialised kernel with W tiles of 32 rows x 256 columns (512-byte row segments, four 64 x 32
+// TMA boxes) in column-strip-major order: a block's run walks down a 256-column strip, so the strip's
+// Acat (depth x 256) is loaded once per strip and kept in registers (each consumer warp: its 32 columns
+// x the depth, 64 registers), and only the tile's 32 Bcat rows (8.5 KB, one bulk copy, 3-slot ring)
+// are read per tile. All 8 consumer warps work on every tile (warp w: columns [32 w, +32), all 32 rows).
+inline constexpr int st_rows = 32, st_cols = 256;
+inline constexpr int st_box_bytes = st_rows * 128;                // one 64 x 32 box: 4 KB
+inline constexpr int st_tile_bytes = 4 * st_box_bytes;            // 16 KB
+inline constexpr int st_wstages = 8, st_bstages = 3;
+inline constexpr int st_bbuf = st_rows * pitch * 2;               // 8704 B
+inline constexpr std::size_t st_smem_bytes = 1024 + static_cast<std::size_t>(st_wstages) * st_tile_bytes +
+                                             static_cast<std::size_t>(st_bstages) * st_bbuf + 2 * buf_bytes +
+                                             8 * (2 * st_wstages + st_bstages + 2);
+
+struct st_params {
+  CUtensorMap wmap;  // W: {k, d}, 64 x 32 boxes, 128-byte swizzle
+  params p;          // p.tiles = nrb x strips (strip-major), p.ntc = Acat column tiles
+  int nrb;           // row blocks of 32
+};
+
+template <class T>
+__global__ void __launch_bounds__(ws_threads, 1) merge_strip_kernel(const __grid_constant__ st_params sp) {
+  const params& p = sp.p;
+  unsigned char* const smem_raw = ::lori::detail::dynamic_smem();
+  const std::uint32_t raw = smem_u32(smem_raw);
+  const std::uint32_t s0 = (raw + 1023u) & ~1023u;
+  unsigned char* const smem = smem_raw + (s0 - raw);
+  const std::uint32_t b_s = s0 + st_wstages * st_tile_bytes;  // Bcat ring (32-row slots)
+  const std::uint32_t a_s = b_s + st_bstages * st_bbuf;        // the strip's two Acat tiles
+  const std::uint32_t bars = a_s + 2 * buf_bytes;
+  const auto w_full = [&](int s) { return bars + 8u * static_cast<std::uint32_t>(s); };
+  const auto w_done = [&](int s) { return bars + 8u * static_cast<std::uint32_t>(st_wstages + s); };
+  const auto b_full = [&](int s) { return bars + 8u * static_cast<std::uint32_t>(2 * st_wstages + s); };
+  const std::uint32_t a_full = bars + 8u * (2 * st_wstages + st_bstages);
+  const std::uint32_t a_empty = a_full + 8u;
+  const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;
+  const int t_begin = static_cast<int>(static_cast<long long>(blockIdx.x) * p.tiles / gridDim.x);
+  const int t_end = static_cast<int>((static_cast<long long>(blockIdx.x) + 1) * p.tiles / gridDim.x);
+  const int n = t_end - t_begin;
+  const int nrb = sp.nrb;
+  const T* const Bcat = static_cast<const T*>(p.Bcat);
+  const T* const Acat = static_cast<const T*>(p.Acat);
+
+  if (tid == 0) {
+    for (int s = 0; s < st_wstages; ++s) {
+      mbar_init(w_full(s), 1);
+      mbar_init(w_done(s), 256);
+    }
+    for (int s = 0; s < st_bstages; ++s) mbar_init(b_full(s), 1);
+    mbar_init(a_full, 1);
+    mbar_init(a_empty, 256);
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+  }
+  __syncthreads();
+
+  if (warp == 8) {  // ---- producer
+    if (lane != 0) return;
+    const bool w_io = (p.mode & mode_w_io) != 0;
+    std::uint64_t pol;
+    asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(pol));
+    const auto coords = [&](int q, int& x, int& y, int& boxes) {
+      const int i = t_begin + q, strip = i / nrb;
+      y = (i - strip * nrb) * st_rows;
+      x = strip * st_cols;
+      const index_t left = p.k - x;
+      boxes = left >= st_cols ? 4 : static_cast<int>((left + 63) / 64);
+      return w_io;
+    };
+    const auto load_w = [&](int q) {
+      const int slot = q % st_wstages;
+      int x, y, boxes;
+      if (coords(q, x, y, boxes)) {
+        mbar_expect_tx(w_full(slot), static_cast<std::uint32_t>(boxes * st_box_bytes));
+        for (int b = 0; b < boxes; ++b)
+          tma_load_w(s0 + static_cast<std::uint32_t>(slot * st_tile_bytes + b * st_box_bytes), &sp.wmap, x + 64 * b, y,
+                     w_full(slot), pol);
+      } else {
+        mbar_arrive(w_full(slot));
+      }
+    };
+    const auto load_b = [&](int q) {  // the tile's 32 Bcat rows
+      const int i = t_begin + q, strip = i / nrb, slot = q % st_bstages;
+      const index_t r0 = static_cast<index_t>(i - strip * nrb) * st_rows;
+      const index_t rows = p.d - r0 < st_rows ? p.d - r0 : st_rows;
+      const std::uint32_t bytes = static_cast<std::uint32_t>(rows * pitch * 2);
+      mbar_expect_tx(b_full(slot), bytes);
+      bulk_g2s(b_s + static_cast<std::uint32_t>(slot * st_bbuf), Bcat + r0 * pitch, bytes, b_full(slot));
+    };
+    const auto load_a = [&](int strip) {  // Acat column tiles 2 strip, 2 strip + 1 (if it exists)
+      const int t0 = 2 * strip, tiles = t0 + 1 < p.ntc ? 2 : 1;
+      const std::uint32_t bytes = static_cast<std::uint32_t>(p.kp * pitch * 2);
+      mbar_expect_tx(a_full, bytes * static_cast<std::uint32_t>(tiles));
+      for (int t = 0; t < tiles; ++t)
+        bulk_g2s(a_s + static_cast<std::uint32_t>(t * buf_bytes), Acat + static_cast<index_t>(t0 + t) * kc * pitch, bytes,
+                 a_full);
+    };
+    for (int q = 0; q < st_wstages && q < n; ++q) load_w(q);
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    load_a(t_begin / nrb);
+    std::uint32_t a_loads = 1;
+    for (int q = 0; q < st_bstages && q < n; ++q) load_b(q);
+    for (int q = 0; q < n; ++q) {
+      const int slot = q % st_wstages;
+      mbar_wait(w_done(slot), static_cast<std::uint32_t>((q / st_wstages) & 1));
+      int x, y, boxes;
+      if (coords(q, x, y, boxes))
+        for (int b = 0; b < boxes; ++b)
+          tma_store_w(&sp.wmap, x + 64 * b, y, s0 + static_cast<std::uint32_t>(slot * st_tile_bytes + b * st_box_bytes), pol);
+      asm volatile("cp.async.bulk.commit_group;" ::: "memory");
+      int j = q;
+      if ((p.mode & mode_store_lag) != 0) {
+        asm volatile("cp.async.bulk.wait_group.read 2;" ::: "memory");
+        j = q - 2;
+      } else {
+        asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");
+      }
+      if (j >= 0 && j + st_wstages < n) load_w(j + st_wstages);
+      if (q + st_bstages < n) load_b(q + st_bstages);  // all consumers are done with tile q's Bcat slot
+      const int i = t_begin + q, strip = i / nrb;
+      const bool first_of_strip = q == 0 || (i - 1) / nrb != strip;
+      if (first_of_strip && (strip + 1) * nrb <= t_end - 1) {
+        mbar_wait(a_empty, (a_loads - 1) & 1u);
+        load_a(strip + 1);
+        ++a_loads;
+      }
+    }
+    asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");
+    return;
+  }
+
+  // ---- consumers: warp w computes the tile's 32 rows x columns [32 w, +32)
+  const int g = lane >> 2, t4 = lane & 3;
+  const int ksteps = p.kp / 16;
+  int cur_strip = -1;
+  std::uint32_t a_phase = 0;
+  std::uint32_t bfr[kc / 16][2][4];  // the strip's Acat fragments of this warp's 32 columns
+  float acc[2][4][4];
+  for (int q = 0; q < n; ++q) {
+    const int i = t_begin + q, strip = i / nrb;
+    if (strip != cur_strip) {
+      mbar_wait(a_full, a_phase);
+      a_phase ^= 1u;
+      cur_strip = strip;
+      const std::uint32_t base =
+          a_s + static_cast<std::uint32_t>((warp >> 2) * buf_bytes) +
+          static_cast<std::uint32_t>((((lane & 7) + ((lane >> 3) & 1) * 8) * pitch + (warp & 3) * 32 + (lane >> 4) * 8) * 2);
+#pragma unroll
+      for (int ks = 0; ks < kc / 16; ++ks)
+        if (ks < ksteps)
+#pragma unroll
+          for (int nj = 0; nj < 2; ++nj)
+            ldsm_x4_t(base + static_cast<std::uint32_t>((ks * 16 * pitch + nj * 16) * 2), bfr[ks][nj]);
+      mbar_arrive(a_empty);
+    }
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+      for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[mi][ni][e] = 0.0f;
+    mbar_wait(b_full(q % st_bstages), static_cast<std::uint32_t>((q / st_bstages) & 1));
+    if ((p.mode & mode_math) != 0) {
+      const std::uint32_t a_base = b_s + static_cast<std::uint32_t>((q % st_bstages) * st_bbuf) +
+                                   static_cast<std::uint32_t>(((lane & 15) * pitch + (lane >> 4) * 8) * 2);
+      int seg = 0;
+#pragma unroll
+      for (int ks = 0; ks < kc / 16; ++ks) {
+        if (ks < ksteps) {
+          std::uint32_t af[2][4];
+#pragma unroll
+          for (int mi = 0; mi < 2; ++mi) ldsm_x4(a_base + static_cast<std::uint32_t>((mi * 16 * pitch + ks * 16) * 2), af[mi]);
+#pragma unroll
+          for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+            for (int mi = 0; mi < 2; ++mi)
+              mma16816<T>(acc[mi][ni], af[mi], bfr[ks][ni >> 1][(ni & 1) * 2], bfr[ks][ni >> 1][(ni & 1) * 2 + 1]);
+          if ((p.seg_end >> ks) & 1ull) {
+            const float m = p.seg_mul[seg++];
+#pragma unroll
+            for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+              for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) acc[mi][ni][e] *= m;
+          }
+        }
+      }
+    }
+    const int slot = q % st_wstages;
+    mbar_wait(w_full(slot), static_cast<std::uint32_t>((q / st_wstages) & 1));
+    unsigned char* const wt = smem + slot * st_tile_bytes + (warp >> 1) * st_box_bytes;
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+      for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+        for (int hh = 0; hh < 2; ++hh) {
+          const int row = mi * 16 + g + 8 * hh, chunk = (warp & 1) * 4 + ni;
+          std::uint32_t* e = reinterpret_cast<std::uint32_t*>(wt + row * 128 + ((chunk ^ g) << 4) + t4 * 4);
+          const float2 w = unpack2<T>(*e);
+          *e = pack2<T>(w.x + acc[mi][ni][2 * hh], w.y + acc[mi][ni][2 * hh + 1]);
+        }
+    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+    mbar_arrive(w_done(slot));
+  }
+}
+
 // Launch on `stream` with grid = min(tiles, SMs). Preconditions are checked by the caller.
 template <class T>
 void launch(const params& p, int sm_count, cudaStream_t stream, bool pdl = true) {
@@ -641,6 +849,32 @@ void launch_ws(const params& p, int sm_count, cudaStream_t stream, bool pdl = tr
   cfg.attrs = attr;
   cfg.numAttrs = pdl ? 1 : 0;
   LORI_CUDA_CHECK(cudaLaunchKernelEx(&cfg, merge_ws_kernel<T>, wp));
+  LORI_CUDA_CHECK_LAUNCH();
+}
+
+// The strip kernel (same preconditions as launch_ws).
+template <class T>
+void launch_strip(const params& p0, int sm_count, cudaStream_t stream, bool pdl = true) {
+  static_assert(::lori::detail::is_16bit_v<T>, "merge_stream: 16-bit W only");
+  st_params sp{};
+  sp.wmap = ::lori::detail::skinny::tensor_map_2d(static_cast<const T*>(p0.W), p0.d, p0.k, p0.ldw,
+                                                  static_cast<unsigned>(st_rows));
+  sp.p = p0;
+  sp.nrb = static_cast<int>(::lori::detail::ceil_div(p0.d, st_rows));
+  sp.p.tiles = sp.nrb * static_cast<int>(::lori::detail::ceil_div(p0.k, st_cols));
+  LORI_CUDA_CHECK(cudaFuncSetAttribute(merge_strip_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       static_cast<int>(st_smem_bytes)));
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(static_cast<unsigned>(sp.p.tiles < sm_count ? sp.p.tiles : sm_count));
+  cfg.blockDim = dim3(ws_threads);
+  cfg.dynamicSmemBytes = st_smem_bytes;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = pdl ? 1 : 0;
+  LORI_CUDA_CHECK(cudaLaunchKernelEx(&cfg, merge_strip_kernel<T>, sp));
   LORI_CUDA_CHECK_LAUNCH();
 }
 
