@@ -761,7 +761,8 @@ void merge_bench(benchmark::State& st, int probe) {
     st.SetLabel(std::string("streaming route probe:") + ((probe & 1) ? " no-math" : "") + ((probe & 2) ? " no-PDL" : "") +
                 ((probe & 4) ? " kernel-only" : "") + ((probe & 8) ? " pack-only" : "") + ((probe & 16) ? " no-W-traffic" : "") + ((probe & 64) ? " warp-specialised-TMA" : "") + ((probe & 128) ? " W-evict-normal" : "") + ((probe & 256) ? " half-tile-runs" : "") + ((probe & 512) ? " store-lag-2" : "") +
                 ((probe >> 10) & 3 ? " copy-geometry-" + std::to_string(64 >> ((probe >> 10) & 3)) + "-rows" : "") +
-                ((probe & 4096) ? " strip-32x256" : ""));
+                ((probe & 4096) ? " strip-32x256" : "") +
+                ((probe >> 13) & 3 ? " L2-prefetch-" + std::to_string(4 << ((probe >> 13) & 3)) : ""));
     return;
   }
   run_timed(st, [&] { lori::cuda::merge_into<bf16>(ctx(), wv, src, ws.data(), ws.bytes()); },
@@ -799,7 +800,7 @@ BENCHMARK(BM_gpu_merge)->Args({1, 14336, 1, 0})->Args({1, 14336, 0, 0})->Args({4
 BENCHMARK(BM_gpu_merge_probe)->Args({4, 14336, 0, 0, 2})->Args({4, 14336, 0, 0, 6})->Args({4, 14336, 0, 0, 7})->Args({4, 14336, 0, 0, 8})->Args({4, 14336, 0, 0, 22})->Args({4, 14336, 0, 0, 32})->Args({8, 14336, 0, 0, 32})->Args({4, 14336, 0, 0, 64})->Args({4, 14336, 1, 0, 64})->Args({4, 14336, 0, 0, 66})->Args({4, 14336, 0, 0, 70})->Args({4, 14336, 0, 0, 71})->Args({4, 14336, 0, 0, 86})->Args({4, 14336, 0, 0, 192})->Args({4, 14336, 0, 0, 320})->Args({4, 14336, 0, 0, 326})->Args({4, 14336, 0, 0, 576})->Args({4, 14336, 0, 0, 582})->Args({4, 14336, 0, 0, 583})->Args({4, 14336, 0, 0, 1095})->Args({4, 14336, 0, 0, 2119})->Args({4, 14336, 0, 0, 3143})->Args({4, 14336, 0, 0, 3655})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 BENCHMARK(BM_gpu_baseline_copy_w)->Arg(14336)->Arg(4096)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 // The strip kernel (probe bit 4096), after the baselines: the full route, the kernel alone, its memory pipeline.
-BENCHMARK(BM_gpu_merge_probe)->Args({4, 14336, 0, 0, 4096})->Args({4, 14336, 0, 0, 4102})->Args({4, 14336, 0, 0, 4103})->Args({4, 14336, 0, 0, 4608})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
+BENCHMARK(BM_gpu_merge_probe)->Args({4, 14336, 0, 0, 4096})->Args({4, 14336, 0, 0, 4102})->Args({4, 14336, 0, 0, 4103})->Args({4, 14336, 0, 0, 4608})->Args({4, 14336, 0, 0, 8263})->Args({4, 14336, 0, 0, 16455})->Args({4, 14336, 0, 0, 24647})->Args({4, 14336, 0, 0, 16448})->Args({4, 14336, 0, 0, 20551})->Args({4, 14336, 0, 0, 20544})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 BENCHMARK(BM_gpu_baseline_addmm_per_adapter)->Args({1, 14336})->Args({4, 14336})->Args({4, 4096})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 
 }  // namespace

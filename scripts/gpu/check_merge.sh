@@ -35,16 +35,16 @@ b="$B/bench/cuda/lori_bench_cuda"
   echo "== benchmarks (median of 5; floor = BM_gpu_baseline_copy_w/14336, one copy of W)"
   echo "   probe bits: 1 no math, 2 no PDL, 4 no pack (kernel alone), 8 pack alone, 16 no W traffic, 64 warp-specialised kernel, 128 W evict-normal, 256 half-tile runs,"
   echo "   512 store lag 2, 1024/2048/3072 with 64|1: W moved in 32x256 / 16x512 / 8x1024 half tiles (copy geometry),"
-  echo "   4096 strip kernel (32x256 tiles, Acat in registers)"
-  timeout 24 stdbuf -oL "$b" --benchmark_filter='BM_gpu_(baseline_d2d_copy/234|baseline_copy_w/14336|merge/4/14336/0/0/|merge_probe/4/14336/0/0/(8|64|71|576|582|583|1095|3143|4096|4102|4103)/)' \
+  echo "   4096 strip kernel (32x256 tiles, Acat in registers), 8192/16384/24576 with 64 or 4096: W also prefetched into L2 8/16/32 ahead"
+  timeout 24 stdbuf -oL "$b" --benchmark_filter='BM_gpu_(baseline_d2d_copy/234|baseline_copy_w/14336|merge/4/14336/0/0/|merge_probe/4/14336/0/0/(8|64|71|8263|16455|24647|16448|4096|4103|20551|20544)/)' \
     --benchmark_repetitions=5 --benchmark_report_aggregates_only=true 2>&1 | grep -E "_median|^BM|Run on|error|Error" |
     grep -v "_mean\|_stddev\|_cv" | sed -E 's/floor = one copy of W \(BM_gpu_baseline_copy_w\)//; s/min_time:0.100\///' | cut -c1-230 | head -40
   echo "rc=${PIPESTATUS[0]}"
-  echo "== ncu: tiled pack + warp-specialised kernel with store lag (probe 576), 4 dense adapters, unequal scales, 14336 x 4096 bf16"
+  echo "== ncu: tiled pack + warp-specialised kernel with L2 prefetch 16 (probe 16448), 4 dense adapters, unequal scales, 14336 x 4096 bf16"
   m="smsp__average_warps_issue_stalled_barrier_per_issue_active.ratio,smsp__average_warps_issue_stalled_long_scoreboard_per_issue_active.ratio,smsp__average_warps_issue_stalled_short_scoreboard_per_issue_active.ratio,smsp__average_warps_issue_stalled_mio_throttle_per_issue_active.ratio,smsp__average_warps_issue_stalled_math_pipe_throttle_per_issue_active.ratio,smsp__average_warps_issue_stalled_wait_per_issue_active.ratio,smsp__average_warps_issue_stalled_lg_throttle_per_issue_active.ratio,smsp__average_warps_issue_stalled_sleeping_per_issue_active.ratio,smsp__average_warps_issue_stalled_membar_per_issue_active.ratio,sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,dram__bytes_read.sum,dram__bytes_write.sum"
   timeout 10 ncu --section SpeedOfLight --section Occupancy --section LaunchStats --metrics "$m" \
     -k regex:'merge_stream_kernel|merge_ws_kernel|pack_kernel|pack_tiled_kernel' -c 2 \
-    "$b" --benchmark_filter='BM_gpu_merge_probe/4/14336/0/0/576/' --benchmark_repetitions=1 2>&1 |
+    "$b" --benchmark_filter='BM_gpu_merge_probe/4/14336/0/0/16448/' --benchmark_repetitions=1 2>&1 |
     grep -E "merge_stream_kernel|merge_ws_kernel|pack_kernel|pack_tiled_kernel|Duration|DRAM Throughput|Memory Throughput|Compute \(SM\)|Registers Per|Achieved Occupancy|Grid Size|Block Size|stalled|hmma|dram__bytes" |
     sed -E 's/smsp__average_warps_issue_stalled_//; s/_per_issue_active.ratio//' | cut -c1-200 | head -70
   echo "rc=${PIPESTATUS[0]}"

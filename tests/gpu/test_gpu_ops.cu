@@ -1673,6 +1673,12 @@ TEST_CASE_TEMPLATE("merge_into: strip streaming kernel, odd shapes, matches the 
   merge_case<T>(ctx, 2100, 1000, {16, 16}, {false, true}, {0.5, 0.75}, g, {0, false, 0, 1, st});
   merge_case<T>(ctx, 2100, 1000, {32, 8}, {true, false}, {0.5, -0.5}, g,
                 {0, false, 0, 1, st | lori::cuda::detail_merge::probe_store_lag | lori::cuda::detail_merge::probe_no_pdl});
+  // W prefetched into L2 8 / 32 tiles (half tiles) ahead (TMA prefetch), strip and ws kernels.
+  const int pf8 = 1 << lori::cuda::detail_merge::probe_prefetch_shift, pf32 = 3 << lori::cuda::detail_merge::probe_prefetch_shift;
+  merge_case<T>(ctx, 2100, 1000, {16, 16}, {false, true}, {0.5, 0.75}, g, {0, false, 0, 1, st | pf8});
+  merge_case<T>(ctx, 300, 200, {32, 8}, {true, false}, {0.5, -0.5}, g, {8, false, 8, 1, st | pf32});
+  merge_case<T>(ctx, 2100, 1000, {16, 16}, {false, true}, {0.5, 0.75}, g, {0, false, 0, 1, lori::cuda::detail_merge::probe_ws | pf8});
+  merge_case<T>(ctx, 300, 200, {32, 8}, {true, false}, {0.5, -0.5}, g, {8, false, 8, 1, lori::cuda::detail_merge::probe_ws | pf32});
 }
 
 TEST_CASE_TEMPLATE("merge_into: strip streaming kernel, large shapes, matches the double reference", T, lori::bfloat16,

@@ -467,6 +467,9 @@ inline constexpr int probe_store_lag = 512;  // with probe_ws: slots reloaded 2 
 // 32 x 256 / 16 x 512 / 8 x 1024 (TMA boxes of 64 columns) instead of 64 x 128: the copy geometry alone.
 inline constexpr int probe_geo_shift = 10;
 inline constexpr int probe_strip = 4096;  // the strip kernel (merge_stream::merge_strip_kernel: 32 x 256 tiles)
+// With probe_ws or probe_strip: bits 8192 / 16384 / 24576 also prefetch W 8 / 16 / 32 half tiles (tiles)
+// ahead of the shared-memory ring's loads into L2 (TMA prefetch).
+inline constexpr int probe_prefetch_shift = 13;
 
 // The streaming-kernel route (requires stream_kernel_applies and a checked workspace).
 template <class T>
@@ -499,6 +502,7 @@ void merge_stream_route(context& ctx, row_major_view<T> W, const std::vector<mer
            ((probe & probe_half_runs) != 0 ? detail::merge_stream::mode_half_runs : 0) |
            ((probe & probe_store_lag) != 0 ? detail::merge_stream::mode_store_lag : 0);
   p.geo_rows = detail::merge_stream::ws_half >> ((probe >> probe_geo_shift) & 3);
+  p.prefetch = ((probe >> probe_prefetch_shift) & 3) != 0 ? 4 << ((probe >> probe_prefetch_shift) & 3) : 0;
   LORI_EXPECTS(p.geo_rows == detail::merge_stream::ws_half ||
                    ((probe & probe_no_math) != 0 && (probe & probe_ws) != 0 && d % p.geo_rows == 0 && k % 1024 == 0 &&
                     (d / p.geo_rows) * (k * p.geo_rows / 8192) == 2 * static_cast<index_t>(p.tiles)),

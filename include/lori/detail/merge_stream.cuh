@@ -68,6 +68,8 @@ struct params {
   int mode;                     // mode_math | mode_w_io for the merge; probes drop one (benchmarks)
   int geo_rows;                 // merge_ws_kernel probe without math: W moved in half tiles of geo_rows rows x
                                 // 8192 / geo_rows columns (64 = the merge's geometry)
+  int prefetch;                 // merge_ws / merge_strip: also prefetch W's half tile (tile) this many ahead
+                                // into L2 (TMA prefetch; 0: none)
 };
 
 __device__ __forceinline__ std::uint32_t smem_u32(const void* p) {
@@ -362,6 +364,11 @@ __device__ __forceinline__ void tma_load_w(std::uint32_t dst, const CUtensorMap*
       "l"(reinterpret_cast<std::uint64_t>(map)), "r"(x), "r"(y), "r"(bar), "l"(policy)
       : "memory");
 }
+__device__ __forceinline__ void tma_prefetch_w(const CUtensorMap* map, int x, int y) {
+  asm volatile("cp.async.bulk.prefetch.tensor.2d.L2.global.tile [%0, {%1, %2}];" ::"l"(reinterpret_cast<std::uint64_t>(map)),
+               "r"(x), "r"(y)
+               : "memory");
+}
 __device__ __forceinline__ void tma_store_w(const CUtensorMap* map, int x, int y, std::uint32_t src, std::uint64_t policy) {
   asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group.L2::cache_hint [%0, {%1, %2}], [%3], %4;" ::"l"(
                    reinterpret_cast<std::uint64_t>(map)),
@@ -436,6 +443,8 @@ __global__ void __launch_bounds__(ws_threads, 1) merge_ws_kernel(const __grid_co
     const auto load_w = [&](int h) {
       const int slot = h % ws_stages;
       int x, y, boxes;
+      if (p.prefetch > 0 && h + p.prefetch < H && coords(h + p.prefetch, x, y, boxes))
+        for (int b = 0; b < boxes; ++b) tma_prefetch_w(&wp.wmap, x + 64 * b, y);
       if (coords(h, x, y, boxes)) {
         const int box_bytes = p.geo_rows * 128;
         mbar_expect_tx(w_full(slot), static_cast<std::uint32_t>(boxes * box_bytes));
@@ -668,6 +677,8 @@ __global__ void __launch_bounds__(ws_threads, 1) merge_strip_kernel(const __grid
     const auto load_w = [&](int q) {
       const int slot = q % st_wstages;
       int x, y, boxes;
+      if (p.prefetch > 0 && q + p.prefetch < n && coords(q + p.prefetch, x, y, boxes))
+        for (int b = 0; b < boxes; ++b) tma_prefetch_w(&sp.wmap, x + 64 * b, y);
       if (coords(q, x, y, boxes)) {
         mbar_expect_tx(w_full(slot), static_cast<std::uint32_t>(boxes * st_box_bytes));
         for (int b = 0; b < boxes; ++b)
