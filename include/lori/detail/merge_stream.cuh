@@ -53,7 +53,7 @@ inline constexpr std::size_t smem_bytes = static_cast<std::size_t>(w_stages + a_
 
 inline constexpr int mode_math = 1;  // compute ΔW (else ΔW = 0: the memory pipeline alone)
 inline constexpr int mode_w_io = 2;  // load and store W (else: the operand pipeline and math alone)
-inline constexpr int mode_w_keep = 4;  // merge_ws_kernel: W's loads and stores without the L2 evict-first hint
+inline constexpr int mode_w_keep = 4;  // ws / strip kernels: W's loads and stores without the L2 evict-first hint
 inline constexpr int mode_half_runs = 8;  // merge_ws_kernel: blocks own runs of half tiles (not whole tiles)
 inline constexpr int mode_store_lag = 16; // merge_ws_kernel: a slot is reloaded 2 stores later (no wait for a fresh store)
 
@@ -665,7 +665,8 @@ __global__ void __launch_bounds__(ws_threads, 1) merge_strip_kernel(const __grid
     if (lane != 0) return;
     const bool w_io = (p.mode & mode_w_io) != 0;
     std::uint64_t pol;
-    asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(pol));
+    if ((p.mode & mode_w_keep) != 0) asm volatile("createpolicy.fractional.L2::evict_normal.b64 %0, 1.0;" : "=l"(pol));
+    else asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(pol));
     const auto coords = [&](int q, int& x, int& y, int& boxes) {
       const int i = t_begin + q, strip = i / nrb;
       y = (i - strip * nrb) * st_rows;
