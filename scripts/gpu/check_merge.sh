@@ -36,7 +36,7 @@ b="$B/bench/cuda/lori_bench_cuda"
   echo "   probe bits: 1 no math, 2 no PDL, 4 no pack (kernel alone), 8 pack alone, 16 no W traffic, 64 warp-specialised kernel, 128 W evict-normal, 256 half-tile runs,"
   echo "   512 store lag 2, 1024/2048/3072 with 64|1: W moved in 32x256 / 16x512 / 8x1024 half tiles (copy geometry),"
   echo "   4096 strip kernel (32x256 tiles, Acat in registers), 8192/16384/24576 with 64 or 4096: W also prefetched into L2 8/16/32 ahead"
-  timeout 24 stdbuf -oL "$b" --benchmark_filter='BM_gpu_(baseline_d2d_copy/234|baseline_copy_w/14336|merge/4/14336/0/0/|merge_probe/4/14336/0/0/(8|64|71|192|199|16455|16448|4096|4224|4231|20551)/)' \
+  timeout 24 stdbuf -oL "$b" --benchmark_filter='BM_gpu_(baseline_d2d_copy/234|baseline_copy_w/14336|merge/4/14336/0/0/|merge_probe/4/14336/0/0/(8|64|71|128|135|192|199|16455|4096|4231|20551)/)' \
     --benchmark_repetitions=5 --benchmark_report_aggregates_only=true 2>&1 | grep -E "_median|^BM|Run on|error|Error" |
     grep -v "_mean\|_stddev\|_cv" | sed -E 's/floor = one copy of W \(BM_gpu_baseline_copy_w\)//; s/min_time:0.100\///' | cut -c1-230 | head -40
   echo "rc=${PIPESTATUS[0]}"

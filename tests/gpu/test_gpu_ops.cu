@@ -1679,7 +1679,8 @@ TEST_CASE_TEMPLATE("merge_into: strip streaming kernel, odd shapes, matches the 
   merge_case<T>(ctx, 300, 200, {32, 8}, {true, false}, {0.5, -0.5}, g, {8, false, 8, 1, st | pf32});
   merge_case<T>(ctx, 2100, 1000, {16, 16}, {false, true}, {0.5, 0.75}, g, {0, false, 0, 1, lori::cuda::detail_merge::probe_ws | pf8});
   merge_case<T>(ctx, 300, 200, {32, 8}, {true, false}, {0.5, -0.5}, g, {8, false, 8, 1, lori::cuda::detail_merge::probe_ws | pf32});
-  // W without the evict-first hint (probe_w_keep), both kernels.
+  // W without the evict-first hint (probe_w_keep), the three kernels.
+  merge_case<T>(ctx, 300, 200, {32, 8}, {true, false}, {0.5, -0.5}, g, {8, false, 8, 1, lori::cuda::detail_merge::probe_w_keep});
   merge_case<T>(ctx, 2100, 1000, {16, 16}, {true, false}, {0.5, 0.75}, g, {0, false, 0, 1, st | lori::cuda::detail_merge::probe_w_keep});
   merge_case<T>(ctx, 2100, 1000, {16, 16}, {false, true}, {0.5, 0.75}, g,
                 {0, false, 0, 1, lori::cuda::detail_merge::probe_ws | lori::cuda::detail_merge::probe_w_keep});

@@ -53,7 +53,7 @@ inline constexpr std::size_t smem_bytes = static_cast<std::size_t>(w_stages + a_
 
 inline constexpr int mode_math = 1;  // compute ΔW (else ΔW = 0: the memory pipeline alone)
 inline constexpr int mode_w_io = 2;  // load and store W (else: the operand pipeline and math alone)
-inline constexpr int mode_w_keep = 4;  // ws / strip kernels: W's loads and stores without the L2 evict-first hint
+inline constexpr int mode_w_keep = 4;  // W's loads and stores without the L2 evict-first hint (probe)
 inline constexpr int mode_half_runs = 8;  // merge_ws_kernel: blocks own runs of half tiles (not whole tiles)
 inline constexpr int mode_store_lag = 16; // merge_ws_kernel: a slot is reloaded 2 stores later (no wait for a fresh store)
 
@@ -314,7 +314,9 @@ __global__ void __launch_bounds__(threads, 1) merge_stream_kernel(const __grid_c
         const int row = (tid >> 4) + 16 * j;
         if (r0 + row < p.d && c0 + cc < p.k && (p.mode & mode_w_io) != 0) {
           const uint4 v = *reinterpret_cast<const uint4*>(wt + (row * pitch + cc) * 2);
-          __stcs(reinterpret_cast<uint4*>(W + (r0 + row) * p.ldw + c0 + cc), v);  // streaming: evict-first in L2
+          uint4* const dst = reinterpret_cast<uint4*>(W + (r0 + row) * p.ldw + c0 + cc);
+          if ((p.mode & mode_w_keep) != 0) *dst = v;  // probe: a plain store
+          else __stcs(dst, v);                        // streaming: evict-first in L2
         }
       }
     }
