@@ -197,6 +197,8 @@ __device__ __forceinline__ std::uint16_t tpack_b(const pack_source<T>& src, inde
   return p != nullptr ? *reinterpret_cast<const std::uint16_t*>(p) : std::uint16_t{0};
 }
 
+inline constexpr int tpack_batch = 4;
+
 // One 16-byte output chunk of the tiled layout: its 8 values, where they go, and which of them to write
 // (mask 0xff: all, one 16-byte store; 0: nothing).
 struct tpack_chunk {
@@ -274,8 +276,9 @@ __device__ __forceinline__ void tpack_store(const tpack_chunk& c) {
   }
 }
 
-// Two chunks per thread and iteration, both loads in flight before either store; the grid (one wave on
-// the GPUs lori targets) is sized for about two chunks per thread.
+// tpack_batch chunks per thread and iteration, all loads in flight before the stores; the grid is sized
+// for one batch per thread (one wave on the GPUs lori targets: the block prologue is paid once per
+// tpack_batch chunks).
 template <class T>
 __global__ void __launch_bounds__(256) pack_tiled_kernel(const __grid_constant__ tpack_args<T> a) {
   asm volatile("griddepcontrol.launch_dependents;");  // see pack_kernel
@@ -294,13 +297,16 @@ __global__ void __launch_bounds__(256) pack_tiled_kernel(const __grid_constant__
   const index_t nb = a.d << a.lg_nch, k8 = (a.k + 7) / 8;
   const index_t total = nb + (a.c_end - a.c_begin) * k8;
   const index_t stride = static_cast<index_t>(gridDim.x) * blockDim.x;
-  for (index_t e = blockIdx.x * static_cast<index_t>(blockDim.x) + tid; e < total; e += 2 * stride) {
-    const tpack_chunk c0 = tpack_load(a, srcs, col_src, e, nb, k8);
-    tpack_chunk c1;
-    c1.mask = 0;
-    if (e + stride < total) c1 = tpack_load(a, srcs, col_src, e + stride, nb, k8);
-    tpack_store(c0);
-    if (c1.mask != 0) tpack_store(c1);
+  for (index_t e = blockIdx.x * static_cast<index_t>(blockDim.x) + tid; e < total; e += tpack_batch * stride) {
+    tpack_chunk c[tpack_batch];
+#pragma unroll
+    for (int u = 0; u < tpack_batch; ++u) {
+      c[u].mask = 0;
+      if (e + u * stride < total) c[u] = tpack_load(a, srcs, col_src, e + u * stride, nb, k8);
+    }
+#pragma unroll
+    for (int u = 0; u < tpack_batch; ++u)
+      if (c[u].mask != 0) tpack_store(c[u]);
   }
 }
 
@@ -429,7 +435,7 @@ void pack_all(context& ctx, const std::vector<merge_source<T>>& sources, index_t
         a.Bcat = Bcat;
         a.Acat = Acat;
         const index_t items = (d << a.lg_nch) + w * detail::ceil_div(k, 8);
-        const index_t blocks = std::min<index_t>(detail::ceil_div(items, 512), index_t{16} * 1024);
+        const index_t blocks = std::min<index_t>(detail::ceil_div(items, 256 * tpack_batch), index_t{16} * 1024);
         pack_tiled_kernel<T><<<detail::grid_dim(blocks), 256, 0, ctx.stream()>>>(a);
         LORI_CUDA_CHECK_LAUNCH();
         continue;
