@@ -719,10 +719,7 @@ BENCHMARK(BM_gpu_sgd_fused)->UseManualTime()->Unit(benchmark::kMicrosecond)->Min
 // ---- merge T adapters into a d x k bf16 W ---------------------------------------------------------------
 // Args: T, d, sparse B (0/1), equal scales (0: s_t = 0.5 + 0.25 t; 1: all 0.5). BM_gpu_merge_probe adds
 // a 5th: probe bits of the streaming route (detail_merge::probe_*: 1 no math, 2 no PDL, 4 no pack,
-// 8 pack alone, 16 no W loads/stores, 64 the warp-specialised TMA kernel, 128 with 64: W without the
-// L2 evict-first hint, 256 with 64: runs of half tiles, 512 with 64: store lag, 1024 / 2048 / 3072 with
-// 64 | 1: the copy geometry, W moved in 32 x 256 / 16 x 512 / 8 x 1024 half tiles, 4096 the strip
-// kernel: 32 x 256 tiles, Acat in registers) to split the time into its parts; probe = 32 runs the cuBLAS
+// 8 pack alone, 16 no W loads/stores) to split the time into its parts; probe = 32 runs the cuBLAS
 // route instead (detail_merge::merge_cublas_route) at the same shape.
 void merge_bench(benchmark::State& st, int probe) {
   const index_t T = st.range(0), d = st.range(1);
@@ -759,10 +756,7 @@ void merge_bench(benchmark::State& st, int probe) {
     run_timed(st, [&] { lori::cuda::detail_merge::merge_stream_route<bf16>(ctx(), wv, src, ws.data(), probe); },
               4.0 * static_cast<double>(d * K));
     st.SetLabel(std::string("streaming route probe:") + ((probe & 1) ? " no-math" : "") + ((probe & 2) ? " no-PDL" : "") +
-                ((probe & 4) ? " kernel-only" : "") + ((probe & 8) ? " pack-only" : "") + ((probe & 16) ? " no-W-traffic" : "") + ((probe & 64) ? " warp-specialised-TMA" : "") + ((probe & 128) ? " W-evict-normal" : "") + ((probe & 256) ? " half-tile-runs" : "") + ((probe & 512) ? " store-lag-2" : "") +
-                ((probe >> 10) & 3 ? " copy-geometry-" + std::to_string(64 >> ((probe >> 10) & 3)) + "-rows" : "") +
-                ((probe & 4096) ? " strip-32x256" : "") +
-                ((probe >> 13) & 3 ? " L2-prefetch-" + std::to_string(4 << ((probe >> 13) & 3)) : ""));
+                ((probe & 4) ? " kernel-only" : "") + ((probe & 8) ? " pack-only" : "") + ((probe & 16) ? " no-W-traffic" : ""));
     return;
   }
   run_timed(st, [&] { lori::cuda::merge_into<bf16>(ctx(), wv, src, ws.data(), ws.bytes()); },
@@ -781,6 +775,36 @@ void BM_gpu_baseline_copy_w(benchmark::State& st) {
             4.0 * static_cast<double>(d * K));
   st.SetLabel("copy of one d x 4096 bf16 W; bytes counted: read + write");
 }
+// The same bytes moved by the SMs: a streaming copy kernel (16-byte accesses, 4 in flight per thread, 8
+// blocks of 256 threads per SM), out of place (range 1 = 0) or in place (W rewritten: the merge's access
+// pattern without its tiles). Shows how close an SM-side stream of W can get to the copy above.
+__global__ void stream_copy_kernel(const uint4* src, uint4* dst, std::size_t n) {
+  const std::size_t stride = static_cast<std::size_t>(gridDim.x) * blockDim.x;
+  std::size_t i = blockIdx.x * static_cast<std::size_t>(blockDim.x) + threadIdx.x;
+  for (; i + 3 * stride < n; i += 4 * stride) {
+    const uint4 a = src[i], b = src[i + stride], c = src[i + 2 * stride], e = src[i + 3 * stride];
+    dst[i] = a;
+    dst[i + stride] = b;
+    dst[i + 2 * stride] = c;
+    dst[i + 3 * stride] = e;
+  }
+  for (; i < n; i += stride) dst[i] = src[i];
+}
+void BM_gpu_baseline_copy_w_kernel(benchmark::State& st) {
+  const index_t d = st.range(0);
+  const bool in_place = st.range(1) != 0;
+  device_buffer<bf16> src(d * K), dst(in_place ? 0 : d * K);
+  src.fill_bytes(1);
+  const auto* s = reinterpret_cast<const uint4*>(src.data());
+  auto* t = in_place ? reinterpret_cast<uint4*>(src.data()) : reinterpret_cast<uint4*>(dst.data());
+  const std::size_t n = static_cast<std::size_t>(src.bytes()) / sizeof(uint4);
+  const unsigned blocks = static_cast<unsigned>(8 * ctx().sm_count());
+  run_timed(st, [&] {
+    stream_copy_kernel<<<blocks, 256, 0, ctx().stream()>>>(s, t, n);
+    LORI_CUDA_CHECK_LAUNCH();
+  }, 4.0 * static_cast<double>(d * K));
+  st.SetLabel(in_place ? "SM kernel, W rewritten in place" : "SM kernel, out of place");
+}
 // One cuBLAS GEMM (addmm) per adapter: W += s_t·B_t·A_t, reading and writing W T times.
 void BM_gpu_baseline_addmm_per_adapter(benchmark::State& st) {
   const index_t T = st.range(0), d = st.range(1);
@@ -797,10 +821,9 @@ void BM_gpu_baseline_addmm_per_adapter(benchmark::State& st) {
   }, 4.0 * static_cast<double>(d * K), 2.0 * static_cast<double>(T * R) * static_cast<double>(d * K));
 }
 BENCHMARK(BM_gpu_merge)->Args({1, 14336, 1, 0})->Args({1, 14336, 0, 0})->Args({4, 14336, 1, 0})->Args({4, 14336, 0, 0})->Args({4, 14336, 0, 1})->Args({8, 14336, 0, 0})->Args({4, 4096, 1, 0})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
-BENCHMARK(BM_gpu_merge_probe)->Args({4, 14336, 0, 0, 2})->Args({4, 14336, 0, 0, 6})->Args({4, 14336, 0, 0, 7})->Args({4, 14336, 0, 0, 8})->Args({4, 14336, 0, 0, 22})->Args({4, 14336, 0, 0, 32})->Args({8, 14336, 0, 0, 32})->Args({4, 14336, 0, 0, 64})->Args({4, 14336, 1, 0, 64})->Args({4, 14336, 0, 0, 66})->Args({4, 14336, 0, 0, 70})->Args({4, 14336, 0, 0, 71})->Args({4, 14336, 0, 0, 86})->Args({4, 14336, 0, 0, 192})->Args({4, 14336, 0, 0, 199})->Args({4, 14336, 0, 0, 128})->Args({4, 14336, 0, 0, 135})->Args({4, 14336, 0, 0, 320})->Args({4, 14336, 0, 0, 326})->Args({4, 14336, 0, 0, 576})->Args({4, 14336, 0, 0, 582})->Args({4, 14336, 0, 0, 583})->Args({4, 14336, 0, 0, 1095})->Args({4, 14336, 0, 0, 2119})->Args({4, 14336, 0, 0, 3143})->Args({4, 14336, 0, 0, 3655})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
+BENCHMARK(BM_gpu_merge_probe)->Args({4, 14336, 0, 0, 2})->Args({4, 14336, 0, 0, 6})->Args({4, 14336, 0, 0, 7})->Args({4, 14336, 0, 0, 8})->Args({4, 14336, 0, 0, 22})->Args({4, 14336, 0, 0, 32})->Args({8, 14336, 0, 0, 32})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 BENCHMARK(BM_gpu_baseline_copy_w)->Arg(14336)->Arg(4096)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
-// The strip kernel (probe bit 4096), after the baselines: the full route, the kernel alone, its memory pipeline.
-BENCHMARK(BM_gpu_merge_probe)->Args({4, 14336, 0, 0, 4096})->Args({4, 14336, 0, 0, 4102})->Args({4, 14336, 0, 0, 4103})->Args({4, 14336, 0, 0, 4224})->Args({4, 14336, 0, 0, 4231})->Args({4, 14336, 0, 0, 4608})->Args({4, 14336, 0, 0, 8263})->Args({4, 14336, 0, 0, 16455})->Args({4, 14336, 0, 0, 24647})->Args({4, 14336, 0, 0, 16448})->Args({4, 14336, 0, 0, 20551})->Args({4, 14336, 0, 0, 20544})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
+BENCHMARK(BM_gpu_baseline_copy_w_kernel)->Args({14336, 0})->Args({14336, 1})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 BENCHMARK(BM_gpu_baseline_addmm_per_adapter)->Args({1, 14336})->Args({4, 14336})->Args({4, 4096})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 
 }  // namespace

@@ -1268,8 +1268,8 @@ struct merge_layout {
   bool pad_ops = false;
   index_t offset_w = 0;    // W starts this many elements into its buffer (odd: not 16-byte aligned)
   int expect_stream = -1;  // 1 / 0: the case must (not) take the streaming kernel; -1: either
-  int probe = 0;           // != 0: run detail_merge::merge_stream_route with these probe bits (a kernel
-                           // variant) where the streaming kernel applies, instead of merge_into
+  int probe = 0;           // != 0: run detail_merge::merge_stream_route with these probe bits (e.g. no PDL)
+                           // where the streaming kernel applies, instead of merge_into
 };
 
 template <class T>
@@ -1475,15 +1475,37 @@ TEST_CASE_TEMPLATE("merge_into: streaming kernel, large shapes (several tiles pe
   merge_case<T>(ctx, 1100, 2048, {32, 24, 40}, {false, true, false}, {0.5, 0.25, -0.5}, g, {0, false, 0, 1});
 }
 
+// The tiled pack (pack_tiled_kernel) across launches: 20 adapters of ranks 1..3 with one scale (depth 40
+// -> 48) need two pack launches (16 + 4 sources) whose column ranges meet inside a 16-byte chunk (column
+// 31); mixed dense / sparse B, unaligned operands; then the kernel launched without PDL.
+TEST_CASE_TEMPLATE("merge_into: streaming kernel, tiled pack across launches and without PDL, matches the double reference", T,
+                   lori::bfloat16, lori::half) {
+  LORI_TEST_SEED_INFO();
+  auto g = lori_test::rng(611);
+  lori::cuda::context ctx;
+  std::vector<index_t> ranks;
+  std::vector<bool> sparse;
+  std::vector<double> scales;
+  for (int t = 0; t < 20; ++t) {
+    ranks.push_back(1 + t % 3);
+    sparse.push_back(t % 3 == 1);
+    scales.push_back(0.75);
+  }
+  merge_case<T>(ctx, 150, 264, ranks, sparse, scales, g, {0, false, 0, 1});
+  merge_case<T>(ctx, 70, 200, ranks, sparse, scales, g, {0, true, 0, 1});
+  merge_case<T>(ctx, 150, 264, ranks, sparse, scales, g, {0, false, 0, 1, lori::cuda::detail_merge::probe_no_pdl});
+  merge_case<T>(ctx, 1100, 2048, {32, 24, 40}, {false, true, false}, {0.5, 0.25, -0.5}, g,
+                {0, false, 0, 1, lori::cuda::detail_merge::probe_no_pdl});
+}
+
 // The benchmark's shape, 14336 x 4096 bf16 with four dense rank-32 adapters at unequal scales: 3584 tiles,
 // 27-28 per block, so every ring slot's barrier phase wraps many times and each block crosses a band.
 // Checked against the double reference on sampled rows (every 61st, plus the first and last rows of
 // several bands), and everywhere for writes: W + delta equals W (bitwise) only where |delta| is below half
 // an ulp (~0.2 % of elements here), so a tile left unwritten (100 % unchanged) fails the per-tile check.
-namespace {
-// probe: 0 = merge_into; else detail_merge::merge_stream_route with these probe bits (a kernel variant).
-void merge_big_case(int probe) {
+TEST_CASE("merge_into: streaming kernel at 14336 x 4096 (27 tiles per block), sampled rows against the double reference") {
   using T = lori::bfloat16;
+  LORI_TEST_SEED_INFO();
   auto g = lori_test::rng(610);
   lori::cuda::context ctx;
   const index_t d = 14336, k = 4096, r = 32;
@@ -1519,8 +1541,7 @@ void merge_big_case(int probe) {
   CHECK(lori::cuda::detail_merge::stream_kernel_applies(wv, src));
   device_buffer<unsigned char> ws(static_cast<index_t>(lori::cuda::merge_workspace_bytes<T>(d, k, src)));
   ws.fill_bytes(0xff);
-  if (probe != 0) lori::cuda::detail_merge::merge_stream_route<T>(ctx, wv, src, ws.data(), probe);
-  else lori::cuda::merge_into<T>(ctx, wv, src, ws.data(), ws.bytes());
+  lori::cuda::merge_into<T>(ctx, wv, src, ws.data(), ws.bytes());
   const auto got = dW.download();
   std::vector<index_t> rows;
   for (index_t i = 0; i < d; i += 61) rows.push_back(i);
@@ -1557,147 +1578,4 @@ void merge_big_case(int probe) {
       bad_tiles += same > 128 * 128 / 2;
     }
   CHECK(bad_tiles == 0);
-}
-}  // namespace
-
-TEST_CASE("merge_into: streaming kernel at 14336 x 4096 (27 tiles per block), sampled rows against the double reference") {
-  LORI_TEST_SEED_INFO();
-  merge_big_case(0);
-}
-
-// The warp-specialised TMA variant of the streaming kernel (detail_merge::probe_ws: producer warp, TMA
-// loads and stores of W in 64-row half tiles, two independent consumer groups), on every streaming case
-// above: partial tiles in both directions (lower half tiles wholly outside W: d % 128 <= 64; a second
-// 64-column box wholly outside W: k % 128 <= 64), T = 1..8, dense and sparse B, scale segments, depth 128,
-// padded and offset W (padding and the elements before W must stay untouched), bf16 and fp16.
-TEST_CASE_TEMPLATE("merge_into: warp-specialised streaming kernel, odd shapes, matches the double reference", T,
-                   lori::bfloat16, lori::half) {
-  LORI_TEST_SEED_INFO();
-  auto g = lori_test::rng(611);
-  lori::cuda::context ctx;
-  const int ws = lori::cuda::detail_merge::probe_ws;
-  merge_case<T>(ctx, 77, 136, {1}, {false}, {0.75}, g, {0, false, 0, 1, ws});
-  merge_case<T>(ctx, 129, 128, {32, 32, 32}, {false, true, false}, {0.5, 0.5, -0.25}, g, {0, false, 0, 1, ws});
-  merge_case<T>(ctx, 300, 200, {1, 2, 3, 5, 8, 13, 16, 4}, {false, true, false, true, false, true, true, false},
-                {0.25, -0.5, 1.5, 0.75, -1.25, 3.0, 0.125, 2.0}, g, {0, true, 0, 1, ws});
-  merge_case<T>(ctx, 260, 264, {48, 40, 33}, {false, true, false}, {0.5, 0.5, 0.5}, g, {0, false, 0, 1, ws});
-  merge_case<T>(ctx, 133, 384, {17, 9, 31, 10}, {true, false, false, true}, {0.75, -0.5, -0.5, 2.0}, g, {0, false, 0, 1, ws});
-  merge_case<T>(ctx, 200, 136, {32, 24}, {false, true}, {0.5, -0.75}, g, {8, false, 8, 1, ws});
-  merge_case<T>(ctx, 100, 96, {8, 8, 8}, {false, true, false}, {std::ldexp(1.0, -12), std::ldexp(1.0, 8), -0.5}, g,
-                {0, false, 0, 1, ws});
-  merge_case<T>(ctx, 64, 64, {32}, {false}, {0.5}, g, {0, false, 0, 1, ws});
-  merge_case<T>(ctx, 8, 8, {3, 5}, {true, false}, {0.5, 0.5}, g, {24, false, 0, 1, ws});
-  {  // 20 adapters of ranks 1..3 with one scale (depth 40 -> 48): two tiled pack launches (16 + 4 sources)
-     // whose column ranges meet inside a 16-byte chunk; both kernels.
-    std::vector<index_t> ranks;
-    std::vector<bool> sparse;
-    std::vector<double> scales;
-    for (int t = 0; t < 20; ++t) {
-      ranks.push_back(1 + t % 3);
-      sparse.push_back(t % 3 == 1);
-      scales.push_back(0.75);
-    }
-    merge_case<T>(ctx, 150, 264, ranks, sparse, scales, g, {0, false, 0, 1});
-    merge_case<T>(ctx, 150, 264, ranks, sparse, scales, g, {0, false, 0, 1, ws});
-  }
-  // Runs of half tiles (probe_half_runs): runs that start at a lower half or end at an upper half,
-  // incl. single-tile W with its lower half outside W; 2100 x 1000 (17 bands x 8 column tiles = 136
-  // tiles: runs of 2 or 3 half tiles, a last band of 52 rows, a last column tile of 104), PDL off.
-  const int wh = ws | lori::cuda::detail_merge::probe_half_runs;
-  merge_case<T>(ctx, 300, 200, {1, 2, 3, 5, 8, 13, 16, 4}, {false, true, false, true, false, true, true, false},
-                {0.25, -0.5, 1.5, 0.75, -1.25, 3.0, 0.125, 2.0}, g, {0, true, 0, 1, wh});
-  merge_case<T>(ctx, 200, 136, {32, 24}, {false, true}, {0.5, -0.75}, g, {8, false, 8, 1, wh});
-  merge_case<T>(ctx, 77, 136, {1}, {false}, {0.75}, g, {0, false, 0, 1, wh});
-  merge_case<T>(ctx, 8, 8, {3, 5}, {true, false}, {0.5, 0.5}, g, {24, false, 0, 1, wh});
-  merge_case<T>(ctx, 2100, 1000, {16, 16}, {false, true}, {0.5, 0.75}, g,
-                {0, false, 0, 1, wh | lori::cuda::detail_merge::probe_no_pdl});
-  // Slots reloaded two stores later (probe_store_lag), whole-tile and half-tile runs.
-  const int wl = ws | lori::cuda::detail_merge::probe_store_lag;
-  merge_case<T>(ctx, 300, 200, {1, 2, 3, 5, 8, 13, 16, 4}, {false, true, false, true, false, true, true, false},
-                {0.25, -0.5, 1.5, 0.75, -1.25, 3.0, 0.125, 2.0}, g, {0, true, 0, 1, wl});
-  merge_case<T>(ctx, 200, 136, {32, 24}, {false, true}, {0.5, -0.75}, g, {8, false, 8, 1, wl});
-  merge_case<T>(ctx, 2100, 1000, {16, 16}, {true, false}, {0.5, 0.75}, g,
-                {0, false, 0, 1, wl | lori::cuda::detail_merge::probe_half_runs});
-}
-
-TEST_CASE_TEMPLATE("merge_into: warp-specialised streaming kernel, large shapes (several tiles per block), matches the double reference", T,
-                   lori::bfloat16, lori::half) {
-  LORI_TEST_SEED_INFO();
-  auto g = lori_test::rng(612);
-  lori::cuda::context ctx;
-  const int ws = lori::cuda::detail_merge::probe_ws;
-  // Band changes inside a block's run, the benchmark's adapters (dense unequal scales, sparse equal);
-  // then PDL off; then 4100 x 520: 33 bands x 5 column tiles (the last 8 columns wide: one TMA box), runs
-  // of 1-2 tiles that cross bands, a last band of 4 rows (its lower half tiles outside W).
-  merge_case<T>(ctx, 1100, 4096, {32, 32, 32, 32}, {false, false, false, false}, {0.5, 0.75, 1.0, 1.25}, g, {0, false, 0, 1, ws});
-  merge_case<T>(ctx, 700, 4096, {32, 32, 32, 32}, {true, true, true, true}, {0.5, 0.5, 0.5, 0.5}, g, {0, false, 0, 1, ws});
-  merge_case<T>(ctx, 1100, 2048, {32, 24, 40}, {false, true, false}, {0.5, 0.25, -0.5}, g,
-                {0, false, 0, 1, ws | lori::cuda::detail_merge::probe_no_pdl});
-  merge_case<T>(ctx, 4100, 520, {32, 32}, {false, true}, {0.5, 0.5}, g, {0, false, 0, 1, ws});
-  // Runs of half tiles: 1100 x 4096 (288 tiles over the SMs: runs of odd half-tile counts), 4100 x 520.
-  const int wh = ws | lori::cuda::detail_merge::probe_half_runs;
-  merge_case<T>(ctx, 1100, 4096, {32, 32, 32, 32}, {false, true, false, true}, {0.5, 0.75, 1.0, 1.25}, g, {0, false, 0, 1, wh});
-  merge_case<T>(ctx, 4100, 520, {32, 32}, {false, true}, {0.5, 0.5}, g, {0, false, 0, 1, wh});
-  merge_case<T>(ctx, 1100, 4096, {32, 32, 32, 32}, {false, false, false, false}, {0.5, 0.75, 1.0, 1.25}, g,
-                {0, false, 0, 1, ws | lori::cuda::detail_merge::probe_store_lag});
-}
-
-TEST_CASE("merge_into: warp-specialised streaming kernel at 14336 x 4096, sampled rows against the double reference") {
-  LORI_TEST_SEED_INFO();
-  merge_big_case(lori::cuda::detail_merge::probe_ws);
-  merge_big_case(lori::cuda::detail_merge::probe_ws | lori::cuda::detail_merge::probe_half_runs |
-                 lori::cuda::detail_merge::probe_store_lag);
-}
-
-// The strip variant (detail_merge::probe_strip: 32 x 256 tiles in column-strip-major runs, the strip's
-// Acat in registers, Bcat rows per tile): partial row blocks and strips (a last strip of 8 columns: one
-// TMA box), runs crossing strips, T = 1..8, dense and sparse B, scale segments, padded and offset W,
-// store lag; bf16 and fp16.
-TEST_CASE_TEMPLATE("merge_into: strip streaming kernel, odd shapes, matches the double reference", T, lori::bfloat16,
-                   lori::half) {
-  LORI_TEST_SEED_INFO();
-  auto g = lori_test::rng(613);
-  lori::cuda::context ctx;
-  const int st = lori::cuda::detail_merge::probe_strip;
-  merge_case<T>(ctx, 77, 136, {1}, {false}, {0.75}, g, {0, false, 0, 1, st});
-  merge_case<T>(ctx, 129, 128, {32, 32, 32}, {false, true, false}, {0.5, 0.5, -0.25}, g, {0, false, 0, 1, st});
-  merge_case<T>(ctx, 300, 200, {1, 2, 3, 5, 8, 13, 16, 4}, {false, true, false, true, false, true, true, false},
-                {0.25, -0.5, 1.5, 0.75, -1.25, 3.0, 0.125, 2.0}, g, {0, true, 0, 1, st});
-  merge_case<T>(ctx, 260, 264, {48, 40, 33}, {false, true, false}, {0.5, 0.5, 0.5}, g, {0, false, 0, 1, st});
-  merge_case<T>(ctx, 133, 384, {17, 9, 31, 10}, {true, false, false, true}, {0.75, -0.5, -0.5, 2.0}, g, {0, false, 0, 1, st});
-  merge_case<T>(ctx, 200, 136, {32, 24}, {false, true}, {0.5, -0.75}, g, {8, false, 8, 1, st});
-  merge_case<T>(ctx, 100, 96, {8, 8, 8}, {false, true, false}, {std::ldexp(1.0, -12), std::ldexp(1.0, 8), -0.5}, g,
-                {0, false, 0, 1, st});
-  merge_case<T>(ctx, 8, 8, {3, 5}, {true, false}, {0.5, 0.5}, g, {24, false, 0, 1, st});
-  // 2100 x 1000: 66 row blocks x 4 strips = 264 tiles, runs of 2 crossing strips; then with store lag.
-  merge_case<T>(ctx, 2100, 1000, {16, 16}, {false, true}, {0.5, 0.75}, g, {0, false, 0, 1, st});
-  merge_case<T>(ctx, 2100, 1000, {32, 8}, {true, false}, {0.5, -0.5}, g,
-                {0, false, 0, 1, st | lori::cuda::detail_merge::probe_store_lag | lori::cuda::detail_merge::probe_no_pdl});
-  // W prefetched into L2 8 / 32 tiles (half tiles) ahead (TMA prefetch), strip and ws kernels.
-  const int pf8 = 1 << lori::cuda::detail_merge::probe_prefetch_shift, pf32 = 3 << lori::cuda::detail_merge::probe_prefetch_shift;
-  merge_case<T>(ctx, 2100, 1000, {16, 16}, {false, true}, {0.5, 0.75}, g, {0, false, 0, 1, st | pf8});
-  merge_case<T>(ctx, 300, 200, {32, 8}, {true, false}, {0.5, -0.5}, g, {8, false, 8, 1, st | pf32});
-  merge_case<T>(ctx, 2100, 1000, {16, 16}, {false, true}, {0.5, 0.75}, g, {0, false, 0, 1, lori::cuda::detail_merge::probe_ws | pf8});
-  merge_case<T>(ctx, 300, 200, {32, 8}, {true, false}, {0.5, -0.5}, g, {8, false, 8, 1, lori::cuda::detail_merge::probe_ws | pf32});
-  // W without the evict-first hint (probe_w_keep), the three kernels.
-  merge_case<T>(ctx, 300, 200, {32, 8}, {true, false}, {0.5, -0.5}, g, {8, false, 8, 1, lori::cuda::detail_merge::probe_w_keep});
-  merge_case<T>(ctx, 2100, 1000, {16, 16}, {true, false}, {0.5, 0.75}, g, {0, false, 0, 1, st | lori::cuda::detail_merge::probe_w_keep});
-  merge_case<T>(ctx, 2100, 1000, {16, 16}, {false, true}, {0.5, 0.75}, g,
-                {0, false, 0, 1, lori::cuda::detail_merge::probe_ws | lori::cuda::detail_merge::probe_w_keep});
-}
-
-TEST_CASE_TEMPLATE("merge_into: strip streaming kernel, large shapes, matches the double reference", T, lori::bfloat16,
-                   lori::half) {
-  LORI_TEST_SEED_INFO();
-  auto g = lori_test::rng(614);
-  lori::cuda::context ctx;
-  const int st = lori::cuda::detail_merge::probe_strip;
-  merge_case<T>(ctx, 1100, 4096, {32, 32, 32, 32}, {false, false, false, false}, {0.5, 0.75, 1.0, 1.25}, g, {0, false, 0, 1, st});
-  merge_case<T>(ctx, 700, 4096, {32, 32, 32, 32}, {true, true, true, true}, {0.5, 0.5, 0.5, 0.5}, g, {0, false, 0, 1, st});
-  merge_case<T>(ctx, 4100, 520, {32, 32}, {false, true}, {0.5, 0.5}, g, {0, false, 0, 1, st});
-}
-
-TEST_CASE("merge_into: strip streaming kernel at 14336 x 4096, sampled rows against the double reference") {
-  LORI_TEST_SEED_INFO();
-  merge_big_case(lori::cuda::detail_merge::probe_strip);
 }

@@ -197,7 +197,7 @@ __device__ __forceinline__ std::uint16_t tpack_b(const pack_source<T>& src, inde
   return p != nullptr ? *reinterpret_cast<const std::uint16_t*>(p) : std::uint16_t{0};
 }
 
-inline constexpr int tpack_batch = 4;
+inline constexpr int tpack_batch = 2;
 
 // One 16-byte output chunk of the tiled layout: its 8 values, where they go, and which of them to write
 // (mask 0xff: all, one 16-byte store; 0: nothing).
@@ -388,8 +388,7 @@ bool stream_kernel_applies(row_major_view<T> W, const std::vector<merge_source<T
     }
     if (!(lo > 0.0) || !(hi < HUGE_VAL) || hi > lo * 4294967296.0) return false;
     return k % 8 == 0 && W.ld() % 8 == 0 && reinterpret_cast<std::uintptr_t>(W.data()) % 16 == 0 &&
-           make_stream_layout(sources).kp <= detail::merge_stream::max_kp && tiles <= index_t{1} << 30 &&
-           d < (index_t{1} << 31) - 256 && k < (index_t{1} << 31) - 256;  // 32-bit TMA coordinates
+           make_stream_layout(sources).kp <= detail::merge_stream::max_kp && tiles <= index_t{1} << 30;
   }
 }
 
@@ -465,17 +464,6 @@ inline constexpr int probe_no_pdl = 2;     // plain launch after the pack kernel
 inline constexpr int probe_no_pack = 4;    // the kernel alone (operands as left in the workspace)
 inline constexpr int probe_no_kernel = 8;  // the pack kernel alone
 inline constexpr int probe_no_w_io = 16;   // the kernel without W's loads and stores (operands + math)
-inline constexpr int probe_ws = 64;        // the warp-specialised TMA kernel (merge_stream::merge_ws_kernel)
-inline constexpr int probe_w_keep = 128;   // W without the L2 evict-first hint (main's kernel: plain stores)
-inline constexpr int probe_half_runs = 256;  // with probe_ws: blocks own runs of half tiles
-inline constexpr int probe_store_lag = 512;  // with probe_ws: slots reloaded 2 stores later
-// With probe_ws | probe_no_math and W = 14336 x 4096: bits 1024 / 2048 / 3072 move W in half tiles of
-// 32 x 256 / 16 x 512 / 8 x 1024 (TMA boxes of 64 columns) instead of 64 x 128: the copy geometry alone.
-inline constexpr int probe_geo_shift = 10;
-inline constexpr int probe_strip = 4096;  // the strip kernel (merge_stream::merge_strip_kernel: 32 x 256 tiles)
-// With probe_ws or probe_strip: bits 8192 / 16384 / 24576 also prefetch W 8 / 16 / 32 half tiles (tiles)
-// ahead of the shared-memory ring's loads into L2 (TMA prefetch).
-inline constexpr int probe_prefetch_shift = 13;
 
 // The streaming-kernel route (requires stream_kernel_applies and a checked workspace).
 template <class T>
@@ -503,19 +491,8 @@ void merge_stream_route(context& ctx, row_major_view<T> W, const std::vector<mer
                        ? static_cast<float>(static_cast<double>(L.seg_scale[j]) / static_cast<double>(L.seg_scale[j + 1]))
                        : L.seg_scale[j];
   p.mode = ((probe & probe_no_math) == 0 ? detail::merge_stream::mode_math : 0) |
-           ((probe & probe_no_w_io) == 0 ? detail::merge_stream::mode_w_io : 0) |
-           ((probe & probe_w_keep) != 0 ? detail::merge_stream::mode_w_keep : 0) |
-           ((probe & probe_half_runs) != 0 ? detail::merge_stream::mode_half_runs : 0) |
-           ((probe & probe_store_lag) != 0 ? detail::merge_stream::mode_store_lag : 0);
-  p.geo_rows = detail::merge_stream::ws_half >> ((probe >> probe_geo_shift) & 3);
-  p.prefetch = ((probe >> probe_prefetch_shift) & 3) != 0 ? 4 << ((probe >> probe_prefetch_shift) & 3) : 0;
-  LORI_EXPECTS(p.geo_rows == detail::merge_stream::ws_half ||
-                   ((probe & probe_no_math) != 0 && (probe & probe_ws) != 0 && d % p.geo_rows == 0 && k % 1024 == 0 &&
-                    (d / p.geo_rows) * (k * p.geo_rows / 8192) == 2 * static_cast<index_t>(p.tiles)),
-               "merge_stream_route: the copy-geometry probe needs probe_ws | probe_no_math and a 1024-divisible W");
-  if ((probe & probe_strip) != 0) detail::merge_stream::launch_strip<T>(p, ctx.sm_count(), ctx.stream(), (probe & probe_no_pdl) == 0);
-  else if ((probe & probe_ws) != 0) detail::merge_stream::launch_ws<T>(p, ctx.sm_count(), ctx.stream(), (probe & probe_no_pdl) == 0);
-  else detail::merge_stream::launch<T>(p, ctx.sm_count(), ctx.stream(), (probe & probe_no_pdl) == 0);
+           ((probe & probe_no_w_io) == 0 ? detail::merge_stream::mode_w_io : 0);
+  detail::merge_stream::launch<T>(p, ctx.sm_count(), ctx.stream(), (probe & probe_no_pdl) == 0);
 }
 
 // The cuBLAS route (checked sources and workspace): one GEMM with beta = 1 over the packed operands.
