@@ -274,17 +274,11 @@ __global__ void __launch_bounds__(threads, 1) merge_stream_kernel(const __grid_c
   // W does not depend on the pack kernel before this one (launched with programmatic stream
   // serialization): its first tiles load while that kernel finishes. Thread 0, which issues every
   // Acat/Bcat load, waits for that kernel's completion first.
-  // (direct: no pack kernel and no programmatic launch; every thread issues its share of the operands,
-  // before W's: an arrive fires when ALL earlier cp.async of the thread have landed. The next band's
-  // Bₜ rows are issued one tile into the current band, once the band is in registers.)
-  int b_issued = -1;  // direct: the last band whose Bₜ rows were issued
-  if (p.direct != 0) {
-    b_issued = t_begin / p.ntc;
-    issue_b_direct(b_issued);
-    for (int q = 0; q < a_stages && q < nsteps; ++q) issue_a_direct(q);
-  }
+  // (direct: no pack kernel and no programmatic launch; every thread issues its share of the operands.)
   for (int j = 0; j < w_stages && t_begin + j < t_end; ++j) issue_w(t_begin + j);
-  if (p.direct == 0 && tid == 0) {
+  if (p.direct != 0) {
+    for (int q = 0; q < a_stages && q < nsteps; ++q) issue_a_direct(q);
+  } else if (tid == 0) {
     asm volatile("griddepcontrol.wait;" ::: "memory");
     for (int q = 0; q < a_stages && q < nsteps; ++q) issue_a(q);
   }
@@ -302,12 +296,8 @@ __global__ void __launch_bounds__(threads, 1) merge_stream_kernel(const __grid_c
     const int band = i / p.ntc, ct = i - band * p.ntc;
     const int q = i - t_begin;  // operand step = tile
     if (band != b_band) {       // nobody reads B now: a __syncthreads followed the previous MMAs
-      if (p.direct == 0) {
-        if (tid == 0) issue_b(band);
-      } else if (b_issued != band) {  // (not reached: every band of the run is issued ahead)
-        issue_b_direct(band);
-        b_issued = band;
-      }
+      if (p.direct != 0) issue_b_direct(band);
+      else if (tid == 0) issue_b(band);
       mbar_wait(b_bar, b_phase);
       b_phase ^= 1u;
       b_band = band;
@@ -377,11 +367,6 @@ __global__ void __launch_bounds__(threads, 1) merge_stream_kernel(const __grid_c
     if (q + a_stages < nsteps) {
       if (p.direct != 0) issue_a_direct(q + a_stages);
       else if (tid == 0) issue_a(q + a_stages);
-    }
-    // direct: this band is in registers (every warp passed its ldmatrix): its buffer takes the next band.
-    if (p.direct != 0 && b_issued == band && (band + 1) * p.ntc < t_end) {
-      b_issued = band + 1;
-      issue_b_direct(b_issued);
     }
     {
       const index_t r0 = static_cast<index_t>(band) * bm, c0 = static_cast<index_t>(ct) * bn;
