@@ -1498,31 +1498,6 @@ TEST_CASE_TEMPLATE("merge_into: streaming kernel, tiled pack across launches and
                 {0, false, 0, 1, lori::cuda::detail_merge::probe_no_pdl});
 }
 
-// Dense sources with 16-byte rows and ranks multiples of 8: the streaming kernel copies its Acat tiles and
-// Bcat bands straight from the Aₜ / Bₜ (no pack kernel; zero fill in the padding of scale segments and
-// past k). T = 1..8, partial tiles both ways, segments padded to 16 (8 + 8 | 16 | 24 -> 32), depth 128,
-// padded and offset W, a band change inside runs, 14336-row W elsewhere; then the same shapes with the
-// operands packed (probe_packed), and sources the direct copy cannot take (odd leading dimension).
-TEST_CASE_TEMPLATE("merge_into: streaming kernel reading dense sources directly, matches the double reference", T,
-                   lori::bfloat16, lori::half) {
-  LORI_TEST_SEED_INFO();
-  auto g = lori_test::rng(612);
-  lori::cuda::context ctx;
-  REQUIRE(lori::cuda::detail_merge::probe_packed != 0);
-  merge_case<T>(ctx, 77, 136, {8}, {false}, {0.75}, g, {0, false, 0, 1});
-  merge_case<T>(ctx, 300, 200, {8, 16, 24, 8, 8, 16, 32, 16}, {false, false, false, false, false, false, false, false},
-                {0.25, -0.5, 1.5, 0.75, 0.75, 3.0, 0.125, 2.0}, g, {0, false, 0, 1});
-  merge_case<T>(ctx, 133, 384, {8, 8, 24}, {false, false, false}, {0.5, 0.5, -2.0}, g, {8, false, 8, 1});
-  merge_case<T>(ctx, 8, 8, {8, 8}, {false, false}, {0.5, -0.25}, g, {24, false, 0, 1});
-  merge_case<T>(ctx, 129, 128, {32, 32, 32, 32}, {false, false, false, false}, {0.5, 0.5, 0.5, 0.5}, g, {0, false, 0, 1});
-  merge_case<T>(ctx, 1100, 2048, {32, 16, 40}, {false, false, false}, {0.5, 0.25, -0.5}, g, {0, false, 0, 1});
-  const int packed = lori::cuda::detail_merge::probe_packed;
-  merge_case<T>(ctx, 300, 200, {8, 16, 24, 8}, {false, false, false, false}, {0.25, -0.5, 1.5, 0.75}, g, {8, false, 8, 1, packed});
-  merge_case<T>(ctx, 1100, 4096, {32, 32, 32, 32}, {false, false, false, false}, {0.5, 0.75, 1.0, 1.25}, g,
-                {0, false, 0, 1, packed});
-  merge_case<T>(ctx, 200, 136, {8, 16}, {false, false}, {0.5, -0.75}, g, {0, true, 0, 1});  // odd lds: packed
-}
-
 // The benchmark's shape, 14336 x 4096 bf16 with four dense rank-32 adapters at unequal scales: 3584 tiles,
 // 27-28 per block, so every ring slot's barrier phase wraps many times and each block crosses a band.
 // Checked against the double reference on sampled rows (every 61st, plus the first and last rows of

@@ -464,22 +464,6 @@ inline constexpr int probe_no_pdl = 2;     // plain launch after the pack kernel
 inline constexpr int probe_no_pack = 4;    // the kernel alone (operands as left in the workspace)
 inline constexpr int probe_no_kernel = 8;  // the pack kernel alone
 inline constexpr int probe_no_w_io = 16;   // the kernel without W's loads and stores (operands + math)
-inline constexpr int probe_packed = 64;    // pack the operands even where the kernel could read the sources
-
-// True when the streaming kernel can copy its operand tiles straight from the sources (no pack kernel):
-// every Bₜ dense, all Aₜ and Bₜ 16-byte aligned with leading dimensions and ranks multiples of 8 (16-byte
-// chunks never straddle two sources or a source and its segment's padding), at most 16 sources.
-template <class T>
-bool stream_direct_applies(const std::vector<merge_source<T>>& sources) {
-  if (sources.size() > static_cast<std::size_t>(detail::merge_stream::max_direct)) return false;
-  for (const auto& s : sources) {
-    if (s.B_dense.empty()) return false;
-    if (reinterpret_cast<std::uintptr_t>(s.A.data()) % 16 != 0 || reinterpret_cast<std::uintptr_t>(s.B_dense.data()) % 16 != 0 ||
-        s.A.ld() % 8 != 0 || s.B_dense.ld() % 8 != 0 || s.B_dense.cols() % 8 != 0)
-      return false;
-  }
-  return true;
-}
 
 // The streaming-kernel route (requires stream_kernel_applies and a checked workspace).
 template <class T>
@@ -489,23 +473,9 @@ void merge_stream_route(context& ctx, row_major_view<T> W, const std::vector<mer
   const stream_layout L = make_stream_layout(sources);
   T* Bcat = static_cast<T*>(workspace);
   T* Acat = reinterpret_cast<T*>(static_cast<unsigned char*>(workspace) + stream_bcat_bytes<T>(d));
-  const bool direct = (probe & probe_packed) == 0 && stream_direct_applies(sources);
-  if (!direct && (probe & probe_no_pack) == 0)
-    pack_all<T>(ctx, sources, d, k, L.kp, L.off, L.kp, false, false, true, Bcat, Acat);
+  if ((probe & probe_no_pack) == 0) pack_all<T>(ctx, sources, d, k, L.kp, L.off, L.kp, false, false, true, Bcat, Acat);
   if ((probe & probe_no_kernel) != 0) return;
   detail::merge_stream::params p{};
-  if (direct) {
-    p.direct = 1;
-    p.nsrc = static_cast<int>(sources.size());
-    for (std::size_t t = 0; t < sources.size(); ++t) {
-      p.srcA[t] = sources[t].A.data();
-      p.srcB[t] = sources[t].B_dense.data();
-      p.lda[t] = sources[t].A.ld();
-      p.ldb[t] = sources[t].B_dense.ld();
-      p.off[t] = static_cast<int>(L.off[t]);
-      p.rk[t] = static_cast<int>(sources[t].B_dense.cols());
-    }
-  }
   p.W = W.data();
   p.ldw = W.ld();
   p.d = d;
@@ -522,9 +492,7 @@ void merge_stream_route(context& ctx, row_major_view<T> W, const std::vector<mer
                        : L.seg_scale[j];
   p.mode = ((probe & probe_no_math) == 0 ? detail::merge_stream::mode_math : 0) |
            ((probe & probe_no_w_io) == 0 ? detail::merge_stream::mode_w_io : 0);
-  // Programmatic dependent launch only after the pack kernel (it triggers at its start; the kernel waits
-  // for its completion before reading the packed operands); direct, the kernel reads the sources.
-  detail::merge_stream::launch<T>(p, ctx.sm_count(), ctx.stream(), !direct && (probe & probe_no_pdl) == 0);
+  detail::merge_stream::launch<T>(p, ctx.sm_count(), ctx.stream(), (probe & probe_no_pdl) == 0);
 }
 
 // The cuBLAS route (checked sources and workspace): one GEMM with beta = 1 over the packed operands.

@@ -62,16 +62,7 @@ struct params {
   unsigned long long seg_end;  // bit q set: k-step q (16 deep) is the last of a scale segment
   float seg_mul[max_ksteps];   // at the end of segment j: acc *= s_j / s_j+1 (the last: acc *= s_last)
   int mode;                     // mode_math | mode_w_io for the merge; probes drop one (benchmarks)
-  // direct != 0: no packed operands; the Acat tiles and Bcat bands are copied straight from the sources
-  // (dense Bₜ, all of Aₜ, Bₜ 16-byte aligned with leading dimensions and ranks multiples of 8, <=
-  // max_direct sources) by all threads with 16-byte cp.async, zero-filled where a scale segment is padded.
-  int direct, nsrc;
-  const void* srcA[16];
-  const void* srcB[16];
-  index_t lda[16], ldb[16];
-  int off[16], rk[16];  // first packed column of each source, its rank
 };
-inline constexpr int max_direct = 16;
 
 __device__ __forceinline__ std::uint32_t smem_u32(const void* p) {
   return static_cast<std::uint32_t>(__cvta_generic_to_shared(p));
@@ -165,19 +156,9 @@ __global__ void __launch_bounds__(threads, 1) merge_stream_kernel(const __grid_c
   const T* const Bcat = static_cast<const T*>(p.Bcat);
   const T* const Acat = static_cast<const T*>(p.Acat);
 
-  // direct: packed column (Acat row) -> source, -1 past the depth.
-  __shared__ signed char col_src[max_kp];
-  if (tid < max_kp) {
-    int t = -1;
-    if (p.direct != 0 && tid < p.kp)
-      for (int q = 0; q < p.nsrc; ++q)
-        if (p.off[q] <= tid) t = q;
-    col_src[tid] = static_cast<signed char>(t);
-  }
   if (tid == 0) {
     for (int b = 0; b < w_stages; ++b) mbar_init(bars + 8 * b, threads);  // one cp.async arrive per thread
-    // Operands: one bulk copy each (expect_tx by thread 0), or, direct, one cp.async arrive per thread.
-    for (int b = w_stages; b < w_stages + a_stages + 1; ++b) mbar_init(bars + 8 * b, p.direct != 0 ? threads : 1);
+    for (int b = w_stages; b < w_stages + a_stages + 1; ++b) mbar_init(bars + 8 * b, 1);  // bulk copies
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
   }
   __syncthreads();
@@ -195,17 +176,9 @@ __global__ void __launch_bounds__(threads, 1) merge_stream_kernel(const __grid_c
       // This tile starts a new band, whose Bcat band will be loaded synchronously 2-3 tiles from now:
       // bring it into L2 now (L2 is coherent: harmless even before the pack kernel has finished).
       const index_t rows = p.d - r0 < bm ? p.d - r0 : bm;
-      if (p.direct == 0) {
-        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(Bcat + r0 * pitch),
-                     "r"(static_cast<std::uint32_t>(rows * pitch * 2))
-                     : "memory");
-      } else {
-        for (int t = 0; t < p.nsrc; ++t)  // the band's rows of each Bₜ (contiguous when ld = r)
-          if (p.ldb[t] * rows * 2 <= 65536)
-            asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(static_cast<const T*>(p.srcB[t]) + r0 * p.ldb[t]),
-                         "r"(static_cast<std::uint32_t>(((rows - 1) * p.ldb[t] + p.rk[t]) * 2))
-                         : "memory");
-      }
+      asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(Bcat + r0 * pitch),
+                   "r"(static_cast<std::uint32_t>(rows * pitch * 2))
+                   : "memory");
     }
 #pragma unroll
     for (int j = 0; j < bm / 16; ++j) {
@@ -226,42 +199,6 @@ __global__ void __launch_bounds__(threads, 1) merge_stream_kernel(const __grid_c
     mbar_expect_tx(bar, bytes);
     bulk_g2s(a_s + slot * buf_bytes, Acat + static_cast<index_t>(ct) * kc * pitch, bytes, bar);
   };
-  // direct: the same tiles from the sources, every thread 8 16-byte chunks (rows tid/16 + 16 j, column
-  // chunk tid % 16), zero-filled (source size 0) in a segment's padding and past k; then one arrive.
-  const auto cp16 = [&](std::uint32_t dst, const void* src, bool valid) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(valid ? src : p.srcA[0]),
-                 "r"(valid ? 16 : 0)
-                 : "memory");
-  };
-  const auto issue_a_direct = [&](int q) {
-    const index_t c0 = static_cast<index_t>((t_begin + q) % p.ntc) * kc;
-    const int slot = q % a_stages, cc = (tid & 15) * 8;
-#pragma unroll
-    for (int j = 0; j < kc / 16; ++j) {
-      const int row = (tid >> 4) + 16 * j;
-      if (row < p.kp) {
-        const int t = col_src[row], jr = row - p.off[t];
-        const bool valid = jr < p.rk[t] && c0 + cc < p.k;
-        cp16(a_s + static_cast<std::uint32_t>(slot * buf_bytes + (row * pitch + cc) * 2),
-             static_cast<const T*>(p.srcA[t]) + jr * p.lda[t] + c0 + cc, valid);
-      }
-    }
-    asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];" ::"r"(bars + 8 * (w_stages + slot)) : "memory");
-  };
-  const auto issue_b_direct = [&](int band) {
-    const index_t r0 = static_cast<index_t>(band) * bm;
-    const int cc = (tid & 15) * 8;
-    const int t = cc < p.kp ? col_src[cc] : -1;
-    const int jc = t >= 0 ? cc - p.off[t] : 0;
-#pragma unroll
-    for (int j = 0; j < bm / 16; ++j) {
-      const int row = (tid >> 4) + 16 * j;
-      if (t >= 0 && r0 + row < p.d)
-        cp16(b_s + static_cast<std::uint32_t>((row * pitch + cc) * 2),
-             static_cast<const T*>(p.srcB[t]) + (r0 + row) * p.ldb[t] + jc, jc < p.rk[t]);
-    }
-    asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];" ::"r"(b_bar) : "memory");
-  };
   // Bcat band: ONE bulk copy of its rows (thread 0).
   const auto issue_b = [&](int band) {
     const index_t r0 = static_cast<index_t>(band) * bm;
@@ -274,11 +211,8 @@ __global__ void __launch_bounds__(threads, 1) merge_stream_kernel(const __grid_c
   // W does not depend on the pack kernel before this one (launched with programmatic stream
   // serialization): its first tiles load while that kernel finishes. Thread 0, which issues every
   // Acat/Bcat load, waits for that kernel's completion first.
-  // (direct: no pack kernel and no programmatic launch; every thread issues its share of the operands.)
   for (int j = 0; j < w_stages && t_begin + j < t_end; ++j) issue_w(t_begin + j);
-  if (p.direct != 0) {
-    for (int q = 0; q < a_stages && q < nsteps; ++q) issue_a_direct(q);
-  } else if (tid == 0) {
+  if (tid == 0) {
     asm volatile("griddepcontrol.wait;" ::: "memory");
     for (int q = 0; q < a_stages && q < nsteps; ++q) issue_a(q);
   }
@@ -296,8 +230,7 @@ __global__ void __launch_bounds__(threads, 1) merge_stream_kernel(const __grid_c
     const int band = i / p.ntc, ct = i - band * p.ntc;
     const int q = i - t_begin;  // operand step = tile
     if (band != b_band) {       // nobody reads B now: a __syncthreads followed the previous MMAs
-      if (p.direct != 0) issue_b_direct(band);
-      else if (tid == 0) issue_b(band);
+      if (tid == 0) issue_b(band);
       mbar_wait(b_bar, b_phase);
       b_phase ^= 1u;
       b_band = band;
@@ -364,10 +297,7 @@ __global__ void __launch_bounds__(threads, 1) merge_stream_kernel(const __grid_c
           *e = pack2<T>(w.x + acc[mi][ni][2 * h], w.y + acc[mi][ni][2 * h + 1]);
         }
     __syncthreads();  // W tile complete; every warp is done with A slot q % a_stages (and with B)
-    if (q + a_stages < nsteps) {
-      if (p.direct != 0) issue_a_direct(q + a_stages);
-      else if (tid == 0) issue_a(q + a_stages);
-    }
+    if (tid == 0 && q + a_stages < nsteps) issue_a(q + a_stages);
     {
       const index_t r0 = static_cast<index_t>(band) * bm, c0 = static_cast<index_t>(ct) * bn;
       const int cc = (tid & 15) * 8;
