@@ -854,6 +854,36 @@ void BM_gpu_baseline_copy_w(benchmark::State& st) {
             4.0 * static_cast<double>(d * K));
   st.SetLabel("copy of one d x 4096 bf16 W; bytes counted: read + write");
 }
+// The same bytes moved by the SMs: a streaming copy kernel (16-byte accesses, 4 in flight per thread, 8
+// blocks of 256 threads per SM), out of place (range 1 = 0) or in place (W rewritten: the merge's access
+// pattern without its tiles). Shows how close an SM-side stream of W can get to the copy above.
+__global__ void stream_copy_kernel(const uint4* src, uint4* dst, std::size_t n) {
+  const std::size_t stride = static_cast<std::size_t>(gridDim.x) * blockDim.x;
+  std::size_t i = blockIdx.x * static_cast<std::size_t>(blockDim.x) + threadIdx.x;
+  for (; i + 3 * stride < n; i += 4 * stride) {
+    const uint4 a = src[i], b = src[i + stride], c = src[i + 2 * stride], e = src[i + 3 * stride];
+    dst[i] = a;
+    dst[i + stride] = b;
+    dst[i + 2 * stride] = c;
+    dst[i + 3 * stride] = e;
+  }
+  for (; i < n; i += stride) dst[i] = src[i];
+}
+void BM_gpu_baseline_copy_w_kernel(benchmark::State& st) {
+  const index_t d = st.range(0);
+  const bool in_place = st.range(1) != 0;
+  device_buffer<bf16> src(d * K), dst(in_place ? 0 : d * K);
+  src.fill_bytes(1);
+  const auto* s = reinterpret_cast<const uint4*>(src.data());
+  auto* t = in_place ? reinterpret_cast<uint4*>(src.data()) : reinterpret_cast<uint4*>(dst.data());
+  const std::size_t n = static_cast<std::size_t>(src.bytes()) / sizeof(uint4);
+  const unsigned blocks = static_cast<unsigned>(8 * ctx().sm_count());
+  run_timed(st, [&] {
+    stream_copy_kernel<<<blocks, 256, 0, ctx().stream()>>>(s, t, n);
+    LORI_CUDA_CHECK_LAUNCH();
+  }, 4.0 * static_cast<double>(d * K));
+  st.SetLabel(in_place ? "SM kernel, W rewritten in place" : "SM kernel, out of place");
+}
 // One cuBLAS GEMM (addmm) per adapter: W += s_t·B_t·A_t, reading and writing W T times.
 void BM_gpu_baseline_addmm_per_adapter(benchmark::State& st) {
   const index_t T = st.range(0), d = st.range(1);
@@ -872,6 +902,7 @@ void BM_gpu_baseline_addmm_per_adapter(benchmark::State& st) {
 BENCHMARK(BM_gpu_merge)->Args({1, 14336, 1, 0})->Args({1, 14336, 0, 0})->Args({4, 14336, 1, 0})->Args({4, 14336, 0, 0})->Args({4, 14336, 0, 1})->Args({8, 14336, 0, 0})->Args({4, 4096, 1, 0})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 BENCHMARK(BM_gpu_merge_probe)->Args({4, 14336, 0, 0, 2})->Args({4, 14336, 0, 0, 6})->Args({4, 14336, 0, 0, 7})->Args({4, 14336, 0, 0, 8})->Args({4, 14336, 0, 0, 22})->Args({4, 14336, 0, 0, 32})->Args({8, 14336, 0, 0, 32})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 BENCHMARK(BM_gpu_baseline_copy_w)->Arg(14336)->Arg(4096)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
+BENCHMARK(BM_gpu_baseline_copy_w_kernel)->Args({14336, 0})->Args({14336, 1})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 BENCHMARK(BM_gpu_baseline_addmm_per_adapter)->Args({1, 14336})->Args({4, 14336})->Args({4, 4096})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 
 }  // namespace

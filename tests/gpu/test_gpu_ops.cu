@@ -1293,6 +1293,8 @@ struct merge_layout {
   bool pad_ops = false;
   index_t offset_w = 0;    // W starts this many elements into its buffer (odd: not 16-byte aligned)
   int expect_stream = -1;  // 1 / 0: the case must (not) take the streaming kernel; -1: either
+  int probe = 0;           // != 0: run detail_merge::merge_stream_route with these probe bits (e.g. no PDL)
+                           // where the streaming kernel applies, instead of merge_into
 };
 
 template <class T>
@@ -1375,7 +1377,14 @@ void merge_case(lori::cuda::context& ctx, index_t d, index_t k, const std::vecto
   const std::size_t need = lori::cuda::merge_workspace_bytes<T>(d, k, src);
   device_buffer<unsigned char> ws(static_cast<index_t>(need) + 1);
   ws.fill_bytes(0xff);
-  lori::cuda::merge_into<T>(ctx, wv, src, ws.data(), ws.bytes());
+  bool routed = false;
+  if constexpr (!std::is_same_v<T, float>) {  // the streaming route exists for 16-bit W only
+    if (lay.probe != 0 && stream) {
+      lori::cuda::detail_merge::merge_stream_route<T>(ctx, wv, src, ws.data(), lay.probe);
+      routed = true;
+    }
+  }
+  if (!routed) lori::cuda::merge_into<T>(ctx, wv, src, ws.data(), ws.bytes());
   const auto all = dW.download();
   const std::vector<T> got(all.begin() + static_cast<std::ptrdiff_t>(off), all.end());
   LORI_CHECK_CLOSE(check_close<T>(compact(got, d, k, ldw), ref, l2, ui, static_cast<double>(R)));
@@ -1489,6 +1498,29 @@ TEST_CASE_TEMPLATE("merge_into: streaming kernel, large shapes (several tiles pe
   merge_case<T>(ctx, 700, 4096, {32, 32, 32, 32}, {true, true, true, true}, {0.5, 0.5, 0.5, 0.5}, g, {0, false, 0, 1});
   // Three scale segments (32 + 32 + 48) with mixed B over 1100 x 2048.
   merge_case<T>(ctx, 1100, 2048, {32, 24, 40}, {false, true, false}, {0.5, 0.25, -0.5}, g, {0, false, 0, 1});
+}
+
+// The tiled pack (pack_tiled_kernel) across launches: 20 adapters of ranks 1..3 with one scale (depth 40
+// -> 48) need two pack launches (16 + 4 sources) whose column ranges meet inside a 16-byte chunk (column
+// 31); mixed dense / sparse B, unaligned operands; then the kernel launched without PDL.
+TEST_CASE_TEMPLATE("merge_into: streaming kernel, tiled pack across launches and without PDL, matches the double reference", T,
+                   lori::bfloat16, lori::half) {
+  LORI_TEST_SEED_INFO();
+  auto g = lori_test::rng(611);
+  lori::cuda::context ctx;
+  std::vector<index_t> ranks;
+  std::vector<bool> sparse;
+  std::vector<double> scales;
+  for (int t = 0; t < 20; ++t) {
+    ranks.push_back(1 + t % 3);
+    sparse.push_back(t % 3 == 1);
+    scales.push_back(0.75);
+  }
+  merge_case<T>(ctx, 150, 264, ranks, sparse, scales, g, {0, false, 0, 1});
+  merge_case<T>(ctx, 70, 200, ranks, sparse, scales, g, {0, true, 0, 1});
+  merge_case<T>(ctx, 150, 264, ranks, sparse, scales, g, {0, false, 0, 1, lori::cuda::detail_merge::probe_no_pdl});
+  merge_case<T>(ctx, 1100, 2048, {32, 24, 40}, {false, true, false}, {0.5, 0.25, -0.5}, g,
+                {0, false, 0, 1, lori::cuda::detail_merge::probe_no_pdl});
 }
 
 // The benchmark's shape, 14336 x 4096 bf16 with four dense rank-32 adapters at unequal scales: 3584 tiles,

@@ -74,14 +74,17 @@ __device__ __forceinline__ void mbar_expect_tx(std::uint32_t bar, std::uint32_t 
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
 }
 __device__ __forceinline__ void mbar_wait(std::uint32_t bar, std::uint32_t parity) {
-  std::uint32_t done = 0;
-  do {
+  // Traps (a launch error instead of a hang) if the phase never completes.
+  for (long long spin = 0;; ++spin) {
+    std::uint32_t done = 0;
     asm volatile(
         "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}"
         : "=r"(done)
         : "r"(bar), "r"(parity)
         : "memory");
-  } while (done == 0);
+    if (done != 0) return;
+    if (spin > (1ll << 22)) __trap();
+  }
 }
 // One 1-D bulk copy global -> shared (16-byte aligned addresses, size a multiple of 16), completing
 // its bytes on the mbarrier.
