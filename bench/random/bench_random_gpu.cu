@@ -102,6 +102,22 @@ void generate_llama(benchmark::State& state) {
 }
 
 void BM_gpu_generate_llama3_8b_r32(benchmark::State& state) { generate_llama<float>(state); }
+
+// The gaussian (float) with the row path switched off (the general per-thread-cursor path for every
+// task), same kernel and grid: what the row path gains, measured in the same run.
+void BM_gpu_generate_llama3_8b_r32_general_path(benchmark::State& state) {
+  if (!have_device(state)) return;
+  const lori::index_t n = llama_total();
+  lori::cuda::device_buffer<float> out(n);
+  const auto tasks = llama_tasks(out.data(), lori::projection_spec::gaussian());
+  const std::size_t ws_bytes = lori::cuda::projection_batch_workspace_bytes(static_cast<lori::index_t>(tasks.size()));
+  lori::cuda::device_buffer<unsigned char> ws(static_cast<lori::index_t>(ws_bytes));
+  const auto plan = lori::cuda::prepare_projection_batch(tasks.data(), static_cast<lori::index_t>(tasks.size()), ws.data(), ws_bytes);
+  time_events(state, [&] { lori::cuda::detail::launch_projection_batch(plan, plan.blocks, nullptr, 32, 0); });
+  state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * n);
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * n * static_cast<int64_t>(sizeof(float)));
+  state.SetLabel("gaussian");
+}
 void BM_gpu_generate_llama3_8b_r32_bf16(benchmark::State& state) { generate_llama<lori::bfloat16>(state); }
 
 // One matrix with the same element count (32 x 1,245,184) through generate_projection (the single-
@@ -150,5 +166,6 @@ void BM_gpu_baseline_d2d_copy(benchmark::State& state) {
 BENCHMARK(BM_gpu_baseline_d2d_copy)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_generate_llama3_8b_r32)->DenseRange(0, 3)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_generate_llama3_8b_r32_bf16)->Arg(0)->Arg(1)->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_gpu_generate_llama3_8b_r32_general_path)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_generate_single_32x1245184)->Arg(0)->Arg(1)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_baseline_curand_normal)->UseManualTime()->Unit(benchmark::kMicrosecond);

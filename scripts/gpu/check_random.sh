@@ -28,11 +28,11 @@ t() { local rem=$((76 - SECONDS)); [ "$rem" -lt 1 ] && rem=1; [ "$1" -lt "$rem" 
   if command -v compute-sanitizer > /dev/null; then
     gexe=$(find "$B" -type f -name lori_test_random_gpu -perm -u+x | head -1)
     echo "== compute-sanitizer racecheck + memcheck: warp-queue subset on 1-2 blocks ($(date -u +%T))"
-    timeout $(t 15) compute-sanitizer --tool racecheck --error-exitcode 9 "$gexe" -tc='gaussian warp queues: small*' > "$OUT/racecheck.log" 2>&1
+    timeout $(t 15) compute-sanitizer --tool racecheck --error-exitcode 9 "$gexe" -tc='gaussian warp queues: small*,gaussian row path: small*' > "$OUT/racecheck.log" 2>&1
     rc=$?
     tail -3 "$OUT/racecheck.log"
     echo "racecheck rc=$rc (124 = timed out)"
-    timeout $(t 8) compute-sanitizer --tool memcheck --error-exitcode 9 "$gexe" -tc='gaussian warp queues: small*' > "$OUT/memcheck.log" 2>&1
+    timeout $(t 8) compute-sanitizer --tool memcheck --error-exitcode 9 "$gexe" -tc='gaussian warp queues: small*,gaussian row path: small*' > "$OUT/memcheck.log" 2>&1
     rc=$?
     tail -3 "$OUT/memcheck.log"
     echo "memcheck rc=$rc (124 = timed out)"
@@ -40,7 +40,7 @@ t() { local rem=$((76 - SECONDS)); [ "$rem" -lt 1 ] && rem=1; [ "$1" -lt "$rem" 
   echo "== torch.randn baseline ($(date -u +%T))"
   timeout $(t 12) python3 bench/random/torch_randn.py 2>&1 | tail -3
   if command -v ncu > /dev/null; then
-    for spec in "projection_kernel BM_gpu_generate_llama3_8b_r32/1/ gauss" "projection_kernel BM_gpu_generate_llama3_8b_r32/0/ kaiming"; do
+    for spec in "projection_kernel BM_gpu_generate_llama3_8b_r32/1/ gauss" "projection_kernel BM_gpu_generate_llama3_8b_r32_general_path gauss_general" "projection_kernel BM_gpu_generate_llama3_8b_r32/0/ kaiming"; do
       set -- $spec
       echo "== ncu -k $1 ($2) ($(date -u +%T))"
       timeout $(t 9) ncu --section SpeedOfLight --section Occupancy --section LaunchStats --section MemoryWorkloadAnalysis \

@@ -308,15 +308,17 @@ LORI_DEVICE LORI_FORCEINLINE uint2* gaussian_table() {
 /// Per-warp queue of slow-path work, a ring buffer worked off in FIFO order (so that an element's fix-up
 /// follows its placeholder store soon, while the line is likely still in L2). An entry is one Philox
 /// block (4 consecutive elements of a row) with at least one element that failed the fast test: its
-/// four words and meta = {row i, counter q, pos, 0} (its elements are j = 4q .. 4q + 3). Its pending
+/// four words and meta = {row i, q | pos << 29, -, -} (its elements are j = 4q .. 4q + 3; q < 2^29 as
+/// cols < 2^31 on the GPU; appends write only meta.x and meta.y, pos = 0). Its pending
 /// elements are recomputed from the words: a finished element's word is zeroed (a zero word passes
 /// the fast test: layer 0, m = 1 < k_0); the lowest pending element may be in progress, its word then
 /// being its current slow-path candidate and pos its slow words consumed (detail::zig_slow_state).
 template <int U>
 struct gaussian_warp_queue {
   /// At most 31 entries wait between steps (passes run while >= pass_at <= 32 wait); a step appends
-  /// at most 32 per Philox block of its unit: < 32 + 32 * (U / 4) entries, a power of two.
-  static constexpr unsigned capacity = 64u * (U / 4);
+  /// at most 32 per Philox block of its units: two blocks per thread step in the row path
+  /// (projection_piece_gaussian_rows), U / 4 in the general path: < 32 + 64 entries, a power of two.
+  static constexpr unsigned capacity = 128u;
   static constexpr unsigned mask = capacity - 1u;
   struct alignas(32) entry {
     uint4 words;
@@ -372,20 +374,21 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_queue_pass(const projection_entry<T>&
   __syncwarp();
   qs.head = (qs.head + n) & queue::mask;
   qs.count -= n;
-  const std::uint64_t j0 = static_cast<std::uint64_t>(meta.y) * 4u;
-  const auto cols = static_cast<std::uint64_t>(e.cols);
+  const std::uint32_t q = meta.y & 0x1fffffffu;
+  const std::uint32_t j0 = q * 4u;  // < 2^31, and j0 + 3 < 2^32
+  const auto cols = static_cast<std::uint32_t>(e.cols);  // < 2^31
   unsigned pending = 0;
 #pragma unroll
   for (int t = 0; t < 4; ++t) {
     const std::uint32_t y = word_of(w, t);
-    if (lori::detail::zig_mbits(y) >= table[y & 0xffu].x && j0 + static_cast<std::uint64_t>(t) < cols) pending |= 1u << t;
+    if (lori::detail::zig_mbits(y) >= table[y & 0xffu].x && j0 + static_cast<std::uint32_t>(t) < cols) pending |= 1u << t;
   }
   if (pending != 0u) {
     const int t = __ffs(static_cast<int>(pending)) - 1;
     const std::uint32_t i = meta.x;
-    const std::uint64_t j = j0 + static_cast<std::uint64_t>(t);
+    const std::uint32_t j = j0 + static_cast<std::uint32_t>(t);
     // Slow blocks 0 and 1 of (i, j): lori::detail::zig_slow_block, with the precomputed key schedule.
-    const std::uint32_t c0 = 0x80000000u | meta.y, c1 = (static_cast<std::uint32_t>(t) << 30) | i;
+    const std::uint32_t c0 = 0x80000000u | q, c1 = (static_cast<std::uint32_t>(t) << 30) | i;
     const philox_block b0 = lori::detail::philox4x32_10_scheduled(c0, c1, e.stream0, e.stream1, e.rk);
     philox_block b1{};
     bool have_b1 = false;
@@ -397,16 +400,16 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_queue_pass(const projection_entry<T>&
       }
       return lori::detail::block_word(b1, k - 4);
     };
-    lori::detail::zig_slow_state st{word_of(w, t), static_cast<int>(meta.z)};
+    lori::detail::zig_slow_state st{word_of(w, t), static_cast<int>(meta.y >> 29)};
     float x = 0.0f;
     if (lori::detail::gaussian_slow_attempt(st, e.params.scale, word, x)) {
       e.out[static_cast<index_t>(i) * e.ld + static_cast<index_t>(j)] = from_float<T>(x);
       set_word(w, t, 0u);
-      meta.z = 0u;
+      meta.y = q;
       pending &= pending - 1u;
     } else {
       set_word(w, t, st.w);  // still pending: st.w failed the fast test
-      meta.z = static_cast<std::uint32_t>(st.pos);
+      meta.y = q | (static_cast<std::uint32_t>(st.pos) << 29);  // pos <= 6
     }
   }
   const bool again = pending != 0u;
@@ -429,8 +432,14 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_queue_pass(const projection_entry<T>&
 /// pieces are block-uniform).
 /// table_sigma: the sigma the table holds (0: not filled yet; sigma > 0 always).
 template <class T>
+LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projection_entry<T>& e, index_t r0, index_t r1, unsigned lt,
+                                                                 unsigned pass_at, const uint2* table);
+template <class T>
+LORI_DEVICE LORI_FORCEINLINE bool gaussian_row_path(const projection_entry<T>& e);
+
+template <class T>
 LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian(const projection_entry<T>& e, index_t r0, index_t r1, unsigned lt,
-                                                            unsigned pass_at, float& table_sigma) {
+                                                            unsigned pass_at, bool rows, float& table_sigma) {
   constexpr int U = projection_traits<T>::unit;
   using queue = gaussian_warp_queue<U>;
   const unsigned x = threadIdx.x, lane = x & 31u;
@@ -444,6 +453,10 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian(const projection_ent
     table[x] = make_uint2(z.k, float_bits(lori::detail::rnd_mul(z.w, sigma)));
     __syncthreads();
     table_sigma = sigma;
+  }
+  if (rows && gaussian_row_path(e)) {
+    projection_piece_gaussian_rows(e, r0, r1, lt, pass_at, table);
+    return;
   }
   gaussian_queue_state qs{0u, 0u};
   unit_cursor<T> p = cursor_at(e, r0 + x);
@@ -472,7 +485,7 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian(const projection_ent
       if (slow) {
         const unsigned slot = (qs.head + qs.count + static_cast<unsigned>(__popc(ballot & lt))) & queue::mask;
         qu.e[slot].words = make_uint4(b.v[0], b.v[1], b.v[2], b.v[3]);
-        qu.e[slot].meta = make_uint4(p.i, q, 0u, 0u);
+        *reinterpret_cast<uint2*>(&qu.e[slot].meta) = make_uint2(p.i, q);
       }
       qs.count += static_cast<unsigned>(__popc(ballot));
     }
@@ -483,16 +496,185 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian(const projection_ent
   while (qs.count != 0u) gaussian_queue_pass(e, table, qu, qs, qs.count < 32u ? qs.count : 32u, lane, lt);
 }
 
+/// Philox4x32-10 of counter {q, i, stream0, stream1} (lori::detail::philox4x32_10_scheduled) with the
+/// first rounds' row- and task-constant parts precomputed (gaussian_row_keys): round 0's product of
+/// stream0 and round 1's product of the round-0 c0 (which depends only on i) are block-uniform, so
+/// the per-unit work is 18 wide multiplies and 19 XORs.
+struct gaussian_task_keys {
+  std::uint32_t lo_s0;  ///< lo(m1 * stream0): c1 after round 0
+  std::uint32_t t0;     ///< stream1 ^ k1[0]
+  std::uint32_t t1;     ///< lo(m1 * stream0) ^ k0[1]
+  std::uint32_t h0;     ///< hi(m1 * stream0) ^ k0[0]
+};
+struct gaussian_row_keys {
+  std::uint32_t r1;  ///< hi(m0 * c0) ^ k1[1], c0 = h0 ^ i (c0 after round 0)
+  std::uint32_t r2;  ///< lo(m0 * c0) ^ k1[2] (c3 after round 1, XORed into c2 of round 2)
+};
+
+template <class T>
+LORI_HOST_DEVICE LORI_FORCEINLINE gaussian_task_keys make_gaussian_task_keys(const projection_entry<T>& e) {
+  constexpr std::uint32_t m1 = 0xCD9E8D57u;
+  const std::uint64_t p1 = static_cast<std::uint64_t>(m1) * e.stream0;
+  const auto hi = static_cast<std::uint32_t>(p1 >> 32), lo = static_cast<std::uint32_t>(p1);
+  return gaussian_task_keys{lo, e.stream1 ^ e.rk.k1[0], lo ^ e.rk.k0[1], hi ^ e.rk.k0[0]};
+}
+
+template <class T>
+LORI_HOST_DEVICE LORI_FORCEINLINE gaussian_row_keys make_gaussian_row_keys(const projection_entry<T>& e, const gaussian_task_keys& tk, std::uint32_t i) {
+  constexpr std::uint32_t m0 = 0xD2511F53u;
+  const std::uint64_t p0 = static_cast<std::uint64_t>(m0) * (tk.h0 ^ i);
+  return gaussian_row_keys{static_cast<std::uint32_t>(p0 >> 32) ^ e.rk.k1[1], static_cast<std::uint32_t>(p0) ^ e.rk.k1[2]};
+}
+
+/// = philox4x32_10_scheduled(q, i, e.stream0, e.stream1, e.rk) for the row keys of i.
+template <class T>
+LORI_HOST_DEVICE LORI_FORCEINLINE philox_block philox_row(std::uint32_t q, const projection_entry<T>& e, const gaussian_task_keys& tk,
+                                                     const gaussian_row_keys& rw) {
+  constexpr std::uint32_t m0 = 0xD2511F53u, m1 = 0xCD9E8D57u;
+  // Round 0: c0 = hi(m1 s0) ^ i ^ k0[0] (row-uniform), c1 = lo(m1 s0), c2 = hi(m0 q) ^ s1 ^ k1[0], c3 = lo(m0 q).
+  std::uint64_t p = static_cast<std::uint64_t>(m0) * q;
+  std::uint32_t c2 = static_cast<std::uint32_t>(p >> 32) ^ tk.t0;
+  std::uint32_t c3 = static_cast<std::uint32_t>(p);
+  // Round 1: p0 = m0 c0 is row-uniform (in rw), p1 = m1 c2.
+  p = static_cast<std::uint64_t>(m1) * c2;
+  std::uint32_t c0 = static_cast<std::uint32_t>(p >> 32) ^ tk.t1;
+  std::uint32_t c1 = static_cast<std::uint32_t>(p);
+  c2 = c3 ^ rw.r1;
+  // Round 2: c3 (= lo(m0 c0) of round 1) is folded into rw.r2.
+  {
+    const std::uint64_t p0 = static_cast<std::uint64_t>(m0) * c0;
+    const std::uint64_t p1 = static_cast<std::uint64_t>(m1) * c2;
+    c0 = static_cast<std::uint32_t>(p1 >> 32) ^ c1 ^ e.rk.k0[2];
+    c1 = static_cast<std::uint32_t>(p1);
+    c2 = static_cast<std::uint32_t>(p0 >> 32) ^ rw.r2;
+    c3 = static_cast<std::uint32_t>(p0);
+  }
+#if defined(__CUDA_ARCH__)
+#pragma unroll
+#endif
+  for (int round = 3; round < 10; ++round) {
+    const std::uint64_t p0 = static_cast<std::uint64_t>(m0) * c0;
+    const std::uint64_t p1 = static_cast<std::uint64_t>(m1) * c2;
+    c0 = static_cast<std::uint32_t>(p1 >> 32) ^ c1 ^ e.rk.k0[round];
+    c1 = static_cast<std::uint32_t>(p1);
+    c2 = static_cast<std::uint32_t>(p0 >> 32) ^ c3 ^ e.rk.k1[round];
+    c3 = static_cast<std::uint32_t>(p0);
+  }
+  return philox_block{{c0, c1, c2, c3}};
+}
+
+/// Thread units per step of the row path: 8 elements per thread and step (2 units of float/double,
+/// 1 of bf16/fp16), i.e. two Philox blocks.
+template <class T>
+constexpr int gaussian_row_units = 8 / projection_traits<T>::unit;
+
+/// Whether gaussian task e takes the row path: rows made of whole steps (upr a multiple of the step's
+/// 256 * K units), whole 16-byte units (cols % unit == 0) and 16-byte aligned rows. Block-uniform.
+template <class T>
+LORI_DEVICE LORI_FORCEINLINE bool gaussian_row_path(const projection_entry<T>& e) {
+  constexpr auto step = static_cast<std::uint32_t>(projection_threads * gaussian_row_units<T>);
+  return e.vec_ok != 0u && e.full_units == e.upr && e.upr % step == 0u;
+}
+
+/// The row path of projection_piece_gaussian for tasks with gaussian_row_path(e): the piece is walked
+/// in aligned windows of S = 256 * K units of one row (upr is a multiple of S, so a window never
+/// crosses a row end), thread x taking units x + 256 k (k < K) of each window; the first and last
+/// windows mask the lanes outside [r0, r1). The window's row i, its first unit c and its address are
+/// block-uniform (uniform registers), so a unit costs its Philox block (with the row-constant first
+/// rounds precomputed, philox_row), the fast paths, the ballot and one vector store; the slow path
+/// is the general path's warp queue (gaussian_queue_pass).
+template <class T>
+LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projection_entry<T>& e, index_t r0, index_t r1, unsigned lt,
+                                                                 unsigned pass_at, const uint2* table) {
+  constexpr int U = projection_traits<T>::unit;
+  constexpr int K = gaussian_row_units<T>;
+  constexpr auto S = static_cast<std::uint32_t>(projection_threads * K);
+  using queue = gaussian_warp_queue<U>;
+  const unsigned x = threadIdx.x, lane = x & 31u;
+  queue& qu = gaussian_queue<U>();
+  gaussian_queue_state qs{0u, 0u};
+  // The window holding r0 (block-uniform): row i, first unit c (a multiple of S), row start rowp.
+  const index_t w0 = r0 - (r0 % S);
+  // In whole windows (w0 and upr are multiples of S; units < 2^40, so w0 / S < 2^32): 32-bit
+  // arithmetic only (a 64-bit division, a subroutine call, makes the compiler drop the uniformity).
+  const auto wq = static_cast<std::uint32_t>(w0 / S), uq = e.upr / S;
+  std::uint32_t i = wq / uq;
+  std::uint32_t c = (wq - i * uq) * S;
+  T* rowp = e.out + static_cast<index_t>(i) * e.ld;
+  const gaussian_task_keys tk = make_gaussian_task_keys(e);
+  gaussian_row_keys rw = make_gaussian_row_keys(e, tk, i);
+  index_t left = r1 - w0;                          // units from the window start to the piece end
+  auto lo = static_cast<std::uint32_t>(r0 - w0);  // first active unit of the window (first window only)
+  for (;;) {
+    const std::uint32_t hi = left < index_t{S} ? static_cast<std::uint32_t>(left) : S;
+    T* const dst0 = (rowp + static_cast<index_t>(c) * U) + static_cast<index_t>(x) * U;  // unit c + x
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const unsigned xk = x + static_cast<unsigned>(k * projection_threads);
+      const bool active = xk >= lo && xk < hi;
+      const std::uint32_t cu = c + xk;  // unit of the row
+      float v[U];
+#pragma unroll
+      for (int h = 0; h < U / 4; ++h) {
+        const std::uint32_t q = static_cast<std::uint32_t>(U / 4) * cu + static_cast<std::uint32_t>(h);
+        const philox_block b = philox_row(q, e, tk, rw);
+        bool slow = false;
+#pragma unroll
+        for (int t = 0; t < 4; ++t) {
+          const std::uint32_t w = b.v[t];
+          const uint2 z = table[w & 0xffu];
+          v[4 * h + t] = lori::detail::zig_value(w, bits_float(z.y));
+          slow = slow || lori::detail::zig_mbits(w) >= z.x;
+        }
+        slow = slow && active;
+        const unsigned ballot = __ballot_sync(0xffffffffu, slow);
+        if (slow) {
+          const unsigned slot = (qs.head + qs.count + static_cast<unsigned>(__popc(ballot & lt))) & queue::mask;
+          qu.e[slot].words = make_uint4(b.v[0], b.v[1], b.v[2], b.v[3]);
+          *reinterpret_cast<uint2*>(&qu.e[slot].meta) = make_uint2(i, q);
+        }
+        qs.count += static_cast<unsigned>(__popc(ballot));
+      }
+      if (active) {
+        T* dst = dst0 + k * projection_threads * U;
+        if constexpr (std::is_same_v<T, float>) {
+          *reinterpret_cast<float4*>(dst) = make_float4(v[0], v[1], v[2], v[3]);
+        } else if constexpr (std::is_same_v<T, double>) {
+          reinterpret_cast<double2*>(dst)[0] = make_double2(v[0], v[1]);
+          reinterpret_cast<double2*>(dst)[1] = make_double2(v[2], v[3]);
+        } else {
+          std::uint16_t hb[8];
+#pragma unroll
+          for (int t = 0; t < 8; ++t) hb[t] = narrow16<T>(v[t]);
+          *reinterpret_cast<uint4*>(dst) = make_uint4(pack_pair(hb[0], hb[1]), pack_pair(hb[2], hb[3]), pack_pair(hb[4], hb[5]), pack_pair(hb[6], hb[7]));
+        }
+      }
+    }
+    while (qs.count >= pass_at) gaussian_queue_pass(e, table, qu, qs, qs.count < 32u ? qs.count : 32u, lane, lt);
+    left -= S;
+    if (left <= 0) break;
+    lo = 0u;
+    c += S;
+    if (c == e.upr) {
+      c = 0u;
+      ++i;
+      rowp += e.ld;
+      rw = make_gaussian_row_keys(e, tk, i);
+    }
+  }
+  while (qs.count != 0u) gaussian_queue_pass(e, table, qu, qs, qs.count < 32u ? qs.count : 32u, lane, lt);
+}
+
 /// Units [r0, r1) of matrix e by the block, any law. WithGaussian: the kernel variant with the gaussian
 /// path (shared memory, more registers); the host launches the variant without it when no task of the
 /// launch is gaussian.
 template <bool WithGaussian, class T>
 LORI_DEVICE LORI_FORCEINLINE void projection_piece_dispatch(const projection_entry<T>& e, index_t r0, index_t r1, unsigned lt, unsigned pass_at,
-                                                            float& table_sigma) {
+                                                            bool rows, float& table_sigma) {
   switch (e.params.kind) {
     case distribution::kaiming_uniform: projection_piece<distribution::kaiming_uniform>(e, r0, r1); break;
     case distribution::gaussian:
-      if constexpr (WithGaussian) projection_piece_gaussian(e, r0, r1, lt, pass_at, table_sigma);
+      if constexpr (WithGaussian) projection_piece_gaussian(e, r0, r1, lt, pass_at, rows, table_sigma);
       break;
     case distribution::rademacher: projection_piece<distribution::rademacher>(e, r0, r1); break;
     case distribution::sparse: projection_piece<distribution::sparse>(e, r0, r1); break;
@@ -540,12 +722,11 @@ struct projection_single_source {
   LORI_DEVICE LORI_FORCEINLINE projection_batch_source<T> source() const { return projection_batch_source<T>{&entry, starts, 1}; }
 };
 
-// Minimum blocks per SM (caps registers): 8 (all 2048 threads) without the gaussian path, 6 with it
-// (40 registers, no spills), 5 for the single-matrix launch (48 registers: at 40 its loop spilled, 114
-// against 89 us batched for the same element count on the H100 at checkpoint 3; 4 instead of 6 blocks
-// per SM measured the same time for the batch at checkpoint 2).
+// Minimum blocks per SM (caps registers): 8 (all 2048 threads) without the gaussian path, 4 with it
+// (64 registers: the row path keeps two Philox blocks, their table entries and the row's constants
+// live; at 40 registers it spilled. 4, 5 or 6 blocks per SM measured the same time at session 3).
 template <bool WithGaussian, bool Single>
-constexpr int projection_min_blocks = WithGaussian ? (Single ? 5 : 6) : 8;
+constexpr int projection_min_blocks = WithGaussian ? 4 : 8;
 
 /// How a launch's units are split over its blocks: ceil(units / 32) groups of 32 units; block B takes
 /// per_block groups, one more if B < extra (no division on the device). pass_at (1..32): queue length
@@ -555,11 +736,12 @@ struct projection_split {
   index_t per_block;
   index_t extra;
   unsigned pass_at;
+  unsigned rows;  ///< 1: gaussian tasks with gaussian_row_path take the row path (the library); 0: never
 };
 
-inline projection_split make_projection_split(index_t units, index_t blocks, unsigned pass_at = 32) {
+inline projection_split make_projection_split(index_t units, index_t blocks, unsigned pass_at = 32, unsigned rows = 1) {
   const index_t groups = (units + 31) / 32;
-  return projection_split{units, groups / blocks, groups % blocks, pass_at};
+  return projection_split{units, groups / blocks, groups % blocks, pass_at, rows};
 }
 
 /// The generation kernel: a grid of at most one wave of resident blocks; the launch's units (all tasks
@@ -595,7 +777,7 @@ __global__ void __launch_bounds__(projection_threads, projection_min_blocks<With
     if (end_t > u) {
       const index_t s = src.start(t);
       const index_t end = end_t < b ? end_t : b;
-      projection_piece_dispatch<WithGaussian>(src.entry(t), u - s, end - s, lt, split.pass_at, table_sigma);
+      projection_piece_dispatch<WithGaussian>(src.entry(t), u - s, end - s, lt, split.pass_at, split.rows != 0u, table_sigma);
       u = end;
       if (u >= b) break;
     }
@@ -725,7 +907,7 @@ namespace detail {
 /// plan.blocks, tests force small grids so that each block walks long ranges and many tasks) and
 /// slow-path queue threshold pass_at (1..32; the library passes 32, tests also 1 and 5).
 template <class T>
-void launch_projection_batch(const projection_batch_plan<T>& plan, index_t blocks, cudaStream_t stream, unsigned pass_at = 32) {
+void launch_projection_batch(const projection_batch_plan<T>& plan, index_t blocks, cudaStream_t stream, unsigned pass_at = 32, unsigned rows = 1) {
   LORI_EXPECTS(plan.count >= 0 && plan.blocks >= 0 && plan.units >= 0, "generate_projection_batch: invalid plan");
   if (plan.units == 0) return;
   LORI_EXPECTS(plan.workspace != nullptr, "generate_projection_batch: plan has no workspace");
@@ -735,7 +917,7 @@ void launch_projection_batch(const projection_batch_plan<T>& plan, index_t block
   const auto* base = static_cast<const unsigned char*>(plan.workspace);
   const projection_batch_source<T> src{reinterpret_cast<const projection_entry_storage<T>*>(base),
                                        reinterpret_cast<const index_t*>(base + round_up16(n * sizeof(projection_entry_storage<T>))), plan.count};
-  const projection_split split = make_projection_split(plan.units, blocks, pass_at);
+  const projection_split split = make_projection_split(plan.units, blocks, pass_at, rows);
   if (plan.has_gaussian) {
     projection_kernel<T, true><<<static_cast<unsigned>(blocks), projection_threads, 0, stream>>>(src, split);
   } else {
