@@ -358,8 +358,9 @@ LORI_DEVICE LORI_FORCEINLINE void set_word(uint4& w, int t, std::uint32_t x) {
 /// pass costs one attempt per lane, not the most attempts any lane needs; every pass consumes a slow
 /// word or finishes an element or drops an entry, so repeated passes terminate. The first __syncwarp
 /// orders the appends and placeholder stores of all lanes before the reads and the overwrites, the
-/// second keeps the reads before any later append to those slots.
-template <class T, int U>
+/// second keeps the reads before any later append to those slots. WholeBlocks: every Philox block lies
+/// inside its row (cols % 4 == 0, the row path), so no element needs the column test.
+template <class T, int U, bool WholeBlocks = false>
 LORI_DEVICE LORI_FORCEINLINE void gaussian_queue_pass(const projection_entry<T>& e, const uint2* table, gaussian_warp_queue<U>& qu,
                                                       gaussian_queue_state& qs, unsigned n, unsigned lane, unsigned lt) {
   using queue = gaussian_warp_queue<U>;
@@ -381,7 +382,7 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_queue_pass(const projection_entry<T>&
 #pragma unroll
   for (int t = 0; t < 4; ++t) {
     const std::uint32_t y = word_of(w, t);
-    if (lori::detail::zig_mbits(y) >= table[y & 0xffu].x && j0 + static_cast<std::uint32_t>(t) < cols) pending |= 1u << t;
+    if (lori::detail::zig_mbits(y) >= table[y & 0xffu].x && (WholeBlocks || j0 + static_cast<std::uint32_t>(t) < cols)) pending |= 1u << t;
   }
   if (pending != 0u) {
     const int t = __ffs(static_cast<int>(pending)) - 1;
@@ -579,10 +580,11 @@ LORI_DEVICE LORI_FORCEINLINE bool gaussian_row_path(const projection_entry<T>& e
 /// The row path of projection_piece_gaussian for tasks with gaussian_row_path(e): the piece is walked
 /// in aligned windows of S = 256 * K units of one row (upr is a multiple of S, so a window never
 /// crosses a row end), thread x taking units x + 256 k (k < K) of each window; the first and last
-/// windows mask the lanes outside [r0, r1). The window's row i, its first unit c and its address are
-/// block-uniform (uniform registers), so a unit costs its Philox block (with the row-constant first
-/// rounds precomputed, philox_row), the fast paths, the ballot and one vector store; the slow path
-/// is the general path's warp queue (gaussian_queue_pass).
+/// windows of the piece mask the lanes outside [r0, r1) (a separate copy of the window code, so whole
+/// windows test nothing). The window's row i and first unit c are block-uniform, the thread's store
+/// address is carried from window to window, so a unit costs its Philox block (with the row-constant
+/// first rounds precomputed, philox_row), the fast paths, the ballot and one vector store; the slow
+/// path is the general path's warp queue (gaussian_queue_pass).
 template <class T>
 LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projection_entry<T>& e, index_t r0, index_t r1, unsigned lt,
                                                                  unsigned pass_at, const uint2* table) {
@@ -593,25 +595,27 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projectio
   const unsigned x = threadIdx.x, lane = x & 31u;
   queue& qu = gaussian_queue<U>();
   gaussian_queue_state qs{0u, 0u};
-  // The window holding r0 (block-uniform): row i, first unit c (a multiple of S), row start rowp.
+  // The window holding r0 (block-uniform): row i, first unit c (a multiple of S). In whole windows
+  // (w0 and upr are multiples of S; units < 2^40, so w0 / S < 2^32): 32-bit arithmetic only (a
+  // 64-bit division, a subroutine call, makes the compiler drop the uniformity of everything after).
   const index_t w0 = r0 - (r0 % S);
-  // In whole windows (w0 and upr are multiples of S; units < 2^40, so w0 / S < 2^32): 32-bit
-  // arithmetic only (a 64-bit division, a subroutine call, makes the compiler drop the uniformity).
   const auto wq = static_cast<std::uint32_t>(w0 / S), uq = e.upr / S;
   std::uint32_t i = wq / uq;
   std::uint32_t c = (wq - i * uq) * S;
-  T* rowp = e.out + static_cast<index_t>(i) * e.ld;
+  T* dst0 = e.out + (static_cast<index_t>(i) * e.ld + static_cast<index_t>(c + x) * U);  // unit c + x; + 256 k U for unit k
   const gaussian_task_keys tk = make_gaussian_task_keys(e);
   gaussian_row_keys rw = make_gaussian_row_keys(e, tk, i);
-  index_t left = r1 - w0;                          // units from the window start to the piece end
+  // Windows left (the current one included; < 2^32 as units < 2^40) and the end of the last one.
+  auto n = static_cast<std::uint32_t>((r1 - w0 + S - 1) / S);
+  const auto hi_last = static_cast<std::uint32_t>(r1 - w0 - static_cast<index_t>(n - 1u) * S);  // 1..S
   auto lo = static_cast<std::uint32_t>(r0 - w0);  // first active unit of the window (first window only)
-  for (;;) {
-    const std::uint32_t hi = left < index_t{S} ? static_cast<std::uint32_t>(left) : S;
-    T* const dst0 = (rowp + static_cast<index_t>(c) * U) + static_cast<index_t>(x) * U;  // unit c + x
+  // One window; Masked: lanes outside [lo, hi) of the window do nothing.
+  auto window = [&](auto masked, std::uint32_t hi) {
+    constexpr bool Masked = decltype(masked)::value;
 #pragma unroll
     for (int k = 0; k < K; ++k) {
       const unsigned xk = x + static_cast<unsigned>(k * projection_threads);
-      const bool active = xk >= lo && xk < hi;
+      const bool active = !Masked || (xk >= lo && xk < hi);
       const std::uint32_t cu = c + xk;  // unit of the row
       float v[U];
 #pragma unroll
@@ -626,7 +630,7 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projectio
           v[4 * h + t] = lori::detail::zig_value(w, bits_float(z.y));
           slow = slow || lori::detail::zig_mbits(w) >= z.x;
         }
-        slow = slow && active;
+        if constexpr (Masked) slow = slow && active;
         const unsigned ballot = __ballot_sync(0xffffffffu, slow);
         if (slow) {
           const unsigned slot = (qs.head + qs.count + static_cast<unsigned>(__popc(ballot & lt))) & queue::mask;
@@ -650,19 +654,27 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projectio
         }
       }
     }
-    while (qs.count >= pass_at) gaussian_queue_pass(e, table, qu, qs, qs.count < 32u ? qs.count : 32u, lane, lt);
-    left -= S;
-    if (left <= 0) break;
+  };
+  for (;;) {
+    const std::uint32_t hi = n == 1u ? hi_last : S;
+    if (lo == 0u && hi == S) {
+      window(std::false_type{}, S);
+    } else {
+      window(std::true_type{}, hi);
+    }
+    while (qs.count >= pass_at) gaussian_queue_pass<T, U, true>(e, table, qu, qs, qs.count < 32u ? qs.count : 32u, lane, lt);
+    if (--n == 0u) break;
     lo = 0u;
     c += S;
-    if (c == e.upr) {
+    dst0 += index_t{S} * U;
+    if (c == e.upr) {  // next row (uniform)
       c = 0u;
       ++i;
-      rowp += e.ld;
+      dst0 += e.row_skip;
       rw = make_gaussian_row_keys(e, tk, i);
     }
   }
-  while (qs.count != 0u) gaussian_queue_pass(e, table, qu, qs, qs.count < 32u ? qs.count : 32u, lane, lt);
+  while (qs.count != 0u) gaussian_queue_pass<T, U, true>(e, table, qu, qs, qs.count < 32u ? qs.count : 32u, lane, lt);
 }
 
 /// Units [r0, r1) of matrix e by the block, any law. WithGaussian: the kernel variant with the gaussian
