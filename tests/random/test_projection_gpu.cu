@@ -484,6 +484,34 @@ TEST_CASE("gaussian row path: small aligned batch on 1 and 2 blocks (racecheck s
   CHECK(forced_grid_batch<lori::bfloat16>(215, 5, 3, 4096, {{1, 32}, {2, 5}}, nullptr, nullptr, nullptr, true) == 0);
 }
 
+TEST_CASE("gaussian row path: one block walks a 640 x 6144 matrix (full hard-ring passes mid-piece), float and bf16") {
+  // ~59 K slow entries, ~1.7 K of them through the hard ring (tail elements, second attempts): with one
+  // block each warp's hard ring fills to 32 many times inside the piece; 3 blocks: pieces start and
+  // end inside rows; 0: the default grid.
+  const index_t rows = 640, cols = 6144;
+  const std::uint64_t seed = 4242, stream = 17;
+  const auto a = cpu_projection(rows, cols, seed, stream, projection_spec::gaussian(0.5));
+  for (const index_t blocks : {index_t{1}, index_t{3}, index_t{0}}) {
+    CAPTURE(blocks);
+    lori::cuda::device_buffer<float> buf(rows * cols);
+    buf.fill_bytes(0xff);
+    lori::cuda::detail::generate_projection_blocks(buf.as_matrix(rows, cols), seed, stream, projection_spec::gaussian(0.5), blocks, nullptr);
+    LORI_CUDA_CHECK(cudaDeviceSynchronize());
+    const auto host = buf.download();
+    std::size_t mism = 0;
+    for (std::size_t t = 0; t < a.size(); ++t) mism += lori::float_bits(host[t]) != lori::float_bits(a[t]);
+    CHECK(mism == 0);
+    lori::cuda::device_buffer<lori::bfloat16> hb(rows * cols);
+    hb.fill_bytes(0xff);
+    lori::cuda::detail::generate_projection_blocks(hb.as_matrix(rows, cols), seed, stream, projection_spec::gaussian(0.5), blocks, nullptr);
+    LORI_CUDA_CHECK(cudaDeviceSynchronize());
+    const auto hhost = hb.download();
+    mism = 0;
+    for (std::size_t t = 0; t < a.size(); ++t) mism += hhost[t].bits != lori::float_to_bf16_bits(a[t]);
+    CHECK(mism == 0);
+  }
+}
+
 TEST_CASE("single matrix on forced grids: one block walks the whole matrix (fallback element included)") {
   // 2553 x 2200 holds the bounded loop's fallback element (2552, 2193) of seed 99 / stream 7.
   const index_t rows = 2553, cols = 2200;

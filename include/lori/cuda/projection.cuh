@@ -300,12 +300,14 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece(const projection_entry<T>& e,
 /// The layer table of the block's gaussian path, scaled by the sigma of the block's current task:
 /// {k_L, bits(rnd(W_L * sigma))}. (Eight interleaved copies, against bank conflicts of the random
 /// look-ups, measured slower at checkpoint 2: 88.1 against 85.3 us, H200.)
+/// The gaussian kernel variant's dynamic shared memory: this table (2 KB), then the warps' queues
+/// (gaussian_smem_bytes).
 LORI_DEVICE LORI_FORCEINLINE uint2* gaussian_table() {
-  __shared__ uint2 table[lori::detail::zig_layers_count];
-  return table;
+  extern __shared__ __align__(32) unsigned char projection_smem[];
+  return reinterpret_cast<uint2*>(projection_smem);
 }
 
-/// Per-warp queue of slow-path work, a ring buffer worked off in FIFO order (so that an element's fix-up
+/// Per-warp queues of slow-path work, ring buffers worked off in FIFO order (so that an element's fix-up
 /// follows its placeholder store soon, while the line is likely still in L2). An entry is one Philox
 /// block (4 consecutive elements of a row) with at least one element that failed the fast test: its
 /// four words and meta = {row i, q | pos << 29, -, -} (its elements are j = 4q .. 4q + 3; q < 2^29 as
@@ -320,25 +322,42 @@ struct gaussian_warp_queue {
   /// (projection_piece_gaussian_rows), U / 4 in the general path: < 32 + 64 entries, a power of two.
   static constexpr unsigned capacity = 128u;
   static constexpr unsigned mask = capacity - 1u;
+  /// The hard ring (gaussian_queue_work): fewer than pass_at <= 32 wait before an easy pass, which
+  /// moves at most 32 there.
+  static constexpr unsigned hard_capacity = 64u;
+  static constexpr unsigned hard_mask = hard_capacity - 1u;
   struct alignas(32) entry {
     uint4 words;
     uint4 meta;
   };
-  entry e[capacity];
+  entry e[capacity];      ///< easy ring: fresh entries (pos = 0 always)
+  entry h[hard_capacity];  ///< hard ring: tail elements and elements in progress
 };
 
-/// The warp's queue state (warp-uniform values): entries [head, head + count) modulo the capacity.
+/// The state of one ring (warp-uniform values): entries [head, head + count) modulo its capacity.
 struct gaussian_queue_state {
   unsigned head;
   unsigned count;
 };
 
+/// The warp's two rings.
+struct gaussian_queue_states {
+  gaussian_queue_state easy;
+  gaussian_queue_state hard;
+};
+
 /// This warp's queue (one per warp of the block).
 template <int U>
 LORI_DEVICE LORI_FORCEINLINE gaussian_warp_queue<U>& gaussian_queue() {
-  __shared__ gaussian_warp_queue<U> q[projection_warps];
-  return q[threadIdx.x >> 5];
+  extern __shared__ __align__(32) unsigned char projection_smem[];
+  return reinterpret_cast<gaussian_warp_queue<U>*>(projection_smem + sizeof(uint2) * lori::detail::zig_layers_count)[threadIdx.x >> 5];
 }
+
+/// Dynamic shared memory of the gaussian kernel variant for T: the layer table and 8 warps' queues
+/// (50 KB: more than the 48 KB of static shared memory, so the kernel is configured for it).
+template <class T>
+constexpr std::size_t gaussian_smem_bytes =
+    sizeof(uint2) * lori::detail::zig_layers_count + sizeof(gaussian_warp_queue<projection_traits<T>::unit>) * projection_warps;
 
 /// Word t of a uint4 (t warp-divergent: selects, no local memory).
 LORI_DEVICE LORI_FORCEINLINE std::uint32_t word_of(const uint4& w, int t) { return t == 0 ? w.x : (t == 1 ? w.y : (t == 2 ? w.z : w.w)); }
@@ -351,29 +370,30 @@ LORI_DEVICE LORI_FORCEINLINE void set_word(uint4& w, int t, std::uint32_t x) {
   w.w = t == 3 ? x : w.w;
 }
 
-/// One pass over the oldest n <= 32 entries of the warp's queue: lane l < n takes entry head + l and
-/// runs ONE attempt (detail::gaussian_slow_attempt) of its lowest pending element: finished, the value
-/// is stored over the placeholder and the word zeroed; not finished (~0.7%), the word becomes the new
-/// candidate and pos the words consumed. An entry with pending elements goes back to the queue. So a
+/// One pass over the oldest n <= 32 entries of the warp's hard ring (gaussian_easy_pass moves entries
+/// there): lane l < n takes entry head + l and runs ONE attempt (detail::gaussian_slow_attempt, both
+/// slow blocks, any state) of its lowest pending element (the one in progress, if any): finished, the
+/// value is stored over the placeholder and the word zeroed; not finished, the word becomes the new
+/// candidate and pos the words consumed. An entry with pending elements goes back to the ring. So a
 /// pass costs one attempt per lane, not the most attempts any lane needs; every pass consumes a slow
 /// word or finishes an element or drops an entry, so repeated passes terminate. The first __syncwarp
 /// orders the appends and placeholder stores of all lanes before the reads and the overwrites, the
 /// second keeps the reads before any later append to those slots. WholeBlocks: every Philox block lies
 /// inside its row (cols % 4 == 0, the row path), so no element needs the column test.
-template <class T, int U, bool WholeBlocks = false>
-LORI_DEVICE LORI_FORCEINLINE void gaussian_queue_pass(const projection_entry<T>& e, const uint2* table, gaussian_warp_queue<U>& qu,
-                                                      gaussian_queue_state& qs, unsigned n, unsigned lane, unsigned lt) {
+template <class T, int U, bool WholeBlocks>
+LORI_DEVICE LORI_FORCEINLINE void gaussian_hard_pass(const projection_entry<T>& e, const uint2* table, gaussian_warp_queue<U>& qu,
+                                                     gaussian_queue_state& qs, unsigned n, unsigned lane, unsigned lt) {
   using queue = gaussian_warp_queue<U>;
   __syncwarp();
   uint4 w = make_uint4(0u, 0u, 0u, 0u);
   uint4 meta = make_uint4(0u, 0u, 0u, 0u);
   if (lane < n) {
-    const unsigned slot = (qs.head + lane) & queue::mask;
-    w = qu.e[slot].words;
-    meta = qu.e[slot].meta;
+    const unsigned slot = (qs.head + lane) & queue::hard_mask;
+    w = qu.h[slot].words;
+    meta = qu.h[slot].meta;
   }
   __syncwarp();
-  qs.head = (qs.head + n) & queue::mask;
+  qs.head = (qs.head + n) & queue::hard_mask;
   qs.count -= n;
   const std::uint32_t q = meta.y & 0x1fffffffu;
   const std::uint32_t j0 = q * 4u;  // < 2^31, and j0 + 3 < 2^32
@@ -416,18 +436,109 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_queue_pass(const projection_entry<T>&
   const bool again = pending != 0u;
   const unsigned back = __ballot_sync(0xffffffffu, again);
   if (again) {
-    const unsigned slot = (qs.head + qs.count + static_cast<unsigned>(__popc(back & lt))) & queue::mask;
-    qu.e[slot].words = w;
-    qu.e[slot].meta = meta;
+    const unsigned slot = (qs.head + qs.count + static_cast<unsigned>(__popc(back & lt))) & queue::hard_mask;
+    qu.h[slot].words = w;
+    qu.h[slot].meta = meta;
   }
   qs.count += static_cast<unsigned>(__popc(back));
+}
+
+/// One pass over the oldest n <= 32 entries of the warp's easy ring (fresh entries: pos = 0). Lane
+/// l < n takes entry head + l; its lowest pending element, when in a wedge (layer != 0, 98% of the
+/// slow elements), gets its first attempt with the words s0, s1 of slow block 0 only (the wedge test,
+/// then s1 as the new candidate: detail::gaussian_slow_attempt from pos 0 reads no other word); when
+/// it finishes (99.3%), its value is stored and the entry goes back to the easy ring if another
+/// element is pending. A tail element (layer 0) or a rejected candidate moves the entry, with its
+/// state, to the hard ring (gaussian_hard_pass: any attempt, both slow blocks, the fallback). So the
+/// common pass runs neither the tail's log/exp nor the second block nor the bounded-loop fallback,
+/// and the warp runs those only when 32 hard entries wait or at the end of the piece.
+template <class T, int U, bool WholeBlocks>
+LORI_DEVICE LORI_FORCEINLINE void gaussian_easy_pass(const projection_entry<T>& e, const uint2* table, gaussian_warp_queue<U>& qu,
+                                                     gaussian_queue_states& qs, unsigned n, unsigned lane, unsigned lt) {
+  using queue = gaussian_warp_queue<U>;
+  __syncwarp();
+  const unsigned slot = (qs.easy.head + lane) & queue::mask;  // lanes >= n read an unused slot, ignored
+  uint4 w = qu.e[slot].words;
+  uint4 meta = qu.e[slot].meta;
+  __syncwarp();
+  qs.easy.head = (qs.easy.head + n) & queue::mask;
+  qs.easy.count -= n;
+  const std::uint32_t q = meta.y;  // pos = 0 in the easy ring
+  const std::uint32_t j0 = q * 4u;  // < 2^31, and j0 + 3 < 2^32
+  const auto cols = static_cast<std::uint32_t>(e.cols);  // < 2^31
+  unsigned pending = 0;
+#pragma unroll
+  for (int t = 0; t < 4; ++t) {
+    const std::uint32_t y = word_of(w, t);
+    if (lori::detail::zig_mbits(y) >= table[y & 0xffu].x && (WholeBlocks || j0 + static_cast<std::uint32_t>(t) < cols)) pending |= 1u << t;
+  }
+  pending = lane < n ? pending : 0u;
+  const int t = __ffs(static_cast<int>(pending)) - 1;  // -1: nothing pending
+  const std::uint32_t i = meta.x;
+  const std::uint32_t y = word_of(w, t);
+  // Slow block 0 of (i, 4q + t): lori::detail::zig_slow_block, with the precomputed key schedule.
+  const philox_block b0 =
+      lori::detail::philox4x32_10_scheduled(0x80000000u | q, (static_cast<std::uint32_t>(t) << 30) | i, e.stream0, e.stream1, e.rk);
+  bool hard = false;
+  if (pending != 0u) {
+    bool done = false;
+    float x = 0.0f;
+    if ((y & 0xffu) != 0u) {
+      lori::detail::zig_slow_state st{y, 0};
+      // From pos 0 in a wedge the attempt reads s0 (the wedge test) and s1 (the next candidate) only.
+      auto word = [&](int k) -> std::uint32_t { return lori::detail::block_word(b0, k & 3); };
+      done = lori::detail::gaussian_slow_attempt(st, e.params.scale, word, x);
+      if (!done) {
+        set_word(w, t, st.w);  // the rejected candidate's successor, which failed the fast test
+        meta.y = q | (static_cast<std::uint32_t>(st.pos) << 29);  // pos = 2
+      }
+    }
+    if (done) {
+      e.out[static_cast<index_t>(i) * e.ld + static_cast<index_t>(j0 + static_cast<std::uint32_t>(t))] = from_float<T>(x);
+      set_word(w, t, 0u);
+      pending &= pending - 1u;
+    } else {
+      hard = true;
+    }
+  }
+  const bool again = !hard && pending != 0u;
+  const unsigned back = __ballot_sync(0xffffffffu, again);
+  if (again) {
+    const unsigned s2 = (qs.easy.head + qs.easy.count + static_cast<unsigned>(__popc(back & lt))) & queue::mask;
+    qu.e[s2].words = w;
+    qu.e[s2].meta = meta;
+  }
+  qs.easy.count += static_cast<unsigned>(__popc(back));
+  const unsigned moved = __ballot_sync(0xffffffffu, hard);
+  if (hard) {
+    const unsigned s2 = (qs.hard.head + qs.hard.count + static_cast<unsigned>(__popc(moved & lt))) & queue::hard_mask;
+    qu.h[s2].words = w;
+    qu.h[s2].meta = meta;
+  }
+  qs.hard.count += static_cast<unsigned>(__popc(moved));
+}
+
+/// Works off the warp's queues until fewer than `at` entries wait in each ring: hard passes while at
+/// least `at` wait in the hard ring, then an easy pass if at least `at` wait in the easy ring, and so
+/// on (at most 32 entries per pass). So fewer than at <= 32 entries wait in the hard ring before an
+/// easy pass, which moves at most 32 there: the hard ring never overflows. at = pass_at after a
+/// step, 1 at the end of a piece (both rings empty afterwards; every pass finishes an element,
+/// consumes a slow word or drops an entry, so this terminates).
+template <class T, int U, bool WholeBlocks>
+LORI_DEVICE LORI_FORCEINLINE void gaussian_queue_work(const projection_entry<T>& e, const uint2* table, gaussian_warp_queue<U>& qu,
+                                                      gaussian_queue_states& qs, unsigned at, unsigned lane, unsigned lt) {
+  for (;;) {
+    while (qs.hard.count >= at) gaussian_hard_pass<T, U, WholeBlocks>(e, table, qu, qs.hard, qs.hard.count < 32u ? qs.hard.count : 32u, lane, lt);
+    if (qs.easy.count < at) break;
+    gaussian_easy_pass<T, U, WholeBlocks>(e, table, qu, qs, qs.easy.count < 32u ? qs.easy.count : 32u, lane, lt);
+  }
 }
 
 /// Units [r0, r1) of gaussian matrix e by the block (thread x: units r0 + x, r0 + x + 256, ...); see
 /// lori/detail/random_ziggurat.hpp for the element formula. Every element takes the fast path from the
 /// block's table (a placeholder where the fast test fails); each Philox block with a failing element
 /// is appended to the warp's queue (ballot + popc), and whenever pass_at (32; tests also use fewer)
-/// entries wait, the whole warp finishes up to 32 of them at once (gaussian_queue_pass,
+/// entries wait, the whole warp finishes up to 32 of them at once (gaussian_queue_work,
 /// after the unit's stores); the rest is finished at the end of the piece. Warps never wait for each
 /// other, except for two block barriers when the table is rescaled for a new sigma (block-uniform:
 /// pieces are block-uniform).
@@ -459,7 +570,7 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian(const projection_ent
     projection_piece_gaussian_rows(e, r0, r1, lt, pass_at, table);
     return;
   }
-  gaussian_queue_state qs{0u, 0u};
+  gaussian_queue_states qs{{0u, 0u}, {0u, 0u}};
   unit_cursor<T> p = cursor_at(e, r0 + x);
   // A block-uniform loop and body (every warp runs every step; lanes beyond the piece are inactive):
   // a warp-divergent region around the ballots below makes the compiler drop the task's keys from
@@ -484,17 +595,17 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian(const projection_ent
       slow = slow && active;
       const unsigned ballot = __ballot_sync(0xffffffffu, slow);
       if (slow) {
-        const unsigned slot = (qs.head + qs.count + static_cast<unsigned>(__popc(ballot & lt))) & queue::mask;
+        const unsigned slot = (qs.easy.head + qs.easy.count + static_cast<unsigned>(__popc(ballot & lt))) & queue::mask;
         qu.e[slot].words = make_uint4(b.v[0], b.v[1], b.v[2], b.v[3]);
         *reinterpret_cast<uint2*>(&qu.e[slot].meta) = make_uint2(p.i, q);
       }
-      qs.count += static_cast<unsigned>(__popc(ballot));
+      qs.easy.count += static_cast<unsigned>(__popc(ballot));
     }
     if (active) store_unit_at<T, U>(e, p, v);
-    while (qs.count >= pass_at) gaussian_queue_pass(e, table, qu, qs, qs.count < 32u ? qs.count : 32u, lane, lt);
+    gaussian_queue_work<T, U, false>(e, table, qu, qs, pass_at, lane, lt);
     advance_step(e, p);
   }
-  while (qs.count != 0u) gaussian_queue_pass(e, table, qu, qs, qs.count < 32u ? qs.count : 32u, lane, lt);
+  gaussian_queue_work<T, U, false>(e, table, qu, qs, 1u, lane, lt);
 }
 
 /// Philox4x32-10 of counter {q, i, stream0, stream1} (lori::detail::philox4x32_10_scheduled) with the
@@ -584,7 +695,7 @@ LORI_DEVICE LORI_FORCEINLINE bool gaussian_row_path(const projection_entry<T>& e
 /// windows test nothing). The window's row i and first unit c are block-uniform, the thread's store
 /// address is carried from window to window, so a unit costs its Philox block (with the row-constant
 /// first rounds precomputed, philox_row), the fast paths, the ballot and one vector store; the slow
-/// path is the general path's warp queue (gaussian_queue_pass).
+/// path is the general path's warp queues (gaussian_queue_work).
 template <class T>
 LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projection_entry<T>& e, index_t r0, index_t r1, unsigned lt,
                                                                  unsigned pass_at, const uint2* table) {
@@ -594,7 +705,7 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projectio
   using queue = gaussian_warp_queue<U>;
   const unsigned x = threadIdx.x, lane = x & 31u;
   queue& qu = gaussian_queue<U>();
-  gaussian_queue_state qs{0u, 0u};
+  gaussian_queue_states qs{{0u, 0u}, {0u, 0u}};
   // The window holding r0 (block-uniform): row i, first unit c (a multiple of S). In whole windows
   // (w0 and upr are multiples of S; units < 2^40, so w0 / S < 2^32): 32-bit arithmetic only (a
   // 64-bit division, a subroutine call, makes the compiler drop the uniformity of everything after).
@@ -633,11 +744,11 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projectio
         if constexpr (Masked) slow = slow && active;
         const unsigned ballot = __ballot_sync(0xffffffffu, slow);
         if (slow) {
-          const unsigned slot = (qs.head + qs.count + static_cast<unsigned>(__popc(ballot & lt))) & queue::mask;
+          const unsigned slot = (qs.easy.head + qs.easy.count + static_cast<unsigned>(__popc(ballot & lt))) & queue::mask;
           qu.e[slot].words = make_uint4(b.v[0], b.v[1], b.v[2], b.v[3]);
           *reinterpret_cast<uint2*>(&qu.e[slot].meta) = make_uint2(i, q);
         }
-        qs.count += static_cast<unsigned>(__popc(ballot));
+        qs.easy.count += static_cast<unsigned>(__popc(ballot));
       }
       if (active) {
         T* dst = dst0 + k * projection_threads * U;
@@ -662,7 +773,7 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projectio
     } else {
       window(std::true_type{}, hi);
     }
-    while (qs.count >= pass_at) gaussian_queue_pass<T, U, true>(e, table, qu, qs, qs.count < 32u ? qs.count : 32u, lane, lt);
+    gaussian_queue_work<T, U, true>(e, table, qu, qs, pass_at, lane, lt);
     if (--n == 0u) break;
     lo = 0u;
     c += S;
@@ -674,7 +785,7 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projectio
       rw = make_gaussian_row_keys(e, tk, i);
     }
   }
-  while (qs.count != 0u) gaussian_queue_pass<T, U, true>(e, table, qu, qs, qs.count < 32u ? qs.count : 32u, lane, lt);
+  gaussian_queue_work<T, U, true>(e, table, qu, qs, 1u, lane, lt);
 }
 
 /// Units [r0, r1) of matrix e by the block, any law. WithGaussian: the kernel variant with the gaussian
@@ -797,16 +908,24 @@ __global__ void __launch_bounds__(projection_threads, projection_min_blocks<With
   }
 }
 
-/// Blocks of a launch over `units` units: one wave of resident blocks at most (and about 4 units per
-/// thread at least). The kernel is configured for the largest shared-memory carve-out first (the
-/// gaussian variant holds 18-35 KB per block).
+/// Configures a kernel variant with `smem` bytes of dynamic shared memory (the gaussian variant:
+/// gaussian_smem_bytes, 0 otherwise) for the largest shared-memory carve-out (on the current device).
 template <class Kernel>
-index_t projection_grid(Kernel kernel, index_t units) {
+void configure_projection_kernel(Kernel kernel, std::size_t smem) {
+  LORI_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared));
+  if (smem > 0) LORI_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+}
+
+/// Blocks of a launch over `units` units: one wave of resident blocks at most (and about 4 units per
+/// thread at least). Configures the kernel first (configure_projection_kernel; the gaussian variant
+/// holds 50 KB of shared memory per block).
+template <class Kernel>
+index_t projection_grid(Kernel kernel, index_t units, std::size_t smem) {
   int device = 0, sms = 0, per_sm = 0;
   LORI_CUDA_CHECK(cudaGetDevice(&device));
   LORI_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  LORI_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared));
-  LORI_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, projection_threads, 0));
+  configure_projection_kernel(kernel, smem);
+  LORI_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, projection_threads, smem));
   const index_t resident = static_cast<index_t>(sms > 0 ? sms : 1) * static_cast<index_t>(per_sm > 0 ? per_sm : 1);
   const index_t wanted = (units + 4 * projection_threads - 1) / (4 * projection_threads);
   return wanted < resident ? wanted : resident;
@@ -908,8 +1027,9 @@ projection_batch_plan<T> prepare_projection_batch(const projection_task<T>* task
   plan.workspace = workspace;
   plan.units = units;
   if (units > 0) {
-    plan.blocks = plan.has_gaussian ? detail::projection_grid(detail::projection_kernel<T, true, detail::projection_batch_source<T>>, units)
-                                    : detail::projection_grid(detail::projection_kernel<T, false, detail::projection_batch_source<T>>, units);
+    plan.blocks = plan.has_gaussian ? detail::projection_grid(detail::projection_kernel<T, true, detail::projection_batch_source<T>>, units,
+                                                              detail::gaussian_smem_bytes<T>)
+                                    : detail::projection_grid(detail::projection_kernel<T, false, detail::projection_batch_source<T>>, units, 0);
   }
   return plan;
 }
@@ -931,7 +1051,7 @@ void launch_projection_batch(const projection_batch_plan<T>& plan, index_t block
                                        reinterpret_cast<const index_t*>(base + round_up16(n * sizeof(projection_entry_storage<T>))), plan.count};
   const projection_split split = make_projection_split(plan.units, blocks, pass_at, rows);
   if (plan.has_gaussian) {
-    projection_kernel<T, true><<<static_cast<unsigned>(blocks), projection_threads, 0, stream>>>(src, split);
+    projection_kernel<T, true><<<static_cast<unsigned>(blocks), projection_threads, gaussian_smem_bytes<T>, stream>>>(src, split);
   } else {
     projection_kernel<T, false><<<static_cast<unsigned>(blocks), projection_threads, 0, stream>>>(src, split);
   }
@@ -954,11 +1074,17 @@ void generate_projection_blocks(row_major_view<T> out, std::uint64_t seed, std::
   src.starts[1] = units;
   if (t.params.kind == distribution::gaussian) {
     const auto kernel = projection_kernel<T, true, projection_single_source<T>>;
-    const index_t grid = blocks > 0 ? blocks : projection_grid(kernel, units);
-    kernel<<<static_cast<unsigned>(grid), projection_threads, 0, cuda_stream>>>(src, make_projection_split(units, grid));
+    constexpr std::size_t smem = gaussian_smem_bytes<T>;
+    index_t grid = blocks;
+    if (blocks > 0) {
+      configure_projection_kernel(kernel, smem);
+    } else {
+      grid = projection_grid(kernel, units, smem);
+    }
+    kernel<<<static_cast<unsigned>(grid), projection_threads, smem, cuda_stream>>>(src, make_projection_split(units, grid));
   } else {
     const auto kernel = projection_kernel<T, false, projection_single_source<T>>;
-    const index_t grid = blocks > 0 ? blocks : projection_grid(kernel, units);
+    const index_t grid = blocks > 0 ? blocks : projection_grid(kernel, units, 0);
     kernel<<<static_cast<unsigned>(grid), projection_threads, 0, cuda_stream>>>(src, make_projection_split(units, grid));
   }
   LORI_CUDA_CHECK_LAUNCH();
