@@ -371,7 +371,9 @@ LORI_DEVICE LORI_FORCEINLINE void set_word(uint4& w, int t, std::uint32_t x) {
 }
 
 /// One pass over the oldest n <= 32 entries of the warp's hard ring (gaussian_easy_pass moves entries
-/// there): lane l < n takes entry head + l and runs ONE attempt (detail::gaussian_slow_attempt, both
+/// there), and the oldest ne <= 32 - n of its easy ring (lanes n .. n + ne - 1; ne > 0 only in the
+/// last passes of a piece, so that the end of a piece costs one pass, not an easy and a hard one):
+/// lane l < n + ne takes an entry and runs ONE attempt (detail::gaussian_slow_attempt, both
 /// slow blocks, any state) of its lowest pending element (the one in progress, if any): finished, the
 /// value is stored over the placeholder and the word zeroed; not finished, the word becomes the new
 /// candidate and pos the words consumed. An entry with pending elements goes back to the ring. So a
@@ -382,8 +384,9 @@ LORI_DEVICE LORI_FORCEINLINE void set_word(uint4& w, int t, std::uint32_t x) {
 /// inside its row (cols % 4 == 0, the row path), so no element needs the column test.
 template <class T, int U, bool WholeBlocks>
 LORI_DEVICE LORI_FORCEINLINE void gaussian_hard_pass(const projection_entry<T>& e, const uint2* table, gaussian_warp_queue<U>& qu,
-                                                     gaussian_queue_state& qs, unsigned n, unsigned lane, unsigned lt) {
+                                                     gaussian_queue_states& qss, unsigned n, unsigned ne, unsigned lane, unsigned lt) {
   using queue = gaussian_warp_queue<U>;
+  gaussian_queue_state& qs = qss.hard;
   __syncwarp();
   uint4 w = make_uint4(0u, 0u, 0u, 0u);
   uint4 meta = make_uint4(0u, 0u, 0u, 0u);
@@ -391,10 +394,16 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_hard_pass(const projection_entry<T>& 
     const unsigned slot = (qs.head + lane) & queue::hard_mask;
     w = qu.h[slot].words;
     meta = qu.h[slot].meta;
+  } else if (lane < n + ne) {  // the drain's last pass: easy entries (pos = 0) in the same pass
+    const unsigned slot = (qss.easy.head + lane - n) & queue::mask;
+    w = qu.e[slot].words;
+    meta = qu.e[slot].meta;
   }
   __syncwarp();
   qs.head = (qs.head + n) & queue::hard_mask;
   qs.count -= n;
+  qss.easy.head = (qss.easy.head + ne) & queue::mask;
+  qss.easy.count -= ne;
   const std::uint32_t q = meta.y & 0x1fffffffu;
   const std::uint32_t j0 = q * 4u;  // < 2^31, and j0 + 3 < 2^32
   const auto cols = static_cast<std::uint32_t>(e.cols);  // < 2^31
@@ -521,16 +530,27 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_easy_pass(const projection_entry<T>& 
 /// Works off the warp's queues until fewer than `at` entries wait in each ring: hard passes while at
 /// least `at` wait in the hard ring, then an easy pass if at least `at` wait in the easy ring, and so
 /// on (at most 32 entries per pass). So fewer than at <= 32 entries wait in the hard ring before an
-/// easy pass, which moves at most 32 there: the hard ring never overflows. at = pass_at after a
-/// step, 1 at the end of a piece (both rings empty afterwards; every pass finishes an element,
-/// consumes a slow word or drops an entry, so this terminates).
+/// easy pass, which moves at most 32 there: the hard ring never overflows. at = pass_at after a step.
 template <class T, int U, bool WholeBlocks>
 LORI_DEVICE LORI_FORCEINLINE void gaussian_queue_work(const projection_entry<T>& e, const uint2* table, gaussian_warp_queue<U>& qu,
                                                       gaussian_queue_states& qs, unsigned at, unsigned lane, unsigned lt) {
   for (;;) {
-    while (qs.hard.count >= at) gaussian_hard_pass<T, U, WholeBlocks>(e, table, qu, qs.hard, qs.hard.count < 32u ? qs.hard.count : 32u, lane, lt);
+    while (qs.hard.count >= at) gaussian_hard_pass<T, U, WholeBlocks>(e, table, qu, qs, qs.hard.count < 32u ? qs.hard.count : 32u, 0u, lane, lt);
     if (qs.easy.count < at) break;
     gaussian_easy_pass<T, U, WholeBlocks>(e, table, qu, qs, qs.easy.count < 32u ? qs.easy.count : 32u, lane, lt);
+  }
+}
+
+/// Empties both rings at the end of a piece: hard passes that fill their free lanes with easy entries
+/// (usually one pass: fewer than 32 wait in each ring). Each pass finishes an element, consumes a
+/// slow word or drops an entry, so this terminates; the hard ring holds at most max(its count, 32).
+template <class T, int U, bool WholeBlocks>
+LORI_DEVICE LORI_FORCEINLINE void gaussian_queue_drain(const projection_entry<T>& e, const uint2* table, gaussian_warp_queue<U>& qu,
+                                                       gaussian_queue_states& qs, unsigned lane, unsigned lt) {
+  while (qs.hard.count + qs.easy.count != 0u) {
+    const unsigned n = qs.hard.count < 32u ? qs.hard.count : 32u;
+    const unsigned ne = qs.easy.count < 32u - n ? qs.easy.count : 32u - n;
+    gaussian_hard_pass<T, U, WholeBlocks>(e, table, qu, qs, n, ne, lane, lt);
   }
 }
 
@@ -605,7 +625,7 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian(const projection_ent
     gaussian_queue_work<T, U, false>(e, table, qu, qs, pass_at, lane, lt);
     advance_step(e, p);
   }
-  gaussian_queue_work<T, U, false>(e, table, qu, qs, 1u, lane, lt);
+  gaussian_queue_drain<T, U, false>(e, table, qu, qs, lane, lt);
 }
 
 /// Philox4x32-10 of counter {q, i, stream0, stream1} (lori::detail::philox4x32_10_scheduled) with the
@@ -785,7 +805,7 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projectio
       rw = make_gaussian_row_keys(e, tk, i);
     }
   }
-  gaussian_queue_work<T, U, true>(e, table, qu, qs, 1u, lane, lt);
+  gaussian_queue_drain<T, U, true>(e, table, qu, qs, lane, lt);
 }
 
 /// Units [r0, r1) of matrix e by the block, any law. WithGaussian: the kernel variant with the gaussian
