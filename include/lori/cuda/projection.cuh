@@ -700,6 +700,10 @@ LORI_HOST_DEVICE LORI_FORCEINLINE philox_block philox_row(std::uint32_t q, const
 template <class T>
 constexpr int gaussian_row_units = 8 / projection_traits<T>::unit;
 
+/// Units per window of the row path: 256 * K.
+template <class T>
+constexpr index_t gaussian_row_window = index_t{projection_threads} * gaussian_row_units<T>;
+
 /// Whether gaussian task e takes the row path: rows made of whole steps (upr a multiple of the step's
 /// 256 * K units), whole 16-byte units (cols % unit == 0) and 16-byte aligned rows. Block-uniform.
 template <class T>
@@ -871,28 +875,35 @@ struct projection_single_source {
 template <bool WithGaussian, bool Single>
 constexpr int projection_min_blocks = WithGaussian ? 4 : 8;
 
-/// How a launch's units are split over its blocks: ceil(units / 32) groups of 32 units; block B takes
-/// per_block groups, one more if B < extra (no division on the device). pass_at (1..32): queue length
-/// at which a warp works off its gaussian slow-path queue (32 in the library).
+/// How a launch's units are split over its blocks: ceil(units / group) groups of `group` units; block B
+/// takes per_block groups, one more if B < extra (no division on the device). pass_at (1..32): queue
+/// length at which a warp works off its gaussian slow-path queue (32 in the library).
 struct projection_split {
   index_t units;
   index_t per_block;
   index_t extra;
+  index_t group;
   unsigned pass_at;
   unsigned rows;  ///< 1: gaussian tasks with gaussian_row_path take the row path (the library); 0: never
 };
 
-inline projection_split make_projection_split(index_t units, index_t blocks, unsigned pass_at = 32, unsigned rows = 1) {
-  const index_t groups = (units + 31) / 32;
-  return projection_split{units, groups / blocks, groups % blocks, pass_at, rows};
+/// Groups of 32 units; for the gaussian kernel variant (window = the row path's window of T, 512 or
+/// 256 units; 0 otherwise) groups of one window, so that block ranges start and end on window
+/// boundaries of the tasks whose unit counts are multiples of the window (as all k = 2048 n are: no
+/// masked windows), when every block gets at least 16 of them (the imbalance stays <= 1/16).
+inline projection_split make_projection_split(index_t units, index_t blocks, index_t window, unsigned pass_at = 32, unsigned rows = 1) {
+  const index_t group = window > 0 && units >= blocks * 16 * window ? window : 32;
+  const index_t groups = (units + group - 1) / group;
+  return projection_split{units, groups / blocks, groups % blocks, group, pass_at, rows};
 }
 
 /// The generation kernel: a grid of at most one wave of resident blocks; the launch's units (all tasks
 /// concatenated, each task in row-major unit order) are split into equal contiguous ranges of whole
-/// 32-unit groups, one per block. Each block walks its range task by task (pieces); all of this is
-/// block-uniform (the task's keys and shape stay in uniform registers). Within a piece, thread x
-/// takes units x, x + 256, ...; after the first task search (one barrier) the warps never wait for
-/// each other.
+/// groups (make_projection_split), one per block. Each block walks its range task by task (pieces);
+/// all of this is block-uniform (the task's keys and shape stay in uniform registers). Within a
+/// piece, thread x takes units x, x + 256, ... (the gaussian row path: see
+/// projection_piece_gaussian_rows); after the first task search (one barrier) the warps never wait
+/// for each other.
 template <class T, bool WithGaussian, class Source>
 __global__ void __launch_bounds__(projection_threads, projection_min_blocks<WithGaussian, std::is_same_v<Source, projection_single_source<T>>>)
     projection_kernel(const __grid_constant__ Source param, projection_split split) {
@@ -900,8 +911,8 @@ __global__ void __launch_bounds__(projection_threads, projection_min_blocks<With
   const auto block = static_cast<index_t>(blockIdx.x);
   const index_t g0 = block * split.per_block + (block < split.extra ? block : split.extra);
   const index_t g1 = g0 + split.per_block + (block < split.extra ? 1 : 0);
-  const index_t a = g0 * 32;
-  const index_t b = g1 * 32 < split.units ? g1 * 32 : split.units;
+  const index_t a = g0 * split.group;
+  const index_t b = g1 * split.group < split.units ? g1 * split.group : split.units;
   if (a >= b) return;
   // The first task, found by warp 0 and read back from shared memory (so that the compiler sees it,
   // and everything derived from it, as uniform: the task's keys and shape in uniform registers).
@@ -1069,7 +1080,7 @@ void launch_projection_batch(const projection_batch_plan<T>& plan, index_t block
   const auto* base = static_cast<const unsigned char*>(plan.workspace);
   const projection_batch_source<T> src{reinterpret_cast<const projection_entry_storage<T>*>(base),
                                        reinterpret_cast<const index_t*>(base + round_up16(n * sizeof(projection_entry_storage<T>))), plan.count};
-  const projection_split split = make_projection_split(plan.units, blocks, pass_at, rows);
+  const projection_split split = make_projection_split(plan.units, blocks, plan.has_gaussian ? gaussian_row_window<T> : 0, pass_at, rows);
   if (plan.has_gaussian) {
     projection_kernel<T, true><<<static_cast<unsigned>(blocks), projection_threads, gaussian_smem_bytes<T>, stream>>>(src, split);
   } else {
@@ -1101,11 +1112,11 @@ void generate_projection_blocks(row_major_view<T> out, std::uint64_t seed, std::
     } else {
       grid = projection_grid(kernel, units, smem);
     }
-    kernel<<<static_cast<unsigned>(grid), projection_threads, smem, cuda_stream>>>(src, make_projection_split(units, grid));
+    kernel<<<static_cast<unsigned>(grid), projection_threads, smem, cuda_stream>>>(src, make_projection_split(units, grid, gaussian_row_window<T>));
   } else {
     const auto kernel = projection_kernel<T, false, projection_single_source<T>>;
     const index_t grid = blocks > 0 ? blocks : projection_grid(kernel, units, 0);
-    kernel<<<static_cast<unsigned>(grid), projection_threads, 0, cuda_stream>>>(src, make_projection_split(units, grid));
+    kernel<<<static_cast<unsigned>(grid), projection_threads, 0, cuda_stream>>>(src, make_projection_split(units, grid, 0));
   }
   LORI_CUDA_CHECK_LAUNCH();
 }
