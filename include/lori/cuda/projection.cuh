@@ -790,16 +790,7 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projectio
       }
     }
   };
-  for (;;) {
-    const std::uint32_t hi = n == 1u ? hi_last : S;
-    if (lo == 0u && hi == S) {
-      window(std::false_type{}, S);
-    } else {
-      window(std::true_type{}, hi);
-    }
-    gaussian_queue_work<T, U, true>(e, table, qu, qs, pass_at, lane, lt);
-    if (--n == 0u) break;
-    lo = 0u;
+  auto next_window = [&] {
     c += S;
     dst0 += index_t{S} * U;
     if (c == e.upr) {  // next row (uniform)
@@ -808,6 +799,29 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projectio
       dst0 += e.row_skip;
       rw = make_gaussian_row_keys(e, tk, i);
     }
+  };
+  // A masked first window (the piece starts inside it, or it is the only one and ends early), then
+  // the whole windows, then a masked last window (the piece ends inside it).
+  if (lo != 0u || (n == 1u && hi_last != S)) {
+    window(std::true_type{}, n == 1u ? hi_last : S);
+    gaussian_queue_work<T, U, true>(e, table, qu, qs, pass_at, lane, lt);
+    if (--n != 0u) next_window();
+    lo = 0u;
+  }
+  const bool last_masked = n != 0u && hi_last != S;
+  std::uint32_t whole = last_masked ? n - 1u : n;
+  if (whole != 0u) {
+    for (;;) {
+      window(std::false_type{}, S);
+      gaussian_queue_work<T, U, true>(e, table, qu, qs, pass_at, lane, lt);
+      if (--whole == 0u) break;
+      next_window();
+    }
+    if (last_masked) next_window();
+  }
+  if (last_masked) {
+    window(std::true_type{}, hi_last);
+    gaussian_queue_work<T, U, true>(e, table, qu, qs, pass_at, lane, lt);
   }
   gaussian_queue_drain<T, U, true>(e, table, qu, qs, lane, lt);
 }
