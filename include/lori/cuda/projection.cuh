@@ -700,16 +700,40 @@ LORI_HOST_DEVICE LORI_FORCEINLINE philox_block philox_row(std::uint32_t q, const
 template <class T>
 constexpr int gaussian_row_units = 8 / projection_traits<T>::unit;
 
+/// pack_pair(narrow16<T>(lo), narrow16<T>(hi)) with one hardware conversion (cvt.rn.bf16x2.f32 /
+/// cvt.rn.f16x2.f32: round to nearest even, like float_to_bf16_bits / float_to_half_bits, subnormals
+/// and overflow to infinity included). For finite inputs only (the NaN encodings may differ): the row
+/// path takes 16-bit tasks only for sigma in gaussian_row_sigma_min .. max, where no fast-path value
+/// is NaN (nor a float subnormal).
+template <class T>
+LORI_DEVICE LORI_FORCEINLINE std::uint32_t cvt_pair_rn(float lo, float hi) {
+  std::uint32_t d;
+  if constexpr (std::is_same_v<T, bfloat16>) {
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(d) : "f"(hi), "f"(lo));
+  } else {
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(d) : "f"(hi), "f"(lo));
+  }
+  return d;
+}
+
+/// Sigma range of the row path for bf16/fp16 (cvt_pair_rn): W_L sigma stays finite (W_L <= 3.93, so no
+/// fast-path value is NaN) and fast-path values are 0 or >= 2^-23 W_L sigma > 2^-126 (W_L >= 0.2).
+constexpr float gaussian_row_sigma_min = 1e-28f;
+constexpr float gaussian_row_sigma_max = 1e37f;
+
 /// Units per window of the row path: 256 * K.
 template <class T>
 constexpr index_t gaussian_row_window = index_t{projection_threads} * gaussian_row_units<T>;
 
 /// Whether gaussian task e takes the row path: rows made of whole steps (upr a multiple of the step's
-/// 256 * K units), whole 16-byte units (cols % unit == 0) and 16-byte aligned rows. Block-uniform.
+/// 256 * K units), whole 16-byte units (cols % unit == 0), 16-byte aligned rows and, for bf16/fp16, sigma
+/// in [gaussian_row_sigma_min, gaussian_row_sigma_max] (cvt_pair_rn). Block-uniform.
 template <class T>
 LORI_DEVICE LORI_FORCEINLINE bool gaussian_row_path(const projection_entry<T>& e) {
   constexpr auto step = static_cast<std::uint32_t>(projection_threads * gaussian_row_units<T>);
-  return e.vec_ok != 0u && e.full_units == e.upr && e.upr % step == 0u;
+  const bool sigma_ok = std::is_same_v<T, float> || std::is_same_v<T, double> ||
+                        (e.params.scale >= gaussian_row_sigma_min && e.params.scale <= gaussian_row_sigma_max);
+  return e.vec_ok != 0u && e.full_units == e.upr && e.upr % step == 0u && sigma_ok;
 }
 
 /// The row path of projection_piece_gaussian for tasks with gaussian_row_path(e): the piece is walked
@@ -782,10 +806,8 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projectio
           reinterpret_cast<double2*>(dst)[0] = make_double2(v[0], v[1]);
           reinterpret_cast<double2*>(dst)[1] = make_double2(v[2], v[3]);
         } else {
-          std::uint16_t hb[8];
-#pragma unroll
-          for (int t = 0; t < 8; ++t) hb[t] = narrow16<T>(v[t]);
-          *reinterpret_cast<uint4*>(dst) = make_uint4(pack_pair(hb[0], hb[1]), pack_pair(hb[2], hb[3]), pack_pair(hb[4], hb[5]), pack_pair(hb[6], hb[7]));
+          *reinterpret_cast<uint4*>(dst) =
+              make_uint4(cvt_pair_rn<T>(v[0], v[1]), cvt_pair_rn<T>(v[2], v[3]), cvt_pair_rn<T>(v[4], v[5]), cvt_pair_rn<T>(v[6], v[7]));
         }
       }
     }
