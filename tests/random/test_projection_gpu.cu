@@ -512,6 +512,36 @@ TEST_CASE("gaussian row path: one block walks a 640 x 6144 matrix (full hard-rin
   }
 }
 
+namespace {
+// A rows x cols gaussian matrix of sigma through generate_projection (bf16/fp16 take the row path, with
+// the hardware conversion, for 1e-28 <= sigma <= 1e37), compared bit for bit with the CPU.
+template <class T>
+std::size_t extreme_sigma_mismatches(index_t rows, index_t cols, double sigma, std::uint64_t seed) {
+  const auto a = cpu_projection(rows, cols, seed, 5, projection_spec::gaussian(sigma));
+  lori::cuda::device_buffer<T> buf(rows * cols);
+  buf.fill_bytes(0xff);
+  lori::cuda::generate_projection(buf.as_matrix(rows, cols), seed, 5, projection_spec::gaussian(sigma));
+  LORI_CUDA_CHECK(cudaDeviceSynchronize());
+  const auto host = buf.download();
+  std::size_t bad = 0;
+  for (std::size_t t = 0; t < a.size(); ++t) bad += bits_of(host[t]) != expected_bits<T>(a[t]);
+  return bad;
+}
+}  // namespace
+
+TEST_CASE("gaussian row path, bf16/fp16: hardware rounding equals the CPU's at extreme sigmas") {
+  // fp16: sigma 1e-4 and 1e-6 (most values fp16 subnormals or zero), 3e4 (3% beyond 65504: infinities);
+  // bf16: sigma 1e-27 and 5e36 (inside the row path's range), 2e-29 (the general path).
+  for (const double sigma : {1e-4, 1e-6, 3e4, 0.37}) {
+    CAPTURE(sigma);
+    CHECK(extreme_sigma_mismatches<lori::half>(8, 4096, sigma, 31) == 0);
+  }
+  for (const double sigma : {1e-27, 5e36, 2e-29, 0.37}) {
+    CAPTURE(sigma);
+    CHECK(extreme_sigma_mismatches<lori::bfloat16>(8, 4096, sigma, 32) == 0);
+  }
+}
+
 TEST_CASE("single matrix on forced grids: one block walks the whole matrix (fallback element included)") {
   // 2553 x 2200 holds the bounded loop's fallback element (2552, 2193) of seed 99 / stream 7.
   const index_t rows = 2553, cols = 2200;
