@@ -527,17 +527,17 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_easy_pass(const projection_entry<T>& 
   qs.hard.count += static_cast<unsigned>(__popc(moved));
 }
 
-/// Works off the warp's queues until fewer than `at` entries wait in each ring: hard passes while at
-/// least `at` wait in the hard ring, then an easy pass if at least `at` wait in the easy ring, and so
-/// on (at most 32 entries per pass). So fewer than at <= 32 entries wait in the hard ring before an
-/// easy pass, which moves at most 32 there: the hard ring never overflows. at = pass_at after a step.
+/// Works off the warp's queues after a step (at = pass_at): easy passes while at least `at` entries
+/// wait in the easy ring (at most 32 each), after each of them hard passes while at least `at` wait in
+/// the hard ring. Invariant between steps: fewer than `at` wait in each ring (only easy passes add
+/// hard entries), so fewer than at <= 32 wait in the hard ring before an easy pass, which moves at
+/// most 32 there: the hard ring never overflows.
 template <class T, int U, bool WholeBlocks>
 LORI_DEVICE LORI_FORCEINLINE void gaussian_queue_work(const projection_entry<T>& e, const uint2* table, gaussian_warp_queue<U>& qu,
                                                       gaussian_queue_states& qs, unsigned at, unsigned lane, unsigned lt) {
-  for (;;) {
-    while (qs.hard.count >= at) gaussian_hard_pass<T, U, WholeBlocks>(e, table, qu, qs, qs.hard.count < 32u ? qs.hard.count : 32u, 0u, lane, lt);
-    if (qs.easy.count < at) break;
+  while (qs.easy.count >= at) {
     gaussian_easy_pass<T, U, WholeBlocks>(e, table, qu, qs, qs.easy.count < 32u ? qs.easy.count : 32u, lane, lt);
+    while (qs.hard.count >= at) gaussian_hard_pass<T, U, WholeBlocks>(e, table, qu, qs, qs.hard.count < 32u ? qs.hard.count : 32u, 0u, lane, lt);
   }
 }
 
