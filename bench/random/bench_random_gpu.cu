@@ -120,6 +120,30 @@ void BM_gpu_generate_llama3_8b_r32_general_path(benchmark::State& state) {
 }
 void BM_gpu_generate_llama3_8b_r32_bf16(benchmark::State& state) { generate_llama<lori::bfloat16>(state); }
 
+// The gaussian (float) with other gaussian kernel configurations (detail::gaussian_cfg<K, MinBlocks>:
+// row-path units per thread and step, blocks per SM), same plan: /0 = 2 units, 4 blocks (the library's,
+// but its grid and attributes set per call), /1 = 1 unit, 6 blocks, /2 = 1 unit, 5 blocks, /3 = 1 unit,
+// 4 blocks.
+void BM_gpu_generate_llama3_8b_r32_cfg(benchmark::State& state) {
+  if (!have_device(state)) return;
+  const lori::index_t n = llama_total();
+  lori::cuda::device_buffer<float> out(n);
+  const auto tasks = llama_tasks(out.data(), lori::projection_spec::gaussian());
+  const std::size_t ws_bytes = lori::cuda::projection_batch_workspace_bytes(static_cast<lori::index_t>(tasks.size()));
+  lori::cuda::device_buffer<unsigned char> ws(static_cast<lori::index_t>(ws_bytes));
+  const auto plan = lori::cuda::prepare_projection_batch(tasks.data(), static_cast<lori::index_t>(tasks.size()), ws.data(), ws_bytes);
+  namespace d = lori::cuda::detail;
+  switch (state.range(0)) {
+    case 0: time_events(state, [&] { d::launch_projection_batch_cfg<d::gaussian_cfg<2, 4>>(plan, nullptr); }); break;
+    case 1: time_events(state, [&] { d::launch_projection_batch_cfg<d::gaussian_cfg<1, 6>>(plan, nullptr); }); break;
+    case 2: time_events(state, [&] { d::launch_projection_batch_cfg<d::gaussian_cfg<1, 5>>(plan, nullptr); }); break;
+    default: time_events(state, [&] { d::launch_projection_batch_cfg<d::gaussian_cfg<1, 4>>(plan, nullptr); }); break;
+  }
+  state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * n);
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * n * static_cast<int64_t>(sizeof(float)));
+  state.SetLabel("gaussian");
+}
+
 // One matrix with the same element count (32 x 1,245,184) through generate_projection (the single-
 // matrix kernel: the entry is a kernel parameter, the grid is computed per call).
 void BM_gpu_generate_single_32x1245184(benchmark::State& state) {
@@ -167,5 +191,6 @@ BENCHMARK(BM_gpu_baseline_d2d_copy)->UseManualTime()->Unit(benchmark::kMicroseco
 BENCHMARK(BM_gpu_generate_llama3_8b_r32)->DenseRange(0, 3)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_generate_llama3_8b_r32_bf16)->Arg(0)->Arg(1)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_generate_llama3_8b_r32_general_path)->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_gpu_generate_llama3_8b_r32_cfg)->DenseRange(0, 3)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_generate_single_32x1245184)->Arg(0)->Arg(1)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_baseline_curand_normal)->UseManualTime()->Unit(benchmark::kMicrosecond);

@@ -307,6 +307,27 @@ LORI_DEVICE LORI_FORCEINLINE uint2* gaussian_table() {
   return reinterpret_cast<uint2*>(projection_smem);
 }
 
+/// A configuration of the gaussian kernel variant: KFloat units per thread and step of the row path
+/// for 16-byte units of 4 values (float, double; bf16/fp16 units, 8 values, take 1), MinBlocks blocks
+/// per SM (the register cap). gaussian_cfg_lib is the library's; detail::launch_projection_batch_cfg
+/// runs others (benchmarks of alternatives in the same process).
+template <int KFloat, int MinBlocks>
+struct gaussian_cfg {
+  static constexpr int k_float = KFloat;
+  static constexpr int min_blocks = MinBlocks;
+};
+using gaussian_cfg_lib = gaussian_cfg<2, 4>;
+
+/// Thread units per step of the row path: 8 elements per thread and step in the library (2 units of
+/// float/double, 1 of bf16/fp16), i.e. two Philox blocks.
+template <class T, class C>
+constexpr int gaussian_row_units = projection_traits<T>::unit == 4 ? C::k_float : 1;
+
+/// Easy-ring capacity: at most 31 entries wait between steps, a step appends at most 32 per Philox
+/// block of the thread's units (row path: K * U / 4 blocks; general path: U / 4 <= that).
+template <class T, class C>
+constexpr unsigned gaussian_easy_capacity = 64u * static_cast<unsigned>(gaussian_row_units<T, C> * projection_traits<T>::unit / 4);
+
 /// Per-warp queues of slow-path work, ring buffers worked off in FIFO order (so that an element's fix-up
 /// follows its placeholder store soon, while the line is likely still in L2). An entry is one Philox
 /// block (4 consecutive elements of a row) with at least one element that failed the fast test: its
@@ -315,13 +336,12 @@ LORI_DEVICE LORI_FORCEINLINE uint2* gaussian_table() {
 /// elements are recomputed from the words: a finished element's word is zeroed (a zero word passes
 /// the fast test: layer 0, m = 1 < k_0); the lowest pending element may be in progress, its word then
 /// being its current slow-path candidate and pos its slow words consumed (detail::zig_slow_state).
-template <int U>
+template <unsigned Cap>
 struct gaussian_warp_queue {
-  /// At most 31 entries wait between steps (passes run while >= pass_at <= 32 wait); a step appends
-  /// at most 32 per Philox block of its units: two blocks per thread step in the row path
-  /// (projection_piece_gaussian_rows), U / 4 in the general path: < 32 + 64 entries, a power of two.
-  static constexpr unsigned capacity = 128u;
+  /// The easy ring's capacity (gaussian_easy_capacity).
+  static constexpr unsigned capacity = Cap;
   static constexpr unsigned mask = capacity - 1u;
+  static_assert((Cap & (Cap - 1u)) == 0u && Cap >= 64u, "a power of two");
   /// The hard ring (gaussian_queue_work): fewer than pass_at <= 32 wait before an easy pass, which
   /// moves at most 32 there.
   static constexpr unsigned hard_capacity = 64u;
@@ -347,17 +367,17 @@ struct gaussian_queue_states {
 };
 
 /// This warp's queue (one per warp of the block).
-template <int U>
-LORI_DEVICE LORI_FORCEINLINE gaussian_warp_queue<U>& gaussian_queue() {
+template <unsigned Cap>
+LORI_DEVICE LORI_FORCEINLINE gaussian_warp_queue<Cap>& gaussian_queue() {
   extern __shared__ __align__(32) unsigned char projection_smem[];
-  return reinterpret_cast<gaussian_warp_queue<U>*>(projection_smem + sizeof(uint2) * lori::detail::zig_layers_count)[threadIdx.x >> 5];
+  return reinterpret_cast<gaussian_warp_queue<Cap>*>(projection_smem + sizeof(uint2) * lori::detail::zig_layers_count)[threadIdx.x >> 5];
 }
 
 /// Dynamic shared memory of the gaussian kernel variant for T: the layer table and 8 warps' queues
 /// (50 KB: more than the 48 KB of static shared memory, so the kernel is configured for it).
-template <class T>
+template <class T, class C>
 constexpr std::size_t gaussian_smem_bytes =
-    sizeof(uint2) * lori::detail::zig_layers_count + sizeof(gaussian_warp_queue<projection_traits<T>::unit>) * projection_warps;
+    sizeof(uint2) * lori::detail::zig_layers_count + sizeof(gaussian_warp_queue<gaussian_easy_capacity<T, C>>) * projection_warps;
 
 /// Word t of a uint4 (t warp-divergent: selects, no local memory).
 LORI_DEVICE LORI_FORCEINLINE std::uint32_t word_of(const uint4& w, int t) { return t == 0 ? w.x : (t == 1 ? w.y : (t == 2 ? w.z : w.w)); }
@@ -382,10 +402,10 @@ LORI_DEVICE LORI_FORCEINLINE void set_word(uint4& w, int t, std::uint32_t x) {
 /// orders the appends and placeholder stores of all lanes before the reads and the overwrites, the
 /// second keeps the reads before any later append to those slots. WholeBlocks: every Philox block lies
 /// inside its row (cols % 4 == 0, the row path), so no element needs the column test.
-template <class T, int U, bool WholeBlocks>
-LORI_DEVICE LORI_FORCEINLINE void gaussian_hard_pass(const projection_entry<T>& e, const uint2* table, gaussian_warp_queue<U>& qu,
+template <class T, unsigned Cap, bool WholeBlocks>
+LORI_DEVICE LORI_FORCEINLINE void gaussian_hard_pass(const projection_entry<T>& e, const uint2* table, gaussian_warp_queue<Cap>& qu,
                                                      gaussian_queue_states& qss, unsigned n, unsigned ne, unsigned lane, unsigned lt) {
-  using queue = gaussian_warp_queue<U>;
+  using queue = gaussian_warp_queue<Cap>;
   gaussian_queue_state& qs = qss.hard;
   __syncwarp();
   uint4 w = make_uint4(0u, 0u, 0u, 0u);
@@ -461,10 +481,10 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_hard_pass(const projection_entry<T>& 
 /// state, to the hard ring (gaussian_hard_pass: any attempt, both slow blocks, the fallback). So the
 /// common pass runs neither the tail's log/exp nor the second block nor the bounded-loop fallback,
 /// and the warp runs those only when 32 hard entries wait or at the end of the piece.
-template <class T, int U, bool WholeBlocks>
-LORI_DEVICE LORI_FORCEINLINE void gaussian_easy_pass(const projection_entry<T>& e, const uint2* table, gaussian_warp_queue<U>& qu,
+template <class T, unsigned Cap, bool WholeBlocks>
+LORI_DEVICE LORI_FORCEINLINE void gaussian_easy_pass(const projection_entry<T>& e, const uint2* table, gaussian_warp_queue<Cap>& qu,
                                                      gaussian_queue_states& qs, unsigned n, unsigned lane, unsigned lt) {
-  using queue = gaussian_warp_queue<U>;
+  using queue = gaussian_warp_queue<Cap>;
   __syncwarp();
   const unsigned slot = (qs.easy.head + lane) & queue::mask;  // lanes >= n read an unused slot, ignored
   uint4 w = qu.e[slot].words;
@@ -532,25 +552,25 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_easy_pass(const projection_entry<T>& 
 /// the hard ring. Invariant between steps: fewer than `at` wait in each ring (only easy passes add
 /// hard entries), so fewer than at <= 32 wait in the hard ring before an easy pass, which moves at
 /// most 32 there: the hard ring never overflows.
-template <class T, int U, bool WholeBlocks>
-LORI_DEVICE LORI_FORCEINLINE void gaussian_queue_work(const projection_entry<T>& e, const uint2* table, gaussian_warp_queue<U>& qu,
+template <class T, unsigned Cap, bool WholeBlocks>
+LORI_DEVICE LORI_FORCEINLINE void gaussian_queue_work(const projection_entry<T>& e, const uint2* table, gaussian_warp_queue<Cap>& qu,
                                                       gaussian_queue_states& qs, unsigned at, unsigned lane, unsigned lt) {
   while (qs.easy.count >= at) {
-    gaussian_easy_pass<T, U, WholeBlocks>(e, table, qu, qs, qs.easy.count < 32u ? qs.easy.count : 32u, lane, lt);
-    while (qs.hard.count >= at) gaussian_hard_pass<T, U, WholeBlocks>(e, table, qu, qs, qs.hard.count < 32u ? qs.hard.count : 32u, 0u, lane, lt);
+    gaussian_easy_pass<T, Cap, WholeBlocks>(e, table, qu, qs, qs.easy.count < 32u ? qs.easy.count : 32u, lane, lt);
+    while (qs.hard.count >= at) gaussian_hard_pass<T, Cap, WholeBlocks>(e, table, qu, qs, qs.hard.count < 32u ? qs.hard.count : 32u, 0u, lane, lt);
   }
 }
 
 /// Empties both rings at the end of a piece: hard passes that fill their free lanes with easy entries
 /// (usually one pass: fewer than 32 wait in each ring). Each pass finishes an element, consumes a
 /// slow word or drops an entry, so this terminates; the hard ring holds at most max(its count, 32).
-template <class T, int U, bool WholeBlocks>
-LORI_DEVICE LORI_FORCEINLINE void gaussian_queue_drain(const projection_entry<T>& e, const uint2* table, gaussian_warp_queue<U>& qu,
+template <class T, unsigned Cap, bool WholeBlocks>
+LORI_DEVICE LORI_FORCEINLINE void gaussian_queue_drain(const projection_entry<T>& e, const uint2* table, gaussian_warp_queue<Cap>& qu,
                                                        gaussian_queue_states& qs, unsigned lane, unsigned lt) {
   while (qs.hard.count + qs.easy.count != 0u) {
     const unsigned n = qs.hard.count < 32u ? qs.hard.count : 32u;
     const unsigned ne = qs.easy.count < 32u - n ? qs.easy.count : 32u - n;
-    gaussian_hard_pass<T, U, WholeBlocks>(e, table, qu, qs, n, ne, lane, lt);
+    gaussian_hard_pass<T, Cap, WholeBlocks>(e, table, qu, qs, n, ne, lane, lt);
   }
 }
 
@@ -563,20 +583,21 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_queue_drain(const projection_entry<T>
 /// other, except for two block barriers when the table is rescaled for a new sigma (block-uniform:
 /// pieces are block-uniform).
 /// table_sigma: the sigma the table holds (0: not filled yet; sigma > 0 always).
-template <class T>
+template <class T, class C>
 LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projection_entry<T>& e, index_t r0, index_t r1, unsigned lt,
                                                                  unsigned pass_at, const uint2* table);
-template <class T>
+template <class T, class C>
 LORI_DEVICE LORI_FORCEINLINE bool gaussian_row_path(const projection_entry<T>& e);
 
-template <class T>
+template <class T, class C>
 LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian(const projection_entry<T>& e, index_t r0, index_t r1, unsigned lt,
                                                             unsigned pass_at, bool rows, float& table_sigma) {
   constexpr int U = projection_traits<T>::unit;
-  using queue = gaussian_warp_queue<U>;
+  constexpr unsigned Cap = gaussian_easy_capacity<T, C>;
+  using queue = gaussian_warp_queue<Cap>;
   const unsigned x = threadIdx.x, lane = x & 31u;
   uint2* table = gaussian_table();
-  queue& qu = gaussian_queue<U>();
+  queue& qu = gaussian_queue<Cap>();
   const float sigma = e.params.scale;
   static_assert(projection_threads == lori::detail::zig_layers_count, "one table entry per thread");
   if (sigma != table_sigma) {
@@ -586,8 +607,8 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian(const projection_ent
     __syncthreads();
     table_sigma = sigma;
   }
-  if (rows && gaussian_row_path(e)) {
-    projection_piece_gaussian_rows(e, r0, r1, lt, pass_at, table);
+  if (rows && gaussian_row_path<T, C>(e)) {
+    projection_piece_gaussian_rows<T, C>(e, r0, r1, lt, pass_at, table);
     return;
   }
   gaussian_queue_states qs{{0u, 0u}, {0u, 0u}};
@@ -622,10 +643,10 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian(const projection_ent
       qs.easy.count += static_cast<unsigned>(__popc(ballot));
     }
     if (active) store_unit_at<T, U>(e, p, v);
-    gaussian_queue_work<T, U, false>(e, table, qu, qs, pass_at, lane, lt);
+    gaussian_queue_work<T, Cap, false>(e, table, qu, qs, pass_at, lane, lt);
     advance_step(e, p);
   }
-  gaussian_queue_drain<T, U, false>(e, table, qu, qs, lane, lt);
+  gaussian_queue_drain<T, Cap, false>(e, table, qu, qs, lane, lt);
 }
 
 /// Philox4x32-10 of counter {q, i, stream0, stream1} (lori::detail::philox4x32_10_scheduled) with the
@@ -695,10 +716,6 @@ LORI_HOST_DEVICE LORI_FORCEINLINE philox_block philox_row(std::uint32_t q, const
   return philox_block{{c0, c1, c2, c3}};
 }
 
-/// Thread units per step of the row path: 8 elements per thread and step (2 units of float/double,
-/// 1 of bf16/fp16), i.e. two Philox blocks.
-template <class T>
-constexpr int gaussian_row_units = 8 / projection_traits<T>::unit;
 
 /// pack_pair(narrow16<T>(lo), narrow16<T>(hi)) with one hardware conversion (cvt.rn.bf16x2.f32 /
 /// cvt.rn.f16x2.f32: round to nearest even, like float_to_bf16_bits / float_to_half_bits, subnormals
@@ -722,15 +739,15 @@ constexpr float gaussian_row_sigma_min = 1e-28f;
 constexpr float gaussian_row_sigma_max = 1e37f;
 
 /// Units per window of the row path: 256 * K.
-template <class T>
-constexpr index_t gaussian_row_window = index_t{projection_threads} * gaussian_row_units<T>;
+template <class T, class C>
+constexpr index_t gaussian_row_window = index_t{projection_threads} * gaussian_row_units<T, C>;
 
 /// Whether gaussian task e takes the row path: rows made of whole steps (upr a multiple of the step's
 /// 256 * K units), whole 16-byte units (cols % unit == 0), 16-byte aligned rows and, for bf16/fp16, sigma
 /// in [gaussian_row_sigma_min, gaussian_row_sigma_max] (cvt_pair_rn). Block-uniform.
-template <class T>
+template <class T, class C>
 LORI_DEVICE LORI_FORCEINLINE bool gaussian_row_path(const projection_entry<T>& e) {
-  constexpr auto step = static_cast<std::uint32_t>(projection_threads * gaussian_row_units<T>);
+  constexpr auto step = static_cast<std::uint32_t>(projection_threads * gaussian_row_units<T, C>);
   const bool sigma_ok = std::is_same_v<T, float> || std::is_same_v<T, double> ||
                         (e.params.scale >= gaussian_row_sigma_min && e.params.scale <= gaussian_row_sigma_max);
   return e.vec_ok != 0u && e.full_units == e.upr && e.upr % step == 0u && sigma_ok;
@@ -744,15 +761,16 @@ LORI_DEVICE LORI_FORCEINLINE bool gaussian_row_path(const projection_entry<T>& e
 /// address is carried from window to window, so a unit costs its Philox block (with the row-constant
 /// first rounds precomputed, philox_row), the fast paths, the ballot and one vector store; the slow
 /// path is the general path's warp queues (gaussian_queue_work).
-template <class T>
+template <class T, class C>
 LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projection_entry<T>& e, index_t r0, index_t r1, unsigned lt,
                                                                  unsigned pass_at, const uint2* table) {
   constexpr int U = projection_traits<T>::unit;
-  constexpr int K = gaussian_row_units<T>;
+  constexpr int K = gaussian_row_units<T, C>;
   constexpr auto S = static_cast<std::uint32_t>(projection_threads * K);
-  using queue = gaussian_warp_queue<U>;
+  constexpr unsigned Cap = gaussian_easy_capacity<T, C>;
+  using queue = gaussian_warp_queue<Cap>;
   const unsigned x = threadIdx.x, lane = x & 31u;
-  queue& qu = gaussian_queue<U>();
+  queue& qu = gaussian_queue<Cap>();
   gaussian_queue_states qs{{0u, 0u}, {0u, 0u}};
   // The window holding r0 (block-uniform): row i, first unit c (a multiple of S). In whole windows
   // (w0 and upr are multiples of S; units < 2^40, so w0 / S < 2^32): 32-bit arithmetic only (a
@@ -826,7 +844,7 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projectio
   // the whole windows, then a masked last window (the piece ends inside it).
   if (lo != 0u || (n == 1u && hi_last != S)) {
     window(std::true_type{}, n == 1u ? hi_last : S);
-    gaussian_queue_work<T, U, true>(e, table, qu, qs, pass_at, lane, lt);
+    gaussian_queue_work<T, Cap, true>(e, table, qu, qs, pass_at, lane, lt);
     if (--n != 0u) next_window();
     lo = 0u;
   }
@@ -835,7 +853,7 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projectio
   if (whole != 0u) {
     for (;;) {
       window(std::false_type{}, S);
-      gaussian_queue_work<T, U, true>(e, table, qu, qs, pass_at, lane, lt);
+      gaussian_queue_work<T, Cap, true>(e, table, qu, qs, pass_at, lane, lt);
       if (--whole == 0u) break;
       next_window();
     }
@@ -843,21 +861,21 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projectio
   }
   if (last_masked) {
     window(std::true_type{}, hi_last);
-    gaussian_queue_work<T, U, true>(e, table, qu, qs, pass_at, lane, lt);
+    gaussian_queue_work<T, Cap, true>(e, table, qu, qs, pass_at, lane, lt);
   }
-  gaussian_queue_drain<T, U, true>(e, table, qu, qs, lane, lt);
+  gaussian_queue_drain<T, Cap, true>(e, table, qu, qs, lane, lt);
 }
 
 /// Units [r0, r1) of matrix e by the block, any law. WithGaussian: the kernel variant with the gaussian
 /// path (shared memory, more registers); the host launches the variant without it when no task of the
 /// launch is gaussian.
-template <bool WithGaussian, class T>
+template <bool WithGaussian, class C, class T>
 LORI_DEVICE LORI_FORCEINLINE void projection_piece_dispatch(const projection_entry<T>& e, index_t r0, index_t r1, unsigned lt, unsigned pass_at,
                                                             bool rows, float& table_sigma) {
   switch (e.params.kind) {
     case distribution::kaiming_uniform: projection_piece<distribution::kaiming_uniform>(e, r0, r1); break;
     case distribution::gaussian:
-      if constexpr (WithGaussian) projection_piece_gaussian(e, r0, r1, lt, pass_at, rows, table_sigma);
+      if constexpr (WithGaussian) projection_piece_gaussian<T, C>(e, r0, r1, lt, pass_at, rows, table_sigma);
       break;
     case distribution::rademacher: projection_piece<distribution::rademacher>(e, r0, r1); break;
     case distribution::sparse: projection_piece<distribution::sparse>(e, r0, r1); break;
@@ -908,8 +926,8 @@ struct projection_single_source {
 // Minimum blocks per SM (caps registers): 8 (all 2048 threads) without the gaussian path, 4 with it
 // (64 registers: the row path keeps two Philox blocks, their table entries and the row's constants
 // live; at 40 registers it spilled. 4, 5 or 6 blocks per SM measured the same time at session 3).
-template <bool WithGaussian, bool Single>
-constexpr int projection_min_blocks = WithGaussian ? 4 : 8;
+template <bool WithGaussian, class C>
+constexpr int projection_min_blocks = WithGaussian ? C::min_blocks : 8;
 
 /// How a launch's units are split over its blocks: ceil(units / group) groups of `group` units; block B
 /// takes per_block groups, one more if B < extra (no division on the device). pass_at (1..32): queue
@@ -940,8 +958,8 @@ inline projection_split make_projection_split(index_t units, index_t blocks, ind
 /// piece, thread x takes units x, x + 256, ... (the gaussian row path: see
 /// projection_piece_gaussian_rows); after the first task search (one barrier) the warps never wait
 /// for each other.
-template <class T, bool WithGaussian, class Source>
-__global__ void __launch_bounds__(projection_threads, projection_min_blocks<WithGaussian, std::is_same_v<Source, projection_single_source<T>>>)
+template <class T, bool WithGaussian, class Source, class C = gaussian_cfg_lib>
+__global__ void __launch_bounds__(projection_threads, projection_min_blocks<WithGaussian, C>)
     projection_kernel(const __grid_constant__ Source param, projection_split split) {
   const auto src = param.source();
   const auto block = static_cast<index_t>(blockIdx.x);
@@ -967,7 +985,7 @@ __global__ void __launch_bounds__(projection_threads, projection_min_blocks<With
     if (end_t > u) {
       const index_t s = src.start(t);
       const index_t end = end_t < b ? end_t : b;
-      projection_piece_dispatch<WithGaussian>(src.entry(t), u - s, end - s, lt, split.pass_at, split.rows != 0u, table_sigma);
+      projection_piece_dispatch<WithGaussian, C>(src.entry(t), u - s, end - s, lt, split.pass_at, split.rows != 0u, table_sigma);
       u = end;
       if (u >= b) break;
     }
@@ -1095,7 +1113,7 @@ projection_batch_plan<T> prepare_projection_batch(const projection_task<T>* task
   plan.units = units;
   if (units > 0) {
     plan.blocks = plan.has_gaussian ? detail::projection_grid(detail::projection_kernel<T, true, detail::projection_batch_source<T>>, units,
-                                                              detail::gaussian_smem_bytes<T>)
+                                                              detail::gaussian_smem_bytes<T, detail::gaussian_cfg_lib>)
                                     : detail::projection_grid(detail::projection_kernel<T, false, detail::projection_batch_source<T>>, units, 0);
   }
   return plan;
@@ -1116,12 +1134,30 @@ void launch_projection_batch(const projection_batch_plan<T>& plan, index_t block
   const auto* base = static_cast<const unsigned char*>(plan.workspace);
   const projection_batch_source<T> src{reinterpret_cast<const projection_entry_storage<T>*>(base),
                                        reinterpret_cast<const index_t*>(base + round_up16(n * sizeof(projection_entry_storage<T>))), plan.count};
-  const projection_split split = make_projection_split(plan.units, blocks, plan.has_gaussian ? gaussian_row_window<T> : 0, pass_at, rows);
+  const projection_split split =
+      make_projection_split(plan.units, blocks, plan.has_gaussian ? gaussian_row_window<T, gaussian_cfg_lib> : 0, pass_at, rows);
   if (plan.has_gaussian) {
-    projection_kernel<T, true><<<static_cast<unsigned>(blocks), projection_threads, gaussian_smem_bytes<T>, stream>>>(src, split);
+    projection_kernel<T, true><<<static_cast<unsigned>(blocks), projection_threads, gaussian_smem_bytes<T, gaussian_cfg_lib>, stream>>>(src, split);
   } else {
     projection_kernel<T, false><<<static_cast<unsigned>(blocks), projection_threads, 0, stream>>>(src, split);
   }
+  LORI_CUDA_CHECK_LAUNCH();
+}
+
+/// The batch launch with gaussian kernel configuration C instead of gaussian_cfg_lib (one wave of its
+/// resident blocks; configures the kernel on each call): benchmarks compare configurations in one
+/// process. Plans with a gaussian task only.
+template <class C, class T>
+void launch_projection_batch_cfg(const projection_batch_plan<T>& plan, cudaStream_t stream) {
+  LORI_EXPECTS(plan.has_gaussian && plan.units > 0 && plan.workspace != nullptr, "launch_projection_batch_cfg: needs a gaussian plan");
+  const auto n = static_cast<std::size_t>(plan.count);
+  const auto* base = static_cast<const unsigned char*>(plan.workspace);
+  const projection_batch_source<T> src{reinterpret_cast<const projection_entry_storage<T>*>(base),
+                                       reinterpret_cast<const index_t*>(base + round_up16(n * sizeof(projection_entry_storage<T>))), plan.count};
+  const auto kernel = projection_kernel<T, true, projection_batch_source<T>, C>;
+  constexpr std::size_t smem = gaussian_smem_bytes<T, C>;
+  const index_t blocks = projection_grid(kernel, plan.units, smem);
+  kernel<<<static_cast<unsigned>(blocks), projection_threads, smem, stream>>>(src, make_projection_split(plan.units, blocks, gaussian_row_window<T, C>));
   LORI_CUDA_CHECK_LAUNCH();
 }
 
@@ -1141,14 +1177,14 @@ void generate_projection_blocks(row_major_view<T> out, std::uint64_t seed, std::
   src.starts[1] = units;
   if (t.params.kind == distribution::gaussian) {
     const auto kernel = projection_kernel<T, true, projection_single_source<T>>;
-    constexpr std::size_t smem = gaussian_smem_bytes<T>;
+    constexpr std::size_t smem = gaussian_smem_bytes<T, gaussian_cfg_lib>;
     index_t grid = blocks;
     if (blocks > 0) {
       configure_projection_kernel(kernel, smem);
     } else {
       grid = projection_grid(kernel, units, smem);
     }
-    kernel<<<static_cast<unsigned>(grid), projection_threads, smem, cuda_stream>>>(src, make_projection_split(units, grid, gaussian_row_window<T>));
+    kernel<<<static_cast<unsigned>(grid), projection_threads, smem, cuda_stream>>>(src, make_projection_split(units, grid, gaussian_row_window<T, gaussian_cfg_lib>));
   } else {
     const auto kernel = projection_kernel<T, false, projection_single_source<T>>;
     const index_t grid = blocks > 0 ? blocks : projection_grid(kernel, units, 0);
