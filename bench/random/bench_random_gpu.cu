@@ -123,7 +123,8 @@ void BM_gpu_generate_llama3_8b_r32_bf16(benchmark::State& state) { generate_llam
 // The gaussian (float) with other gaussian kernel configurations (detail::gaussian_cfg<K, MinBlocks>:
 // row-path units per thread and step, blocks per SM), same plan: /0 = 2 units, 4 blocks (the library's,
 // but its grid and attributes set per call), /1 = 1 unit, 6 blocks, /2 = 1 unit, 5 blocks, /3 = 1 unit,
-// 4 blocks.
+// 4 blocks, /4 = 2 units, 6 blocks, queues worked off after each unit (34 KB of shared memory), /5 = the
+// same with 5 blocks.
 void BM_gpu_generate_llama3_8b_r32_cfg(benchmark::State& state) {
   if (!have_device(state)) return;
   const lori::index_t n = llama_total();
@@ -137,7 +138,9 @@ void BM_gpu_generate_llama3_8b_r32_cfg(benchmark::State& state) {
     case 0: time_events(state, [&] { d::launch_projection_batch_cfg<d::gaussian_cfg<2, 4>>(plan, nullptr); }); break;
     case 1: time_events(state, [&] { d::launch_projection_batch_cfg<d::gaussian_cfg<1, 6>>(plan, nullptr); }); break;
     case 2: time_events(state, [&] { d::launch_projection_batch_cfg<d::gaussian_cfg<1, 5>>(plan, nullptr); }); break;
-    default: time_events(state, [&] { d::launch_projection_batch_cfg<d::gaussian_cfg<1, 4>>(plan, nullptr); }); break;
+    case 3: time_events(state, [&] { d::launch_projection_batch_cfg<d::gaussian_cfg<1, 4>>(plan, nullptr); }); break;
+    case 4: time_events(state, [&] { d::launch_projection_batch_cfg<d::gaussian_cfg<2, 6, true>>(plan, nullptr); }); break;
+    default: time_events(state, [&] { d::launch_projection_batch_cfg<d::gaussian_cfg<2, 5, true>>(plan, nullptr); }); break;
   }
   state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * n);
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * n * static_cast<int64_t>(sizeof(float)));
@@ -191,6 +194,6 @@ BENCHMARK(BM_gpu_baseline_d2d_copy)->UseManualTime()->Unit(benchmark::kMicroseco
 BENCHMARK(BM_gpu_generate_llama3_8b_r32)->DenseRange(0, 3)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_generate_llama3_8b_r32_bf16)->Arg(0)->Arg(1)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_generate_llama3_8b_r32_general_path)->UseManualTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_gpu_generate_llama3_8b_r32_cfg)->DenseRange(0, 3)->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_gpu_generate_llama3_8b_r32_cfg)->DenseRange(0, 5)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_generate_single_32x1245184)->Arg(0)->Arg(1)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_baseline_curand_normal)->UseManualTime()->Unit(benchmark::kMicrosecond);

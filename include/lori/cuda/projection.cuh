@@ -311,10 +311,11 @@ LORI_DEVICE LORI_FORCEINLINE uint2* gaussian_table() {
 /// for 16-byte units of 4 values (float, double; bf16/fp16 units, 8 values, take 1), MinBlocks blocks
 /// per SM (the register cap). gaussian_cfg_lib is the library's; detail::launch_projection_batch_cfg
 /// runs others (benchmarks of alternatives in the same process).
-template <int KFloat, int MinBlocks>
+template <int KFloat, int MinBlocks, bool QueuePerUnit = false>
 struct gaussian_cfg {
   static constexpr int k_float = KFloat;
   static constexpr int min_blocks = MinBlocks;
+  static constexpr bool queue_per_unit = QueuePerUnit;  ///< row path: queues worked off after each unit
 };
 using gaussian_cfg_lib = gaussian_cfg<2, 4>;
 
@@ -324,9 +325,11 @@ template <class T, class C>
 constexpr int gaussian_row_units = projection_traits<T>::unit == 4 ? C::k_float : 1;
 
 /// Easy-ring capacity: at most 31 entries wait between steps, a step appends at most 32 per Philox
-/// block of the thread's units (row path: K * U / 4 blocks; general path: U / 4 <= that).
+/// block of the thread's units (row path: K * U / 4 blocks, U / 4 with queue_per_unit; general path:
+/// U / 4 <= that).
 template <class T, class C>
-constexpr unsigned gaussian_easy_capacity = 64u * static_cast<unsigned>(gaussian_row_units<T, C> * projection_traits<T>::unit / 4);
+constexpr unsigned gaussian_easy_capacity =
+    64u * static_cast<unsigned>((C::queue_per_unit ? 1 : gaussian_row_units<T, C>) * projection_traits<T>::unit / 4);
 
 /// Per-warp queues of slow-path work, ring buffers worked off in FIFO order (so that an element's fix-up
 /// follows its placeholder store soon, while the line is likely still in L2). An entry is one Philox
@@ -827,6 +830,9 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projectio
           *reinterpret_cast<uint4*>(dst) =
               make_uint4(cvt_pair_rn<T>(v[0], v[1]), cvt_pair_rn<T>(v[2], v[3]), cvt_pair_rn<T>(v[4], v[5]), cvt_pair_rn<T>(v[6], v[7]));
         }
+      }
+      if constexpr (C::queue_per_unit) {
+        if (k + 1 < K) gaussian_queue_work<T, Cap, true>(e, table, qu, qs, pass_at, lane, lt);
       }
     }
   };
