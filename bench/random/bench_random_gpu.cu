@@ -134,13 +134,19 @@ void BM_gpu_generate_llama3_8b_r32_cfg(benchmark::State& state) {
   lori::cuda::device_buffer<unsigned char> ws(static_cast<lori::index_t>(ws_bytes));
   const auto plan = lori::cuda::prepare_projection_batch(tasks.data(), static_cast<lori::index_t>(tasks.size()), ws.data(), ws_bytes);
   namespace d = lori::cuda::detail;
+  auto run = [&](auto cfg) {
+    using C = decltype(cfg);
+    const lori::index_t blocks = d::projection_grid_cfg<C>(plan);
+    time_events(state, [&] { d::launch_projection_batch_cfg<C>(plan, blocks, nullptr); });
+    state.counters["blocks"] = static_cast<double>(blocks);
+  };
   switch (state.range(0)) {
-    case 0: time_events(state, [&] { d::launch_projection_batch_cfg<d::gaussian_cfg<2, 4>>(plan, nullptr); }); break;
-    case 1: time_events(state, [&] { d::launch_projection_batch_cfg<d::gaussian_cfg<1, 6>>(plan, nullptr); }); break;
-    case 2: time_events(state, [&] { d::launch_projection_batch_cfg<d::gaussian_cfg<1, 5>>(plan, nullptr); }); break;
-    case 3: time_events(state, [&] { d::launch_projection_batch_cfg<d::gaussian_cfg<1, 4>>(plan, nullptr); }); break;
-    case 4: time_events(state, [&] { d::launch_projection_batch_cfg<d::gaussian_cfg<2, 6, true>>(plan, nullptr); }); break;
-    default: time_events(state, [&] { d::launch_projection_batch_cfg<d::gaussian_cfg<2, 5, true>>(plan, nullptr); }); break;
+    case 0: run(d::gaussian_cfg<2, 4>{}); break;
+    case 1: run(d::gaussian_cfg<1, 6>{}); break;
+    case 2: run(d::gaussian_cfg<1, 5>{}); break;
+    case 3: run(d::gaussian_cfg<1, 4>{}); break;
+    case 4: run(d::gaussian_cfg<2, 6, true>{}); break;
+    default: run(d::gaussian_cfg<2, 5, true>{}); break;
   }
   state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * n);
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * n * static_cast<int64_t>(sizeof(float)));

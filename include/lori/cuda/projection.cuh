@@ -1150,20 +1150,23 @@ void launch_projection_batch(const projection_batch_plan<T>& plan, index_t block
   LORI_CUDA_CHECK_LAUNCH();
 }
 
-/// The batch launch with gaussian kernel configuration C instead of gaussian_cfg_lib (one wave of its
-/// resident blocks; configures the kernel on each call): benchmarks compare configurations in one
-/// process. Plans with a gaussian task only.
+/// Benchmarks of other gaussian kernel configurations C (than gaussian_cfg_lib) in one process: the
+/// grid of C for a gaussian plan (one wave of its resident blocks; configures its kernel), and the
+/// batch launch with C on that grid.
 template <class C, class T>
-void launch_projection_batch_cfg(const projection_batch_plan<T>& plan, cudaStream_t stream) {
-  LORI_EXPECTS(plan.has_gaussian && plan.units > 0 && plan.workspace != nullptr, "launch_projection_batch_cfg: needs a gaussian plan");
+index_t projection_grid_cfg(const projection_batch_plan<T>& plan) {
+  LORI_EXPECTS(plan.has_gaussian && plan.units > 0 && plan.workspace != nullptr, "projection_grid_cfg: needs a gaussian plan");
+  return projection_grid(projection_kernel<T, true, projection_batch_source<T>, C>, plan.units, gaussian_smem_bytes<T, C>);
+}
+template <class C, class T>
+void launch_projection_batch_cfg(const projection_batch_plan<T>& plan, index_t blocks, cudaStream_t stream) {
+  LORI_EXPECTS(plan.has_gaussian && plan.units > 0 && plan.workspace != nullptr && blocks >= 1, "launch_projection_batch_cfg: needs a gaussian plan");
   const auto n = static_cast<std::size_t>(plan.count);
   const auto* base = static_cast<const unsigned char*>(plan.workspace);
   const projection_batch_source<T> src{reinterpret_cast<const projection_entry_storage<T>*>(base),
                                        reinterpret_cast<const index_t*>(base + round_up16(n * sizeof(projection_entry_storage<T>))), plan.count};
-  const auto kernel = projection_kernel<T, true, projection_batch_source<T>, C>;
-  constexpr std::size_t smem = gaussian_smem_bytes<T, C>;
-  const index_t blocks = projection_grid(kernel, plan.units, smem);
-  kernel<<<static_cast<unsigned>(blocks), projection_threads, smem, stream>>>(src, make_projection_split(plan.units, blocks, gaussian_row_window<T, C>));
+  projection_kernel<T, true, projection_batch_source<T>, C><<<static_cast<unsigned>(blocks), projection_threads, gaussian_smem_bytes<T, C>, stream>>>(
+      src, make_projection_split(plan.units, blocks, gaussian_row_window<T, C>));
   LORI_CUDA_CHECK_LAUNCH();
 }
 
