@@ -121,8 +121,8 @@ void BM_gpu_generate_llama3_8b_r32_general_path(benchmark::State& state) {
 void BM_gpu_generate_llama3_8b_r32_bf16(benchmark::State& state) { generate_llama<lori::bfloat16>(state); }
 
 // The gaussian (float) with other gaussian kernel configurations (detail::gaussian_cfg<K, MinBlocks>:
-// row-path units per thread and step, blocks per SM), same plan: /0 = 2 units, 4 blocks (the library's,
-// but its grid and attributes set per call), /1 = 1 unit, 6 blocks, /2 = 1 unit, 5 blocks, /3 = 1 unit,
+// row-path units per thread and step, blocks per SM), same plan: /0 = 2 units, 4 blocks (the library's),
+// /1 = 1 unit, 6 blocks, /2 = 1 unit, 5 blocks, /3 = 1 unit,
 // 4 blocks, /4 = 2 units, 6 blocks, queues worked off after each unit (34 KB of shared memory), /5 = the
 // same with 5 blocks.
 void BM_gpu_generate_llama3_8b_r32_cfg(benchmark::State& state) {
