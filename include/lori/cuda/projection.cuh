@@ -311,11 +311,12 @@ LORI_DEVICE LORI_FORCEINLINE uint2* gaussian_table() {
 /// for 16-byte units of 4 values (float, double; bf16/fp16 units, 8 values, take 1), MinBlocks blocks
 /// per SM (the register cap). gaussian_cfg_lib is the library's; detail::launch_projection_batch_cfg
 /// runs others (benchmarks of alternatives in the same process).
-template <int KFloat, int MinBlocks, bool QueuePerUnit = false>
+template <int KFloat, int MinBlocks, bool QueuePerUnit = false, bool StoreLate = false>
 struct gaussian_cfg {
   static constexpr int k_float = KFloat;
   static constexpr int min_blocks = MinBlocks;
   static constexpr bool queue_per_unit = QueuePerUnit;  ///< row path: queues worked off after each unit
+  static constexpr bool store_late = StoreLate && !QueuePerUnit;  ///< row path: a window's stores after all its units
 };
 using gaussian_cfg_lib = gaussian_cfg<2, 4>;
 
@@ -790,14 +791,26 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projectio
   const auto hi_last = static_cast<std::uint32_t>(r1 - w0 - static_cast<index_t>(n - 1u) * S);  // 1..S
   auto lo = static_cast<std::uint32_t>(r0 - w0);  // first active unit of the window (first window only)
   // One window; Masked: lanes outside [lo, hi) of the window do nothing.
+  auto store = [&](T* dst, const float(&v)[U]) {
+    if constexpr (std::is_same_v<T, float>) {
+      *reinterpret_cast<float4*>(dst) = make_float4(v[0], v[1], v[2], v[3]);
+    } else if constexpr (std::is_same_v<T, double>) {
+      reinterpret_cast<double2*>(dst)[0] = make_double2(v[0], v[1]);
+      reinterpret_cast<double2*>(dst)[1] = make_double2(v[2], v[3]);
+    } else {
+      *reinterpret_cast<uint4*>(dst) =
+          make_uint4(cvt_pair_rn<T>(v[0], v[1]), cvt_pair_rn<T>(v[2], v[3]), cvt_pair_rn<T>(v[4], v[5]), cvt_pair_rn<T>(v[6], v[7]));
+    }
+  };
   auto window = [&](auto masked, std::uint32_t hi) {
     constexpr bool Masked = decltype(masked)::value;
+    float vs[K][U];  // C::store_late: the window's values, stored after all its units
 #pragma unroll
     for (int k = 0; k < K; ++k) {
       const unsigned xk = x + static_cast<unsigned>(k * projection_threads);
       const bool active = !Masked || (xk >= lo && xk < hi);
       const std::uint32_t cu = c + xk;  // unit of the row
-      float v[U];
+      float(&v)[U] = vs[k];
 #pragma unroll
       for (int h = 0; h < U / 4; ++h) {
         const std::uint32_t q = static_cast<std::uint32_t>(U / 4) * cu + static_cast<std::uint32_t>(h);
@@ -819,20 +832,18 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projectio
         }
         qs.easy.count += static_cast<unsigned>(__popc(ballot));
       }
-      if (active) {
-        T* dst = dst0 + k * projection_threads * U;
-        if constexpr (std::is_same_v<T, float>) {
-          *reinterpret_cast<float4*>(dst) = make_float4(v[0], v[1], v[2], v[3]);
-        } else if constexpr (std::is_same_v<T, double>) {
-          reinterpret_cast<double2*>(dst)[0] = make_double2(v[0], v[1]);
-          reinterpret_cast<double2*>(dst)[1] = make_double2(v[2], v[3]);
-        } else {
-          *reinterpret_cast<uint4*>(dst) =
-              make_uint4(cvt_pair_rn<T>(v[0], v[1]), cvt_pair_rn<T>(v[2], v[3]), cvt_pair_rn<T>(v[4], v[5]), cvt_pair_rn<T>(v[6], v[7]));
-        }
+      if constexpr (!C::store_late) {
+        if (active) store(dst0 + k * projection_threads * U, v);
       }
       if constexpr (C::queue_per_unit) {
         if (k + 1 < K) gaussian_queue_work<T, Cap, true>(e, table, qu, qs, pass_at, lane, lt);
+      }
+    }
+    if constexpr (C::store_late) {
+#pragma unroll
+      for (int k = 0; k < K; ++k) {
+        const unsigned xk = x + static_cast<unsigned>(k * projection_threads);
+        if (!Masked || (xk >= lo && xk < hi)) store(dst0 + k * projection_threads * U, vs[k]);
       }
     }
   };
