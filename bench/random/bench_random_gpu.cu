@@ -124,7 +124,8 @@ void BM_gpu_generate_llama3_8b_r32_bf16(benchmark::State& state) { generate_llam
 // row-path units per thread and step, blocks per SM), same plan: /0 = 2 units, 4 blocks (the library's),
 // /1 = 1 unit, 6 blocks, /2 = 1 unit, 5 blocks, /3 = 1 unit,
 // 4 blocks, /4 = 2 units, 6 blocks, queues worked off after each unit (34 KB of shared memory), /5 = the
-// same with 5 blocks, /6 = 2 units, 4 blocks, a window's two stores after both units (store_late).
+// same with 5 blocks, /6 = 2 units, 4 blocks, a window's two stores after both units (store_late),
+// /7 = 2 units, 4 blocks, a window's Philox blocks first (interleave).
 void BM_gpu_generate_llama3_8b_r32_cfg(benchmark::State& state) {
   if (!have_device(state)) return;
   const lori::index_t n = llama_total();
@@ -147,7 +148,8 @@ void BM_gpu_generate_llama3_8b_r32_cfg(benchmark::State& state) {
     case 3: run(d::gaussian_cfg<1, 4>{}); break;
     case 4: run(d::gaussian_cfg<2, 6, true>{}); break;
     case 5: run(d::gaussian_cfg<2, 5, true>{}); break;
-    default: run(d::gaussian_cfg<2, 4, false, true>{}); break;
+    case 6: run(d::gaussian_cfg<2, 4, false, true>{}); break;
+    default: run(d::gaussian_cfg<2, 4, false, false, true>{}); break;
   }
   state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * n);
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * n * static_cast<int64_t>(sizeof(float)));
@@ -201,6 +203,6 @@ BENCHMARK(BM_gpu_baseline_d2d_copy)->UseManualTime()->Unit(benchmark::kMicroseco
 BENCHMARK(BM_gpu_generate_llama3_8b_r32)->DenseRange(0, 3)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_generate_llama3_8b_r32_bf16)->Arg(0)->Arg(1)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_generate_llama3_8b_r32_general_path)->UseManualTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_gpu_generate_llama3_8b_r32_cfg)->DenseRange(0, 6)->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_gpu_generate_llama3_8b_r32_cfg)->DenseRange(0, 7)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_generate_single_32x1245184)->Arg(0)->Arg(1)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_baseline_curand_normal)->UseManualTime()->Unit(benchmark::kMicrosecond);

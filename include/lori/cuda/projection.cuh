@@ -311,12 +311,15 @@ LORI_DEVICE LORI_FORCEINLINE uint2* gaussian_table() {
 /// for 16-byte units of 4 values (float, double; bf16/fp16 units, 8 values, take 1), MinBlocks blocks
 /// per SM (the register cap). gaussian_cfg_lib is the library's; detail::launch_projection_batch_cfg
 /// runs others (benchmarks of alternatives in the same process).
-template <int KFloat, int MinBlocks, bool QueuePerUnit = false, bool StoreLate = false>
+template <int KFloat, int MinBlocks, bool QueuePerUnit = false, bool StoreLate = false, bool Interleave = false>
 struct gaussian_cfg {
   static constexpr int k_float = KFloat;
   static constexpr int min_blocks = MinBlocks;
-  static constexpr bool queue_per_unit = QueuePerUnit;  ///< row path: queues worked off after each unit
-  static constexpr bool store_late = StoreLate && !QueuePerUnit;  ///< row path: a window's stores after all its units
+  static constexpr bool queue_per_unit = QueuePerUnit && !Interleave;  ///< row path: queues worked off after each unit
+  static constexpr bool store_late = StoreLate && !QueuePerUnit;       ///< row path: a window's stores after all its units
+  /// row path: a window's Philox blocks first (independent chains, no branch between them), then the
+  /// fast paths, the appends, the stores
+  static constexpr bool interleave = Interleave;
 };
 using gaussian_cfg_lib = gaussian_cfg<2, 4>;
 
@@ -804,6 +807,46 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projectio
   };
   auto window = [&](auto masked, std::uint32_t hi) {
     constexpr bool Masked = decltype(masked)::value;
+    if constexpr (C::interleave) {
+      constexpr int B = K * U / 4;  // Philox blocks per thread and window: block n is part h = n % (U / 4) of unit k = n / (U / 4)
+      philox_block b[B];
+#pragma unroll
+      for (int n = 0; n < B; ++n) {
+        const std::uint32_t cu = c + x + static_cast<unsigned>((n / (U / 4)) * projection_threads);
+        b[n] = philox_row(static_cast<std::uint32_t>(U / 4) * cu + static_cast<std::uint32_t>(n % (U / 4)), e, tk, rw);
+      }
+      float vs[K][U];
+      bool slow[B];
+#pragma unroll
+      for (int n = 0; n < B; ++n) {
+        slow[n] = false;
+#pragma unroll
+        for (int t = 0; t < 4; ++t) {
+          const std::uint32_t w = b[n].v[t];
+          const uint2 z = table[w & 0xffu];
+          vs[n / (U / 4)][4 * (n % (U / 4)) + t] = lori::detail::zig_value(w, bits_float(z.y));
+          slow[n] = slow[n] || lori::detail::zig_mbits(w) >= z.x;
+        }
+      }
+#pragma unroll
+      for (int n = 0; n < B; ++n) {
+        const unsigned xk = x + static_cast<unsigned>((n / (U / 4)) * projection_threads);
+        const bool sl = Masked ? slow[n] && xk >= lo && xk < hi : slow[n];
+        const unsigned ballot = __ballot_sync(0xffffffffu, sl);
+        if (sl) {
+          const unsigned slot = (qs.easy.head + qs.easy.count + static_cast<unsigned>(__popc(ballot & lt))) & queue::mask;
+          qu.e[slot].words = make_uint4(b[n].v[0], b[n].v[1], b[n].v[2], b[n].v[3]);
+          *reinterpret_cast<uint2*>(&qu.e[slot].meta) = make_uint2(i, static_cast<std::uint32_t>(U / 4) * (c + xk) + static_cast<std::uint32_t>(n % (U / 4)));
+        }
+        qs.easy.count += static_cast<unsigned>(__popc(ballot));
+      }
+#pragma unroll
+      for (int k = 0; k < K; ++k) {
+        const unsigned xk = x + static_cast<unsigned>(k * projection_threads);
+        if (!Masked || (xk >= lo && xk < hi)) store(dst0 + k * projection_threads * U, vs[k]);
+      }
+      return;
+    }
     float vs[K][U];  // C::store_late: the window's values, stored after all its units
 #pragma unroll
     for (int k = 0; k < K; ++k) {
