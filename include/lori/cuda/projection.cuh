@@ -845,8 +845,7 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projectio
         const unsigned xk = x + static_cast<unsigned>(k * projection_threads);
         if (!Masked || (xk >= lo && xk < hi)) store(dst0 + k * projection_threads * U, vs[k]);
       }
-      return;
-    }
+    } else {
     float vs[K][U];  // C::store_late: the window's values, stored after all its units
 #pragma unroll
     for (int k = 0; k < K; ++k) {
@@ -888,6 +887,7 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projectio
         const unsigned xk = x + static_cast<unsigned>(k * projection_threads);
         if (!Masked || (xk >= lo && xk < hi)) store(dst0 + k * projection_threads * U, vs[k]);
       }
+    }
     }
   };
   auto next_window = [&] {
