@@ -120,6 +120,33 @@ void BM_gpu_generate_llama3_8b_r32_general_path(benchmark::State& state) {
 }
 void BM_gpu_generate_llama3_8b_r32_bf16(benchmark::State& state) { generate_llama<lori::bfloat16>(state); }
 
+// Diagnostics of the launch: /0 kaiming, /1 gaussian. _x10: ten launches between the events (time per
+// launch; back-to-back launches hide the host's launch latency). _tiny: one 1 x 4096 matrix per launch
+// (the fixed cost of a launch of the kernel variant).
+void BM_gpu_generate_llama3_8b_r32_x10(benchmark::State& state) {
+  if (!have_device(state)) return;
+  const lori::index_t n = llama_total();
+  lori::cuda::device_buffer<float> out(n);
+  const auto tasks = llama_tasks(out.data(), spec_of(state.range(0)));
+  const std::size_t ws_bytes = lori::cuda::projection_batch_workspace_bytes(static_cast<lori::index_t>(tasks.size()));
+  lori::cuda::device_buffer<unsigned char> ws(static_cast<lori::index_t>(ws_bytes));
+  const auto plan = lori::cuda::prepare_projection_batch(tasks.data(), static_cast<lori::index_t>(tasks.size()), ws.data(), ws_bytes);
+  time_events(state, [&] {
+    for (int r = 0; r < 10; ++r) lori::cuda::generate_projection_batch(plan);
+  });
+  state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * n * 10);
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * n * 10 * static_cast<int64_t>(sizeof(float)));
+}
+void BM_gpu_generate_tiny(benchmark::State& state) {
+  if (!have_device(state)) return;
+  lori::cuda::device_buffer<float> out(4096);
+  const auto task = lori::cuda::make_projection_task(out.data(), 1, 4096, 2026, 7, spec_of(state.range(0)));
+  const std::size_t ws_bytes = lori::cuda::projection_batch_workspace_bytes(1);
+  lori::cuda::device_buffer<unsigned char> ws(static_cast<lori::index_t>(ws_bytes));
+  const auto plan = lori::cuda::prepare_projection_batch(&task, 1, ws.data(), ws_bytes);
+  time_events(state, [&] { lori::cuda::generate_projection_batch(plan); });
+}
+
 // The gaussian (float) with other gaussian kernel configurations (detail::gaussian_cfg<K, MinBlocks>:
 // row-path units per thread and step, blocks per SM), same plan: /0 = 2 units, 4 blocks (the library's),
 // /1 = 1 unit, 6 blocks, /2 = 1 unit, 5 blocks, /3 = 1 unit,
@@ -203,6 +230,8 @@ BENCHMARK(BM_gpu_baseline_d2d_copy)->UseManualTime()->Unit(benchmark::kMicroseco
 BENCHMARK(BM_gpu_generate_llama3_8b_r32)->DenseRange(0, 3)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_generate_llama3_8b_r32_bf16)->Arg(0)->Arg(1)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_generate_llama3_8b_r32_general_path)->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_gpu_generate_llama3_8b_r32_x10)->Arg(0)->Arg(1)->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_gpu_generate_tiny)->Arg(0)->Arg(1)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_generate_llama3_8b_r32_cfg)->DenseRange(0, 7)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_generate_single_32x1245184)->Arg(0)->Arg(1)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_baseline_curand_normal)->UseManualTime()->Unit(benchmark::kMicrosecond);
