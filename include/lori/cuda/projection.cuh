@@ -307,6 +307,14 @@ LORI_DEVICE LORI_FORCEINLINE uint2* gaussian_table() {
   return reinterpret_cast<uint2*>(projection_smem);
 }
 
+/// The unscaled layer table (lori::detail::zig_layers, 4 KB) in the block's shared memory, after the
+/// scaled one: the easy passes read their layers from here (no global-load latency in a pass).
+LORI_DEVICE LORI_FORCEINLINE lori::detail::zig_layer* gaussian_layers() {
+  extern __shared__ __align__(32) unsigned char projection_smem[];
+  return reinterpret_cast<lori::detail::zig_layer*>(projection_smem + sizeof(uint2) * lori::detail::zig_layers_count);
+}
+constexpr std::size_t gaussian_tables_bytes = (sizeof(uint2) + sizeof(lori::detail::zig_layer)) * lori::detail::zig_layers_count;
+
 /// A configuration of the gaussian kernel variant: KFloat units per thread and step of the row path
 /// for 16-byte units of 4 values (float, double; bf16/fp16 units, 8 values, take 1), MinBlocks blocks
 /// per SM (the register cap). gaussian_cfg_lib is the library's; detail::launch_projection_batch_cfg
@@ -377,14 +385,13 @@ struct gaussian_queue_states {
 template <unsigned Cap>
 LORI_DEVICE LORI_FORCEINLINE gaussian_warp_queue<Cap>& gaussian_queue() {
   extern __shared__ __align__(32) unsigned char projection_smem[];
-  return reinterpret_cast<gaussian_warp_queue<Cap>*>(projection_smem + sizeof(uint2) * lori::detail::zig_layers_count)[threadIdx.x >> 5];
+  return reinterpret_cast<gaussian_warp_queue<Cap>*>(projection_smem + gaussian_tables_bytes)[threadIdx.x >> 5];
 }
 
 /// Dynamic shared memory of the gaussian kernel variant for T: the layer table and 8 warps' queues
 /// (50 KB: more than the 48 KB of static shared memory, so the kernel is configured for it).
 template <class T, class C>
-constexpr std::size_t gaussian_smem_bytes =
-    sizeof(uint2) * lori::detail::zig_layers_count + sizeof(gaussian_warp_queue<gaussian_easy_capacity<T, C>>) * projection_warps;
+constexpr std::size_t gaussian_smem_bytes = gaussian_tables_bytes + sizeof(gaussian_warp_queue<gaussian_easy_capacity<T, C>>) * projection_warps;
 
 /// Word t of a uint4 (t warp-divergent: selects, no local memory).
 LORI_DEVICE LORI_FORCEINLINE std::uint32_t word_of(const uint4& w, int t) { return t == 0 ? w.x : (t == 1 ? w.y : (t == 2 ? w.z : w.w)); }
@@ -520,13 +527,27 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_easy_pass(const projection_entry<T>& 
     bool done = false;
     float x = 0.0f;
     if ((y & 0xffu) != 0u) {
-      lori::detail::zig_slow_state st{y, 0};
-      // From pos 0 in a wedge the attempt reads s0 (the wedge test) and s1 (the next candidate) only.
-      auto word = [&](int k) -> std::uint32_t { return lori::detail::block_word(b0, k & 3); };
-      done = lori::detail::gaussian_slow_attempt(st, e.params.scale, word, x);
-      if (!done) {
-        set_word(w, t, st.w);  // the rejected candidate's successor, which failed the fast test
-        meta.y = q | (static_cast<std::uint32_t>(st.pos) << 29);  // pos = 2
+      // detail::gaussian_slow_attempt from pos 0 in a wedge, with the block's shared tables (same
+      // operations): the wedge test with s0; accepted: the wedge value; rejected: s1 is the next
+      // candidate, its fast test (accepted: its value; else the entry goes to the hard ring with
+      // {candidate s1, pos 2}). rnd_mul(W_L, sigma) is the scaled table's second word.
+      const lori::detail::zig_layer z = gaussian_layers()[y & 0xffu];
+      const float m = bits_float(lori::detail::zig_mbits(y));
+      const float xu = lori::detail::rnd_fma(m, z.w, -z.w);
+      const float ee = lori::detail::exp_neg(lori::detail::rnd_mul(lori::detail::rnd_mul(xu, xu), -0.5f));
+      if (lori::detail::rnd_fma(uniform_float(b0.v[0]), z.d, z.f) < ee) {
+        x = lori::detail::zig_value(y, bits_float(table[y & 0xffu].y));
+        done = true;
+      } else {
+        const std::uint32_t c1 = b0.v[1];
+        const uint2 z2 = table[c1 & 0xffu];
+        if (lori::detail::zig_mbits(c1) < z2.x) {
+          x = lori::detail::zig_value(c1, bits_float(z2.y));
+          done = true;
+        } else {
+          set_word(w, t, c1);  // the rejected candidate's successor, which failed the fast test
+          meta.y = q | (2u << 29);  // pos = 2: s0, s1 consumed
+        }
       }
     }
     if (done) {
@@ -611,6 +632,7 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian(const projection_ent
     __syncthreads();  // every warp is done with the previous table (queues are empty between pieces)
     const lori::detail::zig_layer z = lori::detail::zig_layers()[x];
     table[x] = make_uint2(z.k, float_bits(lori::detail::rnd_mul(z.w, sigma)));
+    gaussian_layers()[x] = z;
     __syncthreads();
     table_sigma = sigma;
   }
