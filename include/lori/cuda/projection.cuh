@@ -466,7 +466,7 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_hard_pass(const projection_entry<T>& 
     };
     lori::detail::zig_slow_state st{word_of(w, t), static_cast<int>(meta.y >> 29)};
     float x = 0.0f;
-    if (lori::detail::gaussian_slow_attempt(st, e.params.scale, word, x)) {
+    if (lori::detail::gaussian_slow_attempt(st, e.params.scale, word, x, gaussian_layers())) {
       e.out[static_cast<index_t>(i) * e.ld + static_cast<index_t>(j)] = from_float<T>(x);
       set_word(w, t, 0u);
       meta.y = q;
@@ -629,7 +629,7 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian(const projection_ent
   const float sigma = e.params.scale;
   static_assert(projection_threads == lori::detail::zig_layers_count, "one table entry per thread");
   if (sigma != table_sigma) {
-    __syncthreads();  // every warp is done with the previous table (queues are empty between pieces)
+    if (table_sigma != 0.0f) __syncthreads();  // every warp is done with the previous table (queues are empty between pieces)
     const lori::detail::zig_layer z = lori::detail::zig_layers()[x];
     table[x] = make_uint2(z.k, float_bits(lori::detail::rnd_mul(z.w, sigma)));
     gaussian_layers()[x] = z;
