@@ -169,11 +169,11 @@ void BM_gpu_generate_tiny(benchmark::State& state) {
 }
 
 // The gaussian (float) with other gaussian kernel configurations (detail::gaussian_cfg<K, MinBlocks>:
-// row-path units per thread and step, blocks per SM), same plan: /0 = 2 units, 4 blocks (the library's),
+// row-path units per thread and step, blocks per SM), same plan: /0 = 2 units, 4 blocks,
 // /1 = 1 unit, 6 blocks, /2 = 1 unit, 5 blocks, /3 = 1 unit,
 // 4 blocks, /4 = 2 units, 6 blocks, queues worked off after each unit (34 KB of shared memory), /5 = the
 // same with 5 blocks, /6 = 2 units, 4 blocks, a window's two stores after both units (store_late),
-// /7 = 2 units, 4 blocks, a window's Philox blocks first (interleave).
+// /7 = 2 units, 4 blocks, a window's Philox blocks first (interleave). The library's: 1 unit, 4 blocks (= /3).
 void BM_gpu_generate_llama3_8b_r32_cfg(benchmark::State& state) {
   if (!have_device(state)) return;
   const lori::index_t n = llama_total();

@@ -329,7 +329,7 @@ struct gaussian_cfg {
   /// fast paths, the appends, the stores
   static constexpr bool interleave = Interleave;
 };
-using gaussian_cfg_lib = gaussian_cfg<2, 4>;
+using gaussian_cfg_lib = gaussian_cfg<1, 4>;
 
 /// Thread units per step of the row path: 8 elements per thread and step in the library (2 units of
 /// float/double, 1 of bf16/fp16), i.e. two Philox blocks.
