@@ -463,8 +463,8 @@ TEST_CASE("gaussian warp queues: small batch on 1 and 2 blocks (racecheck subset
 }
 
 TEST_CASE("gaussian row path: aligned tasks on forced grids, every element type") {
-  // Rows of 2048..6144 elements (the row path: aligned windows of 512 units (float, double) or 256
-  // (bf16, fp16), first and last windows masked, several rows per piece), mixed with misaligned tasks
+  // Rows of 2048..6144 elements (the row path: aligned windows of 256 units, first and last windows
+  // masked, several rows per piece), mixed with misaligned tasks
   // and other laws (the general path) in one batch; 1 block: each warp walks ~100 windows per task
   // and passes run mid-piece; 2, 3, 5 blocks: pieces start and end inside rows; pass_at 1 and 5:
   // partial passes after every window; rows = 0: the same batch through the general path only.

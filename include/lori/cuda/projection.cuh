@@ -21,10 +21,12 @@
 // are split into equal contiguous ranges, one per block; a block walks its range task by task, its
 // thread x taking units x, x + 256, ... of each piece (block-uniform control flow: the task's Philox
 // key schedule, precomputed on the host, stays in uniform registers).
-// Gaussian tasks (ziggurat, lori/detail/random_ziggurat.hpp) read the layer table from shared memory;
-// the ~1.5% slow-path elements are deferred to a per-warp queue (ballot + popc appends), which the
+// Gaussian tasks (ziggurat, lori/detail/random_ziggurat.hpp) read the layer tables from shared memory;
+// the ~1.5% slow-path elements are deferred to per-warp queues (ballot + popc appends), which the
 // whole warp works off 32 entries at a time whenever 32 wait: no block barrier (see
-// projection_piece_gaussian). Launches without a gaussian task use a kernel variant without that code.
+// projection_piece_gaussian, gaussian_easy_pass, gaussian_hard_pass). Tasks with aligned rows of a
+// multiple of 1024 floats (2048 bf16) take the row path (projection_piece_gaussian_rows: block-uniform
+// row windows). Launches without a gaussian task use a kernel variant without that code.
 #ifndef LORI_CUDA_PROJECTION_CUH
 #define LORI_CUDA_PROJECTION_CUH
 
@@ -315,33 +317,27 @@ LORI_DEVICE LORI_FORCEINLINE lori::detail::zig_layer* gaussian_layers() {
 }
 constexpr std::size_t gaussian_tables_bytes = (sizeof(uint2) + sizeof(lori::detail::zig_layer)) * lori::detail::zig_layers_count;
 
-/// A configuration of the gaussian kernel variant: KFloat units per thread and step of the row path
+/// A configuration of the gaussian kernel variant: KFloat units per thread and window of the row path
 /// for 16-byte units of 4 values (float, double; bf16/fp16 units, 8 values, take 1), MinBlocks blocks
-/// per SM (the register cap). gaussian_cfg_lib is the library's; detail::launch_projection_batch_cfg
+/// per SM (the register cap). gaussian_cfg_lib is the library's (checkpoint 1, H100: 89.2 us for the
+/// Llama set against 90.9 with 2 units and 91.1 with 5 blocks); detail::launch_projection_batch_cfg
 /// runs others (benchmarks of alternatives in the same process).
-template <int KFloat, int MinBlocks, bool QueuePerUnit = false, bool StoreLate = false, bool Interleave = false>
+template <int KFloat, int MinBlocks>
 struct gaussian_cfg {
   static constexpr int k_float = KFloat;
   static constexpr int min_blocks = MinBlocks;
-  static constexpr bool queue_per_unit = QueuePerUnit && !Interleave;  ///< row path: queues worked off after each unit
-  static constexpr bool store_late = StoreLate && !QueuePerUnit;       ///< row path: a window's stores after all its units
-  /// row path: a window's Philox blocks first (independent chains, no branch between them), then the
-  /// fast paths, the appends, the stores
-  static constexpr bool interleave = Interleave;
 };
 using gaussian_cfg_lib = gaussian_cfg<1, 4>;
 
-/// Thread units per step of the row path: 8 elements per thread and step in the library (2 units of
-/// float/double, 1 of bf16/fp16), i.e. two Philox blocks.
+/// Thread units per window of the row path: C::k_float for float/double, 1 for bf16/fp16 (the library:
+/// 1, i.e. one Philox block per thread and window for float/double, two for bf16/fp16).
 template <class T, class C>
 constexpr int gaussian_row_units = projection_traits<T>::unit == 4 ? C::k_float : 1;
 
 /// Easy-ring capacity: at most 31 entries wait between steps, a step appends at most 32 per Philox
-/// block of the thread's units (row path: K * U / 4 blocks, U / 4 with queue_per_unit; general path:
-/// U / 4 <= that).
+/// block of the thread's units (row path: K * U / 4 blocks; general path: U / 4 <= that).
 template <class T, class C>
-constexpr unsigned gaussian_easy_capacity =
-    64u * static_cast<unsigned>((C::queue_per_unit ? 1 : gaussian_row_units<T, C>) * projection_traits<T>::unit / 4);
+constexpr unsigned gaussian_easy_capacity = 64u * static_cast<unsigned>(gaussian_row_units<T, C> * projection_traits<T>::unit / 4);
 
 /// Per-warp queues of slow-path work, ring buffers worked off in FIFO order (so that an element's fix-up
 /// follows its placeholder store soon, while the line is likely still in L2). An entry is one Philox
@@ -829,52 +825,12 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projectio
   };
   auto window = [&](auto masked, std::uint32_t hi) {
     constexpr bool Masked = decltype(masked)::value;
-    if constexpr (C::interleave) {
-      constexpr int B = K * U / 4;  // Philox blocks per thread and window: block n is part h = n % (U / 4) of unit k = n / (U / 4)
-      philox_block b[B];
-#pragma unroll
-      for (int n = 0; n < B; ++n) {
-        const std::uint32_t cu = c + x + static_cast<unsigned>((n / (U / 4)) * projection_threads);
-        b[n] = philox_row(static_cast<std::uint32_t>(U / 4) * cu + static_cast<std::uint32_t>(n % (U / 4)), e, tk, rw);
-      }
-      float vs[K][U];
-      bool slow[B];
-#pragma unroll
-      for (int n = 0; n < B; ++n) {
-        slow[n] = false;
-#pragma unroll
-        for (int t = 0; t < 4; ++t) {
-          const std::uint32_t w = b[n].v[t];
-          const uint2 z = table[w & 0xffu];
-          vs[n / (U / 4)][4 * (n % (U / 4)) + t] = lori::detail::zig_value(w, bits_float(z.y));
-          slow[n] = slow[n] || lori::detail::zig_mbits(w) >= z.x;
-        }
-      }
-#pragma unroll
-      for (int n = 0; n < B; ++n) {
-        const unsigned xk = x + static_cast<unsigned>((n / (U / 4)) * projection_threads);
-        const bool sl = Masked ? slow[n] && xk >= lo && xk < hi : slow[n];
-        const unsigned ballot = __ballot_sync(0xffffffffu, sl);
-        if (sl) {
-          const unsigned slot = (qs.easy.head + qs.easy.count + static_cast<unsigned>(__popc(ballot & lt))) & queue::mask;
-          qu.e[slot].words = make_uint4(b[n].v[0], b[n].v[1], b[n].v[2], b[n].v[3]);
-          *reinterpret_cast<uint2*>(&qu.e[slot].meta) = make_uint2(i, static_cast<std::uint32_t>(U / 4) * (c + xk) + static_cast<std::uint32_t>(n % (U / 4)));
-        }
-        qs.easy.count += static_cast<unsigned>(__popc(ballot));
-      }
-#pragma unroll
-      for (int k = 0; k < K; ++k) {
-        const unsigned xk = x + static_cast<unsigned>(k * projection_threads);
-        if (!Masked || (xk >= lo && xk < hi)) store(dst0 + k * projection_threads * U, vs[k]);
-      }
-    } else {
-    float vs[K][U];  // C::store_late: the window's values, stored after all its units
 #pragma unroll
     for (int k = 0; k < K; ++k) {
       const unsigned xk = x + static_cast<unsigned>(k * projection_threads);
       const bool active = !Masked || (xk >= lo && xk < hi);
       const std::uint32_t cu = c + xk;  // unit of the row
-      float(&v)[U] = vs[k];
+      float v[U];
 #pragma unroll
       for (int h = 0; h < U / 4; ++h) {
         const std::uint32_t q = static_cast<std::uint32_t>(U / 4) * cu + static_cast<std::uint32_t>(h);
@@ -896,20 +852,7 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projectio
         }
         qs.easy.count += static_cast<unsigned>(__popc(ballot));
       }
-      if constexpr (!C::store_late) {
-        if (active) store(dst0 + k * projection_threads * U, v);
-      }
-      if constexpr (C::queue_per_unit) {
-        if (k + 1 < K) gaussian_queue_work<T, Cap, true>(e, table, qu, qs, pass_at, lane, lt);
-      }
-    }
-    if constexpr (C::store_late) {
-#pragma unroll
-      for (int k = 0; k < K; ++k) {
-        const unsigned xk = x + static_cast<unsigned>(k * projection_threads);
-        if (!Masked || (xk >= lo && xk < hi)) store(dst0 + k * projection_threads * U, vs[k]);
-      }
-    }
+      if (active) store(dst0 + k * projection_threads * U, v);
     }
   };
   auto next_window = [&] {
@@ -1005,9 +948,9 @@ struct projection_single_source {
   LORI_DEVICE LORI_FORCEINLINE projection_batch_source<T> source() const { return projection_batch_source<T>{&entry, starts, 1}; }
 };
 
-// Minimum blocks per SM (caps registers): 8 (all 2048 threads) without the gaussian path, 4 with it
-// (64 registers: the row path keeps two Philox blocks, their table entries and the row's constants
-// live; at 40 registers it spilled. 4, 5 or 6 blocks per SM measured the same time at session 3).
+// Minimum blocks per SM (caps registers): 8 (all 2048 threads) without the gaussian path, C::min_blocks
+// with it (the library: 4, 64 registers; 5 or 6 blocks per SM (48 / 40 registers) measured slower at
+// session 4's checkpoints: 91-96 against 89 us).
 template <bool WithGaussian, class C>
 constexpr int projection_min_blocks = WithGaussian ? C::min_blocks : 8;
 
@@ -1023,8 +966,8 @@ struct projection_split {
   unsigned rows;  ///< 1: gaussian tasks with gaussian_row_path take the row path (the library); 0: never
 };
 
-/// Groups of 32 units; for the gaussian kernel variant (window = the row path's window of T, 512 or
-/// 256 units; 0 otherwise) groups of one window, so that block ranges start and end on window
+/// Groups of 32 units; for the gaussian kernel variant (window = the row path's window of T, 256 units
+/// in the library; 0 otherwise) groups of one window, so that block ranges start and end on window
 /// boundaries of the tasks whose unit counts are multiples of the window (as all k = 2048 n are: no
 /// masked windows), when every block gets at least 16 of them (the imbalance stays <= 1/16).
 inline projection_split make_projection_split(index_t units, index_t blocks, index_t window, unsigned pass_at = 32, unsigned rows = 1) {
