@@ -322,13 +322,10 @@ constexpr std::size_t gaussian_tables_bytes = (sizeof(uint2) + sizeof(lori::deta
 /// per SM (the register cap). gaussian_cfg_lib is the library's (checkpoint 1, H100: 89.2 us for the
 /// Llama set against 90.9 with 2 units and 91.1 with 5 blocks); detail::launch_projection_batch_cfg
 /// runs others (benchmarks of alternatives in the same process).
-template <int KFloat, int MinBlocks, int Diag = 0>
+template <int KFloat, int MinBlocks>
 struct gaussian_cfg {
   static constexpr int k_float = KFloat;
   static constexpr int min_blocks = MinBlocks;
-  /// Benchmark diagnostics of the row path, WRONG values: 1 = slow path skipped (placeholders stay),
-  /// 2 = slow path and stores skipped (the values are folded into one rarely-written word).
-  static constexpr int diag = Diag;
 };
 using gaussian_cfg_lib = gaussian_cfg<1, 4>;
 
@@ -826,7 +823,6 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projectio
           make_uint4(cvt_pair_rn<T>(v[0], v[1]), cvt_pair_rn<T>(v[2], v[3]), cvt_pair_rn<T>(v[4], v[5]), cvt_pair_rn<T>(v[6], v[7]));
     }
   };
-  std::uint32_t diag_acc = 0;  // C::diag == 2
   auto window = [&](auto masked, std::uint32_t hi) {
     constexpr bool Masked = decltype(masked)::value;
 #pragma unroll
@@ -848,7 +844,6 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projectio
           slow = slow || lori::detail::zig_mbits(w) >= z.x;
         }
         if constexpr (Masked) slow = slow && active;
-        if constexpr (C::diag != 0) slow = false;
         const unsigned ballot = __ballot_sync(0xffffffffu, slow);
         if (slow) {
           const unsigned slot = (qs.easy.head + qs.easy.count + static_cast<unsigned>(__popc(ballot & lt))) & queue::mask;
@@ -857,12 +852,7 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projectio
         }
         qs.easy.count += static_cast<unsigned>(__popc(ballot));
       }
-      if constexpr (C::diag == 2) {
-#pragma unroll
-        for (int t = 0; t < U; ++t) diag_acc ^= float_bits(v[t]);
-      } else {
-        if (active) store(dst0 + k * projection_threads * U, v);
-      }
+      if (active) store(dst0 + k * projection_threads * U, v);
     }
   };
   auto next_window = [&] {
@@ -899,9 +889,6 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projectio
     gaussian_queue_work<T, Cap, true>(e, table, qu, qs, pass_at, lane, lt);
   }
   gaussian_queue_drain<T, Cap, true>(e, table, qu, qs, lane, lt);
-  if constexpr (C::diag == 2) {
-    if (diag_acc == 0x9e3779b9u) *e.out = T{};  // keeps the folded values live
-  }
 }
 
 /// Units [r0, r1) of matrix e by the block, any law. WithGaussian: the kernel variant with the gaussian
