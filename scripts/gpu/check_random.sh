@@ -17,8 +17,12 @@ t() { local rem=$((76 - SECONDS)); [ "$rem" -lt 1 ] && rem=1; [ "$1" -lt "$rem" 
   build_pid=$!
   exe=$(find "$B" -type f -name lori_bench_random -perm -u+x | head -1)
   echo "== lori_bench_random BM_gpu_* (5 repetitions, aggregates) ($(date -u +%T))"
-  timeout $(t 30) "$exe" --benchmark_filter='BM_gpu_' --benchmark_repetitions=5 --benchmark_report_aggregates_only=true --benchmark_min_time=0.1 2>&1 \
-    | grep -E "^BM_|^-|Benchmark|Run on" | grep -vE "_cv |_stddev " | head -60
+  nvidia-smi --query-gpu=clocks.sm,power.draw,temperature.gpu --format=csv,noheader,nounits -lms 100 > "$OUT/smi.log" 2>&1 &
+  smi_pid=$!
+  timeout $(t 34) "$exe" --benchmark_filter='BM_gpu_' --benchmark_repetitions=5 --benchmark_report_aggregates_only=true --benchmark_min_time=0.1 2>&1 \
+    | grep -E "^BM_|^-|Benchmark|Run on" | grep -vE "_cv |_stddev |_mean " | head -60
+  kill "$smi_pid" 2> /dev/null
+  echo "  nvidia-smi during the benchmarks (sm MHz, W, C): $(awk -F', *' 'NF>=3 {n++; c+=$1; p+=$2; if (n==1||$1<cmin) cmin=$1; if ($1>cmax) cmax=$1; if ($2>pmax) pmax=$2; if ($3>tmax) tmax=$3} END {if (n) printf "%d samples, clock min %d avg %.0f max %d, power avg %.0f max %.0f, temp max %d", n, cmin, c/n, cmax, p/n, pmax, tmax}' "$OUT/smi.log")"
   echo "== ctest -R lori_test_random_gpu ($(date -u +%T))"
   timeout $(t 15) ctest --test-dir "$B" -R 'lori_test_random_gpu' --output-on-failure 2>&1 | grep -vE "^\s*$|Test project|Start " | tail -30
   wait "$build_pid"
@@ -28,19 +32,24 @@ t() { local rem=$((76 - SECONDS)); [ "$rem" -lt 1 ] && rem=1; [ "$1" -lt "$rem" 
   if command -v compute-sanitizer > /dev/null; then
     gexe=$(find "$B" -type f -name lori_test_random_gpu -perm -u+x | head -1)
     echo "== compute-sanitizer racecheck + memcheck: warp-queue subset on 1-2 blocks ($(date -u +%T))"
-    timeout $(t 15) compute-sanitizer --tool racecheck --error-exitcode 9 "$gexe" -tc='gaussian warp queues: small*' > "$OUT/racecheck.log" 2>&1
+    timeout $(t 15) compute-sanitizer --tool racecheck --error-exitcode 9 "$gexe" -tc='gaussian warp queues: small*,gaussian row path: small*' > "$OUT/racecheck.log" 2>&1
     rc=$?
     tail -3 "$OUT/racecheck.log"
     echo "racecheck rc=$rc (124 = timed out)"
-    timeout $(t 8) compute-sanitizer --tool memcheck --error-exitcode 9 "$gexe" -tc='gaussian warp queues: small*' > "$OUT/memcheck.log" 2>&1
+    timeout $(t 8) compute-sanitizer --tool memcheck --error-exitcode 9 "$gexe" -tc='gaussian warp queues: small*,gaussian row path: small*' > "$OUT/memcheck.log" 2>&1
     rc=$?
     tail -3 "$OUT/memcheck.log"
     echo "memcheck rc=$rc (124 = timed out)"
   fi
-  echo "== torch.randn baseline ($(date -u +%T))"
-  timeout $(t 12) python3 bench/random/torch_randn.py 2>&1 | tail -3
   if command -v ncu > /dev/null; then
-    for spec in "projection_kernel BM_gpu_generate_llama3_8b_r32/1/ gauss" "projection_kernel BM_gpu_generate_llama3_8b_r32/0/ kaiming"; do
+    # Clocks as in the benchmarks (no clock control, no cache flush): the duration to compare.
+    echo "== ncu --clock-control none --cache-control none: gaussian (float) now and the previous kernel (main) ($(date -u +%T))"
+    for f in "BM_gpu_generate_llama3_8b_r32/1/" "BM_gpu_generate_llama3_8b_r32_main/1/"; do
+      timeout $(t 6) ncu --clock-control none --cache-control none --section SpeedOfLight -k "regex:projection_kernel" -c 2 "$exe" \
+        --benchmark_filter="$f" --benchmark_min_time=0.01 2>&1 | grep -E "Duration|SM Frequency|DRAM Throughput" | tail -3 | sed "s|^|  $f |"
+    done
+    for spec in "projection_kernel BM_gpu_generate_llama3_8b_r32/1/ gauss" "projection_kernel BM_gpu_generate_llama3_8b_r32_main/1/ gauss_main"; do
+      [ $((76 - SECONDS)) -lt 12 ] && break
       set -- $spec
       echo "== ncu -k $1 ($2) ($(date -u +%T))"
       timeout $(t 9) ncu --section SpeedOfLight --section Occupancy --section LaunchStats --section MemoryWorkloadAnalysis \
@@ -50,13 +59,15 @@ t() { local rem=$((76 - SECONDS)); [ "$rem" -lt 1 ] && rem=1; [ "$1" -lt "$rem" 
       # Stall reasons in a separate run (a metric-name problem there cannot cost the lines above).
       timeout $(t 7) ncu --metrics "regex:^smsp__average_warps_issue_stalled_.*_per_issue_active[.]ratio$,regex:^sm__pipe_.*_cycles_active[.]avg[.]pct_of_peak_sustained_active$" \
         -k "regex:$1" -c 1 "$exe" --benchmark_filter="$2" --benchmark_min_time=0.01 >> "$OUT/ncu_$3.log" 2>&1
-      grep -E "smsp__inst|dram__bytes|bank_conflicts|Issue Slots Busy|Executed Ipc A|SM Busy|Duration|Compute \(SM\) Throughput|DRAM Throughput|Memory Throughput|Issued Warp|No Eligible|Active Warps Per|Eligible Warps|Warp Cycles Per Issued|Registers Per|Static Shared|Grid Size|Theoretical Occ|Achieved Occ" "$OUT/ncu_$3.log" | head -25
+      grep -E "smsp__inst|dram__bytes|bank_conflicts|Issue Slots Busy|Executed Ipc A|SM Frequency|Duration|Compute \(SM\) Throughput|DRAM Throughput|Issued Warp|No Eligible|Active Warps Per|Eligible Warps|Warp Cycles Per Issued|Registers Per|Dynamic Shared|Grid Size|Theoretical Occ|Achieved Occ" "$OUT/ncu_$3.log" | head -25
       echo "  top stall reasons (warps per issue):"
       grep -E "issue_stalled_.*_per_issue_active" "$OUT/ncu_$3.log" | awk '{print $NF, $1}' | sort -gr | head -7 | sed 's/smsp__average_warps_issue_stalled_/    /; s/_per_issue_active.ratio//'
       echo "  busiest pipes (% of peak, active cycles):"
       grep -E "sm__pipe_.*_cycles_active" "$OUT/ncu_$3.log" | awk '{print $NF, $1}' | sort -gr | head -5 | sed 's/sm__pipe_/    /; s/_cycles_active.avg.pct_of_peak_sustained_active//'
     done
   fi
+  echo "== torch.randn baseline ($(date -u +%T))"
+  timeout $(t 12) python3 bench/random/torch_randn.py 2>&1 | tail -3
   echo "== done $(date -u +%FT%TZ)"
 } > "$F" 2>&1
 tail -5 "$F"

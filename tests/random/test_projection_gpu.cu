@@ -373,11 +373,16 @@ std::size_t multi_attempt_elements(index_t rows, index_t cols, std::uint64_t see
 struct forced_launch {
   index_t blocks;
   unsigned pass_at;
+  unsigned rows = 1;  // 0: gaussian tasks never take the row path (detail::launch_projection_batch)
 };
 
+// aligned: gaussian tasks of the row path's shapes (cols a multiple of 2048, ld a multiple of 8, rows
+// 16-byte aligned: detail::gaussian_row_path for float, double, bf16 and fp16), every 7th task (and
+// the other laws) misaligned by one element (the general path), in the same batch.
 template <class T>
 std::size_t forced_grid_batch(std::uint64_t salt, int ntasks, index_t max_rows, index_t max_cols, const std::vector<forced_launch>& launches,
-                              std::size_t* slow_entries = nullptr, std::size_t* requeued = nullptr, std::size_t* resumed = nullptr) {
+                              std::size_t* slow_entries = nullptr, std::size_t* requeued = nullptr, std::size_t* resumed = nullptr,
+                              bool aligned = false) {
   auto g = test_rng(salt);
   struct placed {
     index_t offset, rows, cols, ld;
@@ -390,9 +395,15 @@ std::size_t forced_grid_batch(std::uint64_t salt, int ntasks, index_t max_rows, 
   for (int t = 0; t < ntasks; ++t) {
     placed p;
     p.rows = 1 + static_cast<index_t>(g() % static_cast<std::uint64_t>(max_rows));
-    p.cols = 1 + static_cast<index_t>(g() % static_cast<std::uint64_t>(max_cols));
-    p.ld = p.cols + ((g() % 3 == 0) ? static_cast<index_t>(g() % 9) : 0);
-    p.offset = cursor + static_cast<index_t>(g() % 3);
+    if (aligned) {
+      p.cols = 2048 * (1 + static_cast<index_t>(g() % static_cast<std::uint64_t>(max_cols / 2048)));
+      p.ld = p.cols + 8 * static_cast<index_t>(g() % 3);
+      p.offset = (cursor + 7) / 8 * 8 + (t % 7 == 3 ? 1 : 0);
+    } else {
+      p.cols = 1 + static_cast<index_t>(g() % static_cast<std::uint64_t>(max_cols));
+      p.ld = p.cols + ((g() % 3 == 0) ? static_cast<index_t>(g() % 9) : 0);
+      p.offset = cursor + static_cast<index_t>(g() % 3);
+    }
     p.seed = g();
     p.stream = g();
     const double s = sigmas[g() % 4];
@@ -405,7 +416,7 @@ std::size_t forced_grid_batch(std::uint64_t salt, int ntasks, index_t max_rows, 
       if (resumed) *resumed += multi_attempt_elements(p.rows, p.cols, p.seed, p.stream);
     }
   }
-  lori::cuda::device_buffer<T> buf(cursor + 16);
+  lori::cuda::device_buffer<T> buf(cursor + 16);  // cudaMalloc: 256-byte aligned base
   std::vector<lori::cuda::projection_task<T>> tasks;
   for (const auto& p : items)
     tasks.push_back(lori::cuda::make_projection_task(buf.data() + p.offset, p.rows, p.cols, p.seed, p.stream, p.spec, p.ld));
@@ -416,8 +427,9 @@ std::size_t forced_grid_batch(std::uint64_t salt, int ntasks, index_t max_rows, 
   for (const forced_launch& l : launches) {
     CAPTURE(l.blocks);
     CAPTURE(l.pass_at);
+    CAPTURE(l.rows);
     buf.fill_bytes(0xff);
-    lori::cuda::detail::launch_projection_batch(plan, l.blocks > 0 ? l.blocks : plan.blocks, nullptr, l.pass_at);
+    lori::cuda::detail::launch_projection_batch(plan, l.blocks > 0 ? l.blocks : plan.blocks, nullptr, l.pass_at, l.rows);
     LORI_CUDA_CHECK(cudaDeviceSynchronize());
     const auto host = buf.download();
     index_t prev_end = 0;
@@ -448,6 +460,86 @@ TEST_CASE("gaussian warp queues: forced small grids, many tasks and sigmas, floa
 TEST_CASE("gaussian warp queues: small batch on 1 and 2 blocks (racecheck subset)") {
   CHECK(forced_grid_batch<float>(202, 6, 40, 1500, {{1, 32}, {2, 5}}) == 0);
   CHECK(forced_grid_batch<lori::half>(203, 6, 40, 1500, {{1, 32}, {2, 5}}) == 0);
+}
+
+TEST_CASE("gaussian row path: aligned tasks on forced grids, every element type") {
+  // Rows of 2048..6144 elements (the row path: aligned windows of 256 units, first and last windows
+  // masked, several rows per piece), mixed with misaligned tasks
+  // and other laws (the general path) in one batch; 1 block: each warp walks ~100 windows per task
+  // and passes run mid-piece; 2, 3, 5 blocks: pieces start and end inside rows; pass_at 1 and 5:
+  // partial passes after every window; rows = 0: the same batch through the general path only.
+  const std::vector<forced_launch> grids = {{1, 32}, {2, 32}, {3, 5}, {5, 1}, {-1, 32}, {1, 32, 0}, {-1, 32, 0}};
+  std::size_t entries = 0, requeued = 0, resumed = 0;
+  CHECK(forced_grid_batch<float>(210, 24, 9, 6144, grids, &entries, &requeued, &resumed, true) == 0);
+  CHECK(entries > 8 * 64 * 4);
+  CHECK(requeued > 20);
+  CHECK(resumed > 10);
+  CHECK(forced_grid_batch<lori::bfloat16>(211, 24, 9, 6144, grids, nullptr, nullptr, nullptr, true) == 0);
+  CHECK(forced_grid_batch<double>(212, 12, 7, 4096, {{1, 32}, {3, 5}, {-1, 32}}, nullptr, nullptr, nullptr, true) == 0);
+  CHECK(forced_grid_batch<lori::half>(213, 12, 7, 4096, {{1, 32}, {3, 5}, {-1, 32}}, nullptr, nullptr, nullptr, true) == 0);
+}
+
+TEST_CASE("gaussian row path: small aligned batch on 1 and 2 blocks (racecheck subset)") {
+  CHECK(forced_grid_batch<float>(214, 5, 3, 4096, {{1, 32}, {2, 5}}, nullptr, nullptr, nullptr, true) == 0);
+  CHECK(forced_grid_batch<lori::bfloat16>(215, 5, 3, 4096, {{1, 32}, {2, 5}}, nullptr, nullptr, nullptr, true) == 0);
+}
+
+TEST_CASE("gaussian row path: one block walks a 640 x 6144 matrix (full hard-ring passes mid-piece), float and bf16") {
+  // ~59 K slow entries, ~1.7 K of them through the hard ring (tail elements, second attempts): with one
+  // block each warp's hard ring fills to 32 many times inside the piece; 3 blocks: pieces start and
+  // end inside rows; 0: the default grid.
+  const index_t rows = 640, cols = 6144;
+  const std::uint64_t seed = 4242, stream = 17;
+  const auto a = cpu_projection(rows, cols, seed, stream, projection_spec::gaussian(0.5));
+  for (const index_t blocks : {index_t{1}, index_t{3}, index_t{0}}) {
+    CAPTURE(blocks);
+    lori::cuda::device_buffer<float> buf(rows * cols);
+    buf.fill_bytes(0xff);
+    lori::cuda::detail::generate_projection_blocks(buf.as_matrix(rows, cols), seed, stream, projection_spec::gaussian(0.5), blocks, nullptr);
+    LORI_CUDA_CHECK(cudaDeviceSynchronize());
+    const auto host = buf.download();
+    std::size_t mism = 0;
+    for (std::size_t t = 0; t < a.size(); ++t) mism += lori::float_bits(host[t]) != lori::float_bits(a[t]);
+    CHECK(mism == 0);
+    lori::cuda::device_buffer<lori::bfloat16> hb(rows * cols);
+    hb.fill_bytes(0xff);
+    lori::cuda::detail::generate_projection_blocks(hb.as_matrix(rows, cols), seed, stream, projection_spec::gaussian(0.5), blocks, nullptr);
+    LORI_CUDA_CHECK(cudaDeviceSynchronize());
+    const auto hhost = hb.download();
+    mism = 0;
+    for (std::size_t t = 0; t < a.size(); ++t) mism += hhost[t].bits != lori::float_to_bf16_bits(a[t]);
+    CHECK(mism == 0);
+  }
+}
+
+namespace {
+// A rows x cols gaussian matrix of sigma through generate_projection (bf16/fp16 take the row path, with
+// the hardware conversion, for 1e-28 <= sigma <= 1e37), compared bit for bit with the CPU.
+template <class T>
+std::size_t extreme_sigma_mismatches(index_t rows, index_t cols, double sigma, std::uint64_t seed) {
+  const auto a = cpu_projection(rows, cols, seed, 5, projection_spec::gaussian(sigma));
+  lori::cuda::device_buffer<T> buf(rows * cols);
+  buf.fill_bytes(0xff);
+  lori::cuda::generate_projection(buf.as_matrix(rows, cols), seed, 5, projection_spec::gaussian(sigma));
+  LORI_CUDA_CHECK(cudaDeviceSynchronize());
+  const auto host = buf.download();
+  std::size_t bad = 0;
+  for (std::size_t t = 0; t < a.size(); ++t) bad += bits_of(host[t]) != expected_bits<T>(a[t]);
+  return bad;
+}
+}  // namespace
+
+TEST_CASE("gaussian row path, bf16/fp16: hardware rounding equals the CPU's at extreme sigmas") {
+  // fp16: sigma 1e-4 and 1e-6 (most values fp16 subnormals or zero), 3e4 (3% beyond 65504: infinities);
+  // bf16: sigma 1e-27 and 5e36 (inside the row path's range), 2e-29 (the general path).
+  for (const double sigma : {1e-4, 1e-6, 3e4, 0.37}) {
+    CAPTURE(sigma);
+    CHECK(extreme_sigma_mismatches<lori::half>(8, 4096, sigma, 31) == 0);
+  }
+  for (const double sigma : {1e-27, 5e36, 2e-29, 0.37}) {
+    CAPTURE(sigma);
+    CHECK(extreme_sigma_mismatches<lori::bfloat16>(8, 4096, sigma, 32) == 0);
+  }
 }
 
 TEST_CASE("single matrix on forced grids: one block walks the whole matrix (fallback element included)") {

@@ -115,9 +115,10 @@ struct zig_slow_state {
 /// s0..s5); false leaves st = the next candidate (it failed the fast test) and the words consumed.
 /// word(k) returns s_k, k = 0..7. gaussian_slow_from is this in a loop; the GPU kernel runs one
 /// attempt per queue pass (so a warp never waits for its slowest lane's later attempts).
+/// tab: the layer table (zig_layers(), or a copy of it, e.g. in a GPU block's shared memory).
 template <class Word>
-LORI_HOST_DEVICE LORI_FORCEINLINE bool gaussian_slow_attempt(zig_slow_state& st, float sigma, Word&& word, float& out) noexcept {
-  const zig_layer* tab = zig_layers();
+LORI_HOST_DEVICE LORI_FORCEINLINE bool gaussian_slow_attempt(zig_slow_state& st, float sigma, Word&& word, float& out,
+                                                            const zig_layer* tab = zig_layers()) noexcept {
   const std::uint32_t w = st.w;
   const std::uint32_t layer = w & 0xffu;
   const zig_layer z = tab[layer];
