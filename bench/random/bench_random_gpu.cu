@@ -8,7 +8,6 @@
 
 #include "lori/cuda/device_buffer.cuh"
 #include "lori/cuda/projection.cuh"
-#include "projection_main.cuh"  // the previous kernel (main before session 4), namespace lori::cuda_main
 #include "lori/random/stream.hpp"
 
 #include <cuda_runtime.h>
@@ -121,26 +120,6 @@ void BM_gpu_generate_llama3_8b_r32_general_path(benchmark::State& state) {
 }
 void BM_gpu_generate_llama3_8b_r32_bf16(benchmark::State& state) { generate_llama<lori::bfloat16>(state); }
 
-// The same batches through the previous kernel (bench/random/projection_main.cuh: main before session 4),
-// measured in the same process: /0 kaiming, /1 gaussian (float); _bf16/1 gaussian bf16.
-template <class T>
-void generate_llama_main(benchmark::State& state) {
-  if (!have_device(state)) return;
-  const lori::index_t n = llama_total();
-  lori::cuda::device_buffer<T> out(n);
-  std::vector<lori::cuda_main::projection_task<T>> tasks;
-  for (const auto& t : llama_tasks(out.data(), spec_of(state.range(0))))
-    tasks.push_back(lori::cuda_main::make_projection_task(t.out, t.rows, t.cols, t.seed, t.stream, spec_of(state.range(0)), t.ld));
-  const std::size_t ws_bytes = lori::cuda_main::projection_batch_workspace_bytes(static_cast<lori::index_t>(tasks.size()));
-  lori::cuda::device_buffer<unsigned char> ws(static_cast<lori::index_t>(ws_bytes));
-  const auto plan = lori::cuda_main::prepare_projection_batch(tasks.data(), static_cast<lori::index_t>(tasks.size()), ws.data(), ws_bytes);
-  time_events(state, [&] { lori::cuda_main::generate_projection_batch(plan); });
-  state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * n);
-  state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * n * static_cast<int64_t>(sizeof(T)));
-}
-void BM_gpu_generate_llama3_8b_r32_main(benchmark::State& state) { generate_llama_main<float>(state); }
-void BM_gpu_generate_llama3_8b_r32_main_bf16(benchmark::State& state) { generate_llama_main<lori::bfloat16>(state); }
-
 // Diagnostics of the launch: /0 kaiming, /1 gaussian. _x10: ten launches between the events (time per
 // launch; back-to-back launches hide the host's launch latency). _tiny: one 1 x 4096 matrix per launch
 // (the fixed cost of a launch of the kernel variant).
@@ -243,8 +222,6 @@ void BM_gpu_baseline_d2d_copy(benchmark::State& state) {
 BENCHMARK(BM_gpu_baseline_d2d_copy)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_generate_llama3_8b_r32)->DenseRange(0, 3)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_generate_llama3_8b_r32_bf16)->Arg(0)->Arg(1)->UseManualTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_gpu_generate_llama3_8b_r32_main)->Arg(0)->Arg(1)->UseManualTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_gpu_generate_llama3_8b_r32_main_bf16)->Arg(1)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_generate_llama3_8b_r32_general_path)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_generate_llama3_8b_r32_x10)->Arg(0)->Arg(1)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_generate_tiny)->Arg(0)->Arg(1)->UseManualTime()->Unit(benchmark::kMicrosecond);
