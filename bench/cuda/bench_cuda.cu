@@ -596,8 +596,8 @@ void BM_gpu_skinny_sddmm(benchmark::State& st) {
     lori::detail::skinny::launch_sddmm<bf16>(ctx().stream(), f.G.data(), f.n, D, D, f.H.data(), 0.5f, f.B,
                                              f.out.data(), cap);
   }, sddmm_floor(f.n, f.B.nnz()));
-  const int clusters = lori::detail::skinny::active_clusters(lori::detail::skinny::sddmm_kernel<bf16>,
-                                                             lori::detail::skinny::sd_smem, cap);
+  const int clusters = lori::detail::skinny::active_clusters<lori::detail::skinny::sddmm_kernel<bf16>>(
+      lori::detail::skinny::threads, lori::detail::skinny::sd_smem, cap);
   st.SetLabel("cp.async loads (grad_b_sddmm's path when H's rows are not 16-byte aligned); token split over at most range(1) blocks of a cluster; max active clusters of that size: " + std::to_string(clusters));
 }
 void BM_gpu_skinny_sddmm_tma(benchmark::State& st) {

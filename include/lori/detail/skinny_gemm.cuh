@@ -143,54 +143,27 @@ void set_smem_attributes(Kernel kernel, int smem) {
                                        static_cast<int>(cudaSharedmemCarveoutMaxShared)));
 }
 
-/// Launch configuration of `blocks` blocks of `threads` threads with `smem` bytes of dynamic shared
-/// memory in clusters of `S` blocks; `attr` holds the cluster attribute and must outlive the result.
-inline cudaLaunchConfig_t cluster_config(unsigned blocks, int smem, int S, cudaStream_t stream,
-                                         cudaLaunchAttribute& attr) {
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = dim3(blocks, 1, 1);
-  cfg.blockDim = dim3(threads, 1, 1);
-  cfg.dynamicSmemBytes = static_cast<std::size_t>(smem);
-  cfg.stream = stream;
-  attr.id = cudaLaunchAttributeClusterDimension;
-  attr.val.clusterDim.x = static_cast<unsigned>(S);
-  attr.val.clusterDim.y = 1;
-  attr.val.clusterDim.z = 1;
-  cfg.attrs = &attr;
-  cfg.numAttrs = 1;
-  return cfg;
-}
-
-/// Clusters of `S` blocks of `kernel` (dynamic shared memory `smem`) that fit on the device at once
-/// (a cluster must fit one GPC); cached per device and S after the first query.
-template <class Kernel>
-int active_clusters(Kernel kernel, int smem, int S) {
-  int dev = 0;
-  LORI_CUDA_CHECK(cudaGetDevice(&dev));
-  static std::atomic<int> cache[32][max_splits + 1] = {};
-  const bool cached = dev >= 0 && dev < 32;
-  if (cached) {
-    const int v = cache[dev][S].load(std::memory_order_relaxed);
-    if (v > 0) return v;
-  }
-  cudaLaunchAttribute attr;
-  const cudaLaunchConfig_t cfg = cluster_config(static_cast<unsigned>(S), smem, S, nullptr, attr);
-  int v = 0;
-  LORI_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&v, kernel, &cfg));
+/// Clusters of `S` blocks of `Kernel` (`threads` threads, `smem` bytes of dynamic shared memory: fixed
+/// per kernel instance) that fit on the device at once (a cluster must fit one GPC); cached per
+/// device, kernel instance and S.
+template <auto Kernel>
+int active_clusters(int threads, int smem, int S) {
+  static std::atomic<int> cache[max_splits + 1][max_cached_devices] = {};
+  const int v = max_active_clusters(reinterpret_cast<const void*>(Kernel), static_cast<unsigned>(threads),
+                                    static_cast<std::size_t>(smem), static_cast<unsigned>(S), cache[S]);
   LORI_EXPECTS(v >= 1, "lori::cuda skinny kernels: a thread-block cluster does not fit on this device");
-  if (cached) cache[dev][S].store(v, std::memory_order_relaxed);
   return v;
 }
 
 /// Splits S of the reduction dimension per tile (= cluster size): the largest S <= cap (and <= the
 /// number of stages) for which all tiles·S blocks run in ONE wave (tiles <= clusters of S that fit
 /// at once; a partial second wave would double the time), else 1.
-template <class Kernel>
-int choose_splits(Kernel kernel, int smem, index_t tiles, index_t reduce_len, index_t chunk, int cap) {
+template <auto Kernel>
+int choose_splits(int threads, int smem, index_t tiles, index_t reduce_len, index_t chunk, int cap) {
   index_t most = ceil_div(reduce_len, chunk);
   if (most > cap) most = cap;
   for (int S = static_cast<int>(most); S > 1; --S)
-    if (tiles <= active_clusters(kernel, smem, S)) return S;
+    if (tiles <= active_clusters<Kernel>(threads, smem, S)) return S;
   return 1;
 }
 
@@ -256,6 +229,21 @@ CUtensorMap tensor_map_2d(const T* base, index_t rows, index_t cols, index_t ld,
       const_cast<T*>(base), dims, strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
       CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   LORI_EXPECTS(res == CUDA_SUCCESS, "lori::cuda: cuTensorMapEncodeTiled failed");
+  return m;
+}
+
+/// The tensor map of H (n x r fp32, leading dimension r, r % 4 == 0, 16-byte aligned): boxes of
+/// 32 columns x sd_tc rows (128-byte rows; columns >= r and rows >= n arrive as zeros), with `swizzle`.
+inline CUtensorMap h_tensor_map(const float* H, index_t n, index_t r, CUtensorMapSwizzle swizzle) {
+  CUtensorMap m;
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(r), static_cast<cuuint64_t>(n)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(r) * sizeof(float)};
+  const cuuint32_t box[2] = {static_cast<cuuint32_t>(max_rank), static_cast<cuuint32_t>(sd_tc)};
+  const cuuint32_t elem_strides[2] = {1, 1};
+  const CUresult res = tensor_map_encoder()(&m, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 2, const_cast<float*>(H), dims, strides,
+                                            box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle,
+                                            CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  LORI_EXPECTS(res == CUDA_SUCCESS, "lori::cuda: cuTensorMapEncodeTiled failed (H)");
   return m;
 }
 
@@ -420,10 +408,7 @@ __global__ void __launch_bounds__(threads, min_blocks_of(sd_smem_of(Stages))) sd
   };
 
   float acc[4][4];
-#pragma unroll
-  for (int nt = 0; nt < 4; ++nt)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) acc[nt][e] = 0.0f;
+  zero_acc(acc);
 
 #pragma unroll
   for (int s = 0; s < Stages - 1; ++s) issue(s);
@@ -455,15 +440,16 @@ void launch_sddmm(cudaStream_t stream, const T* G, index_t n, index_t d, index_t
   LORI_EXPECTS(cap >= 1 && cap <= max_splits, "skinny::launch_sddmm: split cap must be in [1, 8]");
   const index_t r = B.cols();
   const index_t tiles = ceil_div(d, tile_rows);
-  auto kernel = sddmm_kernel<T, Stages>;
+  constexpr auto kernel = sddmm_kernel<T, Stages>;
   set_smem_attributes(kernel, sd_smem_of(Stages));
-  int S = choose_splits(kernel, sd_smem_of(Stages), tiles, n, sd_tc, cap);
+  int S = choose_splits<kernel>(threads, sd_smem_of(Stages), tiles, n, sd_tc, cap);
   const index_t tps = ceil_div(ceil_div(n, S), sd_tc) * sd_tc;
   S = static_cast<int>(ceil_div(n, tps));
   const bool h_vec = r % 4 == 0 && aligned16(H);
   sddmm_args<T> a{G, n, d, ldg, H, static_cast<int>(r), h_vec, S, tps, s, B.view(), out};
   cudaLaunchAttribute attr;
-  const cudaLaunchConfig_t cfg = cluster_config(grid_dim(tiles * S), sd_smem_of(Stages), S, stream, attr);
+  const cudaLaunchConfig_t cfg = cluster_config(grid_dim(tiles * S), threads, sd_smem_of(Stages),
+                                                static_cast<unsigned>(S), stream, attr);
   LORI_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, a));
   LORI_CUDA_CHECK_LAUNCH();
 }
@@ -524,10 +510,7 @@ __global__ void __launch_bounds__(threads, 2) sddmm_tma_kernel(const __grid_cons
     }
   };
   float acc[4][4];
-#pragma unroll
-  for (int nt = 0; nt < 4; ++nt)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) acc[nt][e] = 0.0f;
+  zero_acc(acc);
 #pragma unroll
   for (int s = 0; s < sd_stages - 1; ++s) issue(s);
   for (int s = 0; s < steps; ++s) {
@@ -567,30 +550,20 @@ void launch_sddmm_tma(cudaStream_t stream, const T* G, index_t n, index_t d, ind
   LORI_EXPECTS(n <= index_t{2147483647} && d <= index_t{2147483647}, "skinny::launch_sddmm_tma: too large");
   const index_t r = B.cols();
   const index_t tiles = ceil_div(d, tile_rows);
-  auto kernel = sddmm_tma_kernel<T>;
+  constexpr auto kernel = sddmm_tma_kernel<T>;
   set_smem_attributes(kernel, sd_tma_smem);
-  int S = choose_splits(kernel, sd_tma_smem, tiles, n, sd_tc, cap);
+  int S = choose_splits<kernel>(threads, sd_tma_smem, tiles, n, sd_tc, cap);
   const index_t tps = ceil_div(ceil_div(n, S), sd_tc) * sd_tc;
   S = static_cast<int>(ceil_div(n, tps));
-  // H map: {r, n} fp32 elements, rows r·4 bytes apart, boxes of 32 x 64, no swizzle.
-  CUtensorMap hmap;
-  {
-    const cuuint64_t dims[2] = {static_cast<cuuint64_t>(r), static_cast<cuuint64_t>(n)};
-    const cuuint64_t strides[1] = {static_cast<cuuint64_t>(r) * sizeof(float)};
-    const cuuint32_t box[2] = {static_cast<cuuint32_t>(max_rank), static_cast<cuuint32_t>(sd_tc)};
-    const cuuint32_t elem_strides[2] = {1, 1};
-    const CUresult res = tensor_map_encoder()(&hmap, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 2, const_cast<float*>(H), dims,
-                                              strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
-                                              CU_TENSOR_MAP_SWIZZLE_NONE, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                                              CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-    LORI_EXPECTS(res == CUDA_SUCCESS, "lori::cuda: cuTensorMapEncodeTiled failed (H)");
-  }
+  const CUtensorMap hmap = h_tensor_map(H, n, r, CU_TENSOR_MAP_SWIZZLE_NONE);
   sddmm_tma_args<T> a{tensor_map_2d(G, n, d, ldg, static_cast<unsigned>(sd_tc)), hmap, n, d, tps, S, s, B.view(), out, evict_first};
   cudaLaunchAttribute attr;
-  const cudaLaunchConfig_t cfg = cluster_config(grid_dim(tiles * S), sd_tma_smem, S, stream, attr);
+  const cudaLaunchConfig_t cfg = cluster_config(grid_dim(tiles * S), threads, sd_tma_smem,
+                                                static_cast<unsigned>(S), stream, attr);
   LORI_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, a));
   LORI_CUDA_CHECK_LAUNCH();
 }
+
 
 }  // namespace lori::detail::skinny
 
