@@ -659,6 +659,10 @@ __global__ void __launch_bounds__(ws_threads, min_blocks_of(ws_smem_of(Stages)))
   const int steps = te > tb ? static_cast<int>((te - tb + sd_tc - 1) / sd_tc) : 0;
   const int rpb = (tile_rows + S - 1) / S;  // tile rows each rank reduces and writes
   const int rbeg = split * rpb;             // < tile_rows for S <= 8
+  if (warp == ws_consumers && lane == 0) {  // the producer: fetch both tensor maps while the block sets up
+    asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<std::uint64_t>(&a.gmap)) : "memory");
+    asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<std::uint64_t>(&a.hmap)) : "memory");
+  }
   if (tid == 0) {
 #pragma unroll
     for (int i = 0; i < Stages; ++i) {
