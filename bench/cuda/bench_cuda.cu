@@ -652,7 +652,8 @@ BENCHMARK(BM_gpu_baseline_sddmm_cublas_route)->Arg(4096)->Arg(16384)->UseManualT
 // ---- the warp-specialised SDDMM kernel (lori/detail/skinny_gemm.cuh: TMA producer warp, full/empty
 // mbarrier ring) with a forced split cap; range(2) picks the variant: 0 = 8 stages (grad_b_sddmm's
 // kernel), 1 = 4 stages (two blocks per SM), 2 = 6 stages, 3 = 8 stages without the MMAs (the memory
-// pipeline alone: wrong results, timing only). Compare with BM_gpu_baseline_read/32 of the same run.
+// pipeline alone: wrong results, timing only), 4 = 8 stages with G read evict-normal (default:
+// evict-first). Compare with BM_gpu_baseline_read/32 of the same run.
 template <int Stages, bool Math>
 std::string ws_label(index_t n, int cap) {
   namespace sk = lori::detail::skinny;
@@ -672,12 +673,12 @@ void BM_gpu_skinny_sddmm_ws(benchmark::State& st) {
     if (variant == 1) sk::launch_sddmm_ws<bf16, 4>(ctx().stream(), f.G.data(), f.n, D, D, f.H.data(), 0.5f, f.B, f.out.data(), cap);
     else if (variant == 2) sk::launch_sddmm_ws<bf16, 6>(ctx().stream(), f.G.data(), f.n, D, D, f.H.data(), 0.5f, f.B, f.out.data(), cap);
     else if (variant == 3) sk::launch_sddmm_ws<bf16, 8, false>(ctx().stream(), f.G.data(), f.n, D, D, f.H.data(), 0.5f, f.B, f.out.data(), cap);
-    else sk::launch_sddmm_ws<bf16>(ctx().stream(), f.G.data(), f.n, D, D, f.H.data(), 0.5f, f.B, f.out.data(), cap);
+    else sk::launch_sddmm_ws<bf16>(ctx().stream(), f.G.data(), f.n, D, D, f.H.data(), 0.5f, f.B, f.out.data(), cap, variant != 4);
   }, sddmm_floor(f.n, f.B.nnz()));
   st.SetLabel(variant == 1 ? ws_label<4, true>(f.n, cap) : variant == 2 ? ws_label<6, true>(f.n, cap)
-              : variant == 3 ? ws_label<8, false>(f.n, cap) : ws_label<8, true>(f.n, cap));
+              : variant == 3 ? ws_label<8, false>(f.n, cap) : ws_label<8, true>(f.n, cap) + (variant == 4 ? ", G evict-normal" : ""));
 }
-BENCHMARK(BM_gpu_skinny_sddmm_ws)->Args({4096, 8, 0})->Args({4096, 8, 1})->Args({4096, 8, 2})->Args({4096, 8, 3})->Args({4096, 4, 0})->Args({4096, 2, 0})->Args({16384, 8, 0})->Args({16384, 8, 1})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
+BENCHMARK(BM_gpu_skinny_sddmm_ws)->Args({4096, 8, 0})->Args({4096, 8, 1})->Args({4096, 8, 2})->Args({4096, 8, 3})->Args({4096, 8, 4})->Args({4096, 4, 0})->Args({4096, 2, 0})->Args({16384, 8, 0})->Args({16384, 8, 1})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
 
 // ---- ∂L/∂X -----------------------------------------------------------------------------------------------
 void BM_gpu_grad_x(benchmark::State& st) {
