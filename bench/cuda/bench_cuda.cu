@@ -653,16 +653,18 @@ BENCHMARK(BM_gpu_baseline_sddmm_cublas_route)->Arg(4096)->Arg(16384)->UseManualT
 // mbarrier ring) with a forced split cap; range(2) picks the variant: 0 = 8 stages (grad_b_sddmm's
 // kernel), 1 = 4 stages (two blocks per SM), 2 = 6 stages, 3 = 8 stages without the MMAs (the memory
 // pipeline alone: wrong results, timing only), 4 = 8 stages with G read evict-normal (default:
-// evict-first). Compare with BM_gpu_baseline_read/32 of the same run.
-template <int Stages, bool Math>
+// evict-first), 5 = 7 stages with the push epilogue, 6 = 7 stages with the pull epilogue. Compare
+// with BM_gpu_baseline_read/32 of the same run.
+template <int Stages, bool Math, bool Push = false>
 std::string ws_label(index_t n, int cap) {
   namespace sk = lori::detail::skinny;
-  constexpr auto kernel = sk::sddmm_ws_kernel<bf16, Stages, Math>;
-  const int S = sk::choose_splits<kernel>(sk::ws_threads, sk::ws_smem_of(Stages), lori::detail::ceil_div(D, sk::tile_rows), n,
-                                          sk::sd_tc, cap);
-  return std::to_string(Stages) + " stages" + (Math ? "" : ", NO MMA (memory pipeline alone)") + ", cluster split S = " +
-         std::to_string(S) + " (clusters of S resident: " + std::to_string(sk::active_clusters<kernel>(sk::ws_threads, sk::ws_smem_of(Stages), S)) +
-         "), tiles " + std::to_string(lori::detail::ceil_div(D, sk::tile_rows));
+  constexpr auto kernel = sk::sddmm_ws_kernel<bf16, Stages, Math, Push>;
+  constexpr int smem = sk::ws_smem_of(Stages, Push);
+  const int S = sk::choose_splits<kernel>(sk::ws_threads, smem, lori::detail::ceil_div(D, sk::tile_rows), n, sk::sd_tc, cap);
+  return std::to_string(Stages) + " stages" + (Math ? "" : ", NO MMA (memory pipeline alone)") +
+         (Push ? ", push epilogue" : "") + ", cluster split S = " + std::to_string(S) +
+         " (clusters of S resident: " + std::to_string(sk::active_clusters<kernel>(sk::ws_threads, smem, S)) + "), tiles " +
+         std::to_string(lori::detail::ceil_div(D, sk::tile_rows));
 }
 void BM_gpu_skinny_sddmm_ws(benchmark::State& st) {
   namespace sk = lori::detail::skinny;
@@ -673,12 +675,15 @@ void BM_gpu_skinny_sddmm_ws(benchmark::State& st) {
     if (variant == 1) sk::launch_sddmm_ws<bf16, 4>(ctx().stream(), f.G.data(), f.n, D, D, f.H.data(), 0.5f, f.B, f.out.data(), cap);
     else if (variant == 2) sk::launch_sddmm_ws<bf16, 6>(ctx().stream(), f.G.data(), f.n, D, D, f.H.data(), 0.5f, f.B, f.out.data(), cap);
     else if (variant == 3) sk::launch_sddmm_ws<bf16, 8, false>(ctx().stream(), f.G.data(), f.n, D, D, f.H.data(), 0.5f, f.B, f.out.data(), cap);
+    else if (variant == 5) sk::launch_sddmm_ws<bf16, 7, true, true>(ctx().stream(), f.G.data(), f.n, D, D, f.H.data(), 0.5f, f.B, f.out.data(), cap);
+    else if (variant == 6) sk::launch_sddmm_ws<bf16, 7>(ctx().stream(), f.G.data(), f.n, D, D, f.H.data(), 0.5f, f.B, f.out.data(), cap);
     else sk::launch_sddmm_ws<bf16>(ctx().stream(), f.G.data(), f.n, D, D, f.H.data(), 0.5f, f.B, f.out.data(), cap, variant != 4);
   }, sddmm_floor(f.n, f.B.nnz()));
   st.SetLabel(variant == 1 ? ws_label<4, true>(f.n, cap) : variant == 2 ? ws_label<6, true>(f.n, cap)
+              : variant == 5 ? ws_label<7, true, true>(f.n, cap) : variant == 6 ? ws_label<7, true>(f.n, cap)
               : variant == 3 ? ws_label<8, false>(f.n, cap) : ws_label<8, true>(f.n, cap) + (variant == 4 ? ", G evict-normal" : ""));
 }
-BENCHMARK(BM_gpu_skinny_sddmm_ws)->Args({4096, 8, 0})->Args({4096, 8, 1})->Args({4096, 8, 2})->Args({4096, 8, 3})->Args({4096, 8, 4})->Args({4096, 4, 0})->Args({4096, 4, 1})->Args({4096, 3, 0})->Args({4096, 2, 0})->Args({16384, 8, 0})->Args({16384, 8, 1})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
+BENCHMARK(BM_gpu_skinny_sddmm_ws)->Args({4096, 8, 0})->Args({4096, 8, 1})->Args({4096, 8, 2})->Args({4096, 8, 3})->Args({4096, 8, 4})->Args({4096, 8, 5})->Args({4096, 8, 6})->Args({4096, 4, 0})->Args({4096, 4, 1})->Args({4096, 3, 0})->Args({4096, 2, 0})->Args({16384, 8, 0})->Args({16384, 8, 1})->Args({16384, 8, 5})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
 
 // ---- ∂L/∂X -----------------------------------------------------------------------------------------------
 void BM_gpu_grad_x(benchmark::State& st) {

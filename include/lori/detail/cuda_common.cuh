@@ -129,6 +129,13 @@ __device__ __forceinline__ unsigned char* dynamic_smem() {
   return lori_dynamic_smem;
 }
 
+/// The hardware cluster barrier in two halves (sm_90): every thread of every block of the cluster
+/// arrives (relaxed: no ordering; release: its earlier writes, distributed shared memory included,
+/// become visible to the threads that then wait), and wait (acquire) blocks until all have arrived.
+__device__ __forceinline__ void cluster_arrive_relaxed() { asm volatile("barrier.cluster.arrive.relaxed;" ::: "memory"); }
+__device__ __forceinline__ void cluster_arrive_release() { asm volatile("barrier.cluster.arrive.release;" ::: "memory"); }
+__device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.acquire;" ::: "memory"); }
+
 /// Sets a register tile of fp32 accumulators to zero (fully unrolled: stays in registers).
 template <int M, int N>
 __device__ __forceinline__ void zero_acc(float (&acc)[M][N]) {
