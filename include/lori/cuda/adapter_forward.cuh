@@ -302,9 +302,9 @@ struct decode_params {
   bool early_b;        // load B's kept entries before griddepcontrol.wait (programmatic dependent launch)
 };
 
-using detail::cluster_arrive_relaxed;
-using detail::cluster_arrive_release;
-using detail::cluster_wait;
+using ::lori::detail::cluster_arrive_relaxed;
+using ::lori::detail::cluster_arrive_release;
+using ::lori::detail::cluster_wait;
 // Programmatic dependent launch (no-ops when the kernel was launched without the attribute).
 __device__ __forceinline__ void grid_dependency_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
 __device__ __forceinline__ void grid_launch_dependents() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
@@ -546,8 +546,8 @@ __global__ void __launch_bounds__(decode_threads, 2) decode_kernel(decode_params
 // stays a launch).
 template <class T, int TT>
 int decode_resident_clusters() {
-  static std::atomic<int> cache[detail::max_cached_devices] = {};  // per device: a multi-GPU host may mix cards
-  const int v = detail::max_active_clusters(
+  static std::atomic<int> cache[::lori::detail::max_cached_devices] = {};  // per device: a multi-GPU host may mix cards
+  const int v = ::lori::detail::max_active_clusters(
       reinterpret_cast<const void*>(decode_kernel<T, TT>), static_cast<unsigned>(decode_threads),
       static_cast<std::size_t>((decode_cluster + 1) * decode_max_rank) * sizeof(float),
       static_cast<unsigned>(decode_cluster), cache);
