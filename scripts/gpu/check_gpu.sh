@@ -34,11 +34,11 @@ tests() {  # label time-limit doctest-args...
 {
   nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader 2>&1 | head -2
   echo "== tests"
-  tests ws 12 --test-case='*warp-specialised*' --test-case-exclude='*16384*,*push*'
-  tests push 8 --test-case='*push epilogue*'
+  tests ws 12 --test-case='*SDDMM kernel, warp-specialised*,skinny kernels: warp-specialised*' --test-case-exclude='*16384*,*push*'
+  tests push 8 --test-case='*SDDMM kernel, warp-specialised with the push*,skinny kernels: push epilogue*'
   tests sddmm 12 --test-case='*skinny*,*grad_b_sddmm*' --test-case-exclude='*warp-specialised*,*push*'
   tests decode 10 --test-case='*decode*'
-  tests ws16384 6 --test-case='*warp-specialised: n = 16384*'
+  tests ws16384 8 --test-case='*SDDMM kernel, warp-specialised: n = 16384*'
   echo "== lori_bench_cuda (medians of 5, µs)"
   sb=$(command -v stdbuf >/dev/null && echo "stdbuf -oL" || true)
   bench() {  # label time-limit filter [env]
@@ -48,7 +48,7 @@ tests() {  # label time-limit doctest-args...
     grep -E "_median|ERROR|error" "$OUT/gpu_bench_$1.log" | awk '{$1=$1; print}' | sed -E 's/ [0-9.]+ us [0-9]+ / /' | cut -c1-330 | head -24
   }
   bench sddmm 14 'BM_gpu_(baseline_d2d_copy/234|baseline_read/|skinny_sddmm_tma/4096/8/1|skinny_sddmm_ws/4096/|grad_b_sddmm/4096|baseline_gemm_mask/4096)'
-  bench sddmm_clean 9 'BM_gpu_(baseline_read/|skinny_sddmm_tma/4096/8/1|skinny_sddmm_ws/4096/8/[0356]|grad_b_sddmm/4096|baseline_gemm_mask/4096)' LORI_BENCH_FLUSH=read
+  bench sddmm_clean 9 'BM_gpu_(baseline_read/|skinny_sddmm_tma/4096/8/1|skinny_sddmm_ws/4096/8/[035678]|grad_b_sddmm/4096|baseline_gemm_mask/4096)' LORI_BENCH_FLUSH=read
   echo "elapsed before ncu: $(( $(date +%s) - t0 )) s"
   if command -v ncu >/dev/null; then
     # session 3's sddmm_tma_kernel under ncu (H100, cp3): 23.6 µs, DRAM 45 %

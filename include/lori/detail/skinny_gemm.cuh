@@ -650,13 +650,16 @@ __device__ __forceinline__ void mbar_arrive(unsigned bar) {
 }
 
 // Math = false: the consumers only wait and release (the memory pipeline alone; benchmarks only).
+// Probe (Math = false only, benchmarks at d = 4096, n % 256 == 0): the producer reads the same bytes
+// per stage in another pattern — 1: 16 KB contiguous (G viewed as 32n x 128); 2: 16 rows x 512
+// columns (1 KB runs, 8 boxes of 64 x 16; tile t reads columns (t % 8)·512, rows of quarter t / 8).
 // Push = true: the epilogue pushes each consumer's partial rows from registers into the receive
 // buffer of the rank that owns them (distributed shared memory stores; every block of the cluster
 // arrived on the cluster barrier at kernel start, so all of them run), then ONE cluster barrier and
 // each rank sums its rows from its own shared memory (same order: rank u, half 0 + half 1).
 // Push = false: partial tiles in each block's ring, cluster barrier, ranks read the others' tiles,
 // second cluster barrier before exit.
-template <class T, int Stages = ws_stages, bool Math = true, bool Push = false>
+template <class T, int Stages = ws_stages, bool Math = true, bool Push = false, int Probe = 0>
 __global__ void __launch_bounds__(ws_threads, min_blocks_of(ws_smem_of(Stages, Push)))
     sddmm_ws_kernel(const __grid_constant__ sddmm_tma_args<T> a) {
   __shared__ alignas(8) std::uint64_t full[Stages];
@@ -711,8 +714,19 @@ __global__ void __launch_bounds__(ws_threads, min_blocks_of(ws_smem_of(Stages, P
         const unsigned st = sbase + static_cast<unsigned>(slot * sd_stage_bytes), bar = smem_u32(&full[slot]);
         const int y = static_cast<int>(tb + static_cast<index_t>(s) * sd_tc);
         mbar_arrive_expect_tx(bar, static_cast<unsigned>(sd_stage_bytes));
-        tma_load_2d_hint(st, &a.gmap, static_cast<int>(i0), y, bar, policy);
-        tma_load_2d_hint(st + sd_tc * 128, &a.gmap, static_cast<int>(i0 + 64), y, bar, policy);
+        if constexpr (Probe == 1) {
+          const int yc = static_cast<int>(i0 / tile_rows * a.n) + y;
+          tma_load_2d_hint(st, &a.gmap, 0, yc, bar, policy);
+          tma_load_2d_hint(st + sd_tc * 128, &a.gmap, 64, yc, bar, policy);
+        } else if constexpr (Probe == 2) {
+          const int t = static_cast<int>(i0 / tile_rows);
+          const int y2 = (t / 8) * static_cast<int>(a.n / 4) + y / 4;
+#pragma unroll
+          for (int k = 0; k < 8; ++k) tma_load_2d_hint(st + k * 2048, &a.gmap, (t % 8) * 512 + k * 64, y2, bar, policy);
+        } else {
+          tma_load_2d_hint(st, &a.gmap, static_cast<int>(i0), y, bar, policy);
+          tma_load_2d_hint(st + sd_tc * 128, &a.gmap, static_cast<int>(i0 + 64), y, bar, policy);
+        }
         tma_load_2d(st + sd_g_bytes, &a.hmap, 0, y, bar);
       }
     }
@@ -808,7 +822,7 @@ __global__ void __launch_bounds__(ws_threads, min_blocks_of(ws_smem_of(Stages, P
 
 /// launch_sddmm_tma on the warp-specialised kernel (requires sddmm_tma_applies, n >= 1). Stages, Push
 /// and Math = false (the memory pipeline alone, wrong results) are for benchmarks.
-template <class T, int Stages = ws_stages, bool Math = true, bool Push = false>
+template <class T, int Stages = ws_stages, bool Math = true, bool Push = false, int Probe = 0>
 void launch_sddmm_ws(cudaStream_t stream, const T* G, index_t n, index_t d, index_t ldg, const float* H, float s,
                      const ::lori::cuda::sparse_b<T>& B, T* out, int cap = max_splits, bool evict_first = true) {
   if (n == 0 || d == 0) return;
@@ -816,14 +830,18 @@ void launch_sddmm_ws(cudaStream_t stream, const T* G, index_t n, index_t d, inde
   LORI_EXPECTS(n <= index_t{2147483647} && d <= index_t{2147483647}, "skinny::launch_sddmm_ws: too large");
   const index_t r = B.cols();
   const index_t tiles = ceil_div(d, tile_rows);
-  constexpr auto kernel = sddmm_ws_kernel<T, Stages, Math, Push>;
+  static_assert(Probe == 0 || !Math, "probes are memory-only");
+  LORI_EXPECTS(Probe == 0 || (d == 4096 && ldg == d && n % 256 == 0), "skinny::launch_sddmm_ws: probe shape");
+  constexpr auto kernel = sddmm_ws_kernel<T, Stages, Math, Push, Probe>;
   constexpr int smem = ws_smem_of(Stages, Push);
   static_assert(smem + 8 * 1024 <= 227 * 1024, "ring, receive buffer and static shared memory must fit an SM");
   set_smem_attributes(kernel, smem);
   int S = choose_splits<kernel>(ws_threads, smem, tiles, n, sd_tc, cap);
   const index_t tps = ceil_div(ceil_div(n, S), sd_tc) * sd_tc;  // a multiple of the stage: equal splits
   S = static_cast<int>(ceil_div(n, tps));
-  const sddmm_tma_args<T> a{tensor_map_2d(G, n, d, ldg, static_cast<unsigned>(sd_tc)),
+  const sddmm_tma_args<T> a{Probe == 1   ? tensor_map_2d(G, n * (d / 128), 128, 128, static_cast<unsigned>(sd_tc))
+                            : Probe == 2 ? tensor_map_2d(G, n, d, ldg, 16u)
+                                         : tensor_map_2d(G, n, d, ldg, static_cast<unsigned>(sd_tc)),
                             h_tensor_map(H, n, r, CU_TENSOR_MAP_SWIZZLE_128B), n, d, tps, S, s, B.view(), out,
                             evict_first};
   cudaLaunchAttribute attr;
