@@ -691,6 +691,22 @@ void BM_gpu_skinny_sddmm_ws(benchmark::State& st) {
 }
 BENCHMARK(BM_gpu_skinny_sddmm_ws)->Args({4096, 8, 0})->Args({4096, 8, 1})->Args({4096, 8, 2})->Args({4096, 8, 3})->Args({4096, 8, 4})->Args({4096, 8, 5})->Args({4096, 8, 6})->Args({4096, 8, 7})->Args({4096, 8, 8})->Args({4096, 4, 0})->Args({4096, 4, 1})->Args({4096, 3, 0})->Args({4096, 2, 0})->Args({16384, 8, 0})->Args({16384, 8, 1})->Args({16384, 8, 5})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
 
+// ---- sddmm_wide_kernel (lori/detail/skinny_gemm.cuh: 512-column tiles, 1 KB runs of each token row,
+// token splits reduced through a workspace behind a grid barrier); range(1) = 1: G evict-first.
+void BM_gpu_skinny_sddmm_wide(benchmark::State& st) {
+  namespace sk = lori::detail::skinny;
+  grad_data f(st.range(0));
+  const bool hint = st.range(1) != 0;
+  device_buffer<unsigned char> wsb(static_cast<index_t>(sk::sddmm_wide_workspace_bytes(ctx().sm_count(), f.n, D, f.B.nnz())) + 4);
+  run_timed(st, [&] {
+    sk::launch_sddmm_wide<bf16>(ctx().stream(), f.G.data(), f.n, D, D, f.H.data(), 0.5f, f.B, f.out.data(), wsb.data(),
+                                static_cast<std::size_t>(wsb.bytes()), 1 << 30, hint);
+  }, sddmm_floor(f.n, f.B.nnz()));
+  st.SetLabel(std::string("512-column tiles, splits S = ") + std::to_string(sk::wide_splits(ctx().sm_count(), f.n, D, 1 << 30)) +
+              ", grid barrier + split-order sums" + (hint ? ", G evict-first" : ", G evict-normal"));
+}
+BENCHMARK(BM_gpu_skinny_sddmm_wide)->Args({4096, 1})->Args({4096, 0})->Args({16384, 1})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
+
 // ---- ∂L/∂X -----------------------------------------------------------------------------------------------
 void BM_gpu_grad_x(benchmark::State& st) {
   const index_t n = st.range(0);

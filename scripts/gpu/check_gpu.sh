@@ -34,11 +34,13 @@ tests() {  # label time-limit doctest-args...
 {
   nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader 2>&1 | head -2
   echo "== tests"
-  tests ws 12 --test-case='*SDDMM kernel, warp-specialised*,skinny kernels: warp-specialised*' --test-case-exclude='*16384*,*push*'
-  tests push 8 --test-case='*SDDMM kernel, warp-specialised with the push*,skinny kernels: push epilogue*'
-  tests sddmm 12 --test-case='*skinny*,*grad_b_sddmm*' --test-case-exclude='*warp-specialised*,*push*'
-  tests decode 10 --test-case='*decode*'
-  tests ws16384 8 --test-case='*SDDMM kernel, warp-specialised: n = 16384*'
+  tests wide 10 --test-case='*SDDMM kernel, wide tiles*,skinny kernels: wide tiles*' --test-case-exclude='*16384*'
+  tests wide16384 8 --test-case='*SDDMM kernel, wide tiles: n = 16384*'
+  tests ws 10 --test-case='*SDDMM kernel, warp-specialised*,skinny kernels: warp-specialised*' --test-case-exclude='*16384*,*push*'
+  tests sddmm 10 --test-case='*skinny*,*grad_b_sddmm*' --test-case-exclude='*warp-specialised*,*push*,*wide tiles*'
+  tests decode 8 --test-case='*decode*'
+  # passed at checkpoint 0 (H100): '*SDDMM kernel, warp-specialised: n = 16384*' and the push epilogue's cases
+  # ('*SDDMM kernel, warp-specialised with the push*,skinny kernels: push epilogue*')
   echo "== lori_bench_cuda (medians of 5, µs)"
   sb=$(command -v stdbuf >/dev/null && echo "stdbuf -oL" || true)
   bench() {  # label time-limit filter [env]
@@ -47,15 +49,15 @@ tests() {  # label time-limit doctest-args...
     echo "-- $1: rc=$?"
     grep -E "_median|ERROR|error" "$OUT/gpu_bench_$1.log" | awk '{$1=$1; print}' | sed -E 's/ [0-9.]+ us [0-9]+ / /' | cut -c1-330 | head -24
   }
-  bench sddmm 14 'BM_gpu_(baseline_d2d_copy/234|baseline_read/|skinny_sddmm_tma/4096/8/1|skinny_sddmm_ws/4096/|grad_b_sddmm/4096|baseline_gemm_mask/4096)'
-  bench sddmm_clean 9 'BM_gpu_(baseline_read/|skinny_sddmm_tma/4096/8/1|skinny_sddmm_ws/4096/8/[035678]|grad_b_sddmm/4096|baseline_gemm_mask/4096)' LORI_BENCH_FLUSH=read
+  bench sddmm 12 'BM_gpu_(baseline_d2d_copy/234|baseline_read/|skinny_sddmm_ws/4096/8/[035678]|skinny_sddmm_wide/4096/|grad_b_sddmm/4096|baseline_gemm_mask/4096)'
+  bench sddmm_clean 9 'BM_gpu_(baseline_read/|skinny_sddmm_ws/4096/8/[0378]|skinny_sddmm_wide/4096/1|grad_b_sddmm/4096|baseline_gemm_mask/4096)' LORI_BENCH_FLUSH=read
   echo "elapsed before ncu: $(( $(date +%s) - t0 )) s"
   if command -v ncu >/dev/null; then
     # session 3's sddmm_tma_kernel under ncu (H100, cp3): 23.6 µs, DRAM 45 %
-    for v in 0; do
-      k=sddmm_ws_kernel
-      filt="BM_gpu_skinny_sddmm_ws/4096/8/$v"
-      l=$(left 9)
+    for k in sddmm_wide_kernel sddmm_ws_kernel; do
+      filt="BM_gpu_skinny_sddmm_ws/4096/8/0"
+      [ $k = sddmm_wide_kernel ] && filt="BM_gpu_skinny_sddmm_wide/4096/1"
+      l=$(left 8)
       [ "$l" -lt 4 ] && { echo "ncu $k: skipped (time)"; continue; }
       timeout "$l" ncu --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \
         --section WarpStateStats -k regex:$k -c 1 "$bexe" --benchmark_filter="$filt" --benchmark_repetitions=1 \
@@ -69,7 +71,7 @@ tests() {  # label time-limit doctest-args...
   fi
   cs=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
   for tool in memcheck racecheck; do
-    l=$(left 12)
+    l=$(left 10)
     [ "$l" -lt 4 ] && { echo "compute-sanitizer $tool: skipped (time)"; continue; }
     timeout "$l" "$cs" --tool $tool --report-api-errors no --error-exitcode 9 "$exe" \
       --test-case='skinny kernels: *small shapes*' > "$OUT/gpu_sanitize_$tool.log" 2>&1
@@ -77,7 +79,7 @@ tests() {  # label time-limit doctest-args...
     grep -E "Invalid|Race|Hazard|hazard|ERROR:|CHECK|REQUIRE|bad elements|with expansion|values:" "$OUT/gpu_sanitize_$tool.log" | cut -c1-200 | head -12
   done
   # The larger shapes, if time is left.
-  [ "$(left 20)" -ge 8 ] && bench large 10 'BM_gpu_(skinny_sddmm_ws/16384/|skinny_sddmm_tma/16384/|grad_b_sddmm/16384|baseline_gemm_mask/16384)'
+  [ "$(left 20)" -ge 6 ] && bench large 10 'BM_gpu_(skinny_sddmm_ws/16384/8/[01]|skinny_sddmm_wide/16384/|grad_b_sddmm/16384|baseline_gemm_mask/16384)'
   echo "total: $(( $(date +%s) - t0 )) s"
 } >> "$log" 2>&1
 cat "$log"
