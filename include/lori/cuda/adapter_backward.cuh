@@ -34,8 +34,9 @@
 
 namespace lori::cuda {
 
-/// Workspace bytes grad_b_sddmm needs for G n x d, rank r, on ctx's device: the larger of the fp32
-/// path's split partials and the 16-bit path's dense D (d·r fp32) + rounded H (n·r 16-bit).
+/// Workspace bytes grad_b_sddmm needs for G n x d, rank r, on ctx's device: the largest of the fp32
+/// path's split partials, the 16-bit cuBLAS route's dense D (d·r fp32) + rounded H (n·r 16-bit) and
+/// the wide-tile kernel's split partials (S·nnz fp32, S <= SMs / ceil(d / 512)).
 inline std::size_t grad_b_workspace_bytes(const context& ctx, index_t n, index_t d, index_t r, index_t nnz);
 
 /// grad_values[p] = s · (Gᵀ·H)(i, j) for the p-th kept (i, j) of B (nnz values of T, in B's order).
@@ -190,7 +191,9 @@ inline std::size_t grad_b_workspace_bytes(const context& ctx, index_t n, index_t
   const index_t splits = detail_bwd::sddmm_splits(ctx, n, d);
   const std::size_t f32 = splits > 1 ? static_cast<std::size_t>(splits * nnz) * sizeof(float) : 0;
   const std::size_t b16 = detail_bwd::sddmm_gemm_workspace_bytes(n, d, r);
-  return f32 > b16 ? f32 : b16;
+  const std::size_t wide = detail::skinny::sddmm_wide_workspace_bytes(ctx.sm_count(), n, d, nnz);  // split partials
+  const std::size_t m = f32 > b16 ? f32 : b16;
+  return m > wide ? m : wide;
 }
 
 template <class T>
@@ -221,8 +224,12 @@ void grad_b_sddmm(context& ctx, row_major_view<const T> G, const float* H, float
   if constexpr (detail::is_16bit_v<T>) {
     (void)partial;
     // Fastest measured first (session 3, H200, n = d = 4096: TMA kernel 21.5 µs, cp.async kernel
-    // 22.6 µs, cuBLAS route 25.3 µs; session 4: the warp-specialised TMA kernel); each where it applies.
-    if (detail::skinny::sddmm_tma_applies(G.data(), d, G.ld(), r, H))
+    // 22.6 µs, cuBLAS route 25.3 µs; session 4: the wide-tile kernel, the warp-specialised TMA kernel);
+    // each where it applies.
+    if (detail::skinny::sddmm_wide_applies(G.data(), d, G.ld(), r, H, ctx.sm_count()))
+      detail::skinny::launch_sddmm_wide<T>(ctx.stream(), G.data(), n, d, G.ld(), H, s, B, grad_values, workspace,
+                                           workspace_bytes);
+    else if (detail::skinny::sddmm_tma_applies(G.data(), d, G.ld(), r, H))
       detail::skinny::launch_sddmm_ws<T>(ctx.stream(), G.data(), n, d, G.ld(), H, s, B, grad_values);
     else if (detail::skinny::sddmm_applies(G.data(), d, G.ld(), r))
       detail::skinny::launch_sddmm<T>(ctx.stream(), G.data(), n, d, G.ld(), H, s, B, grad_values);
