@@ -643,7 +643,7 @@ void BM_gpu_baseline_read(benchmark::State& st) {
   }, static_cast<double>(bytes));
   st.SetLabel("one read of range(0) MiB, streaming kernel: the read floor under this harness");
 }
-BENCHMARK(BM_gpu_baseline_read)->Arg(32)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
+BENCHMARK(BM_gpu_baseline_read)->Arg(32)->Arg(128)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
 
 BENCHMARK(BM_gpu_skinny_sddmm)->Args({4096, 8})->Args({16384, 8})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
 BENCHMARK(BM_gpu_skinny_sddmm_tma)->Args({4096, 8, 1})->Args({4096, 8, 0})->Args({16384, 8, 1})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
@@ -689,7 +689,25 @@ void BM_gpu_skinny_sddmm_ws(benchmark::State& st) {
               : variant == 8 ? ws_label<8, false>(f.n, cap) + ", PROBE: 16 rows x 1 KB runs"
               : variant == 3 ? ws_label<8, false>(f.n, cap) : ws_label<8, true>(f.n, cap) + (variant == 4 ? ", G evict-normal" : ""));
 }
-BENCHMARK(BM_gpu_skinny_sddmm_ws)->Args({4096, 8, 0})->Args({4096, 8, 1})->Args({4096, 8, 2})->Args({4096, 8, 3})->Args({4096, 8, 4})->Args({4096, 8, 5})->Args({4096, 8, 6})->Args({4096, 8, 7})->Args({4096, 8, 8})->Args({4096, 4, 0})->Args({4096, 4, 1})->Args({4096, 3, 0})->Args({4096, 2, 0})->Args({16384, 8, 0})->Args({16384, 8, 1})->Args({16384, 8, 5})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
+BENCHMARK(BM_gpu_skinny_sddmm_ws)->Args({4096, 8, 0})->Args({4096, 8, 1})->Args({4096, 8, 2})->Args({4096, 8, 3})->Args({4096, 8, 4})->Args({4096, 8, 5})->Args({4096, 8, 6})->Args({4096, 8, 7})->Args({4096, 8, 8})->Args({4096, 4, 0})->Args({4096, 4, 1})->Args({4096, 3, 0})->Args({4096, 2, 0})->Args({16384, 8, 0})->Args({16384, 8, 1})->Args({16384, 8, 5})->Args({16384, 8, 3})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
+
+// Fixed costs of a kernel like the SDDMM's after the L2 flush: an empty kernel of one 320-thread block
+// per SM with range(0) KB of dynamic shared memory (0: none; 197: the warp-specialised ring, which
+// makes the SMs switch to the largest shared-memory carveout after the flush kernel).
+__global__ void probe_smem_kernel(unsigned* out) {
+  if (threadIdx.x == 1023) *out = lori::detail::dynamic_smem()[0];  // never true: keeps the kernel
+}
+void BM_gpu_probe_smem_launch(benchmark::State& st) {
+  const int kb = static_cast<int>(st.range(0));
+  device_buffer<unsigned> out(1);
+  lori::detail::skinny::set_smem_attributes(probe_smem_kernel, kb * 1024);
+  run_timed(st, [&] {
+    probe_smem_kernel<<<ctx().sm_count(), 320, static_cast<std::size_t>(kb) * 1024, ctx().stream()>>>(out.data());
+    LORI_CUDA_CHECK_LAUNCH();
+  }, 4.0);
+  st.SetLabel("empty kernel, one block per SM, range(0) KB dynamic shared memory");
+}
+BENCHMARK(BM_gpu_probe_smem_launch)->Arg(0)->Arg(197)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
 
 // ---- sddmm_wide_kernel (lori/detail/skinny_gemm.cuh: 512-column tiles, 1 KB runs of each token row,
 // token splits reduced through a workspace behind a grid barrier); range(1) = 1: G evict-first.
