@@ -694,15 +694,17 @@ BENCHMARK(BM_gpu_skinny_sddmm_ws)->Args({4096, 8, 0})->Args({4096, 8, 1})->Args(
 // Fixed costs of a kernel like the SDDMM's after the L2 flush: an empty kernel of one 320-thread block
 // per SM with range(0) KB of dynamic shared memory (0: none; 197: the warp-specialised ring, which
 // makes the SMs switch to the largest shared-memory carveout after the flush kernel).
+template <int Big>
 __global__ void probe_smem_kernel(unsigned* out) {
   if (threadIdx.x == 1023) *out = lori::detail::dynamic_smem()[0];  // never true: keeps the kernel
 }
 void BM_gpu_probe_smem_launch(benchmark::State& st) {
   const int kb = static_cast<int>(st.range(0));
   device_buffer<unsigned> out(1);
-  lori::detail::skinny::set_smem_attributes(probe_smem_kernel, kb * 1024);
+  if (kb > 0) lori::detail::skinny::set_smem_attributes(probe_smem_kernel<1>, kb * 1024);  // as the SDDMM kernels
   run_timed(st, [&] {
-    probe_smem_kernel<<<ctx().sm_count(), 320, static_cast<std::size_t>(kb) * 1024, ctx().stream()>>>(out.data());
+    if (kb > 0) probe_smem_kernel<1><<<ctx().sm_count(), 320, static_cast<std::size_t>(kb) * 1024, ctx().stream()>>>(out.data());
+    else probe_smem_kernel<0><<<ctx().sm_count(), 320, 0, ctx().stream()>>>(out.data());
     LORI_CUDA_CHECK_LAUNCH();
   }, 4.0);
   st.SetLabel("empty kernel, one block per SM, range(0) KB dynamic shared memory");
