@@ -35,13 +35,12 @@ tests() {  # label time-limit doctest-args...
   nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader 2>&1 | head -2
   echo "== tests"
   # (doctest splits filters at commas: the patterns below avoid the commas of the test names)
-  tests wide 12 --test-case='*wide tiles with a grid*,skinny kernels: wide tiles*'
-  tests wide16384 8 --test-case='*wide tiles: n = 16384*'
-  tests ws 10 --test-case='*warp-specialised: shapes*,skinny kernels: warp-specialised*'
+  tests ws 12 --test-case='*warp-specialised: shapes*,skinny kernels: warp-specialised*'
+  tests push 8 --test-case='*warp-specialised with the push*,skinny kernels: push epilogue*'
   tests sddmm 10 --test-case='*skinny*,*grad_b_sddmm*' --test-case-exclude='*warp-specialised*,*push*,*wide tiles*'
   tests decode 8 --test-case='*decode*'
-  # passed at checkpoint 0 (H100): '*warp-specialised: n = 16384*' and the push epilogue's cases
-  # ('*warp-specialised with the push*,skinny kernels: push epilogue*')
+  tests ws16384 8 --test-case='*warp-specialised: n = 16384*'
+  # passed at checkpoint 1 (H100): '*wide tiles with a grid*,skinny kernels: wide tiles*', '*wide tiles: n = 16384*'
   echo "== lori_bench_cuda (medians of 5, µs)"
   sb=$(command -v stdbuf >/dev/null && echo "stdbuf -oL" || true)
   bench() {  # label time-limit filter [env]
@@ -50,14 +49,13 @@ tests() {  # label time-limit doctest-args...
     echo "-- $1: rc=$?"
     grep -E "_median|ERROR|error" "$OUT/gpu_bench_$1.log" | awk '{$1=$1; print}' | sed -E 's/ [0-9.]+ us [0-9]+ / /' | cut -c1-330 | head -24
   }
-  bench sddmm 14 'BM_gpu_(baseline_d2d_copy/234|baseline_read/32|skinny_sddmm_ws/4096/8/[035]|skinny_sddmm_wide/4096/|grad_b_sddmm/4096|baseline_gemm_mask/4096)'
-  bench sddmm_clean 12 'BM_gpu_(baseline_read/|probe_smem_launch|skinny_sddmm_ws/4096/8/[03]|skinny_sddmm_ws/16384/8/[03]|skinny_sddmm_wide/4096/1|grad_b_sddmm/4096|baseline_gemm_mask/4096)' LORI_BENCH_FLUSH=read
+  bench sddmm 14 'BM_gpu_(baseline_d2d_copy/234|baseline_read/32|skinny_sddmm_tma/4096/8/1|skinny_sddmm_ws/4096/8/[01359]|grad_b_sddmm/4096|baseline_gemm_mask/4096)'
+  bench sddmm_clean 12 'BM_gpu_(baseline_read/32|probe_smem_launch|skinny_sddmm_tma/4096/8/1|skinny_sddmm_ws/4096/8/[0159]|grad_b_sddmm/4096|baseline_gemm_mask/4096)' LORI_BENCH_FLUSH=read
   echo "elapsed before ncu: $(( $(date +%s) - t0 )) s"
   if command -v ncu >/dev/null; then
     # session 3's sddmm_tma_kernel under ncu (H100, cp3): 23.6 µs, DRAM 45 %
-    for k in sddmm_wide_kernel sddmm_ws_kernel; do
-      filt="BM_gpu_skinny_sddmm_ws/4096/8/0"
-      [ $k = sddmm_wide_kernel ] && filt="BM_gpu_skinny_sddmm_wide/4096/1"
+    for k in sddmm_ws_kernel; do
+      filt="BM_gpu_skinny_sddmm_ws/4096/8/1"
       l=$(left 8)
       [ "$l" -lt 4 ] && { echo "ncu $k: skipped (time)"; continue; }
       timeout "$l" ncu --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \
@@ -80,7 +78,7 @@ tests() {  # label time-limit doctest-args...
     grep -E "Invalid|Race|Hazard|hazard|ERROR:|CHECK|REQUIRE|bad elements|with expansion|values:" "$OUT/gpu_sanitize_$tool.log" | cut -c1-200 | head -12
   done
   # The larger shapes, if time is left.
-  [ "$(left 20)" -ge 6 ] && bench large 10 'BM_gpu_(skinny_sddmm_ws/16384/8/[01]|skinny_sddmm_wide/16384/|grad_b_sddmm/16384|baseline_gemm_mask/16384)'
+  [ "$(left 20)" -ge 6 ] && bench large 12 'BM_gpu_(skinny_sddmm_ws/16384/8/[019]|skinny_sddmm_tma/16384/|grad_b_sddmm/16384|baseline_gemm_mask/16384)'
   echo "total: $(( $(date +%s) - t0 )) s"
 } >> "$log" 2>&1
 cat "$log"

@@ -577,8 +577,8 @@ void launch_sddmm_tma(cudaStream_t stream, const T* G, index_t n, index_t d, ind
 // dependent global load. Epilogue: the two token halves' fp32 tiles in shared memory, one cluster
 // barrier, rank q sums its rows over the S blocks (rank order) and the two halves (half 0 + half 1):
 // deterministic. Grid: one block per (tile, split), at most one wave (choose_splits); with the
-// default 8 stages (197 KB) one block per SM. Splits are multiples of 64 tokens, so a stage crosses
-// a split's end only at the end of G, where the box copies zero-fill.
+// default 8 stages (197 KB) one block per SM. Splits are equal to 8 tokens: a split's last stage may
+// reach into the next split (its tokens get H = 0 in the registers) or past G (zero-filled boxes).
 inline constexpr int ws_consumers = 8;                      // consumer warps: 4 column groups x 2 token halves
 inline constexpr int ws_threads = (ws_consumers + 2) * 32;  // + the producer warp + the CSR warp
 inline constexpr int ws_stages = 8;
@@ -615,7 +615,7 @@ __device__ __forceinline__ unsigned pack_round2(float lo, float hi) {
 // k + 8, read as scalars: per load the 32 lanes hit 32 distinct banks (the swizzle spreads the 4 rows).
 template <class T>
 __device__ __forceinline__ void ws_stage_mma(const unsigned char* st, unsigned st_addr, int cg, int th, int lane,
-                                             float (&acc)[8][4]) {
+                                             int valid, float (&acc)[8][4]) {
   const unsigned gbase = st_addr + static_cast<unsigned>((cg >> 1) * (sd_tc * 128));
   const int ch0 = (cg & 1) * 4 + ((lane >> 3) & 1);
   const int tok_a = th * 32 + ((lane >> 4) << 3) + (lane & 7);
@@ -636,7 +636,8 @@ __device__ __forceinline__ void ws_stage_mma(const unsigned char* st, unsigned s
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int t = hk + kk * 16 + (e & 1) + (e >> 1) * 8;
-        h[e] = *reinterpret_cast<const float*>(hs + t * 128 + ((((j >> 2) ^ (t & 7))) << 4) + (j & 3) * 4);
+        h[e] = t < valid ? *reinterpret_cast<const float*>(hs + t * 128 + ((((j >> 2) ^ (t & 7))) << 4) + (j & 3) * 4)
+                         : 0.0f;  // a token of the next split: G there is multiplied by zero
       }
       const unsigned b0 = pack_round2<T>(h[0], h[1]), b1 = pack_round2<T>(h[2], h[3]);
       mma16816<T>(acc[nt], af[0], b0, b1);
@@ -701,7 +702,7 @@ __global__ void __launch_bounds__(ws_threads, min_blocks_of(ws_smem_of(Stages, P
       mbar_wait(smem_u32(&full[slot]), static_cast<unsigned>((s / Stages) & 1));
       if constexpr (Math)
         ws_stage_mma<T>(smem + slot * sd_stage_bytes, sbase + static_cast<unsigned>(slot * sd_stage_bytes), cgp, th, lane,
-                        acc);
+                        static_cast<int>(te - tb - static_cast<index_t>(s) * sd_tc), acc);
       __syncwarp();  // the whole warp is done reading the slot
       if (lane == 0) mbar_arrive(smem_u32(&empty[slot]));
     }
@@ -824,7 +825,8 @@ __global__ void __launch_bounds__(ws_threads, min_blocks_of(ws_smem_of(Stages, P
 /// and Math = false (the memory pipeline alone, wrong results) are for benchmarks.
 template <class T, int Stages = ws_stages, bool Math = true, bool Push = false, int Probe = 0>
 void launch_sddmm_ws(cudaStream_t stream, const T* G, index_t n, index_t d, index_t ldg, const float* H, float s,
-                     const ::lori::cuda::sparse_b<T>& B, T* out, int cap = max_splits, bool evict_first = true) {
+                     const ::lori::cuda::sparse_b<T>& B, T* out, int cap = max_splits, bool evict_first = true,
+                     bool balanced = true) {
   if (n == 0 || d == 0) return;
   LORI_EXPECTS(cap >= 1 && cap <= max_splits, "skinny::launch_sddmm_ws: split cap must be in [1, 8]");
   LORI_EXPECTS(n <= index_t{2147483647} && d <= index_t{2147483647}, "skinny::launch_sddmm_ws: too large");
@@ -837,7 +839,10 @@ void launch_sddmm_ws(cudaStream_t stream, const T* G, index_t n, index_t d, inde
   static_assert(smem + 8 * 1024 <= 227 * 1024, "ring, receive buffer and static shared memory must fit an SM");
   set_smem_attributes(kernel, smem);
   int S = choose_splits<kernel>(ws_threads, smem, tiles, n, sd_tc, cap);
-  const index_t tps = ceil_div(ceil_div(n, S), sd_tc) * sd_tc;  // a multiple of the stage: equal splits
+  // Equal splits to 8 tokens (balanced = false: to the 64-token stage). A split's last stage may then
+  // reach into the next split: its tokens >= te get H = 0 in the consumers.
+  const index_t gran = balanced ? 8 : sd_tc;
+  const index_t tps = ceil_div(ceil_div(n, S), gran) * gran;
   S = static_cast<int>(ceil_div(n, tps));
   const sddmm_tma_args<T> a{Probe == 1   ? tensor_map_2d(G, n * (d / 128), 128, 128, static_cast<unsigned>(sd_tc))
                             : Probe == 2 ? tensor_map_2d(G, n, d, ldg, 16u)
