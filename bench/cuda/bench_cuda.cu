@@ -656,7 +656,8 @@ BENCHMARK(BM_gpu_baseline_sddmm_cublas_route)->Arg(4096)->Arg(16384)->UseManualT
 // evict-first), 5 = 7 stages with the push epilogue, 6 = 7 stages with the pull epilogue, 7 and 8 =
 // the memory pipeline alone reading the same bytes per stage as 16 KB contiguous runs (7) or as
 // 16 rows x 1 KB runs (8) instead of 64 rows x 256 bytes (the DRAM access pattern; wrong results),
-// 9 = 4 stages with the splits in multiples of the 64-token stage (default: balanced to 8 tokens).
+// 9 = 4 stages with the splits in multiples of the 64-token stage (default: balanced to 8 tokens),
+// 10 = 3 stages with the push epilogue (two blocks per SM).
 // Compare with BM_gpu_baseline_read/32 of the same run.
 template <int Stages, bool Math, bool Push = false>
 std::string ws_label(index_t n, int cap) {
@@ -682,6 +683,7 @@ void BM_gpu_skinny_sddmm_ws(benchmark::State& st) {
     else if (variant == 6) sk::launch_sddmm_ws<bf16, 7>(ctx().stream(), f.G.data(), f.n, D, D, f.H.data(), 0.5f, f.B, f.out.data(), cap);
     else if (variant == 7) sk::launch_sddmm_ws<bf16, 8, false, false, 1>(ctx().stream(), f.G.data(), f.n, D, D, f.H.data(), 0.5f, f.B, f.out.data(), cap);
     else if (variant == 8) sk::launch_sddmm_ws<bf16, 8, false, false, 2>(ctx().stream(), f.G.data(), f.n, D, D, f.H.data(), 0.5f, f.B, f.out.data(), cap);
+    else if (variant == 10) sk::launch_sddmm_ws<bf16, 3, true, true>(ctx().stream(), f.G.data(), f.n, D, D, f.H.data(), 0.5f, f.B, f.out.data(), cap);
     else if (variant == 9) sk::launch_sddmm_ws<bf16, 4>(ctx().stream(), f.G.data(), f.n, D, D, f.H.data(), 0.5f, f.B, f.out.data(), cap, true, false);
     else sk::launch_sddmm_ws<bf16>(ctx().stream(), f.G.data(), f.n, D, D, f.H.data(), 0.5f, f.B, f.out.data(), cap, variant != 4);
   }, sddmm_floor(f.n, f.B.nnz()));
@@ -690,9 +692,10 @@ void BM_gpu_skinny_sddmm_ws(benchmark::State& st) {
               : variant == 7 ? ws_label<8, false>(f.n, cap) + ", PROBE: 16 KB contiguous runs"
               : variant == 8 ? ws_label<8, false>(f.n, cap) + ", PROBE: 16 rows x 1 KB runs"
               : variant == 9 ? ws_label<4, true>(f.n, cap) + ", splits in multiples of 64 tokens (not balanced to 8)"
+              : variant == 10 ? ws_label<3, true, true>(f.n, cap)
               : variant == 3 ? ws_label<8, false>(f.n, cap) : ws_label<8, true>(f.n, cap) + (variant == 4 ? ", G evict-normal" : ""));
 }
-BENCHMARK(BM_gpu_skinny_sddmm_ws)->Args({4096, 8, 0})->Args({4096, 8, 1})->Args({4096, 8, 2})->Args({4096, 8, 3})->Args({4096, 8, 4})->Args({4096, 8, 5})->Args({4096, 8, 6})->Args({4096, 8, 7})->Args({4096, 8, 8})->Args({4096, 8, 9})->Args({4096, 4, 0})->Args({4096, 4, 1})->Args({4096, 3, 0})->Args({4096, 2, 0})->Args({16384, 8, 0})->Args({16384, 8, 1})->Args({16384, 8, 5})->Args({16384, 8, 3})->Args({16384, 8, 9})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
+BENCHMARK(BM_gpu_skinny_sddmm_ws)->Args({4096, 8, 0})->Args({4096, 8, 1})->Args({4096, 8, 2})->Args({4096, 8, 3})->Args({4096, 8, 4})->Args({4096, 8, 5})->Args({4096, 8, 6})->Args({4096, 8, 7})->Args({4096, 8, 8})->Args({4096, 8, 9})->Args({4096, 8, 10})->Args({4096, 4, 0})->Args({4096, 4, 1})->Args({4096, 3, 0})->Args({4096, 2, 0})->Args({16384, 8, 0})->Args({16384, 8, 1})->Args({16384, 8, 5})->Args({16384, 8, 3})->Args({16384, 8, 9})->Args({16384, 8, 10})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
 
 // Fixed costs of a kernel like the SDDMM's after the L2 flush: an empty kernel of one 320-thread block
 // per SM with range(0) KB of dynamic shared memory (0: none; 197: the warp-specialised ring, which

@@ -1069,9 +1069,12 @@ void skinny_sddmm_case(lori::cuda::context& ctx, index_t n, index_t d, index_t r
                                                  B, out.data(), wsb.data(), static_cast<std::size_t>(wsb.bytes()),
                                                  cap >= 8 ? (1 << 30) : cap, evict_first);
       LORI_CUDA_CHECK(cudaDeviceSynchronize());
-    } else if (ws > 0) {  // the warp-specialised kernel with ws ring stages (7: push epilogue)
+    } else if (ws > 0) {  // the warp-specialised kernel with ws ring stages (7 and 3: push epilogue)
       REQUIRE(lori::detail::skinny::sddmm_tma_applies(dG.data(), d, ldg, r, dH.data() + h0));
-      if (ws == 7)
+      if (ws == 3)
+        lori::detail::skinny::launch_sddmm_ws<T, 3, true, true>(ctx.stream(), dG.data(), n, d, ldg, dH.data() + h0,
+                                                                static_cast<float>(s), B, out.data(), cap, evict_first);
+      else if (ws == 7)
         lori::detail::skinny::launch_sddmm_ws<T, 7, true, true>(ctx.stream(), dG.data(), n, d, ldg, dH.data() + h0,
                                                                 static_cast<float>(s), B, out.data(), cap, evict_first);
       else if (ws == 4)
@@ -1195,6 +1198,10 @@ TEST_CASE_TEMPLATE("skinny SDDMM kernel, warp-specialised with the push epilogue
   for (int cap : {1, 3, 5, 8}) skinny_sddmm_case<T>(ctx, 1000, 520, 32, 8, false, cap, g, false, true, 7);
   skinny_sddmm_case<T>(ctx, 333, 136, 28, 0, false, 7, g, false, true, 7);
   skinny_sddmm_case<T>(ctx, 4097, 4104, 12, 8, false, 8, g, false, true, 7);
+  // 3 stages + push: two blocks per SM (S = 7 at d = 4096 on an H100).
+  skinny_sddmm_case<T>(ctx, 4096, 4096, 32, 0, false, 8, g, false, true, 3);
+  for (int cap : {1, 3, 8}) skinny_sddmm_case<T>(ctx, 1000, 520, 32, 8, false, cap, g, false, true, 3);
+  skinny_sddmm_case<T>(ctx, 4097, 4104, 20, 8, false, 8, g, false, true, 3);
 }
 
 TEST_CASE("skinny SDDMM kernel, warp-specialised: n = 16384 (grad_b_sddmm's large benchmark shape)") {
@@ -1223,6 +1230,7 @@ TEST_CASE("skinny kernels: push epilogue, small shapes (the compute-sanitizer su
   lori::cuda::context ctx;
   skinny_sddmm_case<T>(ctx, 600, 136, 32, 0, false, 3, g, false, true, 7);
   skinny_sddmm_case<T>(ctx, 130, 264, 8, 0, false, 1, g, false, true, 7);
+  skinny_sddmm_case<T>(ctx, 600, 136, 32, 0, false, 3, g, false, true, 3);
 }
 
 // sddmm_wide_kernel: 512-column tiles, token splits without a cluster (S up to the resident blocks
