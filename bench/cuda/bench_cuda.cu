@@ -653,10 +653,7 @@ BENCHMARK(BM_gpu_baseline_sddmm_cublas_route)->Arg(4096)->Arg(16384)->UseManualT
 // mbarrier ring) with a forced split cap; range(2) picks the variant: 0 = 8 stages (grad_b_sddmm's
 // kernel), 1 = 4 stages (two blocks per SM), 2 = 6 stages, 3 = 8 stages without the MMAs (the memory
 // pipeline alone: wrong results, timing only), 4 = 8 stages with G read evict-normal (default:
-// evict-first), 5 = 7 stages with the push epilogue, 6 = 7 stages with the pull epilogue, 7 and 8 =
-// the memory pipeline alone reading the same bytes per stage as 16 KB contiguous runs (7) or as
-// 16 rows x 1 KB runs (8) instead of 64 rows x 256 bytes (the DRAM access pattern; wrong results),
-// 9 = 4 stages with the splits in multiples of the 64-token stage (default: balanced to 8 tokens),
+// evict-first), 5 = 7 stages with the push epilogue, 6 = 7 stages with the pull epilogue, 9 = 4 stages with the splits in multiples of the 64-token stage (default: balanced to 8 tokens),
 // 10 = 3 stages with the push epilogue (two blocks per SM).
 // Compare with BM_gpu_baseline_read/32 of the same run.
 template <int Stages, bool Math, bool Push = false>
@@ -681,21 +678,17 @@ void BM_gpu_skinny_sddmm_ws(benchmark::State& st) {
     else if (variant == 3) sk::launch_sddmm_ws<bf16, 8, false>(ctx().stream(), f.G.data(), f.n, D, D, f.H.data(), 0.5f, f.B, f.out.data(), cap);
     else if (variant == 5) sk::launch_sddmm_ws<bf16, 7, true, true>(ctx().stream(), f.G.data(), f.n, D, D, f.H.data(), 0.5f, f.B, f.out.data(), cap);
     else if (variant == 6) sk::launch_sddmm_ws<bf16, 7>(ctx().stream(), f.G.data(), f.n, D, D, f.H.data(), 0.5f, f.B, f.out.data(), cap);
-    else if (variant == 7) sk::launch_sddmm_ws<bf16, 8, false, false, 1>(ctx().stream(), f.G.data(), f.n, D, D, f.H.data(), 0.5f, f.B, f.out.data(), cap);
-    else if (variant == 8) sk::launch_sddmm_ws<bf16, 8, false, false, 2>(ctx().stream(), f.G.data(), f.n, D, D, f.H.data(), 0.5f, f.B, f.out.data(), cap);
     else if (variant == 10) sk::launch_sddmm_ws<bf16, 3, true, true>(ctx().stream(), f.G.data(), f.n, D, D, f.H.data(), 0.5f, f.B, f.out.data(), cap);
     else if (variant == 9) sk::launch_sddmm_ws<bf16, 4>(ctx().stream(), f.G.data(), f.n, D, D, f.H.data(), 0.5f, f.B, f.out.data(), cap, true, false);
     else sk::launch_sddmm_ws<bf16>(ctx().stream(), f.G.data(), f.n, D, D, f.H.data(), 0.5f, f.B, f.out.data(), cap, variant != 4);
   }, sddmm_floor(f.n, f.B.nnz()));
   st.SetLabel(variant == 1 ? ws_label<4, true>(f.n, cap) : variant == 2 ? ws_label<6, true>(f.n, cap)
               : variant == 5 ? ws_label<7, true, true>(f.n, cap) : variant == 6 ? ws_label<7, true>(f.n, cap)
-              : variant == 7 ? ws_label<8, false>(f.n, cap) + ", PROBE: 16 KB contiguous runs"
-              : variant == 8 ? ws_label<8, false>(f.n, cap) + ", PROBE: 16 rows x 1 KB runs"
               : variant == 9 ? ws_label<4, true>(f.n, cap) + ", splits in multiples of 64 tokens (not balanced to 8)"
               : variant == 10 ? ws_label<3, true, true>(f.n, cap)
               : variant == 3 ? ws_label<8, false>(f.n, cap) : ws_label<8, true>(f.n, cap) + (variant == 4 ? ", G evict-normal" : ""));
 }
-BENCHMARK(BM_gpu_skinny_sddmm_ws)->Args({4096, 8, 0})->Args({4096, 8, 1})->Args({4096, 8, 2})->Args({4096, 8, 3})->Args({4096, 8, 4})->Args({4096, 8, 5})->Args({4096, 8, 6})->Args({4096, 8, 7})->Args({4096, 8, 8})->Args({4096, 8, 9})->Args({4096, 8, 10})->Args({4096, 4, 0})->Args({4096, 4, 1})->Args({4096, 3, 0})->Args({4096, 2, 0})->Args({16384, 8, 0})->Args({16384, 8, 1})->Args({16384, 8, 5})->Args({16384, 8, 3})->Args({16384, 8, 9})->Args({16384, 8, 10})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
+BENCHMARK(BM_gpu_skinny_sddmm_ws)->Args({4096, 8, 0})->Args({4096, 8, 1})->Args({4096, 8, 2})->Args({4096, 8, 3})->Args({4096, 8, 4})->Args({4096, 8, 5})->Args({4096, 8, 6})->Args({4096, 8, 9})->Args({4096, 8, 10})->Args({4096, 4, 0})->Args({4096, 4, 1})->Args({4096, 3, 0})->Args({4096, 2, 0})->Args({16384, 8, 0})->Args({16384, 8, 1})->Args({16384, 8, 5})->Args({16384, 8, 3})->Args({16384, 8, 9})->Args({16384, 8, 10})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
 
 // Fixed costs of a kernel like the SDDMM's after the L2 flush: an empty kernel of one 320-thread block
 // per SM with range(0) KB of dynamic shared memory (0: none; 197: the warp-specialised ring, which
@@ -716,22 +709,6 @@ void BM_gpu_probe_smem_launch(benchmark::State& st) {
   st.SetLabel("empty kernel, one block per SM, range(0) KB dynamic shared memory");
 }
 BENCHMARK(BM_gpu_probe_smem_launch)->Arg(0)->Arg(197)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
-
-// ---- sddmm_wide_kernel (lori/detail/skinny_gemm.cuh: 512-column tiles, 1 KB runs of each token row,
-// token splits reduced through a workspace behind a grid barrier); range(1) = 1: G evict-first.
-void BM_gpu_skinny_sddmm_wide(benchmark::State& st) {
-  namespace sk = lori::detail::skinny;
-  grad_data f(st.range(0));
-  const bool hint = st.range(1) != 0;
-  device_buffer<unsigned char> wsb(static_cast<index_t>(sk::sddmm_wide_workspace_bytes(ctx().sm_count(), f.n, D, f.B.nnz())) + 4);
-  run_timed(st, [&] {
-    sk::launch_sddmm_wide<bf16>(ctx().stream(), f.G.data(), f.n, D, D, f.H.data(), 0.5f, f.B, f.out.data(), wsb.data(),
-                                static_cast<std::size_t>(wsb.bytes()), 1 << 30, hint);
-  }, sddmm_floor(f.n, f.B.nnz()));
-  st.SetLabel(std::string("512-column tiles, splits S = ") + std::to_string(sk::wide_splits(ctx().sm_count(), f.n, D, 1 << 30)) +
-              ", grid barrier + split-order sums" + (hint ? ", G evict-first" : ", G evict-normal"));
-}
-BENCHMARK(BM_gpu_skinny_sddmm_wide)->Args({4096, 1})->Args({4096, 0})->Args({16384, 1})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
 
 // ---- ∂L/∂X -----------------------------------------------------------------------------------------------
 void BM_gpu_grad_x(benchmark::State& st) {

@@ -37,10 +37,9 @@ tests() {  # label time-limit doctest-args...
   # (doctest splits filters at commas: the patterns below avoid the commas of the test names)
   tests ws 12 --test-case='*warp-specialised: shapes*,skinny kernels: warp-specialised*'
   tests push 8 --test-case='*warp-specialised with the push*,skinny kernels: push epilogue*'
-  tests sddmm 10 --test-case='*skinny*,*grad_b_sddmm*' --test-case-exclude='*warp-specialised*,*push*,*wide tiles*'
+  tests sddmm 10 --test-case='*skinny*,*grad_b_sddmm*' --test-case-exclude='*warp-specialised*,*push*'
   tests decode 8 --test-case='*decode*'
   tests ws16384 8 --test-case='*warp-specialised: n = 16384*'
-  # passed at checkpoint 1 (H100): '*wide tiles with a grid*,skinny kernels: wide tiles*', '*wide tiles: n = 16384*'
   echo "== lori_bench_cuda (medians of 5, µs)"
   sb=$(command -v stdbuf >/dev/null && echo "stdbuf -oL" || true)
   bench() {  # label time-limit filter [env]

@@ -1060,16 +1060,7 @@ void skinny_sddmm_case(lori::cuda::context& ctx, index_t n, index_t d, index_t r
   for (int run = 0; run < 2; ++run) {
     device_buffer<T> out(B.nnz() + 1);  // one extra element: must stay poisoned
     out.fill_bytes(0xff);
-    if (ws < 0) {  // sddmm_wide_kernel (512-column tiles, grid reduction through a poisoned workspace)
-      REQUIRE(lori::detail::skinny::sddmm_wide_applies(dG.data(), d, ldg, r, dH.data() + h0, ctx.sm_count()));
-      device_buffer<unsigned char> wsb(
-          static_cast<index_t>(lori::detail::skinny::sddmm_wide_workspace_bytes(ctx.sm_count(), n, d, B.nnz())) + 4);
-      wsb.fill_bytes(0xff);  // NaN partials: an unwritten one would show in the result
-      lori::detail::skinny::launch_sddmm_wide<T>(ctx.stream(), dG.data(), n, d, ldg, dH.data() + h0, static_cast<float>(s),
-                                                 B, out.data(), wsb.data(), static_cast<std::size_t>(wsb.bytes()),
-                                                 cap >= 8 ? (1 << 30) : cap, evict_first);
-      LORI_CUDA_CHECK(cudaDeviceSynchronize());
-    } else if (ws > 0) {  // the warp-specialised kernel with ws ring stages (7 and 3: push epilogue)
+    if (ws > 0) {  // the warp-specialised kernel with ws ring stages (7 and 3: push epilogue)
       REQUIRE(lori::detail::skinny::sddmm_tma_applies(dG.data(), d, ldg, r, dH.data() + h0));
       if (ws == 3)
         lori::detail::skinny::launch_sddmm_ws<T, 3, true, true>(ctx.stream(), dG.data(), n, d, ldg, dH.data() + h0,
@@ -1231,44 +1222,6 @@ TEST_CASE("skinny kernels: push epilogue, small shapes (the compute-sanitizer su
   skinny_sddmm_case<T>(ctx, 600, 136, 32, 0, false, 3, g, false, true, 7);
   skinny_sddmm_case<T>(ctx, 130, 264, 8, 0, false, 1, g, false, true, 7);
   skinny_sddmm_case<T>(ctx, 600, 136, 32, 0, false, 3, g, false, true, 3);
-}
-
-// sddmm_wide_kernel: 512-column tiles, token splits without a cluster (S up to the resident blocks
-// per tile: 16 at d = 4096 on 132 SMs, 32 at d = 520), partials in a workspace poisoned with NaN,
-// grid barrier, split-order sums. Shapes: the benchmark shape, one token and 8 columns past (a
-// 9th tile of 8 columns), tails of the 32-token stage and of the 512-column tile, caps 1 and 3,
-// r = 4 … 32, padded G, evict-normal; each twice, bit-identical; n = 16384 in its own case.
-TEST_CASE_TEMPLATE("skinny SDDMM kernel, wide tiles with a grid reduction: shapes, tails, splits, determinism", T,
-                   lori::bfloat16, lori::half) {
-  LORI_TEST_SEED_INFO();
-  auto g = lori_test::rng(322);
-  lori::cuda::context ctx;
-  skinny_sddmm_case<T>(ctx, 4096, 4096, 32, 0, false, 8, g, false, true, -1);
-  skinny_sddmm_case<T>(ctx, 4097, 4104, 32, 8, false, 8, g, false, true, -1);
-  for (int cap : {1, 3, 8}) {
-    skinny_sddmm_case<T>(ctx, 1000, 520, 32, 8, false, cap, g, false, true, -1);
-    skinny_sddmm_case<T>(ctx, 333, 136, 28, 0, false, cap, g, false, true, -1);
-  }
-  skinny_sddmm_case<T>(ctx, 64, 96, 4, 8, false, 8, g, false, true, -1);
-  skinny_sddmm_case<T>(ctx, 1, 256, 8, 0, false, 8, g, false, true, -1);
-  skinny_sddmm_case<T>(ctx, 2048, 1024, 12, 0, false, 8, g, false, true, -1);
-  skinny_sddmm_case<T>(ctx, 1000, 1536, 32, 8, false, 8, g, false, false, -1);  // evict-normal; 3 full tiles
-}
-
-TEST_CASE("skinny SDDMM kernel, wide tiles: n = 16384") {
-  LORI_TEST_SEED_INFO();
-  auto g = lori_test::rng(323);
-  lori::cuda::context ctx;
-  skinny_sddmm_case<lori::bfloat16>(ctx, 16384, 4096, 32, 0, false, 8, g, false, true, -1);
-}
-
-TEST_CASE("skinny kernels: wide tiles, small shapes (the compute-sanitizer subset)") {
-  LORI_TEST_SEED_INFO();
-  using T = lori::bfloat16;
-  auto g = lori_test::rng(324);
-  lori::cuda::context ctx;
-  skinny_sddmm_case<T>(ctx, 150, 520, 32, 8, false, 8, g, false, true, -1);
-  skinny_sddmm_case<T>(ctx, 300, 136, 12, 0, false, 3, g, false, false, -1);
 }
 
 TEST_CASE_TEMPLATE("grad_x = G·W + s·(G·B)·A matches the double reference", T, float, lori::bfloat16, lori::half) {

@@ -34,9 +34,8 @@
 
 namespace lori::cuda {
 
-/// Workspace bytes grad_b_sddmm needs for G n x d, rank r, on ctx's device: the largest of the fp32
-/// path's split partials, the 16-bit cuBLAS route's dense D (d·r fp32) + rounded H (n·r 16-bit) and
-/// the wide-tile kernel's split partials (S·nnz fp32, S <= SMs / ceil(d / 512)).
+/// Workspace bytes grad_b_sddmm needs for G n x d, rank r, on ctx's device: the larger of the fp32
+/// path's split partials and the 16-bit path's dense D (d·r fp32) + rounded H (n·r 16-bit).
 inline std::size_t grad_b_workspace_bytes(const context& ctx, index_t n, index_t d, index_t r, index_t nnz);
 
 /// grad_values[p] = s · (Gᵀ·H)(i, j) for the p-th kept (i, j) of B (nnz values of T, in B's order).
@@ -191,9 +190,7 @@ inline std::size_t grad_b_workspace_bytes(const context& ctx, index_t n, index_t
   const index_t splits = detail_bwd::sddmm_splits(ctx, n, d);
   const std::size_t f32 = splits > 1 ? static_cast<std::size_t>(splits * nnz) * sizeof(float) : 0;
   const std::size_t b16 = detail_bwd::sddmm_gemm_workspace_bytes(n, d, r);
-  const std::size_t wide = detail::skinny::sddmm_wide_workspace_bytes(ctx.sm_count(), n, d, nnz);  // split partials
-  const std::size_t m = f32 > b16 ? f32 : b16;
-  return m > wide ? m : wide;
+  return f32 > b16 ? f32 : b16;
 }
 
 template <class T>

@@ -651,16 +651,13 @@ __device__ __forceinline__ void mbar_arrive(unsigned bar) {
 }
 
 // Math = false: the consumers only wait and release (the memory pipeline alone; benchmarks only).
-// Probe (Math = false only, benchmarks at d = 4096, n % 256 == 0): the producer reads the same bytes
-// per stage in another pattern — 1: 16 KB contiguous (G viewed as 32n x 128); 2: 16 rows x 512
-// columns (1 KB runs, 8 boxes of 64 x 16; tile t reads columns (t % 8)·512, rows of quarter t / 8).
 // Push = true: the epilogue pushes each consumer's partial rows from registers into the receive
 // buffer of the rank that owns them (distributed shared memory stores; every block of the cluster
 // arrived on the cluster barrier at kernel start, so all of them run), then ONE cluster barrier and
 // each rank sums its rows from its own shared memory (same order: rank u, half 0 + half 1).
 // Push = false: partial tiles in each block's ring, cluster barrier, ranks read the others' tiles,
 // second cluster barrier before exit.
-template <class T, int Stages = ws_stages, bool Math = true, bool Push = false, int Probe = 0>
+template <class T, int Stages = ws_stages, bool Math = true, bool Push = false>
 __global__ void __launch_bounds__(ws_threads, min_blocks_of(ws_smem_of(Stages, Push)))
     sddmm_ws_kernel(const __grid_constant__ sddmm_tma_args<T> a) {
   __shared__ alignas(8) std::uint64_t full[Stages];
@@ -715,19 +712,8 @@ __global__ void __launch_bounds__(ws_threads, min_blocks_of(ws_smem_of(Stages, P
         const unsigned st = sbase + static_cast<unsigned>(slot * sd_stage_bytes), bar = smem_u32(&full[slot]);
         const int y = static_cast<int>(tb + static_cast<index_t>(s) * sd_tc);
         mbar_arrive_expect_tx(bar, static_cast<unsigned>(sd_stage_bytes));
-        if constexpr (Probe == 1) {
-          const int yc = static_cast<int>(i0 / tile_rows * a.n) + y;
-          tma_load_2d_hint(st, &a.gmap, 0, yc, bar, policy);
-          tma_load_2d_hint(st + sd_tc * 128, &a.gmap, 64, yc, bar, policy);
-        } else if constexpr (Probe == 2) {
-          const int t = static_cast<int>(i0 / tile_rows);
-          const int y2 = (t / 8) * static_cast<int>(a.n / 4) + y / 4;
-#pragma unroll
-          for (int k = 0; k < 8; ++k) tma_load_2d_hint(st + k * 2048, &a.gmap, (t % 8) * 512 + k * 64, y2, bar, policy);
-        } else {
-          tma_load_2d_hint(st, &a.gmap, static_cast<int>(i0), y, bar, policy);
-          tma_load_2d_hint(st + sd_tc * 128, &a.gmap, static_cast<int>(i0 + 64), y, bar, policy);
-        }
+        tma_load_2d_hint(st, &a.gmap, static_cast<int>(i0), y, bar, policy);
+        tma_load_2d_hint(st + sd_tc * 128, &a.gmap, static_cast<int>(i0 + 64), y, bar, policy);
         tma_load_2d(st + sd_g_bytes, &a.hmap, 0, y, bar);
       }
     }
@@ -823,7 +809,7 @@ __global__ void __launch_bounds__(ws_threads, min_blocks_of(ws_smem_of(Stages, P
 
 /// launch_sddmm_tma on the warp-specialised kernel (requires sddmm_tma_applies, n >= 1). Stages, Push
 /// and Math = false (the memory pipeline alone, wrong results) are for benchmarks.
-template <class T, int Stages = ws_stages, bool Math = true, bool Push = false, int Probe = 0>
+template <class T, int Stages = ws_stages, bool Math = true, bool Push = false>
 void launch_sddmm_ws(cudaStream_t stream, const T* G, index_t n, index_t d, index_t ldg, const float* H, float s,
                      const ::lori::cuda::sparse_b<T>& B, T* out, int cap = max_splits, bool evict_first = true,
                      bool balanced = true) {
@@ -832,9 +818,7 @@ void launch_sddmm_ws(cudaStream_t stream, const T* G, index_t n, index_t d, inde
   LORI_EXPECTS(n <= index_t{2147483647} && d <= index_t{2147483647}, "skinny::launch_sddmm_ws: too large");
   const index_t r = B.cols();
   const index_t tiles = ceil_div(d, tile_rows);
-  static_assert(Probe == 0 || !Math, "probes are memory-only");
-  LORI_EXPECTS(Probe == 0 || (d == 4096 && ldg == d && n % 256 == 0), "skinny::launch_sddmm_ws: probe shape");
-  constexpr auto kernel = sddmm_ws_kernel<T, Stages, Math, Push, Probe>;
+  constexpr auto kernel = sddmm_ws_kernel<T, Stages, Math, Push>;
   constexpr int smem = ws_smem_of(Stages, Push);
   static_assert(smem + 8 * 1024 <= 227 * 1024, "ring, receive buffer and static shared memory must fit an SM");
   set_smem_attributes(kernel, smem);
@@ -844,9 +828,7 @@ void launch_sddmm_ws(cudaStream_t stream, const T* G, index_t n, index_t d, inde
   const index_t gran = balanced ? 8 : sd_tc;
   const index_t tps = ceil_div(ceil_div(n, S), gran) * gran;
   S = static_cast<int>(ceil_div(n, tps));
-  const sddmm_tma_args<T> a{Probe == 1   ? tensor_map_2d(G, n * (d / 128), 128, 128, static_cast<unsigned>(sd_tc))
-                            : Probe == 2 ? tensor_map_2d(G, n, d, ldg, 16u)
-                                         : tensor_map_2d(G, n, d, ldg, static_cast<unsigned>(sd_tc)),
+  const sddmm_tma_args<T> a{tensor_map_2d(G, n, d, ldg, static_cast<unsigned>(sd_tc)),
                             h_tensor_map(H, n, r, CU_TENSOR_MAP_SWIZZLE_128B), n, d, tps, S, s, B.view(), out,
                             evict_first};
   cudaLaunchAttribute attr;
@@ -856,254 +838,6 @@ void launch_sddmm_ws(cudaStream_t stream, const T* G, index_t n, index_t d, inde
   LORI_CUDA_CHECK_LAUNCH();
 }
 
-// ---- sddmm with wide tiles and a grid-wide reduction (sddmm_wide_kernel) -----------------------------
-// Session 4, checkpoint 0 (H100): every 128-column variant above streams G at ~1.5 TB/s whatever the
-// SM count (64, 96 or 224 blocks), the memory pipeline alone included (no MMAs: 20.2 µs against 14.9 µs
-// for a contiguous read of the same 32 MiB): reading 256-byte strips of 8 KB rows is the limit. Here a
-// block owns 512 columns (1 KB runs of every token row; 8 boxes of 64 columns x 32 tokens per stage,
-// issued back to back) and all r <= 32 ranks; the tokens are split over S blocks per tile with NO
-// cluster (any S fits): each block writes its fp32 partials at the kept positions of its rows into the
-// workspace (split-major: ws[split·nnz + p]), a grid barrier (cooperative launch, one wave: one
-// block per SM), then block b sums entries [b·chunk, +chunk) over the S splits in split order
-// (deterministic) and writes T(s·Σ). Producer warp (TMA ring of 5 stages of 36 KB), 8 consumer warps
-// (warp w: box w = columns w·64 .. +64, all 32 tokens of a stage: 32 mma.sync per stage, H rounded to
-// T in registers as in sddmm_ws_kernel), one warp copying the CSR rows into shared memory.
-inline constexpr int wd_cols = 512;                          // columns of G per block
-inline constexpr int wd_tc = 32;                             // tokens per stage
-inline constexpr int wd_g_bytes = wd_tc * wd_cols * 2;       // 32 KB: 8 boxes of 64 columns x 32 tokens
-inline constexpr int wd_h_bytes = wd_tc * max_rank * 4;      // 4 KB
-inline constexpr int wd_stage_bytes = wd_g_bytes + wd_h_bytes;
-inline constexpr int wd_stages = 5;
-inline constexpr int wd_consumers = 8;
-inline constexpr int wd_threads = (wd_consumers + 2) * 32;
-inline constexpr int wd_smem = wd_stages * wd_stage_bytes + 1024;  // 181 KB (+ 18.5 KB static): one block per SM
-static_assert(wd_cols * acc_ld * 4 <= wd_stages * wd_stage_bytes, "the epilogue tile must fit the ring");
-static_assert(wd_stage_bytes % 1024 == 0, "stages must keep the 1024-byte alignment of the 128-byte swizzle");
-
-template <class T>
-struct sddmm_wide_args {
-  CUtensorMap gmap;  // G: {d, n}, box {64, wd_tc}
-  CUtensorMap hmap;  // H: {r, n} fp32, box {32, wd_tc}, 128-byte swizzle
-  index_t n, d, tps;
-  int splits;
-  float s;
-  ::lori::cuda::sparse_b_view<T> B;
-  T* out;
-  float* ws;  // splits x nnz partials
-  bool evict_first;
-};
-
-// One stage for consumer warp w: acc[mt·4 + nt] (columns w·64 + mt·16 .. +16 x ranks nt·8 .. +8) +=
-// Gᵀ·T(H) over the stage's 32 tokens. G box w at st_addr + w·4096 (32 rows of 128 bytes, 16-byte
-// chunk c at c ^ (row & 7)); H at st + wd_g_bytes (32 fp32 rows of 128 bytes, same swizzle).
-template <class T>
-__device__ __forceinline__ void wd_stage_mma(const unsigned char* st, unsigned st_addr, int warp, int lane,
-                                             float (&acc)[16][4]) {
-  const unsigned gbase = st_addr + static_cast<unsigned>(warp * (wd_tc * 128));
-  const int ch0 = (lane >> 3) & 1;
-  const int tok_a = ((lane >> 4) << 3) + (lane & 7);
-  const unsigned char* hs = st + wd_g_bytes;
-  const int hn = lane >> 2, hk = 2 * (lane & 3);
-#pragma unroll
-  for (int kk = 0; kk < wd_tc / 16; ++kk) {
-    unsigned af[4][4];
-#pragma unroll
-    for (int mt = 0; mt < 4; ++mt) {
-      const int row = tok_a + kk * 16, ch = ch0 + mt * 2;
-      ldsm_x4_trans(gbase + static_cast<unsigned>(row * 128 + ((ch ^ (row & 7)) << 4)), af[mt]);
-    }
-#pragma unroll
-    for (int nt = 0; nt < 4; ++nt) {
-      const int j = nt * 8 + hn;
-      float h[4];
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int t = hk + kk * 16 + (e & 1) + (e >> 1) * 8;
-        h[e] = *reinterpret_cast<const float*>(hs + t * 128 + ((((j >> 2) ^ (t & 7))) << 4) + (j & 3) * 4);
-      }
-      const unsigned b0 = pack_round2<T>(h[0], h[1]), b1 = pack_round2<T>(h[2], h[3]);
-#pragma unroll
-      for (int mt = 0; mt < 4; ++mt) mma16816<T>(acc[mt * 4 + nt], af[mt], b0, b1);
-    }
-  }
-}
-
-// Grid: tiles · S blocks (block b: tile b / S, split b % S), cooperative launch (all resident).
-template <class T>
-__global__ void __launch_bounds__(wd_threads, 1) sddmm_wide_kernel(const __grid_constant__ sddmm_wide_args<T> a) {
-  __shared__ alignas(8) std::uint64_t full[wd_stages];
-  __shared__ alignas(8) std::uint64_t empty[wd_stages];
-  __shared__ std::int32_t rp[wd_cols + 1];            // row_ptr of the block's rows
-  __shared__ unsigned char cols[wd_cols * max_rank];  // their col_idx
-  unsigned char* raw = dynamic_smem();
-  unsigned char* smem = raw + ((1024u - (smem_u32(raw) & 1023u)) & 1023u);
-  const unsigned sbase = smem_u32(smem);
-  const int tid = static_cast<int>(threadIdx.x), warp = tid >> 5, lane = tid & 31;
-  const int S = a.splits;
-  const int split = static_cast<int>(blockIdx.x % static_cast<unsigned>(S));
-  const index_t i0 = static_cast<index_t>(blockIdx.x / static_cast<unsigned>(S)) * wd_cols;
-  const index_t tb = static_cast<index_t>(split) * a.tps;
-  const index_t te = tb + a.tps < a.n ? tb + a.tps : a.n;
-  const int steps = te > tb ? static_cast<int>((te - tb + wd_tc - 1) / wd_tc) : 0;
-  const int rows = a.d - i0 < wd_cols ? static_cast<int>(a.d - i0) : wd_cols;  // >= 1
-  if (warp == wd_consumers && lane == 0) {
-    asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<std::uint64_t>(&a.gmap)) : "memory");
-    asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<std::uint64_t>(&a.hmap)) : "memory");
-  }
-  if (tid == 0) {
-#pragma unroll
-    for (int i = 0; i < wd_stages; ++i) {
-      mbar_init(smem_u32(&full[i]), 1);
-      mbar_init(smem_u32(&empty[i]), wd_consumers);
-    }
-    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-  }
-  __syncthreads();
-  float acc[16][4];
-  zero_acc(acc);
-  if (warp < wd_consumers) {
-    for (int s = 0; s < steps; ++s) {
-      const int slot = s % wd_stages;
-      mbar_wait(smem_u32(&full[slot]), static_cast<unsigned>((s / wd_stages) & 1));
-      wd_stage_mma<T>(smem + slot * wd_stage_bytes, sbase + static_cast<unsigned>(slot * wd_stage_bytes), warp, lane, acc);
-      __syncwarp();  // the whole warp is done reading the slot
-      if (lane == 0) mbar_arrive(smem_u32(&empty[slot]));
-    }
-  } else if (warp == wd_consumers) {
-    if (lane == 0) {
-      const std::uint64_t policy = stream_policy(a.evict_first);
-      for (int s = 0; s < steps; ++s) {
-        const int slot = s % wd_stages;
-        if (s >= wd_stages) mbar_wait(smem_u32(&empty[slot]), static_cast<unsigned>(((s / wd_stages) - 1) & 1));
-        const unsigned st = sbase + static_cast<unsigned>(slot * wd_stage_bytes), bar = smem_u32(&full[slot]);
-        const int y = static_cast<int>(tb + static_cast<index_t>(s) * wd_tc);
-        mbar_arrive_expect_tx(bar, static_cast<unsigned>(wd_stage_bytes));
-#pragma unroll
-        for (int k = 0; k < wd_cols / 64; ++k)  // one 1 KB run of each token row, back to back
-          tma_load_2d_hint(st + static_cast<unsigned>(k * (wd_tc * 128)), &a.gmap, static_cast<int>(i0) + k * 64, y, bar,
-                           policy);
-        tma_load_2d(st + wd_g_bytes, &a.hmap, 0, y, bar);
-      }
-    }
-  } else {
-    // The CSR rows [i0, i0 + rows) into shared memory while the ring streams.
-    for (int k = lane; k <= rows; k += 32) rp[k] = a.B.row_ptr[i0 + k];
-    __syncwarp();
-    const std::int32_t base = rp[0], cnt = rp[rows] - base;  // <= rows·r <= wd_cols·max_rank
-    for (std::int32_t q = lane; q < cnt; q += 32) cols[q] = static_cast<unsigned char>(a.B.col_idx[base + q]);
-  }
-  __syncthreads();  // the ring is consumed (no copy in flight); the CSR rows are in shared memory
-  float* tile = reinterpret_cast<float*>(smem);  // wd_cols x acc_ld fp32
-  if (warp < wd_consumers) {
-#pragma unroll
-    for (int mt = 0; mt < 4; ++mt) {
-      const int r0 = warp * 64 + mt * 16 + (lane >> 2);
-#pragma unroll
-      for (int nt = 0; nt < 4; ++nt) {
-        const int c = nt * 8 + 2 * (lane & 3);
-        const float(&v)[4] = acc[mt * 4 + nt];
-        *reinterpret_cast<float2*>(tile + r0 * acc_ld + c) = make_float2(v[0], v[1]);
-        *reinterpret_cast<float2*>(tile + (r0 + 8) * acc_ld + c) = make_float2(v[2], v[3]);
-      }
-    }
-  }
-  __syncthreads();
-  const index_t nnz = a.B.nnz;
-  float* part = a.ws + static_cast<index_t>(split) * nnz;
-  for (int e = tid; e < rows * max_rank; e += wd_threads) {
-    const int lr = e >> 5, slot = e & 31;
-    const std::int32_t p = rp[lr] + slot;
-    if (p < rp[lr + 1]) part[p] = tile[lr * acc_ld + cols[p - rp[0]]];
-  }
-  namespace cg = cooperative_groups;
-  cg::this_grid().sync();  // all partials written (the barrier orders the writes before the reads)
-  const index_t chunk = (nnz + gridDim.x - 1) / gridDim.x;
-  const index_t pb = static_cast<index_t>(blockIdx.x) * chunk;
-  const index_t pe = pb + chunk < nnz ? pb + chunk : nnz;
-  for (index_t p = pb + tid; p < pe; p += wd_threads) {
-    float x = 0.0f;
-    for (int u = 0; u < S; ++u) x += __ldcg(a.ws + static_cast<index_t>(u) * nnz + p);  // split order
-    a.out[p] = ::lori::from_float<T>(a.s * x);
-  }
-}
-
-/// Token splits of sddmm_wide_kernel for G n x d on a device with `resident` blocks at once (one per
-/// SM): S = min(resident / tiles, cap, ceil(n / wd_tc)), then equalised to multiples of wd_tc tokens.
-inline int wide_splits(int resident, index_t n, index_t d, int cap) {
-  const index_t tiles = ceil_div(d, wd_cols);
-  index_t S = resident / tiles;
-  if (S > cap) S = cap;
-  if (S > ceil_div(n, wd_tc)) S = ceil_div(n, wd_tc);
-  if (S < 1) S = 1;
-  const index_t tps = ceil_div(ceil_div(n, S), wd_tc) * wd_tc;
-  return static_cast<int>(ceil_div(n, tps));
-}
-
-/// Workspace bytes sddmm_wide_kernel needs (an upper bound valid for any cap) for G n x d and nnz
-/// kept entries on a device with `sm_count` SMs.
-inline std::size_t sddmm_wide_workspace_bytes(int sm_count, index_t n, index_t d, index_t nnz) {
-  if (n == 0 || d == 0) return 0;
-  return static_cast<std::size_t>(wide_splits(sm_count, n, d, 1 << 30)) * static_cast<std::size_t>(nnz) * sizeof(float);
-}
-
-/// Whether sddmm_wide_kernel applies: as sddmm_tma_applies, and all tiles fit one wave (d <= 512 per SM).
-template <class T>
-bool sddmm_wide_applies(const T* G, index_t d, index_t ldg, index_t r, const float* H, int sm_count) {
-  return sddmm_tma_applies(G, d, ldg, r, H) && ceil_div(d, wd_cols) <= sm_count;
-}
-
-/// out[p] = T(s · Σ_t G(t, i)·T(H(t, j))) on `stream` with sddmm_wide_kernel (requires
-/// sddmm_wide_applies, n >= 1, `workspace` of sddmm_wide_workspace_bytes, 4-byte aligned). `cap`
-/// caps the splits (benchmarks and tests).
-template <class T>
-void launch_sddmm_wide(cudaStream_t stream, const T* G, index_t n, index_t d, index_t ldg, const float* H, float s,
-                       const ::lori::cuda::sparse_b<T>& B, T* out, void* workspace, std::size_t workspace_bytes,
-                       int cap = 1 << 30, bool evict_first = true) {
-  if (n == 0 || d == 0 || B.nnz() == 0) return;
-  LORI_EXPECTS(cap >= 1, "skinny::launch_sddmm_wide: split cap must be >= 1");
-  LORI_EXPECTS(n <= index_t{2147483647} && d <= index_t{2147483647}, "skinny::launch_sddmm_wide: too large");
-  int dev = 0, sms = 0;
-  LORI_CUDA_CHECK(cudaGetDevice(&dev));
-  LORI_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-  constexpr auto kernel = sddmm_wide_kernel<T>;
-  set_smem_attributes(kernel, wd_smem);
-  int per_sm = 0;
-  LORI_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, wd_threads, wd_smem));
-  LORI_EXPECTS(per_sm >= 1, "skinny::launch_sddmm_wide: the kernel does not fit an SM");
-  const int resident = per_sm * sms;
-  const index_t tiles = ceil_div(d, wd_cols);
-  LORI_EXPECTS(tiles <= resident, "skinny::launch_sddmm_wide: more tiles than resident blocks");
-  const int S = wide_splits(resident < sms ? resident : sms, n, d, cap);
-  const index_t tps = ceil_div(ceil_div(n, S), wd_tc) * wd_tc;
-  LORI_EXPECTS(workspace != nullptr && workspace_bytes >= static_cast<std::size_t>(S) * static_cast<std::size_t>(B.nnz()) * 4 &&
-                   reinterpret_cast<std::uintptr_t>(workspace) % 4 == 0,
-               "skinny::launch_sddmm_wide: workspace missing, too small or misaligned");
-  CUtensorMap hmap;
-  {
-    const cuuint64_t dims[2] = {static_cast<cuuint64_t>(B.cols()), static_cast<cuuint64_t>(n)};
-    const cuuint64_t strides[1] = {static_cast<cuuint64_t>(B.cols()) * sizeof(float)};
-    const cuuint32_t box[2] = {static_cast<cuuint32_t>(max_rank), static_cast<cuuint32_t>(wd_tc)};
-    const cuuint32_t elem_strides[2] = {1, 1};
-    const CUresult res = tensor_map_encoder()(&hmap, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 2, const_cast<float*>(H), dims, strides,
-                                              box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-                                              CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-    LORI_EXPECTS(res == CUDA_SUCCESS, "lori::cuda: cuTensorMapEncodeTiled failed (H)");
-  }
-  const sddmm_wide_args<T> a{tensor_map_2d(G, n, d, ldg, static_cast<unsigned>(wd_tc)), hmap, n, d, tps, S, s, B.view(),
-                             out, static_cast<float*>(workspace), evict_first};
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = dim3(grid_dim(tiles * S), 1, 1);
-  cfg.blockDim = dim3(wd_threads, 1, 1);
-  cfg.dynamicSmemBytes = static_cast<std::size_t>(wd_smem);
-  cfg.stream = stream;
-  cudaLaunchAttribute attr;
-  attr.id = cudaLaunchAttributeCooperative;
-  attr.val.cooperative = 1;
-  cfg.attrs = &attr;
-  cfg.numAttrs = 1;
-  LORI_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, a));
-  LORI_CUDA_CHECK_LAUNCH();
-}
 
 }  // namespace lori::detail::skinny
 
