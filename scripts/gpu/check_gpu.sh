@@ -38,8 +38,8 @@ tests() {  # label time-limit doctest-args...
   tests ws 12 --test-case='*warp-specialised: shapes*,skinny kernels: warp-specialised*'
   tests push 10 --test-case='*warp-specialised with the push*,skinny kernels: push epilogue*'
   tests sddmm 10 --test-case='*skinny*,*grad_b_sddmm*' --test-case-exclude='*warp-specialised*,*push*'
-  # passed at checkpoints 0, 0b and 1 (H100), unchanged since: the decode cases ('*decode*'), and
-  # '*warp-specialised: n = 16384*' (checkpoint 0, splits in multiples of 64 tokens)
+  tests decode 8 --test-case='*decode*'
+  # passed at checkpoint 0 (H100; splits then in multiples of 64 tokens): '*warp-specialised: n = 16384*'
   echo "== lori_bench_cuda (medians of 5, µs)"
   sb=$(command -v stdbuf >/dev/null && echo "stdbuf -oL" || true)
   bench() {  # label time-limit filter [env]
