@@ -708,7 +708,7 @@ void BM_gpu_probe_smem_launch(benchmark::State& st) {
   }, 4.0);
   st.SetLabel("empty kernel, one block per SM, range(0) KB dynamic shared memory");
 }
-BENCHMARK(BM_gpu_probe_smem_launch)->Arg(0)->Arg(197)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
+BENCHMARK(BM_gpu_probe_smem_launch)->Arg(0)->Arg(99)->Arg(197)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
 
 // ---- ∂L/∂X -----------------------------------------------------------------------------------------------
 void BM_gpu_grad_x(benchmark::State& st) {
