@@ -49,7 +49,7 @@ tests() {  # label time-limit doctest-args...
     grep -E "_median|ERROR|error" "$OUT/gpu_bench_$1.log" | awk '{$1=$1; print}' | sed -E 's/ [0-9.]+ us [0-9]+ / /' | cut -c1-330 | head -24
   }
   bench sddmm 14 'BM_gpu_(baseline_d2d_copy/234|baseline_read/32|skinny_sddmm_tma/4096/8/1|skinny_sddmm_ws/4096/8/(0|1|3|5|9|10)|grad_b_sddmm/4096|baseline_gemm_mask/4096)'
-  bench sddmm_clean 12 'BM_gpu_(baseline_read/32|skinny_sddmm_tma/4096/8/1|skinny_sddmm_ws/4096/8/(0|1|9|10)|grad_b_sddmm/4096|baseline_gemm_mask/4096)' LORI_BENCH_FLUSH=read
+  bench sddmm_clean 14 'BM_gpu_(baseline_read/32|skinny_sddmm_tma/4096/8/1|skinny_sddmm_ws/4096/8/(0|1|3|9|10|11)|grad_b_sddmm/4096|baseline_gemm_mask/4096)' LORI_BENCH_FLUSH=read
   bench launch_probes 5 'BM_gpu_(probe_smem_launch|probe_launch/)' LORI_BENCH_FLUSH=read
   echo "elapsed before ncu: $(( $(date +%s) - t0 )) s"
   if command -v ncu >/dev/null; then

@@ -650,14 +650,15 @@ __device__ __forceinline__ void mbar_arrive(unsigned bar) {
   asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
 }
 
-// Math = false: the consumers only wait and release (the memory pipeline alone; benchmarks only).
+// Math = 0: the consumers only wait and release (the memory pipeline alone; benchmarks only); Math =
+// -1: the same without the H boxes (G's bytes alone through the TMA unit).
 // Push = true: the epilogue pushes each consumer's partial rows from registers into the receive
 // buffer of the rank that owns them (distributed shared memory stores; every block of the cluster
 // arrived on the cluster barrier at kernel start, so all of them run), then ONE cluster barrier and
 // each rank sums its rows from its own shared memory (same order: rank u, half 0 + half 1).
 // Push = false: partial tiles in each block's ring, cluster barrier, ranks read the others' tiles,
 // second cluster barrier before exit.
-template <class T, int Stages = ws_stages, bool Math = true, bool Push = false>
+template <class T, int Stages = ws_stages, int Math = 1, bool Push = false>
 __global__ void __launch_bounds__(ws_threads, min_blocks_of(ws_smem_of(Stages, Push)))
     sddmm_ws_kernel(const __grid_constant__ sddmm_tma_args<T> a) {
   __shared__ alignas(8) std::uint64_t full[Stages];
@@ -697,7 +698,7 @@ __global__ void __launch_bounds__(ws_threads, min_blocks_of(ws_smem_of(Stages, P
     for (int s = 0; s < steps; ++s) {
       const int slot = s % Stages;
       mbar_wait(smem_u32(&full[slot]), static_cast<unsigned>((s / Stages) & 1));
-      if constexpr (Math)
+      if constexpr (Math == 1)
         ws_stage_mma<T>(smem + slot * sd_stage_bytes, sbase + static_cast<unsigned>(slot * sd_stage_bytes), cgp, th, lane,
                         static_cast<int>(te - tb - static_cast<index_t>(s) * sd_tc), acc);
       __syncwarp();  // the whole warp is done reading the slot
@@ -711,10 +712,10 @@ __global__ void __launch_bounds__(ws_threads, min_blocks_of(ws_smem_of(Stages, P
         if (s >= Stages) mbar_wait(smem_u32(&empty[slot]), static_cast<unsigned>(((s / Stages) - 1) & 1));
         const unsigned st = sbase + static_cast<unsigned>(slot * sd_stage_bytes), bar = smem_u32(&full[slot]);
         const int y = static_cast<int>(tb + static_cast<index_t>(s) * sd_tc);
-        mbar_arrive_expect_tx(bar, static_cast<unsigned>(sd_stage_bytes));
+        mbar_arrive_expect_tx(bar, static_cast<unsigned>(Math == -1 ? sd_g_bytes : sd_stage_bytes));
         tma_load_2d_hint(st, &a.gmap, static_cast<int>(i0), y, bar, policy);
         tma_load_2d_hint(st + sd_tc * 128, &a.gmap, static_cast<int>(i0 + 64), y, bar, policy);
-        tma_load_2d(st + sd_g_bytes, &a.hmap, 0, y, bar);
+        if constexpr (Math != -1) tma_load_2d(st + sd_g_bytes, &a.hmap, 0, y, bar);
       }
     }
   } else {
@@ -808,8 +809,8 @@ __global__ void __launch_bounds__(ws_threads, min_blocks_of(ws_smem_of(Stages, P
 }
 
 /// launch_sddmm_tma on the warp-specialised kernel (requires sddmm_tma_applies, n >= 1). Stages, Push
-/// and Math = false (the memory pipeline alone, wrong results) are for benchmarks.
-template <class T, int Stages = ws_stages, bool Math = true, bool Push = false>
+/// and Math = 0 / -1 (the memory pipeline alone, with / without H; wrong results) are for benchmarks.
+template <class T, int Stages = ws_stages, int Math = 1, bool Push = false>
 void launch_sddmm_ws(cudaStream_t stream, const T* G, index_t n, index_t d, index_t ldg, const float* H, float s,
                      const ::lori::cuda::sparse_b<T>& B, T* out, int cap = max_splits, bool evict_first = true,
                      bool balanced = true) {
