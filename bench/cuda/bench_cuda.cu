@@ -650,20 +650,19 @@ BENCHMARK(BM_gpu_skinny_sddmm_tma)->Args({4096, 8, 1})->Args({4096, 8, 0})->Args
 BENCHMARK(BM_gpu_baseline_sddmm_cublas_route)->Arg(4096)->Arg(16384)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
 
 // ---- the warp-specialised SDDMM kernel (lori/detail/skinny_gemm.cuh: TMA producer warp, full/empty
-// mbarrier ring) with a forced split cap; range(2) picks the variant: 0 = 8 stages (grad_b_sddmm's
-// kernel), 1 = 4 stages (two blocks per SM), 2 = 6 stages, 3 = 8 stages without the MMAs (the memory
-// pipeline alone: wrong results, timing only), 4 = 8 stages with G read evict-normal (default:
-// evict-first), 5 = 7 stages with the push epilogue, 6 = 7 stages with the pull epilogue, 9 = 4 stages with the splits in multiples of the 64-token stage (default: balanced to 8 tokens),
-// 10 = 3 stages with the push epilogue (two blocks per SM), 11 = variant 3 without the H boxes.
-// Compare with BM_gpu_baseline_read/32 of the same run.
-template <int Stages, int Math, bool Push = false>
+// mbarrier ring) with a forced split cap; range(2) picks the variant: 0 = 8 stages, 1 = 4 stages (two
+// blocks per SM), 2 = 6 stages, 3 = 8 stages without the MMAs (the memory pipeline alone: wrong
+// results, timing only), 4 = 8 stages with G read evict-normal (default: evict-first), 6 = 7 stages,
+// 11 = variant 3 without the H boxes. Compare with BM_gpu_baseline_read/32 of the same run and with
+// BM_gpu_skinny_sddmm_tma (grad_b_sddmm's kernel).
+template <int Stages, int Math>
 std::string ws_label(index_t n, int cap) {
   namespace sk = lori::detail::skinny;
-  constexpr auto kernel = sk::sddmm_ws_kernel<bf16, Stages, Math, Push>;
-  constexpr int smem = sk::ws_smem_of(Stages, Push);
+  constexpr auto kernel = sk::sddmm_ws_kernel<bf16, Stages, Math>;
+  constexpr int smem = sk::ws_smem_of(Stages);
   const int S = sk::choose_splits<kernel>(sk::ws_threads, smem, lori::detail::ceil_div(D, sk::tile_rows), n, sk::sd_tc, cap);
   return std::to_string(Stages) + " stages" + (Math == 1 ? "" : Math == 0 ? ", NO MMA (memory pipeline alone)" : ", NO MMA, NO H (G's boxes alone)") +
-         (Push ? ", push epilogue" : "") + ", cluster split S = " + std::to_string(S) +
+         ", cluster split S = " + std::to_string(S) +
          " (clusters of S resident: " + std::to_string(sk::active_clusters<kernel>(sk::ws_threads, smem, S)) + "), tiles " +
          std::to_string(lori::detail::ceil_div(D, sk::tile_rows));
 }
@@ -676,20 +675,16 @@ void BM_gpu_skinny_sddmm_ws(benchmark::State& st) {
     if (variant == 1) sk::launch_sddmm_ws<bf16, 4>(ctx().stream(), f.G.data(), f.n, D, D, f.H.data(), 0.5f, f.B, f.out.data(), cap);
     else if (variant == 2) sk::launch_sddmm_ws<bf16, 6>(ctx().stream(), f.G.data(), f.n, D, D, f.H.data(), 0.5f, f.B, f.out.data(), cap);
     else if (variant == 3) sk::launch_sddmm_ws<bf16, 8, false>(ctx().stream(), f.G.data(), f.n, D, D, f.H.data(), 0.5f, f.B, f.out.data(), cap);
-    else if (variant == 5) sk::launch_sddmm_ws<bf16, 7, true, true>(ctx().stream(), f.G.data(), f.n, D, D, f.H.data(), 0.5f, f.B, f.out.data(), cap);
     else if (variant == 6) sk::launch_sddmm_ws<bf16, 7>(ctx().stream(), f.G.data(), f.n, D, D, f.H.data(), 0.5f, f.B, f.out.data(), cap);
     else if (variant == 11) sk::launch_sddmm_ws<bf16, 8, -1>(ctx().stream(), f.G.data(), f.n, D, D, f.H.data(), 0.5f, f.B, f.out.data(), cap);
-    else if (variant == 10) sk::launch_sddmm_ws<bf16, 3, true, true>(ctx().stream(), f.G.data(), f.n, D, D, f.H.data(), 0.5f, f.B, f.out.data(), cap);
-    else if (variant == 9) sk::launch_sddmm_ws<bf16, 4>(ctx().stream(), f.G.data(), f.n, D, D, f.H.data(), 0.5f, f.B, f.out.data(), cap, true, false);
     else sk::launch_sddmm_ws<bf16>(ctx().stream(), f.G.data(), f.n, D, D, f.H.data(), 0.5f, f.B, f.out.data(), cap, variant != 4);
   }, sddmm_floor(f.n, f.B.nnz()));
   st.SetLabel(variant == 1 ? ws_label<4, true>(f.n, cap) : variant == 2 ? ws_label<6, true>(f.n, cap)
-              : variant == 5 ? ws_label<7, true, true>(f.n, cap) : variant == 6 ? ws_label<7, true>(f.n, cap)
-              : variant == 9 ? ws_label<4, true>(f.n, cap) + ", splits in multiples of 64 tokens (not balanced to 8)"
-              : variant == 10 ? ws_label<3, true, true>(f.n, cap) : variant == 11 ? ws_label<8, -1>(f.n, cap)
+              : variant == 6 ? ws_label<7, true>(f.n, cap)
+              : variant == 11 ? ws_label<8, -1>(f.n, cap)
               : variant == 3 ? ws_label<8, false>(f.n, cap) : ws_label<8, true>(f.n, cap) + (variant == 4 ? ", G evict-normal" : ""));
 }
-BENCHMARK(BM_gpu_skinny_sddmm_ws)->Args({4096, 8, 0})->Args({4096, 8, 1})->Args({4096, 8, 2})->Args({4096, 8, 3})->Args({4096, 8, 4})->Args({4096, 8, 5})->Args({4096, 8, 6})->Args({4096, 8, 9})->Args({4096, 8, 10})->Args({4096, 8, 11})->Args({4096, 4, 0})->Args({4096, 4, 1})->Args({4096, 3, 0})->Args({4096, 2, 0})->Args({16384, 8, 0})->Args({16384, 8, 1})->Args({16384, 8, 5})->Args({16384, 8, 3})->Args({16384, 8, 9})->Args({16384, 8, 10})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
+BENCHMARK(BM_gpu_skinny_sddmm_ws)->Args({4096, 8, 0})->Args({4096, 8, 1})->Args({4096, 8, 2})->Args({4096, 8, 3})->Args({4096, 8, 4})->Args({4096, 8, 6})->Args({4096, 8, 11})->Args({4096, 4, 0})->Args({4096, 4, 1})->Args({4096, 3, 0})->Args({4096, 2, 0})->Args({16384, 8, 0})->Args({16384, 8, 1})->Args({16384, 8, 3})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
 
 // Fixed costs of a kernel like the SDDMM's after the L2 flush: an empty kernel of one 320-thread block
 // per SM with range(0) KB of dynamic shared memory (0: none; 197: the warp-specialised ring, which

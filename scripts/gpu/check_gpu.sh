@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Checkpoint script of the `gpu` helper (issue #6: the skinny tensor-core SDDMM kernels behind
-# grad_b_sddmm; the decode kernel's cluster occupancy query). Run on the GPU machine from the
+# grad_b_sddmm and the warp-specialised candidate; the decode kernel's cluster occupancy query). Run on the GPU machine from the
 # repository root after BUILD_DIR was configured (Release, CUDA arch 90) and lori_test_gpu_ops +
 # lori_bench_cuda were built:
 #   bash scripts/gpu/check_gpu.sh BUILD_DIR OUT_DIR
@@ -35,11 +35,10 @@ tests() {  # label time-limit doctest-args...
   nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader 2>&1 | head -2
   echo "== tests"
   # (doctest splits filters at commas: the patterns below avoid the commas of the test names)
+  tests sddmm 12 --test-case='*skinny*,*grad_b_sddmm*' --test-case-exclude='*warp-specialised*'
   tests ws 12 --test-case='*warp-specialised: shapes*,skinny kernels: warp-specialised*'
-  tests push 10 --test-case='*warp-specialised with the push*,skinny kernels: push epilogue*'
-  tests sddmm 10 --test-case='*skinny*,*grad_b_sddmm*' --test-case-exclude='*warp-specialised*,*push*'
   tests decode 8 --test-case='*decode*'
-  # passed at checkpoint 0 (H100; splits then in multiples of 64 tokens): '*warp-specialised: n = 16384*'
+  tests ws16384 8 --test-case='*warp-specialised: n = 16384*'
   echo "== lori_bench_cuda (medians of 5, µs)"
   sb=$(command -v stdbuf >/dev/null && echo "stdbuf -oL" || true)
   bench() {  # label time-limit filter [env]
@@ -48,14 +47,14 @@ tests() {  # label time-limit doctest-args...
     echo "-- $1: rc=$?"
     grep -E "_median|ERROR|error" "$OUT/gpu_bench_$1.log" | awk '{$1=$1; print}' | sed -E 's/ [0-9.]+ us [0-9]+ / /' | cut -c1-330 | head -24
   }
-  bench sddmm 14 'BM_gpu_(baseline_d2d_copy/234|baseline_read/32|skinny_sddmm_tma/4096/8/1|skinny_sddmm_ws/4096/8/(0|1|3|5|9|10)|grad_b_sddmm/4096|baseline_gemm_mask/4096)'
-  bench sddmm_clean 14 'BM_gpu_(baseline_read/32|skinny_sddmm_tma/4096/8/1|skinny_sddmm_ws/4096/8/(0|1|3|9|10|11)|grad_b_sddmm/4096|baseline_gemm_mask/4096)' LORI_BENCH_FLUSH=read
-  bench launch_probes 5 'BM_gpu_(probe_smem_launch|probe_launch/)' LORI_BENCH_FLUSH=read
+  bench sddmm 14 'BM_gpu_(baseline_d2d_copy/234|baseline_read/32|skinny_sddmm_tma/4096/8/1|skinny_sddmm_ws/4096/8/(0|1|3|11)|grad_b_sddmm/4096|baseline_gemm_mask/4096)'
+  bench sddmm_clean 12 'BM_gpu_(baseline_read/32|skinny_sddmm_tma/4096/8/1|skinny_sddmm_ws/4096/8/(0|1|3)|grad_b_sddmm/4096|baseline_gemm_mask/4096)' LORI_BENCH_FLUSH=read
+  bench launch_probes 6 'BM_gpu_(probe_smem_launch|probe_launch/)' LORI_BENCH_FLUSH=read
   echo "elapsed before ncu: $(( $(date +%s) - t0 )) s"
   if command -v ncu >/dev/null; then
-    # session 3's sddmm_tma_kernel under ncu (H100, cp3): 23.6 µs, DRAM 45 %
-    for k in sddmm_ws_kernel; do
+    for k in sddmm_tma_kernel sddmm_ws_kernel; do
       filt="BM_gpu_skinny_sddmm_ws/4096/8/1"
+      [ $k = sddmm_tma_kernel ] && filt="BM_gpu_skinny_sddmm_tma/4096/8/1"
       l=$(left 8)
       [ "$l" -lt 4 ] && { echo "ncu $k: skipped (time)"; continue; }
       timeout "$l" ncu --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \
@@ -78,7 +77,7 @@ tests() {  # label time-limit doctest-args...
     grep -E "Invalid|Race|Hazard|hazard|ERROR:|CHECK|REQUIRE|bad elements|with expansion|values:" "$OUT/gpu_sanitize_$tool.log" | cut -c1-200 | head -12
   done
   # The larger shapes, if time is left.
-  [ "$(left 20)" -ge 6 ] && bench large 12 'BM_gpu_(skinny_sddmm_ws/16384/8/(0|1|9|10)|skinny_sddmm_tma/16384/|grad_b_sddmm/16384|baseline_gemm_mask/16384)'
+  [ "$(left 20)" -ge 6 ] && bench large 12 'BM_gpu_(skinny_sddmm_ws/16384/8/[013]|skinny_sddmm_tma/16384/|grad_b_sddmm/16384|baseline_gemm_mask/16384)'
   echo "total: $(( $(date +%s) - t0 )) s"
 } >> "$log" 2>&1
 cat "$log"

@@ -1060,15 +1060,9 @@ void skinny_sddmm_case(lori::cuda::context& ctx, index_t n, index_t d, index_t r
   for (int run = 0; run < 2; ++run) {
     device_buffer<T> out(B.nnz() + 1);  // one extra element: must stay poisoned
     out.fill_bytes(0xff);
-    if (ws > 0) {  // the warp-specialised kernel with ws ring stages (7 and 3: push epilogue)
+    if (ws > 0) {  // the warp-specialised kernel with ws ring stages
       REQUIRE(lori::detail::skinny::sddmm_tma_applies(dG.data(), d, ldg, r, dH.data() + h0));
-      if (ws == 3)
-        lori::detail::skinny::launch_sddmm_ws<T, 3, true, true>(ctx.stream(), dG.data(), n, d, ldg, dH.data() + h0,
-                                                                static_cast<float>(s), B, out.data(), cap, evict_first);
-      else if (ws == 7)
-        lori::detail::skinny::launch_sddmm_ws<T, 7, true, true>(ctx.stream(), dG.data(), n, d, ldg, dH.data() + h0,
-                                                                static_cast<float>(s), B, out.data(), cap, evict_first);
-      else if (ws == 4)
+      if (ws == 4)
         lori::detail::skinny::launch_sddmm_ws<T, 4>(ctx.stream(), dG.data(), n, d, ldg, dH.data() + h0,
                                                     static_cast<float>(s), B, out.data(), cap, evict_first);
       else
@@ -1179,22 +1173,6 @@ TEST_CASE_TEMPLATE("skinny SDDMM kernel, warp-specialised: shapes, tails, splits
   skinny_sddmm_case<T>(ctx, 1000, 520, 20, 8, false, 3, g, false, true, 4);
 }
 
-// The push epilogue (7 stages): each consumer stores its partial rows into the shared memory of the
-// cluster rank that owns them; one cluster barrier; the same summation order as the pull epilogue.
-TEST_CASE_TEMPLATE("skinny SDDMM kernel, warp-specialised with the push epilogue", T, lori::bfloat16, lori::half) {
-  LORI_TEST_SEED_INFO();
-  auto g = lori_test::rng(320);
-  lori::cuda::context ctx;
-  skinny_sddmm_case<T>(ctx, 4096, 4096, 32, 0, false, 8, g, false, true, 7);
-  for (int cap : {1, 3, 5, 8}) skinny_sddmm_case<T>(ctx, 1000, 520, 32, 8, false, cap, g, false, true, 7);
-  skinny_sddmm_case<T>(ctx, 333, 136, 28, 0, false, 7, g, false, true, 7);
-  skinny_sddmm_case<T>(ctx, 4097, 4104, 12, 8, false, 8, g, false, true, 7);
-  // 3 stages + push: two blocks per SM (S = 7 at d = 4096 on an H100).
-  skinny_sddmm_case<T>(ctx, 4096, 4096, 32, 0, false, 8, g, false, true, 3);
-  for (int cap : {1, 3, 8}) skinny_sddmm_case<T>(ctx, 1000, 520, 32, 8, false, cap, g, false, true, 3);
-  skinny_sddmm_case<T>(ctx, 4097, 4104, 20, 8, false, 8, g, false, true, 3);
-}
-
 TEST_CASE("skinny SDDMM kernel, warp-specialised: n = 16384 (grad_b_sddmm's large benchmark shape)") {
   LORI_TEST_SEED_INFO();
   auto g = lori_test::rng(319);
@@ -1212,16 +1190,6 @@ TEST_CASE("skinny kernels: warp-specialised, small shapes (the compute-sanitizer
   skinny_sddmm_case<T>(ctx, 150, 136, 32, 8, false, 3, g, false, true, 8);
   skinny_sddmm_case<T>(ctx, 700, 264, 12, 0, false, 1, g, false, false, 8);
   skinny_sddmm_case<T>(ctx, 600, 136, 32, 0, false, 3, g, false, true, 4);
-}
-
-TEST_CASE("skinny kernels: push epilogue, small shapes (the compute-sanitizer subset)") {
-  LORI_TEST_SEED_INFO();
-  using T = lori::bfloat16;
-  auto g = lori_test::rng(321);
-  lori::cuda::context ctx;
-  skinny_sddmm_case<T>(ctx, 600, 136, 32, 0, false, 3, g, false, true, 7);
-  skinny_sddmm_case<T>(ctx, 130, 264, 8, 0, false, 1, g, false, true, 7);
-  skinny_sddmm_case<T>(ctx, 600, 136, 32, 0, false, 3, g, false, true, 3);
 }
 
 TEST_CASE_TEMPLATE("grad_x = G·W + s·(G·B)·A matches the double reference", T, float, lori::bfloat16, lori::half) {

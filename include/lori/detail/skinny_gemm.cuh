@@ -577,23 +577,12 @@ void launch_sddmm_tma(cudaStream_t stream, const T* G, index_t n, index_t d, ind
 // dependent global load. Epilogue: the two token halves' fp32 tiles in shared memory, one cluster
 // barrier, rank q sums its rows over the S blocks (rank order) and the two halves (half 0 + half 1):
 // deterministic. Grid: one block per (tile, split), at most one wave (choose_splits); with the
-// default 8 stages (197 KB) one block per SM. Splits are equal to 8 tokens: a split's last stage may
-// reach into the next split (its tokens get H = 0 in the registers) or past G (zero-filled boxes).
+// default 8 stages (197 KB) one block per SM. Splits are multiples of 64 tokens, so a stage crosses
+// a split's end only at the end of G, where the box copies zero-fill.
 inline constexpr int ws_consumers = 8;                      // consumer warps: 4 column groups x 2 token halves
 inline constexpr int ws_threads = (ws_consumers + 2) * 32;  // + the producer warp + the CSR warp
 inline constexpr int ws_stages = 8;
-// Push epilogue: each rank's receive buffer holds, for every source rank u < S and token half h, the
-// rows it owns (rpb = ceil(128 / S)) x 32 fp32; the largest over S <= 8.
-constexpr int ws_recv_bytes_of(int S) { return S * 2 * ((tile_rows + S - 1) / S) * max_rank * 4; }
-constexpr int ws_recv_max() {
-  int m = 0;
-  for (int S = 1; S <= max_splits; ++S) m = ws_recv_bytes_of(S) > m ? ws_recv_bytes_of(S) : m;
-  return m;
-}
-inline constexpr int ws_recv_bytes = ws_recv_max();  // 34 048 (S = 7)
-constexpr int ws_smem_of(int stages, bool push = false) {  // + 1024-byte alignment slack
-  return stages * sd_stage_bytes + (push ? ws_recv_bytes : 0) + 1024;
-}
+constexpr int ws_smem_of(int stages) { return stages * sd_stage_bytes + 1024; }  // + 1024-byte alignment slack
 static_assert(2 * tile_rows * acc_ld * 4 <= 2 * sd_stage_bytes, "two epilogue tiles must fit two stages");
 
 // Two fp32 values rounded to nearest even into a 16-bit pair (lo in the low half: the smaller k of an
@@ -615,7 +604,7 @@ __device__ __forceinline__ unsigned pack_round2(float lo, float hi) {
 // k + 8, read as scalars: per load the 32 lanes hit 32 distinct banks (the swizzle spreads the 4 rows).
 template <class T>
 __device__ __forceinline__ void ws_stage_mma(const unsigned char* st, unsigned st_addr, int cg, int th, int lane,
-                                             int valid, float (&acc)[8][4]) {
+                                             float (&acc)[8][4]) {
   const unsigned gbase = st_addr + static_cast<unsigned>((cg >> 1) * (sd_tc * 128));
   const int ch0 = (cg & 1) * 4 + ((lane >> 3) & 1);
   const int tok_a = th * 32 + ((lane >> 4) << 3) + (lane & 7);
@@ -636,8 +625,7 @@ __device__ __forceinline__ void ws_stage_mma(const unsigned char* st, unsigned s
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int t = hk + kk * 16 + (e & 1) + (e >> 1) * 8;
-        h[e] = t < valid ? *reinterpret_cast<const float*>(hs + t * 128 + ((((j >> 2) ^ (t & 7))) << 4) + (j & 3) * 4)
-                         : 0.0f;  // a token of the next split: G there is multiplied by zero
+        h[e] = *reinterpret_cast<const float*>(hs + t * 128 + ((((j >> 2) ^ (t & 7))) << 4) + (j & 3) * 4);
       }
       const unsigned b0 = pack_round2<T>(h[0], h[1]), b1 = pack_round2<T>(h[2], h[3]);
       mma16816<T>(acc[nt], af[0], b0, b1);
@@ -652,14 +640,8 @@ __device__ __forceinline__ void mbar_arrive(unsigned bar) {
 
 // Math = 0: the consumers only wait and release (the memory pipeline alone; benchmarks only); Math =
 // -1: the same without the H boxes (G's bytes alone through the TMA unit).
-// Push = true: the epilogue pushes each consumer's partial rows from registers into the receive
-// buffer of the rank that owns them (distributed shared memory stores; every block of the cluster
-// arrived on the cluster barrier at kernel start, so all of them run), then ONE cluster barrier and
-// each rank sums its rows from its own shared memory (same order: rank u, half 0 + half 1).
-// Push = false: partial tiles in each block's ring, cluster barrier, ranks read the others' tiles,
-// second cluster barrier before exit.
-template <class T, int Stages = ws_stages, int Math = 1, bool Push = false>
-__global__ void __launch_bounds__(ws_threads, min_blocks_of(ws_smem_of(Stages, Push)))
+template <class T, int Stages = ws_stages, int Math = 1>
+__global__ void __launch_bounds__(ws_threads, min_blocks_of(ws_smem_of(Stages)))
     sddmm_ws_kernel(const __grid_constant__ sddmm_tma_args<T> a) {
   __shared__ alignas(8) std::uint64_t full[Stages];
   __shared__ alignas(8) std::uint64_t empty[Stages];
@@ -690,7 +672,6 @@ __global__ void __launch_bounds__(ws_threads, min_blocks_of(ws_smem_of(Stages, P
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
   __syncthreads();
-  if constexpr (Push) cluster_arrive_relaxed();  // "this block runs" (paired with the wait before the pushes)
   float acc[8][4];
   zero_acc(acc);
   if (warp < ws_consumers) {
@@ -700,7 +681,7 @@ __global__ void __launch_bounds__(ws_threads, min_blocks_of(ws_smem_of(Stages, P
       mbar_wait(smem_u32(&full[slot]), static_cast<unsigned>((s / Stages) & 1));
       if constexpr (Math == 1)
         ws_stage_mma<T>(smem + slot * sd_stage_bytes, sbase + static_cast<unsigned>(slot * sd_stage_bytes), cgp, th, lane,
-                        static_cast<int>(te - tb - static_cast<index_t>(s) * sd_tc), acc);
+                        acc);
       __syncwarp();  // the whole warp is done reading the slot
       if (lane == 0) mbar_arrive(smem_u32(&empty[slot]));
     }
@@ -729,105 +710,65 @@ __global__ void __launch_bounds__(ws_threads, min_blocks_of(ws_smem_of(Stages, P
   }
   namespace cg = cooperative_groups;
   cg::cluster_group cluster = cg::this_cluster();
-  if constexpr (Push) {
-    float* recv = reinterpret_cast<float*>(smem + Stages * sd_stage_bytes);  // [u][half][rpb][max_rank]
-    cluster_wait();  // every block of the cluster runs: its receive buffer may be written
-    if (warp < ws_consumers) {
-      const int th = warp >> 2;
+  __syncthreads();  // the ring is consumed (no copy in flight), the CSR rows are in shared memory
+  float* tile = reinterpret_cast<float*>(smem);  // token half 0, then half 1 (tile_rows x acc_ld each)
+  if (warp < ws_consumers) {
+    float* t = tile + (warp >> 2) * (tile_rows * acc_ld);
 #pragma unroll
-      for (int mt = 0; mt < 2; ++mt)
+    for (int mt = 0; mt < 2; ++mt) {
+      const int r0 = (warp & 3) * 32 + mt * 16 + (lane >> 2);
 #pragma unroll
-        for (int hr = 0; hr < 2; ++hr) {
-          const int row = (warp & 3) * 32 + mt * 16 + (lane >> 2) + hr * 8;  // tile row of c[2·hr], c[2·hr + 1]
-          const int q = row / rpb, lr = row - q * rpb;                        // owner rank, its local row
-          float* dst = cluster.map_shared_rank(recv, q) + ((split * 2 + th) * rpb + lr) * max_rank;
-#pragma unroll
-          for (int nt = 0; nt < 4; ++nt)
-            *reinterpret_cast<float2*>(dst + nt * 8 + 2 * (lane & 3)) =
-                make_float2(acc[mt * 4 + nt][2 * hr], acc[mt * 4 + nt][2 * hr + 1]);
-        }
-    }
-    cluster_arrive_release();  // the pushes (and this block's CSR rows) are visible after the wait
-    cluster_wait();
-    for (int e = tid; e < rpb * max_rank; e += ws_threads) {
-      const int lr = e >> 5, slot = e & 31, il = rbeg + lr;
-      if (il < tile_rows && i0 + il < a.d) {
-        const std::int32_t p = rp[lr] + slot;
-        if (p < rp[lr + 1]) {
-          const float* src = recv + lr * max_rank + cols[p - rp[0]];
-          float x = 0.0f;
-          for (int u = 0; u < S; ++u)  // rank order, half 0 + half 1: deterministic
-            x += src[(u * 2) * rpb * max_rank] + src[(u * 2 + 1) * rpb * max_rank];
-          a.out[p] = ::lori::from_float<T>(a.s * x);
-        }
+      for (int nt = 0; nt < 4; ++nt) {
+        const int c = nt * 8 + 2 * (lane & 3);
+        const float(&v)[4] = acc[mt * 4 + nt];
+        *reinterpret_cast<float2*>(t + r0 * acc_ld + c) = make_float2(v[0], v[1]);
+        *reinterpret_cast<float2*>(t + (r0 + 8) * acc_ld + c) = make_float2(v[2], v[3]);
       }
     }
-    // No barrier before exit: after the wait nobody touches another block's shared memory.
-  } else {
-    __syncthreads();  // the ring is consumed (no copy in flight), the CSR rows are in shared memory
-    float* tile = reinterpret_cast<float*>(smem);  // token half 0, then half 1 (tile_rows x acc_ld each)
-    if (warp < ws_consumers) {
-      float* t = tile + (warp >> 2) * (tile_rows * acc_ld);
-#pragma unroll
-      for (int mt = 0; mt < 2; ++mt) {
-        const int r0 = (warp & 3) * 32 + mt * 16 + (lane >> 2);
-#pragma unroll
-        for (int nt = 0; nt < 4; ++nt) {
-          const int c = nt * 8 + 2 * (lane & 3);
-          const float(&v)[4] = acc[mt * 4 + nt];
-          *reinterpret_cast<float2*>(t + r0 * acc_ld + c) = make_float2(v[0], v[1]);
-          *reinterpret_cast<float2*>(t + (r0 + 8) * acc_ld + c) = make_float2(v[2], v[3]);
-        }
-      }
-    }
-    cluster.sync();
-    const float* parts[max_splits];
-#pragma unroll
-    for (int u = 0; u < max_splits; ++u) parts[u] = u < S ? cluster.map_shared_rank(tile, u) : tile;
-    for (int e = tid; e < rpb * max_rank; e += ws_threads) {
-      const int lr = e >> 5, slot = e & 31, il = rbeg + lr;
-      if (il < tile_rows && i0 + il < a.d) {
-        const std::int32_t p = rp[lr] + slot;
-        if (p < rp[lr + 1]) {
-          const int off = il * acc_ld + cols[p - rp[0]];
-          float v[2 * max_splits];
-#pragma unroll
-          for (int u = 0; u < max_splits; ++u) {
-            v[2 * u] = u < S ? parts[u][off] : 0.0f;
-            v[2 * u + 1] = u < S ? parts[u][tile_rows * acc_ld + off] : 0.0f;
-          }
-          float x = 0.0f;
-#pragma unroll
-          for (int u = 0; u < max_splits; ++u)
-            if (u < S) x += v[2 * u] + v[2 * u + 1];  // rank order, half 0 + half 1: deterministic
-          a.out[p] = ::lori::from_float<T>(a.s * x);
-        }
-      }
-    }
-    cluster.sync();  // keep this block's shared memory alive until the cluster has read it
   }
+  cluster.sync();
+  const float* parts[max_splits];
+#pragma unroll
+  for (int u = 0; u < max_splits; ++u) parts[u] = u < S ? cluster.map_shared_rank(tile, u) : tile;
+  for (int e = tid; e < rpb * max_rank; e += ws_threads) {
+    const int lr = e >> 5, slot = e & 31, il = rbeg + lr;
+    if (il < tile_rows && i0 + il < a.d) {
+      const std::int32_t p = rp[lr] + slot;
+      if (p < rp[lr + 1]) {
+        const int off = il * acc_ld + cols[p - rp[0]];
+        float v[2 * max_splits];
+#pragma unroll
+        for (int u = 0; u < max_splits; ++u) {
+          v[2 * u] = u < S ? parts[u][off] : 0.0f;
+          v[2 * u + 1] = u < S ? parts[u][tile_rows * acc_ld + off] : 0.0f;
+        }
+        float x = 0.0f;
+#pragma unroll
+        for (int u = 0; u < max_splits; ++u)
+          if (u < S) x += v[2 * u] + v[2 * u + 1];  // rank order, half 0 + half 1: deterministic
+        a.out[p] = ::lori::from_float<T>(a.s * x);
+      }
+    }
+  }
+  cluster.sync();  // keep this block's shared memory alive until the cluster has read it
 }
 
-/// launch_sddmm_tma on the warp-specialised kernel (requires sddmm_tma_applies, n >= 1). Stages, Push
-/// and Math = 0 / -1 (the memory pipeline alone, with / without H; wrong results) are for benchmarks.
-template <class T, int Stages = ws_stages, int Math = 1, bool Push = false>
+/// launch_sddmm_tma on the warp-specialised kernel (requires sddmm_tma_applies, n >= 1). Stages and
+/// Math = 0 / -1 (the memory pipeline alone, with / without H; wrong results) are for benchmarks.
+template <class T, int Stages = ws_stages, int Math = 1>
 void launch_sddmm_ws(cudaStream_t stream, const T* G, index_t n, index_t d, index_t ldg, const float* H, float s,
-                     const ::lori::cuda::sparse_b<T>& B, T* out, int cap = max_splits, bool evict_first = true,
-                     bool balanced = true) {
+                     const ::lori::cuda::sparse_b<T>& B, T* out, int cap = max_splits, bool evict_first = true) {
   if (n == 0 || d == 0) return;
   LORI_EXPECTS(cap >= 1 && cap <= max_splits, "skinny::launch_sddmm_ws: split cap must be in [1, 8]");
   LORI_EXPECTS(n <= index_t{2147483647} && d <= index_t{2147483647}, "skinny::launch_sddmm_ws: too large");
   const index_t r = B.cols();
   const index_t tiles = ceil_div(d, tile_rows);
-  constexpr auto kernel = sddmm_ws_kernel<T, Stages, Math, Push>;
-  constexpr int smem = ws_smem_of(Stages, Push);
+  constexpr auto kernel = sddmm_ws_kernel<T, Stages, Math>;
+  constexpr int smem = ws_smem_of(Stages);
   static_assert(smem + 8 * 1024 <= 227 * 1024, "ring, receive buffer and static shared memory must fit an SM");
   set_smem_attributes(kernel, smem);
   int S = choose_splits<kernel>(ws_threads, smem, tiles, n, sd_tc, cap);
-  // Equal splits to 8 tokens (balanced = false: to the 64-token stage). A split's last stage may then
-  // reach into the next split: its tokens >= te get H = 0 in the consumers.
-  const index_t gran = balanced ? 8 : sd_tc;
-  const index_t tps = ceil_div(ceil_div(n, S), gran) * gran;
+  const index_t tps = ceil_div(ceil_div(n, S), sd_tc) * sd_tc;  // a multiple of the stage
   S = static_cast<int>(ceil_div(n, tps));
   const sddmm_tma_args<T> a{tensor_map_2d(G, n, d, ldg, static_cast<unsigned>(sd_tc)),
                             h_tensor_map(H, n, r, CU_TENSOR_MAP_SWIZZLE_128B), n, d, tps, S, s, B.view(), out,
