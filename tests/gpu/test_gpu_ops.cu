@@ -1159,7 +1159,7 @@ TEST_CASE_TEMPLATE("skinny SDDMM kernel, warp-specialised: shapes, tails, splits
   LORI_TEST_SEED_INFO();
   auto g = lori_test::rng(318);
   lori::cuda::context ctx;
-  skinny_sddmm_case<T>(ctx, 4096, 4096, 32, 0, false, 8, g, false, true, 8);   // grad_b_sddmm at n = d = 4096
+  skinny_sddmm_case<T>(ctx, 4096, 4096, 32, 0, false, 8, g, false, true, 8);   // the benchmark shape n = d = 4096
   skinny_sddmm_case<T>(ctx, 4097, 4104, 32, 8, false, 8, g, false, true, 8);   // one token and 8 columns past
   for (int cap : {1, 3, 8}) {
     skinny_sddmm_case<T>(ctx, 1000, 520, 32, 8, false, cap, g, false, true, 8);  // token and column tails
