@@ -675,8 +675,8 @@ void BM_gpu_skinny_sddmm(benchmark::State& st) {
     lori::detail::skinny::launch_sddmm<bf16>(ctx().stream(), f.G.data(), f.n, D, D, f.H.data(), 0.5f, f.B,
                                              f.out.data(), cap);
   }, sddmm_floor(f.n, f.B.nnz()));
-  const int clusters = lori::detail::skinny::active_clusters(lori::detail::skinny::sddmm_kernel<bf16>,
-                                                             lori::detail::skinny::sd_smem, cap);
+  const int clusters = lori::detail::skinny::active_clusters<lori::detail::skinny::sddmm_kernel<bf16>>(
+      lori::detail::skinny::threads, lori::detail::skinny::sd_smem, cap);
   st.SetLabel("cp.async loads (grad_b_sddmm's path when H's rows are not 16-byte aligned); token split over at most range(1) blocks of a cluster; max active clusters of that size: " + std::to_string(clusters));
 }
 void BM_gpu_skinny_sddmm_tma(benchmark::State& st) {
@@ -722,11 +722,68 @@ void BM_gpu_baseline_read(benchmark::State& st) {
   }, static_cast<double>(bytes));
   st.SetLabel("one read of range(0) MiB, streaming kernel: the read floor under this harness");
 }
-BENCHMARK(BM_gpu_baseline_read)->Arg(32)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
+BENCHMARK(BM_gpu_baseline_read)->Arg(32)->Arg(128)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
 
 BENCHMARK(BM_gpu_skinny_sddmm)->Args({4096, 8})->Args({16384, 8})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
 BENCHMARK(BM_gpu_skinny_sddmm_tma)->Args({4096, 8, 1})->Args({4096, 8, 0})->Args({16384, 8, 1})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
 BENCHMARK(BM_gpu_baseline_sddmm_cublas_route)->Arg(4096)->Arg(16384)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
+
+// ---- the warp-specialised SDDMM kernel (lori/detail/skinny_gemm.cuh: TMA producer warp, full/empty
+// mbarrier ring) with a forced split cap; range(2) picks the variant: 0 = 8 stages, 1 = 4 stages (two
+// blocks per SM), 2 = 6 stages, 3 = 8 stages without the MMAs (the memory pipeline alone: wrong
+// results, timing only), 4 = 8 stages with G read evict-normal (default: evict-first), 6 = 7 stages,
+// 11 = variant 3 without the H boxes. Compare with BM_gpu_baseline_read/32 of the same run and with
+// BM_gpu_skinny_sddmm_tma (grad_b_sddmm's kernel).
+template <int Stages, int Math>
+std::string ws_label(index_t n, int cap) {
+  namespace sk = lori::detail::skinny;
+  constexpr auto kernel = sk::sddmm_ws_kernel<bf16, Stages, Math>;
+  constexpr int smem = sk::ws_smem_of(Stages);
+  const int S = sk::choose_splits<kernel>(sk::ws_threads, smem, lori::detail::ceil_div(D, sk::tile_rows), n, sk::sd_tc, cap);
+  return std::to_string(Stages) + " stages" + (Math == 1 ? "" : Math == 0 ? ", NO MMA (memory pipeline alone)" : ", NO MMA, NO H (G's boxes alone)") +
+         ", cluster split S = " + std::to_string(S) +
+         " (clusters of S resident: " + std::to_string(sk::active_clusters<kernel>(sk::ws_threads, smem, S)) + "), tiles " +
+         std::to_string(lori::detail::ceil_div(D, sk::tile_rows));
+}
+void BM_gpu_skinny_sddmm_ws(benchmark::State& st) {
+  namespace sk = lori::detail::skinny;
+  grad_data f(st.range(0));
+  const int cap = static_cast<int>(st.range(1));
+  const int variant = static_cast<int>(st.range(2));
+  run_timed(st, [&] {
+    if (variant == 1) sk::launch_sddmm_ws<bf16, 4>(ctx().stream(), f.G.data(), f.n, D, D, f.H.data(), 0.5f, f.B, f.out.data(), cap);
+    else if (variant == 2) sk::launch_sddmm_ws<bf16, 6>(ctx().stream(), f.G.data(), f.n, D, D, f.H.data(), 0.5f, f.B, f.out.data(), cap);
+    else if (variant == 3) sk::launch_sddmm_ws<bf16, 8, false>(ctx().stream(), f.G.data(), f.n, D, D, f.H.data(), 0.5f, f.B, f.out.data(), cap);
+    else if (variant == 6) sk::launch_sddmm_ws<bf16, 7>(ctx().stream(), f.G.data(), f.n, D, D, f.H.data(), 0.5f, f.B, f.out.data(), cap);
+    else if (variant == 11) sk::launch_sddmm_ws<bf16, 8, -1>(ctx().stream(), f.G.data(), f.n, D, D, f.H.data(), 0.5f, f.B, f.out.data(), cap);
+    else sk::launch_sddmm_ws<bf16>(ctx().stream(), f.G.data(), f.n, D, D, f.H.data(), 0.5f, f.B, f.out.data(), cap, variant != 4);
+  }, sddmm_floor(f.n, f.B.nnz()));
+  st.SetLabel(variant == 1 ? ws_label<4, true>(f.n, cap) : variant == 2 ? ws_label<6, true>(f.n, cap)
+              : variant == 6 ? ws_label<7, true>(f.n, cap)
+              : variant == 11 ? ws_label<8, -1>(f.n, cap)
+              : variant == 3 ? ws_label<8, false>(f.n, cap) : ws_label<8, true>(f.n, cap) + (variant == 4 ? ", G evict-normal" : ""));
+}
+BENCHMARK(BM_gpu_skinny_sddmm_ws)->Args({4096, 8, 0})->Args({4096, 8, 1})->Args({4096, 8, 2})->Args({4096, 8, 3})->Args({4096, 8, 4})->Args({4096, 8, 6})->Args({4096, 8, 11})->Args({4096, 4, 0})->Args({4096, 4, 1})->Args({4096, 3, 0})->Args({4096, 2, 0})->Args({16384, 8, 0})->Args({16384, 8, 1})->Args({16384, 8, 3})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
+
+// Fixed costs of a kernel like the SDDMM's after the L2 flush: an empty kernel of one 320-thread block
+// per SM with range(0) KB of dynamic shared memory (0: none; 197: the warp-specialised ring, which
+// makes the SMs switch to the largest shared-memory carveout after the flush kernel).
+template <int Big>
+__global__ void probe_smem_kernel(unsigned* out) {
+  if (threadIdx.x == 1023) *out = lori::detail::dynamic_smem()[0];  // never true: keeps the kernel
+}
+void BM_gpu_probe_smem_launch(benchmark::State& st) {
+  const int kb = static_cast<int>(st.range(0));
+  device_buffer<unsigned> out(1);
+  if (kb > 0) lori::detail::skinny::set_smem_attributes(probe_smem_kernel<1>, kb * 1024);  // as the SDDMM kernels
+  run_timed(st, [&] {
+    if (kb > 0) probe_smem_kernel<1><<<ctx().sm_count(), 320, static_cast<std::size_t>(kb) * 1024, ctx().stream()>>>(out.data());
+    else probe_smem_kernel<0><<<ctx().sm_count(), 320, 0, ctx().stream()>>>(out.data());
+    LORI_CUDA_CHECK_LAUNCH();
+  }, 4.0);
+  st.SetLabel("empty kernel, one block per SM, range(0) KB dynamic shared memory");
+}
+BENCHMARK(BM_gpu_probe_smem_launch)->Arg(0)->Arg(99)->Arg(197)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
 
 // ---- ∂L/∂X -----------------------------------------------------------------------------------------------
 void BM_gpu_grad_x(benchmark::State& st) {

@@ -1043,8 +1043,9 @@ TEST_CASE("grad_b_sddmm is deterministic and rejects bad arguments") {
 namespace {
 template <class T>
 void skinny_sddmm_case(lori::cuda::context& ctx, index_t n, index_t d, index_t r, index_t pad, bool h_misaligned,
-                       int cap, std::mt19937_64& g, bool tma = false, bool evict_first = true) {
+                       int cap, std::mt19937_64& g, bool tma = false, bool evict_first = true, int ws = 0) {
   CAPTURE(tma);
+  CAPTURE(ws);
   CAPTURE(evict_first);
   CAPTURE(n);
   CAPTURE(d);
@@ -1084,7 +1085,15 @@ void skinny_sddmm_case(lori::cuda::context& ctx, index_t n, index_t d, index_t r
   for (int run = 0; run < 2; ++run) {
     device_buffer<T> out(B.nnz() + 1);  // one extra element: must stay poisoned
     out.fill_bytes(0xff);
-    if (tma) {
+    if (ws > 0) {  // the warp-specialised kernel with ws ring stages
+      REQUIRE(lori::detail::skinny::sddmm_tma_applies(dG.data(), d, ldg, r, dH.data() + h0));
+      if (ws == 4)
+        lori::detail::skinny::launch_sddmm_ws<T, 4>(ctx.stream(), dG.data(), n, d, ldg, dH.data() + h0,
+                                                    static_cast<float>(s), B, out.data(), cap, evict_first);
+      else
+        lori::detail::skinny::launch_sddmm_ws<T>(ctx.stream(), dG.data(), n, d, ldg, dH.data() + h0,
+                                                 static_cast<float>(s), B, out.data(), cap, evict_first);
+    } else if (tma) {
       REQUIRE(lori::detail::skinny::sddmm_tma_applies(dG.data(), d, ldg, r, dH.data() + h0));
       lori::detail::skinny::launch_sddmm_tma<T>(ctx.stream(), dG.data(), n, d, ldg, dH.data() + h0,
                                                 static_cast<float>(s), B, out.data(), cap, evict_first);
@@ -1162,6 +1171,50 @@ TEST_CASE("skinny kernels: small shapes (the compute-sanitizer subset)") {
   skinny_sddmm_case<T>(ctx, 10, 40, 1, 0, false, 1, g);
   skinny_sddmm_case<T>(ctx, 150, 136, 32, 8, false, 3, g, true);      // TMA loads
   skinny_sddmm_case<T>(ctx, 150, 136, 32, 8, false, 3, g, true, false);
+}
+
+// The warp-specialised SDDMM (TMA producer warp, full/empty mbarrier ring of 8 or 4 stages, H
+// rounded to T in registers, CSR rows prefetched into shared memory, two token halves + cluster
+// ranks summed in a fixed order): the benchmark shapes n = 4096 and 16384, token tails (n not a
+// multiple of the 64-token stage or of the split), column tails (d not a multiple of the 128-column
+// tile), r = 4 … 32, padded G rows, split caps 1, 3, 8 (and the one-wave choice), both L2 policies;
+// every configuration twice, bit-identical. Same bound as above (u_I = u_T: H rounded to T).
+TEST_CASE_TEMPLATE("skinny SDDMM kernel, warp-specialised: shapes, tails, splits, determinism", T, lori::bfloat16,
+                   lori::half) {
+  LORI_TEST_SEED_INFO();
+  auto g = lori_test::rng(318);
+  lori::cuda::context ctx;
+  skinny_sddmm_case<T>(ctx, 4096, 4096, 32, 0, false, 8, g, false, true, 8);   // the benchmark shape n = d = 4096
+  skinny_sddmm_case<T>(ctx, 4097, 4104, 32, 8, false, 8, g, false, true, 8);   // one token and 8 columns past
+  for (int cap : {1, 3, 8}) {
+    skinny_sddmm_case<T>(ctx, 1000, 520, 32, 8, false, cap, g, false, true, 8);  // token and column tails
+    skinny_sddmm_case<T>(ctx, 333, 136, 28, 0, false, cap, g, false, true, 8);
+  }
+  skinny_sddmm_case<T>(ctx, 64, 96, 4, 8, false, 8, g, false, true, 8);
+  skinny_sddmm_case<T>(ctx, 1, 256, 8, 0, false, 8, g, false, true, 8);
+  skinny_sddmm_case<T>(ctx, 2048, 1024, 12, 0, false, 8, g, false, true, 8);
+  skinny_sddmm_case<T>(ctx, 1000, 520, 32, 8, false, 8, g, false, false, 8);  // evict-normal policy
+  skinny_sddmm_case<T>(ctx, 4096, 4096, 32, 0, false, 8, g, false, true, 4);  // 4-stage ring, two blocks per SM
+  skinny_sddmm_case<T>(ctx, 1000, 520, 20, 8, false, 3, g, false, true, 4);
+}
+
+TEST_CASE("skinny SDDMM kernel, warp-specialised: n = 16384 (grad_b_sddmm's large benchmark shape)") {
+  LORI_TEST_SEED_INFO();
+  auto g = lori_test::rng(319);
+  lori::cuda::context ctx;
+  skinny_sddmm_case<lori::bfloat16>(ctx, 16384, 4096, 32, 0, false, 8, g, false, true, 8);
+}
+
+// Small launches of the warp-specialised kernel for compute-sanitizer: clusters of 1 and 3, tails, 4
+// and 8 stages (more stages than steps), both L2 policies.
+TEST_CASE("skinny kernels: warp-specialised, small shapes (the compute-sanitizer subset)") {
+  LORI_TEST_SEED_INFO();
+  using T = lori::bfloat16;
+  auto g = lori_test::rng(317);
+  lori::cuda::context ctx;
+  skinny_sddmm_case<T>(ctx, 150, 136, 32, 8, false, 3, g, false, true, 8);
+  skinny_sddmm_case<T>(ctx, 700, 264, 12, 0, false, 1, g, false, false, 8);
+  skinny_sddmm_case<T>(ctx, 600, 136, 32, 0, false, 3, g, false, true, 4);
 }
 
 TEST_CASE_TEMPLATE("grad_x = G·W + s·(G·B)·A matches the double reference", T, float, lori::bfloat16, lori::half) {

@@ -28,6 +28,7 @@
 #include <cooperative_groups.h>
 #include <cuda_runtime_api.h>
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <type_traits>
@@ -304,9 +305,9 @@ struct decode_params {
   bool early_b;        // load B's kept entries before griddepcontrol.wait (programmatic dependent launch)
 };
 
-__device__ __forceinline__ void cluster_arrive_relaxed() { asm volatile("barrier.cluster.arrive.relaxed;" ::: "memory"); }
-__device__ __forceinline__ void cluster_arrive_release() { asm volatile("barrier.cluster.arrive.release;" ::: "memory"); }
-__device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.acquire;" ::: "memory"); }
+using ::lori::detail::cluster_arrive_relaxed;
+using ::lori::detail::cluster_arrive_release;
+using ::lori::detail::cluster_wait;
 // Programmatic dependent launch (no-ops when the kernel was launched without the attribute).
 __device__ __forceinline__ void grid_dependency_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
 __device__ __forceinline__ void grid_launch_dependents() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
@@ -544,25 +545,15 @@ __global__ void __launch_bounds__(decode_threads, 2) decode_kernel(decode_params
 }
 
 // Clusters of decode_kernel<T, TT> resident at once on the current device (at the largest shared
-// memory a call uses), queried once (the kernel is latency-bound: the per-call host cost stays a launch).
+// memory a call uses), queried once per device (the kernel is latency-bound: the per-call host cost
+// stays a launch).
 template <class T, int TT>
 int decode_resident_clusters() {
-  static const int v = [] {
-    cudaLaunchConfig_t cfg{};
-    cfg.gridDim = dim3(decode_cluster);
-    cfg.blockDim = dim3(decode_threads);
-    cfg.dynamicSmemBytes = static_cast<std::size_t>((decode_cluster + 1) * decode_max_rank) * sizeof(float);
-    cudaLaunchAttribute attr{};
-    attr.id = cudaLaunchAttributeClusterDimension;
-    attr.val.clusterDim.x = static_cast<unsigned>(decode_cluster);
-    attr.val.clusterDim.y = 1;
-    attr.val.clusterDim.z = 1;
-    cfg.attrs = &attr;
-    cfg.numAttrs = 1;
-    int c = 0;
-    LORI_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&c, reinterpret_cast<const void*>(decode_kernel<T, TT>), &cfg));
-    return c;
-  }();
+  static std::atomic<int> cache[::lori::detail::max_cached_devices] = {};  // per device: a multi-GPU host may mix cards
+  const int v = ::lori::detail::max_active_clusters(
+      reinterpret_cast<const void*>(decode_kernel<T, TT>), static_cast<unsigned>(decode_threads),
+      static_cast<std::size_t>((decode_cluster + 1) * decode_max_rank) * sizeof(float),
+      static_cast<unsigned>(decode_cluster), cache);
   LORI_EXPECTS(v >= 1, "adapter_forward_decode: a cluster of the decode kernel does not fit this device");
   return v;
 }

@@ -1,6 +1,7 @@
 // lori/detail/cuda_common.cuh - private helpers shared by lori's CUDA kernels: element loads/stores
-// in fp32, the cudaDataType of each storage type, launch arithmetic, and a row-major GEMM wrapper
-// over cublasGemmEx (fp32 accumulation).
+// in fp32, the cudaDataType of each storage type, launch arithmetic, thread-block cluster launch
+// configuration and occupancy (cached per device), a row-major GEMM wrapper over cublasGemmEx (fp32
+// accumulation), and the zeroing of register accumulator tiles.
 #ifndef LORI_DETAIL_CUDA_COMMON_CUH
 #define LORI_DETAIL_CUDA_COMMON_CUH
 
@@ -14,6 +15,8 @@
 #include <cuda_runtime_api.h>
 #include <library_types.h>
 
+#include <atomic>
+#include <cstddef>
 #include <cstdint>
 #include <limits>
 #include <type_traits>
@@ -60,6 +63,51 @@ inline int to_int(index_t v, const char* what) {
   return static_cast<int>(v);
 }
 
+/// Launch configuration of `blocks` blocks of `threads` threads with `smem` bytes of dynamic shared
+/// memory, in thread-block clusters of `cluster` blocks along x, on `stream`. `attr` receives the
+/// cluster attribute and must outlive the result (the configuration points at it); a caller that needs
+/// more attributes passes an array and raises numAttrs.
+inline cudaLaunchConfig_t cluster_config(unsigned blocks, unsigned threads, std::size_t smem, unsigned cluster,
+                                         cudaStream_t stream, cudaLaunchAttribute& attr) {
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(blocks, 1, 1);
+  cfg.blockDim = dim3(threads, 1, 1);
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  attr.id = cudaLaunchAttributeClusterDimension;
+  attr.val.clusterDim.x = cluster;
+  attr.val.clusterDim.y = 1;
+  attr.val.clusterDim.z = 1;
+  cfg.attrs = &attr;
+  cfg.numAttrs = 1;
+  return cfg;
+}
+
+/// Devices whose occupancy answers the caches of max_active_clusters hold (a device with a larger
+/// ordinal is queried at every call).
+inline constexpr int max_cached_devices = 32;
+
+/// Clusters of `cluster` blocks of `kernel` (`threads` threads, `smem` bytes of dynamic shared
+/// memory) that fit on the current device at once (a cluster must fit one GPC; 0 if none fits).
+/// `cache` memoises positive answers per device: each (kernel, threads, smem, cluster) needs its own
+/// (a function-local static of the caller, zero-initialised).
+inline int max_active_clusters(const void* kernel, unsigned threads, std::size_t smem, unsigned cluster,
+                               std::atomic<int> (&cache)[max_cached_devices]) {
+  int dev = 0;
+  LORI_CUDA_CHECK(cudaGetDevice(&dev));
+  const bool cached = dev >= 0 && dev < max_cached_devices;
+  if (cached) {
+    const int v = cache[dev].load(std::memory_order_relaxed);
+    if (v > 0) return v;
+  }
+  cudaLaunchAttribute attr;
+  const cudaLaunchConfig_t cfg = cluster_config(cluster, threads, smem, cluster, nullptr, attr);
+  int v = 0;
+  LORI_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&v, kernel, &cfg));
+  if (cached && v > 0) cache[dev].store(v, std::memory_order_relaxed);
+  return v;
+}
+
 /// Row-major GEMM on cuBLAS: C (M x N, ldc) = alpha * op(P) * op(Q) + beta * C, with
 /// op(P) M x K (P stored K x M row-major when trans_p) and op(Q) K x N (Q stored N x K when trans_q).
 /// P and Q share storage type ab; C has type c; fp32 accumulation (CUBLAS_COMPUTE_32F, no TF32).
@@ -79,6 +127,22 @@ inline void gemm_row_major(cublasHandle_t h, bool trans_p, bool trans_q, index_t
 __device__ __forceinline__ unsigned char* dynamic_smem() {
   extern __shared__ __align__(128) unsigned char lori_dynamic_smem[];
   return lori_dynamic_smem;
+}
+
+/// The hardware cluster barrier in two halves (sm_90): every thread of every block of the cluster
+/// arrives (relaxed: no ordering; release: its earlier writes, distributed shared memory included,
+/// become visible to the threads that then wait), and wait (acquire) blocks until all have arrived.
+__device__ __forceinline__ void cluster_arrive_relaxed() { asm volatile("barrier.cluster.arrive.relaxed;" ::: "memory"); }
+__device__ __forceinline__ void cluster_arrive_release() { asm volatile("barrier.cluster.arrive.release;" ::: "memory"); }
+__device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.acquire;" ::: "memory"); }
+
+/// Sets a register tile of fp32 accumulators to zero (fully unrolled: stays in registers).
+template <int M, int N>
+__device__ __forceinline__ void zero_acc(float (&acc)[M][N]) {
+#pragma unroll
+  for (int m = 0; m < M; ++m)
+#pragma unroll
+    for (int e = 0; e < N; ++e) acc[m][e] = 0.0f;
 }
 
 }  // namespace lori::detail

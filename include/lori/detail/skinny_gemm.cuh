@@ -143,54 +143,27 @@ void set_smem_attributes(Kernel kernel, int smem) {
                                        static_cast<int>(cudaSharedmemCarveoutMaxShared)));
 }
 
-/// Launch configuration of `blocks` blocks of `threads` threads with `smem` bytes of dynamic shared
-/// memory in clusters of `S` blocks; `attr` holds the cluster attribute and must outlive the result.
-inline cudaLaunchConfig_t cluster_config(unsigned blocks, int smem, int S, cudaStream_t stream,
-                                         cudaLaunchAttribute& attr) {
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = dim3(blocks, 1, 1);
-  cfg.blockDim = dim3(threads, 1, 1);
-  cfg.dynamicSmemBytes = static_cast<std::size_t>(smem);
-  cfg.stream = stream;
-  attr.id = cudaLaunchAttributeClusterDimension;
-  attr.val.clusterDim.x = static_cast<unsigned>(S);
-  attr.val.clusterDim.y = 1;
-  attr.val.clusterDim.z = 1;
-  cfg.attrs = &attr;
-  cfg.numAttrs = 1;
-  return cfg;
-}
-
-/// Clusters of `S` blocks of `kernel` (dynamic shared memory `smem`) that fit on the device at once
-/// (a cluster must fit one GPC); cached per device and S after the first query.
-template <class Kernel>
-int active_clusters(Kernel kernel, int smem, int S) {
-  int dev = 0;
-  LORI_CUDA_CHECK(cudaGetDevice(&dev));
-  static std::atomic<int> cache[32][max_splits + 1] = {};
-  const bool cached = dev >= 0 && dev < 32;
-  if (cached) {
-    const int v = cache[dev][S].load(std::memory_order_relaxed);
-    if (v > 0) return v;
-  }
-  cudaLaunchAttribute attr;
-  const cudaLaunchConfig_t cfg = cluster_config(static_cast<unsigned>(S), smem, S, nullptr, attr);
-  int v = 0;
-  LORI_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&v, kernel, &cfg));
+/// Clusters of `S` blocks of `Kernel` (`threads` threads, `smem` bytes of dynamic shared memory: fixed
+/// per kernel instance) that fit on the device at once (a cluster must fit one GPC); cached per
+/// device, kernel instance and S.
+template <auto Kernel>
+int active_clusters(int threads, int smem, int S) {
+  static std::atomic<int> cache[max_splits + 1][max_cached_devices] = {};
+  const int v = max_active_clusters(reinterpret_cast<const void*>(Kernel), static_cast<unsigned>(threads),
+                                    static_cast<std::size_t>(smem), static_cast<unsigned>(S), cache[S]);
   LORI_EXPECTS(v >= 1, "lori::cuda skinny kernels: a thread-block cluster does not fit on this device");
-  if (cached) cache[dev][S].store(v, std::memory_order_relaxed);
   return v;
 }
 
 /// Splits S of the reduction dimension per tile (= cluster size): the largest S <= cap (and <= the
 /// number of stages) for which all tiles·S blocks run in ONE wave (tiles <= clusters of S that fit
 /// at once; a partial second wave would double the time), else 1.
-template <class Kernel>
-int choose_splits(Kernel kernel, int smem, index_t tiles, index_t reduce_len, index_t chunk, int cap) {
+template <auto Kernel>
+int choose_splits(int threads, int smem, index_t tiles, index_t reduce_len, index_t chunk, int cap) {
   index_t most = ceil_div(reduce_len, chunk);
   if (most > cap) most = cap;
   for (int S = static_cast<int>(most); S > 1; --S)
-    if (tiles <= active_clusters(kernel, smem, S)) return S;
+    if (tiles <= active_clusters<Kernel>(threads, smem, S)) return S;
   return 1;
 }
 
@@ -256,6 +229,21 @@ CUtensorMap tensor_map_2d(const T* base, index_t rows, index_t cols, index_t ld,
       const_cast<T*>(base), dims, strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
       CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   LORI_EXPECTS(res == CUDA_SUCCESS, "lori::cuda: cuTensorMapEncodeTiled failed");
+  return m;
+}
+
+/// The tensor map of H (n x r fp32, leading dimension r, r % 4 == 0, 16-byte aligned): boxes of
+/// 32 columns x sd_tc rows (128-byte rows; columns >= r and rows >= n arrive as zeros), with `swizzle`.
+inline CUtensorMap h_tensor_map(const float* H, index_t n, index_t r, CUtensorMapSwizzle swizzle) {
+  CUtensorMap m;
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(r), static_cast<cuuint64_t>(n)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(r) * sizeof(float)};
+  const cuuint32_t box[2] = {static_cast<cuuint32_t>(max_rank), static_cast<cuuint32_t>(sd_tc)};
+  const cuuint32_t elem_strides[2] = {1, 1};
+  const CUresult res = tensor_map_encoder()(&m, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 2, const_cast<float*>(H), dims, strides,
+                                            box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle,
+                                            CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  LORI_EXPECTS(res == CUDA_SUCCESS, "lori::cuda: cuTensorMapEncodeTiled failed (H)");
   return m;
 }
 
@@ -420,10 +408,7 @@ __global__ void __launch_bounds__(threads, min_blocks_of(sd_smem_of(Stages))) sd
   };
 
   float acc[4][4];
-#pragma unroll
-  for (int nt = 0; nt < 4; ++nt)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) acc[nt][e] = 0.0f;
+  zero_acc(acc);
 
 #pragma unroll
   for (int s = 0; s < Stages - 1; ++s) issue(s);
@@ -455,15 +440,16 @@ void launch_sddmm(cudaStream_t stream, const T* G, index_t n, index_t d, index_t
   LORI_EXPECTS(cap >= 1 && cap <= max_splits, "skinny::launch_sddmm: split cap must be in [1, 8]");
   const index_t r = B.cols();
   const index_t tiles = ceil_div(d, tile_rows);
-  auto kernel = sddmm_kernel<T, Stages>;
+  constexpr auto kernel = sddmm_kernel<T, Stages>;
   set_smem_attributes(kernel, sd_smem_of(Stages));
-  int S = choose_splits(kernel, sd_smem_of(Stages), tiles, n, sd_tc, cap);
+  int S = choose_splits<kernel>(threads, sd_smem_of(Stages), tiles, n, sd_tc, cap);
   const index_t tps = ceil_div(ceil_div(n, S), sd_tc) * sd_tc;
   S = static_cast<int>(ceil_div(n, tps));
   const bool h_vec = r % 4 == 0 && aligned16(H);
   sddmm_args<T> a{G, n, d, ldg, H, static_cast<int>(r), h_vec, S, tps, s, B.view(), out};
   cudaLaunchAttribute attr;
-  const cudaLaunchConfig_t cfg = cluster_config(grid_dim(tiles * S), sd_smem_of(Stages), S, stream, attr);
+  const cudaLaunchConfig_t cfg = cluster_config(grid_dim(tiles * S), threads, sd_smem_of(Stages),
+                                                static_cast<unsigned>(S), stream, attr);
   LORI_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, a));
   LORI_CUDA_CHECK_LAUNCH();
 }
@@ -524,10 +510,7 @@ __global__ void __launch_bounds__(threads, 2) sddmm_tma_kernel(const __grid_cons
     }
   };
   float acc[4][4];
-#pragma unroll
-  for (int nt = 0; nt < 4; ++nt)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) acc[nt][e] = 0.0f;
+  zero_acc(acc);
 #pragma unroll
   for (int s = 0; s < sd_stages - 1; ++s) issue(s);
   for (int s = 0; s < steps; ++s) {
@@ -567,30 +550,236 @@ void launch_sddmm_tma(cudaStream_t stream, const T* G, index_t n, index_t d, ind
   LORI_EXPECTS(n <= index_t{2147483647} && d <= index_t{2147483647}, "skinny::launch_sddmm_tma: too large");
   const index_t r = B.cols();
   const index_t tiles = ceil_div(d, tile_rows);
-  auto kernel = sddmm_tma_kernel<T>;
+  constexpr auto kernel = sddmm_tma_kernel<T>;
   set_smem_attributes(kernel, sd_tma_smem);
-  int S = choose_splits(kernel, sd_tma_smem, tiles, n, sd_tc, cap);
+  int S = choose_splits<kernel>(threads, sd_tma_smem, tiles, n, sd_tc, cap);
   const index_t tps = ceil_div(ceil_div(n, S), sd_tc) * sd_tc;
   S = static_cast<int>(ceil_div(n, tps));
-  // H map: {r, n} fp32 elements, rows r·4 bytes apart, boxes of 32 x 64, no swizzle.
-  CUtensorMap hmap;
-  {
-    const cuuint64_t dims[2] = {static_cast<cuuint64_t>(r), static_cast<cuuint64_t>(n)};
-    const cuuint64_t strides[1] = {static_cast<cuuint64_t>(r) * sizeof(float)};
-    const cuuint32_t box[2] = {static_cast<cuuint32_t>(max_rank), static_cast<cuuint32_t>(sd_tc)};
-    const cuuint32_t elem_strides[2] = {1, 1};
-    const CUresult res = tensor_map_encoder()(&hmap, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 2, const_cast<float*>(H), dims,
-                                              strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
-                                              CU_TENSOR_MAP_SWIZZLE_NONE, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                                              CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-    LORI_EXPECTS(res == CUDA_SUCCESS, "lori::cuda: cuTensorMapEncodeTiled failed (H)");
-  }
+  const CUtensorMap hmap = h_tensor_map(H, n, r, CU_TENSOR_MAP_SWIZZLE_NONE);
   sddmm_tma_args<T> a{tensor_map_2d(G, n, d, ldg, static_cast<unsigned>(sd_tc)), hmap, n, d, tps, S, s, B.view(), out, evict_first};
   cudaLaunchAttribute attr;
-  const cudaLaunchConfig_t cfg = cluster_config(grid_dim(tiles * S), sd_tma_smem, S, stream, attr);
+  const cudaLaunchConfig_t cfg = cluster_config(grid_dim(tiles * S), threads, sd_tma_smem,
+                                                static_cast<unsigned>(S), stream, attr);
   LORI_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, a));
   LORI_CUDA_CHECK_LAUNCH();
 }
+
+// ---- sddmm, warp-specialised: a TMA producer warp, a deep full/empty mbarrier ring -------------------
+// The same tiles (128 columns of G x r <= 32) and 64-token stages as sddmm_tma_kernel, but no block
+// barrier in the steady state: warp 8 (one lane) keeps up to Stages stages (24 KB each: G 16 KB in two
+// 64-column boxes, 128-byte swizzle, evict-first; H 8 KB fp32, 128-byte swizzle) in flight, refilling
+// a slot as soon as its `empty` mbarrier says the 8 consumer warps are done with it; the consumers wait
+// on the slot's `full` mbarrier (TMA byte count), compute, and release the slot (one arrive per warp).
+// Consumer warp w owns columns (w & 3)·32 .. +32 of the tile and tokens (w >> 2)·32 .. +32 of each
+// stage; it converts its H fragments to T in registers (cvt.rn: the rounding of from_float), so no
+// shared H buffer and no barrier is needed. Warp 9 copies the tile's CSR rows (row_ptr, col_idx of
+// the rows this block writes) into shared memory while the ring streams, so the epilogue has no
+// dependent global load. Epilogue: the two token halves' fp32 tiles in shared memory, one cluster
+// barrier, rank q sums its rows over the S blocks (rank order) and the two halves (half 0 + half 1):
+// deterministic. Grid: one block per (tile, split), at most one wave (choose_splits); with the
+// default 8 stages (197 KB) one block per SM. Splits are multiples of 64 tokens, so a stage crosses
+// a split's end only at the end of G, where the box copies zero-fill.
+inline constexpr int ws_consumers = 8;                      // consumer warps: 4 column groups x 2 token halves
+inline constexpr int ws_threads = (ws_consumers + 2) * 32;  // + the producer warp + the CSR warp
+inline constexpr int ws_stages = 8;
+constexpr int ws_smem_of(int stages) { return stages * sd_stage_bytes + 1024; }  // + 1024-byte alignment slack
+static_assert(2 * tile_rows * acc_ld * 4 <= 2 * sd_stage_bytes, "two epilogue tiles must fit two stages");
+
+// Two fp32 values rounded to nearest even into a 16-bit pair (lo in the low half: the smaller k of an
+// mma fragment).
+template <class T>
+__device__ __forceinline__ unsigned pack_round2(float lo, float hi) {
+  unsigned d;
+  if constexpr (std::is_same_v<T, ::lori::bfloat16>) asm("cvt.rn.bf16x2.f32 %0, %1, %2;\n" : "=r"(d) : "f"(hi), "f"(lo));
+  else asm("cvt.rn.f16x2.f32 %0, %1, %2;\n" : "=r"(d) : "f"(hi), "f"(lo));
+  return d;
+}
+
+// One stage for consumer warp (cg, th): acc[mt·4 + nt] (columns cg·32 + mt·16 .. +16 of the tile x
+// ranks nt·8 .. +8) += Gᵀ·T(H) over tokens th·32 .. +32 of the stage at st (address st_addr).
+// G: two 64-column halves 8 KB apart, rows of 128 bytes, 16-byte chunk c at (c ^ (row & 7)) (TMA's
+// 128-byte swizzle); A = Gᵀ by ldmatrix.trans (matrix q = lane/8: tokens (q >> 1)·8 + lane % 8,
+// columns + (q & 1)·8). H: fp32 rows of 128 bytes at st + sd_g_bytes, chunk c (4 floats) at
+// (c ^ (row & 7)); the B fragment b0 = (H(k, n), H(k + 1, n)), k = 2·(lane % 4), n = lane / 4, b1 at
+// k + 8, read as scalars: per load the 32 lanes hit 32 distinct banks (the swizzle spreads the 4 rows).
+template <class T>
+__device__ __forceinline__ void ws_stage_mma(const unsigned char* st, unsigned st_addr, int cg, int th, int lane,
+                                             float (&acc)[8][4]) {
+  const unsigned gbase = st_addr + static_cast<unsigned>((cg >> 1) * (sd_tc * 128));
+  const int ch0 = (cg & 1) * 4 + ((lane >> 3) & 1);
+  const int tok_a = th * 32 + ((lane >> 4) << 3) + (lane & 7);
+  const unsigned char* hs = st + sd_g_bytes;
+  const int hn = lane >> 2, hk = th * 32 + 2 * (lane & 3);
+#pragma unroll
+  for (int kk = 0; kk < 2; ++kk) {
+    unsigned af[2][4];
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt) {
+      const int row = tok_a + kk * 16, ch = ch0 + mt * 2;
+      ldsm_x4_trans(gbase + static_cast<unsigned>(row * 128 + ((ch ^ (row & 7)) << 4)), af[mt]);
+    }
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt) {
+      const int j = nt * 8 + hn;
+      float h[4];
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int t = hk + kk * 16 + (e & 1) + (e >> 1) * 8;
+        h[e] = *reinterpret_cast<const float*>(hs + t * 128 + ((((j >> 2) ^ (t & 7))) << 4) + (j & 3) * 4);
+      }
+      const unsigned b0 = pack_round2<T>(h[0], h[1]), b1 = pack_round2<T>(h[2], h[3]);
+      mma16816<T>(acc[nt], af[0], b0, b1);
+      mma16816<T>(acc[4 + nt], af[1], b0, b1);
+    }
+  }
+}
+
+__device__ __forceinline__ void mbar_arrive(unsigned bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+
+// Math = 0: the consumers only wait and release (the memory pipeline alone; benchmarks only); Math =
+// -1: the same without the H boxes (G's bytes alone through the TMA unit).
+template <class T, int Stages = ws_stages, int Math = 1>
+__global__ void __launch_bounds__(ws_threads, min_blocks_of(ws_smem_of(Stages)))
+    sddmm_ws_kernel(const __grid_constant__ sddmm_tma_args<T> a) {
+  __shared__ alignas(8) std::uint64_t full[Stages];
+  __shared__ alignas(8) std::uint64_t empty[Stages];
+  __shared__ std::int32_t rp[tile_rows + 1];           // row_ptr of the rows this block writes
+  __shared__ unsigned char cols[tile_rows * max_rank];  // their col_idx
+  unsigned char* raw = dynamic_smem();
+  unsigned char* smem = raw + ((1024u - (smem_u32(raw) & 1023u)) & 1023u);
+  const unsigned sbase = smem_u32(smem);
+  const int tid = static_cast<int>(threadIdx.x), warp = tid >> 5, lane = tid & 31;
+  const int S = a.splits;
+  const int split = static_cast<int>(blockIdx.x % static_cast<unsigned>(S));
+  const index_t i0 = static_cast<index_t>(blockIdx.x / static_cast<unsigned>(S)) * tile_rows;
+  const index_t tb = static_cast<index_t>(split) * a.tps;
+  const index_t te = tb + a.tps < a.n ? tb + a.tps : a.n;
+  const int steps = te > tb ? static_cast<int>((te - tb + sd_tc - 1) / sd_tc) : 0;
+  const int rpb = (tile_rows + S - 1) / S;  // tile rows each rank reduces and writes
+  const int rbeg = split * rpb;             // < tile_rows for S <= 8
+  if (warp == ws_consumers && lane == 0) {  // the producer: fetch both tensor maps while the block sets up
+    asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<std::uint64_t>(&a.gmap)) : "memory");
+    asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<std::uint64_t>(&a.hmap)) : "memory");
+  }
+  if (tid == 0) {
+#pragma unroll
+    for (int i = 0; i < Stages; ++i) {
+      mbar_init(smem_u32(&full[i]), 1);
+      mbar_init(smem_u32(&empty[i]), ws_consumers);
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  __syncthreads();
+  float acc[8][4];
+  zero_acc(acc);
+  if (warp < ws_consumers) {
+    const int cgp = warp & 3, th = warp >> 2;
+    for (int s = 0; s < steps; ++s) {
+      const int slot = s % Stages;
+      mbar_wait(smem_u32(&full[slot]), static_cast<unsigned>((s / Stages) & 1));
+      if constexpr (Math == 1)
+        ws_stage_mma<T>(smem + slot * sd_stage_bytes, sbase + static_cast<unsigned>(slot * sd_stage_bytes), cgp, th, lane,
+                        acc);
+      __syncwarp();  // the whole warp is done reading the slot
+      if (lane == 0) mbar_arrive(smem_u32(&empty[slot]));
+    }
+  } else if (warp == ws_consumers) {
+    if (lane == 0) {
+      const std::uint64_t policy = stream_policy(a.evict_first);
+      for (int s = 0; s < steps; ++s) {
+        const int slot = s % Stages;
+        if (s >= Stages) mbar_wait(smem_u32(&empty[slot]), static_cast<unsigned>(((s / Stages) - 1) & 1));
+        const unsigned st = sbase + static_cast<unsigned>(slot * sd_stage_bytes), bar = smem_u32(&full[slot]);
+        const int y = static_cast<int>(tb + static_cast<index_t>(s) * sd_tc);
+        mbar_arrive_expect_tx(bar, static_cast<unsigned>(Math == -1 ? sd_g_bytes : sd_stage_bytes));
+        tma_load_2d_hint(st, &a.gmap, static_cast<int>(i0), y, bar, policy);
+        tma_load_2d_hint(st + sd_tc * 128, &a.gmap, static_cast<int>(i0 + 64), y, bar, policy);
+        if constexpr (Math != -1) tma_load_2d(st + sd_g_bytes, &a.hmap, 0, y, bar);
+      }
+    }
+  } else {
+    // The CSR rows [i0 + rbeg, +rpb) (clipped to d) into shared memory, off the critical path.
+    const index_t r0 = i0 + rbeg;
+    for (int k = lane; k <= rpb; k += 32) rp[k] = a.B.row_ptr[r0 + k < a.d ? r0 + k : a.d];
+    __syncwarp();
+    const std::int32_t base = rp[0];
+    const std::int32_t cnt = rp[rpb] - base;  // <= rpb·r <= tile_rows·max_rank (at most r entries a row)
+    for (std::int32_t q = lane; q < cnt; q += 32) cols[q] = static_cast<unsigned char>(a.B.col_idx[base + q]);
+  }
+  namespace cg = cooperative_groups;
+  cg::cluster_group cluster = cg::this_cluster();
+  __syncthreads();  // the ring is consumed (no copy in flight), the CSR rows are in shared memory
+  float* tile = reinterpret_cast<float*>(smem);  // token half 0, then half 1 (tile_rows x acc_ld each)
+  if (warp < ws_consumers) {
+    float* t = tile + (warp >> 2) * (tile_rows * acc_ld);
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt) {
+      const int r0 = (warp & 3) * 32 + mt * 16 + (lane >> 2);
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt) {
+        const int c = nt * 8 + 2 * (lane & 3);
+        const float(&v)[4] = acc[mt * 4 + nt];
+        *reinterpret_cast<float2*>(t + r0 * acc_ld + c) = make_float2(v[0], v[1]);
+        *reinterpret_cast<float2*>(t + (r0 + 8) * acc_ld + c) = make_float2(v[2], v[3]);
+      }
+    }
+  }
+  cluster.sync();
+  const float* parts[max_splits];
+#pragma unroll
+  for (int u = 0; u < max_splits; ++u) parts[u] = u < S ? cluster.map_shared_rank(tile, u) : tile;
+  for (int e = tid; e < rpb * max_rank; e += ws_threads) {
+    const int lr = e >> 5, slot = e & 31, il = rbeg + lr;
+    if (il < tile_rows && i0 + il < a.d) {
+      const std::int32_t p = rp[lr] + slot;
+      if (p < rp[lr + 1]) {
+        const int off = il * acc_ld + cols[p - rp[0]];
+        float v[2 * max_splits];
+#pragma unroll
+        for (int u = 0; u < max_splits; ++u) {
+          v[2 * u] = u < S ? parts[u][off] : 0.0f;
+          v[2 * u + 1] = u < S ? parts[u][tile_rows * acc_ld + off] : 0.0f;
+        }
+        float x = 0.0f;
+#pragma unroll
+        for (int u = 0; u < max_splits; ++u)
+          if (u < S) x += v[2 * u] + v[2 * u + 1];  // rank order, half 0 + half 1: deterministic
+        a.out[p] = ::lori::from_float<T>(a.s * x);
+      }
+    }
+  }
+  cluster.sync();  // keep this block's shared memory alive until the cluster has read it
+}
+
+/// launch_sddmm_tma on the warp-specialised kernel (requires sddmm_tma_applies, n >= 1). Stages and
+/// Math = 0 / -1 (the memory pipeline alone, with / without H; wrong results) are for benchmarks.
+template <class T, int Stages = ws_stages, int Math = 1>
+void launch_sddmm_ws(cudaStream_t stream, const T* G, index_t n, index_t d, index_t ldg, const float* H, float s,
+                     const ::lori::cuda::sparse_b<T>& B, T* out, int cap = max_splits, bool evict_first = true) {
+  if (n == 0 || d == 0) return;
+  LORI_EXPECTS(cap >= 1 && cap <= max_splits, "skinny::launch_sddmm_ws: split cap must be in [1, 8]");
+  LORI_EXPECTS(n <= index_t{2147483647} && d <= index_t{2147483647}, "skinny::launch_sddmm_ws: too large");
+  const index_t r = B.cols();
+  const index_t tiles = ceil_div(d, tile_rows);
+  constexpr auto kernel = sddmm_ws_kernel<T, Stages, Math>;
+  constexpr int smem = ws_smem_of(Stages);
+  static_assert(smem + 8 * 1024 <= 227 * 1024, "ring, receive buffer and static shared memory must fit an SM");
+  set_smem_attributes(kernel, smem);
+  int S = choose_splits<kernel>(ws_threads, smem, tiles, n, sd_tc, cap);
+  const index_t tps = ceil_div(ceil_div(n, S), sd_tc) * sd_tc;  // a multiple of the stage
+  S = static_cast<int>(ceil_div(n, tps));
+  const sddmm_tma_args<T> a{tensor_map_2d(G, n, d, ldg, static_cast<unsigned>(sd_tc)),
+                            h_tensor_map(H, n, r, CU_TENSOR_MAP_SWIZZLE_128B), n, d, tps, S, s, B.view(), out,
+                            evict_first};
+  cudaLaunchAttribute attr;
+  const cudaLaunchConfig_t cfg = cluster_config(grid_dim(tiles * S), ws_threads, static_cast<std::size_t>(smem),
+                                                static_cast<unsigned>(S), stream, attr);
+  LORI_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, a));
+  LORI_CUDA_CHECK_LAUNCH();
+}
+
 
 }  // namespace lori::detail::skinny
 
