@@ -72,11 +72,14 @@ namespace detail {
 inline constexpr int calib_block = 256;          // split, candidate and finishing kernels
 inline constexpr int calib_pass0_block = 256;    // pass 0 (full-data histogram)
 inline constexpr int calib_pass0_unroll = 8;     // float4 loads in flight per thread in pass 0 (a whole tile)
+inline constexpr int calib_pass0_min_blocks = 4;  // pass-0 blocks per SM (__launch_bounds__: <= 64 registers)
 inline constexpr int calib_select_block = 256;   // one block per group, 32 bins per thread
 inline constexpr int calib_first_bits = 13;      // width of the first value digit on the GPU
 inline constexpr int calib_max_bins = 1 << calib_first_bits;
 inline constexpr int calib_split_unroll = 8;     // float4 loads in flight per thread in the split pass (half a tile)
 inline constexpr index_t calib_tile_elems = 16384;       // tiles of the split and full-data passes
+inline constexpr int calib_cand_unroll = 4;       // candidates per thread in flight in calib_hist / calib_finish
+inline constexpr int calib_ballot_steps = 16;     // calib_split_ballot: 32-element chunks per warp per batch (loads in flight)
 inline constexpr index_t calib_pass0_tile_elems = 8192;   // pass 0: one unrolled sweep of a block
 
 // Value digits on the GPU: a first digit of calib_first_bits bits (8192 bins: the selected bucket
@@ -123,6 +126,8 @@ struct calib_tensor_desc {
   index_t bit_offset;   // sum of rows * wpr * 64 of the tensors before (tie order: flat order)
   int fast;             // float, packed, 16-byte aligned, cols in {4, 8, 16, 32} or a multiple of 64:
                         // read with coalesced float4 loads (calib_pass0, calib_split_fast)
+  int ballot;           // float, packed, cols in {1, 2, 4, 8, 16} or a multiple of 32 up to
+                        // calib_tile_elems: split by calib_split_ballot (see calib_ballot_shape)
 };
 
 struct calib_tile {
@@ -147,6 +152,7 @@ struct calib_group_state {
 
 struct calib_globals {
   unsigned long long bad_position;  // smallest flat position of a NaN/Inf (~0 when none)
+  unsigned long long nonfinite;     // non-zero: pass 0's histogram holds NaN/Inf keys (bad_position found by calib_finish)
   unsigned long long cand_needed;   // sum of the selected buckets' sizes after pass 0
   unsigned long long cand_count;    // candidates written
   unsigned long long ties_live;     // groups whose tie selection is still running
@@ -164,6 +170,7 @@ struct calib_params {
   unsigned long long* kept;  // per tensor
   index_t capacity;
   index_t num_tiles;
+  index_t num_ballot_tiles;  // split tiles [0, num_ballot_tiles) are calib_split_ballot's, the rest calib_split's
   const calib_tile* tiles0;  // pass 0's finer tiles (better balance over the persistent blocks)
   index_t num_tiles0;
   std::uint64_t pos_max;  // (1 << pos_bits) - 1: tie key of flat bit position q is pos_max - q
@@ -222,12 +229,15 @@ __global__ void __launch_bounds__(calib_block) calib_init(calib_group_state<Key>
 }
 
 // Pass 0, the first full read: histogram of the first value digit of every element (excluded
-// entries count as key 0), per group; NaN/Inf detection (smallest flat position); excluded counts.
+// entries count as key 0), per group; excluded counts; NaN/Inf detection: the float4 path has no
+// per-element check (NaN/Inf keys land in the histogram's top bins, which calib_select inspects;
+// calib_finish then finds the smallest flat position), the other path records the smallest flat
+// position itself (excluded entries get key 0 in the histogram, so it must look at each value).
 // Persistent blocks take contiguous ranges of tiles (so a block flushes its shared histogram only
 // when the group changes); the plan orders the split's tiles so that it reads first what pass 0
 // read last (still in L2).
 template <class T>
-__global__ void __launch_bounds__(calib_pass0_block, 3) calib_pass0(calib_params<T> p) {
+__global__ void __launch_bounds__(calib_pass0_block, calib_pass0_min_blocks) calib_pass0(calib_params<T> p) {
   using Key = magnitude_key_t<T>;
   constexpr int bits = magnitude_key<T>::bits;
   constexpr int shift = calib_vshift(bits, 0);
@@ -270,12 +280,7 @@ __global__ void __launch_bounds__(calib_pass0_block, 3) calib_pass0(calib_params
             if (v >= n4) break;
             const float xs[4] = {x[u].x, x[u].y, x[u].z, x[u].w};
 #pragma unroll
-            for (int b = 0; b < 4; ++b) {
-              const Key key = magnitude_bits(xs[b]);
-              if (key >= magnitude_key<T>::infinity)
-                atomicMin(&p.globals->bad_position, static_cast<unsigned long long>(first + 4 * v + b));
-              atomicAdd(&sh[key >> shift], 1u);
-            }
+            for (int b = 0; b < 4; ++b) atomicAdd(&sh[magnitude_bits(xs[b]) >> shift], 1u);
           }
         }
         done = true;
@@ -389,6 +394,14 @@ __global__ void __launch_bounds__(calib_select_block) calib_select(calib_group_s
   unsigned long long sum = 0;
   for (int b = 0; b < per; ++b)
     if (rt * per + b < bins) sum += count(rt * per + b);
+  if (Mode == 0 && pass == 0 && rt == calib_select_block - 1) {
+    // The top bins (this thread's) from +Inf's key up hold the NaN/Inf entries pass 0 saw.
+    using V = std::conditional_t<sizeof(Key) == 4, float, double>;
+    constexpr auto inf_bin = static_cast<int>(magnitude_key<V>::infinity >> calib_vshift(magnitude_key<V>::bits, 0));
+    static_assert(inf_bin >= calib_max_bins - per, "calib_select: the non-finite bins are thread 0's");
+    for (int b = inf_bin; b < calib_max_bins; ++b)
+      if (h[b] != 0) globals->nonfinite = 1;
+  }
   unsigned long long above = 0;
   scan_t(tmp).ExclusiveSum(sum, above);
   const index_t remaining = Mode == 0 ? vst.remaining : tst.remaining;
@@ -606,6 +619,190 @@ __global__ void __launch_bounds__(calib_block, 3) calib_split(calib_params<T> p)
   calib_flush(sh, radix_bins, p.hist + td.group * calib_max_bins);
 }
 
+// Column counts calib_split_ballot handles: a 32-element chunk of a packed tensor is then one
+// 32-bit half of a mask word (cols a multiple of 32) or 32 / cols whole rows (cols in {1, 2, 4, 8,
+// 16}); tiles (calib_tile_elems / cols rows) start on chunk boundaries and fit 16-bit indices.
+LORI_HOST_DEVICE constexpr bool calib_ballot_shape(index_t cols) noexcept {
+  return cols >= 1 && cols <= calib_tile_elems && (cols % 32 == 0 || cols == 1 || cols == 2 || cols == 4 || cols == 8 || cols == 16);
+}
+
+// |x| >= t as an IEEE comparison written in PTX without .ftz, so subnormals compare exactly whatever
+// the compile flags (-use_fast_math): for x, t not NaN and t >= 0 it equals magnitude_bits(x) >=
+// bits(t), as the keys order like the non-negative floats; false when x or t is NaN.
+__device__ __forceinline__ bool calib_abs_ge(float x, float t) {
+  unsigned int r;
+  asm("{\n\t.reg .pred p;\n\t.reg .f32 a;\n\tabs.f32 a, %1;\n\tsetp.ge.f32 p, a, %2;\n\tselp.u32 %0, 1, 0, p;\n\t}"
+      : "=r"(r)
+      : "f"(x), "f"(t));
+  return r != 0;
+}
+
+// The 32 bits of chunk q (elements 32q .. 32q + 31 of a tile of nrows rows starting at row r0) in a
+// bit matrix laid out like the masks (words per row wpr) of a calib_ballot_shape tensor.
+__device__ __forceinline__ std::uint32_t calib_chunk_bits(const std::uint64_t* words, index_t wpr, int cols, index_t r0,
+                                                          std::uint32_t q, std::uint32_t nrows) {
+  if (cols >= 32) {
+    const auto cpr = static_cast<std::uint32_t>(cols >> 5);
+    const std::uint32_t row = q / cpr, cir = q - row * cpr;
+    return static_cast<std::uint32_t>(words[(r0 + row) * wpr + (cir >> 1)] >> (32 * (cir & 1u)));
+  }
+  const std::uint32_t per = 32u / static_cast<std::uint32_t>(cols);  // rows per chunk (wpr == 1)
+  std::uint32_t bits = 0;
+  for (std::uint32_t j = 0; j < per && q * per + j < nrows; ++j)
+    bits |= static_cast<std::uint32_t>(words[r0 + q * per + j] & ((std::uint64_t{1} << cols) - 1)) << (j * static_cast<std::uint32_t>(cols));
+  return bits;
+}
+
+// Split pass for calib_ballot_shape float tensors (packed rows, any 4-byte alignment), one block per
+// tile of <= calib_tile_elems entries, table order reversed like calib_split. Warp w owns chunks
+// [64 w, 64 w + 64) of the tile (32 entries each), calib_ballot_steps of them in flight (lane l
+// loads entry l of each chunk: one coalesced 128-byte load per chunk). Per chunk: two IEEE
+// compares with the group's bucket bounds as floats (|x| >= hi: certainly kept; |x| >= lo and not
+// kept: candidate) and two ballots; the keep ballot is the chunk's mask bits in order, so no shuffle
+// or per-bit work builds the words; lane i of a batch writes chunk i's bits (u32 halves of the mask
+// words, whole words for narrow rows), exclusions AND-ed out. A chunk with a candidate (a warp-
+// uniform branch) stages the candidates' 16-bit tile offsets in shared memory; at the end one
+// global atomic reserves the block's candidate slots and each warp writes its records and adds
+// their next digit to the group's histogram (global atomics: ~1% of the entries). Overflow mode
+// (candidates beyond the capacity): no words, no records; the bucket's digit-1 histogram is built in
+// shared memory and flushed. Out-of-tile lanes read NaN, which passes neither compare.
+template <class T>
+__global__ void __launch_bounds__(calib_block, 4) calib_split_ballot(calib_params<T> p) {
+  static_assert(sizeof(T) == 4, "calib_split_ballot: float only");
+  using Key = magnitude_key_t<T>;
+  constexpr int bits = magnitude_key<T>::bits;
+  constexpr int S = calib_ballot_steps;
+  constexpr int warps = calib_block / 32;
+  constexpr int wchunks = static_cast<int>(calib_tile_elems / 32 / warps);  // chunks per warp (64)
+  static_assert(calib_tile_elems <= 65536 && wchunks % S == 0, "calib_split_ballot: tile layout");
+  __shared__ std::uint16_t stage[warps][wchunks * 32];
+  __shared__ unsigned int sh[radix_bins];
+  __shared__ unsigned int sh_cnt[warps];
+  __shared__ unsigned long long sh_base;
+  __shared__ unsigned int sh_kept;
+  const calib_tile tile = p.tiles[p.num_ballot_tiles - 1 - static_cast<index_t>(blockIdx.x)];
+  const calib_tensor_desc<T> td = p.tensors[tile.tensor];
+  const radix_select_state<Key> vs = p.groups[td.group].value;
+  const bool compact = calib_compact(p.globals, p.capacity);
+  const bool live = vs.k > 0 && vs.pass == 1;
+  constexpr int shift0 = calib_vshift(bits, 0), shift1 = calib_vshift(bits, 1);
+  const auto dmask = static_cast<Key>(calib_digit_mask<0>(bits, 1));
+  // Bucket [lo, hi) of keys: keys >= hi certainly kept. hi is clamped to +Inf's key (the bucket
+  // below +Inf ends there; a bucket at or above it exists only with non-finite data, then the masks
+  // are unspecified and report() throws).
+  const Key lo_key = vs.prefix;
+  const Key hi_key = static_cast<Key>(std::min<std::uint64_t>(static_cast<std::uint64_t>(vs.prefix) + (std::uint64_t{1} << shift0),
+                                                               magnitude_key<T>::infinity));
+  const float nan = __uint_as_float(0x7fc00000u);
+  const float lo = live ? __uint_as_float(lo_key) : nan, hi = live ? __uint_as_float(hi_key) : nan;
+  const int warp = static_cast<int>(threadIdx.x >> 5), lane = static_cast<int>(threadIdx.x & 31u);
+  const int cols = static_cast<int>(td.cols);
+  const auto nrows = static_cast<std::uint32_t>(tile.row_end - tile.row_begin);
+  const std::uint32_t n = nrows * static_cast<std::uint32_t>(cols);  // <= calib_tile_elems
+  const float* base = td.data + tile.row_begin * td.cols;
+  const std::uint32_t q_begin = static_cast<std::uint32_t>(warp * wchunks);
+  const std::uint32_t q_end = std::min<std::uint32_t>((n + 31) / 32, q_begin + wchunks);
+  if (!compact)
+    for (int b = threadIdx.x; b < radix_bins; b += blockDim.x) sh[b] = 0;
+  if (threadIdx.x == 0) sh_kept = 0;
+  __syncthreads();
+  std::uint32_t wcount = 0, kept = 0;  // wcount: candidates staged by this warp (warp-uniform)
+  for (std::uint32_t q0 = q_begin; q0 < q_end; q0 += S) {
+    float x[S];
+    if (q0 + S <= q_end && (q0 + S) * 32 <= n) {  // warp-uniform: every chunk whole
+#pragma unroll
+      for (int s = 0; s < S; ++s) x[s] = __ldg(base + (q0 + s) * 32 + lane);
+    } else {
+#pragma unroll
+      for (int s = 0; s < S; ++s) {
+        const std::uint32_t e = (q0 + s) * 32 + static_cast<std::uint32_t>(lane);
+        x[s] = (q0 + s < q_end && e < n) ? __ldg(base + e) : nan;
+      }
+    }
+    std::uint32_t kb[S];
+#pragma unroll
+    for (int s = 0; s < S; ++s) {
+      kb[s] = __ballot_sync(0xffffffffu, calib_abs_ge(x[s], hi));
+      std::uint32_t cb = __ballot_sync(0xffffffffu, calib_abs_ge(x[s], lo)) & ~kb[s];
+      if (cb != 0) {  // warp-uniform
+        if (td.excl != nullptr) cb &= ~calib_chunk_bits(td.excl, td.wpr, cols, tile.row_begin, q0 + s, nrows);
+        if ((cb >> lane) & 1u) {
+          if (compact) {
+            stage[warp][wcount + static_cast<std::uint32_t>(__popc(cb & ((1u << lane) - 1u)))] =
+                static_cast<std::uint16_t>((q0 + s) * 32 + static_cast<std::uint32_t>(lane));
+          } else {
+            atomicAdd(&sh[(magnitude_bits(x[s]) >> shift1) & dmask], 1u);
+          }
+        }
+        wcount += static_cast<std::uint32_t>(__popc(cb));
+      }
+    }
+    if (!compact) continue;
+    // Lane i takes kb[i] (a select tree: S - 1 selects), then writes chunk q0 + i's mask bits.
+#pragma unroll
+    for (int level = 1; level < S; level <<= 1) {
+      const bool odd = (lane & level) != 0;
+#pragma unroll
+      for (int k = 0; k < S; k += 2 * level) kb[k] = odd ? kb[k + level] : kb[k];
+    }
+    const std::uint32_t q = q0 + static_cast<std::uint32_t>(lane);
+    if (lane < S && q < q_end) {
+      std::uint32_t v = kb[0];
+      if (cols >= 32) {
+        const auto cpr = static_cast<std::uint32_t>(cols >> 5);
+        const std::uint32_t row = q / cpr, cir = q - row * cpr;
+        const index_t w = (tile.row_begin + row) * td.wpr + (cir >> 1);
+        if (td.excl != nullptr) v &= ~static_cast<std::uint32_t>(td.excl[w] >> (32 * (cir & 1u)));
+        if ((cpr & 1u) != 0 && cir == cpr - 1)
+          td.out[w] = v;  // the row's last word: its upper half is padding (zero)
+        else
+          reinterpret_cast<std::uint32_t*>(td.out + w)[cir & 1u] = v;
+        kept += static_cast<std::uint32_t>(__popc(v));
+      } else {
+        const std::uint32_t per = 32u / static_cast<std::uint32_t>(cols);
+        const std::uint32_t cm = (1u << cols) - 1u;
+        for (std::uint32_t j = 0; j < per && q * per + j < nrows; ++j) {
+          const index_t w = tile.row_begin + q * per + j;  // wpr == 1
+          std::uint32_t wv = (v >> (j * static_cast<std::uint32_t>(cols))) & cm;
+          if (td.excl != nullptr) wv &= ~static_cast<std::uint32_t>(td.excl[w]);
+          td.out[w] = wv;
+          kept += static_cast<std::uint32_t>(__popc(wv));
+        }
+      }
+    }
+  }
+  if (!compact) {
+    __syncthreads();
+    calib_flush(sh, radix_bins, p.hist + td.group * calib_max_bins);
+    return;
+  }
+  const unsigned int ws = calib_warp_sum(kept);
+  if (lane == 0) {
+    sh_cnt[warp] = wcount;
+    if (ws != 0) atomicAdd(&sh_kept, ws);
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    unsigned long long total = 0;
+    for (int w = 0; w < warps; ++w) total += sh_cnt[w];
+    if (total != 0) sh_base = atomicAdd(&p.globals->cand_count, total);
+    if (sh_kept != 0) atomicAdd(p.kept + tile.tensor, static_cast<unsigned long long>(sh_kept));
+  }
+  __syncthreads();
+  if (wcount == 0) return;
+  unsigned long long slot = sh_base;
+  for (int w = 0; w < warp; ++w) slot += sh_cnt[w];
+  unsigned long long* h = p.hist + td.group * calib_max_bins;
+  for (std::uint32_t i = static_cast<std::uint32_t>(lane); i < wcount; i += 32) {
+    const std::uint32_t e = stage[warp][i];
+    const Key key = magnitude_bits(__ldg(base + e));
+    const std::uint32_t row = e / static_cast<std::uint32_t>(cols), col = e - row * static_cast<std::uint32_t>(cols);
+    const index_t bit = ((tile.row_begin + row) * td.wpr + (col >> 6)) * 64 + (col & 63u);
+    p.cands[slot + i] = calib_candidate<Key>{key, static_cast<std::uint32_t>(tile.tensor), static_cast<std::uint64_t>(bit)};
+    atomicAdd(h + ((key >> shift1) & dmask), 1ull);
+  }
+}
+
 // Histogram of digit `pass` (>= 2 for values, >= 0 for tie positions): Mode 0 of the value keys
 // matching the group's prefix, Mode 1 of the tie keys (pos_max - flat bit position) of the
 // non-excluded entries equal to tau whose higher tie digits match. Compact mode: over the candidate
@@ -621,20 +818,45 @@ __global__ void __launch_bounds__(calib_block) calib_hist(calib_params<T> p, int
   const std::uint64_t dmask = calib_digit_mask<Mode>(kbits, pass);
   const std::uint64_t pm = calib_prefix_mask<Mode>(kbits, pass);
   if (calib_compact(p.globals, p.capacity)) {
+    // calib_cand_unroll candidates per thread in flight: their records, then their descriptors'
+    // fields, then their groups' states are loaded together (independent loads; the states and
+    // descriptors are read-only here), before any histogram atomic.
+    constexpr int U = calib_cand_unroll;
     const index_t n = static_cast<index_t>(p.globals->cand_count);
-    const index_t stride = static_cast<index_t>(gridDim.x) * blockDim.x;
-    for (index_t i = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; i < n; i += stride) {
-      const calib_candidate<Key> c = p.cands[i];
-      const calib_tensor_desc<T>& td = p.tensors[c.tensor];
-      const calib_group_state<Key>* gs = p.groups + td.group;
-      if (Mode == 0) {
-        if (gs->value.finished() || gs->value.pass != pass) continue;
-        if ((static_cast<std::uint64_t>(c.key) & pm) == static_cast<std::uint64_t>(gs->value.prefix))
-          atomicAdd(p.hist + td.group * calib_max_bins + ((static_cast<std::uint64_t>(c.key) >> shift) & dmask), 1ull);
-      } else {
-        if (gs->tie.finished() || gs->tie.pass != pass || c.key != gs->value.prefix) continue;
-        const std::uint64_t tk = p.pos_max - (static_cast<std::uint64_t>(td.bit_offset) + c.bit);
-        if ((tk & pm) == gs->tie.prefix) atomicAdd(p.hist + td.group * calib_max_bins + ((tk >> shift) & dmask), 1ull);
+    const auto B = static_cast<index_t>(blockDim.x);
+    const index_t stride = static_cast<index_t>(gridDim.x) * B * U;
+    for (index_t i0 = blockIdx.x * B * U + threadIdx.x; i0 < n; i0 += stride) {
+      calib_candidate<Key> c[U];
+      index_t grp[U], boff[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u)
+        if (i0 + u * B < n) c[u] = p.cands[i0 + u * B];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        if (i0 + u * B >= n) continue;
+        grp[u] = __ldg(&p.tensors[c[u].tensor].group);
+        if (Mode == 1) boff[u] = __ldg(&p.tensors[c[u].tensor].bit_offset);
+      }
+      radix_select_state<Key> vs[U];
+      radix_select_state<std::uint64_t> ts[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        if (i0 + u * B >= n) continue;
+        vs[u] = p.groups[grp[u]].value;
+        if (Mode == 1) ts[u] = p.groups[grp[u]].tie;
+      }
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        if (i0 + u * B >= n) continue;
+        if (Mode == 0) {
+          if (vs[u].finished() || vs[u].pass != pass) continue;
+          if ((static_cast<std::uint64_t>(c[u].key) & pm) == static_cast<std::uint64_t>(vs[u].prefix))
+            atomicAdd(p.hist + grp[u] * calib_max_bins + ((static_cast<std::uint64_t>(c[u].key) >> shift) & dmask), 1ull);
+        } else {
+          if (ts[u].finished() || ts[u].pass != pass || c[u].key != vs[u].prefix) continue;
+          const std::uint64_t tk = p.pos_max - (static_cast<std::uint64_t>(boff[u]) + c[u].bit);
+          if ((tk & pm) == ts[u].prefix) atomicAdd(p.hist + grp[u] * calib_max_bins + ((tk >> shift) & dmask), 1ull);
+        }
       }
     }
     return;
@@ -683,33 +905,75 @@ template <class T>
 __global__ void __launch_bounds__(calib_block) calib_finish(calib_params<T> p) {
   using Key = magnitude_key_t<T>;
   const int lane = static_cast<int>(threadIdx.x & 31u);
-  if (calib_compact(p.globals, p.capacity)) {
-    const index_t n = static_cast<index_t>(p.globals->cand_count);
-    const index_t stride = static_cast<index_t>(gridDim.x) * blockDim.x;
-    // Warp-uniform loop: every lane runs every iteration (the shuffles below need the full warp).
-    for (index_t i0 = blockIdx.x * static_cast<index_t>(blockDim.x) + (threadIdx.x & ~31u); i0 < n; i0 += stride) {
-      const index_t i = i0 + lane;
-      bool keep = false;
-      std::uint32_t tensor = 0xffffffffu;
-      if (i < n) {
-        const calib_candidate<Key> c = p.cands[i];
-        tensor = c.tensor;
-        const calib_tensor_desc<T>& td = p.tensors[c.tensor];
-        calib_group_state<Key>* gs = p.groups + td.group;
-        const Key tau = gs->value.prefix;
-        keep = c.key > tau;
-        if (c.key == tau && calib_keep_tie(p, gs, static_cast<std::uint64_t>(td.bit_offset) + c.bit)) {
-          keep = true;
-          atomicAdd(&gs->ties_kept, 1ull);
-        }
-        if (keep) atomicOr(reinterpret_cast<unsigned long long*>(td.out + (c.bit >> 6)), 1ull << (c.bit & 63));
+  if (p.globals->nonfinite != 0) {
+    // NaN/Inf in the data (calib_select saw them in pass 0's histogram): the masks are unspecified
+    // and report() throws; find the smallest flat position of a non-finite value to name it.
+    for (index_t t = blockIdx.x; t < p.num_tiles0; t += gridDim.x) {
+      const calib_tile tile = p.tiles0[t];
+      const calib_tensor_desc<T> td = p.tensors[tile.tensor];
+      const index_t ne = (tile.row_end - tile.row_begin) * td.cols;
+      for (index_t e = threadIdx.x; e < ne; e += blockDim.x) {
+        index_t r = 0, c = 0;
+        calib_rc(e, td.cols, tile.row_begin, r, c);
+        if (magnitude_bits(td.data[r * td.ld + c]) >= magnitude_key<T>::infinity)
+          atomicMin(&p.globals->bad_position, static_cast<unsigned long long>(td.elem_offset + r * td.cols + c));
       }
-      const unsigned int km = __ballot_sync(0xffffffffu, keep);
-      const std::uint32_t t0 = __shfl_sync(0xffffffffu, tensor, 0);
-      if (__all_sync(0xffffffffu, i >= n || tensor == t0)) {
-        if (lane == 0 && km != 0) atomicAdd(p.kept + t0, static_cast<unsigned long long>(__popc(km)));
-      } else if (keep) {
-        atomicAdd(p.kept + tensor, 1ull);
+    }
+    return;
+  }
+  if (calib_compact(p.globals, p.capacity)) {
+    // calib_cand_unroll candidates per lane in flight (records, then descriptor fields, then group
+    // states loaded together; all read-only here) before the atomics.
+    constexpr int U = calib_cand_unroll;
+    const index_t n = static_cast<index_t>(p.globals->cand_count);
+    const index_t stride = static_cast<index_t>(gridDim.x) * blockDim.x * U;
+    // Warp-uniform loop: every lane runs every iteration (the votes below need the full warp).
+    for (index_t i0 = blockIdx.x * static_cast<index_t>(blockDim.x) * U + (threadIdx.x & ~31u) * U; i0 < n; i0 += stride) {
+      calib_candidate<Key> c[U];
+      std::uint64_t* out[U];
+      index_t grp[U], boff[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u)
+        if (i0 + u * 32 + lane < n) c[u] = p.cands[i0 + u * 32 + lane];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        if (i0 + u * 32 + lane >= n) continue;
+        const calib_tensor_desc<T>* td = p.tensors + c[u].tensor;
+        grp[u] = __ldg(&td->group);
+        out[u] = td->out;
+        boff[u] = __ldg(&td->bit_offset);
+      }
+      Key tau[U];
+      std::uint64_t tie_prefix[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        if (i0 + u * 32 + lane >= n) continue;
+        tau[u] = p.groups[grp[u]].value.prefix;
+        tie_prefix[u] = p.groups[grp[u]].tie.prefix;
+      }
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const index_t i = i0 + u * 32 + lane;
+        bool keep = false;
+        std::uint32_t tensor = 0xffffffffu;
+        if (i < n) {
+          tensor = c[u].tensor;
+          keep = c[u].key > tau[u];
+          // exact semantics: a tie is kept when its tie key (pos_max - flat position) reaches the
+          // selected tie prefix (calib_keep_tie)
+          if (c[u].key == tau[u] && (!p.exact || p.pos_max - (static_cast<std::uint64_t>(boff[u]) + c[u].bit) >= tie_prefix[u])) {
+            keep = true;
+            atomicAdd(&p.groups[grp[u]].ties_kept, 1ull);
+          }
+          if (keep) atomicOr(reinterpret_cast<unsigned long long*>(out[u] + (c[u].bit >> 6)), 1ull << (c[u].bit & 63));
+        }
+        const unsigned int km = __ballot_sync(0xffffffffu, keep);
+        const std::uint32_t t0 = __shfl_sync(0xffffffffu, tensor, 0);
+        if (__all_sync(0xffffffffu, i >= n || tensor == t0)) {
+          if (lane == 0 && km != 0) atomicAdd(p.kept + t0, static_cast<unsigned long long>(__popc(km)));
+        } else if (keep) {
+          atomicAdd(p.kept + tensor, 1ull);
+        }
       }
     }
     return;
@@ -805,6 +1069,7 @@ class calibration_plan {
       d.bit_offset = bit;
       d.fast = std::is_same_v<T, float> && d.ld == d.cols && (reinterpret_cast<std::uintptr_t>(d.data) & 15) == 0 &&
                (d.cols == 4 || d.cols == 8 || d.cols == 16 || d.cols == 32 || d.cols % 64 == 0);
+      d.ballot = std::is_same_v<T, float> && d.ld == d.cols && detail::calib_ballot_shape(d.cols);
       elem += d.rows * d.cols;
       bit += d.rows * d.wpr * 64;
       descs_.push_back(d);
@@ -862,9 +1127,10 @@ class calibration_plan {
     grid_pass0_ = static_cast<unsigned>(std::max<index_t>(1, std::min<index_t>(nt0_, static_cast<index_t>(sms) * std::max(per_sm, 1))));
     grid_small_ = static_cast<unsigned>(std::max<index_t>(1, std::min<index_t>(std::max<index_t>(nt_, capacity_ / detail::calib_block + 1),
                                                                              static_cast<index_t>(sms) * 4)));
-    // Split tiles in ascending order of when pass 0 read them (its blocks run their contiguous tile
-    // ranges in lockstep: tile i of a range is read at step i); the split runs the table backwards,
-    // so it starts with the data pass 0 read last, still in L2. Any order is correct.
+    // Split tiles: calib_split_ballot's first (ntb_ of them), then calib_split's, each part in
+    // ascending order of when pass 0 read them (its blocks run their contiguous tile ranges in
+    // lockstep: tile i of a range is read at step i); the split kernels run their parts backwards,
+    // so they start with the data pass 0 read last, still in L2. Any order is correct.
     if (nt0_ > 0) {
       std::vector<index_t> step(static_cast<std::size_t>(nt0_));
       const auto G = static_cast<index_t>(grid_pass0_);
@@ -872,10 +1138,15 @@ class calibration_plan {
         for (index_t i = b * nt0_ / G; i < (b + 1) * nt0_ / G; ++i) step[static_cast<std::size_t>(i)] = i - b * nt0_ / G;
       std::stable_sort(tiles_.begin(), tiles_.end(), [&](const detail::calib_tile& a, const detail::calib_tile& b) {
         const auto ta = static_cast<std::size_t>(a.tensor), tb = static_cast<std::size_t>(b.tensor);
+        const int ba = descs_[ta].ballot, bb = descs_[tb].ballot;
+        if (ba != bb) return ba > bb;
         return step[static_cast<std::size_t>(first0[ta] + a.row_begin / rows0[ta])] <
                step[static_cast<std::size_t>(first0[tb] + b.row_begin / rows0[tb])];
       });
     }
+    ntb_ = static_cast<index_t>(std::count_if(tiles_.begin(), tiles_.end(), [&](const detail::calib_tile& t) {
+      return descs_[static_cast<std::size_t>(t.tensor)].ballot != 0;
+    }));
     tiles_.insert(tiles_.end(), tiles0.begin(), tiles0.end());  // one upload: split tiles, then pass 0's
   }
 
@@ -926,8 +1197,16 @@ class calibration_plan {
     LORI_CUDA_CHECK_LAUNCH();
     detail::calib_select<Key, 0><<<ng, detail::calib_select_block, 0, stream>>>(p.groups, p.hist, p.globals, 0, exact);
     LORI_CUDA_CHECK_LAUNCH();
-    detail::calib_split<T><<<nt, B, 0, stream>>>(p);
-    LORI_CUDA_CHECK_LAUNCH();
+    if constexpr (std::is_same_v<T, float>) {
+      if (ntb_ > 0) {
+        detail::calib_split_ballot<T><<<static_cast<unsigned>(ntb_), B, 0, stream>>>(p);
+        LORI_CUDA_CHECK_LAUNCH();
+      }
+    }
+    if (nt > static_cast<unsigned>(ntb_)) {
+      detail::calib_split<T><<<nt - static_cast<unsigned>(ntb_), B, 0, stream>>>(p);
+      LORI_CUDA_CHECK_LAUNCH();
+    }
     detail::calib_select<Key, 0><<<ng, detail::calib_select_block, 0, stream>>>(p.groups, p.hist, p.globals, 1, exact);
     LORI_CUDA_CHECK_LAUNCH();
     for (int pass = 2; pass < passes; ++pass) {
@@ -1020,6 +1299,7 @@ class calibration_plan {
     p.kept = reinterpret_cast<unsigned long long*>(ws + off_kept_);
     p.capacity = capacity_;
     p.num_tiles = nt_;
+    p.num_ballot_tiles = ntb_;
     p.tiles0 = p.tiles + nt_;
     p.num_tiles0 = nt0_;
     p.pos_bits = pos_bits_;
@@ -1033,7 +1313,7 @@ class calibration_plan {
   mask_groups groups_;
   std::vector<detail::calib_tensor_desc<T>> descs_;
   std::vector<detail::calib_tile> tiles_;  // nt_ tiles of calib_tile_elems, then nt0_ of calib_pass0_tile_elems
-  index_t nt_ = 0, nt0_ = 0;
+  index_t nt_ = 0, nt0_ = 0, ntb_ = 0;  // split tiles, pass-0 tiles, split tiles of calib_split_ballot
   std::vector<detail::calib_group_state<key_type>> group_init_;
   std::vector<index_t> group_size_;
   index_t total_ = 0;
