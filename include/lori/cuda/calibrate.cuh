@@ -306,57 +306,44 @@ __global__ void __launch_bounds__(calib_pass0_block, calib_pass0_min_blocks) cal
   if (cur >= 0) calib_flush(sh, bins, p.hist + cur * calib_max_bins);
 }
 
-// The thread of calib_select whose bins [bin0, bin0 + per) hold the rank sought (`above` keys in
-// the bins above them) narrows the group's state.
-template <class Key, int Mode, class Count>
+// Narrows a group's state to `bin` (cnt keys, `acc` keys in the bins above it): the one lane of
+// calib_select that holds the rank sought.
+template <class Key, int Mode>
 __device__ __forceinline__ void calib_select_narrow(calib_group_state<Key>* gs, calib_globals* globals,
                                                     const radix_select_state<Key> vst,
-                                                    const radix_select_state<std::uint64_t> tst, const Count count,
-                                                    int bin0, int bins, index_t above, index_t remaining,
-                                                    unsigned long long excluded, int pass, int exact) {
-  constexpr int per = calib_max_bins / calib_select_block;
-  index_t acc = above;
-  for (int b = per - 1; b >= 0; --b) {
-    if (bin0 + b >= bins) continue;
-    const auto cnt = static_cast<index_t>(count(bin0 + b));
-    if (acc + cnt < remaining) {
-      acc += cnt;
-      continue;
-    }
-    const int bin = bin0 + b;
-    if (Mode == 0) {
-      radix_select_state<Key> st = vst;
-      st.greater += acc;
-      st.remaining -= acc;
-      st.prefix |= static_cast<Key>(static_cast<Key>(bin) << calib_shift<0>(st.key_bits, st.pass));
-      ++st.pass;
-      if (pass == 0) atomicAdd(&globals->cand_needed, static_cast<unsigned long long>(cnt));
-      gs->value = st;
-      if (st.finished() && exact) {
-        // cnt keys equal tau; excluded entries are among them iff tau == 0 (they rank below all).
-        const index_t nonexcluded_ties = cnt - (st.prefix == 0 ? static_cast<index_t>(excluded) : 0);
-        if (st.remaining < nonexcluded_ties) {
-          radix_select_state<std::uint64_t> t = tst;  // key_bits set by the plan, k = 0
-          t.k = st.remaining;
-          t.remaining = st.remaining;
-          t.greater = 0;
-          t.prefix = 0;
-          t.pass = 0;
-          gs->tie = t;
-          atomicAdd(&globals->ties_live, 1ull);
-        }
-        // else: tie state stays finished with prefix 0: every non-excluded tie is kept.
+                                                    const radix_select_state<std::uint64_t> tst, int bin, index_t acc,
+                                                    index_t cnt, unsigned long long excluded, int pass, int exact) {
+  if (Mode == 0) {
+    radix_select_state<Key> st = vst;
+    st.greater += acc;
+    st.remaining -= acc;
+    st.prefix |= static_cast<Key>(static_cast<Key>(bin) << calib_shift<0>(st.key_bits, st.pass));
+    ++st.pass;
+    if (pass == 0) atomicAdd(&globals->cand_needed, static_cast<unsigned long long>(cnt));
+    gs->value = st;
+    if (st.finished() && exact) {
+      // cnt keys equal tau; excluded entries are among them iff tau == 0 (they rank below all).
+      const index_t nonexcluded_ties = cnt - (st.prefix == 0 ? static_cast<index_t>(excluded) : 0);
+      if (st.remaining < nonexcluded_ties) {
+        radix_select_state<std::uint64_t> t = tst;  // key_bits set by the plan, k = 0
+        t.k = st.remaining;
+        t.remaining = st.remaining;
+        t.greater = 0;
+        t.prefix = 0;
+        t.pass = 0;
+        gs->tie = t;
+        atomicAdd(&globals->ties_live, 1ull);
       }
-    } else {
-      radix_select_state<std::uint64_t> st = tst;
-      st.greater += acc;
-      st.remaining -= acc;
-      st.prefix |= static_cast<std::uint64_t>(bin) << calib_shift<1>(st.key_bits, st.pass);
-      ++st.pass;
-      gs->tie = st;
-      if (st.finished()) atomicAdd(&globals->ties_live, ~0ull);  // - 1
+      // else: tie state stays finished with prefix 0: every non-excluded tie is kept.
     }
-    break;
+  } else {
+    radix_select_state<std::uint64_t> st = tst;
+    st.greater += acc;
+    st.remaining -= acc;
+    st.prefix |= static_cast<std::uint64_t>(bin) << calib_shift<1>(st.key_bits, st.pass);
+    ++st.pass;
+    gs->tie = st;
+    if (st.finished()) atomicAdd(&globals->ties_live, ~0ull);  // - 1
   }
 }
 
@@ -405,9 +392,26 @@ __global__ void __launch_bounds__(calib_select_block) calib_select(calib_group_s
   unsigned long long above = 0;
   scan_t(tmp).ExclusiveSum(sum, above);
   const index_t remaining = Mode == 0 ? vst.remaining : tst.remaining;
-  if (live && static_cast<index_t>(above) < remaining && static_cast<index_t>(above + sum) >= remaining)
-    calib_select_narrow<Key, Mode>(gs, globals, vst, tst, count, rt * per, bins, static_cast<index_t>(above), remaining,
-                                   excluded, pass, exact);
+  // The thread whose bins hold the rank (at most one) hands them to its warp: lane l takes bin
+  // bin0 + l, suffix sums over the lanes give the keys above each bin, and the lane holding the
+  // rank narrows the state (32 loads in parallel rather than one thread's chain of loads).
+  static_assert(per == 32, "calib_select: one bin per lane when narrowing");
+  const bool mine = live && static_cast<index_t>(above) < remaining && static_cast<index_t>(above + sum) >= remaining;
+  const unsigned int owner = __ballot_sync(0xffffffffu, mine);
+  if (owner != 0) {  // warp-uniform
+    const int lane = static_cast<int>(threadIdx.x & 31u), src = __ffs(static_cast<int>(owner)) - 1;
+    const int bin = (calib_select_block - 1 - static_cast<int>(threadIdx.x) + lane - src) * per + lane;
+    const unsigned long long above_src = __shfl_sync(0xffffffffu, above, src);
+    const unsigned long long c = bin < bins ? count(bin) : 0ull;
+    unsigned long long suffix = c;  // keys in bins bin0 + lane .. bin0 + 31
+    for (int o = 1; o < 32; o <<= 1) {
+      const unsigned long long t = __shfl_down_sync(0xffffffffu, suffix, o);
+      if (lane + o < 32) suffix += t;
+    }
+    const auto before = static_cast<index_t>(above_src + suffix - c), cnt = static_cast<index_t>(c);
+    if (before < remaining && before + cnt >= remaining)
+      calib_select_narrow<Key, Mode>(gs, globals, vst, tst, bin, before, cnt, excluded, pass, exact);
+  }
   // Each thread clears its own bins (after its own reads): bins >= radix_bins serve pass 0 only
   // (zeroed by calib_init), the others are reused by the next pass.
   for (int b = 0; b < per; ++b) {
