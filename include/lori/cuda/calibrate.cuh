@@ -13,18 +13,22 @@
 // semantics 2 more per tie digit):
 //   1. init: group states, histograms and counters reset (the workspace needs no initialisation);
 //   2. pass 0, the first full read: histogram of the top 13 key bits (8192 bins; excluded entries
-//      count as key 0), NaN/Inf detection (smallest flat position), excluded counts. Persistent
-//      blocks over a (tensor, row range) tile table, shared-memory histograms flushed per group;
+//      count as key 0), NaN/Inf detection (the top bins, or the smallest flat position), excluded
+//      counts. Persistent blocks over a (tensor, row range) tile table, shared-memory histograms
+//      flushed per group;
 //   3. select: one block per group narrows its radix_select_state (lori/mask/radix_select.hpp)
 //      to the bucket holding the k-th largest key (~1% of normal-like data) and clears the counts;
 //   4. split, the second and last full read (tiles ordered so that the data pass 0 read last, still
 //      in L2, is read first): every mask word is written with the entries certainly kept (top
-//      digit above the bucket); the bucket's entries go to a candidate list (one block scan and one
-//      atomic per 8192 entries) and their next 11-bit digit to the group's histogram;
+//      digit above the bucket); the bucket's entries go to a candidate list and their next 11-bit
+//      digit to the group's histogram. calib_split_ballot for packed float rows of 1-16 or 32k
+//      columns (two compares and two warp ballots per 32 entries build the words), calib_split
+//      for the other shapes;
 //   5. select, then the last digit (7 bits for float) histogrammed on the candidates only, select;
 //   6. exact semantics only, and only for groups that need fewer ties than they hold: a radix
 //      selection of the ties' flat positions on the candidates (bits = log2 of the total mask bits);
-//   7. finish: the kept candidates get their bits (atomicOr); kept counts per tensor.
+//   7. finish: the kept candidates get their bits (atomicOr); kept counts per tensor (or, when pass
+//      0 saw NaN/Inf, the smallest flat position of one, for report()).
 // When the selected buckets hold more entries than the candidate capacity (degenerate data such as
 // mostly-equal values), the kernels see it on the device and run steps 5-7 over the full data
 // instead (shared-memory histograms, a full mask-writing pass): the same result, slower. Every mask
