@@ -685,11 +685,21 @@ __global__ void __launch_bounds__(calib_block, 4) calib_split_ballot(calib_param
   static_assert(calib_tile_elems <= 65536 && wchunks % S == 0, "calib_split_ballot: tile layout");
   __shared__ std::uint16_t stage[warps][wchunks * 32];
   __shared__ unsigned int sh[radix_bins];
-  __shared__ unsigned int sh_cnt[warps];
+  __shared__ unsigned int sh_cnt[warps], sh_kept[warps];
   __shared__ unsigned long long sh_base;
-  __shared__ unsigned int sh_kept;
   const calib_tile tile = p.tiles[p.num_ballot_tiles - 1 - static_cast<index_t>(blockIdx.x)];
   const calib_tensor_desc<T> td = p.tensors[tile.tensor];
+  const int warp = static_cast<int>(threadIdx.x >> 5), lane = static_cast<int>(threadIdx.x & 31u);
+  const int cols = static_cast<int>(td.cols);
+  const auto nrows = static_cast<std::uint32_t>(tile.row_end - tile.row_begin);
+  const std::uint32_t n = nrows * static_cast<std::uint32_t>(cols);  // <= calib_tile_elems
+  const float* base = td.data + tile.row_begin * td.cols;
+  const std::uint32_t q_begin = static_cast<std::uint32_t>(warp * wchunks);
+  const std::uint32_t q_end = std::min<std::uint32_t>((n + 31) / 32, q_begin + wchunks);
+  // The warp's whole range (64 lines of 128 bytes) is requested into L2 at once, before the group
+  // state is read, so the batches' loads below find it there instead of each waiting for DRAM.
+  for (std::uint32_t q = q_begin + static_cast<std::uint32_t>(lane); q < q_end; q += 32)
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(base + q * 32) : "memory");
   const radix_select_state<Key> vs = p.groups[td.group].value;
   const bool compact = calib_compact(p.globals, p.capacity);
   const bool live = vs.k > 0 && vs.pass == 1;
@@ -703,17 +713,10 @@ __global__ void __launch_bounds__(calib_block, 4) calib_split_ballot(calib_param
                                                                magnitude_key<T>::infinity));
   const float nan = __uint_as_float(0x7fc00000u);
   const float lo = live ? __uint_as_float(lo_key) : nan, hi = live ? __uint_as_float(hi_key) : nan;
-  const int warp = static_cast<int>(threadIdx.x >> 5), lane = static_cast<int>(threadIdx.x & 31u);
-  const int cols = static_cast<int>(td.cols);
-  const auto nrows = static_cast<std::uint32_t>(tile.row_end - tile.row_begin);
-  const std::uint32_t n = nrows * static_cast<std::uint32_t>(cols);  // <= calib_tile_elems
-  const float* base = td.data + tile.row_begin * td.cols;
-  const std::uint32_t q_begin = static_cast<std::uint32_t>(warp * wchunks);
-  const std::uint32_t q_end = std::min<std::uint32_t>((n + 31) / 32, q_begin + wchunks);
-  if (!compact)
+  if (!compact) {  // block-uniform
     for (int b = threadIdx.x; b < radix_bins; b += blockDim.x) sh[b] = 0;
-  if (threadIdx.x == 0) sh_kept = 0;
-  __syncthreads();
+    __syncthreads();
+  }
   std::uint32_t wcount = 0, kept = 0;  // wcount: candidates staged by this warp (warp-uniform)
   for (std::uint32_t q0 = q_begin; q0 < q_end; q0 += S) {
     float x[S];
@@ -787,14 +790,17 @@ __global__ void __launch_bounds__(calib_block, 4) calib_split_ballot(calib_param
   const unsigned int ws = calib_warp_sum(kept);
   if (lane == 0) {
     sh_cnt[warp] = wcount;
-    if (ws != 0) atomicAdd(&sh_kept, ws);
+    sh_kept[warp] = ws;
   }
   __syncthreads();
   if (threadIdx.x == 0) {
-    unsigned long long total = 0;
-    for (int w = 0; w < warps; ++w) total += sh_cnt[w];
+    unsigned long long total = 0, kept_total = 0;
+    for (int w = 0; w < warps; ++w) {
+      total += sh_cnt[w];
+      kept_total += sh_kept[w];
+    }
     if (total != 0) sh_base = atomicAdd(&p.globals->cand_count, total);
-    if (sh_kept != 0) atomicAdd(p.kept + tile.tensor, static_cast<unsigned long long>(sh_kept));
+    if (kept_total != 0) atomicAdd(p.kept + tile.tensor, kept_total);
   }
   __syncthreads();
   if (wcount == 0) return;
