@@ -264,24 +264,34 @@ __global__ void __launch_bounds__(calib_pass0_block, calib_pass0_min_blocks) cal
     }
     cur = td.group;
     acc += ne;
-    const index_t first = td.elem_offset + tile.row_begin * td.cols;  // flat position of the tile's element 0
     bool done = false;
     if constexpr (sizeof(T) == 4) {
       if (td.fast && td.excl == nullptr) {  // packed rows, cols % 4 == 0, 16-byte aligned
         const auto* base4 = reinterpret_cast<const float4*>(td.data + tile.row_begin * td.cols);
-        const index_t n4 = ne / 4;
+        const auto n4 = static_cast<std::uint32_t>(ne / 4);  // 32-bit offsets within the tile
         constexpr int U = calib_pass0_unroll;
-        for (index_t v0 = threadIdx.x; v0 < n4; v0 += U * static_cast<index_t>(blockDim.x)) {
+        for (std::uint32_t v0 = threadIdx.x; v0 < n4; v0 += U * blockDim.x) {
           float4 x[U];
 #pragma unroll
           for (int u = 0; u < U; ++u) {
-            const index_t v = v0 + u * static_cast<index_t>(blockDim.x);
+            const std::uint32_t v = v0 + u * blockDim.x;
             x[u] = v < n4 ? __ldg(base4 + v) : make_float4(0.f, 0.f, 0.f, 0.f);
+          }
+          if (v0 == threadIdx.x && t + 1 < t_end) {
+            // While this tile's loads are in flight: the block's next tile is requested into L2
+            // (one 128-byte line per thread), so its loads need not wait for DRAM. A hint only.
+            const calib_tile nt = p.tiles0[t + 1];
+            const calib_tensor_desc<T>* nd = p.tensors + nt.tensor;
+            if (nd->fast) {  // packed rows
+              const auto* nb = reinterpret_cast<const char*>(nd->data + nt.row_begin * nd->cols);
+              const index_t nbytes = (nt.row_end - nt.row_begin) * nd->cols * static_cast<index_t>(sizeof(T));
+              for (index_t off = threadIdx.x * index_t{128}; off < nbytes; off += blockDim.x * index_t{128})
+                asm volatile("prefetch.global.L2 [%0];" ::"l"(nb + off));
+            }
           }
 #pragma unroll
           for (int u = 0; u < U; ++u) {
-            const index_t v = v0 + u * static_cast<index_t>(blockDim.x);
-            if (v >= n4) break;
+            if (v0 + u * blockDim.x >= n4) break;
             const float xs[4] = {x[u].x, x[u].y, x[u].z, x[u].w};
 #pragma unroll
             for (int b = 0; b < 4; ++b) atomicAdd(&sh[magnitude_bits(xs[b]) >> shift], 1u);
@@ -291,6 +301,7 @@ __global__ void __launch_bounds__(calib_pass0_block, calib_pass0_min_blocks) cal
       }
     }
     if (!done) {
+      const index_t first = td.elem_offset + tile.row_begin * td.cols;  // flat position of the tile's element 0
       unsigned int excl_here = 0;
       for (index_t e = threadIdx.x; e < ne; e += blockDim.x) {
         index_t r = 0, c = 0;
