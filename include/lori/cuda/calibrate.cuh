@@ -10,7 +10,8 @@
 //   lori::calibration_report rep = plan.report(ws.data(), stream); // syncs; throws on NaN/Inf
 //
 // Kernels, all stream-ordered, no per-tensor or per-group launches (float: 8 launches, exact
-// semantics 2 more per tie digit):
+// semantics 2 more per tie digit; all after the first are programmatic dependent launches, so each
+// kernel's blocks start while the previous kernel finishes):
 //   1. init: group states, histograms and counters reset (the workspace needs no initialisation);
 //   2. pass 0, the first full read: histogram of the top 13 key bits (8192 bins; excluded entries
 //      count as key 0), NaN/Inf detection (the top bins, or the smallest flat position), excluded
@@ -182,6 +183,23 @@ struct calib_params {
   int exact;
 };
 
+// Programmatic dependent launch (sm_90; run() launches every kernel after calib_init with the
+// attribute): a kernel's blocks may start while the kernel before it still runs. Every kernel lets
+// the next one's blocks start early (calib_allow_next, at its start: they only take what the SMs
+// have left) and waits for the kernel before it, its completion and memory (calib_wait_prior),
+// before it touches anything that kernel or an earlier one wrote, and always before it ends (so a
+// kernel's completion implies its predecessors'). No-ops for an ordinary launch or below sm_90.
+__device__ __forceinline__ void calib_wait_prior() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void calib_allow_next() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
 __device__ __forceinline__ bool calib_compact(const calib_globals* g, index_t capacity) {
   return static_cast<index_t>(g->cand_needed) <= capacity;
 }
@@ -226,6 +244,7 @@ template <class Key>
 __global__ void __launch_bounds__(calib_block) calib_init(calib_group_state<Key>* groups, const calib_group_state<Key>* init,
                                                           index_t num_groups, unsigned long long* zero, index_t zero_words,
                                                           index_t bad_word) {
+  calib_allow_next();  // pass 0 histograms its first tiles in shared memory meanwhile
   const index_t stride = static_cast<index_t>(gridDim.x) * blockDim.x;
   const index_t i0 = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x;
   for (index_t i = i0; i < zero_words; i += stride) zero[i] = i == bad_word ? ~0ull : 0ull;
@@ -248,6 +267,7 @@ __global__ void __launch_bounds__(calib_pass0_block, calib_pass0_min_blocks) cal
   constexpr int bins = 1 << (bits - shift);
   static_assert(bins == calib_max_bins, "calib_pass0: first digit width");
   __shared__ unsigned int sh[bins];
+  calib_allow_next();  // the data, tiles and descriptors are not calib_init's: read before waiting
   for (int b = threadIdx.x; b < bins; b += blockDim.x) sh[b] = 0;
   __syncthreads();
   index_t cur = -1, acc = 0;  // uniform over the block
@@ -258,6 +278,7 @@ __global__ void __launch_bounds__(calib_pass0_block, calib_pass0_min_blocks) cal
     const index_t ne = (tile.row_end - tile.row_begin) * td.cols;  // < 2^31 (plan checks)
     if (cur >= 0 && (td.group != cur || acc + ne > (index_t{1} << 31))) {
       __syncthreads();
+      calib_wait_prior();  // calib_init has zeroed the histograms
       calib_flush(sh, bins, p.hist + cur * calib_max_bins);
       __syncthreads();
       acc = 0;
@@ -301,6 +322,7 @@ __global__ void __launch_bounds__(calib_pass0_block, calib_pass0_min_blocks) cal
       }
     }
     if (!done) {
+      calib_wait_prior();  // calib_init has reset bad_position and the excluded counts
       const index_t first = td.elem_offset + tile.row_begin * td.cols;  // flat position of the tile's element 0
       unsigned int excl_here = 0;
       for (index_t e = threadIdx.x; e < ne; e += blockDim.x) {
@@ -318,6 +340,7 @@ __global__ void __launch_bounds__(calib_pass0_block, calib_pass0_min_blocks) cal
     }
   }
   __syncthreads();
+  calib_wait_prior();
   if (cur >= 0) calib_flush(sh, bins, p.hist + cur * calib_max_bins);
 }
 
@@ -374,6 +397,8 @@ __global__ void __launch_bounds__(calib_select_block) calib_select(calib_group_s
   constexpr int per = calib_max_bins / calib_select_block;  // 32 bins per thread
   using scan_t = cub::BlockScan<unsigned long long, calib_select_block>;
   __shared__ typename scan_t::TempStorage tmp;
+  calib_wait_prior();
+  calib_allow_next();
   // No tie selection running: no tie histogram was built (calib_hist returned), nothing to clear.
   // (Only a block whose group is live decrements ties_live, so 0 means none is live.)
   if (Mode == 1 && globals->ties_live == 0) return;
@@ -576,6 +601,8 @@ __global__ void __launch_bounds__(calib_block, 3) calib_split(calib_params<T> p)
   __shared__ unsigned int sh_kept;
   __shared__ unsigned int sh[radix_bins];
   static_assert(calib_vhigh(bits, 1) - calib_vshift(bits, 1) <= radix_digit_bits, "calib_split: digit 1 fits radix_bins");
+  calib_wait_prior();
+  calib_allow_next();
   const calib_tile tile = p.tiles[p.num_tiles - 1 - static_cast<index_t>(blockIdx.x)];
   const calib_tensor_desc<T> td = p.tensors[tile.tensor];
   const radix_select_state<Key> vs = p.groups[td.group].value;
@@ -698,6 +725,7 @@ __global__ void __launch_bounds__(calib_block, 4) calib_split_ballot(calib_param
   __shared__ unsigned int sh[radix_bins];
   __shared__ unsigned int sh_cnt[warps], sh_kept[warps];
   __shared__ unsigned long long sh_base;
+  calib_allow_next();
   const calib_tile tile = p.tiles[p.num_ballot_tiles - 1 - static_cast<index_t>(blockIdx.x)];
   const calib_tensor_desc<T> td = p.tensors[tile.tensor];
   const int warp = static_cast<int>(threadIdx.x >> 5), lane = static_cast<int>(threadIdx.x & 31u);
@@ -707,10 +735,11 @@ __global__ void __launch_bounds__(calib_block, 4) calib_split_ballot(calib_param
   const float* base = td.data + tile.row_begin * td.cols;
   const std::uint32_t q_begin = static_cast<std::uint32_t>(warp * wchunks);
   const std::uint32_t q_end = std::min<std::uint32_t>((n + 31) / 32, q_begin + wchunks);
-  // The warp's whole range (64 lines of 128 bytes) is requested into L2 at once, before the group
-  // state is read, so the batches' loads below find it there instead of each waiting for DRAM.
+  // The warp's whole range (64 lines of 128 bytes) is requested into L2 at once, before waiting for
+  // calib_select, so the batches' loads below find it there instead of each waiting for DRAM.
   for (std::uint32_t q = q_begin + static_cast<std::uint32_t>(lane); q < q_end; q += 32)
     asm volatile("prefetch.global.L2 [%0];" ::"l"(base + q * 32) : "memory");
+  calib_wait_prior();  // calib_select has narrowed the group states
   const radix_select_state<Key> vs = p.groups[td.group].value;
   const bool compact = calib_compact(p.globals, p.capacity);
   const bool live = vs.k > 0 && vs.pass == 1;
@@ -837,6 +866,8 @@ template <class T, int Mode>
 __global__ void __launch_bounds__(calib_block) calib_hist(calib_params<T> p, int pass) {
   using Key = magnitude_key_t<T>;
   constexpr int bits = magnitude_key<T>::bits;
+  calib_wait_prior();
+  calib_allow_next();
   if (Mode == 1 && p.globals->ties_live == 0) return;
   const int kbits = Mode == 0 ? bits : p.pos_bits;
   const int shift = calib_shift<Mode>(kbits, pass);
@@ -930,6 +961,8 @@ template <class T>
 __global__ void __launch_bounds__(calib_block) calib_finish(calib_params<T> p) {
   using Key = magnitude_key_t<T>;
   const int lane = static_cast<int>(threadIdx.x & 31u);
+  calib_wait_prior();
+  calib_allow_next();
   if (p.globals->nonfinite != 0) {
     // NaN/Inf in the data (calib_select saw them in pass 0's histogram): the masks are unspecified
     // and report() throws; find the smallest flat position of a non-finite value to name it.
@@ -1042,6 +1075,29 @@ __global__ void __launch_bounds__(calib_block) calib_finish(calib_params<T> p) {
 }
 
 inline std::size_t calib_align(std::size_t x) { return (x + 255) & ~std::size_t{255}; }
+
+// Launches kernel<<<grid, block, 0, stream>>>(args...), as a programmatic dependent launch when pdl
+// (see calib_wait_prior; an ordinary launch where the attribute is refused).
+template <class... Params, class... Args>
+void calib_launch(bool pdl, void (*kernel)(Params...), unsigned grid, int block, cudaStream_t stream, const Args&... args) {
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(grid);
+  cfg.blockDim = dim3(static_cast<unsigned>(block));
+  cfg.dynamicSmemBytes = 0;
+  cfg.stream = stream;
+  cfg.attrs = attr;
+  cfg.numAttrs = pdl ? 1 : 0;
+  cudaError_t e = cudaLaunchKernelEx(&cfg, kernel, static_cast<Params>(args)...);
+  if (pdl && (e == cudaErrorNotSupported || e == cudaErrorInvalidValue)) {
+    (void)cudaGetLastError();
+    cfg.numAttrs = 0;
+    e = cudaLaunchKernelEx(&cfg, kernel, static_cast<Params>(args)...);
+  }
+  LORI_CUDA_CHECK(e);
+}
 
 }  // namespace detail
 
@@ -1181,6 +1237,12 @@ class calibration_plan {
   index_t candidate_capacity() const noexcept { return capacity_; }
   /// Number of groups.
   index_t group_count() const noexcept { return groups_.count(); }
+  /// Whether run() launches its kernels after the first as programmatic dependent launches (sm_90:
+  /// a kernel's blocks start while the one before it finishes, hiding launch gaps; default true,
+  /// ordinary launches where the device refuses the attribute). false: each kernel starts after the
+  /// previous one has completed (e.g. for tools that serialise kernels anyway). Same results.
+  void set_dependent_launch(bool on) noexcept { pdl_ = on; }
+  bool dependent_launch() const noexcept { return pdl_; }
 
   /// Enqueues the calibration on `stream`: writes every mask word of every tensor. `workspace` is
   /// device memory of at least workspace_bytes(), 256-byte aligned (cudaMalloc memory is), untouched
@@ -1218,38 +1280,28 @@ class calibration_plan {
         reinterpret_cast<unsigned long long*>(ws + ws_zero_begin_), static_cast<index_t>((ws_zero_end_ - ws_zero_begin_) / 8),
         static_cast<index_t>((off_globals_ + offsetof(detail::calib_globals, bad_position) - ws_zero_begin_) / 8));
     LORI_CUDA_CHECK_LAUNCH();
-    detail::calib_pass0<T><<<grid_pass0_, detail::calib_pass0_block, 0, stream>>>(p);
-    LORI_CUDA_CHECK_LAUNCH();
-    detail::calib_select<Key, 0><<<ng, detail::calib_select_block, 0, stream>>>(p.groups, p.hist, p.globals, 0, exact);
-    LORI_CUDA_CHECK_LAUNCH();
+    detail::calib_launch(pdl_, detail::calib_pass0<T>, grid_pass0_, detail::calib_pass0_block, stream, p);
+    detail::calib_launch(pdl_, detail::calib_select<Key, 0>, ng, detail::calib_select_block, stream, p.groups, p.hist, p.globals, 0, exact);
     if constexpr (std::is_same_v<T, float>) {
       if (ntb_ > 0) {
-        detail::calib_split_ballot<T><<<static_cast<unsigned>(ntb_), B, 0, stream>>>(p);
-        LORI_CUDA_CHECK_LAUNCH();
+        detail::calib_launch(pdl_, detail::calib_split_ballot<T>, static_cast<unsigned>(ntb_), B, stream, p);
       }
     }
     if (nt > static_cast<unsigned>(ntb_)) {
-      detail::calib_split<T><<<nt - static_cast<unsigned>(ntb_), B, 0, stream>>>(p);
-      LORI_CUDA_CHECK_LAUNCH();
+      detail::calib_launch(pdl_, detail::calib_split<T>, nt - static_cast<unsigned>(ntb_), B, stream, p);
     }
-    detail::calib_select<Key, 0><<<ng, detail::calib_select_block, 0, stream>>>(p.groups, p.hist, p.globals, 1, exact);
-    LORI_CUDA_CHECK_LAUNCH();
+    detail::calib_launch(pdl_, detail::calib_select<Key, 0>, ng, detail::calib_select_block, stream, p.groups, p.hist, p.globals, 1, exact);
     for (int pass = 2; pass < passes; ++pass) {
-      detail::calib_hist<T, 0><<<grid_small_, B, 0, stream>>>(p, pass);
-      LORI_CUDA_CHECK_LAUNCH();
-      detail::calib_select<Key, 0><<<ng, detail::calib_select_block, 0, stream>>>(p.groups, p.hist, p.globals, pass, exact);
-      LORI_CUDA_CHECK_LAUNCH();
+      detail::calib_launch(pdl_, detail::calib_hist<T, 0>, grid_small_, B, stream, p, pass);
+      detail::calib_launch(pdl_, detail::calib_select<Key, 0>, ng, detail::calib_select_block, stream, p.groups, p.hist, p.globals, pass, exact);
     }
     if (exact) {
       for (int pass = 0; pass < radix_pass_count(pos_bits_); ++pass) {
-        detail::calib_hist<T, 1><<<grid_small_, B, 0, stream>>>(p, pass);
-        LORI_CUDA_CHECK_LAUNCH();
-        detail::calib_select<Key, 1><<<ng, detail::calib_select_block, 0, stream>>>(p.groups, p.hist, p.globals, pass, exact);
-        LORI_CUDA_CHECK_LAUNCH();
+        detail::calib_launch(pdl_, detail::calib_hist<T, 1>, grid_small_, B, stream, p, pass);
+        detail::calib_launch(pdl_, detail::calib_select<Key, 1>, ng, detail::calib_select_block, stream, p.groups, p.hist, p.globals, pass, exact);
       }
     }
-    detail::calib_finish<T><<<grid_small_, B, 0, stream>>>(p);
-    LORI_CUDA_CHECK_LAUNCH();
+    detail::calib_launch(pdl_, detail::calib_finish<T>, grid_small_, B, stream, p);
   }
 
   /// Waits for `stream`, reads the outcome of the last run() from `workspace`, and returns the same
@@ -1344,6 +1396,7 @@ class calibration_plan {
   index_t total_ = 0;
   index_t capacity_ = 0;
   int pos_bits_ = 1;
+  bool pdl_ = true;
   unsigned grid_pass0_ = 1, grid_small_ = 1;
   std::size_t off_tensors_ = 0, off_tiles_ = 0, off_init_ = 0, off_groups_ = 0, off_hist_ = 0, off_globals_ = 0, off_kept_ = 0, off_cands_ = 0;
   std::size_t bytes_ = 0, ws_zero_begin_ = 0, ws_zero_end_ = 0;
