@@ -31,7 +31,7 @@ ncu_run() {
   local f=$1 c=$2 lg="$OUT/mask_ncu_${1//\//_}.log"
   log "== ncu BM_gpu_calibrate_$f (first $c calib_ kernels; raw metrics)"
   timeout "$(tl "$3")" ncu --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
-    --metrics smsp__inst_executed.sum,dram__bytes_read.sum,dram__bytes_write.sum,lts__t_bytes.sum \
+    --metrics smsp__inst_executed.sum,dram__bytes_read.sum,dram__bytes_write.sum,lts__t_bytes.sum,lts__t_sector_hit_rate.pct \
     --page raw -k regex:calib_ -c "$c" "$bench" --benchmark_filter="BM_gpu_calibrate_$f/" \
     --benchmark_min_time=0.01 > "$lg" 2>&1
   log "ncu rc=$?"
@@ -47,6 +47,12 @@ ncu_run() {
     /launch__registers_per_thread / { rg = $NF } /issue_stalled_long_scoreboard_per_issue_active/ { ls = $NF }
     /issue_stalled_short_scoreboard_per_issue_active/ { ss = $NF } /issue_stalled_barrier_per_issue_active/ { br = $NF }
     END { flush() }' "$lg" | head -"$4" | tee -a "$F"
+  # Per kernel: L2 hit rate and the other stall reasons over 0.3 cycles per issued instruction.
+  awk '/calib_[a-z0-9_]+</ { if (l != "") print l; match($0, /calib_[a-z0-9_]+<[a-z, 0-9]*>/); k = substr($0, RSTART, RLENGTH); gsub(" ", "", k); l = sprintf("%-22s", k) }
+    /lts__t_sector_hit_rate.pct/ { l = l " L2hit=" $NF "%" }
+    /smsp__average_warps_issue_stalled_[a-z_]+_per_issue_active.ratio/ && !/long_scoreboard|short_scoreboard|barrier/ {
+      v = $NF; gsub(",", "", v); if (v + 0 > 0.3) { n = $1; sub(/.*issue_stalled_/, "", n); sub(/_per_issue_active.*/, "", n); l = l " " n "=" v } }
+    END { if (l != "") print l }' "$lg" | head -"$4" | tee -a "$F"
   grep -q -E "gpu__time_duration" "$lg" || tail -12 "$lg" | tee -a "$F"
 }
 exe=$(find "$B" -type f -name lori_test_mask_gpu -perm -u+x | head -1)

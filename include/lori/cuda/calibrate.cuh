@@ -84,7 +84,7 @@ inline constexpr int calib_max_bins = 1 << calib_first_bits;
 inline constexpr int calib_split_unroll = 8;     // float4 loads in flight per thread in the split pass (half a tile)
 inline constexpr index_t calib_tile_elems = 16384;       // tiles of the split and full-data passes
 inline constexpr int calib_cand_unroll = 4;       // candidates per thread in flight in calib_hist / calib_finish
-inline constexpr int calib_ballot_steps = 16;     // calib_split_ballot: 32-element chunks per warp per batch (loads in flight)
+inline constexpr int calib_ballot_steps = 32;     // calib_split_ballot: 32-element chunks per warp per batch (loads in flight)
 inline constexpr index_t calib_pass0_tile_elems = 8192;   // pass 0: one unrolled sweep of a block
 
 // Value digits on the GPU: a first digit of calib_first_bits bits (8192 bins: the selected bucket
@@ -713,7 +713,7 @@ __device__ __forceinline__ std::uint32_t calib_chunk_bits(const std::uint64_t* w
 // (candidates beyond the capacity): no words, no records; the bucket's digit-1 histogram is built in
 // shared memory and flushed. Out-of-tile lanes read NaN, which passes neither compare.
 template <class T>
-__global__ void __launch_bounds__(calib_block, 4) calib_split_ballot(calib_params<T> p) {
+__global__ void __launch_bounds__(calib_block, 3) calib_split_ballot(calib_params<T> p) {
   static_assert(sizeof(T) == 4, "calib_split_ballot: float only");
   using Key = magnitude_key_t<T>;
   constexpr int bits = magnitude_key<T>::bits;
