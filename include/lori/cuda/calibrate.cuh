@@ -78,7 +78,7 @@ inline constexpr int calib_block = 256;          // split, candidate and finishi
 inline constexpr int calib_pass0_block = 256;    // pass 0 (full-data histogram)
 inline constexpr int calib_pass0_unroll = 8;     // float4 loads in flight per thread in pass 0 (a whole tile)
 inline constexpr int calib_pass0_min_blocks = 4;  // pass-0 blocks per SM (__launch_bounds__: <= 64 registers)
-inline constexpr int calib_select_block = 256;   // one block per group, 32 bins per thread
+inline constexpr int calib_select_block = 512;   // one block per group, 16 bins per thread (all loaded at once)
 inline constexpr int calib_first_bits = 13;      // width of the first value digit on the GPU
 inline constexpr int calib_max_bins = 1 << calib_first_bits;
 inline constexpr int calib_split_unroll = 8;     // float4 loads in flight per thread in the split pass (half a tile)
@@ -347,10 +347,10 @@ __global__ void __launch_bounds__(calib_pass0_block, calib_pass0_min_blocks) cal
 // Narrows a group's state to `bin` (cnt keys, `acc` keys in the bins above it): the one lane of
 // calib_select that holds the rank sought.
 template <class Key, int Mode>
-__device__ __forceinline__ void calib_select_narrow(calib_group_state<Key>* gs, calib_globals* globals,
-                                                    const radix_select_state<Key> vst,
-                                                    const radix_select_state<std::uint64_t> tst, int bin, index_t acc,
+__device__ __forceinline__ void calib_select_narrow(calib_group_state<Key>* gs, calib_globals* globals, int bin, index_t acc,
                                                     index_t cnt, unsigned long long excluded, int pass, int exact) {
+  const radix_select_state<Key> vst = gs->value;
+  const radix_select_state<std::uint64_t> tst = gs->tie;
   if (Mode == 0) {
     radix_select_state<Key> st = vst;
     st.greater += acc;
@@ -392,9 +392,9 @@ __device__ __forceinline__ void calib_select_narrow(calib_group_state<Key>* gs, 
 // starts the tie selection (k = ties needed), unless every non-excluded tie is needed (then all are
 // kept and no tie pass runs for the group).
 template <class Key, int Mode>
-__global__ void __launch_bounds__(calib_select_block) calib_select(calib_group_state<Key>* groups, unsigned long long* hist,
+__global__ void __launch_bounds__(calib_select_block, 2) calib_select(calib_group_state<Key>* groups, unsigned long long* hist,
                                                                    calib_globals* globals, int pass, int exact) {
-  constexpr int per = calib_max_bins / calib_select_block;  // 32 bins per thread
+  constexpr int per = calib_max_bins / calib_select_block;  // 16 bins per thread
   using scan_t = cub::BlockScan<unsigned long long, calib_select_block>;
   __shared__ typename scan_t::TempStorage tmp;
   calib_wait_prior();
@@ -406,51 +406,59 @@ __global__ void __launch_bounds__(calib_select_block) calib_select(calib_group_s
   unsigned long long* h = hist + blockIdx.x * static_cast<index_t>(calib_max_bins);
   const int rt = calib_select_block - 1 - static_cast<int>(threadIdx.x);  // thread 0 owns the top bins
   // Every thread reads the state before the scan's barriers; only the one thread that finds the
-  // rank writes it afterwards, so no thread can see a half-updated state.
-  const radix_select_state<Key> vst = gs->value;
-  const radix_select_state<std::uint64_t> tst = gs->tie;
-  const int kbits = Mode == 0 ? vst.key_bits : tst.key_bits;
+  // rank reads it again and writes it afterwards, so no thread can see a half-updated state.
+  int kbits = 0;
+  bool live = false, add_excluded = false;
+  index_t remaining = 0;
+  {
+    const radix_select_state<Key> vst = gs->value;
+    const radix_select_state<std::uint64_t> tst = gs->tie;
+    kbits = Mode == 0 ? vst.key_bits : tst.key_bits;
+    live = Mode == 0 ? (!vst.finished() && vst.pass == pass) : (!tst.finished() && tst.pass == pass);
+    remaining = Mode == 0 ? vst.remaining : tst.remaining;
+    // Count of bin idx (< bins); excluded entries join bin 0 in value passes >= 1 when the prefix is 0.
+    add_excluded = Mode == 0 && pass > 0 && vst.prefix == 0;
+  }
   const int bins = 1 << (calib_high<Mode>(kbits, pass) - calib_shift<Mode>(kbits, pass));
-  const bool live = Mode == 0 ? (!vst.finished() && vst.pass == pass) : (!tst.finished() && tst.pass == pass);
   const unsigned long long excluded = gs->excluded;
-  // Count of bin idx (< bins); excluded entries join bin 0 in value passes >= 1 when the prefix is 0.
-  const bool add_excluded = Mode == 0 && pass > 0 && vst.prefix == 0;
   const auto count = [h, excluded, add_excluded](int idx) -> unsigned long long {
     return h[idx] + (add_excluded && idx == 0 ? excluded : 0ull);
   };
-  unsigned long long sum = 0;
-  for (int b = 0; b < per; ++b)
-    if (rt * per + b < bins) sum += count(rt * per + b);
-  if (Mode == 0 && pass == 0 && rt == calib_select_block - 1) {
-    // The top bins (this thread's) from +Inf's key up hold the NaN/Inf entries pass 0 saw.
+  unsigned long long c[per], sum = 0;  // this thread's counts: every load in flight at once
+#pragma unroll
+  for (int b = 0; b < per; ++b) c[b] = rt * per + b < bins ? count(rt * per + b) : 0ull;
+#pragma unroll
+  for (int b = 0; b < per; ++b) sum += c[b];
+  if (Mode == 0 && pass == 0) {
+    // The top bins, from +Inf's key up, hold the NaN/Inf entries pass 0 saw.
     using V = std::conditional_t<sizeof(Key) == 4, float, double>;
     constexpr auto inf_bin = static_cast<int>(magnitude_key<V>::infinity >> calib_vshift(magnitude_key<V>::bits, 0));
-    static_assert(inf_bin >= calib_max_bins - per, "calib_select: the non-finite bins are thread 0's");
-    for (int b = inf_bin; b < calib_max_bins; ++b)
-      if (h[b] != 0) globals->nonfinite = 1;
+    bool bad = false;
+#pragma unroll
+    for (int b = 0; b < per; ++b) bad |= rt * per + b >= inf_bin && c[b] != 0;
+    if (bad) globals->nonfinite = 1;
   }
   unsigned long long above = 0;
   scan_t(tmp).ExclusiveSum(sum, above);
-  const index_t remaining = Mode == 0 ? vst.remaining : tst.remaining;
-  // The thread whose bins hold the rank (at most one) hands them to its warp: lane l takes bin
-  // bin0 + l, suffix sums over the lanes give the keys above each bin, and the lane holding the
-  // rank narrows the state (32 loads in parallel rather than one thread's chain of loads).
-  static_assert(per == 32, "calib_select: one bin per lane when narrowing");
+  // The thread whose bins hold the rank (at most one) hands them to its warp: lane l < per loads
+  // bin bin0 + l, suffix sums over those lanes give the keys above each bin, and the lane holding
+  // the rank narrows the state (no chain of loads or of dependent compares).
+  static_assert(per <= 32 && 32 % per == 0, "calib_select: one bin per lane when narrowing");
   const bool mine = live && static_cast<index_t>(above) < remaining && static_cast<index_t>(above + sum) >= remaining;
   const unsigned int owner = __ballot_sync(0xffffffffu, mine);
   if (owner != 0) {  // warp-uniform
     const int lane = static_cast<int>(threadIdx.x & 31u), src = __ffs(static_cast<int>(owner)) - 1;
-    const int bin = (calib_select_block - 1 - static_cast<int>(threadIdx.x) + lane - src) * per + lane;
+    const int bin0 = (calib_select_block - 1 - (static_cast<int>(threadIdx.x) - lane + src)) * per;
     const unsigned long long above_src = __shfl_sync(0xffffffffu, above, src);
-    const unsigned long long c = bin < bins ? count(bin) : 0ull;
-    unsigned long long suffix = c;  // keys in bins bin0 + lane .. bin0 + 31
-    for (int o = 1; o < 32; o <<= 1) {
+    const unsigned long long cl = lane < per && bin0 + lane < bins ? count(bin0 + lane) : 0ull;  // (loaded again: in parallel)
+    unsigned long long suffix = cl;  // keys in bins bin0 + lane .. bin0 + per - 1
+    for (int o = 1; o < per; o <<= 1) {
       const unsigned long long t = __shfl_down_sync(0xffffffffu, suffix, o);
-      if (lane + o < 32) suffix += t;
+      if (lane + o < per) suffix += t;
     }
-    const auto before = static_cast<index_t>(above_src + suffix - c), cnt = static_cast<index_t>(c);
-    if (before < remaining && before + cnt >= remaining)
-      calib_select_narrow<Key, Mode>(gs, globals, vst, tst, bin, before, cnt, excluded, pass, exact);
+    const auto before = static_cast<index_t>(above_src + suffix - cl), cnt = static_cast<index_t>(cl);
+    if (lane < per && before < remaining && before + cnt >= remaining)
+      calib_select_narrow<Key, Mode>(gs, globals, bin0 + lane, before, cnt, excluded, pass, exact);
   }
   // Each thread clears its own bins (after its own reads): bins >= radix_bins serve pass 0 only
   // (zeroed by calib_init), the others are reused by the next pass.
