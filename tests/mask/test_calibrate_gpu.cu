@@ -339,6 +339,35 @@ TEST_CASE("GPU calibration equals the CPU path: ballot split shapes, bucket edge
   }
 }
 
+TEST_CASE("GPU calibration equals the CPU path when every tensor is a float4 tensor (pass 0 by bulk copies)") {
+  // Packed, 16-byte aligned float tensors with 4, 8, 16, 32 or a multiple of 64 columns and no
+  // exclusion mask: pass 0 streams its tiles into shared memory by bulk copies. Tensors of one to
+  // several pass-0 tiles (8192 entries), a last tile shorter than the others, several groups per
+  // persistent block (layer, matrix granularity); normal values and heavy ties.
+  LORI_TEST_SEED_INFO();
+  auto g = lori_test::rng(113);
+  const lori::index_t rows[] = {4096, 1024, 333, 2049, 64, 1, 7000, 515};
+  const lori::index_t cols[] = {32, 32, 64, 16, 128, 4, 8, 32};
+  constexpr int nt = sizeof(rows) / sizeof(rows[0]);
+  std::normal_distribution<float> nd(0.0f, 0.02f);
+  std::uniform_int_distribution<int> level(0, 5);
+  for (int kind = 0; kind < 2; ++kind) {
+    if (quick() && kind == 1) continue;
+    INFO("data kind " << kind << " (0 normal, 1 six levels)");
+    std::vector<std::vector<float>> store(nt);
+    std::vector<lori::calibration_tensor<float>> ts;
+    for (int t = 0; t < nt; ++t) {
+      store[t].resize(static_cast<std::size_t>(rows[t] * cols[t]));
+      for (auto& x : store[t]) x = kind == 0 ? nd(g) : 0.01f * static_cast<float>(level(g) - 2);
+      const std::string name = "model.layers." + std::to_string(t % 3) + (t % 2 == 0 ? ".mlp.down_proj" : ".self_attn.v_proj") +
+                               ".lora_B." + std::to_string(t);
+      ts.push_back({name, lori::row_major_view<const float>(store[t].data(), rows[t], cols[t]), nullptr});
+    }
+    compare_all(ts, 0.9, {-1, 0});
+    if (!quick()) compare_all(ts, 0.5, {-1});
+  }
+}
+
 TEST_CASE("GPU calibration reports NaN/Inf with the tensor's name and index; checks its arguments") {
   std::vector<float> a(40, 0.5f), b(64, 0.25f);
   b[37] = std::numeric_limits<float>::quiet_NaN();

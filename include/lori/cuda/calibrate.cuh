@@ -84,7 +84,7 @@ inline constexpr int calib_max_bins = 1 << calib_first_bits;
 inline constexpr int calib_split_unroll = 8;     // float4 loads in flight per thread in the split pass (half a tile)
 inline constexpr index_t calib_tile_elems = 16384;       // tiles of the split and full-data passes
 inline constexpr int calib_cand_unroll = 4;       // candidates per thread in flight in calib_hist / calib_finish
-inline constexpr int calib_ballot_steps = 32;     // calib_split_ballot: 32-element chunks per warp per batch (loads in flight)
+inline constexpr int calib_ballot_steps = 16;     // calib_split_ballot: 32-element chunks per warp per batch (loads in flight)
 inline constexpr index_t calib_pass0_tile_elems = 8192;   // pass 0: one unrolled sweep of a block
 
 // Value digits on the GPU: a first digit of calib_first_bits bits (8192 bins: the selected bucket
@@ -338,6 +338,90 @@ __global__ void __launch_bounds__(calib_pass0_block, calib_pass0_min_blocks) cal
       }
       if (excl_here != 0) atomicAdd(&p.groups[td.group].excluded, static_cast<unsigned long long>(excl_here));
     }
+  }
+  __syncthreads();
+  calib_wait_prior();
+  if (cur >= 0) calib_flush(sh, bins, p.hist + cur * calib_max_bins);
+}
+
+// Shared-memory address of p (for the mbarrier / bulk-copy PTX below).
+__device__ __forceinline__ unsigned calib_smem(const void* p) { return static_cast<unsigned>(__cvta_generic_to_shared(p)); }
+
+// Pass 0 when every pass-0 tile is a float4 tile without exclusions (calib_plan::bulk0_): the same
+// histogram as calib_pass0, but the tiles stream into shared memory by bulk copies (the TMA engine,
+// sm_90), two in flight per block: thread 0 issues tile t + 2's copy as soon as the block has
+// histogrammed tile t, so the block's next two tiles are always on their way and no register
+// holds data in flight (2 blocks of 256 threads per SM: 4 tiles, 128 KB, in flight per SM).
+// Completion is tracked by one mbarrier per buffer (transaction bytes, phase parity).
+template <class T>
+__global__ void __launch_bounds__(calib_pass0_block, 2) calib_pass0_bulk(calib_params<T> p) {
+  static_assert(sizeof(T) == 4, "calib_pass0_bulk: float only");
+  constexpr int shift = calib_vshift(magnitude_key<T>::bits, 0);
+  constexpr int bins = calib_max_bins;
+  constexpr int tile4 = static_cast<int>(calib_pass0_tile_elems / 4);  // float4 per buffer
+  __shared__ unsigned int sh[bins];
+  __shared__ alignas(8) unsigned long long full[2];
+  extern __shared__ float4 calib_buf[];  // 2 x tile4 (dynamic shared memory)
+  calib_allow_next();
+  const index_t t_begin = static_cast<index_t>(blockIdx.x) * p.num_tiles0 / gridDim.x;
+  const index_t t_end = (static_cast<index_t>(blockIdx.x) + 1) * p.num_tiles0 / gridDim.x;
+  // Thread 0: tile t's bytes into buffer `slot`, completing on full[slot].
+  const auto issue = [&](index_t t, int slot) {
+    const calib_tile tile = p.tiles0[t];
+    const calib_tensor_desc<T>* td = p.tensors + tile.tensor;
+    const auto bytes = static_cast<unsigned>((tile.row_end - tile.row_begin) * td->cols * static_cast<index_t>(sizeof(T)));
+    const T* src = td->data + tile.row_begin * td->cols;
+    const unsigned mb = calib_smem(&full[slot]);
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(mb), "r"(bytes) : "memory");
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+                     calib_smem(calib_buf + slot * tile4)),
+                 "l"(src), "r"(bytes), "r"(mb)
+                 : "memory");
+  };
+  if (threadIdx.x == 0) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(calib_smem(&full[0])) : "memory");
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(calib_smem(&full[1])) : "memory");
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+    if (t_begin < t_end) issue(t_begin, 0);
+    if (t_begin + 1 < t_end) issue(t_begin + 1, 1);
+  }
+  for (int b = threadIdx.x; b < bins; b += blockDim.x) sh[b] = 0;
+  __syncthreads();
+  index_t cur = -1, acc = 0;  // uniform over the block
+  for (index_t t = t_begin; t < t_end; ++t) {
+    const auto i = static_cast<unsigned>(t - t_begin);
+    const int slot = static_cast<int>(i & 1u);
+    const calib_tile tile = p.tiles0[t];
+    const index_t group = p.tensors[tile.tensor].group;
+    const index_t ne = (tile.row_end - tile.row_begin) * p.tensors[tile.tensor].cols;
+    if (cur >= 0 && (group != cur || acc + ne > (index_t{1} << 31))) {
+      __syncthreads();
+      calib_wait_prior();  // calib_init has zeroed the histograms
+      calib_flush(sh, bins, p.hist + cur * calib_max_bins);
+      __syncthreads();
+      acc = 0;
+    }
+    cur = group;
+    acc += ne;
+    // Wait for buffer `slot`'s copy (its (i / 2)-th use: phase parity (i / 2) & 1).
+    const unsigned mb = calib_smem(&full[slot]), parity = (i >> 1) & 1u;
+    for (unsigned done = 0; done == 0;)
+      asm volatile("{\n\t.reg .pred q;\n\tmbarrier.try_wait.parity.shared::cta.b64 q, [%1], %2;\n\tselp.u32 %0, 1, 0, q;\n\t}"
+                   : "=r"(done)
+                   : "r"(mb), "r"(parity)
+                   : "memory");
+    const float4* x4 = calib_buf + slot * tile4;
+    const auto n4 = static_cast<unsigned>(ne / 4);
+    for (unsigned v = threadIdx.x; v < n4; v += blockDim.x) {
+      const float4 x = x4[v];
+      atomicAdd(&sh[magnitude_bits(x.x) >> shift], 1u);
+      atomicAdd(&sh[magnitude_bits(x.y) >> shift], 1u);
+      atomicAdd(&sh[magnitude_bits(x.z) >> shift], 1u);
+      atomicAdd(&sh[magnitude_bits(x.w) >> shift], 1u);
+    }
+    __syncthreads();  // every thread is done with buffer `slot`: refill it
+    if (threadIdx.x == 0 && t + 2 < t_end) issue(t + 2, slot);
   }
   __syncthreads();
   calib_wait_prior();
@@ -691,6 +775,16 @@ __device__ __forceinline__ bool calib_abs_ge(float x, float t) {
   return r != 0;
 }
 
+// The ballot over a full warp of |x| >= t (calib_abs_ge), in PTX: the warp is converged where this
+// is called (warp-uniform control flow), so no divergence check is needed around the vote.
+__device__ __forceinline__ std::uint32_t calib_ballot_abs_ge(float x, float t) {
+  std::uint32_t r;
+  asm volatile("{\n\t.reg .pred p;\n\t.reg .f32 a;\n\tabs.f32 a, %1;\n\tsetp.ge.f32 p, a, %2;\n\tvote.sync.ballot.b32 %0, p, 0xffffffff;\n\t}"
+               : "=r"(r)
+               : "f"(x), "f"(t));
+  return r;
+}
+
 // The 32 bits of chunk q (elements 32q .. 32q + 31 of a tile of nrows rows starting at row r0) in a
 // bit matrix laid out like the masks (words per row wpr) of a calib_ballot_shape tensor.
 __device__ __forceinline__ std::uint32_t calib_chunk_bits(const std::uint64_t* words, index_t wpr, int cols, index_t r0,
@@ -721,7 +815,7 @@ __device__ __forceinline__ std::uint32_t calib_chunk_bits(const std::uint64_t* w
 // (candidates beyond the capacity): no words, no records; the bucket's digit-1 histogram is built in
 // shared memory and flushed. Out-of-tile lanes read NaN, which passes neither compare.
 template <class T>
-__global__ void __launch_bounds__(calib_block, 3) calib_split_ballot(calib_params<T> p) {
+__global__ void __launch_bounds__(calib_block, 5) calib_split_ballot(calib_params<T> p) {
   static_assert(sizeof(T) == 4, "calib_split_ballot: float only");
   using Key = magnitude_key_t<T>;
   constexpr int bits = magnitude_key<T>::bits;
@@ -729,7 +823,7 @@ __global__ void __launch_bounds__(calib_block, 3) calib_split_ballot(calib_param
   constexpr int warps = calib_block / 32;
   constexpr int wchunks = static_cast<int>(calib_tile_elems / 32 / warps);  // chunks per warp (64)
   static_assert(calib_tile_elems <= 65536 && wchunks % S == 0, "calib_split_ballot: tile layout");
-  __shared__ std::uint16_t stage[warps][wchunks * 32];
+  __shared__ uint2 stage[warps][wchunks];  // per warp: (chunk, candidate bits) of its chunks with candidates
   __shared__ unsigned int sh[radix_bins];
   __shared__ unsigned int sh_cnt[warps], sh_kept[warps];
   __shared__ unsigned long long sh_base;
@@ -765,7 +859,7 @@ __global__ void __launch_bounds__(calib_block, 3) calib_split_ballot(calib_param
     for (int b = threadIdx.x; b < radix_bins; b += blockDim.x) sh[b] = 0;
     __syncthreads();
   }
-  std::uint32_t wcount = 0, kept = 0;  // wcount: candidates staged by this warp (warp-uniform)
+  std::uint32_t nstaged = 0, kept = 0;  // nstaged: chunks staged by this warp (warp-uniform)
   for (std::uint32_t q0 = q_begin; q0 < q_end; q0 += S) {
     float x[S];
     if (q0 + S <= q_end && (q0 + S) * 32 <= n) {  // warp-uniform: every chunk whole
@@ -781,19 +875,16 @@ __global__ void __launch_bounds__(calib_block, 3) calib_split_ballot(calib_param
     std::uint32_t kb[S];
 #pragma unroll
     for (int s = 0; s < S; ++s) {
-      kb[s] = __ballot_sync(0xffffffffu, calib_abs_ge(x[s], hi));
-      std::uint32_t cb = __ballot_sync(0xffffffffu, calib_abs_ge(x[s], lo)) & ~kb[s];
+      kb[s] = calib_ballot_abs_ge(x[s], hi);
+      std::uint32_t cb = calib_ballot_abs_ge(x[s], lo) & ~kb[s];
       if (cb != 0) {  // warp-uniform
         if (td.excl != nullptr) cb &= ~calib_chunk_bits(td.excl, td.wpr, cols, tile.row_begin, q0 + s, nrows);
-        if ((cb >> lane) & 1u) {
-          if (compact) {
-            stage[warp][wcount + static_cast<std::uint32_t>(__popc(cb & ((1u << lane) - 1u)))] =
-                static_cast<std::uint16_t>((q0 + s) * 32 + static_cast<std::uint32_t>(lane));
-          } else {
-            atomicAdd(&sh[(magnitude_bits(x[s]) >> shift1) & dmask], 1u);
-          }
+        if (compact) {  // one entry per chunk (records are written at the end)
+          if (lane == 0) stage[warp][nstaged] = make_uint2(q0 + s, cb);
+          ++nstaged;
+        } else if ((cb >> lane) & 1u) {
+          atomicAdd(&sh[(magnitude_bits(x[s]) >> shift1) & dmask], 1u);
         }
-        wcount += static_cast<std::uint32_t>(__popc(cb));
       }
     }
     if (!compact) continue;
@@ -835,6 +926,13 @@ __global__ void __launch_bounds__(calib_block, 3) calib_split_ballot(calib_param
     calib_flush(sh, radix_bins, p.hist + td.group * calib_max_bins);
     return;
   }
+  __syncwarp();  // lane 0's stage entries
+  std::uint32_t wcount = 0;  // candidates of this warp
+  for (std::uint32_t j0 = 0; j0 < nstaged; j0 += 32) {
+    const std::uint32_t j = j0 + static_cast<std::uint32_t>(lane);
+    wcount += calib_warp_sum(j < nstaged ? static_cast<unsigned int>(__popc(stage[warp][j].y)) : 0u);
+  }
+  wcount = __shfl_sync(0xffffffffu, wcount, 0);
   const unsigned int ws = calib_warp_sum(kept);
   if (lane == 0) {
     sh_cnt[warp] = wcount;
@@ -855,13 +953,27 @@ __global__ void __launch_bounds__(calib_block, 3) calib_split_ballot(calib_param
   unsigned long long slot = sh_base;
   for (int w = 0; w < warp; ++w) slot += sh_cnt[w];
   unsigned long long* h = p.hist + td.group * calib_max_bins;
-  for (std::uint32_t i = static_cast<std::uint32_t>(lane); i < wcount; i += 32) {
-    const std::uint32_t e = stage[warp][i];
-    const Key key = magnitude_bits(__ldg(base + e));
-    const std::uint32_t row = e / static_cast<std::uint32_t>(cols), col = e - row * static_cast<std::uint32_t>(cols);
-    const index_t bit = ((tile.row_begin + row) * td.wpr + (col >> 6)) * 64 + (col & 63u);
-    p.cands[slot + i] = calib_candidate<Key>{key, static_cast<std::uint32_t>(tile.tensor), static_cast<std::uint64_t>(bit)};
-    atomicAdd(h + ((key >> shift1) & dmask), 1ull);
+  // Lane l expands staged chunks l, l + 32: its candidates' slots follow the warp's inclusive scan
+  // of the candidate counts.
+  for (std::uint32_t j0 = 0; j0 < nstaged; j0 += 32) {
+    const std::uint32_t j = j0 + static_cast<std::uint32_t>(lane);
+    const uint2 st = j < nstaged ? stage[warp][j] : make_uint2(0u, 0u);
+    const auto c = static_cast<std::uint32_t>(__popc(st.y));
+    std::uint32_t incl = c;
+    for (int o = 1; o < 32; o <<= 1) {
+      const std::uint32_t t = __shfl_up_sync(0xffffffffu, incl, o);
+      if (lane >= o) incl += t;
+    }
+    unsigned long long at = slot + (incl - c);
+    for (std::uint32_t m = st.y; m != 0; m &= m - 1) {
+      const std::uint32_t e = st.x * 32 + static_cast<std::uint32_t>(__ffs(static_cast<int>(m)) - 1);  // tile offset
+      const Key key = magnitude_bits(__ldg(base + e));
+      const std::uint32_t row = e / static_cast<std::uint32_t>(cols), col = e - row * static_cast<std::uint32_t>(cols);
+      const index_t bit = ((tile.row_begin + row) * td.wpr + (col >> 6)) * 64 + (col & 63u);
+      p.cands[at++] = calib_candidate<Key>{key, static_cast<std::uint32_t>(tile.tensor), static_cast<std::uint64_t>(bit)};
+      atomicAdd(h + ((key >> shift1) & dmask), 1ull);
+    }
+    slot += __shfl_sync(0xffffffffu, incl, 31);
   }
 }
 
@@ -1087,14 +1199,15 @@ inline std::size_t calib_align(std::size_t x) { return (x + 255) & ~std::size_t{
 // Launches kernel<<<grid, block, 0, stream>>>(args...), as a programmatic dependent launch when pdl
 // (see calib_wait_prior; an ordinary launch where the attribute is refused).
 template <class... Params, class... Args>
-void calib_launch(bool pdl, void (*kernel)(Params...), unsigned grid, int block, cudaStream_t stream, const Args&... args) {
+void calib_launch_smem(bool pdl, void (*kernel)(Params...), unsigned grid, int block, std::size_t smem, cudaStream_t stream,
+                       const Args&... args) {
   cudaLaunchAttribute attr[1];
   attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attr[0].val.programmaticStreamSerializationAllowed = 1;
   cudaLaunchConfig_t cfg{};
   cfg.gridDim = dim3(grid);
   cfg.blockDim = dim3(static_cast<unsigned>(block));
-  cfg.dynamicSmemBytes = 0;
+  cfg.dynamicSmemBytes = smem;
   cfg.stream = stream;
   cfg.attrs = attr;
   cfg.numAttrs = pdl ? 1 : 0;
@@ -1106,6 +1219,11 @@ void calib_launch(bool pdl, void (*kernel)(Params...), unsigned grid, int block,
   }
   LORI_CUDA_CHECK(e);
 }
+template <class... Params, class... Args>
+void calib_launch(bool pdl, void (*kernel)(Params...), unsigned grid, int block, cudaStream_t stream, const Args&... args) {
+  calib_launch_smem(pdl, kernel, grid, block, 0, stream, args...);
+}
+inline constexpr std::size_t calib_pass0_bulk_smem = 2 * calib_pass0_tile_elems * sizeof(float);  // two tile buffers
 
 }  // namespace detail
 
@@ -1204,13 +1322,26 @@ class calibration_plan {
     bytes_ = off_cands_ + detail::calib_align(static_cast<std::size_t>(capacity_) * sizeof(detail::calib_candidate<key_type>));
     ws_zero_begin_ = off_hist_;  // histograms, globals and kept counts start at zero
     ws_zero_end_ = off_cands_;
+    // Pass 0 by bulk copies when every pass-0 tile is a float4 tile without exclusions.
+    bulk0_ = std::is_same_v<T, float> && nt0_ > 0 && std::all_of(tiles0.begin(), tiles0.end(), [&](const detail::calib_tile& t) {
+               const auto& d = descs_[static_cast<std::size_t>(t.tensor)];
+               return d.fast != 0 && d.excl == nullptr;
+             });
     // Grids: pass 0 and the candidate/finishing kernels run persistent blocks, a few per SM.
     int dev = 0, sms = 0, per_sm = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess ||
-        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, detail::calib_pass0<T>, detail::calib_pass0_block, 0) != cudaSuccess) {
+    bool ok = cudaGetDevice(&dev) == cudaSuccess && cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) == cudaSuccess;
+    if constexpr (std::is_same_v<T, float>) {
+      if (ok && bulk0_)
+        ok = cudaFuncSetAttribute(detail::calib_pass0_bulk<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  static_cast<int>(detail::calib_pass0_bulk_smem)) == cudaSuccess &&
+             cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, detail::calib_pass0_bulk<T>, detail::calib_pass0_block,
+                                                           detail::calib_pass0_bulk_smem) == cudaSuccess;
+    }
+    if (ok && !bulk0_) ok = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, detail::calib_pass0<T>, detail::calib_pass0_block, 0) == cudaSuccess;
+    if (!ok) {
       (void)cudaGetLastError();  // no device here: run() will report it
       sms = 132;
-      per_sm = 4;
+      per_sm = bulk0_ ? 2 : 4;
     }
     sms = std::max(sms, 1);
     grid_pass0_ = static_cast<unsigned>(std::max<index_t>(1, std::min<index_t>(nt0_, static_cast<index_t>(sms) * std::max(per_sm, 1))));
@@ -1288,7 +1419,15 @@ class calibration_plan {
         reinterpret_cast<unsigned long long*>(ws + ws_zero_begin_), static_cast<index_t>((ws_zero_end_ - ws_zero_begin_) / 8),
         static_cast<index_t>((off_globals_ + offsetof(detail::calib_globals, bad_position) - ws_zero_begin_) / 8));
     LORI_CUDA_CHECK_LAUNCH();
-    detail::calib_launch(pdl_, detail::calib_pass0<T>, grid_pass0_, detail::calib_pass0_block, stream, p);
+    bool pass0_done = false;
+    if constexpr (std::is_same_v<T, float>) {
+      if (bulk0_) {
+        detail::calib_launch_smem(pdl_, detail::calib_pass0_bulk<T>, grid_pass0_, detail::calib_pass0_block, detail::calib_pass0_bulk_smem,
+                                  stream, p);
+        pass0_done = true;
+      }
+    }
+    if (!pass0_done) detail::calib_launch(pdl_, detail::calib_pass0<T>, grid_pass0_, detail::calib_pass0_block, stream, p);
     detail::calib_launch(pdl_, detail::calib_select<Key, 0>, ng, detail::calib_select_block, stream, p.groups, p.hist, p.globals, 0, exact);
     if constexpr (std::is_same_v<T, float>) {
       if (ntb_ > 0) {
@@ -1405,6 +1544,7 @@ class calibration_plan {
   index_t capacity_ = 0;
   int pos_bits_ = 1;
   bool pdl_ = true;
+  bool bulk0_ = false;  // pass 0 by calib_pass0_bulk (every pass-0 tile a float4 tile without exclusions)
   unsigned grid_pass0_ = 1, grid_small_ = 1;
   std::size_t off_tensors_ = 0, off_tiles_ = 0, off_init_ = 0, off_groups_ = 0, off_hist_ = 0, off_globals_ = 0, off_kept_ = 0, off_cands_ = 0;
   std::size_t bytes_ = 0, ws_zero_begin_ = 0, ws_zero_end_ = 0;
