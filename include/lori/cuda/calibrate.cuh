@@ -775,6 +775,20 @@ __device__ __forceinline__ bool calib_abs_ge(float x, float t) {
   return r != 0;
 }
 
+// An L2 policy that evicts first what it tags, and a read-only load with it (L1 not allocated):
+// for data read once (the split's entries), so that what later kernels read (mask words,
+// candidate records, histograms) stays in L2.
+__device__ __forceinline__ unsigned long long calib_evict_first_policy() {
+  unsigned long long pol;
+  asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(pol));
+  return pol;
+}
+__device__ __forceinline__ float calib_load_once(const float* p, unsigned long long pol) {
+  float r;
+  asm volatile("ld.global.nc.L1::no_allocate.L2::cache_hint.f32 %0, [%1], %2;" : "=f"(r) : "l"(p), "l"(pol));
+  return r;
+}
+
 // The ballot over a full warp of |x| >= t (calib_abs_ge), in PTX: the warp is converged where this
 // is called (warp-uniform control flow), so no divergence check is needed around the vote.
 __device__ __forceinline__ std::uint32_t calib_ballot_abs_ge(float x, float t) {
@@ -860,16 +874,17 @@ __global__ void __launch_bounds__(calib_block, 5) calib_split_ballot(calib_param
     __syncthreads();
   }
   std::uint32_t nstaged = 0, kept = 0;  // nstaged: chunks staged by this warp (warp-uniform)
+  const unsigned long long once = calib_evict_first_policy();
   for (std::uint32_t q0 = q_begin; q0 < q_end; q0 += S) {
     float x[S];
     if (q0 + S <= q_end && (q0 + S) * 32 <= n) {  // warp-uniform: every chunk whole
 #pragma unroll
-      for (int s = 0; s < S; ++s) x[s] = __ldg(base + (q0 + s) * 32 + lane);
+      for (int s = 0; s < S; ++s) x[s] = calib_load_once(base + (q0 + s) * 32 + lane, once);
     } else {
 #pragma unroll
       for (int s = 0; s < S; ++s) {
         const std::uint32_t e = (q0 + s) * 32 + static_cast<std::uint32_t>(lane);
-        x[s] = (q0 + s < q_end && e < n) ? __ldg(base + e) : nan;
+        x[s] = (q0 + s < q_end && e < n) ? calib_load_once(base + e, once) : nan;
       }
     }
     std::uint32_t kb[S];
