@@ -65,6 +65,15 @@ sanitize() {
   [ $rc -eq 0 ] || grep -E "Error|Race|Invalid|at 0x|by thread|TEST CASE|ERROR" "$OUT/mask_sanitize_$tool.log" | head -15 | tee -a "$F"
 }
 sanitize memcheck 15
+# Per-kernel times with the caches left as the previous kernel left them (one pass per kernel, no
+# flush): closer to a real run than the sectioned profile below (which flushes before each kernel).
+if command -v ncu > /dev/null; then
+  log "== ncu --cache-control none: BM_gpu_calibrate_llama3_8b/0/0, first 8 calib_ kernels (us)"
+  timeout "$(tl 10)" ncu --cache-control none --metrics gpu__time_duration.sum -k regex:calib_ -c 8 "$bench" \
+    --benchmark_filter="BM_gpu_calibrate_llama3_8b/0/0/" --benchmark_min_time=0.01 > "$OUT/mask_ncu_warm.log" 2>&1
+  awk '/calib_[a-z0-9_]+</ { match($0, /calib_[a-z0-9_]+<[a-z, 0-9]*>/); k = substr($0, RSTART, RLENGTH); gsub(" ", "", k) }
+    /gpu__time_duration.sum/ { printf "%s=%s ", k, $NF; tot += $NF } END { printf "sum=%.1f\n", tot }' "$OUT/mask_ncu_warm.log" | tee -a "$F"
+fi
 # Reference/model: 8 launches (init, pass0, select, split_ballot, select, hist, select, finish);
 # then matrix granularity (224 groups) with what is left of the budget.
 command -v ncu > /dev/null && ncu_run llama3_8b/0/0 8 16 12
