@@ -892,14 +892,9 @@ __global__ void __launch_bounds__(calib_block, 5) calib_split_ballot(calib_param
     for (int s = 0; s < S; ++s) {
       kb[s] = calib_ballot_abs_ge(x[s], hi);
       std::uint32_t cb = calib_ballot_abs_ge(x[s], lo) & ~kb[s];
-      if (cb != 0) {  // warp-uniform
-        if (td.excl != nullptr) cb &= ~calib_chunk_bits(td.excl, td.wpr, cols, tile.row_begin, q0 + s, nrows);
-        if (compact) {  // one entry per chunk (records are written at the end)
-          if (lane == 0) stage[warp][nstaged] = make_uint2(q0 + s, cb);
-          ++nstaged;
-        } else if ((cb >> lane) & 1u) {
-          atomicAdd(&sh[(magnitude_bits(x[s]) >> shift1) & dmask], 1u);
-        }
+      if (cb != 0) {  // warp-uniform: one entry per chunk (exclusions and records at the end)
+        if (lane == 0) stage[warp][nstaged] = make_uint2(q0 + s, cb);
+        ++nstaged;
       }
     }
     if (!compact) continue;
@@ -915,7 +910,7 @@ __global__ void __launch_bounds__(calib_block, 5) calib_split_ballot(calib_param
       std::uint32_t v = kb[0];
       if (cols >= 32) {
         const auto cpr = static_cast<std::uint32_t>(cols >> 5);
-        const std::uint32_t row = q / cpr, cir = q - row * cpr;
+        const std::uint32_t row = cpr == 1 ? q : q / cpr, cir = q - row * cpr;  // (r = 32: no division)
         const index_t w = (tile.row_begin + row) * td.wpr + (cir >> 1);
         if (td.excl != nullptr) v &= ~static_cast<std::uint32_t>(td.excl[w] >> (32 * (cir & 1u)));
         if ((cpr & 1u) != 0 && cir == cpr - 1)
@@ -936,18 +931,35 @@ __global__ void __launch_bounds__(calib_block, 5) calib_split_ballot(calib_param
       }
     }
   }
-  if (!compact) {
+  __syncwarp();  // lane 0's stage entries
+  // Exclusions out of the staged candidate bits (lane j: entries j, j + 32), and the warp's count.
+  std::uint32_t wcount = 0;  // candidates of this warp
+  for (std::uint32_t j0 = 0; j0 < nstaged; j0 += 32) {
+    const std::uint32_t j = j0 + static_cast<std::uint32_t>(lane);
+    std::uint32_t c = 0;
+    if (j < nstaged) {
+      uint2 st = stage[warp][j];
+      if (td.excl != nullptr) {
+        st.y &= ~calib_chunk_bits(td.excl, td.wpr, cols, tile.row_begin, st.x, nrows);
+        stage[warp][j].y = st.y;
+      }
+      c = static_cast<std::uint32_t>(__popc(st.y));
+    }
+    wcount += calib_warp_sum(c);
+  }
+  wcount = __shfl_sync(0xffffffffu, wcount, 0);
+  if (!compact) {  // the candidates' next digit into the shared histogram, then into the group's
+    for (std::uint32_t j = static_cast<std::uint32_t>(lane); j < nstaged; j += 32) {
+      const uint2 st = stage[warp][j];
+      for (std::uint32_t m = st.y; m != 0; m &= m - 1) {
+        const std::uint32_t e = st.x * 32 + static_cast<std::uint32_t>(__ffs(static_cast<int>(m)) - 1);  // tile offset
+        atomicAdd(&sh[(magnitude_bits(__ldg(base + e)) >> shift1) & dmask], 1u);
+      }
+    }
     __syncthreads();
     calib_flush(sh, radix_bins, p.hist + td.group * calib_max_bins);
     return;
   }
-  __syncwarp();  // lane 0's stage entries
-  std::uint32_t wcount = 0;  // candidates of this warp
-  for (std::uint32_t j0 = 0; j0 < nstaged; j0 += 32) {
-    const std::uint32_t j = j0 + static_cast<std::uint32_t>(lane);
-    wcount += calib_warp_sum(j < nstaged ? static_cast<unsigned int>(__popc(stage[warp][j].y)) : 0u);
-  }
-  wcount = __shfl_sync(0xffffffffu, wcount, 0);
   const unsigned int ws = calib_warp_sum(kept);
   if (lane == 0) {
     sh_cnt[warp] = wcount;
@@ -983,7 +995,8 @@ __global__ void __launch_bounds__(calib_block, 5) calib_split_ballot(calib_param
     for (std::uint32_t m = st.y; m != 0; m &= m - 1) {
       const std::uint32_t e = st.x * 32 + static_cast<std::uint32_t>(__ffs(static_cast<int>(m)) - 1);  // tile offset
       const Key key = magnitude_bits(__ldg(base + e));
-      const std::uint32_t row = e / static_cast<std::uint32_t>(cols), col = e - row * static_cast<std::uint32_t>(cols);
+      const std::uint32_t row = cols == 32 ? e >> 5 : e / static_cast<std::uint32_t>(cols);
+      const std::uint32_t col = e - row * static_cast<std::uint32_t>(cols);
       const index_t bit = ((tile.row_begin + row) * td.wpr + (col >> 6)) * 64 + (col & 63u);
       p.cands[at++] = calib_candidate<Key>{key, static_cast<std::uint32_t>(tile.tensor), static_cast<std::uint64_t>(bit)};
       atomicAdd(h + ((key >> shift1) & dmask), 1ull);
