@@ -232,8 +232,12 @@ __device__ __forceinline__ void calib_flush(unsigned int* sh, int bins, unsigned
   }
 }
 
-// Sums v over the warp into lane 0's return value (all 32 lanes must call).
+// Sums v over the warp (every lane gets the sum; all 32 lanes must call).
 __device__ __forceinline__ unsigned int calib_warp_sum(unsigned int v) {
+  for (int o = 16; o >= 1; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ unsigned long long calib_warp_sum64(unsigned long long v) {
   for (int o = 16; o >= 1; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;
 }
@@ -477,10 +481,11 @@ __device__ __forceinline__ void calib_select_narrow(calib_group_state<Key>* gs, 
 // kept and no tie pass runs for the group).
 template <class Key, int Mode>
 __global__ void __launch_bounds__(calib_select_block, 2) calib_select(calib_group_state<Key>* groups, unsigned long long* hist,
-                                                                   calib_globals* globals, int pass, int exact) {
-  constexpr int per = calib_max_bins / calib_select_block;  // 16 bins per thread
-  using scan_t = cub::BlockScan<unsigned long long, calib_select_block>;
-  __shared__ typename scan_t::TempStorage tmp;
+                                                                      calib_globals* globals, int pass, int exact) {
+  constexpr int warps = calib_select_block / 32;
+  constexpr int rows = calib_max_bins / calib_select_block;  // 16 rows of 32 bins per warp
+  static_assert(calib_max_bins % calib_select_block == 0 && rows <= 32, "calib_select: bin layout");
+  __shared__ unsigned long long sh_total[warps];
   calib_wait_prior();
   calib_allow_next();
   // No tie selection running: no tie histogram was built (calib_hist returned), nothing to clear.
@@ -488,9 +493,9 @@ __global__ void __launch_bounds__(calib_select_block, 2) calib_select(calib_grou
   if (Mode == 1 && globals->ties_live == 0) return;
   calib_group_state<Key>* gs = groups + blockIdx.x;
   unsigned long long* h = hist + blockIdx.x * static_cast<index_t>(calib_max_bins);
-  const int rt = calib_select_block - 1 - static_cast<int>(threadIdx.x);  // thread 0 owns the top bins
-  // Every thread reads the state before the scan's barriers; only the one thread that finds the
-  // rank reads it again and writes it afterwards, so no thread can see a half-updated state.
+  const int warp = static_cast<int>(threadIdx.x >> 5), lane = static_cast<int>(threadIdx.x & 31u);
+  // Every thread reads the state before the barrier; only the one lane that finds the rank reads
+  // it again and writes it afterwards, so no thread can see a half-updated state.
   int kbits = 0;
   bool live = false, add_excluded = false;
   index_t remaining = 0;
@@ -500,54 +505,65 @@ __global__ void __launch_bounds__(calib_select_block, 2) calib_select(calib_grou
     kbits = Mode == 0 ? vst.key_bits : tst.key_bits;
     live = Mode == 0 ? (!vst.finished() && vst.pass == pass) : (!tst.finished() && tst.pass == pass);
     remaining = Mode == 0 ? vst.remaining : tst.remaining;
-    // Count of bin idx (< bins); excluded entries join bin 0 in value passes >= 1 when the prefix is 0.
+    // Excluded entries join bin 0 in value passes >= 1 when the prefix is 0.
     add_excluded = Mode == 0 && pass > 0 && vst.prefix == 0;
   }
   const int bins = 1 << (calib_high<Mode>(kbits, pass) - calib_shift<Mode>(kbits, pass));
   const unsigned long long excluded = gs->excluded;
-  const auto count = [h, excluded, add_excluded](int idx) -> unsigned long long {
-    return h[idx] + (add_excluded && idx == 0 ? excluded : 0ull);
-  };
-  unsigned long long c[per], sum = 0;  // this thread's counts: every load in flight at once
+  // Warp w owns bins [base, base + 32 rows), warp 0 the top ones; lane l holds column l: bins
+  // base + 32 k + l (coalesced loads, all in flight at once).
+  const int base = (warps - 1 - warp) * rows * 32;
+  unsigned long long c[rows], sum = 0;
 #pragma unroll
-  for (int b = 0; b < per; ++b) c[b] = rt * per + b < bins ? count(rt * per + b) : 0ull;
-#pragma unroll
-  for (int b = 0; b < per; ++b) sum += c[b];
+  for (int k = 0; k < rows; ++k) {
+    const int idx = base + 32 * k + lane;
+    c[k] = idx < bins ? h[idx] + (add_excluded && idx == 0 ? excluded : 0ull) : 0ull;
+    sum += c[k];
+  }
   if (Mode == 0 && pass == 0) {
     // The top bins, from +Inf's key up, hold the NaN/Inf entries pass 0 saw.
     using V = std::conditional_t<sizeof(Key) == 4, float, double>;
     constexpr auto inf_bin = static_cast<int>(magnitude_key<V>::infinity >> calib_vshift(magnitude_key<V>::bits, 0));
     bool bad = false;
 #pragma unroll
-    for (int b = 0; b < per; ++b) bad |= rt * per + b >= inf_bin && c[b] != 0;
+    for (int k = 0; k < rows; ++k) bad |= base + 32 * k + lane >= inf_bin && c[k] != 0;
     if (bad) globals->nonfinite = 1;
   }
-  unsigned long long above = 0;
-  scan_t(tmp).ExclusiveSum(sum, above);
-  // The thread whose bins hold the rank (at most one) hands them to its warp: lane l < per loads
-  // bin bin0 + l, suffix sums over those lanes give the keys above each bin, and the lane holding
-  // the rank narrows the state (no chain of loads or of dependent compares).
-  static_assert(per <= 32 && 32 % per == 0, "calib_select: one bin per lane when narrowing");
-  const bool mine = live && static_cast<index_t>(above) < remaining && static_cast<index_t>(above + sum) >= remaining;
-  const unsigned int owner = __ballot_sync(0xffffffffu, mine);
-  if (owner != 0) {  // warp-uniform
-    const int lane = static_cast<int>(threadIdx.x & 31u), src = __ffs(static_cast<int>(owner)) - 1;
-    const int bin0 = (calib_select_block - 1 - (static_cast<int>(threadIdx.x) - lane + src)) * per;
-    const unsigned long long above_src = __shfl_sync(0xffffffffu, above, src);
-    const unsigned long long cl = lane < per && bin0 + lane < bins ? count(bin0 + lane) : 0ull;  // (loaded again: in parallel)
-    unsigned long long suffix = cl;  // keys in bins bin0 + lane .. bin0 + per - 1
-    for (int o = 1; o < per; o <<= 1) {
-      const unsigned long long t = __shfl_down_sync(0xffffffffu, suffix, o);
-      if (lane + o < per) suffix += t;
+  const unsigned long long wsum = calib_warp_sum64(sum);
+  if (lane == 0) sh_total[warp] = wsum;
+  __syncthreads();
+  unsigned long long above = 0;  // keys in the bins of the warps above this one
+  for (int w = 0; w < warp; ++w) above += sh_total[w];
+  if (live && static_cast<index_t>(above) < remaining && static_cast<index_t>(above + wsum) >= remaining) {  // warp-uniform
+    // Rows from the top: the row holding the rank, then the lane (suffix sums over the lanes).
+    int row = -1;
+    unsigned long long row_above = above, rc = 0;
+#pragma unroll
+    for (int k = rows - 1; k >= 0; --k) {
+      const unsigned long long rs = calib_warp_sum64(c[k]);
+      if (row < 0) {
+        if (static_cast<index_t>(row_above + rs) >= remaining) {
+          row = k;
+          rc = c[k];
+        } else {
+          row_above += rs;
+        }
+      }
     }
-    const auto before = static_cast<index_t>(above_src + suffix - cl), cnt = static_cast<index_t>(cl);
-    if (lane < per && before < remaining && before + cnt >= remaining)
-      calib_select_narrow<Key, Mode>(gs, globals, bin0 + lane, before, cnt, excluded, pass, exact);
+    unsigned long long suffix = rc;  // keys in this row's bins from this lane's up
+    for (int o = 1; o < 32; o <<= 1) {
+      const unsigned long long t = __shfl_down_sync(0xffffffffu, suffix, o);
+      if (lane + o < 32) suffix += t;
+    }
+    const auto before = static_cast<index_t>(row_above + suffix - rc), cnt = static_cast<index_t>(rc);
+    if (row >= 0 && before < remaining && before + cnt >= remaining)
+      calib_select_narrow<Key, Mode>(gs, globals, base + 32 * row + lane, before, cnt, excluded, pass, exact);
   }
-  // Each thread clears its own bins (after its own reads): bins >= radix_bins serve pass 0 only
-  // (zeroed by calib_init), the others are reused by the next pass.
-  for (int b = 0; b < per; ++b) {
-    const int idx = rt * per + b;
+  // Each lane clears the bins it read (bins >= radix_bins serve pass 0 only, zeroed by
+  // calib_init; the others are reused by the next pass).
+#pragma unroll
+  for (int k = 0; k < rows; ++k) {
+    const int idx = base + 32 * k + lane;
     if (idx < bins && idx < radix_bins) h[idx] = 0;
   }
 }
