@@ -805,6 +805,27 @@ __device__ __forceinline__ float calib_load_once(const float* p, unsigned long l
   return r;
 }
 
+// An L2 policy that keeps what it tags longer, and stores with it: for what the split writes and
+// the later kernels read (mask words, candidate records), so it is still in L2 when they run.
+__device__ __forceinline__ unsigned long long calib_evict_last_policy() {
+  unsigned long long pol;
+  asm volatile("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(pol));
+  return pol;
+}
+__device__ __forceinline__ void calib_store_keep(std::uint32_t* p, std::uint32_t v, unsigned long long pol) {
+  asm volatile("st.global.L2::cache_hint.b32 [%0], %1, %2;" ::"l"(p), "r"(v), "l"(pol) : "memory");
+}
+__device__ __forceinline__ void calib_store_keep(std::uint64_t* p, std::uint64_t v, unsigned long long pol) {
+  asm volatile("st.global.L2::cache_hint.b64 [%0], %1, %2;" ::"l"(p), "l"(v), "l"(pol) : "memory");
+}
+__device__ __forceinline__ void calib_store_keep(calib_candidate<std::uint32_t>* p, const calib_candidate<std::uint32_t>& c,
+                                                 unsigned long long pol) {
+  static_assert(sizeof(calib_candidate<std::uint32_t>) == 16, "calib_store_keep: 16-byte record");
+  asm volatile("st.global.L2::cache_hint.v4.b32 [%0], {%1, %2, %3, %4}, %5;" ::"l"(p), "r"(c.key), "r"(c.tensor),
+               "r"(static_cast<std::uint32_t>(c.bit)), "r"(static_cast<std::uint32_t>(c.bit >> 32)), "l"(pol)
+               : "memory");
+}
+
 // The ballot over a full warp of |x| >= t (calib_abs_ge), in PTX: the warp is converged where this
 // is called (warp-uniform control flow), so no divergence check is needed around the vote.
 __device__ __forceinline__ std::uint32_t calib_ballot_abs_ge(float x, float t) {
@@ -890,7 +911,7 @@ __global__ void __launch_bounds__(calib_block, 5) calib_split_ballot(calib_param
     __syncthreads();
   }
   std::uint32_t nstaged = 0, kept = 0;  // nstaged: chunks staged by this warp (warp-uniform)
-  const unsigned long long once = calib_evict_first_policy();
+  const unsigned long long once = calib_evict_first_policy(), keep = calib_evict_last_policy();
   for (std::uint32_t q0 = q_begin; q0 < q_end; q0 += S) {
     float x[S];
     if (q0 + S <= q_end && (q0 + S) * 32 <= n) {  // warp-uniform: every chunk whole
@@ -930,9 +951,9 @@ __global__ void __launch_bounds__(calib_block, 5) calib_split_ballot(calib_param
         const index_t w = (tile.row_begin + row) * td.wpr + (cir >> 1);
         if (td.excl != nullptr) v &= ~static_cast<std::uint32_t>(td.excl[w] >> (32 * (cir & 1u)));
         if ((cpr & 1u) != 0 && cir == cpr - 1)
-          td.out[w] = v;  // the row's last word: its upper half is padding (zero)
+          calib_store_keep(td.out + w, std::uint64_t{v}, keep);  // the row's last word: its upper half is padding (zero)
         else
-          reinterpret_cast<std::uint32_t*>(td.out + w)[cir & 1u] = v;
+          calib_store_keep(reinterpret_cast<std::uint32_t*>(td.out + w) + (cir & 1u), v, keep);
         kept += static_cast<std::uint32_t>(__popc(v));
       } else {
         const std::uint32_t per = 32u / static_cast<std::uint32_t>(cols);
@@ -941,7 +962,7 @@ __global__ void __launch_bounds__(calib_block, 5) calib_split_ballot(calib_param
           const index_t w = tile.row_begin + q * per + j;  // wpr == 1
           std::uint32_t wv = (v >> (j * static_cast<std::uint32_t>(cols))) & cm;
           if (td.excl != nullptr) wv &= ~static_cast<std::uint32_t>(td.excl[w]);
-          td.out[w] = wv;
+          calib_store_keep(td.out + w, std::uint64_t{wv}, keep);
           kept += static_cast<std::uint32_t>(__popc(wv));
         }
       }
@@ -1014,7 +1035,8 @@ __global__ void __launch_bounds__(calib_block, 5) calib_split_ballot(calib_param
       const std::uint32_t row = cols == 32 ? e >> 5 : e / static_cast<std::uint32_t>(cols);
       const std::uint32_t col = e - row * static_cast<std::uint32_t>(cols);
       const index_t bit = ((tile.row_begin + row) * td.wpr + (col >> 6)) * 64 + (col & 63u);
-      p.cands[at++] = calib_candidate<Key>{key, static_cast<std::uint32_t>(tile.tensor), static_cast<std::uint64_t>(bit)};
+      calib_store_keep(p.cands + at++, calib_candidate<Key>{key, static_cast<std::uint32_t>(tile.tensor), static_cast<std::uint64_t>(bit)},
+                       keep);
       atomicAdd(h + ((key >> shift1) & dmask), 1ull);
     }
     slot += __shfl_sync(0xffffffffu, incl, 31);
