@@ -178,6 +178,7 @@ struct calib_params {
   index_t num_ballot_tiles;  // split tiles [0, num_ballot_tiles) are calib_split_ballot's, the rest calib_split's
   const calib_tile* tiles0;  // pass 0's finer tiles (better balance over the persistent blocks)
   index_t num_tiles0;
+  int pass0_interleave;  // calib_pass0_bulk: block b takes tiles b, b + grid, ... (else a contiguous range)
   std::uint64_t pos_max;  // (1 << pos_bits) - 1: tie key of flat bit position q is pos_max - q
   int pos_bits;
   int exact;
@@ -367,8 +368,11 @@ __global__ void __launch_bounds__(calib_pass0_block, 2) calib_pass0_bulk(calib_p
   __shared__ alignas(8) unsigned long long full[2];
   extern __shared__ float4 calib_buf[];  // 2 x tile4 (dynamic shared memory)
   calib_allow_next();
-  const index_t t_begin = static_cast<index_t>(blockIdx.x) * p.num_tiles0 / gridDim.x;
-  const index_t t_end = (static_cast<index_t>(blockIdx.x) + 1) * p.num_tiles0 / gridDim.x;
+  // The block's tiles: t_begin, t_begin + stride, ... below t_end (a contiguous range, or with one
+  // group every grid-th tile, so that the blocks read neighbouring tiles at the same time).
+  const index_t G = gridDim.x, stride = p.pass0_interleave ? G : 1;
+  const index_t t_begin = p.pass0_interleave ? static_cast<index_t>(blockIdx.x) : static_cast<index_t>(blockIdx.x) * p.num_tiles0 / G;
+  const index_t t_end = p.pass0_interleave ? p.num_tiles0 : (static_cast<index_t>(blockIdx.x) + 1) * p.num_tiles0 / G;
   // Thread 0: tile t's bytes into buffer `slot`, completing on full[slot].
   const auto issue = [&](index_t t, int slot) {
     const calib_tile tile = p.tiles0[t];
@@ -388,13 +392,13 @@ __global__ void __launch_bounds__(calib_pass0_block, 2) calib_pass0_bulk(calib_p
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
     if (t_begin < t_end) issue(t_begin, 0);
-    if (t_begin + 1 < t_end) issue(t_begin + 1, 1);
+    if (t_begin + stride < t_end) issue(t_begin + stride, 1);
   }
   for (int b = threadIdx.x; b < bins; b += blockDim.x) sh[b] = 0;
   __syncthreads();
   index_t cur = -1, acc = 0;  // uniform over the block
-  for (index_t t = t_begin; t < t_end; ++t) {
-    const auto i = static_cast<unsigned>(t - t_begin);
+  for (index_t t = t_begin; t < t_end; t += stride) {
+    const auto i = static_cast<unsigned>((t - t_begin) / stride);
     const int slot = static_cast<int>(i & 1u);
     const calib_tile tile = p.tiles0[t];
     const index_t group = p.tensors[tile.tensor].group;
@@ -425,7 +429,7 @@ __global__ void __launch_bounds__(calib_pass0_block, 2) calib_pass0_bulk(calib_p
       atomicAdd(&sh[magnitude_bits(x.w) >> shift], 1u);
     }
     __syncthreads();  // every thread is done with buffer `slot`: refill it
-    if (threadIdx.x == 0 && t + 2 < t_end) issue(t + 2, slot);
+    if (threadIdx.x == 0 && t + 2 * stride < t_end) issue(t + 2 * stride, slot);
   }
   __syncthreads();
   calib_wait_prior();
@@ -1393,6 +1397,9 @@ class calibration_plan {
                const auto& d = descs_[static_cast<std::size_t>(t.tensor)];
                return d.fast != 0 && d.excl == nullptr;
              });
+    // With one group no block ever flushes mid-range: the blocks take interleaved tiles (all read
+    // neighbouring memory at the same time, like a copy).
+    interleave0_ = bulk0_ && groups_.count() == 1;
     // Grids: pass 0 and the candidate/finishing kernels run persistent blocks, a few per SM.
     int dev = 0, sms = 0, per_sm = 0;
     bool ok = cudaGetDevice(&dev) == cudaSuccess && cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) == cudaSuccess;
@@ -1420,8 +1427,12 @@ class calibration_plan {
     if (nt0_ > 0) {
       std::vector<index_t> step(static_cast<std::size_t>(nt0_));
       const auto G = static_cast<index_t>(grid_pass0_);
-      for (index_t b = 0; b < G; ++b)
-        for (index_t i = b * nt0_ / G; i < (b + 1) * nt0_ / G; ++i) step[static_cast<std::size_t>(i)] = i - b * nt0_ / G;
+      if (interleave0_) {
+        for (index_t i = 0; i < nt0_; ++i) step[static_cast<std::size_t>(i)] = i / G;
+      } else {
+        for (index_t b = 0; b < G; ++b)
+          for (index_t i = b * nt0_ / G; i < (b + 1) * nt0_ / G; ++i) step[static_cast<std::size_t>(i)] = i - b * nt0_ / G;
+      }
       std::stable_sort(tiles_.begin(), tiles_.end(), [&](const detail::calib_tile& a, const detail::calib_tile& b) {
         const auto ta = static_cast<std::size_t>(a.tensor), tb = static_cast<std::size_t>(b.tensor);
         const int ba = descs_[ta].ballot, bb = descs_[tb].ballot;
@@ -1592,6 +1603,7 @@ class calibration_plan {
     p.num_ballot_tiles = ntb_;
     p.tiles0 = p.tiles + nt_;
     p.num_tiles0 = nt0_;
+    p.pass0_interleave = interleave0_ ? 1 : 0;
     p.pos_bits = pos_bits_;
     p.pos_max = (std::uint64_t{1} << pos_bits_) - 1;
     p.exact = opt_.semantics == mask_semantics::exact ? 1 : 0;
@@ -1611,6 +1623,7 @@ class calibration_plan {
   int pos_bits_ = 1;
   bool pdl_ = true;
   bool bulk0_ = false;  // pass 0 by calib_pass0_bulk (every pass-0 tile a float4 tile without exclusions)
+  bool interleave0_ = false;  // calib_pass0_bulk's blocks take interleaved tiles (bulk0_ and one group)
   unsigned grid_pass0_ = 1, grid_small_ = 1;
   std::size_t off_tensors_ = 0, off_tiles_ = 0, off_init_ = 0, off_groups_ = 0, off_hist_ = 0, off_globals_ = 0, off_kept_ = 0, off_cands_ = 0;
   std::size_t bytes_ = 0, ws_zero_begin_ = 0, ws_zero_end_ = 0;
