@@ -78,7 +78,7 @@ void time_events(benchmark::State& state, F&& f) {
   LORI_CUDA_CHECK(cudaEventDestroy(stop));
 }
 
-void BM_gpu_calibrate_llama3_8b(benchmark::State& state) {
+void calibrate_llama3_8b(benchmark::State& state, bool dependent_launch) {
   if (!have_device(state)) return;
   const auto& d = gpu_data();
   lori::calibration_options opt;
@@ -86,6 +86,7 @@ void BM_gpu_calibrate_llama3_8b(benchmark::State& state) {
   opt.semantics = state.range(0) == 0 ? lori::mask_semantics::reference : lori::mask_semantics::exact;
   opt.granularity = static_cast<lori::mask_granularity>(state.range(1));
   lori::cuda::calibration_plan<float> plan(d.tensors, opt);
+  plan.set_dependent_launch(dependent_launch);
   lori::cuda::device_buffer<std::byte> ws(static_cast<lori::index_t>(plan.workspace_bytes()));
   plan.run(ws.data(), ws.bytes(), nullptr);  // uploads the descriptors once
   time_events(state, [&] { plan.run(ws.data(), ws.bytes(), nullptr, true); });
@@ -94,6 +95,10 @@ void BM_gpu_calibrate_llama3_8b(benchmark::State& state) {
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * d.total * static_cast<int64_t>(sizeof(float)));
   state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * d.total);
 }
+
+void BM_gpu_calibrate_llama3_8b(benchmark::State& state) { calibrate_llama3_8b(state, true); }
+// The same with ordinary launches (each kernel starts after the previous one completed).
+void BM_gpu_calibrate_llama3_8b_serial(benchmark::State& state) { calibrate_llama3_8b(state, false); }
 
 __global__ void abs_bits(const float* x, std::uint32_t* k, lori::index_t n) {
   const lori::index_t i = blockIdx.x * static_cast<lori::index_t>(blockDim.x) + threadIdx.x;
@@ -135,5 +140,6 @@ BENCHMARK(BM_gpu_calibrate_llama3_8b)
     ->Args({0, 0})->Args({0, 1})->Args({0, 2})->Args({0, 3})->Args({0, 4})
     ->Args({1, 0})->Args({1, 1})->Args({1, 4})
     ->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_gpu_calibrate_llama3_8b_serial)->Args({0, 0})->Args({1, 0})->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_calibrate_baseline_cub_radix_sort)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_baseline_d2d_copy)->UseManualTime()->Unit(benchmark::kMicrosecond);

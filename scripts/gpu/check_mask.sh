@@ -31,12 +31,28 @@ ncu_run() {
   local f=$1 c=$2 lg="$OUT/mask_ncu_${1//\//_}.log"
   log "== ncu BM_gpu_calibrate_$f (first $c calib_ kernels; raw metrics)"
   timeout "$(tl "$3")" ncu --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
-    --metrics smsp__inst_executed.sum,dram__bytes_read.sum,dram__bytes_write.sum,lts__t_bytes.sum \
+    --metrics smsp__inst_executed.sum,dram__bytes_read.sum,dram__bytes_write.sum,lts__t_bytes.sum,lts__t_sector_hit_rate.pct \
     --page raw -k regex:calib_ -c "$c" "$bench" --benchmark_filter="BM_gpu_calibrate_$f/" \
     --benchmark_min_time=0.01 > "$lg" 2>&1
   log "ncu rc=$?"
-  grep -E "calib_[a-z0-9_]+<|gpu__time_duration.sum|dram__throughput.avg.pct_of_peak_sustained_elapsed|gpu__dram_throughput.avg.pct|sm__throughput.avg.pct_of_peak_sustained_elapsed|sm__warps_active.avg.pct_of_peak_sustained_active|smsp__inst_executed.sum |dram__bytes_(read|write).sum |lts__t_bytes.sum |smsp__average_warps?_issue_stalled_(long_scoreboard|short_scoreboard|barrier|math_pipe_throttle|wait|drain)_per_issue_active" \
-    "$lg" | sed -E 's/\(lori::cuda::detail::calib_(params|group_state).*//; s/ +/ /g' | head -"$4" | tee -a "$F"
+  # One line per kernel: name, time, DRAM % of peak, SM %, warps active %, warp-instructions,
+  # DRAM read/write MB, registers, long/short-scoreboard and barrier stalls per issued instruction.
+  awk '
+    function flush() { if (k != "") printf "%-22s t=%7s us dram=%5s%% sm=%5s%% act=%5s%% inst=%s rd=%sMB wr=%sMB regs=%s lsb=%s ssb=%s bar=%s\n", k, t, d, sm, a, ins, rd, wr, rg, ls, ss, br; k = t = d = sm = a = ins = rd = wr = rg = ls = ss = br = "" }
+    function mb(u, v) { gsub(",", "", v); if (u == "Gbyte") return v * 1000; if (u == "Kbyte") return v / 1000; if (u == "byte") return v / 1e6; return v }
+    /calib_[a-z0-9_]+</ { flush(); match($0, /calib_[a-z0-9_]+<[a-z, 0-9]*>/); k = substr($0, RSTART, RLENGTH); gsub(" ", "", k) }
+    /gpu__time_duration.sum/ { t = $NF } /gpu__dram_throughput.avg.pct_of_peak_sustained_elapsed/ { d = $NF }
+    /sm__throughput.avg.pct_of_peak_sustained_elapsed/ { sm = $NF } /sm__warps_active.avg.pct_of_peak_sustained_active/ { a = $NF }
+    /smsp__inst_executed.sum / { ins = $NF } /dram__bytes_read.sum / { rd = mb($(NF-1), $NF) } /dram__bytes_write.sum / { wr = mb($(NF-1), $NF) }
+    /launch__registers_per_thread / { rg = $NF } /issue_stalled_long_scoreboard_per_issue_active/ { ls = $NF }
+    /issue_stalled_short_scoreboard_per_issue_active/ { ss = $NF } /issue_stalled_barrier_per_issue_active/ { br = $NF }
+    END { flush() }' "$lg" | head -"$4" | tee -a "$F"
+  # Per kernel: L2 hit rate and the other stall reasons over 0.3 cycles per issued instruction.
+  awk '/calib_[a-z0-9_]+</ { if (l != "") print l; match($0, /calib_[a-z0-9_]+<[a-z, 0-9]*>/); k = substr($0, RSTART, RLENGTH); gsub(" ", "", k); l = sprintf("%-22s", k) }
+    /lts__t_sector_hit_rate.pct/ { l = l " L2hit=" $NF "%" }
+    /smsp__average_warps_issue_stalled_[a-z_]+_per_issue_active.ratio/ && !/long_scoreboard|short_scoreboard|barrier/ {
+      v = $NF; gsub(",", "", v); if (v + 0 > 0.3) { n = $1; sub(/.*issue_stalled_/, "", n); sub(/_per_issue_active.*/, "", n); l = l " " n "=" v } }
+    END { if (l != "") print l }' "$lg" | head -"$4" | tee -a "$F"
   grep -q -E "gpu__time_duration" "$lg" || tail -12 "$lg" | tee -a "$F"
 }
 exe=$(find "$B" -type f -name lori_test_mask_gpu -perm -u+x | head -1)
@@ -49,7 +65,18 @@ sanitize() {
   [ $rc -eq 0 ] || grep -E "Error|Race|Invalid|at 0x|by thread|TEST CASE|ERROR" "$OUT/mask_sanitize_$tool.log" | head -15 | tee -a "$F"
 }
 sanitize memcheck 15
-# Reference/model: 8 launches (init, pass0, select, split, select, hist, select, finish).
-command -v ncu > /dev/null && ncu_run llama3_8b/0/0 8 18 90
-sanitize racecheck 40
+# Per-kernel times with the caches left as the previous kernel left them (one pass per kernel, no
+# flush): closer to a real run than the sectioned profile below (which flushes before each kernel).
+if command -v ncu > /dev/null; then
+  log "== ncu --cache-control none: BM_gpu_calibrate_llama3_8b/0/0, first 8 calib_ kernels (us)"
+  timeout "$(tl 10)" ncu --cache-control none --metrics gpu__time_duration.sum -k regex:calib_ -c 8 "$bench" \
+    --benchmark_filter="BM_gpu_calibrate_llama3_8b/0/0/" --benchmark_min_time=0.01 > "$OUT/mask_ncu_warm.log" 2>&1
+  awk '/calib_[a-z0-9_]+</ { match($0, /calib_[a-z0-9_]+<[a-z, 0-9]*>/); k = substr($0, RSTART, RLENGTH); gsub(" ", "", k) }
+    /gpu__time_duration.sum/ { printf "%s=%s ", k, $NF; tot += $NF } END { printf "sum=%.1f\n", tot }' "$OUT/mask_ncu_warm.log" | tee -a "$F"
+fi
+# Reference/model: 8 launches (init, pass0, select, split_ballot, select, hist, select, finish);
+# then matrix granularity (224 groups) with what is left of the budget.
+command -v ncu > /dev/null && ncu_run llama3_8b/0/0 8 16 12
+sanitize racecheck 30
+command -v ncu > /dev/null && ncu_run llama3_8b/0/4 8 10 12
 log "== done in $(( $(date +%s) - t0 )) s"

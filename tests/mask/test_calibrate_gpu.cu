@@ -16,6 +16,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <string>
 #include <vector>
@@ -79,6 +80,7 @@ void compare_gpu_cpu(const std::vector<lori::calibration_tensor<T>>& ts, const l
     INFO("repetition " << rep);
     dev.poison();
     if (rep != 1) ws.fill_bytes(rep == 0 ? 0xff : 0x5a);  // the workspace needs no initialisation
+    plan.set_dependent_launch(rep != 2);                   // rep 2: ordinary launches
     plan.run(ws.data(), ws.bytes(), nullptr, rep == 1);    // rep 1 reuses the uploaded descriptors
     const auto r = plan.report(ws.data(), nullptr);
     REQUIRE(r.groups.size() == cpu.report.groups.size());
@@ -277,6 +279,93 @@ TEST_CASE("GPU calibration equals the CPU path: wide, narrow and unaligned shape
   std::vector<lori::calibration_tensor<float>> one = {{"model.layers.0.mlp.up_proj.lora_B.weight",
                                                        lori::row_major_view<const float>(sf[5].data(), 1, 1), nullptr}};
   for (double s : {0.0, 0.5, 1.0}) compare_all(one, s, {-1, 0});
+}
+
+TEST_CASE("GPU calibration equals the CPU path: ballot split shapes, bucket edges, subnormals") {
+  // The ballot split (packed float rows with cols in {1, 2, 4, 8, 16} or a multiple of 32 up to 16384,
+  // any alignment): narrow rows whose last 32-entry chunk is partial (rows not a multiple of 32 /
+  // cols) in tiles of 16384 / cols rows, odd numbers of 32-entry halves per row (96, 160: the row's
+  // last word written whole), views one element into their buffer, exclusions, one-row tiles of
+  // 16384 columns, and next to them shapes of the other split (16416 columns, padded rows). Three
+  // data sets: normal values; magnitudes on and next to the 13-bit bucket edges (keys b * 2^18 + {0,
+  // 1, 2^18 - 2, 2^18 - 1}: the bucket bounds the split compares as floats), signs mixed; subnormals
+  // and zeros only (an IEEE compare that flushed subnormals would keep or drop the wrong entries).
+  LORI_TEST_SEED_INFO();
+  auto g = lori_test::rng(112);
+  struct shape {
+    lori::index_t rows, cols, ld;
+    std::size_t off;
+    bool excl;
+  };
+  const shape shapes[] = {{1000, 1, 1, 0, true},    {777, 2, 2, 1, false},   {4099, 4, 4, 0, true},     {515, 8, 8, 1, false},
+                          {2049, 16, 16, 0, true},   {600, 32, 32, 1, false}, {300, 64, 64, 0, true},     {171, 96, 96, 1, true},
+                          {130, 160, 160, 0, false}, {3, 16384, 16384, 0, true}, {2, 16416, 16416, 0, false}, {90, 32, 40, 0, true},
+                          {0, 32, 32, 0, false}};
+  constexpr int nshapes = sizeof(shapes) / sizeof(shapes[0]);
+  std::normal_distribution<float> nd(0.0f, 0.02f);
+  std::uniform_int_distribution<std::uint32_t> bucket(3860, 3899), edge(0, 3), sub(0, 0x007fffffu), coin(0, 1);
+  const std::uint32_t edges[] = {0u, 1u, (1u << 18) - 2u, (1u << 18) - 1u};
+  for (int kind = 0; kind < 3; ++kind) {
+    if (quick() && kind != 1) continue;
+    INFO("data kind " << kind << " (0 normal, 1 bucket edges, 2 subnormals)");
+    std::vector<std::vector<float>> store(nshapes);
+    std::vector<lori::bitmask> ex;
+    ex.reserve(nshapes);
+    std::vector<lori::calibration_tensor<float>> ts;
+    for (int t = 0; t < nshapes; ++t) {
+      const auto& sh = shapes[t];
+      store[t].resize(static_cast<std::size_t>(sh.rows * sh.ld) + sh.off);
+      for (auto& x : store[t]) {
+        std::uint32_t key = 0;
+        if (kind == 0) {
+          x = nd(g);
+          continue;
+        }
+        key = kind == 1 ? (bucket(g) << 18) + edges[edge(g)] : (coin(g) ? sub(g) : 0u);
+        const std::uint32_t b = key | (coin(g) ? 0x80000000u : 0u);
+        std::memcpy(&x, &b, sizeof(x));
+      }
+      ex.emplace_back(sh.rows, sh.cols);
+      if (sh.excl)
+        for (lori::index_t i = 0; i < sh.rows; ++i)
+          for (lori::index_t j = (i * 5) % 7; j < sh.cols; j += 7) ex.back().set(i, j);
+      const std::string name = "model.layers." + std::to_string(t % 3) + (t % 2 == 0 ? ".mlp.up_proj" : ".self_attn.k_proj") +
+                               ".lora_B." + std::to_string(t);
+      ts.push_back({name, lori::row_major_view<const float>(store[t].data() + sh.off, sh.rows, sh.cols, sh.ld),
+                    sh.excl ? &ex.back() : nullptr});
+    }
+    compare_all(ts, 0.9, {-1, 0});
+    if (!quick()) compare_all(ts, 0.3, {-1});
+  }
+}
+
+TEST_CASE("GPU calibration equals the CPU path when every tensor is a float4 tensor (pass 0 by bulk copies)") {
+  // Packed, 16-byte aligned float tensors with 4, 8, 16, 32 or a multiple of 64 columns and no
+  // exclusion mask: pass 0 streams its tiles into shared memory by bulk copies. Tensors of one to
+  // several pass-0 tiles (8192 entries), a last tile shorter than the others, several groups per
+  // persistent block (layer, matrix granularity); normal values and heavy ties.
+  LORI_TEST_SEED_INFO();
+  auto g = lori_test::rng(113);
+  const lori::index_t rows[] = {4096, 1024, 333, 2049, 64, 1, 7000, 515};
+  const lori::index_t cols[] = {32, 32, 64, 16, 128, 4, 8, 32};
+  constexpr int nt = sizeof(rows) / sizeof(rows[0]);
+  std::normal_distribution<float> nd(0.0f, 0.02f);
+  std::uniform_int_distribution<int> level(0, 5);
+  for (int kind = 0; kind < 2; ++kind) {
+    if (quick() && kind == 1) continue;
+    INFO("data kind " << kind << " (0 normal, 1 six levels)");
+    std::vector<std::vector<float>> store(nt);
+    std::vector<lori::calibration_tensor<float>> ts;
+    for (int t = 0; t < nt; ++t) {
+      store[t].resize(static_cast<std::size_t>(rows[t] * cols[t]));
+      for (auto& x : store[t]) x = kind == 0 ? nd(g) : 0.01f * static_cast<float>(level(g) - 2);
+      const std::string name = "model.layers." + std::to_string(t % 3) + (t % 2 == 0 ? ".mlp.down_proj" : ".self_attn.v_proj") +
+                               ".lora_B." + std::to_string(t);
+      ts.push_back({name, lori::row_major_view<const float>(store[t].data(), rows[t], cols[t]), nullptr});
+    }
+    compare_all(ts, 0.9, {-1, 0});
+    if (!quick()) compare_all(ts, 0.5, {-1});
+  }
 }
 
 TEST_CASE("GPU calibration reports NaN/Inf with the tensor's name and index; checks its arguments") {

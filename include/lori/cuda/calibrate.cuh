@@ -10,21 +10,26 @@
 //   lori::calibration_report rep = plan.report(ws.data(), stream); // syncs; throws on NaN/Inf
 //
 // Kernels, all stream-ordered, no per-tensor or per-group launches (float: 8 launches, exact
-// semantics 2 more per tie digit):
+// semantics 2 more per tie digit; all after the first are programmatic dependent launches, so each
+// kernel's blocks start while the previous kernel finishes):
 //   1. init: group states, histograms and counters reset (the workspace needs no initialisation);
 //   2. pass 0, the first full read: histogram of the top 13 key bits (8192 bins; excluded entries
-//      count as key 0), NaN/Inf detection (smallest flat position), excluded counts. Persistent
-//      blocks over a (tensor, row range) tile table, shared-memory histograms flushed per group;
+//      count as key 0), NaN/Inf detection (the top bins, or the smallest flat position), excluded
+//      counts. Persistent blocks over a (tensor, row range) tile table, shared-memory histograms
+//      flushed per group;
 //   3. select: one block per group narrows its radix_select_state (lori/mask/radix_select.hpp)
 //      to the bucket holding the k-th largest key (~1% of normal-like data) and clears the counts;
 //   4. split, the second and last full read (tiles ordered so that the data pass 0 read last, still
 //      in L2, is read first): every mask word is written with the entries certainly kept (top
-//      digit above the bucket); the bucket's entries go to a candidate list (one block scan and one
-//      atomic per 8192 entries) and their next 11-bit digit to the group's histogram;
+//      digit above the bucket); the bucket's entries go to a candidate list and their next 11-bit
+//      digit to the group's histogram. calib_split_ballot for packed float rows of 1-16 or 32k
+//      columns (two compares and two warp ballots per 32 entries build the words), calib_split
+//      for the other shapes;
 //   5. select, then the last digit (7 bits for float) histogrammed on the candidates only, select;
 //   6. exact semantics only, and only for groups that need fewer ties than they hold: a radix
 //      selection of the ties' flat positions on the candidates (bits = log2 of the total mask bits);
-//   7. finish: the kept candidates get their bits (atomicOr); kept counts per tensor.
+//   7. finish: the kept candidates get their bits (atomicOr); kept counts per tensor (or, when pass
+//      0 saw NaN/Inf, the smallest flat position of one, for report()).
 // When the selected buckets hold more entries than the candidate capacity (degenerate data such as
 // mostly-equal values), the kernels see it on the device and run steps 5-7 over the full data
 // instead (shared-memory histograms, a full mask-writing pass): the same result, slower. Every mask
@@ -72,11 +77,14 @@ namespace detail {
 inline constexpr int calib_block = 256;          // split, candidate and finishing kernels
 inline constexpr int calib_pass0_block = 256;    // pass 0 (full-data histogram)
 inline constexpr int calib_pass0_unroll = 8;     // float4 loads in flight per thread in pass 0 (a whole tile)
-inline constexpr int calib_select_block = 256;   // one block per group, 32 bins per thread
+inline constexpr int calib_pass0_min_blocks = 4;  // pass-0 blocks per SM (__launch_bounds__: <= 64 registers)
+inline constexpr int calib_select_block = 512;   // one block per group, 16 bins per thread (all loaded at once)
 inline constexpr int calib_first_bits = 13;      // width of the first value digit on the GPU
 inline constexpr int calib_max_bins = 1 << calib_first_bits;
 inline constexpr int calib_split_unroll = 8;     // float4 loads in flight per thread in the split pass (half a tile)
 inline constexpr index_t calib_tile_elems = 16384;       // tiles of the split and full-data passes
+inline constexpr int calib_cand_unroll = 4;       // candidates per thread in flight in calib_hist / calib_finish
+inline constexpr int calib_ballot_steps = 16;     // calib_split_ballot: 32-element chunks per warp per batch (loads in flight)
 inline constexpr index_t calib_pass0_tile_elems = 8192;   // pass 0: one unrolled sweep of a block
 
 // Value digits on the GPU: a first digit of calib_first_bits bits (8192 bins: the selected bucket
@@ -123,6 +131,8 @@ struct calib_tensor_desc {
   index_t bit_offset;   // sum of rows * wpr * 64 of the tensors before (tie order: flat order)
   int fast;             // float, packed, 16-byte aligned, cols in {4, 8, 16, 32} or a multiple of 64:
                         // read with coalesced float4 loads (calib_pass0, calib_split_fast)
+  int ballot;           // float, packed, cols in {1, 2, 4, 8, 16} or a multiple of 32 up to
+                        // calib_tile_elems: split by calib_split_ballot (see calib_ballot_shape)
 };
 
 struct calib_tile {
@@ -147,6 +157,7 @@ struct calib_group_state {
 
 struct calib_globals {
   unsigned long long bad_position;  // smallest flat position of a NaN/Inf (~0 when none)
+  unsigned long long nonfinite;     // non-zero: pass 0's histogram holds NaN/Inf keys (bad_position found by calib_finish)
   unsigned long long cand_needed;   // sum of the selected buckets' sizes after pass 0
   unsigned long long cand_count;    // candidates written
   unsigned long long ties_live;     // groups whose tie selection is still running
@@ -164,12 +175,31 @@ struct calib_params {
   unsigned long long* kept;  // per tensor
   index_t capacity;
   index_t num_tiles;
+  index_t num_ballot_tiles;  // split tiles [0, num_ballot_tiles) are calib_split_ballot's, the rest calib_split's
   const calib_tile* tiles0;  // pass 0's finer tiles (better balance over the persistent blocks)
   index_t num_tiles0;
+  int pass0_interleave;  // calib_pass0_bulk: block b takes tiles b, b + grid, ... (else a contiguous range)
   std::uint64_t pos_max;  // (1 << pos_bits) - 1: tie key of flat bit position q is pos_max - q
   int pos_bits;
   int exact;
 };
+
+// Programmatic dependent launch (sm_90; run() launches every kernel after calib_init with the
+// attribute): a kernel's blocks may start while the kernel before it still runs. Every kernel lets
+// the next one's blocks start early (calib_allow_next, at its start: they only take what the SMs
+// have left) and waits for the kernel before it, its completion and memory (calib_wait_prior),
+// before it touches anything that kernel or an earlier one wrote, and always before it ends (so a
+// kernel's completion implies its predecessors'). No-ops for an ordinary launch or below sm_90.
+__device__ __forceinline__ void calib_wait_prior() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void calib_allow_next() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
 
 __device__ __forceinline__ bool calib_compact(const calib_globals* g, index_t capacity) {
   return static_cast<index_t>(g->cand_needed) <= capacity;
@@ -203,8 +233,12 @@ __device__ __forceinline__ void calib_flush(unsigned int* sh, int bins, unsigned
   }
 }
 
-// Sums v over the warp into lane 0's return value (all 32 lanes must call).
+// Sums v over the warp (every lane gets the sum; all 32 lanes must call).
 __device__ __forceinline__ unsigned int calib_warp_sum(unsigned int v) {
+  for (int o = 16; o >= 1; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ unsigned long long calib_warp_sum64(unsigned long long v) {
   for (int o = 16; o >= 1; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;
 }
@@ -215,6 +249,7 @@ template <class Key>
 __global__ void __launch_bounds__(calib_block) calib_init(calib_group_state<Key>* groups, const calib_group_state<Key>* init,
                                                           index_t num_groups, unsigned long long* zero, index_t zero_words,
                                                           index_t bad_word) {
+  calib_allow_next();  // pass 0 histograms its first tiles in shared memory meanwhile
   const index_t stride = static_cast<index_t>(gridDim.x) * blockDim.x;
   const index_t i0 = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x;
   for (index_t i = i0; i < zero_words; i += stride) zero[i] = i == bad_word ? ~0ull : 0ull;
@@ -222,18 +257,22 @@ __global__ void __launch_bounds__(calib_block) calib_init(calib_group_state<Key>
 }
 
 // Pass 0, the first full read: histogram of the first value digit of every element (excluded
-// entries count as key 0), per group; NaN/Inf detection (smallest flat position); excluded counts.
+// entries count as key 0), per group; excluded counts; NaN/Inf detection: the float4 path has no
+// per-element check (NaN/Inf keys land in the histogram's top bins, which calib_select inspects;
+// calib_finish then finds the smallest flat position), the other path records the smallest flat
+// position itself (excluded entries get key 0 in the histogram, so it must look at each value).
 // Persistent blocks take contiguous ranges of tiles (so a block flushes its shared histogram only
 // when the group changes); the plan orders the split's tiles so that it reads first what pass 0
 // read last (still in L2).
 template <class T>
-__global__ void __launch_bounds__(calib_pass0_block, 3) calib_pass0(calib_params<T> p) {
+__global__ void __launch_bounds__(calib_pass0_block, calib_pass0_min_blocks) calib_pass0(calib_params<T> p) {
   using Key = magnitude_key_t<T>;
   constexpr int bits = magnitude_key<T>::bits;
   constexpr int shift = calib_vshift(bits, 0);
   constexpr int bins = 1 << (bits - shift);
   static_assert(bins == calib_max_bins, "calib_pass0: first digit width");
   __shared__ unsigned int sh[bins];
+  calib_allow_next();  // the data, tiles and descriptors are not calib_init's: read before waiting
   for (int b = threadIdx.x; b < bins; b += blockDim.x) sh[b] = 0;
   __syncthreads();
   index_t cur = -1, acc = 0;  // uniform over the block
@@ -244,44 +283,52 @@ __global__ void __launch_bounds__(calib_pass0_block, 3) calib_pass0(calib_params
     const index_t ne = (tile.row_end - tile.row_begin) * td.cols;  // < 2^31 (plan checks)
     if (cur >= 0 && (td.group != cur || acc + ne > (index_t{1} << 31))) {
       __syncthreads();
+      calib_wait_prior();  // calib_init has zeroed the histograms
       calib_flush(sh, bins, p.hist + cur * calib_max_bins);
       __syncthreads();
       acc = 0;
     }
     cur = td.group;
     acc += ne;
-    const index_t first = td.elem_offset + tile.row_begin * td.cols;  // flat position of the tile's element 0
     bool done = false;
     if constexpr (sizeof(T) == 4) {
       if (td.fast && td.excl == nullptr) {  // packed rows, cols % 4 == 0, 16-byte aligned
         const auto* base4 = reinterpret_cast<const float4*>(td.data + tile.row_begin * td.cols);
-        const index_t n4 = ne / 4;
+        const auto n4 = static_cast<std::uint32_t>(ne / 4);  // 32-bit offsets within the tile
         constexpr int U = calib_pass0_unroll;
-        for (index_t v0 = threadIdx.x; v0 < n4; v0 += U * static_cast<index_t>(blockDim.x)) {
+        for (std::uint32_t v0 = threadIdx.x; v0 < n4; v0 += U * blockDim.x) {
           float4 x[U];
 #pragma unroll
           for (int u = 0; u < U; ++u) {
-            const index_t v = v0 + u * static_cast<index_t>(blockDim.x);
+            const std::uint32_t v = v0 + u * blockDim.x;
             x[u] = v < n4 ? __ldg(base4 + v) : make_float4(0.f, 0.f, 0.f, 0.f);
+          }
+          if (v0 == threadIdx.x && t + 1 < t_end) {
+            // While this tile's loads are in flight: the block's next tile is requested into L2
+            // (one 128-byte line per thread), so its loads need not wait for DRAM. A hint only.
+            const calib_tile nt = p.tiles0[t + 1];
+            const calib_tensor_desc<T>* nd = p.tensors + nt.tensor;
+            if (nd->fast) {  // packed rows
+              const auto* nb = reinterpret_cast<const char*>(nd->data + nt.row_begin * nd->cols);
+              const index_t nbytes = (nt.row_end - nt.row_begin) * nd->cols * static_cast<index_t>(sizeof(T));
+              for (index_t off = threadIdx.x * index_t{128}; off < nbytes; off += blockDim.x * index_t{128})
+                asm volatile("prefetch.global.L2 [%0];" ::"l"(nb + off));
+            }
           }
 #pragma unroll
           for (int u = 0; u < U; ++u) {
-            const index_t v = v0 + u * static_cast<index_t>(blockDim.x);
-            if (v >= n4) break;
+            if (v0 + u * blockDim.x >= n4) break;
             const float xs[4] = {x[u].x, x[u].y, x[u].z, x[u].w};
 #pragma unroll
-            for (int b = 0; b < 4; ++b) {
-              const Key key = magnitude_bits(xs[b]);
-              if (key >= magnitude_key<T>::infinity)
-                atomicMin(&p.globals->bad_position, static_cast<unsigned long long>(first + 4 * v + b));
-              atomicAdd(&sh[key >> shift], 1u);
-            }
+            for (int b = 0; b < 4; ++b) atomicAdd(&sh[magnitude_bits(xs[b]) >> shift], 1u);
           }
         }
         done = true;
       }
     }
     if (!done) {
+      calib_wait_prior();  // calib_init has reset bad_position and the excluded counts
+      const index_t first = td.elem_offset + tile.row_begin * td.cols;  // flat position of the tile's element 0
       unsigned int excl_here = 0;
       for (index_t e = threadIdx.x; e < ne; e += blockDim.x) {
         index_t r = 0, c = 0;
@@ -298,60 +345,135 @@ __global__ void __launch_bounds__(calib_pass0_block, 3) calib_pass0(calib_params
     }
   }
   __syncthreads();
+  calib_wait_prior();
   if (cur >= 0) calib_flush(sh, bins, p.hist + cur * calib_max_bins);
 }
 
-// The thread of calib_select whose bins [bin0, bin0 + per) hold the rank sought (`above` keys in
-// the bins above them) narrows the group's state.
-template <class Key, int Mode, class Count>
-__device__ __forceinline__ void calib_select_narrow(calib_group_state<Key>* gs, calib_globals* globals,
-                                                    const radix_select_state<Key> vst,
-                                                    const radix_select_state<std::uint64_t> tst, const Count count,
-                                                    int bin0, int bins, index_t above, index_t remaining,
-                                                    unsigned long long excluded, int pass, int exact) {
-  constexpr int per = calib_max_bins / calib_select_block;
-  index_t acc = above;
-  for (int b = per - 1; b >= 0; --b) {
-    if (bin0 + b >= bins) continue;
-    const auto cnt = static_cast<index_t>(count(bin0 + b));
-    if (acc + cnt < remaining) {
-      acc += cnt;
-      continue;
+// Shared-memory address of p (for the mbarrier / bulk-copy PTX below).
+__device__ __forceinline__ unsigned calib_smem(const void* p) { return static_cast<unsigned>(__cvta_generic_to_shared(p)); }
+
+// Pass 0 when every pass-0 tile is a float4 tile without exclusions (calib_plan::bulk0_): the same
+// histogram as calib_pass0, but the tiles stream into shared memory by bulk copies (the TMA engine,
+// sm_90), two in flight per block: thread 0 issues tile t + 2's copy as soon as the block has
+// histogrammed tile t, so the block's next two tiles are always on their way and no register
+// holds data in flight (2 blocks of 256 threads per SM: 4 tiles, 128 KB, in flight per SM).
+// Completion is tracked by one mbarrier per buffer (transaction bytes, phase parity).
+template <class T>
+__global__ void __launch_bounds__(calib_pass0_block, 2) calib_pass0_bulk(calib_params<T> p) {
+  static_assert(sizeof(T) == 4, "calib_pass0_bulk: float only");
+  constexpr int shift = calib_vshift(magnitude_key<T>::bits, 0);
+  constexpr int bins = calib_max_bins;
+  constexpr int tile4 = static_cast<int>(calib_pass0_tile_elems / 4);  // float4 per buffer
+  __shared__ unsigned int sh[bins];
+  __shared__ alignas(8) unsigned long long full[2];
+  extern __shared__ float4 calib_buf[];  // 2 x tile4 (dynamic shared memory)
+  calib_allow_next();
+  // The block's tiles: t_begin, t_begin + stride, ... below t_end (a contiguous range, or with one
+  // group every grid-th tile, so that the blocks read neighbouring tiles at the same time).
+  const index_t G = gridDim.x, stride = p.pass0_interleave ? G : 1;
+  const index_t t_begin = p.pass0_interleave ? static_cast<index_t>(blockIdx.x) : static_cast<index_t>(blockIdx.x) * p.num_tiles0 / G;
+  const index_t t_end = p.pass0_interleave ? p.num_tiles0 : (static_cast<index_t>(blockIdx.x) + 1) * p.num_tiles0 / G;
+  // Thread 0: tile t's bytes into buffer `slot`, completing on full[slot].
+  const auto issue = [&](index_t t, int slot) {
+    const calib_tile tile = p.tiles0[t];
+    const calib_tensor_desc<T>* td = p.tensors + tile.tensor;
+    const auto bytes = static_cast<unsigned>((tile.row_end - tile.row_begin) * td->cols * static_cast<index_t>(sizeof(T)));
+    const T* src = td->data + tile.row_begin * td->cols;
+    const unsigned mb = calib_smem(&full[slot]);
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(mb), "r"(bytes) : "memory");
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+                     calib_smem(calib_buf + slot * tile4)),
+                 "l"(src), "r"(bytes), "r"(mb)
+                 : "memory");
+  };
+  if (threadIdx.x == 0) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(calib_smem(&full[0])) : "memory");
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(calib_smem(&full[1])) : "memory");
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+    if (t_begin < t_end) issue(t_begin, 0);
+    if (t_begin + stride < t_end) issue(t_begin + stride, 1);
+  }
+  for (int b = threadIdx.x; b < bins; b += blockDim.x) sh[b] = 0;
+  __syncthreads();
+  index_t cur = -1, acc = 0;  // uniform over the block
+  for (index_t t = t_begin; t < t_end; t += stride) {
+    const auto i = static_cast<unsigned>((t - t_begin) / stride);
+    const int slot = static_cast<int>(i & 1u);
+    const calib_tile tile = p.tiles0[t];
+    const index_t group = p.tensors[tile.tensor].group;
+    const index_t ne = (tile.row_end - tile.row_begin) * p.tensors[tile.tensor].cols;
+    if (cur >= 0 && (group != cur || acc + ne > (index_t{1} << 31))) {
+      __syncthreads();
+      calib_wait_prior();  // calib_init has zeroed the histograms
+      calib_flush(sh, bins, p.hist + cur * calib_max_bins);
+      __syncthreads();
+      acc = 0;
     }
-    const int bin = bin0 + b;
-    if (Mode == 0) {
-      radix_select_state<Key> st = vst;
-      st.greater += acc;
-      st.remaining -= acc;
-      st.prefix |= static_cast<Key>(static_cast<Key>(bin) << calib_shift<0>(st.key_bits, st.pass));
-      ++st.pass;
-      if (pass == 0) atomicAdd(&globals->cand_needed, static_cast<unsigned long long>(cnt));
-      gs->value = st;
-      if (st.finished() && exact) {
-        // cnt keys equal tau; excluded entries are among them iff tau == 0 (they rank below all).
-        const index_t nonexcluded_ties = cnt - (st.prefix == 0 ? static_cast<index_t>(excluded) : 0);
-        if (st.remaining < nonexcluded_ties) {
-          radix_select_state<std::uint64_t> t = tst;  // key_bits set by the plan, k = 0
-          t.k = st.remaining;
-          t.remaining = st.remaining;
-          t.greater = 0;
-          t.prefix = 0;
-          t.pass = 0;
-          gs->tie = t;
-          atomicAdd(&globals->ties_live, 1ull);
-        }
-        // else: tie state stays finished with prefix 0: every non-excluded tie is kept.
+    cur = group;
+    acc += ne;
+    // Wait for buffer `slot`'s copy (its (i / 2)-th use: phase parity (i / 2) & 1).
+    const unsigned mb = calib_smem(&full[slot]), parity = (i >> 1) & 1u;
+    for (unsigned done = 0; done == 0;)
+      asm volatile("{\n\t.reg .pred q;\n\tmbarrier.try_wait.parity.shared::cta.b64 q, [%1], %2;\n\tselp.u32 %0, 1, 0, q;\n\t}"
+                   : "=r"(done)
+                   : "r"(mb), "r"(parity)
+                   : "memory");
+    const float4* x4 = calib_buf + slot * tile4;
+    const auto n4 = static_cast<unsigned>(ne / 4);
+    for (unsigned v = threadIdx.x; v < n4; v += blockDim.x) {
+      const float4 x = x4[v];
+      atomicAdd(&sh[magnitude_bits(x.x) >> shift], 1u);
+      atomicAdd(&sh[magnitude_bits(x.y) >> shift], 1u);
+      atomicAdd(&sh[magnitude_bits(x.z) >> shift], 1u);
+      atomicAdd(&sh[magnitude_bits(x.w) >> shift], 1u);
+    }
+    __syncthreads();  // every thread is done with buffer `slot`: refill it
+    if (threadIdx.x == 0 && t + 2 * stride < t_end) issue(t + 2 * stride, slot);
+  }
+  __syncthreads();
+  calib_wait_prior();
+  if (cur >= 0) calib_flush(sh, bins, p.hist + cur * calib_max_bins);
+}
+
+// Narrows a group's state to `bin` (cnt keys, `acc` keys in the bins above it): the one lane of
+// calib_select that holds the rank sought.
+template <class Key, int Mode>
+__device__ __forceinline__ void calib_select_narrow(calib_group_state<Key>* gs, calib_globals* globals, int bin, index_t acc,
+                                                    index_t cnt, unsigned long long excluded, int pass, int exact) {
+  const radix_select_state<Key> vst = gs->value;
+  const radix_select_state<std::uint64_t> tst = gs->tie;
+  if (Mode == 0) {
+    radix_select_state<Key> st = vst;
+    st.greater += acc;
+    st.remaining -= acc;
+    st.prefix |= static_cast<Key>(static_cast<Key>(bin) << calib_shift<0>(st.key_bits, st.pass));
+    ++st.pass;
+    if (pass == 0) atomicAdd(&globals->cand_needed, static_cast<unsigned long long>(cnt));
+    gs->value = st;
+    if (st.finished() && exact) {
+      // cnt keys equal tau; excluded entries are among them iff tau == 0 (they rank below all).
+      const index_t nonexcluded_ties = cnt - (st.prefix == 0 ? static_cast<index_t>(excluded) : 0);
+      if (st.remaining < nonexcluded_ties) {
+        radix_select_state<std::uint64_t> t = tst;  // key_bits set by the plan, k = 0
+        t.k = st.remaining;
+        t.remaining = st.remaining;
+        t.greater = 0;
+        t.prefix = 0;
+        t.pass = 0;
+        gs->tie = t;
+        atomicAdd(&globals->ties_live, 1ull);
       }
-    } else {
-      radix_select_state<std::uint64_t> st = tst;
-      st.greater += acc;
-      st.remaining -= acc;
-      st.prefix |= static_cast<std::uint64_t>(bin) << calib_shift<1>(st.key_bits, st.pass);
-      ++st.pass;
-      gs->tie = st;
-      if (st.finished()) atomicAdd(&globals->ties_live, ~0ull);  // - 1
+      // else: tie state stays finished with prefix 0: every non-excluded tie is kept.
     }
-    break;
+  } else {
+    radix_select_state<std::uint64_t> st = tst;
+    st.greater += acc;
+    st.remaining -= acc;
+    st.prefix |= static_cast<std::uint64_t>(bin) << calib_shift<1>(st.key_bits, st.pass);
+    ++st.pass;
+    gs->tie = st;
+    if (st.finished()) atomicAdd(&globals->ties_live, ~0ull);  // - 1
   }
 }
 
@@ -362,43 +484,90 @@ __device__ __forceinline__ void calib_select_narrow(calib_group_state<Key>* gs, 
 // starts the tie selection (k = ties needed), unless every non-excluded tie is needed (then all are
 // kept and no tie pass runs for the group).
 template <class Key, int Mode>
-__global__ void __launch_bounds__(calib_select_block) calib_select(calib_group_state<Key>* groups, unsigned long long* hist,
-                                                                   calib_globals* globals, int pass, int exact) {
-  constexpr int per = calib_max_bins / calib_select_block;  // 32 bins per thread
-  using scan_t = cub::BlockScan<unsigned long long, calib_select_block>;
-  __shared__ typename scan_t::TempStorage tmp;
+__global__ void __launch_bounds__(calib_select_block, 2) calib_select(calib_group_state<Key>* groups, unsigned long long* hist,
+                                                                      calib_globals* globals, int pass, int exact) {
+  constexpr int warps = calib_select_block / 32;
+  constexpr int rows = calib_max_bins / calib_select_block;  // 16 rows of 32 bins per warp
+  static_assert(calib_max_bins % calib_select_block == 0 && rows <= 32, "calib_select: bin layout");
+  __shared__ unsigned long long sh_total[warps];
+  calib_wait_prior();
+  calib_allow_next();
   // No tie selection running: no tie histogram was built (calib_hist returned), nothing to clear.
   // (Only a block whose group is live decrements ties_live, so 0 means none is live.)
   if (Mode == 1 && globals->ties_live == 0) return;
   calib_group_state<Key>* gs = groups + blockIdx.x;
   unsigned long long* h = hist + blockIdx.x * static_cast<index_t>(calib_max_bins);
-  const int rt = calib_select_block - 1 - static_cast<int>(threadIdx.x);  // thread 0 owns the top bins
-  // Every thread reads the state before the scan's barriers; only the one thread that finds the
-  // rank writes it afterwards, so no thread can see a half-updated state.
-  const radix_select_state<Key> vst = gs->value;
-  const radix_select_state<std::uint64_t> tst = gs->tie;
-  const int kbits = Mode == 0 ? vst.key_bits : tst.key_bits;
+  const int warp = static_cast<int>(threadIdx.x >> 5), lane = static_cast<int>(threadIdx.x & 31u);
+  // Every thread reads the state before the barrier; only the one lane that finds the rank reads
+  // it again and writes it afterwards, so no thread can see a half-updated state.
+  int kbits = 0;
+  bool live = false, add_excluded = false;
+  index_t remaining = 0;
+  {
+    const radix_select_state<Key> vst = gs->value;
+    const radix_select_state<std::uint64_t> tst = gs->tie;
+    kbits = Mode == 0 ? vst.key_bits : tst.key_bits;
+    live = Mode == 0 ? (!vst.finished() && vst.pass == pass) : (!tst.finished() && tst.pass == pass);
+    remaining = Mode == 0 ? vst.remaining : tst.remaining;
+    // Excluded entries join bin 0 in value passes >= 1 when the prefix is 0.
+    add_excluded = Mode == 0 && pass > 0 && vst.prefix == 0;
+  }
   const int bins = 1 << (calib_high<Mode>(kbits, pass) - calib_shift<Mode>(kbits, pass));
-  const bool live = Mode == 0 ? (!vst.finished() && vst.pass == pass) : (!tst.finished() && tst.pass == pass);
   const unsigned long long excluded = gs->excluded;
-  // Count of bin idx (< bins); excluded entries join bin 0 in value passes >= 1 when the prefix is 0.
-  const bool add_excluded = Mode == 0 && pass > 0 && vst.prefix == 0;
-  const auto count = [h, excluded, add_excluded](int idx) -> unsigned long long {
-    return h[idx] + (add_excluded && idx == 0 ? excluded : 0ull);
-  };
-  unsigned long long sum = 0;
-  for (int b = 0; b < per; ++b)
-    if (rt * per + b < bins) sum += count(rt * per + b);
-  unsigned long long above = 0;
-  scan_t(tmp).ExclusiveSum(sum, above);
-  const index_t remaining = Mode == 0 ? vst.remaining : tst.remaining;
-  if (live && static_cast<index_t>(above) < remaining && static_cast<index_t>(above + sum) >= remaining)
-    calib_select_narrow<Key, Mode>(gs, globals, vst, tst, count, rt * per, bins, static_cast<index_t>(above), remaining,
-                                   excluded, pass, exact);
-  // Each thread clears its own bins (after its own reads): bins >= radix_bins serve pass 0 only
-  // (zeroed by calib_init), the others are reused by the next pass.
-  for (int b = 0; b < per; ++b) {
-    const int idx = rt * per + b;
+  // Warp w owns bins [base, base + 32 rows), warp 0 the top ones; lane l holds column l: bins
+  // base + 32 k + l (coalesced loads, all in flight at once).
+  const int base = (warps - 1 - warp) * rows * 32;
+  unsigned long long c[rows], sum = 0;
+#pragma unroll
+  for (int k = 0; k < rows; ++k) {
+    const int idx = base + 32 * k + lane;
+    c[k] = idx < bins ? h[idx] + (add_excluded && idx == 0 ? excluded : 0ull) : 0ull;
+    sum += c[k];
+  }
+  if (Mode == 0 && pass == 0) {
+    // The top bins, from +Inf's key up, hold the NaN/Inf entries pass 0 saw.
+    using V = std::conditional_t<sizeof(Key) == 4, float, double>;
+    constexpr auto inf_bin = static_cast<int>(magnitude_key<V>::infinity >> calib_vshift(magnitude_key<V>::bits, 0));
+    bool bad = false;
+#pragma unroll
+    for (int k = 0; k < rows; ++k) bad |= base + 32 * k + lane >= inf_bin && c[k] != 0;
+    if (bad) globals->nonfinite = 1;
+  }
+  const unsigned long long wsum = calib_warp_sum64(sum);
+  if (lane == 0) sh_total[warp] = wsum;
+  __syncthreads();
+  unsigned long long above = 0;  // keys in the bins of the warps above this one
+  for (int w = 0; w < warp; ++w) above += sh_total[w];
+  if (live && static_cast<index_t>(above) < remaining && static_cast<index_t>(above + wsum) >= remaining) {  // warp-uniform
+    // Rows from the top: the row holding the rank, then the lane (suffix sums over the lanes).
+    int row = -1;
+    unsigned long long row_above = above, rc = 0;
+#pragma unroll
+    for (int k = rows - 1; k >= 0; --k) {
+      const unsigned long long rs = calib_warp_sum64(c[k]);
+      if (row < 0) {
+        if (static_cast<index_t>(row_above + rs) >= remaining) {
+          row = k;
+          rc = c[k];
+        } else {
+          row_above += rs;
+        }
+      }
+    }
+    unsigned long long suffix = rc;  // keys in this row's bins from this lane's up
+    for (int o = 1; o < 32; o <<= 1) {
+      const unsigned long long t = __shfl_down_sync(0xffffffffu, suffix, o);
+      if (lane + o < 32) suffix += t;
+    }
+    const auto before = static_cast<index_t>(row_above + suffix - rc), cnt = static_cast<index_t>(rc);
+    if (row >= 0 && before < remaining && before + cnt >= remaining)
+      calib_select_narrow<Key, Mode>(gs, globals, base + 32 * row + lane, before, cnt, excluded, pass, exact);
+  }
+  // Each lane clears the bins it read (bins >= radix_bins serve pass 0 only, zeroed by
+  // calib_init; the others are reused by the next pass).
+#pragma unroll
+  for (int k = 0; k < rows; ++k) {
+    const int idx = base + 32 * k + lane;
     if (idx < bins && idx < radix_bins) h[idx] = 0;
   }
 }
@@ -544,6 +713,8 @@ __global__ void __launch_bounds__(calib_block, 3) calib_split(calib_params<T> p)
   __shared__ unsigned int sh_kept;
   __shared__ unsigned int sh[radix_bins];
   static_assert(calib_vhigh(bits, 1) - calib_vshift(bits, 1) <= radix_digit_bits, "calib_split: digit 1 fits radix_bins");
+  calib_wait_prior();
+  calib_allow_next();
   const calib_tile tile = p.tiles[p.num_tiles - 1 - static_cast<index_t>(blockIdx.x)];
   const calib_tensor_desc<T> td = p.tensors[tile.tensor];
   const radix_select_state<Key> vs = p.groups[td.group].value;
@@ -606,6 +777,276 @@ __global__ void __launch_bounds__(calib_block, 3) calib_split(calib_params<T> p)
   calib_flush(sh, radix_bins, p.hist + td.group * calib_max_bins);
 }
 
+// Column counts calib_split_ballot handles: a 32-element chunk of a packed tensor is then one
+// 32-bit half of a mask word (cols a multiple of 32) or 32 / cols whole rows (cols in {1, 2, 4, 8,
+// 16}); tiles (calib_tile_elems / cols rows) start on chunk boundaries and fit 16-bit indices.
+LORI_HOST_DEVICE constexpr bool calib_ballot_shape(index_t cols) noexcept {
+  return cols >= 1 && cols <= calib_tile_elems && (cols % 32 == 0 || cols == 1 || cols == 2 || cols == 4 || cols == 8 || cols == 16);
+}
+
+// |x| >= t as an IEEE comparison written in PTX without .ftz, so subnormals compare exactly whatever
+// the compile flags (-use_fast_math): for x, t not NaN and t >= 0 it equals magnitude_bits(x) >=
+// bits(t), as the keys order like the non-negative floats; false when x or t is NaN.
+__device__ __forceinline__ bool calib_abs_ge(float x, float t) {
+  unsigned int r;
+  asm("{\n\t.reg .pred p;\n\t.reg .f32 a;\n\tabs.f32 a, %1;\n\tsetp.ge.f32 p, a, %2;\n\tselp.u32 %0, 1, 0, p;\n\t}"
+      : "=r"(r)
+      : "f"(x), "f"(t));
+  return r != 0;
+}
+
+// An L2 policy that evicts first what it tags, and a read-only load with it (L1 not allocated):
+// for data read once (the split's entries), so that what later kernels read (mask words,
+// candidate records, histograms) stays in L2.
+__device__ __forceinline__ unsigned long long calib_evict_first_policy() {
+  unsigned long long pol;
+  asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(pol));
+  return pol;
+}
+__device__ __forceinline__ float calib_load_once(const float* p, unsigned long long pol) {
+  float r;
+  asm volatile("ld.global.nc.L1::no_allocate.L2::cache_hint.f32 %0, [%1], %2;" : "=f"(r) : "l"(p), "l"(pol));
+  return r;
+}
+
+// An L2 policy that keeps what it tags longer, and stores with it: for what the split writes and
+// the later kernels read (mask words, candidate records), so it is still in L2 when they run.
+__device__ __forceinline__ unsigned long long calib_evict_last_policy() {
+  unsigned long long pol;
+  asm volatile("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(pol));
+  return pol;
+}
+__device__ __forceinline__ void calib_store_keep(std::uint32_t* p, std::uint32_t v, unsigned long long pol) {
+  asm volatile("st.global.L2::cache_hint.b32 [%0], %1, %2;" ::"l"(p), "r"(v), "l"(pol) : "memory");
+}
+__device__ __forceinline__ void calib_store_keep(std::uint64_t* p, std::uint64_t v, unsigned long long pol) {
+  asm volatile("st.global.L2::cache_hint.b64 [%0], %1, %2;" ::"l"(p), "l"(v), "l"(pol) : "memory");
+}
+__device__ __forceinline__ void calib_store_keep(calib_candidate<std::uint32_t>* p, const calib_candidate<std::uint32_t>& c,
+                                                 unsigned long long pol) {
+  static_assert(sizeof(calib_candidate<std::uint32_t>) == 16, "calib_store_keep: 16-byte record");
+  asm volatile("st.global.L2::cache_hint.v4.b32 [%0], {%1, %2, %3, %4}, %5;" ::"l"(p), "r"(c.key), "r"(c.tensor),
+               "r"(static_cast<std::uint32_t>(c.bit)), "r"(static_cast<std::uint32_t>(c.bit >> 32)), "l"(pol)
+               : "memory");
+}
+
+// The ballot over a full warp of |x| >= t (calib_abs_ge), in PTX: the warp is converged where this
+// is called (warp-uniform control flow), so no divergence check is needed around the vote.
+__device__ __forceinline__ std::uint32_t calib_ballot_abs_ge(float x, float t) {
+  std::uint32_t r;
+  asm volatile("{\n\t.reg .pred p;\n\t.reg .f32 a;\n\tabs.f32 a, %1;\n\tsetp.ge.f32 p, a, %2;\n\tvote.sync.ballot.b32 %0, p, 0xffffffff;\n\t}"
+               : "=r"(r)
+               : "f"(x), "f"(t));
+  return r;
+}
+
+// The 32 bits of chunk q (elements 32q .. 32q + 31 of a tile of nrows rows starting at row r0) in a
+// bit matrix laid out like the masks (words per row wpr) of a calib_ballot_shape tensor.
+__device__ __forceinline__ std::uint32_t calib_chunk_bits(const std::uint64_t* words, index_t wpr, int cols, index_t r0,
+                                                          std::uint32_t q, std::uint32_t nrows) {
+  if (cols >= 32) {
+    const auto cpr = static_cast<std::uint32_t>(cols >> 5);
+    const std::uint32_t row = q / cpr, cir = q - row * cpr;
+    return static_cast<std::uint32_t>(words[(r0 + row) * wpr + (cir >> 1)] >> (32 * (cir & 1u)));
+  }
+  const std::uint32_t per = 32u / static_cast<std::uint32_t>(cols);  // rows per chunk (wpr == 1)
+  std::uint32_t bits = 0;
+  for (std::uint32_t j = 0; j < per && q * per + j < nrows; ++j)
+    bits |= static_cast<std::uint32_t>(words[r0 + q * per + j] & ((std::uint64_t{1} << cols) - 1)) << (j * static_cast<std::uint32_t>(cols));
+  return bits;
+}
+
+// Split pass for calib_ballot_shape float tensors (packed rows, any 4-byte alignment), one block per
+// tile of <= calib_tile_elems entries, table order reversed like calib_split. Warp w owns chunks
+// [64 w, 64 w + 64) of the tile (32 entries each), calib_ballot_steps of them in flight (lane l
+// loads entry l of each chunk: one coalesced 128-byte load per chunk). Per chunk: two IEEE
+// compares with the group's bucket bounds as floats (|x| >= hi: certainly kept; |x| >= lo and not
+// kept: candidate) and two ballots; the keep ballot is the chunk's mask bits in order, so no shuffle
+// or per-bit work builds the words; lane i of a batch writes chunk i's bits (u32 halves of the mask
+// words, whole words for narrow rows), exclusions AND-ed out. A chunk with a candidate (a warp-
+// uniform branch) stages the candidates' 16-bit tile offsets in shared memory; at the end one
+// global atomic reserves the block's candidate slots and each warp writes its records and adds
+// their next digit to the group's histogram (global atomics: ~1% of the entries). Overflow mode
+// (candidates beyond the capacity): no words, no records; the bucket's digit-1 histogram is built in
+// shared memory and flushed. Out-of-tile lanes read NaN, which passes neither compare.
+template <class T>
+__global__ void __launch_bounds__(calib_block, 5) calib_split_ballot(calib_params<T> p) {
+  static_assert(sizeof(T) == 4, "calib_split_ballot: float only");
+  using Key = magnitude_key_t<T>;
+  constexpr int bits = magnitude_key<T>::bits;
+  constexpr int S = calib_ballot_steps;
+  constexpr int warps = calib_block / 32;
+  constexpr int wchunks = static_cast<int>(calib_tile_elems / 32 / warps);  // chunks per warp (64)
+  static_assert(calib_tile_elems <= 65536 && wchunks % S == 0, "calib_split_ballot: tile layout");
+  __shared__ uint2 stage[warps][wchunks];  // per warp: (chunk, candidate bits) of its chunks with candidates
+  __shared__ unsigned int sh[radix_bins];
+  __shared__ unsigned int sh_cnt[warps], sh_kept[warps];
+  __shared__ unsigned long long sh_base;
+  calib_allow_next();
+  const calib_tile tile = p.tiles[p.num_ballot_tiles - 1 - static_cast<index_t>(blockIdx.x)];
+  const calib_tensor_desc<T> td = p.tensors[tile.tensor];
+  const int warp = static_cast<int>(threadIdx.x >> 5), lane = static_cast<int>(threadIdx.x & 31u);
+  const int cols = static_cast<int>(td.cols);
+  const auto nrows = static_cast<std::uint32_t>(tile.row_end - tile.row_begin);
+  const std::uint32_t n = nrows * static_cast<std::uint32_t>(cols);  // <= calib_tile_elems
+  const float* base = td.data + tile.row_begin * td.cols;
+  const std::uint32_t q_begin = static_cast<std::uint32_t>(warp * wchunks);
+  const std::uint32_t q_end = std::min<std::uint32_t>((n + 31) / 32, q_begin + wchunks);
+  // The warp's whole range (64 lines of 128 bytes) is requested into L2 at once, before waiting for
+  // calib_select, so the batches' loads below find it there instead of each waiting for DRAM.
+  for (std::uint32_t q = q_begin + static_cast<std::uint32_t>(lane); q < q_end; q += 32)
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(base + q * 32) : "memory");
+  calib_wait_prior();  // calib_select has narrowed the group states
+  const radix_select_state<Key> vs = p.groups[td.group].value;
+  const bool compact = calib_compact(p.globals, p.capacity);
+  const bool live = vs.k > 0 && vs.pass == 1;
+  constexpr int shift0 = calib_vshift(bits, 0), shift1 = calib_vshift(bits, 1);
+  const auto dmask = static_cast<Key>(calib_digit_mask<0>(bits, 1));
+  // Bucket [lo, hi) of keys: keys >= hi certainly kept. hi is clamped to +Inf's key (the bucket
+  // below +Inf ends there; a bucket at or above it exists only with non-finite data, then the masks
+  // are unspecified and report() throws).
+  const Key lo_key = vs.prefix;
+  const Key hi_key = static_cast<Key>(std::min<std::uint64_t>(static_cast<std::uint64_t>(vs.prefix) + (std::uint64_t{1} << shift0),
+                                                               magnitude_key<T>::infinity));
+  const float nan = __uint_as_float(0x7fc00000u);
+  const float lo = live ? __uint_as_float(lo_key) : nan, hi = live ? __uint_as_float(hi_key) : nan;
+  if (!compact) {  // block-uniform
+    for (int b = threadIdx.x; b < radix_bins; b += blockDim.x) sh[b] = 0;
+    __syncthreads();
+  }
+  std::uint32_t nstaged = 0, kept = 0;  // nstaged: chunks staged by this warp (warp-uniform)
+  const unsigned long long once = calib_evict_first_policy(), keep = calib_evict_last_policy();
+  for (std::uint32_t q0 = q_begin; q0 < q_end; q0 += S) {
+    float x[S];
+    if (q0 + S <= q_end && (q0 + S) * 32 <= n) {  // warp-uniform: every chunk whole
+#pragma unroll
+      for (int s = 0; s < S; ++s) x[s] = calib_load_once(base + (q0 + s) * 32 + lane, once);
+    } else {
+#pragma unroll
+      for (int s = 0; s < S; ++s) {
+        const std::uint32_t e = (q0 + s) * 32 + static_cast<std::uint32_t>(lane);
+        x[s] = (q0 + s < q_end && e < n) ? calib_load_once(base + e, once) : nan;
+      }
+    }
+    std::uint32_t kb[S];
+#pragma unroll
+    for (int s = 0; s < S; ++s) {
+      kb[s] = calib_ballot_abs_ge(x[s], hi);
+      std::uint32_t cb = calib_ballot_abs_ge(x[s], lo) & ~kb[s];
+      if (cb != 0) {  // warp-uniform: one entry per chunk (exclusions and records at the end)
+        if (lane == 0) stage[warp][nstaged] = make_uint2(q0 + s, cb);
+        ++nstaged;
+      }
+    }
+    if (!compact) continue;
+    // Lane i takes kb[i] (a select tree: S - 1 selects), then writes chunk q0 + i's mask bits.
+#pragma unroll
+    for (int level = 1; level < S; level <<= 1) {
+      const bool odd = (lane & level) != 0;
+#pragma unroll
+      for (int k = 0; k < S; k += 2 * level) kb[k] = odd ? kb[k + level] : kb[k];
+    }
+    const std::uint32_t q = q0 + static_cast<std::uint32_t>(lane);
+    if (lane < S && q < q_end) {
+      std::uint32_t v = kb[0];
+      if (cols >= 32) {
+        const auto cpr = static_cast<std::uint32_t>(cols >> 5);
+        const std::uint32_t row = cpr == 1 ? q : q / cpr, cir = q - row * cpr;  // (r = 32: no division)
+        const index_t w = (tile.row_begin + row) * td.wpr + (cir >> 1);
+        if (td.excl != nullptr) v &= ~static_cast<std::uint32_t>(td.excl[w] >> (32 * (cir & 1u)));
+        if ((cpr & 1u) != 0 && cir == cpr - 1)
+          calib_store_keep(td.out + w, std::uint64_t{v}, keep);  // the row's last word: its upper half is padding (zero)
+        else
+          calib_store_keep(reinterpret_cast<std::uint32_t*>(td.out + w) + (cir & 1u), v, keep);
+        kept += static_cast<std::uint32_t>(__popc(v));
+      } else {
+        const std::uint32_t per = 32u / static_cast<std::uint32_t>(cols);
+        const std::uint32_t cm = (1u << cols) - 1u;
+        for (std::uint32_t j = 0; j < per && q * per + j < nrows; ++j) {
+          const index_t w = tile.row_begin + q * per + j;  // wpr == 1
+          std::uint32_t wv = (v >> (j * static_cast<std::uint32_t>(cols))) & cm;
+          if (td.excl != nullptr) wv &= ~static_cast<std::uint32_t>(td.excl[w]);
+          calib_store_keep(td.out + w, std::uint64_t{wv}, keep);
+          kept += static_cast<std::uint32_t>(__popc(wv));
+        }
+      }
+    }
+  }
+  __syncwarp();  // lane 0's stage entries
+  // Exclusions out of the staged candidate bits (lane j: entries j, j + 32), and the warp's count.
+  std::uint32_t wcount = 0;  // candidates of this warp
+  for (std::uint32_t j0 = 0; j0 < nstaged; j0 += 32) {
+    const std::uint32_t j = j0 + static_cast<std::uint32_t>(lane);
+    std::uint32_t c = 0;
+    if (j < nstaged) {
+      uint2 st = stage[warp][j];
+      if (td.excl != nullptr) {
+        st.y &= ~calib_chunk_bits(td.excl, td.wpr, cols, tile.row_begin, st.x, nrows);
+        stage[warp][j].y = st.y;
+      }
+      c = static_cast<std::uint32_t>(__popc(st.y));
+    }
+    wcount += calib_warp_sum(c);
+  }
+  wcount = __shfl_sync(0xffffffffu, wcount, 0);
+  if (!compact) {  // the candidates' next digit into the shared histogram, then into the group's
+    for (std::uint32_t j = static_cast<std::uint32_t>(lane); j < nstaged; j += 32) {
+      const uint2 st = stage[warp][j];
+      for (std::uint32_t m = st.y; m != 0; m &= m - 1) {
+        const std::uint32_t e = st.x * 32 + static_cast<std::uint32_t>(__ffs(static_cast<int>(m)) - 1);  // tile offset
+        atomicAdd(&sh[(magnitude_bits(__ldg(base + e)) >> shift1) & dmask], 1u);
+      }
+    }
+    __syncthreads();
+    calib_flush(sh, radix_bins, p.hist + td.group * calib_max_bins);
+    return;
+  }
+  const unsigned int ws = calib_warp_sum(kept);
+  if (lane == 0) {
+    sh_cnt[warp] = wcount;
+    sh_kept[warp] = ws;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    unsigned long long total = 0, kept_total = 0;
+    for (int w = 0; w < warps; ++w) {
+      total += sh_cnt[w];
+      kept_total += sh_kept[w];
+    }
+    if (total != 0) sh_base = atomicAdd(&p.globals->cand_count, total);
+    if (kept_total != 0) atomicAdd(p.kept + tile.tensor, kept_total);
+  }
+  __syncthreads();
+  if (wcount == 0) return;
+  unsigned long long slot = sh_base;
+  for (int w = 0; w < warp; ++w) slot += sh_cnt[w];
+  unsigned long long* h = p.hist + td.group * calib_max_bins;
+  // Lane l expands staged chunks l, l + 32: its candidates' slots follow the warp's inclusive scan
+  // of the candidate counts.
+  for (std::uint32_t j0 = 0; j0 < nstaged; j0 += 32) {
+    const std::uint32_t j = j0 + static_cast<std::uint32_t>(lane);
+    const uint2 st = j < nstaged ? stage[warp][j] : make_uint2(0u, 0u);
+    const auto c = static_cast<std::uint32_t>(__popc(st.y));
+    std::uint32_t incl = c;
+    for (int o = 1; o < 32; o <<= 1) {
+      const std::uint32_t t = __shfl_up_sync(0xffffffffu, incl, o);
+      if (lane >= o) incl += t;
+    }
+    unsigned long long at = slot + (incl - c);
+    for (std::uint32_t m = st.y; m != 0; m &= m - 1) {
+      const std::uint32_t e = st.x * 32 + static_cast<std::uint32_t>(__ffs(static_cast<int>(m)) - 1);  // tile offset
+      const Key key = magnitude_bits(__ldg(base + e));
+      const std::uint32_t row = cols == 32 ? e >> 5 : e / static_cast<std::uint32_t>(cols);
+      const std::uint32_t col = e - row * static_cast<std::uint32_t>(cols);
+      const index_t bit = ((tile.row_begin + row) * td.wpr + (col >> 6)) * 64 + (col & 63u);
+      calib_store_keep(p.cands + at++, calib_candidate<Key>{key, static_cast<std::uint32_t>(tile.tensor), static_cast<std::uint64_t>(bit)},
+                       keep);
+      atomicAdd(h + ((key >> shift1) & dmask), 1ull);
+    }
+    slot += __shfl_sync(0xffffffffu, incl, 31);
+  }
+}
+
 // Histogram of digit `pass` (>= 2 for values, >= 0 for tie positions): Mode 0 of the value keys
 // matching the group's prefix, Mode 1 of the tie keys (pos_max - flat bit position) of the
 // non-excluded entries equal to tau whose higher tie digits match. Compact mode: over the candidate
@@ -615,26 +1056,53 @@ template <class T, int Mode>
 __global__ void __launch_bounds__(calib_block) calib_hist(calib_params<T> p, int pass) {
   using Key = magnitude_key_t<T>;
   constexpr int bits = magnitude_key<T>::bits;
+  calib_wait_prior();
+  calib_allow_next();
   if (Mode == 1 && p.globals->ties_live == 0) return;
   const int kbits = Mode == 0 ? bits : p.pos_bits;
   const int shift = calib_shift<Mode>(kbits, pass);
   const std::uint64_t dmask = calib_digit_mask<Mode>(kbits, pass);
   const std::uint64_t pm = calib_prefix_mask<Mode>(kbits, pass);
   if (calib_compact(p.globals, p.capacity)) {
+    // calib_cand_unroll candidates per thread in flight: their records, then their descriptors'
+    // fields, then their groups' states are loaded together (independent loads; the states and
+    // descriptors are read-only here), before any histogram atomic.
+    constexpr int U = calib_cand_unroll;
     const index_t n = static_cast<index_t>(p.globals->cand_count);
-    const index_t stride = static_cast<index_t>(gridDim.x) * blockDim.x;
-    for (index_t i = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x; i < n; i += stride) {
-      const calib_candidate<Key> c = p.cands[i];
-      const calib_tensor_desc<T>& td = p.tensors[c.tensor];
-      const calib_group_state<Key>* gs = p.groups + td.group;
-      if (Mode == 0) {
-        if (gs->value.finished() || gs->value.pass != pass) continue;
-        if ((static_cast<std::uint64_t>(c.key) & pm) == static_cast<std::uint64_t>(gs->value.prefix))
-          atomicAdd(p.hist + td.group * calib_max_bins + ((static_cast<std::uint64_t>(c.key) >> shift) & dmask), 1ull);
-      } else {
-        if (gs->tie.finished() || gs->tie.pass != pass || c.key != gs->value.prefix) continue;
-        const std::uint64_t tk = p.pos_max - (static_cast<std::uint64_t>(td.bit_offset) + c.bit);
-        if ((tk & pm) == gs->tie.prefix) atomicAdd(p.hist + td.group * calib_max_bins + ((tk >> shift) & dmask), 1ull);
+    const auto B = static_cast<index_t>(blockDim.x);
+    const index_t stride = static_cast<index_t>(gridDim.x) * B * U;
+    for (index_t i0 = blockIdx.x * B * U + threadIdx.x; i0 < n; i0 += stride) {
+      calib_candidate<Key> c[U];
+      index_t grp[U], boff[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u)
+        if (i0 + u * B < n) c[u] = p.cands[i0 + u * B];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        if (i0 + u * B >= n) continue;
+        grp[u] = __ldg(&p.tensors[c[u].tensor].group);
+        if (Mode == 1) boff[u] = __ldg(&p.tensors[c[u].tensor].bit_offset);
+      }
+      radix_select_state<Key> vs[U];
+      radix_select_state<std::uint64_t> ts[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        if (i0 + u * B >= n) continue;
+        vs[u] = p.groups[grp[u]].value;
+        if (Mode == 1) ts[u] = p.groups[grp[u]].tie;
+      }
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        if (i0 + u * B >= n) continue;
+        if (Mode == 0) {
+          if (vs[u].finished() || vs[u].pass != pass) continue;
+          if ((static_cast<std::uint64_t>(c[u].key) & pm) == static_cast<std::uint64_t>(vs[u].prefix))
+            atomicAdd(p.hist + grp[u] * calib_max_bins + ((static_cast<std::uint64_t>(c[u].key) >> shift) & dmask), 1ull);
+        } else {
+          if (ts[u].finished() || ts[u].pass != pass || c[u].key != vs[u].prefix) continue;
+          const std::uint64_t tk = p.pos_max - (static_cast<std::uint64_t>(boff[u]) + c[u].bit);
+          if ((tk & pm) == ts[u].prefix) atomicAdd(p.hist + grp[u] * calib_max_bins + ((tk >> shift) & dmask), 1ull);
+        }
       }
     }
     return;
@@ -683,33 +1151,77 @@ template <class T>
 __global__ void __launch_bounds__(calib_block) calib_finish(calib_params<T> p) {
   using Key = magnitude_key_t<T>;
   const int lane = static_cast<int>(threadIdx.x & 31u);
-  if (calib_compact(p.globals, p.capacity)) {
-    const index_t n = static_cast<index_t>(p.globals->cand_count);
-    const index_t stride = static_cast<index_t>(gridDim.x) * blockDim.x;
-    // Warp-uniform loop: every lane runs every iteration (the shuffles below need the full warp).
-    for (index_t i0 = blockIdx.x * static_cast<index_t>(blockDim.x) + (threadIdx.x & ~31u); i0 < n; i0 += stride) {
-      const index_t i = i0 + lane;
-      bool keep = false;
-      std::uint32_t tensor = 0xffffffffu;
-      if (i < n) {
-        const calib_candidate<Key> c = p.cands[i];
-        tensor = c.tensor;
-        const calib_tensor_desc<T>& td = p.tensors[c.tensor];
-        calib_group_state<Key>* gs = p.groups + td.group;
-        const Key tau = gs->value.prefix;
-        keep = c.key > tau;
-        if (c.key == tau && calib_keep_tie(p, gs, static_cast<std::uint64_t>(td.bit_offset) + c.bit)) {
-          keep = true;
-          atomicAdd(&gs->ties_kept, 1ull);
-        }
-        if (keep) atomicOr(reinterpret_cast<unsigned long long*>(td.out + (c.bit >> 6)), 1ull << (c.bit & 63));
+  calib_wait_prior();
+  calib_allow_next();
+  if (p.globals->nonfinite != 0) {
+    // NaN/Inf in the data (calib_select saw them in pass 0's histogram): the masks are unspecified
+    // and report() throws; find the smallest flat position of a non-finite value to name it.
+    for (index_t t = blockIdx.x; t < p.num_tiles0; t += gridDim.x) {
+      const calib_tile tile = p.tiles0[t];
+      const calib_tensor_desc<T> td = p.tensors[tile.tensor];
+      const index_t ne = (tile.row_end - tile.row_begin) * td.cols;
+      for (index_t e = threadIdx.x; e < ne; e += blockDim.x) {
+        index_t r = 0, c = 0;
+        calib_rc(e, td.cols, tile.row_begin, r, c);
+        if (magnitude_bits(td.data[r * td.ld + c]) >= magnitude_key<T>::infinity)
+          atomicMin(&p.globals->bad_position, static_cast<unsigned long long>(td.elem_offset + r * td.cols + c));
       }
-      const unsigned int km = __ballot_sync(0xffffffffu, keep);
-      const std::uint32_t t0 = __shfl_sync(0xffffffffu, tensor, 0);
-      if (__all_sync(0xffffffffu, i >= n || tensor == t0)) {
-        if (lane == 0 && km != 0) atomicAdd(p.kept + t0, static_cast<unsigned long long>(__popc(km)));
-      } else if (keep) {
-        atomicAdd(p.kept + tensor, 1ull);
+    }
+    return;
+  }
+  if (calib_compact(p.globals, p.capacity)) {
+    // calib_cand_unroll candidates per lane in flight (records, then descriptor fields, then group
+    // states loaded together; all read-only here) before the atomics.
+    constexpr int U = calib_cand_unroll;
+    const index_t n = static_cast<index_t>(p.globals->cand_count);
+    const index_t stride = static_cast<index_t>(gridDim.x) * blockDim.x * U;
+    // Warp-uniform loop: every lane runs every iteration (the votes below need the full warp).
+    for (index_t i0 = blockIdx.x * static_cast<index_t>(blockDim.x) * U + (threadIdx.x & ~31u) * U; i0 < n; i0 += stride) {
+      calib_candidate<Key> c[U];
+      std::uint64_t* out[U];
+      index_t grp[U], boff[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u)
+        if (i0 + u * 32 + lane < n) c[u] = p.cands[i0 + u * 32 + lane];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        if (i0 + u * 32 + lane >= n) continue;
+        const calib_tensor_desc<T>* td = p.tensors + c[u].tensor;
+        grp[u] = __ldg(&td->group);
+        out[u] = td->out;
+        boff[u] = __ldg(&td->bit_offset);
+      }
+      Key tau[U];
+      std::uint64_t tie_prefix[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        if (i0 + u * 32 + lane >= n) continue;
+        tau[u] = p.groups[grp[u]].value.prefix;
+        tie_prefix[u] = p.groups[grp[u]].tie.prefix;
+      }
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const index_t i = i0 + u * 32 + lane;
+        bool keep = false;
+        std::uint32_t tensor = 0xffffffffu;
+        if (i < n) {
+          tensor = c[u].tensor;
+          keep = c[u].key > tau[u];
+          // exact semantics: a tie is kept when its tie key (pos_max - flat position) reaches the
+          // selected tie prefix (calib_keep_tie)
+          if (c[u].key == tau[u] && (!p.exact || p.pos_max - (static_cast<std::uint64_t>(boff[u]) + c[u].bit) >= tie_prefix[u])) {
+            keep = true;
+            atomicAdd(&p.groups[grp[u]].ties_kept, 1ull);
+          }
+          if (keep) atomicOr(reinterpret_cast<unsigned long long*>(out[u] + (c[u].bit >> 6)), 1ull << (c[u].bit & 63));
+        }
+        const unsigned int km = __ballot_sync(0xffffffffu, keep);
+        const std::uint32_t t0 = __shfl_sync(0xffffffffu, tensor, 0);
+        if (__all_sync(0xffffffffu, i >= n || tensor == t0)) {
+          if (lane == 0 && km != 0) atomicAdd(p.kept + t0, static_cast<unsigned long long>(__popc(km)));
+        } else if (keep) {
+          atomicAdd(p.kept + tensor, 1ull);
+        }
       }
     }
     return;
@@ -753,6 +1265,35 @@ __global__ void __launch_bounds__(calib_block) calib_finish(calib_params<T> p) {
 }
 
 inline std::size_t calib_align(std::size_t x) { return (x + 255) & ~std::size_t{255}; }
+
+// Launches kernel<<<grid, block, 0, stream>>>(args...), as a programmatic dependent launch when pdl
+// (see calib_wait_prior; an ordinary launch where the attribute is refused).
+template <class... Params, class... Args>
+void calib_launch_smem(bool pdl, void (*kernel)(Params...), unsigned grid, int block, std::size_t smem, cudaStream_t stream,
+                       const Args&... args) {
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(grid);
+  cfg.blockDim = dim3(static_cast<unsigned>(block));
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cfg.attrs = attr;
+  cfg.numAttrs = pdl ? 1 : 0;
+  cudaError_t e = cudaLaunchKernelEx(&cfg, kernel, static_cast<Params>(args)...);
+  if (pdl && (e == cudaErrorNotSupported || e == cudaErrorInvalidValue)) {
+    (void)cudaGetLastError();
+    cfg.numAttrs = 0;
+    e = cudaLaunchKernelEx(&cfg, kernel, static_cast<Params>(args)...);
+  }
+  LORI_CUDA_CHECK(e);
+}
+template <class... Params, class... Args>
+void calib_launch(bool pdl, void (*kernel)(Params...), unsigned grid, int block, cudaStream_t stream, const Args&... args) {
+  calib_launch_smem(pdl, kernel, grid, block, 0, stream, args...);
+}
+inline constexpr std::size_t calib_pass0_bulk_smem = 2 * calib_pass0_tile_elems * sizeof(float);  // two tile buffers
 
 }  // namespace detail
 
@@ -805,6 +1346,7 @@ class calibration_plan {
       d.bit_offset = bit;
       d.fast = std::is_same_v<T, float> && d.ld == d.cols && (reinterpret_cast<std::uintptr_t>(d.data) & 15) == 0 &&
                (d.cols == 4 || d.cols == 8 || d.cols == 16 || d.cols == 32 || d.cols % 64 == 0);
+      d.ballot = std::is_same_v<T, float> && d.ld == d.cols && detail::calib_ballot_shape(d.cols);
       elem += d.rows * d.cols;
       bit += d.rows * d.wpr * 64;
       descs_.push_back(d);
@@ -850,32 +1392,58 @@ class calibration_plan {
     bytes_ = off_cands_ + detail::calib_align(static_cast<std::size_t>(capacity_) * sizeof(detail::calib_candidate<key_type>));
     ws_zero_begin_ = off_hist_;  // histograms, globals and kept counts start at zero
     ws_zero_end_ = off_cands_;
+    // Pass 0 by bulk copies when every pass-0 tile is a float4 tile without exclusions.
+    bulk0_ = std::is_same_v<T, float> && nt0_ > 0 && std::all_of(tiles0.begin(), tiles0.end(), [&](const detail::calib_tile& t) {
+               const auto& d = descs_[static_cast<std::size_t>(t.tensor)];
+               return d.fast != 0 && d.excl == nullptr;
+             });
+    // With one group no block ever flushes mid-range: the blocks take interleaved tiles (all read
+    // neighbouring memory at the same time, like a copy).
+    interleave0_ = bulk0_ && groups_.count() == 1;
     // Grids: pass 0 and the candidate/finishing kernels run persistent blocks, a few per SM.
     int dev = 0, sms = 0, per_sm = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess ||
-        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, detail::calib_pass0<T>, detail::calib_pass0_block, 0) != cudaSuccess) {
+    bool ok = cudaGetDevice(&dev) == cudaSuccess && cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) == cudaSuccess;
+    if constexpr (std::is_same_v<T, float>) {
+      if (ok && bulk0_)
+        ok = cudaFuncSetAttribute(detail::calib_pass0_bulk<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  static_cast<int>(detail::calib_pass0_bulk_smem)) == cudaSuccess &&
+             cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, detail::calib_pass0_bulk<T>, detail::calib_pass0_block,
+                                                           detail::calib_pass0_bulk_smem) == cudaSuccess;
+    }
+    if (ok && !bulk0_) ok = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, detail::calib_pass0<T>, detail::calib_pass0_block, 0) == cudaSuccess;
+    if (!ok) {
       (void)cudaGetLastError();  // no device here: run() will report it
       sms = 132;
-      per_sm = 4;
+      per_sm = bulk0_ ? 2 : 4;
     }
     sms = std::max(sms, 1);
     grid_pass0_ = static_cast<unsigned>(std::max<index_t>(1, std::min<index_t>(nt0_, static_cast<index_t>(sms) * std::max(per_sm, 1))));
     grid_small_ = static_cast<unsigned>(std::max<index_t>(1, std::min<index_t>(std::max<index_t>(nt_, capacity_ / detail::calib_block + 1),
                                                                              static_cast<index_t>(sms) * 4)));
-    // Split tiles in ascending order of when pass 0 read them (its blocks run their contiguous tile
-    // ranges in lockstep: tile i of a range is read at step i); the split runs the table backwards,
-    // so it starts with the data pass 0 read last, still in L2. Any order is correct.
+    // Split tiles: calib_split_ballot's first (ntb_ of them), then calib_split's, each part in
+    // ascending order of when pass 0 read them (its blocks run their contiguous tile ranges in
+    // lockstep: tile i of a range is read at step i); the split kernels run their parts backwards,
+    // so they start with the data pass 0 read last, still in L2. Any order is correct.
     if (nt0_ > 0) {
       std::vector<index_t> step(static_cast<std::size_t>(nt0_));
       const auto G = static_cast<index_t>(grid_pass0_);
-      for (index_t b = 0; b < G; ++b)
-        for (index_t i = b * nt0_ / G; i < (b + 1) * nt0_ / G; ++i) step[static_cast<std::size_t>(i)] = i - b * nt0_ / G;
+      if (interleave0_) {
+        for (index_t i = 0; i < nt0_; ++i) step[static_cast<std::size_t>(i)] = i / G;
+      } else {
+        for (index_t b = 0; b < G; ++b)
+          for (index_t i = b * nt0_ / G; i < (b + 1) * nt0_ / G; ++i) step[static_cast<std::size_t>(i)] = i - b * nt0_ / G;
+      }
       std::stable_sort(tiles_.begin(), tiles_.end(), [&](const detail::calib_tile& a, const detail::calib_tile& b) {
         const auto ta = static_cast<std::size_t>(a.tensor), tb = static_cast<std::size_t>(b.tensor);
+        const int ba = descs_[ta].ballot, bb = descs_[tb].ballot;
+        if (ba != bb) return ba > bb;
         return step[static_cast<std::size_t>(first0[ta] + a.row_begin / rows0[ta])] <
                step[static_cast<std::size_t>(first0[tb] + b.row_begin / rows0[tb])];
       });
     }
+    ntb_ = static_cast<index_t>(std::count_if(tiles_.begin(), tiles_.end(), [&](const detail::calib_tile& t) {
+      return descs_[static_cast<std::size_t>(t.tensor)].ballot != 0;
+    }));
     tiles_.insert(tiles_.end(), tiles0.begin(), tiles0.end());  // one upload: split tiles, then pass 0's
   }
 
@@ -885,6 +1453,12 @@ class calibration_plan {
   index_t candidate_capacity() const noexcept { return capacity_; }
   /// Number of groups.
   index_t group_count() const noexcept { return groups_.count(); }
+  /// Whether run() launches its kernels after the first as programmatic dependent launches (sm_90:
+  /// a kernel's blocks start while the one before it finishes, hiding launch gaps; default true,
+  /// ordinary launches where the device refuses the attribute). false: each kernel starts after the
+  /// previous one has completed (e.g. for tools that serialise kernels anyway). Same results.
+  void set_dependent_launch(bool on) noexcept { pdl_ = on; }
+  bool dependent_launch() const noexcept { return pdl_; }
 
   /// Enqueues the calibration on `stream`: writes every mask word of every tensor. `workspace` is
   /// device memory of at least workspace_bytes(), 256-byte aligned (cudaMalloc memory is), untouched
@@ -922,30 +1496,36 @@ class calibration_plan {
         reinterpret_cast<unsigned long long*>(ws + ws_zero_begin_), static_cast<index_t>((ws_zero_end_ - ws_zero_begin_) / 8),
         static_cast<index_t>((off_globals_ + offsetof(detail::calib_globals, bad_position) - ws_zero_begin_) / 8));
     LORI_CUDA_CHECK_LAUNCH();
-    detail::calib_pass0<T><<<grid_pass0_, detail::calib_pass0_block, 0, stream>>>(p);
-    LORI_CUDA_CHECK_LAUNCH();
-    detail::calib_select<Key, 0><<<ng, detail::calib_select_block, 0, stream>>>(p.groups, p.hist, p.globals, 0, exact);
-    LORI_CUDA_CHECK_LAUNCH();
-    detail::calib_split<T><<<nt, B, 0, stream>>>(p);
-    LORI_CUDA_CHECK_LAUNCH();
-    detail::calib_select<Key, 0><<<ng, detail::calib_select_block, 0, stream>>>(p.groups, p.hist, p.globals, 1, exact);
-    LORI_CUDA_CHECK_LAUNCH();
+    bool pass0_done = false;
+    if constexpr (std::is_same_v<T, float>) {
+      if (bulk0_) {
+        detail::calib_launch_smem(pdl_, detail::calib_pass0_bulk<T>, grid_pass0_, detail::calib_pass0_block, detail::calib_pass0_bulk_smem,
+                                  stream, p);
+        pass0_done = true;
+      }
+    }
+    if (!pass0_done) detail::calib_launch(pdl_, detail::calib_pass0<T>, grid_pass0_, detail::calib_pass0_block, stream, p);
+    detail::calib_launch(pdl_, detail::calib_select<Key, 0>, ng, detail::calib_select_block, stream, p.groups, p.hist, p.globals, 0, exact);
+    if constexpr (std::is_same_v<T, float>) {
+      if (ntb_ > 0) {
+        detail::calib_launch(pdl_, detail::calib_split_ballot<T>, static_cast<unsigned>(ntb_), B, stream, p);
+      }
+    }
+    if (nt > static_cast<unsigned>(ntb_)) {
+      detail::calib_launch(pdl_, detail::calib_split<T>, nt - static_cast<unsigned>(ntb_), B, stream, p);
+    }
+    detail::calib_launch(pdl_, detail::calib_select<Key, 0>, ng, detail::calib_select_block, stream, p.groups, p.hist, p.globals, 1, exact);
     for (int pass = 2; pass < passes; ++pass) {
-      detail::calib_hist<T, 0><<<grid_small_, B, 0, stream>>>(p, pass);
-      LORI_CUDA_CHECK_LAUNCH();
-      detail::calib_select<Key, 0><<<ng, detail::calib_select_block, 0, stream>>>(p.groups, p.hist, p.globals, pass, exact);
-      LORI_CUDA_CHECK_LAUNCH();
+      detail::calib_launch(pdl_, detail::calib_hist<T, 0>, grid_small_, B, stream, p, pass);
+      detail::calib_launch(pdl_, detail::calib_select<Key, 0>, ng, detail::calib_select_block, stream, p.groups, p.hist, p.globals, pass, exact);
     }
     if (exact) {
       for (int pass = 0; pass < radix_pass_count(pos_bits_); ++pass) {
-        detail::calib_hist<T, 1><<<grid_small_, B, 0, stream>>>(p, pass);
-        LORI_CUDA_CHECK_LAUNCH();
-        detail::calib_select<Key, 1><<<ng, detail::calib_select_block, 0, stream>>>(p.groups, p.hist, p.globals, pass, exact);
-        LORI_CUDA_CHECK_LAUNCH();
+        detail::calib_launch(pdl_, detail::calib_hist<T, 1>, grid_small_, B, stream, p, pass);
+        detail::calib_launch(pdl_, detail::calib_select<Key, 1>, ng, detail::calib_select_block, stream, p.groups, p.hist, p.globals, pass, exact);
       }
     }
-    detail::calib_finish<T><<<grid_small_, B, 0, stream>>>(p);
-    LORI_CUDA_CHECK_LAUNCH();
+    detail::calib_launch(pdl_, detail::calib_finish<T>, grid_small_, B, stream, p);
   }
 
   /// Waits for `stream`, reads the outcome of the last run() from `workspace`, and returns the same
@@ -1020,8 +1600,10 @@ class calibration_plan {
     p.kept = reinterpret_cast<unsigned long long*>(ws + off_kept_);
     p.capacity = capacity_;
     p.num_tiles = nt_;
+    p.num_ballot_tiles = ntb_;
     p.tiles0 = p.tiles + nt_;
     p.num_tiles0 = nt0_;
+    p.pass0_interleave = interleave0_ ? 1 : 0;
     p.pos_bits = pos_bits_;
     p.pos_max = (std::uint64_t{1} << pos_bits_) - 1;
     p.exact = opt_.semantics == mask_semantics::exact ? 1 : 0;
@@ -1033,12 +1615,15 @@ class calibration_plan {
   mask_groups groups_;
   std::vector<detail::calib_tensor_desc<T>> descs_;
   std::vector<detail::calib_tile> tiles_;  // nt_ tiles of calib_tile_elems, then nt0_ of calib_pass0_tile_elems
-  index_t nt_ = 0, nt0_ = 0;
+  index_t nt_ = 0, nt0_ = 0, ntb_ = 0;  // split tiles, pass-0 tiles, split tiles of calib_split_ballot
   std::vector<detail::calib_group_state<key_type>> group_init_;
   std::vector<index_t> group_size_;
   index_t total_ = 0;
   index_t capacity_ = 0;
   int pos_bits_ = 1;
+  bool pdl_ = true;
+  bool bulk0_ = false;  // pass 0 by calib_pass0_bulk (every pass-0 tile a float4 tile without exclusions)
+  bool interleave0_ = false;  // calib_pass0_bulk's blocks take interleaved tiles (bulk0_ and one group)
   unsigned grid_pass0_ = 1, grid_small_ = 1;
   std::size_t off_tensors_ = 0, off_tiles_ = 0, off_init_ = 0, off_groups_ = 0, off_hist_ = 0, off_globals_ = 0, off_kept_ = 0, off_cands_ = 0;
   std::size_t bytes_ = 0, ws_zero_begin_ = 0, ws_zero_end_ = 0;
