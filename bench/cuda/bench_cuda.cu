@@ -679,16 +679,6 @@ void BM_gpu_skinny_sddmm(benchmark::State& st) {
       lori::detail::skinny::threads, lori::detail::skinny::sd_smem, cap);
   st.SetLabel("cp.async loads (grad_b_sddmm's path when H's rows are not 16-byte aligned); token split over at most range(1) blocks of a cluster; max active clusters of that size: " + std::to_string(clusters));
 }
-void BM_gpu_skinny_sddmm_tma(benchmark::State& st) {
-  grad_data f(st.range(0));
-  const int cap = static_cast<int>(st.range(1));
-  const bool hint = st.range(2) != 0;
-  run_timed(st, [&] {
-    lori::detail::skinny::launch_sddmm_tma<bf16>(ctx().stream(), f.G.data(), f.n, D, D, f.H.data(), 0.5f, f.B,
-                                                 f.out.data(), cap, hint);
-  }, sddmm_floor(f.n, f.B.nnz()));
-  st.SetLabel(std::string("TMA loads (tensor maps, mbarrier ring)") + (hint ? ", G evict-first" : ", G evict-normal") + ", token split over at most range(1) blocks of a cluster");
-}
 void BM_gpu_baseline_sddmm_cublas_route(benchmark::State& st) {
   grad_data f(st.range(0));
   run_timed(st, [&] {
@@ -725,7 +715,6 @@ void BM_gpu_baseline_read(benchmark::State& st) {
 BENCHMARK(BM_gpu_baseline_read)->Arg(32)->Arg(128)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
 
 BENCHMARK(BM_gpu_skinny_sddmm)->Args({4096, 8})->Args({16384, 8})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
-BENCHMARK(BM_gpu_skinny_sddmm_tma)->Args({4096, 8, 1})->Args({4096, 8, 0})->Args({16384, 8, 1})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
 BENCHMARK(BM_gpu_baseline_sddmm_cublas_route)->Arg(4096)->Arg(16384)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
 
 // ---- the warp-specialised SDDMM kernel (lori/detail/skinny_gemm.cuh: TMA producer warp, full/empty
@@ -733,7 +722,7 @@ BENCHMARK(BM_gpu_baseline_sddmm_cublas_route)->Arg(4096)->Arg(16384)->UseManualT
 // blocks per SM), 2 = 6 stages, 3 = 8 stages without the MMAs (the memory pipeline alone: wrong
 // results, timing only), 4 = 8 stages with G read evict-normal (default: evict-first), 6 = 7 stages,
 // 11 = variant 3 without the H boxes. Compare with BM_gpu_baseline_read/32 of the same run and with
-// BM_gpu_skinny_sddmm_tma (grad_b_sddmm's kernel).
+// BM_gpu_grad_b_sddmm (grad_b_sddmm takes variant 1's configuration: 4 stages).
 template <int Stages, int Math>
 std::string ws_label(index_t n, int cap) {
   namespace sk = lori::detail::skinny;
@@ -756,7 +745,7 @@ void BM_gpu_skinny_sddmm_ws(benchmark::State& st) {
     else if (variant == 3) sk::launch_sddmm_ws<bf16, 8, false>(ctx().stream(), f.G.data(), f.n, D, D, f.H.data(), 0.5f, f.B, f.out.data(), cap);
     else if (variant == 6) sk::launch_sddmm_ws<bf16, 7>(ctx().stream(), f.G.data(), f.n, D, D, f.H.data(), 0.5f, f.B, f.out.data(), cap);
     else if (variant == 11) sk::launch_sddmm_ws<bf16, 8, -1>(ctx().stream(), f.G.data(), f.n, D, D, f.H.data(), 0.5f, f.B, f.out.data(), cap);
-    else sk::launch_sddmm_ws<bf16>(ctx().stream(), f.G.data(), f.n, D, D, f.H.data(), 0.5f, f.B, f.out.data(), cap, variant != 4);
+    else sk::launch_sddmm_ws<bf16, 8>(ctx().stream(), f.G.data(), f.n, D, D, f.H.data(), 0.5f, f.B, f.out.data(), cap, variant != 4);
   }, sddmm_floor(f.n, f.B.nnz()));
   st.SetLabel(variant == 1 ? ws_label<4, true>(f.n, cap) : variant == 2 ? ws_label<6, true>(f.n, cap)
               : variant == 6 ? ws_label<7, true>(f.n, cap)

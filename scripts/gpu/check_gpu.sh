@@ -47,14 +47,13 @@ tests() {  # label time-limit doctest-args...
     echo "-- $1: rc=$?"
     grep -E "_median|ERROR|error" "$OUT/gpu_bench_$1.log" | awk '{$1=$1; print}' | sed -E 's/ [0-9.]+ us [0-9]+ / /' | cut -c1-330 | head -24
   }
-  bench sddmm 14 'BM_gpu_(baseline_d2d_copy/234|baseline_read/32|skinny_sddmm_tma/4096/8/1|skinny_sddmm_ws/4096/8/(0|1|3|11)|grad_b_sddmm/4096|baseline_gemm_mask/4096)'
-  bench sddmm_clean 12 'BM_gpu_(baseline_read/32|skinny_sddmm_tma/4096/8/1|skinny_sddmm_ws/4096/8/(0|1|3)|grad_b_sddmm/4096|baseline_gemm_mask/4096)' LORI_BENCH_FLUSH=read
+  bench sddmm 14 'BM_gpu_(baseline_d2d_copy/234|baseline_read/32|skinny_sddmm_ws/4096/8/(0|1|3|11)|grad_b_sddmm/4096|baseline_gemm_mask/4096)'
+  bench sddmm_clean 12 'BM_gpu_(baseline_read/32|skinny_sddmm_ws/4096/8/(0|1|3)|grad_b_sddmm/4096|baseline_gemm_mask/4096)' LORI_BENCH_FLUSH=read
   bench launch_probes 6 'BM_gpu_(probe_smem_launch|probe_launch/)' LORI_BENCH_FLUSH=read
   echo "elapsed before ncu: $(( $(date +%s) - t0 )) s"
   if command -v ncu >/dev/null; then
-    for k in sddmm_tma_kernel sddmm_ws_kernel; do
+    for k in sddmm_ws_kernel; do
       filt="BM_gpu_skinny_sddmm_ws/4096/8/1"
-      [ $k = sddmm_tma_kernel ] && filt="BM_gpu_skinny_sddmm_tma/4096/8/1"
       l=$(left 8)
       [ "$l" -lt 4 ] && { echo "ncu $k: skipped (time)"; continue; }
       timeout "$l" ncu --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \
@@ -77,7 +76,7 @@ tests() {  # label time-limit doctest-args...
     grep -E "Invalid|Race|Hazard|hazard|ERROR:|CHECK|REQUIRE|bad elements|with expansion|values:" "$OUT/gpu_sanitize_$tool.log" | cut -c1-200 | head -12
   done
   # The larger shapes, if time is left.
-  [ "$(left 20)" -ge 6 ] && bench large 12 'BM_gpu_(skinny_sddmm_ws/16384/8/[013]|skinny_sddmm_tma/16384/|grad_b_sddmm/16384|baseline_gemm_mask/16384)'
+  [ "$(left 20)" -ge 6 ] && bench large 12 'BM_gpu_(skinny_sddmm_ws/16384/8/[013]|grad_b_sddmm/16384|baseline_gemm_mask/16384)'
   echo "total: $(( $(date +%s) - t0 )) s"
 } >> "$log" 2>&1
 cat "$log"

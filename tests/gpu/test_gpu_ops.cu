@@ -1043,8 +1043,7 @@ TEST_CASE("grad_b_sddmm is deterministic and rejects bad arguments") {
 namespace {
 template <class T>
 void skinny_sddmm_case(lori::cuda::context& ctx, index_t n, index_t d, index_t r, index_t pad, bool h_misaligned,
-                       int cap, std::mt19937_64& g, bool tma = false, bool evict_first = true, int ws = 0) {
-  CAPTURE(tma);
+                       int cap, std::mt19937_64& g, bool evict_first = true, int ws = 0) {
   CAPTURE(ws);
   CAPTURE(evict_first);
   CAPTURE(n);
@@ -1091,12 +1090,8 @@ void skinny_sddmm_case(lori::cuda::context& ctx, index_t n, index_t d, index_t r
         lori::detail::skinny::launch_sddmm_ws<T, 4>(ctx.stream(), dG.data(), n, d, ldg, dH.data() + h0,
                                                     static_cast<float>(s), B, out.data(), cap, evict_first);
       else
-        lori::detail::skinny::launch_sddmm_ws<T>(ctx.stream(), dG.data(), n, d, ldg, dH.data() + h0,
-                                                 static_cast<float>(s), B, out.data(), cap, evict_first);
-    } else if (tma) {
-      REQUIRE(lori::detail::skinny::sddmm_tma_applies(dG.data(), d, ldg, r, dH.data() + h0));
-      lori::detail::skinny::launch_sddmm_tma<T>(ctx.stream(), dG.data(), n, d, ldg, dH.data() + h0,
-                                                static_cast<float>(s), B, out.data(), cap, evict_first);
+        lori::detail::skinny::launch_sddmm_ws<T, 8>(ctx.stream(), dG.data(), n, d, ldg, dH.data() + h0,
+                                                    static_cast<float>(s), B, out.data(), cap, evict_first);
     } else {
       lori::detail::skinny::launch_sddmm<T>(ctx.stream(), dG.data(), n, d, ldg, dH.data() + h0,
                                             static_cast<float>(s), B, out.data(), cap);
@@ -1142,25 +1137,8 @@ TEST_CASE_TEMPLATE("skinny SDDMM kernel: masked s·Gᵀ·T(H) into compact value
   CHECK_FALSE(lori::detail::skinny::sddmm_applies(buf.data(), index_t{64}, index_t{64}, index_t{33}));
 }
 
-// The SDDMM with TMA loads (tensor maps, mbarrier ring; zero fill of the boxes outside G and H by the
-// hardware, H rows past a split's end zeroed in shared memory): the same shapes, splits and tails.
-TEST_CASE_TEMPLATE("skinny SDDMM kernel with TMA loads matches the double reference", T, lori::bfloat16, lori::half) {
-  LORI_TEST_SEED_INFO();
-  auto g = lori_test::rng(316);
-  lori::cuda::context ctx;
-  skinny_sddmm_case<T>(ctx, 4096, 4096, 32, 0, false, 8, g, true);
-  for (int cap : {1, 3, 8}) {
-    skinny_sddmm_case<T>(ctx, 1000, 520, 32, 8, false, cap, g, true);  // splits end inside G; column tail
-    skinny_sddmm_case<T>(ctx, 333, 136, 28, 0, false, cap, g, true);
-  }
-  skinny_sddmm_case<T>(ctx, 64, 96, 4, 8, false, 8, g, true);
-  skinny_sddmm_case<T>(ctx, 1, 256, 8, 0, false, 8, g, true);
-  skinny_sddmm_case<T>(ctx, 2048, 1024, 12, 0, false, 8, g, true);
-  skinny_sddmm_case<T>(ctx, 1000, 520, 32, 8, false, 8, g, true, false);  // evict-normal policy
-}
-
-// A few small launches of the SDDMM kernels (clusters of 1 and 3, tails, TMA and cp.async loads with
-// 16- and 4-byte H staging, both L2 policies) for compute-sanitizer.
+// A few small launches of the cp.async SDDMM kernel (clusters of 1 and 3, tails, 16- and 4-byte H
+// staging) for compute-sanitizer.
 TEST_CASE("skinny kernels: small shapes (the compute-sanitizer subset)") {
   LORI_TEST_SEED_INFO();
   using T = lori::bfloat16;
@@ -1169,8 +1147,6 @@ TEST_CASE("skinny kernels: small shapes (the compute-sanitizer subset)") {
   skinny_sddmm_case<T>(ctx, 150, 136, 32, 8, false, 3, g);
   skinny_sddmm_case<T>(ctx, 70, 64, 12, 0, true, 8, g);
   skinny_sddmm_case<T>(ctx, 10, 40, 1, 0, false, 1, g);
-  skinny_sddmm_case<T>(ctx, 150, 136, 32, 8, false, 3, g, true);      // TMA loads
-  skinny_sddmm_case<T>(ctx, 150, 136, 32, 8, false, 3, g, true, false);
 }
 
 // The warp-specialised SDDMM (TMA producer warp, full/empty mbarrier ring of 8 or 4 stages, H
@@ -1184,25 +1160,25 @@ TEST_CASE_TEMPLATE("skinny SDDMM kernel, warp-specialised: shapes, tails, splits
   LORI_TEST_SEED_INFO();
   auto g = lori_test::rng(318);
   lori::cuda::context ctx;
-  skinny_sddmm_case<T>(ctx, 4096, 4096, 32, 0, false, 8, g, false, true, 8);   // the benchmark shape n = d = 4096
-  skinny_sddmm_case<T>(ctx, 4097, 4104, 32, 8, false, 8, g, false, true, 8);   // one token and 8 columns past
+  skinny_sddmm_case<T>(ctx, 4096, 4096, 32, 0, false, 8, g, true, 8);   // the benchmark shape n = d = 4096
+  skinny_sddmm_case<T>(ctx, 4097, 4104, 32, 8, false, 8, g, true, 8);   // one token and 8 columns past
   for (int cap : {1, 3, 8}) {
-    skinny_sddmm_case<T>(ctx, 1000, 520, 32, 8, false, cap, g, false, true, 8);  // token and column tails
-    skinny_sddmm_case<T>(ctx, 333, 136, 28, 0, false, cap, g, false, true, 8);
+    skinny_sddmm_case<T>(ctx, 1000, 520, 32, 8, false, cap, g, true, 8);  // token and column tails
+    skinny_sddmm_case<T>(ctx, 333, 136, 28, 0, false, cap, g, true, 8);
   }
-  skinny_sddmm_case<T>(ctx, 64, 96, 4, 8, false, 8, g, false, true, 8);
-  skinny_sddmm_case<T>(ctx, 1, 256, 8, 0, false, 8, g, false, true, 8);
-  skinny_sddmm_case<T>(ctx, 2048, 1024, 12, 0, false, 8, g, false, true, 8);
-  skinny_sddmm_case<T>(ctx, 1000, 520, 32, 8, false, 8, g, false, false, 8);  // evict-normal policy
-  skinny_sddmm_case<T>(ctx, 4096, 4096, 32, 0, false, 8, g, false, true, 4);  // 4-stage ring, two blocks per SM
-  skinny_sddmm_case<T>(ctx, 1000, 520, 20, 8, false, 3, g, false, true, 4);
+  skinny_sddmm_case<T>(ctx, 64, 96, 4, 8, false, 8, g, true, 8);
+  skinny_sddmm_case<T>(ctx, 1, 256, 8, 0, false, 8, g, true, 8);
+  skinny_sddmm_case<T>(ctx, 2048, 1024, 12, 0, false, 8, g, true, 8);
+  skinny_sddmm_case<T>(ctx, 1000, 520, 32, 8, false, 8, g, false, 8);  // evict-normal policy
+  skinny_sddmm_case<T>(ctx, 4096, 4096, 32, 0, false, 8, g, true, 4);  // 4-stage ring, two blocks per SM
+  skinny_sddmm_case<T>(ctx, 1000, 520, 20, 8, false, 3, g, true, 4);
 }
 
 TEST_CASE("skinny SDDMM kernel, warp-specialised: n = 16384 (grad_b_sddmm's large benchmark shape)") {
   LORI_TEST_SEED_INFO();
   auto g = lori_test::rng(319);
   lori::cuda::context ctx;
-  skinny_sddmm_case<lori::bfloat16>(ctx, 16384, 4096, 32, 0, false, 8, g, false, true, 8);
+  skinny_sddmm_case<lori::bfloat16>(ctx, 16384, 4096, 32, 0, false, 8, g, true, 8);
 }
 
 // Small launches of the warp-specialised kernel for compute-sanitizer: clusters of 1 and 3, tails, 4
@@ -1212,9 +1188,9 @@ TEST_CASE("skinny kernels: warp-specialised, small shapes (the compute-sanitizer
   using T = lori::bfloat16;
   auto g = lori_test::rng(317);
   lori::cuda::context ctx;
-  skinny_sddmm_case<T>(ctx, 150, 136, 32, 8, false, 3, g, false, true, 8);
-  skinny_sddmm_case<T>(ctx, 700, 264, 12, 0, false, 1, g, false, false, 8);
-  skinny_sddmm_case<T>(ctx, 600, 136, 32, 0, false, 3, g, false, true, 4);
+  skinny_sddmm_case<T>(ctx, 150, 136, 32, 8, false, 3, g, true, 8);
+  skinny_sddmm_case<T>(ctx, 700, 264, 12, 0, false, 1, g, false, 8);
+  skinny_sddmm_case<T>(ctx, 600, 136, 32, 0, false, 3, g, true, 4);
 }
 
 TEST_CASE_TEMPLATE("grad_x = G·W + s·(G·B)·A matches the double reference", T, float, lori::bfloat16, lori::half) {

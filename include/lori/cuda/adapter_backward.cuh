@@ -220,10 +220,10 @@ void grad_b_sddmm(context& ctx, row_major_view<const T> G, const float* H, float
   }
   if constexpr (detail::is_16bit_v<T>) {
     (void)partial;
-    // Fastest measured first (checkpoint 2, H200, n = d = 4096: TMA kernel 21.5 µs, cp.async kernel
-    // 22.6 µs, cuBLAS route 25.3 µs); each where it applies.
+    // Fastest measured first (H100, n = d = 4096: warp-specialised TMA kernel 23.4-23.9 µs, session 3's
+    // TMA kernel 25.1-25.6, cp.async kernel ~26, cuBLAS route ~27); each where it applies.
     if (detail::skinny::sddmm_tma_applies(G.data(), d, G.ld(), r, H))
-      detail::skinny::launch_sddmm_tma<T>(ctx.stream(), G.data(), n, d, G.ld(), H, s, B, grad_values);
+      detail::skinny::launch_sddmm_ws<T>(ctx.stream(), G.data(), n, d, G.ld(), H, s, B, grad_values);
     else if (detail::skinny::sddmm_applies(G.data(), d, G.ld(), r))
       detail::skinny::launch_sddmm<T>(ctx.stream(), G.data(), n, d, G.ld(), H, s, B, grad_values);
     else

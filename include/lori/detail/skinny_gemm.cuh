@@ -6,10 +6,11 @@
 //
 // Bound by one read of G. Design (see docs/cuda.md):
 // * a block owns 128 columns of G (rows of B) and all r <= 32 columns of H, and streams its share
-//   of the tokens through a ring of shared-memory stages (~100 KB, two blocks per SM), filled by TMA
-//   box copies completing on mbarriers (sddmm_tma_kernel; zeros outside the matrix, G read with an
-//   L2 evict-first policy) or, where TMA cannot describe H, by 16-byte cp.async (sddmm_kernel);
-// * 8 warps, each 16 columns of G x 32, ldmatrix.trans + mma.sync m16n8k16 with fp32 accumulation;
+//   of the tokens through a ring of shared-memory stages: filled by TMA box copies from a producer
+//   warp and released by mbarriers (sddmm_ws_kernel, 4 stages of 24 KB, two blocks per SM; zeros
+//   outside the matrix, G read with an L2 evict-first policy) or, where TMA cannot describe H, by
+//   16-byte cp.async behind block barriers (sddmm_kernel);
+// * warps own 16 or 32 columns of G, ldmatrix.trans + mma.sync m16n8k16 with fp32 accumulation;
 //   shared rows are XOR-swizzled in 16-byte units (conflict-free ldmatrix; the same pattern as TMA's
 //   128-byte swizzle);
 // * the tokens are split over S <= 8 blocks forming a thread-block cluster; the fp32 partial tiles
@@ -267,13 +268,11 @@ __device__ __forceinline__ void sddmm_convert_h(const unsigned char* hs, unsigne
 }
 
 // One 64-token stage: acc (warp's 16 columns of G x 32) += Gᵀ·T(H). G stage at gs: 64 token rows of
-// 128 columns, either 256-byte rows with chunk c (0..15) at c ^ (row & 7) (Halves = false), or two
-// 64-column halves of 64 rows x 128 bytes, 8 KB apart, chunk c & 7 at (c & 7) ^ (row & 7) (Halves =
-// true: TMA's 128-byte swizzle). A operand = Gᵀ (m = column, k = token), ldmatrix.trans: matrix q =
+// 128 columns, 256-byte rows with chunk c (0..15) at c ^ (row & 7). A operand = Gᵀ (m = column, k = token), ldmatrix.trans: matrix q =
 // lane/8 covers columns warp*16 + (q & 1)*8, tokens (q >> 1)*8 + (lane & 7). B operand = T(H) in hb
 // (k = token, n = j), ldmatrix.trans: matrix q covers tokens (q & 1)*8 + (lane & 7), columns
 // np*16 + (q >> 1)*8.
-template <class T, bool Halves>
+template <class T>
 __device__ __forceinline__ void sddmm_stage_mma(unsigned gs, unsigned hbase, float (&acc)[4][4]) {
   const int lane = static_cast<int>(threadIdx.x) & 31, warp = static_cast<int>(threadIdx.x) >> 5;
   const int ga_tok = ((lane >> 4) << 3) + (lane & 7), ga_ch = warp * 2 + ((lane >> 3) & 1);
@@ -283,12 +282,7 @@ __device__ __forceinline__ void sddmm_stage_mma(unsigned gs, unsigned hbase, flo
     unsigned af[4];
     {
       const int row = kk * 16 + ga_tok;
-      if constexpr (Halves)
-        ldsm_x4_trans(gs + static_cast<unsigned>((ga_ch >> 3) * (sd_tc * 128) + row * 128 +
-                                                 (((ga_ch & 7) ^ (row & 7)) << 4)),
-                      af);
-      else
-        ldsm_x4_trans(gs + static_cast<unsigned>(row * 256 + ((ga_ch ^ (row & 7)) << 4)), af);
+      ldsm_x4_trans(gs + static_cast<unsigned>(row * 256 + ((ga_ch ^ (row & 7)) << 4)), af);
     }
 #pragma unroll
     for (int np = 0; np < 2; ++np) {
@@ -419,7 +413,7 @@ __global__ void __launch_bounds__(threads, min_blocks_of(sd_smem_of(Stages))) sd
     const unsigned gs = sbase + static_cast<unsigned>((s % Stages) * sd_stage_bytes);
     sddmm_convert_h<T>(smem + (s % Stages) * sd_stage_bytes + sd_g_bytes, hb);
     __syncthreads();  // hb complete
-    sddmm_stage_mma<T, false>(gs, hbase, acc);
+    sddmm_stage_mma<T>(gs, hbase, acc);
   }
   cp_async_wait<0>();
   __syncthreads();
@@ -454,11 +448,12 @@ void launch_sddmm(cudaStream_t stream, const T* G, index_t n, index_t d, index_t
   LORI_CUDA_CHECK_LAUNCH();
 }
 
-// ---- sddmm with TMA loads ---------------------------------------------------------------------------
-// The same tiles, stages, conversion, MMAs and cluster epilogue as sddmm_kernel; one thread fills a
-// stage with three 2-D box copies (G: two 64-column x 64-token boxes, 128-byte swizzle; H: 32 x 64
-// fp32, unswizzled; zeros outside) completing on the stage's mbarrier. Requires G 16-byte aligned, d
-// and ldg multiples of 8, H 16-byte aligned and r % 4 == 0 (16-byte row stride for TMA).
+// ---- sddmm with TMA loads: arguments --------------------------------------------------------------
+// Tensor maps of G (two 64-column x 64-token boxes per stage, 128-byte swizzle) and H (32 x 64 fp32;
+// zeros outside). Requires G 16-byte aligned, d and ldg multiples of 8, H 16-byte aligned and
+// r % 4 == 0 (16-byte row stride for TMA). (Session 3's TMA kernel with a one-thread producer and
+// block barriers per stage was replaced by sddmm_ws_kernel: 23.4-23.9 vs 25.1-25.6 µs at n = 4096,
+// 62.2-62.4 vs 64.9-65.0 µs at n = 16384 on the H100, docs/cuda.md.)
 template <class T>
 struct sddmm_tma_args {
   CUtensorMap gmap;  // G: {d, n} elements, box {64, 64}
@@ -471,101 +466,14 @@ struct sddmm_tma_args {
   bool evict_first;  // L2 evict-first policy for G (read once)
 };
 
-inline constexpr int sd_tma_smem = sd_smem + 1024;
-
-template <class T>
-__global__ void __launch_bounds__(threads, 2) sddmm_tma_kernel(const __grid_constant__ sddmm_tma_args<T> a) {
-  __shared__ alignas(8) std::uint64_t full[sd_stages];
-  unsigned char* raw = dynamic_smem();
-  unsigned char* smem = raw + ((1024u - (smem_u32(raw) & 1023u)) & 1023u);
-  const unsigned sbase = smem_u32(smem);
-  unsigned char* hb = smem + sd_stages * sd_stage_bytes;
-  const unsigned hbase = smem_u32(hb);
-  const int tid = static_cast<int>(threadIdx.x);
-  const int S = a.splits;
-  const int split = static_cast<int>(blockIdx.x % static_cast<unsigned>(S));
-  const index_t i0 = static_cast<index_t>(blockIdx.x / static_cast<unsigned>(S)) * tile_rows;
-  const index_t tb = static_cast<index_t>(split) * a.tps;
-  const index_t te = tb + a.tps < a.n ? tb + a.tps : a.n;
-  const int steps = te > tb ? static_cast<int>((te - tb + sd_tc - 1) / sd_tc) : 0;
-  if (tid == 0) {
-#pragma unroll
-    for (int i = 0; i < sd_stages; ++i) mbar_init(smem_u32(&full[i]), 1);
-    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-  }
-  __syncthreads();
-  // Tokens beyond te (this split's end, inside G) must not be summed: only the last stage can pass
-  // te, and then only when te is not the end of G; the box copies zero-fill beyond n only, so the
-  // conversion zeroes H rows >= te instead (G there is then multiplied by zero).
-  const std::uint64_t policy = stream_policy(a.evict_first);
-  auto issue = [&](int s) {
-    if (tid == 0 && s < steps) {
-      const int slot = s % sd_stages;
-      const unsigned st = sbase + static_cast<unsigned>(slot * sd_stage_bytes), bar = smem_u32(&full[slot]);
-      const int y = static_cast<int>(tb + static_cast<index_t>(s) * sd_tc);
-      mbar_arrive_expect_tx(bar, static_cast<unsigned>(sd_stage_bytes));
-      tma_load_2d_hint(st, &a.gmap, static_cast<int>(i0), y, bar, policy);
-      tma_load_2d_hint(st + sd_tc * 128, &a.gmap, static_cast<int>(i0 + 64), y, bar, policy);
-      tma_load_2d(st + sd_g_bytes, &a.hmap, 0, y, bar);
-    }
-  };
-  float acc[4][4];
-  zero_acc(acc);
-#pragma unroll
-  for (int s = 0; s < sd_stages - 1; ++s) issue(s);
-  for (int s = 0; s < steps; ++s) {
-    mbar_wait(smem_u32(&full[s % sd_stages]), static_cast<unsigned>((s / sd_stages) & 1));
-    __syncthreads();  // everyone is done with stage s - 1 (ring slot and hb)
-    issue(s + sd_stages - 1);
-    unsigned char* st = smem + (s % sd_stages) * sd_stage_bytes;
-    const index_t tk = tb + static_cast<index_t>(s) * sd_tc;
-    if (tk + sd_tc > te) {  // last stage of a split that ends inside G: zero H rows >= te first
-      const int row = tid >> 2;
-      if (tk + row >= te) {
-        float4* hp = reinterpret_cast<float4*>(st + sd_g_bytes + row * 128 + (tid & 3) * 32);
-        hp[0] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        hp[1] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-      }
-    }
-    sddmm_convert_h<T>(st + sd_g_bytes, hb);  // the same thread reads back what it zeroed
-    __syncthreads();  // hb complete
-    sddmm_stage_mma<T, true>(sbase + static_cast<unsigned>((s % sd_stages) * sd_stage_bytes), hbase, acc);
-  }
-  __syncthreads();
-  sddmm_epilogue(reinterpret_cast<float*>(smem), acc, S, split, i0, a.d, a.s, a.B, a.out);
-}
-
-/// Whether sddmm_tma_kernel takes G (as sddmm_applies) and H (16-byte aligned, r % 4 == 0).
+/// Whether the warp-specialised TMA kernel takes G (as sddmm_applies) and H (16-byte aligned, r % 4 == 0).
 template <class T>
 bool sddmm_tma_applies(const T* G, index_t d, index_t ldg, index_t r, const float* H) {
   return sddmm_applies(G, d, ldg, r) && r % 4 == 0 && aligned16(H);
 }
 
-/// launch_sddmm with TMA loads (requires sddmm_tma_applies, n >= 1).
-template <class T>
-void launch_sddmm_tma(cudaStream_t stream, const T* G, index_t n, index_t d, index_t ldg, const float* H, float s,
-                      const ::lori::cuda::sparse_b<T>& B, T* out, int cap = max_splits, bool evict_first = true) {
-  if (n == 0 || d == 0) return;
-  LORI_EXPECTS(cap >= 1 && cap <= max_splits, "skinny::launch_sddmm_tma: split cap must be in [1, 8]");
-  LORI_EXPECTS(n <= index_t{2147483647} && d <= index_t{2147483647}, "skinny::launch_sddmm_tma: too large");
-  const index_t r = B.cols();
-  const index_t tiles = ceil_div(d, tile_rows);
-  constexpr auto kernel = sddmm_tma_kernel<T>;
-  set_smem_attributes(kernel, sd_tma_smem);
-  int S = choose_splits<kernel>(threads, sd_tma_smem, tiles, n, sd_tc, cap);
-  const index_t tps = ceil_div(ceil_div(n, S), sd_tc) * sd_tc;
-  S = static_cast<int>(ceil_div(n, tps));
-  const CUtensorMap hmap = h_tensor_map(H, n, r, CU_TENSOR_MAP_SWIZZLE_NONE);
-  sddmm_tma_args<T> a{tensor_map_2d(G, n, d, ldg, static_cast<unsigned>(sd_tc)), hmap, n, d, tps, S, s, B.view(), out, evict_first};
-  cudaLaunchAttribute attr;
-  const cudaLaunchConfig_t cfg = cluster_config(grid_dim(tiles * S), threads, sd_tma_smem,
-                                                static_cast<unsigned>(S), stream, attr);
-  LORI_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, a));
-  LORI_CUDA_CHECK_LAUNCH();
-}
-
 // ---- sddmm, warp-specialised: a TMA producer warp, a deep full/empty mbarrier ring -------------------
-// The same tiles (128 columns of G x r <= 32) and 64-token stages as sddmm_tma_kernel, but no block
+// The same tiles (128 columns of G x r <= 32) and 64-token stages as sddmm_kernel, but no block
 // barrier in the steady state: warp 8 (one lane) keeps up to Stages stages (24 KB each: G 16 KB in two
 // 64-column boxes, 128-byte swizzle, evict-first; H 8 KB fp32, 128-byte swizzle) in flight, refilling
 // a slot as soon as its `empty` mbarrier says the 8 consumer warps are done with it; the consumers wait
@@ -577,11 +485,11 @@ void launch_sddmm_tma(cudaStream_t stream, const T* G, index_t n, index_t d, ind
 // dependent global load. Epilogue: the two token halves' fp32 tiles in shared memory, one cluster
 // barrier, rank q sums its rows over the S blocks (rank order) and the two halves (half 0 + half 1):
 // deterministic. Grid: one block per (tile, split), at most one wave (choose_splits); with the
-// default 8 stages (197 KB) one block per SM. Splits are multiples of 64 tokens, so a stage crosses
+// default 4 stages (97 KB) two blocks per SM (8 stages, 197 KB, one block per SM, measured slower). Splits are multiples of 64 tokens, so a stage crosses
 // a split's end only at the end of G, where the box copies zero-fill.
 inline constexpr int ws_consumers = 8;                      // consumer warps: 4 column groups x 2 token halves
 inline constexpr int ws_threads = (ws_consumers + 2) * 32;  // + the producer warp + the CSR warp
-inline constexpr int ws_stages = 8;
+inline constexpr int ws_stages = 4;
 constexpr int ws_smem_of(int stages) { return stages * sd_stage_bytes + 1024; }  // + 1024-byte alignment slack
 static_assert(2 * tile_rows * acc_ld * 4 <= 2 * sd_stage_bytes, "two epilogue tiles must fit two stages");
 
@@ -753,7 +661,7 @@ __global__ void __launch_bounds__(ws_threads, min_blocks_of(ws_smem_of(Stages)))
   cluster.sync();  // keep this block's shared memory alive until the cluster has read it
 }
 
-/// launch_sddmm_tma on the warp-specialised kernel (requires sddmm_tma_applies, n >= 1). Stages and
+/// The SDDMM on the warp-specialised kernel (requires sddmm_tma_applies, n >= 1). Stages and
 /// Math = 0 / -1 (the memory pipeline alone, with / without H; wrong results) are for benchmarks.
 template <class T, int Stages = ws_stages, int Math = 1>
 void launch_sddmm_ws(cudaStream_t stream, const T* G, index_t n, index_t d, index_t ldg, const float* H, float s,
