@@ -113,7 +113,7 @@ void BM_gpu_generate_llama3_8b_r32_general_path(benchmark::State& state) {
   const std::size_t ws_bytes = lori::cuda::projection_batch_workspace_bytes(static_cast<lori::index_t>(tasks.size()));
   lori::cuda::device_buffer<unsigned char> ws(static_cast<lori::index_t>(ws_bytes));
   const auto plan = lori::cuda::prepare_projection_batch(tasks.data(), static_cast<lori::index_t>(tasks.size()), ws.data(), ws_bytes);
-  time_events(state, [&] { lori::cuda::detail::launch_projection_batch(plan, plan.blocks, nullptr, 32, 0); });
+  time_events(state, [&] { lori::cuda::detail_proj::launch_projection_batch(plan, plan.blocks, nullptr, 32, 0); });
   state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * n);
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * n * static_cast<int64_t>(sizeof(float)));
   state.SetLabel("gaussian");
@@ -160,7 +160,7 @@ void BM_gpu_generate_llama3_8b_r32_cfg(benchmark::State& state) {
   const std::size_t ws_bytes = lori::cuda::projection_batch_workspace_bytes(static_cast<lori::index_t>(tasks.size()));
   lori::cuda::device_buffer<unsigned char> ws(static_cast<lori::index_t>(ws_bytes));
   const auto plan = lori::cuda::prepare_projection_batch(tasks.data(), static_cast<lori::index_t>(tasks.size()), ws.data(), ws_bytes);
-  namespace d = lori::cuda::detail;
+  namespace d = lori::cuda::detail_proj;
   auto run = [&](auto cfg) {
     using C = decltype(cfg);
     const lori::index_t blocks = d::projection_grid_cfg<C>(plan);

@@ -429,7 +429,7 @@ std::size_t forced_grid_batch(std::uint64_t salt, int ntasks, index_t max_rows, 
     CAPTURE(l.pass_at);
     CAPTURE(l.rows);
     buf.fill_bytes(0xff);
-    lori::cuda::detail::launch_projection_batch(plan, l.blocks > 0 ? l.blocks : plan.blocks, nullptr, l.pass_at, l.rows);
+    lori::cuda::detail_proj::launch_projection_batch(plan, l.blocks > 0 ? l.blocks : plan.blocks, nullptr, l.pass_at, l.rows);
     LORI_CUDA_CHECK(cudaDeviceSynchronize());
     const auto host = buf.download();
     index_t prev_end = 0;
@@ -495,7 +495,7 @@ TEST_CASE("gaussian row path: one block walks a 640 x 6144 matrix (full hard-rin
     CAPTURE(blocks);
     lori::cuda::device_buffer<float> buf(rows * cols);
     buf.fill_bytes(0xff);
-    lori::cuda::detail::generate_projection_blocks(buf.as_matrix(rows, cols), seed, stream, projection_spec::gaussian(0.5), blocks, nullptr);
+    lori::cuda::detail_proj::generate_projection_blocks(buf.as_matrix(rows, cols), seed, stream, projection_spec::gaussian(0.5), blocks, nullptr);
     LORI_CUDA_CHECK(cudaDeviceSynchronize());
     const auto host = buf.download();
     std::size_t mism = 0;
@@ -503,7 +503,7 @@ TEST_CASE("gaussian row path: one block walks a 640 x 6144 matrix (full hard-rin
     CHECK(mism == 0);
     lori::cuda::device_buffer<lori::bfloat16> hb(rows * cols);
     hb.fill_bytes(0xff);
-    lori::cuda::detail::generate_projection_blocks(hb.as_matrix(rows, cols), seed, stream, projection_spec::gaussian(0.5), blocks, nullptr);
+    lori::cuda::detail_proj::generate_projection_blocks(hb.as_matrix(rows, cols), seed, stream, projection_spec::gaussian(0.5), blocks, nullptr);
     LORI_CUDA_CHECK(cudaDeviceSynchronize());
     const auto hhost = hb.download();
     mism = 0;
@@ -551,7 +551,7 @@ TEST_CASE("single matrix on forced grids: one block walks the whole matrix (fall
     CAPTURE(blocks);
     lori::cuda::device_buffer<float> buf(rows * cols);
     buf.fill_bytes(0xff);
-    lori::cuda::detail::generate_projection_blocks(buf.as_matrix(rows, cols), seed, stream, projection_spec::gaussian(1.0), blocks, nullptr);
+    lori::cuda::detail_proj::generate_projection_blocks(buf.as_matrix(rows, cols), seed, stream, projection_spec::gaussian(1.0), blocks, nullptr);
     LORI_CUDA_CHECK(cudaDeviceSynchronize());
     const auto host = buf.download();
     std::size_t mism = 0;

@@ -72,7 +72,7 @@ struct device_calibration_tensor {
   mutable_bitmask_view mask;
 };
 
-namespace detail {
+namespace detail_calib {
 
 inline constexpr int calib_block = 256;          // split, candidate and finishing kernels
 inline constexpr int calib_pass0_block = 256;    // pass 0 (full-data histogram)
@@ -1295,7 +1295,7 @@ void calib_launch(bool pdl, void (*kernel)(Params...), unsigned grid, int block,
 }
 inline constexpr std::size_t calib_pass0_bulk_smem = 2 * calib_pass0_tile_elems * sizeof(float);  // two tile buffers
 
-}  // namespace detail
+}  // namespace detail_calib
 
 /// A calibration of a fixed set of device tensors: built once on the host (groups, tiles, the
 /// workspace layout), run any number of times on a stream. T is float or double.
@@ -1329,11 +1329,11 @@ class calibration_plan {
     LORI_EXPECTS(tensors_.size() < (std::size_t{1} << 32), "calibration_plan: too many tensors");
     groups_ = lori::detail::calibration_groups(names, opt_);
     index_t elem = 0, bit = 0;
-    std::vector<detail::calib_tile> tiles0;
+    std::vector<detail_calib::calib_tile> tiles0;
     std::vector<index_t> first0(tensors_.size(), 0), rows0(tensors_.size(), 1);  // pass 0 tiles of each tensor
     for (std::size_t t = 0; t < tensors_.size(); ++t) {
       const auto& in = tensors_[t];
-      detail::calib_tensor_desc<T> d{};
+      detail_calib::calib_tensor_desc<T> d{};
       d.data = in.values.data();
       d.rows = in.values.rows();
       d.cols = in.values.cols();
@@ -1346,15 +1346,15 @@ class calibration_plan {
       d.bit_offset = bit;
       d.fast = std::is_same_v<T, float> && d.ld == d.cols && (reinterpret_cast<std::uintptr_t>(d.data) & 15) == 0 &&
                (d.cols == 4 || d.cols == 8 || d.cols == 16 || d.cols == 32 || d.cols % 64 == 0);
-      d.ballot = std::is_same_v<T, float> && d.ld == d.cols && detail::calib_ballot_shape(d.cols);
+      d.ballot = std::is_same_v<T, float> && d.ld == d.cols && detail_calib::calib_ballot_shape(d.cols);
       elem += d.rows * d.cols;
       bit += d.rows * d.wpr * 64;
       descs_.push_back(d);
       if (d.rows * d.cols == 0) continue;
-      const index_t rows_per_tile = std::max<index_t>(1, detail::calib_tile_elems / d.cols);
+      const index_t rows_per_tile = std::max<index_t>(1, detail_calib::calib_tile_elems / d.cols);
       for (index_t r0 = 0; r0 < d.rows; r0 += rows_per_tile)
         tiles_.push_back({static_cast<index_t>(t), r0, std::min(d.rows, r0 + rows_per_tile)});
-      const index_t rows_per_tile0 = std::max<index_t>(1, detail::calib_pass0_tile_elems / d.cols);
+      const index_t rows_per_tile0 = std::max<index_t>(1, detail_calib::calib_pass0_tile_elems / d.cols);
       first0[t] = static_cast<index_t>(tiles0.size());
       rows0[t] = rows_per_tile0;
       for (index_t r0 = 0; r0 < d.rows; r0 += rows_per_tile0)
@@ -1380,20 +1380,20 @@ class calibration_plan {
     capacity_ = candidate_capacity >= 0 ? candidate_capacity : std::max<index_t>(65536, total_ / 16);
     capacity_ = std::min(capacity_, total_);
     // Workspace layout.
-    using G = detail::calib_group_state<key_type>;
+    using G = detail_calib::calib_group_state<key_type>;
     off_tensors_ = 0;
-    off_tiles_ = off_tensors_ + detail::calib_align(descs_.size() * sizeof(detail::calib_tensor_desc<T>));
-    off_init_ = off_tiles_ + detail::calib_align(static_cast<std::size_t>(nt_ + nt0_) * sizeof(detail::calib_tile));
-    off_groups_ = off_init_ + detail::calib_align(group_init_.size() * sizeof(G));
-    off_hist_ = off_groups_ + detail::calib_align(group_init_.size() * sizeof(G));
-    off_globals_ = off_hist_ + detail::calib_align(group_init_.size() * detail::calib_max_bins * sizeof(unsigned long long));
-    off_kept_ = off_globals_ + detail::calib_align(sizeof(detail::calib_globals));
-    off_cands_ = off_kept_ + detail::calib_align(descs_.size() * sizeof(unsigned long long));
-    bytes_ = off_cands_ + detail::calib_align(static_cast<std::size_t>(capacity_) * sizeof(detail::calib_candidate<key_type>));
+    off_tiles_ = off_tensors_ + detail_calib::calib_align(descs_.size() * sizeof(detail_calib::calib_tensor_desc<T>));
+    off_init_ = off_tiles_ + detail_calib::calib_align(static_cast<std::size_t>(nt_ + nt0_) * sizeof(detail_calib::calib_tile));
+    off_groups_ = off_init_ + detail_calib::calib_align(group_init_.size() * sizeof(G));
+    off_hist_ = off_groups_ + detail_calib::calib_align(group_init_.size() * sizeof(G));
+    off_globals_ = off_hist_ + detail_calib::calib_align(group_init_.size() * detail_calib::calib_max_bins * sizeof(unsigned long long));
+    off_kept_ = off_globals_ + detail_calib::calib_align(sizeof(detail_calib::calib_globals));
+    off_cands_ = off_kept_ + detail_calib::calib_align(descs_.size() * sizeof(unsigned long long));
+    bytes_ = off_cands_ + detail_calib::calib_align(static_cast<std::size_t>(capacity_) * sizeof(detail_calib::calib_candidate<key_type>));
     ws_zero_begin_ = off_hist_;  // histograms, globals and kept counts start at zero
     ws_zero_end_ = off_cands_;
     // Pass 0 by bulk copies when every pass-0 tile is a float4 tile without exclusions.
-    bulk0_ = std::is_same_v<T, float> && nt0_ > 0 && std::all_of(tiles0.begin(), tiles0.end(), [&](const detail::calib_tile& t) {
+    bulk0_ = std::is_same_v<T, float> && nt0_ > 0 && std::all_of(tiles0.begin(), tiles0.end(), [&](const detail_calib::calib_tile& t) {
                const auto& d = descs_[static_cast<std::size_t>(t.tensor)];
                return d.fast != 0 && d.excl == nullptr;
              });
@@ -1405,12 +1405,12 @@ class calibration_plan {
     bool ok = cudaGetDevice(&dev) == cudaSuccess && cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) == cudaSuccess;
     if constexpr (std::is_same_v<T, float>) {
       if (ok && bulk0_)
-        ok = cudaFuncSetAttribute(detail::calib_pass0_bulk<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  static_cast<int>(detail::calib_pass0_bulk_smem)) == cudaSuccess &&
-             cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, detail::calib_pass0_bulk<T>, detail::calib_pass0_block,
-                                                           detail::calib_pass0_bulk_smem) == cudaSuccess;
+        ok = cudaFuncSetAttribute(detail_calib::calib_pass0_bulk<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  static_cast<int>(detail_calib::calib_pass0_bulk_smem)) == cudaSuccess &&
+             cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, detail_calib::calib_pass0_bulk<T>, detail_calib::calib_pass0_block,
+                                                           detail_calib::calib_pass0_bulk_smem) == cudaSuccess;
     }
-    if (ok && !bulk0_) ok = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, detail::calib_pass0<T>, detail::calib_pass0_block, 0) == cudaSuccess;
+    if (ok && !bulk0_) ok = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, detail_calib::calib_pass0<T>, detail_calib::calib_pass0_block, 0) == cudaSuccess;
     if (!ok) {
       (void)cudaGetLastError();  // no device here: run() will report it
       sms = 132;
@@ -1418,7 +1418,7 @@ class calibration_plan {
     }
     sms = std::max(sms, 1);
     grid_pass0_ = static_cast<unsigned>(std::max<index_t>(1, std::min<index_t>(nt0_, static_cast<index_t>(sms) * std::max(per_sm, 1))));
-    grid_small_ = static_cast<unsigned>(std::max<index_t>(1, std::min<index_t>(std::max<index_t>(nt_, capacity_ / detail::calib_block + 1),
+    grid_small_ = static_cast<unsigned>(std::max<index_t>(1, std::min<index_t>(std::max<index_t>(nt_, capacity_ / detail_calib::calib_block + 1),
                                                                              static_cast<index_t>(sms) * 4)));
     // Split tiles: calib_split_ballot's first (ntb_ of them), then calib_split's, each part in
     // ascending order of when pass 0 read them (its blocks run their contiguous tile ranges in
@@ -1433,7 +1433,7 @@ class calibration_plan {
         for (index_t b = 0; b < G; ++b)
           for (index_t i = b * nt0_ / G; i < (b + 1) * nt0_ / G; ++i) step[static_cast<std::size_t>(i)] = i - b * nt0_ / G;
       }
-      std::stable_sort(tiles_.begin(), tiles_.end(), [&](const detail::calib_tile& a, const detail::calib_tile& b) {
+      std::stable_sort(tiles_.begin(), tiles_.end(), [&](const detail_calib::calib_tile& a, const detail_calib::calib_tile& b) {
         const auto ta = static_cast<std::size_t>(a.tensor), tb = static_cast<std::size_t>(b.tensor);
         const int ba = descs_[ta].ballot, bb = descs_[tb].ballot;
         if (ba != bb) return ba > bb;
@@ -1441,7 +1441,7 @@ class calibration_plan {
                step[static_cast<std::size_t>(first0[tb] + b.row_begin / rows0[tb])];
       });
     }
-    ntb_ = static_cast<index_t>(std::count_if(tiles_.begin(), tiles_.end(), [&](const detail::calib_tile& t) {
+    ntb_ = static_cast<index_t>(std::count_if(tiles_.begin(), tiles_.end(), [&](const detail_calib::calib_tile& t) {
       return descs_[static_cast<std::size_t>(t.tensor)].ballot != 0;
     }));
     tiles_.insert(tiles_.end(), tiles0.begin(), tiles0.end());  // one upload: split tiles, then pass 0's
@@ -1483,49 +1483,49 @@ class calibration_plan {
     const auto nt = static_cast<unsigned>(nt_);
     if (nt == 0) return;  // no elements: every mask is empty, report() answers from the plan
     const auto ng = static_cast<unsigned>(groups_.count());
-    constexpr int B = detail::calib_block;
+    constexpr int B = detail_calib::calib_block;
     constexpr int passes = radix_passes<T>;
     using Key = key_type;
-    using G = detail::calib_group_state<key_type>;
+    using G = detail_calib::calib_group_state<key_type>;
     const int exact = opt_.semantics == mask_semantics::exact ? 1 : 0;
     // 1. reset the state; 2. pass 0 (first full read); 3. select digit 0; 4. split (second full
     // read); 5. select digit 1; 6. remaining digits on the candidates; 7. exact: tie positions;
     // 8. finish (candidate bits, or the full-data write in overflow mode).
-    detail::calib_init<Key><<<grid_small_, B, 0, stream>>>(
+    detail_calib::calib_init<Key><<<grid_small_, B, 0, stream>>>(
         reinterpret_cast<G*>(ws + off_groups_), reinterpret_cast<const G*>(ws + off_init_), groups_.count(),
         reinterpret_cast<unsigned long long*>(ws + ws_zero_begin_), static_cast<index_t>((ws_zero_end_ - ws_zero_begin_) / 8),
-        static_cast<index_t>((off_globals_ + offsetof(detail::calib_globals, bad_position) - ws_zero_begin_) / 8));
+        static_cast<index_t>((off_globals_ + offsetof(detail_calib::calib_globals, bad_position) - ws_zero_begin_) / 8));
     LORI_CUDA_CHECK_LAUNCH();
     bool pass0_done = false;
     if constexpr (std::is_same_v<T, float>) {
       if (bulk0_) {
-        detail::calib_launch_smem(pdl_, detail::calib_pass0_bulk<T>, grid_pass0_, detail::calib_pass0_block, detail::calib_pass0_bulk_smem,
+        detail_calib::calib_launch_smem(pdl_, detail_calib::calib_pass0_bulk<T>, grid_pass0_, detail_calib::calib_pass0_block, detail_calib::calib_pass0_bulk_smem,
                                   stream, p);
         pass0_done = true;
       }
     }
-    if (!pass0_done) detail::calib_launch(pdl_, detail::calib_pass0<T>, grid_pass0_, detail::calib_pass0_block, stream, p);
-    detail::calib_launch(pdl_, detail::calib_select<Key, 0>, ng, detail::calib_select_block, stream, p.groups, p.hist, p.globals, 0, exact);
+    if (!pass0_done) detail_calib::calib_launch(pdl_, detail_calib::calib_pass0<T>, grid_pass0_, detail_calib::calib_pass0_block, stream, p);
+    detail_calib::calib_launch(pdl_, detail_calib::calib_select<Key, 0>, ng, detail_calib::calib_select_block, stream, p.groups, p.hist, p.globals, 0, exact);
     if constexpr (std::is_same_v<T, float>) {
       if (ntb_ > 0) {
-        detail::calib_launch(pdl_, detail::calib_split_ballot<T>, static_cast<unsigned>(ntb_), B, stream, p);
+        detail_calib::calib_launch(pdl_, detail_calib::calib_split_ballot<T>, static_cast<unsigned>(ntb_), B, stream, p);
       }
     }
     if (nt > static_cast<unsigned>(ntb_)) {
-      detail::calib_launch(pdl_, detail::calib_split<T>, nt - static_cast<unsigned>(ntb_), B, stream, p);
+      detail_calib::calib_launch(pdl_, detail_calib::calib_split<T>, nt - static_cast<unsigned>(ntb_), B, stream, p);
     }
-    detail::calib_launch(pdl_, detail::calib_select<Key, 0>, ng, detail::calib_select_block, stream, p.groups, p.hist, p.globals, 1, exact);
+    detail_calib::calib_launch(pdl_, detail_calib::calib_select<Key, 0>, ng, detail_calib::calib_select_block, stream, p.groups, p.hist, p.globals, 1, exact);
     for (int pass = 2; pass < passes; ++pass) {
-      detail::calib_launch(pdl_, detail::calib_hist<T, 0>, grid_small_, B, stream, p, pass);
-      detail::calib_launch(pdl_, detail::calib_select<Key, 0>, ng, detail::calib_select_block, stream, p.groups, p.hist, p.globals, pass, exact);
+      detail_calib::calib_launch(pdl_, detail_calib::calib_hist<T, 0>, grid_small_, B, stream, p, pass);
+      detail_calib::calib_launch(pdl_, detail_calib::calib_select<Key, 0>, ng, detail_calib::calib_select_block, stream, p.groups, p.hist, p.globals, pass, exact);
     }
     if (exact) {
       for (int pass = 0; pass < radix_pass_count(pos_bits_); ++pass) {
-        detail::calib_launch(pdl_, detail::calib_hist<T, 1>, grid_small_, B, stream, p, pass);
-        detail::calib_launch(pdl_, detail::calib_select<Key, 1>, ng, detail::calib_select_block, stream, p.groups, p.hist, p.globals, pass, exact);
+        detail_calib::calib_launch(pdl_, detail_calib::calib_hist<T, 1>, grid_small_, B, stream, p, pass);
+        detail_calib::calib_launch(pdl_, detail_calib::calib_select<Key, 1>, ng, detail_calib::calib_select_block, stream, p.groups, p.hist, p.globals, pass, exact);
       }
     }
-    detail::calib_launch(pdl_, detail::calib_finish<T>, grid_small_, B, stream, p);
+    detail_calib::calib_launch(pdl_, detail_calib::calib_finish<T>, grid_small_, B, stream, p);
   }
 
   /// Waits for `stream`, reads the outcome of the last run() from `workspace`, and returns the same
@@ -1534,9 +1534,9 @@ class calibration_plan {
   calibration_report report(const void* workspace, cudaStream_t stream) const {
     LORI_CUDA_CHECK(cudaStreamSynchronize(stream));
     const auto* ws = static_cast<const std::byte*>(workspace);
-    std::vector<detail::calib_group_state<key_type>> gs(group_init_.size());
+    std::vector<detail_calib::calib_group_state<key_type>> gs(group_init_.size());
     std::vector<unsigned long long> kept(descs_.size());
-    detail::calib_globals glob{};
+    detail_calib::calib_globals glob{};
     LORI_CUDA_CHECK(cudaMemcpy(gs.data(), ws + off_groups_, gs.size() * sizeof(gs[0]), cudaMemcpyDeviceToHost));
     LORI_CUDA_CHECK(cudaMemcpy(kept.data(), ws + off_kept_, kept.size() * sizeof(kept[0]), cudaMemcpyDeviceToHost));
     LORI_CUDA_CHECK(cudaMemcpy(&glob, ws + off_globals_, sizeof(glob), cudaMemcpyDeviceToHost));
@@ -1589,14 +1589,14 @@ class calibration_plan {
   }
 
  private:
-  detail::calib_params<T> params(std::byte* ws) const {
-    detail::calib_params<T> p{};
-    p.tensors = reinterpret_cast<const detail::calib_tensor_desc<T>*>(ws + off_tensors_);
-    p.tiles = reinterpret_cast<const detail::calib_tile*>(ws + off_tiles_);
-    p.groups = reinterpret_cast<detail::calib_group_state<key_type>*>(ws + off_groups_);
+  detail_calib::calib_params<T> params(std::byte* ws) const {
+    detail_calib::calib_params<T> p{};
+    p.tensors = reinterpret_cast<const detail_calib::calib_tensor_desc<T>*>(ws + off_tensors_);
+    p.tiles = reinterpret_cast<const detail_calib::calib_tile*>(ws + off_tiles_);
+    p.groups = reinterpret_cast<detail_calib::calib_group_state<key_type>*>(ws + off_groups_);
     p.hist = reinterpret_cast<unsigned long long*>(ws + off_hist_);
-    p.globals = reinterpret_cast<detail::calib_globals*>(ws + off_globals_);
-    p.cands = reinterpret_cast<detail::calib_candidate<key_type>*>(ws + off_cands_);
+    p.globals = reinterpret_cast<detail_calib::calib_globals*>(ws + off_globals_);
+    p.cands = reinterpret_cast<detail_calib::calib_candidate<key_type>*>(ws + off_cands_);
     p.kept = reinterpret_cast<unsigned long long*>(ws + off_kept_);
     p.capacity = capacity_;
     p.num_tiles = nt_;
@@ -1613,10 +1613,10 @@ class calibration_plan {
   std::vector<device_calibration_tensor<T>> tensors_;
   calibration_options opt_;
   mask_groups groups_;
-  std::vector<detail::calib_tensor_desc<T>> descs_;
-  std::vector<detail::calib_tile> tiles_;  // nt_ tiles of calib_tile_elems, then nt0_ of calib_pass0_tile_elems
+  std::vector<detail_calib::calib_tensor_desc<T>> descs_;
+  std::vector<detail_calib::calib_tile> tiles_;  // nt_ tiles of calib_tile_elems, then nt0_ of calib_pass0_tile_elems
   index_t nt_ = 0, nt0_ = 0, ntb_ = 0;  // split tiles, pass-0 tiles, split tiles of calib_split_ballot
-  std::vector<detail::calib_group_state<key_type>> group_init_;
+  std::vector<detail_calib::calib_group_state<key_type>> group_init_;
   std::vector<index_t> group_size_;
   index_t total_ = 0;
   index_t capacity_ = 0;

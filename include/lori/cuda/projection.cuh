@@ -111,7 +111,7 @@ void generate_projection(row_major_view<T> out, std::uint64_t seed, std::uint64_
 // =====================================================================================================
 // Implementation
 // =====================================================================================================
-namespace detail {
+namespace detail_proj {
 
 template <class T>
 struct projection_traits;
@@ -320,7 +320,7 @@ constexpr std::size_t gaussian_tables_bytes = (sizeof(uint2) + sizeof(lori::deta
 /// A configuration of the gaussian kernel variant: KFloat units per thread and window of the row path
 /// for 16-byte units of 4 values (float, double; bf16/fp16 units, 8 values, take 1), MinBlocks blocks
 /// per SM (the register cap). gaussian_cfg_lib is the library's (checkpoint 1, H100: 89.2 us for the
-/// Llama set against 90.9 with 2 units and 91.1 with 5 blocks); detail::launch_projection_batch_cfg
+/// Llama set against 90.9 with 2 units and 91.1 with 5 blocks); detail_proj::launch_projection_batch_cfg
 /// runs others (benchmarks of alternatives in the same process).
 template <int KFloat, int MinBlocks>
 struct gaussian_cfg {
@@ -346,7 +346,7 @@ constexpr unsigned gaussian_easy_capacity = 64u * static_cast<unsigned>(gaussian
 /// cols < 2^31 on the GPU; appends write only meta.x and meta.y, pos = 0). Its pending
 /// elements are recomputed from the words: a finished element's word is zeroed (a zero word passes
 /// the fast test: layer 0, m = 1 < k_0); the lowest pending element may be in progress, its word then
-/// being its current slow-path candidate and pos its slow words consumed (detail::zig_slow_state).
+/// being its current slow-path candidate and pos its slow words consumed (lori::detail::zig_slow_state).
 template <unsigned Cap>
 struct gaussian_warp_queue {
   /// The easy ring's capacity (gaussian_easy_capacity).
@@ -403,7 +403,7 @@ LORI_DEVICE LORI_FORCEINLINE void set_word(uint4& w, int t, std::uint32_t x) {
 /// One pass over the oldest n <= 32 entries of the warp's hard ring (gaussian_easy_pass moves entries
 /// there), and the oldest ne <= 32 - n of its easy ring (lanes n .. n + ne - 1; ne > 0 only in the
 /// last passes of a piece, so that the end of a piece costs one pass, not an easy and a hard one):
-/// lane l < n + ne takes an entry and runs ONE attempt (detail::gaussian_slow_attempt, both
+/// lane l < n + ne takes an entry and runs ONE attempt (lori::detail::gaussian_slow_attempt, both
 /// slow blocks, any state) of its lowest pending element (the one in progress, if any): finished, the
 /// value is stored over the placeholder and the word zeroed; not finished, the word becomes the new
 /// candidate and pos the words consumed. An entry with pending elements goes back to the ring. So a
@@ -485,7 +485,7 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_hard_pass(const projection_entry<T>& 
 /// One pass over the oldest n <= 32 entries of the warp's easy ring (fresh entries: pos = 0). Lane
 /// l < n takes entry head + l; its lowest pending element, when in a wedge (layer != 0, 98% of the
 /// slow elements), gets its first attempt with the words s0, s1 of slow block 0 only (the wedge test,
-/// then s1 as the new candidate: detail::gaussian_slow_attempt from pos 0 reads no other word); when
+/// then s1 as the new candidate: lori::detail::gaussian_slow_attempt from pos 0 reads no other word); when
 /// it finishes (99.3%), its value is stored and the entry goes back to the easy ring if another
 /// element is pending. A tail element (layer 0) or a rejected candidate moves the entry, with its
 /// state, to the hard ring (gaussian_hard_pass: any attempt, both slow blocks, the fallback). So the
@@ -523,7 +523,7 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_easy_pass(const projection_entry<T>& 
     bool done = false;
     float x = 0.0f;
     if ((y & 0xffu) != 0u) {
-      // detail::gaussian_slow_attempt from pos 0 in a wedge, with the block's shared tables (same
+      // lori::detail::gaussian_slow_attempt from pos 0 in a wedge, with the block's shared tables (same
       // operations): the wedge test with s0; accepted: the wedge value; rejected: s1 is the next
       // candidate, its fast test (accepted: its value; else the entry goes to the hard ring with
       // {candidate s1, pos 2}). rnd_mul(W_L, sigma) is the scaled table's second word.
@@ -1078,7 +1078,7 @@ void validate_task(const projection_task<T>& t) {
 
 inline std::size_t round_up16(std::size_t n) { return (n + 15) / 16 * 16; }
 
-}  // namespace detail
+}  // namespace detail_proj
 
 template <class T>
 projection_task<T> make_projection_task(T* out, index_t rows, index_t cols, std::uint64_t seed, std::uint64_t stream,
@@ -1094,7 +1094,7 @@ projection_task<T> make_projection_task(T* out, index_t rows, index_t cols, std:
   t.seed = seed;
   t.stream = stream;
   t.params = make_projection_params(spec, rows, cols);
-  detail::validate_task(t);
+  detail_proj::validate_task(t);
   return t;
 }
 
@@ -1102,13 +1102,13 @@ inline std::size_t projection_batch_workspace_bytes(index_t count) {
   LORI_EXPECTS(count >= 0, "projection_batch_workspace_bytes: count must be >= 0");
   // Entries are the same size for every T (a pointer and scalars); float's layout is used for sizing.
   const auto n = static_cast<std::size_t>(count);
-  return detail::round_up16(n * sizeof(detail::projection_entry_storage<float>)) + detail::round_up16((n + 1) * sizeof(index_t));
+  return detail_proj::round_up16(n * sizeof(detail_proj::projection_entry_storage<float>)) + detail_proj::round_up16((n + 1) * sizeof(index_t));
 }
 
 template <class T>
 projection_batch_plan<T> prepare_projection_batch(const projection_task<T>* tasks, index_t count, void* workspace, std::size_t workspace_bytes,
                                                   cudaStream_t stream) {
-  static_assert(sizeof(detail::projection_entry_storage<T>) == sizeof(detail::projection_entry_storage<float>), "entry layout");
+  static_assert(sizeof(detail_proj::projection_entry_storage<T>) == sizeof(detail_proj::projection_entry_storage<float>), "entry layout");
   LORI_EXPECTS(count >= 0, "prepare_projection_batch: count must be >= 0");
   LORI_EXPECTS(tasks != nullptr || count == 0, "prepare_projection_batch: null task list");
   projection_batch_plan<T> plan;
@@ -1118,12 +1118,12 @@ projection_batch_plan<T> prepare_projection_batch(const projection_task<T>* task
   LORI_EXPECTS(reinterpret_cast<std::uintptr_t>(workspace) % 16 == 0, "prepare_projection_batch: workspace must be 16-byte aligned");
   LORI_EXPECTS(workspace_bytes >= projection_batch_workspace_bytes(count), "prepare_projection_batch: workspace too small");
   const auto n = static_cast<std::size_t>(count);
-  std::vector<detail::projection_entry_storage<T>> entries(n);
+  std::vector<detail_proj::projection_entry_storage<T>> entries(n);
   std::vector<index_t> starts(n + 1);
   index_t units = 0;
   for (std::size_t t = 0; t < n; ++t) {
-    detail::validate_task(tasks[t]);
-    entries[t].e = detail::make_entry(tasks[t]);
+    detail_proj::validate_task(tasks[t]);
+    entries[t].e = detail_proj::make_entry(tasks[t]);
     starts[t] = units;
     units += tasks[t].rows * static_cast<index_t>(entries[t].e.upr);
     LORI_EXPECTS(units < (index_t{1} << 40), "prepare_projection_batch: batch too large for one launch");
@@ -1131,20 +1131,20 @@ projection_batch_plan<T> prepare_projection_batch(const projection_task<T>* task
   }
   starts[n] = units;
   auto* base = static_cast<unsigned char*>(workspace);
-  const std::size_t entry_bytes = detail::round_up16(n * sizeof(detail::projection_entry_storage<T>));
-  LORI_CUDA_CHECK(cudaMemcpyAsync(base, entries.data(), n * sizeof(detail::projection_entry_storage<T>), cudaMemcpyHostToDevice, stream));
+  const std::size_t entry_bytes = detail_proj::round_up16(n * sizeof(detail_proj::projection_entry_storage<T>));
+  LORI_CUDA_CHECK(cudaMemcpyAsync(base, entries.data(), n * sizeof(detail_proj::projection_entry_storage<T>), cudaMemcpyHostToDevice, stream));
   LORI_CUDA_CHECK(cudaMemcpyAsync(base + entry_bytes, starts.data(), (n + 1) * sizeof(index_t), cudaMemcpyHostToDevice, stream));
   plan.workspace = workspace;
   plan.units = units;
   if (units > 0) {
-    plan.blocks = plan.has_gaussian ? detail::projection_grid(detail::projection_kernel<T, true, detail::projection_batch_source<T>>, units,
-                                                              detail::gaussian_smem_bytes<T, detail::gaussian_cfg_lib>)
-                                    : detail::projection_grid(detail::projection_kernel<T, false, detail::projection_batch_source<T>>, units, 0);
+    plan.blocks = plan.has_gaussian ? detail_proj::projection_grid(detail_proj::projection_kernel<T, true, detail_proj::projection_batch_source<T>>, units,
+                                                              detail_proj::gaussian_smem_bytes<T, detail_proj::gaussian_cfg_lib>)
+                                    : detail_proj::projection_grid(detail_proj::projection_kernel<T, false, detail_proj::projection_batch_source<T>>, units, 0);
   }
   return plan;
 }
 
-namespace detail {
+namespace detail_proj {
 /// The launch of generate_projection_batch with `blocks` blocks (1 <= blocks; the library passes
 /// plan.blocks, tests force small grids so that each block walks long ranges and many tasks) and
 /// slow-path queue threshold pass_at (1..32; the library passes 32, tests also 1 and 5).
@@ -1220,11 +1220,11 @@ void generate_projection_blocks(row_major_view<T> out, std::uint64_t seed, std::
   }
   LORI_CUDA_CHECK_LAUNCH();
 }
-}  // namespace detail
+}  // namespace detail_proj
 
 template <class T>
 void generate_projection_batch(const projection_batch_plan<T>& plan, cudaStream_t stream) {
-  detail::launch_projection_batch(plan, plan.blocks, stream);
+  detail_proj::launch_projection_batch(plan, plan.blocks, stream);
 }
 
 template <class T>
@@ -1236,7 +1236,7 @@ void generate_projection_batch(const projection_task<T>* tasks, index_t count, v
 template <class T>
 void generate_projection(row_major_view<T> out, std::uint64_t seed, std::uint64_t stream, const projection_spec& spec,
                          cudaStream_t cuda_stream) {
-  detail::generate_projection_blocks(out, seed, stream, spec, 0, cuda_stream);
+  detail_proj::generate_projection_blocks(out, seed, stream, spec, 0, cuda_stream);
 }
 
 }  // namespace lori::cuda
