@@ -2,7 +2,8 @@
 # One bounded call on the GPU machine (device tool, carry .deps made by scripts/gpu/make_deps.sh):
 # build the GPU targets, run every GPU test, each area's check script (benchmarks next to their
 # baselines + sanitizer subsets), then compute-sanitizer memcheck over the whole GPU test executables.
-# Writes at most 7 files to $OUT: summary.txt, random.txt, mask.txt, gpu.txt, merge.txt, decode.txt, sanitize.txt.
+# Writes to $OUT: summary.txt, random.txt, mask.txt, gpu.txt, merge.txt, decode.txt, layer.txt, cleanflush.txt,
+# sanitize.txt (memcheck), racecheck.txt.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT="${OUT:-/tmp/lori-out}"; mkdir -p "$OUT"
@@ -16,14 +17,15 @@ targets="lori_test_cuda_core lori_test_random_gpu lori_bench_random lori_test_ma
 cmake --build $B -j16 --target $targets -- -k 0 > /tmp/build.log 2>&1
 echo "build rc=$? in $(( $(date +%s) - t0 )) s" >> "$S"
 grep -E "error|FAILED" /tmp/build.log | head -40 >> "$S"
-# PART=1: build, GPU tests, check scripts; PART=2: build (cached), sanitizers, clean-L2 benchmarks;
-# default both (over 10 minutes on one call since session 3: use two calls on the warm machine).
+# PART=1: build, GPU tests, check scripts; PART=2: build (cached), clean-L2 benchmarks, memcheck;
+# PART=3: build (cached), racecheck; default all (over 10 minutes on one call since session 3: use
+# three calls on the warm machine).
 PART="${PART:-all}"
 if [ "$PART" != 2 ]; then
 echo "== ctest -L gpu" >> "$S"
 timeout 120 ctest --test-dir $B -L gpu --output-on-failure > /tmp/ctest_gpu.log 2>&1
 grep -E "Test +#|tests passed|tests failed|FAILED|ERROR" /tmp/ctest_gpu.log | head -30 >> "$S"
-for name in random mask gpu merge decode; do
+for name in random mask gpu merge decode layer; do
   mkdir -p /tmp/cp/$name; t1=$(date +%s)
   timeout 85 bash scripts/gpu/check_$name.sh $B /tmp/cp/$name > /tmp/cp/$name.log 2>&1
   rc=$?
@@ -31,7 +33,7 @@ for name in random mask gpu merge decode; do
   echo "check_$name rc=$rc $(( $(date +%s) - t1 )) s" >> "$S"
 done
 fi
-if [ "$PART" != 1 ]; then
+if [ "$PART" = all ] || [ "$PART" = 2 ]; then
 {
   echo "== lori_bench_cuda with LORI_BENCH_FLUSH=read (L2 flushed by a read: no dirty lines left for the timed kernel)"
   LORI_BENCH_FLUSH=read timeout 60 "$B/bench/cuda/lori_bench_cuda" --benchmark_repetitions=5 --benchmark_report_aggregates_only=true \
@@ -39,19 +41,23 @@ if [ "$PART" != 1 ]; then
     | grep -E "_median" | awk '{$1=$1; print}' | cut -c1-200
 } > "$OUT/cleanflush.txt" 2>&1
 {
-  for spec in lori_test_cuda_core:40 lori_test_random_gpu:60 lori_test_mask_gpu:60 lori_test_gpu_ops:150; do
+  for spec in lori_test_cuda_core:40 lori_test_random_gpu:80 lori_test_mask_gpu:80 lori_test_gpu_ops:300; do
     t=${spec%%:*}; lim=${spec##*:}
     exe=$(find $B/tests -type f -name "$t" | head -1)
     timeout $lim compute-sanitizer --tool memcheck --report-api-errors no --error-exitcode 9 "$exe" > /tmp/memcheck_$t.log 2>&1
     echo "memcheck $t rc=$? $(grep -E 'test cases:' /tmp/memcheck_$t.log | tail -1) $(grep -E 'ERROR SUMMARY' /tmp/memcheck_$t.log | tail -1)"
   done
+} > "$OUT/sanitize.txt" 2>&1
+fi
+if [ "$PART" = all ] || [ "$PART" = 3 ]; then
+{
   for t in lori_test_gpu_ops; do
     exe=$(find $B/tests -type f -name "$t" | head -1)
-    timeout 300 compute-sanitizer --tool racecheck --error-exitcode 9 "$exe" > /tmp/racecheck_$t.log 2>&1
+    timeout 540 compute-sanitizer --tool racecheck --error-exitcode 9 "$exe" -tce="*n = 16384*" > /tmp/racecheck_$t.log 2>&1
     echo "racecheck $t rc=$? $(grep -E 'test cases:' /tmp/racecheck_$t.log | tail -1) $(grep -E 'RACECHECK SUMMARY' /tmp/racecheck_$t.log | tail -1)"
     grep -E "Race reported" /tmp/racecheck_$t.log | sed 's/^=* *//' | sort | uniq -c | head -20
   done
-} > "$OUT/sanitize.txt" 2>&1
+} > "$OUT/racecheck.txt" 2>&1
 fi
 echo "total $(( $(date +%s) - t0 )) s" >> "$S"
-cat "$S" "$OUT/sanitize.txt"
+cat "$S" "$OUT"/sanitize.txt "$OUT"/racecheck.txt 2>/dev/null
