@@ -145,6 +145,29 @@ __device__ __forceinline__ void zero_acc(float (&acc)[M][N]) {
     for (int e = 0; e < N; ++e) acc[m][e] = 0.0f;
 }
 
+// Waits for the mbarrier at shared address `bar` to complete the phase of parity `parity`. A phase that
+// never completes (a lost arrival or byte count: a bug) traps after 20 s of waiting by the global
+// timer, so a test fails instead of hanging; the bound is in time, not in spins, because compute-
+// sanitizer slows kernels by orders of magnitude.
+__device__ __forceinline__ void mbar_wait_parity(std::uint32_t bar, std::uint32_t parity) {
+  std::uint64_t start = 0;
+  for (std::uint32_t spin = 1;; ++spin) {
+    std::uint32_t done = 0;
+    asm volatile(
+        "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(bar), "r"(parity)
+        : "memory");
+    if (done != 0) return;
+    if ((spin & 1023u) == 0) {
+      std::uint64_t now = 0;
+      asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
+      if (start == 0) start = now;
+      else if (now - start > 20000000000ull) __trap();
+    }
+  }
+}
+
 }  // namespace lori::detail
 
 #endif  // LORI_DETAIL_CUDA_COMMON_CUH

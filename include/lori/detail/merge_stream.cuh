@@ -73,19 +73,6 @@ __device__ __forceinline__ void mbar_init(std::uint32_t bar, unsigned count) {
 __device__ __forceinline__ void mbar_expect_tx(std::uint32_t bar, std::uint32_t bytes) {
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
 }
-__device__ __forceinline__ void mbar_wait(std::uint32_t bar, std::uint32_t parity) {
-  // Traps (a launch error instead of a hang) if the phase never completes.
-  for (long long spin = 0;; ++spin) {
-    std::uint32_t done = 0;
-    asm volatile(
-        "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}"
-        : "=r"(done)
-        : "r"(bar), "r"(parity)
-        : "memory");
-    if (done != 0) return;
-    if (spin > (1ll << 22)) __trap();
-  }
-}
 // One 1-D bulk copy global -> shared (16-byte aligned addresses, size a multiple of 16), completing
 // its bytes on the mbarrier.
 __device__ __forceinline__ void bulk_g2s(std::uint32_t dst, const void* src, std::uint32_t bytes, std::uint32_t bar) {
@@ -231,7 +218,7 @@ __global__ void __launch_bounds__(threads, 1) merge_stream_kernel(const __grid_c
     const int q = i - t_begin;  // operand step = tile
     if (band != b_band) {       // nobody reads B now: a __syncthreads followed the previous MMAs
       if (tid == 0) issue_b(band);
-      mbar_wait(b_bar, b_phase);
+      mbar_wait_parity(b_bar, b_phase);
       b_phase ^= 1u;
       b_band = band;
       const std::uint32_t a_base =
@@ -248,7 +235,7 @@ __global__ void __launch_bounds__(threads, 1) merge_stream_kernel(const __grid_c
       for (int ni = 0; ni < 4; ++ni)
 #pragma unroll
         for (int e = 0; e < 4; ++e) acc[mi][ni][e] = 0.0f;
-    mbar_wait(bars + 8 * (w_stages + q % a_stages), static_cast<std::uint32_t>((q / a_stages) & 1));
+    mbar_wait_parity(bars + 8 * (w_stages + q % a_stages), static_cast<std::uint32_t>((q / a_stages) & 1));
     if ((p.mode & mode_math) != 0) {
       const std::uint32_t b_base =
           a_s + static_cast<std::uint32_t>((q % a_stages) * buf_bytes) +
@@ -283,7 +270,7 @@ __global__ void __launch_bounds__(threads, 1) merge_stream_kernel(const __grid_c
     }
     // Epilogue: W tile (stage slot) += acc, rounded once to T, in place; then 16-byte stores.
     const int slot = (i - t_begin) % w_stages;
-    mbar_wait(bars + 8 * slot, static_cast<std::uint32_t>(((i - t_begin) / w_stages) & 1));
+    mbar_wait_parity(bars + 8 * slot, static_cast<std::uint32_t>(((i - t_begin) / w_stages) & 1));
     unsigned char* wt = smem + slot * buf_bytes;
 #pragma unroll
     for (int mi = 0; mi < 4; ++mi)

@@ -175,19 +175,6 @@ __device__ __forceinline__ void mbar_init(unsigned bar, unsigned count) {
 __device__ __forceinline__ void mbar_arrive_expect_tx(unsigned bar, unsigned bytes) {
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
 }
-// Waits for the phase of parity `parity` to complete; traps (a launch error, not a hang) if it never does.
-__device__ __forceinline__ void mbar_wait(unsigned bar, unsigned parity) {
-  for (long long spin = 0;; ++spin) {
-    unsigned done = 0;
-    asm volatile(
-        "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}\n"
-        : "=r"(done)
-        : "r"(bar), "r"(parity)
-        : "memory");
-    if (done != 0) return;
-    if (spin > (1ll << 20)) __trap();
-  }
-}
 __device__ __forceinline__ void tma_load_2d_hint(unsigned dst, const CUtensorMap* map, int x, int y, unsigned bar,
                                                  std::uint64_t policy) {
   asm volatile(
@@ -586,7 +573,7 @@ __global__ void __launch_bounds__(ws_threads, min_blocks_of(ws_smem_of(Stages)))
     const int cgp = warp & 3, th = warp >> 2;
     for (int s = 0; s < steps; ++s) {
       const int slot = s % Stages;
-      mbar_wait(smem_u32(&full[slot]), static_cast<unsigned>((s / Stages) & 1));
+      mbar_wait_parity(smem_u32(&full[slot]), static_cast<unsigned>((s / Stages) & 1));
       if constexpr (Math == 1)
         ws_stage_mma<T>(smem + slot * sd_stage_bytes, sbase + static_cast<unsigned>(slot * sd_stage_bytes), cgp, th, lane,
                         acc);
@@ -598,7 +585,7 @@ __global__ void __launch_bounds__(ws_threads, min_blocks_of(ws_smem_of(Stages)))
       const std::uint64_t policy = stream_policy(a.evict_first);
       for (int s = 0; s < steps; ++s) {
         const int slot = s % Stages;
-        if (s >= Stages) mbar_wait(smem_u32(&empty[slot]), static_cast<unsigned>(((s / Stages) - 1) & 1));
+        if (s >= Stages) mbar_wait_parity(smem_u32(&empty[slot]), static_cast<unsigned>(((s / Stages) - 1) & 1));
         const unsigned st = sbase + static_cast<unsigned>(slot * sd_stage_bytes), bar = smem_u32(&full[slot]);
         const int y = static_cast<int>(tb + static_cast<index_t>(s) * sd_tc);
         mbar_arrive_expect_tx(bar, static_cast<unsigned>(Math == -1 ? sd_g_bytes : sd_stage_bytes));
