@@ -400,6 +400,21 @@ LORI_DEVICE LORI_FORCEINLINE void set_word(uint4& w, int t, std::uint32_t x) {
   w.w = t == 3 ? x : w.w;
 }
 
+/// Bit t set when word t of an entry's block still fails the fast test (0 once its value was stored)
+/// and element 4·q + t lies inside the row (always, with WholeBlocks).
+template <bool WholeBlocks>
+LORI_DEVICE LORI_FORCEINLINE unsigned slow_pending(const uint4& w, const uint2* table, std::uint32_t q, index_t cols64) {
+  const std::uint32_t j0 = q * 4u;  // < 2^31, and j0 + 3 < 2^32
+  const auto cols = static_cast<std::uint32_t>(cols64);  // < 2^31
+  unsigned pending = 0;
+#pragma unroll
+  for (int t = 0; t < 4; ++t) {
+    const std::uint32_t y = word_of(w, t);
+    if (lori::detail::zig_mbits(y) >= table[y & 0xffu].x && (WholeBlocks || j0 + static_cast<std::uint32_t>(t) < cols)) pending |= 1u << t;
+  }
+  return pending;
+}
+
 /// One pass over the oldest n <= 32 entries of the warp's hard ring (gaussian_easy_pass moves entries
 /// there), and the oldest ne <= 32 - n of its easy ring (lanes n .. n + ne - 1; ne > 0 only in the
 /// last passes of a piece, so that the end of a piece costs one pass, not an easy and a hard one):
@@ -436,13 +451,7 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_hard_pass(const projection_entry<T>& 
   qss.easy.count -= ne;
   const std::uint32_t q = meta.y & 0x1fffffffu;
   const std::uint32_t j0 = q * 4u;  // < 2^31, and j0 + 3 < 2^32
-  const auto cols = static_cast<std::uint32_t>(e.cols);  // < 2^31
-  unsigned pending = 0;
-#pragma unroll
-  for (int t = 0; t < 4; ++t) {
-    const std::uint32_t y = word_of(w, t);
-    if (lori::detail::zig_mbits(y) >= table[y & 0xffu].x && (WholeBlocks || j0 + static_cast<std::uint32_t>(t) < cols)) pending |= 1u << t;
-  }
+  unsigned pending = slow_pending<WholeBlocks>(w, table, q, e.cols);
   if (pending != 0u) {
     const int t = __ffs(static_cast<int>(pending)) - 1;
     const std::uint32_t i = meta.x;
@@ -504,13 +513,7 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_easy_pass(const projection_entry<T>& 
   qs.easy.count -= n;
   const std::uint32_t q = meta.y;  // pos = 0 in the easy ring
   const std::uint32_t j0 = q * 4u;  // < 2^31, and j0 + 3 < 2^32
-  const auto cols = static_cast<std::uint32_t>(e.cols);  // < 2^31
-  unsigned pending = 0;
-#pragma unroll
-  for (int t = 0; t < 4; ++t) {
-    const std::uint32_t y = word_of(w, t);
-    if (lori::detail::zig_mbits(y) >= table[y & 0xffu].x && (WholeBlocks || j0 + static_cast<std::uint32_t>(t) < cols)) pending |= 1u << t;
-  }
+  unsigned pending = slow_pending<WholeBlocks>(w, table, q, e.cols);
   pending = lane < n ? pending : 0u;
   const int t = __ffs(static_cast<int>(pending)) - 1;  // -1: nothing pending
   const std::uint32_t i = meta.x;
