@@ -597,7 +597,7 @@ void BM_gpu_grad_b_sddmm(benchmark::State& st) {
   run_timed(st, [&] {
     lori::cuda::grad_b_sddmm<bf16>(ctx(), {f.G.data(), f.n, D}, f.H.data(), 0.5f, f.B, f.out.data(), f.ws.data(), f.ws.bytes());
   }, sddmm_floor(f.n, f.B.nnz()));
-  st.SetLabel("one skinny tensor-core kernel (TMA, H to T staged, cluster split reduction); target (n=4096): <= 1.3x one read of G");
+  st.SetLabel("one streaming tensor-core kernel (all SMs, split partials reduced by the last block of each tile); target (n=4096): <= 1.3x one read of G");
 }
 void BM_gpu_baseline_gemm_mask(benchmark::State& st) {
   grad_data f(st.range(0));
@@ -753,6 +753,39 @@ void BM_gpu_skinny_sddmm_ws(benchmark::State& st) {
               : variant == 3 ? ws_label<8, false>(f.n, cap) : ws_label<8, true>(f.n, cap) + (variant == 4 ? ", G evict-normal" : ""));
 }
 BENCHMARK(BM_gpu_skinny_sddmm_ws)->Args({4096, 8, 0})->Args({4096, 8, 1})->Args({4096, 8, 2})->Args({4096, 8, 3})->Args({4096, 8, 4})->Args({4096, 8, 6})->Args({4096, 8, 11})->Args({4096, 4, 0})->Args({4096, 4, 1})->Args({4096, 3, 0})->Args({4096, 2, 0})->Args({16384, 8, 0})->Args({16384, 8, 1})->Args({16384, 8, 3})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
+
+// ---- the streaming SDDMM kernel (lori/detail/skinny_gemm.cuh, session 5: every SM, no cluster, split
+// partials through the workspace, last block of a tile reduces) with a forced split cap; range(2) picks
+// the variant: 0 = 4 stages (two blocks per SM: grad_b_sddmm's configuration), 1 = 3 stages, 2 = 6
+// stages (one block per SM), 3 = 4 stages without MMAs and epilogue (the memory pipeline alone, same
+// grid: wrong results, timing only), 4 = variant 3 with 6 stages. Compare with BM_gpu_baseline_read/32.
+template <int Stages, bool Math>
+void stream_run(benchmark::State& st, grad_data& f, int cap) {
+  namespace sk = lori::detail::skinny;
+  const int sms = ctx().sm_count();
+  device_buffer<unsigned char> ws(static_cast<index_t>(sk::sddmm_stream_workspace_bytes<bf16, Stages>(sms, f.n, D, f.B.nnz(), cap)) + 8);
+  run_timed(st, [&] {
+    sk::launch_sddmm_stream<bf16, Stages, Math>(ctx().stream(), sms, f.G.data(), f.n, D, D, f.H.data(), 0.5f, f.B, f.out.data(),
+                                                ws.data(), ws.bytes(), cap);
+  }, sddmm_floor(f.n, f.B.nnz()));
+  const int bps = sk::stream_blocks_per_sm<bf16, Stages, Math>();
+  const int S = sk::stream_splits(sms, bps, f.n, D, cap);
+  st.SetLabel(std::to_string(Stages) + " stages" + (Math ? "" : ", NO MMA (memory pipeline alone)") + ", blocks/SM " +
+              std::to_string(bps) + ", splits S = " + std::to_string(S) + ", grid " +
+              std::to_string(lori::detail::ceil_div(D, sk::tile_rows) * S));
+}
+void BM_gpu_skinny_sddmm_stream(benchmark::State& st) {
+  grad_data f(st.range(0));
+  const int cap = static_cast<int>(st.range(1));
+  switch (st.range(2)) {
+    case 1: stream_run<3, true>(st, f, cap); break;
+    case 2: stream_run<6, true>(st, f, cap); break;
+    case 3: stream_run<4, false>(st, f, cap); break;
+    case 4: stream_run<6, false>(st, f, cap); break;
+    default: stream_run<4, true>(st, f, cap); break;
+  }
+}
+BENCHMARK(BM_gpu_skinny_sddmm_stream)->Args({4096, 64, 0})->Args({4096, 64, 1})->Args({4096, 64, 2})->Args({4096, 64, 3})->Args({4096, 64, 4})->Args({4096, 4, 0})->Args({4096, 16, 0})->Args({16384, 64, 0})->Args({16384, 64, 3})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
 
 // Fixed costs of a kernel like the SDDMM's after the L2 flush: an empty kernel of one 320-thread block
 // per SM with range(0) KB of dynamic shared memory (0: none; 197: the warp-specialised ring, which

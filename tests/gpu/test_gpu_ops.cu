@@ -1193,6 +1193,131 @@ TEST_CASE("skinny kernels: warp-specialised, small shapes (the compute-sanitizer
   skinny_sddmm_case<T>(ctx, 600, 136, 32, 0, false, 3, g, true, 4);
 }
 
+// ---- the streaming SDDMM kernel (session 5: every SM, no cluster, split partials in the workspace, the
+// last block of a tile sums them in split order), called directly: split caps 1 (no workspace), 3 and
+// 64 (the one-wave choice), token tails (n not a multiple of the 64-token stage or of the split),
+// column tails (d not a multiple of the 128-column tile), r = 1 … 32 with 16-byte H copies (r % 4 = 0,
+// H aligned) and 4-byte ones (odd r, misaligned H), padded G rows, 3-, 4- and 6-stage rings. The
+// workspace starts as garbage (0xff bytes: every tile counter carries a foreign epoch) and at an
+// address that is 4- but not 8-byte aligned; each configuration runs three times — the second reusing
+// the counters the first left, the third after zeroing the workspace — and must be bit-identical.
+// Bound as in the file header with u_I = u_T (H is rounded to T); one extra output element must stay
+// poisoned.
+namespace {
+template <class T>
+void stream_sddmm_case(lori::cuda::context& ctx, index_t n, index_t d, index_t r, index_t pad, bool h_misaligned,
+                       int cap, std::mt19937_64& g, int stages = 4) {
+  CAPTURE(n);
+  CAPTURE(d);
+  CAPTURE(r);
+  CAPTURE(pad);
+  CAPTURE(h_misaligned);
+  CAPTURE(cap);
+  CAPTURE(stages);
+  INFO("type " << type_name<T>());
+  namespace sk = lori::detail::skinny;
+  const double s = 0.75;
+  const index_t ldg = d + pad;
+  const auto G = random_mat<T>(n, d, 1.0, g, ldg);
+  const index_t h0 = h_misaligned ? 1 : 0;
+  std::vector<float> H(static_cast<std::size_t>(n * r + h0), std::nanf(""));
+  std::normal_distribution<double> nd;
+  for (std::size_t i = static_cast<std::size_t>(h0); i < H.size(); ++i) H[i] = static_cast<float>(nd(g));
+  const auto hb = random_sparse<T>(d, r, 0.1, 1.0, g);
+  const auto B = lori::cuda::sparse_b<T>::from_host(hb.mask, hb.packed);
+  const auto csr = hb.mask.template to_csr<std::int32_t>();
+  std::vector<double> ref(static_cast<std::size_t>(B.nnz())), l2(ref.size());
+  for (index_t i = 0; i < d; ++i)
+    for (std::int32_t p = csr.row_ptr[static_cast<std::size_t>(i)]; p < csr.row_ptr[static_cast<std::size_t>(i + 1)]; ++p) {
+      const index_t j = csr.col_idx[static_cast<std::size_t>(p)];
+      double acc = 0, q = 0;
+      for (index_t t = 0; t < n; ++t) {
+        const double v = s * G(t, i) * static_cast<double>(H[static_cast<std::size_t>(h0 + t * r + j)]);
+        acc += v;
+        q += v * v;
+      }
+      ref[static_cast<std::size_t>(p)] = acc;
+      l2[static_cast<std::size_t>(p)] = std::sqrt(q);
+    }
+  device_buffer<T> dG(G.s);
+  device_buffer<float> dH(H);
+  REQUIRE(sk::sddmm_applies(dG.data(), d, ldg, r));
+  const int sms = ctx.sm_count();
+  std::size_t wsb = 0;
+  if (stages == 3) wsb = sk::sddmm_stream_workspace_bytes<T, 3>(sms, n, d, B.nnz(), cap);
+  else if (stages == 6) wsb = sk::sddmm_stream_workspace_bytes<T, 6>(sms, n, d, B.nnz(), cap);
+  else wsb = sk::sddmm_stream_workspace_bytes<T, 4>(sms, n, d, B.nnz(), cap);
+  if (cap == 1) CHECK(wsb == 0);
+  device_buffer<unsigned char> ws(static_cast<index_t>(wsb) + 8);
+  ws.fill_bytes(0xff);
+  unsigned char* wsp = ws.data() + 4;  // 4- but not 8-byte aligned: the counters are realigned inside
+  std::vector<T> first;
+  for (int run = 0; run < 3; ++run) {
+    CAPTURE(run);
+    if (run == 2) ws.fill_bytes(0);
+    device_buffer<T> out(B.nnz() + 1);
+    out.fill_bytes(0xff);
+    const float* hp = dH.data() + h0;
+    if (stages == 3)
+      sk::launch_sddmm_stream<T, 3>(ctx.stream(), sms, dG.data(), n, d, ldg, hp, static_cast<float>(s), B, out.data(), wsp, wsb, cap);
+    else if (stages == 6)
+      sk::launch_sddmm_stream<T, 6>(ctx.stream(), sms, dG.data(), n, d, ldg, hp, static_cast<float>(s), B, out.data(), wsp, wsb, cap);
+    else
+      sk::launch_sddmm_stream<T, 4>(ctx.stream(), sms, dG.data(), n, d, ldg, hp, static_cast<float>(s), B, out.data(), wsp, wsb, cap);
+    LORI_CUDA_CHECK(cudaDeviceSynchronize());
+    auto got = out.download();
+    CHECK(is_poison(got.back()));
+    got.pop_back();
+    if (run == 0) {
+      LORI_CHECK_CLOSE(check_close<T>(got, ref, l2, unit_roundoff<T>(), static_cast<double>(n)));
+      first = got;
+    } else {
+      CHECK(std::memcmp(first.data(), got.data(), got.size() * sizeof(T)) == 0);
+    }
+  }
+}
+}  // namespace
+
+TEST_CASE_TEMPLATE("skinny SDDMM kernel, streaming: shapes, tails, splits, determinism", T, lori::bfloat16, lori::half) {
+  LORI_TEST_SEED_INFO();
+  auto g = lori_test::rng(320);
+  lori::cuda::context ctx;
+  stream_sddmm_case<T>(ctx, 4096, 4096, 32, 0, false, 64, g);   // the benchmark shape n = d = 4096
+  stream_sddmm_case<T>(ctx, 4097, 4104, 32, 8, false, 64, g);   // one token and 8 columns past
+  for (int cap : {1, 3, 64}) {
+    stream_sddmm_case<T>(ctx, 1000, 520, 32, 8, false, cap, g);  // token and column tails
+    stream_sddmm_case<T>(ctx, 333, 136, 31, 0, false, cap, g);   // odd r: 4-byte H copies
+  }
+  stream_sddmm_case<T>(ctx, 1, 256, 8, 0, false, 64, g);
+  stream_sddmm_case<T>(ctx, 64, 96, 1, 8, false, 64, g);
+  stream_sddmm_case<T>(ctx, 130, 8, 32, 0, false, 64, g);       // one 8-column chunk
+  stream_sddmm_case<T>(ctx, 700, 384, 12, 0, true, 64, g);      // H misaligned: 4-byte copies, r % 4 == 0
+  stream_sddmm_case<T>(ctx, 2048, 1024, 12, 0, false, 64, g);   // 16-byte H copies, r < 32
+  stream_sddmm_case<T>(ctx, 4096, 520, 16, 0, false, 64, g);
+  stream_sddmm_case<T>(ctx, 3001, 1032, 8, 16, false, 64, g);
+  stream_sddmm_case<T>(ctx, 4096, 4096, 32, 0, false, 64, g, 3);  // 3-stage ring
+  stream_sddmm_case<T>(ctx, 1000, 520, 20, 8, false, 3, g, 6);    // 6-stage ring, one block per SM
+}
+
+TEST_CASE("skinny SDDMM kernel, streaming: n = 16384 (grad_b_sddmm's large benchmark shape)") {
+  LORI_TEST_SEED_INFO();
+  auto g = lori_test::rng(321);
+  lori::cuda::context ctx;
+  stream_sddmm_case<lori::bfloat16>(ctx, 16384, 4096, 32, 0, false, 64, g);
+}
+
+// Small launches of the streaming kernel for compute-sanitizer: one block per tile and split
+// partials with the last-block reduction, tails, both H copy widths.
+TEST_CASE("skinny kernels: streaming, small shapes (the compute-sanitizer subset)") {
+  LORI_TEST_SEED_INFO();
+  using T = lori::bfloat16;
+  auto g = lori_test::rng(322);
+  lori::cuda::context ctx;
+  stream_sddmm_case<T>(ctx, 150, 136, 32, 8, false, 3, g);
+  stream_sddmm_case<T>(ctx, 700, 264, 12, 0, true, 64, g);
+  stream_sddmm_case<T>(ctx, 70, 40, 1, 0, false, 1, g);
+}
+
 TEST_CASE_TEMPLATE("grad_x = G·W + s·(G·B)·A matches the double reference", T, float, lori::bfloat16, lori::half) {
   LORI_TEST_SEED_INFO();
   auto g = lori_test::rng(404);

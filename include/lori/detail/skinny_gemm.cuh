@@ -63,6 +63,23 @@ constexpr int min_blocks_of(int smem) { return smem <= 110 * 1024 ? 2 : 1; }
 
 static_assert(tile_rows * acc_ld * 4 <= sd_stage_bytes, "epilogue tile must fit the ring");
 
+// The tile and token range of block blockIdx.x in a grid of tiles x S blocks (split index fastest):
+// rows [i0, i0 + tile_rows) of B (columns of G), tokens [tb, te) in `steps` stages of sd_tc.
+struct split_range {
+  int split;
+  index_t i0, tb, te;
+  int steps;
+};
+__device__ __forceinline__ split_range block_split(int S, index_t tps, index_t n) {
+  split_range w;
+  w.split = static_cast<int>(blockIdx.x % static_cast<unsigned>(S));
+  w.i0 = static_cast<index_t>(blockIdx.x / static_cast<unsigned>(S)) * tile_rows;
+  w.tb = static_cast<index_t>(w.split) * tps;
+  w.te = w.tb + tps < n ? w.tb + tps : n;
+  w.steps = w.te > w.tb ? static_cast<int>((w.te - w.tb + sd_tc - 1) / sd_tc) : 0;
+  return w;
+}
+
 // ---- PTX wrappers (plain sm_80+/sm_90) --------------------------------------------------------------
 __device__ __forceinline__ unsigned smem_u32(const void* p) {
   return static_cast<unsigned>(__cvta_generic_to_shared(p));
@@ -342,11 +359,9 @@ __global__ void __launch_bounds__(threads, min_blocks_of(sd_smem_of(Stages))) sd
   const unsigned hbase = smem_u32(hb);
   const int tid = static_cast<int>(threadIdx.x);
   const int S = a.splits;
-  const int split = static_cast<int>(blockIdx.x % static_cast<unsigned>(S));
-  const index_t i0 = static_cast<index_t>(blockIdx.x / static_cast<unsigned>(S)) * tile_rows;
-  const index_t tb = static_cast<index_t>(split) * a.tps;
-  const index_t te = tb + a.tps < a.n ? tb + a.tps : a.n;
-  const int steps = te > tb ? static_cast<int>((te - tb + sd_tc - 1) / sd_tc) : 0;
+  const split_range w = block_split(S, a.tps, a.n);
+  const int split = w.split, steps = w.steps;
+  const index_t i0 = w.i0, tb = w.tb, te = w.te;
   const int r = a.r;
 
   // G stage: token row q (0..63) of 256 bytes, chunk c (8 columns) at q·256 + ((c ^ (q & 7))·16).
@@ -547,11 +562,9 @@ __global__ void __launch_bounds__(ws_threads, min_blocks_of(ws_smem_of(Stages)))
   const unsigned sbase = smem_u32(smem);
   const int tid = static_cast<int>(threadIdx.x), warp = tid >> 5, lane = tid & 31;
   const int S = a.splits;
-  const int split = static_cast<int>(blockIdx.x % static_cast<unsigned>(S));
-  const index_t i0 = static_cast<index_t>(blockIdx.x / static_cast<unsigned>(S)) * tile_rows;
-  const index_t tb = static_cast<index_t>(split) * a.tps;
-  const index_t te = tb + a.tps < a.n ? tb + a.tps : a.n;
-  const int steps = te > tb ? static_cast<int>((te - tb + sd_tc - 1) / sd_tc) : 0;
+  const split_range w = block_split(S, a.tps, a.n);
+  const int split = w.split, steps = w.steps;
+  const index_t i0 = w.i0, tb = w.tb;
   const int rpb = (tile_rows + S - 1) / S;  // tile rows each rank reduces and writes
   const int rbeg = split * rpb;             // < tile_rows for S <= 8
   if (warp == ws_consumers && lane == 0) {  // the producer: fetch both tensor maps while the block sets up
@@ -672,6 +685,305 @@ void launch_sddmm_ws(cudaStream_t stream, const T* G, index_t n, index_t d, inde
   const cudaLaunchConfig_t cfg = cluster_config(grid_dim(tiles * S), ws_threads, static_cast<std::size_t>(smem),
                                                 static_cast<unsigned>(S), stream, attr);
   LORI_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, a));
+  LORI_CUDA_CHECK_LAUNCH();
+}
+
+// ---- sddmm, streaming (session 5): every SM, no cluster, split partials through the workspace --------
+// The same 128-column tiles and 64-token stages (G 16 KB + H 8 KB fp32) as the kernels above, but:
+// * no thread-block cluster: the grid is tiles x S blocks with S = the splits that fill every SM once
+//   (blocks per SM from the occupancy query: two with the default 4-stage ring of 96 KB), so all 132
+//   SMs stream and there is no tail wave;
+// * G without a transpose through shared memory: thread (g = lane/4, q = lane%4) of warp w copies,
+//   with 16-byte cp.async into its OWN slots of the stage, columns 64·(w&1) + 8g .. +8 of the tile for
+//   the tokens 16·(w>>1) + q + 4e (e = 0..3) of the stage, and reads back only what it copied. The
+//   mma.sync m16n8k16 runs as Dᵀ = T(H)ᵀ·G (M = ranks, N = columns, K = tokens) with permuted
+//   indices: k slots 2q, 2q+1, 2q+8, 2q+9 are the tokens q, q+4, q+8, q+12 of the warp's 16, the
+//   n slot g of n-tile i is column 8g + i, the m slots g, g+8 of m-tile mt are ranks 4g+2mt, 4g+2mt+1.
+//   So a thread's B fragments are its 16-byte chunks re-paired by byte permutes (prmt) and its A
+//   fragments are ranks 4g .. 4g+3 (one 16-byte read) of its four tokens of the stage's H, rounded to
+//   T (cvt.rn: the rounding of from_float). H is shared by the block (16-byte chunk c of row q at
+//   chunk c ^ 2·(q%4): conflict-free reads); one block barrier per stage;
+// * the four token quarters of a block are summed in shared memory (fixed order); with S > 1 each
+//   block writes its fp32 partial at the kept positions of its rows to the workspace (S x nnz), takes
+//   a ticket on its tile's counter, and the LAST block of the tile sums the S partials in split order
+//   (deterministic: the same bits whichever block is last) and writes T(s·sum). The counters are
+//   tagged with a per-call epoch (64-bit: epoch << 8 | arrivals), so stale or garbage workspace
+//   contents are never mistaken for this call's arrivals; the last block also resets its counter to 0.
+inline constexpr int st_stages = 4;                    // 96 KB ring: two blocks per SM
+inline constexpr int st_max_splits = 64;               // arrivals fit the counter's 8 bits
+inline constexpr int st_acc_ld = max_rank + 1;         // epilogue tile [quarter][column][rank] row stride
+constexpr int st_smem_of(int stages) { return stages * sd_stage_bytes; }
+static_assert(4 * tile_rows * st_acc_ld * 4 <= st_smem_of(3), "the epilogue's four quarter tiles must fit the ring");
+
+template <class T>
+struct sddmm_stream_args {
+  const T* G;
+  index_t n, d, ldg;
+  const float* H;  // n x r, leading dimension r
+  int r;
+  bool h_vec;      // H 16-byte aligned and r % 4 == 0: 16-byte copies of H
+  int splits;
+  index_t tps;     // tokens per split, a multiple of sd_tc
+  float s;
+  ::lori::cuda::sparse_b_view<T> B;
+  T* out;
+  float* partial;                 // splits x nnz fp32 (splits > 1)
+  unsigned long long* tickets;    // one counter per tile (splits > 1)
+  unsigned long long epoch;       // this call's tag, in [1, 2^56)
+};
+
+// Ticket of one arrival at a tile's counter (thread 0 of a block): true for the S-th arrival of this
+// call's epoch, which also resets the counter to 0. A counter tagged with another epoch counts as 0.
+__device__ __forceinline__ bool take_ticket(unsigned long long* ctr, unsigned long long epoch, int S) {
+  unsigned long long cur = *reinterpret_cast<volatile unsigned long long*>(ctr), next = 0;
+  for (;;) {
+    next = (cur >> 8) == epoch ? cur + 1 : ((epoch << 8) | 1ull);
+    const unsigned long long seen = atomicCAS(ctr, cur, next);
+    if (seen == cur) break;
+    cur = seen;
+  }
+  const bool last = (next & 0xffull) == static_cast<unsigned long long>(S);
+  if (last) atomicExch(ctr, 0ull);
+  return last;
+}
+
+// One stage for warp (ch, qt) (see above): acc[mt][i] (ranks 4g+2mt, +1 x columns 64·ch + 8·(2q, 2q+1)
+// + i) += over the warp's 16 tokens of the stage at st.
+template <class T>
+__device__ __forceinline__ void stream_stage_mma(const unsigned char* st, int tid, int qt, int g, int q,
+                                                 float (&acc)[2][8][4]) {
+  const unsigned char* hs = st + sd_g_bytes;
+  float4 hv[4];
+#pragma unroll
+  for (int e = 0; e < 4; ++e)  // row 16·qt + q + 4e (≡ q mod 4), chunk g
+    hv[e] = *reinterpret_cast<const float4*>(hs + (qt * 16 + q + 4 * e) * 128 + ((g ^ (q << 1)) << 4));
+  unsigned af[2][4];
+  af[0][0] = pack_round2<T>(hv[0].x, hv[1].x);  // m slot g (rank 4g), k slots 2q, 2q+1 (tokens q, q+4)
+  af[0][1] = pack_round2<T>(hv[0].y, hv[1].y);  // m slot g+8 (rank 4g+1)
+  af[0][2] = pack_round2<T>(hv[2].x, hv[3].x);  // k slots 2q+8, 2q+9 (tokens q+8, q+12)
+  af[0][3] = pack_round2<T>(hv[2].y, hv[3].y);
+  af[1][0] = pack_round2<T>(hv[0].z, hv[1].z);  // m-tile 1: ranks 4g+2, 4g+3
+  af[1][1] = pack_round2<T>(hv[0].w, hv[1].w);
+  af[1][2] = pack_round2<T>(hv[2].z, hv[3].z);
+  af[1][3] = pack_round2<T>(hv[2].w, hv[3].w);
+  uint4 u[4];
+#pragma unroll
+  for (int e = 0; e < 4; ++e) u[e] = *reinterpret_cast<const uint4*>(st + (e * threads + tid) * 16);
+#pragma unroll
+  for (int h = 0; h < 4; ++h) {
+    const unsigned w0 = h == 0 ? u[0].x : h == 1 ? u[0].y : h == 2 ? u[0].z : u[0].w;
+    const unsigned w1 = h == 0 ? u[1].x : h == 1 ? u[1].y : h == 2 ? u[1].z : u[1].w;
+    const unsigned w2 = h == 0 ? u[2].x : h == 1 ? u[2].y : h == 2 ? u[2].z : u[2].w;
+    const unsigned w3 = h == 0 ? u[3].x : h == 1 ? u[3].y : h == 2 ? u[3].z : u[3].w;
+    // column 8g + 2h (low halves) and 8g + 2h + 1 (high halves): (token q, q+4) and (q+8, q+12) pairs
+    const unsigned b0e = __byte_perm(w0, w1, 0x5410), b1e = __byte_perm(w2, w3, 0x5410);
+    const unsigned b0o = __byte_perm(w0, w1, 0x7632), b1o = __byte_perm(w2, w3, 0x7632);
+    mma16816<T>(acc[0][2 * h], af[0], b0e, b1e);
+    mma16816<T>(acc[1][2 * h], af[1], b0e, b1e);
+    mma16816<T>(acc[0][2 * h + 1], af[0], b0o, b1o);
+    mma16816<T>(acc[1][2 * h + 1], af[1], b0o, b1o);
+  }
+}
+
+// The streaming kernel's epilogue (all threads, after the ring is drained): quarter sums, partials or
+// results, the tile ticket and the last block's split-order sum (see above).
+template <class T>
+__device__ __forceinline__ void stream_epilogue(const sddmm_stream_args<T>& a, const split_range& w,
+                                                const float (&acc)[2][8][4], const std::int32_t* rp,
+                                                const unsigned char* cols, int& is_last, unsigned char* smem) {
+  const int tid = static_cast<int>(threadIdx.x), warp = tid >> 5, lane = tid & 31;
+  const int g = lane >> 2, q = lane & 3, ch = warp & 1, qt = warp >> 1;
+  const std::int32_t base = rp[0], cnt = rp[tile_rows] - base;
+  // Quarter qt's fp32 tile [column][rank] (row stride st_acc_ld).
+  float* tl = reinterpret_cast<float*>(smem);
+  float* mine = tl + qt * (tile_rows * st_acc_ld);
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+    for (int i = 0; i < 8; ++i)
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        mine[(ch * 64 + 8 * (2 * q + (e & 1)) + i) * st_acc_ld + 4 * g + 2 * mt + (e >> 1)] = acc[mt][i][e];
+  __syncthreads();
+  const int S = a.splits;
+  const index_t nnz = a.B.nnz;
+  constexpr int Q = tile_rows * st_acc_ld;
+  for (int e = tid; e < tile_rows * max_rank; e += threads) {
+    const int il = e >> 5, slot = e & 31;
+    const std::int32_t p = rp[il] + slot;
+    if (p < rp[il + 1]) {
+      const float* c = tl + il * st_acc_ld + cols[p - base];
+      const float x = ((c[0] + c[Q]) + c[2 * Q]) + c[3 * Q];  // quarter order: deterministic
+      if (S == 1) a.out[p] = ::lori::from_float<T>(a.s * x);
+      else a.partial[static_cast<index_t>(w.split) * nnz + p] = x;
+    }
+  }
+  if (S == 1) return;
+  __threadfence();  // this block's partials are visible device-wide before its ticket
+  __syncthreads();
+  if (tid == 0) is_last = take_ticket(a.tickets + blockIdx.x / static_cast<unsigned>(S), a.epoch, S) ? 1 : 0;
+  __syncthreads();
+  if (is_last == 0) return;
+  __threadfence();
+  for (std::int32_t p = base + tid; p < base + cnt; p += threads) {
+    float x = 0.0f;
+#pragma unroll 8
+    for (int u = 0; u < S; ++u) x += __ldcg(a.partial + static_cast<index_t>(u) * nnz + p);  // split order
+    a.out[p] = ::lori::from_float<T>(a.s * x);
+  }
+}
+
+// Math = false: the memory pipeline alone (no MMA, no epilogue: wrong results; benchmarks only).
+template <class T, int Stages = st_stages, bool Math = true>
+__global__ void __launch_bounds__(threads, min_blocks_of(st_smem_of(Stages)))
+    sddmm_stream_kernel(const sddmm_stream_args<T> a) {
+  static_assert(Stages >= 3, "the epilogue tile needs three stages of shared memory");
+  __shared__ std::int32_t rp[tile_rows + 1];            // row_ptr of the tile's rows (clipped to d)
+  __shared__ unsigned char cols[tile_rows * max_rank];  // their col_idx
+  __shared__ int is_last;
+  unsigned char* smem = dynamic_smem();
+  const unsigned sbase = smem_u32(smem);
+  const int tid = static_cast<int>(threadIdx.x), warp = tid >> 5, lane = tid & 31;
+  const int g = lane >> 2, q = lane & 3, ch = warp & 1, qt = warp >> 1;
+  const split_range w = block_split(a.splits, a.tps, a.n);
+  const index_t gcol = w.i0 + ch * 64 + g * 8;
+  const bool gcol_ok = gcol < a.d;  // d is a multiple of 8: the whole chunk
+  const T* gsrc = a.G + (gcol_ok ? gcol : 0);
+  auto issue = [&](int s) {
+    if (s < w.steps) {
+      const unsigned st = sbase + static_cast<unsigned>((s % Stages) * sd_stage_bytes);
+      const index_t tk = w.tb + static_cast<index_t>(s) * sd_tc;
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const index_t t = tk + qt * 16 + q + 4 * e;
+        const bool ok = gcol_ok && t < w.te;
+        cp_async16(st + static_cast<unsigned>((e * threads + tid) * 16), ok ? gsrc + t * a.ldg : a.G, ok);
+      }
+      const unsigned hs = st + sd_g_bytes;
+      if (a.h_vec) {
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+          const int cid = tid + threads * i, row = cid >> 3, c = cid & 7;
+          const index_t t = tk + row;
+          const bool ok = t < w.te && c * 4 < a.r;
+          cp_async16(hs + static_cast<unsigned>(row * 128 + ((c ^ ((row & 3) << 1)) << 4)), ok ? a.H + t * a.r + c * 4 : a.H,
+                     ok);
+        }
+      } else {
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+          const int eid = tid + threads * i, row = eid >> 5, j = eid & 31;
+          const index_t t = tk + row;
+          const bool ok = t < w.te && j < a.r;
+          cp_async4(hs + static_cast<unsigned>(row * 128 + (((j >> 2) ^ ((row & 3) << 1)) << 4) + (j & 3) * 4),
+                    ok ? a.H + t * a.r + j : a.H, ok);
+        }
+      }
+    }
+    cp_async_commit();
+  };
+#pragma unroll
+  for (int s = 0; s < Stages - 1; ++s) issue(s);  // the first loads before any other set-up
+  // The tile's CSR rows into shared memory (used by the epilogue; their latency overlaps the first stages).
+  for (int k = tid; k <= tile_rows; k += threads) rp[k] = a.B.row_ptr[w.i0 + k < a.d ? w.i0 + k : a.d];
+  __syncthreads();
+  const std::int32_t base = rp[0], cnt = rp[tile_rows] - base;  // <= tile_rows·r
+  for (std::int32_t k = tid; k < cnt; k += threads) cols[k] = static_cast<unsigned char>(a.B.col_idx[base + k]);
+
+  float acc[2][8][4];
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt) zero_acc(acc[mt]);
+  for (int s = 0; s < w.steps; ++s) {
+    cp_async_wait<Stages - 2>();
+    __syncthreads();  // stage s landed for every thread; everyone is done with stage s - 1's slot
+    issue(s + Stages - 1);
+    if constexpr (Math) stream_stage_mma<T>(smem + (s % Stages) * sd_stage_bytes, tid, qt, g, q, acc);
+  }
+  cp_async_wait<0>();
+  __syncthreads();  // the ring is free; cols visible
+  if constexpr (Math) stream_epilogue<T>(a, w, acc, rp, cols, is_last, smem);
+}
+
+/// Blocks of sddmm_stream_kernel<T, Stages, Math> resident per SM (occupancy query, cached per device).
+template <class T, int Stages, bool Math>
+int stream_blocks_per_sm() {
+  static std::atomic<int> cache[max_cached_devices] = {};
+  int dev = 0;
+  LORI_CUDA_CHECK(cudaGetDevice(&dev));
+  const bool cached = dev >= 0 && dev < max_cached_devices;
+  if (cached) {
+    const int v = cache[dev].load(std::memory_order_relaxed);
+    if (v > 0) return v;
+  }
+  constexpr auto kernel = sddmm_stream_kernel<T, Stages, Math>;
+  set_smem_attributes(kernel, st_smem_of(Stages));
+  int v = 0;
+  LORI_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&v, kernel, threads, st_smem_of(Stages)));
+  LORI_EXPECTS(v >= 1, "skinny::sddmm_stream: the kernel does not fit an SM");
+  if (cached) cache[dev].store(v, std::memory_order_relaxed);
+  return v;
+}
+
+/// Token splits of the streaming SDDMM: tiles·S <= the blocks resident at once (sms·bps), S <= cap
+/// and <= the 64-token stages; tokens per split a multiple of the stage (S recomputed from it).
+inline int stream_splits(int sms, int bps, index_t n, index_t d, int cap, index_t* tps_out = nullptr) {
+  const index_t tiles = ceil_div(d, tile_rows);
+  index_t S = static_cast<index_t>(sms) * bps / (tiles > 0 ? tiles : 1);
+  const index_t most = ceil_div(n, sd_tc);
+  if (S > most) S = most;
+  if (S > cap) S = cap;
+  if (S < 1) S = 1;
+  const index_t tps = ceil_div(ceil_div(n, S), sd_tc) * sd_tc;
+  if (tps_out != nullptr) *tps_out = tps;
+  return static_cast<int>(n > 0 ? ceil_div(n, tps) : 1);
+}
+
+/// Workspace bytes of launch_sddmm_stream (the shipped instance) on a device of `sms` SMs: the tile
+/// counters (8-byte aligned) and the S x nnz fp32 partials; 0 when one block covers each tile.
+template <class T, int Stages = st_stages>
+std::size_t sddmm_stream_workspace_bytes(int sms, index_t n, index_t d, index_t nnz, int cap = st_max_splits) {
+  if (n <= 0 || d <= 0) return 0;
+  const int S = stream_splits(sms, stream_blocks_per_sm<T, Stages, true>(), n, d, cap);
+  if (S <= 1) return 0;
+  return 8 + static_cast<std::size_t>(ceil_div(d, tile_rows)) * 8 + static_cast<std::size_t>(S) * static_cast<std::size_t>(nnz) * 4;
+}
+
+/// The next call tag of the streaming SDDMM's tile counters (process-wide, never 0, < 2^56).
+inline unsigned long long next_stream_epoch() {
+  static std::atomic<unsigned long long> next{1};
+  const unsigned long long e = next.fetch_add(1, std::memory_order_relaxed) & ((1ull << 56) - 1);
+  return e == 0 ? 1 : e;
+}
+
+/// out[p] = T(s · Σ_t G(t, i)·T(H(t, j))) for B's kept (i, j) on `stream` (requires sddmm_applies,
+/// n >= 1) with the streaming kernel on a device of `sms` SMs. `workspace` (4-byte aligned) of at
+/// least sddmm_stream_workspace_bytes<T, Stages>(sms, n, d, nnz, cap) bytes. Stages, Math = false
+/// (the memory pipeline alone: wrong results) and cap are for tests and benchmarks.
+template <class T, int Stages = st_stages, bool Math = true>
+void launch_sddmm_stream(cudaStream_t stream, int sms, const T* G, index_t n, index_t d, index_t ldg, const float* H,
+                         float s, const ::lori::cuda::sparse_b<T>& B, T* out, void* workspace, std::size_t workspace_bytes,
+                         int cap = st_max_splits) {
+  if (n == 0 || d == 0) return;
+  LORI_EXPECTS(cap >= 1 && cap <= st_max_splits, "skinny::launch_sddmm_stream: split cap must be in [1, 64]");
+  const index_t r = B.cols();
+  const index_t tiles = ceil_div(d, tile_rows);
+  constexpr auto kernel = sddmm_stream_kernel<T, Stages, Math>;
+  constexpr int smem = st_smem_of(Stages);
+  const int bps = stream_blocks_per_sm<T, Stages, Math>();  // also sets the kernel's shared-memory attributes
+  index_t tps = 0;
+  const int S = stream_splits(sms, bps, n, d, cap, &tps);
+  sddmm_stream_args<T> a{G, n, d, ldg, H, static_cast<int>(r), r % 4 == 0 && aligned16(H), S, tps, s, B.view(), out,
+                         nullptr, nullptr, 0};
+  if (S > 1) {
+    const std::size_t need = 8 + static_cast<std::size_t>(tiles) * 8 + static_cast<std::size_t>(S) * static_cast<std::size_t>(B.nnz()) * 4;
+    LORI_EXPECTS(workspace != nullptr && workspace_bytes >= need,
+                 "skinny::launch_sddmm_stream: workspace missing or too small");
+    const std::uintptr_t p = (reinterpret_cast<std::uintptr_t>(workspace) + 7) / 8 * 8;
+    a.tickets = reinterpret_cast<unsigned long long*>(p);
+    a.partial = reinterpret_cast<float*>(p + static_cast<std::uintptr_t>(tiles) * 8);
+    a.epoch = next_stream_epoch();
+  }
+  kernel<<<grid_dim(tiles * S), threads, smem, stream>>>(a);
   LORI_CUDA_CHECK_LAUNCH();
 }
 
