@@ -47,35 +47,36 @@ tests() {  # label time-limit doctest-args...
     echo "-- $1: rc=$?"
     grep -E "_median|ERROR|error" "$OUT/gpu_bench_$1.log" | awk '{$1=$1; print}' | sed -E 's/ [0-9.]+ us [0-9]+ / /' | cut -c1-260 | head -24
   }
-  bench sddmm 16 'BM_gpu_(baseline_d2d_copy/234|baseline_copy_w/14336|baseline_read/32|skinny_sddmm_ws/4096/8/1|skinny_sddmm_stream/4096/|grad_b_sddmm/4096|baseline_gemm_mask/4096)'
-  bench sddmm_clean 12 'BM_gpu_(baseline_read/32|skinny_sddmm_ws/4096/8/1|skinny_sddmm_stream/4096/64/[0-4]|grad_b_sddmm/4096|baseline_gemm_mask/4096|probe_smem_launch)' LORI_BENCH_FLUSH=read
+  bench sddmm 16 'BM_gpu_(baseline_d2d_copy/234|baseline_copy_w/14336|baseline_read/32|skinny_sddmm_ws/4096/8/1|skinny_sddmm_stream/4096/|grad_b_sddmm/4096|baseline_gemm_mask/4096|probe_stream_pattern/4096)'
+  bench sddmm_clean 12 'BM_gpu_(baseline_read/32|skinny_sddmm_ws/4096/8/1|skinny_sddmm_stream/4096/64/[0-4]|grad_b_sddmm/4096|baseline_gemm_mask/4096|probe_smem_launch|probe_stream_pattern/4096)' LORI_BENCH_FLUSH=read
   echo "elapsed before ncu: $(( $(date +%s) - t0 )) s"
-  if command -v ncu >/dev/null; then
-    for v in 0 3; do
-      k=sddmm_stream_kernel
-      filt="BM_gpu_skinny_sddmm_stream/4096/64/$v"
-      l=$(left 8)
-      [ "$l" -lt 4 ] && { echo "ncu $k: skipped (time)"; continue; }
-      timeout "$l" ncu --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \
-        --section WarpStateStats --metrics dram__bytes_read.sum,dram__bytes_write.sum,lts__t_sectors_srcunit_tex_op_read.sum \
-        -k regex:$k -c 1 "$bexe" --benchmark_filter="$filt" --benchmark_repetitions=1 \
-        --benchmark_min_time=0.01 > "$OUT/gpu_ncu_$k$v.log" 2>&1
-      echo "ncu $k ($filt, limit $l s): rc=$?"
-      grep -E "Duration|DRAM Throughput|Memory Throughput|L2 Hit|Mem Busy|Max Bandwidth|Achieved Occupancy|Registers Per|Block Limit|Grid Size|Waves Per SM|Warp Cycles Per Issued|No Eligible|Active Warps Per|Stall|dram__bytes|lts__t_sectors|==ERROR|==PROF" \
-        "$OUT/gpu_ncu_$k$v.log" | grep -v "Connected\|Disconnected" | awk '{$1=$1; print}' | cut -c1-160 | head -24
-    done
-  else
-    echo "ncu: not found"
-  fi
-  cs=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
-  for tool in memcheck racecheck; do
+  ncu_one() {  # variant of BM_gpu_skinny_sddmm_stream/4096/64/v
+    local k=sddmm_stream_kernel filt="BM_gpu_skinny_sddmm_stream/4096/64/$1" l
+    command -v ncu >/dev/null || { echo "ncu: not found"; return; }
+    l=$(left 8)
+    [ "$l" -lt 4 ] && { echo "ncu $k: skipped (time)"; return; }
+    timeout "$l" ncu --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \
+      --section WarpStateStats --metrics dram__bytes_read.sum,dram__bytes_write.sum,lts__t_sectors_srcunit_tex_op_read.sum \
+      -k regex:$k -c 1 "$bexe" --benchmark_filter="$filt" --benchmark_repetitions=1 \
+      --benchmark_min_time=0.01 > "$OUT/gpu_ncu_$1.log" 2>&1
+    echo "ncu $k ($filt, limit $l s): rc=$?"
+    grep -E "Duration|DRAM Throughput|Memory Throughput|L2 Hit|Mem Busy|Max Bandwidth|Achieved Occupancy|Registers Per|Block Limit|Grid Size|Waves Per SM|Warp Cycles Per Issued|No Eligible|Active Warps Per|Stall|dram__bytes|lts__t_sectors|==ERROR" \
+      "$OUT/gpu_ncu_$1.log" | awk '{$1=$1; print}' | cut -c1-160 | head -24
+  }
+  sanitize() {  # tool
+    local l cs
+    cs=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
     l=$(left 10)
-    [ "$l" -lt 4 ] && { echo "compute-sanitizer $tool: skipped (time)"; continue; }
-    timeout "$l" "$cs" --tool $tool --report-api-errors no --error-exitcode 9 "$exe" \
-      --test-case='skinny kernels: streaming*' > "$OUT/gpu_sanitize_$tool.log" 2>&1
-    echo "compute-sanitizer $tool (streaming small-shape tests, limit $l s): rc=$? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|test cases:' "$OUT/gpu_sanitize_$tool.log" | tr '\n' ' ')"
-    grep -E "Invalid|Race|Hazard|hazard|ERROR:|CHECK|REQUIRE|bad elements|with expansion|values:" "$OUT/gpu_sanitize_$tool.log" | cut -c1-200 | head -12
-  done
+    [ "$l" -lt 4 ] && { echo "compute-sanitizer $1: skipped (time)"; return; }
+    timeout "$l" "$cs" --tool $1 --report-api-errors no --error-exitcode 9 "$exe" \
+      --test-case='skinny kernels: streaming*' > "$OUT/gpu_sanitize_$1.log" 2>&1
+    echo "compute-sanitizer $1 (streaming small-shape tests, limit $l s): rc=$? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|test cases:' "$OUT/gpu_sanitize_$1.log" | tr '\n' ' ')"
+    grep -E "Invalid|Race|Hazard|hazard|ERROR:|CHECK|REQUIRE|bad elements|with expansion|values:" "$OUT/gpu_sanitize_$1.log" | cut -c1-200 | head -12
+  }
+  ncu_one 0
+  sanitize memcheck
+  sanitize racecheck
+  ncu_one 3
   # The larger shapes, if time is left.
   [ "$(left 20)" -ge 6 ] && bench large 12 'BM_gpu_(skinny_sddmm_ws/16384/8/1|skinny_sddmm_stream/16384/|grad_b_sddmm/16384|baseline_gemm_mask/16384)'
   echo "total: $(( $(date +%s) - t0 )) s"
