@@ -758,19 +758,21 @@ BENCHMARK(BM_gpu_skinny_sddmm_ws)->Args({4096, 8, 0})->Args({4096, 8, 1})->Args(
 // partials through the workspace, last block of a tile reduces) with a forced split cap; range(2) picks
 // the variant: 0 = 4 stages (two blocks per SM: grad_b_sddmm's configuration), 1 = 3 stages, 2 = 6
 // stages (one block per SM), 3 = 4 stages without MMAs and epilogue (the memory pipeline alone, same
-// grid: wrong results, timing only), 4 = variant 3 with 6 stages. Compare with BM_gpu_baseline_read/32.
-template <int Stages, bool Math>
+// grid: wrong results, timing only), 4 = variant 3 with 6 stages, 5 = G loaded straight into registers
+// (GRegs, 4 stages of H), 6 = variant 5's memory pipeline alone. Compare with BM_gpu_baseline_read/32.
+template <int Stages, bool Math, bool GRegs = false>
 void stream_run(benchmark::State& st, grad_data& f, int cap) {
   namespace sk = lori::detail::skinny;
   const int sms = ctx().sm_count();
-  device_buffer<unsigned char> ws(static_cast<index_t>(sk::sddmm_stream_workspace_bytes<bf16, Stages>(sms, f.n, D, f.B.nnz(), cap)) + 8);
+  device_buffer<unsigned char> ws(static_cast<index_t>(sk::sddmm_stream_workspace_bytes<bf16, Stages, GRegs>(sms, f.n, D, f.B.nnz(), cap)) + 8);
   run_timed(st, [&] {
-    sk::launch_sddmm_stream<bf16, Stages, Math>(ctx().stream(), sms, f.G.data(), f.n, D, D, f.H.data(), 0.5f, f.B, f.out.data(),
-                                                ws.data(), ws.bytes(), cap);
+    sk::launch_sddmm_stream<bf16, Stages, Math, GRegs>(ctx().stream(), sms, f.G.data(), f.n, D, D, f.H.data(), 0.5f, f.B,
+                                                       f.out.data(), ws.data(), ws.bytes(), cap);
   }, sddmm_floor(f.n, f.B.nnz()));
-  const int bps = sk::stream_blocks_per_sm<bf16, Stages, Math>();
+  const int bps = sk::stream_blocks_per_sm<bf16, Stages, Math, GRegs>();
   const int S = sk::stream_splits(sms, bps, f.n, D, cap);
-  st.SetLabel(std::to_string(Stages) + " stages" + (Math ? "" : ", NO MMA (memory pipeline alone)") + ", blocks/SM " +
+  st.SetLabel(std::to_string(Stages) + " stages" + (GRegs ? ", G into registers (ld.global)" : "") +
+              (Math ? "" : ", NO MMA (memory pipeline alone)") + ", blocks/SM " +
               std::to_string(bps) + ", splits S = " + std::to_string(S) + ", grid " +
               std::to_string(lori::detail::ceil_div(D, sk::tile_rows) * S));
 }
@@ -782,10 +784,12 @@ void BM_gpu_skinny_sddmm_stream(benchmark::State& st) {
     case 2: stream_run<6, true>(st, f, cap); break;
     case 3: stream_run<4, false>(st, f, cap); break;
     case 4: stream_run<6, false>(st, f, cap); break;
+    case 5: stream_run<4, true, true>(st, f, cap); break;
+    case 6: stream_run<4, false, true>(st, f, cap); break;
     default: stream_run<4, true>(st, f, cap); break;
   }
 }
-BENCHMARK(BM_gpu_skinny_sddmm_stream)->Args({4096, 64, 0})->Args({4096, 64, 1})->Args({4096, 64, 2})->Args({4096, 64, 3})->Args({4096, 64, 4})->Args({4096, 4, 0})->Args({4096, 16, 0})->Args({16384, 64, 0})->Args({16384, 64, 3})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
+BENCHMARK(BM_gpu_skinny_sddmm_stream)->Args({4096, 64, 0})->Args({4096, 64, 1})->Args({4096, 64, 2})->Args({4096, 64, 3})->Args({4096, 64, 4})->Args({4096, 64, 5})->Args({4096, 64, 6})->Args({4096, 4, 0})->Args({4096, 16, 0})->Args({16384, 64, 0})->Args({16384, 64, 3})->Args({16384, 64, 5})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
 
 // The streaming SDDMM's access pattern of G alone, with plain 16-byte loads into registers (no shared
 // memory, no cp.async, no H): block b of tiles x S reads columns (b / S)·128 .. +128 of G (n x 4096)

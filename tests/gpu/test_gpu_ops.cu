@@ -1197,7 +1197,8 @@ TEST_CASE("skinny kernels: warp-specialised, small shapes (the compute-sanitizer
 // last block of a tile sums them in split order), called directly: split caps 1 (no workspace), 3 and
 // 64 (the one-wave choice), token tails (n not a multiple of the 64-token stage or of the split),
 // column tails (d not a multiple of the 128-column tile), r = 1 … 32 with 16-byte H copies (r % 4 = 0,
-// H aligned) and 4-byte ones (odd r, misaligned H), padded G rows, 3-, 4- and 6-stage rings. The
+// H aligned) and 4-byte ones (odd r, misaligned H), padded G rows, 3-, 4- and 6-stage rings, and the
+// variant that loads G straight into registers. The
 // workspace starts as garbage (0xff bytes: every tile counter carries a foreign epoch) and at an
 // address that is 4- but not 8-byte aligned; each configuration runs three times — the second reusing
 // the counters the first left, the third after zeroing the workspace — and must be bit-identical.
@@ -1206,7 +1207,8 @@ TEST_CASE("skinny kernels: warp-specialised, small shapes (the compute-sanitizer
 namespace {
 template <class T>
 void stream_sddmm_case(lori::cuda::context& ctx, index_t n, index_t d, index_t r, index_t pad, bool h_misaligned,
-                       int cap, std::mt19937_64& g, int stages = 4) {
+                       int cap, std::mt19937_64& g, int stages = 4, bool gregs = false) {
+  CAPTURE(gregs);
   CAPTURE(n);
   CAPTURE(d);
   CAPTURE(r);
@@ -1244,7 +1246,8 @@ void stream_sddmm_case(lori::cuda::context& ctx, index_t n, index_t d, index_t r
   REQUIRE(sk::sddmm_applies(dG.data(), d, ldg, r));
   const int sms = ctx.sm_count();
   std::size_t wsb = 0;
-  if (stages == 3) wsb = sk::sddmm_stream_workspace_bytes<T, 3>(sms, n, d, B.nnz(), cap);
+  if (gregs) wsb = sk::sddmm_stream_workspace_bytes<T, 4, true>(sms, n, d, B.nnz(), cap);
+  else if (stages == 3) wsb = sk::sddmm_stream_workspace_bytes<T, 3>(sms, n, d, B.nnz(), cap);
   else if (stages == 6) wsb = sk::sddmm_stream_workspace_bytes<T, 6>(sms, n, d, B.nnz(), cap);
   else wsb = sk::sddmm_stream_workspace_bytes<T, 4>(sms, n, d, B.nnz(), cap);
   if (cap == 1) CHECK(wsb == 0);
@@ -1258,7 +1261,9 @@ void stream_sddmm_case(lori::cuda::context& ctx, index_t n, index_t d, index_t r
     device_buffer<T> out(B.nnz() + 1);
     out.fill_bytes(0xff);
     const float* hp = dH.data() + h0;
-    if (stages == 3)
+    if (gregs)
+      sk::launch_sddmm_stream<T, 4, true, true>(ctx.stream(), sms, dG.data(), n, d, ldg, hp, static_cast<float>(s), B, out.data(), wsp, wsb, cap);
+    else if (stages == 3)
       sk::launch_sddmm_stream<T, 3>(ctx.stream(), sms, dG.data(), n, d, ldg, hp, static_cast<float>(s), B, out.data(), wsp, wsb, cap);
     else if (stages == 6)
       sk::launch_sddmm_stream<T, 6>(ctx.stream(), sms, dG.data(), n, d, ldg, hp, static_cast<float>(s), B, out.data(), wsp, wsb, cap);
@@ -1297,6 +1302,10 @@ TEST_CASE_TEMPLATE("skinny SDDMM kernel, streaming: shapes, tails, splits, deter
   stream_sddmm_case<T>(ctx, 3001, 1032, 8, 16, false, 64, g);
   stream_sddmm_case<T>(ctx, 4096, 4096, 32, 0, false, 64, g, 3);  // 3-stage ring
   stream_sddmm_case<T>(ctx, 1000, 520, 20, 8, false, 3, g, 6);    // 6-stage ring, one block per SM
+  // The variant with G loaded straight into registers (GRegs).
+  stream_sddmm_case<T>(ctx, 4096, 4096, 32, 0, false, 64, g, 4, true);
+  stream_sddmm_case<T>(ctx, 1000, 520, 32, 8, false, 3, g, 4, true);
+  stream_sddmm_case<T>(ctx, 333, 136, 31, 0, false, 64, g, 4, true);
 }
 
 TEST_CASE("skinny SDDMM kernel, streaming: n = 16384 (grad_b_sddmm's large benchmark shape)") {
@@ -1316,6 +1325,7 @@ TEST_CASE("skinny kernels: streaming, small shapes (the compute-sanitizer subset
   stream_sddmm_case<T>(ctx, 150, 136, 32, 8, false, 3, g);
   stream_sddmm_case<T>(ctx, 700, 264, 12, 0, true, 64, g);
   stream_sddmm_case<T>(ctx, 70, 40, 1, 0, false, 1, g);
+  stream_sddmm_case<T>(ctx, 150, 136, 32, 8, false, 3, g, 4, true);
 }
 
 TEST_CASE_TEMPLATE("grad_x = G·W + s·(G·B)·A matches the double reference", T, float, lori::bfloat16, lori::half) {
