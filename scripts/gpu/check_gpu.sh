@@ -48,7 +48,7 @@ tests() {  # label time-limit doctest-args...
     grep -E "_median|ERROR|error" "$OUT/gpu_bench_$1.log" | awk '{$1=$1; print}' | sed -E 's/ [0-9.]+ us [0-9]+ / /' | cut -c1-260 | head -24
   }
   bench sddmm 16 'BM_gpu_(baseline_d2d_copy/234|baseline_copy_w/14336|baseline_read/32|skinny_sddmm_ws/4096/8/1|skinny_sddmm_stream/4096/|grad_b_sddmm/4096|baseline_gemm_mask/4096|probe_stream_pattern/4096)'
-  bench sddmm_clean 12 'BM_gpu_(baseline_read/32|skinny_sddmm_ws/4096/8/1|skinny_sddmm_stream/4096/64/[0-6]|grad_b_sddmm/4096|baseline_gemm_mask/4096|probe_smem_launch|probe_stream_pattern/4096)' LORI_BENCH_FLUSH=read
+  bench sddmm_clean 12 'BM_gpu_(baseline_read/32|skinny_sddmm_ws/4096/8/1|skinny_sddmm_stream/4096/64/[0-7]|grad_b_sddmm/4096|baseline_gemm_mask/4096|probe_smem_launch|probe_stream_pattern/4096)' LORI_BENCH_FLUSH=read
   echo "elapsed before ncu: $(( $(date +%s) - t0 )) s"
   ncu_one() {  # variant of BM_gpu_skinny_sddmm_stream/4096/64/v
     local k=sddmm_stream_kernel filt="BM_gpu_skinny_sddmm_stream/4096/64/$1" l

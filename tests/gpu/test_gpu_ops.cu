@@ -1198,7 +1198,7 @@ TEST_CASE("skinny kernels: warp-specialised, small shapes (the compute-sanitizer
 // 64 (the one-wave choice), token tails (n not a multiple of the 64-token stage or of the split),
 // column tails (d not a multiple of the 128-column tile), r = 1 … 32 with 16-byte H copies (r % 4 = 0,
 // H aligned) and 4-byte ones (odd r, misaligned H), padded G rows, 3-, 4- and 6-stage rings, and the
-// variant that loads G straight into registers. The
+// variants that load G straight into registers (var 1) or copy H per warp (var 2). The
 // workspace starts as garbage (0xff bytes: every tile counter carries a foreign epoch) and at an
 // address that is 4- but not 8-byte aligned; each configuration runs three times — the second reusing
 // the counters the first left, the third after zeroing the workspace — and must be bit-identical.
@@ -1207,8 +1207,8 @@ TEST_CASE("skinny kernels: warp-specialised, small shapes (the compute-sanitizer
 namespace {
 template <class T>
 void stream_sddmm_case(lori::cuda::context& ctx, index_t n, index_t d, index_t r, index_t pad, bool h_misaligned,
-                       int cap, std::mt19937_64& g, int stages = 4, bool gregs = false) {
-  CAPTURE(gregs);
+                       int cap, std::mt19937_64& g, int stages = 4, int var = 0) {
+  CAPTURE(var);
   CAPTURE(n);
   CAPTURE(d);
   CAPTURE(r);
@@ -1246,7 +1246,8 @@ void stream_sddmm_case(lori::cuda::context& ctx, index_t n, index_t d, index_t r
   REQUIRE(sk::sddmm_applies(dG.data(), d, ldg, r));
   const int sms = ctx.sm_count();
   std::size_t wsb = 0;
-  if (gregs) wsb = sk::sddmm_stream_workspace_bytes<T, 4, true>(sms, n, d, B.nnz(), cap);
+  if (var == sk::st_gregs) wsb = sk::sddmm_stream_workspace_bytes<T, 4, sk::st_gregs>(sms, n, d, B.nnz(), cap);
+  else if (var == sk::st_warp_h) wsb = sk::sddmm_stream_workspace_bytes<T, 3, sk::st_warp_h>(sms, n, d, B.nnz(), cap);
   else if (stages == 3) wsb = sk::sddmm_stream_workspace_bytes<T, 3>(sms, n, d, B.nnz(), cap);
   else if (stages == 6) wsb = sk::sddmm_stream_workspace_bytes<T, 6>(sms, n, d, B.nnz(), cap);
   else wsb = sk::sddmm_stream_workspace_bytes<T, 4>(sms, n, d, B.nnz(), cap);
@@ -1261,8 +1262,10 @@ void stream_sddmm_case(lori::cuda::context& ctx, index_t n, index_t d, index_t r
     device_buffer<T> out(B.nnz() + 1);
     out.fill_bytes(0xff);
     const float* hp = dH.data() + h0;
-    if (gregs)
-      sk::launch_sddmm_stream<T, 4, true, true>(ctx.stream(), sms, dG.data(), n, d, ldg, hp, static_cast<float>(s), B, out.data(), wsp, wsb, cap);
+    if (var == sk::st_gregs)
+      sk::launch_sddmm_stream<T, 4, true, sk::st_gregs>(ctx.stream(), sms, dG.data(), n, d, ldg, hp, static_cast<float>(s), B, out.data(), wsp, wsb, cap);
+    else if (var == sk::st_warp_h)
+      sk::launch_sddmm_stream<T, 3, true, sk::st_warp_h>(ctx.stream(), sms, dG.data(), n, d, ldg, hp, static_cast<float>(s), B, out.data(), wsp, wsb, cap);
     else if (stages == 3)
       sk::launch_sddmm_stream<T, 3>(ctx.stream(), sms, dG.data(), n, d, ldg, hp, static_cast<float>(s), B, out.data(), wsp, wsb, cap);
     else if (stages == 6)
@@ -1302,10 +1305,13 @@ TEST_CASE_TEMPLATE("skinny SDDMM kernel, streaming: shapes, tails, splits, deter
   stream_sddmm_case<T>(ctx, 3001, 1032, 8, 16, false, 64, g);
   stream_sddmm_case<T>(ctx, 4096, 4096, 32, 0, false, 64, g, 3);  // 3-stage ring
   stream_sddmm_case<T>(ctx, 1000, 520, 20, 8, false, 3, g, 6);    // 6-stage ring, one block per SM
-  // The variant with G loaded straight into registers (GRegs).
-  stream_sddmm_case<T>(ctx, 4096, 4096, 32, 0, false, 64, g, 4, true);
-  stream_sddmm_case<T>(ctx, 1000, 520, 32, 8, false, 3, g, 4, true);
-  stream_sddmm_case<T>(ctx, 333, 136, 31, 0, false, 64, g, 4, true);
+  // The variants: G loaded straight into registers; H rows per warp (3 stages).
+  for (int var : {1, 2}) {
+    stream_sddmm_case<T>(ctx, 4096, 4096, 32, 0, false, 64, g, 4, var);
+    stream_sddmm_case<T>(ctx, 1000, 520, 32, 8, false, 3, g, 4, var);
+    stream_sddmm_case<T>(ctx, 333, 136, 31, 0, false, 64, g, 4, var);
+    stream_sddmm_case<T>(ctx, 700, 384, 12, 0, true, 64, g, 4, var);
+  }
 }
 
 TEST_CASE("skinny SDDMM kernel, streaming: n = 16384 (grad_b_sddmm's large benchmark shape)") {
@@ -1325,7 +1331,9 @@ TEST_CASE("skinny kernels: streaming, small shapes (the compute-sanitizer subset
   stream_sddmm_case<T>(ctx, 150, 136, 32, 8, false, 3, g);
   stream_sddmm_case<T>(ctx, 700, 264, 12, 0, true, 64, g);
   stream_sddmm_case<T>(ctx, 70, 40, 1, 0, false, 1, g);
-  stream_sddmm_case<T>(ctx, 150, 136, 32, 8, false, 3, g, 4, true);
+  stream_sddmm_case<T>(ctx, 150, 136, 32, 8, false, 3, g, 4, 1);
+  stream_sddmm_case<T>(ctx, 150, 136, 32, 8, false, 3, g, 4, 2);
+  stream_sddmm_case<T>(ctx, 70, 40, 1, 0, true, 3, g, 4, 2);
 }
 
 TEST_CASE_TEMPLATE("grad_x = G·W + s·(G·B)·A matches the double reference", T, float, lori::bfloat16, lori::half) {

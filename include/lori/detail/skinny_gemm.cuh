@@ -712,7 +712,13 @@ void launch_sddmm_ws(cudaStream_t stream, const T* G, index_t n, index_t d, inde
 inline constexpr int st_stages = 4;                    // 96 KB ring: two blocks per SM
 inline constexpr int st_max_splits = 64;               // arrivals fit the counter's 8 bits
 inline constexpr int st_acc_ld = max_rank + 1;         // epilogue tile [quarter][column][rank] row stride
-constexpr int st_smem_of(int stages) { return stages * sd_stage_bytes; }
+// Variants (measured candidates; st_shared is grad_b_sddmm's): G through the thread's shared slots and
+// H shared by the block (one block barrier per stage); G straight into registers; H per warp (each
+// warp copies the H rows of its own 16 tokens: twice the L2 reads of H, no block barrier — a warp
+// barrier per stage).
+inline constexpr int st_shared = 0, st_gregs = 1, st_warp_h = 2;
+constexpr int st_stage_bytes(int var) { return var == st_warp_h ? sd_g_bytes + 8 * 16 * 128 : sd_stage_bytes; }
+constexpr int st_smem_of(int stages, int var = st_shared) { return stages * st_stage_bytes(var); }
 static_assert(4 * tile_rows * st_acc_ld * 4 <= st_smem_of(3), "the epilogue's four quarter tiles must fit the ring");
 
 template <class T>
@@ -761,12 +767,12 @@ __device__ __forceinline__ bool take_ticket(unsigned long long* ctr, unsigned lo
 // + i) += over the warp's 16 tokens of the stage; u = this thread's four 16-byte chunks of G (tokens
 // q + 4e of the warp's 16), hs = the stage's H.
 template <class T>
-__device__ __forceinline__ void stream_stage_mma(const unsigned char* hs, const uint4 (&u)[4], int qt, int g, int q,
+__device__ __forceinline__ void stream_stage_mma(const unsigned char* hs, const uint4 (&u)[4], int row0, int g, int q,
                                                  float (&acc)[2][8][4]) {
   float4 hv[4];
 #pragma unroll
-  for (int e = 0; e < 4; ++e)  // row 16·qt + q + 4e (≡ q mod 4), chunk g
-    hv[e] = *reinterpret_cast<const float4*>(hs + (qt * 16 + q + 4 * e) * 128 + ((g ^ (q << 1)) << 4));
+  for (int e = 0; e < 4; ++e)  // row row0 + q + 4e (≡ q mod 4: row0 is a multiple of 16), chunk g
+    hv[e] = *reinterpret_cast<const float4*>(hs + (row0 + q + 4 * e) * 128 + ((g ^ (q << 1)) << 4));
   unsigned af[2][4];
   af[0][0] = pack_round2<T>(hv[0].x, hv[1].x);  // m slot g (rank 4g), k slots 2q, 2q+1 (tokens q, q+4)
   af[0][1] = pack_round2<T>(hv[0].y, hv[1].y);  // m slot g+8 (rank 4g+1)
@@ -841,11 +847,13 @@ __device__ __forceinline__ void stream_epilogue(const sddmm_stream_args<T>& a, c
 }
 
 // Math = false: the memory pipeline alone (no MMA, no epilogue: wrong results; benchmarks only).
-// GRegs = true (a measured variant): G is loaded straight into registers (16-byte ld.global.nc, one
-// stage ahead of the math) instead of through the thread's shared-memory slots; H keeps the ring.
-template <class T, int Stages = st_stages, bool Math = true, bool GRegs = false>
-__global__ void __launch_bounds__(threads, min_blocks_of(st_smem_of(Stages)))
+// Var = st_gregs: G is loaded straight into registers (16-byte ld.global.nc, one stage ahead of the
+// math) instead of through the thread's shared-memory slots; st_warp_h: H rows per warp (see above).
+template <class T, int Stages = st_stages, bool Math = true, int Var = st_shared>
+__global__ void __launch_bounds__(threads, min_blocks_of(st_smem_of(Stages, Var)))
     sddmm_stream_kernel(const sddmm_stream_args<T> a) {
+  constexpr bool GRegs = Var == st_gregs, WarpH = Var == st_warp_h;
+  constexpr int SB = st_stage_bytes(Var);
   static_assert(Stages >= 3, "the epilogue tile needs three stages of shared memory");
   __shared__ std::int32_t rp[tile_rows + 1];            // row_ptr of the tile's rows (clipped to d)
   __shared__ unsigned char cols[tile_rows * max_rank];  // their col_idx
@@ -860,7 +868,7 @@ __global__ void __launch_bounds__(threads, min_blocks_of(st_smem_of(Stages)))
   const T* gsrc = a.G + (gcol_ok ? gcol : 0);
   auto issue = [&](int s) {
     if (s < w.steps) {
-      const unsigned st = sbase + static_cast<unsigned>((s % Stages) * sd_stage_bytes);
+      const unsigned st = sbase + static_cast<unsigned>((s % Stages) * SB);
       const index_t tk = w.tb + static_cast<index_t>(s) * sd_tc;
       if constexpr (!GRegs) {
 #pragma unroll
@@ -871,7 +879,27 @@ __global__ void __launch_bounds__(threads, min_blocks_of(st_smem_of(Stages)))
         }
       }
       const unsigned hs = st + sd_g_bytes;
-      if (a.h_vec) {
+      if constexpr (WarpH) {  // the H rows of this warp's 16 tokens into its own 2 KB
+        const unsigned hw = hs + static_cast<unsigned>(warp * 16 * 128);
+        if (a.h_vec) {
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            const int cid = lane + 32 * i, row = cid >> 3, c = cid & 7;
+            const index_t t = tk + qt * 16 + row;
+            const bool ok = t < w.te && c * 4 < a.r;
+            cp_async16(hw + static_cast<unsigned>(row * 128 + ((c ^ ((row & 3) << 1)) << 4)),
+                       ok ? a.H + t * a.r + c * 4 : a.H, ok);
+          }
+        } else {
+#pragma unroll
+          for (int row = 0; row < 16; ++row) {
+            const index_t t = tk + qt * 16 + row;
+            const bool ok = t < w.te && lane < a.r;
+            cp_async4(hw + static_cast<unsigned>(row * 128 + (((lane >> 2) ^ ((row & 3) << 1)) << 4) + (lane & 3) * 4),
+                      ok ? a.H + t * a.r + lane : a.H, ok);
+          }
+        }
+      } else if (a.h_vec) {
 #pragma unroll
         for (int i = 0; i < 2; ++i) {
           const int cid = tid + threads * i, row = cid >> 3, c = cid & 7;
@@ -917,9 +945,10 @@ __global__ void __launch_bounds__(threads, min_blocks_of(st_smem_of(Stages)))
   for (int mt = 0; mt < 2; ++mt) zero_acc(acc[mt]);
   for (int s = 0; s < w.steps; ++s) {
     cp_async_wait<Stages - 2>();
-    __syncthreads();  // stage s landed for every thread; everyone is done with stage s - 1's slot
+    if constexpr (WarpH) __syncwarp();  // the warp's stage s landed; the warp is done with stage s - 1
+    else __syncthreads();  // stage s landed for every thread; everyone is done with stage s - 1's slot
     issue(s + Stages - 1);
-    const unsigned char* st = smem + (s % Stages) * sd_stage_bytes;
+    const unsigned char* st = smem + (s % Stages) * SB;
     uint4 u[4];
     if constexpr (GRegs) {
 #pragma unroll
@@ -929,7 +958,10 @@ __global__ void __launch_bounds__(threads, min_blocks_of(st_smem_of(Stages)))
 #pragma unroll
       for (int e = 0; e < 4; ++e) u[e] = *reinterpret_cast<const uint4*>(st + (e * threads + tid) * 16);
     }
-    if constexpr (Math) stream_stage_mma<T>(st + sd_g_bytes, u, qt, g, q, acc);
+    if constexpr (Math) {
+      if constexpr (WarpH) stream_stage_mma<T>(st + sd_g_bytes + warp * 16 * 128, u, 0, g, q, acc);
+      else stream_stage_mma<T>(st + sd_g_bytes, u, qt * 16, g, q, acc);
+    }
     else if constexpr (GRegs) {
       if ((u[0].x ^ u[1].y ^ u[2].z ^ u[3].w) == 0x9e3779b9u) acc[0][0][0] += 1.0f;  // keeps the loads
     }
@@ -942,8 +974,8 @@ __global__ void __launch_bounds__(threads, min_blocks_of(st_smem_of(Stages)))
   if constexpr (Math) stream_epilogue<T>(a, w, acc, rp, cols, is_last, smem);
 }
 
-/// Blocks of sddmm_stream_kernel<T, Stages, Math, GRegs> resident per SM (occupancy query, cached per device).
-template <class T, int Stages, bool Math, bool GRegs = false>
+/// Blocks of sddmm_stream_kernel<T, Stages, Math, Var> resident per SM (occupancy query, cached per device).
+template <class T, int Stages, bool Math, int Var = st_shared>
 int stream_blocks_per_sm() {
   static std::atomic<int> cache[max_cached_devices] = {};
   int dev = 0;
@@ -953,10 +985,10 @@ int stream_blocks_per_sm() {
     const int v = cache[dev].load(std::memory_order_relaxed);
     if (v > 0) return v;
   }
-  constexpr auto kernel = sddmm_stream_kernel<T, Stages, Math, GRegs>;
-  set_smem_attributes(kernel, st_smem_of(Stages));
+  constexpr auto kernel = sddmm_stream_kernel<T, Stages, Math, Var>;
+  set_smem_attributes(kernel, st_smem_of(Stages, Var));
   int v = 0;
-  LORI_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&v, kernel, threads, st_smem_of(Stages)));
+  LORI_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&v, kernel, threads, st_smem_of(Stages, Var)));
   LORI_EXPECTS(v >= 1, "skinny::sddmm_stream: the kernel does not fit an SM");
   if (cached) cache[dev].store(v, std::memory_order_relaxed);
   return v;
@@ -978,10 +1010,10 @@ inline int stream_splits(int sms, int bps, index_t n, index_t d, int cap, index_
 
 /// Workspace bytes of launch_sddmm_stream (the shipped instance) on a device of `sms` SMs: the tile
 /// counters (8-byte aligned) and the S x nnz fp32 partials; 0 when one block covers each tile.
-template <class T, int Stages = st_stages, bool GRegs = false>
+template <class T, int Stages = st_stages, int Var = st_shared>
 std::size_t sddmm_stream_workspace_bytes(int sms, index_t n, index_t d, index_t nnz, int cap = st_max_splits) {
   if (n <= 0 || d <= 0) return 0;
-  const int S = stream_splits(sms, stream_blocks_per_sm<T, Stages, true, GRegs>(), n, d, cap);
+  const int S = stream_splits(sms, stream_blocks_per_sm<T, Stages, true, Var>(), n, d, cap);
   if (S <= 1) return 0;
   return 8 + static_cast<std::size_t>(ceil_div(d, tile_rows)) * 8 + static_cast<std::size_t>(S) * static_cast<std::size_t>(nnz) * 4;
 }
@@ -996,8 +1028,8 @@ inline unsigned long long next_stream_epoch() {
 /// out[p] = T(s · Σ_t G(t, i)·T(H(t, j))) for B's kept (i, j) on `stream` (requires sddmm_applies,
 /// n >= 1) with the streaming kernel on a device of `sms` SMs. `workspace` (4-byte aligned) of at
 /// least sddmm_stream_workspace_bytes<T, Stages>(sms, n, d, nnz, cap) bytes. Stages, Math = false
-/// (the memory pipeline alone: wrong results), GRegs and cap are for tests and benchmarks.
-template <class T, int Stages = st_stages, bool Math = true, bool GRegs = false>
+/// (the memory pipeline alone: wrong results), Var and cap are for tests and benchmarks.
+template <class T, int Stages = st_stages, bool Math = true, int Var = st_shared>
 void launch_sddmm_stream(cudaStream_t stream, int sms, const T* G, index_t n, index_t d, index_t ldg, const float* H,
                          float s, const ::lori::cuda::sparse_b<T>& B, T* out, void* workspace, std::size_t workspace_bytes,
                          int cap = st_max_splits) {
@@ -1005,9 +1037,9 @@ void launch_sddmm_stream(cudaStream_t stream, int sms, const T* G, index_t n, in
   LORI_EXPECTS(cap >= 1 && cap <= st_max_splits, "skinny::launch_sddmm_stream: split cap must be in [1, 64]");
   const index_t r = B.cols();
   const index_t tiles = ceil_div(d, tile_rows);
-  constexpr auto kernel = sddmm_stream_kernel<T, Stages, Math, GRegs>;
-  constexpr int smem = st_smem_of(Stages);
-  const int bps = stream_blocks_per_sm<T, Stages, Math, GRegs>();  // also sets the kernel's shared-memory attributes
+  constexpr auto kernel = sddmm_stream_kernel<T, Stages, Math, Var>;
+  constexpr int smem = st_smem_of(Stages, Var);
+  const int bps = stream_blocks_per_sm<T, Stages, Math, Var>();  // also sets the kernel's shared-memory attributes
   index_t tps = 0;
   const int S = stream_splits(sms, bps, n, d, cap, &tps);
   sddmm_stream_args<T> a{G, n, d, ldg, H, static_cast<int>(r), r % 4 == 0 && aligned16(H), S, tps, s, B.view(), out,
