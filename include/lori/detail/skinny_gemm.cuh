@@ -717,8 +717,8 @@ inline constexpr int st_acc_ld = max_rank + 1;         // epilogue tile [quarter
 // warp copies the H rows of its own 16 tokens: twice the L2 reads of H, no block barrier — a warp
 // barrier per stage).
 inline constexpr int st_shared = 0, st_gregs = 1, st_warp_h = 2;
-constexpr int st_stage_bytes(int var) { return var == st_warp_h ? sd_g_bytes + 8 * 16 * 128 : sd_stage_bytes; }
-constexpr int st_smem_of(int stages, int var = st_shared) { return stages * st_stage_bytes(var); }
+__host__ __device__ constexpr int st_stage_bytes(int var) { return var == st_warp_h ? sd_g_bytes + 8 * 16 * 128 : sd_stage_bytes; }
+__host__ __device__ constexpr int st_smem_of(int stages, int var = st_shared) { return stages * st_stage_bytes(var); }
 static_assert(4 * tile_rows * st_acc_ld * 4 <= st_smem_of(3), "the epilogue's four quarter tiles must fit the ring");
 
 template <class T>
