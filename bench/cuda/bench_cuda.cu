@@ -754,44 +754,38 @@ void BM_gpu_skinny_sddmm_ws(benchmark::State& st) {
 }
 BENCHMARK(BM_gpu_skinny_sddmm_ws)->Args({4096, 8, 0})->Args({4096, 8, 1})->Args({4096, 8, 2})->Args({4096, 8, 3})->Args({4096, 8, 4})->Args({4096, 8, 6})->Args({4096, 8, 11})->Args({4096, 4, 0})->Args({4096, 4, 1})->Args({4096, 3, 0})->Args({4096, 2, 0})->Args({16384, 8, 0})->Args({16384, 8, 1})->Args({16384, 8, 3})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
 
-// ---- the streaming SDDMM kernel (lori/detail/skinny_gemm.cuh, session 5: every SM, no cluster, split
-// partials through the workspace, last block of a tile reduces) with a forced split cap; range(2) picks
-// the variant: 0 = 4 stages (two blocks per SM: grad_b_sddmm's configuration), 1 = 3 stages, 2 = 6
-// stages (one block per SM), 3 = 4 stages without MMAs and epilogue (the memory pipeline alone, same
-// grid: wrong results, timing only), 4 = variant 3 with 6 stages, 5 = G loaded straight into registers
-// (4 stages of H), 6 = variant 5's memory pipeline alone, 7 = H rows per warp, no block barrier (3
-// stages of 32 KB). Compare with BM_gpu_baseline_read/32.
-template <int Stages, bool Math, int Var = 0>
+// ---- the streaming SDDMM kernel (lori/detail/skinny_gemm.cuh, session 5: every SM, no cluster, G
+// straight into registers, split partials through the workspace, last block of a tile reduces) with a
+// forced split cap; range(2) picks the variant: 0 = 3 H stages x 3 G stages in registers
+// (grad_b_sddmm's), 1 = 2 x 2, 2 = variant 0 without MMAs and epilogue (the memory pipeline alone,
+// same grid: wrong results, timing only), 3 = 4 x 4 (a few registers spilled). Compare with
+// BM_gpu_baseline_read/32 and BM_gpu_probe_stream_pattern.
+template <int HS, int GD, bool Math>
 void stream_run(benchmark::State& st, grad_data& f, int cap) {
   namespace sk = lori::detail::skinny;
   const int sms = ctx().sm_count();
-  device_buffer<unsigned char> ws(static_cast<index_t>(sk::sddmm_stream_workspace_bytes<bf16, Stages, Var>(sms, f.n, D, f.B.nnz(), cap)) + 8);
+  device_buffer<unsigned char> ws(static_cast<index_t>(sk::sddmm_stream_workspace_bytes<bf16, HS, GD>(sms, f.n, D, f.B.nnz(), cap)) + 8);
   run_timed(st, [&] {
-    sk::launch_sddmm_stream<bf16, Stages, Math, Var>(ctx().stream(), sms, f.G.data(), f.n, D, D, f.H.data(), 0.5f, f.B,
-                                                       f.out.data(), ws.data(), ws.bytes(), cap);
+    sk::launch_sddmm_stream<bf16, HS, GD, Math>(ctx().stream(), sms, f.G.data(), f.n, D, D, f.H.data(), 0.5f, f.B,
+                                                f.out.data(), ws.data(), ws.bytes(), cap);
   }, sddmm_floor(f.n, f.B.nnz()));
-  const int bps = sk::stream_blocks_per_sm<bf16, Stages, Math, Var>();
+  const int bps = sk::stream_blocks_per_sm<bf16, HS, GD, Math>();
   const int S = sk::stream_splits(sms, bps, f.n, D, cap);
-  st.SetLabel(std::to_string(Stages) + " stages" + (Var == 1 ? ", G into registers (ld.global)" : Var == 2 ? ", H per warp (no block barrier)" : "") +
-              (Math ? "" : ", NO MMA (memory pipeline alone)") + ", blocks/SM " +
-              std::to_string(bps) + ", splits S = " + std::to_string(S) + ", grid " +
-              std::to_string(lori::detail::ceil_div(D, sk::tile_rows) * S));
+  st.SetLabel(std::to_string(HS) + " H stages, " + std::to_string(GD) + " G stages in registers" +
+              (Math ? "" : ", NO MMA (memory pipeline alone)") + ", blocks/SM " + std::to_string(bps) + ", splits S = " +
+              std::to_string(S) + ", grid " + std::to_string(lori::detail::ceil_div(D, sk::tile_rows) * S));
 }
 void BM_gpu_skinny_sddmm_stream(benchmark::State& st) {
   grad_data f(st.range(0));
   const int cap = static_cast<int>(st.range(1));
   switch (st.range(2)) {
-    case 1: stream_run<3, true>(st, f, cap); break;
-    case 2: stream_run<6, true>(st, f, cap); break;
-    case 3: stream_run<4, false>(st, f, cap); break;
-    case 4: stream_run<6, false>(st, f, cap); break;
-    case 5: stream_run<4, true, 1>(st, f, cap); break;
-    case 6: stream_run<4, false, 1>(st, f, cap); break;
-    case 7: stream_run<3, true, 2>(st, f, cap); break;
-    default: stream_run<4, true>(st, f, cap); break;
+    case 1: stream_run<2, 2, true>(st, f, cap); break;
+    case 2: stream_run<3, 3, false>(st, f, cap); break;
+    case 3: stream_run<4, 4, true>(st, f, cap); break;
+    default: stream_run<3, 3, true>(st, f, cap); break;
   }
 }
-BENCHMARK(BM_gpu_skinny_sddmm_stream)->Args({4096, 64, 0})->Args({4096, 64, 1})->Args({4096, 64, 2})->Args({4096, 64, 3})->Args({4096, 64, 4})->Args({4096, 64, 5})->Args({4096, 64, 6})->Args({4096, 64, 7})->Args({4096, 4, 0})->Args({4096, 16, 0})->Args({16384, 64, 0})->Args({16384, 64, 3})->Args({16384, 64, 5})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
+BENCHMARK(BM_gpu_skinny_sddmm_stream)->Args({4096, 64, 0})->Args({4096, 64, 1})->Args({4096, 64, 2})->Args({4096, 64, 3})->Args({4096, 4, 0})->Args({4096, 16, 0})->Args({16384, 64, 0})->Args({16384, 64, 2})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
 
 // The streaming SDDMM's access pattern of G alone, with plain 16-byte loads into registers (no shared
 // memory, no cp.async, no H): block b of tiles x S reads columns (b / S)·128 .. +128 of G (n x 4096)

@@ -48,9 +48,9 @@ tests() {  # label time-limit doctest-args...
     grep -E "_median|ERROR|error" "$OUT/gpu_bench_$1.log" | awk '{$1=$1; print}' | sed -E 's/ [0-9.]+ us [0-9]+ / /' | cut -c1-260 | head -24
   }
   bench sddmm 16 'BM_gpu_(baseline_d2d_copy/234|baseline_copy_w/14336|baseline_read/32|skinny_sddmm_ws/4096/8/1|skinny_sddmm_stream/4096/|grad_b_sddmm/4096|baseline_gemm_mask/4096|probe_stream_pattern/4096)'
-  bench sddmm_clean 12 'BM_gpu_(baseline_read/32|skinny_sddmm_ws/4096/8/1|skinny_sddmm_stream/4096/64/[0-7]|grad_b_sddmm/4096|baseline_gemm_mask/4096|probe_smem_launch|probe_stream_pattern/4096)' LORI_BENCH_FLUSH=read
+  bench sddmm_clean 14 'BM_gpu_(baseline_read/32|skinny_sddmm_ws/4096/8/1|skinny_sddmm_stream/4096/64/[0-3]|grad_b_sddmm/4096|baseline_gemm_mask/4096|probe_smem_launch|probe_stream_pattern/4096)' LORI_BENCH_FLUSH=read
   echo "elapsed before ncu: $(( $(date +%s) - t0 )) s"
-  ncu_one() {  # variant of BM_gpu_skinny_sddmm_stream/4096/64/v
+  ncu_one() {  # variant of BM_gpu_skinny_sddmm_stream/4096/64/v (0: the kernel, 2: its memory pipeline alone)
     local k=sddmm_stream_kernel filt="BM_gpu_skinny_sddmm_stream/4096/64/$1" l
     command -v ncu >/dev/null || { echo "ncu: not found"; return; }
     l=$(left 8)
@@ -76,7 +76,7 @@ tests() {  # label time-limit doctest-args...
   ncu_one 0
   sanitize memcheck
   sanitize racecheck
-  ncu_one 3
+  ncu_one 2
   # The larger shapes, if time is left.
   [ "$(left 20)" -ge 6 ] && bench large 12 'BM_gpu_(skinny_sddmm_ws/16384/8/1|skinny_sddmm_stream/16384/|grad_b_sddmm/16384|baseline_gemm_mask/16384)'
   echo "total: $(( $(date +%s) - t0 )) s"
