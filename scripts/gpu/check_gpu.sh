@@ -45,7 +45,7 @@ tests() {  # label time-limit doctest-args...
     timeout "$(left "$2")" env ${4:-LORI_BENCH_FLUSH=memset} $sb "$bexe" --benchmark_filter="$3" --benchmark_repetitions=5 \
       --benchmark_report_aggregates_only=true > "$OUT/gpu_bench_$1.log" 2>&1
     echo "-- $1: rc=$?"
-    grep -E "_median|ERROR|error" "$OUT/gpu_bench_$1.log" | awk '{$1=$1; print}' | sed -E 's/ [0-9.]+ us [0-9]+ / /' | cut -c1-260 | head -24
+    grep -E "_median|ERROR|error" "$OUT/gpu_bench_$1.log" | awk '{$1=$1; print}' | sed -E 's/^([^ ]+ [0-9.]+ us) [0-9.]+ us [0-9]+ /\1 /' | cut -c1-260 | head -24
   }
   bench sddmm 16 'BM_gpu_(baseline_d2d_copy/234|baseline_copy_w/14336|baseline_read/32|skinny_sddmm_ws/4096/8/1|skinny_sddmm_stream/4096/|grad_b_sddmm/4096|baseline_gemm_mask/4096|probe_stream_pattern/4096)'
   bench sddmm_clean 14 'BM_gpu_(baseline_read/32|skinny_sddmm_ws/4096/8/1|skinny_sddmm_stream/4096/64/[0-3]|grad_b_sddmm/4096|baseline_gemm_mask/4096|probe_smem_launch|probe_stream_pattern/4096)' LORI_BENCH_FLUSH=read
