@@ -755,23 +755,26 @@ void BM_gpu_skinny_sddmm_ws(benchmark::State& st) {
 BENCHMARK(BM_gpu_skinny_sddmm_ws)->Args({4096, 8, 0})->Args({4096, 8, 1})->Args({4096, 8, 2})->Args({4096, 8, 3})->Args({4096, 8, 4})->Args({4096, 8, 6})->Args({4096, 8, 11})->Args({4096, 4, 0})->Args({4096, 4, 1})->Args({4096, 3, 0})->Args({4096, 2, 0})->Args({16384, 8, 0})->Args({16384, 8, 1})->Args({16384, 8, 3})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
 
 // ---- the streaming SDDMM kernel (lori/detail/skinny_gemm.cuh, session 5: every SM, no cluster, G
-// straight into registers, split partials through the workspace, last block of a tile reduces) with a
-// forced split cap; range(2) picks the variant: 0 = 3 H stages x 3 G stages in registers
-// (grad_b_sddmm's), 1 = 2 x 2, 2 = variant 0 without MMAs and epilogue (the memory pipeline alone,
-// same grid: wrong results, timing only), 3 = 4 x 4 (a few registers spilled). Compare with
-// BM_gpu_baseline_read/32 and BM_gpu_probe_stream_pattern.
-template <int HS, int GD, bool Math>
+// straight into registers, H in chunks, split partials through the workspace, last block of a tile
+// reduces) with a forced split cap; range(2) picks the variant: 0 = H chunks of 4 stages x 3 G stages
+// in registers (grad_b_sddmm's), 1 = chunks of 1 stage (a block barrier per stage), 2 = variant 0
+// without MMAs and epilogue (the memory pipeline alone, same splits: wrong results, timing only), 3 =
+// 2 G stages in registers (no register spill; variant 0 spills a few bytes). Compare with BM_gpu_baseline_read/32 and
+// BM_gpu_probe_stream_pattern.
+template <int HC, int GD, bool Math>
 void stream_run(benchmark::State& st, grad_data& f, int cap) {
   namespace sk = lori::detail::skinny;
   const int sms = ctx().sm_count();
-  device_buffer<unsigned char> ws(static_cast<index_t>(sk::sddmm_stream_workspace_bytes<bf16, HS, GD>(sms, f.n, D, f.B.nnz(), cap)) + 8);
+  const int s_math = sk::stream_splits(sms, sk::stream_blocks_per_sm<bf16, HC, GD, true>(), f.n, D, cap);
+  if (!Math && s_math < cap) cap = s_math;  // the memory pipeline alone on the kernel's grid
+  device_buffer<unsigned char> ws(static_cast<index_t>(sk::sddmm_stream_workspace_bytes<bf16, HC, GD, Math>(sms, f.n, D, f.B.nnz(), cap)) + 8);
   run_timed(st, [&] {
-    sk::launch_sddmm_stream<bf16, HS, GD, Math>(ctx().stream(), sms, f.G.data(), f.n, D, D, f.H.data(), 0.5f, f.B,
+    sk::launch_sddmm_stream<bf16, HC, GD, Math>(ctx().stream(), sms, f.G.data(), f.n, D, D, f.H.data(), 0.5f, f.B,
                                                 f.out.data(), ws.data(), ws.bytes(), cap);
   }, sddmm_floor(f.n, f.B.nnz()));
-  const int bps = sk::stream_blocks_per_sm<bf16, HS, GD, Math>();
+  const int bps = sk::stream_blocks_per_sm<bf16, HC, GD, Math>();
   const int S = sk::stream_splits(sms, bps, f.n, D, cap);
-  st.SetLabel(std::to_string(HS) + " H stages, " + std::to_string(GD) + " G stages in registers" +
+  st.SetLabel("H chunks of " + std::to_string(HC) + " stages, " + std::to_string(GD) + " G stages in registers" +
               (Math ? "" : ", NO MMA (memory pipeline alone)") + ", blocks/SM " + std::to_string(bps) + ", splits S = " +
               std::to_string(S) + ", grid " + std::to_string(lori::detail::ceil_div(D, sk::tile_rows) * S));
 }
@@ -779,10 +782,10 @@ void BM_gpu_skinny_sddmm_stream(benchmark::State& st) {
   grad_data f(st.range(0));
   const int cap = static_cast<int>(st.range(1));
   switch (st.range(2)) {
-    case 1: stream_run<2, 2, true>(st, f, cap); break;
-    case 2: stream_run<3, 3, false>(st, f, cap); break;
-    case 3: stream_run<4, 4, true>(st, f, cap); break;
-    default: stream_run<3, 3, true>(st, f, cap); break;
+    case 1: stream_run<1, 3, true>(st, f, cap); break;
+    case 2: stream_run<4, 3, false>(st, f, cap); break;
+    case 3: stream_run<4, 2, true>(st, f, cap); break;
+    default: stream_run<4, 3, true>(st, f, cap); break;
   }
 }
 BENCHMARK(BM_gpu_skinny_sddmm_stream)->Args({4096, 64, 0})->Args({4096, 64, 1})->Args({4096, 64, 2})->Args({4096, 64, 3})->Args({4096, 4, 0})->Args({4096, 16, 0})->Args({16384, 64, 0})->Args({16384, 64, 2})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);

@@ -1198,17 +1198,18 @@ TEST_CASE("skinny kernels: warp-specialised, small shapes (the compute-sanitizer
 // split caps 1 (no workspace), 3 and 64 (the one-wave choice), token tails (n not a multiple of the
 // 64-token stage or of the split), column tails (d not a multiple of the 128-column tile), r = 1 … 32
 // with 16-byte H copies (r % 4 = 0, H aligned) and 4-byte ones (odd r, misaligned H), padded G rows,
-// the ring depths (H stages x G stages in registers) 3 x 3 (grad_b_sddmm's), 2 x 2 and 4 x 4. The
+// the H chunk / register ring depths (H stages a chunk x G stages in registers) 4 x 3 (grad_b_sddmm's),
+// 1 x 2 and 8 x 4 (a chunk longer than most splits). The
 // workspace starts as garbage (0xff bytes: every tile counter carries a foreign epoch) and at an
 // address that is 4- but not 8-byte aligned; each configuration runs three times — the second reusing
 // the counters the first left, the third after zeroing the workspace — and must be bit-identical.
 // Bound as in the file header with u_I = u_T (H is rounded to T); one extra output element must stay
 // poisoned.
 namespace {
-template <class T, int HS, int GD>
+template <class T, int HC, int GD>
 void stream_launch(lori::cuda::context& ctx, const T* G, index_t n, index_t d, index_t ldg, const float* H, float s,
                    const lori::cuda::sparse_b<T>& B, T* out, void* ws, std::size_t wsb, int cap) {
-  lori::detail::skinny::launch_sddmm_stream<T, HS, GD>(ctx.stream(), ctx.sm_count(), G, n, d, ldg, H, s, B, out, ws, wsb, cap);
+  lori::detail::skinny::launch_sddmm_stream<T, HC, GD>(ctx.stream(), ctx.sm_count(), G, n, d, ldg, H, s, B, out, ws, wsb, cap);
 }
 
 template <class T>
@@ -1251,8 +1252,8 @@ void stream_sddmm_case(lori::cuda::context& ctx, index_t n, index_t d, index_t r
   REQUIRE(sk::sddmm_applies(dG.data(), d, ldg, r));
   const int sms = ctx.sm_count();
   std::size_t wsb = 0;
-  if (depth == 2) wsb = sk::sddmm_stream_workspace_bytes<T, 2, 2>(sms, n, d, B.nnz(), cap);
-  else if (depth == 4) wsb = sk::sddmm_stream_workspace_bytes<T, 4, 4>(sms, n, d, B.nnz(), cap);
+  if (depth == 2) wsb = sk::sddmm_stream_workspace_bytes<T, 1, 2>(sms, n, d, B.nnz(), cap);
+  else if (depth == 4) wsb = sk::sddmm_stream_workspace_bytes<T, 8, 4>(sms, n, d, B.nnz(), cap);
   else wsb = sk::sddmm_stream_workspace_bytes<T>(sms, n, d, B.nnz(), cap);
   if (cap == 1) CHECK(wsb == 0);
   device_buffer<unsigned char> ws(static_cast<index_t>(wsb) + 8);
@@ -1266,9 +1267,9 @@ void stream_sddmm_case(lori::cuda::context& ctx, index_t n, index_t d, index_t r
     out.fill_bytes(0xff);
     const float* hp = dH.data() + h0;
     const float sf = static_cast<float>(s);
-    if (depth == 2) stream_launch<T, 2, 2>(ctx, dG.data(), n, d, ldg, hp, sf, B, out.data(), wsp, wsb, cap);
-    else if (depth == 4) stream_launch<T, 4, 4>(ctx, dG.data(), n, d, ldg, hp, sf, B, out.data(), wsp, wsb, cap);
-    else stream_launch<T, sk::st_hstages, sk::st_gdepth>(ctx, dG.data(), n, d, ldg, hp, sf, B, out.data(), wsp, wsb, cap);
+    if (depth == 2) stream_launch<T, 1, 2>(ctx, dG.data(), n, d, ldg, hp, sf, B, out.data(), wsp, wsb, cap);
+    else if (depth == 4) stream_launch<T, 8, 4>(ctx, dG.data(), n, d, ldg, hp, sf, B, out.data(), wsp, wsb, cap);
+    else stream_launch<T, sk::st_hchunk, sk::st_gdepth>(ctx, dG.data(), n, d, ldg, hp, sf, B, out.data(), wsp, wsb, cap);
     LORI_CUDA_CHECK(cudaDeviceSynchronize());
     auto got = out.download();
     CHECK(is_poison(got.back()));
@@ -1317,7 +1318,7 @@ TEST_CASE("skinny SDDMM kernel, streaming: n = 16384 (grad_b_sddmm's large bench
 }
 
 // Small launches of the streaming kernel for compute-sanitizer: one block per tile and split
-// partials with the last-block reduction, tails, both H copy widths, the three ring depths.
+// partials with the last-block reduction, tails, both H copy widths, the three chunk/ring depths.
 TEST_CASE("skinny kernels: streaming, small shapes (the compute-sanitizer subset)") {
   LORI_TEST_SEED_INFO();
   using T = lori::bfloat16;

@@ -704,8 +704,10 @@ void launch_sddmm_ws(cudaStream_t stream, const T* G, index_t n, index_t d, inde
 //   fragments are ranks 4g .. 4g+3 (one 16-byte shared read) of its four tokens of the stage's H,
 //   rounded to T (cvt.rn: the rounding of from_float);
 // * H (fp32, 8 KB a stage) is copied by the block with 16-byte (r % 4 == 0, H aligned) or 4-byte
-//   cp.async into a shared ring (16-byte chunk c of row q at chunk c ^ 2·(q%4): conflict-free reads),
-//   one block barrier per stage;
+//   cp.async in chunks of HC stages into two chunk buffers (16-byte chunk c of row q at chunk
+//   c ^ 2·(q%4): conflict-free reads); the only block barrier of the loop is at a chunk boundary (one
+//   per HC = 4 stages), so the threads' G streams are otherwise independent (a barrier per stage made
+//   every stage wait for the slowest load of the block: 28.3 µs at checkpoint 1);
 // * the two token halves of a block are summed in shared memory (half 0 + half 1); with S > 1 each
 //   block writes its fp32 partial at the kept positions of its rows to the workspace (S x nnz), takes
 //   a ticket on its tile's counter, and the LAST block of the tile sums the S partials in split order
@@ -714,12 +716,12 @@ void launch_sddmm_ws(cudaStream_t stream, const T* G, index_t n, index_t d, inde
 //   contents are never mistaken for this call's arrivals; the last block also resets its counter to 0.
 // (The first version copied G with 16-byte cp.async into per-thread shared slots: its memory
 // pipeline alone took 23.2 µs against 15.3 µs for plain loads in the same pattern — docs/cuda.md.)
-inline constexpr int st_hstages = 3;                  // H ring: 3 x 8 KB
+inline constexpr int st_hchunk = 4;                   // stages of H per chunk (two chunk buffers: 64 KB)
 inline constexpr int st_gdepth = 3;                   // G stages held in registers
 inline constexpr int st_max_splits = 64;              // arrivals fit the counter's 8 bits
 inline constexpr int st_acc_ld = max_rank + 1;        // epilogue tile [half][column][rank] row stride
-__host__ __device__ constexpr int st_smem_of(int hstages) {
-  return hstages * sd_h_bytes > 2 * tile_rows * st_acc_ld * 4 ? hstages * sd_h_bytes : 2 * tile_rows * st_acc_ld * 4;
+__host__ __device__ constexpr int st_smem_of(int hchunk) {
+  return 2 * hchunk * sd_h_bytes > 2 * tile_rows * st_acc_ld * 4 ? 2 * hchunk * sd_h_bytes : 2 * tile_rows * st_acc_ld * 4;
 }
 
 template <class T>
@@ -739,11 +741,15 @@ struct sddmm_stream_args {
   unsigned long long epoch;       // this call's tag, in [1, 2^56)
 };
 
-// 8 bytes of a streamed matrix into registers, not cached in L1 (volatile: stays where it is issued,
-// ahead of the math it overlaps).
-__device__ __forceinline__ uint2 ld_stream8(const void* p) {
+// 8 bytes of a streamed matrix into registers if `pred` (else zeros; p is not read), not cached in L1;
+// predicated, not branched (volatile: stays where it is issued, ahead of the math it overlaps).
+__device__ __forceinline__ uint2 ld_stream8(const void* p, bool pred) {
   uint2 v;
-  asm volatile("ld.global.nc.L1::no_allocate.v2.u32 {%0, %1}, [%2];\n" : "=r"(v.x), "=r"(v.y) : "l"(p));
+  asm volatile(
+      "{\n .reg .pred p;\n setp.ne.b32 p, %3, 0;\n mov.b32 %0, 0;\n mov.b32 %1, 0;\n"
+      " @p ld.global.nc.L1::no_allocate.v2.u32 {%0, %1}, [%2];\n}\n"
+      : "=r"(v.x), "=r"(v.y)
+      : "l"(p), "r"(static_cast<int>(pred)));
   return v;
 }
 
@@ -844,10 +850,10 @@ __device__ __forceinline__ void stream_epilogue(const sddmm_stream_args<T>& a, c
 }
 
 // Math = false: the memory pipeline alone (no MMA, no epilogue: wrong results; benchmarks only).
-// HStages / GDepth: the H ring's depth and the G stages held in registers (measured variants).
-template <class T, int HStages = st_hstages, int GDepth = st_gdepth, bool Math = true>
+// HC / GDepth: the stages of H per chunk and the G stages held in registers (measured variants).
+template <class T, int HC = st_hchunk, int GDepth = st_gdepth, bool Math = true>
 __global__ void __launch_bounds__(threads, 2) sddmm_stream_kernel(const sddmm_stream_args<T> a) {
-  static_assert(HStages >= 2 && GDepth >= 2, "the rings need two stages");
+  static_assert(HC >= 1 && GDepth >= 2, "at least one H stage a chunk, two G stages");
   __shared__ std::int32_t rp[tile_rows + 1];            // row_ptr of the tile's rows (clipped to d)
   __shared__ unsigned char cols[tile_rows * max_rank];  // their col_idx
   __shared__ int is_last;
@@ -862,23 +868,26 @@ __global__ void __launch_bounds__(threads, 2) sddmm_stream_kernel(const sddmm_st
   const int ldg = static_cast<int>(a.ldg);          // < 2^24 (sddmm_applies): 60·ldg fits an int
   // This thread's first G row (token tb + 32·th + q, its 4 columns) and its H rows.
   const T* gp = a.G + (gcol_ok ? gcol : 0) + (w.tb + th * 32 + q) * a.ldg;
-  // This thread's G words of stage s (zeros outside the matrix or the split).
+  // This thread's G words of stage s (zeros outside the matrix or the split: row s·64 + off of the
+  // thread's rows exists iff s·64 + off < lim; no row for columns past d).
+  const int lim = gcol_ok ? left - (th * 32 + q) : 0;
   auto load_g = [&](int s, uint2 (&u)[2][4]) {
     const T* ps = gp + static_cast<index_t>(s) * (sd_tc * a.ldg);
+    const int s0 = s * sd_tc;
 #pragma unroll
     for (int j = 0; j < 2; ++j)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int off = j * 16 + 4 * e;
-        u[j][e] = gcol_ok && s < w.steps && s * sd_tc + th * 32 + q + off < left ? ld_stream8(ps + off * ldg)
-                                                                                 : make_uint2(0, 0);
+        u[j][e] = ld_stream8(ps + off * ldg, s0 + off < lim);
       }
   };
   const int r = a.r;
   const float* hp = a.H + w.tb * r;  // the split's first H row
-  auto issue_h = [&](int s) {
-    if (s < w.steps) {
-      const unsigned hs = sbase + static_cast<unsigned>((s % HStages) * sd_h_bytes);
+  // H chunk c (stages c·HC .. +HC that exist) into chunk buffer c % 2; one cp.async group.
+  auto issue_h = [&](int chunk) {
+    for (int s = chunk * HC; s < (chunk + 1) * HC && s < w.steps; ++s) {
+      const unsigned hs = sbase + static_cast<unsigned>(((chunk & 1) * HC + (s - chunk * HC)) * sd_h_bytes);
       const float* ps = hp + static_cast<index_t>(s) * (sd_tc * r);
       const int rows_left = left - s * sd_tc;
       if (a.h_vec) {
@@ -905,8 +914,7 @@ __global__ void __launch_bounds__(threads, 2) sddmm_stream_kernel(const sddmm_st
   uint2 gb[GDepth][2][4];
 #pragma unroll
   for (int k = 0; k < GDepth; ++k) load_g(k, gb[k]);
-#pragma unroll
-  for (int s = 0; s < HStages - 1; ++s) issue_h(s);
+  issue_h(0);
   // The tile's CSR rows into shared memory (used by the epilogue; their latency overlaps the first stages).
   for (int k = tid; k <= tile_rows; k += threads) rp[k] = a.B.row_ptr[w.i0 + k < a.d ? w.i0 + k : a.d];
   __syncthreads();
@@ -922,11 +930,13 @@ __global__ void __launch_bounds__(threads, 2) sddmm_stream_kernel(const sddmm_st
     for (int k = 0; k < GDepth; ++k) {  // static ring index k: gb stays in registers
       const int s = s0 + k;
       if (s < w.steps) {  // block-uniform
-        cp_async_wait<HStages - 2>();
-        __syncthreads();  // H of stage s landed for every thread; everyone is done with stage s - 1's slot
-        issue_h(s + HStages - 1);
+        if (s % HC == 0) {  // a new chunk of H: the only block barrier of the loop
+          cp_async_wait<0>();
+          __syncthreads();  // chunk s/HC landed for every thread; everyone is done with the chunk before
+          issue_h(s / HC + 1);
+        }
         if constexpr (Math) {
-          const unsigned char* hs = smem + (s % HStages) * sd_h_bytes;
+          const unsigned char* hs = smem + ((s / HC) & 1) * (HC * sd_h_bytes) + (s % HC) * sd_h_bytes;
           stream_group_mma<T>(hs, gb[k][0], th * 32, g, q, acc);
           stream_group_mma<T>(hs, gb[k][1], th * 32 + 16, g, q, acc);
         } else {
@@ -937,14 +947,14 @@ __global__ void __launch_bounds__(threads, 2) sddmm_stream_kernel(const sddmm_st
     }
   }
   cp_async_wait<0>();
-  __syncthreads();  // the ring is free; cols visible
+  __syncthreads();  // the H buffers are free; cols visible
   if constexpr (Math) stream_epilogue<T>(a, w, acc, rp, cols, is_last, smem);
   else if (sink == 0x9e3779b9u) a.out[0] = ::lori::from_float<T>(0.0f);  // keeps the loads; practically never
 }
 
-/// Blocks of sddmm_stream_kernel<T, HStages, GDepth, Math> resident per SM (occupancy query, cached per
+/// Blocks of sddmm_stream_kernel<T, HC, GDepth, Math> resident per SM (occupancy query, cached per
 /// device); also sets the kernel's shared-memory attributes.
-template <class T, int HStages, int GDepth, bool Math>
+template <class T, int HC, int GDepth, bool Math>
 int stream_blocks_per_sm() {
   static std::atomic<int> cache[max_cached_devices] = {};
   int dev = 0;
@@ -954,10 +964,10 @@ int stream_blocks_per_sm() {
     const int v = cache[dev].load(std::memory_order_relaxed);
     if (v > 0) return v;
   }
-  constexpr auto kernel = sddmm_stream_kernel<T, HStages, GDepth, Math>;
-  set_smem_attributes(kernel, st_smem_of(HStages));
+  constexpr auto kernel = sddmm_stream_kernel<T, HC, GDepth, Math>;
+  set_smem_attributes(kernel, st_smem_of(HC));
   int v = 0;
-  LORI_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&v, kernel, threads, st_smem_of(HStages)));
+  LORI_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&v, kernel, threads, st_smem_of(HC)));
   LORI_EXPECTS(v >= 1, "skinny::sddmm_stream: the kernel does not fit an SM");
   if (cached) cache[dev].store(v, std::memory_order_relaxed);
   return v;
@@ -979,10 +989,10 @@ inline int stream_splits(int sms, int bps, index_t n, index_t d, int cap, index_
 
 /// Workspace bytes of launch_sddmm_stream (the instance given) on a device of `sms` SMs: the tile
 /// counters (8-byte aligned) and the S x nnz fp32 partials; 0 when one block covers each tile.
-template <class T, int HStages = st_hstages, int GDepth = st_gdepth>
+template <class T, int HC = st_hchunk, int GDepth = st_gdepth, bool Math = true>
 std::size_t sddmm_stream_workspace_bytes(int sms, index_t n, index_t d, index_t nnz, int cap = st_max_splits) {
   if (n <= 0 || d <= 0) return 0;
-  const int S = stream_splits(sms, stream_blocks_per_sm<T, HStages, GDepth, true>(), n, d, cap);
+  const int S = stream_splits(sms, stream_blocks_per_sm<T, HC, GDepth, Math>(), n, d, cap);
   if (S <= 1) return 0;
   return 8 + static_cast<std::size_t>(ceil_div(d, tile_rows)) * 8 + static_cast<std::size_t>(S) * static_cast<std::size_t>(nnz) * 4;
 }
@@ -996,9 +1006,9 @@ inline unsigned long long next_stream_epoch() {
 
 /// out[p] = T(s · Σ_t G(t, i)·T(H(t, j))) for B's kept (i, j) on `stream` (requires sddmm_applies,
 /// n >= 1) with the streaming kernel on a device of `sms` SMs. `workspace` (4-byte aligned) of at
-/// least sddmm_stream_workspace_bytes<T, HStages, GDepth>(sms, n, d, nnz, cap) bytes. HStages,
-/// GDepth, Math = false (the memory pipeline alone: wrong results) and cap are for tests and benchmarks.
-template <class T, int HStages = st_hstages, int GDepth = st_gdepth, bool Math = true>
+/// least sddmm_stream_workspace_bytes<T, HC, GDepth, Math>(sms, n, d, nnz, cap) bytes. HC, GDepth,
+/// Math = false (the memory pipeline alone: wrong results) and cap are for tests and benchmarks.
+template <class T, int HC = st_hchunk, int GDepth = st_gdepth, bool Math = true>
 void launch_sddmm_stream(cudaStream_t stream, int sms, const T* G, index_t n, index_t d, index_t ldg, const float* H,
                          float s, const ::lori::cuda::sparse_b<T>& B, T* out, void* workspace, std::size_t workspace_bytes,
                          int cap = st_max_splits) {
@@ -1006,9 +1016,9 @@ void launch_sddmm_stream(cudaStream_t stream, int sms, const T* G, index_t n, in
   LORI_EXPECTS(cap >= 1 && cap <= st_max_splits, "skinny::launch_sddmm_stream: split cap must be in [1, 64]");
   const index_t r = B.cols();
   const index_t tiles = ceil_div(d, tile_rows);
-  constexpr auto kernel = sddmm_stream_kernel<T, HStages, GDepth, Math>;
-  constexpr int smem = st_smem_of(HStages);
-  const int bps = stream_blocks_per_sm<T, HStages, GDepth, Math>();  // also sets the shared-memory attributes
+  constexpr auto kernel = sddmm_stream_kernel<T, HC, GDepth, Math>;
+  constexpr int smem = st_smem_of(HC);
+  const int bps = stream_blocks_per_sm<T, HC, GDepth, Math>();  // also sets the shared-memory attributes
   index_t tps = 0;
   const int S = stream_splits(sms, bps, n, d, cap, &tps);
   sddmm_stream_args<T> a{G, n, d, ldg, H, static_cast<int>(r), r % 4 == 0 && aligned16(H), S, tps, s, B.view(), out,
