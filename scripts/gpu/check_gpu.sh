@@ -50,6 +50,8 @@ tests() {  # label time-limit doctest-args...
   bench sddmm 16 'BM_gpu_(baseline_d2d_copy/234|baseline_copy_w/14336|baseline_read/32|skinny_sddmm_ws/4096/8/1|skinny_sddmm_stream/4096/|grad_b_sddmm/4096|baseline_gemm_mask/4096|probe_stream_pattern/4096)'
   bench sddmm_clean 14 'BM_gpu_(baseline_read/32|skinny_sddmm_ws/4096/8/1|skinny_sddmm_stream/4096/64/[0-3]|grad_b_sddmm/4096|baseline_gemm_mask/4096|probe_smem_launch|probe_stream_pattern/4096)' LORI_BENCH_FLUSH=read
   echo "elapsed before ncu: $(( $(date +%s) - t0 )) s"
+  stalls=$(for r in long_scoreboard barrier short_scoreboard mio_throttle lg_throttle wait math_pipe_throttle not_selected no_instruction branch_resolving; do
+    printf 'smsp__average_warps_issue_stalled_%s_per_issue_active.ratio,' $r; done | sed 's/,$//')
   ncu_one() {  # variant of BM_gpu_skinny_sddmm_stream/4096/64/v (0: the kernel, 2: its memory pipeline alone)
     local k=sddmm_stream_kernel filt="BM_gpu_skinny_sddmm_stream/4096/64/$1" l
     command -v ncu >/dev/null || { echo "ncu: not found"; return; }
@@ -60,8 +62,8 @@ tests() {  # label time-limit doctest-args...
       -k regex:$k -c 1 "$bexe" --benchmark_filter="$filt" --benchmark_repetitions=1 \
       --benchmark_min_time=0.01 > "$OUT/gpu_ncu_$1.log" 2>&1
     echo "ncu $k ($filt, limit $l s): rc=$?"
-    grep -E "Duration|DRAM Throughput|Memory Throughput|L2 Hit|Mem Busy|Max Bandwidth|Achieved Occupancy|Registers Per|Block Limit|Grid Size|Waves Per SM|Warp Cycles Per Issued|No Eligible|Active Warps Per|Stall|dram__bytes|lts__t_sectors|==ERROR" \
-      "$OUT/gpu_ncu_$1.log" | awk '{$1=$1; print}' | cut -c1-160 | head -24
+    grep -E "Duration|DRAM Throughput|Memory Throughput|L2 Hit|Mem Busy|Max Bandwidth|Achieved Occupancy|Registers Per|Block Limit|Grid Size|Waves Per SM|Warp Cycles Per Issued|No Eligible|Active Warps Per|Stall|dram__bytes|lts__t_sectors|inst_executed|issue_stalled|==ERROR" \
+      "$OUT/gpu_ncu_$1.log" | awk '{$1=$1; print}' | sed 's/smsp__average_warps_issue_stalled_//' | cut -c1-160 | head -34
   }
   sanitize() {  # tool
     local l cs
@@ -74,6 +76,16 @@ tests() {  # label time-limit doctest-args...
     grep -E "Invalid|Race|Hazard|hazard|ERROR:|CHECK|REQUIRE|bad elements|with expansion|values:" "$OUT/gpu_sanitize_$1.log" | cut -c1-200 | head -12
   }
   ncu_one 0
+  # The warp stall reasons of the kernel (metrics only; a separate run so that a metric this ncu lacks
+  # cannot cost the sections above).
+  l=$(left 8)
+  if command -v ncu >/dev/null && [ "$l" -ge 4 ]; then
+    timeout "$l" ncu --metrics "smsp__inst_executed.sum,$stalls" -k regex:sddmm_stream_kernel -c 1 "$bexe" \
+      --benchmark_filter="BM_gpu_skinny_sddmm_stream/4096/64/0" --benchmark_repetitions=1 --benchmark_min_time=0.01 \
+      > "$OUT/gpu_ncu_stalls.log" 2>&1
+    echo "ncu stall reasons (limit $l s): rc=$?"
+    grep -E "inst_executed|issue_stalled|==ERROR" "$OUT/gpu_ncu_stalls.log" | awk '{$1=$1; print}' | sed 's/smsp__average_warps_issue_stalled_//' | cut -c1-120 | head -14
+  fi
   sanitize memcheck
   sanitize racecheck
   ncu_one 2

@@ -805,8 +805,8 @@ __device__ __forceinline__ void stream_group_mma(const unsigned char* hs, const 
 // results, the tile ticket and the last block's split-order sum (see above).
 template <class T>
 __device__ __forceinline__ void stream_epilogue(const sddmm_stream_args<T>& a, const split_range& w,
-                                                const float (&acc)[2][4][4], const std::int32_t* rp,
-                                                const unsigned char* cols, int& is_last, unsigned char* smem) {
+                                                const float (&acc)[2][4][4], const std::int32_t* rp, int& is_last,
+                                                unsigned char* smem) {
   const int tid = static_cast<int>(threadIdx.x), warp = tid >> 5, lane = tid & 31;
   const int g = lane >> 2, q = lane & 3, cw = warp & 3, th = warp >> 2;
   const std::int32_t base = rp[0], cnt = rp[tile_rows] - base;
@@ -828,7 +828,7 @@ __device__ __forceinline__ void stream_epilogue(const sddmm_stream_args<T>& a, c
     const int il = e >> 5, slot = e & 31;
     const std::int32_t p = rp[il] + slot;
     if (p < rp[il + 1]) {
-      const float* c = tl + il * st_acc_ld + cols[p - base];
+      const float* c = tl + il * st_acc_ld + a.B.col_idx[p];  // an L2 hit: prefetched at kernel start
       const float x = c[0] + c[Q];  // half 0 + half 1: deterministic
       if (S == 1) a.out[p] = ::lori::from_float<T>(a.s * x);
       else a.partial[static_cast<index_t>(w.split) * nnz + p] = x;
@@ -855,7 +855,6 @@ template <class T, int HC = st_hchunk, int GDepth = st_gdepth, bool Math = true>
 __global__ void __launch_bounds__(threads, 2) sddmm_stream_kernel(const sddmm_stream_args<T> a) {
   static_assert(HC >= 1 && GDepth >= 2, "at least one H stage a chunk, two G stages");
   __shared__ std::int32_t rp[tile_rows + 1];            // row_ptr of the tile's rows (clipped to d)
-  __shared__ unsigned char cols[tile_rows * max_rank];  // their col_idx
   __shared__ int is_last;
   unsigned char* smem = dynamic_smem();
   const unsigned sbase = smem_u32(smem);
@@ -915,11 +914,16 @@ __global__ void __launch_bounds__(threads, 2) sddmm_stream_kernel(const sddmm_st
 #pragma unroll
   for (int k = 0; k < GDepth; ++k) load_g(k, gb[k]);
   issue_h(0);
-  // The tile's CSR rows into shared memory (used by the epilogue; their latency overlaps the first stages).
+  // The tile's row_ptr into shared memory (one round trip, under the first stages' latency), and its
+  // col_idx range prefetched into L2 for the epilogue (no register, no wait).
   for (int k = tid; k <= tile_rows; k += threads) rp[k] = a.B.row_ptr[w.i0 + k < a.d ? w.i0 + k : a.d];
   __syncthreads();
-  const std::int32_t base = rp[0], cnt = rp[tile_rows] - base;  // <= tile_rows·r
-  for (std::int32_t k = tid; k < cnt; k += threads) cols[k] = static_cast<unsigned char>(a.B.col_idx[base + k]);
+  {
+    const std::int32_t base = rp[0], cnt = rp[tile_rows] - base;  // <= tile_rows·r
+    const char* c0 = reinterpret_cast<const char*>(a.B.col_idx + base);
+    for (std::int32_t off = tid * 128; off < cnt * 4; off += threads * 128)
+      asm volatile("prefetch.global.L2 [%0];\n" ::"l"(c0 + off));
+  }
 
   float acc[2][4][4];
 #pragma unroll
@@ -947,8 +951,8 @@ __global__ void __launch_bounds__(threads, 2) sddmm_stream_kernel(const sddmm_st
     }
   }
   cp_async_wait<0>();
-  __syncthreads();  // the H buffers are free; cols visible
-  if constexpr (Math) stream_epilogue<T>(a, w, acc, rp, cols, is_last, smem);
+  __syncthreads();  // the H buffers are free
+  if constexpr (Math) stream_epilogue<T>(a, w, acc, rp, is_last, smem);
   else if (sink == 0x9e3779b9u) a.out[0] = ::lori::from_float<T>(0.0f);  // keeps the loads; practically never
 }
 
