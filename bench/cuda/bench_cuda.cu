@@ -597,7 +597,7 @@ void BM_gpu_grad_b_sddmm(benchmark::State& st) {
   run_timed(st, [&] {
     lori::cuda::grad_b_sddmm<bf16>(ctx(), {f.G.data(), f.n, D}, f.H.data(), 0.5f, f.B, f.out.data(), f.ws.data(), f.ws.bytes());
   }, sddmm_floor(f.n, f.B.nnz()));
-  st.SetLabel("one streaming tensor-core kernel (all SMs, split partials reduced by the last block of each tile); target (n=4096): <= 1.3x one read of G");
+  st.SetLabel("one skinny tensor-core kernel (TMA, H to T staged, cluster split reduction); target (n=4096): <= 1.3x one read of G");
 }
 void BM_gpu_baseline_gemm_mask(benchmark::State& st) {
   grad_data f(st.range(0));
@@ -753,87 +753,6 @@ void BM_gpu_skinny_sddmm_ws(benchmark::State& st) {
               : variant == 3 ? ws_label<8, false>(f.n, cap) : ws_label<8, true>(f.n, cap) + (variant == 4 ? ", G evict-normal" : ""));
 }
 BENCHMARK(BM_gpu_skinny_sddmm_ws)->Args({4096, 8, 0})->Args({4096, 8, 1})->Args({4096, 8, 2})->Args({4096, 8, 3})->Args({4096, 8, 4})->Args({4096, 8, 6})->Args({4096, 8, 11})->Args({4096, 4, 0})->Args({4096, 4, 1})->Args({4096, 3, 0})->Args({4096, 2, 0})->Args({16384, 8, 0})->Args({16384, 8, 1})->Args({16384, 8, 3})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
-
-// ---- the streaming SDDMM kernel (lori/detail/skinny_gemm.cuh, session 5: every SM, no cluster, G
-// straight into registers, H in chunks, split partials through the workspace, last block of a tile
-// reduces) with a forced split cap; range(2) picks the variant: 0 = H chunks of 4 stages x 3 G stages
-// in registers (grad_b_sddmm's), 1 = chunks of 1 stage (a block barrier per stage), 2 = variant 0
-// without MMAs and epilogue (the memory pipeline alone, same splits: wrong results, timing only), 3 =
-// 2 G stages in registers (no register spill; variant 0 spills a few bytes). Compare with BM_gpu_baseline_read/32 and
-// BM_gpu_probe_stream_pattern.
-template <int HC, int GD, bool Math>
-void stream_run(benchmark::State& st, grad_data& f, int cap) {
-  namespace sk = lori::detail::skinny;
-  const int sms = ctx().sm_count();
-  const int s_math = sk::stream_splits(sms, sk::stream_blocks_per_sm<bf16, HC, GD, true>(), f.n, D, cap);
-  if (!Math && s_math < cap) cap = s_math;  // the memory pipeline alone on the kernel's grid
-  device_buffer<unsigned char> ws(static_cast<index_t>(sk::sddmm_stream_workspace_bytes<bf16, HC, GD, Math>(sms, f.n, D, f.B.nnz(), cap)) + 8);
-  run_timed(st, [&] {
-    sk::launch_sddmm_stream<bf16, HC, GD, Math>(ctx().stream(), sms, f.G.data(), f.n, D, D, f.H.data(), 0.5f, f.B,
-                                                f.out.data(), ws.data(), ws.bytes(), cap);
-  }, sddmm_floor(f.n, f.B.nnz()));
-  const int bps = sk::stream_blocks_per_sm<bf16, HC, GD, Math>();
-  const int S = sk::stream_splits(sms, bps, f.n, D, cap);
-  st.SetLabel("H chunks of " + std::to_string(HC) + " stages, " + std::to_string(GD) + " G stages in registers" +
-              (Math ? "" : ", NO MMA (memory pipeline alone)") + ", blocks/SM " + std::to_string(bps) + ", splits S = " +
-              std::to_string(S) + ", grid " + std::to_string(lori::detail::ceil_div(D, sk::tile_rows) * S));
-}
-void BM_gpu_skinny_sddmm_stream(benchmark::State& st) {
-  grad_data f(st.range(0));
-  const int cap = static_cast<int>(st.range(1));
-  switch (st.range(2)) {
-    case 1: stream_run<1, 3, true>(st, f, cap); break;
-    case 2: stream_run<4, 3, false>(st, f, cap); break;
-    case 3: stream_run<4, 2, true>(st, f, cap); break;
-    default: stream_run<4, 3, true>(st, f, cap); break;
-  }
-}
-BENCHMARK(BM_gpu_skinny_sddmm_stream)->Args({4096, 64, 0})->Args({4096, 64, 1})->Args({4096, 64, 2})->Args({4096, 64, 3})->Args({4096, 4, 0})->Args({4096, 16, 0})->Args({16384, 64, 0})->Args({16384, 64, 2})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
-
-// The streaming SDDMM's access pattern of G alone, with plain 16-byte loads into registers (no shared
-// memory, no cp.async, no H): block b of tiles x S reads columns (b / S)·128 .. +128 of G (n x 4096)
-// for the tokens [split·tps, +tps), each thread the same four 16-byte chunks per 64-token step as the
-// kernel, two steps (8 loads) in flight. range(1) = blocks per SM the grid is sized for (S = that
-// times the SMs / 32 tiles). Tells the access pattern's floor apart from the cp.async pipeline's.
-__global__ void __launch_bounds__(256) stream_pattern_probe_kernel(const uint4* __restrict__ G, index_t n, int S, index_t tps,
-                                                                   unsigned* out) {
-  const int tid = static_cast<int>(threadIdx.x), warp = tid >> 5, lane = tid & 31;
-  const int g = lane >> 2, q = lane & 3, ch = warp & 1, qt = warp >> 1;
-  const int split = static_cast<int>(blockIdx.x % static_cast<unsigned>(S));
-  const index_t i0 = static_cast<index_t>(blockIdx.x / static_cast<unsigned>(S)) * 128;
-  const index_t tb = static_cast<index_t>(split) * tps, te = tb + tps < n ? tb + tps : n;
-  const index_t c16 = (i0 + ch * 64 + g * 8) / 8;
-  unsigned x = 0;
-  for (index_t tk = tb; tk < te; tk += 128) {
-    uint4 v[8];
-#pragma unroll
-    for (int e = 0; e < 8; ++e) {
-      const index_t t = tk + (e >> 2) * 64 + qt * 16 + q + 4 * (e & 3);
-      v[e] = t < te ? G[t * (D / 8) + c16] : make_uint4(0, 0, 0, 0);
-    }
-#pragma unroll
-    for (int e = 0; e < 8; ++e) x ^= v[e].x ^ v[e].w;
-  }
-  if (x == 0x9e3779b9u) *out = x;  // keeps the loads; practically never true
-}
-void BM_gpu_probe_stream_pattern(benchmark::State& st) {
-  grad_data f(st.range(0));
-  const int bps = static_cast<int>(st.range(1));
-  device_buffer<unsigned> out(1);
-  const index_t tiles = D / 128;
-  int S = static_cast<int>(static_cast<index_t>(ctx().sm_count()) * bps / tiles);
-  if (S < 1) S = 1;
-  const index_t tps = lori::detail::ceil_div(lori::detail::ceil_div(f.n, S), 64) * 64;
-  S = static_cast<int>(lori::detail::ceil_div(f.n, tps));
-  run_timed(st, [&] {
-    stream_pattern_probe_kernel<<<static_cast<unsigned>(tiles * S), 256, 0, ctx().stream()>>>(
-        reinterpret_cast<const uint4*>(f.G.data()), f.n, S, tps, out.data());
-    LORI_CUDA_CHECK_LAUNCH();
-  }, 2.0 * static_cast<double>(f.n * D));
-  st.SetLabel("G's access pattern of the streaming SDDMM, plain 16-byte loads, splits S = " + std::to_string(S) + ", grid " +
-              std::to_string(tiles * S));
-}
-BENCHMARK(BM_gpu_probe_stream_pattern)->Args({4096, 2})->Args({4096, 8})->Args({16384, 2})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.02);
 
 // Fixed costs of a kernel like the SDDMM's after the L2 flush: an empty kernel of one 320-thread block
 // per SM with range(0) KB of dynamic shared memory (0: none; 197: the warp-specialised ring, which
