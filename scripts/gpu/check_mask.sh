@@ -67,16 +67,39 @@ sanitize() {
 sanitize memcheck 15
 # Per-kernel times with the caches left as the previous kernel left them (one pass per kernel, no
 # flush): closer to a real run than the sectioned profile below (which flushes before each kernel).
+# Reference / model granularity: 5 launches (init, pass0_bulk, split_ballot, hist, finish; the
+# selects run in the last blocks of pass 0, the split and hist).
 if command -v ncu > /dev/null; then
-  log "== ncu --cache-control none: BM_gpu_calibrate_llama3_8b/0/0, first 8 calib_ kernels (us)"
-  timeout "$(tl 10)" ncu --cache-control none --metrics gpu__time_duration.sum -k regex:calib_ -c 8 "$bench" \
+  log "== ncu --cache-control none: BM_gpu_calibrate_llama3_8b/0/0, first 5 calib_ kernels (us)"
+  timeout "$(tl 10)" ncu --cache-control none --metrics gpu__time_duration.sum -k regex:calib_ -c 5 "$bench" \
     --benchmark_filter="BM_gpu_calibrate_llama3_8b/0/0/" --benchmark_min_time=0.01 > "$OUT/mask_ncu_warm.log" 2>&1
   awk '/calib_[a-z0-9_]+</ { match($0, /calib_[a-z0-9_]+<[a-z, 0-9]*>/); k = substr($0, RSTART, RLENGTH); gsub(" ", "", k) }
     /gpu__time_duration.sum/ { printf "%s=%s ", k, $NF; tot += $NF } END { printf "sum=%.1f\n", tot }' "$OUT/mask_ncu_warm.log" | tee -a "$F"
 fi
-# Reference/model: 8 launches (init, pass0, select, split_ballot, select, hist, select, finish);
-# then matrix granularity (224 groups) with what is left of the budget.
-command -v ncu > /dev/null && ncu_run llama3_8b/0/0 8 16 12
+# The real (dependent-launch) timeline of one run, when Nsight Systems is there: per kernel, start
+# and end relative to the run's first kernel (us); the last run of the benchmark's loop.
+if command -v nsys > /dev/null; then
+  log "== nsys BM_gpu_calibrate_llama3_8b/0/0 timeline of the last run (start end, us from its first kernel)"
+  timeout "$(tl 20)" nsys profile -t cuda -o "$OUT/mask_nsys" --force-overwrite true "$bench" \
+    --benchmark_filter="BM_gpu_calibrate_llama3_8b/0/0/" --benchmark_min_time=0.01 > "$OUT/mask_nsys.log" 2>&1
+  timeout "$(tl 15)" nsys stats -q -r cuda_gpu_trace -f csv "$OUT/mask_nsys.nsys-rep" > "$OUT/mask_nsys.csv" 2>> "$OUT/mask_nsys.log"
+  # cuda_gpu_trace csv: Start (ns), Duration (ns), ..., Name. A run starts at calib_init.
+  python3 - "$OUT/mask_nsys.csv" <<'PY' | tee -a "$F"
+import csv, re, sys
+rows = [r for r in csv.DictReader(l for l in open(sys.argv[1]) if l.strip() and not l.startswith('NOTICE')) if 'calib_' in r.get('Name', '')]
+runs, cur = [], None
+for r in rows:
+    k = re.search(r'calib_[a-z0-9_]+', r['Name']).group(0)
+    if k == 'calib_init':
+        cur = []; runs.append(cur)
+    if cur is not None:
+        cur.append((k, float(r['Start (ns)']), float(r['Duration (ns)'])))
+for run in runs[-2:]:
+    t0 = run[0][1]
+    print('  '.join('%s %.1f-%.1f' % (k, (s - t0) / 1e3, (s + d - t0) / 1e3) for k, s, d in run))
+PY
+  grep -q calib_ "$OUT/mask_nsys.csv" || tail -5 "$OUT/mask_nsys.log" | tee -a "$F"
+fi
+command -v ncu > /dev/null && ncu_run llama3_8b/0/0 5 16 10
 sanitize racecheck 30
-command -v ncu > /dev/null && ncu_run llama3_8b/0/4 8 10 12
 log "== done in $(( $(date +%s) - t0 )) s"

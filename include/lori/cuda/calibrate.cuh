@@ -86,6 +86,7 @@ inline constexpr index_t calib_tile_elems = 16384;       // tiles of the split a
 inline constexpr int calib_cand_unroll = 4;       // candidates per thread in flight in calib_hist / calib_finish
 inline constexpr int calib_ballot_steps = 16;     // calib_split_ballot: 32-element chunks per warp per batch (loads in flight)
 inline constexpr index_t calib_pass0_tile_elems = 8192;   // pass 0: one unrolled sweep of a block
+inline constexpr index_t calib_fused_select_groups = 2;  // at most this many groups: selects in the last blocks (calib_ticket_select)
 
 // Value digits on the GPU: a first digit of calib_first_bits bits (8192 bins: the selected bucket
 // holds ~1% of normal-like data, 4x fewer candidates than an 11-bit digit), then digits of
@@ -161,6 +162,7 @@ struct calib_globals {
   unsigned long long cand_needed;   // sum of the selected buckets' sizes after pass 0
   unsigned long long cand_count;    // candidates written
   unsigned long long ties_live;     // groups whose tie selection is still running
+  unsigned int tickets[8];          // calib_ticket_select: blocks done with value digit `pass`' histogram
 };
 
 template <class T>
@@ -182,6 +184,10 @@ struct calib_params {
   std::uint64_t pos_max;  // (1 << pos_bits) - 1: tie key of flat bit position q is pos_max - q
   int pos_bits;
   int exact;
+  index_t num_groups;
+  int fused;  // value digits whose select runs in the last block of the histogramming kernel
+              // (calib_ticket_select): bit 0 digit 0 (calib_pass0_bulk), bit 1 digit 1 (the split),
+              // bit 2 the later digits (calib_hist); the plan sets them with few groups
 };
 
 // Programmatic dependent launch (sm_90; run() launches every kernel after calib_init with the
@@ -254,6 +260,258 @@ __global__ void __launch_bounds__(calib_block) calib_init(calib_group_state<Key>
   const index_t i0 = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x;
   for (index_t i = i0; i < zero_words; i += stride) zero[i] = i == bad_word ? ~0ull : 0ull;
   for (index_t i = i0; i < num_groups; i += stride) groups[i] = init[i];
+}
+
+// Narrows a group's state to `bin` (cnt keys, `acc` keys in the bins above it): the one lane of
+// calib_select that holds the rank sought.
+template <class Key, int Mode>
+__device__ __forceinline__ void calib_select_narrow(calib_group_state<Key>* gs, calib_globals* globals, int bin, index_t acc,
+                                                    index_t cnt, unsigned long long excluded, int pass, int exact) {
+  const radix_select_state<Key> vst = gs->value;
+  const radix_select_state<std::uint64_t> tst = gs->tie;
+  if (Mode == 0) {
+    radix_select_state<Key> st = vst;
+    st.greater += acc;
+    st.remaining -= acc;
+    st.prefix |= static_cast<Key>(static_cast<Key>(bin) << calib_shift<0>(st.key_bits, st.pass));
+    ++st.pass;
+    if (pass == 0) atomicAdd(&globals->cand_needed, static_cast<unsigned long long>(cnt));
+    gs->value = st;
+    if (st.finished() && exact) {
+      // cnt keys equal tau; excluded entries are among them iff tau == 0 (they rank below all).
+      const index_t nonexcluded_ties = cnt - (st.prefix == 0 ? static_cast<index_t>(excluded) : 0);
+      if (st.remaining < nonexcluded_ties) {
+        radix_select_state<std::uint64_t> t = tst;  // key_bits set by the plan, k = 0
+        t.k = st.remaining;
+        t.remaining = st.remaining;
+        t.greater = 0;
+        t.prefix = 0;
+        t.pass = 0;
+        gs->tie = t;
+        atomicAdd(&globals->ties_live, 1ull);
+      }
+      // else: tie state stays finished with prefix 0: every non-excluded tie is kept.
+    }
+  } else {
+    radix_select_state<std::uint64_t> st = tst;
+    st.greater += acc;
+    st.remaining -= acc;
+    st.prefix |= static_cast<std::uint64_t>(bin) << calib_shift<1>(st.key_bits, st.pass);
+    ++st.pass;
+    gs->tie = st;
+    if (st.finished()) atomicAdd(&globals->ties_live, ~0ull);  // - 1
+  }
+}
+
+// calib_select_group for 17 to 32 rows of 32 bins per warp (see there; pass 0's 8192 bins in a
+// 256-thread block): each lane keeps only its sum, the counters are staged in shared memory
+// (stage[bin], MaxBins counters); in the warp holding the rank, lane j sums row j (rotated reads:
+// no bank conflicts), a suffix scan over the lanes finds the row, suffix sums over its lanes the bin.
+template <class Key, int Mode, int Threads, int MaxBins>
+__device__ __forceinline__ void calib_select_group_staged(calib_group_state<Key>* gs, unsigned long long* h, calib_globals* globals,
+                                                          int pass, int exact, unsigned long long* sh_total, unsigned long long* stage) {
+  constexpr int warps = Threads / 32;
+  constexpr int rows = MaxBins / Threads;
+  static_assert(rows > 16 && rows <= 32, "calib_select_group_staged: 17 to 32 rows per warp");
+  const int warp = static_cast<int>(threadIdx.x >> 5), lane = static_cast<int>(threadIdx.x & 31u);
+  int kbits = 0;
+  bool live = false, add_excluded = false;
+  index_t remaining = 0;
+  {
+    const radix_select_state<Key> vst = gs->value;
+    const radix_select_state<std::uint64_t> tst = gs->tie;
+    kbits = Mode == 0 ? vst.key_bits : tst.key_bits;
+    live = Mode == 0 ? (!vst.finished() && vst.pass == pass) : (!tst.finished() && tst.pass == pass);
+    remaining = Mode == 0 ? vst.remaining : tst.remaining;
+    add_excluded = Mode == 0 && pass > 0 && vst.prefix == 0;
+  }
+  const int bins = 1 << (calib_high<Mode>(kbits, pass) - calib_shift<Mode>(kbits, pass));
+  const unsigned long long excluded = __ldcg(&gs->excluded);
+  const int base = (warps - 1 - warp) * rows * 32;
+  using V = std::conditional_t<sizeof(Key) == 4, float, double>;
+  constexpr auto inf_bin = static_cast<int>(magnitude_key<V>::infinity >> calib_vshift(magnitude_key<V>::bits, 0));
+  unsigned long long sum = 0;
+  bool bad = false;
+#pragma unroll 8
+  for (int k = 0; k < rows; ++k) {
+    const int idx = base + 32 * k + lane;
+    const unsigned long long c = idx < bins ? __ldcg(h + idx) + (add_excluded && idx == 0 ? excluded : 0ull) : 0ull;
+    stage[idx] = c;
+    sum += c;
+    if (Mode == 0 && pass == 0) bad |= idx >= inf_bin && c != 0;  // NaN/Inf entries (see calib_select_group)
+  }
+  if (bad) globals->nonfinite = 1;
+  const unsigned long long wsum = calib_warp_sum64(sum);
+  if (lane == 0) sh_total[warp] = wsum;
+  __syncthreads();  // sh_total and stage complete
+  unsigned long long above = 0;
+  for (int w = 0; w < warp; ++w) above += sh_total[w];
+  if (live && static_cast<index_t>(above) < remaining && static_cast<index_t>(above + wsum) >= remaining) {  // warp-uniform
+    unsigned long long rsum = 0;  // lane j < rows: row j's total
+    if (lane < rows)
+      for (int i = 0; i < 32; ++i) rsum += stage[base + 32 * lane + ((i + lane) & 31)];
+    unsigned long long suffix = rsum;  // rows j and above
+    for (int o = 1; o < 32; o <<= 1) {
+      const unsigned long long t = __shfl_down_sync(0xffffffffu, suffix, o);
+      if (lane + o < 32) suffix += t;
+    }
+    // Rows from the top: the rank is in the highest row j whose suffix reaches it (lane 0's suffix,
+    // the warp's total, does).
+    const unsigned int ok = __ballot_sync(0xffffffffu, static_cast<index_t>(above + suffix) >= remaining);
+    const int row = 31 - __clz(static_cast<int>(ok));
+    const unsigned long long row_above = above + __shfl_sync(0xffffffffu, suffix, row) - __shfl_sync(0xffffffffu, rsum, row);
+    const unsigned long long rc = stage[base + 32 * row + lane];
+    unsigned long long lsuf = rc;  // keys in this row's bins from this lane's up
+    for (int o = 1; o < 32; o <<= 1) {
+      const unsigned long long t = __shfl_down_sync(0xffffffffu, lsuf, o);
+      if (lane + o < 32) lsuf += t;
+    }
+    const auto before = static_cast<index_t>(row_above + lsuf - rc), cnt = static_cast<index_t>(rc);
+    if (ok != 0 && before < remaining && before + cnt >= remaining)
+      calib_select_narrow<Key, Mode>(gs, globals, base + 32 * row + lane, before, cnt, excluded, pass, exact);
+  }
+#pragma unroll 8
+  for (int k = 0; k < rows; ++k) {
+    const int idx = base + 32 * k + lane;
+    if (idx < bins && idx < radix_bins) h[idx] = 0;
+  }
+}
+
+// The select step of one group, run by a whole block of Threads threads (every thread must call it;
+// it synchronises the block): narrows the group's state with its histogram, then clears the
+// histogram (the first radix_bins counters: later passes have at most radix_digit_bits-bit digits).
+// MaxBins (>= the digit's bins) sizes the per-thread registers: MaxBins / Threads counters each.
+// Mode 0 narrows the value selection (adding the excluded entries to bin 0 for passes >= 1 when the
+// prefix is 0), Mode 1 the tie selection. After the last value pass of an exact-semantics run it
+// starts the tie selection (k = ties needed), unless every non-excluded tie is needed (then all are
+// kept and no tie pass runs for the group). The counters are read with ld.global.cg (from L2): the
+// fused callers (calib_ticket_select) read histograms other blocks of their own kernel built.
+// sh_total: Threads / 32 counters of shared memory, not used by the block around the call. At most
+// 16 rows of 32 bins per warp (calib_select_group_staged for more).
+template <class Key, int Mode, int Threads, int MaxBins>
+__device__ __forceinline__ void calib_select_group(calib_group_state<Key>* gs, unsigned long long* h, calib_globals* globals,
+                                                   int pass, int exact, unsigned long long* sh_total) {
+  constexpr int warps = Threads / 32;
+  constexpr int rows = MaxBins / Threads;  // rows of 32 bins per warp
+  static_assert(MaxBins % Threads == 0 && rows >= 1 && rows <= 16 && MaxBins <= calib_max_bins, "calib_select_group: bin layout");
+  const int warp = static_cast<int>(threadIdx.x >> 5), lane = static_cast<int>(threadIdx.x & 31u);
+  // Every thread reads the state before the barrier; only the one lane that finds the rank reads
+  // it again and writes it afterwards, so no thread can see a half-updated state.
+  int kbits = 0;
+  bool live = false, add_excluded = false;
+  index_t remaining = 0;
+  {
+    const radix_select_state<Key> vst = gs->value;
+    const radix_select_state<std::uint64_t> tst = gs->tie;
+    kbits = Mode == 0 ? vst.key_bits : tst.key_bits;
+    live = Mode == 0 ? (!vst.finished() && vst.pass == pass) : (!tst.finished() && tst.pass == pass);
+    remaining = Mode == 0 ? vst.remaining : tst.remaining;
+    // Excluded entries join bin 0 in value passes >= 1 when the prefix is 0.
+    add_excluded = Mode == 0 && pass > 0 && vst.prefix == 0;
+  }
+  const int bins = 1 << (calib_high<Mode>(kbits, pass) - calib_shift<Mode>(kbits, pass));
+  const unsigned long long excluded = __ldcg(&gs->excluded);
+  // Warp w owns bins [base, base + 32 rows), warp 0 the top ones; lane l holds column l: bins
+  // base + 32 k + l (coalesced loads, all in flight at once).
+  const int base = (warps - 1 - warp) * rows * 32;
+  unsigned long long c[rows], sum = 0;
+#pragma unroll
+  for (int k = 0; k < rows; ++k) {
+    const int idx = base + 32 * k + lane;
+    c[k] = idx < bins ? __ldcg(h + idx) + (add_excluded && idx == 0 ? excluded : 0ull) : 0ull;
+    sum += c[k];
+  }
+  if (Mode == 0 && pass == 0) {
+    // The top bins, from +Inf's key up, hold the NaN/Inf entries pass 0 saw.
+    using V = std::conditional_t<sizeof(Key) == 4, float, double>;
+    constexpr auto inf_bin = static_cast<int>(magnitude_key<V>::infinity >> calib_vshift(magnitude_key<V>::bits, 0));
+    bool bad = false;
+#pragma unroll
+    for (int k = 0; k < rows; ++k) bad |= base + 32 * k + lane >= inf_bin && c[k] != 0;
+    if (bad) globals->nonfinite = 1;
+  }
+  const unsigned long long wsum = calib_warp_sum64(sum);
+  if (lane == 0) sh_total[warp] = wsum;
+  __syncthreads();
+  unsigned long long above = 0;  // keys in the bins of the warps above this one
+  for (int w = 0; w < warp; ++w) above += sh_total[w];
+  if (live && static_cast<index_t>(above) < remaining && static_cast<index_t>(above + wsum) >= remaining) {  // warp-uniform
+    // Rows from the top: the row holding the rank, then the lane (suffix sums over the lanes).
+    int row = -1;
+    unsigned long long row_above = above, rc = 0;
+#pragma unroll
+    for (int k = rows - 1; k >= 0; --k) {
+      const unsigned long long rs = calib_warp_sum64(c[k]);
+      if (row < 0) {
+        if (static_cast<index_t>(row_above + rs) >= remaining) {
+          row = k;
+          rc = c[k];
+        } else {
+          row_above += rs;
+        }
+      }
+    }
+    unsigned long long suffix = rc;  // keys in this row's bins from this lane's up
+    for (int o = 1; o < 32; o <<= 1) {
+      const unsigned long long t = __shfl_down_sync(0xffffffffu, suffix, o);
+      if (lane + o < 32) suffix += t;
+    }
+    const auto before = static_cast<index_t>(row_above + suffix - rc), cnt = static_cast<index_t>(rc);
+    if (row >= 0 && before < remaining && before + cnt >= remaining)
+      calib_select_narrow<Key, Mode>(gs, globals, base + 32 * row + lane, before, cnt, excluded, pass, exact);
+  }
+  // Each lane clears the bins it read (bins >= radix_bins serve pass 0 only, zeroed by
+  // calib_init; the others are reused by the next pass).
+#pragma unroll
+  for (int k = 0; k < rows; ++k) {
+    const int idx = base + 32 * k + lane;
+    if (idx < bins && idx < radix_bins) h[idx] = 0;
+  }
+}
+
+// One block per group: calib_select_group (see there) for the group of the block.
+template <class Key, int Mode>
+__global__ void __launch_bounds__(calib_select_block, 2) calib_select(calib_group_state<Key>* groups, unsigned long long* hist,
+                                                                      calib_globals* globals, int pass, int exact) {
+  __shared__ unsigned long long sh_total[calib_select_block / 32];
+  calib_wait_prior();
+  calib_allow_next();
+  // No tie selection running: no tie histogram was built (calib_hist returned), nothing to clear.
+  // (Only a block whose group is live decrements ties_live, so 0 means none is live.)
+  if (Mode == 1 && globals->ties_live == 0) return;
+  calib_select_group<Key, Mode, calib_select_block, calib_max_bins>(groups + blockIdx.x, hist + blockIdx.x * static_cast<index_t>(calib_max_bins),
+                                                                   globals, pass, exact, sh_total);
+}
+
+// The end of a kernel whose blocks built the histograms of value digit `pass` (Mode 0) with global
+// atomics, when the plan fuses that digit's select into it (calib_params::fused, few groups): every
+// block takes a ticket after its histogram updates; the block that takes the last one (all others
+// are then done) runs calib_select_group for every group, one after the other, so no select kernel
+// (launch, ramp, completion) follows. Every thread of every block must call it, at the end of the
+// kernel (the block's shared memory is free). ticket: calib_globals::tickets[pass] (zeroed by
+// calib_init; one use per run). stage: MaxBins counters of shared memory when MaxBins > 16 x 256.
+template <class T, int MaxBins>
+__device__ __forceinline__ void calib_ticket_select(const calib_params<T>& p, int pass, unsigned long long* stage = nullptr) {
+  using Key = magnitude_key_t<T>;
+  __shared__ unsigned long long sh_total[calib_block / 32];
+  __shared__ unsigned int sh_last;
+  // Each thread's histogram atomics are ordered before the block's ticket (fence, then barrier,
+  // then thread 0's ticket); the last block's fence after its ticket orders its loads after every
+  // other block's atomics (the threadFenceReduction pattern).
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) sh_last = atomicAdd(&p.globals->tickets[pass], 1u) == gridDim.x - 1 ? 1u : 0u;
+  __syncthreads();
+  if (sh_last == 0) return;  // block-uniform
+  __threadfence();
+  for (index_t g = 0; g < p.num_groups; ++g) {
+    if constexpr (MaxBins / calib_block > 16)  // pass 0's 8192 bins: counters staged in shared memory
+      calib_select_group_staged<Key, 0, calib_block, MaxBins>(p.groups + g, p.hist + g * calib_max_bins, p.globals, pass, p.exact, sh_total,
+                                                              stage);
+    else
+      calib_select_group<Key, 0, calib_block, MaxBins>(p.groups + g, p.hist + g * calib_max_bins, p.globals, pass, p.exact, sh_total);
+    __syncthreads();  // sh_total is reused by the next group
+  }
 }
 
 // Pass 0, the first full read: histogram of the first value digit of every element (excluded
@@ -361,6 +619,9 @@ __device__ __forceinline__ unsigned calib_smem(const void* p) { return static_ca
 template <class T>
 __global__ void __launch_bounds__(calib_pass0_block, 2) calib_pass0_bulk(calib_params<T> p) {
   static_assert(sizeof(T) == 4, "calib_pass0_bulk: float only");
+  static_assert(calib_pass0_block == calib_block, "calib_pass0_bulk: calib_ticket_select's block size");
+  static_assert(2 * calib_pass0_tile_elems * sizeof(float) >= calib_max_bins * sizeof(unsigned long long),
+                "calib_pass0_bulk: the tile buffers stage calib_ticket_select's counters");
   constexpr int shift = calib_vshift(magnitude_key<T>::bits, 0);
   constexpr int bins = calib_max_bins;
   constexpr int tile4 = static_cast<int>(calib_pass0_tile_elems / 4);  // float4 per buffer
@@ -434,142 +695,8 @@ __global__ void __launch_bounds__(calib_pass0_block, 2) calib_pass0_bulk(calib_p
   __syncthreads();
   calib_wait_prior();
   if (cur >= 0) calib_flush(sh, bins, p.hist + cur * calib_max_bins);
-}
-
-// Narrows a group's state to `bin` (cnt keys, `acc` keys in the bins above it): the one lane of
-// calib_select that holds the rank sought.
-template <class Key, int Mode>
-__device__ __forceinline__ void calib_select_narrow(calib_group_state<Key>* gs, calib_globals* globals, int bin, index_t acc,
-                                                    index_t cnt, unsigned long long excluded, int pass, int exact) {
-  const radix_select_state<Key> vst = gs->value;
-  const radix_select_state<std::uint64_t> tst = gs->tie;
-  if (Mode == 0) {
-    radix_select_state<Key> st = vst;
-    st.greater += acc;
-    st.remaining -= acc;
-    st.prefix |= static_cast<Key>(static_cast<Key>(bin) << calib_shift<0>(st.key_bits, st.pass));
-    ++st.pass;
-    if (pass == 0) atomicAdd(&globals->cand_needed, static_cast<unsigned long long>(cnt));
-    gs->value = st;
-    if (st.finished() && exact) {
-      // cnt keys equal tau; excluded entries are among them iff tau == 0 (they rank below all).
-      const index_t nonexcluded_ties = cnt - (st.prefix == 0 ? static_cast<index_t>(excluded) : 0);
-      if (st.remaining < nonexcluded_ties) {
-        radix_select_state<std::uint64_t> t = tst;  // key_bits set by the plan, k = 0
-        t.k = st.remaining;
-        t.remaining = st.remaining;
-        t.greater = 0;
-        t.prefix = 0;
-        t.pass = 0;
-        gs->tie = t;
-        atomicAdd(&globals->ties_live, 1ull);
-      }
-      // else: tie state stays finished with prefix 0: every non-excluded tie is kept.
-    }
-  } else {
-    radix_select_state<std::uint64_t> st = tst;
-    st.greater += acc;
-    st.remaining -= acc;
-    st.prefix |= static_cast<std::uint64_t>(bin) << calib_shift<1>(st.key_bits, st.pass);
-    ++st.pass;
-    gs->tie = st;
-    if (st.finished()) atomicAdd(&globals->ties_live, ~0ull);  // - 1
-  }
-}
-
-// One block per group: narrows the group's state with its histogram, then clears the histogram
-// (the first radix_bins counters: later passes have at most radix_digit_bits-bit digits).
-// Mode 0 narrows the value selection (adding the excluded entries to bin 0 for passes >= 1 when the
-// prefix is 0), Mode 1 the tie selection. After the last value pass of an exact-semantics run it
-// starts the tie selection (k = ties needed), unless every non-excluded tie is needed (then all are
-// kept and no tie pass runs for the group).
-template <class Key, int Mode>
-__global__ void __launch_bounds__(calib_select_block, 2) calib_select(calib_group_state<Key>* groups, unsigned long long* hist,
-                                                                      calib_globals* globals, int pass, int exact) {
-  constexpr int warps = calib_select_block / 32;
-  constexpr int rows = calib_max_bins / calib_select_block;  // 16 rows of 32 bins per warp
-  static_assert(calib_max_bins % calib_select_block == 0 && rows <= 32, "calib_select: bin layout");
-  __shared__ unsigned long long sh_total[warps];
-  calib_wait_prior();
-  calib_allow_next();
-  // No tie selection running: no tie histogram was built (calib_hist returned), nothing to clear.
-  // (Only a block whose group is live decrements ties_live, so 0 means none is live.)
-  if (Mode == 1 && globals->ties_live == 0) return;
-  calib_group_state<Key>* gs = groups + blockIdx.x;
-  unsigned long long* h = hist + blockIdx.x * static_cast<index_t>(calib_max_bins);
-  const int warp = static_cast<int>(threadIdx.x >> 5), lane = static_cast<int>(threadIdx.x & 31u);
-  // Every thread reads the state before the barrier; only the one lane that finds the rank reads
-  // it again and writes it afterwards, so no thread can see a half-updated state.
-  int kbits = 0;
-  bool live = false, add_excluded = false;
-  index_t remaining = 0;
-  {
-    const radix_select_state<Key> vst = gs->value;
-    const radix_select_state<std::uint64_t> tst = gs->tie;
-    kbits = Mode == 0 ? vst.key_bits : tst.key_bits;
-    live = Mode == 0 ? (!vst.finished() && vst.pass == pass) : (!tst.finished() && tst.pass == pass);
-    remaining = Mode == 0 ? vst.remaining : tst.remaining;
-    // Excluded entries join bin 0 in value passes >= 1 when the prefix is 0.
-    add_excluded = Mode == 0 && pass > 0 && vst.prefix == 0;
-  }
-  const int bins = 1 << (calib_high<Mode>(kbits, pass) - calib_shift<Mode>(kbits, pass));
-  const unsigned long long excluded = gs->excluded;
-  // Warp w owns bins [base, base + 32 rows), warp 0 the top ones; lane l holds column l: bins
-  // base + 32 k + l (coalesced loads, all in flight at once).
-  const int base = (warps - 1 - warp) * rows * 32;
-  unsigned long long c[rows], sum = 0;
-#pragma unroll
-  for (int k = 0; k < rows; ++k) {
-    const int idx = base + 32 * k + lane;
-    c[k] = idx < bins ? h[idx] + (add_excluded && idx == 0 ? excluded : 0ull) : 0ull;
-    sum += c[k];
-  }
-  if (Mode == 0 && pass == 0) {
-    // The top bins, from +Inf's key up, hold the NaN/Inf entries pass 0 saw.
-    using V = std::conditional_t<sizeof(Key) == 4, float, double>;
-    constexpr auto inf_bin = static_cast<int>(magnitude_key<V>::infinity >> calib_vshift(magnitude_key<V>::bits, 0));
-    bool bad = false;
-#pragma unroll
-    for (int k = 0; k < rows; ++k) bad |= base + 32 * k + lane >= inf_bin && c[k] != 0;
-    if (bad) globals->nonfinite = 1;
-  }
-  const unsigned long long wsum = calib_warp_sum64(sum);
-  if (lane == 0) sh_total[warp] = wsum;
-  __syncthreads();
-  unsigned long long above = 0;  // keys in the bins of the warps above this one
-  for (int w = 0; w < warp; ++w) above += sh_total[w];
-  if (live && static_cast<index_t>(above) < remaining && static_cast<index_t>(above + wsum) >= remaining) {  // warp-uniform
-    // Rows from the top: the row holding the rank, then the lane (suffix sums over the lanes).
-    int row = -1;
-    unsigned long long row_above = above, rc = 0;
-#pragma unroll
-    for (int k = rows - 1; k >= 0; --k) {
-      const unsigned long long rs = calib_warp_sum64(c[k]);
-      if (row < 0) {
-        if (static_cast<index_t>(row_above + rs) >= remaining) {
-          row = k;
-          rc = c[k];
-        } else {
-          row_above += rs;
-        }
-      }
-    }
-    unsigned long long suffix = rc;  // keys in this row's bins from this lane's up
-    for (int o = 1; o < 32; o <<= 1) {
-      const unsigned long long t = __shfl_down_sync(0xffffffffu, suffix, o);
-      if (lane + o < 32) suffix += t;
-    }
-    const auto before = static_cast<index_t>(row_above + suffix - rc), cnt = static_cast<index_t>(rc);
-    if (row >= 0 && before < remaining && before + cnt >= remaining)
-      calib_select_narrow<Key, Mode>(gs, globals, base + 32 * row + lane, before, cnt, excluded, pass, exact);
-  }
-  // Each lane clears the bins it read (bins >= radix_bins serve pass 0 only, zeroed by
-  // calib_init; the others are reused by the next pass).
-#pragma unroll
-  for (int k = 0; k < rows; ++k) {
-    const int idx = base + 32 * k + lane;
-    if (idx < bins && idx < radix_bins) h[idx] = 0;
-  }
+  // (the tile buffers, idle now, stage the select's 8192 counters)
+  if (p.fused & 1) calib_ticket_select<T, calib_max_bins>(p, 0, reinterpret_cast<unsigned long long*>(calib_buf));
 }
 
 template <class T>
@@ -775,6 +902,7 @@ __global__ void __launch_bounds__(calib_block, 3) calib_split(calib_params<T> p)
   __syncthreads();
   if (threadIdx.x == 0 && sh_kept != 0) atomicAdd(p.kept + tile.tensor, static_cast<unsigned long long>(sh_kept));
   calib_flush(sh, radix_bins, p.hist + td.group * calib_max_bins);
+  if (p.fused & 2) calib_ticket_select<T, radix_bins>(p, 1);
 }
 
 // Column counts calib_split_ballot handles: a 32-element chunk of a packed tensor is then one
@@ -870,7 +998,7 @@ __device__ __forceinline__ std::uint32_t calib_chunk_bits(const std::uint64_t* w
 // (candidates beyond the capacity): no words, no records; the bucket's digit-1 histogram is built in
 // shared memory and flushed. Out-of-tile lanes read NaN, which passes neither compare.
 template <class T>
-__global__ void __launch_bounds__(calib_block, 5) calib_split_ballot(calib_params<T> p) {
+__device__ __forceinline__ void calib_split_ballot_tile(const calib_params<T>& p) {
   static_assert(sizeof(T) == 4, "calib_split_ballot: float only");
   using Key = magnitude_key_t<T>;
   constexpr int bits = magnitude_key<T>::bits;
@@ -1046,6 +1174,11 @@ __global__ void __launch_bounds__(calib_block, 5) calib_split_ballot(calib_param
     slot += __shfl_sync(0xffffffffu, incl, 31);
   }
 }
+template <class T>
+__global__ void __launch_bounds__(calib_block, 5) calib_split_ballot(calib_params<T> p) {
+  calib_split_ballot_tile(p);
+  if (p.fused & 2) calib_ticket_select<T, radix_bins>(p, 1);
+}
 
 // Histogram of digit `pass` (>= 2 for values, >= 0 for tie positions): Mode 0 of the value keys
 // matching the group's prefix, Mode 1 of the tie keys (pos_max - flat bit position) of the
@@ -1053,11 +1186,9 @@ __global__ void __launch_bounds__(calib_block, 5) calib_split_ballot(calib_param
 // list, global atomics (few entries match); overflow mode: over the full data, tiles grid-strided,
 // shared-memory histograms (excluded entries skipped: the select kernel adds their count to bin 0).
 template <class T, int Mode>
-__global__ void __launch_bounds__(calib_block) calib_hist(calib_params<T> p, int pass) {
+__device__ __forceinline__ void calib_hist_body(const calib_params<T>& p, int pass) {
   using Key = magnitude_key_t<T>;
   constexpr int bits = magnitude_key<T>::bits;
-  calib_wait_prior();
-  calib_allow_next();
   if (Mode == 1 && p.globals->ties_live == 0) return;
   const int kbits = Mode == 0 ? bits : p.pos_bits;
   const int shift = calib_shift<Mode>(kbits, pass);
@@ -1137,6 +1268,13 @@ __global__ void __launch_bounds__(calib_block) calib_hist(calib_params<T> p, int
     __syncthreads();
   }
 }
+template <class T, int Mode>
+__global__ void __launch_bounds__(calib_block) calib_hist(calib_params<T> p, int pass) {
+  calib_wait_prior();
+  calib_allow_next();
+  calib_hist_body<T, Mode>(p, pass);
+  if (Mode == 0 && (p.fused & 4)) calib_ticket_select<T, radix_bins>(p, pass);
+}
 
 template <class T>
 __device__ __forceinline__ bool calib_keep_tie(const calib_params<T>& p, const calib_group_state<magnitude_key_t<T>>* gs,
@@ -1148,7 +1286,7 @@ __device__ __forceinline__ bool calib_keep_tie(const calib_params<T>& p, const c
 // kept counts. Overflow mode: writes every mask word from tau (and the tie cut) over the full data
 // and counts the kept entries. Both count the ties kept.
 template <class T>
-__global__ void __launch_bounds__(calib_block) calib_finish(calib_params<T> p) {
+__global__ void __launch_bounds__(calib_block, 4) calib_finish(calib_params<T> p) {
   using Key = magnitude_key_t<T>;
   const int lane = static_cast<int>(threadIdx.x & 31u);
   calib_wait_prior();
@@ -1445,6 +1583,11 @@ class calibration_plan {
       return descs_[static_cast<std::size_t>(t.tensor)].ballot != 0;
     }));
     tiles_.insert(tiles_.end(), tiles0.begin(), tiles0.end());  // one upload: split tiles, then pass 0's
+    // Few groups: each value digit's select runs in the last block of the kernel that histograms it
+    // (calib_ticket_select), where that kernel is one launch (the split: one kind of tile).
+    if (groups_.count() <= detail_calib::calib_fused_select_groups) {
+      fused_ = (bulk0_ ? 1 : 0) | (ntb_ == nt_ || ntb_ == 0 ? 2 : 0) | 4;
+    }
   }
 
   /// Bytes of device scratch run() needs (256-byte aligned regions).
@@ -1459,6 +1602,12 @@ class calibration_plan {
   /// previous one has completed (e.g. for tools that serialise kernels anyway). Same results.
   void set_dependent_launch(bool on) noexcept { pdl_ = on; }
   bool dependent_launch() const noexcept { return pdl_; }
+  /// Whether run() may fold the select steps into the kernels before them (default true; used with
+  /// at most calib_fused_select_groups groups: the last block of a histogramming kernel, found by an
+  /// atomic ticket, selects instead of a separate launch). false: separate select launches. Same
+  /// results; for measurements and tests of both paths.
+  void set_fused_select(bool on) noexcept { fuse_select_ = on; }
+  bool fused_select() const noexcept { return fuse_select_ && fused_ != 0; }
 
   /// Enqueues the calibration on `stream`: writes every mask word of every tensor. `workspace` is
   /// device memory of at least workspace_bytes(), 256-byte aligned (cudaMalloc memory is), untouched
@@ -1505,7 +1654,8 @@ class calibration_plan {
       }
     }
     if (!pass0_done) detail_calib::calib_launch(pdl_, detail_calib::calib_pass0<T>, grid_pass0_, detail_calib::calib_pass0_block, stream, p);
-    detail_calib::calib_launch(pdl_, detail_calib::calib_select<Key, 0>, ng, detail_calib::calib_select_block, stream, p.groups, p.hist, p.globals, 0, exact);
+    if ((p.fused & 1) == 0)
+      detail_calib::calib_launch(pdl_, detail_calib::calib_select<Key, 0>, ng, detail_calib::calib_select_block, stream, p.groups, p.hist, p.globals, 0, exact);
     if constexpr (std::is_same_v<T, float>) {
       if (ntb_ > 0) {
         detail_calib::calib_launch(pdl_, detail_calib::calib_split_ballot<T>, static_cast<unsigned>(ntb_), B, stream, p);
@@ -1514,10 +1664,12 @@ class calibration_plan {
     if (nt > static_cast<unsigned>(ntb_)) {
       detail_calib::calib_launch(pdl_, detail_calib::calib_split<T>, nt - static_cast<unsigned>(ntb_), B, stream, p);
     }
-    detail_calib::calib_launch(pdl_, detail_calib::calib_select<Key, 0>, ng, detail_calib::calib_select_block, stream, p.groups, p.hist, p.globals, 1, exact);
+    if ((p.fused & 2) == 0)
+      detail_calib::calib_launch(pdl_, detail_calib::calib_select<Key, 0>, ng, detail_calib::calib_select_block, stream, p.groups, p.hist, p.globals, 1, exact);
     for (int pass = 2; pass < passes; ++pass) {
       detail_calib::calib_launch(pdl_, detail_calib::calib_hist<T, 0>, grid_small_, B, stream, p, pass);
-      detail_calib::calib_launch(pdl_, detail_calib::calib_select<Key, 0>, ng, detail_calib::calib_select_block, stream, p.groups, p.hist, p.globals, pass, exact);
+      if ((p.fused & 4) == 0)
+        detail_calib::calib_launch(pdl_, detail_calib::calib_select<Key, 0>, ng, detail_calib::calib_select_block, stream, p.groups, p.hist, p.globals, pass, exact);
     }
     if (exact) {
       for (int pass = 0; pass < radix_pass_count(pos_bits_); ++pass) {
@@ -1607,6 +1759,8 @@ class calibration_plan {
     p.pos_bits = pos_bits_;
     p.pos_max = (std::uint64_t{1} << pos_bits_) - 1;
     p.exact = opt_.semantics == mask_semantics::exact ? 1 : 0;
+    p.num_groups = groups_.count();
+    p.fused = fuse_select_ ? fused_ : 0;
     return p;
   }
 
@@ -1622,6 +1776,8 @@ class calibration_plan {
   index_t capacity_ = 0;
   int pos_bits_ = 1;
   bool pdl_ = true;
+  bool fuse_select_ = true;  // set_fused_select
+  int fused_ = 0;            // calib_params::fused when fuse_select_
   bool bulk0_ = false;  // pass 0 by calib_pass0_bulk (every pass-0 tile a float4 tile without exclusions)
   bool interleave0_ = false;  // calib_pass0_bulk's blocks take interleaved tiles (bulk0_ and one group)
   unsigned grid_pass0_ = 1, grid_small_ = 1;
