@@ -373,13 +373,16 @@ TEST_CASE("GPU calibration equals the CPU path when every tensor is a float4 ten
 }
 
 TEST_CASE("GPU calibration equals the CPU path with every select folded into the kernel before it") {
-  // One or two groups of packed, aligned float tensors of ballot-split shapes without exclusions:
-  // the plan folds all three value selects into the last block of pass 0, the split and calib_hist
+  // One or two groups of packed, aligned float tensors of ballot-split shapes: the plan folds the
+  // value selects into the last block of pass 0 (no exclusions: bulk copies), the split (which also
+  // builds the joint histogram of digits 1 and 2 and selects both) and calib_hist
   // (calib_ticket_select). One block per kernel (a single 16 x 4 tensor), many blocks (~0.6 M
   // entries over 40 pass-0 and 37 split tiles), all magnitudes equal (one bucket holds all: the
-  // candidate capacity exactly enough, one short, zero), s = 0 and s = 1; model and module
-  // granularity (the last block selects two groups one after the other), both semantics; each
-  // also with separate select launches (compare_gpu_cpu's repetition 3).
+  // candidate capacity exactly enough, one short, zero: calib_hist's fused select then), mostly
+  // exact zeros with an exclusion mask (tau = 0: the excluded count joins bin 0 of the joint
+  // select), s = 0 and s = 1; model and module granularity (the last block selects two groups one
+  // after the other), both semantics; each also with separate select launches (compare_gpu_cpu's
+  // repetition 3).
   LORI_TEST_SEED_INFO();
   auto g = lori_test::rng(114);
   std::normal_distribution<float> nd(0.0f, 0.02f);
@@ -389,18 +392,25 @@ TEST_CASE("GPU calibration equals the CPU path with every select folded into the
   };
   const std::vector<std::vector<shape>> sets = {{{16, 4}}, {{4096, 32}, {1024, 64}, {333, 16}, {9001, 32}, {2049, 8}, {515, 32}}};
   for (std::size_t set = 0; set < sets.size(); ++set) {
-    for (int kind = 0; kind < 2; ++kind) {
-      if (quick() && set == 1 && kind == 1) continue;
-      INFO("set " << set << " data kind " << kind << " (0 normal, 1 all |x| = 0.5)");
+    for (int kind = 0; kind < 3; ++kind) {
+      if (quick() && set == 1 && kind != 0) continue;
+      INFO("set " << set << " data kind " << kind << " (0 normal, 1 all |x| = 0.5, 2 70% zeros, exclusions)");
       std::vector<std::vector<float>> store;
+      std::vector<lori::bitmask> ex;
+      ex.reserve(sets[set].size());
       std::vector<lori::calibration_tensor<float>> ts;
       lori::index_t n = 0;
+      std::uniform_real_distribution<float> u01(0.0f, 1.0f);
       for (std::size_t t = 0; t < sets[set].size(); ++t) {
         const auto sh = sets[set][t];
         store.emplace_back(static_cast<std::size_t>(sh.rows * sh.cols));
-        for (auto& x : store.back()) x = kind == 0 ? nd(g) : (coin(g) ? 0.5f : -0.5f);
+        for (auto& x : store.back()) x = kind == 0 ? nd(g) : kind == 1 ? (coin(g) ? 0.5f : -0.5f) : (u01(g) < 0.7f ? 0.0f : nd(g));
+        ex.emplace_back(sh.rows, sh.cols);
+        if (kind == 2 && t == 0)
+          for (lori::index_t i = 0; i < sh.rows; ++i)
+            for (lori::index_t j = i % 3; j < sh.cols; j += 3) ex.back().set(i, j);
         const std::string name = "model.layers." + std::to_string(t) + (t % 2 == 0 ? ".mlp.gate_proj" : ".self_attn.o_proj") + ".lora_B.weight";
-        ts.push_back({name, lori::row_major_view<const float>(store.back().data(), sh.rows, sh.cols), nullptr});
+        ts.push_back({name, lori::row_major_view<const float>(store.back().data(), sh.rows, sh.cols), kind == 2 && t == 0 ? &ex.back() : nullptr});
         n += sh.rows * sh.cols;
       }
       {  // the plan does fold the selects for these tensors (one and two groups)
@@ -412,11 +422,12 @@ TEST_CASE("GPU calibration equals the CPU path with every select folded into the
           CHECK(plan.fused_select());
         }
       }
-      const std::vector<lori::index_t> caps = kind == 0 ? std::vector<lori::index_t>{-1, 0} : std::vector<lori::index_t>{-1, n, n - 1, 0};
+      const std::vector<lori::index_t> caps = kind == 1 ? std::vector<lori::index_t>{-1, n, n - 1, 0} : std::vector<lori::index_t>{-1, 0};
       for (auto gran : {lori::mask_granularity::model, lori::mask_granularity::module})
         for (auto sem : all_semantics)
-          for (double s : {0.0, 0.9, 1.0}) {
-            if (quick() && s != 0.9) continue;
+          for (double s : {0.0, 0.5, 0.9, 1.0}) {
+            if (quick() && (s != 0.9 || (set == 1 && (gran != lori::mask_granularity::model || sem != lori::mask_semantics::reference))))
+              continue;
             for (lori::index_t cap : caps) {
               INFO("s=" << s << " granularity=" << lori::to_string(gran) << " exact=" << (sem == lori::mask_semantics::exact)
                         << " capacity=" << cap);

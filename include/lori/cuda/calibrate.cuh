@@ -87,6 +87,11 @@ inline constexpr int calib_cand_unroll = 4;       // candidates per thread in fl
 inline constexpr int calib_ballot_steps = 16;     // calib_split_ballot: 32-element chunks per warp per batch (loads in flight)
 inline constexpr index_t calib_pass0_tile_elems = 8192;   // pass 0: one unrolled sweep of a block
 inline constexpr index_t calib_fused_select_groups = 2;  // at most this many groups: selects in the last blocks (calib_ticket_select)
+// Float, fused selects, the split by calib_split_ballot only: the split also histograms digits 1
+// and 2 jointly (the low 18 key bits) per group, so its last block selects both and calib_hist
+// has nothing to do.
+inline constexpr int calib_joint_bits = 18;
+inline constexpr index_t calib_joint_bins = index_t{1} << calib_joint_bits;
 
 // Value digits on the GPU: a first digit of calib_first_bits bits (8192 bins: the selected bucket
 // holds ~1% of normal-like data, 4x fewer candidates than an 11-bit digit), then digits of
@@ -187,7 +192,10 @@ struct calib_params {
   index_t num_groups;
   int fused;  // value digits whose select runs in the last block of the histogramming kernel
               // (calib_ticket_select): bit 0 digit 0 (calib_pass0_bulk), bit 1 digit 1 (the split),
-              // bit 2 the later digits (calib_hist); the plan sets them with few groups
+              // bit 2 the later digits (calib_hist); the plan sets them with few groups. Bit 3:
+              // calib_split_ballot also builds the joint histogram of digits 1 and 2 (`joint`) and,
+              // in compact mode, its last block selects digit 2 too (calib_hist returns at once)
+  unsigned long long* joint;  // bit 3: groups x calib_joint_bins counters (zeroed by calib_init)
 };
 
 // Programmatic dependent launch (sm_90; run() launches every kernel after calib_init with the
@@ -490,8 +498,10 @@ __global__ void __launch_bounds__(calib_select_block, 2) calib_select(calib_grou
 // (launch, ramp, completion) follows. Every thread of every block must call it, at the end of the
 // kernel (the block's shared memory is free). ticket: calib_globals::tickets[pass] (zeroed by
 // calib_init; one use per run). stage: MaxBins counters of shared memory when MaxBins > 16 x 256.
+// joint (the split of digit 1, calib_params::fused bit 3, compact mode): then digit 2 is selected
+// too, from the joint histogram (calib_params::joint).
 template <class T, int MaxBins>
-__device__ __forceinline__ void calib_ticket_select(const calib_params<T>& p, int pass, unsigned long long* stage = nullptr) {
+__device__ __forceinline__ void calib_ticket_select(const calib_params<T>& p, int pass, unsigned long long* stage = nullptr, bool joint = false) {
   using Key = magnitude_key_t<T>;
   __shared__ unsigned long long sh_total[calib_block / 32];
   __shared__ unsigned int sh_last;
@@ -510,6 +520,16 @@ __device__ __forceinline__ void calib_ticket_select(const calib_params<T>& p, in
                                                               stage);
     else
       calib_select_group<Key, 0, calib_block, MaxBins>(p.groups + g, p.hist + g * calib_max_bins, p.globals, pass, p.exact, sh_total);
+    if (joint) {  // digit 2 from the joint histogram's 128 counters under the selected digit 1
+      __syncthreads();  // the state narrowed by one thread above, read by all below
+      const radix_select_state<Key> vs = p.groups[g].value;
+      if (vs.pass == pass + 1 && !vs.finished()) {  // block-uniform (k = 0: finished, nothing to select)
+        constexpr int bits = magnitude_key<T>::bits;
+        const auto d1 = static_cast<index_t>((vs.prefix >> calib_vshift(bits, pass)) & calib_digit_mask<0>(bits, pass));
+        calib_select_group<Key, 0, calib_block, radix_bins>(p.groups + g, p.joint + g * calib_joint_bins + (d1 << calib_vshift(bits, pass)),
+                                                         p.globals, pass + 1, p.exact, sh_total);
+      }
+    }
     __syncthreads();  // sh_total is reused by the next group
   }
 }
@@ -1149,6 +1169,10 @@ __device__ __forceinline__ void calib_split_ballot_tile(const calib_params<T>& p
   unsigned long long slot = sh_base;
   for (int w = 0; w < warp; ++w) slot += sh_cnt[w];
   unsigned long long* h = p.hist + td.group * calib_max_bins;
+  unsigned long long* jh = (p.fused & 8) != 0 ? p.joint + td.group * calib_joint_bins : nullptr;  // joint digits 1 and 2
+  static_assert(calib_vshift(bits, 2) == 0 && calib_vhigh(bits, 2) == calib_vshift(bits, 1) &&
+                    calib_vshift(bits, 0) == calib_joint_bits,
+                "calib_split_ballot: digits 1 and 2 are the low calib_joint_bits key bits");
   // Lane l expands staged chunks l, l + 32: its candidates' slots follow the warp's inclusive scan
   // of the candidate counts.
   for (std::uint32_t j0 = 0; j0 < nstaged; j0 += 32) {
@@ -1170,6 +1194,7 @@ __device__ __forceinline__ void calib_split_ballot_tile(const calib_params<T>& p
       calib_store_keep(p.cands + at++, calib_candidate<Key>{key, static_cast<std::uint32_t>(tile.tensor), static_cast<std::uint64_t>(bit)},
                        keep);
       atomicAdd(h + ((key >> shift1) & dmask), 1ull);
+      if (jh != nullptr) atomicAdd(jh + (key & (calib_joint_bins - 1)), 1ull);
     }
     slot += __shfl_sync(0xffffffffu, incl, 31);
   }
@@ -1177,7 +1202,7 @@ __device__ __forceinline__ void calib_split_ballot_tile(const calib_params<T>& p
 template <class T>
 __global__ void __launch_bounds__(calib_block, 5) calib_split_ballot(calib_params<T> p) {
   calib_split_ballot_tile(p);
-  if (p.fused & 2) calib_ticket_select<T, radix_bins>(p, 1);
+  if (p.fused & 2) calib_ticket_select<T, radix_bins>(p, 1, nullptr, (p.fused & 8) != 0 && calib_compact(p.globals, p.capacity));
 }
 
 // Histogram of digit `pass` (>= 2 for values, >= 0 for tie positions): Mode 0 of the value keys
@@ -1272,6 +1297,8 @@ template <class T, int Mode>
 __global__ void __launch_bounds__(calib_block) calib_hist(calib_params<T> p, int pass) {
   calib_wait_prior();
   calib_allow_next();
+  // The split's last block has selected this digit from the joint histogram (grid-uniform).
+  if (Mode == 0 && (p.fused & 8) != 0 && calib_compact(p.globals, p.capacity)) return;
   calib_hist_body<T, Mode>(p, pass);
   if (Mode == 0 && (p.fused & 4)) calib_ticket_select<T, radix_bins>(p, pass);
 }
@@ -1524,7 +1551,12 @@ class calibration_plan {
     off_init_ = off_tiles_ + detail_calib::calib_align(static_cast<std::size_t>(nt_ + nt0_) * sizeof(detail_calib::calib_tile));
     off_groups_ = off_init_ + detail_calib::calib_align(group_init_.size() * sizeof(G));
     off_hist_ = off_groups_ + detail_calib::calib_align(group_init_.size() * sizeof(G));
-    off_globals_ = off_hist_ + detail_calib::calib_align(group_init_.size() * detail_calib::calib_max_bins * sizeof(unsigned long long));
+    // Joint histograms of digits 1 and 2 (calib_params::fused bit 3): float, few groups, every
+    // tensor with entries split by calib_split_ballot.
+    joint_ = std::is_same_v<T, float> && groups_.count() <= detail_calib::calib_fused_select_groups &&
+             std::all_of(descs_.begin(), descs_.end(), [](const detail_calib::calib_tensor_desc<T>& d) { return d.ballot != 0 || d.rows * d.cols == 0; });
+    off_joint_ = off_hist_ + detail_calib::calib_align(group_init_.size() * detail_calib::calib_max_bins * sizeof(unsigned long long));
+    off_globals_ = off_joint_ + (joint_ ? detail_calib::calib_align(group_init_.size() * detail_calib::calib_joint_bins * sizeof(unsigned long long)) : 0);
     off_kept_ = off_globals_ + detail_calib::calib_align(sizeof(detail_calib::calib_globals));
     off_cands_ = off_kept_ + detail_calib::calib_align(descs_.size() * sizeof(unsigned long long));
     bytes_ = off_cands_ + detail_calib::calib_align(static_cast<std::size_t>(capacity_) * sizeof(detail_calib::calib_candidate<key_type>));
@@ -1586,7 +1618,7 @@ class calibration_plan {
     // Few groups: each value digit's select runs in the last block of the kernel that histograms it
     // (calib_ticket_select), where that kernel is one launch (the split: one kind of tile).
     if (groups_.count() <= detail_calib::calib_fused_select_groups) {
-      fused_ = (bulk0_ ? 1 : 0) | (ntb_ == nt_ || ntb_ == 0 ? 2 : 0) | 4;
+      fused_ = (bulk0_ ? 1 : 0) | (ntb_ == nt_ || ntb_ == 0 ? 2 : 0) | 4 | (joint_ && ntb_ == nt_ ? 8 : 0);
     }
   }
 
@@ -1747,6 +1779,7 @@ class calibration_plan {
     p.tiles = reinterpret_cast<const detail_calib::calib_tile*>(ws + off_tiles_);
     p.groups = reinterpret_cast<detail_calib::calib_group_state<key_type>*>(ws + off_groups_);
     p.hist = reinterpret_cast<unsigned long long*>(ws + off_hist_);
+    p.joint = reinterpret_cast<unsigned long long*>(ws + off_joint_);
     p.globals = reinterpret_cast<detail_calib::calib_globals*>(ws + off_globals_);
     p.cands = reinterpret_cast<detail_calib::calib_candidate<key_type>*>(ws + off_cands_);
     p.kept = reinterpret_cast<unsigned long long*>(ws + off_kept_);
@@ -1781,7 +1814,9 @@ class calibration_plan {
   bool bulk0_ = false;  // pass 0 by calib_pass0_bulk (every pass-0 tile a float4 tile without exclusions)
   bool interleave0_ = false;  // calib_pass0_bulk's blocks take interleaved tiles (bulk0_ and one group)
   unsigned grid_pass0_ = 1, grid_small_ = 1;
-  std::size_t off_tensors_ = 0, off_tiles_ = 0, off_init_ = 0, off_groups_ = 0, off_hist_ = 0, off_globals_ = 0, off_kept_ = 0, off_cands_ = 0;
+  std::size_t off_tensors_ = 0, off_tiles_ = 0, off_init_ = 0, off_groups_ = 0, off_hist_ = 0, off_joint_ = 0, off_globals_ = 0, off_kept_ = 0,
+              off_cands_ = 0;
+  bool joint_ = false;  // the workspace holds joint histograms (see calib_params::fused bit 3)
   std::size_t bytes_ = 0, ws_zero_begin_ = 0, ws_zero_end_ = 0;
 };
 
