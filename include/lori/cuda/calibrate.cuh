@@ -146,6 +146,14 @@ struct calib_tile {
   index_t row_begin, row_end;
 };
 
+// The candidates one calib_split_ballot block wrote (calib_params::fused bit 4): records
+// [begin, begin + count), all of one tensor.
+struct calib_segment {
+  unsigned long long begin;
+  unsigned int count;
+  unsigned int tensor;
+};
+
 template <class Key>
 struct calib_candidate {
   Key key;
@@ -196,6 +204,10 @@ struct calib_params {
               // calib_split_ballot also builds the joint histogram of digits 1 and 2 (`joint`) and,
               // in compact mode, its last block selects digit 2 too (calib_hist returns at once)
   unsigned long long* joint;  // bit 3: groups x calib_joint_bins counters (zeroed by calib_init)
+  // Bit 4 (every split tile a calib_split_ballot tile): each split block describes its candidates
+  // (segments[block]), and calib_finish takes them a warp per segment (one tensor and group per
+  // warp: no per-candidate descriptor and state loads, one kept-count atomic per segment).
+  calib_segment* segments;
 };
 
 // Programmatic dependent launch (sm_90; run() launches every kernel after calib_init with the
@@ -1163,6 +1175,8 @@ __device__ __forceinline__ void calib_split_ballot_tile(const calib_params<T>& p
     }
     if (total != 0) sh_base = atomicAdd(&p.globals->cand_count, total);
     if (kept_total != 0) atomicAdd(p.kept + tile.tensor, kept_total);
+    if (p.fused & 16)
+      p.segments[blockIdx.x] = calib_segment{total != 0 ? sh_base : 0ull, static_cast<unsigned int>(total), static_cast<unsigned int>(tile.tensor)};
   }
   __syncthreads();
   if (wcount == 0) return;
@@ -1309,11 +1323,59 @@ __device__ __forceinline__ bool calib_keep_tie(const calib_params<T>& p, const c
   return !p.exact || (p.pos_max - pos) >= gs->tie.prefix;
 }
 
+// calib_finish in compact mode over calib_split_ballot's segments (calib_params::fused bit 4): a
+// warp per segment; the segment's tensor descriptor and group state are loaded once, its records
+// calib_cand_unroll x 32 at a time (all in flight), kept candidates' bits set by atomicOr; kept
+// and tie counts summed over the warp, one atomic each per segment.
+template <class T>
+__device__ __forceinline__ void calib_finish_segments(const calib_params<T>& p) {
+  using Key = magnitude_key_t<T>;
+  constexpr int U = calib_cand_unroll;
+  const int lane = static_cast<int>(threadIdx.x & 31u);
+  const index_t warps = static_cast<index_t>(gridDim.x) * (blockDim.x / 32);
+  for (index_t sg = blockIdx.x * static_cast<index_t>(blockDim.x / 32) + (threadIdx.x >> 5); sg < p.num_ballot_tiles; sg += warps) {
+    const calib_segment seg = p.segments[sg];
+    if (seg.count == 0) continue;  // warp-uniform
+    const calib_tensor_desc<T>* td = p.tensors + seg.tensor;
+    const index_t grp = __ldg(&td->group);
+    std::uint64_t* out = td->out;
+    const auto boff = static_cast<std::uint64_t>(__ldg(&td->bit_offset));
+    const Key tau = p.groups[grp].value.prefix;
+    const std::uint64_t tie_prefix = p.groups[grp].tie.prefix;
+    unsigned int kept = 0, ties = 0;
+    for (unsigned int j0 = 0; j0 < seg.count; j0 += 32 * U) {
+      calib_candidate<Key> c[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u)
+        if (j0 + 32 * u + lane < seg.count) c[u] = p.cands[seg.begin + j0 + 32 * u + lane];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        if (j0 + 32 * u + lane >= seg.count) continue;
+        bool keep = c[u].key > tau;
+        // exact semantics: a tie is kept when its tie key (pos_max - flat position) reaches the
+        // selected tie prefix (calib_keep_tie)
+        if (c[u].key == tau && (!p.exact || p.pos_max - (boff + c[u].bit) >= tie_prefix)) {
+          keep = true;
+          ++ties;
+        }
+        if (keep) {
+          atomicOr(reinterpret_cast<unsigned long long*>(out + (c[u].bit >> 6)), 1ull << (c[u].bit & 63));
+          ++kept;
+        }
+      }
+    }
+    kept = calib_warp_sum(kept);
+    ties = calib_warp_sum(ties);
+    if (lane == 0 && kept != 0) atomicAdd(p.kept + seg.tensor, static_cast<unsigned long long>(kept));
+    if (lane == 0 && ties != 0) atomicAdd(&p.groups[grp].ties_kept, static_cast<unsigned long long>(ties));
+  }
+}
+
 // Last kernel. Compact mode: sets the bits of the kept candidates (atomicOr) and adds them to the
 // kept counts. Overflow mode: writes every mask word from tau (and the tie cut) over the full data
 // and counts the kept entries. Both count the ties kept.
 template <class T>
-__global__ void __launch_bounds__(calib_block, 4) calib_finish(calib_params<T> p) {
+__global__ void __launch_bounds__(calib_block) calib_finish(calib_params<T> p) {
   using Key = magnitude_key_t<T>;
   const int lane = static_cast<int>(threadIdx.x & 31u);
   calib_wait_prior();
@@ -1332,6 +1394,10 @@ __global__ void __launch_bounds__(calib_block, 4) calib_finish(calib_params<T> p
           atomicMin(&p.globals->bad_position, static_cast<unsigned long long>(td.elem_offset + r * td.cols + c));
       }
     }
+    return;
+  }
+  if (calib_compact(p.globals, p.capacity) && (p.fused & 16)) {
+    calib_finish_segments(p);
     return;
   }
   if (calib_compact(p.globals, p.capacity)) {
@@ -1558,10 +1624,12 @@ class calibration_plan {
     off_joint_ = off_hist_ + detail_calib::calib_align(group_init_.size() * detail_calib::calib_max_bins * sizeof(unsigned long long));
     off_globals_ = off_joint_ + (joint_ ? detail_calib::calib_align(group_init_.size() * detail_calib::calib_joint_bins * sizeof(unsigned long long)) : 0);
     off_kept_ = off_globals_ + detail_calib::calib_align(sizeof(detail_calib::calib_globals));
-    off_cands_ = off_kept_ + detail_calib::calib_align(descs_.size() * sizeof(unsigned long long));
+    off_segments_ = off_kept_ + detail_calib::calib_align(descs_.size() * sizeof(unsigned long long));
+    // Segments (calib_params::fused bit 4, joint_ implies every split tile is a ballot tile).
+    off_cands_ = off_segments_ + (joint_ ? detail_calib::calib_align(static_cast<std::size_t>(nt_) * sizeof(detail_calib::calib_segment)) : 0);
     bytes_ = off_cands_ + detail_calib::calib_align(static_cast<std::size_t>(capacity_) * sizeof(detail_calib::calib_candidate<key_type>));
     ws_zero_begin_ = off_hist_;  // histograms, globals and kept counts start at zero
-    ws_zero_end_ = off_cands_;
+    ws_zero_end_ = off_segments_;
     // Pass 0 by bulk copies when every pass-0 tile is a float4 tile without exclusions.
     bulk0_ = std::is_same_v<T, float> && nt0_ > 0 && std::all_of(tiles0.begin(), tiles0.end(), [&](const detail_calib::calib_tile& t) {
                const auto& d = descs_[static_cast<std::size_t>(t.tensor)];
@@ -1618,7 +1686,7 @@ class calibration_plan {
     // Few groups: each value digit's select runs in the last block of the kernel that histograms it
     // (calib_ticket_select), where that kernel is one launch (the split: one kind of tile).
     if (groups_.count() <= detail_calib::calib_fused_select_groups) {
-      fused_ = (bulk0_ ? 1 : 0) | (ntb_ == nt_ || ntb_ == 0 ? 2 : 0) | 4 | (joint_ && ntb_ == nt_ ? 8 : 0);
+      fused_ = (bulk0_ ? 1 : 0) | (ntb_ == nt_ || ntb_ == 0 ? 2 : 0) | 4 | (joint_ && ntb_ == nt_ ? 8 | 16 : 0);
     }
   }
 
@@ -1780,6 +1848,7 @@ class calibration_plan {
     p.groups = reinterpret_cast<detail_calib::calib_group_state<key_type>*>(ws + off_groups_);
     p.hist = reinterpret_cast<unsigned long long*>(ws + off_hist_);
     p.joint = reinterpret_cast<unsigned long long*>(ws + off_joint_);
+    p.segments = reinterpret_cast<detail_calib::calib_segment*>(ws + off_segments_);
     p.globals = reinterpret_cast<detail_calib::calib_globals*>(ws + off_globals_);
     p.cands = reinterpret_cast<detail_calib::calib_candidate<key_type>*>(ws + off_cands_);
     p.kept = reinterpret_cast<unsigned long long*>(ws + off_kept_);
@@ -1815,7 +1884,7 @@ class calibration_plan {
   bool interleave0_ = false;  // calib_pass0_bulk's blocks take interleaved tiles (bulk0_ and one group)
   unsigned grid_pass0_ = 1, grid_small_ = 1;
   std::size_t off_tensors_ = 0, off_tiles_ = 0, off_init_ = 0, off_groups_ = 0, off_hist_ = 0, off_joint_ = 0, off_globals_ = 0, off_kept_ = 0,
-              off_cands_ = 0;
+              off_segments_ = 0, off_cands_ = 0;
   bool joint_ = false;  // the workspace holds joint histograms (see calib_params::fused bit 3)
   std::size_t bytes_ = 0, ws_zero_begin_ = 0, ws_zero_end_ = 0;
 };
