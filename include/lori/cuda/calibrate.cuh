@@ -990,13 +990,18 @@ __device__ __forceinline__ void calib_store_keep(calib_candidate<std::uint32_t>*
                : "memory");
 }
 
-// The ballot over a full warp of |x| >= t (calib_abs_ge), in PTX: the warp is converged where this
-// is called (warp-uniform control flow), so no divergence check is needed around the vote.
-__device__ __forceinline__ std::uint32_t calib_ballot_abs_ge(float x, float t) {
-  std::uint32_t r;
-  asm volatile("{\n\t.reg .pred p;\n\t.reg .f32 a;\n\tabs.f32 a, %1;\n\tsetp.ge.f32 p, a, %2;\n\tvote.sync.ballot.b32 %0, p, 0xffffffff;\n\t}"
-               : "=r"(r)
-               : "f"(x), "f"(t));
+// The ballot over a full warp of |x| >= hi (calib_abs_ge), and this lane's candidate flag
+// (lo <= |x| < hi; IEEE compares without .ftz, false for NaN) OR-ed into bit s of cflag, in PTX: the
+// warp is converged where this is called (warp-uniform control flow), so no divergence check is
+// needed around the vote.
+__device__ __forceinline__ std::uint32_t calib_ballot_abs_ge_cand(float x, float hi, float lo, std::uint32_t& cflag, int s) {
+  std::uint32_t r, c;
+  asm volatile(
+      "{\n\t.reg .pred ph, pc;\n\t.reg .f32 a;\n\tabs.f32 a, %2;\n\tsetp.ge.f32 ph, a, %3;\n\tsetp.ge.f32 pc, a, %4;\n\t"
+      "setp.lt.and.f32 pc, a, %3, pc;\n\tvote.sync.ballot.b32 %0, ph, 0xffffffff;\n\tselp.u32 %1, 1, 0, pc;\n\t}"
+      : "=r"(r), "=r"(c)
+      : "f"(x), "f"(hi), "f"(lo));
+  cflag |= c << s;
   return r;
 }
 
@@ -1088,15 +1093,16 @@ __device__ __forceinline__ void calib_split_ballot_tile(const calib_params<T>& p
         x[s] = (q0 + s < q_end && e < n) ? calib_load_once(base + e, once) : nan;
       }
     }
-    std::uint32_t kb[S];
+    std::uint32_t kb[S], cflag = 0;  // cflag bit s: this lane's entry of chunk q0 + s is a candidate
 #pragma unroll
-    for (int s = 0; s < S; ++s) {
-      kb[s] = calib_ballot_abs_ge(x[s], hi);
-      std::uint32_t cb = calib_ballot_abs_ge(x[s], lo) & ~kb[s];
-      if (cb != 0) {  // warp-uniform: one entry per chunk (exclusions and records at the end)
-        if (lane == 0) stage[warp][nstaged] = make_uint2(q0 + s, cb);
-        ++nstaged;
-      }
+    for (int s = 0; s < S; ++s) kb[s] = calib_ballot_abs_ge_cand(x[s], hi, lo, cflag, s);
+    // The batch's chunks with a candidate (warp-uniform, one reduction), each staged as one entry
+    // (exclusions and records at the end), in chunk order.
+    for (std::uint32_t m = __reduce_or_sync(0xffffffffu, cflag); m != 0; m &= m - 1) {
+      const int s = __ffs(static_cast<int>(m)) - 1;
+      const std::uint32_t cb = __ballot_sync(0xffffffffu, (cflag >> s) & 1u);
+      if (lane == 0) stage[warp][nstaged] = make_uint2(q0 + static_cast<std::uint32_t>(s), cb);
+      ++nstaged;
     }
     if (!compact) continue;
     // Lane i takes kb[i] (a select tree: S - 1 selects), then writes chunk q0 + i's mask bits.
