@@ -376,8 +376,8 @@ TEST_CASE("GPU calibration equals the CPU path with every select folded into the
   // One or two groups of packed, aligned float tensors of ballot-split shapes: the plan folds the
   // value selects into the last block of pass 0 (no exclusions: bulk copies), the split (which also
   // builds the joint histogram of digits 1 and 2 and selects both) and calib_hist
-  // (calib_ticket_select). One block per kernel (a single 16 x 4 tensor), many blocks (~0.6 M
-  // entries over 40 pass-0 and 37 split tiles), all magnitudes equal (one bucket holds all: the
+  // (calib_ticket_select). One block per kernel (a single 16 x 4 tensor), many blocks (0.52 M
+  // entries over 67 pass-0 and 35 split tiles), all magnitudes equal (one bucket holds all: the
   // candidate capacity exactly enough, one short, zero: calib_hist's fused select then), mostly
   // exact zeros with an exclusion mask (tau = 0: the excluded count joins bin 0 of the joint
   // select), s = 0 and s = 1; model and module granularity (the last block selects two groups one
