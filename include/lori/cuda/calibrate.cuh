@@ -84,6 +84,7 @@ inline constexpr int calib_max_bins = 1 << calib_first_bits;
 inline constexpr int calib_split_unroll = 8;     // float4 loads in flight per thread in the split pass (half a tile)
 inline constexpr index_t calib_tile_elems = 16384;       // tiles of the split and full-data passes
 inline constexpr int calib_cand_unroll = 4;       // candidates per thread in flight in calib_hist / calib_finish
+inline constexpr int calib_seg_unroll = 6;        // calib_finish_segments: records per lane in flight (192 per warp: most segments at once)
 inline constexpr int calib_ballot_steps = 16;     // calib_split_ballot: 32-element chunks per warp per batch (loads in flight)
 inline constexpr index_t calib_pass0_tile_elems = 8192;   // pass 0: one unrolled sweep of a block
 inline constexpr index_t calib_fused_select_groups = 2;  // at most this many groups: selects in the last blocks (calib_ticket_select)
@@ -1331,12 +1332,12 @@ __device__ __forceinline__ bool calib_keep_tie(const calib_params<T>& p, const c
 
 // calib_finish in compact mode over calib_split_ballot's segments (calib_params::fused bit 4): a
 // warp per segment; the segment's tensor descriptor and group state are loaded once, its records
-// calib_cand_unroll x 32 at a time (all in flight), kept candidates' bits set by atomicOr; kept
+// calib_seg_unroll x 32 at a time (all in flight), kept candidates' bits set by atomicOr; kept
 // and tie counts summed over the warp, one atomic each per segment.
 template <class T>
 __device__ __forceinline__ void calib_finish_segments(const calib_params<T>& p) {
   using Key = magnitude_key_t<T>;
-  constexpr int U = calib_cand_unroll;
+  constexpr int U = calib_seg_unroll;
   const int lane = static_cast<int>(threadIdx.x & 31u);
   const index_t warps = static_cast<index_t>(gridDim.x) * (blockDim.x / 32);
   for (index_t sg = blockIdx.x * static_cast<index_t>(blockDim.x / 32) + (threadIdx.x >> 5); sg < p.num_ballot_tiles; sg += warps) {
@@ -1402,9 +1403,11 @@ __global__ void __launch_bounds__(calib_block) calib_finish(calib_params<T> p) {
     }
     return;
   }
-  if (calib_compact(p.globals, p.capacity) && (p.fused & 16)) {
-    calib_finish_segments(p);
-    return;
+  if constexpr (std::is_same_v<T, float>) {  // segments: calib_split_ballot's (float)
+    if (calib_compact(p.globals, p.capacity) && (p.fused & 16)) {
+      calib_finish_segments(p);
+      return;
+    }
   }
   if (calib_compact(p.globals, p.capacity)) {
     // calib_cand_unroll candidates per lane in flight (records, then descriptor fields, then group
