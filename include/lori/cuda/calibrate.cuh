@@ -209,6 +209,11 @@ struct calib_params {
   // (segments[block]), and calib_finish takes them a warp per segment (one tensor and group per
   // warp: no per-candidate descriptor and state loads, one kept-count atomic per segment).
   calib_segment* segments;
+  // Bit 5 (with bit 4): for tensors of a multiple of 32 columns, every candidate record also
+  // carries the mask bits its chunk (a u32 half of a mask word) got in the split (ckeep[slot]),
+  // and calib_finish_segments writes each such half-word once, with a plain store, from the
+  // segment's records (sorted by position), instead of an atomicOr per kept candidate.
+  std::uint32_t* ckeep;
 };
 
 // Programmatic dependent launch (sm_90; run() launches every kernel after calib_init with the
@@ -1045,6 +1050,7 @@ __device__ __forceinline__ void calib_split_ballot_tile(const calib_params<T>& p
   constexpr int wchunks = static_cast<int>(calib_tile_elems / 32 / warps);  // chunks per warp (64)
   static_assert(calib_tile_elems <= 65536 && wchunks % S == 0, "calib_split_ballot: tile layout");
   __shared__ uint2 stage[warps][wchunks];  // per warp: (chunk, candidate bits) of its chunks with candidates
+  __shared__ std::uint32_t stage_keep[warps][wchunks];  // calib_params::fused bit 5: their mask bits (exclusions out)
   __shared__ unsigned int sh[radix_bins];
   __shared__ unsigned int sh_cnt[warps], sh_kept[warps];
   __shared__ unsigned long long sh_base;
@@ -1099,7 +1105,8 @@ __device__ __forceinline__ void calib_split_ballot_tile(const calib_params<T>& p
     for (int s = 0; s < S; ++s) kb[s] = calib_ballot_abs_ge_cand(x[s], hi, lo, cflag, s);
     // The batch's chunks with a candidate (warp-uniform, one reduction), each staged as one entry
     // (exclusions and records at the end), in chunk order.
-    for (std::uint32_t m = __reduce_or_sync(0xffffffffu, cflag); m != 0; m &= m - 1) {
+    const std::uint32_t any = __reduce_or_sync(0xffffffffu, cflag), staged0 = nstaged;
+    for (std::uint32_t m = any; m != 0; m &= m - 1) {
       const int s = __ffs(static_cast<int>(m)) - 1;
       const std::uint32_t cb = __ballot_sync(0xffffffffu, (cflag >> s) & 1u);
       if (lane == 0) stage[warp][nstaged] = make_uint2(q0 + static_cast<std::uint32_t>(s), cb);
@@ -1126,6 +1133,8 @@ __device__ __forceinline__ void calib_split_ballot_tile(const calib_params<T>& p
         else
           calib_store_keep(reinterpret_cast<std::uint32_t*>(td.out + w) + (cir & 1u), v, keep);
         kept += static_cast<std::uint32_t>(__popc(v));
+        // This chunk's entry (if staged: the staging loop above took the chunks of `any` in order).
+        if ((p.fused & 32) && ((any >> lane) & 1u)) stage_keep[warp][staged0 + __popc(any & ((1u << lane) - 1u))] = v;
       } else {
         const std::uint32_t per = 32u / static_cast<std::uint32_t>(cols);
         const std::uint32_t cm = (1u << cols) - 1u;
@@ -1212,6 +1221,7 @@ __device__ __forceinline__ void calib_split_ballot_tile(const calib_params<T>& p
       const std::uint32_t row = cols == 32 ? e >> 5 : e / static_cast<std::uint32_t>(cols);
       const std::uint32_t col = e - row * static_cast<std::uint32_t>(cols);
       const index_t bit = ((tile.row_begin + row) * td.wpr + (col >> 6)) * 64 + (col & 63u);
+      if ((p.fused & 32) && cols >= 32) calib_store_keep(p.ckeep + at, stage_keep[warp][j], keep);
       calib_store_keep(p.cands + at++, calib_candidate<Key>{key, static_cast<std::uint32_t>(tile.tensor), static_cast<std::uint64_t>(bit)},
                        keep);
       atomicAdd(h + ((key >> shift1) & dmask), 1ull);
@@ -1332,8 +1342,10 @@ __device__ __forceinline__ bool calib_keep_tie(const calib_params<T>& p, const c
 
 // calib_finish in compact mode over calib_split_ballot's segments (calib_params::fused bit 4): a
 // warp per segment; the segment's tensor descriptor and group state are loaded once, its records
-// calib_seg_unroll x 32 at a time (all in flight), kept candidates' bits set by atomicOr; kept
-// and tie counts summed over the warp, one atomic each per segment.
+// calib_seg_unroll x 32 at a time (all in flight); kept and tie counts summed over the warp, one
+// atomic each per segment. The kept candidates' bits: with bit 5 and a multiple of 32 columns,
+// each half-word holding one is written once (its split bits ckeep | the kept candidates' bits,
+// a plain store by the last lane of its run of records), else atomicOr per kept candidate.
 template <class T>
 __device__ __forceinline__ void calib_finish_segments(const calib_params<T>& p) {
   using Key = magnitude_key_t<T>;
@@ -1347,28 +1359,65 @@ __device__ __forceinline__ void calib_finish_segments(const calib_params<T>& p) 
     const index_t grp = __ldg(&td->group);
     std::uint64_t* out = td->out;
     const auto boff = static_cast<std::uint64_t>(__ldg(&td->bit_offset));
+    const bool one_writer = (p.fused & 32) != 0 && __ldg(&td->cols) % 32 == 0;  // warp-uniform
     const Key tau = p.groups[grp].value.prefix;
     const std::uint64_t tie_prefix = p.groups[grp].tie.prefix;
     unsigned int kept = 0, ties = 0;
+    // One writer: a run of records in one half-word (sorted, <= 32 records) may straddle two rounds
+    // of 32; the last lane's run is carried into the next round (carry_*) and written there.
+    bool carry = false;
+    std::uint64_t carry_hw = 0;
+    std::uint32_t carry_bits = 0, carry_keep = 0;
+    auto* out32 = reinterpret_cast<std::uint32_t*>(out);
     for (unsigned int j0 = 0; j0 < seg.count; j0 += 32 * U) {
       calib_candidate<Key> c[U];
-#pragma unroll
-      for (int u = 0; u < U; ++u)
-        if (j0 + 32 * u + lane < seg.count) c[u] = p.cands[seg.begin + j0 + 32 * u + lane];
+      std::uint32_t ck[U];
 #pragma unroll
       for (int u = 0; u < U; ++u) {
-        if (j0 + 32 * u + lane >= seg.count) continue;
-        bool keep = c[u].key > tau;
-        // exact semantics: a tie is kept when its tie key (pos_max - flat position) reaches the
-        // selected tie prefix (calib_keep_tie)
-        if (c[u].key == tau && (!p.exact || p.pos_max - (boff + c[u].bit) >= tie_prefix)) {
-          keep = true;
-          ++ties;
+        if (j0 + 32 * u + lane < seg.count) {
+          c[u] = p.cands[seg.begin + j0 + 32 * u + lane];
+          if (one_writer) ck[u] = p.ckeep[seg.begin + j0 + 32 * u + lane];
         }
-        if (keep) {
-          atomicOr(reinterpret_cast<unsigned long long*>(out + (c[u].bit >> 6)), 1ull << (c[u].bit & 63));
-          ++kept;
+      }
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const unsigned int j = j0 + 32 * u + lane;
+        if (j0 + 32 * u >= seg.count) break;  // warp-uniform
+        const bool valid = j < seg.count;
+        bool keep = false;
+        if (valid) {
+          keep = c[u].key > tau;
+          // exact semantics: a tie is kept when its tie key (pos_max - flat position) reaches the
+          // selected tie prefix (calib_keep_tie)
+          if (c[u].key == tau && (!p.exact || p.pos_max - (boff + c[u].bit) >= tie_prefix)) {
+            keep = true;
+            ++ties;
+          }
+          kept += keep ? 1u : 0u;
         }
+        if (!one_writer) {
+          if (keep) atomicOr(reinterpret_cast<unsigned long long*>(out + (c[u].bit >> 6)), 1ull << (c[u].bit & 63));
+          continue;
+        }
+        // Half-word of the record (u32 index into the mask words); OR of the kept bits over the
+        // lanes up to this one with the same half-word (segmented scan: the records are sorted, so
+        // equal half-words at distance o enclose only equal ones).
+        const std::uint64_t hw = valid ? c[u].bit >> 5 : ~std::uint64_t{0};
+        std::uint32_t bits = keep ? 1u << (c[u].bit & 31) : 0u;
+        for (int o = 1; o < 32; o <<= 1) {
+          const std::uint32_t ob = __shfl_up_sync(0xffffffffu, bits, o);
+          const std::uint64_t oh = __shfl_up_sync(0xffffffffu, hw, o);
+          if (lane >= o && oh == hw) bits |= ob;
+        }
+        if (carry && hw == carry_hw) bits |= carry_bits;  // the run carried from the last round
+        if (carry && lane == 0 && hw != carry_hw && carry_bits != 0) out32[carry_hw] = carry_keep | carry_bits;  // it ended there
+        const std::uint64_t next_hw = __shfl_down_sync(0xffffffffu, hw, 1);
+        const bool defer = lane == 31 && valid && j + 1 < seg.count;  // the run may go on in the next round
+        if (valid && !defer && (lane == 31 || next_hw != hw) && bits != 0) out32[hw] = ck[u] | bits;
+        carry = __shfl_sync(0xffffffffu, defer, 31);
+        carry_hw = __shfl_sync(0xffffffffu, hw, 31);
+        carry_bits = __shfl_sync(0xffffffffu, bits, 31);
+        carry_keep = __shfl_sync(0xffffffffu, valid ? ck[u] : 0u, 31);
       }
     }
     kept = calib_warp_sum(kept);
@@ -1634,8 +1683,10 @@ class calibration_plan {
     off_globals_ = off_joint_ + (joint_ ? detail_calib::calib_align(group_init_.size() * detail_calib::calib_joint_bins * sizeof(unsigned long long)) : 0);
     off_kept_ = off_globals_ + detail_calib::calib_align(sizeof(detail_calib::calib_globals));
     off_segments_ = off_kept_ + detail_calib::calib_align(descs_.size() * sizeof(unsigned long long));
-    // Segments (calib_params::fused bit 4, joint_ implies every split tile is a ballot tile).
-    off_cands_ = off_segments_ + (joint_ ? detail_calib::calib_align(static_cast<std::size_t>(nt_) * sizeof(detail_calib::calib_segment)) : 0);
+    // Segments and the candidates' chunk bits (calib_params::fused bits 4 and 5; joint_ implies
+    // every split tile is a ballot tile).
+    off_ckeep_ = off_segments_ + (joint_ ? detail_calib::calib_align(static_cast<std::size_t>(nt_) * sizeof(detail_calib::calib_segment)) : 0);
+    off_cands_ = off_ckeep_ + (joint_ ? detail_calib::calib_align(static_cast<std::size_t>(capacity_) * sizeof(std::uint32_t)) : 0);
     bytes_ = off_cands_ + detail_calib::calib_align(static_cast<std::size_t>(capacity_) * sizeof(detail_calib::calib_candidate<key_type>));
     ws_zero_begin_ = off_hist_;  // histograms, globals and kept counts start at zero
     ws_zero_end_ = off_segments_;
@@ -1695,7 +1746,7 @@ class calibration_plan {
     // Few groups: each value digit's select runs in the last block of the kernel that histograms it
     // (calib_ticket_select), where that kernel is one launch (the split: one kind of tile).
     if (groups_.count() <= detail_calib::calib_fused_select_groups) {
-      fused_ = (bulk0_ ? 1 : 0) | (ntb_ == nt_ || ntb_ == 0 ? 2 : 0) | 4 | (joint_ && ntb_ == nt_ ? 8 | 16 : 0);
+      fused_ = (bulk0_ ? 1 : 0) | (ntb_ == nt_ || ntb_ == 0 ? 2 : 0) | 4 | (joint_ && ntb_ == nt_ ? 8 | 16 | 32 : 0);
     }
   }
 
@@ -1717,6 +1768,11 @@ class calibration_plan {
   /// results; for measurements and tests of both paths.
   void set_fused_select(bool on) noexcept { fuse_select_ = on; }
   bool fused_select() const noexcept { return fuse_select_ && fused_ != 0; }
+  /// With folded selects and every tensor split by ballots (float, 1, 2, 4, 8, 16 or 32k columns):
+  /// whether calib_finish writes each mask half-word holding a kept candidate once with a plain
+  /// store (default true; tensors of a multiple of 32 columns) instead of an atomicOr per kept
+  /// candidate. Same results; for measurements and tests of both paths.
+  void set_finish_one_writer(bool on) noexcept { one_writer_ = on; }
 
   /// Enqueues the calibration on `stream`: writes every mask word of every tensor. `workspace` is
   /// device memory of at least workspace_bytes(), 256-byte aligned (cudaMalloc memory is), untouched
@@ -1858,6 +1914,7 @@ class calibration_plan {
     p.hist = reinterpret_cast<unsigned long long*>(ws + off_hist_);
     p.joint = reinterpret_cast<unsigned long long*>(ws + off_joint_);
     p.segments = reinterpret_cast<detail_calib::calib_segment*>(ws + off_segments_);
+    p.ckeep = reinterpret_cast<std::uint32_t*>(ws + off_ckeep_);
     p.globals = reinterpret_cast<detail_calib::calib_globals*>(ws + off_globals_);
     p.cands = reinterpret_cast<detail_calib::calib_candidate<key_type>*>(ws + off_cands_);
     p.kept = reinterpret_cast<unsigned long long*>(ws + off_kept_);
@@ -1871,7 +1928,7 @@ class calibration_plan {
     p.pos_max = (std::uint64_t{1} << pos_bits_) - 1;
     p.exact = opt_.semantics == mask_semantics::exact ? 1 : 0;
     p.num_groups = groups_.count();
-    p.fused = fuse_select_ ? fused_ : 0;
+    p.fused = fuse_select_ ? (one_writer_ ? fused_ : fused_ & ~32) : 0;
     return p;
   }
 
@@ -1888,12 +1945,13 @@ class calibration_plan {
   int pos_bits_ = 1;
   bool pdl_ = true;
   bool fuse_select_ = true;  // set_fused_select
+  bool one_writer_ = true;   // set_finish_one_writer
   int fused_ = 0;            // calib_params::fused when fuse_select_
   bool bulk0_ = false;  // pass 0 by calib_pass0_bulk (every pass-0 tile a float4 tile without exclusions)
   bool interleave0_ = false;  // calib_pass0_bulk's blocks take interleaved tiles (bulk0_ and one group)
   unsigned grid_pass0_ = 1, grid_small_ = 1;
   std::size_t off_tensors_ = 0, off_tiles_ = 0, off_init_ = 0, off_groups_ = 0, off_hist_ = 0, off_joint_ = 0, off_globals_ = 0, off_kept_ = 0,
-              off_segments_ = 0, off_cands_ = 0;
+              off_segments_ = 0, off_ckeep_ = 0, off_cands_ = 0;
   bool joint_ = false;  // the workspace holds joint histograms (see calib_params::fused bit 3)
   std::size_t bytes_ = 0, ws_zero_begin_ = 0, ws_zero_end_ = 0;
 };
