@@ -83,7 +83,7 @@ ncu_warm BM_gpu_calibrate_llama3_8b/0/0 5
 # and end relative to the run's first kernel (us); the last run of the benchmark's loop.
 if command -v nsys > /dev/null; then
   log "== nsys BM_gpu_calibrate_llama3_8b/0/0 timeline of the last run (start end, us from its first kernel)"
-  timeout "$(tl 15)" nsys profile -t cuda -o "$OUT/mask_nsys" --force-overwrite true "$bench" \
+  timeout "$(tl 15)" nsys profile -t cuda --sample=none --cpuctxsw=none -o "$OUT/mask_nsys" --force-overwrite true "$bench" \
     --benchmark_filter="BM_gpu_calibrate_llama3_8b/0/0/" --benchmark_min_time=0.01 > "$OUT/mask_nsys.log" 2>&1
   timeout "$(tl 10)" nsys stats -q -r cuda_gpu_trace -f csv "$OUT/mask_nsys.nsys-rep" > "$OUT/mask_nsys.csv" 2>> "$OUT/mask_nsys.log"
   # cuda_gpu_trace csv: Start (ns), Duration (ns), ..., Name. A run starts at calib_init.
