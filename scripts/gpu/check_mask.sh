@@ -76,9 +76,10 @@ ncu_warm() {
   awk '/calib_[a-z0-9_]+</ { match($0, /calib_[a-z0-9_]+<[a-z, 0-9]*>/); k = substr($0, RSTART, RLENGTH); gsub(" ", "", k) }
     /gpu__time_duration.sum/ { printf "%s=%s ", k, $NF; tot += $NF } END { printf "sum=%.1f\n", tot }' "$OUT/mask_ncu_warm.log" | tee -a "$F"
 }
-# Reference / model granularity: 5 launches (init, pass0_bulk, split_ballot (+ selects of digits 0-2
-# in the last blocks), hist (returns at once), finish); the same with separate selects: 8.
-ncu_warm BM_gpu_calibrate_llama3_8b/0/0 5
+# Reference / model granularity: 6 launches (init, pass0_bulk (+ digit 0's select in its last
+# block), split_ballot (+ joint histogram of digits 1-2), select (digits 1 and 2), hist (returns at
+# once), finish); the same with separate selects and no joint histogram: 8.
+ncu_warm BM_gpu_calibrate_llama3_8b/0/0 6
 # The real (dependent-launch) timeline of one run, when Nsight Systems is there: per kernel, start
 # and end relative to the run's first kernel (us); the last run of the benchmark's loop.
 if command -v nsys > /dev/null; then
@@ -105,5 +106,5 @@ PY
 fi
 sanitize racecheck 30
 ncu_warm BM_gpu_calibrate_llama3_8b_unfused/0/0 8
-command -v ncu > /dev/null && ncu_run llama3_8b/0/0 5 16 10
+command -v ncu > /dev/null && ncu_run llama3_8b/0/0 6 16 12
 log "== done in $(( $(date +%s) - t0 )) s"

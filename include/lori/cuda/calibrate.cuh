@@ -84,13 +84,13 @@ inline constexpr int calib_max_bins = 1 << calib_first_bits;
 inline constexpr int calib_split_unroll = 8;     // float4 loads in flight per thread in the split pass (half a tile)
 inline constexpr index_t calib_tile_elems = 16384;       // tiles of the split and full-data passes
 inline constexpr int calib_cand_unroll = 4;       // candidates per thread in flight in calib_hist / calib_finish
-inline constexpr int calib_seg_unroll = 6;        // calib_finish_segments: records per lane in flight (192 per warp: most segments at once)
+inline constexpr int calib_seg_unroll = 4;        // calib_finish_segments: records per lane in flight (128 per warp)
 inline constexpr int calib_ballot_steps = 16;     // calib_split_ballot: 32-element chunks per warp per batch (loads in flight)
 inline constexpr index_t calib_pass0_tile_elems = 8192;   // pass 0: one unrolled sweep of a block
 inline constexpr index_t calib_fused_select_groups = 2;  // at most this many groups: selects in the last blocks (calib_ticket_select)
-// Float, fused selects, the split by calib_split_ballot only: the split also histograms digits 1
-// and 2 jointly (the low 18 key bits) per group, so its last block selects both and calib_hist
-// has nothing to do.
+// Float, at most calib_fused_select_groups groups, the split by calib_split_ballot only: the split
+// also histograms digits 1 and 2 jointly (the low 18 key bits) per group, so the digit-1 select
+// selects both and calib_hist has nothing to do.
 inline constexpr int calib_joint_bits = 18;
 inline constexpr index_t calib_joint_bins = index_t{1} << calib_joint_bits;
 
@@ -200,10 +200,10 @@ struct calib_params {
   int exact;
   index_t num_groups;
   int fused;  // value digits whose select runs in the last block of the histogramming kernel
-              // (calib_ticket_select): bit 0 digit 0 (calib_pass0_bulk), bit 1 digit 1 (the split),
-              // bit 2 the later digits (calib_hist); the plan sets them with few groups. Bit 3:
-              // calib_split_ballot also builds the joint histogram of digits 1 and 2 (`joint`) and,
-              // in compact mode, its last block selects digit 2 too (calib_hist returns at once)
+              // (calib_ticket_select): bit 0 digit 0 (calib_pass0_bulk), bit 2 the later digits
+              // (calib_hist); the plan sets them with few groups. Bit 3: calib_split_ballot also
+              // builds the joint histogram of digits 1 and 2 (`joint`) and, in compact mode, the
+              // digit-1 select selects digit 2 too (calib_hist returns at once)
   unsigned long long* joint;  // bit 3: groups x calib_joint_bins counters (zeroed by calib_init)
   // Bit 4 (every split tile a calib_split_ballot tile): each split block describes its candidates
   // (segments[block]), and calib_finish takes them a warp per segment (one tensor and group per
@@ -496,17 +496,32 @@ __device__ __forceinline__ void calib_select_group(calib_group_state<Key>* gs, u
 }
 
 // One block per group: calib_select_group (see there) for the group of the block.
+// joint (value digit 1 only; calib_params::fused bit 3): the group's joint histogram of digits 1
+// and 2; in compact mode (capacity) digit 2 is then selected too, from its 128 counters under the
+// selected digit 1 (calib_hist and the digit-2 select have nothing left to do).
 template <class Key, int Mode>
 __global__ void __launch_bounds__(calib_select_block, 2) calib_select(calib_group_state<Key>* groups, unsigned long long* hist,
-                                                                      calib_globals* globals, int pass, int exact) {
+                                                                      calib_globals* globals, int pass, int exact,
+                                                                      unsigned long long* joint, index_t capacity) {
   __shared__ unsigned long long sh_total[calib_select_block / 32];
   calib_wait_prior();
   calib_allow_next();
   // No tie selection running: no tie histogram was built (calib_hist returned), nothing to clear.
   // (Only a block whose group is live decrements ties_live, so 0 means none is live.)
   if (Mode == 1 && globals->ties_live == 0) return;
-  calib_select_group<Key, Mode, calib_select_block, calib_max_bins>(groups + blockIdx.x, hist + blockIdx.x * static_cast<index_t>(calib_max_bins),
-                                                                   globals, pass, exact, sh_total);
+  calib_group_state<Key>* gs = groups + blockIdx.x;
+  calib_select_group<Key, Mode, calib_select_block, calib_max_bins>(gs, hist + blockIdx.x * static_cast<index_t>(calib_max_bins), globals,
+                                                                   pass, exact, sh_total);
+  if (Mode == 0 && joint != nullptr && calib_compact(globals, capacity)) {  // grid-uniform
+    __syncthreads();  // the state narrowed by one thread above, read by all below; sh_total reused
+    const radix_select_state<Key> vs = gs->value;
+    if (vs.pass == pass + 1 && !vs.finished()) {  // block-uniform (k = 0: finished, nothing to select)
+      constexpr int bits = sizeof(Key) == 4 ? magnitude_key<float>::bits : magnitude_key<double>::bits;
+      const auto d1 = static_cast<index_t>((vs.prefix >> calib_vshift(bits, pass)) & calib_digit_mask<0>(bits, pass));
+      calib_select_group<Key, 0, calib_select_block, radix_bins>(gs, joint + blockIdx.x * calib_joint_bins + (d1 << calib_vshift(bits, pass)),
+                                                                 globals, pass + 1, exact, sh_total);
+    }
+  }
 }
 
 // The end of a kernel whose blocks built the histograms of value digit `pass` (Mode 0) with global
@@ -516,38 +531,30 @@ __global__ void __launch_bounds__(calib_select_block, 2) calib_select(calib_grou
 // (launch, ramp, completion) follows. Every thread of every block must call it, at the end of the
 // kernel (the block's shared memory is free). ticket: calib_globals::tickets[pass] (zeroed by
 // calib_init; one use per run). stage: MaxBins counters of shared memory when MaxBins > 16 x 256.
-// joint (the split of digit 1, calib_params::fused bit 3, compact mode): then digit 2 is selected
-// too, from the joint histogram (calib_params::joint).
 template <class T, int MaxBins>
-__device__ __forceinline__ void calib_ticket_select(const calib_params<T>& p, int pass, unsigned long long* stage = nullptr, bool joint = false) {
+__device__ __forceinline__ void calib_ticket_select(const calib_params<T>& p, int pass, unsigned long long* stage = nullptr) {
   using Key = magnitude_key_t<T>;
   __shared__ unsigned long long sh_total[calib_block / 32];
   __shared__ unsigned int sh_last;
-  // Each thread's histogram atomics are ordered before the block's ticket (fence, then barrier,
-  // then thread 0's ticket); the last block's fence after its ticket orders its loads after every
-  // other block's atomics (the threadFenceReduction pattern).
-  __threadfence();
+  // The block's histogram atomics are ordered before its ticket by the barrier and thread 0's
+  // fence; the last block's thread 0 fences after its ticket, and the barrier orders the block's
+  // loads (from L2) after it (the pattern of cooperative groups' grid synchronisation: one fence
+  // per block, not per thread: a fence waits for the thread's outstanding stores).
   __syncthreads();
-  if (threadIdx.x == 0) sh_last = atomicAdd(&p.globals->tickets[pass], 1u) == gridDim.x - 1 ? 1u : 0u;
+  if (threadIdx.x == 0) {
+    __threadfence();
+    const bool last = atomicAdd(&p.globals->tickets[pass], 1u) == gridDim.x - 1;
+    if (last) __threadfence();
+    sh_last = last ? 1u : 0u;
+  }
   __syncthreads();
   if (sh_last == 0) return;  // block-uniform
-  __threadfence();
   for (index_t g = 0; g < p.num_groups; ++g) {
     if constexpr (MaxBins / calib_block > 16)  // pass 0's 8192 bins: counters staged in shared memory
       calib_select_group_staged<Key, 0, calib_block, MaxBins>(p.groups + g, p.hist + g * calib_max_bins, p.globals, pass, p.exact, sh_total,
                                                               stage);
     else
       calib_select_group<Key, 0, calib_block, MaxBins>(p.groups + g, p.hist + g * calib_max_bins, p.globals, pass, p.exact, sh_total);
-    if (joint) {  // digit 2 from the joint histogram's 128 counters under the selected digit 1
-      __syncthreads();  // the state narrowed by one thread above, read by all below
-      const radix_select_state<Key> vs = p.groups[g].value;
-      if (vs.pass == pass + 1 && !vs.finished()) {  // block-uniform (k = 0: finished, nothing to select)
-        constexpr int bits = magnitude_key<T>::bits;
-        const auto d1 = static_cast<index_t>((vs.prefix >> calib_vshift(bits, pass)) & calib_digit_mask<0>(bits, pass));
-        calib_select_group<Key, 0, calib_block, radix_bins>(p.groups + g, p.joint + g * calib_joint_bins + (d1 << calib_vshift(bits, pass)),
-                                                         p.globals, pass + 1, p.exact, sh_total);
-      }
-    }
     __syncthreads();  // sh_total is reused by the next group
   }
 }
@@ -940,7 +947,6 @@ __global__ void __launch_bounds__(calib_block, 3) calib_split(calib_params<T> p)
   __syncthreads();
   if (threadIdx.x == 0 && sh_kept != 0) atomicAdd(p.kept + tile.tensor, static_cast<unsigned long long>(sh_kept));
   calib_flush(sh, radix_bins, p.hist + td.group * calib_max_bins);
-  if (p.fused & 2) calib_ticket_select<T, radix_bins>(p, 1);
 }
 
 // Column counts calib_split_ballot handles: a 32-element chunk of a packed tensor is then one
@@ -1233,7 +1239,6 @@ __device__ __forceinline__ void calib_split_ballot_tile(const calib_params<T>& p
 template <class T>
 __global__ void __launch_bounds__(calib_block, 5) calib_split_ballot(calib_params<T> p) {
   calib_split_ballot_tile(p);
-  if (p.fused & 2) calib_ticket_select<T, radix_bins>(p, 1, nullptr, (p.fused & 8) != 0 && calib_compact(p.globals, p.capacity));
 }
 
 // Histogram of digit `pass` (>= 2 for values, >= 0 for tie positions): Mode 0 of the value keys
@@ -1328,7 +1333,7 @@ template <class T, int Mode>
 __global__ void __launch_bounds__(calib_block) calib_hist(calib_params<T> p, int pass) {
   calib_wait_prior();
   calib_allow_next();
-  // The split's last block has selected this digit from the joint histogram (grid-uniform).
+  // The digit-1 select has selected this digit from the joint histogram (grid-uniform).
   if (Mode == 0 && (p.fused & 8) != 0 && calib_compact(p.globals, p.capacity)) return;
   calib_hist_body<T, Mode>(p, pass);
   if (Mode == 0 && (p.fused & 4)) calib_ticket_select<T, radix_bins>(p, pass);
@@ -1338,6 +1343,13 @@ template <class T>
 __device__ __forceinline__ bool calib_keep_tie(const calib_params<T>& p, const calib_group_state<magnitude_key_t<T>>* gs,
                                                std::uint64_t pos) {
   return !p.exact || (p.pos_max - pos) >= gs->tie.prefix;
+}
+
+// atomicOr on a mask word as a global reduction without return (`red.global.or.b64`): atomicOr on a
+// pointer loaded from memory (a generic address) compiles to a generic ATOM that returns a predicate
+// (and a shared-memory CAS fallback), so the thread waits for each one; a red does not wait.
+__device__ __forceinline__ void calib_red_or(std::uint64_t* p, std::uint64_t v) {
+  asm volatile("red.relaxed.gpu.global.or.b64 [%0], %1;" ::"l"(p), "l"(v) : "memory");
 }
 
 // calib_finish in compact mode over calib_split_ballot's segments (calib_params::fused bit 4): a
@@ -1396,7 +1408,7 @@ __device__ __forceinline__ void calib_finish_segments(const calib_params<T>& p) 
           kept += keep ? 1u : 0u;
         }
         if (!one_writer) {
-          if (keep) atomicOr(reinterpret_cast<unsigned long long*>(out + (c[u].bit >> 6)), 1ull << (c[u].bit & 63));
+          if (keep) calib_red_or(out + (c[u].bit >> 6), std::uint64_t{1} << (c[u].bit & 63));
           continue;
         }
         // Half-word of the record (u32 index into the mask words); OR of the kept bits over the
@@ -1431,7 +1443,7 @@ __device__ __forceinline__ void calib_finish_segments(const calib_params<T>& p) 
 // kept counts. Overflow mode: writes every mask word from tau (and the tie cut) over the full data
 // and counts the kept entries. Both count the ties kept.
 template <class T>
-__global__ void __launch_bounds__(calib_block) calib_finish(calib_params<T> p) {
+__global__ void __launch_bounds__(calib_block, 4) calib_finish(calib_params<T> p) {
   using Key = magnitude_key_t<T>;
   const int lane = static_cast<int>(threadIdx.x & 31u);
   calib_wait_prior();
@@ -1502,7 +1514,7 @@ __global__ void __launch_bounds__(calib_block) calib_finish(calib_params<T> p) {
             keep = true;
             atomicAdd(&p.groups[grp[u]].ties_kept, 1ull);
           }
-          if (keep) atomicOr(reinterpret_cast<unsigned long long*>(out[u] + (c[u].bit >> 6)), 1ull << (c[u].bit & 63));
+          if (keep) calib_red_or(out[u] + (c[u].bit >> 6), std::uint64_t{1} << (c[u].bit & 63));
         }
         const unsigned int km = __ballot_sync(0xffffffffu, keep);
         const std::uint32_t t0 = __shfl_sync(0xffffffffu, tensor, 0);
@@ -1746,7 +1758,7 @@ class calibration_plan {
     // Few groups: each value digit's select runs in the last block of the kernel that histograms it
     // (calib_ticket_select), where that kernel is one launch (the split: one kind of tile).
     if (groups_.count() <= detail_calib::calib_fused_select_groups) {
-      fused_ = (bulk0_ ? 1 : 0) | (ntb_ == nt_ || ntb_ == 0 ? 2 : 0) | 4 | (joint_ && ntb_ == nt_ ? 8 | 16 | 32 : 0);
+      fused_ = (bulk0_ ? 1 : 0) | 4 | (joint_ ? 8 | 16 | 32 : 0);
     }
   }
 
@@ -1820,7 +1832,8 @@ class calibration_plan {
     }
     if (!pass0_done) detail_calib::calib_launch(pdl_, detail_calib::calib_pass0<T>, grid_pass0_, detail_calib::calib_pass0_block, stream, p);
     if ((p.fused & 1) == 0)
-      detail_calib::calib_launch(pdl_, detail_calib::calib_select<Key, 0>, ng, detail_calib::calib_select_block, stream, p.groups, p.hist, p.globals, 0, exact);
+      detail_calib::calib_launch(pdl_, detail_calib::calib_select<Key, 0>, ng, detail_calib::calib_select_block, stream, p.groups, p.hist, p.globals, 0, exact,
+                                 static_cast<unsigned long long*>(nullptr), index_t{0});
     if constexpr (std::is_same_v<T, float>) {
       if (ntb_ > 0) {
         detail_calib::calib_launch(pdl_, detail_calib::calib_split_ballot<T>, static_cast<unsigned>(ntb_), B, stream, p);
@@ -1829,17 +1842,20 @@ class calibration_plan {
     if (nt > static_cast<unsigned>(ntb_)) {
       detail_calib::calib_launch(pdl_, detail_calib::calib_split<T>, nt - static_cast<unsigned>(ntb_), B, stream, p);
     }
-    if ((p.fused & 2) == 0)
-      detail_calib::calib_launch(pdl_, detail_calib::calib_select<Key, 0>, ng, detail_calib::calib_select_block, stream, p.groups, p.hist, p.globals, 1, exact);
+    // Digit 1's select; with the joint histogram (fused bit 3) digit 2's too, in compact mode.
+    detail_calib::calib_launch(pdl_, detail_calib::calib_select<Key, 0>, ng, detail_calib::calib_select_block, stream, p.groups, p.hist, p.globals, 1, exact,
+                               (p.fused & 8) != 0 ? p.joint : nullptr, capacity_);
     for (int pass = 2; pass < passes; ++pass) {
       detail_calib::calib_launch(pdl_, detail_calib::calib_hist<T, 0>, grid_small_, B, stream, p, pass);
       if ((p.fused & 4) == 0)
-        detail_calib::calib_launch(pdl_, detail_calib::calib_select<Key, 0>, ng, detail_calib::calib_select_block, stream, p.groups, p.hist, p.globals, pass, exact);
+        detail_calib::calib_launch(pdl_, detail_calib::calib_select<Key, 0>, ng, detail_calib::calib_select_block, stream, p.groups, p.hist, p.globals, pass, exact,
+                                   static_cast<unsigned long long*>(nullptr), index_t{0});
     }
     if (exact) {
       for (int pass = 0; pass < radix_pass_count(pos_bits_); ++pass) {
         detail_calib::calib_launch(pdl_, detail_calib::calib_hist<T, 1>, grid_small_, B, stream, p, pass);
-        detail_calib::calib_launch(pdl_, detail_calib::calib_select<Key, 1>, ng, detail_calib::calib_select_block, stream, p.groups, p.hist, p.globals, pass, exact);
+        detail_calib::calib_launch(pdl_, detail_calib::calib_select<Key, 1>, ng, detail_calib::calib_select_block, stream, p.groups, p.hist, p.globals, pass, exact,
+                                   static_cast<unsigned long long*>(nullptr), index_t{0});
       }
     }
     detail_calib::calib_launch(pdl_, detail_calib::calib_finish<T>, grid_small_, B, stream, p);
