@@ -104,7 +104,7 @@ for run in runs[-2:]:
 PY
   grep -q calib_ "$OUT/mask_nsys.csv" || tail -5 "$OUT/mask_nsys.log" | tee -a "$F"
 fi
-sanitize racecheck 30
+sanitize racecheck 34
 ncu_warm BM_gpu_calibrate_llama3_8b_unfused/0/0 8
 command -v ncu > /dev/null && ncu_run llama3_8b/0/0 6 16 12
 log "== done in $(( $(date +%s) - t0 )) s"

@@ -425,11 +425,15 @@ TEST_CASE("GPU calibration equals the CPU path with folded selects and the joint
           CHECK(plan.fused_select());
         }
       }
-      const std::vector<lori::index_t> caps = kind == 1 ? std::vector<lori::index_t>{-1, n, n - 1, 0} : std::vector<lori::index_t>{-1, 0};
+      // (compute-sanitizer, quick(): model granularity, default capacity and, for equal
+      // magnitudes, one short of enough)
+      const std::vector<lori::index_t> caps = kind == 1   ? (quick() ? std::vector<lori::index_t>{-1, n - 1} : std::vector<lori::index_t>{-1, n, n - 1, 0})
+                                              : quick() ? std::vector<lori::index_t>{-1}
+                                                        : std::vector<lori::index_t>{-1, 0};
       for (auto gran : {lori::mask_granularity::model, lori::mask_granularity::module})
         for (auto sem : all_semantics)
           for (double s : {0.0, 0.5, 0.9, 1.0}) {
-            if (quick() && s != 0.9) continue;
+            if (quick() && (s != 0.9 || gran != lori::mask_granularity::model)) continue;
             for (lori::index_t cap : caps) {
               INFO("s=" << s << " granularity=" << lori::to_string(gran) << " exact=" << (sem == lori::mask_semantics::exact)
                         << " capacity=" << cap);
