@@ -209,11 +209,6 @@ struct calib_params {
   // (segments[block]), and calib_finish takes them a warp per segment (one tensor and group per
   // warp: no per-candidate descriptor and state loads, one kept-count atomic per segment).
   calib_segment* segments;
-  // Bit 5 (with bit 4): for tensors of a multiple of 32 columns, every candidate record also
-  // carries the mask bits its chunk (a u32 half of a mask word) got in the split (ckeep[slot]),
-  // and calib_finish_segments writes each such half-word once, with a plain store, from the
-  // segment's records (sorted by position), instead of an atomicOr per kept candidate.
-  std::uint32_t* ckeep;
 };
 
 // Programmatic dependent launch (sm_90; run() launches every kernel after calib_init with the
@@ -329,10 +324,14 @@ __device__ __forceinline__ void calib_select_narrow(calib_group_state<Key>* gs, 
   }
 }
 
+// Shared-memory address of p (for the cp.async, mbarrier and bulk-copy PTX).
+__device__ __forceinline__ unsigned calib_smem(const void* p) { return static_cast<unsigned>(__cvta_generic_to_shared(p)); }
+
 // calib_select_group for 17 to 32 rows of 32 bins per warp (see there; pass 0's 8192 bins in a
-// 256-thread block): each lane keeps only its sum, the counters are staged in shared memory
-// (stage[bin], MaxBins counters); in the warp holding the rank, lane j sums row j (rotated reads:
-// no bank conflicts), a suffix scan over the lanes finds the row, suffix sums over its lanes the bin.
+// 256-thread block): the counters are staged in shared memory (stage[bin], MaxBins counters,
+// 16-byte aligned; at least 2 bins), each lane keeps only its sum; in the warp holding the rank,
+// lane j sums row j (rotated reads: no bank conflicts), a suffix scan over the lanes finds the
+// row, suffix sums over its lanes the bin.
 template <class Key, int Mode, int Threads, int MaxBins>
 __device__ __forceinline__ void calib_select_group_staged(calib_group_state<Key>* gs, unsigned long long* h, calib_globals* globals,
                                                           int pass, int exact, unsigned long long* sh_total, unsigned long long* stage) {
@@ -356,20 +355,33 @@ __device__ __forceinline__ void calib_select_group_staged(calib_group_state<Key>
   const int base = (warps - 1 - warp) * rows * 32;
   using V = std::conditional_t<sizeof(Key) == 4, float, double>;
   constexpr auto inf_bin = static_cast<int>(magnitude_key<V>::infinity >> calib_vshift(magnitude_key<V>::bits, 0));
+  // stage <- the digit's counters by asynchronous copies from L2 (16 bytes each, all in flight at
+  // once, no registers), zeros above them; the excluded entries join bin 0 (see calib_select_group).
+  for (int i = static_cast<int>(threadIdx.x); 2 * i < MaxBins; i += Threads) {
+    if (2 * i < bins) {
+      asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(calib_smem(stage + 2 * i)), "l"(h + 2 * i) : "memory");
+    } else {
+      stage[2 * i] = 0;
+      stage[2 * i + 1] = 0;
+    }
+  }
+  asm volatile("cp.async.wait_all;" ::: "memory");
+  __syncthreads();
+  if (threadIdx.x == 0 && add_excluded) stage[0] += excluded;
+  __syncthreads();
   unsigned long long sum = 0;
   bool bad = false;
 #pragma unroll 8
   for (int k = 0; k < rows; ++k) {
     const int idx = base + 32 * k + lane;
-    const unsigned long long c = idx < bins ? __ldcg(h + idx) + (add_excluded && idx == 0 ? excluded : 0ull) : 0ull;
-    stage[idx] = c;
+    const unsigned long long c = stage[idx];
     sum += c;
     if (Mode == 0 && pass == 0) bad |= idx >= inf_bin && c != 0;  // NaN/Inf entries (see calib_select_group)
   }
   if (bad) globals->nonfinite = 1;
   const unsigned long long wsum = calib_warp_sum64(sum);
   if (lane == 0) sh_total[warp] = wsum;
-  __syncthreads();  // sh_total and stage complete
+  __syncthreads();  // sh_total complete
   unsigned long long above = 0;
   for (int w = 0; w < warp; ++w) above += sh_total[w];
   if (live && static_cast<index_t>(above) < remaining && static_cast<index_t>(above + wsum) >= remaining) {  // warp-uniform
@@ -652,8 +664,6 @@ __global__ void __launch_bounds__(calib_pass0_block, calib_pass0_min_blocks) cal
   if (cur >= 0) calib_flush(sh, bins, p.hist + cur * calib_max_bins);
 }
 
-// Shared-memory address of p (for the mbarrier / bulk-copy PTX below).
-__device__ __forceinline__ unsigned calib_smem(const void* p) { return static_cast<unsigned>(__cvta_generic_to_shared(p)); }
 
 // Pass 0 when every pass-0 tile is a float4 tile without exclusions (calib_plan::bulk0_): the same
 // histogram as calib_pass0, but the tiles stream into shared memory by bulk copies (the TMA engine,
@@ -981,6 +991,11 @@ __device__ __forceinline__ float calib_load_once(const float* p, unsigned long l
   return r;
 }
 
+// atomicAdd without return as a global reduction (`red.global.add.u64`): the thread does not wait.
+__device__ __forceinline__ void calib_red_add(unsigned long long* p, unsigned long long v) {
+  asm volatile("red.relaxed.gpu.global.add.u64 [%0], %1;" ::"l"(p), "l"(v) : "memory");
+}
+
 // An L2 policy that keeps what it tags longer, and stores with it: for what the split writes and
 // the later kernels read (mask words, candidate records), so it is still in L2 when they run.
 __device__ __forceinline__ unsigned long long calib_evict_last_policy() {
@@ -1056,7 +1071,6 @@ __device__ __forceinline__ void calib_split_ballot_tile(const calib_params<T>& p
   constexpr int wchunks = static_cast<int>(calib_tile_elems / 32 / warps);  // chunks per warp (64)
   static_assert(calib_tile_elems <= 65536 && wchunks % S == 0, "calib_split_ballot: tile layout");
   __shared__ uint2 stage[warps][wchunks];  // per warp: (chunk, candidate bits) of its chunks with candidates
-  __shared__ std::uint32_t stage_keep[warps][wchunks];  // calib_params::fused bit 5: their mask bits (exclusions out)
   __shared__ unsigned int sh[radix_bins];
   __shared__ unsigned int sh_cnt[warps], sh_kept[warps];
   __shared__ unsigned long long sh_base;
@@ -1111,8 +1125,7 @@ __device__ __forceinline__ void calib_split_ballot_tile(const calib_params<T>& p
     for (int s = 0; s < S; ++s) kb[s] = calib_ballot_abs_ge_cand(x[s], hi, lo, cflag, s);
     // The batch's chunks with a candidate (warp-uniform, one reduction), each staged as one entry
     // (exclusions and records at the end), in chunk order.
-    const std::uint32_t any = __reduce_or_sync(0xffffffffu, cflag), staged0 = nstaged;
-    for (std::uint32_t m = any; m != 0; m &= m - 1) {
+    for (std::uint32_t m = __reduce_or_sync(0xffffffffu, cflag); m != 0; m &= m - 1) {
       const int s = __ffs(static_cast<int>(m)) - 1;
       const std::uint32_t cb = __ballot_sync(0xffffffffu, (cflag >> s) & 1u);
       if (lane == 0) stage[warp][nstaged] = make_uint2(q0 + static_cast<std::uint32_t>(s), cb);
@@ -1139,8 +1152,6 @@ __device__ __forceinline__ void calib_split_ballot_tile(const calib_params<T>& p
         else
           calib_store_keep(reinterpret_cast<std::uint32_t*>(td.out + w) + (cir & 1u), v, keep);
         kept += static_cast<std::uint32_t>(__popc(v));
-        // This chunk's entry (if staged: the staging loop above took the chunks of `any` in order).
-        if ((p.fused & 32) && ((any >> lane) & 1u)) stage_keep[warp][staged0 + __popc(any & ((1u << lane) - 1u))] = v;
       } else {
         const std::uint32_t per = 32u / static_cast<std::uint32_t>(cols);
         const std::uint32_t cm = (1u << cols) - 1u;
@@ -1227,11 +1238,10 @@ __device__ __forceinline__ void calib_split_ballot_tile(const calib_params<T>& p
       const std::uint32_t row = cols == 32 ? e >> 5 : e / static_cast<std::uint32_t>(cols);
       const std::uint32_t col = e - row * static_cast<std::uint32_t>(cols);
       const index_t bit = ((tile.row_begin + row) * td.wpr + (col >> 6)) * 64 + (col & 63u);
-      if ((p.fused & 32) && cols >= 32) calib_store_keep(p.ckeep + at, stage_keep[warp][j], keep);
       calib_store_keep(p.cands + at++, calib_candidate<Key>{key, static_cast<std::uint32_t>(tile.tensor), static_cast<std::uint64_t>(bit)},
                        keep);
-      atomicAdd(h + ((key >> shift1) & dmask), 1ull);
-      if (jh != nullptr) atomicAdd(jh + (key & (calib_joint_bins - 1)), 1ull);
+      calib_red_add(h + ((key >> shift1) & dmask), 1ull);
+      if (jh != nullptr) calib_red_add(jh + (key & (calib_joint_bins - 1)), 1ull);
     }
     slot += __shfl_sync(0xffffffffu, incl, 31);
   }
@@ -1354,10 +1364,10 @@ __device__ __forceinline__ void calib_red_or(std::uint64_t* p, std::uint64_t v) 
 
 // calib_finish in compact mode over calib_split_ballot's segments (calib_params::fused bit 4): a
 // warp per segment; the segment's tensor descriptor and group state are loaded once, its records
-// calib_seg_unroll x 32 at a time (all in flight); kept and tie counts summed over the warp, one
-// atomic each per segment. The kept candidates' bits: with bit 5 and a multiple of 32 columns,
-// each half-word holding one is written once (its split bits ckeep | the kept candidates' bits,
-// a plain store by the last lane of its run of records), else atomicOr per kept candidate.
+// calib_seg_unroll x 32 at a time (all in flight), kept candidates' bits set by red.global.or;
+// kept and tie counts summed over the warp, one atomic each per segment. (Checkpoint 1 measured a
+// version writing each mask half-word once with a plain store instead, from the records sorted by
+// position: 181 us in all against 177 us with the reductions.)
 template <class T>
 __device__ __forceinline__ void calib_finish_segments(const calib_params<T>& p) {
   using Key = magnitude_key_t<T>;
@@ -1371,65 +1381,28 @@ __device__ __forceinline__ void calib_finish_segments(const calib_params<T>& p) 
     const index_t grp = __ldg(&td->group);
     std::uint64_t* out = td->out;
     const auto boff = static_cast<std::uint64_t>(__ldg(&td->bit_offset));
-    const bool one_writer = (p.fused & 32) != 0 && __ldg(&td->cols) % 32 == 0;  // warp-uniform
     const Key tau = p.groups[grp].value.prefix;
     const std::uint64_t tie_prefix = p.groups[grp].tie.prefix;
     unsigned int kept = 0, ties = 0;
-    // One writer: a run of records in one half-word (sorted, <= 32 records) may straddle two rounds
-    // of 32; the last lane's run is carried into the next round (carry_*) and written there.
-    bool carry = false;
-    std::uint64_t carry_hw = 0;
-    std::uint32_t carry_bits = 0, carry_keep = 0;
-    auto* out32 = reinterpret_cast<std::uint32_t*>(out);
     for (unsigned int j0 = 0; j0 < seg.count; j0 += 32 * U) {
       calib_candidate<Key> c[U];
-      std::uint32_t ck[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u)
+        if (j0 + 32 * u + lane < seg.count) c[u] = p.cands[seg.begin + j0 + 32 * u + lane];
 #pragma unroll
       for (int u = 0; u < U; ++u) {
-        if (j0 + 32 * u + lane < seg.count) {
-          c[u] = p.cands[seg.begin + j0 + 32 * u + lane];
-          if (one_writer) ck[u] = p.ckeep[seg.begin + j0 + 32 * u + lane];
+        if (j0 + 32 * u + lane >= seg.count) continue;
+        bool keep = c[u].key > tau;
+        // exact semantics: a tie is kept when its tie key (pos_max - flat position) reaches the
+        // selected tie prefix (calib_keep_tie)
+        if (c[u].key == tau && (!p.exact || p.pos_max - (boff + c[u].bit) >= tie_prefix)) {
+          keep = true;
+          ++ties;
         }
-      }
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const unsigned int j = j0 + 32 * u + lane;
-        if (j0 + 32 * u >= seg.count) break;  // warp-uniform
-        const bool valid = j < seg.count;
-        bool keep = false;
-        if (valid) {
-          keep = c[u].key > tau;
-          // exact semantics: a tie is kept when its tie key (pos_max - flat position) reaches the
-          // selected tie prefix (calib_keep_tie)
-          if (c[u].key == tau && (!p.exact || p.pos_max - (boff + c[u].bit) >= tie_prefix)) {
-            keep = true;
-            ++ties;
-          }
-          kept += keep ? 1u : 0u;
+        if (keep) {
+          calib_red_or(out + (c[u].bit >> 6), std::uint64_t{1} << (c[u].bit & 63));
+          ++kept;
         }
-        if (!one_writer) {
-          if (keep) calib_red_or(out + (c[u].bit >> 6), std::uint64_t{1} << (c[u].bit & 63));
-          continue;
-        }
-        // Half-word of the record (u32 index into the mask words); OR of the kept bits over the
-        // lanes up to this one with the same half-word (segmented scan: the records are sorted, so
-        // equal half-words at distance o enclose only equal ones).
-        const std::uint64_t hw = valid ? c[u].bit >> 5 : ~std::uint64_t{0};
-        std::uint32_t bits = keep ? 1u << (c[u].bit & 31) : 0u;
-        for (int o = 1; o < 32; o <<= 1) {
-          const std::uint32_t ob = __shfl_up_sync(0xffffffffu, bits, o);
-          const std::uint64_t oh = __shfl_up_sync(0xffffffffu, hw, o);
-          if (lane >= o && oh == hw) bits |= ob;
-        }
-        if (carry && hw == carry_hw) bits |= carry_bits;  // the run carried from the last round
-        if (carry && lane == 0 && hw != carry_hw && carry_bits != 0) out32[carry_hw] = carry_keep | carry_bits;  // it ended there
-        const std::uint64_t next_hw = __shfl_down_sync(0xffffffffu, hw, 1);
-        const bool defer = lane == 31 && valid && j + 1 < seg.count;  // the run may go on in the next round
-        if (valid && !defer && (lane == 31 || next_hw != hw) && bits != 0) out32[hw] = ck[u] | bits;
-        carry = __shfl_sync(0xffffffffu, defer, 31);
-        carry_hw = __shfl_sync(0xffffffffu, hw, 31);
-        carry_bits = __shfl_sync(0xffffffffu, bits, 31);
-        carry_keep = __shfl_sync(0xffffffffu, valid ? ck[u] : 0u, 31);
       }
     }
     kept = calib_warp_sum(kept);
@@ -1695,10 +1668,8 @@ class calibration_plan {
     off_globals_ = off_joint_ + (joint_ ? detail_calib::calib_align(group_init_.size() * detail_calib::calib_joint_bins * sizeof(unsigned long long)) : 0);
     off_kept_ = off_globals_ + detail_calib::calib_align(sizeof(detail_calib::calib_globals));
     off_segments_ = off_kept_ + detail_calib::calib_align(descs_.size() * sizeof(unsigned long long));
-    // Segments and the candidates' chunk bits (calib_params::fused bits 4 and 5; joint_ implies
-    // every split tile is a ballot tile).
-    off_ckeep_ = off_segments_ + (joint_ ? detail_calib::calib_align(static_cast<std::size_t>(nt_) * sizeof(detail_calib::calib_segment)) : 0);
-    off_cands_ = off_ckeep_ + (joint_ ? detail_calib::calib_align(static_cast<std::size_t>(capacity_) * sizeof(std::uint32_t)) : 0);
+    // Segments (calib_params::fused bit 4; joint_ implies every split tile is a ballot tile).
+    off_cands_ = off_segments_ + (joint_ ? detail_calib::calib_align(static_cast<std::size_t>(nt_) * sizeof(detail_calib::calib_segment)) : 0);
     bytes_ = off_cands_ + detail_calib::calib_align(static_cast<std::size_t>(capacity_) * sizeof(detail_calib::calib_candidate<key_type>));
     ws_zero_begin_ = off_hist_;  // histograms, globals and kept counts start at zero
     ws_zero_end_ = off_segments_;
@@ -1758,7 +1729,7 @@ class calibration_plan {
     // Few groups: each value digit's select runs in the last block of the kernel that histograms it
     // (calib_ticket_select), where that kernel is one launch (the split: one kind of tile).
     if (groups_.count() <= detail_calib::calib_fused_select_groups) {
-      fused_ = (bulk0_ ? 1 : 0) | 4 | (joint_ ? 8 | 16 | 32 : 0);
+      fused_ = (bulk0_ ? 1 : 0) | 4 | (joint_ ? 8 | 16 : 0);
     }
   }
 
@@ -1780,11 +1751,11 @@ class calibration_plan {
   /// results; for measurements and tests of both paths.
   void set_fused_select(bool on) noexcept { fuse_select_ = on; }
   bool fused_select() const noexcept { return fuse_select_ && fused_ != 0; }
-  /// With folded selects and every tensor split by ballots (float, 1, 2, 4, 8, 16 or 32k columns):
-  /// whether calib_finish writes each mask half-word holding a kept candidate once with a plain
-  /// store (default true; tensors of a multiple of 32 columns) instead of an atomicOr per kept
-  /// candidate. Same results; for measurements and tests of both paths.
-  void set_finish_one_writer(bool on) noexcept { one_writer_ = on; }
+  /// With at most two groups of float tensors all split by ballots (1, 2, 4, 8, 16 or 32k columns):
+  /// whether the split also builds the joint histogram of value digits 1 and 2 (default true; the
+  /// digit-1 select then selects digit 2 too and calib_hist has nothing to do). Same results; for
+  /// measurements and tests of both paths.
+  void set_joint_histogram(bool on) noexcept { joint_on_ = on; }
 
   /// Enqueues the calibration on `stream`: writes every mask word of every tensor. `workspace` is
   /// device memory of at least workspace_bytes(), 256-byte aligned (cudaMalloc memory is), untouched
@@ -1930,7 +1901,6 @@ class calibration_plan {
     p.hist = reinterpret_cast<unsigned long long*>(ws + off_hist_);
     p.joint = reinterpret_cast<unsigned long long*>(ws + off_joint_);
     p.segments = reinterpret_cast<detail_calib::calib_segment*>(ws + off_segments_);
-    p.ckeep = reinterpret_cast<std::uint32_t*>(ws + off_ckeep_);
     p.globals = reinterpret_cast<detail_calib::calib_globals*>(ws + off_globals_);
     p.cands = reinterpret_cast<detail_calib::calib_candidate<key_type>*>(ws + off_cands_);
     p.kept = reinterpret_cast<unsigned long long*>(ws + off_kept_);
@@ -1944,7 +1914,7 @@ class calibration_plan {
     p.pos_max = (std::uint64_t{1} << pos_bits_) - 1;
     p.exact = opt_.semantics == mask_semantics::exact ? 1 : 0;
     p.num_groups = groups_.count();
-    p.fused = fuse_select_ ? (one_writer_ ? fused_ : fused_ & ~32) : 0;
+    p.fused = fuse_select_ ? (joint_on_ ? fused_ : fused_ & ~8) : 0;
     return p;
   }
 
@@ -1961,13 +1931,13 @@ class calibration_plan {
   int pos_bits_ = 1;
   bool pdl_ = true;
   bool fuse_select_ = true;  // set_fused_select
-  bool one_writer_ = true;   // set_finish_one_writer
+  bool joint_on_ = true;     // set_joint_histogram
   int fused_ = 0;            // calib_params::fused when fuse_select_
   bool bulk0_ = false;  // pass 0 by calib_pass0_bulk (every pass-0 tile a float4 tile without exclusions)
   bool interleave0_ = false;  // calib_pass0_bulk's blocks take interleaved tiles (bulk0_ and one group)
   unsigned grid_pass0_ = 1, grid_small_ = 1;
   std::size_t off_tensors_ = 0, off_tiles_ = 0, off_init_ = 0, off_groups_ = 0, off_hist_ = 0, off_joint_ = 0, off_globals_ = 0, off_kept_ = 0,
-              off_segments_ = 0, off_ckeep_ = 0, off_cands_ = 0;
+              off_segments_ = 0, off_cands_ = 0;
   bool joint_ = false;  // the workspace holds joint histograms (see calib_params::fused bit 3)
   std::size_t bytes_ = 0, ws_zero_begin_ = 0, ws_zero_end_ = 0;
 };
