@@ -83,6 +83,7 @@ ncu_warm BM_gpu_calibrate_llama3_8b/0/0 6
 sanitize racecheck 34
 ncu_warm BM_gpu_calibrate_llama3_8b_unfused/0/0 8
 ncu_warm BM_gpu_calibrate_llama3_8b_no_joint/0/0 6
+ncu_warm BM_gpu_calibrate_llama3_8b_no_segments/0/0 6
 # The real (dependent-launch) timeline of one run, when Nsight Systems is there: per kernel, start
 # and end relative to the run's first kernel (us); the last run of the benchmark's loop.
 if command -v nsys > /dev/null; then

@@ -1757,6 +1757,9 @@ class calibration_plan {
   /// digit-1 select then selects digit 2 too and calib_hist has nothing to do). Same results; for
   /// measurements and tests of both paths.
   void set_joint_histogram(bool on) noexcept { joint_on_ = on; }
+  /// Likewise: whether calib_finish goes by the split blocks' candidate segments (a warp per
+  /// segment; default true) instead of by candidates. Same results; for measurements and tests.
+  void set_finish_segments(bool on) noexcept { segments_on_ = on; }
 
   /// Enqueues the calibration on `stream`: writes every mask word of every tensor. `workspace` is
   /// device memory of at least workspace_bytes(), 256-byte aligned (cudaMalloc memory is), untouched
@@ -1915,7 +1918,7 @@ class calibration_plan {
     p.pos_max = (std::uint64_t{1} << pos_bits_) - 1;
     p.exact = opt_.semantics == mask_semantics::exact ? 1 : 0;
     p.num_groups = groups_.count();
-    p.fused = fuse_select_ ? (joint_on_ ? fused_ : fused_ & ~8) : 0;
+    p.fused = fuse_select_ ? fused_ & ~(joint_on_ ? 0 : 8) & ~(segments_on_ ? 0 : 16) : 0;
     return p;
   }
 
@@ -1933,6 +1936,7 @@ class calibration_plan {
   bool pdl_ = true;
   bool fuse_select_ = true;  // set_fused_select
   bool joint_on_ = true;     // set_joint_histogram
+  bool segments_on_ = true;  // set_finish_segments
   int fused_ = 0;            // calib_params::fused when fuse_select_
   bool bulk0_ = false;  // pass 0 by calib_pass0_bulk (every pass-0 tile a float4 tile without exclusions)
   bool interleave0_ = false;  // calib_pass0_bulk's blocks take interleaved tiles (bulk0_ and one group)
