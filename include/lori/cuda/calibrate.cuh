@@ -23,13 +23,18 @@
 //      in L2, is read first): every mask word is written with the entries certainly kept (top
 //      digit above the bucket); the bucket's entries go to a candidate list and their next 11-bit
 //      digit to the group's histogram. calib_split_ballot for packed float rows of 1-16 or 32k
-//      columns (two compares and two warp ballots per 32 entries build the words), calib_split
-//      for the other shapes;
+//      columns (a compare and a warp ballot per 32 entries build the words), calib_split for the
+//      other shapes;
 //   5. select, then the last digit (7 bits for float) histogrammed on the candidates only, select;
 //   6. exact semantics only, and only for groups that need fewer ties than they hold: a radix
 //      selection of the ties' flat positions on the candidates (bits = log2 of the total mask bits);
 //   7. finish: the kept candidates get their bits (atomicOr); kept counts per tensor (or, when pass
 //      0 saw NaN/Inf, the smallest flat position of one, for report()).
+// With at most two groups (calib_fused_select_groups), the selects of steps 3 and 5's last digit
+// run in the last block of pass 0 (bulk path) and of calib_hist; with float tensors all split by
+// calib_split_ballot, the split also histograms digits 1 and 2 jointly (the digit-1 select selects
+// both; calib_hist returns at once) and records its blocks' candidate segments, which calib_finish
+// takes a warp each (Llama-3-8B, model granularity: 6 launches).
 // When the selected buckets hold more entries than the candidate capacity (degenerate data such as
 // mostly-equal values), the kernels see it on the device and run steps 5-7 over the full data
 // instead (shared-memory histograms, a full mask-writing pass): the same result, slower. Every mask
