@@ -77,12 +77,11 @@ ncu_warm() {
     /gpu__time_duration.sum/ { printf "%s=%s ", k, $NF; tot += $NF } END { printf "sum=%.1f\n", tot }' "$OUT/mask_ncu_warm.log" | tee -a "$F"
 }
 # Reference / model granularity: 6 launches (init, pass0_bulk (+ digit 0's select in its last
-# block), split_ballot (+ joint histogram of digits 1-2), select (digits 1 and 2), hist (returns at
-# once), finish); the same with separate selects and no joint histogram: 8.
+# block), split_ballot, select, hist (+ digit 2's select in its last block), finish); the same with
+# separate selects: 8.
 ncu_warm BM_gpu_calibrate_llama3_8b/0/0 6
 sanitize racecheck 34
 ncu_warm BM_gpu_calibrate_llama3_8b_unfused/0/0 8
-ncu_warm BM_gpu_calibrate_llama3_8b_no_joint/0/0 6
 ncu_warm BM_gpu_calibrate_llama3_8b_no_segments/0/0 6
 # The real (dependent-launch) timeline of one run, when Nsight Systems is there: per kernel, start
 # and end relative to the run's first kernel (us); the last run of the benchmark's loop.

@@ -77,17 +77,16 @@ void compare_gpu_cpu(const std::vector<lori::calibration_tensor<T>>& ts, const l
   lori::cuda::calibration_plan<T> plan(dev.tensors, opt, capacity);
   lori::cuda::device_buffer<std::byte> ws(static_cast<lori::index_t>(plan.workspace_bytes()));
   // Where the plan folds the selects into the kernels before them (few groups): rep 3 with separate
-  // select launches instead, rep 4 without the joint histogram of digits 1 and 2 (where the plan
-  // builds one), rep 5 with calib_finish by candidates instead of by segments.
-  const int reps = quick() ? 2 : plan.fused_select() ? 6 : 3;
+  // select launches instead, rep 4 with calib_finish by candidates instead of by segments (where
+  // the plan goes by segments).
+  const int reps = quick() ? 2 : plan.fused_select() ? 5 : 3;
   for (int rep = 0; rep < reps; ++rep) {  // a plan runs again with the same workspace
     INFO("repetition " << rep);
     dev.poison();
     if (rep != 1) ws.fill_bytes(rep == 0 ? 0xff : 0x5a);  // the workspace needs no initialisation
     plan.set_dependent_launch(rep != 2);                   // rep 2: ordinary launches
     plan.set_fused_select(rep != 3);
-    plan.set_joint_histogram(rep != 4);
-    plan.set_finish_segments(rep != 5);
+    plan.set_finish_segments(rep != 4);
     plan.run(ws.data(), ws.bytes(), nullptr, rep == 1);    // rep 1 reuses the uploaded descriptors
     const auto r = plan.report(ws.data(), nullptr);
     REQUIRE(r.groups.size() == cpu.report.groups.size());
@@ -375,17 +374,15 @@ TEST_CASE("GPU calibration equals the CPU path when every tensor is a float4 ten
   }
 }
 
-TEST_CASE("GPU calibration equals the CPU path with folded selects and the joint histogram") {
+TEST_CASE("GPU calibration equals the CPU path with folded selects and finish segments") {
   // One or two groups of packed, aligned float tensors of ballot-split shapes: the plan folds the
   // value selects into the last block of pass 0 (no exclusions: bulk copies) and of calib_hist
-  // (calib_ticket_select), the split builds the joint histogram of digits 1 and 2 (the digit-1
-  // select then selects both) and calib_finish goes by segments. One block per kernel (a single 16 x 4 tensor), many blocks (0.52 M
+  // (calib_ticket_select), and calib_finish goes by the split blocks' candidate segments. One block per kernel (a single 16 x 4 tensor), many blocks (0.52 M
   // entries over 67 pass-0 and 35 split tiles), all magnitudes equal (one bucket holds all: the
   // candidate capacity exactly enough, one short, zero: calib_hist's fused select then), mostly
-  // exact zeros with an exclusion mask (tau = 0: the excluded count joins bin 0 of the joint
-  // select), s = 0 and s = 1; model and module granularity (the last block selects two groups one
-  // after the other), both semantics; each also with separate select launches, without the joint
-  // histogram and without finish segments (compare_gpu_cpu's repetitions 3 to 5).
+  // exact zeros with an exclusion mask (tau = 0: the excluded count joins bin 0), s = 0 and s = 1; model and module granularity (the last block selects two groups one
+  // after the other), both semantics; each also with separate select launches and without finish
+  // segments (compare_gpu_cpu's repetitions 3 and 4).
   LORI_TEST_SEED_INFO();
   auto g = lori_test::rng(114);
   std::normal_distribution<float> nd(0.0f, 0.02f);

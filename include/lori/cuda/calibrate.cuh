@@ -32,8 +32,7 @@
 //      0 saw NaN/Inf, the smallest flat position of one, for report()).
 // With at most two groups (calib_fused_select_groups), the selects of steps 3 and 5's last digit
 // run in the last block of pass 0 (bulk path) and of calib_hist; with float tensors all split by
-// calib_split_ballot, the split also histograms digits 1 and 2 jointly (the digit-1 select selects
-// both; calib_hist returns at once) and records its blocks' candidate segments, which calib_finish
+// calib_split_ballot, the split also records its blocks' candidate segments, which calib_finish
 // takes a warp each (Llama-3-8B, model granularity: 6 launches).
 // When the selected buckets hold more entries than the candidate capacity (degenerate data such as
 // mostly-equal values), the kernels see it on the device and run steps 5-7 over the full data
@@ -93,11 +92,6 @@ inline constexpr int calib_seg_unroll = 4;        // calib_finish_segments: reco
 inline constexpr int calib_ballot_steps = 16;     // calib_split_ballot: 32-element chunks per warp per batch (loads in flight)
 inline constexpr index_t calib_pass0_tile_elems = 8192;   // pass 0: one unrolled sweep of a block
 inline constexpr index_t calib_fused_select_groups = 2;  // at most this many groups: selects in the last blocks (calib_ticket_select)
-// Float, at most calib_fused_select_groups groups, the split by calib_split_ballot only: the split
-// also histograms digits 1 and 2 jointly (the low 18 key bits) per group, so the digit-1 select
-// selects both and calib_hist has nothing to do.
-inline constexpr int calib_joint_bits = 18;
-inline constexpr index_t calib_joint_bins = index_t{1} << calib_joint_bits;
 
 // Value digits on the GPU: a first digit of calib_first_bits bits (8192 bins: the selected bucket
 // holds ~1% of normal-like data, 4x fewer candidates than an 11-bit digit), then digits of
@@ -206,10 +200,7 @@ struct calib_params {
   index_t num_groups;
   int fused;  // value digits whose select runs in the last block of the histogramming kernel
               // (calib_ticket_select): bit 0 digit 0 (calib_pass0_bulk), bit 2 the later digits
-              // (calib_hist); the plan sets them with few groups. Bit 3: calib_split_ballot also
-              // builds the joint histogram of digits 1 and 2 (`joint`) and, in compact mode, the
-              // digit-1 select selects digit 2 too (calib_hist returns at once)
-  unsigned long long* joint;  // bit 3: groups x calib_joint_bins counters (zeroed by calib_init)
+              // (calib_hist); the plan sets them with few groups
   // Bit 4 (every split tile a calib_split_ballot tile): each split block describes its candidates
   // (segments[block]), and calib_finish takes them a warp per segment (one tensor and group per
   // warp: no per-candidate descriptor and state loads, one kept-count atomic per segment).
@@ -513,32 +504,17 @@ __device__ __forceinline__ void calib_select_group(calib_group_state<Key>* gs, u
 }
 
 // One block per group: calib_select_group (see there) for the group of the block.
-// joint (value digit 1 only; calib_params::fused bit 3): the group's joint histogram of digits 1
-// and 2; in compact mode (capacity) digit 2 is then selected too, from its 128 counters under the
-// selected digit 1 (calib_hist and the digit-2 select have nothing left to do).
 template <class Key, int Mode>
 __global__ void __launch_bounds__(calib_select_block, 2) calib_select(calib_group_state<Key>* groups, unsigned long long* hist,
-                                                                      calib_globals* globals, int pass, int exact,
-                                                                      unsigned long long* joint, index_t capacity) {
+                                                                      calib_globals* globals, int pass, int exact) {
   __shared__ unsigned long long sh_total[calib_select_block / 32];
   calib_wait_prior();
   calib_allow_next();
   // No tie selection running: no tie histogram was built (calib_hist returned), nothing to clear.
   // (Only a block whose group is live decrements ties_live, so 0 means none is live.)
   if (Mode == 1 && globals->ties_live == 0) return;
-  calib_group_state<Key>* gs = groups + blockIdx.x;
-  calib_select_group<Key, Mode, calib_select_block, calib_max_bins>(gs, hist + blockIdx.x * static_cast<index_t>(calib_max_bins), globals,
-                                                                   pass, exact, sh_total);
-  if (Mode == 0 && joint != nullptr && calib_compact(globals, capacity)) {  // grid-uniform
-    __syncthreads();  // the state narrowed by one thread above, read by all below; sh_total reused
-    const radix_select_state<Key> vs = gs->value;
-    if (vs.pass == pass + 1 && !vs.finished()) {  // block-uniform (k = 0: finished, nothing to select)
-      constexpr int bits = sizeof(Key) == 4 ? magnitude_key<float>::bits : magnitude_key<double>::bits;
-      const auto d1 = static_cast<index_t>((vs.prefix >> calib_vshift(bits, pass)) & calib_digit_mask<0>(bits, pass));
-      calib_select_group<Key, 0, calib_select_block, radix_bins>(gs, joint + blockIdx.x * calib_joint_bins + (d1 << calib_vshift(bits, pass)),
-                                                                 globals, pass + 1, exact, sh_total);
-    }
-  }
+  calib_select_group<Key, Mode, calib_select_block, calib_max_bins>(groups + blockIdx.x, hist + blockIdx.x * static_cast<index_t>(calib_max_bins),
+                                                                   globals, pass, exact, sh_total);
 }
 
 // The end of a kernel whose blocks built the histograms of value digit `pass` (Mode 0) with global
@@ -1221,10 +1197,6 @@ __device__ __forceinline__ void calib_split_ballot_tile(const calib_params<T>& p
   unsigned long long slot = sh_base;
   for (int w = 0; w < warp; ++w) slot += sh_cnt[w];
   unsigned long long* h = p.hist + td.group * calib_max_bins;
-  unsigned long long* jh = (p.fused & 8) != 0 ? p.joint + td.group * calib_joint_bins : nullptr;  // joint digits 1 and 2
-  static_assert(calib_vshift(bits, 2) == 0 && calib_vhigh(bits, 2) == calib_vshift(bits, 1) &&
-                    calib_vshift(bits, 0) == calib_joint_bits,
-                "calib_split_ballot: digits 1 and 2 are the low calib_joint_bits key bits");
   // Lane l expands staged chunks l, l + 32: its candidates' slots follow the warp's inclusive scan
   // of the candidate counts.
   for (std::uint32_t j0 = 0; j0 < nstaged; j0 += 32) {
@@ -1246,7 +1218,6 @@ __device__ __forceinline__ void calib_split_ballot_tile(const calib_params<T>& p
       calib_store_keep(p.cands + at++, calib_candidate<Key>{key, static_cast<std::uint32_t>(tile.tensor), static_cast<std::uint64_t>(bit)},
                        keep);
       calib_red_add(h + ((key >> shift1) & dmask), 1ull);
-      if (jh != nullptr) calib_red_add(jh + (key & (calib_joint_bins - 1)), 1ull);
     }
     slot += __shfl_sync(0xffffffffu, incl, 31);
   }
@@ -1348,8 +1319,6 @@ template <class T, int Mode>
 __global__ void __launch_bounds__(calib_block) calib_hist(calib_params<T> p, int pass) {
   calib_wait_prior();
   calib_allow_next();
-  // The digit-1 select has selected this digit from the joint histogram (grid-uniform).
-  if (Mode == 0 && (p.fused & 8) != 0 && calib_compact(p.globals, p.capacity)) return;
   calib_hist_body<T, Mode>(p, pass);
   if (Mode == 0 && (p.fused & 4)) calib_ticket_select<T, radix_bins>(p, pass);
 }
@@ -1421,7 +1390,7 @@ __device__ __forceinline__ void calib_finish_segments(const calib_params<T>& p) 
 // kept counts. Overflow mode: writes every mask word from tau (and the tie cut) over the full data
 // and counts the kept entries. Both count the ties kept.
 template <class T>
-__global__ void __launch_bounds__(calib_block, 4) calib_finish(calib_params<T> p) {
+__global__ void __launch_bounds__(calib_block) calib_finish(calib_params<T> p) {
   using Key = magnitude_key_t<T>;
   const int lane = static_cast<int>(threadIdx.x & 31u);
   calib_wait_prior();
@@ -1666,16 +1635,14 @@ class calibration_plan {
     off_init_ = off_tiles_ + detail_calib::calib_align(static_cast<std::size_t>(nt_ + nt0_) * sizeof(detail_calib::calib_tile));
     off_groups_ = off_init_ + detail_calib::calib_align(group_init_.size() * sizeof(G));
     off_hist_ = off_groups_ + detail_calib::calib_align(group_init_.size() * sizeof(G));
-    // Joint histograms of digits 1 and 2 (calib_params::fused bit 3): float, few groups, every
-    // tensor with entries split by calib_split_ballot.
-    joint_ = std::is_same_v<T, float> && groups_.count() <= detail_calib::calib_fused_select_groups &&
-             std::all_of(descs_.begin(), descs_.end(), [](const detail_calib::calib_tensor_desc<T>& d) { return d.ballot != 0 || d.rows * d.cols == 0; });
-    off_joint_ = off_hist_ + detail_calib::calib_align(group_init_.size() * detail_calib::calib_max_bins * sizeof(unsigned long long));
-    off_globals_ = off_joint_ + (joint_ ? detail_calib::calib_align(group_init_.size() * detail_calib::calib_joint_bins * sizeof(unsigned long long)) : 0);
+    // Finish segments (calib_params::fused bit 4): float, few groups, every tensor with entries
+    // split by calib_split_ballot.
+    segments_ = std::is_same_v<T, float> && groups_.count() <= detail_calib::calib_fused_select_groups &&
+                std::all_of(descs_.begin(), descs_.end(), [](const detail_calib::calib_tensor_desc<T>& d) { return d.ballot != 0 || d.rows * d.cols == 0; });
+    off_globals_ = off_hist_ + detail_calib::calib_align(group_init_.size() * detail_calib::calib_max_bins * sizeof(unsigned long long));
     off_kept_ = off_globals_ + detail_calib::calib_align(sizeof(detail_calib::calib_globals));
     off_segments_ = off_kept_ + detail_calib::calib_align(descs_.size() * sizeof(unsigned long long));
-    // Segments (calib_params::fused bit 4; joint_ implies every split tile is a ballot tile).
-    off_cands_ = off_segments_ + (joint_ ? detail_calib::calib_align(static_cast<std::size_t>(nt_) * sizeof(detail_calib::calib_segment)) : 0);
+    off_cands_ = off_segments_ + (segments_ ? detail_calib::calib_align(static_cast<std::size_t>(nt_) * sizeof(detail_calib::calib_segment)) : 0);
     bytes_ = off_cands_ + detail_calib::calib_align(static_cast<std::size_t>(capacity_) * sizeof(detail_calib::calib_candidate<key_type>));
     ws_zero_begin_ = off_hist_;  // histograms, globals and kept counts start at zero
     ws_zero_end_ = off_segments_;
@@ -1735,7 +1702,7 @@ class calibration_plan {
     // Few groups: each value digit's select runs in the last block of the kernel that histograms it
     // (calib_ticket_select), where that kernel is one launch (the split: one kind of tile).
     if (groups_.count() <= detail_calib::calib_fused_select_groups) {
-      fused_ = (bulk0_ ? 1 : 0) | 4 | (joint_ ? 8 | 16 : 0);
+      fused_ = (bulk0_ ? 1 : 0) | 4 | (segments_ ? 16 : 0);
     }
   }
 
@@ -1758,12 +1725,8 @@ class calibration_plan {
   void set_fused_select(bool on) noexcept { fuse_select_ = on; }
   bool fused_select() const noexcept { return fuse_select_ && fused_ != 0; }
   /// With at most two groups of float tensors all split by ballots (1, 2, 4, 8, 16 or 32k columns):
-  /// whether the split also builds the joint histogram of value digits 1 and 2 (default true; the
-  /// digit-1 select then selects digit 2 too and calib_hist has nothing to do). Same results; for
-  /// measurements and tests of both paths.
-  void set_joint_histogram(bool on) noexcept { joint_on_ = on; }
-  /// Likewise: whether calib_finish goes by the split blocks' candidate segments (a warp per
-  /// segment; default true) instead of by candidates. Same results; for measurements and tests.
+  /// whether calib_finish goes by the split blocks' candidate segments (a warp per segment; default
+  /// true) instead of by candidates. Same results; for measurements and tests of both paths.
   void set_finish_segments(bool on) noexcept { segments_on_ = on; }
 
   /// Enqueues the calibration on `stream`: writes every mask word of every tensor. `workspace` is
@@ -1812,8 +1775,7 @@ class calibration_plan {
     }
     if (!pass0_done) detail_calib::calib_launch(pdl_, detail_calib::calib_pass0<T>, grid_pass0_, detail_calib::calib_pass0_block, stream, p);
     if ((p.fused & 1) == 0)
-      detail_calib::calib_launch(pdl_, detail_calib::calib_select<Key, 0>, ng, detail_calib::calib_select_block, stream, p.groups, p.hist, p.globals, 0, exact,
-                                 static_cast<unsigned long long*>(nullptr), index_t{0});
+      detail_calib::calib_launch(pdl_, detail_calib::calib_select<Key, 0>, ng, detail_calib::calib_select_block, stream, p.groups, p.hist, p.globals, 0, exact);
     if constexpr (std::is_same_v<T, float>) {
       if (ntb_ > 0) {
         detail_calib::calib_launch(pdl_, detail_calib::calib_split_ballot<T>, static_cast<unsigned>(ntb_), B, stream, p);
@@ -1822,20 +1784,16 @@ class calibration_plan {
     if (nt > static_cast<unsigned>(ntb_)) {
       detail_calib::calib_launch(pdl_, detail_calib::calib_split<T>, nt - static_cast<unsigned>(ntb_), B, stream, p);
     }
-    // Digit 1's select; with the joint histogram (fused bit 3) digit 2's too, in compact mode.
-    detail_calib::calib_launch(pdl_, detail_calib::calib_select<Key, 0>, ng, detail_calib::calib_select_block, stream, p.groups, p.hist, p.globals, 1, exact,
-                               (p.fused & 8) != 0 ? p.joint : nullptr, capacity_);
+    detail_calib::calib_launch(pdl_, detail_calib::calib_select<Key, 0>, ng, detail_calib::calib_select_block, stream, p.groups, p.hist, p.globals, 1, exact);
     for (int pass = 2; pass < passes; ++pass) {
       detail_calib::calib_launch(pdl_, detail_calib::calib_hist<T, 0>, grid_small_, B, stream, p, pass);
       if ((p.fused & 4) == 0)
-        detail_calib::calib_launch(pdl_, detail_calib::calib_select<Key, 0>, ng, detail_calib::calib_select_block, stream, p.groups, p.hist, p.globals, pass, exact,
-                                   static_cast<unsigned long long*>(nullptr), index_t{0});
+        detail_calib::calib_launch(pdl_, detail_calib::calib_select<Key, 0>, ng, detail_calib::calib_select_block, stream, p.groups, p.hist, p.globals, pass, exact);
     }
     if (exact) {
       for (int pass = 0; pass < radix_pass_count(pos_bits_); ++pass) {
         detail_calib::calib_launch(pdl_, detail_calib::calib_hist<T, 1>, grid_small_, B, stream, p, pass);
-        detail_calib::calib_launch(pdl_, detail_calib::calib_select<Key, 1>, ng, detail_calib::calib_select_block, stream, p.groups, p.hist, p.globals, pass, exact,
-                                   static_cast<unsigned long long*>(nullptr), index_t{0});
+        detail_calib::calib_launch(pdl_, detail_calib::calib_select<Key, 1>, ng, detail_calib::calib_select_block, stream, p.groups, p.hist, p.globals, pass, exact);
       }
     }
     detail_calib::calib_launch(pdl_, detail_calib::calib_finish<T>, grid_small_, B, stream, p);
@@ -1908,7 +1866,6 @@ class calibration_plan {
     p.tiles = reinterpret_cast<const detail_calib::calib_tile*>(ws + off_tiles_);
     p.groups = reinterpret_cast<detail_calib::calib_group_state<key_type>*>(ws + off_groups_);
     p.hist = reinterpret_cast<unsigned long long*>(ws + off_hist_);
-    p.joint = reinterpret_cast<unsigned long long*>(ws + off_joint_);
     p.segments = reinterpret_cast<detail_calib::calib_segment*>(ws + off_segments_);
     p.globals = reinterpret_cast<detail_calib::calib_globals*>(ws + off_globals_);
     p.cands = reinterpret_cast<detail_calib::calib_candidate<key_type>*>(ws + off_cands_);
@@ -1923,7 +1880,7 @@ class calibration_plan {
     p.pos_max = (std::uint64_t{1} << pos_bits_) - 1;
     p.exact = opt_.semantics == mask_semantics::exact ? 1 : 0;
     p.num_groups = groups_.count();
-    p.fused = fuse_select_ ? fused_ & ~(joint_on_ ? 0 : 8) & ~(segments_on_ ? 0 : 16) : 0;
+    p.fused = fuse_select_ ? fused_ & ~(segments_on_ ? 0 : 16) : 0;
     return p;
   }
 
@@ -1940,15 +1897,14 @@ class calibration_plan {
   int pos_bits_ = 1;
   bool pdl_ = true;
   bool fuse_select_ = true;  // set_fused_select
-  bool joint_on_ = true;     // set_joint_histogram
   bool segments_on_ = true;  // set_finish_segments
   int fused_ = 0;            // calib_params::fused when fuse_select_
   bool bulk0_ = false;  // pass 0 by calib_pass0_bulk (every pass-0 tile a float4 tile without exclusions)
   bool interleave0_ = false;  // calib_pass0_bulk's blocks take interleaved tiles (bulk0_ and one group)
   unsigned grid_pass0_ = 1, grid_small_ = 1;
-  std::size_t off_tensors_ = 0, off_tiles_ = 0, off_init_ = 0, off_groups_ = 0, off_hist_ = 0, off_joint_ = 0, off_globals_ = 0, off_kept_ = 0,
+  std::size_t off_tensors_ = 0, off_tiles_ = 0, off_init_ = 0, off_groups_ = 0, off_hist_ = 0, off_globals_ = 0, off_kept_ = 0,
               off_segments_ = 0, off_cands_ = 0;
-  bool joint_ = false;  // the workspace holds joint histograms (see calib_params::fused bit 3)
+  bool segments_ = false;  // the workspace holds finish segments (see calib_params::fused bit 4)
   std::size_t bytes_ = 0, ws_zero_begin_ = 0, ws_zero_end_ = 0;
 };
 
