@@ -78,7 +78,7 @@ void time_events(benchmark::State& state, F&& f) {
   LORI_CUDA_CHECK(cudaEventDestroy(stop));
 }
 
-void calibrate_llama3_8b(benchmark::State& state, bool dependent_launch) {
+void calibrate_llama3_8b(benchmark::State& state, bool dependent_launch, bool fused_select = true, bool segments = true) {
   if (!have_device(state)) return;
   const auto& d = gpu_data();
   lori::calibration_options opt;
@@ -87,6 +87,8 @@ void calibrate_llama3_8b(benchmark::State& state, bool dependent_launch) {
   opt.granularity = static_cast<lori::mask_granularity>(state.range(1));
   lori::cuda::calibration_plan<float> plan(d.tensors, opt);
   plan.set_dependent_launch(dependent_launch);
+  plan.set_fused_select(fused_select);
+  plan.set_finish_segments(segments);
   lori::cuda::device_buffer<std::byte> ws(static_cast<lori::index_t>(plan.workspace_bytes()));
   plan.run(ws.data(), ws.bytes(), nullptr);  // uploads the descriptors once
   time_events(state, [&] { plan.run(ws.data(), ws.bytes(), nullptr, true); });
@@ -99,6 +101,11 @@ void calibrate_llama3_8b(benchmark::State& state, bool dependent_launch) {
 void BM_gpu_calibrate_llama3_8b(benchmark::State& state) { calibrate_llama3_8b(state, true); }
 // The same with ordinary launches (each kernel starts after the previous one completed).
 void BM_gpu_calibrate_llama3_8b_serial(benchmark::State& state) { calibrate_llama3_8b(state, false); }
+// The same with a separate launch for every select step (the default folds them into the kernels
+// before them when there are at most two groups).
+void BM_gpu_calibrate_llama3_8b_unfused(benchmark::State& state) { calibrate_llama3_8b(state, true, false); }
+// The default with calib_finish by candidates instead of by the split blocks' segments.
+void BM_gpu_calibrate_llama3_8b_no_segments(benchmark::State& state) { calibrate_llama3_8b(state, true, true, false); }
 
 __global__ void abs_bits(const float* x, std::uint32_t* k, lori::index_t n) {
   const lori::index_t i = blockIdx.x * static_cast<lori::index_t>(blockDim.x) + threadIdx.x;
@@ -141,5 +148,7 @@ BENCHMARK(BM_gpu_calibrate_llama3_8b)
     ->Args({1, 0})->Args({1, 1})->Args({1, 4})
     ->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_calibrate_llama3_8b_serial)->Args({0, 0})->Args({1, 0})->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_gpu_calibrate_llama3_8b_unfused)->Args({0, 0})->Args({1, 0})->Args({0, 2})->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_gpu_calibrate_llama3_8b_no_segments)->Args({0, 0})->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_calibrate_baseline_cub_radix_sort)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_baseline_d2d_copy)->UseManualTime()->Unit(benchmark::kMicrosecond);

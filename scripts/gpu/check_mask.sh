@@ -67,16 +67,45 @@ sanitize() {
 sanitize memcheck 15
 # Per-kernel times with the caches left as the previous kernel left them (one pass per kernel, no
 # flush): closer to a real run than the sectioned profile below (which flushes before each kernel).
-if command -v ncu > /dev/null; then
-  log "== ncu --cache-control none: BM_gpu_calibrate_llama3_8b/0/0, first 8 calib_ kernels (us)"
-  timeout "$(tl 10)" ncu --cache-control none --metrics gpu__time_duration.sum -k regex:calib_ -c 8 "$bench" \
-    --benchmark_filter="BM_gpu_calibrate_llama3_8b/0/0/" --benchmark_min_time=0.01 > "$OUT/mask_ncu_warm.log" 2>&1
+# ncu_warm BENCH COUNT: the first COUNT calib_ kernels of one run of BENCH.
+ncu_warm() {
+  command -v ncu > /dev/null || return 0
+  log "== ncu --cache-control none: $1, first $2 calib_ kernels (us)"
+  timeout "$(tl 10)" ncu --cache-control none --metrics gpu__time_duration.sum -k regex:calib_ -c "$2" "$bench" \
+    --benchmark_filter="$1/" --benchmark_min_time=0.01 > "$OUT/mask_ncu_warm.log" 2>&1
   awk '/calib_[a-z0-9_]+</ { match($0, /calib_[a-z0-9_]+<[a-z, 0-9]*>/); k = substr($0, RSTART, RLENGTH); gsub(" ", "", k) }
     /gpu__time_duration.sum/ { printf "%s=%s ", k, $NF; tot += $NF } END { printf "sum=%.1f\n", tot }' "$OUT/mask_ncu_warm.log" | tee -a "$F"
+}
+# Reference / model granularity: 6 launches (init, pass0_bulk (+ digit 0's select in its last
+# block), split_ballot, select, hist (+ digit 2's select in its last block), finish); the same with
+# separate selects: 8.
+ncu_warm BM_gpu_calibrate_llama3_8b/0/0 6
+sanitize racecheck 34
+ncu_warm BM_gpu_calibrate_llama3_8b_unfused/0/0 8
+ncu_warm BM_gpu_calibrate_llama3_8b_no_segments/0/0 6
+# The real (dependent-launch) timeline of one run, when Nsight Systems is there: per kernel, start
+# and end relative to the run's first kernel (us); the last run of the benchmark's loop.
+if command -v nsys > /dev/null; then
+  log "== nsys BM_gpu_calibrate_llama3_8b/0/0 timeline of the last run (start end, us from its first kernel)"
+  timeout "$(tl 15)" nsys profile -t cuda --sample=none --cpuctxsw=none -o "$OUT/mask_nsys" --force-overwrite true "$bench" \
+    --benchmark_filter="BM_gpu_calibrate_llama3_8b/0/0/" --benchmark_min_time=0.01 > "$OUT/mask_nsys.log" 2>&1
+  timeout "$(tl 10)" nsys stats -q -r cuda_gpu_trace -f csv "$OUT/mask_nsys.nsys-rep" > "$OUT/mask_nsys.csv" 2>> "$OUT/mask_nsys.log"
+  # cuda_gpu_trace csv: Start (ns), Duration (ns), ..., Name. A run starts at calib_init.
+  python3 - "$OUT/mask_nsys.csv" 2>&1 <<'PY' | tail -4 | tee -a "$F"
+import csv, re, sys
+rows = [r for r in csv.DictReader(l for l in open(sys.argv[1]) if l.strip() and not l.startswith('NOTICE')) if 'calib_' in r.get('Name', '')]
+runs, cur = [], None
+for r in rows:
+    k = re.search(r'calib_[a-z0-9_]+', r['Name']).group(0)
+    if k == 'calib_init':
+        cur = []; runs.append(cur)
+    if cur is not None:
+        cur.append((k, float(r['Start (ns)']), float(r['Duration (ns)'])))
+for run in runs[-2:]:
+    t0 = run[0][1]
+    print('  '.join('%s %.1f-%.1f' % (k, (s - t0) / 1e3, (s + d - t0) / 1e3) for k, s, d in run))
+PY
+  grep -q calib_ "$OUT/mask_nsys.csv" || tail -5 "$OUT/mask_nsys.log" | tee -a "$F"
 fi
-# Reference/model: 8 launches (init, pass0, select, split_ballot, select, hist, select, finish);
-# then matrix granularity (224 groups) with what is left of the budget.
-command -v ncu > /dev/null && ncu_run llama3_8b/0/0 8 16 12
-sanitize racecheck 30
-command -v ncu > /dev/null && ncu_run llama3_8b/0/4 8 10 12
+command -v ncu > /dev/null && ncu_run llama3_8b/0/0 6 16 12
 log "== done in $(( $(date +%s) - t0 )) s"

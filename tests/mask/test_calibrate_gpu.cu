@@ -76,11 +76,17 @@ void compare_gpu_cpu(const std::vector<lori::calibration_tensor<T>>& ts, const l
   device_adapter<T> dev(ts);
   lori::cuda::calibration_plan<T> plan(dev.tensors, opt, capacity);
   lori::cuda::device_buffer<std::byte> ws(static_cast<lori::index_t>(plan.workspace_bytes()));
-  for (int rep = 0; rep < (quick() ? 2 : 3); ++rep) {  // a plan runs again with the same workspace
+  // Where the plan folds the selects into the kernels before them (few groups): rep 3 with separate
+  // select launches instead, rep 4 with calib_finish by candidates instead of by segments (where
+  // the plan goes by segments).
+  const int reps = quick() ? 2 : plan.fused_select() ? 5 : 3;
+  for (int rep = 0; rep < reps; ++rep) {  // a plan runs again with the same workspace
     INFO("repetition " << rep);
     dev.poison();
     if (rep != 1) ws.fill_bytes(rep == 0 ? 0xff : 0x5a);  // the workspace needs no initialisation
     plan.set_dependent_launch(rep != 2);                   // rep 2: ordinary launches
+    plan.set_fused_select(rep != 3);
+    plan.set_finish_segments(rep != 4);
     plan.run(ws.data(), ws.bytes(), nullptr, rep == 1);    // rep 1 reuses the uploaded descriptors
     const auto r = plan.report(ws.data(), nullptr);
     REQUIRE(r.groups.size() == cpu.report.groups.size());
@@ -365,6 +371,77 @@ TEST_CASE("GPU calibration equals the CPU path when every tensor is a float4 ten
     }
     compare_all(ts, 0.9, {-1, 0});
     if (!quick()) compare_all(ts, 0.5, {-1});
+  }
+}
+
+TEST_CASE("GPU calibration equals the CPU path with folded selects and finish segments") {
+  // One or two groups of packed, aligned float tensors of ballot-split shapes: the plan folds the
+  // value selects into the last block of pass 0 (no exclusions: bulk copies) and of calib_hist
+  // (calib_ticket_select), and calib_finish goes by the split blocks' candidate segments. One block per kernel (a single 16 x 4 tensor), many blocks (0.52 M
+  // entries over 67 pass-0 and 35 split tiles), all magnitudes equal (one bucket holds all: the
+  // candidate capacity exactly enough, one short, zero: calib_hist's fused select then), mostly
+  // exact zeros with an exclusion mask (tau = 0: the excluded count joins bin 0), s = 0 and s = 1; model and module granularity (the last block selects two groups one
+  // after the other), both semantics; each also with separate select launches and without finish
+  // segments (compare_gpu_cpu's repetitions 3 and 4).
+  LORI_TEST_SEED_INFO();
+  auto g = lori_test::rng(114);
+  std::normal_distribution<float> nd(0.0f, 0.02f);
+  std::uniform_int_distribution<int> coin(0, 1);
+  struct shape {
+    lori::index_t rows, cols;
+  };
+  const std::vector<std::vector<shape>> sets = {{{16, 4}}, {{4096, 32}, {1024, 64}, {333, 16}, {9001, 32}, {2049, 8}, {515, 32}}};
+  for (std::size_t set = 0; set < sets.size(); ++set) {
+    if (quick() && set == 1) continue;  // (compute-sanitizer: one block per kernel is enough)
+    for (int kind = 0; kind < 3; ++kind) {
+      INFO("set " << set << " data kind " << kind << " (0 normal, 1 all |x| = 0.5, 2 70% zeros, exclusions)");
+      std::vector<std::vector<float>> store;
+      std::vector<lori::bitmask> ex;
+      ex.reserve(sets[set].size());
+      std::vector<lori::calibration_tensor<float>> ts;
+      lori::index_t n = 0;
+      std::uniform_real_distribution<float> u01(0.0f, 1.0f);
+      for (std::size_t t = 0; t < sets[set].size(); ++t) {
+        const auto sh = sets[set][t];
+        store.emplace_back(static_cast<std::size_t>(sh.rows * sh.cols));
+        for (auto& x : store.back()) x = kind == 0 ? nd(g) : kind == 1 ? (coin(g) ? 0.5f : -0.5f) : (u01(g) < 0.7f ? 0.0f : nd(g));
+        ex.emplace_back(sh.rows, sh.cols);
+        if (kind == 2 && t == 0)
+          for (lori::index_t i = 0; i < sh.rows; ++i)
+            for (lori::index_t j = i % 3; j < sh.cols; j += 3) ex.back().set(i, j);
+        const std::string name = "model.layers." + std::to_string(t) + (t % 2 == 0 ? ".mlp.gate_proj" : ".self_attn.o_proj") + ".lora_B.weight";
+        ts.push_back({name, lori::row_major_view<const float>(store.back().data(), sh.rows, sh.cols), kind == 2 && t == 0 ? &ex.back() : nullptr});
+        n += sh.rows * sh.cols;
+      }
+      {  // the plan does fold the selects for these tensors (one and two groups)
+        device_adapter<float> dev(ts);
+        for (auto gran : {lori::mask_granularity::model, lori::mask_granularity::module}) {
+          lori::calibration_options opt;
+          opt.granularity = gran;
+          lori::cuda::calibration_plan<float> plan(dev.tensors, opt);
+          CHECK(plan.fused_select());
+        }
+      }
+      // (compute-sanitizer, quick(): model granularity, default capacity and, for equal
+      // magnitudes, one short of enough)
+      const std::vector<lori::index_t> caps = kind == 1   ? (quick() ? std::vector<lori::index_t>{-1, n - 1} : std::vector<lori::index_t>{-1, n, n - 1, 0})
+                                              : quick() ? std::vector<lori::index_t>{-1}
+                                                        : std::vector<lori::index_t>{-1, 0};
+      for (auto gran : {lori::mask_granularity::model, lori::mask_granularity::module})
+        for (auto sem : all_semantics)
+          for (double s : {0.0, 0.5, 0.9, 1.0}) {
+            if (quick() && (s != 0.9 || gran != lori::mask_granularity::model)) continue;
+            for (lori::index_t cap : caps) {
+              INFO("s=" << s << " granularity=" << lori::to_string(gran) << " exact=" << (sem == lori::mask_semantics::exact)
+                        << " capacity=" << cap);
+              lori::calibration_options opt;
+              opt.sparsity = s;
+              opt.granularity = gran;
+              opt.semantics = sem;
+              compare_gpu_cpu(ts, opt, cap);
+            }
+          }
+    }
   }
 }
 

@@ -23,13 +23,17 @@
 //      in L2, is read first): every mask word is written with the entries certainly kept (top
 //      digit above the bucket); the bucket's entries go to a candidate list and their next 11-bit
 //      digit to the group's histogram. calib_split_ballot for packed float rows of 1-16 or 32k
-//      columns (two compares and two warp ballots per 32 entries build the words), calib_split
-//      for the other shapes;
+//      columns (a compare and a warp ballot per 32 entries build the words), calib_split for the
+//      other shapes;
 //   5. select, then the last digit (7 bits for float) histogrammed on the candidates only, select;
 //   6. exact semantics only, and only for groups that need fewer ties than they hold: a radix
 //      selection of the ties' flat positions on the candidates (bits = log2 of the total mask bits);
 //   7. finish: the kept candidates get their bits (atomicOr); kept counts per tensor (or, when pass
 //      0 saw NaN/Inf, the smallest flat position of one, for report()).
+// With at most two groups (calib_fused_select_groups), the selects of steps 3 and 5's last digit
+// run in the last block of pass 0 (bulk path) and of calib_hist; with float tensors all split by
+// calib_split_ballot, the split also records its blocks' candidate segments, which calib_finish
+// takes a warp each (Llama-3-8B, model granularity: 6 launches).
 // When the selected buckets hold more entries than the candidate capacity (degenerate data such as
 // mostly-equal values), the kernels see it on the device and run steps 5-7 over the full data
 // instead (shared-memory histograms, a full mask-writing pass): the same result, slower. Every mask
@@ -84,8 +88,10 @@ inline constexpr int calib_max_bins = 1 << calib_first_bits;
 inline constexpr int calib_split_unroll = 8;     // float4 loads in flight per thread in the split pass (half a tile)
 inline constexpr index_t calib_tile_elems = 16384;       // tiles of the split and full-data passes
 inline constexpr int calib_cand_unroll = 4;       // candidates per thread in flight in calib_hist / calib_finish
+inline constexpr int calib_seg_unroll = 4;        // calib_finish_segments: records per lane in flight (128 per warp)
 inline constexpr int calib_ballot_steps = 16;     // calib_split_ballot: 32-element chunks per warp per batch (loads in flight)
 inline constexpr index_t calib_pass0_tile_elems = 8192;   // pass 0: one unrolled sweep of a block
+inline constexpr index_t calib_fused_select_groups = 2;  // at most this many groups: selects in the last blocks (calib_ticket_select)
 
 // Value digits on the GPU: a first digit of calib_first_bits bits (8192 bins: the selected bucket
 // holds ~1% of normal-like data, 4x fewer candidates than an 11-bit digit), then digits of
@@ -140,6 +146,14 @@ struct calib_tile {
   index_t row_begin, row_end;
 };
 
+// The candidates one calib_split_ballot block wrote (calib_params::fused bit 4): records
+// [begin, begin + count), all of one tensor.
+struct calib_segment {
+  unsigned long long begin;
+  unsigned int count;
+  unsigned int tensor;
+};
+
 template <class Key>
 struct calib_candidate {
   Key key;
@@ -161,6 +175,7 @@ struct calib_globals {
   unsigned long long cand_needed;   // sum of the selected buckets' sizes after pass 0
   unsigned long long cand_count;    // candidates written
   unsigned long long ties_live;     // groups whose tie selection is still running
+  unsigned int tickets[8];          // calib_ticket_select: blocks done with value digit `pass`' histogram
 };
 
 template <class T>
@@ -182,6 +197,14 @@ struct calib_params {
   std::uint64_t pos_max;  // (1 << pos_bits) - 1: tie key of flat bit position q is pos_max - q
   int pos_bits;
   int exact;
+  index_t num_groups;
+  int fused;  // value digits whose select runs in the last block of the histogramming kernel
+              // (calib_ticket_select): bit 0 digit 0 (calib_pass0_bulk), bit 2 the later digits
+              // (calib_hist); the plan sets them with few groups
+  // Bit 4 (every split tile a calib_split_ballot tile): each split block describes its candidates
+  // (segments[block]), and calib_finish takes them a warp per segment (one tensor and group per
+  // warp: no per-candidate descriptor and state loads, one kept-count atomic per segment).
+  calib_segment* segments;
 };
 
 // Programmatic dependent launch (sm_90; run() launches every kernel after calib_init with the
@@ -254,6 +277,279 @@ __global__ void __launch_bounds__(calib_block) calib_init(calib_group_state<Key>
   const index_t i0 = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x;
   for (index_t i = i0; i < zero_words; i += stride) zero[i] = i == bad_word ? ~0ull : 0ull;
   for (index_t i = i0; i < num_groups; i += stride) groups[i] = init[i];
+}
+
+// Narrows a group's state to `bin` (cnt keys, `acc` keys in the bins above it): the one lane of
+// calib_select that holds the rank sought.
+template <class Key, int Mode>
+__device__ __forceinline__ void calib_select_narrow(calib_group_state<Key>* gs, calib_globals* globals, int bin, index_t acc,
+                                                    index_t cnt, unsigned long long excluded, int pass, int exact) {
+  const radix_select_state<Key> vst = gs->value;
+  const radix_select_state<std::uint64_t> tst = gs->tie;
+  if (Mode == 0) {
+    radix_select_state<Key> st = vst;
+    st.greater += acc;
+    st.remaining -= acc;
+    st.prefix |= static_cast<Key>(static_cast<Key>(bin) << calib_shift<0>(st.key_bits, st.pass));
+    ++st.pass;
+    if (pass == 0) atomicAdd(&globals->cand_needed, static_cast<unsigned long long>(cnt));
+    gs->value = st;
+    if (st.finished() && exact) {
+      // cnt keys equal tau; excluded entries are among them iff tau == 0 (they rank below all).
+      const index_t nonexcluded_ties = cnt - (st.prefix == 0 ? static_cast<index_t>(excluded) : 0);
+      if (st.remaining < nonexcluded_ties) {
+        radix_select_state<std::uint64_t> t = tst;  // key_bits set by the plan, k = 0
+        t.k = st.remaining;
+        t.remaining = st.remaining;
+        t.greater = 0;
+        t.prefix = 0;
+        t.pass = 0;
+        gs->tie = t;
+        atomicAdd(&globals->ties_live, 1ull);
+      }
+      // else: tie state stays finished with prefix 0: every non-excluded tie is kept.
+    }
+  } else {
+    radix_select_state<std::uint64_t> st = tst;
+    st.greater += acc;
+    st.remaining -= acc;
+    st.prefix |= static_cast<std::uint64_t>(bin) << calib_shift<1>(st.key_bits, st.pass);
+    ++st.pass;
+    gs->tie = st;
+    if (st.finished()) atomicAdd(&globals->ties_live, ~0ull);  // - 1
+  }
+}
+
+// Shared-memory address of p (for the cp.async, mbarrier and bulk-copy PTX).
+__device__ __forceinline__ unsigned calib_smem(const void* p) { return static_cast<unsigned>(__cvta_generic_to_shared(p)); }
+
+// calib_select_group for 17 to 32 rows of 32 bins per warp (see there; pass 0's 8192 bins in a
+// 256-thread block): the counters are staged in shared memory (stage[bin], MaxBins counters,
+// 16-byte aligned; at least 2 bins), each lane keeps only its sum; in the warp holding the rank,
+// lane j sums row j (rotated reads: no bank conflicts), a suffix scan over the lanes finds the
+// row, suffix sums over its lanes the bin.
+template <class Key, int Mode, int Threads, int MaxBins>
+__device__ __forceinline__ void calib_select_group_staged(calib_group_state<Key>* gs, unsigned long long* h, calib_globals* globals,
+                                                          int pass, int exact, unsigned long long* sh_total, unsigned long long* stage) {
+  constexpr int warps = Threads / 32;
+  constexpr int rows = MaxBins / Threads;
+  static_assert(rows > 16 && rows <= 32, "calib_select_group_staged: 17 to 32 rows per warp");
+  const int warp = static_cast<int>(threadIdx.x >> 5), lane = static_cast<int>(threadIdx.x & 31u);
+  int kbits = 0;
+  bool live = false, add_excluded = false;
+  index_t remaining = 0;
+  {
+    const radix_select_state<Key> vst = gs->value;
+    const radix_select_state<std::uint64_t> tst = gs->tie;
+    kbits = Mode == 0 ? vst.key_bits : tst.key_bits;
+    live = Mode == 0 ? (!vst.finished() && vst.pass == pass) : (!tst.finished() && tst.pass == pass);
+    remaining = Mode == 0 ? vst.remaining : tst.remaining;
+    add_excluded = Mode == 0 && pass > 0 && vst.prefix == 0;
+  }
+  const int bins = 1 << (calib_high<Mode>(kbits, pass) - calib_shift<Mode>(kbits, pass));
+  const unsigned long long excluded = __ldcg(&gs->excluded);
+  const int base = (warps - 1 - warp) * rows * 32;
+  using V = std::conditional_t<sizeof(Key) == 4, float, double>;
+  constexpr auto inf_bin = static_cast<int>(magnitude_key<V>::infinity >> calib_vshift(magnitude_key<V>::bits, 0));
+  // stage <- the digit's counters by asynchronous copies from L2 (16 bytes each, all in flight at
+  // once, no registers), zeros above them; the excluded entries join bin 0 (see calib_select_group).
+  for (int i = static_cast<int>(threadIdx.x); 2 * i < MaxBins; i += Threads) {
+    if (2 * i < bins) {
+      asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(calib_smem(stage + 2 * i)), "l"(h + 2 * i) : "memory");
+    } else {
+      stage[2 * i] = 0;
+      stage[2 * i + 1] = 0;
+    }
+  }
+  asm volatile("cp.async.wait_all;" ::: "memory");
+  __syncthreads();
+  if (threadIdx.x == 0 && add_excluded) stage[0] += excluded;
+  __syncthreads();
+  unsigned long long sum = 0;
+  bool bad = false;
+#pragma unroll 8
+  for (int k = 0; k < rows; ++k) {
+    const int idx = base + 32 * k + lane;
+    const unsigned long long c = stage[idx];
+    sum += c;
+    if (Mode == 0 && pass == 0) bad |= idx >= inf_bin && c != 0;  // NaN/Inf entries (see calib_select_group)
+  }
+  if (bad) globals->nonfinite = 1;
+  const unsigned long long wsum = calib_warp_sum64(sum);
+  if (lane == 0) sh_total[warp] = wsum;
+  __syncthreads();  // sh_total complete
+  unsigned long long above = 0;
+  for (int w = 0; w < warp; ++w) above += sh_total[w];
+  if (live && static_cast<index_t>(above) < remaining && static_cast<index_t>(above + wsum) >= remaining) {  // warp-uniform
+    unsigned long long rsum = 0;  // lane j < rows: row j's total
+    if (lane < rows)
+      for (int i = 0; i < 32; ++i) rsum += stage[base + 32 * lane + ((i + lane) & 31)];
+    unsigned long long suffix = rsum;  // rows j and above
+    for (int o = 1; o < 32; o <<= 1) {
+      const unsigned long long t = __shfl_down_sync(0xffffffffu, suffix, o);
+      if (lane + o < 32) suffix += t;
+    }
+    // Rows from the top: the rank is in the highest row j whose suffix reaches it (lane 0's suffix,
+    // the warp's total, does).
+    const unsigned int ok = __ballot_sync(0xffffffffu, static_cast<index_t>(above + suffix) >= remaining);
+    const int row = 31 - __clz(static_cast<int>(ok));
+    const unsigned long long row_above = above + __shfl_sync(0xffffffffu, suffix, row) - __shfl_sync(0xffffffffu, rsum, row);
+    const unsigned long long rc = stage[base + 32 * row + lane];
+    unsigned long long lsuf = rc;  // keys in this row's bins from this lane's up
+    for (int o = 1; o < 32; o <<= 1) {
+      const unsigned long long t = __shfl_down_sync(0xffffffffu, lsuf, o);
+      if (lane + o < 32) lsuf += t;
+    }
+    const auto before = static_cast<index_t>(row_above + lsuf - rc), cnt = static_cast<index_t>(rc);
+    if (ok != 0 && before < remaining && before + cnt >= remaining)
+      calib_select_narrow<Key, Mode>(gs, globals, base + 32 * row + lane, before, cnt, excluded, pass, exact);
+  }
+#pragma unroll 8
+  for (int k = 0; k < rows; ++k) {
+    const int idx = base + 32 * k + lane;
+    if (idx < bins && idx < radix_bins) h[idx] = 0;
+  }
+}
+
+// The select step of one group, run by a whole block of Threads threads (every thread must call it;
+// it synchronises the block): narrows the group's state with its histogram, then clears the
+// histogram (the first radix_bins counters: later passes have at most radix_digit_bits-bit digits).
+// MaxBins (>= the digit's bins) sizes the per-thread registers: MaxBins / Threads counters each.
+// Mode 0 narrows the value selection (adding the excluded entries to bin 0 for passes >= 1 when the
+// prefix is 0), Mode 1 the tie selection. After the last value pass of an exact-semantics run it
+// starts the tie selection (k = ties needed), unless every non-excluded tie is needed (then all are
+// kept and no tie pass runs for the group). The counters are read with ld.global.cg (from L2): the
+// fused callers (calib_ticket_select) read histograms other blocks of their own kernel built.
+// sh_total: Threads / 32 counters of shared memory, not used by the block around the call. At most
+// 16 rows of 32 bins per warp (calib_select_group_staged for more).
+template <class Key, int Mode, int Threads, int MaxBins>
+__device__ __forceinline__ void calib_select_group(calib_group_state<Key>* gs, unsigned long long* h, calib_globals* globals,
+                                                   int pass, int exact, unsigned long long* sh_total) {
+  constexpr int warps = Threads / 32;
+  constexpr int rows = MaxBins / Threads;  // rows of 32 bins per warp
+  static_assert(MaxBins % Threads == 0 && rows >= 1 && rows <= 16 && MaxBins <= calib_max_bins, "calib_select_group: bin layout");
+  const int warp = static_cast<int>(threadIdx.x >> 5), lane = static_cast<int>(threadIdx.x & 31u);
+  // Every thread reads the state before the barrier; only the one lane that finds the rank reads
+  // it again and writes it afterwards, so no thread can see a half-updated state.
+  int kbits = 0;
+  bool live = false, add_excluded = false;
+  index_t remaining = 0;
+  {
+    const radix_select_state<Key> vst = gs->value;
+    const radix_select_state<std::uint64_t> tst = gs->tie;
+    kbits = Mode == 0 ? vst.key_bits : tst.key_bits;
+    live = Mode == 0 ? (!vst.finished() && vst.pass == pass) : (!tst.finished() && tst.pass == pass);
+    remaining = Mode == 0 ? vst.remaining : tst.remaining;
+    // Excluded entries join bin 0 in value passes >= 1 when the prefix is 0.
+    add_excluded = Mode == 0 && pass > 0 && vst.prefix == 0;
+  }
+  const int bins = 1 << (calib_high<Mode>(kbits, pass) - calib_shift<Mode>(kbits, pass));
+  const unsigned long long excluded = __ldcg(&gs->excluded);
+  // Warp w owns bins [base, base + 32 rows), warp 0 the top ones; lane l holds column l: bins
+  // base + 32 k + l (coalesced loads, all in flight at once).
+  const int base = (warps - 1 - warp) * rows * 32;
+  unsigned long long c[rows], sum = 0;
+#pragma unroll
+  for (int k = 0; k < rows; ++k) {
+    const int idx = base + 32 * k + lane;
+    c[k] = idx < bins ? __ldcg(h + idx) + (add_excluded && idx == 0 ? excluded : 0ull) : 0ull;
+    sum += c[k];
+  }
+  if (Mode == 0 && pass == 0) {
+    // The top bins, from +Inf's key up, hold the NaN/Inf entries pass 0 saw.
+    using V = std::conditional_t<sizeof(Key) == 4, float, double>;
+    constexpr auto inf_bin = static_cast<int>(magnitude_key<V>::infinity >> calib_vshift(magnitude_key<V>::bits, 0));
+    bool bad = false;
+#pragma unroll
+    for (int k = 0; k < rows; ++k) bad |= base + 32 * k + lane >= inf_bin && c[k] != 0;
+    if (bad) globals->nonfinite = 1;
+  }
+  const unsigned long long wsum = calib_warp_sum64(sum);
+  if (lane == 0) sh_total[warp] = wsum;
+  __syncthreads();
+  unsigned long long above = 0;  // keys in the bins of the warps above this one
+  for (int w = 0; w < warp; ++w) above += sh_total[w];
+  if (live && static_cast<index_t>(above) < remaining && static_cast<index_t>(above + wsum) >= remaining) {  // warp-uniform
+    // Rows from the top: the row holding the rank, then the lane (suffix sums over the lanes).
+    int row = -1;
+    unsigned long long row_above = above, rc = 0;
+#pragma unroll
+    for (int k = rows - 1; k >= 0; --k) {
+      const unsigned long long rs = calib_warp_sum64(c[k]);
+      if (row < 0) {
+        if (static_cast<index_t>(row_above + rs) >= remaining) {
+          row = k;
+          rc = c[k];
+        } else {
+          row_above += rs;
+        }
+      }
+    }
+    unsigned long long suffix = rc;  // keys in this row's bins from this lane's up
+    for (int o = 1; o < 32; o <<= 1) {
+      const unsigned long long t = __shfl_down_sync(0xffffffffu, suffix, o);
+      if (lane + o < 32) suffix += t;
+    }
+    const auto before = static_cast<index_t>(row_above + suffix - rc), cnt = static_cast<index_t>(rc);
+    if (row >= 0 && before < remaining && before + cnt >= remaining)
+      calib_select_narrow<Key, Mode>(gs, globals, base + 32 * row + lane, before, cnt, excluded, pass, exact);
+  }
+  // Each lane clears the bins it read (bins >= radix_bins serve pass 0 only, zeroed by
+  // calib_init; the others are reused by the next pass).
+#pragma unroll
+  for (int k = 0; k < rows; ++k) {
+    const int idx = base + 32 * k + lane;
+    if (idx < bins && idx < radix_bins) h[idx] = 0;
+  }
+}
+
+// One block per group: calib_select_group (see there) for the group of the block.
+template <class Key, int Mode>
+__global__ void __launch_bounds__(calib_select_block, 2) calib_select(calib_group_state<Key>* groups, unsigned long long* hist,
+                                                                      calib_globals* globals, int pass, int exact) {
+  __shared__ unsigned long long sh_total[calib_select_block / 32];
+  calib_wait_prior();
+  calib_allow_next();
+  // No tie selection running: no tie histogram was built (calib_hist returned), nothing to clear.
+  // (Only a block whose group is live decrements ties_live, so 0 means none is live.)
+  if (Mode == 1 && globals->ties_live == 0) return;
+  calib_select_group<Key, Mode, calib_select_block, calib_max_bins>(groups + blockIdx.x, hist + blockIdx.x * static_cast<index_t>(calib_max_bins),
+                                                                   globals, pass, exact, sh_total);
+}
+
+// The end of a kernel whose blocks built the histograms of value digit `pass` (Mode 0) with global
+// atomics, when the plan fuses that digit's select into it (calib_params::fused, few groups): every
+// block takes a ticket after its histogram updates; the block that takes the last one (all others
+// are then done) runs calib_select_group for every group, one after the other, so no select kernel
+// (launch, ramp, completion) follows. Every thread of every block must call it, at the end of the
+// kernel (the block's shared memory is free). ticket: calib_globals::tickets[pass] (zeroed by
+// calib_init; one use per run). stage: MaxBins counters of shared memory when MaxBins > 16 x 256.
+template <class T, int MaxBins>
+__device__ __forceinline__ void calib_ticket_select(const calib_params<T>& p, int pass, unsigned long long* stage = nullptr) {
+  using Key = magnitude_key_t<T>;
+  __shared__ unsigned long long sh_total[calib_block / 32];
+  __shared__ unsigned int sh_last;
+  // The block's histogram atomics are ordered before its ticket by the barrier and thread 0's
+  // fence; the last block's thread 0 fences after its ticket, and the barrier orders the block's
+  // loads (from L2) after it (the pattern of cooperative groups' grid synchronisation: one fence
+  // per block, not per thread: a fence waits for the thread's outstanding stores).
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    __threadfence();
+    const bool last = atomicAdd(&p.globals->tickets[pass], 1u) == gridDim.x - 1;
+    if (last) __threadfence();
+    sh_last = last ? 1u : 0u;
+  }
+  __syncthreads();
+  if (sh_last == 0) return;  // block-uniform
+  for (index_t g = 0; g < p.num_groups; ++g) {
+    if constexpr (MaxBins / calib_block > 16)  // pass 0's 8192 bins: counters staged in shared memory
+      calib_select_group_staged<Key, 0, calib_block, MaxBins>(p.groups + g, p.hist + g * calib_max_bins, p.globals, pass, p.exact, sh_total,
+                                                              stage);
+    else
+      calib_select_group<Key, 0, calib_block, MaxBins>(p.groups + g, p.hist + g * calib_max_bins, p.globals, pass, p.exact, sh_total);
+    __syncthreads();  // sh_total is reused by the next group
+  }
 }
 
 // Pass 0, the first full read: histogram of the first value digit of every element (excluded
@@ -349,8 +645,6 @@ __global__ void __launch_bounds__(calib_pass0_block, calib_pass0_min_blocks) cal
   if (cur >= 0) calib_flush(sh, bins, p.hist + cur * calib_max_bins);
 }
 
-// Shared-memory address of p (for the mbarrier / bulk-copy PTX below).
-__device__ __forceinline__ unsigned calib_smem(const void* p) { return static_cast<unsigned>(__cvta_generic_to_shared(p)); }
 
 // Pass 0 when every pass-0 tile is a float4 tile without exclusions (calib_plan::bulk0_): the same
 // histogram as calib_pass0, but the tiles stream into shared memory by bulk copies (the TMA engine,
@@ -361,6 +655,9 @@ __device__ __forceinline__ unsigned calib_smem(const void* p) { return static_ca
 template <class T>
 __global__ void __launch_bounds__(calib_pass0_block, 2) calib_pass0_bulk(calib_params<T> p) {
   static_assert(sizeof(T) == 4, "calib_pass0_bulk: float only");
+  static_assert(calib_pass0_block == calib_block, "calib_pass0_bulk: calib_ticket_select's block size");
+  static_assert(2 * calib_pass0_tile_elems * sizeof(float) >= calib_max_bins * sizeof(unsigned long long),
+                "calib_pass0_bulk: the tile buffers stage calib_ticket_select's counters");
   constexpr int shift = calib_vshift(magnitude_key<T>::bits, 0);
   constexpr int bins = calib_max_bins;
   constexpr int tile4 = static_cast<int>(calib_pass0_tile_elems / 4);  // float4 per buffer
@@ -434,142 +731,8 @@ __global__ void __launch_bounds__(calib_pass0_block, 2) calib_pass0_bulk(calib_p
   __syncthreads();
   calib_wait_prior();
   if (cur >= 0) calib_flush(sh, bins, p.hist + cur * calib_max_bins);
-}
-
-// Narrows a group's state to `bin` (cnt keys, `acc` keys in the bins above it): the one lane of
-// calib_select that holds the rank sought.
-template <class Key, int Mode>
-__device__ __forceinline__ void calib_select_narrow(calib_group_state<Key>* gs, calib_globals* globals, int bin, index_t acc,
-                                                    index_t cnt, unsigned long long excluded, int pass, int exact) {
-  const radix_select_state<Key> vst = gs->value;
-  const radix_select_state<std::uint64_t> tst = gs->tie;
-  if (Mode == 0) {
-    radix_select_state<Key> st = vst;
-    st.greater += acc;
-    st.remaining -= acc;
-    st.prefix |= static_cast<Key>(static_cast<Key>(bin) << calib_shift<0>(st.key_bits, st.pass));
-    ++st.pass;
-    if (pass == 0) atomicAdd(&globals->cand_needed, static_cast<unsigned long long>(cnt));
-    gs->value = st;
-    if (st.finished() && exact) {
-      // cnt keys equal tau; excluded entries are among them iff tau == 0 (they rank below all).
-      const index_t nonexcluded_ties = cnt - (st.prefix == 0 ? static_cast<index_t>(excluded) : 0);
-      if (st.remaining < nonexcluded_ties) {
-        radix_select_state<std::uint64_t> t = tst;  // key_bits set by the plan, k = 0
-        t.k = st.remaining;
-        t.remaining = st.remaining;
-        t.greater = 0;
-        t.prefix = 0;
-        t.pass = 0;
-        gs->tie = t;
-        atomicAdd(&globals->ties_live, 1ull);
-      }
-      // else: tie state stays finished with prefix 0: every non-excluded tie is kept.
-    }
-  } else {
-    radix_select_state<std::uint64_t> st = tst;
-    st.greater += acc;
-    st.remaining -= acc;
-    st.prefix |= static_cast<std::uint64_t>(bin) << calib_shift<1>(st.key_bits, st.pass);
-    ++st.pass;
-    gs->tie = st;
-    if (st.finished()) atomicAdd(&globals->ties_live, ~0ull);  // - 1
-  }
-}
-
-// One block per group: narrows the group's state with its histogram, then clears the histogram
-// (the first radix_bins counters: later passes have at most radix_digit_bits-bit digits).
-// Mode 0 narrows the value selection (adding the excluded entries to bin 0 for passes >= 1 when the
-// prefix is 0), Mode 1 the tie selection. After the last value pass of an exact-semantics run it
-// starts the tie selection (k = ties needed), unless every non-excluded tie is needed (then all are
-// kept and no tie pass runs for the group).
-template <class Key, int Mode>
-__global__ void __launch_bounds__(calib_select_block, 2) calib_select(calib_group_state<Key>* groups, unsigned long long* hist,
-                                                                      calib_globals* globals, int pass, int exact) {
-  constexpr int warps = calib_select_block / 32;
-  constexpr int rows = calib_max_bins / calib_select_block;  // 16 rows of 32 bins per warp
-  static_assert(calib_max_bins % calib_select_block == 0 && rows <= 32, "calib_select: bin layout");
-  __shared__ unsigned long long sh_total[warps];
-  calib_wait_prior();
-  calib_allow_next();
-  // No tie selection running: no tie histogram was built (calib_hist returned), nothing to clear.
-  // (Only a block whose group is live decrements ties_live, so 0 means none is live.)
-  if (Mode == 1 && globals->ties_live == 0) return;
-  calib_group_state<Key>* gs = groups + blockIdx.x;
-  unsigned long long* h = hist + blockIdx.x * static_cast<index_t>(calib_max_bins);
-  const int warp = static_cast<int>(threadIdx.x >> 5), lane = static_cast<int>(threadIdx.x & 31u);
-  // Every thread reads the state before the barrier; only the one lane that finds the rank reads
-  // it again and writes it afterwards, so no thread can see a half-updated state.
-  int kbits = 0;
-  bool live = false, add_excluded = false;
-  index_t remaining = 0;
-  {
-    const radix_select_state<Key> vst = gs->value;
-    const radix_select_state<std::uint64_t> tst = gs->tie;
-    kbits = Mode == 0 ? vst.key_bits : tst.key_bits;
-    live = Mode == 0 ? (!vst.finished() && vst.pass == pass) : (!tst.finished() && tst.pass == pass);
-    remaining = Mode == 0 ? vst.remaining : tst.remaining;
-    // Excluded entries join bin 0 in value passes >= 1 when the prefix is 0.
-    add_excluded = Mode == 0 && pass > 0 && vst.prefix == 0;
-  }
-  const int bins = 1 << (calib_high<Mode>(kbits, pass) - calib_shift<Mode>(kbits, pass));
-  const unsigned long long excluded = gs->excluded;
-  // Warp w owns bins [base, base + 32 rows), warp 0 the top ones; lane l holds column l: bins
-  // base + 32 k + l (coalesced loads, all in flight at once).
-  const int base = (warps - 1 - warp) * rows * 32;
-  unsigned long long c[rows], sum = 0;
-#pragma unroll
-  for (int k = 0; k < rows; ++k) {
-    const int idx = base + 32 * k + lane;
-    c[k] = idx < bins ? h[idx] + (add_excluded && idx == 0 ? excluded : 0ull) : 0ull;
-    sum += c[k];
-  }
-  if (Mode == 0 && pass == 0) {
-    // The top bins, from +Inf's key up, hold the NaN/Inf entries pass 0 saw.
-    using V = std::conditional_t<sizeof(Key) == 4, float, double>;
-    constexpr auto inf_bin = static_cast<int>(magnitude_key<V>::infinity >> calib_vshift(magnitude_key<V>::bits, 0));
-    bool bad = false;
-#pragma unroll
-    for (int k = 0; k < rows; ++k) bad |= base + 32 * k + lane >= inf_bin && c[k] != 0;
-    if (bad) globals->nonfinite = 1;
-  }
-  const unsigned long long wsum = calib_warp_sum64(sum);
-  if (lane == 0) sh_total[warp] = wsum;
-  __syncthreads();
-  unsigned long long above = 0;  // keys in the bins of the warps above this one
-  for (int w = 0; w < warp; ++w) above += sh_total[w];
-  if (live && static_cast<index_t>(above) < remaining && static_cast<index_t>(above + wsum) >= remaining) {  // warp-uniform
-    // Rows from the top: the row holding the rank, then the lane (suffix sums over the lanes).
-    int row = -1;
-    unsigned long long row_above = above, rc = 0;
-#pragma unroll
-    for (int k = rows - 1; k >= 0; --k) {
-      const unsigned long long rs = calib_warp_sum64(c[k]);
-      if (row < 0) {
-        if (static_cast<index_t>(row_above + rs) >= remaining) {
-          row = k;
-          rc = c[k];
-        } else {
-          row_above += rs;
-        }
-      }
-    }
-    unsigned long long suffix = rc;  // keys in this row's bins from this lane's up
-    for (int o = 1; o < 32; o <<= 1) {
-      const unsigned long long t = __shfl_down_sync(0xffffffffu, suffix, o);
-      if (lane + o < 32) suffix += t;
-    }
-    const auto before = static_cast<index_t>(row_above + suffix - rc), cnt = static_cast<index_t>(rc);
-    if (row >= 0 && before < remaining && before + cnt >= remaining)
-      calib_select_narrow<Key, Mode>(gs, globals, base + 32 * row + lane, before, cnt, excluded, pass, exact);
-  }
-  // Each lane clears the bins it read (bins >= radix_bins serve pass 0 only, zeroed by
-  // calib_init; the others are reused by the next pass).
-#pragma unroll
-  for (int k = 0; k < rows; ++k) {
-    const int idx = base + 32 * k + lane;
-    if (idx < bins && idx < radix_bins) h[idx] = 0;
-  }
+  // (the tile buffers, idle now, stage the select's 8192 counters)
+  if (p.fused & 1) calib_ticket_select<T, calib_max_bins>(p, 0, reinterpret_cast<unsigned long long*>(calib_buf));
 }
 
 template <class T>
@@ -809,6 +972,11 @@ __device__ __forceinline__ float calib_load_once(const float* p, unsigned long l
   return r;
 }
 
+// atomicAdd without return as a global reduction (`red.global.add.u64`): the thread does not wait.
+__device__ __forceinline__ void calib_red_add(unsigned long long* p, unsigned long long v) {
+  asm volatile("red.relaxed.gpu.global.add.u64 [%0], %1;" ::"l"(p), "l"(v) : "memory");
+}
+
 // An L2 policy that keeps what it tags longer, and stores with it: for what the split writes and
 // the later kernels read (mask words, candidate records), so it is still in L2 when they run.
 __device__ __forceinline__ unsigned long long calib_evict_last_policy() {
@@ -830,13 +998,18 @@ __device__ __forceinline__ void calib_store_keep(calib_candidate<std::uint32_t>*
                : "memory");
 }
 
-// The ballot over a full warp of |x| >= t (calib_abs_ge), in PTX: the warp is converged where this
-// is called (warp-uniform control flow), so no divergence check is needed around the vote.
-__device__ __forceinline__ std::uint32_t calib_ballot_abs_ge(float x, float t) {
-  std::uint32_t r;
-  asm volatile("{\n\t.reg .pred p;\n\t.reg .f32 a;\n\tabs.f32 a, %1;\n\tsetp.ge.f32 p, a, %2;\n\tvote.sync.ballot.b32 %0, p, 0xffffffff;\n\t}"
-               : "=r"(r)
-               : "f"(x), "f"(t));
+// The ballot over a full warp of |x| >= hi (calib_abs_ge), and this lane's candidate flag
+// (lo <= |x| < hi; IEEE compares without .ftz, false for NaN) OR-ed into bit s of cflag, in PTX: the
+// warp is converged where this is called (warp-uniform control flow), so no divergence check is
+// needed around the vote.
+__device__ __forceinline__ std::uint32_t calib_ballot_abs_ge_cand(float x, float hi, float lo, std::uint32_t& cflag, int s) {
+  std::uint32_t r, c;
+  asm volatile(
+      "{\n\t.reg .pred ph, pc;\n\t.reg .f32 a;\n\tabs.f32 a, %2;\n\tsetp.ge.f32 ph, a, %3;\n\tsetp.ge.f32 pc, a, %4;\n\t"
+      "setp.lt.and.f32 pc, a, %3, pc;\n\tvote.sync.ballot.b32 %0, ph, 0xffffffff;\n\tselp.u32 %1, 1, 0, pc;\n\t}"
+      : "=r"(r), "=r"(c)
+      : "f"(x), "f"(hi), "f"(lo));
+  cflag |= c << s;
   return r;
 }
 
@@ -870,7 +1043,7 @@ __device__ __forceinline__ std::uint32_t calib_chunk_bits(const std::uint64_t* w
 // (candidates beyond the capacity): no words, no records; the bucket's digit-1 histogram is built in
 // shared memory and flushed. Out-of-tile lanes read NaN, which passes neither compare.
 template <class T>
-__global__ void __launch_bounds__(calib_block, 5) calib_split_ballot(calib_params<T> p) {
+__device__ __forceinline__ void calib_split_ballot_tile(const calib_params<T>& p) {
   static_assert(sizeof(T) == 4, "calib_split_ballot: float only");
   using Key = magnitude_key_t<T>;
   constexpr int bits = magnitude_key<T>::bits;
@@ -928,15 +1101,16 @@ __global__ void __launch_bounds__(calib_block, 5) calib_split_ballot(calib_param
         x[s] = (q0 + s < q_end && e < n) ? calib_load_once(base + e, once) : nan;
       }
     }
-    std::uint32_t kb[S];
+    std::uint32_t kb[S], cflag = 0;  // cflag bit s: this lane's entry of chunk q0 + s is a candidate
 #pragma unroll
-    for (int s = 0; s < S; ++s) {
-      kb[s] = calib_ballot_abs_ge(x[s], hi);
-      std::uint32_t cb = calib_ballot_abs_ge(x[s], lo) & ~kb[s];
-      if (cb != 0) {  // warp-uniform: one entry per chunk (exclusions and records at the end)
-        if (lane == 0) stage[warp][nstaged] = make_uint2(q0 + s, cb);
-        ++nstaged;
-      }
+    for (int s = 0; s < S; ++s) kb[s] = calib_ballot_abs_ge_cand(x[s], hi, lo, cflag, s);
+    // The batch's chunks with a candidate (warp-uniform, one reduction), each staged as one entry
+    // (exclusions and records at the end), in chunk order.
+    for (std::uint32_t m = __reduce_or_sync(0xffffffffu, cflag); m != 0; m &= m - 1) {
+      const int s = __ffs(static_cast<int>(m)) - 1;
+      const std::uint32_t cb = __ballot_sync(0xffffffffu, (cflag >> s) & 1u);
+      if (lane == 0) stage[warp][nstaged] = make_uint2(q0 + static_cast<std::uint32_t>(s), cb);
+      ++nstaged;
     }
     if (!compact) continue;
     // Lane i takes kb[i] (a select tree: S - 1 selects), then writes chunk q0 + i's mask bits.
@@ -1015,6 +1189,8 @@ __global__ void __launch_bounds__(calib_block, 5) calib_split_ballot(calib_param
     }
     if (total != 0) sh_base = atomicAdd(&p.globals->cand_count, total);
     if (kept_total != 0) atomicAdd(p.kept + tile.tensor, kept_total);
+    if (p.fused & 16)
+      p.segments[blockIdx.x] = calib_segment{total != 0 ? sh_base : 0ull, static_cast<unsigned int>(total), static_cast<unsigned int>(tile.tensor)};
   }
   __syncthreads();
   if (wcount == 0) return;
@@ -1041,10 +1217,14 @@ __global__ void __launch_bounds__(calib_block, 5) calib_split_ballot(calib_param
       const index_t bit = ((tile.row_begin + row) * td.wpr + (col >> 6)) * 64 + (col & 63u);
       calib_store_keep(p.cands + at++, calib_candidate<Key>{key, static_cast<std::uint32_t>(tile.tensor), static_cast<std::uint64_t>(bit)},
                        keep);
-      atomicAdd(h + ((key >> shift1) & dmask), 1ull);
+      calib_red_add(h + ((key >> shift1) & dmask), 1ull);
     }
     slot += __shfl_sync(0xffffffffu, incl, 31);
   }
+}
+template <class T>
+__global__ void __launch_bounds__(calib_block, 5) calib_split_ballot(calib_params<T> p) {
+  calib_split_ballot_tile(p);
 }
 
 // Histogram of digit `pass` (>= 2 for values, >= 0 for tie positions): Mode 0 of the value keys
@@ -1053,11 +1233,9 @@ __global__ void __launch_bounds__(calib_block, 5) calib_split_ballot(calib_param
 // list, global atomics (few entries match); overflow mode: over the full data, tiles grid-strided,
 // shared-memory histograms (excluded entries skipped: the select kernel adds their count to bin 0).
 template <class T, int Mode>
-__global__ void __launch_bounds__(calib_block) calib_hist(calib_params<T> p, int pass) {
+__device__ __forceinline__ void calib_hist_body(const calib_params<T>& p, int pass) {
   using Key = magnitude_key_t<T>;
   constexpr int bits = magnitude_key<T>::bits;
-  calib_wait_prior();
-  calib_allow_next();
   if (Mode == 1 && p.globals->ties_live == 0) return;
   const int kbits = Mode == 0 ? bits : p.pos_bits;
   const int shift = calib_shift<Mode>(kbits, pass);
@@ -1137,11 +1315,75 @@ __global__ void __launch_bounds__(calib_block) calib_hist(calib_params<T> p, int
     __syncthreads();
   }
 }
+template <class T, int Mode>
+__global__ void __launch_bounds__(calib_block) calib_hist(calib_params<T> p, int pass) {
+  calib_wait_prior();
+  calib_allow_next();
+  calib_hist_body<T, Mode>(p, pass);
+  if (Mode == 0 && (p.fused & 4)) calib_ticket_select<T, radix_bins>(p, pass);
+}
 
 template <class T>
 __device__ __forceinline__ bool calib_keep_tie(const calib_params<T>& p, const calib_group_state<magnitude_key_t<T>>* gs,
                                                std::uint64_t pos) {
   return !p.exact || (p.pos_max - pos) >= gs->tie.prefix;
+}
+
+// atomicOr on a mask word as a global reduction without return (`red.global.or.b64`; atomicOr on a
+// pointer loaded from memory, a generic address, compiles to a generic ATOM that returns a
+// predicate, with a shared-memory CAS fallback).
+__device__ __forceinline__ void calib_red_or(std::uint64_t* p, std::uint64_t v) {
+  asm volatile("red.relaxed.gpu.global.or.b64 [%0], %1;" ::"l"(p), "l"(v) : "memory");
+}
+
+// calib_finish in compact mode over calib_split_ballot's segments (calib_params::fused bit 4): a
+// warp per segment; the segment's tensor descriptor and group state are loaded once, its records
+// calib_seg_unroll x 32 at a time (all in flight), kept candidates' bits set by red.global.or;
+// kept and tie counts summed over the warp, one atomic each per segment. (Checkpoint 1 measured a
+// version writing each mask half-word once with a plain store instead, from the records sorted by
+// position: 181 us in all against 177 us with the reductions.)
+template <class T>
+__device__ __forceinline__ void calib_finish_segments(const calib_params<T>& p) {
+  using Key = magnitude_key_t<T>;
+  constexpr int U = calib_seg_unroll;
+  const int lane = static_cast<int>(threadIdx.x & 31u);
+  const index_t warps = static_cast<index_t>(gridDim.x) * (blockDim.x / 32);
+  for (index_t sg = blockIdx.x * static_cast<index_t>(blockDim.x / 32) + (threadIdx.x >> 5); sg < p.num_ballot_tiles; sg += warps) {
+    const calib_segment seg = p.segments[sg];
+    if (seg.count == 0) continue;  // warp-uniform
+    const calib_tensor_desc<T>* td = p.tensors + seg.tensor;
+    const index_t grp = __ldg(&td->group);
+    std::uint64_t* out = td->out;
+    const auto boff = static_cast<std::uint64_t>(__ldg(&td->bit_offset));
+    const Key tau = p.groups[grp].value.prefix;
+    const std::uint64_t tie_prefix = p.groups[grp].tie.prefix;
+    unsigned int kept = 0, ties = 0;
+    for (unsigned int j0 = 0; j0 < seg.count; j0 += 32 * U) {
+      calib_candidate<Key> c[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u)
+        if (j0 + 32 * u + lane < seg.count) c[u] = p.cands[seg.begin + j0 + 32 * u + lane];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        if (j0 + 32 * u + lane >= seg.count) continue;
+        bool keep = c[u].key > tau;
+        // exact semantics: a tie is kept when its tie key (pos_max - flat position) reaches the
+        // selected tie prefix (calib_keep_tie)
+        if (c[u].key == tau && (!p.exact || p.pos_max - (boff + c[u].bit) >= tie_prefix)) {
+          keep = true;
+          ++ties;
+        }
+        if (keep) {
+          calib_red_or(out + (c[u].bit >> 6), std::uint64_t{1} << (c[u].bit & 63));
+          ++kept;
+        }
+      }
+    }
+    kept = calib_warp_sum(kept);
+    ties = calib_warp_sum(ties);
+    if (lane == 0 && kept != 0) atomicAdd(p.kept + seg.tensor, static_cast<unsigned long long>(kept));
+    if (lane == 0 && ties != 0) atomicAdd(&p.groups[grp].ties_kept, static_cast<unsigned long long>(ties));
+  }
 }
 
 // Last kernel. Compact mode: sets the bits of the kept candidates (atomicOr) and adds them to the
@@ -1168,6 +1410,12 @@ __global__ void __launch_bounds__(calib_block) calib_finish(calib_params<T> p) {
       }
     }
     return;
+  }
+  if constexpr (std::is_same_v<T, float>) {  // segments: calib_split_ballot's (float)
+    if (calib_compact(p.globals, p.capacity) && (p.fused & 16)) {
+      calib_finish_segments(p);
+      return;
+    }
   }
   if (calib_compact(p.globals, p.capacity)) {
     // calib_cand_unroll candidates per lane in flight (records, then descriptor fields, then group
@@ -1213,6 +1461,7 @@ __global__ void __launch_bounds__(calib_block) calib_finish(calib_params<T> p) {
             keep = true;
             atomicAdd(&p.groups[grp[u]].ties_kept, 1ull);
           }
+          // (a generic atomicOr: checkpoint 1 measured red.global.or here 2 us slower)
           if (keep) atomicOr(reinterpret_cast<unsigned long long*>(out[u] + (c[u].bit >> 6)), 1ull << (c[u].bit & 63));
         }
         const unsigned int km = __ballot_sync(0xffffffffu, keep);
@@ -1386,12 +1635,17 @@ class calibration_plan {
     off_init_ = off_tiles_ + detail_calib::calib_align(static_cast<std::size_t>(nt_ + nt0_) * sizeof(detail_calib::calib_tile));
     off_groups_ = off_init_ + detail_calib::calib_align(group_init_.size() * sizeof(G));
     off_hist_ = off_groups_ + detail_calib::calib_align(group_init_.size() * sizeof(G));
+    // Finish segments (calib_params::fused bit 4): float, few groups, every tensor with entries
+    // split by calib_split_ballot.
+    segments_ = std::is_same_v<T, float> && groups_.count() <= detail_calib::calib_fused_select_groups &&
+                std::all_of(descs_.begin(), descs_.end(), [](const detail_calib::calib_tensor_desc<T>& d) { return d.ballot != 0 || d.rows * d.cols == 0; });
     off_globals_ = off_hist_ + detail_calib::calib_align(group_init_.size() * detail_calib::calib_max_bins * sizeof(unsigned long long));
     off_kept_ = off_globals_ + detail_calib::calib_align(sizeof(detail_calib::calib_globals));
-    off_cands_ = off_kept_ + detail_calib::calib_align(descs_.size() * sizeof(unsigned long long));
+    off_segments_ = off_kept_ + detail_calib::calib_align(descs_.size() * sizeof(unsigned long long));
+    off_cands_ = off_segments_ + (segments_ ? detail_calib::calib_align(static_cast<std::size_t>(nt_) * sizeof(detail_calib::calib_segment)) : 0);
     bytes_ = off_cands_ + detail_calib::calib_align(static_cast<std::size_t>(capacity_) * sizeof(detail_calib::calib_candidate<key_type>));
     ws_zero_begin_ = off_hist_;  // histograms, globals and kept counts start at zero
-    ws_zero_end_ = off_cands_;
+    ws_zero_end_ = off_segments_;
     // Pass 0 by bulk copies when every pass-0 tile is a float4 tile without exclusions.
     bulk0_ = std::is_same_v<T, float> && nt0_ > 0 && std::all_of(tiles0.begin(), tiles0.end(), [&](const detail_calib::calib_tile& t) {
                const auto& d = descs_[static_cast<std::size_t>(t.tensor)];
@@ -1445,6 +1699,11 @@ class calibration_plan {
       return descs_[static_cast<std::size_t>(t.tensor)].ballot != 0;
     }));
     tiles_.insert(tiles_.end(), tiles0.begin(), tiles0.end());  // one upload: split tiles, then pass 0's
+    // Few groups: each value digit's select runs in the last block of the kernel that histograms it
+    // (calib_ticket_select), where that kernel is one launch (the split: one kind of tile).
+    if (groups_.count() <= detail_calib::calib_fused_select_groups) {
+      fused_ = (bulk0_ ? 1 : 0) | 4 | (segments_ ? 16 : 0);
+    }
   }
 
   /// Bytes of device scratch run() needs (256-byte aligned regions).
@@ -1459,6 +1718,16 @@ class calibration_plan {
   /// previous one has completed (e.g. for tools that serialise kernels anyway). Same results.
   void set_dependent_launch(bool on) noexcept { pdl_ = on; }
   bool dependent_launch() const noexcept { return pdl_; }
+  /// Whether run() may fold the select steps into the kernels before them (default true; used with
+  /// at most calib_fused_select_groups groups: the last block of a histogramming kernel, found by an
+  /// atomic ticket, selects instead of a separate launch). false: separate select launches. Same
+  /// results; for measurements and tests of both paths.
+  void set_fused_select(bool on) noexcept { fuse_select_ = on; }
+  bool fused_select() const noexcept { return fuse_select_ && fused_ != 0; }
+  /// With at most two groups of float tensors all split by ballots (1, 2, 4, 8, 16 or 32k columns):
+  /// whether calib_finish goes by the split blocks' candidate segments (a warp per segment; default
+  /// true) instead of by candidates. Same results; for measurements and tests of both paths.
+  void set_finish_segments(bool on) noexcept { segments_on_ = on; }
 
   /// Enqueues the calibration on `stream`: writes every mask word of every tensor. `workspace` is
   /// device memory of at least workspace_bytes(), 256-byte aligned (cudaMalloc memory is), untouched
@@ -1505,7 +1774,8 @@ class calibration_plan {
       }
     }
     if (!pass0_done) detail_calib::calib_launch(pdl_, detail_calib::calib_pass0<T>, grid_pass0_, detail_calib::calib_pass0_block, stream, p);
-    detail_calib::calib_launch(pdl_, detail_calib::calib_select<Key, 0>, ng, detail_calib::calib_select_block, stream, p.groups, p.hist, p.globals, 0, exact);
+    if ((p.fused & 1) == 0)
+      detail_calib::calib_launch(pdl_, detail_calib::calib_select<Key, 0>, ng, detail_calib::calib_select_block, stream, p.groups, p.hist, p.globals, 0, exact);
     if constexpr (std::is_same_v<T, float>) {
       if (ntb_ > 0) {
         detail_calib::calib_launch(pdl_, detail_calib::calib_split_ballot<T>, static_cast<unsigned>(ntb_), B, stream, p);
@@ -1517,7 +1787,8 @@ class calibration_plan {
     detail_calib::calib_launch(pdl_, detail_calib::calib_select<Key, 0>, ng, detail_calib::calib_select_block, stream, p.groups, p.hist, p.globals, 1, exact);
     for (int pass = 2; pass < passes; ++pass) {
       detail_calib::calib_launch(pdl_, detail_calib::calib_hist<T, 0>, grid_small_, B, stream, p, pass);
-      detail_calib::calib_launch(pdl_, detail_calib::calib_select<Key, 0>, ng, detail_calib::calib_select_block, stream, p.groups, p.hist, p.globals, pass, exact);
+      if ((p.fused & 4) == 0)
+        detail_calib::calib_launch(pdl_, detail_calib::calib_select<Key, 0>, ng, detail_calib::calib_select_block, stream, p.groups, p.hist, p.globals, pass, exact);
     }
     if (exact) {
       for (int pass = 0; pass < radix_pass_count(pos_bits_); ++pass) {
@@ -1595,6 +1866,7 @@ class calibration_plan {
     p.tiles = reinterpret_cast<const detail_calib::calib_tile*>(ws + off_tiles_);
     p.groups = reinterpret_cast<detail_calib::calib_group_state<key_type>*>(ws + off_groups_);
     p.hist = reinterpret_cast<unsigned long long*>(ws + off_hist_);
+    p.segments = reinterpret_cast<detail_calib::calib_segment*>(ws + off_segments_);
     p.globals = reinterpret_cast<detail_calib::calib_globals*>(ws + off_globals_);
     p.cands = reinterpret_cast<detail_calib::calib_candidate<key_type>*>(ws + off_cands_);
     p.kept = reinterpret_cast<unsigned long long*>(ws + off_kept_);
@@ -1607,6 +1879,8 @@ class calibration_plan {
     p.pos_bits = pos_bits_;
     p.pos_max = (std::uint64_t{1} << pos_bits_) - 1;
     p.exact = opt_.semantics == mask_semantics::exact ? 1 : 0;
+    p.num_groups = groups_.count();
+    p.fused = fuse_select_ ? fused_ & ~(segments_on_ ? 0 : 16) : 0;
     return p;
   }
 
@@ -1622,10 +1896,15 @@ class calibration_plan {
   index_t capacity_ = 0;
   int pos_bits_ = 1;
   bool pdl_ = true;
+  bool fuse_select_ = true;  // set_fused_select
+  bool segments_on_ = true;  // set_finish_segments
+  int fused_ = 0;            // calib_params::fused when fuse_select_
   bool bulk0_ = false;  // pass 0 by calib_pass0_bulk (every pass-0 tile a float4 tile without exclusions)
   bool interleave0_ = false;  // calib_pass0_bulk's blocks take interleaved tiles (bulk0_ and one group)
   unsigned grid_pass0_ = 1, grid_small_ = 1;
-  std::size_t off_tensors_ = 0, off_tiles_ = 0, off_init_ = 0, off_groups_ = 0, off_hist_ = 0, off_globals_ = 0, off_kept_ = 0, off_cands_ = 0;
+  std::size_t off_tensors_ = 0, off_tiles_ = 0, off_init_ = 0, off_groups_ = 0, off_hist_ = 0, off_globals_ = 0, off_kept_ = 0,
+              off_segments_ = 0, off_cands_ = 0;
+  bool segments_ = false;  // the workspace holds finish segments (see calib_params::fused bit 4)
   std::size_t bytes_ = 0, ws_zero_begin_ = 0, ws_zero_end_ = 0;
 };
 
