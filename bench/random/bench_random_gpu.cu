@@ -8,6 +8,7 @@
 
 #include "lori/cuda/device_buffer.cuh"
 #include "lori/cuda/projection.cuh"
+#include "projection_main.cuh"  // the previous kernel (main before session 5), namespace lori::cuda_main
 #include "lori/random/stream.hpp"
 
 #include <cuda_runtime.h>
@@ -86,16 +87,28 @@ lori::projection_spec spec_of(int64_t d) {
   }
 }
 
+// The Llama set of `spec` on the device, prepared: output, workspace and plan (every benchmark of a
+// batch launch sets up through this).
+template <class T>
+struct llama_batch {
+  lori::cuda::device_buffer<T> out;
+  lori::cuda::device_buffer<unsigned char> ws;
+  lori::cuda::projection_batch_plan<T> plan;
+  explicit llama_batch(const lori::projection_spec& spec) : out(llama_total()) {
+    const auto tasks = llama_tasks(out.data(), spec);
+    const auto count = static_cast<lori::index_t>(tasks.size());
+    const std::size_t ws_bytes = lori::cuda::projection_batch_workspace_bytes(count);
+    ws = lori::cuda::device_buffer<unsigned char>(static_cast<lori::index_t>(ws_bytes));
+    plan = lori::cuda::prepare_projection_batch(tasks.data(), count, ws.data(), ws_bytes);
+  }
+};
+
 template <class T>
 void generate_llama(benchmark::State& state) {
   if (!have_device(state)) return;
   const lori::index_t n = llama_total();
-  lori::cuda::device_buffer<T> out(n);
-  const auto tasks = llama_tasks(out.data(), spec_of(state.range(0)));
-  const std::size_t ws_bytes = lori::cuda::projection_batch_workspace_bytes(static_cast<lori::index_t>(tasks.size()));
-  lori::cuda::device_buffer<unsigned char> ws(static_cast<lori::index_t>(ws_bytes));
-  const auto plan = lori::cuda::prepare_projection_batch(tasks.data(), static_cast<lori::index_t>(tasks.size()), ws.data(), ws_bytes);
-  time_events(state, [&] { lori::cuda::generate_projection_batch(plan); });
+  const llama_batch<T> batch(spec_of(state.range(0)));
+  time_events(state, [&] { lori::cuda::generate_projection_batch(batch.plan); });
   state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * n);
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * n * static_cast<int64_t>(sizeof(T)));
   state.SetLabel(state.range(0) == 0 ? "kaiming_uniform" : state.range(0) == 1 ? "gaussian" : state.range(0) == 2 ? "rademacher" : "sparse3");
@@ -108,17 +121,34 @@ void BM_gpu_generate_llama3_8b_r32(benchmark::State& state) { generate_llama<flo
 void BM_gpu_generate_llama3_8b_r32_general_path(benchmark::State& state) {
   if (!have_device(state)) return;
   const lori::index_t n = llama_total();
-  lori::cuda::device_buffer<float> out(n);
-  const auto tasks = llama_tasks(out.data(), lori::projection_spec::gaussian());
-  const std::size_t ws_bytes = lori::cuda::projection_batch_workspace_bytes(static_cast<lori::index_t>(tasks.size()));
-  lori::cuda::device_buffer<unsigned char> ws(static_cast<lori::index_t>(ws_bytes));
-  const auto plan = lori::cuda::prepare_projection_batch(tasks.data(), static_cast<lori::index_t>(tasks.size()), ws.data(), ws_bytes);
-  time_events(state, [&] { lori::cuda::detail_proj::launch_projection_batch(plan, plan.blocks, nullptr, 32, 0); });
+  const llama_batch<float> batch(lori::projection_spec::gaussian());
+  time_events(state, [&] { lori::cuda::detail_proj::launch_projection_batch(batch.plan, batch.plan.blocks, nullptr, 0, 0); });
   state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * n);
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * n * static_cast<int64_t>(sizeof(float)));
   state.SetLabel("gaussian");
 }
 void BM_gpu_generate_llama3_8b_r32_bf16(benchmark::State& state) { generate_llama<lori::bfloat16>(state); }
+
+// The same batches through the previous kernel (bench/random/projection_main.cuh: main before session 5,
+// per-warp easy/hard rings), measured in the same process: /0 kaiming, /1 gaussian (float); _bf16/1
+// gaussian bf16.
+template <class T>
+void generate_llama_main(benchmark::State& state) {
+  if (!have_device(state)) return;
+  const lori::index_t n = llama_total();
+  lori::cuda::device_buffer<T> out(n);
+  std::vector<lori::cuda_main::projection_task<T>> tasks;
+  for (const auto& t : llama_tasks(out.data(), spec_of(state.range(0))))
+    tasks.push_back(lori::cuda_main::make_projection_task(t.out, t.rows, t.cols, t.seed, t.stream, spec_of(state.range(0)), t.ld));
+  const std::size_t ws_bytes = lori::cuda_main::projection_batch_workspace_bytes(static_cast<lori::index_t>(tasks.size()));
+  lori::cuda::device_buffer<unsigned char> ws(static_cast<lori::index_t>(ws_bytes));
+  const auto plan = lori::cuda_main::prepare_projection_batch(tasks.data(), static_cast<lori::index_t>(tasks.size()), ws.data(), ws_bytes);
+  time_events(state, [&] { lori::cuda_main::generate_projection_batch(plan); });
+  state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * n);
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * n * static_cast<int64_t>(sizeof(T)));
+}
+void BM_gpu_generate_llama3_8b_r32_main(benchmark::State& state) { generate_llama_main<float>(state); }
+void BM_gpu_generate_llama3_8b_r32_main_bf16(benchmark::State& state) { generate_llama_main<lori::bfloat16>(state); }
 
 // Diagnostics of the launch: /0 kaiming, /1 gaussian. _x10: ten launches between the events (time per
 // launch; back-to-back launches hide the host's launch latency). _tiny: one 1 x 4096 matrix per launch
@@ -126,13 +156,9 @@ void BM_gpu_generate_llama3_8b_r32_bf16(benchmark::State& state) { generate_llam
 void BM_gpu_generate_llama3_8b_r32_x10(benchmark::State& state) {
   if (!have_device(state)) return;
   const lori::index_t n = llama_total();
-  lori::cuda::device_buffer<float> out(n);
-  const auto tasks = llama_tasks(out.data(), spec_of(state.range(0)));
-  const std::size_t ws_bytes = lori::cuda::projection_batch_workspace_bytes(static_cast<lori::index_t>(tasks.size()));
-  lori::cuda::device_buffer<unsigned char> ws(static_cast<lori::index_t>(ws_bytes));
-  const auto plan = lori::cuda::prepare_projection_batch(tasks.data(), static_cast<lori::index_t>(tasks.size()), ws.data(), ws_bytes);
+  const llama_batch<float> batch(spec_of(state.range(0)));
   time_events(state, [&] {
-    for (int r = 0; r < 10; ++r) lori::cuda::generate_projection_batch(plan);
+    for (int r = 0; r < 10; ++r) lori::cuda::generate_projection_batch(batch.plan);
   });
   state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * n * 10);
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * n * 10 * static_cast<int64_t>(sizeof(float)));
@@ -147,29 +173,29 @@ void BM_gpu_generate_tiny(benchmark::State& state) {
   time_events(state, [&] { lori::cuda::generate_projection_batch(plan); });
 }
 
-// The gaussian (float) with other gaussian kernel configurations (detail::gaussian_cfg<K, MinBlocks>:
-// row-path units per thread and window, blocks per SM), same plan: /0 = 2 units, 4 blocks, /1 = 1 unit,
-// 5 blocks (48 registers). The library's: 1 unit, 4 blocks (BM_gpu_generate_llama3_8b_r32/1).
-// (Checkpoint 2 also measured the library's row path without its slow path, and without slow path and
-// stores, wrong values by design: see docs/random.md.)
+// The gaussian (float) with other gaussian kernel configurations (detail::gaussian_cfg<K, MinBlocks,
+// DrainBlocks>: row-path units per thread and window, blocks per SM, Philox blocks per lane between
+// block drains), same plan: /0 = drains every 8 windows, /1 = every 32, /2 = 2 units per window.
+// CHECKPOINT DIAGNOSTICS (wrong values by design, removed after checkpoint 1): /3 = block drains that
+// finish nothing (appends and barriers kept), /4 = no appends either (fast path, placeholders, barriers).
+// The library's: 1 unit, 4 blocks, every 16 windows (BM_gpu_generate_llama3_8b_r32/1).
 void BM_gpu_generate_llama3_8b_r32_cfg(benchmark::State& state) {
   if (!have_device(state)) return;
   const lori::index_t n = llama_total();
-  lori::cuda::device_buffer<float> out(n);
-  const auto tasks = llama_tasks(out.data(), lori::projection_spec::gaussian());
-  const std::size_t ws_bytes = lori::cuda::projection_batch_workspace_bytes(static_cast<lori::index_t>(tasks.size()));
-  lori::cuda::device_buffer<unsigned char> ws(static_cast<lori::index_t>(ws_bytes));
-  const auto plan = lori::cuda::prepare_projection_batch(tasks.data(), static_cast<lori::index_t>(tasks.size()), ws.data(), ws_bytes);
+  const llama_batch<float> batch(lori::projection_spec::gaussian());
   namespace d = lori::cuda::detail_proj;
   auto run = [&](auto cfg) {
     using C = decltype(cfg);
-    const lori::index_t blocks = d::projection_grid_cfg<C>(plan);
-    time_events(state, [&] { d::launch_projection_batch_cfg<C>(plan, blocks, nullptr); });
+    const lori::index_t blocks = d::projection_grid_cfg<C>(batch.plan);
+    time_events(state, [&] { d::launch_projection_batch_cfg<C>(batch.plan, blocks, nullptr); });
     state.counters["blocks"] = static_cast<double>(blocks);
   };
   switch (state.range(0)) {
-    case 0: run(d::gaussian_cfg<2, 4>{}); break;
-    default: run(d::gaussian_cfg<1, 5>{}); break;
+    case 0: run(d::gaussian_cfg<1, 4, 8>{}); break;
+    case 1: run(d::gaussian_cfg<1, 4, 32>{}); break;
+    case 2: run(d::gaussian_cfg<2, 4, 16>{}); break;
+    case 3: run(d::gaussian_cfg<1, 4, 16, 1>{}); break;
+    default: run(d::gaussian_cfg<1, 4, 16, 2>{}); break;
   }
   state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * n);
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * n * static_cast<int64_t>(sizeof(float)));
@@ -222,9 +248,11 @@ void BM_gpu_baseline_d2d_copy(benchmark::State& state) {
 BENCHMARK(BM_gpu_baseline_d2d_copy)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_generate_llama3_8b_r32)->DenseRange(0, 3)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_generate_llama3_8b_r32_bf16)->Arg(0)->Arg(1)->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_gpu_generate_llama3_8b_r32_main)->Arg(0)->Arg(1)->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_gpu_generate_llama3_8b_r32_main_bf16)->Arg(1)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_generate_llama3_8b_r32_general_path)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_generate_llama3_8b_r32_x10)->Arg(0)->Arg(1)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_generate_tiny)->Arg(0)->Arg(1)->UseManualTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_gpu_generate_llama3_8b_r32_cfg)->DenseRange(0, 1)->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_gpu_generate_llama3_8b_r32_cfg)->DenseRange(0, 4)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_generate_single_32x1245184)->Arg(0)->Arg(1)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_baseline_curand_normal)->UseManualTime()->Unit(benchmark::kMicrosecond);

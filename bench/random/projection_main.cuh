@@ -1,0 +1,1251 @@
+// bench/random/projection_main.cuh - GENERATED for the benchmark only: main's lori/cuda/projection.cuh before
+// session 5 (git show 322fbcf:include/lori/cuda/projection.cuh: per-warp easy/hard rings), moved to namespace
+// lori::cuda_main, so that BM_gpu_generate_llama3_8b_r32_main measures the previous kernel in the same
+// process. Not a library header; removed after the comparison.
+// lori/cuda/projection.cuh - random projections A = f(seed, stream, shape, distribution) on the GPU.
+//
+// Generates exactly the matrices of lori/random/projection.hpp (same bits as the CPU, element for
+// element; see lori/random/distributions.hpp for the word layout and formulas) into caller-provided
+// device memory, stream-ordered, without allocating:
+//
+//   generate_projection(out, seed, stream, spec, cuda_stream)       one matrix (one kernel launch)
+//   projection_batch_workspace_bytes(count)                          workspace for a batch
+//   prepare_projection_batch(tasks, count, ws, ws_bytes, s) -> plan  upload a batch description once
+//   generate_projection_batch(plan, s)                               all matrices in ONE launch
+//   generate_projection_batch(tasks, count, ws, ws_bytes, s)         prepare + generate
+//
+// Element types: float, double (exact widening of the float values), lori::bfloat16 and lori::half
+// (float values rounded to nearest even with lori::float_to_bf16_bits / float_to_half_bits).
+// Orthonormalised rows (projection_spec::orthonormal_rows) are CPU-only and rejected here.
+//
+// Kernel: each thread produces units of 16 bytes (4 floats from one Philox call; 8 bf16/fp16 from two;
+// 4 doubles as two 16-byte stores) written with vector stores when the row start is 16-byte aligned
+// (pointer aligned and ld a multiple of the unit), element stores otherwise and at row ends.
+// One launch of at most one wave of resident blocks: the units of all tasks (concatenated, row-major)
+// are split into equal contiguous ranges, one per block; a block walks its range task by task, its
+// thread x taking units x, x + 256, ... of each piece (block-uniform control flow: the task's Philox
+// key schedule, precomputed on the host, stays in uniform registers).
+// Gaussian tasks (ziggurat, lori/detail/random_ziggurat.hpp) read the layer tables from shared memory;
+// the ~1.5% slow-path elements are deferred to per-warp queues (ballot + popc appends), which the
+// whole warp works off 32 entries at a time whenever 32 wait: no block barrier (see
+// projection_piece_gaussian, gaussian_easy_pass, gaussian_hard_pass). Tasks with aligned rows of a
+// multiple of 1024 floats (2048 bf16) take the row path (projection_piece_gaussian_rows: block-uniform
+// row windows). Launches without a gaussian task use a kernel variant without that code.
+#ifndef LORI_BENCH_PROJECTION_MAIN_CUH
+#define LORI_BENCH_PROJECTION_MAIN_CUH
+
+#include "lori/config.hpp"
+#include "lori/core/float16.hpp"
+#include "lori/core/matrix_view.hpp"
+#include "lori/error.hpp"
+#include "lori/random/distributions.hpp"
+#include "lori/random/philox.hpp"
+
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <type_traits>
+#include <vector>
+
+namespace lori::cuda_main {
+
+/// One matrix of a batch: out (device memory) is rows x cols, row-major with leading dimension ld
+/// (ld >= cols), filled with the projection (seed, stream, params). Build with make_projection_task.
+template <class T>
+struct projection_task {
+  T* out = nullptr;
+  index_t rows = 0;
+  index_t cols = 0;
+  index_t ld = 0;
+  std::uint64_t seed = 0;
+  std::uint64_t stream = 0;
+  projection_params params{};
+};
+
+/// A validated task for out = A (rows x cols, leading dimension ld; ld < 0 means cols) of the projection
+/// (seed, stream, spec). Throws lori::error on an invalid spec (see make_projection_params), a spec with
+/// orthonormal_rows (CPU only), negative shapes, ld < cols, cols >= 2^31 (GPU limit) or a null out
+/// for a non-empty matrix.
+template <class T>
+projection_task<T> make_projection_task(T* out, index_t rows, index_t cols, std::uint64_t seed, std::uint64_t stream,
+                                        const projection_spec& spec, index_t ld = -1);
+
+/// Bytes of device workspace that a batch of `count` tasks needs (a copy of the task list and a prefix
+/// sum of unit counts). O(1).
+inline std::size_t projection_batch_workspace_bytes(index_t count);
+
+/// A batch uploaded by prepare_projection_batch: valid while its workspace is, reusable for any number
+/// of generate_projection_batch calls (each regenerates the same matrices).
+template <class T>
+struct projection_batch_plan {
+  const void* workspace = nullptr;
+  index_t count = 0;
+  index_t blocks = 0;  ///< thread blocks of the one launch (at most one wave of resident blocks)
+  bool has_gaussian = false;  ///< some task is gaussian (selects the kernel variant)
+  index_t units = 0;          ///< 16-byte units of all tasks (last: keeps the earlier members' order)
+};
+
+/// Validates `count` host-side tasks and copies the batch description into `workspace` (device memory of
+/// at least projection_batch_workspace_bytes(count) bytes, 16-byte aligned) on `stream`. The copy is
+/// from pageable memory, so this call synchronises `stream` first (do it once, e.g. at model load).
+/// The output ranges of different tasks must not overlap. The launch grid (one wave of co-resident
+/// blocks) is sized for the current device: use the plan on that device. Throws lori::error on invalid
+/// tasks, a null or too small workspace, or a failing CUDA call.
+template <class T>
+projection_batch_plan<T> prepare_projection_batch(const projection_task<T>* tasks, index_t count, void* workspace,
+                                                  std::size_t workspace_bytes, cudaStream_t stream = nullptr);
+
+/// Generates every matrix of the prepared batch with one kernel launch on `stream` (asynchronous).
+template <class T>
+void generate_projection_batch(const projection_batch_plan<T>& plan, cudaStream_t stream = nullptr);
+
+/// prepare_projection_batch + generate_projection_batch.
+template <class T>
+void generate_projection_batch(const projection_task<T>* tasks, index_t count, void* workspace, std::size_t workspace_bytes,
+                               cudaStream_t stream = nullptr);
+
+/// Fills `out` (device memory, row-major, any leading dimension) with the projection (seed, stream, spec):
+/// out(i, j) = A(i, j), bit-identical to lori::generate_projection on the CPU. One launch on
+/// `cuda_stream`, asynchronous, no allocation. Throws lori::error as make_projection_task.
+template <class T>
+void generate_projection(row_major_view<T> out, std::uint64_t seed, std::uint64_t stream, const projection_spec& spec,
+                         cudaStream_t cuda_stream = nullptr);
+
+// =====================================================================================================
+// Implementation
+// =====================================================================================================
+namespace detail_proj {
+
+template <class T>
+struct projection_traits;
+template <>
+struct projection_traits<float> {
+  static constexpr int unit = 4;  // elements per 16-byte unit
+};
+template <>
+struct projection_traits<double> {
+  static constexpr int unit = 4;  // 32 bytes: two 16-byte stores
+};
+template <>
+struct projection_traits<bfloat16> {
+  static constexpr int unit = 8;
+};
+template <>
+struct projection_traits<half> {
+  static constexpr int unit = 8;
+};
+
+constexpr int projection_threads = 256;
+constexpr int projection_warps = projection_threads / 32;
+
+/// What a kernel needs about one matrix (trivially copyable).
+template <class T>
+struct projection_entry {
+  T* out;
+  index_t rows;
+  index_t cols;
+  index_t ld;
+  std::uint32_t upr;  ///< units per row = ceil(cols / unit)
+  std::uint32_t vec_ok;
+  std::uint32_t key0, key1, stream0, stream1;
+  projection_params params;
+  index_t row_skip;          ///< ld - upr * unit: from the end of a row's last unit to the next row
+  std::uint32_t full_units;  ///< cols / unit: units without a row end inside
+  lori::detail::philox_round_keys rk;  ///< key schedule of (key0, key1)
+};
+
+template <class T>
+struct alignas(16) projection_entry_storage {
+  projection_entry<T> e;
+};
+
+LORI_DEVICE LORI_FORCEINLINE std::uint32_t pack_pair(std::uint16_t lo, std::uint16_t hi) {
+  return static_cast<std::uint32_t>(lo) | (static_cast<std::uint32_t>(hi) << 16);
+}
+
+template <class T>
+LORI_DEVICE LORI_FORCEINLINE std::uint16_t narrow16(float x) {
+  if constexpr (std::is_same_v<T, bfloat16>) {
+    return float_to_bf16_bits(x);
+  } else {
+    return float_to_half_bits(x);
+  }
+}
+
+/// One element value converted to T (the single-element store of the gaussian's deferred slow path).
+template <class T>
+LORI_DEVICE LORI_FORCEINLINE T from_float(float x) {
+  if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
+    return static_cast<T>(x);
+  } else {
+    return T::from_bits(narrow16<T>(x));
+  }
+}
+
+/// Lane mask of the lanes below this one.
+LORI_DEVICE LORI_FORCEINLINE unsigned lanemask_lt() {
+  unsigned m;
+  asm("mov.u32 %0, %%lanemask_lt;" : "=r"(m));
+  return m;
+}
+
+/// A thread's position in a piece: unit c of row i, stored at dst. Moved on by one block step
+/// (projection_threads units) at a time; 0 <= c < upr.
+template <class T>
+struct unit_cursor {
+  std::uint32_t i;
+  std::uint32_t c;
+  T* dst;
+};
+
+/// Address of unit c of row i.
+template <class T>
+LORI_DEVICE LORI_FORCEINLINE T* unit_address(const projection_entry<T>& e, std::uint32_t i, std::uint32_t c) {
+  constexpr int U = projection_traits<T>::unit;
+  return e.out + (static_cast<index_t>(i) * e.ld + static_cast<index_t>(c) * U);
+}
+
+/// The cursor of unit `rel` (64-bit division only when rel >= 2^32; once per piece).
+template <class T>
+LORI_DEVICE LORI_FORCEINLINE unit_cursor<T> cursor_at(const projection_entry<T>& e, index_t rel) {
+  unit_cursor<T> p;
+  const auto r = static_cast<std::uint64_t>(rel);
+  if (r < (std::uint64_t{1} << 32)) {
+    const auto r32 = static_cast<std::uint32_t>(r);
+    p.i = r32 / e.upr;
+    p.c = r32 - p.i * e.upr;
+  } else {
+    const std::uint64_t q = r / e.upr;
+    p.i = static_cast<std::uint32_t>(q);
+    p.c = static_cast<std::uint32_t>(r - q * e.upr);
+  }
+  p.dst = unit_address(e, p.i, p.c);
+  return p;
+}
+
+/// Moves p on by projection_threads units.
+template <class T>
+LORI_DEVICE LORI_FORCEINLINE void advance_step(const projection_entry<T>& e, unit_cursor<T>& p) {
+  constexpr int U = projection_traits<T>::unit;
+  constexpr auto step = static_cast<std::uint32_t>(projection_threads);
+  p.c += step;
+  if (e.upr >= step) {  // at most one row end per step
+    p.dst += index_t{projection_threads} * U;
+    if (p.c >= e.upr) {
+      p.c -= e.upr;
+      ++p.i;
+      p.dst += e.row_skip;
+    }
+  } else {
+    p.i += p.c / e.upr;
+    p.c %= e.upr;
+    p.dst = unit_address(e, p.i, p.c);
+  }
+}
+
+/// Stores the U values of the cursor's unit (elements c*U .. c*U + U - 1 of the row, clipped at cols):
+/// one 16-byte vector store (two for double) when the unit is whole (c < full_units) and the rows are
+/// 16-byte aligned.
+template <class T, int U>
+LORI_DEVICE LORI_FORCEINLINE void store_unit_at(const projection_entry<T>& e, const unit_cursor<T>& p, const float (&v)[U]) {
+  const bool vector = e.vec_ok != 0u && p.c < e.full_units;
+  T* dst = p.dst;
+  if constexpr (U == 4) {
+    if (vector) {
+      if constexpr (std::is_same_v<T, float>) {
+        *reinterpret_cast<float4*>(dst) = make_float4(v[0], v[1], v[2], v[3]);
+      } else {
+        reinterpret_cast<double2*>(dst)[0] = make_double2(v[0], v[1]);
+        reinterpret_cast<double2*>(dst)[1] = make_double2(v[2], v[3]);
+      }
+    } else {
+      const index_t j0 = static_cast<index_t>(p.c) * U;
+      for (int t = 0; t < 4; ++t)
+        if (j0 + t < e.cols) dst[t] = static_cast<T>(v[t]);
+    }
+  } else {
+    std::uint16_t h[8];
+    for (int t = 0; t < 8; ++t) h[t] = narrow16<T>(v[t]);
+    if (vector) {
+      *reinterpret_cast<uint4*>(dst) = make_uint4(pack_pair(h[0], h[1]), pack_pair(h[2], h[3]), pack_pair(h[4], h[5]), pack_pair(h[6], h[7]));
+    } else {
+      const index_t j0 = static_cast<index_t>(p.c) * U;
+      for (int t = 0; t < 8; ++t)
+        if (j0 + t < e.cols) dst[t] = T::from_bits(h[t]);
+    }
+  }
+}
+
+/// Units [r0, r1) of matrix e (row-major unit order) for a non-gaussian law D, by the block: thread x
+/// takes units r0 + x, r0 + x + 256, ... (each warp instruction stores 32 consecutive 16-byte units).
+template <distribution D, class T>
+LORI_DEVICE LORI_FORCEINLINE void projection_piece(const projection_entry<T>& e, index_t r0, index_t r1) {
+  constexpr int U = projection_traits<T>::unit;
+  const unsigned x = threadIdx.x;
+  projection_params params = e.params;
+  params.kind = D;  // compile-time distribution: the switch in projection_values_simple folds away
+  unit_cursor<T> p = cursor_at(e, r0 + x);
+  for (index_t left = r1 - r0; left > 0; left -= projection_threads) {
+    if (left >= index_t{projection_threads} || x < static_cast<unsigned>(left)) {
+      float v[U];
+#pragma unroll
+      for (int h = 0; h < U / 4; ++h) {
+        const std::uint32_t q = static_cast<std::uint32_t>(U / 4) * p.c + static_cast<std::uint32_t>(h);
+        const philox_block b = lori::detail::philox4x32_10_scheduled(q, p.i, e.stream0, e.stream1, e.rk);
+        const float4_values y = projection_values_simple(params, b);
+#pragma unroll
+        for (int t = 0; t < 4; ++t) v[4 * h + t] = y.v[t];
+      }
+      store_unit_at<T, U>(e, p, v);
+    }
+    advance_step(e, p);
+  }
+}
+
+/// The layer table of the block's gaussian path, scaled by the sigma of the block's current task:
+/// {k_L, bits(rnd(W_L * sigma))}. (Eight interleaved copies, against bank conflicts of the random
+/// look-ups, measured slower at checkpoint 2: 88.1 against 85.3 us, H200.)
+/// The gaussian kernel variant's dynamic shared memory: this table (2 KB), then the warps' queues
+/// (gaussian_smem_bytes).
+LORI_DEVICE LORI_FORCEINLINE uint2* gaussian_table() {
+  extern __shared__ __align__(32) unsigned char projection_smem[];
+  return reinterpret_cast<uint2*>(projection_smem);
+}
+
+/// The unscaled layer table (lori::detail::zig_layers, 4 KB) in the block's shared memory, after the
+/// scaled one: the easy passes read their layers from here (no global-load latency in a pass).
+LORI_DEVICE LORI_FORCEINLINE lori::detail::zig_layer* gaussian_layers() {
+  extern __shared__ __align__(32) unsigned char projection_smem[];
+  return reinterpret_cast<lori::detail::zig_layer*>(projection_smem + sizeof(uint2) * lori::detail::zig_layers_count);
+}
+constexpr std::size_t gaussian_tables_bytes = (sizeof(uint2) + sizeof(lori::detail::zig_layer)) * lori::detail::zig_layers_count;
+
+/// A configuration of the gaussian kernel variant: KFloat units per thread and window of the row path
+/// for 16-byte units of 4 values (float, double; bf16/fp16 units, 8 values, take 1), MinBlocks blocks
+/// per SM (the register cap). gaussian_cfg_lib is the library's (checkpoint 1, H100: 89.2 us for the
+/// Llama set against 90.9 with 2 units and 91.1 with 5 blocks); detail_proj::launch_projection_batch_cfg
+/// runs others (benchmarks of alternatives in the same process).
+template <int KFloat, int MinBlocks>
+struct gaussian_cfg {
+  static constexpr int k_float = KFloat;
+  static constexpr int min_blocks = MinBlocks;
+};
+using gaussian_cfg_lib = gaussian_cfg<1, 4>;
+
+/// Thread units per window of the row path: C::k_float for float/double, 1 for bf16/fp16 (the library:
+/// 1, i.e. one Philox block per thread and window for float/double, two for bf16/fp16).
+template <class T, class C>
+constexpr int gaussian_row_units = projection_traits<T>::unit == 4 ? C::k_float : 1;
+
+/// Easy-ring capacity: at most 31 entries wait between steps, a step appends at most 32 per Philox
+/// block of the thread's units (row path: K * U / 4 blocks; general path: U / 4 <= that).
+template <class T, class C>
+constexpr unsigned gaussian_easy_capacity = 64u * static_cast<unsigned>(gaussian_row_units<T, C> * projection_traits<T>::unit / 4);
+
+/// Per-warp queues of slow-path work, ring buffers worked off in FIFO order (so that an element's fix-up
+/// follows its placeholder store soon, while the line is likely still in L2). An entry is one Philox
+/// block (4 consecutive elements of a row) with at least one element that failed the fast test: its
+/// four words and meta = {row i, q | pos << 29, -, -} (its elements are j = 4q .. 4q + 3; q < 2^29 as
+/// cols < 2^31 on the GPU; appends write only meta.x and meta.y, pos = 0). Its pending
+/// elements are recomputed from the words: a finished element's word is zeroed (a zero word passes
+/// the fast test: layer 0, m = 1 < k_0); the lowest pending element may be in progress, its word then
+/// being its current slow-path candidate and pos its slow words consumed (lori::detail::zig_slow_state).
+template <unsigned Cap>
+struct gaussian_warp_queue {
+  /// The easy ring's capacity (gaussian_easy_capacity).
+  static constexpr unsigned capacity = Cap;
+  static constexpr unsigned mask = capacity - 1u;
+  static_assert((Cap & (Cap - 1u)) == 0u && Cap >= 64u, "a power of two");
+  /// The hard ring (gaussian_queue_work): fewer than pass_at <= 32 wait before an easy pass, which
+  /// moves at most 32 there.
+  static constexpr unsigned hard_capacity = 64u;
+  static constexpr unsigned hard_mask = hard_capacity - 1u;
+  struct alignas(32) entry {
+    uint4 words;
+    uint4 meta;
+  };
+  entry e[capacity];      ///< easy ring: fresh entries (pos = 0 always)
+  entry h[hard_capacity];  ///< hard ring: tail elements and elements in progress
+};
+
+/// The state of one ring (warp-uniform values): entries [head, head + count) modulo its capacity.
+struct gaussian_queue_state {
+  unsigned head;
+  unsigned count;
+};
+
+/// The warp's two rings.
+struct gaussian_queue_states {
+  gaussian_queue_state easy;
+  gaussian_queue_state hard;
+};
+
+/// This warp's queue (one per warp of the block).
+template <unsigned Cap>
+LORI_DEVICE LORI_FORCEINLINE gaussian_warp_queue<Cap>& gaussian_queue() {
+  extern __shared__ __align__(32) unsigned char projection_smem[];
+  return reinterpret_cast<gaussian_warp_queue<Cap>*>(projection_smem + gaussian_tables_bytes)[threadIdx.x >> 5];
+}
+
+/// Dynamic shared memory of the gaussian kernel variant for T: the layer table and 8 warps' queues
+/// (50 KB: more than the 48 KB of static shared memory, so the kernel is configured for it).
+template <class T, class C>
+constexpr std::size_t gaussian_smem_bytes = gaussian_tables_bytes + sizeof(gaussian_warp_queue<gaussian_easy_capacity<T, C>>) * projection_warps;
+
+/// Word t of a uint4 (t warp-divergent: selects, no local memory).
+LORI_DEVICE LORI_FORCEINLINE std::uint32_t word_of(const uint4& w, int t) { return t == 0 ? w.x : (t == 1 ? w.y : (t == 2 ? w.z : w.w)); }
+
+/// w with word t replaced by x.
+LORI_DEVICE LORI_FORCEINLINE void set_word(uint4& w, int t, std::uint32_t x) {
+  w.x = t == 0 ? x : w.x;
+  w.y = t == 1 ? x : w.y;
+  w.z = t == 2 ? x : w.z;
+  w.w = t == 3 ? x : w.w;
+}
+
+/// Bit t set when word t of an entry's block still fails the fast test (0 once its value was stored)
+/// and element 4·q + t lies inside the row (always, with WholeBlocks).
+template <bool WholeBlocks>
+LORI_DEVICE LORI_FORCEINLINE unsigned slow_pending(const uint4& w, const uint2* table, std::uint32_t q, index_t cols64) {
+  const std::uint32_t j0 = q * 4u;  // < 2^31, and j0 + 3 < 2^32
+  const auto cols = static_cast<std::uint32_t>(cols64);  // < 2^31
+  unsigned pending = 0;
+#pragma unroll
+  for (int t = 0; t < 4; ++t) {
+    const std::uint32_t y = word_of(w, t);
+    if (lori::detail::zig_mbits(y) >= table[y & 0xffu].x && (WholeBlocks || j0 + static_cast<std::uint32_t>(t) < cols)) pending |= 1u << t;
+  }
+  return pending;
+}
+
+/// One pass over the oldest n <= 32 entries of the warp's hard ring (gaussian_easy_pass moves entries
+/// there), and the oldest ne <= 32 - n of its easy ring (lanes n .. n + ne - 1; ne > 0 only in the
+/// last passes of a piece, so that the end of a piece costs one pass, not an easy and a hard one):
+/// lane l < n + ne takes an entry and runs ONE attempt (lori::detail::gaussian_slow_attempt, both
+/// slow blocks, any state) of its lowest pending element (the one in progress, if any): finished, the
+/// value is stored over the placeholder and the word zeroed; not finished, the word becomes the new
+/// candidate and pos the words consumed. An entry with pending elements goes back to the ring. So a
+/// pass costs one attempt per lane, not the most attempts any lane needs; every pass consumes a slow
+/// word or finishes an element or drops an entry, so repeated passes terminate. The first __syncwarp
+/// orders the appends and placeholder stores of all lanes before the reads and the overwrites, the
+/// second keeps the reads before any later append to those slots. WholeBlocks: every Philox block lies
+/// inside its row (cols % 4 == 0, the row path), so no element needs the column test.
+template <class T, unsigned Cap, bool WholeBlocks>
+LORI_DEVICE LORI_FORCEINLINE void gaussian_hard_pass(const projection_entry<T>& e, const uint2* table, gaussian_warp_queue<Cap>& qu,
+                                                     gaussian_queue_states& qss, unsigned n, unsigned ne, unsigned lane, unsigned lt) {
+  using queue = gaussian_warp_queue<Cap>;
+  gaussian_queue_state& qs = qss.hard;
+  __syncwarp();
+  uint4 w = make_uint4(0u, 0u, 0u, 0u);
+  uint4 meta = make_uint4(0u, 0u, 0u, 0u);
+  if (lane < n) {
+    const unsigned slot = (qs.head + lane) & queue::hard_mask;
+    w = qu.h[slot].words;
+    meta = qu.h[slot].meta;
+  } else if (lane < n + ne) {  // the drain's last pass: easy entries (pos = 0) in the same pass
+    const unsigned slot = (qss.easy.head + lane - n) & queue::mask;
+    w = qu.e[slot].words;
+    meta = qu.e[slot].meta;
+  }
+  __syncwarp();
+  qs.head = (qs.head + n) & queue::hard_mask;
+  qs.count -= n;
+  qss.easy.head = (qss.easy.head + ne) & queue::mask;
+  qss.easy.count -= ne;
+  const std::uint32_t q = meta.y & 0x1fffffffu;
+  const std::uint32_t j0 = q * 4u;  // < 2^31, and j0 + 3 < 2^32
+  unsigned pending = slow_pending<WholeBlocks>(w, table, q, e.cols);
+  if (pending != 0u) {
+    const int t = __ffs(static_cast<int>(pending)) - 1;
+    const std::uint32_t i = meta.x;
+    const std::uint32_t j = j0 + static_cast<std::uint32_t>(t);
+    // Slow blocks 0 and 1 of (i, j): lori::detail::zig_slow_block, with the precomputed key schedule.
+    const std::uint32_t c0 = 0x80000000u | q, c1 = (static_cast<std::uint32_t>(t) << 30) | i;
+    const philox_block b0 = lori::detail::philox4x32_10_scheduled(c0, c1, e.stream0, e.stream1, e.rk);
+    philox_block b1{};
+    bool have_b1 = false;
+    auto word = [&](int k) -> std::uint32_t {
+      if (k < 4) return lori::detail::block_word(b0, k);
+      if (!have_b1) {
+        b1 = lori::detail::philox4x32_10_scheduled(c0 | 0x40000000u, c1, e.stream0, e.stream1, e.rk);
+        have_b1 = true;
+      }
+      return lori::detail::block_word(b1, k - 4);
+    };
+    lori::detail::zig_slow_state st{word_of(w, t), static_cast<int>(meta.y >> 29)};
+    float x = 0.0f;
+    if (lori::detail::gaussian_slow_attempt(st, e.params.scale, word, x, gaussian_layers())) {
+      e.out[static_cast<index_t>(i) * e.ld + static_cast<index_t>(j)] = from_float<T>(x);
+      set_word(w, t, 0u);
+      meta.y = q;
+      pending &= pending - 1u;
+    } else {
+      set_word(w, t, st.w);  // still pending: st.w failed the fast test
+      meta.y = q | (static_cast<std::uint32_t>(st.pos) << 29);  // pos <= 6
+    }
+  }
+  const bool again = pending != 0u;
+  const unsigned back = __ballot_sync(0xffffffffu, again);
+  if (again) {
+    const unsigned slot = (qs.head + qs.count + static_cast<unsigned>(__popc(back & lt))) & queue::hard_mask;
+    qu.h[slot].words = w;
+    qu.h[slot].meta = meta;
+  }
+  qs.count += static_cast<unsigned>(__popc(back));
+}
+
+/// One pass over the oldest n <= 32 entries of the warp's easy ring (fresh entries: pos = 0). Lane
+/// l < n takes entry head + l; its lowest pending element, when in a wedge (layer != 0, 98% of the
+/// slow elements), gets its first attempt with the words s0, s1 of slow block 0 only (the wedge test,
+/// then s1 as the new candidate: lori::detail::gaussian_slow_attempt from pos 0 reads no other word); when
+/// it finishes (99.3%), its value is stored and the entry goes back to the easy ring if another
+/// element is pending. A tail element (layer 0) or a rejected candidate moves the entry, with its
+/// state, to the hard ring (gaussian_hard_pass: any attempt, both slow blocks, the fallback). So the
+/// common pass runs neither the tail's log/exp nor the second block nor the bounded-loop fallback,
+/// and the warp runs those only when 32 hard entries wait or at the end of the piece.
+template <class T, unsigned Cap, bool WholeBlocks>
+LORI_DEVICE LORI_FORCEINLINE void gaussian_easy_pass(const projection_entry<T>& e, const uint2* table, gaussian_warp_queue<Cap>& qu,
+                                                     gaussian_queue_states& qs, unsigned n, unsigned lane, unsigned lt) {
+  using queue = gaussian_warp_queue<Cap>;
+  __syncwarp();
+  const unsigned slot = (qs.easy.head + lane) & queue::mask;  // lanes >= n read an unused slot, ignored
+  uint4 w = qu.e[slot].words;
+  uint4 meta = qu.e[slot].meta;
+  __syncwarp();
+  qs.easy.head = (qs.easy.head + n) & queue::mask;
+  qs.easy.count -= n;
+  const std::uint32_t q = meta.y;  // pos = 0 in the easy ring
+  const std::uint32_t j0 = q * 4u;  // < 2^31, and j0 + 3 < 2^32
+  unsigned pending = slow_pending<WholeBlocks>(w, table, q, e.cols);
+  pending = lane < n ? pending : 0u;
+  const int t = __ffs(static_cast<int>(pending)) - 1;  // -1: nothing pending
+  const std::uint32_t i = meta.x;
+  const std::uint32_t y = word_of(w, t);
+  // Slow block 0 of (i, 4q + t): lori::detail::zig_slow_block, with the precomputed key schedule.
+  const philox_block b0 =
+      lori::detail::philox4x32_10_scheduled(0x80000000u | q, (static_cast<std::uint32_t>(t) << 30) | i, e.stream0, e.stream1, e.rk);
+  bool hard = false;
+  if (pending != 0u) {
+    bool done = false;
+    float x = 0.0f;
+    if ((y & 0xffu) != 0u) {
+      // lori::detail::gaussian_slow_attempt from pos 0 in a wedge, with the block's shared tables (same
+      // operations): the wedge test with s0; accepted: the wedge value; rejected: s1 is the next
+      // candidate, its fast test (accepted: its value; else the entry goes to the hard ring with
+      // {candidate s1, pos 2}). rnd_mul(W_L, sigma) is the scaled table's second word.
+      const lori::detail::zig_layer z = gaussian_layers()[y & 0xffu];
+      const float m = bits_float(lori::detail::zig_mbits(y));
+      const float xu = lori::detail::rnd_fma(m, z.w, -z.w);
+      const float ee = lori::detail::exp_neg(lori::detail::rnd_mul(lori::detail::rnd_mul(xu, xu), -0.5f));
+      if (lori::detail::rnd_fma(uniform_float(b0.v[0]), z.d, z.f) < ee) {
+        x = lori::detail::zig_value(y, bits_float(table[y & 0xffu].y));
+        done = true;
+      } else {
+        const std::uint32_t c1 = b0.v[1];
+        const uint2 z2 = table[c1 & 0xffu];
+        if (lori::detail::zig_mbits(c1) < z2.x) {
+          x = lori::detail::zig_value(c1, bits_float(z2.y));
+          done = true;
+        } else {
+          set_word(w, t, c1);  // the rejected candidate's successor, which failed the fast test
+          meta.y = q | (2u << 29);  // pos = 2: s0, s1 consumed
+        }
+      }
+    }
+    if (done) {
+      e.out[static_cast<index_t>(i) * e.ld + static_cast<index_t>(j0 + static_cast<std::uint32_t>(t))] = from_float<T>(x);
+      set_word(w, t, 0u);
+      pending &= pending - 1u;
+    } else {
+      hard = true;
+    }
+  }
+  const bool again = !hard && pending != 0u;
+  const unsigned back = __ballot_sync(0xffffffffu, again);
+  if (again) {
+    const unsigned s2 = (qs.easy.head + qs.easy.count + static_cast<unsigned>(__popc(back & lt))) & queue::mask;
+    qu.e[s2].words = w;
+    qu.e[s2].meta = meta;
+  }
+  qs.easy.count += static_cast<unsigned>(__popc(back));
+  const unsigned moved = __ballot_sync(0xffffffffu, hard);
+  if (hard) {
+    const unsigned s2 = (qs.hard.head + qs.hard.count + static_cast<unsigned>(__popc(moved & lt))) & queue::hard_mask;
+    qu.h[s2].words = w;
+    qu.h[s2].meta = meta;
+  }
+  qs.hard.count += static_cast<unsigned>(__popc(moved));
+}
+
+/// Works off the warp's queues after a step (at = pass_at): easy passes while at least `at` entries
+/// wait in the easy ring (at most 32 each), after each of them hard passes while at least `at` wait in
+/// the hard ring. Invariant between steps: fewer than `at` wait in each ring (only easy passes add
+/// hard entries), so fewer than at <= 32 wait in the hard ring before an easy pass, which moves at
+/// most 32 there: the hard ring never overflows.
+template <class T, unsigned Cap, bool WholeBlocks>
+LORI_DEVICE LORI_FORCEINLINE void gaussian_queue_work(const projection_entry<T>& e, const uint2* table, gaussian_warp_queue<Cap>& qu,
+                                                      gaussian_queue_states& qs, unsigned at, unsigned lane, unsigned lt) {
+  while (qs.easy.count >= at) {
+    gaussian_easy_pass<T, Cap, WholeBlocks>(e, table, qu, qs, qs.easy.count < 32u ? qs.easy.count : 32u, lane, lt);
+    while (qs.hard.count >= at) gaussian_hard_pass<T, Cap, WholeBlocks>(e, table, qu, qs, qs.hard.count < 32u ? qs.hard.count : 32u, 0u, lane, lt);
+  }
+}
+
+/// Empties both rings at the end of a piece: hard passes that fill their free lanes with easy entries
+/// (usually one pass: fewer than 32 wait in each ring). Each pass finishes an element, consumes a
+/// slow word or drops an entry, so this terminates; the hard ring holds at most max(its count, 32).
+template <class T, unsigned Cap, bool WholeBlocks>
+LORI_DEVICE LORI_FORCEINLINE void gaussian_queue_drain(const projection_entry<T>& e, const uint2* table, gaussian_warp_queue<Cap>& qu,
+                                                       gaussian_queue_states& qs, unsigned lane, unsigned lt) {
+  while (qs.hard.count + qs.easy.count != 0u) {
+    const unsigned n = qs.hard.count < 32u ? qs.hard.count : 32u;
+    const unsigned ne = qs.easy.count < 32u - n ? qs.easy.count : 32u - n;
+    gaussian_hard_pass<T, Cap, WholeBlocks>(e, table, qu, qs, n, ne, lane, lt);
+  }
+}
+
+/// Units [r0, r1) of gaussian matrix e by the block (thread x: units r0 + x, r0 + x + 256, ...); see
+/// lori/detail/random_ziggurat.hpp for the element formula. Every element takes the fast path from the
+/// block's table (a placeholder where the fast test fails); each Philox block with a failing element
+/// is appended to the warp's queue (ballot + popc), and whenever pass_at (32; tests also use fewer)
+/// entries wait, the whole warp finishes up to 32 of them at once (gaussian_queue_work,
+/// after the unit's stores); the rest is finished at the end of the piece. Warps never wait for each
+/// other, except for two block barriers when the table is rescaled for a new sigma (block-uniform:
+/// pieces are block-uniform).
+/// table_sigma: the sigma the table holds (0: not filled yet; sigma > 0 always).
+template <class T, class C>
+LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projection_entry<T>& e, index_t r0, index_t r1, unsigned lt,
+                                                                 unsigned pass_at, const uint2* table);
+template <class T, class C>
+LORI_DEVICE LORI_FORCEINLINE bool gaussian_row_path(const projection_entry<T>& e);
+
+template <class T, class C>
+LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian(const projection_entry<T>& e, index_t r0, index_t r1, unsigned lt,
+                                                            unsigned pass_at, bool rows, float& table_sigma) {
+  constexpr int U = projection_traits<T>::unit;
+  constexpr unsigned Cap = gaussian_easy_capacity<T, C>;
+  using queue = gaussian_warp_queue<Cap>;
+  const unsigned x = threadIdx.x, lane = x & 31u;
+  uint2* table = gaussian_table();
+  queue& qu = gaussian_queue<Cap>();
+  const float sigma = e.params.scale;
+  static_assert(projection_threads == lori::detail::zig_layers_count, "one table entry per thread");
+  if (sigma != table_sigma) {
+    if (table_sigma != 0.0f) __syncthreads();  // every warp is done with the previous table (queues are empty between pieces)
+    const lori::detail::zig_layer z = lori::detail::zig_layers()[x];
+    table[x] = make_uint2(z.k, float_bits(lori::detail::rnd_mul(z.w, sigma)));
+    gaussian_layers()[x] = z;
+    __syncthreads();
+    table_sigma = sigma;
+  }
+  if (rows && gaussian_row_path<T, C>(e)) {
+    projection_piece_gaussian_rows<T, C>(e, r0, r1, lt, pass_at, table);
+    return;
+  }
+  gaussian_queue_states qs{{0u, 0u}, {0u, 0u}};
+  unit_cursor<T> p = cursor_at(e, r0 + x);
+  // A block-uniform loop and body (every warp runs every step; lanes beyond the piece are inactive):
+  // a warp-divergent region around the ballots below makes the compiler drop the task's keys from
+  // uniform registers (then it spills and recomputes the key schedule per unit). (Two units per
+  // thread and step measured slower at checkpoint 2: 93.8 against 85.3 us, H200.)
+  for (index_t left = r1 - r0; left > 0; left -= projection_threads) {
+    // x < left, with the 64-bit part uniform (left >= 256 in every step but the last).
+    const bool active = left >= index_t{projection_threads} || x < static_cast<unsigned>(left);
+    float v[U];
+#pragma unroll
+    for (int h = 0; h < U / 4; ++h) {
+      const std::uint32_t q = static_cast<std::uint32_t>(U / 4) * p.c + static_cast<std::uint32_t>(h);
+      const philox_block b = lori::detail::philox4x32_10_scheduled(q, p.i, e.stream0, e.stream1, e.rk);
+      bool slow = false;
+#pragma unroll
+      for (int t = 0; t < 4; ++t) {
+        const std::uint32_t w = b.v[t];
+        const uint2 z = table[w & 0xffu];
+        v[4 * h + t] = lori::detail::zig_value(w, bits_float(z.y));
+        slow = slow || lori::detail::zig_mbits(w) >= z.x;
+      }
+      slow = slow && active;
+      const unsigned ballot = __ballot_sync(0xffffffffu, slow);
+      if (slow) {
+        const unsigned slot = (qs.easy.head + qs.easy.count + static_cast<unsigned>(__popc(ballot & lt))) & queue::mask;
+        qu.e[slot].words = make_uint4(b.v[0], b.v[1], b.v[2], b.v[3]);
+        *reinterpret_cast<uint2*>(&qu.e[slot].meta) = make_uint2(p.i, q);
+      }
+      qs.easy.count += static_cast<unsigned>(__popc(ballot));
+    }
+    if (active) store_unit_at<T, U>(e, p, v);
+    gaussian_queue_work<T, Cap, false>(e, table, qu, qs, pass_at, lane, lt);
+    advance_step(e, p);
+  }
+  gaussian_queue_drain<T, Cap, false>(e, table, qu, qs, lane, lt);
+}
+
+/// Philox4x32-10 of counter {q, i, stream0, stream1} (lori::detail::philox4x32_10_scheduled) with the
+/// first rounds' row- and task-constant parts precomputed (gaussian_row_keys): round 0's product of
+/// stream0 and round 1's product of the round-0 c0 (which depends only on i) are block-uniform, so
+/// the per-unit work is 18 wide multiplies and 19 XORs.
+struct gaussian_task_keys {
+  std::uint32_t lo_s0;  ///< lo(m1 * stream0): c1 after round 0
+  std::uint32_t t0;     ///< stream1 ^ k1[0]
+  std::uint32_t t1;     ///< lo(m1 * stream0) ^ k0[1]
+  std::uint32_t h0;     ///< hi(m1 * stream0) ^ k0[0]
+};
+struct gaussian_row_keys {
+  std::uint32_t r1;  ///< hi(m0 * c0) ^ k1[1], c0 = h0 ^ i (c0 after round 0)
+  std::uint32_t r2;  ///< lo(m0 * c0) ^ k1[2] (c3 after round 1, XORed into c2 of round 2)
+};
+
+template <class T>
+LORI_HOST_DEVICE LORI_FORCEINLINE gaussian_task_keys make_gaussian_task_keys(const projection_entry<T>& e) {
+  constexpr std::uint32_t m1 = 0xCD9E8D57u;
+  const std::uint64_t p1 = static_cast<std::uint64_t>(m1) * e.stream0;
+  const auto hi = static_cast<std::uint32_t>(p1 >> 32), lo = static_cast<std::uint32_t>(p1);
+  return gaussian_task_keys{lo, e.stream1 ^ e.rk.k1[0], lo ^ e.rk.k0[1], hi ^ e.rk.k0[0]};
+}
+
+template <class T>
+LORI_HOST_DEVICE LORI_FORCEINLINE gaussian_row_keys make_gaussian_row_keys(const projection_entry<T>& e, const gaussian_task_keys& tk, std::uint32_t i) {
+  constexpr std::uint32_t m0 = 0xD2511F53u;
+  const std::uint64_t p0 = static_cast<std::uint64_t>(m0) * (tk.h0 ^ i);
+  return gaussian_row_keys{static_cast<std::uint32_t>(p0 >> 32) ^ e.rk.k1[1], static_cast<std::uint32_t>(p0) ^ e.rk.k1[2]};
+}
+
+/// = philox4x32_10_scheduled(q, i, e.stream0, e.stream1, e.rk) for the row keys of i.
+template <class T>
+LORI_HOST_DEVICE LORI_FORCEINLINE philox_block philox_row(std::uint32_t q, const projection_entry<T>& e, const gaussian_task_keys& tk,
+                                                     const gaussian_row_keys& rw) {
+  constexpr std::uint32_t m0 = 0xD2511F53u, m1 = 0xCD9E8D57u;
+  // Round 0: c0 = hi(m1 s0) ^ i ^ k0[0] (row-uniform), c1 = lo(m1 s0), c2 = hi(m0 q) ^ s1 ^ k1[0], c3 = lo(m0 q).
+  std::uint64_t p = static_cast<std::uint64_t>(m0) * q;
+  std::uint32_t c2 = static_cast<std::uint32_t>(p >> 32) ^ tk.t0;
+  std::uint32_t c3 = static_cast<std::uint32_t>(p);
+  // Round 1: p0 = m0 c0 is row-uniform (in rw), p1 = m1 c2.
+  p = static_cast<std::uint64_t>(m1) * c2;
+  std::uint32_t c0 = static_cast<std::uint32_t>(p >> 32) ^ tk.t1;
+  std::uint32_t c1 = static_cast<std::uint32_t>(p);
+  c2 = c3 ^ rw.r1;
+  // Round 2: c3 (= lo(m0 c0) of round 1) is folded into rw.r2.
+  {
+    const std::uint64_t p0 = static_cast<std::uint64_t>(m0) * c0;
+    const std::uint64_t p1 = static_cast<std::uint64_t>(m1) * c2;
+    c0 = static_cast<std::uint32_t>(p1 >> 32) ^ c1 ^ e.rk.k0[2];
+    c1 = static_cast<std::uint32_t>(p1);
+    c2 = static_cast<std::uint32_t>(p0 >> 32) ^ rw.r2;
+    c3 = static_cast<std::uint32_t>(p0);
+  }
+#if defined(__CUDA_ARCH__)
+#pragma unroll
+#endif
+  for (int round = 3; round < 10; ++round) {
+    const std::uint64_t p0 = static_cast<std::uint64_t>(m0) * c0;
+    const std::uint64_t p1 = static_cast<std::uint64_t>(m1) * c2;
+    c0 = static_cast<std::uint32_t>(p1 >> 32) ^ c1 ^ e.rk.k0[round];
+    c1 = static_cast<std::uint32_t>(p1);
+    c2 = static_cast<std::uint32_t>(p0 >> 32) ^ c3 ^ e.rk.k1[round];
+    c3 = static_cast<std::uint32_t>(p0);
+  }
+  return philox_block{{c0, c1, c2, c3}};
+}
+
+
+/// pack_pair(narrow16<T>(lo), narrow16<T>(hi)) with one hardware conversion (cvt.rn.bf16x2.f32 /
+/// cvt.rn.f16x2.f32: round to nearest even, like float_to_bf16_bits / float_to_half_bits, subnormals
+/// and overflow to infinity included). For finite inputs only (the NaN encodings may differ): the row
+/// path takes 16-bit tasks only for sigma in gaussian_row_sigma_min .. max, where no fast-path value
+/// is NaN (nor a float subnormal).
+template <class T>
+LORI_DEVICE LORI_FORCEINLINE std::uint32_t cvt_pair_rn(float lo, float hi) {
+  std::uint32_t d;
+  if constexpr (std::is_same_v<T, bfloat16>) {
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(d) : "f"(hi), "f"(lo));
+  } else {
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(d) : "f"(hi), "f"(lo));
+  }
+  return d;
+}
+
+/// Sigma range of the row path for bf16/fp16 (cvt_pair_rn): W_L sigma stays finite (W_L <= 3.93, so no
+/// fast-path value is NaN) and fast-path values are 0 or >= 2^-23 W_L sigma > 2^-126 (W_L >= 0.2).
+constexpr float gaussian_row_sigma_min = 1e-28f;
+constexpr float gaussian_row_sigma_max = 1e37f;
+
+/// Units per window of the row path: 256 * K.
+template <class T, class C>
+constexpr index_t gaussian_row_window = index_t{projection_threads} * gaussian_row_units<T, C>;
+
+/// Whether gaussian task e takes the row path: rows made of whole steps (upr a multiple of the step's
+/// 256 * K units), whole 16-byte units (cols % unit == 0), 16-byte aligned rows and, for bf16/fp16, sigma
+/// in [gaussian_row_sigma_min, gaussian_row_sigma_max] (cvt_pair_rn). Block-uniform.
+template <class T, class C>
+LORI_DEVICE LORI_FORCEINLINE bool gaussian_row_path(const projection_entry<T>& e) {
+  constexpr auto step = static_cast<std::uint32_t>(projection_threads * gaussian_row_units<T, C>);
+  const bool sigma_ok = std::is_same_v<T, float> || std::is_same_v<T, double> ||
+                        (e.params.scale >= gaussian_row_sigma_min && e.params.scale <= gaussian_row_sigma_max);
+  return e.vec_ok != 0u && e.full_units == e.upr && e.upr % step == 0u && sigma_ok;
+}
+
+/// The row path of projection_piece_gaussian for tasks with gaussian_row_path(e): the piece is walked
+/// in aligned windows of S = 256 * K units of one row (upr is a multiple of S, so a window never
+/// crosses a row end), thread x taking units x + 256 k (k < K) of each window; the first and last
+/// windows of the piece mask the lanes outside [r0, r1) (a separate copy of the window code, so whole
+/// windows test nothing). The window's row i and first unit c are block-uniform, the thread's store
+/// address is carried from window to window, so a unit costs its Philox block (with the row-constant
+/// first rounds precomputed, philox_row), the fast paths, the ballot and one vector store; the slow
+/// path is the general path's warp queues (gaussian_queue_work).
+template <class T, class C>
+LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projection_entry<T>& e, index_t r0, index_t r1, unsigned lt,
+                                                                 unsigned pass_at, const uint2* table) {
+  constexpr int U = projection_traits<T>::unit;
+  constexpr int K = gaussian_row_units<T, C>;
+  constexpr auto S = static_cast<std::uint32_t>(projection_threads * K);
+  constexpr unsigned Cap = gaussian_easy_capacity<T, C>;
+  using queue = gaussian_warp_queue<Cap>;
+  const unsigned x = threadIdx.x, lane = x & 31u;
+  queue& qu = gaussian_queue<Cap>();
+  gaussian_queue_states qs{{0u, 0u}, {0u, 0u}};
+  // The window holding r0 (block-uniform): row i, first unit c (a multiple of S). In whole windows
+  // (w0 and upr are multiples of S; units < 2^40, so w0 / S < 2^32): 32-bit arithmetic only (a
+  // 64-bit division, a subroutine call, makes the compiler drop the uniformity of everything after).
+  const index_t w0 = r0 - (r0 % S);
+  const auto wq = static_cast<std::uint32_t>(w0 / S), uq = e.upr / S;
+  std::uint32_t i = wq / uq;
+  std::uint32_t c = (wq - i * uq) * S;
+  T* dst0 = e.out + (static_cast<index_t>(i) * e.ld + static_cast<index_t>(c + x) * U);  // unit c + x; + 256 k U for unit k
+  const gaussian_task_keys tk = make_gaussian_task_keys(e);
+  gaussian_row_keys rw = make_gaussian_row_keys(e, tk, i);
+  // Windows left (the current one included; < 2^32 as units < 2^40) and the end of the last one.
+  auto n = static_cast<std::uint32_t>((r1 - w0 + S - 1) / S);
+  const auto hi_last = static_cast<std::uint32_t>(r1 - w0 - static_cast<index_t>(n - 1u) * S);  // 1..S
+  auto lo = static_cast<std::uint32_t>(r0 - w0);  // first active unit of the window (first window only)
+  // One window; Masked: lanes outside [lo, hi) of the window do nothing.
+  auto store = [&](T* dst, const float(&v)[U]) {
+    if constexpr (std::is_same_v<T, float>) {
+      *reinterpret_cast<float4*>(dst) = make_float4(v[0], v[1], v[2], v[3]);
+    } else if constexpr (std::is_same_v<T, double>) {
+      reinterpret_cast<double2*>(dst)[0] = make_double2(v[0], v[1]);
+      reinterpret_cast<double2*>(dst)[1] = make_double2(v[2], v[3]);
+    } else {
+      *reinterpret_cast<uint4*>(dst) =
+          make_uint4(cvt_pair_rn<T>(v[0], v[1]), cvt_pair_rn<T>(v[2], v[3]), cvt_pair_rn<T>(v[4], v[5]), cvt_pair_rn<T>(v[6], v[7]));
+    }
+  };
+  auto window = [&](auto masked, std::uint32_t hi) {
+    constexpr bool Masked = decltype(masked)::value;
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const unsigned xk = x + static_cast<unsigned>(k * projection_threads);
+      const bool active = !Masked || (xk >= lo && xk < hi);
+      const std::uint32_t cu = c + xk;  // unit of the row
+      float v[U];
+#pragma unroll
+      for (int h = 0; h < U / 4; ++h) {
+        const std::uint32_t q = static_cast<std::uint32_t>(U / 4) * cu + static_cast<std::uint32_t>(h);
+        const philox_block b = philox_row(q, e, tk, rw);
+        bool slow = false;
+#pragma unroll
+        for (int t = 0; t < 4; ++t) {
+          const std::uint32_t w = b.v[t];
+          const uint2 z = table[w & 0xffu];
+          v[4 * h + t] = lori::detail::zig_value(w, bits_float(z.y));
+          slow = slow || lori::detail::zig_mbits(w) >= z.x;
+        }
+        if constexpr (Masked) slow = slow && active;
+        const unsigned ballot = __ballot_sync(0xffffffffu, slow);
+        if (slow) {
+          const unsigned slot = (qs.easy.head + qs.easy.count + static_cast<unsigned>(__popc(ballot & lt))) & queue::mask;
+          qu.e[slot].words = make_uint4(b.v[0], b.v[1], b.v[2], b.v[3]);
+          *reinterpret_cast<uint2*>(&qu.e[slot].meta) = make_uint2(i, q);
+        }
+        qs.easy.count += static_cast<unsigned>(__popc(ballot));
+      }
+      if (active) store(dst0 + k * projection_threads * U, v);
+    }
+  };
+  auto next_window = [&] {
+    c += S;
+    dst0 += index_t{S} * U;
+    if (c == e.upr) {  // next row (uniform)
+      c = 0u;
+      ++i;
+      dst0 += e.row_skip;
+      rw = make_gaussian_row_keys(e, tk, i);
+    }
+  };
+  // A masked first window (the piece starts inside it, or it is the only one and ends early), then
+  // the whole windows, then a masked last window (the piece ends inside it).
+  if (lo != 0u || (n == 1u && hi_last != S)) {
+    window(std::true_type{}, n == 1u ? hi_last : S);
+    gaussian_queue_work<T, Cap, true>(e, table, qu, qs, pass_at, lane, lt);
+    if (--n != 0u) next_window();
+    lo = 0u;
+  }
+  const bool last_masked = n != 0u && hi_last != S;
+  std::uint32_t whole = last_masked ? n - 1u : n;
+  if (whole != 0u) {
+    for (;;) {
+      window(std::false_type{}, S);
+      gaussian_queue_work<T, Cap, true>(e, table, qu, qs, pass_at, lane, lt);
+      if (--whole == 0u) break;
+      next_window();
+    }
+    if (last_masked) next_window();
+  }
+  if (last_masked) {
+    window(std::true_type{}, hi_last);
+    gaussian_queue_work<T, Cap, true>(e, table, qu, qs, pass_at, lane, lt);
+  }
+  gaussian_queue_drain<T, Cap, true>(e, table, qu, qs, lane, lt);
+}
+
+/// Units [r0, r1) of matrix e by the block, any law. WithGaussian: the kernel variant with the gaussian
+/// path (shared memory, more registers); the host launches the variant without it when no task of the
+/// launch is gaussian.
+template <bool WithGaussian, class C, class T>
+LORI_DEVICE LORI_FORCEINLINE void projection_piece_dispatch(const projection_entry<T>& e, index_t r0, index_t r1, unsigned lt, unsigned pass_at,
+                                                            bool rows, float& table_sigma) {
+  switch (e.params.kind) {
+    case distribution::kaiming_uniform: projection_piece<distribution::kaiming_uniform>(e, r0, r1); break;
+    case distribution::gaussian:
+      if constexpr (WithGaussian) projection_piece_gaussian<T, C>(e, r0, r1, lt, pass_at, rows, table_sigma);
+      break;
+    case distribution::rademacher: projection_piece<distribution::rademacher>(e, r0, r1); break;
+    case distribution::sparse: projection_piece<distribution::sparse>(e, r0, r1); break;
+  }
+}
+
+/// The tasks of a batch launch: entries and unit prefix sums (starts[t] = first unit of task t,
+/// starts[count] = all units) in the caller's workspace.
+template <class T>
+struct projection_batch_source {
+  const projection_entry_storage<T>* entries;
+  const index_t* starts;
+  index_t count;
+  LORI_DEVICE LORI_FORCEINLINE index_t start(index_t t) const { return starts[t]; }
+  LORI_DEVICE LORI_FORCEINLINE projection_entry<T> entry(index_t t) const { return entries[t].e; }
+  /// The task that holds unit u < starts[count]: the last t with starts[t] <= u (tasks without units
+  /// have equal starts and are skipped). A 32-ary search by the whole warp (2 dependent loads for 224
+  /// tasks): invariant starts[lo] <= u (starts[0] = 0) and the answer is < hi; the starts are
+  /// non-decreasing, so the probes that pass form a prefix and the last one narrows the range 32-fold.
+  LORI_DEVICE LORI_FORCEINLINE projection_batch_source<T> source() const { return *this; }
+  LORI_DEVICE LORI_FORCEINLINE index_t find(index_t u, unsigned lane) const {
+    index_t lo = 0, hi = count;
+    while (hi - lo > 1) {
+      const index_t step = (hi - lo + 31) / 32;
+      const index_t p = lo + static_cast<index_t>(lane) * step;
+      const bool ok = p < hi && starts[p] <= u;
+      const unsigned passed = __ballot_sync(0xffffffffu, ok);  // bit 0 (p = lo) is always set
+      const auto last = static_cast<index_t>(31 - __clz(static_cast<int>(passed)));
+      const index_t end = lo + (last + 1) * step;
+      lo += last * step;
+      hi = end < hi ? end : hi;
+    }
+    return lo;
+  }
+};
+
+/// One matrix (generate_projection): the entry and its unit range travel as a kernel parameter and are
+/// read in place through pointers (the parameter is __grid_constant__), exactly like a batch of one
+/// task in a workspace. (Using the parameter's fields directly made the compiler keep a local copy of
+/// the entry and spill in the generation loop: 150 us instead of 85 us for the gaussian, H200.)
+template <class T>
+struct projection_single_source {
+  projection_entry_storage<T> entry;
+  index_t starts[2];
+  LORI_DEVICE LORI_FORCEINLINE projection_batch_source<T> source() const { return projection_batch_source<T>{&entry, starts, 1}; }
+};
+
+// Minimum blocks per SM (caps registers): 8 (all 2048 threads) without the gaussian path, C::min_blocks
+// with it (the library: 4, 64 registers; 5 or 6 blocks per SM (48 / 40 registers) measured slower at
+// session 4's checkpoints: 91-96 against 89 us).
+template <bool WithGaussian, class C>
+constexpr int projection_min_blocks = WithGaussian ? C::min_blocks : 8;
+
+/// How a launch's units are split over its blocks: ceil(units / group) groups of `group` units; block B
+/// takes per_block groups, one more if B < extra (no division on the device). pass_at (1..32): queue
+/// length at which a warp works off its gaussian slow-path queue (32 in the library).
+struct projection_split {
+  index_t units;
+  index_t per_block;
+  index_t extra;
+  index_t group;
+  unsigned pass_at;
+  unsigned rows;  ///< 1: gaussian tasks with gaussian_row_path take the row path (the library); 0: never
+};
+
+/// Groups of 32 units; for the gaussian kernel variant (window = the row path's window of T, 256 units
+/// in the library; 0 otherwise) groups of one window, so that block ranges start and end on window
+/// boundaries of the tasks whose unit counts are multiples of the window (as all k = 2048 n are: no
+/// masked windows), when every block gets at least 16 of them (the imbalance stays <= 1/16).
+inline projection_split make_projection_split(index_t units, index_t blocks, index_t window, unsigned pass_at = 32, unsigned rows = 1) {
+  const index_t group = window > 0 && units >= blocks * 16 * window ? window : 32;
+  const index_t groups = (units + group - 1) / group;
+  return projection_split{units, groups / blocks, groups % blocks, group, pass_at, rows};
+}
+
+/// The generation kernel: a grid of at most one wave of resident blocks; the launch's units (all tasks
+/// concatenated, each task in row-major unit order) are split into equal contiguous ranges of whole
+/// groups (make_projection_split), one per block. Each block walks its range task by task (pieces);
+/// all of this is block-uniform (the task's keys and shape stay in uniform registers). Within a
+/// piece, thread x takes units x, x + 256, ... (the gaussian row path: see
+/// projection_piece_gaussian_rows); after the first task search (one barrier) the warps never wait
+/// for each other.
+template <class T, bool WithGaussian, class Source, class C = gaussian_cfg_lib>
+__global__ void __launch_bounds__(projection_threads, projection_min_blocks<WithGaussian, C>)
+    projection_kernel(const __grid_constant__ Source param, projection_split split) {
+  const auto src = param.source();
+  const auto block = static_cast<index_t>(blockIdx.x);
+  const index_t g0 = block * split.per_block + (block < split.extra ? block : split.extra);
+  const index_t g1 = g0 + split.per_block + (block < split.extra ? 1 : 0);
+  const index_t a = g0 * split.group;
+  const index_t b = g1 * split.group < split.units ? g1 * split.group : split.units;
+  if (a >= b) return;
+  // The first task, found by warp 0 and read back from shared memory (so that the compiler sees it,
+  // and everything derived from it, as uniform: the task's keys and shape in uniform registers).
+  __shared__ index_t first_task_s;
+  if (threadIdx.x < 32) {
+    const index_t found = src.find(a, threadIdx.x);
+    if (threadIdx.x == 0) first_task_s = found;
+  }
+  __syncthreads();
+  index_t t = first_task_s;
+  const unsigned lt = lanemask_lt();
+  float table_sigma = 0.0f;  // sigma of the block's gaussian table (0: not filled; sigma > 0 always)
+  index_t u = a;
+  for (;;) {
+    const index_t end_t = src.start(t + 1);
+    if (end_t > u) {
+      const index_t s = src.start(t);
+      const index_t end = end_t < b ? end_t : b;
+      projection_piece_dispatch<WithGaussian, C>(src.entry(t), u - s, end - s, lt, split.pass_at, split.rows != 0u, table_sigma);
+      u = end;
+      if (u >= b) break;
+    }
+    ++t;
+  }
+}
+
+/// Configures a kernel variant with `smem` bytes of dynamic shared memory (the gaussian variant:
+/// gaussian_smem_bytes, 0 otherwise) for the largest shared-memory carve-out (on the current device).
+template <class Kernel>
+void configure_projection_kernel(Kernel kernel, std::size_t smem) {
+  LORI_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared));
+  if (smem > 0) LORI_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+}
+
+/// Blocks of a launch over `units` units: one wave of resident blocks at most (and about 4 units per
+/// thread at least). Configures the kernel first (configure_projection_kernel; the gaussian variant
+/// holds 50 KB of shared memory per block).
+template <class Kernel>
+index_t projection_grid(Kernel kernel, index_t units, std::size_t smem) {
+  int device = 0, sms = 0, per_sm = 0;
+  LORI_CUDA_CHECK(cudaGetDevice(&device));
+  LORI_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  configure_projection_kernel(kernel, smem);
+  LORI_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, projection_threads, smem));
+  const index_t resident = static_cast<index_t>(sms > 0 ? sms : 1) * static_cast<index_t>(per_sm > 0 ? per_sm : 1);
+  const index_t wanted = (units + 4 * projection_threads - 1) / (4 * projection_threads);
+  return wanted < resident ? wanted : resident;
+}
+
+template <class T>
+projection_entry<T> make_entry(const projection_task<T>& task) {
+  constexpr int U = projection_traits<T>::unit;
+  projection_entry<T> e{};
+  e.out = task.out;
+  e.rows = task.rows;
+  e.cols = task.cols;
+  e.ld = task.ld;
+  e.upr = static_cast<std::uint32_t>((task.cols + U - 1) / U);
+  e.vec_ok = (reinterpret_cast<std::uintptr_t>(task.out) % 16 == 0 && task.ld % U == 0) ? 1u : 0u;
+  const counter_rng g(task.seed, task.stream);
+  e.key0 = g.key0;
+  e.key1 = g.key1;
+  e.stream0 = g.stream0;
+  e.stream1 = g.stream1;
+  e.params = task.params;
+  e.row_skip = task.ld - static_cast<index_t>(e.upr) * U;
+  e.full_units = static_cast<std::uint32_t>(task.cols / U);
+  e.rk = lori::detail::philox_key_schedule(g.key0, g.key1);
+  return e;
+}
+
+template <class T>
+void validate_task(const projection_task<T>& t) {
+  LORI_EXPECTS(t.rows >= 0 && t.cols >= 0, "projection (cuda): rows and cols must be >= 0");
+  LORI_EXPECTS(t.cols < (index_t{1} << 31) && t.rows <= (index_t{1} << 32), "projection (cuda): needs cols < 2^31 and rows <= 2^32");
+  LORI_EXPECTS(t.ld >= t.cols, "projection (cuda): leading dimension smaller than cols");
+  LORI_EXPECTS(t.out != nullptr || t.rows == 0 || t.cols == 0, "projection (cuda): null output for a non-empty matrix");
+  const projection_params& p = t.params;
+  LORI_EXPECTS(static_cast<std::uint32_t>(p.kind) <= 3u, "projection (cuda): unknown distribution");
+  LORI_EXPECTS(p.scale > 0.0f && p.scale <= 3.4e38f, "projection (cuda): params.scale must be finite and > 0 (use make_projection_params)");
+  LORI_EXPECTS(p.kind != distribution::sparse || (p.threshold >= 1 && p.threshold <= (std::uint64_t{1} << 31)),
+               "projection (cuda): sparse threshold out of range (use make_projection_params)");
+}
+
+inline std::size_t round_up16(std::size_t n) { return (n + 15) / 16 * 16; }
+
+}  // namespace detail_proj
+
+template <class T>
+projection_task<T> make_projection_task(T* out, index_t rows, index_t cols, std::uint64_t seed, std::uint64_t stream,
+                                        const projection_spec& spec, index_t ld) {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double> || std::is_same_v<T, bfloat16> || std::is_same_v<T, half>,
+                "lori::cuda projections: T must be float, double, lori::bfloat16 or lori::half");
+  LORI_EXPECTS(!spec.orthonormal_rows, "make_projection_task: orthonormal_rows is CPU-only (lori::generate_projection)");
+  projection_task<T> t;
+  t.out = out;
+  t.rows = rows;
+  t.cols = cols;
+  t.ld = ld < 0 ? cols : ld;
+  t.seed = seed;
+  t.stream = stream;
+  t.params = make_projection_params(spec, rows, cols);
+  detail_proj::validate_task(t);
+  return t;
+}
+
+inline std::size_t projection_batch_workspace_bytes(index_t count) {
+  LORI_EXPECTS(count >= 0, "projection_batch_workspace_bytes: count must be >= 0");
+  // Entries are the same size for every T (a pointer and scalars); float's layout is used for sizing.
+  const auto n = static_cast<std::size_t>(count);
+  return detail_proj::round_up16(n * sizeof(detail_proj::projection_entry_storage<float>)) + detail_proj::round_up16((n + 1) * sizeof(index_t));
+}
+
+template <class T>
+projection_batch_plan<T> prepare_projection_batch(const projection_task<T>* tasks, index_t count, void* workspace, std::size_t workspace_bytes,
+                                                  cudaStream_t stream) {
+  static_assert(sizeof(detail_proj::projection_entry_storage<T>) == sizeof(detail_proj::projection_entry_storage<float>), "entry layout");
+  LORI_EXPECTS(count >= 0, "prepare_projection_batch: count must be >= 0");
+  LORI_EXPECTS(tasks != nullptr || count == 0, "prepare_projection_batch: null task list");
+  projection_batch_plan<T> plan;
+  plan.count = count;
+  if (count == 0) return plan;
+  LORI_EXPECTS(workspace != nullptr, "prepare_projection_batch: null workspace");
+  LORI_EXPECTS(reinterpret_cast<std::uintptr_t>(workspace) % 16 == 0, "prepare_projection_batch: workspace must be 16-byte aligned");
+  LORI_EXPECTS(workspace_bytes >= projection_batch_workspace_bytes(count), "prepare_projection_batch: workspace too small");
+  const auto n = static_cast<std::size_t>(count);
+  std::vector<detail_proj::projection_entry_storage<T>> entries(n);
+  std::vector<index_t> starts(n + 1);
+  index_t units = 0;
+  for (std::size_t t = 0; t < n; ++t) {
+    detail_proj::validate_task(tasks[t]);
+    entries[t].e = detail_proj::make_entry(tasks[t]);
+    starts[t] = units;
+    units += tasks[t].rows * static_cast<index_t>(entries[t].e.upr);
+    LORI_EXPECTS(units < (index_t{1} << 40), "prepare_projection_batch: batch too large for one launch");
+    plan.has_gaussian = plan.has_gaussian || tasks[t].params.kind == distribution::gaussian;
+  }
+  starts[n] = units;
+  auto* base = static_cast<unsigned char*>(workspace);
+  const std::size_t entry_bytes = detail_proj::round_up16(n * sizeof(detail_proj::projection_entry_storage<T>));
+  LORI_CUDA_CHECK(cudaMemcpyAsync(base, entries.data(), n * sizeof(detail_proj::projection_entry_storage<T>), cudaMemcpyHostToDevice, stream));
+  LORI_CUDA_CHECK(cudaMemcpyAsync(base + entry_bytes, starts.data(), (n + 1) * sizeof(index_t), cudaMemcpyHostToDevice, stream));
+  plan.workspace = workspace;
+  plan.units = units;
+  if (units > 0) {
+    plan.blocks = plan.has_gaussian ? detail_proj::projection_grid(detail_proj::projection_kernel<T, true, detail_proj::projection_batch_source<T>>, units,
+                                                              detail_proj::gaussian_smem_bytes<T, detail_proj::gaussian_cfg_lib>)
+                                    : detail_proj::projection_grid(detail_proj::projection_kernel<T, false, detail_proj::projection_batch_source<T>>, units, 0);
+  }
+  return plan;
+}
+
+namespace detail_proj {
+/// The launch of generate_projection_batch with `blocks` blocks (1 <= blocks; the library passes
+/// plan.blocks, tests force small grids so that each block walks long ranges and many tasks) and
+/// slow-path queue threshold pass_at (1..32; the library passes 32, tests also 1 and 5).
+template <class T>
+void launch_projection_batch(const projection_batch_plan<T>& plan, index_t blocks, cudaStream_t stream, unsigned pass_at = 32, unsigned rows = 1) {
+  LORI_EXPECTS(plan.count >= 0 && plan.blocks >= 0 && plan.units >= 0, "generate_projection_batch: invalid plan");
+  if (plan.units == 0) return;
+  LORI_EXPECTS(plan.workspace != nullptr, "generate_projection_batch: plan has no workspace");
+  LORI_EXPECTS(blocks >= 1 && blocks < (index_t{1} << 31), "generate_projection_batch: invalid block count");
+  LORI_EXPECTS(pass_at >= 1 && pass_at <= 32, "generate_projection_batch: invalid queue threshold");
+  const auto n = static_cast<std::size_t>(plan.count);
+  const auto* base = static_cast<const unsigned char*>(plan.workspace);
+  const projection_batch_source<T> src{reinterpret_cast<const projection_entry_storage<T>*>(base),
+                                       reinterpret_cast<const index_t*>(base + round_up16(n * sizeof(projection_entry_storage<T>))), plan.count};
+  const projection_split split =
+      make_projection_split(plan.units, blocks, plan.has_gaussian ? gaussian_row_window<T, gaussian_cfg_lib> : 0, pass_at, rows);
+  if (plan.has_gaussian) {
+    projection_kernel<T, true><<<static_cast<unsigned>(blocks), projection_threads, gaussian_smem_bytes<T, gaussian_cfg_lib>, stream>>>(src, split);
+  } else {
+    projection_kernel<T, false><<<static_cast<unsigned>(blocks), projection_threads, 0, stream>>>(src, split);
+  }
+  LORI_CUDA_CHECK_LAUNCH();
+}
+
+/// Benchmarks of other gaussian kernel configurations C (than gaussian_cfg_lib) in one process: the
+/// grid of C for a gaussian plan (one wave of its resident blocks; configures its kernel), and the
+/// batch launch with C on that grid.
+template <class C, class T>
+index_t projection_grid_cfg(const projection_batch_plan<T>& plan) {
+  LORI_EXPECTS(plan.has_gaussian && plan.units > 0 && plan.workspace != nullptr, "projection_grid_cfg: needs a gaussian plan");
+  return projection_grid(projection_kernel<T, true, projection_batch_source<T>, C>, plan.units, gaussian_smem_bytes<T, C>);
+}
+template <class C, class T>
+void launch_projection_batch_cfg(const projection_batch_plan<T>& plan, index_t blocks, cudaStream_t stream) {
+  LORI_EXPECTS(plan.has_gaussian && plan.units > 0 && plan.workspace != nullptr && blocks >= 1, "launch_projection_batch_cfg: needs a gaussian plan");
+  const auto n = static_cast<std::size_t>(plan.count);
+  const auto* base = static_cast<const unsigned char*>(plan.workspace);
+  const projection_batch_source<T> src{reinterpret_cast<const projection_entry_storage<T>*>(base),
+                                       reinterpret_cast<const index_t*>(base + round_up16(n * sizeof(projection_entry_storage<T>))), plan.count};
+  projection_kernel<T, true, projection_batch_source<T>, C><<<static_cast<unsigned>(blocks), projection_threads, gaussian_smem_bytes<T, C>, stream>>>(
+      src, make_projection_split(plan.units, blocks, gaussian_row_window<T, C>));
+  LORI_CUDA_CHECK_LAUNCH();
+}
+
+/// generate_projection with `blocks` blocks (blocks <= 0: the default grid, one wave at most).
+template <class T>
+void generate_projection_blocks(row_major_view<T> out, std::uint64_t seed, std::uint64_t stream, const projection_spec& spec, index_t blocks,
+                                cudaStream_t cuda_stream) {
+  const projection_task<T> t = make_projection_task(out.data(), out.rows(), out.cols(), seed, stream, spec, out.ld());
+  const projection_entry<T> e = make_entry(t);
+  const index_t units = t.rows * static_cast<index_t>(e.upr);
+  if (units == 0) return;
+  LORI_EXPECTS(units < (index_t{1} << 40), "generate_projection (cuda): matrix too large for one launch");
+  LORI_EXPECTS(blocks < (index_t{1} << 31), "generate_projection (cuda): invalid block count");
+  projection_single_source<T> src{};
+  src.entry.e = e;
+  src.starts[0] = 0;
+  src.starts[1] = units;
+  if (t.params.kind == distribution::gaussian) {
+    const auto kernel = projection_kernel<T, true, projection_single_source<T>>;
+    constexpr std::size_t smem = gaussian_smem_bytes<T, gaussian_cfg_lib>;
+    index_t grid = blocks;
+    if (blocks > 0) {
+      configure_projection_kernel(kernel, smem);
+    } else {
+      grid = projection_grid(kernel, units, smem);
+    }
+    kernel<<<static_cast<unsigned>(grid), projection_threads, smem, cuda_stream>>>(src, make_projection_split(units, grid, gaussian_row_window<T, gaussian_cfg_lib>));
+  } else {
+    const auto kernel = projection_kernel<T, false, projection_single_source<T>>;
+    const index_t grid = blocks > 0 ? blocks : projection_grid(kernel, units, 0);
+    kernel<<<static_cast<unsigned>(grid), projection_threads, 0, cuda_stream>>>(src, make_projection_split(units, grid, 0));
+  }
+  LORI_CUDA_CHECK_LAUNCH();
+}
+}  // namespace detail_proj
+
+template <class T>
+void generate_projection_batch(const projection_batch_plan<T>& plan, cudaStream_t stream) {
+  detail_proj::launch_projection_batch(plan, plan.blocks, stream);
+}
+
+template <class T>
+void generate_projection_batch(const projection_task<T>* tasks, index_t count, void* workspace, std::size_t workspace_bytes,
+                               cudaStream_t stream) {
+  generate_projection_batch(prepare_projection_batch(tasks, count, workspace, workspace_bytes, stream), stream);
+}
+
+template <class T>
+void generate_projection(row_major_view<T> out, std::uint64_t seed, std::uint64_t stream, const projection_spec& spec,
+                         cudaStream_t cuda_stream) {
+  detail_proj::generate_projection_blocks(out, seed, stream, spec, 0, cuda_stream);
+}
+
+}  // namespace lori::cuda_main
+
+#endif  // LORI_BENCH_PROJECTION_MAIN_CUH
