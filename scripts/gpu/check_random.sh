@@ -32,19 +32,19 @@ t() { local rem=$((76 - SECONDS)); [ "$rem" -lt 1 ] && rem=1; [ "$1" -lt "$rem" 
   if command -v compute-sanitizer > /dev/null; then
     gexe=$(find "$B" -type f -name lori_test_random_gpu -perm -u+x | head -1)
     echo "== compute-sanitizer racecheck + memcheck: slow-path-list subset on 1-2 blocks ($(date -u +%T))"
-    timeout $(t 15) compute-sanitizer --tool racecheck --error-exitcode 9 "$gexe" -tc='gaussian slow-path lists: small*,gaussian row path: small*' > "$OUT/racecheck.log" 2>&1
+    timeout $(t 15) compute-sanitizer --tool racecheck --error-exitcode 9 "$gexe" -tc='gaussian slow-path lists*: small*,gaussian row path: small*' > "$OUT/racecheck.log" 2>&1
     rc=$?
     tail -3 "$OUT/racecheck.log"
     echo "racecheck rc=$rc (124 = timed out)"
-    timeout $(t 8) compute-sanitizer --tool memcheck --error-exitcode 9 "$gexe" -tc='gaussian slow-path lists: small*,gaussian row path: small*' > "$OUT/memcheck.log" 2>&1
+    timeout $(t 8) compute-sanitizer --tool memcheck --error-exitcode 9 "$gexe" -tc='gaussian slow-path lists*: small*,gaussian row path: small*' > "$OUT/memcheck.log" 2>&1
     rc=$?
     tail -3 "$OUT/memcheck.log"
     echo "memcheck rc=$rc (124 = timed out)"
   fi
   if command -v ncu > /dev/null; then
     # Clocks as in the benchmarks (no clock control, no cache flush): the duration to compare.
-    echo "== ncu --clock-control none --cache-control none: gaussian (float): now, previous kernel (main), cfg/3 (drains finish nothing), cfg/4 (no appends) ($(date -u +%T))"
-    for f in "BM_gpu_generate_llama3_8b_r32/1/" "BM_gpu_generate_llama3_8b_r32_main/1/" "BM_gpu_generate_llama3_8b_r32_cfg/3/" "BM_gpu_generate_llama3_8b_r32_cfg/4/"; do
+    echo "== ncu --clock-control none --cache-control none: gaussian (float): now, previous kernel (main), cfg/3 (drains finish nothing), cfg/4 (no appends), cfg/5 (no fix-up stores) ($(date -u +%T))"
+    for f in "BM_gpu_generate_llama3_8b_r32/1/" "BM_gpu_generate_llama3_8b_r32_main/1/" "BM_gpu_generate_llama3_8b_r32_cfg/3/" "BM_gpu_generate_llama3_8b_r32_cfg/4/" "BM_gpu_generate_llama3_8b_r32_cfg/5/"; do
       timeout $(t 6) ncu --clock-control none --cache-control none --section SpeedOfLight -k "regex:projection_kernel" -c 2 "$exe" \
         --benchmark_filter="$f" --benchmark_min_time=0.01 2>&1 | grep -E "Duration|SM Frequency|DRAM Throughput" | tail -3 | sed "s|^|  $f |"
     done

@@ -382,7 +382,7 @@ struct forced_launch {
 // aligned: gaussian tasks of the row path's shapes (cols a multiple of 2048, ld a multiple of 8, rows
 // 16-byte aligned: detail::gaussian_row_path for float, double, bf16 and fp16), every 7th task (and
 // the other laws) misaligned by one element (the general path), in the same batch.
-template <class T>
+template <class T, class C = lori::cuda::detail_proj::gaussian_cfg_lib>
 std::size_t forced_grid_batch(std::uint64_t salt, int ntasks, index_t max_rows, index_t max_cols, const std::vector<forced_launch>& launches,
                               std::size_t* slow_entries = nullptr, std::size_t* requeued = nullptr, std::size_t* resumed = nullptr,
                               bool aligned = false) {
@@ -432,7 +432,7 @@ std::size_t forced_grid_batch(std::uint64_t salt, int ntasks, index_t max_rows, 
     CAPTURE(l.drain_period);
     CAPTURE(l.rows);
     buf.fill_bytes(0xff);
-    lori::cuda::detail_proj::launch_projection_batch(plan, l.blocks > 0 ? l.blocks : plan.blocks, nullptr, l.drain_period, l.rows);
+    lori::cuda::detail_proj::launch_projection_batch<T, C>(plan, l.blocks > 0 ? l.blocks : plan.blocks, nullptr, l.drain_period, l.rows);
     LORI_CUDA_CHECK(cudaDeviceSynchronize());
     const auto host = buf.download();
     index_t prev_end = 0;
@@ -487,6 +487,27 @@ TEST_CASE("gaussian row path: aligned tasks on forced grids, every element type"
 TEST_CASE("gaussian row path: small aligned batch on 1 and 2 blocks (racecheck subset)") {
   CHECK(forced_grid_batch<float>(214, 5, 3, 4096, {{1, 0}, {2, 1}, {1, kNever}}, nullptr, nullptr, nullptr, true) == 0);
   CHECK(forced_grid_batch<lori::bfloat16>(215, 5, 3, 4096, {{1, 0}, {2, 1}, {1, kNever}}, nullptr, nullptr, nullptr, true) == 0);
+}
+
+// The two-round block drain (gaussian_cfg Split = 1, detail::gaussian_block_drain_split), measured
+// against the one-round drain at checkpoint 1: the same forced-grid batches.
+using split_cfg = lori::cuda::detail_proj::gaussian_cfg<1, 4, 16, 1>;
+TEST_CASE("gaussian slow-path lists, two-round drains: forced grids, general and row path, every element type") {
+  const std::vector<forced_launch> grids = {{1, 0}, {2, 0}, {7, 0}, {-1, 0}, {1, 1}, {2, 3}, {3, kNever}, {1, kNever}, {1, 0, 0}};
+  std::size_t entries = 0, requeued = 0, resumed = 0;
+  CHECK(forced_grid_batch<float, split_cfg>(220, 40, 70, 3000, grids, &entries, &requeued, &resumed) == 0);
+  CHECK(entries > 8 * 64 * 4);
+  CHECK(requeued > 50);
+  CHECK(resumed > 20);
+  CHECK(forced_grid_batch<lori::bfloat16, split_cfg>(221, 40, 70, 3000, grids) == 0);
+  CHECK(forced_grid_batch<float, split_cfg>(222, 24, 9, 6144, grids, nullptr, nullptr, nullptr, true) == 0);
+  CHECK(forced_grid_batch<lori::half, split_cfg>(223, 12, 7, 4096, {{1, 0}, {3, 3}, {-1, 0}}, nullptr, nullptr, nullptr, true) == 0);
+  CHECK(forced_grid_batch<double, split_cfg>(224, 12, 7, 4096, {{1, 0}, {3, 3}, {-1, 0}}, nullptr, nullptr, nullptr, true) == 0);
+}
+
+TEST_CASE("gaussian slow-path lists, two-round drains: small batch on 1 and 2 blocks (racecheck subset)") {
+  CHECK(forced_grid_batch<float, split_cfg>(225, 6, 40, 1500, {{1, 0}, {2, 1}}) == 0);
+  CHECK(forced_grid_batch<lori::bfloat16, split_cfg>(226, 5, 3, 4096, {{1, 0}, {2, 1}}, nullptr, nullptr, nullptr, true) == 0);
 }
 
 TEST_CASE("gaussian row path: one block walks a 640 x 6144 matrix (many block and warp drains mid-piece), float and bf16") {

@@ -323,13 +323,15 @@ constexpr std::size_t gaussian_tables_bytes = (sizeof(uint2) + sizeof(lori::deta
 /// slow-path lists (gaussian_drain_period). gaussian_cfg_lib is the library's (session 4, H100: 89.2 us
 /// for the Llama set against 90.9 with 2 units and 91.1 with 5 blocks); launch_projection_batch_cfg
 /// runs others (benchmarks of alternatives in the same process).
+/// Split: block drains in two rounds (gaussian_block_drain_split) instead of one.
 /// CHECKPOINT DIAGNOSTIC (wrong values by design, removed after checkpoint 1): Diag 1 = block drains
-/// keep their barriers but finish nothing; Diag 2 = no appends either.
-template <int KFloat, int MinBlocks, int DrainBlocks = 16, int Diag = 0>
+/// keep their barriers but finish nothing; Diag 2 = no appends either; Diag 3 = no fix-up stores.
+template <int KFloat, int MinBlocks, int DrainBlocks = 16, int Split = 0, int Diag = 0>
 struct gaussian_cfg {
   static constexpr int k_float = KFloat;
   static constexpr int min_blocks = MinBlocks;
   static constexpr int drain_blocks = DrainBlocks;
+  static constexpr int split = Split;
   static constexpr int diag = Diag;
 };
 using gaussian_cfg_lib = gaussian_cfg<1, 4, 16>;
@@ -369,6 +371,8 @@ constexpr unsigned gaussian_list_capacity = 128;
 struct gaussian_pool {
   gaussian_slow_entry list[projection_warps][gaussian_list_capacity];
   unsigned counts[projection_warps];
+  unsigned nhard;  ///< gaussian_block_drain_split: entries left for round 2
+  std::uint16_t hard[projection_warps * gaussian_list_capacity];  ///< their positions: warp << 8 | slot
 };
 
 LORI_DEVICE LORI_FORCEINLINE gaussian_pool& gaussian_slow_pool() {
@@ -417,7 +421,7 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_append(gaussian_slow_entry* list, uns
 /// the bounded loop's fallback; slow blocks 0 and 1 from the precomputed key schedule, block 1 only
 /// when needed), then the value is stored over the placeholder. WholeBlocks: every Philox block lies
 /// inside its row (the row path), so no element needs the column test.
-template <class T, bool WholeBlocks>
+template <class T, class C, bool WholeBlocks>
 LORI_DEVICE LORI_FORCEINLINE void gaussian_finish_entry(const projection_entry<T>& e, const uint2* table, const gaussian_slow_entry& s) {
   const uint4 w = s.words;
   const std::uint32_t i = s.meta.x, q = s.meta.y;
@@ -441,7 +445,8 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_finish_entry(const projection_entry<T
     float x = 0.0f;
     while (!lori::detail::gaussian_slow_attempt(st, e.params.scale, word, x, gaussian_layers())) {
     }
-    e.out[static_cast<index_t>(i) * e.ld + static_cast<index_t>(q * 4u + static_cast<std::uint32_t>(t))] = from_float<T>(x);
+    if (C::diag != 3 || x == 1234.5f)
+      e.out[static_cast<index_t>(i) * e.ld + static_cast<index_t>(q * 4u + static_cast<std::uint32_t>(t))] = from_float<T>(x);
     pending &= pending - 1u;
   }
 }
@@ -450,11 +455,11 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_finish_entry(const projection_entry<T
 /// gaussian_lane_blocks entries after a window). The first __syncwarp orders the appends and the
 /// placeholder stores of all lanes before the reads and the fix-ups, the second the reads before
 /// later appends.
-template <class T, bool WholeBlocks>
+template <class T, class C, bool WholeBlocks>
 LORI_DEVICE LORI_FORCEINLINE void gaussian_warp_drain(const projection_entry<T>& e, const uint2* table, gaussian_slow_entry* list, unsigned& count,
                                                       unsigned lane) {
   __syncwarp();
-  for (unsigned r = lane; r < count; r += 32u) gaussian_finish_entry<T, WholeBlocks>(e, table, list[r]);
+  for (unsigned r = lane; r < count; r += 32u) gaussian_finish_entry<T, C, WholeBlocks>(e, table, list[r]);
   __syncwarp();
   count = 0u;
 }
@@ -465,7 +470,7 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_warp_drain(const projection_entry<T>&
 /// run one per thread, with thousands in flight per SM. The first barrier orders the appends and the
 /// placeholder stores of every warp before the reads and fix-ups, the second the reads before later
 /// appends (and, at the end of a piece, before the table is rescaled).
-template <class T, bool WholeBlocks>
+template <class T, class C, bool WholeBlocks>
 LORI_DEVICE LORI_FORCEINLINE void gaussian_block_drain(const projection_entry<T>& e, const uint2* table, unsigned& count) {
   gaussian_pool& pool = gaussian_slow_pool();
   const unsigned x = threadIdx.x;
@@ -480,10 +485,151 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_block_drain(const projection_entry<T>
       k -= pool.counts[w];
       ++w;
     }
-    gaussian_finish_entry<T, WholeBlocks>(e, table, pool.list[w][k]);
+    gaussian_finish_entry<T, C, WholeBlocks>(e, table, pool.list[w][k]);
   }
   __syncthreads();
   count = 0u;
+}
+
+/// w with word t replaced by x.
+LORI_DEVICE LORI_FORCEINLINE void set_word(uint4& w, int t, std::uint32_t x) {
+  w.x = t == 0 ? x : w.x;
+  w.y = t == 1 ? x : w.y;
+  w.z = t == 2 ? x : w.z;
+  w.w = t == 3 ? x : w.w;
+}
+
+/// gaussian_block_drain in two rounds, so that the common case runs without the divergent rare code.
+/// Round 1, every entry (thread x: entries x, x + 256, ...): its lowest pending element, if in a wedge
+/// (layer != 0; 98% of the slow elements), gets its first slow-path attempt with the words s0, s1 of
+/// slow block 0 only (lori::detail::gaussian_slow_attempt from pos 0: the wedge test with s0, then s1
+/// as the next candidate and its fast test; same operations, with the block's tables); finished
+/// (99.3%), its value is stored and its word zeroed (a zero word passes the fast test: layer 0,
+/// m = 1 < k_0). An entry with work left (another pending element, a tail element, a rejected
+/// candidate: ~6% of the entries) is written back with its state (candidate word, meta.z = slow words
+/// consumed by its lowest pending element) and its position pushed to the hard list (one shared
+/// atomic per warp). Round 2: thread x takes hard entries x, x + 256, ... and finishes them with the
+/// whole slow path. Three barriers: before round 1 (appends, placeholder stores), before round 2
+/// (round 1's write-backs and pushes), after (reads before later appends).
+template <class T, class C, bool WholeBlocks>
+LORI_DEVICE LORI_FORCEINLINE void gaussian_block_drain_split(const projection_entry<T>& e, const uint2* table, unsigned& count) {
+  gaussian_pool& pool = gaussian_slow_pool();
+  const unsigned x = threadIdx.x, lane = x & 31u;
+  if (lane == 0u) pool.counts[x >> 5] = count;
+  if (x == 0u) pool.nhard = 0u;
+  __syncthreads();
+  unsigned total = 0u;
+#pragma unroll
+  for (int w = 0; w < projection_warps; ++w) total += pool.counts[w];
+  const unsigned lt = lanemask_lt();
+  for (unsigned r0 = 0u; r0 < total; r0 += projection_threads) {  // block-uniform trip count: full-warp ballots
+    const unsigned r = r0 + x;
+    bool hard = false;
+    unsigned w = 0u, k = r;
+    if (r < total) {
+      while (k >= pool.counts[w]) {  // terminates: r < total
+        k -= pool.counts[w];
+        ++w;
+      }
+      gaussian_slow_entry& s = pool.list[w][k];
+      uint4 wd = s.words;
+      const std::uint32_t i = s.meta.x, q = s.meta.y;
+      unsigned pending = slow_pending<WholeBlocks>(wd, table, q, e.cols);
+      if (pending != 0u) {
+        const int t = __ffs(static_cast<int>(pending)) - 1;
+        const std::uint32_t y = word_of(wd, t);
+        unsigned pos = 0u;
+        bool done = false;
+        float v = 0.0f;
+        if ((y & 0xffu) != 0u) {
+          // Slow block 0 of (i, 4q + t): lori::detail::zig_slow_block, with the precomputed key schedule.
+          const philox_block b0 =
+              lori::detail::philox4x32_10_scheduled(0x80000000u | q, (static_cast<std::uint32_t>(t) << 30) | i, e.stream0, e.stream1, e.rk);
+          const lori::detail::zig_layer z = gaussian_layers()[y & 0xffu];
+          const float m = bits_float(lori::detail::zig_mbits(y));
+          const float xu = lori::detail::rnd_fma(m, z.w, -z.w);
+          const float ee = lori::detail::exp_neg(lori::detail::rnd_mul(lori::detail::rnd_mul(xu, xu), -0.5f));
+          if (lori::detail::rnd_fma(uniform_float(b0.v[0]), z.d, z.f) < ee) {
+            v = lori::detail::zig_value(y, bits_float(table[y & 0xffu].y));
+            done = true;
+          } else {
+            const std::uint32_t c1 = b0.v[1];
+            const uint2 z2 = table[c1 & 0xffu];
+            if (lori::detail::zig_mbits(c1) < z2.x) {
+              v = lori::detail::zig_value(c1, bits_float(z2.y));
+              done = true;
+            } else {
+              set_word(wd, t, c1);  // the rejected candidate's successor, which failed the fast test
+              pos = 2u;             // s0, s1 consumed
+            }
+          }
+        }
+        if (done) {
+          if (C::diag != 3 || v == 1234.5f)
+            e.out[static_cast<index_t>(i) * e.ld + static_cast<index_t>(q * 4u + static_cast<std::uint32_t>(t))] = from_float<T>(v);
+          set_word(wd, t, 0u);
+          pending &= pending - 1u;
+        }
+        hard = pending != 0u;
+        if (hard) {
+          s.words = wd;
+          s.meta.z = pos;  // of the lowest pending element (0: not started)
+        }
+      }
+    }
+    const unsigned ballot = __ballot_sync(0xffffffffu, hard);
+    if (ballot != 0u) {
+      unsigned base = 0u;
+      if (lane == 0u) base = atomicAdd(&pool.nhard, static_cast<unsigned>(__popc(ballot)));
+      base = __shfl_sync(0xffffffffu, base, 0);
+      if (hard) pool.hard[base + static_cast<unsigned>(__popc(ballot & lt))] = static_cast<std::uint16_t>(w << 8 | k);
+    }
+  }
+  __syncthreads();
+  const unsigned nhard = pool.nhard;
+  for (unsigned h = x; h < nhard; h += projection_threads) {
+    const unsigned at = pool.hard[h];
+    const gaussian_slow_entry& s = pool.list[at >> 8][at & 0xffu];
+    const uint4 wd = s.words;
+    const std::uint32_t i = s.meta.x, q = s.meta.y;
+    unsigned pending = slow_pending<WholeBlocks>(wd, table, q, e.cols);
+    int pos = static_cast<int>(s.meta.z);
+    while (pending != 0u) {
+      const int t = __ffs(static_cast<int>(pending)) - 1;
+      const std::uint32_t c0 = 0x80000000u | q, c1 = (static_cast<std::uint32_t>(t) << 30) | i;
+      const philox_block b0 = lori::detail::philox4x32_10_scheduled(c0, c1, e.stream0, e.stream1, e.rk);
+      philox_block b1{};
+      bool have_b1 = false;
+      auto word = [&](int kk) -> std::uint32_t {
+        if (kk < 4) return lori::detail::block_word(b0, kk);
+        if (!have_b1) {
+          b1 = lori::detail::philox4x32_10_scheduled(c0 | 0x40000000u, c1, e.stream0, e.stream1, e.rk);
+          have_b1 = true;
+        }
+        return lori::detail::block_word(b1, kk - 4);
+      };
+      lori::detail::zig_slow_state st{word_of(wd, t), pos};
+      float v = 0.0f;
+      while (!lori::detail::gaussian_slow_attempt(st, e.params.scale, word, v, gaussian_layers())) {
+      }
+      if (C::diag != 3 || v == 1234.5f)
+        e.out[static_cast<index_t>(i) * e.ld + static_cast<index_t>(q * 4u + static_cast<std::uint32_t>(t))] = from_float<T>(v);
+      pending &= pending - 1u;
+      pos = 0;  // the next pending element starts fresh
+    }
+  }
+  __syncthreads();
+  count = 0u;
+}
+
+/// The block drain of configuration C (gaussian_block_drain or, with C::split, gaussian_block_drain_split).
+template <class T, class C, bool WholeBlocks>
+LORI_DEVICE LORI_FORCEINLINE void gaussian_drain_all(const projection_entry<T>& e, const uint2* table, unsigned& count) {
+  if constexpr (C::split != 0) {
+    gaussian_block_drain_split<T, C, WholeBlocks>(e, table, count);
+  } else {
+    gaussian_block_drain<T, C, WholeBlocks>(e, table, count);
+  }
 }
 
 /// After a window (step) of a gaussian piece and its stores (block-uniform call): every `period`
@@ -492,7 +638,7 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_block_drain(const projection_entry<T>
 template <class T, class C, bool WholeBlocks>
 LORI_DEVICE LORI_FORCEINLINE void gaussian_after_window(const projection_entry<T>& e, const uint2* table, gaussian_slow_entry* list, unsigned& count,
                                                         unsigned& since, unsigned period, unsigned lane) {
-  if constexpr (C::diag != 0) {
+  if constexpr (C::diag == 1 || C::diag == 2) {
     if (++since >= period) {
       __syncthreads();
       __syncthreads();
@@ -502,10 +648,10 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_after_window(const projection_entry<T
     return;
   }
   if (++since >= period) {
-    gaussian_block_drain<T, WholeBlocks>(e, table, count);
+    gaussian_drain_all<T, C, WholeBlocks>(e, table, count);
     since = 0u;
   } else if (count > gaussian_list_capacity - 32u * gaussian_lane_blocks<T, C>) {
-    gaussian_warp_drain<T, WholeBlocks>(e, table, list, count, lane);
+    gaussian_warp_drain<T, C, WholeBlocks>(e, table, list, count, lane);
   }
 }
 
@@ -570,7 +716,7 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian(const projection_ent
     gaussian_after_window<T, C, false>(e, table, list, count, since, period, lane);
     advance_step(e, p);
   }
-  if (C::diag == 0 && since != 0u) gaussian_block_drain<T, false>(e, table, count);
+  if ((C::diag == 0 || C::diag == 3) && since != 0u) gaussian_drain_all<T, C, false>(e, table, count);
 }
 
 /// Philox4x32-10 of counter {q, i, stream0, stream1} (lori::detail::philox4x32_10_scheduled) with the
@@ -779,7 +925,7 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projectio
     window(std::true_type{}, hi_last);
     gaussian_after_window<T, C, true>(e, table, list, count, since, period, lane);
   }
-  if (C::diag == 0 && since != 0u) gaussian_block_drain<T, true>(e, table, count);
+  if ((C::diag == 0 || C::diag == 3) && since != 0u) gaussian_drain_all<T, C, true>(e, table, count);
 }
 
 /// Units [r0, r1) of matrix e by the block, any law. WithGaussian: the kernel variant with the gaussian
@@ -1041,8 +1187,9 @@ namespace detail_proj {
 /// plan.blocks, tests force small grids so that each block walks long ranges and many tasks) and
 /// windows between block drains of the gaussian slow-path lists drain_period (0: the library's,
 /// gaussian_drain_period; tests force 1 (a drain after every window) and 2^30 (none before the end of a
-/// piece: the warps' lists overflow into warp drains)); rows = 0: no gaussian row path.
-template <class T>
+/// piece: the warps' lists overflow into warp drains)); rows = 0: no gaussian row path; C: the gaussian
+/// kernel configuration (tests of others than the library's).
+template <class T, class C = gaussian_cfg_lib>
 void launch_projection_batch(const projection_batch_plan<T>& plan, index_t blocks, cudaStream_t stream, unsigned drain_period = 0, unsigned rows = 1) {
   LORI_EXPECTS(plan.count >= 0 && plan.blocks >= 0 && plan.units >= 0, "generate_projection_batch: invalid plan");
   if (plan.units == 0) return;
@@ -1053,10 +1200,10 @@ void launch_projection_batch(const projection_batch_plan<T>& plan, index_t block
   const projection_batch_source<T> src{reinterpret_cast<const projection_entry_storage<T>*>(base),
                                        reinterpret_cast<const index_t*>(base + round_up16(n * sizeof(projection_entry_storage<T>))), plan.count};
   const projection_split split =
-      make_projection_split(plan.units, blocks, plan.has_gaussian ? gaussian_row_window<T, gaussian_cfg_lib> : 0,
-                            drain_period > 0 ? drain_period : gaussian_drain_period<T, gaussian_cfg_lib>, rows);
+      make_projection_split(plan.units, blocks, plan.has_gaussian ? gaussian_row_window<T, C> : 0,
+                            drain_period > 0 ? drain_period : gaussian_drain_period<T, C>, rows);
   if (plan.has_gaussian) {
-    projection_kernel<T, true><<<static_cast<unsigned>(blocks), projection_threads, gaussian_smem_bytes, stream>>>(src, split);
+    projection_kernel<T, true, projection_batch_source<T>, C><<<static_cast<unsigned>(blocks), projection_threads, gaussian_smem_bytes, stream>>>(src, split);
   } else {
     projection_kernel<T, false><<<static_cast<unsigned>(blocks), projection_threads, 0, stream>>>(src, split);
   }
