@@ -381,7 +381,7 @@ LORI_DEVICE LORI_FORCEINLINE gaussian_pool& gaussian_slow_pool() {
 }
 
 /// Dynamic shared memory of the gaussian kernel variant: the two layer tables (6 KB) and the pool
-/// (32 KB; more than the 48 KB default would need the opt-in, which configure_projection_kernel does).
+/// (34 KB): 40 KB per block, 4 blocks per SM.
 constexpr std::size_t gaussian_smem_bytes = gaussian_tables_bytes + sizeof(gaussian_pool);
 
 /// Word t of a uint4 (t warp-divergent: selects, no local memory).
