@@ -326,13 +326,16 @@ constexpr std::size_t gaussian_tables_bytes = (sizeof(uint2) + sizeof(lori::deta
 /// Split: block drains in two rounds (gaussian_block_drain_split) instead of one.
 /// CHECKPOINT DIAGNOSTIC (wrong values by design, removed after checkpoint 1): Diag 1 = block drains
 /// keep their barriers but finish nothing; Diag 2 = no appends either; Diag 3 = no fix-up stores.
-template <int KFloat, int MinBlocks, int DrainBlocks = 16, int Split = 0, int Diag = 0>
+/// Masks: the row path records slow Philox blocks as bits of a per-thread mask (no appends in the
+/// window loop) and builds the lists at the block drain (gaussian_block_drain_masks).
+template <int KFloat, int MinBlocks, int DrainBlocks = 16, int Split = 0, int Diag = 0, int Masks = 0>
 struct gaussian_cfg {
   static constexpr int k_float = KFloat;
   static constexpr int min_blocks = MinBlocks;
   static constexpr int drain_blocks = DrainBlocks;
   static constexpr int split = Split;
   static constexpr int diag = Diag;
+  static constexpr int masks = Masks;
 };
 using gaussian_cfg_lib = gaussian_cfg<1, 4, 16>;
 
@@ -369,7 +372,11 @@ constexpr unsigned gaussian_list_capacity = 128;
 /// The block's slow-path pool in shared memory (after the tables): one list per warp (appends need no
 /// atomics: the warp's count is a warp-uniform register) and the counts published for a block drain.
 struct gaussian_pool {
-  gaussian_slow_entry list[projection_warps][gaussian_list_capacity];
+  union {
+    gaussian_slow_entry list[projection_warps][gaussian_list_capacity];
+    std::uint32_t mlist[projection_warps][32 * 32];  ///< gaussian_block_drain_masks: bit | owner thread << 5
+  };
+  uint2 win[32];  ///< gaussian_block_drain_masks: {row i, first unit c} of the windows since the last drain
   unsigned counts[projection_warps];
   unsigned nhard;  ///< gaussian_block_drain_split: entries left for round 2
   std::uint16_t hard[projection_warps * gaussian_list_capacity];  ///< their positions: warp << 8 | slot
@@ -622,6 +629,57 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_block_drain_split(const projection_en
   count = 0u;
 }
 
+/// The row path's block drain with C::masks: thread x's bit b = window * L + k * (U / 4) + h of
+/// `smask` (L = gaussian_lane_blocks Philox blocks per lane and window) is set when Philox block h of
+/// its unit k of that window (since the last drain) has a slow element. Each warp turns its bits into
+/// records (bit | x << 5) in its list (a prefix sum of the lanes' counts by ballots; 32 x 32 records
+/// fit, so no overflow), then, after the barrier, thread x takes records x, x + 256, ...: the row i and
+/// first unit c of the record's window (pool.win, written by thread 0 at each window), the block
+/// q = (U/4) (c + owner + 256 k) + h, its four words recomputed (Philox), and gaussian_finish_entry.
+template <class T, class C>
+LORI_DEVICE LORI_FORCEINLINE void gaussian_block_drain_masks(const projection_entry<T>& e, const uint2* table, std::uint32_t& smask) {
+  constexpr int U = projection_traits<T>::unit;
+  constexpr unsigned L = gaussian_lane_blocks<T, C>;
+  constexpr unsigned H = static_cast<unsigned>(U / 4);
+  gaussian_pool& pool = gaussian_slow_pool();
+  const unsigned x = threadIdx.x, lane = x & 31u, warp = x >> 5;
+  const unsigned lt = lanemask_lt();
+  const auto n = static_cast<unsigned>(__popc(smask));  // <= 32
+  unsigned pre = 0u, tot = 0u;
+#pragma unroll
+  for (int b = 0; b < 6; ++b) {
+    const unsigned bb = __ballot_sync(0xffffffffu, ((n >> b) & 1u) != 0u);
+    pre += static_cast<unsigned>(__popc(bb & lt)) << b;
+    tot += static_cast<unsigned>(__popc(bb)) << b;
+  }
+  std::uint32_t* list = pool.mlist[warp];
+  for (std::uint32_t m = smask; m != 0u; m &= m - 1u) list[pre++] = static_cast<std::uint32_t>(__ffs(static_cast<int>(m)) - 1) | (x << 5);
+  if (lane == 0u) pool.counts[warp] = tot;
+  smask = 0u;
+  __syncthreads();
+  unsigned total = 0u;
+#pragma unroll
+  for (int w = 0; w < projection_warps; ++w) total += pool.counts[w];
+  for (unsigned r = x; r < total; r += projection_threads) {
+    unsigned w = 0u, k = r;
+    while (k >= pool.counts[w]) {  // terminates: r < total
+      k -= pool.counts[w];
+      ++w;
+    }
+    const std::uint32_t rec = pool.mlist[w][k];
+    const unsigned bit = rec & 31u, owner = rec >> 5;
+    const unsigned kh = bit % L;
+    const uint2 wc = pool.win[bit / L];
+    const std::uint32_t q = H * (wc.y + owner + (kh / H) * static_cast<unsigned>(projection_threads)) + kh % H;
+    const philox_block b = lori::detail::philox4x32_10_scheduled(q, wc.x, e.stream0, e.stream1, e.rk);
+    gaussian_slow_entry s;
+    s.words = make_uint4(b.v[0], b.v[1], b.v[2], b.v[3]);
+    s.meta = make_uint4(wc.x, q, 0u, 0u);
+    gaussian_finish_entry<T, C, true>(e, table, s);
+  }
+  __syncthreads();
+}
+
 /// The block drain of configuration C (gaussian_block_drain or, with C::split, gaussian_block_drain_split).
 template <class T, class C, bool WholeBlocks>
 LORI_DEVICE LORI_FORCEINLINE void gaussian_drain_all(const projection_entry<T>& e, const uint2* table, unsigned& count) {
@@ -840,6 +898,8 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projectio
   const unsigned x = threadIdx.x, lane = x & 31u;
   gaussian_slow_entry* list = gaussian_slow_pool().list[x >> 5];
   unsigned count = 0u, since = 0u;
+  std::uint32_t smask = 0u;  // C::masks: gaussian_block_drain_masks
+  static_assert(C::masks == 0 || C::drain_blocks <= 32, "one mask bit per Philox block of a lane between drains");
   // The window holding r0 (block-uniform): row i, first unit c (a multiple of S). In whole windows
   // (w0 and upr are multiples of S; units < 2^40, so w0 / S < 2^32): 32-bit arithmetic only (a
   // 64-bit division, a subroutine call, makes the compiler drop the uniformity of everything after).
@@ -868,6 +928,9 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projectio
   };
   auto window = [&](auto masked, std::uint32_t hi) {
     constexpr bool Masked = decltype(masked)::value;
+    if constexpr (C::masks != 0) {
+      if (x == 0u) gaussian_slow_pool().win[since] = make_uint2(i, c);
+    }
 #pragma unroll
     for (int k = 0; k < K; ++k) {
       const unsigned xk = x + static_cast<unsigned>(k * projection_threads);
@@ -887,7 +950,11 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projectio
           slow = slow || lori::detail::zig_mbits(w) >= z.x;
         }
         if constexpr (Masked) slow = slow && active;
-        if constexpr (C::diag != 2) gaussian_append(list, count, slow, b, i, q, lt);
+        if constexpr (C::masks != 0) {
+          if (slow) smask |= 1u << (since * gaussian_lane_blocks<T, C> + static_cast<unsigned>(k * (U / 4) + h));
+        } else if constexpr (C::diag != 2) {
+          gaussian_append(list, count, slow, b, i, q, lt);
+        }
       }
       if (active) store(dst0 + k * projection_threads * U, v);
     }
@@ -902,11 +969,23 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projectio
       rw = make_gaussian_row_keys(e, tk, i);
     }
   };
+  // C::masks: at most 32 mask bits per thread between drains.
+  const unsigned mperiod = period < 32u / gaussian_lane_blocks<T, C> ? period : 32u / gaussian_lane_blocks<T, C>;
+  auto after = [&] {
+    if constexpr (C::masks != 0) {
+      if (++since >= mperiod) {
+        gaussian_block_drain_masks<T, C>(e, table, smask);
+        since = 0u;
+      }
+    } else {
+      gaussian_after_window<T, C, true>(e, table, list, count, since, period, lane);
+    }
+  };
   // A masked first window (the piece starts inside it, or it is the only one and ends early), then
   // the whole windows, then a masked last window (the piece ends inside it).
   if (lo != 0u || (n == 1u && hi_last != S)) {
     window(std::true_type{}, n == 1u ? hi_last : S);
-    gaussian_after_window<T, C, true>(e, table, list, count, since, period, lane);
+    after();
     if (--n != 0u) next_window();
     lo = 0u;
   }
@@ -915,7 +994,7 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projectio
   if (whole != 0u) {
     for (;;) {
       window(std::false_type{}, S);
-      gaussian_after_window<T, C, true>(e, table, list, count, since, period, lane);
+      after();
       if (--whole == 0u) break;
       next_window();
     }
@@ -923,9 +1002,13 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projectio
   }
   if (last_masked) {
     window(std::true_type{}, hi_last);
-    gaussian_after_window<T, C, true>(e, table, list, count, since, period, lane);
+    after();
   }
-  if ((C::diag == 0 || C::diag == 3) && since != 0u) gaussian_drain_all<T, C, true>(e, table, count);
+  if constexpr (C::masks != 0) {
+    if (since != 0u) gaussian_block_drain_masks<T, C>(e, table, smask);
+  } else if ((C::diag == 0 || C::diag == 3) && since != 0u) {
+    gaussian_drain_all<T, C, true>(e, table, count);
+  }
 }
 
 /// Units [r0, r1) of matrix e by the block, any law. WithGaussian: the kernel variant with the gaussian
