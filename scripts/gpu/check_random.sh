@@ -43,8 +43,8 @@ t() { local rem=$((76 - SECONDS)); [ "$rem" -lt 1 ] && rem=1; [ "$1" -lt "$rem" 
   fi
   if command -v ncu > /dev/null; then
     # Clocks as in the benchmarks (no clock control, no cache flush): the duration to compare.
-    echo "== ncu --clock-control none --cache-control none: gaussian (float): now, previous kernel (main), cfg/3 (drains finish nothing), cfg/4 (no appends), cfg/5 (no fix-up stores) ($(date -u +%T))"
-    for f in "BM_gpu_generate_llama3_8b_r32/1/" "BM_gpu_generate_llama3_8b_r32_main/1/" "BM_gpu_generate_llama3_8b_r32_cfg/3/" "BM_gpu_generate_llama3_8b_r32_cfg/4/" "BM_gpu_generate_llama3_8b_r32_cfg/5/"; do
+    echo "== ncu --clock-control none --cache-control none: gaussian (float): now, previous kernel (main) ($(date -u +%T))"
+    for f in "BM_gpu_generate_llama3_8b_r32/1/" "BM_gpu_generate_llama3_8b_r32_main/1/"; do
       timeout $(t 6) ncu --clock-control none --cache-control none --section SpeedOfLight -k "regex:projection_kernel" -c 2 "$exe" \
         --benchmark_filter="$f" --benchmark_min_time=0.01 2>&1 | grep -E "Duration|SM Frequency|DRAM Throughput" | tail -3 | sed "s|^|  $f |"
     done
