@@ -512,19 +512,26 @@ TEST_CASE("gaussian slow-path lists, two-round drains: small batch on 1 and 2 bl
 
 // The row path with slow blocks recorded as mask bits (gaussian_cfg Masks = 1,
 // detail::gaussian_block_drain_masks), measured against the lists at checkpoint 1: the same batches.
+// With Split = 1 as well: two-round drains of the records (a hard list of 256, more finished in round 1).
 using masks_cfg = lori::cuda::detail_proj::gaussian_cfg<1, 4, 16, 0, 0, 1>;
-TEST_CASE("gaussian row path, mask bits: forced grids, every element type") {
+using masks_split_cfg = lori::cuda::detail_proj::gaussian_cfg<1, 4, 16, 1, 0, 1>;
+template <class C>
+void mask_bit_batches(std::uint64_t salt) {
   const std::vector<forced_launch> grids = {{1, 0}, {2, 0}, {3, 3}, {5, 1}, {-1, 0}, {1, kNever}, {2, kNever, 0}};
-  CHECK(forced_grid_batch<float, masks_cfg>(230, 24, 9, 6144, grids, nullptr, nullptr, nullptr, true) == 0);
-  CHECK(forced_grid_batch<lori::bfloat16, masks_cfg>(231, 24, 9, 6144, grids, nullptr, nullptr, nullptr, true) == 0);
-  CHECK(forced_grid_batch<double, masks_cfg>(232, 12, 7, 4096, {{1, 0}, {3, 3}, {-1, 0}, {1, kNever}}, nullptr, nullptr, nullptr, true) == 0);
-  CHECK(forced_grid_batch<lori::half, masks_cfg>(233, 12, 7, 4096, {{1, 0}, {3, 3}, {-1, 0}, {1, kNever}}, nullptr, nullptr, nullptr, true) == 0);
-  CHECK(forced_grid_batch<float, masks_cfg>(234, 40, 70, 3000, {{1, 0}, {2, 1}, {-1, 0}}) == 0);
+  CHECK(forced_grid_batch<float, C>(salt, 24, 9, 6144, grids, nullptr, nullptr, nullptr, true) == 0);
+  CHECK(forced_grid_batch<lori::bfloat16, C>(salt + 1, 24, 9, 6144, grids, nullptr, nullptr, nullptr, true) == 0);
+  CHECK(forced_grid_batch<double, C>(salt + 2, 12, 7, 4096, {{1, 0}, {3, 3}, {-1, 0}, {1, kNever}}, nullptr, nullptr, nullptr, true) == 0);
+  CHECK(forced_grid_batch<lori::half, C>(salt + 3, 12, 7, 4096, {{1, 0}, {3, 3}, {-1, 0}, {1, kNever}}, nullptr, nullptr, nullptr, true) == 0);
+  CHECK(forced_grid_batch<float, C>(salt + 4, 40, 70, 3000, {{1, 0}, {2, 1}, {-1, 0}}) == 0);
+}
+TEST_CASE("gaussian row path, mask bits: forced grids, every element type") {
+  mask_bit_batches<masks_cfg>(230);
+  mask_bit_batches<masks_split_cfg>(240);
 }
 
 TEST_CASE("gaussian slow-path lists, mask bits: small batch on 1 and 2 blocks (racecheck subset)") {
   CHECK(forced_grid_batch<float, masks_cfg>(235, 5, 3, 4096, {{1, 0}, {2, 1}, {1, kNever}}, nullptr, nullptr, nullptr, true) == 0);
-  CHECK(forced_grid_batch<lori::bfloat16, masks_cfg>(236, 5, 3, 4096, {{1, 0}, {2, 1}}, nullptr, nullptr, nullptr, true) == 0);
+  CHECK(forced_grid_batch<lori::bfloat16, masks_split_cfg>(236, 5, 3, 4096, {{1, 0}, {2, 1}, {1, kNever}}, nullptr, nullptr, nullptr, true) == 0);
 }
 
 TEST_CASE("gaussian row path: one block walks a 640 x 6144 matrix (many block and warp drains mid-piece), float and bf16") {

@@ -371,14 +371,20 @@ constexpr unsigned gaussian_list_capacity = 128;
 
 /// The block's slow-path pool in shared memory (after the tables): one list per warp (appends need no
 /// atomics: the warp's count is a warp-uniform register) and the counts published for a block drain.
+/// Hard entries of gaussian_block_drain_masks with C::split (more are finished in round 1).
+constexpr unsigned gaussian_hard_capacity = 256;
+
 struct gaussian_pool {
   union {
     gaussian_slow_entry list[projection_warps][gaussian_list_capacity];
-    std::uint32_t mlist[projection_warps][32 * 32];  ///< gaussian_block_drain_masks: bit | owner thread << 5
+    struct {
+      std::uint16_t mlist[projection_warps][32 * 32];  ///< gaussian_block_drain_masks: bit | owner thread << 5
+      gaussian_slow_entry hlist[gaussian_hard_capacity];  ///< its round-2 entries (C::split; meta.z = pos)
+    } mk;
   };
   uint2 win[32];  ///< gaussian_block_drain_masks: {row i, first unit c} of the windows since the last drain
   unsigned counts[projection_warps];
-  unsigned nhard;  ///< gaussian_block_drain_split: entries left for round 2
+  unsigned nhard;  ///< gaussian_block_drain_split / _masks: entries left for round 2
   std::uint16_t hard[projection_warps * gaussian_list_capacity];  ///< their positions: warp << 8 | slot
 };
 
@@ -423,16 +429,15 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_append(gaussian_slow_entry* list, uns
   count += static_cast<unsigned>(__popc(ballot));
 }
 
-/// Finishes every pending element of entry s by one thread: the whole slow path
-/// (lori::detail::gaussian_slow_attempt until it finishes: wedge or tail tests, further candidates,
-/// the bounded loop's fallback; slow blocks 0 and 1 from the precomputed key schedule, block 1 only
-/// when needed), then the value is stored over the placeholder. WholeBlocks: every Philox block lies
-/// inside its row (the row path), so no element needs the column test.
-template <class T, class C, bool WholeBlocks>
-LORI_DEVICE LORI_FORCEINLINE void gaussian_finish_entry(const projection_entry<T>& e, const uint2* table, const gaussian_slow_entry& s) {
-  const uint4 w = s.words;
-  const std::uint32_t i = s.meta.x, q = s.meta.y;
-  unsigned pending = slow_pending<WholeBlocks>(w, table, q, e.cols);
+/// Finishes the pending elements (bits of `pending`) of Philox block q of row i (words wd) by one
+/// thread: the whole slow path (lori::detail::gaussian_slow_attempt until it finishes: wedge or tail
+/// tests, further candidates, the bounded loop's fallback; slow blocks 0 and 1 from the precomputed
+/// key schedule, block 1 only when needed), then the value is stored over the placeholder. The lowest
+/// pending element starts with `pos` slow words consumed (its word the current candidate), the others
+/// fresh.
+template <class T, class C>
+LORI_DEVICE LORI_FORCEINLINE void gaussian_finish_pending(const projection_entry<T>& e, const uint4& wd, std::uint32_t i, std::uint32_t q,
+                                                          unsigned pending, int pos) {
   while (pending != 0u) {
     const int t = __ffs(static_cast<int>(pending)) - 1;
     // Slow blocks 0 and 1 of (i, 4q + t): lori::detail::zig_slow_block, with the precomputed key schedule.
@@ -448,14 +453,70 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_finish_entry(const projection_entry<T
       }
       return lori::detail::block_word(b1, k - 4);
     };
-    lori::detail::zig_slow_state st{word_of(w, t), 0};
+    lori::detail::zig_slow_state st{word_of(wd, t), pos};
     float x = 0.0f;
     while (!lori::detail::gaussian_slow_attempt(st, e.params.scale, word, x, gaussian_layers())) {
     }
     if (C::diag != 3 || x == 1234.5f)
       e.out[static_cast<index_t>(i) * e.ld + static_cast<index_t>(q * 4u + static_cast<std::uint32_t>(t))] = from_float<T>(x);
     pending &= pending - 1u;
+    pos = 0;  // the next pending element starts fresh
   }
+}
+
+/// gaussian_finish_pending for every pending element of entry s.
+template <class T, class C, bool WholeBlocks>
+LORI_DEVICE LORI_FORCEINLINE void gaussian_finish_entry(const projection_entry<T>& e, const uint2* table, const gaussian_slow_entry& s) {
+  gaussian_finish_pending<T, C>(e, s.words, s.meta.x, s.meta.y, slow_pending<WholeBlocks>(s.words, table, s.meta.y, e.cols), 0);
+}
+
+/// w with word t replaced by x.
+LORI_DEVICE LORI_FORCEINLINE void set_word(uint4& w, int t, std::uint32_t x) {
+  w.x = t == 0 ? x : w.x;
+  w.y = t == 1 ? x : w.y;
+  w.z = t == 2 ? x : w.z;
+  w.w = t == 3 ? x : w.w;
+}
+
+/// Round 1 of a two-round drain for Philox block q of row i (words wd, pending != 0): its lowest
+/// pending element, if in a wedge (layer != 0; 98% of the slow elements), gets its first slow-path
+/// attempt with the words s0, s1 of slow block 0 only (lori::detail::gaussian_slow_attempt from
+/// pos 0: the wedge test with s0, then s1 as the next candidate and its fast test; same operations,
+/// with the block's tables); finished (99.3%), its value is stored and its word zeroed (a zero word
+/// passes the fast test: layer 0, m = 1 < k_0). Returns the elements still pending; pos = the slow
+/// words consumed by the lowest of them (2 after a rejected wedge candidate, whose successor s1
+/// replaces its word; 0 for a tail element or a fresh one).
+template <class T, class C>
+LORI_DEVICE LORI_FORCEINLINE unsigned gaussian_first_attempt(const projection_entry<T>& e, const uint2* table, uint4& wd, std::uint32_t i,
+                                                             std::uint32_t q, unsigned pending, unsigned& pos) {
+  const int t = __ffs(static_cast<int>(pending)) - 1;
+  const std::uint32_t y = word_of(wd, t);
+  pos = 0u;
+  if ((y & 0xffu) == 0u) return pending;  // a tail element: round 2
+  // Slow block 0 of (i, 4q + t): lori::detail::zig_slow_block, with the precomputed key schedule.
+  const philox_block b0 =
+      lori::detail::philox4x32_10_scheduled(0x80000000u | q, (static_cast<std::uint32_t>(t) << 30) | i, e.stream0, e.stream1, e.rk);
+  const lori::detail::zig_layer z = gaussian_layers()[y & 0xffu];
+  const float m = bits_float(lori::detail::zig_mbits(y));
+  const float xu = lori::detail::rnd_fma(m, z.w, -z.w);
+  const float ee = lori::detail::exp_neg(lori::detail::rnd_mul(lori::detail::rnd_mul(xu, xu), -0.5f));
+  float v = 0.0f;
+  if (lori::detail::rnd_fma(uniform_float(b0.v[0]), z.d, z.f) < ee) {
+    v = lori::detail::zig_value(y, bits_float(table[y & 0xffu].y));
+  } else {
+    const std::uint32_t c1 = b0.v[1];
+    const uint2 z2 = table[c1 & 0xffu];
+    if (lori::detail::zig_mbits(c1) >= z2.x) {
+      set_word(wd, t, c1);  // the rejected candidate's successor, which failed the fast test
+      pos = 2u;             // s0, s1 consumed
+      return pending;
+    }
+    v = lori::detail::zig_value(c1, bits_float(z2.y));
+  }
+  if (C::diag != 3 || v == 1234.5f)
+    e.out[static_cast<index_t>(i) * e.ld + static_cast<index_t>(q * 4u + static_cast<std::uint32_t>(t))] = from_float<T>(v);
+  set_word(wd, t, 0u);
+  return pending & (pending - 1u);
 }
 
 /// The warp finishes its own list (an overflow guard: a list with more than capacity - 32 x
@@ -498,26 +559,14 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_block_drain(const projection_entry<T>
   count = 0u;
 }
 
-/// w with word t replaced by x.
-LORI_DEVICE LORI_FORCEINLINE void set_word(uint4& w, int t, std::uint32_t x) {
-  w.x = t == 0 ? x : w.x;
-  w.y = t == 1 ? x : w.y;
-  w.z = t == 2 ? x : w.z;
-  w.w = t == 3 ? x : w.w;
-}
-
 /// gaussian_block_drain in two rounds, so that the common case runs without the divergent rare code.
-/// Round 1, every entry (thread x: entries x, x + 256, ...): its lowest pending element, if in a wedge
-/// (layer != 0; 98% of the slow elements), gets its first slow-path attempt with the words s0, s1 of
-/// slow block 0 only (lori::detail::gaussian_slow_attempt from pos 0: the wedge test with s0, then s1
-/// as the next candidate and its fast test; same operations, with the block's tables); finished
-/// (99.3%), its value is stored and its word zeroed (a zero word passes the fast test: layer 0,
-/// m = 1 < k_0). An entry with work left (another pending element, a tail element, a rejected
-/// candidate: ~6% of the entries) is written back with its state (candidate word, meta.z = slow words
-/// consumed by its lowest pending element) and its position pushed to the hard list (one shared
-/// atomic per warp). Round 2: thread x takes hard entries x, x + 256, ... and finishes them with the
-/// whole slow path. Three barriers: before round 1 (appends, placeholder stores), before round 2
-/// (round 1's write-backs and pushes), after (reads before later appends).
+/// Round 1, every entry (thread x: entries x, x + 256, ...): gaussian_first_attempt for its lowest
+/// pending element; an entry with work left (another pending element, a tail element, a rejected
+/// candidate: ~6% of the entries) is written back with its state (meta.z = pos) and its position
+/// pushed to the hard list (one shared atomic per warp). Round 2: thread x takes hard entries x,
+/// x + 256, ... and finishes them (gaussian_finish_pending). Three barriers: before round 1 (appends,
+/// placeholder stores), before round 2 (round 1's write-backs and pushes), after (reads before later
+/// appends).
 template <class T, class C, bool WholeBlocks>
 LORI_DEVICE LORI_FORCEINLINE void gaussian_block_drain_split(const projection_entry<T>& e, const uint2* table, unsigned& count) {
   gaussian_pool& pool = gaussian_slow_pool();
@@ -543,44 +592,12 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_block_drain_split(const projection_en
       const std::uint32_t i = s.meta.x, q = s.meta.y;
       unsigned pending = slow_pending<WholeBlocks>(wd, table, q, e.cols);
       if (pending != 0u) {
-        const int t = __ffs(static_cast<int>(pending)) - 1;
-        const std::uint32_t y = word_of(wd, t);
         unsigned pos = 0u;
-        bool done = false;
-        float v = 0.0f;
-        if ((y & 0xffu) != 0u) {
-          // Slow block 0 of (i, 4q + t): lori::detail::zig_slow_block, with the precomputed key schedule.
-          const philox_block b0 =
-              lori::detail::philox4x32_10_scheduled(0x80000000u | q, (static_cast<std::uint32_t>(t) << 30) | i, e.stream0, e.stream1, e.rk);
-          const lori::detail::zig_layer z = gaussian_layers()[y & 0xffu];
-          const float m = bits_float(lori::detail::zig_mbits(y));
-          const float xu = lori::detail::rnd_fma(m, z.w, -z.w);
-          const float ee = lori::detail::exp_neg(lori::detail::rnd_mul(lori::detail::rnd_mul(xu, xu), -0.5f));
-          if (lori::detail::rnd_fma(uniform_float(b0.v[0]), z.d, z.f) < ee) {
-            v = lori::detail::zig_value(y, bits_float(table[y & 0xffu].y));
-            done = true;
-          } else {
-            const std::uint32_t c1 = b0.v[1];
-            const uint2 z2 = table[c1 & 0xffu];
-            if (lori::detail::zig_mbits(c1) < z2.x) {
-              v = lori::detail::zig_value(c1, bits_float(z2.y));
-              done = true;
-            } else {
-              set_word(wd, t, c1);  // the rejected candidate's successor, which failed the fast test
-              pos = 2u;             // s0, s1 consumed
-            }
-          }
-        }
-        if (done) {
-          if (C::diag != 3 || v == 1234.5f)
-            e.out[static_cast<index_t>(i) * e.ld + static_cast<index_t>(q * 4u + static_cast<std::uint32_t>(t))] = from_float<T>(v);
-          set_word(wd, t, 0u);
-          pending &= pending - 1u;
-        }
+        pending = gaussian_first_attempt<T, C>(e, table, wd, i, q, pending, pos);
         hard = pending != 0u;
         if (hard) {
           s.words = wd;
-          s.meta.z = pos;  // of the lowest pending element (0: not started)
+          s.meta.z = pos;
         }
       }
     }
@@ -597,33 +614,8 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_block_drain_split(const projection_en
   for (unsigned h = x; h < nhard; h += projection_threads) {
     const unsigned at = pool.hard[h];
     const gaussian_slow_entry& s = pool.list[at >> 8][at & 0xffu];
-    const uint4 wd = s.words;
-    const std::uint32_t i = s.meta.x, q = s.meta.y;
-    unsigned pending = slow_pending<WholeBlocks>(wd, table, q, e.cols);
-    int pos = static_cast<int>(s.meta.z);
-    while (pending != 0u) {
-      const int t = __ffs(static_cast<int>(pending)) - 1;
-      const std::uint32_t c0 = 0x80000000u | q, c1 = (static_cast<std::uint32_t>(t) << 30) | i;
-      const philox_block b0 = lori::detail::philox4x32_10_scheduled(c0, c1, e.stream0, e.stream1, e.rk);
-      philox_block b1{};
-      bool have_b1 = false;
-      auto word = [&](int kk) -> std::uint32_t {
-        if (kk < 4) return lori::detail::block_word(b0, kk);
-        if (!have_b1) {
-          b1 = lori::detail::philox4x32_10_scheduled(c0 | 0x40000000u, c1, e.stream0, e.stream1, e.rk);
-          have_b1 = true;
-        }
-        return lori::detail::block_word(b1, kk - 4);
-      };
-      lori::detail::zig_slow_state st{word_of(wd, t), pos};
-      float v = 0.0f;
-      while (!lori::detail::gaussian_slow_attempt(st, e.params.scale, word, v, gaussian_layers())) {
-      }
-      if (C::diag != 3 || v == 1234.5f)
-        e.out[static_cast<index_t>(i) * e.ld + static_cast<index_t>(q * 4u + static_cast<std::uint32_t>(t))] = from_float<T>(v);
-      pending &= pending - 1u;
-      pos = 0;  // the next pending element starts fresh
-    }
+    gaussian_finish_pending<T, C>(e, s.words, s.meta.x, s.meta.y, slow_pending<WholeBlocks>(s.words, table, s.meta.y, e.cols),
+                                  static_cast<int>(s.meta.z));
   }
   __syncthreads();
   count = 0u;
@@ -652,30 +644,67 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_block_drain_masks(const projection_en
     pre += static_cast<unsigned>(__popc(bb & lt)) << b;
     tot += static_cast<unsigned>(__popc(bb)) << b;
   }
-  std::uint32_t* list = pool.mlist[warp];
-  for (std::uint32_t m = smask; m != 0u; m &= m - 1u) list[pre++] = static_cast<std::uint32_t>(__ffs(static_cast<int>(m)) - 1) | (x << 5);
+  std::uint16_t* list = pool.mk.mlist[warp];
+  for (std::uint32_t m = smask; m != 0u; m &= m - 1u) list[pre++] = static_cast<std::uint16_t>(static_cast<unsigned>(__ffs(static_cast<int>(m)) - 1) | (x << 5));
   if (lane == 0u) pool.counts[warp] = tot;
+  if (x == 0u) pool.nhard = 0u;
   smask = 0u;
   __syncthreads();
   unsigned total = 0u;
 #pragma unroll
   for (int w = 0; w < projection_warps; ++w) total += pool.counts[w];
-  for (unsigned r = x; r < total; r += projection_threads) {
-    unsigned w = 0u, k = r;
-    while (k >= pool.counts[w]) {  // terminates: r < total
-      k -= pool.counts[w];
-      ++w;
+  for (unsigned r0 = 0u; r0 < total; r0 += projection_threads) {  // block-uniform trip count: full-warp ballots (C::split)
+    const unsigned r = r0 + x;
+    bool hard = false;
+    uint4 wd = make_uint4(0u, 0u, 0u, 0u);
+    std::uint32_t i = 0u, q = 0u;
+    unsigned pos = 0u;
+    if (r < total) {
+      unsigned w = 0u, k = r;
+      while (k >= pool.counts[w]) {  // terminates: r < total
+        k -= pool.counts[w];
+        ++w;
+      }
+      const unsigned rec = pool.mk.mlist[w][k];
+      const unsigned bit = rec & 31u, owner = rec >> 5;
+      const unsigned kh = bit % L;
+      const uint2 wc = pool.win[bit / L];
+      i = wc.x;
+      q = H * (wc.y + owner + (kh / H) * static_cast<unsigned>(projection_threads)) + kh % H;
+      const philox_block b = lori::detail::philox4x32_10_scheduled(q, i, e.stream0, e.stream1, e.rk);
+      wd = make_uint4(b.v[0], b.v[1], b.v[2], b.v[3]);
+      unsigned pending = slow_pending<true>(wd, table, q, e.cols);
+      if constexpr (C::split != 0) {
+        if (pending != 0u) pending = gaussian_first_attempt<T, C>(e, table, wd, i, q, pending, pos);
+        hard = pending != 0u;
+      } else {
+        gaussian_finish_pending<T, C>(e, wd, i, q, pending, 0);
+      }
     }
-    const std::uint32_t rec = pool.mlist[w][k];
-    const unsigned bit = rec & 31u, owner = rec >> 5;
-    const unsigned kh = bit % L;
-    const uint2 wc = pool.win[bit / L];
-    const std::uint32_t q = H * (wc.y + owner + (kh / H) * static_cast<unsigned>(projection_threads)) + kh % H;
-    const philox_block b = lori::detail::philox4x32_10_scheduled(q, wc.x, e.stream0, e.stream1, e.rk);
-    gaussian_slow_entry s;
-    s.words = make_uint4(b.v[0], b.v[1], b.v[2], b.v[3]);
-    s.meta = make_uint4(wc.x, q, 0u, 0u);
-    gaussian_finish_entry<T, C, true>(e, table, s);
+    if constexpr (C::split != 0) {
+      const unsigned ballot = __ballot_sync(0xffffffffu, hard);
+      if (ballot != 0u) {
+        unsigned base = 0u;
+        if (lane == 0u) base = atomicAdd(&pool.nhard, static_cast<unsigned>(__popc(ballot)));
+        base = __shfl_sync(0xffffffffu, base, 0);
+        const unsigned slot = base + static_cast<unsigned>(__popc(ballot & lt));
+        if (hard && slot < gaussian_hard_capacity) {
+          pool.mk.hlist[slot].words = wd;
+          pool.mk.hlist[slot].meta = make_uint4(i, q, pos, 0u);
+        } else if (hard) {  // the hard list is full: finish it here
+          gaussian_finish_pending<T, C>(e, wd, i, q, slow_pending<true>(wd, table, q, e.cols), static_cast<int>(pos));
+        }
+      }
+    }
+  }
+  if constexpr (C::split != 0) {
+    __syncthreads();
+    const unsigned nh = pool.nhard < gaussian_hard_capacity ? pool.nhard : gaussian_hard_capacity;
+    for (unsigned h = x; h < nh; h += projection_threads) {
+      const gaussian_slow_entry& s = pool.mk.hlist[h];
+      gaussian_finish_pending<T, C>(e, s.words, s.meta.x, s.meta.y, slow_pending<true>(s.words, table, s.meta.y, e.cols),
+                                    static_cast<int>(s.meta.z));
+    }
   }
   __syncthreads();
 }
