@@ -622,8 +622,10 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian(const projection_ent
         v[4 * h + t] = lori::detail::zig_value(w, bits_float(z.y));
         if (lori::detail::zig_mbits(w) >= z.x) m |= 1u << t;
       }
-      // Elements of the row only (q * 4 < cols: the unit starts inside the row), of active lanes.
-      const std::uint32_t inside = cols - q * 4u;
+      // Elements of the row only (a unit's second block (bf16, fp16) may start beyond it), of active
+      // lanes.
+      const std::uint32_t j0 = q * 4u;  // < 2^31 + 8
+      const std::uint32_t inside = cols > j0 ? cols - j0 : 0u;
       m &= active ? (inside >= 4u ? 0xfu : (1u << inside) - 1u) : 0u;
       gaussian_append(list, count, m, b, p.i, q, lt);
     }
