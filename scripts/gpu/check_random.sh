@@ -32,7 +32,7 @@ t() { local rem=$((76 - SECONDS)); [ "$rem" -lt 1 ] && rem=1; [ "$1" -lt "$rem" 
   if command -v compute-sanitizer > /dev/null; then
     gexe=$(find "$B" -type f -name lori_test_random_gpu -perm -u+x | head -1)
     echo "== compute-sanitizer racecheck + memcheck: slow-path-list subset on 1-2 blocks ($(date -u +%T))"
-    timeout $(t 15) compute-sanitizer --tool racecheck --error-exitcode 9 "$gexe" -tc='gaussian slow-path lists*: small*' > "$OUT/racecheck.log" 2>&1
+    timeout $(t 15) compute-sanitizer --tool racecheck --error-exitcode 9 "$gexe" -tc='gaussian slow-path lists*: small*,gaussian row path: small*' > "$OUT/racecheck.log" 2>&1
     rc=$?
     tail -3 "$OUT/racecheck.log"
     echo "racecheck rc=$rc (124 = timed out)"
