@@ -174,10 +174,11 @@ void BM_gpu_generate_tiny(benchmark::State& state) {
 }
 
 // The gaussian (float) with other gaussian kernel configurations (detail::gaussian_cfg<K, MinBlocks,
-// DrainBlocks, Stagger>: row-path units per thread and window, blocks per SM, Philox blocks per lane
-// between block drains, staggered drains), same plan: /0 = drains every 4 windows, /1 = every 16,
-// /2 = every 8 unstaggered, /3 = 2 units per window. The library's: 1 unit, 4 blocks, every 8 windows,
-// staggered (BM_gpu_generate_llama3_8b_r32/1).
+// DrainBlocks, Stagger, HardCap, Carry>: row-path units per thread and window, blocks per SM, Philox
+// blocks per lane between block drains, staggered drains, round-2 capacity, round 2 carried to the
+// next drain), same plan: /0 = drains every 4 windows, /1 = every 16, /2 = every 8 unstaggered, /3 = 2 units per window,
+// /4 = round 2 not carried. The library's: 1 unit, 4 blocks, every 8 windows, staggered, carried
+// (BM_gpu_generate_llama3_8b_r32/1).
 void BM_gpu_generate_llama3_8b_r32_cfg(benchmark::State& state) {
   if (!have_device(state)) return;
   const lori::index_t n = llama_total();
@@ -193,7 +194,8 @@ void BM_gpu_generate_llama3_8b_r32_cfg(benchmark::State& state) {
     case 0: run(d::gaussian_cfg<1, 4, 4, 1>{}); break;
     case 1: run(d::gaussian_cfg<1, 4, 16, 1>{}); break;
     case 2: run(d::gaussian_cfg<1, 4, 8, 0>{}); break;
-    default: run(d::gaussian_cfg<2, 4, 16, 1>{}); break;
+    case 3: run(d::gaussian_cfg<2, 4, 16, 1>{}); break;
+    default: run(d::gaussian_cfg<1, 4, 8, 1, 64, 0>{}); break;
   }
   state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * n);
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * n * static_cast<int64_t>(sizeof(float)));
@@ -251,6 +253,6 @@ BENCHMARK(BM_gpu_generate_llama3_8b_r32_main_bf16)->Arg(1)->UseManualTime()->Uni
 BENCHMARK(BM_gpu_generate_llama3_8b_r32_general_path)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_generate_llama3_8b_r32_x10)->Arg(0)->Arg(1)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_generate_tiny)->Arg(0)->Arg(1)->UseManualTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_gpu_generate_llama3_8b_r32_cfg)->DenseRange(0, 3)->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_gpu_generate_llama3_8b_r32_cfg)->DenseRange(0, 4)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_generate_single_32x1245184)->Arg(0)->Arg(1)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_baseline_curand_normal)->UseManualTime()->Unit(benchmark::kMicrosecond);

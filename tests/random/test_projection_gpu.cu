@@ -496,7 +496,7 @@ TEST_CASE("gaussian row path: small aligned batch on 1 and 2 blocks (racecheck s
 
 // Other kernel configurations (benchmarked against the library's): 2 units per thread and window of
 // the row path (float, double), drains every 4 and 16 windows, unstaggered drains; a round-2 list of
-// one record (its overflow: records finished in round 1).
+// one record (its overflow: records finished in round 1); round 2 not carried to the next drain.
 TEST_CASE("gaussian kernel configurations: forced grids") {
   namespace d = lori::cuda::detail_proj;
   const std::vector<forced_launch> grids = {{1, 0}, {3, 0}, {-1, 0}, {2, 1}, {1, kNever}};
@@ -505,6 +505,9 @@ TEST_CASE("gaussian kernel configurations: forced grids") {
   CHECK(forced_grid_batch<float, d::gaussian_cfg<1, 4, 4, 1>>(252, 16, 9, 6144, grids, nullptr, nullptr, nullptr, true) == 0);
   CHECK(forced_grid_batch<lori::bfloat16, d::gaussian_cfg<1, 4, 16, 0>>(253, 16, 9, 6144, grids, nullptr, nullptr, nullptr, true) == 0);
   CHECK(forced_grid_batch<float, d::gaussian_cfg<1, 4, 16, 0>>(254, 30, 60, 3000, grids) == 0);
+  // Round 2 at the end of each drain (no carry to the next drain).
+  CHECK(forced_grid_batch<float, d::gaussian_cfg<1, 4, 8, 1, 64, 0>>(257, 16, 9, 6144, grids, nullptr, nullptr, nullptr, true) == 0);
+  CHECK(forced_grid_batch<lori::bfloat16, d::gaussian_cfg<1, 4, 8, 1, 64, 0>>(258, 30, 60, 3000, grids) == 0);
   CHECK(forced_grid_batch<float, d::gaussian_cfg<1, 4, 8, 1, 1>>(255, 16, 9, 6144, grids, nullptr, nullptr, nullptr, true) == 0);
   CHECK(forced_grid_batch<lori::half, d::gaussian_cfg<1, 4, 8, 1, 1>>(256, 30, 60, 3000, grids) == 0);
 }

@@ -322,16 +322,19 @@ constexpr std::size_t gaussian_tables_bytes = (sizeof(uint2) + sizeof(lori::deta
 /// per SM (the register cap), DrainBlocks: Philox blocks per lane between two block drains of the
 /// slow-path lists (gaussian_drain_period), Stagger: block b's first drain comes after
 /// period - b % period windows (the co-resident blocks of an SM drain at different times), HardCap:
-/// capacity of a block drain's round-2 list (tests force 1: its overflow path).
+/// capacity of a block drain's round-2 list (tests force 1: its overflow path), Carry: round 2 of a
+/// drain runs during round 1 of the next one (gaussian_block_drain; the last drain of a piece runs
+/// both rounds).
 /// gaussian_cfg_lib is the library's (session 5, H100: see docs/random.md); launch_projection_batch_cfg
 /// runs others (benchmarks of alternatives in the same process).
-template <int KFloat, int MinBlocks, int DrainBlocks = 8, int Stagger = 1, int HardCap = 64>
+template <int KFloat, int MinBlocks, int DrainBlocks = 8, int Stagger = 1, int HardCap = 64, int Carry = 1>
 struct gaussian_cfg {
   static constexpr int k_float = KFloat;
   static constexpr int min_blocks = MinBlocks;
   static constexpr int drain_blocks = DrainBlocks;
   static constexpr int stagger = Stagger;
   static constexpr unsigned hard_capacity = HardCap;
+  static constexpr int carry = Carry;
 };
 using gaussian_cfg_lib = gaussian_cfg<1, 4, 8, 1>;
 
@@ -370,9 +373,9 @@ constexpr unsigned gaussian_list_capacity = 128u + 128u * gaussian_lane_blocks<T
 template <unsigned Cap, unsigned HardCap>
 struct gaussian_pool {
   gaussian_slow_rec list[projection_warps][Cap];
-  gaussian_slow_rec hard[HardCap];
+  gaussian_slow_rec hard[2][HardCap];  ///< round-2 lists of alternate drains (C::carry; else [0] only)
   unsigned counts[projection_warps];
-  unsigned nhard;
+  unsigned nhard[2];
 };
 
 template <class T, class C>
@@ -494,18 +497,24 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_warp_drain(const projection_entry<T>&
 /// common case runs without the divergent rare code: each warp publishes its count; round 1: thread x
 /// takes records x, x + 256, ... of the concatenated lists (gaussian_first_attempt), so the slow
 /// elements of the last windows are spread evenly over the block; the ~3% that need more (tail
-/// elements, rejected candidates) go to the hard list (one shared atomic per warp; beyond its
-/// capacity they are finished at once); round 2: thread x takes hard records x, x + 256, ...
-/// (gaussian_finish_element). Three barriers: before round 1 (appends and placeholder stores of every
-/// warp before the reads and fix-ups), before round 2 (the hard list), after (reads before later
-/// appends and, at the end of a piece, before the table is rescaled).
+/// elements, rejected candidates) go to a hard list (one shared atomic per warp; beyond its capacity
+/// they are finished at once); round 2 finishes the hard list (gaussian_finish_element). With
+/// C::carry, round 2 of a drain runs during round 1 of the next one, from the top threads down (thread
+/// 255 - h takes hard record h; the fresh records fill the threads from 0 up, ~120 of them), so a drain
+/// has two barriers and one dependent chain instead of three and two: the hard lists alternate
+/// (`parity`, block-uniform; both counts are zeroed at the start of a piece: gaussian_piece_start);
+/// `last` (the end of a piece) also runs round 2 of its own hard list.
+/// Barriers: before round 1 (appends and placeholder stores of every warp before the reads and
+/// fix-ups; the hard list of the previous drain), before a round 2 of this drain's list, after (reads
+/// before later appends and, at the end of a piece, before the table is rescaled).
 template <class T, class C>
-LORI_DEVICE LORI_FORCEINLINE void gaussian_block_drain(const projection_entry<T>& e, const uint2* table, unsigned& count) {
+LORI_DEVICE LORI_FORCEINLINE void gaussian_block_drain(const projection_entry<T>& e, const uint2* table, unsigned& count, unsigned& parity, bool last) {
   constexpr unsigned HardCap = C::hard_capacity;
   gaussian_pool_of<T, C>& pool = gaussian_slow_pool<T, C>();
   const unsigned x = threadIdx.x, lane = x & 31u;
+  const unsigned cur = C::carry != 0 ? parity ^ 1u : 0u;  // this drain's hard list
   if (lane == 0u) pool.counts[x >> 5] = count;
-  if (x == 0u) pool.nhard = 0u;
+  if (x == 0u) pool.nhard[cur] = 0u;
   __syncthreads();
   unsigned total = 0u;
 #pragma unroll
@@ -527,23 +536,44 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_block_drain(const projection_entry<T>
     const unsigned ballot = __ballot_sync(0xffffffffu, hard);
     if (ballot != 0u) {
       unsigned base = 0u;
-      if (lane == 0u) base = atomicAdd(&pool.nhard, static_cast<unsigned>(__popc(ballot)));
+      if (lane == 0u) base = atomicAdd(&pool.nhard[cur], static_cast<unsigned>(__popc(ballot)));
       base = __shfl_sync(0xffffffffu, base, 0);
       const unsigned slot = base + static_cast<unsigned>(__popc(ballot & lt));
       if (hard) {
         if (slot < HardCap) {
-          pool.hard[slot] = rec;
+          pool.hard[cur][slot] = rec;
         } else {
           gaussian_finish_element(e, rec);
         }
       }
     }
   }
-  __syncthreads();
-  const unsigned nhard = pool.nhard < HardCap ? pool.nhard : HardCap;
-  for (unsigned h = x; h < nhard; h += projection_threads) gaussian_finish_element(e, pool.hard[h]);
+  if constexpr (C::carry != 0) {
+    // Round 2 of the previous drain (of this piece; its list was written before the barrier above).
+    const unsigned prev = parity;
+    const unsigned nprev = pool.nhard[prev] < HardCap ? pool.nhard[prev] : HardCap;
+    for (unsigned h = projection_threads - 1u - x; h < nprev; h += projection_threads) gaussian_finish_element(e, pool.hard[prev][h]);
+    parity = cur;
+  }
+  if (C::carry == 0 || last) {
+    __syncthreads();
+    const unsigned nhard = pool.nhard[cur] < HardCap ? pool.nhard[cur] : HardCap;
+    for (unsigned h = x; h < nhard; h += projection_threads) gaussian_finish_element(e, pool.hard[cur][h]);
+  }
   __syncthreads();
   count = 0u;
+}
+
+/// The start of a gaussian piece: thread 0 zeroes the hard-list counts (C::carry: the first drain of
+/// the piece reads the "previous" one; the previous piece's reads ended at its last barrier, this
+/// piece's first read comes after its first drain's first barrier).
+template <class T, class C>
+LORI_DEVICE LORI_FORCEINLINE void gaussian_piece_start() {
+  if (threadIdx.x == 0u) {
+    gaussian_pool_of<T, C>& pool = gaussian_slow_pool<T, C>();
+    pool.nhard[0] = 0u;
+    pool.nhard[1] = 0u;
+  }
 }
 
 /// After a window (step) of a gaussian piece and its stores (block-uniform call): every `period`
@@ -551,9 +581,9 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_block_drain(const projection_entry<T>
 /// drains its own.
 template <class T, class C>
 LORI_DEVICE LORI_FORCEINLINE void gaussian_after_window(const projection_entry<T>& e, const uint2* table, const gaussian_slow_rec* list, unsigned& count,
-                                                        unsigned& since, unsigned period, unsigned lane) {
+                                                        unsigned& since, unsigned& parity, unsigned period, unsigned lane) {
   if (++since >= period) {
-    gaussian_block_drain<T, C>(e, table, count);
+    gaussian_block_drain<T, C>(e, table, count, parity, false);
     since = 0u;
   } else if (count > 128u) {
     gaussian_warp_drain(e, list, count, lane);
@@ -601,7 +631,8 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian(const projection_ent
     return;
   }
   gaussian_slow_rec* list = gaussian_slow_pool<T, C>().list[x >> 5];
-  unsigned count = 0u, since = gaussian_drain_phase<C>(period);
+  unsigned count = 0u, since = gaussian_drain_phase<C>(period), parity = 0u;
+  gaussian_piece_start<T, C>();
   const auto cols = static_cast<std::uint32_t>(e.cols);  // < 2^31
   unit_cursor<T> p = cursor_at(e, r0 + x);
   // A block-uniform loop and body (every warp runs every step; lanes beyond the piece are inactive).
@@ -630,10 +661,10 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian(const projection_ent
       gaussian_append(list, count, m, b, p.i, q, lt);
     }
     if (active) store_unit_at<T, U>(e, p, v);
-    gaussian_after_window<T, C>(e, table, list, count, since, period, lane);
+    gaussian_after_window<T, C>(e, table, list, count, since, parity, period, lane);
     advance_step(e, p);
   }
-  if (since != 0u) gaussian_block_drain<T, C>(e, table, count);
+  if (since != 0u || C::carry != 0) gaussian_block_drain<T, C>(e, table, count, parity, true);  // carry: a hard list may be left
 }
 
 /// Philox4x32-10 of counter {q, i, stream0, stream1} (lori::detail::philox4x32_10_scheduled) with the
@@ -756,7 +787,8 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projectio
   constexpr auto S = static_cast<std::uint32_t>(projection_threads * K);
   const unsigned x = threadIdx.x, lane = x & 31u;
   gaussian_slow_rec* list = gaussian_slow_pool<T, C>().list[x >> 5];
-  unsigned count = 0u, since = gaussian_drain_phase<C>(period);
+  unsigned count = 0u, since = gaussian_drain_phase<C>(period), parity = 0u;
+  gaussian_piece_start<T, C>();
   // The window holding r0 (block-uniform): row i, first unit c (a multiple of S). In whole windows
   // (w0 and upr are multiples of S; units < 2^40, so w0 / S < 2^32): 32-bit arithmetic only (a
   // 64-bit division, a subroutine call, makes the compiler drop the uniformity of everything after).
@@ -819,7 +851,7 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projectio
       rw = make_gaussian_row_keys(e, tk, i);
     }
   };
-  auto after = [&] { gaussian_after_window<T, C>(e, table, list, count, since, period, lane); };
+  auto after = [&] { gaussian_after_window<T, C>(e, table, list, count, since, parity, period, lane); };
   // A masked first window (the piece starts inside it, or it is the only one and ends early), then
   // the whole windows, then a masked last window (the piece ends inside it).
   if (lo != 0u || (n == 1u && hi_last != S)) {
@@ -843,7 +875,7 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projectio
     window(std::true_type{}, hi_last);
     after();
   }
-  if (since != 0u) gaussian_block_drain<T, C>(e, table, count);
+  if (since != 0u || C::carry != 0) gaussian_block_drain<T, C>(e, table, count, parity, true);  // carry: a hard list may be left
 }
 
 /// Units [r0, r1) of matrix e by the block, any law. WithGaussian: the kernel variant with the gaussian
