@@ -22,8 +22,8 @@
 // thread x taking units x, x + 256, ... of each piece (block-uniform control flow: the task's Philox
 // key schedule, precomputed on the host, stays in uniform registers).
 // Gaussian tasks (ziggurat, lori/detail/random_ziggurat.hpp) read the layer tables from shared memory;
-// the ~1.5% slow-path elements are deferred to per-warp lists in shared memory (ballot + popc
-// appends), which the whole block finishes together every 16 windows, one entry per thread (see
+// the ~1.5% slow-path elements are deferred to per-warp lists of records in shared memory (ballot +
+// popc appends), which the whole block finishes together every 8 windows in two rounds (see
 // projection_piece_gaussian, gaussian_block_drain). Tasks with aligned rows of a
 // multiple of 1024 floats (2048 bf16) take the row path (projection_piece_gaussian_rows: block-uniform
 // row windows). Launches without a gaussian task use a kernel variant without that code.
