@@ -15,6 +15,7 @@
 #include <curand.h>
 
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -173,16 +174,17 @@ void BM_gpu_generate_tiny(benchmark::State& state) {
   time_events(state, [&] { lori::cuda::generate_projection_batch(plan); });
 }
 
-// The gaussian (float) with other gaussian kernel configurations (detail::gaussian_cfg<K, MinBlocks,
-// DrainBlocks, Stagger, HardCap, Carry>: row-path units per thread and window, blocks per SM, Philox
-// blocks per lane between block drains, staggered drains, round-2 capacity, round 2 carried to the
-// next drain), same plan: /0 = drains every 4 windows, /1 = every 16, /2 = every 8 unstaggered, /3 = 2 units per window,
-// /4 = round 2 not carried. The library's: 1 unit, 4 blocks, every 8 windows, staggered, carried
-// (BM_gpu_generate_llama3_8b_r32/1).
-void BM_gpu_generate_llama3_8b_r32_cfg(benchmark::State& state) {
+// The gaussian with other gaussian kernel configurations (detail::gaussian_cfg<K, MinBlocks,
+// DrainBlocks, Split>: row-path units per thread and window, blocks per SM, Philox blocks per lane
+// between block drains, two-round drains), same plan. Float: /0 = two-round drains, /1 = drains every
+// 4 windows, /2 = every 16. bf16 (_bf16_cfg, 2 Philox blocks per lane and window): /0 = drains every
+// 8 windows, /1 = every 2, /2 = two-round drains. The library's: 1 unit, 4 blocks, 8 Philox blocks per
+// lane (float: 8 windows; bf16: 4), one round (BM_gpu_generate_llama3_8b_r32/1, _bf16/1).
+template <class T>
+void generate_llama_cfg(benchmark::State& state) {
   if (!have_device(state)) return;
   const lori::index_t n = llama_total();
-  const llama_batch<float> batch(lori::projection_spec::gaussian());
+  const llama_batch<T> batch(lori::projection_spec::gaussian());
   namespace d = lori::cuda::detail_proj;
   auto run = [&](auto cfg) {
     using C = decltype(cfg);
@@ -190,17 +192,25 @@ void BM_gpu_generate_llama3_8b_r32_cfg(benchmark::State& state) {
     time_events(state, [&] { d::launch_projection_batch_cfg<C>(batch.plan, blocks, nullptr); });
     state.counters["blocks"] = static_cast<double>(blocks);
   };
-  switch (state.range(0)) {
-    case 0: run(d::gaussian_cfg<1, 4, 4, 1>{}); break;
-    case 1: run(d::gaussian_cfg<1, 4, 16, 1>{}); break;
-    case 2: run(d::gaussian_cfg<1, 4, 8, 0>{}); break;
-    case 3: run(d::gaussian_cfg<2, 4, 16, 1>{}); break;
-    default: run(d::gaussian_cfg<1, 4, 8, 1, 64, 0>{}); break;
+  if constexpr (std::is_same_v<T, float>) {
+    switch (state.range(0)) {
+      case 0: run(d::gaussian_cfg<1, 4, 8, 1>{}); break;
+      case 1: run(d::gaussian_cfg<1, 4, 4>{}); break;
+      default: run(d::gaussian_cfg<1, 4, 16>{}); break;
+    }
+  } else {
+    switch (state.range(0)) {
+      case 0: run(d::gaussian_cfg<1, 4, 16>{}); break;
+      case 1: run(d::gaussian_cfg<1, 4, 4>{}); break;
+      default: run(d::gaussian_cfg<1, 4, 8, 1>{}); break;
+    }
   }
   state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * n);
-  state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * n * static_cast<int64_t>(sizeof(float)));
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * n * static_cast<int64_t>(sizeof(T)));
   state.SetLabel("gaussian");
 }
+void BM_gpu_generate_llama3_8b_r32_cfg(benchmark::State& state) { generate_llama_cfg<float>(state); }
+void BM_gpu_generate_llama3_8b_r32_bf16_cfg(benchmark::State& state) { generate_llama_cfg<lori::bfloat16>(state); }
 
 // One matrix with the same element count (32 x 1,245,184) through generate_projection (the single-
 // matrix kernel: the entry is a kernel parameter, the grid is computed per call).
@@ -253,6 +263,7 @@ BENCHMARK(BM_gpu_generate_llama3_8b_r32_main_bf16)->Arg(1)->UseManualTime()->Uni
 BENCHMARK(BM_gpu_generate_llama3_8b_r32_general_path)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_generate_llama3_8b_r32_x10)->Arg(0)->Arg(1)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_generate_tiny)->Arg(0)->Arg(1)->UseManualTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_gpu_generate_llama3_8b_r32_cfg)->DenseRange(0, 4)->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_gpu_generate_llama3_8b_r32_cfg)->DenseRange(0, 2)->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_gpu_generate_llama3_8b_r32_bf16_cfg)->DenseRange(0, 2)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_generate_single_32x1245184)->Arg(0)->Arg(1)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_baseline_curand_normal)->UseManualTime()->Unit(benchmark::kMicrosecond);

@@ -329,8 +329,7 @@ TEST_CASE("gaussian slow path on the device: slow elements, tail, bounded-loop f
 
 namespace {
 // Philox blocks of A (rows x cols, gaussian) with at least `min_slow` elements inside the row that fail
-// the ziggurat's fast test (>= 2: blocks whose lane appends two or more records: the kernel's prefix sum
-// of several records per lane).
+// the ziggurat's fast test (the slow-path list entries of the kernel; >= 2: entries with two or more).
 std::size_t slow_blocks(index_t rows, index_t cols, std::uint64_t seed, std::uint64_t stream, int min_slow) {
   std::size_t n = 0;
   for (index_t i = 0; i < rows; ++i) {
@@ -367,11 +366,11 @@ std::size_t multi_attempt_elements(index_t rows, index_t cols, std::uint64_t see
 
 // A batch of gaussian tasks (odd shapes, paddings, several sigmas) interleaved with other laws, generated
 // with forced grids: with 1 or 2 blocks every warp walks long ranges across many tasks, so its slow-path
-// list is finished by the block many times inside one piece (block drains), Philox blocks with several
-// slow elements occur, pieces end with partial steps and partial warps, and the block's layer table is
+// list is finished by the block many times inside one piece (block drains), entries with several slow
+// elements occur, pieces end with partial steps and partial warps, and the block's layer table is
 // rescaled for each new sigma. Each launch: {blocks (-1: the default grid), drain_period (windows
 // between block drains: 0 the library's; 1 a drain after every window; 3; kNever: no block drain before
-// the end of a piece, so a warp's list fills past 128 records and the warp finishes it alone)}.
+// the end of a piece, so a warp's list fills past capacity - 32 and the warp finishes it alone)}.
 // Returns the number of mismatches (and of touched gaps).
 constexpr unsigned kNever = 1u << 30;
 struct forced_launch {
@@ -448,16 +447,16 @@ std::size_t forced_grid_batch(std::uint64_t salt, int ntasks, index_t max_rows, 
 }  // namespace
 
 TEST_CASE("gaussian slow-path lists: forced small grids, many tasks and sigmas, float and bf16") {
-  // 1 block: each warp sees every task (~100 slow elements per warp in the large ones: several block
+  // 1 block: each warp sees every task (~100 slow entries per warp in the large ones: several block
   // drains inside a piece, or with kNever warp drains); 2 and 7 blocks: ranges start and end inside
   // tasks; -1: the default grid.
   const std::vector<forced_launch> grids = {{1, 0}, {2, 0}, {7, 0}, {-1, 0}, {1, 1}, {2, 3}, {3, kNever}, {1, kNever}};
   std::size_t entries = 0, requeued = 0, resumed = 0;
   CHECK(forced_grid_batch<float>(200, 40, 70, 3000, grids, &entries, &requeued, &resumed) == 0);
   CHECK(forced_grid_batch<lori::bfloat16>(201, 40, 70, 3000, grids) == 0);
-  // The situations were there: many slow blocks (> 256 per warp of the single block, ~100 in a large
-  // task: with kNever its list fills past 128 records there), blocks with a second slow element, and
-  // elements that need a second attempt.
+  // The situations were there: many entries (> 256 per warp of the single block, ~100 in a large
+  // task: with kNever its list fills past capacity - 32 there), entries with a second slow element,
+  // and elements that need a second attempt.
   CHECK(entries > 8 * 64 * 4);
   CHECK(requeued > 50);
   CHECK(resumed > 20);
@@ -466,10 +465,6 @@ TEST_CASE("gaussian slow-path lists: forced small grids, many tasks and sigmas, 
 TEST_CASE("gaussian slow-path lists: small batch on 1 and 2 blocks (racecheck subset)") {
   CHECK(forced_grid_batch<float>(202, 6, 40, 1500, {{1, 0}, {2, 1}, {1, kNever}}) == 0);
   CHECK(forced_grid_batch<lori::half>(203, 6, 40, 1500, {{1, 0}, {2, 1}, {1, kNever}}) == 0);
-  // A round-2 list of one record (its overflow path), row path and general path.
-  using hard1 = lori::cuda::detail_proj::gaussian_cfg<1, 4, 8, 1, 1>;
-  CHECK(forced_grid_batch<float, hard1>(204, 5, 3, 4096, {{1, 0}, {2, 1}}, nullptr, nullptr, nullptr, true) == 0);
-  CHECK(forced_grid_batch<float, hard1>(205, 6, 40, 1500, {{1, 0}, {2, 1}}) == 0);
 }
 
 TEST_CASE("gaussian row path: aligned tasks on forced grids, every element type") {
@@ -494,28 +489,31 @@ TEST_CASE("gaussian row path: small aligned batch on 1 and 2 blocks (racecheck s
   CHECK(forced_grid_batch<lori::bfloat16>(215, 5, 3, 4096, {{1, 0}, {2, 1}, {1, kNever}}, nullptr, nullptr, nullptr, true) == 0);
 }
 
-// Other kernel configurations (benchmarked against the library's): 2 units per thread and window of
-// the row path (float, double), drains every 4 and 16 windows, unstaggered drains; a round-2 list of
-// one record (its overflow: records finished in round 1); round 2 not carried to the next drain.
-TEST_CASE("gaussian kernel configurations: forced grids") {
-  namespace d = lori::cuda::detail_proj;
-  const std::vector<forced_launch> grids = {{1, 0}, {3, 0}, {-1, 0}, {2, 1}, {1, kNever}};
-  CHECK(forced_grid_batch<float, d::gaussian_cfg<2, 4, 16, 0>>(250, 16, 9, 6144, grids, nullptr, nullptr, nullptr, true) == 0);
-  CHECK(forced_grid_batch<double, d::gaussian_cfg<2, 4, 16, 0>>(251, 8, 7, 4096, grids, nullptr, nullptr, nullptr, true) == 0);
-  CHECK(forced_grid_batch<float, d::gaussian_cfg<1, 4, 4, 1>>(252, 16, 9, 6144, grids, nullptr, nullptr, nullptr, true) == 0);
-  CHECK(forced_grid_batch<lori::bfloat16, d::gaussian_cfg<1, 4, 16, 0>>(253, 16, 9, 6144, grids, nullptr, nullptr, nullptr, true) == 0);
-  CHECK(forced_grid_batch<float, d::gaussian_cfg<1, 4, 16, 0>>(254, 30, 60, 3000, grids) == 0);
-  // Round 2 at the end of each drain (no carry to the next drain).
-  CHECK(forced_grid_batch<float, d::gaussian_cfg<1, 4, 8, 1, 64, 0>>(257, 16, 9, 6144, grids, nullptr, nullptr, nullptr, true) == 0);
-  CHECK(forced_grid_batch<lori::bfloat16, d::gaussian_cfg<1, 4, 8, 1, 64, 0>>(258, 30, 60, 3000, grids) == 0);
-  CHECK(forced_grid_batch<float, d::gaussian_cfg<1, 4, 8, 1, 1>>(255, 16, 9, 6144, grids, nullptr, nullptr, nullptr, true) == 0);
-  CHECK(forced_grid_batch<lori::half, d::gaussian_cfg<1, 4, 8, 1, 1>>(256, 30, 60, 3000, grids) == 0);
+// The two-round block drain (gaussian_cfg Split = 1, detail::gaussian_block_drain_split), measured
+// against the one-round drain: the same forced-grid batches.
+using split_cfg = lori::cuda::detail_proj::gaussian_cfg<1, 4, 8, 1>;
+TEST_CASE("gaussian slow-path lists, two-round drains: forced grids, general and row path, every element type") {
+  const std::vector<forced_launch> grids = {{1, 0}, {2, 0}, {7, 0}, {-1, 0}, {1, 1}, {2, 3}, {3, kNever}, {1, kNever}, {1, 0, 0}};
+  std::size_t entries = 0, requeued = 0, resumed = 0;
+  CHECK(forced_grid_batch<float, split_cfg>(220, 40, 70, 3000, grids, &entries, &requeued, &resumed) == 0);
+  CHECK(entries > 8 * 64 * 4);
+  CHECK(requeued > 50);
+  CHECK(resumed > 20);
+  CHECK(forced_grid_batch<lori::bfloat16, split_cfg>(221, 40, 70, 3000, grids) == 0);
+  CHECK(forced_grid_batch<float, split_cfg>(222, 24, 9, 6144, grids, nullptr, nullptr, nullptr, true) == 0);
+  CHECK(forced_grid_batch<lori::half, split_cfg>(223, 12, 7, 4096, {{1, 0}, {3, 3}, {-1, 0}}, nullptr, nullptr, nullptr, true) == 0);
+  CHECK(forced_grid_batch<double, split_cfg>(224, 12, 7, 4096, {{1, 0}, {3, 3}, {-1, 0}}, nullptr, nullptr, nullptr, true) == 0);
+}
+
+TEST_CASE("gaussian slow-path lists, two-round drains: small batch on 1 and 2 blocks (racecheck subset)") {
+  CHECK(forced_grid_batch<float, split_cfg>(225, 6, 40, 1500, {{1, 0}, {2, 1}}) == 0);
+  CHECK(forced_grid_batch<lori::bfloat16, split_cfg>(226, 5, 3, 4096, {{1, 0}, {2, 1}}, nullptr, nullptr, nullptr, true) == 0);
 }
 
 TEST_CASE("gaussian row path: one block walks a 640 x 6144 matrix (many block and warp drains mid-piece), float and bf16") {
-  // ~59 K slow elements (~7.4 K per warp with one block: ~480 block drains inside the piece, or with
-  // kNever ~57 warp drains of a list past 128 records); 3 blocks: pieces start and end inside rows; 0:
-  // the default grid; drain period 1: a block drain after every window.
+  // ~59 K slow entries (~7.4 K per warp with one block: ~480 block drains inside the piece, or with
+  // kNever ~75 warp drains of a full list); 3 blocks: pieces start and end inside rows; 0: the
+  // default grid; drain period 1: a block drain after every window.
   const index_t rows = 640, cols = 6144;
   const std::uint64_t seed = 4242, stream = 17;
   const auto a = cpu_projection(rows, cols, seed, stream, projection_spec::gaussian(0.5));

@@ -22,8 +22,8 @@
 // thread x taking units x, x + 256, ... of each piece (block-uniform control flow: the task's Philox
 // key schedule, precomputed on the host, stays in uniform registers).
 // Gaussian tasks (ziggurat, lori/detail/random_ziggurat.hpp) read the layer tables from shared memory;
-// the ~1.5% slow-path elements are deferred to per-warp lists of records in shared memory (ballot +
-// popc appends), which the whole block finishes together every 8 windows in two rounds (see
+// the ~1.5% slow-path elements are deferred to per-warp lists in shared memory (ballot + popc
+// appends), which the whole block finishes together every 8 windows, one entry per thread (see
 // projection_piece_gaussian, gaussian_block_drain). Tasks with aligned rows of a
 // multiple of 1024 floats (2048 bf16) take the row path (projection_piece_gaussian_rows: block-uniform
 // row windows). Launches without a gaussian task use a kernel variant without that code.
@@ -320,23 +320,18 @@ constexpr std::size_t gaussian_tables_bytes = (sizeof(uint2) + sizeof(lori::deta
 /// A configuration of the gaussian kernel variant: KFloat units per thread and window of the row path
 /// for 16-byte units of 4 values (float, double; bf16/fp16 units, 8 values, take 1), MinBlocks blocks
 /// per SM (the register cap), DrainBlocks: Philox blocks per lane between two block drains of the
-/// slow-path lists (gaussian_drain_period), Stagger: block b's first drain comes after
-/// period - b % period windows (the co-resident blocks of an SM drain at different times), HardCap:
-/// capacity of a block drain's round-2 list (tests force 1: its overflow path), Carry: round 2 of a
-/// drain runs during round 1 of the next one (gaussian_block_drain; the last drain of a piece runs
-/// both rounds).
-/// gaussian_cfg_lib is the library's (session 5, H100: see docs/random.md); launch_projection_batch_cfg
+/// slow-path lists (gaussian_drain_period). gaussian_cfg_lib is the library's (session 4, H100: 89.2 us
+/// for the Llama set against 90.9 with 2 units and 91.1 with 5 blocks); launch_projection_batch_cfg
 /// runs others (benchmarks of alternatives in the same process).
-template <int KFloat, int MinBlocks, int DrainBlocks = 8, int Stagger = 1, int HardCap = 64, int Carry = 1>
+/// Split: block drains in two rounds (gaussian_block_drain_split) instead of one.
+template <int KFloat, int MinBlocks, int DrainBlocks = 8, int Split = 0>
 struct gaussian_cfg {
   static constexpr int k_float = KFloat;
   static constexpr int min_blocks = MinBlocks;
   static constexpr int drain_blocks = DrainBlocks;
-  static constexpr int stagger = Stagger;
-  static constexpr unsigned hard_capacity = HardCap;
-  static constexpr int carry = Carry;
+  static constexpr int split = Split;
 };
-using gaussian_cfg_lib = gaussian_cfg<1, 4, 8, 1>;
+using gaussian_cfg_lib = gaussian_cfg<1, 4, 8>;
 
 /// Thread units per window of the row path: C::k_float for float/double, 1 for bf16/fp16 (the library:
 /// 1, i.e. one Philox block per thread and window for float/double, two for bf16/fp16).
@@ -348,119 +343,142 @@ template <class T, class C>
 constexpr unsigned gaussian_lane_blocks = static_cast<unsigned>(gaussian_row_units<T, C> * projection_traits<T>::unit / 4);
 
 /// Windows (steps) between two block drains (gaussian_block_drain): C::drain_blocks Philox blocks per
-/// lane, i.e. ~8 x 32 x 8 x 4 x 1.5% ~ 120 slow elements per block drain in the library.
+/// lane, i.e. ~8 x 32 x 8 x 5.9% ~ 120 entries per block drain in the library.
 template <class T, class C>
 constexpr unsigned gaussian_drain_period =
     C::drain_blocks / static_cast<int>(gaussian_lane_blocks<T, C>) > 0 ? static_cast<unsigned>(C::drain_blocks) / gaussian_lane_blocks<T, C> : 1u;
 
-/// Deferred slow-path work: one record per element that failed the fast test, uint4 {w, i, j, pos}:
-/// its word w, row i, column j (< 2^31), and pos = the slow words consumed (0 in the lists; in the
-/// hard list w is the current candidate, which failed the fast test).
-using gaussian_slow_rec = uint4;
-
-/// Records per warp list: a window appends at most 32 x 4 x gaussian_lane_blocks (every element slow);
-/// a warp whose list holds more than 128 records after a window finishes its list alone
-/// (gaussian_warp_drain), so appends never overflow. The library's lists hold ~15 records between
-/// block drains (Poisson), so that practically never happens there.
-template <class T, class C>
-constexpr unsigned gaussian_list_capacity = 128u + 128u * gaussian_lane_blocks<T, C>;
-
-/// The block's slow-path pool in shared memory (after the tables): one list per warp (appends need no
-/// atomics: the warp's count is a warp-uniform register), the counts published for a block drain and
-/// the drain's round-2 list.
-/// Cap: records per warp list (gaussian_list_capacity); HardCap: round-2 records of a block drain
-/// (~3% of its ~120 records: 64 in the library; more are finished in round 1).
-template <unsigned Cap, unsigned HardCap>
-struct gaussian_pool {
-  gaussian_slow_rec list[projection_warps][Cap];
-  gaussian_slow_rec hard[2][HardCap];  ///< round-2 lists of alternate drains (C::carry; else [0] only)
-  unsigned counts[projection_warps];
-  unsigned nhard[2];
+/// Deferred slow-path work: an entry is one Philox block (4 consecutive elements of a row) with at
+/// least one element that failed the fast test: its four words and meta = {row i, q, -, -} (its
+/// elements are j = 4q .. 4q + 3; q < 2^29 as cols < 2^31 on the GPU). Its pending elements are
+/// recomputed from the words (slow_pending).
+struct alignas(32) gaussian_slow_entry {
+  uint4 words;
+  uint4 meta;
 };
 
-template <class T, class C>
-using gaussian_pool_of = gaussian_pool<gaussian_list_capacity<T, C>, C::hard_capacity>;
+/// Entries per warp list. A window (step) appends at most 32 x gaussian_lane_blocks <= 64 entries; a
+/// warp whose list holds more than capacity - that after a window finishes its list alone
+/// (gaussian_warp_drain), so appends never overflow; the library's lists hold ~30 entries between
+/// block drains (Poisson), so that practically never happens there.
+constexpr unsigned gaussian_list_capacity = 128;
 
-template <class T, class C>
-LORI_DEVICE LORI_FORCEINLINE gaussian_pool_of<T, C>& gaussian_slow_pool() {
+/// The block's slow-path pool in shared memory (after the tables): one list per warp (appends need no
+/// atomics: the warp's count is a warp-uniform register) and the counts published for a block drain.
+struct gaussian_pool {
+  gaussian_slow_entry list[projection_warps][gaussian_list_capacity];
+  unsigned counts[projection_warps];
+  unsigned nhard;  ///< gaussian_block_drain_split: entries left for round 2
+  std::uint16_t hard[projection_warps * gaussian_list_capacity];  ///< their positions: warp << 8 | slot
+};
+
+LORI_DEVICE LORI_FORCEINLINE gaussian_pool& gaussian_slow_pool() {
   extern __shared__ __align__(32) unsigned char projection_smem[];
-  return *reinterpret_cast<gaussian_pool_of<T, C>*>(projection_smem + gaussian_tables_bytes);
+  return *reinterpret_cast<gaussian_pool*>(projection_smem + gaussian_tables_bytes);
 }
 
 /// Dynamic shared memory of the gaussian kernel variant: the two layer tables (6 KB) and the pool
-/// (33 KB for float and double, 49 KB for bf16 and fp16): 4 blocks per SM.
-template <class T, class C>
-constexpr std::size_t gaussian_smem_bytes = gaussian_tables_bytes + sizeof(gaussian_pool_of<T, C>);
+/// (34 KB): 41 KB per block, 4 blocks per SM.
+constexpr std::size_t gaussian_smem_bytes = gaussian_tables_bytes + sizeof(gaussian_pool);
 
-/// Appends the slow elements of every lane's Philox block b (block q of row i; bit t of m: element
-/// 4q + t failed the fast test; m = 0 in lanes outside the piece) to the warp's list, one record each:
-/// the slots by a warp prefix sum of the lanes' counts (one more ballot when no lane has two or more,
-/// three otherwise: 6% of the warps' blocks). count is the warp's (uniform) list length.
-LORI_DEVICE LORI_FORCEINLINE void gaussian_append(gaussian_slow_rec* list, unsigned& count, unsigned m, const philox_block& b, std::uint32_t i,
-                                                  std::uint32_t q, unsigned lt) {
-  const unsigned any = __ballot_sync(0xffffffffu, m != 0u);
-  if (any == 0u) return;
-  const unsigned multi = __ballot_sync(0xffffffffu, (m & (m - 1u)) != 0u);
-  unsigned pre = static_cast<unsigned>(__popc(any & lt)), tot = static_cast<unsigned>(__popc(any));
-  if (multi != 0u) {  // prefix sum of the counts (<= 4): bits 0, 1, 2
-    const auto n = static_cast<unsigned>(__popc(m));
-    pre = 0u;
-    tot = 0u;
+/// Word t of a uint4 (t warp-divergent: selects, no local memory).
+LORI_DEVICE LORI_FORCEINLINE std::uint32_t word_of(const uint4& w, int t) { return t == 0 ? w.x : (t == 1 ? w.y : (t == 2 ? w.z : w.w)); }
+
+/// Bit t set when word t of an entry's block fails the fast test and element 4·q + t lies inside the
+/// row (always, with WholeBlocks).
+template <bool WholeBlocks>
+LORI_DEVICE LORI_FORCEINLINE unsigned slow_pending(const uint4& w, const uint2* table, std::uint32_t q, index_t cols64) {
+  const std::uint32_t j0 = q * 4u;  // < 2^31, and j0 + 3 < 2^32
+  const auto cols = static_cast<std::uint32_t>(cols64);  // < 2^31
+  unsigned pending = 0;
 #pragma unroll
-    for (int bit = 0; bit < 3; ++bit) {
-      const unsigned bb = __ballot_sync(0xffffffffu, ((n >> bit) & 1u) != 0u);
-      pre += static_cast<unsigned>(__popc(bb & lt)) << bit;
-      tot += static_cast<unsigned>(__popc(bb)) << bit;
-    }
+  for (int t = 0; t < 4; ++t) {
+    const std::uint32_t y = word_of(w, t);
+    if (lori::detail::zig_mbits(y) >= table[y & 0xffu].x && (WholeBlocks || j0 + static_cast<std::uint32_t>(t) < cols)) pending |= 1u << t;
   }
-  unsigned slot = count + pre;
-  for (unsigned mm = m; mm != 0u; mm &= mm - 1u) {
-    const int t = __ffs(static_cast<int>(mm)) - 1;
-    list[slot++] = make_uint4(lori::detail::block_word(b, t), i, q * 4u + static_cast<std::uint32_t>(t), 0u);
-  }
-  count += tot;
+  return pending;
 }
 
-/// Finishes slow element r = {candidate w, i, j, pos} by one thread: the whole slow path
-/// (lori::detail::gaussian_slow_attempt until it finishes: wedge or tail tests, further candidates,
-/// the bounded loop's fallback; slow blocks 0 and 1 from the precomputed key schedule, block 1 only
-/// when needed) from its state, then the value is stored over the placeholder.
-template <class T>
-LORI_DEVICE LORI_FORCEINLINE void gaussian_finish_element(const projection_entry<T>& e, const gaussian_slow_rec& r) {
-  const std::uint32_t i = r.y, j = r.z;
-  // Slow blocks 0 and 1 of (i, j): lori::detail::zig_slow_block, with the precomputed key schedule.
-  const std::uint32_t c0 = 0x80000000u | (j >> 2), c1 = ((j & 3u) << 30) | i;
-  const philox_block b0 = lori::detail::philox4x32_10_scheduled(c0, c1, e.stream0, e.stream1, e.rk);
-  philox_block b1{};
-  bool have_b1 = false;
-  auto word = [&](int k) -> std::uint32_t {
-    if (k < 4) return lori::detail::block_word(b0, k);
-    if (!have_b1) {
-      b1 = lori::detail::philox4x32_10_scheduled(c0 | 0x40000000u, c1, e.stream0, e.stream1, e.rk);
-      have_b1 = true;
-    }
-    return lori::detail::block_word(b1, k - 4);
-  };
-  lori::detail::zig_slow_state st{r.x, static_cast<int>(r.w)};
-  float x = 0.0f;
-  while (!lori::detail::gaussian_slow_attempt(st, e.params.scale, word, x, gaussian_layers())) {
+/// Appends the Philox block b = block q of row i to the warp's list when `slow` (some element failed
+/// the fast test; false in lanes outside the piece): one ballot, the lane's slot by popc. count is the
+/// warp's (uniform) list length.
+LORI_DEVICE LORI_FORCEINLINE void gaussian_append(gaussian_slow_entry* list, unsigned& count, bool slow, const philox_block& b, std::uint32_t i,
+                                                  std::uint32_t q, unsigned lt) {
+  const unsigned ballot = __ballot_sync(0xffffffffu, slow);
+  if (slow) {
+    gaussian_slow_entry& s = list[count + static_cast<unsigned>(__popc(ballot & lt))];
+    s.words = make_uint4(b.v[0], b.v[1], b.v[2], b.v[3]);
+    *reinterpret_cast<uint2*>(&s.meta) = make_uint2(i, q);
   }
-  e.out[static_cast<index_t>(i) * e.ld + static_cast<index_t>(j)] = from_float<T>(x);
+  count += static_cast<unsigned>(__popc(ballot));
 }
 
-/// Round 1 of a block drain for a fresh slow element r (pos 0): in a wedge (layer != 0; 98% of the
-/// slow elements), its first slow-path attempt with the words s0, s1 of slow block 0 only
-/// (lori::detail::gaussian_slow_attempt from pos 0: the wedge test with s0, then s1 as the next
-/// candidate and its fast test; the same operations, with the block's tables); finished (99.3%), the
-/// value is stored and true returned. Otherwise r becomes its state for round 2 (a tail element
-/// unchanged; a rejected candidate: w = s1, pos = 2) and false is returned.
-template <class T>
-LORI_DEVICE LORI_FORCEINLINE bool gaussian_first_attempt(const projection_entry<T>& e, const uint2* table, gaussian_slow_rec& r) {
-  const std::uint32_t y = r.x, i = r.y, j = r.z;
-  // Slow block 0 of (i, j): lori::detail::zig_slow_block, with the precomputed key schedule (computed
-  // for tail elements too: the warp stays converged).
-  const philox_block b0 = lori::detail::philox4x32_10_scheduled(0x80000000u | (j >> 2), ((j & 3u) << 30) | i, e.stream0, e.stream1, e.rk);
-  if ((y & 0xffu) == 0u) return false;  // a tail element: round 2
+/// Finishes the pending elements (bits of `pending`) of Philox block q of row i (words wd) by one
+/// thread: the whole slow path (lori::detail::gaussian_slow_attempt until it finishes: wedge or tail
+/// tests, further candidates, the bounded loop's fallback; slow blocks 0 and 1 from the precomputed
+/// key schedule, block 1 only when needed), then the value is stored over the placeholder. The lowest
+/// pending element starts with `pos` slow words consumed (its word the current candidate), the others
+/// fresh.
+template <class T, class C>
+LORI_DEVICE LORI_FORCEINLINE void gaussian_finish_pending(const projection_entry<T>& e, const uint4& wd, std::uint32_t i, std::uint32_t q,
+                                                          unsigned pending, int pos) {
+  while (pending != 0u) {
+    const int t = __ffs(static_cast<int>(pending)) - 1;
+    // Slow blocks 0 and 1 of (i, 4q + t): lori::detail::zig_slow_block, with the precomputed key schedule.
+    const std::uint32_t c0 = 0x80000000u | q, c1 = (static_cast<std::uint32_t>(t) << 30) | i;
+    const philox_block b0 = lori::detail::philox4x32_10_scheduled(c0, c1, e.stream0, e.stream1, e.rk);
+    philox_block b1{};
+    bool have_b1 = false;
+    auto word = [&](int k) -> std::uint32_t {
+      if (k < 4) return lori::detail::block_word(b0, k);
+      if (!have_b1) {
+        b1 = lori::detail::philox4x32_10_scheduled(c0 | 0x40000000u, c1, e.stream0, e.stream1, e.rk);
+        have_b1 = true;
+      }
+      return lori::detail::block_word(b1, k - 4);
+    };
+    lori::detail::zig_slow_state st{word_of(wd, t), pos};
+    float x = 0.0f;
+    while (!lori::detail::gaussian_slow_attempt(st, e.params.scale, word, x, gaussian_layers())) {
+    }
+    e.out[static_cast<index_t>(i) * e.ld + static_cast<index_t>(q * 4u + static_cast<std::uint32_t>(t))] = from_float<T>(x);
+    pending &= pending - 1u;
+    pos = 0;  // the next pending element starts fresh
+  }
+}
+
+/// gaussian_finish_pending for every pending element of entry s.
+template <class T, class C, bool WholeBlocks>
+LORI_DEVICE LORI_FORCEINLINE void gaussian_finish_entry(const projection_entry<T>& e, const uint2* table, const gaussian_slow_entry& s) {
+  gaussian_finish_pending<T, C>(e, s.words, s.meta.x, s.meta.y, slow_pending<WholeBlocks>(s.words, table, s.meta.y, e.cols), 0);
+}
+
+/// w with word t replaced by x.
+LORI_DEVICE LORI_FORCEINLINE void set_word(uint4& w, int t, std::uint32_t x) {
+  w.x = t == 0 ? x : w.x;
+  w.y = t == 1 ? x : w.y;
+  w.z = t == 2 ? x : w.z;
+  w.w = t == 3 ? x : w.w;
+}
+
+/// Round 1 of a two-round drain for Philox block q of row i (words wd, pending != 0): its lowest
+/// pending element, if in a wedge (layer != 0; 98% of the slow elements), gets its first slow-path
+/// attempt with the words s0, s1 of slow block 0 only (lori::detail::gaussian_slow_attempt from
+/// pos 0: the wedge test with s0, then s1 as the next candidate and its fast test; same operations,
+/// with the block's tables); finished (99.3%), its value is stored and its word zeroed (a zero word
+/// passes the fast test: layer 0, m = 1 < k_0). Returns the elements still pending; pos = the slow
+/// words consumed by the lowest of them (2 after a rejected wedge candidate, whose successor s1
+/// replaces its word; 0 for a tail element or a fresh one).
+template <class T, class C>
+LORI_DEVICE LORI_FORCEINLINE unsigned gaussian_first_attempt(const projection_entry<T>& e, const uint2* table, uint4& wd, std::uint32_t i,
+                                                             std::uint32_t q, unsigned pending, unsigned& pos) {
+  const int t = __ffs(static_cast<int>(pending)) - 1;
+  const std::uint32_t y = word_of(wd, t);
+  pos = 0u;
+  if ((y & 0xffu) == 0u) return pending;  // a tail element: round 2
+  // Slow block 0 of (i, 4q + t): lori::detail::zig_slow_block, with the precomputed key schedule.
+  const philox_block b0 =
+      lori::detail::philox4x32_10_scheduled(0x80000000u | q, (static_cast<std::uint32_t>(t) << 30) | i, e.stream0, e.stream1, e.rk);
   const lori::detail::zig_layer z = gaussian_layers()[y & 0xffu];
   const float m = bits_float(lori::detail::zig_mbits(y));
   const float xu = lori::detail::rnd_fma(m, z.w, -z.w);
@@ -472,49 +490,71 @@ LORI_DEVICE LORI_FORCEINLINE bool gaussian_first_attempt(const projection_entry<
     const std::uint32_t c1 = b0.v[1];
     const uint2 z2 = table[c1 & 0xffu];
     if (lori::detail::zig_mbits(c1) >= z2.x) {
-      r.x = c1;  // the rejected candidate's successor, which failed the fast test
-      r.w = 2u;  // s0, s1 consumed
-      return false;
+      set_word(wd, t, c1);  // the rejected candidate's successor, which failed the fast test
+      pos = 2u;             // s0, s1 consumed
+      return pending;
     }
     v = lori::detail::zig_value(c1, bits_float(z2.y));
   }
-  e.out[static_cast<index_t>(i) * e.ld + static_cast<index_t>(j)] = from_float<T>(v);
-  return true;
+  e.out[static_cast<index_t>(i) * e.ld + static_cast<index_t>(q * 4u + static_cast<std::uint32_t>(t))] = from_float<T>(v);
+  set_word(wd, t, 0u);
+  return pending & (pending - 1u);
 }
 
-/// The warp finishes its own list (an overflow guard: more than 128 records after a window). The first
-/// __syncwarp orders the appends and the placeholder stores of all lanes before the reads and the
-/// fix-ups, the second the reads before later appends.
-template <class T>
-LORI_DEVICE LORI_FORCEINLINE void gaussian_warp_drain(const projection_entry<T>& e, const gaussian_slow_rec* list, unsigned& count, unsigned lane) {
+/// The warp finishes its own list (an overflow guard: a list with more than capacity - 32 x
+/// gaussian_lane_blocks entries after a window). The first __syncwarp orders the appends and the
+/// placeholder stores of all lanes before the reads and the fix-ups, the second the reads before
+/// later appends.
+template <class T, class C, bool WholeBlocks>
+LORI_DEVICE LORI_FORCEINLINE void gaussian_warp_drain(const projection_entry<T>& e, const uint2* table, gaussian_slow_entry* list, unsigned& count,
+                                                      unsigned lane) {
   __syncwarp();
-  for (unsigned r = lane; r < count; r += 32u) gaussian_finish_element(e, list[r]);
+  for (unsigned r = lane; r < count; r += 32u) gaussian_finish_entry<T, C, WholeBlocks>(e, table, list[r]);
   __syncwarp();
   count = 0u;
 }
 
-/// The block finishes the lists of all its warps (block-uniform call), in two rounds, so that the
-/// common case runs without the divergent rare code: each warp publishes its count; round 1: thread x
-/// takes records x, x + 256, ... of the concatenated lists (gaussian_first_attempt), so the slow
-/// elements of the last windows are spread evenly over the block; the ~3% that need more (tail
-/// elements, rejected candidates) go to a hard list (one shared atomic per warp; beyond its capacity
-/// they are finished at once); round 2 finishes the hard list (gaussian_finish_element). With
-/// C::carry, round 2 of a drain runs during round 1 of the next one, from the top threads down (thread
-/// 255 - h takes hard record h; the fresh records fill the threads from 0 up, ~120 of them), so a drain
-/// has two barriers and one dependent chain instead of three and two: the hard lists alternate
-/// (`parity`, block-uniform; both counts are zeroed at the start of a piece: gaussian_piece_start);
-/// `last` (the end of a piece) also runs round 2 of its own hard list.
-/// Barriers: before round 1 (appends and placeholder stores of every warp before the reads and
-/// fix-ups; the hard list of the previous drain), before a round 2 of this drain's list, after (reads
-/// before later appends and, at the end of a piece, before the table is rescaled).
-template <class T, class C>
-LORI_DEVICE LORI_FORCEINLINE void gaussian_block_drain(const projection_entry<T>& e, const uint2* table, unsigned& count, unsigned& parity, bool last) {
-  constexpr unsigned HardCap = C::hard_capacity;
-  gaussian_pool_of<T, C>& pool = gaussian_slow_pool<T, C>();
+/// The block finishes the lists of all its warps (block-uniform call): each warp publishes its count,
+/// then thread x takes entries x, x + 256, ... of the concatenated lists, so the ~1.5% slow elements
+/// of the last windows are spread evenly over the block (no warp waits for its own unlucky lanes) and
+/// run one per thread, with thousands in flight per SM. The first barrier orders the appends and the
+/// placeholder stores of every warp before the reads and fix-ups, the second the reads before later
+/// appends (and, at the end of a piece, before the table is rescaled).
+template <class T, class C, bool WholeBlocks>
+LORI_DEVICE LORI_FORCEINLINE void gaussian_block_drain(const projection_entry<T>& e, const uint2* table, unsigned& count) {
+  gaussian_pool& pool = gaussian_slow_pool();
+  const unsigned x = threadIdx.x;
+  if ((x & 31u) == 0u) pool.counts[x >> 5] = count;
+  __syncthreads();
+  unsigned total = 0u;
+#pragma unroll
+  for (int w = 0; w < projection_warps; ++w) total += pool.counts[w];
+  for (unsigned r = x; r < total; r += projection_threads) {
+    unsigned w = 0u, k = r;
+    while (k >= pool.counts[w]) {  // terminates: r < total
+      k -= pool.counts[w];
+      ++w;
+    }
+    gaussian_finish_entry<T, C, WholeBlocks>(e, table, pool.list[w][k]);
+  }
+  __syncthreads();
+  count = 0u;
+}
+
+/// gaussian_block_drain in two rounds, so that the common case runs without the divergent rare code.
+/// Round 1, every entry (thread x: entries x, x + 256, ...): gaussian_first_attempt for its lowest
+/// pending element; an entry with work left (another pending element, a tail element, a rejected
+/// candidate: ~6% of the entries) is written back with its state (meta.z = pos) and its position
+/// pushed to the hard list (one shared atomic per warp). Round 2: thread x takes hard entries x,
+/// x + 256, ... and finishes them (gaussian_finish_pending). Three barriers: before round 1 (appends,
+/// placeholder stores), before round 2 (round 1's write-backs and pushes), after (reads before later
+/// appends).
+template <class T, class C, bool WholeBlocks>
+LORI_DEVICE LORI_FORCEINLINE void gaussian_block_drain_split(const projection_entry<T>& e, const uint2* table, unsigned& count) {
+  gaussian_pool& pool = gaussian_slow_pool();
   const unsigned x = threadIdx.x, lane = x & 31u;
-  const unsigned cur = C::carry != 0 ? parity ^ 1u : 0u;  // this drain's hard list
   if (lane == 0u) pool.counts[x >> 5] = count;
-  if (x == 0u) pool.nhard[cur] = 0u;
+  if (x == 0u) pool.nhard = 0u;
   __syncthreads();
   unsigned total = 0u;
 #pragma unroll
@@ -523,86 +563,77 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_block_drain(const projection_entry<T>
   for (unsigned r0 = 0u; r0 < total; r0 += projection_threads) {  // block-uniform trip count: full-warp ballots
     const unsigned r = r0 + x;
     bool hard = false;
-    gaussian_slow_rec rec = make_uint4(0u, 0u, 0u, 0u);
+    unsigned w = 0u, k = r;
     if (r < total) {
-      unsigned w = 0u, k = r;
       while (k >= pool.counts[w]) {  // terminates: r < total
         k -= pool.counts[w];
         ++w;
       }
-      rec = pool.list[w][k];
-      hard = !gaussian_first_attempt(e, table, rec);
+      gaussian_slow_entry& s = pool.list[w][k];
+      uint4 wd = s.words;
+      const std::uint32_t i = s.meta.x, q = s.meta.y;
+      unsigned pending = slow_pending<WholeBlocks>(wd, table, q, e.cols);
+      if (pending != 0u) {
+        unsigned pos = 0u;
+        pending = gaussian_first_attempt<T, C>(e, table, wd, i, q, pending, pos);
+        hard = pending != 0u;
+        if (hard) {
+          s.words = wd;
+          s.meta.z = pos;
+        }
+      }
     }
     const unsigned ballot = __ballot_sync(0xffffffffu, hard);
     if (ballot != 0u) {
       unsigned base = 0u;
-      if (lane == 0u) base = atomicAdd(&pool.nhard[cur], static_cast<unsigned>(__popc(ballot)));
+      if (lane == 0u) base = atomicAdd(&pool.nhard, static_cast<unsigned>(__popc(ballot)));
       base = __shfl_sync(0xffffffffu, base, 0);
-      const unsigned slot = base + static_cast<unsigned>(__popc(ballot & lt));
-      if (hard) {
-        if (slot < HardCap) {
-          pool.hard[cur][slot] = rec;
-        } else {
-          gaussian_finish_element(e, rec);
-        }
-      }
+      if (hard) pool.hard[base + static_cast<unsigned>(__popc(ballot & lt))] = static_cast<std::uint16_t>(w << 8 | k);
     }
   }
-  if constexpr (C::carry != 0) {
-    // Round 2 of the previous drain (of this piece; its list was written before the barrier above).
-    const unsigned prev = parity;
-    const unsigned nprev = pool.nhard[prev] < HardCap ? pool.nhard[prev] : HardCap;
-    for (unsigned h = projection_threads - 1u - x; h < nprev; h += projection_threads) gaussian_finish_element(e, pool.hard[prev][h]);
-    parity = cur;
-  }
-  if (C::carry == 0 || last) {
-    __syncthreads();
-    const unsigned nhard = pool.nhard[cur] < HardCap ? pool.nhard[cur] : HardCap;
-    for (unsigned h = x; h < nhard; h += projection_threads) gaussian_finish_element(e, pool.hard[cur][h]);
+  __syncthreads();
+  const unsigned nhard = pool.nhard;
+  for (unsigned h = x; h < nhard; h += projection_threads) {
+    const unsigned at = pool.hard[h];
+    const gaussian_slow_entry& s = pool.list[at >> 8][at & 0xffu];
+    gaussian_finish_pending<T, C>(e, s.words, s.meta.x, s.meta.y, slow_pending<WholeBlocks>(s.words, table, s.meta.y, e.cols),
+                                  static_cast<int>(s.meta.z));
   }
   __syncthreads();
   count = 0u;
 }
 
-/// The start of a gaussian piece: thread 0 zeroes the hard-list counts (C::carry: the first drain of
-/// the piece reads the "previous" one; the previous piece's reads ended at its last barrier, this
-/// piece's first read comes after its first drain's first barrier).
-template <class T, class C>
-LORI_DEVICE LORI_FORCEINLINE void gaussian_piece_start() {
-  if (threadIdx.x == 0u) {
-    gaussian_pool_of<T, C>& pool = gaussian_slow_pool<T, C>();
-    pool.nhard[0] = 0u;
-    pool.nhard[1] = 0u;
+/// The block drain of configuration C (gaussian_block_drain or, with C::split, gaussian_block_drain_split).
+template <class T, class C, bool WholeBlocks>
+LORI_DEVICE LORI_FORCEINLINE void gaussian_drain_all(const projection_entry<T>& e, const uint2* table, unsigned& count) {
+  if constexpr (C::split != 0) {
+    gaussian_block_drain_split<T, C, WholeBlocks>(e, table, count);
+  } else {
+    gaussian_block_drain<T, C, WholeBlocks>(e, table, count);
   }
 }
 
 /// After a window (step) of a gaussian piece and its stores (block-uniform call): every `period`
 /// windows the block drains all lists; otherwise a warp whose list could overflow in the next window
 /// drains its own.
-template <class T, class C>
-LORI_DEVICE LORI_FORCEINLINE void gaussian_after_window(const projection_entry<T>& e, const uint2* table, const gaussian_slow_rec* list, unsigned& count,
-                                                        unsigned& since, unsigned& parity, unsigned period, unsigned lane) {
+template <class T, class C, bool WholeBlocks>
+LORI_DEVICE LORI_FORCEINLINE void gaussian_after_window(const projection_entry<T>& e, const uint2* table, gaussian_slow_entry* list, unsigned& count,
+                                                        unsigned& since, unsigned period, unsigned lane) {
   if (++since >= period) {
-    gaussian_block_drain<T, C>(e, table, count, parity, false);
+    gaussian_drain_all<T, C, WholeBlocks>(e, table, count);
     since = 0u;
-  } else if (count > 128u) {
-    gaussian_warp_drain(e, list, count, lane);
+  } else if (count > gaussian_list_capacity - 32u * gaussian_lane_blocks<T, C>) {
+    gaussian_warp_drain<T, C, WholeBlocks>(e, table, list, count, lane);
   }
-}
-
-/// Windows counted before a piece's first window (block-uniform): b % period with C::stagger, so the
-/// blocks of an SM (b, b + #SMs, ...) drain at different times.
-template <class C>
-LORI_DEVICE LORI_FORCEINLINE unsigned gaussian_drain_phase(unsigned period) {
-  return C::stagger != 0 ? blockIdx.x % period : 0u;
 }
 
 /// Units [r0, r1) of gaussian matrix e by the block (thread x: units r0 + x, r0 + x + 256, ...); see
 /// lori/detail/random_ziggurat.hpp for the element formula. Every element takes the fast path from the
-/// block's table (a placeholder where the fast test fails); each failing element is appended to the
-/// warp's list (gaussian_append), and every `period` steps (and at the end of the piece) the whole
-/// block finishes all lists (gaussian_block_drain). Warps wait for each other only at those drains and
-/// when the table is rescaled for a new sigma (block-uniform: pieces are block-uniform).
+/// block's table (a placeholder where the fast test fails); each Philox block with a failing element
+/// is appended to the warp's list (gaussian_append), and every `period` steps (and at the end of the
+/// piece) the whole block finishes all lists (gaussian_block_drain). Warps wait for each other only at
+/// those drains and when the table is rescaled for a new sigma (block-uniform: pieces are
+/// block-uniform).
 /// table_sigma: the sigma the table holds (0: not filled yet; sigma > 0 always).
 template <class T, class C>
 LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projection_entry<T>& e, index_t r0, index_t r1, unsigned lt,
@@ -630,10 +661,8 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian(const projection_ent
     projection_piece_gaussian_rows<T, C>(e, r0, r1, lt, period, table);
     return;
   }
-  gaussian_slow_rec* list = gaussian_slow_pool<T, C>().list[x >> 5];
-  unsigned count = 0u, since = gaussian_drain_phase<C>(period), parity = 0u;
-  gaussian_piece_start<T, C>();
-  const auto cols = static_cast<std::uint32_t>(e.cols);  // < 2^31
+  gaussian_slow_entry* list = gaussian_slow_pool().list[x >> 5];
+  unsigned count = 0u, since = 0u;
   unit_cursor<T> p = cursor_at(e, r0 + x);
   // A block-uniform loop and body (every warp runs every step; lanes beyond the piece are inactive).
   // (Two units per thread and step measured slower in session 3: 93.8 against 85.3 us, H200.)
@@ -645,26 +674,21 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian(const projection_ent
     for (int h = 0; h < U / 4; ++h) {
       const std::uint32_t q = static_cast<std::uint32_t>(U / 4) * p.c + static_cast<std::uint32_t>(h);
       const philox_block b = lori::detail::philox4x32_10_scheduled(q, p.i, e.stream0, e.stream1, e.rk);
-      unsigned m = 0u;
+      bool slow = false;
 #pragma unroll
       for (int t = 0; t < 4; ++t) {
         const std::uint32_t w = b.v[t];
         const uint2 z = table[w & 0xffu];
         v[4 * h + t] = lori::detail::zig_value(w, bits_float(z.y));
-        if (lori::detail::zig_mbits(w) >= z.x) m |= 1u << t;
+        slow = slow || lori::detail::zig_mbits(w) >= z.x;
       }
-      // Elements of the row only (a unit's second block (bf16, fp16) may start beyond it), of active
-      // lanes.
-      const std::uint32_t j0 = q * 4u;  // < 2^31 + 8
-      const std::uint32_t inside = cols > j0 ? cols - j0 : 0u;
-      m &= active ? (inside >= 4u ? 0xfu : (1u << inside) - 1u) : 0u;
-      gaussian_append(list, count, m, b, p.i, q, lt);
+      gaussian_append(list, count, slow && active, b, p.i, q, lt);
     }
     if (active) store_unit_at<T, U>(e, p, v);
-    gaussian_after_window<T, C>(e, table, list, count, since, parity, period, lane);
+    gaussian_after_window<T, C, false>(e, table, list, count, since, period, lane);
     advance_step(e, p);
   }
-  if (since != 0u || C::carry != 0) gaussian_block_drain<T, C>(e, table, count, parity, true);  // carry: a hard list may be left
+  if (since != 0u) gaussian_drain_all<T, C, false>(e, table, count);
 }
 
 /// Philox4x32-10 of counter {q, i, stream0, stream1} (lori::detail::philox4x32_10_scheduled) with the
@@ -786,9 +810,8 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projectio
   constexpr int K = gaussian_row_units<T, C>;
   constexpr auto S = static_cast<std::uint32_t>(projection_threads * K);
   const unsigned x = threadIdx.x, lane = x & 31u;
-  gaussian_slow_rec* list = gaussian_slow_pool<T, C>().list[x >> 5];
-  unsigned count = 0u, since = gaussian_drain_phase<C>(period), parity = 0u;
-  gaussian_piece_start<T, C>();
+  gaussian_slow_entry* list = gaussian_slow_pool().list[x >> 5];
+  unsigned count = 0u, since = 0u;
   // The window holding r0 (block-uniform): row i, first unit c (a multiple of S). In whole windows
   // (w0 and upr are multiples of S; units < 2^40, so w0 / S < 2^32): 32-bit arithmetic only (a
   // 64-bit division, a subroutine call, makes the compiler drop the uniformity of everything after).
@@ -827,16 +850,16 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projectio
       for (int h = 0; h < U / 4; ++h) {
         const std::uint32_t q = static_cast<std::uint32_t>(U / 4) * cu + static_cast<std::uint32_t>(h);
         const philox_block b = philox_row(q, e, tk, rw);
-        unsigned m = 0u;
+        bool slow = false;
 #pragma unroll
         for (int t = 0; t < 4; ++t) {
           const std::uint32_t w = b.v[t];
           const uint2 z = table[w & 0xffu];
           v[4 * h + t] = lori::detail::zig_value(w, bits_float(z.y));
-          if (lori::detail::zig_mbits(w) >= z.x) m |= 1u << t;
+          slow = slow || lori::detail::zig_mbits(w) >= z.x;
         }
-        if constexpr (Masked) m = active ? m : 0u;
-        gaussian_append(list, count, m, b, i, q, lt);
+        if constexpr (Masked) slow = slow && active;
+        gaussian_append(list, count, slow, b, i, q, lt);
       }
       if (active) store(dst0 + k * projection_threads * U, v);
     }
@@ -851,7 +874,7 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projectio
       rw = make_gaussian_row_keys(e, tk, i);
     }
   };
-  auto after = [&] { gaussian_after_window<T, C>(e, table, list, count, since, parity, period, lane); };
+  auto after = [&] { gaussian_after_window<T, C, true>(e, table, list, count, since, period, lane); };
   // A masked first window (the piece starts inside it, or it is the only one and ends early), then
   // the whole windows, then a masked last window (the piece ends inside it).
   if (lo != 0u || (n == 1u && hi_last != S)) {
@@ -875,7 +898,7 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projectio
     window(std::true_type{}, hi_last);
     after();
   }
-  if (since != 0u || C::carry != 0) gaussian_block_drain<T, C>(e, table, count, parity, true);  // carry: a hard list may be left
+  if (since != 0u) gaussian_drain_all<T, C, true>(e, table, count);
 }
 
 /// Units [r0, r1) of matrix e by the block, any law. WithGaussian: the kernel variant with the gaussian
@@ -1126,7 +1149,7 @@ projection_batch_plan<T> prepare_projection_batch(const projection_task<T>* task
   plan.units = units;
   if (units > 0) {
     plan.blocks = plan.has_gaussian ? detail_proj::projection_grid(detail_proj::projection_kernel<T, true, detail_proj::projection_batch_source<T>>, units,
-                                                              detail_proj::gaussian_smem_bytes<T, detail_proj::gaussian_cfg_lib>)
+                                                              detail_proj::gaussian_smem_bytes)
                                     : detail_proj::projection_grid(detail_proj::projection_kernel<T, false, detail_proj::projection_batch_source<T>>, units, 0);
   }
   return plan;
@@ -1153,9 +1176,7 @@ void launch_projection_batch(const projection_batch_plan<T>& plan, index_t block
       make_projection_split(plan.units, blocks, plan.has_gaussian ? gaussian_row_window<T, C> : 0,
                             drain_period > 0 ? drain_period : gaussian_drain_period<T, C>, rows);
   if (plan.has_gaussian) {
-    // prepare_projection_batch configured the library's kernel (dynamic shared memory above 48 KB).
-    if constexpr (!std::is_same_v<C, gaussian_cfg_lib>) configure_projection_kernel(projection_kernel<T, true, projection_batch_source<T>, C>, gaussian_smem_bytes<T, C>);
-    projection_kernel<T, true, projection_batch_source<T>, C><<<static_cast<unsigned>(blocks), projection_threads, gaussian_smem_bytes<T, C>, stream>>>(src, split);
+    projection_kernel<T, true, projection_batch_source<T>, C><<<static_cast<unsigned>(blocks), projection_threads, gaussian_smem_bytes, stream>>>(src, split);
   } else {
     projection_kernel<T, false><<<static_cast<unsigned>(blocks), projection_threads, 0, stream>>>(src, split);
   }
@@ -1168,7 +1189,7 @@ void launch_projection_batch(const projection_batch_plan<T>& plan, index_t block
 template <class C, class T>
 index_t projection_grid_cfg(const projection_batch_plan<T>& plan) {
   LORI_EXPECTS(plan.has_gaussian && plan.units > 0 && plan.workspace != nullptr, "projection_grid_cfg: needs a gaussian plan");
-  return projection_grid(projection_kernel<T, true, projection_batch_source<T>, C>, plan.units, gaussian_smem_bytes<T, C>);
+  return projection_grid(projection_kernel<T, true, projection_batch_source<T>, C>, plan.units, gaussian_smem_bytes);
 }
 template <class C, class T>
 void launch_projection_batch_cfg(const projection_batch_plan<T>& plan, index_t blocks, cudaStream_t stream) {
@@ -1177,7 +1198,7 @@ void launch_projection_batch_cfg(const projection_batch_plan<T>& plan, index_t b
   const auto* base = static_cast<const unsigned char*>(plan.workspace);
   const projection_batch_source<T> src{reinterpret_cast<const projection_entry_storage<T>*>(base),
                                        reinterpret_cast<const index_t*>(base + round_up16(n * sizeof(projection_entry_storage<T>))), plan.count};
-  projection_kernel<T, true, projection_batch_source<T>, C><<<static_cast<unsigned>(blocks), projection_threads, gaussian_smem_bytes<T, C>, stream>>>(
+  projection_kernel<T, true, projection_batch_source<T>, C><<<static_cast<unsigned>(blocks), projection_threads, gaussian_smem_bytes, stream>>>(
       src, make_projection_split(plan.units, blocks, gaussian_row_window<T, C>, gaussian_drain_period<T, C>));
   LORI_CUDA_CHECK_LAUNCH();
 }
@@ -1199,7 +1220,7 @@ void generate_projection_blocks(row_major_view<T> out, std::uint64_t seed, std::
   src.starts[1] = units;
   if (t.params.kind == distribution::gaussian) {
     const auto kernel = projection_kernel<T, true, projection_single_source<T>>;
-    constexpr std::size_t smem = gaussian_smem_bytes<T, gaussian_cfg_lib>;
+    constexpr std::size_t smem = gaussian_smem_bytes;
     index_t grid = blocks;
     if (blocks > 0) {
       configure_projection_kernel(kernel, smem);
