@@ -1,7 +1,8 @@
 // bench/random/projection_main.cuh - GENERATED for the benchmark only: main's lori/cuda/projection.cuh before
-// session 5 (git show 322fbcf:include/lori/cuda/projection.cuh: per-warp easy/hard rings), moved to namespace
-// lori::cuda_main, so that BM_gpu_generate_llama3_8b_r32_main measures the previous kernel in the same
-// process. Not a library header; removed after the comparison.
+// session 5 (git show 322fbcf:include/lori/cuda/projection.cuh: per-warp easy/hard rings) with the
+// re-queue appends as one helper (ring_append), moved to namespace lori::cuda_main, so that
+// BM_gpu_generate_llama3_8b_r32_main measures the previous kernel in the same process. Not a library
+// header; removed after the comparison.
 // lori/cuda/projection.cuh - random projections A = f(seed, stream, shape, distribution) on the GPU.
 //
 // Generates exactly the matrices of lori/random/projection.hpp (same bits as the CPU, element for
@@ -381,6 +382,21 @@ struct gaussian_queue_states {
   gaussian_queue_state hard;
 };
 
+/// Appends {words, meta} of every lane with `pred` to a ring (ring: its entries, mask: its capacity
+/// - 1, qs: its state; warp-uniform) after its qs.count waiting entries: one ballot, the lane's slot by
+/// popc (the re-queue of the easy and hard passes).
+template <class Entry>
+LORI_DEVICE LORI_FORCEINLINE void ring_append(Entry* ring, unsigned mask, gaussian_queue_state& qs, bool pred, const uint4& words, const uint4& meta,
+                                              unsigned lt) {
+  const unsigned ballot = __ballot_sync(0xffffffffu, pred);
+  if (pred) {
+    const unsigned slot = (qs.head + qs.count + static_cast<unsigned>(__popc(ballot & lt))) & mask;
+    ring[slot].words = words;
+    ring[slot].meta = meta;
+  }
+  qs.count += static_cast<unsigned>(__popc(ballot));
+}
+
 /// This warp's queue (one per warp of the block).
 template <unsigned Cap>
 LORI_DEVICE LORI_FORCEINLINE gaussian_warp_queue<Cap>& gaussian_queue() {
@@ -485,14 +501,7 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_hard_pass(const projection_entry<T>& 
       meta.y = q | (static_cast<std::uint32_t>(st.pos) << 29);  // pos <= 6
     }
   }
-  const bool again = pending != 0u;
-  const unsigned back = __ballot_sync(0xffffffffu, again);
-  if (again) {
-    const unsigned slot = (qs.head + qs.count + static_cast<unsigned>(__popc(back & lt))) & queue::hard_mask;
-    qu.h[slot].words = w;
-    qu.h[slot].meta = meta;
-  }
-  qs.count += static_cast<unsigned>(__popc(back));
+  ring_append(qu.h, queue::hard_mask, qs, pending != 0u, w, meta, lt);
 }
 
 /// One pass over the oldest n <= 32 entries of the warp's easy ring (fresh entries: pos = 0). Lane
@@ -561,21 +570,8 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_easy_pass(const projection_entry<T>& 
       hard = true;
     }
   }
-  const bool again = !hard && pending != 0u;
-  const unsigned back = __ballot_sync(0xffffffffu, again);
-  if (again) {
-    const unsigned s2 = (qs.easy.head + qs.easy.count + static_cast<unsigned>(__popc(back & lt))) & queue::mask;
-    qu.e[s2].words = w;
-    qu.e[s2].meta = meta;
-  }
-  qs.easy.count += static_cast<unsigned>(__popc(back));
-  const unsigned moved = __ballot_sync(0xffffffffu, hard);
-  if (hard) {
-    const unsigned s2 = (qs.hard.head + qs.hard.count + static_cast<unsigned>(__popc(moved & lt))) & queue::hard_mask;
-    qu.h[s2].words = w;
-    qu.h[s2].meta = meta;
-  }
-  qs.hard.count += static_cast<unsigned>(__popc(moved));
+  ring_append(qu.e, queue::mask, qs.easy, !hard && pending != 0u, w, meta, lt);
+  ring_append(qu.h, queue::hard_mask, qs.hard, hard, w, meta, lt);
 }
 
 /// Works off the warp's queues after a step (at = pass_at): easy passes while at least `at` entries
