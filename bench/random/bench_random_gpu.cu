@@ -178,7 +178,8 @@ void BM_gpu_generate_tiny(benchmark::State& state) {
 // DrainBlocks, Split>: row-path units per thread and window, blocks per SM, Philox blocks per lane
 // between block drains, two-round drains), same plan. Float: /0 = two-round drains, /1 = drains every
 // 4 windows, /2 = every 16. bf16 (_bf16_cfg, 2 Philox blocks per lane and window): /0 = drains every
-// 8 windows, /1 = every 2, /2 = two-round drains. The library's: 1 unit, 4 blocks, 8 Philox blocks per
+// 8 windows, /1 = every 2, /2 = two-round drains. /3 (both): no block drains inside pieces, warps
+// finish their own lists at 32 entries. The library's: 1 unit, 4 blocks, 8 Philox blocks per
 // lane (float: 8 windows; bf16: 4), one round (BM_gpu_generate_llama3_8b_r32/1, _bf16/1).
 template <class T>
 void generate_llama_cfg(benchmark::State& state) {
@@ -196,13 +197,15 @@ void generate_llama_cfg(benchmark::State& state) {
     switch (state.range(0)) {
       case 0: run(d::gaussian_cfg<1, 4, 8, 1>{}); break;
       case 1: run(d::gaussian_cfg<1, 4, 4>{}); break;
-      default: run(d::gaussian_cfg<1, 4, 16>{}); break;
+      case 2: run(d::gaussian_cfg<1, 4, 16>{}); break;
+      default: run(d::gaussian_cfg<1, 4, 8, 0, 32>{}); break;
     }
   } else {
     switch (state.range(0)) {
       case 0: run(d::gaussian_cfg<1, 4, 16>{}); break;
       case 1: run(d::gaussian_cfg<1, 4, 4>{}); break;
-      default: run(d::gaussian_cfg<1, 4, 8, 1>{}); break;
+      case 2: run(d::gaussian_cfg<1, 4, 8, 1>{}); break;
+      default: run(d::gaussian_cfg<1, 4, 8, 0, 32>{}); break;
     }
   }
   state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * n);
@@ -263,7 +266,7 @@ BENCHMARK(BM_gpu_generate_llama3_8b_r32_main_bf16)->Arg(1)->UseManualTime()->Uni
 BENCHMARK(BM_gpu_generate_llama3_8b_r32_general_path)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_generate_llama3_8b_r32_x10)->Arg(0)->Arg(1)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_generate_tiny)->Arg(0)->Arg(1)->UseManualTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_gpu_generate_llama3_8b_r32_cfg)->DenseRange(0, 2)->UseManualTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_gpu_generate_llama3_8b_r32_bf16_cfg)->DenseRange(0, 2)->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_gpu_generate_llama3_8b_r32_cfg)->DenseRange(0, 3)->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_gpu_generate_llama3_8b_r32_bf16_cfg)->DenseRange(0, 3)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_generate_single_32x1245184)->Arg(0)->Arg(1)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_baseline_curand_normal)->UseManualTime()->Unit(benchmark::kMicrosecond);

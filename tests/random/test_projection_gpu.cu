@@ -505,6 +505,17 @@ TEST_CASE("gaussian slow-path lists, two-round drains: forced grids, general and
   CHECK(forced_grid_batch<double, split_cfg>(224, 12, 7, 4096, {{1, 0}, {3, 3}, {-1, 0}}, nullptr, nullptr, nullptr, true) == 0);
 }
 
+// Warps that finish their own lists at 32 entries (gaussian_cfg WarpAt = 32), block drains only at
+// the ends of pieces.
+TEST_CASE("gaussian slow-path lists, warp drains: forced grids, general and row path") {
+  using warp_cfg = lori::cuda::detail_proj::gaussian_cfg<1, 4, 8, 0, 32>;
+  const std::vector<forced_launch> grids = {{1, 0}, {2, 0}, {-1, 0}, {1, 0, 0}};
+  CHECK(forced_grid_batch<float, warp_cfg>(227, 40, 70, 3000, grids) == 0);
+  CHECK(forced_grid_batch<lori::bfloat16, warp_cfg>(228, 40, 70, 3000, grids) == 0);
+  CHECK(forced_grid_batch<float, warp_cfg>(229, 24, 9, 6144, grids, nullptr, nullptr, nullptr, true) == 0);
+  CHECK(forced_grid_batch<lori::bfloat16, warp_cfg>(230, 24, 9, 6144, grids, nullptr, nullptr, nullptr, true) == 0);
+}
+
 TEST_CASE("gaussian slow-path lists, two-round drains: small batch on 1 and 2 blocks (racecheck subset)") {
   CHECK(forced_grid_batch<float, split_cfg>(225, 6, 40, 1500, {{1, 0}, {2, 1}}) == 0);
   CHECK(forced_grid_batch<lori::bfloat16, split_cfg>(226, 5, 3, 4096, {{1, 0}, {2, 1}}, nullptr, nullptr, nullptr, true) == 0);

@@ -324,12 +324,15 @@ constexpr std::size_t gaussian_tables_bytes = (sizeof(uint2) + sizeof(lori::deta
 /// for the Llama set against 90.9 with 2 units and 91.1 with 5 blocks); launch_projection_batch_cfg
 /// runs others (benchmarks of alternatives in the same process).
 /// Split: block drains in two rounds (gaussian_block_drain_split) instead of one.
-template <int KFloat, int MinBlocks, int DrainBlocks = 8, int Split = 0>
+/// WarpAt > 0: no block drains inside a piece; a warp finishes its own list whenever it holds WarpAt
+/// entries after a window (gaussian_warp_drain; the last drain of a piece is a block drain).
+template <int KFloat, int MinBlocks, int DrainBlocks = 8, int Split = 0, int WarpAt = 0>
 struct gaussian_cfg {
   static constexpr int k_float = KFloat;
   static constexpr int min_blocks = MinBlocks;
   static constexpr int drain_blocks = DrainBlocks;
   static constexpr int split = Split;
+  static constexpr unsigned warp_at = WarpAt;
 };
 using gaussian_cfg_lib = gaussian_cfg<1, 4, 8>;
 
@@ -346,7 +349,8 @@ constexpr unsigned gaussian_lane_blocks = static_cast<unsigned>(gaussian_row_uni
 /// lane, i.e. ~8 x 32 x 8 x 5.9% ~ 120 entries per block drain in the library.
 template <class T, class C>
 constexpr unsigned gaussian_drain_period =
-    C::drain_blocks / static_cast<int>(gaussian_lane_blocks<T, C>) > 0 ? static_cast<unsigned>(C::drain_blocks) / gaussian_lane_blocks<T, C> : 1u;
+    C::warp_at > 0 ? (1u << 30)
+                   : (C::drain_blocks / static_cast<int>(gaussian_lane_blocks<T, C>) > 0 ? static_cast<unsigned>(C::drain_blocks) / gaussian_lane_blocks<T, C> : 1u);
 
 /// Deferred slow-path work: an entry is one Philox block (4 consecutive elements of a row) with at
 /// least one element that failed the fast test: its four words and meta = {row i, q, -, -} (its
@@ -622,7 +626,7 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_after_window(const projection_entry<T
   if (++since >= period) {
     gaussian_drain_all<T, C, WholeBlocks>(e, table, count);
     since = 0u;
-  } else if (count > gaussian_list_capacity - 32u * gaussian_lane_blocks<T, C>) {
+  } else if (count > gaussian_list_capacity - 32u * gaussian_lane_blocks<T, C> || (C::warp_at > 0 && count >= C::warp_at)) {
     gaussian_warp_drain<T, C, WholeBlocks>(e, table, list, count, lane);
   }
 }
