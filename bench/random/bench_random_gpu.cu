@@ -8,7 +8,6 @@
 
 #include "lori/cuda/device_buffer.cuh"
 #include "lori/cuda/projection.cuh"
-#include "projection_main.cuh"  // the previous kernel (main before session 5), namespace lori::cuda_main
 #include "lori/random/stream.hpp"
 
 #include <cuda_runtime.h>
@@ -130,27 +129,6 @@ void BM_gpu_generate_llama3_8b_r32_general_path(benchmark::State& state) {
 }
 void BM_gpu_generate_llama3_8b_r32_bf16(benchmark::State& state) { generate_llama<lori::bfloat16>(state); }
 
-// The same batches through the previous kernel (bench/random/projection_main.cuh: main before session 5,
-// per-warp easy/hard rings), measured in the same process: /0 kaiming, /1 gaussian (float); _bf16/1
-// gaussian bf16.
-template <class T>
-void generate_llama_main(benchmark::State& state) {
-  if (!have_device(state)) return;
-  const lori::index_t n = llama_total();
-  lori::cuda::device_buffer<T> out(n);
-  std::vector<lori::cuda_main::projection_task<T>> tasks;
-  for (const auto& t : llama_tasks(out.data(), spec_of(state.range(0))))
-    tasks.push_back(lori::cuda_main::make_projection_task(t.out, t.rows, t.cols, t.seed, t.stream, spec_of(state.range(0)), t.ld));
-  const std::size_t ws_bytes = lori::cuda_main::projection_batch_workspace_bytes(static_cast<lori::index_t>(tasks.size()));
-  lori::cuda::device_buffer<unsigned char> ws(static_cast<lori::index_t>(ws_bytes));
-  const auto plan = lori::cuda_main::prepare_projection_batch(tasks.data(), static_cast<lori::index_t>(tasks.size()), ws.data(), ws_bytes);
-  time_events(state, [&] { lori::cuda_main::generate_projection_batch(plan); });
-  state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * n);
-  state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * n * static_cast<int64_t>(sizeof(T)));
-}
-void BM_gpu_generate_llama3_8b_r32_main(benchmark::State& state) { generate_llama_main<float>(state); }
-void BM_gpu_generate_llama3_8b_r32_main_bf16(benchmark::State& state) { generate_llama_main<lori::bfloat16>(state); }
-
 // Diagnostics of the launch: /0 kaiming, /1 gaussian. _x10: ten launches between the events (time per
 // launch; back-to-back launches hide the host's launch latency). _tiny: one 1 x 4096 matrix per launch
 // (the fixed cost of a launch of the kernel variant).
@@ -176,11 +154,10 @@ void BM_gpu_generate_tiny(benchmark::State& state) {
 
 // The gaussian with other gaussian kernel configurations (detail::gaussian_cfg<K, MinBlocks,
 // DrainBlocks, Split>: row-path units per thread and window, blocks per SM, Philox blocks per lane
-// between block drains, two-round drains), same plan. Float: /0 = two-round drains, /1 = drains every
-// 4 windows, /2 = every 16. bf16 (_bf16_cfg, 2 Philox blocks per lane and window): /0 = drains every
-// 8 windows, /1 = every 2, /2 = two-round drains. /3 (both): no block drains inside pieces, warps
-// finish their own lists at 32 entries. The library's: 1 unit, 4 blocks, 8 Philox blocks per
-// lane (float: 8 windows; bf16: 4), one round (BM_gpu_generate_llama3_8b_r32/1, _bf16/1).
+// between block drains, two-round drains), same plan: float /0 = one round every 8 windows (the bf16
+// choice), bf16 /0 = two rounds every 4 windows (the float choice at bf16's two Philox blocks per lane
+// and window). The library's (detail::gaussian_cfg_lib<T>): float two rounds every 8 windows, bf16 one
+// round every 8 windows (BM_gpu_generate_llama3_8b_r32/1, _bf16/1).
 template <class T>
 void generate_llama_cfg(benchmark::State& state) {
   if (!have_device(state)) return;
@@ -194,19 +171,9 @@ void generate_llama_cfg(benchmark::State& state) {
     state.counters["blocks"] = static_cast<double>(blocks);
   };
   if constexpr (std::is_same_v<T, float>) {
-    switch (state.range(0)) {
-      case 0: run(d::gaussian_cfg<1, 4, 8, 1>{}); break;
-      case 1: run(d::gaussian_cfg<1, 4, 4>{}); break;
-      case 2: run(d::gaussian_cfg<1, 4, 16>{}); break;
-      default: run(d::gaussian_cfg<1, 4, 8, 0, 32>{}); break;
-    }
+    run(d::gaussian_cfg<1, 4, 8>{});
   } else {
-    switch (state.range(0)) {
-      case 0: run(d::gaussian_cfg<1, 4, 16>{}); break;
-      case 1: run(d::gaussian_cfg<1, 4, 4>{}); break;
-      case 2: run(d::gaussian_cfg<1, 4, 8, 1>{}); break;
-      default: run(d::gaussian_cfg<1, 4, 8, 0, 32>{}); break;
-    }
+    run(d::gaussian_cfg<1, 4, 8, 1>{});
   }
   state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * n);
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * n * static_cast<int64_t>(sizeof(T)));
@@ -261,12 +228,10 @@ void BM_gpu_baseline_d2d_copy(benchmark::State& state) {
 BENCHMARK(BM_gpu_baseline_d2d_copy)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_generate_llama3_8b_r32)->DenseRange(0, 3)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_generate_llama3_8b_r32_bf16)->Arg(0)->Arg(1)->UseManualTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_gpu_generate_llama3_8b_r32_main)->Arg(0)->Arg(1)->UseManualTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_gpu_generate_llama3_8b_r32_main_bf16)->Arg(1)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_generate_llama3_8b_r32_general_path)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_generate_llama3_8b_r32_x10)->Arg(0)->Arg(1)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_generate_tiny)->Arg(0)->Arg(1)->UseManualTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_gpu_generate_llama3_8b_r32_cfg)->DenseRange(0, 3)->UseManualTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_gpu_generate_llama3_8b_r32_bf16_cfg)->DenseRange(0, 3)->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_gpu_generate_llama3_8b_r32_cfg)->Arg(0)->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_gpu_generate_llama3_8b_r32_bf16_cfg)->Arg(0)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_generate_single_32x1245184)->Arg(0)->Arg(1)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_baseline_curand_normal)->UseManualTime()->Unit(benchmark::kMicrosecond);

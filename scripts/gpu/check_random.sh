@@ -19,7 +19,7 @@ t() { local rem=$((76 - SECONDS)); [ "$rem" -lt 1 ] && rem=1; [ "$1" -lt "$rem" 
   echo "== lori_bench_random BM_gpu_* without _x10, _tiny (5 repetitions, aggregates) ($(date -u +%T))"
   nvidia-smi --query-gpu=clocks.sm,power.draw,temperature.gpu --format=csv,noheader,nounits -lms 100 > "$OUT/smi.log" 2>&1 &
   smi_pid=$!
-  timeout $(t 34) "$exe" --benchmark_filter='BM_gpu_(baseline|generate_llama3_8b_r32(/|_bf16|_main|_general|_cfg)|generate_single)' --benchmark_repetitions=5 --benchmark_report_aggregates_only=true --benchmark_min_time=0.1 2>&1 \
+  timeout $(t 34) "$exe" --benchmark_filter='BM_gpu_(baseline|generate_llama3_8b_r32(/|_bf16|_general|_cfg)|generate_single)' --benchmark_repetitions=5 --benchmark_report_aggregates_only=true --benchmark_min_time=0.1 2>&1 \
     | grep -E "^BM_|^-|Benchmark|Run on" | grep -vE "_cv |_stddev |_mean " | head -60
   kill "$smi_pid" 2> /dev/null
   echo "  nvidia-smi during the benchmarks (sm MHz, W, C): $(awk -F', *' 'NF>=3 {n++; c+=$1; p+=$2; if (n==1||$1<cmin) cmin=$1; if ($1>cmax) cmax=$1; if ($2>pmax) pmax=$2; if ($3>tmax) tmax=$3} END {if (n) printf "%d samples, clock min %d avg %.0f max %d, power avg %.0f max %.0f, temp max %d", n, cmin, c/n, cmax, p/n, pmax, tmax}' "$OUT/smi.log")"
@@ -43,8 +43,8 @@ t() { local rem=$((76 - SECONDS)); [ "$rem" -lt 1 ] && rem=1; [ "$1" -lt "$rem" 
   fi
   if command -v ncu > /dev/null; then
     # Clocks as in the benchmarks (no clock control, no cache flush): the duration to compare.
-    echo "== ncu --clock-control none --cache-control none: gaussian (float): now, previous kernel (main) ($(date -u +%T))"
-    for f in "BM_gpu_generate_llama3_8b_r32/1/" "BM_gpu_generate_llama3_8b_r32_main/1/"; do
+    echo "== ncu --clock-control none --cache-control none: gaussian (float) ($(date -u +%T))"
+    for f in "BM_gpu_generate_llama3_8b_r32/1/"; do
       timeout $(t 6) ncu --clock-control none --cache-control none --section SpeedOfLight -k "regex:projection_kernel" -c 2 "$exe" \
         --benchmark_filter="$f" --benchmark_min_time=0.01 2>&1 | grep -E "Duration|SM Frequency|DRAM Throughput" | tail -3 | sed "s|^|  $f |"
     done

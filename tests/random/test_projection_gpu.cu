@@ -382,7 +382,7 @@ struct forced_launch {
 // aligned: gaussian tasks of the row path's shapes (cols a multiple of 2048, ld a multiple of 8, rows
 // 16-byte aligned: detail::gaussian_row_path for float, double, bf16 and fp16), every 7th task (and
 // the other laws) misaligned by one element (the general path), in the same batch.
-template <class T, class C = lori::cuda::detail_proj::gaussian_cfg_lib>
+template <class T, class C = lori::cuda::detail_proj::gaussian_cfg_lib<T>>
 std::size_t forced_grid_batch(std::uint64_t salt, int ntasks, index_t max_rows, index_t max_cols, const std::vector<forced_launch>& launches,
                               std::size_t* slow_entries = nullptr, std::size_t* requeued = nullptr, std::size_t* resumed = nullptr,
                               bool aligned = false) {
@@ -503,17 +503,6 @@ TEST_CASE("gaussian slow-path lists, two-round drains: forced grids, general and
   CHECK(forced_grid_batch<float, split_cfg>(222, 24, 9, 6144, grids, nullptr, nullptr, nullptr, true) == 0);
   CHECK(forced_grid_batch<lori::half, split_cfg>(223, 12, 7, 4096, {{1, 0}, {3, 3}, {-1, 0}}, nullptr, nullptr, nullptr, true) == 0);
   CHECK(forced_grid_batch<double, split_cfg>(224, 12, 7, 4096, {{1, 0}, {3, 3}, {-1, 0}}, nullptr, nullptr, nullptr, true) == 0);
-}
-
-// Warps that finish their own lists at 32 entries (gaussian_cfg WarpAt = 32), block drains only at
-// the ends of pieces.
-TEST_CASE("gaussian slow-path lists, warp drains: forced grids, general and row path") {
-  using warp_cfg = lori::cuda::detail_proj::gaussian_cfg<1, 4, 8, 0, 32>;
-  const std::vector<forced_launch> grids = {{1, 0}, {2, 0}, {-1, 0}, {1, 0, 0}};
-  CHECK(forced_grid_batch<float, warp_cfg>(227, 40, 70, 3000, grids) == 0);
-  CHECK(forced_grid_batch<lori::bfloat16, warp_cfg>(228, 40, 70, 3000, grids) == 0);
-  CHECK(forced_grid_batch<float, warp_cfg>(229, 24, 9, 6144, grids, nullptr, nullptr, nullptr, true) == 0);
-  CHECK(forced_grid_batch<lori::bfloat16, warp_cfg>(230, 24, 9, 6144, grids, nullptr, nullptr, nullptr, true) == 0);
 }
 
 TEST_CASE("gaussian slow-path lists, two-round drains: small batch on 1 and 2 blocks (racecheck subset)") {

@@ -324,17 +324,30 @@ constexpr std::size_t gaussian_tables_bytes = (sizeof(uint2) + sizeof(lori::deta
 /// for the Llama set against 90.9 with 2 units and 91.1 with 5 blocks); launch_projection_batch_cfg
 /// runs others (benchmarks of alternatives in the same process).
 /// Split: block drains in two rounds (gaussian_block_drain_split) instead of one.
-/// WarpAt > 0: no block drains inside a piece; a warp finishes its own list whenever it holds WarpAt
-/// entries after a window (gaussian_warp_drain; the last drain of a piece is a block drain).
-template <int KFloat, int MinBlocks, int DrainBlocks = 8, int Split = 0, int WarpAt = 0>
+template <int KFloat, int MinBlocks, int DrainBlocks = 8, int Split = 0>
 struct gaussian_cfg {
   static constexpr int k_float = KFloat;
   static constexpr int min_blocks = MinBlocks;
   static constexpr int drain_blocks = DrainBlocks;
   static constexpr int split = Split;
-  static constexpr unsigned warp_at = WarpAt;
 };
-using gaussian_cfg_lib = gaussian_cfg<1, 4, 8>;
+/// The library's configuration for element type T (session 5, checkpoint 2, H100, Llama set: float
+/// with two-round drains every 8 windows 83.0 us, one round 86.4; bf16 one round every 8 windows 75.2,
+/// every 4 79.6, two rounds every 4 78.4; see docs/random.md).
+template <class T>
+struct gaussian_cfg_lib_of {
+  using type = gaussian_cfg<1, 4, 8, 1>;
+};
+template <>
+struct gaussian_cfg_lib_of<bfloat16> {
+  using type = gaussian_cfg<1, 4, 16>;
+};
+template <>
+struct gaussian_cfg_lib_of<half> {
+  using type = gaussian_cfg<1, 4, 16>;
+};
+template <class T>
+using gaussian_cfg_lib = typename gaussian_cfg_lib_of<T>::type;
 
 /// Thread units per window of the row path: C::k_float for float/double, 1 for bf16/fp16 (the library:
 /// 1, i.e. one Philox block per thread and window for float/double, two for bf16/fp16).
@@ -349,8 +362,7 @@ constexpr unsigned gaussian_lane_blocks = static_cast<unsigned>(gaussian_row_uni
 /// lane, i.e. ~8 x 32 x 8 x 5.9% ~ 120 entries per block drain in the library.
 template <class T, class C>
 constexpr unsigned gaussian_drain_period =
-    C::warp_at > 0 ? (1u << 30)
-                   : (C::drain_blocks / static_cast<int>(gaussian_lane_blocks<T, C>) > 0 ? static_cast<unsigned>(C::drain_blocks) / gaussian_lane_blocks<T, C> : 1u);
+    C::drain_blocks / static_cast<int>(gaussian_lane_blocks<T, C>) > 0 ? static_cast<unsigned>(C::drain_blocks) / gaussian_lane_blocks<T, C> : 1u;
 
 /// Deferred slow-path work: an entry is one Philox block (4 consecutive elements of a row) with at
 /// least one element that failed the fast test: its four words and meta = {row i, q, -, -} (its
@@ -626,7 +638,7 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_after_window(const projection_entry<T
   if (++since >= period) {
     gaussian_drain_all<T, C, WholeBlocks>(e, table, count);
     since = 0u;
-  } else if (count > gaussian_list_capacity - 32u * gaussian_lane_blocks<T, C> || (C::warp_at > 0 && count >= C::warp_at)) {
+  } else if (count > gaussian_list_capacity - 32u * gaussian_lane_blocks<T, C>) {
     gaussian_warp_drain<T, C, WholeBlocks>(e, table, list, count, lane);
   }
 }
@@ -998,7 +1010,7 @@ inline projection_split make_projection_split(index_t units, index_t blocks, ind
 /// piece, thread x takes units x, x + 256, ... (the gaussian row path: see
 /// projection_piece_gaussian_rows); after the first task search (one barrier) the warps wait for each
 /// other only in gaussian pieces (block drains of the slow-path lists, table rescaling).
-template <class T, bool WithGaussian, class Source, class C = gaussian_cfg_lib>
+template <class T, bool WithGaussian, class Source, class C = gaussian_cfg_lib<T>>
 __global__ void __launch_bounds__(projection_threads, projection_min_blocks<WithGaussian, C>)
     projection_kernel(const __grid_constant__ Source param, projection_split split) {
   const auto src = param.source();
@@ -1166,7 +1178,7 @@ namespace detail_proj {
 /// gaussian_drain_period; tests force 1 (a drain after every window) and 2^30 (none before the end of a
 /// piece: the warps' lists overflow into warp drains)); rows = 0: no gaussian row path; C: the gaussian
 /// kernel configuration (tests of others than the library's).
-template <class T, class C = gaussian_cfg_lib>
+template <class T, class C = gaussian_cfg_lib<T>>
 void launch_projection_batch(const projection_batch_plan<T>& plan, index_t blocks, cudaStream_t stream, unsigned drain_period = 0, unsigned rows = 1) {
   LORI_EXPECTS(plan.count >= 0 && plan.blocks >= 0 && plan.units >= 0, "generate_projection_batch: invalid plan");
   if (plan.units == 0) return;
@@ -1231,8 +1243,8 @@ void generate_projection_blocks(row_major_view<T> out, std::uint64_t seed, std::
     } else {
       grid = projection_grid(kernel, units, smem);
     }
-    kernel<<<static_cast<unsigned>(grid), projection_threads, smem, cuda_stream>>>(src, make_projection_split(units, grid, gaussian_row_window<T, gaussian_cfg_lib>,
-                                                                                    drain_period > 0 ? drain_period : gaussian_drain_period<T, gaussian_cfg_lib>));
+    kernel<<<static_cast<unsigned>(grid), projection_threads, smem, cuda_stream>>>(src, make_projection_split(units, grid, gaussian_row_window<T, gaussian_cfg_lib<T>>,
+                                                                                    drain_period > 0 ? drain_period : gaussian_drain_period<T, gaussian_cfg_lib<T>>));
   } else {
     const auto kernel = projection_kernel<T, false, projection_single_source<T>>;
     const index_t grid = blocks > 0 ? blocks : projection_grid(kernel, units, 0);
