@@ -320,10 +320,10 @@ constexpr std::size_t gaussian_tables_bytes = (sizeof(uint2) + sizeof(lori::deta
 /// A configuration of the gaussian kernel variant: KFloat units per thread and window of the row path
 /// for 16-byte units of 4 values (float, double; bf16/fp16 units, 8 values, take 1), MinBlocks blocks
 /// per SM (the register cap), DrainBlocks: Philox blocks per lane between two block drains of the
-/// slow-path lists (gaussian_drain_period). gaussian_cfg_lib is the library's (session 4, H100: 89.2 us
-/// for the Llama set against 90.9 with 2 units and 91.1 with 5 blocks); launch_projection_batch_cfg
-/// runs others (benchmarks of alternatives in the same process).
-/// Split: block drains in two rounds (gaussian_block_drain_split) instead of one.
+/// slow-path lists (gaussian_drain_period), Split: block drains in two rounds
+/// (gaussian_block_drain_split) instead of one. gaussian_cfg_lib<T> is the library's (1 unit and 4
+/// blocks: session 4; the drains: session 5, below); launch_projection_batch_cfg runs others
+/// (benchmarks of alternatives in the same process).
 template <int KFloat, int MinBlocks, int DrainBlocks = 8, int Split = 0>
 struct gaussian_cfg {
   static constexpr int k_float = KFloat;
