@@ -14,6 +14,7 @@
 #include <curand.h>
 
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -86,16 +87,28 @@ lori::projection_spec spec_of(int64_t d) {
   }
 }
 
+// The Llama set of `spec` on the device, prepared: output, workspace and plan (every benchmark of a
+// batch launch sets up through this).
+template <class T>
+struct llama_batch {
+  lori::cuda::device_buffer<T> out;
+  lori::cuda::device_buffer<unsigned char> ws;
+  lori::cuda::projection_batch_plan<T> plan;
+  explicit llama_batch(const lori::projection_spec& spec) : out(llama_total()) {
+    const auto tasks = llama_tasks(out.data(), spec);
+    const auto count = static_cast<lori::index_t>(tasks.size());
+    const std::size_t ws_bytes = lori::cuda::projection_batch_workspace_bytes(count);
+    ws = lori::cuda::device_buffer<unsigned char>(static_cast<lori::index_t>(ws_bytes));
+    plan = lori::cuda::prepare_projection_batch(tasks.data(), count, ws.data(), ws_bytes);
+  }
+};
+
 template <class T>
 void generate_llama(benchmark::State& state) {
   if (!have_device(state)) return;
   const lori::index_t n = llama_total();
-  lori::cuda::device_buffer<T> out(n);
-  const auto tasks = llama_tasks(out.data(), spec_of(state.range(0)));
-  const std::size_t ws_bytes = lori::cuda::projection_batch_workspace_bytes(static_cast<lori::index_t>(tasks.size()));
-  lori::cuda::device_buffer<unsigned char> ws(static_cast<lori::index_t>(ws_bytes));
-  const auto plan = lori::cuda::prepare_projection_batch(tasks.data(), static_cast<lori::index_t>(tasks.size()), ws.data(), ws_bytes);
-  time_events(state, [&] { lori::cuda::generate_projection_batch(plan); });
+  const llama_batch<T> batch(spec_of(state.range(0)));
+  time_events(state, [&] { lori::cuda::generate_projection_batch(batch.plan); });
   state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * n);
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * n * static_cast<int64_t>(sizeof(T)));
   state.SetLabel(state.range(0) == 0 ? "kaiming_uniform" : state.range(0) == 1 ? "gaussian" : state.range(0) == 2 ? "rademacher" : "sparse3");
@@ -108,12 +121,8 @@ void BM_gpu_generate_llama3_8b_r32(benchmark::State& state) { generate_llama<flo
 void BM_gpu_generate_llama3_8b_r32_general_path(benchmark::State& state) {
   if (!have_device(state)) return;
   const lori::index_t n = llama_total();
-  lori::cuda::device_buffer<float> out(n);
-  const auto tasks = llama_tasks(out.data(), lori::projection_spec::gaussian());
-  const std::size_t ws_bytes = lori::cuda::projection_batch_workspace_bytes(static_cast<lori::index_t>(tasks.size()));
-  lori::cuda::device_buffer<unsigned char> ws(static_cast<lori::index_t>(ws_bytes));
-  const auto plan = lori::cuda::prepare_projection_batch(tasks.data(), static_cast<lori::index_t>(tasks.size()), ws.data(), ws_bytes);
-  time_events(state, [&] { lori::cuda::detail_proj::launch_projection_batch(plan, plan.blocks, nullptr, 32, 0); });
+  const llama_batch<float> batch(lori::projection_spec::gaussian());
+  time_events(state, [&] { lori::cuda::detail_proj::launch_projection_batch(batch.plan, batch.plan.blocks, nullptr, 0, 0); });
   state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * n);
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * n * static_cast<int64_t>(sizeof(float)));
   state.SetLabel("gaussian");
@@ -126,13 +135,9 @@ void BM_gpu_generate_llama3_8b_r32_bf16(benchmark::State& state) { generate_llam
 void BM_gpu_generate_llama3_8b_r32_x10(benchmark::State& state) {
   if (!have_device(state)) return;
   const lori::index_t n = llama_total();
-  lori::cuda::device_buffer<float> out(n);
-  const auto tasks = llama_tasks(out.data(), spec_of(state.range(0)));
-  const std::size_t ws_bytes = lori::cuda::projection_batch_workspace_bytes(static_cast<lori::index_t>(tasks.size()));
-  lori::cuda::device_buffer<unsigned char> ws(static_cast<lori::index_t>(ws_bytes));
-  const auto plan = lori::cuda::prepare_projection_batch(tasks.data(), static_cast<lori::index_t>(tasks.size()), ws.data(), ws_bytes);
+  const llama_batch<float> batch(spec_of(state.range(0)));
   time_events(state, [&] {
-    for (int r = 0; r < 10; ++r) lori::cuda::generate_projection_batch(plan);
+    for (int r = 0; r < 10; ++r) lori::cuda::generate_projection_batch(batch.plan);
   });
   state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * n * 10);
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * n * 10 * static_cast<int64_t>(sizeof(float)));
@@ -147,34 +152,35 @@ void BM_gpu_generate_tiny(benchmark::State& state) {
   time_events(state, [&] { lori::cuda::generate_projection_batch(plan); });
 }
 
-// The gaussian (float) with other gaussian kernel configurations (detail::gaussian_cfg<K, MinBlocks>:
-// row-path units per thread and window, blocks per SM), same plan: /0 = 2 units, 4 blocks, /1 = 1 unit,
-// 5 blocks (48 registers). The library's: 1 unit, 4 blocks (BM_gpu_generate_llama3_8b_r32/1).
-// (Checkpoint 2 also measured the library's row path without its slow path, and without slow path and
-// stores, wrong values by design: see docs/random.md.)
-void BM_gpu_generate_llama3_8b_r32_cfg(benchmark::State& state) {
+// The gaussian with other gaussian kernel configurations (detail::gaussian_cfg<K, MinBlocks,
+// DrainBlocks, Split>: row-path units per thread and window, blocks per SM, Philox blocks per lane
+// between block drains, two-round drains), same plan: float /0 = one round every 8 windows (the bf16
+// choice), bf16 /0 = two rounds every 4 windows (the float choice at bf16's two Philox blocks per lane
+// and window). The library's (detail::gaussian_cfg_lib<T>): float two rounds every 8 windows, bf16 one
+// round every 8 windows (BM_gpu_generate_llama3_8b_r32/1, _bf16/1).
+template <class T>
+void generate_llama_cfg(benchmark::State& state) {
   if (!have_device(state)) return;
   const lori::index_t n = llama_total();
-  lori::cuda::device_buffer<float> out(n);
-  const auto tasks = llama_tasks(out.data(), lori::projection_spec::gaussian());
-  const std::size_t ws_bytes = lori::cuda::projection_batch_workspace_bytes(static_cast<lori::index_t>(tasks.size()));
-  lori::cuda::device_buffer<unsigned char> ws(static_cast<lori::index_t>(ws_bytes));
-  const auto plan = lori::cuda::prepare_projection_batch(tasks.data(), static_cast<lori::index_t>(tasks.size()), ws.data(), ws_bytes);
+  const llama_batch<T> batch(lori::projection_spec::gaussian());
   namespace d = lori::cuda::detail_proj;
   auto run = [&](auto cfg) {
     using C = decltype(cfg);
-    const lori::index_t blocks = d::projection_grid_cfg<C>(plan);
-    time_events(state, [&] { d::launch_projection_batch_cfg<C>(plan, blocks, nullptr); });
+    const lori::index_t blocks = d::projection_grid_cfg<C>(batch.plan);
+    time_events(state, [&] { d::launch_projection_batch_cfg<C>(batch.plan, blocks, nullptr); });
     state.counters["blocks"] = static_cast<double>(blocks);
   };
-  switch (state.range(0)) {
-    case 0: run(d::gaussian_cfg<2, 4>{}); break;
-    default: run(d::gaussian_cfg<1, 5>{}); break;
+  if constexpr (std::is_same_v<T, float>) {
+    run(d::gaussian_cfg<1, 4, 8>{});
+  } else {
+    run(d::gaussian_cfg<1, 4, 8, 1>{});
   }
   state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * n);
-  state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * n * static_cast<int64_t>(sizeof(float)));
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * n * static_cast<int64_t>(sizeof(T)));
   state.SetLabel("gaussian");
 }
+void BM_gpu_generate_llama3_8b_r32_cfg(benchmark::State& state) { generate_llama_cfg<float>(state); }
+void BM_gpu_generate_llama3_8b_r32_bf16_cfg(benchmark::State& state) { generate_llama_cfg<lori::bfloat16>(state); }
 
 // One matrix with the same element count (32 x 1,245,184) through generate_projection (the single-
 // matrix kernel: the entry is a kernel parameter, the grid is computed per call).
@@ -225,6 +231,7 @@ BENCHMARK(BM_gpu_generate_llama3_8b_r32_bf16)->Arg(0)->Arg(1)->UseManualTime()->
 BENCHMARK(BM_gpu_generate_llama3_8b_r32_general_path)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_generate_llama3_8b_r32_x10)->Arg(0)->Arg(1)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_generate_tiny)->Arg(0)->Arg(1)->UseManualTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_gpu_generate_llama3_8b_r32_cfg)->DenseRange(0, 1)->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_gpu_generate_llama3_8b_r32_cfg)->Arg(0)->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_gpu_generate_llama3_8b_r32_bf16_cfg)->Arg(0)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_generate_single_32x1245184)->Arg(0)->Arg(1)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_baseline_curand_normal)->UseManualTime()->Unit(benchmark::kMicrosecond);

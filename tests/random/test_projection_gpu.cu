@@ -17,6 +17,7 @@
 #include <cstring>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -300,7 +301,7 @@ TEST_CASE("gaussian slow path on the device: slow elements, tail, bounded-loop f
   CHECK(lori::float_bits(out[0]) == 0x3de1f7d4u);
   CHECK(lori::float_bits(out[1]) == 0xc073a583u);
   // 2. The generation kernels (deferred, block-compacted slow path) on a matrix that contains both
-  //    rare elements, as float and bf16 (different unit sizes and queue positions), rows 0..2552.
+  //    rare elements, as float and bf16 (different unit sizes and list positions), rows 0..2552.
   const index_t rows = 2553, cols = 2200;
   const auto a = cpu_projection(rows, cols, seed, stream, projection_spec::gaussian(1.0));
   CHECK(lori::float_bits(a[static_cast<std::size_t>(2552 * cols + 2193)]) == 0x3de1f7d4u);
@@ -328,7 +329,7 @@ TEST_CASE("gaussian slow path on the device: slow elements, tail, bounded-loop f
 
 namespace {
 // Philox blocks of A (rows x cols, gaussian) with at least `min_slow` elements inside the row that fail
-// the ziggurat's fast test (the warp-queue entries of the kernel; >= 2: entries that are re-queued).
+// the ziggurat's fast test (the slow-path list entries of the kernel; >= 2: entries with two or more).
 std::size_t slow_blocks(index_t rows, index_t cols, std::uint64_t seed, std::uint64_t stream, int min_slow) {
   std::size_t n = 0;
   for (index_t i = 0; i < rows; ++i) {
@@ -342,8 +343,8 @@ std::size_t slow_blocks(index_t rows, index_t cols, std::uint64_t seed, std::uin
   return n;
 }
 
-// Slow elements of A (rows x cols, gaussian) whose slow path needs more than one attempt (the kernel
-// re-queues them with their state between passes): lori::detail::gaussian_slow_attempt run on the host.
+// Slow elements of A (rows x cols, gaussian) whose slow path needs more than one attempt (the kernel's
+// thread loops over attempts): lori::detail::gaussian_slow_attempt run on the host.
 std::size_t multi_attempt_elements(index_t rows, index_t cols, std::uint64_t seed, std::uint64_t stream) {
   const lori::counter_rng g(seed, stream);
   std::size_t n = 0;
@@ -365,21 +366,23 @@ std::size_t multi_attempt_elements(index_t rows, index_t cols, std::uint64_t see
 
 // A batch of gaussian tasks (odd shapes, paddings, several sigmas) interleaved with other laws, generated
 // with forced grids: with 1 or 2 blocks every warp walks long ranges across many tasks, so its slow-path
-// queue fills past 32 many times inside one piece (mid-piece passes), entries with several slow
-// elements are re-queued, pieces end with partial steps and partial warps, and the block's layer table
-// is rescaled for each new sigma. Each launch: {blocks (-1: the default grid), queue threshold pass_at
-// (32 in the library; 1 works the queue off at every step, 5 leaves partial passes)}.
+// list is finished by the block many times inside one piece (block drains), entries with several slow
+// elements occur, pieces end with partial steps and partial warps, and the block's layer table is
+// rescaled for each new sigma. Each launch: {blocks (-1: the default grid), drain_period (windows
+// between block drains: 0 the library's; 1 a drain after every window; 3; kNever: no block drain before
+// the end of a piece, so a warp's list fills past capacity - 32 and the warp finishes it alone)}.
 // Returns the number of mismatches (and of touched gaps).
+constexpr unsigned kNever = 1u << 30;
 struct forced_launch {
   index_t blocks;
-  unsigned pass_at;
+  unsigned drain_period;
   unsigned rows = 1;  // 0: gaussian tasks never take the row path (detail::launch_projection_batch)
 };
 
 // aligned: gaussian tasks of the row path's shapes (cols a multiple of 2048, ld a multiple of 8, rows
 // 16-byte aligned: detail::gaussian_row_path for float, double, bf16 and fp16), every 7th task (and
 // the other laws) misaligned by one element (the general path), in the same batch.
-template <class T>
+template <class T, class C = lori::cuda::detail_proj::gaussian_cfg_lib<T>>
 std::size_t forced_grid_batch(std::uint64_t salt, int ntasks, index_t max_rows, index_t max_cols, const std::vector<forced_launch>& launches,
                               std::size_t* slow_entries = nullptr, std::size_t* requeued = nullptr, std::size_t* resumed = nullptr,
                               bool aligned = false) {
@@ -426,10 +429,10 @@ std::size_t forced_grid_batch(std::uint64_t salt, int ntasks, index_t max_rows, 
   std::size_t bad = 0;
   for (const forced_launch& l : launches) {
     CAPTURE(l.blocks);
-    CAPTURE(l.pass_at);
+    CAPTURE(l.drain_period);
     CAPTURE(l.rows);
     buf.fill_bytes(0xff);
-    lori::cuda::detail_proj::launch_projection_batch(plan, l.blocks > 0 ? l.blocks : plan.blocks, nullptr, l.pass_at, l.rows);
+    lori::cuda::detail_proj::launch_projection_batch<T, C>(plan, l.blocks > 0 ? l.blocks : plan.blocks, nullptr, l.drain_period, l.rows);
     LORI_CUDA_CHECK(cudaDeviceSynchronize());
     const auto host = buf.download();
     index_t prev_end = 0;
@@ -443,59 +446,86 @@ std::size_t forced_grid_batch(std::uint64_t salt, int ntasks, index_t max_rows, 
 }
 }  // namespace
 
-TEST_CASE("gaussian warp queues: forced small grids, many tasks and sigmas, float and bf16") {
-  // 1 block: each warp sees every task (~100 slow entries per warp in the large ones: 3+ passes inside
-  // a piece); 2 and 7 blocks: ranges start and end inside tasks; -1: the default grid.
-  const std::vector<forced_launch> grids = {{1, 32}, {2, 32}, {7, 32}, {-1, 32}, {1, 1}, {2, 5}, {3, 5}};
+TEST_CASE("gaussian slow-path lists: forced small grids, many tasks and sigmas, float and bf16") {
+  // 1 block: each warp sees every task (~100 slow entries per warp in the large ones: several block
+  // drains inside a piece, or with kNever warp drains); 2 and 7 blocks: ranges start and end inside
+  // tasks; -1: the default grid.
+  const std::vector<forced_launch> grids = {{1, 0}, {2, 0}, {7, 0}, {-1, 0}, {1, 1}, {2, 3}, {3, kNever}, {1, kNever}};
   std::size_t entries = 0, requeued = 0, resumed = 0;
   CHECK(forced_grid_batch<float>(200, 40, 70, 3000, grids, &entries, &requeued, &resumed) == 0);
   CHECK(forced_grid_batch<lori::bfloat16>(201, 40, 70, 3000, grids) == 0);
-  // The situations were there: many entries (> 64 per warp of the single block), entries re-queued
-  // for a second slow element, and elements re-queued with their slow-path state (a second attempt).
+  // The situations were there: many entries (> 256 per warp of the single block, ~100 in a large
+  // task: with kNever its list fills past capacity - 32 there), entries with a second slow element,
+  // and elements that need a second attempt.
   CHECK(entries > 8 * 64 * 4);
   CHECK(requeued > 50);
   CHECK(resumed > 20);
 }
 
-TEST_CASE("gaussian warp queues: small batch on 1 and 2 blocks (racecheck subset)") {
-  CHECK(forced_grid_batch<float>(202, 6, 40, 1500, {{1, 32}, {2, 5}}) == 0);
-  CHECK(forced_grid_batch<lori::half>(203, 6, 40, 1500, {{1, 32}, {2, 5}}) == 0);
+TEST_CASE("gaussian slow-path lists: small batch on 1 and 2 blocks (racecheck subset)") {
+  CHECK(forced_grid_batch<float>(202, 6, 40, 1500, {{1, 0}, {2, 1}, {1, kNever}}) == 0);
+  CHECK(forced_grid_batch<lori::half>(203, 6, 40, 1500, {{1, 0}, {2, 1}, {1, kNever}}) == 0);
 }
 
 TEST_CASE("gaussian row path: aligned tasks on forced grids, every element type") {
   // Rows of 2048..6144 elements (the row path: aligned windows of 256 units, first and last windows
   // masked, several rows per piece), mixed with misaligned tasks
   // and other laws (the general path) in one batch; 1 block: each warp walks ~100 windows per task
-  // and passes run mid-piece; 2, 3, 5 blocks: pieces start and end inside rows; pass_at 1 and 5:
-  // partial passes after every window; rows = 0: the same batch through the general path only.
-  const std::vector<forced_launch> grids = {{1, 32}, {2, 32}, {3, 5}, {5, 1}, {-1, 32}, {1, 32, 0}, {-1, 32, 0}};
+  // and block drains run mid-piece; 2, 3, 5 blocks: pieces start and end inside rows; drain periods
+  // 1, 3 and kNever (warp drains); rows = 0: the same batch through the general path only.
+  const std::vector<forced_launch> grids = {{1, 0}, {2, 0}, {3, 3}, {5, 1}, {-1, 0}, {1, kNever}, {1, 0, 0}, {-1, 0, 0}, {2, kNever, 0}};
   std::size_t entries = 0, requeued = 0, resumed = 0;
   CHECK(forced_grid_batch<float>(210, 24, 9, 6144, grids, &entries, &requeued, &resumed, true) == 0);
   CHECK(entries > 8 * 64 * 4);
   CHECK(requeued > 20);
   CHECK(resumed > 10);
   CHECK(forced_grid_batch<lori::bfloat16>(211, 24, 9, 6144, grids, nullptr, nullptr, nullptr, true) == 0);
-  CHECK(forced_grid_batch<double>(212, 12, 7, 4096, {{1, 32}, {3, 5}, {-1, 32}}, nullptr, nullptr, nullptr, true) == 0);
-  CHECK(forced_grid_batch<lori::half>(213, 12, 7, 4096, {{1, 32}, {3, 5}, {-1, 32}}, nullptr, nullptr, nullptr, true) == 0);
+  CHECK(forced_grid_batch<double>(212, 12, 7, 4096, {{1, 0}, {3, 3}, {-1, 0}, {1, kNever}}, nullptr, nullptr, nullptr, true) == 0);
+  CHECK(forced_grid_batch<lori::half>(213, 12, 7, 4096, {{1, 0}, {3, 3}, {-1, 0}, {1, kNever}}, nullptr, nullptr, nullptr, true) == 0);
 }
 
 TEST_CASE("gaussian row path: small aligned batch on 1 and 2 blocks (racecheck subset)") {
-  CHECK(forced_grid_batch<float>(214, 5, 3, 4096, {{1, 32}, {2, 5}}, nullptr, nullptr, nullptr, true) == 0);
-  CHECK(forced_grid_batch<lori::bfloat16>(215, 5, 3, 4096, {{1, 32}, {2, 5}}, nullptr, nullptr, nullptr, true) == 0);
+  CHECK(forced_grid_batch<float>(214, 5, 3, 4096, {{1, 0}, {2, 1}, {1, kNever}}, nullptr, nullptr, nullptr, true) == 0);
+  CHECK(forced_grid_batch<lori::bfloat16>(215, 5, 3, 4096, {{1, 0}, {2, 1}, {1, kNever}}, nullptr, nullptr, nullptr, true) == 0);
 }
 
-TEST_CASE("gaussian row path: one block walks a 640 x 6144 matrix (full hard-ring passes mid-piece), float and bf16") {
-  // ~59 K slow entries, ~1.7 K of them through the hard ring (tail elements, second attempts): with one
-  // block each warp's hard ring fills to 32 many times inside the piece; 3 blocks: pieces start and
-  // end inside rows; 0: the default grid.
+// The two-round block drain (gaussian_cfg Split = 1, detail::gaussian_block_drain_split), measured
+// against the one-round drain: the same forced-grid batches.
+using split_cfg = lori::cuda::detail_proj::gaussian_cfg<1, 4, 8, 1>;
+TEST_CASE("gaussian slow-path lists, two-round drains: forced grids, general and row path, every element type") {
+  const std::vector<forced_launch> grids = {{1, 0}, {2, 0}, {7, 0}, {-1, 0}, {1, 1}, {2, 3}, {3, kNever}, {1, kNever}, {1, 0, 0}};
+  std::size_t entries = 0, requeued = 0, resumed = 0;
+  CHECK(forced_grid_batch<float, split_cfg>(220, 40, 70, 3000, grids, &entries, &requeued, &resumed) == 0);
+  CHECK(entries > 8 * 64 * 4);
+  CHECK(requeued > 50);
+  CHECK(resumed > 20);
+  CHECK(forced_grid_batch<lori::bfloat16, split_cfg>(221, 40, 70, 3000, grids) == 0);
+  CHECK(forced_grid_batch<float, split_cfg>(222, 24, 9, 6144, grids, nullptr, nullptr, nullptr, true) == 0);
+  CHECK(forced_grid_batch<lori::half, split_cfg>(223, 12, 7, 4096, {{1, 0}, {3, 3}, {-1, 0}}, nullptr, nullptr, nullptr, true) == 0);
+  CHECK(forced_grid_batch<double, split_cfg>(224, 12, 7, 4096, {{1, 0}, {3, 3}, {-1, 0}}, nullptr, nullptr, nullptr, true) == 0);
+}
+
+TEST_CASE("gaussian slow-path lists, two-round drains: small batch on 1 and 2 blocks (racecheck subset)") {
+  CHECK(forced_grid_batch<float, split_cfg>(225, 6, 40, 1500, {{1, 0}, {2, 1}}) == 0);
+  CHECK(forced_grid_batch<lori::bfloat16, split_cfg>(226, 5, 3, 4096, {{1, 0}, {2, 1}}, nullptr, nullptr, nullptr, true) == 0);
+}
+
+TEST_CASE("gaussian row path: one block walks a 640 x 6144 matrix (many block and warp drains mid-piece), float and bf16") {
+  // ~59 K slow entries (~7.4 K per warp with one block: ~480 block drains inside the piece, or with
+  // kNever ~75 warp drains of a full list); 3 blocks: pieces start and end inside rows; 0: the
+  // default grid; drain period 1: a block drain after every window.
   const index_t rows = 640, cols = 6144;
   const std::uint64_t seed = 4242, stream = 17;
   const auto a = cpu_projection(rows, cols, seed, stream, projection_spec::gaussian(0.5));
-  for (const index_t blocks : {index_t{1}, index_t{3}, index_t{0}}) {
+  const std::pair<index_t, unsigned> launches[] = {{1, 0u}, {3, 0u}, {0, 0u}, {1, kNever}, {2, 1u}};
+  for (const auto& l : launches) {
+    const index_t blocks = l.first;
+    const unsigned drain = l.second;
     CAPTURE(blocks);
+    CAPTURE(drain);
     lori::cuda::device_buffer<float> buf(rows * cols);
     buf.fill_bytes(0xff);
-    lori::cuda::detail_proj::generate_projection_blocks(buf.as_matrix(rows, cols), seed, stream, projection_spec::gaussian(0.5), blocks, nullptr);
+    lori::cuda::detail_proj::generate_projection_blocks(buf.as_matrix(rows, cols), seed, stream, projection_spec::gaussian(0.5), blocks, nullptr, drain);
     LORI_CUDA_CHECK(cudaDeviceSynchronize());
     const auto host = buf.download();
     std::size_t mism = 0;
@@ -503,7 +533,7 @@ TEST_CASE("gaussian row path: one block walks a 640 x 6144 matrix (full hard-rin
     CHECK(mism == 0);
     lori::cuda::device_buffer<lori::bfloat16> hb(rows * cols);
     hb.fill_bytes(0xff);
-    lori::cuda::detail_proj::generate_projection_blocks(hb.as_matrix(rows, cols), seed, stream, projection_spec::gaussian(0.5), blocks, nullptr);
+    lori::cuda::detail_proj::generate_projection_blocks(hb.as_matrix(rows, cols), seed, stream, projection_spec::gaussian(0.5), blocks, nullptr, drain);
     LORI_CUDA_CHECK(cudaDeviceSynchronize());
     const auto hhost = hb.download();
     mism = 0;
@@ -547,11 +577,15 @@ TEST_CASE("single matrix on forced grids: one block walks the whole matrix (fall
   const index_t rows = 2553, cols = 2200;
   const std::uint64_t seed = 99, stream = 7;
   const auto a = cpu_projection(rows, cols, seed, stream, projection_spec::gaussian(1.0));
-  for (const index_t blocks : {index_t{1}, index_t{3}, index_t{0}}) {
+  const std::pair<index_t, unsigned> launches[] = {{1, 0u}, {3, 0u}, {0, 0u}, {1, kNever}, {3, 1u}};
+  for (const auto& l : launches) {
+    const index_t blocks = l.first;
+    const unsigned drain = l.second;
     CAPTURE(blocks);
+    CAPTURE(drain);
     lori::cuda::device_buffer<float> buf(rows * cols);
     buf.fill_bytes(0xff);
-    lori::cuda::detail_proj::generate_projection_blocks(buf.as_matrix(rows, cols), seed, stream, projection_spec::gaussian(1.0), blocks, nullptr);
+    lori::cuda::detail_proj::generate_projection_blocks(buf.as_matrix(rows, cols), seed, stream, projection_spec::gaussian(1.0), blocks, nullptr, drain);
     LORI_CUDA_CHECK(cudaDeviceSynchronize());
     const auto host = buf.download();
     std::size_t mism = 0;

@@ -22,9 +22,9 @@
 // thread x taking units x, x + 256, ... of each piece (block-uniform control flow: the task's Philox
 // key schedule, precomputed on the host, stays in uniform registers).
 // Gaussian tasks (ziggurat, lori/detail/random_ziggurat.hpp) read the layer tables from shared memory;
-// the ~1.5% slow-path elements are deferred to per-warp queues (ballot + popc appends), which the
-// whole warp works off 32 entries at a time whenever 32 wait: no block barrier (see
-// projection_piece_gaussian, gaussian_easy_pass, gaussian_hard_pass). Tasks with aligned rows of a
+// the ~1.5% slow-path elements are deferred to per-warp lists in shared memory (ballot + popc
+// appends), which the whole block finishes together every 8 windows, one entry per thread (see
+// projection_piece_gaussian, gaussian_block_drain). Tasks with aligned rows of a
 // multiple of 1024 floats (2048 bf16) take the row path (projection_piece_gaussian_rows: block-uniform
 // row windows). Launches without a gaussian task use a kernel variant without that code.
 #ifndef LORI_CUDA_PROJECTION_CUH
@@ -302,15 +302,15 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece(const projection_entry<T>& e,
 /// The layer table of the block's gaussian path, scaled by the sigma of the block's current task:
 /// {k_L, bits(rnd(W_L * sigma))}. (Eight interleaved copies, against bank conflicts of the random
 /// look-ups, measured slower at checkpoint 2: 88.1 against 85.3 us, H200.)
-/// The gaussian kernel variant's dynamic shared memory: this table (2 KB), then the warps' queues
-/// (gaussian_smem_bytes).
+/// The gaussian kernel variant's dynamic shared memory: this table (2 KB), the unscaled one (4 KB),
+/// then the slow-path lists (gaussian_pool; gaussian_smem_bytes in all).
 LORI_DEVICE LORI_FORCEINLINE uint2* gaussian_table() {
   extern __shared__ __align__(32) unsigned char projection_smem[];
   return reinterpret_cast<uint2*>(projection_smem);
 }
 
 /// The unscaled layer table (lori::detail::zig_layers, 4 KB) in the block's shared memory, after the
-/// scaled one: the easy passes read their layers from here (no global-load latency in a pass).
+/// scaled one: the slow path reads its layers from here (no global-load latency).
 LORI_DEVICE LORI_FORCEINLINE lori::detail::zig_layer* gaussian_layers() {
   extern __shared__ __align__(32) unsigned char projection_smem[];
   return reinterpret_cast<lori::detail::zig_layer*>(projection_smem + sizeof(uint2) * lori::detail::zig_layers_count);
@@ -319,89 +319,89 @@ constexpr std::size_t gaussian_tables_bytes = (sizeof(uint2) + sizeof(lori::deta
 
 /// A configuration of the gaussian kernel variant: KFloat units per thread and window of the row path
 /// for 16-byte units of 4 values (float, double; bf16/fp16 units, 8 values, take 1), MinBlocks blocks
-/// per SM (the register cap). gaussian_cfg_lib is the library's (checkpoint 1, H100: 89.2 us for the
-/// Llama set against 90.9 with 2 units and 91.1 with 5 blocks); detail_proj::launch_projection_batch_cfg
-/// runs others (benchmarks of alternatives in the same process).
-template <int KFloat, int MinBlocks>
+/// per SM (the register cap), DrainBlocks: Philox blocks per lane between two block drains of the
+/// slow-path lists (gaussian_drain_period), Split: block drains in two rounds
+/// (gaussian_block_drain_split) instead of one. gaussian_cfg_lib<T> is the library's (1 unit and 4
+/// blocks: session 4; the drains: session 5, below); launch_projection_batch_cfg runs others
+/// (benchmarks of alternatives in the same process).
+template <int KFloat, int MinBlocks, int DrainBlocks = 8, int Split = 0>
 struct gaussian_cfg {
   static constexpr int k_float = KFloat;
   static constexpr int min_blocks = MinBlocks;
+  static constexpr int drain_blocks = DrainBlocks;
+  static constexpr int split = Split;
 };
-using gaussian_cfg_lib = gaussian_cfg<1, 4>;
+/// The library's configuration for element type T (session 5, checkpoint 2, H100, Llama set: float
+/// with two-round drains every 8 windows 83.0 us, one round 86.4; bf16 one round every 8 windows 75.2,
+/// every 4 79.6, two rounds every 4 78.4; see docs/random.md).
+template <class T>
+struct gaussian_cfg_lib_of {
+  using type = gaussian_cfg<1, 4, 8, 1>;
+};
+template <>
+struct gaussian_cfg_lib_of<bfloat16> {
+  using type = gaussian_cfg<1, 4, 16>;
+};
+template <>
+struct gaussian_cfg_lib_of<half> {
+  using type = gaussian_cfg<1, 4, 16>;
+};
+template <class T>
+using gaussian_cfg_lib = typename gaussian_cfg_lib_of<T>::type;
 
 /// Thread units per window of the row path: C::k_float for float/double, 1 for bf16/fp16 (the library:
 /// 1, i.e. one Philox block per thread and window for float/double, two for bf16/fp16).
 template <class T, class C>
 constexpr int gaussian_row_units = projection_traits<T>::unit == 4 ? C::k_float : 1;
 
-/// Easy-ring capacity: at most 31 entries wait between steps, a step appends at most 32 per Philox
-/// block of the thread's units (row path: K * U / 4 blocks; general path: U / 4 <= that).
+/// Philox blocks per lane in a window of the row path (a step of the general path has U / 4 <= that).
 template <class T, class C>
-constexpr unsigned gaussian_easy_capacity = 64u * static_cast<unsigned>(gaussian_row_units<T, C> * projection_traits<T>::unit / 4);
+constexpr unsigned gaussian_lane_blocks = static_cast<unsigned>(gaussian_row_units<T, C> * projection_traits<T>::unit / 4);
 
-/// Per-warp queues of slow-path work, ring buffers worked off in FIFO order (so that an element's fix-up
-/// follows its placeholder store soon, while the line is likely still in L2). An entry is one Philox
-/// block (4 consecutive elements of a row) with at least one element that failed the fast test: its
-/// four words and meta = {row i, q | pos << 29, -, -} (its elements are j = 4q .. 4q + 3; q < 2^29 as
-/// cols < 2^31 on the GPU; appends write only meta.x and meta.y, pos = 0). Its pending
-/// elements are recomputed from the words: a finished element's word is zeroed (a zero word passes
-/// the fast test: layer 0, m = 1 < k_0); the lowest pending element may be in progress, its word then
-/// being its current slow-path candidate and pos its slow words consumed (lori::detail::zig_slow_state).
-template <unsigned Cap>
-struct gaussian_warp_queue {
-  /// The easy ring's capacity (gaussian_easy_capacity).
-  static constexpr unsigned capacity = Cap;
-  static constexpr unsigned mask = capacity - 1u;
-  static_assert((Cap & (Cap - 1u)) == 0u && Cap >= 64u, "a power of two");
-  /// The hard ring (gaussian_queue_work): fewer than pass_at <= 32 wait before an easy pass, which
-  /// moves at most 32 there.
-  static constexpr unsigned hard_capacity = 64u;
-  static constexpr unsigned hard_mask = hard_capacity - 1u;
-  struct alignas(32) entry {
-    uint4 words;
-    uint4 meta;
-  };
-  entry e[capacity];      ///< easy ring: fresh entries (pos = 0 always)
-  entry h[hard_capacity];  ///< hard ring: tail elements and elements in progress
+/// Windows (steps) between two block drains (gaussian_block_drain): C::drain_blocks Philox blocks per
+/// lane, i.e. ~8 x 32 x 8 x 5.9% ~ 120 entries per block drain in the library.
+template <class T, class C>
+constexpr unsigned gaussian_drain_period =
+    C::drain_blocks / static_cast<int>(gaussian_lane_blocks<T, C>) > 0 ? static_cast<unsigned>(C::drain_blocks) / gaussian_lane_blocks<T, C> : 1u;
+
+/// Deferred slow-path work: an entry is one Philox block (4 consecutive elements of a row) with at
+/// least one element that failed the fast test: its four words and meta = {row i, q, -, -} (its
+/// elements are j = 4q .. 4q + 3; q < 2^29 as cols < 2^31 on the GPU). Its pending elements are
+/// recomputed from the words (slow_pending).
+struct alignas(32) gaussian_slow_entry {
+  uint4 words;
+  uint4 meta;
 };
 
-/// The state of one ring (warp-uniform values): entries [head, head + count) modulo its capacity.
-struct gaussian_queue_state {
-  unsigned head;
-  unsigned count;
+/// Entries per warp list. A window (step) appends at most 32 x gaussian_lane_blocks <= 64 entries; a
+/// warp whose list holds more than capacity - that after a window finishes its list alone
+/// (gaussian_warp_drain), so appends never overflow; the library's lists hold ~30 entries between
+/// block drains (Poisson), so that practically never happens there.
+constexpr unsigned gaussian_list_capacity = 128;
+
+/// The block's slow-path pool in shared memory (after the tables): one list per warp (appends need no
+/// atomics: the warp's count is a warp-uniform register) and the counts published for a block drain.
+struct gaussian_pool {
+  gaussian_slow_entry list[projection_warps][gaussian_list_capacity];
+  unsigned counts[projection_warps];
+  unsigned nhard;  ///< gaussian_block_drain_split: entries left for round 2
+  std::uint16_t hard[projection_warps * gaussian_list_capacity];  ///< their positions: warp << 8 | slot
 };
 
-/// The warp's two rings.
-struct gaussian_queue_states {
-  gaussian_queue_state easy;
-  gaussian_queue_state hard;
-};
-
-/// This warp's queue (one per warp of the block).
-template <unsigned Cap>
-LORI_DEVICE LORI_FORCEINLINE gaussian_warp_queue<Cap>& gaussian_queue() {
+LORI_DEVICE LORI_FORCEINLINE gaussian_pool& gaussian_slow_pool() {
   extern __shared__ __align__(32) unsigned char projection_smem[];
-  return reinterpret_cast<gaussian_warp_queue<Cap>*>(projection_smem + gaussian_tables_bytes)[threadIdx.x >> 5];
+  return *reinterpret_cast<gaussian_pool*>(projection_smem + gaussian_tables_bytes);
 }
 
-/// Dynamic shared memory of the gaussian kernel variant for T: the layer table and 8 warps' queues
-/// (50 KB: more than the 48 KB of static shared memory, so the kernel is configured for it).
-template <class T, class C>
-constexpr std::size_t gaussian_smem_bytes = gaussian_tables_bytes + sizeof(gaussian_warp_queue<gaussian_easy_capacity<T, C>>) * projection_warps;
+/// Dynamic shared memory of the gaussian kernel variant: the two layer tables (6 KB) and the pool
+/// (34 KB): 41 KB per block, 4 blocks per SM.
+constexpr std::size_t gaussian_smem_bytes = gaussian_tables_bytes + sizeof(gaussian_pool);
 
 /// Word t of a uint4 (t warp-divergent: selects, no local memory).
 LORI_DEVICE LORI_FORCEINLINE std::uint32_t word_of(const uint4& w, int t) { return t == 0 ? w.x : (t == 1 ? w.y : (t == 2 ? w.z : w.w)); }
 
-/// w with word t replaced by x.
-LORI_DEVICE LORI_FORCEINLINE void set_word(uint4& w, int t, std::uint32_t x) {
-  w.x = t == 0 ? x : w.x;
-  w.y = t == 1 ? x : w.y;
-  w.z = t == 2 ? x : w.z;
-  w.w = t == 3 ? x : w.w;
-}
-
-/// Bit t set when word t of an entry's block still fails the fast test (0 once its value was stored)
-/// and element 4·q + t lies inside the row (always, with WholeBlocks).
+/// Bit t set when word t of an entry's block fails the fast test and element 4·q + t lies inside the
+/// row (always, with WholeBlocks).
 template <bool WholeBlocks>
 LORI_DEVICE LORI_FORCEINLINE unsigned slow_pending(const uint4& w, const uint2* table, std::uint32_t q, index_t cols64) {
   const std::uint32_t j0 = q * 4u;  // < 2^31, and j0 + 3 < 2^32
@@ -415,48 +415,32 @@ LORI_DEVICE LORI_FORCEINLINE unsigned slow_pending(const uint4& w, const uint2* 
   return pending;
 }
 
-/// One pass over the oldest n <= 32 entries of the warp's hard ring (gaussian_easy_pass moves entries
-/// there), and the oldest ne <= 32 - n of its easy ring (lanes n .. n + ne - 1; ne > 0 only in the
-/// last passes of a piece, so that the end of a piece costs one pass, not an easy and a hard one):
-/// lane l < n + ne takes an entry and runs ONE attempt (lori::detail::gaussian_slow_attempt, both
-/// slow blocks, any state) of its lowest pending element (the one in progress, if any): finished, the
-/// value is stored over the placeholder and the word zeroed; not finished, the word becomes the new
-/// candidate and pos the words consumed. An entry with pending elements goes back to the ring. So a
-/// pass costs one attempt per lane, not the most attempts any lane needs; every pass consumes a slow
-/// word or finishes an element or drops an entry, so repeated passes terminate. The first __syncwarp
-/// orders the appends and placeholder stores of all lanes before the reads and the overwrites, the
-/// second keeps the reads before any later append to those slots. WholeBlocks: every Philox block lies
-/// inside its row (cols % 4 == 0, the row path), so no element needs the column test.
-template <class T, unsigned Cap, bool WholeBlocks>
-LORI_DEVICE LORI_FORCEINLINE void gaussian_hard_pass(const projection_entry<T>& e, const uint2* table, gaussian_warp_queue<Cap>& qu,
-                                                     gaussian_queue_states& qss, unsigned n, unsigned ne, unsigned lane, unsigned lt) {
-  using queue = gaussian_warp_queue<Cap>;
-  gaussian_queue_state& qs = qss.hard;
-  __syncwarp();
-  uint4 w = make_uint4(0u, 0u, 0u, 0u);
-  uint4 meta = make_uint4(0u, 0u, 0u, 0u);
-  if (lane < n) {
-    const unsigned slot = (qs.head + lane) & queue::hard_mask;
-    w = qu.h[slot].words;
-    meta = qu.h[slot].meta;
-  } else if (lane < n + ne) {  // the drain's last pass: easy entries (pos = 0) in the same pass
-    const unsigned slot = (qss.easy.head + lane - n) & queue::mask;
-    w = qu.e[slot].words;
-    meta = qu.e[slot].meta;
+/// Appends the Philox block b = block q of row i to the warp's list when `slow` (some element failed
+/// the fast test; false in lanes outside the piece): one ballot, the lane's slot by popc. count is the
+/// warp's (uniform) list length.
+LORI_DEVICE LORI_FORCEINLINE void gaussian_append(gaussian_slow_entry* list, unsigned& count, bool slow, const philox_block& b, std::uint32_t i,
+                                                  std::uint32_t q, unsigned lt) {
+  const unsigned ballot = __ballot_sync(0xffffffffu, slow);
+  if (slow) {
+    gaussian_slow_entry& s = list[count + static_cast<unsigned>(__popc(ballot & lt))];
+    s.words = make_uint4(b.v[0], b.v[1], b.v[2], b.v[3]);
+    *reinterpret_cast<uint2*>(&s.meta) = make_uint2(i, q);
   }
-  __syncwarp();
-  qs.head = (qs.head + n) & queue::hard_mask;
-  qs.count -= n;
-  qss.easy.head = (qss.easy.head + ne) & queue::mask;
-  qss.easy.count -= ne;
-  const std::uint32_t q = meta.y & 0x1fffffffu;
-  const std::uint32_t j0 = q * 4u;  // < 2^31, and j0 + 3 < 2^32
-  unsigned pending = slow_pending<WholeBlocks>(w, table, q, e.cols);
-  if (pending != 0u) {
+  count += static_cast<unsigned>(__popc(ballot));
+}
+
+/// Finishes the pending elements (bits of `pending`) of Philox block q of row i (words wd) by one
+/// thread: the whole slow path (lori::detail::gaussian_slow_attempt until it finishes: wedge or tail
+/// tests, further candidates, the bounded loop's fallback; slow blocks 0 and 1 from the precomputed
+/// key schedule, block 1 only when needed), then the value is stored over the placeholder. The lowest
+/// pending element starts with `pos` slow words consumed (its word the current candidate), the others
+/// fresh.
+template <class T, class C>
+LORI_DEVICE LORI_FORCEINLINE void gaussian_finish_pending(const projection_entry<T>& e, const uint4& wd, std::uint32_t i, std::uint32_t q,
+                                                          unsigned pending, int pos) {
+  while (pending != 0u) {
     const int t = __ffs(static_cast<int>(pending)) - 1;
-    const std::uint32_t i = meta.x;
-    const std::uint32_t j = j0 + static_cast<std::uint32_t>(t);
-    // Slow blocks 0 and 1 of (i, j): lori::detail::zig_slow_block, with the precomputed key schedule.
+    // Slow blocks 0 and 1 of (i, 4q + t): lori::detail::zig_slow_block, with the precomputed key schedule.
     const std::uint32_t c0 = 0x80000000u | q, c1 = (static_cast<std::uint32_t>(t) << 30) | i;
     const philox_block b0 = lori::detail::philox4x32_10_scheduled(c0, c1, e.stream0, e.stream1, e.rk);
     philox_block b1{};
@@ -469,166 +453,220 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_hard_pass(const projection_entry<T>& 
       }
       return lori::detail::block_word(b1, k - 4);
     };
-    lori::detail::zig_slow_state st{word_of(w, t), static_cast<int>(meta.y >> 29)};
+    lori::detail::zig_slow_state st{word_of(wd, t), pos};
     float x = 0.0f;
-    if (lori::detail::gaussian_slow_attempt(st, e.params.scale, word, x, gaussian_layers())) {
-      e.out[static_cast<index_t>(i) * e.ld + static_cast<index_t>(j)] = from_float<T>(x);
-      set_word(w, t, 0u);
-      meta.y = q;
-      pending &= pending - 1u;
-    } else {
-      set_word(w, t, st.w);  // still pending: st.w failed the fast test
-      meta.y = q | (static_cast<std::uint32_t>(st.pos) << 29);  // pos <= 6
+    while (!lori::detail::gaussian_slow_attempt(st, e.params.scale, word, x, gaussian_layers())) {
     }
+    e.out[static_cast<index_t>(i) * e.ld + static_cast<index_t>(q * 4u + static_cast<std::uint32_t>(t))] = from_float<T>(x);
+    pending &= pending - 1u;
+    pos = 0;  // the next pending element starts fresh
   }
-  const bool again = pending != 0u;
-  const unsigned back = __ballot_sync(0xffffffffu, again);
-  if (again) {
-    const unsigned slot = (qs.head + qs.count + static_cast<unsigned>(__popc(back & lt))) & queue::hard_mask;
-    qu.h[slot].words = w;
-    qu.h[slot].meta = meta;
-  }
-  qs.count += static_cast<unsigned>(__popc(back));
 }
 
-/// One pass over the oldest n <= 32 entries of the warp's easy ring (fresh entries: pos = 0). Lane
-/// l < n takes entry head + l; its lowest pending element, when in a wedge (layer != 0, 98% of the
-/// slow elements), gets its first attempt with the words s0, s1 of slow block 0 only (the wedge test,
-/// then s1 as the new candidate: lori::detail::gaussian_slow_attempt from pos 0 reads no other word); when
-/// it finishes (99.3%), its value is stored and the entry goes back to the easy ring if another
-/// element is pending. A tail element (layer 0) or a rejected candidate moves the entry, with its
-/// state, to the hard ring (gaussian_hard_pass: any attempt, both slow blocks, the fallback). So the
-/// common pass runs neither the tail's log/exp nor the second block nor the bounded-loop fallback,
-/// and the warp runs those only when 32 hard entries wait or at the end of the piece.
-template <class T, unsigned Cap, bool WholeBlocks>
-LORI_DEVICE LORI_FORCEINLINE void gaussian_easy_pass(const projection_entry<T>& e, const uint2* table, gaussian_warp_queue<Cap>& qu,
-                                                     gaussian_queue_states& qs, unsigned n, unsigned lane, unsigned lt) {
-  using queue = gaussian_warp_queue<Cap>;
-  __syncwarp();
-  const unsigned slot = (qs.easy.head + lane) & queue::mask;  // lanes >= n read an unused slot, ignored
-  uint4 w = qu.e[slot].words;
-  uint4 meta = qu.e[slot].meta;
-  __syncwarp();
-  qs.easy.head = (qs.easy.head + n) & queue::mask;
-  qs.easy.count -= n;
-  const std::uint32_t q = meta.y;  // pos = 0 in the easy ring
-  const std::uint32_t j0 = q * 4u;  // < 2^31, and j0 + 3 < 2^32
-  unsigned pending = slow_pending<WholeBlocks>(w, table, q, e.cols);
-  pending = lane < n ? pending : 0u;
-  const int t = __ffs(static_cast<int>(pending)) - 1;  // -1: nothing pending
-  const std::uint32_t i = meta.x;
-  const std::uint32_t y = word_of(w, t);
+/// gaussian_finish_pending for every pending element of entry s.
+template <class T, class C, bool WholeBlocks>
+LORI_DEVICE LORI_FORCEINLINE void gaussian_finish_entry(const projection_entry<T>& e, const uint2* table, const gaussian_slow_entry& s) {
+  gaussian_finish_pending<T, C>(e, s.words, s.meta.x, s.meta.y, slow_pending<WholeBlocks>(s.words, table, s.meta.y, e.cols), 0);
+}
+
+/// w with word t replaced by x.
+LORI_DEVICE LORI_FORCEINLINE void set_word(uint4& w, int t, std::uint32_t x) {
+  w.x = t == 0 ? x : w.x;
+  w.y = t == 1 ? x : w.y;
+  w.z = t == 2 ? x : w.z;
+  w.w = t == 3 ? x : w.w;
+}
+
+/// Round 1 of a two-round drain for Philox block q of row i (words wd, pending != 0): its lowest
+/// pending element, if in a wedge (layer != 0; 98% of the slow elements), gets its first slow-path
+/// attempt with the words s0, s1 of slow block 0 only (lori::detail::gaussian_slow_attempt from
+/// pos 0: the wedge test with s0, then s1 as the next candidate and its fast test; same operations,
+/// with the block's tables); finished (99.3%), its value is stored and its word zeroed (a zero word
+/// passes the fast test: layer 0, m = 1 < k_0). Returns the elements still pending; pos = the slow
+/// words consumed by the lowest of them (2 after a rejected wedge candidate, whose successor s1
+/// replaces its word; 0 for a tail element or a fresh one).
+template <class T, class C>
+LORI_DEVICE LORI_FORCEINLINE unsigned gaussian_first_attempt(const projection_entry<T>& e, const uint2* table, uint4& wd, std::uint32_t i,
+                                                             std::uint32_t q, unsigned pending, unsigned& pos) {
+  const int t = __ffs(static_cast<int>(pending)) - 1;
+  const std::uint32_t y = word_of(wd, t);
+  pos = 0u;
+  if ((y & 0xffu) == 0u) return pending;  // a tail element: round 2
   // Slow block 0 of (i, 4q + t): lori::detail::zig_slow_block, with the precomputed key schedule.
   const philox_block b0 =
       lori::detail::philox4x32_10_scheduled(0x80000000u | q, (static_cast<std::uint32_t>(t) << 30) | i, e.stream0, e.stream1, e.rk);
-  bool hard = false;
-  if (pending != 0u) {
-    bool done = false;
-    float x = 0.0f;
-    if ((y & 0xffu) != 0u) {
-      // lori::detail::gaussian_slow_attempt from pos 0 in a wedge, with the block's shared tables (same
-      // operations): the wedge test with s0; accepted: the wedge value; rejected: s1 is the next
-      // candidate, its fast test (accepted: its value; else the entry goes to the hard ring with
-      // {candidate s1, pos 2}). rnd_mul(W_L, sigma) is the scaled table's second word.
-      const lori::detail::zig_layer z = gaussian_layers()[y & 0xffu];
-      const float m = bits_float(lori::detail::zig_mbits(y));
-      const float xu = lori::detail::rnd_fma(m, z.w, -z.w);
-      const float ee = lori::detail::exp_neg(lori::detail::rnd_mul(lori::detail::rnd_mul(xu, xu), -0.5f));
-      if (lori::detail::rnd_fma(uniform_float(b0.v[0]), z.d, z.f) < ee) {
-        x = lori::detail::zig_value(y, bits_float(table[y & 0xffu].y));
-        done = true;
-      } else {
-        const std::uint32_t c1 = b0.v[1];
-        const uint2 z2 = table[c1 & 0xffu];
-        if (lori::detail::zig_mbits(c1) < z2.x) {
-          x = lori::detail::zig_value(c1, bits_float(z2.y));
-          done = true;
-        } else {
-          set_word(w, t, c1);  // the rejected candidate's successor, which failed the fast test
-          meta.y = q | (2u << 29);  // pos = 2: s0, s1 consumed
+  const lori::detail::zig_layer z = gaussian_layers()[y & 0xffu];
+  const float m = bits_float(lori::detail::zig_mbits(y));
+  const float xu = lori::detail::rnd_fma(m, z.w, -z.w);
+  const float ee = lori::detail::exp_neg(lori::detail::rnd_mul(lori::detail::rnd_mul(xu, xu), -0.5f));
+  float v = 0.0f;
+  if (lori::detail::rnd_fma(uniform_float(b0.v[0]), z.d, z.f) < ee) {
+    v = lori::detail::zig_value(y, bits_float(table[y & 0xffu].y));
+  } else {
+    const std::uint32_t c1 = b0.v[1];
+    const uint2 z2 = table[c1 & 0xffu];
+    if (lori::detail::zig_mbits(c1) >= z2.x) {
+      set_word(wd, t, c1);  // the rejected candidate's successor, which failed the fast test
+      pos = 2u;             // s0, s1 consumed
+      return pending;
+    }
+    v = lori::detail::zig_value(c1, bits_float(z2.y));
+  }
+  e.out[static_cast<index_t>(i) * e.ld + static_cast<index_t>(q * 4u + static_cast<std::uint32_t>(t))] = from_float<T>(v);
+  set_word(wd, t, 0u);
+  return pending & (pending - 1u);
+}
+
+/// The warp finishes its own list (an overflow guard: a list with more than capacity - 32 x
+/// gaussian_lane_blocks entries after a window). The first __syncwarp orders the appends and the
+/// placeholder stores of all lanes before the reads and the fix-ups, the second the reads before
+/// later appends.
+template <class T, class C, bool WholeBlocks>
+LORI_DEVICE LORI_FORCEINLINE void gaussian_warp_drain(const projection_entry<T>& e, const uint2* table, gaussian_slow_entry* list, unsigned& count,
+                                                      unsigned lane) {
+  __syncwarp();
+  for (unsigned r = lane; r < count; r += 32u) gaussian_finish_entry<T, C, WholeBlocks>(e, table, list[r]);
+  __syncwarp();
+  count = 0u;
+}
+
+/// The block finishes the lists of all its warps (block-uniform call): each warp publishes its count,
+/// then thread x takes entries x, x + 256, ... of the concatenated lists, so the ~1.5% slow elements
+/// of the last windows are spread evenly over the block (no warp waits for its own unlucky lanes) and
+/// run one per thread, with thousands in flight per SM. The first barrier orders the appends and the
+/// placeholder stores of every warp before the reads and fix-ups, the second the reads before later
+/// appends (and, at the end of a piece, before the table is rescaled).
+template <class T, class C, bool WholeBlocks>
+LORI_DEVICE LORI_FORCEINLINE void gaussian_block_drain(const projection_entry<T>& e, const uint2* table, unsigned& count) {
+  gaussian_pool& pool = gaussian_slow_pool();
+  const unsigned x = threadIdx.x;
+  if ((x & 31u) == 0u) pool.counts[x >> 5] = count;
+  __syncthreads();
+  unsigned total = 0u;
+#pragma unroll
+  for (int w = 0; w < projection_warps; ++w) total += pool.counts[w];
+  for (unsigned r = x; r < total; r += projection_threads) {
+    unsigned w = 0u, k = r;
+    while (k >= pool.counts[w]) {  // terminates: r < total
+      k -= pool.counts[w];
+      ++w;
+    }
+    gaussian_finish_entry<T, C, WholeBlocks>(e, table, pool.list[w][k]);
+  }
+  __syncthreads();
+  count = 0u;
+}
+
+/// gaussian_block_drain in two rounds, so that the common case runs without the divergent rare code.
+/// Round 1, every entry (thread x: entries x, x + 256, ...): gaussian_first_attempt for its lowest
+/// pending element; an entry with work left (another pending element, a tail element, a rejected
+/// candidate: ~6% of the entries) is written back with its state (meta.z = pos) and its position
+/// pushed to the hard list (one shared atomic per warp). Round 2: thread x takes hard entries x,
+/// x + 256, ... and finishes them (gaussian_finish_pending). Three barriers: before round 1 (appends,
+/// placeholder stores), before round 2 (round 1's write-backs and pushes), after (reads before later
+/// appends).
+template <class T, class C, bool WholeBlocks>
+LORI_DEVICE LORI_FORCEINLINE void gaussian_block_drain_split(const projection_entry<T>& e, const uint2* table, unsigned& count) {
+  gaussian_pool& pool = gaussian_slow_pool();
+  const unsigned x = threadIdx.x, lane = x & 31u;
+  if (lane == 0u) pool.counts[x >> 5] = count;
+  if (x == 0u) pool.nhard = 0u;
+  __syncthreads();
+  unsigned total = 0u;
+#pragma unroll
+  for (int w = 0; w < projection_warps; ++w) total += pool.counts[w];
+  const unsigned lt = lanemask_lt();
+  for (unsigned r0 = 0u; r0 < total; r0 += projection_threads) {  // block-uniform trip count: full-warp ballots
+    const unsigned r = r0 + x;
+    bool hard = false;
+    unsigned w = 0u, k = r;
+    if (r < total) {
+      while (k >= pool.counts[w]) {  // terminates: r < total
+        k -= pool.counts[w];
+        ++w;
+      }
+      gaussian_slow_entry& s = pool.list[w][k];
+      uint4 wd = s.words;
+      const std::uint32_t i = s.meta.x, q = s.meta.y;
+      unsigned pending = slow_pending<WholeBlocks>(wd, table, q, e.cols);
+      if (pending != 0u) {
+        unsigned pos = 0u;
+        pending = gaussian_first_attempt<T, C>(e, table, wd, i, q, pending, pos);
+        hard = pending != 0u;
+        if (hard) {
+          s.words = wd;
+          s.meta.z = pos;
         }
       }
     }
-    if (done) {
-      e.out[static_cast<index_t>(i) * e.ld + static_cast<index_t>(j0 + static_cast<std::uint32_t>(t))] = from_float<T>(x);
-      set_word(w, t, 0u);
-      pending &= pending - 1u;
-    } else {
-      hard = true;
+    const unsigned ballot = __ballot_sync(0xffffffffu, hard);
+    if (ballot != 0u) {
+      unsigned base = 0u;
+      if (lane == 0u) base = atomicAdd(&pool.nhard, static_cast<unsigned>(__popc(ballot)));
+      base = __shfl_sync(0xffffffffu, base, 0);
+      if (hard) pool.hard[base + static_cast<unsigned>(__popc(ballot & lt))] = static_cast<std::uint16_t>(w << 8 | k);
     }
   }
-  const bool again = !hard && pending != 0u;
-  const unsigned back = __ballot_sync(0xffffffffu, again);
-  if (again) {
-    const unsigned s2 = (qs.easy.head + qs.easy.count + static_cast<unsigned>(__popc(back & lt))) & queue::mask;
-    qu.e[s2].words = w;
-    qu.e[s2].meta = meta;
+  __syncthreads();
+  const unsigned nhard = pool.nhard;
+  for (unsigned h = x; h < nhard; h += projection_threads) {
+    const unsigned at = pool.hard[h];
+    const gaussian_slow_entry& s = pool.list[at >> 8][at & 0xffu];
+    gaussian_finish_pending<T, C>(e, s.words, s.meta.x, s.meta.y, slow_pending<WholeBlocks>(s.words, table, s.meta.y, e.cols),
+                                  static_cast<int>(s.meta.z));
   }
-  qs.easy.count += static_cast<unsigned>(__popc(back));
-  const unsigned moved = __ballot_sync(0xffffffffu, hard);
-  if (hard) {
-    const unsigned s2 = (qs.hard.head + qs.hard.count + static_cast<unsigned>(__popc(moved & lt))) & queue::hard_mask;
-    qu.h[s2].words = w;
-    qu.h[s2].meta = meta;
-  }
-  qs.hard.count += static_cast<unsigned>(__popc(moved));
+  __syncthreads();
+  count = 0u;
 }
 
-/// Works off the warp's queues after a step (at = pass_at): easy passes while at least `at` entries
-/// wait in the easy ring (at most 32 each), after each of them hard passes while at least `at` wait in
-/// the hard ring. Invariant between steps: fewer than `at` wait in each ring (only easy passes add
-/// hard entries), so fewer than at <= 32 wait in the hard ring before an easy pass, which moves at
-/// most 32 there: the hard ring never overflows.
-template <class T, unsigned Cap, bool WholeBlocks>
-LORI_DEVICE LORI_FORCEINLINE void gaussian_queue_work(const projection_entry<T>& e, const uint2* table, gaussian_warp_queue<Cap>& qu,
-                                                      gaussian_queue_states& qs, unsigned at, unsigned lane, unsigned lt) {
-  while (qs.easy.count >= at) {
-    gaussian_easy_pass<T, Cap, WholeBlocks>(e, table, qu, qs, qs.easy.count < 32u ? qs.easy.count : 32u, lane, lt);
-    while (qs.hard.count >= at) gaussian_hard_pass<T, Cap, WholeBlocks>(e, table, qu, qs, qs.hard.count < 32u ? qs.hard.count : 32u, 0u, lane, lt);
+/// The block drain of configuration C (gaussian_block_drain or, with C::split, gaussian_block_drain_split).
+template <class T, class C, bool WholeBlocks>
+LORI_DEVICE LORI_FORCEINLINE void gaussian_drain_all(const projection_entry<T>& e, const uint2* table, unsigned& count) {
+  if constexpr (C::split != 0) {
+    gaussian_block_drain_split<T, C, WholeBlocks>(e, table, count);
+  } else {
+    gaussian_block_drain<T, C, WholeBlocks>(e, table, count);
   }
 }
 
-/// Empties both rings at the end of a piece: hard passes that fill their free lanes with easy entries
-/// (usually one pass: fewer than 32 wait in each ring). Each pass finishes an element, consumes a
-/// slow word or drops an entry, so this terminates; the hard ring holds at most max(its count, 32).
-template <class T, unsigned Cap, bool WholeBlocks>
-LORI_DEVICE LORI_FORCEINLINE void gaussian_queue_drain(const projection_entry<T>& e, const uint2* table, gaussian_warp_queue<Cap>& qu,
-                                                       gaussian_queue_states& qs, unsigned lane, unsigned lt) {
-  while (qs.hard.count + qs.easy.count != 0u) {
-    const unsigned n = qs.hard.count < 32u ? qs.hard.count : 32u;
-    const unsigned ne = qs.easy.count < 32u - n ? qs.easy.count : 32u - n;
-    gaussian_hard_pass<T, Cap, WholeBlocks>(e, table, qu, qs, n, ne, lane, lt);
+/// After a window (step) of a gaussian piece and its stores (block-uniform call): every `period`
+/// windows the block drains all lists; otherwise a warp whose list could overflow in the next window
+/// drains its own.
+template <class T, class C, bool WholeBlocks>
+LORI_DEVICE LORI_FORCEINLINE void gaussian_after_window(const projection_entry<T>& e, const uint2* table, gaussian_slow_entry* list, unsigned& count,
+                                                        unsigned& since, unsigned period, unsigned lane) {
+  if (++since >= period) {
+    gaussian_drain_all<T, C, WholeBlocks>(e, table, count);
+    since = 0u;
+  } else if (count > gaussian_list_capacity - 32u * gaussian_lane_blocks<T, C>) {
+    gaussian_warp_drain<T, C, WholeBlocks>(e, table, list, count, lane);
   }
 }
 
 /// Units [r0, r1) of gaussian matrix e by the block (thread x: units r0 + x, r0 + x + 256, ...); see
 /// lori/detail/random_ziggurat.hpp for the element formula. Every element takes the fast path from the
 /// block's table (a placeholder where the fast test fails); each Philox block with a failing element
-/// is appended to the warp's queue (ballot + popc), and whenever pass_at (32; tests also use fewer)
-/// entries wait, the whole warp finishes up to 32 of them at once (gaussian_queue_work,
-/// after the unit's stores); the rest is finished at the end of the piece. Warps never wait for each
-/// other, except for two block barriers when the table is rescaled for a new sigma (block-uniform:
-/// pieces are block-uniform).
+/// is appended to the warp's list (gaussian_append), and every `period` steps (and at the end of the
+/// piece) the whole block finishes all lists (gaussian_block_drain). Warps wait for each other only at
+/// those drains and when the table is rescaled for a new sigma (block-uniform: pieces are
+/// block-uniform).
 /// table_sigma: the sigma the table holds (0: not filled yet; sigma > 0 always).
 template <class T, class C>
 LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projection_entry<T>& e, index_t r0, index_t r1, unsigned lt,
-                                                                 unsigned pass_at, const uint2* table);
+                                                                 unsigned period, const uint2* table);
 template <class T, class C>
 LORI_DEVICE LORI_FORCEINLINE bool gaussian_row_path(const projection_entry<T>& e);
 
 template <class T, class C>
 LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian(const projection_entry<T>& e, index_t r0, index_t r1, unsigned lt,
-                                                            unsigned pass_at, bool rows, float& table_sigma) {
+                                                            unsigned period, bool rows, float& table_sigma) {
   constexpr int U = projection_traits<T>::unit;
-  constexpr unsigned Cap = gaussian_easy_capacity<T, C>;
-  using queue = gaussian_warp_queue<Cap>;
   const unsigned x = threadIdx.x, lane = x & 31u;
   uint2* table = gaussian_table();
-  queue& qu = gaussian_queue<Cap>();
   const float sigma = e.params.scale;
   static_assert(projection_threads == lori::detail::zig_layers_count, "one table entry per thread");
   if (sigma != table_sigma) {
-    if (table_sigma != 0.0f) __syncthreads();  // every warp is done with the previous table (queues are empty between pieces)
+    if (table_sigma != 0.0f) __syncthreads();  // every warp is done with the previous table (lists are empty between pieces)
     const lori::detail::zig_layer z = lori::detail::zig_layers()[x];
     table[x] = make_uint2(z.k, float_bits(lori::detail::rnd_mul(z.w, sigma)));
     gaussian_layers()[x] = z;
@@ -636,15 +674,14 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian(const projection_ent
     table_sigma = sigma;
   }
   if (rows && gaussian_row_path<T, C>(e)) {
-    projection_piece_gaussian_rows<T, C>(e, r0, r1, lt, pass_at, table);
+    projection_piece_gaussian_rows<T, C>(e, r0, r1, lt, period, table);
     return;
   }
-  gaussian_queue_states qs{{0u, 0u}, {0u, 0u}};
+  gaussian_slow_entry* list = gaussian_slow_pool().list[x >> 5];
+  unsigned count = 0u, since = 0u;
   unit_cursor<T> p = cursor_at(e, r0 + x);
-  // A block-uniform loop and body (every warp runs every step; lanes beyond the piece are inactive):
-  // a warp-divergent region around the ballots below makes the compiler drop the task's keys from
-  // uniform registers (then it spills and recomputes the key schedule per unit). (Two units per
-  // thread and step measured slower at checkpoint 2: 93.8 against 85.3 us, H200.)
+  // A block-uniform loop and body (every warp runs every step; lanes beyond the piece are inactive).
+  // (Two units per thread and step measured slower in session 3: 93.8 against 85.3 us, H200.)
   for (index_t left = r1 - r0; left > 0; left -= projection_threads) {
     // x < left, with the 64-bit part uniform (left >= 256 in every step but the last).
     const bool active = left >= index_t{projection_threads} || x < static_cast<unsigned>(left);
@@ -661,20 +698,13 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian(const projection_ent
         v[4 * h + t] = lori::detail::zig_value(w, bits_float(z.y));
         slow = slow || lori::detail::zig_mbits(w) >= z.x;
       }
-      slow = slow && active;
-      const unsigned ballot = __ballot_sync(0xffffffffu, slow);
-      if (slow) {
-        const unsigned slot = (qs.easy.head + qs.easy.count + static_cast<unsigned>(__popc(ballot & lt))) & queue::mask;
-        qu.e[slot].words = make_uint4(b.v[0], b.v[1], b.v[2], b.v[3]);
-        *reinterpret_cast<uint2*>(&qu.e[slot].meta) = make_uint2(p.i, q);
-      }
-      qs.easy.count += static_cast<unsigned>(__popc(ballot));
+      gaussian_append(list, count, slow && active, b, p.i, q, lt);
     }
     if (active) store_unit_at<T, U>(e, p, v);
-    gaussian_queue_work<T, Cap, false>(e, table, qu, qs, pass_at, lane, lt);
+    gaussian_after_window<T, C, false>(e, table, list, count, since, period, lane);
     advance_step(e, p);
   }
-  gaussian_queue_drain<T, Cap, false>(e, table, qu, qs, lane, lt);
+  if (since != 0u) gaussian_drain_all<T, C, false>(e, table, count);
 }
 
 /// Philox4x32-10 of counter {q, i, stream0, stream1} (lori::detail::philox4x32_10_scheduled) with the
@@ -788,18 +818,16 @@ LORI_DEVICE LORI_FORCEINLINE bool gaussian_row_path(const projection_entry<T>& e
 /// windows test nothing). The window's row i and first unit c are block-uniform, the thread's store
 /// address is carried from window to window, so a unit costs its Philox block (with the row-constant
 /// first rounds precomputed, philox_row), the fast paths, the ballot and one vector store; the slow
-/// path is the general path's warp queues (gaussian_queue_work).
+/// path is the general path's (gaussian_append, gaussian_after_window).
 template <class T, class C>
 LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projection_entry<T>& e, index_t r0, index_t r1, unsigned lt,
-                                                                 unsigned pass_at, const uint2* table) {
+                                                                 unsigned period, const uint2* table) {
   constexpr int U = projection_traits<T>::unit;
   constexpr int K = gaussian_row_units<T, C>;
   constexpr auto S = static_cast<std::uint32_t>(projection_threads * K);
-  constexpr unsigned Cap = gaussian_easy_capacity<T, C>;
-  using queue = gaussian_warp_queue<Cap>;
   const unsigned x = threadIdx.x, lane = x & 31u;
-  queue& qu = gaussian_queue<Cap>();
-  gaussian_queue_states qs{{0u, 0u}, {0u, 0u}};
+  gaussian_slow_entry* list = gaussian_slow_pool().list[x >> 5];
+  unsigned count = 0u, since = 0u;
   // The window holding r0 (block-uniform): row i, first unit c (a multiple of S). In whole windows
   // (w0 and upr are multiples of S; units < 2^40, so w0 / S < 2^32): 32-bit arithmetic only (a
   // 64-bit division, a subroutine call, makes the compiler drop the uniformity of everything after).
@@ -847,13 +875,7 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projectio
           slow = slow || lori::detail::zig_mbits(w) >= z.x;
         }
         if constexpr (Masked) slow = slow && active;
-        const unsigned ballot = __ballot_sync(0xffffffffu, slow);
-        if (slow) {
-          const unsigned slot = (qs.easy.head + qs.easy.count + static_cast<unsigned>(__popc(ballot & lt))) & queue::mask;
-          qu.e[slot].words = make_uint4(b.v[0], b.v[1], b.v[2], b.v[3]);
-          *reinterpret_cast<uint2*>(&qu.e[slot].meta) = make_uint2(i, q);
-        }
-        qs.easy.count += static_cast<unsigned>(__popc(ballot));
+        gaussian_append(list, count, slow, b, i, q, lt);
       }
       if (active) store(dst0 + k * projection_threads * U, v);
     }
@@ -868,11 +890,12 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projectio
       rw = make_gaussian_row_keys(e, tk, i);
     }
   };
+  auto after = [&] { gaussian_after_window<T, C, true>(e, table, list, count, since, period, lane); };
   // A masked first window (the piece starts inside it, or it is the only one and ends early), then
   // the whole windows, then a masked last window (the piece ends inside it).
   if (lo != 0u || (n == 1u && hi_last != S)) {
     window(std::true_type{}, n == 1u ? hi_last : S);
-    gaussian_queue_work<T, Cap, true>(e, table, qu, qs, pass_at, lane, lt);
+    after();
     if (--n != 0u) next_window();
     lo = 0u;
   }
@@ -881,7 +904,7 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projectio
   if (whole != 0u) {
     for (;;) {
       window(std::false_type{}, S);
-      gaussian_queue_work<T, Cap, true>(e, table, qu, qs, pass_at, lane, lt);
+      after();
       if (--whole == 0u) break;
       next_window();
     }
@@ -889,21 +912,21 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projectio
   }
   if (last_masked) {
     window(std::true_type{}, hi_last);
-    gaussian_queue_work<T, Cap, true>(e, table, qu, qs, pass_at, lane, lt);
+    after();
   }
-  gaussian_queue_drain<T, Cap, true>(e, table, qu, qs, lane, lt);
+  if (since != 0u) gaussian_drain_all<T, C, true>(e, table, count);
 }
 
 /// Units [r0, r1) of matrix e by the block, any law. WithGaussian: the kernel variant with the gaussian
 /// path (shared memory, more registers); the host launches the variant without it when no task of the
 /// launch is gaussian.
 template <bool WithGaussian, class C, class T>
-LORI_DEVICE LORI_FORCEINLINE void projection_piece_dispatch(const projection_entry<T>& e, index_t r0, index_t r1, unsigned lt, unsigned pass_at,
+LORI_DEVICE LORI_FORCEINLINE void projection_piece_dispatch(const projection_entry<T>& e, index_t r0, index_t r1, unsigned lt, unsigned period,
                                                             bool rows, float& table_sigma) {
   switch (e.params.kind) {
     case distribution::kaiming_uniform: projection_piece<distribution::kaiming_uniform>(e, r0, r1); break;
     case distribution::gaussian:
-      if constexpr (WithGaussian) projection_piece_gaussian<T, C>(e, r0, r1, lt, pass_at, rows, table_sigma);
+      if constexpr (WithGaussian) projection_piece_gaussian<T, C>(e, r0, r1, lt, period, rows, table_sigma);
       break;
     case distribution::rademacher: projection_piece<distribution::rademacher>(e, r0, r1); break;
     case distribution::sparse: projection_piece<distribution::sparse>(e, r0, r1); break;
@@ -958,14 +981,15 @@ template <bool WithGaussian, class C>
 constexpr int projection_min_blocks = WithGaussian ? C::min_blocks : 8;
 
 /// How a launch's units are split over its blocks: ceil(units / group) groups of `group` units; block B
-/// takes per_block groups, one more if B < extra (no division on the device). pass_at (1..32): queue
-/// length at which a warp works off its gaussian slow-path queue (32 in the library).
+/// takes per_block groups, one more if B < extra (no division on the device). drain_period (>= 1):
+/// windows (steps) between two block drains of the gaussian slow-path lists (gaussian_drain_period in
+/// the library).
 struct projection_split {
   index_t units;
   index_t per_block;
   index_t extra;
   index_t group;
-  unsigned pass_at;
+  unsigned drain_period;
   unsigned rows;  ///< 1: gaussian tasks with gaussian_row_path take the row path (the library); 0: never
 };
 
@@ -973,10 +997,10 @@ struct projection_split {
 /// in the library; 0 otherwise) groups of one window, so that block ranges start and end on window
 /// boundaries of the tasks whose unit counts are multiples of the window (as all k = 2048 n are: no
 /// masked windows), when every block gets at least 16 of them (the imbalance stays <= 1/16).
-inline projection_split make_projection_split(index_t units, index_t blocks, index_t window, unsigned pass_at = 32, unsigned rows = 1) {
+inline projection_split make_projection_split(index_t units, index_t blocks, index_t window, unsigned drain_period = 1, unsigned rows = 1) {
   const index_t group = window > 0 && units >= blocks * 16 * window ? window : 32;
   const index_t groups = (units + group - 1) / group;
-  return projection_split{units, groups / blocks, groups % blocks, group, pass_at, rows};
+  return projection_split{units, groups / blocks, groups % blocks, group, drain_period, rows};
 }
 
 /// The generation kernel: a grid of at most one wave of resident blocks; the launch's units (all tasks
@@ -984,9 +1008,9 @@ inline projection_split make_projection_split(index_t units, index_t blocks, ind
 /// groups (make_projection_split), one per block. Each block walks its range task by task (pieces);
 /// all of this is block-uniform (the task's keys and shape stay in uniform registers). Within a
 /// piece, thread x takes units x, x + 256, ... (the gaussian row path: see
-/// projection_piece_gaussian_rows); after the first task search (one barrier) the warps never wait
-/// for each other.
-template <class T, bool WithGaussian, class Source, class C = gaussian_cfg_lib>
+/// projection_piece_gaussian_rows); after the first task search (one barrier) the warps wait for each
+/// other only in gaussian pieces (block drains of the slow-path lists, table rescaling).
+template <class T, bool WithGaussian, class Source, class C = gaussian_cfg_lib<T>>
 __global__ void __launch_bounds__(projection_threads, projection_min_blocks<WithGaussian, C>)
     projection_kernel(const __grid_constant__ Source param, projection_split split) {
   const auto src = param.source();
@@ -1013,7 +1037,7 @@ __global__ void __launch_bounds__(projection_threads, projection_min_blocks<With
     if (end_t > u) {
       const index_t s = src.start(t);
       const index_t end = end_t < b ? end_t : b;
-      projection_piece_dispatch<WithGaussian, C>(src.entry(t), u - s, end - s, lt, split.pass_at, split.rows != 0u, table_sigma);
+      projection_piece_dispatch<WithGaussian, C>(src.entry(t), u - s, end - s, lt, split.drain_period, split.rows != 0u, table_sigma);
       u = end;
       if (u >= b) break;
     }
@@ -1141,7 +1165,7 @@ projection_batch_plan<T> prepare_projection_batch(const projection_task<T>* task
   plan.units = units;
   if (units > 0) {
     plan.blocks = plan.has_gaussian ? detail_proj::projection_grid(detail_proj::projection_kernel<T, true, detail_proj::projection_batch_source<T>>, units,
-                                                              detail_proj::gaussian_smem_bytes<T, detail_proj::gaussian_cfg_lib>)
+                                                              detail_proj::gaussian_smem_bytes)
                                     : detail_proj::projection_grid(detail_proj::projection_kernel<T, false, detail_proj::projection_batch_source<T>>, units, 0);
   }
   return plan;
@@ -1150,22 +1174,25 @@ projection_batch_plan<T> prepare_projection_batch(const projection_task<T>* task
 namespace detail_proj {
 /// The launch of generate_projection_batch with `blocks` blocks (1 <= blocks; the library passes
 /// plan.blocks, tests force small grids so that each block walks long ranges and many tasks) and
-/// slow-path queue threshold pass_at (1..32; the library passes 32, tests also 1 and 5).
-template <class T>
-void launch_projection_batch(const projection_batch_plan<T>& plan, index_t blocks, cudaStream_t stream, unsigned pass_at = 32, unsigned rows = 1) {
+/// windows between block drains of the gaussian slow-path lists drain_period (0: the library's,
+/// gaussian_drain_period; tests force 1 (a drain after every window) and 2^30 (none before the end of a
+/// piece: the warps' lists overflow into warp drains)); rows = 0: no gaussian row path; C: the gaussian
+/// kernel configuration (tests of others than the library's).
+template <class T, class C = gaussian_cfg_lib<T>>
+void launch_projection_batch(const projection_batch_plan<T>& plan, index_t blocks, cudaStream_t stream, unsigned drain_period = 0, unsigned rows = 1) {
   LORI_EXPECTS(plan.count >= 0 && plan.blocks >= 0 && plan.units >= 0, "generate_projection_batch: invalid plan");
   if (plan.units == 0) return;
   LORI_EXPECTS(plan.workspace != nullptr, "generate_projection_batch: plan has no workspace");
   LORI_EXPECTS(blocks >= 1 && blocks < (index_t{1} << 31), "generate_projection_batch: invalid block count");
-  LORI_EXPECTS(pass_at >= 1 && pass_at <= 32, "generate_projection_batch: invalid queue threshold");
   const auto n = static_cast<std::size_t>(plan.count);
   const auto* base = static_cast<const unsigned char*>(plan.workspace);
   const projection_batch_source<T> src{reinterpret_cast<const projection_entry_storage<T>*>(base),
                                        reinterpret_cast<const index_t*>(base + round_up16(n * sizeof(projection_entry_storage<T>))), plan.count};
   const projection_split split =
-      make_projection_split(plan.units, blocks, plan.has_gaussian ? gaussian_row_window<T, gaussian_cfg_lib> : 0, pass_at, rows);
+      make_projection_split(plan.units, blocks, plan.has_gaussian ? gaussian_row_window<T, C> : 0,
+                            drain_period > 0 ? drain_period : gaussian_drain_period<T, C>, rows);
   if (plan.has_gaussian) {
-    projection_kernel<T, true><<<static_cast<unsigned>(blocks), projection_threads, gaussian_smem_bytes<T, gaussian_cfg_lib>, stream>>>(src, split);
+    projection_kernel<T, true, projection_batch_source<T>, C><<<static_cast<unsigned>(blocks), projection_threads, gaussian_smem_bytes, stream>>>(src, split);
   } else {
     projection_kernel<T, false><<<static_cast<unsigned>(blocks), projection_threads, 0, stream>>>(src, split);
   }
@@ -1178,7 +1205,7 @@ void launch_projection_batch(const projection_batch_plan<T>& plan, index_t block
 template <class C, class T>
 index_t projection_grid_cfg(const projection_batch_plan<T>& plan) {
   LORI_EXPECTS(plan.has_gaussian && plan.units > 0 && plan.workspace != nullptr, "projection_grid_cfg: needs a gaussian plan");
-  return projection_grid(projection_kernel<T, true, projection_batch_source<T>, C>, plan.units, gaussian_smem_bytes<T, C>);
+  return projection_grid(projection_kernel<T, true, projection_batch_source<T>, C>, plan.units, gaussian_smem_bytes);
 }
 template <class C, class T>
 void launch_projection_batch_cfg(const projection_batch_plan<T>& plan, index_t blocks, cudaStream_t stream) {
@@ -1187,15 +1214,16 @@ void launch_projection_batch_cfg(const projection_batch_plan<T>& plan, index_t b
   const auto* base = static_cast<const unsigned char*>(plan.workspace);
   const projection_batch_source<T> src{reinterpret_cast<const projection_entry_storage<T>*>(base),
                                        reinterpret_cast<const index_t*>(base + round_up16(n * sizeof(projection_entry_storage<T>))), plan.count};
-  projection_kernel<T, true, projection_batch_source<T>, C><<<static_cast<unsigned>(blocks), projection_threads, gaussian_smem_bytes<T, C>, stream>>>(
-      src, make_projection_split(plan.units, blocks, gaussian_row_window<T, C>));
+  projection_kernel<T, true, projection_batch_source<T>, C><<<static_cast<unsigned>(blocks), projection_threads, gaussian_smem_bytes, stream>>>(
+      src, make_projection_split(plan.units, blocks, gaussian_row_window<T, C>, gaussian_drain_period<T, C>));
   LORI_CUDA_CHECK_LAUNCH();
 }
 
-/// generate_projection with `blocks` blocks (blocks <= 0: the default grid, one wave at most).
+/// generate_projection with `blocks` blocks (blocks <= 0: the default grid, one wave at most) and
+/// drain_period (0: the library's; see launch_projection_batch).
 template <class T>
 void generate_projection_blocks(row_major_view<T> out, std::uint64_t seed, std::uint64_t stream, const projection_spec& spec, index_t blocks,
-                                cudaStream_t cuda_stream) {
+                                cudaStream_t cuda_stream, unsigned drain_period = 0) {
   const projection_task<T> t = make_projection_task(out.data(), out.rows(), out.cols(), seed, stream, spec, out.ld());
   const projection_entry<T> e = make_entry(t);
   const index_t units = t.rows * static_cast<index_t>(e.upr);
@@ -1208,14 +1236,15 @@ void generate_projection_blocks(row_major_view<T> out, std::uint64_t seed, std::
   src.starts[1] = units;
   if (t.params.kind == distribution::gaussian) {
     const auto kernel = projection_kernel<T, true, projection_single_source<T>>;
-    constexpr std::size_t smem = gaussian_smem_bytes<T, gaussian_cfg_lib>;
+    constexpr std::size_t smem = gaussian_smem_bytes;
     index_t grid = blocks;
     if (blocks > 0) {
       configure_projection_kernel(kernel, smem);
     } else {
       grid = projection_grid(kernel, units, smem);
     }
-    kernel<<<static_cast<unsigned>(grid), projection_threads, smem, cuda_stream>>>(src, make_projection_split(units, grid, gaussian_row_window<T, gaussian_cfg_lib>));
+    kernel<<<static_cast<unsigned>(grid), projection_threads, smem, cuda_stream>>>(src, make_projection_split(units, grid, gaussian_row_window<T, gaussian_cfg_lib<T>>,
+                                                                                    drain_period > 0 ? drain_period : gaussian_drain_period<T, gaussian_cfg_lib<T>>));
   } else {
     const auto kernel = projection_kernel<T, false, projection_single_source<T>>;
     const index_t grid = blocks > 0 ? blocks : projection_grid(kernel, units, 0);
