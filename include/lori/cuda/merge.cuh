@@ -29,6 +29,7 @@
 
 #include "lori/detail/cuda_common.cuh"
 #include "lori/detail/merge_stream.cuh"
+#include "lori/detail/merge_strip.cuh"
 
 #include <cuda_runtime_api.h>
 
@@ -90,14 +91,21 @@ struct pack_source {
   index_t off, r;
 };
 
+// What both pack kernels are given: up to pack_max sources, the shape, the packed column range
+// [c_begin, c_end) of this launch, the outputs.
 template <class T>
-struct pack_args {
+struct pack_head {
   pack_source<T> src[pack_max];
   int count;
-  index_t d, k, R, c_begin, c_end;
-  bool split;  // 16-bit T with per-adapter scales: Bcat = [hi | lo], Acat = [A; A] (see merge_into)
+  index_t d, k, c_begin, c_end;
   T* Bcat;
   T* Acat;
+};
+
+template <class T>
+struct pack_args : pack_head<T> {
+  index_t R;
+  bool split;  // 16-bit T with per-adapter scales: Bcat = [hi | lo], Acat = [A; A] (see merge_into)
 };
 
 template <class T>
@@ -173,13 +181,9 @@ __global__ void pack_kernel(const __grid_constant__ pack_args<T> a) {
 // 22 µs for the 4.5 MB of a 4-adapter merge into 14336 x 4096: latency- and instruction-bound.)
 // Columns outside [c_begin, c_end) (another launch's sources) are never written.
 template <class T>
-struct tpack_args {
-  pack_source<T> src[pack_max];
-  int count;
-  index_t d, k, c_begin, c_end;
+struct tpack_args : pack_head<T> {
   int ch0, nch, lg_nch;  // Bcat chunks [ch0, ch0 + nch) of every row; 1 << lg_nch >= nch threads per row
-  T* Bcat;
-  T* Acat;
+  bool acat;             // also pack Acat (the strip kernel reads the Aₜ rows itself: Bcat only)
 };
 
 // The bits of Bₜ(i, j) (0 past its rank: the padding of a scale segment; 0 where a sparse Bₜ is not kept).
@@ -295,7 +299,7 @@ __global__ void __launch_bounds__(256) pack_tiled_kernel(const __grid_constant__
   }
   __syncthreads();
   const index_t nb = a.d << a.lg_nch, k8 = (a.k + 7) / 8;
-  const index_t total = nb + (a.c_end - a.c_begin) * k8;
+  const index_t total = nb + (a.acat ? (a.c_end - a.c_begin) * k8 : 0);
   const index_t stride = static_cast<index_t>(gridDim.x) * blockDim.x;
   for (index_t e = blockIdx.x * static_cast<index_t>(blockDim.x) + tid; e < total; e += tpack_batch * stride) {
     tpack_chunk c[tpack_batch];
@@ -394,18 +398,18 @@ bool stream_kernel_applies(row_major_view<T> W, const std::vector<merge_source<T
 
 // Packs the sources (in groups of pack_max per launch) into Bcat (d x ldc) and Acat (rows x k): source t
 // at column/row off[t], its range ending where the next begins (or at `end`); columns past its rank zero.
-// `tiled`: the streaming kernel's layout (pack_tiled_kernel; end <= merge_stream::max_kp, unscaled).
+// `tiled`: the streaming kernels' layout (pack_tiled_kernel; end <= merge_stream::max_kp, unscaled);
+// `acat` false: Bcat only (tiled layout).
 template <class T>
 void pack_all(context& ctx, const std::vector<merge_source<T>>& sources, index_t d, index_t k, index_t ldc,
-              const std::vector<index_t>& off, index_t end, bool scaled, bool split, bool tiled, T* Bcat, T* Acat) {
+              const std::vector<index_t>& off, index_t end, bool scaled, bool split, bool tiled, T* Bcat, T* Acat,
+              bool acat = true) {
   for (std::size_t first = 0; first < sources.size(); first += pack_max) {
-    pack_source<T> srcs[pack_max];
-    int count = 0;
+    pack_head<T> h{};  // the fields both pack kernels share
     std::size_t q = first;
     for (; q < sources.size() && q < first + pack_max; ++q) {
       const auto& src = sources[q];
-      auto& ps = srcs[count++];
-      ps = pack_source<T>{};
+      auto& ps = h.src[h.count++];
       ps.A = src.A.data();
       ps.lda = src.A.ld();
       const bool sparse = src.B_dense.empty();
@@ -416,24 +420,23 @@ void pack_all(context& ctx, const std::vector<merge_source<T>>& sources, index_t
       ps.off = off[q];
       ps.r = source_rank(src);
     }
-    const index_t c_begin = off[first], c_end = q < sources.size() ? off[q] : end;
-    const index_t w = c_end - c_begin;
+    h.d = d;
+    h.k = k;
+    h.c_begin = off[first];
+    h.c_end = q < sources.size() ? off[q] : end;
+    h.Bcat = Bcat;
+    h.Acat = Acat;
+    const index_t w = h.c_end - h.c_begin;
     if constexpr (sizeof(T) == 2) {
       if (tiled) {
         tpack_args<T> a{};
-        std::copy(srcs, srcs + count, a.src);
-        a.count = count;
-        a.d = d;
-        a.k = k;
-        a.c_begin = c_begin;
-        a.c_end = c_end;
-        a.ch0 = static_cast<int>(c_begin / 8);
-        a.nch = static_cast<int>(detail::ceil_div(c_end, 8) - c_begin / 8);
+        static_cast<pack_head<T>&>(a) = h;
+        a.ch0 = static_cast<int>(h.c_begin / 8);
+        a.nch = static_cast<int>(detail::ceil_div(h.c_end, 8) - h.c_begin / 8);
         a.lg_nch = 0;
         while ((1 << a.lg_nch) < a.nch) ++a.lg_nch;
-        a.Bcat = Bcat;
-        a.Acat = Acat;
-        const index_t items = (d << a.lg_nch) + w * detail::ceil_div(k, 8);
+        a.acat = acat;
+        const index_t items = (d << a.lg_nch) + (acat ? w * detail::ceil_div(k, 8) : 0);
         const index_t blocks = std::min<index_t>(detail::ceil_div(items, 256 * tpack_batch), index_t{16} * 1024);
         pack_tiled_kernel<T><<<detail::grid_dim(blocks), 256, 0, ctx.stream()>>>(a);
         LORI_CUDA_CHECK_LAUNCH();
@@ -441,16 +444,9 @@ void pack_all(context& ctx, const std::vector<merge_source<T>>& sources, index_t
       }
     }
     pack_args<T> a{};
-    std::copy(srcs, srcs + count, a.src);
-    a.count = count;
-    a.d = d;
-    a.k = k;
+    static_cast<pack_head<T>&>(a) = h;
     a.R = ldc;
     a.split = split;
-    a.Bcat = Bcat;
-    a.Acat = Acat;
-    a.c_begin = c_begin;
-    a.c_end = c_end;
     const index_t items = d * detail::ceil_div(w, 8) + w * detail::ceil_div(k, 8);
     const index_t blocks = std::min<index_t>(detail::ceil_div(items, 256), index_t{8} * 1024);
     pack_kernel<T><<<detail::grid_dim(blocks), 256, 0, ctx.stream()>>>(a);
@@ -458,17 +454,94 @@ void pack_all(context& ctx, const std::vector<merge_source<T>>& sources, index_t
   }
 }
 
-// Probe modes of the streaming route (benchmarks only; 0 = the real merge): bits of `probe`.
+// Probe modes of the streaming route (benchmarks and tests; 0 = the real merge): bits of `probe`.
 inline constexpr int probe_no_math = 1;    // the kernel's memory pipeline with ΔW = 0 (W rewritten unchanged)
 inline constexpr int probe_no_pdl = 2;     // plain launch after the pack kernel
 inline constexpr int probe_no_pack = 4;    // the kernel alone (operands as left in the workspace)
 inline constexpr int probe_no_kernel = 8;  // the pack kernel alone
 inline constexpr int probe_no_w_io = 16;   // the kernel without W's loads and stores (operands + math)
+inline constexpr int probe_tile = 64;      // the shared-memory tile kernel (merge_stream.cuh) instead of the strip kernel
+inline constexpr int probe_packed = 128;   // strip kernel: Bcat packed even where the dense Bₜ could be read directly
+inline constexpr int probe_pf1 = 256;      // strip kernel: W loads 1 step ahead instead of 2
+inline constexpr int probe_cs = 512;       // strip kernel: W loads / stores with the evict-first (.cs) hint
+inline constexpr int probe_grid2 = 1024;   // strip kernel on 2 blocks (tests: long runs of steps per block)
+inline constexpr int probe_pf3 = 2048;     // strip kernel: W loads 3 steps ahead instead of 2
 
-// The streaming-kernel route (requires stream_kernel_applies and a checked workspace).
+// The strip kernel reads Bcat straight from the dense Bₜ when every Bₜ is dense with a rank that is a
+// multiple of 8 (8-element depth chunks, each from one source) and 16-byte aligned rows; else the tiled
+// pack writes Bcat (only) first.
+template <class T>
+bool strip_reads_b_directly(const std::vector<merge_source<T>>& sources) {
+  for (const auto& s : sources) {
+    if (s.B_dense.empty() || s.B_dense.cols() % 8 != 0 || s.B_dense.ld() % 8 != 0 ||
+        reinterpret_cast<std::uintptr_t>(s.B_dense.data()) % 16 != 0)
+      return false;
+  }
+  return true;
+}
+
+// The fp32 scale schedule of both streaming kernels (one rounding of each ratio, see merge_stream.cuh).
+inline void segment_multipliers(const stream_layout& L, float* mul) {
+  for (std::size_t j = 0; j < L.seg_scale.size(); ++j)
+    mul[j] = j + 1 < L.seg_scale.size()
+                 ? static_cast<float>(static_cast<double>(L.seg_scale[j]) / static_cast<double>(L.seg_scale[j + 1]))
+                 : L.seg_scale[j];
+}
+
+// The strip kernel (lori/detail/merge_strip.cuh), W in registers.
+template <class T>
+void merge_strip_route(context& ctx, row_major_view<T> W, const std::vector<merge_source<T>>& sources,
+                       void* workspace, int probe) {
+  namespace ms = detail::merge_strip;
+  const index_t d = W.rows(), k = W.cols();
+  const stream_layout L = make_stream_layout(sources);
+  const bool direct = (probe & probe_packed) == 0 && strip_reads_b_directly(sources);
+  T* Bcat = static_cast<T*>(workspace);
+  if (!direct && (probe & probe_no_pack) == 0)
+    pack_all<T>(ctx, sources, d, k, L.kp, L.off, L.kp, false, false, true, Bcat, nullptr, false);
+  if ((probe & probe_no_kernel) != 0) return;
+  ms::params p{};
+  p.W = W.data();
+  p.ldw = W.ld();
+  p.d = d;
+  p.k = k;
+  p.kp = static_cast<int>(L.kp);
+  for (std::size_t t = 0; t < sources.size(); ++t) {
+    const index_t off = L.off[t], r = source_rank(sources[t]);
+    for (index_t j = 0; j < r; ++j) p.arow[off + j] = sources[t].A.data() + j * sources[t].A.ld();
+    if (direct)
+      for (index_t j = 0; j < r; j += 8) {
+        p.bptr[(off + j) / 8] = sources[t].B_dense.data() + j;
+        p.bld[(off + j) / 8] = sources[t].B_dense.ld();
+      }
+  }
+  if (!direct)
+    for (index_t q = 0; q < L.kp / 8; ++q) {
+      p.bptr[q] = Bcat + 8 * q;
+      p.bld[q] = detail::merge_stream::pitch;
+    }
+  p.nrs = detail::ceil_div(d, ms::srows);
+  p.steps = p.nrs * detail::ceil_div(k, ms::scols);
+  p.seg_end = L.seg_end;
+  segment_multipliers(L, p.seg_mul);
+  p.mode = ((probe & probe_no_math) == 0 ? ms::mode_math : 0) | ((probe & probe_no_w_io) == 0 ? ms::mode_w_io : 0) |
+           ((probe & probe_cs) != 0 ? ms::mode_cs : 0);
+  const bool pdl = !direct && (probe & probe_no_pdl) == 0;
+  const int sms = (probe & probe_grid2) != 0 ? 2 : ctx.sm_count();
+  if ((probe & probe_pf1) != 0) ms::launch<T, 1>(p, sms, ctx.stream(), pdl);
+  else if ((probe & probe_pf3) != 0) ms::launch<T, 3>(p, sms, ctx.stream(), pdl);
+  else ms::launch<T, 2>(p, sms, ctx.stream(), pdl);
+}
+
+// The streaming route (requires stream_kernel_applies and a checked workspace): the strip kernel, or
+// with probe_tile the shared-memory tile kernel.
 template <class T>
 void merge_stream_route(context& ctx, row_major_view<T> W, const std::vector<merge_source<T>>& sources,
                         void* workspace, int probe = 0) {
+  if ((probe & probe_tile) == 0) {
+    merge_strip_route(ctx, W, sources, workspace, probe);
+    return;
+  }
   const index_t d = W.rows(), k = W.cols();
   const stream_layout L = make_stream_layout(sources);
   T* Bcat = static_cast<T*>(workspace);
@@ -486,10 +559,7 @@ void merge_stream_route(context& ctx, row_major_view<T> W, const std::vector<mer
   p.ntc = static_cast<int>(detail::ceil_div(k, detail::merge_stream::bn));
   p.tiles = static_cast<int>(detail::ceil_div(d, detail::merge_stream::bm)) * p.ntc;
   p.seg_end = L.seg_end;
-  for (std::size_t j = 0; j < L.seg_scale.size(); ++j)  // one rounding of each ratio (see merge_stream.cuh)
-    p.seg_mul[j] = j + 1 < L.seg_scale.size()
-                       ? static_cast<float>(static_cast<double>(L.seg_scale[j]) / static_cast<double>(L.seg_scale[j + 1]))
-                       : L.seg_scale[j];
+  segment_multipliers(L, p.seg_mul);
   p.mode = ((probe & probe_no_math) == 0 ? detail::merge_stream::mode_math : 0) |
            ((probe & probe_no_w_io) == 0 ? detail::merge_stream::mode_w_io : 0);
   detail::merge_stream::launch<T>(p, ctx.sm_count(), ctx.stream(), (probe & probe_no_pdl) == 0);

@@ -1,0 +1,270 @@
+// lori/detail/merge_strip.cuh - private: the register-streaming tensor-core kernel behind
+// lori::cuda::merge_into for 16-bit W (W += Bcat · diag(segment scales) · Acat, depth kp <= 128).
+//
+// Design: a copy kernel first. W never passes through shared memory: every thread loads its W elements
+// with 16-byte loads straight into registers PF block steps ahead (register ring of PF + 1 buffers,
+// indexed statically by unrolling), adds ΔW from its own mma.sync accumulators and stores 16 bytes back.
+// One block (8 warps) per SM owns a contiguous run of block steps in strip-major order; a step is
+// 32 rows x 256 columns (one 32-column strip per warp: 512 contiguous bytes per row per block).
+// * The accumulator columns are PERMUTED so that each thread's outputs are 8 consecutive columns of a
+//   row: accumulator (n8 block ni, column 2·t4 + j) is W column 8·t4 + 2·ni + j of the warp's 32, so
+//   the mma B fragment of block ni, column n, is W column 8·(n/2) + 2·ni + n%2. Each thread's W chunk
+//   (rows g, g + 8, g + 16, g + 24; columns 8·t4 .. +7) is then one 16-byte load and one 16-byte store.
+// * The B operand (Acat, depth x the warp's 32 columns) stays in registers for the whole strip (64
+//   registers; gathered from the Aₜ rows in the permuted order when the block enters a strip, at most
+//   twice per block): no pack of A, no shared memory for it.
+// * The A operand (Bcat, the step's 32 rows x depth) is shared by the 8 warps: a 4-slot shared-memory
+//   ring filled with 16-byte cp.async straight from the dense Bₜ rows (8-element depth chunks, each
+//   from one source: ranks multiple of 8) or from the packed Bcat (sparse or unaligned Bₜ), read with
+//   ldmatrix (272-byte pitch: conflict free). Depth padding (scale segments padded to 16) stays zero.
+// * Scales stay fp32 exactly as in merge_stream.cuh: Bₜ unscaled, one fp32 accumulator through the
+//   scale segments with acc *= s_j / s_j+1 at each segment end and acc *= s_last at the end; W + acc
+//   rounded once to T.
+#ifndef LORI_DETAIL_MERGE_STRIP_CUH
+#define LORI_DETAIL_MERGE_STRIP_CUH
+
+#include "lori/config.hpp"
+#include "lori/detail/internal_header_check.hpp"
+
+#include "lori/core/float16.hpp"
+#include "lori/detail/cuda_common.cuh"
+#include "lori/detail/merge_stream.cuh"
+#include "lori/error.hpp"
+
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <type_traits>
+
+namespace lori::detail::merge_strip {
+
+inline constexpr int warps = 8;
+inline constexpr int threads = 32 * warps;
+inline constexpr int wcols = 32;               // columns per warp
+inline constexpr int scols = warps * wcols;    // columns per block step (a strip)
+inline constexpr int srows = 32;               // rows per block step
+inline constexpr int pitch = 136;              // Bcat slot row pitch (elements): 272 B, ldmatrix conflict free
+inline constexpr int slots = 4;                // Bcat ring
+inline constexpr int max_kp = 128;             // depth limit (one K chunk)
+inline constexpr int max_ksteps = max_kp / 16;
+inline constexpr int nchunks = max_kp / 8;     // 8-element depth chunks of a Bcat row
+
+inline constexpr int mode_math = 1;  // compute ΔW (else W rewritten unchanged: the memory floor)
+inline constexpr int mode_w_io = 2;  // load and store W
+inline constexpr int mode_cs = 4;    // W through ld.global.cs / st.global.cs (L2 evict-first)
+
+struct params {
+  void* W;
+  index_t ldw, d, k;
+  const void* bptr[nchunks];   // depth chunk q of Bcat row i at bptr[q] + i·bld[q] (null: zeros)
+  index_t bld[nchunks];
+  const void* arow[max_kp];    // Acat row kk (an Aₜ row; null: a zero padding row)
+  int kp;                       // padded depth, multiple of 16, <= 128
+  index_t nrs, steps;           // row steps per strip, steps in all (strips · nrs)
+  unsigned long long seg_end;   // bit q: k-step q is the last of a scale segment
+  float seg_mul[max_ksteps];
+  int mode;
+};
+
+__device__ __forceinline__ void cp_async16(std::uint32_t dst, const void* src) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src) : "memory");
+}
+
+// W += ΔW for the blocks' runs of steps; PF: W loads issued PF steps ahead.
+template <class T, int PF>
+__global__ void __launch_bounds__(threads, 1) merge_strip_kernel(const __grid_constant__ params p) {
+  constexpr int NB = PF + 1;  // W register buffers
+  __shared__ __align__(16) std::uint16_t bs[slots][srows * pitch];
+  __shared__ const std::uint16_t* arow[max_kp];
+  __shared__ const std::uint16_t* bptr[nchunks];
+  __shared__ index_t bld[nchunks];
+  const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;
+  const int g = lane >> 2, t4 = lane & 3;
+  const index_t s_begin = static_cast<index_t>(blockIdx.x) * p.steps / gridDim.x;
+  const index_t s_end = (static_cast<index_t>(blockIdx.x) + 1) * p.steps / gridDim.x;
+  const int n = static_cast<int>(s_end - s_begin);
+  const int ksteps = p.kp / 16;
+  const bool math = (p.mode & mode_math) != 0, w_io = (p.mode & mode_w_io) != 0, cs = (p.mode & mode_cs) != 0;
+  T* const W = static_cast<T*>(p.W);
+
+  {  // zero the ring (depth padding and rows past d are never copied), copy the operand tables
+    uint4* z = reinterpret_cast<uint4*>(&bs[0][0]);
+    for (int i = tid; i < slots * srows * pitch / 8; i += threads) z[i] = make_uint4(0u, 0u, 0u, 0u);
+    if (tid < max_kp) arow[tid] = tid < p.kp ? static_cast<const std::uint16_t*>(p.arow[tid]) : nullptr;
+    if (tid < nchunks) {
+      bptr[tid] = tid * 8 < p.kp ? static_cast<const std::uint16_t*>(p.bptr[tid]) : nullptr;
+      bld[tid] = p.bld[tid];
+    }
+  }
+  __syncthreads();
+
+  // The thread's W chunk of step s: rows row0 + 16 mi + 8 h + g, columns col .. col + 7.
+  const auto coords = [&](index_t s, index_t& row0, index_t& col) {
+    const index_t strip = s / p.nrs;
+    row0 = (s - strip * p.nrs) * srows;
+    col = strip * scols + warp * wcols + t4 * 8;
+  };
+  const auto load_w = [&](index_t s, uint4 (&buf)[4]) {
+    index_t row0, col;
+    coords(s, row0, col);
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      const index_t row = row0 + (q >> 1) * 16 + (q & 1) * 8 + g;
+      buf[q] = make_uint4(0u, 0u, 0u, 0u);
+      if (w_io && row < p.d && col < p.k) {
+        const uint4* a = reinterpret_cast<const uint4*>(W + row * p.ldw + col);
+        buf[q] = cs ? __ldcs(a) : *a;
+      }
+    }
+  };
+  // Bcat rows of step s -> ring slot: 32 rows x 16 chunks, two per thread.
+  const auto fill_b = [&](index_t s, int slot) {
+    const index_t row0 = (s % p.nrs) * srows;
+#pragma unroll
+    for (int v = 0; v < srows * nchunks / threads; ++v) {
+      const int item = tid + v * threads, r = item / nchunks, q = item % nchunks;
+      const std::uint16_t* src = bptr[q];
+      if (src != nullptr && row0 + r < p.d)
+        cp_async16(merge_stream::smem_u32(&bs[slot][r * pitch + q * 8]), src + (row0 + r) * bld[q]);
+    }
+  };
+
+  std::uint32_t bfr[max_ksteps][4][2];  // B fragments of the warp's strip (permuted columns)
+  // Gathers the warp's B fragments of a strip from the Aₜ rows: fragment (ks, ni, h) of lane (g, t4)
+  // holds Acat rows kk, kk + 1 (kk = 16 ks + 8 h + 2 t4; low half kk) at W column
+  // strip·256 + 32 warp + 8 (g / 2) + 2 ni + g % 2.
+  const auto gather = [&](index_t strip) {
+    const index_t cb = strip * scols + warp * wcols + (g >> 1) * 8 + (g & 1);
+#pragma unroll
+    for (int ks = 0; ks < max_ksteps; ++ks)
+#pragma unroll
+      for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int kk = ks * 16 + h * 8 + 2 * t4;
+          const index_t c = cb + 2 * ni;
+          std::uint32_t lo = 0, hi = 0;
+          if (ks < ksteps && c < p.k) {
+            const std::uint16_t* r0 = arow[kk];
+            const std::uint16_t* r1 = arow[kk + 1];
+            if (r0 != nullptr) lo = __ldg(r0 + c);
+            if (r1 != nullptr) hi = __ldg(r1 + c);
+          }
+          bfr[ks][ni][h] = lo | (hi << 16);
+        }
+  };
+
+  uint4 wb[NB][4];
+#pragma unroll
+  for (int u = 0; u < PF; ++u)
+    if (u < n) load_w(s_begin + u, wb[u]);
+  // Launched with programmatic stream serialization after the pack kernel (packed Bcat): W and the Aₜ
+  // are not written by it, the packed Bcat is read only after it completed.
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#pragma unroll
+  for (int j = 0; j < slots - 1; ++j) {
+    if (j < n) fill_b(s_begin + j, j);
+    asm volatile("cp.async.commit_group;" ::: "memory");
+  }
+
+  index_t cur_strip = -1;
+  const std::uint32_t a_lane = static_cast<std::uint32_t>(((lane & 15) * pitch + (lane >> 4) * 8) * 2);
+  for (int j0 = 0; j0 < n; j0 += NB) {
+#pragma unroll
+    for (int u = 0; u < NB; ++u) {
+      const int j = j0 + u;
+      if (j >= n) break;
+      const index_t s = s_begin + j;
+      if (j + PF < n) load_w(s + PF, wb[(u + PF) % NB]);
+      const index_t strip = s / p.nrs;
+      if (strip != cur_strip) {
+        gather(strip);
+        cur_strip = strip;
+      }
+      asm volatile("cp.async.wait_group %0;" ::"n"(slots - 2) : "memory");
+      __syncthreads();  // slice j landed for all threads; slot (j - 1) % slots is free (step j - 1 done)
+      if (j + slots - 1 < n) fill_b(s + slots - 1, (j + slots - 1) % slots);
+      asm volatile("cp.async.commit_group;" ::: "memory");
+
+      float acc[2][4][4];
+#pragma unroll
+      for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+        for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) acc[mi][ni][e] = 0.0f;
+      if (math) {
+        const std::uint32_t a_base = merge_stream::smem_u32(&bs[j % slots][0]) + a_lane;
+        int seg = 0;
+#pragma unroll
+        for (int ks = 0; ks < max_ksteps; ++ks) {
+          if (ks < ksteps) {
+            std::uint32_t af[2][4];
+#pragma unroll
+            for (int mi = 0; mi < 2; ++mi)
+              merge_stream::ldsm_x4(a_base + static_cast<std::uint32_t>((mi * 16 * pitch + ks * 16) * 2), af[mi]);
+#pragma unroll
+            for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+              for (int ni = 0; ni < 4; ++ni) merge_stream::mma16816<T>(acc[mi][ni], af[mi], bfr[ks][ni][0], bfr[ks][ni][1]);
+            if ((p.seg_end >> ks) & 1ull) {  // end of a scale segment: acc *= s_j / s_j+1 (last: s_last)
+              const float m = p.seg_mul[seg++];
+#pragma unroll
+              for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+                for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+                  for (int e = 0; e < 4; ++e) acc[mi][ni][e] *= m;
+            }
+          }
+        }
+      }
+      // W chunk += acc (element e of the chunk: n8 block e / 2, accumulator column 2 t4 + e % 2), one
+      // rounding to T, one 16-byte store.
+      index_t row0, col;
+      coords(s, row0, col);
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        const int mi = q >> 1, h = q & 1;
+        const index_t row = row0 + mi * 16 + h * 8 + g;
+        if (w_io && row < p.d && col < p.k) {
+          uint4 v = wb[u][q];
+          std::uint32_t* x = reinterpret_cast<std::uint32_t*>(&v);
+#pragma unroll
+          for (int ni = 0; ni < 4; ++ni) {
+            const float2 w = merge_stream::unpack2<T>(x[ni]);
+            x[ni] = merge_stream::pack2<T>(w.x + acc[mi][ni][2 * h], w.y + acc[mi][ni][2 * h + 1]);
+          }
+          uint4* out = reinterpret_cast<uint4*>(W + row * p.ldw + col);
+          if (cs) __stcs(out, v);
+          else *out = v;
+        }
+      }
+    }
+  }
+  asm volatile("cp.async.wait_group 0;" ::: "memory");
+}
+
+// Launch on `stream`, one block per SM (at most one per step); pdl: programmatic dependent launch
+// after the pack kernel. Preconditions are checked by the caller.
+template <class T, int PF = 2>
+void launch(const params& p, int sm_count, cudaStream_t stream, bool pdl) {
+  static_assert(::lori::detail::is_16bit_v<T>, "merge_strip: 16-bit W only");
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(static_cast<unsigned>(p.steps < sm_count ? p.steps : sm_count));
+  cfg.blockDim = dim3(threads);
+  cfg.dynamicSmemBytes = 0;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = pdl ? 1 : 0;
+  LORI_CUDA_CHECK(cudaLaunchKernelEx(&cfg, merge_strip_kernel<T, PF>, p));
+  LORI_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace lori::detail::merge_strip
+
+#endif  // LORI_DETAIL_MERGE_STRIP_CUH
