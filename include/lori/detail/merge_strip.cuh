@@ -99,15 +99,27 @@ __global__ void __launch_bounds__(threads, 1) merge_strip_kernel(const __grid_co
   }
   __syncthreads();
 
-  // The thread's W chunk of step s: rows row0 + 16 mi + 8 h + g, columns col .. col + 7.
-  const auto coords = [&](index_t s, index_t& row0, index_t& col) {
-    const index_t strip = s / p.nrs;
-    row0 = (s - strip * p.nrs) * srows;
-    col = strip * scols + warp * wcols + t4 * 8;
+  // A step's position: row step rs of strip `strip` (steps are strip-major). The block walks its steps
+  // with three cursors (W prefetch, Bcat fill, current step), advanced by one step at a time: no
+  // division per step.
+  struct pos {
+    index_t rs, strip;
   };
-  const auto load_w = [&](index_t s, uint4 (&buf)[4]) {
+  const auto at = [&](index_t s) { return pos{s % p.nrs, s / p.nrs}; };
+  const auto next = [&](pos& q) {
+    if (++q.rs == p.nrs) {
+      q.rs = 0;
+      ++q.strip;
+    }
+  };
+  // The thread's W chunk of step q: rows row0 + 16 mi + 8 h + g, columns col .. col + 7.
+  const auto coords = [&](const pos& q, index_t& row0, index_t& col) {
+    row0 = q.rs * srows;
+    col = q.strip * scols + warp * wcols + t4 * 8;
+  };
+  const auto load_w = [&](const pos& at_s, uint4 (&buf)[4]) {
     index_t row0, col;
-    coords(s, row0, col);
+    coords(at_s, row0, col);
 #pragma unroll
     for (int q = 0; q < 4; ++q) {
       const index_t row = row0 + (q >> 1) * 16 + (q & 1) * 8 + g;
@@ -118,15 +130,15 @@ __global__ void __launch_bounds__(threads, 1) merge_strip_kernel(const __grid_co
       }
     }
   };
-  // Bcat rows of step s -> ring slot: 32 rows x 16 chunks, two per thread.
-  const auto fill_b = [&](index_t s, int slot) {
-    const index_t row0 = (s % p.nrs) * srows;
+  // Bcat rows of step q -> ring slot: 32 rows x 16 chunks, two per thread.
+  const auto fill_b = [&](const pos& q, int slot) {
+    const index_t row0 = q.rs * srows;
 #pragma unroll
     for (int v = 0; v < srows * nchunks / threads; ++v) {
-      const int item = tid + v * threads, r = item / nchunks, q = item % nchunks;
-      const std::uint16_t* src = bptr[q];
+      const int item = tid + v * threads, r = item / nchunks, c = item % nchunks;
+      const std::uint16_t* src = bptr[c];
       if (src != nullptr && row0 + r < p.d)
-        cp_async16(merge_stream::smem_u32(&bs[slot][r * pitch + q * 8]), src + (row0 + r) * bld[q]);
+        cp_async16(merge_stream::smem_u32(&bs[slot][r * pitch + c * 8]), src + (row0 + r) * bld[c]);
     }
   };
 
@@ -156,15 +168,22 @@ __global__ void __launch_bounds__(threads, 1) merge_strip_kernel(const __grid_co
   };
 
   uint4 wb[NB][4];
+  pos w_at = at(s_begin), b_at = w_at, cur = w_at;
 #pragma unroll
   for (int u = 0; u < PF; ++u)
-    if (u < n) load_w(s_begin + u, wb[u]);
+    if (u < n) {
+      load_w(w_at, wb[u]);
+      next(w_at);
+    }
   // Launched with programmatic stream serialization after the pack kernel (packed Bcat): W and the Aₜ
   // are not written by it, the packed Bcat is read only after it completed.
   asm volatile("griddepcontrol.wait;" ::: "memory");
 #pragma unroll
   for (int j = 0; j < slots - 1; ++j) {
-    if (j < n) fill_b(s_begin + j, j);
+    if (j < n) {
+      fill_b(b_at, j);
+      next(b_at);
+    }
     asm volatile("cp.async.commit_group;" ::: "memory");
   }
 
@@ -175,16 +194,20 @@ __global__ void __launch_bounds__(threads, 1) merge_strip_kernel(const __grid_co
     for (int u = 0; u < NB; ++u) {
       const int j = j0 + u;
       if (j >= n) break;
-      const index_t s = s_begin + j;
-      if (j + PF < n) load_w(s + PF, wb[(u + PF) % NB]);
-      const index_t strip = s / p.nrs;
-      if (strip != cur_strip) {
-        gather(strip);
-        cur_strip = strip;
+      if (j + PF < n) {  // W of step j + PF
+        load_w(w_at, wb[(u + PF) % NB]);
+        next(w_at);
+      }
+      if (cur.strip != cur_strip) {
+        gather(cur.strip);
+        cur_strip = cur.strip;
       }
       asm volatile("cp.async.wait_group %0;" ::"n"(slots - 2) : "memory");
       __syncthreads();  // slice j landed for all threads; slot (j - 1) % slots is free (step j - 1 done)
-      if (j + slots - 1 < n) fill_b(s + slots - 1, (j + slots - 1) % slots);
+      if (j + slots - 1 < n) {  // Bcat of step j + slots - 1
+        fill_b(b_at, (j + slots - 1) % slots);
+        next(b_at);
+      }
       asm volatile("cp.async.commit_group;" ::: "memory");
 
       float acc[2][4][4];
@@ -223,7 +246,8 @@ __global__ void __launch_bounds__(threads, 1) merge_strip_kernel(const __grid_co
       // W chunk += acc (element e of the chunk: n8 block e / 2, accumulator column 2 t4 + e % 2), one
       // rounding to T, one 16-byte store.
       index_t row0, col;
-      coords(s, row0, col);
+      coords(cur, row0, col);
+      next(cur);
 #pragma unroll
       for (int q = 0; q < 4; ++q) {
         const int mi = q >> 1, h = q & 1;
