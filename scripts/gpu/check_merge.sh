@@ -21,14 +21,14 @@ b="$B/bench/cuda/lori_bench_cuda"
   s0=$(date +%s)
   timeout 16 "$t" -tc='*merge*' 2>&1 | grep -vE "^\[doctest\] (doctest version|run with)" | tail -40 | cut -c1-300
   echo "rc=${PIPESTATUS[0]} ($(( $(date +%s) - s0 )) s)"
-  echo "== compute-sanitizer memcheck (merge, odd shapes: both routes; strip kernel paths)"
-  timeout 12 compute-sanitizer --tool memcheck --report-api-errors no --error-exitcode 9 "$t" -tc='*merge*odd*,*strip kernel paths*' 2>&1 |
+  echo "== compute-sanitizer memcheck (merge, odd shapes: both routes; strip kernel paths, bf16)"
+  timeout 12 compute-sanitizer --tool memcheck --report-api-errors no --error-exitcode 9 "$t" -tc='*merge*odd*,*strip kernel paths*bfloat16*' 2>&1 |
     grep -iE "summary|invalid|error|test cases|assertions" | cut -c1-240 | head -16
   echo "rc=${PIPESTATUS[0]}"
-  echo "== compute-sanitizer racecheck (strip kernel paths, bf16; incl. the tile kernel)"
+  echo "== compute-sanitizer racecheck (strip kernel paths, fp16; incl. the tile kernel)"
   rc_log="$O/racecheck.log"
   timeout 12 compute-sanitizer --tool racecheck --report-api-errors no --error-exitcode 9 "$t" \
-    -tc='*strip kernel paths*bfloat16*' > "$rc_log" 2>&1
+    -tc='*strip kernel paths*half*' > "$rc_log" 2>&1
   echo "rc=$?"
   grep -iE "summary|race reported|hazard|error|test cases|assertions" "$rc_log" | grep -v nvjet | cut -c1-240 | head -12
   echo "hazard lines naming lori's merge kernels: $(grep -cE "merge_stream_kernel|merge_strip_kernel|pack_kernel|pack_tiled_kernel" "$rc_log")"
@@ -36,7 +36,7 @@ b="$B/bench/cuda/lori_bench_cuda"
   echo "== benchmarks (median of 5; floor = BM_gpu_baseline_copy_w/14336, one copy of W)"
   echo "   probe bits: 1 no math, 2 no PDL, 4 no pack, 8 pack alone, 16 no W traffic, 64 tile kernel (else strip),"
   echo "   128 Bcat packed, 256 PF1, 512 .cs hints on W, 2048 PF3"
-  timeout 28 stdbuf -oL "$b" --benchmark_filter='BM_gpu_(baseline_d2d_copy/234|baseline_copy_w/14336|baseline_copy_w_kernel/14336/1|merge/1/14336/0/0/|merge/4/14336|merge_probe/4/14336/0/0/(1|16|128|136|256|257|512|513|2048|2049|64|70|71)/|merge_probe/4/14336/1/0/8/)' \
+  timeout 28 stdbuf -oL "$b" --benchmark_filter='BM_gpu_(baseline_d2d_copy/234|baseline_copy_w/14336|baseline_copy_w_kernel/14336/1|merge/1/14336/0/0/|merge/4/14336|merge_probe/4/14336/0/0/(1|16|128|136|256|512|2048|64)/|merge_probe/4/14336/1/0/8/)' \
     --benchmark_repetitions=5 --benchmark_report_aggregates_only=true 2>&1 | grep -E "_median|^BM|Run on|error|Error" |
     grep -v "_mean\|_stddev\|_cv" | sed -E 's/floor = one copy of W \(BM_gpu_baseline_copy_w\)//; s/min_time:0.100\///;' | cut -c1-200 | head -40
   echo "rc=${PIPESTATUS[0]}"
