@@ -53,6 +53,8 @@ inline constexpr int nchunks = max_kp / 8;     // 8-element depth chunks of a Bc
 inline constexpr int mode_math = 1;  // compute ΔW (else W rewritten unchanged: the memory floor)
 inline constexpr int mode_w_io = 2;  // load and store W
 inline constexpr int mode_cs = 4;    // W through ld.global.cs / st.global.cs (L2 evict-first)
+inline constexpr int mode_l2pf = 8;  // also prefetch W into L2 l2pf_ahead steps beyond the register loads
+inline constexpr int l2pf_ahead = 2;
 
 struct params {
   void* W;
@@ -86,6 +88,7 @@ __global__ void __launch_bounds__(threads, 1) merge_strip_kernel(const __grid_co
   const int n = static_cast<int>(s_end - s_begin);
   const int ksteps = p.kp / 16;
   const bool math = (p.mode & mode_math) != 0, w_io = (p.mode & mode_w_io) != 0, cs = (p.mode & mode_cs) != 0;
+  const bool l2pf = w_io && (p.mode & mode_l2pf) != 0;
   T* const W = static_cast<T*>(p.W);
 
   {  // zero the ring (depth padding and rows past d are never copied), copy the operand tables
@@ -130,6 +133,15 @@ __global__ void __launch_bounds__(threads, 1) merge_strip_kernel(const __grid_co
       }
     }
   };
+  const auto prefetch_w = [&](const pos& at_s) {  // the lines of the thread's W chunks, into L2
+    index_t row0, col;
+    coords(at_s, row0, col);
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      const index_t row = row0 + (q >> 1) * 16 + (q & 1) * 8 + g;
+      if (row < p.d && col < p.k) asm volatile("prefetch.global.L2 [%0];" ::"l"(W + row * p.ldw + col));
+    }
+  };
   // Bcat rows of step q -> ring slot: 32 rows x 16 chunks, two per thread.
   const auto fill_b = [&](const pos& q, int slot) {
     const index_t row0 = q.rs * srows;
@@ -168,13 +180,20 @@ __global__ void __launch_bounds__(threads, 1) merge_strip_kernel(const __grid_co
   };
 
   uint4 wb[NB][4];
-  pos w_at = at(s_begin), b_at = w_at, cur = w_at;
+  pos w_at = at(s_begin), b_at = w_at, cur = w_at, l_at = w_at;
 #pragma unroll
   for (int u = 0; u < PF; ++u)
     if (u < n) {
       load_w(w_at, wb[u]);
       next(w_at);
     }
+  if (l2pf) {  // l_at: the L2 prefetch cursor, l2pf_ahead steps past w_at
+    l_at = w_at;
+    for (int u = PF; u < PF + l2pf_ahead && u < n; ++u) {
+      prefetch_w(l_at);
+      next(l_at);
+    }
+  }
   // Launched with programmatic stream serialization after the pack kernel (packed Bcat): W and the Aₜ
   // are not written by it, the packed Bcat is read only after it completed.
   asm volatile("griddepcontrol.wait;" ::: "memory");
@@ -197,6 +216,10 @@ __global__ void __launch_bounds__(threads, 1) merge_strip_kernel(const __grid_co
       if (j + PF < n) {  // W of step j + PF
         load_w(w_at, wb[(u + PF) % NB]);
         next(w_at);
+      }
+      if (l2pf && j + PF + l2pf_ahead < n) {  // into L2: step j + PF + l2pf_ahead
+        prefetch_w(l_at);
+        next(l_at);
       }
       if (cur.strip != cur_strip) {
         gather(cur.strip);
