@@ -507,8 +507,10 @@ void merge_strip_route(context& ctx, row_major_view<T> W, const std::vector<merg
   p.d = d;
   p.k = k;
   p.kp = static_cast<int>(L.kp);
+  p.a_vec = true;
   for (std::size_t t = 0; t < sources.size(); ++t) {
     const index_t off = L.off[t], r = source_rank(sources[t]);
+    p.a_vec = p.a_vec && sources[t].A.ld() % 8 == 0 && reinterpret_cast<std::uintptr_t>(sources[t].A.data()) % 16 == 0;
     for (index_t j = 0; j < r; ++j) p.arow[off + j] = sources[t].A.data() + j * sources[t].A.ld();
     if (direct)
       for (index_t j = 0; j < r; j += 8) {
