@@ -158,25 +158,31 @@ __global__ void __launch_bounds__(threads, 1) merge_strip_kernel(const __grid_co
   std::uint32_t bfr[max_ksteps][4][2];  // B fragments of the warp's strip (permuted columns)
   // Gathers the warp's B fragments of a strip from the Aₜ rows: fragment (ks, ni, h) of lane (g, t4)
   // holds Acat rows kk, kk + 1 (kk = 16 ks + 8 h + 2 t4; low half kk) at W column
-  // strip·256 + 32 warp + 8 (g / 2) + 2 ni + g % 2. With 16-byte aligned Aₜ rows (p.a_vec) a lane loads
-  // the 16-byte chunk (8 columns from 8 (g / 2)) of rows kk and kk + 1 and keeps the even (g even) or
-  // odd columns: 32 loads instead of 128.
+  // strip·256 + 32 warp + 8 (g / 2) + 2 ni + g % 2. With 16-byte aligned Aₜ rows (p.a_vec) the lanes
+  // g and g ^ 1 (lane ^ 4) need the same 16-byte chunks (8 columns from 8 (g / 2)) of rows kk and
+  // kk + 1: each loads one (g even: row kk, g odd: row kk + 1), they swap them by a shuffle, and each
+  // keeps the even (g even) or odd columns: 16 loads per lane instead of 128.
   const auto gather = [&](index_t strip) {
     if (p.a_vec) {
       const index_t c8 = strip * scols + warp * wcols + (g >> 1) * 8;
-      const unsigned sel = (g & 1) != 0 ? 0x7632u : 0x5410u;  // high or low halves of two words
+      const bool odd = (g & 1) != 0;
+      const unsigned sel = odd ? 0x7632u : 0x5410u;  // high or low halves of two words
 #pragma unroll
       for (int ks = 0; ks < max_ksteps; ++ks)
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
           const int kk = ks * 16 + h * 8 + 2 * t4;
-          uint4 v0 = make_uint4(0u, 0u, 0u, 0u), v1 = v0;
+          uint4 mine = make_uint4(0u, 0u, 0u, 0u);
           if (ks < ksteps && c8 < p.k) {
-            const std::uint16_t* r0 = arow[kk];
-            const std::uint16_t* r1 = arow[kk + 1];
-            if (r0 != nullptr) v0 = __ldg(reinterpret_cast<const uint4*>(r0 + c8));
-            if (r1 != nullptr) v1 = __ldg(reinterpret_cast<const uint4*>(r1 + c8));
+            const std::uint16_t* r = arow[kk + (odd ? 1 : 0)];
+            if (r != nullptr) mine = __ldg(reinterpret_cast<const uint4*>(r + c8));
           }
+          uint4 other;
+          other.x = __shfl_xor_sync(0xffffffffu, mine.x, 4);
+          other.y = __shfl_xor_sync(0xffffffffu, mine.y, 4);
+          other.z = __shfl_xor_sync(0xffffffffu, mine.z, 4);
+          other.w = __shfl_xor_sync(0xffffffffu, mine.w, 4);
+          const uint4 v0 = odd ? other : mine, v1 = odd ? mine : other;  // rows kk, kk + 1
           bfr[ks][0][h] = __byte_perm(v0.x, v1.x, sel);
           bfr[ks][1][h] = __byte_perm(v0.y, v1.y, sel);
           bfr[ks][2][h] = __byte_perm(v0.z, v1.z, sel);
