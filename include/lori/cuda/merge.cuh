@@ -3,20 +3,24 @@
 //   W (d x k) += Σₜ sₜ·Bₜ·Aₜ      Bₜ d x rₜ (dense, or a sparse_b), Aₜ rₜ x k
 //
 // The T low-rank terms are one product with depth R = Σ rₜ: W += [B₁ | … | B_T]·diag(s)·[A₁; …; A_T].
-// lori packs the two thin operands into caller workspace (one pack kernel per 16 adapters), then reads
-// and writes W exactly once, by one of two routes:
+// W is read and written exactly once, by one of two routes:
 // * 16-bit W with 16-byte rows (W 16-byte aligned, k and the leading dimension multiples of 8) and a
-//   padded depth <= 128 (e.g. 4 adapters of rank 32): lori's streaming tensor-core kernel (lori/detail/merge_stream.cuh), a copy
-//   of W through shared memory with ΔW computed per 128 x 128 tile on mma.sync from the packed
-//   operands (in L2). Bₜ is packed unscaled; consecutive adapters with one scale form a segment padded
-//   to 16 columns; one fp32 accumulator runs through the segments, rescaled by s_j / s_j+1 between
-//   them (scales nonzero, finite, within 2^32 of each other); W + ΔW is rounded to T once. For 4 adapters of rank 32 into a 14336 x 4096 bf16 W: 2·117 MB of W traffic, 4.7 MB of
-//   packed operands, 15 GFLOP hidden under the copy.
-// * otherwise (fp32 W, unaligned W or leading dimension, deeper sums, a zero scale): ONE cuBLAS GEMM with beta = 1
-//   over [s₁B₁ | … | s_TB_T] and [A₁; …; A_T]. Equal scales become the GEMM's alpha (packed operands
-//   exact); unequal ones are folded into the packed B, split into hi + lo 16-bit parts for 16-bit T
-//   (depth 2R) so each term keeps ~2^-17 relative accuracy. cuBLAS's 16-bit epilogue rounds the
-//   product to T before adding W (one extra rounding the streaming kernel does not have).
+//   padded depth <= 128 (e.g. 4 adapters of rank 32): lori's strip kernel (lori/detail/merge_strip.cuh),
+//   a copy of W through registers (16-byte loads two steps ahead, 16-byte stores) with ΔW computed on
+//   mma.sync between load and store. The Aₜ rows are read by the kernel itself; the dense Bₜ too when
+//   every Bₜ is dense with a rank that is a multiple of 8 and 16-byte rows (ONE launch, no workspace
+//   traffic); otherwise (sparse or unaligned Bₜ, odd ranks) one pack kernel per 16 adapters first
+//   writes [B₁ | … | B_T] into caller workspace. Bₜ stays unscaled; consecutive adapters with one scale
+//   form a segment padded to 16 columns; one fp32 accumulator runs through the segments, rescaled by
+//   s_j / s_j+1 between them (scales nonzero, finite, within 2^32 of each other); W + ΔW is rounded to
+//   T once. For 4 adapters of rank 32 into a 14336 x 4096 bf16 W: 2·117 MB of W traffic, 15 GFLOP
+//   hidden under the copy.
+// * otherwise (fp32 W, unaligned W or leading dimension, deeper sums, a zero scale): the operands are
+//   packed into caller workspace and ONE cuBLAS GEMM with beta = 1 runs over [s₁B₁ | … | s_TB_T] and
+//   [A₁; …; A_T]. Equal scales become the GEMM's alpha (packed operands exact); unequal ones are folded
+//   into the packed B, split into hi + lo 16-bit parts for 16-bit T (depth 2R) so each term keeps
+//   ~2^-17 relative accuracy. cuBLAS's 16-bit epilogue rounds the product to T before adding W (one
+//   extra rounding the strip kernel does not have).
 #ifndef LORI_CUDA_MERGE_CUH
 #define LORI_CUDA_MERGE_CUH
 
