@@ -1585,6 +1585,8 @@ TEST_CASE_TEMPLATE("merge_into: strip kernel paths (direct or packed Bcat, prefe
     merge_case<T>(ctx, 150, 264, {5, 16, 11}, {false, true, false}, {1.5, 0.5, -0.25}, g, {0, false, 0, 1, probe, 0});
     merge_case<T>(ctx, 33, 64, {32, 32, 32, 32}, {false, true, false, true}, {0.5, 0.5, 0.5, 0.5}, g, {0, false, 0, 1, probe, 0});
     merge_case<T>(ctx, 100, 128, {16, 8}, {false, false}, {0.5, 2.0}, g, {0, true, 0, 1, probe, 0});
+    // A sparse B_t of rank 72 (two mask words per row: the pack's chunks past the first word).
+    merge_case<T>(ctx, 90, 136, {72, 24}, {true, false}, {0.5, -1.0}, g, {0, false, 0, 1, probe, 0});
   }
 }
 

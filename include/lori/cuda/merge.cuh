@@ -236,6 +236,24 @@ __device__ __forceinline__ tpack_chunk tpack_load(const tpack_args<T>& a, const 
     if (full && t0 >= 0 && srcs[t0].B != nullptr && col_src[col0 + 7] == t0 && col0 + 8 - srcs[t0].off <= srcs[t0].r &&
         (reinterpret_cast<std::uintptr_t>(srcs[t0].B + i * srcs[t0].ldb + (col0 - srcs[t0].off)) & 15u) == 0) {
       c.u.v = __ldg(reinterpret_cast<const uint4*>(srcs[t0].B + i * srcs[t0].ldb + (col0 - srcs[t0].off)));
+    } else if (full && t0 >= 0 && srcs[t0].B == nullptr && col_src[col0 + 7] == t0 && col0 + 8 - srcs[t0].off <= srcs[t0].r &&
+               ((col0 - srcs[t0].off) & 63) + 8 <= 64) {
+      // 8 columns of one sparse Bₜ within one mask word: the word and the row offset once, then the
+      // kept values (consecutive in the packed order) by rank.
+      const sparse_b_view<T>& S = srcs[t0].S;
+      const index_t j0 = col0 - srcs[t0].off;
+      const std::uint64_t* row = S.words + i * S.words_per_row;
+      const std::uint64_t word = row[j0 >> 6];
+      std::int32_t p0 = S.row_ptr[i];
+      for (index_t q = 0; q < (j0 >> 6); ++q) p0 += __popcll(row[q]);
+      const int b = static_cast<int>(j0 & 63);
+      p0 += __popcll(word & ((std::uint64_t{1} << b) - 1u));
+      const unsigned bits = static_cast<unsigned>(word >> b) & 0xffu;
+      const std::uint16_t* vals = reinterpret_cast<const std::uint16_t*>(S.values) + p0;
+      int rank = 0;
+#pragma unroll
+      for (int q = 0; q < 8; ++q)
+        if ((bits >> q) & 1u) c.u.x[q] = vals[rank++];
     } else {
 #pragma unroll
       for (int q = 0; q < 8; ++q) {
