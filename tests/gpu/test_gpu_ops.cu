@@ -1561,17 +1561,18 @@ TEST_CASE_TEMPLATE("merge_into: streaming kernel, tiled pack across launches and
 // an ulp (~0.2 % of elements here), so a tile left unwritten (100 % unchanged) fails the per-tile check.
 // The strip kernel's paths (lori/detail/merge_strip.cuh): Bcat read straight from the dense B_t (ranks
 // multiples of 8, aligned rows) or packed (forced with probe_packed; sparse B_t, odd ranks, unaligned
-// operands always), W loads 2, 1 or 3 steps ahead, with the evict-first hints or L2 prefetches, 2 blocks walking 15 steps
-// each across strip boundaries (both rings wrap; the B fragments are regathered mid-run), no PDL after
-// the pack; and the shared-memory tile kernel. d and k are not multiples of the 32 x 256 step (k = 520:
-// the last strip has 8 columns).
+// operands always), W loads 2, 1 or 3 steps ahead, with cache hints (W evict-first, Bcat evict-last) or
+// L2 prefetches, 2 blocks walking 15 steps each across strip boundaries (both rings wrap; the B
+// fragments are regathered mid-run), no PDL after the pack; and the shared-memory tile kernel. d and k
+// are not multiples of the 32 x 256 step (k = 520: the last strip has 8 columns).
 TEST_CASE_TEMPLATE("merge_into: strip kernel paths (direct or packed Bcat, prefetch depth, hints, long runs), matches the double reference", T,
                    lori::bfloat16, lori::half) {
   LORI_TEST_SEED_INFO();
   auto g = lori_test::rng(612);
   lori::cuda::context ctx;
   namespace dm = lori::cuda::detail_merge;
-  for (const int probe : {0, dm::probe_packed, dm::probe_pf1, dm::probe_pf3, dm::probe_cs, dm::probe_l2pf, dm::probe_grid2,
+  for (const int probe : {0, dm::probe_packed, dm::probe_pf1, dm::probe_pf3, dm::probe_cs, dm::probe_l2pf,
+                          dm::probe_b_last | dm::probe_cs, dm::probe_grid2,
                           dm::probe_grid2 | dm::probe_pf1, dm::probe_grid2 | dm::probe_pf3, dm::probe_grid2 | dm::probe_l2pf,
                           dm::probe_grid2 | dm::probe_packed | dm::probe_no_pdl, dm::probe_tile}) {
     CAPTURE(probe);

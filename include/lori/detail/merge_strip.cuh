@@ -55,6 +55,7 @@ inline constexpr int mode_w_io = 2;  // load and store W
 inline constexpr int mode_cs = 4;    // W through ld.global.cs / st.global.cs (L2 evict-first)
 inline constexpr int mode_l2pf = 8;  // also prefetch W into L2 l2pf_ahead steps beyond the register loads
 inline constexpr int l2pf_ahead = 2;
+inline constexpr int mode_b_last = 16;  // Bcat loads with an L2 evict-last policy (16 strips re-read each row)
 
 struct params {
   void* W;
@@ -73,6 +74,10 @@ struct params {
 __device__ __forceinline__ void cp_async16(std::uint32_t dst, const void* src) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src) : "memory");
 }
+__device__ __forceinline__ void cp_async16_hint(std::uint32_t dst, const void* src, std::uint64_t policy) {
+  asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "l"(policy)
+               : "memory");
+}
 
 // W += ΔW for the blocks' runs of steps; PF: W loads issued PF steps ahead.
 template <class T, int PF>
@@ -89,7 +94,9 @@ __global__ void __launch_bounds__(threads, 1) merge_strip_kernel(const __grid_co
   const int n = static_cast<int>(s_end - s_begin);
   const int ksteps = p.kp / 16;
   const bool math = (p.mode & mode_math) != 0, w_io = (p.mode & mode_w_io) != 0, cs = (p.mode & mode_cs) != 0;
-  const bool l2pf = w_io && (p.mode & mode_l2pf) != 0;
+  const bool l2pf = w_io && (p.mode & mode_l2pf) != 0, b_last = (p.mode & mode_b_last) != 0;
+  std::uint64_t keep = 0;
+  if (b_last) asm("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(keep));
   T* const W = static_cast<T*>(p.W);
 
   {  // zero the ring (depth padding and rows past d are never copied), copy the operand tables
@@ -150,8 +157,11 @@ __global__ void __launch_bounds__(threads, 1) merge_strip_kernel(const __grid_co
     for (int v = 0; v < srows * nchunks / threads; ++v) {
       const int item = tid + v * threads, r = item / nchunks, c = item % nchunks;
       const std::uint16_t* src = bptr[c];
-      if (src != nullptr && row0 + r < p.d)
-        cp_async16(merge_stream::smem_u32(&bs[slot][r * pitch + c * 8]), src + (row0 + r) * bld[c]);
+      if (src != nullptr && row0 + r < p.d) {
+        const std::uint32_t dst = merge_stream::smem_u32(&bs[slot][r * pitch + c * 8]);
+        if (b_last) cp_async16_hint(dst, src + (row0 + r) * bld[c], keep);
+        else cp_async16(dst, src + (row0 + r) * bld[c]);
+      }
     }
   };
 
