@@ -3,10 +3,9 @@
 #   bash scripts/gpu/check_merge.sh BUILD_DIR OUT_DIR
 # BUILD_DIR is configured (Release, CUDA, arch 90) with lori_test_gpu_ops and lori_bench_cuda built.
 # Runs the merge GPU test cases, compute-sanitizer memcheck (odd shapes: both routes, the strip kernel with
-# direct and packed Bcat) and racecheck (the strip kernel's paths, fp16), the merge benchmarks (strip
-# kernel: merge_into and its probes; the shared-memory tile kernel it replaces) next to a copy of exactly W
-# (cudaMemcpy, an SM copy kernel, in-place tile copies) and a d2d copy, and Nsight Compute on the strip
-# kernel; writes OUT_DIR/merge.txt (< 200 lines).
+# direct and packed Bcat) and racecheck (the strip kernel's paths, fp16), the merge benchmarks (merge_into
+# and the strip kernel's probes) next to a copy of exactly W (cudaMemcpy, an SM copy kernel, in-place tile
+# copies) and a d2d copy, and Nsight Compute on the strip kernel; writes OUT_DIR/merge.txt (< 200 lines).
 # Time limits (timeout): tests 14 s, memcheck 12 s, racecheck 12 s, benchmarks 30 s, ncu 10 s: <= 78 s.
 set -uo pipefail
 B="${1:?BUILD_DIR}"
@@ -26,7 +25,7 @@ b="$B/bench/cuda/lori_bench_cuda"
   timeout 12 compute-sanitizer --tool memcheck --report-api-errors no --error-exitcode 9 "$t" -tc='*merge*odd*' 2>&1 |
     grep -iE "summary|invalid|error|test cases|assertions" | cut -c1-240 | head -16
   echo "rc=${PIPESTATUS[0]}"
-  echo "== compute-sanitizer racecheck (strip kernel paths, fp16; incl. the tile kernel)"
+  echo "== compute-sanitizer racecheck (strip kernel paths, fp16)"
   rc_log="$O/racecheck.log"
   timeout 12 compute-sanitizer --tool racecheck --report-api-errors no --error-exitcode 9 "$t" \
     -tc='*strip kernel paths*half*' > "$rc_log" 2>&1
@@ -35,9 +34,9 @@ b="$B/bench/cuda/lori_bench_cuda"
   echo "hazard lines naming lori's merge kernels: $(grep -cE "merge_stream_kernel|merge_strip_kernel|pack_kernel|pack_tiled_kernel" "$rc_log")"
   rm -f "$rc_log"
   echo "== benchmarks (median of 5; floor = BM_gpu_baseline_copy_w/14336, one copy of W)"
-  echo "   probe bits: 1 no math, 2 no PDL, 4 no pack, 8 pack alone, 16 no W traffic, 64 tile kernel (else strip),"
+  echo "   probe bits: 1 no math, 2 no PDL, 4 no pack, 8 pack alone, 16 no W traffic,"
   echo "   128 Bcat packed, 256 PF1, 512 .cs hints on W, 2048 PF3, 4096 L2 prefetch, 8192 Bcat evict-last"
-  timeout 30 stdbuf -oL "$b" --benchmark_filter='BM_gpu_(baseline_d2d_copy/234|baseline_copy_w/14336|baseline_copy_w_kernel/14336/1|merge/1/14336/0/0/|merge/4/14336|merge_probe/4/14336/0/0/(1|256|512|2048|4096|8192|8704|64)/|baseline_copy_w_tiles/14336)' \
+  timeout 30 stdbuf -oL "$b" --benchmark_filter='BM_gpu_(baseline_d2d_copy/234|baseline_copy_w/14336|baseline_copy_w_kernel/14336/1|merge/1/14336/0/0/|merge/4/14336|merge_probe/4/14336/0/0/(1|256|512|2048|4096|8192|8704)/|baseline_copy_w_tiles/14336)' \
     --benchmark_repetitions=5 --benchmark_report_aggregates_only=true 2>&1 | grep -E "_median|^BM|Run on|error|Error" |
     grep -v "_mean\|_stddev\|_cv" | sed -E 's/floor = one copy of W \(BM_gpu_baseline_copy_w\)//; s/min_time:0.100\///;' | cut -c1-200 | head -40
   echo "rc=${PIPESTATUS[0]}"

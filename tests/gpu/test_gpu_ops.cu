@@ -1554,17 +1554,12 @@ TEST_CASE_TEMPLATE("merge_into: streaming kernel, tiled pack across launches and
                 {0, false, 0, 1, lori::cuda::detail_merge::probe_no_pdl});
 }
 
-// The benchmark's shape, 14336 x 4096 bf16 with four dense rank-32 adapters at unequal scales: 3584 tiles,
-// 27-28 per block, so every ring slot's barrier phase wraps many times and each block crosses a band.
-// Checked against the double reference on sampled rows (every 61st, plus the first and last rows of
-// several bands), and everywhere for writes: W + delta equals W (bitwise) only where |delta| is below half
-// an ulp (~0.2 % of elements here), so a tile left unwritten (100 % unchanged) fails the per-tile check.
 // The strip kernel's paths (lori/detail/merge_strip.cuh): Bcat read straight from the dense B_t (ranks
 // multiples of 8, aligned rows) or packed (forced with probe_packed; sparse B_t, odd ranks, unaligned
 // operands always), W loads 2, 1 or 3 steps ahead, with cache hints (W evict-first, Bcat evict-last) or
 // L2 prefetches, 2 blocks walking 15 steps each across strip boundaries (both rings wrap; the B
-// fragments are regathered mid-run), no PDL after the pack; and the shared-memory tile kernel. d and k
-// are not multiples of the 32 x 256 step (k = 520: the last strip has 8 columns).
+// fragments are regathered mid-run), no PDL after the pack. d and k are not multiples of the 32 x 256
+// step (k = 520: the last strip has 8 columns).
 TEST_CASE_TEMPLATE("merge_into: strip kernel paths (direct or packed Bcat, prefetch depth, hints, long runs), matches the double reference", T,
                    lori::bfloat16, lori::half) {
   LORI_TEST_SEED_INFO();
@@ -1574,7 +1569,7 @@ TEST_CASE_TEMPLATE("merge_into: strip kernel paths (direct or packed Bcat, prefe
   for (const int probe : {0, dm::probe_packed, dm::probe_pf1, dm::probe_pf3, dm::probe_cs, dm::probe_l2pf,
                           dm::probe_b_last | dm::probe_cs, dm::probe_grid2,
                           dm::probe_grid2 | dm::probe_pf1, dm::probe_grid2 | dm::probe_pf3, dm::probe_grid2 | dm::probe_l2pf,
-                          dm::probe_grid2 | dm::probe_packed | dm::probe_no_pdl, dm::probe_tile}) {
+                          dm::probe_grid2 | dm::probe_packed | dm::probe_no_pdl}) {
     CAPTURE(probe);
     // Four dense rank-32 adapters, unequal scales: Bcat direct (unless probe_packed).
     merge_case<T>(ctx, 300, 520, {32, 32, 32, 32}, {false, false, false, false}, {0.5, 0.75, -1.0, 1.25}, g, {0, false, 0, 1, probe, 1});
@@ -1591,7 +1586,13 @@ TEST_CASE_TEMPLATE("merge_into: strip kernel paths (direct or packed Bcat, prefe
   }
 }
 
-TEST_CASE("merge_into: streaming kernels at 14336 x 4096 (strip kernel: 54 steps per block; tile kernel: 27 tiles), sampled rows against the double reference") {
+// The benchmark's shape, 14336 x 4096 bf16 with four dense rank-32 adapters at unequal scales: 7168 steps,
+// 54-55 per block, so both rings wrap many times and about half the blocks cross a strip boundary.
+// Checked against the double reference on sampled rows (every 61st: every row position of a 32-row
+// step, plus rows either side of several 128-row boundaries), and everywhere for writes: W + delta equals
+// W (bitwise) only where |delta| is below half an ulp (~0.2 % of elements here), so a 32 x 32 warp tile
+// left unwritten (100 % unchanged) fails the per-tile check.
+TEST_CASE("merge_into: strip kernel at 14336 x 4096 (54-55 steps per block), sampled rows against the double reference") {
   using T = lori::bfloat16;
   LORI_TEST_SEED_INFO();
   auto g = lori_test::rng(610);
@@ -1624,53 +1625,47 @@ TEST_CASE("merge_into: streaming kernels at 14336 x 4096 (strip kernel: 54 steps
     m.B_dense = cview(dB[t], d, r);
     src.push_back(m);
   }
-  // merge_into (the strip kernel, reading the dense B_t directly), then the shared-memory tile kernel.
-  for (const int probe : {0, lori::cuda::detail_merge::probe_tile}) {
-    CAPTURE(probe);
-    device_buffer<T> dW(w);
-    const auto wv = mview(dW, d, k);
-    CHECK(lori::cuda::detail_merge::stream_kernel_applies(wv, src));
-    CHECK(lori::cuda::detail_merge::strip_reads_b_directly(src));
-    device_buffer<unsigned char> ws(static_cast<index_t>(lori::cuda::merge_workspace_bytes<T>(d, k, src)));
-    ws.fill_bytes(0xff);
-    if (probe == 0) lori::cuda::merge_into<T>(ctx, wv, src, ws.data(), ws.bytes());
-    else lori::cuda::detail_merge::merge_stream_route<T>(ctx, wv, src, ws.data(), probe);
-    const auto got = dW.download();
-    std::vector<index_t> rows;
-    for (index_t i = 0; i < d; i += 61) rows.push_back(i);
-    for (const index_t b : {index_t{1}, index_t{47}, index_t{111}}) {
-      rows.push_back(b * 128 - 1);
-      rows.push_back(b * 128);
-    }
-    rows.push_back(d - 1);
-    std::vector<T> got_rows;
-    std::vector<double> ref, l2;
-    for (const index_t i : rows) {
-      for (index_t c = 0; c < k; ++c) {
-        double v = static_cast<double>(lori::to_float(w[static_cast<std::size_t>(i * k + c)])), q = v * v;
-        for (std::size_t t = 0; t < scales.size(); ++t)
-          for (index_t j = 0; j < r; ++j) {
-            const double term = static_cast<double>(static_cast<float>(scales[t])) * Bs[t](i, j) * As[t](j, c);
-            v += term;
-            q += term * term;
-          }
-        got_rows.push_back(got[static_cast<std::size_t>(i * k + c)]);
-        ref.push_back(v);
-        l2.push_back(std::sqrt(q));
-      }
-    }
-    // Error model of the streaming kernel (see merge_case): the fp32-accumulation bound.
-    LORI_CHECK_CLOSE(check_close<T>(got_rows, ref, l2, tc_slack<T>(), static_cast<double>(4 * r)));
-    // 32 x 32 blocks (the strip kernel's warp tile; finer than either kernel's tile).
-    index_t bad_tiles = 0;
-    for (index_t b = 0; b < d / 32; ++b)
-      for (index_t ct = 0; ct < k / 32; ++ct) {
-        index_t same = 0;
-        for (index_t i = b * 32; i < b * 32 + 32; ++i)
-          for (index_t c = ct * 32; c < ct * 32 + 32; ++c)
-            same += std::memcmp(&got[static_cast<std::size_t>(i * k + c)], &w[static_cast<std::size_t>(i * k + c)], sizeof(T)) == 0;
-        bad_tiles += same > 32 * 32 / 2;
-      }
-    CHECK(bad_tiles == 0);
+  device_buffer<T> dW(w);
+  const auto wv = mview(dW, d, k);
+  CHECK(lori::cuda::detail_merge::stream_kernel_applies(wv, src));
+  CHECK(lori::cuda::detail_merge::strip_reads_b_directly(src));
+  device_buffer<unsigned char> ws(static_cast<index_t>(lori::cuda::merge_workspace_bytes<T>(d, k, src)));
+  ws.fill_bytes(0xff);
+  lori::cuda::merge_into<T>(ctx, wv, src, ws.data(), ws.bytes());
+  const auto got = dW.download();
+  std::vector<index_t> rows;
+  for (index_t i = 0; i < d; i += 61) rows.push_back(i);
+  for (const index_t b : {index_t{1}, index_t{47}, index_t{111}}) {
+    rows.push_back(b * 128 - 1);
+    rows.push_back(b * 128);
   }
+  rows.push_back(d - 1);
+  std::vector<T> got_rows;
+  std::vector<double> ref, l2;
+  for (const index_t i : rows) {
+    for (index_t c = 0; c < k; ++c) {
+      double v = static_cast<double>(lori::to_float(w[static_cast<std::size_t>(i * k + c)])), q = v * v;
+      for (std::size_t t = 0; t < scales.size(); ++t)
+        for (index_t j = 0; j < r; ++j) {
+          const double term = static_cast<double>(static_cast<float>(scales[t])) * Bs[t](i, j) * As[t](j, c);
+          v += term;
+          q += term * term;
+        }
+      got_rows.push_back(got[static_cast<std::size_t>(i * k + c)]);
+      ref.push_back(v);
+      l2.push_back(std::sqrt(q));
+    }
+  }
+  // Error model of the strip kernel (see merge_case): the fp32-accumulation bound.
+  LORI_CHECK_CLOSE(check_close<T>(got_rows, ref, l2, tc_slack<T>(), static_cast<double>(4 * r)));
+  index_t bad_tiles = 0;
+  for (index_t b = 0; b < d / 32; ++b)
+    for (index_t ct = 0; ct < k / 32; ++ct) {
+      index_t same = 0;
+      for (index_t i = b * 32; i < b * 32 + 32; ++i)
+        for (index_t c = ct * 32; c < ct * 32 + 32; ++c)
+          same += std::memcmp(&got[static_cast<std::size_t>(i * k + c)], &w[static_cast<std::size_t>(i * k + c)], sizeof(T)) == 0;
+      bad_tiles += same > 32 * 32 / 2;
+    }
+  CHECK(bad_tiles == 0);
 }

@@ -17,9 +17,14 @@
 //   ring filled with 16-byte cp.async straight from the dense Bₜ rows (8-element depth chunks, each
 //   from one source: ranks multiple of 8) or from the packed Bcat (sparse or unaligned Bₜ), read with
 //   ldmatrix (272-byte pitch: conflict free). Depth padding (scale segments padded to 16) stays zero.
-// * Scales stay fp32 exactly as in merge_stream.cuh: Bₜ unscaled, one fp32 accumulator through the
-//   scale segments with acc *= s_j / s_j+1 at each segment end and acc *= s_last at the end; W + acc
-//   rounded once to T.
+// * Scales stay in fp32, never rounded to 16 bits: Bcat holds the raw Bₜ, grouped into scale segments
+//   (consecutive adapters with one scale, each padded with zeros to a multiple of 16 columns so that no
+//   16-deep mma step spans two scales), and ONE fp32 accumulator runs through them with
+//   acc *= s_j / s_j+1 at the end of segment j and acc *= s_last at the end, so that
+//   acc = Σ_j s_j·(B_j·A_j) (each term's factor carries ≤ 2 T fp32 roundings: relative ≤ 2T·2^-24).
+//   W + acc is rounded once to T.
+// (It replaced a kernel that streamed W through a shared-memory ring in 128 x 128 tiles with packed
+// operands: 1.30x a copy of W against this kernel's figures in docs/cuda.md.)
 #ifndef LORI_DETAIL_MERGE_STRIP_CUH
 #define LORI_DETAIL_MERGE_STRIP_CUH
 
@@ -28,9 +33,10 @@
 
 #include "lori/core/float16.hpp"
 #include "lori/detail/cuda_common.cuh"
-#include "lori/detail/merge_stream.cuh"
 #include "lori/error.hpp"
 
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime_api.h>
 
 #include <cstddef>
@@ -70,6 +76,49 @@ struct params {
   float seg_mul[max_ksteps];
   int mode;
 };
+
+__device__ __forceinline__ std::uint32_t smem_u32(const void* p) {
+  return static_cast<std::uint32_t>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ void ldsm_x4(std::uint32_t addr, std::uint32_t (&r)[4]) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+template <class T>
+__device__ __forceinline__ void mma16816(float (&c)[4], const std::uint32_t (&a)[4], std::uint32_t b0, std::uint32_t b1) {
+  if constexpr (std::is_same_v<T, ::lori::bfloat16>) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+                 "{%0, %1, %2, %3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  } else {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+                 "{%0, %1, %2, %3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+}
+// Two adjacent 16-bit values (low half = lower column) <-> two floats; pack rounds to nearest even.
+template <class T>
+__device__ __forceinline__ float2 unpack2(std::uint32_t u) {
+  if constexpr (std::is_same_v<T, ::lori::bfloat16>) {
+    return make_float2(__uint_as_float(u << 16), __uint_as_float(u & 0xffff0000u));
+  } else {
+    return make_float2(__half2float(__ushort_as_half(static_cast<unsigned short>(u & 0xffffu))),
+                       __half2float(__ushort_as_half(static_cast<unsigned short>(u >> 16))));
+  }
+}
+template <class T>
+__device__ __forceinline__ std::uint32_t pack2(float lo, float hi) {
+  if constexpr (std::is_same_v<T, ::lori::bfloat16>) {
+    return static_cast<std::uint32_t>(__bfloat16_as_ushort(__float2bfloat16_rn(lo))) |
+           (static_cast<std::uint32_t>(__bfloat16_as_ushort(__float2bfloat16_rn(hi))) << 16);
+  } else {
+    return static_cast<std::uint32_t>(__half_as_ushort(__float2half_rn(lo))) |
+           (static_cast<std::uint32_t>(__half_as_ushort(__float2half_rn(hi))) << 16);
+  }
+}
 
 __device__ __forceinline__ void cp_async16(std::uint32_t dst, const void* src) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src) : "memory");
@@ -158,7 +207,7 @@ __global__ void __launch_bounds__(threads, 1) merge_strip_kernel(const __grid_co
       const int item = tid + v * threads, r = item / nchunks, c = item % nchunks;
       const std::uint16_t* src = bptr[c];
       if (src != nullptr && row0 + r < p.d) {
-        const std::uint32_t dst = merge_stream::smem_u32(&bs[slot][r * pitch + c * 8]);
+        const std::uint32_t dst = smem_u32(&bs[slot][r * pitch + c * 8]);
         if (b_last) cp_async16_hint(dst, src + (row0 + r) * bld[c], keep);
         else cp_async16(dst, src + (row0 + r) * bld[c]);
       }
@@ -282,7 +331,7 @@ __global__ void __launch_bounds__(threads, 1) merge_strip_kernel(const __grid_co
 #pragma unroll
           for (int e = 0; e < 4; ++e) acc[mi][ni][e] = 0.0f;
       if (math) {
-        const std::uint32_t a_base = merge_stream::smem_u32(&bs[j % slots][0]) + a_lane;
+        const std::uint32_t a_base = smem_u32(&bs[j % slots][0]) + a_lane;
         int seg = 0;
 #pragma unroll
         for (int ks = 0; ks < max_ksteps; ++ks) {
@@ -290,11 +339,11 @@ __global__ void __launch_bounds__(threads, 1) merge_strip_kernel(const __grid_co
             std::uint32_t af[2][4];
 #pragma unroll
             for (int mi = 0; mi < 2; ++mi)
-              merge_stream::ldsm_x4(a_base + static_cast<std::uint32_t>((mi * 16 * pitch + ks * 16) * 2), af[mi]);
+              ldsm_x4(a_base + static_cast<std::uint32_t>((mi * 16 * pitch + ks * 16) * 2), af[mi]);
 #pragma unroll
             for (int mi = 0; mi < 2; ++mi)
 #pragma unroll
-              for (int ni = 0; ni < 4; ++ni) merge_stream::mma16816<T>(acc[mi][ni], af[mi], bfr[ks][ni][0], bfr[ks][ni][1]);
+              for (int ni = 0; ni < 4; ++ni) mma16816<T>(acc[mi][ni], af[mi], bfr[ks][ni][0], bfr[ks][ni][1]);
             if ((p.seg_end >> ks) & 1ull) {  // end of a scale segment: acc *= s_j / s_j+1 (last: s_last)
               const float m = p.seg_mul[seg++];
 #pragma unroll
@@ -321,8 +370,8 @@ __global__ void __launch_bounds__(threads, 1) merge_strip_kernel(const __grid_co
           std::uint32_t* x = reinterpret_cast<std::uint32_t*>(&v);
 #pragma unroll
           for (int ni = 0; ni < 4; ++ni) {
-            const float2 w = merge_stream::unpack2<T>(x[ni]);
-            x[ni] = merge_stream::pack2<T>(w.x + acc[mi][ni][2 * h], w.y + acc[mi][ni][2 * h + 1]);
+            const float2 w = unpack2<T>(x[ni]);
+            x[ni] = pack2<T>(w.x + acc[mi][ni][2 * h], w.y + acc[mi][ni][2 * h + 1]);
           }
           uint4* out = reinterpret_cast<uint4*>(W + row * p.ldw + col);
           if (cs) __stcs(out, v);
