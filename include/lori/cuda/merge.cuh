@@ -247,10 +247,9 @@ __device__ __forceinline__ tpack_chunk tpack_load(const tpack_args<T>& a, const 
       p0 += __popcll(word & ((std::uint64_t{1} << b) - 1u));
       const unsigned bits = static_cast<unsigned>(word >> b) & 0xffu;
       const std::uint16_t* vals = reinterpret_cast<const std::uint16_t*>(S.values) + p0;
-      int rank = 0;
 #pragma unroll
       for (int q = 0; q < 8; ++q)
-        if ((bits >> q) & 1u) c.u.x[q] = vals[rank++];
+        if ((bits >> q) & 1u) c.u.x[q] = vals[__popc(bits & ((1u << q) - 1u))];
     } else {
 #pragma unroll
       for (int q = 0; q < 8; ++q) {
