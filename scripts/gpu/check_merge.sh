@@ -3,7 +3,7 @@
 #   bash scripts/gpu/check_merge.sh BUILD_DIR OUT_DIR
 # BUILD_DIR is configured (Release, CUDA, arch 90) with lori_test_gpu_ops and lori_bench_cuda built.
 # Runs the merge GPU test cases, compute-sanitizer memcheck (odd shapes: both routes, the strip kernel with
-# direct and packed Bcat) and racecheck (the strip kernel's paths, fp16), the merge benchmarks (merge_into
+# direct and packed Bcat) and racecheck (the strip kernel's long runs, fp16), the merge benchmarks (merge_into
 # and the strip kernel's probes) next to a copy of exactly W (cudaMemcpy, an SM copy kernel, in-place tile
 # copies) and a d2d copy, and Nsight Compute on the strip kernel; writes OUT_DIR/merge.txt (< 200 lines).
 # Time limits (timeout): tests 14 s, memcheck 12 s, racecheck 12 s, benchmarks 30 s, ncu 10 s: <= 78 s.
@@ -25,10 +25,10 @@ b="$B/bench/cuda/lori_bench_cuda"
   timeout 12 compute-sanitizer --tool memcheck --report-api-errors no --error-exitcode 9 "$t" -tc='*merge*odd*' 2>&1 |
     grep -iE "summary|invalid|error|test cases|assertions" | cut -c1-240 | head -16
   echo "rc=${PIPESTATUS[0]}"
-  echo "== compute-sanitizer racecheck (strip kernel paths, fp16)"
+  echo "== compute-sanitizer racecheck (strip kernel long runs: 2 blocks, rings wrapping; fp16)"
   rc_log="$O/racecheck.log"
   timeout 12 compute-sanitizer --tool racecheck --report-api-errors no --error-exitcode 9 "$t" \
-    -tc='*strip kernel paths*half*' > "$rc_log" 2>&1
+    -tc='*strip kernel long runs*half*' > "$rc_log" 2>&1
   echo "rc=$?"
   grep -iE "summary|race reported|hazard|error|test cases|assertions" "$rc_log" | grep -v nvjet | cut -c1-240 | head -12
   echo "hazard lines naming lori's merge kernels: $(grep -cE "merge_stream_kernel|merge_strip_kernel|pack_kernel|pack_tiled_kernel" "$rc_log")"

@@ -1557,33 +1557,47 @@ TEST_CASE_TEMPLATE("merge_into: streaming kernel, tiled pack across launches and
 // The strip kernel's paths (lori/detail/merge_strip.cuh): Bcat read straight from the dense B_t (ranks
 // multiples of 8, aligned rows) or packed (forced with probe_packed; sparse B_t, odd ranks, unaligned
 // operands always), W loads 2, 1 or 3 steps ahead, with cache hints (W evict-first, Bcat evict-last) or
-// L2 prefetches, 2 blocks walking 15 steps each across strip boundaries (both rings wrap; the B
-// fragments are regathered mid-run), no PDL after the pack. d and k are not multiples of the 32 x 256
-// step (k = 520: the last strip has 8 columns).
-TEST_CASE_TEMPLATE("merge_into: strip kernel paths (direct or packed Bcat, prefetch depth, hints, long runs), matches the double reference", T,
+// L2 prefetches, no PDL after the pack. d and k are not multiples of the 32 x 256 step (k = 520: the last
+// strip has 8 columns).
+template <class T>
+void strip_cases(lori::cuda::context& ctx, std::mt19937_64& g, int probe) {
+  CAPTURE(probe);
+  // Four dense rank-32 adapters, unequal scales: Bcat direct (unless probe_packed).
+  merge_case<T>(ctx, 300, 520, {32, 32, 32, 32}, {false, false, false, false}, {0.5, 0.75, -1.0, 1.25}, g, {0, false, 0, 1, probe, 1});
+  // Ranks 8 + 24 at two scales: the first segment padded 8 -> 16 (a zero depth chunk between sources).
+  merge_case<T>(ctx, 77, 136, {8, 24}, {false, false}, {0.5, -0.75}, g, {0, false, 0, 1, probe, 1});
+  // Equal scales, one segment 8 + 16 + 32 -> 64; W with leading dimension k + 8, 8 elements into its buffer.
+  merge_case<T>(ctx, 65, 264, {8, 16, 32}, {false, false, false}, {0.25, 0.25, 0.25}, g, {8, false, 8, 1, probe, 1});
+  // Packed always: sparse B_t, odd ranks, unaligned operands (A and B leading dimensions odd).
+  merge_case<T>(ctx, 150, 264, {5, 16, 11}, {false, true, false}, {1.5, 0.5, -0.25}, g, {0, false, 0, 1, probe, 0});
+  merge_case<T>(ctx, 33, 64, {32, 32, 32, 32}, {false, true, false, true}, {0.5, 0.5, 0.5, 0.5}, g, {0, false, 0, 1, probe, 0});
+  merge_case<T>(ctx, 100, 128, {16, 8}, {false, false}, {0.5, 2.0}, g, {0, true, 0, 1, probe, 0});
+  // A sparse B_t of rank 72 (two mask words per row: the pack's chunks past the first word).
+  merge_case<T>(ctx, 90, 136, {72, 24}, {true, false}, {0.5, -1.0}, g, {0, false, 0, 1, probe, 0});
+}
+
+TEST_CASE_TEMPLATE("merge_into: strip kernel paths (direct or packed Bcat, prefetch depth, hints), matches the double reference", T,
                    lori::bfloat16, lori::half) {
   LORI_TEST_SEED_INFO();
   auto g = lori_test::rng(612);
   lori::cuda::context ctx;
   namespace dm = lori::cuda::detail_merge;
   for (const int probe : {0, dm::probe_packed, dm::probe_pf1, dm::probe_pf3, dm::probe_cs, dm::probe_l2pf,
-                          dm::probe_b_last | dm::probe_cs, dm::probe_grid2,
-                          dm::probe_grid2 | dm::probe_pf1, dm::probe_grid2 | dm::probe_pf3, dm::probe_grid2 | dm::probe_l2pf,
-                          dm::probe_grid2 | dm::probe_packed | dm::probe_no_pdl}) {
-    CAPTURE(probe);
-    // Four dense rank-32 adapters, unequal scales: Bcat direct (unless probe_packed).
-    merge_case<T>(ctx, 300, 520, {32, 32, 32, 32}, {false, false, false, false}, {0.5, 0.75, -1.0, 1.25}, g, {0, false, 0, 1, probe, 1});
-    // Ranks 8 + 24 at two scales: the first segment padded 8 -> 16 (a zero depth chunk between sources).
-    merge_case<T>(ctx, 77, 136, {8, 24}, {false, false}, {0.5, -0.75}, g, {0, false, 0, 1, probe, 1});
-    // Equal scales, one segment 8 + 16 + 32 -> 64; W with leading dimension k + 8, 8 elements into its buffer.
-    merge_case<T>(ctx, 65, 264, {8, 16, 32}, {false, false, false}, {0.25, 0.25, 0.25}, g, {8, false, 8, 1, probe, 1});
-    // Packed always: sparse B_t, odd ranks, unaligned operands (A and B leading dimensions odd).
-    merge_case<T>(ctx, 150, 264, {5, 16, 11}, {false, true, false}, {1.5, 0.5, -0.25}, g, {0, false, 0, 1, probe, 0});
-    merge_case<T>(ctx, 33, 64, {32, 32, 32, 32}, {false, true, false, true}, {0.5, 0.5, 0.5, 0.5}, g, {0, false, 0, 1, probe, 0});
-    merge_case<T>(ctx, 100, 128, {16, 8}, {false, false}, {0.5, 2.0}, g, {0, true, 0, 1, probe, 0});
-    // A sparse B_t of rank 72 (two mask words per row: the pack's chunks past the first word).
-    merge_case<T>(ctx, 90, 136, {72, 24}, {true, false}, {0.5, -1.0}, g, {0, false, 0, 1, probe, 0});
-  }
+                          dm::probe_b_last | dm::probe_cs, dm::probe_packed | dm::probe_no_pdl})
+    strip_cases<T>(ctx, g, probe);
+}
+
+// The same cases on 2 blocks: each walks ~15 steps (300 x 520: 30 steps) across strip boundaries, so the
+// W register ring and the Bcat ring wrap and the B fragments are regathered mid-run.
+TEST_CASE_TEMPLATE("merge_into: strip kernel long runs (2 blocks), matches the double reference", T, lori::bfloat16,
+                   lori::half) {
+  LORI_TEST_SEED_INFO();
+  auto g = lori_test::rng(613);
+  lori::cuda::context ctx;
+  namespace dm = lori::cuda::detail_merge;
+  for (const int probe : {dm::probe_grid2, dm::probe_grid2 | dm::probe_pf1, dm::probe_grid2 | dm::probe_pf3,
+                          dm::probe_grid2 | dm::probe_l2pf | dm::probe_b_last, dm::probe_grid2 | dm::probe_packed})
+    strip_cases<T>(ctx, g, probe);
 }
 
 // The benchmark's shape, 14336 x 4096 bf16 with four dense rank-32 adapters at unequal scales: 7168 steps,
