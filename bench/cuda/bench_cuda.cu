@@ -845,9 +845,9 @@ BENCHMARK(BM_gpu_sgd_fused)->UseManualTime()->Unit(benchmark::kMicrosecond)->Min
 // Args: T, d, sparse B (0/1), equal scales (0: s_t = 0.5 + 0.25 t; 1: all 0.5). BM_gpu_merge_probe adds
 // a 5th: probe bits of the strip kernel's route (detail_merge::probe_*: 1 no math, 2 no PDL, 4 no pack,
 // 8 pack alone, 16 no W loads/stores, 128 Bcat packed for dense B, 256 / 2048 W loads 1 / 3 steps ahead
-// (else 2), 512 evict-first hints on W, 4096 W also prefetched into L2, 8192 Bcat loads evict-last in L2)
-// to split the time into its parts; probe = 32 runs the cuBLAS route instead
-// (detail_merge::merge_cublas_route).
+// (else 2), 512 evict-first hints on W, 4096 W also prefetched into L2, 8192 Bcat loads evict-last in L2,
+// 16384 no Bcat fills or per-step barriers: ΔW wrong) to split the time into its parts; probe = 32 runs
+// the cuBLAS route instead (detail_merge::merge_cublas_route).
 void merge_bench(benchmark::State& st, int probe) {
   const index_t T = st.range(0), d = st.range(1);
   const bool sparse = st.range(2) != 0, equal = st.range(3) != 0;
@@ -885,7 +885,8 @@ void merge_bench(benchmark::State& st, int probe) {
     st.SetLabel(std::string("strip kernel probe:") + ((probe & 1) ? " no-math" : "") + ((probe & 2) ? " no-PDL" : "") +
                 ((probe & 4) ? " kernel-only" : "") + ((probe & 8) ? " pack-only" : "") + ((probe & 16) ? " no-W-traffic" : "") +
                 ((probe & 128) ? " packed" : "") + ((probe & 256) ? " PF1" : "") + ((probe & 512) ? " cs-hints" : "") +
-                ((probe & 2048) ? " PF3" : "") + ((probe & 4096) ? " L2-prefetch" : "") + ((probe & 8192) ? " Bcat-evict-last" : ""));
+                ((probe & 2048) ? " PF3" : "") + ((probe & 4096) ? " L2-prefetch" : "") + ((probe & 8192) ? " Bcat-evict-last" : "") +
+                ((probe & 16384) ? " no-operand-pipeline" : ""));
     return;
   }
   run_timed(st, [&] { lori::cuda::merge_into<bf16>(ctx(), wv, src, ws.data(), ws.bytes()); },
@@ -939,14 +940,18 @@ void BM_gpu_baseline_copy_w_kernel(benchmark::State& st) {
 // TC-wide column strip), every thread loads its 4 16-byte chunks of a tile (a warp: 512 contiguous
 // bytes) two tiles ahead into registers and stores them back. Which tile shape streams W in place at
 // the copy kernel's speed (the memory floor of a merge kernel with that tile)?
-template <int TR, int TC>
+// STRIP: the strip kernel's lane mapping instead (32 x 256 tiles; warp w, lane (g, t4): rows g + 8 v,
+// the 16-byte chunk 4 w + t4: a warp instruction covers 8 rows x 64 bytes).
+template <int TR, int TC, bool STRIP = false>
 __global__ void __launch_bounds__(256, 1) tile_copy_kernel(uint4* w, std::size_t ld16, std::size_t nrs, std::size_t tiles) {
   constexpr int per_row = TC / 8;  // 16-byte chunks per tile row
   const std::size_t t0 = blockIdx.x * tiles / gridDim.x, t1 = (blockIdx.x + 1) * tiles / gridDim.x;
   const auto addr = [&](std::size_t t, int v) {
     const int c = static_cast<int>(threadIdx.x) + 256 * v;
+    const int lane = static_cast<int>(threadIdx.x) & 31, warp = static_cast<int>(threadIdx.x) >> 5;
+    const int row = STRIP ? (lane >> 2) + 8 * v : c / per_row, chunk = STRIP ? 4 * warp + (lane & 3) : c % per_row;
     const std::size_t strip = t / nrs, rs = t - strip * nrs;
-    return w + (rs * TR + static_cast<std::size_t>(c / per_row)) * ld16 + strip * per_row + static_cast<std::size_t>(c % per_row);
+    return w + (rs * TR + static_cast<std::size_t>(row)) * ld16 + strip * per_row + static_cast<std::size_t>(chunk);
   };
   uint4 b[3][4];
   for (std::size_t t = t0; t < t1; t += 3) {
@@ -978,10 +983,14 @@ void BM_gpu_baseline_copy_w_tiles(benchmark::State& st) {
   run_timed(st, [&] {
     if (shape == 0) tile_copy_kernel<32, 256><<<blocks, 256, 0, ctx().stream()>>>(p, ld16, d / 32, (d / 32) * (K / 256));
     else if (shape == 1) tile_copy_kernel<8, 1024><<<blocks, 256, 0, ctx().stream()>>>(p, ld16, d / 8, (d / 8) * (K / 1024));
+    else if (shape == 3) tile_copy_kernel<32, 256, true><<<blocks, 256, 0, ctx().stream()>>>(p, ld16, d / 32, (d / 32) * (K / 256));
     else tile_copy_kernel<128, 64><<<blocks, 256, 0, ctx().stream()>>>(p, ld16, d / 128, (d / 128) * (K / 64));
     LORI_CUDA_CHECK_LAUNCH();
   }, 4.0 * static_cast<double>(d * K));
-  st.SetLabel(shape == 0 ? "W in place by 32 x 256 tiles" : shape == 1 ? "W in place by 8 x 1024 tiles" : "W in place by 128 x 64 tiles");
+  st.SetLabel(shape == 0   ? "W in place by 32 x 256 tiles"
+              : shape == 1 ? "W in place by 8 x 1024 tiles"
+              : shape == 3 ? "W in place by 32 x 256 tiles, strip kernel lane mapping"
+                           : "W in place by 128 x 64 tiles");
 }
 // One cuBLAS GEMM (addmm) per adapter: W += s_t·B_t·A_t, reading and writing W T times.
 void BM_gpu_baseline_addmm_per_adapter(benchmark::State& st) {
@@ -1003,12 +1012,13 @@ BENCHMARK(BM_gpu_merge_probe)
     ->Args({4, 14336, 0, 0, 1})->Args({4, 14336, 0, 0, 16})->Args({4, 14336, 0, 0, 128})->Args({4, 14336, 0, 0, 136})
     ->Args({4, 14336, 0, 0, 256})->Args({4, 14336, 0, 0, 257})->Args({4, 14336, 0, 0, 512})->Args({4, 14336, 0, 0, 513})
     ->Args({4, 14336, 0, 0, 2048})->Args({4, 14336, 0, 0, 2049})->Args({4, 14336, 0, 0, 4096})->Args({4, 14336, 0, 0, 4097})
-    ->Args({4, 14336, 0, 0, 8192})->Args({4, 14336, 0, 0, 8704})
+    ->Args({4, 14336, 0, 0, 8192})->Args({4, 14336, 0, 0, 8704})->Args({4, 14336, 0, 0, 16384})->Args({4, 14336, 0, 0, 16385})
+    ->Args({4, 14336, 0, 0, 16896})->Args({4, 14336, 0, 0, 513})
     ->Args({4, 14336, 1, 0, 8})->Args({4, 14336, 0, 0, 32})->Args({8, 14336, 0, 0, 32})
     ->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 BENCHMARK(BM_gpu_baseline_copy_w)->Arg(14336)->Arg(4096)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 BENCHMARK(BM_gpu_baseline_copy_w_kernel)->Args({14336, 0})->Args({14336, 1})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
-BENCHMARK(BM_gpu_baseline_copy_w_tiles)->Args({14336, 0})->Args({14336, 1})->Args({14336, 2})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
+BENCHMARK(BM_gpu_baseline_copy_w_tiles)->Args({14336, 0})->Args({14336, 1})->Args({14336, 2})->Args({14336, 3})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 BENCHMARK(BM_gpu_baseline_addmm_per_adapter)->Args({1, 14336})->Args({4, 14336})->Args({4, 4096})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 
 }  // namespace

@@ -35,17 +35,18 @@ b="$B/bench/cuda/lori_bench_cuda"
   rm -f "$rc_log"
   echo "== benchmarks (median of 5; floor = BM_gpu_baseline_copy_w/14336, one copy of W)"
   echo "   probe bits: 1 no math, 2 no PDL, 4 no pack, 8 pack alone, 16 no W traffic,"
-  echo "   128 Bcat packed, 256 PF1, 512 .cs hints on W, 2048 PF3, 4096 L2 prefetch, 8192 Bcat evict-last"
-  timeout 30 stdbuf -oL "$b" --benchmark_filter='BM_gpu_(baseline_d2d_copy/234|baseline_copy_w/14336|baseline_copy_w_kernel/14336/1|merge/1/14336/0/0/|merge/4/14336|merge_probe/4/14336/0/0/(1|256|512|2048|4096|8192|8704)/|baseline_copy_w_tiles/14336)' \
+  echo "   128 Bcat packed, 256 PF1, 512 .cs hints on W, 2048 PF3, 4096 L2 prefetch, 8192 Bcat evict-last,"
+  echo "   16384 no Bcat fills / per-step barriers (ΔW wrong)"
+  timeout 30 stdbuf -oL "$b" --benchmark_filter='BM_gpu_(baseline_d2d_copy/234|baseline_copy_w/14336|baseline_copy_w_kernel/14336/1|merge/1/14336/0/0/|merge/4/14336|merge_probe/4/14336/0/0/(1|16|512|513|8192|8704|16384|16385|16896)/|baseline_copy_w_tiles/14336/(0|1|3))' \
     --benchmark_repetitions=5 --benchmark_report_aggregates_only=true 2>&1 | grep -E "_median|^BM|Run on|error|Error" |
     grep -v "_mean\|_stddev\|_cv" | sed -E 's/floor = one copy of W \(BM_gpu_baseline_copy_w\)//; s/min_time:0.100\///;' | cut -c1-200 | head -40
   echo "rc=${PIPESTATUS[0]}"
   echo "== ncu: merge_into (strip kernel, Bcat read directly), 4 dense adapters, unequal scales, 14336 x 4096 bf16"
-  m="smsp__average_warps_issue_stalled_barrier_per_issue_active.ratio,smsp__average_warps_issue_stalled_long_scoreboard_per_issue_active.ratio,smsp__average_warps_issue_stalled_short_scoreboard_per_issue_active.ratio,smsp__average_warps_issue_stalled_mio_throttle_per_issue_active.ratio,smsp__average_warps_issue_stalled_math_pipe_throttle_per_issue_active.ratio,smsp__average_warps_issue_stalled_wait_per_issue_active.ratio,smsp__average_warps_issue_stalled_lg_throttle_per_issue_active.ratio,smsp__average_warps_issue_stalled_sleeping_per_issue_active.ratio,smsp__average_warps_issue_stalled_membar_per_issue_active.ratio,sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,dram__bytes_read.sum,dram__bytes_write.sum,lts__t_sector_hit_rate.pct"
+  m="smsp__average_warps_issue_stalled_barrier_per_issue_active.ratio,smsp__average_warps_issue_stalled_long_scoreboard_per_issue_active.ratio,smsp__average_warps_issue_stalled_short_scoreboard_per_issue_active.ratio,smsp__average_warps_issue_stalled_mio_throttle_per_issue_active.ratio,smsp__average_warps_issue_stalled_math_pipe_throttle_per_issue_active.ratio,smsp__average_warps_issue_stalled_wait_per_issue_active.ratio,smsp__average_warps_issue_stalled_lg_throttle_per_issue_active.ratio,smsp__average_warps_issue_stalled_sleeping_per_issue_active.ratio,smsp__average_warps_issue_stalled_membar_per_issue_active.ratio,smsp__average_warps_issue_stalled_no_instruction_per_issue_active.ratio,smsp__average_warps_issue_stalled_branch_resolving_per_issue_active.ratio,smsp__average_warps_issue_stalled_dispatch_stall_per_issue_active.ratio,smsp__average_warps_issue_stalled_imc_miss_per_issue_active.ratio,smsp__average_warps_issue_stalled_not_selected_per_issue_active.ratio,smsp__average_warps_issue_stalled_selected_per_issue_active.ratio,smsp__average_warps_issue_stalled_drain_per_issue_active.ratio,smsp__average_warps_issue_stalled_misc_per_issue_active.ratio,smsp__average_warps_issue_stalled_tex_throttle_per_issue_active.ratio,smsp__inst_executed.sum,smsp__cycles_active.avg,sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,dram__bytes_read.sum,dram__bytes_write.sum,lts__t_sector_hit_rate.pct"
   timeout 10 ncu --section SpeedOfLight --section Occupancy --section LaunchStats --metrics "$m" \
     -k regex:'merge_strip_kernel' -c 1 \
     "$b" --benchmark_filter='BM_gpu_merge/4/14336/0/0/' --benchmark_repetitions=1 2>&1 |
-    grep -E "merge_strip_kernel|pack_tiled_kernel|Duration|DRAM Throughput|Memory Throughput|Compute \(SM\)|Registers Per|Achieved Occupancy|Grid Size|Block Size|stalled|hmma|dram__bytes|lts__t_sector" |
+    grep -E "merge_strip_kernel|pack_tiled_kernel|Duration|DRAM Throughput|Memory Throughput|Compute \(SM\)|Registers Per|Achieved Occupancy|Grid Size|Block Size|stalled|hmma|dram__bytes|lts__t_sector|inst_executed|cycles_active" |
     sed -E 's/smsp__average_warps_issue_stalled_//; s/_per_issue_active.ratio//' | cut -c1-200 | head -70
   echo "rc=${PIPESTATUS[0]}"
 } > "$out" 2>&1

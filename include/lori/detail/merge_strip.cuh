@@ -62,6 +62,8 @@ inline constexpr int mode_cs = 4;    // W through ld.global.cs / st.global.cs (L
 inline constexpr int mode_l2pf = 8;  // also prefetch W into L2 l2pf_ahead steps beyond the register loads
 inline constexpr int l2pf_ahead = 2;
 inline constexpr int mode_b_last = 16;  // Bcat loads with an L2 evict-last policy (16 strips re-read each row)
+inline constexpr int mode_no_ops = 32;  // probe: no Bcat fills or per-step barrier (math on the zeroed ring)
+inline constexpr std::size_t stage_bytes = static_cast<std::size_t>(2 * max_ksteps) * threads * 16;  // dynamic smem
 
 struct params {
   void* W;
@@ -144,6 +146,7 @@ __global__ void __launch_bounds__(threads, 1) merge_strip_kernel(const __grid_co
   const int ksteps = p.kp / 16;
   const bool math = (p.mode & mode_math) != 0, w_io = (p.mode & mode_w_io) != 0, cs = (p.mode & mode_cs) != 0;
   const bool l2pf = w_io && (p.mode & mode_l2pf) != 0, b_last = (p.mode & mode_b_last) != 0;
+  const bool ops = (p.mode & mode_no_ops) == 0;
   std::uint64_t keep = 0;
   if (b_last) asm("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(keep));
   T* const W = static_cast<T*>(p.W);
@@ -215,58 +218,66 @@ __global__ void __launch_bounds__(threads, 1) merge_strip_kernel(const __grid_co
   };
 
   std::uint32_t bfr[max_ksteps][4][2];  // B fragments of the warp's strip (permuted columns)
-  // Gathers the warp's B fragments of a strip from the Aₜ rows: fragment (ks, ni, h) of lane (g, t4)
-  // holds Acat rows kk, kk + 1 (kk = 16 ks + 8 h + 2 t4; low half kk) at W column
-  // strip·256 + 32 warp + 8 (g / 2) + 2 ni + g % 2. With 16-byte aligned Aₜ rows (p.a_vec) the lanes
-  // g and g ^ 1 (lane ^ 4) need the same 16-byte chunks (8 columns from 8 (g / 2)) of rows kk and
-  // kk + 1: each loads one (g even: row kk, g odd: row kk + 1), they swap them by a shuffle, and each
-  // keeps the even (g even) or odd columns: 16 loads per lane instead of 128.
+  // Gathers the warp's B fragments of a strip from the Aₜ rows into the thread's stage in shared memory
+  // (a rolled loop: compact code inside the unrolled step loop), then loads them into bfr. Fragment
+  // (ks, ni, h) of lane (g, t4) holds Acat rows kk, kk + 1 (kk = 16 ks + 8 h + 2 t4; low half kk) at W
+  // column strip·256 + 32 warp + 8 (g / 2) + 2 ni + g % 2; stage entry q = 2 ks + h (16 bytes at
+  // stage[q·256 + tid]) holds ni = 0..3. With 16-byte aligned Aₜ rows (p.a_vec) the lanes g and g ^ 1
+  // (lane ^ 4) need the same 16-byte chunks (8 columns from 8 (g / 2)) of rows kk and kk + 1: each loads
+  // one (g even: row kk, g odd: row kk + 1), they swap them by a shuffle, and each keeps the even (g
+  // even) or odd columns.
+  uint4* const stage = reinterpret_cast<uint4*>(::lori::detail::dynamic_smem());
   const auto gather = [&](index_t strip) {
+    const bool odd = (g & 1) != 0;
     if (p.a_vec) {
       const index_t c8 = strip * scols + warp * wcols + (g >> 1) * 8;
-      const bool odd = (g & 1) != 0;
       const unsigned sel = odd ? 0x7632u : 0x5410u;  // high or low halves of two words
+#pragma unroll 1
+      for (int q = 0; q < 2 * ksteps; ++q) {
+        const int kk = (q >> 1) * 16 + (q & 1) * 8 + 2 * t4;
+        uint4 mine = make_uint4(0u, 0u, 0u, 0u);
+        const std::uint16_t* r = arow[kk + (odd ? 1 : 0)];
+        if (c8 < p.k && r != nullptr) mine = __ldg(reinterpret_cast<const uint4*>(r + c8));
+        uint4 other;
+        other.x = __shfl_xor_sync(0xffffffffu, mine.x, 4);
+        other.y = __shfl_xor_sync(0xffffffffu, mine.y, 4);
+        other.z = __shfl_xor_sync(0xffffffffu, mine.z, 4);
+        other.w = __shfl_xor_sync(0xffffffffu, mine.w, 4);
+        const uint4 v0 = odd ? other : mine, v1 = odd ? mine : other;  // rows kk, kk + 1
+        stage[q * threads + tid] = make_uint4(__byte_perm(v0.x, v1.x, sel), __byte_perm(v0.y, v1.y, sel),
+                                              __byte_perm(v0.z, v1.z, sel), __byte_perm(v0.w, v1.w, sel));
+      }
+    } else {
+      const index_t cb = strip * scols + warp * wcols + (g >> 1) * 8 + (g & 1);
+#pragma unroll 1
+      for (int q = 0; q < 2 * ksteps; ++q) {
+        const int kk = (q >> 1) * 16 + (q & 1) * 8 + 2 * t4;
+        const std::uint16_t* r0 = arow[kk];
+        const std::uint16_t* r1 = arow[kk + 1];
+        std::uint32_t v[4];
 #pragma unroll
-      for (int ks = 0; ks < max_ksteps; ++ks)
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const int kk = ks * 16 + h * 8 + 2 * t4;
-          uint4 mine = make_uint4(0u, 0u, 0u, 0u);
-          if (ks < ksteps && c8 < p.k) {
-            const std::uint16_t* r = arow[kk + (odd ? 1 : 0)];
-            if (r != nullptr) mine = __ldg(reinterpret_cast<const uint4*>(r + c8));
-          }
-          uint4 other;
-          other.x = __shfl_xor_sync(0xffffffffu, mine.x, 4);
-          other.y = __shfl_xor_sync(0xffffffffu, mine.y, 4);
-          other.z = __shfl_xor_sync(0xffffffffu, mine.z, 4);
-          other.w = __shfl_xor_sync(0xffffffffu, mine.w, 4);
-          const uint4 v0 = odd ? other : mine, v1 = odd ? mine : other;  // rows kk, kk + 1
-          bfr[ks][0][h] = __byte_perm(v0.x, v1.x, sel);
-          bfr[ks][1][h] = __byte_perm(v0.y, v1.y, sel);
-          bfr[ks][2][h] = __byte_perm(v0.z, v1.z, sel);
-          bfr[ks][3][h] = __byte_perm(v0.w, v1.w, sel);
-        }
-      return;
-    }
-    const index_t cb = strip * scols + warp * wcols + (g >> 1) * 8 + (g & 1);
-#pragma unroll
-    for (int ks = 0; ks < max_ksteps; ++ks)
-#pragma unroll
-      for (int ni = 0; ni < 4; ++ni)
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const int kk = ks * 16 + h * 8 + 2 * t4;
+        for (int ni = 0; ni < 4; ++ni) {
           const index_t c = cb + 2 * ni;
           std::uint32_t lo = 0, hi = 0;
-          if (ks < ksteps && c < p.k) {
-            const std::uint16_t* r0 = arow[kk];
-            const std::uint16_t* r1 = arow[kk + 1];
+          if (c < p.k) {
             if (r0 != nullptr) lo = __ldg(r0 + c);
             if (r1 != nullptr) hi = __ldg(r1 + c);
           }
-          bfr[ks][ni][h] = lo | (hi << 16);
+          v[ni] = lo | (hi << 16);
         }
+        stage[q * threads + tid] = make_uint4(v[0], v[1], v[2], v[3]);
+      }
+    }
+#pragma unroll
+    for (int ks = 0; ks < max_ksteps; ++ks)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const uint4 v = ks < ksteps ? stage[(2 * ks + h) * threads + tid] : make_uint4(0u, 0u, 0u, 0u);
+        bfr[ks][0][h] = v.x;
+        bfr[ks][1][h] = v.y;
+        bfr[ks][2][h] = v.z;
+        bfr[ks][3][h] = v.w;
+      }
   };
 
   uint4 wb[NB][4];
@@ -289,7 +300,7 @@ __global__ void __launch_bounds__(threads, 1) merge_strip_kernel(const __grid_co
   asm volatile("griddepcontrol.wait;" ::: "memory");
 #pragma unroll
   for (int j = 0; j < slots - 1; ++j) {
-    if (j < n) {
+    if (j < n && ops) {
       fill_b(b_at, j);
       next(b_at);
     }
@@ -315,9 +326,11 @@ __global__ void __launch_bounds__(threads, 1) merge_strip_kernel(const __grid_co
         gather(cur.strip);
         cur_strip = cur.strip;
       }
-      asm volatile("cp.async.wait_group %0;" ::"n"(slots - 2) : "memory");
-      __syncthreads();  // slice j landed for all threads; slot (j - 1) % slots is free (step j - 1 done)
-      if (j + slots - 1 < n) {  // Bcat of step j + slots - 1
+      if (ops) {
+        asm volatile("cp.async.wait_group %0;" ::"n"(slots - 2) : "memory");
+        __syncthreads();  // slice j landed for all threads; slot (j - 1) % slots is free (step j - 1 done)
+      }
+      if (ops && j + slots - 1 < n) {  // Bcat of step j + slots - 1
         fill_b(b_at, (j + slots - 1) % slots);
         next(b_at);
       }
@@ -391,7 +404,9 @@ void launch(const params& p, int sm_count, cudaStream_t stream, bool pdl) {
   cudaLaunchConfig_t cfg{};
   cfg.gridDim = dim3(static_cast<unsigned>(p.steps < sm_count ? p.steps : sm_count));
   cfg.blockDim = dim3(threads);
-  cfg.dynamicSmemBytes = 0;
+  LORI_CUDA_CHECK(cudaFuncSetAttribute(merge_strip_kernel<T, PF>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       static_cast<int>(stage_bytes)));
+  cfg.dynamicSmemBytes = stage_bytes;
   cfg.stream = stream;
   cudaLaunchAttribute attr[1];
   attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
