@@ -386,9 +386,11 @@ __global__ void __launch_bounds__(threads, 1) merge_strip_kernel(const __grid_co
             const float2 w = unpack2<T>(x[ni]);
             x[ni] = pack2<T>(w.x + acc[mi][ni][2 * h], w.y + acc[mi][ni][2 * h + 1]);
           }
+          // One 16-byte store either way (a plain `*out = v` of this uint4, written through 32-bit
+          // views above, compiled to four 4-byte stores: checkpoint 0 of session 5).
           uint4* out = reinterpret_cast<uint4*>(W + row * p.ldw + col);
           if (cs) __stcs(out, v);
-          else *out = v;
+          else __stwb(out, v);
         }
       }
     }
