@@ -346,17 +346,21 @@ __global__ void __launch_bounds__(threads, 1) merge_strip_kernel(const __grid_co
       if (math) {
         const std::uint32_t a_base = smem_u32(&bs[j % slots][0]) + a_lane;
         int seg = 0;
+        std::uint32_t af[2][2][4];  // A fragments, k-step ks + 1's loaded before k-step ks's MMAs
+#pragma unroll
+        for (int mi = 0; mi < 2; ++mi) ldsm_x4(a_base + static_cast<std::uint32_t>(mi * 16 * pitch * 2), af[0][mi]);
 #pragma unroll
         for (int ks = 0; ks < max_ksteps; ++ks) {
           if (ks < ksteps) {
-            std::uint32_t af[2][4];
+            if (ks + 1 < ksteps)
+#pragma unroll
+              for (int mi = 0; mi < 2; ++mi)
+                ldsm_x4(a_base + static_cast<std::uint32_t>((mi * 16 * pitch + (ks + 1) * 16) * 2), af[(ks + 1) & 1][mi]);
 #pragma unroll
             for (int mi = 0; mi < 2; ++mi)
-              ldsm_x4(a_base + static_cast<std::uint32_t>((mi * 16 * pitch + ks * 16) * 2), af[mi]);
 #pragma unroll
-            for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-              for (int ni = 0; ni < 4; ++ni) mma16816<T>(acc[mi][ni], af[mi], bfr[ks][ni][0], bfr[ks][ni][1]);
+              for (int ni = 0; ni < 4; ++ni)
+                mma16816<T>(acc[mi][ni], af[ks & 1][mi], bfr[ks][ni][0], bfr[ks][ni][1]);
             if ((p.seg_end >> ks) & 1ull) {  // end of a scale segment: acc *= s_j / s_j+1 (last: s_last)
               const float m = p.seg_mul[seg++];
 #pragma unroll
