@@ -6,7 +6,7 @@
 # direct and packed Bcat) and racecheck (the strip kernel's long runs, fp16), the merge benchmarks (merge_into
 # and the strip kernel's probes) next to a copy of exactly W (cudaMemcpy, an SM copy kernel, in-place tile
 # copies) and a d2d copy, and Nsight Compute on the strip kernel; writes OUT_DIR/merge.txt (< 200 lines).
-# Time limits (timeout): tests 14 s, memcheck 12 s, racecheck 12 s, benchmarks 30 s, ncu 10 s: <= 78 s.
+# Time limits (timeout): tests 13 s, memcheck 11 s, racecheck 11 s, benchmarks 33 s, ncu 10 s: <= 78 s.
 set -uo pipefail
 B="${1:?BUILD_DIR}"
 O="${2:?OUT_DIR}"
@@ -19,15 +19,15 @@ b="$B/bench/cuda/lori_bench_cuda"
   nvidia-smi --query-gpu=name,clocks.max.sm --format=csv,noheader 2>/dev/null | head -1
   echo "== merge GPU tests (lori_test_gpu_ops -tc='*merge*')"
   s0=$(date +%s)
-  timeout 14 "$t" -tc='*merge*' 2>&1 | grep -vE "^\[doctest\] (doctest version|run with)" | tail -40 | cut -c1-300
+  timeout 13 "$t" -tc='*merge*' 2>&1 | grep -vE "^\[doctest\] (doctest version|run with)" | tail -40 | cut -c1-300
   echo "rc=${PIPESTATUS[0]} ($(( $(date +%s) - s0 )) s)"
   echo "== compute-sanitizer memcheck (merge, odd shapes: both routes, strip kernel direct and packed)"
-  timeout 12 compute-sanitizer --tool memcheck --report-api-errors no --error-exitcode 9 "$t" -tc='*merge*odd*' 2>&1 |
+  timeout 11 compute-sanitizer --tool memcheck --report-api-errors no --error-exitcode 9 "$t" -tc='*merge*odd*' 2>&1 |
     grep -iE "summary|invalid|error|test cases|assertions" | cut -c1-240 | head -16
   echo "rc=${PIPESTATUS[0]}"
   echo "== compute-sanitizer racecheck (strip kernel long runs: 2 blocks, rings wrapping; fp16)"
   rc_log="$O/racecheck.log"
-  timeout 12 compute-sanitizer --tool racecheck --report-api-errors no --error-exitcode 9 "$t" \
+  timeout 11 compute-sanitizer --tool racecheck --report-api-errors no --error-exitcode 9 "$t" \
     -tc='*strip kernel long runs*half*' > "$rc_log" 2>&1
   echo "rc=$?"
   grep -iE "summary|race reported|hazard|error|test cases|assertions" "$rc_log" | grep -v nvjet | cut -c1-240 | head -12
@@ -36,8 +36,8 @@ b="$B/bench/cuda/lori_bench_cuda"
   echo "== benchmarks (median of 5; floor = BM_gpu_baseline_copy_w/14336, one copy of W)"
   echo "   probe bits: 1 no math, 2 no PDL, 4 no pack, 8 pack alone, 16 no W traffic,"
   echo "   128 Bcat packed, 256 PF1, 512 .cs hints on W, 2048 PF3, 4096 L2 prefetch, 8192 Bcat evict-last,"
-  echo "   16384 no Bcat fills / per-step barriers (ΔW wrong)"
-  timeout 30 stdbuf -oL "$b" --benchmark_filter='BM_gpu_(baseline_d2d_copy/234|baseline_copy_w/14336|baseline_copy_w_kernel/14336/1|merge/1/14336/0/0/|merge/4/14336|merge_probe/4/14336/0/0/(1|16|512|513|8704|16384|16385|16400|16896)/|baseline_copy_w_tiles/14336/(0|1|3))' \
+  echo "   16384 no Bcat fills / per-step barriers (ΔW wrong), 32768 Bcat ring on mbarriers"
+  timeout 33 stdbuf -oL "$b" --benchmark_filter='BM_gpu_(baseline_d2d_copy/234|baseline_copy_w/14336|baseline_copy_w_kernel/14336/1|merge/1/14336/0/0/|merge/4/14336|merge_probe/4/14336/0/0/(1|16|512|513|16384|16385|16400|16896|32768|32769|33280)/|baseline_copy_w_tiles/14336/(0|1|3))' \
     --benchmark_repetitions=5 --benchmark_report_aggregates_only=true 2>&1 | grep -E "_median|^BM|Run on|error|Error" |
     grep -v "_mean\|_stddev\|_cv" | sed -E 's/floor = one copy of W \(BM_gpu_baseline_copy_w\)//; s/min_time:0.100\///;' | cut -c1-200 | head -40
   echo "rc=${PIPESTATUS[0]}"

@@ -1683,3 +1683,15 @@ TEST_CASE("merge_into: strip kernel at 14336 x 4096 (54-55 steps per block), sam
     }
   CHECK(bad_tiles == 0);
 }
+
+// The strip kernel with its Bcat ring on full / empty mbarriers (probe_mbar: warps drift up to two steps
+// apart instead of one __syncthreads per step), on the usual grid and on 2 blocks (long runs).
+TEST_CASE_TEMPLATE("merge_into: strip kernel on mbarriers, matches the double reference", T, lori::bfloat16, lori::half) {
+  LORI_TEST_SEED_INFO();
+  auto g = lori_test::rng(614);
+  lori::cuda::context ctx;
+  namespace dm = lori::cuda::detail_merge;
+  for (const int probe : {dm::probe_mbar, dm::probe_mbar | dm::probe_cs, dm::probe_mbar | dm::probe_grid2,
+                          dm::probe_mbar | dm::probe_grid2 | dm::probe_packed})
+    strip_cases<T>(ctx, g, probe);
+}

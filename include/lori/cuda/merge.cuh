@@ -458,6 +458,7 @@ inline constexpr int probe_pf3 = 2048;     // strip kernel: W loads 3 steps ahea
 inline constexpr int probe_l2pf = 4096;    // strip kernel: W also prefetched into L2 2 steps beyond the loads
 inline constexpr int probe_b_last = 8192;  // strip kernel: Bcat loads with an L2 evict-last policy
 inline constexpr int probe_no_ops = 16384; // strip kernel without Bcat fills and per-step barriers (ΔW wrong: benchmarks)
+inline constexpr int probe_mbar = 32768;   // strip kernel: the Bcat ring on full / empty mbarriers (no per-step __syncthreads)
 
 // The strip kernel reads Bcat straight from the dense Bₜ when every Bₜ is dense with a rank that is a
 // multiple of 8 (8-element depth chunks, each from one source) and 16-byte aligned rows; else the tiled
@@ -521,7 +522,8 @@ void merge_stream_route(context& ctx, row_major_view<T> W, const std::vector<mer
   segment_multipliers(L, p.seg_mul);
   p.mode = ((probe & probe_no_math) == 0 ? ms::mode_math : 0) | ((probe & probe_no_w_io) == 0 ? ms::mode_w_io : 0) |
            ((probe & probe_cs) != 0 ? ms::mode_cs : 0) | ((probe & probe_l2pf) != 0 ? ms::mode_l2pf : 0) |
-           ((probe & probe_b_last) != 0 ? ms::mode_b_last : 0) | ((probe & probe_no_ops) != 0 ? ms::mode_no_ops : 0);
+           ((probe & probe_b_last) != 0 ? ms::mode_b_last : 0) | ((probe & probe_no_ops) != 0 ? ms::mode_no_ops : 0) |
+           ((probe & probe_mbar) != 0 ? ms::mode_mbar : 0);
   const bool pdl = !direct && (probe & probe_no_pdl) == 0;
   const int sms = (probe & probe_grid2) != 0 ? 2 : ctx.sm_count();
   if ((probe & probe_pf1) != 0) ms::launch<T, 1>(p, sms, ctx.stream(), pdl);

@@ -63,6 +63,9 @@ inline constexpr int mode_l2pf = 8;  // also prefetch W into L2 l2pf_ahead steps
 inline constexpr int l2pf_ahead = 2;
 inline constexpr int mode_b_last = 16;  // Bcat loads with an L2 evict-last policy (16 strips re-read each row)
 inline constexpr int mode_no_ops = 32;  // probe: no Bcat fills or per-step barrier (math on the zeroed ring)
+inline constexpr int mode_mbar = 64;    // the Bcat ring on full / empty mbarriers instead of one __syncthreads per
+                                        // step: warps drift up to mbar_ahead steps apart
+inline constexpr int mbar_ahead = 2;    // mbar mode: Bcat of step j + 2 filled at step j (slot of step j - 2)
 inline constexpr std::size_t stage_bytes = static_cast<std::size_t>(2 * max_ksteps) * threads * 16;  // dynamic smem
 
 struct params {
@@ -138,6 +141,7 @@ __global__ void __launch_bounds__(threads, 1) merge_strip_kernel(const __grid_co
   __shared__ const std::uint16_t* arow[max_kp];
   __shared__ const std::uint16_t* bptr[nchunks];
   __shared__ index_t bld[nchunks];
+  __shared__ __align__(8) std::uint64_t full_bar[slots], empty_bar[slots];  // mbar mode
   const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;
   const int g = lane >> 2, t4 = lane & 3;
   const index_t s_begin = static_cast<index_t>(blockIdx.x) * p.steps / gridDim.x;
@@ -146,7 +150,7 @@ __global__ void __launch_bounds__(threads, 1) merge_strip_kernel(const __grid_co
   const int ksteps = p.kp / 16;
   const bool math = (p.mode & mode_math) != 0, w_io = (p.mode & mode_w_io) != 0, cs = (p.mode & mode_cs) != 0;
   const bool l2pf = w_io && (p.mode & mode_l2pf) != 0, b_last = (p.mode & mode_b_last) != 0;
-  const bool ops = (p.mode & mode_no_ops) == 0;
+  const bool ops = (p.mode & mode_no_ops) == 0, mbar = ops && (p.mode & mode_mbar) != 0;
   std::uint64_t keep = 0;
   if (b_last) asm("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(keep));
   T* const W = static_cast<T*>(p.W);
@@ -159,8 +163,19 @@ __global__ void __launch_bounds__(threads, 1) merge_strip_kernel(const __grid_co
       bptr[tid] = tid * 8 < p.kp ? static_cast<const std::uint16_t*>(p.bptr[tid]) : nullptr;
       bld[tid] = p.bld[tid];
     }
+    if (tid == 0) {  // mbar mode: every thread arrives once per fill (its cp.async) and once per use
+      for (int b = 0; b < slots; ++b) {
+        asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_u32(&full_bar[b])), "r"(threads) : "memory");
+        asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_u32(&empty_bar[b])), "r"(threads) : "memory");
+      }
+      asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    }
   }
   __syncthreads();
+  // mbar mode: arrive on full_bar[slot] when this thread's copies (issued so far) have landed.
+  const auto arrive_full = [&](int slot) {
+    asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];" ::"r"(smem_u32(&full_bar[slot])) : "memory");
+  };
 
   // A step's position: row step rs of strip `strip` (steps are strip-major). The block walks its steps
   // with three cursors (W prefetch, Bcat fill, current step), advanced by one step at a time: no
@@ -300,11 +315,19 @@ __global__ void __launch_bounds__(threads, 1) merge_strip_kernel(const __grid_co
   asm volatile("griddepcontrol.wait;" ::: "memory");
 #pragma unroll
   for (int j = 0; j < slots - 1; ++j) {
-    if (j < n && ops) {
-      fill_b(b_at, j);
-      next(b_at);
+    if (mbar) {
+      if (j < mbar_ahead && j < n) {
+        fill_b(b_at, j);
+        next(b_at);
+        arrive_full(j);
+      }
+    } else {
+      if (j < n && ops) {
+        fill_b(b_at, j);
+        next(b_at);
+      }
+      asm volatile("cp.async.commit_group;" ::: "memory");
     }
-    asm volatile("cp.async.commit_group;" ::: "memory");
   }
 
   index_t cur_strip = -1;
@@ -326,15 +349,26 @@ __global__ void __launch_bounds__(threads, 1) merge_strip_kernel(const __grid_co
         gather(cur.strip);
         cur_strip = cur.strip;
       }
-      if (ops) {
-        asm volatile("cp.async.wait_group %0;" ::"n"(slots - 2) : "memory");
-        __syncthreads();  // slice j landed for all threads; slot (j - 1) % slots is free (step j - 1 done)
+      if (mbar) {
+        if (j + mbar_ahead < n) {  // Bcat of step j + 2 into the slot of step j + 2 - slots, once every thread is done with it
+          const int js = j + mbar_ahead, prev = js - slots;
+          if (prev >= 0) mbar_wait_parity(smem_u32(&empty_bar[js % slots]), static_cast<std::uint32_t>((prev / slots) & 1));
+          fill_b(b_at, js % slots);
+          next(b_at);
+          arrive_full(js % slots);
+        }
+        mbar_wait_parity(smem_u32(&full_bar[j % slots]), static_cast<std::uint32_t>((j / slots) & 1));
+      } else {
+        if (ops) {
+          asm volatile("cp.async.wait_group %0;" ::"n"(slots - 2) : "memory");
+          __syncthreads();  // slice j landed for all threads; slot (j - 1) % slots is free (step j - 1 done)
+        }
+        if (ops && j + slots - 1 < n) {  // Bcat of step j + slots - 1
+          fill_b(b_at, (j + slots - 1) % slots);
+          next(b_at);
+        }
+        asm volatile("cp.async.commit_group;" ::: "memory");
       }
-      if (ops && j + slots - 1 < n) {  // Bcat of step j + slots - 1
-        fill_b(b_at, (j + slots - 1) % slots);
-        next(b_at);
-      }
-      asm volatile("cp.async.commit_group;" ::: "memory");
 
       float acc[2][4][4];
 #pragma unroll
@@ -373,6 +407,8 @@ __global__ void __launch_bounds__(threads, 1) merge_strip_kernel(const __grid_co
           }
         }
       }
+      if (mbar)  // this thread is done with slot j % slots (its ldmatrix reads precede the release)
+        asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(smem_u32(&empty_bar[j % slots])) : "memory");
       // W chunk += acc (element e of the chunk: n8 block e / 2, accumulator column 2 t4 + e % 2), one
       // rounding to T, one 16-byte store.
       index_t row0, col;
