@@ -846,8 +846,8 @@ BENCHMARK(BM_gpu_sgd_fused)->UseManualTime()->Unit(benchmark::kMicrosecond)->Min
 // a 5th: probe bits of the strip kernel's route (detail_merge::probe_*: 1 no math, 2 no PDL, 4 no pack,
 // 8 pack alone, 16 no W loads/stores, 128 Bcat packed for dense B, 256 / 2048 W loads 1 / 3 steps ahead
 // (else 2), 512 evict-first hints on W, 4096 W also prefetched into L2, 8192 Bcat loads evict-last in L2,
-// 16384 no Bcat fills or per-step barriers: ΔW wrong, 32768 the Bcat ring on mbarriers) to split the time
-// into its parts; probe = 32 runs the cuBLAS route instead (detail_merge::merge_cublas_route).
+// 16384 no Bcat fills or per-step barriers: ΔW wrong, 32768 the Bcat ring on mbarriers, 65536 64-row
+// steps) to split the time into its parts; probe = 32 runs the cuBLAS route instead (detail_merge::merge_cublas_route).
 void merge_bench(benchmark::State& st, int probe) {
   const index_t T = st.range(0), d = st.range(1);
   const bool sparse = st.range(2) != 0, equal = st.range(3) != 0;
@@ -886,7 +886,7 @@ void merge_bench(benchmark::State& st, int probe) {
                 ((probe & 4) ? " kernel-only" : "") + ((probe & 8) ? " pack-only" : "") + ((probe & 16) ? " no-W-traffic" : "") +
                 ((probe & 128) ? " packed" : "") + ((probe & 256) ? " PF1" : "") + ((probe & 512) ? " cs-hints" : "") +
                 ((probe & 2048) ? " PF3" : "") + ((probe & 4096) ? " L2-prefetch" : "") + ((probe & 8192) ? " Bcat-evict-last" : "") +
-                ((probe & 16384) ? " no-operand-pipeline" : "") + ((probe & 32768) ? " mbarrier-ring" : ""));
+                ((probe & 16384) ? " no-operand-pipeline" : "") + ((probe & 32768) ? " mbarrier-ring" : "") + ((probe & 65536) ? " 64-row-steps" : ""));
     return;
   }
   run_timed(st, [&] { lori::cuda::merge_into<bf16>(ctx(), wv, src, ws.data(), ws.bytes()); },
@@ -1019,8 +1019,9 @@ BENCHMARK(BM_gpu_merge_probe)
 BENCHMARK(BM_gpu_baseline_copy_w)->Arg(14336)->Arg(4096)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 BENCHMARK(BM_gpu_baseline_copy_w_kernel)->Args({14336, 0})->Args({14336, 1})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 BENCHMARK(BM_gpu_baseline_copy_w_tiles)->Args({14336, 0})->Args({14336, 1})->Args({14336, 2})->Args({14336, 3})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
-// The strip kernel on mbarriers (probe bit 32768), after the baselines.
+// The strip kernel on mbarriers (probe bit 32768) and with 64-row steps (65536), after the baselines.
 BENCHMARK(BM_gpu_merge_probe)->Args({4, 14336, 0, 0, 32768})->Args({4, 14336, 0, 0, 32769})->Args({4, 14336, 0, 0, 33280})
+    ->Args({4, 14336, 0, 0, 65536})->Args({4, 14336, 0, 0, 65537})->Args({4, 14336, 0, 0, 98304})
     ->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 BENCHMARK(BM_gpu_baseline_addmm_per_adapter)->Args({1, 14336})->Args({4, 14336})->Args({4, 4096})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 

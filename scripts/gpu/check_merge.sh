@@ -36,8 +36,8 @@ b="$B/bench/cuda/lori_bench_cuda"
   echo "== benchmarks (median of 5; floor = BM_gpu_baseline_copy_w/14336, one copy of W)"
   echo "   probe bits: 1 no math, 2 no PDL, 4 no pack, 8 pack alone, 16 no W traffic,"
   echo "   128 Bcat packed, 256 PF1, 512 .cs hints on W, 2048 PF3, 4096 L2 prefetch, 8192 Bcat evict-last,"
-  echo "   16384 no Bcat fills / per-step barriers (ΔW wrong), 32768 Bcat ring on mbarriers"
-  timeout 33 stdbuf -oL "$b" --benchmark_filter='BM_gpu_(baseline_d2d_copy/234|baseline_copy_w/14336|baseline_copy_w_kernel/14336/1|merge/1/14336/0/0/|merge/4/14336|merge_probe/4/14336/0/0/(1|16|512|513|16384|16385|16400|16896|32768|32769|33280)/|baseline_copy_w_tiles/14336/(0|1|3))' \
+  echo "   16384 no Bcat fills / per-step barriers (ΔW wrong), 32768 Bcat ring on mbarriers, 65536 64-row steps"
+  timeout 33 stdbuf -oL "$b" --benchmark_filter='BM_gpu_(baseline_d2d_copy/234|baseline_copy_w/14336|baseline_copy_w_kernel/14336/1|merge/1/14336/0/0/|merge/4/14336/(0/0|1/0)/|merge_probe/4/14336/0/0/(1|16|512|16384|16400|32768|33280|65536|65537|98304)/|baseline_copy_w_tiles/14336/3)' \
     --benchmark_repetitions=5 --benchmark_report_aggregates_only=true 2>&1 | grep -E "_median|^BM|Run on|error|Error" |
     grep -v "_mean\|_stddev\|_cv" | sed -E 's/floor = one copy of W \(BM_gpu_baseline_copy_w\)//; s/min_time:0.100\///;' | cut -c1-200 | head -40
   echo "rc=${PIPESTATUS[0]}"

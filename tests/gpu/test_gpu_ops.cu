@@ -1557,7 +1557,7 @@ TEST_CASE_TEMPLATE("merge_into: streaming kernel, tiled pack across launches and
 // The strip kernel's paths (lori/detail/merge_strip.cuh): Bcat read straight from the dense B_t (ranks
 // multiples of 8, aligned rows) or packed (forced with probe_packed; sparse B_t, odd ranks, unaligned
 // operands always), W loads 2, 1 or 3 steps ahead, with cache hints (W evict-first, Bcat evict-last) or
-// L2 prefetches, no PDL after the pack. d and k are not multiples of the 32 x 256 step (k = 520: the last
+// L2 prefetches, no PDL after the pack; 64-row steps (probe_mi4). d and k are not multiples of the 32 x 256 step (k = 520: the last
 // strip has 8 columns).
 template <class T>
 void strip_cases(lori::cuda::context& ctx, std::mt19937_64& g, int probe) {
@@ -1583,7 +1583,8 @@ TEST_CASE_TEMPLATE("merge_into: strip kernel paths (direct or packed Bcat, prefe
   lori::cuda::context ctx;
   namespace dm = lori::cuda::detail_merge;
   for (const int probe : {0, dm::probe_packed, dm::probe_pf1, dm::probe_pf3, dm::probe_cs, dm::probe_l2pf,
-                          dm::probe_b_last | dm::probe_cs, dm::probe_packed | dm::probe_no_pdl})
+                          dm::probe_b_last | dm::probe_cs, dm::probe_packed | dm::probe_no_pdl, dm::probe_mi4,
+                          dm::probe_mi4 | dm::probe_packed})
     strip_cases<T>(ctx, g, probe);
 }
 
@@ -1596,7 +1597,8 @@ TEST_CASE_TEMPLATE("merge_into: strip kernel long runs (2 blocks), matches the d
   lori::cuda::context ctx;
   namespace dm = lori::cuda::detail_merge;
   for (const int probe : {dm::probe_grid2, dm::probe_grid2 | dm::probe_pf1, dm::probe_grid2 | dm::probe_pf3,
-                          dm::probe_grid2 | dm::probe_l2pf | dm::probe_b_last, dm::probe_grid2 | dm::probe_packed})
+                          dm::probe_grid2 | dm::probe_l2pf | dm::probe_b_last, dm::probe_grid2 | dm::probe_packed,
+                          dm::probe_grid2 | dm::probe_mi4})
     strip_cases<T>(ctx, g, probe);
 }
 
@@ -1692,6 +1694,7 @@ TEST_CASE_TEMPLATE("merge_into: strip kernel on mbarriers, matches the double re
   lori::cuda::context ctx;
   namespace dm = lori::cuda::detail_merge;
   for (const int probe : {dm::probe_mbar, dm::probe_mbar | dm::probe_cs, dm::probe_mbar | dm::probe_grid2,
-                          dm::probe_mbar | dm::probe_grid2 | dm::probe_packed})
+                          dm::probe_mbar | dm::probe_grid2 | dm::probe_packed, dm::probe_mbar | dm::probe_mi4,
+                          dm::probe_mbar | dm::probe_mi4 | dm::probe_grid2})
     strip_cases<T>(ctx, g, probe);
 }

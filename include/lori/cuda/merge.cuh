@@ -459,6 +459,7 @@ inline constexpr int probe_l2pf = 4096;    // strip kernel: W also prefetched in
 inline constexpr int probe_b_last = 8192;  // strip kernel: Bcat loads with an L2 evict-last policy
 inline constexpr int probe_no_ops = 16384; // strip kernel without Bcat fills and per-step barriers (ΔW wrong: benchmarks)
 inline constexpr int probe_mbar = 32768;   // strip kernel: the Bcat ring on full / empty mbarriers (no per-step __syncthreads)
+inline constexpr int probe_mi4 = 65536;    // strip kernel: 64-row steps (4 m16 blocks per warp), W loads 1 step ahead
 
 // The strip kernel reads Bcat straight from the dense Bₜ when every Bₜ is dense with a rank that is a
 // multiple of 8 (8-element depth chunks, each from one source) and 16-byte aligned rows; else the tiled
@@ -516,7 +517,8 @@ void merge_stream_route(context& ctx, row_major_view<T> W, const std::vector<mer
       p.bptr[q] = Bcat + 8 * q;
       p.bld[q] = ms::pitch;
     }
-  p.nrs = detail::ceil_div(d, ms::srows);
+  const bool mi4 = (probe & probe_mi4) != 0;
+  p.nrs = detail::ceil_div(d, mi4 ? 64 : ms::srows);
   p.steps = p.nrs * detail::ceil_div(k, ms::scols);
   p.seg_end = L.seg_end;
   segment_multipliers(L, p.seg_mul);
@@ -526,9 +528,10 @@ void merge_stream_route(context& ctx, row_major_view<T> W, const std::vector<mer
            ((probe & probe_mbar) != 0 ? ms::mode_mbar : 0);
   const bool pdl = !direct && (probe & probe_no_pdl) == 0;
   const int sms = (probe & probe_grid2) != 0 ? 2 : ctx.sm_count();
-  if ((probe & probe_pf1) != 0) ms::launch<T, 1>(p, sms, ctx.stream(), pdl);
-  else if ((probe & probe_pf3) != 0) ms::launch<T, 3>(p, sms, ctx.stream(), pdl);
-  else ms::launch<T, 2>(p, sms, ctx.stream(), pdl);
+  if (mi4) ms::launch<T, 1, 4>(p, sms, ctx.stream(), pdl);
+  else if ((probe & probe_pf1) != 0) ms::launch<T, 1, 2>(p, sms, ctx.stream(), pdl);
+  else if ((probe & probe_pf3) != 0) ms::launch<T, 3, 2>(p, sms, ctx.stream(), pdl);
+  else ms::launch<T, 2, 2>(p, sms, ctx.stream(), pdl);
 }
 
 // The cuBLAS route (checked sources and workspace): one GEMM with beta = 1 over the packed operands.

@@ -5,18 +5,22 @@
 // with 16-byte loads straight into registers PF block steps ahead (register ring of PF + 1 buffers,
 // indexed statically by unrolling), adds ΔW from its own mma.sync accumulators and stores 16 bytes back.
 // One block (8 warps) per SM owns a contiguous run of block steps in strip-major order; a step is
-// 32 rows x 256 columns (one 32-column strip per warp: 512 contiguous bytes per row per block).
+// 16·MI rows x 256 columns (MI = 2 or 4 m16 blocks per warp; one 32-column strip per warp: 512
+// contiguous bytes per row per block).
 // * The accumulator columns are PERMUTED so that each thread's outputs are 8 consecutive columns of a
 //   row: accumulator (n8 block ni, column 2·t4 + j) is W column 8·t4 + 2·ni + j of the warp's 32, so
 //   the mma B fragment of block ni, column n, is W column 8·(n/2) + 2·ni + n%2. Each thread's W chunk
 //   (rows g, g + 8, g + 16, g + 24; columns 8·t4 .. +7) is then one 16-byte load and one 16-byte store.
 // * The B operand (Acat, depth x the warp's 32 columns) stays in registers for the whole strip (64
 //   registers; gathered from the Aₜ rows in the permuted order when the block enters a strip, at most
-//   twice per block): no pack of A, no shared memory for it.
-// * The A operand (Bcat, the step's 32 rows x depth) is shared by the 8 warps: a 4-slot shared-memory
+//   twice per block at 14336 x 4096): no pack of A.
+// * The A operand (Bcat, the step's rows x depth) is shared by the 8 warps: a 4-slot shared-memory
 //   ring filled with 16-byte cp.async straight from the dense Bₜ rows (8-element depth chunks, each
 //   from one source: ranks multiple of 8) or from the packed Bcat (sparse or unaligned Bₜ), read with
 //   ldmatrix (272-byte pitch: conflict free). Depth padding (scale segments padded to 16) stays zero.
+//   The ring is synchronised by one __syncthreads per step, or (mode_mbar) by full / empty mbarriers.
+// * The B fragments are gathered through a per-thread stage in dynamic shared memory (a compact
+//   rolled loop), then loaded into registers.
 // * Scales stay in fp32, never rounded to 16 bits: Bcat holds the raw Bₜ, grouped into scale segments
 //   (consecutive adapters with one scale, each padded with zeros to a multiple of 16 columns so that no
 //   16-deep mma step spans two scales), and ONE fp32 accumulator runs through them with
@@ -49,7 +53,7 @@ inline constexpr int warps = 8;
 inline constexpr int threads = 32 * warps;
 inline constexpr int wcols = 32;               // columns per warp
 inline constexpr int scols = warps * wcols;    // columns per block step (a strip)
-inline constexpr int srows = 32;               // rows per block step
+inline constexpr int srows = 32;               // rows per block step with MI = 2 (16·MI in general)
 inline constexpr int pitch = 136;              // Bcat slot row pitch (elements): 272 B, ldmatrix conflict free
 inline constexpr int slots = 4;                // Bcat ring
 inline constexpr int max_kp = 128;             // depth limit (one K chunk)
@@ -66,7 +70,11 @@ inline constexpr int mode_no_ops = 32;  // probe: no Bcat fills or per-step barr
 inline constexpr int mode_mbar = 64;    // the Bcat ring on full / empty mbarriers instead of one __syncthreads per
                                         // step: warps drift up to mbar_ahead steps apart
 inline constexpr int mbar_ahead = 2;    // mbar mode: Bcat of step j + 2 filled at step j (slot of step j - 2)
-inline constexpr std::size_t stage_bytes = static_cast<std::size_t>(2 * max_ksteps) * threads * 16;  // dynamic smem
+inline constexpr std::size_t stage_bytes = static_cast<std::size_t>(2 * max_ksteps) * threads * 16;
+// Dynamic shared memory: the B-fragment stage, then the Bcat ring (slots x 16·MI rows).
+constexpr std::size_t smem_bytes(int mi) {
+  return stage_bytes + static_cast<std::size_t>(slots) * 16 * mi * pitch * 2;
+}
 
 struct params {
   void* W;
@@ -133,15 +141,19 @@ __device__ __forceinline__ void cp_async16_hint(std::uint32_t dst, const void* s
                : "memory");
 }
 
-// W += ΔW for the blocks' runs of steps; PF: W loads issued PF steps ahead.
-template <class T, int PF>
+// W += ΔW for the blocks' runs of steps; PF: W loads issued PF steps ahead; MI: m16 blocks per warp (a
+// step is 16·MI rows x 256 columns).
+template <class T, int PF, int MI>
 __global__ void __launch_bounds__(threads, 1) merge_strip_kernel(const __grid_constant__ params p) {
   constexpr int NB = PF + 1;  // W register buffers
-  __shared__ __align__(16) std::uint16_t bs[slots][srows * pitch];
+  constexpr int SR = 16 * MI;  // rows per step
+  constexpr int NQ = 2 * MI;   // W chunks per thread and step
   __shared__ const std::uint16_t* arow[max_kp];
   __shared__ const std::uint16_t* bptr[nchunks];
   __shared__ index_t bld[nchunks];
   __shared__ __align__(8) std::uint64_t full_bar[slots], empty_bar[slots];  // mbar mode
+  unsigned char* const dyn = ::lori::detail::dynamic_smem();  // B-fragment stage, then the Bcat ring
+  std::uint16_t* const ring = reinterpret_cast<std::uint16_t*>(dyn + stage_bytes);
   const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;
   const int g = lane >> 2, t4 = lane & 3;
   const index_t s_begin = static_cast<index_t>(blockIdx.x) * p.steps / gridDim.x;
@@ -156,8 +168,8 @@ __global__ void __launch_bounds__(threads, 1) merge_strip_kernel(const __grid_co
   T* const W = static_cast<T*>(p.W);
 
   {  // zero the ring (depth padding and rows past d are never copied), copy the operand tables
-    uint4* z = reinterpret_cast<uint4*>(&bs[0][0]);
-    for (int i = tid; i < slots * srows * pitch / 8; i += threads) z[i] = make_uint4(0u, 0u, 0u, 0u);
+    uint4* z = reinterpret_cast<uint4*>(ring);
+    for (int i = tid; i < slots * SR * pitch / 8; i += threads) z[i] = make_uint4(0u, 0u, 0u, 0u);
     if (tid < max_kp) arow[tid] = tid < p.kp ? static_cast<const std::uint16_t*>(p.arow[tid]) : nullptr;
     if (tid < nchunks) {
       bptr[tid] = tid * 8 < p.kp ? static_cast<const std::uint16_t*>(p.bptr[tid]) : nullptr;
@@ -192,14 +204,14 @@ __global__ void __launch_bounds__(threads, 1) merge_strip_kernel(const __grid_co
   };
   // The thread's W chunk of step q: rows row0 + 16 mi + 8 h + g, columns col .. col + 7.
   const auto coords = [&](const pos& q, index_t& row0, index_t& col) {
-    row0 = q.rs * srows;
+    row0 = q.rs * SR;
     col = q.strip * scols + warp * wcols + t4 * 8;
   };
-  const auto load_w = [&](const pos& at_s, uint4 (&buf)[4]) {
+  const auto load_w = [&](const pos& at_s, uint4 (&buf)[NQ]) {
     index_t row0, col;
     coords(at_s, row0, col);
 #pragma unroll
-    for (int q = 0; q < 4; ++q) {
+    for (int q = 0; q < NQ; ++q) {
       const index_t row = row0 + (q >> 1) * 16 + (q & 1) * 8 + g;
       buf[q] = make_uint4(0u, 0u, 0u, 0u);
       if (w_io && row < p.d && col < p.k) {
@@ -212,20 +224,20 @@ __global__ void __launch_bounds__(threads, 1) merge_strip_kernel(const __grid_co
     index_t row0, col;
     coords(at_s, row0, col);
 #pragma unroll
-    for (int q = 0; q < 4; ++q) {
+    for (int q = 0; q < NQ; ++q) {
       const index_t row = row0 + (q >> 1) * 16 + (q & 1) * 8 + g;
       if (row < p.d && col < p.k) asm volatile("prefetch.global.L2 [%0];" ::"l"(W + row * p.ldw + col));
     }
   };
   // Bcat rows of step q -> ring slot: 32 rows x 16 chunks, two per thread.
   const auto fill_b = [&](const pos& q, int slot) {
-    const index_t row0 = q.rs * srows;
+    const index_t row0 = q.rs * SR;
 #pragma unroll
-    for (int v = 0; v < srows * nchunks / threads; ++v) {
+    for (int v = 0; v < SR * nchunks / threads; ++v) {
       const int item = tid + v * threads, r = item / nchunks, c = item % nchunks;
       const std::uint16_t* src = bptr[c];
       if (src != nullptr && row0 + r < p.d) {
-        const std::uint32_t dst = smem_u32(&bs[slot][r * pitch + c * 8]);
+        const std::uint32_t dst = smem_u32(ring + (slot * SR + r) * pitch + c * 8);
         if (b_last) cp_async16_hint(dst, src + (row0 + r) * bld[c], keep);
         else cp_async16(dst, src + (row0 + r) * bld[c]);
       }
@@ -241,7 +253,7 @@ __global__ void __launch_bounds__(threads, 1) merge_strip_kernel(const __grid_co
   // (lane ^ 4) need the same 16-byte chunks (8 columns from 8 (g / 2)) of rows kk and kk + 1: each loads
   // one (g even: row kk, g odd: row kk + 1), they swap them by a shuffle, and each keeps the even (g
   // even) or odd columns.
-  uint4* const stage = reinterpret_cast<uint4*>(::lori::detail::dynamic_smem());
+  uint4* const stage = reinterpret_cast<uint4*>(dyn);
   const auto gather = [&](index_t strip) {
     const bool odd = (g & 1) != 0;
     if (p.a_vec) {
@@ -295,7 +307,7 @@ __global__ void __launch_bounds__(threads, 1) merge_strip_kernel(const __grid_co
       }
   };
 
-  uint4 wb[NB][4];
+  uint4 wb[NB][NQ];
   pos w_at = at(s_begin), b_at = w_at, cur = w_at, l_at = w_at;
 #pragma unroll
   for (int u = 0; u < PF; ++u)
@@ -370,35 +382,35 @@ __global__ void __launch_bounds__(threads, 1) merge_strip_kernel(const __grid_co
         asm volatile("cp.async.commit_group;" ::: "memory");
       }
 
-      float acc[2][4][4];
+      float acc[MI][4][4];
 #pragma unroll
-      for (int mi = 0; mi < 2; ++mi)
+      for (int mi = 0; mi < MI; ++mi)
 #pragma unroll
         for (int ni = 0; ni < 4; ++ni)
 #pragma unroll
           for (int e = 0; e < 4; ++e) acc[mi][ni][e] = 0.0f;
       if (math) {
-        const std::uint32_t a_base = smem_u32(&bs[j % slots][0]) + a_lane;
+        const std::uint32_t a_base = smem_u32(ring + (j % slots) * SR * pitch) + a_lane;
         int seg = 0;
-        std::uint32_t af[2][2][4];  // A fragments, k-step ks + 1's loaded before k-step ks's MMAs
+        std::uint32_t af[2][MI][4];  // A fragments, k-step ks + 1's loaded before k-step ks's MMAs
 #pragma unroll
-        for (int mi = 0; mi < 2; ++mi) ldsm_x4(a_base + static_cast<std::uint32_t>(mi * 16 * pitch * 2), af[0][mi]);
+        for (int mi = 0; mi < MI; ++mi) ldsm_x4(a_base + static_cast<std::uint32_t>(mi * 16 * pitch * 2), af[0][mi]);
 #pragma unroll
         for (int ks = 0; ks < max_ksteps; ++ks) {
           if (ks < ksteps) {
             if (ks + 1 < ksteps)
 #pragma unroll
-              for (int mi = 0; mi < 2; ++mi)
+              for (int mi = 0; mi < MI; ++mi)
                 ldsm_x4(a_base + static_cast<std::uint32_t>((mi * 16 * pitch + (ks + 1) * 16) * 2), af[(ks + 1) & 1][mi]);
 #pragma unroll
-            for (int mi = 0; mi < 2; ++mi)
+            for (int mi = 0; mi < MI; ++mi)
 #pragma unroll
               for (int ni = 0; ni < 4; ++ni)
                 mma16816<T>(acc[mi][ni], af[ks & 1][mi], bfr[ks][ni][0], bfr[ks][ni][1]);
             if ((p.seg_end >> ks) & 1ull) {  // end of a scale segment: acc *= s_j / s_j+1 (last: s_last)
               const float m = p.seg_mul[seg++];
 #pragma unroll
-              for (int mi = 0; mi < 2; ++mi)
+              for (int mi = 0; mi < MI; ++mi)
 #pragma unroll
                 for (int ni = 0; ni < 4; ++ni)
 #pragma unroll
@@ -415,7 +427,7 @@ __global__ void __launch_bounds__(threads, 1) merge_strip_kernel(const __grid_co
       coords(cur, row0, col);
       next(cur);
 #pragma unroll
-      for (int q = 0; q < 4; ++q) {
+      for (int q = 0; q < NQ; ++q) {
         const int mi = q >> 1, h = q & 1;
         const index_t row = row0 + mi * 16 + h * 8 + g;
         if (w_io && row < p.d && col < p.k) {
@@ -440,22 +452,22 @@ __global__ void __launch_bounds__(threads, 1) merge_strip_kernel(const __grid_co
 
 // Launch on `stream`, one block per SM (at most one per step); pdl: programmatic dependent launch
 // after the pack kernel. Preconditions are checked by the caller.
-template <class T, int PF = 2>
+template <class T, int PF, int MI>
 void launch(const params& p, int sm_count, cudaStream_t stream, bool pdl) {
   static_assert(::lori::detail::is_16bit_v<T>, "merge_strip: 16-bit W only");
   cudaLaunchConfig_t cfg{};
   cfg.gridDim = dim3(static_cast<unsigned>(p.steps < sm_count ? p.steps : sm_count));
   cfg.blockDim = dim3(threads);
-  LORI_CUDA_CHECK(cudaFuncSetAttribute(merge_strip_kernel<T, PF>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       static_cast<int>(stage_bytes)));
-  cfg.dynamicSmemBytes = stage_bytes;
+  LORI_CUDA_CHECK(cudaFuncSetAttribute(merge_strip_kernel<T, PF, MI>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       static_cast<int>(smem_bytes(MI))));
+  cfg.dynamicSmemBytes = smem_bytes(MI);
   cfg.stream = stream;
   cudaLaunchAttribute attr[1];
   attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attr[0].val.programmaticStreamSerializationAllowed = 1;
   cfg.attrs = attr;
   cfg.numAttrs = pdl ? 1 : 0;
-  LORI_CUDA_CHECK(cudaLaunchKernelEx(&cfg, merge_strip_kernel<T, PF>, p));
+  LORI_CUDA_CHECK(cudaLaunchKernelEx(&cfg, merge_strip_kernel<T, PF, MI>, p));
   LORI_CUDA_CHECK_LAUNCH();
 }
 
