@@ -843,11 +843,13 @@ BENCHMARK(BM_gpu_sgd_fused)->UseManualTime()->Unit(benchmark::kMicrosecond)->Min
 
 // ---- merge T adapters into a d x k bf16 W ---------------------------------------------------------------
 // Args: T, d, sparse B (0/1), equal scales (0: s_t = 0.5 + 0.25 t; 1: all 0.5). BM_gpu_merge_probe adds
-// a 5th: probe bits of the strip kernel's route (detail_merge::probe_*: 1 no math, 2 no PDL, 4 no pack,
-// 8 pack alone, 16 no W loads/stores, 128 Bcat packed for dense B, 256 / 2048 W loads 1 / 3 steps ahead
-// (else 2), 512 evict-first hints on W, 4096 W also prefetched into L2, 8192 Bcat loads evict-last in L2,
-// 16384 no Bcat fills or per-step barriers: ΔW wrong, 32768 the Bcat ring on mbarriers, 65536 64-row
-// steps) to split the time into its parts; probe = 32 runs the cuBLAS route instead (detail_merge::merge_cublas_route).
+// a 5th: probe bits of the streaming route (detail_merge::probe_*; the tile kernel unless a strip bit is
+// set, e.g. 131072 = the strip kernel; 1 no math, 2 no PDL, 4 no pack, 8 pack alone, 16 no W
+// loads/stores, 128 Bcat packed for dense B, 256 / 2048 W loads 1 / 3 steps ahead (else 2), 512
+// evict-first hints on W, 4096 W also prefetched into L2, 8192 Bcat loads evict-last in L2, 16384 no
+// Bcat fills or per-step barriers: ΔW wrong, 32768 the Bcat ring on mbarriers, 65536 64-row steps,
+// 262144 W in whole rows through shared memory) to split the time into its parts; probe = 32 runs the
+// cuBLAS route instead (detail_merge::merge_cublas_route).
 void merge_bench(benchmark::State& st, int probe) {
   const index_t T = st.range(0), d = st.range(1);
   const bool sparse = st.range(2) != 0, equal = st.range(3) != 0;
@@ -882,11 +884,12 @@ void merge_bench(benchmark::State& st, int probe) {
   if (probe != 0) {
     run_timed(st, [&] { lori::cuda::detail_merge::merge_stream_route<bf16>(ctx(), wv, src, ws.data(), probe); },
               4.0 * static_cast<double>(d * K));
-    st.SetLabel(std::string("strip kernel probe:") + ((probe & 1) ? " no-math" : "") + ((probe & 2) ? " no-PDL" : "") +
+    st.SetLabel(std::string((probe & lori::cuda::detail_merge::strip_bits) != 0 ? "strip" : "tile") + " kernel probe:" +
+                ((probe & 1) ? " no-math" : "") + ((probe & 2) ? " no-PDL" : "") +
                 ((probe & 4) ? " kernel-only" : "") + ((probe & 8) ? " pack-only" : "") + ((probe & 16) ? " no-W-traffic" : "") +
                 ((probe & 128) ? " packed" : "") + ((probe & 256) ? " PF1" : "") + ((probe & 512) ? " cs-hints" : "") +
                 ((probe & 2048) ? " PF3" : "") + ((probe & 4096) ? " L2-prefetch" : "") + ((probe & 8192) ? " Bcat-evict-last" : "") +
-                ((probe & 16384) ? " no-operand-pipeline" : "") + ((probe & 32768) ? " mbarrier-ring" : "") + ((probe & 65536) ? " 64-row-steps" : ""));
+                ((probe & 16384) ? " no-operand-pipeline" : "") + ((probe & 32768) ? " mbarrier-ring" : "") + ((probe & 65536) ? " 64-row-steps" : "") + ((probe & 262144) ? " W-rows-via-smem" : ""));
     return;
   }
   run_timed(st, [&] { lori::cuda::merge_into<bf16>(ctx(), wv, src, ws.data(), ws.bytes()); },
@@ -1009,19 +1012,17 @@ void BM_gpu_baseline_addmm_per_adapter(benchmark::State& st) {
 }
 BENCHMARK(BM_gpu_merge)->Args({1, 14336, 1, 0})->Args({1, 14336, 0, 0})->Args({4, 14336, 1, 0})->Args({4, 14336, 0, 0})->Args({4, 14336, 0, 1})->Args({8, 14336, 0, 0})->Args({4, 4096, 1, 0})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 BENCHMARK(BM_gpu_merge_probe)
-    ->Args({4, 14336, 0, 0, 1})->Args({4, 14336, 0, 0, 16})->Args({4, 14336, 0, 0, 128})->Args({4, 14336, 0, 0, 136})
-    ->Args({4, 14336, 0, 0, 256})->Args({4, 14336, 0, 0, 257})->Args({4, 14336, 0, 0, 512})->Args({4, 14336, 0, 0, 513})
-    ->Args({4, 14336, 0, 0, 2048})->Args({4, 14336, 0, 0, 2049})->Args({4, 14336, 0, 0, 4096})->Args({4, 14336, 0, 0, 4097})
-    ->Args({4, 14336, 0, 0, 8192})->Args({4, 14336, 0, 0, 8704})->Args({4, 14336, 0, 0, 16384})->Args({4, 14336, 0, 0, 16385})
-    ->Args({4, 14336, 0, 0, 16400})->Args({4, 14336, 0, 0, 16896})
-    ->Args({4, 14336, 1, 0, 8})->Args({4, 14336, 0, 0, 32})->Args({8, 14336, 0, 0, 32})
+    ->Args({4, 14336, 0, 0, 6})->Args({4, 14336, 0, 0, 7})->Args({4, 14336, 0, 0, 8})->Args({4, 14336, 1, 0, 8})
+    ->Args({4, 14336, 0, 0, 131072})->Args({4, 14336, 0, 0, 131073})->Args({4, 14336, 0, 0, 262144})
+    ->Args({4, 14336, 0, 0, 262145})->Args({4, 14336, 0, 0, 262160})->Args({4, 14336, 0, 0, 327680})
+    ->Args({4, 14336, 0, 0, 327681})->Args({4, 14336, 0, 0, 262656})->Args({4, 14336, 1, 0, 262144})
+    ->Args({1, 14336, 0, 0, 262144})->Args({4, 14336, 0, 0, 32})->Args({8, 14336, 0, 0, 32})
     ->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 BENCHMARK(BM_gpu_baseline_copy_w)->Arg(14336)->Arg(4096)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 BENCHMARK(BM_gpu_baseline_copy_w_kernel)->Args({14336, 0})->Args({14336, 1})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 BENCHMARK(BM_gpu_baseline_copy_w_tiles)->Args({14336, 0})->Args({14336, 1})->Args({14336, 2})->Args({14336, 3})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
-// The strip kernel on mbarriers (probe bit 32768) and with 64-row steps (65536), after the baselines.
-BENCHMARK(BM_gpu_merge_probe)->Args({4, 14336, 0, 0, 32768})->Args({4, 14336, 0, 0, 32769})->Args({4, 14336, 0, 0, 33280})
-    ->Args({4, 14336, 0, 0, 65536})->Args({4, 14336, 0, 0, 65537})->Args({4, 14336, 0, 0, 98304})
+// The strip kernel on mbarriers (probe bit 32768), after the baselines.
+BENCHMARK(BM_gpu_merge_probe)->Args({4, 14336, 0, 0, 294912})->Args({4, 14336, 0, 0, 360448})
     ->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 BENCHMARK(BM_gpu_baseline_addmm_per_adapter)->Args({1, 14336})->Args({4, 14336})->Args({4, 4096})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 

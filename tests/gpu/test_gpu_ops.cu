@@ -1557,10 +1557,12 @@ TEST_CASE_TEMPLATE("merge_into: streaming kernel, tiled pack across launches and
 // The strip kernel's paths (lori/detail/merge_strip.cuh): Bcat read straight from the dense B_t (ranks
 // multiples of 8, aligned rows) or packed (forced with probe_packed; sparse B_t, odd ranks, unaligned
 // operands always), W loads 2, 1 or 3 steps ahead, with cache hints (W evict-first, Bcat evict-last) or
-// L2 prefetches, no PDL after the pack; 64-row steps (probe_mi4). d and k are not multiples of the 32 x 256 step (k = 520: the last
+// L2 prefetches, no PDL after the pack; 64-row steps (probe_mi4); W moved in whole rows through shared
+// memory (probe_wsm). d and k are not multiples of the 32 x 256 step (k = 520: the last
 // strip has 8 columns).
 template <class T>
 void strip_cases(lori::cuda::context& ctx, std::mt19937_64& g, int probe) {
+  probe |= lori::cuda::detail_merge::probe_strip;
   CAPTURE(probe);
   // Four dense rank-32 adapters, unequal scales: Bcat direct (unless probe_packed).
   merge_case<T>(ctx, 300, 520, {32, 32, 32, 32}, {false, false, false, false}, {0.5, 0.75, -1.0, 1.25}, g, {0, false, 0, 1, probe, 1});
@@ -1584,7 +1586,8 @@ TEST_CASE_TEMPLATE("merge_into: strip kernel paths (direct or packed Bcat, prefe
   namespace dm = lori::cuda::detail_merge;
   for (const int probe : {0, dm::probe_packed, dm::probe_pf1, dm::probe_pf3, dm::probe_cs, dm::probe_l2pf,
                           dm::probe_b_last | dm::probe_cs, dm::probe_packed | dm::probe_no_pdl, dm::probe_mi4,
-                          dm::probe_mi4 | dm::probe_packed})
+                          dm::probe_mi4 | dm::probe_packed, dm::probe_wsm, dm::probe_wsm | dm::probe_mi4,
+                          dm::probe_wsm | dm::probe_packed, dm::probe_wsm | dm::probe_cs})
     strip_cases<T>(ctx, g, probe);
 }
 
@@ -1598,7 +1601,8 @@ TEST_CASE_TEMPLATE("merge_into: strip kernel long runs (2 blocks), matches the d
   namespace dm = lori::cuda::detail_merge;
   for (const int probe : {dm::probe_grid2, dm::probe_grid2 | dm::probe_pf1, dm::probe_grid2 | dm::probe_pf3,
                           dm::probe_grid2 | dm::probe_l2pf | dm::probe_b_last, dm::probe_grid2 | dm::probe_packed,
-                          dm::probe_grid2 | dm::probe_mi4})
+                          dm::probe_grid2 | dm::probe_mi4, dm::probe_grid2 | dm::probe_wsm,
+                          dm::probe_grid2 | dm::probe_wsm | dm::probe_mi4})
     strip_cases<T>(ctx, g, probe);
 }
 
@@ -1608,7 +1612,7 @@ TEST_CASE_TEMPLATE("merge_into: strip kernel long runs (2 blocks), matches the d
 // step, plus rows either side of several 128-row boundaries), and everywhere for writes: W + delta equals
 // W (bitwise) only where |delta| is below half an ulp (~0.2 % of elements here), so a 32 x 32 warp tile
 // left unwritten (100 % unchanged) fails the per-tile check.
-TEST_CASE("merge_into: strip kernel at 14336 x 4096 (54-55 steps per block), sampled rows against the double reference") {
+TEST_CASE("merge_into: streaming kernels at 14336 x 4096 (tile kernel: 27-28 tiles per block; strip kernel: 54-55 steps), sampled rows against the double reference") {
   using T = lori::bfloat16;
   LORI_TEST_SEED_INFO();
   auto g = lori_test::rng(610);
@@ -1641,49 +1645,54 @@ TEST_CASE("merge_into: strip kernel at 14336 x 4096 (54-55 steps per block), sam
     m.B_dense = cview(dB[t], d, r);
     src.push_back(m);
   }
-  device_buffer<T> dW(w);
-  const auto wv = mview(dW, d, k);
-  CHECK(lori::cuda::detail_merge::stream_kernel_applies(wv, src));
-  CHECK(lori::cuda::detail_merge::strip_reads_b_directly(src));
-  device_buffer<unsigned char> ws(static_cast<index_t>(lori::cuda::merge_workspace_bytes<T>(d, k, src)));
-  ws.fill_bytes(0xff);
-  lori::cuda::merge_into<T>(ctx, wv, src, ws.data(), ws.bytes());
-  const auto got = dW.download();
-  std::vector<index_t> rows;
-  for (index_t i = 0; i < d; i += 61) rows.push_back(i);
-  for (const index_t b : {index_t{1}, index_t{47}, index_t{111}}) {
-    rows.push_back(b * 128 - 1);
-    rows.push_back(b * 128);
-  }
-  rows.push_back(d - 1);
-  std::vector<T> got_rows;
-  std::vector<double> ref, l2;
-  for (const index_t i : rows) {
-    for (index_t c = 0; c < k; ++c) {
-      double v = static_cast<double>(lori::to_float(w[static_cast<std::size_t>(i * k + c)])), q = v * v;
-      for (std::size_t t = 0; t < scales.size(); ++t)
-        for (index_t j = 0; j < r; ++j) {
-          const double term = static_cast<double>(static_cast<float>(scales[t])) * Bs[t](i, j) * As[t](j, c);
-          v += term;
-          q += term * term;
-        }
-      got_rows.push_back(got[static_cast<std::size_t>(i * k + c)]);
-      ref.push_back(v);
-      l2.push_back(std::sqrt(q));
+  // merge_into (the tile kernel), then the strip kernel.
+  for (const int probe : {0, lori::cuda::detail_merge::probe_strip}) {
+    CAPTURE(probe);
+    device_buffer<T> dW(w);
+    const auto wv = mview(dW, d, k);
+    CHECK(lori::cuda::detail_merge::stream_kernel_applies(wv, src));
+    CHECK(lori::cuda::detail_merge::strip_reads_b_directly(src));
+    device_buffer<unsigned char> ws(static_cast<index_t>(lori::cuda::merge_workspace_bytes<T>(d, k, src)));
+    ws.fill_bytes(0xff);
+    if (probe == 0) lori::cuda::merge_into<T>(ctx, wv, src, ws.data(), ws.bytes());
+    else lori::cuda::detail_merge::merge_stream_route<T>(ctx, wv, src, ws.data(), probe);
+    const auto got = dW.download();
+    std::vector<index_t> rows;
+    for (index_t i = 0; i < d; i += 61) rows.push_back(i);
+    for (const index_t b : {index_t{1}, index_t{47}, index_t{111}}) {
+      rows.push_back(b * 128 - 1);
+      rows.push_back(b * 128);
     }
-  }
-  // Error model of the strip kernel (see merge_case): the fp32-accumulation bound.
-  LORI_CHECK_CLOSE(check_close<T>(got_rows, ref, l2, tc_slack<T>(), static_cast<double>(4 * r)));
-  index_t bad_tiles = 0;
-  for (index_t b = 0; b < d / 32; ++b)
-    for (index_t ct = 0; ct < k / 32; ++ct) {
-      index_t same = 0;
-      for (index_t i = b * 32; i < b * 32 + 32; ++i)
-        for (index_t c = ct * 32; c < ct * 32 + 32; ++c)
-          same += std::memcmp(&got[static_cast<std::size_t>(i * k + c)], &w[static_cast<std::size_t>(i * k + c)], sizeof(T)) == 0;
-      bad_tiles += same > 32 * 32 / 2;
+    rows.push_back(d - 1);
+    std::vector<T> got_rows;
+    std::vector<double> ref, l2;
+    for (const index_t i : rows) {
+      for (index_t c = 0; c < k; ++c) {
+        double v = static_cast<double>(lori::to_float(w[static_cast<std::size_t>(i * k + c)])), q = v * v;
+        for (std::size_t t = 0; t < scales.size(); ++t)
+          for (index_t j = 0; j < r; ++j) {
+            const double term = static_cast<double>(static_cast<float>(scales[t])) * Bs[t](i, j) * As[t](j, c);
+            v += term;
+            q += term * term;
+          }
+        got_rows.push_back(got[static_cast<std::size_t>(i * k + c)]);
+        ref.push_back(v);
+        l2.push_back(std::sqrt(q));
+      }
     }
-  CHECK(bad_tiles == 0);
+    // Error model of the streaming kernels (see merge_case): the fp32-accumulation bound.
+    LORI_CHECK_CLOSE(check_close<T>(got_rows, ref, l2, tc_slack<T>(), static_cast<double>(4 * r)));
+    index_t bad_tiles = 0;
+    for (index_t b = 0; b < d / 32; ++b)
+      for (index_t ct = 0; ct < k / 32; ++ct) {
+        index_t same = 0;
+        for (index_t i = b * 32; i < b * 32 + 32; ++i)
+          for (index_t c = ct * 32; c < ct * 32 + 32; ++c)
+            same += std::memcmp(&got[static_cast<std::size_t>(i * k + c)], &w[static_cast<std::size_t>(i * k + c)], sizeof(T)) == 0;
+        bad_tiles += same > 32 * 32 / 2;
+      }
+    CHECK(bad_tiles == 0);
+  }
 }
 
 // The strip kernel with its Bcat ring on full / empty mbarriers (probe_mbar: warps drift up to two steps
@@ -1695,6 +1704,7 @@ TEST_CASE_TEMPLATE("merge_into: strip kernel on mbarriers, matches the double re
   namespace dm = lori::cuda::detail_merge;
   for (const int probe : {dm::probe_mbar, dm::probe_mbar | dm::probe_cs, dm::probe_mbar | dm::probe_grid2,
                           dm::probe_mbar | dm::probe_grid2 | dm::probe_packed, dm::probe_mbar | dm::probe_mi4,
-                          dm::probe_mbar | dm::probe_mi4 | dm::probe_grid2})
+                          dm::probe_mbar | dm::probe_mi4 | dm::probe_grid2, dm::probe_mbar | dm::probe_wsm,
+                          dm::probe_mbar | dm::probe_wsm | dm::probe_grid2 | dm::probe_mi4})
     strip_cases<T>(ctx, g, probe);
 }

@@ -32,6 +32,7 @@
 #include "lori/error.hpp"
 
 #include "lori/detail/cuda_common.cuh"
+#include "lori/detail/merge_stream.cuh"
 #include "lori/detail/merge_strip.cuh"
 
 #include <cuda_runtime_api.h>
@@ -185,6 +186,7 @@ __global__ void pack_kernel(const __grid_constant__ pack_args<T> a) {
 template <class T>
 struct tpack_args : pack_head<T> {
   int ch0, nch, lg_nch;  // Bcat chunks [ch0, ch0 + nch) of every row; 1 << lg_nch >= nch threads per row
+  bool acat;             // also pack Acat in 128-column tiles (the tile kernel; the strip kernel reads the Aₜ)
 };
 
 // The bits of Bₜ(i, j) (0 past its rank: the padding of a scale segment; 0 where a sparse Bₜ is not kept).
@@ -217,13 +219,13 @@ struct tpack_chunk {
 
 template <class T>
 __device__ __forceinline__ tpack_chunk tpack_load(const tpack_args<T>& a, const pack_source<T>* srcs,
-                                                  const signed char* col_src, index_t e) {
+                                                  const signed char* col_src, index_t e, index_t nb, index_t k8) {
   constexpr index_t pitch = ::lori::detail::merge_strip::pitch;
   tpack_chunk c;
   c.u.v = make_uint4(0u, 0u, 0u, 0u);
   c.mask = 0;
   c.out = nullptr;
-  {  // Bcat(i, col0 .. col0 + 7)
+  if (e < nb) {  // Bcat(i, col0 .. col0 + 7)
     const index_t i = e >> a.lg_nch;
     const int cc = static_cast<int>(e & ((index_t{1} << a.lg_nch) - 1));
     if (cc >= a.nch) return c;
@@ -266,6 +268,24 @@ __device__ __forceinline__ tpack_chunk tpack_load(const tpack_args<T>& a, const 
       for (int q = 0; q < 8; ++q)
         if (col0 + q >= a.c_begin && col0 + q < a.c_end) c.mask |= 1u << q;
     }
+  } else {  // Acat(row, c0 .. c0 + 7): row `row` of column tile c0 / 128
+    const index_t e2 = e - nb, rr = e2 / k8, c0 = 8 * (e2 - rr * k8);
+    const int row = static_cast<int>(a.c_begin + rr);
+    const pack_source<T>& src = srcs[col_src[row]];
+    const index_t j = row - src.off;
+    if (j < src.r) {  // else a padding row: zeros (and columns >= k: zeros)
+      const T* in = src.A + j * src.lda + c0;
+      if (c0 + 8 <= a.k && (reinterpret_cast<std::uintptr_t>(in) & 15u) == 0) {
+        c.u.v = __ldg(reinterpret_cast<const uint4*>(in));
+      } else {
+#pragma unroll
+        for (int q = 0; q < 8; ++q)
+          if (c0 + q < a.k) c.u.x[q] = reinterpret_cast<const std::uint16_t*>(in)[q];
+      }
+    }
+    // 8 columns within one 128-column tile (c0 % 8 == 0), 16-byte aligned (pitch * 2 = 272 = 17 * 16).
+    c.out = reinterpret_cast<std::uint16_t*>(a.Acat + ((c0 >> 7) * 128 + row) * pitch + (c0 & 127));
+    c.mask = 0xffu;
   }
   return c;
 }
@@ -298,14 +318,15 @@ __global__ void __launch_bounds__(256) pack_tiled_kernel(const __grid_constant__
     col_src[tid] = static_cast<signed char>(t);
   }
   __syncthreads();
-  const index_t total = a.d << a.lg_nch;
+  const index_t nb = a.d << a.lg_nch, k8 = (a.k + 7) / 8;
+  const index_t total = nb + (a.acat ? (a.c_end - a.c_begin) * k8 : 0);
   const index_t stride = static_cast<index_t>(gridDim.x) * blockDim.x;
   for (index_t e = blockIdx.x * static_cast<index_t>(blockDim.x) + tid; e < total; e += tpack_batch * stride) {
     tpack_chunk c[tpack_batch];
 #pragma unroll
     for (int u = 0; u < tpack_batch; ++u) {
       c[u].mask = 0;
-      if (e + u * stride < total) c[u] = tpack_load(a, srcs, col_src, e + u * stride);
+      if (e + u * stride < total) c[u] = tpack_load(a, srcs, col_src, e + u * stride, nb, k8);
     }
 #pragma unroll
     for (int u = 0; u < tpack_batch; ++u)
@@ -357,10 +378,16 @@ stream_layout make_stream_layout(const std::vector<merge_source<T>>& sources) {
   return L;
 }
 
-// The strip kernel's packed Bcat (tiled layout, see pack_args): d rows of merge_strip::pitch elements.
+// The streaming kernels' packed Bcat (tiled layout, see pack_args): d rows of merge_strip::pitch
+// elements; then, for the tile kernel, Acat in ceil(k / 128) column tiles of 128 padded rows.
 template <class T>
-std::size_t stream_workspace_bytes(index_t d) {
+std::size_t stream_bcat_bytes(index_t d) {
   return align256(static_cast<std::size_t>(d * detail::merge_strip::pitch) * sizeof(T));
+}
+template <class T>
+std::size_t stream_workspace_bytes(index_t d, index_t k) {
+  return stream_bcat_bytes<T>(d) +
+         align256(static_cast<std::size_t>(detail::ceil_div(k, 128) * 128 * detail::merge_strip::pitch) * sizeof(T));
 }
 
 /// True when merge_into(W, sources) takes the strip kernel: 16-bit W, W 16-byte aligned
@@ -391,10 +418,12 @@ bool stream_kernel_applies(row_major_view<T> W, const std::vector<merge_source<T
 
 // Packs the sources (in groups of pack_max per launch) into Bcat (d x ldc) and Acat (rows x k): source t
 // at column/row off[t], its range ending where the next begins (or at `end`); columns past its rank zero.
-// `tiled`: the strip kernel's layout (pack_tiled_kernel: Bcat only, end <= merge_strip::max_kp, unscaled).
+// `tiled`: the streaming kernels' layout (pack_tiled_kernel; end <= merge_strip::max_kp, unscaled; Acat
+// in 128-column tiles when `acat`, for the tile kernel).
 template <class T>
 void pack_all(context& ctx, const std::vector<merge_source<T>>& sources, index_t d, index_t k, index_t ldc,
-              const std::vector<index_t>& off, index_t end, bool scaled, bool split, bool tiled, T* Bcat, T* Acat) {
+              const std::vector<index_t>& off, index_t end, bool scaled, bool split, bool tiled, T* Bcat, T* Acat,
+              bool acat = false) {
   for (std::size_t first = 0; first < sources.size(); first += pack_max) {
     pack_head<T> h{};  // the fields both pack kernels share
     std::size_t q = first;
@@ -426,7 +455,8 @@ void pack_all(context& ctx, const std::vector<merge_source<T>>& sources, index_t
         a.nch = static_cast<int>(detail::ceil_div(h.c_end, 8) - h.c_begin / 8);
         a.lg_nch = 0;
         while ((1 << a.lg_nch) < a.nch) ++a.lg_nch;
-        const index_t items = d << a.lg_nch;
+        a.acat = acat;
+        const index_t items = (d << a.lg_nch) + (acat ? w * detail::ceil_div(k, 8) : 0);
         const index_t blocks = std::min<index_t>(detail::ceil_div(items, 256 * tpack_batch), index_t{16} * 1024);
         pack_tiled_kernel<T><<<detail::grid_dim(blocks), 256, 0, ctx.stream()>>>(a);
         LORI_CUDA_CHECK_LAUNCH();
@@ -460,6 +490,12 @@ inline constexpr int probe_b_last = 8192;  // strip kernel: Bcat loads with an L
 inline constexpr int probe_no_ops = 16384; // strip kernel without Bcat fills and per-step barriers (ΔW wrong: benchmarks)
 inline constexpr int probe_mbar = 32768;   // strip kernel: the Bcat ring on full / empty mbarriers (no per-step __syncthreads)
 inline constexpr int probe_mi4 = 65536;    // strip kernel: 64-row steps (4 m16 blocks per warp), W loads 1 step ahead
+inline constexpr int probe_tile = 64;      // the shared-memory tile kernel (merge_stream.cuh)
+inline constexpr int probe_strip = 131072; // the strip kernel (merge_strip.cuh); implied by every strip-only bit below
+inline constexpr int probe_wsm = 262144;   // strip kernel: W in whole 512-byte rows through shared memory (ldmatrix / stmatrix)
+// The bits that select the strip kernel (merge_into takes the tile kernel).
+inline constexpr int strip_bits = probe_strip | probe_packed | probe_pf1 | probe_cs | probe_grid2 | probe_pf3 |
+                                  probe_l2pf | probe_b_last | probe_no_ops | probe_mbar | probe_mi4 | probe_wsm;
 
 // The strip kernel reads Bcat straight from the dense Bₜ when every Bₜ is dense with a rank that is a
 // multiple of 8 (8-element depth chunks, each from one source) and 16-byte aligned rows; else the tiled
@@ -482,11 +518,44 @@ inline void segment_multipliers(const stream_layout& L, float* mul) {
                  : L.seg_scale[j];
 }
 
-// The streaming route (requires stream_kernel_applies and a checked workspace): the strip kernel
-// (lori/detail/merge_strip.cuh), after the Bcat pack where it cannot read the dense Bₜ directly.
+// The tile kernel (lori/detail/merge_stream.cuh): tiled pack of Bcat and Acat, then W through a
+// shared-memory ring in 128 x 128 tiles.
+template <class T>
+void merge_tile_route(context& ctx, row_major_view<T> W, const std::vector<merge_source<T>>& sources,
+                      void* workspace, int probe) {
+  const index_t d = W.rows(), k = W.cols();
+  const stream_layout L = make_stream_layout(sources);
+  T* Bcat = static_cast<T*>(workspace);
+  T* Acat = reinterpret_cast<T*>(static_cast<unsigned char*>(workspace) + stream_bcat_bytes<T>(d));
+  if ((probe & probe_no_pack) == 0) pack_all<T>(ctx, sources, d, k, L.kp, L.off, L.kp, false, false, true, Bcat, Acat, true);
+  if ((probe & probe_no_kernel) != 0) return;
+  detail::merge_stream::params p{};
+  p.W = W.data();
+  p.ldw = W.ld();
+  p.d = d;
+  p.k = k;
+  p.Bcat = Bcat;
+  p.Acat = Acat;
+  p.kp = static_cast<int>(L.kp);
+  p.ntc = static_cast<int>(detail::ceil_div(k, detail::merge_stream::bn));
+  p.tiles = static_cast<int>(detail::ceil_div(d, detail::merge_stream::bm)) * p.ntc;
+  p.seg_end = L.seg_end;
+  segment_multipliers(L, p.seg_mul);
+  p.mode = ((probe & probe_no_math) == 0 ? detail::merge_stream::mode_math : 0) |
+           ((probe & probe_no_w_io) == 0 ? detail::merge_stream::mode_w_io : 0);
+  detail::merge_stream::launch<T>(p, ctx.sm_count(), ctx.stream(), (probe & probe_no_pdl) == 0);
+}
+
+// The streaming route (requires stream_kernel_applies and a checked workspace): the tile kernel, or with
+// any of strip_bits the strip kernel (lori/detail/merge_strip.cuh), after the Bcat pack where it cannot
+// read the dense Bₜ directly.
 template <class T>
 void merge_stream_route(context& ctx, row_major_view<T> W, const std::vector<merge_source<T>>& sources,
                         void* workspace, int probe = 0) {
+  if ((probe & strip_bits) == 0 || (probe & probe_tile) != 0) {
+    merge_tile_route(ctx, W, sources, workspace, probe);
+    return;
+  }
   namespace ms = detail::merge_strip;
   const index_t d = W.rows(), k = W.cols();
   const stream_layout L = make_stream_layout(sources);
@@ -525,7 +594,7 @@ void merge_stream_route(context& ctx, row_major_view<T> W, const std::vector<mer
   p.mode = ((probe & probe_no_math) == 0 ? ms::mode_math : 0) | ((probe & probe_no_w_io) == 0 ? ms::mode_w_io : 0) |
            ((probe & probe_cs) != 0 ? ms::mode_cs : 0) | ((probe & probe_l2pf) != 0 ? ms::mode_l2pf : 0) |
            ((probe & probe_b_last) != 0 ? ms::mode_b_last : 0) | ((probe & probe_no_ops) != 0 ? ms::mode_no_ops : 0) |
-           ((probe & probe_mbar) != 0 ? ms::mode_mbar : 0);
+           ((probe & probe_mbar) != 0 ? ms::mode_mbar : 0) | ((probe & probe_wsm) != 0 ? ms::mode_wsm : 0);
   const bool pdl = !direct && (probe & probe_no_pdl) == 0;
   const int sms = (probe & probe_grid2) != 0 ? 2 : ctx.sm_count();
   if (mi4) ms::launch<T, 1, 4>(p, sms, ctx.stream(), pdl);
@@ -570,7 +639,7 @@ std::size_t merge_workspace_bytes(index_t d, index_t k, const std::vector<merge_
                       detail_merge::align256(static_cast<std::size_t>(R * k) * sizeof(T));
   if constexpr (detail::is_16bit_v<T>) {  // the strip kernel's packed Bcat, when it may run
     const index_t kp = detail_merge::make_stream_layout(sources).kp;
-    if (kp <= detail::merge_strip::max_kp) bytes = std::max(bytes, detail_merge::stream_workspace_bytes<T>(d));
+    if (kp <= detail::merge_strip::max_kp) bytes = std::max(bytes, detail_merge::stream_workspace_bytes<T>(d, k));
   }
   return bytes;
 }

@@ -70,10 +70,22 @@ inline constexpr int mode_no_ops = 32;  // probe: no Bcat fills or per-step barr
 inline constexpr int mode_mbar = 64;    // the Bcat ring on full / empty mbarriers instead of one __syncthreads per
                                         // step: warps drift up to mbar_ahead steps apart
 inline constexpr int mbar_ahead = 2;    // mbar mode: Bcat of step j + 2 filled at step j (slot of step j - 2)
+inline constexpr int mode_wsm = 128;    // W moved by the block in whole 512-byte rows (every warp instruction
+                                        // full 128-byte lines) and turned into / out of the accumulator layout
+                                        // in shared memory with ldmatrix / stmatrix (natural column order)
+inline constexpr int wpitch = 264;      // wsm row pitch (elements): 528 B, ldmatrix / stmatrix conflict free
 inline constexpr std::size_t stage_bytes = static_cast<std::size_t>(2 * max_ksteps) * threads * 16;
-// Dynamic shared memory: the B-fragment stage, then the Bcat ring (slots x 16·MI rows).
-constexpr std::size_t smem_bytes(int mi) {
-  return stage_bytes + static_cast<std::size_t>(slots) * 16 * mi * pitch * 2;
+// Dynamic shared memory: the B-fragment stage, the Bcat ring (slots x 16·MI rows), the two W buffers of
+// wsm mode (2 x 16·MI rows).
+__host__ __device__ constexpr std::size_t ring_bytes(int mi) { return static_cast<std::size_t>(slots) * 16 * mi * pitch * 2; }
+__host__ __device__ constexpr std::size_t smem_bytes(int mi) {
+  return stage_bytes + ring_bytes(mi) + static_cast<std::size_t>(2) * 16 * mi * wpitch * 2;
+}
+__device__ __forceinline__ void stsm_x4(std::uint32_t addr, std::uint32_t r0, std::uint32_t r1, std::uint32_t r2,
+                                        std::uint32_t r3) {
+  asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};" ::"r"(addr), "r"(r0), "r"(r1), "r"(r2),
+               "r"(r3)
+               : "memory");
 }
 
 struct params {
@@ -154,6 +166,7 @@ __global__ void __launch_bounds__(threads, 1) merge_strip_kernel(const __grid_co
   __shared__ __align__(8) std::uint64_t full_bar[slots], empty_bar[slots];  // mbar mode
   unsigned char* const dyn = ::lori::detail::dynamic_smem();  // B-fragment stage, then the Bcat ring
   std::uint16_t* const ring = reinterpret_cast<std::uint16_t*>(dyn + stage_bytes);
+  std::uint16_t* const wsm = reinterpret_cast<std::uint16_t*>(dyn + stage_bytes + ring_bytes(MI));
   const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;
   const int g = lane >> 2, t4 = lane & 3;
   const index_t s_begin = static_cast<index_t>(blockIdx.x) * p.steps / gridDim.x;
@@ -163,6 +176,7 @@ __global__ void __launch_bounds__(threads, 1) merge_strip_kernel(const __grid_co
   const bool math = (p.mode & mode_math) != 0, w_io = (p.mode & mode_w_io) != 0, cs = (p.mode & mode_cs) != 0;
   const bool l2pf = w_io && (p.mode & mode_l2pf) != 0, b_last = (p.mode & mode_b_last) != 0;
   const bool ops = (p.mode & mode_no_ops) == 0, mbar = ops && (p.mode & mode_mbar) != 0;
+  const bool wsmode = (p.mode & mode_wsm) != 0;
   std::uint64_t keep = 0;
   if (b_last) asm("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(keep));
   T* const W = static_cast<T*>(p.W);
@@ -207,12 +221,16 @@ __global__ void __launch_bounds__(threads, 1) merge_strip_kernel(const __grid_co
     row0 = q.rs * SR;
     col = q.strip * scols + warp * wcols + t4 * 8;
   };
+  // wsm mode: chunk q of the thread is row (tid + 256 q) / 32 of the step, 16-byte chunk tid % 32 of the
+  // strip (a warp instruction: one whole 512-byte row).
+  const int lin_col = (tid & 31) * 8, lin_row = tid >> 5;
   const auto load_w = [&](const pos& at_s, uint4 (&buf)[NQ]) {
     index_t row0, col;
     coords(at_s, row0, col);
+    if (wsmode) col = at_s.strip * scols + lin_col;
 #pragma unroll
     for (int q = 0; q < NQ; ++q) {
-      const index_t row = row0 + (q >> 1) * 16 + (q & 1) * 8 + g;
+      const index_t row = wsmode ? row0 + lin_row + 8 * q : row0 + (q >> 1) * 16 + (q & 1) * 8 + g;
       buf[q] = make_uint4(0u, 0u, 0u, 0u);
       if (w_io && row < p.d && col < p.k) {
         const uint4* a = reinterpret_cast<const uint4*>(W + row * p.ldw + col);
@@ -256,7 +274,7 @@ __global__ void __launch_bounds__(threads, 1) merge_strip_kernel(const __grid_co
   uint4* const stage = reinterpret_cast<uint4*>(dyn);
   const auto gather = [&](index_t strip) {
     const bool odd = (g & 1) != 0;
-    if (p.a_vec) {
+    if (p.a_vec && !wsmode) {
       const index_t c8 = strip * scols + warp * wcols + (g >> 1) * 8;
       const unsigned sel = odd ? 0x7632u : 0x5410u;  // high or low halves of two words
 #pragma unroll 1
@@ -275,7 +293,10 @@ __global__ void __launch_bounds__(threads, 1) merge_strip_kernel(const __grid_co
                                               __byte_perm(v0.z, v1.z, sel), __byte_perm(v0.w, v1.w, sel));
       }
     } else {
-      const index_t cb = strip * scols + warp * wcols + (g >> 1) * 8 + (g & 1);
+      // n8 block ni, column g: W column 8 (g / 2) + 2 ni + g % 2 of the warp's 32 (natural order in
+      // wsm mode: 8 ni + g).
+      const index_t cb = strip * scols + warp * wcols + (wsmode ? g : (g >> 1) * 8 + (g & 1));
+      const int cstep = wsmode ? 8 : 2;
 #pragma unroll 1
       for (int q = 0; q < 2 * ksteps; ++q) {
         const int kk = (q >> 1) * 16 + (q & 1) * 8 + 2 * t4;
@@ -284,7 +305,7 @@ __global__ void __launch_bounds__(threads, 1) merge_strip_kernel(const __grid_co
         std::uint32_t v[4];
 #pragma unroll
         for (int ni = 0; ni < 4; ++ni) {
-          const index_t c = cb + 2 * ni;
+          const index_t c = cb + cstep * ni;
           std::uint32_t lo = 0, hi = 0;
           if (c < p.k) {
             if (r0 != nullptr) lo = __ldg(r0 + c);
@@ -361,6 +382,13 @@ __global__ void __launch_bounds__(threads, 1) merge_strip_kernel(const __grid_co
         gather(cur.strip);
         cur_strip = cur.strip;
       }
+      if (wsmode) {  // W of step j into its buffer (the barrier below publishes it)
+        std::uint16_t* const wb_s = wsm + (j & 1) * SR * wpitch;
+#pragma unroll
+        for (int q = 0; q < NQ; ++q)
+          *reinterpret_cast<uint4*>(wb_s + (lin_row + 8 * q) * wpitch + lin_col) = wb[u][q];
+        if (!ops) __syncthreads();
+      }
       if (mbar) {
         if (j + mbar_ahead < n) {  // Bcat of step j + 2 into the slot of step j + 2 - slots, once every thread is done with it
           const int js = j + mbar_ahead, prev = js - slots;
@@ -426,6 +454,40 @@ __global__ void __launch_bounds__(threads, 1) merge_strip_kernel(const __grid_co
       index_t row0, col;
       coords(cur, row0, col);
       next(cur);
+      if (wsmode) {
+        // The warp's W values in the accumulator layout: 8 x 8 matrix (mi, h, ni) = rows 16 mi + 8 h ..,
+        // columns 32 warp + 8 ni ..; lane l addresses row l % 8 of matrix ni = l / 8.
+        std::uint16_t* const wb_s = wsm + (j & 1) * SR * wpitch;
+        if (mbar) __syncthreads();  // every thread's W stores of this step are visible (the ring barrier is gone)
+#pragma unroll
+        for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const std::uint32_t addr =
+                smem_u32(wb_s + (mi * 16 + h * 8 + (lane & 7)) * wpitch + warp * wcols + (lane >> 3) * 8);
+            std::uint32_t x[4];
+            ldsm_x4(addr, x);
+#pragma unroll
+            for (int ni = 0; ni < 4; ++ni) {
+              const float2 w = unpack2<T>(x[ni]);
+              x[ni] = pack2<T>(w.x + acc[mi][ni][2 * h], w.y + acc[mi][ni][2 * h + 1]);
+            }
+            stsm_x4(addr, x[0], x[1], x[2], x[3]);
+          }
+        __syncthreads();  // the updated rows, back in the linear layout for the stores
+        const index_t col_l = cur_strip * scols + lin_col;
+#pragma unroll
+        for (int q = 0; q < NQ; ++q) {
+          const index_t row = row0 + lin_row + 8 * q;
+          if (w_io && row < p.d && col_l < p.k) {
+            const uint4 v = *reinterpret_cast<const uint4*>(wb_s + (lin_row + 8 * q) * wpitch + lin_col);
+            uint4* out = reinterpret_cast<uint4*>(W + row * p.ldw + col_l);
+            if (cs) __stcs(out, v);
+            else __stwb(out, v);
+          }
+        }
+        continue;
+      }
 #pragma unroll
       for (int q = 0; q < NQ; ++q) {
         const int mi = q >> 1, h = q & 1;
