@@ -1016,7 +1016,8 @@ BENCHMARK(BM_gpu_merge_probe)
     ->Args({4, 14336, 0, 0, 131072})->Args({4, 14336, 0, 0, 131073})->Args({4, 14336, 0, 0, 262144})
     ->Args({4, 14336, 0, 0, 262145})->Args({4, 14336, 0, 0, 262160})->Args({4, 14336, 0, 0, 327680})
     ->Args({4, 14336, 0, 0, 327681})->Args({4, 14336, 0, 0, 262656})->Args({4, 14336, 1, 0, 262144})
-    ->Args({1, 14336, 0, 0, 262144})->Args({4, 14336, 0, 0, 32})->Args({8, 14336, 0, 0, 32})
+    ->Args({1, 14336, 0, 0, 262144})->Args({4, 14336, 0, 0, 278529})->Args({4, 14336, 0, 0, 32})
+    ->Args({8, 14336, 0, 0, 32})
     ->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 BENCHMARK(BM_gpu_baseline_copy_w)->Arg(14336)->Arg(4096)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 BENCHMARK(BM_gpu_baseline_copy_w_kernel)->Args({14336, 0})->Args({14336, 1})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
