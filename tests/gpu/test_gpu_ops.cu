@@ -1606,12 +1606,13 @@ TEST_CASE_TEMPLATE("merge_into: strip kernel long runs (2 blocks), matches the d
     strip_cases<T>(ctx, g, probe);
 }
 
-// The benchmark's shape, 14336 x 4096 bf16 with four dense rank-32 adapters at unequal scales: 7168 steps,
-// 54-55 per block, so both rings wrap many times and about half the blocks cross a strip boundary.
-// Checked against the double reference on sampled rows (every 61st: every row position of a 32-row
-// step, plus rows either side of several 128-row boundaries), and everywhere for writes: W + delta equals
-// W (bitwise) only where |delta| is below half an ulp (~0.2 % of elements here), so a 32 x 32 warp tile
-// left unwritten (100 % unchanged) fails the per-tile check.
+// The benchmark's shape, 14336 x 4096 bf16 with four dense rank-32 adapters at unequal scales: the tile
+// kernel's 3584 tiles (27-28 per block: every ring slot's barrier phase wraps many times, each block
+// crosses a band) and the strip kernel's 7168 steps (54-55 per block: both rings wrap, about half the
+// blocks cross a strip boundary). Checked against the double reference on sampled rows (every 61st: every
+// row position of a 32-row step, plus rows either side of several 128-row boundaries), and everywhere
+// for writes: W + delta equals W (bitwise) only where |delta| is below half an ulp (~0.2 % of elements
+// here), so a 32 x 32 block left unwritten (100 % unchanged) fails the per-block check.
 TEST_CASE("merge_into: streaming kernels at 14336 x 4096 (tile kernel: 27-28 tiles per block; strip kernel: 54-55 steps), sampled rows against the double reference") {
   using T = lori::bfloat16;
   LORI_TEST_SEED_INFO();
