@@ -1022,8 +1022,10 @@ BENCHMARK(BM_gpu_merge_probe)
 BENCHMARK(BM_gpu_baseline_copy_w)->Arg(14336)->Arg(4096)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 BENCHMARK(BM_gpu_baseline_copy_w_kernel)->Args({14336, 0})->Args({14336, 1})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 BENCHMARK(BM_gpu_baseline_copy_w_tiles)->Args({14336, 0})->Args({14336, 1})->Args({14336, 2})->Args({14336, 3})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
-// The strip kernel on mbarriers (probe bit 32768), after the baselines.
-BENCHMARK(BM_gpu_merge_probe)->Args({4, 14336, 0, 0, 294912})->Args({4, 14336, 0, 0, 360448})
+// The strip kernel on mbarriers (probe bit 32768), after the baselines; its math alone (16400) at unequal
+// and equal scales and with 64-row steps (81936).
+BENCHMARK(BM_gpu_merge_probe)->Args({4, 14336, 0, 0, 294912})->Args({4, 14336, 0, 0, 360448})->Args({4, 14336, 0, 0, 16400})
+    ->Args({4, 14336, 0, 1, 16400})->Args({4, 14336, 0, 0, 81936})
     ->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 BENCHMARK(BM_gpu_baseline_addmm_per_adapter)->Args({1, 14336})->Args({4, 14336})->Args({4, 4096})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 

@@ -39,7 +39,7 @@ b="$B/bench/cuda/lori_bench_cuda"
   echo "   128 Bcat packed, 256 PF1, 512 .cs hints on W, 2048 PF3, 4096 L2 prefetch, 8192 Bcat evict-last,"
   echo "   16384 no Bcat fills / per-step barriers (ΔW wrong), 32768 Bcat ring on mbarriers, 65536 64-row steps,"
   echo "   262144 W in whole 512-byte rows through shared memory (ldmatrix / stmatrix)"
-  timeout 31 stdbuf -oL "$b" --benchmark_filter='BM_gpu_(baseline_d2d_copy/234|baseline_copy_w/14336|baseline_copy_w_kernel/14336/1|merge/1/14336/0/0/|merge/4/14336/(0/0|1/0)/|merge_probe/4/14336/0/0/(131072|262144|262145|262160|278529|327680|327681|262656|294912|360448)/|merge_probe/(4/14336/1|1/14336/0)/0/262144/|baseline_copy_w_tiles/14336/0)' \
+  timeout 31 stdbuf -oL "$b" --benchmark_filter='BM_gpu_(baseline_d2d_copy/234|baseline_copy_w/14336|baseline_copy_w_kernel/14336/1|merge/1/14336/0/0/|merge/4/14336/(0/0|1/0)/|merge_probe/4/14336/0/0/(131072|262144|262145|262160|278529|327680|294912|360448|16400|81936)/|merge_probe/(4/14336/1|1/14336/0)/0/262144/|merge_probe/4/14336/0/1/16400/|baseline_copy_w_tiles/14336/0)' \
     --benchmark_repetitions=5 --benchmark_report_aggregates_only=true 2>&1 | grep -E "_median|^BM|Run on|error|Error" |
     grep -v "_mean\|_stddev\|_cv" | sed -E 's/floor = one copy of W \(BM_gpu_baseline_copy_w\)//; s/min_time:0.100\///;' | cut -c1-200 | head -40
   echo "rc=${PIPESTATUS[0]}"
