@@ -1505,6 +1505,8 @@ TEST_CASE_TEMPLATE("merge_into: streaming kernel, odd shapes and its fallbacks, 
   // Scales 2^20 apart: the kernel's running rescale (acc *= s_j / s_j+1) at its widest common use.
   merge_case<T>(ctx, 100, 96, {8, 8, 8}, {false, true, false}, {std::ldexp(1.0, -12), std::ldexp(1.0, 8), -0.5}, g,
                 {0, false, 0, on});
+  // A sparse B_t of rank 72 (two mask words per row: the tiled pack's sparse chunks past the first word).
+  merge_case<T>(ctx, 90, 136, {72, 24}, {true, false}, {0.5, -1.0}, g, {0, false, 0, on});
   // Fallbacks: padded depth > 128 (208 over eight segments; 176 in one), a zero scale and scales 2^33
   // apart (cuBLAS), leading dimension k + 4, W one element into its buffer, depth 1104, k % 8 != 0.
   merge_case<T>(ctx, 150, 72, {5, 16, 17, 31, 32, 1, 40, 8}, {false, true, false, true, false, true, true, false},
