@@ -1324,7 +1324,6 @@ struct merge_layout {
   int expect_stream = -1;  // 1 / 0: the case must (not) take the streaming kernel; -1: either
   int probe = 0;           // != 0: run detail_merge::merge_stream_route with these probe bits (e.g. no PDL)
                            // where the streaming kernel applies, instead of merge_into
-  int expect_direct = -1;  // 1 / 0: the strip kernel must (not) read the dense B_t directly; -1: either
 };
 
 template <class T>
@@ -1396,7 +1395,6 @@ void merge_case(lori::cuda::context& ctx, index_t d, index_t k, const std::vecto
   const lori::row_major_view<T> wv(dW.data() + off, d, k, ldw);
   const bool stream = lori::cuda::detail_merge::stream_kernel_applies(wv, src);
   if (lay.expect_stream >= 0) CHECK(stream == (lay.expect_stream == 1));
-  if (lay.expect_direct >= 0) CHECK(lori::cuda::detail_merge::strip_reads_b_directly(src) == (lay.expect_direct == 1));
   INFO("path " << (stream ? "streaming kernel" : "cuBLAS"));
   // Error models. Streaming kernel (16-bit W): products exact in fp32, fp32 tensor-core accumulation per
   // scale segment (tc_slack covers truncating accumulation), s·acc one fp32 rounding, W + delta rounded
@@ -1556,66 +1554,13 @@ TEST_CASE_TEMPLATE("merge_into: streaming kernel, tiled pack across launches and
                 {0, false, 0, 1, lori::cuda::detail_merge::probe_no_pdl});
 }
 
-// The strip kernel's paths (lori/detail/merge_strip.cuh): Bcat read straight from the dense B_t (ranks
-// multiples of 8, aligned rows) or packed (forced with probe_packed; sparse B_t, odd ranks, unaligned
-// operands always), W loads 2, 1 or 3 steps ahead, with cache hints (W evict-first, Bcat evict-last) or
-// L2 prefetches, no PDL after the pack; 64-row steps (probe_mi4); W moved in whole rows through shared
-// memory (probe_wsm). d and k are not multiples of the 32 x 256 step (k = 520: the last
-// strip has 8 columns).
-template <class T>
-void strip_cases(lori::cuda::context& ctx, std::mt19937_64& g, int probe) {
-  probe |= lori::cuda::detail_merge::probe_strip;
-  CAPTURE(probe);
-  // Four dense rank-32 adapters, unequal scales: Bcat direct (unless probe_packed).
-  merge_case<T>(ctx, 300, 520, {32, 32, 32, 32}, {false, false, false, false}, {0.5, 0.75, -1.0, 1.25}, g, {0, false, 0, 1, probe, 1});
-  // Ranks 8 + 24 at two scales: the first segment padded 8 -> 16 (a zero depth chunk between sources).
-  merge_case<T>(ctx, 77, 136, {8, 24}, {false, false}, {0.5, -0.75}, g, {0, false, 0, 1, probe, 1});
-  // Equal scales, one segment 8 + 16 + 32 -> 64; W with leading dimension k + 8, 8 elements into its buffer.
-  merge_case<T>(ctx, 65, 264, {8, 16, 32}, {false, false, false}, {0.25, 0.25, 0.25}, g, {8, false, 8, 1, probe, 1});
-  // Packed always: sparse B_t, odd ranks, unaligned operands (A and B leading dimensions odd).
-  merge_case<T>(ctx, 150, 264, {5, 16, 11}, {false, true, false}, {1.5, 0.5, -0.25}, g, {0, false, 0, 1, probe, 0});
-  merge_case<T>(ctx, 33, 64, {32, 32, 32, 32}, {false, true, false, true}, {0.5, 0.5, 0.5, 0.5}, g, {0, false, 0, 1, probe, 0});
-  merge_case<T>(ctx, 100, 128, {16, 8}, {false, false}, {0.5, 2.0}, g, {0, true, 0, 1, probe, 0});
-  // A sparse B_t of rank 72 (two mask words per row: the pack's chunks past the first word).
-  merge_case<T>(ctx, 90, 136, {72, 24}, {true, false}, {0.5, -1.0}, g, {0, false, 0, 1, probe, 0});
-}
-
-TEST_CASE_TEMPLATE("merge_into: strip kernel paths (direct or packed Bcat, prefetch depth, hints), matches the double reference", T,
-                   lori::bfloat16, lori::half) {
-  LORI_TEST_SEED_INFO();
-  auto g = lori_test::rng(612);
-  lori::cuda::context ctx;
-  namespace dm = lori::cuda::detail_merge;
-  for (const int probe : {0, dm::probe_packed, dm::probe_pf1, dm::probe_pf3, dm::probe_cs, dm::probe_l2pf,
-                          dm::probe_b_last | dm::probe_cs, dm::probe_packed | dm::probe_no_pdl, dm::probe_mi4,
-                          dm::probe_mi4 | dm::probe_packed, dm::probe_wsm, dm::probe_wsm | dm::probe_mi4,
-                          dm::probe_wsm | dm::probe_packed, dm::probe_wsm | dm::probe_cs})
-    strip_cases<T>(ctx, g, probe);
-}
-
-// The same cases on 2 blocks: each walks ~15 steps (300 x 520: 30 steps) across strip boundaries, so the
-// W register ring and the Bcat ring wrap and the B fragments are regathered mid-run.
-TEST_CASE_TEMPLATE("merge_into: strip kernel long runs (2 blocks), matches the double reference", T, lori::bfloat16,
-                   lori::half) {
-  LORI_TEST_SEED_INFO();
-  auto g = lori_test::rng(613);
-  lori::cuda::context ctx;
-  namespace dm = lori::cuda::detail_merge;
-  for (const int probe : {dm::probe_grid2, dm::probe_grid2 | dm::probe_pf1, dm::probe_grid2 | dm::probe_pf3,
-                          dm::probe_grid2 | dm::probe_l2pf | dm::probe_b_last, dm::probe_grid2 | dm::probe_packed,
-                          dm::probe_grid2 | dm::probe_mi4, dm::probe_grid2 | dm::probe_wsm,
-                          dm::probe_grid2 | dm::probe_wsm | dm::probe_mi4})
-    strip_cases<T>(ctx, g, probe);
-}
-
-// The benchmark's shape, 14336 x 4096 bf16 with four dense rank-32 adapters at unequal scales: the tile
-// kernel's 3584 tiles (27-28 per block: every ring slot's barrier phase wraps many times, each block
-// crosses a band) and the strip kernel's 7168 steps (54-55 per block: both rings wrap, about half the
-// blocks cross a strip boundary). Checked against the double reference on sampled rows (every 61st: every
-// row position of a 32-row step, plus rows either side of several 128-row boundaries), and everywhere
-// for writes: W + delta equals W (bitwise) only where |delta| is below half an ulp (~0.2 % of elements
-// here), so a 32 x 32 block left unwritten (100 % unchanged) fails the per-block check.
-TEST_CASE("merge_into: streaming kernels at 14336 x 4096 (tile kernel: 27-28 tiles per block; strip kernel: 54-55 steps), sampled rows against the double reference") {
+// The benchmark's shape, 14336 x 4096 bf16 with four dense rank-32 adapters at unequal scales: 3584 tiles,
+// 27-28 per block, so every ring slot's barrier phase wraps many times and each block crosses a band.
+// Checked against the double reference on sampled rows (every 61st, plus the first and last rows of
+// several bands), and everywhere for writes: W + delta equals W (bitwise) only where |delta| is below half
+// an ulp (~0.2 % of elements here), so a 32 x 32 block left unwritten (100 % unchanged) fails the
+// per-block check (finer than the 128 x 128 tile).
+TEST_CASE("merge_into: streaming kernel at 14336 x 4096 (27 tiles per block), sampled rows against the double reference") {
   using T = lori::bfloat16;
   LORI_TEST_SEED_INFO();
   auto g = lori_test::rng(610);
@@ -1648,66 +1593,46 @@ TEST_CASE("merge_into: streaming kernels at 14336 x 4096 (tile kernel: 27-28 til
     m.B_dense = cview(dB[t], d, r);
     src.push_back(m);
   }
-  // merge_into (the tile kernel), then the strip kernel.
-  for (const int probe : {0, lori::cuda::detail_merge::probe_strip}) {
-    CAPTURE(probe);
-    device_buffer<T> dW(w);
-    const auto wv = mview(dW, d, k);
-    CHECK(lori::cuda::detail_merge::stream_kernel_applies(wv, src));
-    CHECK(lori::cuda::detail_merge::strip_reads_b_directly(src));
-    device_buffer<unsigned char> ws(static_cast<index_t>(lori::cuda::merge_workspace_bytes<T>(d, k, src)));
-    ws.fill_bytes(0xff);
-    if (probe == 0) lori::cuda::merge_into<T>(ctx, wv, src, ws.data(), ws.bytes());
-    else lori::cuda::detail_merge::merge_stream_route<T>(ctx, wv, src, ws.data(), probe);
-    const auto got = dW.download();
-    std::vector<index_t> rows;
-    for (index_t i = 0; i < d; i += 61) rows.push_back(i);
-    for (const index_t b : {index_t{1}, index_t{47}, index_t{111}}) {
-      rows.push_back(b * 128 - 1);
-      rows.push_back(b * 128);
-    }
-    rows.push_back(d - 1);
-    std::vector<T> got_rows;
-    std::vector<double> ref, l2;
-    for (const index_t i : rows) {
-      for (index_t c = 0; c < k; ++c) {
-        double v = static_cast<double>(lori::to_float(w[static_cast<std::size_t>(i * k + c)])), q = v * v;
-        for (std::size_t t = 0; t < scales.size(); ++t)
-          for (index_t j = 0; j < r; ++j) {
-            const double term = static_cast<double>(static_cast<float>(scales[t])) * Bs[t](i, j) * As[t](j, c);
-            v += term;
-            q += term * term;
-          }
-        got_rows.push_back(got[static_cast<std::size_t>(i * k + c)]);
-        ref.push_back(v);
-        l2.push_back(std::sqrt(q));
-      }
-    }
-    // Error model of the streaming kernels (see merge_case): the fp32-accumulation bound.
-    LORI_CHECK_CLOSE(check_close<T>(got_rows, ref, l2, tc_slack<T>(), static_cast<double>(4 * r)));
-    index_t bad_tiles = 0;
-    for (index_t b = 0; b < d / 32; ++b)
-      for (index_t ct = 0; ct < k / 32; ++ct) {
-        index_t same = 0;
-        for (index_t i = b * 32; i < b * 32 + 32; ++i)
-          for (index_t c = ct * 32; c < ct * 32 + 32; ++c)
-            same += std::memcmp(&got[static_cast<std::size_t>(i * k + c)], &w[static_cast<std::size_t>(i * k + c)], sizeof(T)) == 0;
-        bad_tiles += same > 32 * 32 / 2;
-      }
-    CHECK(bad_tiles == 0);
+  device_buffer<T> dW(w);
+  const auto wv = mview(dW, d, k);
+  CHECK(lori::cuda::detail_merge::stream_kernel_applies(wv, src));
+  device_buffer<unsigned char> ws(static_cast<index_t>(lori::cuda::merge_workspace_bytes<T>(d, k, src)));
+  ws.fill_bytes(0xff);
+  lori::cuda::merge_into<T>(ctx, wv, src, ws.data(), ws.bytes());
+  const auto got = dW.download();
+  std::vector<index_t> rows;
+  for (index_t i = 0; i < d; i += 61) rows.push_back(i);
+  for (const index_t b : {index_t{1}, index_t{47}, index_t{111}}) {
+    rows.push_back(b * 128 - 1);
+    rows.push_back(b * 128);
   }
-}
-
-// The strip kernel with its Bcat ring on full / empty mbarriers (probe_mbar: warps drift up to two steps
-// apart instead of one __syncthreads per step), on the usual grid and on 2 blocks (long runs).
-TEST_CASE_TEMPLATE("merge_into: strip kernel on mbarriers, matches the double reference", T, lori::bfloat16, lori::half) {
-  LORI_TEST_SEED_INFO();
-  auto g = lori_test::rng(614);
-  lori::cuda::context ctx;
-  namespace dm = lori::cuda::detail_merge;
-  for (const int probe : {dm::probe_mbar, dm::probe_mbar | dm::probe_cs, dm::probe_mbar | dm::probe_grid2,
-                          dm::probe_mbar | dm::probe_grid2 | dm::probe_packed, dm::probe_mbar | dm::probe_mi4,
-                          dm::probe_mbar | dm::probe_mi4 | dm::probe_grid2, dm::probe_mbar | dm::probe_wsm,
-                          dm::probe_mbar | dm::probe_wsm | dm::probe_grid2 | dm::probe_mi4})
-    strip_cases<T>(ctx, g, probe);
+  rows.push_back(d - 1);
+  std::vector<T> got_rows;
+  std::vector<double> ref, l2;
+  for (const index_t i : rows) {
+    for (index_t c = 0; c < k; ++c) {
+      double v = static_cast<double>(lori::to_float(w[static_cast<std::size_t>(i * k + c)])), q = v * v;
+      for (std::size_t t = 0; t < scales.size(); ++t)
+        for (index_t j = 0; j < r; ++j) {
+          const double term = static_cast<double>(static_cast<float>(scales[t])) * Bs[t](i, j) * As[t](j, c);
+          v += term;
+          q += term * term;
+        }
+      got_rows.push_back(got[static_cast<std::size_t>(i * k + c)]);
+      ref.push_back(v);
+      l2.push_back(std::sqrt(q));
+    }
+  }
+  // Error model of the streaming kernel (see merge_case): the fp32-accumulation bound.
+  LORI_CHECK_CLOSE(check_close<T>(got_rows, ref, l2, tc_slack<T>(), static_cast<double>(4 * r)));
+  index_t bad_tiles = 0;
+  for (index_t b = 0; b < d / 32; ++b)
+    for (index_t ct = 0; ct < k / 32; ++ct) {
+      index_t same = 0;
+      for (index_t i = b * 32; i < b * 32 + 32; ++i)
+        for (index_t c = ct * 32; c < ct * 32 + 32; ++c)
+          same += std::memcmp(&got[static_cast<std::size_t>(i * k + c)], &w[static_cast<std::size_t>(i * k + c)], sizeof(T)) == 0;
+      bad_tiles += same > 32 * 32 / 2;
+    }
+  CHECK(bad_tiles == 0);
 }

@@ -3,24 +3,20 @@
 //   W (d x k) += Σₜ sₜ·Bₜ·Aₜ      Bₜ d x rₜ (dense, or a sparse_b), Aₜ rₜ x k
 //
 // The T low-rank terms are one product with depth R = Σ rₜ: W += [B₁ | … | B_T]·diag(s)·[A₁; …; A_T].
-// W is read and written exactly once, by one of two routes:
+// lori packs the two thin operands into caller workspace (one pack kernel per 16 adapters), then reads
+// and writes W exactly once, by one of two routes:
 // * 16-bit W with 16-byte rows (W 16-byte aligned, k and the leading dimension multiples of 8) and a
-//   padded depth <= 128 (e.g. 4 adapters of rank 32): lori's strip kernel (lori/detail/merge_strip.cuh),
-//   a copy of W through registers (16-byte loads two steps ahead, 16-byte stores) with ΔW computed on
-//   mma.sync between load and store. The Aₜ rows are read by the kernel itself; the dense Bₜ too when
-//   every Bₜ is dense with a rank that is a multiple of 8 and 16-byte rows (ONE launch, no workspace
-//   traffic); otherwise (sparse or unaligned Bₜ, odd ranks) one pack kernel per 16 adapters first
-//   writes [B₁ | … | B_T] into caller workspace. Bₜ stays unscaled; consecutive adapters with one scale
-//   form a segment padded to 16 columns; one fp32 accumulator runs through the segments, rescaled by
-//   s_j / s_j+1 between them (scales nonzero, finite, within 2^32 of each other); W + ΔW is rounded to
-//   T once. For 4 adapters of rank 32 into a 14336 x 4096 bf16 W: 2·117 MB of W traffic, 15 GFLOP
-//   hidden under the copy.
-// * otherwise (fp32 W, unaligned W or leading dimension, deeper sums, a zero scale): the operands are
-//   packed into caller workspace and ONE cuBLAS GEMM with beta = 1 runs over [s₁B₁ | … | s_TB_T] and
-//   [A₁; …; A_T]. Equal scales become the GEMM's alpha (packed operands exact); unequal ones are folded
-//   into the packed B, split into hi + lo 16-bit parts for 16-bit T (depth 2R) so each term keeps
-//   ~2^-17 relative accuracy. cuBLAS's 16-bit epilogue rounds the product to T before adding W (one
-//   extra rounding the strip kernel does not have).
+//   padded depth <= 128 (e.g. 4 adapters of rank 32): lori's streaming tensor-core kernel (lori/detail/merge_stream.cuh), a copy
+//   of W through shared memory with ΔW computed per 128 x 128 tile on mma.sync from the packed
+//   operands (in L2). Bₜ is packed unscaled; consecutive adapters with one scale form a segment padded
+//   to 16 columns; one fp32 accumulator runs through the segments, rescaled by s_j / s_j+1 between
+//   them (scales nonzero, finite, within 2^32 of each other); W + ΔW is rounded to T once. For 4 adapters of rank 32 into a 14336 x 4096 bf16 W: 2·117 MB of W traffic, 4.7 MB of
+//   packed operands, 15 GFLOP hidden under the copy.
+// * otherwise (fp32 W, unaligned W or leading dimension, deeper sums, a zero scale): ONE cuBLAS GEMM with beta = 1
+//   over [s₁B₁ | … | s_TB_T] and [A₁; …; A_T]. Equal scales become the GEMM's alpha (packed operands
+//   exact); unequal ones are folded into the packed B, split into hi + lo 16-bit parts for 16-bit T
+//   (depth 2R) so each term keeps ~2^-17 relative accuracy. cuBLAS's 16-bit epilogue rounds the
+//   product to T before adding W (one extra rounding the streaming kernel does not have).
 #ifndef LORI_CUDA_MERGE_CUH
 #define LORI_CUDA_MERGE_CUH
 
@@ -33,7 +29,6 @@
 
 #include "lori/detail/cuda_common.cuh"
 #include "lori/detail/merge_stream.cuh"
-#include "lori/detail/merge_strip.cuh"
 
 #include <cuda_runtime_api.h>
 
@@ -56,9 +51,9 @@ struct merge_source {
   const sparse_b<T>* B_sparse = nullptr;
 };
 
-/// Workspace bytes merge_into needs: the larger of the two routes' packed operands (cuBLAS: (d + k)·R
-/// elements of T, R = Σ rₜ, 2R for 16-bit T with unequal scales; strip kernel: d rows of 136 elements)
-/// plus alignment padding. Depends only on d, k, the ranks and scales.
+/// Workspace bytes merge_into needs: (d + k)·R' elements of T plus alignment padding, R' the larger of
+/// the two routes' depths (cuBLAS: R = Σ rₜ, 2R for 16-bit T with unequal scales; streaming kernel:
+/// the scale segments each padded to a multiple of 16). Depends only on d, k, the ranks and scales.
 template <class T>
 std::size_t merge_workspace_bytes(index_t d, index_t k, const std::vector<merge_source<T>>& sources);
 
@@ -75,12 +70,13 @@ void merge_into(context& ctx, row_major_view<T> W, const std::vector<merge_sourc
 // =====================================================================================================
 namespace detail_merge {
 
-// Up to pack_max sources packed by ONE kernel: Bcat columns [off, off + r) = (s·)Bₜ (and, linear layout
-// only, Acat rows [off, off + r) = Aₜ), for the sources' column range [c_begin, c_end). Two layouts:
+// Up to pack_max sources packed by ONE kernel: Bcat columns [off, off + r) = (s·)Bₜ and Acat rows
+// [off, off + r) = Aₜ, for the sources' column range [c_begin, c_end). Two layouts:
 // * linear (cuBLAS route, pack_kernel): Bcat d x R row-major (split: [hi | lo], d x 2R), Acat R x k
 //   ([A; A] if split);
-// * tiled (strip kernel, pack_tiled_kernel; Bcat only, R <= 128, raw Bₜ): rows padded to
-//   merge_strip::pitch, 16-byte aligned: Bcat(i, col) at i·pitch + col.
+// * tiled (streaming kernel, pack_tiled_kernel; R <= 128, raw Bₜ): rows padded to merge_stream::pitch,
+//   so that one bulk copy loads a Bcat band or an Acat tile: Bcat(i, col) at i·pitch + col, Acat(row, c)
+//   at ((c/128)·128 + row)·pitch + c%128 (column tile c/128 of Acat is 128 padded rows).
 inline constexpr int pack_max = 16;
 
 template <class T>
@@ -177,16 +173,15 @@ __global__ void pack_kernel(const __grid_constant__ pack_args<T> a) {
   }
 }
 
-// Tiled layout (strip kernel, Bcat only: the kernel reads the Aₜ rows itself): one thread per 16-byte
-// chunk of the OUTPUT (8 consecutive columns of a Bcat row), 16-byte loads where the source allows them
-// and 16-byte stores, no per-element search: the source of every packed column is looked up once per
-// block in a shared table. (The first version, one 2-byte store per element and a source search per
-// element, took 22 µs for the 4.5 MB of a 4-adapter merge into 14336 x 4096: latency- and
-// instruction-bound.) Columns outside [c_begin, c_end) (another launch's sources) are never written.
+// Tiled layout (streaming kernel): one thread per 16-byte chunk of the OUTPUT (8 consecutive columns of
+// a Bcat row, or of an Acat row within one column tile), 16-byte loads where the source allows them and
+// 16-byte stores, no per-element search: the source of every packed column is looked up once per block in
+// a shared table. (The first version, one 2-byte store per element and a source search per element, took
+// 22 µs for the 4.5 MB of a 4-adapter merge into 14336 x 4096: latency- and instruction-bound.)
+// Columns outside [c_begin, c_end) (another launch's sources) are never written.
 template <class T>
 struct tpack_args : pack_head<T> {
   int ch0, nch, lg_nch;  // Bcat chunks [ch0, ch0 + nch) of every row; 1 << lg_nch >= nch threads per row
-  bool acat;             // also pack Acat in 128-column tiles (the tile kernel; the strip kernel reads the Aₜ)
 };
 
 // The bits of Bₜ(i, j) (0 past its rank: the padding of a scale segment; 0 where a sparse Bₜ is not kept).
@@ -220,7 +215,7 @@ struct tpack_chunk {
 template <class T>
 __device__ __forceinline__ tpack_chunk tpack_load(const tpack_args<T>& a, const pack_source<T>* srcs,
                                                   const signed char* col_src, index_t e, index_t nb, index_t k8) {
-  constexpr index_t pitch = ::lori::detail::merge_strip::pitch;
+  constexpr index_t pitch = ::lori::detail::merge_stream::pitch;
   tpack_chunk c;
   c.u.v = make_uint4(0u, 0u, 0u, 0u);
   c.mask = 0;
@@ -256,7 +251,7 @@ __device__ __forceinline__ tpack_chunk tpack_load(const tpack_args<T>& a, const 
 #pragma unroll
       for (int q = 0; q < 8; ++q) {
         const int col = col0 + q;
-        const int t = col < ::lori::detail::merge_strip::max_kp ? col_src[col] : -1;
+        const int t = col < ::lori::detail::merge_stream::max_kp ? col_src[col] : -1;
         c.u.x[q] = t >= 0 ? tpack_b(srcs[t], i, col - srcs[t].off) : std::uint16_t{0};
       }
     }
@@ -307,10 +302,10 @@ template <class T>
 __global__ void __launch_bounds__(256) pack_tiled_kernel(const __grid_constant__ tpack_args<T> a) {
   asm volatile("griddepcontrol.launch_dependents;");  // see pack_kernel
   __shared__ pack_source<T> srcs[pack_max];
-  __shared__ signed char col_src[::lori::detail::merge_strip::max_kp];  // packed column -> source (-1: none)
+  __shared__ signed char col_src[::lori::detail::merge_stream::max_kp];  // packed column -> source (-1: none)
   const int tid = static_cast<int>(threadIdx.x);
   if (tid < a.count) srcs[tid] = a.src[tid];
-  if (tid < ::lori::detail::merge_strip::max_kp) {
+  if (tid < ::lori::detail::merge_stream::max_kp) {
     int t = -1;
     if (tid >= a.c_begin && tid < a.c_end)
       for (int q = 0; q < a.count; ++q)
@@ -319,7 +314,7 @@ __global__ void __launch_bounds__(256) pack_tiled_kernel(const __grid_constant__
   }
   __syncthreads();
   const index_t nb = a.d << a.lg_nch, k8 = (a.k + 7) / 8;
-  const index_t total = nb + (a.acat ? (a.c_end - a.c_begin) * k8 : 0);
+  const index_t total = nb + (a.c_end - a.c_begin) * k8;
   const index_t stride = static_cast<index_t>(gridDim.x) * blockDim.x;
   for (index_t e = blockIdx.x * static_cast<index_t>(blockDim.x) + tid; e < total; e += tpack_batch * stride) {
     tpack_chunk c[tpack_batch];
@@ -351,7 +346,7 @@ bool needs_split(const std::vector<merge_source<T>>& sources) {
   return differ && !std::is_same_v<T, float>;
 }
 
-// Operand layout of the strip kernel (16-bit W): Bcat holds the raw Bₜ (no scale), adapters grouped
+// Operand layout of the streaming kernel (16-bit W): Bcat holds the raw Bₜ (no scale), adapters grouped
 // into scale segments (runs of equal sₜ), each segment's columns padded with zeros to a multiple of 16 so
 // that no 16-deep mma step spans two scales; the scales stay in fp32 (kernel parameters).
 struct stream_layout {
@@ -370,7 +365,7 @@ stream_layout make_stream_layout(const std::vector<merge_source<T>>& sources) {
     pos += source_rank(sources[t]);
     if (t + 1 == sources.size() || sources[t + 1].scale != sources[t].scale) {
       pos = (pos + 15) / 16 * 16;
-      if (pos / 16 - 1 < detail::merge_strip::max_ksteps) L.seg_end |= 1ull << (pos / 16 - 1);
+      if (pos / 16 - 1 < detail::merge_stream::max_ksteps) L.seg_end |= 1ull << (pos / 16 - 1);
       L.seg_scale.push_back(sources[t].scale);
     }
   }
@@ -378,19 +373,19 @@ stream_layout make_stream_layout(const std::vector<merge_source<T>>& sources) {
   return L;
 }
 
-// The streaming kernels' packed Bcat (tiled layout, see pack_args): d rows of merge_strip::pitch
-// elements; then, for the tile kernel, Acat in ceil(k / 128) column tiles of 128 padded rows.
+// Tiled operands of the streaming kernel (see pack_args): Bcat d rows, Acat ntc x 128 rows (ntc column
+// tiles), every row merge_stream::pitch elements.
 template <class T>
 std::size_t stream_bcat_bytes(index_t d) {
-  return align256(static_cast<std::size_t>(d * detail::merge_strip::pitch) * sizeof(T));
+  return align256(static_cast<std::size_t>(d * detail::merge_stream::pitch) * sizeof(T));
 }
 template <class T>
 std::size_t stream_workspace_bytes(index_t d, index_t k) {
   return stream_bcat_bytes<T>(d) +
-         align256(static_cast<std::size_t>(detail::ceil_div(k, 128) * 128 * detail::merge_strip::pitch) * sizeof(T));
+         align256(static_cast<std::size_t>(detail::ceil_div(k, 128) * 128 * detail::merge_stream::pitch) * sizeof(T));
 }
 
-/// True when merge_into(W, sources) takes the strip kernel: 16-bit W, W 16-byte aligned
+/// True when merge_into(W, sources) takes the streaming tensor-core kernel: 16-bit W, W 16-byte aligned
 /// with k and its leading dimension multiples of 8 (16-byte rows), padded depth kp <= 128, scales
 /// nonzero, finite and within 2^32 of each other. Otherwise (fp32, unaligned W, deeper sums, a zero
 /// scale) the cuBLAS route runs.
@@ -401,7 +396,7 @@ bool stream_kernel_applies(row_major_view<T> W, const std::vector<merge_source<T
   } else {
     const index_t d = W.rows(), k = W.cols();
     if (d <= 0 || k <= 0 || sources.empty()) return false;
-    const index_t steps = detail::ceil_div(d, detail::merge_strip::srows) * detail::ceil_div(k, detail::merge_strip::scols);
+    const index_t tiles = detail::ceil_div(d, detail::merge_stream::bm) * detail::ceil_div(k, detail::merge_stream::bn);
     // The kernel's running rescale (acc *= s_j / s_j+1) needs nonzero finite scales within 2^32 of each
     // other (no overflow or underflow of the rescaled partial sums); anything else takes cuBLAS.
     double lo = HUGE_VAL, hi = 0.0;
@@ -412,18 +407,16 @@ bool stream_kernel_applies(row_major_view<T> W, const std::vector<merge_source<T
     }
     if (!(lo > 0.0) || !(hi < HUGE_VAL) || hi > lo * 4294967296.0) return false;
     return k % 8 == 0 && W.ld() % 8 == 0 && reinterpret_cast<std::uintptr_t>(W.data()) % 16 == 0 &&
-           make_stream_layout(sources).kp <= detail::merge_strip::max_kp && steps <= index_t{1} << 30;
+           make_stream_layout(sources).kp <= detail::merge_stream::max_kp && tiles <= index_t{1} << 30;
   }
 }
 
 // Packs the sources (in groups of pack_max per launch) into Bcat (d x ldc) and Acat (rows x k): source t
 // at column/row off[t], its range ending where the next begins (or at `end`); columns past its rank zero.
-// `tiled`: the streaming kernels' layout (pack_tiled_kernel; end <= merge_strip::max_kp, unscaled; Acat
-// in 128-column tiles when `acat`, for the tile kernel).
+// `tiled`: the streaming kernel's layout (pack_tiled_kernel; end <= merge_stream::max_kp, unscaled).
 template <class T>
 void pack_all(context& ctx, const std::vector<merge_source<T>>& sources, index_t d, index_t k, index_t ldc,
-              const std::vector<index_t>& off, index_t end, bool scaled, bool split, bool tiled, T* Bcat, T* Acat,
-              bool acat = false) {
+              const std::vector<index_t>& off, index_t end, bool scaled, bool split, bool tiled, T* Bcat, T* Acat) {
   for (std::size_t first = 0; first < sources.size(); first += pack_max) {
     pack_head<T> h{};  // the fields both pack kernels share
     std::size_t q = first;
@@ -455,8 +448,7 @@ void pack_all(context& ctx, const std::vector<merge_source<T>>& sources, index_t
         a.nch = static_cast<int>(detail::ceil_div(h.c_end, 8) - h.c_begin / 8);
         a.lg_nch = 0;
         while ((1 << a.lg_nch) < a.nch) ++a.lg_nch;
-        a.acat = acat;
-        const index_t items = (d << a.lg_nch) + (acat ? w * detail::ceil_div(k, 8) : 0);
+        const index_t items = (d << a.lg_nch) + w * detail::ceil_div(k, 8);
         const index_t blocks = std::min<index_t>(detail::ceil_div(items, 256 * tpack_batch), index_t{16} * 1024);
         pack_tiled_kernel<T><<<detail::grid_dim(blocks), 256, 0, ctx.stream()>>>(a);
         LORI_CUDA_CHECK_LAUNCH();
@@ -474,60 +466,22 @@ void pack_all(context& ctx, const std::vector<merge_source<T>>& sources, index_t
   }
 }
 
-// Probe modes of the streaming route (benchmarks and tests; 0 = the real merge): bits of `probe`.
+// Probe modes of the streaming route (benchmarks only; 0 = the real merge): bits of `probe`.
 inline constexpr int probe_no_math = 1;    // the kernel's memory pipeline with ΔW = 0 (W rewritten unchanged)
 inline constexpr int probe_no_pdl = 2;     // plain launch after the pack kernel
 inline constexpr int probe_no_pack = 4;    // the kernel alone (operands as left in the workspace)
 inline constexpr int probe_no_kernel = 8;  // the pack kernel alone
 inline constexpr int probe_no_w_io = 16;   // the kernel without W's loads and stores (operands + math)
-inline constexpr int probe_packed = 128;   // strip kernel: Bcat packed even where the dense Bₜ could be read directly
-inline constexpr int probe_pf1 = 256;      // strip kernel: W loads 1 step ahead instead of 2
-inline constexpr int probe_cs = 512;       // strip kernel: W loads / stores with the evict-first (.cs) hint
-inline constexpr int probe_grid2 = 1024;   // strip kernel on 2 blocks (tests: long runs of steps per block)
-inline constexpr int probe_pf3 = 2048;     // strip kernel: W loads 3 steps ahead instead of 2
-inline constexpr int probe_l2pf = 4096;    // strip kernel: W also prefetched into L2 2 steps beyond the loads
-inline constexpr int probe_b_last = 8192;  // strip kernel: Bcat loads with an L2 evict-last policy
-inline constexpr int probe_no_ops = 16384; // strip kernel without Bcat fills and per-step barriers (ΔW wrong: benchmarks)
-inline constexpr int probe_mbar = 32768;   // strip kernel: the Bcat ring on full / empty mbarriers (no per-step __syncthreads)
-inline constexpr int probe_mi4 = 65536;    // strip kernel: 64-row steps (4 m16 blocks per warp), W loads 1 step ahead
-inline constexpr int probe_tile = 64;      // the shared-memory tile kernel (merge_stream.cuh)
-inline constexpr int probe_strip = 131072; // the strip kernel (merge_strip.cuh); implied by every strip-only bit below
-inline constexpr int probe_wsm = 262144;   // strip kernel: W in whole 512-byte rows through shared memory (ldmatrix / stmatrix)
-// The bits that select the strip kernel (merge_into takes the tile kernel).
-inline constexpr int strip_bits = probe_strip | probe_packed | probe_pf1 | probe_cs | probe_grid2 | probe_pf3 |
-                                  probe_l2pf | probe_b_last | probe_no_ops | probe_mbar | probe_mi4 | probe_wsm;
 
-// The strip kernel reads Bcat straight from the dense Bₜ when every Bₜ is dense with a rank that is a
-// multiple of 8 (8-element depth chunks, each from one source) and 16-byte aligned rows; else the tiled
-// pack writes Bcat (only) first.
+// The streaming-kernel route (requires stream_kernel_applies and a checked workspace).
 template <class T>
-bool strip_reads_b_directly(const std::vector<merge_source<T>>& sources) {
-  for (const auto& s : sources) {
-    if (s.B_dense.empty() || s.B_dense.cols() % 8 != 0 || s.B_dense.ld() % 8 != 0 ||
-        reinterpret_cast<std::uintptr_t>(s.B_dense.data()) % 16 != 0)
-      return false;
-  }
-  return true;
-}
-
-// The fp32 scale schedule of the strip kernel (one rounding of each ratio, see merge_strip.cuh).
-inline void segment_multipliers(const stream_layout& L, float* mul) {
-  for (std::size_t j = 0; j < L.seg_scale.size(); ++j)
-    mul[j] = j + 1 < L.seg_scale.size()
-                 ? static_cast<float>(static_cast<double>(L.seg_scale[j]) / static_cast<double>(L.seg_scale[j + 1]))
-                 : L.seg_scale[j];
-}
-
-// The tile kernel (lori/detail/merge_stream.cuh): tiled pack of Bcat and Acat, then W through a
-// shared-memory ring in 128 x 128 tiles.
-template <class T>
-void merge_tile_route(context& ctx, row_major_view<T> W, const std::vector<merge_source<T>>& sources,
-                      void* workspace, int probe) {
+void merge_stream_route(context& ctx, row_major_view<T> W, const std::vector<merge_source<T>>& sources,
+                        void* workspace, int probe = 0) {
   const index_t d = W.rows(), k = W.cols();
   const stream_layout L = make_stream_layout(sources);
   T* Bcat = static_cast<T*>(workspace);
   T* Acat = reinterpret_cast<T*>(static_cast<unsigned char*>(workspace) + stream_bcat_bytes<T>(d));
-  if ((probe & probe_no_pack) == 0) pack_all<T>(ctx, sources, d, k, L.kp, L.off, L.kp, false, false, true, Bcat, Acat, true);
+  if ((probe & probe_no_pack) == 0) pack_all<T>(ctx, sources, d, k, L.kp, L.off, L.kp, false, false, true, Bcat, Acat);
   if ((probe & probe_no_kernel) != 0) return;
   detail::merge_stream::params p{};
   p.W = W.data();
@@ -540,67 +494,13 @@ void merge_tile_route(context& ctx, row_major_view<T> W, const std::vector<merge
   p.ntc = static_cast<int>(detail::ceil_div(k, detail::merge_stream::bn));
   p.tiles = static_cast<int>(detail::ceil_div(d, detail::merge_stream::bm)) * p.ntc;
   p.seg_end = L.seg_end;
-  segment_multipliers(L, p.seg_mul);
+  for (std::size_t j = 0; j < L.seg_scale.size(); ++j)  // one rounding of each ratio (see merge_stream.cuh)
+    p.seg_mul[j] = j + 1 < L.seg_scale.size()
+                       ? static_cast<float>(static_cast<double>(L.seg_scale[j]) / static_cast<double>(L.seg_scale[j + 1]))
+                       : L.seg_scale[j];
   p.mode = ((probe & probe_no_math) == 0 ? detail::merge_stream::mode_math : 0) |
            ((probe & probe_no_w_io) == 0 ? detail::merge_stream::mode_w_io : 0);
   detail::merge_stream::launch<T>(p, ctx.sm_count(), ctx.stream(), (probe & probe_no_pdl) == 0);
-}
-
-// The streaming route (requires stream_kernel_applies and a checked workspace): the tile kernel, or with
-// any of strip_bits the strip kernel (lori/detail/merge_strip.cuh), after the Bcat pack where it cannot
-// read the dense Bₜ directly.
-template <class T>
-void merge_stream_route(context& ctx, row_major_view<T> W, const std::vector<merge_source<T>>& sources,
-                        void* workspace, int probe = 0) {
-  if ((probe & strip_bits) == 0 || (probe & probe_tile) != 0) {
-    merge_tile_route(ctx, W, sources, workspace, probe);
-    return;
-  }
-  namespace ms = detail::merge_strip;
-  const index_t d = W.rows(), k = W.cols();
-  const stream_layout L = make_stream_layout(sources);
-  const bool direct = (probe & probe_packed) == 0 && strip_reads_b_directly(sources);
-  T* Bcat = static_cast<T*>(workspace);
-  if (!direct && (probe & probe_no_pack) == 0)
-    pack_all<T>(ctx, sources, d, k, L.kp, L.off, L.kp, false, false, true, Bcat, nullptr);
-  if ((probe & probe_no_kernel) != 0) return;
-  ms::params p{};
-  p.W = W.data();
-  p.ldw = W.ld();
-  p.d = d;
-  p.k = k;
-  p.kp = static_cast<int>(L.kp);
-  p.a_vec = true;
-  for (std::size_t t = 0; t < sources.size(); ++t) {
-    const index_t off = L.off[t], r = source_rank(sources[t]);
-    p.a_vec = p.a_vec && sources[t].A.ld() % 8 == 0 && reinterpret_cast<std::uintptr_t>(sources[t].A.data()) % 16 == 0;
-    for (index_t j = 0; j < r; ++j) p.arow[off + j] = sources[t].A.data() + j * sources[t].A.ld();
-    if (direct)
-      for (index_t j = 0; j < r; j += 8) {
-        p.bptr[(off + j) / 8] = sources[t].B_dense.data() + j;
-        p.bld[(off + j) / 8] = sources[t].B_dense.ld();
-      }
-  }
-  if (!direct)
-    for (index_t q = 0; q < L.kp / 8; ++q) {
-      p.bptr[q] = Bcat + 8 * q;
-      p.bld[q] = ms::pitch;
-    }
-  const bool mi4 = (probe & probe_mi4) != 0;
-  p.nrs = detail::ceil_div(d, mi4 ? 64 : ms::srows);
-  p.steps = p.nrs * detail::ceil_div(k, ms::scols);
-  p.seg_end = L.seg_end;
-  segment_multipliers(L, p.seg_mul);
-  p.mode = ((probe & probe_no_math) == 0 ? ms::mode_math : 0) | ((probe & probe_no_w_io) == 0 ? ms::mode_w_io : 0) |
-           ((probe & probe_cs) != 0 ? ms::mode_cs : 0) | ((probe & probe_l2pf) != 0 ? ms::mode_l2pf : 0) |
-           ((probe & probe_b_last) != 0 ? ms::mode_b_last : 0) | ((probe & probe_no_ops) != 0 ? ms::mode_no_ops : 0) |
-           ((probe & probe_mbar) != 0 ? ms::mode_mbar : 0) | ((probe & probe_wsm) != 0 ? ms::mode_wsm : 0);
-  const bool pdl = !direct && (probe & probe_no_pdl) == 0;
-  const int sms = (probe & probe_grid2) != 0 ? 2 : ctx.sm_count();
-  if (mi4) ms::launch<T, 1, 4>(p, sms, ctx.stream(), pdl);
-  else if ((probe & probe_pf1) != 0) ms::launch<T, 1, 2>(p, sms, ctx.stream(), pdl);
-  else if ((probe & probe_pf3) != 0) ms::launch<T, 3, 2>(p, sms, ctx.stream(), pdl);
-  else ms::launch<T, 2, 2>(p, sms, ctx.stream(), pdl);
 }
 
 // The cuBLAS route (checked sources and workspace): one GEMM with beta = 1 over the packed operands.
@@ -637,9 +537,9 @@ std::size_t merge_workspace_bytes(index_t d, index_t k, const std::vector<merge_
   if (detail_merge::needs_split(sources)) R *= 2;
   std::size_t bytes = detail_merge::align256(static_cast<std::size_t>(d * R) * sizeof(T)) +
                       detail_merge::align256(static_cast<std::size_t>(R * k) * sizeof(T));
-  if constexpr (detail::is_16bit_v<T>) {  // the strip kernel's packed Bcat, when it may run
+  if constexpr (detail::is_16bit_v<T>) {  // the streaming kernel's padded layout, when it may run
     const index_t kp = detail_merge::make_stream_layout(sources).kp;
-    if (kp <= detail::merge_strip::max_kp) bytes = std::max(bytes, detail_merge::stream_workspace_bytes<T>(d, k));
+    if (kp <= detail::merge_stream::max_kp) bytes = std::max(bytes, detail_merge::stream_workspace_bytes<T>(d, k));
   }
   return bytes;
 }
