@@ -937,7 +937,7 @@ void BM_gpu_baseline_copy_w_kernel(benchmark::State& st) {
 // the copy kernel's speed (the memory floor of a merge kernel with that tile)?
 // STRIP: the lane mapping of an mma accumulator layout instead (32 x 256 tiles; warp w, lane (g, t4):
 // rows g + 8 v, the 16-byte chunk 4 w + t4: a warp instruction covers 8 rows x 64 bytes; session 5's
-// strip kernel, see docs/cuda.md).
+// register-streaming kernel, see docs/cuda.md).
 template <int TR, int TC, bool STRIP = false>
 __global__ void __launch_bounds__(256, 1) tile_copy_kernel(uint4* w, std::size_t ld16, std::size_t nrs, std::size_t tiles) {
   constexpr int per_row = TC / 8;  // 16-byte chunks per tile row
