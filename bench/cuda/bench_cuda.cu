@@ -930,6 +930,64 @@ void BM_gpu_baseline_copy_w_kernel(benchmark::State& st) {
   }, 4.0 * static_cast<double>(d * K));
   st.SetLabel(in_place ? "SM kernel, W rewritten in place" : "SM kernel, out of place");
 }
+// W rewritten in place by tiles of TR x TC elements (16 KB), the way a tiled merge kernel walks W: one
+// block of 256 threads per SM owns a contiguous run of tiles in strip-major order (down the rows of a
+// TC-wide column strip), every thread loads its 4 16-byte chunks of a tile (a warp: 512 contiguous
+// bytes) two tiles ahead into registers and stores them back. Which tile shape streams W in place at
+// the copy kernel's speed (the memory floor of a merge kernel with that tile)?
+// STRIP: the lane mapping of an mma accumulator layout instead (32 x 256 tiles; warp w, lane (g, t4):
+// rows g + 8 v, the 16-byte chunk 4 w + t4: a warp instruction covers 8 rows x 64 bytes; session 5's
+// register-streaming kernel, see docs/cuda.md).
+template <int TR, int TC, bool STRIP = false>
+__global__ void __launch_bounds__(256, 1) tile_copy_kernel(uint4* w, std::size_t ld16, std::size_t nrs, std::size_t tiles) {
+  constexpr int per_row = TC / 8;  // 16-byte chunks per tile row
+  const std::size_t t0 = blockIdx.x * tiles / gridDim.x, t1 = (blockIdx.x + 1) * tiles / gridDim.x;
+  const auto addr = [&](std::size_t t, int v) {
+    const int c = static_cast<int>(threadIdx.x) + 256 * v;
+    const int lane = static_cast<int>(threadIdx.x) & 31, warp = static_cast<int>(threadIdx.x) >> 5;
+    const int row = STRIP ? (lane >> 2) + 8 * v : c / per_row, chunk = STRIP ? 4 * warp + (lane & 3) : c % per_row;
+    const std::size_t strip = t / nrs, rs = t - strip * nrs;
+    return w + (rs * TR + static_cast<std::size_t>(row)) * ld16 + strip * per_row + static_cast<std::size_t>(chunk);
+  };
+  uint4 b[3][4];
+  for (std::size_t t = t0; t < t1; t += 3) {
+#pragma unroll
+    for (int u = 0; u < 3; ++u) {
+      if (t + u >= t1) break;
+      if (t == t0 && u == 0)
+#pragma unroll
+        for (int q = 0; q < 2; ++q)
+          if (t0 + q < t1)
+#pragma unroll
+            for (int v = 0; v < 4; ++v) b[q][v] = *addr(t0 + q, v);
+      if (t + u + 2 < t1)
+#pragma unroll
+        for (int v = 0; v < 4; ++v) b[(u + 2) % 3][v] = *addr(t + u + 2, v);
+#pragma unroll
+      for (int v = 0; v < 4; ++v) *addr(t + u, v) = b[u][v];
+    }
+  }
+}
+void BM_gpu_baseline_copy_w_tiles(benchmark::State& st) {
+  const index_t d = st.range(0);
+  const int shape = static_cast<int>(st.range(1));
+  device_buffer<bf16> w(d * K);
+  w.fill_bytes(1);
+  auto* p = reinterpret_cast<uint4*>(w.data());
+  const unsigned blocks = static_cast<unsigned>(ctx().sm_count());
+  const std::size_t ld16 = K / 8;
+  run_timed(st, [&] {
+    if (shape == 0) tile_copy_kernel<32, 256><<<blocks, 256, 0, ctx().stream()>>>(p, ld16, d / 32, (d / 32) * (K / 256));
+    else if (shape == 1) tile_copy_kernel<8, 1024><<<blocks, 256, 0, ctx().stream()>>>(p, ld16, d / 8, (d / 8) * (K / 1024));
+    else if (shape == 3) tile_copy_kernel<32, 256, true><<<blocks, 256, 0, ctx().stream()>>>(p, ld16, d / 32, (d / 32) * (K / 256));
+    else tile_copy_kernel<128, 64><<<blocks, 256, 0, ctx().stream()>>>(p, ld16, d / 128, (d / 128) * (K / 64));
+    LORI_CUDA_CHECK_LAUNCH();
+  }, 4.0 * static_cast<double>(d * K));
+  st.SetLabel(shape == 0   ? "W in place by 32 x 256 tiles"
+              : shape == 1 ? "W in place by 8 x 1024 tiles"
+              : shape == 3 ? "W in place by 32 x 256 tiles, mma accumulator lane mapping"
+                           : "W in place by 128 x 64 tiles");
+}
 // One cuBLAS GEMM (addmm) per adapter: W += s_t·B_t·A_t, reading and writing W T times.
 void BM_gpu_baseline_addmm_per_adapter(benchmark::State& st) {
   const index_t T = st.range(0), d = st.range(1);
@@ -946,9 +1004,10 @@ void BM_gpu_baseline_addmm_per_adapter(benchmark::State& st) {
   }, 4.0 * static_cast<double>(d * K), 2.0 * static_cast<double>(T * R) * static_cast<double>(d * K));
 }
 BENCHMARK(BM_gpu_merge)->Args({1, 14336, 1, 0})->Args({1, 14336, 0, 0})->Args({4, 14336, 1, 0})->Args({4, 14336, 0, 0})->Args({4, 14336, 0, 1})->Args({8, 14336, 0, 0})->Args({4, 4096, 1, 0})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
-BENCHMARK(BM_gpu_merge_probe)->Args({4, 14336, 0, 0, 2})->Args({4, 14336, 0, 0, 6})->Args({4, 14336, 0, 0, 7})->Args({4, 14336, 0, 0, 8})->Args({4, 14336, 0, 0, 22})->Args({4, 14336, 0, 0, 32})->Args({8, 14336, 0, 0, 32})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
+BENCHMARK(BM_gpu_merge_probe)->Args({4, 14336, 0, 0, 2})->Args({4, 14336, 0, 0, 6})->Args({4, 14336, 0, 0, 7})->Args({4, 14336, 0, 0, 8})->Args({4, 14336, 1, 0, 8})->Args({4, 14336, 0, 0, 22})->Args({4, 14336, 0, 0, 32})->Args({8, 14336, 0, 0, 32})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 BENCHMARK(BM_gpu_baseline_copy_w)->Arg(14336)->Arg(4096)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 BENCHMARK(BM_gpu_baseline_copy_w_kernel)->Args({14336, 0})->Args({14336, 1})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
+BENCHMARK(BM_gpu_baseline_copy_w_tiles)->Args({14336, 0})->Args({14336, 1})->Args({14336, 2})->Args({14336, 3})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 BENCHMARK(BM_gpu_baseline_addmm_per_adapter)->Args({1, 14336})->Args({4, 14336})->Args({4, 4096})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 
 }  // namespace

@@ -4,9 +4,9 @@
 # BUILD_DIR is configured (Release, CUDA, arch 90) with lori_test_gpu_ops and lori_bench_cuda built.
 # Runs the merge GPU test cases, compute-sanitizer memcheck + racecheck on the small-shape merge cases,
 # the merge benchmarks (probe parts of the streaming route) next to a copy of exactly W (cudaMemcpy and an
-# SM copy kernel) and a d2d copy, and Nsight Compute on the pack and streaming kernels; writes
-# OUT_DIR/merge.txt (< 200 lines).
-# Time limits (timeout): tests 18 s, memcheck 12 s, racecheck 12 s, benchmarks 24 s, ncu 12 s: <= 78 s.
+# SM copy kernel, in-place tile copies) and a d2d copy, and Nsight Compute on the pack and streaming kernels;
+# writes OUT_DIR/merge.txt (< 200 lines).
+# Time limits (timeout): tests 12 s, memcheck 12 s, racecheck 12 s, benchmarks 30 s, ncu 12 s: <= 78 s.
 set -uo pipefail
 B="${1:?BUILD_DIR}"
 O="${2:?OUT_DIR}"
@@ -19,7 +19,7 @@ b="$B/bench/cuda/lori_bench_cuda"
   nvidia-smi --query-gpu=name,clocks.max.sm --format=csv,noheader 2>/dev/null | head -1
   echo "== merge GPU tests (lori_test_gpu_ops -tc='*merge*')"
   s0=$(date +%s)
-  timeout 18 "$t" -tc='*merge*' 2>&1 | grep -vE "^\[doctest\] (doctest version|run with)" | tail -40 | cut -c1-300
+  timeout 12 "$t" -tc='*merge*' 2>&1 | grep -vE "^\[doctest\] (doctest version|run with)" | tail -40 | cut -c1-300
   echo "rc=${PIPESTATUS[0]} ($(( $(date +%s) - s0 )) s)"
   echo "== compute-sanitizer memcheck (merge, odd shapes: both routes)"
   timeout 12 compute-sanitizer --tool memcheck --report-api-errors no --error-exitcode 9 "$t" -tc='*merge*odd*' 2>&1 |
@@ -35,7 +35,7 @@ b="$B/bench/cuda/lori_bench_cuda"
   rm -f "$rc_log"
   echo "== benchmarks (median of 5; floor = BM_gpu_baseline_copy_w/14336, one copy of W)"
   echo "   probe bits: 1 no math, 2 no PDL, 4 no pack (kernel alone), 8 pack alone, 16 no W traffic"
-  timeout 24 stdbuf -oL "$b" --benchmark_filter='BM_gpu_(baseline_d2d_copy/234|baseline_copy_w/14336|baseline_copy_w_kernel/14336|merge/1/14336/0/0/|merge/4/14336|merge_probe/4/14336/0/0/(6|7|8|22)/)' \
+  timeout 30 stdbuf -oL "$b" --benchmark_filter='BM_gpu_(baseline_d2d_copy/234|baseline_copy_w/14336|baseline_copy_w_kernel/14336|merge/1/14336/0/0/|merge/4/14336/(0/0|1/0)/|merge_probe/4/14336/0/0/(6|7|8)/|merge_probe/4/14336/1/0/8/|baseline_copy_w_tiles/14336/(0|3))' \
     --benchmark_repetitions=5 --benchmark_report_aggregates_only=true 2>&1 | grep -E "_median|^BM|Run on|error|Error" |
     grep -v "_mean\|_stddev\|_cv" | sed -E 's/floor = one copy of W \(BM_gpu_baseline_copy_w\)//; s/min_time:0.100\///' | cut -c1-230 | head -40
   echo "rc=${PIPESTATUS[0]}"

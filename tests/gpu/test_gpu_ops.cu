@@ -1503,6 +1503,8 @@ TEST_CASE_TEMPLATE("merge_into: streaming kernel, odd shapes and its fallbacks, 
   // Scales 2^20 apart: the kernel's running rescale (acc *= s_j / s_j+1) at its widest common use.
   merge_case<T>(ctx, 100, 96, {8, 8, 8}, {false, true, false}, {std::ldexp(1.0, -12), std::ldexp(1.0, 8), -0.5}, g,
                 {0, false, 0, on});
+  // A sparse B_t of rank 72 (two mask words per row: the tiled pack's sparse chunks past the first word).
+  merge_case<T>(ctx, 90, 136, {72, 24}, {true, false}, {0.5, -1.0}, g, {0, false, 0, on});
   // Fallbacks: padded depth > 128 (208 over eight segments; 176 in one), a zero scale and scales 2^33
   // apart (cuBLAS), leading dimension k + 4, W one element into its buffer, depth 1104, k % 8 != 0.
   merge_case<T>(ctx, 150, 72, {5, 16, 17, 31, 32, 1, 40, 8}, {false, true, false, true, false, true, true, false},
@@ -1556,7 +1558,8 @@ TEST_CASE_TEMPLATE("merge_into: streaming kernel, tiled pack across launches and
 // 27-28 per block, so every ring slot's barrier phase wraps many times and each block crosses a band.
 // Checked against the double reference on sampled rows (every 61st, plus the first and last rows of
 // several bands), and everywhere for writes: W + delta equals W (bitwise) only where |delta| is below half
-// an ulp (~0.2 % of elements here), so a tile left unwritten (100 % unchanged) fails the per-tile check.
+// an ulp (~0.2 % of elements here), so a 32 x 32 block left unwritten (100 % unchanged) fails the
+// per-block check (finer than the 128 x 128 tile).
 TEST_CASE("merge_into: streaming kernel at 14336 x 4096 (27 tiles per block), sampled rows against the double reference") {
   using T = lori::bfloat16;
   LORI_TEST_SEED_INFO();
@@ -1623,13 +1626,13 @@ TEST_CASE("merge_into: streaming kernel at 14336 x 4096 (27 tiles per block), sa
   // Error model of the streaming kernel (see merge_case): the fp32-accumulation bound.
   LORI_CHECK_CLOSE(check_close<T>(got_rows, ref, l2, tc_slack<T>(), static_cast<double>(4 * r)));
   index_t bad_tiles = 0;
-  for (index_t b = 0; b < d / 128; ++b)
-    for (index_t ct = 0; ct < k / 128; ++ct) {
+  for (index_t b = 0; b < d / 32; ++b)
+    for (index_t ct = 0; ct < k / 32; ++ct) {
       index_t same = 0;
-      for (index_t i = b * 128; i < b * 128 + 128; ++i)
-        for (index_t c = ct * 128; c < ct * 128 + 128; ++c)
+      for (index_t i = b * 32; i < b * 32 + 32; ++i)
+        for (index_t c = ct * 32; c < ct * 32 + 32; ++c)
           same += std::memcmp(&got[static_cast<std::size_t>(i * k + c)], &w[static_cast<std::size_t>(i * k + c)], sizeof(T)) == 0;
-      bad_tiles += same > 128 * 128 / 2;
+      bad_tiles += same > 32 * 32 / 2;
     }
   CHECK(bad_tiles == 0);
 }

@@ -90,14 +90,21 @@ struct pack_source {
   index_t off, r;
 };
 
+// What both pack kernels are given: up to pack_max sources, the shape, the packed column range
+// [c_begin, c_end) of this launch, the outputs.
 template <class T>
-struct pack_args {
+struct pack_head {
   pack_source<T> src[pack_max];
   int count;
-  index_t d, k, R, c_begin, c_end;
-  bool split;  // 16-bit T with per-adapter scales: Bcat = [hi | lo], Acat = [A; A] (see merge_into)
+  index_t d, k, c_begin, c_end;
   T* Bcat;
   T* Acat;
+};
+
+template <class T>
+struct pack_args : pack_head<T> {
+  index_t R;
+  bool split;  // 16-bit T with per-adapter scales: Bcat = [hi | lo], Acat = [A; A] (see merge_into)
 };
 
 template <class T>
@@ -173,13 +180,8 @@ __global__ void pack_kernel(const __grid_constant__ pack_args<T> a) {
 // 22 µs for the 4.5 MB of a 4-adapter merge into 14336 x 4096: latency- and instruction-bound.)
 // Columns outside [c_begin, c_end) (another launch's sources) are never written.
 template <class T>
-struct tpack_args {
-  pack_source<T> src[pack_max];
-  int count;
-  index_t d, k, c_begin, c_end;
+struct tpack_args : pack_head<T> {
   int ch0, nch, lg_nch;  // Bcat chunks [ch0, ch0 + nch) of every row; 1 << lg_nch >= nch threads per row
-  T* Bcat;
-  T* Acat;
 };
 
 // The bits of Bₜ(i, j) (0 past its rank: the padding of a scale segment; 0 where a sparse Bₜ is not kept).
@@ -228,6 +230,23 @@ __device__ __forceinline__ tpack_chunk tpack_load(const tpack_args<T>& a, const 
     if (full && t0 >= 0 && srcs[t0].B != nullptr && col_src[col0 + 7] == t0 && col0 + 8 - srcs[t0].off <= srcs[t0].r &&
         (reinterpret_cast<std::uintptr_t>(srcs[t0].B + i * srcs[t0].ldb + (col0 - srcs[t0].off)) & 15u) == 0) {
       c.u.v = __ldg(reinterpret_cast<const uint4*>(srcs[t0].B + i * srcs[t0].ldb + (col0 - srcs[t0].off)));
+    } else if (full && t0 >= 0 && srcs[t0].B == nullptr && col_src[col0 + 7] == t0 && col0 + 8 - srcs[t0].off <= srcs[t0].r &&
+               ((col0 - srcs[t0].off) & 63) + 8 <= 64) {
+      // 8 columns of one sparse Bₜ within one mask word: the word and the row offset once, then the
+      // kept values (consecutive in the packed order) by rank.
+      const sparse_b_view<T>& S = srcs[t0].S;
+      const index_t j0 = col0 - srcs[t0].off;
+      const std::uint64_t* row = S.words + i * S.words_per_row;
+      const std::uint64_t word = row[j0 >> 6];
+      std::int32_t p0 = S.row_ptr[i];
+      for (index_t q = 0; q < (j0 >> 6); ++q) p0 += __popcll(row[q]);
+      const int b = static_cast<int>(j0 & 63);
+      p0 += __popcll(word & ((std::uint64_t{1} << b) - 1u));
+      const unsigned bits = static_cast<unsigned>(word >> b) & 0xffu;
+      const std::uint16_t* vals = reinterpret_cast<const std::uint16_t*>(S.values) + p0;
+#pragma unroll
+      for (int q = 0; q < 8; ++q)
+        if ((bits >> q) & 1u) c.u.x[q] = vals[__popc(bits & ((1u << q) - 1u))];
     } else {
 #pragma unroll
       for (int q = 0; q < 8; ++q) {
@@ -399,13 +418,11 @@ template <class T>
 void pack_all(context& ctx, const std::vector<merge_source<T>>& sources, index_t d, index_t k, index_t ldc,
               const std::vector<index_t>& off, index_t end, bool scaled, bool split, bool tiled, T* Bcat, T* Acat) {
   for (std::size_t first = 0; first < sources.size(); first += pack_max) {
-    pack_source<T> srcs[pack_max];
-    int count = 0;
+    pack_head<T> h{};  // the fields both pack kernels share
     std::size_t q = first;
     for (; q < sources.size() && q < first + pack_max; ++q) {
       const auto& src = sources[q];
-      auto& ps = srcs[count++];
-      ps = pack_source<T>{};
+      auto& ps = h.src[h.count++];
       ps.A = src.A.data();
       ps.lda = src.A.ld();
       const bool sparse = src.B_dense.empty();
@@ -416,23 +433,21 @@ void pack_all(context& ctx, const std::vector<merge_source<T>>& sources, index_t
       ps.off = off[q];
       ps.r = source_rank(src);
     }
-    const index_t c_begin = off[first], c_end = q < sources.size() ? off[q] : end;
-    const index_t w = c_end - c_begin;
+    h.d = d;
+    h.k = k;
+    h.c_begin = off[first];
+    h.c_end = q < sources.size() ? off[q] : end;
+    h.Bcat = Bcat;
+    h.Acat = Acat;
+    const index_t w = h.c_end - h.c_begin;
     if constexpr (sizeof(T) == 2) {
       if (tiled) {
         tpack_args<T> a{};
-        std::copy(srcs, srcs + count, a.src);
-        a.count = count;
-        a.d = d;
-        a.k = k;
-        a.c_begin = c_begin;
-        a.c_end = c_end;
-        a.ch0 = static_cast<int>(c_begin / 8);
-        a.nch = static_cast<int>(detail::ceil_div(c_end, 8) - c_begin / 8);
+        static_cast<pack_head<T>&>(a) = h;
+        a.ch0 = static_cast<int>(h.c_begin / 8);
+        a.nch = static_cast<int>(detail::ceil_div(h.c_end, 8) - h.c_begin / 8);
         a.lg_nch = 0;
         while ((1 << a.lg_nch) < a.nch) ++a.lg_nch;
-        a.Bcat = Bcat;
-        a.Acat = Acat;
         const index_t items = (d << a.lg_nch) + w * detail::ceil_div(k, 8);
         const index_t blocks = std::min<index_t>(detail::ceil_div(items, 256 * tpack_batch), index_t{16} * 1024);
         pack_tiled_kernel<T><<<detail::grid_dim(blocks), 256, 0, ctx.stream()>>>(a);
@@ -441,16 +456,9 @@ void pack_all(context& ctx, const std::vector<merge_source<T>>& sources, index_t
       }
     }
     pack_args<T> a{};
-    std::copy(srcs, srcs + count, a.src);
-    a.count = count;
-    a.d = d;
-    a.k = k;
+    static_cast<pack_head<T>&>(a) = h;
     a.R = ldc;
     a.split = split;
-    a.Bcat = Bcat;
-    a.Acat = Acat;
-    a.c_begin = c_begin;
-    a.c_end = c_end;
     const index_t items = d * detail::ceil_div(w, 8) + w * detail::ceil_div(k, 8);
     const index_t blocks = std::min<index_t>(detail::ceil_div(items, 256), index_t{8} * 1024);
     pack_kernel<T><<<detail::grid_dim(blocks), 256, 0, ctx.stream()>>>(a);

@@ -116,13 +116,14 @@ __device__ __forceinline__ float2 unpack2(std::uint32_t u) {
 }
 template <class T>
 __device__ __forceinline__ std::uint32_t pack2(float lo, float hi) {
+  // One cvt of both values (the first operand goes to the upper half), each rounded to nearest even.
+  std::uint32_t r;
   if constexpr (std::is_same_v<T, ::lori::bfloat16>) {
-    return static_cast<std::uint32_t>(__bfloat16_as_ushort(__float2bfloat16_rn(lo))) |
-           (static_cast<std::uint32_t>(__bfloat16_as_ushort(__float2bfloat16_rn(hi))) << 16);
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
   } else {
-    return static_cast<std::uint32_t>(__half_as_ushort(__float2half_rn(lo))) |
-           (static_cast<std::uint32_t>(__half_as_ushort(__float2half_rn(hi))) << 16);
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
   }
+  return r;
 }
 
 // W (d x k, 16-bit T, ldw % 8 == 0, 16-byte aligned, k % 8 == 0) += Bcat · diag(segment scales) · Acat.
