@@ -265,6 +265,14 @@ __device__ __forceinline__ unsigned long long calib_warp_sum64(unsigned long lon
   for (int o = 16; o >= 1; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;
 }
+// Suffix sums over the lanes of a full warp: lane l gets v's sum over lanes l to 31.
+__device__ __forceinline__ unsigned long long calib_warp_suffix_sum64(unsigned long long v, int lane) {
+  for (int o = 1; o < 32; o <<= 1) {
+    const unsigned long long t = __shfl_down_sync(0xffffffffu, v, o);
+    if (lane + o < 32) v += t;
+  }
+  return v;
+}
 
 // Resets the run's state: group states from their initial copies, histograms, globals and kept
 // counts to zero (bad_position to ~0). The workspace needs no initialisation by the caller.
@@ -320,6 +328,36 @@ __device__ __forceinline__ void calib_select_narrow(calib_group_state<Key>* gs, 
   }
 }
 
+// Value digit 0's first bin of the NaN/Inf keys (+Inf's key and above): MK is the magnitude_key of
+// the float type whose keys the bins count.
+template <class MK>
+constexpr int calib_inf_bin_of = static_cast<int>(MK::infinity >> calib_vshift(MK::bits, 0));
+template <class Key>
+constexpr int calib_inf_bin = calib_inf_bin_of<magnitude_key<std::conditional_t<sizeof(Key) == 4, float, double>>>;
+
+// What a select step (calib_select_group, calib_select_group_staged) reads of its group's state
+// for digit `pass` of the Mode 0 (value) or Mode 1 (tie) selection.
+struct calib_group_read {
+  int bins;                     // the digit's bins
+  bool live;                    // the selection is not finished and at digit `pass`
+  bool add_excluded;            // the excluded entries join bin 0 (value passes >= 1, prefix 0)
+  index_t remaining;            // rank still to find
+  unsigned long long excluded;  // excluded entries in the group (read with ld.global.cg)
+};
+template <class Key, int Mode>
+__device__ __forceinline__ calib_group_read calib_read_group(calib_group_state<Key>* gs, int pass) {
+  const radix_select_state<Key> vst = gs->value;
+  const radix_select_state<std::uint64_t> tst = gs->tie;
+  const int kbits = Mode == 0 ? vst.key_bits : tst.key_bits;
+  calib_group_read r;
+  r.live = Mode == 0 ? (!vst.finished() && vst.pass == pass) : (!tst.finished() && tst.pass == pass);
+  r.remaining = Mode == 0 ? vst.remaining : tst.remaining;
+  r.add_excluded = Mode == 0 && pass > 0 && vst.prefix == 0;
+  r.bins = 1 << (calib_high<Mode>(kbits, pass) - calib_shift<Mode>(kbits, pass));
+  r.excluded = __ldcg(&gs->excluded);
+  return r;
+}
+
 // Shared-memory address of p (for the cp.async, mbarrier and bulk-copy PTX).
 __device__ __forceinline__ unsigned calib_smem(const void* p) { return static_cast<unsigned>(__cvta_generic_to_shared(p)); }
 
@@ -335,22 +373,8 @@ __device__ __forceinline__ void calib_select_group_staged(calib_group_state<Key>
   constexpr int rows = MaxBins / Threads;
   static_assert(rows > 16 && rows <= 32, "calib_select_group_staged: 17 to 32 rows per warp");
   const int warp = static_cast<int>(threadIdx.x >> 5), lane = static_cast<int>(threadIdx.x & 31u);
-  int kbits = 0;
-  bool live = false, add_excluded = false;
-  index_t remaining = 0;
-  {
-    const radix_select_state<Key> vst = gs->value;
-    const radix_select_state<std::uint64_t> tst = gs->tie;
-    kbits = Mode == 0 ? vst.key_bits : tst.key_bits;
-    live = Mode == 0 ? (!vst.finished() && vst.pass == pass) : (!tst.finished() && tst.pass == pass);
-    remaining = Mode == 0 ? vst.remaining : tst.remaining;
-    add_excluded = Mode == 0 && pass > 0 && vst.prefix == 0;
-  }
-  const int bins = 1 << (calib_high<Mode>(kbits, pass) - calib_shift<Mode>(kbits, pass));
-  const unsigned long long excluded = __ldcg(&gs->excluded);
+  const auto [bins, live, add_excluded, remaining, excluded] = calib_read_group<Key, Mode>(gs, pass);
   const int base = (warps - 1 - warp) * rows * 32;
-  using V = std::conditional_t<sizeof(Key) == 4, float, double>;
-  constexpr auto inf_bin = static_cast<int>(magnitude_key<V>::infinity >> calib_vshift(magnitude_key<V>::bits, 0));
   // stage <- the digit's counters by asynchronous copies from L2 (16 bytes each, all in flight at
   // once, no registers), zeros above them; the excluded entries join bin 0 (see calib_select_group).
   for (int i = static_cast<int>(threadIdx.x); 2 * i < MaxBins; i += Threads) {
@@ -372,7 +396,7 @@ __device__ __forceinline__ void calib_select_group_staged(calib_group_state<Key>
     const int idx = base + 32 * k + lane;
     const unsigned long long c = stage[idx];
     sum += c;
-    if (Mode == 0 && pass == 0) bad |= idx >= inf_bin && c != 0;  // NaN/Inf entries (see calib_select_group)
+    if (Mode == 0 && pass == 0) bad |= idx >= calib_inf_bin<Key> && c != 0;  // NaN/Inf entries (see calib_select_group)
   }
   if (bad) globals->nonfinite = 1;
   const unsigned long long wsum = calib_warp_sum64(sum);
@@ -384,22 +408,14 @@ __device__ __forceinline__ void calib_select_group_staged(calib_group_state<Key>
     unsigned long long rsum = 0;  // lane j < rows: row j's total
     if (lane < rows)
       for (int i = 0; i < 32; ++i) rsum += stage[base + 32 * lane + ((i + lane) & 31)];
-    unsigned long long suffix = rsum;  // rows j and above
-    for (int o = 1; o < 32; o <<= 1) {
-      const unsigned long long t = __shfl_down_sync(0xffffffffu, suffix, o);
-      if (lane + o < 32) suffix += t;
-    }
+    const unsigned long long suffix = calib_warp_suffix_sum64(rsum, lane);  // rows j and above
     // Rows from the top: the rank is in the highest row j whose suffix reaches it (lane 0's suffix,
     // the warp's total, does).
     const unsigned int ok = __ballot_sync(0xffffffffu, static_cast<index_t>(above + suffix) >= remaining);
     const int row = 31 - __clz(static_cast<int>(ok));
     const unsigned long long row_above = above + __shfl_sync(0xffffffffu, suffix, row) - __shfl_sync(0xffffffffu, rsum, row);
     const unsigned long long rc = stage[base + 32 * row + lane];
-    unsigned long long lsuf = rc;  // keys in this row's bins from this lane's up
-    for (int o = 1; o < 32; o <<= 1) {
-      const unsigned long long t = __shfl_down_sync(0xffffffffu, lsuf, o);
-      if (lane + o < 32) lsuf += t;
-    }
+    const unsigned long long lsuf = calib_warp_suffix_sum64(rc, lane);  // keys in this row's bins from this lane's up
     const auto before = static_cast<index_t>(row_above + lsuf - rc), cnt = static_cast<index_t>(rc);
     if (ok != 0 && before < remaining && before + cnt >= remaining)
       calib_select_narrow<Key, Mode>(gs, globals, base + 32 * row + lane, before, cnt, excluded, pass, exact);
@@ -431,20 +447,7 @@ __device__ __forceinline__ void calib_select_group(calib_group_state<Key>* gs, u
   const int warp = static_cast<int>(threadIdx.x >> 5), lane = static_cast<int>(threadIdx.x & 31u);
   // Every thread reads the state before the barrier; only the one lane that finds the rank reads
   // it again and writes it afterwards, so no thread can see a half-updated state.
-  int kbits = 0;
-  bool live = false, add_excluded = false;
-  index_t remaining = 0;
-  {
-    const radix_select_state<Key> vst = gs->value;
-    const radix_select_state<std::uint64_t> tst = gs->tie;
-    kbits = Mode == 0 ? vst.key_bits : tst.key_bits;
-    live = Mode == 0 ? (!vst.finished() && vst.pass == pass) : (!tst.finished() && tst.pass == pass);
-    remaining = Mode == 0 ? vst.remaining : tst.remaining;
-    // Excluded entries join bin 0 in value passes >= 1 when the prefix is 0.
-    add_excluded = Mode == 0 && pass > 0 && vst.prefix == 0;
-  }
-  const int bins = 1 << (calib_high<Mode>(kbits, pass) - calib_shift<Mode>(kbits, pass));
-  const unsigned long long excluded = __ldcg(&gs->excluded);
+  const auto [bins, live, add_excluded, remaining, excluded] = calib_read_group<Key, Mode>(gs, pass);
   // Warp w owns bins [base, base + 32 rows), warp 0 the top ones; lane l holds column l: bins
   // base + 32 k + l (coalesced loads, all in flight at once).
   const int base = (warps - 1 - warp) * rows * 32;
@@ -457,11 +460,9 @@ __device__ __forceinline__ void calib_select_group(calib_group_state<Key>* gs, u
   }
   if (Mode == 0 && pass == 0) {
     // The top bins, from +Inf's key up, hold the NaN/Inf entries pass 0 saw.
-    using V = std::conditional_t<sizeof(Key) == 4, float, double>;
-    constexpr auto inf_bin = static_cast<int>(magnitude_key<V>::infinity >> calib_vshift(magnitude_key<V>::bits, 0));
     bool bad = false;
 #pragma unroll
-    for (int k = 0; k < rows; ++k) bad |= base + 32 * k + lane >= inf_bin && c[k] != 0;
+    for (int k = 0; k < rows; ++k) bad |= base + 32 * k + lane >= calib_inf_bin<Key> && c[k] != 0;
     if (bad) globals->nonfinite = 1;
   }
   const unsigned long long wsum = calib_warp_sum64(sum);
@@ -485,11 +486,7 @@ __device__ __forceinline__ void calib_select_group(calib_group_state<Key>* gs, u
         }
       }
     }
-    unsigned long long suffix = rc;  // keys in this row's bins from this lane's up
-    for (int o = 1; o < 32; o <<= 1) {
-      const unsigned long long t = __shfl_down_sync(0xffffffffu, suffix, o);
-      if (lane + o < 32) suffix += t;
-    }
+    const unsigned long long suffix = calib_warp_suffix_sum64(rc, lane);  // keys in this row's bins from this lane's up
     const auto before = static_cast<index_t>(row_above + suffix - rc), cnt = static_cast<index_t>(rc);
     if (row >= 0 && before < remaining && before + cnt >= remaining)
       calib_select_narrow<Key, Mode>(gs, globals, base + 32 * row + lane, before, cnt, excluded, pass, exact);
