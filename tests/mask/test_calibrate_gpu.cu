@@ -112,6 +112,19 @@ void compare_gpu_cpu(const std::vector<lori::calibration_tensor<T>>& ts, const l
   }
 }
 
+// compare_gpu_cpu at sparsity s, granularity gran, semantics sem and candidate capacity cap (the
+// options named in the failure messages).
+template <class T>
+void compare_one(const std::vector<lori::calibration_tensor<T>>& ts, double s, lori::mask_granularity gran, lori::mask_semantics sem,
+                 lori::index_t cap) {
+  INFO("s=" << s << " granularity=" << lori::to_string(gran) << " exact=" << (sem == lori::mask_semantics::exact) << " capacity=" << cap);
+  lori::calibration_options opt;
+  opt.sparsity = s;
+  opt.granularity = gran;
+  opt.semantics = sem;
+  compare_gpu_cpu(ts, opt, cap);
+}
+
 template <class T>
 void sweep(const lori_test::random_adapter_spec& spec, std::uint64_t salt, const std::vector<double>& sparsities) {
   LORI_TEST_SEED_INFO();
@@ -126,13 +139,7 @@ void sweep(const lori_test::random_adapter_spec& spec, std::uint64_t salt, const
       for (auto sem : all_semantics)
         for (lori::index_t cap : {lori::index_t{-1}, lori::index_t{0}, lori::index_t{37}}) {
           if (q && cap == 37) continue;
-          INFO("s=" << s << " granularity=" << lori::to_string(gran) << " exact=" << (sem == lori::mask_semantics::exact)
-                    << " capacity=" << cap);
-          lori::calibration_options opt;
-          opt.sparsity = s;
-          opt.granularity = gran;
-          opt.semantics = sem;
-          compare_gpu_cpu(a.tensors, opt, cap);
+          compare_one(a.tensors, s, gran, sem, cap);
         }
     }
   }
@@ -145,15 +152,7 @@ void compare_all(const std::vector<lori::calibration_tensor<T>>& ts, double s, c
   for (auto gran : all_granularities) {
     if (quick() && gran != lori::mask_granularity::model && gran != lori::mask_granularity::matrix) continue;
     for (auto sem : all_semantics)
-      for (lori::index_t cap : caps) {
-        INFO("s=" << s << " granularity=" << lori::to_string(gran) << " exact=" << (sem == lori::mask_semantics::exact)
-                  << " capacity=" << cap);
-        lori::calibration_options opt;
-        opt.sparsity = s;
-        opt.granularity = gran;
-        opt.semantics = sem;
-        compare_gpu_cpu(ts, opt, cap);
-      }
+      for (lori::index_t cap : caps) compare_one(ts, s, gran, sem, cap);
   }
 }
 
@@ -211,11 +210,7 @@ TEST_CASE("GPU calibration equals the CPU path on tensors spanning many tiles") 
     for (auto sem : all_semantics)
       for (lori::index_t cap : {lori::index_t{-1}, lori::index_t{0}}) {
         if (quick() && (gran != lori::mask_granularity::model || sem != lori::mask_semantics::reference || cap != -1)) continue;
-        lori::calibration_options opt;
-        opt.sparsity = 0.9;
-        opt.granularity = gran;
-        opt.semantics = sem;
-        compare_gpu_cpu(ts, opt, cap);
+        compare_one(ts, 0.9, gran, sem, cap);
       }
 }
 
@@ -431,15 +426,7 @@ TEST_CASE("GPU calibration equals the CPU path with folded selects and finish se
         for (auto sem : all_semantics)
           for (double s : {0.0, 0.5, 0.9, 1.0}) {
             if (quick() && (s != 0.9 || gran != lori::mask_granularity::model)) continue;
-            for (lori::index_t cap : caps) {
-              INFO("s=" << s << " granularity=" << lori::to_string(gran) << " exact=" << (sem == lori::mask_semantics::exact)
-                        << " capacity=" << cap);
-              lori::calibration_options opt;
-              opt.sparsity = s;
-              opt.granularity = gran;
-              opt.semantics = sem;
-              compare_gpu_cpu(ts, opt, cap);
-            }
+            for (lori::index_t cap : caps) compare_one(ts, s, gran, sem, cap);
           }
     }
   }
