@@ -9,14 +9,8 @@
 # two-GEMM baselines, launch configurations), adapter_expand and adapter_forward at 64, 4096, 16384
 # with baselines (the runs through adapter_project last), and compute-sanitizer memcheck/racecheck
 # on the small sanitizer case. Stays under ~80 s.
-set -uo pipefail
-B=${1:?build dir}
-OUT=${2:?out dir}
-mkdir -p "$OUT"
-log="$OUT/decode.txt"
-: > "$log"
-t0=$(date +%s)
-left() { echo $(( $1 - ($(date +%s) - t0) )); }
+. "$(dirname "${BASH_SOURCE[0]}")/check_common.sh"  # check_begin, left CAP [BUDGET], elapsed
+check_begin decode "$@"
 {
   nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader 2>&1 | head -2
   exe="$B/tests/gpu/lori_test_gpu_ops"
@@ -25,16 +19,15 @@ left() { echo $(( $1 - ($(date +%s) - t0) )); }
   for tc in '*decode and expand kernels: small*' '*adapter_forward_decode: n = 1..64*' '*back-to-back*' \
             '*adapter_expand: odd shapes*' '*adapter_forward routes*' '*adapter forward (decode*'; do
     n=$((n + 1))
-    l=$(left 24); [ $l -gt 8 ] && l=8
+    l=$(left 8 24)
     [ $l -lt 2 ] && { echo "test $tc: skipped (time)"; continue; }
     timeout $l "$exe" --test-case="$tc" > "$OUT/decode_test_$n.log" 2>&1
     echo "test $tc: rc=$? $(grep -E 'test cases' "$OUT/decode_test_$n.log" | tr -s ' ')"
     grep -E "ERROR|bad elements|exception|  [a-z_]+ := |LORI_TEST_SEED" "$OUT/decode_test_$n.log" | head -12
   done
   echo "== lori_bench_cuda (medians of 5; *_decode_loop*: time per call); most important first"
-  sb=$(command -v stdbuf >/dev/null && echo "stdbuf -oL" || true)
   bench() {  # label time-limit filter [budget: total seconds it may end by, default 66]
-    local l; l=$(left "${4:-66}"); [ $l -gt $2 ] && l=$2
+    local l; l=$(left "$2" "${4:-66}")
     [ $l -lt 4 ] && { echo "-- $1: skipped (time)"; return; }
     timeout $l $sb "$B/bench/cuda/lori_bench_cuda" --benchmark_filter="$3" --benchmark_repetitions=5 \
       --benchmark_report_aggregates_only=true > "$OUT/decode_bench_$1.log" 2>&1
@@ -47,10 +40,9 @@ left() { echo $(( $1 - ($(date +%s) - t0) )); }
   bench expand 6 'BM_gpu_(baseline_d2d_copy/64|adapter_expand/4096/)'
   bench routes 12 'BM_gpu_(adapter_forward/(64|4096|16384)/|baseline_lora_two_gemm/(64|4096|16384)/|adapter_forward_two_launch/64/|candidate_dense_route)' 70
   bench loop64 8 'BM_gpu_(adapter_forward_decode_loop(_overlap)?/64/|baseline_lora_two_gemm_decode_loop/64/)' 74
-  echo "elapsed: $(( $(date +%s) - t0 )) s"
-  cs=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+  echo "elapsed: $(elapsed) s"
   sanitize() {  # tool limit filter
-    local l; l=$(left 79); [ $l -gt $2 ] && l=$2
+    local l; l=$(left "$2" 79)
     [ $l -lt 3 ] && { echo "compute-sanitizer $1: skipped (time)"; return; }
     timeout $l "$cs" --tool $1 --report-api-errors no --error-exitcode 9 "$exe" --test-case="$3" > "$OUT/decode_sanitize_$1.log" 2>&1
     echo "compute-sanitizer $1 ($3, limit $l s): rc=$? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|test cases' "$OUT/decode_sanitize_$1.log" | tr '\n' ' ')"
@@ -58,6 +50,6 @@ left() { echo $(( $1 - ($(date +%s) - t0) )); }
   }
   sanitize memcheck 6 '*decode and expand kernels: small*'
   sanitize racecheck 8 '*decode and expand kernels: small*'
-  echo "total: $(( $(date +%s) - t0 )) s"
+  echo "total: $(elapsed) s"
 } >> "$log" 2>&1
 cat "$log"

@@ -10,18 +10,8 @@
 # medians of 5, in the default (memset) and the clean-L2 (LORI_BENCH_FLUSH=read) flush modes,
 # Nsight Compute (duration, DRAM throughput, occupancy, stalls) on the SDDMM kernels,
 # compute-sanitizer memcheck + racecheck on the small-shape SDDMM tests. Under 80 s.
-set -uo pipefail
-B=${1:?build dir}
-OUT=${2:?out dir}
-mkdir -p "$OUT"
-log="$OUT/gpu.txt"
-: > "$log"
-t0=$(date +%s)
-left() {  # seconds left of a 78 s budget, capped at $1
-  local l=$(( 78 - ($(date +%s) - t0) ))
-  [ "$l" -gt "$1" ] && l=$1
-  echo "$l"
-}
+. "$(dirname "${BASH_SOURCE[0]}")/check_common.sh"  # check_begin, left CAP (of a 78 s budget), elapsed
+check_begin gpu "$@"
 exe="$B/tests/gpu/lori_test_gpu_ops"
 bexe="$B/bench/cuda/lori_bench_cuda"
 tests() {  # label time-limit doctest-args...
@@ -41,7 +31,6 @@ tests() {  # label time-limit doctest-args...
   tests decode 8 --test-case='*decode*'
   tests ws16384 8 --test-case='*warp-specialised: n = 16384*'
   echo "== lori_bench_cuda (medians of 5, µs)"
-  sb=$(command -v stdbuf >/dev/null && echo "stdbuf -oL" || true)
   bench() {  # label time-limit filter [env]
     timeout "$(left "$2")" env ${4:-LORI_BENCH_FLUSH=memset} $sb "$bexe" --benchmark_filter="$3" --benchmark_repetitions=5 \
       --benchmark_report_aggregates_only=true > "$OUT/gpu_bench_$1.log" 2>&1
@@ -51,7 +40,7 @@ tests() {  # label time-limit doctest-args...
   bench sddmm 14 'BM_gpu_(baseline_d2d_copy/234|baseline_copy_w/14336|baseline_read/32|skinny_sddmm_ws/4096/8/(0|1|3|11)|grad_b_sddmm/4096|baseline_gemm_mask/4096)'
   bench sddmm_clean 12 'BM_gpu_(baseline_read/32|skinny_sddmm_ws/4096/8/(0|1|3)|grad_b_sddmm/4096|baseline_gemm_mask/4096)' LORI_BENCH_FLUSH=read
   bench launch_probes 6 'BM_gpu_(probe_smem_launch|probe_launch/)' LORI_BENCH_FLUSH=read
-  echo "elapsed before ncu: $(( $(date +%s) - t0 )) s"
+  echo "elapsed before ncu: $(elapsed) s"
   if command -v ncu >/dev/null; then
     for k in sddmm_ws_kernel; do
       filt="BM_gpu_skinny_sddmm_ws/4096/8/1"
@@ -67,7 +56,6 @@ tests() {  # label time-limit doctest-args...
   else
     echo "ncu: not found"
   fi
-  cs=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
   for tool in memcheck racecheck; do
     l=$(left 10)
     [ "$l" -lt 4 ] && { echo "compute-sanitizer $tool: skipped (time)"; continue; }
@@ -78,6 +66,6 @@ tests() {  # label time-limit doctest-args...
   done
   # The larger shapes, if time is left.
   [ "$(left 20)" -ge 6 ] && bench large 12 'BM_gpu_(skinny_sddmm_ws/16384/8/[013]|grad_b_sddmm/16384|baseline_gemm_mask/16384)'
-  echo "total: $(( $(date +%s) - t0 )) s"
+  echo "total: $(elapsed) s"
 } >> "$log" 2>&1
 cat "$log"

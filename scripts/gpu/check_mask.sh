@@ -4,22 +4,20 @@
 # and runs under a timeout cut to what is left of a 78 s budget.
 # Usage (repository root, GPU machine, BUILD configured and lori_test_mask_gpu / lori_bench_mask built):
 #   bash scripts/gpu/check_mask.sh BUILD OUT_DIR      -> OUT_DIR/mask.txt
-set -uo pipefail
-B="${1:?build dir}"; OUT="${2:?out dir}"; mkdir -p "$OUT"; F="$OUT/mask.txt"; : > "$F"
+. "$(dirname "${BASH_SOURCE[0]}")/check_common.sh"  # check_begin, left CAP (of a 78 s budget), elapsed
+check_begin mask "$@"
+F=$log
 log() { echo "$@" | tee -a "$F"; }
-t0=$(date +%s)
-# tl N: N seconds, or what is left of the budget if less (at least 1).
-tl() { local left=$(( 78 - ($(date +%s) - t0) )); [ "$1" -lt "$left" ] && echo "$1" || echo $(( left > 1 ? left : 1 )); }
 log "== mask check $(git rev-parse --short HEAD 2>/dev/null) $(date -u +%H:%M:%S)"
 nvidia-smi --query-gpu=name,clocks.max.sm --format=csv,noheader 2>&1 | head -1 | tee -a "$F"
-timeout "$(tl 30)" cmake --build "$B" -j14 --target lori_test_mask_gpu lori_bench_mask > "$OUT/mask_build.log" 2>&1 \
+timeout "$(left 30)" cmake --build "$B" -j14 --target lori_test_mask_gpu lori_bench_mask > "$OUT/mask_build.log" 2>&1 \
   || { log "build FAILED"; grep -E "error" "$OUT/mask_build.log" | head -20 | tee -a "$F"; }
 log "== ctest lori_test_mask_gpu"
-timeout "$(tl 25)" ctest --test-dir "$B" -R lori_test_mask_gpu --output-on-failure > "$OUT/mask_ctest.log" 2>&1
+timeout "$(left 25)" ctest --test-dir "$B" -R lori_test_mask_gpu --output-on-failure > "$OUT/mask_ctest.log" 2>&1
 log "ctest rc=$?"; grep -E "tests passed|Passed|Failed|ERROR|CHECK|differs|test cases|assertions" "$OUT/mask_ctest.log" | head -40 | tee -a "$F"
 bench=$(find "$B" -type f -name lori_bench_mask -perm -u+x | head -1)
 log "== lori_bench_mask BM_gpu (5 repetitions: mean and median; real_time = CUDA-event time)"
-timeout "$(tl 25)" "$bench" --benchmark_filter='BM_gpu' --benchmark_repetitions=5 --benchmark_report_aggregates_only=true \
+timeout "$(left 25)" "$bench" --benchmark_filter='BM_gpu' --benchmark_repetitions=5 --benchmark_report_aggregates_only=true \
   --benchmark_min_time=0.05 > "$OUT/mask_bench.log" 2>&1
 log "bench rc=$?"
 grep -E "^BM_|^Run|^-|Benchmark" "$OUT/mask_bench.log" | grep -v -E "_stddev|_cv|_mean" | head -60 | tee -a "$F"
@@ -30,7 +28,7 @@ grep -E "^BM_|^Run|^-|Benchmark" "$OUT/mask_bench.log" | grep -v -E "_stddev|_cv
 ncu_run() {
   local f=$1 c=$2 lg="$OUT/mask_ncu_${1//\//_}.log"
   log "== ncu BM_gpu_calibrate_$f (first $c calib_ kernels; raw metrics)"
-  timeout "$(tl "$3")" ncu --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+  timeout "$(left "$3")" ncu --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
     --metrics smsp__inst_executed.sum,dram__bytes_read.sum,dram__bytes_write.sum,lts__t_bytes.sum,lts__t_sector_hit_rate.pct \
     --page raw -k regex:calib_ -c "$c" "$bench" --benchmark_filter="BM_gpu_calibrate_$f/" \
     --benchmark_min_time=0.01 > "$lg" 2>&1
@@ -58,7 +56,7 @@ ncu_run() {
 exe=$(find "$B" -type f -name lori_test_mask_gpu -perm -u+x | head -1)
 sanitize() {
   local tool=$1 s; s=$(date +%s)
-  LORI_MASK_GPU_QUICK=1 timeout "$(tl "$2")" compute-sanitizer --tool "$tool" --report-api-errors no \
+  LORI_MASK_GPU_QUICK=1 timeout "$(left "$2")" "$cs" --tool "$tool" --report-api-errors no \
     --error-exitcode 9 "$exe" > "$OUT/mask_sanitize_$tool.log" 2>&1
   local rc=$?
   log "compute-sanitizer $tool (LORI_MASK_GPU_QUICK=1): rc=$rc $(( $(date +%s) - s )) s; $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|test cases' "$OUT/mask_sanitize_$tool.log" | tr '\n' ' ')"
@@ -71,7 +69,7 @@ sanitize memcheck 15
 ncu_warm() {
   command -v ncu > /dev/null || return 0
   log "== ncu --cache-control none: $1, first $2 calib_ kernels (us)"
-  timeout "$(tl 10)" ncu --cache-control none --metrics gpu__time_duration.sum -k regex:calib_ -c "$2" "$bench" \
+  timeout "$(left 10)" ncu --cache-control none --metrics gpu__time_duration.sum -k regex:calib_ -c "$2" "$bench" \
     --benchmark_filter="$1/" --benchmark_min_time=0.01 > "$OUT/mask_ncu_warm.log" 2>&1
   awk '/calib_[a-z0-9_]+</ { match($0, /calib_[a-z0-9_]+<[a-z, 0-9]*>/); k = substr($0, RSTART, RLENGTH); gsub(" ", "", k) }
     /gpu__time_duration.sum/ { printf "%s=%s ", k, $NF; tot += $NF } END { printf "sum=%.1f\n", tot }' "$OUT/mask_ncu_warm.log" | tee -a "$F"
@@ -87,9 +85,9 @@ ncu_warm BM_gpu_calibrate_llama3_8b_no_segments/0/0 6
 # and end relative to the run's first kernel (us); the last run of the benchmark's loop.
 if command -v nsys > /dev/null; then
   log "== nsys BM_gpu_calibrate_llama3_8b/0/0 timeline of the last run (start end, us from its first kernel)"
-  timeout "$(tl 15)" nsys profile -t cuda --sample=none --cpuctxsw=none -o "$OUT/mask_nsys" --force-overwrite true "$bench" \
+  timeout "$(left 15)" nsys profile -t cuda --sample=none --cpuctxsw=none -o "$OUT/mask_nsys" --force-overwrite true "$bench" \
     --benchmark_filter="BM_gpu_calibrate_llama3_8b/0/0/" --benchmark_min_time=0.01 > "$OUT/mask_nsys.log" 2>&1
-  timeout "$(tl 10)" nsys stats -q -r cuda_gpu_trace -f csv "$OUT/mask_nsys.nsys-rep" > "$OUT/mask_nsys.csv" 2>> "$OUT/mask_nsys.log"
+  timeout "$(left 10)" nsys stats -q -r cuda_gpu_trace -f csv "$OUT/mask_nsys.nsys-rep" > "$OUT/mask_nsys.csv" 2>> "$OUT/mask_nsys.log"
   # cuda_gpu_trace csv: Start (ns), Duration (ns), ..., Name. A run starts at calib_init.
   python3 - "$OUT/mask_nsys.csv" 2>&1 <<'PY' | tail -4 | tee -a "$F"
 import csv, re, sys
@@ -108,4 +106,4 @@ PY
   grep -q calib_ "$OUT/mask_nsys.csv" || tail -5 "$OUT/mask_nsys.log" | tee -a "$F"
 fi
 command -v ncu > /dev/null && ncu_run llama3_8b/0/0 6 16 12
-log "== done in $(( $(date +%s) - t0 )) s"
+log "== done in $(elapsed) s"
