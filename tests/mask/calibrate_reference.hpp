@@ -18,6 +18,12 @@
 
 namespace lori_test {
 
+// Every granularity and both semantics, for the tests' sweeps.
+inline constexpr lori::mask_granularity all_granularities[] = {lori::mask_granularity::model, lori::mask_granularity::layer,
+                                                               lori::mask_granularity::module, lori::mask_granularity::projection,
+                                                               lori::mask_granularity::matrix};
+inline constexpr lori::mask_semantics all_semantics[] = {lori::mask_semantics::reference, lori::mask_semantics::exact};
+
 struct ref_result {
   std::vector<lori::bitmask> masks;
   std::vector<double> thresholds;  // per group (+inf when k = 0)

@@ -16,10 +16,8 @@
 
 namespace {
 
-const lori::mask_granularity all_granularities[] = {lori::mask_granularity::model, lori::mask_granularity::layer,
-                                                    lori::mask_granularity::module, lori::mask_granularity::projection,
-                                                    lori::mask_granularity::matrix};
-const lori::mask_semantics all_semantics[] = {lori::mask_semantics::reference, lori::mask_semantics::exact};
+using lori_test::all_granularities;
+using lori_test::all_semantics;
 
 // Runs calibrate_mask and the naive reference on the same input and compares masks bit for bit,
 // thresholds exactly (both are the k-th largest |x| of the same finite values: no rounding), and the

@@ -28,10 +28,8 @@ bool quick() {
   return q != nullptr && q[0] != '\0' && q[0] != '0';
 }
 
-const lori::mask_granularity all_granularities[] = {lori::mask_granularity::model, lori::mask_granularity::layer,
-                                                    lori::mask_granularity::module, lori::mask_granularity::projection,
-                                                    lori::mask_granularity::matrix};
-const lori::mask_semantics all_semantics[] = {lori::mask_semantics::reference, lori::mask_semantics::exact};
+using lori_test::all_granularities;
+using lori_test::all_semantics;
 
 // Device copies of a host adapter: values (with their leading dimension, and the host pointer's
 // misalignment to 16 bytes, so unaligned views stay unaligned), exclusion words, outputs.
