@@ -122,7 +122,7 @@ void BM_gpu_generate_llama3_8b_r32_general_path(benchmark::State& state) {
   if (!have_device(state)) return;
   const lori::index_t n = llama_total();
   const llama_batch<float> batch(lori::projection_spec::gaussian());
-  time_events(state, [&] { lori::cuda::detail_proj::launch_projection_batch(batch.plan, batch.plan.blocks, nullptr, 0, 0); });
+  time_events(state, [&] { lori::cuda::detail_proj::launch_projection_batch(batch.plan, batch.plan.blocks, nullptr, 0); });
   state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * n);
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * n * static_cast<int64_t>(sizeof(float)));
   state.SetLabel("gaussian");
@@ -152,12 +152,11 @@ void BM_gpu_generate_tiny(benchmark::State& state) {
   time_events(state, [&] { lori::cuda::generate_projection_batch(plan); });
 }
 
-// The gaussian with other gaussian kernel configurations (detail::gaussian_cfg<K, MinBlocks,
-// DrainBlocks, Split>: row-path units per thread and window, blocks per SM, Philox blocks per lane
-// between block drains, two-round drains), same plan: float /0 = one round every 8 windows (the bf16
-// choice), bf16 /0 = two rounds every 4 windows (the float choice at bf16's two Philox blocks per lane
-// and window). The library's (detail::gaussian_cfg_lib<T>): float two rounds every 8 windows, bf16 one
-// round every 8 windows (BM_gpu_generate_llama3_8b_r32/1, _bf16/1).
+// The gaussian with other gaussian kernel configurations (detail::gaussian_cfg<K, MinBlocks, Claim>:
+// row-path units per thread and window, blocks per SM, ring entries waiting before a warp claims
+// them), same plan: /0 claims at 16 entries, /1 at 8, /2 two units per thread and window (float; bf16:
+// the library's configuration again). The library's (detail::gaussian_cfg_lib<T>: claims at 32):
+// BM_gpu_generate_llama3_8b_r32/1, _bf16/1.
 template <class T>
 void generate_llama_cfg(benchmark::State& state) {
   if (!have_device(state)) return;
@@ -170,10 +169,10 @@ void generate_llama_cfg(benchmark::State& state) {
     time_events(state, [&] { d::launch_projection_batch_cfg<C>(batch.plan, blocks, nullptr); });
     state.counters["blocks"] = static_cast<double>(blocks);
   };
-  if constexpr (std::is_same_v<T, float>) {
-    run(d::gaussian_cfg<1, 4, 8>{});
-  } else {
-    run(d::gaussian_cfg<1, 4, 8, 1>{});
+  switch (state.range(0)) {
+    case 0: run(d::gaussian_cfg<1, 4, 16>{}); break;
+    case 1: run(d::gaussian_cfg<1, 4, 8>{}); break;
+    default: run(d::gaussian_cfg<2, 4>{}); break;
   }
   state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * n);
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * n * static_cast<int64_t>(sizeof(T)));
@@ -231,7 +230,7 @@ BENCHMARK(BM_gpu_generate_llama3_8b_r32_bf16)->Arg(0)->Arg(1)->UseManualTime()->
 BENCHMARK(BM_gpu_generate_llama3_8b_r32_general_path)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_generate_llama3_8b_r32_x10)->Arg(0)->Arg(1)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_generate_tiny)->Arg(0)->Arg(1)->UseManualTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_gpu_generate_llama3_8b_r32_cfg)->Arg(0)->UseManualTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_gpu_generate_llama3_8b_r32_bf16_cfg)->Arg(0)->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_gpu_generate_llama3_8b_r32_cfg)->DenseRange(0, 2)->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_gpu_generate_llama3_8b_r32_bf16_cfg)->DenseRange(0, 2)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_generate_single_32x1245184)->Arg(0)->Arg(1)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_baseline_curand_normal)->UseManualTime()->Unit(benchmark::kMicrosecond);

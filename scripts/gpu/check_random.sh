@@ -31,12 +31,12 @@ t() { local rem=$((76 - SECONDS)); [ "$rem" -lt 1 ] && rem=1; [ "$1" -lt "$rem" 
   timeout $(t 8) ctest --test-dir "$B" -R 'lori_test_random' -E 'lori_test_random_gpu' --output-on-failure 2>&1 | grep -vE "^\s*$|Test project|Start " | tail -30
   if command -v compute-sanitizer > /dev/null; then
     gexe=$(find "$B" -type f -name lori_test_random_gpu -perm -u+x | head -1)
-    echo "== compute-sanitizer racecheck + memcheck: slow-path-list subset on 1-2 blocks ($(date -u +%T))"
-    timeout $(t 15) compute-sanitizer --tool racecheck --error-exitcode 9 "$gexe" -tc='gaussian slow-path lists*: small*,gaussian row path: small*' > "$OUT/racecheck.log" 2>&1
+    echo "== compute-sanitizer racecheck + memcheck: slow-path-ring subset on 1-2 blocks ($(date -u +%T))"
+    timeout $(t 15) compute-sanitizer --tool racecheck --error-exitcode 9 "$gexe" -tc='gaussian slow-path ring: small*,gaussian row path: small*' > "$OUT/racecheck.log" 2>&1
     rc=$?
     tail -3 "$OUT/racecheck.log"
     echo "racecheck rc=$rc (124 = timed out)"
-    timeout $(t 8) compute-sanitizer --tool memcheck --error-exitcode 9 "$gexe" -tc='gaussian slow-path lists*: small*,gaussian row path: small*' > "$OUT/memcheck.log" 2>&1
+    timeout $(t 8) compute-sanitizer --tool memcheck --error-exitcode 9 "$gexe" -tc='gaussian slow-path ring: small*,gaussian row path: small*' > "$OUT/memcheck.log" 2>&1
     rc=$?
     tail -3 "$OUT/memcheck.log"
     echo "memcheck rc=$rc (124 = timed out)"
