@@ -728,18 +728,7 @@ LORI_HOST_DEVICE LORI_FORCEINLINE philox_block philox_row(std::uint32_t q, const
     c2 = static_cast<std::uint32_t>(p0 >> 32) ^ rw.r2;
     c3 = static_cast<std::uint32_t>(p0);
   }
-#if defined(__CUDA_ARCH__)
-#pragma unroll
-#endif
-  for (int round = 3; round < 10; ++round) {
-    const std::uint64_t p0 = static_cast<std::uint64_t>(m0) * c0;
-    const std::uint64_t p1 = static_cast<std::uint64_t>(m1) * c2;
-    c0 = static_cast<std::uint32_t>(p1 >> 32) ^ c1 ^ e.rk.k0[round];
-    c1 = static_cast<std::uint32_t>(p1);
-    c2 = static_cast<std::uint32_t>(p0 >> 32) ^ c3 ^ e.rk.k1[round];
-    c3 = static_cast<std::uint32_t>(p0);
-  }
-  return philox_block{{c0, c1, c2, c3}};
+  return lori::detail::philox_rounds<3>(c0, c1, c2, c3, e.rk);  // rounds 3 .. 9
 }
 
 
