@@ -331,13 +331,16 @@ constexpr std::size_t gaussian_tables_bytes = (sizeof(uint2) + sizeof(lori::deta
 /// after each window, a warp that sees >= Claim published-but-unclaimed entries in the block's
 /// slow-path ring finishes up to 32 of them at a time, gaussian_ring_work). gaussian_cfg_lib<T> is the
 /// library's; launch_projection_batch_cfg runs others (benchmarks of alternatives in the same
-/// process), tests force Claim = 1 and 8.
-template <int KFloat, int MinBlocks, int Claim = 32>
+/// process), tests force Claim = 1 and 8. Diag = 1: a benchmark-only diagnostic with WRONG values
+/// (claimed ring entries are freed but not finished: the cost of the consumers' work), for checkpoint
+/// 1 of session 6 only.
+template <int KFloat, int MinBlocks, int Claim = 32, int Diag = 0>
 struct gaussian_cfg {
   static_assert(Claim >= 1 && Claim <= 32, "gaussian_cfg: claim threshold in 1..32");
   static constexpr int k_float = KFloat;
   static constexpr int min_blocks = MinBlocks;
   static constexpr unsigned claim = static_cast<unsigned>(Claim);
+  static constexpr int diag = Diag;
 };
 /// The library's configuration (session 6; 1 unit per window and 4 blocks per SM: session 4).
 template <class T>
@@ -550,7 +553,7 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_ring_work(const projection_entry<T>& 
       }
       const gaussian_slow_entry en = r.slot[s];
       st_release_block(&r.seq[s], pos + cap);  // after the reads (release)
-      gaussian_finish_block<T>(e, en);
+      if constexpr (C::diag == 0) gaussian_finish_block<T>(e, en);
     }
   }
 }
