@@ -152,11 +152,12 @@ void BM_gpu_generate_tiny(benchmark::State& state) {
   time_events(state, [&] { lori::cuda::generate_projection_batch(plan); });
 }
 
-// The gaussian with other gaussian kernel configurations (detail::gaussian_cfg<K, MinBlocks, Claim>:
-// row-path units per thread and window, blocks per SM, ring entries waiting before a warp claims
-// them), same plan: /0 claims at 16 entries, /1 at 8, /2 two units per thread and window (float; bf16:
-// the library's configuration again), /3 diagnostic (WRONG values, checkpoint 1 only): claimed entries
-// are not finished (the consumers' cost). The library's (detail::gaussian_cfg_lib<T>: claims at 32):
+// The gaussian with other gaussian kernel configurations (detail::gaussian_cfg<K, MinBlocks, Claim,
+// Split, Diag>: row-path units per thread and window, blocks per SM, ring entries waiting before a
+// warp claims them, first attempts with a second ring for the rest, diagnostic), same plan: /0 the
+// library's with Split flipped (float: one round; bf16: two), /1 claims at 16, /2 two units per thread
+// and window (float; bf16: = the library's), /3 diagnostic (WRONG values, checkpoint 1 only): claimed
+// entries are not finished (the consumers' cost). The library's (detail::gaussian_cfg_lib<T>):
 // BM_gpu_generate_llama3_8b_r32/1, _bf16/1.
 template <class T>
 void generate_llama_cfg(benchmark::State& state) {
@@ -170,11 +171,12 @@ void generate_llama_cfg(benchmark::State& state) {
     time_events(state, [&] { d::launch_projection_batch_cfg<C>(batch.plan, blocks, nullptr); });
     state.counters["blocks"] = static_cast<double>(blocks);
   };
+  constexpr int lib_split = d::gaussian_cfg_lib<T>::split ? 1 : 0;
   switch (state.range(0)) {
-    case 0: run(d::gaussian_cfg<1, 4, 16>{}); break;
-    case 1: run(d::gaussian_cfg<1, 4, 8>{}); break;
-    case 2: run(d::gaussian_cfg<2, 4>{}); break;
-    default: run(d::gaussian_cfg<1, 4, 32, 1>{}); break;
+    case 0: run(d::gaussian_cfg<1, 4, 32, 1 - lib_split>{}); break;
+    case 1: run(d::gaussian_cfg<1, 4, 16, lib_split>{}); break;
+    case 2: run(d::gaussian_cfg<2, 4, 32, lib_split>{}); break;
+    default: run(d::gaussian_cfg<1, 4, 32, lib_split, 1>{}); break;
   }
   state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * n);
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * n * static_cast<int64_t>(sizeof(T)));

@@ -365,23 +365,43 @@ std::size_t multi_attempt_elements(index_t rows, index_t cols, std::uint64_t see
 }
 
 // Configurations of the gaussian kernel's slow-path ring (detail::gaussian_ring) that force its
-// corner cases: the library's (a warp claims at 32 waiting entries), Claim = 1 (every entry is claimed
-// after the window that pushed it: claims of 1..32 entries, warps finishing other warps' entries while
-// those push, slots reused all the time) and Claim = 8 (partial claims mixed with full ones). (The
-// ring's capacity is derived from a bound, gaussian_ring_capacity: there is no overflow path to force.)
-enum class ring_cfg { lib, claim1, claim8 };
+// corner cases: the library's (a warp claims at 32 waiting entries; float and double with first
+// attempts and a second ring, bf16/fp16 in one round), Claim = 1 (every entry is claimed after the
+// window that pushed it: claims of 1..32 entries, warps finishing other warps' entries while those
+// push, slots reused all the time), Claim = 8 (partial claims mixed with full ones), and the library's
+// with the second ring flipped (on for bf16/fp16, off for float/double), at Claim = 32 and Claim = 1.
+// (The rings' capacities are derived from bounds, gaussian_ring_capacity: there is no overflow path.)
+enum class ring_cfg { lib, claim1, claim8, flip, flip_claim1 };
 namespace d = lori::cuda::detail_proj;
-using cfg_claim1 = d::gaussian_cfg<1, 4, 1>;
-using cfg_claim8 = d::gaussian_cfg<1, 4, 8>;
+template <class T>
+constexpr int lib_split = d::gaussian_cfg_lib<T>::split ? 1 : 0;
+template <class T>
+using cfg_claim1 = d::gaussian_cfg<1, 4, 1, lib_split<T>>;
+template <class T>
+using cfg_claim8 = d::gaussian_cfg<1, 4, 8, lib_split<T>>;
+template <class T>
+using cfg_flip = d::gaussian_cfg<1, 4, 32, 1 - lib_split<T>>;
+template <class T>
+using cfg_flip_claim1 = d::gaussian_cfg<1, 4, 1, 1 - lib_split<T>>;
 
-const char* ring_cfg_name(ring_cfg c) { return c == ring_cfg::lib ? "library" : c == ring_cfg::claim1 ? "claim 1" : "claim 8"; }
+const char* ring_cfg_name(ring_cfg c) {
+  switch (c) {
+    case ring_cfg::lib: return "library";
+    case ring_cfg::claim1: return "claim 1";
+    case ring_cfg::claim8: return "claim 8";
+    case ring_cfg::flip: return "second ring flipped";
+    default: return "second ring flipped, claim 1";
+  }
+}
 
 template <class T>
 void launch_batch_cfg(const lori::cuda::projection_batch_plan<T>& plan, index_t blocks, unsigned rows, ring_cfg c) {
   switch (c) {
     case ring_cfg::lib: d::launch_projection_batch<T>(plan, blocks, nullptr, rows); break;
-    case ring_cfg::claim1: d::launch_projection_batch<T, cfg_claim1>(plan, blocks, nullptr, rows); break;
-    case ring_cfg::claim8: d::launch_projection_batch<T, cfg_claim8>(plan, blocks, nullptr, rows); break;
+    case ring_cfg::claim1: d::launch_projection_batch<T, cfg_claim1<T>>(plan, blocks, nullptr, rows); break;
+    case ring_cfg::claim8: d::launch_projection_batch<T, cfg_claim8<T>>(plan, blocks, nullptr, rows); break;
+    case ring_cfg::flip: d::launch_projection_batch<T, cfg_flip<T>>(plan, blocks, nullptr, rows); break;
+    case ring_cfg::flip_claim1: d::launch_projection_batch<T, cfg_flip_claim1<T>>(plan, blocks, nullptr, rows); break;
   }
 }
 
@@ -391,8 +411,10 @@ void generate_blocks_cfg(lori::cuda::device_buffer<T>& buf, index_t rows, index_
   const auto out = buf.as_matrix(rows, cols);
   switch (c) {
     case ring_cfg::lib: d::generate_projection_blocks<T>(out, seed, stream, spec, blocks, nullptr); break;
-    case ring_cfg::claim1: d::generate_projection_blocks<T, cfg_claim1>(out, seed, stream, spec, blocks, nullptr); break;
-    case ring_cfg::claim8: d::generate_projection_blocks<T, cfg_claim8>(out, seed, stream, spec, blocks, nullptr); break;
+    case ring_cfg::claim1: d::generate_projection_blocks<T, cfg_claim1<T>>(out, seed, stream, spec, blocks, nullptr); break;
+    case ring_cfg::claim8: d::generate_projection_blocks<T, cfg_claim8<T>>(out, seed, stream, spec, blocks, nullptr); break;
+    case ring_cfg::flip: d::generate_projection_blocks<T, cfg_flip<T>>(out, seed, stream, spec, blocks, nullptr); break;
+    case ring_cfg::flip_claim1: d::generate_projection_blocks<T, cfg_flip_claim1<T>>(out, seed, stream, spec, blocks, nullptr); break;
   }
 }
 
@@ -479,13 +501,14 @@ std::size_t forced_grid_batch(std::uint64_t salt, int ntasks, index_t max_rows, 
 }
 
 // The launches of the forced-grid tests: 1, 2, 3, 7 blocks and the default grid with the library's
-// configuration, Claim = 1 and Claim = 8.
-const std::vector<forced_launch> kForcedGrids = {{1, ring_cfg::lib},    {2, ring_cfg::lib},     {3, ring_cfg::lib},    {7, ring_cfg::lib},
-                                                 {-1, ring_cfg::lib},   {1, ring_cfg::claim1},  {2, ring_cfg::claim1}, {3, ring_cfg::claim1},
-                                                 {7, ring_cfg::claim1}, {-1, ring_cfg::claim1}, {1, ring_cfg::claim8}, {3, ring_cfg::claim8},
-                                                 {-1, ring_cfg::claim8}};
+// configuration and with Claim = 1, Claim = 8 and the second ring flipped on some of them.
+const std::vector<forced_launch> kForcedGrids = {
+    {1, ring_cfg::lib},          {2, ring_cfg::lib},    {3, ring_cfg::lib},    {7, ring_cfg::lib},          {-1, ring_cfg::lib},
+    {1, ring_cfg::claim1},       {2, ring_cfg::claim1}, {7, ring_cfg::claim1}, {-1, ring_cfg::claim1},      {1, ring_cfg::claim8},
+    {3, ring_cfg::claim8},       {1, ring_cfg::flip},   {3, ring_cfg::flip},   {-1, ring_cfg::flip},        {1, ring_cfg::flip_claim1},
+    {2, ring_cfg::flip_claim1}};
 // Small subsets for compute-sanitizer (racecheck, memcheck).
-const std::vector<forced_launch> kSanitizerGrids = {{1, ring_cfg::lib}, {2, ring_cfg::claim1}, {1, ring_cfg::claim8}};
+const std::vector<forced_launch> kSanitizerGrids = {{1, ring_cfg::lib}, {2, ring_cfg::claim1}, {1, ring_cfg::flip}, {2, ring_cfg::flip_claim1}};
 }  // namespace
 
 TEST_CASE("gaussian slow-path ring: forced small grids, many tasks and sigmas, float and bf16") {
@@ -522,6 +545,7 @@ TEST_CASE("gaussian row path: aligned tasks on forced grids, every element type"
   grids.push_back({-1, ring_cfg::lib, 0});
   grids.push_back({2, ring_cfg::claim8, 0});
   grids.push_back({1, ring_cfg::claim1, 0});
+  grids.push_back({2, ring_cfg::flip, 0});
   std::size_t entries = 0, requeued = 0, resumed = 0;
   CHECK(forced_grid_batch<float>(210, 24, 9, 6144, grids, &entries, &requeued, &resumed, true) == 0);
   CHECK(entries > 8 * 64 * 4);
@@ -574,7 +598,7 @@ TEST_CASE("gaussian row path: one block walks a 640 x 6144 matrix (many claims m
   // start and end inside rows; 0: the default grid.
   forced_single_matrix(640, 6144, 4242, 17, 0.5,
                        {{1, ring_cfg::lib}, {3, ring_cfg::lib}, {0, ring_cfg::lib}, {1, ring_cfg::claim1}, {2, ring_cfg::claim1},
-                        {0, ring_cfg::claim8}},
+                        {0, ring_cfg::claim8}, {1, ring_cfg::flip}, {0, ring_cfg::flip}, {2, ring_cfg::flip_claim1}},
                        true);
 }
 
@@ -613,7 +637,7 @@ TEST_CASE("single matrix on forced grids: one block walks the whole matrix (fall
   // 550 units of 4: the general path, a row end inside a window).
   forced_single_matrix(2553, 2200, 99, 7, 1.0,
                        {{1, ring_cfg::lib}, {3, ring_cfg::lib}, {0, ring_cfg::lib}, {1, ring_cfg::claim1}, {3, ring_cfg::claim1},
-                        {0, ring_cfg::claim8}},
+                        {0, ring_cfg::claim8}, {1, ring_cfg::flip}, {3, ring_cfg::flip_claim1}},
                        true);
 }
 

@@ -331,20 +331,37 @@ constexpr std::size_t gaussian_tables_bytes = (sizeof(uint2) + sizeof(lori::deta
 /// after each window, a warp that sees >= Claim published-but-unclaimed entries in the block's
 /// slow-path ring finishes up to 32 of them at a time, gaussian_ring_work). gaussian_cfg_lib<T> is the
 /// library's; launch_projection_batch_cfg runs others (benchmarks of alternatives in the same
-/// process), tests force Claim = 1 and 8. Diag = 1: a benchmark-only diagnostic with WRONG values
-/// (claimed ring entries are freed but not finished: the cost of the consumers' work), for checkpoint
-/// 1 of session 6 only.
-template <int KFloat, int MinBlocks, int Claim = 32, int Diag = 0>
+/// process), tests force Claim = 1 and 8. Split = 1: claimed entries get only the first attempt of
+/// their lowest slow element if it is a wedge (the common case, no divergence); entries with work left
+/// go to a second ring whose entries are finished 32 at a time (gaussian_ring_work). Diag = 1: a
+/// benchmark-only diagnostic with WRONG values (claimed ring entries are freed but not finished: the
+/// cost of the consumers' work), for checkpoint 1 of session 6 only.
+template <int KFloat, int MinBlocks, int Claim = 32, int Split = 0, int Diag = 0>
 struct gaussian_cfg {
   static_assert(Claim >= 1 && Claim <= 32, "gaussian_cfg: claim threshold in 1..32");
   static constexpr int k_float = KFloat;
   static constexpr int min_blocks = MinBlocks;
   static constexpr unsigned claim = static_cast<unsigned>(Claim);
+  static constexpr bool split = Split != 0;
   static constexpr int diag = Diag;
 };
-/// The library's configuration (session 6; 1 unit per window and 4 blocks per SM: session 4).
+/// The library's configuration for element type T (session 6: claims at 32 entries; float and double
+/// with the second ring, bf16/fp16 without (its first ring is twice as large: 2 Philox blocks per
+/// lane and window); 1 unit per window and 4 blocks per SM: session 4).
 template <class T>
-using gaussian_cfg_lib = gaussian_cfg<1, 4>;
+struct gaussian_cfg_lib_of {
+  using type = gaussian_cfg<1, 4, 32, 1>;
+};
+template <>
+struct gaussian_cfg_lib_of<bfloat16> {
+  using type = gaussian_cfg<1, 4, 32, 0>;
+};
+template <>
+struct gaussian_cfg_lib_of<half> {
+  using type = gaussian_cfg<1, 4, 32, 0>;
+};
+template <class T>
+using gaussian_cfg_lib = typename gaussian_cfg_lib_of<T>::type;
 
 /// Thread units per window of the row path: C::k_float for float/double, 1 for bf16/fp16 (the library:
 /// 1, i.e. one Philox block per thread and window for float/double, two for bf16/fp16).
@@ -408,26 +425,45 @@ struct gaussian_ring {
 template <class T, class C>
 using gaussian_ring_of = gaussian_ring<gaussian_ring_capacity<T, C>>;
 
+/// Capacity of the second ring (C::split: entries with work left after their first attempt): pushed
+/// only by consumers, at most 32 per claim, and every warp checks it after each claim it processed
+/// (the same proof as gaussian_ring_capacity with 32 pushes per check): >= C::claim - 1 + 8 x 32.
+template <class C>
+constexpr unsigned gaussian_hard_capacity = pow2_ceil(C::claim - 1u + static_cast<unsigned>(projection_warps) * 32u);
+template <class C>
+using gaussian_hard_ring_of = gaussian_ring<gaussian_hard_capacity<C>>;
+
 template <class T, class C>
 LORI_DEVICE LORI_FORCEINLINE gaussian_ring_of<T, C>& gaussian_slow_ring() {
   extern __shared__ __align__(32) unsigned char projection_smem[];
   return *reinterpret_cast<gaussian_ring_of<T, C>*>(projection_smem + gaussian_tables_bytes);
 }
+/// The second ring (C::split), after the first.
+template <class T, class C>
+LORI_DEVICE LORI_FORCEINLINE gaussian_hard_ring_of<C>& gaussian_hard_ring() {
+  extern __shared__ __align__(32) unsigned char projection_smem[];
+  return *reinterpret_cast<gaussian_hard_ring_of<C>*>(projection_smem + gaussian_tables_bytes + sizeof(gaussian_ring_of<T, C>));
+}
 
 /// Dynamic shared memory of the gaussian kernel variant of configuration C: the two layer tables
-/// (6 KB) and the ring (36 bytes per entry).
+/// (6 KB) and the ring(s) (36 bytes per entry).
 template <class T, class C>
-constexpr std::size_t gaussian_smem_bytes = gaussian_tables_bytes + sizeof(gaussian_ring_of<T, C>);
+constexpr std::size_t gaussian_smem_bytes =
+    gaussian_tables_bytes + sizeof(gaussian_ring_of<T, C>) + (C::split ? sizeof(gaussian_hard_ring_of<C>) : std::size_t{0});
 
-/// The ring's state at the start of a block (every thread; a barrier follows).
-template <class T, class C>
-LORI_DEVICE LORI_FORCEINLINE void gaussian_ring_init() {
-  gaussian_ring_of<T, C>& r = gaussian_slow_ring<T, C>();
-  for (unsigned s = threadIdx.x; s < gaussian_ring_capacity<T, C>; s += projection_threads) r.seq[s] = s;
+template <unsigned Cap>
+LORI_DEVICE LORI_FORCEINLINE void gaussian_ring_init(gaussian_ring<Cap>& r) {
+  for (unsigned s = threadIdx.x; s < Cap; s += projection_threads) r.seq[s] = s;
   if (threadIdx.x == 0) {
     r.reserved = 0u;
     r.claimed = 0u;
   }
+}
+/// The rings' state at the start of a block (every thread; a barrier follows).
+template <class T, class C>
+LORI_DEVICE LORI_FORCEINLINE void gaussian_ring_init() {
+  gaussian_ring_init(gaussian_slow_ring<T, C>());
+  if constexpr (C::split) gaussian_ring_init(gaussian_hard_ring<T, C>());
 }
 
 /// Shared-memory word accesses with block-scope acquire / release semantics (the ring's slot states)
@@ -468,26 +504,47 @@ LORI_DEVICE LORI_FORCEINLINE void store_philox_block(const projection_entry<T>& 
   }
 }
 
-/// Finishes ring entry s by one lane: the fast elements of the block recomputed from its words (with the
-/// unscaled layer table and the task's sigma: rnd(W_L * sigma), the scaled table's value), each slow
-/// element (inside the row) through the whole slow path (lori::detail::gaussian_slow_attempt until it
-/// finishes: wedge or tail tests, further candidates, the bounded loop's fallback; slow blocks 0 and 1
-/// from the task's key schedule, block 1 only when needed), then ONE store of the block
-/// (store_philox_block): the fast path stored nothing of it.
+/// Bit t set when word t of a block's words fails the fast test and element 4q + t lies inside the row.
 template <class T>
-LORI_DEVICE LORI_FORCEINLINE void gaussian_finish_block(const projection_entry<T>& e, const gaussian_slow_entry& s) {
-  const std::uint32_t i = s.meta.x, q = s.meta.y, j0 = q * 4u;
-  const auto cols = static_cast<std::uint32_t>(e.cols);
-  const float sigma = e.params.scale;
+LORI_DEVICE LORI_FORCEINLINE unsigned gaussian_pending(const projection_entry<T>& e, const uint4& w, std::uint32_t q) {
+  const std::uint32_t j0 = q * 4u;
+  const auto cols = static_cast<std::uint32_t>(e.cols);  // < 2^31
   const lori::detail::zig_layer* layers = gaussian_layers();
-  float v[4];
   unsigned pending = 0u;
 #pragma unroll
   for (int t = 0; t < 4; ++t) {
-    const std::uint32_t w = word_of(s.words, t);
-    const lori::detail::zig_layer z = layers[w & 0xffu];
-    v[t] = lori::detail::zig_value(w, lori::detail::rnd_mul(z.w, sigma));
-    if (lori::detail::zig_mbits(w) >= z.k && j0 + static_cast<std::uint32_t>(t) < cols) pending |= 1u << t;
+    const std::uint32_t y = word_of(w, t);
+    if (lori::detail::zig_mbits(y) >= layers[y & 0xffu].k && j0 + static_cast<std::uint32_t>(t) < cols) pending |= 1u << t;
+  }
+  return pending;
+}
+
+/// w with word t replaced by x.
+LORI_DEVICE LORI_FORCEINLINE void set_word(uint4& w, int t, std::uint32_t x) {
+  w.x = t == 0 ? x : w.x;
+  w.y = t == 1 ? x : w.y;
+  w.z = t == 2 ? x : w.z;
+  w.w = t == 3 ? x : w.w;
+}
+
+/// Finishes Philox block q of row i by one lane: word t of w holds the value bits of element t where bit
+/// t of `done` is set, a candidate that failed the fast test where bit t of `pending` is set (the
+/// lowest of them with `pos` slow words consumed, the others fresh), the element's own word
+/// otherwise (a fast element: its value recomputed with the unscaled layer table and the task's sigma,
+/// rnd(W_L * sigma), the scaled table's value). Each pending element runs the whole slow path
+/// (lori::detail::gaussian_slow_attempt until it finishes: wedge or tail tests, further candidates,
+/// the bounded loop's fallback; slow blocks 0 and 1 from the task's key schedule, block 1 only when
+/// needed); then ONE store of the block (store_philox_block): the fast path stored nothing of it.
+template <class T>
+LORI_DEVICE LORI_FORCEINLINE void gaussian_finish_state(const projection_entry<T>& e, std::uint32_t i, std::uint32_t q, const uint4& w, unsigned pending,
+                                                        unsigned done, int pos) {
+  const float sigma = e.params.scale;
+  const lori::detail::zig_layer* layers = gaussian_layers();
+  float v[4];
+#pragma unroll
+  for (int t = 0; t < 4; ++t) {
+    const std::uint32_t y = word_of(w, t);
+    v[t] = ((done >> t) & 1u) != 0u ? bits_float(y) : lori::detail::zig_value(y, lori::detail::rnd_mul(layers[y & 0xffu].w, sigma));
   }
   while (pending != 0u) {
     const int t = __ffs(static_cast<int>(pending)) - 1;
@@ -504,79 +561,185 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_finish_block(const projection_entry<T
       }
       return lori::detail::block_word(b1, k - 4);
     };
-    lori::detail::zig_slow_state st{word_of(s.words, t), 0};
+    lori::detail::zig_slow_state st{word_of(w, t), pos};
     float x = 0.0f;
     while (!lori::detail::gaussian_slow_attempt(st, sigma, word, x, layers)) {
     }
 #pragma unroll
     for (int u = 0; u < 4; ++u) v[u] = u == t ? x : v[u];
     pending &= pending - 1u;
+    pos = 0;  // the next pending element starts fresh
   }
-  store_philox_block<T>(e, i, j0, v);
+  store_philox_block<T>(e, i, q * 4u, v);
 }
 
-/// Warp-collective: while at least `threshold` ring positions are reserved and unclaimed, claims up to
-/// 32 of them (lane 0: a CAS on `claimed`) and finishes them, lane l taking position c + l: wait until
-/// published, read, free the slot, gaussian_finish_block. Called after each window of a gaussian
-/// piece (threshold C::claim) and at the end of a piece (threshold 1). Inline at the window
-/// end, where the fast path's values are dead (a call would make the fast loop spill its uniform keys).
-template <class T, class C>
-LORI_DEVICE LORI_FORCEINLINE void gaussian_ring_work(const projection_entry<T>& e, unsigned threshold) {
-  gaussian_ring_of<T, C>& r = gaussian_slow_ring<T, C>();
-  constexpr unsigned cap = gaussian_ring_capacity<T, C>;
-  const unsigned lane = threadIdx.x & 31u;
-  for (;;) {
-    // A broadcast read first (no divergence when nothing is to claim, the common case); then lane 0.
-    // `claimed` is read first (acquire: the later read of `reserved` is not moved before it), so the
-    // difference never underestimates what is unclaimed (gaussian_ring_capacity's proof needs that).
-    const unsigned c0 = ld_acquire_block(&r.claimed);
-    if (__shfl_sync(0xffffffffu, ld_volatile(&r.reserved) - c0, 0) < threshold) return;
-    unsigned c = 0u, k = 0u;
-    if (lane == 0u) {
-      for (;;) {
-        c = ld_acquire_block(&r.claimed);
-        const unsigned avail = ld_volatile(&r.reserved) - c;  // reserved only grows: c + k <= reserved
-        if (avail < threshold) {
-          k = 0u;
-          break;
+/// The first round of a claimed entry s (C::split): its lowest slow element, if in a wedge (layer != 0;
+/// 98% of the slow elements), gets its first slow-path attempt with the words s0, s1 of slow block 0
+/// (lori::detail::gaussian_slow_attempt from pos 0: the wedge test with s0, then s1 as the next
+/// candidate and its fast test; same operations). If nothing is left the block is stored (~94% of the
+/// entries) and false returned; otherwise the state for gaussian_finish_state goes to (hw, hm) — words
+/// with a finished element's value bits or a rejected candidate's successor, meta {i, q, pos | pending
+/// << 8 | done << 12} — and true is returned.
+template <class T>
+LORI_DEVICE LORI_FORCEINLINE bool gaussian_first_round(const projection_entry<T>& e, const gaussian_slow_entry& s, uint4& hw, uint4& hm) {
+  const std::uint32_t i = s.meta.x, q = s.meta.y;
+  uint4 w = s.words;
+  unsigned pending = gaussian_pending(e, w, q), done = 0u, pos = 0u;
+  if (pending != 0u) {
+    const int t = __ffs(static_cast<int>(pending)) - 1;
+    const std::uint32_t y = word_of(w, t);
+    if ((y & 0xffu) != 0u) {  // a wedge (a tail element waits for the second round)
+      const lori::detail::zig_layer* layers = gaussian_layers();
+      const float sigma = e.params.scale;
+      const philox_block b0 =
+          lori::detail::philox4x32_10_scheduled(0x80000000u | q, (static_cast<std::uint32_t>(t) << 30) | i, e.stream0, e.stream1, e.rk);
+      const lori::detail::zig_layer z = layers[y & 0xffu];
+      const float m = bits_float(lori::detail::zig_mbits(y));
+      const float xu = lori::detail::rnd_fma(m, z.w, -z.w);
+      const float ee = lori::detail::exp_neg(lori::detail::rnd_mul(lori::detail::rnd_mul(xu, xu), -0.5f));
+      float x = 0.0f;
+      bool finished = true;
+      if (lori::detail::rnd_fma(uniform_float(b0.v[0]), z.d, z.f) < ee) {
+        x = lori::detail::zig_value(y, lori::detail::rnd_mul(z.w, sigma));
+      } else {
+        const std::uint32_t c1 = b0.v[1];  // the next candidate
+        const lori::detail::zig_layer z2 = layers[c1 & 0xffu];
+        if (lori::detail::zig_mbits(c1) < z2.k) {
+          x = lori::detail::zig_value(c1, lori::detail::rnd_mul(z2.w, sigma));
+        } else {
+          finished = false;
+          set_word(w, t, c1);  // it failed the fast test: the second round goes on from it
+          pos = 2u;            // s0, s1 consumed
         }
-        k = avail < 32u ? avail : 32u;
-        if (atomicCAS(&r.claimed, c, c + k) == c) break;
       }
-    }
-    k = __shfl_sync(0xffffffffu, k, 0);
-    if (k == 0u) return;
-    c = __shfl_sync(0xffffffffu, c, 0);
-    if (lane < k) {
-      const unsigned pos = c + lane, s = pos & (cap - 1u);
-      while (ld_acquire_block(&r.seq[s]) != pos + 1u) {
+      if (finished) {
+        set_word(w, t, float_bits(x));
+        done = 1u << t;
+        pending &= pending - 1u;
       }
-      const gaussian_slow_entry en = r.slot[s];
-      st_release_block(&r.seq[s], pos + cap);  // after the reads (release)
-      if constexpr (C::diag == 0) gaussian_finish_block<T>(e, en);
     }
   }
+  if (pending == 0u) {
+    gaussian_finish_state<T>(e, i, q, w, 0u, done, 0);
+    return false;
+  }
+  hw = w;
+  hm = make_uint4(i, q, pos | pending << 8 | done << 12, 0u);
+  return true;
 }
 
-/// Warp-collective: pushes Philox block q of row i (words b) into the ring from the lanes with `slow`
-/// (one atomicAdd per warp; see gaussian_ring for the protocol); lt = lanemask_lt().
-template <class T, class C>
-LORI_DEVICE LORI_FORCEINLINE void gaussian_ring_push(bool slow, const philox_block& b, std::uint32_t i, std::uint32_t q, unsigned lt) {
+/// Warp-collective: lane 0 claims up to 32 of the unclaimed positions of ring r if there are at least
+/// `threshold` (a CAS on `claimed`, retried while enough remain); returns their count k (0: none) and
+/// the first c, both warp-uniform. A broadcast read first (no divergence when there is nothing to
+/// claim, the common case). `claimed` is read before `reserved` (acquire: the later read is not moved
+/// before it), so the difference never underestimates what is unclaimed (the capacity proofs need that).
+template <unsigned Cap>
+LORI_DEVICE LORI_FORCEINLINE unsigned gaussian_ring_claim(gaussian_ring<Cap>& r, unsigned threshold, unsigned& c) {
+  const unsigned c0 = ld_acquire_block(&r.claimed);
+  if (__shfl_sync(0xffffffffu, ld_volatile(&r.reserved) - c0, 0) < threshold) return 0u;
+  unsigned k = 0u;
+  c = 0u;
+  if ((threadIdx.x & 31u) == 0u) {
+    for (;;) {
+      c = ld_acquire_block(&r.claimed);
+      const unsigned avail = ld_volatile(&r.reserved) - c;  // reserved only grows: c + k <= reserved
+      if (avail < threshold) {
+        k = 0u;
+        break;
+      }
+      k = avail < 32u ? avail : 32u;
+      if (atomicCAS(&r.claimed, c, c + k) == c) break;
+    }
+  }
+  k = __shfl_sync(0xffffffffu, k, 0);
+  c = __shfl_sync(0xffffffffu, c, 0);
+  return k;
+}
+
+/// The entry at claimed position pos of ring r (one lane): waits until it is published (normally
+/// already), reads it and frees its slot for position pos + Cap (st.release after the reads).
+template <unsigned Cap>
+LORI_DEVICE LORI_FORCEINLINE gaussian_slow_entry gaussian_ring_take(gaussian_ring<Cap>& r, unsigned pos) {
+  const unsigned s = pos & (Cap - 1u);
+  while (ld_acquire_block(&r.seq[s]) != pos + 1u) {
+  }
+  const gaussian_slow_entry en = r.slot[s];
+  st_release_block(&r.seq[s], pos + Cap);
+  return en;
+}
+
+/// Warp-collective: pushes {words, meta} into ring r from the lanes with `slow` (one atomicAdd per warp;
+/// see gaussian_ring for the protocol); lt = lanemask_lt().
+template <unsigned Cap>
+LORI_DEVICE LORI_FORCEINLINE void gaussian_ring_put(gaussian_ring<Cap>& r, bool slow, const uint4& words, const uint4& meta, unsigned lt) {
   const unsigned ballot = __ballot_sync(0xffffffffu, slow);
   if (ballot == 0u) return;
-  gaussian_ring_of<T, C>& r = gaussian_slow_ring<T, C>();
-  constexpr unsigned cap = gaussian_ring_capacity<T, C>;
   unsigned base = 0u;
   if ((threadIdx.x & 31u) == 0u) base = atomicAdd(&r.reserved, static_cast<unsigned>(__popc(ballot)));
   base = __shfl_sync(0xffffffffu, base, 0);
   if (slow) {
-    const unsigned pos = base + static_cast<unsigned>(__popc(ballot & lt)), s = pos & (cap - 1u);
+    const unsigned pos = base + static_cast<unsigned>(__popc(ballot & lt)), s = pos & (Cap - 1u);
     while (ld_acquire_block(&r.seq[s]) != pos) {  // its previous occupant (claimed) was read: normally long ago
     }
-    r.slot[s].words = make_uint4(b.v[0], b.v[1], b.v[2], b.v[3]);
-    r.slot[s].meta = make_uint4(i, q, 0u, 0u);
+    r.slot[s].words = words;
+    r.slot[s].meta = meta;
     st_release_block(&r.seq[s], pos + 1u);  // publish (after the entry's stores)
   }
+}
+
+/// Warp-collective: while at least `threshold` entries of the block's ring are reserved and unclaimed,
+/// claims up to 32 of them and finishes them, lane l taking position c + l (gaussian_finish_state;
+/// with C::split only the first round, gaussian_first_round, the entries with work left going to the
+/// second ring, which the warp then works off the same way after each claim). Called after each
+/// window of a gaussian piece (threshold C::claim) and at the end of a piece (threshold 1). Inline at
+/// the window end, where the fast path's values are dead (a call would make the fast loop spill its
+/// uniform keys).
+template <class T, class C>
+LORI_DEVICE LORI_FORCEINLINE void gaussian_ring_work(const projection_entry<T>& e, unsigned threshold) {
+  gaussian_ring_of<T, C>& r = gaussian_slow_ring<T, C>();
+  const unsigned lane = threadIdx.x & 31u;
+  auto hard_work = [&] {
+    if constexpr (C::split) {
+      gaussian_hard_ring_of<C>& h = gaussian_hard_ring<T, C>();
+      for (;;) {
+        unsigned c = 0u;
+        const unsigned k = gaussian_ring_claim(h, threshold, c);
+        if (k == 0u) break;
+        if (lane < k) {
+          const gaussian_slow_entry en = gaussian_ring_take(h, c + lane);
+          gaussian_finish_state<T>(e, en.meta.x, en.meta.y, en.words, (en.meta.z >> 8) & 0xfu, en.meta.z >> 12, static_cast<int>(en.meta.z & 0xffu));
+        }
+      }
+    }
+  };
+  for (;;) {
+    unsigned c = 0u;
+    const unsigned k = gaussian_ring_claim(r, threshold, c);
+    if (k == 0u) break;
+    if constexpr (C::split) {
+      bool hard = false;
+      uint4 hw = make_uint4(0u, 0u, 0u, 0u), hm = hw;
+      if (lane < k) {
+        const gaussian_slow_entry en = gaussian_ring_take(r, c + lane);
+        if constexpr (C::diag == 0) hard = gaussian_first_round<T>(e, en, hw, hm);
+      }
+      gaussian_ring_put(gaussian_hard_ring<T, C>(), hard, hw, hm, lanemask_lt());
+      hard_work();
+    } else {
+      if (lane < k) {
+        const gaussian_slow_entry en = gaussian_ring_take(r, c + lane);
+        if constexpr (C::diag == 0) gaussian_finish_state<T>(e, en.meta.x, en.meta.y, en.words, gaussian_pending(e, en.words, en.meta.y), 0u, 0);
+      }
+    }
+  }
+  hard_work();
+}
+
+/// Warp-collective: pushes Philox block q of row i (words b) into the block's ring from the lanes with
+/// `slow`; lt = lanemask_lt().
+template <class T, class C>
+LORI_DEVICE LORI_FORCEINLINE void gaussian_ring_push(bool slow, const philox_block& b, std::uint32_t i, std::uint32_t q, unsigned lt) {
+  gaussian_ring_put(gaussian_slow_ring<T, C>(), slow, make_uint4(b.v[0], b.v[1], b.v[2], b.v[3]), make_uint4(i, q, 0u, 0u), lt);
 }
 
 /// Every entry left in the ring at the end of a gaussian piece (block-uniform call): a barrier (every
@@ -1148,7 +1311,11 @@ void launch_projection_batch(const projection_batch_plan<T>& plan, index_t block
   const projection_split split =
       make_projection_split(plan.units, blocks, plan.has_gaussian ? gaussian_row_window<T, C> : 0, rows);
   if (plan.has_gaussian) {
-    projection_kernel<T, true, projection_batch_source<T>, C><<<static_cast<unsigned>(blocks), projection_threads, gaussian_smem_bytes<T, C>, stream>>>(src, split);
+    const auto kernel = projection_kernel<T, true, projection_batch_source<T>, C>;
+    // The library's kernel was configured by prepare_projection_batch; others (tests) here (more than
+    // 48 KB of shared memory for some).
+    if constexpr (!std::is_same_v<C, gaussian_cfg_lib<T>>) configure_projection_kernel(kernel, gaussian_smem_bytes<T, C>);
+    kernel<<<static_cast<unsigned>(blocks), projection_threads, gaussian_smem_bytes<T, C>, stream>>>(src, split);
   } else {
     projection_kernel<T, false><<<static_cast<unsigned>(blocks), projection_threads, 0, stream>>>(src, split);
   }
