@@ -24,7 +24,7 @@ t() { local rem=$((76 - SECONDS)); [ "$rem" -lt 1 ] && rem=1; [ "$1" -lt "$rem" 
   kill "$smi_pid" 2> /dev/null
   echo "  nvidia-smi during the benchmarks (sm MHz, W, C): $(awk -F', *' 'NF>=3 {n++; c+=$1; p+=$2; if (n==1||$1<cmin) cmin=$1; if ($1>cmax) cmax=$1; if ($2>pmax) pmax=$2; if ($3>tmax) tmax=$3} END {if (n) printf "%d samples, clock min %d avg %.0f max %d, power avg %.0f max %.0f, temp max %d", n, cmin, c/n, cmax, p/n, pmax, tmax}' "$OUT/smi.log")"
   echo "== ctest -R lori_test_random_gpu ($(date -u +%T))"
-  timeout $(t 15) ctest --test-dir "$B" -R 'lori_test_random_gpu' --output-on-failure 2>&1 | grep -vE "^\s*$|Test project|Start " | tail -30
+  timeout $(t 20) ctest --test-dir "$B" -R 'lori_test_random_gpu' --output-on-failure 2>&1 | grep -vE "^\s*$|Test project|Start " | tail -30
   wait "$build_pid"
   echo "== CPU test build: $(tail -1 "$OUT/random_build.log"); grep error:"; grep -E "error" "$OUT/random_build.log" | head -10
   echo "== ctest -R lori_test_random ($(date -u +%T))"
@@ -44,7 +44,7 @@ t() { local rem=$((76 - SECONDS)); [ "$rem" -lt 1 ] && rem=1; [ "$1" -lt "$rem" 
   if command -v ncu > /dev/null; then
     # Clocks as in the benchmarks (no clock control, no cache flush): the duration to compare.
     echo "== ncu --clock-control none --cache-control none: gaussian (float) ($(date -u +%T))"
-    for f in "BM_gpu_generate_llama3_8b_r32/1/"; do
+    for f in "BM_gpu_generate_llama3_8b_r32/1/" "BM_gpu_generate_llama3_8b_r32_bf16/1/"; do
       timeout $(t 6) ncu --clock-control none --cache-control none --section SpeedOfLight -k "regex:projection_kernel" -c 2 "$exe" \
         --benchmark_filter="$f" --benchmark_min_time=0.01 2>&1 | grep -E "Duration|SM Frequency|DRAM Throughput" | tail -3 | sed "s|^|  $f |"
     done

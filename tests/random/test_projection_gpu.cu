@@ -75,11 +75,10 @@ std::uint64_t poison_bits() {
 }
 
 // Compares a downloaded rows x cols (leading dimension ld) region at `offset` of `host` with the CPU
-// projection; padding columns [cols, ld) and everything outside must still be poison. Returns mismatches.
+// projection a (rows x cols, cpu_projection); padding columns [cols, ld) must still be poison. Returns
+// mismatches.
 template <class T>
-std::size_t compare(const std::vector<T>& host, index_t offset, index_t rows, index_t cols, index_t ld, std::uint64_t seed,
-                    std::uint64_t stream, const projection_spec& spec) {
-  const auto a = cpu_projection(rows, cols, seed, stream, spec);
+std::size_t compare_to(const std::vector<T>& host, index_t offset, index_t rows, index_t cols, index_t ld, const std::vector<float>& a) {
   std::size_t bad = 0;
   for (index_t i = 0; i < rows; ++i) {
     for (index_t j = 0; j < ld; ++j) {
@@ -88,6 +87,13 @@ std::size_t compare(const std::vector<T>& host, index_t offset, index_t rows, in
     }
   }
   return bad;
+}
+
+// compare_to with the CPU projection computed here.
+template <class T>
+std::size_t compare(const std::vector<T>& host, index_t offset, index_t rows, index_t cols, index_t ld, std::uint64_t seed,
+                    std::uint64_t stream, const projection_spec& spec) {
+  return compare_to(host, offset, rows, cols, ld, cpu_projection(rows, cols, seed, stream, spec));
 }
 
 template <class T>
@@ -478,6 +484,8 @@ std::size_t forced_grid_batch(std::uint64_t salt, int ntasks, index_t max_rows, 
   const std::size_t ws_bytes = lori::cuda::projection_batch_workspace_bytes(static_cast<index_t>(tasks.size()));
   lori::cuda::device_buffer<unsigned char> ws(static_cast<index_t>(ws_bytes));
   const auto plan = lori::cuda::prepare_projection_batch(tasks.data(), static_cast<index_t>(tasks.size()), ws.data(), ws_bytes);
+  std::vector<std::vector<float>> refs;  // the CPU projections, computed once for all launches
+  for (const auto& p : items) refs.push_back(cpu_projection(p.rows, p.cols, p.seed, p.stream, p.spec));
   std::size_t bad = 0;
   for (const forced_launch& l : launches) {
     CAPTURE(l.blocks);
@@ -489,8 +497,9 @@ std::size_t forced_grid_batch(std::uint64_t salt, int ntasks, index_t max_rows, 
     const auto host = buf.download();
     index_t prev_end = 0;
     std::size_t bad_launch = 0;
-    for (const auto& p : items) {
-      bad_launch += compare(host, p.offset, p.rows, p.cols, p.ld, p.seed, p.stream, p.spec);
+    for (std::size_t it = 0; it < items.size(); ++it) {
+      const placed& p = items[it];
+      bad_launch += compare_to(host, p.offset, p.rows, p.cols, p.ld, refs[it]);
       for (index_t t = prev_end; t < p.offset; ++t) bad_launch += bits_of(host[static_cast<std::size_t>(t)]) != poison_bits<T>();
       prev_end = p.offset + p.rows * p.ld;
     }
