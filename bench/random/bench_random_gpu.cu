@@ -156,8 +156,9 @@ void BM_gpu_generate_tiny(benchmark::State& state) {
 // Split, Diag>: row-path units per thread and window, blocks per SM, ring entries waiting before a
 // warp claims them, first attempts with a second ring for the rest, diagnostic), same plan: /0 the
 // library's with Split flipped (float: one round; bf16: two), /1 claims at 16, /2 two units per thread
-// and window (float; bf16: = the library's), /3 diagnostic (WRONG values, checkpoint 1 only): claimed
-// entries are not finished (the consumers' cost). The library's (detail::gaussian_cfg_lib<T>):
+// and window (float; bf16: = the library's), /3-/5 diagnostics (WRONG values, checkpoint 1 only):
+// claimed entries are not finished (the consumers' cost); also no release fence in the pushes; no
+// pushes at all (slow blocks not stored). The library's (detail::gaussian_cfg_lib<T>):
 // BM_gpu_generate_llama3_8b_r32/1, _bf16/1.
 template <class T>
 void generate_llama_cfg(benchmark::State& state) {
@@ -176,7 +177,9 @@ void generate_llama_cfg(benchmark::State& state) {
     case 0: run(d::gaussian_cfg<1, 4, 32, 1 - lib_split>{}); break;
     case 1: run(d::gaussian_cfg<1, 4, 16, lib_split>{}); break;
     case 2: run(d::gaussian_cfg<2, 4, 32, lib_split>{}); break;
-    default: run(d::gaussian_cfg<1, 4, 32, lib_split, 1>{}); break;
+    case 3: run(d::gaussian_cfg<1, 4, 32, lib_split, 1>{}); break;
+    case 4: run(d::gaussian_cfg<1, 4, 32, lib_split, 2>{}); break;
+    default: run(d::gaussian_cfg<1, 4, 32, lib_split, 3>{}); break;
   }
   state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * n);
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * n * static_cast<int64_t>(sizeof(T)));
@@ -234,7 +237,7 @@ BENCHMARK(BM_gpu_generate_llama3_8b_r32_bf16)->Arg(0)->Arg(1)->UseManualTime()->
 BENCHMARK(BM_gpu_generate_llama3_8b_r32_general_path)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_generate_llama3_8b_r32_x10)->Arg(0)->Arg(1)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_generate_tiny)->Arg(0)->Arg(1)->UseManualTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_gpu_generate_llama3_8b_r32_cfg)->DenseRange(0, 3)->UseManualTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_gpu_generate_llama3_8b_r32_bf16_cfg)->DenseRange(0, 3)->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_gpu_generate_llama3_8b_r32_cfg)->DenseRange(0, 5)->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_gpu_generate_llama3_8b_r32_bf16_cfg)->DenseRange(0, 5)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_generate_single_32x1245184)->Arg(0)->Arg(1)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_baseline_curand_normal)->UseManualTime()->Unit(benchmark::kMicrosecond);

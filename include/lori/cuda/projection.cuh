@@ -333,9 +333,10 @@ constexpr std::size_t gaussian_tables_bytes = (sizeof(uint2) + sizeof(lori::deta
 /// library's; launch_projection_batch_cfg runs others (benchmarks of alternatives in the same
 /// process), tests force Claim = 1 and 8. Split = 1: claimed entries get only the first attempt of
 /// their lowest slow element if it is a wedge (the common case, no divergence); entries with work left
-/// go to a second ring whose entries are finished 32 at a time (gaussian_ring_work). Diag = 1: a
-/// benchmark-only diagnostic with WRONG values (claimed ring entries are freed but not finished: the
-/// cost of the consumers' work), for checkpoint 1 of session 6 only.
+/// go to a second ring whose entries are finished 32 at a time (gaussian_ring_work). Diag: benchmark-
+/// only diagnostics with WRONG values, for checkpoint 1 of session 6 only: 1 = claimed ring entries
+/// are freed but not finished (the consumers' cost), 2 = as 1 and the pushes publish without the
+/// release fence (the MEMBAR's cost), 3 = no pushes at all (slow blocks are simply not stored).
 template <int KFloat, int MinBlocks, int Claim = 32, int Split = 0, int Diag = 0>
 struct gaussian_cfg {
   static_assert(Claim >= 1 && Claim <= 32, "gaussian_cfg: claim threshold in 1..32");
@@ -670,7 +671,7 @@ LORI_DEVICE LORI_FORCEINLINE gaussian_slow_entry gaussian_ring_take(gaussian_rin
 
 /// Warp-collective: pushes {words, meta} into ring r from the lanes with `slow` (one atomicAdd per warp;
 /// see gaussian_ring for the protocol); lt = lanemask_lt().
-template <unsigned Cap>
+template <bool Fence = true, unsigned Cap>
 LORI_DEVICE LORI_FORCEINLINE void gaussian_ring_put(gaussian_ring<Cap>& r, bool slow, const uint4& words, const uint4& meta, unsigned lt) {
   const unsigned ballot = __ballot_sync(0xffffffffu, slow);
   if (ballot == 0u) return;
@@ -683,7 +684,11 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_ring_put(gaussian_ring<Cap>& r, bool 
     }
     r.slot[s].words = words;
     r.slot[s].meta = meta;
-    st_release_block(&r.seq[s], pos + 1u);  // publish (after the entry's stores)
+    if constexpr (Fence) {
+      st_release_block(&r.seq[s], pos + 1u);  // publish (after the entry's stores)
+    } else {
+      *static_cast<volatile unsigned*>(&r.seq[s]) = pos + 1u;
+    }
   }
 }
 
@@ -722,6 +727,7 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_ring_work(const projection_entry<T>& 
       if (lane < k) {
         const gaussian_slow_entry en = gaussian_ring_take(r, c + lane);
         if constexpr (C::diag == 0) hard = gaussian_first_round<T>(e, en, hw, hm);
+        if constexpr (C::diag != 0) (void)en;
       }
       gaussian_ring_put(gaussian_hard_ring<T, C>(), hard, hw, hm, lanemask_lt());
       hard_work();
@@ -729,6 +735,7 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_ring_work(const projection_entry<T>& 
       if (lane < k) {
         const gaussian_slow_entry en = gaussian_ring_take(r, c + lane);
         if constexpr (C::diag == 0) gaussian_finish_state<T>(e, en.meta.x, en.meta.y, en.words, gaussian_pending(e, en.words, en.meta.y), 0u, 0);
+        if constexpr (C::diag != 0) (void)en;
       }
     }
   }
@@ -739,7 +746,8 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_ring_work(const projection_entry<T>& 
 /// `slow`; lt = lanemask_lt().
 template <class T, class C>
 LORI_DEVICE LORI_FORCEINLINE void gaussian_ring_push(bool slow, const philox_block& b, std::uint32_t i, std::uint32_t q, unsigned lt) {
-  gaussian_ring_put(gaussian_slow_ring<T, C>(), slow, make_uint4(b.v[0], b.v[1], b.v[2], b.v[3]), make_uint4(i, q, 0u, 0u), lt);
+  if constexpr (C::diag != 3)
+    gaussian_ring_put<C::diag != 2>(gaussian_slow_ring<T, C>(), slow, make_uint4(b.v[0], b.v[1], b.v[2], b.v[3]), make_uint4(i, q, 0u, 0u), lt);
 }
 
 /// Every entry left in the ring at the end of a gaussian piece (block-uniform call): a barrier (every
