@@ -467,15 +467,23 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_ring_init() {
   if constexpr (C::split) gaussian_ring_init(gaussian_hard_ring<T, C>());
 }
 
-/// Shared-memory word accesses with block-scope acquire / release semantics (the ring's slot states)
-/// and a plain volatile read (its counters, compared before an atomic).
+/// Shared-memory word accesses with block-scope acquire / release semantics: the counters' reads
+/// (ld.acquire), and the slot states' reads and writes as atomics (atom.acquire.or 0, atom.release.exch:
+/// read-modify-writes, so that compute-sanitizer's racecheck sees the synchronisation), and a plain
+/// volatile read (the counters, compared before an atomic).
 LORI_DEVICE LORI_FORCEINLINE unsigned ld_acquire_block(const unsigned* p) {
   unsigned v;
   asm volatile("ld.acquire.cta.shared.u32 %0, [%1];" : "=r"(v) : "r"(static_cast<unsigned>(__cvta_generic_to_shared(p))) : "memory");
   return v;
 }
+LORI_DEVICE LORI_FORCEINLINE unsigned atom_acquire_block(unsigned* p) {
+  unsigned v;
+  asm volatile("atom.acquire.cta.shared.or.b32 %0, [%1], 0;" : "=r"(v) : "r"(static_cast<unsigned>(__cvta_generic_to_shared(p))) : "memory");
+  return v;
+}
 LORI_DEVICE LORI_FORCEINLINE void st_release_block(unsigned* p, unsigned v) {
-  asm volatile("st.release.cta.shared.u32 [%0], %1;" ::"r"(static_cast<unsigned>(__cvta_generic_to_shared(p))), "r"(v) : "memory");
+  asm volatile("{\n\t.reg .b32 old;\n\tatom.release.cta.shared.exch.b32 old, [%0], %1;\n\t}" ::"r"(static_cast<unsigned>(__cvta_generic_to_shared(p))), "r"(v)
+               : "memory");
 }
 LORI_DEVICE LORI_FORCEINLINE unsigned ld_volatile(const unsigned* p) { return *static_cast<const volatile unsigned*>(p); }
 
@@ -662,7 +670,7 @@ LORI_DEVICE LORI_FORCEINLINE unsigned gaussian_ring_claim(gaussian_ring<Cap>& r,
 template <unsigned Cap>
 LORI_DEVICE LORI_FORCEINLINE gaussian_slow_entry gaussian_ring_take(gaussian_ring<Cap>& r, unsigned pos) {
   const unsigned s = pos & (Cap - 1u);
-  while (ld_acquire_block(&r.seq[s]) != pos + 1u) {
+  while (atom_acquire_block(&r.seq[s]) != pos + 1u) {
   }
   const gaussian_slow_entry en = r.slot[s];
   st_release_block(&r.seq[s], pos + Cap);
@@ -680,7 +688,7 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_ring_put(gaussian_ring<Cap>& r, bool 
   base = __shfl_sync(0xffffffffu, base, 0);
   if (slow) {
     const unsigned pos = base + static_cast<unsigned>(__popc(ballot & lt)), s = pos & (Cap - 1u);
-    while (ld_acquire_block(&r.seq[s]) != pos) {  // its previous occupant (claimed) was read: normally long ago
+    while (atom_acquire_block(&r.seq[s]) != pos) {  // its previous occupant (claimed) was read: normally long ago
     }
     r.slot[s].words = words;
     r.slot[s].meta = meta;
