@@ -75,10 +75,11 @@ std::uint64_t poison_bits() {
 }
 
 // Compares a downloaded rows x cols (leading dimension ld) region at `offset` of `host` with the CPU
-// projection a (rows x cols, cpu_projection); padding columns [cols, ld) must still be poison. Returns
-// mismatches.
+// projection; padding columns [cols, ld) and everything outside must still be poison. Returns mismatches.
 template <class T>
-std::size_t compare_to(const std::vector<T>& host, index_t offset, index_t rows, index_t cols, index_t ld, const std::vector<float>& a) {
+std::size_t compare(const std::vector<T>& host, index_t offset, index_t rows, index_t cols, index_t ld, std::uint64_t seed,
+                    std::uint64_t stream, const projection_spec& spec) {
+  const auto a = cpu_projection(rows, cols, seed, stream, spec);
   std::size_t bad = 0;
   for (index_t i = 0; i < rows; ++i) {
     for (index_t j = 0; j < ld; ++j) {
@@ -87,13 +88,6 @@ std::size_t compare_to(const std::vector<T>& host, index_t offset, index_t rows,
     }
   }
   return bad;
-}
-
-// compare_to with the CPU projection computed here.
-template <class T>
-std::size_t compare(const std::vector<T>& host, index_t offset, index_t rows, index_t cols, index_t ld, std::uint64_t seed,
-                    std::uint64_t stream, const projection_spec& spec) {
-  return compare_to(host, offset, rows, cols, ld, cpu_projection(rows, cols, seed, stream, spec));
 }
 
 template <class T>
@@ -370,77 +364,25 @@ std::size_t multi_attempt_elements(index_t rows, index_t cols, std::uint64_t see
   return n;
 }
 
-// Configurations of the gaussian kernel's slow-path ring (detail::gaussian_ring) that force its
-// corner cases: the library's (a warp claims at 32 waiting entries; float and double with first
-// attempts and a second ring, bf16/fp16 in one round), Claim = 1 (every entry is claimed after the
-// window that pushed it: claims of 1..32 entries, warps finishing other warps' entries while those
-// push, slots reused all the time), Claim = 8 (partial claims mixed with full ones), and the library's
-// with the second ring flipped (on for bf16/fp16, off for float/double), at Claim = 32 and Claim = 1.
-// (The rings' capacities are derived from bounds, gaussian_ring_capacity: there is no overflow path.)
-enum class ring_cfg { lib, claim1, claim8, flip, flip_claim1 };
-namespace d = lori::cuda::detail_proj;
-template <class T>
-constexpr int lib_split = d::gaussian_cfg_lib<T>::split ? 1 : 0;
-template <class T>
-using cfg_claim1 = d::gaussian_cfg<1, 4, 1, lib_split<T>>;
-template <class T>
-using cfg_claim8 = d::gaussian_cfg<1, 4, 8, lib_split<T>>;
-template <class T>
-using cfg_flip = d::gaussian_cfg<1, 4, 32, 1 - lib_split<T>>;
-template <class T>
-using cfg_flip_claim1 = d::gaussian_cfg<1, 4, 1, 1 - lib_split<T>>;
-
-const char* ring_cfg_name(ring_cfg c) {
-  switch (c) {
-    case ring_cfg::lib: return "library";
-    case ring_cfg::claim1: return "claim 1";
-    case ring_cfg::claim8: return "claim 8";
-    case ring_cfg::flip: return "second ring flipped";
-    default: return "second ring flipped, claim 1";
-  }
-}
-
-template <class T>
-void launch_batch_cfg(const lori::cuda::projection_batch_plan<T>& plan, index_t blocks, unsigned rows, ring_cfg c) {
-  switch (c) {
-    case ring_cfg::lib: d::launch_projection_batch<T>(plan, blocks, nullptr, rows); break;
-    case ring_cfg::claim1: d::launch_projection_batch<T, cfg_claim1<T>>(plan, blocks, nullptr, rows); break;
-    case ring_cfg::claim8: d::launch_projection_batch<T, cfg_claim8<T>>(plan, blocks, nullptr, rows); break;
-    case ring_cfg::flip: d::launch_projection_batch<T, cfg_flip<T>>(plan, blocks, nullptr, rows); break;
-    case ring_cfg::flip_claim1: d::launch_projection_batch<T, cfg_flip_claim1<T>>(plan, blocks, nullptr, rows); break;
-  }
-}
-
-template <class T>
-void generate_blocks_cfg(lori::cuda::device_buffer<T>& buf, index_t rows, index_t cols, std::uint64_t seed, std::uint64_t stream,
-                         const projection_spec& spec, index_t blocks, ring_cfg c) {
-  const auto out = buf.as_matrix(rows, cols);
-  switch (c) {
-    case ring_cfg::lib: d::generate_projection_blocks<T>(out, seed, stream, spec, blocks, nullptr); break;
-    case ring_cfg::claim1: d::generate_projection_blocks<T, cfg_claim1<T>>(out, seed, stream, spec, blocks, nullptr); break;
-    case ring_cfg::claim8: d::generate_projection_blocks<T, cfg_claim8<T>>(out, seed, stream, spec, blocks, nullptr); break;
-    case ring_cfg::flip: d::generate_projection_blocks<T, cfg_flip<T>>(out, seed, stream, spec, blocks, nullptr); break;
-    case ring_cfg::flip_claim1: d::generate_projection_blocks<T, cfg_flip_claim1<T>>(out, seed, stream, spec, blocks, nullptr); break;
-  }
-}
-
 // A batch of gaussian tasks (odd shapes, paddings, several sigmas) interleaved with other laws, generated
-// with forced grids: with 1 or 2 blocks every warp walks long ranges across many tasks, so the block's
-// ring is filled and emptied for many tasks in turn (different sigmas and laws, gaussian pieces next
-// to each other), claims happen many times inside one piece, entries with several slow elements occur,
-// pieces end with partial steps and partial warps and with a partial ring (finished between the piece's
-// last two barriers), and the block's layer table is rescaled for each new sigma. Each launch: {blocks (-1: the default grid),
-// ring configuration, rows}. Returns the number of mismatches (and of touched gaps).
+// with forced grids: with 1 or 2 blocks every warp walks long ranges across many tasks, so its slow-path
+// list is finished by the block many times inside one piece (block drains), entries with several slow
+// elements occur, pieces end with partial steps and partial warps, and the block's layer table is
+// rescaled for each new sigma. Each launch: {blocks (-1: the default grid), drain_period (windows
+// between block drains: 0 the library's; 1 a drain after every window; 3; kNever: no block drain before
+// the end of a piece, so a warp's list fills past capacity - 32 and the warp finishes it alone)}.
+// Returns the number of mismatches (and of touched gaps).
+constexpr unsigned kNever = 1u << 30;
 struct forced_launch {
   index_t blocks;
-  ring_cfg cfg;
+  unsigned drain_period;
   unsigned rows = 1;  // 0: gaussian tasks never take the row path (detail::launch_projection_batch)
 };
 
 // aligned: gaussian tasks of the row path's shapes (cols a multiple of 2048, ld a multiple of 8, rows
 // 16-byte aligned: detail::gaussian_row_path for float, double, bf16 and fp16), every 7th task (and
 // the other laws) misaligned by one element (the general path), in the same batch.
-template <class T>
+template <class T, class C = lori::cuda::detail_proj::gaussian_cfg_lib<T>>
 std::size_t forced_grid_batch(std::uint64_t salt, int ntasks, index_t max_rows, index_t max_cols, const std::vector<forced_launch>& launches,
                               std::size_t* slow_entries = nullptr, std::size_t* requeued = nullptr, std::size_t* resumed = nullptr,
                               bool aligned = false) {
@@ -484,105 +426,105 @@ std::size_t forced_grid_batch(std::uint64_t salt, int ntasks, index_t max_rows, 
   const std::size_t ws_bytes = lori::cuda::projection_batch_workspace_bytes(static_cast<index_t>(tasks.size()));
   lori::cuda::device_buffer<unsigned char> ws(static_cast<index_t>(ws_bytes));
   const auto plan = lori::cuda::prepare_projection_batch(tasks.data(), static_cast<index_t>(tasks.size()), ws.data(), ws_bytes);
-  std::vector<std::vector<float>> refs;  // the CPU projections, computed once for all launches
-  for (const auto& p : items) refs.push_back(cpu_projection(p.rows, p.cols, p.seed, p.stream, p.spec));
   std::size_t bad = 0;
   for (const forced_launch& l : launches) {
     CAPTURE(l.blocks);
-    CAPTURE(ring_cfg_name(l.cfg));
+    CAPTURE(l.drain_period);
     CAPTURE(l.rows);
     buf.fill_bytes(0xff);
-    launch_batch_cfg<T>(plan, l.blocks > 0 ? l.blocks : plan.blocks, l.rows, l.cfg);
+    lori::cuda::detail_proj::launch_projection_batch<T, C>(plan, l.blocks > 0 ? l.blocks : plan.blocks, nullptr, l.drain_period, l.rows);
     LORI_CUDA_CHECK(cudaDeviceSynchronize());
     const auto host = buf.download();
     index_t prev_end = 0;
-    std::size_t bad_launch = 0;
-    for (std::size_t it = 0; it < items.size(); ++it) {
-      const placed& p = items[it];
-      bad_launch += compare_to(host, p.offset, p.rows, p.cols, p.ld, refs[it]);
-      for (index_t t = prev_end; t < p.offset; ++t) bad_launch += bits_of(host[static_cast<std::size_t>(t)]) != poison_bits<T>();
+    for (const auto& p : items) {
+      bad += compare(host, p.offset, p.rows, p.cols, p.ld, p.seed, p.stream, p.spec);
+      for (index_t t = prev_end; t < p.offset; ++t) bad += bits_of(host[static_cast<std::size_t>(t)]) != poison_bits<T>();
       prev_end = p.offset + p.rows * p.ld;
     }
-    CHECK(bad_launch == 0);  // names the launch that failed
-    bad += bad_launch;
   }
   return bad;
 }
-
-// The launches of the forced-grid tests: 1, 2, 3, 7 blocks and the default grid with the library's
-// configuration and with Claim = 1, Claim = 8 and the second ring flipped on some of them.
-const std::vector<forced_launch> kForcedGrids = {
-    {1, ring_cfg::lib},          {2, ring_cfg::lib},    {3, ring_cfg::lib},    {7, ring_cfg::lib},          {-1, ring_cfg::lib},
-    {1, ring_cfg::claim1},       {2, ring_cfg::claim1}, {7, ring_cfg::claim1}, {-1, ring_cfg::claim1},      {1, ring_cfg::claim8},
-    {3, ring_cfg::claim8},       {1, ring_cfg::flip},   {3, ring_cfg::flip},   {-1, ring_cfg::flip},        {1, ring_cfg::flip_claim1},
-    {2, ring_cfg::flip_claim1}};
-// Small subsets for compute-sanitizer (racecheck, memcheck).
-const std::vector<forced_launch> kSanitizerGrids = {{1, ring_cfg::lib}, {2, ring_cfg::claim1}, {1, ring_cfg::flip}, {2, ring_cfg::flip_claim1}};
 }  // namespace
 
-TEST_CASE("gaussian slow-path ring: forced small grids, many tasks and sigmas, float and bf16") {
-  // 1 block: each warp sees every task (~100 slow entries per warp in the large ones: claims inside
-  // pieces, the ring emptied at every piece end, with partial claims); 2, 3 and 7 blocks: ranges start
-  // and end inside tasks; -1: the default grid.
+TEST_CASE("gaussian slow-path lists: forced small grids, many tasks and sigmas, float and bf16") {
+  // 1 block: each warp sees every task (~100 slow entries per warp in the large ones: several block
+  // drains inside a piece, or with kNever warp drains); 2 and 7 blocks: ranges start and end inside
+  // tasks; -1: the default grid.
+  const std::vector<forced_launch> grids = {{1, 0}, {2, 0}, {7, 0}, {-1, 0}, {1, 1}, {2, 3}, {3, kNever}, {1, kNever}};
   std::size_t entries = 0, requeued = 0, resumed = 0;
-  CHECK(forced_grid_batch<float>(200, 40, 70, 3000, kForcedGrids, &entries, &requeued, &resumed) == 0);
-  CHECK(forced_grid_batch<lori::bfloat16>(201, 40, 70, 3000, kForcedGrids) == 0);
-  // The situations were there: many entries (> 256 per warp of the single block), entries with a
-  // second slow element, and elements that need a second attempt.
+  CHECK(forced_grid_batch<float>(200, 40, 70, 3000, grids, &entries, &requeued, &resumed) == 0);
+  CHECK(forced_grid_batch<lori::bfloat16>(201, 40, 70, 3000, grids) == 0);
+  // The situations were there: many entries (> 256 per warp of the single block, ~100 in a large
+  // task: with kNever its list fills past capacity - 32 there), entries with a second slow element,
+  // and elements that need a second attempt.
   CHECK(entries > 8 * 64 * 4);
   CHECK(requeued > 50);
   CHECK(resumed > 20);
 }
 
-TEST_CASE("gaussian slow-path ring: double and fp16, general path, forced grids") {
-  CHECK(forced_grid_batch<double>(220, 40, 70, 3000, kForcedGrids) == 0);
-  CHECK(forced_grid_batch<lori::half>(221, 40, 70, 3000, kForcedGrids) == 0);
-}
-
-TEST_CASE("gaussian slow-path ring: small batch on 1 and 2 blocks (racecheck subset)") {
-  CHECK(forced_grid_batch<float>(202, 6, 40, 1500, kSanitizerGrids) == 0);
-  CHECK(forced_grid_batch<lori::half>(203, 6, 40, 1500, kSanitizerGrids) == 0);
+TEST_CASE("gaussian slow-path lists: small batch on 1 and 2 blocks (racecheck subset)") {
+  CHECK(forced_grid_batch<float>(202, 6, 40, 1500, {{1, 0}, {2, 1}, {1, kNever}}) == 0);
+  CHECK(forced_grid_batch<lori::half>(203, 6, 40, 1500, {{1, 0}, {2, 1}, {1, kNever}}) == 0);
 }
 
 TEST_CASE("gaussian row path: aligned tasks on forced grids, every element type") {
   // Rows of 2048..6144 elements (the row path: aligned windows of 256 units, first and last windows
-  // masked, several rows per piece), mixed with misaligned tasks and other laws (the general path) in
-  // one batch; 1 block: each warp walks ~100 windows per task and claims run mid-piece; 2, 3, 7
-  // blocks: pieces start and end inside rows; rows = 0: the same batch through the general path only.
-  std::vector<forced_launch> grids = kForcedGrids;
-  grids.push_back({1, ring_cfg::lib, 0});
-  grids.push_back({-1, ring_cfg::lib, 0});
-  grids.push_back({2, ring_cfg::claim8, 0});
-  grids.push_back({1, ring_cfg::claim1, 0});
-  grids.push_back({2, ring_cfg::flip, 0});
+  // masked, several rows per piece), mixed with misaligned tasks
+  // and other laws (the general path) in one batch; 1 block: each warp walks ~100 windows per task
+  // and block drains run mid-piece; 2, 3, 5 blocks: pieces start and end inside rows; drain periods
+  // 1, 3 and kNever (warp drains); rows = 0: the same batch through the general path only.
+  const std::vector<forced_launch> grids = {{1, 0}, {2, 0}, {3, 3}, {5, 1}, {-1, 0}, {1, kNever}, {1, 0, 0}, {-1, 0, 0}, {2, kNever, 0}};
   std::size_t entries = 0, requeued = 0, resumed = 0;
   CHECK(forced_grid_batch<float>(210, 24, 9, 6144, grids, &entries, &requeued, &resumed, true) == 0);
   CHECK(entries > 8 * 64 * 4);
   CHECK(requeued > 20);
   CHECK(resumed > 10);
   CHECK(forced_grid_batch<lori::bfloat16>(211, 24, 9, 6144, grids, nullptr, nullptr, nullptr, true) == 0);
-  CHECK(forced_grid_batch<double>(212, 12, 7, 4096, grids, nullptr, nullptr, nullptr, true) == 0);
-  CHECK(forced_grid_batch<lori::half>(213, 12, 7, 4096, grids, nullptr, nullptr, nullptr, true) == 0);
+  CHECK(forced_grid_batch<double>(212, 12, 7, 4096, {{1, 0}, {3, 3}, {-1, 0}, {1, kNever}}, nullptr, nullptr, nullptr, true) == 0);
+  CHECK(forced_grid_batch<lori::half>(213, 12, 7, 4096, {{1, 0}, {3, 3}, {-1, 0}, {1, kNever}}, nullptr, nullptr, nullptr, true) == 0);
 }
 
 TEST_CASE("gaussian row path: small aligned batch on 1 and 2 blocks (racecheck subset)") {
-  CHECK(forced_grid_batch<float>(214, 5, 3, 4096, kSanitizerGrids, nullptr, nullptr, nullptr, true) == 0);
-  CHECK(forced_grid_batch<lori::bfloat16>(215, 5, 3, 4096, kSanitizerGrids, nullptr, nullptr, nullptr, true) == 0);
+  CHECK(forced_grid_batch<float>(214, 5, 3, 4096, {{1, 0}, {2, 1}, {1, kNever}}, nullptr, nullptr, nullptr, true) == 0);
+  CHECK(forced_grid_batch<lori::bfloat16>(215, 5, 3, 4096, {{1, 0}, {2, 1}, {1, kNever}}, nullptr, nullptr, nullptr, true) == 0);
+}
+
+// The two-round block drain (gaussian_cfg Split = 1, detail::gaussian_block_drain_split), measured
+// against the one-round drain: the same forced-grid batches.
+using split_cfg = lori::cuda::detail_proj::gaussian_cfg<1, 4, 8, 1>;
+TEST_CASE("gaussian slow-path lists, two-round drains: forced grids, general and row path, every element type") {
+  const std::vector<forced_launch> grids = {{1, 0}, {2, 0}, {7, 0}, {-1, 0}, {1, 1}, {2, 3}, {3, kNever}, {1, kNever}, {1, 0, 0}};
+  std::size_t entries = 0, requeued = 0, resumed = 0;
+  CHECK(forced_grid_batch<float, split_cfg>(220, 40, 70, 3000, grids, &entries, &requeued, &resumed) == 0);
+  CHECK(entries > 8 * 64 * 4);
+  CHECK(requeued > 50);
+  CHECK(resumed > 20);
+  CHECK(forced_grid_batch<lori::bfloat16, split_cfg>(221, 40, 70, 3000, grids) == 0);
+  CHECK(forced_grid_batch<float, split_cfg>(222, 24, 9, 6144, grids, nullptr, nullptr, nullptr, true) == 0);
+  CHECK(forced_grid_batch<lori::half, split_cfg>(223, 12, 7, 4096, {{1, 0}, {3, 3}, {-1, 0}}, nullptr, nullptr, nullptr, true) == 0);
+  CHECK(forced_grid_batch<double, split_cfg>(224, 12, 7, 4096, {{1, 0}, {3, 3}, {-1, 0}}, nullptr, nullptr, nullptr, true) == 0);
+}
+
+TEST_CASE("gaussian slow-path lists, two-round drains: small batch on 1 and 2 blocks (racecheck subset)") {
+  CHECK(forced_grid_batch<float, split_cfg>(225, 6, 40, 1500, {{1, 0}, {2, 1}}) == 0);
+  CHECK(forced_grid_batch<lori::bfloat16, split_cfg>(226, 5, 3, 4096, {{1, 0}, {2, 1}}, nullptr, nullptr, nullptr, true) == 0);
 }
 
 namespace {
-// One gaussian matrix (rows x cols, sigma) generated on forced grids and ring configurations, float and
-// (bf16 = true) bf16, each compared bit for bit with the CPU matrix a (outputs poisoned first).
+// One gaussian matrix (rows x cols, sigma) generated on forced grids {blocks (0: the default grid), drain
+// period (0: the library's)}, float and (bf16 = true) bf16, each compared bit for bit with the CPU
+// (outputs poisoned first).
 void forced_single_matrix(index_t rows, index_t cols, std::uint64_t seed, std::uint64_t stream, double sigma,
-                          const std::vector<std::pair<index_t, ring_cfg>>& launches, bool bf16) {
+                          const std::vector<std::pair<index_t, unsigned>>& launches, bool bf16) {
   const auto a = cpu_projection(rows, cols, seed, stream, projection_spec::gaussian(sigma));
   for (const auto& l : launches) {
     const index_t blocks = l.first;
+    const unsigned drain = l.second;
     CAPTURE(blocks);
-    CAPTURE(ring_cfg_name(l.second));
+    CAPTURE(drain);
     lori::cuda::device_buffer<float> buf(rows * cols);
     buf.fill_bytes(0xff);
-    generate_blocks_cfg(buf, rows, cols, seed, stream, projection_spec::gaussian(sigma), blocks, l.second);
+    lori::cuda::detail_proj::generate_projection_blocks(buf.as_matrix(rows, cols), seed, stream, projection_spec::gaussian(sigma), blocks, nullptr, drain);
     LORI_CUDA_CHECK(cudaDeviceSynchronize());
     const auto host = buf.download();
     std::size_t mism = 0;
@@ -591,7 +533,7 @@ void forced_single_matrix(index_t rows, index_t cols, std::uint64_t seed, std::u
     if (!bf16) continue;
     lori::cuda::device_buffer<lori::bfloat16> hb(rows * cols);
     hb.fill_bytes(0xff);
-    generate_blocks_cfg(hb, rows, cols, seed, stream, projection_spec::gaussian(sigma), blocks, l.second);
+    lori::cuda::detail_proj::generate_projection_blocks(hb.as_matrix(rows, cols), seed, stream, projection_spec::gaussian(sigma), blocks, nullptr, drain);
     LORI_CUDA_CHECK(cudaDeviceSynchronize());
     const auto hhost = hb.download();
     mism = 0;
@@ -601,14 +543,11 @@ void forced_single_matrix(index_t rows, index_t cols, std::uint64_t seed, std::u
 }
 }  // namespace
 
-TEST_CASE("gaussian row path: one block walks a 640 x 6144 matrix (many claims mid-piece), float and bf16") {
-  // ~59 K slow entries (~7.4 K per warp with one block: ~1800 claims of 32 inside the piece, the ring's
-  // 512 slots reused ~115 times; with Claim = 1 a claim after almost every window); 3 blocks: pieces
-  // start and end inside rows; 0: the default grid.
-  forced_single_matrix(640, 6144, 4242, 17, 0.5,
-                       {{1, ring_cfg::lib}, {3, ring_cfg::lib}, {0, ring_cfg::lib}, {1, ring_cfg::claim1}, {2, ring_cfg::claim1},
-                        {0, ring_cfg::claim8}, {1, ring_cfg::flip}, {0, ring_cfg::flip}, {2, ring_cfg::flip_claim1}},
-                       true);
+TEST_CASE("gaussian row path: one block walks a 640 x 6144 matrix (many block and warp drains mid-piece), float and bf16") {
+  // ~59 K slow entries (~7.4 K per warp with one block: ~480 block drains inside the piece, or with
+  // kNever ~75 warp drains of a full list); 3 blocks: pieces start and end inside rows; 0: the
+  // default grid; drain period 1: a block drain after every window.
+  forced_single_matrix(640, 6144, 4242, 17, 0.5, {{1, 0u}, {3, 0u}, {0, 0u}, {1, kNever}, {2, 1u}}, true);
 }
 
 namespace {
@@ -642,12 +581,8 @@ TEST_CASE("gaussian row path, bf16/fp16: hardware rounding equals the CPU's at e
 }
 
 TEST_CASE("single matrix on forced grids: one block walks the whole matrix (fallback element included)") {
-  // 2553 x 2200 holds the bounded loop's fallback element (2552, 2193) of seed 99 / stream 7 (2200 =
-  // 550 units of 4: the general path, a row end inside a window).
-  forced_single_matrix(2553, 2200, 99, 7, 1.0,
-                       {{1, ring_cfg::lib}, {3, ring_cfg::lib}, {0, ring_cfg::lib}, {1, ring_cfg::claim1}, {3, ring_cfg::claim1},
-                        {0, ring_cfg::claim8}, {1, ring_cfg::flip}, {3, ring_cfg::flip_claim1}},
-                       true);
+  // 2553 x 2200 holds the bounded loop's fallback element (2552, 2193) of seed 99 / stream 7.
+  forced_single_matrix(2553, 2200, 99, 7, 1.0, {{1, 0u}, {3, 0u}, {0, 0u}, {1, kNever}, {3, 1u}}, false);
 }
 
 TEST_CASE("GPU projection errors are lori::error") {

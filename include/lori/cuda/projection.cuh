@@ -22,9 +22,9 @@
 // thread x taking units x, x + 256, ... of each piece (block-uniform control flow: the task's Philox
 // key schedule, precomputed on the host, stays in uniform registers).
 // Gaussian tasks (ziggurat, lori/detail/random_ziggurat.hpp) read the layer tables from shared memory;
-// a Philox block (4 elements) with one of the ~1.5% slow-path elements is not stored by its lane but
-// pushed to a ring shared by the block's warps, whose entries whichever warp sees 32 of them finishes
-// with all 32 lanes and one store per block (see projection_piece_gaussian, gaussian_ring). Tasks with aligned rows of a
+// the ~1.5% slow-path elements are deferred to per-warp lists in shared memory (ballot + popc
+// appends), which the whole block finishes together every 8 windows, one entry per thread (see
+// projection_piece_gaussian, gaussian_block_drain). Tasks with aligned rows of a
 // multiple of 1024 floats (2048 bf16) take the row path (projection_piece_gaussian_rows: block-uniform
 // row windows). Launches without a gaussian task use a kernel variant without that code.
 #ifndef LORI_CUDA_PROJECTION_CUH
@@ -243,7 +243,7 @@ LORI_DEVICE LORI_FORCEINLINE void advance_step(const projection_entry<T>& e, uni
 /// Stores the U values of the cursor's unit (elements c*U .. c*U + U - 1 of the row, clipped at cols):
 /// one 16-byte vector store (two for double) when the unit is whole (c < full_units) and the rows are
 /// 16-byte aligned. skip: bit h set = the unit's Philox block h (values 4h .. 4h + 3) is not stored
-/// (the gaussian's ring stores it); the other half of a 16-bit unit is then one 8-byte store.
+/// (the gaussian's drains store it); the other half of a 16-bit unit is then one 8-byte store.
 template <class T, int U>
 LORI_DEVICE LORI_FORCEINLINE void store_unit_at(const projection_entry<T>& e, const unit_cursor<T>& p, const float (&v)[U], unsigned skip = 0u) {
   const bool vector = e.vec_ok != 0u && p.c < e.full_units;
@@ -311,7 +311,7 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece(const projection_entry<T>& e,
 /// {k_L, bits(rnd(W_L * sigma))}. (Eight interleaved copies, against bank conflicts of the random
 /// look-ups, measured slower at checkpoint 2: 88.1 against 85.3 us, H200.)
 /// The gaussian kernel variant's dynamic shared memory: this table (2 KB), the unscaled one (4 KB),
-/// then the slow-path ring (gaussian_ring; gaussian_smem_bytes in all).
+/// then the slow-path lists (gaussian_pool; gaussian_smem_bytes in all).
 LORI_DEVICE LORI_FORCEINLINE uint2* gaussian_table() {
   extern __shared__ __align__(32) unsigned char projection_smem[];
   return reinterpret_cast<uint2*>(projection_smem);
@@ -327,39 +327,32 @@ constexpr std::size_t gaussian_tables_bytes = (sizeof(uint2) + sizeof(lori::deta
 
 /// A configuration of the gaussian kernel variant: KFloat units per thread and window of the row path
 /// for 16-byte units of 4 values (float, double; bf16/fp16 units, 8 values, take 1), MinBlocks blocks
-/// per SM (the register cap), Claim: ring entries waiting for a lane before a warp claims them (1..32:
-/// after each window, a warp that sees >= Claim published-but-unclaimed entries in the block's
-/// slow-path ring finishes up to 32 of them at a time, gaussian_ring_work). gaussian_cfg_lib<T> is the
-/// library's; launch_projection_batch_cfg runs others (benchmarks of alternatives in the same
-/// process), tests force Claim = 1 and 8. Split = 1: claimed entries get only the first attempt of
-/// their lowest slow element if it is a wedge (the common case, no divergence); entries with work left
-/// go to a second ring whose entries are finished 32 at a time (gaussian_ring_work). Diag: benchmark-
-/// only diagnostics with WRONG values, for checkpoint 1 of session 6 only: 1 = claimed ring entries
-/// are freed but not finished (the consumers' cost), 2 = as 1 and the pushes publish without the
-/// release fence (the MEMBAR's cost), 3 = no pushes at all (slow blocks are simply not stored).
-template <int KFloat, int MinBlocks, int Claim = 32, int Split = 0, int Diag = 0>
+/// per SM (the register cap), DrainBlocks: Philox blocks per lane between two block drains of the
+/// slow-path lists (gaussian_drain_period), Split: block drains in two rounds
+/// (gaussian_block_drain_split) instead of one. gaussian_cfg_lib<T> is the library's (1 unit and 4
+/// blocks: session 4; the drains: session 5, below); launch_projection_batch_cfg runs others
+/// (benchmarks of alternatives in the same process).
+template <int KFloat, int MinBlocks, int DrainBlocks = 8, int Split = 0>
 struct gaussian_cfg {
-  static_assert(Claim >= 1 && Claim <= 32, "gaussian_cfg: claim threshold in 1..32");
   static constexpr int k_float = KFloat;
   static constexpr int min_blocks = MinBlocks;
-  static constexpr unsigned claim = static_cast<unsigned>(Claim);
-  static constexpr bool split = Split != 0;
-  static constexpr int diag = Diag;
+  static constexpr int drain_blocks = DrainBlocks;
+  static constexpr int split = Split;
 };
-/// The library's configuration for element type T (session 6: claims at 32 entries; float and double
-/// with the second ring, bf16/fp16 without (its first ring is twice as large: 2 Philox blocks per
-/// lane and window); 1 unit per window and 4 blocks per SM: session 4).
+/// The library's configuration for element type T (session 5, checkpoint 2, H100, Llama set: float
+/// with two-round drains every 8 windows 83.0 us, one round 86.4; bf16 one round every 8 windows 75.2,
+/// every 4 79.6, two rounds every 4 78.4; see docs/random.md).
 template <class T>
 struct gaussian_cfg_lib_of {
-  using type = gaussian_cfg<1, 4, 32, 1>;
+  using type = gaussian_cfg<1, 4, 8, 1>;
 };
 template <>
 struct gaussian_cfg_lib_of<bfloat16> {
-  using type = gaussian_cfg<1, 4, 32, 0>;
+  using type = gaussian_cfg<1, 4, 16>;
 };
 template <>
 struct gaussian_cfg_lib_of<half> {
-  using type = gaussian_cfg<1, 4, 32, 0>;
+  using type = gaussian_cfg<1, 4, 16>;
 };
 template <class T>
 using gaussian_cfg_lib = typename gaussian_cfg_lib_of<T>::type;
@@ -369,126 +362,100 @@ using gaussian_cfg_lib = typename gaussian_cfg_lib_of<T>::type;
 template <class T, class C>
 constexpr int gaussian_row_units = projection_traits<T>::unit == 4 ? C::k_float : 1;
 
-/// Deferred slow-path work: one Philox block (elements j = 4q .. 4q + 3 of row i of the piece's task)
-/// with at least one element that failed the fast test: its four words and meta = {i, q, -, -}
-/// (q < 2^29 as cols < 2^31 on the GPU). The ring holds entries of the current piece only (it is
-/// emptied at the end of each gaussian piece, gaussian_ring_finish_all), so the task's keys, sigma and
-/// destination come from the piece's entry, in uniform registers. (Entries tagged with their task,
-/// finished with the task's entry loaded per lane, cost ~20 more registers in the consumer: ptxas
-/// spilled the fast loop's round keys, 540 bytes of spill stores against 12.)
+/// Philox blocks per lane in a window of the row path (a step of the general path has U / 4 <= that).
+template <class T, class C>
+constexpr unsigned gaussian_lane_blocks = static_cast<unsigned>(gaussian_row_units<T, C> * projection_traits<T>::unit / 4);
+
+/// Windows (steps) between two block drains (gaussian_block_drain): C::drain_blocks Philox blocks per
+/// lane, i.e. ~8 x 32 x 8 x 5.9% ~ 120 entries per block drain in the library.
+template <class T, class C>
+constexpr unsigned gaussian_drain_period =
+    C::drain_blocks / static_cast<int>(gaussian_lane_blocks<T, C>) > 0 ? static_cast<unsigned>(C::drain_blocks) / gaussian_lane_blocks<T, C> : 1u;
+
+/// Deferred slow-path work: an entry is one Philox block (4 consecutive elements of a row) with at
+/// least one element that failed the fast test: its four words and meta = {row i, q, -, -} (its
+/// elements are j = 4q .. 4q + 3; q < 2^29 as cols < 2^31 on the GPU). Its pending elements are
+/// recomputed from the words (slow_pending).
 struct alignas(32) gaussian_slow_entry {
   uint4 words;
   uint4 meta;
 };
 
-constexpr unsigned pow2_ceil(unsigned n) {
-  unsigned p = 1u;
-  while (p < n) p *= 2u;
-  return p;
-}
+/// Entries per warp list. A window (step) appends at most 32 x gaussian_lane_blocks <= 64 entries; a
+/// warp whose list holds more than capacity - that after a window finishes its list alone
+/// (gaussian_warp_drain), so appends never overflow; the library's lists hold ~30 entries between
+/// block drains (Poisson), so that practically never happens there.
+constexpr unsigned gaussian_list_capacity = 128;
 
-/// Ring entries a warp may push in one window (step): 32 lanes x its Philox blocks per lane.
-template <class T, class C>
-constexpr unsigned gaussian_window_pushes = 32u * static_cast<unsigned>(gaussian_row_units<T, C> * projection_traits<T>::unit / 4);
-
-/// Capacity of the block's ring: a power of two >= C::claim - 1 + 8 x gaussian_window_pushes, the most
-/// entries that can ever be reserved and unclaimed at once. Proof: every warp, after every window in
-/// which it pushed, claims until it sees fewer than C::claim unclaimed (gaussian_ring_work). Take the
-/// warp whose such check ended last, at t0 (fewer than C::claim unclaimed then): since t0 every warp
-/// has pushed at most one window's entries (a second window would have ended with a later check).
-/// So a producer's new position p always has p - capacity already claimed: its slot's previous
-/// occupant is claimed, and a claimed entry is read at once (no overflow path is needed, and no
-/// producer ever waits for an unclaimed entry). Float and double: 512 entries (18 KB), bf16/fp16:
-/// 1024 (37 KB).
-template <class T, class C>
-constexpr unsigned gaussian_ring_capacity = pow2_ceil(C::claim - 1u + static_cast<unsigned>(projection_warps) * gaussian_window_pushes<T, C>);
-
-/// The block's slow-path ring in shared memory (after the two layer tables): a bounded multi-producer
-/// multi-consumer queue of Cap entries on monotone 32-bit positions (slot = position mod Cap;
-/// differences of positions stay far below 2^31). seq[s] is the slot's state: p = free for position p,
-/// p + 1 = holds position p (published). A warp reserves positions with one atomicAdd on `reserved`
-/// (lane 0; ballot + popc give the lanes their positions), each slow lane waits until its slot is free
-/// for its position (its previous occupant p - Cap, claimed (gaussian_ring_capacity), was read:
-/// normally long ago), writes the entry and publishes it (st.release). A consumer warp claims up to 32
-/// positions with a CAS on `claimed`, each lane waits until its position is published (ld.acquire;
-/// normally already: a producer's reserve-to-publish is a few instructions without any wait for
-/// unclaimed work), reads the entry, frees the slot for p + Cap (st.release, after the reads) and
-/// finishes the block. No warp waits while holding claimed entries unread or reserved ones unpublished
-/// on anything but the few instructions of another warp's publish or read: no deadlock.
-template <unsigned Cap>
-struct gaussian_ring {
-  gaussian_slow_entry slot[Cap];
-  unsigned seq[Cap];
-  unsigned reserved;  ///< positions reserved by producers
-  unsigned claimed;   ///< positions claimed by consumers (<= reserved)
+/// The block's slow-path pool in shared memory (after the tables): one list per warp (appends need no
+/// atomics: the warp's count is a warp-uniform register) and the counts published for a block drain.
+struct gaussian_pool {
+  gaussian_slow_entry list[projection_warps][gaussian_list_capacity];
+  unsigned counts[projection_warps];
+  unsigned nhard;  ///< gaussian_block_drain_split: entries left for round 2
+  std::uint16_t hard[projection_warps * gaussian_list_capacity];  ///< their positions: warp << 8 | slot
 };
 
-template <class T, class C>
-using gaussian_ring_of = gaussian_ring<gaussian_ring_capacity<T, C>>;
-
-/// Capacity of the second ring (C::split: entries with work left after their first attempt): pushed
-/// only by consumers, at most 32 per claim, and every warp checks it after each claim it processed
-/// (the same proof as gaussian_ring_capacity with 32 pushes per check): >= C::claim - 1 + 8 x 32.
-template <class C>
-constexpr unsigned gaussian_hard_capacity = pow2_ceil(C::claim - 1u + static_cast<unsigned>(projection_warps) * 32u);
-template <class C>
-using gaussian_hard_ring_of = gaussian_ring<gaussian_hard_capacity<C>>;
-
-template <class T, class C>
-LORI_DEVICE LORI_FORCEINLINE gaussian_ring_of<T, C>& gaussian_slow_ring() {
+LORI_DEVICE LORI_FORCEINLINE gaussian_pool& gaussian_slow_pool() {
   extern __shared__ __align__(32) unsigned char projection_smem[];
-  return *reinterpret_cast<gaussian_ring_of<T, C>*>(projection_smem + gaussian_tables_bytes);
-}
-/// The second ring (C::split), after the first.
-template <class T, class C>
-LORI_DEVICE LORI_FORCEINLINE gaussian_hard_ring_of<C>& gaussian_hard_ring() {
-  extern __shared__ __align__(32) unsigned char projection_smem[];
-  return *reinterpret_cast<gaussian_hard_ring_of<C>*>(projection_smem + gaussian_tables_bytes + sizeof(gaussian_ring_of<T, C>));
+  return *reinterpret_cast<gaussian_pool*>(projection_smem + gaussian_tables_bytes);
 }
 
-/// Dynamic shared memory of the gaussian kernel variant of configuration C: the two layer tables
-/// (6 KB) and the ring(s) (36 bytes per entry).
-template <class T, class C>
-constexpr std::size_t gaussian_smem_bytes =
-    gaussian_tables_bytes + sizeof(gaussian_ring_of<T, C>) + (C::split ? sizeof(gaussian_hard_ring_of<C>) : std::size_t{0});
-
-template <unsigned Cap>
-LORI_DEVICE LORI_FORCEINLINE void gaussian_ring_init(gaussian_ring<Cap>& r) {
-  for (unsigned s = threadIdx.x; s < Cap; s += projection_threads) r.seq[s] = s;
-  if (threadIdx.x == 0) {
-    r.reserved = 0u;
-    r.claimed = 0u;
-  }
-}
-/// The rings' state at the start of a block (every thread; a barrier follows).
-template <class T, class C>
-LORI_DEVICE LORI_FORCEINLINE void gaussian_ring_init() {
-  gaussian_ring_init(gaussian_slow_ring<T, C>());
-  if constexpr (C::split) gaussian_ring_init(gaussian_hard_ring<T, C>());
-}
-
-/// Shared-memory word accesses with block-scope acquire / release semantics: the counters' reads
-/// (ld.acquire), and the slot states' reads and writes as atomics (atom.acquire.or 0, atom.release.exch:
-/// read-modify-writes, so that compute-sanitizer's racecheck sees the synchronisation), and a plain
-/// volatile read (the counters, compared before an atomic).
-LORI_DEVICE LORI_FORCEINLINE unsigned ld_acquire_block(const unsigned* p) {
-  unsigned v;
-  asm volatile("ld.acquire.cta.shared.u32 %0, [%1];" : "=r"(v) : "r"(static_cast<unsigned>(__cvta_generic_to_shared(p))) : "memory");
-  return v;
-}
-LORI_DEVICE LORI_FORCEINLINE unsigned atom_acquire_block(unsigned* p) {
-  unsigned v;
-  asm volatile("atom.acquire.cta.shared.or.b32 %0, [%1], 0;" : "=r"(v) : "r"(static_cast<unsigned>(__cvta_generic_to_shared(p))) : "memory");
-  return v;
-}
-LORI_DEVICE LORI_FORCEINLINE void st_release_block(unsigned* p, unsigned v) {
-  asm volatile("{\n\t.reg .b32 old;\n\tatom.release.cta.shared.exch.b32 old, [%0], %1;\n\t}" ::"r"(static_cast<unsigned>(__cvta_generic_to_shared(p))), "r"(v)
-               : "memory");
-}
-LORI_DEVICE LORI_FORCEINLINE unsigned ld_volatile(const unsigned* p) { return *static_cast<const volatile unsigned*>(p); }
+/// Dynamic shared memory of the gaussian kernel variant: the two layer tables (6 KB) and the pool
+/// (34 KB): 41 KB per block, 4 blocks per SM.
+constexpr std::size_t gaussian_smem_bytes = gaussian_tables_bytes + sizeof(gaussian_pool);
 
 /// Word t of a uint4 (t warp-divergent: selects, no local memory).
 LORI_DEVICE LORI_FORCEINLINE std::uint32_t word_of(const uint4& w, int t) { return t == 0 ? w.x : (t == 1 ? w.y : (t == 2 ? w.z : w.w)); }
+
+/// Bit t set when word t of an entry's block fails the fast test and element 4·q + t lies inside the
+/// row (always, with WholeBlocks).
+template <bool WholeBlocks>
+LORI_DEVICE LORI_FORCEINLINE unsigned slow_pending(const uint4& w, const uint2* table, std::uint32_t q, index_t cols64) {
+  const std::uint32_t j0 = q * 4u;  // < 2^31, and j0 + 3 < 2^32
+  const auto cols = static_cast<std::uint32_t>(cols64);  // < 2^31
+  unsigned pending = 0;
+#pragma unroll
+  for (int t = 0; t < 4; ++t) {
+    const std::uint32_t y = word_of(w, t);
+    if (lori::detail::zig_mbits(y) >= table[y & 0xffu].x && (WholeBlocks || j0 + static_cast<std::uint32_t>(t) < cols)) pending |= 1u << t;
+  }
+  return pending;
+}
+
+/// Appends the Philox block b = block q of row i to the warp's list when `slow` (some element failed
+/// the fast test; false in lanes outside the piece): one ballot, the lane's slot by popc. count is the
+/// warp's (uniform) list length.
+LORI_DEVICE LORI_FORCEINLINE void gaussian_append(gaussian_slow_entry* list, unsigned& count, bool slow, const philox_block& b, std::uint32_t i,
+                                                  std::uint32_t q, unsigned lt) {
+  const unsigned ballot = __ballot_sync(0xffffffffu, slow);
+  if (slow) {
+    gaussian_slow_entry& s = list[count + static_cast<unsigned>(__popc(ballot & lt))];
+    s.words = make_uint4(b.v[0], b.v[1], b.v[2], b.v[3]);
+    *reinterpret_cast<uint2*>(&s.meta) = make_uint2(i, q);
+  }
+  count += static_cast<unsigned>(__popc(ballot));
+}
+
+/// The fast path of one Philox block b (block q of row i) of a gaussian piece, shared by the general
+/// and the row path: its four values into v[0..3] from the block's scaled table, and the block
+/// appended to the warp's list (gaussian_append, warp-collective) when an element failed the fast test
+/// and the lane is active. Returns whether it was appended: the caller then stores none of the block
+/// (the drain stores it whole, gaussian_finish_state).
+LORI_DEVICE LORI_FORCEINLINE bool gaussian_block_fast(const uint2* table, const philox_block& b, float* v, bool active, gaussian_slow_entry* list,
+                                                      unsigned& count, std::uint32_t i, std::uint32_t q, unsigned lt) {
+  bool slow = false;
+#pragma unroll
+  for (int t = 0; t < 4; ++t) {
+    const std::uint32_t w = b.v[t];
+    const uint2 z = table[w & 0xffu];
+    v[t] = lori::detail::zig_value(w, bits_float(z.y));
+    slow = slow || lori::detail::zig_mbits(w) >= z.x;
+  }
+  slow = slow && active;
+  gaussian_append(list, count, slow, b, i, q, lt);
+  return slow;
+}
 
 /// Stores the values v of Philox block q of row i (elements j0 = 4q .. 4q + 3, clipped at cols) of
 /// task e: one vector store (16 bytes float, 2 x 16 bytes double, 8 bytes bf16/fp16: aligned when the
@@ -513,51 +480,26 @@ LORI_DEVICE LORI_FORCEINLINE void store_philox_block(const projection_entry<T>& 
   }
 }
 
-/// Bit t set when word t of a block's words fails the fast test and element 4q + t lies inside the row.
-template <class T>
-LORI_DEVICE LORI_FORCEINLINE unsigned gaussian_pending(const projection_entry<T>& e, const uint4& w, std::uint32_t q) {
-  const std::uint32_t j0 = q * 4u;
-  const auto cols = static_cast<std::uint32_t>(e.cols);  // < 2^31
-  const lori::detail::zig_layer* layers = gaussian_layers();
-  unsigned pending = 0u;
-#pragma unroll
-  for (int t = 0; t < 4; ++t) {
-    const std::uint32_t y = word_of(w, t);
-    if (lori::detail::zig_mbits(y) >= layers[y & 0xffu].k && j0 + static_cast<std::uint32_t>(t) < cols) pending |= 1u << t;
-  }
-  return pending;
-}
-
-/// w with word t replaced by x.
-LORI_DEVICE LORI_FORCEINLINE void set_word(uint4& w, int t, std::uint32_t x) {
-  w.x = t == 0 ? x : w.x;
-  w.y = t == 1 ? x : w.y;
-  w.z = t == 2 ? x : w.z;
-  w.w = t == 3 ? x : w.w;
-}
-
-/// Finishes Philox block q of row i by one lane: word t of w holds the value bits of element t where bit
-/// t of `done` is set, a candidate that failed the fast test where bit t of `pending` is set (the
-/// lowest of them with `pos` slow words consumed, the others fresh), the element's own word
-/// otherwise (a fast element: its value recomputed with the unscaled layer table and the task's sigma,
-/// rnd(W_L * sigma), the scaled table's value). Each pending element runs the whole slow path
-/// (lori::detail::gaussian_slow_attempt until it finishes: wedge or tail tests, further candidates,
-/// the bounded loop's fallback; slow blocks 0 and 1 from the task's key schedule, block 1 only when
-/// needed); then ONE store of the block (store_philox_block): the fast path stored nothing of it.
-template <class T>
-LORI_DEVICE LORI_FORCEINLINE void gaussian_finish_state(const projection_entry<T>& e, std::uint32_t i, std::uint32_t q, const uint4& w, unsigned pending,
-                                                        unsigned done, int pos) {
-  const float sigma = e.params.scale;
-  const lori::detail::zig_layer* layers = gaussian_layers();
+/// Finishes Philox block q of row i by one thread and stores it whole (the fast path stored nothing of
+/// it): word t of w holds the value bits of element t where bit t of `done` is set, a candidate that
+/// failed the fast test where bit t of `pending` is set (the lowest of them with `pos` slow words
+/// consumed, the others fresh), the element's own word otherwise (its fast value, from the block's
+/// table). Each pending element runs the whole slow path (lori::detail::gaussian_slow_attempt until
+/// it finishes: wedge or tail tests, further candidates, the bounded loop's fallback; slow blocks 0 and
+/// 1 from the precomputed key schedule, block 1 only when needed); then ONE store of the block
+/// (store_philox_block).
+template <class T, class C>
+LORI_DEVICE LORI_FORCEINLINE void gaussian_finish_state(const projection_entry<T>& e, const uint2* table, std::uint32_t i, std::uint32_t q, const uint4& w,
+                                                        unsigned pending, unsigned done, int pos) {
   float v[4];
 #pragma unroll
   for (int t = 0; t < 4; ++t) {
     const std::uint32_t y = word_of(w, t);
-    v[t] = ((done >> t) & 1u) != 0u ? bits_float(y) : lori::detail::zig_value(y, lori::detail::rnd_mul(layers[y & 0xffu].w, sigma));
+    v[t] = ((done >> t) & 1u) != 0u ? bits_float(y) : lori::detail::zig_value(y, bits_float(table[y & 0xffu].y));
   }
   while (pending != 0u) {
     const int t = __ffs(static_cast<int>(pending)) - 1;
-    // Slow blocks 0 and 1 of (i, 4q + t): lori::detail::zig_slow_block, with the task's key schedule.
+    // Slow blocks 0 and 1 of (i, 4q + t): lori::detail::zig_slow_block, with the precomputed key schedule.
     const std::uint32_t c0 = 0x80000000u | q, c1 = (static_cast<std::uint32_t>(t) << 30) | i;
     const philox_block b0 = lori::detail::philox4x32_10_scheduled(c0, c1, e.stream0, e.stream1, e.rk);
     philox_block b1{};
@@ -572,7 +514,7 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_finish_state(const projection_entry<T
     };
     lori::detail::zig_slow_state st{word_of(w, t), pos};
     float x = 0.0f;
-    while (!lori::detail::gaussian_slow_attempt(st, sigma, word, x, layers)) {
+    while (!lori::detail::gaussian_slow_attempt(st, e.params.scale, word, x, gaussian_layers())) {
     }
 #pragma unroll
     for (int u = 0; u < 4; ++u) v[u] = u == t ? x : v[u];
@@ -582,261 +524,227 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_finish_state(const projection_entry<T
   store_philox_block<T>(e, i, q * 4u, v);
 }
 
-/// The first round of a claimed entry s (C::split): its lowest slow element, if in a wedge (layer != 0;
-/// 98% of the slow elements), gets its first slow-path attempt with the words s0, s1 of slow block 0
-/// (lori::detail::gaussian_slow_attempt from pos 0: the wedge test with s0, then s1 as the next
-/// candidate and its fast test; same operations). If nothing is left the block is stored (~94% of the
-/// entries) and false returned; otherwise the state for gaussian_finish_state goes to (hw, hm) — words
-/// with a finished element's value bits or a rejected candidate's successor, meta {i, q, pos | pending
-/// << 8 | done << 12} — and true is returned.
-template <class T>
-LORI_DEVICE LORI_FORCEINLINE bool gaussian_first_round(const projection_entry<T>& e, const gaussian_slow_entry& s, uint4& hw, uint4& hm) {
-  const std::uint32_t i = s.meta.x, q = s.meta.y;
-  uint4 w = s.words;
-  unsigned pending = gaussian_pending(e, w, q), done = 0u, pos = 0u;
-  if (pending != 0u) {
-    const int t = __ffs(static_cast<int>(pending)) - 1;
-    const std::uint32_t y = word_of(w, t);
-    if ((y & 0xffu) != 0u) {  // a wedge (a tail element waits for the second round)
-      const lori::detail::zig_layer* layers = gaussian_layers();
-      const float sigma = e.params.scale;
-      const philox_block b0 =
-          lori::detail::philox4x32_10_scheduled(0x80000000u | q, (static_cast<std::uint32_t>(t) << 30) | i, e.stream0, e.stream1, e.rk);
-      const lori::detail::zig_layer z = layers[y & 0xffu];
-      const float m = bits_float(lori::detail::zig_mbits(y));
-      const float xu = lori::detail::rnd_fma(m, z.w, -z.w);
-      const float ee = lori::detail::exp_neg(lori::detail::rnd_mul(lori::detail::rnd_mul(xu, xu), -0.5f));
-      float x = 0.0f;
-      bool finished = true;
-      if (lori::detail::rnd_fma(uniform_float(b0.v[0]), z.d, z.f) < ee) {
-        x = lori::detail::zig_value(y, lori::detail::rnd_mul(z.w, sigma));
-      } else {
-        const std::uint32_t c1 = b0.v[1];  // the next candidate
-        const lori::detail::zig_layer z2 = layers[c1 & 0xffu];
-        if (lori::detail::zig_mbits(c1) < z2.k) {
-          x = lori::detail::zig_value(c1, lori::detail::rnd_mul(z2.w, sigma));
-        } else {
-          finished = false;
-          set_word(w, t, c1);  // it failed the fast test: the second round goes on from it
-          pos = 2u;            // s0, s1 consumed
-        }
-      }
-      if (finished) {
-        set_word(w, t, float_bits(x));
-        done = 1u << t;
-        pending &= pending - 1u;
-      }
-    }
-  }
-  if (pending == 0u) {
-    gaussian_finish_state<T>(e, i, q, w, 0u, done, 0);
-    return false;
-  }
-  hw = w;
-  hm = make_uint4(i, q, pos | pending << 8 | done << 12, 0u);
-  return true;
+/// gaussian_finish_state for entry s as appended (its pending elements recomputed from the words).
+template <class T, class C, bool WholeBlocks>
+LORI_DEVICE LORI_FORCEINLINE void gaussian_finish_entry(const projection_entry<T>& e, const uint2* table, const gaussian_slow_entry& s) {
+  gaussian_finish_state<T, C>(e, table, s.meta.x, s.meta.y, s.words, slow_pending<WholeBlocks>(s.words, table, s.meta.y, e.cols), 0u, 0);
 }
 
-/// Warp-collective: lane 0 claims up to 32 of the unclaimed positions of ring r if there are at least
-/// `threshold` (a CAS on `claimed`, retried while enough remain); returns their count k (0: none) and
-/// the first c, both warp-uniform. A broadcast read first (no divergence when there is nothing to
-/// claim, the common case). `claimed` is read before `reserved` (acquire: the later read is not moved
-/// before it), so the difference never underestimates what is unclaimed (the capacity proofs need that).
-template <unsigned Cap>
-LORI_DEVICE LORI_FORCEINLINE unsigned gaussian_ring_claim(gaussian_ring<Cap>& r, unsigned threshold, unsigned& c) {
-  const unsigned c0 = ld_acquire_block(&r.claimed);
-  if (__shfl_sync(0xffffffffu, ld_volatile(&r.reserved) - c0, 0) < threshold) return 0u;
-  unsigned k = 0u;
-  c = 0u;
-  if ((threadIdx.x & 31u) == 0u) {
-    for (;;) {
-      c = ld_acquire_block(&r.claimed);
-      const unsigned avail = ld_volatile(&r.reserved) - c;  // reserved only grows: c + k <= reserved
-      if (avail < threshold) {
-        k = 0u;
-        break;
-      }
-      k = avail < 32u ? avail : 32u;
-      if (atomicCAS(&r.claimed, c, c + k) == c) break;
-    }
-  }
-  k = __shfl_sync(0xffffffffu, k, 0);
-  c = __shfl_sync(0xffffffffu, c, 0);
-  return k;
+/// w with word t replaced by x.
+LORI_DEVICE LORI_FORCEINLINE void set_word(uint4& w, int t, std::uint32_t x) {
+  w.x = t == 0 ? x : w.x;
+  w.y = t == 1 ? x : w.y;
+  w.z = t == 2 ? x : w.z;
+  w.w = t == 3 ? x : w.w;
 }
 
-/// The entry at claimed position pos of ring r (one lane): waits until it is published (normally
-/// already), reads it and frees its slot for position pos + Cap (st.release after the reads).
-template <unsigned Cap>
-LORI_DEVICE LORI_FORCEINLINE gaussian_slow_entry gaussian_ring_take(gaussian_ring<Cap>& r, unsigned pos) {
-  const unsigned s = pos & (Cap - 1u);
-  while (atom_acquire_block(&r.seq[s]) != pos + 1u) {
-  }
-  const gaussian_slow_entry en = r.slot[s];
-  st_release_block(&r.seq[s], pos + Cap);
-  return en;
-}
-
-/// Warp-collective: pushes {words, meta} into ring r from the lanes with `slow` (one atomicAdd per warp;
-/// see gaussian_ring for the protocol); lt = lanemask_lt().
-template <bool Fence = true, unsigned Cap>
-LORI_DEVICE LORI_FORCEINLINE void gaussian_ring_put(gaussian_ring<Cap>& r, bool slow, const uint4& words, const uint4& meta, unsigned lt) {
-  const unsigned ballot = __ballot_sync(0xffffffffu, slow);
-  if (ballot == 0u) return;
-  unsigned base = 0u;
-  if ((threadIdx.x & 31u) == 0u) base = atomicAdd(&r.reserved, static_cast<unsigned>(__popc(ballot)));
-  base = __shfl_sync(0xffffffffu, base, 0);
-  if (slow) {
-    const unsigned pos = base + static_cast<unsigned>(__popc(ballot & lt)), s = pos & (Cap - 1u);
-    while (atom_acquire_block(&r.seq[s]) != pos) {  // its previous occupant (claimed) was read: normally long ago
-    }
-    r.slot[s].words = words;
-    r.slot[s].meta = meta;
-    if constexpr (Fence) {
-      st_release_block(&r.seq[s], pos + 1u);  // publish (after the entry's stores)
-    } else {
-      *static_cast<volatile unsigned*>(&r.seq[s]) = pos + 1u;
-    }
-  }
-}
-
-/// Warp-collective: while at least `threshold` entries of the block's ring are reserved and unclaimed,
-/// claims up to 32 of them and finishes them, lane l taking position c + l (gaussian_finish_state;
-/// with C::split only the first round, gaussian_first_round, the entries with work left going to the
-/// second ring, which the warp then works off the same way after each claim). Called after each
-/// window of a gaussian piece (threshold C::claim) and at the end of a piece (threshold 1). Inline at
-/// the window end, where the fast path's values are dead (a call would make the fast loop spill its
-/// uniform keys).
+/// Round 1 of a two-round drain for Philox block q of row i (words wd, pending != 0): its lowest
+/// pending element, if in a wedge (layer != 0; 98% of the slow elements), gets its first slow-path
+/// attempt with the words s0, s1 of slow block 0 only (lori::detail::gaussian_slow_attempt from
+/// pos 0: the wedge test with s0, then s1 as the next candidate and its fast test; same operations,
+/// with the block's tables); finished (99.3%), its value's bits replace its word and its bit moves
+/// from `pending` to `done`. If nothing is left pending the block is stored whole (~94% of the entries)
+/// and 0 returned; otherwise the pending elements are returned, pos = the slow words consumed by the
+/// lowest of them (2 after a rejected wedge candidate, whose successor s1 replaces its word; 0 for a
+/// tail element or a fresh one), for round 2 (gaussian_finish_state).
 template <class T, class C>
-LORI_DEVICE LORI_FORCEINLINE void gaussian_ring_work(const projection_entry<T>& e, unsigned threshold) {
-  gaussian_ring_of<T, C>& r = gaussian_slow_ring<T, C>();
-  const unsigned lane = threadIdx.x & 31u;
-  auto hard_work = [&] {
-    if constexpr (C::split) {
-      gaussian_hard_ring_of<C>& h = gaussian_hard_ring<T, C>();
-      for (;;) {
-        unsigned c = 0u;
-        const unsigned k = gaussian_ring_claim(h, threshold, c);
-        if (k == 0u) break;
-        if (lane < k) {
-          const gaussian_slow_entry en = gaussian_ring_take(h, c + lane);
-          gaussian_finish_state<T>(e, en.meta.x, en.meta.y, en.words, (en.meta.z >> 8) & 0xfu, en.meta.z >> 12, static_cast<int>(en.meta.z & 0xffu));
-        }
-      }
+LORI_DEVICE LORI_FORCEINLINE unsigned gaussian_first_round(const projection_entry<T>& e, const uint2* table, uint4& wd, std::uint32_t i,
+                                                           std::uint32_t q, unsigned pending, unsigned& done, unsigned& pos) {
+  const int t = __ffs(static_cast<int>(pending)) - 1;
+  const std::uint32_t y = word_of(wd, t);
+  pos = 0u;
+  done = 0u;
+  if ((y & 0xffu) == 0u) return pending;  // a tail element: round 2
+  // Slow block 0 of (i, 4q + t): lori::detail::zig_slow_block, with the precomputed key schedule.
+  const philox_block b0 =
+      lori::detail::philox4x32_10_scheduled(0x80000000u | q, (static_cast<std::uint32_t>(t) << 30) | i, e.stream0, e.stream1, e.rk);
+  const lori::detail::zig_layer z = gaussian_layers()[y & 0xffu];
+  const float m = bits_float(lori::detail::zig_mbits(y));
+  const float xu = lori::detail::rnd_fma(m, z.w, -z.w);
+  const float ee = lori::detail::exp_neg(lori::detail::rnd_mul(lori::detail::rnd_mul(xu, xu), -0.5f));
+  float v = 0.0f;
+  if (lori::detail::rnd_fma(uniform_float(b0.v[0]), z.d, z.f) < ee) {
+    v = lori::detail::zig_value(y, bits_float(table[y & 0xffu].y));
+  } else {
+    const std::uint32_t c1 = b0.v[1];
+    const uint2 z2 = table[c1 & 0xffu];
+    if (lori::detail::zig_mbits(c1) >= z2.x) {
+      set_word(wd, t, c1);  // the rejected candidate's successor, which failed the fast test
+      pos = 2u;             // s0, s1 consumed
+      return pending;
     }
-  };
-  for (;;) {
-    unsigned c = 0u;
-    const unsigned k = gaussian_ring_claim(r, threshold, c);
-    if (k == 0u) break;
-    if constexpr (C::split) {
-      bool hard = false;
-      uint4 hw = make_uint4(0u, 0u, 0u, 0u), hm = hw;
-      if (lane < k) {
-        const gaussian_slow_entry en = gaussian_ring_take(r, c + lane);
-        if constexpr (C::diag == 0) hard = gaussian_first_round<T>(e, en, hw, hm);
-        if constexpr (C::diag != 0) (void)en;
-      }
-      gaussian_ring_put(gaussian_hard_ring<T, C>(), hard, hw, hm, lanemask_lt());
-      hard_work();
-    } else {
-      if (lane < k) {
-        const gaussian_slow_entry en = gaussian_ring_take(r, c + lane);
-        if constexpr (C::diag == 0) gaussian_finish_state<T>(e, en.meta.x, en.meta.y, en.words, gaussian_pending(e, en.words, en.meta.y), 0u, 0);
-        if constexpr (C::diag != 0) (void)en;
-      }
-    }
+    v = lori::detail::zig_value(c1, bits_float(z2.y));
   }
-  hard_work();
+  set_word(wd, t, float_bits(v));
+  done = 1u << t;
+  pending &= pending - 1u;
+  if (pending == 0u) gaussian_finish_state<T, C>(e, table, i, q, wd, 0u, done, 0);
+  return pending;
 }
 
-/// Warp-collective: pushes Philox block q of row i (words b) into the block's ring from the lanes with
-/// `slow`; lt = lanemask_lt().
-template <class T, class C>
-LORI_DEVICE LORI_FORCEINLINE void gaussian_ring_push(bool slow, const philox_block& b, std::uint32_t i, std::uint32_t q, unsigned lt) {
-  if constexpr (C::diag != 3)
-    gaussian_ring_put<C::diag != 2>(gaussian_slow_ring<T, C>(), slow, make_uint4(b.v[0], b.v[1], b.v[2], b.v[3]), make_uint4(i, q, 0u, 0u), lt);
+/// The warp finishes its own list (an overflow guard: a list with more than capacity - 32 x
+/// gaussian_lane_blocks entries after a window). The first __syncwarp orders the appends and the
+/// placeholder stores of all lanes before the reads and the fix-ups, the second the reads before
+/// later appends.
+template <class T, class C, bool WholeBlocks>
+LORI_DEVICE LORI_FORCEINLINE void gaussian_warp_drain(const projection_entry<T>& e, const uint2* table, gaussian_slow_entry* list, unsigned& count,
+                                                      unsigned lane) {
+  __syncwarp();
+  for (unsigned r = lane; r < count; r += 32u) gaussian_finish_entry<T, C, WholeBlocks>(e, table, list[r]);
+  __syncwarp();
+  count = 0u;
 }
 
-/// Every entry left in the ring at the end of a gaussian piece (block-uniform call): a barrier (every
-/// push is published, every fast path of the piece done), the warps claim and finish the rest (up to
-/// 32 entries per claim), and a second barrier: the ring is empty before any warp pushes an entry of
-/// the next piece (whose task has other keys), and no warp reads the scaled table any more when the
-/// next piece rewrites it.
-template <class T, class C>
-LORI_DEVICE LORI_FORCEINLINE void gaussian_ring_finish_all(const projection_entry<T>& e) {
+/// The block finishes the lists of all its warps (block-uniform call): each warp publishes its count,
+/// then thread x takes entries x, x + 256, ... of the concatenated lists, so the ~1.5% slow elements
+/// of the last windows are spread evenly over the block (no warp waits for its own unlucky lanes) and
+/// run one per thread, with thousands in flight per SM. The first barrier orders the appends and the
+/// placeholder stores of every warp before the reads and fix-ups, the second the reads before later
+/// appends (and, at the end of a piece, before the table is rescaled).
+template <class T, class C, bool WholeBlocks>
+LORI_DEVICE LORI_FORCEINLINE void gaussian_block_drain(const projection_entry<T>& e, const uint2* table, unsigned& count) {
+  gaussian_pool& pool = gaussian_slow_pool();
+  const unsigned x = threadIdx.x;
+  if ((x & 31u) == 0u) pool.counts[x >> 5] = count;
   __syncthreads();
-  gaussian_ring_work<T, C>(e, 1u);
-  __syncthreads();
-}
-
-/// The fast path of one Philox block b (block q of row i) of a gaussian piece: its four values into
-/// v[0..3] from the block's scaled table; if an element fails the fast test (and the lane is active),
-/// the block is pushed to the ring (gaussian_ring_push; warp-collective) and true is returned: the
-/// caller must not store it (the ring's consumer stores the whole block).
-template <class T, class C>
-LORI_DEVICE LORI_FORCEINLINE bool gaussian_block_fast(const uint2* table, const philox_block& b, float* v, bool active, std::uint32_t i, std::uint32_t q,
-                                                      unsigned lt) {
-  bool slow = false;
+  unsigned total = 0u;
 #pragma unroll
-  for (int t = 0; t < 4; ++t) {
-    const std::uint32_t w = b.v[t];
-    const uint2 z = table[w & 0xffu];
-    v[t] = lori::detail::zig_value(w, bits_float(z.y));
-    slow = slow || lori::detail::zig_mbits(w) >= z.x;
+  for (int w = 0; w < projection_warps; ++w) total += pool.counts[w];
+  for (unsigned r = x; r < total; r += projection_threads) {
+    unsigned w = 0u, k = r;
+    while (k >= pool.counts[w]) {  // terminates: r < total
+      k -= pool.counts[w];
+      ++w;
+    }
+    gaussian_finish_entry<T, C, WholeBlocks>(e, table, pool.list[w][k]);
   }
-  slow = slow && active;
-  gaussian_ring_push<T, C>(slow, b, i, q, lt);
-  return slow;
+  __syncthreads();
+  count = 0u;
+}
+
+/// gaussian_block_drain in two rounds, so that the common case runs without the divergent rare code.
+/// Round 1, every entry (thread x: entries x, x + 256, ...): gaussian_first_attempt for its lowest
+/// pending element; an entry with work left (another pending element, a tail element, a rejected
+/// candidate: ~6% of the entries) is written back with its state (meta.z = pos) and its position
+/// pushed to the hard list (one shared atomic per warp). Round 2: thread x takes hard entries x,
+/// x + 256, ... and finishes them (gaussian_finish_pending). Three barriers: before round 1 (appends,
+/// placeholder stores), before round 2 (round 1's write-backs and pushes), after (reads before later
+/// appends).
+template <class T, class C, bool WholeBlocks>
+LORI_DEVICE LORI_FORCEINLINE void gaussian_block_drain_split(const projection_entry<T>& e, const uint2* table, unsigned& count) {
+  gaussian_pool& pool = gaussian_slow_pool();
+  const unsigned x = threadIdx.x, lane = x & 31u;
+  if (lane == 0u) pool.counts[x >> 5] = count;
+  if (x == 0u) pool.nhard = 0u;
+  __syncthreads();
+  unsigned total = 0u;
+#pragma unroll
+  for (int w = 0; w < projection_warps; ++w) total += pool.counts[w];
+  const unsigned lt = lanemask_lt();
+  for (unsigned r0 = 0u; r0 < total; r0 += projection_threads) {  // block-uniform trip count: full-warp ballots
+    const unsigned r = r0 + x;
+    bool hard = false;
+    unsigned w = 0u, k = r;
+    if (r < total) {
+      while (k >= pool.counts[w]) {  // terminates: r < total
+        k -= pool.counts[w];
+        ++w;
+      }
+      gaussian_slow_entry& s = pool.list[w][k];
+      uint4 wd = s.words;
+      const std::uint32_t i = s.meta.x, q = s.meta.y;
+      unsigned pending = slow_pending<WholeBlocks>(wd, table, q, e.cols);
+      if (pending != 0u) {
+        unsigned pos = 0u, done = 0u;
+        pending = gaussian_first_round<T, C>(e, table, wd, i, q, pending, done, pos);
+        hard = pending != 0u;
+        if (hard) {
+          s.words = wd;
+          s.meta.z = pos | pending << 8 | done << 12;
+        }
+      } else {
+        gaussian_finish_state<T, C>(e, table, i, q, wd, 0u, 0u, 0);  // only elements beyond the row end failed
+      }
+    }
+    const unsigned ballot = __ballot_sync(0xffffffffu, hard);
+    if (ballot != 0u) {
+      unsigned base = 0u;
+      if (lane == 0u) base = atomicAdd(&pool.nhard, static_cast<unsigned>(__popc(ballot)));
+      base = __shfl_sync(0xffffffffu, base, 0);
+      if (hard) pool.hard[base + static_cast<unsigned>(__popc(ballot & lt))] = static_cast<std::uint16_t>(w << 8 | k);
+    }
+  }
+  __syncthreads();
+  const unsigned nhard = pool.nhard;
+  for (unsigned h = x; h < nhard; h += projection_threads) {
+    const unsigned at = pool.hard[h];
+    const gaussian_slow_entry& s = pool.list[at >> 8][at & 0xffu];
+    gaussian_finish_state<T, C>(e, table, s.meta.x, s.meta.y, s.words, (s.meta.z >> 8) & 0xfu, s.meta.z >> 12, static_cast<int>(s.meta.z & 0xffu));
+  }
+  __syncthreads();
+  count = 0u;
+}
+
+/// The block drain of configuration C (gaussian_block_drain or, with C::split, gaussian_block_drain_split).
+template <class T, class C, bool WholeBlocks>
+LORI_DEVICE LORI_FORCEINLINE void gaussian_drain_all(const projection_entry<T>& e, const uint2* table, unsigned& count) {
+  if constexpr (C::split != 0) {
+    gaussian_block_drain_split<T, C, WholeBlocks>(e, table, count);
+  } else {
+    gaussian_block_drain<T, C, WholeBlocks>(e, table, count);
+  }
+}
+
+/// After a window (step) of a gaussian piece and its stores (block-uniform call): every `period`
+/// windows the block drains all lists; otherwise a warp whose list could overflow in the next window
+/// drains its own.
+template <class T, class C, bool WholeBlocks>
+LORI_DEVICE LORI_FORCEINLINE void gaussian_after_window(const projection_entry<T>& e, const uint2* table, gaussian_slow_entry* list, unsigned& count,
+                                                        unsigned& since, unsigned period, unsigned lane) {
+  if (++since >= period) {
+    gaussian_drain_all<T, C, WholeBlocks>(e, table, count);
+    since = 0u;
+  } else if (count > gaussian_list_capacity - 32u * gaussian_lane_blocks<T, C>) {
+    gaussian_warp_drain<T, C, WholeBlocks>(e, table, list, count, lane);
+  }
 }
 
 /// Units [r0, r1) of gaussian matrix e by the block (thread x: units r0 + x, r0 + x + 256, ...); see
 /// lori/detail/random_ziggurat.hpp for the element formula. Every element takes the fast path from the
-/// block's table; a Philox block with a failing element is not stored but pushed to the block's ring
-/// (gaussian_block_fast), and after each step a warp that sees 32 entries waiting finishes them with
-/// all its lanes (gaussian_ring_work).
-/// Warps wait for each other only when the table is rescaled for a new sigma (block-uniform: pieces
-/// are block-uniform) and at the end of the piece (gaussian_ring_finish_all: two barriers).
+/// block's table (a placeholder where the fast test fails); each Philox block with a failing element
+/// is appended to the warp's list (gaussian_append), and every `period` steps (and at the end of the
+/// piece) the whole block finishes all lists (gaussian_block_drain). Warps wait for each other only at
+/// those drains and when the table is rescaled for a new sigma (block-uniform: pieces are
+/// block-uniform).
 /// table_sigma: the sigma the table holds (0: not filled yet; sigma > 0 always).
 template <class T, class C>
-LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projection_entry<T>& e, index_t r0, index_t r1, const uint2* table,
-                                                                 unsigned lt);
-template <class T, class C>
-LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_general(const projection_entry<T>& e, index_t r0, index_t r1, const uint2* table,
-                                                                    unsigned lt);
+LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projection_entry<T>& e, index_t r0, index_t r1, unsigned lt,
+                                                                 unsigned period, const uint2* table);
 template <class T, class C>
 LORI_DEVICE LORI_FORCEINLINE bool gaussian_row_path(const projection_entry<T>& e);
 
 template <class T, class C>
-LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian(const projection_entry<T>& e, index_t r0, index_t r1, bool rows, float& table_sigma,
-                                                            unsigned lt) {
-  const unsigned x = threadIdx.x;
+LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian(const projection_entry<T>& e, index_t r0, index_t r1, unsigned lt,
+                                                            unsigned period, bool rows, float& table_sigma) {
+  constexpr int U = projection_traits<T>::unit;
+  const unsigned x = threadIdx.x, lane = x & 31u;
   uint2* table = gaussian_table();
   const float sigma = e.params.scale;
   static_assert(projection_threads == lori::detail::zig_layers_count, "one table entry per thread");
   if (sigma != table_sigma) {
-    // Every warp is done with the previous table: the last gaussian piece ended with barriers after
-    // its fast paths (gaussian_ring_finish_all).
-    const lori::detail::zig_layer z = gaussian_layers()[x];  // filled at the block's start
+    if (table_sigma != 0.0f) __syncthreads();  // every warp is done with the previous table (lists are empty between pieces)
+    const lori::detail::zig_layer z = lori::detail::zig_layers()[x];
     table[x] = make_uint2(z.k, float_bits(lori::detail::rnd_mul(z.w, sigma)));
+    gaussian_layers()[x] = z;
     __syncthreads();
     table_sigma = sigma;
   }
   if (rows && gaussian_row_path<T, C>(e)) {
-    projection_piece_gaussian_rows<T, C>(e, r0, r1, table, lt);
-  } else {
-    projection_piece_gaussian_general<T, C>(e, r0, r1, table, lt);
+    projection_piece_gaussian_rows<T, C>(e, r0, r1, lt, period, table);
+    return;
   }
-  gaussian_ring_finish_all<T, C>(e);
-}
-
-/// The general path of projection_piece_gaussian: thread x takes units r0 + x, r0 + x + 256, ... with a
-/// cursor (any shape, alignment and leading dimension).
-template <class T, class C>
-LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_general(const projection_entry<T>& e, index_t r0, index_t r1, const uint2* table,
-                                                                    unsigned lt) {
-  constexpr int U = projection_traits<T>::unit;
-  const unsigned x = threadIdx.x;
+  gaussian_slow_entry* list = gaussian_slow_pool().list[x >> 5];
+  unsigned count = 0u, since = 0u;
   unit_cursor<T> p = cursor_at(e, r0 + x);
   // A block-uniform loop and body (every warp runs every step; lanes beyond the piece are inactive).
   // (Two units per thread and step measured slower in session 3: 93.8 against 85.3 us, H200.)
@@ -844,17 +752,18 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_general(const projec
     // x < left, with the 64-bit part uniform (left >= 256 in every step but the last).
     const bool active = left >= index_t{projection_threads} || x < static_cast<unsigned>(left);
     float v[U];
-    unsigned skip = 0u;  // bit h: Philox block h of the unit went to the ring
+    unsigned skip = 0u;  // bit h: Philox block h of the unit went to the list (the drain stores it)
 #pragma unroll
     for (int h = 0; h < U / 4; ++h) {
       const std::uint32_t q = static_cast<std::uint32_t>(U / 4) * p.c + static_cast<std::uint32_t>(h);
       const philox_block b = lori::detail::philox4x32_10_scheduled(q, p.i, e.stream0, e.stream1, e.rk);
-      if (gaussian_block_fast<T, C>(table, b, v + 4 * h, active, p.i, q, lt)) skip |= 1u << h;
+      if (gaussian_block_fast(table, b, v + 4 * h, active, list, count, p.i, q, lt)) skip |= 1u << h;
     }
     if (active) store_unit_at<T, U>(e, p, v, skip);
-    gaussian_ring_work<T, C>(e, C::claim);
+    gaussian_after_window<T, C, false>(e, table, list, count, since, period, lane);
     advance_step(e, p);
   }
+  if (since != 0u) gaussian_drain_all<T, C, false>(e, table, count);
 }
 
 /// Philox4x32-10 of counter {q, i, stream0, stream1} (lori::detail::philox4x32_10_scheduled) with the
@@ -957,14 +866,16 @@ LORI_DEVICE LORI_FORCEINLINE bool gaussian_row_path(const projection_entry<T>& e
 /// windows test nothing). The window's row i and first unit c are block-uniform, the thread's store
 /// address is carried from window to window, so a unit costs its Philox block (with the row-constant
 /// first rounds precomputed, philox_row), the fast paths, the ballot and one vector store; the slow
-/// path is the general path's (gaussian_block_fast: the ring; gaussian_ring_work after each window).
+/// path is the general path's (gaussian_append, gaussian_after_window).
 template <class T, class C>
-LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projection_entry<T>& e, index_t r0, index_t r1, const uint2* table,
-                                                                 unsigned lt) {
+LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projection_entry<T>& e, index_t r0, index_t r1, unsigned lt,
+                                                                 unsigned period, const uint2* table) {
   constexpr int U = projection_traits<T>::unit;
   constexpr int K = gaussian_row_units<T, C>;
   constexpr auto S = static_cast<std::uint32_t>(projection_threads * K);
-  const unsigned x = threadIdx.x;
+  const unsigned x = threadIdx.x, lane = x & 31u;
+  gaussian_slow_entry* list = gaussian_slow_pool().list[x >> 5];
+  unsigned count = 0u, since = 0u;
   // The window holding r0 (block-uniform): row i, first unit c (a multiple of S). In whole windows
   // (w0 and upr are multiples of S; units < 2^40, so w0 / S < 2^32): 32-bit arithmetic only (a
   // 64-bit division, a subroutine call, makes the compiler drop the uniformity of everything after).
@@ -979,7 +890,8 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projectio
   auto n = static_cast<std::uint32_t>((r1 - w0 + S - 1) / S);
   const auto hi_last = static_cast<std::uint32_t>(r1 - w0 - static_cast<index_t>(n - 1u) * S);  // 1..S
   auto lo = static_cast<std::uint32_t>(r0 - w0);  // first active unit of the window (first window only)
-  // The unit's store, without its Philox blocks in the ring (bit h of skip: block h; 16-bit types: the
+  // One window; Masked: lanes outside [lo, hi) of the window do nothing.
+  // The unit's store, without its Philox blocks in the list (bit h of skip: block h; 16-bit types: the
   // other half as one 8-byte store).
   auto store = [&](T* dst, const float(&v)[U], unsigned skip) {
     if constexpr (std::is_same_v<T, float>) {
@@ -1014,7 +926,7 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projectio
       for (int h = 0; h < U / 4; ++h) {
         const std::uint32_t q = static_cast<std::uint32_t>(U / 4) * cu + static_cast<std::uint32_t>(h);
         const philox_block b = philox_row(q, e, tk, rw);
-        if (gaussian_block_fast<T, C>(table, b, v + 4 * h, active, i, q, lt)) skip |= 1u << h;
+        if (gaussian_block_fast(table, b, v + 4 * h, active, list, count, i, q, lt)) skip |= 1u << h;
       }
       if (active) store(dst0 + k * projection_threads * U, v, skip);
     }
@@ -1029,9 +941,9 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projectio
       rw = make_gaussian_row_keys(e, tk, i);
     }
   };
+  auto after = [&] { gaussian_after_window<T, C, true>(e, table, list, count, since, period, lane); };
   // A masked first window (the piece starts inside it, or it is the only one and ends early), then
   // the whole windows, then a masked last window (the piece ends inside it).
-  auto after = [&] { gaussian_ring_work<T, C>(e, C::claim); };
   if (lo != 0u || (n == 1u && hi_last != S)) {
     window(std::true_type{}, n == 1u ? hi_last : S);
     after();
@@ -1053,18 +965,19 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projectio
     window(std::true_type{}, hi_last);
     after();
   }
+  if (since != 0u) gaussian_drain_all<T, C, true>(e, table, count);
 }
 
 /// Units [r0, r1) of matrix e by the block, any law. WithGaussian: the kernel variant with the gaussian
 /// path (shared memory, more registers); the host launches the variant without it when no task of the
 /// launch is gaussian.
 template <bool WithGaussian, class C, class T>
-LORI_DEVICE LORI_FORCEINLINE void projection_piece_dispatch(const projection_entry<T>& e, index_t r0, index_t r1, bool rows, float& table_sigma,
-                                                            unsigned lt) {
+LORI_DEVICE LORI_FORCEINLINE void projection_piece_dispatch(const projection_entry<T>& e, index_t r0, index_t r1, unsigned lt, unsigned period,
+                                                            bool rows, float& table_sigma) {
   switch (e.params.kind) {
     case distribution::kaiming_uniform: projection_piece<distribution::kaiming_uniform>(e, r0, r1); break;
     case distribution::gaussian:
-      if constexpr (WithGaussian) projection_piece_gaussian<T, C>(e, r0, r1, rows, table_sigma, lt);
+      if constexpr (WithGaussian) projection_piece_gaussian<T, C>(e, r0, r1, lt, period, rows, table_sigma);
       break;
     case distribution::rademacher: projection_piece<distribution::rademacher>(e, r0, r1); break;
     case distribution::sparse: projection_piece<distribution::sparse>(e, r0, r1); break;
@@ -1119,12 +1032,15 @@ template <bool WithGaussian, class C>
 constexpr int projection_min_blocks = WithGaussian ? C::min_blocks : 8;
 
 /// How a launch's units are split over its blocks: ceil(units / group) groups of `group` units; block B
-/// takes per_block groups, one more if B < extra (no division on the device).
+/// takes per_block groups, one more if B < extra (no division on the device). drain_period (>= 1):
+/// windows (steps) between two block drains of the gaussian slow-path lists (gaussian_drain_period in
+/// the library).
 struct projection_split {
   index_t units;
   index_t per_block;
   index_t extra;
   index_t group;
+  unsigned drain_period;
   unsigned rows;  ///< 1: gaussian tasks with gaussian_row_path take the row path (the library); 0: never
 };
 
@@ -1132,10 +1048,10 @@ struct projection_split {
 /// in the library; 0 otherwise) groups of one window, so that block ranges start and end on window
 /// boundaries of the tasks whose unit counts are multiples of the window (as all k = 2048 n are: no
 /// masked windows), when every block gets at least 16 of them (the imbalance stays <= 1/16).
-inline projection_split make_projection_split(index_t units, index_t blocks, index_t window, unsigned rows = 1) {
+inline projection_split make_projection_split(index_t units, index_t blocks, index_t window, unsigned drain_period = 1, unsigned rows = 1) {
   const index_t group = window > 0 && units >= blocks * 16 * window ? window : 32;
   const index_t groups = (units + group - 1) / group;
-  return projection_split{units, groups / blocks, groups % blocks, group, rows};
+  return projection_split{units, groups / blocks, groups % blocks, group, drain_period, rows};
 }
 
 /// The generation kernel: a grid of at most one wave of resident blocks; the launch's units (all tasks
@@ -1144,7 +1060,7 @@ inline projection_split make_projection_split(index_t units, index_t blocks, ind
 /// all of this is block-uniform (the task's keys and shape stay in uniform registers). Within a
 /// piece, thread x takes units x, x + 256, ... (the gaussian row path: see
 /// projection_piece_gaussian_rows); after the first task search (one barrier) the warps wait for each
-/// other only in gaussian pieces (table rescaling) and at the end (gaussian_ring_finish_all).
+/// other only in gaussian pieces (block drains of the slow-path lists, table rescaling).
 template <class T, bool WithGaussian, class Source, class C = gaussian_cfg_lib<T>>
 __global__ void __launch_bounds__(projection_threads, projection_min_blocks<WithGaussian, C>)
     projection_kernel(const __grid_constant__ Source param, projection_split split) {
@@ -1162,10 +1078,6 @@ __global__ void __launch_bounds__(projection_threads, projection_min_blocks<With
     const index_t found = src.find(a, threadIdx.x);
     if (threadIdx.x == 0) first_task_s = found;
   }
-  if constexpr (WithGaussian) {
-    gaussian_layers()[threadIdx.x] = lori::detail::zig_layers()[threadIdx.x];  // the unscaled table, once
-    gaussian_ring_init<T, C>();
-  }
   __syncthreads();
   index_t t = first_task_s;
   const unsigned lt = lanemask_lt();
@@ -1176,7 +1088,7 @@ __global__ void __launch_bounds__(projection_threads, projection_min_blocks<With
     if (end_t > u) {
       const index_t s = src.start(t);
       const index_t end = end_t < b ? end_t : b;
-      projection_piece_dispatch<WithGaussian, C>(src.entry(t), u - s, end - s, split.rows != 0u, table_sigma, lt);
+      projection_piece_dispatch<WithGaussian, C>(src.entry(t), u - s, end - s, lt, split.drain_period, split.rows != 0u, table_sigma);
       u = end;
       if (u >= b) break;
     }
@@ -1304,7 +1216,7 @@ projection_batch_plan<T> prepare_projection_batch(const projection_task<T>* task
   plan.units = units;
   if (units > 0) {
     plan.blocks = plan.has_gaussian ? detail_proj::projection_grid(detail_proj::projection_kernel<T, true, detail_proj::projection_batch_source<T>>, units,
-                                                              detail_proj::gaussian_smem_bytes<T, detail_proj::gaussian_cfg_lib<T>>)
+                                                              detail_proj::gaussian_smem_bytes)
                                     : detail_proj::projection_grid(detail_proj::projection_kernel<T, false, detail_proj::projection_batch_source<T>>, units, 0);
   }
   return plan;
@@ -1312,10 +1224,13 @@ projection_batch_plan<T> prepare_projection_batch(const projection_task<T>* task
 
 namespace detail_proj {
 /// The launch of generate_projection_batch with `blocks` blocks (1 <= blocks; the library passes
-/// plan.blocks, tests force small grids so that each block walks long ranges and many tasks); rows = 0:
-/// no gaussian row path; C: the gaussian kernel configuration (tests force a tiny ring, Claim = 1).
+/// plan.blocks, tests force small grids so that each block walks long ranges and many tasks) and
+/// windows between block drains of the gaussian slow-path lists drain_period (0: the library's,
+/// gaussian_drain_period; tests force 1 (a drain after every window) and 2^30 (none before the end of a
+/// piece: the warps' lists overflow into warp drains)); rows = 0: no gaussian row path; C: the gaussian
+/// kernel configuration (tests of others than the library's).
 template <class T, class C = gaussian_cfg_lib<T>>
-void launch_projection_batch(const projection_batch_plan<T>& plan, index_t blocks, cudaStream_t stream, unsigned rows = 1) {
+void launch_projection_batch(const projection_batch_plan<T>& plan, index_t blocks, cudaStream_t stream, unsigned drain_period = 0, unsigned rows = 1) {
   LORI_EXPECTS(plan.count >= 0 && plan.blocks >= 0 && plan.units >= 0, "generate_projection_batch: invalid plan");
   if (plan.units == 0) return;
   LORI_EXPECTS(plan.workspace != nullptr, "generate_projection_batch: plan has no workspace");
@@ -1325,13 +1240,10 @@ void launch_projection_batch(const projection_batch_plan<T>& plan, index_t block
   const projection_batch_source<T> src{reinterpret_cast<const projection_entry_storage<T>*>(base),
                                        reinterpret_cast<const index_t*>(base + round_up16(n * sizeof(projection_entry_storage<T>))), plan.count};
   const projection_split split =
-      make_projection_split(plan.units, blocks, plan.has_gaussian ? gaussian_row_window<T, C> : 0, rows);
+      make_projection_split(plan.units, blocks, plan.has_gaussian ? gaussian_row_window<T, C> : 0,
+                            drain_period > 0 ? drain_period : gaussian_drain_period<T, C>, rows);
   if (plan.has_gaussian) {
-    const auto kernel = projection_kernel<T, true, projection_batch_source<T>, C>;
-    // The library's kernel was configured by prepare_projection_batch; others (tests) here (more than
-    // 48 KB of shared memory for some).
-    if constexpr (!std::is_same_v<C, gaussian_cfg_lib<T>>) configure_projection_kernel(kernel, gaussian_smem_bytes<T, C>);
-    kernel<<<static_cast<unsigned>(blocks), projection_threads, gaussian_smem_bytes<T, C>, stream>>>(src, split);
+    projection_kernel<T, true, projection_batch_source<T>, C><<<static_cast<unsigned>(blocks), projection_threads, gaussian_smem_bytes, stream>>>(src, split);
   } else {
     projection_kernel<T, false><<<static_cast<unsigned>(blocks), projection_threads, 0, stream>>>(src, split);
   }
@@ -1344,7 +1256,7 @@ void launch_projection_batch(const projection_batch_plan<T>& plan, index_t block
 template <class C, class T>
 index_t projection_grid_cfg(const projection_batch_plan<T>& plan) {
   LORI_EXPECTS(plan.has_gaussian && plan.units > 0 && plan.workspace != nullptr, "projection_grid_cfg: needs a gaussian plan");
-  return projection_grid(projection_kernel<T, true, projection_batch_source<T>, C>, plan.units, gaussian_smem_bytes<T, C>);
+  return projection_grid(projection_kernel<T, true, projection_batch_source<T>, C>, plan.units, gaussian_smem_bytes);
 }
 template <class C, class T>
 void launch_projection_batch_cfg(const projection_batch_plan<T>& plan, index_t blocks, cudaStream_t stream) {
@@ -1353,16 +1265,16 @@ void launch_projection_batch_cfg(const projection_batch_plan<T>& plan, index_t b
   const auto* base = static_cast<const unsigned char*>(plan.workspace);
   const projection_batch_source<T> src{reinterpret_cast<const projection_entry_storage<T>*>(base),
                                        reinterpret_cast<const index_t*>(base + round_up16(n * sizeof(projection_entry_storage<T>))), plan.count};
-  projection_kernel<T, true, projection_batch_source<T>, C><<<static_cast<unsigned>(blocks), projection_threads, gaussian_smem_bytes<T, C>, stream>>>(
-      src, make_projection_split(plan.units, blocks, gaussian_row_window<T, C>));
+  projection_kernel<T, true, projection_batch_source<T>, C><<<static_cast<unsigned>(blocks), projection_threads, gaussian_smem_bytes, stream>>>(
+      src, make_projection_split(plan.units, blocks, gaussian_row_window<T, C>, gaussian_drain_period<T, C>));
   LORI_CUDA_CHECK_LAUNCH();
 }
 
-/// generate_projection with `blocks` blocks (blocks <= 0: the default grid, one wave at most) and the
-/// gaussian kernel configuration C (tests force others than the library's).
-template <class T, class C = gaussian_cfg_lib<T>>
+/// generate_projection with `blocks` blocks (blocks <= 0: the default grid, one wave at most) and
+/// drain_period (0: the library's; see launch_projection_batch).
+template <class T>
 void generate_projection_blocks(row_major_view<T> out, std::uint64_t seed, std::uint64_t stream, const projection_spec& spec, index_t blocks,
-                                cudaStream_t cuda_stream) {
+                                cudaStream_t cuda_stream, unsigned drain_period = 0) {
   const projection_task<T> t = make_projection_task(out.data(), out.rows(), out.cols(), seed, stream, spec, out.ld());
   const projection_entry<T> e = make_entry(t);
   const index_t units = t.rows * static_cast<index_t>(e.upr);
@@ -1374,15 +1286,16 @@ void generate_projection_blocks(row_major_view<T> out, std::uint64_t seed, std::
   src.starts[0] = 0;
   src.starts[1] = units;
   if (t.params.kind == distribution::gaussian) {
-    const auto kernel = projection_kernel<T, true, projection_single_source<T>, C>;
-    constexpr std::size_t smem = gaussian_smem_bytes<T, C>;
+    const auto kernel = projection_kernel<T, true, projection_single_source<T>>;
+    constexpr std::size_t smem = gaussian_smem_bytes;
     index_t grid = blocks;
     if (blocks > 0) {
       configure_projection_kernel(kernel, smem);
     } else {
       grid = projection_grid(kernel, units, smem);
     }
-    kernel<<<static_cast<unsigned>(grid), projection_threads, smem, cuda_stream>>>(src, make_projection_split(units, grid, gaussian_row_window<T, C>));
+    kernel<<<static_cast<unsigned>(grid), projection_threads, smem, cuda_stream>>>(src, make_projection_split(units, grid, gaussian_row_window<T, gaussian_cfg_lib<T>>,
+                                                                                    drain_period > 0 ? drain_period : gaussian_drain_period<T, gaussian_cfg_lib<T>>));
   } else {
     const auto kernel = projection_kernel<T, false, projection_single_source<T>>;
     const index_t grid = blocks > 0 ? blocks : projection_grid(kernel, units, 0);

@@ -1,0 +1,1417 @@
+// bench/random/projection_ring.cuh - BENCHMARK-ONLY copy of session 6's block-shared-ring gaussian kernel
+// (commit 85cf1cc's lori/cuda/projection.cuh, namespace lori::cuda_ring), measured against the library's
+// kernel in the same run at session 6's checkpoint 2; removed afterwards.
+// lori/cuda/projection.cuh - random projections A = f(seed, stream, shape, distribution) on the GPU.
+//
+// Generates exactly the matrices of lori/random/projection.hpp (same bits as the CPU, element for
+// element; see lori/random/distributions.hpp for the word layout and formulas) into caller-provided
+// device memory, stream-ordered, without allocating:
+//
+//   generate_projection(out, seed, stream, spec, cuda_stream)       one matrix (one kernel launch)
+//   projection_batch_workspace_bytes(count)                          workspace for a batch
+//   prepare_projection_batch(tasks, count, ws, ws_bytes, s) -> plan  upload a batch description once
+//   generate_projection_batch(plan, s)                               all matrices in ONE launch
+//   generate_projection_batch(tasks, count, ws, ws_bytes, s)         prepare + generate
+//
+// Element types: float, double (exact widening of the float values), lori::bfloat16 and lori::half
+// (float values rounded to nearest even with lori::float_to_bf16_bits / float_to_half_bits).
+// Orthonormalised rows (projection_spec::orthonormal_rows) are CPU-only and rejected here.
+//
+// Kernel: each thread produces units of 16 bytes (4 floats from one Philox call; 8 bf16/fp16 from two;
+// 4 doubles as two 16-byte stores) written with vector stores when the row start is 16-byte aligned
+// (pointer aligned and ld a multiple of the unit), element stores otherwise and at row ends.
+// One launch of at most one wave of resident blocks: the units of all tasks (concatenated, row-major)
+// are split into equal contiguous ranges, one per block; a block walks its range task by task, its
+// thread x taking units x, x + 256, ... of each piece (block-uniform control flow: the task's Philox
+// key schedule, precomputed on the host, stays in uniform registers).
+// Gaussian tasks (ziggurat, lori/detail/random_ziggurat.hpp) read the layer tables from shared memory;
+// a Philox block (4 elements) with one of the ~1.5% slow-path elements is not stored by its lane but
+// pushed to a ring shared by the block's warps, whose entries whichever warp sees 32 of them finishes
+// with all 32 lanes and one store per block (see projection_piece_gaussian, gaussian_ring). Tasks with aligned rows of a
+// multiple of 1024 floats (2048 bf16) take the row path (projection_piece_gaussian_rows: block-uniform
+// row windows). Launches without a gaussian task use a kernel variant without that code.
+#ifndef LORI_BENCH_PROJECTION_RING_CUH
+#define LORI_BENCH_PROJECTION_RING_CUH
+
+#include "lori/config.hpp"
+#include "lori/core/float16.hpp"
+#include "lori/core/matrix_view.hpp"
+#include "lori/error.hpp"
+#include "lori/random/distributions.hpp"
+#include "lori/random/philox.hpp"
+
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <type_traits>
+#include <vector>
+
+namespace lori::cuda_ring {
+
+/// One matrix of a batch: out (device memory) is rows x cols, row-major with leading dimension ld
+/// (ld >= cols), filled with the projection (seed, stream, params). Build with make_projection_task.
+template <class T>
+struct projection_task {
+  T* out = nullptr;
+  index_t rows = 0;
+  index_t cols = 0;
+  index_t ld = 0;
+  std::uint64_t seed = 0;
+  std::uint64_t stream = 0;
+  projection_params params{};
+};
+
+/// A validated task for out = A (rows x cols, leading dimension ld; ld < 0 means cols) of the projection
+/// (seed, stream, spec). Throws lori::error on an invalid spec (see make_projection_params), a spec with
+/// orthonormal_rows (CPU only), negative shapes, ld < cols, cols >= 2^31 (GPU limit) or a null out
+/// for a non-empty matrix.
+template <class T>
+projection_task<T> make_projection_task(T* out, index_t rows, index_t cols, std::uint64_t seed, std::uint64_t stream,
+                                        const projection_spec& spec, index_t ld = -1);
+
+/// Bytes of device workspace that a batch of `count` tasks needs (a copy of the task list and a prefix
+/// sum of unit counts). O(1).
+inline std::size_t projection_batch_workspace_bytes(index_t count);
+
+/// A batch uploaded by prepare_projection_batch: valid while its workspace is, reusable for any number
+/// of generate_projection_batch calls (each regenerates the same matrices).
+template <class T>
+struct projection_batch_plan {
+  const void* workspace = nullptr;
+  index_t count = 0;
+  index_t blocks = 0;  ///< thread blocks of the one launch (at most one wave of resident blocks)
+  bool has_gaussian = false;  ///< some task is gaussian (selects the kernel variant)
+  index_t units = 0;          ///< 16-byte units of all tasks (last: keeps the earlier members' order)
+};
+
+/// Validates `count` host-side tasks and copies the batch description into `workspace` (device memory of
+/// at least projection_batch_workspace_bytes(count) bytes, 16-byte aligned) on `stream`. The copy is
+/// from pageable memory, so this call synchronises `stream` first (do it once, e.g. at model load).
+/// The output ranges of different tasks must not overlap. The launch grid (one wave of co-resident
+/// blocks) is sized for the current device: use the plan on that device. Throws lori::error on invalid
+/// tasks, a null or too small workspace, or a failing CUDA call.
+template <class T>
+projection_batch_plan<T> prepare_projection_batch(const projection_task<T>* tasks, index_t count, void* workspace,
+                                                  std::size_t workspace_bytes, cudaStream_t stream = nullptr);
+
+/// Generates every matrix of the prepared batch with one kernel launch on `stream` (asynchronous).
+template <class T>
+void generate_projection_batch(const projection_batch_plan<T>& plan, cudaStream_t stream = nullptr);
+
+/// prepare_projection_batch + generate_projection_batch.
+template <class T>
+void generate_projection_batch(const projection_task<T>* tasks, index_t count, void* workspace, std::size_t workspace_bytes,
+                               cudaStream_t stream = nullptr);
+
+/// Fills `out` (device memory, row-major, any leading dimension) with the projection (seed, stream, spec):
+/// out(i, j) = A(i, j), bit-identical to lori::generate_projection on the CPU. One launch on
+/// `cuda_stream`, asynchronous, no allocation. Throws lori::error as make_projection_task.
+template <class T>
+void generate_projection(row_major_view<T> out, std::uint64_t seed, std::uint64_t stream, const projection_spec& spec,
+                         cudaStream_t cuda_stream = nullptr);
+
+// =====================================================================================================
+// Implementation
+// =====================================================================================================
+namespace detail_proj {
+
+template <class T>
+struct projection_traits;
+template <>
+struct projection_traits<float> {
+  static constexpr int unit = 4;  // elements per 16-byte unit
+};
+template <>
+struct projection_traits<double> {
+  static constexpr int unit = 4;  // 32 bytes: two 16-byte stores
+};
+template <>
+struct projection_traits<bfloat16> {
+  static constexpr int unit = 8;
+};
+template <>
+struct projection_traits<half> {
+  static constexpr int unit = 8;
+};
+
+constexpr int projection_threads = 256;
+constexpr int projection_warps = projection_threads / 32;
+
+/// What a kernel needs about one matrix (trivially copyable).
+template <class T>
+struct projection_entry {
+  T* out;
+  index_t rows;
+  index_t cols;
+  index_t ld;
+  std::uint32_t upr;  ///< units per row = ceil(cols / unit)
+  std::uint32_t vec_ok;
+  std::uint32_t key0, key1, stream0, stream1;
+  projection_params params;
+  index_t row_skip;          ///< ld - upr * unit: from the end of a row's last unit to the next row
+  std::uint32_t full_units;  ///< cols / unit: units without a row end inside
+  lori::detail::philox_round_keys rk;  ///< key schedule of (key0, key1)
+};
+
+template <class T>
+struct alignas(16) projection_entry_storage {
+  projection_entry<T> e;
+};
+
+LORI_DEVICE LORI_FORCEINLINE std::uint32_t pack_pair(std::uint16_t lo, std::uint16_t hi) {
+  return static_cast<std::uint32_t>(lo) | (static_cast<std::uint32_t>(hi) << 16);
+}
+
+template <class T>
+LORI_DEVICE LORI_FORCEINLINE std::uint16_t narrow16(float x) {
+  if constexpr (std::is_same_v<T, bfloat16>) {
+    return float_to_bf16_bits(x);
+  } else {
+    return float_to_half_bits(x);
+  }
+}
+
+/// One element value converted to T (the single-element store of the gaussian's deferred slow path).
+template <class T>
+LORI_DEVICE LORI_FORCEINLINE T from_float(float x) {
+  if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
+    return static_cast<T>(x);
+  } else {
+    return T::from_bits(narrow16<T>(x));
+  }
+}
+
+/// Lane mask of the lanes below this one.
+LORI_DEVICE LORI_FORCEINLINE unsigned lanemask_lt() {
+  unsigned m;
+  asm("mov.u32 %0, %%lanemask_lt;" : "=r"(m));
+  return m;
+}
+
+/// A thread's position in a piece: unit c of row i, stored at dst. Moved on by one block step
+/// (projection_threads units) at a time; 0 <= c < upr.
+template <class T>
+struct unit_cursor {
+  std::uint32_t i;
+  std::uint32_t c;
+  T* dst;
+};
+
+/// Address of unit c of row i.
+template <class T>
+LORI_DEVICE LORI_FORCEINLINE T* unit_address(const projection_entry<T>& e, std::uint32_t i, std::uint32_t c) {
+  constexpr int U = projection_traits<T>::unit;
+  return e.out + (static_cast<index_t>(i) * e.ld + static_cast<index_t>(c) * U);
+}
+
+/// The cursor of unit `rel` (64-bit division only when rel >= 2^32; once per piece).
+template <class T>
+LORI_DEVICE LORI_FORCEINLINE unit_cursor<T> cursor_at(const projection_entry<T>& e, index_t rel) {
+  unit_cursor<T> p;
+  const auto r = static_cast<std::uint64_t>(rel);
+  if (r < (std::uint64_t{1} << 32)) {
+    const auto r32 = static_cast<std::uint32_t>(r);
+    p.i = r32 / e.upr;
+    p.c = r32 - p.i * e.upr;
+  } else {
+    const std::uint64_t q = r / e.upr;
+    p.i = static_cast<std::uint32_t>(q);
+    p.c = static_cast<std::uint32_t>(r - q * e.upr);
+  }
+  p.dst = unit_address(e, p.i, p.c);
+  return p;
+}
+
+/// Moves p on by projection_threads units.
+template <class T>
+LORI_DEVICE LORI_FORCEINLINE void advance_step(const projection_entry<T>& e, unit_cursor<T>& p) {
+  constexpr int U = projection_traits<T>::unit;
+  constexpr auto step = static_cast<std::uint32_t>(projection_threads);
+  p.c += step;
+  if (e.upr >= step) {  // at most one row end per step
+    p.dst += index_t{projection_threads} * U;
+    if (p.c >= e.upr) {
+      p.c -= e.upr;
+      ++p.i;
+      p.dst += e.row_skip;
+    }
+  } else {
+    p.i += p.c / e.upr;
+    p.c %= e.upr;
+    p.dst = unit_address(e, p.i, p.c);
+  }
+}
+
+/// Stores the U values of the cursor's unit (elements c*U .. c*U + U - 1 of the row, clipped at cols):
+/// one 16-byte vector store (two for double) when the unit is whole (c < full_units) and the rows are
+/// 16-byte aligned. skip: bit h set = the unit's Philox block h (values 4h .. 4h + 3) is not stored
+/// (the gaussian's ring stores it); the other half of a 16-bit unit is then one 8-byte store.
+template <class T, int U>
+LORI_DEVICE LORI_FORCEINLINE void store_unit_at(const projection_entry<T>& e, const unit_cursor<T>& p, const float (&v)[U], unsigned skip = 0u) {
+  const bool vector = e.vec_ok != 0u && p.c < e.full_units;
+  T* dst = p.dst;
+  if constexpr (U == 4) {
+    if (skip != 0u) return;
+    if (vector) {
+      if constexpr (std::is_same_v<T, float>) {
+        *reinterpret_cast<float4*>(dst) = make_float4(v[0], v[1], v[2], v[3]);
+      } else {
+        reinterpret_cast<double2*>(dst)[0] = make_double2(v[0], v[1]);
+        reinterpret_cast<double2*>(dst)[1] = make_double2(v[2], v[3]);
+      }
+    } else {
+      const index_t j0 = static_cast<index_t>(p.c) * U;
+      for (int t = 0; t < 4; ++t)
+        if (j0 + t < e.cols) dst[t] = static_cast<T>(v[t]);
+    }
+  } else {
+    std::uint16_t h[8];
+    for (int t = 0; t < 8; ++t) h[t] = narrow16<T>(v[t]);
+    if (vector) {
+      if (skip == 0u) {
+        *reinterpret_cast<uint4*>(dst) = make_uint4(pack_pair(h[0], h[1]), pack_pair(h[2], h[3]), pack_pair(h[4], h[5]), pack_pair(h[6], h[7]));
+      } else if (skip == 2u) {
+        *reinterpret_cast<uint2*>(dst) = make_uint2(pack_pair(h[0], h[1]), pack_pair(h[2], h[3]));
+      } else if (skip == 1u) {
+        *reinterpret_cast<uint2*>(dst + 4) = make_uint2(pack_pair(h[4], h[5]), pack_pair(h[6], h[7]));
+      }
+    } else {
+      const index_t j0 = static_cast<index_t>(p.c) * U;
+      for (int t = 0; t < 8; ++t)
+        if (j0 + t < e.cols && ((skip >> (t >> 2)) & 1u) == 0u) dst[t] = T::from_bits(h[t]);
+    }
+  }
+}
+
+/// Units [r0, r1) of matrix e (row-major unit order) for a non-gaussian law D, by the block: thread x
+/// takes units r0 + x, r0 + x + 256, ... (each warp instruction stores 32 consecutive 16-byte units).
+template <distribution D, class T>
+LORI_DEVICE LORI_FORCEINLINE void projection_piece(const projection_entry<T>& e, index_t r0, index_t r1) {
+  constexpr int U = projection_traits<T>::unit;
+  const unsigned x = threadIdx.x;
+  projection_params params = e.params;
+  params.kind = D;  // compile-time distribution: the switch in projection_values_simple folds away
+  unit_cursor<T> p = cursor_at(e, r0 + x);
+  for (index_t left = r1 - r0; left > 0; left -= projection_threads) {
+    if (left >= index_t{projection_threads} || x < static_cast<unsigned>(left)) {
+      float v[U];
+#pragma unroll
+      for (int h = 0; h < U / 4; ++h) {
+        const std::uint32_t q = static_cast<std::uint32_t>(U / 4) * p.c + static_cast<std::uint32_t>(h);
+        const philox_block b = lori::detail::philox4x32_10_scheduled(q, p.i, e.stream0, e.stream1, e.rk);
+        const float4_values y = projection_values_simple(params, b);
+#pragma unroll
+        for (int t = 0; t < 4; ++t) v[4 * h + t] = y.v[t];
+      }
+      store_unit_at<T, U>(e, p, v);
+    }
+    advance_step(e, p);
+  }
+}
+
+/// The layer table of the block's gaussian path, scaled by the sigma of the block's current task:
+/// {k_L, bits(rnd(W_L * sigma))}. (Eight interleaved copies, against bank conflicts of the random
+/// look-ups, measured slower at checkpoint 2: 88.1 against 85.3 us, H200.)
+/// The gaussian kernel variant's dynamic shared memory: this table (2 KB), the unscaled one (4 KB),
+/// then the slow-path ring (gaussian_ring; gaussian_smem_bytes in all).
+LORI_DEVICE LORI_FORCEINLINE uint2* gaussian_table() {
+  extern __shared__ __align__(32) unsigned char projection_smem[];
+  return reinterpret_cast<uint2*>(projection_smem);
+}
+
+/// The unscaled layer table (lori::detail::zig_layers, 4 KB) in the block's shared memory, after the
+/// scaled one: the slow path reads its layers from here (no global-load latency).
+LORI_DEVICE LORI_FORCEINLINE lori::detail::zig_layer* gaussian_layers() {
+  extern __shared__ __align__(32) unsigned char projection_smem[];
+  return reinterpret_cast<lori::detail::zig_layer*>(projection_smem + sizeof(uint2) * lori::detail::zig_layers_count);
+}
+constexpr std::size_t gaussian_tables_bytes = (sizeof(uint2) + sizeof(lori::detail::zig_layer)) * lori::detail::zig_layers_count;
+
+/// A configuration of the gaussian kernel variant: KFloat units per thread and window of the row path
+/// for 16-byte units of 4 values (float, double; bf16/fp16 units, 8 values, take 1), MinBlocks blocks
+/// per SM (the register cap), Claim: ring entries waiting for a lane before a warp claims them (1..32:
+/// after each window, a warp that sees >= Claim published-but-unclaimed entries in the block's
+/// slow-path ring finishes up to 32 of them at a time, gaussian_ring_work). gaussian_cfg_lib<T> is the
+/// library's; launch_projection_batch_cfg runs others (benchmarks of alternatives in the same
+/// process), tests force Claim = 1 and 8. Split = 1: claimed entries get only the first attempt of
+/// their lowest slow element if it is a wedge (the common case, no divergence); entries with work left
+/// go to a second ring whose entries are finished 32 at a time (gaussian_ring_work). Diag: benchmark-
+/// only diagnostics with WRONG values, for checkpoint 1 of session 6 only: 1 = claimed ring entries
+/// are freed but not finished (the consumers' cost), 2 = as 1 and the pushes publish without the
+/// release fence (the MEMBAR's cost), 3 = no pushes at all (slow blocks are simply not stored).
+template <int KFloat, int MinBlocks, int Claim = 32, int Split = 0, int Diag = 0>
+struct gaussian_cfg {
+  static_assert(Claim >= 1 && Claim <= 32, "gaussian_cfg: claim threshold in 1..32");
+  static constexpr int k_float = KFloat;
+  static constexpr int min_blocks = MinBlocks;
+  static constexpr unsigned claim = static_cast<unsigned>(Claim);
+  static constexpr bool split = Split != 0;
+  static constexpr int diag = Diag;
+};
+/// The library's configuration for element type T (session 6: claims at 32 entries; float and double
+/// with the second ring, bf16/fp16 without (its first ring is twice as large: 2 Philox blocks per
+/// lane and window); 1 unit per window and 4 blocks per SM: session 4).
+template <class T>
+struct gaussian_cfg_lib_of {
+  using type = gaussian_cfg<1, 4, 32, 1>;
+};
+template <>
+struct gaussian_cfg_lib_of<bfloat16> {
+  using type = gaussian_cfg<1, 4, 32, 0>;
+};
+template <>
+struct gaussian_cfg_lib_of<half> {
+  using type = gaussian_cfg<1, 4, 32, 0>;
+};
+template <class T>
+using gaussian_cfg_lib = typename gaussian_cfg_lib_of<T>::type;
+
+/// Thread units per window of the row path: C::k_float for float/double, 1 for bf16/fp16 (the library:
+/// 1, i.e. one Philox block per thread and window for float/double, two for bf16/fp16).
+template <class T, class C>
+constexpr int gaussian_row_units = projection_traits<T>::unit == 4 ? C::k_float : 1;
+
+/// Deferred slow-path work: one Philox block (elements j = 4q .. 4q + 3 of row i of the piece's task)
+/// with at least one element that failed the fast test: its four words and meta = {i, q, -, -}
+/// (q < 2^29 as cols < 2^31 on the GPU). The ring holds entries of the current piece only (it is
+/// emptied at the end of each gaussian piece, gaussian_ring_finish_all), so the task's keys, sigma and
+/// destination come from the piece's entry, in uniform registers. (Entries tagged with their task,
+/// finished with the task's entry loaded per lane, cost ~20 more registers in the consumer: ptxas
+/// spilled the fast loop's round keys, 540 bytes of spill stores against 12.)
+struct alignas(32) gaussian_slow_entry {
+  uint4 words;
+  uint4 meta;
+};
+
+constexpr unsigned pow2_ceil(unsigned n) {
+  unsigned p = 1u;
+  while (p < n) p *= 2u;
+  return p;
+}
+
+/// Ring entries a warp may push in one window (step): 32 lanes x its Philox blocks per lane.
+template <class T, class C>
+constexpr unsigned gaussian_window_pushes = 32u * static_cast<unsigned>(gaussian_row_units<T, C> * projection_traits<T>::unit / 4);
+
+/// Capacity of the block's ring: a power of two >= C::claim - 1 + 8 x gaussian_window_pushes, the most
+/// entries that can ever be reserved and unclaimed at once. Proof: every warp, after every window in
+/// which it pushed, claims until it sees fewer than C::claim unclaimed (gaussian_ring_work). Take the
+/// warp whose such check ended last, at t0 (fewer than C::claim unclaimed then): since t0 every warp
+/// has pushed at most one window's entries (a second window would have ended with a later check).
+/// So a producer's new position p always has p - capacity already claimed: its slot's previous
+/// occupant is claimed, and a claimed entry is read at once (no overflow path is needed, and no
+/// producer ever waits for an unclaimed entry). Float and double: 512 entries (18 KB), bf16/fp16:
+/// 1024 (37 KB).
+template <class T, class C>
+constexpr unsigned gaussian_ring_capacity = pow2_ceil(C::claim - 1u + static_cast<unsigned>(projection_warps) * gaussian_window_pushes<T, C>);
+
+/// The block's slow-path ring in shared memory (after the two layer tables): a bounded multi-producer
+/// multi-consumer queue of Cap entries on monotone 32-bit positions (slot = position mod Cap;
+/// differences of positions stay far below 2^31). seq[s] is the slot's state: p = free for position p,
+/// p + 1 = holds position p (published). A warp reserves positions with one atomicAdd on `reserved`
+/// (lane 0; ballot + popc give the lanes their positions), each slow lane waits until its slot is free
+/// for its position (its previous occupant p - Cap, claimed (gaussian_ring_capacity), was read:
+/// normally long ago), writes the entry and publishes it (st.release). A consumer warp claims up to 32
+/// positions with a CAS on `claimed`, each lane waits until its position is published (ld.acquire;
+/// normally already: a producer's reserve-to-publish is a few instructions without any wait for
+/// unclaimed work), reads the entry, frees the slot for p + Cap (st.release, after the reads) and
+/// finishes the block. No warp waits while holding claimed entries unread or reserved ones unpublished
+/// on anything but the few instructions of another warp's publish or read: no deadlock.
+template <unsigned Cap>
+struct gaussian_ring {
+  gaussian_slow_entry slot[Cap];
+  unsigned seq[Cap];
+  unsigned reserved;  ///< positions reserved by producers
+  unsigned claimed;   ///< positions claimed by consumers (<= reserved)
+};
+
+template <class T, class C>
+using gaussian_ring_of = gaussian_ring<gaussian_ring_capacity<T, C>>;
+
+/// Capacity of the second ring (C::split: entries with work left after their first attempt): pushed
+/// only by consumers, at most 32 per claim, and every warp checks it after each claim it processed
+/// (the same proof as gaussian_ring_capacity with 32 pushes per check): >= C::claim - 1 + 8 x 32.
+template <class C>
+constexpr unsigned gaussian_hard_capacity = pow2_ceil(C::claim - 1u + static_cast<unsigned>(projection_warps) * 32u);
+template <class C>
+using gaussian_hard_ring_of = gaussian_ring<gaussian_hard_capacity<C>>;
+
+template <class T, class C>
+LORI_DEVICE LORI_FORCEINLINE gaussian_ring_of<T, C>& gaussian_slow_ring() {
+  extern __shared__ __align__(32) unsigned char projection_smem[];
+  return *reinterpret_cast<gaussian_ring_of<T, C>*>(projection_smem + gaussian_tables_bytes);
+}
+/// The second ring (C::split), after the first.
+template <class T, class C>
+LORI_DEVICE LORI_FORCEINLINE gaussian_hard_ring_of<C>& gaussian_hard_ring() {
+  extern __shared__ __align__(32) unsigned char projection_smem[];
+  return *reinterpret_cast<gaussian_hard_ring_of<C>*>(projection_smem + gaussian_tables_bytes + sizeof(gaussian_ring_of<T, C>));
+}
+
+/// Dynamic shared memory of the gaussian kernel variant of configuration C: the two layer tables
+/// (6 KB) and the ring(s) (36 bytes per entry).
+template <class T, class C>
+constexpr std::size_t gaussian_smem_bytes =
+    gaussian_tables_bytes + sizeof(gaussian_ring_of<T, C>) + (C::split ? sizeof(gaussian_hard_ring_of<C>) : std::size_t{0});
+
+template <unsigned Cap>
+LORI_DEVICE LORI_FORCEINLINE void gaussian_ring_init(gaussian_ring<Cap>& r) {
+  for (unsigned s = threadIdx.x; s < Cap; s += projection_threads) r.seq[s] = s;
+  if (threadIdx.x == 0) {
+    r.reserved = 0u;
+    r.claimed = 0u;
+  }
+}
+/// The rings' state at the start of a block (every thread; a barrier follows).
+template <class T, class C>
+LORI_DEVICE LORI_FORCEINLINE void gaussian_ring_init() {
+  gaussian_ring_init(gaussian_slow_ring<T, C>());
+  if constexpr (C::split) gaussian_ring_init(gaussian_hard_ring<T, C>());
+}
+
+/// Shared-memory word accesses with block-scope acquire / release semantics: the counters' reads
+/// (ld.acquire), and the slot states' reads and writes as atomics (atom.acquire.or 0, atom.release.exch:
+/// read-modify-writes, so that compute-sanitizer's racecheck sees the synchronisation), and a plain
+/// volatile read (the counters, compared before an atomic).
+LORI_DEVICE LORI_FORCEINLINE unsigned ld_acquire_block(const unsigned* p) {
+  unsigned v;
+  asm volatile("ld.acquire.cta.shared.u32 %0, [%1];" : "=r"(v) : "r"(static_cast<unsigned>(__cvta_generic_to_shared(p))) : "memory");
+  return v;
+}
+LORI_DEVICE LORI_FORCEINLINE unsigned atom_acquire_block(unsigned* p) {
+  unsigned v;
+  asm volatile("atom.acquire.cta.shared.or.b32 %0, [%1], 0;" : "=r"(v) : "r"(static_cast<unsigned>(__cvta_generic_to_shared(p))) : "memory");
+  return v;
+}
+LORI_DEVICE LORI_FORCEINLINE void st_release_block(unsigned* p, unsigned v) {
+  asm volatile("{\n\t.reg .b32 old;\n\tatom.release.cta.shared.exch.b32 old, [%0], %1;\n\t}" ::"r"(static_cast<unsigned>(__cvta_generic_to_shared(p))), "r"(v)
+               : "memory");
+}
+LORI_DEVICE LORI_FORCEINLINE unsigned ld_volatile(const unsigned* p) { return *static_cast<const volatile unsigned*>(p); }
+
+/// Word t of a uint4 (t warp-divergent: selects, no local memory).
+LORI_DEVICE LORI_FORCEINLINE std::uint32_t word_of(const uint4& w, int t) { return t == 0 ? w.x : (t == 1 ? w.y : (t == 2 ? w.z : w.w)); }
+
+/// Stores the values v of Philox block q of row i (elements j0 = 4q .. 4q + 3, clipped at cols) of
+/// task e: one vector store (16 bytes float, 2 x 16 bytes double, 8 bytes bf16/fp16: aligned when the
+/// rows are, e.vec_ok) when the block lies inside the row, element stores otherwise.
+template <class T>
+LORI_DEVICE LORI_FORCEINLINE void store_philox_block(const projection_entry<T>& e, std::uint32_t i, std::uint32_t j0, const float (&v)[4]) {
+  const auto cols = static_cast<std::uint32_t>(e.cols);  // < 2^31
+  T* dst = e.out + (static_cast<index_t>(i) * e.ld + static_cast<index_t>(j0));
+  if (e.vec_ok != 0u && j0 + 4u <= cols) {
+    if constexpr (std::is_same_v<T, float>) {
+      *reinterpret_cast<float4*>(dst) = make_float4(v[0], v[1], v[2], v[3]);
+    } else if constexpr (std::is_same_v<T, double>) {
+      reinterpret_cast<double2*>(dst)[0] = make_double2(v[0], v[1]);
+      reinterpret_cast<double2*>(dst)[1] = make_double2(v[2], v[3]);
+    } else {
+      *reinterpret_cast<uint2*>(dst) = make_uint2(pack_pair(narrow16<T>(v[0]), narrow16<T>(v[1])), pack_pair(narrow16<T>(v[2]), narrow16<T>(v[3])));
+    }
+  } else {
+#pragma unroll
+    for (int t = 0; t < 4; ++t)
+      if (j0 + static_cast<std::uint32_t>(t) < cols) dst[t] = from_float<T>(v[t]);
+  }
+}
+
+/// Bit t set when word t of a block's words fails the fast test and element 4q + t lies inside the row.
+template <class T>
+LORI_DEVICE LORI_FORCEINLINE unsigned gaussian_pending(const projection_entry<T>& e, const uint4& w, std::uint32_t q) {
+  const std::uint32_t j0 = q * 4u;
+  const auto cols = static_cast<std::uint32_t>(e.cols);  // < 2^31
+  const lori::detail::zig_layer* layers = gaussian_layers();
+  unsigned pending = 0u;
+#pragma unroll
+  for (int t = 0; t < 4; ++t) {
+    const std::uint32_t y = word_of(w, t);
+    if (lori::detail::zig_mbits(y) >= layers[y & 0xffu].k && j0 + static_cast<std::uint32_t>(t) < cols) pending |= 1u << t;
+  }
+  return pending;
+}
+
+/// w with word t replaced by x.
+LORI_DEVICE LORI_FORCEINLINE void set_word(uint4& w, int t, std::uint32_t x) {
+  w.x = t == 0 ? x : w.x;
+  w.y = t == 1 ? x : w.y;
+  w.z = t == 2 ? x : w.z;
+  w.w = t == 3 ? x : w.w;
+}
+
+/// Finishes Philox block q of row i by one lane: word t of w holds the value bits of element t where bit
+/// t of `done` is set, a candidate that failed the fast test where bit t of `pending` is set (the
+/// lowest of them with `pos` slow words consumed, the others fresh), the element's own word
+/// otherwise (a fast element: its value recomputed with the unscaled layer table and the task's sigma,
+/// rnd(W_L * sigma), the scaled table's value). Each pending element runs the whole slow path
+/// (lori::detail::gaussian_slow_attempt until it finishes: wedge or tail tests, further candidates,
+/// the bounded loop's fallback; slow blocks 0 and 1 from the task's key schedule, block 1 only when
+/// needed); then ONE store of the block (store_philox_block): the fast path stored nothing of it.
+template <class T>
+LORI_DEVICE LORI_FORCEINLINE void gaussian_finish_state(const projection_entry<T>& e, std::uint32_t i, std::uint32_t q, const uint4& w, unsigned pending,
+                                                        unsigned done, int pos) {
+  const float sigma = e.params.scale;
+  const lori::detail::zig_layer* layers = gaussian_layers();
+  float v[4];
+#pragma unroll
+  for (int t = 0; t < 4; ++t) {
+    const std::uint32_t y = word_of(w, t);
+    v[t] = ((done >> t) & 1u) != 0u ? bits_float(y) : lori::detail::zig_value(y, lori::detail::rnd_mul(layers[y & 0xffu].w, sigma));
+  }
+  while (pending != 0u) {
+    const int t = __ffs(static_cast<int>(pending)) - 1;
+    // Slow blocks 0 and 1 of (i, 4q + t): lori::detail::zig_slow_block, with the task's key schedule.
+    const std::uint32_t c0 = 0x80000000u | q, c1 = (static_cast<std::uint32_t>(t) << 30) | i;
+    const philox_block b0 = lori::detail::philox4x32_10_scheduled(c0, c1, e.stream0, e.stream1, e.rk);
+    philox_block b1{};
+    bool have_b1 = false;
+    auto word = [&](int k) -> std::uint32_t {
+      if (k < 4) return lori::detail::block_word(b0, k);
+      if (!have_b1) {
+        b1 = lori::detail::philox4x32_10_scheduled(c0 | 0x40000000u, c1, e.stream0, e.stream1, e.rk);
+        have_b1 = true;
+      }
+      return lori::detail::block_word(b1, k - 4);
+    };
+    lori::detail::zig_slow_state st{word_of(w, t), pos};
+    float x = 0.0f;
+    while (!lori::detail::gaussian_slow_attempt(st, sigma, word, x, layers)) {
+    }
+#pragma unroll
+    for (int u = 0; u < 4; ++u) v[u] = u == t ? x : v[u];
+    pending &= pending - 1u;
+    pos = 0;  // the next pending element starts fresh
+  }
+  store_philox_block<T>(e, i, q * 4u, v);
+}
+
+/// The first round of a claimed entry s (C::split): its lowest slow element, if in a wedge (layer != 0;
+/// 98% of the slow elements), gets its first slow-path attempt with the words s0, s1 of slow block 0
+/// (lori::detail::gaussian_slow_attempt from pos 0: the wedge test with s0, then s1 as the next
+/// candidate and its fast test; same operations). If nothing is left the block is stored (~94% of the
+/// entries) and false returned; otherwise the state for gaussian_finish_state goes to (hw, hm) — words
+/// with a finished element's value bits or a rejected candidate's successor, meta {i, q, pos | pending
+/// << 8 | done << 12} — and true is returned.
+template <class T>
+LORI_DEVICE LORI_FORCEINLINE bool gaussian_first_round(const projection_entry<T>& e, const gaussian_slow_entry& s, uint4& hw, uint4& hm) {
+  const std::uint32_t i = s.meta.x, q = s.meta.y;
+  uint4 w = s.words;
+  unsigned pending = gaussian_pending(e, w, q), done = 0u, pos = 0u;
+  if (pending != 0u) {
+    const int t = __ffs(static_cast<int>(pending)) - 1;
+    const std::uint32_t y = word_of(w, t);
+    if ((y & 0xffu) != 0u) {  // a wedge (a tail element waits for the second round)
+      const lori::detail::zig_layer* layers = gaussian_layers();
+      const float sigma = e.params.scale;
+      const philox_block b0 =
+          lori::detail::philox4x32_10_scheduled(0x80000000u | q, (static_cast<std::uint32_t>(t) << 30) | i, e.stream0, e.stream1, e.rk);
+      const lori::detail::zig_layer z = layers[y & 0xffu];
+      const float m = bits_float(lori::detail::zig_mbits(y));
+      const float xu = lori::detail::rnd_fma(m, z.w, -z.w);
+      const float ee = lori::detail::exp_neg(lori::detail::rnd_mul(lori::detail::rnd_mul(xu, xu), -0.5f));
+      float x = 0.0f;
+      bool finished = true;
+      if (lori::detail::rnd_fma(uniform_float(b0.v[0]), z.d, z.f) < ee) {
+        x = lori::detail::zig_value(y, lori::detail::rnd_mul(z.w, sigma));
+      } else {
+        const std::uint32_t c1 = b0.v[1];  // the next candidate
+        const lori::detail::zig_layer z2 = layers[c1 & 0xffu];
+        if (lori::detail::zig_mbits(c1) < z2.k) {
+          x = lori::detail::zig_value(c1, lori::detail::rnd_mul(z2.w, sigma));
+        } else {
+          finished = false;
+          set_word(w, t, c1);  // it failed the fast test: the second round goes on from it
+          pos = 2u;            // s0, s1 consumed
+        }
+      }
+      if (finished) {
+        set_word(w, t, float_bits(x));
+        done = 1u << t;
+        pending &= pending - 1u;
+      }
+    }
+  }
+  if (pending == 0u) {
+    gaussian_finish_state<T>(e, i, q, w, 0u, done, 0);
+    return false;
+  }
+  hw = w;
+  hm = make_uint4(i, q, pos | pending << 8 | done << 12, 0u);
+  return true;
+}
+
+/// Warp-collective: lane 0 claims up to 32 of the unclaimed positions of ring r if there are at least
+/// `threshold` (a CAS on `claimed`, retried while enough remain); returns their count k (0: none) and
+/// the first c, both warp-uniform. A broadcast read first (no divergence when there is nothing to
+/// claim, the common case). `claimed` is read before `reserved` (acquire: the later read is not moved
+/// before it), so the difference never underestimates what is unclaimed (the capacity proofs need that).
+template <unsigned Cap>
+LORI_DEVICE LORI_FORCEINLINE unsigned gaussian_ring_claim(gaussian_ring<Cap>& r, unsigned threshold, unsigned& c) {
+  const unsigned c0 = ld_acquire_block(&r.claimed);
+  if (__shfl_sync(0xffffffffu, ld_volatile(&r.reserved) - c0, 0) < threshold) return 0u;
+  unsigned k = 0u;
+  c = 0u;
+  if ((threadIdx.x & 31u) == 0u) {
+    for (;;) {
+      c = ld_acquire_block(&r.claimed);
+      const unsigned avail = ld_volatile(&r.reserved) - c;  // reserved only grows: c + k <= reserved
+      if (avail < threshold) {
+        k = 0u;
+        break;
+      }
+      k = avail < 32u ? avail : 32u;
+      if (atomicCAS(&r.claimed, c, c + k) == c) break;
+    }
+  }
+  k = __shfl_sync(0xffffffffu, k, 0);
+  c = __shfl_sync(0xffffffffu, c, 0);
+  return k;
+}
+
+/// The entry at claimed position pos of ring r (one lane): waits until it is published (normally
+/// already), reads it and frees its slot for position pos + Cap (st.release after the reads).
+template <unsigned Cap>
+LORI_DEVICE LORI_FORCEINLINE gaussian_slow_entry gaussian_ring_take(gaussian_ring<Cap>& r, unsigned pos) {
+  const unsigned s = pos & (Cap - 1u);
+  while (atom_acquire_block(&r.seq[s]) != pos + 1u) {
+  }
+  const gaussian_slow_entry en = r.slot[s];
+  st_release_block(&r.seq[s], pos + Cap);
+  return en;
+}
+
+/// Warp-collective: pushes {words, meta} into ring r from the lanes with `slow` (one atomicAdd per warp;
+/// see gaussian_ring for the protocol); lt = lanemask_lt().
+template <bool Fence = true, unsigned Cap>
+LORI_DEVICE LORI_FORCEINLINE void gaussian_ring_put(gaussian_ring<Cap>& r, bool slow, const uint4& words, const uint4& meta, unsigned lt) {
+  const unsigned ballot = __ballot_sync(0xffffffffu, slow);
+  if (ballot == 0u) return;
+  unsigned base = 0u;
+  if ((threadIdx.x & 31u) == 0u) base = atomicAdd(&r.reserved, static_cast<unsigned>(__popc(ballot)));
+  base = __shfl_sync(0xffffffffu, base, 0);
+  if (slow) {
+    const unsigned pos = base + static_cast<unsigned>(__popc(ballot & lt)), s = pos & (Cap - 1u);
+    while (atom_acquire_block(&r.seq[s]) != pos) {  // its previous occupant (claimed) was read: normally long ago
+    }
+    r.slot[s].words = words;
+    r.slot[s].meta = meta;
+    if constexpr (Fence) {
+      st_release_block(&r.seq[s], pos + 1u);  // publish (after the entry's stores)
+    } else {
+      *static_cast<volatile unsigned*>(&r.seq[s]) = pos + 1u;
+    }
+  }
+}
+
+/// Warp-collective: while at least `threshold` entries of the block's ring are reserved and unclaimed,
+/// claims up to 32 of them and finishes them, lane l taking position c + l (gaussian_finish_state;
+/// with C::split only the first round, gaussian_first_round, the entries with work left going to the
+/// second ring, which the warp then works off the same way after each claim). Called after each
+/// window of a gaussian piece (threshold C::claim) and at the end of a piece (threshold 1). Inline at
+/// the window end, where the fast path's values are dead (a call would make the fast loop spill its
+/// uniform keys).
+template <class T, class C>
+LORI_DEVICE LORI_FORCEINLINE void gaussian_ring_work(const projection_entry<T>& e, unsigned threshold) {
+  gaussian_ring_of<T, C>& r = gaussian_slow_ring<T, C>();
+  const unsigned lane = threadIdx.x & 31u;
+  auto hard_work = [&] {
+    if constexpr (C::split) {
+      gaussian_hard_ring_of<C>& h = gaussian_hard_ring<T, C>();
+      for (;;) {
+        unsigned c = 0u;
+        const unsigned k = gaussian_ring_claim(h, threshold, c);
+        if (k == 0u) break;
+        if (lane < k) {
+          const gaussian_slow_entry en = gaussian_ring_take(h, c + lane);
+          gaussian_finish_state<T>(e, en.meta.x, en.meta.y, en.words, (en.meta.z >> 8) & 0xfu, en.meta.z >> 12, static_cast<int>(en.meta.z & 0xffu));
+        }
+      }
+    }
+  };
+  for (;;) {
+    unsigned c = 0u;
+    const unsigned k = gaussian_ring_claim(r, threshold, c);
+    if (k == 0u) break;
+    if constexpr (C::split) {
+      bool hard = false;
+      uint4 hw = make_uint4(0u, 0u, 0u, 0u), hm = hw;
+      if (lane < k) {
+        const gaussian_slow_entry en = gaussian_ring_take(r, c + lane);
+        if constexpr (C::diag == 0) hard = gaussian_first_round<T>(e, en, hw, hm);
+        if constexpr (C::diag != 0) (void)en;
+      }
+      gaussian_ring_put(gaussian_hard_ring<T, C>(), hard, hw, hm, lanemask_lt());
+      hard_work();
+    } else {
+      if (lane < k) {
+        const gaussian_slow_entry en = gaussian_ring_take(r, c + lane);
+        if constexpr (C::diag == 0) gaussian_finish_state<T>(e, en.meta.x, en.meta.y, en.words, gaussian_pending(e, en.words, en.meta.y), 0u, 0);
+        if constexpr (C::diag != 0) (void)en;
+      }
+    }
+  }
+  hard_work();
+}
+
+/// Warp-collective: pushes Philox block q of row i (words b) into the block's ring from the lanes with
+/// `slow`; lt = lanemask_lt().
+template <class T, class C>
+LORI_DEVICE LORI_FORCEINLINE void gaussian_ring_push(bool slow, const philox_block& b, std::uint32_t i, std::uint32_t q, unsigned lt) {
+  if constexpr (C::diag != 3)
+    gaussian_ring_put<C::diag != 2>(gaussian_slow_ring<T, C>(), slow, make_uint4(b.v[0], b.v[1], b.v[2], b.v[3]), make_uint4(i, q, 0u, 0u), lt);
+}
+
+/// Every entry left in the ring at the end of a gaussian piece (block-uniform call): a barrier (every
+/// push is published, every fast path of the piece done), the warps claim and finish the rest (up to
+/// 32 entries per claim), and a second barrier: the ring is empty before any warp pushes an entry of
+/// the next piece (whose task has other keys), and no warp reads the scaled table any more when the
+/// next piece rewrites it.
+template <class T, class C>
+LORI_DEVICE LORI_FORCEINLINE void gaussian_ring_finish_all(const projection_entry<T>& e) {
+  __syncthreads();
+  gaussian_ring_work<T, C>(e, 1u);
+  __syncthreads();
+}
+
+/// The fast path of one Philox block b (block q of row i) of a gaussian piece: its four values into
+/// v[0..3] from the block's scaled table; if an element fails the fast test (and the lane is active),
+/// the block is pushed to the ring (gaussian_ring_push; warp-collective) and true is returned: the
+/// caller must not store it (the ring's consumer stores the whole block).
+template <class T, class C>
+LORI_DEVICE LORI_FORCEINLINE bool gaussian_block_fast(const uint2* table, const philox_block& b, float* v, bool active, std::uint32_t i, std::uint32_t q,
+                                                      unsigned lt) {
+  bool slow = false;
+#pragma unroll
+  for (int t = 0; t < 4; ++t) {
+    const std::uint32_t w = b.v[t];
+    const uint2 z = table[w & 0xffu];
+    v[t] = lori::detail::zig_value(w, bits_float(z.y));
+    slow = slow || lori::detail::zig_mbits(w) >= z.x;
+  }
+  slow = slow && active;
+  gaussian_ring_push<T, C>(slow, b, i, q, lt);
+  return slow;
+}
+
+/// Units [r0, r1) of gaussian matrix e by the block (thread x: units r0 + x, r0 + x + 256, ...); see
+/// lori/detail/random_ziggurat.hpp for the element formula. Every element takes the fast path from the
+/// block's table; a Philox block with a failing element is not stored but pushed to the block's ring
+/// (gaussian_block_fast), and after each step a warp that sees 32 entries waiting finishes them with
+/// all its lanes (gaussian_ring_work).
+/// Warps wait for each other only when the table is rescaled for a new sigma (block-uniform: pieces
+/// are block-uniform) and at the end of the piece (gaussian_ring_finish_all: two barriers).
+/// table_sigma: the sigma the table holds (0: not filled yet; sigma > 0 always).
+template <class T, class C>
+LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projection_entry<T>& e, index_t r0, index_t r1, const uint2* table,
+                                                                 unsigned lt);
+template <class T, class C>
+LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_general(const projection_entry<T>& e, index_t r0, index_t r1, const uint2* table,
+                                                                    unsigned lt);
+template <class T, class C>
+LORI_DEVICE LORI_FORCEINLINE bool gaussian_row_path(const projection_entry<T>& e);
+
+template <class T, class C>
+LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian(const projection_entry<T>& e, index_t r0, index_t r1, bool rows, float& table_sigma,
+                                                            unsigned lt) {
+  const unsigned x = threadIdx.x;
+  uint2* table = gaussian_table();
+  const float sigma = e.params.scale;
+  static_assert(projection_threads == lori::detail::zig_layers_count, "one table entry per thread");
+  if (sigma != table_sigma) {
+    // Every warp is done with the previous table: the last gaussian piece ended with barriers after
+    // its fast paths (gaussian_ring_finish_all).
+    const lori::detail::zig_layer z = gaussian_layers()[x];  // filled at the block's start
+    table[x] = make_uint2(z.k, float_bits(lori::detail::rnd_mul(z.w, sigma)));
+    __syncthreads();
+    table_sigma = sigma;
+  }
+  if (rows && gaussian_row_path<T, C>(e)) {
+    projection_piece_gaussian_rows<T, C>(e, r0, r1, table, lt);
+  } else {
+    projection_piece_gaussian_general<T, C>(e, r0, r1, table, lt);
+  }
+  gaussian_ring_finish_all<T, C>(e);
+}
+
+/// The general path of projection_piece_gaussian: thread x takes units r0 + x, r0 + x + 256, ... with a
+/// cursor (any shape, alignment and leading dimension).
+template <class T, class C>
+LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_general(const projection_entry<T>& e, index_t r0, index_t r1, const uint2* table,
+                                                                    unsigned lt) {
+  constexpr int U = projection_traits<T>::unit;
+  const unsigned x = threadIdx.x;
+  unit_cursor<T> p = cursor_at(e, r0 + x);
+  // A block-uniform loop and body (every warp runs every step; lanes beyond the piece are inactive).
+  // (Two units per thread and step measured slower in session 3: 93.8 against 85.3 us, H200.)
+  for (index_t left = r1 - r0; left > 0; left -= projection_threads) {
+    // x < left, with the 64-bit part uniform (left >= 256 in every step but the last).
+    const bool active = left >= index_t{projection_threads} || x < static_cast<unsigned>(left);
+    float v[U];
+    unsigned skip = 0u;  // bit h: Philox block h of the unit went to the ring
+#pragma unroll
+    for (int h = 0; h < U / 4; ++h) {
+      const std::uint32_t q = static_cast<std::uint32_t>(U / 4) * p.c + static_cast<std::uint32_t>(h);
+      const philox_block b = lori::detail::philox4x32_10_scheduled(q, p.i, e.stream0, e.stream1, e.rk);
+      if (gaussian_block_fast<T, C>(table, b, v + 4 * h, active, p.i, q, lt)) skip |= 1u << h;
+    }
+    if (active) store_unit_at<T, U>(e, p, v, skip);
+    gaussian_ring_work<T, C>(e, C::claim);
+    advance_step(e, p);
+  }
+}
+
+/// Philox4x32-10 of counter {q, i, stream0, stream1} (lori::detail::philox4x32_10_scheduled) with the
+/// first rounds' row- and task-constant parts precomputed (gaussian_row_keys): round 0's product of
+/// stream0 and round 1's product of the round-0 c0 (which depends only on i) are block-uniform, so
+/// the per-unit work is 18 wide multiplies and 19 XORs.
+struct gaussian_task_keys {
+  std::uint32_t lo_s0;  ///< lo(m1 * stream0): c1 after round 0
+  std::uint32_t t0;     ///< stream1 ^ k1[0]
+  std::uint32_t t1;     ///< lo(m1 * stream0) ^ k0[1]
+  std::uint32_t h0;     ///< hi(m1 * stream0) ^ k0[0]
+};
+struct gaussian_row_keys {
+  std::uint32_t r1;  ///< hi(m0 * c0) ^ k1[1], c0 = h0 ^ i (c0 after round 0)
+  std::uint32_t r2;  ///< lo(m0 * c0) ^ k1[2] (c3 after round 1, XORed into c2 of round 2)
+};
+
+template <class T>
+LORI_HOST_DEVICE LORI_FORCEINLINE gaussian_task_keys make_gaussian_task_keys(const projection_entry<T>& e) {
+  constexpr std::uint32_t m1 = 0xCD9E8D57u;
+  const std::uint64_t p1 = static_cast<std::uint64_t>(m1) * e.stream0;
+  const auto hi = static_cast<std::uint32_t>(p1 >> 32), lo = static_cast<std::uint32_t>(p1);
+  return gaussian_task_keys{lo, e.stream1 ^ e.rk.k1[0], lo ^ e.rk.k0[1], hi ^ e.rk.k0[0]};
+}
+
+template <class T>
+LORI_HOST_DEVICE LORI_FORCEINLINE gaussian_row_keys make_gaussian_row_keys(const projection_entry<T>& e, const gaussian_task_keys& tk, std::uint32_t i) {
+  constexpr std::uint32_t m0 = 0xD2511F53u;
+  const std::uint64_t p0 = static_cast<std::uint64_t>(m0) * (tk.h0 ^ i);
+  return gaussian_row_keys{static_cast<std::uint32_t>(p0 >> 32) ^ e.rk.k1[1], static_cast<std::uint32_t>(p0) ^ e.rk.k1[2]};
+}
+
+/// = philox4x32_10_scheduled(q, i, e.stream0, e.stream1, e.rk) for the row keys of i.
+template <class T>
+LORI_HOST_DEVICE LORI_FORCEINLINE philox_block philox_row(std::uint32_t q, const projection_entry<T>& e, const gaussian_task_keys& tk,
+                                                     const gaussian_row_keys& rw) {
+  constexpr std::uint32_t m0 = 0xD2511F53u, m1 = 0xCD9E8D57u;
+  // Round 0: c0 = hi(m1 s0) ^ i ^ k0[0] (row-uniform), c1 = lo(m1 s0), c2 = hi(m0 q) ^ s1 ^ k1[0], c3 = lo(m0 q).
+  std::uint64_t p = static_cast<std::uint64_t>(m0) * q;
+  std::uint32_t c2 = static_cast<std::uint32_t>(p >> 32) ^ tk.t0;
+  std::uint32_t c3 = static_cast<std::uint32_t>(p);
+  // Round 1: p0 = m0 c0 is row-uniform (in rw), p1 = m1 c2.
+  p = static_cast<std::uint64_t>(m1) * c2;
+  std::uint32_t c0 = static_cast<std::uint32_t>(p >> 32) ^ tk.t1;
+  std::uint32_t c1 = static_cast<std::uint32_t>(p);
+  c2 = c3 ^ rw.r1;
+  // Round 2: c3 (= lo(m0 c0) of round 1) is folded into rw.r2.
+  {
+    const std::uint64_t p0 = static_cast<std::uint64_t>(m0) * c0;
+    const std::uint64_t p1 = static_cast<std::uint64_t>(m1) * c2;
+    c0 = static_cast<std::uint32_t>(p1 >> 32) ^ c1 ^ e.rk.k0[2];
+    c1 = static_cast<std::uint32_t>(p1);
+    c2 = static_cast<std::uint32_t>(p0 >> 32) ^ rw.r2;
+    c3 = static_cast<std::uint32_t>(p0);
+  }
+  return lori::detail::philox_rounds<3>(c0, c1, c2, c3, e.rk);  // rounds 3 .. 9
+}
+
+
+/// pack_pair(narrow16<T>(lo), narrow16<T>(hi)) with one hardware conversion (cvt.rn.bf16x2.f32 /
+/// cvt.rn.f16x2.f32: round to nearest even, like float_to_bf16_bits / float_to_half_bits, subnormals
+/// and overflow to infinity included). For finite inputs only (the NaN encodings may differ): the row
+/// path takes 16-bit tasks only for sigma in gaussian_row_sigma_min .. max, where no fast-path value
+/// is NaN (nor a float subnormal).
+template <class T>
+LORI_DEVICE LORI_FORCEINLINE std::uint32_t cvt_pair_rn(float lo, float hi) {
+  std::uint32_t d;
+  if constexpr (std::is_same_v<T, bfloat16>) {
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(d) : "f"(hi), "f"(lo));
+  } else {
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(d) : "f"(hi), "f"(lo));
+  }
+  return d;
+}
+
+/// Sigma range of the row path for bf16/fp16 (cvt_pair_rn): W_L sigma stays finite (W_L <= 3.93, so no
+/// fast-path value is NaN) and fast-path values are 0 or >= 2^-23 W_L sigma > 2^-126 (W_L >= 0.2).
+constexpr float gaussian_row_sigma_min = 1e-28f;
+constexpr float gaussian_row_sigma_max = 1e37f;
+
+/// Units per window of the row path: 256 * K.
+template <class T, class C>
+constexpr index_t gaussian_row_window = index_t{projection_threads} * gaussian_row_units<T, C>;
+
+/// Whether gaussian task e takes the row path: rows made of whole steps (upr a multiple of the step's
+/// 256 * K units), whole 16-byte units (cols % unit == 0), 16-byte aligned rows and, for bf16/fp16, sigma
+/// in [gaussian_row_sigma_min, gaussian_row_sigma_max] (cvt_pair_rn). Block-uniform.
+template <class T, class C>
+LORI_DEVICE LORI_FORCEINLINE bool gaussian_row_path(const projection_entry<T>& e) {
+  constexpr auto step = static_cast<std::uint32_t>(projection_threads * gaussian_row_units<T, C>);
+  const bool sigma_ok = std::is_same_v<T, float> || std::is_same_v<T, double> ||
+                        (e.params.scale >= gaussian_row_sigma_min && e.params.scale <= gaussian_row_sigma_max);
+  return e.vec_ok != 0u && e.full_units == e.upr && e.upr % step == 0u && sigma_ok;
+}
+
+/// The row path of projection_piece_gaussian for tasks with gaussian_row_path(e): the piece is walked
+/// in aligned windows of S = 256 * K units of one row (upr is a multiple of S, so a window never
+/// crosses a row end), thread x taking units x + 256 k (k < K) of each window; the first and last
+/// windows of the piece mask the lanes outside [r0, r1) (a separate copy of the window code, so whole
+/// windows test nothing). The window's row i and first unit c are block-uniform, the thread's store
+/// address is carried from window to window, so a unit costs its Philox block (with the row-constant
+/// first rounds precomputed, philox_row), the fast paths, the ballot and one vector store; the slow
+/// path is the general path's (gaussian_block_fast: the ring; gaussian_ring_work after each window).
+template <class T, class C>
+LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projection_entry<T>& e, index_t r0, index_t r1, const uint2* table,
+                                                                 unsigned lt) {
+  constexpr int U = projection_traits<T>::unit;
+  constexpr int K = gaussian_row_units<T, C>;
+  constexpr auto S = static_cast<std::uint32_t>(projection_threads * K);
+  const unsigned x = threadIdx.x;
+  // The window holding r0 (block-uniform): row i, first unit c (a multiple of S). In whole windows
+  // (w0 and upr are multiples of S; units < 2^40, so w0 / S < 2^32): 32-bit arithmetic only (a
+  // 64-bit division, a subroutine call, makes the compiler drop the uniformity of everything after).
+  const index_t w0 = r0 - (r0 % S);
+  const auto wq = static_cast<std::uint32_t>(w0 / S), uq = e.upr / S;
+  std::uint32_t i = wq / uq;
+  std::uint32_t c = (wq - i * uq) * S;
+  T* dst0 = e.out + (static_cast<index_t>(i) * e.ld + static_cast<index_t>(c + x) * U);  // unit c + x; + 256 k U for unit k
+  const gaussian_task_keys tk = make_gaussian_task_keys(e);
+  gaussian_row_keys rw = make_gaussian_row_keys(e, tk, i);
+  // Windows left (the current one included; < 2^32 as units < 2^40) and the end of the last one.
+  auto n = static_cast<std::uint32_t>((r1 - w0 + S - 1) / S);
+  const auto hi_last = static_cast<std::uint32_t>(r1 - w0 - static_cast<index_t>(n - 1u) * S);  // 1..S
+  auto lo = static_cast<std::uint32_t>(r0 - w0);  // first active unit of the window (first window only)
+  // The unit's store, without its Philox blocks in the ring (bit h of skip: block h; 16-bit types: the
+  // other half as one 8-byte store).
+  auto store = [&](T* dst, const float(&v)[U], unsigned skip) {
+    if constexpr (std::is_same_v<T, float>) {
+      if (skip == 0u) *reinterpret_cast<float4*>(dst) = make_float4(v[0], v[1], v[2], v[3]);
+    } else if constexpr (std::is_same_v<T, double>) {
+      if (skip == 0u) {
+        reinterpret_cast<double2*>(dst)[0] = make_double2(v[0], v[1]);
+        reinterpret_cast<double2*>(dst)[1] = make_double2(v[2], v[3]);
+      }
+    } else {
+      const std::uint32_t p0 = cvt_pair_rn<T>(v[0], v[1]), p1 = cvt_pair_rn<T>(v[2], v[3]);
+      const std::uint32_t p2 = cvt_pair_rn<T>(v[4], v[5]), p3 = cvt_pair_rn<T>(v[6], v[7]);
+      if (skip == 0u) {
+        *reinterpret_cast<uint4*>(dst) = make_uint4(p0, p1, p2, p3);
+      } else if (skip == 2u) {
+        *reinterpret_cast<uint2*>(dst) = make_uint2(p0, p1);
+      } else if (skip == 1u) {
+        *reinterpret_cast<uint2*>(dst + 4) = make_uint2(p2, p3);
+      }
+    }
+  };
+  auto window = [&](auto masked, std::uint32_t hi) {
+    constexpr bool Masked = decltype(masked)::value;
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const unsigned xk = x + static_cast<unsigned>(k * projection_threads);
+      const bool active = !Masked || (xk >= lo && xk < hi);
+      const std::uint32_t cu = c + xk;  // unit of the row
+      float v[U];
+      unsigned skip = 0u;
+#pragma unroll
+      for (int h = 0; h < U / 4; ++h) {
+        const std::uint32_t q = static_cast<std::uint32_t>(U / 4) * cu + static_cast<std::uint32_t>(h);
+        const philox_block b = philox_row(q, e, tk, rw);
+        if (gaussian_block_fast<T, C>(table, b, v + 4 * h, active, i, q, lt)) skip |= 1u << h;
+      }
+      if (active) store(dst0 + k * projection_threads * U, v, skip);
+    }
+  };
+  auto next_window = [&] {
+    c += S;
+    dst0 += index_t{S} * U;
+    if (c == e.upr) {  // next row (uniform)
+      c = 0u;
+      ++i;
+      dst0 += e.row_skip;
+      rw = make_gaussian_row_keys(e, tk, i);
+    }
+  };
+  // A masked first window (the piece starts inside it, or it is the only one and ends early), then
+  // the whole windows, then a masked last window (the piece ends inside it).
+  auto after = [&] { gaussian_ring_work<T, C>(e, C::claim); };
+  if (lo != 0u || (n == 1u && hi_last != S)) {
+    window(std::true_type{}, n == 1u ? hi_last : S);
+    after();
+    if (--n != 0u) next_window();
+    lo = 0u;
+  }
+  const bool last_masked = n != 0u && hi_last != S;
+  std::uint32_t whole = last_masked ? n - 1u : n;
+  if (whole != 0u) {
+    for (;;) {
+      window(std::false_type{}, S);
+      after();
+      if (--whole == 0u) break;
+      next_window();
+    }
+    if (last_masked) next_window();
+  }
+  if (last_masked) {
+    window(std::true_type{}, hi_last);
+    after();
+  }
+}
+
+/// Units [r0, r1) of matrix e by the block, any law. WithGaussian: the kernel variant with the gaussian
+/// path (shared memory, more registers); the host launches the variant without it when no task of the
+/// launch is gaussian.
+template <bool WithGaussian, class C, class T>
+LORI_DEVICE LORI_FORCEINLINE void projection_piece_dispatch(const projection_entry<T>& e, index_t r0, index_t r1, bool rows, float& table_sigma,
+                                                            unsigned lt) {
+  switch (e.params.kind) {
+    case distribution::kaiming_uniform: projection_piece<distribution::kaiming_uniform>(e, r0, r1); break;
+    case distribution::gaussian:
+      if constexpr (WithGaussian) projection_piece_gaussian<T, C>(e, r0, r1, rows, table_sigma, lt);
+      break;
+    case distribution::rademacher: projection_piece<distribution::rademacher>(e, r0, r1); break;
+    case distribution::sparse: projection_piece<distribution::sparse>(e, r0, r1); break;
+  }
+}
+
+/// The tasks of a batch launch: entries and unit prefix sums (starts[t] = first unit of task t,
+/// starts[count] = all units) in the caller's workspace.
+template <class T>
+struct projection_batch_source {
+  const projection_entry_storage<T>* entries;
+  const index_t* starts;
+  index_t count;
+  LORI_DEVICE LORI_FORCEINLINE index_t start(index_t t) const { return starts[t]; }
+  LORI_DEVICE LORI_FORCEINLINE projection_entry<T> entry(index_t t) const { return entries[t].e; }
+  /// The task that holds unit u < starts[count]: the last t with starts[t] <= u (tasks without units
+  /// have equal starts and are skipped). A 32-ary search by the whole warp (2 dependent loads for 224
+  /// tasks): invariant starts[lo] <= u (starts[0] = 0) and the answer is < hi; the starts are
+  /// non-decreasing, so the probes that pass form a prefix and the last one narrows the range 32-fold.
+  LORI_DEVICE LORI_FORCEINLINE projection_batch_source<T> source() const { return *this; }
+  LORI_DEVICE LORI_FORCEINLINE index_t find(index_t u, unsigned lane) const {
+    index_t lo = 0, hi = count;
+    while (hi - lo > 1) {
+      const index_t step = (hi - lo + 31) / 32;
+      const index_t p = lo + static_cast<index_t>(lane) * step;
+      const bool ok = p < hi && starts[p] <= u;
+      const unsigned passed = __ballot_sync(0xffffffffu, ok);  // bit 0 (p = lo) is always set
+      const auto last = static_cast<index_t>(31 - __clz(static_cast<int>(passed)));
+      const index_t end = lo + (last + 1) * step;
+      lo += last * step;
+      hi = end < hi ? end : hi;
+    }
+    return lo;
+  }
+};
+
+/// One matrix (generate_projection): the entry and its unit range travel as a kernel parameter and are
+/// read in place through pointers (the parameter is __grid_constant__), exactly like a batch of one
+/// task in a workspace. (Using the parameter's fields directly made the compiler keep a local copy of
+/// the entry and spill in the generation loop: 150 us instead of 85 us for the gaussian, H200.)
+template <class T>
+struct projection_single_source {
+  projection_entry_storage<T> entry;
+  index_t starts[2];
+  LORI_DEVICE LORI_FORCEINLINE projection_batch_source<T> source() const { return projection_batch_source<T>{&entry, starts, 1}; }
+};
+
+// Minimum blocks per SM (caps registers): 8 (all 2048 threads) without the gaussian path, C::min_blocks
+// with it (the library: 4, 64 registers; 5 or 6 blocks per SM (48 / 40 registers) measured slower at
+// session 4's checkpoints: 91-96 against 89 us).
+template <bool WithGaussian, class C>
+constexpr int projection_min_blocks = WithGaussian ? C::min_blocks : 8;
+
+/// How a launch's units are split over its blocks: ceil(units / group) groups of `group` units; block B
+/// takes per_block groups, one more if B < extra (no division on the device).
+struct projection_split {
+  index_t units;
+  index_t per_block;
+  index_t extra;
+  index_t group;
+  unsigned rows;  ///< 1: gaussian tasks with gaussian_row_path take the row path (the library); 0: never
+};
+
+/// Groups of 32 units; for the gaussian kernel variant (window = the row path's window of T, 256 units
+/// in the library; 0 otherwise) groups of one window, so that block ranges start and end on window
+/// boundaries of the tasks whose unit counts are multiples of the window (as all k = 2048 n are: no
+/// masked windows), when every block gets at least 16 of them (the imbalance stays <= 1/16).
+inline projection_split make_projection_split(index_t units, index_t blocks, index_t window, unsigned rows = 1) {
+  const index_t group = window > 0 && units >= blocks * 16 * window ? window : 32;
+  const index_t groups = (units + group - 1) / group;
+  return projection_split{units, groups / blocks, groups % blocks, group, rows};
+}
+
+/// The generation kernel: a grid of at most one wave of resident blocks; the launch's units (all tasks
+/// concatenated, each task in row-major unit order) are split into equal contiguous ranges of whole
+/// groups (make_projection_split), one per block. Each block walks its range task by task (pieces);
+/// all of this is block-uniform (the task's keys and shape stay in uniform registers). Within a
+/// piece, thread x takes units x, x + 256, ... (the gaussian row path: see
+/// projection_piece_gaussian_rows); after the first task search (one barrier) the warps wait for each
+/// other only in gaussian pieces (table rescaling) and at the end (gaussian_ring_finish_all).
+template <class T, bool WithGaussian, class Source, class C = gaussian_cfg_lib<T>>
+__global__ void __launch_bounds__(projection_threads, projection_min_blocks<WithGaussian, C>)
+    projection_kernel(const __grid_constant__ Source param, projection_split split) {
+  const auto src = param.source();
+  const auto block = static_cast<index_t>(blockIdx.x);
+  const index_t g0 = block * split.per_block + (block < split.extra ? block : split.extra);
+  const index_t g1 = g0 + split.per_block + (block < split.extra ? 1 : 0);
+  const index_t a = g0 * split.group;
+  const index_t b = g1 * split.group < split.units ? g1 * split.group : split.units;
+  if (a >= b) return;
+  // The first task, found by warp 0 and read back from shared memory (so that the compiler sees it,
+  // and everything derived from it, as uniform: the task's keys and shape in uniform registers).
+  __shared__ index_t first_task_s;
+  if (threadIdx.x < 32) {
+    const index_t found = src.find(a, threadIdx.x);
+    if (threadIdx.x == 0) first_task_s = found;
+  }
+  if constexpr (WithGaussian) {
+    gaussian_layers()[threadIdx.x] = lori::detail::zig_layers()[threadIdx.x];  // the unscaled table, once
+    gaussian_ring_init<T, C>();
+  }
+  __syncthreads();
+  index_t t = first_task_s;
+  const unsigned lt = lanemask_lt();
+  float table_sigma = 0.0f;  // sigma of the block's gaussian table (0: not filled; sigma > 0 always)
+  index_t u = a;
+  for (;;) {
+    const index_t end_t = src.start(t + 1);
+    if (end_t > u) {
+      const index_t s = src.start(t);
+      const index_t end = end_t < b ? end_t : b;
+      projection_piece_dispatch<WithGaussian, C>(src.entry(t), u - s, end - s, split.rows != 0u, table_sigma, lt);
+      u = end;
+      if (u >= b) break;
+    }
+    ++t;
+  }
+}
+
+/// Configures a kernel variant with `smem` bytes of dynamic shared memory (the gaussian variant:
+/// gaussian_smem_bytes, 0 otherwise) for the largest shared-memory carve-out (on the current device).
+template <class Kernel>
+void configure_projection_kernel(Kernel kernel, std::size_t smem) {
+  LORI_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared));
+  if (smem > 0) LORI_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+}
+
+/// Blocks of a launch over `units` units: one wave of resident blocks at most (and about 4 units per
+/// thread at least). Configures the kernel first (configure_projection_kernel; the gaussian variant
+/// holds 50 KB of shared memory per block).
+template <class Kernel>
+index_t projection_grid(Kernel kernel, index_t units, std::size_t smem) {
+  int device = 0, sms = 0, per_sm = 0;
+  LORI_CUDA_CHECK(cudaGetDevice(&device));
+  LORI_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  configure_projection_kernel(kernel, smem);
+  LORI_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, projection_threads, smem));
+  const index_t resident = static_cast<index_t>(sms > 0 ? sms : 1) * static_cast<index_t>(per_sm > 0 ? per_sm : 1);
+  const index_t wanted = (units + 4 * projection_threads - 1) / (4 * projection_threads);
+  return wanted < resident ? wanted : resident;
+}
+
+template <class T>
+projection_entry<T> make_entry(const projection_task<T>& task) {
+  constexpr int U = projection_traits<T>::unit;
+  projection_entry<T> e{};
+  e.out = task.out;
+  e.rows = task.rows;
+  e.cols = task.cols;
+  e.ld = task.ld;
+  e.upr = static_cast<std::uint32_t>((task.cols + U - 1) / U);
+  e.vec_ok = (reinterpret_cast<std::uintptr_t>(task.out) % 16 == 0 && task.ld % U == 0) ? 1u : 0u;
+  const counter_rng g(task.seed, task.stream);
+  e.key0 = g.key0;
+  e.key1 = g.key1;
+  e.stream0 = g.stream0;
+  e.stream1 = g.stream1;
+  e.params = task.params;
+  e.row_skip = task.ld - static_cast<index_t>(e.upr) * U;
+  e.full_units = static_cast<std::uint32_t>(task.cols / U);
+  e.rk = lori::detail::philox_key_schedule(g.key0, g.key1);
+  return e;
+}
+
+template <class T>
+void validate_task(const projection_task<T>& t) {
+  LORI_EXPECTS(t.rows >= 0 && t.cols >= 0, "projection (cuda): rows and cols must be >= 0");
+  LORI_EXPECTS(t.cols < (index_t{1} << 31) && t.rows <= (index_t{1} << 32), "projection (cuda): needs cols < 2^31 and rows <= 2^32");
+  LORI_EXPECTS(t.ld >= t.cols, "projection (cuda): leading dimension smaller than cols");
+  LORI_EXPECTS(t.out != nullptr || t.rows == 0 || t.cols == 0, "projection (cuda): null output for a non-empty matrix");
+  const projection_params& p = t.params;
+  LORI_EXPECTS(static_cast<std::uint32_t>(p.kind) <= 3u, "projection (cuda): unknown distribution");
+  LORI_EXPECTS(p.scale > 0.0f && p.scale <= 3.4e38f, "projection (cuda): params.scale must be finite and > 0 (use make_projection_params)");
+  LORI_EXPECTS(p.kind != distribution::sparse || (p.threshold >= 1 && p.threshold <= (std::uint64_t{1} << 31)),
+               "projection (cuda): sparse threshold out of range (use make_projection_params)");
+}
+
+inline std::size_t round_up16(std::size_t n) { return (n + 15) / 16 * 16; }
+
+}  // namespace detail_proj
+
+template <class T>
+projection_task<T> make_projection_task(T* out, index_t rows, index_t cols, std::uint64_t seed, std::uint64_t stream,
+                                        const projection_spec& spec, index_t ld) {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double> || std::is_same_v<T, bfloat16> || std::is_same_v<T, half>,
+                "lori::cuda projections: T must be float, double, lori::bfloat16 or lori::half");
+  LORI_EXPECTS(!spec.orthonormal_rows, "make_projection_task: orthonormal_rows is CPU-only (lori::generate_projection)");
+  projection_task<T> t;
+  t.out = out;
+  t.rows = rows;
+  t.cols = cols;
+  t.ld = ld < 0 ? cols : ld;
+  t.seed = seed;
+  t.stream = stream;
+  t.params = make_projection_params(spec, rows, cols);
+  detail_proj::validate_task(t);
+  return t;
+}
+
+inline std::size_t projection_batch_workspace_bytes(index_t count) {
+  LORI_EXPECTS(count >= 0, "projection_batch_workspace_bytes: count must be >= 0");
+  // Entries are the same size for every T (a pointer and scalars); float's layout is used for sizing.
+  const auto n = static_cast<std::size_t>(count);
+  return detail_proj::round_up16(n * sizeof(detail_proj::projection_entry_storage<float>)) + detail_proj::round_up16((n + 1) * sizeof(index_t));
+}
+
+template <class T>
+projection_batch_plan<T> prepare_projection_batch(const projection_task<T>* tasks, index_t count, void* workspace, std::size_t workspace_bytes,
+                                                  cudaStream_t stream) {
+  static_assert(sizeof(detail_proj::projection_entry_storage<T>) == sizeof(detail_proj::projection_entry_storage<float>), "entry layout");
+  LORI_EXPECTS(count >= 0, "prepare_projection_batch: count must be >= 0");
+  LORI_EXPECTS(tasks != nullptr || count == 0, "prepare_projection_batch: null task list");
+  projection_batch_plan<T> plan;
+  plan.count = count;
+  if (count == 0) return plan;
+  LORI_EXPECTS(workspace != nullptr, "prepare_projection_batch: null workspace");
+  LORI_EXPECTS(reinterpret_cast<std::uintptr_t>(workspace) % 16 == 0, "prepare_projection_batch: workspace must be 16-byte aligned");
+  LORI_EXPECTS(workspace_bytes >= projection_batch_workspace_bytes(count), "prepare_projection_batch: workspace too small");
+  const auto n = static_cast<std::size_t>(count);
+  std::vector<detail_proj::projection_entry_storage<T>> entries(n);
+  std::vector<index_t> starts(n + 1);
+  index_t units = 0;
+  for (std::size_t t = 0; t < n; ++t) {
+    detail_proj::validate_task(tasks[t]);
+    entries[t].e = detail_proj::make_entry(tasks[t]);
+    starts[t] = units;
+    units += tasks[t].rows * static_cast<index_t>(entries[t].e.upr);
+    LORI_EXPECTS(units < (index_t{1} << 40), "prepare_projection_batch: batch too large for one launch");
+    plan.has_gaussian = plan.has_gaussian || tasks[t].params.kind == distribution::gaussian;
+  }
+  starts[n] = units;
+  auto* base = static_cast<unsigned char*>(workspace);
+  const std::size_t entry_bytes = detail_proj::round_up16(n * sizeof(detail_proj::projection_entry_storage<T>));
+  LORI_CUDA_CHECK(cudaMemcpyAsync(base, entries.data(), n * sizeof(detail_proj::projection_entry_storage<T>), cudaMemcpyHostToDevice, stream));
+  LORI_CUDA_CHECK(cudaMemcpyAsync(base + entry_bytes, starts.data(), (n + 1) * sizeof(index_t), cudaMemcpyHostToDevice, stream));
+  plan.workspace = workspace;
+  plan.units = units;
+  if (units > 0) {
+    plan.blocks = plan.has_gaussian ? detail_proj::projection_grid(detail_proj::projection_kernel<T, true, detail_proj::projection_batch_source<T>>, units,
+                                                              detail_proj::gaussian_smem_bytes<T, detail_proj::gaussian_cfg_lib<T>>)
+                                    : detail_proj::projection_grid(detail_proj::projection_kernel<T, false, detail_proj::projection_batch_source<T>>, units, 0);
+  }
+  return plan;
+}
+
+namespace detail_proj {
+/// The launch of generate_projection_batch with `blocks` blocks (1 <= blocks; the library passes
+/// plan.blocks, tests force small grids so that each block walks long ranges and many tasks); rows = 0:
+/// no gaussian row path; C: the gaussian kernel configuration (tests force a tiny ring, Claim = 1).
+template <class T, class C = gaussian_cfg_lib<T>>
+void launch_projection_batch(const projection_batch_plan<T>& plan, index_t blocks, cudaStream_t stream, unsigned rows = 1) {
+  LORI_EXPECTS(plan.count >= 0 && plan.blocks >= 0 && plan.units >= 0, "generate_projection_batch: invalid plan");
+  if (plan.units == 0) return;
+  LORI_EXPECTS(plan.workspace != nullptr, "generate_projection_batch: plan has no workspace");
+  LORI_EXPECTS(blocks >= 1 && blocks < (index_t{1} << 31), "generate_projection_batch: invalid block count");
+  const auto n = static_cast<std::size_t>(plan.count);
+  const auto* base = static_cast<const unsigned char*>(plan.workspace);
+  const projection_batch_source<T> src{reinterpret_cast<const projection_entry_storage<T>*>(base),
+                                       reinterpret_cast<const index_t*>(base + round_up16(n * sizeof(projection_entry_storage<T>))), plan.count};
+  const projection_split split =
+      make_projection_split(plan.units, blocks, plan.has_gaussian ? gaussian_row_window<T, C> : 0, rows);
+  if (plan.has_gaussian) {
+    const auto kernel = projection_kernel<T, true, projection_batch_source<T>, C>;
+    // The library's kernel was configured by prepare_projection_batch; others (tests) here (more than
+    // 48 KB of shared memory for some).
+    if constexpr (!std::is_same_v<C, gaussian_cfg_lib<T>>) configure_projection_kernel(kernel, gaussian_smem_bytes<T, C>);
+    kernel<<<static_cast<unsigned>(blocks), projection_threads, gaussian_smem_bytes<T, C>, stream>>>(src, split);
+  } else {
+    projection_kernel<T, false><<<static_cast<unsigned>(blocks), projection_threads, 0, stream>>>(src, split);
+  }
+  LORI_CUDA_CHECK_LAUNCH();
+}
+
+/// Benchmarks of other gaussian kernel configurations C (than gaussian_cfg_lib) in one process: the
+/// grid of C for a gaussian plan (one wave of its resident blocks; configures its kernel), and the
+/// batch launch with C on that grid.
+template <class C, class T>
+index_t projection_grid_cfg(const projection_batch_plan<T>& plan) {
+  LORI_EXPECTS(plan.has_gaussian && plan.units > 0 && plan.workspace != nullptr, "projection_grid_cfg: needs a gaussian plan");
+  return projection_grid(projection_kernel<T, true, projection_batch_source<T>, C>, plan.units, gaussian_smem_bytes<T, C>);
+}
+template <class C, class T>
+void launch_projection_batch_cfg(const projection_batch_plan<T>& plan, index_t blocks, cudaStream_t stream) {
+  LORI_EXPECTS(plan.has_gaussian && plan.units > 0 && plan.workspace != nullptr && blocks >= 1, "launch_projection_batch_cfg: needs a gaussian plan");
+  const auto n = static_cast<std::size_t>(plan.count);
+  const auto* base = static_cast<const unsigned char*>(plan.workspace);
+  const projection_batch_source<T> src{reinterpret_cast<const projection_entry_storage<T>*>(base),
+                                       reinterpret_cast<const index_t*>(base + round_up16(n * sizeof(projection_entry_storage<T>))), plan.count};
+  projection_kernel<T, true, projection_batch_source<T>, C><<<static_cast<unsigned>(blocks), projection_threads, gaussian_smem_bytes<T, C>, stream>>>(
+      src, make_projection_split(plan.units, blocks, gaussian_row_window<T, C>));
+  LORI_CUDA_CHECK_LAUNCH();
+}
+
+/// generate_projection with `blocks` blocks (blocks <= 0: the default grid, one wave at most) and the
+/// gaussian kernel configuration C (tests force others than the library's).
+template <class T, class C = gaussian_cfg_lib<T>>
+void generate_projection_blocks(row_major_view<T> out, std::uint64_t seed, std::uint64_t stream, const projection_spec& spec, index_t blocks,
+                                cudaStream_t cuda_stream) {
+  const projection_task<T> t = make_projection_task(out.data(), out.rows(), out.cols(), seed, stream, spec, out.ld());
+  const projection_entry<T> e = make_entry(t);
+  const index_t units = t.rows * static_cast<index_t>(e.upr);
+  if (units == 0) return;
+  LORI_EXPECTS(units < (index_t{1} << 40), "generate_projection (cuda): matrix too large for one launch");
+  LORI_EXPECTS(blocks < (index_t{1} << 31), "generate_projection (cuda): invalid block count");
+  projection_single_source<T> src{};
+  src.entry.e = e;
+  src.starts[0] = 0;
+  src.starts[1] = units;
+  if (t.params.kind == distribution::gaussian) {
+    const auto kernel = projection_kernel<T, true, projection_single_source<T>, C>;
+    constexpr std::size_t smem = gaussian_smem_bytes<T, C>;
+    index_t grid = blocks;
+    if (blocks > 0) {
+      configure_projection_kernel(kernel, smem);
+    } else {
+      grid = projection_grid(kernel, units, smem);
+    }
+    kernel<<<static_cast<unsigned>(grid), projection_threads, smem, cuda_stream>>>(src, make_projection_split(units, grid, gaussian_row_window<T, C>));
+  } else {
+    const auto kernel = projection_kernel<T, false, projection_single_source<T>>;
+    const index_t grid = blocks > 0 ? blocks : projection_grid(kernel, units, 0);
+    kernel<<<static_cast<unsigned>(grid), projection_threads, 0, cuda_stream>>>(src, make_projection_split(units, grid, 0));
+  }
+  LORI_CUDA_CHECK_LAUNCH();
+}
+}  // namespace detail_proj
+
+template <class T>
+void generate_projection_batch(const projection_batch_plan<T>& plan, cudaStream_t stream) {
+  detail_proj::launch_projection_batch(plan, plan.blocks, stream);
+}
+
+template <class T>
+void generate_projection_batch(const projection_task<T>* tasks, index_t count, void* workspace, std::size_t workspace_bytes,
+                               cudaStream_t stream) {
+  generate_projection_batch(prepare_projection_batch(tasks, count, workspace, workspace_bytes, stream), stream);
+}
+
+template <class T>
+void generate_projection(row_major_view<T> out, std::uint64_t seed, std::uint64_t stream, const projection_spec& spec,
+                         cudaStream_t cuda_stream) {
+  detail_proj::generate_projection_blocks(out, seed, stream, spec, 0, cuda_stream);
+}
+
+}  // namespace lori::cuda_ring
+
+#endif  // LORI_BENCH_PROJECTION_RING_CUH
