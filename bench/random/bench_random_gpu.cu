@@ -9,7 +9,6 @@
 #include "lori/cuda/device_buffer.cuh"
 #include "lori/cuda/projection.cuh"
 #include "lori/random/stream.hpp"
-#include "projection_ring.cuh"  // benchmark-only copy of session 6's ring kernel (checkpoint 2 only)
 
 #include <cuda_runtime.h>
 #include <curand.h>
@@ -155,10 +154,10 @@ void BM_gpu_generate_tiny(benchmark::State& state) {
 
 // The gaussian with other gaussian kernel configurations (detail::gaussian_cfg<K, MinBlocks,
 // DrainBlocks, Split>: row-path units per thread and window, blocks per SM, Philox blocks per lane
-// between block drains, two-round drains), same plan. Float: /0 one round every 8 windows, /1 two
-// rounds every 16, /2 every 4; bf16 (two Philox blocks per lane and window): /0 two rounds every 4
-// windows, /1 one round every 16, /2 every 4. The library's (detail::gaussian_cfg_lib<T>): float two
-// rounds every 8 windows, bf16 one round every 8 windows (BM_gpu_generate_llama3_8b_r32/1, _bf16/1).
+// between block drains, two-round drains), same plan: float /0 = one round every 8 windows (the bf16
+// choice), bf16 /0 = two rounds every 4 windows (the float choice at bf16's two Philox blocks per lane
+// and window). The library's (detail::gaussian_cfg_lib<T>): float two rounds every 8 windows, bf16 one
+// round every 8 windows (BM_gpu_generate_llama3_8b_r32/1, _bf16/1).
 template <class T>
 void generate_llama_cfg(benchmark::State& state) {
   if (!have_device(state)) return;
@@ -171,49 +170,15 @@ void generate_llama_cfg(benchmark::State& state) {
     time_events(state, [&] { d::launch_projection_batch_cfg<C>(batch.plan, blocks, nullptr); });
     state.counters["blocks"] = static_cast<double>(blocks);
   };
-  const auto v = state.range(0);
   if constexpr (std::is_same_v<T, float>) {
-    if (v == 0) run(d::gaussian_cfg<1, 4, 8>{});
-    if (v == 1) run(d::gaussian_cfg<1, 4, 16, 1>{});
-    if (v == 2) run(d::gaussian_cfg<1, 4, 4, 1>{});
+    run(d::gaussian_cfg<1, 4, 8>{});
   } else {
-    if (v == 0) run(d::gaussian_cfg<1, 4, 8, 1>{});
-    if (v == 1) run(d::gaussian_cfg<1, 4, 32>{});
-    if (v == 2) run(d::gaussian_cfg<1, 4, 8>{});
+    run(d::gaussian_cfg<1, 4, 8, 1>{});
   }
   state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * n);
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * n * static_cast<int64_t>(sizeof(T)));
   state.SetLabel("gaussian");
 }
-// Session 6's block-shared-ring kernel (bench/random/projection_ring.cuh: a benchmark-only copy in
-// namespace lori::cuda_ring, checkpoint 2 only), the gaussian Llama set, float and bf16.
-template <class T>
-void generate_llama_ring(benchmark::State& state) {
-  if (!have_device(state)) return;
-  const lori::index_t n = llama_total();
-  lori::cuda::device_buffer<T> out(n);
-  std::vector<lori::cuda_ring::projection_task<T>> tasks;
-  lori::index_t off = 0;
-  for (int l = 0; l < 32; ++l) {
-    for (const auto& m : kModules) {
-      const std::string name = "model.layers." + std::to_string(l) + "." + m.name;
-      tasks.push_back(lori::cuda_ring::make_projection_task(out.data() + off, kRank, m.in_features, 2026, lori::stream_from_name(name),
-                                                            lori::projection_spec::gaussian()));
-      off += kRank * m.in_features;
-    }
-  }
-  const auto count = static_cast<lori::index_t>(tasks.size());
-  const std::size_t ws_bytes = lori::cuda_ring::projection_batch_workspace_bytes(count);
-  lori::cuda::device_buffer<unsigned char> ws(static_cast<lori::index_t>(ws_bytes));
-  const auto plan = lori::cuda_ring::prepare_projection_batch(tasks.data(), count, ws.data(), ws_bytes);
-  time_events(state, [&] { lori::cuda_ring::generate_projection_batch(plan); });
-  state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * n);
-  state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * n * static_cast<int64_t>(sizeof(T)));
-  state.SetLabel("gaussian, session-6 ring");
-}
-void BM_gpu_generate_llama3_8b_r32_ring(benchmark::State& state) { generate_llama_ring<float>(state); }
-void BM_gpu_generate_llama3_8b_r32_bf16_ring(benchmark::State& state) { generate_llama_ring<lori::bfloat16>(state); }
-
 void BM_gpu_generate_llama3_8b_r32_cfg(benchmark::State& state) { generate_llama_cfg<float>(state); }
 void BM_gpu_generate_llama3_8b_r32_bf16_cfg(benchmark::State& state) { generate_llama_cfg<lori::bfloat16>(state); }
 
@@ -266,9 +231,7 @@ BENCHMARK(BM_gpu_generate_llama3_8b_r32_bf16)->Arg(0)->Arg(1)->UseManualTime()->
 BENCHMARK(BM_gpu_generate_llama3_8b_r32_general_path)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_generate_llama3_8b_r32_x10)->Arg(0)->Arg(1)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_generate_tiny)->Arg(0)->Arg(1)->UseManualTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_gpu_generate_llama3_8b_r32_cfg)->DenseRange(0, 2)->UseManualTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_gpu_generate_llama3_8b_r32_bf16_cfg)->DenseRange(0, 2)->UseManualTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_gpu_generate_llama3_8b_r32_ring)->UseManualTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_gpu_generate_llama3_8b_r32_bf16_ring)->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_gpu_generate_llama3_8b_r32_cfg)->Arg(0)->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_gpu_generate_llama3_8b_r32_bf16_cfg)->Arg(0)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_generate_single_32x1245184)->Arg(0)->Arg(1)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_baseline_curand_normal)->UseManualTime()->Unit(benchmark::kMicrosecond);

@@ -19,7 +19,7 @@ t() { local rem=$((76 - SECONDS)); [ "$rem" -lt 1 ] && rem=1; [ "$1" -lt "$rem" 
   echo "== lori_bench_random BM_gpu_* without _x10, _tiny (5 repetitions, aggregates) ($(date -u +%T))"
   nvidia-smi --query-gpu=clocks.sm,power.draw,temperature.gpu --format=csv,noheader,nounits -lms 100 > "$OUT/smi.log" 2>&1 &
   smi_pid=$!
-  timeout $(t 34) "$exe" --benchmark_filter='BM_gpu_(baseline|generate_llama3_8b_r32(/|_bf16|_general|_cfg|_ring)|generate_single)' --benchmark_repetitions=5 --benchmark_report_aggregates_only=true --benchmark_min_time=0.1 2>&1 \
+  timeout $(t 34) "$exe" --benchmark_filter='BM_gpu_(baseline|generate_llama3_8b_r32(/|_bf16|_general|_cfg)|generate_single)' --benchmark_repetitions=5 --benchmark_report_aggregates_only=true --benchmark_min_time=0.1 2>&1 \
     | grep -E "^BM_|^-|Benchmark|Run on" | grep -vE "_cv |_stddev |_mean " | head -60
   kill "$smi_pid" 2> /dev/null
   echo "  nvidia-smi during the benchmarks (sm MHz, W, C): $(awk -F', *' 'NF>=3 {n++; c+=$1; p+=$2; if (n==1||$1<cmin) cmin=$1; if ($1>cmax) cmax=$1; if ($2>pmax) pmax=$2; if ($3>tmax) tmax=$3} END {if (n) printf "%d samples, clock min %d avg %.0f max %d, power avg %.0f max %.0f, temp max %d", n, cmin, c/n, cmax, p/n, pmax, tmax}' "$OUT/smi.log")"
@@ -70,9 +70,9 @@ t() { local rem=$((76 - SECONDS)); [ "$rem" -lt 1 ] && rem=1; [ "$1" -lt "$rem" 
   if command -v ncu > /dev/null && [ $((76 - SECONDS)) -gt 14 ]; then
     # Per-instruction hot spots of the float gaussian kernel (SASS address, instruction, executed warp
     # instructions, stall samples): where the instructions and the stalls are.
-    echo "== ncu SourceCounters hot spots: session 6's ring kernel (BM_gpu_generate_llama3_8b_r32_ring) ($(date -u +%T))"
-    timeout $(t 14) ncu --section SourceCounters --page source --print-source sass --csv --kernel-name-base mangled -k "regex:cuda_ring" -c 1 "$exe" \
-      --benchmark_filter="BM_gpu_generate_llama3_8b_r32_ring" --benchmark_min_time=0.01 > "$OUT/ncu_src.csv" 2> "$OUT/ncu_src.err"
+    echo "== ncu SourceCounters hot spots: projection_kernel (BM_gpu_generate_llama3_8b_r32/1/) ($(date -u +%T))"
+    timeout $(t 14) ncu --section SourceCounters --page source --print-source sass --csv -k "regex:projection_kernel" -c 1 "$exe" \
+      --benchmark_filter="BM_gpu_generate_llama3_8b_r32/1/" --benchmark_min_time=0.01 > "$OUT/ncu_src.csv" 2> "$OUT/ncu_src.err"
     echo "  rc=$? lines=$(wc -l < "$OUT/ncu_src.csv")"
     python3 - "$OUT/ncu_src.csv" << 'PYEOF' 2>&1 | head -60
 import csv, sys
@@ -122,6 +122,11 @@ if ist is not None:
     for r in sorted(body, key=lambda r: -num(r[ist]))[:20]:
         print("   %8s %8.0f  %s" % (r[ia], num(r[ist]), r[isrc][:70]))
 PYEOF
+  fi
+  if command -v cuobjdump > /dev/null; then
+    # SASS instruction counts of the gaussian kernel variants (to compare clean-ups against main's).
+    echo "== cuobjdump -sass: instructions per gaussian projection_kernel ($(date -u +%T))"
+    timeout $(t 10) cuobjdump -sass "$exe" 2> /dev/null | awk '/Function :/ {name = $3} /^ +\/\*[0-9a-f]+\*\/ / {n[name]++} END {for (k in n) if (k ~ /projection_kernel.*Lb1/) print "  " n[k], k}' | sort -k2 | cut -c1-160
   fi
   echo "== torch.randn baseline ($(date -u +%T))"
   timeout $(t 12) python3 bench/random/torch_randn.py 2>&1 | tail -3

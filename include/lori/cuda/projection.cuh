@@ -242,14 +242,12 @@ LORI_DEVICE LORI_FORCEINLINE void advance_step(const projection_entry<T>& e, uni
 
 /// Stores the U values of the cursor's unit (elements c*U .. c*U + U - 1 of the row, clipped at cols):
 /// one 16-byte vector store (two for double) when the unit is whole (c < full_units) and the rows are
-/// 16-byte aligned. skip: bit h set = the unit's Philox block h (values 4h .. 4h + 3) is not stored
-/// (the gaussian's drains store it); the other half of a 16-bit unit is then one 8-byte store.
+/// 16-byte aligned.
 template <class T, int U>
-LORI_DEVICE LORI_FORCEINLINE void store_unit_at(const projection_entry<T>& e, const unit_cursor<T>& p, const float (&v)[U], unsigned skip = 0u) {
+LORI_DEVICE LORI_FORCEINLINE void store_unit_at(const projection_entry<T>& e, const unit_cursor<T>& p, const float (&v)[U]) {
   const bool vector = e.vec_ok != 0u && p.c < e.full_units;
   T* dst = p.dst;
   if constexpr (U == 4) {
-    if (skip != 0u) return;
     if (vector) {
       if constexpr (std::is_same_v<T, float>) {
         *reinterpret_cast<float4*>(dst) = make_float4(v[0], v[1], v[2], v[3]);
@@ -266,17 +264,11 @@ LORI_DEVICE LORI_FORCEINLINE void store_unit_at(const projection_entry<T>& e, co
     std::uint16_t h[8];
     for (int t = 0; t < 8; ++t) h[t] = narrow16<T>(v[t]);
     if (vector) {
-      if (skip == 0u) {
-        *reinterpret_cast<uint4*>(dst) = make_uint4(pack_pair(h[0], h[1]), pack_pair(h[2], h[3]), pack_pair(h[4], h[5]), pack_pair(h[6], h[7]));
-      } else if (skip == 2u) {
-        *reinterpret_cast<uint2*>(dst) = make_uint2(pack_pair(h[0], h[1]), pack_pair(h[2], h[3]));
-      } else if (skip == 1u) {
-        *reinterpret_cast<uint2*>(dst + 4) = make_uint2(pack_pair(h[4], h[5]), pack_pair(h[6], h[7]));
-      }
+      *reinterpret_cast<uint4*>(dst) = make_uint4(pack_pair(h[0], h[1]), pack_pair(h[2], h[3]), pack_pair(h[4], h[5]), pack_pair(h[6], h[7]));
     } else {
       const index_t j0 = static_cast<index_t>(p.c) * U;
       for (int t = 0; t < 8; ++t)
-        if (j0 + t < e.cols && ((skip >> (t >> 2)) & 1u) == 0u) dst[t] = T::from_bits(h[t]);
+        if (j0 + t < e.cols) dst[t] = T::from_bits(h[t]);
     }
   }
 }
@@ -438,11 +430,10 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_append(gaussian_slow_entry* list, uns
 }
 
 /// The fast path of one Philox block b (block q of row i) of a gaussian piece, shared by the general
-/// and the row path: its four values into v[0..3] from the block's scaled table, and the block
-/// appended to the warp's list (gaussian_append, warp-collective) when an element failed the fast test
-/// and the lane is active. Returns whether it was appended: the caller then stores none of the block
-/// (the drain stores it whole, gaussian_finish_state).
-LORI_DEVICE LORI_FORCEINLINE bool gaussian_block_fast(const uint2* table, const philox_block& b, float* v, bool active, gaussian_slow_entry* list,
+/// and the row path: its four values into v[0..3] from the block's scaled table (a placeholder where
+/// the fast test fails), and the block appended to the warp's list (gaussian_append) when an element
+/// failed and the lane is active (warp-collective).
+LORI_DEVICE LORI_FORCEINLINE void gaussian_block_fast(const uint2* table, const philox_block& b, float* v, bool active, gaussian_slow_entry* list,
                                                       unsigned& count, std::uint32_t i, std::uint32_t q, unsigned lt) {
   bool slow = false;
 #pragma unroll
@@ -452,51 +443,18 @@ LORI_DEVICE LORI_FORCEINLINE bool gaussian_block_fast(const uint2* table, const 
     v[t] = lori::detail::zig_value(w, bits_float(z.y));
     slow = slow || lori::detail::zig_mbits(w) >= z.x;
   }
-  slow = slow && active;
-  gaussian_append(list, count, slow, b, i, q, lt);
-  return slow;
+  gaussian_append(list, count, slow && active, b, i, q, lt);
 }
 
-/// Stores the values v of Philox block q of row i (elements j0 = 4q .. 4q + 3, clipped at cols) of
-/// task e: one vector store (16 bytes float, 2 x 16 bytes double, 8 bytes bf16/fp16: aligned when the
-/// rows are, e.vec_ok) when the block lies inside the row, element stores otherwise.
-template <class T>
-LORI_DEVICE LORI_FORCEINLINE void store_philox_block(const projection_entry<T>& e, std::uint32_t i, std::uint32_t j0, const float (&v)[4]) {
-  const auto cols = static_cast<std::uint32_t>(e.cols);  // < 2^31
-  T* dst = e.out + (static_cast<index_t>(i) * e.ld + static_cast<index_t>(j0));
-  if (e.vec_ok != 0u && j0 + 4u <= cols) {
-    if constexpr (std::is_same_v<T, float>) {
-      *reinterpret_cast<float4*>(dst) = make_float4(v[0], v[1], v[2], v[3]);
-    } else if constexpr (std::is_same_v<T, double>) {
-      reinterpret_cast<double2*>(dst)[0] = make_double2(v[0], v[1]);
-      reinterpret_cast<double2*>(dst)[1] = make_double2(v[2], v[3]);
-    } else {
-      *reinterpret_cast<uint2*>(dst) = make_uint2(pack_pair(narrow16<T>(v[0]), narrow16<T>(v[1])), pack_pair(narrow16<T>(v[2]), narrow16<T>(v[3])));
-    }
-  } else {
-#pragma unroll
-    for (int t = 0; t < 4; ++t)
-      if (j0 + static_cast<std::uint32_t>(t) < cols) dst[t] = from_float<T>(v[t]);
-  }
-}
-
-/// Finishes Philox block q of row i by one thread and stores it whole (the fast path stored nothing of
-/// it): word t of w holds the value bits of element t where bit t of `done` is set, a candidate that
-/// failed the fast test where bit t of `pending` is set (the lowest of them with `pos` slow words
-/// consumed, the others fresh), the element's own word otherwise (its fast value, from the block's
-/// table). Each pending element runs the whole slow path (lori::detail::gaussian_slow_attempt until
-/// it finishes: wedge or tail tests, further candidates, the bounded loop's fallback; slow blocks 0 and
-/// 1 from the precomputed key schedule, block 1 only when needed); then ONE store of the block
-/// (store_philox_block).
+/// Finishes the pending elements (bits of `pending`) of Philox block q of row i (words wd) by one
+/// thread: the whole slow path (lori::detail::gaussian_slow_attempt until it finishes: wedge or tail
+/// tests, further candidates, the bounded loop's fallback; slow blocks 0 and 1 from the precomputed
+/// key schedule, block 1 only when needed), then the value is stored over the placeholder. The lowest
+/// pending element starts with `pos` slow words consumed (its word the current candidate), the others
+/// fresh.
 template <class T, class C>
-LORI_DEVICE LORI_FORCEINLINE void gaussian_finish_state(const projection_entry<T>& e, const uint2* table, std::uint32_t i, std::uint32_t q, const uint4& w,
-                                                        unsigned pending, unsigned done, int pos) {
-  float v[4];
-#pragma unroll
-  for (int t = 0; t < 4; ++t) {
-    const std::uint32_t y = word_of(w, t);
-    v[t] = ((done >> t) & 1u) != 0u ? bits_float(y) : lori::detail::zig_value(y, bits_float(table[y & 0xffu].y));
-  }
+LORI_DEVICE LORI_FORCEINLINE void gaussian_finish_pending(const projection_entry<T>& e, const uint4& wd, std::uint32_t i, std::uint32_t q,
+                                                          unsigned pending, int pos) {
   while (pending != 0u) {
     const int t = __ffs(static_cast<int>(pending)) - 1;
     // Slow blocks 0 and 1 of (i, 4q + t): lori::detail::zig_slow_block, with the precomputed key schedule.
@@ -512,22 +470,20 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_finish_state(const projection_entry<T
       }
       return lori::detail::block_word(b1, k - 4);
     };
-    lori::detail::zig_slow_state st{word_of(w, t), pos};
+    lori::detail::zig_slow_state st{word_of(wd, t), pos};
     float x = 0.0f;
     while (!lori::detail::gaussian_slow_attempt(st, e.params.scale, word, x, gaussian_layers())) {
     }
-#pragma unroll
-    for (int u = 0; u < 4; ++u) v[u] = u == t ? x : v[u];
+    e.out[static_cast<index_t>(i) * e.ld + static_cast<index_t>(q * 4u + static_cast<std::uint32_t>(t))] = from_float<T>(x);
     pending &= pending - 1u;
     pos = 0;  // the next pending element starts fresh
   }
-  store_philox_block<T>(e, i, q * 4u, v);
 }
 
-/// gaussian_finish_state for entry s as appended (its pending elements recomputed from the words).
+/// gaussian_finish_pending for every pending element of entry s.
 template <class T, class C, bool WholeBlocks>
 LORI_DEVICE LORI_FORCEINLINE void gaussian_finish_entry(const projection_entry<T>& e, const uint2* table, const gaussian_slow_entry& s) {
-  gaussian_finish_state<T, C>(e, table, s.meta.x, s.meta.y, s.words, slow_pending<WholeBlocks>(s.words, table, s.meta.y, e.cols), 0u, 0);
+  gaussian_finish_pending<T, C>(e, s.words, s.meta.x, s.meta.y, slow_pending<WholeBlocks>(s.words, table, s.meta.y, e.cols), 0);
 }
 
 /// w with word t replaced by x.
@@ -542,18 +498,16 @@ LORI_DEVICE LORI_FORCEINLINE void set_word(uint4& w, int t, std::uint32_t x) {
 /// pending element, if in a wedge (layer != 0; 98% of the slow elements), gets its first slow-path
 /// attempt with the words s0, s1 of slow block 0 only (lori::detail::gaussian_slow_attempt from
 /// pos 0: the wedge test with s0, then s1 as the next candidate and its fast test; same operations,
-/// with the block's tables); finished (99.3%), its value's bits replace its word and its bit moves
-/// from `pending` to `done`. If nothing is left pending the block is stored whole (~94% of the entries)
-/// and 0 returned; otherwise the pending elements are returned, pos = the slow words consumed by the
-/// lowest of them (2 after a rejected wedge candidate, whose successor s1 replaces its word; 0 for a
-/// tail element or a fresh one), for round 2 (gaussian_finish_state).
+/// with the block's tables); finished (99.3%), its value is stored and its word zeroed (a zero word
+/// passes the fast test: layer 0, m = 1 < k_0). Returns the elements still pending; pos = the slow
+/// words consumed by the lowest of them (2 after a rejected wedge candidate, whose successor s1
+/// replaces its word; 0 for a tail element or a fresh one).
 template <class T, class C>
-LORI_DEVICE LORI_FORCEINLINE unsigned gaussian_first_round(const projection_entry<T>& e, const uint2* table, uint4& wd, std::uint32_t i,
-                                                           std::uint32_t q, unsigned pending, unsigned& done, unsigned& pos) {
+LORI_DEVICE LORI_FORCEINLINE unsigned gaussian_first_attempt(const projection_entry<T>& e, const uint2* table, uint4& wd, std::uint32_t i,
+                                                             std::uint32_t q, unsigned pending, unsigned& pos) {
   const int t = __ffs(static_cast<int>(pending)) - 1;
   const std::uint32_t y = word_of(wd, t);
   pos = 0u;
-  done = 0u;
   if ((y & 0xffu) == 0u) return pending;  // a tail element: round 2
   // Slow block 0 of (i, 4q + t): lori::detail::zig_slow_block, with the precomputed key schedule.
   const philox_block b0 =
@@ -575,11 +529,9 @@ LORI_DEVICE LORI_FORCEINLINE unsigned gaussian_first_round(const projection_entr
     }
     v = lori::detail::zig_value(c1, bits_float(z2.y));
   }
-  set_word(wd, t, float_bits(v));
-  done = 1u << t;
-  pending &= pending - 1u;
-  if (pending == 0u) gaussian_finish_state<T, C>(e, table, i, q, wd, 0u, done, 0);
-  return pending;
+  e.out[static_cast<index_t>(i) * e.ld + static_cast<index_t>(q * 4u + static_cast<std::uint32_t>(t))] = from_float<T>(v);
+  set_word(wd, t, 0u);
+  return pending & (pending - 1u);
 }
 
 /// The warp finishes its own list (an overflow guard: a list with more than capacity - 32 x
@@ -655,15 +607,13 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_block_drain_split(const projection_en
       const std::uint32_t i = s.meta.x, q = s.meta.y;
       unsigned pending = slow_pending<WholeBlocks>(wd, table, q, e.cols);
       if (pending != 0u) {
-        unsigned pos = 0u, done = 0u;
-        pending = gaussian_first_round<T, C>(e, table, wd, i, q, pending, done, pos);
+        unsigned pos = 0u;
+        pending = gaussian_first_attempt<T, C>(e, table, wd, i, q, pending, pos);
         hard = pending != 0u;
         if (hard) {
           s.words = wd;
-          s.meta.z = pos | pending << 8 | done << 12;
+          s.meta.z = pos;
         }
-      } else {
-        gaussian_finish_state<T, C>(e, table, i, q, wd, 0u, 0u, 0);  // only elements beyond the row end failed
       }
     }
     const unsigned ballot = __ballot_sync(0xffffffffu, hard);
@@ -679,7 +629,8 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_block_drain_split(const projection_en
   for (unsigned h = x; h < nhard; h += projection_threads) {
     const unsigned at = pool.hard[h];
     const gaussian_slow_entry& s = pool.list[at >> 8][at & 0xffu];
-    gaussian_finish_state<T, C>(e, table, s.meta.x, s.meta.y, s.words, (s.meta.z >> 8) & 0xfu, s.meta.z >> 12, static_cast<int>(s.meta.z & 0xffu));
+    gaussian_finish_pending<T, C>(e, s.words, s.meta.x, s.meta.y, slow_pending<WholeBlocks>(s.words, table, s.meta.y, e.cols),
+                                  static_cast<int>(s.meta.z));
   }
   __syncthreads();
   count = 0u;
@@ -752,14 +703,13 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian(const projection_ent
     // x < left, with the 64-bit part uniform (left >= 256 in every step but the last).
     const bool active = left >= index_t{projection_threads} || x < static_cast<unsigned>(left);
     float v[U];
-    unsigned skip = 0u;  // bit h: Philox block h of the unit went to the list (the drain stores it)
 #pragma unroll
     for (int h = 0; h < U / 4; ++h) {
       const std::uint32_t q = static_cast<std::uint32_t>(U / 4) * p.c + static_cast<std::uint32_t>(h);
       const philox_block b = lori::detail::philox4x32_10_scheduled(q, p.i, e.stream0, e.stream1, e.rk);
-      if (gaussian_block_fast(table, b, v + 4 * h, active, list, count, p.i, q, lt)) skip |= 1u << h;
+      gaussian_block_fast(table, b, v + 4 * h, active, list, count, p.i, q, lt);
     }
-    if (active) store_unit_at<T, U>(e, p, v, skip);
+    if (active) store_unit_at<T, U>(e, p, v);
     gaussian_after_window<T, C, false>(e, table, list, count, since, period, lane);
     advance_step(e, p);
   }
@@ -891,26 +841,15 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projectio
   const auto hi_last = static_cast<std::uint32_t>(r1 - w0 - static_cast<index_t>(n - 1u) * S);  // 1..S
   auto lo = static_cast<std::uint32_t>(r0 - w0);  // first active unit of the window (first window only)
   // One window; Masked: lanes outside [lo, hi) of the window do nothing.
-  // The unit's store, without its Philox blocks in the list (bit h of skip: block h; 16-bit types: the
-  // other half as one 8-byte store).
-  auto store = [&](T* dst, const float(&v)[U], unsigned skip) {
+  auto store = [&](T* dst, const float(&v)[U]) {
     if constexpr (std::is_same_v<T, float>) {
-      if (skip == 0u) *reinterpret_cast<float4*>(dst) = make_float4(v[0], v[1], v[2], v[3]);
+      *reinterpret_cast<float4*>(dst) = make_float4(v[0], v[1], v[2], v[3]);
     } else if constexpr (std::is_same_v<T, double>) {
-      if (skip == 0u) {
-        reinterpret_cast<double2*>(dst)[0] = make_double2(v[0], v[1]);
-        reinterpret_cast<double2*>(dst)[1] = make_double2(v[2], v[3]);
-      }
+      reinterpret_cast<double2*>(dst)[0] = make_double2(v[0], v[1]);
+      reinterpret_cast<double2*>(dst)[1] = make_double2(v[2], v[3]);
     } else {
-      const std::uint32_t p0 = cvt_pair_rn<T>(v[0], v[1]), p1 = cvt_pair_rn<T>(v[2], v[3]);
-      const std::uint32_t p2 = cvt_pair_rn<T>(v[4], v[5]), p3 = cvt_pair_rn<T>(v[6], v[7]);
-      if (skip == 0u) {
-        *reinterpret_cast<uint4*>(dst) = make_uint4(p0, p1, p2, p3);
-      } else if (skip == 2u) {
-        *reinterpret_cast<uint2*>(dst) = make_uint2(p0, p1);
-      } else if (skip == 1u) {
-        *reinterpret_cast<uint2*>(dst + 4) = make_uint2(p2, p3);
-      }
+      *reinterpret_cast<uint4*>(dst) =
+          make_uint4(cvt_pair_rn<T>(v[0], v[1]), cvt_pair_rn<T>(v[2], v[3]), cvt_pair_rn<T>(v[4], v[5]), cvt_pair_rn<T>(v[6], v[7]));
     }
   };
   auto window = [&](auto masked, std::uint32_t hi) {
@@ -921,14 +860,13 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projectio
       const bool active = !Masked || (xk >= lo && xk < hi);
       const std::uint32_t cu = c + xk;  // unit of the row
       float v[U];
-      unsigned skip = 0u;
 #pragma unroll
       for (int h = 0; h < U / 4; ++h) {
         const std::uint32_t q = static_cast<std::uint32_t>(U / 4) * cu + static_cast<std::uint32_t>(h);
         const philox_block b = philox_row(q, e, tk, rw);
-        if (gaussian_block_fast(table, b, v + 4 * h, active, list, count, i, q, lt)) skip |= 1u << h;
+        gaussian_block_fast(table, b, v + 4 * h, active, list, count, i, q, lt);
       }
-      if (active) store(dst0 + k * projection_threads * U, v, skip);
+      if (active) store(dst0 + k * projection_threads * U, v);
     }
   };
   auto next_window = [&] {
