@@ -489,8 +489,9 @@ TEST_CASE("gaussian row path: small aligned batch on 1 and 2 blocks (racecheck s
   CHECK(forced_grid_batch<lori::bfloat16>(215, 5, 3, 4096, {{1, 0}, {2, 1}, {1, kNever}}, nullptr, nullptr, nullptr, true) == 0);
 }
 
-// The two-round block drain (gaussian_cfg Split = 1, detail::gaussian_block_drain_split), measured
-// against the one-round drain: the same forced-grid batches.
+// The two-round block drain (gaussian_cfg Split = 1, detail::gaussian_block_drain_split) with one pool
+// of lists (the library's float and double use two), measured against the one-round drain: the same
+// forced-grid batches.
 using split_cfg = lori::cuda::detail_proj::gaussian_cfg<1, 4, 8, 1>;
 TEST_CASE("gaussian slow-path lists, two-round drains: forced grids, general and row path, every element type") {
   const std::vector<forced_launch> grids = {{1, 0}, {2, 0}, {7, 0}, {-1, 0}, {1, 1}, {2, 3}, {3, kNever}, {1, kNever}, {1, 0, 0}};
@@ -503,6 +504,31 @@ TEST_CASE("gaussian slow-path lists, two-round drains: forced grids, general and
   CHECK(forced_grid_batch<float, split_cfg>(222, 24, 9, 6144, grids, nullptr, nullptr, nullptr, true) == 0);
   CHECK(forced_grid_batch<lori::half, split_cfg>(223, 12, 7, 4096, {{1, 0}, {3, 3}, {-1, 0}}, nullptr, nullptr, nullptr, true) == 0);
   CHECK(forced_grid_batch<double, split_cfg>(224, 12, 7, 4096, {{1, 0}, {3, 3}, {-1, 0}}, nullptr, nullptr, nullptr, true) == 0);
+}
+
+// Two pools of lists used in turn (gaussian_cfg Buffers = 2: no barrier after a drain inside a piece;
+// 64-entry lists; the library's for float and double), here for bf16/fp16 in one round (a window
+// appends up to 64 entries, so a warp with any entry after a window drains its own list: warp drains
+// all the time) and for every element type in two rounds with drains every 4 windows.
+using two_pools_cfg = lori::cuda::detail_proj::gaussian_cfg<1, 4, 16, 0, 2>;
+using two_pools_split_cfg = lori::cuda::detail_proj::gaussian_cfg<1, 4, 4, 1, 2>;
+TEST_CASE("gaussian slow-path lists, two pools: forced grids, general and row path, every element type") {
+  const std::vector<forced_launch> grids = {{1, 0}, {2, 0}, {7, 0}, {-1, 0}, {1, 1}, {2, 3}, {3, kNever}, {1, kNever}, {1, 0, 0}, {-1, 1, 0}};
+  CHECK(forced_grid_batch<lori::bfloat16, two_pools_cfg>(230, 40, 70, 3000, grids) == 0);
+  CHECK(forced_grid_batch<lori::half, two_pools_cfg>(231, 12, 7, 4096, grids, nullptr, nullptr, nullptr, true) == 0);
+  std::size_t entries = 0, requeued = 0, resumed = 0;
+  CHECK(forced_grid_batch<float, two_pools_split_cfg>(232, 40, 70, 3000, grids, &entries, &requeued, &resumed) == 0);
+  CHECK(entries > 8 * 64 * 4);
+  CHECK(requeued > 50);
+  CHECK(resumed > 20);
+  CHECK(forced_grid_batch<float, two_pools_split_cfg>(233, 24, 9, 6144, grids, nullptr, nullptr, nullptr, true) == 0);
+  CHECK(forced_grid_batch<double, two_pools_split_cfg>(234, 12, 7, 4096, grids, nullptr, nullptr, nullptr, true) == 0);
+  CHECK(forced_grid_batch<lori::bfloat16, two_pools_split_cfg>(235, 24, 9, 6144, grids, nullptr, nullptr, nullptr, true) == 0);
+}
+
+TEST_CASE("gaussian slow-path lists, two pools: small batch on 1 and 2 blocks (racecheck subset)") {
+  CHECK(forced_grid_batch<lori::half, two_pools_cfg>(236, 6, 40, 1500, {{1, 0}, {2, 1}, {1, kNever}}) == 0);
+  CHECK(forced_grid_batch<float, two_pools_split_cfg>(237, 5, 3, 4096, {{1, 0}, {2, 1}}, nullptr, nullptr, nullptr, true) == 0);
 }
 
 TEST_CASE("gaussian slow-path lists, two-round drains: small batch on 1 and 2 blocks (racecheck subset)") {
