@@ -335,9 +335,11 @@ struct gaussian_cfg {
   static constexpr int split = Split;
   static constexpr int buffers = Buffers;
 };
-/// The library's configuration for element type T (session 5, checkpoint 2, H100, Llama set: float
-/// with two-round drains every 8 windows 83.0 us, one round 86.4; bf16 one round every 8 windows 75.2,
-/// every 4 79.6, two rounds every 4 78.4; see docs/random.md).
+/// The library's configuration for element type T (H100, Llama set; see docs/random.md): float and
+/// double with two-round drains every 8 windows and two pools (session 6: 78.8 us; one pool 83.2 in the
+/// same run, every 16 / 4 windows 91.4 / 89.3); bf16 and fp16 one round every 8 windows, one pool
+/// (session 5: 75.2 us; every 4 79.6, two rounds every 4 78.4; session 6: two pools of 64-entry lists
+/// 118, every 16 windows 77.7 against 76.6).
 template <class T>
 struct gaussian_cfg_lib_of {
   using type = gaussian_cfg<1, 4, 8, 1, 2>;
@@ -405,7 +407,7 @@ LORI_DEVICE LORI_FORCEINLINE gaussian_pool_of<C>& gaussian_slow_pool(unsigned b)
 }
 
 /// Dynamic shared memory of the gaussian kernel variant: the two layer tables (6 KB) and the pool(s)
-/// (34 KB): 41 KB per block, 4 blocks per SM.
+/// (one of 34 KB, or two of 17 KB): 41 KB per block, 4 blocks per SM.
 template <class C>
 constexpr std::size_t gaussian_smem_bytes = gaussian_tables_bytes + static_cast<std::size_t>(C::buffers) * sizeof(gaussian_pool_of<C>);
 
