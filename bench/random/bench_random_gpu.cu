@@ -155,10 +155,11 @@ void BM_gpu_generate_tiny(benchmark::State& state) {
 // The gaussian with other gaussian kernel configurations (detail::gaussian_cfg<K, MinBlocks,
 // DrainBlocks, Split, Buffers>: row-path units per thread and window, blocks per SM, Philox blocks per
 // lane between block drains, two-round drains, pools of lists used in turn), same plan. Float: /0 two
-// rounds every 8 windows with one pool (session 5's library), /1 two pools, every 16 windows, /2 two
-// pools, every 4; bf16: /0 two rounds every 4 windows, /1 two pools (64-entry lists), /2 one round every
-// 16 windows. The library's (detail::gaussian_cfg_lib<T>): float two rounds every 8 windows with two
-// pools, bf16 one round every 8 windows (BM_gpu_generate_llama3_8b_r32/1, _bf16/1).
+// rounds every 8 windows with one pool (session 5's library), /1 two pools, every 6 windows, /2 two
+// pools, every 12 (session 6, checkpoint 3: every 16 / 4 windows 91.4 / 89.3 us); bf16: /0 one round
+// every 6 windows, /1 every 12, /2 every 16 (checkpoint 3: two rounds every 4 windows 78.7, two pools of
+// 64-entry lists 118). The library's (detail::gaussian_cfg_lib<T>): float two rounds every 8 windows
+// with two pools, bf16 one round every 8 windows (BM_gpu_generate_llama3_8b_r32/1, _bf16/1).
 template <class T>
 void generate_llama_cfg(benchmark::State& state) {
   if (!have_device(state)) return;
@@ -174,11 +175,11 @@ void generate_llama_cfg(benchmark::State& state) {
   const auto v = state.range(0);
   if constexpr (std::is_same_v<T, float>) {
     if (v == 0) run(d::gaussian_cfg<1, 4, 8, 1>{});
-    if (v == 1) run(d::gaussian_cfg<1, 4, 16, 1, 2>{});
-    if (v == 2) run(d::gaussian_cfg<1, 4, 4, 1, 2>{});
+    if (v == 1) run(d::gaussian_cfg<1, 4, 6, 1, 2>{});
+    if (v == 2) run(d::gaussian_cfg<1, 4, 12, 1, 2>{});
   } else {
-    if (v == 0) run(d::gaussian_cfg<1, 4, 8, 1>{});
-    if (v == 1) run(d::gaussian_cfg<1, 4, 16, 0, 2>{});
+    if (v == 0) run(d::gaussian_cfg<1, 4, 12>{});
+    if (v == 1) run(d::gaussian_cfg<1, 4, 24>{});
     if (v == 2) run(d::gaussian_cfg<1, 4, 32>{});
   }
   state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * n);
