@@ -156,9 +156,10 @@ void BM_gpu_generate_tiny(benchmark::State& state) {
 // DrainBlocks, Split, Buffers>: row-path units per thread and window, blocks per SM, Philox blocks per
 // lane between block drains, two-round drains, pools of lists used in turn), same plan. Float: /0 two
 // rounds every 8 windows with one pool (session 5's library), /1 two pools, every 6 windows, /2 two
-// pools, every 12 (session 6, checkpoint 3: every 16 / 4 windows 91.4 / 89.3 us); bf16: /0 one round
-// every 6 windows, /1 every 12, /2 every 16 (checkpoint 3: two rounds every 4 windows 78.7, two pools of
-// 64-entry lists 118). The library's (detail::gaussian_cfg_lib<T>): float two rounds every 8 windows
+// pools, every 12 (session 6, checkpoint 4: 82.3 / 81.4 / 81.3 us against the library's 78.1;
+// checkpoint 3: every 16 / 4 windows 91.4 / 89.3); bf16: /0 one round every 6 windows, /1 every 12, /2
+// every 16 (checkpoint 4: 75.8 / 74.9 / 76.6 against 74.8; checkpoint 3: two rounds every 4 windows
+// 78.7, two pools of 64-entry lists 118). The library's (detail::gaussian_cfg_lib<T>): float two rounds every 8 windows
 // with two pools, bf16 one round every 8 windows (BM_gpu_generate_llama3_8b_r32/1, _bf16/1).
 template <class T>
 void generate_llama_cfg(benchmark::State& state) {
