@@ -153,11 +153,14 @@ void BM_gpu_generate_tiny(benchmark::State& state) {
 }
 
 // The gaussian with other gaussian kernel configurations (detail::gaussian_cfg<K, MinBlocks,
-// DrainBlocks, Split>: row-path units per thread and window, blocks per SM, Philox blocks per lane
-// between block drains, two-round drains), same plan: float /0 = one round every 8 windows (the bf16
-// choice), bf16 /0 = two rounds every 4 windows (the float choice at bf16's two Philox blocks per lane
-// and window). The library's (detail::gaussian_cfg_lib<T>): float two rounds every 8 windows, bf16 one
-// round every 8 windows (BM_gpu_generate_llama3_8b_r32/1, _bf16/1).
+// DrainBlocks, Split, Buffers>: row-path units per thread and window, blocks per SM, Philox blocks per
+// lane between block drains, two-round drains, pools of lists used in turn), same plan. Float: /0 two
+// rounds every 8 windows with one pool (session 5's library), /1 two pools, every 6 windows, /2 two
+// pools, every 12 (session 6, checkpoint 4: 82.3 / 81.4 / 81.3 us against the library's 78.1;
+// checkpoint 3: every 16 / 4 windows 91.4 / 89.3); bf16: /0 one round every 6 windows, /1 every 12, /2
+// every 16 (checkpoint 4: 75.8 / 74.9 / 76.6 against 74.8; checkpoint 3: two rounds every 4 windows
+// 78.7, two pools of 64-entry lists 118). The library's (detail::gaussian_cfg_lib<T>): float two rounds every 8 windows
+// with two pools, bf16 one round every 8 windows (BM_gpu_generate_llama3_8b_r32/1, _bf16/1).
 template <class T>
 void generate_llama_cfg(benchmark::State& state) {
   if (!have_device(state)) return;
@@ -170,10 +173,15 @@ void generate_llama_cfg(benchmark::State& state) {
     time_events(state, [&] { d::launch_projection_batch_cfg<C>(batch.plan, blocks, nullptr); });
     state.counters["blocks"] = static_cast<double>(blocks);
   };
+  const auto v = state.range(0);
   if constexpr (std::is_same_v<T, float>) {
-    run(d::gaussian_cfg<1, 4, 8>{});
+    if (v == 0) run(d::gaussian_cfg<1, 4, 8, 1>{});
+    if (v == 1) run(d::gaussian_cfg<1, 4, 6, 1, 2>{});
+    if (v == 2) run(d::gaussian_cfg<1, 4, 12, 1, 2>{});
   } else {
-    run(d::gaussian_cfg<1, 4, 8, 1>{});
+    if (v == 0) run(d::gaussian_cfg<1, 4, 12>{});
+    if (v == 1) run(d::gaussian_cfg<1, 4, 24>{});
+    if (v == 2) run(d::gaussian_cfg<1, 4, 32>{});
   }
   state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * n);
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * n * static_cast<int64_t>(sizeof(T)));
@@ -231,7 +239,7 @@ BENCHMARK(BM_gpu_generate_llama3_8b_r32_bf16)->Arg(0)->Arg(1)->UseManualTime()->
 BENCHMARK(BM_gpu_generate_llama3_8b_r32_general_path)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_generate_llama3_8b_r32_x10)->Arg(0)->Arg(1)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_generate_tiny)->Arg(0)->Arg(1)->UseManualTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_gpu_generate_llama3_8b_r32_cfg)->Arg(0)->UseManualTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_gpu_generate_llama3_8b_r32_bf16_cfg)->Arg(0)->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_gpu_generate_llama3_8b_r32_cfg)->DenseRange(0, 2)->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_gpu_generate_llama3_8b_r32_bf16_cfg)->DenseRange(0, 2)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_generate_single_32x1245184)->Arg(0)->Arg(1)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_baseline_curand_normal)->UseManualTime()->Unit(benchmark::kMicrosecond);

@@ -24,7 +24,7 @@ t() { local rem=$((76 - SECONDS)); [ "$rem" -lt 1 ] && rem=1; [ "$1" -lt "$rem" 
   kill "$smi_pid" 2> /dev/null
   echo "  nvidia-smi during the benchmarks (sm MHz, W, C): $(awk -F', *' 'NF>=3 {n++; c+=$1; p+=$2; if (n==1||$1<cmin) cmin=$1; if ($1>cmax) cmax=$1; if ($2>pmax) pmax=$2; if ($3>tmax) tmax=$3} END {if (n) printf "%d samples, clock min %d avg %.0f max %d, power avg %.0f max %.0f, temp max %d", n, cmin, c/n, cmax, p/n, pmax, tmax}' "$OUT/smi.log")"
   echo "== ctest -R lori_test_random_gpu ($(date -u +%T))"
-  timeout $(t 15) ctest --test-dir "$B" -R 'lori_test_random_gpu' --output-on-failure 2>&1 | grep -vE "^\s*$|Test project|Start " | tail -30
+  timeout $(t 20) ctest --test-dir "$B" -R 'lori_test_random_gpu' --output-on-failure 2>&1 | grep -vE "^\s*$|Test project|Start " | tail -30
   wait "$build_pid"
   echo "== CPU test build: $(tail -1 "$OUT/random_build.log"); grep error:"; grep -E "error" "$OUT/random_build.log" | head -10
   echo "== ctest -R lori_test_random ($(date -u +%T))"
@@ -35,7 +35,8 @@ t() { local rem=$((76 - SECONDS)); [ "$rem" -lt 1 ] && rem=1; [ "$1" -lt "$rem" 
     timeout $(t 15) compute-sanitizer --tool racecheck --error-exitcode 9 "$gexe" -tc='gaussian slow-path lists*: small*,gaussian row path: small*' > "$OUT/racecheck.log" 2>&1
     rc=$?
     tail -3 "$OUT/racecheck.log"
-    echo "racecheck rc=$rc (124 = timed out)"
+    echo "racecheck rc=$rc (124 = timed out); first hazards:"
+    grep -E "Error: Race|Warning: Race|Write Thread|Read Thread|Current Value|at .*projection" "$OUT/racecheck.log" | head -16 | cut -c1-200
     timeout $(t 8) compute-sanitizer --tool memcheck --error-exitcode 9 "$gexe" -tc='gaussian slow-path lists*: small*,gaussian row path: small*' > "$OUT/memcheck.log" 2>&1
     rc=$?
     tail -3 "$OUT/memcheck.log"
@@ -44,7 +45,7 @@ t() { local rem=$((76 - SECONDS)); [ "$rem" -lt 1 ] && rem=1; [ "$1" -lt "$rem" 
   if command -v ncu > /dev/null; then
     # Clocks as in the benchmarks (no clock control, no cache flush): the duration to compare.
     echo "== ncu --clock-control none --cache-control none: gaussian (float) ($(date -u +%T))"
-    for f in "BM_gpu_generate_llama3_8b_r32/1/"; do
+    for f in "BM_gpu_generate_llama3_8b_r32/1/" "BM_gpu_generate_llama3_8b_r32_bf16/1/"; do
       timeout $(t 6) ncu --clock-control none --cache-control none --section SpeedOfLight -k "regex:projection_kernel" -c 2 "$exe" \
         --benchmark_filter="$f" --benchmark_min_time=0.01 2>&1 | grep -E "Duration|SM Frequency|DRAM Throughput" | tail -3 | sed "s|^|  $f |"
     done
@@ -65,6 +66,67 @@ t() { local rem=$((76 - SECONDS)); [ "$rem" -lt 1 ] && rem=1; [ "$1" -lt "$rem" 
       echo "  busiest pipes (% of peak, active cycles):"
       grep -E "sm__pipe_.*_cycles_active" "$OUT/ncu_$3.log" | awk '{print $NF, $1}' | sort -gr | head -5 | sed 's/sm__pipe_/    /; s/_cycles_active.avg.pct_of_peak_sustained_active//'
     done
+  fi
+  if command -v ncu > /dev/null && [ $((76 - SECONDS)) -gt 14 ]; then
+    # Per-instruction hot spots of the float gaussian kernel (SASS address, instruction, executed warp
+    # instructions, stall samples): where the instructions and the stalls are.
+    echo "== ncu SourceCounters hot spots: projection_kernel (BM_gpu_generate_llama3_8b_r32/1/) ($(date -u +%T))"
+    timeout $(t 14) ncu --section SourceCounters --page source --print-source sass --csv -k "regex:projection_kernel" -c 1 "$exe" \
+      --benchmark_filter="BM_gpu_generate_llama3_8b_r32/1/" --benchmark_min_time=0.01 > "$OUT/ncu_src.csv" 2> "$OUT/ncu_src.err"
+    echo "  rc=$? lines=$(wc -l < "$OUT/ncu_src.csv")"
+    python3 - "$OUT/ncu_src.csv" << 'PYEOF' 2>&1 | head -60
+import csv, sys
+rows = [r for r in csv.reader(open(sys.argv[1], errors="replace")) if r]
+hdr = None
+for i, r in enumerate(rows):
+    if any("Address" in c for c in r) and any("Source" in c for c in r):
+        hdr = i
+        break
+if hdr is None:
+    print("  no header; first lines:", rows[:3])
+    sys.exit(0)
+h = rows[hdr]
+def col(name, excl=None):
+    for j, c in enumerate(h):
+        if name in c and (excl is None or excl not in c):
+            return j
+    return None
+ia, isrc = col("Address"), col("Source")
+iex = col("Instructions Executed", "Thread")
+ist = col("Warp Stall Sampling (All")
+print("  columns:", [h[j] for j in (ia, isrc, iex, ist) if j is not None])
+def num(x):
+    try:
+        return float(x.replace(",", ""))
+    except Exception:
+        return 0.0
+body = [r for r in rows[hdr + 1:] if len(r) == len(h)]
+tot = sum(num(r[iex]) for r in body) if iex is not None else 0
+print("  instructions executed (sum): %.0f over %d SASS lines" % (tot, len(body)))
+if iex is not None:
+    print("  top 30 by instructions executed:")
+    for r in sorted(body, key=lambda r: -num(r[iex]))[:30]:
+        print("   %8s %10.0f  %s" % (r[ia], num(r[iex]), r[isrc][:70]))
+if iex is not None:
+    # Sums over runs of 48 consecutive SASS lines (loops and inlined helpers show as hot regions).
+    regs = []
+    for k in range(0, len(body), 48):
+        part = body[k:k + 48]
+        regs.append((sum(num(r[iex]) for r in part), part[0][ia], part[-1][ia],
+                     " | ".join(r[isrc].split()[0] + (" " + r[isrc].split()[1] if len(r[isrc].split()) > 1 and r[isrc].split()[0].startswith("@") else "") for r in part if any(x in r[isrc] for x in ("ATOMS", "BAR", "LDS", "STS", "SHFL", "VOTE", "ST.E", "MEMBAR", "YIELD")))[:110]))
+    print("  top 12 regions of 48 SASS lines (sum, first..last address, memory/sync ops in it):")
+    for v, a0, a1, ops in sorted(regs, key=lambda x: -x[0])[:12]:
+        print("   %10.0f %s..%s %s" % (v, a0, a1, ops))
+if ist is not None:
+    print("  top 20 by stall samples:")
+    for r in sorted(body, key=lambda r: -num(r[ist]))[:20]:
+        print("   %8s %8.0f  %s" % (r[ia], num(r[ist]), r[isrc][:70]))
+PYEOF
+  fi
+  if command -v cuobjdump > /dev/null; then
+    # SASS instruction counts of the gaussian kernel variants (to compare clean-ups against main's).
+    echo "== cuobjdump -sass: instructions per gaussian projection_kernel ($(date -u +%T))"
+    timeout $(t 10) cuobjdump -sass "$exe" 2> /dev/null | awk '/Function :/ {name = $3} /^ +\/\*[0-9a-f]+\*\/ / {n[name]++} END {for (k in n) if (k ~ /projection_kernel.*Lb1/) print "  " n[k], k}' | sort -k2 | cut -c1-160
   fi
   echo "== torch.randn baseline ($(date -u +%T))"
   timeout $(t 12) python3 bench/random/torch_randn.py 2>&1 | tail -3

@@ -489,8 +489,9 @@ TEST_CASE("gaussian row path: small aligned batch on 1 and 2 blocks (racecheck s
   CHECK(forced_grid_batch<lori::bfloat16>(215, 5, 3, 4096, {{1, 0}, {2, 1}, {1, kNever}}, nullptr, nullptr, nullptr, true) == 0);
 }
 
-// The two-round block drain (gaussian_cfg Split = 1, detail::gaussian_block_drain_split), measured
-// against the one-round drain: the same forced-grid batches.
+// The two-round block drain (gaussian_cfg Split = 1, detail::gaussian_block_drain_split) with one pool
+// of lists (the library's float and double use two), measured against the one-round drain: the same
+// forced-grid batches.
 using split_cfg = lori::cuda::detail_proj::gaussian_cfg<1, 4, 8, 1>;
 TEST_CASE("gaussian slow-path lists, two-round drains: forced grids, general and row path, every element type") {
   const std::vector<forced_launch> grids = {{1, 0}, {2, 0}, {7, 0}, {-1, 0}, {1, 1}, {2, 3}, {3, kNever}, {1, kNever}, {1, 0, 0}};
@@ -505,19 +506,43 @@ TEST_CASE("gaussian slow-path lists, two-round drains: forced grids, general and
   CHECK(forced_grid_batch<double, split_cfg>(224, 12, 7, 4096, {{1, 0}, {3, 3}, {-1, 0}}, nullptr, nullptr, nullptr, true) == 0);
 }
 
+// Two pools of lists used in turn (gaussian_cfg Buffers = 2: no barrier after a drain inside a piece;
+// 64-entry lists; the library's for float and double), here for bf16/fp16 in one round (a window
+// appends up to 64 entries, so a warp with any entry after a window drains its own list: warp drains
+// all the time) and for every element type in two rounds with drains every 4 windows.
+using two_pools_cfg = lori::cuda::detail_proj::gaussian_cfg<1, 4, 16, 0, 2>;
+using two_pools_split_cfg = lori::cuda::detail_proj::gaussian_cfg<1, 4, 4, 1, 2>;
+TEST_CASE("gaussian slow-path lists, two pools: forced grids, general and row path, every element type") {
+  const std::vector<forced_launch> grids = {{1, 0}, {2, 0}, {7, 0}, {-1, 0}, {1, 1}, {2, 3}, {3, kNever}, {1, kNever}, {1, 0, 0}, {-1, 1, 0}};
+  CHECK(forced_grid_batch<lori::bfloat16, two_pools_cfg>(230, 40, 70, 3000, grids) == 0);
+  CHECK(forced_grid_batch<lori::half, two_pools_cfg>(231, 12, 7, 4096, grids, nullptr, nullptr, nullptr, true) == 0);
+  std::size_t entries = 0, requeued = 0, resumed = 0;
+  CHECK(forced_grid_batch<float, two_pools_split_cfg>(232, 40, 70, 3000, grids, &entries, &requeued, &resumed) == 0);
+  CHECK(entries > 8 * 64 * 4);
+  CHECK(requeued > 50);
+  CHECK(resumed > 20);
+  CHECK(forced_grid_batch<float, two_pools_split_cfg>(233, 24, 9, 6144, grids, nullptr, nullptr, nullptr, true) == 0);
+  CHECK(forced_grid_batch<double, two_pools_split_cfg>(234, 12, 7, 4096, grids, nullptr, nullptr, nullptr, true) == 0);
+  CHECK(forced_grid_batch<lori::bfloat16, two_pools_split_cfg>(235, 24, 9, 6144, grids, nullptr, nullptr, nullptr, true) == 0);
+}
+
+TEST_CASE("gaussian slow-path lists, two pools: small batch on 1 and 2 blocks (racecheck subset)") {
+  CHECK(forced_grid_batch<lori::half, two_pools_cfg>(236, 6, 40, 1500, {{1, 0}, {2, 1}, {1, kNever}}) == 0);
+  CHECK(forced_grid_batch<float, two_pools_split_cfg>(237, 5, 3, 4096, {{1, 0}, {2, 1}}, nullptr, nullptr, nullptr, true) == 0);
+}
+
 TEST_CASE("gaussian slow-path lists, two-round drains: small batch on 1 and 2 blocks (racecheck subset)") {
   CHECK(forced_grid_batch<float, split_cfg>(225, 6, 40, 1500, {{1, 0}, {2, 1}}) == 0);
   CHECK(forced_grid_batch<lori::bfloat16, split_cfg>(226, 5, 3, 4096, {{1, 0}, {2, 1}}, nullptr, nullptr, nullptr, true) == 0);
 }
 
-TEST_CASE("gaussian row path: one block walks a 640 x 6144 matrix (many block and warp drains mid-piece), float and bf16") {
-  // ~59 K slow entries (~7.4 K per warp with one block: ~480 block drains inside the piece, or with
-  // kNever ~75 warp drains of a full list); 3 blocks: pieces start and end inside rows; 0: the
-  // default grid; drain period 1: a block drain after every window.
-  const index_t rows = 640, cols = 6144;
-  const std::uint64_t seed = 4242, stream = 17;
-  const auto a = cpu_projection(rows, cols, seed, stream, projection_spec::gaussian(0.5));
-  const std::pair<index_t, unsigned> launches[] = {{1, 0u}, {3, 0u}, {0, 0u}, {1, kNever}, {2, 1u}};
+namespace {
+// One gaussian matrix (rows x cols, sigma) generated on forced grids {blocks (0: the default grid), drain
+// period (0: the library's)}, float and (bf16 = true) bf16, each compared bit for bit with the CPU
+// (outputs poisoned first).
+void forced_single_matrix(index_t rows, index_t cols, std::uint64_t seed, std::uint64_t stream, double sigma,
+                          const std::vector<std::pair<index_t, unsigned>>& launches, bool bf16) {
+  const auto a = cpu_projection(rows, cols, seed, stream, projection_spec::gaussian(sigma));
   for (const auto& l : launches) {
     const index_t blocks = l.first;
     const unsigned drain = l.second;
@@ -525,21 +550,30 @@ TEST_CASE("gaussian row path: one block walks a 640 x 6144 matrix (many block an
     CAPTURE(drain);
     lori::cuda::device_buffer<float> buf(rows * cols);
     buf.fill_bytes(0xff);
-    lori::cuda::detail_proj::generate_projection_blocks(buf.as_matrix(rows, cols), seed, stream, projection_spec::gaussian(0.5), blocks, nullptr, drain);
+    lori::cuda::detail_proj::generate_projection_blocks(buf.as_matrix(rows, cols), seed, stream, projection_spec::gaussian(sigma), blocks, nullptr, drain);
     LORI_CUDA_CHECK(cudaDeviceSynchronize());
     const auto host = buf.download();
     std::size_t mism = 0;
     for (std::size_t t = 0; t < a.size(); ++t) mism += lori::float_bits(host[t]) != lori::float_bits(a[t]);
     CHECK(mism == 0);
+    if (!bf16) continue;
     lori::cuda::device_buffer<lori::bfloat16> hb(rows * cols);
     hb.fill_bytes(0xff);
-    lori::cuda::detail_proj::generate_projection_blocks(hb.as_matrix(rows, cols), seed, stream, projection_spec::gaussian(0.5), blocks, nullptr, drain);
+    lori::cuda::detail_proj::generate_projection_blocks(hb.as_matrix(rows, cols), seed, stream, projection_spec::gaussian(sigma), blocks, nullptr, drain);
     LORI_CUDA_CHECK(cudaDeviceSynchronize());
     const auto hhost = hb.download();
     mism = 0;
     for (std::size_t t = 0; t < a.size(); ++t) mism += hhost[t].bits != lori::float_to_bf16_bits(a[t]);
     CHECK(mism == 0);
   }
+}
+}  // namespace
+
+TEST_CASE("gaussian row path: one block walks a 640 x 6144 matrix (many block and warp drains mid-piece), float and bf16") {
+  // ~59 K slow entries (~7.4 K per warp with one block: ~480 block drains inside the piece, or with
+  // kNever ~75 warp drains of a full list); 3 blocks: pieces start and end inside rows; 0: the
+  // default grid; drain period 1: a block drain after every window.
+  forced_single_matrix(640, 6144, 4242, 17, 0.5, {{1, 0u}, {3, 0u}, {0, 0u}, {1, kNever}, {2, 1u}}, true);
 }
 
 namespace {
@@ -574,24 +608,7 @@ TEST_CASE("gaussian row path, bf16/fp16: hardware rounding equals the CPU's at e
 
 TEST_CASE("single matrix on forced grids: one block walks the whole matrix (fallback element included)") {
   // 2553 x 2200 holds the bounded loop's fallback element (2552, 2193) of seed 99 / stream 7.
-  const index_t rows = 2553, cols = 2200;
-  const std::uint64_t seed = 99, stream = 7;
-  const auto a = cpu_projection(rows, cols, seed, stream, projection_spec::gaussian(1.0));
-  const std::pair<index_t, unsigned> launches[] = {{1, 0u}, {3, 0u}, {0, 0u}, {1, kNever}, {3, 1u}};
-  for (const auto& l : launches) {
-    const index_t blocks = l.first;
-    const unsigned drain = l.second;
-    CAPTURE(blocks);
-    CAPTURE(drain);
-    lori::cuda::device_buffer<float> buf(rows * cols);
-    buf.fill_bytes(0xff);
-    lori::cuda::detail_proj::generate_projection_blocks(buf.as_matrix(rows, cols), seed, stream, projection_spec::gaussian(1.0), blocks, nullptr, drain);
-    LORI_CUDA_CHECK(cudaDeviceSynchronize());
-    const auto host = buf.download();
-    std::size_t mism = 0;
-    for (std::size_t t = 0; t < a.size(); ++t) mism += lori::float_bits(host[t]) != lori::float_bits(a[t]);
-    CHECK(mism == 0);
-  }
+  forced_single_matrix(2553, 2200, 99, 7, 1.0, {{1, 0u}, {3, 0u}, {0, 0u}, {1, kNever}, {3, 1u}}, false);
 }
 
 TEST_CASE("GPU projection errors are lori::error") {

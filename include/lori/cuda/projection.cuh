@@ -321,22 +321,28 @@ constexpr std::size_t gaussian_tables_bytes = (sizeof(uint2) + sizeof(lori::deta
 /// for 16-byte units of 4 values (float, double; bf16/fp16 units, 8 values, take 1), MinBlocks blocks
 /// per SM (the register cap), DrainBlocks: Philox blocks per lane between two block drains of the
 /// slow-path lists (gaussian_drain_period), Split: block drains in two rounds
-/// (gaussian_block_drain_split) instead of one. gaussian_cfg_lib<T> is the library's (1 unit and 4
+/// (gaussian_block_drain_split) instead of one, Buffers: 1, or 2 pools of lists used in turn (a
+/// drain inside a piece then needs no barrier after it: the warps append to the other pool while the
+/// last of them finish the drain; 64-entry lists). gaussian_cfg_lib<T> is the library's (1 unit and 4
 /// blocks: session 4; the drains: session 5, below); launch_projection_batch_cfg runs others
 /// (benchmarks of alternatives in the same process).
-template <int KFloat, int MinBlocks, int DrainBlocks = 8, int Split = 0>
+template <int KFloat, int MinBlocks, int DrainBlocks = 8, int Split = 0, int Buffers = 1>
 struct gaussian_cfg {
+  static_assert(Buffers == 1 || Buffers == 2, "gaussian_cfg: 1 or 2 pools");
   static constexpr int k_float = KFloat;
   static constexpr int min_blocks = MinBlocks;
   static constexpr int drain_blocks = DrainBlocks;
   static constexpr int split = Split;
+  static constexpr int buffers = Buffers;
 };
-/// The library's configuration for element type T (session 5, checkpoint 2, H100, Llama set: float
-/// with two-round drains every 8 windows 83.0 us, one round 86.4; bf16 one round every 8 windows 75.2,
-/// every 4 79.6, two rounds every 4 78.4; see docs/random.md).
+/// The library's configuration for element type T (H100, Llama set; see docs/random.md): float and
+/// double with two-round drains every 8 windows and two pools (session 6: 78.8 us; one pool 83.2 in the
+/// same run, every 16 / 4 windows 91.4 / 89.3); bf16 and fp16 one round every 8 windows, one pool
+/// (session 5: 75.2 us; every 4 79.6, two rounds every 4 78.4; session 6: two pools of 64-entry lists
+/// 118, every 16 windows 77.7 against 76.6).
 template <class T>
 struct gaussian_cfg_lib_of {
-  using type = gaussian_cfg<1, 4, 8, 1>;
+  using type = gaussian_cfg<1, 4, 8, 1, 2>;
 };
 template <>
 struct gaussian_cfg_lib_of<bfloat16> {
@@ -373,29 +379,37 @@ struct alignas(32) gaussian_slow_entry {
   uint4 meta;
 };
 
-/// Entries per warp list. A window (step) appends at most 32 x gaussian_lane_blocks <= 64 entries; a
-/// warp whose list holds more than capacity - that after a window finishes its list alone
-/// (gaussian_warp_drain), so appends never overflow; the library's lists hold ~30 entries between
-/// block drains (Poisson), so that practically never happens there.
-constexpr unsigned gaussian_list_capacity = 128;
+/// Entries per warp list: 128, or 64 with two pools. A window (step) appends at most 32 x
+/// gaussian_lane_blocks <= 64 entries; a warp whose list holds more than capacity - that after a
+/// window finishes its list alone (gaussian_warp_drain), so appends never overflow; the library's lists
+/// hold ~15 (float, 64 entries) or ~30 (bf16, 128) entries between block drains (Poisson), so that
+/// practically never happens there.
+template <class C>
+constexpr unsigned gaussian_list_capacity = C::buffers == 2 ? 64u : 128u;
 
 /// The block's slow-path pool in shared memory (after the tables): one list per warp (appends need no
 /// atomics: the warp's count is a warp-uniform register) and the counts published for a block drain.
+template <unsigned Cap>
 struct gaussian_pool {
-  gaussian_slow_entry list[projection_warps][gaussian_list_capacity];
+  gaussian_slow_entry list[projection_warps][Cap];
   unsigned counts[projection_warps];
   unsigned nhard;  ///< gaussian_block_drain_split: entries left for round 2
-  std::uint16_t hard[projection_warps * gaussian_list_capacity];  ///< their positions: warp << 8 | slot
+  std::uint16_t hard[projection_warps * Cap];  ///< their positions: warp << 8 | slot
 };
+template <class C>
+using gaussian_pool_of = gaussian_pool<gaussian_list_capacity<C>>;
 
-LORI_DEVICE LORI_FORCEINLINE gaussian_pool& gaussian_slow_pool() {
+/// Pool b (< C::buffers) of the block.
+template <class C>
+LORI_DEVICE LORI_FORCEINLINE gaussian_pool_of<C>& gaussian_slow_pool(unsigned b) {
   extern __shared__ __align__(32) unsigned char projection_smem[];
-  return *reinterpret_cast<gaussian_pool*>(projection_smem + gaussian_tables_bytes);
+  return reinterpret_cast<gaussian_pool_of<C>*>(projection_smem + gaussian_tables_bytes)[b];
 }
 
-/// Dynamic shared memory of the gaussian kernel variant: the two layer tables (6 KB) and the pool
-/// (34 KB): 41 KB per block, 4 blocks per SM.
-constexpr std::size_t gaussian_smem_bytes = gaussian_tables_bytes + sizeof(gaussian_pool);
+/// Dynamic shared memory of the gaussian kernel variant: the two layer tables (6 KB) and the pool(s)
+/// (one of 34 KB, or two of 17 KB): 41 KB per block, 4 blocks per SM.
+template <class C>
+constexpr std::size_t gaussian_smem_bytes = gaussian_tables_bytes + static_cast<std::size_t>(C::buffers) * sizeof(gaussian_pool_of<C>);
 
 /// Word t of a uint4 (t warp-divergent: selects, no local memory).
 LORI_DEVICE LORI_FORCEINLINE std::uint32_t word_of(const uint4& w, int t) { return t == 0 ? w.x : (t == 1 ? w.y : (t == 2 ? w.z : w.w)); }
@@ -427,6 +441,23 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_append(gaussian_slow_entry* list, uns
     *reinterpret_cast<uint2*>(&s.meta) = make_uint2(i, q);
   }
   count += static_cast<unsigned>(__popc(ballot));
+}
+
+/// The fast path of one Philox block b (block q of row i) of a gaussian piece, shared by the general
+/// and the row path: its four values into v[0..3] from the block's scaled table (a placeholder where
+/// the fast test fails), and the block appended to the warp's list (gaussian_append) when an element
+/// failed and the lane is active (warp-collective).
+LORI_DEVICE LORI_FORCEINLINE void gaussian_block_fast(const uint2* table, const philox_block& b, float* v, bool active, gaussian_slow_entry* list,
+                                                      unsigned& count, std::uint32_t i, std::uint32_t q, unsigned lt) {
+  bool slow = false;
+#pragma unroll
+  for (int t = 0; t < 4; ++t) {
+    const std::uint32_t w = b.v[t];
+    const uint2 z = table[w & 0xffu];
+    v[t] = lori::detail::zig_value(w, bits_float(z.y));
+    slow = slow || lori::detail::zig_mbits(w) >= z.x;
+  }
+  gaussian_append(list, count, slow && active, b, i, q, lt);
 }
 
 /// Finishes the pending elements (bits of `pending`) of Philox block q of row i (words wd) by one
@@ -534,11 +565,11 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_warp_drain(const projection_entry<T>&
 /// then thread x takes entries x, x + 256, ... of the concatenated lists, so the ~1.5% slow elements
 /// of the last windows are spread evenly over the block (no warp waits for its own unlucky lanes) and
 /// run one per thread, with thousands in flight per SM. The first barrier orders the appends and the
-/// placeholder stores of every warp before the reads and fix-ups, the second the reads before later
-/// appends (and, at the end of a piece, before the table is rescaled).
+/// placeholder stores of every warp before the reads and fix-ups, the second (`trailing`) the reads
+/// before later appends to this pool (and, at the end of a piece, before the table is rescaled).
 template <class T, class C, bool WholeBlocks>
-LORI_DEVICE LORI_FORCEINLINE void gaussian_block_drain(const projection_entry<T>& e, const uint2* table, unsigned& count) {
-  gaussian_pool& pool = gaussian_slow_pool();
+LORI_DEVICE LORI_FORCEINLINE void gaussian_block_drain(const projection_entry<T>& e, const uint2* table, unsigned& count, gaussian_pool_of<C>& pool,
+                                                       bool trailing) {
   const unsigned x = threadIdx.x;
   if ((x & 31u) == 0u) pool.counts[x >> 5] = count;
   __syncthreads();
@@ -553,7 +584,11 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_block_drain(const projection_entry<T>
     }
     gaussian_finish_entry<T, C, WholeBlocks>(e, table, pool.list[w][k]);
   }
-  __syncthreads();
+  if (trailing) {
+    __syncthreads();
+  } else {
+    __syncwarp();  // (no wait for other warps; keeps ptxas from scheduling the next window into the drain: 632 bytes of spills)
+  }
   count = 0u;
 }
 
@@ -563,11 +598,11 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_block_drain(const projection_entry<T>
 /// candidate: ~6% of the entries) is written back with its state (meta.z = pos) and its position
 /// pushed to the hard list (one shared atomic per warp). Round 2: thread x takes hard entries x,
 /// x + 256, ... and finishes them (gaussian_finish_pending). Three barriers: before round 1 (appends,
-/// placeholder stores), before round 2 (round 1's write-backs and pushes), after (reads before later
-/// appends).
+/// placeholder stores), before round 2 (round 1's write-backs and pushes), after (`trailing`: reads
+/// before later appends to this pool).
 template <class T, class C, bool WholeBlocks>
-LORI_DEVICE LORI_FORCEINLINE void gaussian_block_drain_split(const projection_entry<T>& e, const uint2* table, unsigned& count) {
-  gaussian_pool& pool = gaussian_slow_pool();
+LORI_DEVICE LORI_FORCEINLINE void gaussian_block_drain_split(const projection_entry<T>& e, const uint2* table, unsigned& count,
+                                                             gaussian_pool_of<C>& pool, bool trailing) {
   const unsigned x = threadIdx.x, lane = x & 31u;
   if (lane == 0u) pool.counts[x >> 5] = count;
   if (x == 0u) pool.nhard = 0u;
@@ -615,17 +650,45 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_block_drain_split(const projection_en
     gaussian_finish_pending<T, C>(e, s.words, s.meta.x, s.meta.y, slow_pending<WholeBlocks>(s.words, table, s.meta.y, e.cols),
                                   static_cast<int>(s.meta.z));
   }
-  __syncthreads();
+  if (trailing) {
+    __syncthreads();
+  } else {
+    __syncwarp();  // (no wait for other warps; keeps ptxas from scheduling the next window into the drain: 632 bytes of spills)
+  }
   count = 0u;
 }
 
-/// The block drain of configuration C (gaussian_block_drain or, with C::split, gaussian_block_drain_split).
+/// The warps' slow-path lists in a gaussian piece: the pool in use (par < C::buffers; pieces start
+/// with pool 0), the warp's list in it, its length (warp-uniform) and the windows since the last
+/// block drain.
+struct gaussian_lists {
+  unsigned par;
+  gaussian_slow_entry* list;
+  unsigned count;
+  unsigned since;
+};
+
+template <class C>
+LORI_DEVICE LORI_FORCEINLINE gaussian_lists gaussian_lists_start() {
+  return gaussian_lists{0u, gaussian_slow_pool<C>(0u).list[threadIdx.x >> 5], 0u, 0u};
+}
+
+/// The block drain of configuration C (gaussian_block_drain or, with C::split, gaussian_block_drain_split)
+/// of the pool in use. Inside a piece with two pools (end = false) without a barrier after it: the
+/// warps switch to the other pool, whose last drain's reads ended before this drain's first barrier.
+/// At the end of a piece (end = true) with the barrier, so the next piece starts with pool 0 and may
+/// rescale the table.
 template <class T, class C, bool WholeBlocks>
-LORI_DEVICE LORI_FORCEINLINE void gaussian_drain_all(const projection_entry<T>& e, const uint2* table, unsigned& count) {
+LORI_DEVICE LORI_FORCEINLINE void gaussian_drain_all(const projection_entry<T>& e, const uint2* table, gaussian_lists& ls, bool end) {
+  const bool trailing = C::buffers == 1 || end;
   if constexpr (C::split != 0) {
-    gaussian_block_drain_split<T, C, WholeBlocks>(e, table, count);
+    gaussian_block_drain_split<T, C, WholeBlocks>(e, table, ls.count, gaussian_slow_pool<C>(ls.par), trailing);
   } else {
-    gaussian_block_drain<T, C, WholeBlocks>(e, table, count);
+    gaussian_block_drain<T, C, WholeBlocks>(e, table, ls.count, gaussian_slow_pool<C>(ls.par), trailing);
+  }
+  if constexpr (C::buffers == 2) {
+    ls.par ^= 1u;
+    ls.list = gaussian_slow_pool<C>(ls.par).list[threadIdx.x >> 5];
   }
 }
 
@@ -633,13 +696,24 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_drain_all(const projection_entry<T>& 
 /// windows the block drains all lists; otherwise a warp whose list could overflow in the next window
 /// drains its own.
 template <class T, class C, bool WholeBlocks>
-LORI_DEVICE LORI_FORCEINLINE void gaussian_after_window(const projection_entry<T>& e, const uint2* table, gaussian_slow_entry* list, unsigned& count,
-                                                        unsigned& since, unsigned period, unsigned lane) {
-  if (++since >= period) {
-    gaussian_drain_all<T, C, WholeBlocks>(e, table, count);
-    since = 0u;
-  } else if (count > gaussian_list_capacity - 32u * gaussian_lane_blocks<T, C>) {
-    gaussian_warp_drain<T, C, WholeBlocks>(e, table, list, count, lane);
+LORI_DEVICE LORI_FORCEINLINE void gaussian_after_window(const projection_entry<T>& e, const uint2* table, gaussian_lists& ls, unsigned period,
+                                                        unsigned lane) {
+  if (++ls.since >= period) {
+    gaussian_drain_all<T, C, WholeBlocks>(e, table, ls, false);
+    ls.since = 0u;
+  } else if (ls.count > gaussian_list_capacity<C> - 32u * gaussian_lane_blocks<T, C>) {
+    gaussian_warp_drain<T, C, WholeBlocks>(e, table, ls.list, ls.count, lane);
+  }
+}
+
+/// The end of a gaussian piece (block-uniform call): the last block drain, or, if the last window
+/// drained without a barrier after it (two pools), that barrier.
+template <class T, class C, bool WholeBlocks>
+LORI_DEVICE LORI_FORCEINLINE void gaussian_piece_end(const projection_entry<T>& e, const uint2* table, gaussian_lists& ls) {
+  if (ls.since != 0u) {
+    gaussian_drain_all<T, C, WholeBlocks>(e, table, ls, true);
+  } else if constexpr (C::buffers == 2) {
+    __syncthreads();
   }
 }
 
@@ -677,8 +751,7 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian(const projection_ent
     projection_piece_gaussian_rows<T, C>(e, r0, r1, lt, period, table);
     return;
   }
-  gaussian_slow_entry* list = gaussian_slow_pool().list[x >> 5];
-  unsigned count = 0u, since = 0u;
+  gaussian_lists ls = gaussian_lists_start<C>();
   unit_cursor<T> p = cursor_at(e, r0 + x);
   // A block-uniform loop and body (every warp runs every step; lanes beyond the piece are inactive).
   // (Two units per thread and step measured slower in session 3: 93.8 against 85.3 us, H200.)
@@ -690,21 +763,13 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian(const projection_ent
     for (int h = 0; h < U / 4; ++h) {
       const std::uint32_t q = static_cast<std::uint32_t>(U / 4) * p.c + static_cast<std::uint32_t>(h);
       const philox_block b = lori::detail::philox4x32_10_scheduled(q, p.i, e.stream0, e.stream1, e.rk);
-      bool slow = false;
-#pragma unroll
-      for (int t = 0; t < 4; ++t) {
-        const std::uint32_t w = b.v[t];
-        const uint2 z = table[w & 0xffu];
-        v[4 * h + t] = lori::detail::zig_value(w, bits_float(z.y));
-        slow = slow || lori::detail::zig_mbits(w) >= z.x;
-      }
-      gaussian_append(list, count, slow && active, b, p.i, q, lt);
+      gaussian_block_fast(table, b, v + 4 * h, active, ls.list, ls.count, p.i, q, lt);
     }
     if (active) store_unit_at<T, U>(e, p, v);
-    gaussian_after_window<T, C, false>(e, table, list, count, since, period, lane);
+    gaussian_after_window<T, C, false>(e, table, ls, period, lane);
     advance_step(e, p);
   }
-  if (since != 0u) gaussian_drain_all<T, C, false>(e, table, count);
+  gaussian_piece_end<T, C, false>(e, table, ls);
 }
 
 /// Philox4x32-10 of counter {q, i, stream0, stream1} (lori::detail::philox4x32_10_scheduled) with the
@@ -760,18 +825,7 @@ LORI_HOST_DEVICE LORI_FORCEINLINE philox_block philox_row(std::uint32_t q, const
     c2 = static_cast<std::uint32_t>(p0 >> 32) ^ rw.r2;
     c3 = static_cast<std::uint32_t>(p0);
   }
-#if defined(__CUDA_ARCH__)
-#pragma unroll
-#endif
-  for (int round = 3; round < 10; ++round) {
-    const std::uint64_t p0 = static_cast<std::uint64_t>(m0) * c0;
-    const std::uint64_t p1 = static_cast<std::uint64_t>(m1) * c2;
-    c0 = static_cast<std::uint32_t>(p1 >> 32) ^ c1 ^ e.rk.k0[round];
-    c1 = static_cast<std::uint32_t>(p1);
-    c2 = static_cast<std::uint32_t>(p0 >> 32) ^ c3 ^ e.rk.k1[round];
-    c3 = static_cast<std::uint32_t>(p0);
-  }
-  return philox_block{{c0, c1, c2, c3}};
+  return lori::detail::philox_rounds<3>(c0, c1, c2, c3, e.rk);  // rounds 3 .. 9
 }
 
 
@@ -826,8 +880,7 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projectio
   constexpr int K = gaussian_row_units<T, C>;
   constexpr auto S = static_cast<std::uint32_t>(projection_threads * K);
   const unsigned x = threadIdx.x, lane = x & 31u;
-  gaussian_slow_entry* list = gaussian_slow_pool().list[x >> 5];
-  unsigned count = 0u, since = 0u;
+  gaussian_lists ls = gaussian_lists_start<C>();
   // The window holding r0 (block-uniform): row i, first unit c (a multiple of S). In whole windows
   // (w0 and upr are multiples of S; units < 2^40, so w0 / S < 2^32): 32-bit arithmetic only (a
   // 64-bit division, a subroutine call, makes the compiler drop the uniformity of everything after).
@@ -866,16 +919,7 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projectio
       for (int h = 0; h < U / 4; ++h) {
         const std::uint32_t q = static_cast<std::uint32_t>(U / 4) * cu + static_cast<std::uint32_t>(h);
         const philox_block b = philox_row(q, e, tk, rw);
-        bool slow = false;
-#pragma unroll
-        for (int t = 0; t < 4; ++t) {
-          const std::uint32_t w = b.v[t];
-          const uint2 z = table[w & 0xffu];
-          v[4 * h + t] = lori::detail::zig_value(w, bits_float(z.y));
-          slow = slow || lori::detail::zig_mbits(w) >= z.x;
-        }
-        if constexpr (Masked) slow = slow && active;
-        gaussian_append(list, count, slow, b, i, q, lt);
+        gaussian_block_fast(table, b, v + 4 * h, active, ls.list, ls.count, i, q, lt);
       }
       if (active) store(dst0 + k * projection_threads * U, v);
     }
@@ -890,7 +934,7 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projectio
       rw = make_gaussian_row_keys(e, tk, i);
     }
   };
-  auto after = [&] { gaussian_after_window<T, C, true>(e, table, list, count, since, period, lane); };
+  auto after = [&] { gaussian_after_window<T, C, true>(e, table, ls, period, lane); };
   // A masked first window (the piece starts inside it, or it is the only one and ends early), then
   // the whole windows, then a masked last window (the piece ends inside it).
   if (lo != 0u || (n == 1u && hi_last != S)) {
@@ -914,7 +958,7 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projectio
     window(std::true_type{}, hi_last);
     after();
   }
-  if (since != 0u) gaussian_drain_all<T, C, true>(e, table, count);
+  gaussian_piece_end<T, C, true>(e, table, ls);
 }
 
 /// Units [r0, r1) of matrix e by the block, any law. WithGaussian: the kernel variant with the gaussian
@@ -1165,7 +1209,7 @@ projection_batch_plan<T> prepare_projection_batch(const projection_task<T>* task
   plan.units = units;
   if (units > 0) {
     plan.blocks = plan.has_gaussian ? detail_proj::projection_grid(detail_proj::projection_kernel<T, true, detail_proj::projection_batch_source<T>>, units,
-                                                              detail_proj::gaussian_smem_bytes)
+                                                              detail_proj::gaussian_smem_bytes<detail_proj::gaussian_cfg_lib<T>>)
                                     : detail_proj::projection_grid(detail_proj::projection_kernel<T, false, detail_proj::projection_batch_source<T>>, units, 0);
   }
   return plan;
@@ -1192,7 +1236,7 @@ void launch_projection_batch(const projection_batch_plan<T>& plan, index_t block
       make_projection_split(plan.units, blocks, plan.has_gaussian ? gaussian_row_window<T, C> : 0,
                             drain_period > 0 ? drain_period : gaussian_drain_period<T, C>, rows);
   if (plan.has_gaussian) {
-    projection_kernel<T, true, projection_batch_source<T>, C><<<static_cast<unsigned>(blocks), projection_threads, gaussian_smem_bytes, stream>>>(src, split);
+    projection_kernel<T, true, projection_batch_source<T>, C><<<static_cast<unsigned>(blocks), projection_threads, gaussian_smem_bytes<C>, stream>>>(src, split);
   } else {
     projection_kernel<T, false><<<static_cast<unsigned>(blocks), projection_threads, 0, stream>>>(src, split);
   }
@@ -1205,7 +1249,7 @@ void launch_projection_batch(const projection_batch_plan<T>& plan, index_t block
 template <class C, class T>
 index_t projection_grid_cfg(const projection_batch_plan<T>& plan) {
   LORI_EXPECTS(plan.has_gaussian && plan.units > 0 && plan.workspace != nullptr, "projection_grid_cfg: needs a gaussian plan");
-  return projection_grid(projection_kernel<T, true, projection_batch_source<T>, C>, plan.units, gaussian_smem_bytes);
+  return projection_grid(projection_kernel<T, true, projection_batch_source<T>, C>, plan.units, gaussian_smem_bytes<C>);
 }
 template <class C, class T>
 void launch_projection_batch_cfg(const projection_batch_plan<T>& plan, index_t blocks, cudaStream_t stream) {
@@ -1214,7 +1258,7 @@ void launch_projection_batch_cfg(const projection_batch_plan<T>& plan, index_t b
   const auto* base = static_cast<const unsigned char*>(plan.workspace);
   const projection_batch_source<T> src{reinterpret_cast<const projection_entry_storage<T>*>(base),
                                        reinterpret_cast<const index_t*>(base + round_up16(n * sizeof(projection_entry_storage<T>))), plan.count};
-  projection_kernel<T, true, projection_batch_source<T>, C><<<static_cast<unsigned>(blocks), projection_threads, gaussian_smem_bytes, stream>>>(
+  projection_kernel<T, true, projection_batch_source<T>, C><<<static_cast<unsigned>(blocks), projection_threads, gaussian_smem_bytes<C>, stream>>>(
       src, make_projection_split(plan.units, blocks, gaussian_row_window<T, C>, gaussian_drain_period<T, C>));
   LORI_CUDA_CHECK_LAUNCH();
 }
@@ -1236,7 +1280,7 @@ void generate_projection_blocks(row_major_view<T> out, std::uint64_t seed, std::
   src.starts[1] = units;
   if (t.params.kind == distribution::gaussian) {
     const auto kernel = projection_kernel<T, true, projection_single_source<T>>;
-    constexpr std::size_t smem = gaussian_smem_bytes;
+    constexpr std::size_t smem = gaussian_smem_bytes<gaussian_cfg_lib<T>>;
     index_t grid = blocks;
     if (blocks > 0) {
       configure_projection_kernel(kernel, smem);

@@ -84,15 +84,18 @@ LORI_HOST_DEVICE LORI_FORCEINLINE constexpr philox_round_keys philox_key_schedul
   return rk;
 }
 
-/// philox4x32_10_block(c0, c1, c2, c3, k0, k1) with rk = philox_key_schedule(k0, k1): same rounds,
-/// same bits (tested against philox4x32_10_block).
-LORI_HOST_DEVICE LORI_FORCEINLINE constexpr philox_block philox4x32_10_scheduled(std::uint32_t c0, std::uint32_t c1, std::uint32_t c2,
-                                                                                 std::uint32_t c3, const philox_round_keys& rk) noexcept {
+/// Rounds FirstRound .. 9 of Philox4x32-10 on the state {c0, c1, c2, c3} (the counter after rounds
+/// 0 .. FirstRound - 1) with the key schedule rk. (The GPU gaussian row path computes its first rounds
+/// partly per row and finishes with philox_rounds<3>.)
+template <int FirstRound>
+LORI_HOST_DEVICE LORI_FORCEINLINE constexpr philox_block philox_rounds(std::uint32_t c0, std::uint32_t c1, std::uint32_t c2, std::uint32_t c3,
+                                                                      const philox_round_keys& rk) noexcept {
+  static_assert(FirstRound >= 0 && FirstRound <= 10, "philox_rounds: FirstRound in 0..10");
   constexpr std::uint32_t m0 = 0xD2511F53u, m1 = 0xCD9E8D57u;
 #if defined(__CUDA_ARCH__)
 #pragma unroll
 #endif
-  for (int round = 0; round < 10; ++round) {
+  for (int round = FirstRound; round < 10; ++round) {
     const std::uint64_t p0 = static_cast<std::uint64_t>(m0) * c0;
     const std::uint64_t p1 = static_cast<std::uint64_t>(m1) * c2;
     const std::uint32_t hi0 = static_cast<std::uint32_t>(p0 >> 32), lo0 = static_cast<std::uint32_t>(p0);
@@ -103,6 +106,13 @@ LORI_HOST_DEVICE LORI_FORCEINLINE constexpr philox_block philox4x32_10_scheduled
     c3 = lo0;
   }
   return philox_block{{c0, c1, c2, c3}};
+}
+
+/// philox4x32_10_block(c0, c1, c2, c3, k0, k1) with rk = philox_key_schedule(k0, k1): same rounds,
+/// same bits (tested against philox4x32_10_block).
+LORI_HOST_DEVICE LORI_FORCEINLINE constexpr philox_block philox4x32_10_scheduled(std::uint32_t c0, std::uint32_t c1, std::uint32_t c2,
+                                                                                 std::uint32_t c3, const philox_round_keys& rk) noexcept {
+  return philox_rounds<0>(c0, c1, c2, c3, rk);
 }
 
 struct philox_words4 {
