@@ -1324,6 +1324,8 @@ struct merge_layout {
   int expect_stream = -1;  // 1 / 0: the case must (not) take the streaming kernel; -1: either
   int probe = 0;           // != 0: run detail_merge::merge_stream_route with these probe bits (e.g. no PDL)
                            // where the streaming kernel applies, instead of merge_into
+  double density0 = 0.1;   // kept fraction of the first adapter's mask when sparse (the others: 0.1)
+  int expect_sparse = -1;  // 1 / 0: merge_into must (not) take the sparse route; -1: either
 };
 
 template <class T>
@@ -1346,7 +1348,7 @@ void merge_case(lori::cuda::context& ctx, index_t d, index_t k, const std::vecto
     const index_t r = ranks[t];
     As.push_back(random_mat<T>(r, k, 1.0 / std::sqrt(static_cast<double>(r)), g, lay.pad_ops ? k + 3 : k));
     Bd.push_back(random_mat<T>(d, r, 1.0, g, lay.pad_ops ? r + 1 : r));
-    Bs.push_back(random_sparse<T>(d, r, 0.1, 1.0, g));
+    Bs.push_back(random_sparse<T>(d, r, t == 0 ? lay.density0 : 0.1, 1.0, g));
     dA.emplace_back(As.back().s);
     dB.emplace_back(Bd.back().s);
     sB.push_back(lori::cuda::sparse_b<T>::from_host(Bs.back().mask, Bs.back().packed));
@@ -1385,8 +1387,7 @@ void merge_case(lori::cuda::context& ctx, index_t d, index_t k, const std::vecto
   }
   index_t R = 0;
   for (const index_t r : ranks) R += r;
-  // Runs merge_into on a fresh copy of W (at element offset lay.offset_w of its buffer) and checks every
-  // element of W, its padding and the elements before it.
+  // W's buffer: W at element offset lay.offset_w (the route predicates see that alignment).
   const std::size_t off = static_cast<std::size_t>(lay.offset_w);
   std::vector<T> wbuf(off + W.s.size());
   for (std::size_t i = 0; i < off; ++i) wbuf[i] = W.s[i % W.s.size()];
@@ -1394,35 +1395,62 @@ void merge_case(lori::cuda::context& ctx, index_t d, index_t k, const std::vecto
   device_buffer<T> dW(wbuf);
   const lori::row_major_view<T> wv(dW.data() + off, d, k, ldw);
   const bool stream = lori::cuda::detail_merge::stream_kernel_applies(wv, src);
+  const bool sparse_default = lori::cuda::detail_merge::sparse_route_applies(wv, src);
+  const bool sparse_any = lori::cuda::detail_merge::sparse_route_applies(wv, src, true);
   if (lay.expect_stream >= 0) CHECK(stream == (lay.expect_stream == 1));
-  INFO("path " << (stream ? "streaming kernel" : "cuBLAS"));
+  if (lay.expect_sparse >= 0) CHECK(sparse_default == (lay.expect_sparse == 1));
   // Error models. Streaming kernel (16-bit W): products exact in fp32, fp32 tensor-core accumulation per
   // scale segment (tc_slack covers truncating accumulation), s·acc one fp32 rounding, W + delta rounded
   // ONCE to T: the tight bound with u_I = tc_slack. cuBLAS route, 16-bit W: its 16-bit-output epilogue
   // forms alpha*(B·A) in T before adding beta*W, i.e. one rounding of the delta in T (the same model the
   // beta = 1 layer_forward checks use above); the first H100 run showed exactly that (errors 17.9x
   // (bf16) and 2.7x (fp16) over a bound assuming fp32 accumulation end to end). fp32 keeps the tight bound.
-  const double ui = stream || std::is_same_v<T, float> ? tc_slack<T>() : unit_roundoff<T>();
+  // Sparse route (16-bit W, sparse B): s·b one fp32 rounding (2^-24 of each term), the product exact in
+  // the FMA, round-to-nearest fp32 accumulation of at most R terms (the sqrt(K)·2^-24 random walk), W +
+  // delta rounded once to T: no intermediate 16-bit rounding and no truncating accumulator, u_I = 0.
   const std::size_t need = lori::cuda::merge_workspace_bytes<T>(d, k, src);
   device_buffer<unsigned char> ws(static_cast<index_t>(need) + 1);
-  ws.fill_bytes(0xff);
-  bool routed = false;
-  if constexpr (!std::is_same_v<T, float>) {  // the streaming route exists for 16-bit W only
-    if (lay.probe != 0 && stream) {
-      lori::cuda::detail_merge::merge_stream_route<T>(ctx, wv, src, ws.data(), lay.probe);
-      routed = true;
+  // Runs one route on a fresh copy of W (at element offset lay.offset_w of its buffer) and checks every
+  // element of W, its padding and the elements before it. route 0: merge_into (or the streaming route with
+  // lay.probe); 1: the streaming route; 2: the sparse route (whatever the density); 3: its kernel variant
+  // with 8 W rows in flight per warp (sparse_probe_deep).
+  const auto run_check = [&](int route) {
+    device_buffer<T> dW(wbuf);
+    const lori::row_major_view<T> wv2(dW.data() + off, d, k, ldw);
+    ws.fill_bytes(0xff);
+    bool on_stream = false, on_sparse = false;
+    if constexpr (!std::is_same_v<T, float>) {  // the streaming and sparse routes exist for 16-bit W only
+      if (route >= 2) {
+        lori::cuda::detail_merge::merge_sparse_route<T>(ctx, wv2, src, route == 3 ? lori::cuda::detail_merge::sparse_probe_deep : 0);
+        on_sparse = true;
+      } else if (route == 1 || (lay.probe != 0 && stream && !sparse_default)) {
+        lori::cuda::detail_merge::merge_stream_route<T>(ctx, wv2, src, ws.data(), lay.probe);
+        on_stream = true;
+      }
     }
-  }
-  if (!routed) lori::cuda::merge_into<T>(ctx, wv, src, ws.data(), ws.bytes());
-  const auto all = dW.download();
-  const std::vector<T> got(all.begin() + static_cast<std::ptrdiff_t>(off), all.end());
-  LORI_CHECK_CLOSE(check_close<T>(compact(got, d, k, ldw), ref, l2, ui, static_cast<double>(R)));
-  index_t pad_changed = 0;  // read-modify-write must leave the padding of W and what precedes W alone
-  for (index_t i = 0; i < d; ++i)
-    for (index_t c = k; c < ldw; ++c)
-      pad_changed += std::memcmp(&got[static_cast<std::size_t>(i * ldw + c)], &W.s[static_cast<std::size_t>(i * ldw + c)], sizeof(T)) != 0;
-  for (std::size_t i = 0; i < off; ++i) pad_changed += std::memcmp(&all[i], &wbuf[i], sizeof(T)) != 0;
-  CHECK(pad_changed == 0);
+    if (!on_stream && !on_sparse) {
+      lori::cuda::merge_into<T>(ctx, wv2, src, ws.data(), ws.bytes());
+      on_sparse = sparse_default;
+      on_stream = !sparse_default && stream;
+    }
+    INFO("path " << (on_sparse ? "sparse kernel" : on_stream ? "streaming kernel" : "cuBLAS"));
+    const double ui = on_sparse ? 0.0 : on_stream || std::is_same_v<T, float> ? tc_slack<T>() : unit_roundoff<T>();
+    const auto all = dW.download();
+    const std::vector<T> got(all.begin() + static_cast<std::ptrdiff_t>(off), all.end());
+    LORI_CHECK_CLOSE(check_close<T>(compact(got, d, k, ldw), ref, l2, ui, static_cast<double>(R)));
+    index_t pad_changed = 0;  // read-modify-write must leave the padding of W and what precedes W alone
+    for (index_t i = 0; i < d; ++i)
+      for (index_t c = k; c < ldw; ++c)
+        pad_changed += std::memcmp(&got[static_cast<std::size_t>(i * ldw + c)], &W.s[static_cast<std::size_t>(i * ldw + c)], sizeof(T)) != 0;
+    for (std::size_t i = 0; i < off; ++i) pad_changed += std::memcmp(&all[i], &wbuf[i], sizeof(T)) != 0;
+    CHECK(pad_changed == 0);
+  };
+  run_check(0);
+  // Where the sparse route runs by default, the streaming route is checked on the same inputs too, and
+  // where it applies only past its density limit, it is checked on them directly.
+  if (sparse_default && stream) run_check(1);
+  if (sparse_any && !sparse_default) run_check(2);
+  if (sparse_any) run_check(3);
 }
 }  // namespace
 
@@ -1554,6 +1582,66 @@ TEST_CASE_TEMPLATE("merge_into: streaming kernel, tiled pack across launches and
                 {0, false, 0, 1, lori::cuda::detail_merge::probe_no_pdl});
 }
 
+// The sparse CUDA-core route of merge_into (16-bit W with 16-byte rows, every B sparse, depth <= 256,
+// at most 32 adapters, few enough kept entries): strips of 256 columns with a partial last strip (k = 8,
+// 264, 520), fewer rows than warps (d = 1, 7, 9: a warp's items skip strips), several strips per block,
+// ranks 1..128 (two mask words), T = 1..20, unequal, zero and 2^20-apart scales, padded and offset W,
+// unaligned A (element loads of the strip), an empty adapter, rows without any entry, rows with more
+// than 32 entries (the full last row of every random mask, density 0.9: chunks of 32), depth 256; then
+// cases that must not take it (a dense B, W leading dimension k + 4 or W one element in, 33 adapters,
+// depth 264). Every case where the streaming route also applies checks it on the same inputs, and a
+// case past the density limit checks the sparse route directly (see merge_case).
+TEST_CASE_TEMPLATE("merge_into: sparse route, odd shapes, matches the double reference", T, lori::bfloat16, lori::half) {
+  LORI_TEST_SEED_INFO();
+  auto g = lori_test::rng(612);
+  lori::cuda::context ctx;
+  merge_layout sp;
+  sp.expect_sparse = 1;
+  merge_case<T>(ctx, 1, 8, {1}, {true}, {2.0}, g, sp);
+  merge_case<T>(ctx, 9, 8, {5}, {true}, {0.5}, g, sp);
+  merge_case<T>(ctx, 7, 520, {1, 17, 33}, {true, true, true}, {0.5, -1.5, 0.25}, g, sp);
+  merge_case<T>(ctx, 300, 264, {32, 24}, {true, true}, {0.5, -0.75}, g, {8, false, 8, -1, 0, 0.1, 1});
+  merge_case<T>(ctx, 133, 384, {17, 9, 31, 10}, {true, true, true, true}, {0.75, 0.0, -0.5, std::ldexp(1.0, 20)}, g, sp);
+  merge_case<T>(ctx, 260, 1024, {72, 64}, {true, true}, {0.5, -1.0}, g, sp);
+  merge_case<T>(ctx, 150, 136, {128, 128}, {true, true}, {0.25, 0.5}, g);  // depth 256: past the density limit
+  merge_case<T>(ctx, 150, 72, {5, 16, 17, 31, 32, 1, 40, 8}, {true, true, true, true, true, true, true, true},
+                {0.25, -0.5, 1.5, 0.75, -1.25, 3.0, 0.125, 2.0}, g, sp);
+  merge_case<T>(ctx, 70, 200, {16, 3}, {true, true}, {1.0, 1.0}, g, {0, true, 0, -1, 0, 0.1, 1});  // unaligned A
+  merge_case<T>(ctx, 2, 64, {8, 8}, {true, true}, {1.0, -2.0}, g, {0, false, 0, -1, 0, 0.0, 1});   // empty adapter
+  merge_case<T>(ctx, 300, 512, {32, 32}, {true, true}, {0.5, 0.75}, g, {0, false, 0, -1, 0, 0.0, 1});
+  merge_case<T>(ctx, 200, 264, {64, 32}, {true, true}, {0.5, -0.25}, g, {0, false, 0, -1, 0, 0.9, 0});  // dense rows
+  {  // 20 adapters of ranks 1..3
+    std::vector<index_t> ranks;
+    std::vector<bool> sparse;
+    std::vector<double> scales;
+    for (int t = 0; t < 20; ++t) {
+      ranks.push_back(1 + t % 3);
+      sparse.push_back(true);
+      scales.push_back(0.25 * (t + 1));
+    }
+    merge_case<T>(ctx, 150, 264, ranks, sparse, scales, g, sp);
+    ranks.resize(33, 1);  // 33 adapters: one lane per adapter in the kernel's scan, so not this route
+    sparse.resize(33, true);
+    scales.resize(33, 0.5);
+    merge_case<T>(ctx, 40, 24, ranks, sparse, scales, g, {0, false, 0, -1, 0, 0.1, 0});
+  }
+  merge_case<T>(ctx, 64, 64, {32, 8}, {true, false}, {0.5, 0.5}, g, {0, false, 0, -1, 0, 0.1, 0});
+  merge_case<T>(ctx, 70, 64, {16, 8}, {true, true}, {1.0, 0.5}, g, {4, false, 0, 0, 0, 0.1, 0});
+  merge_case<T>(ctx, 64, 64, {32}, {true}, {0.5}, g, {0, false, 1, 0, 0, 0.1, 0});
+  merge_case<T>(ctx, 40, 48, {136, 128}, {true, true}, {0.5, -0.25}, g, {0, false, 0, 0, 0, 0.1, 0});
+}
+
+// The sparse route at the scale of its benchmark's blocks: 1100 x 4096 (16 strips, each block's run
+// crosses a strip boundary) with four rank-32 adapters at unequal scales.
+TEST_CASE_TEMPLATE("merge_into: sparse route, large shapes, matches the double reference", T, lori::bfloat16, lori::half) {
+  LORI_TEST_SEED_INFO();
+  auto g = lori_test::rng(613);
+  lori::cuda::context ctx;
+  merge_case<T>(ctx, 1100, 4096, {32, 32, 32, 32}, {true, true, true, true}, {0.5, 0.75, 1.0, 1.25}, g,
+                {0, false, 0, 1, 0, 0.1, 1});
+  merge_case<T>(ctx, 2000, 1032, {32, 32}, {true, true}, {0.5, 0.5}, g, {0, false, 0, -1, 0, 0.1, 1});
+}
+
 // The benchmark's shape, 14336 x 4096 bf16 with four dense rank-32 adapters at unequal scales: 3584 tiles,
 // 27-28 per block, so every ring slot's barrier phase wraps many times and each block crosses a band.
 // Checked against the double reference on sampled rows (every 61st, plus the first and last rows of
@@ -1632,6 +1720,92 @@ TEST_CASE("merge_into: streaming kernel at 14336 x 4096 (27 tiles per block), sa
       for (index_t i = b * 32; i < b * 32 + 32; ++i)
         for (index_t c = ct * 32; c < ct * 32 + 32; ++c)
           same += std::memcmp(&got[static_cast<std::size_t>(i * k + c)], &w[static_cast<std::size_t>(i * k + c)], sizeof(T)) == 0;
+      bad_tiles += same > 32 * 32 / 2;
+    }
+  CHECK(bad_tiles == 0);
+}
+
+// The sparse route at its benchmark's shape: 14336 x 4096 bf16, four rank-32 sparse adapters (90 %
+// zeros) at unequal scales: 229 376 (strip, row) items over the resident blocks, ~580 per block, every
+// warp's W ring and entry pipeline wrapping many times, strip changes inside blocks. Sampled rows against
+// the double reference (the sparse route's bound, u_I = 0: see merge_case), and a 32 x 32 block left
+// unwritten fails the per-block check (as in the dense case above).
+TEST_CASE("merge_into: sparse route at 14336 x 4096, sampled rows against the double reference") {
+  using T = lori::bfloat16;
+  LORI_TEST_SEED_INFO();
+  auto g = lori_test::rng(614);
+  lori::cuda::context ctx;
+  const index_t d = 14336, k = 4096, r = 32;
+  const std::vector<double> scales{0.5, 0.75, 1.0, 1.25};
+  std::vector<T> w(static_cast<std::size_t>(d * k));
+  std::uint64_t z = g();
+  for (auto& x : w) {  // uniform in [-2, 2), fast (splitmix64)
+    z += 0x9E3779B97F4A7C15ull;
+    std::uint64_t h = z;
+    h = (h ^ (h >> 30)) * 0xBF58476D1CE4E5B9ull;
+    h = (h ^ (h >> 27)) * 0x94D049BB133111EBull;
+    h ^= h >> 31;
+    x = lori::from_float<T>(static_cast<float>(static_cast<double>(h >> 40) * std::ldexp(1.0, -22) - 2.0));
+  }
+  std::vector<host_mat<T>> As;
+  std::vector<host_sparse<T>> Bs;
+  std::vector<device_buffer<T>> dA;
+  std::vector<lori::cuda::sparse_b<T>> sB;
+  sB.reserve(scales.size());
+  std::vector<lori::cuda::merge_source<T>> src;
+  for (std::size_t t = 0; t < scales.size(); ++t) {
+    As.push_back(random_mat<T>(r, k, 1.0 / std::sqrt(static_cast<double>(r)), g));
+    Bs.push_back(random_sparse<T>(d, r, 0.1, 1.0, g));
+    dA.emplace_back(As.back().s);
+    sB.push_back(lori::cuda::sparse_b<T>::from_host(Bs.back().mask, Bs.back().packed));
+  }
+  for (std::size_t t = 0; t < scales.size(); ++t) {
+    lori::cuda::merge_source<T> m;
+    m.scale = static_cast<float>(scales[t]);
+    m.A = cview(dA[t], r, k);
+    m.B_sparse = &sB[t];
+    src.push_back(m);
+  }
+  device_buffer<T> dW(w);
+  const auto wv = mview(dW, d, k);
+  CHECK(lori::cuda::detail_merge::sparse_route_applies(wv, src));
+  device_buffer<unsigned char> ws(static_cast<index_t>(lori::cuda::merge_workspace_bytes<T>(d, k, src)));
+  ws.fill_bytes(0xff);
+  lori::cuda::merge_into<T>(ctx, wv, src, ws.data(), ws.bytes());
+  const auto got = dW.download();
+  std::vector<index_t> rows;
+  for (index_t i = 0; i < d; i += 61) rows.push_back(i);
+  for (const index_t b : {index_t{1}, index_t{47}, index_t{111}}) {
+    rows.push_back(b * 128 - 1);
+    rows.push_back(b * 128);
+  }
+  rows.push_back(d - 1);
+  std::vector<T> got_rows;
+  std::vector<double> ref, l2;
+  for (const index_t i : rows) {
+    for (index_t c = 0; c < k; ++c) {
+      double v = static_cast<double>(lori::to_float(w[static_cast<std::size_t>(i * k + c)])), q = v * v;
+      for (std::size_t t = 0; t < scales.size(); ++t)
+        for (index_t j = 0; j < r; ++j) {
+          const double b = Bs[t](i, j);
+          if (b == 0.0) continue;
+          const double term = static_cast<double>(static_cast<float>(scales[t])) * b * As[t](j, c);
+          v += term;
+          q += term * term;
+        }
+      got_rows.push_back(got[static_cast<std::size_t>(i * k + c)]);
+      ref.push_back(v);
+      l2.push_back(std::sqrt(q));
+    }
+  }
+  LORI_CHECK_CLOSE(check_close<T>(got_rows, ref, l2, 0.0, static_cast<double>(4 * r)));
+  index_t bad_tiles = 0;  // row 0 of every mask is empty (random_mask): W's row 0 is unchanged, skip it
+  for (index_t b = 0; b < d / 32; ++b)
+    for (index_t ct = 0; ct < k / 32; ++ct) {
+      index_t same = 0;
+      for (index_t i = b * 32; i < b * 32 + 32; ++i)
+        for (index_t c = ct * 32; c < ct * 32 + 32; ++c)
+          same += i > 0 && std::memcmp(&got[static_cast<std::size_t>(i * k + c)], &w[static_cast<std::size_t>(i * k + c)], sizeof(T)) == 0;
       bad_tiles += same > 32 * 32 / 2;
     }
   CHECK(bad_tiles == 0);

@@ -28,6 +28,7 @@
 #include "lori/error.hpp"
 
 #include "lori/detail/cuda_common.cuh"
+#include "lori/detail/merge_sparse.cuh"
 #include "lori/detail/merge_stream.cuh"
 
 #include <cuda_runtime_api.h>
@@ -503,6 +504,75 @@ void merge_stream_route(context& ctx, row_major_view<T> W, const std::vector<mer
   detail::merge_stream::launch<T>(p, ctx.sm_count(), ctx.stream(), (probe & probe_no_pdl) == 0);
 }
 
+// The sparse CUDA-core route (lori/detail/merge_sparse.cuh): 16-bit W with 16-byte rows (W 16-byte
+// aligned, k and ld multiples of 8), every Bₜ a sparse_b, at most 32 adapters of depth Σ rₜ <= 256, and
+// few enough kept entries: on average at most sparse_max_entries_per_row per row of W (over all adapters)
+// where the streaming tensor-core kernel applies, sparse_max_entries_vs_cublas where only cuBLAS would.
+// Past that the dense routes win: the sparse kernel's FMA and shared-memory work grows with the entries,
+// the dense routes' does not (crossover measured on an H100: see docs/cuda.md).
+inline constexpr index_t sparse_max_entries_per_row = 20;
+inline constexpr index_t sparse_max_entries_vs_cublas = 64;
+
+template <class T>
+bool sparse_route_applies(row_major_view<T> W, const std::vector<merge_source<T>>& sources, bool any_density = false) {
+  if constexpr (!detail::is_16bit_v<T>) {
+    return false;
+  } else {
+    const index_t d = W.rows(), k = W.cols();
+    if (d <= 0 || k <= 0 || sources.empty() || sources.size() > static_cast<std::size_t>(detail::merge_sparse::max_sources) ||
+        d >= (index_t{1} << 31) - 64)
+      return false;
+    index_t depth = 0, nnz = 0;
+    for (const auto& s : sources) {
+      if (s.B_sparse == nullptr || !s.B_dense.empty()) return false;
+      depth += s.B_sparse->cols();
+      nnz += s.B_sparse->nnz();
+    }
+    if (depth > detail::merge_sparse::max_depth) return false;
+    if (k % 8 != 0 || W.ld() % 8 != 0 || reinterpret_cast<std::uintptr_t>(W.data()) % 16 != 0) return false;
+    if (any_density) return true;
+    return nnz <= (stream_kernel_applies(W, sources) ? sparse_max_entries_per_row : sparse_max_entries_vs_cublas) * d;
+  }
+}
+
+// Probe modes of the sparse route (benchmarks only; 0 = the real merge).
+inline constexpr int sparse_probe_no_math = 1;  // the kernel's W stream alone (ΔW = 0, W rewritten unchanged)
+inline constexpr int sparse_probe_no_w_io = 2;  // the entries and math alone (no W loads or stores)
+inline constexpr int sparse_probe_deep = 4;     // the kernel variant with 8 W rows in flight per warp, 2 blocks/SM
+
+// The sparse route (requires sparse_route_applies(W, sources, true) and checked sources); no workspace.
+template <class T>
+void merge_sparse_route(context& ctx, row_major_view<T> W, const std::vector<merge_source<T>>& sources, int probe = 0) {
+  namespace ms = detail::merge_sparse;
+  ms::params p{};
+  p.W = W.data();
+  p.ldw = W.ld();
+  p.d = W.rows();
+  p.k = W.cols();
+  p.items = detail::ceil_div(p.k, ms::strip) * p.d;
+  p.count = static_cast<int>(sources.size());
+  p.a_vec = 1;
+  int off = 0;
+  for (std::size_t t = 0; t < sources.size(); ++t) {
+    const auto& src = sources[t];
+    const sparse_b<T>& B = *src.B_sparse;
+    ms::source& q = p.src[t];
+    q.row_ptr = B.row_ptr();
+    q.col_idx = B.col_idx();
+    q.values = B.values();
+    q.A = src.A.data();
+    q.lda = src.A.ld();
+    q.scale = src.scale;
+    q.off = off;
+    q.r = static_cast<int>(B.cols());
+    off += q.r;
+    if (reinterpret_cast<std::uintptr_t>(src.A.data()) % 16 != 0 || src.A.ld() % 8 != 0) p.a_vec = 0;
+  }
+  p.depth = off;
+  p.mode = ((probe & sparse_probe_no_math) == 0 ? ms::mode_math : 0) | ((probe & sparse_probe_no_w_io) == 0 ? ms::mode_w_io : 0);
+  ms::launch<T>(p, ctx.sm_count(), ctx.stream(), (probe & sparse_probe_deep) != 0);
+}
+
 // The cuBLAS route (checked sources and workspace): one GEMM with beta = 1 over the packed operands.
 template <class T>
 void merge_cublas_route(context& ctx, row_major_view<T> W, const std::vector<merge_source<T>>& sources,
@@ -565,6 +635,10 @@ void merge_into(context& ctx, row_major_view<T> W, const std::vector<merge_sourc
                "merge_into: workspace missing or smaller than merge_workspace_bytes()");
   LORI_EXPECTS(reinterpret_cast<std::uintptr_t>(workspace) % 256 == 0, "merge_into: workspace must be 256-byte aligned");
   if constexpr (detail::is_16bit_v<T>) {
+    if (detail_merge::sparse_route_applies(W, sources)) {
+      detail_merge::merge_sparse_route(ctx, W, sources);
+      return;
+    }
     if (detail_merge::stream_kernel_applies(W, sources)) {
       detail_merge::merge_stream_route(ctx, W, sources, workspace);
       return;

@@ -1,0 +1,355 @@
+// lori/detail/merge_sparse.cuh - private: the sparse CUDA-core kernel behind lori::cuda::merge_into for
+// 16-bit W and LoRI-S adapters (every Bₜ a sparse_b): W += Σₜ sₜ·Bₜ·Aₜ straight from the CSR of each Bₜ.
+//
+// Row i of ΔW is Σ over the kept (t, c) of row i of sₜ·Bₜ(i, c)·Aₜ(c, :): ~12.8 terms per row for four
+// rank-32 adapters at 90 % sparsity, 10x fewer FMAs than the dense product, so CUDA cores suffice and
+// no operand is packed. Design (a copy kernel first):
+// * persistent blocks of 8 warps, several per SM; the work is (strip, row) items, a strip being 256
+//   columns of W (512 bytes of a row: one warp, 8 columns = one 16-byte access per lane), in
+//   strip-major order; block b owns a contiguous run of items (so it changes strip at most a few times),
+//   warp w the items w, w + 8, ... of that run (the 8 warps walk 8 consecutive rows);
+// * the block's strip of every Aₜ (rows Σ rₜ <= 256, 16-bit as stored, plus one zero row) sits in shared
+//   memory, loaded with 16-byte cp.async when the block enters the strip (between two barriers);
+// * W: every lane keeps its 16-byte chunk of the next w_ahead rows in a register ring, loaded w_ahead
+//   rows before use, so the W stream keeps ~w_ahead · 512 bytes per warp in flight like a copy kernel;
+// * the kept entries of a row: lane t < T loads Bₜ's row_ptr[i], [i + 1] (two rows ahead); one row
+//   ahead a warp scan of the counts gives entry e = lane its adapter and CSR position, and the lane
+//   loads its column index and value (so each row's entries arrive while the previous row computes);
+//   at the row, lane e writes (sₜ·b in fp32, shared-memory offset of Aₜ's row c) to a per-warp stage
+//   (the padding up to a multiple of 4 points at the zero row with factor 0), and every lane runs
+//   acc[8] += (s·b) · A(c, its 8 columns) per entry: one broadcast stage read per two entries, one
+//   16-byte A read, 8 conversions and 8 FFMA. Rows with more than 32 entries take further chunks of 32
+//   synchronously.
+// * W + acc is rounded once to T (cvt.rn.*x2), stored with one 16-byte store; a row without any kept
+//   entry is not written (W + 0 = W).
+// Deterministic (fixed order: adapters in order, columns ascending); fp32 products s·b (one rounding)
+// times A exact in the FMA, fp32 accumulation over at most Σ rₜ terms, one rounding of W + ΔW to T.
+#ifndef LORI_DETAIL_MERGE_SPARSE_CUH
+#define LORI_DETAIL_MERGE_SPARSE_CUH
+
+#include "lori/config.hpp"
+#include "lori/detail/internal_header_check.hpp"
+
+#include "lori/core/float16.hpp"
+#include "lori/detail/cuda_common.cuh"
+#include "lori/detail/merge_stream.cuh"
+#include "lori/error.hpp"
+
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <type_traits>
+
+namespace lori::detail::merge_sparse {
+
+inline constexpr int strip = 256;                  // W columns per item (one warp: 8 per lane)
+inline constexpr int row_bytes = strip * 2;        // one A row of a strip in shared memory (16-bit)
+inline constexpr int threads = 256, warps = threads / 32;
+inline constexpr int min_blocks = 3;               // per SM (depth <= 128: 70 KB of shared memory each)
+inline constexpr int max_sources = 32;             // one lane per adapter in the entry scan
+inline constexpr int max_depth = 256;              // Σ rₜ: A strip rows in shared memory (129 KB)
+inline constexpr int w_ahead = 4;                  // W rows in flight per warp (register ring)
+inline constexpr int w_ahead_deep = 8;             // variant: 8 rows in flight, 2 blocks per SM (probe)
+
+inline constexpr int mode_math = 1;  // entries and FMAs (else ΔW = 0: W streamed through unchanged)
+inline constexpr int mode_w_io = 2;  // load and store W (else: the entry and math pipeline alone)
+
+struct source {
+  const std::int32_t* row_ptr;  // d + 1
+  const std::int32_t* col_idx;  // nnz, ascending per row
+  const void* values;           // nnz 16-bit values
+  const void* A;                // r x k, leading dimension lda
+  index_t lda;
+  float scale;
+  int off;  // first row of this adapter's A in the shared strip (Σ of the earlier ranks)
+  int r;
+};
+
+struct params {
+  source src[max_sources];
+  void* W;
+  index_t ldw, d, k;
+  index_t items;  // strips x d
+  int count;      // adapters
+  int depth;      // Σ rₜ
+  int a_vec;      // every Aₜ 16-byte aligned with lda % 8 == 0: 16-byte cp.async of the strip
+  int mode;       // mode_math | mode_w_io for the merge; probes drop one (benchmarks)
+};
+
+__host__ __device__ constexpr std::size_t src_offset(int depth) { return static_cast<std::size_t>(depth + 1) * row_bytes; }
+__host__ __device__ constexpr std::size_t stage_offset(int depth, int count) {
+  return src_offset(depth) + (static_cast<std::size_t>(count) * sizeof(source) + 15) / 16 * 16;
+}
+__host__ __device__ constexpr std::size_t smem_bytes(int depth, int count) {
+  return stage_offset(depth, count) + static_cast<std::size_t>(warps) * 32 * 8;
+}
+
+__device__ __forceinline__ uint4 ld_w(const void* p) {
+  uint4 v;
+  asm volatile("ld.global.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+  return v;
+}
+__device__ __forceinline__ void st_w(void* p, uint4 v) {
+  asm volatile("st.global.v4.u32 [%0], {%1, %2, %3, %4};" ::"l"(p), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w) : "memory");
+}
+
+template <class T>
+__device__ __forceinline__ float to_f(std::uint16_t bits) {
+  if constexpr (std::is_same_v<T, ::lori::bfloat16>) {
+    return __uint_as_float(static_cast<std::uint32_t>(bits) << 16);
+  } else {
+    return __half2float(__ushort_as_half(bits));
+  }
+}
+
+// acc += s · (8 16-bit values of A at a_lane + off).
+template <class T>
+__device__ __forceinline__ void fma8(float (&acc)[8], const unsigned char* a_lane, std::uint32_t s_bits, std::uint32_t off) {
+  const uint4 a = *reinterpret_cast<const uint4*>(a_lane + off);
+  const float s = __uint_as_float(s_bits);
+  const std::uint32_t q[4] = {a.x, a.y, a.z, a.w};
+#pragma unroll
+  for (int h = 0; h < 4; ++h) {
+    const float2 f = ::lori::detail::merge_stream::unpack2<T>(q[h]);
+    acc[2 * h] = fmaf(s, f.x, acc[2 * h]);
+    acc[2 * h + 1] = fmaf(s, f.y, acc[2 * h + 1]);
+  }
+}
+
+// W (d x k, 16-bit T, ldw % 8 == 0, 16-byte aligned, k % 8 == 0) += Σₜ sₜ·Bₜ·Aₜ (see the file comment).
+// Grid: at most `items` blocks (every block owns >= 1 item). WA W rows in flight per warp, MINB blocks
+// per SM for the register budget (w_ahead, min_blocks; the probe variant w_ahead_deep, 2).
+template <class T, int WA, int MINB>
+__global__ void __launch_bounds__(threads, MINB) merge_sparse_kernel(const __grid_constant__ params p) {
+  unsigned char* const sm = ::lori::detail::dynamic_smem();
+  unsigned char* const a_s = sm;  // (depth + 1) rows of row_bytes; row `depth` is zero
+  source* const srcs = reinterpret_cast<source*>(sm + src_offset(p.depth));
+  const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;
+  uint2* const stage = reinterpret_cast<uint2*>(sm + stage_offset(p.depth, p.count)) + warp * 32;
+  const std::uint32_t zero_off = static_cast<std::uint32_t>(p.depth) * row_bytes;
+  const unsigned full = 0xffffffffu;
+  const bool math = (p.mode & mode_math) != 0, io = (p.mode & mode_w_io) != 0;
+
+  if (tid < p.count) srcs[tid] = p.src[tid];
+  if (tid < strip / 8) *reinterpret_cast<uint4*>(a_s + zero_off + tid * 16) = make_uint4(0u, 0u, 0u, 0u);
+
+  const index_t begin = static_cast<index_t>(blockIdx.x) * p.items / gridDim.x;
+  const index_t end = (static_cast<index_t>(blockIdx.x) + 1) * p.items / gridDim.x;
+  const index_t first = begin + warp;
+  const index_t nj = first < end ? (end - first + warps - 1) / warps : 0;  // this warp's items
+  const int s_first = static_cast<int>(begin / p.d), s_last = static_cast<int>((end - 1) / p.d);
+
+  // Item cursor: strip s, row i (d < 2^31, checked by the host).
+  struct cursor {
+    int s, i;
+  };
+  const auto at = [&](index_t q) {
+    cursor c;
+    c.s = static_cast<int>(q / p.d);
+    c.i = static_cast<int>(q - static_cast<index_t>(c.s) * p.d);
+    return c;
+  };
+  const int d32 = static_cast<int>(p.d);
+  const auto next = [&](cursor& c) {
+    c.i += warps;
+    while (c.i >= d32) {
+      c.i -= d32;
+      ++c.s;
+    }
+  };
+  const auto w_valid = [&](const cursor& c) { return static_cast<index_t>(c.s) * strip + lane * 8 < p.k; };
+  const auto w_ptr = [&](const cursor& c) {
+    return static_cast<T*>(p.W) + static_cast<index_t>(c.i) * p.ldw + static_cast<index_t>(c.s) * strip + lane * 8;
+  };
+
+  // W of the first WA items: issued before anything waits.
+  uint4 wv[WA];
+  cursor cw = at(first);
+#pragma unroll
+  for (int u = 0; u < WA; ++u) {
+    wv[u] = make_uint4(0u, 0u, 0u, 0u);
+    if (io && u < nj && w_valid(cw)) wv[u] = ld_w(w_ptr(cw));
+    next(cw);
+  }
+
+  // The A strip s of every adapter -> shared rows [0, depth), columns past k zero. Called between two
+  // barriers (switch_to_next) by all threads.
+  const auto load_strip = [&](int s) {
+    const index_t c0 = static_cast<index_t>(s) * strip;
+    for (int q = tid; q < p.depth * (strip / 8); q += threads) {
+      const int row = q >> 5, cc = (q & 31) * 8;
+      int t = 0;
+      while (t + 1 < p.count && srcs[t + 1].off <= row) ++t;
+      const source& S = srcs[t];
+      const T* a = static_cast<const T*>(S.A) + static_cast<index_t>(row - S.off) * S.lda + c0 + cc;
+      unsigned char* dst = a_s + row * row_bytes + cc * 2;
+      if (p.a_vec != 0 && c0 + cc + 8 <= p.k) {
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(static_cast<std::uint32_t>(__cvta_generic_to_shared(dst))),
+                     "l"(a)
+                     : "memory");
+      } else {
+        std::uint16_t x[8];
+#pragma unroll
+        for (int e = 0; e < 8; ++e) x[e] = c0 + cc + e < p.k ? reinterpret_cast<const std::uint16_t*>(a)[e] : std::uint16_t{0};
+        uint4 v;
+        v.x = x[0] | (static_cast<std::uint32_t>(x[1]) << 16);
+        v.y = x[2] | (static_cast<std::uint32_t>(x[3]) << 16);
+        v.z = x[4] | (static_cast<std::uint32_t>(x[5]) << 16);
+        v.w = x[6] | (static_cast<std::uint32_t>(x[7]) << 16);
+        *reinterpret_cast<uint4*>(dst) = v;
+      }
+    }
+  };
+  // Every warp enters every strip s_first .. s_last of the block's run once, in order (a warp without
+  // items in a strip still takes part in its barriers and load).
+  int cur = s_first - 1;
+  const auto switch_to_next = [&]() {
+    __syncthreads();  // every warp is done with strip cur (and srcs / the zero row are written)
+    ++cur;
+    load_strip(cur);
+    asm volatile("cp.async.wait_all;" ::: "memory");
+    __syncthreads();
+  };
+  switch_to_next();
+
+  // Entry pipeline. Stage a (two rows ahead): lane t < T loads Bₜ's row_ptr[i], [i + 1].
+  struct meta_a_t {
+    int lo, hi;
+  };
+  const auto meta_a = [&](int i) {
+    meta_a_t m{0, 0};
+    if (lane < p.count) {
+      const std::int32_t* rp = srcs[lane].row_ptr + i;
+      m.lo = __ldg(rp);
+      m.hi = __ldg(rp + 1);
+    }
+    return m;
+  };
+  // Stage b (one row ahead): entry e = e0 + lane of the row (adapters in order, CSR order within each):
+  // its adapter t, and its column and value loaded. n = the row's entries (warp-uniform).
+  struct meta_b_t {
+    int col;
+    std::uint32_t val;
+    int t, n;
+  };
+  const auto meta_b = [&](const meta_a_t& m, int e0) {
+    meta_b_t b{0, 0u, 0, 0};
+    const int cnt = m.hi - m.lo;
+    int incl = cnt;
+    for (int o = 1; o < p.count; o <<= 1) {
+      const int y = __shfl_up_sync(full, incl, o);
+      if (lane >= o) incl += y;
+    }
+    b.n = __shfl_sync(full, incl, p.count - 1);
+    const int e = e0 + lane;
+    int t = 0;
+    for (int q = 0; q < p.count; ++q) t += __shfl_sync(full, incl, q) <= e ? 1 : 0;
+    t = t < p.count ? t : p.count - 1;
+    const int base = __shfl_sync(full, m.lo - (incl - cnt), t);  // CSR position of entry e = base + e
+    b.t = t;
+    if (e < b.n) {
+      const source& S = srcs[t];
+      b.col = __ldg(S.col_idx + base + e);
+      b.val = __ldg(static_cast<const unsigned short*>(S.values) + base + e);
+    }
+    return b;
+  };
+  // Stage c (at the row): entries e0 .. e0 + 31 into the warp's stage, then acc += them.
+  const unsigned char* const a_lane = a_s + lane * 16;
+  const auto accumulate = [&](const meta_b_t& b, int e0, float(&acc)[8]) {
+    const int m = b.n - e0 < 32 ? b.n - e0 : 32;
+    uint2 ent = make_uint2(0u, zero_off);
+    if (lane < m) {
+      const source& S = srcs[b.t];
+      ent.x = __float_as_uint(S.scale * to_f<T>(static_cast<std::uint16_t>(b.val)));
+      ent.y = static_cast<std::uint32_t>(S.off + b.col) * row_bytes;
+    }
+    stage[lane] = ent;
+    __syncwarp();
+    const int m4 = (m + 3) & ~3;
+    for (int e = 0; e < m4; e += 4) {
+      const uint4 e01 = *reinterpret_cast<const uint4*>(stage + e);
+      const uint4 e23 = *reinterpret_cast<const uint4*>(stage + e + 2);
+      fma8<T>(acc, a_lane, e01.x, e01.y);
+      fma8<T>(acc, a_lane, e01.z, e01.w);
+      fma8<T>(acc, a_lane, e23.x, e23.y);
+      fma8<T>(acc, a_lane, e23.z, e23.w);
+    }
+    __syncwarp();  // the stage is read out before the next row writes it
+  };
+
+  cursor cc = at(first);  // the item being computed
+  cursor cm = cc;         // stage a's item (two ahead)
+  next(cm);
+  meta_a_t ma1{0, 0};
+  meta_b_t mb{0, 0u, 0, 0};
+  if (math && nj > 0) {
+    const meta_a_t ma0 = meta_a(cc.i);
+    if (nj > 1) ma1 = meta_a(cm.i);
+    mb = meta_b(ma0, 0);
+  }
+  next(cm);
+
+  for (index_t j0 = 0; j0 < nj; j0 += WA) {
+#pragma unroll
+    for (int u = 0; u < WA; ++u) {
+      const index_t j = j0 + u;
+      if (j >= nj) break;
+      meta_b_t mbn{0, 0u, 0, 0};
+      if (math) {
+        if (j + 1 < nj) mbn = meta_b(ma1, 0);
+        if (j + 2 < nj) ma1 = meta_a(cm.i);
+      }
+      next(cm);
+      while (cur < cc.s) switch_to_next();
+      float acc[8];
+#pragma unroll
+      for (int q = 0; q < 8; ++q) acc[q] = 0.0f;
+      int n = 1;
+      if (math) {
+        n = mb.n;
+        if (n > 0) accumulate(mb, 0, acc);
+        for (int e0 = 32; e0 < n; e0 += 32) accumulate(meta_b(meta_a(cc.i), e0), e0, acc);
+      }
+      if (n > 0 && w_valid(cc)) {
+        const uint4 w = wv[u];
+        const std::uint32_t in[4] = {w.x, w.y, w.z, w.w};
+        std::uint32_t o[4];
+#pragma unroll
+        for (int h = 0; h < 4; ++h) {
+          const float2 f = ::lori::detail::merge_stream::unpack2<T>(in[h]);
+          o[h] = ::lori::detail::merge_stream::pack2<T>(f.x + acc[2 * h], f.y + acc[2 * h + 1]);
+        }
+        const uint4 out = make_uint4(o[0], o[1], o[2], o[3]);
+        // Without W traffic (a probe) the result is still consumed, so that the math is not removed.
+        if (io || (out.x == 0x7fc17fc1u && out.y == 0x12345678u)) st_w(w_ptr(cc), out);
+      }
+      if (io && j + WA < nj && w_valid(cw)) wv[u] = ld_w(w_ptr(cw));
+      next(cw);
+      next(cc);
+      mb = mbn;
+    }
+  }
+  while (cur < s_last) switch_to_next();
+}
+
+// Launch on `stream`: as many blocks as fit on the SMs (persistent), at most one per item.
+// Preconditions are checked by the caller (see detail_merge::sparse_route_applies).
+template <class T>
+void launch(const params& p, int sm_count, cudaStream_t stream, bool deep = false) {
+  static_assert(::lori::detail::is_16bit_v<T>, "merge_sparse: 16-bit W only");
+  const std::size_t smem = smem_bytes(p.depth, p.count);
+  const auto kernel = deep ? merge_sparse_kernel<T, w_ahead_deep, 2> : merge_sparse_kernel<T, w_ahead, min_blocks>;
+  LORI_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  int per_sm = 0;
+  LORI_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem));
+  const index_t resident = static_cast<index_t>(per_sm > 0 ? per_sm : 1) * sm_count;
+  const index_t grid = p.items < resident ? p.items : resident;
+  kernel<<<static_cast<unsigned>(grid), threads, smem, stream>>>(p);
+  LORI_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace lori::detail::merge_sparse
+
+#endif  // LORI_DETAIL_MERGE_SPARSE_CUH
