@@ -1413,7 +1413,7 @@ void merge_case(lori::cuda::context& ctx, index_t d, index_t k, const std::vecto
   // Runs one route on a fresh copy of W (at element offset lay.offset_w of its buffer) and checks every
   // element of W, its padding and the elements before it. route 0: merge_into (or the streaming route with
   // lay.probe); 1: the streaming route; 2: the sparse route (whatever the density); 3: its kernel variant
-  // with 8 W rows in flight per warp (sparse_probe_deep).
+  // with 8 W rows in flight per warp (sparse_probe_deep); 4: with the L2 prefetch of W (sparse_probe_pf8).
   const auto run_check = [&](int route) {
     device_buffer<T> dW(wbuf);
     const lori::row_major_view<T> wv2(dW.data() + off, d, k, ldw);
@@ -1421,7 +1421,8 @@ void merge_case(lori::cuda::context& ctx, index_t d, index_t k, const std::vecto
     bool on_stream = false, on_sparse = false;
     if constexpr (!std::is_same_v<T, float>) {  // the streaming and sparse routes exist for 16-bit W only
       if (route >= 2) {
-        lori::cuda::detail_merge::merge_sparse_route<T>(ctx, wv2, src, route == 3 ? lori::cuda::detail_merge::sparse_probe_deep : 0);
+        namespace dm = lori::cuda::detail_merge;
+        dm::merge_sparse_route<T>(ctx, wv2, src, route == 3 ? dm::sparse_probe_deep : route == 4 ? dm::sparse_probe_pf8 : 0);
         on_sparse = true;
       } else if (route == 1 || (lay.probe != 0 && stream && !sparse_default)) {
         lori::cuda::detail_merge::merge_stream_route<T>(ctx, wv2, src, ws.data(), lay.probe);
@@ -1451,6 +1452,7 @@ void merge_case(lori::cuda::context& ctx, index_t d, index_t k, const std::vecto
   if (sparse_default && stream) run_check(1);
   if (sparse_any && !sparse_default) run_check(2);
   if (sparse_any) run_check(3);
+  if (sparse_any) run_check(4);
 }
 }  // namespace
 

@@ -539,6 +539,8 @@ bool sparse_route_applies(row_major_view<T> W, const std::vector<merge_source<T>
 inline constexpr int sparse_probe_no_math = 1;  // the kernel's W stream alone (ΔW = 0, W rewritten unchanged)
 inline constexpr int sparse_probe_no_w_io = 2;  // the entries and math alone (no W loads or stores)
 inline constexpr int sparse_probe_deep = 4;     // the kernel variant with 8 W rows in flight per warp, 2 blocks/SM
+inline constexpr int sparse_probe_pf4 = 8;      // W also prefetched into L2 4 rows beyond the register ring
+inline constexpr int sparse_probe_pf8 = 16;     // ... 8 rows beyond
 
 // The sparse route (requires sparse_route_applies(W, sources, true) and checked sources); no workspace.
 template <class T>
@@ -570,6 +572,7 @@ void merge_sparse_route(context& ctx, row_major_view<T> W, const std::vector<mer
   }
   p.depth = off;
   p.mode = ((probe & sparse_probe_no_math) == 0 ? ms::mode_math : 0) | ((probe & sparse_probe_no_w_io) == 0 ? ms::mode_w_io : 0);
+  p.pf = (probe & sparse_probe_pf8) != 0 ? 8 : (probe & sparse_probe_pf4) != 0 ? 4 : 0;
   ms::launch<T>(p, ctx.sm_count(), ctx.stream(), (probe & sparse_probe_deep) != 0);
 }
 

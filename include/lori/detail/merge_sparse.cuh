@@ -8,15 +8,15 @@
 //   columns of W (512 bytes of a row: one warp, 8 columns = one 16-byte access per lane), in
 //   strip-major order; block b owns a contiguous run of items (so it changes strip at most a few times),
 //   warp w the items w, w + 8, ... of that run (the 8 warps walk 8 consecutive rows);
-// * the block's strip of every Aₜ (rows Σ rₜ <= 256, 16-bit as stored, plus one zero row) sits in shared
-//   memory, loaded with 16-byte cp.async when the block enters the strip (between two barriers);
-// * W: every lane keeps its 16-byte chunk of the next w_ahead rows in a register ring, loaded w_ahead
-//   rows before use, so the W stream keeps ~w_ahead · 512 bytes per warp in flight like a copy kernel;
+// * the block's strip of every Aₜ (rows Σ rₜ <= 256, 16-bit as stored) sits in shared memory, loaded
+//   with 16-byte cp.async when the block enters the strip (between two barriers);
+// * W: every lane keeps its 16-byte chunk of the next WA rows in a register ring, loaded WA rows before
+//   use, so the W stream keeps ~WA · 512 bytes per warp in flight like a copy kernel;
 // * the kept entries of a row: lane t < T loads Bₜ's row_ptr[i], [i + 1] (two rows ahead); one row
-//   ahead a warp scan of the counts gives entry e = lane its adapter and CSR position, and the lane
-//   loads its column index and value (so each row's entries arrive while the previous row computes);
-//   at the row, lane e writes (sₜ·b in fp32, shared-memory offset of Aₜ's row c) to a per-warp stage
-//   (the padding up to a multiple of 4 points at the zero row with factor 0), and every lane runs
+//   ahead a warp scan of the counts and a 32-entry map (first entry of each adapter -> adapter, CSR
+//   base) give entry e = lane its adapter and CSR position, and the lane loads its column index and
+//   value (so each row's entries arrive while the previous row computes); at the row, lane e writes
+//   (sₜ·b in fp32, shared-memory offset of Aₜ's row c) to a per-warp stage, and every lane runs
 //   acc[8] += (s·b) · A(c, its 8 columns) per entry: one broadcast stage read per two entries, one
 //   16-byte A read, 8 conversions and 8 FFMA. Rows with more than 32 entries take further chunks of 32
 //   synchronously.
@@ -75,14 +75,15 @@ struct params {
   int depth;      // Σ rₜ
   int a_vec;      // every Aₜ 16-byte aligned with lda % 8 == 0: 16-byte cp.async of the strip
   int mode;       // mode_math | mode_w_io for the merge; probes drop one (benchmarks)
+  int pf;         // > 0: each warp also prefetches W into L2 pf rows beyond its register ring (probe)
 };
 
-__host__ __device__ constexpr std::size_t src_offset(int depth) { return static_cast<std::size_t>(depth + 1) * row_bytes; }
+__host__ __device__ constexpr std::size_t src_offset(int depth) { return static_cast<std::size_t>(depth) * row_bytes; }
 __host__ __device__ constexpr std::size_t stage_offset(int depth, int count) {
   return src_offset(depth) + (static_cast<std::size_t>(count) * sizeof(source) + 15) / 16 * 16;
 }
 __host__ __device__ constexpr std::size_t smem_bytes(int depth, int count) {
-  return stage_offset(depth, count) + static_cast<std::size_t>(warps) * 32 * 8;
+  return stage_offset(depth, count) + static_cast<std::size_t>(warps) * 2 * 32 * 8;  // stage + entry map per warp
 }
 
 __device__ __forceinline__ uint4 ld_w(const void* p) {
@@ -123,16 +124,15 @@ __device__ __forceinline__ void fma8(float (&acc)[8], const unsigned char* a_lan
 template <class T, int WA, int MINB>
 __global__ void __launch_bounds__(threads, MINB) merge_sparse_kernel(const __grid_constant__ params p) {
   unsigned char* const sm = ::lori::detail::dynamic_smem();
-  unsigned char* const a_s = sm;  // (depth + 1) rows of row_bytes; row `depth` is zero
+  unsigned char* const a_s = sm;  // depth rows of row_bytes
   source* const srcs = reinterpret_cast<source*>(sm + src_offset(p.depth));
   const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;
-  uint2* const stage = reinterpret_cast<uint2*>(sm + stage_offset(p.depth, p.count)) + warp * 32;
-  const std::uint32_t zero_off = static_cast<std::uint32_t>(p.depth) * row_bytes;
+  uint2* const stage = reinterpret_cast<uint2*>(sm + stage_offset(p.depth, p.count)) + warp * 64;
+  uint2* const emap = stage + 32;  // the row's entry map: first entry of an adapter -> (adapter, CSR base)
   const unsigned full = 0xffffffffu;
   const bool math = (p.mode & mode_math) != 0, io = (p.mode & mode_w_io) != 0;
 
   if (tid < p.count) srcs[tid] = p.src[tid];
-  if (tid < strip / 8) *reinterpret_cast<uint4*>(a_s + zero_off + tid * 16) = make_uint4(0u, 0u, 0u, 0u);
 
   const index_t begin = static_cast<index_t>(blockIdx.x) * p.items / gridDim.x;
   const index_t end = (static_cast<index_t>(blockIdx.x) + 1) * p.items / gridDim.x;
@@ -172,6 +172,13 @@ __global__ void __launch_bounds__(threads, MINB) merge_sparse_kernel(const __gri
     if (io && u < nj && w_valid(cw)) wv[u] = ld_w(w_ptr(cw));
     next(cw);
   }
+  // Optional L2 prefetch of W, pf rows beyond the ring (item j + WA + pf at item j).
+  const int pf = io ? p.pf : 0;
+  cursor cpf = cw;
+  for (int u = 0; u < pf; ++u) {
+    if (WA + u < nj && w_valid(cpf)) asm volatile("prefetch.global.L2 [%0];" ::"l"(w_ptr(cpf)));
+    next(cpf);
+  }
 
   // The A strip s of every adapter -> shared rows [0, depth), columns past k zero. Called between two
   // barriers (switch_to_next) by all threads.
@@ -205,7 +212,7 @@ __global__ void __launch_bounds__(threads, MINB) merge_sparse_kernel(const __gri
   // items in a strip still takes part in its barriers and load).
   int cur = s_first - 1;
   const auto switch_to_next = [&]() {
-    __syncthreads();  // every warp is done with strip cur (and srcs / the zero row are written)
+    __syncthreads();  // every warp is done with strip cur (and srcs is written)
     ++cur;
     load_strip(cur);
     asm volatile("cp.async.wait_all;" ::: "memory");
@@ -226,8 +233,9 @@ __global__ void __launch_bounds__(threads, MINB) merge_sparse_kernel(const __gri
     }
     return m;
   };
-  // Stage b (one row ahead): entry e = e0 + lane of the row (adapters in order, CSR order within each):
-  // its adapter t, and its column and value loaded. n = the row's entries (warp-uniform).
+  // Stage b, any chunk (rows with more than 32 entries, at the row): entry e = e0 + lane of the row
+  // (adapters in order, CSR order within each): its adapter t, and its column and value loaded. n = the
+  // row's entries (warp-uniform).
   struct meta_b_t {
     int col;
     std::uint32_t val;
@@ -255,26 +263,58 @@ __global__ void __launch_bounds__(threads, MINB) merge_sparse_kernel(const __gri
     }
     return b;
   };
+  // Stage b for the row's first 32 entries (every row of a sparse B in practice): the adapter of entry
+  // e = lane from a map instead of a search over the adapters. Adapter t with cnt > 0 and first entry
+  // x_t = Σ_{q<t} cnt_q < 32 sets bit x_t of S and map[x_t] = (t, CSR base); entry e belongs to the
+  // adapter whose bit is the highest of S at or below e (S has bit 0 whenever the row has entries).
+  const auto meta_b0 = [&](const meta_a_t& m) {
+    meta_b_t b{0, 0u, 0, 0};
+    const int cnt = m.hi - m.lo;
+    int incl = cnt;
+    for (int o = 1; o < p.count; o <<= 1) {
+      const int y = __shfl_up_sync(full, incl, o);
+      if (lane >= o) incl += y;
+    }
+    b.n = __shfl_sync(full, incl, p.count - 1);
+    const int excl = incl - cnt;
+    const bool owner = lane < p.count && cnt > 0 && excl < 32;
+    const unsigned S = __reduce_or_sync(full, owner ? 1u << excl : 0u);
+    if (owner) emap[excl] = make_uint2(static_cast<unsigned>(lane), static_cast<unsigned>(m.lo - excl));
+    __syncwarp();
+    if (lane < b.n) {
+      const int x = 31 - __clz(S & (0xffffffffu >> (31 - lane)));
+      const uint2 tb = emap[x];
+      b.t = static_cast<int>(tb.x);
+      const source& Sr = srcs[b.t];
+      const int pos = static_cast<int>(tb.y) + lane;
+      b.col = __ldg(Sr.col_idx + pos);
+      b.val = __ldg(static_cast<const unsigned short*>(Sr.values) + pos);
+    }
+    __syncwarp();  // the map is read before the next row writes it
+    return b;
+  };
   // Stage c (at the row): entries e0 .. e0 + 31 into the warp's stage, then acc += them.
   const unsigned char* const a_lane = a_s + lane * 16;
   const auto accumulate = [&](const meta_b_t& b, int e0, float(&acc)[8]) {
     const int m = b.n - e0 < 32 ? b.n - e0 : 32;
-    uint2 ent = make_uint2(0u, zero_off);
     if (lane < m) {
       const source& S = srcs[b.t];
-      ent.x = __float_as_uint(S.scale * to_f<T>(static_cast<std::uint16_t>(b.val)));
-      ent.y = static_cast<std::uint32_t>(S.off + b.col) * row_bytes;
+      stage[lane] = make_uint2(__float_as_uint(S.scale * to_f<T>(static_cast<std::uint16_t>(b.val))),
+                               static_cast<std::uint32_t>(S.off + b.col) * row_bytes);
     }
-    stage[lane] = ent;
     __syncwarp();
-    const int m4 = (m + 3) & ~3;
-    for (int e = 0; e < m4; e += 4) {
+    int e = 0;
+    for (; e + 4 <= m; e += 4) {  // four entries per step: two broadcast reads of the stage
       const uint4 e01 = *reinterpret_cast<const uint4*>(stage + e);
       const uint4 e23 = *reinterpret_cast<const uint4*>(stage + e + 2);
       fma8<T>(acc, a_lane, e01.x, e01.y);
       fma8<T>(acc, a_lane, e01.z, e01.w);
       fma8<T>(acc, a_lane, e23.x, e23.y);
       fma8<T>(acc, a_lane, e23.z, e23.w);
+    }
+    for (; e < m; ++e) {
+      const uint2 en = stage[e];
+      fma8<T>(acc, a_lane, en.x, en.y);
     }
     __syncwarp();  // the stage is read out before the next row writes it
   };
@@ -287,7 +327,7 @@ __global__ void __launch_bounds__(threads, MINB) merge_sparse_kernel(const __gri
   if (math && nj > 0) {
     const meta_a_t ma0 = meta_a(cc.i);
     if (nj > 1) ma1 = meta_a(cm.i);
-    mb = meta_b(ma0, 0);
+    mb = meta_b0(ma0);
   }
   next(cm);
 
@@ -298,7 +338,7 @@ __global__ void __launch_bounds__(threads, MINB) merge_sparse_kernel(const __gri
       if (j >= nj) break;
       meta_b_t mbn{0, 0u, 0, 0};
       if (math) {
-        if (j + 1 < nj) mbn = meta_b(ma1, 0);
+        if (j + 1 < nj) mbn = meta_b0(ma1);
         if (j + 2 < nj) ma1 = meta_a(cm.i);
       }
       next(cm);
@@ -327,6 +367,10 @@ __global__ void __launch_bounds__(threads, MINB) merge_sparse_kernel(const __gri
       }
       if (io && j + WA < nj && w_valid(cw)) wv[u] = ld_w(w_ptr(cw));
       next(cw);
+      if (pf > 0) {
+        if (j + WA + pf < nj && w_valid(cpf)) asm volatile("prefetch.global.L2 [%0];" ::"l"(w_ptr(cpf)));
+        next(cpf);
+      }
       next(cc);
       mb = mbn;
     }
