@@ -6,7 +6,7 @@
 # the merge benchmarks (sparse route at the target and its parts, the density crossover against the
 # streaming tensor-core route) next to a copy of exactly W (cudaMemcpy and an SM copy kernel), and Nsight
 # Compute on the sparse kernel; writes OUT_DIR/merge.txt (< 200 lines).
-# Time limits (timeout): tests 15 s, memcheck 6 s, racecheck 6 s, benchmarks 40 s, ncu 11 s: <= 78 s.
+# Time limits (timeout): tests 18 s, memcheck 6 s, racecheck 6 s, benchmarks 37 s, ncu 11 s: <= 78 s.
 set -uo pipefail
 B="${1:?BUILD_DIR}"
 O="${2:?OUT_DIR}"
@@ -19,7 +19,7 @@ b="$B/bench/cuda/lori_bench_cuda"
   nvidia-smi --query-gpu=name,clocks.max.sm --format=csv,noheader 2>/dev/null | head -1
   echo "== merge GPU tests (lori_test_gpu_ops -tc='*merge*')"
   s0=$(date +%s)
-  timeout 15 "$t" -tc='*merge*' 2>&1 | grep -vE "^\[doctest\] (doctest version|run with)" | tail -40 | cut -c1-300
+  timeout 18 "$t" -tc='*merge*' 2>&1 | grep -vE "^\[doctest\] (doctest version|run with)" | tail -40 | cut -c1-300
   echo "rc=${PIPESTATUS[0]} ($(( $(date +%s) - s0 )) s)"
   echo "== compute-sanitizer memcheck (sparse route, odd shapes; incl. its streaming / cuBLAS cross-checks)"
   timeout 6 compute-sanitizer --tool memcheck --report-api-errors no --error-exitcode 9 "$t" -tc='*sparse route?*odd*' 2>&1 |
@@ -38,7 +38,7 @@ b="$B/bench/cuda/lori_bench_cuda"
   echo "   2 its entries + math alone (no W), 3 streaming tensor-core route on the same inputs, 5 / 6 = 0 / 1 with"
   echo "   the kernel variant of 8 W rows in flight per warp, 2 blocks per SM, 7 / 8 = 0 with W prefetched into L2"
   echo "   4 / 8 rows beyond the register ring, 9 = 1 with the prefetch of 8"
-  timeout 40 stdbuf -oL "$b" --benchmark_filter='BM_gpu_(baseline_copy_w/14336|baseline_copy_w_kernel/14336/1|merge/4/14336/(0/0|1/0)/|merge/8/14336/1/0/|merge_sparse/4/14336/(10/(1|2|5|6|7|8|9)|15/0|20/(0|3))/)' \
+  timeout 37 stdbuf -oL "$b" --benchmark_filter='BM_gpu_(baseline_copy_w/14336|baseline_copy_w_kernel/14336/1|merge/4/14336/(0/0|1/0)/|merge/8/14336/1/0/|merge_sparse/4/14336/(10/(1|2|5|6|7|8|9)|15/0|20/(0|3))/)' \
     --benchmark_repetitions=5 --benchmark_report_aggregates_only=true 2>&1 | grep -E "_median|^BM|Run on|error|Error" |
     grep -v "_mean\|_stddev\|_cv" | sed -E 's/floor = one copy of W \(BM_gpu_baseline_copy_w\)//; s/min_time:0\.[0-9]+\///' | cut -c1-230 | head -40
   echo "rc=${PIPESTATUS[0]}"
