@@ -1090,7 +1090,7 @@ BENCHMARK(BM_gpu_baseline_addmm_per_adapter)->Args({1, 14336})->Args({4, 14336})
 BENCHMARK(BM_gpu_merge_sparse)
     ->ArgsProduct({{4}, {14336}, {10}, {0, 1, 2, 5, 6, 7, 8, 9}})
     ->ArgsProduct({{4}, {14336}, {15, 20, 30}, {0, 3}})
-    ->Args({8, 14336, 10, 0})->Args({8, 14336, 10, 1})->Args({1, 14336, 10, 0})
+    ->Args({8, 14336, 10, 0})->Args({8, 14336, 10, 1})->Args({8, 14336, 10, 5})->Args({1, 14336, 10, 0})
     ->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.05);
 
 }  // namespace
