@@ -118,6 +118,41 @@ __device__ __forceinline__ void fma8(float (&acc)[8], const unsigned char* a_lan
   }
 }
 
+// Between two barriers (the first: every warp is done with the previous strip), all threads load the A
+// strip s of every adapter into shared rows [0, depth), columns past k zero. Out of line: it runs once or
+// twice per block, and the hot loop stays small.
+template <class T>
+__device__ __noinline__ void switch_strip(unsigned char* a_s, const source* srcs, int depth, int count, index_t k, int a_vec,
+                                          int s, int tid) {
+  __syncthreads();
+  const index_t c0 = static_cast<index_t>(s) * strip;
+  for (int q = tid; q < depth * (strip / 8); q += threads) {
+    const int row = q >> 5, cc = (q & 31) * 8;
+    int t = 0;
+    while (t + 1 < count && srcs[t + 1].off <= row) ++t;
+    const source& S = srcs[t];
+    const T* a = static_cast<const T*>(S.A) + static_cast<index_t>(row - S.off) * S.lda + c0 + cc;
+    unsigned char* dst = a_s + row * row_bytes + cc * 2;
+    if (a_vec != 0 && c0 + cc + 8 <= k) {
+      asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(static_cast<std::uint32_t>(__cvta_generic_to_shared(dst))),
+                   "l"(a)
+                   : "memory");
+    } else {
+      std::uint16_t x[8];
+#pragma unroll
+      for (int e = 0; e < 8; ++e) x[e] = c0 + cc + e < k ? reinterpret_cast<const std::uint16_t*>(a)[e] : std::uint16_t{0};
+      uint4 v;
+      v.x = x[0] | (static_cast<std::uint32_t>(x[1]) << 16);
+      v.y = x[2] | (static_cast<std::uint32_t>(x[3]) << 16);
+      v.z = x[4] | (static_cast<std::uint32_t>(x[5]) << 16);
+      v.w = x[6] | (static_cast<std::uint32_t>(x[7]) << 16);
+      *reinterpret_cast<uint4*>(dst) = v;
+    }
+  }
+  asm volatile("cp.async.wait_all;" ::: "memory");
+  __syncthreads();
+}
+
 // W (d x k, 16-bit T, ldw % 8 == 0, 16-byte aligned, k % 8 == 0) += Σₜ sₜ·Bₜ·Aₜ (see the file comment).
 // Grid: at most `items` blocks (every block owns >= 1 item). WA W rows in flight per warp, MINB blocks
 // per SM for the register budget (w_ahead, min_blocks; the probe variant w_ahead_deep, 2).
@@ -180,43 +215,12 @@ __global__ void __launch_bounds__(threads, MINB) merge_sparse_kernel(const __gri
     next(cpf);
   }
 
-  // The A strip s of every adapter -> shared rows [0, depth), columns past k zero. Called between two
-  // barriers (switch_to_next) by all threads.
-  const auto load_strip = [&](int s) {
-    const index_t c0 = static_cast<index_t>(s) * strip;
-    for (int q = tid; q < p.depth * (strip / 8); q += threads) {
-      const int row = q >> 5, cc = (q & 31) * 8;
-      int t = 0;
-      while (t + 1 < p.count && srcs[t + 1].off <= row) ++t;
-      const source& S = srcs[t];
-      const T* a = static_cast<const T*>(S.A) + static_cast<index_t>(row - S.off) * S.lda + c0 + cc;
-      unsigned char* dst = a_s + row * row_bytes + cc * 2;
-      if (p.a_vec != 0 && c0 + cc + 8 <= p.k) {
-        asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(static_cast<std::uint32_t>(__cvta_generic_to_shared(dst))),
-                     "l"(a)
-                     : "memory");
-      } else {
-        std::uint16_t x[8];
-#pragma unroll
-        for (int e = 0; e < 8; ++e) x[e] = c0 + cc + e < p.k ? reinterpret_cast<const std::uint16_t*>(a)[e] : std::uint16_t{0};
-        uint4 v;
-        v.x = x[0] | (static_cast<std::uint32_t>(x[1]) << 16);
-        v.y = x[2] | (static_cast<std::uint32_t>(x[3]) << 16);
-        v.z = x[4] | (static_cast<std::uint32_t>(x[5]) << 16);
-        v.w = x[6] | (static_cast<std::uint32_t>(x[7]) << 16);
-        *reinterpret_cast<uint4*>(dst) = v;
-      }
-    }
-  };
   // Every warp enters every strip s_first .. s_last of the block's run once, in order (a warp without
   // items in a strip still takes part in its barriers and load).
   int cur = s_first - 1;
   const auto switch_to_next = [&]() {
-    __syncthreads();  // every warp is done with strip cur (and srcs is written)
     ++cur;
-    load_strip(cur);
-    asm volatile("cp.async.wait_all;" ::: "memory");
-    __syncthreads();
+    switch_strip<T>(a_s, srcs, p.depth, p.count, p.k, p.a_vec, cur, tid);
   };
   switch_to_next();
 
@@ -349,8 +353,12 @@ __global__ void __launch_bounds__(threads, MINB) merge_sparse_kernel(const __gri
       int n = 1;
       if (math) {
         n = mb.n;
-        if (n > 0) accumulate(mb, 0, acc);
-        for (int e0 = 32; e0 < n; e0 += 32) accumulate(meta_b(meta_a(cc.i), e0), e0, acc);
+        meta_b_t b = mb;
+        for (int e0 = 0; e0 < n;) {  // chunks of 32 entries; the later ones (rare) loaded at the row
+          accumulate(b, e0, acc);
+          e0 += 32;
+          if (e0 < n) b = meta_b(meta_a(cc.i), e0);
+        }
       }
       if (n > 0 && w_valid(cc)) {
         const uint4 w = wv[u];
