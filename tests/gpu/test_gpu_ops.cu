@@ -1413,7 +1413,8 @@ void merge_case(lori::cuda::context& ctx, index_t d, index_t k, const std::vecto
   // Runs one route on a fresh copy of W (at element offset lay.offset_w of its buffer) and checks every
   // element of W, its padding and the elements before it. route 0: merge_into (or the streaming route with
   // lay.probe); 1: the streaming route; 2: the sparse route (whatever the density); 3: its kernel variant
-  // with 8 W rows in flight per warp (sparse_probe_deep); 4: with the L2 prefetch of W (sparse_probe_pf8).
+  // with 8 W rows in flight per warp (sparse_probe_deep); 4: with the L2 prefetch of W (sparse_probe_pf8);
+  // 5: with entry lists built by a first kernel in the workspace (sparse_probe_lists).
   const auto run_check = [&](int route) {
     device_buffer<T> dW(wbuf);
     const lori::row_major_view<T> wv2(dW.data() + off, d, k, ldw);
@@ -1422,7 +1423,8 @@ void merge_case(lori::cuda::context& ctx, index_t d, index_t k, const std::vecto
     if constexpr (!std::is_same_v<T, float>) {  // the streaming and sparse routes exist for 16-bit W only
       if (route >= 2) {
         namespace dm = lori::cuda::detail_merge;
-        dm::merge_sparse_route<T>(ctx, wv2, src, route == 3 ? dm::sparse_probe_deep : route == 4 ? dm::sparse_probe_pf8 : 0);
+        const int probe = route == 3 ? dm::sparse_probe_deep : route == 4 ? dm::sparse_probe_pf8 : route == 5 ? dm::sparse_probe_lists : 0;
+        dm::merge_sparse_route<T>(ctx, wv2, src, probe, ws.data());
         on_sparse = true;
       } else if (route == 1 || (lay.probe != 0 && stream && !sparse_default)) {
         lori::cuda::detail_merge::merge_stream_route<T>(ctx, wv2, src, ws.data(), lay.probe);
@@ -1434,7 +1436,7 @@ void merge_case(lori::cuda::context& ctx, index_t d, index_t k, const std::vecto
       on_sparse = sparse_default;
       on_stream = !sparse_default && stream;
     }
-    INFO("path " << (on_sparse ? "sparse kernel" : on_stream ? "streaming kernel" : "cuBLAS"));
+    INFO("path " << (on_sparse ? "sparse kernel" : on_stream ? "streaming kernel" : "cuBLAS") << " (run_check " << route << ")");
     const double ui = on_sparse ? 0.0 : on_stream || std::is_same_v<T, float> ? tc_slack<T>() : unit_roundoff<T>();
     const auto all = dW.download();
     const std::vector<T> got(all.begin() + static_cast<std::ptrdiff_t>(off), all.end());
@@ -1453,6 +1455,7 @@ void merge_case(lori::cuda::context& ctx, index_t d, index_t k, const std::vecto
   if (sparse_any && !sparse_default) run_check(2);
   if (sparse_any) run_check(3);
   if (sparse_any) run_check(4);
+  if (sparse_any) run_check(5);
 }
 }  // namespace
 

@@ -541,10 +541,22 @@ inline constexpr int sparse_probe_no_w_io = 2;  // the entries and math alone (n
 inline constexpr int sparse_probe_deep = 4;     // the kernel variant with 8 W rows in flight per warp, 2 blocks/SM
 inline constexpr int sparse_probe_pf4 = 8;      // W also prefetched into L2 4 rows beyond the register ring
 inline constexpr int sparse_probe_pf8 = 16;     // ... 8 rows beyond
+inline constexpr int sparse_probe_lists = 32;   // entry lists built by a first kernel (workspace), PDL
 
-// The sparse route (requires sparse_route_applies(W, sources, true) and checked sources); no workspace.
+// Workspace of the sparse route's entry lists: mptr (d + 1 int32), then 8 bytes per kept entry.
 template <class T>
-void merge_sparse_route(context& ctx, row_major_view<T> W, const std::vector<merge_source<T>>& sources, int probe = 0) {
+std::size_t sparse_lists_bytes(index_t d, const std::vector<merge_source<T>>& sources) {
+  index_t nnz = 0;
+  for (const auto& s : sources)
+    if (s.B_sparse != nullptr && s.B_dense.empty()) nnz += s.B_sparse->nnz();
+  return align256(static_cast<std::size_t>(d + 1) * 4) + align256(static_cast<std::size_t>(nnz) * 8);
+}
+
+// The sparse route (requires sparse_route_applies(W, sources, true) and checked sources); the workspace
+// (merge_workspace_bytes) is used only by the entry-list variant (probe sparse_probe_lists).
+template <class T>
+void merge_sparse_route(context& ctx, row_major_view<T> W, const std::vector<merge_source<T>>& sources, int probe = 0,
+                        void* workspace = nullptr) {
   namespace ms = detail::merge_sparse;
   ms::params p{};
   p.W = W.data();
@@ -573,6 +585,15 @@ void merge_sparse_route(context& ctx, row_major_view<T> W, const std::vector<mer
   p.depth = off;
   p.mode = ((probe & sparse_probe_no_math) == 0 ? ms::mode_math : 0) | ((probe & sparse_probe_no_w_io) == 0 ? ms::mode_w_io : 0);
   p.pf = (probe & sparse_probe_pf8) != 0 ? 8 : (probe & sparse_probe_pf4) != 0 ? 4 : 0;
+  p.mptr = nullptr;
+  p.ents = nullptr;
+  if ((probe & sparse_probe_lists) != 0 && (probe & sparse_probe_no_math) == 0) {
+    auto* mptr = static_cast<std::int32_t*>(workspace);
+    auto* ents = reinterpret_cast<uint2*>(static_cast<unsigned char*>(workspace) + align256(static_cast<std::size_t>(p.d + 1) * 4));
+    ms::launch_entries<T>(p, mptr, ents, ctx.stream());
+    p.mptr = mptr;
+    p.ents = ents;
+  }
   ms::launch<T>(p, ctx.sm_count(), ctx.stream(), (probe & sparse_probe_deep) != 0);
 }
 
@@ -613,6 +634,7 @@ std::size_t merge_workspace_bytes(index_t d, index_t k, const std::vector<merge_
   if constexpr (detail::is_16bit_v<T>) {  // the streaming kernel's padded layout, when it may run
     const index_t kp = detail_merge::make_stream_layout(sources).kp;
     if (kp <= detail::merge_stream::max_kp) bytes = std::max(bytes, detail_merge::stream_workspace_bytes<T>(d, k));
+    bytes = std::max(bytes, detail_merge::sparse_lists_bytes<T>(d, sources));  // the sparse route's entry lists
   }
   return bytes;
 }

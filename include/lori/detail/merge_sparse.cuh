@@ -76,6 +76,11 @@ struct params {
   int a_vec;      // every Aₜ 16-byte aligned with lda % 8 == 0: 16-byte cp.async of the strip
   int mode;       // mode_math | mode_w_io for the merge; probes drop one (benchmarks)
   int pf;         // > 0: each warp also prefetches W into L2 pf rows beyond its register ring (probe)
+  // Entry-list variant (probe): non-null when entries_kernel has written, for every row i, its entries
+  // (sₜ·b as fp32 bits, shared offset of Aₜ's row c) to ents[mptr[i] .. mptr[i + 1]) (mptr[i] = Σₜ
+  // row_ptrₜ[i]); the kernel then reads them instead of the CSRs (and waits for entries_kernel first).
+  const std::int32_t* mptr;
+  const uint2* ents;
 };
 
 __host__ __device__ constexpr std::size_t src_offset(int depth) { return static_cast<std::size_t>(depth) * row_bytes; }
@@ -115,6 +120,53 @@ __device__ __forceinline__ void fma8(float (&acc)[8], const unsigned char* a_lan
     const float2 f = ::lori::detail::merge_stream::unpack2<T>(q[h]);
     acc[2 * h] = fmaf(s, f.x, acc[2 * h]);
     acc[2 * h + 1] = fmaf(s, f.y, acc[2 * h + 1]);
+  }
+}
+
+// The entry lists of the variant (params::ents): one warp per row; lane t < T loads Bₜ's row_ptr[i], [i + 1];
+// entry e of the row (adapters in order, CSR order within each) goes to ents[mptr[i] + e].
+template <class T>
+__global__ void __launch_bounds__(256) entries_kernel(const __grid_constant__ params p, std::int32_t* mptr, uint2* ents) {
+  asm volatile("griddepcontrol.launch_dependents;");  // the merge kernel may start loading W now
+  // Descriptors to shared memory: lanes index them by adapter (divergent kernel-parameter loads would
+  // serialize).
+  __shared__ source srcs[max_sources];
+  if (static_cast<int>(threadIdx.x) < p.count) srcs[threadIdx.x] = p.src[threadIdx.x];
+  __syncthreads();
+  const int lane = static_cast<int>(threadIdx.x) & 31;
+  const unsigned full = 0xffffffffu;
+  const index_t wid = (blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x) >> 5;
+  const index_t nw = (static_cast<index_t>(gridDim.x) * blockDim.x) >> 5;
+  for (index_t i = wid; i < p.d; i += nw) {
+    int lo = 0, cnt = 0;
+    if (lane < p.count) {
+      lo = __ldg(srcs[lane].row_ptr + i);
+      cnt = __ldg(srcs[lane].row_ptr + i + 1) - lo;
+    }
+    int incl = cnt;
+    for (int o = 1; o < p.count; o <<= 1) {
+      const int y = __shfl_up_sync(full, incl, o);
+      if (lane >= o) incl += y;
+    }
+    const int n = __shfl_sync(full, incl, p.count - 1);
+    const int base = __reduce_add_sync(full, static_cast<unsigned>(lo));  // Σₜ row_ptrₜ[i]
+    if (lane == 0) {
+      mptr[i] = base;
+      if (i == p.d - 1) mptr[p.d] = base + n;
+    }
+    for (int e0 = 0; e0 < n; e0 += 32) {
+      const int e = e0 + lane;
+      int t = 0;
+      for (int q = 0; q < p.count; ++q) t += __shfl_sync(full, incl, q) <= e ? 1 : 0;
+      t = t < p.count ? t : p.count - 1;
+      const int start = __shfl_sync(full, lo - (incl - cnt), t);  // CSR position of entry e = start + e
+      if (e < n) {
+        const source& S = srcs[t];
+        const float b = to_f<T>(__ldg(static_cast<const unsigned short*>(S.values) + start + e));
+        const int col = __ldg(S.col_idx + start + e);
+        ents[base + e] = make_uint2(__float_as_uint(S.scale * b), static_cast<std::uint32_t>(S.off + col) * row_bytes);
+      }
+    }
   }
 }
 
@@ -228,9 +280,13 @@ __global__ void __launch_bounds__(threads, MINB) merge_sparse_kernel(const __gri
   struct meta_a_t {
     int lo, hi;
   };
+  const bool el = p.ents != nullptr;  // the entry-list variant
   const auto meta_a = [&](int i) {
     meta_a_t m{0, 0};
-    if (lane < p.count) {
+    if (el) {
+      m.lo = __ldg(p.mptr + i);
+      m.hi = __ldg(p.mptr + i + 1);
+    } else if (lane < p.count) {
       const std::int32_t* rp = srcs[lane].row_ptr + i;
       m.lo = __ldg(rp);
       m.hi = __ldg(rp + 1);
@@ -273,6 +329,16 @@ __global__ void __launch_bounds__(threads, MINB) merge_sparse_kernel(const __gri
   // adapter whose bit is the highest of S at or below e (S has bit 0 whenever the row has entries).
   const auto meta_b0 = [&](const meta_a_t& m) {
     meta_b_t b{0, 0u, 0, 0};
+    if (el) {  // entry e = lane of the list: (s·b bits, offset) in (col, val); t keeps the row's start
+      b.n = m.hi - m.lo;
+      b.t = m.lo;
+      if (lane < b.n) {
+        const uint2 en = __ldg(p.ents + m.lo + lane);
+        b.col = static_cast<int>(en.x);
+        b.val = en.y;
+      }
+      return b;
+    }
     const int cnt = m.hi - m.lo;
     int incl = cnt;
     for (int o = 1; o < p.count; o <<= 1) {
@@ -301,7 +367,9 @@ __global__ void __launch_bounds__(threads, MINB) merge_sparse_kernel(const __gri
   const unsigned char* const a_lane = a_s + lane * 16;
   const auto accumulate = [&](const meta_b_t& b, int e0, float(&acc)[8]) {
     const int m = b.n - e0 < 32 ? b.n - e0 : 32;
-    if (lane < m) {
+    if (el) {
+      if (lane < m) stage[lane] = make_uint2(static_cast<std::uint32_t>(b.col), b.val);
+    } else if (lane < m) {
       const source& S = srcs[b.t];
       stage[lane] = make_uint2(__float_as_uint(S.scale * to_f<T>(static_cast<std::uint16_t>(b.val))),
                                static_cast<std::uint32_t>(S.off + b.col) * row_bytes);
@@ -323,6 +391,9 @@ __global__ void __launch_bounds__(threads, MINB) merge_sparse_kernel(const __gri
     __syncwarp();  // the stage is read out before the next row writes it
   };
 
+  // The entry lists come from entries_kernel, launched just before with programmatic stream
+  // serialization: W's first rows and the A strip above load while it finishes.
+  if (el) asm volatile("griddepcontrol.wait;" ::: "memory");
   cursor cc = at(first);  // the item being computed
   cursor cm = cc;         // stage a's item (two ahead)
   next(cm);
@@ -357,7 +428,17 @@ __global__ void __launch_bounds__(threads, MINB) merge_sparse_kernel(const __gri
         for (int e0 = 0; e0 < n;) {  // chunks of 32 entries; the later ones (rare) loaded at the row
           accumulate(b, e0, acc);
           e0 += 32;
-          if (e0 < n) b = meta_b(meta_a(cc.i), e0);
+          if (e0 < n) {
+            if (el) {
+              if (e0 + lane < n) {
+                const uint2 en = __ldg(p.ents + b.t + e0 + lane);
+                b.col = static_cast<int>(en.x);
+                b.val = en.y;
+              }
+            } else {
+              b = meta_b(meta_a(cc.i), e0);
+            }
+          }
         }
       }
       if (n > 0 && w_valid(cc)) {
@@ -398,7 +479,25 @@ void launch(const params& p, int sm_count, cudaStream_t stream, bool deep = fals
   LORI_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem));
   const index_t resident = static_cast<index_t>(per_sm > 0 ? per_sm : 1) * sm_count;
   const index_t grid = p.items < resident ? p.items : resident;
-  kernel<<<static_cast<unsigned>(grid), threads, smem, stream>>>(p);
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(static_cast<unsigned>(grid));
+  cfg.blockDim = dim3(threads);
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = p.ents != nullptr ? 1 : 0;  // after entries_kernel: programmatic dependent launch
+  LORI_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, p));
+  LORI_CUDA_CHECK_LAUNCH();
+}
+
+// entries_kernel on `stream` (one warp per row; p.mptr / p.ents are where it writes), before launch().
+template <class T>
+void launch_entries(const params& p, std::int32_t* mptr, uint2* ents, cudaStream_t stream) {
+  const index_t blocks = ::lori::detail::ceil_div(p.d, threads / 32);
+  entries_kernel<T><<<::lori::detail::grid_dim(blocks < 4096 ? blocks : 4096), threads, 0, stream>>>(p, mptr, ents);
   LORI_CUDA_CHECK_LAUNCH();
 }
 
