@@ -21,14 +21,14 @@ b="$B/bench/cuda/lori_bench_cuda"
   s0=$(date +%s)
   timeout 18 "$t" -tc='*merge*' 2>&1 | grep -vE "^\[doctest\] (doctest version|run with)" | tail -40 | cut -c1-300
   echo "rc=${PIPESTATUS[0]} ($(( $(date +%s) - s0 )) s)"
-  echo "== compute-sanitizer memcheck (sparse route, odd shapes; incl. its streaming / cuBLAS cross-checks)"
-  timeout 6 compute-sanitizer --tool memcheck --report-api-errors no --error-exitcode 9 "$t" -tc='*sparse route?*odd*' 2>&1 |
+  echo "== compute-sanitizer memcheck (sparse route, odd shapes, bf16: every variant, the streaming / cuBLAS cross-checks)"
+  timeout 6 compute-sanitizer --tool memcheck --report-api-errors no --error-exitcode 9 "$t" -tc='*sparse route?*odd*bfloat16*' 2>&1 |
     grep -iE "summary|invalid|error|test cases|assertions" | cut -c1-240 | head -16
   echo "rc=${PIPESTATUS[0]}"
-  echo "== compute-sanitizer racecheck (sparse route, odd shapes)"
+  echo "== compute-sanitizer racecheck (sparse route, odd shapes, bf16)"
   rc_log="$O/racecheck.log"
   timeout 6 compute-sanitizer --tool racecheck --report-api-errors no --error-exitcode 9 "$t" \
-    -tc='*sparse route?*odd*' > "$rc_log" 2>&1
+    -tc='*sparse route?*odd*bfloat16*' > "$rc_log" 2>&1
   echo "rc=$?"
   grep -iE "summary|race reported|hazard|error|test cases|assertions" "$rc_log" | grep -v nvjet | cut -c1-240 | head -12
   echo "hazard lines naming lori's merge kernels: $(grep -cE "merge_sparse_kernel|merge_stream_kernel|pack_kernel|pack_tiled_kernel" "$rc_log")"
