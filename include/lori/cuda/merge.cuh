@@ -3,8 +3,14 @@
 //   W (d x k) += Σₜ sₜ·Bₜ·Aₜ      Bₜ d x rₜ (dense, or a sparse_b), Aₜ rₜ x k
 //
 // The T low-rank terms are one product with depth R = Σ rₜ: W += [B₁ | … | B_T]·diag(s)·[A₁; …; A_T].
-// lori packs the two thin operands into caller workspace (one pack kernel per 16 adapters), then reads
-// and writes W exactly once, by one of two routes:
+// W is read and written exactly once, by one of three routes:
+// * LoRI-S adapters (every Bₜ a sparse_b, at most 32 of depth R <= 256) into a 16-bit W with 16-byte rows
+//   (W 16-byte aligned, k and the leading dimension multiples of 8), with few kept entries (on average at
+//   most 20 per row of W over all adapters, 64 where the tensor-core kernel below cannot run): lori's
+//   sparse CUDA-core kernel (lori/detail/merge_sparse.cuh), straight from the CSR of each Bₜ, no packing:
+//   row i of ΔW is Σ over its kept (t, c) of (sₜ·Bₜ(i, c))·Aₜ(c, :), fp32 FMAs on the block's strip of
+//   every Aₜ held in shared memory while W streams through registers; W + ΔW rounded to T once.
+// Otherwise lori packs the two thin operands into caller workspace (one pack kernel per 16 adapters), then:
 // * 16-bit W with 16-byte rows (W 16-byte aligned, k and the leading dimension multiples of 8) and a
 //   padded depth <= 128 (e.g. 4 adapters of rank 32): lori's streaming tensor-core kernel (lori/detail/merge_stream.cuh), a copy
 //   of W through shared memory with ΔW computed per 128 x 128 tile on mma.sync from the packed
@@ -53,8 +59,10 @@ struct merge_source {
 };
 
 /// Workspace bytes merge_into needs: (d + k)·R' elements of T plus alignment padding, R' the larger of
-/// the two routes' depths (cuBLAS: R = Σ rₜ, 2R for 16-bit T with unequal scales; streaming kernel:
-/// the scale segments each padded to a multiple of 16). Depends only on d, k, the ranks and scales.
+/// the packed routes' depths (cuBLAS: R = Σ rₜ, 2R for 16-bit T with unequal scales; streaming kernel:
+/// the scale segments each padded to a multiple of 16), and for 16-bit T at least 4·(d + 1) + 8·nnz bytes
+/// (nnz: kept entries of the sparse Bₜ; the sparse route's entry lists). Depends only on d, k, the ranks,
+/// the scales and the kept counts.
 template <class T>
 std::size_t merge_workspace_bytes(index_t d, index_t k, const std::vector<merge_source<T>>& sources);
 
