@@ -1011,7 +1011,8 @@ void BM_gpu_baseline_addmm_per_adapter(benchmark::State& st) {
 // tensor-core route (pack + kernel), 4 the cuBLAS route, 5 / 6 as 0 / 1 with the kernel variant of 8 W
 // rows in flight per warp and 2 blocks per SM (sparse_probe_deep), 7 / 8 as 0 with W also prefetched into
 // L2 4 / 8 rows beyond the register ring, 9 as 1 with the prefetch of 8, 10 as 0 with entry lists built by
-// a first kernel (sparse_probe_lists), 11 as 2 with the lists; unequal scales s_t = 0.5 + 0.25 t, r = 32.
+// a first kernel (sparse_probe_lists), 11 as 2 with the lists, 12 as 5 with the prefetch of 8; unequal
+// scales s_t = 0.5 + 0.25 t, r = 32.
 lori::cuda::sparse_b<bf16> random_sparse_b_pct(index_t d, index_t r, int pct, std::uint64_t seed) {
   std::mt19937_64 g(seed);
   std::bernoulli_distribution keep(pct / 100.0);
@@ -1056,8 +1057,9 @@ void BM_gpu_merge_sparse(benchmark::State& st) {
     }
     namespace dm = lori::cuda::detail_merge;
     const int probe = (mode == 1 || mode == 6 || mode == 9 ? dm::sparse_probe_no_math : 0) |
-                      (mode == 2 ? dm::sparse_probe_no_w_io : 0) | (mode == 5 || mode == 6 ? dm::sparse_probe_deep : 0) |
-                      (mode == 7 ? dm::sparse_probe_pf4 : 0) | (mode == 8 || mode == 9 ? dm::sparse_probe_pf8 : 0) |
+                      (mode == 2 ? dm::sparse_probe_no_w_io : 0) |
+                      (mode == 5 || mode == 6 || mode == 12 ? dm::sparse_probe_deep : 0) |
+                      (mode == 7 ? dm::sparse_probe_pf4 : 0) | (mode == 8 || mode == 9 || mode == 12 ? dm::sparse_probe_pf8 : 0) |
                       (mode == 10 || mode == 11 ? dm::sparse_probe_lists : 0) | (mode == 11 ? dm::sparse_probe_no_w_io : 0);
     run_timed(st, [&] { lori::cuda::detail_merge::merge_sparse_route<bf16>(ctx(), wv, src, probe, ws.data()); }, bytes);
     what = mode == 0   ? "sparse route"
@@ -1069,7 +1071,8 @@ void BM_gpu_merge_sparse(benchmark::State& st) {
            : mode == 8 ? "sparse route, L2 prefetch 8 rows"
            : mode == 9 ? "sparse route, L2 prefetch 8 rows, W stream alone"
            : mode == 10 ? "sparse route, entry lists"
-                        : "sparse route, entry lists, entries + math alone";
+           : mode == 11 ? "sparse route, entry lists, entries + math alone"
+                        : "sparse route, deep variant, L2 prefetch 8 rows";
   } else if (mode == 3) {
     if (!lori::cuda::detail_merge::stream_kernel_applies(wv, src)) {
       st.SkipWithError("streaming route does not apply");
@@ -1094,7 +1097,8 @@ BENCHMARK(BM_gpu_baseline_addmm_per_adapter)->Args({1, 14336})->Args({4, 14336})
 BENCHMARK(BM_gpu_merge_sparse)
     ->ArgsProduct({{4}, {14336}, {10}, {0, 1, 2, 5, 6, 7, 8, 9, 10, 11}})
     ->ArgsProduct({{4}, {14336}, {15, 20, 30}, {0, 3}})
-    ->Args({8, 14336, 10, 0})->Args({8, 14336, 10, 1})->Args({8, 14336, 10, 5})->Args({1, 14336, 10, 0})
+    ->Args({4, 14336, 10, 12})->Args({8, 14336, 10, 0})->Args({8, 14336, 10, 1})->Args({8, 14336, 10, 5})
+    ->Args({8, 14336, 10, 12})->Args({1, 14336, 10, 0})
     ->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.05);
 
 }  // namespace

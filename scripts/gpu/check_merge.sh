@@ -37,8 +37,8 @@ b="$B/bench/cuda/lori_bench_cuda"
   echo "   merge/T/d/sparse/equal (merge_into); merge_sparse/T/d/kept%/mode: 0 sparse route, 1 its W stream alone,"
   echo "   2 its entries + math alone (no W), 3 streaming tensor-core route on the same inputs, 5 / 6 = 0 / 1 with"
   echo "   the kernel variant of 8 W rows in flight per warp, 2 blocks per SM, 8 = 0 with W prefetched into L2"
-  echo "   8 rows beyond the register ring, 10 / 11 = 0 / 2 with entry lists built by a first kernel"
-  timeout 37 stdbuf -oL "$b" --benchmark_filter='BM_gpu_(baseline_copy_w/14336|merge/4/14336/(0/0|1/0)/|merge/8/14336/1/0/|merge_sparse/4/14336/(10/(1|2|5|8|10|11)|20/(0|3))/|merge_sparse/8/14336/10/5/)' \
+  echo "   8 rows beyond the register ring, 10 / 11 = 0 / 2 with entry lists built by a first kernel, 12 = 5 + 8"
+  timeout 37 stdbuf -oL "$b" --benchmark_filter='BM_gpu_(baseline_copy_w/14336|merge/4/14336/(0/0|1/0)/|merge/8/14336/1/0/|merge_sparse/4/14336/(10/(1|2|5|8|10|11|12)|20/(0|3))/|merge_sparse/8/14336/10/12/)' \
     --benchmark_repetitions=5 --benchmark_report_aggregates_only=true 2>&1 | grep -E "_median|^BM|Run on|error|Error" |
     grep -v "_mean\|_stddev\|_cv" | sed -E 's/floor = one copy of W \(BM_gpu_baseline_copy_w\)//; s/min_time:0\.[0-9]+\///' | cut -c1-230 | head -40
   echo "rc=${PIPESTATUS[0]}"

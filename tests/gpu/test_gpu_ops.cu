@@ -1413,7 +1413,8 @@ void merge_case(lori::cuda::context& ctx, index_t d, index_t k, const std::vecto
   // Runs one route on a fresh copy of W (at element offset lay.offset_w of its buffer) and checks every
   // element of W, its padding and the elements before it. route 0: merge_into (or the streaming route with
   // lay.probe); 1: the streaming route; 2: the sparse route (whatever the density); 3: its kernel variant
-  // with 8 W rows in flight per warp (sparse_probe_deep); 4: with the L2 prefetch of W (sparse_probe_pf8);
+  // with 8 W rows in flight per warp (sparse_probe_deep) and the L2 prefetch of W; 4: the L2 prefetch
+  // alone (sparse_probe_pf8);
   // 5: with entry lists built by a first kernel in the workspace (sparse_probe_lists).
   const auto run_check = [&](int route) {
     device_buffer<T> dW(wbuf);
@@ -1423,7 +1424,10 @@ void merge_case(lori::cuda::context& ctx, index_t d, index_t k, const std::vecto
     if constexpr (!std::is_same_v<T, float>) {  // the streaming and sparse routes exist for 16-bit W only
       if (route >= 2) {
         namespace dm = lori::cuda::detail_merge;
-        const int probe = route == 3 ? dm::sparse_probe_deep : route == 4 ? dm::sparse_probe_pf8 : route == 5 ? dm::sparse_probe_lists : 0;
+        const int probe = route == 3   ? dm::sparse_probe_deep | dm::sparse_probe_pf8
+                          : route == 4 ? dm::sparse_probe_pf8
+                          : route == 5 ? dm::sparse_probe_lists
+                                       : 0;
         dm::merge_sparse_route<T>(ctx, wv2, src, probe, ws.data());
         on_sparse = true;
       } else if (route == 1 || (lay.probe != 0 && stream && !sparse_default)) {
