@@ -6,7 +6,7 @@
 // W is read and written exactly once, by one of three routes:
 // * LoRI-S adapters (every Bₜ a sparse_b, at most 32 of depth R <= 256) into a 16-bit W with 16-byte rows
 //   (W 16-byte aligned, k and the leading dimension multiples of 8), with few kept entries (on average at
-//   most 20 per row of W over all adapters, 64 where the tensor-core kernel below cannot run): lori's
+//   most 20 per row of W over all adapters, 32 where the tensor-core kernel below cannot run): lori's
 //   sparse CUDA-core kernel (lori/detail/merge_sparse.cuh), straight from the CSR of each Bₜ, no packing:
 //   row i of ΔW is Σ over its kept (t, c) of (sₜ·Bₜ(i, c))·Aₜ(c, :), fp32 FMAs on the block's strip of
 //   every Aₜ held in shared memory while W streams through registers; W + ΔW rounded to T once.
@@ -519,7 +519,7 @@ void merge_stream_route(context& ctx, row_major_view<T> W, const std::vector<mer
 // Past that the dense routes win: the sparse kernel's FMA and shared-memory work grows with the entries,
 // the dense routes' does not (crossover measured on an H100: see docs/cuda.md).
 inline constexpr index_t sparse_max_entries_per_row = 20;
-inline constexpr index_t sparse_max_entries_vs_cublas = 64;
+inline constexpr index_t sparse_max_entries_vs_cublas = 32;
 
 template <class T>
 bool sparse_route_applies(row_major_view<T> W, const std::vector<merge_source<T>>& sources, bool any_density = false) {
