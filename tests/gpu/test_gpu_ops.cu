@@ -1412,23 +1412,15 @@ void merge_case(lori::cuda::context& ctx, index_t d, index_t k, const std::vecto
   device_buffer<unsigned char> ws(static_cast<index_t>(need) + 1);
   // Runs one route on a fresh copy of W (at element offset lay.offset_w of its buffer) and checks every
   // element of W, its padding and the elements before it. route 0: merge_into (or the streaming route with
-  // lay.probe); 1: the streaming route; 2: the sparse route (whatever the density); 3: its kernel variant
-  // with 8 W rows in flight per warp (sparse_probe_deep) and the L2 prefetch of W; 4: the L2 prefetch
-  // alone (sparse_probe_pf8);
-  // 5: with entry lists built by a first kernel in the workspace (sparse_probe_lists).
+  // lay.probe); 1: the streaming route; 2: the sparse route (whatever the density).
   const auto run_check = [&](int route) {
     device_buffer<T> dW(wbuf);
     const lori::row_major_view<T> wv2(dW.data() + off, d, k, ldw);
     ws.fill_bytes(0xff);
     bool on_stream = false, on_sparse = false;
     if constexpr (!std::is_same_v<T, float>) {  // the streaming and sparse routes exist for 16-bit W only
-      if (route >= 2) {
-        namespace dm = lori::cuda::detail_merge;
-        const int probe = route == 3   ? dm::sparse_probe_deep | dm::sparse_probe_pf8
-                          : route == 4 ? dm::sparse_probe_pf8
-                          : route == 5 ? dm::sparse_probe_lists
-                                       : 0;
-        dm::merge_sparse_route<T>(ctx, wv2, src, probe, ws.data());
+      if (route == 2) {
+        lori::cuda::detail_merge::merge_sparse_route<T>(ctx, wv2, src, ws.data());
         on_sparse = true;
       } else if (route == 1 || (lay.probe != 0 && stream && !sparse_default)) {
         lori::cuda::detail_merge::merge_stream_route<T>(ctx, wv2, src, ws.data(), lay.probe);
@@ -1457,9 +1449,6 @@ void merge_case(lori::cuda::context& ctx, index_t d, index_t k, const std::vecto
   // where it applies only past its density limit, it is checked on them directly.
   if (sparse_default && stream) run_check(1);
   if (sparse_any && !sparse_default) run_check(2);
-  if (sparse_any) run_check(3);
-  if (sparse_any) run_check(4);
-  if (sparse_any) run_check(5);
 }
 }  // namespace
 
@@ -1610,7 +1599,9 @@ TEST_CASE_TEMPLATE("merge_into: sparse route, odd shapes, matches the double ref
   merge_case<T>(ctx, 9, 8, {5}, {true}, {0.5}, g, sp);
   merge_case<T>(ctx, 7, 520, {1, 17, 33}, {true, true, true}, {0.5, -1.5, 0.25}, g, sp);
   merge_case<T>(ctx, 300, 264, {32, 24}, {true, true}, {0.5, -0.75}, g, {8, false, 8, -1, 0, 0.1, 1});
-  merge_case<T>(ctx, 133, 384, {17, 9, 31, 10}, {true, true, true, true}, {0.75, 0.0, -0.5, std::ldexp(1.0, 20)}, g, sp);
+  // Scales 2^20 apart and a zero scale (results stay within fp16's range).
+  merge_case<T>(ctx, 133, 384, {17, 9, 31, 10}, {true, true, true, true}, {std::ldexp(1.0, -12), 0.0, -0.5, std::ldexp(1.0, 8)},
+                g, sp);
   merge_case<T>(ctx, 260, 1024, {72, 64}, {true, true}, {0.5, -1.0}, g, sp);
   merge_case<T>(ctx, 150, 136, {128, 128}, {true, true}, {0.25, 0.5}, g);  // depth 256: past the density limit
   merge_case<T>(ctx, 150, 72, {5, 16, 17, 31, 32, 1, 40, 8}, {true, true, true, true, true, true, true, true},
@@ -1638,6 +1629,24 @@ TEST_CASE_TEMPLATE("merge_into: sparse route, odd shapes, matches the double ref
   merge_case<T>(ctx, 70, 64, {16, 8}, {true, true}, {1.0, 0.5}, g, {4, false, 0, 0, 0, 0.1, 0});
   merge_case<T>(ctx, 64, 64, {32}, {true}, {0.5}, g, {0, false, 1, 0, 0, 0.1, 0});
   merge_case<T>(ctx, 40, 48, {136, 128}, {true, true}, {0.5, -0.25}, g, {0, false, 0, 0, 0, 0.1, 0});
+}
+
+// Small shapes of the sparse route for compute-sanitizer (memcheck, racecheck): one strip and a partial
+// one, fewer rows than warps, eight adapters, padded and offset W, unaligned A, rows of more than 32
+// entries (forced past the density limit).
+TEST_CASE("merge_into: sparse route, small shapes (the compute-sanitizer subset)") {
+  using T = lori::bfloat16;
+  LORI_TEST_SEED_INFO();
+  auto g = lori_test::rng(615);
+  lori::cuda::context ctx;
+  merge_layout sp;
+  sp.expect_sparse = 1;
+  merge_case<T>(ctx, 9, 8, {5}, {true}, {0.5}, g, sp);
+  merge_case<T>(ctx, 7, 520, {1, 17, 33}, {true, true, true}, {0.5, -1.5, 0.25}, g, sp);
+  merge_case<T>(ctx, 40, 264, {32, 24}, {true, true}, {0.5, -0.75}, g, {8, true, 8, -1, 0, 0.1, 1});
+  merge_case<T>(ctx, 20, 72, {5, 16, 17, 31, 32, 1, 40, 8}, {true, true, true, true, true, true, true, true},
+                {0.25, -0.5, 1.5, 0.75, -1.25, 3.0, 0.125, 2.0}, g, sp);
+  merge_case<T>(ctx, 30, 136, {64, 32}, {true, true}, {0.5, -0.25}, g, {0, false, 0, -1, 0, 0.9, 0});
 }
 
 // The sparse route at the scale of its benchmark's blocks: 1100 x 4096 (16 strips, each block's run

@@ -7,9 +7,10 @@
 // * LoRI-S adapters (every Bₜ a sparse_b, at most 32 of depth R <= 256) into a 16-bit W with 16-byte rows
 //   (W 16-byte aligned, k and the leading dimension multiples of 8), with few kept entries (on average at
 //   most 20 per row of W over all adapters, 32 where the tensor-core kernel below cannot run): lori's
-//   sparse CUDA-core kernel (lori/detail/merge_sparse.cuh), straight from the CSR of each Bₜ, no packing:
-//   row i of ΔW is Σ over its kept (t, c) of (sₜ·Bₜ(i, c))·Aₜ(c, :), fp32 FMAs on the block's strip of
-//   every Aₜ held in shared memory while W streams through registers; W + ΔW rounded to T once.
+//   sparse CUDA-core kernel (lori/detail/merge_sparse.cuh): a first kernel lists every row's kept entries
+//   (sₜ·Bₜ(i, c) in fp32, which row of A) in the workspace, then row i of ΔW is Σ over them of
+//   (sₜ·Bₜ(i, c))·Aₜ(c, :), fp32 FMAs on the block's strip of every Aₜ held in shared memory while W
+//   streams through registers; W + ΔW rounded to T once.
 // Otherwise lori packs the two thin operands into caller workspace (one pack kernel per 16 adapters), then:
 // * 16-bit W with 16-byte rows (W 16-byte aligned, k and the leading dimension multiples of 8) and a
 //   padded depth <= 128 (e.g. 4 adapters of rank 32): lori's streaming tensor-core kernel (lori/detail/merge_stream.cuh), a copy
@@ -546,10 +547,6 @@ bool sparse_route_applies(row_major_view<T> W, const std::vector<merge_source<T>
 // Probe modes of the sparse route (benchmarks only; 0 = the real merge).
 inline constexpr int sparse_probe_no_math = 1;  // the kernel's W stream alone (ΔW = 0, W rewritten unchanged)
 inline constexpr int sparse_probe_no_w_io = 2;  // the entries and math alone (no W loads or stores)
-inline constexpr int sparse_probe_deep = 4;     // the kernel variant with 8 W rows in flight per warp, 2 blocks/SM
-inline constexpr int sparse_probe_pf4 = 8;      // W also prefetched into L2 4 rows beyond the register ring
-inline constexpr int sparse_probe_pf8 = 16;     // ... 8 rows beyond
-inline constexpr int sparse_probe_lists = 32;   // entry lists built by a first kernel (workspace), PDL
 
 // Workspace of the sparse route's entry lists: mptr (d + 1 int32), then 8 bytes per kept entry.
 template <class T>
@@ -560,11 +557,11 @@ std::size_t sparse_lists_bytes(index_t d, const std::vector<merge_source<T>>& so
   return align256(static_cast<std::size_t>(d + 1) * 4) + align256(static_cast<std::size_t>(nnz) * 8);
 }
 
-// The sparse route (requires sparse_route_applies(W, sources, true) and checked sources); the workspace
-// (merge_workspace_bytes) is used only by the entry-list variant (probe sparse_probe_lists).
+// The sparse route (requires sparse_route_applies(W, sources, true), checked sources and a workspace of
+// at least sparse_lists_bytes, 256-byte aligned): the entry lists, then the merge kernel.
 template <class T>
-void merge_sparse_route(context& ctx, row_major_view<T> W, const std::vector<merge_source<T>>& sources, int probe = 0,
-                        void* workspace = nullptr) {
+void merge_sparse_route(context& ctx, row_major_view<T> W, const std::vector<merge_source<T>>& sources, void* workspace,
+                        int probe = 0) {
   namespace ms = detail::merge_sparse;
   ms::params p{};
   p.W = W.data();
@@ -592,17 +589,10 @@ void merge_sparse_route(context& ctx, row_major_view<T> W, const std::vector<mer
   }
   p.depth = off;
   p.mode = ((probe & sparse_probe_no_math) == 0 ? ms::mode_math : 0) | ((probe & sparse_probe_no_w_io) == 0 ? ms::mode_w_io : 0);
-  p.pf = (probe & sparse_probe_pf8) != 0 ? 8 : (probe & sparse_probe_pf4) != 0 ? 4 : 0;
-  p.mptr = nullptr;
-  p.ents = nullptr;
-  if ((probe & sparse_probe_lists) != 0 && (probe & sparse_probe_no_math) == 0) {
-    auto* mptr = static_cast<std::int32_t*>(workspace);
-    auto* ents = reinterpret_cast<uint2*>(static_cast<unsigned char*>(workspace) + align256(static_cast<std::size_t>(p.d + 1) * 4));
-    ms::launch_entries<T>(p, mptr, ents, ctx.stream());
-    p.mptr = mptr;
-    p.ents = ents;
-  }
-  ms::launch<T>(p, ctx.sm_count(), ctx.stream(), (probe & sparse_probe_deep) != 0);
+  p.mptr = static_cast<const std::int32_t*>(workspace);
+  p.ents = reinterpret_cast<const uint2*>(static_cast<const unsigned char*>(workspace) +
+                                          align256(static_cast<std::size_t>(p.d + 1) * 4));
+  ms::launch<T>(p, ctx.sm_count(), ctx.stream());
 }
 
 // The cuBLAS route (checked sources and workspace): one GEMM with beta = 1 over the packed operands.
@@ -669,7 +659,7 @@ void merge_into(context& ctx, row_major_view<T> W, const std::vector<merge_sourc
   LORI_EXPECTS(reinterpret_cast<std::uintptr_t>(workspace) % 256 == 0, "merge_into: workspace must be 256-byte aligned");
   if constexpr (detail::is_16bit_v<T>) {
     if (detail_merge::sparse_route_applies(W, sources)) {
-      detail_merge::merge_sparse_route(ctx, W, sources);
+      detail_merge::merge_sparse_route(ctx, W, sources, workspace);
       return;
     }
     if (detail_merge::stream_kernel_applies(W, sources)) {

@@ -47,10 +47,9 @@ inline constexpr int strip = 256;                  // W columns per item (one wa
 inline constexpr int row_bytes = strip * 2;        // one A row of a strip in shared memory (16-bit)
 inline constexpr int threads = 256, warps = threads / 32;
 inline constexpr int min_blocks = 3;               // per SM (depth <= 128: 70 KB of shared memory each)
-inline constexpr int max_sources = 32;             // one lane per adapter in the entry scan
+inline constexpr int max_sources = 32;             // one lane per adapter in the entry lists' scan
 inline constexpr int max_depth = 256;              // Σ rₜ: A strip rows in shared memory (129 KB)
 inline constexpr int w_ahead = 4;                  // W rows in flight per warp (register ring)
-inline constexpr int w_ahead_deep = 8;             // variant: 8 rows in flight, 2 blocks per SM (probe)
 
 inline constexpr int mode_math = 1;  // entries and FMAs (else ΔW = 0: W streamed through unchanged)
 inline constexpr int mode_w_io = 2;  // load and store W (else: the entry and math pipeline alone)
@@ -75,10 +74,9 @@ struct params {
   int depth;      // Σ rₜ
   int a_vec;      // every Aₜ 16-byte aligned with lda % 8 == 0: 16-byte cp.async of the strip
   int mode;       // mode_math | mode_w_io for the merge; probes drop one (benchmarks)
-  int pf;         // > 0: each warp also prefetches W into L2 pf rows beyond its register ring (probe)
-  // Entry-list variant (probe): non-null when entries_kernel has written, for every row i, its entries
-  // (sₜ·b as fp32 bits, shared offset of Aₜ's row c) to ents[mptr[i] .. mptr[i + 1]) (mptr[i] = Σₜ
-  // row_ptrₜ[i]); the kernel then reads them instead of the CSRs (and waits for entries_kernel first).
+  // The entry lists (written by entries_kernel): row i's kept entries, adapters in order and CSR order
+  // within each, as (sₜ·b in fp32 bits, byte offset of Aₜ's row c in the shared strip) at
+  // ents[mptr[i] .. mptr[i + 1]), mptr[i] = Σₜ row_ptrₜ[i].
   const std::int32_t* mptr;
   const uint2* ents;
 };
@@ -88,7 +86,7 @@ __host__ __device__ constexpr std::size_t stage_offset(int depth, int count) {
   return src_offset(depth) + (static_cast<std::size_t>(count) * sizeof(source) + 15) / 16 * 16;
 }
 __host__ __device__ constexpr std::size_t smem_bytes(int depth, int count) {
-  return stage_offset(depth, count) + static_cast<std::size_t>(warps) * 2 * 32 * 8;  // stage + entry map per warp
+  return stage_offset(depth, count) + static_cast<std::size_t>(warps) * 32 * 8;  // a 32-entry stage per warp
 }
 
 __device__ __forceinline__ uint4 ld_w(const void* p) {
@@ -123,8 +121,8 @@ __device__ __forceinline__ void fma8(float (&acc)[8], const unsigned char* a_lan
   }
 }
 
-// The entry lists of the variant (params::ents): one warp per row; lane t < T loads Bₜ's row_ptr[i], [i + 1];
-// entry e of the row (adapters in order, CSR order within each) goes to ents[mptr[i] + e].
+// The entry lists (params::mptr, ents): one warp per row; lane t < T loads Bₜ's row_ptr[i], [i + 1]; a
+// warp scan of the counts gives entry e of the row its adapter and CSR position.
 template <class T>
 __global__ void __launch_bounds__(256) entries_kernel(const __grid_constant__ params p, std::int32_t* mptr, uint2* ents) {
   asm volatile("griddepcontrol.launch_dependents;");  // the merge kernel may start loading W now
@@ -149,7 +147,7 @@ __global__ void __launch_bounds__(256) entries_kernel(const __grid_constant__ pa
       if (lane >= o) incl += y;
     }
     const int n = __shfl_sync(full, incl, p.count - 1);
-    const int base = __reduce_add_sync(full, static_cast<unsigned>(lo));  // Σₜ row_ptrₜ[i]
+    const int base = static_cast<int>(__reduce_add_sync(full, static_cast<unsigned>(lo)));  // Σₜ row_ptrₜ[i]
     if (lane == 0) {
       mptr[i] = base;
       if (i == p.d - 1) mptr[p.d] = base + n;
@@ -206,17 +204,16 @@ __device__ __noinline__ void switch_strip(unsigned char* a_s, const source* srcs
 }
 
 // W (d x k, 16-bit T, ldw % 8 == 0, 16-byte aligned, k % 8 == 0) += Σₜ sₜ·Bₜ·Aₜ (see the file comment).
-// Grid: at most `items` blocks (every block owns >= 1 item). WA W rows in flight per warp, MINB blocks
-// per SM for the register budget (w_ahead, min_blocks; the probe variant w_ahead_deep, 2).
-template <class T, int WA, int MINB>
-__global__ void __launch_bounds__(threads, MINB) merge_sparse_kernel(const __grid_constant__ params p) {
+// Grid: at most `items` blocks (every block owns >= 1 item); launched after entries_kernel with
+// programmatic stream serialization (or alone for a probe without math).
+template <class T>
+__global__ void __launch_bounds__(threads, min_blocks) merge_sparse_kernel(const __grid_constant__ params p) {
+  constexpr int WA = w_ahead;
   unsigned char* const sm = ::lori::detail::dynamic_smem();
   unsigned char* const a_s = sm;  // depth rows of row_bytes
   source* const srcs = reinterpret_cast<source*>(sm + src_offset(p.depth));
   const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;
-  uint2* const stage = reinterpret_cast<uint2*>(sm + stage_offset(p.depth, p.count)) + warp * 64;
-  uint2* const emap = stage + 32;  // the row's entry map: first entry of an adapter -> (adapter, CSR base)
-  const unsigned full = 0xffffffffu;
+  uint2* const stage = reinterpret_cast<uint2*>(sm + stage_offset(p.depth, p.count)) + warp * 32;
   const bool math = (p.mode & mode_math) != 0, io = (p.mode & mode_w_io) != 0;
 
   if (tid < p.count) srcs[tid] = p.src[tid];
@@ -259,13 +256,6 @@ __global__ void __launch_bounds__(threads, MINB) merge_sparse_kernel(const __gri
     if (io && u < nj && w_valid(cw)) wv[u] = ld_w(w_ptr(cw));
     next(cw);
   }
-  // Optional L2 prefetch of W, pf rows beyond the ring (item j + WA + pf at item j).
-  const int pf = io ? p.pf : 0;
-  cursor cpf = cw;
-  for (int u = 0; u < pf; ++u) {
-    if (WA + u < nj && w_valid(cpf)) asm volatile("prefetch.global.L2 [%0];" ::"l"(w_ptr(cpf)));
-    next(cpf);
-  }
 
   // Every warp enters every strip s_first .. s_last of the block's run once, in order (a warp without
   // items in a strip still takes part in its barriers and load).
@@ -275,134 +265,36 @@ __global__ void __launch_bounds__(threads, MINB) merge_sparse_kernel(const __gri
     switch_strip<T>(a_s, srcs, p.depth, p.count, p.k, p.a_vec, cur, tid);
   };
   switch_to_next();
-
-  // Entry pipeline. Stage a (two rows ahead): lane t < T loads Bₜ's row_ptr[i], [i + 1].
-  struct meta_a_t {
-    int lo, hi;
-  };
-  const bool el = p.ents != nullptr;  // the entry-list variant
-  const auto meta_a = [&](int i) {
-    meta_a_t m{0, 0};
-    if (el) {
-      m.lo = __ldg(p.mptr + i);
-      m.hi = __ldg(p.mptr + i + 1);
-    } else if (lane < p.count) {
-      const std::int32_t* rp = srcs[lane].row_ptr + i;
-      m.lo = __ldg(rp);
-      m.hi = __ldg(rp + 1);
-    }
-    return m;
-  };
-  // Stage b, any chunk (rows with more than 32 entries, at the row): entry e = e0 + lane of the row
-  // (adapters in order, CSR order within each): its adapter t, and its column and value loaded. n = the
-  // row's entries (warp-uniform).
-  struct meta_b_t {
-    int col;
-    std::uint32_t val;
-    int t, n;
-  };
-  const auto meta_b = [&](const meta_a_t& m, int e0) {
-    meta_b_t b{0, 0u, 0, 0};
-    const int cnt = m.hi - m.lo;
-    int incl = cnt;
-    for (int o = 1; o < p.count; o <<= 1) {
-      const int y = __shfl_up_sync(full, incl, o);
-      if (lane >= o) incl += y;
-    }
-    b.n = __shfl_sync(full, incl, p.count - 1);
-    const int e = e0 + lane;
-    int t = 0;
-    for (int q = 0; q < p.count; ++q) t += __shfl_sync(full, incl, q) <= e ? 1 : 0;
-    t = t < p.count ? t : p.count - 1;
-    const int base = __shfl_sync(full, m.lo - (incl - cnt), t);  // CSR position of entry e = base + e
-    b.t = t;
-    if (e < b.n) {
-      const source& S = srcs[t];
-      b.col = __ldg(S.col_idx + base + e);
-      b.val = __ldg(static_cast<const unsigned short*>(S.values) + base + e);
-    }
-    return b;
-  };
-  // Stage b for the row's first 32 entries (every row of a sparse B in practice): the adapter of entry
-  // e = lane from a map instead of a search over the adapters. Adapter t with cnt > 0 and first entry
-  // x_t = Σ_{q<t} cnt_q < 32 sets bit x_t of S and map[x_t] = (t, CSR base); entry e belongs to the
-  // adapter whose bit is the highest of S at or below e (S has bit 0 whenever the row has entries).
-  const auto meta_b0 = [&](const meta_a_t& m) {
-    meta_b_t b{0, 0u, 0, 0};
-    if (el) {  // entry e = lane of the list: (s·b bits, offset) in (col, val); t keeps the row's start
-      b.n = m.hi - m.lo;
-      b.t = m.lo;
-      if (lane < b.n) {
-        const uint2 en = __ldg(p.ents + m.lo + lane);
-        b.col = static_cast<int>(en.x);
-        b.val = en.y;
-      }
-      return b;
-    }
-    const int cnt = m.hi - m.lo;
-    int incl = cnt;
-    for (int o = 1; o < p.count; o <<= 1) {
-      const int y = __shfl_up_sync(full, incl, o);
-      if (lane >= o) incl += y;
-    }
-    b.n = __shfl_sync(full, incl, p.count - 1);
-    const int excl = incl - cnt;
-    const bool owner = lane < p.count && cnt > 0 && excl < 32;
-    const unsigned S = __reduce_or_sync(full, owner ? 1u << excl : 0u);
-    if (owner) emap[excl] = make_uint2(static_cast<unsigned>(lane), static_cast<unsigned>(m.lo - excl));
-    __syncwarp();
-    if (lane < b.n) {
-      const int x = 31 - __clz(S & (0xffffffffu >> (31 - lane)));
-      const uint2 tb = emap[x];
-      b.t = static_cast<int>(tb.x);
-      const source& Sr = srcs[b.t];
-      const int pos = static_cast<int>(tb.y) + lane;
-      b.col = __ldg(Sr.col_idx + pos);
-      b.val = __ldg(static_cast<const unsigned short*>(Sr.values) + pos);
-    }
-    __syncwarp();  // the map is read before the next row writes it
-    return b;
-  };
-  // Stage c (at the row): entries e0 .. e0 + 31 into the warp's stage, then acc += them.
-  const unsigned char* const a_lane = a_s + lane * 16;
-  const auto accumulate = [&](const meta_b_t& b, int e0, float(&acc)[8]) {
-    const int m = b.n - e0 < 32 ? b.n - e0 : 32;
-    if (el) {
-      if (lane < m) stage[lane] = make_uint2(static_cast<std::uint32_t>(b.col), b.val);
-    } else if (lane < m) {
-      const source& S = srcs[b.t];
-      stage[lane] = make_uint2(__float_as_uint(S.scale * to_f<T>(static_cast<std::uint16_t>(b.val))),
-                               static_cast<std::uint32_t>(S.off + b.col) * row_bytes);
-    }
-    __syncwarp();
-    int e = 0;
-    for (; e + 4 <= m; e += 4) {  // four entries per step: two broadcast reads of the stage
-      const uint4 e01 = *reinterpret_cast<const uint4*>(stage + e);
-      const uint4 e23 = *reinterpret_cast<const uint4*>(stage + e + 2);
-      fma8<T>(acc, a_lane, e01.x, e01.y);
-      fma8<T>(acc, a_lane, e01.z, e01.w);
-      fma8<T>(acc, a_lane, e23.x, e23.y);
-      fma8<T>(acc, a_lane, e23.z, e23.w);
-    }
-    for (; e < m; ++e) {
-      const uint2 en = stage[e];
-      fma8<T>(acc, a_lane, en.x, en.y);
-    }
-    __syncwarp();  // the stage is read out before the next row writes it
-  };
-
   // The entry lists come from entries_kernel, launched just before with programmatic stream
-  // serialization: W's first rows and the A strip above load while it finishes.
-  if (el) asm volatile("griddepcontrol.wait;" ::: "memory");
+  // serialization: W's first rows and the A strip above loaded while it finished. (Without a
+  // prerequisite grid this returns at once.)
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+
+  // Entry pipeline: the row's list bounds two rows ahead, its first 32 entries (one per lane) one row
+  // ahead, the stage at the row.
+  struct bounds_t {
+    int lo, n;
+  };
+  const auto bounds = [&](int i) {
+    bounds_t b;
+    b.lo = __ldg(p.mptr + i);
+    b.n = __ldg(p.mptr + i + 1) - b.lo;
+    return b;
+  };
+  const auto entry = [&](const bounds_t& b, int e0) {
+    return e0 + lane < b.n ? __ldg(p.ents + b.lo + e0 + lane) : make_uint2(0u, 0u);
+  };
+  const unsigned char* const a_lane = a_s + lane * 16;
+
   cursor cc = at(first);  // the item being computed
-  cursor cm = cc;         // stage a's item (two ahead)
+  cursor cm = cc;         // the bounds' item (two ahead)
   next(cm);
-  meta_a_t ma1{0, 0};
-  meta_b_t mb{0, 0u, 0, 0};
+  bounds_t b1{0, 0}, b0{0, 0};
+  uint2 en0 = make_uint2(0u, 0u);
   if (math && nj > 0) {
-    const meta_a_t ma0 = meta_a(cc.i);
-    if (nj > 1) ma1 = meta_a(cm.i);
-    mb = meta_b0(ma0);
+    b0 = bounds(cc.i);
+    if (nj > 1) b1 = bounds(cm.i);
+    en0 = entry(b0, 0);
   }
   next(cm);
 
@@ -411,35 +303,40 @@ __global__ void __launch_bounds__(threads, MINB) merge_sparse_kernel(const __gri
     for (int u = 0; u < WA; ++u) {
       const index_t j = j0 + u;
       if (j >= nj) break;
-      meta_b_t mbn{0, 0u, 0, 0};
+      bounds_t bn{0, 0};
+      uint2 enn = make_uint2(0u, 0u);
       if (math) {
-        if (j + 1 < nj) mbn = meta_b0(ma1);
-        if (j + 2 < nj) ma1 = meta_a(cm.i);
+        if (j + 1 < nj) {
+          bn = b1;
+          enn = entry(b1, 0);
+        }
+        if (j + 2 < nj) b1 = bounds(cm.i);
       }
       next(cm);
       while (cur < cc.s) switch_to_next();
       float acc[8];
 #pragma unroll
       for (int q = 0; q < 8; ++q) acc[q] = 0.0f;
-      int n = 1;
-      if (math) {
-        n = mb.n;
-        meta_b_t b = mb;
-        for (int e0 = 0; e0 < n;) {  // chunks of 32 entries; the later ones (rare) loaded at the row
-          accumulate(b, e0, acc);
-          e0 += 32;
-          if (e0 < n) {
-            if (el) {
-              if (e0 + lane < n) {
-                const uint2 en = __ldg(p.ents + b.t + e0 + lane);
-                b.col = static_cast<int>(en.x);
-                b.val = en.y;
-              }
-            } else {
-              b = meta_b(meta_a(cc.i), e0);
-            }
-          }
+      const int n = math ? b0.n : 1;
+      for (int e0 = 0; e0 < b0.n && math; e0 += 32) {  // chunks of 32 entries; later ones (rare) loaded here
+        const uint2 en = e0 == 0 ? en0 : entry(b0, e0);
+        const int m = b0.n - e0 < 32 ? b0.n - e0 : 32;
+        stage[lane] = en;
+        __syncwarp();
+        int e = 0;
+        for (; e + 4 <= m; e += 4) {  // four entries per step: two broadcast reads of the stage
+          const uint4 e01 = *reinterpret_cast<const uint4*>(stage + e);
+          const uint4 e23 = *reinterpret_cast<const uint4*>(stage + e + 2);
+          fma8<T>(acc, a_lane, e01.x, e01.y);
+          fma8<T>(acc, a_lane, e01.z, e01.w);
+          fma8<T>(acc, a_lane, e23.x, e23.y);
+          fma8<T>(acc, a_lane, e23.z, e23.w);
         }
+        for (; e < m; ++e) {
+          const uint2 x = stage[e];
+          fma8<T>(acc, a_lane, x.x, x.y);
+        }
+        __syncwarp();  // the stage is read out before it is written again
       }
       if (n > 0 && w_valid(cc)) {
         const uint4 w = wv[u];
@@ -456,24 +353,29 @@ __global__ void __launch_bounds__(threads, MINB) merge_sparse_kernel(const __gri
       }
       if (io && j + WA < nj && w_valid(cw)) wv[u] = ld_w(w_ptr(cw));
       next(cw);
-      if (pf > 0) {
-        if (j + WA + pf < nj && w_valid(cpf)) asm volatile("prefetch.global.L2 [%0];" ::"l"(w_ptr(cpf)));
-        next(cpf);
-      }
       next(cc);
-      mb = mbn;
+      b0 = bn;
+      en0 = enn;
     }
   }
   while (cur < s_last) switch_to_next();
 }
 
-// Launch on `stream`: as many blocks as fit on the SMs (persistent), at most one per item.
+// entries_kernel, then the merge kernel with programmatic dependent launch, on `stream` (without math,
+// a probe, the merge kernel alone). p.mptr / p.ents: workspace of (d + 1) int32 and Σ nnz pairs.
 // Preconditions are checked by the caller (see detail_merge::sparse_route_applies).
 template <class T>
-void launch(const params& p, int sm_count, cudaStream_t stream, bool deep = false) {
+void launch(const params& p, int sm_count, cudaStream_t stream) {
   static_assert(::lori::detail::is_16bit_v<T>, "merge_sparse: 16-bit W only");
+  const bool math = (p.mode & mode_math) != 0;
+  if (math) {
+    const index_t blocks = ::lori::detail::ceil_div(p.d, threads / 32);
+    entries_kernel<T><<<::lori::detail::grid_dim(blocks < 4096 ? blocks : 4096), threads, 0, stream>>>(
+        p, const_cast<std::int32_t*>(p.mptr), const_cast<uint2*>(p.ents));
+    LORI_CUDA_CHECK_LAUNCH();
+  }
   const std::size_t smem = smem_bytes(p.depth, p.count);
-  const auto kernel = deep ? merge_sparse_kernel<T, w_ahead_deep, 2> : merge_sparse_kernel<T, w_ahead, min_blocks>;
+  const auto kernel = merge_sparse_kernel<T>;
   LORI_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
   int per_sm = 0;
   LORI_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem));
@@ -488,16 +390,8 @@ void launch(const params& p, int sm_count, cudaStream_t stream, bool deep = fals
   attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attr[0].val.programmaticStreamSerializationAllowed = 1;
   cfg.attrs = attr;
-  cfg.numAttrs = p.ents != nullptr ? 1 : 0;  // after entries_kernel: programmatic dependent launch
+  cfg.numAttrs = math ? 1 : 0;
   LORI_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, p));
-  LORI_CUDA_CHECK_LAUNCH();
-}
-
-// entries_kernel on `stream` (one warp per row; p.mptr / p.ents are where it writes), before launch().
-template <class T>
-void launch_entries(const params& p, std::int32_t* mptr, uint2* ents, cudaStream_t stream) {
-  const index_t blocks = ::lori::detail::ceil_div(p.d, threads / 32);
-  entries_kernel<T><<<::lori::detail::grid_dim(blocks < 4096 ? blocks : 4096), threads, 0, stream>>>(p, mptr, ents);
   LORI_CUDA_CHECK_LAUNCH();
 }
 
