@@ -1406,8 +1406,9 @@ void merge_case(lori::cuda::context& ctx, index_t d, index_t k, const std::vecto
   // beta = 1 layer_forward checks use above); the first H100 run showed exactly that (errors 17.9x
   // (bf16) and 2.7x (fp16) over a bound assuming fp32 accumulation end to end). fp32 keeps the tight bound.
   // Sparse route (16-bit W, sparse B): s·b one fp32 rounding (2^-24 of each term), the product exact in
-  // the FMA, round-to-nearest fp32 accumulation of at most R terms (the sqrt(K)·2^-24 random walk), W +
-  // delta rounded once to T: no intermediate 16-bit rounding and no truncating accumulator, u_I = 0.
+  // the FMA, round-to-nearest fp32 accumulation starting at W (exact) over at most R terms (the
+  // sqrt(K)·2^-24 random walk; W is in L2), rounded once to T: no intermediate 16-bit rounding and no
+  // truncating accumulator, u_I = 0.
   const std::size_t need = lori::cuda::merge_workspace_bytes<T>(d, k, src);
   device_buffer<unsigned char> ws(static_cast<index_t>(need) + 1);
   // Runs one route on a fresh copy of W (at element offset lay.offset_w of its buffer) and checks every

@@ -61,7 +61,7 @@ struct merge_source {
 
 /// Workspace bytes merge_into needs: (d + k)·R' elements of T plus alignment padding, R' the larger of
 /// the packed routes' depths (cuBLAS: R = Σ rₜ, 2R for 16-bit T with unequal scales; streaming kernel:
-/// the scale segments each padded to a multiple of 16), and for 16-bit T at least 4·(d + 1) + 8·nnz bytes
+/// the scale segments each padded to a multiple of 16), and for 16-bit T at least 8·(d + nnz) bytes (+ alignment)
 /// (nnz: kept entries of the sparse Bₜ; the sparse route's entry lists). Depends only on d, k, the ranks,
 /// the scales and the kept counts.
 template <class T>
@@ -548,13 +548,14 @@ bool sparse_route_applies(row_major_view<T> W, const std::vector<merge_source<T>
 inline constexpr int sparse_probe_no_math = 1;  // the kernel's W stream alone (ΔW = 0, W rewritten unchanged)
 inline constexpr int sparse_probe_no_w_io = 2;  // the entries and math alone (no W loads or stores)
 
-// Workspace of the sparse route's entry lists: mptr (d + 1 int32), then 8 bytes per kept entry.
+// Workspace of the sparse route's entry lists: (first entry, count) per row (8 bytes), then 8 bytes per
+// kept entry.
 template <class T>
 std::size_t sparse_lists_bytes(index_t d, const std::vector<merge_source<T>>& sources) {
   index_t nnz = 0;
   for (const auto& s : sources)
     if (s.B_sparse != nullptr && s.B_dense.empty()) nnz += s.B_sparse->nnz();
-  return align256(static_cast<std::size_t>(d + 1) * 4) + align256(static_cast<std::size_t>(nnz) * 8);
+  return align256(static_cast<std::size_t>(d) * 8) + align256(static_cast<std::size_t>(nnz) * 8);
 }
 
 // The sparse route (requires sparse_route_applies(W, sources, true), checked sources and a workspace of
@@ -589,9 +590,8 @@ void merge_sparse_route(context& ctx, row_major_view<T> W, const std::vector<mer
   }
   p.depth = off;
   p.mode = ((probe & sparse_probe_no_math) == 0 ? ms::mode_math : 0) | ((probe & sparse_probe_no_w_io) == 0 ? ms::mode_w_io : 0);
-  p.mptr = static_cast<const std::int32_t*>(workspace);
-  p.ents = reinterpret_cast<const uint2*>(static_cast<const unsigned char*>(workspace) +
-                                          align256(static_cast<std::size_t>(p.d + 1) * 4));
+  p.rows = static_cast<const int2*>(workspace);
+  p.ents = reinterpret_cast<const uint2*>(static_cast<const unsigned char*>(workspace) + align256(static_cast<std::size_t>(p.d) * 8));
   ms::launch<T>(p, ctx.sm_count(), ctx.stream());
 }
 

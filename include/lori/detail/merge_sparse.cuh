@@ -1,9 +1,9 @@
 // lori/detail/merge_sparse.cuh - private: the sparse CUDA-core kernel behind lori::cuda::merge_into for
-// 16-bit W and LoRI-S adapters (every Bₜ a sparse_b): W += Σₜ sₜ·Bₜ·Aₜ straight from the CSR of each Bₜ.
+// 16-bit W and LoRI-S adapters (every Bₜ a sparse_b): W += Σₜ sₜ·Bₜ·Aₜ from the kept entries of each Bₜ.
 //
 // Row i of ΔW is Σ over the kept (t, c) of row i of sₜ·Bₜ(i, c)·Aₜ(c, :): ~12.8 terms per row for four
 // rank-32 adapters at 90 % sparsity, 10x fewer FMAs than the dense product, so CUDA cores suffice and
-// no operand is packed. Design (a copy kernel first):
+// no dense operand is packed. Design (a copy kernel first):
 // * persistent blocks of 8 warps, several per SM; the work is (strip, row) items, a strip being 256
 //   columns of W (512 bytes of a row: one warp, 8 columns = one 16-byte access per lane), in
 //   strip-major order; block b owns a contiguous run of items (so it changes strip at most a few times),
@@ -12,18 +12,18 @@
 //   with 16-byte cp.async when the block enters the strip (between two barriers);
 // * W: every lane keeps its 16-byte chunk of the next WA rows in a register ring, loaded WA rows before
 //   use, so the W stream keeps ~WA · 512 bytes per warp in flight like a copy kernel;
-// * the kept entries of a row: lane t < T loads Bₜ's row_ptr[i], [i + 1] (two rows ahead); one row
-//   ahead a warp scan of the counts and a 32-entry map (first entry of each adapter -> adapter, CSR
-//   base) give entry e = lane its adapter and CSR position, and the lane loads its column index and
-//   value (so each row's entries arrive while the previous row computes); at the row, lane e writes
-//   (sₜ·b in fp32, shared-memory offset of Aₜ's row c) to a per-warp stage, and every lane runs
-//   acc[8] += (s·b) · A(c, its 8 columns) per entry: one broadcast stage read per two entries, one
-//   16-byte A read, 8 conversions and 8 FFMA. Rows with more than 32 entries take further chunks of 32
-//   synchronously.
-// * W + acc is rounded once to T (cvt.rn.*x2), stored with one 16-byte store; a row without any kept
-//   entry is not written (W + 0 = W).
+// * the kept entries: a first kernel (entries_kernel, one warp per row) writes every row's list of
+//   (sₜ·b in fp32, byte offset of Aₜ's row c in the shared strip), adapters in order, CSR order within
+//   each, and (first, count) per row; the merge kernel is launched with programmatic dependent launch,
+//   loads its first W rows and A strip, then waits for the lists. Per row: its (first, count) two rows
+//   ahead, its first 32 entries (one per lane) one row ahead, and at the row the lanes write them to a
+//   per-warp stage; every lane runs acc[8] += (s·b) · A(c, its 8 columns) per entry: one broadcast
+//   stage read per two entries, one 16-byte A read, 8 conversions and 8 FFMA. Rows with more than 32
+//   entries take further chunks of 32 at the row.
+// * acc starts at W's 8 values (exact in fp32); the result is rounded once to T (cvt.rn.*x2) and stored
+//   with one 16-byte store; a row without any kept entry is not written (W + 0 = W).
 // Deterministic (fixed order: adapters in order, columns ascending); fp32 products s·b (one rounding)
-// times A exact in the FMA, fp32 accumulation over at most Σ rₜ terms, one rounding of W + ΔW to T.
+// times A exact in the FMA, fp32 accumulation of W and at most Σ rₜ terms, one rounding to T.
 #ifndef LORI_DETAIL_MERGE_SPARSE_CUH
 #define LORI_DETAIL_MERGE_SPARSE_CUH
 
@@ -74,10 +74,10 @@ struct params {
   int depth;      // Σ rₜ
   int a_vec;      // every Aₜ 16-byte aligned with lda % 8 == 0: 16-byte cp.async of the strip
   int mode;       // mode_math | mode_w_io for the merge; probes drop one (benchmarks)
-  // The entry lists (written by entries_kernel): row i's kept entries, adapters in order and CSR order
-  // within each, as (sₜ·b in fp32 bits, byte offset of Aₜ's row c in the shared strip) at
-  // ents[mptr[i] .. mptr[i + 1]), mptr[i] = Σₜ row_ptrₜ[i].
-  const std::int32_t* mptr;
+  // The entry lists (written by entries_kernel): row i's n_i kept entries, adapters in order and CSR
+  // order within each, as (sₜ·b in fp32 bits, byte offset of Aₜ's row c in the shared strip) at
+  // ents[lo_i .. lo_i + n_i), rows[i] = (lo_i, n_i), lo_i = Σₜ row_ptrₜ[i].
+  const int2* rows;
   const uint2* ents;
 };
 
@@ -121,10 +121,10 @@ __device__ __forceinline__ void fma8(float (&acc)[8], const unsigned char* a_lan
   }
 }
 
-// The entry lists (params::mptr, ents): one warp per row; lane t < T loads Bₜ's row_ptr[i], [i + 1]; a
+// The entry lists (params::rows, ents): one warp per row; lane t < T loads Bₜ's row_ptr[i], [i + 1]; a
 // warp scan of the counts gives entry e of the row its adapter and CSR position.
 template <class T>
-__global__ void __launch_bounds__(256) entries_kernel(const __grid_constant__ params p, std::int32_t* mptr, uint2* ents) {
+__global__ void __launch_bounds__(256) entries_kernel(const __grid_constant__ params p, int2* rows, uint2* ents) {
   asm volatile("griddepcontrol.launch_dependents;");  // the merge kernel may start loading W now
   // Descriptors to shared memory: lanes index them by adapter (divergent kernel-parameter loads would
   // serialize).
@@ -148,10 +148,7 @@ __global__ void __launch_bounds__(256) entries_kernel(const __grid_constant__ pa
     }
     const int n = __shfl_sync(full, incl, p.count - 1);
     const int base = static_cast<int>(__reduce_add_sync(full, static_cast<unsigned>(lo)));  // Σₜ row_ptrₜ[i]
-    if (lane == 0) {
-      mptr[i] = base;
-      if (i == p.d - 1) mptr[p.d] = base + n;
-    }
+    if (lane == 0) rows[i] = make_int2(base, n);
     for (int e0 = 0; e0 < n; e0 += 32) {
       const int e = e0 + lane;
       int t = 0;
@@ -276,10 +273,8 @@ __global__ void __launch_bounds__(threads, min_blocks) merge_sparse_kernel(const
     int lo, n;
   };
   const auto bounds = [&](int i) {
-    bounds_t b;
-    b.lo = __ldg(p.mptr + i);
-    b.n = __ldg(p.mptr + i + 1) - b.lo;
-    return b;
+    const int2 r = __ldg(p.rows + i);
+    return bounds_t{r.x, r.y};
   };
   const auto entry = [&](const bounds_t& b, int e0) {
     return e0 + lane < b.n ? __ldg(p.ents + b.lo + e0 + lane) : make_uint2(0u, 0u);
@@ -314,9 +309,18 @@ __global__ void __launch_bounds__(threads, min_blocks) merge_sparse_kernel(const
       }
       next(cm);
       while (cur < cc.s) switch_to_next();
+      // acc starts at W (exact in fp32); the entries add to it; one rounding at the end.
       float acc[8];
+      {
+        const uint4 w = wv[u];
+        const std::uint32_t in[4] = {w.x, w.y, w.z, w.w};
 #pragma unroll
-      for (int q = 0; q < 8; ++q) acc[q] = 0.0f;
+        for (int h = 0; h < 4; ++h) {
+          const float2 f = ::lori::detail::merge_stream::unpack2<T>(in[h]);
+          acc[2 * h] = f.x;
+          acc[2 * h + 1] = f.y;
+        }
+      }
       const int n = math ? b0.n : 1;
       for (int e0 = 0; e0 < b0.n && math; e0 += 32) {  // chunks of 32 entries; later ones (rare) loaded here
         const uint2 en = e0 == 0 ? en0 : entry(b0, e0);
@@ -339,14 +343,9 @@ __global__ void __launch_bounds__(threads, min_blocks) merge_sparse_kernel(const
         __syncwarp();  // the stage is read out before it is written again
       }
       if (n > 0 && w_valid(cc)) {
-        const uint4 w = wv[u];
-        const std::uint32_t in[4] = {w.x, w.y, w.z, w.w};
         std::uint32_t o[4];
 #pragma unroll
-        for (int h = 0; h < 4; ++h) {
-          const float2 f = ::lori::detail::merge_stream::unpack2<T>(in[h]);
-          o[h] = ::lori::detail::merge_stream::pack2<T>(f.x + acc[2 * h], f.y + acc[2 * h + 1]);
-        }
+        for (int h = 0; h < 4; ++h) o[h] = ::lori::detail::merge_stream::pack2<T>(acc[2 * h], acc[2 * h + 1]);
         const uint4 out = make_uint4(o[0], o[1], o[2], o[3]);
         // Without W traffic (a probe) the result is still consumed, so that the math is not removed.
         if (io || (out.x == 0x7fc17fc1u && out.y == 0x12345678u)) st_w(w_ptr(cc), out);
@@ -362,7 +361,7 @@ __global__ void __launch_bounds__(threads, min_blocks) merge_sparse_kernel(const
 }
 
 // entries_kernel, then the merge kernel with programmatic dependent launch, on `stream` (without math,
-// a probe, the merge kernel alone). p.mptr / p.ents: workspace of (d + 1) int32 and Σ nnz pairs.
+// a probe, the merge kernel alone). p.rows / p.ents: workspace of d int2 and Σ nnz pairs.
 // Preconditions are checked by the caller (see detail_merge::sparse_route_applies).
 template <class T>
 void launch(const params& p, int sm_count, cudaStream_t stream) {
@@ -371,7 +370,7 @@ void launch(const params& p, int sm_count, cudaStream_t stream) {
   if (math) {
     const index_t blocks = ::lori::detail::ceil_div(p.d, threads / 32);
     entries_kernel<T><<<::lori::detail::grid_dim(blocks < 4096 ? blocks : 4096), threads, 0, stream>>>(
-        p, const_cast<std::int32_t*>(p.mptr), const_cast<uint2*>(p.ents));
+        p, const_cast<int2*>(p.rows), const_cast<uint2*>(p.ents));
     LORI_CUDA_CHECK_LAUNCH();
   }
   const std::size_t smem = smem_bytes(p.depth, p.count);
