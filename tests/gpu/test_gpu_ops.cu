@@ -1581,14 +1581,14 @@ TEST_CASE_TEMPLATE("merge_into: streaming kernel, tiled pack across launches and
                 {0, false, 0, 1, lori::cuda::detail_merge::probe_no_pdl});
 }
 
-// The sparse CUDA-core route of merge_into (16-bit W with 16-byte rows, every B sparse, depth <= 256,
+// The sparse CUDA-core route of merge_into (16-bit W with 16-byte rows, every B sparse, depth <= 128,
 // at most 32 adapters, few enough kept entries): strips of 256 columns with a partial last strip (k = 8,
 // 264, 520), fewer rows than warps (d = 1, 7, 9: a warp's items skip strips), several strips per block,
 // ranks 1..128 (two mask words), T = 1..20, unequal, zero and 2^20-apart scales, padded and offset W,
 // unaligned A (element loads of the strip), an empty adapter, rows without any entry, rows with more
-// than 32 entries (the full last row of every random mask, density 0.9: chunks of 32), depth 256; then
+// than 32 entries (the full last row of every random mask, density 0.9: chunks of 32), depth 128; then
 // cases that must not take it (a dense B, W leading dimension k + 4 or W one element in, 33 adapters,
-// depth 264). Every case where the streaming route also applies checks it on the same inputs, and a
+// depth 136). Every case where the streaming route also applies checks it on the same inputs, and a
 // case past the density limit checks the sparse route directly (see merge_case).
 TEST_CASE_TEMPLATE("merge_into: sparse route, odd shapes, matches the double reference", T, lori::bfloat16, lori::half) {
   LORI_TEST_SEED_INFO();
@@ -1603,9 +1603,9 @@ TEST_CASE_TEMPLATE("merge_into: sparse route, odd shapes, matches the double ref
   // Scales 2^20 apart and a zero scale (results stay within fp16's range).
   merge_case<T>(ctx, 133, 384, {17, 9, 31, 10}, {true, true, true, true}, {std::ldexp(1.0, -12), 0.0, -0.5, std::ldexp(1.0, 8)},
                 g, sp);
-  merge_case<T>(ctx, 260, 1024, {72, 64}, {true, true}, {0.5, -1.0}, g, sp);
-  merge_case<T>(ctx, 150, 136, {128, 128}, {true, true}, {0.25, 0.5}, g);  // depth 256: past the density limit
-  merge_case<T>(ctx, 150, 72, {5, 16, 17, 31, 32, 1, 40, 8}, {true, true, true, true, true, true, true, true},
+  merge_case<T>(ctx, 260, 1024, {72, 56}, {true, true}, {0.5, -1.0}, g, sp);
+  merge_case<T>(ctx, 150, 136, {128}, {true}, {0.25}, g);  // depth 128 in one adapter (past the density limit)
+  merge_case<T>(ctx, 150, 72, {5, 16, 17, 31, 24, 1, 26, 8}, {true, true, true, true, true, true, true, true},
                 {0.25, -0.5, 1.5, 0.75, -1.25, 3.0, 0.125, 2.0}, g, sp);
   merge_case<T>(ctx, 70, 200, {16, 3}, {true, true}, {1.0, 1.0}, g, {0, true, 0, -1, 0, 0.1, 1});  // unaligned A
   merge_case<T>(ctx, 2, 64, {8, 8}, {true, true}, {1.0, -2.0}, g, {0, false, 0, -1, 0, 0.0, 1});   // empty adapter
@@ -1629,7 +1629,7 @@ TEST_CASE_TEMPLATE("merge_into: sparse route, odd shapes, matches the double ref
   merge_case<T>(ctx, 64, 64, {32, 8}, {true, false}, {0.5, 0.5}, g, {0, false, 0, -1, 0, 0.1, 0});
   merge_case<T>(ctx, 70, 64, {16, 8}, {true, true}, {1.0, 0.5}, g, {4, false, 0, 0, 0, 0.1, 0});
   merge_case<T>(ctx, 64, 64, {32}, {true}, {0.5}, g, {0, false, 1, 0, 0, 0.1, 0});
-  merge_case<T>(ctx, 40, 48, {136, 128}, {true, true}, {0.5, -0.25}, g, {0, false, 0, 0, 0, 0.1, 0});
+  merge_case<T>(ctx, 40, 48, {72, 64}, {true, true}, {0.5, -0.25}, g, {0, false, 0, 0, 0, 0.1, 0});  // depth 136
 }
 
 // Small shapes of the sparse route for compute-sanitizer (memcheck, racecheck): one strip and a partial
@@ -1645,7 +1645,7 @@ TEST_CASE("merge_into: sparse route, small shapes (the compute-sanitizer subset)
   merge_case<T>(ctx, 9, 8, {5}, {true}, {0.5}, g, sp);
   merge_case<T>(ctx, 7, 520, {1, 17, 33}, {true, true, true}, {0.5, -1.5, 0.25}, g, sp);
   merge_case<T>(ctx, 40, 264, {32, 24}, {true, true}, {0.5, -0.75}, g, {8, true, 8, -1, 0, 0.1, 1});
-  merge_case<T>(ctx, 20, 72, {5, 16, 17, 31, 32, 1, 40, 8}, {true, true, true, true, true, true, true, true},
+  merge_case<T>(ctx, 20, 72, {5, 16, 17, 31, 24, 1, 26, 8}, {true, true, true, true, true, true, true, true},
                 {0.25, -0.5, 1.5, 0.75, -1.25, 3.0, 0.125, 2.0}, g, sp);
   merge_case<T>(ctx, 30, 136, {64, 32}, {true, true}, {0.5, -0.25}, g, {0, false, 0, -1, 0, 0.9, 0});
 }

@@ -8,7 +8,7 @@
 //   columns of W (512 bytes of a row: one warp, 8 columns = one 16-byte access per lane), in
 //   strip-major order; block b owns a contiguous run of items (so it changes strip at most a few times),
 //   warp w the items w, w + 8, ... of that run (the 8 warps walk 8 consecutive rows);
-// * the block's strip of every Aₜ (rows Σ rₜ <= 256, 16-bit as stored) sits in shared memory, loaded
+// * the block's strip of every Aₜ (rows Σ rₜ <= 128, 16-bit as stored) sits in shared memory, loaded
 //   with 16-byte cp.async when the block enters the strip (between two barriers);
 // * W: every lane keeps its 16-byte chunk of the next WA rows in a register ring, loaded WA rows before
 //   use, so the W stream keeps ~WA · 512 bytes per warp in flight like a copy kernel;
@@ -48,7 +48,7 @@ inline constexpr int row_bytes = strip * 2;        // one A row of a strip in sh
 inline constexpr int threads = 256, warps = threads / 32;
 inline constexpr int min_blocks = 3;               // per SM (depth <= 128: 70 KB of shared memory each)
 inline constexpr int max_sources = 32;             // one lane per adapter in the entry lists' scan
-inline constexpr int max_depth = 256;              // Σ rₜ: A strip rows in shared memory (129 KB)
+inline constexpr int max_depth = 128;              // Σ rₜ: A strip rows in shared memory (64 KB: 3 blocks per SM)
 inline constexpr int w_ahead = 4;                  // W rows in flight per warp (register ring)
 
 inline constexpr int mode_math = 1;  // entries and FMAs (else ΔW = 0: W streamed through unchanged)
