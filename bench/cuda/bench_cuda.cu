@@ -1008,8 +1008,8 @@ void BM_gpu_baseline_addmm_per_adapter(benchmark::State& st) {
 // The sparse route (lori/detail/merge_sparse.cuh) against the dense ones as the density of the B_t
 // grows. Args: T, d, kept percent of every B_t (random mask), mode: 0 the sparse route (whatever the
 // density), 1 its merge kernel's W stream alone (ΔW = 0, no entry lists), 2 its entry lists + math alone
-// (no W traffic), 3 the streaming tensor-core route (pack + kernel), 4 the cuBLAS route; unequal scales
-// s_t = 0.5 + 0.25 t, r = 32.
+// (no W traffic), 3 the streaming tensor-core route (pack + kernel), 4 the cuBLAS route, 5 / 6 / 7 as
+// 0 / 1 / 2 with the wide kernel shape (sparse_probe_wide); unequal scales s_t = 0.5 + 0.25 t, r = 32.
 lori::cuda::sparse_b<bf16> random_sparse_b_pct(index_t d, index_t r, int pct, std::uint64_t seed) {
   std::mt19937_64 g(seed);
   std::bernoulli_distribution keep(pct / 100.0);
@@ -1047,15 +1047,21 @@ void BM_gpu_merge_sparse(benchmark::State& st) {
   const lori::row_major_view<bf16> wv(W.data(), d, K);
   const double bytes = 4.0 * static_cast<double>(d * K);
   const char* what = "";
-  if (mode <= 2) {
+  if (mode <= 2 || mode >= 5) {
     if (!lori::cuda::detail_merge::sparse_route_applies(wv, src, true)) {
       st.SkipWithError("sparse route does not apply");
       return;
     }
     namespace dm = lori::cuda::detail_merge;
-    const int probe = mode == 1 ? dm::sparse_probe_no_math : mode == 2 ? dm::sparse_probe_no_w_io : 0;
+    const int probe = (mode == 1 || mode == 6 ? dm::sparse_probe_no_math : 0) | (mode == 2 || mode == 7 ? dm::sparse_probe_no_w_io : 0) |
+                      (mode >= 5 ? dm::sparse_probe_wide : 0);
     run_timed(st, [&] { dm::merge_sparse_route<bf16>(ctx(), wv, src, ws.data(), probe); }, bytes);
-    what = mode == 0 ? "sparse route" : mode == 1 ? "sparse route, W stream alone" : "sparse route, entries + math alone";
+    what = mode == 0   ? "sparse route"
+           : mode == 1 ? "sparse route, W stream alone"
+           : mode == 2 ? "sparse route, entries + math alone"
+           : mode == 5 ? "sparse route, wide shape"
+           : mode == 6 ? "sparse route, wide shape, W stream alone"
+                       : "sparse route, wide shape, entries + math alone";
   } else if (mode == 3) {
     if (!lori::cuda::detail_merge::stream_kernel_applies(wv, src)) {
       st.SkipWithError("streaming route does not apply");
@@ -1078,7 +1084,7 @@ BENCHMARK(BM_gpu_baseline_copy_w_tiles)->Args({14336, 0})->Args({14336, 1})->Arg
 BENCHMARK(BM_gpu_baseline_addmm_per_adapter)->Args({1, 14336})->Args({4, 14336})->Args({4, 4096})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 // After the baselines above (a run cut short by a time limit keeps them).
 BENCHMARK(BM_gpu_merge_sparse)
-    ->ArgsProduct({{4}, {14336}, {10}, {0, 1, 2}})
+    ->ArgsProduct({{4}, {14336}, {10}, {0, 1, 2, 5, 6, 7}})
     ->ArgsProduct({{4}, {14336}, {15, 20, 30}, {0, 3}})
     ->Args({8, 14336, 10, 0})->Args({8, 14336, 10, 1})->Args({1, 14336, 10, 0})
     ->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.05);

@@ -35,8 +35,9 @@ b="$B/bench/cuda/lori_bench_cuda"
   rm -f "$rc_log"
   echo "== benchmarks (median of 5; floor = BM_gpu_baseline_copy_w/14336, one copy of W)"
   echo "   merge/T/d/sparse/equal (merge_into); merge_sparse/T/d/kept%/mode: 0 sparse route (entry lists + merge"
-  echo "   kernel), 1 its merge kernel's W stream alone, 2 its entry lists + math alone (no W), 3 streaming route"
-  timeout 34 stdbuf -oL "$b" --benchmark_filter='BM_gpu_(baseline_copy_w/14336|baseline_copy_w_kernel/14336/1|merge/4/14336/(0/0|1/0)/|merge/8/14336/1/0/|merge_sparse/4/14336/(10/(1|2)|(15|20|30)/(0|3))/)' \
+  echo "   kernel), 1 its merge kernel's W stream alone, 2 its entry lists + math alone (no W), 3 streaming route,"
+  echo "   5 / 6 / 7 = 0 / 1 / 2 with the wide kernel shape (16 columns per lane, 1 block of 16 warps per SM)"
+  timeout 34 stdbuf -oL "$b" --benchmark_filter='BM_gpu_(baseline_copy_w/14336|baseline_copy_w_kernel/14336/1|merge/4/14336/(0/0|1/0)/|merge/8/14336/1/0/|merge_sparse/4/14336/(10/(1|2|5|6|7)|(15|20|30)/(0|3))/)' \
     --benchmark_repetitions=5 --benchmark_report_aggregates_only=true 2>&1 | grep -E "_median|^BM|Run on|error|Error" |
     grep -v "_mean\|_stddev\|_cv" | sed -E 's/floor = one copy of W \(BM_gpu_baseline_copy_w\)//; s/min_time:0\.[0-9]+\///' | cut -c1-230 | head -40
   echo "rc=${PIPESTATUS[0]}"
@@ -51,7 +52,7 @@ b="$B/bench/cuda/lori_bench_cuda"
   echo "== SASS of merge_sparse_kernel<bfloat16> (static): instructions, opcode histogram, the entry loop"
   if command -v cuobjdump > /dev/null; then
     sass="$O/merge_sparse.sass"
-    timeout 5 cuobjdump -sass -fun '_ZN4lori6detail12merge_sparse19merge_sparse_kernelINS_8bfloat16EEEvNS1_6paramsE' "$t" > "$sass" 2>&1
+    timeout 5 cuobjdump -sass -fun '_ZN4lori6detail12merge_sparse19merge_sparse_kernelINS_8bfloat16ENS1_5shapeILi8ELi256ELi3EEEEEvNS1_6paramsE' "$t" > "$sass" 2>&1
     awk '/^ *\/\*[0-9a-f]+\*\//{ sub(/^ *\/\*[0-9a-f]+\*\/ */, ""); if ($1 ~ /^@/) $1 = ""; split($0, f, " "); op = f[1]; n++; c[op]++ }
          END { printf "instructions %d\n", n; for (o in c) printf "%s %d\n", o, c[o] }' "$sass" | sort -k2 -nr | head -28 | paste -sd' ' | fold -w 200
     # from the first LDS.128 (the entry loop's stage read), 70 instructions

@@ -1413,15 +1413,17 @@ void merge_case(lori::cuda::context& ctx, index_t d, index_t k, const std::vecto
   device_buffer<unsigned char> ws(static_cast<index_t>(need) + 1);
   // Runs one route on a fresh copy of W (at element offset lay.offset_w of its buffer) and checks every
   // element of W, its padding and the elements before it. route 0: merge_into (or the streaming route with
-  // lay.probe); 1: the streaming route; 2: the sparse route (whatever the density).
+  // lay.probe); 1: the streaming route; 2: the sparse route (whatever the density); 3: its wide kernel
+  // shape (sparse_probe_wide: 16 columns per lane, 512-column strips).
   const auto run_check = [&](int route) {
     device_buffer<T> dW(wbuf);
     const lori::row_major_view<T> wv2(dW.data() + off, d, k, ldw);
     ws.fill_bytes(0xff);
     bool on_stream = false, on_sparse = false;
     if constexpr (!std::is_same_v<T, float>) {  // the streaming and sparse routes exist for 16-bit W only
-      if (route == 2) {
-        lori::cuda::detail_merge::merge_sparse_route<T>(ctx, wv2, src, ws.data());
+      if (route >= 2) {
+        namespace dm = lori::cuda::detail_merge;
+        dm::merge_sparse_route<T>(ctx, wv2, src, ws.data(), route == 3 ? dm::sparse_probe_wide : 0);
         on_sparse = true;
       } else if (route == 1 || (lay.probe != 0 && stream && !sparse_default)) {
         lori::cuda::detail_merge::merge_stream_route<T>(ctx, wv2, src, ws.data(), lay.probe);
@@ -1450,6 +1452,7 @@ void merge_case(lori::cuda::context& ctx, index_t d, index_t k, const std::vecto
   // where it applies only past its density limit, it is checked on them directly.
   if (sparse_default && stream) run_check(1);
   if (sparse_any && !sparse_default) run_check(2);
+  if (sparse_any) run_check(3);
 }
 }  // namespace
 

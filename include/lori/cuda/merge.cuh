@@ -547,6 +547,7 @@ bool sparse_route_applies(row_major_view<T> W, const std::vector<merge_source<T>
 // Probe modes of the sparse route (benchmarks only; 0 = the real merge).
 inline constexpr int sparse_probe_no_math = 1;  // the kernel's W stream alone (ΔW = 0, W rewritten unchanged)
 inline constexpr int sparse_probe_no_w_io = 2;  // the entries and math alone (no W loads or stores)
+inline constexpr int sparse_probe_wide = 4;     // the wide kernel shape (16 columns per lane, 1 block of 16 warps per SM)
 
 // Workspace of the sparse route's entry lists: (first entry, count) per row (8 bytes), then 8 bytes per
 // kept entry.
@@ -569,7 +570,6 @@ void merge_sparse_route(context& ctx, row_major_view<T> W, const std::vector<mer
   p.ldw = W.ld();
   p.d = W.rows();
   p.k = W.cols();
-  p.items = detail::ceil_div(p.k, ms::strip) * p.d;
   p.count = static_cast<int>(sources.size());
   p.a_vec = 1;
   int off = 0;
@@ -592,7 +592,7 @@ void merge_sparse_route(context& ctx, row_major_view<T> W, const std::vector<mer
   p.mode = ((probe & sparse_probe_no_math) == 0 ? ms::mode_math : 0) | ((probe & sparse_probe_no_w_io) == 0 ? ms::mode_w_io : 0);
   p.rows = static_cast<const int2*>(workspace);
   p.ents = reinterpret_cast<const uint2*>(static_cast<const unsigned char*>(workspace) + align256(static_cast<std::size_t>(p.d) * 8));
-  ms::launch<T>(p, ctx.sm_count(), ctx.stream());
+  ms::launch<T>(p, ctx.sm_count(), ctx.stream(), (probe & sparse_probe_wide) != 0);
 }
 
 // The cuBLAS route (checked sources and workspace): one GEMM with beta = 1 over the packed operands.
