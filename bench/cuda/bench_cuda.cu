@@ -844,8 +844,8 @@ BENCHMARK(BM_gpu_sgd_fused)->UseManualTime()->Unit(benchmark::kMicrosecond)->Min
 // ---- merge T adapters into a d x k bf16 W ---------------------------------------------------------------
 // Args: T, d, sparse B (0/1), equal scales (0: s_t = 0.5 + 0.25 t; 1: all 0.5). BM_gpu_merge_probe adds
 // a 5th: probe bits of the streaming route (detail_merge::probe_*: 1 no math, 2 no PDL, 4 no pack,
-// 8 pack alone, 16 no W loads/stores) to split the time into its parts; probe = 32 runs the cuBLAS
-// route instead (detail_merge::merge_cublas_route) at the same shape.
+// 8 pack alone, 16 no W loads/stores, 64 W loads with the L2 256-byte prefetch hint) to split the time into
+// its parts; probe = 32 runs the cuBLAS route instead (detail_merge::merge_cublas_route) at the same shape.
 void merge_bench(benchmark::State& st, int probe) {
   const index_t T = st.range(0), d = st.range(1);
   const bool sparse = st.range(2) != 0, equal = st.range(3) != 0;
@@ -881,15 +881,14 @@ void merge_bench(benchmark::State& st, int probe) {
     run_timed(st, [&] { lori::cuda::detail_merge::merge_stream_route<bf16>(ctx(), wv, src, ws.data(), probe); },
               4.0 * static_cast<double>(d * K));
     st.SetLabel(std::string("streaming route probe:") + ((probe & 1) ? " no-math" : "") + ((probe & 2) ? " no-PDL" : "") +
-                ((probe & 4) ? " kernel-only" : "") + ((probe & 8) ? " pack-only" : "") + ((probe & 16) ? " no-W-traffic" : ""));
+                ((probe & 4) ? " kernel-only" : "") + ((probe & 8) ? " pack-only" : "") + ((probe & 16) ? " no-W-traffic" : "") +
+                ((probe & 64) ? " L2-256B" : ""));
     return;
   }
-  const bool sparse_route = lori::cuda::detail_merge::sparse_route_applies(wv, src);
   run_timed(st, [&] { lori::cuda::merge_into<bf16>(ctx(), wv, src, ws.data(), ws.bytes()); },
             4.0 * static_cast<double>(d * K), 2.0 * static_cast<double>(T * R) * static_cast<double>(d * K));
-  st.SetLabel(std::string(sparse_route ? "sparse kernel" : stream ? "streaming kernel" : "cuBLAS") + ", " +
-              (sparse ? "sparse" : "dense") + " B, " + (equal ? "equal" : "unequal") +
-              " scales; floor = one copy of W (BM_gpu_baseline_copy_w)");
+  st.SetLabel(std::string(stream ? "streaming kernel" : "cuBLAS") + ", " + (sparse ? "sparse" : "dense") + " B, " +
+              (equal ? "equal" : "unequal") + " scales; floor = one copy of W (BM_gpu_baseline_copy_w)");
 }
 void BM_gpu_merge(benchmark::State& st) { merge_bench(st, 0); }
 void BM_gpu_merge_probe(benchmark::State& st) { merge_bench(st, static_cast<int>(st.range(4))); }
@@ -1005,89 +1004,12 @@ void BM_gpu_baseline_addmm_per_adapter(benchmark::State& st) {
               As[static_cast<std::size_t>(t)].data(), K, 1.0f, W.data(), K);
   }, 4.0 * static_cast<double>(d * K), 2.0 * static_cast<double>(T * R) * static_cast<double>(d * K));
 }
-// The sparse route (lori/detail/merge_sparse.cuh) against the dense ones as the density of the B_t
-// grows. Args: T, d, kept percent of every B_t (random mask), mode: 0 the sparse route (whatever the
-// density), 1 its merge kernel's W stream alone (ΔW = 0, no entry lists), 2 its entry lists + math alone
-// (no W traffic), 3 the streaming tensor-core route (pack + kernel), 4 the cuBLAS route, 5 / 6 / 7 as
-// 0 / 1 / 2 with the wide kernel shape (sparse_probe_wide); unequal scales s_t = 0.5 + 0.25 t, r = 32.
-lori::cuda::sparse_b<bf16> random_sparse_b_pct(index_t d, index_t r, int pct, std::uint64_t seed) {
-  std::mt19937_64 g(seed);
-  std::bernoulli_distribution keep(pct / 100.0);
-  lori::bitmask mask(d, r);
-  for (index_t i = 0; i < d; ++i)
-    for (index_t j = 0; j < r; ++j)
-      if (keep(g)) mask.set(i, j);
-  std::normal_distribution<float> nd(0.0f, 0.02f);
-  std::vector<bf16> vals(static_cast<std::size_t>(mask.count()));
-  for (auto& v : vals) v = bf16(nd(g));
-  return lori::cuda::sparse_b<bf16>::from_host(mask, vals);
-}
-void BM_gpu_merge_sparse(benchmark::State& st) {
-  const index_t T = st.range(0), d = st.range(1);
-  const int pct = static_cast<int>(st.range(2)), mode = static_cast<int>(st.range(3));
-  auto W = random_bf16(d * K, 1.0, 31);
-  std::vector<device_buffer<bf16>> As;
-  std::vector<lori::cuda::sparse_b<bf16>> Ss;
-  Ss.reserve(static_cast<std::size_t>(T));
-  std::vector<lori::cuda::merge_source<bf16>> src;
-  for (index_t t = 0; t < T; ++t) {
-    As.push_back(random_bf16(R * K, 1.0, 40 + static_cast<std::uint64_t>(t)));
-    Ss.push_back(random_sparse_b_pct(d, R, pct, 70 + static_cast<std::uint64_t>(t)));
-  }
-  index_t nnz = 0;
-  for (index_t t = 0; t < T; ++t) {
-    lori::cuda::merge_source<bf16> m;
-    m.scale = 0.5f + 0.25f * static_cast<float>(t);
-    m.A = {As[static_cast<std::size_t>(t)].data(), R, K};
-    m.B_sparse = &Ss[static_cast<std::size_t>(t)];
-    nnz += Ss[static_cast<std::size_t>(t)].nnz();
-    src.push_back(m);
-  }
-  device_buffer<unsigned char> ws(static_cast<index_t>(lori::cuda::merge_workspace_bytes<bf16>(d, K, src)));
-  const lori::row_major_view<bf16> wv(W.data(), d, K);
-  const double bytes = 4.0 * static_cast<double>(d * K);
-  const char* what = "";
-  if (mode <= 2 || mode >= 5) {
-    if (!lori::cuda::detail_merge::sparse_route_applies(wv, src, true)) {
-      st.SkipWithError("sparse route does not apply");
-      return;
-    }
-    namespace dm = lori::cuda::detail_merge;
-    const int probe = (mode == 1 || mode == 6 ? dm::sparse_probe_no_math : 0) | (mode == 2 || mode == 7 ? dm::sparse_probe_no_w_io : 0) |
-                      (mode >= 5 ? dm::sparse_probe_wide : 0);
-    run_timed(st, [&] { dm::merge_sparse_route<bf16>(ctx(), wv, src, ws.data(), probe); }, bytes);
-    what = mode == 0   ? "sparse route"
-           : mode == 1 ? "sparse route, W stream alone"
-           : mode == 2 ? "sparse route, entries + math alone"
-           : mode == 5 ? "sparse route, wide shape"
-           : mode == 6 ? "sparse route, wide shape, W stream alone"
-                       : "sparse route, wide shape, entries + math alone";
-  } else if (mode == 3) {
-    if (!lori::cuda::detail_merge::stream_kernel_applies(wv, src)) {
-      st.SkipWithError("streaming route does not apply");
-      return;
-    }
-    run_timed(st, [&] { lori::cuda::detail_merge::merge_stream_route<bf16>(ctx(), wv, src, ws.data()); }, bytes);
-    what = "streaming route";
-  } else {
-    run_timed(st, [&] { lori::cuda::detail_merge::merge_cublas_route<bf16>(ctx(), wv, src, ws.data()); }, bytes);
-    what = "cuBLAS route";
-  }
-  st.counters["entries_per_row"] = static_cast<double>(nnz) / static_cast<double>(d);
-  st.SetLabel(std::string(what) + (lori::cuda::detail_merge::sparse_route_applies(wv, src) ? " (merge_into: sparse)" : " (merge_into: dense)"));
-}
-BENCHMARK(BM_gpu_merge)->Args({8, 14336, 1, 0})->Args({1, 14336, 1, 0})->Args({1, 14336, 0, 0})->Args({4, 14336, 1, 0})->Args({4, 14336, 0, 0})->Args({4, 14336, 0, 1})->Args({8, 14336, 0, 0})->Args({4, 4096, 1, 0})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
-BENCHMARK(BM_gpu_merge_probe)->Args({4, 14336, 0, 0, 2})->Args({4, 14336, 0, 0, 6})->Args({4, 14336, 0, 0, 7})->Args({4, 14336, 0, 0, 8})->Args({4, 14336, 1, 0, 8})->Args({4, 14336, 0, 0, 22})->Args({4, 14336, 0, 0, 32})->Args({8, 14336, 0, 0, 32})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
+BENCHMARK(BM_gpu_merge)->Args({1, 14336, 1, 0})->Args({1, 14336, 0, 0})->Args({4, 14336, 1, 0})->Args({4, 14336, 0, 0})->Args({4, 14336, 0, 1})->Args({8, 14336, 0, 0})->Args({4, 4096, 1, 0})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
+BENCHMARK(BM_gpu_merge_probe)->Args({4, 14336, 0, 0, 64})->Args({4, 14336, 0, 0, 70})->Args({4, 14336, 0, 0, 71})->Args({4, 14336, 0, 0, 2})->Args({4, 14336, 0, 0, 6})->Args({4, 14336, 0, 0, 7})->Args({4, 14336, 0, 0, 8})->Args({4, 14336, 1, 0, 8})->Args({4, 14336, 0, 0, 22})->Args({4, 14336, 0, 0, 32})->Args({8, 14336, 0, 0, 32})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 BENCHMARK(BM_gpu_baseline_copy_w)->Arg(14336)->Arg(4096)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 BENCHMARK(BM_gpu_baseline_copy_w_kernel)->Args({14336, 0})->Args({14336, 1})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 BENCHMARK(BM_gpu_baseline_copy_w_tiles)->Args({14336, 0})->Args({14336, 1})->Args({14336, 2})->Args({14336, 3})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
 BENCHMARK(BM_gpu_baseline_addmm_per_adapter)->Args({1, 14336})->Args({4, 14336})->Args({4, 4096})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.1);
-// After the baselines above (a run cut short by a time limit keeps them).
-BENCHMARK(BM_gpu_merge_sparse)
-    ->ArgsProduct({{4}, {14336}, {10}, {0, 1, 2, 5, 6, 7}})
-    ->ArgsProduct({{4}, {14336}, {15, 20, 30}, {0, 3}})
-    ->Args({8, 14336, 10, 0})->Args({8, 14336, 10, 1})->Args({1, 14336, 10, 0})
-    ->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.05);
 
 }  // namespace
 

@@ -3,15 +3,8 @@
 //   W (d x k) += Σₜ sₜ·Bₜ·Aₜ      Bₜ d x rₜ (dense, or a sparse_b), Aₜ rₜ x k
 //
 // The T low-rank terms are one product with depth R = Σ rₜ: W += [B₁ | … | B_T]·diag(s)·[A₁; …; A_T].
-// W is read and written exactly once, by one of three routes:
-// * LoRI-S adapters (every Bₜ a sparse_b, at most 32 of depth R <= 128) into a 16-bit W with 16-byte rows
-//   (W 16-byte aligned, k and the leading dimension multiples of 8), with few kept entries (on average at
-//   most 20 per row of W over all adapters, 32 where the tensor-core kernel below cannot run): lori's
-//   sparse CUDA-core kernel (lori/detail/merge_sparse.cuh): a first kernel lists every row's kept entries
-//   (sₜ·Bₜ(i, c) in fp32, which row of A) in the workspace, then row i of ΔW is Σ over them of
-//   (sₜ·Bₜ(i, c))·Aₜ(c, :), fp32 FMAs on the block's strip of every Aₜ held in shared memory while W
-//   streams through registers; W + ΔW rounded to T once.
-// Otherwise lori packs the two thin operands into caller workspace (one pack kernel per 16 adapters), then:
+// lori packs the two thin operands into caller workspace (one pack kernel per 16 adapters), then reads
+// and writes W exactly once, by one of two routes:
 // * 16-bit W with 16-byte rows (W 16-byte aligned, k and the leading dimension multiples of 8) and a
 //   padded depth <= 128 (e.g. 4 adapters of rank 32): lori's streaming tensor-core kernel (lori/detail/merge_stream.cuh), a copy
 //   of W through shared memory with ΔW computed per 128 x 128 tile on mma.sync from the packed
@@ -35,7 +28,6 @@
 #include "lori/error.hpp"
 
 #include "lori/detail/cuda_common.cuh"
-#include "lori/detail/merge_sparse.cuh"
 #include "lori/detail/merge_stream.cuh"
 
 #include <cuda_runtime_api.h>
@@ -60,10 +52,8 @@ struct merge_source {
 };
 
 /// Workspace bytes merge_into needs: (d + k)·R' elements of T plus alignment padding, R' the larger of
-/// the packed routes' depths (cuBLAS: R = Σ rₜ, 2R for 16-bit T with unequal scales; streaming kernel:
-/// the scale segments each padded to a multiple of 16), and for 16-bit T at least 8·(d + nnz) bytes (+ alignment)
-/// (nnz: kept entries of the sparse Bₜ; the sparse route's entry lists). Depends only on d, k, the ranks,
-/// the scales and the kept counts.
+/// the two routes' depths (cuBLAS: R = Σ rₜ, 2R for 16-bit T with unequal scales; streaming kernel:
+/// the scale segments each padded to a multiple of 16). Depends only on d, k, the ranks and scales.
 template <class T>
 std::size_t merge_workspace_bytes(index_t d, index_t k, const std::vector<merge_source<T>>& sources);
 
@@ -482,6 +472,7 @@ inline constexpr int probe_no_pdl = 2;     // plain launch after the pack kernel
 inline constexpr int probe_no_pack = 4;    // the kernel alone (operands as left in the workspace)
 inline constexpr int probe_no_kernel = 8;  // the pack kernel alone
 inline constexpr int probe_no_w_io = 16;   // the kernel without W's loads and stores (operands + math)
+inline constexpr int probe_l2_256 = 64;    // W loads with the L2 256-byte prefetch-size hint (session 6)
 
 // The streaming-kernel route (requires stream_kernel_applies and a checked workspace).
 template <class T>
@@ -509,90 +500,9 @@ void merge_stream_route(context& ctx, row_major_view<T> W, const std::vector<mer
                        ? static_cast<float>(static_cast<double>(L.seg_scale[j]) / static_cast<double>(L.seg_scale[j + 1]))
                        : L.seg_scale[j];
   p.mode = ((probe & probe_no_math) == 0 ? detail::merge_stream::mode_math : 0) |
-           ((probe & probe_no_w_io) == 0 ? detail::merge_stream::mode_w_io : 0);
+           ((probe & probe_no_w_io) == 0 ? detail::merge_stream::mode_w_io : 0) |
+           ((probe & probe_l2_256) != 0 ? detail::merge_stream::mode_l2_256 : 0);
   detail::merge_stream::launch<T>(p, ctx.sm_count(), ctx.stream(), (probe & probe_no_pdl) == 0);
-}
-
-// The sparse CUDA-core route (lori/detail/merge_sparse.cuh): 16-bit W with 16-byte rows (W 16-byte
-// aligned, k and ld multiples of 8), every Bₜ a sparse_b, at most 32 adapters of depth Σ rₜ <= 128 (deeper sums: one block per SM, measured 481 µs for 8 adapters against cuBLAS 201 µs), and
-// few enough kept entries: on average at most sparse_max_entries_per_row per row of W (over all adapters)
-// where the streaming tensor-core kernel applies, sparse_max_entries_vs_cublas where only cuBLAS would.
-// Past that the dense routes win: the sparse kernel's FMA and shared-memory work grows with the entries,
-// the dense routes' does not (crossover measured on an H100: see docs/cuda.md).
-inline constexpr index_t sparse_max_entries_per_row = 20;
-inline constexpr index_t sparse_max_entries_vs_cublas = 32;
-
-template <class T>
-bool sparse_route_applies(row_major_view<T> W, const std::vector<merge_source<T>>& sources, bool any_density = false) {
-  if constexpr (!detail::is_16bit_v<T>) {
-    return false;
-  } else {
-    const index_t d = W.rows(), k = W.cols();
-    if (d <= 0 || k <= 0 || sources.empty() || sources.size() > static_cast<std::size_t>(detail::merge_sparse::max_sources) ||
-        d >= (index_t{1} << 31) - 64)
-      return false;
-    index_t depth = 0, nnz = 0;
-    for (const auto& s : sources) {
-      if (s.B_sparse == nullptr || !s.B_dense.empty()) return false;
-      depth += s.B_sparse->cols();
-      nnz += s.B_sparse->nnz();
-    }
-    if (depth > detail::merge_sparse::max_depth) return false;
-    if (k % 8 != 0 || W.ld() % 8 != 0 || reinterpret_cast<std::uintptr_t>(W.data()) % 16 != 0) return false;
-    if (any_density) return true;
-    return nnz <= (stream_kernel_applies(W, sources) ? sparse_max_entries_per_row : sparse_max_entries_vs_cublas) * d;
-  }
-}
-
-// Probe modes of the sparse route (benchmarks only; 0 = the real merge).
-inline constexpr int sparse_probe_no_math = 1;  // the kernel's W stream alone (ΔW = 0, W rewritten unchanged)
-inline constexpr int sparse_probe_no_w_io = 2;  // the entries and math alone (no W loads or stores)
-inline constexpr int sparse_probe_wide = 4;     // the wide kernel shape (16 columns per lane, 1 block of 16 warps per SM)
-
-// Workspace of the sparse route's entry lists: (first entry, count) per row (8 bytes), then 8 bytes per
-// kept entry.
-template <class T>
-std::size_t sparse_lists_bytes(index_t d, const std::vector<merge_source<T>>& sources) {
-  index_t nnz = 0;
-  for (const auto& s : sources)
-    if (s.B_sparse != nullptr && s.B_dense.empty()) nnz += s.B_sparse->nnz();
-  return align256(static_cast<std::size_t>(d) * 8) + align256(static_cast<std::size_t>(nnz) * 8);
-}
-
-// The sparse route (requires sparse_route_applies(W, sources, true), checked sources and a workspace of
-// at least sparse_lists_bytes, 256-byte aligned): the entry lists, then the merge kernel.
-template <class T>
-void merge_sparse_route(context& ctx, row_major_view<T> W, const std::vector<merge_source<T>>& sources, void* workspace,
-                        int probe = 0) {
-  namespace ms = detail::merge_sparse;
-  ms::params p{};
-  p.W = W.data();
-  p.ldw = W.ld();
-  p.d = W.rows();
-  p.k = W.cols();
-  p.count = static_cast<int>(sources.size());
-  p.a_vec = 1;
-  int off = 0;
-  for (std::size_t t = 0; t < sources.size(); ++t) {
-    const auto& src = sources[t];
-    const sparse_b<T>& B = *src.B_sparse;
-    ms::source& q = p.src[t];
-    q.row_ptr = B.row_ptr();
-    q.col_idx = B.col_idx();
-    q.values = B.values();
-    q.A = src.A.data();
-    q.lda = src.A.ld();
-    q.scale = src.scale;
-    q.off = off;
-    q.r = static_cast<int>(B.cols());
-    off += q.r;
-    if (reinterpret_cast<std::uintptr_t>(src.A.data()) % 16 != 0 || src.A.ld() % 8 != 0) p.a_vec = 0;
-  }
-  p.depth = off;
-  p.mode = ((probe & sparse_probe_no_math) == 0 ? ms::mode_math : 0) | ((probe & sparse_probe_no_w_io) == 0 ? ms::mode_w_io : 0);
-  p.rows = static_cast<const int2*>(workspace);
-  p.ents = reinterpret_cast<const uint2*>(static_cast<const unsigned char*>(workspace) + align256(static_cast<std::size_t>(p.d) * 8));
-  ms::launch<T>(p, ctx.sm_count(), ctx.stream(), (probe & sparse_probe_wide) != 0);
 }
 
 // The cuBLAS route (checked sources and workspace): one GEMM with beta = 1 over the packed operands.
@@ -632,7 +542,6 @@ std::size_t merge_workspace_bytes(index_t d, index_t k, const std::vector<merge_
   if constexpr (detail::is_16bit_v<T>) {  // the streaming kernel's padded layout, when it may run
     const index_t kp = detail_merge::make_stream_layout(sources).kp;
     if (kp <= detail::merge_stream::max_kp) bytes = std::max(bytes, detail_merge::stream_workspace_bytes<T>(d, k));
-    bytes = std::max(bytes, detail_merge::sparse_lists_bytes<T>(d, sources));  // the sparse route's entry lists
   }
   return bytes;
 }
@@ -658,10 +567,6 @@ void merge_into(context& ctx, row_major_view<T> W, const std::vector<merge_sourc
                "merge_into: workspace missing or smaller than merge_workspace_bytes()");
   LORI_EXPECTS(reinterpret_cast<std::uintptr_t>(workspace) % 256 == 0, "merge_into: workspace must be 256-byte aligned");
   if constexpr (detail::is_16bit_v<T>) {
-    if (detail_merge::sparse_route_applies(W, sources)) {
-      detail_merge::merge_sparse_route(ctx, W, sources, workspace);
-      return;
-    }
     if (detail_merge::stream_kernel_applies(W, sources)) {
       detail_merge::merge_stream_route(ctx, W, sources, workspace);
       return;
