@@ -25,19 +25,17 @@ b="$B/bench/cuda/lori_bench_cuda"
   timeout 11 compute-sanitizer --tool memcheck --report-api-errors no --error-exitcode 9 "$t" -tc='*merge*odd*' 2>&1 |
     grep -iE "summary|invalid|error|test cases|assertions" | cut -c1-240 | head -16
   echo "rc=${PIPESTATUS[0]}"
-  echo "== compute-sanitizer racecheck (streaming kernel, odd shapes)"
+  echo "== compute-sanitizer racecheck (streaming kernel and tiled pack: pack launches meeting in a chunk, no PDL; no cuBLAS)"
   rc_log="$O/racecheck.log"
   timeout 11 compute-sanitizer --tool racecheck --report-api-errors no --error-exitcode 9 "$t" \
-    -tc='*streaming*fallbacks*,*tiled pack across*' > "$rc_log" 2>&1
+    -tc='*tiled pack across*' > "$rc_log" 2>&1
   echo "rc=$?"
   grep -iE "summary|race reported|hazard|error|test cases|assertions" "$rc_log" | grep -v nvjet | cut -c1-240 | head -12
   echo "hazard lines naming lori's merge kernels: $(grep -cE "merge_stream_kernel|pack_kernel|pack_tiled_kernel" "$rc_log")"
   rm -f "$rc_log"
   echo "== benchmarks (median of 5; floor = BM_gpu_baseline_copy_w/14336, one copy of W)"
-  echo "   probe bits: 1 no math, 2 no PDL, 4 no pack (kernel alone), 8 pack alone, 16 no W traffic, 64 W loads with"
-  echo "   the L2 256-byte prefetch hint (64 = the route, 71 = its kernel's memory pipeline alone),"
-  echo "   128 the tiled pack with 8 chunks per thread (128 = the route, 136 = that pack alone)"
-  timeout 34 stdbuf -oL "$b" --benchmark_filter='BM_gpu_(baseline_copy_w/14336|baseline_copy_w_kernel/14336/1|merge/4/14336/(0/0|1/0)/|merge_probe/4/14336/0/0/(6|7|8|64|71|128|136)/|merge_probe/4/14336/1/0/(8|136)/)' \
+  echo "   probe bits: 1 no math, 2 no PDL, 4 no pack (kernel alone), 8 pack alone, 16 no W traffic"
+  timeout 34 stdbuf -oL "$b" --benchmark_filter='BM_gpu_(baseline_d2d_copy/234|baseline_copy_w/14336|baseline_copy_w_kernel/14336/1|merge/1/14336/0/0/|merge/4/14336/(0/0|1/0|0/1)/|merge_probe/4/14336/0/0/(6|7|8|22)/|merge_probe/4/14336/1/0/8/)' \
     --benchmark_repetitions=5 --benchmark_report_aggregates_only=true 2>&1 | grep -E "_median|^BM|Run on|error|Error" |
     grep -v "_mean\|_stddev\|_cv" | sed -E 's/floor = one copy of W \(BM_gpu_baseline_copy_w\)//; s/min_time:0.100\///' | cut -c1-230 | head -40
   echo "rc=${PIPESTATUS[0]}"

@@ -200,7 +200,6 @@ __device__ __forceinline__ std::uint16_t tpack_b(const pack_source<T>& src, inde
 }
 
 inline constexpr int tpack_batch = 2;
-inline constexpr int tpack_batch_deep = 8;  // probe (probe_pack_batch8): 8 chunks per thread, a 4x smaller grid
 
 // One 16-byte output chunk of the tiled layout: its 8 values, where they go, and which of them to write
 // (mask 0xff: all, one 16-byte store; 0: nothing).
@@ -296,10 +295,10 @@ __device__ __forceinline__ void tpack_store(const tpack_chunk& c) {
   }
 }
 
-// BATCH (tpack_batch) chunks per thread and iteration, all loads in flight before the stores; the grid is
-// sized for one batch per thread (one wave on the GPUs lori targets: the block prologue is paid once per
-// BATCH chunks).
-template <class T, int BATCH>
+// tpack_batch chunks per thread and iteration, all loads in flight before the stores; the grid is sized
+// for one batch per thread (one wave on the GPUs lori targets: the block prologue is paid once per
+// tpack_batch chunks).
+template <class T>
 __global__ void __launch_bounds__(256) pack_tiled_kernel(const __grid_constant__ tpack_args<T> a) {
   asm volatile("griddepcontrol.launch_dependents;");  // see pack_kernel
   __shared__ pack_source<T> srcs[pack_max];
@@ -317,15 +316,15 @@ __global__ void __launch_bounds__(256) pack_tiled_kernel(const __grid_constant__
   const index_t nb = a.d << a.lg_nch, k8 = (a.k + 7) / 8;
   const index_t total = nb + (a.c_end - a.c_begin) * k8;
   const index_t stride = static_cast<index_t>(gridDim.x) * blockDim.x;
-  for (index_t e = blockIdx.x * static_cast<index_t>(blockDim.x) + tid; e < total; e += BATCH * stride) {
-    tpack_chunk c[BATCH];
+  for (index_t e = blockIdx.x * static_cast<index_t>(blockDim.x) + tid; e < total; e += tpack_batch * stride) {
+    tpack_chunk c[tpack_batch];
 #pragma unroll
-    for (int u = 0; u < BATCH; ++u) {
+    for (int u = 0; u < tpack_batch; ++u) {
       c[u].mask = 0;
       if (e + u * stride < total) c[u] = tpack_load(a, srcs, col_src, e + u * stride, nb, k8);
     }
 #pragma unroll
-    for (int u = 0; u < BATCH; ++u)
+    for (int u = 0; u < tpack_batch; ++u)
       if (c[u].mask != 0) tpack_store(c[u]);
   }
 }
@@ -417,8 +416,7 @@ bool stream_kernel_applies(row_major_view<T> W, const std::vector<merge_source<T
 // `tiled`: the streaming kernel's layout (pack_tiled_kernel; end <= merge_stream::max_kp, unscaled).
 template <class T>
 void pack_all(context& ctx, const std::vector<merge_source<T>>& sources, index_t d, index_t k, index_t ldc,
-              const std::vector<index_t>& off, index_t end, bool scaled, bool split, bool tiled, T* Bcat, T* Acat,
-              bool deep_batch = false) {
+              const std::vector<index_t>& off, index_t end, bool scaled, bool split, bool tiled, T* Bcat, T* Acat) {
   for (std::size_t first = 0; first < sources.size(); first += pack_max) {
     pack_head<T> h{};  // the fields both pack kernels share
     std::size_t q = first;
@@ -451,13 +449,8 @@ void pack_all(context& ctx, const std::vector<merge_source<T>>& sources, index_t
         a.lg_nch = 0;
         while ((1 << a.lg_nch) < a.nch) ++a.lg_nch;
         const index_t items = (d << a.lg_nch) + w * detail::ceil_div(k, 8);
-        const int batch = deep_batch ? tpack_batch_deep : tpack_batch;
-        const index_t blocks = std::min<index_t>(detail::ceil_div(items, 256 * batch), index_t{16} * 1024);
-        if (deep_batch) {
-          pack_tiled_kernel<T, tpack_batch_deep><<<detail::grid_dim(blocks), 256, 0, ctx.stream()>>>(a);
-        } else {
-          pack_tiled_kernel<T, tpack_batch><<<detail::grid_dim(blocks), 256, 0, ctx.stream()>>>(a);
-        }
+        const index_t blocks = std::min<index_t>(detail::ceil_div(items, 256 * tpack_batch), index_t{16} * 1024);
+        pack_tiled_kernel<T><<<detail::grid_dim(blocks), 256, 0, ctx.stream()>>>(a);
         LORI_CUDA_CHECK_LAUNCH();
         continue;
       }
@@ -479,8 +472,6 @@ inline constexpr int probe_no_pdl = 2;     // plain launch after the pack kernel
 inline constexpr int probe_no_pack = 4;    // the kernel alone (operands as left in the workspace)
 inline constexpr int probe_no_kernel = 8;  // the pack kernel alone
 inline constexpr int probe_no_w_io = 16;   // the kernel without W's loads and stores (operands + math)
-inline constexpr int probe_l2_256 = 64;    // W loads with the L2 256-byte prefetch-size hint (session 6)
-inline constexpr int probe_pack_batch8 = 128;  // the tiled pack with 8 chunks per thread (session 6)
 
 // The streaming-kernel route (requires stream_kernel_applies and a checked workspace).
 template <class T>
@@ -490,8 +481,7 @@ void merge_stream_route(context& ctx, row_major_view<T> W, const std::vector<mer
   const stream_layout L = make_stream_layout(sources);
   T* Bcat = static_cast<T*>(workspace);
   T* Acat = reinterpret_cast<T*>(static_cast<unsigned char*>(workspace) + stream_bcat_bytes<T>(d));
-  if ((probe & probe_no_pack) == 0)
-    pack_all<T>(ctx, sources, d, k, L.kp, L.off, L.kp, false, false, true, Bcat, Acat, (probe & probe_pack_batch8) != 0);
+  if ((probe & probe_no_pack) == 0) pack_all<T>(ctx, sources, d, k, L.kp, L.off, L.kp, false, false, true, Bcat, Acat);
   if ((probe & probe_no_kernel) != 0) return;
   detail::merge_stream::params p{};
   p.W = W.data();
@@ -509,8 +499,7 @@ void merge_stream_route(context& ctx, row_major_view<T> W, const std::vector<mer
                        ? static_cast<float>(static_cast<double>(L.seg_scale[j]) / static_cast<double>(L.seg_scale[j + 1]))
                        : L.seg_scale[j];
   p.mode = ((probe & probe_no_math) == 0 ? detail::merge_stream::mode_math : 0) |
-           ((probe & probe_no_w_io) == 0 ? detail::merge_stream::mode_w_io : 0) |
-           ((probe & probe_l2_256) != 0 ? detail::merge_stream::mode_l2_256 : 0);
+           ((probe & probe_no_w_io) == 0 ? detail::merge_stream::mode_w_io : 0);
   detail::merge_stream::launch<T>(p, ctx.sm_count(), ctx.stream(), (probe & probe_no_pdl) == 0);
 }
 

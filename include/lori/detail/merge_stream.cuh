@@ -52,7 +52,6 @@ inline constexpr std::size_t smem_bytes = static_cast<std::size_t>(w_stages + a_
 
 inline constexpr int mode_math = 1;  // compute ΔW (else ΔW = 0: the memory pipeline alone)
 inline constexpr int mode_w_io = 2;  // load and store W (else: the operand pipeline and math alone)
-inline constexpr int mode_l2_256 = 4;  // W loads with the L2 256-byte prefetch-size hint (a probe)
 
 struct params {
   void* W;
@@ -172,14 +171,10 @@ __global__ void __launch_bounds__(threads, 1) merge_stream_kernel(const __grid_c
 #pragma unroll
     for (int j = 0; j < bm / 16; ++j) {
       const int row = (tid >> 4) + 16 * j;
-      if (r0 + row < p.d && c0 + cc < p.k && (p.mode & mode_w_io) != 0) {
-        const std::uint32_t dst = s0 + slot * buf_bytes + (row * pitch + cc) * 2;
-        const T* src = W + (r0 + row) * p.ldw + c0 + cc;
-        if ((p.mode & mode_l2_256) != 0)
-          asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16;" ::"r"(dst), "l"(src) : "memory");
-        else
-          asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src) : "memory");
-      }
+      if (r0 + row < p.d && c0 + cc < p.k && (p.mode & mode_w_io) != 0)
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s0 + slot * buf_bytes + (row * pitch + cc) * 2),
+                     "l"(W + (r0 + row) * p.ldw + c0 + cc)
+                     : "memory");
     }
     asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];" ::"r"(bars + 8 * slot) : "memory");
   };
