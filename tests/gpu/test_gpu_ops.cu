@@ -1324,6 +1324,7 @@ struct merge_layout {
   int expect_stream = -1;  // 1 / 0: the case must (not) take the streaming kernel; -1: either
   int probe = 0;           // != 0: run detail_merge::merge_stream_route with these probe bits (e.g. no PDL)
                            // where the streaming kernel applies, instead of merge_into
+  double density0 = 0.1;   // kept fraction of the first adapter's mask when sparse (the others: 0.1)
 };
 
 template <class T>
@@ -1346,7 +1347,7 @@ void merge_case(lori::cuda::context& ctx, index_t d, index_t k, const std::vecto
     const index_t r = ranks[t];
     As.push_back(random_mat<T>(r, k, 1.0 / std::sqrt(static_cast<double>(r)), g, lay.pad_ops ? k + 3 : k));
     Bd.push_back(random_mat<T>(d, r, 1.0, g, lay.pad_ops ? r + 1 : r));
-    Bs.push_back(random_sparse<T>(d, r, 0.1, 1.0, g));
+    Bs.push_back(random_sparse<T>(d, r, t == 0 ? lay.density0 : 0.1, 1.0, g));
     dA.emplace_back(As.back().s);
     dB.emplace_back(Bd.back().s);
     sB.push_back(lori::cuda::sparse_b<T>::from_host(Bs.back().mask, Bs.back().packed));
@@ -1554,6 +1555,55 @@ TEST_CASE_TEMPLATE("merge_into: streaming kernel, tiled pack across launches and
                 {0, false, 0, 1, lori::cuda::detail_merge::probe_no_pdl});
 }
 
+// LoRI-S adapters (every B sparse) on the routes that merge them (streaming kernel or cuBLAS, each check
+// names its route): partial column tiles (k = 8, 264, 520, 1032), fewer rows than a tile (d = 1, 7, 9),
+// ranks 1..128 (two mask words), T = 1..20 and 33, unequal, zero and 2^20-apart scales, padded and offset
+// W, unaligned A, an empty adapter, rows without any entry, rows with ~58 entries (density 0.9), a sparse
+// B next to a dense one, W leading dimension k + 4 or W one element in. (Kept from session 6's sparse
+// CUDA-core route, which was dropped: see docs/cuda.md.)
+TEST_CASE_TEMPLATE("merge_into: LoRI-S adapters (sparse B), edge cases, matches the double reference", T, lori::bfloat16,
+                   lori::half) {
+  LORI_TEST_SEED_INFO();
+  auto g = lori_test::rng(612);
+  lori::cuda::context ctx;
+  merge_case<T>(ctx, 1, 8, {1}, {true}, {2.0}, g);
+  merge_case<T>(ctx, 9, 8, {5}, {true}, {0.5}, g);
+  merge_case<T>(ctx, 7, 520, {1, 17, 33}, {true, true, true}, {0.5, -1.5, 0.25}, g);
+  merge_case<T>(ctx, 300, 264, {32, 24}, {true, true}, {0.5, -0.75}, g, {8, false, 8, -1, 0, 0.1});
+  // Scales 2^20 apart and a zero scale (results stay within fp16's range).
+  merge_case<T>(ctx, 133, 384, {17, 9, 31, 10}, {true, true, true, true}, {std::ldexp(1.0, -12), 0.0, -0.5, std::ldexp(1.0, 8)},
+                g);
+  merge_case<T>(ctx, 260, 1024, {72, 56}, {true, true}, {0.5, -1.0}, g);
+  merge_case<T>(ctx, 150, 136, {128}, {true}, {0.25}, g);
+  merge_case<T>(ctx, 150, 72, {5, 16, 17, 31, 24, 1, 26, 8}, {true, true, true, true, true, true, true, true},
+                {0.25, -0.5, 1.5, 0.75, -1.25, 3.0, 0.125, 2.0}, g);
+  merge_case<T>(ctx, 70, 200, {16, 3}, {true, true}, {1.0, 1.0}, g, {0, true, 0, -1, 0, 0.1});  // unaligned A
+  merge_case<T>(ctx, 2, 64, {8, 8}, {true, true}, {1.0, -2.0}, g, {0, false, 0, -1, 0, 0.0});   // empty adapter
+  merge_case<T>(ctx, 300, 512, {32, 32}, {true, true}, {0.5, 0.75}, g, {0, false, 0, -1, 0, 0.0});
+  merge_case<T>(ctx, 200, 264, {64, 32}, {true, true}, {0.5, -0.25}, g, {0, false, 0, -1, 0, 0.9});  // dense rows
+  {  // 20 adapters of ranks 1..3, then 33
+    std::vector<index_t> ranks;
+    std::vector<bool> sparse;
+    std::vector<double> scales;
+    for (int t = 0; t < 20; ++t) {
+      ranks.push_back(1 + t % 3);
+      sparse.push_back(true);
+      scales.push_back(0.25 * (t + 1));
+    }
+    merge_case<T>(ctx, 150, 264, ranks, sparse, scales, g);
+    ranks.resize(33, 1);
+    sparse.resize(33, true);
+    scales.resize(33, 0.5);
+    merge_case<T>(ctx, 40, 24, ranks, sparse, scales, g);
+  }
+  merge_case<T>(ctx, 64, 64, {32, 8}, {true, false}, {0.5, 0.5}, g);
+  merge_case<T>(ctx, 70, 64, {16, 8}, {true, true}, {1.0, 0.5}, g, {4, false, 0, 0, 0, 0.1});
+  merge_case<T>(ctx, 64, 64, {32}, {true}, {0.5}, g, {0, false, 1, 0, 0, 0.1});
+  // Four rank-32 adapters over 1100 x 4096 (unequal scales) and two over 2000 x 1032 (a partial column tile).
+  merge_case<T>(ctx, 1100, 4096, {32, 32, 32, 32}, {true, true, true, true}, {0.5, 0.75, 1.0, 1.25}, g, {0, false, 0, 1});
+  merge_case<T>(ctx, 2000, 1032, {32, 32}, {true, true}, {0.5, 0.5}, g);
+}
+
 // The benchmark's shape, 14336 x 4096 bf16 with four dense rank-32 adapters at unequal scales: 3584 tiles,
 // 27-28 per block, so every ring slot's barrier phase wraps many times and each block crosses a band.
 // Checked against the double reference on sampled rows (every 61st, plus the first and last rows of
@@ -1632,6 +1682,91 @@ TEST_CASE("merge_into: streaming kernel at 14336 x 4096 (27 tiles per block), sa
       for (index_t i = b * 32; i < b * 32 + 32; ++i)
         for (index_t c = ct * 32; c < ct * 32 + 32; ++c)
           same += std::memcmp(&got[static_cast<std::size_t>(i * k + c)], &w[static_cast<std::size_t>(i * k + c)], sizeof(T)) == 0;
+      bad_tiles += same > 32 * 32 / 2;
+    }
+  CHECK(bad_tiles == 0);
+}
+
+// The merge target's shape with LoRI-S adapters: 14336 x 4096 bf16, four rank-32 sparse adapters (90 %
+// zeros) at unequal scales (the streaming kernel, its tiled pack's sparse chunks at full size). Sampled
+// rows against the double reference (the streaming kernel's bound: see merge_case), and a 32 x 32 block
+// left unwritten fails the per-block check (as in the dense case above).
+TEST_CASE("merge_into: LoRI-S adapters at 14336 x 4096, sampled rows against the double reference") {
+  using T = lori::bfloat16;
+  LORI_TEST_SEED_INFO();
+  auto g = lori_test::rng(614);
+  lori::cuda::context ctx;
+  const index_t d = 14336, k = 4096, r = 32;
+  const std::vector<double> scales{0.5, 0.75, 1.0, 1.25};
+  std::vector<T> w(static_cast<std::size_t>(d * k));
+  std::uint64_t z = g();
+  for (auto& x : w) {  // uniform in [-2, 2), fast (splitmix64)
+    z += 0x9E3779B97F4A7C15ull;
+    std::uint64_t h = z;
+    h = (h ^ (h >> 30)) * 0xBF58476D1CE4E5B9ull;
+    h = (h ^ (h >> 27)) * 0x94D049BB133111EBull;
+    h ^= h >> 31;
+    x = lori::from_float<T>(static_cast<float>(static_cast<double>(h >> 40) * std::ldexp(1.0, -22) - 2.0));
+  }
+  std::vector<host_mat<T>> As;
+  std::vector<host_sparse<T>> Bs;
+  std::vector<device_buffer<T>> dA;
+  std::vector<lori::cuda::sparse_b<T>> sB;
+  sB.reserve(scales.size());
+  std::vector<lori::cuda::merge_source<T>> src;
+  for (std::size_t t = 0; t < scales.size(); ++t) {
+    As.push_back(random_mat<T>(r, k, 1.0 / std::sqrt(static_cast<double>(r)), g));
+    Bs.push_back(random_sparse<T>(d, r, 0.1, 1.0, g));
+    dA.emplace_back(As.back().s);
+    sB.push_back(lori::cuda::sparse_b<T>::from_host(Bs.back().mask, Bs.back().packed));
+  }
+  for (std::size_t t = 0; t < scales.size(); ++t) {
+    lori::cuda::merge_source<T> m;
+    m.scale = static_cast<float>(scales[t]);
+    m.A = cview(dA[t], r, k);
+    m.B_sparse = &sB[t];
+    src.push_back(m);
+  }
+  device_buffer<T> dW(w);
+  const auto wv = mview(dW, d, k);
+  CHECK(lori::cuda::detail_merge::stream_kernel_applies(wv, src));
+  device_buffer<unsigned char> ws(static_cast<index_t>(lori::cuda::merge_workspace_bytes<T>(d, k, src)));
+  ws.fill_bytes(0xff);
+  lori::cuda::merge_into<T>(ctx, wv, src, ws.data(), ws.bytes());
+  const auto got = dW.download();
+  std::vector<index_t> rows;
+  for (index_t i = 0; i < d; i += 61) rows.push_back(i);
+  for (const index_t b : {index_t{1}, index_t{47}, index_t{111}}) {
+    rows.push_back(b * 128 - 1);
+    rows.push_back(b * 128);
+  }
+  rows.push_back(d - 1);
+  std::vector<T> got_rows;
+  std::vector<double> ref, l2;
+  for (const index_t i : rows) {
+    for (index_t c = 0; c < k; ++c) {
+      double v = static_cast<double>(lori::to_float(w[static_cast<std::size_t>(i * k + c)])), q = v * v;
+      for (std::size_t t = 0; t < scales.size(); ++t)
+        for (index_t j = 0; j < r; ++j) {
+          const double b = Bs[t](i, j);
+          if (b == 0.0) continue;
+          const double term = static_cast<double>(static_cast<float>(scales[t])) * b * As[t](j, c);
+          v += term;
+          q += term * term;
+        }
+      got_rows.push_back(got[static_cast<std::size_t>(i * k + c)]);
+      ref.push_back(v);
+      l2.push_back(std::sqrt(q));
+    }
+  }
+  LORI_CHECK_CLOSE(check_close<T>(got_rows, ref, l2, tc_slack<T>(), static_cast<double>(4 * r)));
+  index_t bad_tiles = 0;  // row 0 of every mask is empty (random_mask): W's row 0 is unchanged, skip it
+  for (index_t b = 0; b < d / 32; ++b)
+    for (index_t ct = 0; ct < k / 32; ++ct) {
+      index_t same = 0;
+      for (index_t i = b * 32; i < b * 32 + 32; ++i)
+        for (index_t c = ct * 32; c < ct * 32 + 32; ++c)
+          same += i > 0 && std::memcmp(&got[static_cast<std::size_t>(i * k + c)], &w[static_cast<std::size_t>(i * k + c)], sizeof(T)) == 0;
       bad_tiles += same > 32 * 32 / 2;
     }
   CHECK(bad_tiles == 0);
