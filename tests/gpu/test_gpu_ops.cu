@@ -1604,22 +1604,14 @@ TEST_CASE_TEMPLATE("merge_into: LoRI-S adapters (sparse B), edge cases, matches 
   merge_case<T>(ctx, 2000, 1032, {32, 32}, {true, true}, {0.5, 0.5}, g);
 }
 
-// The benchmark's shape, 14336 x 4096 bf16 with four dense rank-32 adapters at unequal scales: 3584 tiles,
+// The merge target's shape, 14336 x 4096 bf16 with four rank-32 adapters at unequal scales: 3584 tiles,
 // 27-28 per block, so every ring slot's barrier phase wraps many times and each block crosses a band.
-// Checked against the double reference on sampled rows (every 61st, plus the first and last rows of
-// several bands), and everywhere for writes: W + delta equals W (bitwise) only where |delta| is below half
-// an ulp (~0.2 % of elements here), so a 32 x 32 block left unwritten (100 % unchanged) fails the
-// per-block check (finer than the 128 x 128 tile).
-TEST_CASE("merge_into: streaming kernel at 14336 x 4096 (27 tiles per block), sampled rows against the double reference") {
-  using T = lori::bfloat16;
-  LORI_TEST_SEED_INFO();
-  auto g = lori_test::rng(610);
-  lori::cuda::context ctx;
-  const index_t d = 14336, k = 4096, r = 32;
-  const std::vector<double> scales{0.5, 0.75, 1.0, 1.25};
+// W uniform in [-2, 2) (splitmix64: fast at 58.7 M elements).
+template <class T>
+std::vector<T> merge_target_w(index_t d, index_t k, std::mt19937_64& g) {
   std::vector<T> w(static_cast<std::size_t>(d * k));
   std::uint64_t z = g();
-  for (auto& x : w) {  // uniform in [-2, 2), fast (splitmix64)
+  for (auto& x : w) {
     z += 0x9E3779B97F4A7C15ull;
     std::uint64_t h = z;
     h = (h ^ (h >> 30)) * 0xBF58476D1CE4E5B9ull;
@@ -1627,6 +1619,72 @@ TEST_CASE("merge_into: streaming kernel at 14336 x 4096 (27 tiles per block), sa
     h ^= h >> 31;
     x = lori::from_float<T>(static_cast<float>(static_cast<double>(h >> 40) * std::ldexp(1.0, -22) - 2.0));
   }
+  return w;
+}
+
+// merge_into on a device copy of w through the streaming kernel (checked to apply), workspace poisoned;
+// then checked against the double reference on sampled rows (every 61st, plus the first and last rows of
+// several bands), and everywhere for writes: W + delta equals W (bitwise) only where |delta| is below half
+// an ulp (~0.2 % of elements here), so a 32 x 32 block left unwritten (100 % unchanged) fails the per-block
+// check (finer than the 128 x 128 tile). b(t, i, j) is adapter t's B entry (0 where not kept); skip_row0:
+// row 0 of W is unchanged by design (empty in every mask) and is left out of the write check.
+template <class T, class BEntry>
+void merge_target_check(lori::cuda::context& ctx, const std::vector<T>& w, index_t d, index_t k, index_t r,
+                        const std::vector<double>& scales, const std::vector<host_mat<T>>& As, BEntry b,
+                        const std::vector<lori::cuda::merge_source<T>>& src, bool skip_row0) {
+  device_buffer<T> dW(w);
+  const auto wv = mview(dW, d, k);
+  CHECK(lori::cuda::detail_merge::stream_kernel_applies(wv, src));
+  device_buffer<unsigned char> ws(static_cast<index_t>(lori::cuda::merge_workspace_bytes<T>(d, k, src)));
+  ws.fill_bytes(0xff);
+  lori::cuda::merge_into<T>(ctx, wv, src, ws.data(), ws.bytes());
+  const auto got = dW.download();
+  std::vector<index_t> rows;
+  for (index_t i = 0; i < d; i += 61) rows.push_back(i);
+  for (const index_t band : {index_t{1}, index_t{47}, index_t{111}}) {
+    rows.push_back(band * 128 - 1);
+    rows.push_back(band * 128);
+  }
+  rows.push_back(d - 1);
+  std::vector<T> got_rows;
+  std::vector<double> ref, l2;
+  for (const index_t i : rows) {
+    for (index_t c = 0; c < k; ++c) {
+      double v = static_cast<double>(lori::to_float(w[static_cast<std::size_t>(i * k + c)])), q = v * v;
+      for (std::size_t t = 0; t < scales.size(); ++t)
+        for (index_t j = 0; j < r; ++j) {
+          const double term = static_cast<double>(static_cast<float>(scales[t])) * b(t, i, j) * As[t](j, c);
+          v += term;
+          q += term * term;
+        }
+      got_rows.push_back(got[static_cast<std::size_t>(i * k + c)]);
+      ref.push_back(v);
+      l2.push_back(std::sqrt(q));
+    }
+  }
+  // Error model of the streaming kernel (see merge_case): the fp32-accumulation bound.
+  LORI_CHECK_CLOSE(check_close<T>(got_rows, ref, l2, tc_slack<T>(), static_cast<double>(4 * r)));
+  index_t bad_tiles = 0;
+  for (index_t band = 0; band < d / 32; ++band)
+    for (index_t ct = 0; ct < k / 32; ++ct) {
+      index_t same = 0;
+      for (index_t i = band * 32; i < band * 32 + 32; ++i)
+        for (index_t c = ct * 32; c < ct * 32 + 32; ++c)
+          same += (!skip_row0 || i > 0) &&
+                  std::memcmp(&got[static_cast<std::size_t>(i * k + c)], &w[static_cast<std::size_t>(i * k + c)], sizeof(T)) == 0;
+      bad_tiles += same > 32 * 32 / 2;
+    }
+  CHECK(bad_tiles == 0);
+}
+
+TEST_CASE("merge_into: streaming kernel at 14336 x 4096 (27 tiles per block), sampled rows against the double reference") {
+  using T = lori::bfloat16;
+  LORI_TEST_SEED_INFO();
+  auto g = lori_test::rng(610);
+  lori::cuda::context ctx;
+  const index_t d = 14336, k = 4096, r = 32;
+  const std::vector<double> scales{0.5, 0.75, 1.0, 1.25};
+  const std::vector<T> w = merge_target_w<T>(d, k, g);
   std::vector<host_mat<T>> As, Bs;
   std::vector<device_buffer<T>> dA, dB;
   std::vector<lori::cuda::merge_source<T>> src;
@@ -1643,54 +1701,11 @@ TEST_CASE("merge_into: streaming kernel at 14336 x 4096 (27 tiles per block), sa
     m.B_dense = cview(dB[t], d, r);
     src.push_back(m);
   }
-  device_buffer<T> dW(w);
-  const auto wv = mview(dW, d, k);
-  CHECK(lori::cuda::detail_merge::stream_kernel_applies(wv, src));
-  device_buffer<unsigned char> ws(static_cast<index_t>(lori::cuda::merge_workspace_bytes<T>(d, k, src)));
-  ws.fill_bytes(0xff);
-  lori::cuda::merge_into<T>(ctx, wv, src, ws.data(), ws.bytes());
-  const auto got = dW.download();
-  std::vector<index_t> rows;
-  for (index_t i = 0; i < d; i += 61) rows.push_back(i);
-  for (const index_t b : {index_t{1}, index_t{47}, index_t{111}}) {
-    rows.push_back(b * 128 - 1);
-    rows.push_back(b * 128);
-  }
-  rows.push_back(d - 1);
-  std::vector<T> got_rows;
-  std::vector<double> ref, l2;
-  for (const index_t i : rows) {
-    for (index_t c = 0; c < k; ++c) {
-      double v = static_cast<double>(lori::to_float(w[static_cast<std::size_t>(i * k + c)])), q = v * v;
-      for (std::size_t t = 0; t < scales.size(); ++t)
-        for (index_t j = 0; j < r; ++j) {
-          const double term = static_cast<double>(static_cast<float>(scales[t])) * Bs[t](i, j) * As[t](j, c);
-          v += term;
-          q += term * term;
-        }
-      got_rows.push_back(got[static_cast<std::size_t>(i * k + c)]);
-      ref.push_back(v);
-      l2.push_back(std::sqrt(q));
-    }
-  }
-  // Error model of the streaming kernel (see merge_case): the fp32-accumulation bound.
-  LORI_CHECK_CLOSE(check_close<T>(got_rows, ref, l2, tc_slack<T>(), static_cast<double>(4 * r)));
-  index_t bad_tiles = 0;
-  for (index_t b = 0; b < d / 32; ++b)
-    for (index_t ct = 0; ct < k / 32; ++ct) {
-      index_t same = 0;
-      for (index_t i = b * 32; i < b * 32 + 32; ++i)
-        for (index_t c = ct * 32; c < ct * 32 + 32; ++c)
-          same += std::memcmp(&got[static_cast<std::size_t>(i * k + c)], &w[static_cast<std::size_t>(i * k + c)], sizeof(T)) == 0;
-      bad_tiles += same > 32 * 32 / 2;
-    }
-  CHECK(bad_tiles == 0);
+  merge_target_check<T>(ctx, w, d, k, r, scales, As, [&](std::size_t t, index_t i, index_t j) { return static_cast<double>(Bs[t](i, j)); },
+                        src, false);
 }
 
-// The merge target's shape with LoRI-S adapters: 14336 x 4096 bf16, four rank-32 sparse adapters (90 %
-// zeros) at unequal scales (the streaming kernel, its tiled pack's sparse chunks at full size). Sampled
-// rows against the double reference (the streaming kernel's bound: see merge_case), and a 32 x 32 block
-// left unwritten fails the per-block check (as in the dense case above).
+// The same with LoRI-S adapters (90 % zeros): the streaming kernel's tiled pack at full size with sparse chunks.
 TEST_CASE("merge_into: LoRI-S adapters at 14336 x 4096, sampled rows against the double reference") {
   using T = lori::bfloat16;
   LORI_TEST_SEED_INFO();
@@ -1698,16 +1713,7 @@ TEST_CASE("merge_into: LoRI-S adapters at 14336 x 4096, sampled rows against the
   lori::cuda::context ctx;
   const index_t d = 14336, k = 4096, r = 32;
   const std::vector<double> scales{0.5, 0.75, 1.0, 1.25};
-  std::vector<T> w(static_cast<std::size_t>(d * k));
-  std::uint64_t z = g();
-  for (auto& x : w) {  // uniform in [-2, 2), fast (splitmix64)
-    z += 0x9E3779B97F4A7C15ull;
-    std::uint64_t h = z;
-    h = (h ^ (h >> 30)) * 0xBF58476D1CE4E5B9ull;
-    h = (h ^ (h >> 27)) * 0x94D049BB133111EBull;
-    h ^= h >> 31;
-    x = lori::from_float<T>(static_cast<float>(static_cast<double>(h >> 40) * std::ldexp(1.0, -22) - 2.0));
-  }
+  const std::vector<T> w = merge_target_w<T>(d, k, g);
   std::vector<host_mat<T>> As;
   std::vector<host_sparse<T>> Bs;
   std::vector<device_buffer<T>> dA;
@@ -1727,47 +1733,6 @@ TEST_CASE("merge_into: LoRI-S adapters at 14336 x 4096, sampled rows against the
     m.B_sparse = &sB[t];
     src.push_back(m);
   }
-  device_buffer<T> dW(w);
-  const auto wv = mview(dW, d, k);
-  CHECK(lori::cuda::detail_merge::stream_kernel_applies(wv, src));
-  device_buffer<unsigned char> ws(static_cast<index_t>(lori::cuda::merge_workspace_bytes<T>(d, k, src)));
-  ws.fill_bytes(0xff);
-  lori::cuda::merge_into<T>(ctx, wv, src, ws.data(), ws.bytes());
-  const auto got = dW.download();
-  std::vector<index_t> rows;
-  for (index_t i = 0; i < d; i += 61) rows.push_back(i);
-  for (const index_t b : {index_t{1}, index_t{47}, index_t{111}}) {
-    rows.push_back(b * 128 - 1);
-    rows.push_back(b * 128);
-  }
-  rows.push_back(d - 1);
-  std::vector<T> got_rows;
-  std::vector<double> ref, l2;
-  for (const index_t i : rows) {
-    for (index_t c = 0; c < k; ++c) {
-      double v = static_cast<double>(lori::to_float(w[static_cast<std::size_t>(i * k + c)])), q = v * v;
-      for (std::size_t t = 0; t < scales.size(); ++t)
-        for (index_t j = 0; j < r; ++j) {
-          const double b = Bs[t](i, j);
-          if (b == 0.0) continue;
-          const double term = static_cast<double>(static_cast<float>(scales[t])) * b * As[t](j, c);
-          v += term;
-          q += term * term;
-        }
-      got_rows.push_back(got[static_cast<std::size_t>(i * k + c)]);
-      ref.push_back(v);
-      l2.push_back(std::sqrt(q));
-    }
-  }
-  LORI_CHECK_CLOSE(check_close<T>(got_rows, ref, l2, tc_slack<T>(), static_cast<double>(4 * r)));
-  index_t bad_tiles = 0;  // row 0 of every mask is empty (random_mask): W's row 0 is unchanged, skip it
-  for (index_t b = 0; b < d / 32; ++b)
-    for (index_t ct = 0; ct < k / 32; ++ct) {
-      index_t same = 0;
-      for (index_t i = b * 32; i < b * 32 + 32; ++i)
-        for (index_t c = ct * 32; c < ct * 32 + 32; ++c)
-          same += i > 0 && std::memcmp(&got[static_cast<std::size_t>(i * k + c)], &w[static_cast<std::size_t>(i * k + c)], sizeof(T)) == 0;
-      bad_tiles += same > 32 * 32 / 2;
-    }
-  CHECK(bad_tiles == 0);
+  merge_target_check<T>(ctx, w, d, k, r, scales, As, [&](std::size_t t, index_t i, index_t j) { return static_cast<double>(Bs[t](i, j)); },
+                        src, true);
 }
