@@ -561,6 +561,51 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_warp_drain(const projection_entry<T>&
   count = 0u;
 }
 
+/// The concatenated lists of a pool: pre[w] = the first entry of warp w's list (exclusive prefix sums of
+/// the published counts, in registers); returns the total.
+template <class C>
+LORI_DEVICE LORI_FORCEINLINE unsigned gaussian_list_starts(const gaussian_pool_of<C>& pool, unsigned (&pre)[projection_warps]) {
+  unsigned total = 0u;
+#pragma unroll
+  for (int w = 0; w < projection_warps; ++w) {
+    pre[w] = total;
+    total += pool.counts[w];
+  }
+  return total;
+}
+
+/// Entry r (< the total) of the concatenated lists: list w and slot k, from the starts in registers (they
+/// are non-decreasing, so the lists whose start is <= r form a prefix and the last of them holds r;
+/// empty lists before it share its start) instead of a loop of up to 8 dependent shared loads.
+LORI_DEVICE LORI_FORCEINLINE void gaussian_locate(const unsigned (&pre)[projection_warps], unsigned r, unsigned& w, unsigned& k) {
+  unsigned lw = 0u, base = 0u;
+#pragma unroll
+  for (int j = 1; j < projection_warps; ++j) {
+    const bool in = r >= pre[j];
+    lw += in ? 1u : 0u;
+    base = in ? pre[j] : base;
+  }
+  w = lw;
+  k = r - base;
+}
+
+/// The first thread of the calling warp, as a value the compiler knows to be warp-uniform (a shuffle
+/// from lane 0): a loop bound on threadIdx.x itself makes the loop divergent for the compiler, which
+/// then drops the uniform registers (the task's key schedule) and spills.
+LORI_DEVICE LORI_FORCEINLINE unsigned warp_first_thread() { return __shfl_sync(0xffffffffu, threadIdx.x & ~31u, 0); }
+
+/// The end of a block drain: with `trailing` a barrier (the reads before later appends to this pool
+/// and, at the end of a piece, before the table is rescaled); otherwise (two pools, inside a piece) no
+/// wait for other warps, only a __syncwarp, which keeps ptxas from scheduling the next window into
+/// the drain (632 bytes of spills without it).
+LORI_DEVICE LORI_FORCEINLINE void gaussian_drain_end(bool trailing) {
+  if (trailing) {
+    __syncthreads();
+  } else {
+    __syncwarp();
+  }
+}
+
 /// The block finishes the lists of all its warps (block-uniform call): each warp publishes its count,
 /// then thread x takes entries x, x + 256, ... of the concatenated lists, so the ~1.5% slow elements
 /// of the last windows are spread evenly over the block (no warp waits for its own unlucky lanes) and
@@ -573,22 +618,14 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_block_drain(const projection_entry<T>
   const unsigned x = threadIdx.x;
   if ((x & 31u) == 0u) pool.counts[x >> 5] = count;
   __syncthreads();
-  unsigned total = 0u;
-#pragma unroll
-  for (int w = 0; w < projection_warps; ++w) total += pool.counts[w];
+  unsigned pre[projection_warps];
+  const unsigned total = gaussian_list_starts<C>(pool, pre);
   for (unsigned r = x; r < total; r += projection_threads) {
-    unsigned w = 0u, k = r;
-    while (k >= pool.counts[w]) {  // terminates: r < total
-      k -= pool.counts[w];
-      ++w;
-    }
+    unsigned w = 0u, k = 0u;
+    gaussian_locate(pre, r, w, k);
     gaussian_finish_entry<T, C, WholeBlocks>(e, table, pool.list[w][k]);
   }
-  if (trailing) {
-    __syncthreads();
-  } else {
-    __syncwarp();  // (no wait for other warps; keeps ptxas from scheduling the next window into the drain: 632 bytes of spills)
-  }
+  gaussian_drain_end(trailing);
   count = 0u;
 }
 
@@ -607,19 +644,18 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_block_drain_split(const projection_en
   if (lane == 0u) pool.counts[x >> 5] = count;
   if (x == 0u) pool.nhard = 0u;
   __syncthreads();
-  unsigned total = 0u;
-#pragma unroll
-  for (int w = 0; w < projection_warps; ++w) total += pool.counts[w];
+  unsigned pre[projection_warps];
+  const unsigned total = gaussian_list_starts<C>(pool, pre);
   const unsigned lt = lanemask_lt();
-  for (unsigned r0 = 0u; r0 < total; r0 += projection_threads) {  // block-uniform trip count: full-warp ballots
+  // A warp-uniform trip count (full-warp ballots); a warp without entries skips round 1 (about half the
+  // warps of a library drain).
+  const unsigned first = warp_first_thread();
+  for (unsigned r0 = 0u; r0 + first < total; r0 += projection_threads) {
     const unsigned r = r0 + x;
     bool hard = false;
-    unsigned w = 0u, k = r;
+    unsigned w = 0u, k = 0u;
     if (r < total) {
-      while (k >= pool.counts[w]) {  // terminates: r < total
-        k -= pool.counts[w];
-        ++w;
-      }
+      gaussian_locate(pre, r, w, k);
       gaussian_slow_entry& s = pool.list[w][k];
       uint4 wd = s.words;
       const std::uint32_t i = s.meta.x, q = s.meta.y;
@@ -650,11 +686,7 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_block_drain_split(const projection_en
     gaussian_finish_pending<T, C>(e, s.words, s.meta.x, s.meta.y, slow_pending<WholeBlocks>(s.words, table, s.meta.y, e.cols),
                                   static_cast<int>(s.meta.z));
   }
-  if (trailing) {
-    __syncthreads();
-  } else {
-    __syncwarp();  // (no wait for other warps; keeps ptxas from scheduling the next window into the drain: 632 bytes of spills)
-  }
+  gaussian_drain_end(trailing);
   count = 0u;
 }
 
