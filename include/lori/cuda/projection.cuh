@@ -691,18 +691,19 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_block_drain_split(const projection_en
 }
 
 /// The warps' slow-path lists in a gaussian piece: the pool in use (par < C::buffers; pieces start
-/// with pool 0), the warp's list in it, its length (warp-uniform) and the windows since the last
-/// block drain.
+/// with pool 0), the warp's list in it, its length (warp-uniform) and the windows left until the next
+/// block drain (counting down to 0 tests against a constant: counting up against `period` reloaded
+/// the kernel parameter in every window).
 struct gaussian_lists {
   unsigned par;
   gaussian_slow_entry* list;
   unsigned count;
-  unsigned since;
+  unsigned until;
 };
 
 template <class C>
-LORI_DEVICE LORI_FORCEINLINE gaussian_lists gaussian_lists_start() {
-  return gaussian_lists{0u, gaussian_slow_pool<C>(0u).list[threadIdx.x >> 5], 0u, 0u};
+LORI_DEVICE LORI_FORCEINLINE gaussian_lists gaussian_lists_start(unsigned period) {
+  return gaussian_lists{0u, gaussian_slow_pool<C>(0u).list[threadIdx.x >> 5], 0u, period};
 }
 
 /// The block drain of configuration C (gaussian_block_drain or, with C::split, gaussian_block_drain_split)
@@ -730,9 +731,9 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_drain_all(const projection_entry<T>& 
 template <class T, class C, bool WholeBlocks>
 LORI_DEVICE LORI_FORCEINLINE void gaussian_after_window(const projection_entry<T>& e, const uint2* table, gaussian_lists& ls, unsigned period,
                                                         unsigned lane) {
-  if (++ls.since >= period) {
+  if (--ls.until == 0u) {
     gaussian_drain_all<T, C, WholeBlocks>(e, table, ls, false);
-    ls.since = 0u;
+    ls.until = period;
   } else if (ls.count > gaussian_list_capacity<C> - 32u * gaussian_lane_blocks<T, C>) {
     gaussian_warp_drain<T, C, WholeBlocks>(e, table, ls.list, ls.count, lane);
   }
@@ -741,8 +742,8 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_after_window(const projection_entry<T
 /// The end of a gaussian piece (block-uniform call): the last block drain, or, if the last window
 /// drained without a barrier after it (two pools), that barrier.
 template <class T, class C, bool WholeBlocks>
-LORI_DEVICE LORI_FORCEINLINE void gaussian_piece_end(const projection_entry<T>& e, const uint2* table, gaussian_lists& ls) {
-  if (ls.since != 0u) {
+LORI_DEVICE LORI_FORCEINLINE void gaussian_piece_end(const projection_entry<T>& e, const uint2* table, gaussian_lists& ls, unsigned period) {
+  if (ls.until != period) {
     gaussian_drain_all<T, C, WholeBlocks>(e, table, ls, true);
   } else if constexpr (C::buffers == 2) {
     __syncthreads();
@@ -783,7 +784,7 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian(const projection_ent
     projection_piece_gaussian_rows<T, C>(e, r0, r1, lt, period, table);
     return;
   }
-  gaussian_lists ls = gaussian_lists_start<C>();
+  gaussian_lists ls = gaussian_lists_start<C>(period);
   unit_cursor<T> p = cursor_at(e, r0 + x);
   // A block-uniform loop and body (every warp runs every step; lanes beyond the piece are inactive).
   // (Two units per thread and step measured slower in session 3: 93.8 against 85.3 us, H200.)
@@ -801,7 +802,7 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian(const projection_ent
     gaussian_after_window<T, C, false>(e, table, ls, period, lane);
     advance_step(e, p);
   }
-  gaussian_piece_end<T, C, false>(e, table, ls);
+  gaussian_piece_end<T, C, false>(e, table, ls, period);
 }
 
 /// Philox4x32-10 of counter {q, i, stream0, stream1} (lori::detail::philox4x32_10_scheduled) with the
@@ -912,7 +913,7 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projectio
   constexpr int K = gaussian_row_units<T, C>;
   constexpr auto S = static_cast<std::uint32_t>(projection_threads * K);
   const unsigned x = threadIdx.x, lane = x & 31u;
-  gaussian_lists ls = gaussian_lists_start<C>();
+  gaussian_lists ls = gaussian_lists_start<C>(period);
   // The window holding r0 (block-uniform): row i, first unit c (a multiple of S). In whole windows
   // (w0 and upr are multiples of S; units < 2^40, so w0 / S < 2^32): 32-bit arithmetic only (a
   // 64-bit division, a subroutine call, makes the compiler drop the uniformity of everything after).
@@ -990,7 +991,7 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projectio
     window(std::true_type{}, hi_last);
     after();
   }
-  gaussian_piece_end<T, C, true>(e, table, ls);
+  gaussian_piece_end<T, C, true>(e, table, ls, period);
 }
 
 /// Units [r0, r1) of matrix e by the block, any law. WithGaussian: the kernel variant with the gaussian
