@@ -977,15 +977,26 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projectio
     lo = 0u;
   }
   const bool last_masked = n != 0u && hi_last != S;
-  std::uint32_t whole = last_masked ? n - 1u : n;
-  if (whole != 0u) {
+  // The whole windows in runs that end at the next block drain (or the last whole window): inside a run
+  // a window costs its unit(s), the row check, the list check and one counter.
+  constexpr unsigned limit = gaussian_list_capacity<C> - 32u * gaussian_lane_blocks<T, C>;
+  for (std::uint32_t whole = last_masked ? n - 1u : n; whole != 0u;) {
+    std::uint32_t run = whole < ls.until ? whole : ls.until;  // block-uniform, >= 1
+    whole -= run;
+    ls.until -= run;
     for (;;) {
       window(std::false_type{}, S);
-      after();
-      if (--whole == 0u) break;
-      next_window();
+      next_window();  // (after the piece's last whole window too: harmless, no memory access)
+      if (--run == 0u) break;
+      if (ls.count > limit) gaussian_warp_drain<T, C, true>(e, table, ls.list, ls.count, lane);
     }
-    if (last_masked) next_window();
+    // As gaussian_after_window after the run's last window.
+    if (ls.until == 0u) {
+      gaussian_drain_all<T, C, true>(e, table, ls, false);
+      ls.until = period;
+    } else if (ls.count > limit) {
+      gaussian_warp_drain<T, C, true>(e, table, ls.list, ls.count, lane);
+    }
   }
   if (last_masked) {
     window(std::true_type{}, hi_last);
