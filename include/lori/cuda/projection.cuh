@@ -725,6 +725,11 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_drain_all(const projection_entry<T>& 
   }
 }
 
+/// A warp whose list holds more than this after a window drains it alone before the next window
+/// (which may append 32 x gaussian_lane_blocks entries).
+template <class T, class C>
+constexpr unsigned gaussian_list_limit = gaussian_list_capacity<C> - 32u * gaussian_lane_blocks<T, C>;
+
 /// After a window (step) of a gaussian piece and its stores (block-uniform call): every `period`
 /// windows the block drains all lists; otherwise a warp whose list could overflow in the next window
 /// drains its own.
@@ -734,7 +739,7 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_after_window(const projection_entry<T
   if (--ls.until == 0u) {
     gaussian_drain_all<T, C, WholeBlocks>(e, table, ls, false);
     ls.until = period;
-  } else if (ls.count > gaussian_list_capacity<C> - 32u * gaussian_lane_blocks<T, C>) {
+  } else if (ls.count > gaussian_list_limit<T, C>) {
     gaussian_warp_drain<T, C, WholeBlocks>(e, table, ls.list, ls.count, lane);
   }
 }
@@ -979,7 +984,7 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projectio
   const bool last_masked = n != 0u && hi_last != S;
   // The whole windows in runs that end at the next block drain (or the last whole window): inside a run
   // a window costs its unit(s), the row check, the list check and one counter.
-  constexpr unsigned limit = gaussian_list_capacity<C> - 32u * gaussian_lane_blocks<T, C>;
+  constexpr unsigned limit = gaussian_list_limit<T, C>;
   for (std::uint32_t whole = last_masked ? n - 1u : n; whole != 0u;) {
     std::uint32_t run = whole < ls.until ? whole : ls.until;  // block-uniform, >= 1
     whole -= run;
