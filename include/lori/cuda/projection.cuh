@@ -907,10 +907,11 @@ LORI_DEVICE LORI_FORCEINLINE bool gaussian_row_path(const projection_entry<T>& e
 /// in aligned windows of S = 256 * K units of one row (upr is a multiple of S, so a window never
 /// crosses a row end), thread x taking units x + 256 k (k < K) of each window; the first and last
 /// windows of the piece mask the lanes outside [r0, r1) (a separate copy of the window code, so whole
-/// windows test nothing). The window's row i and first unit c are block-uniform, the thread's store
-/// address is carried from window to window, so a unit costs its Philox block (with the row-constant
-/// first rounds precomputed, philox_row), the fast paths, the ballot and one vector store; the slow
-/// path is the general path's (gaussian_append, gaussian_after_window).
+/// windows test nothing). The window's row i (and its address) is block-uniform and the thread's unit
+/// cu is carried from window to window, so a unit costs its Philox block (with the row-constant first
+/// rounds precomputed, philox_row), the fast paths, the ballot and one vector store; the slow path is
+/// the general path's (gaussian_append, gaussian_after_window). The whole windows run in stretches
+/// that end at a row end or a block drain, so a window checks neither.
 template <class T, class C>
 LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projection_entry<T>& e, index_t r0, index_t r1, unsigned lt,
                                                                  unsigned period, const uint2* table) {
@@ -926,7 +927,8 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projectio
   const auto wq = static_cast<std::uint32_t>(w0 / S), uq = e.upr / S;
   std::uint32_t i = wq / uq;
   std::uint32_t c = (wq - i * uq) * S;
-  T* dst0 = e.out + (static_cast<index_t>(i) * e.ld + static_cast<index_t>(c + x) * U);  // unit c + x; + 256 k U for unit k
+  T* rowp = e.out + static_cast<index_t>(i) * e.ld;  // row i
+  std::uint32_t cu = c + x;  // the thread's unit (k = 0) of the window (c: its first unit, until the whole windows)
   const gaussian_task_keys tk = make_gaussian_task_keys(e);
   gaussian_row_keys rw = make_gaussian_row_keys(e, tk, i);
   // Windows left (the current one included; < 2^32 as units < 2^40) and the end of the last one.
@@ -951,26 +953,28 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projectio
     for (int k = 0; k < K; ++k) {
       const unsigned xk = x + static_cast<unsigned>(k * projection_threads);
       const bool active = !Masked || (xk >= lo && xk < hi);
-      const std::uint32_t cu = c + xk;  // unit of the row
+      const std::uint32_t cuk = cu + static_cast<unsigned>(k * projection_threads);  // unit of the row
       float v[U];
 #pragma unroll
       for (int h = 0; h < U / 4; ++h) {
-        const std::uint32_t q = static_cast<std::uint32_t>(U / 4) * cu + static_cast<std::uint32_t>(h);
+        const std::uint32_t q = static_cast<std::uint32_t>(U / 4) * cuk + static_cast<std::uint32_t>(h);
         const philox_block b = philox_row(q, e, tk, rw);
         gaussian_block_fast(table, b, v + 4 * h, active, ls.list, ls.count, i, q, lt);
       }
-      if (active) store(dst0 + k * projection_threads * U, v);
+      if (active) store(rowp + static_cast<index_t>(cuk) * U, v);
     }
+  };
+  auto next_row = [&] {
+    c = 0u;
+    cu = x;
+    ++i;
+    rowp += e.ld;
+    rw = make_gaussian_row_keys(e, tk, i);
   };
   auto next_window = [&] {
     c += S;
-    dst0 += index_t{S} * U;
-    if (c == e.upr) {  // next row (uniform)
-      c = 0u;
-      ++i;
-      dst0 += e.row_skip;
-      rw = make_gaussian_row_keys(e, tk, i);
-    }
+    cu += S;
+    if (c == e.upr) next_row();  // (uniform)
   };
   auto after = [&] { gaussian_after_window<T, C, true>(e, table, ls, period, lane); };
   // A masked first window (the piece starts inside it, or it is the only one and ends early), then
@@ -982,18 +986,28 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projectio
     lo = 0u;
   }
   const bool last_masked = n != 0u && hi_last != S;
-  // The whole windows in runs that end at the next block drain (or the last whole window): inside a run
-  // a window costs its unit(s), the row check, the list check and one counter.
+  // The whole windows in runs that end at the next block drain, row end or last whole window: inside a
+  // run a window costs its unit(s), the list check and one counter (the row check and the row's
+  // address in every window cost 5 instructions more per window in session 8; an event every 3.8
+  // windows in the Llama set costs ~16).
   constexpr unsigned limit = gaussian_list_limit<T, C>;
+  const std::uint32_t wpr = e.upr / S;   // windows per row
+  std::uint32_t row_left = wpr - c / S;  // windows left in row i (the current one included)
   for (std::uint32_t whole = last_masked ? n - 1u : n; whole != 0u;) {
     std::uint32_t run = whole < ls.until ? whole : ls.until;  // block-uniform, >= 1
+    run = run < row_left ? run : row_left;
     whole -= run;
     ls.until -= run;
+    row_left -= run;
     for (;;) {
       window(std::false_type{}, S);
-      next_window();  // (after the piece's last whole window too: harmless, no memory access)
+      cu += S;
       if (--run == 0u) break;
       if (ls.count > limit) gaussian_warp_drain<T, C, true>(e, table, ls.list, ls.count, lane);
+    }
+    if (row_left == 0u) {
+      next_row();
+      row_left = wpr;
     }
     // As gaussian_after_window after the run's last window.
     if (ls.until == 0u) {
