@@ -373,7 +373,8 @@ constexpr unsigned gaussian_drain_period =
 /// Deferred slow-path work: an entry is one Philox block (4 consecutive elements of a row) with at
 /// least one element that failed the fast test: its four words and meta = {row i, q, -, -} (its
 /// elements are j = 4q .. 4q + 3; q < 2^29 as cols < 2^31 on the GPU). Its pending elements are
-/// recomputed from the words (slow_pending).
+/// recomputed from the words (slow_pending). An entry left for round 2 of a split drain
+/// (gaussian_block_drain_split) carries meta = {i, q, pos, pending} and its words after round 1.
 struct alignas(32) gaussian_slow_entry {
   uint4 words;
   uint4 meta;
@@ -460,6 +461,14 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_block_fast(const uint2* table, const 
   gaussian_append(list, count, slow && active, b, i, q, lt);
 }
 
+/// Slow block 1 (words s4..s7) of an element, needed only after four slow words (48 of 5003 round-2
+/// passes in the Llama set): not inlined, so that the compiler does not compute it alongside slow block
+/// 0 in every pass (45 instructions each time, session 8).
+__device__ __noinline__ inline philox_block gaussian_slow_block1(std::uint32_t c0, std::uint32_t c1, std::uint32_t stream0, std::uint32_t stream1,
+                                                                 std::uint32_t key0, std::uint32_t key1) {
+  return philox4x32_10_block(c0, c1, stream0, stream1, key0, key1);
+}
+
 /// Finishes the pending elements (bits of `pending`) of Philox block q of row i (words wd) by one
 /// thread: the whole slow path (lori::detail::gaussian_slow_attempt until it finishes: wedge or tail
 /// tests, further candidates, the bounded loop's fallback; slow blocks 0 and 1 from the precomputed
@@ -479,7 +488,7 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_finish_pending(const projection_entry
     auto word = [&](int k) -> std::uint32_t {
       if (k < 4) return lori::detail::block_word(b0, k);
       if (!have_b1) {
-        b1 = lori::detail::philox4x32_10_scheduled(c0 | 0x40000000u, c1, e.stream0, e.stream1, e.rk);
+        b1 = gaussian_slow_block1(c0 | 0x40000000u, c1, e.stream0, e.stream1, e.key0, e.key1);
         have_b1 = true;
       }
       return lori::detail::block_word(b1, k - 4);
@@ -582,7 +591,7 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_locate(const unsigned (&pre)[projecti
 #pragma unroll
   for (int j = 1; j < projection_warps; ++j) {
     const bool in = r >= pre[j];
-    lw += in ? 1u : 0u;
+    lw = in ? static_cast<unsigned>(j) : lw;  // (a select; counting the lists took two instructions)
     base = in ? pre[j] : base;
   }
   w = lw;
@@ -632,11 +641,11 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_block_drain(const projection_entry<T>
 /// gaussian_block_drain in two rounds, so that the common case runs without the divergent rare code.
 /// Round 1, every entry (thread x: entries x, x + 256, ...): gaussian_first_attempt for its lowest
 /// pending element; an entry with work left (another pending element, a tail element, a rejected
-/// candidate: ~6% of the entries) is written back with its state (meta.z = pos) and its position
-/// pushed to the hard list (one shared atomic per warp). Round 2: thread x takes hard entries x,
-/// x + 256, ... and finishes them (gaussian_finish_pending). Three barriers: before round 1 (appends,
-/// placeholder stores), before round 2 (round 1's write-backs and pushes), after (`trailing`: reads
-/// before later appends to this pool).
+/// candidate: ~6% of the entries) is written back with its state (meta.z = pos, meta.w = the pending
+/// bits) and its position pushed to the hard list (one shared atomic per warp). Round 2: thread x
+/// takes hard entries x, x + 256, ... and finishes them (gaussian_finish_pending). Three barriers:
+/// before round 1 (appends, placeholder stores), before round 2 (round 1's write-backs and pushes),
+/// after (`trailing`: reads before later appends to this pool).
 template <class T, class C, bool WholeBlocks>
 LORI_DEVICE LORI_FORCEINLINE void gaussian_block_drain_split(const projection_entry<T>& e, const uint2* table, unsigned& count,
                                                              gaussian_pool_of<C>& pool, bool trailing) {
@@ -667,6 +676,7 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_block_drain_split(const projection_en
         if (hard) {
           s.words = wd;
           s.meta.z = pos;
+          s.meta.w = pending;  // (round 2 need not recompute it from the words)
         }
       }
     }
@@ -683,8 +693,7 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_block_drain_split(const projection_en
   for (unsigned h = x; h < nhard; h += projection_threads) {
     const unsigned at = pool.hard[h];
     const gaussian_slow_entry& s = pool.list[at >> 8][at & 0xffu];
-    gaussian_finish_pending<T, C>(e, s.words, s.meta.x, s.meta.y, slow_pending<WholeBlocks>(s.words, table, s.meta.y, e.cols),
-                                  static_cast<int>(s.meta.z));
+    gaussian_finish_pending<T, C>(e, s.words, s.meta.x, s.meta.y, s.meta.w, static_cast<int>(s.meta.z));
   }
   gaussian_drain_end(trailing);
   count = 0u;
