@@ -464,7 +464,7 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_block_fast(const uint2* table, const 
 /// Slow block 1 (words s4..s7) of an element, needed only after four slow words (48 of 5003 round-2
 /// passes in the Llama set): not inlined, so that the compiler does not compute it alongside slow block
 /// 0 in every pass (45 instructions each time, session 8).
-__device__ __noinline__ inline philox_block gaussian_slow_block1(std::uint32_t c0, std::uint32_t c1, std::uint32_t stream0, std::uint32_t stream1,
+LORI_DEVICE __noinline__ inline philox_block gaussian_slow_block1(std::uint32_t c0, std::uint32_t c1, std::uint32_t stream0, std::uint32_t stream1,
                                                                  std::uint32_t key0, std::uint32_t key1) {
   return philox4x32_10_block(c0, c1, stream0, stream1, key0, key1);
 }
