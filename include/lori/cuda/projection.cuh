@@ -739,18 +739,33 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_drain_all(const projection_entry<T>& 
 template <class T, class C>
 constexpr unsigned gaussian_list_limit = gaussian_list_capacity<C> - 32u * gaussian_lane_blocks<T, C>;
 
+/// A warp whose list could overflow in the next window drains its own (warp-uniform call).
+template <class T, class C, bool WholeBlocks>
+LORI_DEVICE LORI_FORCEINLINE void gaussian_guard_list(const projection_entry<T>& e, const uint2* table, gaussian_lists& ls, unsigned lane) {
+  if (ls.count > gaussian_list_limit<T, C>) gaussian_warp_drain<T, C, WholeBlocks>(e, table, ls.list, ls.count, lane);
+}
+
+/// After the window that brought ls.until down (block-uniform call): the block drains all lists when
+/// the drain is due (ls.until == 0, then `period` windows until the next), otherwise gaussian_guard_list.
+template <class T, class C, bool WholeBlocks>
+LORI_DEVICE LORI_FORCEINLINE void gaussian_drain_if_due(const projection_entry<T>& e, const uint2* table, gaussian_lists& ls, unsigned period,
+                                                        unsigned lane) {
+  if (ls.until == 0u) {
+    gaussian_drain_all<T, C, WholeBlocks>(e, table, ls, false);
+    ls.until = period;
+  } else {
+    gaussian_guard_list<T, C, WholeBlocks>(e, table, ls, lane);
+  }
+}
+
 /// After a window (step) of a gaussian piece and its stores (block-uniform call): every `period`
 /// windows the block drains all lists; otherwise a warp whose list could overflow in the next window
 /// drains its own.
 template <class T, class C, bool WholeBlocks>
 LORI_DEVICE LORI_FORCEINLINE void gaussian_after_window(const projection_entry<T>& e, const uint2* table, gaussian_lists& ls, unsigned period,
                                                         unsigned lane) {
-  if (--ls.until == 0u) {
-    gaussian_drain_all<T, C, WholeBlocks>(e, table, ls, false);
-    ls.until = period;
-  } else if (ls.count > gaussian_list_limit<T, C>) {
-    gaussian_warp_drain<T, C, WholeBlocks>(e, table, ls.list, ls.count, lane);
-  }
+  --ls.until;
+  gaussian_drain_if_due<T, C, WholeBlocks>(e, table, ls, period, lane);
 }
 
 /// The end of a gaussian piece (block-uniform call): the last block drain, or, if the last window
@@ -999,7 +1014,6 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projectio
   // run a window costs its unit(s), the list check and one counter (the row check and the row's
   // address in every window cost 5 instructions more per window in session 8; an event every 3.8
   // windows in the Llama set costs ~16).
-  constexpr unsigned limit = gaussian_list_limit<T, C>;
   const std::uint32_t wpr = e.upr / S;   // windows per row
   std::uint32_t row_left = wpr - c / S;  // windows left in row i (the current one included)
   for (std::uint32_t whole = last_masked ? n - 1u : n; whole != 0u;) {
@@ -1012,19 +1026,13 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projectio
       window(std::false_type{}, S);
       cu += S;
       if (--run == 0u) break;
-      if (ls.count > limit) gaussian_warp_drain<T, C, true>(e, table, ls.list, ls.count, lane);
+      gaussian_guard_list<T, C, true>(e, table, ls, lane);
     }
     if (row_left == 0u) {
       next_row();
       row_left = wpr;
     }
-    // As gaussian_after_window after the run's last window.
-    if (ls.until == 0u) {
-      gaussian_drain_all<T, C, true>(e, table, ls, false);
-      ls.until = period;
-    } else if (ls.count > limit) {
-      gaussian_warp_drain<T, C, true>(e, table, ls.list, ls.count, lane);
-    }
+    gaussian_drain_if_due<T, C, true>(e, table, ls, period, lane);  // (ls.until already counts the run)
   }
   if (last_masked) {
     window(std::true_type{}, hi_last);
