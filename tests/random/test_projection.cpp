@@ -22,9 +22,9 @@ namespace {
 using lori::index_t;
 using lori::projection_spec;
 
-const projection_spec kAll[] = {projection_spec::kaiming_uniform(), projection_spec::gaussian(), projection_spec::gaussian(0.37),
-                                projection_spec::rademacher(),      projection_spec::sparse(3.0), projection_spec::sparse(1.0),
-                                projection_spec::sparse(17.5)};
+const projection_spec kAll[] = {projection_spec::kaiming_uniform(), projection_spec::gaussian(),       projection_spec::gaussian(0.37),
+                                projection_spec::rademacher(),      projection_spec::sparse(3.0),      projection_spec::sparse(1.0),
+                                projection_spec::sparse(17.5),      projection_spec::gaussian_v2(),    projection_spec::gaussian_v2(0.37)};
 
 // The word behind element (i, j), computed from the documented key/counter layout with the raw
 // Random123 function (not through counter_rng), so the layout itself is under test.
@@ -44,7 +44,24 @@ std::array<std::uint32_t, 4> slow_words(std::uint64_t seed, std::uint64_t stream
                              {{static_cast<std::uint32_t>(seed), static_cast<std::uint32_t>(seed >> 32)}});
 }
 
-// Double-precision reference of the gaussian element (i, j) (the algorithm of
+// The documented word layout of a gaussian format (lori/random/distributions.hpp), read independently:
+// layer L, the uniform's integer U (ubits bits) and the format's frozen tables.
+struct zig_format_ref {
+  const lori::detail::zig_layer* tab;
+  double r;
+  bool v2;
+  std::uint32_t layer(std::uint32_t w) const { return v2 ? (w >> 20) & 0x7ffu : w & 0xffu; }
+  std::uint32_t u(std::uint32_t w) const { return v2 ? w & 0xfffffu : (w >> 8) & 0x7fffffu; }
+  double two_ubits() const { return v2 ? 1048576.0 : 8388608.0; }
+  // fast iff U < K_L, the table holding k_L = 0x3f800000 + K_L (scaled to 2^23 for 256 layers)
+  bool fast(std::uint32_t w) const { return u(w) < tab[layer(w)].k - 0x3f800000u; }
+};
+zig_format_ref ref_format(lori::distribution d) {
+  if (d == lori::distribution::gaussian_v2) return {lori::detail::zig2048_layers_host, LORI_ZIGGURAT2048_R, true};
+  return {lori::detail::zig_layers_host, LORI_ZIGGURAT_R, false};
+}
+
+// Double-precision reference of the gaussian element (i, j) of format zf (the algorithm of
 // lori/detail/random_ziggurat.hpp, written independently in double from the frozen tables): value and
 // the tolerance it is known to. Accept/reject decisions are taken in double; only where the two sides
 // of a test are within 1e-6 of each other (the float kernels' error is ~1e-7, so the float code may
@@ -52,39 +69,37 @@ std::array<std::uint32_t, 4> slow_words(std::uint64_t seed, std::uint64_t stream
 struct ref_value {
   double x, tol;
 };
-ref_value gaussian_reference(std::uint64_t seed, std::uint64_t stream, index_t i, index_t j, float sigma) {
-  const double two23 = 8388608.0, two24 = 16777216.0;
+ref_value gaussian_reference(std::uint64_t seed, std::uint64_t stream, index_t i, index_t j, float sigma, const zig_format_ref& zf) {
+  const double two24 = 16777216.0;
   std::uint32_t w = word_of(seed, stream, i, j);
-  // Accepted rectangle / wedge candidate: U23 * 2^-23 * float(W * sigma) is exact in double (47 bits), so the
-  // float result is that product rounded once - exactly.
+  // Accepted rectangle / wedge candidate: U * 2^-ubits * float(W * sigma) is exact in double (47 bits),
+  // so the float result is that product rounded once - exactly.
   auto layer_value = [&](std::uint32_t ww) {
-    const auto& z = lori::detail::zig_layers_host[ww & 0xffu];
+    const auto& z = zf.tab[zf.layer(ww)];
     const double ws = static_cast<float>(static_cast<double>(z.w) * static_cast<double>(sigma));
-    const double v = static_cast<float>(static_cast<double>((ww >> 8) & 0x7fffffu) / two23 * ws);
+    const double v = static_cast<float>(static_cast<double>(zf.u(ww)) / zf.two_ubits() * ws);
     return ref_value{(ww >> 31) != 0u ? -v : v, 0.0};
   };
-  auto is_fast = [](std::uint32_t ww) { return (0x3f800000u | ((ww >> 8) & 0x7fffffu)) < lori::detail::zig_layers_host[ww & 0xffu].k; };
-  if (is_fast(w)) return layer_value(w);
+  if (zf.fast(w)) return layer_value(w);
   const auto b0 = slow_words(seed, stream, i, j, 0), b1 = slow_words(seed, stream, i, j, 1);
   const std::uint32_t s[8] = {b0[0], b0[1], b0[2], b0[3], b1[0], b1[1], b1[2], b1[3]};
-  const double r = LORI_ZIGGURAT_R;
+  const double r = zf.r;
   int pos = 0;
   bool first = true;
   for (;;) {
-    const std::uint32_t layer = w & 0xffu;
-    const auto& z = lori::detail::zig_layers_host[layer];
-    if (!first && is_fast(w)) return layer_value(w);
+    const std::uint32_t layer = zf.layer(w);
+    const auto& z = zf.tab[layer];
+    if (!first && zf.fast(w)) return layer_value(w);
     first = false;
     if (layer != 0u) {
       if (pos + 1 > 6) break;
       const std::uint32_t y = s[pos++];
-      const double xu = static_cast<double>((w >> 8) & 0x7fffffu) / two23 * static_cast<double>(z.w);
+      const double xu = static_cast<double>(zf.u(w)) / zf.two_ubits() * static_cast<double>(z.w);
       const double lhs = static_cast<double>(y >> 8) / two24 * static_cast<double>(z.d) + static_cast<double>(z.f);
       const double e = std::exp(-xu * xu / 2.0);
       bool accept = lhs < e;
       if (std::fabs(lhs - e) < 1e-6) {
-        const float m = lori::bits_float(0x3f800000u | ((w >> 8) & 0x7fffffu));
-        const float xf = lori::detail::rnd_fma(m, z.w, -z.w);
+        const auto xf = static_cast<float>(xu);  // (exact in double, rounded once)
         accept = lori::detail::rnd_fma(lori::uniform_float(y), z.d, z.f) <
                  lori::detail::exp_neg(lori::detail::rnd_mul(lori::detail::rnd_mul(xf, xf), -0.5f));
       }
@@ -97,7 +112,7 @@ ref_value gaussian_reference(std::uint64_t seed, std::uint64_t stream, index_t i
       bool accept = uy < e;
       if (std::fabs(uy - e) < 1e-6) {
         const float lg = lori::detail::log_unit(lori::uniform_float_open_closed(u1));
-        const float df = lori::detail::rnd_mul(lg, -LORI_ZIGGURAT_INV_R);
+        const float df = lori::detail::rnd_mul(lg, zf.v2 ? -LORI_ZIGGURAT2048_INV_R : -LORI_ZIGGURAT_INV_R);
         accept = lori::uniform_float(u2) < lori::detail::exp_neg(lori::detail::rnd_mul(lori::detail::rnd_mul(df, df), -0.5f));
       }
       if (accept) {
@@ -166,11 +181,12 @@ TEST_CASE("elements follow the documented formulas (double-precision references)
               bad += x != expect;
               break;
             }
-            case lori::distribution::gaussian: {
+            case lori::distribution::gaussian:
+            case lori::distribution::gaussian_v2: {
               // The ziggurat in double (gaussian_reference): fast-path and wedge values exactly, tail and
               // fallback values within their float error bounds.
               const double sigma = spec.sigma ? *spec.sigma : 1.0 / std::sqrt(static_cast<double>(r));
-              const ref_value ref = gaussian_reference(seed, stream, i, j, static_cast<float>(sigma));
+              const ref_value ref = gaussian_reference(seed, stream, i, j, static_cast<float>(sigma), ref_format(spec.kind));
               bad += !(std::fabs(x - ref.x) <= ref.tol);
               break;
             }
@@ -313,7 +329,7 @@ TEST_CASE("orthonormal rows: Q^T of the QR of A^T, same row space") {
   for (const auto& sh : shapes) {
     const index_t r = sh[0], k = sh[1];
     const std::uint64_t seed = g();
-    for (const auto& base : {projection_spec::gaussian(), projection_spec::kaiming_uniform()}) {
+    for (const auto& base : {projection_spec::gaussian(), projection_spec::gaussian_v2(), projection_spec::kaiming_uniform()}) {
       const auto a = lori::projection_matrix<double>(r, k, seed, 5, base);
       const auto q = lori::projection_matrix<double>(r, k, seed, 5, base.orthonormalized());
       const auto qf = lori::projection_matrix<float>(r, k, seed, 5, base.orthonormalized());
@@ -348,6 +364,18 @@ TEST_CASE("invalid arguments throw lori::error") {
   CHECK_THROWS_AS(lori::make_projection_params(projection_spec::gaussian(), (index_t{1} << 30) + 1, 4), lori::error);
   CHECK_THROWS_AS(lori::make_projection_params(projection_spec::gaussian(), 4, (index_t{1} << 32) + 1), lori::error);
   CHECK_NOTHROW(lori::make_projection_params(projection_spec::gaussian(), index_t{1} << 30, index_t{1} << 32));
+  CHECK_THROWS_AS(lori::make_projection_params(projection_spec::gaussian_v2(), (index_t{1} << 30) + 1, 4), lori::error);
+  CHECK_THROWS_AS(lori::make_projection_params(projection_spec::gaussian_v2(), 4, (index_t{1} << 32) + 1), lori::error);
+  CHECK_NOTHROW(lori::make_projection_params(projection_spec::gaussian_v2(), index_t{1} << 30, index_t{1} << 32));
+  // gaussian_v2: sigma <= 1e36 (8 W_L sigma stays finite); gaussian takes any float sigma.
+  CHECK_THROWS_AS(lori::make_projection_params(projection_spec::gaussian_v2(1.01e36), 4, 4), lori::error);
+  CHECK_THROWS_AS(lori::generate_projection(v, 1, 2, projection_spec::gaussian_v2(0.0)), lori::error);
+  CHECK_NOTHROW(lori::make_projection_params(projection_spec::gaussian_v2(1e36), 4, 4));
+  CHECK_NOTHROW(lori::make_projection_params(projection_spec::gaussian(3e38), 4, 4));
+  // An unknown distribution value.
+  projection_spec bogus;
+  bogus.kind = static_cast<lori::distribution>(5);
+  CHECK_THROWS_AS(lori::make_projection_params(bogus, 4, 4), lori::error);
   CHECK_NOTHROW(lori::make_projection_params(projection_spec::kaiming_uniform(), (index_t{1} << 30) + 1, (index_t{1} << 32) + 1));
   // Tiles outside the matrix.
   CHECK_THROWS_AS(lori::generate_projection_tile(v, 4, 16, 1, 0, 1, 2, projection_spec::gaussian()), lori::error);

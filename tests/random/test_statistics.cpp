@@ -7,7 +7,8 @@
 //  * Kolmogorov-Smirnov: D_n = sup |F_n - F| <= t with P(D_n > t) <= 2 exp(-2 n t^2)
 //          (Dvoretzky-Kiefer-Wolfowitz, Massart's constant; valid for any F, discrete included), so
 //          t = sqrt(ln(2 / 1e-6) / (2 n)). The generator's own discretisation (2^-24 steps of the
-//          uniform) moves the CDF by < 1e-6, negligible against t ~ 5e-3.
+//          uniform; gaussian_v2: 2^-20 of a layer of mass 1/2048) moves the CDF by < 1e-6, negligible
+//          against t ~ 5e-3.
 #include <doctest/doctest.h>
 
 #include "lori/random/projection.hpp"
@@ -87,16 +88,21 @@ TEST_CASE("kaiming_uniform: U(-1/sqrt(k), 1/sqrt(k)) - mean, variance, KS, bound
   check_moments_and_ks(x, 0.0, b / std::sqrt(3.0), 1.8, cdf, cdf);
 }
 
-TEST_CASE("gaussian: N(0, sigma^2), default sigma = 1/sqrt(r) and explicit sigma") {
+TEST_CASE("gaussian, gaussian_v2: N(0, sigma^2), default sigma = 1/sqrt(r) and explicit sigma") {
   LORI_TEST_SEED_INFO();
   auto g = lori_test::rng(22);
   const index_t r = 32, k = 4096;
+  for (const bool v2 : {false, true})
   for (const double sigma : {1.0 / std::sqrt(static_cast<double>(r)), 2.5}) {
+    CAPTURE(v2);
     CAPTURE(sigma);
-    const auto spec = sigma == 2.5 ? projection_spec::gaussian(2.5) : projection_spec::gaussian();
+    const auto spec = sigma == 2.5 ? (v2 ? projection_spec::gaussian_v2(2.5) : projection_spec::gaussian(2.5))
+                                   : (v2 ? projection_spec::gaussian_v2() : projection_spec::gaussian());
     const auto x = samples(r, k, spec, g(), g());
-    // Largest possible value: the tail's r + (-ln 2^-24) / r = 8.21 (Box-Muller fallback: 5.77).
-    const double xmax = (LORI_ZIGGURAT_R + 16.636 / LORI_ZIGGURAT_R) * sigma * (1.0 + 1e-5);
+    // Largest possible value: the tail's r + (-ln 2^-24) / r (8.21; gaussian_v2 8.16; the Box-Muller
+    // fallback: 5.77).
+    const double zr = v2 ? LORI_ZIGGURAT2048_R : LORI_ZIGGURAT_R;
+    const double xmax = (zr + 16.636 / zr) * sigma * (1.0 + 1e-5);
     std::size_t out = 0;
     for (double v : x) out += std::fabs(v) > xmax;
     CHECK(out == 0);
@@ -111,30 +117,40 @@ TEST_CASE("gaussian: N(0, sigma^2), default sigma = 1/sqrt(r) and explicit sigma
   }
 }
 
-TEST_CASE("gaussian tails: P(|x| > t) within binomial bounds, and the law beyond 3 and beyond r") {
-  // The ziggurat's rare paths (wedges near the tail, the tail envelope beyond r = 3.655, the fallback)
-  // are where bugs hide; KS over all samples barely sees them. n = 2^22 samples of N(0, 1):
-  //  * count(|x| > t) ~ Binomial(n, p_t), p_t = erfc(t / sqrt 2); bound 5.3 sd (+1 for the normal
-  //    approximation, accurate here since n p_t >= 250 for every t used);
-  //  * the conditional law of |x| given |x| > 3 (n ~ 11 300) and given |x| > r (n ~ 1 080, every one
-  //    from the tail envelope): KS against F(v) = 1 - erfc(v / sqrt 2) / erfc(t / sqrt 2), DKW bound.
-  LORI_TEST_SEED_INFO();
-  auto g = lori_test::rng(26);
-  const auto x = samples(1024, 4096, projection_spec::gaussian(1.0), g(), g());
-  const double n = static_cast<double>(x.size());
-  for (const double t : {1.0, 2.0, 3.0, static_cast<double>(LORI_ZIGGURAT_R), 4.0}) {
-    CAPTURE(t);
-    const double p = std::erfc(t / std::sqrt(2.0));
-    std::size_t c = 0;
-    for (double v : x) c += std::fabs(v) > t;
-    CAPTURE(c);
-    CHECK(std::fabs(static_cast<double>(c) - n * p) <= kZ * std::sqrt(n * p * (1.0 - p)) + 1.0);
+// The ziggurat's rare paths (wedges near the tail, the tail envelope beyond r, the fallback) are where
+// bugs hide; KS over all samples barely sees them. n = rows * 4096 samples of N(0, 1) (spec, sigma 1),
+// generated 64 rows at a time:
+//  * count(|x| > t) ~ Binomial(n, p_t), p_t = erfc(t / sqrt 2); bound 5.3 sd (+1 for the normal
+//    approximation, accurate here since n p_t >= 250 for every t used);
+//  * the conditional law of |x| given |x| > 3 and given |x| > zr, the format's r (every one from the
+//    tail envelope): KS against F(v) = 1 - erfc(v / sqrt 2) / erfc(t / sqrt 2), DKW bound.
+static void check_gaussian_tails(const projection_spec& spec, index_t rows, double zr, std::uint64_t seed, std::uint64_t stream) {
+  const index_t k = 4096, chunk = 64;
+  const double ts[] = {1.0, 2.0, 3.0, static_cast<double>(LORI_ZIGGURAT_R), 4.0, zr};
+  std::size_t counts[6] = {};
+  std::vector<double> beyond3;  // |x| > 3
+  for (index_t i0 = 0; i0 < rows; i0 += chunk) {
+    Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> a(chunk, k);
+    lori::generate_projection_tile(lori::matrix_view<float>(a.data(), chunk, k), rows, k, i0, 0, seed, stream, spec);
+    for (index_t e = 0; e < a.size(); ++e) {
+      const double v = std::fabs(static_cast<double>(a.data()[e]));
+      for (int c = 0; c < 6; ++c) counts[c] += v > ts[c];
+      if (v > 3.0) beyond3.push_back(v);
+    }
   }
-  for (const double t : {3.0, static_cast<double>(LORI_ZIGGURAT_R)}) {
+  const double n = static_cast<double>(rows * k);
+  for (int c = 0; c < 6; ++c) {
+    const double t = ts[c], p = std::erfc(t / std::sqrt(2.0));
+    CAPTURE(t);
+    CAPTURE(counts[c]);
+    CHECK(n * p >= 250.0);  // (the normal approximation's condition: a test-design check)
+    CHECK(std::fabs(static_cast<double>(counts[c]) - n * p) <= kZ * std::sqrt(n * p * (1.0 - p)) + 1.0);
+  }
+  for (const double t : {3.0, zr}) {
     CAPTURE(t);
     std::vector<double> tail;
-    for (double v : x)
-      if (std::fabs(v) > t) tail.push_back(std::fabs(v));
+    for (double v : beyond3)
+      if (v > t) tail.push_back(v);
     const double pt = std::erfc(t / std::sqrt(2.0));
     auto cdf = [pt](double v) { return 1.0 - std::erfc(v / std::sqrt(2.0)) / pt; };
     REQUIRE(tail.size() > 500);
@@ -142,6 +158,20 @@ TEST_CASE("gaussian tails: P(|x| > t) within binomial bounds, and the law beyond
     CAPTURE(d);
     CHECK(d <= ks_bound(tail.size()));
   }
+}
+
+TEST_CASE("gaussian tails: P(|x| > t) within binomial bounds, and the law beyond 3 and beyond r") {
+  LORI_TEST_SEED_INFO();
+  auto g = lori_test::rng(26);
+  // 2^22 samples: ~1 080 beyond r = 3.655.
+  check_gaussian_tails(projection_spec::gaussian(1.0), 1024, LORI_ZIGGURAT_R, g(), g());
+}
+
+TEST_CASE("gaussian_v2 tails: P(|x| > t) within binomial bounds, and the law beyond 3 and beyond r") {
+  LORI_TEST_SEED_INFO();
+  auto g = lori_test::rng(27);
+  // 2^25 samples: ~830 beyond r = 4.217.
+  check_gaussian_tails(projection_spec::gaussian_v2(1.0), 8192, LORI_ZIGGURAT2048_R, g(), g());
 }
 
 TEST_CASE("rademacher: +-1/sqrt(k) with probability 1/2 each") {
@@ -186,7 +216,7 @@ TEST_CASE("principal angles between independent projections: mean cos^2 ~ r/k (k
   LORI_TEST_SEED_INFO();
   auto g = lori_test::rng(25);
   const index_t r = 32, k = 4096;
-  for (const auto& spec : {projection_spec::gaussian(), projection_spec::kaiming_uniform(), projection_spec::sparse(3.0)}) {
+  for (const auto& spec : {projection_spec::gaussian(), projection_spec::gaussian_v2(), projection_spec::kaiming_uniform(), projection_spec::sparse(3.0)}) {
     CAPTURE(static_cast<int>(spec.kind));
     const auto q1 = lori::projection_matrix<double>(r, k, g(), 1, spec.orthonormalized());
     const auto q2 = lori::projection_matrix<double>(r, k, g(), 1, spec.orthonormalized());

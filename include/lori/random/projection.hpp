@@ -12,7 +12,7 @@
 //
 // Values are defined in binary32; double output is the exact widening of those floats.
 // Cost: one Philox4x32-10 per 4 elements plus, for gaussians, a ziggurat table look-up (and for ~1.5% of
-// them a slow path with up to two more Philox calls); on x86-64
+// them, gaussian_v2: 0.23%, a slow path with up to two more Philox calls); on x86-64
 // the inner loops are compiled a second time for AVX2+FMA and picked at run time (same bits either way).
 #ifndef LORI_RANDOM_PROJECTION_HPP
 #define LORI_RANDOM_PROJECTION_HPP
@@ -72,27 +72,34 @@ LORI_FORCEINLINE void projection_words(const counter_rng& g, std::uint64_t row, 
   }
 }
 
-/// The gaussian's fast-path table for one sigma: k_L (as int32, all < 2^30) and Ws_L = rnd(W_L * sigma).
+/// The ziggurat format of gaussian distribution D (lori/detail/random_ziggurat.hpp).
+template <distribution D>
+using zig_of = std::conditional_t<D == distribution::gaussian, zig256, zig2048>;
+
+/// A gaussian's fast-path table for one sigma and format Z (its first Z::layers entries): k_L (as
+/// int32, all < 2^30) and ws_L = Z::scaled(W_L, sigma).
 struct zig_scaled {
-  alignas(32) std::int32_t k[zig_layers_count];
-  alignas(32) float w[zig_layers_count];
+  alignas(32) std::int32_t k[zig2048::layers];
+  alignas(32) float w[zig2048::layers];
 };
 
-inline void make_zig_scaled(float sigma, zig_scaled& z) noexcept {
-  for (int l = 0; l < zig_layers_count; ++l) {
-    z.k[l] = static_cast<std::int32_t>(zig_layers_host[l].k);
-    z.w[l] = rnd_mul(zig_layers_host[l].w, sigma);
+template <class Z>
+void make_zig_scaled(float sigma, zig_scaled& z) noexcept {
+  for (int l = 0; l < Z::layers; ++l) {
+    z.k[l] = static_cast<std::int32_t>(Z::table()[l].k);
+    z.w[l] = Z::scaled(Z::table()[l].w, sigma);
   }
 }
 
-/// Ziggurat fast path over an array of main words (scalar; AVX2 version below): z[t] = fast value,
-/// bit t of the result set where the element needs gaussian_slow instead. n <= 64.
+/// Ziggurat fast path of format Z over an array of main words (scalar; AVX2 version below): z[t] = fast
+/// value, bit t of the result set where the element needs gaussian_slow instead. n <= 64.
+template <class Z>
 LORI_FORCEINLINE std::uint64_t zig_fast_arrays(const std::uint32_t* w, int n, const zig_scaled& zs, float* z) noexcept {
   std::uint64_t rej = 0;
   for (int t = 0; t < n; ++t) {
-    const std::uint32_t l = w[t] & 0xffu;
-    const std::uint32_t mb = zig_mbits(w[t]);
-    z[t] = zig_value(w[t], zs.w[l]);
+    const std::uint32_t l = Z::layer(w[t]);
+    const std::uint32_t mb = Z::fast_bits(w[t]);
+    z[t] = Z::value(w[t], zs.w[l]);
     if (mb >= static_cast<std::uint32_t>(zs.k[l])) rej |= std::uint64_t{1} << t;
   }
   return rej;
@@ -123,9 +130,9 @@ LORI_FORCEINLINE void projection_quads(const projection_params& p, const counter
                                        float* out, const zig_scaled* zs, Words&& words, ZigFast&& zf, SlowBlocks&& sb) noexcept {
   alignas(32) std::uint32_t w[4][projection_batch_quads] = {};
   words(g, row, q0, n, w);
-  if constexpr (D == distribution::gaussian) {
+  if constexpr (is_gaussian(D)) {
     alignas(32) float z[4][projection_batch_quads];
-    // Fast path over the batch; then the ~1.5% slow elements together (their Philox blocks vectorise).
+    // Fast path over the batch; then the rare slow elements together (their Philox blocks vectorise).
     std::uint64_t js[4 * projection_batch_quads];
     int at[4 * projection_batch_quads];
     int ns = 0;
@@ -144,7 +151,7 @@ LORI_FORCEINLINE void projection_quads(const projection_params& p, const counter
       sb(g, r32, js, ns, b0);
       for (int s = 0; s < ns; ++s) {
         const int t4 = at[s] / projection_batch_quads, t = at[s] % projection_batch_quads;
-        z[t4][t] = gaussian_slow_from(w[t4][t], p.scale, g, r32, js[s], b0[s]);
+        z[t4][t] = gaussian_slow_from<zig_of<D>>(w[t4][t], p.scale, g, r32, js[s], b0[s]);
       }
     }
     for (int t = 0; t < n; ++t) {
@@ -174,36 +181,38 @@ inline void projection_quads_generic(const projection_params& p, const counter_r
       [](const counter_rng& gg, std::uint64_t r, std::uint64_t q, int m, std::uint32_t(&w)[4][projection_batch_quads]) {
         projection_words(gg, r, q, m, w);
       },
-      [](const std::uint32_t* w, int m, const zig_scaled& z, float* out_z) { return zig_fast_arrays(w, m, z, out_z); },
+      [](const std::uint32_t* w, int m, const zig_scaled& z, float* out_z) { return zig_fast_arrays<zig_of<D>>(w, m, z, out_z); },
       [](const counter_rng& gg, std::uint32_t r, const std::uint64_t* js, int m, philox_block* b) { zig_slow_blocks(gg, r, js, m, b); });
 }
 
 #if LORI_RANDOM_X86_DISPATCH
 // AVX2+FMA clone of the inner loops: Philox written with AVX2 intrinsics (8 blocks per step), the
 // simple distributions auto-vectorised, and the ziggurat's fast path with gathers; zig_fast_avx2 performs
-// exactly the operations of zig_fast_arrays (fma(m, Ws, -Ws) = m*Ws - Ws rounded once = vfmsub) lane by
+// exactly the operations of zig_fast_arrays (fma(m, ws, -ws) = m*ws - ws rounded once = vfmsub) lane by
 // lane; tests compare this path against the generic one bit for bit.
 #define LORI_RANDOM_AVX2_ATTRIBUTES __attribute__((target("avx2,fma")))
 
+template <class Z>
 LORI_RANDOM_AVX2_ATTRIBUTES inline std::uint64_t zig_fast_avx2(const std::uint32_t* w, int n, const zig_scaled& zs, float* z) noexcept {
-  const __m256i lmask = _mm256_set1_epi32(0xff);
-  const __m256i umask = _mm256_set1_epi32(0x7fffff);
+  constexpr bool v1 = std::is_same_v<Z, zig256>;  // zig256: L = w & 0xff, U = (w >> 8) & 0x7fffff; zig2048: U = w & 0xfffff, L = (w >> 20) & 0x7ff
+  const __m256i lmask = _mm256_set1_epi32(v1 ? 0xff : 0x7ff);
+  const __m256i umask = _mm256_set1_epi32(v1 ? 0x7fffff : 0xfffff);
   const __m256i one = _mm256_set1_epi32(0x3f800000);
   const __m256i sign = _mm256_set1_epi32(static_cast<int>(0x80000000u));
   std::uint64_t rej = 0;
   int t = 0;
   for (; t + 8 <= n; t += 8) {
     const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + t));
-    const __m256i l = _mm256_and_si256(wv, lmask);
+    const __m256i l = _mm256_and_si256(v1 ? wv : _mm256_srli_epi32(wv, 20), lmask);
     const __m256i k = _mm256_i32gather_epi32(zs.k, l, 4);
     const __m256 ws = _mm256_i32gather_ps(zs.w, l, 4);
-    const __m256i mb = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(wv, 8), umask), one);
+    const __m256i mb = _mm256_or_si256(_mm256_and_si256(v1 ? _mm256_srli_epi32(wv, 8) : wv, umask), one);
     const __m256 x = _mm256_fmsub_ps(_mm256_castsi256_ps(mb), ws, ws);
     _mm256_storeu_ps(z + t, _mm256_or_ps(x, _mm256_castsi256_ps(_mm256_and_si256(wv, sign))));
     const __m256i fast = _mm256_cmpgt_epi32(k, mb);
     rej |= static_cast<std::uint64_t>(~static_cast<unsigned>(_mm256_movemask_ps(_mm256_castsi256_ps(fast))) & 0xffu) << t;
   }
-  if (t < n) rej |= zig_fast_arrays(w + t, n - t, zs, z + t) << t;
+  if (t < n) rej |= zig_fast_arrays<Z>(w + t, n - t, zs, z + t) << t;
   return rej;
 }
 
@@ -294,7 +303,9 @@ LORI_RANDOM_AVX2_ATTRIBUTES inline void projection_quads_avx2(const projection_p
       p, g, row, q0, n, out, zs,
       [](const counter_rng& gg, std::uint64_t r, std::uint64_t q, int m, std::uint32_t(&w)[4][projection_batch_quads])
           LORI_RANDOM_AVX2_ATTRIBUTES { projection_words_avx2(gg, r, q, m, w); },
-      [](const std::uint32_t* w, int m, const zig_scaled& z, float* out_z) LORI_RANDOM_AVX2_ATTRIBUTES { return zig_fast_avx2(w, m, z, out_z); },
+      [](const std::uint32_t* w, int m, const zig_scaled& z, float* out_z) LORI_RANDOM_AVX2_ATTRIBUTES {
+        return zig_fast_avx2<zig_of<D>>(w, m, z, out_z);
+      },
       [](const counter_rng& gg, std::uint32_t r, const std::uint64_t* js, int m, philox_block* b)
           LORI_RANDOM_AVX2_ATTRIBUTES { zig_slow_blocks_avx2(gg, r, js, m, b); });
 }
@@ -322,6 +333,7 @@ inline projection_quads_fn select_projection_quads(distribution d, bool allow_si
   switch (d) {
     case distribution::kaiming_uniform: return select_projection_quads<distribution::kaiming_uniform>(allow_simd);
     case distribution::gaussian: return select_projection_quads<distribution::gaussian>(allow_simd);
+    case distribution::gaussian_v2: return select_projection_quads<distribution::gaussian_v2>(allow_simd);
     case distribution::rademacher: return select_projection_quads<distribution::rademacher>(allow_simd);
     case distribution::sparse: return select_projection_quads<distribution::sparse>(allow_simd);
   }
@@ -336,7 +348,8 @@ void fill_projection_tile(matrix_view<T, layout::row_major> out, index_t i0, ind
   const projection_quads_fn fn = select_projection_quads(p.kind, allow_simd);
   alignas(64) float buf[4 * projection_batch_quads];
   zig_scaled zs;
-  if (p.kind == distribution::gaussian) make_zig_scaled(p.scale, zs);
+  if (p.kind == distribution::gaussian) make_zig_scaled<zig256>(p.scale, zs);
+  if (p.kind == distribution::gaussian_v2) make_zig_scaled<zig2048>(p.scale, zs);
   const index_t jend = j0 + out.cols();
   for (index_t i = 0; i < out.rows(); ++i) {
     T* row = out.row(i);
