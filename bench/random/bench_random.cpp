@@ -31,6 +31,8 @@ void generate(benchmark::State& state, const lori::projection_spec& spec, bool a
 
 void BM_generate_gaussian(benchmark::State& state) { generate(state, lori::projection_spec::gaussian(), true); }
 void BM_generate_gaussian_generic_path(benchmark::State& state) { generate(state, lori::projection_spec::gaussian(), false); }
+void BM_generate_gaussian_v2(benchmark::State& state) { generate(state, lori::projection_spec::gaussian_v2(), true); }
+void BM_generate_gaussian_v2_generic_path(benchmark::State& state) { generate(state, lori::projection_spec::gaussian_v2(), false); }
 void BM_generate_kaiming_uniform(benchmark::State& state) { generate(state, lori::projection_spec::kaiming_uniform(), true); }
 void BM_generate_rademacher(benchmark::State& state) { generate(state, lori::projection_spec::rademacher(), true); }
 void BM_generate_sparse(benchmark::State& state) { generate(state, lori::projection_spec::sparse(3.0), true); }
@@ -96,6 +98,8 @@ void BM_philox_words_baseline_mt19937(benchmark::State& state) {
 
 BENCHMARK(BM_generate_gaussian);
 BENCHMARK(BM_generate_gaussian_generic_path);
+BENCHMARK(BM_generate_gaussian_v2);
+BENCHMARK(BM_generate_gaussian_v2_generic_path);
 BENCHMARK(BM_generate_baseline_mt19937_normal);
 BENCHMARK(BM_generate_kaiming_uniform);
 BENCHMARK(BM_generate_baseline_mt19937_uniform);

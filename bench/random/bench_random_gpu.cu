@@ -78,13 +78,19 @@ void time_events(benchmark::State& state, F&& launch) {
   LORI_CUDA_CHECK(cudaEventDestroy(stop));
 }
 
+// Benchmark argument -> law: 0 kaiming_uniform, 1 gaussian, 2 rademacher, 3 sparse (s = 3), 4 gaussian_v2.
 lori::projection_spec spec_of(int64_t d) {
   switch (d) {
     case 0: return lori::projection_spec::kaiming_uniform();
     case 1: return lori::projection_spec::gaussian();
     case 2: return lori::projection_spec::rademacher();
-    default: return lori::projection_spec::sparse(3.0);
+    case 3: return lori::projection_spec::sparse(3.0);
+    default: return lori::projection_spec::gaussian_v2();
   }
+}
+const char* label_of(int64_t d) {
+  const char* names[] = {"kaiming_uniform", "gaussian", "rademacher", "sparse3", "gaussian_v2"};
+  return names[d >= 0 && d <= 4 ? d : 0];
 }
 
 // The Llama set of `spec` on the device, prepared: output, workspace and plan (every benchmark of a
@@ -111,7 +117,7 @@ void generate_llama(benchmark::State& state) {
   time_events(state, [&] { lori::cuda::generate_projection_batch(batch.plan); });
   state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * n);
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * n * static_cast<int64_t>(sizeof(T)));
-  state.SetLabel(state.range(0) == 0 ? "kaiming_uniform" : state.range(0) == 1 ? "gaussian" : state.range(0) == 2 ? "rademacher" : "sparse3");
+  state.SetLabel(label_of(state.range(0)));
 }
 
 void BM_gpu_generate_llama3_8b_r32(benchmark::State& state) { generate_llama<float>(state); }
@@ -121,11 +127,11 @@ void BM_gpu_generate_llama3_8b_r32(benchmark::State& state) { generate_llama<flo
 void BM_gpu_generate_llama3_8b_r32_general_path(benchmark::State& state) {
   if (!have_device(state)) return;
   const lori::index_t n = llama_total();
-  const llama_batch<float> batch(lori::projection_spec::gaussian());
+  const llama_batch<float> batch(spec_of(state.range(0)));
   time_events(state, [&] { lori::cuda::detail_proj::launch_projection_batch(batch.plan, batch.plan.blocks, nullptr, 0, 0); });
   state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * n);
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * n * static_cast<int64_t>(sizeof(float)));
-  state.SetLabel("gaussian");
+  state.SetLabel(label_of(state.range(0)));
 }
 void BM_gpu_generate_llama3_8b_r32_bf16(benchmark::State& state) { generate_llama<lori::bfloat16>(state); }
 
@@ -200,7 +206,7 @@ void BM_gpu_generate_single_32x1245184(benchmark::State& state) {
   time_events(state, [&] { lori::cuda::generate_projection(out.as_matrix(rows, cols), 2026, 7, spec); });
   state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * n);
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * n * 4);
-  state.SetLabel(state.range(0) == 0 ? "kaiming_uniform" : "gaussian");
+  state.SetLabel(label_of(state.range(0)));
 }
 
 void BM_gpu_baseline_curand_normal(benchmark::State& state) {
@@ -234,12 +240,12 @@ void BM_gpu_baseline_d2d_copy(benchmark::State& state) {
 }  // namespace
 
 BENCHMARK(BM_gpu_baseline_d2d_copy)->UseManualTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_gpu_generate_llama3_8b_r32)->DenseRange(0, 3)->UseManualTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_gpu_generate_llama3_8b_r32_bf16)->Arg(0)->Arg(1)->UseManualTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_gpu_generate_llama3_8b_r32_general_path)->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_gpu_generate_llama3_8b_r32)->DenseRange(0, 4)->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_gpu_generate_llama3_8b_r32_bf16)->Arg(0)->Arg(1)->Arg(4)->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_gpu_generate_llama3_8b_r32_general_path)->Arg(1)->Arg(4)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_generate_llama3_8b_r32_x10)->Arg(0)->Arg(1)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_generate_tiny)->Arg(0)->Arg(1)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_generate_llama3_8b_r32_cfg)->DenseRange(0, 2)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_generate_llama3_8b_r32_bf16_cfg)->DenseRange(0, 2)->UseManualTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_gpu_generate_single_32x1245184)->Arg(0)->Arg(1)->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_gpu_generate_single_32x1245184)->Arg(0)->Arg(1)->Arg(4)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_gpu_baseline_curand_normal)->UseManualTime()->Unit(benchmark::kMicrosecond);

@@ -6,8 +6,10 @@
 //                                         recomputes W + sum_i w_i s_i B_i A_i in double from the files
 //                                         and checks OUT: adapted tensors within one rounding of the
 //                                         dtype (+ TOL * max|delta| when TOL > 0), others bit-identical
-//   cli_helper make-lori-adapter DIR SEED  the nlu fixture's shapes/config with A = lori's kaiming
-//                                         projection (seed, stream_from_name(module)) and a 90%-sparse B
+//   cli_helper make-lori-adapter DIR SEED [gaussian_v2]
+//                                         the nlu fixture's shapes/config with A = lori's kaiming (or
+//                                         gaussian_v2) projection (seed, stream_from_name(module)) and a
+//                                         90%-sparse B
 //   cli_helper check-interference CSV DIR0 DIR1
 //                                         recomputes, densely in double, the delta cosine and the
 //                                         principal-angle cosines (QR + SVD) of pair 0-1 of every module
@@ -118,14 +120,14 @@ int main(int argc, char** argv) {
       std::printf("check-apply: %d adapted tensors match the double reference\n", adapted);
       return adapted > 0 ? 0 : 1;
     }
-    if (mode == "make-lori-adapter" && argc == 4) {
+    if (mode == "make-lori-adapter" && (argc == 4 || (argc == 5 && std::string(argv[4]) == "gaussian_v2"))) {
+      const auto spec = argc == 5 ? lori::projection_spec::gaussian_v2() : lori::projection_spec::kaiming_uniform();
       auto ad = lori::io::load_peft_adapter(std::string(LORI_TEST_DATA_DIR) + "/peft_adapters/nlu");
       const std::uint64_t seed = std::stoull(argv[3]);
       std::mt19937_64 g(seed);
       std::bernoulli_distribution keep(0.1);
       for (auto& m : ad.modules) {
-        lori::generate_projection(lori::row_major_view<float>(m.A.data(), m.rank, m.in_features), seed, lori::stream_from_name(m.name),
-                                  lori::projection_spec::kaiming_uniform());
+        lori::generate_projection(lori::row_major_view<float>(m.A.data(), m.rank, m.in_features), seed, lori::stream_from_name(m.name), spec);
         for (auto& b : m.B)
           if (!keep(g)) b = 0.0f;
       }

@@ -178,6 +178,13 @@ pack)
   [ "$(stat -c %s "$WORK/gen.lori")" -lt "$(( $(stat -c %s "$WORK/gen43.lori") / 3 ))" ] && pass "seed packing is > 3x smaller than dense A here" || fail "seed packing size"
   err "pack: bad --a-seed" "bad integer 'x'" "$WORK/bad3" -- "$LORI" pack "$WORK/gen" --a-seed x -o "$WORK/bad3"
   err "pack: bad distribution" "--a-distribution must be" "$WORK/bad4" -- "$LORI" pack "$WORK/gen" --a-seed 1 --a-distribution cauchy -o "$WORK/bad4"
+  # gaussian_v2: packed as a seed, restored bit for bit; the same A is not the 256-layer gaussian's.
+  ok "make an adapter whose A is lori's gaussian_v2 projection" -- "$HELPER" make-lori-adapter "$WORK/genv2" 42 gaussian_v2
+  ok "pack --a-distribution gaussian_v2" -- "$LORI" pack "$WORK/genv2" --a-seed 42 --a-distribution gaussian_v2 -o "$WORK/genv2.lori"
+  ok "unpack of a gaussian_v2 seed-packed file" -- "$LORI" unpack "$WORK/genv2.lori" -o "$WORK/genv2_u"
+  cmp -s "$WORK/genv2/adapter_model.safetensors" "$WORK/genv2_u/adapter_model.safetensors" && pass "gaussian_v2 seed-packed round trip byte-identical" || fail "gaussian_v2 seed-packed round trip differs"
+  ok "pack a gaussian_v2 A as gaussian stores A" -- "$LORI" pack "$WORK/genv2" --a-seed 42 --a-distribution gaussian -o "$WORK/genv2g.lori"
+  [ "$(stat -c %s "$WORK/genv2.lori")" -lt "$(( $(stat -c %s "$WORK/genv2g.lori") / 3 ))" ] && pass "gaussian_v2 seed packing is > 3x smaller than dense A (the formats differ)" || fail "gaussian_v2 seed packing size"
   err "pack: missing -o" "missing required option --output" "" -- "$LORI" pack "$A/code"
   err "pack: missing folder" "no such adapter" "$WORK/bad1" -- "$LORI" pack "$WORK/nope" -o "$WORK/bad1"
   err "pack: rank mismatch" "gives r = 4" "$WORK/bad2" -- "$LORI" pack "$WORK/rank4" -o "$WORK/bad2"

@@ -17,6 +17,7 @@
 #include <cstring>
 #include <random>
 #include <string>
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -24,9 +25,25 @@ namespace {
 using lori::index_t;
 using lori::projection_spec;
 
-const projection_spec kAll[] = {projection_spec::kaiming_uniform(), projection_spec::gaussian(), projection_spec::gaussian(0.37),
-                                projection_spec::rademacher(),      projection_spec::sparse(3.0), projection_spec::sparse(1.0),
-                                projection_spec::sparse(17.5)};
+const projection_spec kAll[] = {projection_spec::kaiming_uniform(), projection_spec::gaussian(),    projection_spec::gaussian(0.37),
+                                projection_spec::rademacher(),      projection_spec::sparse(3.0),   projection_spec::sparse(1.0),
+                                projection_spec::sparse(17.5),      projection_spec::gaussian_v2(), projection_spec::gaussian_v2(0.37)};
+
+// The gaussian spec of format gk (gaussian or gaussian_v2); sigma 0: the default 1/sqrt(r).
+projection_spec gaussian_spec(lori::distribution gk, double sigma = 0.0) {
+  const std::optional<double> s = sigma == 0.0 ? std::nullopt : std::optional<double>(sigma);
+  return gk == lori::distribution::gaussian_v2 ? projection_spec::gaussian_v2(s) : projection_spec::gaussian(s);
+}
+
+// Whether main word w of a gaussian of format gk fails the fast test (a slow element).
+bool fails_fast(lori::distribution gk, std::uint32_t w) {
+  if (gk == lori::distribution::gaussian_v2) {
+    using Z = lori::detail::zig2048;
+    return Z::fast_bits(w) >= Z::table()[Z::layer(w)].k;
+  }
+  using Z = lori::detail::zig256;
+  return Z::fast_bits(w) >= Z::table()[Z::layer(w)].k;
+}
 
 std::mt19937_64 test_rng(std::uint64_t salt) { return std::mt19937_64(0x5eed0000ull + salt); }
 
@@ -203,7 +220,7 @@ TEST_CASE("Llama-3-8B r = 32: all 224 A's in one launch equal the CPU, per distr
   lori::cuda::device_buffer<float> buf(total);
   const std::size_t ws_bytes = lori::cuda::projection_batch_workspace_bytes(224);
   lori::cuda::device_buffer<unsigned char> ws(static_cast<index_t>(ws_bytes));
-  for (const auto& spec : {projection_spec::kaiming_uniform(), projection_spec::gaussian()}) {
+  for (const auto& spec : {projection_spec::kaiming_uniform(), projection_spec::gaussian(), projection_spec::gaussian_v2()}) {
     std::vector<lori::cuda::projection_task<float>> tasks;
     index_t off = 0;
     for (const auto& n : names) {
@@ -277,7 +294,7 @@ TEST_CASE("gaussian slow path on the device: slow elements, tail, bounded-loop f
   while (ij.size() < 2 * 4096) {
     const auto i = static_cast<index_t>(g() % r), j = static_cast<index_t>(g() % k);
     const std::uint32_t w = lori::projection_block(seed, stream, i, j >> 2).v[j & 3];
-    if (lori::detail::zig_mbits(w) >= lori::detail::zig_layers_host[w & 0xffu].k) {
+    if (fails_fast(lori::distribution::gaussian, w)) {
       ij.push_back(i);
       ij.push_back(j);
     }
@@ -328,37 +345,39 @@ TEST_CASE("gaussian slow path on the device: slow elements, tail, bounded-loop f
 }
 
 namespace {
-// Philox blocks of A (rows x cols, gaussian) with at least `min_slow` elements inside the row that fail
-// the ziggurat's fast test (the slow-path list entries of the kernel; >= 2: entries with two or more).
-std::size_t slow_blocks(index_t rows, index_t cols, std::uint64_t seed, std::uint64_t stream, int min_slow) {
+// Philox blocks of A (rows x cols, gaussian of format gk) with at least `min_slow` elements inside the row
+// that fail the ziggurat's fast test (the slow-path list entries of the kernel; >= 2: entries with two
+// or more).
+std::size_t slow_blocks(index_t rows, index_t cols, std::uint64_t seed, std::uint64_t stream, int min_slow, lori::distribution gk) {
   std::size_t n = 0;
   for (index_t i = 0; i < rows; ++i) {
     for (index_t q = 0; q * 4 < cols; ++q) {
       const lori::philox_block b = lori::projection_block(seed, stream, i, q);
       int slow = 0;
-      for (int t = 0; t < 4 && q * 4 + t < cols; ++t) slow += lori::detail::zig_mbits(b.v[t]) >= lori::detail::zig_layers_host[b.v[t] & 0xffu].k;
+      for (int t = 0; t < 4 && q * 4 + t < cols; ++t) slow += fails_fast(gk, b.v[t]);
       n += slow >= min_slow;
     }
   }
   return n;
 }
 
-// Slow elements of A (rows x cols, gaussian) whose slow path needs more than one attempt (the kernel's
-// thread loops over attempts): lori::detail::gaussian_slow_attempt run on the host.
-std::size_t multi_attempt_elements(index_t rows, index_t cols, std::uint64_t seed, std::uint64_t stream) {
+// Slow elements of A (rows x cols, gaussian of format gk) whose slow path needs more than one attempt
+// (the kernel's thread loops over attempts): lori::detail::gaussian_slow_attempt run on the host.
+std::size_t multi_attempt_elements(index_t rows, index_t cols, std::uint64_t seed, std::uint64_t stream, lori::distribution gk) {
   const lori::counter_rng g(seed, stream);
   std::size_t n = 0;
   for (index_t i = 0; i < rows; ++i) {
     for (index_t j = 0; j < cols; ++j) {
       const std::uint32_t w = lori::projection_block(seed, stream, i, j >> 2).v[j & 3];
-      if (lori::detail::zig_mbits(w) < lori::detail::zig_layers_host[w & 0xffu].k) continue;
+      if (!fails_fast(gk, w)) continue;
       const auto r32 = static_cast<std::uint32_t>(i);
       const auto j64 = static_cast<std::uint64_t>(j);
       const lori::philox_block b0 = lori::detail::zig_slow_block(g, r32, j64, 0), b1 = lori::detail::zig_slow_block(g, r32, j64, 1);
       auto word = [&](int k) { return k < 4 ? b0.v[k] : b1.v[k - 4]; };
       lori::detail::zig_slow_state st{w, 0};
       float out = 0.0f;
-      n += !lori::detail::gaussian_slow_attempt(st, 1.0f, word, out);
+      n += gk == lori::distribution::gaussian_v2 ? !lori::detail::gaussian_slow_attempt<lori::detail::zig2048>(st, 1.0f, word, out)
+                                                 : !lori::detail::gaussian_slow_attempt<lori::detail::zig256>(st, 1.0f, word, out);
     }
   }
   return n;
@@ -382,10 +401,11 @@ struct forced_launch {
 // aligned: gaussian tasks of the row path's shapes (cols a multiple of 2048, ld a multiple of 8, rows
 // 16-byte aligned: detail::gaussian_row_path for float, double, bf16 and fp16), every 7th task (and
 // the other laws) misaligned by one element (the general path), in the same batch.
+// gk: the gaussian format of the gaussian tasks (every 5th task: any law of kAll).
 template <class T, class C = lori::cuda::detail_proj::gaussian_cfg_lib<T>>
 std::size_t forced_grid_batch(std::uint64_t salt, int ntasks, index_t max_rows, index_t max_cols, const std::vector<forced_launch>& launches,
                               std::size_t* slow_entries = nullptr, std::size_t* requeued = nullptr, std::size_t* resumed = nullptr,
-                              bool aligned = false) {
+                              bool aligned = false, lori::distribution gk = lori::distribution::gaussian) {
   auto g = test_rng(salt);
   struct placed {
     index_t offset, rows, cols, ld;
@@ -410,13 +430,13 @@ std::size_t forced_grid_batch(std::uint64_t salt, int ntasks, index_t max_rows, 
     p.seed = g();
     p.stream = g();
     const double s = sigmas[g() % 4];
-    p.spec = t % 5 == 4 ? kAll[g() % (sizeof(kAll) / sizeof(kAll[0]))] : (s == 0.0 ? projection_spec::gaussian() : projection_spec::gaussian(s));
+    p.spec = t % 5 == 4 ? kAll[g() % (sizeof(kAll) / sizeof(kAll[0]))] : gaussian_spec(gk, s);
     cursor = p.offset + p.rows * p.ld;
     items.push_back(p);
-    if (p.spec.kind == lori::distribution::gaussian) {
-      if (slow_entries) *slow_entries += slow_blocks(p.rows, p.cols, p.seed, p.stream, 1);
-      if (requeued) *requeued += slow_blocks(p.rows, p.cols, p.seed, p.stream, 2);
-      if (resumed) *resumed += multi_attempt_elements(p.rows, p.cols, p.seed, p.stream);
+    if (lori::is_gaussian(p.spec.kind)) {
+      if (slow_entries) *slow_entries += slow_blocks(p.rows, p.cols, p.seed, p.stream, 1, p.spec.kind);
+      if (requeued) *requeued += slow_blocks(p.rows, p.cols, p.seed, p.stream, 2, p.spec.kind);
+      if (resumed) *resumed += multi_attempt_elements(p.rows, p.cols, p.seed, p.stream, p.spec.kind);
     }
   }
   lori::cuda::device_buffer<T> buf(cursor + 16);  // cudaMalloc: 256-byte aligned base
@@ -537,12 +557,14 @@ TEST_CASE("gaussian slow-path lists, two-round drains: small batch on 1 and 2 bl
 }
 
 namespace {
-// One gaussian matrix (rows x cols, sigma) generated on forced grids {blocks (0: the default grid), drain
-// period (0: the library's)}, float and (bf16 = true) bf16, each compared bit for bit with the CPU
-// (outputs poisoned first).
+// One gaussian matrix (rows x cols, sigma, format gk) generated on forced grids {blocks (0: the default
+// grid), drain period (0: the library's)}, float and (bf16 = true) bf16, each compared bit for bit with
+// the CPU (outputs poisoned first).
 void forced_single_matrix(index_t rows, index_t cols, std::uint64_t seed, std::uint64_t stream, double sigma,
-                          const std::vector<std::pair<index_t, unsigned>>& launches, bool bf16) {
-  const auto a = cpu_projection(rows, cols, seed, stream, projection_spec::gaussian(sigma));
+                          const std::vector<std::pair<index_t, unsigned>>& launches, bool bf16,
+                          lori::distribution gk = lori::distribution::gaussian) {
+  const projection_spec spec = gaussian_spec(gk, sigma);
+  const auto a = cpu_projection(rows, cols, seed, stream, spec);
   for (const auto& l : launches) {
     const index_t blocks = l.first;
     const unsigned drain = l.second;
@@ -550,7 +572,7 @@ void forced_single_matrix(index_t rows, index_t cols, std::uint64_t seed, std::u
     CAPTURE(drain);
     lori::cuda::device_buffer<float> buf(rows * cols);
     buf.fill_bytes(0xff);
-    lori::cuda::detail_proj::generate_projection_blocks(buf.as_matrix(rows, cols), seed, stream, projection_spec::gaussian(sigma), blocks, nullptr, drain);
+    lori::cuda::detail_proj::generate_projection_blocks(buf.as_matrix(rows, cols), seed, stream, spec, blocks, nullptr, drain);
     LORI_CUDA_CHECK(cudaDeviceSynchronize());
     const auto host = buf.download();
     std::size_t mism = 0;
@@ -559,7 +581,7 @@ void forced_single_matrix(index_t rows, index_t cols, std::uint64_t seed, std::u
     if (!bf16) continue;
     lori::cuda::device_buffer<lori::bfloat16> hb(rows * cols);
     hb.fill_bytes(0xff);
-    lori::cuda::detail_proj::generate_projection_blocks(hb.as_matrix(rows, cols), seed, stream, projection_spec::gaussian(sigma), blocks, nullptr, drain);
+    lori::cuda::detail_proj::generate_projection_blocks(hb.as_matrix(rows, cols), seed, stream, spec, blocks, nullptr, drain);
     LORI_CUDA_CHECK(cudaDeviceSynchronize());
     const auto hhost = hb.download();
     mism = 0;
@@ -580,11 +602,11 @@ namespace {
 // A rows x cols gaussian matrix of sigma through generate_projection (bf16/fp16 take the row path, with
 // the hardware conversion, for 1e-28 <= sigma <= 1e37), compared bit for bit with the CPU.
 template <class T>
-std::size_t extreme_sigma_mismatches(index_t rows, index_t cols, double sigma, std::uint64_t seed) {
-  const auto a = cpu_projection(rows, cols, seed, 5, projection_spec::gaussian(sigma));
+std::size_t extreme_sigma_mismatches(index_t rows, index_t cols, double sigma, std::uint64_t seed, lori::distribution gk = lori::distribution::gaussian) {
+  const auto a = cpu_projection(rows, cols, seed, 5, gaussian_spec(gk, sigma));
   lori::cuda::device_buffer<T> buf(rows * cols);
   buf.fill_bytes(0xff);
-  lori::cuda::generate_projection(buf.as_matrix(rows, cols), seed, 5, projection_spec::gaussian(sigma));
+  lori::cuda::generate_projection(buf.as_matrix(rows, cols), seed, 5, gaussian_spec(gk, sigma));
   LORI_CUDA_CHECK(cudaDeviceSynchronize());
   const auto host = buf.download();
   std::size_t bad = 0;
@@ -604,11 +626,106 @@ TEST_CASE("gaussian row path, bf16/fp16: hardware rounding equals the CPU's at e
     CAPTURE(sigma);
     CHECK(extreme_sigma_mismatches<lori::bfloat16>(8, 4096, sigma, 32) == 0);
   }
+  // gaussian_v2 (8 W_L sigma on the fast path, sigma <= 1e36; values from 2^-20 W_L sigma, W_L >= 0.107).
+  for (const double sigma : {1e-4, 1e-6, 3e4, 0.37}) {
+    CAPTURE(sigma);
+    CHECK(extreme_sigma_mismatches<lori::half>(8, 4096, sigma, 33, lori::distribution::gaussian_v2) == 0);
+  }
+  for (const double sigma : {1e-27, 1e36, 2e-29, 0.37}) {
+    CAPTURE(sigma);
+    CHECK(extreme_sigma_mismatches<lori::bfloat16>(8, 4096, sigma, 34, lori::distribution::gaussian_v2) == 0);
+    CHECK(extreme_sigma_mismatches<float>(8, 4096, sigma, 35, lori::distribution::gaussian_v2) == 0);
+  }
 }
 
 TEST_CASE("single matrix on forced grids: one block walks the whole matrix (fallback element included)") {
   // 2553 x 2200 holds the bounded loop's fallback element (2552, 2193) of seed 99 / stream 7.
   forced_single_matrix(2553, 2200, 99, 7, 1.0, {{1, 0u}, {3, 0u}, {0, 0u}, {1, kNever}, {3, 1u}}, false);
+}
+
+// gaussian_v2 (lori::detail::zig2048: its own word layout and tables, 0.23% slow elements) through the
+// same forced grids, configurations and paths as the 256-layer format above. Its slow entries are a
+// sixth as many, so the situations the lists must handle are counted again (thresholds below the host
+// counts for these salts).
+TEST_CASE("gaussian_v2 slow path on the device: slow elements, tail") {
+  auto g = test_rng(9);
+  const index_t r = 4096, k = 4096;
+  const auto p = lori::make_projection_params(projection_spec::gaussian_v2(1.0), r, k);
+  const std::uint64_t seed = 99, stream = 7;
+  std::vector<index_t> ij;
+  while (ij.size() < 2 * 4096) {
+    const auto i = static_cast<index_t>(g() % r), j = static_cast<index_t>(g() % k);
+    if (fails_fast(lori::distribution::gaussian_v2, lori::projection_block(seed, stream, i, j >> 2).v[j & 3])) {
+      ij.push_back(i);
+      ij.push_back(j);
+    }
+  }
+  ij[0] = 8;  // a tail value (lori_test_random pins it)
+  ij[1] = 2436;
+  const int n = static_cast<int>(ij.size() / 2);
+  lori::cuda::device_buffer<index_t> d_ij(ij);
+  lori::cuda::device_buffer<float> d_out(n);
+  lori::cuda::device_buffer<std::uint32_t> d_w(n);
+  d_out.fill_bytes(0xff);
+  elements_kernel<<<(n + 255) / 256, 256>>>(p, seed, stream, d_ij.data(), d_out.data(), d_w.data(), n);
+  LORI_CUDA_CHECK_LAUNCH();
+  const auto out = d_out.download();
+  std::size_t bad = 0;
+  for (int t = 0; t < n; ++t) bad += lori::float_bits(out[t]) != lori::float_bits(lori::projection_element(p, seed, stream, ij[2 * t], ij[2 * t + 1]));
+  CHECK(bad == 0);
+  CHECK(lori::float_bits(out[0]) == 0x40938abcu);
+  // The generation kernels on a matrix holding the tail element, float (general path: 2440 columns)
+  // and bf16.
+  const index_t rows = 9, cols = 2440;
+  const auto a = cpu_projection(rows, cols, seed, stream, projection_spec::gaussian_v2(1.0));
+  CHECK(lori::float_bits(a[static_cast<std::size_t>(8 * cols + 2436)]) == 0x40938abcu);
+  lori::cuda::device_buffer<float> buf(rows * cols);
+  buf.fill_bytes(0xff);
+  lori::cuda::generate_projection(buf.as_matrix(rows, cols), seed, stream, projection_spec::gaussian_v2(1.0));
+  LORI_CUDA_CHECK(cudaDeviceSynchronize());
+  const auto host = buf.download();
+  std::size_t mism = 0;
+  for (std::size_t t = 0; t < a.size(); ++t) mism += lori::float_bits(host[t]) != lori::float_bits(a[t]);
+  CHECK(mism == 0);
+  lori::cuda::device_buffer<lori::bfloat16> hb(rows * cols);
+  hb.fill_bytes(0xff);
+  lori::cuda::generate_projection(hb.as_matrix(rows, cols), seed, stream, projection_spec::gaussian_v2(1.0));
+  LORI_CUDA_CHECK(cudaDeviceSynchronize());
+  const auto hh = hb.download();
+  mism = 0;
+  for (std::size_t t = 0; t < a.size(); ++t) mism += bits_of(hh[t]) != lori::float_to_bf16_bits(a[t]);
+  CHECK(mism == 0);
+}
+
+TEST_CASE("gaussian_v2 slow-path lists: forced grids, general and row path, every element type and configuration") {
+  constexpr auto v2 = lori::distribution::gaussian_v2;
+  const std::vector<forced_launch> grids = {{1, 0}, {2, 0}, {7, 0}, {-1, 0}, {1, 1}, {2, 3}, {3, kNever}, {1, kNever}, {1, 0, 0}};
+  std::size_t entries = 0, requeued = 0, resumed = 0;
+  CHECK(forced_grid_batch<float>(240, 40, 70, 3000, grids, &entries, &requeued, &resumed, false, v2) == 0);
+  CHECK(forced_grid_batch<lori::bfloat16>(241, 40, 70, 3000, grids, nullptr, nullptr, nullptr, false, v2) == 0);
+  // (host counts for salt 240: 3716 entries, 11 with two slow elements, 3 elements with a second attempt)
+  CHECK(entries > 8 * 64 * 4);
+  CHECK(requeued > 5);
+  CHECK(resumed > 0);
+  std::size_t row_entries = 0;
+  CHECK(forced_grid_batch<float>(242, 24, 9, 6144, grids, &row_entries, nullptr, nullptr, true, v2) == 0);
+  CHECK(row_entries > 500);  // (897)
+  CHECK(forced_grid_batch<lori::bfloat16>(243, 24, 9, 6144, grids, nullptr, nullptr, nullptr, true, v2) == 0);
+  CHECK(forced_grid_batch<double>(244, 12, 7, 4096, {{1, 0}, {3, 3}, {-1, 0}, {1, kNever}}, nullptr, nullptr, nullptr, true, v2) == 0);
+  CHECK(forced_grid_batch<lori::half>(245, 12, 7, 4096, {{1, 0}, {3, 3}, {-1, 0}, {1, kNever}}, nullptr, nullptr, nullptr, true, v2) == 0);
+  CHECK(forced_grid_batch<float, split_cfg>(246, 40, 70, 3000, grids, nullptr, nullptr, nullptr, false, v2) == 0);
+  CHECK(forced_grid_batch<float, two_pools_split_cfg>(247, 24, 9, 6144, grids, nullptr, nullptr, nullptr, true, v2) == 0);
+  CHECK(forced_grid_batch<lori::bfloat16, two_pools_cfg>(248, 40, 70, 3000, grids, nullptr, nullptr, nullptr, false, v2) == 0);
+}
+
+TEST_CASE("gaussian slow-path lists, gaussian_v2: small batch on 1 and 2 blocks (racecheck subset)") {
+  constexpr auto v2 = lori::distribution::gaussian_v2;
+  CHECK(forced_grid_batch<float>(249, 6, 40, 1500, {{1, 0}, {2, 1}, {1, kNever}}, nullptr, nullptr, nullptr, false, v2) == 0);
+  CHECK(forced_grid_batch<lori::bfloat16>(250, 5, 3, 4096, {{1, 0}, {2, 1}, {1, kNever}}, nullptr, nullptr, nullptr, true, v2) == 0);
+}
+
+TEST_CASE("gaussian_v2 row path: one block walks a 640 x 6144 matrix, float and bf16") {
+  forced_single_matrix(640, 6144, 4243, 18, 0.5, {{1, 0u}, {3, 0u}, {0, 0u}, {1, kNever}, {2, 1u}}, true, lori::distribution::gaussian_v2);
 }
 
 TEST_CASE("GPU projection errors are lori::error") {
@@ -620,6 +737,8 @@ TEST_CASE("GPU projection errors are lori::error") {
   CHECK_THROWS_AS(lori::cuda::make_projection_task(buf.data(), 2, 8, 1, 2, projection_spec::gaussian(-1.0)), lori::error);
   // Gaussians: rows <= 2^30 (the slow path's counter layout).
   CHECK_THROWS_AS(lori::cuda::make_projection_task(buf.data(), (index_t{1} << 30) + 1, 8, 1, 2, projection_spec::gaussian()), lori::error);
+  CHECK_THROWS_AS(lori::cuda::make_projection_task(buf.data(), (index_t{1} << 30) + 1, 8, 1, 2, projection_spec::gaussian_v2()), lori::error);
+  CHECK_THROWS_AS(lori::cuda::make_projection_task(buf.data(), 2, 8, 1, 2, projection_spec::gaussian_v2(2e36)), lori::error);
   CHECK_THROWS_AS(lori::cuda::make_projection_task(buf.data(), 2, 8, 1, 2, projection_spec::gaussian().orthonormalized()), lori::error);
   CHECK_THROWS_AS(lori::cuda::generate_projection(buf.as_matrix(8, 8), 1, 2, projection_spec::sparse(0.0)), lori::error);
   // Workspace checks.
@@ -634,6 +753,15 @@ TEST_CASE("GPU projection errors are lori::error") {
   raw.out = buf.data();
   raw.rows = raw.cols = raw.ld = 8;
   CHECK_THROWS_AS(lori::cuda::generate_projection_batch(&raw, 1, ws.data(), ws.bytes()), lori::error);
+  // ... and so are an unknown distribution and a gaussian_v2 scale beyond 1e36.
+  raw.params.scale = 1.0f;
+  raw.params.kind = static_cast<lori::distribution>(5);
+  CHECK_THROWS_AS(lori::cuda::generate_projection_batch(&raw, 1, ws.data(), ws.bytes()), lori::error);
+  raw.params.kind = lori::distribution::gaussian_v2;
+  raw.params.scale = 2e36f;
+  CHECK_THROWS_AS(lori::cuda::generate_projection_batch(&raw, 1, ws.data(), ws.bytes()), lori::error);
+  raw.params.scale = 1e36f;
+  CHECK_NOTHROW(lori::cuda::generate_projection_batch(&raw, 1, ws.data(), ws.bytes()));
   // An empty batch is a no-op.
   CHECK_NOTHROW(lori::cuda::generate_projection_batch<float>(nullptr, 0, nullptr, 0));
 }

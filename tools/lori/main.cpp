@@ -192,6 +192,7 @@ lori::io::compact_a_generator projection_generator(std::uint64_t seed, const std
     lori::projection_spec spec;
     if (dist == "kaiming_uniform") spec = lori::projection_spec::kaiming_uniform();
     else if (dist == "gaussian") spec = lori::projection_spec::gaussian();
+    else if (dist == "gaussian_v2") spec = lori::projection_spec::gaussian_v2();
     else if (dist == "rademacher") spec = lori::projection_spec::rademacher();
     else if (dist == "sparse") spec = lori::projection_spec::sparse();
     else throw lori::error("module '" + module + "': unknown projection distribution '" + dist + "'");
@@ -628,8 +629,8 @@ int cmd_pack(const args& a) {
     if (v < 0) throw usage_error("--a-seed must be non-negative, got " + *sd);
     std::string dist = "kaiming_uniform";
     if (const std::string* d = a.one("--a-distribution")) dist = *d;
-    if (dist != "kaiming_uniform" && dist != "gaussian" && dist != "rademacher" && dist != "sparse")
-      throw usage_error("--a-distribution must be kaiming_uniform, gaussian, rademacher or sparse, got '" + dist + "'");
+    if (dist != "kaiming_uniform" && dist != "gaussian" && dist != "gaussian_v2" && dist != "rademacher" && dist != "sparse")
+      throw usage_error("--a-distribution must be kaiming_uniform, gaussian, gaussian_v2, rademacher or sparse, got '" + dist + "'");
     gen = projection_generator(static_cast<std::uint64_t>(v), dist);
   } else if (a.has("--a-distribution")) {
     throw usage_error("--a-distribution needs --a-seed");

@@ -21,8 +21,9 @@
 // are split into equal contiguous ranges, one per block; a block walks its range task by task, its
 // thread x taking units x, x + 256, ... of each piece (block-uniform control flow: the task's Philox
 // key schedule, precomputed on the host, stays in uniform registers).
-// Gaussian tasks (ziggurat, lori/detail/random_ziggurat.hpp) read the layer tables from shared memory;
-// the ~1.5% slow-path elements are deferred to per-warp lists in shared memory (ballot + popc
+// Gaussian tasks (ziggurat, lori/detail/random_ziggurat.hpp: gaussian and gaussian_v2, the same code
+// instantiated per format) read the layer tables from shared memory;
+// the slow-path elements (1.5%; gaussian_v2: 0.23%) are deferred to per-warp lists in shared memory (ballot + popc
 // appends), which the whole block finishes together every 8 windows, one entry per thread (see
 // projection_piece_gaussian, gaussian_block_drain). Tasks with aligned rows of a
 // multiple of 1024 floats (2048 bf16) take the row path (projection_piece_gaussian_rows: block-uniform
@@ -299,23 +300,41 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece(const projection_entry<T>& e,
   }
 }
 
-/// The layer table of the block's gaussian path, scaled by the sigma of the block's current task:
-/// {k_L, bits(rnd(W_L * sigma))}. (Eight interleaved copies, against bank conflicts of the random
-/// look-ups, measured slower at checkpoint 2: 88.1 against 85.3 us, H200.)
-/// The gaussian kernel variant's dynamic shared memory: this table (2 KB), the unscaled one (4 KB),
-/// then the slow-path lists (gaussian_pool; gaussian_smem_bytes in all).
+/// The layer table of the block's gaussian path, for the format Z and the sigma of the block's current
+/// task: {k_L, bits(Z::scaled(W_L, sigma))}, Z::layers entries. (Eight interleaved copies, against bank
+/// conflicts of the random look-ups, measured slower at checkpoint 2: 88.1 against 85.3 us, H200.)
+/// The gaussian kernel variant's dynamic shared memory: 16 KB for the tables (zig2048: this table;
+/// zig256: this table, 2 KB, and the unscaled one, 4 KB), then the slow-path lists (gaussian_pool;
+/// gaussian_smem_bytes in all).
 LORI_DEVICE LORI_FORCEINLINE uint2* gaussian_table() {
   extern __shared__ __align__(32) unsigned char projection_smem[];
   return reinterpret_cast<uint2*>(projection_smem);
 }
+constexpr std::size_t gaussian_tables_bytes = sizeof(uint2) * lori::detail::zig2048::layers;
+static_assert((sizeof(uint2) + sizeof(lori::detail::zig_layer)) * lori::detail::zig256::layers <= gaussian_tables_bytes, "zig256 tables");
 
-/// The unscaled layer table (lori::detail::zig_layers, 4 KB) in the block's shared memory, after the
-/// scaled one: the slow path reads its layers from here (no global-load latency).
-LORI_DEVICE LORI_FORCEINLINE lori::detail::zig_layer* gaussian_layers() {
+/// zig256's unscaled layer table (4 KB) in the block's shared memory, after the scaled one.
+LORI_DEVICE LORI_FORCEINLINE lori::detail::zig_layer* gaussian_layers_smem() {
   extern __shared__ __align__(32) unsigned char projection_smem[];
-  return reinterpret_cast<lori::detail::zig_layer*>(projection_smem + sizeof(uint2) * lori::detail::zig_layers_count);
+  return reinterpret_cast<lori::detail::zig_layer*>(projection_smem + sizeof(uint2) * lori::detail::zig256::layers);
 }
-constexpr std::size_t gaussian_tables_bytes = (sizeof(uint2) + sizeof(lori::detail::zig_layer)) * lori::detail::zig_layers_count;
+
+/// The unscaled layer table of format Z for the slow path: zig256's copy in shared memory (no
+/// global-load latency); zig2048's (32 KB, read by 0.23% of the elements) from global memory.
+template <class Z>
+LORI_DEVICE LORI_FORCEINLINE const lori::detail::zig_layer* gaussian_layers() {
+  if constexpr (std::is_same_v<Z, lori::detail::zig256>) {
+    return gaussian_layers_smem();
+  } else {
+    return Z::table();
+  }
+}
+
+/// Which table the block's shared memory holds: format (its layer count; 0: none yet) and sigma.
+struct gaussian_table_state {
+  int layers;
+  float sigma;
+};
 
 /// A configuration of the gaussian kernel variant: KFloat units per thread and window of the row path
 /// for 16-byte units of 4 values (float, double; bf16/fp16 units, 8 values, take 1), MinBlocks blocks
@@ -334,6 +353,13 @@ struct gaussian_cfg {
   static constexpr int drain_blocks = DrainBlocks;
   static constexpr int split = Split;
   static constexpr int buffers = Buffers;
+};
+
+/// Configuration C for a gaussian piece of format Z (lori::detail::zig256, zig2048): what the gaussian
+/// path's functions receive as C (projection_piece_dispatch instantiates both formats).
+template <class C, class Z>
+struct gaussian_cfg_z : C {
+  using zig = Z;
 };
 /// The library's configuration for element type T (H100, Llama set; see docs/random.md): float and
 /// double with two-round drains every 8 windows and two pools (session 6: 78.8 us; one pool 83.2 in the
@@ -407,17 +433,17 @@ LORI_DEVICE LORI_FORCEINLINE gaussian_pool_of<C>& gaussian_slow_pool(unsigned b)
   return reinterpret_cast<gaussian_pool_of<C>*>(projection_smem + gaussian_tables_bytes)[b];
 }
 
-/// Dynamic shared memory of the gaussian kernel variant: the two layer tables (6 KB) and the pool(s)
-/// (one of 34 KB, or two of 17 KB): 41 KB per block, 4 blocks per SM.
+/// Dynamic shared memory of the gaussian kernel variant: the layer tables (16 KB) and the pool(s)
+/// (one of 34 KB, or two of 17 KB): 50 KB per block, 4 blocks per SM.
 template <class C>
 constexpr std::size_t gaussian_smem_bytes = gaussian_tables_bytes + static_cast<std::size_t>(C::buffers) * sizeof(gaussian_pool_of<C>);
 
 /// Word t of a uint4 (t warp-divergent: selects, no local memory).
 LORI_DEVICE LORI_FORCEINLINE std::uint32_t word_of(const uint4& w, int t) { return t == 0 ? w.x : (t == 1 ? w.y : (t == 2 ? w.z : w.w)); }
 
-/// Bit t set when word t of an entry's block fails the fast test and element 4·q + t lies inside the
-/// row (always, with WholeBlocks).
-template <bool WholeBlocks>
+/// Bit t set when word t of an entry's block fails the fast test of format Z and element 4·q + t lies
+/// inside the row (always, with WholeBlocks).
+template <class Z, bool WholeBlocks>
 LORI_DEVICE LORI_FORCEINLINE unsigned slow_pending(const uint4& w, const uint2* table, std::uint32_t q, index_t cols64) {
   const std::uint32_t j0 = q * 4u;  // < 2^31, and j0 + 3 < 2^32
   const auto cols = static_cast<std::uint32_t>(cols64);  // < 2^31
@@ -425,7 +451,7 @@ LORI_DEVICE LORI_FORCEINLINE unsigned slow_pending(const uint4& w, const uint2* 
 #pragma unroll
   for (int t = 0; t < 4; ++t) {
     const std::uint32_t y = word_of(w, t);
-    if (lori::detail::zig_mbits(y) >= table[y & 0xffu].x && (WholeBlocks || j0 + static_cast<std::uint32_t>(t) < cols)) pending |= 1u << t;
+    if (Z::fast_bits(y) >= table[Z::layer(y)].x && (WholeBlocks || j0 + static_cast<std::uint32_t>(t) < cols)) pending |= 1u << t;
   }
   return pending;
 }
@@ -444,19 +470,20 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_append(gaussian_slow_entry* list, uns
   count += static_cast<unsigned>(__popc(ballot));
 }
 
-/// The fast path of one Philox block b (block q of row i) of a gaussian piece, shared by the general
-/// and the row path: its four values into v[0..3] from the block's scaled table (a placeholder where
-/// the fast test fails), and the block appended to the warp's list (gaussian_append) when an element
-/// failed and the lane is active (warp-collective).
+/// The fast path of one Philox block b (block q of row i) of a gaussian piece of format Z, shared by the
+/// general and the row path: its four values into v[0..3] from the block's scaled table (a placeholder
+/// where the fast test fails), and the block appended to the warp's list (gaussian_append) when an
+/// element failed and the lane is active (warp-collective).
+template <class Z>
 LORI_DEVICE LORI_FORCEINLINE void gaussian_block_fast(const uint2* table, const philox_block& b, float* v, bool active, gaussian_slow_entry* list,
                                                       unsigned& count, std::uint32_t i, std::uint32_t q, unsigned lt) {
   bool slow = false;
 #pragma unroll
   for (int t = 0; t < 4; ++t) {
     const std::uint32_t w = b.v[t];
-    const uint2 z = table[w & 0xffu];
-    v[t] = lori::detail::zig_value(w, bits_float(z.y));
-    slow = slow || lori::detail::zig_mbits(w) >= z.x;
+    const uint2 z = table[Z::layer(w)];
+    v[t] = Z::value(w, bits_float(z.y));
+    slow = slow || Z::fast_bits(w) >= z.x;
   }
   gaussian_append(list, count, slow && active, b, i, q, lt);
 }
@@ -495,7 +522,7 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_finish_pending(const projection_entry
     };
     lori::detail::zig_slow_state st{word_of(wd, t), pos};
     float x = 0.0f;
-    while (!lori::detail::gaussian_slow_attempt(st, e.params.scale, word, x, gaussian_layers())) {
+    while (!lori::detail::gaussian_slow_attempt<typename C::zig>(st, e.params.scale, word, x, gaussian_layers<typename C::zig>())) {
     }
     e.out[static_cast<index_t>(i) * e.ld + static_cast<index_t>(q * 4u + static_cast<std::uint32_t>(t))] = from_float<T>(x);
     pending &= pending - 1u;
@@ -506,7 +533,7 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_finish_pending(const projection_entry
 /// gaussian_finish_pending for every pending element of entry s.
 template <class T, class C, bool WholeBlocks>
 LORI_DEVICE LORI_FORCEINLINE void gaussian_finish_entry(const projection_entry<T>& e, const uint2* table, const gaussian_slow_entry& s) {
-  gaussian_finish_pending<T, C>(e, s.words, s.meta.x, s.meta.y, slow_pending<WholeBlocks>(s.words, table, s.meta.y, e.cols), 0);
+  gaussian_finish_pending<T, C>(e, s.words, s.meta.x, s.meta.y, slow_pending<typename C::zig, WholeBlocks>(s.words, table, s.meta.y, e.cols), 0);
 }
 
 /// w with word t replaced by x.
@@ -522,35 +549,35 @@ LORI_DEVICE LORI_FORCEINLINE void set_word(uint4& w, int t, std::uint32_t x) {
 /// attempt with the words s0, s1 of slow block 0 only (lori::detail::gaussian_slow_attempt from
 /// pos 0: the wedge test with s0, then s1 as the next candidate and its fast test; same operations,
 /// with the block's tables); finished (99.3%), its value is stored and its word zeroed (a zero word
-/// passes the fast test: layer 0, m = 1 < k_0). Returns the elements still pending; pos = the slow
+/// passes the fast test in both formats: layer 0, U = 0 < K_0). Returns the elements still pending; pos = the slow
 /// words consumed by the lowest of them (2 after a rejected wedge candidate, whose successor s1
 /// replaces its word; 0 for a tail element or a fresh one).
 template <class T, class C>
 LORI_DEVICE LORI_FORCEINLINE unsigned gaussian_first_attempt(const projection_entry<T>& e, const uint2* table, uint4& wd, std::uint32_t i,
                                                              std::uint32_t q, unsigned pending, unsigned& pos) {
+  using Z = typename C::zig;
   const int t = __ffs(static_cast<int>(pending)) - 1;
   const std::uint32_t y = word_of(wd, t);
   pos = 0u;
-  if ((y & 0xffu) == 0u) return pending;  // a tail element: round 2
+  if (Z::layer(y) == 0u) return pending;  // a tail element: round 2
   // Slow block 0 of (i, 4q + t): lori::detail::zig_slow_block, with the precomputed key schedule.
   const philox_block b0 =
       lori::detail::philox4x32_10_scheduled(0x80000000u | q, (static_cast<std::uint32_t>(t) << 30) | i, e.stream0, e.stream1, e.rk);
-  const lori::detail::zig_layer z = gaussian_layers()[y & 0xffu];
-  const float m = bits_float(lori::detail::zig_mbits(y));
-  const float xu = lori::detail::rnd_fma(m, z.w, -z.w);
+  const lori::detail::zig_layer z = gaussian_layers<Z>()[Z::layer(y)];
+  const float xu = Z::abscissa(y, z.w);
   const float ee = lori::detail::exp_neg(lori::detail::rnd_mul(lori::detail::rnd_mul(xu, xu), -0.5f));
   float v = 0.0f;
   if (lori::detail::rnd_fma(uniform_float(b0.v[0]), z.d, z.f) < ee) {
-    v = lori::detail::zig_value(y, bits_float(table[y & 0xffu].y));
+    v = Z::value(y, bits_float(table[Z::layer(y)].y));
   } else {
     const std::uint32_t c1 = b0.v[1];
-    const uint2 z2 = table[c1 & 0xffu];
-    if (lori::detail::zig_mbits(c1) >= z2.x) {
+    const uint2 z2 = table[Z::layer(c1)];
+    if (Z::fast_bits(c1) >= z2.x) {
       set_word(wd, t, c1);  // the rejected candidate's successor, which failed the fast test
       pos = 2u;             // s0, s1 consumed
       return pending;
     }
-    v = lori::detail::zig_value(c1, bits_float(z2.y));
+    v = Z::value(c1, bits_float(z2.y));
   }
   e.out[static_cast<index_t>(i) * e.ld + static_cast<index_t>(q * 4u + static_cast<std::uint32_t>(t))] = from_float<T>(v);
   set_word(wd, t, 0u);
@@ -668,7 +695,7 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_block_drain_split(const projection_en
       gaussian_slow_entry& s = pool.list[w][k];
       uint4 wd = s.words;
       const std::uint32_t i = s.meta.x, q = s.meta.y;
-      unsigned pending = slow_pending<WholeBlocks>(wd, table, q, e.cols);
+      unsigned pending = slow_pending<typename C::zig, WholeBlocks>(wd, table, q, e.cols);
       if (pending != 0u) {
         unsigned pos = 0u;
         pending = gaussian_first_attempt<T, C>(e, table, wd, i, q, pending, pos);
@@ -785,8 +812,8 @@ LORI_DEVICE LORI_FORCEINLINE void gaussian_piece_end(const projection_entry<T>& 
 /// is appended to the warp's list (gaussian_append), and every `period` steps (and at the end of the
 /// piece) the whole block finishes all lists (gaussian_block_drain). Warps wait for each other only at
 /// those drains and when the table is rescaled for a new sigma (block-uniform: pieces are
-/// block-uniform).
-/// table_sigma: the sigma the table holds (0: not filled yet; sigma > 0 always).
+/// block-uniform). C: a gaussian_cfg_z (C::zig: the format).
+/// table: what the block's table holds (updated here).
 template <class T, class C>
 LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projection_entry<T>& e, index_t r0, index_t r1, unsigned lt,
                                                                  unsigned period, const uint2* table);
@@ -795,19 +822,21 @@ LORI_DEVICE LORI_FORCEINLINE bool gaussian_row_path(const projection_entry<T>& e
 
 template <class T, class C>
 LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian(const projection_entry<T>& e, index_t r0, index_t r1, unsigned lt,
-                                                            unsigned period, bool rows, float& table_sigma) {
+                                                            unsigned period, bool rows, gaussian_table_state& held) {
+  using Z = typename C::zig;
   constexpr int U = projection_traits<T>::unit;
   const unsigned x = threadIdx.x, lane = x & 31u;
   uint2* table = gaussian_table();
   const float sigma = e.params.scale;
-  static_assert(projection_threads == lori::detail::zig_layers_count, "one table entry per thread");
-  if (sigma != table_sigma) {
-    if (table_sigma != 0.0f) __syncthreads();  // every warp is done with the previous table (lists are empty between pieces)
-    const lori::detail::zig_layer z = lori::detail::zig_layers()[x];
-    table[x] = make_uint2(z.k, float_bits(lori::detail::rnd_mul(z.w, sigma)));
-    gaussian_layers()[x] = z;
+  if (sigma != held.sigma || held.layers != Z::layers) {
+    if (held.layers != 0) __syncthreads();  // every warp is done with the previous table (lists are empty between pieces)
+    for (unsigned l = x; l < static_cast<unsigned>(Z::layers); l += projection_threads) {
+      const lori::detail::zig_layer z = Z::table()[l];
+      table[l] = make_uint2(z.k, float_bits(Z::scaled(z.w, sigma)));
+      if constexpr (std::is_same_v<Z, lori::detail::zig256>) gaussian_layers_smem()[l] = z;
+    }
     __syncthreads();
-    table_sigma = sigma;
+    held = gaussian_table_state{Z::layers, sigma};
   }
   if (rows && gaussian_row_path<T, C>(e)) {
     projection_piece_gaussian_rows<T, C>(e, r0, r1, lt, period, table);
@@ -825,7 +854,7 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian(const projection_ent
     for (int h = 0; h < U / 4; ++h) {
       const std::uint32_t q = static_cast<std::uint32_t>(U / 4) * p.c + static_cast<std::uint32_t>(h);
       const philox_block b = lori::detail::philox4x32_10_scheduled(q, p.i, e.stream0, e.stream1, e.rk);
-      gaussian_block_fast(table, b, v + 4 * h, active, ls.list, ls.count, p.i, q, lt);
+      gaussian_block_fast<Z>(table, b, v + 4 * h, active, ls.list, ls.count, p.i, q, lt);
     }
     if (active) store_unit_at<T, U>(e, p, v);
     gaussian_after_window<T, C, false>(e, table, ls, period, lane);
@@ -907,8 +936,10 @@ LORI_DEVICE LORI_FORCEINLINE std::uint32_t cvt_pair_rn(float lo, float hi) {
   return d;
 }
 
-/// Sigma range of the row path for bf16/fp16 (cvt_pair_rn): W_L sigma stays finite (W_L <= 3.93, so no
-/// fast-path value is NaN) and fast-path values are 0 or >= 2^-23 W_L sigma > 2^-126 (W_L >= 0.2).
+/// Sigma range of the row path for bf16/fp16 (cvt_pair_rn): the fast path's multiplier stays finite
+/// (zig256: W_L sigma, W_L <= 3.93; zig2048: 8 W_L sigma, W_L <= 4.45 and sigma <= 1e36), so no
+/// fast-path value is NaN, and fast-path values are 0 or >= 2^-23 W_L sigma (zig256, W_L >= 0.2) or
+/// >= 2^-20 W_L sigma (zig2048, W_L >= 0.107), both > 2^-126.
 constexpr float gaussian_row_sigma_min = 1e-28f;
 constexpr float gaussian_row_sigma_max = 1e37f;
 
@@ -983,7 +1014,7 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projectio
       for (int h = 0; h < U / 4; ++h) {
         const std::uint32_t q = static_cast<std::uint32_t>(U / 4) * cuk + static_cast<std::uint32_t>(h);
         const philox_block b = philox_row(q, e, tk, rw);
-        gaussian_block_fast(table, b, v + 4 * h, active, ls.list, ls.count, i, q, lt);
+        gaussian_block_fast<typename C::zig>(table, b, v + 4 * h, active, ls.list, ls.count, i, q, lt);
       }
       if (active) store(rowp + static_cast<index_t>(cuk) * U, v);
     }
@@ -1046,11 +1077,14 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projectio
 /// launch is gaussian.
 template <bool WithGaussian, class C, class T>
 LORI_DEVICE LORI_FORCEINLINE void projection_piece_dispatch(const projection_entry<T>& e, index_t r0, index_t r1, unsigned lt, unsigned period,
-                                                            bool rows, float& table_sigma) {
+                                                            bool rows, gaussian_table_state& table) {
   switch (e.params.kind) {
     case distribution::kaiming_uniform: projection_piece<distribution::kaiming_uniform>(e, r0, r1); break;
     case distribution::gaussian:
-      if constexpr (WithGaussian) projection_piece_gaussian<T, C>(e, r0, r1, lt, period, rows, table_sigma);
+      if constexpr (WithGaussian) projection_piece_gaussian<T, gaussian_cfg_z<C, lori::detail::zig256>>(e, r0, r1, lt, period, rows, table);
+      break;
+    case distribution::gaussian_v2:
+      if constexpr (WithGaussian) projection_piece_gaussian<T, gaussian_cfg_z<C, lori::detail::zig2048>>(e, r0, r1, lt, period, rows, table);
       break;
     case distribution::rademacher: projection_piece<distribution::rademacher>(e, r0, r1); break;
     case distribution::sparse: projection_piece<distribution::sparse>(e, r0, r1); break;
@@ -1154,14 +1188,14 @@ __global__ void __launch_bounds__(projection_threads, projection_min_blocks<With
   __syncthreads();
   index_t t = first_task_s;
   const unsigned lt = lanemask_lt();
-  float table_sigma = 0.0f;  // sigma of the block's gaussian table (0: not filled; sigma > 0 always)
+  gaussian_table_state table{0, 0.0f};  // the block's gaussian table: none yet
   index_t u = a;
   for (;;) {
     const index_t end_t = src.start(t + 1);
     if (end_t > u) {
       const index_t s = src.start(t);
       const index_t end = end_t < b ? end_t : b;
-      projection_piece_dispatch<WithGaussian, C>(src.entry(t), u - s, end - s, lt, split.drain_period, split.rows != 0u, table_sigma);
+      projection_piece_dispatch<WithGaussian, C>(src.entry(t), u - s, end - s, lt, split.drain_period, split.rows != 0u, table);
       u = end;
       if (u >= b) break;
     }
@@ -1221,7 +1255,8 @@ void validate_task(const projection_task<T>& t) {
   LORI_EXPECTS(t.ld >= t.cols, "projection (cuda): leading dimension smaller than cols");
   LORI_EXPECTS(t.out != nullptr || t.rows == 0 || t.cols == 0, "projection (cuda): null output for a non-empty matrix");
   const projection_params& p = t.params;
-  LORI_EXPECTS(static_cast<std::uint32_t>(p.kind) <= 3u, "projection (cuda): unknown distribution");
+  LORI_EXPECTS(static_cast<std::uint32_t>(p.kind) <= 4u, "projection (cuda): unknown distribution");
+  LORI_EXPECTS(p.kind != distribution::gaussian_v2 || p.scale <= 1e36f, "projection (cuda): gaussian_v2 sigma must be <= 1e36 (use make_projection_params)");
   LORI_EXPECTS(p.scale > 0.0f && p.scale <= 3.4e38f, "projection (cuda): params.scale must be finite and > 0 (use make_projection_params)");
   LORI_EXPECTS(p.kind != distribution::sparse || (p.threshold >= 1 && p.threshold <= (std::uint64_t{1} << 31)),
                "projection (cuda): sparse threshold out of range (use make_projection_params)");
@@ -1278,7 +1313,7 @@ projection_batch_plan<T> prepare_projection_batch(const projection_task<T>* task
     starts[t] = units;
     units += tasks[t].rows * static_cast<index_t>(entries[t].e.upr);
     LORI_EXPECTS(units < (index_t{1} << 40), "prepare_projection_batch: batch too large for one launch");
-    plan.has_gaussian = plan.has_gaussian || tasks[t].params.kind == distribution::gaussian;
+    plan.has_gaussian = plan.has_gaussian || is_gaussian(tasks[t].params.kind);
   }
   starts[n] = units;
   auto* base = static_cast<unsigned char*>(workspace);
@@ -1358,7 +1393,7 @@ void generate_projection_blocks(row_major_view<T> out, std::uint64_t seed, std::
   src.entry.e = e;
   src.starts[0] = 0;
   src.starts[1] = units;
-  if (t.params.kind == distribution::gaussian) {
+  if (is_gaussian(t.params.kind)) {
     const auto kernel = projection_kernel<T, true, projection_single_source<T>>;
     constexpr std::size_t smem = gaussian_smem_bytes<gaussian_cfg_lib<T>>;
     index_t grid = blocks;
