@@ -79,8 +79,9 @@ struct projection_batch_plan {
   const void* workspace = nullptr;
   index_t count = 0;
   index_t blocks = 0;  ///< thread blocks of the one launch (at most one wave of resident blocks)
-  bool has_gaussian = false;  ///< some task is gaussian (selects the kernel variant)
+  bool has_gaussian = false;  ///< some task is gaussian or gaussian_v2 (selects the kernel variant)
   index_t units = 0;          ///< 16-byte units of all tasks (last: keeps the earlier members' order)
+  unsigned gaussian_formats = 0;  ///< bit 0: some task is gaussian, bit 1: some is gaussian_v2 (the variant)
 };
 
 /// Validates `count` host-side tasks and copies the batch description into `workspace` (device memory of
@@ -1072,19 +1073,20 @@ LORI_DEVICE LORI_FORCEINLINE void projection_piece_gaussian_rows(const projectio
   gaussian_piece_end<T, C, true>(e, table, ls, period);
 }
 
-/// Units [r0, r1) of matrix e by the block, any law. WithGaussian: the kernel variant with the gaussian
-/// path (shared memory, more registers); the host launches the variant without it when no task of the
-/// launch is gaussian.
-template <bool WithGaussian, class C, class T>
+/// Units [r0, r1) of matrix e by the block, any law. Gauss: the kernel variant's gaussian paths (bit 0:
+/// gaussian, bit 1: gaussian_v2; shared memory, more registers); the host launches the variant with the
+/// formats of the launch's tasks only (0 without gaussian tasks): the register allocation of a kernel
+/// with both paths spills inside bf16's window loop.
+template <unsigned Gauss, class C, class T>
 LORI_DEVICE LORI_FORCEINLINE void projection_piece_dispatch(const projection_entry<T>& e, index_t r0, index_t r1, unsigned lt, unsigned period,
                                                             bool rows, gaussian_table_state& table) {
   switch (e.params.kind) {
     case distribution::kaiming_uniform: projection_piece<distribution::kaiming_uniform>(e, r0, r1); break;
     case distribution::gaussian:
-      if constexpr (WithGaussian) projection_piece_gaussian<T, gaussian_cfg_z<C, lori::detail::zig256>>(e, r0, r1, lt, period, rows, table);
+      if constexpr ((Gauss & 1u) != 0u) projection_piece_gaussian<T, gaussian_cfg_z<C, lori::detail::zig256>>(e, r0, r1, lt, period, rows, table);
       break;
     case distribution::gaussian_v2:
-      if constexpr (WithGaussian) projection_piece_gaussian<T, gaussian_cfg_z<C, lori::detail::zig2048>>(e, r0, r1, lt, period, rows, table);
+      if constexpr ((Gauss & 2u) != 0u) projection_piece_gaussian<T, gaussian_cfg_z<C, lori::detail::zig2048>>(e, r0, r1, lt, period, rows, table);
       break;
     case distribution::rademacher: projection_piece<distribution::rademacher>(e, r0, r1); break;
     case distribution::sparse: projection_piece<distribution::sparse>(e, r0, r1); break;
@@ -1135,8 +1137,8 @@ struct projection_single_source {
 // Minimum blocks per SM (caps registers): 8 (all 2048 threads) without the gaussian path, C::min_blocks
 // with it (the library: 4, 64 registers; 5 or 6 blocks per SM (48 / 40 registers) measured slower at
 // session 4's checkpoints: 91-96 against 89 us).
-template <bool WithGaussian, class C>
-constexpr int projection_min_blocks = WithGaussian ? C::min_blocks : 8;
+template <unsigned Gauss, class C>
+constexpr int projection_min_blocks = Gauss != 0u ? C::min_blocks : 8;
 
 /// How a launch's units are split over its blocks: ceil(units / group) groups of `group` units; block B
 /// takes per_block groups, one more if B < extra (no division on the device). drain_period (>= 1):
@@ -1168,8 +1170,8 @@ inline projection_split make_projection_split(index_t units, index_t blocks, ind
 /// piece, thread x takes units x, x + 256, ... (the gaussian row path: see
 /// projection_piece_gaussian_rows); after the first task search (one barrier) the warps wait for each
 /// other only in gaussian pieces (block drains of the slow-path lists, table rescaling).
-template <class T, bool WithGaussian, class Source, class C = gaussian_cfg_lib<T>>
-__global__ void __launch_bounds__(projection_threads, projection_min_blocks<WithGaussian, C>)
+template <class T, unsigned Gauss, class Source, class C = gaussian_cfg_lib<T>>
+__global__ void __launch_bounds__(projection_threads, projection_min_blocks<Gauss, C>)
     projection_kernel(const __grid_constant__ Source param, projection_split split) {
   const auto src = param.source();
   const auto block = static_cast<index_t>(blockIdx.x);
@@ -1195,12 +1197,30 @@ __global__ void __launch_bounds__(projection_threads, projection_min_blocks<With
     if (end_t > u) {
       const index_t s = src.start(t);
       const index_t end = end_t < b ? end_t : b;
-      projection_piece_dispatch<WithGaussian, C>(src.entry(t), u - s, end - s, lt, split.drain_period, split.rows != 0u, table);
+      projection_piece_dispatch<Gauss, C>(src.entry(t), u - s, end - s, lt, split.drain_period, split.rows != 0u, table);
       u = end;
       if (u >= b) break;
     }
     ++t;
   }
+}
+
+/// Calls f(kernel) with the gaussian kernel variant of Source and C for `formats` (bit 0: gaussian
+/// tasks, bit 1: gaussian_v2 tasks; != 0): one per format for the library's configuration (the variant
+/// with both paths only for batches that mix them); configurations other than the library's (tests
+/// and benchmarks of alternatives) have only the variant with both paths.
+template <class T, class Source, class C, class F>
+void with_gaussian_variant(unsigned formats, F&& f) {
+  if constexpr (std::is_same_v<C, gaussian_cfg_lib<T>>) {
+    if (formats == 1u) return f(projection_kernel<T, 1u, Source, C>);
+    if (formats == 2u) return f(projection_kernel<T, 2u, Source, C>);
+  }
+  f(projection_kernel<T, 3u, Source, C>);
+}
+
+/// The format bit of a gaussian distribution d (with_gaussian_variant), 0 for the other laws.
+constexpr unsigned gaussian_format_bit(distribution d) {
+  return d == distribution::gaussian ? 1u : (d == distribution::gaussian_v2 ? 2u : 0u);
 }
 
 /// Configures a kernel variant with `smem` bytes of dynamic shared memory (the gaussian variant:
@@ -1313,9 +1333,10 @@ projection_batch_plan<T> prepare_projection_batch(const projection_task<T>* task
     starts[t] = units;
     units += tasks[t].rows * static_cast<index_t>(entries[t].e.upr);
     LORI_EXPECTS(units < (index_t{1} << 40), "prepare_projection_batch: batch too large for one launch");
-    plan.has_gaussian = plan.has_gaussian || is_gaussian(tasks[t].params.kind);
+    plan.gaussian_formats |= detail_proj::gaussian_format_bit(tasks[t].params.kind);
   }
   starts[n] = units;
+  plan.has_gaussian = plan.gaussian_formats != 0u;
   auto* base = static_cast<unsigned char*>(workspace);
   const std::size_t entry_bytes = detail_proj::round_up16(n * sizeof(detail_proj::projection_entry_storage<T>));
   LORI_CUDA_CHECK(cudaMemcpyAsync(base, entries.data(), n * sizeof(detail_proj::projection_entry_storage<T>), cudaMemcpyHostToDevice, stream));
@@ -1323,9 +1344,13 @@ projection_batch_plan<T> prepare_projection_batch(const projection_task<T>* task
   plan.workspace = workspace;
   plan.units = units;
   if (units > 0) {
-    plan.blocks = plan.has_gaussian ? detail_proj::projection_grid(detail_proj::projection_kernel<T, true, detail_proj::projection_batch_source<T>>, units,
-                                                              detail_proj::gaussian_smem_bytes<detail_proj::gaussian_cfg_lib<T>>)
-                                    : detail_proj::projection_grid(detail_proj::projection_kernel<T, false, detail_proj::projection_batch_source<T>>, units, 0);
+    using C = detail_proj::gaussian_cfg_lib<T>;
+    if (plan.has_gaussian) {
+      detail_proj::with_gaussian_variant<T, detail_proj::projection_batch_source<T>, C>(
+          plan.gaussian_formats, [&](auto kernel) { plan.blocks = detail_proj::projection_grid(kernel, units, detail_proj::gaussian_smem_bytes<C>); });
+    } else {
+      plan.blocks = detail_proj::projection_grid(detail_proj::projection_kernel<T, 0u, detail_proj::projection_batch_source<T>>, units, 0);
+    }
   }
   return plan;
 }
@@ -1351,9 +1376,11 @@ void launch_projection_batch(const projection_batch_plan<T>& plan, index_t block
       make_projection_split(plan.units, blocks, plan.has_gaussian ? gaussian_row_window<T, C> : 0,
                             drain_period > 0 ? drain_period : gaussian_drain_period<T, C>, rows);
   if (plan.has_gaussian) {
-    projection_kernel<T, true, projection_batch_source<T>, C><<<static_cast<unsigned>(blocks), projection_threads, gaussian_smem_bytes<C>, stream>>>(src, split);
+    with_gaussian_variant<T, projection_batch_source<T>, C>(plan.gaussian_formats, [&](auto kernel) {
+      kernel<<<static_cast<unsigned>(blocks), projection_threads, gaussian_smem_bytes<C>, stream>>>(src, split);
+    });
   } else {
-    projection_kernel<T, false><<<static_cast<unsigned>(blocks), projection_threads, 0, stream>>>(src, split);
+    projection_kernel<T, 0u><<<static_cast<unsigned>(blocks), projection_threads, 0, stream>>>(src, split);
   }
   LORI_CUDA_CHECK_LAUNCH();
 }
@@ -1364,7 +1391,10 @@ void launch_projection_batch(const projection_batch_plan<T>& plan, index_t block
 template <class C, class T>
 index_t projection_grid_cfg(const projection_batch_plan<T>& plan) {
   LORI_EXPECTS(plan.has_gaussian && plan.units > 0 && plan.workspace != nullptr, "projection_grid_cfg: needs a gaussian plan");
-  return projection_grid(projection_kernel<T, true, projection_batch_source<T>, C>, plan.units, gaussian_smem_bytes<C>);
+  index_t grid = 0;
+  with_gaussian_variant<T, projection_batch_source<T>, C>(plan.gaussian_formats,
+                                                          [&](auto kernel) { grid = projection_grid(kernel, plan.units, gaussian_smem_bytes<C>); });
+  return grid;
 }
 template <class C, class T>
 void launch_projection_batch_cfg(const projection_batch_plan<T>& plan, index_t blocks, cudaStream_t stream) {
@@ -1373,8 +1403,10 @@ void launch_projection_batch_cfg(const projection_batch_plan<T>& plan, index_t b
   const auto* base = static_cast<const unsigned char*>(plan.workspace);
   const projection_batch_source<T> src{reinterpret_cast<const projection_entry_storage<T>*>(base),
                                        reinterpret_cast<const index_t*>(base + round_up16(n * sizeof(projection_entry_storage<T>))), plan.count};
-  projection_kernel<T, true, projection_batch_source<T>, C><<<static_cast<unsigned>(blocks), projection_threads, gaussian_smem_bytes<C>, stream>>>(
-      src, make_projection_split(plan.units, blocks, gaussian_row_window<T, C>, gaussian_drain_period<T, C>));
+  with_gaussian_variant<T, projection_batch_source<T>, C>(plan.gaussian_formats, [&](auto kernel) {
+    kernel<<<static_cast<unsigned>(blocks), projection_threads, gaussian_smem_bytes<C>, stream>>>(
+        src, make_projection_split(plan.units, blocks, gaussian_row_window<T, C>, gaussian_drain_period<T, C>));
+  });
   LORI_CUDA_CHECK_LAUNCH();
 }
 
@@ -1394,18 +1426,25 @@ void generate_projection_blocks(row_major_view<T> out, std::uint64_t seed, std::
   src.starts[0] = 0;
   src.starts[1] = units;
   if (is_gaussian(t.params.kind)) {
-    const auto kernel = projection_kernel<T, true, projection_single_source<T>>;
-    constexpr std::size_t smem = gaussian_smem_bytes<gaussian_cfg_lib<T>>;
-    index_t grid = blocks;
-    if (blocks > 0) {
-      configure_projection_kernel(kernel, smem);
+    auto run = [&](auto kernel) {
+      constexpr std::size_t smem = gaussian_smem_bytes<gaussian_cfg_lib<T>>;
+      index_t grid = blocks;
+      if (blocks > 0) {
+        configure_projection_kernel(kernel, smem);
+      } else {
+        grid = projection_grid(kernel, units, smem);
+      }
+      kernel<<<static_cast<unsigned>(grid), projection_threads, smem, cuda_stream>>>(
+          src, make_projection_split(units, grid, gaussian_row_window<T, gaussian_cfg_lib<T>>,
+                                     drain_period > 0 ? drain_period : gaussian_drain_period<T, gaussian_cfg_lib<T>>));
+    };
+    if (t.params.kind == distribution::gaussian) {
+      run(projection_kernel<T, 1u, projection_single_source<T>>);
     } else {
-      grid = projection_grid(kernel, units, smem);
+      run(projection_kernel<T, 2u, projection_single_source<T>>);
     }
-    kernel<<<static_cast<unsigned>(grid), projection_threads, smem, cuda_stream>>>(src, make_projection_split(units, grid, gaussian_row_window<T, gaussian_cfg_lib<T>>,
-                                                                                    drain_period > 0 ? drain_period : gaussian_drain_period<T, gaussian_cfg_lib<T>>));
   } else {
-    const auto kernel = projection_kernel<T, false, projection_single_source<T>>;
+    const auto kernel = projection_kernel<T, 0u, projection_single_source<T>>;
     const index_t grid = blocks > 0 ? blocks : projection_grid(kernel, units, 0);
     kernel<<<static_cast<unsigned>(grid), projection_threads, 0, cuda_stream>>>(src, make_projection_split(units, grid, 0));
   }
