@@ -1377,6 +1377,8 @@ void launch_projection_batch(const projection_batch_plan<T>& plan, index_t block
                             drain_period > 0 ? drain_period : gaussian_drain_period<T, C>, rows);
   if (plan.has_gaussian) {
     with_gaussian_variant<T, projection_batch_source<T>, C>(plan.gaussian_formats, [&](auto kernel) {
+      // (prepare_projection_batch configured the library's variants: more than 48 KB of shared memory)
+      if constexpr (!std::is_same_v<C, gaussian_cfg_lib<T>>) configure_projection_kernel(kernel, gaussian_smem_bytes<C>);
       kernel<<<static_cast<unsigned>(blocks), projection_threads, gaussian_smem_bytes<C>, stream>>>(src, split);
     });
   } else {
@@ -1403,7 +1405,7 @@ void launch_projection_batch_cfg(const projection_batch_plan<T>& plan, index_t b
   const auto* base = static_cast<const unsigned char*>(plan.workspace);
   const projection_batch_source<T> src{reinterpret_cast<const projection_entry_storage<T>*>(base),
                                        reinterpret_cast<const index_t*>(base + round_up16(n * sizeof(projection_entry_storage<T>))), plan.count};
-  with_gaussian_variant<T, projection_batch_source<T>, C>(plan.gaussian_formats, [&](auto kernel) {
+  with_gaussian_variant<T, projection_batch_source<T>, C>(plan.gaussian_formats, [&](auto kernel) {  // (configured by projection_grid_cfg)
     kernel<<<static_cast<unsigned>(blocks), projection_threads, gaussian_smem_bytes<C>, stream>>>(
         src, make_projection_split(plan.units, blocks, gaussian_row_window<T, C>, gaussian_drain_period<T, C>));
   });
