@@ -41,7 +41,7 @@ if [ "$PART" = all ] || [ "$PART" = 2 ]; then
     | grep -E "_median" | awk '{$1=$1; print}' | cut -c1-200
 } > "$OUT/cleanflush.txt" 2>&1
 {
-  for spec in lori_test_cuda_core:40 lori_test_random_gpu:80 lori_test_mask_gpu:80 lori_test_gpu_ops:300; do
+  for spec in lori_test_cuda_core:40 lori_test_random_gpu:200 lori_test_mask_gpu:80 lori_test_gpu_ops:300; do
     t=${spec%%:*}; lim=${spec##*:}
     exe=$(find $B/tests -type f -name "$t" | head -1)
     timeout $lim compute-sanitizer --tool memcheck --report-api-errors no --error-exitcode 9 "$exe" > /tmp/memcheck_$t.log 2>&1
