@@ -15,9 +15,9 @@
 
 #include <cstdint>
 #include <cstring>
+#include <optional>
 #include <random>
 #include <string>
-#include <optional>
 #include <utility>
 #include <vector>
 
@@ -283,27 +283,36 @@ TEST_CASE("projection_element and counter_rng in user kernels equal the host") {
   }
 }
 
-TEST_CASE("gaussian slow path on the device: slow elements, tail, bounded-loop fallback") {
-  // 1. 4096 elements that all fail the ziggurat's fast test (chosen on the host), through
-  //    projection_element in a user kernel (the device gaussian_slow against the host's).
-  auto g = test_rng(8);
+namespace {
+// The slow path of gaussian format spec.kind (sigma 1, seed 99, stream 7) on the device:
+// 1. 4096 elements that all fail the ziggurat's fast test (chosen on the host; the first ones replaced
+//    by `pinned`, known rare elements), through projection_element in a user kernel (the device
+//    gaussian_slow against the host's): returns the device values (pinned first);
+// 2. the generation kernels (deferred, block-compacted slow path) on a rows x cols matrix, as float and
+//    bf16 (different unit sizes and list positions), against `a`, the CPU matrix (returned too).
+struct slow_path_run {
+  std::vector<float> device_values;
+  std::vector<float> a;
+};
+slow_path_run slow_path_on_device(lori::distribution gk, std::uint64_t salt, const std::vector<std::pair<index_t, index_t>>& pinned, index_t rows,
+                                  index_t cols) {
+  auto g = test_rng(salt);
   const index_t r = 4096, k = 4096;
-  const auto p = lori::make_projection_params(projection_spec::gaussian(1.0), r, k);
+  const projection_spec spec = gaussian_spec(gk, 1.0);
+  const auto p = lori::make_projection_params(spec, r, k);
   const std::uint64_t seed = 99, stream = 7;
   std::vector<index_t> ij;
   while (ij.size() < 2 * 4096) {
     const auto i = static_cast<index_t>(g() % r), j = static_cast<index_t>(g() % k);
-    const std::uint32_t w = lori::projection_block(seed, stream, i, j >> 2).v[j & 3];
-    if (fails_fast(lori::distribution::gaussian, w)) {
+    if (fails_fast(gk, lori::projection_block(seed, stream, i, j >> 2).v[j & 3])) {
       ij.push_back(i);
       ij.push_back(j);
     }
   }
-  // Known rare cases (lori_test_random pins their values): the fallback at (2552, 2193), a tail value at (0, 1716).
-  ij[0] = 2552;
-  ij[1] = 2193;
-  ij[2] = 0;
-  ij[3] = 1716;
+  for (std::size_t t = 0; t < pinned.size(); ++t) {
+    ij[2 * t] = pinned[t].first;
+    ij[2 * t + 1] = pinned[t].second;
+  }
   const int n = static_cast<int>(ij.size() / 2);
   lori::cuda::device_buffer<index_t> d_ij(ij);
   lori::cuda::device_buffer<float> d_out(n);
@@ -311,37 +320,43 @@ TEST_CASE("gaussian slow path on the device: slow elements, tail, bounded-loop f
   d_out.fill_bytes(0xff);
   elements_kernel<<<(n + 255) / 256, 256>>>(p, seed, stream, d_ij.data(), d_out.data(), d_w.data(), n);
   LORI_CUDA_CHECK_LAUNCH();
-  const auto out = d_out.download();
+  slow_path_run run{d_out.download(), cpu_projection(rows, cols, seed, stream, spec)};
   std::size_t bad = 0;
-  for (int t = 0; t < n; ++t) bad += lori::float_bits(out[t]) != lori::float_bits(lori::projection_element(p, seed, stream, ij[2 * t], ij[2 * t + 1]));
+  for (int t = 0; t < n; ++t)
+    bad += lori::float_bits(run.device_values[t]) != lori::float_bits(lori::projection_element(p, seed, stream, ij[2 * t], ij[2 * t + 1]));
   CHECK(bad == 0);
-  CHECK(lori::float_bits(out[0]) == 0x3de1f7d4u);
-  CHECK(lori::float_bits(out[1]) == 0xc073a583u);
-  // 2. The generation kernels (deferred, block-compacted slow path) on a matrix that contains both
-  //    rare elements, as float and bf16 (different unit sizes and list positions), rows 0..2552.
-  const index_t rows = 2553, cols = 2200;
-  const auto a = cpu_projection(rows, cols, seed, stream, projection_spec::gaussian(1.0));
-  CHECK(lori::float_bits(a[static_cast<std::size_t>(2552 * cols + 2193)]) == 0x3de1f7d4u);
   {
     lori::cuda::device_buffer<float> buf(rows * cols);
     buf.fill_bytes(0xff);
-    lori::cuda::generate_projection(buf.as_matrix(rows, cols), seed, stream, projection_spec::gaussian(1.0));
+    lori::cuda::generate_projection(buf.as_matrix(rows, cols), seed, stream, spec);
     LORI_CUDA_CHECK(cudaDeviceSynchronize());
     const auto host = buf.download();
     std::size_t mism = 0;
-    for (std::size_t t = 0; t < a.size(); ++t) mism += lori::float_bits(host[t]) != lori::float_bits(a[t]);
+    for (std::size_t t = 0; t < run.a.size(); ++t) mism += lori::float_bits(host[t]) != lori::float_bits(run.a[t]);
     CHECK(mism == 0);
   }
   {
     lori::cuda::device_buffer<lori::bfloat16> buf(rows * cols);
     buf.fill_bytes(0xff);
-    lori::cuda::generate_projection(buf.as_matrix(rows, cols), seed, stream, projection_spec::gaussian(1.0));
+    lori::cuda::generate_projection(buf.as_matrix(rows, cols), seed, stream, spec);
     LORI_CUDA_CHECK(cudaDeviceSynchronize());
     const auto host = buf.download();
     std::size_t mism = 0;
-    for (std::size_t t = 0; t < a.size(); ++t) mism += bits_of(host[t]) != lori::float_to_bf16_bits(a[t]);
+    for (std::size_t t = 0; t < run.a.size(); ++t) mism += bits_of(host[t]) != lori::float_to_bf16_bits(run.a[t]);
     CHECK(mism == 0);
   }
+  return run;
+}
+}  // namespace
+
+TEST_CASE("gaussian slow path on the device: slow elements, tail, bounded-loop fallback") {
+  // Known rare cases (lori_test_random pins their values): the fallback at (2552, 2193), a tail value at
+  // (0, 1716); the matrix (rows 0..2552) holds both.
+  const index_t cols = 2200;
+  const auto run = slow_path_on_device(lori::distribution::gaussian, 8, {{2552, 2193}, {0, 1716}}, 2553, cols);
+  CHECK(lori::float_bits(run.device_values[0]) == 0x3de1f7d4u);
+  CHECK(lori::float_bits(run.device_values[1]) == 0xc073a583u);
+  CHECK(lori::float_bits(run.a[static_cast<std::size_t>(2552 * cols + 2193)]) == 0x3de1f7d4u);
 }
 
 namespace {
@@ -648,53 +663,11 @@ TEST_CASE("single matrix on forced grids: one block walks the whole matrix (fall
 // sixth as many, so the situations the lists must handle are counted again (thresholds below the host
 // counts for these salts).
 TEST_CASE("gaussian_v2 slow path on the device: slow elements, tail") {
-  auto g = test_rng(9);
-  const index_t r = 4096, k = 4096;
-  const auto p = lori::make_projection_params(projection_spec::gaussian_v2(1.0), r, k);
-  const std::uint64_t seed = 99, stream = 7;
-  std::vector<index_t> ij;
-  while (ij.size() < 2 * 4096) {
-    const auto i = static_cast<index_t>(g() % r), j = static_cast<index_t>(g() % k);
-    if (fails_fast(lori::distribution::gaussian_v2, lori::projection_block(seed, stream, i, j >> 2).v[j & 3])) {
-      ij.push_back(i);
-      ij.push_back(j);
-    }
-  }
-  ij[0] = 8;  // a tail value (lori_test_random pins it)
-  ij[1] = 2436;
-  const int n = static_cast<int>(ij.size() / 2);
-  lori::cuda::device_buffer<index_t> d_ij(ij);
-  lori::cuda::device_buffer<float> d_out(n);
-  lori::cuda::device_buffer<std::uint32_t> d_w(n);
-  d_out.fill_bytes(0xff);
-  elements_kernel<<<(n + 255) / 256, 256>>>(p, seed, stream, d_ij.data(), d_out.data(), d_w.data(), n);
-  LORI_CUDA_CHECK_LAUNCH();
-  const auto out = d_out.download();
-  std::size_t bad = 0;
-  for (int t = 0; t < n; ++t) bad += lori::float_bits(out[t]) != lori::float_bits(lori::projection_element(p, seed, stream, ij[2 * t], ij[2 * t + 1]));
-  CHECK(bad == 0);
-  CHECK(lori::float_bits(out[0]) == 0x40938abcu);
-  // The generation kernels on a matrix holding the tail element, float (general path: 2440 columns)
-  // and bf16.
-  const index_t rows = 9, cols = 2440;
-  const auto a = cpu_projection(rows, cols, seed, stream, projection_spec::gaussian_v2(1.0));
-  CHECK(lori::float_bits(a[static_cast<std::size_t>(8 * cols + 2436)]) == 0x40938abcu);
-  lori::cuda::device_buffer<float> buf(rows * cols);
-  buf.fill_bytes(0xff);
-  lori::cuda::generate_projection(buf.as_matrix(rows, cols), seed, stream, projection_spec::gaussian_v2(1.0));
-  LORI_CUDA_CHECK(cudaDeviceSynchronize());
-  const auto host = buf.download();
-  std::size_t mism = 0;
-  for (std::size_t t = 0; t < a.size(); ++t) mism += lori::float_bits(host[t]) != lori::float_bits(a[t]);
-  CHECK(mism == 0);
-  lori::cuda::device_buffer<lori::bfloat16> hb(rows * cols);
-  hb.fill_bytes(0xff);
-  lori::cuda::generate_projection(hb.as_matrix(rows, cols), seed, stream, projection_spec::gaussian_v2(1.0));
-  LORI_CUDA_CHECK(cudaDeviceSynchronize());
-  const auto hh = hb.download();
-  mism = 0;
-  for (std::size_t t = 0; t < a.size(); ++t) mism += bits_of(hh[t]) != lori::float_to_bf16_bits(a[t]);
-  CHECK(mism == 0);
+  // A tail value (lori_test_random pins it) at (8, 2436); the matrix (general path: 2440 columns) holds it.
+  const index_t cols = 2440;
+  const auto run = slow_path_on_device(lori::distribution::gaussian_v2, 9, {{8, 2436}}, 9, cols);
+  CHECK(lori::float_bits(run.device_values[0]) == 0x40938abcu);
+  CHECK(lori::float_bits(run.a[static_cast<std::size_t>(8 * cols + 2436)]) == 0x40938abcu);
 }
 
 TEST_CASE("gaussian_v2 slow-path lists: forced grids, general and row path, every element type and configuration") {
