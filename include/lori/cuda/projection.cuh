@@ -357,7 +357,7 @@ struct gaussian_cfg {
 };
 
 /// Configuration C for a gaussian piece of format Z (lori::detail::zig256, zig2048): what the gaussian
-/// path's functions receive as C (projection_piece_dispatch instantiates both formats).
+/// path's functions receive as C (projection_piece_dispatch instantiates the formats of its kernel variant).
 template <class C, class Z>
 struct gaussian_cfg_z : C {
   using zig = Z;
