@@ -58,7 +58,7 @@ struct zig_format_ref {
 };
 zig_format_ref ref_format(lori::distribution d) {
   if (d == lori::distribution::gaussian_v2) return {lori::detail::zig2048_layers_host, LORI_ZIGGURAT2048_R, true};
-  return {lori::detail::zig_layers_host, LORI_ZIGGURAT_R, false};
+  return {lori::detail::zig256_layers_host, LORI_ZIGGURAT_R, false};
 }
 
 // Double-precision reference of the gaussian element (i, j) of format zf (the algorithm of

@@ -79,9 +79,10 @@ struct projection_batch_plan {
   const void* workspace = nullptr;
   index_t count = 0;
   index_t blocks = 0;  ///< thread blocks of the one launch (at most one wave of resident blocks)
-  bool has_gaussian = false;  ///< some task is gaussian or gaussian_v2 (selects the kernel variant)
-  index_t units = 0;          ///< 16-byte units of all tasks (last: keeps the earlier members' order)
-  unsigned gaussian_formats = 0;  ///< bit 0: some task is gaussian, bit 1: some is gaussian_v2 (the variant)
+  unsigned gaussian_formats = 0;  ///< bit 0: some task is gaussian, bit 1: some is gaussian_v2 (selects the kernel variant)
+  index_t units = 0;              ///< 16-byte units of all tasks
+  /// Some task is gaussian or gaussian_v2.
+  bool has_gaussian() const noexcept { return gaussian_formats != 0u; }
 };
 
 /// Validates `count` host-side tasks and copies the batch description into `workspace` (device memory of
@@ -1336,7 +1337,6 @@ projection_batch_plan<T> prepare_projection_batch(const projection_task<T>* task
     plan.gaussian_formats |= detail_proj::gaussian_format_bit(tasks[t].params.kind);
   }
   starts[n] = units;
-  plan.has_gaussian = plan.gaussian_formats != 0u;
   auto* base = static_cast<unsigned char*>(workspace);
   const std::size_t entry_bytes = detail_proj::round_up16(n * sizeof(detail_proj::projection_entry_storage<T>));
   LORI_CUDA_CHECK(cudaMemcpyAsync(base, entries.data(), n * sizeof(detail_proj::projection_entry_storage<T>), cudaMemcpyHostToDevice, stream));
@@ -1345,7 +1345,7 @@ projection_batch_plan<T> prepare_projection_batch(const projection_task<T>* task
   plan.units = units;
   if (units > 0) {
     using C = detail_proj::gaussian_cfg_lib<T>;
-    if (plan.has_gaussian) {
+    if (plan.has_gaussian()) {
       detail_proj::with_gaussian_variant<T, detail_proj::projection_batch_source<T>, C>(
           plan.gaussian_formats, [&](auto kernel) { plan.blocks = detail_proj::projection_grid(kernel, units, detail_proj::gaussian_smem_bytes<C>); });
     } else {
@@ -1373,9 +1373,9 @@ void launch_projection_batch(const projection_batch_plan<T>& plan, index_t block
   const projection_batch_source<T> src{reinterpret_cast<const projection_entry_storage<T>*>(base),
                                        reinterpret_cast<const index_t*>(base + round_up16(n * sizeof(projection_entry_storage<T>))), plan.count};
   const projection_split split =
-      make_projection_split(plan.units, blocks, plan.has_gaussian ? gaussian_row_window<T, C> : 0,
+      make_projection_split(plan.units, blocks, plan.has_gaussian() ? gaussian_row_window<T, C> : 0,
                             drain_period > 0 ? drain_period : gaussian_drain_period<T, C>, rows);
-  if (plan.has_gaussian) {
+  if (plan.has_gaussian()) {
     with_gaussian_variant<T, projection_batch_source<T>, C>(plan.gaussian_formats, [&](auto kernel) {
       // (prepare_projection_batch configured the library's variants: more than 48 KB of shared memory)
       if constexpr (!std::is_same_v<C, gaussian_cfg_lib<T>>) configure_projection_kernel(kernel, gaussian_smem_bytes<C>);
@@ -1392,7 +1392,7 @@ void launch_projection_batch(const projection_batch_plan<T>& plan, index_t block
 /// batch launch with C on that grid.
 template <class C, class T>
 index_t projection_grid_cfg(const projection_batch_plan<T>& plan) {
-  LORI_EXPECTS(plan.has_gaussian && plan.units > 0 && plan.workspace != nullptr, "projection_grid_cfg: needs a gaussian plan");
+  LORI_EXPECTS(plan.has_gaussian() && plan.units > 0 && plan.workspace != nullptr, "projection_grid_cfg: needs a gaussian plan");
   index_t grid = 0;
   with_gaussian_variant<T, projection_batch_source<T>, C>(plan.gaussian_formats,
                                                           [&](auto kernel) { grid = projection_grid(kernel, plan.units, gaussian_smem_bytes<C>); });
@@ -1400,7 +1400,7 @@ index_t projection_grid_cfg(const projection_batch_plan<T>& plan) {
 }
 template <class C, class T>
 void launch_projection_batch_cfg(const projection_batch_plan<T>& plan, index_t blocks, cudaStream_t stream) {
-  LORI_EXPECTS(plan.has_gaussian && plan.units > 0 && plan.workspace != nullptr && blocks >= 1, "launch_projection_batch_cfg: needs a gaussian plan");
+  LORI_EXPECTS(plan.has_gaussian() && plan.units > 0 && plan.workspace != nullptr && blocks >= 1, "launch_projection_batch_cfg: needs a gaussian plan");
   const auto n = static_cast<std::size_t>(plan.count);
   const auto* base = static_cast<const unsigned char*>(plan.workspace);
   const projection_batch_source<T> src{reinterpret_cast<const projection_entry_storage<T>*>(base),

@@ -61,34 +61,12 @@ struct alignas(16) zig_layer {
   float d;
 };
 
-constexpr int zig_layers_count = 256;
-
-inline constexpr zig_layer zig_layers_host[zig_layers_count] = LORI_ZIGGURAT_LAYERS;
-#if LORI_COMPILING_CUDA
-// Internal linkage: one copy per translation unit (no relocatable-device-code linking needed).
-static __device__ const zig_layer zig_layers_device[zig_layers_count] = LORI_ZIGGURAT_LAYERS;
-#endif
-
-/// The layer table, for the compilation pass at hand (same values on host and device).
-LORI_HOST_DEVICE LORI_FORCEINLINE const zig_layer* zig_layers() noexcept {
-#if LORI_DEVICE_PASS
-  return zig_layers_device;
-#else
-  return zig_layers_host;
-#endif
-}
-
-/// bits(m) for the main word w: 0x3f800000 | U23.
-LORI_HOST_DEVICE LORI_FORCEINLINE std::uint32_t zig_mbits(std::uint32_t w) noexcept { return 0x3f800000u | ((w >> 8) & 0x7fffffu); }
-
-/// sign * fma(m, ws, -ws): the value of an accepted rectangle/wedge candidate, ws = rnd(W_L * sigma).
-LORI_HOST_DEVICE LORI_FORCEINLINE float zig_value(std::uint32_t w, float ws) noexcept {
-  const float m = bits_float(zig_mbits(w));
-  return bits_float(float_bits(rnd_fma(m, ws, -ws)) | (w & 0x80000000u));
-}
-
+// The frozen tables of both formats, host and device copies (same values). Device copies have internal
+// linkage: one copy per translation unit (no relocatable-device-code linking needed).
+inline constexpr zig_layer zig256_layers_host[256] = LORI_ZIGGURAT_LAYERS;
 inline constexpr zig_layer zig2048_layers_host[2048] = LORI_ZIGGURAT2048_LAYERS;
 #if LORI_COMPILING_CUDA
+static __device__ const zig_layer zig256_layers_device[256] = LORI_ZIGGURAT_LAYERS;
 static __device__ const zig_layer zig2048_layers_device[2048] = LORI_ZIGGURAT2048_LAYERS;
 #endif
 
@@ -98,15 +76,27 @@ struct zig256 {
   static constexpr int layers = 256;
   static constexpr float r = LORI_ZIGGURAT_R;
   static constexpr float inv_r = LORI_ZIGGURAT_INV_R;
-  LORI_HOST_DEVICE static LORI_FORCEINLINE const zig_layer* table() noexcept { return zig_layers(); }
+  /// The layer table, for the compilation pass at hand.
+  LORI_HOST_DEVICE static LORI_FORCEINLINE const zig_layer* table() noexcept {
+#if LORI_DEVICE_PASS
+    return zig256_layers_device;
+#else
+    return zig256_layers_host;
+#endif
+  }
   LORI_HOST_DEVICE static LORI_FORCEINLINE std::uint32_t layer(std::uint32_t w) noexcept { return w & 0xffu; }
-  /// Compared with k_L: fast iff fast_bits(w) < k_L.
-  LORI_HOST_DEVICE static LORI_FORCEINLINE std::uint32_t fast_bits(std::uint32_t w) noexcept { return zig_mbits(w); }
+  /// 0x3f800000 | U23, the bits of m = 1 + U23 2^-23; fast iff fast_bits(w) < k_L.
+  LORI_HOST_DEVICE static LORI_FORCEINLINE std::uint32_t fast_bits(std::uint32_t w) noexcept { return 0x3f800000u | ((w >> 8) & 0x7fffffu); }
+  /// rnd(W sigma).
   LORI_HOST_DEVICE static LORI_FORCEINLINE float scaled(float w, float sigma) noexcept { return rnd_mul(w, sigma); }
-  LORI_HOST_DEVICE static LORI_FORCEINLINE float value(std::uint32_t w, float ws) noexcept { return zig_value(w, ws); }
+  /// sign * fma(m, ws, -ws): the value of an accepted rectangle/wedge candidate.
+  LORI_HOST_DEVICE static LORI_FORCEINLINE float value(std::uint32_t w, float ws) noexcept {
+    const float m = bits_float(fast_bits(w));
+    return bits_float(float_bits(rnd_fma(m, ws, -ws)) | (w & 0x80000000u));
+  }
   /// rnd(u * W) (the wedge test's abscissa).
   LORI_HOST_DEVICE static LORI_FORCEINLINE float abscissa(std::uint32_t w, float W) noexcept {
-    const float m = bits_float(zig_mbits(w));
+    const float m = bits_float(fast_bits(w));
     return rnd_fma(m, W, -W);
   }
 };

@@ -156,6 +156,12 @@ LORI_HOST_DEVICE LORI_FORCEINLINE float sparse_value(std::uint32_t w, float scal
   const std::uint64_t x = w;
   return x < t ? scale : (x < 2 * t ? -scale : 0.0f);
 }
+
+/// gaussian_element in the format of gaussian distribution d (gaussian: zig256, gaussian_v2: zig2048).
+LORI_HOST_DEVICE LORI_FORCEINLINE float gaussian_element_of(distribution d, std::uint32_t w, float sigma, const counter_rng& g, std::uint32_t i,
+                                                            std::uint64_t j) noexcept {
+  return d == distribution::gaussian ? gaussian_element<zig256>(w, sigma, g, i, j) : gaussian_element<zig2048>(w, sigma, g, i, j);
+}
 }  // namespace detail
 
 /// The four elements (i, 4q .. 4q+3) of a kaiming_uniform, rademacher or sparse projection from their
@@ -197,11 +203,9 @@ LORI_HOST_DEVICE LORI_FORCEINLINE float4_values projection_values(const projecti
   if (!is_gaussian(p.kind)) return projection_values_simple(p, b);
   const counter_rng g(seed, stream);
   float4_values out{{0.0f, 0.0f, 0.0f, 0.0f}};
-  for (int t = 0; t < 4; ++t) {
-    const auto j = static_cast<std::uint64_t>(q) * 4u + static_cast<std::uint64_t>(t);
-    out.v[t] = p.kind == distribution::gaussian ? detail::gaussian_element<detail::zig256>(b.v[t], p.scale, g, static_cast<std::uint32_t>(i), j)
-                                                : detail::gaussian_element<detail::zig2048>(b.v[t], p.scale, g, static_cast<std::uint32_t>(i), j);
-  }
+  for (int t = 0; t < 4; ++t)
+    out.v[t] = detail::gaussian_element_of(p.kind, b.v[t], p.scale, g, static_cast<std::uint32_t>(i),
+                                           static_cast<std::uint64_t>(q) * 4u + static_cast<std::uint64_t>(t));
   return out;
 }
 
@@ -211,12 +215,9 @@ LORI_HOST_DEVICE LORI_FORCEINLINE float projection_element(const projection_para
                                                            index_t i, index_t j) noexcept {
   const philox_block b = projection_block(seed, stream, i, j >> 2);
   const int t = static_cast<int>(j & 3);
-  if (p.kind == distribution::gaussian)
-    return detail::gaussian_element<detail::zig256>(detail::block_word(b, t), p.scale, counter_rng(seed, stream), static_cast<std::uint32_t>(i),
-                                                    static_cast<std::uint64_t>(j));
-  if (p.kind == distribution::gaussian_v2)
-    return detail::gaussian_element<detail::zig2048>(detail::block_word(b, t), p.scale, counter_rng(seed, stream), static_cast<std::uint32_t>(i),
-                                                     static_cast<std::uint64_t>(j));
+  if (is_gaussian(p.kind))
+    return detail::gaussian_element_of(p.kind, detail::block_word(b, t), p.scale, counter_rng(seed, stream), static_cast<std::uint32_t>(i),
+                                       static_cast<std::uint64_t>(j));
   const float4_values v = projection_values_simple(p, b);
   return t == 0 ? v.v[0] : (t == 1 ? v.v[1] : (t == 2 ? v.v[2] : v.v[3]));
 }
